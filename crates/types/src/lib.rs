@@ -1,0 +1,12 @@
+//! Shared domain and API types of standby.
+//!
+//! Everything that crosses a crate or process boundary lives here: typed
+//! names, the `standby.toml` configuration ([`config`]), retention policies
+//! and the records the API returns ([`model`]). Nothing here does I/O beyond
+//! reading a configuration file.
+
+pub mod config;
+pub mod model;
+mod retention;
+
+pub use retention::Retention;
