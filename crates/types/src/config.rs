@@ -1,0 +1,671 @@
+//! `standby.toml`: the one file that describes a standby installation.
+//!
+//! Parsing happens in two passes. serde reads the file into [`Config`]
+//! (syntax and type errors carry toml's own span); [`Config::validate`] then
+//! checks cross references (a VM's host exists, a group's datastores exist,
+//! ...). Every error is a [`ConfigError`] naming the file, line, column and
+//! the dotted field path, e.g.
+//! `standby.toml:14:8: vms.pbx1.host: unknown host 'site9-host1'`.
+//!
+//! Relative paths in the file are relative to the file's directory;
+//! [`Config::load`] resolves them so the rest of standby sees absolute paths.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::Retention;
+
+/// Default TCP address of the controller's HTTP API.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7780";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub controller: Controller,
+    #[serde(default)]
+    pub sites: BTreeMap<String, Site>,
+    #[serde(default)]
+    pub hosts: BTreeMap<String, Host>,
+    #[serde(default)]
+    pub datastores: BTreeMap<String, DatastoreConfig>,
+    #[serde(default)]
+    pub vms: BTreeMap<String, Vm>,
+    #[serde(default)]
+    pub groups: BTreeMap<String, Group>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Controller {
+    /// Address the API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Where the controller keeps its database, logs and VM work files.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+impl Default for Controller {
+    fn default() -> Self {
+        Controller {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_string()
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("standby-data")
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// A VM is a supervised local process (the embedded default).
+    Process,
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DriverKind::Process => f.write_str("process"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub site: String,
+    pub driver: DriverKind,
+    /// Where this host keeps VM disk images: `<disk_dir>/<vm>/<disk>.img`.
+    pub disk_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatastoreConfig {
+    pub site: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    /// The host the VM runs on at its home site.
+    pub host: String,
+    /// Where the VM is restored when its home site is lost.
+    #[serde(default)]
+    pub dr_site: Option<String>,
+    /// Program to run (process driver). A bare name is looked up next to
+    /// the `standby` binary first, then on `PATH`.
+    pub command: String,
+    /// Arguments; `{disk.NAME}` becomes the path of disk NAME on the host
+    /// where the VM runs, `{vm}` its name and `{site}` the site.
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    /// Grace period between SIGTERM and SIGKILL on shutdown.
+    #[serde(default = "default_shutdown_timeout", with = "duration_str")]
+    pub shutdown_timeout: Duration,
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    pub name: String,
+    pub size: ByteSize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub members: Vec<String>,
+    pub schedule: Schedule,
+    /// Datastores that receive every point. The point is written to the
+    /// first one at the VM's site (or the first listed), then synced to the
+    /// others.
+    pub datastores: Vec<String>,
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: ByteSize,
+    #[serde(default)]
+    pub retention: Retention,
+    /// Age of the newest point beyond which the group is out of target.
+    #[serde(default, with = "opt_duration_str")]
+    pub rpo_target: Option<Duration>,
+}
+
+fn default_chunk_size() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+
+/// When a protection group runs: `every 30s` or a cron expression
+/// (`*/5 * * * *`, five or six fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    Every(Duration),
+    Cron(String),
+}
+
+impl FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(rest) = s.strip_prefix("every ") {
+            let d = humantime::parse_duration(rest.trim())
+                .map_err(|e| format!("bad interval '{rest}': {e}"))?;
+            if d < Duration::from_secs(1) {
+                return Err(format!("interval '{rest}' is shorter than 1s"));
+            }
+            return Ok(Schedule::Every(d));
+        }
+        croner::Cron::new(s)
+            .with_seconds_optional()
+            .parse()
+            .map_err(|e| format!("bad cron expression '{s}': {e}"))?;
+        Ok(Schedule::Cron(s.to_string()))
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
+            Schedule::Cron(c) => f.write_str(c),
+        }
+    }
+}
+
+impl Schedule {
+    /// The first run strictly after `after`.
+    pub fn next_after(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Schedule::Every(d) => Some(after + chrono::Duration::from_std(*d).ok()?),
+            Schedule::Cron(c) => {
+                let cron = croner::Cron::new(c).with_seconds_optional().parse().ok()?;
+                cron.find_next_occurrence(&after, false).ok()
+            }
+        }
+    }
+}
+
+impl Serialize for Schedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size in bytes, written `65536`, `"64KiB"`, `"64 MiB"`, `"2GiB"`
+/// (K/M/G alone mean KiB/MiB/GiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("bad size '{s}': expected a number with an optional unit"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" | "kb" => 1 << 10,
+            "m" | "mib" | "mb" => 1 << 20,
+            "g" | "gib" | "gb" => 1 << 30,
+            "t" | "tib" | "tb" => 1 << 40,
+            other => return Err(format!("bad size '{s}': unknown unit '{other}'")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size '{s}' is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if v >= 1 << shift && v % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", v >> shift);
+            }
+        }
+        write!(f, "{v}")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("bad duration '{s}': {e}")))
+    }
+}
+
+mod opt_duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("bad duration '{s}': {e}")))
+    }
+}
+
+/// A configuration error with its place in the file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}{}{message}", location(.file, .line, .column), field_prefix(.field))]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error has no place (the file is unreadable).
+    pub line: usize,
+    pub column: usize,
+    /// Dotted path of the field, e.g. `vms.pbx1.host`.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+fn location(file: &Path, line: &usize, column: &usize) -> String {
+    if *line == 0 {
+        format!("{}: ", file.display())
+    } else {
+        format!("{}:{line}:{column}: ", file.display())
+    }
+}
+
+fn field_prefix(field: &Option<String>) -> String {
+    field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default()
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, col)
+}
+
+/// Span of the value at a dotted path (`["vms", "pbx1", "host"]`, array
+/// elements by index), or of the nearest ancestor that exists.
+fn span_of(src: &str, path: &[String]) -> Option<Range<usize>> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(src).ok()?;
+    let mut best = root.span();
+    let mut cur: Option<&DeValue> = None;
+    let mut table = Some(root.get_ref());
+    for seg in path {
+        let next = match (table, cur) {
+            (Some(t), _) => t.get(seg.as_str()),
+            (None, Some(DeValue::Array(a))) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        };
+        let Some(next) = next else { break };
+        best = next.span();
+        cur = Some(next.get_ref());
+        table = next.get_ref().as_table();
+    }
+    Some(best)
+}
+
+impl Config {
+    /// Read, parse, validate and resolve relative paths of a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: None,
+            message: format!("unable to read configuration: {e}"),
+        })?;
+        let mut cfg = Config::parse(&src, path)?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = std::path::absolute(&base).unwrap_or(base);
+        cfg.resolve_paths(&base);
+        Ok(cfg)
+    }
+
+    /// Parse and validate configuration text; `file` is only used in errors.
+    pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(src).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_col(src, s.start));
+            ConfigError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                field: None,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        if let Err((path, message)) = cfg.validate() {
+            let (line, column) = span_of(src, &path).map_or((0, 0), |s| line_col(src, s.start));
+            return Err(ConfigError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                field: Some(path.join(".")),
+                message,
+            });
+        }
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.controller.data_dir);
+        self.hosts.values_mut().for_each(|h| abs(&mut h.disk_dir));
+        self.datastores.values_mut().for_each(|d| abs(&mut d.path));
+    }
+
+    /// Cross-reference checks. Returns the field path and message of the
+    /// first problem.
+    fn validate(&self) -> Result<(), (Vec<String>, String)> {
+        let p = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if self.controller.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                p(&["controller", "listen"]),
+                format!(
+                    "'{}' is not an address like 127.0.0.1:7780",
+                    self.controller.listen
+                ),
+            ));
+        }
+        for (kind, names) in [
+            ("sites", self.sites.keys().collect::<Vec<_>>()),
+            ("hosts", self.hosts.keys().collect()),
+            ("datastores", self.datastores.keys().collect()),
+            ("vms", self.vms.keys().collect()),
+            ("groups", self.groups.keys().collect()),
+        ] {
+            if let Some(bad) = names.into_iter().find(|n| !name_ok(n)) {
+                return Err((
+                    p(&[kind, bad]),
+                    format!("name '{bad}' may only hold letters, digits, '-' and '_'"),
+                ));
+            }
+        }
+        for (name, h) in &self.hosts {
+            if !self.sites.contains_key(&h.site) {
+                return Err((
+                    p(&["hosts", name, "site"]),
+                    format!("unknown site '{}'", h.site),
+                ));
+            }
+        }
+        for (name, d) in &self.datastores {
+            if !self.sites.contains_key(&d.site) {
+                return Err((
+                    p(&["datastores", name, "site"]),
+                    format!("unknown site '{}'", d.site),
+                ));
+            }
+        }
+        for (name, vm) in &self.vms {
+            let Some(host) = self.hosts.get(&vm.host) else {
+                return Err((
+                    p(&["vms", name, "host"]),
+                    format!("unknown host '{}'", vm.host),
+                ));
+            };
+            if let Some(dr) = &vm.dr_site {
+                if !self.sites.contains_key(dr) {
+                    return Err((p(&["vms", name, "dr_site"]), format!("unknown site '{dr}'")));
+                }
+                if *dr == host.site {
+                    return Err((
+                        p(&["vms", name, "dr_site"]),
+                        format!("the DR site '{dr}' is the VM's own site"),
+                    ));
+                }
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, d) in vm.disks.iter().enumerate() {
+                let idx = i.to_string();
+                if !name_ok(&d.name) || !seen.insert(&d.name) {
+                    return Err((
+                        p(&["vms", name, "disks", &idx, "name"]),
+                        format!("disk name '{}' is invalid or repeated", d.name),
+                    ));
+                }
+                if d.size.0 == 0 {
+                    return Err((
+                        p(&["vms", name, "disks", &idx, "size"]),
+                        "a disk needs a size above zero".into(),
+                    ));
+                }
+            }
+        }
+        for (name, g) in &self.groups {
+            for (i, m) in g.members.iter().enumerate() {
+                if !self.vms.contains_key(m) {
+                    return Err((
+                        p(&["groups", name, "members", &i.to_string()]),
+                        format!("unknown vm '{m}'"),
+                    ));
+                }
+            }
+            if g.datastores.is_empty() {
+                return Err((
+                    p(&["groups", name, "datastores"]),
+                    "a group needs at least one datastore".into(),
+                ));
+            }
+            for (i, d) in g.datastores.iter().enumerate() {
+                if !self.datastores.contains_key(d) {
+                    return Err((
+                        p(&["groups", name, "datastores", &i.to_string()]),
+                        format!("unknown datastore '{d}'"),
+                    ));
+                }
+            }
+            let cs = g.chunk_size.0;
+            if !cs.is_power_of_two() || !(64 << 10..=4 << 20).contains(&cs) {
+                return Err((
+                    p(&["groups", name, "chunk_size"]),
+                    format!(
+                        "chunk size {} must be a power of two from 64KiB to 4MiB",
+                        g.chunk_size
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The site a host belongs to.
+    pub fn site_of_host(&self, host: &str) -> Option<&str> {
+        self.hosts.get(host).map(|h| h.site.as_str())
+    }
+
+    /// The home site of a VM.
+    pub fn home_site(&self, vm: &str) -> Option<&str> {
+        self.vms.get(vm).and_then(|v| self.site_of_host(&v.host))
+    }
+
+    /// The first host of a site, in name order.
+    pub fn first_host_of_site(&self, site: &str) -> Option<&str> {
+        self.hosts
+            .iter()
+            .find(|(_, h)| h.site == site)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Datastores located at a site, in name order.
+    pub fn datastores_at(&self, site: &str) -> Vec<&str> {
+        self.datastores
+            .iter()
+            .filter(|(_, d)| d.site == site)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// The groups a VM belongs to.
+    pub fn groups_of(&self, vm: &str) -> Vec<&str> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.members.iter().any(|m| m == vm))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+}
+
+/// The commented example `standby init` writes.
+pub const EXAMPLE: &str = include_str!("../standby.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Config, ConfigError> {
+        Config::parse(src, Path::new("standby.toml"))
+    }
+
+    #[test]
+    fn example_parses() {
+        let cfg = parse(EXAMPLE).expect("example config is valid");
+        assert_eq!(cfg.sites.len(), 2);
+        assert_eq!(cfg.home_site("pbx1"), Some("site1"));
+        assert_eq!(cfg.groups["gold"].chunk_size, ByteSize(64 << 10));
+        assert_eq!(
+            cfg.groups["gold"].schedule,
+            Schedule::Every(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let err = parse("[sites.site1]\ndescription = \n").unwrap_err();
+        assert_eq!(err.line, 2, "{err}");
+        assert!(err.to_string().starts_with("standby.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let src = EXAMPLE.replace("disk_dir = \"site2/disks\"", "disk_dir = \"x\"\ncolour = 3");
+        let err = parse(&src).unwrap_err();
+        assert!(err.message.contains("colour"), "{err}");
+        let line = src.lines().position(|l| l.starts_with("colour")).unwrap() + 1;
+        assert_eq!(err.line, line, "{err}");
+    }
+
+    #[test]
+    fn bad_reference_names_field_and_line() {
+        let src = EXAMPLE.replace("host = \"site1-host1\"", "host = \"nowhere\"");
+        let err = parse(&src).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("vms.pbx1.host"), "{err}");
+        let line = src.lines().position(|l| l.contains("\"nowhere\"")).unwrap() + 1;
+        assert_eq!(err.line, line, "{err}");
+        assert!(err.to_string().contains("unknown host 'nowhere'"), "{err}");
+    }
+
+    #[test]
+    fn bad_chunk_size_and_schedule_are_rejected() {
+        let src = EXAMPLE.replace("chunk_size = \"64KiB\"", "chunk_size = \"96KiB\"");
+        let err = parse(&src).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("groups.gold.chunk_size"));
+        let src = EXAMPLE.replace("schedule = \"every 30s\"", "schedule = \"whenever\"");
+        let err = parse(&src).unwrap_err();
+        assert!(err.message.contains("bad cron expression"), "{err}");
+        assert!(err.line > 0);
+    }
+
+    #[test]
+    fn byte_sizes_and_schedules() {
+        assert_eq!("64KiB".parse::<ByteSize>().unwrap(), ByteSize(65536));
+        assert_eq!("2 GiB".parse::<ByteSize>().unwrap(), ByteSize(2 << 30));
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(4 << 20).to_string(), "4MiB");
+        let cron: Schedule = "*/5 * * * *".parse().unwrap();
+        let t = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:01:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(
+            cron.next_after(t).unwrap().to_rfc3339(),
+            "2026-01-01T00:05:00+00:00"
+        );
+    }
+}
