@@ -1,1 +1,265 @@
-//! hv
+//! Hypervisor drivers: one [`Driver`] trait, one implementation per kind of
+//! workload.
+//!
+//! # Layout
+//!
+//! - this file: the driver-neutral types ([`VmSpec`], [`VmStatus`],
+//!   [`SnapshotSource`], …), the [`Driver`] trait and [`HvError`].
+//! - [`process`]: the embedded default. A workload is a supervised local
+//!   process whose disks are image files handed to it on its command line.
+//!   Planned siblings: `qemu` (QMP client, dirty bitmaps, guest agent) and
+//!   `libvirt` (behind a cargo feature).
+//!
+//! # Invariants
+//!
+//! - Every lifecycle call is idempotent: starting a running VM returns its
+//!   status, stopping a stopped one returns its status. Runbooks retry
+//!   actions blindly, so this is load-bearing.
+//! - A VM that exits without being asked to is [`VmState::Crashed`] and keeps
+//!   its exit description; one that exits because of `shutdown`/`stop` is
+//!   [`VmState::Stopped`].
+//! - Between [`Driver::snapshot_begin`] and [`Driver::snapshot_end`] the
+//!   files named in the [`SnapshotSource`] hold a crash-consistent (or
+//!   better, see [`SnapshotSource::consistency_note`]) image that the caller
+//!   may read. The caller must always call `snapshot_end`, even when reading
+//!   failed.
+//! - Disk images are never overwritten by [`Driver::create_from_template`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub mod process;
+
+pub use process::ProcessDriver;
+
+/// Everything a driver needs to run one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub name: String,
+    /// Program to run (process driver) or hypervisor binary (qemu driver).
+    pub command: PathBuf,
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    /// Working directory; the VM's console/log goes to `workdir/<name>.log`.
+    pub workdir: PathBuf,
+}
+
+impl VmSpec {
+    /// Path of the log file that receives the VM's stdout and stderr.
+    pub fn log_path(&self) -> PathBuf {
+        self.workdir.join(format!("{}.log", self.name))
+    }
+}
+
+/// One disk image of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub name: String,
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    Running,
+    Stopped,
+    Frozen,
+    Crashed,
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+            VmState::Frozen => "frozen",
+            VmState::Crashed => "crashed",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub state: VmState,
+    pub pid: Option<u32>,
+    /// When the VM entered `state` (None for a VM this driver never ran).
+    pub since: Option<DateTime<Utc>>,
+    /// How the last run ended: "exit code 1", "signal 9".
+    pub exit: Option<String>,
+}
+
+impl VmStatus {
+    /// Status of a VM the driver knows nothing about.
+    pub fn stopped() -> Self {
+        VmStatus {
+            state: VmState::Stopped,
+            pid: None,
+            since: None,
+            exit: None,
+        }
+    }
+
+    /// Running or frozen: the workload exists and holds its disks.
+    pub fn is_alive(&self) -> bool {
+        matches!(self.state, VmState::Running | VmState::Frozen)
+    }
+}
+
+/// What a driver can do; the planner picks the snapshot method from this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Points can be taken without stopping the workload for the whole read.
+    pub live_snapshot: bool,
+    /// [`SnapshotDisk::dirty`] can be `Some`.
+    pub dirty_tracking: bool,
+    /// The guest can be asked to flush (fsfreeze) before a point.
+    pub app_consistent: bool,
+}
+
+/// Files to read for a recovery point, valid until `snapshot_end`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSource {
+    pub disks: Vec<SnapshotDisk>,
+    /// Human-readable consistency label, e.g. "crash-consistent (SIGSTOP)".
+    pub consistency_note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDisk {
+    pub name: String,
+    /// File to read.
+    pub path: PathBuf,
+    /// Byte ranges changed since the previous point; `None` = unknown, read all.
+    pub dirty: Option<Vec<Range<u64>>>,
+}
+
+/// A hypervisor driver. Object-safe; used as `Arc<dyn Driver>`.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// Short name of the driver: "process", "qemu", "libvirt".
+    fn kind(&self) -> &'static str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Create the VM's disks from template images (`(disk name, image)`),
+    /// refusing to overwrite an existing disk.
+    async fn create_from_template(
+        &self,
+        spec: &VmSpec,
+        template_disks: &[(String, PathBuf)],
+    ) -> Result<(), HvError>;
+
+    /// Start the VM. Already running (or frozen) → its current status.
+    /// Fails if a disk file is missing.
+    async fn start(&self, spec: &VmSpec) -> Result<VmStatus, HvError>;
+
+    /// Graceful stop: ask the guest, wait up to `timeout`, then force.
+    async fn shutdown(&self, name: &str, timeout: Duration) -> Result<VmStatus, HvError>;
+
+    /// Forced stop. Idempotent.
+    async fn stop(&self, name: &str) -> Result<VmStatus, HvError>;
+
+    /// Current status; an unknown VM is `Stopped`.
+    async fn status(&self, name: &str) -> Result<VmStatus, HvError>;
+
+    /// Pause the VM so its disks stop changing. Error if it is not running.
+    async fn freeze(&self, name: &str) -> Result<(), HvError>;
+
+    /// Resume a frozen VM.
+    async fn thaw(&self, name: &str) -> Result<(), HvError>;
+
+    /// Make the disks readable as a consistent image (see the crate docs).
+    async fn snapshot_begin(&self, spec: &VmSpec) -> Result<SnapshotSource, HvError>;
+
+    /// Release what `snapshot_begin` took (thaw, drop the backup job, …).
+    async fn snapshot_end(&self, spec: &VmSpec) -> Result<(), HvError>;
+}
+
+/// Errors of every driver.
+#[derive(Debug, thiserror::Error)]
+pub enum HvError {
+    #[error("disk '{disk}' of vm '{vm}' is missing at {}", path.display())]
+    DiskMissing {
+        vm: String,
+        disk: String,
+        path: PathBuf,
+    },
+    #[error("disk '{disk}' of vm '{vm}' already exists at {}", path.display())]
+    DiskExists {
+        vm: String,
+        disk: String,
+        path: PathBuf,
+    },
+    #[error("vm '{vm}' has no disk named '{disk}'")]
+    UnknownDisk { vm: String, disk: String },
+    #[error("template image {} for disk '{disk}' of vm '{vm}' is larger than the disk ({size} bytes)", template.display())]
+    TemplateTooLarge {
+        vm: String,
+        disk: String,
+        template: PathBuf,
+        size: u64,
+    },
+    #[error("vm '{vm}' is not running (state {state})")]
+    NotRunning { vm: String, state: VmState },
+    #[error("unable to start vm '{vm}' with {}", command.display())]
+    Spawn {
+        vm: String,
+        command: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unable to {action} for vm '{vm}' at {}", path.display())]
+    Io {
+        vm: String,
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unable to send {signal} to vm '{vm}' (process group {pgid})")]
+    Signal {
+        vm: String,
+        signal: &'static str,
+        pgid: u32,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("vm '{vm}' did not exit within {waited:?} of SIGKILL")]
+    ExitTimeout { vm: String, waited: Duration },
+    #[error("{operation} is not supported by the {driver} driver")]
+    Unsupported {
+        driver: &'static str,
+        operation: &'static str,
+    },
+}
+
+impl HvError {
+    /// Whether retrying the same call later can succeed without someone
+    /// changing the spec or the files first.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            HvError::NotRunning { .. }
+            | HvError::Io { .. }
+            | HvError::Signal { .. }
+            | HvError::ExitTimeout { .. } => true,
+            HvError::DiskMissing { .. }
+            | HvError::DiskExists { .. }
+            | HvError::UnknownDisk { .. }
+            | HvError::TemplateTooLarge { .. }
+            | HvError::Spawn { .. }
+            | HvError::Unsupported { .. } => false,
+        }
+    }
+}

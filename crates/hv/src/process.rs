@@ -1,0 +1,570 @@
+//! The `process` driver: a VM is a supervised local process.
+//!
+//! Each VM runs in its own process group (`process_group(0)`), so signals
+//! sent to the group reach every child of the workload: SIGSTOP/SIGCONT for
+//! freeze/thaw (the crash-consistency mechanism), SIGTERM then SIGKILL for
+//! shutdown. stdout and stderr are appended to `workdir/<name>.log`; the
+//! process runs with `workdir` as its current directory.
+//!
+//! A task per child awaits its exit and records it: if the driver had asked
+//! the VM to stop, the VM becomes `Stopped`, otherwise `Crashed` with the
+//! exit description. Children are not killed when the driver is dropped
+//! (`kill_on_drop(false)`); call [`ProcessDriver::stop_all`] on shutdown.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use crate::{
+    Capabilities, Driver, HvError, SnapshotDisk, SnapshotSource, VmSpec, VmState, VmStatus,
+};
+
+/// How long to wait for the kernel to reap a process after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Block size of the sparse template copy; all-zero blocks become holes.
+const COPY_BLOCK: usize = 64 * 1024;
+
+struct Vm {
+    status: VmStatus,
+    /// Process group id (= pid of the leader) of the current or last run.
+    pgid: Option<u32>,
+    /// Set when we asked the VM to stop, so its exit is not a crash.
+    stopping: bool,
+    /// Flips to true when the current run has exited.
+    exited: watch::Receiver<bool>,
+    /// Distinguishes runs of the same name, so a late exit of an old run
+    /// never overwrites a newer one.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Table {
+    vms: HashMap<String, Vm>,
+    next_generation: u64,
+}
+
+/// Supervises local processes. Cheap to clone handles via `Arc`.
+#[derive(Default)]
+pub struct ProcessDriver {
+    table: Arc<Mutex<Table>>,
+}
+
+impl ProcessDriver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Force-stop every running or frozen VM (server shutdown).
+    pub async fn stop_all(&self) -> Vec<HvError> {
+        let mut errors = Vec::new();
+        for name in self.alive_names() {
+            if let Err(e) = self.stop(&name).await {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    /// Gracefully stop every running or frozen VM, each with `timeout`.
+    pub async fn shutdown_all(&self, timeout: Duration) -> Vec<HvError> {
+        let names = self.alive_names();
+        let mut set = tokio::task::JoinSet::new();
+        for name in names {
+            let table = self.table.clone();
+            set.spawn(async move { ProcessDriver { table }.shutdown(&name, timeout).await.err() });
+        }
+        let mut errors = Vec::new();
+        while let Some(res) = set.join_next().await {
+            if let Ok(Some(e)) = res {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    /// Names and statuses of every VM this driver has run.
+    pub fn list(&self) -> Vec<(String, VmStatus)> {
+        let table = self.lock();
+        let mut out: Vec<_> = table
+            .vms
+            .iter()
+            .map(|(n, vm)| (n.clone(), vm.status.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn alive_names(&self) -> Vec<String> {
+        self.lock()
+            .vms
+            .iter()
+            .filter(|(_, vm)| vm.status.is_alive())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A poisoned lock only means another task panicked mid-update; the
+        // table itself stays usable.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ask a live VM to end with `signal`, wait up to `timeout`, then SIGKILL.
+    async fn terminate(
+        &self,
+        name: &str,
+        signal: Signal,
+        timeout: Duration,
+    ) -> Result<VmStatus, HvError> {
+        let mut exited = {
+            let mut table = self.lock();
+            let Some(vm) = table.vms.get_mut(name) else {
+                return Ok(VmStatus::stopped());
+            };
+            if !vm.status.is_alive() {
+                return Ok(vm.status.clone());
+            }
+            vm.stopping = true;
+            let pgid = vm.pgid.unwrap_or_default();
+            send(name, pgid, signal)?;
+            if vm.status.state == VmState::Frozen {
+                // A stopped process only acts on SIGTERM once continued.
+                send(name, pgid, Signal::SIGCONT)?;
+            }
+            vm.exited.clone()
+        };
+        tracing::info!(vm = name, signal = %signal, "stopping vm");
+        if signal != Signal::SIGKILL
+            && tokio::time::timeout(timeout, exited.wait_for(|e| *e))
+                .await
+                .is_err()
+        {
+            tracing::warn!(vm = name, ?timeout, "vm ignored {signal}, sending SIGKILL");
+            let pgid = self
+                .lock()
+                .vms
+                .get(name)
+                .and_then(|vm| vm.pgid)
+                .unwrap_or_default();
+            send(name, pgid, Signal::SIGKILL)?;
+        }
+        match tokio::time::timeout(KILL_WAIT, exited.wait_for(|e| *e)).await {
+            Ok(_) => Ok(self.current(name)),
+            Err(_) => Err(HvError::ExitTimeout {
+                vm: name.to_owned(),
+                waited: KILL_WAIT,
+            }),
+        }
+    }
+
+    fn current(&self, name: &str) -> VmStatus {
+        self.lock()
+            .vms
+            .get(name)
+            .map(|vm| vm.status.clone())
+            .unwrap_or_else(VmStatus::stopped)
+    }
+
+    fn spawn(&self, spec: &VmSpec, table: &mut Table) -> Result<VmStatus, HvError> {
+        for disk in &spec.disks {
+            if !disk.path.is_file() {
+                return Err(HvError::DiskMissing {
+                    vm: spec.name.clone(),
+                    disk: disk.name.clone(),
+                    path: disk.path.clone(),
+                });
+            }
+        }
+        let io_err = |action, path: &Path| {
+            let vm = spec.name.clone();
+            let path = path.to_owned();
+            move |source| HvError::Io {
+                vm,
+                action,
+                path,
+                source,
+            }
+        };
+        std::fs::create_dir_all(&spec.workdir)
+            .map_err(io_err("create the work directory", &spec.workdir))?;
+        let log_path = spec.log_path();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err("open the log", &log_path))?;
+        let log_err = log.try_clone().map_err(io_err("open the log", &log_path))?;
+
+        let mut child = tokio::process::Command::new(&spec.command)
+            .args(&spec.args)
+            .envs(&spec.env)
+            .current_dir(&spec.workdir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| HvError::Spawn {
+                vm: spec.name.clone(),
+                command: spec.command.clone(),
+                source,
+            })?;
+        let pid = child.id();
+        let generation = table.next_generation;
+        table.next_generation += 1;
+        let (tx, rx) = watch::channel(false);
+        let status = VmStatus {
+            state: VmState::Running,
+            pid,
+            since: Some(Utc::now()),
+            exit: None,
+        };
+        table.vms.insert(
+            spec.name.clone(),
+            Vm {
+                status: status.clone(),
+                pgid: pid,
+                stopping: false,
+                exited: rx,
+                generation,
+            },
+        );
+        tracing::info!(vm = %spec.name, ?pid, command = %spec.command.display(), "vm started");
+
+        let shared = self.table.clone();
+        let name = spec.name.clone();
+        tokio::spawn(async move {
+            let exit = match child.wait().await {
+                Ok(st) => describe_exit(st),
+                Err(e) => format!("unknown exit ({e})"),
+            };
+            let mut table = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(vm) = table.vms.get_mut(&name)
+                && vm.generation == generation
+            {
+                let state = if vm.stopping {
+                    tracing::info!(vm = %name, %exit, "vm stopped");
+                    VmState::Stopped
+                } else {
+                    tracing::warn!(vm = %name, %exit, "vm crashed");
+                    VmState::Crashed
+                };
+                vm.status = VmStatus {
+                    state,
+                    pid: None,
+                    since: Some(Utc::now()),
+                    exit: Some(exit),
+                };
+            }
+            drop(table);
+            let _ = tx.send(true);
+        });
+        Ok(status)
+    }
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        (None, None) => status.to_string(),
+    }
+}
+
+fn send(vm: &str, pgid: u32, signal: Signal) -> Result<(), HvError> {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return Ok(());
+    };
+    if raw <= 1 {
+        // Never signal group 0 (ourselves) or 1 (init) by accident.
+        return Ok(());
+    }
+    match killpg(Pid::from_raw(raw), signal) {
+        // Already gone: the exit task will record it.
+        Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+        Err(source) => Err(HvError::Signal {
+            vm: vm.to_owned(),
+            signal: signal.as_str(),
+            pgid,
+            source,
+        }),
+    }
+}
+
+/// Copy `src` to a new file `dst`, leaving all-zero blocks as holes, and make
+/// the result `len` bytes long. Refuses to overwrite `dst`.
+fn sparse_copy(src: &Path, dst: &Path, len: u64) -> std::io::Result<()> {
+    let mut input = File::open(src)?;
+    let mut out = OpenOptions::new().write(true).create_new(true).open(dst)?;
+    let result = (|| {
+        let mut buf = vec![0u8; COPY_BLOCK];
+        let mut pos = 0u64;
+        loop {
+            let n = read_full(&mut input, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            if buf[..n].iter().any(|b| *b != 0) {
+                out.seek(SeekFrom::Start(pos))?;
+                out.write_all(&buf[..n])?;
+            }
+            pos += n as u64;
+        }
+        out.set_len(len.max(pos))?;
+        out.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(dst);
+    }
+    result
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Create an empty sparse disk of `len` bytes; refuses to overwrite.
+fn create_empty(dst: &Path, len: u64) -> std::io::Result<()> {
+    let f = OpenOptions::new().write(true).create_new(true).open(dst)?;
+    f.set_len(len)?;
+    f.sync_all()
+}
+
+#[async_trait]
+impl Driver for ProcessDriver {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            live_snapshot: false,
+            dirty_tracking: false,
+            app_consistent: false,
+        }
+    }
+
+    /// Sparse-copies each template image to its disk path; disks without a
+    /// template are created empty (sparse) with their declared size. The
+    /// result is `max(template size, disk size)` bytes long.
+    async fn create_from_template(
+        &self,
+        spec: &VmSpec,
+        template_disks: &[(String, PathBuf)],
+    ) -> Result<(), HvError> {
+        // Validate everything before creating anything.
+        for (disk_name, _) in template_disks {
+            if !spec.disks.iter().any(|d| &d.name == disk_name) {
+                return Err(HvError::UnknownDisk {
+                    vm: spec.name.clone(),
+                    disk: disk_name.clone(),
+                });
+            }
+        }
+        for disk in &spec.disks {
+            if disk.path.exists() {
+                return Err(HvError::DiskExists {
+                    vm: spec.name.clone(),
+                    disk: disk.name.clone(),
+                    path: disk.path.clone(),
+                });
+            }
+        }
+        for disk in &spec.disks {
+            let template = template_disks
+                .iter()
+                .find(|(n, _)| n == &disk.name)
+                .map(|(_, p)| p.clone());
+            let vm = spec.name.clone();
+            let disk = disk.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), HvError> {
+                if let Some(parent) = disk.path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|source| HvError::Io {
+                        vm: vm.clone(),
+                        action: "create the disk directory",
+                        path: parent.to_owned(),
+                        source,
+                    })?;
+                }
+                let res = match &template {
+                    Some(t) => {
+                        let tlen = std::fs::metadata(t)
+                            .map_err(|source| HvError::Io {
+                                vm: vm.clone(),
+                                action: "read the template image",
+                                path: t.clone(),
+                                source,
+                            })?
+                            .len();
+                        if disk.size > 0 && tlen > disk.size {
+                            return Err(HvError::TemplateTooLarge {
+                                vm,
+                                disk: disk.name,
+                                template: t.clone(),
+                                size: disk.size,
+                            });
+                        }
+                        sparse_copy(t, &disk.path, disk.size)
+                    }
+                    None => create_empty(&disk.path, disk.size),
+                };
+                res.map_err(|source| {
+                    if source.kind() == std::io::ErrorKind::AlreadyExists {
+                        HvError::DiskExists {
+                            vm: vm.clone(),
+                            disk: disk.name.clone(),
+                            path: disk.path.clone(),
+                        }
+                    } else {
+                        HvError::Io {
+                            vm: vm.clone(),
+                            action: "copy the template image",
+                            path: disk.path.clone(),
+                            source,
+                        }
+                    }
+                })?;
+                tracing::info!(vm, disk = %disk.name, path = %disk.path.display(), "disk created");
+                Ok(())
+            })
+            .await
+            .map_err(|e| HvError::Io {
+                vm: spec.name.clone(),
+                action: "copy the template image",
+                path: PathBuf::new(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        }
+        Ok(())
+    }
+
+    async fn start(&self, spec: &VmSpec) -> Result<VmStatus, HvError> {
+        let mut table = self.lock();
+        if let Some(vm) = table.vms.get(&spec.name)
+            && vm.status.is_alive()
+        {
+            return Ok(vm.status.clone());
+        }
+        self.spawn(spec, &mut table)
+    }
+
+    async fn shutdown(&self, name: &str, timeout: Duration) -> Result<VmStatus, HvError> {
+        self.terminate(name, Signal::SIGTERM, timeout).await
+    }
+
+    async fn stop(&self, name: &str) -> Result<VmStatus, HvError> {
+        self.terminate(name, Signal::SIGKILL, Duration::ZERO).await
+    }
+
+    async fn status(&self, name: &str) -> Result<VmStatus, HvError> {
+        Ok(self.current(name))
+    }
+
+    async fn freeze(&self, name: &str) -> Result<(), HvError> {
+        let mut table = self.lock();
+        let Some(vm) = table.vms.get_mut(name) else {
+            return Err(HvError::NotRunning {
+                vm: name.to_owned(),
+                state: VmState::Stopped,
+            });
+        };
+        match vm.status.state {
+            VmState::Frozen => Ok(()),
+            VmState::Running => {
+                send(name, vm.pgid.unwrap_or_default(), Signal::SIGSTOP)?;
+                vm.status.state = VmState::Frozen;
+                vm.status.since = Some(Utc::now());
+                tracing::debug!(vm = name, "vm frozen");
+                Ok(())
+            }
+            state => Err(HvError::NotRunning {
+                vm: name.to_owned(),
+                state,
+            }),
+        }
+    }
+
+    async fn thaw(&self, name: &str) -> Result<(), HvError> {
+        let mut table = self.lock();
+        let Some(vm) = table.vms.get_mut(name) else {
+            return Err(HvError::NotRunning {
+                vm: name.to_owned(),
+                state: VmState::Stopped,
+            });
+        };
+        match vm.status.state {
+            VmState::Running => Ok(()),
+            VmState::Frozen => {
+                send(name, vm.pgid.unwrap_or_default(), Signal::SIGCONT)?;
+                vm.status.state = VmState::Running;
+                vm.status.since = Some(Utc::now());
+                tracing::debug!(vm = name, "vm thawed");
+                Ok(())
+            }
+            state => Err(HvError::NotRunning {
+                vm: name.to_owned(),
+                state,
+            }),
+        }
+    }
+
+    async fn snapshot_begin(&self, spec: &VmSpec) -> Result<SnapshotSource, HvError> {
+        for disk in &spec.disks {
+            if !disk.path.is_file() {
+                return Err(HvError::DiskMissing {
+                    vm: spec.name.clone(),
+                    disk: disk.name.clone(),
+                    path: disk.path.clone(),
+                });
+            }
+        }
+        let consistency_note = match self.current(&spec.name).state {
+            VmState::Running | VmState::Frozen => {
+                self.freeze(&spec.name).await?;
+                "crash-consistent: process group paused with SIGSTOP".to_owned()
+            }
+            VmState::Stopped | VmState::Crashed => "cold: workload not running".to_owned(),
+        };
+        Ok(SnapshotSource {
+            disks: spec
+                .disks
+                .iter()
+                .map(|d| SnapshotDisk {
+                    name: d.name.clone(),
+                    path: d.path.clone(),
+                    dirty: None,
+                })
+                .collect(),
+            consistency_note,
+        })
+    }
+
+    async fn snapshot_end(&self, spec: &VmSpec) -> Result<(), HvError> {
+        if self.current(&spec.name).state == VmState::Frozen {
+            self.thaw(&spec.name).await?;
+        }
+        Ok(())
+    }
+}
