@@ -5,6 +5,7 @@
 //! and the records the API returns ([`model`]). Nothing here does I/O beyond
 //! reading a configuration file.
 
+pub mod api;
 pub mod config;
 pub mod model;
 mod retention;

@@ -1,0 +1,114 @@
+//! Request and response bodies of the controller's HTTP API (`/api/v1`),
+//! shared by the server and the CLI so both sides agree by construction.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{PointRecord, VmRecord};
+
+/// Every API error has this JSON body.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// Stable machine-readable code, e.g. `not_found`, `conflict`.
+    pub code: String,
+    pub message: String,
+    /// Whether the same request may succeed later.
+    pub retryable: bool,
+}
+
+/// A VM with its live state from the driver of the host it is active on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmView {
+    #[serde(flatten)]
+    pub record: VmRecord,
+    /// `running`, `stopped`, `frozen`, `crashed` or `unknown`.
+    pub state: String,
+    pub pid: Option<u32>,
+    pub since: Option<DateTime<Utc>>,
+    pub exit: Option<String>,
+    pub groups: Vec<String>,
+    pub last_point: Option<PointRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteView {
+    pub name: String,
+    pub description: String,
+    pub hosts: Vec<String>,
+    pub datastores: Vec<String>,
+    /// VMs active at this site.
+    pub vms: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatastoreView {
+    pub name: String,
+    pub site: String,
+    pub path: String,
+    pub points: usize,
+    pub packs: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Set when the datastore cannot be opened.
+    pub error: Option<String>,
+}
+
+/// Answer to a request that started a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRef {
+    pub job: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    pub point: String,
+    /// Site to restore at.
+    pub site: String,
+    /// Host at that site; the site's first host when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Datastore to read from; the nearest one holding the point when
+    /// absent (one at the target site first).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Start the VM once its disks are restored.
+    #[serde(default = "yes")]
+    pub start: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PruneRequest {
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GcRequest {
+    /// Packs younger than this are never touched (seconds; default 3600).
+    #[serde(default)]
+    pub grace_secs: Option<u64>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// Point to copy; every point of the source when absent.
+    #[serde(default)]
+    pub point: Option<String>,
+    /// Destination datastore.
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShutdownRequest {
+    /// Seconds to wait after SIGTERM before SIGKILL; the VM's configured
+    /// timeout when absent.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
