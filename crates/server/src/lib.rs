@@ -1,1 +1,75 @@
-//! server
+//! The standby controller.
+//!
+//! # Layout
+//! - [`controller`]: shared state (config, database, agents, datastores,
+//!   per-VM locks).
+//! - [`agent`]: the agent of one host; runs driver actions and moves disk
+//!   data to and from datastores. Embedded mode runs every host's agent in
+//!   this process; remote agents will speak the same calls over HTTP.
+//! - [`protect`], [`restore`]: the two data-moving operations.
+//! - [`scheduler`]: runs protection groups on their schedule, which is
+//!   persisted so a restart keeps it.
+//! - [`jobs`]: background work with persisted progress.
+//! - [`api`]: the HTTP/JSON API under `/api/v1`.
+//!
+//! # Invariants
+//! - One operation per VM at a time (a point never overlaps a restore).
+//! - A VM is never started at a second place while it may run at the first:
+//!   restore refuses while the VM runs where it is active.
+//! - The datastores are the truth about points; the database is a catalog
+//!   rebuilt from them at start ([`Controller::open`] rescans).
+
+pub mod agent;
+pub mod api;
+pub mod controller;
+pub mod error;
+pub mod jobs;
+pub mod protect;
+pub mod restore;
+pub mod scheduler;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use controller::Controller;
+pub use error::ServerError;
+use standby_types::config::Config;
+use tokio::task::JoinHandle;
+
+/// A controller serving its API.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub ctl: Arc<Controller>,
+    serve: JoinHandle<std::io::Result<()>>,
+}
+
+/// Open the controller, start the scheduler and serve the API on the
+/// configured address (port 0 picks a free one; see `addr`).
+pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
+    let listen = cfg.controller.listen.clone();
+    let ctl = Controller::open(cfg).await?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| ServerError::Internal(format!("unable to listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Internal(format!("unable to read listen address: {e}")))?;
+    ctl.tasks.spawn(scheduler::run(ctl.clone()));
+    let app = api::router(ctl.clone());
+    let cancel = ctl.cancel.clone();
+    let serve = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await
+    });
+    tracing::info!(%addr, "standby controller listening");
+    Ok(RunningServer { addr, ctl, serve })
+}
+
+impl RunningServer {
+    /// Stop serving, stop background work and shut down local VMs.
+    pub async fn stop(self) {
+        self.ctl.shutdown().await;
+        let _ = self.serve.await;
+    }
+}

@@ -1,0 +1,191 @@
+//! The controller's shared state: configuration, database, the agents of
+//! local hosts, open datastores and the locks that keep one operation per
+//! VM at a time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use standby_db::{Repo, SqliteRepo};
+use standby_hv::{ProcessDriver, VmState};
+use standby_store::Datastore;
+use standby_types::config::{Config, DriverKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agent::Agent;
+use crate::error::ServerError;
+
+pub struct Controller {
+    pub cfg: Config,
+    pub repo: Arc<dyn Repo>,
+    pub agents: BTreeMap<String, Agent>,
+    stores: Mutex<HashMap<String, Datastore>>,
+    vm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    running_groups: Mutex<HashSet<String>>,
+    pub tasks: TaskTracker,
+    pub cancel: CancellationToken,
+}
+
+impl Controller {
+    /// Open the database, apply the configuration to it and set up the
+    /// agents of every configured host (all local in the embedded mode).
+    pub async fn open(cfg: Config) -> Result<Arc<Controller>, ServerError> {
+        std::fs::create_dir_all(&cfg.controller.data_dir).map_err(|e| {
+            ServerError::Internal(format!(
+                "unable to create data directory {}: {e}",
+                cfg.controller.data_dir.display()
+            ))
+        })?;
+        let repo = SqliteRepo::open(&cfg.controller.data_dir.join("state.db")).await?;
+        repo.apply_config(&cfg).await?;
+        let interrupted = repo.fail_interrupted_jobs().await?;
+        if interrupted > 0 {
+            tracing::warn!("{interrupted} job(s) were cut off by the last controller stop");
+        }
+        let mut agents = BTreeMap::new();
+        for (name, host) in &cfg.hosts {
+            let driver = match host.driver {
+                DriverKind::Process => Arc::new(ProcessDriver::new()),
+            };
+            agents.insert(
+                name.clone(),
+                Agent::new(name, host, &cfg.controller.data_dir, driver),
+            );
+        }
+        let ctl = Arc::new(Controller {
+            cfg,
+            repo: Arc::new(repo),
+            agents,
+            stores: Mutex::default(),
+            vm_locks: Mutex::default(),
+            running_groups: Mutex::default(),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        });
+        ctl.rescan().await?;
+        Ok(ctl)
+    }
+
+    pub fn agent(&self, host: &str) -> Result<&Agent, ServerError> {
+        self.agents
+            .get(host)
+            .ok_or_else(|| ServerError::not_found("host", host))
+    }
+
+    /// The datastore by name, opened (and created on first use) once.
+    pub fn store(&self, name: &str) -> Result<Datastore, ServerError> {
+        let cfg = self
+            .cfg
+            .datastores
+            .get(name)
+            .ok_or_else(|| ServerError::not_found("datastore", name))?;
+        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = stores.get(name) {
+            return Ok(s.clone());
+        }
+        let s = Datastore::open_or_create(&cfg.path)?;
+        stores.insert(name.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// Serialises operations on one VM (a point and a restore never overlap).
+    pub async fn lock_vm(&self, vm: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .vm_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(vm.to_string())
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+
+    /// Mark a group as running; false when it already is.
+    pub fn try_begin_group(&self, group: &str) -> bool {
+        self.running_groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group.to_string())
+    }
+
+    pub fn end_group(&self, group: &str) {
+        self.running_groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(group);
+    }
+
+    /// Stop background work and shut down the VMs run by local agents.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        for agent in self.agents.values() {
+            for vm in self.cfg.vms.keys() {
+                if let Ok(st) = agent.driver.status(vm).await
+                    && matches!(st.state, VmState::Running | VmState::Frozen)
+                {
+                    let timeout = self.cfg.vms[vm].shutdown_timeout;
+                    if let Err(e) = agent.driver.shutdown(vm, timeout).await {
+                        tracing::warn!(vm, host = %agent.host, "unable to shut down: {e}");
+                    }
+                }
+            }
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.tasks.wait()).await;
+    }
+}
+
+impl Controller {
+    /// Make the point catalog match what the datastores hold: points found
+    /// in a store are recorded, copies that vanished are dropped. Stores
+    /// that cannot be opened are left as they are (and reported).
+    pub async fn rescan(&self) -> Result<(), ServerError> {
+        for name in self.cfg.datastores.keys() {
+            let store = match self.store(name) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(datastore = %name, "rescan skipped: {e}");
+                    continue;
+                }
+            };
+            let manifests = match tokio::task::spawn_blocking(move || store.list_points()).await? {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(datastore = %name, "rescan skipped: {e}");
+                    continue;
+                }
+            };
+            let present: HashSet<String> = manifests.iter().map(|m| m.id.to_string()).collect();
+            for m in &manifests {
+                let id = m.id.to_string();
+                if self.repo.point(&id).await.is_ok() {
+                    self.repo.add_point_copy(&id, name).await?;
+                } else {
+                    self.repo
+                        .insert_point(&standby_types::model::PointRecord {
+                            id,
+                            vm: m.vm.clone(),
+                            group: m.labels.get("group").cloned(),
+                            site: m.site.clone(),
+                            time: m.time,
+                            consistency: serde_json::to_value(m.consistency)
+                                .ok()
+                                .and_then(|v| v.as_str().map(String::from))
+                                .unwrap_or_else(|| "crash".into()),
+                            size: m.disks.iter().map(|d| d.size).sum(),
+                            bytes_read: 0,
+                            bytes_new: 0,
+                            copies: vec![name.clone()],
+                        })
+                        .await?;
+                }
+            }
+            for p in self.repo.points(None).await? {
+                if p.copies.contains(name) && !present.contains(&p.id) {
+                    self.repo.remove_point_copy(&p.id, name).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

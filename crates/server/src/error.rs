@@ -1,0 +1,86 @@
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use standby_db::DbError;
+use standby_hv::HvError;
+use standby_store::StoreError;
+use standby_types::api::ApiError;
+
+/// Errors of the controller. Each maps to an HTTP status, a stable code
+/// and whether retrying can help.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{kind} '{name}' not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hv(#[from] HvError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServerError {
+    pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+        ServerError::NotFound {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, bool) {
+        match self {
+            ServerError::NotFound { .. } | ServerError::Db(DbError::NotFound { .. }) => {
+                (StatusCode::NOT_FOUND, "not_found", false)
+            }
+            ServerError::Conflict(_) => (StatusCode::CONFLICT, "conflict", true),
+            ServerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", false),
+            ServerError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database", true),
+            ServerError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "datastore", false),
+            ServerError::Hv(_) => (StatusCode::INTERNAL_SERVER_ERROR, "hypervisor", true),
+            ServerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", true),
+        }
+    }
+
+    pub fn to_api(&self) -> ApiError {
+        let (_, code, retryable) = self.parts();
+        ApiError {
+            code: code.to_string(),
+            message: error_chain(self),
+            retryable,
+        }
+    }
+}
+
+/// The error and its sources, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let (status, _, _) = self.parts();
+        (status, axum::Json(self.to_api())).into_response()
+    }
+}
+
+impl From<tokio::task::JoinError> for ServerError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ServerError::Internal(format!("background task failed: {e}"))
+    }
+}

@@ -1,0 +1,118 @@
+//! Jobs: long work that runs in the background, persisted with its
+//! progress so the CLI can poll it and a restart can see what was cut off.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use standby_types::model::JobStatus;
+
+use crate::controller::Controller;
+use crate::error::{ServerError, error_chain};
+
+/// Live progress of one job, updated from worker threads and flushed to
+/// the database a few times a second.
+#[derive(Debug, Default)]
+pub struct JobProgress {
+    done: AtomicU64,
+    total: AtomicU64,
+    message: Mutex<String>,
+}
+
+impl JobProgress {
+    pub fn set_message(&self, msg: impl Into<String>) {
+        *self.message.lock().unwrap_or_else(|p| p.into_inner()) = msg.into();
+    }
+
+    /// Start a new stage: a message and a fresh byte count.
+    pub fn stage(&self, msg: impl Into<String>, total: u64) {
+        self.set_message(msg);
+        self.done.store(0, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> (u64, u64, String) {
+        (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+            self.message
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+impl standby_store::Progress for JobProgress {
+    fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+    fn inc(&self, delta: u64) {
+        self.done.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
+/// Record a job, run `work` in the background and persist its outcome.
+/// Returns the job id at once.
+pub async fn spawn_job<F, Fut>(
+    ctl: &Arc<Controller>,
+    kind: &str,
+    target: &str,
+    work: F,
+) -> Result<i64, ServerError>
+where
+    F: FnOnce(Arc<Controller>, Arc<JobProgress>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<serde_json::Value, ServerError>> + Send + 'static,
+{
+    let job = ctl.repo.create_job(kind, target).await?;
+    let id = job.id;
+    ctl.repo.start_job(id).await?;
+    let progress = Arc::new(JobProgress::default());
+    let ctl2 = ctl.clone();
+    let kind = kind.to_string();
+    let target = target.to_string();
+    ctl.tasks.spawn(async move {
+        let flusher = {
+            let (ctl, progress) = (ctl2.clone(), progress.clone());
+            tokio::spawn(async move {
+                let mut last = None;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let snap = progress.snapshot();
+                    if last.as_ref() != Some(&snap) {
+                        let (done, total, msg) = &snap;
+                        if let Err(e) = ctl.repo.update_job(id, *done, *total, msg).await {
+                            tracing::warn!(job = id, "unable to record job progress: {e}");
+                        }
+                        last = Some(snap);
+                    }
+                }
+            })
+        };
+        let outcome = work(ctl2.clone(), progress.clone()).await;
+        flusher.abort();
+        let (done, total, msg) = progress.snapshot();
+        let _ = ctl2.repo.update_job(id, done, total, &msg).await;
+        let res = match &outcome {
+            Ok(v) => {
+                tracing::info!(job = id, %kind, %target, "job succeeded");
+                ctl2.repo
+                    .finish_job(id, JobStatus::Succeeded, None, v)
+                    .await
+            }
+            Err(e) => {
+                let msg = error_chain(e);
+                tracing::error!(job = id, %kind, %target, "job failed: {msg}");
+                ctl2.repo
+                    .finish_job(id, JobStatus::Failed, Some(&msg), &serde_json::Value::Null)
+                    .await
+            }
+        };
+        if let Err(e) = res {
+            tracing::error!(job = id, "unable to record the end of the job: {e}");
+        }
+    });
+    Ok(id)
+}

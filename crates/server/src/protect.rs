@@ -1,0 +1,155 @@
+//! Protection runs: a point of every member of a group, written to the
+//! group's datastore at the VM's site, synced to the others, then pruned by
+//! the group's retention.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+use standby_types::model::PointRecord;
+
+use crate::controller::Controller;
+use crate::error::{ServerError, error_chain};
+use crate::jobs::JobProgress;
+
+pub async fn run_group(
+    ctl: Arc<Controller>,
+    group: String,
+    progress: Arc<JobProgress>,
+) -> Result<serde_json::Value, ServerError> {
+    let g = ctl
+        .cfg
+        .groups
+        .get(&group)
+        .ok_or_else(|| ServerError::not_found("group", &group))?
+        .clone();
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for vm in &g.members {
+        match protect_vm(&ctl, &group, vm, progress.clone()).await {
+            Ok(v) => results.push(v),
+            Err(e) => {
+                let msg = format!("{vm}: {}", error_chain(&e));
+                tracing::error!(group, "protection failed: {msg}");
+                failures.push(msg);
+            }
+        }
+    }
+    if !failures.is_empty() {
+        return Err(ServerError::Internal(format!(
+            "group {group}: {} of {} vm(s) failed: {}",
+            failures.len(),
+            g.members.len(),
+            failures.join("; ")
+        )));
+    }
+    Ok(json!({ "group": group, "vms": results }))
+}
+
+async fn protect_vm(
+    ctl: &Arc<Controller>,
+    group: &str,
+    vm: &str,
+    progress: Arc<JobProgress>,
+) -> Result<serde_json::Value, ServerError> {
+    let g = &ctl.cfg.groups[group];
+    let _guard = ctl.lock_vm(vm).await;
+    let rec = ctl.repo.vm(vm).await?;
+    let agent = ctl.agent(&rec.active_host)?;
+    let spec = agent.spec(&ctl.cfg, vm)?;
+    // Write where the VM runs; copy elsewhere afterwards.
+    let source = g
+        .datastores
+        .iter()
+        .find(|d| ctl.cfg.datastores[*d].site == rec.active_site)
+        .unwrap_or(&g.datastores[0])
+        .clone();
+    let store = ctl.store(&source)?;
+    let started = Instant::now();
+    let labels = BTreeMap::from([("group".to_string(), group.to_string())]);
+    let vm_config = serde_json::to_value(&ctl.cfg.vms[vm]).unwrap_or_default();
+    let (manifest, stats) = agent
+        .take_point(
+            &spec,
+            &store,
+            g.chunk_size.0 as u32,
+            labels,
+            vm_config,
+            progress.clone(),
+        )
+        .await?;
+    let point_secs = started.elapsed().as_secs_f64();
+    let id = manifest.id.to_string();
+    ctl.repo
+        .insert_point(&PointRecord {
+            id: id.clone(),
+            vm: vm.to_string(),
+            group: Some(group.to_string()),
+            site: manifest.site.clone(),
+            time: manifest.time,
+            consistency: "crash".into(),
+            size: stats.size,
+            bytes_read: stats.bytes_read,
+            bytes_new: stats.bytes_new,
+            copies: vec![source.clone()],
+        })
+        .await?;
+    tracing::info!(vm, point = %id, datastore = %source, bytes_read = stats.bytes_read, bytes_new = stats.bytes_new, "point taken");
+
+    let mut synced = Vec::new();
+    let mut sync_errors = Vec::new();
+    for target in g.datastores.iter().filter(|d| **d != source) {
+        progress.stage(format!("{vm}: syncing {id} to {target}"), 0);
+        let res = async {
+            let dst = ctl.store(target)?;
+            let (src, pid) = (store.clone(), manifest.id.clone());
+            let p = progress.clone();
+            let s = tokio::task::spawn_blocking(move || src.sync_point(&pid, &dst, p.as_ref()))
+                .await??;
+            ctl.repo.add_point_copy(&id, target).await?;
+            Ok::<_, ServerError>(s)
+        }
+        .await;
+        match res {
+            Ok(s) => synced.push(json!({"datastore": target, "chunks_copied": s.chunks_copied, "bytes_copied": s.bytes_copied})),
+            Err(e) => sync_errors.push(format!("sync to {target}: {}", error_chain(&e))),
+        }
+    }
+
+    let mut pruned = 0;
+    if !g.retention.keeps_all() {
+        for ds in &g.datastores {
+            let Ok(store) = ctl.store(ds) else { continue };
+            let (policy, vmn) = (g.retention, vm.to_string());
+            match tokio::task::spawn_blocking(move || store.prune(&policy, Some(&vmn), false)).await? {
+                Ok(report) => {
+                    for removed in &report.removed {
+                        ctl.repo.remove_point_copy(&removed.to_string(), ds).await?;
+                    }
+                    pruned += report.removed.len();
+                }
+                Err(e) => sync_errors.push(format!("prune {ds}: {}", error_chain(&e))),
+            }
+        }
+    }
+    if !sync_errors.is_empty() {
+        return Err(ServerError::Internal(format!(
+            "point {id} taken in {source}, but: {}",
+            sync_errors.join("; ")
+        )));
+    }
+    Ok(json!({
+        "vm": vm,
+        "point": id,
+        "datastore": source,
+        "seconds": point_secs,
+        "size": stats.size,
+        "bytes_read": stats.bytes_read,
+        "bytes_new": stats.bytes_new,
+        "chunks": stats.chunks,
+        "chunks_new": stats.chunks_new,
+        "synced": synced,
+        "pruned": pruned,
+    }))
+}

@@ -1,0 +1,163 @@
+//! Restore a point at a site: pick the nearest intact copy, refuse while
+//! the VM may be running elsewhere, write its disks, move its placement and
+//! start it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+use standby_hv::VmState;
+use standby_store::PointId;
+use standby_types::api::RestoreRequest;
+
+use crate::controller::Controller;
+use crate::error::ServerError;
+use crate::jobs::JobProgress;
+
+/// Checks that can fail before a job is created, so the caller gets a
+/// clear error at once.
+pub async fn check(ctl: &Controller, req: &RestoreRequest) -> Result<(), ServerError> {
+    let point = ctl.repo.point(&req.point).await?;
+    if !ctl.cfg.sites.contains_key(&req.site) {
+        return Err(ServerError::not_found("site", &req.site));
+    }
+    target_host(ctl, req)?;
+    if !ctl.cfg.vms.contains_key(&point.vm) {
+        return Err(ServerError::not_found("vm", &point.vm));
+    }
+    Ok(())
+}
+
+fn target_host(ctl: &Controller, req: &RestoreRequest) -> Result<String, ServerError> {
+    match &req.host {
+        Some(h) => {
+            let host = ctl
+                .cfg
+                .hosts
+                .get(h)
+                .ok_or_else(|| ServerError::not_found("host", h))?;
+            if host.site != req.site {
+                return Err(ServerError::BadRequest(format!(
+                    "host {h} is at site {}, not {}",
+                    host.site, req.site
+                )));
+            }
+            Ok(h.clone())
+        }
+        None => ctl
+            .cfg
+            .first_host_of_site(&req.site)
+            .map(str::to_string)
+            .ok_or_else(|| ServerError::BadRequest(format!("site {} has no host", req.site))),
+    }
+}
+
+pub async fn run(
+    ctl: Arc<Controller>,
+    req: RestoreRequest,
+    progress: Arc<JobProgress>,
+) -> Result<serde_json::Value, ServerError> {
+    let started = Instant::now();
+    let point = ctl.repo.point(&req.point).await?;
+    let vm = point.vm.clone();
+    let host = target_host(&ctl, &req)?;
+    let _guard = ctl.lock_vm(&vm).await;
+
+    // Never two active copies: the VM must not run where it is active now.
+    let current = ctl.repo.vm(&vm).await?;
+    let status = ctl.agent(&current.active_host)?.status(&vm).await?;
+    if matches!(status.state, VmState::Running | VmState::Frozen) {
+        return Err(ServerError::Conflict(format!(
+            "vm {vm} is {} at {} (site {}); stop it before restoring (standby never runs two copies)",
+            state_word(status.state),
+            current.active_host,
+            current.active_site
+        )));
+    }
+
+    let candidates: Vec<String> = match &req.from {
+        Some(ds) => vec![ds.clone()],
+        None => {
+            // Nearest first: copies at the target site, then the rest.
+            let (mut near, far): (Vec<_>, Vec<_>) = point
+                .copies
+                .iter()
+                .cloned()
+                .partition(|d| ctl.cfg.datastores.get(d).is_some_and(|c| c.site == req.site));
+            near.extend(far);
+            near
+        }
+    };
+    let pid: PointId = req
+        .point
+        .parse()
+        .map_err(|e| ServerError::BadRequest(format!("bad point id '{}': {e}", req.point)))?;
+    let mut tried = Vec::new();
+    let mut chosen = None;
+    for ds in candidates {
+        let found = match ctl.store(&ds) {
+            Ok(store) => {
+                let (s, p) = (store.clone(), pid.clone());
+                match tokio::task::spawn_blocking(move || s.has_point(&p)).await? {
+                    Ok(true) => Some(store),
+                    Ok(false) => {
+                        tried.push(format!("{ds}: point missing"));
+                        None
+                    }
+                    Err(e) => {
+                        tried.push(format!("{ds}: {e}"));
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                tried.push(format!("{ds}: {e}"));
+                None
+            }
+        };
+        if let Some(store) = found {
+            chosen = Some((ds, store));
+            break;
+        }
+    }
+    let Some((ds, store)) = chosen else {
+        return Err(ServerError::Conflict(format!(
+            "no datastore holds point {} intact ({})",
+            req.point,
+            tried.join("; ")
+        )));
+    };
+
+    let agent = ctl.agent(&host)?;
+    let spec = agent.spec(&ctl.cfg, &vm)?;
+    let bytes = agent.restore_point(&spec, &store, &pid, progress.clone()).await?;
+    let restored_secs = started.elapsed().as_secs_f64();
+    ctl.repo.set_vm_placement(&vm, &req.site, &host).await?;
+    let mut started_vm = false;
+    if req.start {
+        progress.stage(format!("{vm}: starting at {host}"), 0);
+        agent.driver.start(&spec).await?;
+        started_vm = true;
+    }
+    Ok(json!({
+        "point": req.point,
+        "vm": vm,
+        "site": req.site,
+        "host": host,
+        "datastore": ds,
+        "bytes": bytes,
+        "restore_seconds": restored_secs,
+        "seconds": started.elapsed().as_secs_f64(),
+        "started": started_vm,
+        "skipped": tried,
+    }))
+}
+
+pub fn state_word(s: VmState) -> &'static str {
+    match s {
+        VmState::Running => "running",
+        VmState::Stopped => "stopped",
+        VmState::Frozen => "frozen",
+        VmState::Crashed => "crashed",
+    }
+}
