@@ -1,1 +1,79 @@
-fn main() {}
+//! `standby`: the command-line face of the controller.
+
+mod client;
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "standby", version, about = "Disaster recovery for VMs and VNFs")]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, short, global = true, env = "STANDBY_CONFIG", default_value = "standby.toml")]
+    pub config: PathBuf,
+    /// Controller address (default: `controller.listen` of the config).
+    #[arg(long, global = true, env = "STANDBY_URL")]
+    pub url: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Write a commented example standby.toml.
+    Init {
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the controller (with in-process agents for local hosts).
+    Server,
+    /// Sites.
+    #[command(subcommand)]
+    Site(commands::site::SiteCmd),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(commands::vm::VmCmd),
+    /// Protection groups.
+    #[command(subcommand)]
+    Protect(commands::protect::ProtectCmd),
+    /// Recovery points.
+    #[command(subcommand)]
+    Points(commands::points::PointsCmd),
+    /// Restore a recovery point at a site and start the VM there.
+    Restore(commands::restore::RestoreArgs),
+    /// Datastore maintenance.
+    #[command(subcommand)]
+    Store(commands::store::StoreCmd),
+    /// Background jobs.
+    #[command(subcommand)]
+    Jobs(commands::jobs::JobsCmd),
+    /// Two sites, a SIP VNF, points, a disaster and a restore: all in a
+    /// temporary directory.
+    Demo(commands::demo::DemoArgs),
+    /// Measure point, incremental point and restore against restic and borg.
+    Bench(commands::bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STANDBY_LOG").unwrap_or_else(|_| {
+                let default = if matches!(cli.cmd, Cmd::Server) { "info" } else { "warn" };
+                tracing_subscriber::EnvFilter::new(default)
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(commands::run(cli))
+}

@@ -1,0 +1,124 @@
+//! A small typed client of the controller's API.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use standby_types::api::{ApiError, JobRef};
+use standby_types::model::{Job, JobStatus};
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(addr: &str) -> Client {
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        Client {
+            base,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("http client without TLS builds"),
+        }
+    }
+
+    async fn handle<T: DeserializeOwned>(&self, resp: reqwest::Response, what: &str) -> Result<T> {
+        let status = resp.status();
+        let bytes = resp.bytes().await.with_context(|| format!("reading answer to {what}"))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .with_context(|| format!("unexpected answer to {what}"));
+        }
+        match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(e) => Err(anyhow!(e.message.clone()).context(format!("{what} failed ({})", e.code))),
+            Err(_) => Err(anyhow!(
+                "{what} failed: HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )),
+        }
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        anyhow!(e).context(format!(
+            "unable to reach the standby controller at {} (is `standby server` running?)",
+            self.base
+        ))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.handle(resp, &format!("GET {path}")).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.handle(resp, &format!("POST {path}")).await
+    }
+
+    /// Poll a job until it ends. With `bar`, show a progress bar with
+    /// throughput on stderr.
+    pub async fn wait_job(&self, job: JobRef, bar: bool) -> Result<Job> {
+        let pb = if bar {
+            let pb = ProgressBar::new(0);
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+                )
+                .expect("valid template"),
+            );
+            Some(pb)
+        } else {
+            None
+        };
+        let mut last_msg = String::new();
+        loop {
+            let j: Job = self.get(&format!("/api/v1/jobs/{}", job.job)).await?;
+            if let Some(pb) = &pb {
+                if j.message != last_msg {
+                    // A new stage restarts the count.
+                    pb.reset();
+                    pb.set_message(j.message.clone());
+                    last_msg = j.message.clone();
+                }
+                pb.set_length(j.progress_total.max(j.progress_done));
+                pb.set_position(j.progress_done);
+            }
+            if j.status.is_finished() {
+                if let Some(pb) = pb {
+                    pb.finish_and_clear();
+                }
+                return match j.status {
+                    JobStatus::Succeeded => Ok(j),
+                    _ => Err(anyhow!(
+                        "job {} ({} {}) failed: {}",
+                        j.id,
+                        j.kind,
+                        j.target,
+                        j.error.clone().unwrap_or_default()
+                    )),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+}

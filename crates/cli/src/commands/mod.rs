@@ -1,0 +1,75 @@
+pub mod bench;
+pub mod demo;
+pub mod jobs;
+pub mod points;
+pub mod protect;
+pub mod restore;
+pub mod server;
+pub mod site;
+pub mod store;
+pub mod vm;
+
+use anyhow::{Context, Result};
+use standby_types::config::{self, Config};
+
+use crate::client::Client;
+use crate::{Cli, Cmd};
+
+/// Everything a command needs: how to reach the controller and how to print.
+pub struct Ctx {
+    pub client: Client,
+    pub json: bool,
+}
+
+impl Ctx {
+    fn new(cli: &Cli) -> Ctx {
+        let addr = cli.url.clone().unwrap_or_else(|| {
+            // A readable config names the controller; otherwise the default.
+            Config::load(&cli.config)
+                .map(|c| c.controller.listen)
+                .unwrap_or_else(|_| config::DEFAULT_LISTEN.to_string())
+        });
+        Ctx {
+            client: Client::new(&addr),
+            json: cli.json,
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Init { force } => init(&cli, *force),
+        Cmd::Server => server::run(&cli.config).await,
+        Cmd::Demo(args) => demo::run(args, cli.json).await,
+        Cmd::Bench(args) => bench::run(args, cli.json).await,
+        cmd => {
+            let ctx = Ctx::new(&cli);
+            match cmd {
+                Cmd::Site(c) => site::run(&ctx, c).await,
+                Cmd::Vm(c) => vm::run(&ctx, c).await,
+                Cmd::Protect(c) => protect::run(&ctx, c).await,
+                Cmd::Points(c) => points::run(&ctx, c).await,
+                Cmd::Restore(a) => restore::run(&ctx, a).await,
+                Cmd::Store(c) => store::run(&ctx, c).await,
+                Cmd::Jobs(c) => jobs::run(&ctx, c).await,
+                Cmd::Init { .. } | Cmd::Server | Cmd::Demo(_) | Cmd::Bench(_) => unreachable!(),
+            }
+        }
+    }
+}
+
+fn init(cli: &Cli, force: bool) -> Result<()> {
+    if cli.config.exists() && !force {
+        anyhow::bail!(
+            "{} already exists; pass --force to overwrite it",
+            cli.config.display()
+        );
+    }
+    std::fs::write(&cli.config, config::EXAMPLE)
+        .with_context(|| format!("unable to write {}", cli.config.display()))?;
+    println!(
+        "wrote {}; start the controller with `standby server`",
+        cli.config.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,126 @@
+use anyhow::Result;
+use clap::Subcommand;
+use serde_json::json;
+use standby_types::api::{DatastoreView, JobRef};
+
+use super::Ctx;
+use crate::output;
+
+#[derive(Subcommand)]
+pub enum StoreCmd {
+    /// Datastores with their size.
+    List,
+    /// Re-read and re-hash every chunk, index and manifest.
+    Verify { name: String },
+    /// Apply the retention of the groups that write to the datastore.
+    Prune {
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove chunks no point uses; repack mostly-garbage packs.
+    Gc {
+        name: String,
+        /// Leave packs younger than this alone (e.g. 1h, 0s).
+        #[arg(long, default_value = "1h")]
+        grace: humantime::Duration,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Copy points to another datastore; only missing chunks move.
+    Sync {
+        name: String,
+        #[arg(long)]
+        to: String,
+        /// One point (default: every point).
+        #[arg(long)]
+        point: Option<String>,
+    },
+}
+
+pub async fn run(ctx: &Ctx, cmd: &StoreCmd) -> Result<()> {
+    let c = &ctx.client;
+    let (path, body) = match cmd {
+        StoreCmd::List => {
+            let stores: Vec<DatastoreView> = c.get("/api/v1/datastores").await?;
+            if ctx.json {
+                output::json(&stores);
+                return Ok(());
+            }
+            output::table(
+                &["DATASTORE", "SITE", "POINTS", "PACKS", "CHUNKS", "SIZE", "PATH"],
+                stores
+                    .into_iter()
+                    .map(|s| {
+                        vec![
+                            s.name,
+                            s.site,
+                            s.points.to_string(),
+                            s.packs.to_string(),
+                            s.chunks.to_string(),
+                            s.error.unwrap_or_else(|| output::bytes(s.bytes)),
+                            s.path,
+                        ]
+                    })
+                    .collect(),
+            );
+            return Ok(());
+        }
+        StoreCmd::Verify { name } => (format!("/api/v1/datastores/{name}/verify"), json!({})),
+        StoreCmd::Prune { name, dry_run } => (
+            format!("/api/v1/datastores/{name}/prune"),
+            json!({"dry_run": dry_run}),
+        ),
+        StoreCmd::Gc {
+            name,
+            grace,
+            dry_run,
+        } => (
+            format!("/api/v1/datastores/{name}/gc"),
+            json!({"grace_secs": grace.as_secs(), "dry_run": dry_run}),
+        ),
+        StoreCmd::Sync { name, to, point } => (
+            format!("/api/v1/datastores/{name}/sync"),
+            json!({"to": to, "point": point}),
+        ),
+    };
+    let job: JobRef = c.post(&path, &body).await?;
+    let done = c.wait_job(job, !ctx.json).await?;
+    if ctx.json {
+        output::json(&done.result);
+        return Ok(());
+    }
+    let r = &done.result;
+    let n = |k: &str| r[k].as_u64().unwrap_or(0);
+    let list = |k: &str| r[k].as_array().map(|a| a.len()).unwrap_or(0);
+    match cmd {
+        StoreCmd::Verify { name } => println!(
+            "{name}: ok: {} point(s), {} chunk(s), {} checked",
+            n("points_checked"),
+            n("chunks_checked"),
+            output::bytes(n("bytes_checked"))
+        ),
+        StoreCmd::Prune { name, dry_run } => println!(
+            "{name}: {} {} point(s), kept {}",
+            if *dry_run { "would remove" } else { "removed" },
+            list("removed"),
+            list("kept")
+        ),
+        StoreCmd::Gc { name, .. } => println!(
+            "{name}: {} pack(s) deleted, {} repacked, {} chunk(s) removed, {} freed, {} pack(s) in grace",
+            n("packs_deleted"),
+            n("packs_repacked"),
+            n("chunks_removed"),
+            output::bytes(n("bytes_freed")),
+            n("packs_skipped_grace")
+        ),
+        StoreCmd::Sync { name, to, .. } => println!(
+            "{name} → {to}: {} point(s), {} chunk(s) copied ({})",
+            list("points"),
+            n("chunks_copied"),
+            output::bytes(n("bytes_copied"))
+        ),
+        StoreCmd::List => {}
+    }
+    Ok(())
+}
