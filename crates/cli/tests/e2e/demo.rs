@@ -1,0 +1,44 @@
+use std::collections::BTreeSet;
+
+use crate::harness::STANDBY;
+
+/// The README's main command: the survivors are exactly the registrations
+/// acknowledged before the point used (plus at most the one in flight when
+/// the VNF was frozen), and nothing acknowledged before it is lost.
+#[test]
+fn demo_survivors_are_exactly_the_registrations_before_the_point() {
+    let out = std::process::Command::new(STANDBY)
+        .args(["demo", "--json", "--seconds", "5", "--interval", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = |k: &str| -> Vec<String> {
+        r[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let acked = list("acknowledged");
+    let survived: BTreeSet<String> = list("survived").into_iter().collect();
+    let in_flight = list("in_flight");
+    assert!(acked.len() >= 10, "too few registrations: {}", acked.len());
+    assert!(list("missing_before_point").is_empty(), "{r:#}");
+    assert!(in_flight.len() <= 1, "{r:#}");
+    // Survivors are a prefix of the acknowledged sequence.
+    let k = survived.len();
+    assert!(k > 0 && k <= acked.len(), "{r:#}");
+    let prefix: BTreeSet<String> = acked[..k].iter().cloned().collect();
+    assert_eq!(survived, prefix, "survivors are not the first {k} acknowledged");
+    let lost = list("lost_after_point");
+    assert_eq!(lost, acked[k..].to_vec());
+    assert_eq!(r["ok"], true);
+    assert!(r["rto_ms"].as_u64().unwrap() > 0);
+    assert!(r["data_loss_window_ms"].as_i64().unwrap() >= 0);
+}

@@ -1,0 +1,245 @@
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const STANDBY: &str = env!("CARGO_BIN_EXE_standby");
+
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1");
+}
+
+/// A two-site installation in a temporary directory with a running
+/// controller (`standby server`).
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub cfg: PathBuf,
+    pub api: u16,
+    pub sip: SocketAddr,
+    pub http: SocketAddr,
+    server: Option<Child>,
+}
+
+pub struct LabOptions {
+    /// Replaces the VM's command and args (default: the sample VNF).
+    pub vm: Option<String>,
+    pub disk_size: &'static str,
+    pub retention: &'static str,
+    pub schedule: &'static str,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            vm: None,
+            disk_size: "16MiB",
+            retention: "keep_last = 10",
+            schedule: "every 1h",
+        }
+    }
+}
+
+impl Lab {
+    pub fn new(opts: LabOptions) -> Lab {
+        let dir = tempfile::Builder::new().prefix("standby-e2e-").tempdir().unwrap();
+        let (api, sip, http) = (free_port(), free_port(), free_port());
+        let vm = opts.vm.unwrap_or_else(|| {
+            format!(
+                r#"command = "standby-vnf"
+args = ["--name", "pbx1", "--disk", "{{disk.data}}", "--sip", "127.0.0.1:{sip}", "--http", "127.0.0.1:{http}"]"#
+            )
+        });
+        let text = format!(
+            r#"[controller]
+listen = "127.0.0.1:{api}"
+data_dir = "controller"
+[sites.site1]
+[sites.site2]
+[hosts.site1-host1]
+site = "site1"
+driver = "process"
+disk_dir = "site1/disks"
+[hosts.site2-host1]
+site = "site2"
+driver = "process"
+disk_dir = "site2/disks"
+[datastores.site1-store]
+site = "site1"
+path = "site1/store"
+[datastores.site2-store]
+site = "site2"
+path = "site2/store"
+[vms.pbx1]
+host = "site1-host1"
+dr_site = "site2"
+shutdown_timeout = "5s"
+{vm}
+[[vms.pbx1.disks]]
+name = "data"
+size = "{disk}"
+[groups.gold]
+members = ["pbx1"]
+schedule = "{schedule}"
+datastores = ["site1-store", "site2-store"]
+[groups.gold.retention]
+{retention}
+"#,
+            disk = opts.disk_size,
+            schedule = opts.schedule,
+            retention = opts.retention,
+        );
+        let cfg = dir.path().join("standby.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let mut lab = Lab {
+            dir,
+            cfg,
+            api,
+            sip: ([127, 0, 0, 1], sip).into(),
+            http: ([127, 0, 0, 1], http).into(),
+            server: None,
+        };
+        lab.start_server();
+        lab
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn start_server(&mut self) {
+        let log = std::fs::File::create(self.path("server.log")).unwrap();
+        let child = Command::new(STANDBY)
+            .args(["--config", self.cfg.to_str().unwrap(), "server"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("standby server starts");
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.api)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "controller did not listen: {}",
+                std::fs::read_to_string(self.path("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL the controller (a crash, not a shutdown).
+    pub fn kill_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM the controller and wait for it to exit.
+    pub fn stop_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(STANDBY)
+            .args(["--config", self.cfg.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Run a CLI command with `--json`; panics with its stderr on failure.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.run(&a);
+        assert!(
+            out.status.success(),
+            "standby {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("standby {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        })
+    }
+
+    /// Run a CLI command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "standby {args:?} unexpectedly succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn wait_sip(&self) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        rt.block_on(async {
+            while standby_vnf::client::options(self.sip, Duration::from_millis(300)).await.is_err() {
+                assert!(Instant::now() < deadline, "VNF never answered SIP at {}", self.sip);
+            }
+        });
+    }
+
+    pub fn register(&self, users: std::ops::Range<u32>) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            for n in users {
+                standby_vnf::client::register(
+                    self.sip,
+                    &format!("sip:user{n}@e2e.invalid"),
+                    &format!("sip:user{n}@198.18.0.1:5060"),
+                    3600,
+                    Duration::from_secs(3),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("REGISTER user{n}: {e}"));
+            }
+        });
+    }
+
+    pub fn bindings(&self) -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let st = rt.block_on(standby_vnf::client::state(self.http)).expect("VNF state");
+        let mut v: Vec<String> = st.bindings.into_iter().map(|b| b.aor).collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop_server();
+    }
+}
+
+pub fn files_under(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p, ext));
+        } else if p.extension().is_some_and(|x| x == ext) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}

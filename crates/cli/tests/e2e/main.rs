@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `standby` and `standby-vnf` binaries, real
+//! processes, real UDP and HTTP on loopback. One test binary, several
+//! modules (the suite links once).
+
+mod harness;
+
+mod config_errors;
+mod demo;
+mod protect_restore;
