@@ -1,1 +1,137 @@
-//! db
+//! Control-plane state of standby: inventory, schedules, the recovery-point
+//! catalog and jobs.
+//!
+//! Callers use the [`Repo`] trait; [`SqliteRepo`] implements it for the
+//! embedded controller, a PostgreSQL implementation can follow for HA. The
+//! schema lives in `migrations/` and is applied on open.
+//!
+//! # Tables
+//!
+//! - `sites`, `hosts`, `vms`, `disks`, `groups` (+ `group_members`,
+//!   `group_datastores`): the inventory, a copy of `standby.toml` made by
+//!   [`Repo::apply_config`], plus runtime state the file doesn't hold: a
+//!   VM's `active_site`/`active_host` and a group's
+//!   `next_run`/`last_run`/`last_status`.
+//! - `points` + `point_copies`: the catalog of recovery points and the
+//!   datastores holding a complete copy, in the order they got it.
+//! - `jobs`: long work and its progress, ids increasing and never reused.
+//!
+//! # Invariants
+//!
+//! - Applying the configuration deletes what it no longer names, but never
+//!   points or jobs: they describe data and history, not configuration.
+//! - Runtime state survives re-applying the configuration. A VM whose active
+//!   host is no longer configured moves back to its home; a group whose
+//!   schedule text changed loses its `next_run` (the scheduler recomputes
+//!   it).
+//! - A point exists only while at least one copy does, except between
+//!   [`Repo::insert_point`] with no copies and the first
+//!   [`Repo::add_point_copy`].
+//! - Every job that is not finished when the controller starts was
+//!   interrupted ([`Repo::fail_interrupted_jobs`]).
+//! - Ordered lists (disks, members, datastores, copies) keep their order
+//!   through an explicit `position` column.
+//!
+//! # Storage
+//!
+//! Timestamps are RFC 3339 UTC text with nine fractional digits, so text
+//! order is time order; `u64` values are stored as `BIGINT` (`i64`) and
+//! refused beyond `i64::MAX`. SQL is portable (`ON CONFLICT ... DO UPDATE`,
+//! `RETURNING`); SQLite-only statements (pragmas, `BEGIN IMMEDIATE`) stay
+//! inside [`SqliteRepo`].
+
+mod error;
+mod sqlite;
+
+use chrono::{DateTime, Utc};
+use standby_types::config::Config;
+use standby_types::model::{
+    DiskRecord, GroupRecord, HostRecord, Job, JobStatus, PointRecord, SiteRecord, VmRecord,
+};
+
+pub use error::DbError;
+pub use sqlite::SqliteRepo;
+
+/// Error text a job gets when the controller stopped while it was queued
+/// or running.
+pub const INTERRUPTED: &str = "interrupted: the controller stopped while the job ran";
+
+/// The control-plane state, independent of the database behind it.
+#[async_trait::async_trait]
+pub trait Repo: Send + Sync {
+    /// Make the inventory match the configuration: upsert sites, hosts,
+    /// VMs, disks, groups (+ members, datastores); delete ones no longer
+    /// configured, but keep recovery points and jobs. Keeps runtime state:
+    /// a VM's active site/host (new VMs start active at their home) and a
+    /// group's next_run/last_run/last_status (a changed schedule text
+    /// clears next_run). All or nothing.
+    async fn apply_config(&self, cfg: &Config) -> Result<(), DbError>;
+
+    /// Sites by name.
+    async fn sites(&self) -> Result<Vec<SiteRecord>, DbError>;
+    /// Hosts by name.
+    async fn hosts(&self) -> Result<Vec<HostRecord>, DbError>;
+    /// VMs by name.
+    async fn vms(&self) -> Result<Vec<VmRecord>, DbError>;
+    async fn vm(&self, name: &str) -> Result<VmRecord, DbError>;
+    /// A VM's disks in configuration order (empty for an unknown VM).
+    async fn disks(&self, vm: &str) -> Result<Vec<DiskRecord>, DbError>;
+    /// Record where a VM runs now. The site and host must exist and the
+    /// host must be at the site.
+    async fn set_vm_placement(&self, vm: &str, site: &str, host: &str) -> Result<(), DbError>;
+
+    /// Groups by name.
+    async fn groups(&self) -> Result<Vec<GroupRecord>, DbError>;
+    async fn group(&self, name: &str) -> Result<GroupRecord, DbError>;
+    async fn set_group_schedule(
+        &self,
+        group: &str,
+        next_run: Option<DateTime<Utc>>,
+    ) -> Result<(), DbError>;
+    async fn record_group_run(
+        &self,
+        group: &str,
+        at: DateTime<Utc>,
+        status: &str,
+    ) -> Result<(), DbError>;
+
+    /// Store a point; idempotent on its id. An existing point takes the new
+    /// fields, and copies it lacks are appended (a re-insert never forgets a
+    /// copy; use [`Repo::remove_point_copy`] for that).
+    async fn insert_point(&self, p: &PointRecord) -> Result<(), DbError>;
+    /// Note that `datastore` holds a complete copy; idempotent, appended
+    /// after the existing copies.
+    async fn add_point_copy(&self, id: &str, datastore: &str) -> Result<(), DbError>;
+    /// Forget the copy in `datastore`; the point itself goes with its last
+    /// copy.
+    async fn remove_point_copy(&self, id: &str, datastore: &str) -> Result<(), DbError>;
+    /// Points of one VM or of all, oldest first.
+    async fn points(&self, vm: Option<&str>) -> Result<Vec<PointRecord>, DbError>;
+    async fn point(&self, id: &str) -> Result<PointRecord, DbError>;
+
+    /// A new job: queued, no progress, result `null`.
+    async fn create_job(&self, kind: &str, target: &str) -> Result<Job, DbError>;
+    /// Mark a job running, started now.
+    async fn start_job(&self, id: i64) -> Result<(), DbError>;
+    async fn update_job(
+        &self,
+        id: i64,
+        done: u64,
+        total: u64,
+        message: &str,
+    ) -> Result<(), DbError>;
+    /// Set the final status, error and result; finished now.
+    async fn finish_job(
+        &self,
+        id: i64,
+        status: JobStatus,
+        error: Option<&str>,
+        result: &serde_json::Value,
+    ) -> Result<(), DbError>;
+    async fn job(&self, id: i64) -> Result<Job, DbError>;
+    /// The newest `limit` jobs, newest first.
+    async fn jobs(&self, limit: u32) -> Result<Vec<Job>, DbError>;
+    /// At controller start: every queued or running job becomes failed with
+    /// error [`INTERRUPTED`]. Returns how many.
+    async fn fail_interrupted_jobs(&self) -> Result<u64, DbError>;
+}

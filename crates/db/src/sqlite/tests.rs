@@ -1,0 +1,527 @@
+use std::path::Path;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::json;
+use standby_types::config::{Config, EXAMPLE};
+use standby_types::model::{DiskRecord, HostRecord, JobStatus, PointRecord, SiteRecord};
+
+use super::SqliteRepo;
+use crate::{DbError, INTERRUPTED, Repo};
+
+fn config(src: &str) -> Config {
+    Config::parse(src, Path::new("standby.toml")).expect("test config is valid")
+}
+
+/// The example plus a second VM `pbx2` in group `gold`.
+fn two_vm_config() -> Config {
+    let src = EXAMPLE.replace("members = [\"pbx1\"]", "members = [\"pbx1\", \"pbx2\"]")
+        + r#"
+[vms.pbx2]
+host = "site1-host1"
+command = "standby-vnf"
+
+[[vms.pbx2.disks]]
+name = "boot"
+size = "1GiB"
+
+[[vms.pbx2.disks]]
+name = "data"
+size = "64KiB"
+"#;
+    config(&src)
+}
+
+async fn example_repo() -> SqliteRepo {
+    let repo = SqliteRepo::open_in_memory().await.unwrap();
+    repo.apply_config(&config(EXAMPLE)).await.unwrap();
+    repo
+}
+
+fn at(secs: i64, nanos: u32) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_767_225_600 + secs, nanos).unwrap()
+}
+
+fn point(vm: &str, secs: i64, copies: &[&str]) -> PointRecord {
+    let time = at(secs, 123_456_789);
+    PointRecord {
+        id: format!("{vm}@{}", time.format("%Y-%m-%dT%H:%M:%S%.9fZ")),
+        vm: vm.into(),
+        group: Some("gold".into()),
+        site: "site1".into(),
+        time,
+        consistency: "crash".into(),
+        size: 64 << 20,
+        bytes_read: 3 << 20,
+        bytes_new: 1 << 20,
+        copies: copies.iter().map(|c| c.to_string()).collect(),
+    }
+}
+
+fn assert_not_found<T: std::fmt::Debug>(r: Result<T, DbError>, kind: &str, name: &str) {
+    match r {
+        Err(e @ DbError::NotFound { .. }) => {
+            let DbError::NotFound { kind: k, name: n } = &e else {
+                unreachable!()
+            };
+            assert_eq!((*k, n.as_str()), (kind, name));
+            assert_eq!(e.to_string(), format!("{kind} '{name}' not found"));
+            assert!(!e.is_temporary());
+        }
+        other => panic!("expected {kind} '{name}' not found, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn example_config_fills_the_inventory() {
+    let repo = example_repo().await;
+
+    assert_eq!(
+        repo.sites().await.unwrap(),
+        vec![
+            SiteRecord {
+                name: "site1".into(),
+                description: "primary datacenter".into()
+            },
+            SiteRecord {
+                name: "site2".into(),
+                description: "DR site".into()
+            },
+        ]
+    );
+    assert_eq!(
+        repo.hosts().await.unwrap(),
+        vec![
+            HostRecord {
+                name: "site1-host1".into(),
+                site: "site1".into(),
+                driver: "process".into()
+            },
+            HostRecord {
+                name: "site2-host1".into(),
+                site: "site2".into(),
+                driver: "process".into()
+            },
+        ]
+    );
+
+    let vms = repo.vms().await.unwrap();
+    assert_eq!(vms.len(), 1);
+    let vm = repo.vm("pbx1").await.unwrap();
+    assert_eq!(vms[0], vm);
+    assert_eq!(vm.home_site, "site1");
+    assert_eq!(vm.home_host, "site1-host1");
+    assert_eq!(vm.dr_site.as_deref(), Some("site2"));
+    assert_eq!(
+        (vm.active_site.as_str(), vm.active_host.as_str()),
+        ("site1", "site1-host1"),
+        "a new VM starts active at home"
+    );
+
+    assert_eq!(
+        repo.disks("pbx1").await.unwrap(),
+        vec![DiskRecord {
+            vm: "pbx1".into(),
+            name: "data".into(),
+            size: 64 << 20
+        }]
+    );
+    assert!(repo.disks("nope").await.unwrap().is_empty());
+
+    let groups = repo.groups().await.unwrap();
+    assert_eq!(groups.len(), 1);
+    let gold = repo.group("gold").await.unwrap();
+    assert_eq!(groups[0], gold);
+    assert_eq!(gold.schedule, "every 30s");
+    assert_eq!(gold.members, ["pbx1"]);
+    assert_eq!(gold.datastores, ["site1-store", "site2-store"]);
+    assert_eq!(
+        (gold.next_run, gold.last_run, gold.last_status),
+        (None, None, None)
+    );
+}
+
+#[tokio::test]
+async fn disks_and_members_keep_configuration_order() {
+    let repo = SqliteRepo::open_in_memory().await.unwrap();
+    repo.apply_config(&two_vm_config()).await.unwrap();
+    let disks: Vec<_> = repo.disks("pbx2").await.unwrap();
+    let names: Vec<_> = disks.iter().map(|d| (d.name.as_str(), d.size)).collect();
+    assert_eq!(names, [("boot", 1 << 30), ("data", 64 << 10)]);
+    assert_eq!(repo.vm("pbx2").await.unwrap().dr_site, None);
+    assert_eq!(repo.group("gold").await.unwrap().members, ["pbx1", "pbx2"]);
+}
+
+#[tokio::test]
+async fn reapplying_keeps_placement_and_schedule() {
+    let repo = example_repo().await;
+    let next = at(30, 5);
+    repo.set_vm_placement("pbx1", "site2", "site2-host1")
+        .await
+        .unwrap();
+    repo.set_group_schedule("gold", Some(next)).await.unwrap();
+    repo.record_group_run("gold", at(0, 7), "succeeded")
+        .await
+        .unwrap();
+
+    repo.apply_config(&config(EXAMPLE)).await.unwrap();
+    let vm = repo.vm("pbx1").await.unwrap();
+    assert_eq!(
+        (vm.active_site.as_str(), vm.active_host.as_str()),
+        ("site2", "site2-host1")
+    );
+    assert_eq!(vm.home_site, "site1");
+    let gold = repo.group("gold").await.unwrap();
+    assert_eq!(gold.next_run, Some(next));
+    assert_eq!(gold.last_run, Some(at(0, 7)));
+    assert_eq!(gold.last_status.as_deref(), Some("succeeded"));
+
+    // A new schedule text drops next_run but keeps the run history.
+    let changed = EXAMPLE.replace("schedule = \"every 30s\"", "schedule = \"every 1m\"");
+    repo.apply_config(&config(&changed)).await.unwrap();
+    let gold = repo.group("gold").await.unwrap();
+    assert_eq!(gold.schedule, "every 1m");
+    assert_eq!(gold.next_run, None);
+    assert_eq!(gold.last_run, Some(at(0, 7)));
+    assert_eq!(gold.last_status.as_deref(), Some("succeeded"));
+}
+
+#[tokio::test]
+async fn placement_must_name_a_host_at_the_site() {
+    let repo = example_repo().await;
+    let err = repo
+        .set_vm_placement("pbx1", "site1", "site2-host1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "host 'site2-host1' is not at site 'site1'");
+    assert_not_found(
+        repo.set_vm_placement("pbx1", "site2", "nowhere").await,
+        "host",
+        "nowhere",
+    );
+    assert_not_found(
+        repo.set_vm_placement("pbx1", "site9", "site2-host1").await,
+        "site",
+        "site9",
+    );
+    assert_not_found(
+        repo.set_vm_placement("pbx9", "site2", "site2-host1").await,
+        "vm",
+        "pbx9",
+    );
+    assert_eq!(repo.vm("pbx1").await.unwrap().active_host, "site1-host1");
+}
+
+#[tokio::test]
+async fn removing_a_vm_keeps_its_points() {
+    let repo = SqliteRepo::open_in_memory().await.unwrap();
+    repo.apply_config(&two_vm_config()).await.unwrap();
+    let p = point("pbx2", 0, &["site1-store"]);
+    repo.insert_point(&p).await.unwrap();
+    let job = repo.create_job("protect", "gold").await.unwrap();
+
+    repo.apply_config(&config(EXAMPLE)).await.unwrap();
+    let names: Vec<_> = repo
+        .vms()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["pbx1"]);
+    assert_not_found(repo.vm("pbx2").await, "vm", "pbx2");
+    assert!(repo.disks("pbx2").await.unwrap().is_empty());
+    assert_eq!(repo.group("gold").await.unwrap().members, ["pbx1"]);
+    assert_eq!(repo.points(Some("pbx2")).await.unwrap(), vec![p]);
+    assert_eq!(repo.job(job.id).await.unwrap(), job);
+}
+
+#[tokio::test]
+async fn removing_hosts_sites_and_groups() {
+    let repo = example_repo().await;
+    repo.set_vm_placement("pbx1", "site2", "site2-host1")
+        .await
+        .unwrap();
+    repo.insert_point(&point("pbx1", 0, &["site2-store"]))
+        .await
+        .unwrap();
+
+    // Without site2's host the VM can't be active there: back home.
+    let src = EXAMPLE.replace(
+        "[hosts.site2-host1]\nsite = \"site2\"\ndriver = \"process\"\ndisk_dir = \"site2/disks\"\n",
+        "",
+    );
+    assert_ne!(src, EXAMPLE);
+    repo.apply_config(&config(&src)).await.unwrap();
+    let hosts: Vec<_> = repo
+        .hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    assert_eq!(hosts, ["site1-host1"]);
+    let vm = repo.vm("pbx1").await.unwrap();
+    assert_eq!(
+        (vm.active_site.as_str(), vm.active_host.as_str()),
+        ("site1", "site1-host1")
+    );
+
+    // An empty configuration empties the inventory, not the catalog.
+    repo.apply_config(&config("")).await.unwrap();
+    assert!(repo.sites().await.unwrap().is_empty());
+    assert!(repo.hosts().await.unwrap().is_empty());
+    assert!(repo.vms().await.unwrap().is_empty());
+    assert!(repo.groups().await.unwrap().is_empty());
+    assert_not_found(repo.group("gold").await, "group", "gold");
+    assert_eq!(repo.points(None).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn point_copies_are_ordered_and_the_last_one_takes_the_point() {
+    let repo = example_repo().await;
+    let mut p = point("pbx1", 0, &["site1-store"]);
+    repo.insert_point(&p).await.unwrap();
+    assert_eq!(repo.point(&p.id).await.unwrap(), p);
+
+    repo.add_point_copy(&p.id, "site2-store").await.unwrap();
+    repo.add_point_copy(&p.id, "site1-store").await.unwrap();
+    repo.add_point_copy(&p.id, "site2-store").await.unwrap();
+    assert_eq!(
+        repo.point(&p.id).await.unwrap().copies,
+        ["site1-store", "site2-store"]
+    );
+
+    // Re-inserting updates the fields and never forgets a copy.
+    p.bytes_new = 42;
+    p.copies = vec!["site1-store".into(), "cloud-store".into()];
+    repo.insert_point(&p).await.unwrap();
+    let stored = repo.point(&p.id).await.unwrap();
+    assert_eq!(stored.bytes_new, 42);
+    assert_eq!(stored.copies, ["site1-store", "site2-store", "cloud-store"]);
+
+    repo.remove_point_copy(&p.id, "site1-store").await.unwrap();
+    repo.remove_point_copy(&p.id, "site1-store").await.unwrap();
+    assert_eq!(
+        repo.point(&p.id).await.unwrap().copies,
+        ["site2-store", "cloud-store"]
+    );
+    // A copy added after a removal goes last.
+    repo.add_point_copy(&p.id, "site1-store").await.unwrap();
+    assert_eq!(
+        repo.point(&p.id).await.unwrap().copies,
+        ["site2-store", "cloud-store", "site1-store"]
+    );
+
+    for ds in ["site2-store", "cloud-store", "site1-store"] {
+        repo.remove_point_copy(&p.id, ds).await.unwrap();
+    }
+    assert_not_found(repo.point(&p.id).await, "point", &p.id);
+    assert!(repo.points(None).await.unwrap().is_empty());
+    assert_not_found(
+        repo.add_point_copy(&p.id, "site1-store").await,
+        "point",
+        &p.id,
+    );
+    assert_not_found(
+        repo.remove_point_copy(&p.id, "site1-store").await,
+        "point",
+        &p.id,
+    );
+}
+
+#[tokio::test]
+async fn points_are_listed_oldest_first_and_by_vm() {
+    let repo = SqliteRepo::open_in_memory().await.unwrap();
+    repo.apply_config(&two_vm_config()).await.unwrap();
+    // Times that sort differently as numbers and as loosely formatted text.
+    let newer = point("pbx1", 10, &["site1-store"]);
+    let older = point("pbx1", 9, &["site1-store"]);
+    let other = point("pbx2", 5, &["site2-store"]);
+    let mut no_group = point("pbx1", 100_000, &[]);
+    no_group.group = None;
+    for p in [&newer, &other, &no_group, &older] {
+        repo.insert_point(p).await.unwrap();
+    }
+    let ids = |v: Vec<PointRecord>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(repo.points(None).await.unwrap()),
+        [other.id.as_str(), &older.id, &newer.id, &no_group.id]
+    );
+    assert_eq!(
+        repo.points(Some("pbx1")).await.unwrap(),
+        vec![older, newer, no_group]
+    );
+    assert!(repo.points(Some("pbx9")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn job_lifecycle_and_progress() {
+    let repo = SqliteRepo::open_in_memory().await.unwrap();
+    let before = Utc::now();
+    let job = repo.create_job("protect", "gold").await.unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    assert_eq!(job.result, serde_json::Value::Null);
+    assert_eq!((job.progress_done, job.progress_total), (0, 0));
+    assert!(job.created_at >= before);
+    assert_eq!(repo.job(job.id).await.unwrap(), job);
+
+    repo.start_job(job.id).await.unwrap();
+    let running = repo.job(job.id).await.unwrap();
+    assert_eq!(running.status, JobStatus::Running);
+    assert!(running.started_at.unwrap() >= job.created_at);
+    assert_eq!(running.finished_at, None);
+
+    repo.update_job(job.id, 1 << 20, 64 << 20, "pbx1: reading disk data")
+        .await
+        .unwrap();
+    let j = repo.job(job.id).await.unwrap();
+    assert_eq!((j.progress_done, j.progress_total), (1 << 20, 64 << 20));
+    assert_eq!(j.message, "pbx1: reading disk data");
+
+    let result = json!({"points": ["pbx1@2026-01-01T00:00:00Z"], "bytes_new": 4096});
+    repo.finish_job(job.id, JobStatus::Succeeded, None, &result)
+        .await
+        .unwrap();
+    let done = repo.job(job.id).await.unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.result, result);
+    assert_eq!(done.error, None);
+    assert!(done.finished_at.unwrap() >= done.started_at.unwrap());
+    assert_eq!(done.message, "pbx1: reading disk data");
+
+    let failed = repo.create_job("restore", "pbx1@x").await.unwrap();
+    repo.finish_job(
+        failed.id,
+        JobStatus::Failed,
+        Some("datastore site2-store is unreachable"),
+        &serde_json::Value::Null,
+    )
+    .await
+    .unwrap();
+    let failed = repo.job(failed.id).await.unwrap();
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("datastore site2-store is unreachable")
+    );
+    assert!(failed.id > job.id);
+
+    let third = repo.create_job("gc", "site1-store").await.unwrap();
+    let kinds =
+        |v: Vec<standby_types::model::Job>| v.into_iter().map(|j| j.kind).collect::<Vec<_>>();
+    assert_eq!(
+        kinds(repo.jobs(10).await.unwrap()),
+        ["gc", "restore", "protect"]
+    );
+    assert_eq!(repo.jobs(1).await.unwrap(), vec![third]);
+    assert!(repo.jobs(0).await.unwrap().is_empty());
+
+    assert_not_found(repo.job(999).await, "job", "999");
+    assert_not_found(repo.start_job(999).await, "job", "999");
+    assert_not_found(repo.update_job(999, 1, 2, "x").await, "job", "999");
+    assert_not_found(
+        repo.finish_job(999, JobStatus::Failed, None, &json!(null))
+            .await,
+        "job",
+        "999",
+    );
+}
+
+#[tokio::test]
+async fn interrupted_jobs_fail_at_start() {
+    let repo = SqliteRepo::open_in_memory().await.unwrap();
+    let queued = repo.create_job("sync", "site2-store").await.unwrap();
+    let running = repo.create_job("protect", "gold").await.unwrap();
+    repo.start_job(running.id).await.unwrap();
+    let done = repo.create_job("verify", "site1-store").await.unwrap();
+    repo.finish_job(done.id, JobStatus::Succeeded, None, &json!({"ok": true}))
+        .await
+        .unwrap();
+
+    assert_eq!(repo.fail_interrupted_jobs().await.unwrap(), 2);
+    for id in [queued.id, running.id] {
+        let j = repo.job(id).await.unwrap();
+        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(j.error.as_deref(), Some(INTERRUPTED));
+        assert!(j.finished_at.is_some());
+    }
+    let j = repo.job(done.id).await.unwrap();
+    assert_eq!((j.status, j.error), (JobStatus::Succeeded, None));
+    assert_eq!(repo.fail_interrupted_jobs().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn not_found_names_kind_and_name() {
+    let repo = example_repo().await;
+    assert_not_found(repo.vm("pbx9").await, "vm", "pbx9");
+    assert_not_found(repo.group("silver").await, "group", "silver");
+    assert_not_found(
+        repo.set_group_schedule("silver", None).await,
+        "group",
+        "silver",
+    );
+    assert_not_found(
+        repo.record_group_run("silver", Utc::now(), "failed").await,
+        "group",
+        "silver",
+    );
+    assert_not_found(repo.point("pbx1@never").await, "point", "pbx1@never");
+}
+
+#[tokio::test]
+async fn state_survives_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data/state.db");
+    let next = at(30, 999_999_999);
+    let p = point("pbx1", 0, &["site1-store", "site2-store"]);
+
+    let repo = SqliteRepo::open(&path).await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&repo.pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    repo.apply_config(&config(EXAMPLE)).await.unwrap();
+    repo.set_group_schedule("gold", Some(next)).await.unwrap();
+    repo.set_vm_placement("pbx1", "site2", "site2-host1")
+        .await
+        .unwrap();
+    repo.insert_point(&p).await.unwrap();
+    let job = repo.create_job("protect", "gold").await.unwrap();
+    repo.start_job(job.id).await.unwrap();
+    repo.pool.close().await;
+    drop(repo);
+
+    // A restart: open, apply the same configuration, sweep jobs.
+    let repo = SqliteRepo::open(&path).await.unwrap();
+    repo.apply_config(&config(EXAMPLE)).await.unwrap();
+    assert_eq!(repo.group("gold").await.unwrap().next_run, Some(next));
+    assert_eq!(repo.vm("pbx1").await.unwrap().active_host, "site2-host1");
+    assert_eq!(repo.points(None).await.unwrap(), vec![p]);
+    assert_eq!(repo.fail_interrupted_jobs().await.unwrap(), 1);
+    let j = repo.job(job.id).await.unwrap();
+    assert_eq!(j.status, JobStatus::Failed);
+    // Ids are not reused after a restart.
+    assert!(repo.create_job("gc", "x").await.unwrap().id > job.id);
+}
+
+#[tokio::test]
+async fn open_errors_name_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory is not a database file.
+    let err = SqliteRepo::open(dir.path()).await.err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!("unable to open database {}", dir.path().display())
+    );
+    // The parent is a file, so it can't become a directory.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = SqliteRepo::open(&file.join("state.db"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!("unable to create database directory {}", file.display())
+    );
+}
