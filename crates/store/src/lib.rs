@@ -1,1 +1,99 @@
-//! store
+//! The standby datastore: a content-addressed store of VM disk images.
+//!
+//! # Layout
+//!
+//! ```text
+//! <root>/standby-store.json           format marker {"format":1,"kind":"standby-datastore",...}
+//! <root>/packs/<2 hex>/<pack id>.pack  "SBPK" + version, then blobs back to back
+//! <root>/packs/<2 hex>/<pack id>.idx   (chunk id, offset, length, kind) per blob + BLAKE3
+//! <root>/manifests/<vm>/<time>.json    one recovery point, written last
+//! <root>/tmp/                          files being written (renamed into place)
+//! <root>/locks/gc.lock, gc.epoch       writer / gc exclusion
+//! ```
+//!
+//! # Formats
+//!
+//! - A disk is cut into fixed-size chunks (a power of two, 64 KiB–4 MiB).
+//!   Chunk id = BLAKE3 of the plaintext ([`ChunkId`]); an all-zero chunk
+//!   gets the reserved zero id and is never stored.
+//! - A chunk is stored as a blob ([`blob`]): a 20-byte header (magic
+//!   "SBCK", version, compression, encryption, kind, raw length, stored
+//!   length, CRC32 of the payload) and the payload, zstd level 1 unless
+//!   that does not shrink it.
+//! - Blobs are appended to packs of ~32 MiB (16–64 MiB), written whole
+//!   with one fsync; each pack has an index file ([`pack`]) with a BLAKE3
+//!   checksum. At open, all index files are loaded into an in-memory map
+//!   chunk id → location.
+//! - A disk's index (its chunk ids in order) is cut into index chunks of
+//!   2048 ids, stored as blobs of kind 1 ([`index`]), so an unchanged
+//!   region of the index costs nothing in the next point.
+//! - A [`Manifest`] (JSON) names the point, its vm, site, time,
+//!   consistency, VM config, labels and, per disk, size, chunk size and
+//!   index chunk ids; a BLAKE3 checksum over its canonical JSON detects
+//!   any changed byte.
+//!
+//! # Invariants
+//!
+//! - Write order: a pack is durable before its index, and every pack and
+//!   index of a point is durable before its manifest, which is written
+//!   atomically (temporary file, fsync, link into place, directory fsync).
+//!   A crash leaves no visible point, only garbage for gc.
+//! - A chunk enters the shared catalog only once its pack and index are
+//!   durable, so no writer references a chunk that may never exist.
+//! - Pack ids are random: concurrent writers, in one process or many,
+//!   never write the same file.
+//! - Point writers and syncs hold `locks/gc.lock` shared; gc holds it
+//!   exclusive and fails at once if it cannot. gc also never touches a
+//!   pack younger than its grace period, and after sweeping writes a new
+//!   gc epoch so other processes reload their catalog before writing.
+//! - Every read of a blob checks its CRC, and every chunk read for a
+//!   restore or verify is re-hashed: corrupt bytes give an error naming the
+//!   chunk, never wrong data or a panic.
+//!
+//! All I/O on the store goes through [`backend::Backend`], the seam for an
+//! object-store backend.
+
+pub mod backend;
+pub mod blob;
+mod catalog;
+pub mod chunk;
+mod datastore;
+mod error;
+mod gc;
+pub mod index;
+mod lock;
+mod manifest;
+pub mod pack;
+mod packer;
+mod progress;
+mod prune;
+mod restore;
+mod sync;
+mod verify;
+mod writer;
+
+pub use chunk::ChunkId;
+pub use datastore::{Datastore, StoreOptions, StoreStats};
+pub use error::StoreError;
+pub use gc::{GcOptions, GcReport};
+pub use manifest::{Consistency, DiskEntry, Manifest, PointId, PointMeta};
+pub use pack::PackId;
+pub use progress::{CountingProgress, Progress};
+pub use prune::PruneReport;
+pub use restore::RestoreStats;
+pub use sync::SyncStats;
+pub use verify::{Problem, VerifyReport};
+pub use writer::{DiskWriteOptions, DiskWriteStats, PointWriter};
+
+/// Default chunk size: 64 KiB.
+pub const DEFAULT_CHUNK_SIZE: u32 = 64 << 10;
+pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
+pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
+
+/// A power of two from 64 KiB to 4 MiB.
+pub fn valid_chunk_size(size: u32) -> bool {
+    size.is_power_of_two() && (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,253 @@
+//! Where the bytes live.
+//!
+//! All file I/O of the datastore goes through [`Backend`]: whole-object
+//! writes that are atomic and durable, ranged reads, listing and delete.
+//! That is the seam an object-store backend (Azure Blob, S3 through the
+//! `object_store` crate) plugs into; [`LocalBackend`] is the filesystem one.
+//! Paths are relative, '/'-separated object names such as
+//! `packs/ab/ab12....pack`.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::StoreError;
+
+/// One object found by [`Backend::list`].
+#[derive(Debug, Clone)]
+pub struct ObjectMeta {
+    pub path: String,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+/// Storage operations the datastore needs, nothing more.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Where the store lives, for messages.
+    fn location(&self) -> &Path;
+    /// Write a whole object atomically and durably, replacing any old one.
+    fn put(&self, path: &str, data: &[u8]) -> Result<(), StoreError>;
+    /// Like [`Backend::put`] but fails with [`io::ErrorKind::AlreadyExists`]
+    /// when the object exists.
+    fn put_new(&self, path: &str, data: &[u8]) -> Result<(), StoreError>;
+    fn get(&self, path: &str) -> Result<Vec<u8>, StoreError>;
+    /// Read `len` bytes at `offset`; a short object is an error.
+    fn get_range(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError>;
+    /// Every object under `prefix` (recursive); a missing prefix is empty.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+    /// Delete an object; deleting a missing object is not an error.
+    fn delete(&self, path: &str) -> Result<(), StoreError>;
+    fn exists(&self, path: &str) -> Result<bool, StoreError>;
+}
+
+/// Files in a directory on a local filesystem.
+#[derive(Debug)]
+pub struct LocalBackend {
+    root: PathBuf,
+    /// Open read handles, so ranged reads do not reopen a pack per chunk.
+    handles: Mutex<HashMap<String, Arc<File>>>,
+}
+
+const MAX_HANDLES: usize = 256;
+
+impl LocalBackend {
+    pub fn new(root: &Path) -> Self {
+        LocalBackend {
+            root: root.to_path_buf(),
+            handles: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn full(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+
+    fn handle(&self, path: &str) -> Result<Arc<File>, StoreError> {
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = handles.get(path) {
+            return Ok(file.clone());
+        }
+        let full = self.full(path);
+        let file = Arc::new(File::open(&full).map_err(|e| StoreError::io("open", &full, e))?);
+        if handles.len() >= MAX_HANDLES {
+            handles.clear();
+        }
+        handles.insert(path.to_string(), file.clone());
+        Ok(file)
+    }
+
+    fn forget_handle(&self, path: &str) {
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        handles.remove(path);
+    }
+
+    /// Write `data` to a fresh temporary file next to nothing visible,
+    /// fsync it and return its path.
+    fn write_tmp(&self, path: &str, data: &[u8]) -> Result<PathBuf, StoreError> {
+        let full = self.full(path);
+        let dir = full.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+        let tmp_dir = self.root.join("tmp");
+        fs::create_dir_all(&tmp_dir)
+            .map_err(|e| StoreError::io("create directory", &tmp_dir, e))?;
+        let name = format!(
+            "{}.{:016x}.tmp",
+            path.replace('/', "_"),
+            rand::random::<u64>()
+        );
+        let tmp = tmp_dir.join(name);
+        let result = (|| {
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            file.write_all(data)?;
+            file.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::io("write", &tmp, e));
+        }
+        Ok(tmp)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("sync directory", dir, e))
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> &Path {
+        &self.root
+    }
+
+    fn put(&self, path: &str, data: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.write_tmp(path, data)?;
+        let full = self.full(path);
+        if let Err(e) = fs::rename(&tmp, &full) {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::io("rename into place", &full, e));
+        }
+        self.forget_handle(path);
+        sync_dir(full.parent().unwrap_or(&self.root))
+    }
+
+    fn put_new(&self, path: &str, data: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.write_tmp(path, data)?;
+        let full = self.full(path);
+        // A hard link never replaces an existing file, unlike rename.
+        let linked = fs::hard_link(&tmp, &full);
+        let _ = fs::remove_file(&tmp);
+        linked.map_err(|e| StoreError::io("create", &full, e))?;
+        sync_dir(full.parent().unwrap_or(&self.root))
+    }
+
+    fn get(&self, path: &str) -> Result<Vec<u8>, StoreError> {
+        let full = self.full(path);
+        fs::read(&full).map_err(|e| StoreError::io("read", &full, e))
+    }
+
+    fn get_range(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        let file = self.handle(path)?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map_err(|e| {
+            let e = if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{len} bytes at offset {offset} are past the end of the file"),
+                )
+            } else {
+                e
+            };
+            StoreError::io("read", self.full(path), e)
+        })?;
+        Ok(buf)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut out = Vec::new();
+        let mut stack = vec![prefix.trim_end_matches('/').to_string()];
+        while let Some(rel) = stack.pop() {
+            let dir = self.full(&rel);
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io("list", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| StoreError::io("list", &dir, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    // Deleted while listing.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::io("stat", entry.path(), e)),
+                };
+                if meta.is_dir() {
+                    stack.push(child);
+                } else {
+                    out.push(ObjectMeta {
+                        path: child,
+                        size: meta.len(),
+                        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    fn delete(&self, path: &str) -> Result<(), StoreError> {
+        self.forget_handle(path);
+        let full = self.full(path);
+        match fs::remove_file(&full) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("delete", &full, e)),
+        }
+        sync_dir(full.parent().unwrap_or(&self.root))
+    }
+
+    fn exists(&self, path: &str) -> Result<bool, StoreError> {
+        let full = self.full(path);
+        full.try_exists()
+            .map_err(|e| StoreError::io("stat", &full, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_range_list_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.put("packs/ab/x.pack", b"hello world").unwrap();
+        assert_eq!(b.get("packs/ab/x.pack").unwrap(), b"hello world");
+        assert_eq!(b.get_range("packs/ab/x.pack", 6, 5).unwrap(), b"world");
+        assert!(b.get_range("packs/ab/x.pack", 6, 50).is_err());
+        let list = b.list("packs").unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].path, "packs/ab/x.pack");
+        assert_eq!(list[0].size, 11);
+        let e = b.put_new("packs/ab/x.pack", b"other").unwrap_err();
+        assert!(e.to_string().contains("x.pack"), "{e}");
+        assert_eq!(b.get("packs/ab/x.pack").unwrap(), b"hello world");
+        b.delete("packs/ab/x.pack").unwrap();
+        b.delete("packs/ab/x.pack").unwrap();
+        assert!(!b.exists("packs/ab/x.pack").unwrap());
+        assert!(b.list("nothing").unwrap().is_empty());
+        // No temporary files are left behind.
+        assert!(b.list("tmp").unwrap().is_empty());
+    }
+}

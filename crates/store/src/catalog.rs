@@ -1,0 +1,142 @@
+//! The in-memory map chunk id -> where its blob lives, built from the pack
+//! index files.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+
+use rayon::prelude::*;
+
+use crate::StoreError;
+use crate::backend::Backend;
+use crate::blob::BlobKind;
+use crate::chunk::ChunkId;
+use crate::pack::{self, PackId, PackIndex};
+
+/// Where a blob is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub pack: PackId,
+    pub offset: u64,
+    pub len: u32,
+    pub kind: BlobKind,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    map: HashMap<ChunkId, Location>,
+    loaded: HashSet<PackId>,
+    /// Packs whose index file is damaged, with what is wrong.
+    damaged: HashMap<PackId, String>,
+    /// The gc epoch the map was built under (see [`crate::lock`]).
+    epoch: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    state: RwLock<State>,
+}
+
+impl Catalog {
+    pub fn get(&self, id: &ChunkId) -> Option<Location> {
+        self.read().map.get(id).copied()
+    }
+
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.read().map.contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().map.len()
+    }
+
+    pub fn damaged(&self) -> HashMap<PackId, String> {
+        self.read().damaged.clone()
+    }
+
+    pub fn epoch(&self) -> String {
+        self.read().epoch.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Add the blobs of a pack; a chunk already known keeps its location.
+    pub fn insert(&self, idx: &PackIndex) {
+        let mut state = self.write();
+        insert_into(&mut state, idx);
+    }
+
+    /// Load the index files not loaded yet (all of them when `full`, after
+    /// dropping what is known).
+    pub fn scan(&self, backend: &dyn Backend, full: bool, epoch: String) -> Result<(), StoreError> {
+        let known: HashSet<PackId> = if full {
+            HashSet::new()
+        } else {
+            self.read().loaded.clone()
+        };
+        let todo: Vec<(PackId, String)> = backend
+            .list("packs")?
+            .into_iter()
+            .filter_map(|o| match PackId::from_path(&o.path) {
+                Some((id, "idx")) if !known.contains(&id) => Some((id, o.path)),
+                _ => None,
+            })
+            .collect();
+        let loaded: Vec<(PackId, Result<PackIndex, String>)> = todo
+            .par_iter()
+            .map(|(id, path)| {
+                let result = match backend.get(path) {
+                    Ok(bytes) => pack::decode_index(&bytes),
+                    // Deleted by gc since the listing.
+                    Err(e) if e.is_not_found() => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                Ok(Some((*id, result)))
+            })
+            .filter_map(|r| r.transpose())
+            .collect::<Result<_, StoreError>>()?;
+        let mut state = self.write();
+        if full {
+            *state = State::default();
+        }
+        state.epoch = epoch;
+        for (id, result) in loaded {
+            state.loaded.insert(id);
+            match result {
+                Ok(idx) if idx.pack != id => {
+                    state
+                        .damaged
+                        .insert(id, format!("index names another pack {}", idx.pack));
+                }
+                Ok(idx) => {
+                    if !idx.checksum_ok {
+                        state.damaged.insert(id, "checksum mismatch".into());
+                    }
+                    insert_into(&mut state, &idx);
+                }
+                Err(reason) => {
+                    tracing::warn!(pack = %id, %reason, "unreadable pack index");
+                    state.damaged.insert(id, reason);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn insert_into(state: &mut State, idx: &PackIndex) {
+    state.loaded.insert(idx.pack);
+    for e in &idx.entries {
+        state.map.entry(e.id).or_insert(Location {
+            pack: idx.pack,
+            offset: e.offset,
+            len: e.len,
+            kind: e.kind,
+        });
+    }
+}

@@ -1,0 +1,364 @@
+//! The datastore handle: opening, the catalog, reading points and chunks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, LocalBackend};
+use crate::blob::{self, BlobKind};
+use crate::catalog::{Catalog, Location};
+use crate::chunk::ChunkId;
+use crate::manifest::{DiskEntry, Manifest, PointId, PointMeta};
+use crate::pack::{self, PackId};
+use crate::writer::PointWriter;
+use crate::{StoreError, index, lock};
+
+pub const MARKER_FILE: &str = "standby-store.json";
+pub const FORMAT: u64 = 1;
+const KIND: &str = "standby-datastore";
+
+/// Tunables of a datastore handle.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Target pack size, 16–64 MiB.
+    pub pack_size: usize,
+    /// zstd level for new blobs.
+    pub zstd_level: i32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            pack_size: pack::DEFAULT_PACK_SIZE,
+            zstd_level: blob::DEFAULT_LEVEL,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    format: u64,
+    kind: String,
+    #[serde(default)]
+    created: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    chunk_hash: Option<String>,
+}
+
+/// Counts of what a datastore holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    pub points: usize,
+    pub packs: usize,
+    pub chunks: u64,
+    /// Sum of the sizes of pack, pack index and manifest files.
+    pub bytes_on_disk: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub root: PathBuf,
+    pub backend: Arc<dyn Backend>,
+    pub catalog: Catalog,
+    pub options: StoreOptions,
+}
+
+/// A content-addressed store of recovery points. Cheap to clone; clones
+/// share the chunk catalog.
+#[derive(Debug, Clone)]
+pub struct Datastore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Datastore {
+    /// Open the datastore at `root`, creating it when `root` is missing or
+    /// an empty directory.
+    pub fn open_or_create(root: &Path) -> Result<Datastore, StoreError> {
+        Self::open_or_create_with(root, StoreOptions::default())
+    }
+
+    pub fn open_or_create_with(
+        root: &Path,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        let marker = root.join(MARKER_FILE);
+        if !marker.exists() {
+            let empty = match std::fs::read_dir(root) {
+                Ok(mut entries) => entries.next().is_none(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => return Err(StoreError::io("read directory", root, e)),
+            };
+            if !empty {
+                return Err(StoreError::NotADatastore {
+                    path: root.to_path_buf(),
+                });
+            }
+            std::fs::create_dir_all(root)
+                .map_err(|e| StoreError::io("create datastore", root, e))?;
+            for dir in ["packs", "manifests", "tmp", "locks"] {
+                let path = root.join(dir);
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| StoreError::io("create directory", &path, e))?;
+            }
+            let marker = Marker {
+                format: FORMAT,
+                kind: KIND.into(),
+                created: Some(chrono::Utc::now()),
+                chunk_hash: Some("blake3".into()),
+            };
+            let bytes = serde_json::to_vec_pretty(&marker).map_err(|source| StoreError::Json {
+                what: "datastore marker".into(),
+                source,
+            })?;
+            let backend = LocalBackend::new(root);
+            match backend.put_new(MARKER_FILE, &bytes) {
+                Ok(()) => {}
+                // Created by someone else meanwhile.
+                Err(e) if matches!(&e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists) =>
+                    {}
+                Err(e) => return Err(e),
+            }
+        }
+        Self::open_with(root, options)
+    }
+
+    /// Open an existing datastore.
+    pub fn open(root: &Path) -> Result<Datastore, StoreError> {
+        Self::open_with(root, StoreOptions::default())
+    }
+
+    pub fn open_with(root: &Path, options: StoreOptions) -> Result<Datastore, StoreError> {
+        if !(pack::MIN_PACK_SIZE..=pack::MAX_PACK_SIZE).contains(&options.pack_size) {
+            return Err(StoreError::InvalidPackSize(options.pack_size));
+        }
+        let not_a_store = || StoreError::NotADatastore {
+            path: root.to_path_buf(),
+        };
+        let bytes = match std::fs::read(root.join(MARKER_FILE)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_a_store()),
+            Err(e) => return Err(StoreError::io("read", root.join(MARKER_FILE), e)),
+        };
+        let marker: Marker = serde_json::from_slice(&bytes).map_err(|_| not_a_store())?;
+        if marker.kind != KIND {
+            return Err(not_a_store());
+        }
+        if marker.format != FORMAT {
+            return Err(StoreError::UnsupportedFormat {
+                path: root.to_path_buf(),
+                format: marker.format,
+            });
+        }
+        for dir in ["packs", "manifests", "tmp", "locks"] {
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path)
+                .map_err(|e| StoreError::io("create directory", &path, e))?;
+        }
+        let ds = Datastore {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+                backend: Arc::new(LocalBackend::new(root)),
+                catalog: Catalog::default(),
+                options,
+            }),
+        };
+        ds.rescan(true)?;
+        Ok(ds)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        self.inner.backend.as_ref()
+    }
+
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub(crate) fn options(&self) -> StoreOptions {
+        self.inner.options
+    }
+
+    pub(crate) fn gc_epoch(&self) -> Result<String, StoreError> {
+        match self.backend().get(lock::EPOCH_FILE) {
+            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(e) if e.is_not_found() => Ok(String::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reload pack indexes: all of them when `full`, else the new ones.
+    pub(crate) fn rescan(&self, full: bool) -> Result<(), StoreError> {
+        let epoch = self.gc_epoch()?;
+        self.catalog().scan(self.backend(), full, epoch)
+    }
+
+    /// Reload the catalog if gc ran (in any process) since it was built.
+    pub(crate) fn refresh_after_gc(&self) -> Result<(), StoreError> {
+        if self.gc_epoch()? != self.catalog().epoch() {
+            self.rescan(true)?;
+        }
+        Ok(())
+    }
+
+    /// Where a chunk is, looking for index files written by other
+    /// processes when it is not known.
+    pub(crate) fn locate(&self, id: &ChunkId) -> Result<Location, StoreError> {
+        if let Some(loc) = self.catalog().get(id) {
+            return Ok(loc);
+        }
+        self.rescan(false)?;
+        self.catalog()
+            .get(id)
+            .ok_or_else(|| StoreError::ChunkNotFound {
+                chunk: id.to_string(),
+                root: self.root().to_path_buf(),
+            })
+    }
+
+    /// The stored bytes of a blob, unchecked.
+    pub(crate) fn read_blob(&self, loc: &Location) -> Result<Vec<u8>, StoreError> {
+        self.backend()
+            .get_range(&loc.pack.pack_path(), loc.offset, loc.len as usize)
+    }
+
+    /// The plaintext of a chunk, checked against its id.
+    pub(crate) fn read_chunk(&self, id: &ChunkId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
+        let mut loc = self.locate(id)?;
+        let blob = match self.read_blob(&loc) {
+            Ok(blob) => blob,
+            // The pack may have been repacked by gc in another process.
+            Err(e) if e.is_not_found() => {
+                self.rescan(true)?;
+                loc = self.locate(id)?;
+                self.read_blob(&loc)?
+            }
+            Err(e) => return Err(e),
+        };
+        blob::decode(&blob, kind, Some(id)).map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
+    }
+
+    pub(crate) fn corrupt_chunk(
+        &self,
+        id: &ChunkId,
+        pack: &PackId,
+        e: impl ToString,
+    ) -> StoreError {
+        StoreError::Corrupt {
+            object: format!("chunk {id} in pack {pack}"),
+            root: self.root().to_path_buf(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// All chunk ids of a disk, in order.
+    pub(crate) fn read_disk_index(&self, disk: &DiskEntry) -> Result<Vec<ChunkId>, StoreError> {
+        let mut ids = Vec::with_capacity(disk.chunks as usize);
+        for (i, index_id) in disk.index.iter().enumerate() {
+            let count = disk.ids_in_index_chunk(i);
+            if index_id.is_zero() {
+                ids.extend(std::iter::repeat_n(ChunkId::ZERO, count));
+                continue;
+            }
+            let payload = self.read_chunk(index_id, BlobKind::Index)?;
+            let part = index::decode(&payload, count).map_err(|reason| StoreError::Corrupt {
+                object: format!("index chunk {index_id}"),
+                root: self.root().to_path_buf(),
+                reason,
+            })?;
+            ids.extend(part);
+        }
+        Ok(ids)
+    }
+
+    pub fn begin_point(&self, meta: PointMeta) -> Result<PointWriter, StoreError> {
+        PointWriter::begin(self.clone(), meta)
+    }
+
+    /// Every point, oldest first. An unreadable manifest is an error naming
+    /// it; [`Datastore::verify`] reports it instead.
+    pub fn list_points(&self) -> Result<Vec<Manifest>, StoreError> {
+        let mut points = Vec::new();
+        for object in self.backend().list("manifests")? {
+            if !object.path.ends_with(".json") {
+                continue;
+            }
+            points.push(self.read_manifest_at(&object.path)?);
+        }
+        points.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+        Ok(points)
+    }
+
+    pub(crate) fn read_manifest_at(&self, path: &str) -> Result<Manifest, StoreError> {
+        let bytes = self.backend().get(path)?;
+        let bad = |reason: String| StoreError::BadManifest {
+            path: self.root().join(path),
+            reason,
+        };
+        let m = Manifest::from_bytes(&bytes).map_err(bad)?;
+        if m.id.manifest_path() != path {
+            return Err(bad(format!("holds point {} at the wrong path", m.id)));
+        }
+        Ok(m)
+    }
+
+    pub fn load_manifest(&self, id: &PointId) -> Result<Manifest, StoreError> {
+        match self.read_manifest_at(&id.manifest_path()) {
+            Err(e) if e.is_not_found() => Err(StoreError::PointNotFound(
+                id.to_string(),
+                self.root().to_path_buf(),
+            )),
+            other => other,
+        }
+    }
+
+    pub fn has_point(&self, id: &PointId) -> Result<bool, StoreError> {
+        self.backend().exists(&id.manifest_path())
+    }
+
+    /// The newest point of `vm`.
+    pub fn latest_point(&self, vm: &str) -> Result<Option<Manifest>, StoreError> {
+        if !crate::manifest::valid_vm_name(vm) {
+            return Err(StoreError::InvalidVmName(vm.to_string()));
+        }
+        let objects = self.backend().list(&format!("manifests/{vm}"))?;
+        // Names are fixed-width times, so the last in order is the newest.
+        match objects
+            .iter()
+            .filter(|o| o.path.ends_with(".json"))
+            .max_by(|a, b| a.path.cmp(&b.path))
+        {
+            Some(o) => self.read_manifest_at(&o.path).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.rescan(false)?;
+        let mut stats = StoreStats {
+            chunks: self.catalog().len() as u64,
+            ..StoreStats::default()
+        };
+        for o in self.backend().list("packs")? {
+            match PackId::from_path(&o.path) {
+                Some((_, "pack")) => {
+                    stats.packs += 1;
+                    stats.bytes_on_disk += o.size;
+                }
+                Some(_) => stats.bytes_on_disk += o.size,
+                None => {}
+            }
+        }
+        for o in self.backend().list("manifests")? {
+            if o.path.ends_with(".json") {
+                stats.points += 1;
+                stats.bytes_on_disk += o.size;
+            }
+        }
+        Ok(stats)
+    }
+}

@@ -1,0 +1,117 @@
+//! The one error type of the crate.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in a datastore.
+///
+/// Messages say what failed and on what; the source is never repeated in
+/// the message. [`StoreError::is_temporary`] tells whether retrying can help.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unable to {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a standby datastore")]
+    NotADatastore { path: PathBuf },
+    #[error("unsupported datastore format {format} at {path}")]
+    UnsupportedFormat { path: PathBuf, format: u64 },
+    #[error("invalid chunk size {0}: must be a power of two from 64 KiB to 4 MiB")]
+    InvalidChunkSize(u32),
+    #[error("invalid pack size {0}: must be from 16 MiB to 64 MiB")]
+    InvalidPackSize(usize),
+    #[error("invalid vm name '{0}': use letters, digits, '_' and '-'")]
+    InvalidVmName(String),
+    #[error("invalid point id '{0}': expected <vm>@<YYYYMMDDTHHMMSS.mmmZ>")]
+    InvalidPointId(String),
+    #[error("invalid disk name '{0}': use letters, digits, '_', '-' and '.'")]
+    InvalidDiskName(String),
+    #[error("point {0} not found in datastore {1}")]
+    PointNotFound(String, PathBuf),
+    #[error("point {0} already exists in datastore {1}")]
+    PointExists(String, PathBuf),
+    #[error("disk '{disk}' not found in point {point}")]
+    DiskNotFound { point: String, disk: String },
+    #[error("disk '{disk}' written twice in point {point}")]
+    DuplicateDisk { point: String, disk: String },
+    #[error("base point {base} is not usable for point {point}: {reason}")]
+    InvalidBase {
+        point: String,
+        base: String,
+        reason: String,
+    },
+    #[error("dirty range {start}..{end} is invalid for disk '{disk}'")]
+    InvalidDirtyRange { disk: String, start: u64, end: u64 },
+    #[error("unable to read manifest {path}: {reason}")]
+    BadManifest { path: PathBuf, reason: String },
+    #[error("chunk {chunk} not found in datastore {root}")]
+    ChunkNotFound { chunk: String, root: PathBuf },
+    #[error("corrupt {object} in datastore {root}: {reason}")]
+    Corrupt {
+        object: String,
+        root: PathBuf,
+        reason: String,
+    },
+    #[error("unable to restore disk '{disk}' of point {point}")]
+    Restore {
+        point: String,
+        disk: String,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error("unable to read disk '{disk}' of point {point}")]
+    ReadPoint {
+        point: String,
+        disk: String,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error("datastore {0} is locked by {1}")]
+    Locked(PathBuf, &'static str),
+    #[error("source disk {path} changed size while reading")]
+    SourceChanged { path: PathBuf },
+    #[error("unable to encode {what}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        StoreError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True when the same call may succeed later without anyone repairing
+    /// the datastore (a lock held by someone else, a transient I/O error).
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            StoreError::Locked(..) => true,
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::Interrupted
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::WouldBlock
+                    | io::ErrorKind::ResourceBusy
+            ),
+            StoreError::Restore { source, .. } | StoreError::ReadPoint { source, .. } => {
+                source.is_temporary()
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the error is an I/O "not found".
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}

@@ -1,0 +1,309 @@
+//! Pack files and their index files.
+//!
+//! ```text
+//! <id>.pack: "SBPK" | version u32 LE | blob | blob | ...
+//! <id>.idx : "SBIX" | version u32 LE | pack id (16 bytes) | count u32 LE
+//!            | count x (chunk id 32 | offset u64 LE | blob length u32 LE | kind u8)
+//!            | BLAKE3 of everything before (32 bytes)
+//! ```
+//!
+//! A pack is built in memory and written whole, with one fsync; its index
+//! is written after it, so an index never names a pack that is not durable.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::StoreError;
+use crate::backend::Backend;
+use crate::blob::BlobKind;
+use crate::chunk::ChunkId;
+
+pub const PACK_MAGIC: [u8; 4] = *b"SBPK";
+pub const IDX_MAGIC: [u8; 4] = *b"SBIX";
+pub const PACK_VERSION: u32 = 1;
+pub const IDX_VERSION: u32 = 1;
+pub const PACK_HEADER_SIZE: usize = 8;
+const IDX_HEADER_SIZE: usize = 4 + 4 + 16 + 4;
+const IDX_ENTRY_SIZE: usize = 32 + 8 + 4 + 1;
+const IDX_TRAILER_SIZE: usize = 32;
+
+/// Default pack size target and the allowed range.
+pub const DEFAULT_PACK_SIZE: usize = 32 << 20;
+pub const MIN_PACK_SIZE: usize = 16 << 20;
+pub const MAX_PACK_SIZE: usize = 64 << 20;
+
+/// Random name of a pack; writers never collide.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PackId(pub [u8; 16]);
+
+impl PackId {
+    pub fn random() -> PackId {
+        PackId(rand::random())
+    }
+
+    pub fn pack_path(&self) -> String {
+        let hex = self.to_string();
+        format!("packs/{}/{hex}.pack", &hex[..2])
+    }
+
+    pub fn idx_path(&self) -> String {
+        let hex = self.to_string();
+        format!("packs/{}/{hex}.idx", &hex[..2])
+    }
+
+    /// The pack named by an object path such as `packs/ab/ab...cd.idx`.
+    pub fn from_path(path: &str) -> Option<(PackId, &'static str)> {
+        let name = path.rsplit('/').next()?;
+        let (stem, ext) = name.rsplit_once('.')?;
+        let ext = match ext {
+            "pack" => "pack",
+            "idx" => "idx",
+            _ => return None,
+        };
+        Some((stem.parse().ok()?, ext))
+    }
+
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+}
+
+impl fmt::Display for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackId({self})")
+    }
+}
+
+impl FromStr for PackId {
+    type Err = hex::FromHexError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(s, &mut id)?;
+        Ok(PackId(id))
+    }
+}
+
+/// One blob of a pack, as listed in its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdxEntry {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub len: u32,
+    pub kind: BlobKind,
+}
+
+/// A parsed pack index.
+#[derive(Debug, Clone)]
+pub struct PackIndex {
+    pub pack: PackId,
+    pub entries: Vec<IdxEntry>,
+    /// False when the trailing checksum did not match: the entries parsed
+    /// but may be wrong (every blob read is still checked by its own CRC
+    /// and hash).
+    pub checksum_ok: bool,
+}
+
+pub fn pack_header() -> [u8; PACK_HEADER_SIZE] {
+    let mut h = [0u8; PACK_HEADER_SIZE];
+    h[..4].copy_from_slice(&PACK_MAGIC);
+    h[4..].copy_from_slice(&PACK_VERSION.to_le_bytes());
+    h
+}
+
+/// Check the header of a pack file.
+pub fn check_pack_header(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < PACK_HEADER_SIZE {
+        return Err(format!("truncated pack header ({} bytes)", bytes.len()));
+    }
+    if bytes[..4] != PACK_MAGIC {
+        return Err("bad pack header magic".into());
+    }
+    let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if version != PACK_VERSION {
+        return Err(format!("unsupported pack format version {version}"));
+    }
+    Ok(())
+}
+
+pub fn encode_index(pack: &PackId, entries: &[IdxEntry]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(IDX_HEADER_SIZE + entries.len() * IDX_ENTRY_SIZE + IDX_TRAILER_SIZE);
+    out.extend_from_slice(&IDX_MAGIC);
+    out.extend_from_slice(&IDX_VERSION.to_le_bytes());
+    out.extend_from_slice(&pack.0);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(&e.id.0);
+        out.extend_from_slice(&e.offset.to_le_bytes());
+        out.extend_from_slice(&e.len.to_le_bytes());
+        out.push(e.kind as u8);
+    }
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out
+}
+
+/// Parse an index file. Structural damage is an error; a checksum mismatch
+/// alone is reported through [`PackIndex::checksum_ok`].
+pub fn decode_index(bytes: &[u8]) -> Result<PackIndex, String> {
+    if bytes.len() < IDX_HEADER_SIZE + IDX_TRAILER_SIZE {
+        return Err(format!("truncated index ({} bytes)", bytes.len()));
+    }
+    if bytes[..4] != IDX_MAGIC {
+        return Err("bad index header magic".into());
+    }
+    let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if version != IDX_VERSION {
+        return Err(format!("unsupported index format version {version}"));
+    }
+    let pack = PackId(bytes[8..24].try_into().expect("16 bytes"));
+    let count = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes")) as usize;
+    let body_len = bytes.len() - IDX_TRAILER_SIZE;
+    if IDX_HEADER_SIZE + count.saturating_mul(IDX_ENTRY_SIZE) != body_len {
+        return Err(format!(
+            "index length {} does not match its {count} entries",
+            bytes.len()
+        ));
+    }
+    let checksum_ok = blake3::hash(&bytes[..body_len]).as_bytes()[..] == bytes[body_len..];
+    let mut entries = Vec::with_capacity(count);
+    for raw in bytes[IDX_HEADER_SIZE..body_len].chunks_exact(IDX_ENTRY_SIZE) {
+        let kind =
+            BlobKind::from_u8(raw[44]).ok_or_else(|| format!("unknown blob kind {}", raw[44]))?;
+        entries.push(IdxEntry {
+            id: ChunkId(raw[..32].try_into().expect("32 bytes")),
+            offset: u64::from_le_bytes(raw[32..40].try_into().expect("8 bytes")),
+            len: u32::from_le_bytes(raw[40..44].try_into().expect("4 bytes")),
+            kind,
+        });
+    }
+    Ok(PackIndex {
+        pack,
+        entries,
+        checksum_ok,
+    })
+}
+
+/// A pack being filled in memory.
+#[derive(Debug)]
+pub struct PackBuilder {
+    id: PackId,
+    buf: Vec<u8>,
+    entries: Vec<IdxEntry>,
+    ids: HashSet<ChunkId>,
+}
+
+impl PackBuilder {
+    pub fn new(capacity: usize) -> PackBuilder {
+        let mut buf = Vec::with_capacity(capacity + (4 << 20));
+        buf.extend_from_slice(&pack_header());
+        PackBuilder {
+            id: PackId::random(),
+            buf,
+            entries: Vec::new(),
+            ids: HashSet::new(),
+        }
+    }
+
+    pub fn id(&self) -> PackId {
+        self.id
+    }
+
+    /// Append an encoded blob; a chunk already in this pack is skipped.
+    pub fn add(&mut self, id: ChunkId, kind: BlobKind, blob: &[u8]) {
+        if !self.ids.insert(id) {
+            return;
+        }
+        self.entries.push(IdxEntry {
+            id,
+            offset: self.buf.len() as u64,
+            len: blob.len() as u32,
+            kind,
+        });
+        self.buf.extend_from_slice(blob);
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Write the pack, then its index. Both are durable when this returns.
+    pub fn write(self, backend: &dyn Backend) -> Result<PackIndex, StoreError> {
+        backend.put(&self.id.pack_path(), &self.buf)?;
+        backend.put(&self.id.idx_path(), &encode_index(&self.id, &self.entries))?;
+        Ok(PackIndex {
+            pack: self.id,
+            entries: self.entries,
+            checksum_ok: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (PackId, Vec<IdxEntry>) {
+        let pack = PackId::random();
+        let entries = (0..10u8)
+            .map(|i| IdxEntry {
+                id: ChunkId::hash(&[i]),
+                offset: 8 + u64::from(i) * 100,
+                len: 100,
+                kind: if i % 2 == 0 {
+                    BlobKind::Data
+                } else {
+                    BlobKind::Index
+                },
+            })
+            .collect();
+        (pack, entries)
+    }
+
+    #[test]
+    fn index_round_trip_and_damage() {
+        let (pack, entries) = sample();
+        let bytes = encode_index(&pack, &entries);
+        let idx = decode_index(&bytes).unwrap();
+        assert!(idx.checksum_ok);
+        assert_eq!(idx.pack, pack);
+        assert_eq!(idx.entries, entries);
+
+        let mut flipped = bytes.clone();
+        flipped[IDX_HEADER_SIZE + 3] ^= 1;
+        assert!(!decode_index(&flipped).unwrap().checksum_ok);
+        assert!(decode_index(&bytes[..bytes.len() - 1]).is_err());
+        let mut magic = bytes.clone();
+        magic[0] = 0;
+        assert!(decode_index(&magic).is_err());
+        for len in 0..bytes.len() {
+            let _ = decode_index(&bytes[..len]);
+        }
+    }
+
+    #[test]
+    fn pack_paths() {
+        let id = PackId::random();
+        let (parsed, ext) = PackId::from_path(&id.idx_path()).unwrap();
+        assert_eq!((parsed, ext), (id, "idx"));
+        assert!(
+            id.pack_path()
+                .starts_with(&format!("packs/{}/", &id.to_string()[..2]))
+        );
+        assert!(PackId::from_path("packs/ab/nothex.pack").is_none());
+        assert!(check_pack_header(&pack_header()).is_ok());
+        assert!(check_pack_header(b"SBPX\x01\0\0\0").is_err());
+    }
+}

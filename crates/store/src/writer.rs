@@ -1,0 +1,407 @@
+//! Writing a recovery point.
+//!
+//! A disk is read in large sequential blocks by a reader thread; each block
+//! is cut into chunks which are zero-checked and hashed in parallel, then
+//! only chunks the store lacks are compressed (in parallel) and appended, in
+//! disk order, to packs that a background thread writes. `commit` waits
+//! until every pack and pack index is durable, then writes the manifest.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use chrono::{SubsecRound, Utc};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::blob::{self, BlobKind};
+use crate::chunk::ChunkId;
+use crate::datastore::Datastore;
+use crate::index::{self, IDS_PER_INDEX_CHUNK};
+use crate::lock::{self, StoreLock};
+use crate::manifest::{DiskEntry, Manifest, PointId, PointMeta, valid_disk_name};
+use crate::packer::Packer;
+use crate::progress::Progress;
+use crate::{StoreError, valid_chunk_size};
+
+/// Bytes read from the source per block.
+const READ_BLOCK: usize = 16 << 20;
+
+/// How to write one disk.
+#[derive(Debug, Clone)]
+pub struct DiskWriteOptions {
+    /// A power of two from 64 KiB to 4 MiB.
+    pub chunk_size: u32,
+    /// A previous point of the same vm; its index of this disk is the
+    /// starting point.
+    pub base: Option<PointId>,
+    /// With `base`: only chunks overlapping these byte ranges are read,
+    /// the others keep the base's ids.
+    pub dirty: Option<Vec<Range<u64>>>,
+}
+
+impl Default for DiskWriteOptions {
+    fn default() -> Self {
+        DiskWriteOptions {
+            chunk_size: crate::DEFAULT_CHUNK_SIZE,
+            base: None,
+            dirty: None,
+        }
+    }
+}
+
+/// What writing a disk did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DiskWriteStats {
+    pub size: u64,
+    pub bytes_read: u64,
+    pub chunks: u64,
+    /// Data chunks added to the store.
+    pub chunks_new: u64,
+    pub chunks_zero: u64,
+    /// Non-zero chunks the store already had (or the base provided).
+    pub chunks_reused: u64,
+    /// Index chunks added to the store.
+    pub index_chunks_new: u64,
+    /// Stored (compressed) bytes added to packs, blob headers included.
+    pub bytes_new_stored: u64,
+}
+
+/// A point being written. Dropping it without [`PointWriter::commit`]
+/// aborts: no manifest appears, written packs are garbage for gc.
+pub struct PointWriter {
+    store: Datastore,
+    id: PointId,
+    meta: PointMeta,
+    disks: Vec<DiskEntry>,
+    packer: Packer,
+    _lock: StoreLock,
+}
+
+impl std::fmt::Debug for PointWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PointWriter").field("id", &self.id).finish()
+    }
+}
+
+/// One block read from the source: first chunk number and its bytes.
+struct Block {
+    first: u64,
+    data: Vec<u8>,
+}
+
+impl PointWriter {
+    pub(crate) fn begin(store: Datastore, meta: PointMeta) -> Result<PointWriter, StoreError> {
+        let now = Utc::now().trunc_subsecs(3);
+        let mut id = PointId::new(&meta.vm, now)?;
+        let lock = lock::shared(store.root())?;
+        store.refresh_after_gc()?;
+        // Points of a vm are ordered by time: never go back, never collide.
+        if let Some(latest) = store.latest_point(&meta.vm)? {
+            if latest.time >= now {
+                id = PointId::new(&meta.vm, latest.time + chrono::Duration::milliseconds(1))?;
+            }
+        }
+        Ok(PointWriter {
+            packer: Packer::new(store.clone()),
+            store,
+            id,
+            meta,
+            disks: Vec::new(),
+            _lock: lock,
+        })
+    }
+
+    pub fn id(&self) -> &PointId {
+        &self.id
+    }
+
+    /// Read the disk image or block device at `source` into the point.
+    pub fn write_disk(
+        &mut self,
+        name: &str,
+        source: &Path,
+        opts: DiskWriteOptions,
+        progress: &dyn Progress,
+    ) -> Result<DiskWriteStats, StoreError> {
+        if !valid_disk_name(name) {
+            return Err(StoreError::InvalidDiskName(name.to_string()));
+        }
+        if self.disks.iter().any(|d| d.name == name) {
+            return Err(StoreError::DuplicateDisk {
+                point: self.id.to_string(),
+                disk: name.to_string(),
+            });
+        }
+        if !valid_chunk_size(opts.chunk_size) {
+            return Err(StoreError::InvalidChunkSize(opts.chunk_size));
+        }
+        let cs = u64::from(opts.chunk_size);
+        let mut file = File::open(source).map_err(|e| StoreError::io("open disk", source, e))?;
+        // Block devices report length 0 in metadata; seeking works for both.
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| StoreError::io("seek disk", source, e))?;
+        let n = size.div_ceil(cs);
+
+        let mut ids = vec![ChunkId::ZERO; n as usize];
+        let mut read = vec![true; n as usize];
+        let mut from_base = 0u64;
+        if let Some(base) = &opts.base {
+            if let Some(base_ids) = self.base_ids(base, name, opts.chunk_size, size)? {
+                if let Some(dirty) = &opts.dirty {
+                    for r in dirty {
+                        if r.start > r.end {
+                            return Err(StoreError::InvalidDirtyRange {
+                                disk: name.to_string(),
+                                start: r.start,
+                                end: r.end,
+                            });
+                        }
+                    }
+                    for (i, base_id) in base_ids.into_iter().enumerate() {
+                        let start = i as u64 * cs;
+                        let range = start..start + cs;
+                        if !dirty
+                            .iter()
+                            .any(|d| d.start < range.end && range.start < d.end)
+                        {
+                            ids[i] = base_id;
+                            read[i] = false;
+                            from_base += 1;
+                        }
+                    }
+                }
+            }
+        }
+
+        let to_read: u64 = (0..n)
+            .filter(|&i| read[i as usize])
+            .map(|i| (size - i * cs).min(cs))
+            .sum();
+        progress.set_total(to_read);
+        let mut stats = DiskWriteStats {
+            size,
+            chunks: n,
+            ..DiskWriteStats::default()
+        };
+        for id in ids
+            .iter()
+            .zip(&read)
+            .filter(|(_, r)| !**r)
+            .map(|(id, _)| id)
+        {
+            if id.is_zero() {
+                stats.chunks_zero += 1;
+            } else {
+                stats.chunks_reused += 1;
+            }
+        }
+        debug_assert_eq!(stats.chunks_zero + stats.chunks_reused, from_base);
+
+        // Runs of chunks to read, cut into blocks of at most READ_BLOCK.
+        let per_block = (READ_BLOCK as u64 / cs).max(1);
+        let mut blocks: Vec<Range<u64>> = Vec::new();
+        let mut i = 0;
+        while i < n {
+            if !read[i as usize] {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < n && read[i as usize] && i - start < per_block {
+                i += 1;
+            }
+            blocks.push(start..i);
+        }
+
+        let (tx, rx) = sync_channel::<Result<Block, StoreError>>(2);
+        let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(4);
+        let reader_path = source.to_path_buf();
+        let level = self.store.options().zstd_level;
+        std::thread::scope(|scope| -> Result<(), StoreError> {
+            scope.spawn(move || read_blocks(file, &reader_path, size, cs, blocks, tx, recycle_rx));
+            for block in rx {
+                let block = block?;
+                self.process_block(&block, cs, level, &mut ids, &mut stats)?;
+                stats.bytes_read += block.data.len() as u64;
+                progress.inc(block.data.len() as u64);
+                let _ = recycle_tx.try_send(block.data);
+            }
+            Ok(())
+        })?;
+
+        let mut new_bytes_index = 0;
+        let mut index_ids = Vec::new();
+        for ic in index::split(&ids, IDS_PER_INDEX_CHUNK) {
+            if let Some(payload) = ic.payload {
+                if !self.packer.has(&ic.id) {
+                    let blob = blob::encode(BlobKind::Index, &payload, level);
+                    if self.packer.add(ic.id, BlobKind::Index, &blob)? {
+                        stats.index_chunks_new += 1;
+                        new_bytes_index += blob.len() as u64;
+                    }
+                }
+            }
+            index_ids.push(ic.id);
+        }
+        let new_data_bytes = stats.bytes_new_stored;
+        stats.bytes_new_stored += new_bytes_index;
+        tracing::debug!(point = %self.id, disk = name, ?stats, "disk written");
+        self.disks.push(DiskEntry {
+            name: name.to_string(),
+            size,
+            chunk_size: opts.chunk_size,
+            ids_per_index_chunk: IDS_PER_INDEX_CHUNK as u32,
+            index: index_ids,
+            chunks: n,
+            zero_chunks: stats.chunks_zero,
+            new_chunks: stats.chunks_new,
+            new_bytes: new_data_bytes + new_bytes_index,
+            base: opts.base.clone(),
+        });
+        Ok(stats)
+    }
+
+    /// The chunk ids of disk `name` in `base`, if it can serve as a base
+    /// for a disk of `size` bytes cut in `chunk_size` chunks. Ids of chunks
+    /// whose length differs in the new disk (a partial last chunk, a
+    /// grown or shrunk disk) are left out.
+    fn base_ids(
+        &self,
+        base: &PointId,
+        name: &str,
+        chunk_size: u32,
+        size: u64,
+    ) -> Result<Option<Vec<ChunkId>>, StoreError> {
+        if base.vm() != self.meta.vm {
+            return Err(StoreError::InvalidBase {
+                point: self.id.to_string(),
+                base: base.to_string(),
+                reason: format!("it belongs to vm '{}'", base.vm()),
+            });
+        }
+        let manifest = self.store.load_manifest(base)?;
+        let Some(disk) = manifest.disk(name) else {
+            tracing::info!(%base, disk = name, "base has no such disk, reading it all");
+            return Ok(None);
+        };
+        if disk.chunk_size != chunk_size {
+            tracing::info!(%base, disk = name, "base chunk size differs, reading it all");
+            return Ok(None);
+        }
+        let mut ids = self
+            .store
+            .read_disk_index(disk)
+            .map_err(|e| StoreError::ReadPoint {
+                point: base.to_string(),
+                disk: name.to_string(),
+                source: Box::new(e),
+            })?;
+        let cs = u64::from(chunk_size);
+        let full_chunks = (size.min(disk.size) / cs) as usize;
+        ids.truncate(full_chunks);
+        Ok(Some(ids))
+    }
+
+    fn process_block(
+        &mut self,
+        block: &Block,
+        cs: u64,
+        level: i32,
+        ids: &mut [ChunkId],
+        stats: &mut DiskWriteStats,
+    ) -> Result<(), StoreError> {
+        let chunks: Vec<&[u8]> = block.data.chunks(cs as usize).collect();
+        let hashed: Vec<ChunkId> = chunks.par_iter().map(|c| ChunkId::of(c)).collect();
+        let mut new = Vec::new();
+        let mut seen = HashSet::new();
+        for (k, id) in hashed.iter().enumerate() {
+            ids[block.first as usize + k] = *id;
+            if id.is_zero() {
+                stats.chunks_zero += 1;
+            } else if self.packer.has(id) || !seen.insert(*id) {
+                stats.chunks_reused += 1;
+            } else {
+                new.push(k);
+            }
+        }
+        let blobs: Vec<Vec<u8>> = new
+            .par_iter()
+            .map(|&k| blob::encode(BlobKind::Data, chunks[k], level))
+            .collect();
+        for (&k, blob) in new.iter().zip(blobs) {
+            self.packer.add(hashed[k], BlobKind::Data, &blob)?;
+            stats.chunks_new += 1;
+            stats.bytes_new_stored += blob.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Make the point durable and visible: packs and indexes first, the
+    /// manifest last.
+    pub fn commit(self) -> Result<Manifest, StoreError> {
+        let PointWriter {
+            store,
+            id,
+            meta,
+            disks,
+            packer,
+            _lock,
+        } = self;
+        packer.finish()?;
+        let manifest = Manifest::new(id.clone(), meta, id.time(), disks);
+        let bytes = manifest.to_bytes()?;
+        match store.backend().put_new(&id.manifest_path(), &bytes) {
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Err(StoreError::PointExists(
+                    id.to_string(),
+                    store.root().to_path_buf(),
+                ))
+            }
+            other => other,
+        }?;
+        tracing::info!(point = %id, disks = manifest.disks.len(), "point committed");
+        Ok(manifest)
+    }
+}
+
+/// Reader thread: read `blocks` (chunk ranges) from the source in order.
+fn read_blocks(
+    file: File,
+    path: &PathBuf,
+    size: u64,
+    cs: u64,
+    blocks: Vec<Range<u64>>,
+    tx: SyncSender<Result<Block, StoreError>>,
+    recycle: Receiver<Vec<u8>>,
+) {
+    for range in blocks {
+        let offset = range.start * cs;
+        let end = (range.end * cs).min(size);
+        let len = (end - offset) as usize;
+        let mut buf = recycle.try_recv().unwrap_or_default();
+        buf.resize(len, 0);
+        let result = file.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                StoreError::SourceChanged { path: path.clone() }
+            } else {
+                StoreError::io("read disk", path, e)
+            }
+        });
+        let stop = result.is_err();
+        let msg = result.map(|()| Block {
+            first: range.start,
+            data: buf,
+        });
+        if tx.send(msg).is_err() || stop {
+            return;
+        }
+    }
+}
