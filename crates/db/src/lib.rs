@@ -36,9 +36,9 @@
 //!
 //! Timestamps are RFC 3339 UTC text with nine fractional digits, so text
 //! order is time order; `u64` values are stored as `BIGINT` (`i64`) and
-//! refused beyond `i64::MAX`. SQL is portable (`ON CONFLICT ... DO UPDATE`,
-//! `RETURNING`); SQLite-only statements (pragmas, `BEGIN IMMEDIATE`) stay
-//! inside [`SqliteRepo`].
+//! refused beyond `i64::MAX`. SQL is portable (`$1` parameters, `ON CONFLICT ... DO
+//! UPDATE`, `RETURNING`); SQLite-only statements (pragmas, `BEGIN
+//! IMMEDIATE`) stay inside [`SqliteRepo`].
 
 mod error;
 mod sqlite;

@@ -103,7 +103,7 @@ impl SqliteRepo {
 
     async fn load_groups(&self, name: Option<&str>) -> Result<Vec<GroupRecord>, DbError> {
         let filter = if name.is_some() {
-            "WHERE g.name = ?"
+            "WHERE g.name = $1"
         } else {
             ""
         };
@@ -156,8 +156,8 @@ impl SqliteRepo {
     async fn load_points(&self, filter: PointFilter<'_>) -> Result<Vec<PointRecord>, DbError> {
         let (cond, value) = match filter {
             PointFilter::All => ("", None),
-            PointFilter::Vm(vm) => ("WHERE p.vm = ?", Some(vm)),
-            PointFilter::Id(id) => ("WHERE p.id = ?", Some(id)),
+            PointFilter::Vm(vm) => ("WHERE p.vm = $1", Some(vm)),
+            PointFilter::Id(id) => ("WHERE p.id = $1", Some(id)),
         };
         let sql = format!(
             "SELECT p.id, p.vm, p.group_name, p.site, p.time, p.consistency, \
@@ -215,7 +215,7 @@ impl Repo for SqliteRepo {
 
         for (name, site) in &cfg.sites {
             sqlx::query(
-                "INSERT INTO sites (name, description) VALUES (?, ?) \
+                "INSERT INTO sites (name, description) VALUES ($1, $2) \
                  ON CONFLICT (name) DO UPDATE SET description = excluded.description",
             )
             .bind(name)
@@ -227,7 +227,7 @@ impl Repo for SqliteRepo {
 
         for (name, host) in &cfg.hosts {
             sqlx::query(
-                "INSERT INTO hosts (name, site, driver) VALUES (?, ?, ?) \
+                "INSERT INTO hosts (name, site, driver) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO UPDATE SET site = excluded.site, driver = excluded.driver",
             )
             .bind(name)
@@ -260,7 +260,7 @@ impl Repo for SqliteRepo {
             };
             sqlx::query(
                 "INSERT INTO vms (name, home_site, home_host, dr_site, active_site, active_host) \
-                 VALUES (?, ?, ?, ?, ?, ?) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (name) DO UPDATE SET home_site = excluded.home_site, \
                  home_host = excluded.home_host, dr_site = excluded.dr_site, \
                  active_site = excluded.active_site, active_host = excluded.active_host",
@@ -275,13 +275,13 @@ impl Repo for SqliteRepo {
             .await
             .map_err(query(format!("store vm '{name}'")))?;
 
-            sqlx::query("DELETE FROM disks WHERE vm = ?")
+            sqlx::query("DELETE FROM disks WHERE vm = $1")
                 .bind(name)
                 .execute(&mut *tx)
                 .await
                 .map_err(query(format!("replace disks of vm '{name}'")))?;
             for (pos, disk) in vm.disks.iter().enumerate() {
-                sqlx::query("INSERT INTO disks (vm, name, position, size) VALUES (?, ?, ?, ?)")
+                sqlx::query("INSERT INTO disks (vm, name, position, size) VALUES ($1, $2, $3, $4)")
                     .bind(name)
                     .bind(&disk.name)
                     .bind(pos as i64)
@@ -296,7 +296,7 @@ impl Repo for SqliteRepo {
             // Right-hand sides see the old row: next_run survives only an
             // unchanged schedule.
             sqlx::query(
-                "INSERT INTO groups (name, schedule) VALUES (?, ?) \
+                "INSERT INTO groups (name, schedule) VALUES ($1, $2) \
                  ON CONFLICT (name) DO UPDATE SET schedule = excluded.schedule, \
                  next_run = CASE WHEN groups.schedule = excluded.schedule \
                  THEN groups.next_run ELSE NULL END",
@@ -307,7 +307,7 @@ impl Repo for SqliteRepo {
             .await
             .map_err(query(format!("store group '{name}'")))?;
             for table in ["group_members", "group_datastores"] {
-                sqlx::query(&format!("DELETE FROM {table} WHERE group_name = ?"))
+                sqlx::query(&format!("DELETE FROM {table} WHERE group_name = $1"))
                     .bind(name)
                     .execute(&mut *tx)
                     .await
@@ -315,7 +315,7 @@ impl Repo for SqliteRepo {
             }
             for (pos, vm) in group.members.iter().enumerate() {
                 sqlx::query(
-                    "INSERT INTO group_members (group_name, position, vm) VALUES (?, ?, ?)",
+                    "INSERT INTO group_members (group_name, position, vm) VALUES ($1, $2, $3)",
                 )
                 .bind(name)
                 .bind(pos as i64)
@@ -327,7 +327,7 @@ impl Repo for SqliteRepo {
             for (pos, ds) in group.datastores.iter().enumerate() {
                 sqlx::query(
                     "INSERT INTO group_datastores (group_name, position, datastore) \
-                     VALUES (?, ?, ?)",
+                     VALUES ($1, $2, $3)",
                 )
                 .bind(name)
                 .bind(pos as i64)
@@ -364,7 +364,7 @@ impl Repo for SqliteRepo {
                 .await
                 .map_err(query(format!("list {table}")))?;
             for name in names.iter().filter(|n| !keep.contains(n.as_str())) {
-                sqlx::query(&format!("DELETE FROM {table} WHERE name = ?"))
+                sqlx::query(&format!("DELETE FROM {table} WHERE name = $1"))
                     .bind(name)
                     .execute(&mut *tx)
                     .await
@@ -423,7 +423,7 @@ impl Repo for SqliteRepo {
     async fn vm(&self, name: &str) -> Result<VmRecord, DbError> {
         sqlx::query(
             "SELECT name, home_site, home_host, dr_site, active_site, active_host \
-             FROM vms WHERE name = ?",
+             FROM vms WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -435,7 +435,7 @@ impl Repo for SqliteRepo {
     }
 
     async fn disks(&self, vm: &str) -> Result<Vec<DiskRecord>, DbError> {
-        sqlx::query("SELECT vm, name, size FROM disks WHERE vm = ? ORDER BY position")
+        sqlx::query("SELECT vm, name, size FROM disks WHERE vm = $1 ORDER BY position")
             .bind(vm)
             .fetch_all(&self.pool)
             .await
@@ -454,19 +454,20 @@ impl Repo for SqliteRepo {
     async fn set_vm_placement(&self, vm: &str, site: &str, host: &str) -> Result<(), DbError> {
         let what = format!("place vm '{vm}' on host '{host}'");
         let mut tx = self.write_tx(&what).await?;
-        exists(&mut tx, "SELECT name FROM vms WHERE name = ?", vm, "vm").await?;
+        exists(&mut tx, "SELECT name FROM vms WHERE name = $1", vm, "vm").await?;
         exists(
             &mut tx,
-            "SELECT name FROM sites WHERE name = ?",
+            "SELECT name FROM sites WHERE name = $1",
             site,
             "site",
         )
         .await?;
-        let host_site: Option<String> = sqlx::query_scalar("SELECT site FROM hosts WHERE name = ?")
-            .bind(host)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(query(&what))?;
+        let host_site: Option<String> =
+            sqlx::query_scalar("SELECT site FROM hosts WHERE name = $1")
+                .bind(host)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query(&what))?;
         match host_site {
             None => return Err(not_found("host", host)),
             Some(s) if s != site => {
@@ -477,7 +478,7 @@ impl Repo for SqliteRepo {
             }
             Some(_) => {}
         }
-        sqlx::query("UPDATE vms SET active_site = ?, active_host = ? WHERE name = ?")
+        sqlx::query("UPDATE vms SET active_site = $1, active_host = $2 WHERE name = $3")
             .bind(site)
             .bind(host)
             .bind(vm)
@@ -503,7 +504,7 @@ impl Repo for SqliteRepo {
         group: &str,
         next_run: Option<DateTime<Utc>>,
     ) -> Result<(), DbError> {
-        let done = sqlx::query("UPDATE groups SET next_run = ? WHERE name = ?")
+        let done = sqlx::query("UPDATE groups SET next_run = $1 WHERE name = $2")
             .bind(next_run.map(ts))
             .bind(group)
             .execute(&self.pool)
@@ -518,7 +519,7 @@ impl Repo for SqliteRepo {
         at: DateTime<Utc>,
         status: &str,
     ) -> Result<(), DbError> {
-        let done = sqlx::query("UPDATE groups SET last_run = ?, last_status = ? WHERE name = ?")
+        let done = sqlx::query("UPDATE groups SET last_run = $1, last_status = $2 WHERE name = $3")
             .bind(ts(at))
             .bind(status)
             .bind(group)
@@ -533,7 +534,7 @@ impl Repo for SqliteRepo {
         let mut tx = self.write_tx(&what).await?;
         sqlx::query(
             "INSERT INTO points (id, vm, group_name, site, time, consistency, size, \
-             bytes_read, bytes_new) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             bytes_read, bytes_new) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (id) DO UPDATE SET vm = excluded.vm, group_name = excluded.group_name, \
              site = excluded.site, time = excluded.time, consistency = excluded.consistency, \
              size = excluded.size, bytes_read = excluded.bytes_read, \
@@ -560,7 +561,7 @@ impl Repo for SqliteRepo {
     async fn add_point_copy(&self, id: &str, datastore: &str) -> Result<(), DbError> {
         let what = format!("add copy '{datastore}' of point '{id}'");
         let mut tx = self.write_tx(&what).await?;
-        exists(&mut tx, "SELECT id FROM points WHERE id = ?", id, "point").await?;
+        exists(&mut tx, "SELECT id FROM points WHERE id = $1", id, "point").await?;
         add_copy(&mut tx, id, datastore).await?;
         tx.commit().await.map_err(query(what))
     }
@@ -568,20 +569,20 @@ impl Repo for SqliteRepo {
     async fn remove_point_copy(&self, id: &str, datastore: &str) -> Result<(), DbError> {
         let what = format!("remove copy '{datastore}' of point '{id}'");
         let mut tx = self.write_tx(&what).await?;
-        exists(&mut tx, "SELECT id FROM points WHERE id = ?", id, "point").await?;
-        sqlx::query("DELETE FROM point_copies WHERE point_id = ? AND datastore = ?")
+        exists(&mut tx, "SELECT id FROM points WHERE id = $1", id, "point").await?;
+        sqlx::query("DELETE FROM point_copies WHERE point_id = $1 AND datastore = $2")
             .bind(id)
             .bind(datastore)
             .execute(&mut *tx)
             .await
             .map_err(query(&what))?;
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM point_copies WHERE point_id = ?")
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM point_copies WHERE point_id = $1")
             .bind(id)
             .fetch_one(&mut *tx)
             .await
             .map_err(query(&what))?;
         if left == 0 {
-            sqlx::query("DELETE FROM points WHERE id = ?")
+            sqlx::query("DELETE FROM points WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await
@@ -606,7 +607,7 @@ impl Repo for SqliteRepo {
         let now = now();
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (kind, target, status, progress_done, progress_total, message, \
-             created_at, result) VALUES (?, ?, ?, 0, 0, '', ?, 'null') RETURNING id",
+             created_at, result) VALUES ($1, $2, $3, 0, 0, '', $4, 'null') RETURNING id",
         )
         .bind(kind)
         .bind(target)
@@ -632,7 +633,7 @@ impl Repo for SqliteRepo {
     }
 
     async fn start_job(&self, id: i64) -> Result<(), DbError> {
-        let done = sqlx::query("UPDATE jobs SET status = ?, started_at = ? WHERE id = ?")
+        let done = sqlx::query("UPDATE jobs SET status = $1, started_at = $2 WHERE id = $3")
             .bind(JobStatus::Running.as_str())
             .bind(ts(now()))
             .bind(id)
@@ -650,7 +651,7 @@ impl Repo for SqliteRepo {
         message: &str,
     ) -> Result<(), DbError> {
         let res = sqlx::query(
-            "UPDATE jobs SET progress_done = ?, progress_total = ?, message = ? WHERE id = ?",
+            "UPDATE jobs SET progress_done = $1, progress_total = $2, message = $3 WHERE id = $4",
         )
         .bind(int(done, "job progress")?)
         .bind(int(total, "job progress total")?)
@@ -670,7 +671,7 @@ impl Repo for SqliteRepo {
         result: &serde_json::Value,
     ) -> Result<(), DbError> {
         let done = sqlx::query(
-            "UPDATE jobs SET status = ?, error = ?, result = ?, finished_at = ? WHERE id = ?",
+            "UPDATE jobs SET status = $1, error = $2, result = $3, finished_at = $4 WHERE id = $5",
         )
         .bind(status.as_str())
         .bind(error)
@@ -684,7 +685,7 @@ impl Repo for SqliteRepo {
     }
 
     async fn job(&self, id: i64) -> Result<Job, DbError> {
-        sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+        sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -696,7 +697,7 @@ impl Repo for SqliteRepo {
 
     async fn jobs(&self, limit: u32) -> Result<Vec<Job>, DbError> {
         sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?"
+            "SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT $1"
         ))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -709,7 +710,7 @@ impl Repo for SqliteRepo {
 
     async fn fail_interrupted_jobs(&self) -> Result<u64, DbError> {
         let done = sqlx::query(
-            "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE status IN (?, ?)",
+            "UPDATE jobs SET status = $1, error = $2, finished_at = $3 WHERE status IN ($4, $5)",
         )
         .bind(JobStatus::Failed.as_str())
         .bind(INTERRUPTED)
@@ -739,12 +740,11 @@ fn with_key<'q>(
 async fn add_copy(conn: &mut SqliteConnection, id: &str, datastore: &str) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO point_copies (point_id, datastore, position) \
-         SELECT ?, ?, COALESCE(MAX(position) + 1, 0) FROM point_copies WHERE point_id = ? \
+         SELECT $1, $2, COALESCE(MAX(position) + 1, 0) FROM point_copies WHERE point_id = $1 \
          ON CONFLICT (point_id, datastore) DO NOTHING",
     )
     .bind(id)
     .bind(datastore)
-    .bind(id)
     .execute(conn)
     .await
     .map_err(query(format!("add copy '{datastore}' of point '{id}'")))?;

@@ -71,6 +71,13 @@ fn assert_not_found<T: std::fmt::Debug>(r: Result<T, DbError>, kind: &str, name:
     }
 }
 
+/// Callers hold the repository as `Arc<dyn Repo>`.
+#[tokio::test]
+async fn repo_is_object_safe() {
+    let repo: std::sync::Arc<dyn Repo> = std::sync::Arc::new(example_repo().await);
+    assert_eq!(repo.sites().await.unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn example_config_fills_the_inventory() {
     let repo = example_repo().await;
@@ -333,9 +340,13 @@ async fn point_copies_are_ordered_and_the_last_one_takes_the_point() {
 async fn points_are_listed_oldest_first_and_by_vm() {
     let repo = SqliteRepo::open_in_memory().await.unwrap();
     repo.apply_config(&two_vm_config()).await.unwrap();
-    // Times that sort differently as numbers and as loosely formatted text.
-    let newer = point("pbx1", 10, &["site1-store"]);
-    let older = point("pbx1", 9, &["site1-store"]);
+    // 09Z sorts after 09.1Z as loosely formatted text; stored times are
+    // fixed width so they sort as times.
+    let mut older = point("pbx1", 9, &["site1-store"]);
+    older.time = at(9, 0);
+    let mut newer = point("pbx1", 9, &["site1-store"]);
+    newer.id.push_str("-later");
+    newer.time = at(9, 100_000_000);
     let other = point("pbx2", 5, &["site2-store"]);
     let mut no_group = point("pbx1", 100_000, &[]);
     no_group.group = None;
@@ -524,4 +535,36 @@ async fn open_errors_name_the_path() {
         err.to_string(),
         format!("unable to create database directory {}", file.display())
     );
+}
+
+/// Writers on several connections queue on the write lock instead of
+/// failing with "database is locked".
+#[tokio::test]
+async fn concurrent_writers_on_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::sync::Arc::new(
+        SqliteRepo::open(&dir.path().join("state.db"))
+            .await
+            .unwrap(),
+    );
+    repo.apply_config(&config(EXAMPLE)).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let repo = repo.clone();
+        tasks.spawn(async move {
+            let job = repo.create_job("protect", "gold").await?;
+            repo.start_job(job.id).await?;
+            let p = point("pbx1", i, &["site1-store"]);
+            repo.insert_point(&p).await?;
+            repo.add_point_copy(&p.id, "site2-store").await?;
+            repo.apply_config(&config(EXAMPLE)).await?;
+            repo.finish_job(job.id, JobStatus::Succeeded, None, &json!(i))
+                .await
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(repo.points(Some("pbx1")).await.unwrap().len(), 16);
+    assert_eq!(repo.fail_interrupted_jobs().await.unwrap(), 0);
 }
