@@ -264,10 +264,8 @@ pub fn decode(blob: &[u8], kind: BlobKind, id: Option<&ChunkId>) -> Result<Vec<u
             found: data.len(),
         });
     }
-    if let Some(id) = id {
-        if ChunkId::hash(&data) != *id {
-            return Err(BlobError::HashMismatch);
-        }
+    if id.is_some_and(|id| ChunkId::hash(&data) != *id) {
+        return Err(BlobError::HashMismatch);
     }
     Ok(data)
 }

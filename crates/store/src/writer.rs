@@ -101,10 +101,9 @@ impl PointWriter {
         let lock = lock::shared(store.root())?;
         store.refresh_after_gc()?;
         // Points of a vm are ordered by time: never go back, never collide.
-        if let Some(latest) = store.latest_point(&meta.vm)? {
-            if latest.time >= now {
-                id = PointId::new(&meta.vm, latest.time + chrono::Duration::milliseconds(1))?;
-            }
+        let latest = store.latest_point(&meta.vm)?;
+        if let Some(latest) = latest.filter(|l| l.time >= now) {
+            id = PointId::new(&meta.vm, latest.time + chrono::Duration::milliseconds(1))?;
         }
         Ok(PointWriter {
             packer: Packer::new(store.clone()),
@@ -151,30 +150,28 @@ impl PointWriter {
         let mut ids = vec![ChunkId::ZERO; n as usize];
         let mut read = vec![true; n as usize];
         let mut from_base = 0u64;
-        if let Some(base) = &opts.base {
-            if let Some(base_ids) = self.base_ids(base, name, opts.chunk_size, size)? {
-                if let Some(dirty) = &opts.dirty {
-                    for r in dirty {
-                        if r.start > r.end {
-                            return Err(StoreError::InvalidDirtyRange {
-                                disk: name.to_string(),
-                                start: r.start,
-                                end: r.end,
-                            });
-                        }
-                    }
-                    for (i, base_id) in base_ids.into_iter().enumerate() {
-                        let start = i as u64 * cs;
-                        let range = start..start + cs;
-                        if !dirty
-                            .iter()
-                            .any(|d| d.start < range.end && range.start < d.end)
-                        {
-                            ids[i] = base_id;
-                            read[i] = false;
-                            from_base += 1;
-                        }
-                    }
+        let base_ids = match &opts.base {
+            Some(base) => self.base_ids(base, name, opts.chunk_size, size)?,
+            None => None,
+        };
+        if let (Some(base_ids), Some(dirty)) = (base_ids, &opts.dirty) {
+            if let Some(r) = dirty.iter().find(|r| r.start > r.end) {
+                return Err(StoreError::InvalidDirtyRange {
+                    disk: name.to_string(),
+                    start: r.start,
+                    end: r.end,
+                });
+            }
+            for (i, base_id) in base_ids.into_iter().enumerate() {
+                let start = i as u64 * cs;
+                let range = start..start + cs;
+                if !dirty
+                    .iter()
+                    .any(|d| d.start < range.end && range.start < d.end)
+                {
+                    ids[i] = base_id;
+                    read[i] = false;
+                    from_base += 1;
                 }
             }
         }
@@ -238,13 +235,11 @@ impl PointWriter {
         let mut new_bytes_index = 0;
         let mut index_ids = Vec::new();
         for ic in index::split(&ids, IDS_PER_INDEX_CHUNK) {
-            if let Some(payload) = ic.payload {
-                if !self.packer.has(&ic.id) {
-                    let blob = blob::encode(BlobKind::Index, &payload, level);
-                    if self.packer.add(ic.id, BlobKind::Index, &blob)? {
-                        stats.index_chunks_new += 1;
-                        new_bytes_index += blob.len() as u64;
-                    }
+            if let Some(payload) = ic.payload.filter(|_| !self.packer.has(&ic.id)) {
+                let blob = blob::encode(BlobKind::Index, &payload, level);
+                if self.packer.add(ic.id, BlobKind::Index, &blob)? {
+                    stats.index_chunks_new += 1;
+                    new_bytes_index += blob.len() as u64;
                 }
             }
             index_ids.push(ic.id);
