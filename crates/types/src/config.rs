@@ -262,7 +262,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = self.0;
         for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-            if v >= 1 << shift && v % (1 << shift) == 0 {
+            if v >= 1 << shift && v.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", v >> shift);
             }
         }
