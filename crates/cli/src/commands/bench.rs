@@ -194,7 +194,7 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     Ok((v, t.elapsed().as_secs_f64()))
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+fn exec(cmd: &mut Command) -> Result<()> {
     let out = cmd
         .output()
         .with_context(|| format!("unable to run {:?}", cmd.get_program()))?;
@@ -338,16 +338,16 @@ pub async fn run_bench(args: BenchArgs) -> Result<BenchReport> {
             c.env("RESTIC_PASSWORD", "bench").arg("-r").arg(&repo).arg("--no-cache").args(a);
             c
         };
-        run(&mut restic(&["init"]))?;
+        exec(&mut restic(&["init"]))?;
         reset(&pristine)?;
         let img = image.to_str().context("utf-8 path")?;
-        let ((), t1) = timed(|| run(&mut restic(&["backup", "--quiet", img])))?;
+        let ((), t1) = timed(|| exec(&mut restic(&["backup", "--quiet", img])))?;
         let r1 = dir_size(&repo);
         reset(&v2)?;
-        let ((), t2) = timed(|| run(&mut restic(&["backup", "--quiet", img])))?;
+        let ((), t2) = timed(|| exec(&mut restic(&["backup", "--quiet", img])))?;
         let r2 = dir_size(&repo);
         let target = dir.join("restic-restore");
-        let ((), t3) = timed(|| run(&mut restic(&["restore", "latest", "--target", target.to_str().unwrap()])))?;
+        let ((), t3) = timed(|| exec(&mut restic(&["restore", "latest", "--target", target.to_str().unwrap()])))?;
         let restored = target.join(image.strip_prefix("/").unwrap_or(&image));
         if !same_content(&restored, &v2)? {
             bail!("restic's restore differs from the image");
@@ -370,16 +370,16 @@ pub async fn run_bench(args: BenchArgs) -> Result<BenchReport> {
             c
         };
         let repo_s = repo.to_str().unwrap().to_string();
-        run(&mut borg(&["init", "-e", "none", &repo_s], &dir))?;
+        exec(&mut borg(&["init", "-e", "none", &repo_s], &dir))?;
         reset(&pristine)?;
-        let ((), t1) = timed(|| run(&mut borg(&["create", &format!("{repo_s}::one"), "disk.img"], &dir)))?;
+        let ((), t1) = timed(|| exec(&mut borg(&["create", &format!("{repo_s}::one"), "disk.img"], &dir)))?;
         let r1 = dir_size(&repo);
         reset(&v2)?;
-        let ((), t2) = timed(|| run(&mut borg(&["create", &format!("{repo_s}::two"), "disk.img"], &dir)))?;
+        let ((), t2) = timed(|| exec(&mut borg(&["create", &format!("{repo_s}::two"), "disk.img"], &dir)))?;
         let r2 = dir_size(&repo);
         let target = dir.join("borg-restore");
         std::fs::create_dir_all(&target)?;
-        let ((), t3) = timed(|| run(&mut borg(&["extract", "--sparse", &format!("{repo_s}::two")], &target)))?;
+        let ((), t3) = timed(|| exec(&mut borg(&["extract", "--sparse", &format!("{repo_s}::two")], &target)))?;
         if !same_content(&target.join("disk.img"), &v2)? {
             bail!("borg's restore differs from the image");
         }
