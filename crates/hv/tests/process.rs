@@ -53,6 +53,16 @@ async fn start_status_shutdown_is_idempotent() {
     assert_eq!(st.state, VmState::Running);
     let pid = st.pid.unwrap();
     assert!(pid_alive(pid));
+    // The log receives the workload's output.
+    let log_path = dir.path().join("vm1.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("hello")
+    {
+        assert!(Instant::now() < deadline, "no output in {log_path:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Starting again returns the same run.
     assert_eq!(d.start(&spec).await.unwrap().pid, Some(pid));
 
@@ -74,9 +84,6 @@ async fn start_status_shutdown_is_idempotent() {
         d.stop("never-started").await.unwrap().state,
         VmState::Stopped
     );
-
-    let log = std::fs::read_to_string(dir.path().join("vm1.log")).unwrap();
-    assert!(log.contains("hello"), "log: {log:?}");
 }
 
 #[tokio::test]

@@ -290,3 +290,99 @@ pub fn failure_reply(req: &Message, err: &VnfError) -> String {
         )],
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from() -> SocketAddr {
+        "127.0.0.1:5070".parse().unwrap()
+    }
+
+    fn register(contact: &str, expires: Option<&str>) -> Vec<u8> {
+        let mut m = String::from(
+            "REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\
+             From: <sip:a@x>;tag=1\r\nTo: <sip:a@x>\r\nCall-ID: c1\r\nCSeq: 7 REGISTER\r\n",
+        );
+        if !contact.is_empty() {
+            m.push_str(&format!("Contact: {contact}\r\n"));
+        }
+        if let Some(e) = expires {
+            m.push_str(&format!("Expires: {e}\r\n"));
+        }
+        m.push_str("\r\n");
+        m.into_bytes()
+    }
+
+    fn changes(datagram: &[u8]) -> Vec<BindingRecord> {
+        match plan(datagram, from()) {
+            Action::Register { changes, aor, .. } => {
+                assert_eq!(aor, "sip:a@x");
+                changes
+            }
+            Action::Reply(r) => panic!("unexpected reply {r}"),
+            Action::Ignore => panic!("ignored"),
+        }
+    }
+
+    fn reply_code(datagram: &[u8]) -> String {
+        match plan(datagram, from()) {
+            Action::Reply(r) => r.lines().next().unwrap_or_default().to_owned(),
+            _ => panic!("expected a reply"),
+        }
+    }
+
+    #[test]
+    fn expires_comes_from_contact_then_header_then_default() {
+        let c = changes(&register("<sip:a@h1>;expires=5, <sip:a@h2>", Some("60")));
+        assert_eq!(c.len(), 2);
+        assert_eq!((c[0].contact.as_str(), c[0].expires), ("sip:a@h1", 5));
+        assert_eq!((c[1].contact.as_str(), c[1].expires), ("sip:a@h2", 60));
+        let c = changes(&register("sip:a@h3", None));
+        assert_eq!(c[0].expires, DEFAULT_EXPIRES);
+        // No Contact: a query, nothing to write.
+        assert!(changes(&register("", None)).is_empty());
+        // Wildcard.
+        let c = changes(&register("*", Some("0")));
+        assert_eq!((c[0].contact.as_str(), c[0].expires), ("*", 0));
+    }
+
+    #[test]
+    fn bad_registers_get_400() {
+        assert!(reply_code(&register("*", Some("60"))).starts_with("SIP/2.0 400"));
+        assert!(reply_code(&register("<sip:a@h>", Some("soon"))).starts_with("SIP/2.0 400"));
+        assert!(reply_code(&register("<sip:a@h>;expires=x", None)).starts_with("SIP/2.0 400"));
+        let no_callid = String::from_utf8(register("<sip:a@h>", None))
+            .unwrap()
+            .replace("Call-ID: c1\r\n", "");
+        assert!(reply_code(no_callid.as_bytes()).starts_with("SIP/2.0 400"));
+    }
+
+    #[test]
+    fn replay_rebuilds_bindings_and_unregister_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.img");
+        let rec = |contact: &str, expires| BindingRecord {
+            aor: "sip:a@x".into(),
+            contact: contact.into(),
+            expires,
+            registered_at: 1,
+        };
+        {
+            let mut r = Registrar::open("t", &img, 1 << 20).unwrap();
+            r.commit(vec![rec("sip:1", 60), rec("sip:2", 60)]).unwrap();
+            r.commit(vec![rec("sip:1", 0)]).unwrap();
+            r.commit(vec![rec("sip:3", 60)]).unwrap();
+            let st = r.state();
+            assert_eq!((st.writes, st.records, st.last_seq), (4, 4, 4));
+        }
+        let mut r = Registrar::open("t", &img, 0).unwrap();
+        let st = r.state();
+        assert_eq!((st.writes, st.records, st.last_seq), (0, 4, 4));
+        let contacts: Vec<_> = st.bindings.iter().map(|b| b.contact.as_str()).collect();
+        assert_eq!(contacts, ["sip:2", "sip:3"]);
+        assert_eq!(st.bindings[1].seq, 4);
+        r.commit(vec![rec("*", 0)]).unwrap();
+        assert!(r.state().bindings.is_empty());
+    }
+}
