@@ -284,6 +284,35 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
+/// True when no process of group `pgid` is runnable: each is stopped
+/// (`T`), traced (`t`), a zombie or gone, per `/proc/<pid>/stat`.
+fn group_stopped(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command (which may hold spaces) in parentheses:
+        // state, ppid, pgrp, ...
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+        if pgrp == Some(pgid) && !matches!(state, "T" | "t" | "Z" | "X") {
+            return false;
+        }
+    }
+    true
+}
+
 fn send(vm: &str, pgid: u32, signal: Signal) -> Result<(), HvError> {
     let Ok(raw) = i32::try_from(pgid) else {
         return Ok(());
@@ -483,27 +512,44 @@ impl Driver for ProcessDriver {
     }
 
     async fn freeze(&self, name: &str) -> Result<(), HvError> {
-        let mut table = self.lock();
-        let Some(vm) = table.vms.get_mut(name) else {
-            return Err(HvError::NotRunning {
-                vm: name.to_owned(),
-                state: VmState::Stopped,
-            });
-        };
-        match vm.status.state {
-            VmState::Frozen => Ok(()),
-            VmState::Running => {
-                send(name, vm.pgid.unwrap_or_default(), Signal::SIGSTOP)?;
-                vm.status.state = VmState::Frozen;
-                vm.status.since = Some(Utc::now());
-                tracing::debug!(vm = name, "vm frozen");
-                Ok(())
+        let pgid = {
+            let mut table = self.lock();
+            let Some(vm) = table.vms.get_mut(name) else {
+                return Err(HvError::NotRunning {
+                    vm: name.to_owned(),
+                    state: VmState::Stopped,
+                });
+            };
+            match vm.status.state {
+                VmState::Frozen => return Ok(()),
+                VmState::Running => {
+                    let pgid = vm.pgid.unwrap_or_default();
+                    send(name, pgid, Signal::SIGSTOP)?;
+                    vm.status.state = VmState::Frozen;
+                    vm.status.since = Some(Utc::now());
+                    pgid
+                }
+                state => {
+                    return Err(HvError::NotRunning {
+                        vm: name.to_owned(),
+                        state,
+                    });
+                }
             }
-            state => Err(HvError::NotRunning {
-                vm: name.to_owned(),
-                state,
-            }),
+        };
+        // kill() returns once the signal is queued; a process in a system
+        // call stops only when it returns. Wait until every member of the
+        // group is really stopped, so nothing it writes lands after the
+        // point starts reading.
+        for _ in 0..400 {
+            if group_stopped(pgid) {
+                tracing::debug!(vm = name, "vm frozen");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        tracing::warn!(vm = name, "process group {pgid} not fully stopped after 800ms");
+        Ok(())
     }
 
     async fn thaw(&self, name: &str) -> Result<(), HvError> {
