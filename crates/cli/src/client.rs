@@ -33,7 +33,10 @@ impl Client {
 
     async fn handle<T: DeserializeOwned>(&self, resp: reqwest::Response, what: &str) -> Result<T> {
         let status = resp.status();
-        let bytes = resp.bytes().await.with_context(|| format!("reading answer to {what}"))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| format!("reading answer to {what}"))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes)
                 .with_context(|| format!("unexpected answer to {what}"));

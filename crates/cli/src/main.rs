@@ -10,10 +10,20 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "standby", version, about = "Disaster recovery for VMs and VNFs")]
+#[command(
+    name = "standby",
+    version,
+    about = "Disaster recovery for VMs and VNFs"
+)]
 pub struct Cli {
     /// Configuration file.
-    #[arg(long, short, global = true, env = "STANDBY_CONFIG", default_value = "standby.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "STANDBY_CONFIG",
+        default_value = "standby.toml"
+    )]
     pub config: PathBuf,
     /// Controller address (default: `controller.listen` of the config).
     #[arg(long, global = true, env = "STANDBY_URL")]
@@ -66,7 +76,11 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STANDBY_LOG").unwrap_or_else(|_| {
-                let default = if matches!(cli.cmd, Cmd::Server) { "info" } else { "warn" };
+                let default = if matches!(cli.cmd, Cmd::Server) {
+                    "info"
+                } else {
+                    "warn"
+                };
                 tracing_subscriber::EnvFilter::new(default)
             }),
         )

@@ -548,7 +548,10 @@ impl Driver for ProcessDriver {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        tracing::warn!(vm = name, "process group {pgid} not fully stopped after 800ms");
+        tracing::warn!(
+            vm = name,
+            "process group {pgid} not fully stopped after 800ms"
+        );
         Ok(())
     }
 

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use standby_hv::{DiskSpec, Driver, VmSpec, VmStatus};
-use standby_store::{Consistency, Datastore, DiskWriteOptions, DiskWriteStats, Manifest, PointId, PointMeta};
+use standby_store::{
+    Consistency, Datastore, DiskWriteOptions, DiskWriteStats, Manifest, PointId, PointMeta,
+};
 use standby_types::config::{self, Config};
 
 use crate::error::ServerError;
@@ -212,16 +214,18 @@ impl Agent {
 /// `standby-vnf` is found beside `standby`), then left to `PATH`.
 fn resolve_command(cmd: &str) -> PathBuf {
     let p = Path::new(cmd);
-    if p.components().count() == 1 {
-        if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-            let sibling = dir.join(cmd);
-            if sibling.is_file() {
-                return sibling;
-            }
-            // Integration tests run from target/<profile>/deps.
-            if let Some(up) = dir.parent().map(|d| d.join(cmd)).filter(|p| p.is_file()) {
-                return up;
-            }
+    if p.components().count() == 1
+        && let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        let sibling = dir.join(cmd);
+        if sibling.is_file() {
+            return sibling;
+        }
+        // Integration tests run from target/<profile>/deps.
+        if let Some(up) = dir.parent().map(|d| d.join(cmd)).filter(|p| p.is_file()) {
+            return up;
         }
     }
     p.to_path_buf()

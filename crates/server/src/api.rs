@@ -69,7 +69,12 @@ async fn sites(State(ctl): Ctl) -> ApiResult<Vec<SiteView>> {
                 .filter(|(_, h)| h.site == s.name)
                 .map(|(n, _)| n.clone())
                 .collect(),
-            datastores: ctl.cfg.datastores_at(&s.name).into_iter().map(String::from).collect(),
+            datastores: ctl
+                .cfg
+                .datastores_at(&s.name)
+                .into_iter()
+                .map(String::from)
+                .collect(),
             vms: vms
                 .iter()
                 .filter(|v| v.active_site == s.name)
@@ -90,7 +95,12 @@ async fn vm_view(ctl: &Controller, name: &str) -> Result<VmView, ServerError> {
     };
     let last_point = ctl.repo.points(Some(name)).await?.pop();
     Ok(VmView {
-        groups: ctl.cfg.groups_of(name).into_iter().map(String::from).collect(),
+        groups: ctl
+            .cfg
+            .groups_of(name)
+            .into_iter()
+            .map(String::from)
+            .collect(),
         record,
         state,
         pid,
@@ -196,7 +206,10 @@ async fn point(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<PointRecord
 async fn restore_point(State(ctl): Ctl, Json(req): Json<RestoreRequest>) -> ApiResult<JobRef> {
     restore::check(&ctl, &req).await?;
     let target = req.point.clone();
-    let job = spawn_job(&ctl, "restore", &target, move |ctl, p| restore::run(ctl, req, p)).await?;
+    let job = spawn_job(&ctl, "restore", &target, move |ctl, p| {
+        restore::run(ctl, req, p)
+    })
+    .await?;
     Ok(Json(JobRef { job }))
 }
 
@@ -228,7 +241,7 @@ async fn datastores(State(ctl): Ctl) -> ApiResult<Vec<DatastoreView>> {
             Ok((stats, points)) => {
                 view.points = points;
                 view.packs = stats.packs as u64;
-                view.chunks = stats.chunks as u64;
+                view.chunks = stats.chunks;
                 view.bytes = stats.bytes_on_disk;
             }
             Err(e) => view.error = Some(crate::error::error_chain(&e)),

@@ -122,7 +122,9 @@ async fn protect_vm(
         for ds in &g.datastores {
             let Ok(store) = ctl.store(ds) else { continue };
             let (policy, vmn) = (g.retention, vm.to_string());
-            match tokio::task::spawn_blocking(move || store.prune(&policy, Some(&vmn), false)).await? {
+            match tokio::task::spawn_blocking(move || store.prune(&policy, Some(&vmn), false))
+                .await?
+            {
                 Ok(report) => {
                     for removed in &report.removed {
                         ctl.repo.remove_point_copy(&removed.to_string(), ds).await?;

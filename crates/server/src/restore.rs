@@ -79,11 +79,12 @@ pub async fn run(
         Some(ds) => vec![ds.clone()],
         None => {
             // Nearest first: copies at the target site, then the rest.
-            let (mut near, far): (Vec<_>, Vec<_>) = point
-                .copies
-                .iter()
-                .cloned()
-                .partition(|d| ctl.cfg.datastores.get(d).is_some_and(|c| c.site == req.site));
+            let (mut near, far): (Vec<_>, Vec<_>) = point.copies.iter().cloned().partition(|d| {
+                ctl.cfg
+                    .datastores
+                    .get(d)
+                    .is_some_and(|c| c.site == req.site)
+            });
             near.extend(far);
             near
         }
@@ -130,7 +131,9 @@ pub async fn run(
 
     let agent = ctl.agent(&host)?;
     let spec = agent.spec(&ctl.cfg, &vm)?;
-    let bytes = agent.restore_point(&spec, &store, &pid, progress.clone()).await?;
+    let bytes = agent
+        .restore_point(&spec, &store, &pid, progress.clone())
+        .await?;
     let restored_secs = started.elapsed().as_secs_f64();
     ctl.repo.set_vm_placement(&vm, &req.site, &host).await?;
     let mut started_vm = false;

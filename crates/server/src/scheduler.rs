@@ -69,8 +69,12 @@ async fn tick_once(ctl: &Arc<Controller>) -> Result<(), ServerError> {
                 let next = g.schedule.next_after(now);
                 ctl.repo.set_group_schedule(&rec.name, next).await?;
                 match start_group_run(ctl, &rec.name).await {
-                    Ok(job) => tracing::info!(group = %rec.name, job, "scheduled protection started"),
-                    Err(ServerError::Conflict(m)) => tracing::info!(group = %rec.name, "skipped: {m}"),
+                    Ok(job) => {
+                        tracing::info!(group = %rec.name, job, "scheduled protection started")
+                    }
+                    Err(ServerError::Conflict(m)) => {
+                        tracing::info!(group = %rec.name, "skipped: {m}")
+                    }
                     Err(e) => tracing::warn!(group = %rec.name, "unable to start protection: {e}"),
                 }
             }

@@ -445,7 +445,12 @@ impl Config {
                 && n.chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         };
-        if self.controller.listen.parse::<std::net::SocketAddr>().is_err() {
+        if self
+            .controller
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
             return Err((
                 p(&["controller", "listen"]),
                 format!(

@@ -94,9 +94,30 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "INVITE", "REGISTER", "sip:", "alice", "bob", "carol", "example.net", "Via: SIP/2.0/UDP",
-    "branch=z9hG4bK", "Contact:", "Expires: 3600", "CSeq:", "200 OK", "\n", "tag=", "1024",
-    "call-id", "From:", "To:", "Max-Forwards: 70", "User-Agent: standby", "status=ok", "{", "}",
+    "INVITE",
+    "REGISTER",
+    "sip:",
+    "alice",
+    "bob",
+    "carol",
+    "example.net",
+    "Via: SIP/2.0/UDP",
+    "branch=z9hG4bK",
+    "Contact:",
+    "Expires: 3600",
+    "CSeq:",
+    "200 OK",
+    "\n",
+    "tag=",
+    "1024",
+    "call-id",
+    "From:",
+    "To:",
+    "Max-Forwards: 70",
+    "User-Agent: standby",
+    "status=ok",
+    "{",
+    "}",
 ];
 
 fn fill_text(rng: &mut Rng, buf: &mut [u8]) {
@@ -217,7 +238,12 @@ fn version(prog: &str) -> Result<String> {
             .output()
             .with_context(|| format!("{prog} is not installed (scripts/bench installs it: apt-get install restic borgbackup)"))?,
     };
-    Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string())
 }
 
 fn result(tool: &str, version: String, size: u64, t: [f64; 3], repo: [u64; 2]) -> ToolResult {
@@ -271,7 +297,9 @@ pub async fn run_bench(args: BenchArgs) -> Result<BenchReport> {
             d.clone()
         }
         None => {
-            tmp = tempfile::Builder::new().prefix("standby-bench-").tempdir_in("/var/tmp")?;
+            tmp = tempfile::Builder::new()
+                .prefix("standby-bench-")
+                .tempdir_in("/var/tmp")?;
             tmp.path().to_path_buf()
         }
     };
@@ -279,7 +307,11 @@ pub async fn run_bench(args: BenchArgs) -> Result<BenchReport> {
     let chunk = args.chunk_size.0 as u32;
     let image = dir.join("disk.img");
     let pristine = dir.join("disk-v1.img");
-    eprintln!("generating a {} image in {}", output::bytes(size), dir.display());
+    eprintln!(
+        "generating a {} image in {}",
+        output::bytes(size),
+        dir.display()
+    );
     generate_image(&image, size)?;
     std::fs::copy(&image, &pristine)?;
 
@@ -313,7 +345,13 @@ pub async fn run_bench(args: BenchArgs) -> Result<BenchReport> {
         bail!("standby's restore differs from the image");
     }
     std::fs::remove_file(&out)?;
-    results.push(result("standby", env!("CARGO_PKG_VERSION").into(), size, [t1, t2, t3], [r1, r2]));
+    results.push(result(
+        "standby",
+        env!("CARGO_PKG_VERSION").into(),
+        size,
+        [t1, t2, t3],
+        [r1, r2],
+    ));
 
     // standby with the changed ranges known (dirty bitmap).
     let dirty_store_dir = dir.join("standby-store-dirty");
@@ -322,9 +360,23 @@ pub async fn run_bench(args: BenchArgs) -> Result<BenchReport> {
     let (d1, dt1) = timed(|| standby_point(&dstore, &image, chunk, None, None))?;
     let dr1 = dir_size(&dirty_store_dir);
     reset(&v2)?;
-    let (_d2, dt2) = timed(|| standby_point(&dstore, &image, chunk, Some(d1.clone()), Some(changes.clone())))?;
+    let (_d2, dt2) = timed(|| {
+        standby_point(
+            &dstore,
+            &image,
+            chunk,
+            Some(d1.clone()),
+            Some(changes.clone()),
+        )
+    })?;
     let dr2 = dir_size(&dirty_store_dir);
-    let dirty = result("standby (dirty ranges)", env!("CARGO_PKG_VERSION").into(), size, [dt1, dt2, t3], [dr1, dr2]);
+    let dirty = result(
+        "standby (dirty ranges)",
+        env!("CARGO_PKG_VERSION").into(),
+        size,
+        [dt1, dt2, t3],
+        [dr1, dr2],
+    );
     drop(dstore);
     std::fs::remove_dir_all(&dirty_store_dir)?;
 
@@ -335,7 +387,11 @@ pub async fn run_bench(args: BenchArgs) -> Result<BenchReport> {
         let repo = dir.join("restic-repo");
         let restic = |a: &[&str]| {
             let mut c = Command::new("restic");
-            c.env("RESTIC_PASSWORD", "bench").arg("-r").arg(&repo).arg("--no-cache").args(a);
+            c.env("RESTIC_PASSWORD", "bench")
+                .arg("-r")
+                .arg(&repo)
+                .arg("--no-cache")
+                .args(a);
             c
         };
         exec(&mut restic(&["init"]))?;
@@ -347,7 +403,14 @@ pub async fn run_bench(args: BenchArgs) -> Result<BenchReport> {
         let ((), t2) = timed(|| exec(&mut restic(&["backup", "--quiet", img])))?;
         let r2 = dir_size(&repo);
         let target = dir.join("restic-restore");
-        let ((), t3) = timed(|| exec(&mut restic(&["restore", "latest", "--target", target.to_str().unwrap()])))?;
+        let ((), t3) = timed(|| {
+            exec(&mut restic(&[
+                "restore",
+                "latest",
+                "--target",
+                target.to_str().unwrap(),
+            ]))
+        })?;
         let restored = target.join(image.strip_prefix("/").unwrap_or(&image));
         if !same_content(&restored, &v2)? {
             bail!("restic's restore differs from the image");
@@ -372,14 +435,29 @@ pub async fn run_bench(args: BenchArgs) -> Result<BenchReport> {
         let repo_s = repo.to_str().unwrap().to_string();
         exec(&mut borg(&["init", "-e", "none", &repo_s], &dir))?;
         reset(&pristine)?;
-        let ((), t1) = timed(|| exec(&mut borg(&["create", &format!("{repo_s}::one"), "disk.img"], &dir)))?;
+        let ((), t1) = timed(|| {
+            exec(&mut borg(
+                &["create", &format!("{repo_s}::one"), "disk.img"],
+                &dir,
+            ))
+        })?;
         let r1 = dir_size(&repo);
         reset(&v2)?;
-        let ((), t2) = timed(|| exec(&mut borg(&["create", &format!("{repo_s}::two"), "disk.img"], &dir)))?;
+        let ((), t2) = timed(|| {
+            exec(&mut borg(
+                &["create", &format!("{repo_s}::two"), "disk.img"],
+                &dir,
+            ))
+        })?;
         let r2 = dir_size(&repo);
         let target = dir.join("borg-restore");
         std::fs::create_dir_all(&target)?;
-        let ((), t3) = timed(|| exec(&mut borg(&["extract", "--sparse", &format!("{repo_s}::two")], &target)))?;
+        let ((), t3) = timed(|| {
+            exec(&mut borg(
+                &["extract", "--sparse", &format!("{repo_s}::two")],
+                &target,
+            ))
+        })?;
         if !same_content(&target.join("disk.img"), &v2)? {
             bail!("borg's restore differs from the image");
         }
@@ -424,7 +502,11 @@ pub async fn run(args: &BenchArgs, json: bool) -> Result<()> {
         report.changed_writes
     );
     let mut rows: Vec<Vec<String>> = Vec::new();
-    for r in report.results.iter().chain(report.standby_dirty_ranges.iter()) {
+    for r in report
+        .results
+        .iter()
+        .chain(report.standby_dirty_ranges.iter())
+    {
         rows.push(vec![
             r.tool.clone(),
             format!("{:.2}s  {:.0} MB/s", r.full_secs, r.full_mb_s),
@@ -436,7 +518,15 @@ pub async fn run(args: &BenchArgs, json: bool) -> Result<()> {
         ]);
     }
     output::table(
-        &["TOOL", "FULL", "SECOND", "RESTORE", "REPO AFTER FULL", "GROWTH (2ND)", "VERSION"],
+        &[
+            "TOOL",
+            "FULL",
+            "SECOND",
+            "RESTORE",
+            "REPO AFTER FULL",
+            "GROWTH (2ND)",
+            "VERSION",
+        ],
         rows,
     );
     for r in &report.ratios {

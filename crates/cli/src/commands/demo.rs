@@ -68,7 +68,11 @@ pub async fn run(args: &DemoArgs, json_out: bool) -> Result<()> {
     };
     let report = demo(args, dir.path(), &say).await;
     let keep = args.keep || report.is_err();
-    let path = if keep { dir.keep() } else { dir.path().to_path_buf() };
+    let path = if keep {
+        dir.keep()
+    } else {
+        dir.path().to_path_buf()
+    };
     let report = report?;
     if json_out {
         output::json(&report);
@@ -148,7 +152,10 @@ keep_last = 50
 async fn wait_sip(addr: SocketAddr, within: Duration) -> Result<Instant> {
     let deadline = Instant::now() + within;
     loop {
-        if client::options(addr, Duration::from_millis(300)).await.is_ok() {
+        if client::options(addr, Duration::from_millis(300))
+            .await
+            .is_ok()
+        {
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {
@@ -168,7 +175,9 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
     let site1_store = cfg.datastores["site1-store"].path.clone();
 
     say(format!("standby demo in {}", dir.display()));
-    let server = standby_server::start(cfg).await.context("starting the controller")?;
+    let server = standby_server::start(cfg)
+        .await
+        .context("starting the controller")?;
     let api = Client::new(&server.addr.to_string());
     let result = story(args, &api, sip, http, &site1_disks, &site1_store, say).await;
     server.stop().await;
@@ -215,7 +224,10 @@ async fn story(
     let deadline = Instant::now() + Duration::from_secs(60);
     let points = loop {
         let points: Vec<PointRecord> = api.get("/api/v1/points?vm=pbx1").await?;
-        if points.iter().any(|p| p.copies.iter().any(|c| c == "site2-store")) {
+        if points
+            .iter()
+            .any(|p| p.copies.iter().any(|c| c == "site2-store"))
+        {
             break points;
         }
         if Instant::now() > deadline {
@@ -314,20 +326,34 @@ async fn story(
 fn summarize(list: &[String]) -> String {
     let short: Vec<&str> = list
         .iter()
-        .map(|a| a.trim_start_matches("sip:").trim_end_matches("@demo.invalid"))
+        .map(|a| {
+            a.trim_start_matches("sip:")
+                .trim_end_matches("@demo.invalid")
+        })
         .collect();
     match short.len() {
         0 => "none".into(),
         1..=6 => short.join(", "),
-        n => format!("{} … {} ({n})", short[..3].join(", "), short[n - 2..].join(", ")),
+        n => format!(
+            "{} … {} ({n})",
+            short[..3].join(", "),
+            short[n - 2..].join(", ")
+        ),
     }
 }
 
 fn print_report(r: &DemoReport) {
     println!();
-    println!("point used          {} ({} points taken)", r.point, r.points_taken);
+    println!(
+        "point used          {} ({} points taken)",
+        r.point, r.points_taken
+    );
     println!("acknowledged        {} registrations", r.acknowledged.len());
-    println!("survived            {} registrations: {}", r.survived.len(), summarize(&r.survived));
+    println!(
+        "survived            {} registrations: {}",
+        r.survived.len(),
+        summarize(&r.survived)
+    );
     println!(
         "lost                {} acknowledged after the point: {}",
         r.lost_after_point.len(),
@@ -337,7 +363,10 @@ fn print_report(r: &DemoReport) {
         "missing             {} acknowledged before the point (must be 0)",
         r.missing_before_point.len()
     );
-    println!("data-loss window    {:.3}s (last acknowledged registration − point time)", r.data_loss_window_ms as f64 / 1000.0);
+    println!(
+        "data-loss window    {:.3}s (last acknowledged registration − point time)",
+        r.data_loss_window_ms as f64 / 1000.0
+    );
     println!(
         "recovery time       {:.3}s from disaster to SIP answer at site2 (restore {:.3}s)",
         r.rto_ms as f64 / 1000.0,

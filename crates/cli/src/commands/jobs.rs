@@ -18,7 +18,11 @@ pub enum JobsCmd {
 
 pub async fn run(ctx: &Ctx, cmd: &JobsCmd) -> Result<()> {
     let jobs: Vec<Job> = match cmd {
-        JobsCmd::List { limit } => ctx.client.get(&format!("/api/v1/jobs?limit={limit}")).await?,
+        JobsCmd::List { limit } => {
+            ctx.client
+                .get(&format!("/api/v1/jobs?limit={limit}"))
+                .await?
+        }
         JobsCmd::Show { id } => {
             let j: Job = ctx.client.get(&format!("/api/v1/jobs/{id}")).await?;
             if !ctx.json {
@@ -33,7 +37,15 @@ pub async fn run(ctx: &Ctx, cmd: &JobsCmd) -> Result<()> {
         return Ok(());
     }
     output::table(
-        &["JOB", "KIND", "TARGET", "STATUS", "PROGRESS", "CREATED", "MESSAGE / ERROR"],
+        &[
+            "JOB",
+            "KIND",
+            "TARGET",
+            "STATUS",
+            "PROGRESS",
+            "CREATED",
+            "MESSAGE / ERROR",
+        ],
         jobs.into_iter()
             .map(|j| {
                 vec![
@@ -42,7 +54,11 @@ pub async fn run(ctx: &Ctx, cmd: &JobsCmd) -> Result<()> {
                     j.target,
                     j.status.as_str().to_string(),
                     if j.progress_total > 0 {
-                        format!("{}/{}", output::bytes(j.progress_done), output::bytes(j.progress_total))
+                        format!(
+                            "{}/{}",
+                            output::bytes(j.progress_done),
+                            output::bytes(j.progress_total)
+                        )
                     } else {
                         "-".into()
                     },

@@ -24,7 +24,16 @@ pub async fn run(ctx: &Ctx, cmd: &PointsCmd) -> Result<()> {
                 return Ok(());
             }
             output::table(
-                &["POINT", "VM", "SITE", "TIME", "CONSISTENCY", "SIZE", "NEW", "COPIES"],
+                &[
+                    "POINT",
+                    "VM",
+                    "SITE",
+                    "TIME",
+                    "CONSISTENCY",
+                    "SIZE",
+                    "NEW",
+                    "COPIES",
+                ],
                 points
                     .into_iter()
                     .map(|p| {
@@ -32,7 +41,11 @@ pub async fn run(ctx: &Ctx, cmd: &PointsCmd) -> Result<()> {
                             p.id,
                             p.vm,
                             p.site,
-                            format!("{} ({})", p.time.format("%Y-%m-%d %H:%M:%S%.3f"), output::age(p.time)),
+                            format!(
+                                "{} ({})",
+                                p.time.format("%Y-%m-%d %H:%M:%S%.3f"),
+                                output::age(p.time)
+                            ),
                             p.consistency,
                             output::bytes(p.size),
                             output::bytes(p.bytes_new),

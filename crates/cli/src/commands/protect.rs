@@ -42,7 +42,15 @@ pub async fn run(ctx: &Ctx, cmd: &ProtectCmd) -> Result<()> {
             }
             let vms = done.result["vms"].as_array().cloned().unwrap_or_default();
             output::table(
-                &["VM", "POINT", "DATASTORE", "READ", "NEW (STORED)", "TIME", "COPIED TO"],
+                &[
+                    "VM",
+                    "POINT",
+                    "DATASTORE",
+                    "READ",
+                    "NEW (STORED)",
+                    "TIME",
+                    "COPIED TO",
+                ],
                 vms.iter()
                     .map(|v| {
                         let secs = v["seconds"].as_f64().unwrap_or(0.0);
@@ -78,7 +86,14 @@ pub async fn run(ctx: &Ctx, cmd: &ProtectCmd) -> Result<()> {
                 return Ok(());
             }
             output::table(
-                &["GROUP", "MEMBERS", "SCHEDULE", "DATASTORES", "LAST RUN", "NEXT RUN"],
+                &[
+                    "GROUP",
+                    "MEMBERS",
+                    "SCHEDULE",
+                    "DATASTORES",
+                    "LAST RUN",
+                    "NEXT RUN",
+                ],
                 groups
                     .into_iter()
                     .map(|g| {

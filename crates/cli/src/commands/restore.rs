@@ -46,7 +46,11 @@ pub async fn run(ctx: &Ctx, a: &RestoreArgs) -> Result<()> {
         r["host"].as_str().unwrap_or(""),
         r["site"].as_str().unwrap_or(""),
         output::bytes(r["bytes"].as_u64().unwrap_or(0)),
-        if r["started"].as_bool() == Some(true) { "; vm started" } else { "" }
+        if r["started"].as_bool() == Some(true) {
+            "; vm started"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

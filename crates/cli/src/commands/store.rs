@@ -48,7 +48,15 @@ pub async fn run(ctx: &Ctx, cmd: &StoreCmd) -> Result<()> {
                 return Ok(());
             }
             output::table(
-                &["DATASTORE", "SITE", "POINTS", "PACKS", "CHUNKS", "SIZE", "PATH"],
+                &[
+                    "DATASTORE",
+                    "SITE",
+                    "POINTS",
+                    "PACKS",
+                    "CHUNKS",
+                    "SIZE",
+                    "PATH",
+                ],
                 stores
                     .into_iter()
                     .map(|s| {

@@ -38,7 +38,10 @@ pub async fn run(ctx: &Ctx, cmd: &VmCmd) -> Result<()> {
             return Ok(());
         }
         VmCmd::Status { name } => c.get::<VmView>(&format!("/api/v1/vms/{name}")).await?,
-        VmCmd::Start { name } => c.post(&format!("/api/v1/vms/{name}/start"), &json!({})).await?,
+        VmCmd::Start { name } => {
+            c.post(&format!("/api/v1/vms/{name}/start"), &json!({}))
+                .await?
+        }
         VmCmd::Shutdown { name, timeout } => {
             c.post(
                 &format!("/api/v1/vms/{name}/shutdown"),
@@ -46,7 +49,10 @@ pub async fn run(ctx: &Ctx, cmd: &VmCmd) -> Result<()> {
             )
             .await?
         }
-        VmCmd::Stop { name } => c.post(&format!("/api/v1/vms/{name}/stop"), &json!({})).await?,
+        VmCmd::Stop { name } => {
+            c.post(&format!("/api/v1/vms/{name}/stop"), &json!({}))
+                .await?
+        }
     };
     if ctx.json {
         output::json(&one);
@@ -58,7 +64,16 @@ pub async fn run(ctx: &Ctx, cmd: &VmCmd) -> Result<()> {
 
 fn print_table(vms: Vec<VmView>) {
     output::table(
-        &["VM", "STATE", "ACTIVE SITE", "HOST", "HOME", "DR SITE", "GROUPS", "NEWEST POINT"],
+        &[
+            "VM",
+            "STATE",
+            "ACTIVE SITE",
+            "HOST",
+            "HOME",
+            "DR SITE",
+            "GROUPS",
+            "NEWEST POINT",
+        ],
         vms.into_iter()
             .map(|v| {
                 let state = match (&v.pid, &v.exit) {

@@ -14,9 +14,14 @@ fn server_error(text: &str) -> String {
 
 #[test]
 fn malformed_toml_names_file_line_and_field() {
-    let err = server_error("[sites.site1]\n[hosts.h1]\nsite = \"site1\"\ndriver = \"process\"\ndisk_dir = 5\n");
+    let err = server_error(
+        "[sites.site1]\n[hosts.h1]\nsite = \"site1\"\ndriver = \"process\"\ndisk_dir = 5\n",
+    );
     assert!(err.contains("bad.toml:5:"), "line missing: {err}");
-    assert!(err.contains("disk_dir") || err.contains("string"), "field missing: {err}");
+    assert!(
+        err.contains("disk_dir") || err.contains("string"),
+        "field missing: {err}"
+    );
 
     let err = server_error("[sites.site1]\ndescription = \"x\"\n[sites.site1\n");
     assert!(err.contains("bad.toml:3:"), "line missing: {err}");
@@ -29,5 +34,8 @@ fn bad_reference_names_the_field_and_its_line() {
     );
     assert!(err.contains("bad.toml:3:"), "line missing: {err}");
     assert!(err.contains("hosts.h1.site"), "field missing: {err}");
-    assert!(err.contains("unknown site 'site9'"), "message missing: {err}");
+    assert!(
+        err.contains("unknown site 'site9'"),
+        "message missing: {err}"
+    );
 }

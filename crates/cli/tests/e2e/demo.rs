@@ -35,7 +35,10 @@ fn demo_survivors_are_exactly_the_registrations_before_the_point() {
     let k = survived.len();
     assert!(k > 0 && k <= acked.len(), "{r:#}");
     let prefix: BTreeSet<String> = acked[..k].iter().cloned().collect();
-    assert_eq!(survived, prefix, "survivors are not the first {k} acknowledged");
+    assert_eq!(
+        survived, prefix,
+        "survivors are not the first {k} acknowledged"
+    );
     let lost = list("lost_after_point");
     assert_eq!(lost, acked[k..].to_vec());
     assert_eq!(r["ok"], true);

@@ -50,7 +50,10 @@ impl Default for LabOptions {
 
 impl Lab {
     pub fn new(opts: LabOptions) -> Lab {
-        let dir = tempfile::Builder::new().prefix("standby-e2e-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("standby-e2e-")
+            .tempdir()
+            .unwrap();
         let (api, sip, http) = (free_port(), free_port(), free_port());
         let vm = opts.vm.unwrap_or_else(|| {
             format!(
@@ -176,29 +179,48 @@ datastores = ["site1-store", "site2-store"]
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("standby {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "standby {args:?}: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         })
     }
 
     /// Run a CLI command that must fail; returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(!out.status.success(), "standby {args:?} unexpectedly succeeded");
+        assert!(
+            !out.status.success(),
+            "standby {args:?} unexpectedly succeeded"
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     pub fn wait_sip(&self) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
         rt.block_on(async {
-            while standby_vnf::client::options(self.sip, Duration::from_millis(300)).await.is_err() {
-                assert!(Instant::now() < deadline, "VNF never answered SIP at {}", self.sip);
+            while standby_vnf::client::options(self.sip, Duration::from_millis(300))
+                .await
+                .is_err()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "VNF never answered SIP at {}",
+                    self.sip
+                );
             }
         });
     }
 
     pub fn register(&self, users: std::ops::Range<u32>) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             for n in users {
                 standby_vnf::client::register(
@@ -215,8 +237,13 @@ datastores = ["site1-store", "site2-store"]
     }
 
     pub fn bindings(&self) -> Vec<String> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let st = rt.block_on(standby_vnf::client::state(self.http)).expect("VNF state");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let st = rt
+            .block_on(standby_vnf::client::state(self.http))
+            .expect("VNF state");
         let mut v: Vec<String> = st.bindings.into_iter().map(|b| b.aor).collect();
         v.sort();
         v
@@ -231,7 +258,9 @@ impl Drop for Lab {
 
 pub fn files_under(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {

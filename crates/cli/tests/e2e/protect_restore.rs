@@ -6,7 +6,10 @@ use serde_json::Value;
 use crate::harness::{Lab, LabOptions, files_under};
 
 fn points(lab: &Lab) -> Vec<Value> {
-    lab.json(&["points", "list", "pbx1"]).as_array().unwrap().clone()
+    lab.json(&["points", "list", "pbx1"])
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn copies(p: &Value) -> Vec<String> {
@@ -55,7 +58,9 @@ fn restore_at_site2_is_byte_identical_and_keeps_acknowledged_registrations() {
     lab.json(&["vm", "start", "pbx1"]);
     lab.wait_sip();
     let expect: Vec<String> = {
-        let mut v: Vec<String> = (0..20).map(|n| format!("sip:user{n}@e2e.invalid")).collect();
+        let mut v: Vec<String> = (0..20)
+            .map(|n| format!("sip:user{n}@e2e.invalid"))
+            .collect();
         v.sort();
         v
     };
@@ -113,14 +118,33 @@ fn flipped_byte_is_named_by_verify_and_blocks_restore() {
     assert!(err.contains(&id), "verify does not name the point: {err}");
     assert!(err.contains("data"), "verify does not name the disk: {err}");
 
-    let err = lab.fails(&["restore", &id, "--site", "site2", "--from", "site2-store", "--no-start"]);
-    assert!(err.contains("chunk"), "restore error does not name the chunk: {err}");
+    let err = lab.fails(&[
+        "restore",
+        &id,
+        "--site",
+        "site2",
+        "--from",
+        "site2-store",
+        "--no-start",
+    ]);
+    assert!(
+        err.contains("chunk"),
+        "restore error does not name the chunk: {err}"
+    );
     assert!(
         !lab.path("site2/disks/pbx1/data.img").exists(),
         "a failed restore left a disk behind"
     );
     // The intact copy at site 1 still restores.
-    lab.json(&["restore", &id, "--site", "site2", "--from", "site1-store", "--no-start"]);
+    lab.json(&[
+        "restore",
+        &id,
+        "--site",
+        "site2",
+        "--from",
+        "site1-store",
+        "--no-start",
+    ]);
 }
 
 #[test]
@@ -143,7 +167,11 @@ fn retention_keeps_exactly_keep_last() {
         .collect();
     assert_eq!(kept, ids[2..].to_vec());
     for store in ["site1/store", "site2/store"] {
-        assert_eq!(files_under(&lab.path(store), "json").len() - 1, 2, "{store}");
+        assert_eq!(
+            files_under(&lab.path(store), "json").len() - 1,
+            2,
+            "{store}"
+        );
     }
 }
 
@@ -179,7 +207,10 @@ fn controller_killed_mid_point_leaves_no_partial_point_and_next_run_succeeds() {
     loop {
         let j = lab.json(&["jobs", "show", &job_id.to_string()]);
         let j = &j[0];
-        assert_eq!(j["status"], "running", "the point ended before the kill: {j:#}");
+        assert_eq!(
+            j["status"], "running",
+            "the point ended before the kill: {j:#}"
+        );
         if j["progress_done"].as_u64().unwrap() > 64 << 20 {
             break;
         }
@@ -188,7 +219,9 @@ fn controller_killed_mid_point_leaves_no_partial_point_and_next_run_succeeds() {
     }
     lab.kill_server();
     // The orphaned workload (frozen mid-point) is ours to clean up.
-    let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
 
     assert!(
         files_under(&lab.path("site1/store/manifests"), "json").is_empty(),
@@ -198,7 +231,10 @@ fn controller_killed_mid_point_leaves_no_partial_point_and_next_run_succeeds() {
     assert!(points(&lab).is_empty());
     let j = lab.json(&["jobs", "show", &job_id.to_string()]);
     assert_eq!(j[0]["status"], "failed");
-    assert!(j[0]["error"].as_str().unwrap().contains("interrupted"), "{j:#}");
+    assert!(
+        j[0]["error"].as_str().unwrap().contains("interrupted"),
+        "{j:#}"
+    );
 
     let r = lab.json(&["protect", "run", "gold"]);
     assert_eq!(r["vms"][0]["vm"], "pbx1");
