@@ -755,6 +755,9 @@ fn gc_refuses_when_a_manifest_is_unreadable() {
         .unwrap_err();
     assert!(e.to_string().contains(&m.id.manifest_path()), "{e}");
     assert!(f.ds.stats().unwrap().packs >= 1);
+    // New points of that vm are still possible.
+    let (m2, _) = backup(&f.ds, "vm", &image, opts());
+    assert!(m2.id > m.id);
 }
 
 #[test]
@@ -991,4 +994,12 @@ fn killed_writer_leaves_no_point() {
     .unwrap();
     ds.restore_disk(&m.id, "data", &dest, &()).unwrap();
     assert_same(&image, &dest);
+}
+
+#[test]
+fn handles_are_thread_safe() {
+    fn send_sync<T: Send + Sync + Clone>() {}
+    fn send<T: Send>() {}
+    send_sync::<Datastore>();
+    send::<PointWriter>();
 }

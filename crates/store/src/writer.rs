@@ -101,9 +101,16 @@ impl PointWriter {
         let lock = lock::shared(store.root())?;
         store.refresh_after_gc()?;
         // Points of a vm are ordered by time: never go back, never collide.
-        let latest = store.latest_point(&meta.vm)?;
-        if let Some(latest) = latest.filter(|l| l.time >= now) {
-            id = PointId::new(&meta.vm, latest.time + chrono::Duration::milliseconds(1))?;
+        // Only the names: a damaged manifest must not block new points.
+        let latest = store
+            .backend()
+            .list(&format!("manifests/{}", meta.vm))?
+            .iter()
+            .filter_map(|o| PointId::from_manifest_path(&o.path))
+            .map(|p| p.time())
+            .max();
+        if let Some(latest) = latest.filter(|t| *t >= now) {
+            id = PointId::new(&meta.vm, latest + chrono::Duration::milliseconds(1))?;
         }
         Ok(PointWriter {
             packer: Packer::new(store.clone()),
