@@ -101,8 +101,7 @@ impl Datastore {
         // contend on the inode lock and are several times slower.
         let batch = ((RESTORE_BATCH as u64 / cs).max(1)) as usize;
         let (tx, rx) = sync_channel::<Vec<(u64, Vec<u8>)>>(2);
-        let mut written = 0u64;
-        std::thread::scope(|scope| -> Result<(), StoreError> {
+        let written = std::thread::scope(|scope| -> Result<u64, StoreError> {
             let writer = scope.spawn(move || -> Result<u64, StoreError> {
                 let mut written = 0;
                 for chunks in rx {
@@ -158,8 +157,7 @@ impl Datastore {
                 ))
             });
             decoded?;
-            written = result?;
-            Ok(())
+            result
         })?;
         Ok(RestoreStats {
             size: entry.size,

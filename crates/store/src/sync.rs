@@ -34,6 +34,8 @@ impl Datastore {
         progress: &dyn Progress,
     ) -> Result<SyncStats, StoreError> {
         let mut stats = SyncStats::default();
+        // Both stores are held like writers: gc on either waits.
+        let _src_lock = lock::shared(self.root())?;
         let manifest = self.load_manifest(id)?;
         let _lock = lock::shared(dst.root())?;
         dst.refresh_after_gc()?;
