@@ -71,7 +71,18 @@ pub enum Cmd {
     Bench(commands::bench::BenchArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    use std::io::IsTerminal;
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -85,6 +96,7 @@ fn main() -> Result<()> {
             }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

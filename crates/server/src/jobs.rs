@@ -93,6 +93,9 @@ where
         };
         let outcome = work(ctl2.clone(), progress.clone()).await;
         flusher.abort();
+        if outcome.is_ok() {
+            progress.set_message("done");
+        }
         let (done, total, msg) = progress.snapshot();
         let _ = ctl2.repo.update_job(id, done, total, &msg).await;
         let res = match &outcome {

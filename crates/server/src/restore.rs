@@ -25,6 +25,21 @@ pub async fn check(ctl: &Controller, req: &RestoreRequest) -> Result<(), ServerE
     if !ctl.cfg.vms.contains_key(&point.vm) {
         return Err(ServerError::not_found("vm", &point.vm));
     }
+    refuse_if_running(ctl, &point.vm).await
+}
+
+/// Never two active copies: the VM must not run where it is active now.
+async fn refuse_if_running(ctl: &Controller, vm: &str) -> Result<(), ServerError> {
+    let current = ctl.repo.vm(vm).await?;
+    let status = ctl.agent(&current.active_host)?.status(vm).await?;
+    if matches!(status.state, VmState::Running | VmState::Frozen) {
+        return Err(ServerError::Conflict(format!(
+            "vm {vm} is {} at {} (site {}); stop it before restoring (standby never runs two copies)",
+            state_word(status.state),
+            current.active_host,
+            current.active_site
+        )));
+    }
     Ok(())
 }
 
@@ -63,17 +78,8 @@ pub async fn run(
     let host = target_host(&ctl, &req)?;
     let _guard = ctl.lock_vm(&vm).await;
 
-    // Never two active copies: the VM must not run where it is active now.
-    let current = ctl.repo.vm(&vm).await?;
-    let status = ctl.agent(&current.active_host)?.status(&vm).await?;
-    if matches!(status.state, VmState::Running | VmState::Frozen) {
-        return Err(ServerError::Conflict(format!(
-            "vm {vm} is {} at {} (site {}); stop it before restoring (standby never runs two copies)",
-            state_word(status.state),
-            current.active_host,
-            current.active_site
-        )));
-    }
+    // Checked again under the VM lock: the state may have changed.
+    refuse_if_running(&ctl, &vm).await?;
 
     let candidates: Vec<String> = match &req.from {
         Some(ds) => vec![ds.clone()],
