@@ -7,3 +7,4 @@ mod harness;
 mod config_errors;
 mod demo;
 mod protect_restore;
+mod scheduler;
