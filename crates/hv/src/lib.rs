@@ -24,6 +24,11 @@
 //!   may read. The caller must always call `snapshot_end`, even when reading
 //!   failed.
 //! - Disk images are never overwritten by [`Driver::create_from_template`].
+//!
+//! Moving a VM to another host or site is not a driver call: the controller
+//! composes it from the calls here (shutdown, a final point, restore at the
+//! target, start), which works across drivers and sites alike. A driver
+//! with live migration can offer it later behind a capability.
 
 use std::collections::BTreeMap;
 use std::fmt;

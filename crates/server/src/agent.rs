@@ -132,6 +132,8 @@ impl Agent {
             tokio::task::spawn_blocking(move || store.latest_point(&vm)).await??
         };
         let source = self.driver.snapshot_begin(spec).await?;
+        let mut labels = labels;
+        labels.insert("snapshot".into(), source.consistency_note.clone());
         let meta = PointMeta {
             vm: spec.name.clone(),
             site: self.site.clone(),
