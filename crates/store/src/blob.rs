@@ -203,6 +203,21 @@ fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, BlobError> {
     })
 }
 
+fn decompress_into(data: &[u8], out: &mut [u8]) -> Result<usize, BlobError> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| BlobError::Decompress(e.to_string()))?,
+            );
+        }
+        let d = d.as_mut().expect("decompressor set above");
+        d.decompress_to_buffer(data, out)
+            .map_err(|e| BlobError::Decompress(e.to_string()))
+    })
+}
+
 /// Encode `data` as a blob, compressed when that makes it smaller.
 pub fn encode(kind: BlobKind, data: &[u8], level: i32) -> Vec<u8> {
     debug_assert!(data.len() <= MAX_RAW_LEN);
@@ -270,6 +285,49 @@ pub fn decode(blob: &[u8], kind: BlobKind, id: Option<&ChunkId>) -> Result<Vec<u
     Ok(data)
 }
 
+/// Like [`decode`], but the plaintext goes into `out`, which must be
+/// exactly as long as the blob's raw length (a blob of another length is
+/// [`BlobError::RawLengthMismatch`]). On error `out` holds garbage.
+pub fn decode_into(
+    blob: &[u8],
+    kind: BlobKind,
+    id: Option<&ChunkId>,
+    out: &mut [u8],
+) -> Result<(), BlobError> {
+    let header = check(blob)?;
+    if header.kind() != kind {
+        return Err(BlobError::KindMismatch {
+            expected: kind,
+            found: header.kind(),
+        });
+    }
+    if out.len() != header.raw_len() {
+        return Err(BlobError::RawLengthMismatch {
+            expected: out.len(),
+            found: header.raw_len(),
+        });
+    }
+    let payload = &blob[BLOB_HEADER_SIZE..];
+    let n = match header.compression {
+        COMPRESSION_NONE if payload.len() == out.len() => {
+            out.copy_from_slice(payload);
+            out.len()
+        }
+        COMPRESSION_NONE => payload.len(),
+        _ => decompress_into(payload, out)?,
+    };
+    if n != header.raw_len() {
+        return Err(BlobError::RawLengthMismatch {
+            expected: header.raw_len(),
+            found: n,
+        });
+    }
+    if id.is_some_and(|id| ChunkId::hash(out) != *id) {
+        return Err(BlobError::HashMismatch);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +353,29 @@ mod tests {
                 found: BlobKind::Index
             }
         );
+    }
+
+    #[test]
+    fn decode_into_matches_decode() {
+        let text = b"standby ".repeat(8192);
+        let random: Vec<u8> = (0..65536).map(|_| rand::random::<u8>()).collect();
+        for data in [text, random] {
+            let id = ChunkId::hash(&data);
+            let blob = encode(BlobKind::Data, &data, DEFAULT_LEVEL);
+            let mut out = vec![0u8; data.len()];
+            decode_into(&blob, BlobKind::Data, Some(&id), &mut out).unwrap();
+            assert_eq!(out, data);
+            let mut short = vec![0u8; data.len() - 1];
+            assert!(decode_into(&blob, BlobKind::Data, Some(&id), &mut short).is_err());
+            let mut bad = blob.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            assert!(decode_into(&bad, BlobKind::Data, Some(&id), &mut out).is_err());
+            assert_eq!(
+                decode_into(&blob, BlobKind::Data, Some(&ChunkId::hash(b"x")), &mut out),
+                Err(BlobError::HashMismatch)
+            );
+        }
     }
 
     #[test]

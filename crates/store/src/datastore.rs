@@ -242,6 +242,29 @@ impl Datastore {
         blob::decode(&blob, kind, Some(id)).map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
     }
 
+    /// Like [`Datastore::read_chunk`], the plaintext going into `out`,
+    /// which must be exactly the chunk's length.
+    pub(crate) fn read_chunk_into(
+        &self,
+        id: &ChunkId,
+        kind: BlobKind,
+        out: &mut [u8],
+    ) -> Result<(), StoreError> {
+        let mut loc = self.locate(id)?;
+        let blob = match self.read_blob(&loc) {
+            Ok(blob) => blob,
+            // The pack may have been repacked by gc in another process.
+            Err(e) if e.is_not_found() => {
+                self.rescan(true)?;
+                loc = self.locate(id)?;
+                self.read_blob(&loc)?
+            }
+            Err(e) => return Err(e),
+        };
+        blob::decode_into(&blob, kind, Some(id), out)
+            .map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
+    }
+
     pub(crate) fn corrupt_chunk(
         &self,
         id: &ChunkId,
