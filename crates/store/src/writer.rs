@@ -6,7 +6,6 @@
 //! disk order, to packs that a background thread writes. `commit` waits
 //! until every pack and pack index is durable, then writes the manifest.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::ops::Range;
@@ -318,28 +317,33 @@ impl PointWriter {
         ids: &mut [ChunkId],
         stats: &mut DiskWriteStats,
     ) -> Result<(), StoreError> {
-        let chunks: Vec<&[u8]> = block.data.chunks(cs as usize).collect();
-        let hashed: Vec<ChunkId> = chunks.par_iter().map(|c| ChunkId::of(c)).collect();
-        let mut new = Vec::new();
-        let mut seen = HashSet::new();
-        for (k, id) in hashed.iter().enumerate() {
-            ids[block.first as usize + k] = *id;
+        // One parallel pass: zero check, hash, and for a chunk the store
+        // lacks, encoding. Then, in disk order, the blobs go to the packer,
+        // which drops a chunk met earlier in this block.
+        let packer = &self.packer;
+        let done: Vec<(ChunkId, Option<Vec<u8>>)> = block
+            .data
+            .par_chunks(cs as usize)
+            .map(|chunk| {
+                let id = ChunkId::of(chunk);
+                let blob = (!id.is_zero() && !packer.has(&id))
+                    .then(|| blob::encode(BlobKind::Data, chunk, level));
+                (id, blob)
+            })
+            .collect();
+        for (k, (id, blob)) in done.into_iter().enumerate() {
+            ids[block.first as usize + k] = id;
             if id.is_zero() {
                 stats.chunks_zero += 1;
-            } else if self.packer.has(id) || !seen.insert(*id) {
-                stats.chunks_reused += 1;
-            } else {
-                new.push(k);
+                continue;
             }
-        }
-        let blobs: Vec<Vec<u8>> = new
-            .par_iter()
-            .map(|&k| blob::encode(BlobKind::Data, chunks[k], level))
-            .collect();
-        for (&k, blob) in new.iter().zip(blobs) {
-            self.packer.add(hashed[k], BlobKind::Data, &blob)?;
-            stats.chunks_new += 1;
-            stats.bytes_new_stored += blob.len() as u64;
+            match blob {
+                Some(blob) if self.packer.add(id, BlobKind::Data, &blob)? => {
+                    stats.chunks_new += 1;
+                    stats.bytes_new_stored += blob.len() as u64;
+                }
+                _ => stats.chunks_reused += 1,
+            }
         }
         Ok(())
     }
