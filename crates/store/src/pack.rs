@@ -199,18 +199,44 @@ pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<IdxEntry>,
     ids: HashSet<ChunkId>,
+    /// The pack starts at `buf[start]`, a page boundary (for direct I/O).
+    start: usize,
 }
+
+/// Alignment of a pack's bytes in memory.
+const PACK_ALIGN: usize = 4096;
 
 impl PackBuilder {
     pub fn new(capacity: usize) -> PackBuilder {
-        let mut buf = Vec::with_capacity(capacity + (4 << 20));
+        PackBuilder::with_buffer(capacity, Vec::new())
+    }
+
+    /// Like [`PackBuilder::new`], reusing `buf` (from
+    /// [`PackBuilder::write_keep`]) when it is large enough: touching
+    /// fresh memory for every pack costs page faults.
+    pub fn with_buffer(capacity: usize, mut buf: Vec<u8>) -> PackBuilder {
+        // Room for the alignment padding and one blob past the target, so
+        // the buffer never moves (and stays aligned).
+        let room = capacity + crate::blob::BLOB_HEADER_SIZE + crate::blob::MAX_RAW_LEN + PACK_ALIGN;
+        buf.clear();
+        if buf.capacity() < room {
+            buf = Vec::with_capacity(room);
+        }
+        let start = buf.as_ptr().align_offset(PACK_ALIGN).min(PACK_ALIGN);
+        buf.resize(start, 0);
         buf.extend_from_slice(&pack_header());
         PackBuilder {
             id: PackId::random(),
             buf,
             entries: Vec::new(),
             ids: HashSet::new(),
+            start,
         }
+    }
+
+    /// The pack's bytes so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
     }
 
     pub fn id(&self) -> PackId {
@@ -224,7 +250,7 @@ impl PackBuilder {
         }
         self.entries.push(IdxEntry {
             id,
-            offset: self.buf.len() as u64,
+            offset: (self.buf.len() - self.start) as u64,
             len: blob.len() as u32,
             kind,
         });
@@ -232,7 +258,7 @@ impl PackBuilder {
     }
 
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     pub fn is_empty(&self) -> bool {
@@ -241,13 +267,20 @@ impl PackBuilder {
 
     /// Write the pack, then its index. Both are durable when this returns.
     pub fn write(self, backend: &dyn Backend) -> Result<PackIndex, StoreError> {
-        backend.put(&self.id.pack_path(), &self.buf)?;
+        self.write_keep(backend).map(|(idx, _)| idx)
+    }
+
+    /// Like [`PackBuilder::write`], also giving back the buffer for
+    /// [`PackBuilder::with_buffer`].
+    pub fn write_keep(self, backend: &dyn Backend) -> Result<(PackIndex, Vec<u8>), StoreError> {
+        backend.put(&self.id.pack_path(), self.bytes())?;
         backend.put(&self.id.idx_path(), &encode_index(&self.id, &self.entries))?;
-        Ok(PackIndex {
+        let idx = PackIndex {
             pack: self.id,
             entries: self.entries,
             checksum_ok: true,
-        })
+        };
+        Ok((idx, self.buf))
     }
 }
 

@@ -6,7 +6,8 @@
 //! can reference a chunk before it is durable.
 
 use std::collections::HashSet;
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::StoreError;
@@ -22,21 +23,25 @@ pub(crate) struct Packer {
     /// Every chunk handed to this packer.
     added: HashSet<ChunkId>,
     tx: Option<SyncSender<PackBuilder>>,
+    /// Buffers of written packs, to fill again.
+    spare: Mutex<Receiver<Vec<u8>>>,
     thread: Option<JoinHandle<Result<Vec<PackIndex>, StoreError>>>,
 }
 
 impl Packer {
     pub fn new(store: Datastore) -> Packer {
         let (tx, rx) = sync_channel::<PackBuilder>(1);
+        let (spare_tx, spare) = sync_channel::<Vec<u8>>(2);
         let writer_store = store.clone();
         let thread = std::thread::Builder::new()
             .name("standby-pack-writer".into())
             .spawn(move || {
                 let mut written = Vec::new();
                 for builder in rx {
-                    let idx = builder.write(writer_store.backend())?;
+                    let (idx, buf) = builder.write_keep(writer_store.backend())?;
                     writer_store.catalog().insert(&idx);
                     written.push(idx);
+                    let _ = spare_tx.try_send(buf);
                 }
                 Ok(written)
             })
@@ -47,6 +52,7 @@ impl Packer {
             current: None,
             added: HashSet::new(),
             tx: Some(tx),
+            spare: Mutex::new(spare),
             thread,
         }
     }
@@ -62,7 +68,11 @@ impl Packer {
             return Ok(false);
         }
         let target = self.target;
-        let builder = self.current.get_or_insert_with(|| PackBuilder::new(target));
+        let spare = &self.spare;
+        let builder = self.current.get_or_insert_with(|| {
+            let buf = spare.lock().ok().and_then(|rx| rx.try_recv().ok());
+            PackBuilder::with_buffer(target, buf.unwrap_or_default())
+        });
         builder.add(id, kind, blob);
         if builder.len() >= target {
             self.send()?;
