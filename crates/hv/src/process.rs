@@ -1,6 +1,6 @@
 //! The `process` driver: a VM is a supervised local process.
 //!
-//! Each VM runs in its own process group (`process_group(0)`), so signals
+//! Each VM runs in its own session and process group (`setsid`), so signals
 //! sent to the group reach every child of the workload: SIGSTOP/SIGCONT for
 //! freeze/thaw (the crash-consistency mechanism), SIGTERM then SIGKILL for
 //! shutdown. stdout and stderr are appended to `workdir/<name>.log`; the
@@ -59,11 +59,113 @@ struct Table {
 #[derive(Default)]
 pub struct ProcessDriver {
     table: Arc<Mutex<Table>>,
+    /// Where pid files live (`<dir>/<vm>.pid`); see [`ProcessDriver::with_state_dir`].
+    state_dir: Option<PathBuf>,
 }
 
 impl ProcessDriver {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A driver that records each running VM in `<dir>/<vm>.pid` (pid and
+    /// kernel start time) and, after a restart of its owner, adopts the VMs
+    /// still running: they are reported, stopped and frozen like its own,
+    /// so a restarted controller never starts a second copy. A VM found
+    /// frozen (its owner died mid-point) is thawed at once.
+    pub fn with_state_dir(dir: impl Into<PathBuf>) -> Self {
+        ProcessDriver {
+            table: Arc::default(),
+            state_dir: Some(dir.into()),
+        }
+    }
+
+    fn pid_file(&self, name: &str) -> Option<PathBuf> {
+        self.state_dir
+            .as_ref()
+            .map(|d| d.join(format!("{name}.pid")))
+    }
+
+    /// Take over a VM started by an earlier owner of the state dir, if its
+    /// process still runs. No-op when the name is known already.
+    fn adopt(&self, name: &str) {
+        let Some(path) = self.pid_file(name) else {
+            return;
+        };
+        let mut table = self.lock();
+        if table.vms.contains_key(name) {
+            return;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let mut parts = text.split_whitespace();
+        let (Some(pid), Some(start)) = (
+            parts.next().and_then(|p| p.parse::<u32>().ok()),
+            parts.next().and_then(|p| p.parse::<u64>().ok()),
+        ) else {
+            tracing::warn!(vm = name, path = %path.display(), "ignoring unreadable pid file");
+            return;
+        };
+        // The same pid with another start time is a different process.
+        let Some((state, started)) = proc_state(pid).filter(|(_, t)| *t == start) else {
+            let _ = std::fs::remove_file(&path);
+            return;
+        };
+        if state == 'T' {
+            tracing::warn!(
+                vm = name,
+                pid,
+                "thawing a vm left frozen by a previous controller"
+            );
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGCONT);
+        }
+        tracing::info!(vm = name, pid, "adopted a running vm");
+        let generation = table.next_generation;
+        table.next_generation += 1;
+        let (tx, rx) = watch::channel(false);
+        table.vms.insert(
+            name.to_owned(),
+            Vm {
+                status: VmStatus {
+                    state: VmState::Running,
+                    pid: Some(pid),
+                    since: Some(Utc::now()),
+                    exit: None,
+                },
+                pgid: Some(pid),
+                stopping: false,
+                exited: rx,
+                generation,
+            },
+        );
+        drop(table);
+        // Not our child: watch /proc until it is gone.
+        let shared = self.table.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            while proc_state(pid).is_some_and(|(st, t)| t == started && st != 'Z') {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = std::fs::remove_file(&path);
+            let mut table = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(vm) = table.vms.get_mut(&name)
+                && vm.generation == generation
+            {
+                vm.status = VmStatus {
+                    state: if vm.stopping {
+                        VmState::Stopped
+                    } else {
+                        VmState::Crashed
+                    },
+                    pid: None,
+                    since: Some(Utc::now()),
+                    exit: Some("exited (adopted process, status unknown)".into()),
+                };
+            }
+            drop(table);
+            let _ = tx.send(true);
+        });
     }
 
     /// Force-stop every running or frozen VM (server shutdown).
@@ -82,8 +184,11 @@ impl ProcessDriver {
         let names = self.alive_names();
         let mut set = tokio::task::JoinSet::new();
         for name in names {
-            let table = self.table.clone();
-            set.spawn(async move { ProcessDriver { table }.shutdown(&name, timeout).await.err() });
+            let driver = ProcessDriver {
+                table: self.table.clone(),
+                state_dir: self.state_dir.clone(),
+            };
+            set.spawn(async move { driver.shutdown(&name, timeout).await.err() });
         }
         let mut errors = Vec::new();
         while let Some(res) = set.join_next().await {
@@ -207,22 +312,49 @@ impl ProcessDriver {
             .map_err(io_err("open the log", &log_path))?;
         let log_err = log.try_clone().map_err(io_err("open the log", &log_path))?;
 
-        let mut child = tokio::process::Command::new(&spec.command)
-            .args(&spec.args)
+        let mut cmd = tokio::process::Command::new(&spec.command);
+        cmd.args(&spec.args)
             .envs(&spec.env)
             .current_dir(&spec.workdir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
-            .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
+            .kill_on_drop(false);
+        // Each VM leads its own session (and so its own process group).
+        // A mere process group would be orphaned when the controller dies,
+        // and the kernel then sends SIGHUP to an orphaned group holding a
+        // stopped process: a controller killed mid-point would kill the
+        // frozen VM with it. A session of its own is orphaned from the
+        // start, so nothing is sent.
+        #[allow(unsafe_code)]
+        // SAFETY: the closure runs in the forked child before exec and
+        // only calls setsid(2), which is async-signal-safe; it allocates
+        // nothing and touches no state shared with the parent.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+        }
+        let mut child = cmd.spawn()
             .map_err(|source| HvError::Spawn {
                 vm: spec.name.clone(),
                 command: spec.command.clone(),
                 source,
             })?;
         let pid = child.id();
+        let pid_file = self.pid_file(&spec.name);
+        if let (Some(path), Some(pid)) = (&pid_file, pid) {
+            let recorded = proc_state(pid)
+                .map(|(_, start)| start)
+                .ok_or_else(|| std::io::Error::other("the process vanished at once"))
+                .and_then(|start| {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    std::fs::write(path, format!("{pid} {start}\n"))
+                });
+            if let Err(e) = recorded {
+                tracing::warn!(vm = %spec.name, path = %path.display(), "unable to record pid: {e}");
+            }
+        }
         let generation = table.next_generation;
         table.next_generation += 1;
         let (tx, rx) = watch::channel(false);
@@ -255,6 +387,9 @@ impl ProcessDriver {
             if let Some(vm) = table.vms.get_mut(&name)
                 && vm.generation == generation
             {
+                if let Some(path) = &pid_file {
+                    let _ = std::fs::remove_file(path);
+                }
                 let state = if vm.stopping {
                     tracing::info!(vm = %name, %exit, "vm stopped");
                     VmState::Stopped
@@ -282,6 +417,19 @@ fn describe_exit(status: ExitStatus) -> String {
         (None, Some(sig)) => format!("signal {sig}"),
         (None, None) => status.to_string(),
     }
+}
+
+/// State letter and kernel start time (clock ticks since boot) of `pid`,
+/// from `/proc/<pid>/stat`; None when there is no such process.
+fn proc_state(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) in parentheses:
+    // state is field 3, starttime field 22.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
 }
 
 /// True when no process of group `pgid` is runnable: each is stopped
@@ -490,6 +638,7 @@ impl Driver for ProcessDriver {
     }
 
     async fn start(&self, spec: &VmSpec) -> Result<VmStatus, HvError> {
+        self.adopt(&spec.name);
         let mut table = self.lock();
         if let Some(vm) = table.vms.get(&spec.name)
             && vm.status.is_alive()
@@ -500,18 +649,22 @@ impl Driver for ProcessDriver {
     }
 
     async fn shutdown(&self, name: &str, timeout: Duration) -> Result<VmStatus, HvError> {
+        self.adopt(name);
         self.terminate(name, Signal::SIGTERM, timeout).await
     }
 
     async fn stop(&self, name: &str) -> Result<VmStatus, HvError> {
+        self.adopt(name);
         self.terminate(name, Signal::SIGKILL, Duration::ZERO).await
     }
 
     async fn status(&self, name: &str) -> Result<VmStatus, HvError> {
+        self.adopt(name);
         Ok(self.current(name))
     }
 
     async fn freeze(&self, name: &str) -> Result<(), HvError> {
+        self.adopt(name);
         let pgid = {
             let mut table = self.lock();
             let Some(vm) = table.vms.get_mut(name) else {
@@ -556,6 +709,7 @@ impl Driver for ProcessDriver {
     }
 
     async fn thaw(&self, name: &str) -> Result<(), HvError> {
+        self.adopt(name);
         let mut table = self.lock();
         let Some(vm) = table.vms.get_mut(name) else {
             return Err(HvError::NotRunning {
@@ -580,6 +734,7 @@ impl Driver for ProcessDriver {
     }
 
     async fn snapshot_begin(&self, spec: &VmSpec) -> Result<SnapshotSource, HvError> {
+        self.adopt(&spec.name);
         for disk in &spec.disks {
             if !disk.path.is_file() {
                 return Err(HvError::DiskMissing {

@@ -357,3 +357,41 @@ async fn status_serializes_lowercase() {
     let json = serde_json::to_string(&st).unwrap();
     assert!(json.contains("\"stopped\""), "{json}");
 }
+
+/// A restarted owner (a new driver on the same state dir) adopts the VM
+/// its predecessor left running, thaws it if it was left frozen, never
+/// starts a second copy, and can stop it.
+#[tokio::test]
+async fn a_new_driver_adopts_running_vms_and_never_starts_a_second_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("run");
+    let spec = sh("vm1", dir.path(), "exec sleep 60");
+    let first = ProcessDriver::with_state_dir(&state);
+    let pid = first.start(&spec).await.unwrap().pid.unwrap();
+    first.freeze("vm1").await.unwrap();
+    // The owner dies mid-point: its children are not killed.
+    drop(first);
+
+    let second = ProcessDriver::with_state_dir(&state);
+    let st = second.status("vm1").await.unwrap();
+    assert_eq!(st.state, VmState::Running);
+    assert_eq!(st.pid, Some(pid));
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert!(
+        !stat.contains(") T "),
+        "the adopted vm is still frozen: {stat}"
+    );
+    let again = second.start(&spec).await.unwrap();
+    assert_eq!(again.pid, Some(pid), "a second copy was started");
+
+    let st = second.stop("vm1").await.unwrap();
+    assert_eq!(st.state, VmState::Stopped);
+    assert!(!pid_alive(pid));
+    assert!(!state.join("vm1.pid").exists());
+
+    // A pid file naming a process that is gone (or another process with
+    // the same pid) is not adopted.
+    std::fs::write(state.join("vm1.pid"), format!("{} 1\n", std::process::id())).unwrap();
+    let third = ProcessDriver::with_state_dir(&state);
+    assert_eq!(third.status("vm1").await.unwrap().state, VmState::Stopped);
+}

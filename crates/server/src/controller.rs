@@ -45,7 +45,9 @@ impl Controller {
         let mut agents = BTreeMap::new();
         for (name, host) in &cfg.hosts {
             let driver = match host.driver {
-                DriverKind::Process => Arc::new(ProcessDriver::new()),
+                DriverKind::Process => Arc::new(ProcessDriver::with_state_dir(
+                    cfg.controller.data_dir.join("hosts").join(name).join("run"),
+                )),
             };
             agents.insert(
                 name.clone(),

@@ -218,10 +218,9 @@ fn controller_killed_mid_point_leaves_no_partial_point_and_next_run_succeeds() {
         std::thread::sleep(Duration::from_millis(20));
     }
     lab.kill_server();
-    // The orphaned workload (frozen mid-point) is ours to clean up.
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status();
+    // The workload outlives its controller, frozen mid-point.
+    let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(stat().contains(") T "), "not frozen mid-point: {}", stat());
 
     assert!(
         files_under(&lab.path("site1/store/manifests"), "json").is_empty(),
@@ -229,6 +228,15 @@ fn controller_killed_mid_point_leaves_no_partial_point_and_next_run_succeeds() {
     );
     lab.start_server();
     assert!(points(&lab).is_empty());
+    // The new controller adopts it (no second copy) and thaws it.
+    let vm = lab.json(&["vm", "status", "pbx1"]);
+    assert_eq!(vm["state"], "running");
+    assert_eq!(vm["pid"].as_u64(), Some(pid));
+    assert!(
+        !stat().contains(") T "),
+        "still frozen after restart: {}",
+        stat()
+    );
     let j = lab.json(&["jobs", "show", &job_id.to_string()]);
     assert_eq!(j[0]["status"], "failed");
     assert!(
@@ -241,4 +249,10 @@ fn controller_killed_mid_point_leaves_no_partial_point_and_next_run_succeeds() {
     assert_eq!(points(&lab).len(), 1);
     lab.json(&["store", "verify", "site1-store"]);
     lab.json(&["store", "verify", "site2-store"]);
+    let vm = lab.json(&["vm", "stop", "pbx1"]);
+    assert_eq!(vm["state"], "stopped");
+    assert!(
+        stat().is_empty() || stat().contains(") Z "),
+        "the workload survived stop"
+    );
 }
