@@ -1,10 +1,11 @@
 //! Writing a recovery point.
 //!
 //! A disk is read in large sequential blocks by a reader thread; each block
-//! is cut into chunks which are zero-checked and hashed in parallel, then
-//! only chunks the store lacks are compressed (in parallel) and appended, in
-//! disk order, to packs that a background thread writes. `commit` waits
-//! until every pack and pack index is durable, then writes the manifest.
+//! is cut into chunks which are, in one parallel pass, zero-checked, hashed
+//! and, when the store lacks them, compressed; the new blobs are then
+//! appended, in disk order, to packs that a background thread writes (with
+//! direct I/O where the filesystem has it). `commit` waits until every pack
+//! and pack index is durable, then writes the manifest.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
