@@ -331,14 +331,17 @@ impl ProcessDriver {
         // only calls setsid(2), which is async-signal-safe; it allocates
         // nothing and touches no state shared with the parent.
         unsafe {
-            cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
         }
-        let mut child = cmd.spawn()
-            .map_err(|source| HvError::Spawn {
-                vm: spec.name.clone(),
-                command: spec.command.clone(),
-                source,
-            })?;
+        let mut child = cmd.spawn().map_err(|source| HvError::Spawn {
+            vm: spec.name.clone(),
+            command: spec.command.clone(),
+            source,
+        })?;
         let pid = child.id();
         let pid_file = self.pid_file(&spec.name);
         if let (Some(path), Some(pid)) = (&pid_file, pid) {
