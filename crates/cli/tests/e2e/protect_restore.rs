@@ -211,7 +211,7 @@ fn controller_killed_mid_point_leaves_no_partial_point_and_next_run_succeeds() {
             j["status"], "running",
             "the point ended before the kill: {j:#}"
         );
-        if j["progress_done"].as_u64().unwrap() > 64 << 20 {
+        if j["progress_done"].as_u64().unwrap() > 0 {
             break;
         }
         assert!(Instant::now() < deadline);
