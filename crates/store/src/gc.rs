@@ -197,7 +197,16 @@ impl Datastore {
             packer.finish()?;
         }
         if !opts.dry_run {
+            if !to_delete.is_empty() {
+                // A new epoch before the first delete: should gc die
+                // midway, every other handle still reloads its catalog
+                // before writing, so none trusts a chunk that is gone. gc
+                // holds the lock exclusive, so no writer sees the gap.
+                self.bump_gc_epoch()?;
+            }
             for id in &to_delete {
+                #[cfg(test)]
+                fail::check("gc delete")?;
                 self.backend().delete(&id.idx_path())?;
                 self.backend().delete(&id.pack_path())?;
                 tracing::info!(pack = %id, "pack removed");
@@ -209,12 +218,19 @@ impl Datastore {
             }
             self.clean_tmp(opts.grace)?;
             if !to_delete.is_empty() {
-                let epoch = format!("{:032x}", rand::random::<u128>());
-                self.backend().put(lock::EPOCH_FILE, epoch.as_bytes())?;
+                // And again after: a lock-free reader may have reloaded
+                // between the first bump and the deletes.
+                self.bump_gc_epoch()?;
             }
             self.rescan(true)?;
         }
         Ok(report)
+    }
+
+    /// Write a new random `locks/gc.epoch`.
+    fn bump_gc_epoch(&self) -> Result<(), StoreError> {
+        let epoch = format!("{:032x}", rand::random::<u128>());
+        self.backend().put(lock::EPOCH_FILE, epoch.as_bytes())
     }
 
     /// Remove temporary files left by killed writers.
@@ -224,6 +240,43 @@ impl Datastore {
             if now.duration_since(o.modified).unwrap_or_default() >= grace {
                 self.backend().delete(&o.path)?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// Test-only failure injection: `fail::set("gc delete")` makes the next
+/// such check on this thread fail, as if the process died there.
+#[cfg(test)]
+pub(crate) mod fail {
+    use std::cell::RefCell;
+
+    use crate::StoreError;
+
+    thread_local! {
+        static POINT: RefCell<Option<&'static str>> = const { RefCell::new(None) };
+    }
+
+    pub fn set(point: &'static str) {
+        POINT.with(|p| *p.borrow_mut() = Some(point));
+    }
+
+    pub fn check(point: &'static str) -> Result<(), StoreError> {
+        let hit = POINT.with(|p| {
+            let mut p = p.borrow_mut();
+            if *p == Some(point) {
+                *p = None;
+                true
+            } else {
+                false
+            }
+        });
+        if hit {
+            return Err(StoreError::io(
+                "inject failure at",
+                point,
+                std::io::Error::other("injected failure"),
+            ));
         }
         Ok(())
     }

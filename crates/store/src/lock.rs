@@ -1,8 +1,9 @@
 //! Locking between point writers and garbage collection.
 //!
 //! `locks/gc.lock` is an advisory file lock (flock): every point writer and
-//! sync holds it shared for its life, gc holds it exclusive. After sweeping,
-//! gc writes a new random `locks/gc.epoch`; a process whose in-memory
+//! sync holds it shared for its life, gc holds it exclusive. Before its
+//! first delete (and again after the last), gc writes a new random
+//! `locks/gc.epoch`; a process whose in-memory
 //! catalog was built under another epoch reloads it before writing, so it
 //! never reuses a chunk gc deleted.
 

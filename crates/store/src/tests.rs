@@ -785,6 +785,36 @@ fn stale_handle_reloads_after_gc_in_another_process() {
 }
 
 #[test]
+fn stale_handle_reloads_after_gc_that_died_midway() {
+    let f = fixture();
+    let image = f.work.join("disk.img");
+    make_image(&image, 2 << 20, 24);
+    let (m1, _) = backup(&f.ds, "vm", &image, opts());
+    let stale = Datastore::open(&f.root).unwrap();
+    fs::remove_file(f.root.join(m1.id.manifest_path())).unwrap();
+    // gc dies after choosing what to delete, before deleting anything
+    // (a kill after the first delete is the same for the epoch file).
+    crate::gc::fail::set("gc delete");
+    f.ds.gc(
+        GcOptions {
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        },
+        &(),
+    )
+    .unwrap_err();
+    // Now delete what that gc meant to: its packs are gone.
+    for o in f.ds.backend().list("packs").unwrap() {
+        fs::remove_file(f.root.join(&o.path)).unwrap();
+    }
+    let (m2, stats) = backup(&stale, "vm", &image, opts());
+    assert!(stats.chunks_new > 0, "{stats:?}");
+    let dest = f.work.join("out.img");
+    f.ds.restore_disk(&m2.id, "data", &dest, &()).unwrap();
+    assert_same(&image, &dest);
+}
+
+#[test]
 fn sync_copies_missing_chunks_then_nothing() {
     let f = fixture();
     let image = f.work.join("disk.img");
