@@ -1,7 +1,7 @@
 //! Locking between point writers and garbage collection.
 //!
-//! `locks/gc.lock` is an advisory file lock (flock): every point writer and
-//! sync holds it shared for its life, gc holds it exclusive. Before its
+//! `locks/gc.lock` is an advisory file lock (flock): every point writer,
+//! sync, restore and verify holds it shared for its life, gc holds it exclusive. Before its
 //! first delete (and again after the last), gc writes a new random
 //! `locks/gc.epoch`; a process whose in-memory
 //! catalog was built under another epoch reloads it before writing, so it

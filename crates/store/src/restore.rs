@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::StoreError;
 use crate::blob::BlobKind;
 use crate::datastore::Datastore;
+use crate::lock;
 use crate::manifest::PointId;
 use crate::progress::Progress;
 
@@ -35,7 +36,8 @@ fn partial_path(dest: &Path) -> PathBuf {
 impl Datastore {
     /// Write disk `disk` of point `id` to `dest`. The data goes to
     /// `<dest>.partial`, renamed to `dest` once complete and synced; on any
-    /// error neither file is left behind.
+    /// error neither file is left behind. Holds the store like a writer
+    /// does, so gc cannot remove packs while it reads.
     pub fn restore_disk(
         &self,
         id: &PointId,
@@ -48,6 +50,9 @@ impl Datastore {
             disk: disk.to_string(),
             source: Box::new(e),
         };
+        // Held like a writer: gc waits instead of deleting packs under us.
+        let _lock = lock::shared(self.root())?;
+        self.refresh_after_gc()?;
         let manifest = self.load_manifest(id)?;
         let entry = manifest
             .disk(disk)

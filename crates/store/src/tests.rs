@@ -814,6 +814,50 @@ fn stale_handle_reloads_after_gc_that_died_midway() {
     assert_same(&image, &dest);
 }
 
+/// Progress that tries a gc (through another handle) the first time it
+/// is called, and keeps what gc said.
+struct GcDuring {
+    other: Datastore,
+    result: std::sync::Mutex<Option<Result<GcReport, StoreError>>>,
+}
+
+impl Progress for GcDuring {
+    fn set_total(&self, _total: u64) {
+        let mut result = self.result.lock().unwrap();
+        if result.is_none() {
+            *result = Some(self.other.gc(
+                GcOptions {
+                    grace: Duration::ZERO,
+                    ..GcOptions::default()
+                },
+                &(),
+            ));
+        }
+    }
+    fn inc(&self, _delta: u64) {}
+}
+
+#[test]
+fn restore_and_verify_hold_off_gc() {
+    let f = fixture();
+    let image = f.work.join("disk.img");
+    make_image(&image, 2 << 20, 25);
+    let (m, _) = backup(&f.ds, "vm", &image, opts());
+    let during = GcDuring {
+        other: Datastore::open(&f.root).unwrap(),
+        result: Default::default(),
+    };
+    let dest = f.work.join("out.img");
+    f.ds.restore_disk(&m.id, "data", &dest, &during).unwrap();
+    assert_same(&image, &dest);
+    let gc = during.result.lock().unwrap().take().unwrap();
+    assert!(matches!(gc, Err(StoreError::Locked(..))), "{gc:?}");
+
+    assert!(f.ds.verify(&during).unwrap().ok());
+    let gc = during.result.lock().unwrap().take().unwrap();
+    assert!(matches!(gc, Err(StoreError::Locked(..))), "{gc:?}");
+}
+
 #[test]
 fn sync_copies_missing_chunks_then_nothing() {
     let f = fixture();

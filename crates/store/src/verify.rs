@@ -61,6 +61,9 @@ impl Datastore {
     /// references (CRC, decompression, hash). Problems are collected, not
     /// returned as errors; an error means verify itself could not run.
     pub fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport, StoreError> {
+        // Held like a writer: a pack gc removes while verify reads would
+        // be reported missing.
+        let _lock = crate::lock::shared(self.root())?;
         self.rescan(true)?;
         let mut report = VerifyReport::default();
         let mut problems = BTreeSet::new();
