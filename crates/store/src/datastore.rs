@@ -226,19 +226,24 @@ impl Datastore {
             .get_range(&loc.pack.pack_path(), loc.offset, loc.len as usize)
     }
 
-    /// The plaintext of a chunk, checked against its id.
-    pub(crate) fn read_chunk(&self, id: &ChunkId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
-        let mut loc = self.locate(id)?;
-        let blob = match self.read_blob(&loc) {
-            Ok(blob) => blob,
-            // The pack may have been repacked by gc in another process.
+    /// The stored bytes of a chunk's blob, reloading the catalog when its
+    /// pack is gone (gc in another process), and where they were read.
+    pub(crate) fn read_stored(&self, id: &ChunkId) -> Result<(Vec<u8>, Location), StoreError> {
+        let loc = self.locate(id)?;
+        match self.read_blob(&loc) {
+            Ok(blob) => Ok((blob, loc)),
             Err(e) if e.is_not_found() => {
                 self.rescan(true)?;
-                loc = self.locate(id)?;
-                self.read_blob(&loc)?
+                let loc = self.locate(id)?;
+                Ok((self.read_blob(&loc)?, loc))
             }
-            Err(e) => return Err(e),
-        };
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The plaintext of a chunk, checked against its id.
+    pub(crate) fn read_chunk(&self, id: &ChunkId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
+        let (blob, loc) = self.read_stored(id)?;
         blob::decode(&blob, kind, Some(id)).map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
     }
 
@@ -250,17 +255,7 @@ impl Datastore {
         kind: BlobKind,
         out: &mut [u8],
     ) -> Result<(), StoreError> {
-        let mut loc = self.locate(id)?;
-        let blob = match self.read_blob(&loc) {
-            Ok(blob) => blob,
-            // The pack may have been repacked by gc in another process.
-            Err(e) if e.is_not_found() => {
-                self.rescan(true)?;
-                loc = self.locate(id)?;
-                self.read_blob(&loc)?
-            }
-            Err(e) => return Err(e),
-        };
+        let (blob, loc) = self.read_stored(id)?;
         blob::decode_into(&blob, kind, Some(id), out)
             .map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
     }

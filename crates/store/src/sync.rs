@@ -36,6 +36,7 @@ impl Datastore {
         let mut stats = SyncStats::default();
         // Both stores are held like writers: gc on either waits.
         let _src_lock = lock::shared(self.root())?;
+        self.refresh_after_gc()?;
         let manifest = self.load_manifest(id)?;
         let _lock = lock::shared(dst.root())?;
         dst.refresh_after_gc()?;
@@ -92,8 +93,7 @@ fn copy(
         stats.chunks_skipped += 1;
         return Ok(());
     }
-    let loc = src.locate(id)?;
-    let raw = src.read_blob(&loc)?;
+    let (raw, loc) = src.read_stored(id)?;
     blob::decode(&raw, kind, Some(id)).map_err(|e| src.corrupt_chunk(id, &loc.pack, e))?;
     packer.add(*id, kind, &raw)?;
     stats.chunks_copied += 1;

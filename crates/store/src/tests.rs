@@ -859,6 +859,41 @@ fn restore_and_verify_hold_off_gc() {
 }
 
 #[test]
+fn sync_from_a_stale_handle_after_gc_repacked() {
+    let f = fixture();
+    let a = f.work.join("a.img");
+    let b = f.work.join("b.img");
+    make_image(&a, 1 << 20, 26);
+    make_image(&b, 6 << 20, 27);
+    // Point 1: a and b in one pack; point 2: a only, all deduplicated.
+    let mut w = f.ds.begin_point(meta("vm")).unwrap();
+    w.write_disk("a", &a, opts(), &()).unwrap();
+    w.write_disk("b", &b, opts(), &()).unwrap();
+    let p1 = w.commit().unwrap();
+    let mut w = f.ds.begin_point(meta("vm")).unwrap();
+    w.write_disk("a", &a, opts(), &()).unwrap();
+    let p2 = w.commit().unwrap();
+    let stale = Datastore::open(&f.root).unwrap();
+    fs::remove_file(f.root.join(p1.id.manifest_path())).unwrap();
+    let r =
+        f.ds.gc(
+            GcOptions {
+                grace: Duration::ZERO,
+                ..GcOptions::default()
+            },
+            &(),
+        )
+        .unwrap();
+    assert_eq!(r.packs_repacked, 1, "{r:?}");
+    let dst = Datastore::open_or_create(&f.work.join("dst")).unwrap();
+    let s = stale.sync_point(&p2.id, &dst, &()).unwrap();
+    assert!(s.chunks_copied > 0);
+    let dest = f.work.join("out.img");
+    dst.restore_disk(&p2.id, "a", &dest, &()).unwrap();
+    assert_same(&a, &dest);
+}
+
+#[test]
 fn sync_copies_missing_chunks_then_nothing() {
     let f = fixture();
     let image = f.work.join("disk.img");
