@@ -89,17 +89,18 @@ impl Catalog {
             .collect();
         let loaded: Vec<(PackId, Result<PackIndex, String>)> = todo
             .par_iter()
-            .map(|(id, path)| {
+            .filter_map(|(id, path)| {
                 let result = match backend.get(path) {
                     Ok(bytes) => pack::decode_index(&bytes),
                     // Deleted by gc since the listing.
-                    Err(e) if e.is_not_found() => return Ok(None),
-                    Err(e) => return Err(e),
+                    Err(e) if e.is_not_found() => return None,
+                    // One unreadable index must not close the store: it is
+                    // damaged like an unparsable one, for verify to report.
+                    Err(e) => Err(format!("unreadable: {}", error_chain(&e))),
                 };
-                Ok(Some((*id, result)))
+                Some((*id, result))
             })
-            .filter_map(|r| r.transpose())
-            .collect::<Result<_, StoreError>>()?;
+            .collect();
         let mut state = self.write();
         if full {
             *state = State::default();
@@ -139,4 +140,16 @@ fn insert_into(state: &mut State, idx: &PackIndex) {
             kind: e.kind,
         });
     }
+}
+
+/// An error and its sources, joined.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }

@@ -894,6 +894,34 @@ fn sync_from_a_stale_handle_after_gc_repacked() {
 }
 
 #[test]
+fn an_unreadable_index_file_does_not_close_the_store() {
+    let f = fixture();
+    let image = f.work.join("disk.img");
+    make_image(&image, 1 << 20, 28);
+    let (m1, _) = backup(&f.ds, "vm", &image, opts());
+    let (_, loc) = some_chunk(&f.ds, &m1);
+    // An index that cannot be read at all (a symlink loop: ELOOP).
+    let idx = f.root.join(loc.pack.idx_path());
+    fs::remove_file(&idx).unwrap();
+    std::os::unix::fs::symlink(&idx, &idx).unwrap();
+    let ds = Datastore::open(&f.root).unwrap();
+    assert!(ds.catalog().damaged().contains_key(&loc.pack));
+    let report = ds.verify(&()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.object.contains(&loc.pack.to_string()) && p.message.contains("unreadable")),
+        "{:?}",
+        report.problems
+    );
+    // New points are still possible.
+    let other = f.work.join("other.img");
+    make_image(&other, 1 << 20, 29);
+    backup(&ds, "vm2", &other, opts());
+}
+
+#[test]
 fn sync_copies_missing_chunks_then_nothing() {
     let f = fixture();
     let image = f.work.join("disk.img");
