@@ -8,7 +8,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use standby_hv::VmState;
 use standby_store::{GcOptions, PointId};
 use standby_types::api::{
     DatastoreView, GcRequest, JobRef, PruneRequest, RestoreRequest, ShutdownRequest, SiteView,
@@ -128,10 +127,12 @@ async fn vm_start(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<VmView
         let rec = ctl.repo.vm(&name).await?;
         let agent = ctl.agent(&rec.active_host)?;
         let spec = agent.spec(&ctl.cfg, &name)?;
-        if rec.active_site == rec.home_site {
+        let never_protected = ctl.repo.points(Some(&name)).await?.is_empty();
+        if rec.active_site == rec.home_site && never_protected {
             // First start at home: blank disks are created.
             agent.provision_disks(&spec)?;
         } else if let Some(d) = spec.disks.iter().find(|d| !d.path.exists()) {
+            // A VM with points never boots on a blank disk by accident.
             return Err(ServerError::Conflict(format!(
                 "disk '{}' of vm {name} is missing at {} ({}); restore a point there first",
                 d.name,
@@ -155,7 +156,8 @@ async fn vm_shutdown(
         let timeout = body
             .and_then(|b| b.timeout_secs)
             .map(std::time::Duration::from_secs)
-            .unwrap_or(ctl.cfg.vms[&name].shutdown_timeout);
+            .or_else(|| ctl.cfg.vms.get(&name).map(|v| v.shutdown_timeout))
+            .ok_or_else(|| ServerError::not_found("vm", &name))?;
         ctl.agent(&rec.active_host)?
             .driver
             .shutdown(&name, timeout)
@@ -167,12 +169,9 @@ async fn vm_shutdown(
 async fn vm_stop(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<VmView> {
     {
         let rec = ctl.repo.vm(&name).await?;
-        // No VM lock: a forced stop must work even while a point is read.
-        let agent = ctl.agent(&rec.active_host)?;
-        if agent.status(&name).await?.state == VmState::Frozen {
-            let _ = agent.driver.thaw(&name).await;
-        }
-        agent.driver.stop(&name).await?;
+        // No VM lock: a forced stop must work even while a point is read
+        // (the driver kills a frozen VM without letting it run first).
+        ctl.agent(&rec.active_host)?.driver.stop(&name).await?;
     }
     Ok(Json(vm_view(&ctl, &name).await?))
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use standby_db::{Repo, SqliteRepo};
-use standby_hv::{ProcessDriver, VmState};
+use standby_hv::ProcessDriver;
 use standby_store::Datastore;
 use standby_types::config::{Config, DriverKind};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,8 @@ pub struct Controller {
     running_groups: Mutex<HashSet<String>>,
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
+    /// Held for the controller's life (see [`Controller::open`]).
+    _data_lock: std::fs::File,
 }
 
 impl Controller {
@@ -36,6 +38,23 @@ impl Controller {
                 cfg.controller.data_dir.display()
             ))
         })?;
+        // One controller per data directory: two would freeze and thaw the
+        // same VMs under each other.
+        let lock_path = cfg.controller.data_dir.join("controller.lock");
+        let data_lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                ServerError::Internal(format!("unable to open {}: {e}", lock_path.display()))
+            })?;
+        if data_lock.try_lock().is_err() {
+            return Err(ServerError::Conflict(format!(
+                "another standby controller is using {}",
+                cfg.controller.data_dir.display()
+            )));
+        }
         let repo = SqliteRepo::open(&cfg.controller.data_dir.join("state.db")).await?;
         repo.apply_config(&cfg).await?;
         let interrupted = repo.fail_interrupted_jobs().await?;
@@ -63,9 +82,35 @@ impl Controller {
             running_groups: Mutex::default(),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
+            _data_lock: data_lock,
         });
+        // Datastores that do not exist yet are created now; later a missing
+        // or empty one is an error (an unmounted mount point must not be
+        // mistaken for a new, empty store).
+        for (name, d) in &ctl.cfg.datastores {
+            if !d.path.exists() {
+                Datastore::open_or_create(&d.path)?;
+                tracing::info!(datastore = %name, path = %d.path.display(), "created datastore");
+            }
+        }
+        ctl.adopt_vms().await;
         ctl.rescan().await?;
         Ok(ctl)
+    }
+
+    /// Ask every agent about every VM, so VMs left running by an earlier
+    /// controller are adopted (and thawed if a cut-off point left them
+    /// frozen) at once, not when someone first asks.
+    async fn adopt_vms(&self) {
+        for agent in self.agents.values() {
+            for vm in self.cfg.vms.keys() {
+                if let Ok(st) = agent.driver.status(vm).await
+                    && st.is_alive()
+                {
+                    tracing::info!(vm, host = %agent.host, pid = ?st.pid, "vm running since before this controller started");
+                }
+            }
+        }
     }
 
     pub fn agent(&self, host: &str) -> Result<&Agent, ServerError> {
@@ -85,7 +130,7 @@ impl Controller {
         if let Some(s) = stores.get(name) {
             return Ok(s.clone());
         }
-        let s = Datastore::open_or_create(&cfg.path)?;
+        let s = Datastore::open(&cfg.path)?;
         stores.insert(name.to_string(), s.clone());
         Ok(s)
     }
@@ -117,22 +162,13 @@ impl Controller {
             .remove(group);
     }
 
-    /// Stop background work and shut down the VMs run by local agents.
+    /// Stop background work; running jobs get up to 30 s to finish (a
+    /// point in progress thaws its VM). VMs keep running: a controller
+    /// restart (an upgrade, say) must not take the workloads down, and the
+    /// next controller adopts them.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         self.tasks.close();
-        for agent in self.agents.values() {
-            for vm in self.cfg.vms.keys() {
-                if let Ok(st) = agent.driver.status(vm).await
-                    && matches!(st.state, VmState::Running | VmState::Frozen)
-                {
-                    let timeout = self.cfg.vms[vm].shutdown_timeout;
-                    if let Err(e) = agent.driver.shutdown(vm, timeout).await {
-                        tracing::warn!(vm, host = %agent.host, "unable to shut down: {e}");
-                    }
-                }
-            }
-        }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.tasks.wait()).await;
     }
 }

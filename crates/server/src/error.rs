@@ -40,9 +40,21 @@ impl ServerError {
             }
             ServerError::Conflict(_) => (StatusCode::CONFLICT, "conflict", true),
             ServerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", false),
-            ServerError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database", true),
-            ServerError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "datastore", false),
-            ServerError::Hv(_) => (StatusCode::INTERNAL_SERVER_ERROR, "hypervisor", true),
+            ServerError::Db(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "database",
+                e.is_temporary(),
+            ),
+            ServerError::Store(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "datastore",
+                e.is_temporary(),
+            ),
+            ServerError::Hv(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "hypervisor",
+                e.is_temporary(),
+            ),
             ServerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", true),
         }
     }

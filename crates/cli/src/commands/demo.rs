@@ -180,6 +180,10 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
         .context("starting the controller")?;
     let api = Client::new(&server.addr.to_string());
     let result = story(args, &api, sip, http, &site1_disks, &site1_store, say).await;
+    // VMs outlive their controller by design; the demo cleans up its own.
+    let _ = api
+        .post::<_, VmView>("/api/v1/vms/pbx1/stop", &json!({}))
+        .await;
     server.stop().await;
     result.map(|mut r| {
         r.dir = dir.display().to_string();

@@ -252,6 +252,10 @@ datastores = ["site1-store", "site2-store"]
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // VMs outlive the controller by design: stop the lab's own first.
+        if self.server.is_some() {
+            let _ = self.run(&["vm", "stop", "pbx1"]);
+        }
         self.stop_server();
     }
 }

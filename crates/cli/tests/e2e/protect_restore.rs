@@ -227,16 +227,19 @@ fn controller_killed_mid_point_leaves_no_partial_point_and_next_run_succeeds() {
         "a partial point became visible"
     );
     lab.start_server();
-    assert!(points(&lab).is_empty());
-    // The new controller adopts it (no second copy) and thaws it.
-    let vm = lab.json(&["vm", "status", "pbx1"]);
-    assert_eq!(vm["state"], "running");
-    assert_eq!(vm["pid"].as_u64(), Some(pid));
+    // The new controller thaws it as it starts, before anyone asks, and
+    // adopts it (no second copy).
     assert!(
         !stat().contains(") T "),
         "still frozen after restart: {}",
         stat()
     );
+    assert!(points(&lab).is_empty());
+    let vm = lab.json(&["vm", "status", "pbx1"]);
+    assert_eq!(vm["state"], "running");
+    assert_eq!(vm["pid"].as_u64(), Some(pid));
+    let vm = lab.json(&["vm", "start", "pbx1"]);
+    assert_eq!(vm["pid"].as_u64(), Some(pid), "a second copy was started");
     let j = lab.json(&["jobs", "show", &job_id.to_string()]);
     assert_eq!(j[0]["status"], "failed");
     assert!(
