@@ -27,6 +27,9 @@ pub const PACK_HEADER_SIZE: usize = 8;
 const IDX_HEADER_SIZE: usize = 4 + 4 + 16 + 4;
 const IDX_ENTRY_SIZE: usize = 32 + 8 + 4 + 1;
 const IDX_TRAILER_SIZE: usize = 32;
+/// The longest stored blob a valid index can list (header, payload and
+/// the slack zstd may add to incompressible data; see `blob`).
+const MAX_BLOB_LEN: usize = crate::blob::BLOB_HEADER_SIZE + crate::blob::MAX_RAW_LEN + 1024;
 
 /// Default pack size target and the allowed range.
 pub const DEFAULT_PACK_SIZE: usize = 32 << 20;
@@ -178,12 +181,26 @@ pub fn decode_index(bytes: &[u8]) -> Result<PackIndex, String> {
     for raw in bytes[IDX_HEADER_SIZE..body_len].chunks_exact(IDX_ENTRY_SIZE) {
         let kind =
             BlobKind::from_u8(raw[44]).ok_or_else(|| format!("unknown blob kind {}", raw[44]))?;
-        entries.push(IdxEntry {
+        let entry = IdxEntry {
             id: ChunkId(raw[..32].try_into().expect("32 bytes")),
             offset: u64::from_le_bytes(raw[32..40].try_into().expect("8 bytes")),
             len: u32::from_le_bytes(raw[40..44].try_into().expect("4 bytes")),
             kind,
-        });
+        };
+        // A damaged entry must not make a reader allocate gigabytes.
+        if entry.len as usize > MAX_BLOB_LEN {
+            return Err(format!(
+                "entry of chunk {} has impossible length {}",
+                entry.id, entry.len
+            ));
+        }
+        if entry.offset < PACK_HEADER_SIZE as u64 {
+            return Err(format!(
+                "entry of chunk {} has offset {} inside the pack header",
+                entry.id, entry.offset
+            ));
+        }
+        entries.push(entry);
     }
     Ok(PackIndex {
         pack,
@@ -324,6 +341,21 @@ mod tests {
         for len in 0..bytes.len() {
             let _ = decode_index(&bytes[..len]);
         }
+    }
+
+    #[test]
+    fn index_entries_with_impossible_length_or_offset_are_damage() {
+        let (pack, mut entries) = sample();
+        entries[3].len = u32::MAX;
+        let e = decode_index(&encode_index(&pack, &entries)).unwrap_err();
+        assert!(e.contains("impossible length"), "{e}");
+        let (pack, mut entries) = sample();
+        entries[5].offset = 2;
+        let e = decode_index(&encode_index(&pack, &entries)).unwrap_err();
+        assert!(e.contains("pack header"), "{e}");
+        let (pack, mut entries) = sample();
+        entries[0].len = MAX_BLOB_LEN as u32;
+        assert!(decode_index(&encode_index(&pack, &entries)).is_ok());
     }
 
     #[test]
