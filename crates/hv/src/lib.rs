@@ -243,6 +243,8 @@ pub enum HvError {
     },
     #[error("vm '{vm}' did not exit within {waited:?} of SIGKILL")]
     ExitTimeout { vm: String, waited: Duration },
+    #[error("vm '{vm}' did not stop within {waited:?} of SIGSTOP; it was thawed")]
+    FreezeTimeout { vm: String, waited: Duration },
     #[error("{operation} is not supported by the {driver} driver")]
     Unsupported {
         driver: &'static str,
@@ -258,7 +260,8 @@ impl HvError {
             HvError::NotRunning { .. }
             | HvError::Io { .. }
             | HvError::Signal { .. }
-            | HvError::ExitTimeout { .. } => true,
+            | HvError::ExitTimeout { .. }
+            | HvError::FreezeTimeout { .. } => true,
             HvError::DiskMissing { .. }
             | HvError::DiskExists { .. }
             | HvError::UnknownDisk { .. }

@@ -345,17 +345,16 @@ impl ProcessDriver {
         let pid = child.id();
         let pid_file = self.pid_file(&spec.name);
         if let (Some(path), Some(pid)) = (&pid_file, pid) {
-            let recorded = proc_state(pid)
-                .map(|(_, start)| start)
-                .ok_or_else(|| std::io::Error::other("the process vanished at once"))
-                .and_then(|start| {
-                    if let Some(dir) = path.parent() {
-                        std::fs::create_dir_all(dir)?;
-                    }
-                    std::fs::write(path, format!("{pid} {start}\n"))
+            // Without its pid file a restarted controller could not see this
+            // VM and might start a second copy: no record, no VM.
+            if let Err(source) = record_pid(path, pid) {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                return Err(HvError::Io {
+                    vm: spec.name.clone(),
+                    action: "record the pid in",
+                    path: path.clone(),
+                    source,
                 });
-            if let Err(e) = recorded {
-                tracing::warn!(vm = %spec.name, path = %path.display(), "unable to record pid: {e}");
             }
         }
         let generation = table.next_generation;
@@ -422,6 +421,21 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
+/// Write `<pid> <start time>` to `path` atomically (temporary file,
+/// fsync, rename).
+fn record_pid(path: &Path, pid: u32) -> std::io::Result<()> {
+    let (_, start) =
+        proc_state(pid).ok_or_else(|| std::io::Error::other("the process vanished at once"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("pid.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(format!("{pid} {start}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// State letter and kernel start time (clock ticks since boot) of `pid`,
 /// from `/proc/<pid>/stat`; None when there is no such process.
 fn proc_state(pid: u32) -> Option<(char, u64)> {
@@ -435,33 +449,52 @@ fn proc_state(pid: u32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
-/// True when no process of group `pgid` is runnable: each is stopped
-/// (`T`), traced (`t`), a zombie or gone, per `/proc/<pid>/stat`.
+/// True when no thread of any process of group `pgid` is runnable: each
+/// is stopped (`T`), traced (`t`), a zombie or gone. Threads matter: the
+/// leader may be stopped while a worker thread is still inside a write.
 fn group_stopped(pgid: u32) -> bool {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return true;
     };
+    let stopped = |state: &str| matches!(state, "T" | "t" | "Z" | "X");
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Some((state, pgrp)) = stat_fields(&format!("/proc/{pid}/stat")) else {
             continue;
         };
-        // Fields after the command (which may hold spaces) in parentheses:
-        // state, ppid, pgrp, ...
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        if pgrp != pgid {
             continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().unwrap_or("");
-        let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
-        if pgrp == Some(pgid) && !matches!(state, "T" | "t" | "Z" | "X") {
+        }
+        if !stopped(&state) {
             return false;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Some((st, _)) = stat_fields(&task.path().join("stat").to_string_lossy())
+                && !stopped(&st)
+            {
+                return false;
+            }
         }
     }
     true
+}
+
+/// State and process group of a `/proc/.../stat` file.
+fn stat_fields(path: &str) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command (which may hold spaces) in parentheses:
+    // state, ppid, pgrp, ...
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.to_string();
+    let pgrp = fields.nth(1)?.parse().ok()?;
+    Some((state, pgrp))
 }
 
 fn send(vm: &str, pgid: u32, signal: Signal) -> Result<(), HvError> {
@@ -704,11 +737,13 @@ impl Driver for ProcessDriver {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        tracing::warn!(
-            vm = name,
-            "process group {pgid} not fully stopped after 800ms"
-        );
-        Ok(())
+        // A point of a half-stopped VM would not be crash-consistent: undo
+        // the freeze and say so rather than label it wrongly.
+        let _ = self.thaw(name).await;
+        Err(HvError::FreezeTimeout {
+            vm: name.to_owned(),
+            waited: Duration::from_millis(800),
+        })
     }
 
     async fn thaw(&self, name: &str) -> Result<(), HvError> {
