@@ -27,6 +27,10 @@ struct State {
     loaded: HashSet<PackId>,
     /// Packs whose index file is damaged, with what is wrong.
     damaged: HashMap<PackId, String>,
+    /// Chunks known only from an index whose checksum failed or whose pack
+    /// file is missing: still read (the blob check decides), but never
+    /// deduplicated against, so the next writer stores them again.
+    suspect: HashSet<ChunkId>,
     /// The gc epoch the map was built under (see [`crate::lock`]).
     epoch: String,
 }
@@ -41,8 +45,17 @@ impl Catalog {
         self.read().map.get(id).copied()
     }
 
+    /// True when the chunk is known from a sound index of a present pack,
+    /// so a new point may reference it without storing it again.
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.read().map.contains_key(id)
+        let state = self.read();
+        state.map.contains_key(id) && !state.suspect.contains(id)
+    }
+
+    /// True when the chunk is known only from a doubtful index.
+    #[cfg(test)]
+    pub fn is_suspect(&self, id: &ChunkId) -> bool {
+        self.read().suspect.contains(id)
     }
 
     pub fn len(&self) -> usize {
@@ -65,10 +78,11 @@ impl Catalog {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Add the blobs of a pack; a chunk already known keeps its location.
+    /// Add the blobs of a pack just written; a chunk already known keeps
+    /// its location unless that location is suspect.
     pub fn insert(&self, idx: &PackIndex) {
         let mut state = self.write();
-        insert_into(&mut state, idx);
+        insert_into(&mut state, idx, false);
     }
 
     /// Load the index files not loaded yet (all of them when `full`, after
@@ -79,8 +93,15 @@ impl Catalog {
         } else {
             self.read().loaded.clone()
         };
-        let todo: Vec<(PackId, String)> = backend
-            .list("packs")?
+        let listing = backend.list("packs")?;
+        let present: HashSet<PackId> = listing
+            .iter()
+            .filter_map(|o| match PackId::from_path(&o.path) {
+                Some((id, "pack")) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let todo: Vec<(PackId, String)> = listing
             .into_iter()
             .filter_map(|o| match PackId::from_path(&o.path) {
                 Some((id, "idx")) if !known.contains(&id) => Some((id, o.path)),
@@ -118,7 +139,8 @@ impl Catalog {
                     if !idx.checksum_ok {
                         state.damaged.insert(id, "checksum mismatch".into());
                     }
-                    insert_into(&mut state, &idx);
+                    let suspect = !idx.checksum_ok || !present.contains(&id);
+                    insert_into(&mut state, &idx, suspect);
                 }
                 Err(reason) => {
                     tracing::warn!(pack = %id, %reason, "unreadable pack index");
@@ -130,15 +152,36 @@ impl Catalog {
     }
 }
 
-fn insert_into(state: &mut State, idx: &PackIndex) {
+/// A chunk known from a sound index keeps its location; one known only
+/// from a suspect index takes the first sound location found.
+fn insert_into(state: &mut State, idx: &PackIndex, suspect: bool) {
+    use std::collections::hash_map::Entry;
     state.loaded.insert(idx.pack);
+    let State {
+        map,
+        suspect: doubtful,
+        ..
+    } = state;
     for e in &idx.entries {
-        state.map.entry(e.id).or_insert(Location {
+        let loc = Location {
             pack: idx.pack,
             offset: e.offset,
             len: e.len,
             kind: e.kind,
-        });
+        };
+        match map.entry(e.id) {
+            Entry::Vacant(v) => {
+                v.insert(loc);
+                if suspect {
+                    doubtful.insert(e.id);
+                }
+            }
+            Entry::Occupied(mut o) => {
+                if !suspect && doubtful.remove(&e.id) {
+                    o.insert(loc);
+                }
+            }
+        }
     }
 }
 

@@ -57,7 +57,8 @@ impl Packer {
         }
     }
 
-    /// True when the store or this packer already holds `id`.
+    /// True when the store (from a sound index of a present pack) or this
+    /// packer already holds `id`; a suspect chunk is stored again.
     pub fn has(&self, id: &ChunkId) -> bool {
         self.added.contains(id) || self.store.catalog().contains(id)
     }

@@ -922,6 +922,58 @@ fn an_unreadable_index_file_does_not_close_the_store() {
 }
 
 #[test]
+fn chunks_of_doubtful_indexes_are_stored_again() {
+    for damage in ["checksum", "missing pack"] {
+        let f = fixture();
+        let image = f.work.join("disk.img");
+        make_image(&image, 2 << 20, 30);
+        let (m1, _) = backup(&f.ds, "vm", &image, opts());
+        let (id, loc) = some_chunk(&f.ds, &m1);
+        if damage == "checksum" {
+            let idx = f.root.join(loc.pack.idx_path());
+            let len = fs::metadata(&idx).unwrap().len();
+            flip(&idx, len - 1);
+        } else {
+            fs::remove_file(pack_file(&f.root, &loc.pack)).unwrap();
+        }
+        let ds = Datastore::open(&f.root).unwrap();
+        assert!(ds.catalog().is_suspect(&id), "{damage}");
+        let (m2, stats) = backup(&ds, "vm", &image, opts());
+        assert!(stats.chunks_new > 0, "{damage}: {stats:?}");
+        // The fresh copy is the location used from now on.
+        let now = ds.catalog().get(&id).unwrap();
+        assert_ne!(now.pack, loc.pack, "{damage}");
+        assert!(!ds.catalog().is_suspect(&id), "{damage}");
+        let dest = f.work.join("out.img");
+        ds.restore_disk(&m2.id, "data", &dest, &()).unwrap();
+        assert_same(&image, &dest);
+        // A fresh handle prefers the sound copy too, whatever the order.
+        let again = Datastore::open(&f.root).unwrap();
+        assert_ne!(again.catalog().get(&id).unwrap().pack, loc.pack);
+        let (_, stats) = backup(&again, "vm", &image, opts());
+        assert_eq!(stats.chunks_new, 0, "{damage}: {stats:?}");
+
+        // Sync into a store with the same damage copies the chunks again.
+        let dst_root = f.work.join("dst");
+        let dst = Datastore::open_or_create(&dst_root).unwrap();
+        ds.sync_point(&m1.id, &dst, &()).unwrap();
+        let dloc = dst.catalog().get(&id).unwrap();
+        if damage == "checksum" {
+            let idx = dst_root.join(dloc.pack.idx_path());
+            let len = fs::metadata(&idx).unwrap().len();
+            flip(&idx, len - 1);
+        } else {
+            fs::remove_file(pack_file(&dst_root, &dloc.pack)).unwrap();
+        }
+        let dst = Datastore::open(&dst_root).unwrap();
+        let s = ds.sync_point(&m2.id, &dst, &()).unwrap();
+        assert!(s.chunks_copied > 0, "{damage}: {s:?}");
+        dst.restore_disk(&m2.id, "data", &dest, &()).unwrap();
+        assert_same(&image, &dest);
+    }
+}
+
+#[test]
 fn sync_copies_missing_chunks_then_nothing() {
     let f = fixture();
     let image = f.work.join("disk.img");
