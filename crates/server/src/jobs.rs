@@ -91,7 +91,11 @@ where
                 }
             })
         };
-        let outcome = work(ctl2.clone(), progress.clone()).await;
+        // A panic in the work fails the job instead of leaving it running.
+        let outcome = match tokio::spawn(work(ctl2.clone(), progress.clone())).await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(ServerError::Internal(format!("the job's task failed: {e}"))),
+        };
         flusher.abort();
         if outcome.is_ok() {
             progress.set_message("done");

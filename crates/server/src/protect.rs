@@ -54,7 +54,9 @@ async fn protect_vm(
     progress: Arc<JobProgress>,
 ) -> Result<serde_json::Value, ServerError> {
     let g = &ctl.cfg.groups[group];
-    let _guard = ctl.lock_vm(vm).await;
+    // The VM lock covers reading the VM; copies and pruning run after it
+    // is released, so a failover restore never waits behind an upload.
+    let guard = ctl.lock_vm(vm).await;
     let rec = ctl.repo.vm(vm).await?;
     let agent = ctl.agent(&rec.active_host)?;
     let spec = agent.spec(&ctl.cfg, vm)?;
@@ -95,6 +97,7 @@ async fn protect_vm(
             copies: vec![source.clone()],
         })
         .await?;
+    drop(guard);
     tracing::info!(vm, point = %id, datastore = %source, bytes_read = stats.bytes_read, bytes_new = stats.bytes_new, "point taken");
 
     let mut synced = Vec::new();

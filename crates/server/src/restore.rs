@@ -11,7 +11,7 @@ use standby_store::PointId;
 use standby_types::api::RestoreRequest;
 
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::{ServerError, error_chain};
 use crate::jobs::JobProgress;
 
 /// Checks that can fail before a job is created, so the caller gets a
@@ -99,47 +99,54 @@ pub async fn run(
         .point
         .parse()
         .map_err(|e| ServerError::BadRequest(format!("bad point id '{}': {e}", req.point)))?;
+    let agent = ctl.agent(&host)?;
+    let spec = agent.spec(&ctl.cfg, &vm)?;
+    // Nearest copy first; a copy that is missing the point or fails to
+    // restore (a corrupt chunk) is skipped for the next one.
     let mut tried = Vec::new();
-    let mut chosen = None;
+    let mut restored = None;
     for ds in candidates {
-        let found = match ctl.store(&ds) {
-            Ok(store) => {
-                let (s, p) = (store.clone(), pid.clone());
-                match tokio::task::spawn_blocking(move || s.has_point(&p)).await? {
-                    Ok(true) => Some(store),
-                    Ok(false) => {
-                        tried.push(format!("{ds}: point missing"));
-                        None
-                    }
-                    Err(e) => {
-                        tried.push(format!("{ds}: {e}"));
-                        None
-                    }
-                }
-            }
+        let store = match ctl.store(&ds) {
+            Ok(store) => store,
             Err(e) => {
-                tried.push(format!("{ds}: {e}"));
-                None
+                tried.push(format!("{ds}: {}", error_chain(&e)));
+                continue;
             }
         };
-        if let Some(store) = found {
-            chosen = Some((ds, store));
-            break;
+        let (s, p) = (store.clone(), pid.clone());
+        match tokio::task::spawn_blocking(move || s.has_point(&p)).await? {
+            Ok(true) => {}
+            Ok(false) => {
+                tried.push(format!("{ds}: point missing"));
+                continue;
+            }
+            Err(e) => {
+                tried.push(format!("{ds}: {}", error_chain(&e)));
+                continue;
+            }
+        }
+        match agent
+            .restore_point(&spec, &store, &pid, progress.clone())
+            .await
+        {
+            Ok(bytes) => {
+                restored = Some((ds, bytes));
+                break;
+            }
+            Err(e @ ServerError::Store(_)) => {
+                tracing::warn!(point = %pid, datastore = %ds, "restore from this copy failed: {}", error_chain(&e));
+                tried.push(format!("{ds}: {}", error_chain(&e)));
+            }
+            Err(e) => return Err(e),
         }
     }
-    let Some((ds, store)) = chosen else {
+    let Some((ds, bytes)) = restored else {
         return Err(ServerError::Conflict(format!(
-            "no datastore holds point {} intact ({})",
+            "no datastore could restore point {} ({})",
             req.point,
             tried.join("; ")
         )));
     };
-
-    let agent = ctl.agent(&host)?;
-    let spec = agent.spec(&ctl.cfg, &vm)?;
-    let bytes = agent
-        .restore_point(&spec, &store, &pid, progress.clone())
-        .await?;
     let restored_secs = started.elapsed().as_secs_f64();
     ctl.repo.set_vm_placement(&vm, &req.site, &host).await?;
     let mut started_vm = false;

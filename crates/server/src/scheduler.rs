@@ -12,6 +12,14 @@ use crate::error::ServerError;
 use crate::jobs::spawn_job;
 use crate::protect;
 
+struct GroupRun(Arc<Controller>, String);
+
+impl Drop for GroupRun {
+    fn drop(&mut self) {
+        self.0.end_group(&self.1);
+    }
+}
+
 /// Start a protection run of `group` as a job, unless one is running.
 pub async fn start_group_run(ctl: &Arc<Controller>, group: &str) -> Result<i64, ServerError> {
     if !ctl.cfg.groups.contains_key(group) {
@@ -24,13 +32,14 @@ pub async fn start_group_run(ctl: &Arc<Controller>, group: &str) -> Result<i64, 
     }
     let g = group.to_string();
     let res = spawn_job(ctl, "protect", group, move |ctl, progress| async move {
+        // Ends the group's run however the work ends, panics included.
+        let _running = GroupRun(ctl.clone(), g.clone());
         let at = Utc::now();
         let out = protect::run_group(ctl.clone(), g.clone(), progress).await;
         let status = if out.is_ok() { "succeeded" } else { "failed" };
         if let Err(e) = ctl.repo.record_group_run(&g, at, status).await {
             tracing::warn!(group = %g, "unable to record run: {e}");
         }
-        ctl.end_group(&g);
         out
     })
     .await;

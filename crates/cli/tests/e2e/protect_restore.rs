@@ -135,16 +135,19 @@ fn flipped_byte_is_named_by_verify_and_blocks_restore() {
         !lab.path("site2/disks/pbx1/data.img").exists(),
         "a failed restore left a disk behind"
     );
-    // The intact copy at site 1 still restores.
-    lab.json(&[
-        "restore",
-        &id,
-        "--site",
-        "site2",
-        "--from",
-        "site1-store",
-        "--no-start",
-    ]);
+    // Left to choose, restore skips the damaged near copy for the intact
+    // one at site 1, and says so.
+    let r = lab.json(&["restore", &id, "--site", "site2", "--no-start"]);
+    assert_eq!(r["datastore"], "site1-store", "{r:#}");
+    assert!(
+        r["skipped"][0].as_str().unwrap().contains("site2-store"),
+        "{r:#}"
+    );
+    let restored = std::fs::read(lab.path("site2/disks/pbx1/data.img")).unwrap();
+    assert_eq!(
+        restored,
+        std::fs::read(lab.path("site1/disks/pbx1/data.img")).unwrap()
+    );
 }
 
 #[test]
