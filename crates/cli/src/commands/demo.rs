@@ -51,6 +51,10 @@ pub struct DemoReport {
     pub lost_after_point: Vec<String>,
     /// Written before the point but acknowledged just after it (in flight).
     pub in_flight: Vec<String>,
+    /// REGISTERs that got no 200 in time (stored or not: never promised).
+    pub unacknowledged: Vec<String>,
+    /// Of those, the ones the restored VNF holds.
+    pub unacknowledged_survivors: Vec<String>,
     /// Time between the point and the last acknowledged registration.
     pub data_loss_window_ms: i64,
     /// From the disaster to the VNF answering SIP OPTIONS at site 2.
@@ -83,7 +87,11 @@ pub async fn run(args: &DemoArgs, json_out: bool) -> Result<()> {
         }
     }
     if !report.ok {
-        bail!("registrations acknowledged before the point were lost");
+        bail!(
+            "the restore does not match the point: {} acknowledged before it missing, {} in flight (at most 1), survivors never sent: see the report",
+            report.missing_before_point.len(),
+            report.in_flight.len()
+        );
     }
     Ok(())
 }
@@ -209,16 +217,16 @@ async fn story(
     ));
 
     let mut acked: Vec<(String, DateTime<Utc>)> = Vec::new();
+    let mut unacked: Vec<String> = Vec::new();
     let until = Instant::now() + Duration::from_secs(args.seconds);
     let mut n = 0;
     while Instant::now() < until {
         let aor = format!("sip:user{n}@demo.invalid");
         let contact = format!("sip:user{n}@198.18.0.{}:5060", 10 + n % 200);
-        if client::register(sip, &aor, &contact, 3600, Duration::from_secs(2))
-            .await
-            .is_ok()
-        {
-            acked.push((aor, Utc::now()));
+        match client::register(sip, &aor, &contact, 3600, Duration::from_secs(2)).await {
+            Ok(()) => acked.push((aor, Utc::now())),
+            // Not acknowledged: it may or may not have been stored.
+            Err(_) => unacked.push(aor),
         }
         n += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -305,9 +313,14 @@ async fn story(
         .map(|(a, _)| a.clone())
         .filter(|a| !missing_before_point.contains(a))
         .collect();
+    let unacknowledged_survivors: Vec<String> = survived
+        .iter()
+        .filter(|s| unacked.contains(s))
+        .cloned()
+        .collect();
     let unknown = survived
         .iter()
-        .filter(|s| !acked.iter().any(|(a, _)| a == *s))
+        .filter(|s| !acked.iter().any(|(a, _)| a == *s) && !unacked.contains(s))
         .count();
     let last_ack = acked.last().map(|(_, t)| *t).unwrap_or(point.time);
     Ok(DemoReport {
@@ -316,7 +329,9 @@ async fn story(
         point_time: point.time,
         points_taken: points.len(),
         acknowledged: acked.iter().map(|(a, _)| a.clone()).collect(),
-        ok: missing_before_point.is_empty() && in_flight.len() <= 1 && unknown <= 1,
+        ok: missing_before_point.is_empty() && in_flight.len() <= 1 && unknown == 0,
+        unacknowledged: unacked,
+        unacknowledged_survivors,
         survived,
         missing_before_point,
         lost_after_point,
@@ -363,6 +378,13 @@ fn print_report(r: &DemoReport) {
         r.lost_after_point.len(),
         summarize(&r.lost_after_point)
     );
+    if !r.unacknowledged.is_empty() {
+        println!(
+            "unacknowledged      {} REGISTERs got no answer in time ({} of them survived)",
+            r.unacknowledged.len(),
+            r.unacknowledged_survivors.len()
+        );
+    }
     println!(
         "missing             {} acknowledged before the point (must be 0)",
         r.missing_before_point.len()

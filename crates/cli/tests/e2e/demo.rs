@@ -26,7 +26,13 @@ fn demo_survivors_are_exactly_the_registrations_before_the_point() {
             .collect()
     };
     let acked = list("acknowledged");
-    let survived: BTreeSet<String> = list("survived").into_iter().collect();
+    // REGISTERs that timed out promised nothing; set them aside.
+    let unacked_survivors: BTreeSet<String> =
+        list("unacknowledged_survivors").into_iter().collect();
+    let survived: BTreeSet<String> = list("survived")
+        .into_iter()
+        .filter(|s| !unacked_survivors.contains(s))
+        .collect();
     let in_flight = list("in_flight");
     assert!(acked.len() >= 10, "too few registrations: {}", acked.len());
     assert!(list("missing_before_point").is_empty(), "{r:#}");
@@ -42,6 +48,8 @@ fn demo_survivors_are_exactly_the_registrations_before_the_point() {
     let lost = list("lost_after_point");
     assert_eq!(lost, acked[k..].to_vec());
     assert_eq!(r["ok"], true);
-    assert!(r["rto_ms"].as_u64().unwrap() > 0);
-    assert!(r["data_loss_window_ms"].as_i64().unwrap() >= 0);
+    // Points every second: the newest one that reached site 2 is recent.
+    let window = r["data_loss_window_ms"].as_i64().unwrap();
+    assert!(window < 5000, "the point used is {window} ms old: {r:#}");
+    assert!(r["rto_ms"].as_u64().unwrap() < 30_000, "{r:#}");
 }
