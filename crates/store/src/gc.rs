@@ -8,7 +8,9 @@
 //! the threshold, copies its live blobs into new packs, makes those durable
 //! and only then deletes the old pack. Packs younger than the grace period
 //! are never touched. Any unreadable manifest or index chunk stops gc
-//! before it deletes anything: it cannot know what that point needs.
+//! before it deletes anything: it cannot know what that point needs. A
+//! pack without an index is garbage only when every live chunk is listed
+//! by some sound index; otherwise it may hold exactly the missing ones.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -50,6 +52,11 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Packs holding garbage that were left alone for being too young.
     pub packs_skipped_grace: usize,
+    /// Chunks live points reference that no sound pack index lists.
+    pub live_chunks_unlocated: u64,
+    /// Packs without an index kept because live chunks are unlocated:
+    /// their blobs may be exactly those chunks.
+    pub packs_kept_unindexed: usize,
 }
 
 struct PackInfo {
@@ -143,6 +150,14 @@ impl Datastore {
             }
         }
 
+        report.live_chunks_unlocated = live.iter().filter(|id| !homed.contains(id)).count() as u64;
+        if report.live_chunks_unlocated > 0 {
+            tracing::warn!(
+                chunks = report.live_chunks_unlocated,
+                "live chunks in no sound pack index; packs without an index are kept"
+            );
+        }
+
         let mut packer = (!opts.dry_run).then(|| Packer::new(self.clone()));
         let mut to_delete: Vec<PackId> = Vec::new();
         progress.set_total(packs.values().map(|p| p.pack_size).sum());
@@ -156,6 +171,11 @@ impl Datastore {
             let live_entries = live_in.get(id).map(Vec::as_slice).unwrap_or_default();
             let live_bytes: u64 = live_entries.iter().map(|e| u64::from(e.len)).sum();
             let garbage_chunks = entries.map_or(0, |e| e.len() - live_entries.len()) as u64;
+            if info.idx_size == 0 && report.live_chunks_unlocated > 0 {
+                report.packs_kept_unindexed += 1;
+                tracing::warn!(pack = %id, "pack without an index kept: live chunks are unlocated");
+                continue;
+            }
             if info.idx_size > 0 && entries.is_none() {
                 // Damaged index: leave it for verify and a human.
                 continue;

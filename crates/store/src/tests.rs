@@ -974,6 +974,59 @@ fn chunks_of_doubtful_indexes_are_stored_again() {
 }
 
 #[test]
+fn gc_keeps_unindexed_packs_while_live_chunks_are_unlocated() {
+    let f = fixture();
+    let ds = Datastore::open_with(
+        &f.root,
+        StoreOptions {
+            pack_size: pack::MIN_PACK_SIZE,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    // Random data over two packs: the data of the first, and the index
+    // chunks in the last.
+    let image = f.work.join("disk.img");
+    let mut data = vec![0u8; 20 << 20];
+    rand::rngs::StdRng::seed_from_u64(31).fill_bytes(&mut data);
+    fs::write(&image, &data).unwrap();
+    let (m, _) = backup(&ds, "vm", &image, opts());
+    let (_, loc) = some_chunk(&ds, &m);
+    let packs = ds.stats().unwrap().packs;
+    assert!(packs >= 2, "{packs}");
+    fs::remove_file(f.root.join(loc.pack.idx_path())).unwrap();
+    let gc = || {
+        ds.gc(
+            GcOptions {
+                grace: Duration::ZERO,
+                ..GcOptions::default()
+            },
+            &(),
+        )
+        .unwrap()
+    };
+    let r = gc();
+    assert_eq!(r.packs_deleted, 0, "{r:?}");
+    assert_eq!(r.packs_kept_unindexed, 1, "{r:?}");
+    assert!(r.live_chunks_unlocated > 0, "{r:?}");
+    assert!(pack_file(&f.root, &loc.pack).exists());
+    let report = ds.verify(&()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("not found in any pack index")),
+        "{:?}",
+        report.problems
+    );
+    // Once nothing live is unlocated, the unindexed pack is garbage.
+    fs::remove_file(f.root.join(m.id.manifest_path())).unwrap();
+    let r = gc();
+    assert_eq!(r.live_chunks_unlocated, 0, "{r:?}");
+    assert!(!pack_file(&f.root, &loc.pack).exists(), "{r:?}");
+}
+
+#[test]
 fn sync_copies_missing_chunks_then_nothing() {
     let f = fixture();
     let image = f.work.join("disk.img");
