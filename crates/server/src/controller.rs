@@ -56,6 +56,17 @@ impl Controller {
             )));
         }
         let repo = SqliteRepo::open(&cfg.controller.data_dir.join("state.db")).await?;
+        // A VM active on a host the configuration dropped would lose its
+        // agent (and its pid files): refuse rather than move it home and
+        // risk a second copy.
+        for vm in repo.vms().await? {
+            if cfg.vms.contains_key(&vm.name) && !cfg.hosts.contains_key(&vm.active_host) {
+                return Err(ServerError::Conflict(format!(
+                    "vm {} is active on host {}, which the configuration no longer has; keep the host until the vm is moved",
+                    vm.name, vm.active_host
+                )));
+            }
+        }
         repo.apply_config(&cfg).await?;
         let interrupted = repo.fail_interrupted_jobs().await?;
         if interrupted > 0 {

@@ -547,6 +547,23 @@ impl Config {
                     ));
                 }
             }
+            // Retention prunes a VM's points per datastore: two groups
+            // with different policies must not share one for the same VM.
+            for (other_name, other) in self.groups.range::<String, _>((
+                std::ops::Bound::Excluded(name.clone()),
+                std::ops::Bound::Unbounded,
+            )) {
+                let vm = g.members.iter().find(|m| other.members.contains(m));
+                let ds = g.datastores.iter().find(|d| other.datastores.contains(d));
+                if let (Some(vm), Some(ds)) = (vm, ds) {
+                    return Err((
+                        p(&["groups", other_name, "members"]),
+                        format!(
+                            "vm '{vm}' is also in group '{name}' and both groups write to datastore '{ds}'; their retention would prune each other's points"
+                        ),
+                    ));
+                }
+            }
             let cs = g.chunk_size.0;
             if !cs.is_power_of_two() || !(64 << 10..=4 << 20).contains(&cs) {
                 return Err((
@@ -656,6 +673,16 @@ mod tests {
         let err = parse(&src).unwrap_err();
         assert!(err.message.contains("bad cron expression"), "{err}");
         assert!(err.line > 0);
+    }
+
+    #[test]
+    fn groups_sharing_a_vm_and_a_datastore_are_refused() {
+        let src = format!(
+            "{EXAMPLE}\n[groups.silver]\nmembers = [\"pbx1\"]\nschedule = \"every 1h\"\ndatastores = [\"site2-store\"]\n"
+        );
+        let err = parse(&src).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("groups.silver.members"), "{err}");
+        assert!(err.message.contains("site2-store"), "{err}");
     }
 
     #[test]
