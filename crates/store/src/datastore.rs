@@ -338,21 +338,44 @@ impl Datastore {
         self.backend().exists(&id.manifest_path())
     }
 
-    /// The newest point of `vm`.
+    /// The newest readable point of `vm`. A damaged newest manifest is
+    /// logged and skipped, so it does not block further points; compare
+    /// with [`Datastore::newest_point_id`] to know whether it was.
     pub fn latest_point(&self, vm: &str) -> Result<Option<Manifest>, StoreError> {
+        for path in self.manifest_paths_newest_first(vm)? {
+            match self.read_manifest_at(&path) {
+                Ok(m) => return Ok(Some(m)),
+                // Gone since the listing (pruned): the next one is newest.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::warn!(%path, error = %e, "unreadable manifest skipped"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The id of the newest point of `vm` by manifest name, readable or
+    /// not.
+    pub fn newest_point_id(&self, vm: &str) -> Result<Option<PointId>, StoreError> {
+        Ok(self
+            .manifest_paths_newest_first(vm)?
+            .first()
+            .and_then(|p| PointId::from_manifest_path(p)))
+    }
+
+    fn manifest_paths_newest_first(&self, vm: &str) -> Result<Vec<String>, StoreError> {
         if !crate::manifest::valid_vm_name(vm) {
             return Err(StoreError::InvalidVmName(vm.to_string()));
         }
-        let objects = self.backend().list(&format!("manifests/{vm}"))?;
-        // Names are fixed-width times, so the last in order is the newest.
-        match objects
-            .iter()
-            .filter(|o| o.path.ends_with(".json"))
-            .max_by(|a, b| a.path.cmp(&b.path))
-        {
-            Some(o) => self.read_manifest_at(&o.path).map(Some),
-            None => Ok(None),
-        }
+        // Names are fixed-width times, so name order is time order.
+        let mut paths: Vec<String> = self
+            .backend()
+            .list(&format!("manifests/{vm}"))?
+            .into_iter()
+            .map(|o| o.path)
+            .filter(|p| p.ends_with(".json"))
+            .collect();
+        paths.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(paths)
     }
 
     pub fn stats(&self) -> Result<StoreStats, StoreError> {

@@ -69,17 +69,38 @@ pub fn select(
 
 impl Datastore {
     /// Apply `policy` to the points of `vm` (or of every vm). Removes
-    /// manifests only; the data goes at the next gc.
+    /// manifests only; the data goes at the next gc. Points are taken from
+    /// the manifest file names (a point id carries its time), so a damaged
+    /// manifest neither stops prune nor hides its point from the policy; a
+    /// file whose name is not a point's is left alone and logged.
     pub fn prune(
         &self,
         policy: &Retention,
         vm: Option<&str>,
         dry_run: bool,
     ) -> Result<PruneReport, StoreError> {
+        let prefix = match vm {
+            Some(vm) if !crate::manifest::valid_vm_name(vm) => {
+                return Err(StoreError::InvalidVmName(vm.to_string()));
+            }
+            Some(vm) => format!("manifests/{vm}"),
+            None => "manifests".to_string(),
+        };
         let mut by_vm: BTreeMap<String, Vec<(PointId, DateTime<Utc>)>> = BTreeMap::new();
-        for m in self.list_points()? {
-            if vm.is_none_or(|vm| vm == m.vm) {
-                by_vm.entry(m.vm.clone()).or_default().push((m.id, m.time));
+        for o in self.backend().list(&prefix)? {
+            if !o.path.ends_with(".json") {
+                continue;
+            }
+            match PointId::from_manifest_path(&o.path) {
+                Some(id) if vm.is_none_or(|vm| vm == id.vm()) => {
+                    let time = id.time();
+                    by_vm
+                        .entry(id.vm().to_string())
+                        .or_default()
+                        .push((id, time));
+                }
+                Some(_) => {}
+                None => tracing::warn!(path = %o.path, "not a manifest name; left alone"),
             }
         }
         let mut report = PruneReport::default();

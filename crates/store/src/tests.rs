@@ -615,6 +615,37 @@ fn prune_keeps_per_policy_and_deletes_manifests_only() {
 }
 
 #[test]
+fn a_damaged_manifest_blocks_neither_prune_nor_latest_point() {
+    let f = fixture();
+    let image = f.work.join("disk.img");
+    make_image(&image, 1 << 20, 32);
+    let ids: Vec<PointId> = (0..3)
+        .map(|_| backup(&f.ds, "a", &image, opts()).0.id)
+        .collect();
+    let (b, _) = backup(&f.ds, "b", &image, opts());
+    let (b2, _) = backup(&f.ds, "b", &image, opts());
+    // The newest point of a and the oldest of b are damaged.
+    fs::write(f.root.join(ids[2].manifest_path()), b"{broken").unwrap();
+    fs::write(f.root.join(b.id.manifest_path()), b"{broken").unwrap();
+    assert_eq!(f.ds.latest_point("a").unwrap().unwrap().id, ids[1]);
+    assert_eq!(f.ds.newest_point_id("a").unwrap().unwrap(), ids[2]);
+    assert_eq!(f.ds.latest_point("b").unwrap().unwrap().id, b2.id);
+    let policy = standby_types::Retention {
+        keep_last: 1,
+        ..Default::default()
+    };
+    let r = f.ds.prune(&policy, None, false).unwrap();
+    assert_eq!(r.kept, vec![ids[2].clone(), b2.id.clone()]);
+    assert_eq!(
+        r.removed,
+        vec![ids[1].clone(), ids[0].clone(), b.id.clone()]
+    );
+    assert!(!f.ds.has_point(&b.id).unwrap());
+    // Only the damaged newest left: no readable point, no error.
+    assert!(f.ds.latest_point("a").unwrap().is_none());
+}
+
+#[test]
 fn gc_sweeps_repacks_and_respects_grace_and_locks() {
     let f = fixture();
     let a = f.work.join("a.img");
