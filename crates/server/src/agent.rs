@@ -127,13 +127,9 @@ impl Agent {
         vm_config: serde_json::Value,
         progress: Arc<JobProgress>,
     ) -> Result<(Manifest, PointStats), ServerError> {
-        let base = {
-            let (store, vm) = (store.clone(), spec.name.clone());
-            tokio::task::spawn_blocking(move || store.latest_point(&vm)).await??
-        };
-        let source = self.driver.snapshot_begin(spec).await?;
-        let mut labels = labels;
-        labels.insert("snapshot".into(), source.consistency_note.clone());
+        // Everything that may wait (the store's lock, a catalog reload)
+        // happens before the freeze: the VM is paused only while its disks
+        // are read.
         let meta = PointMeta {
             vm: spec.name.clone(),
             site: self.site.clone(),
@@ -141,19 +137,35 @@ impl Agent {
             config: vm_config,
             labels,
         };
+        let (mut writer, base, newest) = {
+            let (store, vm) = (store.clone(), spec.name.clone());
+            tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+                let writer = store.begin_point(meta)?;
+                let base = store.latest_point(&vm)?.map(|m| m.id);
+                let newest = store.newest_point_id(&vm)?;
+                Ok((writer, base, newest))
+            })
+            .await??
+        };
+        // Dirty ranges count from the newest point; if that one cannot
+        // serve as the base (damaged), they do not apply to the base used.
+        let dirty_applies = base.is_some() && base == newest;
+        let source = self.driver.snapshot_begin(spec).await?;
         let total: u64 = spec.disks.iter().map(|d| d.size).sum();
         progress.stage(format!("{}: reading disks", spec.name), total);
         let written = {
-            let (store, progress) = (store.clone(), progress.clone());
-            let base = base.map(|m| m.id.clone());
+            let progress = progress.clone();
+            let note = source.consistency_note.clone();
             tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
-                let mut writer = store.begin_point(meta)?;
+                // The point's time is the freeze instant.
+                writer.restamp()?;
+                writer.set_label("snapshot", &note);
                 let mut stats = PointStats::default();
                 for disk in &source.disks {
                     let opts = DiskWriteOptions {
                         chunk_size,
                         base: base.clone(),
-                        dirty: disk.dirty.clone(),
+                        dirty: disk.dirty.clone().filter(|_| dirty_applies),
                     };
                     let s = writer.write_disk(&disk.name, &disk.path, opts, progress.as_ref())?;
                     stats.add(&s);

@@ -32,6 +32,8 @@ pub enum StoreError {
     InvalidDiskName(String),
     #[error("point {0} not found in datastore {1}")]
     PointNotFound(String, PathBuf),
+    #[error("point {0} has disks written already; it cannot be restamped")]
+    PointStarted(String),
     #[error("point {0} already exists in datastore {1}")]
     PointExists(String, PathBuf),
     #[error("disk '{disk}' not found in point {point}")]

@@ -96,22 +96,9 @@ struct Block {
 
 impl PointWriter {
     pub(crate) fn begin(store: Datastore, meta: PointMeta) -> Result<PointWriter, StoreError> {
-        let now = Utc::now().trunc_subsecs(3);
-        let mut id = PointId::new(&meta.vm, now)?;
         let lock = lock::shared(store.root())?;
         store.refresh_after_gc()?;
-        // Points of a vm are ordered by time: never go back, never collide.
-        // Only the names: a damaged manifest must not block new points.
-        let latest = store
-            .backend()
-            .list(&format!("manifests/{}", meta.vm))?
-            .iter()
-            .filter_map(|o| PointId::from_manifest_path(&o.path))
-            .map(|p| p.time())
-            .max();
-        if let Some(latest) = latest.filter(|t| *t >= now) {
-            id = PointId::new(&meta.vm, latest + chrono::Duration::milliseconds(1))?;
-        }
+        let id = next_id(&store, &meta.vm)?;
         Ok(PointWriter {
             packer: Packer::new(store.clone()),
             store,
@@ -120,6 +107,25 @@ impl PointWriter {
             disks: Vec::new(),
             _lock: lock,
         })
+    }
+
+    /// Add or replace a label of the point (before commit).
+    pub fn set_label(&mut self, key: &str, value: &str) {
+        self.meta.labels.insert(key.to_string(), value.to_string());
+    }
+
+    /// Give the point the current time (and the id that goes with it).
+    /// A caller that opens the writer before freezing the VM (so the
+    /// freeze never waits for the store's lock) restamps once frozen, so
+    /// the point's time is the freeze instant: everything the VM had
+    /// acknowledged before that time is in the point. Only before the
+    /// first disk is written.
+    pub fn restamp(&mut self) -> Result<(), StoreError> {
+        if !self.disks.is_empty() {
+            return Err(StoreError::PointStarted(self.id.to_string()));
+        }
+        self.id = next_id(&self.store, &self.meta.vm)?;
+        Ok(())
     }
 
     pub fn id(&self) -> &PointId {
@@ -410,5 +416,24 @@ fn read_blocks(
         if tx.send(msg).is_err() || stop {
             return;
         }
+    }
+}
+
+/// The id of a new point of `vm`: now, or just after the newest existing
+/// point (points of a vm are ordered by time: never go back, never
+/// collide). Only the names are read: a damaged manifest must not block
+/// new points.
+fn next_id(store: &Datastore, vm: &str) -> Result<PointId, StoreError> {
+    let now = Utc::now().trunc_subsecs(3);
+    let latest = store
+        .backend()
+        .list(&format!("manifests/{vm}"))?
+        .iter()
+        .filter_map(|o| PointId::from_manifest_path(&o.path))
+        .map(|p| p.time())
+        .max();
+    match latest.filter(|t| *t >= now) {
+        Some(latest) => PointId::new(vm, latest + chrono::Duration::milliseconds(1)),
+        None => PointId::new(vm, now),
     }
 }
