@@ -18,7 +18,7 @@ use standby_types::model::{GroupRecord, Job, PointRecord};
 use crate::controller::Controller;
 use crate::error::ServerError;
 use crate::jobs::spawn_job;
-use crate::restore::{self, state_word};
+use crate::restore;
 use crate::scheduler::start_group_run;
 
 type Ctl = State<Arc<Controller>>;
@@ -89,7 +89,7 @@ async fn sites(State(ctl): Ctl) -> ApiResult<Vec<SiteView>> {
 async fn vm_view(ctl: &Controller, name: &str) -> Result<VmView, ServerError> {
     let record = ctl.repo.vm(name).await?;
     let (state, pid, since, exit) = match ctl.agent(&record.active_host)?.status(name).await {
-        Ok(st) => (state_word(st.state).to_string(), st.pid, st.since, st.exit),
+        Ok(st) => (st.state.to_string(), st.pid, st.since, st.exit),
         Err(e) => ("unknown".to_string(), None, None, Some(e.to_string())),
     };
     let last_point = ctl.repo.points(Some(name)).await?.pop();
@@ -278,14 +278,14 @@ async fn store_prune(
     Path(name): Path<String>,
     body: Option<Json<PruneRequest>>,
 ) -> ApiResult<JobRef> {
-    let store = ctl.store(&name)?;
+    ctl.store(&name)?;
     let dry_run = body.map(|b| b.dry_run).unwrap_or(false);
     // Each VM is pruned by the retention of the groups that write here.
     let policies: Vec<(String, standby_types::Retention)> = ctl
         .cfg
         .groups
         .values()
-        .filter(|g| g.datastores.contains(&name))
+        .filter(|g| g.datastores.contains(&name) && !g.retention.keeps_all())
         .flat_map(|g| g.members.iter().map(|m| (m.clone(), g.retention)))
         .collect();
     let ds = name.clone();
@@ -293,18 +293,7 @@ async fn store_prune(
         let mut kept = Vec::new();
         let mut removed = Vec::new();
         for (vm, policy) in policies {
-            if policy.keeps_all() {
-                continue;
-            }
-            let s = store.clone();
-            let v = vm.clone();
-            let report =
-                tokio::task::spawn_blocking(move || s.prune(&policy, Some(&v), dry_run)).await??;
-            if !dry_run {
-                for r in &report.removed {
-                    ctl.repo.remove_point_copy(&r.to_string(), &ds).await?;
-                }
-            }
+            let report = crate::protect::prune_vm(&ctl, &ds, &vm, policy, dry_run).await?;
             kept.extend(report.kept.iter().map(|p| p.to_string()));
             removed.extend(report.removed.iter().map(|p| p.to_string()));
         }

@@ -9,6 +9,7 @@ use standby_db::{Repo, SqliteRepo};
 use standby_hv::ProcessDriver;
 use standby_store::Datastore;
 use standby_types::config::{Config, DriverKind};
+use standby_types::model::PointRecord;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -210,23 +211,7 @@ impl Controller {
                 if self.repo.point(&id).await.is_ok() {
                     self.repo.add_point_copy(&id, name).await?;
                 } else {
-                    self.repo
-                        .insert_point(&standby_types::model::PointRecord {
-                            id,
-                            vm: m.vm.clone(),
-                            group: m.labels.get("group").cloned(),
-                            site: m.site.clone(),
-                            time: m.time,
-                            consistency: serde_json::to_value(m.consistency)
-                                .ok()
-                                .and_then(|v| v.as_str().map(String::from))
-                                .unwrap_or_else(|| "crash".into()),
-                            size: m.disks.iter().map(|d| d.size).sum(),
-                            bytes_read: 0,
-                            bytes_new: 0,
-                            copies: vec![name.clone()],
-                        })
-                        .await?;
+                    self.repo.insert_point(&point_record(m, name)).await?;
                 }
             }
             for p in self.repo.points(None).await? {
@@ -236,5 +221,26 @@ impl Controller {
             }
         }
         Ok(())
+    }
+}
+
+/// The catalog entry of a point found in `datastore`. What it cost to
+/// take (bytes read, bytes new) is only known to the run that took it.
+pub fn point_record(m: &standby_store::Manifest, datastore: &str) -> PointRecord {
+    PointRecord {
+        id: m.id.to_string(),
+        vm: m.vm.clone(),
+        group: m.labels.get("group").cloned(),
+        site: m.site.clone(),
+        time: m.time,
+        consistency: match m.consistency {
+            standby_store::Consistency::Crash => "crash",
+            standby_store::Consistency::Application => "application",
+        }
+        .to_string(),
+        size: m.disks.iter().map(|d| d.size).sum(),
+        bytes_read: 0,
+        bytes_new: 0,
+        copies: vec![datastore.to_string()],
     }
 }

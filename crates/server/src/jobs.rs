@@ -74,12 +74,17 @@ where
     let kind = kind.to_string();
     let target = target.to_string();
     ctl.tasks.spawn(async move {
+        let stop_flushing = tokio_util::sync::CancellationToken::new();
         let flusher = {
             let (ctl, progress) = (ctl2.clone(), progress.clone());
+            let stop = stop_flushing.clone();
             tokio::spawn(async move {
                 let mut last = None;
                 loop {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
                     let snap = progress.snapshot();
                     if last.as_ref() != Some(&snap) {
                         let (done, total, msg) = &snap;
@@ -96,7 +101,9 @@ where
             Ok(outcome) => outcome,
             Err(e) => Err(ServerError::Internal(format!("the job's task failed: {e}"))),
         };
-        flusher.abort();
+        // Let an update in flight land before the final one.
+        stop_flushing.cancel();
+        let _ = flusher.await;
         if outcome.is_ok() {
             progress.set_message("done");
         }

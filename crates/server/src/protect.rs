@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::json;
 use standby_types::model::PointRecord;
 
-use crate::controller::Controller;
+use crate::controller::{Controller, point_record};
 use crate::error::{ServerError, error_chain};
 use crate::jobs::JobProgress;
 
@@ -85,16 +85,9 @@ async fn protect_vm(
     let id = manifest.id.to_string();
     ctl.repo
         .insert_point(&PointRecord {
-            id: id.clone(),
-            vm: vm.to_string(),
-            group: Some(group.to_string()),
-            site: manifest.site.clone(),
-            time: manifest.time,
-            consistency: "crash".into(),
-            size: stats.size,
             bytes_read: stats.bytes_read,
             bytes_new: stats.bytes_new,
-            copies: vec![source.clone()],
+            ..point_record(&manifest, &source)
         })
         .await?;
     drop(guard);
@@ -123,17 +116,8 @@ async fn protect_vm(
     let mut pruned = 0;
     if !g.retention.keeps_all() {
         for ds in &g.datastores {
-            let Ok(store) = ctl.store(ds) else { continue };
-            let (policy, vmn) = (g.retention, vm.to_string());
-            match tokio::task::spawn_blocking(move || store.prune(&policy, Some(&vmn), false))
-                .await?
-            {
-                Ok(report) => {
-                    for removed in &report.removed {
-                        ctl.repo.remove_point_copy(&removed.to_string(), ds).await?;
-                    }
-                    pruned += report.removed.len();
-                }
+            match prune_vm(ctl, ds, vm, g.retention, false).await {
+                Ok(report) => pruned += report.removed.len(),
                 Err(e) => sync_errors.push(format!("prune {ds}: {}", error_chain(&e))),
             }
         }
@@ -157,4 +141,28 @@ async fn protect_vm(
         "synced": synced,
         "pruned": pruned,
     }))
+}
+
+/// Apply `policy` to `vm`'s points in datastore `ds` and drop the removed
+/// copies from the catalog (a point the catalog never knew is fine).
+pub async fn prune_vm(
+    ctl: &Controller,
+    ds: &str,
+    vm: &str,
+    policy: standby_types::Retention,
+    dry_run: bool,
+) -> Result<standby_store::PruneReport, ServerError> {
+    let store = ctl.store(ds)?;
+    let v = vm.to_string();
+    let report =
+        tokio::task::spawn_blocking(move || store.prune(&policy, Some(&v), dry_run)).await??;
+    if !dry_run {
+        for removed in &report.removed {
+            match ctl.repo.remove_point_copy(&removed.to_string(), ds).await {
+                Ok(()) | Err(standby_db::DbError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(report)
 }

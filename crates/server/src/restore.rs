@@ -35,9 +35,7 @@ async fn refuse_if_running(ctl: &Controller, vm: &str) -> Result<(), ServerError
     if matches!(status.state, VmState::Running | VmState::Frozen) {
         return Err(ServerError::Conflict(format!(
             "vm {vm} is {} at {} (site {}); stop it before restoring (standby never runs two copies)",
-            state_word(status.state),
-            current.active_host,
-            current.active_site
+            status.state, current.active_host, current.active_site
         )));
     }
     Ok(())
@@ -167,13 +165,4 @@ pub async fn run(
         "started": started_vm,
         "skipped": tried,
     }))
-}
-
-pub fn state_word(s: VmState) -> &'static str {
-    match s {
-        VmState::Running => "running",
-        VmState::Stopped => "stopped",
-        VmState::Frozen => "frozen",
-        VmState::Crashed => "crashed",
-    }
 }
