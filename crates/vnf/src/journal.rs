@@ -199,10 +199,19 @@ impl Journal {
                 }
             }
         };
-        self.file
+        let written = self
+            .file
             .write_all_at(&buf, self.tail)
-            .map_err(io("write to"))?;
-        self.file.sync_data().map_err(io("sync"))?;
+            .map_err(io("write to"))
+            .and_then(|()| self.file.sync_data().map_err(io("sync")));
+        if let Err(e) = written {
+            // The caller answers with an error: a record that reached the
+            // page cache must not be replayed (or captured by a point) as if
+            // it had been acknowledged. Best effort: the write may be what
+            // failed.
+            let _ = self.file.write_all_at(&vec![0; buf.len()], self.tail);
+            return Err(e);
+        }
         self.tail = end;
         self.last_seq += payloads.len() as u64;
         Ok(first)
