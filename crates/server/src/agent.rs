@@ -203,20 +203,53 @@ impl Agent {
             let manifest = store.load_manifest(&point)?;
             let total = manifest.disks.iter().map(|d| d.size).sum();
             progress.stage(format!("{vm}: restoring disks"), total);
+            if let Some((name, _)) = disks
+                .iter()
+                .find(|(name, _)| !manifest.disks.iter().any(|d| &d.name == name))
+            {
+                return Err(ServerError::Conflict(format!(
+                    "point {point} has no disk '{name}' of vm {vm}"
+                )));
+            }
+            // All disks or none: each is restored beside its final name and
+            // only renamed into place once every one of them is complete,
+            // so a failure never leaves a mix of old and restored disks.
+            let staged = |path: &PathBuf| {
+                let mut p = path.clone().into_os_string();
+                p.push(".restoring");
+                PathBuf::from(p)
+            };
             let mut bytes = 0;
-            for (name, path) in &disks {
-                if !manifest.disks.iter().any(|d| &d.name == name) {
-                    return Err(ServerError::Conflict(format!(
-                        "point {point} has no disk '{name}' of vm {vm}"
-                    )));
+            let mut done = Vec::new();
+            let result = (|| -> Result<(), ServerError> {
+                for (name, path) in &disks {
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| {
+                            ServerError::Internal(format!(
+                                "unable to create {}: {e}",
+                                parent.display()
+                            ))
+                        })?;
+                    }
+                    let s = store.restore_disk(&point, name, &staged(path), progress.as_ref())?;
+                    done.push(path.clone());
+                    bytes += s.size;
                 }
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        ServerError::Internal(format!("unable to create {}: {e}", parent.display()))
-                    })?;
+                Ok(())
+            })();
+            if let Err(e) = result {
+                for path in &done {
+                    let _ = std::fs::remove_file(staged(path));
                 }
-                let s = store.restore_disk(&point, name, path, progress.as_ref())?;
-                bytes += s.size;
+                return Err(e);
+            }
+            for path in &done {
+                std::fs::rename(staged(path), path).map_err(|e| {
+                    ServerError::Internal(format!(
+                        "unable to move the restored disk into place at {}: {e}",
+                        path.display()
+                    ))
+                })?;
             }
             Ok(bytes)
         })

@@ -35,6 +35,8 @@ pub struct LabOptions {
     pub disk_size: &'static str,
     pub retention: &'static str,
     pub schedule: &'static str,
+    /// Appended to the configuration (e.g. more disks for pbx1).
+    pub extra: &'static str,
 }
 
 impl Default for LabOptions {
@@ -44,6 +46,7 @@ impl Default for LabOptions {
             disk_size: "16MiB",
             retention: "keep_last = 10",
             schedule: "every 1h",
+            extra: "",
         }
     }
 }
@@ -95,10 +98,12 @@ schedule = "{schedule}"
 datastores = ["site1-store", "site2-store"]
 [groups.gold.retention]
 {retention}
+{extra}
 "#,
             disk = opts.disk_size,
             schedule = opts.schedule,
             retention = opts.retention,
+            extra = opts.extra,
         );
         let cfg = dir.path().join("standby.toml");
         std::fs::write(&cfg, text).unwrap();

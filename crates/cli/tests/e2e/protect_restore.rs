@@ -262,3 +262,68 @@ fn controller_killed_mid_point_leaves_no_partial_point_and_next_run_succeeds() {
         "the workload survived stop"
     );
 }
+
+/// A VM's disks are restored all or none: when one disk cannot be
+/// restored, the disks restored before it are not left in place either.
+#[test]
+fn a_failed_restore_leaves_no_disk_of_the_vm_behind() {
+    let lab = Lab::new(LabOptions {
+        vm: Some("command = \"sleep\"\nargs = [\"600\"]".into()),
+        extra: "[[vms.pbx1.disks]]\nname = \"logs\"\nsize = \"8MiB\"",
+        ..LabOptions::default()
+    });
+    // `data` stays all zeros (nothing stored); `logs` holds random data,
+    // so any damage in the store hits `logs`, restored second.
+    let logs = lab.path("site1/disks/pbx1/logs.img");
+    lab.json(&["vm", "start", "pbx1"]);
+    let mut x: u64 = 0xdead_beef_cafe_f00d;
+    let bytes: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&logs, &bytes).unwrap();
+    lab.json(&["vm", "stop", "pbx1"]);
+    lab.json(&["protect", "run", "gold"]);
+    let id = points(&lab)[0]["id"].as_str().unwrap().to_string();
+
+    for pack in files_under(&lab.path("site2/store"), "pack") {
+        let mut b = std::fs::read(&pack).unwrap();
+        let last = b.len() - 100;
+        b[last] ^= 0x01;
+        std::fs::write(&pack, &b).unwrap();
+    }
+    let err = lab.fails(&[
+        "restore",
+        &id,
+        "--site",
+        "site2",
+        "--from",
+        "site2-store",
+        "--no-start",
+    ]);
+    assert!(err.contains("logs"), "{err}");
+    for disk in ["data", "logs"] {
+        let p = lab.path(&format!("site2/disks/pbx1/{disk}.img"));
+        assert!(!p.exists(), "{disk} was left behind by a failed restore");
+    }
+    // The intact copy restores both.
+    lab.json(&[
+        "restore",
+        &id,
+        "--site",
+        "site2",
+        "--from",
+        "site1-store",
+        "--no-start",
+    ]);
+    assert_eq!(
+        std::fs::read(lab.path("site2/disks/pbx1/logs.img")).unwrap(),
+        bytes
+    );
+    let data = std::fs::read(lab.path("site2/disks/pbx1/data.img")).unwrap();
+    assert!(data.len() == 16 << 20 && data.iter().all(|b| *b == 0));
+}
