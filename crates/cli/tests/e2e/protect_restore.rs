@@ -1,9 +1,8 @@
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Lab, LabOptions, files_under};
+use crate::harness::{Lab, LabOptions, files_under, write_random};
 
 fn points(lab: &Lab) -> Vec<Value> {
     lab.json(&["points", "list", "pbx1"])
@@ -188,19 +187,7 @@ fn controller_killed_mid_point_leaves_no_partial_point_and_next_run_succeeds() {
     // A disk of incompressible data, so the point takes a while.
     let disk = lab.path("site1/disks/pbx1/data.img");
     std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
-    let mut f = std::fs::File::create(&disk).unwrap();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..768 {
-        for c in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all(&buf).unwrap();
-    }
-    drop(f);
+    write_random(&disk, 768 << 20);
     let vm = lab.json(&["vm", "start", "pbx1"]);
     let pid = vm["pid"].as_u64().unwrap();
 
@@ -276,16 +263,8 @@ fn a_failed_restore_leaves_no_disk_of_the_vm_behind() {
     // so any damage in the store hits `logs`, restored second.
     let logs = lab.path("site1/disks/pbx1/logs.img");
     lab.json(&["vm", "start", "pbx1"]);
-    let mut x: u64 = 0xdead_beef_cafe_f00d;
-    let bytes: Vec<u8> = (0..8 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(&logs, &bytes).unwrap();
+    write_random(&logs, 8 << 20);
+    let bytes = std::fs::read(&logs).unwrap();
     lab.json(&["vm", "stop", "pbx1"]);
     lab.json(&["protect", "run", "gold"]);
     let id = points(&lab)[0]["id"].as_str().unwrap().to_string();
