@@ -436,17 +436,31 @@ fn record_pid(path: &Path, pid: u32) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// State letter and kernel start time (clock ticks since boot) of `pid`,
-/// from `/proc/<pid>/stat`; None when there is no such process.
-fn proc_state(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// What standby needs from a `/proc/.../stat` file.
+struct ProcStat {
+    state: char,
+    pgrp: u32,
+    /// Kernel start time (clock ticks since boot): with the pid, it names
+    /// one process even after pids are reused.
+    start: u64,
+}
+
+fn read_stat(path: &Path) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command (which may hold spaces) in parentheses:
-    // state is field 3, starttime field 22.
+    // state is field 3, pgrp field 5, starttime field 22.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// State letter and start time of `pid`; None when there is no such process.
+fn proc_state(pid: u32) -> Option<(char, u64)> {
+    read_stat(Path::new(&format!("/proc/{pid}/stat"))).map(|s| (s.state, s.start))
 }
 
 /// True when no thread of any process of group `pgid` is runnable: each
@@ -456,45 +470,33 @@ fn group_stopped(pgid: u32) -> bool {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return true;
     };
-    let stopped = |state: &str| matches!(state, "T" | "t" | "Z" | "X");
+    let stopped = |state: char| matches!(state, 'T' | 't' | 'Z' | 'X');
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let Some((state, pgrp)) = stat_fields(&format!("/proc/{pid}/stat")) else {
+        let Some(stat) = read_stat(Path::new(&format!("/proc/{pid}/stat"))) else {
             continue;
         };
-        if pgrp != pgid {
+        if stat.pgrp != pgid {
             continue;
         }
-        if !stopped(&state) {
+        if !stopped(stat.state) {
             return false;
         }
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
         for task in tasks.flatten() {
-            if let Some((st, _)) = stat_fields(&task.path().join("stat").to_string_lossy())
-                && !stopped(&st)
+            if let Some(st) = read_stat(&task.path().join("stat"))
+                && !stopped(st.state)
             {
                 return false;
             }
         }
     }
     true
-}
-
-/// State and process group of a `/proc/.../stat` file.
-fn stat_fields(path: &str) -> Option<(String, u32)> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // Fields after the command (which may hold spaces) in parentheses:
-    // state, ppid, pgrp, ...
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.to_string();
-    let pgrp = fields.nth(1)?.parse().ok()?;
-    Some((state, pgrp))
 }
 
 fn send(vm: &str, pgid: u32, signal: Signal) -> Result<(), HvError> {
