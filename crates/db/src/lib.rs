@@ -42,6 +42,7 @@
 
 mod error;
 mod sqlite;
+mod watch;
 
 use chrono::{DateTime, Utc};
 use standby_types::config::Config;
@@ -51,6 +52,7 @@ use standby_types::model::{
 
 pub use error::DbError;
 pub use sqlite::SqliteRepo;
+pub use watch::{AlertQuery, EventQuery, WatchRepo};
 
 /// Error text a job gets when the controller stopped while it was queued
 /// or running.

@@ -20,6 +20,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::Retention;
+use crate::watch::{
+    CONTROLLER_VANTAGE, Labels, ProbeCheck, ProbeSpec, ReceiverConfig, RouteConfig,
+};
 
 /// Default TCP address of the controller's HTTP API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7780";
@@ -39,6 +42,19 @@ pub struct Config {
     pub vms: BTreeMap<String, Vm>,
     #[serde(default)]
     pub groups: BTreeMap<String, Group>,
+    /// Agents that run as their own process (`standby agent`), usually at
+    /// another site, as vantage points and heartbeat sources.
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentConfig>,
+    /// Network probes (TCP, HTTP, UDP, SIP) and where they run from.
+    #[serde(default)]
+    pub probes: BTreeMap<String, ProbeConfig>,
+    /// Where notifications go.
+    #[serde(default)]
+    pub receivers: BTreeMap<String, ReceiverConfig>,
+    /// Which alerts go to which receivers, first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +66,17 @@ pub struct Controller {
     /// Where the controller keeps its database, logs and VM work files.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Rule files (YAML) read in addition to the built-in rules; they are
+    /// re-read when they change, and a broken file keeps the previous rules.
+    #[serde(default)]
+    pub rules: Vec<PathBuf>,
+    /// Load the rules shipped with standby (VNF, VM, host and site down,
+    /// RPO missed).
+    #[serde(default = "yes")]
+    pub builtin_rules: bool,
+    /// How long events are kept.
+    #[serde(default = "default_events_retention", with = "duration_str")]
+    pub events_retention: Duration,
 }
 
 impl Default for Controller {
@@ -57,7 +84,134 @@ impl Default for Controller {
         Controller {
             listen: default_listen(),
             data_dir: default_data_dir(),
+            rules: Vec::new(),
+            builtin_rules: true,
+            events_retention: default_events_retention(),
         }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_events_retention() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// `[agents.NAME]`: a `standby agent` process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub site: String,
+    /// The host the agent runs on, if it is a hypervisor host's agent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// How often the agent reports; it is missed after three intervals.
+    #[serde(default = "default_heartbeat", with = "duration_str")]
+    pub heartbeat: Duration,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// `[probes.NAME]`: a network check, run from one or more vantage points.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// `tcp`, `http`, `udp` or `sip`.
+    pub kind: String,
+    /// `host:port` for tcp, udp and sip.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// For http.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// For http: the expected status (default any 2xx).
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// For http: text the body must contain.
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    /// For udp: the datagram sent.
+    #[serde(default)]
+    pub send: Option<String>,
+    /// For udp: text the answer must contain.
+    #[serde(default)]
+    pub expect: Option<String>,
+    #[serde(default = "default_probe_interval", with = "duration_str")]
+    pub interval: Duration,
+    #[serde(default = "default_probe_timeout", with = "duration_str")]
+    pub timeout: Duration,
+    /// A run fails only when every attempt fails.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Vantage points: `controller` or `agent:NAME`.
+    #[serde(default = "default_from")]
+    pub from: Vec<String>,
+    /// What the probe is about: `site`, `host`, `vm`, `scope`, ...
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_attempts() -> u32 {
+    1
+}
+
+fn default_from() -> Vec<String> {
+    vec![CONTROLLER_VANTAGE.to_string()]
+}
+
+impl ProbeConfig {
+    /// The check this probe makes, or what is missing.
+    pub fn check(&self) -> Result<ProbeCheck, (&'static str, String)> {
+        let need = |v: &Option<String>, f: &'static str| {
+            v.clone()
+                .ok_or((f, format!("a {} probe needs '{f}'", self.kind)))
+        };
+        match self.kind.as_str() {
+            "tcp" => Ok(ProbeCheck::Tcp {
+                target: need(&self.target, "target")?,
+            }),
+            "http" => Ok(ProbeCheck::Http {
+                url: need(&self.url, "url")?,
+                status: self.status,
+                body_contains: self.body_contains.clone(),
+            }),
+            "udp" => Ok(ProbeCheck::Udp {
+                target: need(&self.target, "target")?,
+                send: need(&self.send, "send")?,
+                expect: self.expect.clone(),
+            }),
+            "sip" => Ok(ProbeCheck::Sip {
+                target: need(&self.target, "target")?,
+            }),
+            other => Err((
+                "kind",
+                format!("unknown probe kind '{other}' (expected tcp, http, udp or sip)"),
+            )),
+        }
+    }
+
+    /// The spec a vantage point runs.
+    pub fn spec(&self, name: &str) -> Option<ProbeSpec> {
+        Some(ProbeSpec {
+            name: name.to_string(),
+            check: self.check().ok()?,
+            interval: self.interval,
+            timeout: self.timeout,
+            attempts: self.attempts.max(1),
+            labels: self.labels.clone(),
+        })
     }
 }
 
@@ -291,7 +445,7 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-mod duration_str {
+pub(crate) mod duration_str {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
@@ -305,7 +459,7 @@ mod duration_str {
     }
 }
 
-mod opt_duration_str {
+pub(crate) mod opt_duration_str {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
@@ -432,6 +586,17 @@ impl Config {
             }
         };
         abs(&mut self.controller.data_dir);
+        self.controller.rules.iter_mut().for_each(abs);
+        for r in self.receivers.values_mut() {
+            match r {
+                ReceiverConfig::Webhook { secret_file, .. } => {
+                    secret_file.iter_mut().for_each(abs);
+                }
+                ReceiverConfig::Smtp { password_file, .. } => {
+                    password_file.iter_mut().for_each(abs);
+                }
+            }
+        }
         self.hosts.values_mut().for_each(|h| abs(&mut h.disk_dir));
         self.datastores.values_mut().for_each(|d| abs(&mut d.path));
     }
@@ -573,6 +738,143 @@ impl Config {
                         g.chunk_size
                     ),
                 ));
+            }
+        }
+        self.validate_watch()
+    }
+
+    fn validate_watch(&self) -> Result<(), (Vec<String>, String)> {
+        let p = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (name, a) in &self.agents {
+            if !self.sites.contains_key(&a.site) {
+                return Err((
+                    p(&["agents", name, "site"]),
+                    format!("unknown site '{}'", a.site),
+                ));
+            }
+            if let Some(h) = &a.host {
+                match self.hosts.get(h) {
+                    None => {
+                        return Err((p(&["agents", name, "host"]), format!("unknown host '{h}'")));
+                    }
+                    Some(host) if host.site != a.site => {
+                        return Err((
+                            p(&["agents", name, "host"]),
+                            format!("host '{h}' is at site '{}', not '{}'", host.site, a.site),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            if a.heartbeat < Duration::from_millis(100) {
+                return Err((
+                    p(&["agents", name, "heartbeat"]),
+                    "a heartbeat interval below 100ms would flood the controller".into(),
+                ));
+            }
+        }
+        for (name, pr) in &self.probes {
+            if let Err((field, msg)) = pr.check() {
+                return Err((p(&["probes", name, field]), msg));
+            }
+            if pr.interval < Duration::from_millis(100) {
+                return Err((
+                    p(&["probes", name, "interval"]),
+                    "a probe interval must be at least 100ms".into(),
+                ));
+            }
+            if pr.timeout.is_zero() || pr.timeout > pr.interval.max(Duration::from_secs(1)) * 10 {
+                return Err((
+                    p(&["probes", name, "timeout"]),
+                    "a probe timeout must be above zero and at most ten intervals".into(),
+                ));
+            }
+            if pr.attempts == 0 || pr.attempts > 10 {
+                return Err((
+                    p(&["probes", name, "attempts"]),
+                    "attempts must be from 1 to 10".into(),
+                ));
+            }
+            if pr.from.is_empty() {
+                return Err((
+                    p(&["probes", name, "from"]),
+                    "a probe needs at least one vantage point".into(),
+                ));
+            }
+            for (i, v) in pr.from.iter().enumerate() {
+                let known = v == CONTROLLER_VANTAGE
+                    || v
+                        .strip_prefix("agent:")
+                        .is_some_and(|a| self.agents.contains_key(a));
+                if !known {
+                    return Err((
+                        p(&["probes", name, "from", &i.to_string()]),
+                        format!("unknown vantage point '{v}' (expected 'controller' or 'agent:NAME' of a declared agent)"),
+                    ));
+                }
+            }
+            for (key, table) in [
+                ("site", self.sites.keys().collect::<Vec<_>>()),
+                ("host", self.hosts.keys().collect()),
+                ("vm", self.vms.keys().collect()),
+            ] {
+                if let Some(v) = pr.labels.get(key) {
+                    if !table.iter().any(|k| *k == v) {
+                        return Err((
+                            p(&["probes", name, "labels", key]),
+                            format!("unknown {key} '{v}'"),
+                        ));
+                    }
+                }
+            }
+            for reserved in ["probe", "kind", "vantage"] {
+                if pr.labels.contains_key(reserved) {
+                    return Err((
+                        p(&["probes", name, "labels", reserved]),
+                        format!("label '{reserved}' is set by standby"),
+                    ));
+                }
+            }
+        }
+        for (name, r) in &self.receivers {
+            if let ReceiverConfig::Webhook { url, .. } = r {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err((
+                        p(&["receivers", name, "url"]),
+                        format!("'{url}' is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            if let ReceiverConfig::Smtp { to, .. } = r {
+                if to.is_empty() {
+                    return Err((
+                        p(&["receivers", name, "to"]),
+                        "a mail receiver needs at least one address".into(),
+                    ));
+                }
+            }
+            if r.max_attempts() == 0 {
+                return Err((
+                    p(&["receivers", name, "max_attempts"]),
+                    "max_attempts must be at least 1".into(),
+                ));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let idx = i.to_string();
+            if r.receivers.is_empty() {
+                return Err((
+                    p(&["routes", &idx, "receivers"]),
+                    "a route needs at least one receiver".into(),
+                ));
+            }
+            for (j, rc) in r.receivers.iter().enumerate() {
+                if !self.receivers.contains_key(rc) {
+                    return Err((
+                        p(&["routes", &idx, "receivers", &j.to_string()]),
+                        format!("unknown receiver '{rc}'"),
+                    ));
+                }
             }
         }
         Ok(())

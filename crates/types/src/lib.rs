@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod model;
+pub mod watch;
 mod retention;
 
 pub use retention::Retention;
