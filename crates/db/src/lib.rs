@@ -15,6 +15,11 @@
 //! - `points` + `point_copies`: the catalog of recovery points and the
 //!   datastores holding a complete copy, in the order they got it.
 //! - `jobs`: long work and its progress, ids increasing and never reused.
+//! - `events`, `alerts`, `silences`, `incidents` + `incident_timeline`,
+//!   `deliveries`: the watch side ([`WatchRepo`]). Labels are JSON text
+//!   matched after reading, so the SQL stays portable; an alert row is one
+//!   firing (a fingerprint firing again gets a new row); a delivery keeps
+//!   its payload until `delivered` or `failed`.
 //!
 //! # Invariants
 //!

@@ -19,6 +19,8 @@ use standby_types::model::{
 use crate::error::query;
 use crate::{DbError, INTERRUPTED, Repo};
 
+mod watch;
+
 /// Connections of a file database: WAL lets readers run beside the one
 /// writer.
 const MAX_CONNECTIONS: u32 = 4;
@@ -883,3 +885,5 @@ fn parse_ts(s: &str, col: &str) -> Result<DateTime<Utc>, DbError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod watch_tests;
