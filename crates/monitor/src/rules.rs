@@ -10,8 +10,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use standby_types::watch::{Labels, Severity};
 
 /// The rules shipped with standby; see `rules/builtin.yaml`.
@@ -254,7 +254,11 @@ struct RawTemplate {
 
 /// Parses a scalar inside the deserializer's visit, so a failure carries
 /// the scalar's own line and column.
-fn parse_scalar<'de, D, T>(d: D, what: &'static str, f: fn(&str) -> Result<T, String>) -> Result<T, D::Error>
+fn parse_scalar<'de, D, T>(
+    d: D,
+    what: &'static str,
+    f: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
 {
@@ -405,8 +409,7 @@ fn locate(src: &str, path: &[Seg]) -> Option<(usize, usize)> {
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
@@ -445,7 +448,9 @@ fn from_yaml_error(file: &Path, e: serde_norway::Error) -> RuleError {
         }
     }
     let (path, message) = match msg.split_once(": ") {
-        Some((p, m)) if !p.contains(char::is_whitespace) && p != "." => (p.to_owned(), m.to_owned()),
+        Some((p, m)) if !p.contains(char::is_whitespace) && p != "." => {
+            (p.to_owned(), m.to_owned())
+        }
         _ => (String::new(), msg),
     };
     RuleError {
@@ -504,7 +509,8 @@ impl RuleSet {
         let mut rules: Vec<Rule> = Vec::new();
         for (i, r) in raw.rules.into_iter().enumerate() {
             let at = |field: &str| vec![key("rules"), Seg::Index(i), key(field)];
-            let cond_at = |field: &str| vec![key("rules"), Seg::Index(i), key("condition"), key(field)];
+            let cond_at =
+                |field: &str| vec![key("rules"), Seg::Index(i), key("condition"), key(field)];
             if !valid_name(&r.name) {
                 return Err(cx.err(
                     &at("name"),
@@ -521,10 +527,15 @@ impl RuleSet {
             let condition = match (c.probe, c.event) {
                 (Some(matchers), None) => {
                     if c.count.is_some() {
-                        return Err(cx.err(&cond_at("count"), "count applies to event conditions only"));
+                        return Err(
+                            cx.err(&cond_at("count"), "count applies to event conditions only")
+                        );
                     }
                     if c.within.is_some() {
-                        return Err(cx.err(&cond_at("within"), "within applies to event conditions only"));
+                        return Err(cx.err(
+                            &cond_at("within"),
+                            "within applies to event conditions only",
+                        ));
                     }
                     let min = c.min_vantage_points.unwrap_or(1);
                     if min < 1 {
@@ -561,7 +572,10 @@ impl RuleSet {
                     })
                 }
                 (Some(_), Some(_)) => {
-                    return Err(cx.err(&cond_at("event"), "a condition has 'probe' or 'event', not both"));
+                    return Err(cx.err(
+                        &cond_at("event"),
+                        "a condition has 'probe' or 'event', not both",
+                    ));
                 }
                 (None, None) => {
                     return Err(cx.err(&at("condition"), "a condition needs 'probe' or 'event'"));
@@ -627,7 +641,9 @@ impl RuleSet {
                         file,
                         at: None,
                         path: format!("incident_templates.{name}"),
-                        message: format!("incident template '{name}' is defined twice, differently"),
+                        message: format!(
+                            "incident template '{name}' is defined twice, differently"
+                        ),
                     });
                 }
             }
@@ -671,9 +687,20 @@ mod tests {
     fn builtin_parses() {
         let rs = RuleSet::builtin();
         let names: Vec<_> = rs.rules.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["vnf-down", "vm-crashed", "host-down", "site-down", "rpo-missed"]);
+        assert_eq!(
+            names,
+            [
+                "vnf-down",
+                "vm-crashed",
+                "host-down",
+                "site-down",
+                "rpo-missed"
+            ]
+        );
         let site = rs.rule("site-down").unwrap();
-        let Condition::Probe(p) = &site.condition else { panic!() };
+        let Condition::Probe(p) = &site.condition else {
+            panic!()
+        };
         assert_eq!(p.min_vantage_points, 2);
         assert_eq!(site.for_, Duration::from_secs(2));
         assert_eq!(site.clear_for, Duration::from_secs(5));
@@ -704,7 +731,10 @@ rules:
       probe: { kind: tcp }
     severity: warning
 ";
-        assert_eq!(err(src), "rules/x.yaml:7:10: rules[1].for: bad duration 'soon'");
+        assert_eq!(
+            err(src),
+            "rules/x.yaml:7:10: rules[1].for: bad duration 'soon'"
+        );
     }
 
     #[test]
@@ -734,7 +764,10 @@ rules:
     fro: 2s
 ";
         let e = err(src);
-        assert!(e.starts_with("rules/x.yaml:6:5: rules[0]: unknown field `fro`"), "{e}");
+        assert!(
+            e.starts_with("rules/x.yaml:6:5: rules[0]: unknown field `fro`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -752,19 +785,37 @@ rules:
     #[test]
     fn duplicate_names_and_bad_values() {
         let dup = format!("{GOOD}{}", &GOOD["rules:\n".len()..]);
-        assert_eq!(err(&dup), "rules/x.yaml:6:11: rules[1].name: duplicate rule 'a' (also rules[0])");
+        assert_eq!(
+            err(&dup),
+            "rules/x.yaml:6:11: rules[1].name: duplicate rule 'a' (also rules[0])"
+        );
 
-        let src = GOOD.replace("probe: { kind: tcp }", "probe: { kind: tcp }\n      min_vantage_points: 0");
+        let src = GOOD.replace(
+            "probe: { kind: tcp }",
+            "probe: { kind: tcp }\n      min_vantage_points: 0",
+        );
         assert_eq!(
             err(&src),
             "rules/x.yaml:5:27: rules[0].condition.min_vantage_points: must be at least 1"
         );
 
-        let src = GOOD.replace("probe: { kind: tcp }", "event: { kind: x }\n      count: 0\n      within: 10s");
-        assert_eq!(err(&src), "rules/x.yaml:5:14: rules[0].condition.count: must be at least 1");
+        let src = GOOD.replace(
+            "probe: { kind: tcp }",
+            "event: { kind: x }\n      count: 0\n      within: 10s",
+        );
+        assert_eq!(
+            err(&src),
+            "rules/x.yaml:5:14: rules[0].condition.count: must be at least 1"
+        );
 
-        let src = GOOD.replace("probe: { kind: tcp }", "event: { kind: x }\n      within: 0s");
-        assert_eq!(err(&src), "rules/x.yaml:5:15: rules[0].condition.within: must be more than 0s");
+        let src = GOOD.replace(
+            "probe: { kind: tcp }",
+            "event: { kind: x }\n      within: 0s",
+        );
+        assert_eq!(
+            err(&src),
+            "rules/x.yaml:5:15: rules[0].condition.within: must be more than 0s"
+        );
 
         let src = format!("{GOOD}    annotations:\n      summary: \"{{{{ labels.vm \"\n");
         let e = err(&src);
@@ -774,7 +825,10 @@ rules:
         );
 
         let e = err(&GOOD.replace("name: a", "name: Bad_Name"));
-        assert_eq!(e, "rules/x.yaml:2:11: rules[0].name: bad rule name 'Bad_Name' (use a-z, 0-9 and -)");
+        assert_eq!(
+            e,
+            "rules/x.yaml:2:11: rules[0].name: bad rule name 'Bad_Name' (use a-z, 0-9 and -)"
+        );
     }
 
     #[test]
@@ -795,9 +849,14 @@ rules:
             Path::new("x"),
         )
         .unwrap();
-        let Condition::Probe(p) = &rs.rules[0].condition else { panic!() };
+        let Condition::Probe(p) = &rs.rules[0].condition else {
+            panic!()
+        };
         assert_eq!(p.matchers.0["scope"], ["vm", "service"]);
         assert_eq!(p.matchers.0["kind"], ["sip"]);
-        assert_eq!(RuleSet::parse("# nothing\n", Path::new("x")).unwrap(), RuleSet::default());
+        assert_eq!(
+            RuleSet::parse("# nothing\n", Path::new("x")).unwrap(),
+            RuleSet::default()
+        );
     }
 }
