@@ -298,7 +298,8 @@ impl Evaluator {
                 t
             })
             .collect();
-        let rules = self.rules.rules.clone();
+        // Taken out for the loop (the loop needs `&mut self`), put back after.
+        let rules = std::mem::take(&mut self.rules.rules);
         for rule in &rules {
             let truths = match &rule.condition {
                 Condition::Probe(c) => self.probe_truths(c, now),
@@ -311,10 +312,8 @@ impl Evaluator {
             for key in keys {
                 let mut truth = truths.get(&key).copied().unwrap_or(Truth::Unknown);
                 let slot = groups.remove(&key);
-                if let Some(s) = &slot {
-                    if truth == Truth::Unknown && s.orphaned {
-                        truth = Truth::False;
-                    }
+                if truth == Truth::Unknown && slot.as_ref().is_some_and(|s| s.orphaned) {
+                    truth = Truth::False;
                 }
                 let orphaned =
                     slot.as_ref().is_some_and(|s| s.orphaned) && !truths.contains_key(&key);
@@ -363,6 +362,7 @@ impl Evaluator {
                 self.slots.insert(rule.name.clone(), groups);
             }
         }
+        self.rules.rules = rules;
         out
     }
 

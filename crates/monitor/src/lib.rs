@@ -14,7 +14,9 @@
 //! # Evaluation semantics
 //! - A probe result is fresh while `now - at <= stale_after`. Stale
 //!   results are no evidence either way: they neither start nor resolve
-//!   an alert (an alert whose probe is forgotten can resolve).
+//!   an alert, and a pending group without fresh evidence lapses. An
+//!   alert restored after a restart keeps firing until fresh results say
+//!   otherwise; one whose probe was forgotten can resolve.
 //! - Probe condition, per group key (the `group_by` label values; a
 //!   missing label counts as ""): a vantage point *agrees* when it has at
 //!   least one fresh matching result and all of them fail. One good

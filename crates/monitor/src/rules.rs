@@ -442,10 +442,10 @@ impl Ctx<'_> {
 fn from_yaml_error(file: &Path, e: serde_norway::Error) -> RuleError {
     let at = e.location().map(|l| (l.line(), l.column()));
     let mut msg = e.to_string();
-    if let Some((line, col)) = at {
-        if let Some(stripped) = msg.strip_suffix(&format!(" at line {line} column {col}")) {
-            msg = stripped.to_owned();
-        }
+    if let Some((line, col)) = at
+        && let Some(stripped) = msg.strip_suffix(&format!(" at line {line} column {col}"))
+    {
+        msg = stripped.to_owned();
     }
     let (path, message) = match msg.split_once(": ") {
         Some((p, m)) if !p.contains(char::is_whitespace) && p != "." => {
@@ -586,10 +586,10 @@ impl RuleSet {
                 p.push(key(k));
                 check_template(v).map_err(|m| cx.err(&p, m))?;
             }
-            if let Some(t) = &r.incident {
-                if !templates.contains_key(t) {
-                    return Err(cx.err(&at("incident"), format!("unknown incident template '{t}'")));
-                }
+            if let Some(t) = &r.incident
+                && !templates.contains_key(t)
+            {
+                return Err(cx.err(&at("incident"), format!("unknown incident template '{t}'")));
             }
             let rule_at = locate(src, &[key("rules"), Seg::Index(i), key("name")]);
             rules.push(Rule {
@@ -634,18 +634,16 @@ impl RuleSet {
     pub fn merge(a: RuleSet, b: RuleSet) -> Result<RuleSet, RuleError> {
         let mut out = a;
         for (name, t) in b.incident_templates {
-            if let Some(old) = out.incident_templates.get(&name) {
-                if old != &t {
-                    let file = b.rules.first().map(|r| r.file.clone()).unwrap_or_default();
-                    return Err(RuleError {
-                        file,
-                        at: None,
-                        path: format!("incident_templates.{name}"),
-                        message: format!(
-                            "incident template '{name}' is defined twice, differently"
-                        ),
-                    });
-                }
+            if let Some(old) = out.incident_templates.get(&name)
+                && old != &t
+            {
+                let file = b.rules.first().map(|r| r.file.clone()).unwrap_or_default();
+                return Err(RuleError {
+                    file,
+                    at: None,
+                    path: format!("incident_templates.{name}"),
+                    message: format!("incident template '{name}' is defined twice, differently"),
+                });
             }
             out.incident_templates.insert(name, t);
         }
