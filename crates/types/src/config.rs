@@ -803,13 +803,14 @@ impl Config {
             }
             for (i, v) in pr.from.iter().enumerate() {
                 let known = v == CONTROLLER_VANTAGE
-                    || v
-                        .strip_prefix("agent:")
+                    || v.strip_prefix("agent:")
                         .is_some_and(|a| self.agents.contains_key(a));
                 if !known {
                     return Err((
                         p(&["probes", name, "from", &i.to_string()]),
-                        format!("unknown vantage point '{v}' (expected 'controller' or 'agent:NAME' of a declared agent)"),
+                        format!(
+                            "unknown vantage point '{v}' (expected 'controller' or 'agent:NAME' of a declared agent)"
+                        ),
                     ));
                 }
             }
@@ -818,13 +819,13 @@ impl Config {
                 ("host", self.hosts.keys().collect()),
                 ("vm", self.vms.keys().collect()),
             ] {
-                if let Some(v) = pr.labels.get(key) {
-                    if !table.iter().any(|k| *k == v) {
-                        return Err((
-                            p(&["probes", name, "labels", key]),
-                            format!("unknown {key} '{v}'"),
-                        ));
-                    }
+                if let Some(v) = pr.labels.get(key)
+                    && !table.contains(&v)
+                {
+                    return Err((
+                        p(&["probes", name, "labels", key]),
+                        format!("unknown {key} '{v}'"),
+                    ));
                 }
             }
             for reserved in ["probe", "kind", "vantage"] {
@@ -837,21 +838,21 @@ impl Config {
             }
         }
         for (name, r) in &self.receivers {
-            if let ReceiverConfig::Webhook { url, .. } = r {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err((
-                        p(&["receivers", name, "url"]),
-                        format!("'{url}' is not an http:// or https:// URL"),
-                    ));
-                }
+            if let ReceiverConfig::Webhook { url, .. } = r
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err((
+                    p(&["receivers", name, "url"]),
+                    format!("'{url}' is not an http:// or https:// URL"),
+                ));
             }
-            if let ReceiverConfig::Smtp { to, .. } = r {
-                if to.is_empty() {
-                    return Err((
-                        p(&["receivers", name, "to"]),
-                        "a mail receiver needs at least one address".into(),
-                    ));
-                }
+            if let ReceiverConfig::Smtp { to, .. } = r
+                && to.is_empty()
+            {
+                return Err((
+                    p(&["receivers", name, "to"]),
+                    "a mail receiver needs at least one address".into(),
+                ));
             }
             if r.max_attempts() == 0 {
                 return Err((

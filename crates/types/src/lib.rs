@@ -8,7 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod model;
-pub mod watch;
 mod retention;
+pub mod watch;
 
 pub use retention::Retention;

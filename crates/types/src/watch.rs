@@ -341,7 +341,10 @@ pub enum ReceiverConfig {
         /// File holding the HMAC secret (trailing newline ignored).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret_file: Option<std::path::PathBuf>,
-        #[serde(default = "default_receiver_timeout", with = "crate::config::duration_str")]
+        #[serde(
+            default = "default_receiver_timeout",
+            with = "crate::config::duration_str"
+        )]
         timeout: Duration,
         #[serde(default = "default_max_attempts")]
         max_attempts: u32,
@@ -361,7 +364,10 @@ pub enum ReceiverConfig {
         password_env: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password_file: Option<std::path::PathBuf>,
-        #[serde(default = "default_receiver_timeout", with = "crate::config::duration_str")]
+        #[serde(
+            default = "default_receiver_timeout",
+            with = "crate::config::duration_str"
+        )]
         timeout: Duration,
         #[serde(default = "default_max_attempts")]
         max_attempts: u32,
@@ -371,9 +377,8 @@ pub enum ReceiverConfig {
 impl ReceiverConfig {
     pub fn max_attempts(&self) -> u32 {
         match self {
-            ReceiverConfig::Webhook { max_attempts, .. } | ReceiverConfig::Smtp { max_attempts, .. } => {
-                *max_attempts
-            }
+            ReceiverConfig::Webhook { max_attempts, .. }
+            | ReceiverConfig::Smtp { max_attempts, .. } => *max_attempts,
         }
     }
 }
