@@ -31,6 +31,10 @@ impl Client {
         }
     }
 
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     async fn handle<T: DeserializeOwned>(&self, resp: reqwest::Response, what: &str) -> Result<T> {
         let status = resp.status();
         let bytes = resp
@@ -76,6 +80,56 @@ impl Client {
             .await
             .map_err(|e| self.unreachable(e))?;
         self.handle(resp, &format!("POST {path}")).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.handle(resp, &format!("DELETE {path}")).await
+    }
+
+    /// Follow a server-sent-event stream, calling `f` with each event's
+    /// data until the stream ends or `f` returns false.
+    pub async fn stream(&self, path: &str, mut f: impl FnMut(&str, &str) -> bool) -> Result<()> {
+        let mut resp = reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return self
+                .handle::<serde_json::Value>(resp, &format!("GET {path}"))
+                .await
+                .map(|_| ());
+        }
+        let mut buf = String::new();
+        let (mut kind, mut data) = (String::new(), String::new());
+        while let Some(chunk) = resp.chunk().await.context("reading the event stream")? {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(nl) = buf.find('\n') {
+                let line = buf[..nl].trim_end_matches('\r').to_string();
+                buf.drain(..=nl);
+                if line.is_empty() {
+                    if !data.is_empty() && !f(&kind, &data) {
+                        return Ok(());
+                    }
+                    kind.clear();
+                    data.clear();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    kind = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Poll a job until it ends. With `bar`, show a progress bar with

@@ -64,6 +64,32 @@ pub enum Cmd {
     /// Background jobs.
     #[command(subcommand)]
     Jobs(commands::jobs::JobsCmd),
+    /// Alerts, silences and the notification log.
+    #[command(subcommand)]
+    Alerts(commands::watch::AlertsCmd),
+    /// Incidents and their timelines.
+    #[command(subcommand)]
+    Incidents(commands::watch::IncidentsCmd),
+    /// Events: probe results, agent reports, alert and incident changes.
+    #[command(subcommand)]
+    Events(commands::watch::EventsCmd),
+    /// Latest result of every probe at every vantage point.
+    Probes,
+    /// Alert rules.
+    #[command(subcommand)]
+    Rules(commands::watch::RulesCmd),
+    /// Run a remote agent: heartbeats and probes from another vantage point.
+    Agent {
+        /// The agent's name, as declared under [agents] in standby.toml.
+        #[arg(long)]
+        name: String,
+        /// Controller address (default: --url, then the config's listen address).
+        #[arg(long)]
+        controller: Option<String>,
+        /// Answer GET /health here, so other vantage points can probe this agent.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Two sites, a SIP VNF, points, a disaster and a restore: all in a
     /// temporary directory.
     Demo(commands::demo::DemoArgs),
@@ -87,7 +113,7 @@ fn real_main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STANDBY_LOG").unwrap_or_else(|_| {
-                let default = if matches!(cli.cmd, Cmd::Server) {
+                let default = if matches!(cli.cmd, Cmd::Server | Cmd::Agent { .. }) {
                     "info"
                 } else {
                     "warn"

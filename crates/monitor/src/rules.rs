@@ -669,6 +669,11 @@ impl RuleSet {
     pub fn rule(&self, name: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.name == name)
     }
+
+    /// Rule names in file order.
+    pub fn names(&self) -> Vec<String> {
+        self.rules.iter().map(|r| r.name.clone()).collect()
+    }
 }
 
 #[cfg(test)]

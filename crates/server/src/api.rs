@@ -45,6 +45,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/datastores/{name}/sync", post(store_sync))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/jobs/{id}", get(job))
+        .merge(crate::api_watch::routes())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(ctl)
 }

@@ -23,6 +23,8 @@ pub struct Controller {
     stores: Mutex<HashMap<String, Datastore>>,
     vm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     running_groups: Mutex<HashSet<String>>,
+    /// Probes, rules, alerts, incidents and notifications.
+    pub watch: crate::watch::Watch,
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
     /// Held for the controller's life (see [`Controller::open`]).
@@ -85,9 +87,12 @@ impl Controller {
                 Agent::new(name, host, &cfg.controller.data_dir, driver),
             );
         }
+        let repo = Arc::new(repo);
+        let watch = crate::watch::Watch::open(&cfg, repo.clone()).await?;
         let ctl = Arc::new(Controller {
             cfg,
-            repo: Arc::new(repo),
+            repo,
+            watch,
             agents,
             stores: Mutex::default(),
             vm_locks: Mutex::default(),

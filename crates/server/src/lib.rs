@@ -11,6 +11,10 @@
 //!   persisted so a restart keeps it.
 //! - [`jobs`]: background work with persisted progress.
 //! - [`api`]: the HTTP/JSON API under `/api/v1`.
+//! - [`watch`]: probes, events, rules, alerts, incidents, notifications
+//!   and `/metrics`.
+//! - [`remote_agent`]: the `standby agent` process: heartbeats and probes
+//!   from another vantage point.
 //!
 //! # Invariants
 //! - One operation per VM at a time (a point never overlaps a restore).
@@ -21,12 +25,15 @@
 
 pub mod agent;
 pub mod api;
+mod api_watch;
 pub mod controller;
 pub mod error;
 pub mod jobs;
 pub mod protect;
+pub mod remote_agent;
 pub mod restore;
 pub mod scheduler;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +62,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
         .local_addr()
         .map_err(|e| ServerError::Internal(format!("unable to read listen address: {e}")))?;
     ctl.tasks.spawn(scheduler::run(ctl.clone()));
+    watch::spawn(&ctl);
     let app = api::router(ctl.clone());
     let cancel = ctl.cancel.clone();
     let serve = tokio::spawn(async move {

@@ -8,6 +8,7 @@ pub mod server;
 pub mod site;
 pub mod store;
 pub mod vm;
+pub mod watch;
 
 use anyhow::{Context, Result};
 use standby_types::config::{self, Config};
@@ -42,6 +43,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Server => server::run(&cli.config).await,
         Cmd::Demo(args) => demo::run(args, cli.json).await,
         Cmd::Bench(args) => bench::run(args, cli.json).await,
+        Cmd::Rules(c @ watch::RulesCmd::Check { .. }) => {
+            let ctx = Ctx::new(&cli);
+            watch::rules(&ctx, c).await
+        }
         cmd => {
             let ctx = Ctx::new(&cli);
             match cmd {
@@ -52,6 +57,21 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Cmd::Restore(a) => restore::run(&ctx, a).await,
                 Cmd::Store(c) => store::run(&ctx, c).await,
                 Cmd::Jobs(c) => jobs::run(&ctx, c).await,
+                Cmd::Alerts(c) => watch::alerts(&ctx, c).await,
+                Cmd::Incidents(c) => watch::incidents(&ctx, c).await,
+                Cmd::Events(c) => watch::events(&ctx, c).await,
+                Cmd::Probes => watch::probes(&ctx).await,
+                Cmd::Rules(c) => watch::rules(&ctx, c).await,
+                Cmd::Agent {
+                    name,
+                    controller,
+                    listen,
+                } => {
+                    let addr = controller
+                        .clone()
+                        .unwrap_or_else(|| ctx.client.base().to_string());
+                    watch::agent(name, &addr, *listen).await
+                }
                 Cmd::Init { .. } | Cmd::Server | Cmd::Demo(_) | Cmd::Bench(_) => unreachable!(),
             }
         }

@@ -37,6 +37,14 @@ pub struct LabOptions {
     pub schedule: &'static str,
     /// Appended to the configuration (e.g. more disks for pbx1).
     pub extra: &'static str,
+    /// Lines added under `[controller]` (e.g. `rules = [...]`).
+    pub controller: String,
+    /// Appended after `extra` (probes, agents, receivers, routes).
+    pub watch: String,
+    /// Address the controller listens on (default 127.0.0.1).
+    pub listen_host: &'static str,
+    /// Files written into the lab directory before the controller starts.
+    pub files: Vec<(&'static str, String)>,
 }
 
 impl Default for LabOptions {
@@ -47,6 +55,10 @@ impl Default for LabOptions {
             retention: "keep_last = 10",
             schedule: "every 1h",
             extra: "",
+            controller: String::new(),
+            watch: String::new(),
+            listen_host: "127.0.0.1",
+            files: Vec::new(),
         }
     }
 }
@@ -66,8 +78,9 @@ args = ["--name", "pbx1", "--disk", "{{disk.data}}", "--sip", "127.0.0.1:{sip}",
         });
         let text = format!(
             r#"[controller]
-listen = "127.0.0.1:{api}"
+listen = "{listen_host}:{api}"
 data_dir = "controller"
+{controller}
 [sites.site1]
 [sites.site2]
 [hosts.site1-host1]
@@ -99,7 +112,12 @@ datastores = ["site1-store", "site2-store"]
 [groups.gold.retention]
 {retention}
 {extra}
+{watch}
 "#,
+            listen_host = opts.listen_host,
+            controller = opts.controller,
+            // `{sip}` in watch text is the VNF's SIP address.
+            watch = opts.watch.replace("{sip}", &format!("127.0.0.1:{sip}")),
             disk = opts.disk_size,
             schedule = opts.schedule,
             retention = opts.retention,
@@ -107,6 +125,9 @@ datastores = ["site1-store", "site2-store"]
         );
         let cfg = dir.path().join("standby.toml");
         std::fs::write(&cfg, text).unwrap();
+        for (name, content) in &opts.files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let mut lab = Lab {
             dir,
             cfg,

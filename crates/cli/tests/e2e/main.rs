@@ -3,8 +3,12 @@
 //! modules (the suite links once).
 
 mod harness;
+mod hooks;
+mod netlab;
 
 mod config_errors;
 mod demo;
 mod protect_restore;
 mod scheduler;
+mod sites;
+mod watch;

@@ -1,0 +1,190 @@
+//! Test hosts in network namespaces: site 1 (the VNF and its host's
+//! agent) and site 2 (an agent as a second vantage point), each linked to
+//! the controller in the root namespace and to each other by veth pairs.
+//! Addresses come from 198.18.0.0/15, one /24 per lab:
+//!
+//! ```text
+//! controller 198.18.N.1 ── 198.18.N.2  site1
+//! controller 198.18.N.5 ── 198.18.N.6  site2
+//!      site2 198.18.N.9 ── 198.18.N.10 site1
+//! ```
+//! Needs root and iproute2 (CI runs as root); everything is removed on drop.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct NetLab {
+    pub n: u32,
+    pub s1: String,
+    pub s2: String,
+    /// Root side of the controller–site1 link.
+    ctl_s1: String,
+    /// Site 2 side of the site2–site1 link.
+    s2_s1: String,
+    /// nftables loss applied in site 1.
+    lossy: bool,
+}
+
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e} (network tests need iproute2 and root)"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {} (network tests need root)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetLab {
+    pub fn new() -> NetLab {
+        let pid = std::process::id();
+        let n = (pid % 50) * 5 + NEXT.fetch_add(1, Ordering::Relaxed) % 5 + 1;
+        let tag = format!("{}{}", pid % 100_000, n);
+        let lab = NetLab {
+            n,
+            s1: format!("sb{tag}s1"),
+            s2: format!("sb{tag}s2"),
+            ctl_s1: format!("v{tag}c1"),
+            s2_s1: format!("v{tag}21"),
+            lossy: false,
+        };
+        for ns in [&lab.s1, &lab.s2] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let a = |host: u32| format!("198.18.{n}.{host}/30");
+        // controller – site1
+        lab.veth(
+            &lab.ctl_s1,
+            None,
+            &a(1),
+            &format!("v{tag}s1"),
+            Some(&lab.s1),
+            &a(2),
+        );
+        // controller – site2
+        lab.veth(
+            &format!("v{tag}c2"),
+            None,
+            &a(5),
+            &format!("v{tag}s2"),
+            Some(&lab.s2),
+            &a(6),
+        );
+        // site2 – site1
+        lab.veth(
+            &lab.s2_s1,
+            Some(&lab.s2),
+            &a(9),
+            &format!("v{tag}12"),
+            Some(&lab.s1),
+            &a(10),
+        );
+        lab
+    }
+
+    fn veth(
+        &self,
+        a: &str,
+        ans: Option<&str>,
+        aaddr: &str,
+        b: &str,
+        bns: Option<&str>,
+        baddr: &str,
+    ) {
+        sh(&["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
+        for (dev, ns, addr) in [(a, ans, aaddr), (b, bns, baddr)] {
+            if let Some(ns) = ns {
+                sh(&["ip", "link", "set", dev, "netns", ns]);
+                sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+                sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            } else {
+                sh(&["ip", "addr", "add", addr, "dev", dev]);
+                sh(&["ip", "link", "set", dev, "up"]);
+            }
+        }
+    }
+
+    pub fn addr(&self, host: u32) -> String {
+        format!("198.18.{}.{host}", self.n)
+    }
+
+    /// `ip netns exec NS` + the command, as arguments for a VM or a process.
+    pub fn in_ns(&self, ns: &str) -> Vec<String> {
+        vec!["netns".into(), "exec".into(), ns.to_string()]
+    }
+
+    /// Site 1 loses both its links.
+    pub fn cut_site1(&self) {
+        sh(&["ip", "link", "set", &self.ctl_s1, "down"]);
+        sh(&["ip", "-n", &self.s2, "link", "set", &self.s2_s1, "down"]);
+    }
+
+    /// Only the controller's link to site 1 is cut.
+    pub fn cut_controller_site1(&self) {
+        sh(&["ip", "link", "set", &self.ctl_s1, "down"]);
+    }
+
+    pub fn heal(&self) {
+        sh(&["ip", "link", "set", &self.ctl_s1, "up"]);
+        sh(&["ip", "-n", &self.s2, "link", "set", &self.s2_s1, "up"]);
+    }
+
+    /// Drop `percent` % of the packets entering and leaving site 1 (all
+    /// its links), with nftables (this kernel has no netem).
+    pub fn loss_site1(&mut self, percent: u32) {
+        let rules = format!(
+            "table inet standby_loss {{
+  chain input {{ type filter hook input priority 0; iifname != \"lo\" numgen random mod 100 < {percent} drop; }}
+  chain output {{ type filter hook output priority 0; oifname != \"lo\" numgen random mod 100 < {percent} drop; }}
+}}
+"
+        );
+        let path = std::env::temp_dir().join(format!("standby-loss-{}.nft", self.n));
+        std::fs::write(&path, rules).unwrap();
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.s1,
+            "nft",
+            "-f",
+            path.to_str().unwrap(),
+        ]);
+        self.lossy = true;
+    }
+
+    pub fn no_loss_site1(&mut self) {
+        if self.lossy {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &self.s1,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "standby_loss",
+            ]);
+            self.lossy = false;
+        }
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth ends in it and their peers.
+        for ns in [&self.s1, &self.s2] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.ctl_s1])
+            .output();
+    }
+}

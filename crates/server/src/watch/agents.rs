@@ -1,0 +1,138 @@
+//! Remote agents (`standby agent`): heartbeats in, probe assignments out,
+//! probe results in. An agent is known only if `standby.toml` declares it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use standby_types::watch::{Event, Labels, ProbeResult, ProbeSpec, Severity};
+
+use crate::controller::Controller;
+use crate::error::ServerError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSeen {
+    pub site: String,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub version: String,
+}
+
+/// What an agent sends with each heartbeat.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub version: String,
+}
+
+/// The controller's answer: the probes the agent runs and how often to
+/// report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub probes: Vec<ProbeSpec>,
+    #[serde(with = "humantime_serde_ms")]
+    pub heartbeat: Duration,
+}
+
+mod humantime_serde_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// The probes a vantage point runs.
+pub fn probes_for(ctl: &Controller, vantage: &str) -> Vec<ProbeSpec> {
+    ctl.cfg
+        .probes
+        .iter()
+        .filter(|(_, p)| p.from.iter().any(|f| f == vantage))
+        .filter_map(|(name, p)| p.spec(name))
+        .collect()
+}
+
+pub fn heartbeat(
+    ctl: &Arc<Controller>,
+    name: &str,
+    hb: Heartbeat,
+) -> Result<HeartbeatReply, ServerError> {
+    let Some(agent) = ctl.cfg.agents.get(name) else {
+        return Err(ServerError::not_found("agent", name));
+    };
+    let now = Utc::now();
+    let first = {
+        let mut agents = ctl.watch.agents.lock().expect("agents lock");
+        let first = !agents.contains_key(name);
+        let seen = agents.entry(name.to_string()).or_insert_with(|| AgentSeen {
+            site: agent.site.clone(),
+            first_seen: now,
+            last_seen: now,
+            version: hb.version.clone(),
+        });
+        seen.last_seen = now;
+        seen.version = hb.version;
+        first
+    };
+    let mut labels = Labels::new();
+    labels.insert("agent".into(), name.to_string());
+    labels.insert("site".into(), agent.site.clone());
+    if let Some(h) = &agent.host {
+        labels.insert("host".into(), h.clone());
+    }
+    ctl.watch.emit(Event {
+        id: 0,
+        at: now,
+        source: format!("agent:{name}"),
+        kind: "agent.heartbeat".into(),
+        severity: Severity::Info,
+        labels,
+        vantage: format!("agent:{name}"),
+        message: if first {
+            "first heartbeat since the controller started".into()
+        } else {
+            "heartbeat".into()
+        },
+    });
+    Ok(HeartbeatReply {
+        probes: probes_for(ctl, &format!("agent:{name}")),
+        heartbeat: agent.heartbeat,
+    })
+}
+
+/// Results an agent measured. Each must be of a probe assigned to it.
+pub fn results(
+    ctl: &Arc<Controller>,
+    name: &str,
+    results: Vec<ProbeResult>,
+) -> Result<usize, ServerError> {
+    if !ctl.cfg.agents.contains_key(name) {
+        return Err(ServerError::not_found("agent", name));
+    }
+    let vantage = format!("agent:{name}");
+    let assigned = probes_for(ctl, &vantage);
+    let mut n = 0;
+    for mut r in results {
+        let Some(spec) = assigned.iter().find(|s| s.name == r.probe) else {
+            return Err(ServerError::BadRequest(format!(
+                "probe '{}' is not assigned to agent {name}",
+                r.probe
+            )));
+        };
+        // The controller decides labels and vantage, not the agent.
+        let at = r.at.min(Utc::now());
+        let outcome = standby_monitor::probe::Outcome {
+            ok: r.ok,
+            latency: Duration::from_millis(r.latency_ms),
+            detail: std::mem::take(&mut r.detail),
+        };
+        ctl.watch
+            .record(standby_monitor::probe::result(spec, &vantage, at, &outcome));
+        n += 1;
+    }
+    Ok(n)
+}

@@ -1,0 +1,222 @@
+//! Probes the controller runs: the configured network probes whose `from`
+//! includes `controller`, and probes made from the inventory: agent
+//! heartbeats, VM state from the driver and the age of each protected VM's
+//! newest point against its group's RPO target.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use standby_hv::VmState;
+use standby_types::watch::{CONTROLLER_VANTAGE, Labels, ProbeResult};
+
+use crate::controller::Controller;
+
+/// How often generated probes are evaluated.
+const GENERATED_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(super) async fn run_controller_probes(ctl: Arc<Controller>) {
+    for spec in super::agents::probes_for(&ctl, CONTROLLER_VANTAGE) {
+        let ctl2 = ctl.clone();
+        ctl.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(spec.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ctl2.cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let at = Utc::now();
+                let outcome = tokio::select! {
+                    _ = ctl2.cancel.cancelled() => return,
+                    o = standby_monitor::probe::run(&spec) => o,
+                };
+                ctl2.watch.record(standby_monitor::probe::result(
+                    &spec,
+                    CONTROLLER_VANTAGE,
+                    at,
+                    &outcome,
+                ));
+            }
+        });
+    }
+}
+
+fn generated(
+    probe: String,
+    kind: &str,
+    ok: bool,
+    detail: String,
+    mut labels: Labels,
+    stale_after: Duration,
+) -> ProbeResult {
+    labels.insert("probe".into(), probe.clone());
+    labels.insert("kind".into(), kind.into());
+    labels.insert("vantage".into(), CONTROLLER_VANTAGE.into());
+    ProbeResult {
+        probe,
+        vantage: CONTROLLER_VANTAGE.into(),
+        at: Utc::now(),
+        ok,
+        latency_ms: 0,
+        detail,
+        labels,
+        stale_after,
+    }
+}
+
+pub(super) async fn run_generated(ctl: Arc<Controller>) {
+    let mut tick = tokio::time::interval(GENERATED_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let stale = GENERATED_INTERVAL * 5;
+    loop {
+        tokio::select! {
+            _ = ctl.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for r in heartbeats(&ctl, stale) {
+            ctl.watch.record(r);
+        }
+        for r in vm_states(&ctl, stale).await {
+            ctl.watch.record(r);
+        }
+        for r in point_ages(&ctl, stale).await {
+            ctl.watch.record(r);
+        }
+    }
+}
+
+fn heartbeats(ctl: &Controller, stale: Duration) -> Vec<ProbeResult> {
+    let now = Utc::now();
+    let seen = ctl.watch.agents.lock().expect("agents lock").clone();
+    let mut out = Vec::new();
+    for (name, a) in &ctl.cfg.agents {
+        let limit =
+            chrono::Duration::from_std(a.heartbeat * 3).unwrap_or(chrono::Duration::seconds(3));
+        let (ok, detail) = match seen.get(name) {
+            Some(s) => {
+                let age = now - s.last_seen;
+                (
+                    age <= limit,
+                    format!(
+                        "last heartbeat {:.1}s ago",
+                        age.num_milliseconds() as f64 / 1000.0
+                    ),
+                )
+            }
+            // No evidence yet: give a starting agent three intervals.
+            None if now - ctl.watch.started <= limit => continue,
+            None => (false, "no heartbeat since the controller started".into()),
+        };
+        let mut labels = Labels::new();
+        labels.insert("agent".into(), name.clone());
+        labels.insert("site".into(), a.site.clone());
+        labels.insert("scope".into(), "host".into());
+        labels.insert(
+            "host".into(),
+            a.host.clone().unwrap_or_else(|| format!("agent:{name}")),
+        );
+        out.push(generated(
+            format!("heartbeat:{name}"),
+            "heartbeat",
+            ok,
+            detail,
+            labels,
+            stale,
+        ));
+    }
+    out
+}
+
+async fn vm_states(ctl: &Controller, stale: Duration) -> Vec<ProbeResult> {
+    let Ok(vms) = ctl.repo.vms().await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for vm in vms {
+        let Ok(agent) = ctl.agent(&vm.active_host) else {
+            continue;
+        };
+        let (ok, detail) = match agent.status(&vm.name).await {
+            Ok(st) => match st.state {
+                VmState::Crashed => (
+                    false,
+                    format!(
+                        "crashed ({})",
+                        st.exit.as_deref().unwrap_or("no exit status")
+                    ),
+                ),
+                s => (true, s.to_string()),
+            },
+            Err(e) => (false, format!("status unknown: {e}")),
+        };
+        let mut labels = Labels::new();
+        labels.insert("vm".into(), vm.name.clone());
+        labels.insert("site".into(), vm.active_site.clone());
+        labels.insert("host".into(), vm.active_host.clone());
+        labels.insert("scope".into(), "vm".into());
+        out.push(generated(
+            format!("vm:{}", vm.name),
+            "vm",
+            ok,
+            detail,
+            labels,
+            stale,
+        ));
+    }
+    out
+}
+
+async fn point_ages(ctl: &Controller, stale: Duration) -> Vec<ProbeResult> {
+    let groups: Vec<_> = ctl
+        .cfg
+        .groups
+        .iter()
+        .filter_map(|(n, g)| g.rpo_target.map(|t| (n, g, t)))
+        .collect();
+    if groups.is_empty() {
+        return Vec::new();
+    }
+    let (Ok(points), Ok(vms)) = (ctl.repo.points(None).await, ctl.repo.vms().await) else {
+        return Vec::new();
+    };
+    let now = Utc::now();
+    let mut out = Vec::new();
+    for (gname, g, target) in groups {
+        let target_c = chrono::Duration::from_std(target).unwrap_or(chrono::Duration::MAX);
+        for vm in &g.members {
+            let newest = points.iter().filter(|p| &p.vm == vm).map(|p| p.time).max();
+            let (ok, detail) = match newest {
+                Some(t) => {
+                    let age = now - t;
+                    (
+                        age <= target_c,
+                        format!(
+                            "newest point {:.1}s old, target {}",
+                            age.num_milliseconds() as f64 / 1000.0,
+                            humantime::format_duration(target)
+                        ),
+                    )
+                }
+                None if now - ctl.watch.started <= target_c => continue,
+                None => (false, "no recovery point yet".into()),
+            };
+            let mut labels = Labels::new();
+            labels.insert("vm".into(), vm.clone());
+            labels.insert("group".into(), gname.clone());
+            labels.insert("scope".into(), "vm".into());
+            if let Some(v) = vms.iter().find(|v| &v.name == vm) {
+                labels.insert("site".into(), v.active_site.clone());
+            }
+            out.push(generated(
+                format!("point_age:{gname}:{vm}"),
+                "point_age",
+                ok,
+                detail,
+                labels,
+                stale,
+            ));
+        }
+    }
+    out
+}
