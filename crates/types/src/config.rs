@@ -988,6 +988,107 @@ mod tests {
         assert!(err.message.contains("site2-store"), "{err}");
     }
 
+    const WATCH: &str = r#"
+[agents.site2-agent]
+site = "site2"
+
+[probes.pbx1-sip]
+kind = "sip"
+target = "127.0.0.1:5060"
+labels = { vm = "pbx1", site = "site1", scope = "service" }
+
+[probes.site1-from-site2]
+kind = "http"
+url = "http://198.18.0.2:7781/health"
+attempts = 3
+from = ["controller", "agent:site2-agent"]
+labels = { site = "site1", scope = "site" }
+
+[receivers.hook]
+kind = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret_env = "HOOK_SECRET"
+
+[[routes]]
+severity = "critical"
+receivers = ["hook"]
+group_by = ["site"]
+"#;
+
+    #[test]
+    fn watch_sections_parse() {
+        let cfg = parse(&format!("{EXAMPLE}{WATCH}")).expect("valid");
+        let spec = cfg.probes["pbx1-sip"].spec("pbx1-sip").unwrap();
+        assert_eq!(
+            spec.check,
+            ProbeCheck::Sip {
+                target: "127.0.0.1:5060".into()
+            }
+        );
+        assert_eq!(spec.interval, Duration::from_secs(1));
+        assert_eq!(spec.attempts, 1);
+        assert_eq!(cfg.probes["pbx1-sip"].from, vec!["controller"]);
+        assert_eq!(cfg.probes["site1-from-site2"].from.len(), 2);
+        assert_eq!(cfg.agents["site2-agent"].heartbeat, Duration::from_secs(1));
+        assert_eq!(cfg.routes[0].group_wait, Duration::from_secs(1));
+        assert_eq!(cfg.receivers["hook"].max_attempts(), 10);
+    }
+
+    #[test]
+    fn watch_errors_name_the_field() {
+        let cases = [
+            (
+                "kind = \"sip\"",
+                "kind = \"icmp\"",
+                "probes.pbx1-sip.kind",
+                "unknown probe kind 'icmp'",
+            ),
+            (
+                "target = \"127.0.0.1:5060\"",
+                "",
+                "probes.pbx1-sip.target",
+                "a sip probe needs 'target'",
+            ),
+            (
+                "\"agent:site2-agent\"]",
+                "\"agent:nobody\"]",
+                "probes.site1-from-site2.from.1",
+                "unknown vantage point 'agent:nobody'",
+            ),
+            (
+                "vm = \"pbx1\"",
+                "vm = \"pbx9\"",
+                "probes.pbx1-sip.labels.vm",
+                "unknown vm 'pbx9'",
+            ),
+            (
+                "receivers = [\"hook\"]",
+                "receivers = [\"pager\"]",
+                "routes.0.receivers.0",
+                "unknown receiver 'pager'",
+            ),
+            (
+                "url = \"http://127.0.0.1:9/hook\"",
+                "url = \"ftp://x\"",
+                "receivers.hook.url",
+                "not an http",
+            ),
+            (
+                "site = \"site2\"\n\n[probes",
+                "site = \"site7\"\n\n[probes",
+                "agents.site2-agent.site",
+                "unknown site 'site7'",
+            ),
+        ];
+        for (from, to, field, msg) in cases {
+            let src = format!("{EXAMPLE}{}", WATCH.replacen(from, to, 1));
+            let err = parse(&src).expect_err(field);
+            assert_eq!(err.field.as_deref(), Some(field), "{err}");
+            assert!(err.message.contains(msg), "{err}");
+            assert!(err.line > 0, "{err}");
+        }
+    }
+
     #[test]
     fn byte_sizes_and_schedules() {
         assert_eq!("64KiB".parse::<ByteSize>().unwrap(), ByteSize(65536));

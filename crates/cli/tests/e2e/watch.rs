@@ -237,6 +237,27 @@ labels = { vm = "pbx1", site = "site1", scope = "service" }
         "{texts:?}"
     );
 
+    // `events tail` streams them: the backlog since a time, then live.
+    let out = lab.run(&[
+        "--json",
+        "events",
+        "tail",
+        "--since",
+        "10m",
+        "--kind",
+        "alert.firing",
+        "--count",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let ev: Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(ev["kind"], "alert.firing");
+    assert_eq!(ev["labels"]["vm"], "pbx1");
     // Events were stored for all of it, and metrics show the probe.
     let events = lab.json(&["events", "list", "--kind", "alert.firing", "--limit", "100"]);
     assert!(!events.as_array().unwrap().is_empty());
