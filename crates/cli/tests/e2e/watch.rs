@@ -486,6 +486,39 @@ fn broken_rule_file_keeps_the_rules_in_force() {
                 .then_some(())
         },
     );
+    // A silence mutes it, and says so on the alert; expiring it unmutes.
+    let sil = lab.json(&[
+        "alerts",
+        "silence",
+        "--match",
+        "alertname=dead-down",
+        "--for",
+        "1h",
+        "--comment",
+        "e2e",
+    ]);
+    let sid = sil["id"].as_i64().unwrap();
+    wait_until("the alert to be silenced", Duration::from_secs(5), || {
+        alerts(&lab, false)
+            .iter()
+            .any(|a| a["rule"] == "dead-down" && a["silenced_by"] == sid)
+            .then_some(())
+    });
+    let listed = lab.json(&["alerts", "silences"]);
+    assert_eq!(listed[0]["matchers"]["alertname"], "dead-down");
+    lab.run(&["alerts", "unsilence", &sid.to_string()]);
+    wait_until("the silence to end", Duration::from_secs(5), || {
+        alerts(&lab, false)
+            .iter()
+            .any(|a| a["rule"] == "dead-down" && a["silenced_by"].is_null())
+            .then_some(())
+    });
+    assert!(
+        lab.json(&["alerts", "silences"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     // The same error offline, with exit status 1.
     let out = lab.fails(&["rules", "check", rules.to_str().unwrap()]);
     assert!(
