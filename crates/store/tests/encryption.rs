@@ -171,17 +171,31 @@ fn encrypted_round_trip_with_nothing_readable_stored() {
     let key_hex = std::fs::read_to_string(&f.keyfile).unwrap();
     let plain_id = blake3::hash(&std::fs::read(&f.image).unwrap()[3 * CS..4 * CS]);
     let stored = files(&f.root);
-    assert!(stored.iter().any(|p| p.extension().is_some_and(|e| e == "pack")));
+    assert!(
+        stored
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "pack"))
+    );
     for path in &stored {
         let bytes = std::fs::read(path).unwrap();
-        assert!(!contains(&bytes, MARKER), "{} holds plaintext", path.display());
+        assert!(
+            !contains(&bytes, MARKER),
+            "{} holds plaintext",
+            path.display()
+        );
         assert!(!contains(&bytes, key_hex.trim().as_bytes()));
         assert!(!contains(&bytes, plain_id.as_bytes()));
         assert!(!contains(&bytes, plain_id.to_hex().as_bytes()));
     }
     let marker = std::fs::read_to_string(f.root.join("standby-store.json")).unwrap();
-    assert!(marker.contains("\"encryption\": \"xchacha20poly1305\""), "{marker}");
-    assert!(marker.contains("\"chunk_hash\": \"blake3-keyed\""), "{marker}");
+    assert!(
+        marker.contains("\"encryption\": \"xchacha20poly1305\""),
+        "{marker}"
+    );
+    assert!(
+        marker.contains("\"chunk_hash\": \"blake3-keyed\""),
+        "{marker}"
+    );
 
     // The same disk in an unencrypted store does show the marker: the
     // check above would have seen it.
@@ -445,10 +459,7 @@ fn a_tampered_key_object_is_named_at_open() {
     let f = Fixture::new();
     f.create();
     let object = with_ext(&f.root.join("keys"), "json").remove(0);
-    let name = format!(
-        "keys/{}",
-        object.file_name().unwrap().to_string_lossy()
-    );
+    let name = format!("keys/{}", object.file_name().unwrap().to_string_lossy());
     let text = std::fs::read_to_string(&object).unwrap();
     let at = text.find("\"sealed\": \"").unwrap() + 30;
     let mut bytes = text.into_bytes();
@@ -497,7 +508,10 @@ fn sync_plain_to_encrypted_and_back_is_byte_identical_and_incremental() {
         s2.bytes_copied < 2 * (changed.len() as u64 + 1) * CS as u64,
         "{s2:?}"
     );
-    assert_eq!(plain.sync_point(&m2.id, &cloud, &()).unwrap().chunks_copied, 0);
+    assert_eq!(
+        plain.sync_point(&m2.id, &cloud, &()).unwrap().chunks_copied,
+        0
+    );
 
     // And back into a fresh unencrypted store, from the cloud alone.
     let back = Datastore::open_or_create(&f.path("rebuilt")).unwrap();
@@ -508,7 +522,10 @@ fn sync_plain_to_encrypted_and_back_is_byte_identical_and_incremental() {
     let out = f.path("back.img");
     back.restore_disk(&m2.id, "data", &out, &()).unwrap();
     assert!(same(&image, &out));
-    assert_eq!(back.load_manifest(&m2.id).unwrap().disks[0].index, m2.disks[0].index);
+    assert_eq!(
+        back.load_manifest(&m2.id).unwrap().disks[0].index,
+        m2.disks[0].index
+    );
     let out1 = f.path("back1.img");
     cloud.restore_disk(&m1.id, "data", &out1, &()).unwrap();
     assert!(!same(&image, &out1));
@@ -520,4 +537,35 @@ fn sync_plain_to_encrypted_and_back_is_byte_identical_and_incremental() {
     cloud.sync_point(&m2.id, &other, &()).unwrap();
     other.restore_disk(&m2.id, "data", &out, &()).unwrap();
     assert!(same(&image, &out));
+}
+
+#[test]
+fn gc_repacks_an_encrypted_store_and_its_points_still_restore() {
+    let f = Fixture::new();
+    let ds = f.create();
+    let m1 = backup(&ds, &f.image);
+    let second = f.path("second.img");
+    make_image(&second, 64, 99);
+    let m2 = backup(&ds, &second);
+    // What prune does: the manifest goes, the data waits for gc.
+    std::fs::remove_file(f.root.join(m1.id.manifest_path())).unwrap();
+    let report = ds
+        .gc(
+            standby_store::GcOptions {
+                grace: std::time::Duration::ZERO,
+                repack_threshold: 0.0,
+                dry_run: false,
+            },
+            &(),
+        )
+        .unwrap();
+    assert!(
+        report.packs_deleted + report.packs_repacked > 0,
+        "{report:?}"
+    );
+    let ds = f.open().unwrap();
+    assert!(ds.verify(&()).unwrap().ok());
+    let out = f.path("out.img");
+    ds.restore_disk(&m2.id, "data", &out, &()).unwrap();
+    assert!(same(&second, &out));
 }
