@@ -342,14 +342,14 @@ impl Datastore {
 
     /// Parse and check the manifest object at `path`.
     pub(crate) fn decode_manifest(&self, path: &str, bytes: &[u8]) -> Result<Manifest, String> {
-        let envelope = serde_json::from_slice::<SealedManifest>(bytes).ok();
+        let envelope = || serde_json::from_slice::<SealedManifest>(bytes).ok();
         let Some(crypto) = self.crypto() else {
-            if envelope.is_some() {
-                return Err("manifest is encrypted, the datastore is not".into());
-            }
-            return Manifest::from_bytes(bytes);
+            return Manifest::from_bytes(bytes).map_err(|e| match envelope() {
+                Some(_) => "manifest is encrypted, the datastore is not".into(),
+                None => e,
+            });
         };
-        let Some(envelope) = envelope else {
+        let Some(envelope) = envelope() else {
             return Err("not a sealed manifest: unencrypted or damaged".into());
         };
         if envelope.format != SEALED_MANIFEST_FORMAT || envelope.encryption != CIPHER_NAME {

@@ -569,3 +569,48 @@ fn gc_repacks_an_encrypted_store_and_its_points_still_restore() {
     ds.restore_disk(&m2.id, "data", &out, &()).unwrap();
     assert!(same(&second, &out));
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn stores_sharing_keys_copy_blobs_as_they_are() {
+    let f = Fixture::new();
+    let ds = f.create();
+    // A copy of the empty store has the same master keys.
+    let twin_root = f.path("twin");
+    copy_dir(&f.root, &twin_root);
+    let twin = Datastore::open_with_key(&twin_root, &f.key(), StoreOptions::default()).unwrap();
+    let m = backup(&ds, &f.image);
+    let stats = ds.sync_point(&m.id, &twin, &()).unwrap();
+    assert!(stats.chunks_copied > 0);
+    // The twin's packs hold the very blobs of the original (a re-encoded
+    // blob would have a fresh nonce).
+    let original = std::fs::read(with_ext(&f.root, "pack").remove(0)).unwrap();
+    let copied = std::fs::read(with_ext(&twin_root, "pack").remove(0)).unwrap();
+    assert!(contains(&original, &copied[8..8 + 512]));
+    assert_eq!(twin.load_manifest(&m.id).unwrap(), m);
+    let out = f.path("out.img");
+    twin.restore_disk(&m.id, "data", &out, &()).unwrap();
+    assert!(same(&f.image, &out));
+    // An encrypted point read by an unencrypted handle never passes for
+    // plain data: the manifest says it is sealed.
+    let plain = Datastore::open_or_create(&f.path("plain")).unwrap();
+    std::fs::create_dir_all(f.path("plain/manifests/pbx1")).unwrap();
+    std::fs::copy(
+        f.root.join(m.id.manifest_path()),
+        f.path("plain").join(m.id.manifest_path()),
+    )
+    .unwrap();
+    let e = plain.load_manifest(&m.id).unwrap_err();
+    assert!(chain(&e).contains("encrypted"), "{e}");
+}
