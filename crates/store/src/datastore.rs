@@ -37,13 +37,33 @@ impl Default for StoreOptions {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Marker {
+pub(crate) struct Marker {
     format: u64,
     kind: String,
     #[serde(default)]
     created: Option<chrono::DateTime<chrono::Utc>>,
+    /// "blake3", or "blake3-keyed" in an encrypted datastore.
     #[serde(default)]
-    chunk_hash: Option<String>,
+    pub(crate) chunk_hash: Option<String>,
+    /// "xchacha20poly1305" in an encrypted datastore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) encryption: Option<String>,
+    /// One-way check of the master keys (see `crypto::Crypto::key_check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) key_check: Option<String>,
+}
+
+impl Marker {
+    pub(crate) fn new(chunk_hash: &str) -> Marker {
+        Marker {
+            format: FORMAT,
+            kind: KIND.into(),
+            created: Some(chrono::Utc::now()),
+            chunk_hash: Some(chunk_hash.into()),
+            encryption: None,
+            key_check: None,
+        }
+    }
 }
 
 /// Counts of what a datastore holds.
@@ -62,6 +82,8 @@ pub(crate) struct Inner {
     pub backend: Arc<dyn Backend>,
     pub catalog: Catalog,
     pub options: StoreOptions,
+    /// The master keys of an encrypted datastore.
+    pub crypto: Option<crate::crypto::Crypto>,
 }
 
 /// A content-addressed store of recovery points. Cheap to clone; clones
@@ -82,43 +104,8 @@ impl Datastore {
         root: &Path,
         options: StoreOptions,
     ) -> Result<Datastore, StoreError> {
-        let marker = root.join(MARKER_FILE);
-        if !marker.exists() {
-            let empty = match std::fs::read_dir(root) {
-                Ok(mut entries) => entries.next().is_none(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-                Err(e) => return Err(StoreError::io("read directory", root, e)),
-            };
-            if !empty {
-                return Err(StoreError::NotADatastore {
-                    path: root.to_path_buf(),
-                });
-            }
-            std::fs::create_dir_all(root)
-                .map_err(|e| StoreError::io("create datastore", root, e))?;
-            for dir in ["packs", "manifests", "tmp", "locks"] {
-                let path = root.join(dir);
-                std::fs::create_dir_all(&path)
-                    .map_err(|e| StoreError::io("create directory", &path, e))?;
-            }
-            let marker = Marker {
-                format: FORMAT,
-                kind: KIND.into(),
-                created: Some(chrono::Utc::now()),
-                chunk_hash: Some("blake3".into()),
-            };
-            let bytes = serde_json::to_vec_pretty(&marker).map_err(|source| StoreError::Json {
-                what: "datastore marker".into(),
-                source,
-            })?;
-            let backend = LocalBackend::new(root);
-            match backend.put_new(MARKER_FILE, &bytes) {
-                Ok(()) => {}
-                // Created by someone else meanwhile.
-                Err(e) if matches!(&e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists) =>
-                    {}
-                Err(e) => return Err(e),
-            }
+        if !root.join(MARKER_FILE).exists() {
+            create_layout(root, &Marker::new("blake3"), |_| Ok(()))?;
         }
         Self::open_with(root, options)
     }
@@ -129,6 +116,15 @@ impl Datastore {
     }
 
     pub fn open_with(root: &Path, options: StoreOptions) -> Result<Datastore, StoreError> {
+        Self::open_keyed(root, options, None)
+    }
+
+    /// Open an existing datastore, with its key when it is encrypted.
+    pub(crate) fn open_keyed(
+        root: &Path,
+        options: StoreOptions,
+        key: Option<&crate::keys::KeySource>,
+    ) -> Result<Datastore, StoreError> {
         if !(pack::MIN_PACK_SIZE..=pack::MAX_PACK_SIZE).contains(&options.pack_size) {
             return Err(StoreError::InvalidPackSize(options.pack_size));
         }
@@ -150,6 +146,7 @@ impl Datastore {
                 format: marker.format,
             });
         }
+        let crypto = crate::keys::unlock_marker(&LocalBackend::new(root), &marker, key)?;
         for dir in ["packs", "manifests", "tmp", "locks"] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path)
@@ -161,6 +158,7 @@ impl Datastore {
                 backend: Arc::new(LocalBackend::new(root)),
                 catalog: Catalog::default(),
                 options,
+                crypto,
             }),
         };
         ds.rescan(true)?;
@@ -194,7 +192,12 @@ impl Datastore {
     /// Reload pack indexes: all of them when `full`, else the new ones.
     pub(crate) fn rescan(&self, full: bool) -> Result<(), StoreError> {
         let epoch = self.gc_epoch()?;
-        self.catalog().scan(self.backend(), full, epoch)
+        self.catalog().scan(
+            self.backend(),
+            full,
+            epoch,
+            self.crypto().map(|c| c.index_key()),
+        )
     }
 
     /// Reload the catalog if gc ran (in any process) since it was built.
@@ -244,7 +247,8 @@ impl Datastore {
     /// The plaintext of a chunk, checked against its id.
     pub(crate) fn read_chunk(&self, id: &ChunkId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
         let (blob, loc) = self.read_stored(id)?;
-        blob::decode(&blob, kind, Some(id)).map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
+        self.decode_blob(&blob, kind, id)
+            .map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
     }
 
     /// Like [`Datastore::read_chunk`], the plaintext going into `out`,
@@ -256,7 +260,7 @@ impl Datastore {
         out: &mut [u8],
     ) -> Result<(), StoreError> {
         let (blob, loc) = self.read_stored(id)?;
-        blob::decode_into(&blob, kind, Some(id), out)
+        self.decode_blob_into(&blob, kind, id, out)
             .map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
     }
 
@@ -317,7 +321,7 @@ impl Datastore {
             path: self.root().join(path),
             reason,
         };
-        let m = Manifest::from_bytes(&bytes).map_err(bad)?;
+        let m = self.decode_manifest(path, &bytes).map_err(bad)?;
         if m.id.manifest_path() != path {
             return Err(bad(format!("holds point {} at the wrong path", m.id)));
         }
@@ -401,5 +405,45 @@ impl Datastore {
             }
         }
         Ok(stats)
+    }
+}
+
+/// Make the directories and marker of a new datastore at `root`, which
+/// must be missing or empty; `before_marker` writes what must exist
+/// before the marker makes the datastore visible (its key object). False
+/// when another process created it meanwhile.
+pub(crate) fn create_layout(
+    root: &Path,
+    marker: &Marker,
+    before_marker: impl FnOnce(&LocalBackend) -> Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    let empty = match std::fs::read_dir(root) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(StoreError::io("read directory", root, e)),
+    };
+    if !empty {
+        return Err(StoreError::NotADatastore {
+            path: root.to_path_buf(),
+        });
+    }
+    std::fs::create_dir_all(root).map_err(|e| StoreError::io("create datastore", root, e))?;
+    for dir in ["packs", "manifests", "tmp", "locks"] {
+        let path = root.join(dir);
+        std::fs::create_dir_all(&path).map_err(|e| StoreError::io("create directory", &path, e))?;
+    }
+    let bytes = serde_json::to_vec_pretty(marker).map_err(|source| StoreError::Json {
+        what: "datastore marker".into(),
+        source,
+    })?;
+    let backend = LocalBackend::new(root);
+    before_marker(&backend)?;
+    match backend.put_new(MARKER_FILE, &bytes) {
+        Ok(()) => Ok(true),
+        // Created by someone else meanwhile.
+        Err(e) if matches!(&e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }

@@ -9,6 +9,7 @@
 //! <root>/manifests/<vm>/<time>.json    one recovery point, written last
 //! <root>/tmp/                          files being written (renamed into place)
 //! <root>/locks/gc.lock, gc.epoch       writer / gc exclusion
+//! <root>/keys/<id>.json                encrypted store: the master keys, wrapped
 //! ```
 //!
 //! # Formats
@@ -32,6 +33,19 @@
 //!   index chunk ids; a BLAKE3 checksum over its canonical JSON detects
 //!   any changed byte.
 //!
+//! # Encryption (optional, per datastore)
+//!
+//! An encrypted datastore ([`Datastore::create_encrypted`],
+//! [`Datastore::open_with_key`]) has random master keys ([`crypto`]),
+//! stored only wrapped in key objects under a key file or an Argon2id
+//! passphrase ([`keys`]). Blobs are compressed, then sealed with
+//! XChaCha20-Poly1305 (header and chunk id as associated data); chunk ids
+//! are BLAKE3 keyed with a secret id key; pack index trailers are keyed
+//! MACs; manifests are sealed whole (their path still shows vm and time).
+//! A wrong key is refused at open; a tampered object is an error naming
+//! it. Sync between stores of different schemes re-encodes
+//! (`reencode.rs`). See `docs/encryption.md`.
+//!
 //! # Invariants
 //!
 //! - Write order: a pack is durable before its index, and every pack and
@@ -47,8 +61,12 @@
 //!   pack younger than its grace period, and after sweeping writes a new
 //!   gc epoch so other processes reload their catalog before writing.
 //! - Every read of a blob checks its CRC, and every chunk read for a
-//!   restore or verify is re-hashed: corrupt bytes give an error naming the
-//!   chunk, never wrong data or a panic.
+//!   restore or verify is re-hashed (keyed in an encrypted store, after its
+//!   seal opened): corrupt bytes give an error naming the chunk, never
+//!   wrong data or a panic.
+//! - An encrypted store never holds a master key, key file or passphrase
+//!   in the clear, and never mixes schemes: an unencrypted blob or manifest
+//!   in it (or a sealed one in a plain store) is an error.
 //!
 //! All I/O on the store goes through [`backend::Backend`], the seam for an
 //! object-store backend.
@@ -57,16 +75,19 @@ pub mod backend;
 pub mod blob;
 mod catalog;
 pub mod chunk;
+pub mod crypto;
 mod datastore;
 mod error;
 mod gc;
 pub mod index;
+pub mod keys;
 mod lock;
 mod manifest;
 pub mod pack;
 mod packer;
 mod progress;
 mod prune;
+mod reencode;
 mod restore;
 mod sync;
 mod verify;
@@ -76,6 +97,7 @@ pub use chunk::ChunkId;
 pub use datastore::{Datastore, StoreOptions, StoreStats};
 pub use error::StoreError;
 pub use gc::{GcOptions, GcReport};
+pub use keys::{KdfParams, KeySource, generate_key_file};
 pub use manifest::{Consistency, DiskEntry, Manifest, PointId, PointMeta};
 pub use pack::PackId;
 pub use progress::{CountingProgress, Progress};

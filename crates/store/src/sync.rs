@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::StoreError;
-use crate::blob::{self, BlobKind};
+use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
 use crate::datastore::Datastore;
 use crate::lock;
@@ -33,6 +33,9 @@ impl Datastore {
         dst: &Datastore,
         progress: &dyn Progress,
     ) -> Result<SyncStats, StoreError> {
+        if !self.same_scheme(dst) {
+            return self.sync_reencode(id, dst, progress);
+        }
         let mut stats = SyncStats::default();
         // Both stores are held like writers: gc on either waits.
         let _src_lock = lock::shared(self.root())?;
@@ -68,7 +71,7 @@ impl Datastore {
         packer.finish()?;
         match dst
             .backend()
-            .put_new(&id.manifest_path(), &manifest.to_bytes()?)
+            .put_new(&id.manifest_path(), &dst.encode_manifest(&manifest)?)
         {
             Err(StoreError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::AlreadyExists =>
@@ -94,7 +97,8 @@ fn copy(
         return Ok(());
     }
     let (raw, loc) = src.read_stored(id)?;
-    blob::decode(&raw, kind, Some(id)).map_err(|e| src.corrupt_chunk(id, &loc.pack, e))?;
+    src.decode_blob(&raw, kind, id)
+        .map_err(|e| src.corrupt_chunk(id, &loc.pack, e))?;
     packer.add(*id, kind, &raw)?;
     stats.chunks_copied += 1;
     stats.bytes_copied += raw.len() as u64;
