@@ -219,7 +219,7 @@ async fn datastores(State(ctl): Ctl) -> ApiResult<Vec<DatastoreView>> {
         let mut view = DatastoreView {
             name: name.clone(),
             site: d.site.clone(),
-            path: d.path.display().to_string(),
+            path: d.location(),
             points: 0,
             packs: 0,
             chunks: 0,
@@ -251,10 +251,38 @@ async fn datastores(State(ctl): Ctl) -> ApiResult<Vec<DatastoreView>> {
     Ok(Json(out))
 }
 
-async fn store_verify(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<JobRef> {
+#[derive(Debug, Default, Deserialize)]
+struct VerifyRequest {
+    /// Check this fraction of the chunks (0 < f <= 1), picked at random.
+    #[serde(default)]
+    sample: Option<f64>,
+}
+
+async fn store_verify(
+    State(ctl): Ctl,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<JobRef> {
+    let req: VerifyRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        VerifyRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ServerError::BadRequest(format!("bad request body: {e}")))?
+    };
+    if let Some(f) = req.sample
+        && !(f > 0.0 && f <= 1.0)
+    {
+        return Err(ServerError::BadRequest(format!(
+            "sample {f} is not a fraction in (0, 1]"
+        )));
+    }
     let store = ctl.store(&name)?;
     let job = spawn_job(&ctl, "verify", &name, move |_, p| async move {
-        let report = tokio::task::spawn_blocking(move || store.verify(p.as_ref())).await??;
+        let report = tokio::task::spawn_blocking(move || match req.sample {
+            Some(f) => store.verify_sample(f, rand::random(), p.as_ref()),
+            None => store.verify(p.as_ref()),
+        })
+        .await??;
         let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
         if !problems.is_empty() {
             return Err(ServerError::Conflict(format!(
@@ -264,6 +292,7 @@ async fn store_verify(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<Jo
             )));
         }
         Ok(json!({
+            "sample_fraction": report.sample_fraction,
             "points_checked": report.points_checked,
             "chunks_checked": report.chunks_checked,
             "bytes_checked": report.bytes_checked,

@@ -105,9 +105,12 @@ impl Controller {
         // or empty one is an error (an unmounted mount point must not be
         // mistaken for a new, empty store).
         for (name, d) in &ctl.cfg.datastores {
-            if !d.path.exists() {
-                Datastore::open_or_create(&d.path)?;
-                tracing::info!(datastore = %name, path = %d.path.display(), "created datastore");
+            let (n, d2) = (name.clone(), d.clone());
+            let created = tokio::task::spawn_blocking(move || crate::stores::create_if_absent(&n, &d2))
+                .await
+                .map_err(|e| ServerError::Internal(format!("datastore creation panicked: {e}")))??;
+            if created {
+                tracing::info!(datastore = %name, location = %d.location(), "created datastore");
             }
         }
         ctl.adopt_vms().await;
@@ -147,7 +150,7 @@ impl Controller {
         if let Some(s) = stores.get(name) {
             return Ok(s.clone());
         }
-        let s = Datastore::open(&cfg.path)?;
+        let s = crate::stores::open(name, cfg)?;
         stores.insert(name.to_string(), s.clone());
         Ok(s)
     }

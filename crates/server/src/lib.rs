@@ -33,6 +33,7 @@ pub mod protect;
 pub mod remote_agent;
 pub mod restore;
 pub mod scheduler;
+pub mod stores;
 pub mod watch;
 
 use std::net::SocketAddr;

@@ -180,7 +180,10 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
     std::fs::write(&cfg_path, config_text(sip_port, http_port, args.interval))?;
     let cfg = Config::load(&cfg_path)?;
     let site1_disks = cfg.hosts["site1-host1"].disk_dir.clone();
-    let site1_store = cfg.datastores["site1-store"].path.clone();
+    let site1_store = cfg.datastores["site1-store"]
+        .path
+        .clone()
+        .context("the demo's site1 store is a directory")?;
 
     say(format!("standby demo in {}", dir.display()));
     let server = standby_server::start(cfg)

@@ -10,8 +10,16 @@ use crate::output;
 pub enum StoreCmd {
     /// Datastores with their size.
     List,
-    /// Re-read and re-hash every chunk, index and manifest.
-    Verify { name: String },
+    /// Re-read and re-hash every chunk, index and manifest (or a random
+    /// sample of the chunks: --sample 0.05).
+    Verify {
+        name: String,
+        #[arg(long)]
+        sample: Option<f64>,
+    },
+    /// Write a new random key file for an encrypted datastore (mode 0600).
+    /// Keep a copy away from the datastore: without it the data is lost.
+    Keygen { file: std::path::PathBuf },
     /// Apply the retention of the groups that write to the datastore.
     Prune {
         name: String,
@@ -74,7 +82,18 @@ pub async fn run(ctx: &Ctx, cmd: &StoreCmd) -> Result<()> {
             );
             return Ok(());
         }
-        StoreCmd::Verify { name } => (format!("/api/v1/datastores/{name}/verify"), json!({})),
+        StoreCmd::Verify { name, sample } => (
+            format!("/api/v1/datastores/{name}/verify"),
+            json!({ "sample": sample }),
+        ),
+        StoreCmd::Keygen { file } => {
+            standby_store::generate_key_file(file)?;
+            println!(
+                "wrote {}; keep a copy somewhere safe: without it the datastore cannot be read",
+                file.display()
+            );
+            return Ok(());
+        }
         StoreCmd::Prune { name, dry_run } => (
             format!("/api/v1/datastores/{name}/prune"),
             json!({"dry_run": dry_run}),
@@ -102,11 +121,15 @@ pub async fn run(ctx: &Ctx, cmd: &StoreCmd) -> Result<()> {
     let n = |k: &str| r[k].as_u64().unwrap_or(0);
     let list = |k: &str| r[k].as_array().map(|a| a.len()).unwrap_or(0);
     match cmd {
-        StoreCmd::Verify { name } => println!(
-            "{name}: ok: {} point(s), {} chunk(s), {} checked",
+        StoreCmd::Verify { name, .. } => println!(
+            "{name}: ok: {} point(s), {} chunk(s), {} checked{}",
             n("points_checked"),
             n("chunks_checked"),
-            output::bytes(n("bytes_checked"))
+            output::bytes(n("bytes_checked")),
+            match r["sample_fraction"].as_f64() {
+                Some(f) => format!(" (a random {:.1} % of the chunks)", f * 100.0),
+                None => String::new(),
+            }
         ),
         StoreCmd::Prune { name, dry_run } => println!(
             "{name}: {} {} point(s), kept {}",

@@ -27,6 +27,7 @@ pub struct Lab {
     pub sip: SocketAddr,
     pub http: SocketAddr,
     server: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 pub struct LabOptions {
@@ -45,6 +46,10 @@ pub struct LabOptions {
     pub listen_host: &'static str,
     /// Files written into the lab directory before the controller starts.
     pub files: Vec<(&'static str, String)>,
+    /// The protection group's datastores (TOML list items).
+    pub group_datastores: &'static str,
+    /// Environment of the controller (credentials of object stores).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for LabOptions {
@@ -59,6 +64,8 @@ impl Default for LabOptions {
             watch: String::new(),
             listen_host: "127.0.0.1",
             files: Vec::new(),
+            group_datastores: r#""site1-store", "site2-store""#,
+            env: Vec::new(),
         }
     }
 }
@@ -108,13 +115,14 @@ size = "{disk}"
 [groups.gold]
 members = ["pbx1"]
 schedule = "{schedule}"
-datastores = ["site1-store", "site2-store"]
+datastores = [{group_datastores}]
 [groups.gold.retention]
 {retention}
 {extra}
 {watch}
 "#,
             listen_host = opts.listen_host,
+            group_datastores = opts.group_datastores,
             controller = opts.controller,
             // `{sip}` in watch text is the VNF's SIP address.
             watch = opts.watch.replace("{sip}", &format!("127.0.0.1:{sip}")),
@@ -135,6 +143,7 @@ datastores = ["site1-store", "site2-store"]
             sip: ([127, 0, 0, 1], sip).into(),
             http: ([127, 0, 0, 1], http).into(),
             server: None,
+            env: opts.env.clone(),
         };
         lab.start_server();
         lab
@@ -148,6 +157,7 @@ datastores = ["site1-store", "site2-store"]
         let log = std::fs::File::create(self.path("server.log")).unwrap();
         let child = Command::new(STANDBY)
             .args(["--config", self.cfg.to_str().unwrap(), "server"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -6,6 +6,7 @@ mod harness;
 mod hooks;
 mod netlab;
 
+mod cloud;
 mod config_errors;
 mod demo;
 mod protect_restore;
