@@ -63,7 +63,7 @@ impl Datastore {
     pub fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport, StoreError> {
         // Held like a writer: a pack gc removes while verify reads would
         // be reported missing.
-        let _lock = crate::lock::shared(self.root())?;
+        let _lock = self.lock_shared()?;
         self.rescan(true)?;
         let mut report = VerifyReport::default();
         let mut problems = BTreeSet::new();
