@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -64,14 +64,6 @@ impl Server {
         s
     }
 
-    pub fn azurite() -> Server {
-        Server::start(Kind::Azurite)
-    }
-
-    pub fn moto() -> Server {
-        Server::start(Kind::Moto)
-    }
-
     fn spawn(&mut self) {
         let port = self.port.to_string();
         let log = std::fs::File::create(self.data.path().join("server.log")).unwrap();
@@ -122,9 +114,17 @@ impl Server {
         }
     }
 
-    /// Kill the server (its data stays for Azurite).
+    /// Kill the server (its data stays for Azurite). SIGTERM: Azurite
+    /// saves its metadata on a signal, while SIGKILL could lose the
+    /// last seconds of it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -179,10 +179,6 @@ impl Server {
             "creating bucket {name} on {:?}: {status}",
             self.kind
         );
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        self.data.path()
     }
 }
 
