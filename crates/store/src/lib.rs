@@ -9,7 +9,14 @@
 //! <root>/manifests/<vm>/<time>.json    one recovery point, written last
 //! <root>/tmp/                          files being written (renamed into place)
 //! <root>/locks/gc.lock, gc.epoch       writer / gc exclusion
+//! <root>/locks/gc.lease, shared/*.lease   the same on object stores
 //! ```
+//!
+//! The layout is the same on a local directory ([`backend::LocalBackend`])
+//! and on an object store ([`object::ObjectBackend`]: Azure Blob, S3 or
+//! local files through `object_store`), where `<root>` is a prefix in a
+//! container or bucket, each file is one object written with one atomic
+//! put (no `tmp/`), and a pack is one object read by byte ranges.
 //!
 //! # Formats
 //!
@@ -42,16 +49,21 @@
 //!   durable, so no writer references a chunk that may never exist.
 //! - Pack ids are random: concurrent writers, in one process or many,
 //!   never write the same file.
-//! - Point writers and syncs hold `locks/gc.lock` shared; gc holds it
-//!   exclusive and fails at once if it cannot. gc also never touches a
-//!   pack younger than its grace period, and after sweeping writes a new
+//! - Point writers, syncs, restores and verifies hold the store shared;
+//!   gc holds it exclusive and fails at once if it cannot: an flock on
+//!   `locks/gc.lock` locally, renewed lease objects on object stores
+//!   (the `lock` module and docs/datastore-format.md give the protocol).
+//!   gc also never touches a pack younger than its grace period, and
+//!   after sweeping writes a new
 //!   gc epoch so other processes reload their catalog before writing.
 //! - Every read of a blob checks its CRC, and every chunk read for a
 //!   restore or verify is re-hashed: corrupt bytes give an error naming the
 //!   chunk, never wrong data or a panic.
 //!
-//! All I/O on the store goes through [`backend::Backend`], the seam for an
-//! object-store backend.
+//! All I/O on the store goes through [`backend::Backend`]; a datastore
+//! opens on any backend with [`Datastore::open_on`] and friends. Restore,
+//! sync and sampled verify read the chunks of one pack in batches
+//! ([`backend::Backend::get_ranges`]) and several packs in parallel.
 
 pub mod backend;
 pub mod blob;

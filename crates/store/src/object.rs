@@ -440,7 +440,8 @@ impl Backend for ObjectBackend {
     }
 
     fn get_range(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
-        let mut v = self.get_ranges(path, &[offset..offset + len as u64])?;
+        let range = offset..offset + len as u64;
+        let mut v = self.get_ranges(path, std::slice::from_ref(&range))?;
         Ok(v.pop().unwrap_or_default())
     }
 

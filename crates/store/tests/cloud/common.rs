@@ -101,7 +101,7 @@ pub fn make_image(path: &Path, size: u64, seed: u64, random: f64) {
         let r = (rng.next_u32() as f64) / (u32::MAX as f64);
         if r < random {
             rng.fill_bytes(&mut buf);
-        } else if n % 7 == 0 {
+        } else if n.is_multiple_of(7) {
             let line = format!("chunk {n} seed {seed} compressible\n");
             for (i, b) in buf.iter_mut().enumerate() {
                 *b = line.as_bytes()[i % line.len()];
