@@ -5,7 +5,7 @@
 //!      0    4 magic "SBCK"
 //!      4    1 format version (1)
 //!      5    1 compression: 0 none, 1 zstd
-//!      6    1 encryption: 0 none (others reserved)
+//!      6    1 encryption: 0 none, 1 XChaCha20-Poly1305 (others reserved)
 //!      7    1 kind: 0 data chunk, 1 index chunk
 //!      8    4 raw (plaintext) length, u32 little endian
 //!     12    4 stored payload length, u32 little endian
@@ -14,10 +14,24 @@
 //! ```
 //!
 //! The stored length makes a pack readable blob by blob without its index.
+//!
+//! In an encrypted datastore (encryption 1) the payload is compressed
+//! first, then sealed with the data key ([`crate::crypto`]):
+//!
+//! ```text
+//! payload = nonce (24 random bytes) | ciphertext | Poly1305 tag (16)
+//! associated data = header bytes 0..16 (magic to stored length) | chunk id (32)
+//! ```
+//!
+//! so compression, kind and lengths cannot be edited, and a blob cannot be
+//! passed off as another chunk's. Raw length is the plaintext length,
+//! stored length the sealed payload's; the CRC covers the sealed payload
+//! and still catches plain corruption cheaply, before the AEAD runs.
 
 use std::cell::RefCell;
 
 use crate::chunk::ChunkId;
+use crate::crypto::{Crypto, SEAL_OVERHEAD};
 
 pub const BLOB_MAGIC: [u8; 4] = *b"SBCK";
 pub const BLOB_VERSION: u8 = 1;
@@ -47,6 +61,7 @@ impl BlobKind {
 const COMPRESSION_NONE: u8 = 0;
 const COMPRESSION_ZSTD: u8 = 1;
 const ENCRYPTION_NONE: u8 = 0;
+const ENCRYPTION_XCHACHA20POLY1305: u8 = 1;
 
 /// The on-disk header. Integers are little-endian byte arrays so the struct
 /// has no padding and its size is the on-disk size.
@@ -95,6 +110,14 @@ pub enum BlobError {
     KindMismatch { expected: BlobKind, found: BlobKind },
     #[error("content hash mismatch")]
     HashMismatch,
+    #[error("blob is encrypted and the datastore has no key")]
+    NeedsKey,
+    #[error("unencrypted blob in an encrypted datastore")]
+    NotSealed,
+    #[error(
+        "authentication failed: the blob was altered, moved from another chunk id or sealed with another key"
+    )]
+    Authentication,
 }
 
 impl BlobHeader {
@@ -122,7 +145,7 @@ impl BlobHeader {
         if header.compression > COMPRESSION_ZSTD {
             return Err(BlobError::UnknownCompression(header.compression));
         }
-        if header.encryption != ENCRYPTION_NONE {
+        if header.encryption > ENCRYPTION_XCHACHA20POLY1305 {
             return Err(BlobError::Encrypted(header.encryption));
         }
         if BlobKind::from_u8(header.kind).is_none() {
@@ -133,7 +156,7 @@ impl BlobHeader {
             return Err(BlobError::BadLength(raw));
         }
         let stored = u32::from_le_bytes(header.stored_len);
-        if stored as usize > MAX_RAW_LEN + 1024 {
+        if stored as usize > MAX_RAW_LEN + 1024 + SEAL_OVERHEAD {
             return Err(BlobError::BadLength(stored));
         }
         Ok(header)
@@ -154,6 +177,11 @@ impl BlobHeader {
 
     pub fn kind(&self) -> BlobKind {
         BlobKind::from_u8(self.kind).unwrap_or(BlobKind::Data)
+    }
+
+    /// True when the payload is sealed (encryption 1).
+    pub fn is_sealed(&self) -> bool {
+        self.encryption == ENCRYPTION_XCHACHA20POLY1305
     }
 
     pub fn raw_len(&self) -> usize {
@@ -262,6 +290,9 @@ pub fn check(blob: &[u8]) -> Result<BlobHeader, BlobError> {
 /// given check the plaintext hashes to it.
 pub fn decode(blob: &[u8], kind: BlobKind, id: Option<&ChunkId>) -> Result<Vec<u8>, BlobError> {
     let header = check(blob)?;
+    if header.is_sealed() {
+        return Err(BlobError::NeedsKey);
+    }
     if header.kind() != kind {
         return Err(BlobError::KindMismatch {
             expected: kind,
@@ -295,6 +326,9 @@ pub fn decode_into(
     out: &mut [u8],
 ) -> Result<(), BlobError> {
     let header = check(blob)?;
+    if header.is_sealed() {
+        return Err(BlobError::NeedsKey);
+    }
     if header.kind() != kind {
         return Err(BlobError::KindMismatch {
             expected: kind,
@@ -323,6 +357,145 @@ pub fn decode_into(
         });
     }
     if id.is_some_and(|id| ChunkId::hash(out) != *id) {
+        return Err(BlobError::HashMismatch);
+    }
+    Ok(())
+}
+
+/// Associated data of a sealed blob: its header up to the CRC, and the id.
+fn sealed_ad(header: &[u8; BLOB_HEADER_SIZE], id: &ChunkId) -> [u8; 16 + 32] {
+    let mut ad = [0u8; 16 + 32];
+    ad[..16].copy_from_slice(&header[..16]);
+    ad[16..].copy_from_slice(&id.0);
+    ad
+}
+
+/// Encode `data`, the plaintext of chunk `id`, for a datastore that
+/// encrypts with `crypto`, or exactly as [`encode`] does without.
+pub fn encode_with(
+    kind: BlobKind,
+    data: &[u8],
+    level: i32,
+    id: &ChunkId,
+    crypto: Option<&Crypto>,
+) -> Vec<u8> {
+    let Some(crypto) = crypto else {
+        return encode(kind, data, level);
+    };
+    debug_assert!(data.len() <= MAX_RAW_LEN);
+    let compressed = compress(data, level).filter(|c| c.len() < data.len());
+    let (compression, payload) = match &compressed {
+        Some(c) => (COMPRESSION_ZSTD, c.as_slice()),
+        None => (COMPRESSION_NONE, data),
+    };
+    let mut header = BlobHeader {
+        magic: BLOB_MAGIC,
+        version: BLOB_VERSION,
+        compression,
+        encryption: ENCRYPTION_XCHACHA20POLY1305,
+        kind: kind as u8,
+        raw_len: (data.len() as u32).to_le_bytes(),
+        stored_len: ((payload.len() + SEAL_OVERHEAD) as u32).to_le_bytes(),
+        crc: [0; 4],
+    };
+    let sealed = crypto.seal(&sealed_ad(&header.to_bytes(), id), payload);
+    header.crc = crc32fast::hash(&sealed).to_le_bytes();
+    let mut out = Vec::with_capacity(BLOB_HEADER_SIZE + sealed.len());
+    out.extend_from_slice(&header.to_bytes());
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// Check header and CRC, and open the payload of a sealed blob: the
+/// (maybe compressed) plaintext payload.
+fn open_sealed(
+    blob: &[u8],
+    kind: BlobKind,
+    id: &ChunkId,
+    crypto: &Crypto,
+) -> Result<(BlobHeader, Vec<u8>), BlobError> {
+    let header = check(blob)?;
+    if !header.is_sealed() {
+        return Err(BlobError::NotSealed);
+    }
+    let payload = crypto
+        .open(
+            &sealed_ad(&header.to_bytes(), id),
+            &blob[BLOB_HEADER_SIZE..],
+        )
+        .map_err(|_| BlobError::Authentication)?;
+    // Authenticated: the kind is what the writer said it was.
+    if header.kind() != kind {
+        return Err(BlobError::KindMismatch {
+            expected: kind,
+            found: header.kind(),
+        });
+    }
+    Ok((header, payload))
+}
+
+/// [`decode`] for a datastore that encrypts with `crypto`: the blob must
+/// be sealed for chunk `id`, and its plaintext must hash to `id` under the
+/// store's id key.
+pub fn decode_with(
+    blob: &[u8],
+    kind: BlobKind,
+    id: &ChunkId,
+    crypto: Option<&Crypto>,
+) -> Result<Vec<u8>, BlobError> {
+    let Some(crypto) = crypto else {
+        return decode(blob, kind, Some(id));
+    };
+    let (header, payload) = open_sealed(blob, kind, id, crypto)?;
+    let data = match header.compression {
+        COMPRESSION_NONE => payload,
+        _ => decompress(&payload, header.raw_len())?,
+    };
+    if data.len() != header.raw_len() {
+        return Err(BlobError::RawLengthMismatch {
+            expected: header.raw_len(),
+            found: data.len(),
+        });
+    }
+    if crypto.hash(&data) != *id {
+        return Err(BlobError::HashMismatch);
+    }
+    Ok(data)
+}
+
+/// [`decode_into`] for a datastore that encrypts with `crypto`.
+pub fn decode_into_with(
+    blob: &[u8],
+    kind: BlobKind,
+    id: &ChunkId,
+    crypto: Option<&Crypto>,
+    out: &mut [u8],
+) -> Result<(), BlobError> {
+    let Some(crypto) = crypto else {
+        return decode_into(blob, kind, Some(id), out);
+    };
+    let (header, payload) = open_sealed(blob, kind, id, crypto)?;
+    if out.len() != header.raw_len() {
+        return Err(BlobError::RawLengthMismatch {
+            expected: out.len(),
+            found: header.raw_len(),
+        });
+    }
+    let n = match header.compression {
+        COMPRESSION_NONE if payload.len() == out.len() => {
+            out.copy_from_slice(&payload);
+            out.len()
+        }
+        COMPRESSION_NONE => payload.len(),
+        _ => decompress_into(&payload, out)?,
+    };
+    if n != header.raw_len() {
+        return Err(BlobError::RawLengthMismatch {
+            expected: header.raw_len(),
+            found: n,
+        });
+    }
+    if crypto.hash(out) != *id {
         return Err(BlobError::HashMismatch);
     }
     Ok(())
@@ -401,5 +574,86 @@ mod tests {
             decode(&blob, BlobKind::Data, Some(&ChunkId::hash(b"other"))),
             Err(BlobError::HashMismatch)
         );
+    }
+
+    mod sealed {
+        use super::*;
+        use crate::crypto::MasterKeys;
+
+        fn crypto() -> Crypto {
+            Crypto::new(MasterKeys::random().unwrap())
+        }
+
+        #[test]
+        fn round_trip_and_no_plaintext() {
+            let c = crypto();
+            let text = b"standby secret ".repeat(4000);
+            let random: Vec<u8> = (0..65536).map(|_| rand::random::<u8>()).collect();
+            for data in [&text, &random] {
+                let id = c.chunk_id(data);
+                let blob = encode_with(BlobKind::Data, data, DEFAULT_LEVEL, &id, Some(&c));
+                assert_eq!(blob[6], ENCRYPTION_XCHACHA20POLY1305);
+                assert!(BlobHeader::parse(&blob).unwrap().is_sealed());
+                assert!(!blob.windows(14).any(|w| w == b"standby secret"));
+                assert_eq!(
+                    decode_with(&blob, BlobKind::Data, &id, Some(&c)).unwrap(),
+                    *data
+                );
+                let mut out = vec![0u8; data.len()];
+                decode_into_with(&blob, BlobKind::Data, &id, Some(&c), &mut out).unwrap();
+                assert_eq!(out, *data);
+                // Without the key, or with another, it never opens.
+                assert_eq!(
+                    decode(&blob, BlobKind::Data, Some(&id)),
+                    Err(BlobError::NeedsKey)
+                );
+                assert_eq!(
+                    decode_with(&blob, BlobKind::Data, &id, Some(&crypto())),
+                    Err(BlobError::Authentication)
+                );
+            }
+            assert_eq!(
+                encode_with(BlobKind::Data, &text, 1, &ChunkId::hash(&text), None),
+                encode(BlobKind::Data, &text, 1),
+                "the unencrypted path is unchanged"
+            );
+        }
+
+        #[test]
+        fn moved_edited_or_flipped_blobs_never_open() {
+            let c = crypto();
+            let a = b"chunk a ".repeat(1000);
+            let b = b"chunk b ".repeat(1000);
+            let (ida, idb) = (c.chunk_id(&a), c.chunk_id(&b));
+            let blob = encode_with(BlobKind::Data, &a, DEFAULT_LEVEL, &ida, Some(&c));
+            // Listed under another id: the associated data differs.
+            assert_eq!(
+                decode_with(&blob, BlobKind::Data, &idb, Some(&c)),
+                Err(BlobError::Authentication)
+            );
+            // Kind edited (the CRC covers the payload only): the header is bound.
+            let mut edited = blob.clone();
+            edited[7] = BlobKind::Index as u8;
+            assert_eq!(
+                decode_with(&edited, BlobKind::Index, &ida, Some(&c)),
+                Err(BlobError::Authentication)
+            );
+            for i in 0..blob.len() {
+                let mut bad = blob.clone();
+                bad[i] ^= 0x10;
+                assert!(
+                    decode_with(&bad, BlobKind::Data, &ida, Some(&c)).is_err(),
+                    "flip at {i}"
+                );
+                let mut out = vec![0u8; a.len()];
+                assert!(decode_into_with(&bad, BlobKind::Data, &ida, Some(&c), &mut out).is_err());
+            }
+            // A plain blob has no place in an encrypted store.
+            let plain = encode(BlobKind::Data, &a, DEFAULT_LEVEL);
+            assert_eq!(
+                decode_with(&plain, BlobKind::Data, &ida, Some(&c)),
+                Err(BlobError::NotSealed)
+            );
+        }
     }
 }

@@ -87,7 +87,14 @@ impl Catalog {
 
     /// Load the index files not loaded yet (all of them when `full`, after
     /// dropping what is known).
-    pub fn scan(&self, backend: &dyn Backend, full: bool, epoch: String) -> Result<(), StoreError> {
+    /// `index_key` is the MAC key of an encrypted datastore's index files.
+    pub fn scan(
+        &self,
+        backend: &dyn Backend,
+        full: bool,
+        epoch: String,
+        index_key: Option<&[u8; 32]>,
+    ) -> Result<(), StoreError> {
         let known: HashSet<PackId> = if full {
             HashSet::new()
         } else {
@@ -112,7 +119,7 @@ impl Catalog {
             .par_iter()
             .filter_map(|(id, path)| {
                 let result = match backend.get(path) {
-                    Ok(bytes) => pack::decode_index(&bytes),
+                    Ok(bytes) => pack::decode_index_keyed(&bytes, index_key),
                     // Deleted by gc since the listing.
                     Err(e) if e.is_not_found() => return None,
                     // One unreadable index must not close the store: it is
@@ -137,7 +144,11 @@ impl Catalog {
                 }
                 Ok(idx) => {
                     if !idx.checksum_ok {
-                        state.damaged.insert(id, "checksum mismatch".into());
+                        let reason = match index_key {
+                            Some(_) => "MAC mismatch: altered, or written with another key",
+                            None => "checksum mismatch",
+                        };
+                        state.damaged.insert(id, reason.into());
                     }
                     let suspect = !idx.checksum_ok || !present.contains(&id);
                     insert_into(&mut state, &idx, suspect);

@@ -9,6 +9,7 @@ use crate::backend::{Backend, LocalBackend};
 use crate::blob::{self, BlobKind};
 use crate::catalog::{Catalog, Location};
 use crate::chunk::ChunkId;
+use crate::keys::KeySource;
 use crate::manifest::{DiskEntry, Manifest, PointId, PointMeta};
 use crate::pack::{self, PackId};
 use crate::writer::PointWriter;
@@ -37,13 +38,33 @@ impl Default for StoreOptions {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Marker {
+pub(crate) struct Marker {
     format: u64,
     kind: String,
     #[serde(default)]
     created: Option<chrono::DateTime<chrono::Utc>>,
+    /// "blake3", or "blake3-keyed" in an encrypted datastore.
     #[serde(default)]
-    chunk_hash: Option<String>,
+    pub(crate) chunk_hash: Option<String>,
+    /// "xchacha20poly1305" in an encrypted datastore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) encryption: Option<String>,
+    /// One-way check of the master keys (see `crypto::Crypto::key_check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) key_check: Option<String>,
+}
+
+impl Marker {
+    pub(crate) fn new(chunk_hash: &str) -> Marker {
+        Marker {
+            format: FORMAT,
+            kind: KIND.into(),
+            created: Some(chrono::Utc::now()),
+            chunk_hash: Some(chunk_hash.into()),
+            encryption: None,
+            key_check: None,
+        }
+    }
 }
 
 fn check_options(options: &StoreOptions) -> Result<(), StoreError> {
@@ -61,15 +82,9 @@ fn create_dirs(root: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Write the format marker; `AlreadyExists` when there is one.
-fn write_marker(backend: &dyn Backend) -> Result<(), StoreError> {
-    let marker = Marker {
-        format: FORMAT,
-        kind: KIND.into(),
-        created: Some(chrono::Utc::now()),
-        chunk_hash: Some("blake3".into()),
-    };
-    let bytes = serde_json::to_vec_pretty(&marker).map_err(|source| StoreError::Json {
+/// Write `marker`; `AlreadyExists` when there is one.
+fn write_marker(backend: &dyn Backend, marker: &Marker) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(marker).map_err(|source| StoreError::Json {
         what: "datastore marker".into(),
         source,
     })?;
@@ -119,6 +134,8 @@ pub(crate) struct Inner {
     pub backend: Arc<dyn Backend>,
     pub catalog: Catalog,
     pub options: StoreOptions,
+    /// The master keys of an encrypted datastore.
+    pub crypto: Option<crate::crypto::Crypto>,
 }
 
 /// A content-addressed store of recovery points. Cheap to clone; clones
@@ -139,27 +156,8 @@ impl Datastore {
         root: &Path,
         options: StoreOptions,
     ) -> Result<Datastore, StoreError> {
-        let marker = root.join(MARKER_FILE);
-        if !marker.exists() {
-            let empty = match std::fs::read_dir(root) {
-                Ok(mut entries) => entries.next().is_none(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-                Err(e) => return Err(StoreError::io("read directory", root, e)),
-            };
-            if !empty {
-                return Err(StoreError::NotADatastore {
-                    path: root.to_path_buf(),
-                });
-            }
-            std::fs::create_dir_all(root)
-                .map_err(|e| StoreError::io("create datastore", root, e))?;
-            create_dirs(root)?;
-            match write_marker(&LocalBackend::new(root)) {
-                // Created by someone else meanwhile.
-                Err(StoreError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::AlreadyExists => {}
-                other => other?,
-            }
+        if !root.join(MARKER_FILE).exists() {
+            create_layout(root, &Marker::new("blake3"), |_| Ok(()))?;
         }
         Self::open_with(root, options)
     }
@@ -170,27 +168,59 @@ impl Datastore {
     }
 
     pub fn open_with(root: &Path, options: StoreOptions) -> Result<Datastore, StoreError> {
+        Self::open_keyed(root, options, None)
+    }
+
+    /// Open an existing datastore at `root`, with its key when it is
+    /// encrypted.
+    pub(crate) fn open_keyed(
+        root: &Path,
+        options: StoreOptions,
+        key: Option<&KeySource>,
+    ) -> Result<Datastore, StoreError> {
         check_options(&options)?;
         let backend = LocalBackend::new(root);
         // Read the marker before creating anything in a stranger's directory.
         read_marker(&backend)?;
         create_dirs(root)?;
-        Self::open_on(Arc::new(backend), options)
+        Self::open_on_keyed(Arc::new(backend), options, key)
     }
 
-    /// Open an existing datastore on any backend (an object store).
+    /// Open an existing, unencrypted datastore on any backend (an object
+    /// store).
     pub fn open_on(
         backend: Arc<dyn Backend>,
         options: StoreOptions,
     ) -> Result<Datastore, StoreError> {
+        Self::open_on_keyed(backend, options, None)
+    }
+
+    /// Open an existing, encrypted datastore on any backend with `key`.
+    pub fn open_on_with_key(
+        backend: Arc<dyn Backend>,
+        key: &KeySource,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        Self::open_on_keyed(backend, options, Some(key))
+    }
+
+    /// Open an existing datastore on `backend`, with its key when it is
+    /// encrypted: the key objects are read through the same backend.
+    pub(crate) fn open_on_keyed(
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+        key: Option<&KeySource>,
+    ) -> Result<Datastore, StoreError> {
         check_options(&options)?;
-        read_marker(backend.as_ref())?;
+        let marker = read_marker(backend.as_ref())?;
+        let crypto = crate::keys::unlock_marker(backend.as_ref(), &marker, key)?;
         let ds = Datastore {
             inner: Arc::new(Inner {
                 root: backend.location().to_path_buf(),
                 backend,
                 catalog: Catalog::default(),
                 options,
+                crypto,
             }),
         };
         ds.rescan(true)?;
@@ -205,15 +235,9 @@ impl Datastore {
         options: StoreOptions,
     ) -> Result<Datastore, StoreError> {
         check_options(&options)?;
-        if !backend.exists(MARKER_FILE)? && !backend.list("")?.is_empty() {
-            return Err(StoreError::NotADatastore {
-                path: backend.location().to_path_buf(),
-            });
+        if !create_layout_on(backend.as_ref(), &Marker::new("blake3"), |_| Ok(()))? {
+            return Err(already_exists(backend.as_ref()));
         }
-        if let Some(root) = backend.lock_dir() {
-            create_dirs(root)?;
-        }
-        write_marker(backend.as_ref())?;
         Self::open_on(backend, options)
     }
 
@@ -277,7 +301,12 @@ impl Datastore {
     /// Reload pack indexes: all of them when `full`, else the new ones.
     pub(crate) fn rescan(&self, full: bool) -> Result<(), StoreError> {
         let epoch = self.gc_epoch()?;
-        self.catalog().scan(self.backend(), full, epoch)
+        self.catalog().scan(
+            self.backend(),
+            full,
+            epoch,
+            self.crypto().map(|c| c.index_key()),
+        )
     }
 
     /// Reload the catalog if gc ran (in any process) since it was built.
@@ -380,7 +409,8 @@ impl Datastore {
     /// The plaintext of a chunk, checked against its id.
     pub(crate) fn read_chunk(&self, id: &ChunkId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
         let (blob, loc) = self.read_stored(id)?;
-        blob::decode(&blob, kind, Some(id)).map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
+        self.decode_blob(&blob, kind, id)
+            .map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
     }
 
     pub(crate) fn corrupt_chunk(
@@ -440,7 +470,7 @@ impl Datastore {
             path: self.root().join(path),
             reason,
         };
-        let m = Manifest::from_bytes(&bytes).map_err(bad)?;
+        let m = self.decode_manifest(path, &bytes).map_err(bad)?;
         if m.id.manifest_path() != path {
             return Err(bad(format!("holds point {} at the wrong path", m.id)));
         }
@@ -525,4 +555,80 @@ impl Datastore {
         }
         Ok(stats)
     }
+}
+
+/// Make the directories and marker of a new datastore at `root`, which
+/// must be missing or empty; `before_marker` writes what must exist
+/// before the marker makes the datastore visible (its key object). False
+/// when another process created it meanwhile.
+pub(crate) fn create_layout(
+    root: &Path,
+    marker: &Marker,
+    before_marker: impl FnOnce(&dyn Backend) -> Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    let empty = match std::fs::read_dir(root) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(StoreError::io("read directory", root, e)),
+    };
+    if !empty {
+        return Err(StoreError::NotADatastore {
+            path: root.to_path_buf(),
+        });
+    }
+    std::fs::create_dir_all(root).map_err(|e| StoreError::io("create datastore", root, e))?;
+    create_dirs(root)?;
+    put_marker(&LocalBackend::new(root), marker, before_marker)
+}
+
+/// [`create_layout`] on any backend: the location must hold no objects
+/// (or a datastore already, which gives false). Local directories a
+/// backend locks in are made too.
+pub(crate) fn create_layout_on(
+    backend: &dyn Backend,
+    marker: &Marker,
+    before_marker: impl FnOnce(&dyn Backend) -> Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    if backend.exists(MARKER_FILE)? {
+        return Ok(false);
+    }
+    if !backend.list("")?.is_empty() {
+        return Err(StoreError::NotADatastore {
+            path: backend.location().to_path_buf(),
+        });
+    }
+    if let Some(root) = backend.lock_dir() {
+        create_dirs(root)?;
+    }
+    put_marker(backend, marker, before_marker)
+}
+
+/// Write what must precede the marker, then the marker, create-only: of
+/// concurrent creators the first marker written wins (false for the
+/// others).
+fn put_marker(
+    backend: &dyn Backend,
+    marker: &Marker,
+    before_marker: impl FnOnce(&dyn Backend) -> Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    before_marker(backend)?;
+    match write_marker(backend, marker) {
+        Ok(()) => Ok(true),
+        // Created by someone else meanwhile.
+        Err(StoreError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The error of creating a datastore where one exists already.
+pub(crate) fn already_exists(backend: &dyn Backend) -> StoreError {
+    StoreError::io(
+        "create datastore",
+        backend.location().join(MARKER_FILE),
+        std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+    )
 }

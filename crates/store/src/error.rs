@@ -32,6 +32,16 @@ pub enum StoreError {
     NotADatastore { path: PathBuf },
     #[error("unsupported datastore format {format} at {path}")]
     UnsupportedFormat { path: PathBuf, format: u64 },
+    #[error("wrong key for datastore {location}: no key object opens with it")]
+    WrongKey { location: PathBuf },
+    #[error("datastore {location} is encrypted: open it with its key file or passphrase")]
+    KeyRequired { location: PathBuf },
+    #[error("datastore {location} is not encrypted: it takes no key")]
+    NotEncrypted { location: PathBuf },
+    #[error("unusable key file {path}: {reason}")]
+    KeyFile { path: PathBuf, reason: String },
+    #[error("unable to derive a key from the passphrase: {0}")]
+    Kdf(String),
     #[error("invalid chunk size {0}: must be a power of two from 64 KiB to 4 MiB")]
     InvalidChunkSize(u32),
     #[error("invalid pack size {0}: must be from 16 MiB to 64 MiB")]

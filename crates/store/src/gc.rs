@@ -126,13 +126,12 @@ impl Datastore {
             if info.idx_size == 0 || damaged.contains_key(id) {
                 continue;
             }
-            let idx =
-                pack::decode_index(&self.backend().get(&id.idx_path())?).map_err(|reason| {
-                    StoreError::Corrupt {
-                        object: format!("index file {}", id.idx_path()),
-                        root: self.root().to_path_buf(),
-                        reason,
-                    }
+            let idx = self
+                .decode_index(&self.backend().get(&id.idx_path())?)
+                .map_err(|reason| StoreError::Corrupt {
+                    object: format!("index file {}", id.idx_path()),
+                    root: self.root().to_path_buf(),
+                    reason,
                 })?;
             indexes.insert(*id, idx);
         }
@@ -203,7 +202,7 @@ impl Datastore {
                         let blob =
                             self.backend()
                                 .get_range(&id.pack_path(), e.offset, e.len as usize)?;
-                        crate::blob::decode(&blob, e.kind, Some(&e.id))
+                        self.decode_blob(&blob, e.kind, &e.id)
                             .map_err(|err| self.corrupt_chunk(&e.id, id, err))?;
                         // The packer skips chunks the catalog knows; this
                         // one must be copied, so it goes in directly.

@@ -21,6 +21,12 @@ pub struct IndexChunk {
 
 /// Cut a disk's ids into index chunks.
 pub fn split(ids: &[ChunkId], per: usize) -> Vec<IndexChunk> {
+    split_with(ids, per, ChunkId::hash)
+}
+
+/// [`split`], an index chunk's id being `hash` of its payload (keyed
+/// BLAKE3 in an encrypted datastore).
+pub fn split_with(ids: &[ChunkId], per: usize, hash: impl Fn(&[u8]) -> ChunkId) -> Vec<IndexChunk> {
     ids.chunks(per)
         .map(|group| {
             if group.iter().all(ChunkId::is_zero) {
@@ -31,7 +37,7 @@ pub fn split(ids: &[ChunkId], per: usize) -> Vec<IndexChunk> {
             }
             let payload: Vec<u8> = group.iter().flat_map(|id| id.0).collect();
             IndexChunk {
-                id: ChunkId::hash(&payload),
+                id: hash(&payload),
                 payload: Some(payload),
             }
         })

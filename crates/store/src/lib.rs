@@ -10,6 +10,7 @@
 //! <root>/tmp/                          files being written (renamed into place)
 //! <root>/locks/gc.lock, gc.epoch       writer / gc exclusion
 //! <root>/locks/gc.lease, shared/*.lease   the same on object stores
+//! <root>/keys/<id>.json                encrypted store: the master keys, wrapped
 //! ```
 //!
 //! The layout is the same on a local directory ([`backend::LocalBackend`])
@@ -39,6 +40,24 @@
 //!   index chunk ids; a BLAKE3 checksum over its canonical JSON detects
 //!   any changed byte.
 //!
+//! # Encryption (optional, per datastore)
+//!
+//! An encrypted datastore ([`Datastore::create_encrypted`],
+//! [`Datastore::open_with_key`]) has random master keys ([`crypto`]),
+//! stored only wrapped in key objects under a key file or an Argon2id
+//! passphrase ([`keys`]). Blobs are compressed, then sealed with
+//! XChaCha20-Poly1305 (header and chunk id as associated data); chunk ids
+//! are BLAKE3 keyed with a secret id key; pack index trailers are keyed
+//! MACs; manifests are sealed whole (their path still shows vm and time).
+//! A wrong key is refused at open; a tampered object is an error naming
+//! it. Sync between stores of different schemes re-encodes
+//! (`reencode.rs`). See `docs/encryption.md`.
+//!
+//! Encryption and the backend are independent: an encrypted datastore
+//! lives on an object store as well ([`Datastore::create_encrypted_on`],
+//! [`Datastore::open_on_with_key`]), its key objects next to its data,
+//! and is locked with leases like any other there.
+//!
 //! # Invariants
 //!
 //! - Write order: a pack is durable before its index, and every pack and
@@ -57,8 +76,12 @@
 //!   after sweeping writes a new
 //!   gc epoch so other processes reload their catalog before writing.
 //! - Every read of a blob checks its CRC, and every chunk read for a
-//!   restore or verify is re-hashed: corrupt bytes give an error naming the
-//!   chunk, never wrong data or a panic.
+//!   restore or verify is re-hashed (keyed in an encrypted store, after its
+//!   seal opened): corrupt bytes give an error naming the chunk, never
+//!   wrong data or a panic.
+//! - An encrypted store never holds a master key, key file or passphrase
+//!   in the clear, and never mixes schemes: an unencrypted blob or manifest
+//!   in it (or a sealed one in a plain store) is an error.
 //!
 //! All I/O on the store goes through [`backend::Backend`]; a datastore
 //! opens on any backend with [`Datastore::open_on`] and friends. Restore,
@@ -69,10 +92,12 @@ pub mod backend;
 pub mod blob;
 mod catalog;
 pub mod chunk;
+pub mod crypto;
 mod datastore;
 mod error;
 mod gc;
 pub mod index;
+pub mod keys;
 mod lock;
 mod manifest;
 pub mod object;
@@ -80,6 +105,7 @@ pub mod pack;
 mod packer;
 mod progress;
 mod prune;
+mod reencode;
 mod restore;
 mod sync;
 mod verify;
@@ -89,6 +115,7 @@ pub use chunk::ChunkId;
 pub use datastore::{Datastore, StoreOptions, StoreStats};
 pub use error::StoreError;
 pub use gc::{GcOptions, GcReport};
+pub use keys::{KdfParams, KeySource, generate_key_file};
 pub use manifest::{Consistency, DiskEntry, Manifest, PointId, PointMeta};
 pub use object::{ObjectBackend, ObjectService, ObjectStats, ObjectStoreConfig};
 pub use pack::PackId;

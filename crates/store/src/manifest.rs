@@ -214,6 +214,17 @@ impl Manifest {
         m
     }
 
+    /// The same point with other disks: re-encoded for another datastore.
+    pub(crate) fn with_disks(&self, disks: Vec<DiskEntry>) -> Manifest {
+        let mut m = Manifest {
+            disks,
+            checksum: String::new(),
+            ..self.clone()
+        };
+        m.checksum = m.compute_checksum();
+        m
+    }
+
     pub fn disk(&self, name: &str) -> Option<&DiskEntry> {
         self.disks.iter().find(|d| d.name == name)
     }

@@ -7,6 +7,10 @@
 //!            | BLAKE3 of everything before (32 bytes)
 //! ```
 //!
+//! In an encrypted datastore the trailer is BLAKE3 keyed with the store's
+//! MAC key instead, so an index cannot be edited (or forged) without the
+//! key; everything else is the same.
+//!
 //! A pack is built in memory and written whole, with one fsync; its index
 //! is written after it, so an index never names a pack that is not durable.
 
@@ -137,6 +141,20 @@ pub fn check_pack_header(bytes: &[u8]) -> Result<(), String> {
 }
 
 pub fn encode_index(pack: &PackId, entries: &[IdxEntry]) -> Vec<u8> {
+    encode_index_keyed(pack, entries, None)
+}
+
+/// The trailer of an index body: BLAKE3, keyed with `key` when given.
+fn trailer(body: &[u8], key: Option<&[u8; 32]>) -> blake3::Hash {
+    match key {
+        Some(key) => blake3::keyed_hash(key, body),
+        None => blake3::hash(body),
+    }
+}
+
+/// [`encode_index`], the trailer keyed with `key` (the MAC key of an
+/// encrypted datastore) when given.
+pub fn encode_index_keyed(pack: &PackId, entries: &[IdxEntry], key: Option<&[u8; 32]>) -> Vec<u8> {
     let mut out =
         Vec::with_capacity(IDX_HEADER_SIZE + entries.len() * IDX_ENTRY_SIZE + IDX_TRAILER_SIZE);
     out.extend_from_slice(&IDX_MAGIC);
@@ -149,7 +167,7 @@ pub fn encode_index(pack: &PackId, entries: &[IdxEntry]) -> Vec<u8> {
         out.extend_from_slice(&e.len.to_le_bytes());
         out.push(e.kind as u8);
     }
-    let sum = blake3::hash(&out);
+    let sum = trailer(&out, key);
     out.extend_from_slice(sum.as_bytes());
     out
 }
@@ -157,6 +175,11 @@ pub fn encode_index(pack: &PackId, entries: &[IdxEntry]) -> Vec<u8> {
 /// Parse an index file. Structural damage is an error; a checksum mismatch
 /// alone is reported through [`PackIndex::checksum_ok`].
 pub fn decode_index(bytes: &[u8]) -> Result<PackIndex, String> {
+    decode_index_keyed(bytes, None)
+}
+
+/// [`decode_index`], the trailer checked as a MAC under `key` when given.
+pub fn decode_index_keyed(bytes: &[u8], key: Option<&[u8; 32]>) -> Result<PackIndex, String> {
     if bytes.len() < IDX_HEADER_SIZE + IDX_TRAILER_SIZE {
         return Err(format!("truncated index ({} bytes)", bytes.len()));
     }
@@ -176,7 +199,9 @@ pub fn decode_index(bytes: &[u8]) -> Result<PackIndex, String> {
             bytes.len()
         ));
     }
-    let checksum_ok = blake3::hash(&bytes[..body_len]).as_bytes()[..] == bytes[body_len..];
+    // blake3::Hash compares in constant time.
+    let expected: [u8; 32] = bytes[body_len..].try_into().expect("32 bytes");
+    let checksum_ok = trailer(&bytes[..body_len], key) == blake3::Hash::from(expected);
     let mut entries = Vec::with_capacity(count);
     for raw in bytes[IDX_HEADER_SIZE..body_len].chunks_exact(IDX_ENTRY_SIZE) {
         let kind =
@@ -290,8 +315,18 @@ impl PackBuilder {
     /// Like [`PackBuilder::write`], also giving back the buffer for
     /// [`PackBuilder::with_buffer`].
     pub fn write_keep(self, backend: &dyn Backend) -> Result<(PackIndex, Vec<u8>), StoreError> {
+        self.write_keep_keyed(backend, None)
+    }
+
+    /// [`PackBuilder::write_keep`], the index trailer keyed with `key`.
+    pub fn write_keep_keyed(
+        self,
+        backend: &dyn Backend,
+        key: Option<&[u8; 32]>,
+    ) -> Result<(PackIndex, Vec<u8>), StoreError> {
         backend.put(&self.id.pack_path(), self.bytes())?;
-        backend.put(&self.id.idx_path(), &encode_index(&self.id, &self.entries))?;
+        let idx = encode_index_keyed(&self.id, &self.entries, key);
+        backend.put(&self.id.idx_path(), &idx)?;
         let idx = PackIndex {
             pack: self.id,
             entries: self.entries,
@@ -356,6 +391,32 @@ mod tests {
         let (pack, mut entries) = sample();
         entries[0].len = MAX_BLOB_LEN as u32;
         assert!(decode_index(&encode_index(&pack, &entries)).is_ok());
+    }
+
+    #[test]
+    fn keyed_trailer_is_a_mac() {
+        let (pack, entries) = sample();
+        let key = [7u8; 32];
+        let bytes = encode_index_keyed(&pack, &entries, Some(&key));
+        assert!(decode_index_keyed(&bytes, Some(&key)).unwrap().checksum_ok);
+        assert!(
+            !decode_index_keyed(&bytes, Some(&[8u8; 32]))
+                .unwrap()
+                .checksum_ok
+        );
+        assert!(!decode_index(&bytes).unwrap().checksum_ok);
+        assert!(
+            !decode_index_keyed(&encode_index(&pack, &entries), Some(&key))
+                .unwrap()
+                .checksum_ok
+        );
+        let mut flipped = bytes.clone();
+        flipped[IDX_HEADER_SIZE + 40] ^= 1;
+        assert!(
+            !decode_index_keyed(&flipped, Some(&key))
+                .unwrap()
+                .checksum_ok
+        );
     }
 
     #[test]

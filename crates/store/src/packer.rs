@@ -38,7 +38,8 @@ impl Packer {
             .spawn(move || {
                 let mut written = Vec::new();
                 for builder in rx {
-                    let (idx, buf) = builder.write_keep(writer_store.backend())?;
+                    let key = writer_store.crypto().map(|c| c.index_key());
+                    let (idx, buf) = builder.write_keep_keyed(writer_store.backend(), key)?;
                     writer_store.catalog().insert(&idx);
                     written.push(idx);
                     let _ = spare_tx.try_send(buf);

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::StoreError;
-use crate::blob::{self, BlobKind};
+use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
 use crate::datastore::Datastore;
 use crate::manifest::PointId;
@@ -132,7 +132,8 @@ impl Datastore {
                         .try_recv()
                         .unwrap_or_else(|_| AlignedBuf::new(batch * cs as usize));
                     // Fetched per pack in ranged batches, then decoded
-                    // (and checked against their ids) in parallel.
+                    // (opened with the store's key when it is encrypted,
+                    // and checked against their ids) in parallel.
                     let wanted: Vec<ChunkId> =
                         group.iter().filter(|id| !id.is_zero()).copied().collect();
                     let blobs = self.read_stored_many(&wanted)?;
@@ -151,7 +152,7 @@ impl Datastore {
                         .filter(|(_, id)| !id.is_zero())
                         .try_for_each(|((k, slot), id)| {
                             let (blob, loc) = &blobs[slot_of[k]];
-                            blob::decode_into(blob, BlobKind::Data, Some(id), slot)
+                            self.decode_blob_into(blob, BlobKind::Data, id, slot)
                                 .map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
                         })?;
                     let zero_bytes: u64 = group

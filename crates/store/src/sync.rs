@@ -7,12 +7,15 @@
 //! every pack is durable. An interrupted sync resumes where it stopped: the
 //! packs it finished are indexed in the destination, so their chunks are
 //! skipped, and only the pack being written is done again.
+//!
+//! Between stores of different encryption schemes, blobs cannot be copied
+//! as stored: `reencode.rs` does that sync.
 
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::StoreError;
-use crate::blob::{self, BlobKind};
+use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
 use crate::datastore::Datastore;
 use crate::manifest::PointId;
@@ -37,6 +40,9 @@ impl Datastore {
         dst: &Datastore,
         progress: &dyn Progress,
     ) -> Result<SyncStats, StoreError> {
+        if !self.same_scheme(dst) {
+            return self.sync_reencode(id, dst, progress);
+        }
         let mut stats = SyncStats::default();
         // Both stores are held like writers: gc on either waits.
         let _src_lock = self.lock_shared()?;
@@ -80,7 +86,7 @@ impl Datastore {
         dst_lock.check()?;
         match dst
             .backend()
-            .put_new(&id.manifest_path(), &manifest.to_bytes()?)
+            .put_new(&id.manifest_path(), &dst.encode_manifest(&manifest)?)
         {
             Err(StoreError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::AlreadyExists =>
@@ -98,7 +104,9 @@ impl Datastore {
 const SYNC_BATCH: usize = 256;
 
 /// Copy the chunks of `ids` the destination lacks, as stored: fetched from
-/// the source in ranged batches per pack, each checked against its id.
+/// the source in ranged batches per pack, each checked against its id (its
+/// seal opened and keyed hash checked in an encrypted store; source and
+/// destination share the scheme here, so the stored bytes stay valid).
 fn copy_batch(
     src: &Datastore,
     packer: &mut Packer,
@@ -120,7 +128,7 @@ fn copy_batch(
         .par_iter()
         .zip(&blobs)
         .try_for_each(|(id, (raw, loc))| {
-            blob::decode(raw, kind, Some(id))
+            src.decode_blob(raw, kind, id)
                 .map(|_| ())
                 .map_err(|e| src.corrupt_chunk(id, &loc.pack, e))
         })?;

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::StoreError;
-use crate::blob::{self, BlobKind};
+use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
 use crate::datastore::Datastore;
 use crate::index;
@@ -131,6 +131,16 @@ impl Datastore {
                 disk: None,
                 object: format!("index file {}", pack.idx_path()),
                 message: reason.clone(),
+            });
+        }
+
+        // Key objects (only their form: opening one needs its key).
+        for (object, message) in crate::keys::check_objects(self.backend())? {
+            problems.insert(Problem {
+                point: None,
+                disk: None,
+                object,
+                message,
             });
         }
 
@@ -300,11 +310,10 @@ impl Datastore {
                         None => data.get(start..start.saturating_add(loc.len as usize)),
                     };
                     let result = match stored {
-                        Some(bytes) if start >= pack::PACK_HEADER_SIZE => {
-                            blob::decode(bytes, *kind, Some(id))
-                                .map(|d| d.len())
-                                .map_err(|e| e.to_string())
-                        }
+                        Some(bytes) if start >= pack::PACK_HEADER_SIZE => self
+                            .decode_blob(bytes, *kind, id)
+                            .map(|d| d.len())
+                            .map_err(|e| e.to_string()),
                         _ => Err(format!(
                             "blob at {}+{} is past the end of the pack ({} bytes)",
                             loc.offset,

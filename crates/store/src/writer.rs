@@ -18,7 +18,7 @@ use chrono::{SubsecRound, Utc};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::blob::{self, BlobKind};
+use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
 use crate::datastore::Datastore;
 use crate::index::{self, IDS_PER_INDEX_CHUNK};
@@ -232,12 +232,11 @@ impl PointWriter {
         let (tx, rx) = sync_channel::<Result<Block, StoreError>>(2);
         let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(4);
         let reader_path = source.to_path_buf();
-        let level = self.store.options().zstd_level;
         std::thread::scope(|scope| -> Result<(), StoreError> {
             scope.spawn(move || read_blocks(file, &reader_path, size, cs, blocks, tx, recycle_rx));
             for block in rx {
                 let block = block?;
-                self.process_block(&block, cs, level, &mut ids, &mut stats)?;
+                self.process_block(&block, cs, &mut ids, &mut stats)?;
                 stats.bytes_read += block.data.len() as u64;
                 progress.inc(block.data.len() as u64);
                 let _ = recycle_tx.try_send(block.data);
@@ -247,9 +246,10 @@ impl PointWriter {
 
         let mut new_bytes_index = 0;
         let mut index_ids = Vec::new();
-        for ic in index::split(&ids, IDS_PER_INDEX_CHUNK) {
+        let store = &self.store;
+        for ic in index::split_with(&ids, IDS_PER_INDEX_CHUNK, |p| store.index_chunk_id(p)) {
             if let Some(payload) = ic.payload.filter(|_| !self.packer.has(&ic.id)) {
-                let blob = blob::encode(BlobKind::Index, &payload, level);
+                let blob = store.encode_blob(BlobKind::Index, &ic.id, &payload);
                 if self.packer.add(ic.id, BlobKind::Index, &blob)? {
                     stats.index_chunks_new += 1;
                     new_bytes_index += blob.len() as u64;
@@ -320,7 +320,6 @@ impl PointWriter {
         &mut self,
         block: &Block,
         cs: u64,
-        level: i32,
         ids: &mut [ChunkId],
         stats: &mut DiskWriteStats,
     ) -> Result<(), StoreError> {
@@ -328,13 +327,14 @@ impl PointWriter {
         // lacks, encoding. Then, in disk order, the blobs go to the packer,
         // which drops a chunk met earlier in this block.
         let packer = &self.packer;
+        let store = &self.store;
         let done: Vec<(ChunkId, Option<Vec<u8>>)> = block
             .data
             .par_chunks(cs as usize)
             .map(|chunk| {
-                let id = ChunkId::of(chunk);
+                let id = store.chunk_id(chunk);
                 let blob = (!id.is_zero() && !packer.has(&id))
-                    .then(|| blob::encode(BlobKind::Data, chunk, level));
+                    .then(|| store.encode_blob(BlobKind::Data, &id, chunk));
                 (id, blob)
             })
             .collect();
@@ -370,7 +370,7 @@ impl PointWriter {
         // A lease lost to gc may have let it delete what the point uses.
         _lock.check()?;
         let manifest = Manifest::new(id.clone(), meta, id.time(), disks);
-        let bytes = manifest.to_bytes()?;
+        let bytes = store.encode_manifest(&manifest)?;
         match store.backend().put_new(&id.manifest_path(), &bytes) {
             Err(StoreError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::AlreadyExists =>

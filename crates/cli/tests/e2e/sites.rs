@@ -332,6 +332,29 @@ fn watch_figures() {
         s.wait_healthy();
     }
 
+    // A hung VNF: the process lives (the driver sees nothing wrong), only
+    // the SIP probe can tell.
+    let mut hung = Vec::new();
+    for i in 0..trials {
+        let vm = s.lab.json(&["vm", "status", "pbx1"]);
+        let pid = vm["pid"].as_u64().unwrap().to_string();
+        let before = alerts(&s.lab, true).len();
+        let t0 = chrono::Utc::now();
+        crate::netlab::sh(&["kill", "-STOP", &pid]);
+        let a = wait_until("vnf-down", Duration::from_secs(30), || {
+            let all = alerts(&s.lab, true);
+            all[..all.len() - before]
+                .iter()
+                .find(|a| a["rule"] == "vnf-down")
+                .cloned()
+        });
+        let d = fired_after(&a, t0);
+        eprintln!("trial {i}: hung VNF detected in {d:.2}s");
+        hung.push(d);
+        crate::netlab::sh(&["kill", "-CONT", &pid]);
+        s.wait_healthy();
+    }
+
     let mut site = Vec::new();
     for i in 0..trials {
         let before = s.site_down(true).len();
@@ -380,6 +403,11 @@ fn watch_figures() {
         "killed VNF: p50 {:.2}s p95 {:.2}s over {trials} trials (1 s probe interval)",
         percentile(&mut vnf.clone(), 0.5),
         percentile(&mut vnf, 0.95)
+    );
+    println!(
+        "hung VNF (SIGSTOP, seen by the SIP probe only): p50 {:.2}s p95 {:.2}s over {trials} trials",
+        percentile(&mut hung.clone(), 0.5),
+        percentile(&mut hung, 0.95)
     );
     println!(
         "cut site:   p50 {:.2}s p95 {:.2}s over {trials} trials",
