@@ -3,6 +3,7 @@
 //! program is a failure that says how to install it, never a skip.
 
 mod common;
+mod encrypted;
 mod figures;
 mod maintenance;
 mod roundtrip;
