@@ -22,12 +22,15 @@ impl Client {
         } else {
             format!("http://{addr}")
         };
+        // reqwest has no TLS provider of its own (see the workspace
+        // Cargo.toml): ring, once per process, before any client is built.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Client {
             base,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()
-                .expect("http client without TLS builds"),
+                .expect("http client with the ring provider builds"),
         }
     }
 

@@ -27,6 +27,20 @@ fn shown_url(url: &str) -> String {
     }
 }
 
+/// TLS for webhooks: rustls with the ring provider and the Mozilla root
+/// certificates (as lettre's SMTP); the system's store is not read.
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
 /// Whether a response status may succeed on a later attempt.
 fn status_retryable(status: StatusCode) -> bool {
     status.is_server_error()
@@ -63,16 +77,19 @@ pub(crate) async fn send(
         ))
     })?;
 
+    let setup_failed = |e: &dyn std::fmt::Display| {
+        DeliveryError::permanent(format!(
+            "receiver '{name}': unable to set up HTTP client: {e}"
+        ))
+    };
+    let tls = tls_config().map_err(|e| setup_failed(&e))?;
     let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
         .timeout(*timeout)
         // A redirected POST turns into a GET; a moved receiver is a config fix.
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| {
-            DeliveryError::permanent(format!(
-                "receiver '{name}': unable to set up HTTP client: {e}"
-            ))
-        })?;
+        .map_err(|e| setup_failed(&e))?;
     let mut request = client
         .post(url.as_str())
         .header(CONTENT_TYPE, "application/json")
@@ -132,6 +149,24 @@ pub(crate) async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_is_ring_with_the_mozilla_roots() {
+        let config = tls_config().unwrap();
+        let suites = |p: &rustls::crypto::CryptoProvider| -> Vec<_> {
+            p.cipher_suites.iter().map(|s| s.suite()).collect()
+        };
+        assert_eq!(
+            suites(config.crypto_provider()),
+            suites(&rustls::crypto::ring::default_provider())
+        );
+        // Built without a process-wide default provider: reqwest would
+        // panic if it needed one.
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .build()
+            .unwrap();
+    }
 
     #[test]
     fn url_shown_without_credentials() {

@@ -36,6 +36,9 @@ pub struct AgentOptions {
 }
 
 fn client() -> reqwest::Client {
+    // reqwest has no TLS provider of its own (see the workspace
+    // Cargo.toml): ring, once per process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))

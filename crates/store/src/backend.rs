@@ -10,12 +10,14 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::StoreError;
+use crate::object::ObjectStats;
 
 /// One object found by [`Backend::list`].
 #[derive(Debug, Clone)]
@@ -37,11 +39,32 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn get(&self, path: &str) -> Result<Vec<u8>, StoreError>;
     /// Read `len` bytes at `offset`; a short object is an error.
     fn get_range(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError>;
+    /// Several ranges of one object, in order; an object store fetches
+    /// neighbouring ranges in one request and the others in parallel.
+    fn get_ranges(&self, path: &str, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, StoreError> {
+        ranges
+            .iter()
+            .map(|r| self.get_range(path, r.start, (r.end - r.start) as usize))
+            .collect()
+    }
     /// Every object under `prefix` (recursive); a missing prefix is empty.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
     /// Delete an object; deleting a missing object is not an error.
     fn delete(&self, path: &str) -> Result<(), StoreError>;
     fn exists(&self, path: &str) -> Result<bool, StoreError>;
+    /// A local directory where advisory file locks work (see `lock`);
+    /// `None` for object stores, which are locked with lease objects.
+    fn lock_dir(&self) -> Option<&Path> {
+        None
+    }
+    /// How long a lease object lives unless renewed.
+    fn lease_duration(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+    /// Requests and bytes moved, for backends that count them.
+    fn object_stats(&self) -> Option<ObjectStats> {
+        None
+    }
 }
 
 /// Files in a directory on a local filesystem.
@@ -255,6 +278,10 @@ impl Backend for LocalBackend {
         let full = self.full(path);
         full.try_exists()
             .map_err(|e| StoreError::io("stat", &full, e))
+    }
+
+    fn lock_dir(&self) -> Option<&Path> {
+        Some(&self.root)
     }
 }
 

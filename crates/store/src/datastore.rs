@@ -9,6 +9,7 @@ use crate::backend::{Backend, LocalBackend};
 use crate::blob::{self, BlobKind};
 use crate::catalog::{Catalog, Location};
 use crate::chunk::ChunkId;
+use crate::keys::KeySource;
 use crate::manifest::{DiskEntry, Manifest, PointId, PointMeta};
 use crate::pack::{self, PackId};
 use crate::writer::PointWriter;
@@ -66,6 +67,57 @@ impl Marker {
     }
 }
 
+fn check_options(options: &StoreOptions) -> Result<(), StoreError> {
+    if !(pack::MIN_PACK_SIZE..=pack::MAX_PACK_SIZE).contains(&options.pack_size) {
+        return Err(StoreError::InvalidPackSize(options.pack_size));
+    }
+    Ok(())
+}
+
+fn create_dirs(root: &Path) -> Result<(), StoreError> {
+    for dir in ["packs", "manifests", "tmp", "locks"] {
+        let path = root.join(dir);
+        std::fs::create_dir_all(&path).map_err(|e| StoreError::io("create directory", &path, e))?;
+    }
+    Ok(())
+}
+
+/// Write `marker`; `AlreadyExists` when there is one.
+fn write_marker(backend: &dyn Backend, marker: &Marker) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(marker).map_err(|source| StoreError::Json {
+        what: "datastore marker".into(),
+        source,
+    })?;
+    backend.put_new(MARKER_FILE, &bytes)
+}
+
+/// Read and check the format marker.
+fn read_marker(backend: &dyn Backend) -> Result<Marker, StoreError> {
+    let root = backend.location();
+    let not_a_store = || StoreError::NotADatastore {
+        path: root.to_path_buf(),
+    };
+    let bytes = match backend.get(MARKER_FILE) {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_not_found() => return Err(not_a_store()),
+        Err(e) => return Err(e),
+    };
+    let marker: Marker = serde_json::from_slice(&bytes).map_err(|_| not_a_store())?;
+    if marker.kind != KIND {
+        return Err(not_a_store());
+    }
+    if marker.format != FORMAT {
+        return Err(StoreError::UnsupportedFormat {
+            path: root.to_path_buf(),
+            format: marker.format,
+        });
+    }
+    Ok(marker)
+}
+
+/// Ranges of one pack handed to the backend at once.
+const FETCH_GROUP: usize = 64;
+
 /// Counts of what a datastore holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StoreStats {
@@ -119,43 +171,53 @@ impl Datastore {
         Self::open_keyed(root, options, None)
     }
 
-    /// Open an existing datastore, with its key when it is encrypted.
+    /// Open an existing datastore at `root`, with its key when it is
+    /// encrypted.
     pub(crate) fn open_keyed(
         root: &Path,
         options: StoreOptions,
-        key: Option<&crate::keys::KeySource>,
+        key: Option<&KeySource>,
     ) -> Result<Datastore, StoreError> {
-        if !(pack::MIN_PACK_SIZE..=pack::MAX_PACK_SIZE).contains(&options.pack_size) {
-            return Err(StoreError::InvalidPackSize(options.pack_size));
-        }
-        let not_a_store = || StoreError::NotADatastore {
-            path: root.to_path_buf(),
-        };
-        let bytes = match std::fs::read(root.join(MARKER_FILE)) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_a_store()),
-            Err(e) => return Err(StoreError::io("read", root.join(MARKER_FILE), e)),
-        };
-        let marker: Marker = serde_json::from_slice(&bytes).map_err(|_| not_a_store())?;
-        if marker.kind != KIND {
-            return Err(not_a_store());
-        }
-        if marker.format != FORMAT {
-            return Err(StoreError::UnsupportedFormat {
-                path: root.to_path_buf(),
-                format: marker.format,
-            });
-        }
-        let crypto = crate::keys::unlock_marker(&LocalBackend::new(root), &marker, key)?;
-        for dir in ["packs", "manifests", "tmp", "locks"] {
-            let path = root.join(dir);
-            std::fs::create_dir_all(&path)
-                .map_err(|e| StoreError::io("create directory", &path, e))?;
-        }
+        check_options(&options)?;
+        let backend = LocalBackend::new(root);
+        // Read the marker before creating anything in a stranger's directory.
+        read_marker(&backend)?;
+        create_dirs(root)?;
+        Self::open_on_keyed(Arc::new(backend), options, key)
+    }
+
+    /// Open an existing, unencrypted datastore on any backend (an object
+    /// store).
+    pub fn open_on(
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        Self::open_on_keyed(backend, options, None)
+    }
+
+    /// Open an existing, encrypted datastore on any backend with `key`.
+    pub fn open_on_with_key(
+        backend: Arc<dyn Backend>,
+        key: &KeySource,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        Self::open_on_keyed(backend, options, Some(key))
+    }
+
+    /// Open an existing datastore on `backend`, with its key when it is
+    /// encrypted: the key objects are read through the same backend.
+    pub(crate) fn open_on_keyed(
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+        key: Option<&KeySource>,
+    ) -> Result<Datastore, StoreError> {
+        check_options(&options)?;
+        let marker = read_marker(backend.as_ref())?;
+        let crypto = crate::keys::unlock_marker(backend.as_ref(), &marker, key)?;
         let ds = Datastore {
             inner: Arc::new(Inner {
-                root: root.to_path_buf(),
-                backend: Arc::new(LocalBackend::new(root)),
+                root: backend.location().to_path_buf(),
+                backend,
                 catalog: Catalog::default(),
                 options,
                 crypto,
@@ -163,6 +225,53 @@ impl Datastore {
         };
         ds.rescan(true)?;
         Ok(ds)
+    }
+
+    /// Create a datastore on an empty location of any backend; fails with
+    /// `AlreadyExists` when one is there already, and with
+    /// [`StoreError::NotADatastore`] when the location holds other objects.
+    pub fn create_on(
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        check_options(&options)?;
+        if !create_layout_on(backend.as_ref(), &Marker::new("blake3"), |_| Ok(()))? {
+            return Err(already_exists(backend.as_ref()));
+        }
+        Self::open_on(backend, options)
+    }
+
+    /// Open the datastore on `backend`, creating it when the location is
+    /// empty. Of concurrent creators the first marker written wins.
+    pub fn open_or_create_on(
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        match Self::create_on(backend.clone(), options) {
+            Ok(ds) => Ok(ds),
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Self::open_on(backend, options)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Requests and bytes moved so far, when the backend counts them
+    /// (object stores).
+    pub fn object_stats(&self) -> Option<crate::ObjectStats> {
+        self.backend().object_stats()
+    }
+
+    /// Hold the store like a point writer does (see [`crate::lock`]).
+    pub(crate) fn lock_shared(&self) -> Result<lock::StoreLock, StoreError> {
+        lock::shared(&self.inner.backend)
+    }
+
+    /// Hold the store like gc does; fails at once when others hold it.
+    pub(crate) fn lock_exclusive(&self) -> Result<lock::StoreLock, StoreError> {
+        lock::exclusive(&self.inner.backend)
     }
 
     pub fn root(&self) -> &Path {
@@ -244,23 +353,63 @@ impl Datastore {
         }
     }
 
+    /// The stored bytes of many blobs and where they were read, in the
+    /// order of `ids`: the ranges of one pack go to the backend together
+    /// (an object store coalesces neighbours into one request), several
+    /// packs (and groups of one pack) in parallel.
+    pub(crate) fn read_stored_many(
+        &self,
+        ids: &[ChunkId],
+    ) -> Result<Vec<(Vec<u8>, Location)>, StoreError> {
+        use rayon::prelude::*;
+        let locs: Vec<Location> = ids
+            .iter()
+            .map(|id| self.locate(id))
+            .collect::<Result<_, _>>()?;
+        let mut by_pack: std::collections::HashMap<PackId, Vec<usize>> = Default::default();
+        for (i, loc) in locs.iter().enumerate() {
+            by_pack.entry(loc.pack).or_default().push(i);
+        }
+        let mut groups: Vec<(PackId, Vec<usize>)> = Vec::new();
+        for (pack, mut members) in by_pack {
+            members.sort_by_key(|&i| locs[i].offset);
+            for g in members.chunks(FETCH_GROUP) {
+                groups.push((pack, g.to_vec()));
+            }
+        }
+        let fetched: Vec<Vec<(usize, Vec<u8>, Location)>> = groups
+            .par_iter()
+            .map(|(pack, members)| {
+                let ranges: Vec<std::ops::Range<u64>> = members
+                    .iter()
+                    .map(|&i| locs[i].offset..locs[i].offset + u64::from(locs[i].len))
+                    .collect();
+                match self.backend().get_ranges(&pack.pack_path(), &ranges) {
+                    Ok(blobs) => Ok(members
+                        .iter()
+                        .zip(blobs)
+                        .map(|(&i, b)| (i, b, locs[i]))
+                        .collect()),
+                    // Moved by gc in another process: look again.
+                    Err(e) if e.is_not_found() => members
+                        .iter()
+                        .map(|&i| self.read_stored(&ids[i]).map(|(b, loc)| (i, b, loc)))
+                        .collect(),
+                    Err(e) => Err(e),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let mut out: Vec<Option<(Vec<u8>, Location)>> = vec![None; ids.len()];
+        for (i, blob, loc) in fetched.into_iter().flatten() {
+            out[i] = Some((blob, loc));
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
     /// The plaintext of a chunk, checked against its id.
     pub(crate) fn read_chunk(&self, id: &ChunkId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
         let (blob, loc) = self.read_stored(id)?;
         self.decode_blob(&blob, kind, id)
-            .map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
-    }
-
-    /// Like [`Datastore::read_chunk`], the plaintext going into `out`,
-    /// which must be exactly the chunk's length.
-    pub(crate) fn read_chunk_into(
-        &self,
-        id: &ChunkId,
-        kind: BlobKind,
-        out: &mut [u8],
-    ) -> Result<(), StoreError> {
-        let (blob, loc) = self.read_stored(id)?;
-        self.decode_blob_into(&blob, kind, id, out)
             .map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
     }
 
@@ -415,7 +564,7 @@ impl Datastore {
 pub(crate) fn create_layout(
     root: &Path,
     marker: &Marker,
-    before_marker: impl FnOnce(&LocalBackend) -> Result<(), StoreError>,
+    before_marker: impl FnOnce(&dyn Backend) -> Result<(), StoreError>,
 ) -> Result<bool, StoreError> {
     let empty = match std::fs::read_dir(root) {
         Ok(mut entries) => entries.next().is_none(),
@@ -428,22 +577,58 @@ pub(crate) fn create_layout(
         });
     }
     std::fs::create_dir_all(root).map_err(|e| StoreError::io("create datastore", root, e))?;
-    for dir in ["packs", "manifests", "tmp", "locks"] {
-        let path = root.join(dir);
-        std::fs::create_dir_all(&path).map_err(|e| StoreError::io("create directory", &path, e))?;
+    create_dirs(root)?;
+    put_marker(&LocalBackend::new(root), marker, before_marker)
+}
+
+/// [`create_layout`] on any backend: the location must hold no objects
+/// (or a datastore already, which gives false). Local directories a
+/// backend locks in are made too.
+pub(crate) fn create_layout_on(
+    backend: &dyn Backend,
+    marker: &Marker,
+    before_marker: impl FnOnce(&dyn Backend) -> Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    if backend.exists(MARKER_FILE)? {
+        return Ok(false);
     }
-    let bytes = serde_json::to_vec_pretty(marker).map_err(|source| StoreError::Json {
-        what: "datastore marker".into(),
-        source,
-    })?;
-    let backend = LocalBackend::new(root);
-    before_marker(&backend)?;
-    match backend.put_new(MARKER_FILE, &bytes) {
+    if !backend.list("")?.is_empty() {
+        return Err(StoreError::NotADatastore {
+            path: backend.location().to_path_buf(),
+        });
+    }
+    if let Some(root) = backend.lock_dir() {
+        create_dirs(root)?;
+    }
+    put_marker(backend, marker, before_marker)
+}
+
+/// Write what must precede the marker, then the marker, create-only: of
+/// concurrent creators the first marker written wins (false for the
+/// others).
+fn put_marker(
+    backend: &dyn Backend,
+    marker: &Marker,
+    before_marker: impl FnOnce(&dyn Backend) -> Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    before_marker(backend)?;
+    match write_marker(backend, marker) {
         Ok(()) => Ok(true),
         // Created by someone else meanwhile.
-        Err(e) if matches!(&e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists) => {
+        Err(StoreError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
             Ok(false)
         }
         Err(e) => Err(e),
     }
+}
+
+/// The error of creating a datastore where one exists already.
+pub(crate) fn already_exists(backend: &dyn Backend) -> StoreError {
+    StoreError::io(
+        "create datastore",
+        backend.location().join(MARKER_FILE),
+        std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+    )
 }

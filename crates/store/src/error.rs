@@ -16,6 +16,18 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// An object-store request that failed after the retries; `temporary`
+    /// when the service was unreachable or overloaded.
+    #[error("unable to {action} {path}{}", if *temporary { " (temporary failure; retrying later can help)" } else { "" })]
+    Remote {
+        action: &'static str,
+        path: PathBuf,
+        temporary: bool,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("invalid object store {location}: {reason}")]
+    Config { location: String, reason: String },
     #[error("{path} is not a standby datastore")]
     NotADatastore { path: PathBuf },
     #[error("unsupported datastore format {format} at {path}")]
@@ -108,6 +120,7 @@ impl StoreError {
     pub fn is_temporary(&self) -> bool {
         match self {
             StoreError::Locked(..) => true,
+            StoreError::Remote { temporary, .. } => *temporary,
             StoreError::Io { source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::Interrupted

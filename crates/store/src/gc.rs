@@ -67,7 +67,7 @@ struct PackInfo {
 
 impl Datastore {
     pub fn gc(&self, opts: GcOptions, progress: &dyn Progress) -> Result<GcReport, StoreError> {
-        let _lock = lock::exclusive(self.root())?;
+        let _lock = self.lock_exclusive()?;
         self.rescan(true)?;
         let mut report = GcReport::default();
 

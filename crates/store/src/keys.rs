@@ -35,6 +35,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
@@ -43,7 +44,9 @@ use crate::backend::{Backend, LocalBackend};
 use crate::crypto::{
     self, CIPHER_NAME, Crypto, KEY_LEN, KEYED_HASH_NAME, MASTER_KEYS_LEN, MasterKeys,
 };
-use crate::datastore::{Datastore, MARKER_FILE, Marker, create_layout};
+use crate::datastore::{
+    Datastore, MARKER_FILE, Marker, already_exists, create_layout, create_layout_on,
+};
 use crate::{StoreError, StoreOptions};
 
 /// Where the key of an encrypted datastore comes from. Secrets are
@@ -445,6 +448,36 @@ pub(crate) fn unlock_marker(
     }
 }
 
+/// Make the master keys of a new encrypted datastore on `backend`, wrap
+/// them for `key`, and have `layout` write the key object and then the
+/// marker (see `datastore::create_layout`). When another creator's marker
+/// won, the key object is removed and the error is `AlreadyExists`.
+fn create_encrypted_layout(
+    backend: &dyn Backend,
+    key: &KeySource,
+    kdf: KdfParams,
+    layout: impl FnOnce(
+        &Marker,
+        &dyn Fn(&dyn Backend) -> Result<(), StoreError>,
+    ) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let location = backend.location();
+    let keys =
+        MasterKeys::random().map_err(|e| StoreError::io("generate keys for", location, e))?;
+    let (path, bytes) = wrap(&keys, key, kdf)?;
+    let mut marker = Marker::new(KEYED_HASH_NAME);
+    marker.encryption = Some(CIPHER_NAME.into());
+    marker.key_check = Some(Crypto::new(keys.clone()).key_check());
+    let created = layout(&marker, &|b: &dyn Backend| b.put_new(&path, &bytes))?;
+    if !created {
+        // Another process made a datastore here first: ours is not it.
+        let _ = backend.delete(&path);
+        return Err(already_exists(backend));
+    }
+    tracing::info!(location = %location.display(), object = %path, key = %key, "encrypted datastore created");
+    Ok(())
+}
+
 impl Datastore {
     /// Create an encrypted datastore at `root` (missing or an empty
     /// directory), its master keys wrapped for `key`. Argon2id costs
@@ -464,24 +497,37 @@ impl Datastore {
         kdf: KdfParams,
         options: StoreOptions,
     ) -> Result<Datastore, StoreError> {
-        let keys =
-            MasterKeys::random().map_err(|e| StoreError::io("generate keys for", root, e))?;
-        let (path, bytes) = wrap(&keys, key, kdf)?;
-        let mut marker = Marker::new(KEYED_HASH_NAME);
-        marker.encryption = Some(CIPHER_NAME.into());
-        marker.key_check = Some(Crypto::new(keys.clone()).key_check());
-        let created = create_layout(root, &marker, |backend| backend.put_new(&path, &bytes))?;
-        if !created {
-            // Another process made a datastore here first: ours is not it.
-            let _ = LocalBackend::new(root).delete(&path);
-            return Err(StoreError::io(
-                "create datastore",
-                root.join(MARKER_FILE),
-                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            ));
-        }
-        tracing::info!(root = %root.display(), object = %path, key = %key, "encrypted datastore created");
+        let backend = LocalBackend::new(root);
+        create_encrypted_layout(&backend, key, kdf, |marker, before| {
+            create_layout(root, marker, before)
+        })?;
         Self::open_keyed(root, options, Some(key))
+    }
+
+    /// Create an encrypted datastore on an empty location of any backend
+    /// (an Azure container or S3 bucket prefix), its master keys wrapped
+    /// for `key`; the key object lives next to the data. Fails with
+    /// `AlreadyExists` when a datastore is there already. Argon2id costs
+    /// [`KdfParams::default`].
+    pub fn create_encrypted_on(
+        backend: Arc<dyn Backend>,
+        key: &KeySource,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        Self::create_encrypted_on_with_kdf(backend, key, KdfParams::default(), options)
+    }
+
+    /// [`Datastore::create_encrypted_on`] with the given Argon2id cost.
+    pub fn create_encrypted_on_with_kdf(
+        backend: Arc<dyn Backend>,
+        key: &KeySource,
+        kdf: KdfParams,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        create_encrypted_layout(backend.as_ref(), key, kdf, |marker, before| {
+            create_layout_on(backend.as_ref(), marker, before)
+        })?;
+        Self::open_on_keyed(backend, options, Some(key))
     }
 
     /// Open an encrypted datastore with `key`.

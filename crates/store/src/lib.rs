@@ -9,8 +9,15 @@
 //! <root>/manifests/<vm>/<time>.json    one recovery point, written last
 //! <root>/tmp/                          files being written (renamed into place)
 //! <root>/locks/gc.lock, gc.epoch       writer / gc exclusion
+//! <root>/locks/gc.lease, shared/*.lease   the same on object stores
 //! <root>/keys/<id>.json                encrypted store: the master keys, wrapped
 //! ```
+//!
+//! The layout is the same on a local directory ([`backend::LocalBackend`])
+//! and on an object store ([`object::ObjectBackend`]: Azure Blob, S3 or
+//! local files through `object_store`), where `<root>` is a prefix in a
+//! container or bucket, each file is one object written with one atomic
+//! put (no `tmp/`), and a pack is one object read by byte ranges.
 //!
 //! # Formats
 //!
@@ -46,6 +53,11 @@
 //! it. Sync between stores of different schemes re-encodes
 //! (`reencode.rs`). See `docs/encryption.md`.
 //!
+//! Encryption and the backend are independent: an encrypted datastore
+//! lives on an object store as well ([`Datastore::create_encrypted_on`],
+//! [`Datastore::open_on_with_key`]), its key objects next to its data,
+//! and is locked with leases like any other there.
+//!
 //! # Invariants
 //!
 //! - Write order: a pack is durable before its index, and every pack and
@@ -56,9 +68,12 @@
 //!   durable, so no writer references a chunk that may never exist.
 //! - Pack ids are random: concurrent writers, in one process or many,
 //!   never write the same file.
-//! - Point writers and syncs hold `locks/gc.lock` shared; gc holds it
-//!   exclusive and fails at once if it cannot. gc also never touches a
-//!   pack younger than its grace period, and after sweeping writes a new
+//! - Point writers, syncs, restores and verifies hold the store shared;
+//!   gc holds it exclusive and fails at once if it cannot: an flock on
+//!   `locks/gc.lock` locally, renewed lease objects on object stores
+//!   (the `lock` module and docs/datastore-format.md give the protocol).
+//!   gc also never touches a pack younger than its grace period, and
+//!   after sweeping writes a new
 //!   gc epoch so other processes reload their catalog before writing.
 //! - Every read of a blob checks its CRC, and every chunk read for a
 //!   restore or verify is re-hashed (keyed in an encrypted store, after its
@@ -68,8 +83,10 @@
 //!   in the clear, and never mixes schemes: an unencrypted blob or manifest
 //!   in it (or a sealed one in a plain store) is an error.
 //!
-//! All I/O on the store goes through [`backend::Backend`], the seam for an
-//! object-store backend.
+//! All I/O on the store goes through [`backend::Backend`]; a datastore
+//! opens on any backend with [`Datastore::open_on`] and friends. Restore,
+//! sync and sampled verify read the chunks of one pack in batches
+//! ([`backend::Backend::get_ranges`]) and several packs in parallel.
 
 pub mod backend;
 pub mod blob;
@@ -83,6 +100,7 @@ pub mod index;
 pub mod keys;
 mod lock;
 mod manifest;
+pub mod object;
 pub mod pack;
 mod packer;
 mod progress;
@@ -99,6 +117,7 @@ pub use error::StoreError;
 pub use gc::{GcOptions, GcReport};
 pub use keys::{KdfParams, KeySource, generate_key_file};
 pub use manifest::{Consistency, DiskEntry, Manifest, PointId, PointMeta};
+pub use object::{ObjectBackend, ObjectService, ObjectStats, ObjectStoreConfig};
 pub use pack::PackId;
 pub use progress::{CountingProgress, Progress};
 pub use prune::PruneReport;

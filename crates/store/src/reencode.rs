@@ -4,14 +4,16 @@
 //! and id key as the one that wrote it. When they differ (an unencrypted
 //! site store and an encrypted cloud store, or two stores with different
 //! keys) sync re-encodes: each chunk's plaintext is read from the source
-//! through the point's index and checked against its source id, its id is
-//! computed in the target's scheme, and it is compressed, sealed and
+//! through the point's index (fetched per source pack in ranged batches,
+//! as a same-scheme sync does) and checked against its source id, its id
+//! is computed in the target's scheme, and it is compressed, sealed and
 //! added to a target pack unless the target has it already, so a second
-//! point only uploads what changed. The disk indexes are rebuilt with the
+//! point only uploads what changed. Either store may be on an object
+//! store; both are locked like writers (leases there). The disk indexes are rebuilt with the
 //! target's ids, and the manifest, re-sealed for the target, goes last,
 //! once every pack is durable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 
@@ -20,7 +22,6 @@ use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
 use crate::datastore::Datastore;
 use crate::index;
-use crate::lock;
 use crate::manifest::{DiskEntry, PointId};
 use crate::packer::Packer;
 use crate::progress::Progress;
@@ -29,9 +30,9 @@ use crate::sync::SyncStats;
 /// Chunks read, re-hashed and re-encoded in parallel at a time.
 const BATCH: usize = 256;
 
-/// A chunk read from the source: its target id and, when the target lacks
-/// it, its blob for the target.
-type Reencoded = Option<(ChunkId, ChunkId, Option<Vec<u8>>)>;
+/// A chunk read from the source: its source and target ids and, when the
+/// target lacks it, its blob for the target.
+type Reencoded = (ChunkId, ChunkId, Option<Vec<u8>>);
 
 impl Datastore {
     /// Copy point `id` into `dst`, whose scheme differs from this one's.
@@ -43,10 +44,10 @@ impl Datastore {
     ) -> Result<SyncStats, StoreError> {
         let mut stats = SyncStats::default();
         // Both stores are held like writers: gc on either waits.
-        let _src_lock = lock::shared(self.root())?;
+        let _src_lock = self.lock_shared()?;
         self.refresh_after_gc()?;
         let manifest = self.load_manifest(id)?;
-        let _lock = lock::shared(dst.root())?;
+        let dst_lock = dst.lock_shared()?;
         dst.refresh_after_gc()?;
         if dst.has_point(id)? {
             stats.already_present = true;
@@ -68,40 +69,55 @@ impl Datastore {
             let mut ids = vec![ChunkId::ZERO; src_ids.len()];
             let (mut new_chunks, mut new_bytes) = (0u64, 0u64);
             for (b, group) in src_ids.chunks(BATCH).enumerate() {
-                let (packer_ref, seen_ref) = (&packer, &seen);
-                let done: Vec<Result<Reencoded, StoreError>> = group
+                // Chunks not met before in this sync, read together.
+                let mut wanted = Vec::new();
+                let mut wanted_set = HashSet::new();
+                for src_id in group {
+                    if !src_id.is_zero() && !seen.contains_key(src_id) && wanted_set.insert(*src_id)
+                    {
+                        wanted.push(*src_id);
+                    }
+                }
+                let stored = self.read_stored_many(&wanted).map_err(wrap)?;
+                let packer_ref = &packer;
+                let done: Vec<Result<Reencoded, StoreError>> = wanted
                     .par_iter()
-                    .map(|src_id| {
-                        if src_id.is_zero() {
-                            return Ok(None);
-                        }
-                        if let Some(dst_id) = seen_ref.get(src_id) {
-                            return Ok(Some((*src_id, *dst_id, None)));
-                        }
-                        let plain = self.read_chunk(src_id, BlobKind::Data)?;
+                    .zip(&stored)
+                    .map(|(src_id, (raw, loc))| {
+                        let plain = self
+                            .decode_blob(raw, BlobKind::Data, src_id)
+                            .map_err(|e| self.corrupt_chunk(src_id, &loc.pack, e))?;
                         let dst_id = dst.chunk_id(&plain);
                         let blob = (!dst_id.is_zero() && !packer_ref.has(&dst_id))
                             .then(|| dst.encode_blob(BlobKind::Data, &dst_id, &plain));
-                        Ok(Some((*src_id, dst_id, blob)))
+                        Ok((*src_id, dst_id, blob))
                     })
                     .collect();
-                for (k, result) in done.into_iter().enumerate() {
+                let mut copied = 0u64;
+                for result in done {
+                    let (src_id, dst_id, blob) = result.map_err(wrap)?;
+                    seen.insert(src_id, dst_id);
+                    if let Some(blob) = blob
+                        && packer.add(dst_id, BlobKind::Data, &blob)?
+                    {
+                        copied += 1;
+                        stats.chunks_copied += 1;
+                        stats.bytes_copied += blob.len() as u64;
+                        new_chunks += 1;
+                        new_bytes += blob.len() as u64;
+                    }
+                }
+                let mut present = 0u64;
+                for (k, src_id) in group.iter().enumerate() {
                     let i = b * BATCH + k;
-                    if let Some((src_id, dst_id, blob)) = result.map_err(wrap)? {
-                        ids[i] = dst_id;
-                        seen.insert(src_id, dst_id);
-                        match blob {
-                            Some(blob) if packer.add(dst_id, BlobKind::Data, &blob)? => {
-                                stats.chunks_copied += 1;
-                                stats.bytes_copied += blob.len() as u64;
-                                new_chunks += 1;
-                                new_bytes += blob.len() as u64;
-                            }
-                            _ => stats.chunks_skipped += 1,
-                        }
+                    if !src_id.is_zero() {
+                        ids[i] = seen[src_id];
+                        present += 1;
                     }
                     progress.inc(disk.chunk_len(i as u64) as u64);
                 }
+                // Met before, already in the target, or twice in the batch.
+                stats.chunks_skipped += present - copied;
             }
             let per = disk.ids_per_index_chunk as usize;
             let mut index_ids = Vec::with_capacity(disk.index.len());
@@ -124,6 +140,8 @@ impl Datastore {
             });
         }
         packer.finish()?;
+        // A lease lost to gc may have let it delete what the point uses.
+        dst_lock.check()?;
         let reencoded = manifest.with_disks(disks);
         match dst
             .backend()

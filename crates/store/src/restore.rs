@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::StoreError;
 use crate::blob::BlobKind;
+use crate::chunk::ChunkId;
 use crate::datastore::Datastore;
-use crate::lock;
 use crate::manifest::PointId;
 use crate::progress::Progress;
 
@@ -51,7 +51,7 @@ impl Datastore {
             source: Box::new(e),
         };
         // Held like a writer: gc waits instead of deleting packs under us.
-        let _lock = lock::shared(self.root())?;
+        let _lock = self.lock_shared()?;
         self.refresh_after_gc()?;
         let manifest = self.load_manifest(id)?;
         let entry = manifest
@@ -131,12 +131,29 @@ impl Datastore {
                     let mut buf = recycle_rx
                         .try_recv()
                         .unwrap_or_else(|_| AlignedBuf::new(batch * cs as usize));
+                    // Fetched per pack in ranged batches, then decoded
+                    // (opened with the store's key when it is encrypted,
+                    // and checked against their ids) in parallel.
+                    let wanted: Vec<ChunkId> =
+                        group.iter().filter(|id| !id.is_zero()).copied().collect();
+                    let blobs = self.read_stored_many(&wanted)?;
+                    let mut slot_of = vec![usize::MAX; group.len()];
+                    let mut n = 0;
+                    for (k, id) in group.iter().enumerate() {
+                        if !id.is_zero() {
+                            slot_of[k] = n;
+                            n += 1;
+                        }
+                    }
                     buf.as_mut()[..(end - start) as usize]
                         .par_chunks_mut(cs as usize)
+                        .enumerate()
                         .zip(group.par_iter())
                         .filter(|(_, id)| !id.is_zero())
-                        .try_for_each(|(slot, id)| {
-                            self.read_chunk_into(id, BlobKind::Data, slot)
+                        .try_for_each(|((k, slot), id)| {
+                            let (blob, loc) = &blobs[slot_of[k]];
+                            self.decode_blob_into(blob, BlobKind::Data, id, slot)
+                                .map_err(|e| self.corrupt_chunk(id, &loc.pack, e))
                         })?;
                     let zero_bytes: u64 = group
                         .iter()

@@ -45,6 +45,11 @@ pub struct VerifyReport {
     /// Plaintext bytes of the chunks checked.
     pub bytes_checked: u64,
     pub problems: Vec<Problem>,
+    /// Referenced chunks (data and index) found in pack indexes.
+    pub chunks_referenced: u64,
+    /// Set when only a sample of the chunks was re-read: the fraction
+    /// asked for (`chunks_checked` says how many that was).
+    pub sample_fraction: Option<f64>,
 }
 
 impl VerifyReport {
@@ -61,11 +66,36 @@ impl Datastore {
     /// references (CRC, decompression, hash). Problems are collected, not
     /// returned as errors; an error means verify itself could not run.
     pub fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport, StoreError> {
+        self.verify_inner(None, progress)
+    }
+
+    /// Like [`Datastore::verify`], but re-reads only about `fraction` (0–1)
+    /// of the referenced chunks, chosen by `seed` (the same seed picks the
+    /// same chunks), fetching just their byte ranges: a cheap check of a
+    /// cloud store. Manifests and pack indexes are all checked; the report
+    /// states the fraction.
+    pub fn verify_sample(
+        &self,
+        fraction: f64,
+        seed: u64,
+        progress: &dyn Progress,
+    ) -> Result<VerifyReport, StoreError> {
+        self.verify_inner(Some((fraction.clamp(0.0, 1.0), seed)), progress)
+    }
+
+    fn verify_inner(
+        &self,
+        sample: Option<(f64, u64)>,
+        progress: &dyn Progress,
+    ) -> Result<VerifyReport, StoreError> {
         // Held like a writer: a pack gc removes while verify reads would
         // be reported missing.
-        let _lock = crate::lock::shared(self.root())?;
+        let _lock = self.lock_shared()?;
         self.rescan(true)?;
-        let mut report = VerifyReport::default();
+        let mut report = VerifyReport {
+            sample_fraction: sample.map(|s| s.0),
+            ..VerifyReport::default()
+        };
         let mut problems = BTreeSet::new();
         let root = self.root().to_path_buf();
 
@@ -167,12 +197,28 @@ impl Datastore {
             }
         }
 
-        // Group referenced chunks by pack.
+        // Group referenced chunks by pack (those sampled, when sampling).
+        let picked = |id: &ChunkId| match sample {
+            None => true,
+            Some((fraction, seed)) => {
+                let mut h = blake3::Hasher::new();
+                h.update(&seed.to_le_bytes());
+                h.update(&id.0);
+                let x =
+                    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or_default());
+                (x as f64 / u64::MAX as f64) < fraction
+            }
+        };
         let mut by_pack: HashMap<PackId, Vec<(ChunkId, BlobKind, crate::catalog::Location)>> =
             HashMap::new();
         for (id, (kind, who)) in &refs {
             match self.catalog().get(id) {
-                Some(loc) => by_pack.entry(loc.pack).or_default().push((*id, *kind, loc)),
+                Some(loc) => {
+                    report.chunks_referenced += 1;
+                    if picked(id) {
+                        by_pack.entry(loc.pack).or_default().push((*id, *kind, loc));
+                    }
+                }
                 None => {
                     for &o in who {
                         problems.insert(problem(
@@ -215,8 +261,31 @@ impl Datastore {
                         ));
                     }
                 }
-                let data = match self.backend().get(&pack_id.pack_path()) {
-                    Ok(data) => data,
+                // The whole pack in one read, or only the sampled ranges.
+                let fetched = if sample.is_none() {
+                    self.backend().get(&pack_id.pack_path()).map(|data| {
+                        if let Err(message) = pack::check_pack_header(&data) {
+                            for o in all_owners() {
+                                found.push(problem(
+                                    &owners[o as usize],
+                                    format!("pack {pack_id}"),
+                                    &message,
+                                ));
+                            }
+                        }
+                        (data, None)
+                    })
+                } else {
+                    let ranges: Vec<std::ops::Range<u64>> = chunks
+                        .iter()
+                        .map(|(_, _, loc)| loc.offset..loc.offset + u64::from(loc.len))
+                        .collect();
+                    self.backend()
+                        .get_ranges(&pack_id.pack_path(), &ranges)
+                        .map(|blobs| (Vec::new(), Some(blobs)))
+                };
+                let (data, blobs) = match fetched {
+                    Ok(fetched) => fetched,
                     Err(e) => {
                         let message = if e.is_not_found() {
                             "missing".to_string()
@@ -234,18 +303,13 @@ impl Datastore {
                         return (0, 0, found);
                     }
                 };
-                if let Err(message) = pack::check_pack_header(&data) {
-                    for o in all_owners() {
-                        found.push(problem(
-                            &owners[o as usize],
-                            format!("pack {pack_id}"),
-                            &message,
-                        ));
-                    }
-                }
-                for (id, kind, loc) in chunks {
+                for (n, (id, kind, loc)) in chunks.iter().enumerate() {
                     let start = loc.offset as usize;
-                    let result = match data.get(start..start.saturating_add(loc.len as usize)) {
+                    let stored = match &blobs {
+                        Some(blobs) => blobs.get(n).map(Vec::as_slice),
+                        None => data.get(start..start.saturating_add(loc.len as usize)),
+                    };
+                    let result = match stored {
                         Some(bytes) if start >= pack::PACK_HEADER_SIZE => self
                             .decode_blob(bytes, *kind, id)
                             .map(|d| d.len())

@@ -22,7 +22,7 @@ use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
 use crate::datastore::Datastore;
 use crate::index::{self, IDS_PER_INDEX_CHUNK};
-use crate::lock::{self, StoreLock};
+use crate::lock::StoreLock;
 use crate::manifest::{DiskEntry, Manifest, PointId, PointMeta, valid_disk_name};
 use crate::packer::Packer;
 use crate::progress::Progress;
@@ -96,7 +96,7 @@ struct Block {
 
 impl PointWriter {
     pub(crate) fn begin(store: Datastore, meta: PointMeta) -> Result<PointWriter, StoreError> {
-        let lock = lock::shared(store.root())?;
+        let lock = store.lock_shared()?;
         store.refresh_after_gc()?;
         let id = next_id(&store, &meta.vm)?;
         Ok(PointWriter {
@@ -367,6 +367,8 @@ impl PointWriter {
             _lock,
         } = self;
         packer.finish()?;
+        // A lease lost to gc may have let it delete what the point uses.
+        _lock.check()?;
         let manifest = Manifest::new(id.clone(), meta, id.time(), disks);
         let bytes = store.encode_manifest(&manifest)?;
         match store.backend().put_new(&id.manifest_path(), &bytes) {

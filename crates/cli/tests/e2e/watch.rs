@@ -283,6 +283,8 @@ pub fn reqwest_get(url: &str) -> String {
         .enable_all()
         .build()
         .unwrap();
+    // reqwest has no TLS provider of its own: ring, as the binaries do.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
 }
 
