@@ -106,9 +106,12 @@ impl Controller {
         // mistaken for a new, empty store).
         for (name, d) in &ctl.cfg.datastores {
             let (n, d2) = (name.clone(), d.clone());
-            let created = tokio::task::spawn_blocking(move || crate::stores::create_if_absent(&n, &d2))
-                .await
-                .map_err(|e| ServerError::Internal(format!("datastore creation panicked: {e}")))??;
+            let created =
+                tokio::task::spawn_blocking(move || crate::stores::create_if_absent(&n, &d2))
+                    .await
+                    .map_err(|e| {
+                        ServerError::Internal(format!("datastore creation panicked: {e}"))
+                    })??;
             if created {
                 tracing::info!(datastore = %name, location = %d.location(), "created datastore");
             }

@@ -112,7 +112,7 @@ mod verify;
 mod writer;
 
 pub use chunk::ChunkId;
-pub use datastore::{Datastore, StoreOptions, StoreStats};
+pub use datastore::{Datastore, MARKER_FILE, StoreOptions, StoreStats};
 pub use error::StoreError;
 pub use gc::{GcOptions, GcReport};
 pub use keys::{KdfParams, KeySource, generate_key_file};

@@ -364,7 +364,10 @@ impl DatastoreConfig {
         };
         let refuse = |v: bool, f: &'static str| {
             if v {
-                Err((f, format!("'{f}' does not apply to a {} datastore", self.kind_name())))
+                Err((
+                    f,
+                    format!("'{f}' does not apply to a {} datastore", self.kind_name()),
+                ))
             } else {
                 Ok(())
             }
@@ -389,7 +392,10 @@ impl DatastoreConfig {
                 refuse(self.container.is_some(), "container")?;
                 need(self.bucket.is_some(), "bucket")?;
                 need(self.access_key_id_env.is_some(), "access_key_id_env")?;
-                need(self.secret_access_key_env.is_some(), "secret_access_key_env")?;
+                need(
+                    self.secret_access_key_env.is_some(),
+                    "secret_access_key_env",
+                )?;
             }
         }
         if let Some(e) = &self.encryption

@@ -151,7 +151,7 @@ pub async fn run(ctx: &Ctx, cmd: &StoreCmd) -> Result<()> {
             n("chunks_copied"),
             output::bytes(n("bytes_copied"))
         ),
-        StoreCmd::List => {}
+        StoreCmd::List | StoreCmd::Keygen { .. } => {}
     }
     Ok(())
 }

@@ -57,14 +57,18 @@ key_file = "cloud.key"
 }
 
 fn sha(path: &std::path::Path) -> String {
-    blake3::hash(&std::fs::read(path).unwrap()).to_hex().to_string()
+    blake3::hash(&std::fs::read(path).unwrap())
+        .to_hex()
+        .to_string()
 }
 
 fn restore_from_cloud_alone(kind: Kind) {
     let server = Server::start(kind);
     server.create_bucket("standby");
     let (extra, env) = cloud_store(kind, &server);
-    let key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let key: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
     let mut lab = Lab::new(LabOptions {
         watch: extra,
         env,
@@ -87,7 +91,10 @@ fn restore_from_cloud_alone(kind: Kind) {
         .iter()
         .map(|c| c.as_str().unwrap())
         .collect();
-    assert!(copies.contains(&"cloud-store"), "copied to the cloud: {copies:?}");
+    assert!(
+        copies.contains(&"cloud-store"),
+        "copied to the cloud: {copies:?}"
+    );
     let id = p["id"].as_str().unwrap().to_string();
     let disk = lab.path("site1/disks/pbx1/data.img");
     let want = sha(&disk);
@@ -137,7 +144,9 @@ fn wrong_cloud_key_is_a_clear_error() {
     let server = Server::start(Kind::Moto);
     server.create_bucket("standby");
     let (extra, env) = cloud_store(Kind::Moto, &server);
-    let key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let key: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
     let mut lab = Lab::new(LabOptions {
         watch: extra,
         env,
@@ -153,9 +162,17 @@ fn wrong_cloud_key_is_a_clear_error() {
         .unwrap()
         .clone();
     assert!(cloud["error"].is_null(), "{cloud}");
-    assert!(cloud["path"].as_str().unwrap().starts_with("s3://standby/e2e"), "{cloud}");
+    assert!(
+        cloud["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3://standby/e2e"),
+        "{cloud}"
+    );
     lab.stop_server();
-    let other: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let other: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
     std::fs::write(lab.path("cloud.key"), other).unwrap();
     lab.start_server();
     let list = lab.json(&["store", "list"]);

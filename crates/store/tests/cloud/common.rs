@@ -11,7 +11,7 @@ use standby_store::{
     ObjectStoreConfig, PointMeta, StoreOptions,
 };
 
-use crate::servers::{AZURITE_ACCOUNT, AZURITE_KEY, Kind, Server};
+use standby_testkit::objects::{AZURITE_ACCOUNT, AZURITE_KEY, Kind, Server};
 
 pub const AZURE_KEY_ENV: &str = "STANDBY_TEST_AZURE_KEY";
 pub const WRONG_KEY_ENV: &str = "STANDBY_TEST_AZURE_WRONG_KEY";

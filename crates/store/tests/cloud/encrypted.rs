@@ -15,7 +15,7 @@ use standby_store::{
 use standby_types::Retention;
 
 use crate::common::*;
-use crate::servers::{Kind, Server};
+use standby_testkit::objects::{Kind, Server};
 
 /// Argon2id at its cheapest: these tests are about storage, not cost.
 const KDF: KdfParams = KdfParams {

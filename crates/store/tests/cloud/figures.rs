@@ -11,7 +11,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use standby_store::{Datastore, DiskWriteOptions, ObjectStats};
 
 use crate::common::*;
-use crate::servers::{Kind, Server};
+use standby_testkit::objects::{Kind, Server};
 
 const SIZE: u64 = 2 << 30;
 const MIB: f64 = (1 << 20) as f64;

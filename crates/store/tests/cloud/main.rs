@@ -7,5 +7,5 @@ mod encrypted;
 mod figures;
 mod maintenance;
 mod roundtrip;
-mod servers;
+
 mod sync;

@@ -8,7 +8,7 @@ use standby_store::{Datastore, GcOptions, ObjectBackend, ObjectService, PackId, 
 use standby_types::Retention;
 
 use crate::common::*;
-use crate::servers::{Kind, Server};
+use standby_testkit::objects::{Kind, Server};
 
 fn verify_full_and_sampled(kind: Kind) {
     let server = Server::start(kind);

@@ -3,7 +3,7 @@
 use standby_store::{Datastore, ObjectBackend, StoreError};
 
 use crate::common::*;
-use crate::servers::{Kind, Server};
+use standby_testkit::objects::{Kind, Server};
 
 fn roundtrip(kind: Kind) {
     let server = Server::start(kind);

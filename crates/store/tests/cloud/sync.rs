@@ -12,7 +12,7 @@ use standby_store::backend::{Backend, ObjectMeta};
 use standby_store::{CountingProgress, Datastore, ObjectBackend, ObjectStats, PackId, StoreError};
 
 use crate::common::*;
-use crate::servers::{Kind, Server};
+use standby_testkit::objects::{Kind, Server};
 
 /// A local store holding one point of a 64 MiB mostly random image
 /// (several 16 MiB packs).
