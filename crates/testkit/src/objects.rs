@@ -189,16 +189,31 @@ impl Drop for Server {
     }
 }
 
-/// A bodiless PUT; the status line of the answer.
+/// A bodiless PUT; the status line of the answer. A server that has
+/// just opened its port may still reset the first connections: retry
+/// those for a while.
 fn http_put(port: u16, path: &str, headers: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match try_put(port, path, headers) {
+            Ok(status) if !status.is_empty() => return status,
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Ok(status) => return status,
+            Err(e) => panic!("PUT {path} to 127.0.0.1:{port}: {e}"),
+        }
+    }
+}
+
+fn try_put(port: u16, path: &str, headers: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         s,
         "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer.lines().next().unwrap_or_default().to_string()
+    s.read_to_string(&mut answer)?;
+    Ok(answer.lines().next().unwrap_or_default().to_string())
 }

@@ -8,7 +8,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use rand::{Rng, RngCore, SeedableRng};
-use standby_store::{Datastore, DiskWriteOptions, ObjectStats};
+use std::sync::Arc;
+
+use standby_store::backend::Backend;
+use standby_store::object::{ObjectBackend, ObjectStoreConfig};
+use standby_store::{Datastore, DiskWriteOptions, KeySource, ObjectStats};
 
 use crate::common::*;
 use standby_testkit::objects::{Kind, Server};
@@ -94,13 +98,32 @@ fn cloud_figures() {
         s2.bytes_new_stored
     );
 
-    for kind in [Kind::Azurite, Kind::Moto] {
+    let key_file = dir.path().join("cloud.key");
+    standby_store::generate_key_file(&key_file).unwrap();
+    let key = KeySource::File(key_file);
+    for (kind, encrypted) in [
+        (Kind::Azurite, false),
+        (Kind::Moto, false),
+        (Kind::Azurite, true),
+        (Kind::Moto, true),
+    ] {
         let server = Server::start(kind);
         let mut cfg = config(&server, "figures");
         cfg.max_retries = 8;
         cfg.retry_timeout_secs = 120;
+        let open = |cfg: &ObjectStoreConfig| {
+            let backend = Arc::new(ObjectBackend::new(cfg).unwrap());
+            let ds = if !encrypted {
+                Datastore::open_or_create_on(backend.clone(), small_packs()).unwrap()
+            } else if backend.exists(standby_store::MARKER_FILE).unwrap() {
+                Datastore::open_on_with_key(backend.clone(), &key, small_packs()).unwrap()
+            } else {
+                Datastore::create_encrypted_on(backend.clone(), &key, small_packs()).unwrap()
+            };
+            (ds, backend)
+        };
         let (cloud, backend) = open(&cfg);
-        let name = format!("{kind:?}");
+        let name = format!("{kind:?}{}", if encrypted { " encrypted" } else { "" });
 
         let s0 = backend.stats();
         let t = Instant::now();
