@@ -73,8 +73,8 @@ fn settle_delay(ctl: &Controller) -> chrono::Duration {
         .map(|r| r.group_wait)
         .max()
         .unwrap_or_default()
-        .max(std::time::Duration::from_secs(1));
-    chrono::Duration::from_std(longest).unwrap_or(chrono::Duration::seconds(1))
+        .max(std::time::Duration::from_secs(2));
+    chrono::Duration::from_std(longest).unwrap_or(chrono::Duration::seconds(2))
 }
 
 fn silenced_by(silences: &[Silence], labels: &Labels, now: DateTime<Utc>) -> Option<i64> {
@@ -262,6 +262,20 @@ async fn settle_due(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), Ser
             continue;
         };
         if let Some(by) = alert.inhibited_by.clone() {
+            // The muting alert may not have opened its incident yet: wait
+            // for it, so the muted alert lands on that incident's timeline.
+            let source_due = w
+                .track
+                .lock()
+                .expect("track lock")
+                .get(&by)
+                .and_then(|t| t.settle_at);
+            if let Some(at) = source_due {
+                if let Some(t) = w.track.lock().expect("track lock").get_mut(&fp) {
+                    t.settle_at = Some(at + chrono::Duration::milliseconds(250));
+                }
+                continue;
+            }
             muted(ctl, &alert, &by).await?;
             continue;
         }
