@@ -245,7 +245,7 @@ async fn refresh_mutes(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), 
 
 async fn settle_due(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), ServerError> {
     let w = &ctl.watch;
-    let due: Vec<(String, Option<String>)> = {
+    let mut due: Vec<(String, Option<String>)> = {
         let mut track = w.track.lock().expect("track lock");
         track
             .iter_mut()
@@ -256,6 +256,12 @@ async fn settle_due(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), Ser
             })
             .collect()
     };
+    // Alerts that mute others first, so their incident exists when the
+    // muted ones settle in the same tick.
+    {
+        let active = w.active.lock().expect("active lock");
+        due.sort_by_key(|(fp, _)| active.get(fp).is_some_and(|a| a.inhibited_by.is_some()));
+    }
     let mut to_notify = Vec::new();
     for (fp, template) in due {
         let Some(mut alert) = w.active.lock().expect("active lock").get(&fp).cloned() else {
