@@ -263,12 +263,7 @@ async fn store_verify(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<JobRef> {
-    let req: VerifyRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        VerifyRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ServerError::BadRequest(format!("bad request body: {e}")))?
-    };
+    let req: VerifyRequest = crate::api_watch::optional_body(&body)?;
     if let Some(f) = req.sample
         && !(f > 0.0 && f <= 1.0)
     {
