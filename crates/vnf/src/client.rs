@@ -81,6 +81,7 @@ pub async fn options(target: SocketAddr, timeout: Duration) -> Result<Duration, 
         timeout,
     )
     .await
+    .map(|a| a.rtt)
 }
 
 /// Send REGISTER binding `aor` (e.g. `sip:alice@example.com`) to `contact`
@@ -93,6 +94,27 @@ pub async fn register(
     expires: u32,
     timeout: Duration,
 ) -> Result<(), ClientError> {
+    register_answer(target, aor, contact, expires, timeout)
+        .await
+        .map(|_| ())
+}
+
+/// A `200` answer: how long it took and who sent it (the `Server` header,
+/// `standby-vnf/<name>` from the sample VNF).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub rtt: Duration,
+    pub server: Option<String>,
+}
+
+/// Like [`register`], returning the answer.
+pub async fn register_answer(
+    target: SocketAddr,
+    aor: &str,
+    contact: &str,
+    expires: u32,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
     let udp = socket_for(target).await?;
     let local = local_addr(&udp, target)?;
     let id = unique_id();
@@ -123,7 +145,6 @@ pub async fn register(
         timeout,
     )
     .await
-    .map(|_| ())
 }
 
 /// `GET /state` from the VNF's HTTP endpoint (times out after
@@ -261,7 +282,7 @@ async fn transaction(
     call_id: &str,
     cseq: &str,
     timeout: Duration,
-) -> Result<Duration, ClientError> {
+) -> Result<Answer, ClientError> {
     let t0 = Instant::now();
     let deadline = t0 + timeout;
     let mut interval = T1;
@@ -309,7 +330,12 @@ async fn transaction(
         }
         match code {
             100..=199 => continue,
-            200 => return Ok(t0.elapsed()),
+            200 => {
+                return Ok(Answer {
+                    rtt: t0.elapsed(),
+                    server: resp.header("Server").map(str::to_owned),
+                });
+            }
             _ => {
                 return Err(ClientError::Rejected {
                     target,

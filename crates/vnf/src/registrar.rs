@@ -269,6 +269,10 @@ pub fn register_reply(reg: &Registrar, req: &Message, aor: &str) -> String {
         .bindings_of(aor)
         .into_iter()
         .map(|b| ("Contact", format!("<{}>;expires={}", b.contact, b.expires)))
+        .chain(std::iter::once((
+            "Server",
+            format!("standby-vnf/{}", reg.name),
+        )))
         .collect();
     sip::response(req, 200, "OK", &to_tag(req), &contacts)
 }
