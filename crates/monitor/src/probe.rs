@@ -242,20 +242,6 @@ async fn sip_options(target: &str) -> Result<String, String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sip_headers_full_and_compact() {
-        let m = "SIP/2.0 200 OK\r\nVia: x\r\ni: abc@h\r\n\r\nbody: no";
-        assert_eq!(sip_header(m, "Call-ID", "i"), Some("abc@h"));
-        let m = "SIP/2.0 200 OK\r\ncall-id:  def\r\n\r\n";
-        assert_eq!(sip_header(m, "Call-ID", "i"), Some("def"));
-        assert_eq!(sip_header(m, "CSeq", "cseq"), None);
-    }
-}
-
 /// Runs a probe from inside network namespace `netns` (a name under
 /// `/run/netns`, as `ip netns add` makes): for checks of a copy that is
 /// isolated from every other network, such as a DR drill's.
@@ -290,4 +276,18 @@ pub async fn run_in_netns(netns: &str, spec: &ProbeSpec) -> Result<Outcome, std:
         })?;
     rx.await
         .map_err(|_| std::io::Error::other("the probe thread ended without an answer"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sip_headers_full_and_compact() {
+        let m = "SIP/2.0 200 OK\r\nVia: x\r\ni: abc@h\r\n\r\nbody: no";
+        assert_eq!(sip_header(m, "Call-ID", "i"), Some("abc@h"));
+        let m = "SIP/2.0 200 OK\r\ncall-id:  def\r\n\r\n";
+        assert_eq!(sip_header(m, "Call-ID", "i"), Some("def"));
+        assert_eq!(sip_header(m, "CSeq", "cseq"), None);
+    }
 }
