@@ -27,6 +27,7 @@ pub mod agent;
 pub mod api;
 mod api_watch;
 pub mod controller;
+pub mod drill;
 pub mod error;
 pub mod fence;
 pub mod frontdoor;

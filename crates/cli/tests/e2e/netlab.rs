@@ -7,7 +7,10 @@
 //! controller 198.18.N.1 ── 198.18.N.2  site1
 //! controller 198.18.N.5 ── 198.18.N.6  site2
 //!      site2 198.18.N.9 ── 198.18.N.10 site1
+//! controller 198.18.N.13 ─ 198.18.N.14 client
 //! ```
+//! The client namespace stands for the customers: it reaches the
+//! controller (and so the front door) only.
 //! Needs root and iproute2 (CI runs as root); everything is removed on drop.
 
 use std::process::Command;
@@ -19,6 +22,8 @@ pub struct NetLab {
     pub n: u32,
     pub s1: String,
     pub s2: String,
+    /// The customers' namespace.
+    pub client: String,
     /// Root side of the controller–site1 link.
     ctl_s1: String,
     /// Site 2 side of the site2–site1 link.
@@ -48,11 +53,12 @@ impl NetLab {
             n,
             s1: format!("sb{tag}s1"),
             s2: format!("sb{tag}s2"),
+            client: format!("sb{tag}cl"),
             ctl_s1: format!("v{tag}c1"),
             s2_s1: format!("v{tag}21"),
             lossy: false,
         };
-        for ns in [&lab.s1, &lab.s2] {
+        for ns in [&lab.s1, &lab.s2, &lab.client] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
             sh(&["ip", "netns", "add", ns]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
@@ -84,6 +90,15 @@ impl NetLab {
             &format!("v{tag}12"),
             Some(&lab.s1),
             &a(10),
+        );
+        // controller – client
+        lab.veth(
+            &format!("v{tag}cc"),
+            None,
+            &a(13),
+            &format!("v{tag}cl"),
+            Some(&lab.client),
+            &a(14),
         );
         lab
     }
@@ -180,7 +195,7 @@ impl NetLab {
 impl Drop for NetLab {
     fn drop(&mut self) {
         // Deleting a namespace deletes the veth ends in it and their peers.
-        for ns in [&self.s1, &self.s2] {
+        for ns in [&self.s1, &self.s2, &self.client] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         let _ = Command::new("ip")
