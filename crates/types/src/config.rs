@@ -228,6 +228,11 @@ fn default_data_dir() -> PathBuf {
 pub struct Site {
     #[serde(default)]
     pub description: String,
+    /// Values a VM's `args` and `env` may use as `{site.NAME}` where the
+    /// VM runs at this site: its address there, say (a VM often has
+    /// another IP at its DR site).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -800,6 +805,19 @@ impl Config {
                 ));
             }
         }
+        for (name, site) in &self.sites {
+            if let Some(bad) = site.vars.keys().find(|k| {
+                k.is_empty()
+                    || !k
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            }) {
+                return Err((
+                    p(&["sites", name, "vars", bad]),
+                    format!("variable name '{bad}' may only hold a-z, 0-9 and '_'"),
+                ));
+            }
+        }
         for (name, h) in &self.hosts {
             if !self.sites.contains_key(&h.site) {
                 return Err((
@@ -1141,6 +1159,26 @@ mod tests {
         let err = parse(&src).unwrap_err();
         assert!(err.message.contains("bad cron expression"), "{err}");
         assert!(err.line > 0);
+    }
+
+    #[test]
+    fn site_variables_are_read_and_checked() {
+        let src = EXAMPLE.replace(
+            "[sites.site2]",
+            "[sites.site2]\nvars = { ip = \"127.0.2.1\" }",
+        );
+        let cfg = parse(&src).unwrap();
+        assert_eq!(cfg.sites["site2"].vars["ip"], "127.0.2.1");
+        let src = EXAMPLE.replace(
+            "[sites.site2]",
+            "[sites.site2]\nvars = { \"my-ip\" = \"x\" }",
+        );
+        let err = parse(&src).unwrap_err();
+        assert_eq!(
+            err.field.as_deref(),
+            Some("sites.site2.vars.my-ip"),
+            "{err}"
+        );
     }
 
     #[test]
