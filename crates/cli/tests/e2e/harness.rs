@@ -50,6 +50,8 @@ pub struct LabOptions {
     pub group_datastores: &'static str,
     /// Environment of the controller (credentials of object stores).
     pub env: Vec<(String, String)>,
+    /// Lines added under `[hosts.site1-host1]` and `[hosts.site2-host1]`.
+    pub hosts: [String; 2],
 }
 
 impl Default for LabOptions {
@@ -66,6 +68,7 @@ impl Default for LabOptions {
             files: Vec::new(),
             group_datastores: r#""site1-store", "site2-store""#,
             env: Vec::new(),
+            hosts: Default::default(),
         }
     }
 }
@@ -94,10 +97,12 @@ data_dir = "controller"
 site = "site1"
 driver = "process"
 disk_dir = "site1/disks"
+{host1}
 [hosts.site2-host1]
 site = "site2"
 driver = "process"
 disk_dir = "site2/disks"
+{host2}
 [datastores.site1-store]
 site = "site1"
 path = "site1/store"
@@ -130,6 +135,8 @@ datastores = [{group_datastores}]
             schedule = opts.schedule,
             retention = opts.retention,
             extra = opts.extra,
+            host1 = opts.hosts[0],
+            host2 = opts.hosts[1],
         );
         let cfg = dir.path().join("standby.toml");
         std::fs::write(&cfg, text).unwrap();
