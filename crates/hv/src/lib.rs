@@ -41,8 +41,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod process;
+pub mod qemu;
+pub mod qmp;
 
 pub use process::ProcessDriver;
+pub use qemu::{QemuDriver, QemuSpec};
 
 /// Everything a driver needs to run one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +60,9 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     /// Working directory; the VM's console/log goes to `workdir/<name>.log`.
     pub workdir: PathBuf,
+    /// Machine description for the qemu driver; other drivers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<QemuSpec>,
 }
 
 impl VmSpec {
@@ -245,6 +251,40 @@ pub enum HvError {
     ExitTimeout { vm: String, waited: Duration },
     #[error("vm '{vm}' did not stop within {waited:?} of SIGSTOP; it was thawed")]
     FreezeTimeout { vm: String, waited: Duration },
+    #[error("qmp command '{command}' failed on {}: {class}: {desc}", socket.display())]
+    QmpCommand {
+        socket: PathBuf,
+        command: String,
+        class: String,
+        desc: String,
+    },
+    #[error("qmp command '{command}' got no answer within {waited:?} on {}", socket.display())]
+    QmpTimeout {
+        socket: PathBuf,
+        command: String,
+        waited: Duration,
+    },
+    #[error("unable to {action} qmp socket {}", socket.display())]
+    QmpIo {
+        socket: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("qmp connection {} is closed (qemu exited?)", socket.display())]
+    QmpClosed { socket: PathBuf },
+    #[error("qmp protocol error on {}: {detail}", socket.display())]
+    QmpProtocol { socket: PathBuf, detail: String },
+    #[error("vm '{vm}' failed to start: {detail}")]
+    StartFailed { vm: String, detail: String },
+    #[error("{program} failed for vm '{vm}': {detail}")]
+    Tool {
+        vm: String,
+        program: &'static str,
+        detail: String,
+    },
+    #[error("invalid spec for vm '{vm}': {detail}")]
+    InvalidSpec { vm: String, detail: String },
     #[error("{operation} is not supported by the {driver} driver")]
     Unsupported {
         driver: &'static str,
@@ -261,13 +301,21 @@ impl HvError {
             | HvError::Io { .. }
             | HvError::Signal { .. }
             | HvError::ExitTimeout { .. }
-            | HvError::FreezeTimeout { .. } => true,
+            | HvError::FreezeTimeout { .. }
+            | HvError::QmpTimeout { .. }
+            | HvError::QmpIo { .. }
+            | HvError::QmpClosed { .. } => true,
             HvError::DiskMissing { .. }
             | HvError::DiskExists { .. }
             | HvError::UnknownDisk { .. }
             | HvError::TemplateTooLarge { .. }
             | HvError::Spawn { .. }
-            | HvError::Unsupported { .. } => false,
+            | HvError::Unsupported { .. }
+            | HvError::QmpCommand { .. }
+            | HvError::QmpProtocol { .. }
+            | HvError::StartFailed { .. }
+            | HvError::Tool { .. }
+            | HvError::InvalidSpec { .. } => false,
         }
     }
 }
