@@ -401,7 +401,11 @@ impl QemuDriver {
         })
     }
 
-    fn io_err(vm: &str, action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HvError {
+    fn io_err(
+        vm: &str,
+        action: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(std::io::Error) -> HvError {
         let vm = vm.to_owned();
         let path = path.to_owned();
         move |source| HvError::Io {
@@ -449,9 +453,9 @@ impl QemuDriver {
             .append(true)
             .open(&log_path)
             .map_err(Self::io_err(&spec.name, "open the log", &log_path))?;
-        let log_err = log
-            .try_clone()
-            .map_err(Self::io_err(&spec.name, "open the log", &log_path))?;
+        let log_err =
+            log.try_clone()
+                .map_err(Self::io_err(&spec.name, "open the log", &log_path))?;
         let command = if spec.command.as_os_str().is_empty() {
             PathBuf::from("qemu-system-x86_64")
         } else {
@@ -604,7 +608,11 @@ impl QemuDriver {
                     if wait(&mut exited, timeout).await {
                         return Ok(self.current(name));
                     }
-                    tracing::warn!(vm = name, ?timeout, "guest ignored the power button, quitting");
+                    tracing::warn!(
+                        vm = name,
+                        ?timeout,
+                        "guest ignored the power button, quitting"
+                    );
                 }
                 Err(e) => tracing::warn!(vm = name, error = %e, "system_powerdown failed"),
             }
@@ -686,7 +694,8 @@ impl QemuDriver {
         let mut args: Vec<OsString> = Vec::new();
         match template {
             Some(t) => {
-                let t = std::path::absolute(t).map_err(Self::io_err(vm, "resolve the template", t))?;
+                let t =
+                    std::path::absolute(t).map_err(Self::io_err(vm, "resolve the template", t))?;
                 let (tfmt, tsize) = self.image_info(vm, &t).await?;
                 if disk.size > 0 && tsize > disk.size {
                     return Err(HvError::TemplateTooLarge {
@@ -717,7 +726,8 @@ impl QemuDriver {
                         .open(&tmp)
                         .map_err(Self::io_err(vm, "resize the disk", &tmp))?;
                     if f.metadata().map(|m| m.len()).unwrap_or(0) < size {
-                        f.set_len(size).map_err(Self::io_err(vm, "resize the disk", &tmp))?;
+                        f.set_len(size)
+                            .map_err(Self::io_err(vm, "resize the disk", &tmp))?;
                     }
                 }
             }
@@ -802,7 +812,11 @@ fn lock_table(t: &Mutex<Table>) -> MutexGuard<'_, Table> {
 
 fn on_event(table: &Mutex<Table>, name: &str, generation: u64, ev: &QmpEvent) {
     let mut table = lock_table(table);
-    let Some(vm) = table.vms.get_mut(name).filter(|vm| vm.generation == generation) else {
+    let Some(vm) = table
+        .vms
+        .get_mut(name)
+        .filter(|vm| vm.generation == generation)
+    else {
         return;
     };
     match ev.event.as_str() {
@@ -849,7 +863,11 @@ async fn finish_run(
         let _ = tokio::time::timeout(Duration::from_secs(2), handle).await;
     }
     let mut table = lock_table(table);
-    let Some(vm) = table.vms.get_mut(name).filter(|vm| vm.generation == generation) else {
+    let Some(vm) = table
+        .vms
+        .get_mut(name)
+        .filter(|vm| vm.generation == generation)
+    else {
         return;
     };
     let exit = match &vm.shutdown_reason {
@@ -916,12 +934,20 @@ pub fn command_line(
         Machine::Q35 => "q35",
         Machine::Pc => "pc",
     };
-    push(&["-name", &format!("guest={},debug-threads=on", spec.name.replace(',', ",,"))]);
+    push(&[
+        "-name",
+        &format!("guest={},debug-threads=on", spec.name.replace(',', ",,")),
+    ]);
     push(&["-machine", machine, "-accel", accel]);
     if accel == "kvm" {
         push(&["-cpu", "host"]);
     }
-    push(&["-m", &q.memory_mib.to_string(), "-smp", &q.cpus.max(1).to_string()]);
+    push(&[
+        "-m",
+        &q.memory_mib.to_string(),
+        "-smp",
+        &q.cpus.max(1).to_string(),
+    ]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
     let console = spec.workdir.join(format!("{}.console.log", spec.name));
     push(&[
@@ -931,8 +957,16 @@ pub fn command_line(
         "chardev:console",
     ]);
     let socket = state_dir.join(format!("{}.qmp", spec.name));
-    push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&socket))]);
-    push(&["-pidfile", &state_dir.join(format!("{}.qemu.pid", spec.name)).to_string_lossy()]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", opt_path(&socket)),
+    ]);
+    push(&[
+        "-pidfile",
+        &state_dir
+            .join(format!("{}.qemu.pid", spec.name))
+            .to_string_lossy(),
+    ]);
     if let Some(kernel) = &q.kernel {
         push(&["-kernel", &kernel.to_string_lossy()]);
         if let Some(initrd) = &q.initrd {
@@ -1022,7 +1056,10 @@ fn proc_start(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some((fields.first()?.chars().next()?, fields.get(19)?.parse().ok()?))
+    Some((
+        fields.first()?.chars().next()?,
+        fields.get(19)?.parse().ok()?,
+    ))
 }
 
 fn send_kill(vm: &str, pid: u32) -> Result<(), HvError> {
@@ -1116,7 +1153,10 @@ impl Driver for QemuDriver {
     async fn status(&self, name: &str) -> Result<VmStatus, HvError> {
         self.adopt(name).await;
         if let Ok((qmp, _)) = self.live_qmp(name)
-            && let Ok(st) = qmp.with_timeout(Duration::from_secs(3)).query_status().await
+            && let Ok(st) = qmp
+                .with_timeout(Duration::from_secs(3))
+                .query_status()
+                .await
         {
             let state = if st.running {
                 VmState::Running
@@ -1234,15 +1274,16 @@ mod tests {
         assert!(s.contains("-qmp unix:/s/pbx1.qmp,server=on,wait=off"));
         assert!(s.contains("path=/w/pbx1.console.log,append=on"));
         assert!(s.contains("-kernel /g/vmlinuz -initrd /g/initrd.img -append console=ttyS0"));
-        assert!(s.contains(
-            "hostfwd=udp:127.0.0.1:15060-:5060,hostfwd=tcp:127.0.0.1:18080-:8080"
-        ));
+        assert!(s.contains("hostfwd=udp:127.0.0.1:15060-:5060,hostfwd=tcp:127.0.0.1:18080-:8080"));
         assert!(s.ends_with("-cpu qemu64"));
         // Disks in order, JSON blockdevs (commas in paths need no escaping).
         let devs: Vec<&String> = a.iter().filter(|x| x.starts_with("virtio-blk")).collect();
         assert_eq!(
             devs,
-            ["virtio-blk-pci,drive=system,id=system-blk", "virtio-blk-pci,drive=data,id=data-blk"]
+            [
+                "virtio-blk-pci,drive=system,id=system-blk",
+                "virtio-blk-pci,drive=data,id=data-blk"
+            ]
         );
         let bd: serde_json::Value =
             serde_json::from_str(a.iter().find(|x| x.contains("qcow2")).unwrap()).unwrap();

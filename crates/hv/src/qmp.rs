@@ -318,7 +318,10 @@ async fn read_loop(
             let _ = events.send(QmpEvent {
                 event: event.to_owned(),
                 data: msg.get("data").cloned().unwrap_or(Value::Null),
-                timestamp: (field("seconds").unwrap_or(0), field("microseconds").unwrap_or(0)),
+                timestamp: (
+                    field("seconds").unwrap_or(0),
+                    field("microseconds").unwrap_or(0),
+                ),
             });
             continue;
         }
@@ -388,7 +391,9 @@ mod tests {
                 "echo" => json!({"return": msg["arguments"].clone(), "id": id}),
                 "silent" => continue,
                 "bye" => return,
-                _ => json!({"error": {"class": "CommandNotFound", "desc": format!("The command {cmd} has not been found")}, "id": id}),
+                _ => {
+                    json!({"error": {"class": "CommandNotFound", "desc": format!("The command {cmd} has not been found")}, "id": id})
+                }
             };
             let mut w = write.lock().await;
             w.write_all((reply.to_string() + "\r\n").as_bytes())
@@ -443,9 +448,6 @@ mod tests {
         assert!(matches!(res, Err(HvError::QmpClosed { .. })), "{res:?}");
         server.await.unwrap();
         assert!(qmp.is_closed());
-        assert!(matches!(
-            qmp.cont().await,
-            Err(HvError::QmpClosed { .. })
-        ));
+        assert!(matches!(qmp.cont().await, Err(HvError::QmpClosed { .. })));
     }
 }

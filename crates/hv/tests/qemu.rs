@@ -27,7 +27,11 @@ fn qemu_binary() -> PathBuf {
 async fn wait_for_socket(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "no qmp socket at {}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "no qmp socket at {}",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -38,7 +42,14 @@ async fn qmp_against_real_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("m.qmp");
     let mut child = tokio::process::Command::new(qemu)
-        .args(["-machine", "none", "-nodefaults", "-display", "none", "-qmp"])
+        .args([
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-qmp",
+        ])
         .arg(format!("unix:{},server=on,wait=off", sock.display()))
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -49,7 +60,10 @@ async fn qmp_against_real_qemu() {
     assert!(qmp.version()["qemu"]["major"].as_u64().unwrap() >= 7);
     let mut events = qmp.events();
     // Concurrent callers on one connection.
-    let (a, b) = tokio::join!(qmp.query_status(), qmp.execute_raw("query-name", serde_json::Value::Null));
+    let (a, b) = tokio::join!(
+        qmp.query_status(),
+        qmp.execute_raw("query-name", serde_json::Value::Null)
+    );
     assert!(a.unwrap().running);
     assert!(b.unwrap().is_object());
     qmp.stop().await.unwrap();
@@ -64,7 +78,10 @@ async fn qmp_against_real_qemu() {
     assert!(qmp.query_status().await.unwrap().running);
     // A QMP error carries QEMU's class and description.
     match qmp
-        .execute_raw("block-dirty-bitmap-add", serde_json::json!({"node": "nope", "name": "b"}))
+        .execute_raw(
+            "block-dirty-bitmap-add",
+            serde_json::json!({"node": "nope", "name": "b"}),
+        )
         .await
     {
         Err(HvError::QmpCommand { class, desc, .. }) => {
@@ -198,7 +215,10 @@ async fn wait_state(d: &QemuDriver, name: &str, want: VmState, within: Duration)
         if st.state == want {
             return st;
         }
-        assert!(Instant::now() < deadline, "vm {name}: {st:?}, wanted {want}");
+        assert!(
+            Instant::now() < deadline,
+            "vm {name}: {st:?}, wanted {want}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -233,7 +253,10 @@ async fn vm_lifecycle() {
 
     driver.freeze("pbx1").await.unwrap();
     assert_eq!(driver.status("pbx1").await.unwrap().state, VmState::Frozen);
-    assert!(options(sip, Duration::from_millis(700)).await.is_err(), "a paused guest answered");
+    assert!(
+        options(sip, Duration::from_millis(700)).await.is_err(),
+        "a paused guest answered"
+    );
     driver.freeze("pbx1").await.unwrap();
     driver.thaw("pbx1").await.unwrap();
     assert_eq!(driver.status("pbx1").await.unwrap().state, VmState::Running);
@@ -241,13 +264,20 @@ async fn vm_lifecycle() {
 
     // A point pauses the guest, is labelled, and resumes it.
     let src = driver.snapshot_begin(&spec).await.unwrap();
-    assert!(src.consistency_note.starts_with("crash-consistent"), "{}", src.consistency_note);
+    assert!(
+        src.consistency_note.starts_with("crash-consistent"),
+        "{}",
+        src.consistency_note
+    );
     assert_eq!(driver.status("pbx1").await.unwrap().state, VmState::Frozen);
     driver.snapshot_end(&spec).await.unwrap();
     assert_eq!(driver.status("pbx1").await.unwrap().state, VmState::Running);
 
     let t = Instant::now();
-    let st = driver.shutdown("pbx1", Duration::from_secs(15)).await.unwrap();
+    let st = driver
+        .shutdown("pbx1", Duration::from_secs(15))
+        .await
+        .unwrap();
     assert_eq!(st.state, VmState::Stopped, "{st:?}");
     eprintln!("graceful shutdown: {:.1?}, {:?}", t.elapsed(), st.exit);
     assert_eq!(driver.stop("pbx1").await.unwrap().state, VmState::Stopped);
@@ -277,10 +307,12 @@ async fn vm_lifecycle() {
     second.thaw("pbx1").await.unwrap();
     let st = second.stop("pbx1").await.unwrap();
     assert_eq!(st.state, VmState::Stopped, "{st:?}");
-    assert!(!Path::new(&format!("/proc/{pid}")).exists() || {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        s.contains(") Z")
-    });
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists() || {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            s.contains(") Z")
+        }
+    );
 }
 
 #[tokio::test]
@@ -312,7 +344,13 @@ async fn create_from_template_overlays_and_never_overwrites() {
     };
     let driver = QemuDriver::new(dir.path().join("state"));
     driver
-        .create_from_template(&spec, &[("system".into(), template.clone()), ("data".into(), template.clone())])
+        .create_from_template(
+            &spec,
+            &[
+                ("system".into(), template.clone()),
+                ("data".into(), template.clone()),
+            ],
+        )
         .await
         .unwrap();
     let info = std::process::Command::new("qemu-img")
