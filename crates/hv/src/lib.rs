@@ -7,8 +7,18 @@
 //!   [`SnapshotSource`], …), the [`Driver`] trait and [`HvError`].
 //! - [`process`]: the embedded default. A workload is a supervised local
 //!   process whose disks are image files handed to it on its command line.
-//!   Planned siblings: `qemu` (QMP client, dirty bitmaps, guest agent) and
-//!   `libvirt` (behind a cargo feature).
+//! - [`qemu`]: real VMs. A VM is a supervised `qemu-system-x86_64` built
+//!   from the [`QemuSpec`] in [`VmSpec::qemu`] (memory, CPUs, virtio disks
+//!   in qcow2 or raw, kernel or disk boot, user-mode networking with port
+//!   forwards) and controlled over QMP. Points pause the guest for now;
+//!   live dirty-bitmap points and the guest agent come next (see its docs).
+//! - [`qmp`]: the thin async QMP client the qemu driver uses (id-matched
+//!   commands, event stream, timeouts, raw escape hatch).
+//! - Planned: `libvirt` (behind a cargo feature).
+//!
+//! Both drivers keep `<state dir>/<vm>.pid` (`<pid> <kernel start time>`)
+//! so a restarted controller adopts the VMs still running instead of
+//! starting a second copy; both run each VM in its own session.
 //!
 //! # Invariants
 //!
