@@ -544,7 +544,13 @@ impl QemuDriver {
         // exit before that.
         let deadline = tokio::time::Instant::now() + QMP_START;
         let qmp = loop {
-            if *rx.borrow() {
+            // The exit task waits for the event task's handle: look at the
+            // process itself, and release that wait before failing.
+            let gone = pid.is_none_or(|p| proc_start(p).is_none_or(|(st, _)| st == 'Z'));
+            if gone || *rx.borrow() {
+                drop(events_tx);
+                let mut exited = rx.clone();
+                let _ = tokio::time::timeout(KILL_WAIT, exited.wait_for(|e| *e)).await;
                 let tail = log_tail(&log_path);
                 return Err(HvError::StartFailed {
                     vm: spec.name.clone(),
@@ -557,6 +563,7 @@ impl QemuDriver {
                 break q;
             }
             if tokio::time::Instant::now() > deadline {
+                drop(events_tx);
                 let _ = self.stop(&spec.name).await;
                 return Err(HvError::StartFailed {
                     vm: spec.name.clone(),

@@ -307,12 +307,49 @@ async fn vm_lifecycle() {
     second.thaw("pbx1").await.unwrap();
     let st = second.stop("pbx1").await.unwrap();
     assert_eq!(st.state, VmState::Stopped, "{st:?}");
+
+    // A guest that powers itself off was not asked to: Crashed, with the
+    // SHUTDOWN reason. (The VNF cannot open its disk, init powers off.)
+    let mut broken = spec.clone();
+    broken.qemu.as_mut().unwrap().append =
+        Some("console=ttyS0 quiet vnf.name=pbx1 vnf.disk=/proc/no-such-disk".into());
+    second.start(&broken).await.unwrap();
+    let st = wait_state(&second, "pbx1", VmState::Crashed, Duration::from_secs(60)).await;
+    assert_eq!(
+        st.exit.as_deref(),
+        Some("exit code 0 (shutdown reason: guest-shutdown)")
+    );
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists() || {
             let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             s.contains(") Z")
         }
     );
+}
+
+/// QEMU refusing its command line is a start error naming QEMU's complaint,
+/// and the VM is left Crashed with the exit status.
+#[tokio::test]
+async fn start_failure_reports_qemu_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = VmSpec {
+        name: "bad".into(),
+        command: qemu_binary(),
+        args: vec!["-no-such-option".into()],
+        env: BTreeMap::new(),
+        disks: vec![],
+        workdir: dir.path().to_owned(),
+        qemu: Some(QemuSpec::default()),
+    };
+    let driver = QemuDriver::new(dir.path().join("state"));
+    match driver.start(&spec).await {
+        Err(HvError::StartFailed { detail, .. }) => {
+            assert!(detail.contains("no-such-option"), "{detail}")
+        }
+        other => panic!("expected StartFailed, got {other:?}"),
+    }
+    let st = wait_state(&driver, "bad", VmState::Crashed, Duration::from_secs(10)).await;
+    assert_eq!(st.exit.as_deref(), Some("exit code 1"));
 }
 
 #[tokio::test]
