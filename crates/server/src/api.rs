@@ -20,6 +20,7 @@ use crate::error::ServerError;
 use crate::jobs::spawn_job;
 use crate::restore;
 use crate::scheduler::start_group_run;
+use crate::vms;
 
 type Ctl = State<Arc<Controller>>;
 type ApiResult<T> = Result<Json<T>, ServerError>;
@@ -87,63 +88,21 @@ async fn sites(State(ctl): Ctl) -> ApiResult<Vec<SiteView>> {
     Ok(Json(out))
 }
 
-async fn vm_view(ctl: &Controller, name: &str) -> Result<VmView, ServerError> {
-    let record = ctl.repo.vm(name).await?;
-    let (state, pid, since, exit) = match ctl.agent(&record.active_host)?.status(name).await {
-        Ok(st) => (st.state.to_string(), st.pid, st.since, st.exit),
-        Err(e) => ("unknown".to_string(), None, None, Some(e.to_string())),
-    };
-    let last_point = ctl.repo.points(Some(name)).await?.pop();
-    Ok(VmView {
-        groups: ctl
-            .cfg
-            .groups_of(name)
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        record,
-        state,
-        pid,
-        since,
-        exit,
-        last_point,
-    })
-}
-
 async fn vms(State(ctl): Ctl) -> ApiResult<Vec<VmView>> {
     let mut out = Vec::new();
     for v in ctl.repo.vms().await? {
-        out.push(vm_view(&ctl, &v.name).await?);
+        out.push(vms::view(&ctl, &v.name).await?);
     }
     Ok(Json(out))
 }
 
 async fn vm(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<VmView> {
-    Ok(Json(vm_view(&ctl, &name).await?))
+    Ok(Json(vms::view(&ctl, &name).await?))
 }
 
 async fn vm_start(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<VmView> {
-    {
-        let _guard = ctl.lock_vm(&name).await;
-        let rec = ctl.repo.vm(&name).await?;
-        let agent = ctl.agent(&rec.active_host)?;
-        let spec = agent.spec(&ctl.cfg, &name)?;
-        let never_protected = ctl.repo.points(Some(&name)).await?.is_empty();
-        if rec.active_site == rec.home_site && never_protected {
-            // First start at home: blank disks are created.
-            agent.provision_disks(&spec)?;
-        } else if let Some(d) = spec.disks.iter().find(|d| !d.path.exists()) {
-            // A VM with points never boots on a blank disk by accident.
-            return Err(ServerError::Conflict(format!(
-                "disk '{}' of vm {name} is missing at {} ({}); restore a point there first",
-                d.name,
-                rec.active_host,
-                d.path.display()
-            )));
-        }
-        agent.driver.start(&spec).await?;
-    }
-    Ok(Json(vm_view(&ctl, &name).await?))
+    vms::start(&ctl, &name).await?;
+    Ok(Json(vms::view(&ctl, &name).await?))
 }
 
 async fn vm_shutdown(
@@ -151,30 +110,16 @@ async fn vm_shutdown(
     Path(name): Path<String>,
     body: Option<Json<ShutdownRequest>>,
 ) -> ApiResult<VmView> {
-    {
-        let _guard = ctl.lock_vm(&name).await;
-        let rec = ctl.repo.vm(&name).await?;
-        let timeout = body
-            .and_then(|b| b.timeout_secs)
-            .map(std::time::Duration::from_secs)
-            .or_else(|| ctl.cfg.vms.get(&name).map(|v| v.shutdown_timeout))
-            .ok_or_else(|| ServerError::not_found("vm", &name))?;
-        ctl.agent(&rec.active_host)?
-            .driver
-            .shutdown(&name, timeout)
-            .await?;
-    }
-    Ok(Json(vm_view(&ctl, &name).await?))
+    let timeout = body
+        .and_then(|b| b.timeout_secs)
+        .map(std::time::Duration::from_secs);
+    vms::shutdown(&ctl, &name, timeout).await?;
+    Ok(Json(vms::view(&ctl, &name).await?))
 }
 
 async fn vm_stop(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<VmView> {
-    {
-        let rec = ctl.repo.vm(&name).await?;
-        // No VM lock: a forced stop must work even while a point is read
-        // (the driver kills a frozen VM without letting it run first).
-        ctl.agent(&rec.active_host)?.driver.stop(&name).await?;
-    }
-    Ok(Json(vm_view(&ctl, &name).await?))
+    vms::stop(&ctl, &name).await?;
+    Ok(Json(vms::view(&ctl, &name).await?))
 }
 
 async fn groups(State(ctl): Ctl) -> ApiResult<Vec<GroupRecord>> {
@@ -263,12 +208,7 @@ async fn store_verify(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<JobRef> {
-    let req: VerifyRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        VerifyRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ServerError::BadRequest(format!("bad request body: {e}")))?
-    };
+    let req: VerifyRequest = crate::api_watch::optional_body(&body)?;
     if let Some(f) = req.sample
         && !(f > 0.0 && f <= 1.0)
     {

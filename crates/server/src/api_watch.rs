@@ -213,7 +213,9 @@ async fn alert(State(ctl): Ctl, Path(id): Path<i64>) -> ApiResult<Alert> {
 }
 
 /// A JSON body that may be absent.
-fn optional_body<T: serde::de::DeserializeOwned + Default>(b: &[u8]) -> Result<T, ServerError> {
+pub(crate) fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    b: &[u8],
+) -> Result<T, ServerError> {
     if b.iter().all(|c| c.is_ascii_whitespace()) {
         return Ok(T::default());
     }
@@ -330,14 +332,7 @@ async fn incident_resolve(
     Path(id): Path<i64>,
     body: axum::body::Bytes,
 ) -> ApiResult<Incident> {
-    let b: StateRequest = optional_body(&body)?;
-    let upd = IncidentUpdate {
-        state: Some(IncidentState::Resolved),
-        note: b.note,
-        author: b.author,
-        ..Default::default()
-    };
-    Ok(Json(watch::update_incident(&ctl, id, upd).await?))
+    set_incident_state(&ctl, id, &body, IncidentState::Resolved).await
 }
 
 async fn incident_close(
@@ -345,14 +340,23 @@ async fn incident_close(
     Path(id): Path<i64>,
     body: axum::body::Bytes,
 ) -> ApiResult<Incident> {
-    let b: StateRequest = optional_body(&body)?;
+    set_incident_state(&ctl, id, &body, IncidentState::Closed).await
+}
+
+async fn set_incident_state(
+    ctl: &Arc<Controller>,
+    id: i64,
+    body: &[u8],
+    state: IncidentState,
+) -> ApiResult<Incident> {
+    let b: StateRequest = optional_body(body)?;
     let upd = IncidentUpdate {
-        state: Some(IncidentState::Closed),
+        state: Some(state),
         note: b.note,
         author: b.author,
         ..Default::default()
     };
-    Ok(Json(watch::update_incident(&ctl, id, upd).await?))
+    Ok(Json(watch::update_incident(ctl, id, upd).await?))
 }
 
 #[derive(Debug, Deserialize)]

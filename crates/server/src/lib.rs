@@ -28,12 +28,15 @@ pub mod api;
 mod api_watch;
 pub mod controller;
 pub mod error;
+pub mod fence;
+pub mod frontdoor;
 pub mod jobs;
 pub mod protect;
 pub mod remote_agent;
 pub mod restore;
 pub mod scheduler;
 pub mod stores;
+pub mod vms;
 pub mod watch;
 
 use std::net::SocketAddr;

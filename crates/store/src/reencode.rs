@@ -143,17 +143,7 @@ impl Datastore {
         // A lease lost to gc may have let it delete what the point uses.
         dst_lock.check()?;
         let reencoded = manifest.with_disks(disks);
-        match dst
-            .backend()
-            .put_new(&id.manifest_path(), &dst.encode_manifest(&reencoded)?)
-        {
-            Err(StoreError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::AlreadyExists =>
-            {
-                stats.already_present = true;
-            }
-            other => other?,
-        }
+        stats.already_present = crate::sync::publish_manifest(dst, id, &reencoded)?;
         tracing::info!(point = %id, dst = %dst.root().display(), ?stats, "point synced, re-encoded");
         Ok(stats)
     }

@@ -84,19 +84,30 @@ impl Datastore {
         }
         packer.finish()?;
         dst_lock.check()?;
-        match dst
-            .backend()
-            .put_new(&id.manifest_path(), &dst.encode_manifest(&manifest)?)
-        {
-            Err(StoreError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::AlreadyExists =>
-            {
-                stats.already_present = true;
-            }
-            other => other?,
-        }
+        stats.already_present = publish_manifest(dst, id, &manifest)?;
         tracing::info!(point = %id, dst = %dst.root().display(), ?stats, "point synced");
         Ok(stats)
+    }
+}
+
+/// Write a synced point's manifest, last and create-only. True when the
+/// destination got the point meanwhile from someone else.
+pub(crate) fn publish_manifest(
+    dst: &Datastore,
+    id: &PointId,
+    manifest: &crate::manifest::Manifest,
+) -> Result<bool, StoreError> {
+    match dst
+        .backend()
+        .put_new(&id.manifest_path(), &dst.encode_manifest(manifest)?)
+    {
+        Err(StoreError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            Ok(true)
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(false),
     }
 }
 

@@ -1,5 +1,8 @@
-//! Test support shared by the crates' tests: real object-storage servers
-//! (Azurite for Azure Blob, moto for S3) started on free loopback ports
-//! and stopped on drop. Only tests depend on this crate.
+//! Test support shared by the crates' tests: real servers (Azurite for
+//! Azure Blob, moto for S3, aiosmtpd for mail) started on free loopback
+//! ports and stopped on drop. Only tests depend on this crate.
 
+pub mod mail;
 pub mod objects;
+
+pub use objects::free_port;

@@ -30,7 +30,8 @@ pub struct Server {
     data: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+/// A port free on 127.0.0.1 at the time of the call.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

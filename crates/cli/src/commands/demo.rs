@@ -259,8 +259,8 @@ async fn story(
     say("DISASTER: site1 is lost (pbx1 killed, its disk and datastore deleted)".into());
     let disaster = Instant::now();
     let _: VmView = api.post("/api/v1/vms/pbx1/stop", &json!({})).await?;
-    std::fs::remove_dir_all(site1_disks).context("deleting site1's disks")?;
-    std::fs::remove_dir_all(site1_store).context("deleting site1's datastore")?;
+    destroy(site1_disks).context("deleting site1's disks")?;
+    destroy(site1_store).context("deleting site1's datastore")?;
 
     let points: Vec<PointRecord> = api.get("/api/v1/points?vm=pbx1").await?;
     let point = points
@@ -402,4 +402,20 @@ fn print_report(r: &DemoReport) {
         r.restore_ms as f64 / 1000.0
     );
     println!("result              {}", if r.ok { "OK" } else { "FAILED" });
+}
+
+/// Delete a directory that a protection run may still be writing into
+/// (the disaster strikes mid-point): retry while new files appear.
+fn destroy(path: &Path) -> std::io::Result<()> {
+    for _ in 0..100 {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    std::fs::remove_dir_all(path)
 }

@@ -351,18 +351,15 @@ pub async fn incidents(ctx: &Ctx, cmd: &IncidentsCmd) -> Result<()> {
                 )
                 .await?
         }
-        IncidentsCmd::Resolve { id, note } => {
+        IncidentsCmd::Resolve { id, note } | IncidentsCmd::Close { id, note } => {
+            let verb = if matches!(cmd, IncidentsCmd::Resolve { .. }) {
+                "resolve"
+            } else {
+                "close"
+            };
             ctx.client
                 .post(
-                    &format!("/api/v1/incidents/{id}/resolve"),
-                    &json!({"note": note, "author": who()}),
-                )
-                .await?
-        }
-        IncidentsCmd::Close { id, note } => {
-            ctx.client
-                .post(
-                    &format!("/api/v1/incidents/{id}/close"),
+                    &format!("/api/v1/incidents/{id}/{verb}"),
                     &json!({"note": note, "author": who()}),
                 )
                 .await?

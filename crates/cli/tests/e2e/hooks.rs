@@ -1,10 +1,8 @@
-//! Real receivers for notifications: an HTTP webhook receiver and an SMTP
-//! server (Python's aiosmtpd) started by the test.
+//! A real HTTP receiver for webhook notifications (the SMTP server is
+//! `standby_testkit::mail`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -134,63 +132,4 @@ fn read_request(conn: &std::net::TcpStream) -> Option<Received> {
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         signed,
     })
-}
-
-/// A real SMTP server (aiosmtpd) writing each message to a maildir.
-pub struct SmtpServer {
-    pub maildir: PathBuf,
-    child: Child,
-}
-
-impl SmtpServer {
-    /// Panics when Python's aiosmtpd is missing (`scripts/test` installs it).
-    pub fn start(dir: &Path, port: u16) -> SmtpServer {
-        let maildir = dir.join("maildir");
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-                "aiosmtpd.handlers.Mailbox",
-            ])
-            .arg(&maildir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs (aiosmtpd is installed by scripts/test)");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "aiosmtpd did not listen on {port}; is it installed (pip install aiosmtpd)?"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        SmtpServer { maildir, child }
-    }
-
-    /// Messages delivered so far (raw text).
-    pub fn messages(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for sub in ["new", "cur"] {
-            if let Ok(rd) = std::fs::read_dir(self.maildir.join(sub)) {
-                for e in rd.flatten() {
-                    if let Ok(t) = std::fs::read_to_string(e.path()) {
-                        out.push(t);
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{Lab, LabOptions, free_port};
-use crate::hooks::{SmtpServer, WebhookReceiver};
+use standby_testkit::mail::MailServer;
+
+use crate::hooks::WebhookReceiver;
 
 /// Poll `f` until it returns Some, or panic naming `what`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -62,10 +64,10 @@ group_wait = "1s"
 
 #[test]
 fn killed_vnf_raises_alert_opens_incident_and_notifies() {
-    let (hook, smtp) = (free_port(), free_port());
+    let hook = free_port();
     let receiver = WebhookReceiver::start(hook);
-    let dir = tempfile::tempdir().unwrap();
-    let mail = SmtpServer::start(dir.path(), smtp);
+    let mail = MailServer::start();
+    let smtp = mail.port;
     let mut watch = hook_config(
         hook,
         &format!(
@@ -183,7 +185,7 @@ labels = { vm = "pbx1", site = "site1", scope = "service" }
     assert_eq!(firing[0].body["alerts"][0]["labels"]["vm"], "pbx1");
     // And the mail went out.
     let mails = wait_until("a mail", Duration::from_secs(15), || {
-        let m = mail.messages();
+        let m = mail.mails();
         (!m.is_empty()).then_some(m)
     });
     assert!(mails[0].contains("FIRING"), "{}", mails[0]);

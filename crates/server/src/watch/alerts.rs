@@ -73,8 +73,8 @@ fn settle_delay(ctl: &Controller) -> chrono::Duration {
         .map(|r| r.group_wait)
         .max()
         .unwrap_or_default()
-        .max(std::time::Duration::from_secs(1));
-    chrono::Duration::from_std(longest).unwrap_or(chrono::Duration::seconds(1))
+        .max(std::time::Duration::from_secs(2));
+    chrono::Duration::from_std(longest).unwrap_or(chrono::Duration::seconds(2))
 }
 
 fn silenced_by(silences: &[Silence], labels: &Labels, now: DateTime<Utc>) -> Option<i64> {
@@ -245,7 +245,7 @@ async fn refresh_mutes(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), 
 
 async fn settle_due(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), ServerError> {
     let w = &ctl.watch;
-    let due: Vec<(String, Option<String>)> = {
+    let mut due: Vec<(String, Option<String>)> = {
         let mut track = w.track.lock().expect("track lock");
         track
             .iter_mut()
@@ -256,12 +256,32 @@ async fn settle_due(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), Ser
             })
             .collect()
     };
+    // Alerts that mute others first, so their incident exists when the
+    // muted ones settle in the same tick.
+    {
+        let active = w.active.lock().expect("active lock");
+        due.sort_by_key(|(fp, _)| active.get(fp).is_some_and(|a| a.inhibited_by.is_some()));
+    }
     let mut to_notify = Vec::new();
     for (fp, template) in due {
         let Some(mut alert) = w.active.lock().expect("active lock").get(&fp).cloned() else {
             continue;
         };
         if let Some(by) = alert.inhibited_by.clone() {
+            // The muting alert may not have opened its incident yet: wait
+            // for it, so the muted alert lands on that incident's timeline.
+            let source_due = w
+                .track
+                .lock()
+                .expect("track lock")
+                .get(&by)
+                .and_then(|t| t.settle_at);
+            if let Some(at) = source_due {
+                if let Some(t) = w.track.lock().expect("track lock").get_mut(&fp) {
+                    t.settle_at = Some(at + chrono::Duration::milliseconds(250));
+                }
+                continue;
+            }
             muted(ctl, &alert, &by).await?;
             continue;
         }

@@ -5,7 +5,7 @@
 //! probe results (controller probes, generated heartbeat/VM/point-age
 //! probes, results posted by remote agents) → [`Watch::record`] → an event
 //! each, and the rule [`Evaluator`] → every tick, transitions → alert rows
-//! → after a settle delay (the longest route `group_wait`, at least 1 s):
+//! → after a settle delay (the longest route `group_wait`, at least 2 s):
 //! inhibition and silences are checked again, incidents opened from the
 //! rule's template, deliveries queued in the outbox → the notifier sends
 //! them with retries.
