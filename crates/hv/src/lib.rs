@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod process;
 pub mod qemu;
+pub mod qga;
 pub mod qmp;
 
 pub use process::ProcessDriver;
@@ -155,6 +156,10 @@ pub struct SnapshotSource {
     pub disks: Vec<SnapshotDisk>,
     /// Human-readable consistency label, e.g. "crash-consistent (SIGSTOP)".
     pub consistency_note: String,
+    /// The guest flushed and froze its filesystems for the point (guest
+    /// agent fsfreeze); false = crash-consistent at best.
+    #[serde(default)]
+    pub app_consistent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +211,38 @@ pub trait Driver: Send + Sync {
 
     /// Release what `snapshot_begin` took (thaw, drop the backup job, …).
     async fn snapshot_end(&self, spec: &VmSpec) -> Result<(), HvError>;
+
+    /// What this driver can do for this VM (e.g. app consistency needs a
+    /// guest agent in its spec). Defaults to [`Driver::capabilities`].
+    fn vm_capabilities(&self, spec: &VmSpec) -> Capabilities {
+        let _ = spec;
+        self.capabilities()
+    }
+
+    /// [`Driver::snapshot_begin`] for a point written on top of point
+    /// `base` (a store point id; `None` = no base, a full read) whose
+    /// dirty ranges the caller reads in whole units of `align` bytes (its
+    /// chunk size, a power of two). A driver with dirty tracking returns
+    /// [`SnapshotDisk::dirty`] only when its tracking counts from exactly
+    /// `base`, and otherwise says on the consistency note why it read all.
+    async fn snapshot_begin_from(
+        &self,
+        spec: &VmSpec,
+        base: Option<&str>,
+        align: u64,
+    ) -> Result<SnapshotSource, HvError> {
+        let _ = (base, align);
+        self.snapshot_begin(spec).await
+    }
+
+    /// After [`Driver::snapshot_end`]: the point was committed to the store
+    /// as `point`, or abandoned (`None`). Dirty tracking forgets the
+    /// changes a point holds only once it is committed, so an abandoned
+    /// point's changes are still in the next one.
+    async fn snapshot_committed(&self, spec: &VmSpec, point: Option<&str>) -> Result<(), HvError> {
+        let _ = (spec, point);
+        Ok(())
+    }
 }
 
 /// Errors of every driver.

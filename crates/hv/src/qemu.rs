@@ -73,9 +73,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::qmp::{Qmp, QmpEvent};
-use crate::{
-    Capabilities, Driver, HvError, SnapshotDisk, SnapshotSource, VmSpec, VmState, VmStatus,
-};
+
+mod points;
+use crate::{Capabilities, Driver, HvError, SnapshotSource, VmSpec, VmState, VmStatus};
+pub use points::FREEZE_TIMEOUT;
 
 /// How long QEMU may take to open its QMP socket after the spawn.
 const QMP_START: Duration = Duration::from_secs(30);
@@ -113,6 +114,11 @@ pub struct QemuSpec {
     /// Host ports forwarded into the guest (user-mode networking).
     #[serde(default)]
     pub forwards: Vec<PortForward>,
+    /// The guest runs `qemu-ga`: give it a virtio-serial channel
+    /// (`org.qemu.guest_agent.0`, host end `<state dir>/<vm>.qga`) and
+    /// fsfreeze the guest around each point.
+    #[serde(default)]
+    pub guest_agent: bool,
 }
 
 fn default_memory() -> u32 {
@@ -135,6 +141,7 @@ impl Default for QemuSpec {
             append: None,
             disk_formats: BTreeMap::new(),
             forwards: Vec::new(),
+            guest_agent: false,
         }
     }
 }
@@ -245,6 +252,8 @@ pub struct QemuDriver {
     qemu_img: PathBuf,
     /// Serializes adoption, which connects to QMP outside the table lock.
     adopting: tokio::sync::Mutex<()>,
+    /// Points begun and not yet committed or abandoned, per VM.
+    points: Mutex<HashMap<String, points::PendingPoint>>,
 }
 
 impl Drop for QemuDriver {
@@ -265,11 +274,17 @@ impl QemuDriver {
             state_dir: state_dir.into(),
             qemu_img: PathBuf::from("qemu-img"),
             adopting: tokio::sync::Mutex::new(()),
+            points: Mutex::default(),
         }
     }
 
     pub fn qmp_socket(&self, name: &str) -> PathBuf {
         self.state_dir.join(format!("{name}.qmp"))
+    }
+
+    /// Host end of the guest agent's channel (when `guest_agent` is set).
+    pub fn qga_socket(&self, name: &str) -> PathBuf {
+        self.state_dir.join(format!("{name}.qga"))
     }
 
     fn pid_file(&self, name: &str) -> PathBuf {
@@ -1023,6 +1038,17 @@ pub fn command_line(
         ));
     }
     push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
+    if q.guest_agent {
+        let qga = state_dir.join(format!("{}.qga", spec.name));
+        push(&[
+            "-chardev",
+            &format!("socket,id=qga0,path={},server=on,wait=off", opt_path(&qga)),
+            "-device",
+            "virtio-serial-pci,id=qga-serial",
+            "-device",
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        ]);
+    }
     a.extend(spec.args.iter().cloned());
     Ok(a)
 }
@@ -1094,11 +1120,18 @@ impl Driver for QemuDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // Honest for now: points pause the guest for the whole read.
+        // App consistency needs a guest agent: see `vm_capabilities`.
         Capabilities {
-            live_snapshot: false,
-            dirty_tracking: false,
-            app_consistent: false,
+            live_snapshot: true,
+            dirty_tracking: true,
+            app_consistent: true,
+        }
+    }
+
+    fn vm_capabilities(&self, spec: &VmSpec) -> Capabilities {
+        Capabilities {
+            app_consistent: spec.qemu.as_ref().is_some_and(|q| q.guest_agent),
+            ..self.capabilities()
         }
     }
 
@@ -1196,7 +1229,17 @@ impl Driver for QemuDriver {
         Ok(())
     }
 
+    /// A full read (no base): see [`Driver::snapshot_begin_from`].
     async fn snapshot_begin(&self, spec: &VmSpec) -> Result<SnapshotSource, HvError> {
+        self.snapshot_begin_from(spec, None, 64 << 10).await
+    }
+
+    async fn snapshot_begin_from(
+        &self,
+        spec: &VmSpec,
+        base: Option<&str>,
+        align: u64,
+    ) -> Result<SnapshotSource, HvError> {
         self.adopt(&spec.name).await;
         for disk in &spec.disks {
             if !disk.path.is_file() {
@@ -1207,32 +1250,21 @@ impl Driver for QemuDriver {
                 });
             }
         }
-        let consistency_note = if self.current(&spec.name).is_alive() {
-            self.freeze(&spec.name).await?;
-            "crash-consistent: vCPUs paused with QMP stop for the whole read (no live point yet)"
-                .to_owned()
+        if self.current(&spec.name).is_alive() {
+            let (qmp, _) = self.live_qmp(&spec.name)?;
+            self.live_point(spec, &qmp, base, align).await
         } else {
-            "cold: vm not running".to_owned()
-        };
-        Ok(SnapshotSource {
-            disks: spec
-                .disks
-                .iter()
-                .map(|d| SnapshotDisk {
-                    name: d.name.clone(),
-                    path: d.path.clone(),
-                    dirty: None,
-                })
-                .collect(),
-            consistency_note,
-        })
+            self.cold_point(spec).await
+        }
     }
 
     async fn snapshot_end(&self, spec: &VmSpec) -> Result<(), HvError> {
-        if self.current(&spec.name).state == VmState::Frozen {
-            self.thaw(&spec.name).await?;
-        }
+        self.drop_scratch(&spec.name);
         Ok(())
+    }
+
+    async fn snapshot_committed(&self, spec: &VmSpec, point: Option<&str>) -> Result<(), HvError> {
+        self.finish_point(spec, point).await
     }
 }
 
