@@ -782,6 +782,79 @@ impl QemuDriver {
         Ok(())
     }
 
+    /// Put a raw image restored from the datastore in place as `disk` of
+    /// `spec`, in the disk's format: a raw disk is the file itself
+    /// (renamed), a qcow2 disk is converted (`qemu-img convert -O qcow2`,
+    /// zeroes left unallocated) and the raw file removed. Never overwrites
+    /// an existing disk (`DiskExists`); nothing half-written is left at
+    /// the disk's path.
+    pub async fn install_restored_disk(
+        &self,
+        spec: &VmSpec,
+        disk: &str,
+        raw: &Path,
+    ) -> Result<(), HvError> {
+        let vm = spec.name.as_str();
+        let d = spec
+            .disks
+            .iter()
+            .find(|d| d.name == disk)
+            .ok_or_else(|| HvError::UnknownDisk {
+                vm: vm.to_owned(),
+                disk: disk.to_owned(),
+            })?;
+        let exists = || HvError::DiskExists {
+            vm: vm.to_owned(),
+            disk: disk.to_owned(),
+            path: d.path.clone(),
+        };
+        if d.path.exists() {
+            return Err(exists());
+        }
+        let format = spec.qemu.clone().unwrap_or_default().disk_format(disk);
+        let mut tmp = d.path.clone().into_os_string();
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let source = match format {
+            DiskFormat::Raw => raw.to_owned(),
+            DiskFormat::Qcow2 => {
+                let _ = std::fs::remove_file(&tmp);
+                let args: Vec<OsString> = vec![
+                    "convert".into(),
+                    "-q".into(),
+                    "-f".into(),
+                    "raw".into(),
+                    "-O".into(),
+                    "qcow2".into(),
+                    raw.as_os_str().to_owned(),
+                    tmp.clone().into_os_string(),
+                ];
+                if let Err(e) = self.qemu_img(vm, &args).await {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                tmp.clone()
+            }
+        };
+        let linked = std::fs::hard_link(&source, &d.path);
+        let _ = std::fs::remove_file(&tmp);
+        linked.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                exists()
+            } else {
+                HvError::Io {
+                    vm: vm.to_owned(),
+                    action: "link the restored disk",
+                    path: d.path.clone(),
+                    source,
+                }
+            }
+        })?;
+        let _ = std::fs::remove_file(raw);
+        tracing::info!(vm, disk, format = format.as_str(), path = %d.path.display(), "restored disk installed");
+        Ok(())
+    }
+
     /// Format and virtual size of an image.
     async fn image_info(&self, vm: &str, path: &Path) -> Result<(String, u64), HvError> {
         let out = self

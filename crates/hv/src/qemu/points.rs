@@ -195,7 +195,7 @@ impl QemuDriver {
                 (Some(_), []) => Plan::Full {
                     reason: match format {
                         DiskFormat::Raw => "dirty bitmap lost after QEMU restart (raw disk: the bitmap lives only in QEMU)".into(),
-                        DiskFormat::Qcow2 => "dirty bitmap lost (QEMU restarted without saving it, or no point since it started)".into(),
+                        DiskFormat::Qcow2 => "dirty bitmap lost (QEMU stopped without saving it)".into(),
                     },
                 },
                 (Some(base), [b]) if b.name[BASE_PREFIX.len()..] == *base && b.recording => {
