@@ -25,7 +25,7 @@ use tokio::time::Instant;
 pub enum QgaError {
     #[error("guest agent socket {} cannot be opened: {detail}", socket.display())]
     Connect { socket: PathBuf, detail: String },
-    #[error("guest agent did not answer '{command}' within {waited:?}")]
+    #[error("guest agent did not answer '{command}' within {waited:.1?}")]
     Timeout { command: String, waited: Duration },
     #[error("guest agent refused '{command}': {desc}")]
     Refused { command: String, desc: String },
