@@ -10,8 +10,9 @@
 //! - [`qemu`]: real VMs. A VM is a supervised `qemu-system-x86_64` built
 //!   from the [`QemuSpec`] in [`VmSpec::qemu`] (memory, CPUs, virtio disks
 //!   in qcow2 or raw, kernel or disk boot, user-mode networking with port
-//!   forwards) and controlled over QMP. Points pause the guest for now;
-//!   live dirty-bitmap points and the guest agent come next (see its docs).
+//!   forwards) and controlled over QMP. Live points: dirty bitmaps and
+//!   backup jobs into scratch images, guest-agent fsfreeze (see its docs).
+//! - [`qga`]: the minimal guest-agent client (sync, fsfreeze, deadlines).
 //! - [`qmp`]: the thin async QMP client the qemu driver uses (id-matched
 //!   commands, event stream, timeouts, raw escape hatch).
 //! - Planned: `libvirt` (behind a cargo feature).
@@ -32,7 +33,9 @@
 //!   files named in the [`SnapshotSource`] hold a crash-consistent (or
 //!   better, see [`SnapshotSource::consistency_note`]) image that the caller
 //!   may read. The caller must always call `snapshot_end`, even when reading
-//!   failed.
+//!   failed, and then [`Driver::snapshot_committed`] with the point's id
+//!   once it is committed (or `None`): dirty tracking forgets a point's
+//!   changes only then.
 //! - Disk images are never overwritten by [`Driver::create_from_template`].
 //!
 //! Moving a VM to another host or site is not a driver call: the controller

@@ -39,20 +39,46 @@
 //! the last SHUTDOWN event (`guest-shutdown`, `host-signal`, …). Shutdown
 //! is `system_powerdown`, `quit` after the timeout, then SIGKILL.
 //!
-//! # Recovery points
+//! # Recovery points (live)
 //!
-//! For now [`Driver::snapshot_begin`] pauses the vCPUs with QMP `stop`
-//! (QEMU drains and flushes its block layer, so a qcow2 file on disk is
-//! consistent too) and hands out the image files for a whole read,
-//! labelled "crash-consistent"; `snapshot_end` resumes the VM.
+//! A point of a running VM never pauses it for the read
+//! (the `points` submodule holds the QMP choreography):
 //!
-//! TODO(issue 5, next part): live points without pausing the guest for the
-//! read: a persistent dirty bitmap per disk (`block-dirty-bitmap-add` on the
-//! disk's format node), `blockdev-backup sync=incremental` (or a fleecing
-//! node) into a scratch target, the dirty ranges in
-//! [`crate::SnapshotDisk::dirty`], a full read labelled as such when the
-//! bitmap is lost; application-consistent points through the guest agent's
-//! fsfreeze with a short timeout and an honest crash-consistent fallback.
+//! - Each disk carries a dirty bitmap `standby:<point id>` recording the
+//!   writes since that committed point: persistent (saved in the image at
+//!   QEMU's clean exit) on qcow2, in QEMU's memory only on raw disks.
+//! - [`Driver::snapshot_begin_from`] (with the caller's base point and
+//!   chunk size): the guest agent freezes the guest's filesystems when the
+//!   spec has one (3 s bound, see [`FREEZE_TIMEOUT`]), then one QMP
+//!   `transaction` makes the point's instant: it adds `standby.pending`
+//!   (writes from now on), and starts a `blockdev-backup` per disk into a
+//!   scratch image in `<state dir>/<vm>.point/` — `sync=full` into a sparse
+//!   raw file for a full read, or, for an incremental one, disables the
+//!   base bitmap, merges it into `standby.copy` at the chunk size (so
+//!   every chunk the reader touches is copied whole) and runs
+//!   `sync=bitmap bitmap-mode=never` into a qcow2 scratch. The guest is
+//!   thawed right after. Backup jobs copy-before-write, so the scratch
+//!   holds the disk as it was at the instant while the guest runs on.
+//! - The incremental scratch's allocation (`qemu-img map`, the `present`
+//!   extents: data *and* zero clusters, so a cluster rewritten with zeroes
+//!   is dirty too) gives [`crate::SnapshotDisk::dirty`]; it is converted
+//!   to a sparse raw file for the reader.
+//! - [`Driver::snapshot_committed`]: committed as `P` → one transaction
+//!   renames `standby.pending` into `standby:P` (add + merge + remove) and
+//!   drops the old base bitmap; abandoned → the old bitmap is re-enabled
+//!   and `standby.pending` merged back into it, so the next point still
+//!   sees those writes. A point never settled (its controller died) is
+//!   settled as abandoned at the next begin.
+//! - A full read, said on the consistency note, when: no base point; no
+//!   bitmap (raw disk after a QEMU restart, qcow2 after QEMU died without
+//!   saving it); a bitmap QEMU flags inconsistent (QEMU killed while it
+//!   was loaded); a bitmap counting from another point than the base.
+//! - A VM that is not running: its image files (qcow2 converted to a raw
+//!   scratch copy), a full read labelled "cold".
+//!
+//! Restore: the datastore writes raw images;
+//! [`QemuDriver::install_restored_disk`] puts one in place as the disk's
+//! format (qcow2: `qemu-img convert`, zeroes unallocated).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
