@@ -330,9 +330,21 @@ impl QemuDriver {
         let mut waiting: Vec<String> = plans.iter().map(|p| scratch_node(&p.0)).collect();
         let mut failure = None;
         while !waiting.is_empty() {
-            let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
+            let received = tokio::select! {
+                r = tokio::time::timeout_at(deadline, events.recv()) => r,
+                () = qmp.closed() => {
+                    failure = Some("qemu exited during the backup".to_owned());
+                    break;
+                }
+            };
+            let ev = match received {
                 Ok(Ok(ev)) => ev,
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                    // A lost BLOCK_JOB_COMPLETED cannot be told from a
+                    // slow job; fail rather than guess its outcome.
+                    failure = Some(format!("missed {n} qmp events during the backup"));
+                    break;
+                }
                 Ok(Err(_)) => {
                     failure = Some("qemu closed the qmp connection".to_owned());
                     break;
