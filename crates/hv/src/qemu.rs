@@ -1429,6 +1429,14 @@ mod tests {
         assert_eq!(bd["file"]["filename"], "/v/sys,1.qcow2");
         assert!(a.iter().any(|x| x.contains("\"driver\":\"raw\"")));
 
+        assert!(!s.contains("qga"));
+        q.guest_agent = true;
+        let s = command_line(&spec(), &q, Path::new("/s"), false)
+            .unwrap()
+            .join(" ");
+        assert!(s.contains("-chardev socket,id=qga0,path=/s/pbx1.qga,server=on,wait=off"));
+        assert!(s.contains("virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"));
+
         let a = command_line(&spec(), &QemuSpec::default(), Path::new("/s"), true).unwrap();
         assert!(a.join(" ").contains("-accel kvm -cpu host"));
         assert!(a.iter().any(|x| x.ends_with("bootindex=0")));

@@ -491,6 +491,13 @@ impl QemuDriver {
             .execute("guest-fsfreeze-freeze", Value::Null, deadline)
             .await
         {
+            // Nothing frozen (a guest whose data is on raw block devices)
+            // is no better than a crash.
+            Ok(n) if n.as_u64() == Some(0) => (
+                "crash-consistent (guest agent froze no filesystems)".into(),
+                false,
+                Some(qga),
+            ),
             Ok(n) => (
                 format!("application-consistent (guest agent froze {n} filesystems)"),
                 true,
