@@ -911,7 +911,10 @@ async fn live_points_of_a_sip_vm_restore_and_boot() {
         .unwrap()
         .forwards
         .push(PortForward::tcp(http2, 8080));
-    spec2.qemu.as_mut().unwrap().append = Some("console=ttyS0 quiet vnf.name=pbx2".into());
+    // This one runs qemu-ga in the guest.
+    spec2.qemu.as_mut().unwrap().append =
+        Some("console=ttyS0 quiet vnf.name=pbx2 vnf.agent=1".into());
+    spec2.qemu.as_mut().unwrap().guest_agent = true;
     let site2 = QemuDriver::new(dir.path().join("site2"));
     let t = Instant::now();
     for disk in ["system", "data"] {
@@ -937,6 +940,23 @@ async fn live_points_of_a_sip_vm_restore_and_boot() {
     let http: SocketAddr = format!("127.0.0.1:{http2}").parse().unwrap();
     acked.sort();
     assert_eq!(bindings(http).await, acked);
+    // A guest agent that answers: sync, freeze, thaw through the
+    // virtio-serial port. This guest's data is on a raw block device, so
+    // nothing is frozen and the point says it is crash-consistent.
+    let p3 = take_point(&site2, &spec2, &store, None).await;
+    assert!(
+        p3.note
+            .starts_with("crash-consistent (guest agent froze no filesystems)"),
+        "{}; console: {}",
+        p3.note,
+        std::fs::read_to_string(dir.path().join("pbx2r.console.log")).unwrap_or_default()
+    );
+    assert!(p3.begin < Duration::from_secs(3) + Duration::from_secs(20));
+    assert!(
+        sip_answers(sip2, Duration::from_secs(10)).await,
+        "guest left frozen?"
+    );
+    register_users(sip2, 100..101).await;
     site2.stop("pbx2r").await.unwrap();
 }
 
