@@ -67,8 +67,9 @@
 //!   renames `standby.pending` into `standby:P` (add + merge + remove) and
 //!   drops the old base bitmap; abandoned → the old bitmap is re-enabled
 //!   and `standby.pending` merged back into it, so the next point still
-//!   sees those writes. A point never settled (its controller died) is
-//!   settled as abandoned at the next begin.
+//!   sees those writes (a full read keeps a sound bitmap it found until its
+//!   commit, for the same reason). A point never settled (its controller
+//!   died) is settled as abandoned at the next begin.
 //! - A full read, said on the consistency note, when: no base point; no
 //!   bitmap (raw disk after a QEMU restart, qcow2 after QEMU died without
 //!   saving it); a bitmap QEMU flags inconsistent (QEMU killed while it

@@ -695,6 +695,25 @@ async fn live_points_follow_writes_zeroes_and_restarts() {
     assert_eq!(p3.read("sys"), 0);
     assert_eq!(restored(&store, dir.path(), &p3.id, "data"), data);
 
+    // A full point that fails keeps the bitmap it found.
+    let failed = store
+        .begin_point(PointMeta {
+            vm: "lp".into(),
+            site: "site1".into(),
+            consistency: Consistency::Crash,
+            config: serde_json::json!({}),
+            labels: BTreeMap::new(),
+        })
+        .unwrap();
+    let src = d
+        .snapshot_begin_from(&spec, None, u64::from(CHUNK))
+        .await
+        .unwrap();
+    assert!(src.disks.iter().all(|disk| disk.dirty.is_none()));
+    d.snapshot_end(&spec).await.unwrap();
+    drop(failed);
+    d.snapshot_committed(&spec, None).await.unwrap();
+
     // The caller's base is not the point the bitmap counts from.
     let p4 = take_point(&d, &spec, &store, Some(&p2.id)).await;
     assert!(

@@ -213,8 +213,14 @@ impl QemuDriver {
                     reason: "several dirty bitmaps, none trusted".into(),
                 },
             };
+            // A full read keeps a sound bitmap (removed at commit), so a
+            // point that fails does not lose what it tracked.
+            let keep = match bases.as_slice() {
+                [b] if !b.inconsistent && b.recording => Some(b.name.clone()),
+                _ => None,
+            };
             if let Plan::Full { .. } = plan {
-                for b in &bases {
+                for b in bases.iter().filter(|b| Some(&b.name) != keep.as_ref()) {
                     remove_bitmap(qmp, node, &b.name).await?;
                 }
             }
@@ -249,13 +255,13 @@ impl QemuDriver {
                 }
             };
             qmp.execute_raw("blockdev-add", target).await?;
-            plans.push((node.to_owned(), format, info.size, plan));
+            plans.push((node.to_owned(), format, info.size, plan, keep));
         }
 
         // The point's instant: everything below up to the transaction.
         let (consistency, app_consistent, agent) = self.guest_freeze(spec).await;
         let mut actions = Vec::new();
-        for (node, format, _, plan) in &plans {
+        for (node, format, _, plan, _) in &plans {
             actions.push(action(
                 "block-dirty-bitmap-add",
                 json!({"node": node, "name": PENDING,
@@ -311,11 +317,11 @@ impl QemuDriver {
             PendingPoint {
                 disks: plans
                     .iter()
-                    .map(|(node, format, _, plan)| PendingDisk {
+                    .map(|(node, format, _, plan, keep)| PendingDisk {
                         node: node.clone(),
                         base_bitmap: match plan {
                             Plan::Incremental { base_bitmap } => Some(base_bitmap.clone()),
-                            Plan::Full { .. } => None,
+                            Plan::Full { .. } => keep.clone(),
                         },
                         persistent: *format == DiskFormat::Qcow2,
                     })
@@ -392,7 +398,7 @@ impl QemuDriver {
 
         let mut disks = Vec::new();
         let mut notes = Vec::new();
-        for (node, _, _, plan) in &plans {
+        for (node, _, _, plan, _) in &plans {
             match plan {
                 Plan::Full { reason } => {
                     disks.push(SnapshotDisk {
