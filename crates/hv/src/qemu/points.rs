@@ -512,8 +512,10 @@ impl QemuDriver {
             Err(e) => {
                 tracing::warn!(vm = %spec.name, error = %e, "guest fsfreeze failed, point is crash-consistent");
                 // A late freeze must not outlive us: the agent handles
-                // commands in order, so a thaw sent now follows it.
-                (format!("crash-consistent ({e})"), false, Some(qga))
+                // commands in order, so a thaw sent now follows it. Sent
+                // in the background: the point does not wait for it.
+                tokio::spawn(guest_thaw(qga));
+                (format!("crash-consistent ({e})"), false, None)
             }
         }
     }
