@@ -684,6 +684,106 @@ fn parse_map(out: &[u8]) -> Result<Vec<Range<u64>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// A fake guest agent on the VM's agent socket: answers `guest-sync`,
+    /// answers `guest-fsfreeze-freeze` with `frozen` (or never, when
+    /// `None`), and reports every command it received.
+    fn fake_agent(
+        path: &Path,
+        frozen: Option<u64>,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let cmd = v["execute"].as_str().unwrap().to_owned();
+                let answer = match (cmd.as_str(), frozen) {
+                    ("guest-sync", _) => {
+                        Some(format!("{{\"return\": {}}}\n", v["arguments"]["id"]))
+                    }
+                    ("guest-fsfreeze-freeze", Some(n)) => Some(format!("{{\"return\": {n}}}\n")),
+                    ("guest-fsfreeze-thaw", _) => Some("{\"return\": 0}\n".into()),
+                    _ => None,
+                };
+                let _ = tx.send(cmd);
+                if let Some(a) = answer {
+                    w.write_all(a.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        rx
+    }
+
+    fn agent_spec() -> VmSpec {
+        VmSpec {
+            name: "ga".into(),
+            command: PathBuf::new(),
+            args: vec![],
+            env: Default::default(),
+            disks: vec![],
+            workdir: PathBuf::new(),
+            qemu: Some(super::super::QemuSpec {
+                guest_agent: true,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn agent_freeze_labels_the_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = QemuDriver::new(dir.path());
+        let spec = agent_spec();
+        let mut seen = fake_agent(&d.qga_socket("ga"), Some(2));
+        let (note, app, session) = d.guest_freeze(&spec).await;
+        assert_eq!(
+            note,
+            "application-consistent (guest agent froze 2 filesystems)"
+        );
+        assert!(app);
+        guest_thaw(session.unwrap()).await;
+        for want in ["guest-sync", "guest-fsfreeze-freeze", "guest-fsfreeze-thaw"] {
+            assert_eq!(seen.recv().await.unwrap(), want);
+        }
+    }
+
+    /// An agent that syncs but never answers the freeze: crash-consistent
+    /// within the bound, and a thaw still reaches it (a late freeze must
+    /// not outlive the point).
+    #[tokio::test]
+    async fn agent_freeze_timeout_is_bounded_and_thawed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = QemuDriver::new(dir.path());
+        let spec = agent_spec();
+        let mut seen = fake_agent(&d.qga_socket("ga"), None);
+        let t = Instant::now();
+        let (note, app, session) = d.guest_freeze(&spec).await;
+        assert!(t.elapsed() < FREEZE_TIMEOUT + Duration::from_millis(500));
+        assert!(!app && session.is_none());
+        assert!(
+            note.starts_with(
+                "crash-consistent (guest agent did not answer 'guest-fsfreeze-freeze'"
+            ),
+            "{note}"
+        );
+        for want in ["guest-sync", "guest-fsfreeze-freeze", "guest-fsfreeze-thaw"] {
+            let got = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await;
+            assert_eq!(got.unwrap().unwrap(), want);
+        }
+        // No agent socket at all: crash-consistent at once.
+        let mut other = spec.clone();
+        other.name = "none".into();
+        let (note, app, _) = d.guest_freeze(&other).await;
+        assert!(
+            !app && note.starts_with("crash-consistent (guest agent socket"),
+            "{note}"
+        );
+    }
 
     #[test]
     fn map_keeps_present_extents_zeroes_included() {
