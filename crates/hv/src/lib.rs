@@ -7,8 +7,19 @@
 //!   [`SnapshotSource`], …), the [`Driver`] trait and [`HvError`].
 //! - [`process`]: the embedded default. A workload is a supervised local
 //!   process whose disks are image files handed to it on its command line.
-//!   Planned siblings: `qemu` (QMP client, dirty bitmaps, guest agent) and
-//!   `libvirt` (behind a cargo feature).
+//! - [`qemu`]: real VMs. A VM is a supervised `qemu-system-x86_64` built
+//!   from the [`QemuSpec`] in [`VmSpec::qemu`] (memory, CPUs, virtio disks
+//!   in qcow2 or raw, kernel or disk boot, user-mode networking with port
+//!   forwards) and controlled over QMP. Live points: dirty bitmaps and
+//!   backup jobs into scratch images, guest-agent fsfreeze (see its docs).
+//! - [`qga`]: the minimal guest-agent client (sync, fsfreeze, deadlines).
+//! - [`qmp`]: the thin async QMP client the qemu driver uses (id-matched
+//!   commands, event stream, timeouts, raw escape hatch).
+//! - Planned: `libvirt` (behind a cargo feature).
+//!
+//! Both drivers keep `<state dir>/<vm>.pid` (`<pid> <kernel start time>`)
+//! so a restarted controller adopts the VMs still running instead of
+//! starting a second copy; both run each VM in its own session.
 //!
 //! # Invariants
 //!
@@ -22,7 +33,9 @@
 //!   files named in the [`SnapshotSource`] hold a crash-consistent (or
 //!   better, see [`SnapshotSource::consistency_note`]) image that the caller
 //!   may read. The caller must always call `snapshot_end`, even when reading
-//!   failed.
+//!   failed, and then [`Driver::snapshot_committed`] with the point's id
+//!   once it is committed (or `None`): dirty tracking forgets a point's
+//!   changes only then.
 //! - Disk images are never overwritten by [`Driver::create_from_template`].
 //!
 //! Moving a VM to another host or site is not a driver call: the controller
@@ -41,8 +54,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod process;
+pub mod qemu;
+pub mod qga;
+pub mod qmp;
 
 pub use process::ProcessDriver;
+pub use qemu::{QemuDriver, QemuSpec};
 
 /// Everything a driver needs to run one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +74,9 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     /// Working directory; the VM's console/log goes to `workdir/<name>.log`.
     pub workdir: PathBuf,
+    /// Machine description for the qemu driver; other drivers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<QemuSpec>,
 }
 
 impl VmSpec {
@@ -139,6 +159,10 @@ pub struct SnapshotSource {
     pub disks: Vec<SnapshotDisk>,
     /// Human-readable consistency label, e.g. "crash-consistent (SIGSTOP)".
     pub consistency_note: String,
+    /// The guest flushed and froze its filesystems for the point (guest
+    /// agent fsfreeze); false = crash-consistent at best.
+    #[serde(default)]
+    pub app_consistent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +214,38 @@ pub trait Driver: Send + Sync {
 
     /// Release what `snapshot_begin` took (thaw, drop the backup job, …).
     async fn snapshot_end(&self, spec: &VmSpec) -> Result<(), HvError>;
+
+    /// What this driver can do for this VM (e.g. app consistency needs a
+    /// guest agent in its spec). Defaults to [`Driver::capabilities`].
+    fn vm_capabilities(&self, spec: &VmSpec) -> Capabilities {
+        let _ = spec;
+        self.capabilities()
+    }
+
+    /// [`Driver::snapshot_begin`] for a point written on top of point
+    /// `base` (a store point id; `None` = no base, a full read) whose
+    /// dirty ranges the caller reads in whole units of `align` bytes (its
+    /// chunk size, a power of two). A driver with dirty tracking returns
+    /// [`SnapshotDisk::dirty`] only when its tracking counts from exactly
+    /// `base`, and otherwise says on the consistency note why it read all.
+    async fn snapshot_begin_from(
+        &self,
+        spec: &VmSpec,
+        base: Option<&str>,
+        align: u64,
+    ) -> Result<SnapshotSource, HvError> {
+        let _ = (base, align);
+        self.snapshot_begin(spec).await
+    }
+
+    /// After [`Driver::snapshot_end`]: the point was committed to the store
+    /// as `point`, or abandoned (`None`). Dirty tracking forgets the
+    /// changes a point holds only once it is committed, so an abandoned
+    /// point's changes are still in the next one.
+    async fn snapshot_committed(&self, spec: &VmSpec, point: Option<&str>) -> Result<(), HvError> {
+        let _ = (spec, point);
+        Ok(())
+    }
 }
 
 /// Errors of every driver.
@@ -245,6 +301,40 @@ pub enum HvError {
     ExitTimeout { vm: String, waited: Duration },
     #[error("vm '{vm}' did not stop within {waited:?} of SIGSTOP; it was thawed")]
     FreezeTimeout { vm: String, waited: Duration },
+    #[error("qmp command '{command}' failed on {}: {class}: {desc}", socket.display())]
+    QmpCommand {
+        socket: PathBuf,
+        command: String,
+        class: String,
+        desc: String,
+    },
+    #[error("qmp command '{command}' got no answer within {waited:?} on {}", socket.display())]
+    QmpTimeout {
+        socket: PathBuf,
+        command: String,
+        waited: Duration,
+    },
+    #[error("unable to {action} qmp socket {}", socket.display())]
+    QmpIo {
+        socket: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("qmp connection {} is closed (qemu exited?)", socket.display())]
+    QmpClosed { socket: PathBuf },
+    #[error("qmp protocol error on {}: {detail}", socket.display())]
+    QmpProtocol { socket: PathBuf, detail: String },
+    #[error("vm '{vm}' failed to start: {detail}")]
+    StartFailed { vm: String, detail: String },
+    #[error("{program} failed for vm '{vm}': {detail}")]
+    Tool {
+        vm: String,
+        program: &'static str,
+        detail: String,
+    },
+    #[error("invalid spec for vm '{vm}': {detail}")]
+    InvalidSpec { vm: String, detail: String },
     #[error("{operation} is not supported by the {driver} driver")]
     Unsupported {
         driver: &'static str,
@@ -261,13 +351,21 @@ impl HvError {
             | HvError::Io { .. }
             | HvError::Signal { .. }
             | HvError::ExitTimeout { .. }
-            | HvError::FreezeTimeout { .. } => true,
+            | HvError::FreezeTimeout { .. }
+            | HvError::QmpTimeout { .. }
+            | HvError::QmpIo { .. }
+            | HvError::QmpClosed { .. } => true,
             HvError::DiskMissing { .. }
             | HvError::DiskExists { .. }
             | HvError::UnknownDisk { .. }
             | HvError::TemplateTooLarge { .. }
             | HvError::Spawn { .. }
-            | HvError::Unsupported { .. } => false,
+            | HvError::Unsupported { .. }
+            | HvError::QmpCommand { .. }
+            | HvError::QmpProtocol { .. }
+            | HvError::StartFailed { .. }
+            | HvError::Tool { .. }
+            | HvError::InvalidSpec { .. } => false,
         }
     }
 }

@@ -802,6 +802,7 @@ impl Driver for ProcessDriver {
                 })
                 .collect(),
             consistency_note,
+            app_consistent: false,
         })
     }
 

@@ -16,6 +16,7 @@ fn sh(name: &str, dir: &Path, script: &str) -> VmSpec {
         env: BTreeMap::new(),
         disks: vec![],
         workdir: dir.to_owned(),
+        qemu: None,
     }
 }
 

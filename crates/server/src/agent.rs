@@ -86,6 +86,7 @@ impl Agent {
             env: vm.env.clone(),
             disks,
             workdir: self.workdir.clone(),
+            qemu: None,
         })
     }
 

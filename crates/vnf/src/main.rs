@@ -13,7 +13,8 @@ use tokio::signal::unix::{SignalKind, signal};
 #[derive(Debug, Parser)]
 #[command(name = "standby-vnf", version)]
 struct Args {
-    /// Raw disk image holding the journal (created sparse if missing).
+    /// Raw disk image or block device (e.g. /dev/vdb in a VM) holding the
+    /// journal; an image file is created sparse if missing.
     #[arg(long)]
     disk: PathBuf,
     /// UDP address for SIP.
