@@ -286,6 +286,7 @@ pub async fn start(
         env: prod.env.clone(),
         disks,
         workdir: dir.clone(),
+        qemu: None,
     };
     progress.stage(format!("{vm}: booting the copy in namespace {netns}"), 0);
     let status = driver(&dir).start(&spec).await?;
