@@ -50,6 +50,9 @@ pub enum Cmd {
     /// Virtual machines.
     #[command(subcommand)]
     Vm(commands::vm::VmCmd),
+    /// Services behind the front door and the site their clients go to.
+    #[command(subcommand)]
+    Service(commands::service::ServiceCmd),
     /// Protection groups.
     #[command(subcommand)]
     Protect(commands::protect::ProtectCmd),

@@ -20,6 +20,8 @@
 //!   matched after reading, so the SQL stays portable; an alert row is one
 //!   firing (a fingerprint firing again gets a new row); a delivery keeps
 //!   its payload until `delivered` or `failed`.
+//! - `services`: the site each front-door service sends its clients to
+//!   ([`ServiceRepo`]).
 //!
 //! # Invariants
 //!
@@ -46,6 +48,7 @@
 //! IMMEDIATE`) stay inside [`SqliteRepo`].
 
 mod error;
+mod services;
 mod sqlite;
 mod watch;
 
@@ -56,6 +59,7 @@ use standby_types::model::{
 };
 
 pub use error::DbError;
+pub use services::{ServiceRecord, ServiceRepo};
 pub use sqlite::SqliteRepo;
 pub use watch::{AlertQuery, EventQuery, WatchRepo};
 

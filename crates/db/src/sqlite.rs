@@ -19,6 +19,7 @@ use standby_types::model::{
 use crate::error::query;
 use crate::{DbError, INTERRUPTED, Repo};
 
+mod services;
 mod watch;
 
 /// Connections of a file database: WAL lets readers run beside the one

@@ -25,6 +25,8 @@ pub struct Controller {
     running_groups: Mutex<HashSet<String>>,
     /// Probes, rules, alerts, incidents and notifications.
     pub watch: crate::watch::Watch,
+    /// The front door: where each service's clients are sent.
+    pub frontdoor: crate::frontdoor::FrontDoor,
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
     /// Held for the controller's life (see [`Controller::open`]).
@@ -89,10 +91,12 @@ impl Controller {
         }
         let repo = Arc::new(repo);
         let watch = crate::watch::Watch::open(&cfg, repo.clone()).await?;
+        let frontdoor = crate::frontdoor::FrontDoor::open(&cfg, repo.clone()).await?;
         let ctl = Arc::new(Controller {
             cfg,
             repo,
             watch,
+            frontdoor,
             agents,
             stores: Mutex::default(),
             vm_locks: Mutex::default(),

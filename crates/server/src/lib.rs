@@ -13,6 +13,8 @@
 //! - [`api`]: the HTTP/JSON API under `/api/v1`.
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications
 //!   and `/metrics`.
+//! - [`frontdoor`]: per service, UDP and TCP forwarders that send clients
+//!   to the site where the service is active.
 //! - [`remote_agent`]: the `standby agent` process: heartbeats and probes
 //!   from another vantage point.
 //!
@@ -66,6 +68,9 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Internal(format!("unable to read listen address: {e}")))?;
+    ctl.frontdoor
+        .start(&ctl.cfg, &ctl.tasks, &ctl.cancel)
+        .await?;
     ctl.tasks.spawn(scheduler::run(ctl.clone()));
     watch::spawn(&ctl);
     let app = api::router(ctl.clone());

@@ -112,3 +112,69 @@ pub struct ShutdownRequest {
     #[serde(default)]
     pub timeout_secs: Option<u64>,
 }
+
+/// A service behind the front door (`GET /api/v1/services`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub vm: String,
+    /// The front door's address, as configured.
+    pub listen: String,
+    /// `udp`, `tcp`.
+    pub protocols: Vec<String>,
+    /// Where clients are sent now.
+    pub active_site: String,
+    /// Site → the service's address there.
+    pub backends: std::collections::BTreeMap<String, String>,
+    /// `sip`, `tcp` or `http`: how runbooks check the service at a site.
+    pub probe: Option<String>,
+    pub probe_url: Option<String>,
+    /// The last switch that changed the site (`None` before the first).
+    pub switched_at: Option<DateTime<Utc>>,
+    pub counters: ServiceCounters,
+}
+
+/// Front-door counters of one service since the controller started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCounters {
+    /// UDP flows (client addresses) being forwarded now.
+    pub flows_active: u64,
+    /// UDP flows dropped because the flow table was full.
+    pub flows_evicted: u64,
+    /// Per site the traffic went to.
+    pub sites: std::collections::BTreeMap<String, SiteCounters>,
+}
+
+/// Traffic of one service to one site.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteCounters {
+    /// UDP datagrams client → site and site → client.
+    pub packets_to_site: u64,
+    pub packets_to_clients: u64,
+    /// Payload bytes, UDP and TCP.
+    pub bytes_to_site: u64,
+    pub bytes_to_clients: u64,
+    /// UDP flows opened to the site.
+    pub flows: u64,
+    /// TCP connections opened to the site, in total and open now.
+    pub connections: u64,
+    pub connections_active: u64,
+    /// Failed connects, sends and receives.
+    pub errors: u64,
+}
+
+/// `POST /api/v1/services/{name}/switch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchRequest {
+    pub site: String,
+}
+
+/// The answer of a switch: where the service's clients go now and where
+/// they went before (the same site when the switch changed nothing).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchResult {
+    pub service: String,
+    pub site: String,
+    pub previous: String,
+    pub switched_at: Option<DateTime<Utc>>,
+}

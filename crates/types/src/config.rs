@@ -55,6 +55,10 @@ pub struct Config {
     /// Which alerts go to which receivers, first match wins.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Services behind the front door: one client address that follows
+    /// the site where the service is active.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -420,6 +424,153 @@ impl DatastoreConfig {
             DatastoreKind::Azure => "azure",
             DatastoreKind::S3 => "s3",
         }
+    }
+}
+
+/// `[services.NAME]`: a service clients reach through the front door.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The VM providing the service.
+    pub vm: String,
+    /// The front door's address, e.g. `0.0.0.0:5060`.
+    pub listen: String,
+    /// What is forwarded (default both).
+    #[serde(default = "default_protocols")]
+    pub protocols: Vec<Protocol>,
+    /// The service's address at each site, e.g.
+    /// `{ site1 = "198.18.0.2:5060", site2 = "198.18.0.6:5060" }`.
+    pub backends: BTreeMap<String, String>,
+    /// How runbooks check the service at a site.
+    #[serde(default)]
+    pub probe: Option<ServiceProbe>,
+    /// For `probe = "http"`: the URL to check.
+    #[serde(default)]
+    pub probe_url: Option<String>,
+    /// A UDP flow (one client address) is forgotten after this long
+    /// without a datagram either way.
+    #[serde(default = "default_idle_timeout", with = "duration_str")]
+    pub idle_timeout: Duration,
+}
+
+/// A transport the front door forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Udp,
+    Tcp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Udp => "udp",
+            Protocol::Tcp => "tcp",
+        })
+    }
+}
+
+/// How a service is checked at a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceProbe {
+    Sip,
+    Tcp,
+    Http,
+}
+
+fn default_protocols() -> Vec<Protocol> {
+    vec![Protocol::Udp, Protocol::Tcp]
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl ServiceConfig {
+    /// The listen address (validated by [`Config::parse`]).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.parse().ok()
+    }
+
+    /// The backend address at `site` (validated by [`Config::parse`]).
+    pub fn backend(&self, site: &str) -> Option<std::net::SocketAddr> {
+        self.backends.get(site)?.parse().ok()
+    }
+
+    /// The problem with this service's own settings, as (field path below
+    /// the service, message). References are checked by the caller.
+    fn check(&self) -> Result<(), (Vec<String>, String)> {
+        let f = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        if self.listen_addr().is_none() {
+            return Err((
+                f(&["listen"]),
+                format!(
+                    "'{}' is not an address like 0.0.0.0:5060 (an IP address and a port)",
+                    self.listen
+                ),
+            ));
+        }
+        if self.protocols.is_empty() {
+            return Err((
+                f(&["protocols"]),
+                "give at least one of \"udp\" and \"tcp\"".into(),
+            ));
+        }
+        for (i, p) in self.protocols.iter().enumerate() {
+            if self.protocols[..i].contains(p) {
+                return Err((
+                    f(&["protocols", &i.to_string()]),
+                    format!("protocol '{p}' is listed twice"),
+                ));
+            }
+        }
+        if self.backends.is_empty() {
+            return Err((
+                f(&["backends"]),
+                "a service needs a backend address at one site at least".into(),
+            ));
+        }
+        for (site, addr) in &self.backends {
+            match addr.parse::<std::net::SocketAddr>() {
+                Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => {}
+                _ => {
+                    return Err((
+                        f(&["backends", site]),
+                        format!(
+                            "'{addr}' is not a backend address like 198.18.0.2:5060 (an IP address and a port)"
+                        ),
+                    ));
+                }
+            }
+        }
+        match (self.probe, &self.probe_url) {
+            (Some(ServiceProbe::Http), None) => {
+                return Err((f(&["probe"]), "an http probe needs 'probe_url'".into()));
+            }
+            (Some(ServiceProbe::Http), Some(u))
+                if !(u.starts_with("http://") || u.starts_with("https://")) =>
+            {
+                return Err((
+                    f(&["probe_url"]),
+                    format!("'{u}' is not an http:// or https:// URL"),
+                ));
+            }
+            (_, Some(_)) if self.probe != Some(ServiceProbe::Http) => {
+                return Err((
+                    f(&["probe_url"]),
+                    "'probe_url' applies only to probe = \"http\"".into(),
+                ));
+            }
+            _ => {}
+        }
+        if self.idle_timeout < Duration::from_secs(1) {
+            return Err((
+                f(&["idle_timeout"]),
+                "an idle timeout below 1s would cut off flows between two datagrams".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -797,6 +948,7 @@ impl Config {
             ("datastores", self.datastores.keys().collect()),
             ("vms", self.vms.keys().collect()),
             ("groups", self.groups.keys().collect()),
+            ("services", self.services.keys().collect()),
         ] {
             if let Some(bad) = names.into_iter().find(|n| !name_ok(n)) {
                 return Err((
@@ -923,7 +1075,72 @@ impl Config {
                 ));
             }
         }
-        self.validate_watch()
+        self.validate_watch()?;
+        self.validate_services()
+    }
+
+    fn validate_services(&self) -> Result<(), (Vec<String>, String)> {
+        let p = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let api: Option<std::net::SocketAddr> = self.controller.listen.parse().ok();
+        for (name, s) in &self.services {
+            let Some(home) = self.home_site(&s.vm) else {
+                return Err((
+                    p(&["services", name, "vm"]),
+                    format!("unknown vm '{}'", s.vm),
+                ));
+            };
+            if let Err((mut field, msg)) = s.check() {
+                let mut path = p(&["services", name]);
+                path.append(&mut field);
+                return Err((path, msg));
+            }
+            for site in s.backends.keys() {
+                if !self.sites.contains_key(site) {
+                    return Err((
+                        p(&["services", name, "backends", site]),
+                        format!("unknown site '{site}'"),
+                    ));
+                }
+            }
+            if !s.backends.contains_key(home) {
+                return Err((
+                    p(&["services", name, "backends"]),
+                    format!(
+                        "no backend at site '{home}', the home site of vm '{}'",
+                        s.vm
+                    ),
+                ));
+            }
+            let listen = s.listen_addr();
+            if s.protocols.contains(&Protocol::Tcp) && listen.is_some() && listen == api {
+                return Err((
+                    p(&["services", name, "listen"]),
+                    format!(
+                        "{} is the controller's API address (controller.listen)",
+                        s.listen
+                    ),
+                ));
+            }
+            // Two services on one address and transport: the second bind
+            // would fail at start.
+            for (other_name, other) in self.services.range::<String, _>(..name.clone()) {
+                let shared = s.protocols.iter().find(|p| other.protocols.contains(p));
+                if let Some(proto) = shared
+                    && listen.is_some()
+                    && other.listen_addr() == listen
+                    && listen.is_some_and(|a| a.port() != 0)
+                {
+                    return Err((
+                        p(&["services", name, "listen"]),
+                        format!(
+                            "service '{other_name}' already listens on {proto} {}",
+                            s.listen
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_watch(&self) -> Result<(), (Vec<String>, String)> {
@@ -1295,6 +1512,146 @@ group_by = ["site"]
             assert!(err.message.contains(msg), "{err}");
             assert!(err.line > 0, "{err}");
         }
+    }
+
+    const SERVICE: &str = r#"
+[services.sip]
+vm = "pbx1"
+listen = "0.0.0.0:5060"
+backends = { site1 = "198.18.0.2:5060", site2 = "198.18.0.6:5060" }
+"#;
+
+    #[test]
+    fn services_parse_with_defaults() {
+        let cfg = parse(&format!("{EXAMPLE}{SERVICE}")).expect("valid");
+        let s = &cfg.services["sip"];
+        assert_eq!(s.protocols, vec![Protocol::Udp, Protocol::Tcp]);
+        assert_eq!(s.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.backend("site2"), Some("198.18.0.6:5060".parse().unwrap()));
+        assert_eq!(s.listen_addr(), Some("0.0.0.0:5060".parse().unwrap()));
+        assert_eq!(s.probe, None);
+        let src = SERVICE.replace(
+            "listen =",
+            "protocols = [\"udp\"]\nprobe = \"http\"\nprobe_url = \"http://198.18.0.2/health\"\nidle_timeout = \"30s\"\nlisten =",
+        );
+        let cfg = parse(&format!("{EXAMPLE}{src}")).expect("valid");
+        let s = &cfg.services["sip"];
+        assert_eq!(s.protocols, vec![Protocol::Udp]);
+        assert_eq!(s.probe, Some(ServiceProbe::Http));
+        assert_eq!(s.idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn service_errors_name_the_field() {
+        let cases = [
+            (
+                "vm = \"pbx1\"",
+                "vm = \"pbx9\"",
+                "services.sip.vm",
+                "unknown vm 'pbx9'",
+            ),
+            (
+                "listen = \"0.0.0.0:5060\"",
+                "listen = \"sip.example.net\"",
+                "services.sip.listen",
+                "'sip.example.net' is not an address",
+            ),
+            (
+                "listen = \"0.0.0.0:5060\"",
+                "listen = \"127.0.0.1:7780\"",
+                "services.sip.listen",
+                "the controller's API address",
+            ),
+            (
+                "site2 = \"198.18.0.6:5060\"",
+                "site3 = \"198.18.0.6:5060\"",
+                "services.sip.backends.site3",
+                "unknown site 'site3'",
+            ),
+            (
+                "site2 = \"198.18.0.6:5060\"",
+                "site2 = \"198.18.0.6\"",
+                "services.sip.backends.site2",
+                "'198.18.0.6' is not a backend address",
+            ),
+            (
+                "backends = { site1 = \"198.18.0.2:5060\", ",
+                "backends = { ",
+                "services.sip.backends",
+                "no backend at site 'site1', the home site of vm 'pbx1'",
+            ),
+            (
+                "backends = {",
+                "protocols = []\nbackends = {",
+                "services.sip.protocols",
+                "at least one",
+            ),
+            (
+                "backends = {",
+                "protocols = [\"udp\", \"udp\"]\nbackends = {",
+                "services.sip.protocols.1",
+                "protocol 'udp' is listed twice",
+            ),
+            (
+                "backends = {",
+                "probe = \"http\"\nbackends = {",
+                "services.sip.probe",
+                "an http probe needs 'probe_url'",
+            ),
+            (
+                "backends = {",
+                "probe = \"sip\"\nprobe_url = \"http://x/\"\nbackends = {",
+                "services.sip.probe_url",
+                "applies only to probe = \"http\"",
+            ),
+            (
+                "backends = {",
+                "idle_timeout = \"10ms\"\nbackends = {",
+                "services.sip.idle_timeout",
+                "below 1s",
+            ),
+        ];
+        for (from, to, field, msg) in cases {
+            let src = format!("{EXAMPLE}{}", SERVICE.replacen(from, to, 1));
+            let err = parse(&src).expect_err(field);
+            assert_eq!(err.field.as_deref(), Some(field), "{err}");
+            assert!(err.message.contains(msg), "{field}: {err}");
+            assert!(err.line > 0, "{err}");
+        }
+    }
+
+    #[test]
+    fn service_syntax_errors_are_refused() {
+        for (from, to, what) in [
+            ("vm =", "colour = 3\nvm =", "colour"),
+            (
+                "backends = {",
+                "protocols = [\"sctp\"]\nbackends = {",
+                "sctp",
+            ),
+            ("backends = {", "probe = \"icmp\"\nbackends = {", "icmp"),
+        ] {
+            let src = format!("{EXAMPLE}{}", SERVICE.replacen(from, to, 1));
+            let err = parse(&src).expect_err(what);
+            assert!(err.message.contains(what), "{err}");
+            assert!(err.line > 0, "{err}");
+        }
+    }
+
+    #[test]
+    fn two_services_on_one_address_are_refused() {
+        let other = SERVICE.replace("[services.sip]", "[services.sip2]");
+        let err = parse(&format!("{EXAMPLE}{SERVICE}{other}")).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("services.sip2.listen"), "{err}");
+        assert!(
+            err.message
+                .contains("service 'sip' already listens on udp 0.0.0.0:5060"),
+            "{err}"
+        );
+        // Different transports on one address are fine.
+        let udp = SERVICE.replace("backends = {", "protocols = [\"udp\"]\nbackends = {");
+        let tcp = other.replace("backends = {", "protocols = [\"tcp\"]\nbackends = {");
+        parse(&format!("{EXAMPLE}{udp}{tcp}")).expect("udp and tcp apart");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod points;
 pub mod protect;
 pub mod restore;
 pub mod server;
+pub mod service;
 pub mod site;
 pub mod store;
 pub mod vm;
@@ -52,6 +53,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             match cmd {
                 Cmd::Site(c) => site::run(&ctx, c).await,
                 Cmd::Vm(c) => vm::run(&ctx, c).await,
+                Cmd::Service(c) => service::run(&ctx, c).await,
                 Cmd::Protect(c) => protect::run(&ctx, c).await,
                 Cmd::Points(c) => points::run(&ctx, c).await,
                 Cmd::Restore(a) => restore::run(&ctx, a).await,

@@ -139,6 +139,8 @@ pub async fn render(ctl: &Arc<Controller>) -> Result<String, ServerError> {
         hb,
     );
 
+    crate::frontdoor::register_metrics(&mut reg, &ctl.frontdoor);
+
     let mut out = String::new();
     encode(&mut out, &reg)
         .map_err(|e| ServerError::Internal(format!("unable to encode metrics: {e}")))?;
