@@ -9,6 +9,7 @@ mod netlab;
 mod cloud;
 mod config_errors;
 mod demo;
+mod fencing;
 mod protect_restore;
 mod scheduler;
 mod sites;
