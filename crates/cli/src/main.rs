@@ -81,7 +81,8 @@ pub enum Cmd {
     /// Alert rules.
     #[command(subcommand)]
     Rules(commands::watch::RulesCmd),
-    /// Run a remote agent: heartbeats and probes from another vantage point.
+    /// Run a remote agent: heartbeats and probes from another vantage
+    /// point and, with --data-dir, the VMs of a hypervisor host.
     Agent {
         /// The agent's name, as declared under [agents] in standby.toml.
         #[arg(long)]
@@ -89,9 +90,14 @@ pub enum Cmd {
         /// Controller address (default: --url, then the config's listen address).
         #[arg(long)]
         controller: Option<String>,
-        /// Answer GET /health here, so other vantage points can probe this agent.
+        /// Answer GET /health here, so other vantage points can probe this
+        /// agent (and the host API under /agent/v1 with --data-dir).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Run a host's VMs: their state, work files and the fence flag live
+        /// here (declare the agent with `host` and `url` in standby.toml).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
     },
     /// Two sites, a SIP VNF, points, a disaster and a restore: all in a
     /// temporary directory.

@@ -15,6 +15,7 @@
 //! - `points` + `point_copies`: the catalog of recovery points and the
 //!   datastores holding a complete copy, in the order they got it.
 //! - `jobs`: long work and its progress, ids increasing and never reused.
+//! - `fences`: fenced sites, with when and why ([`Repo::fence`]).
 //! - `events`, `alerts`, `silences`, `incidents` + `incident_timeline`,
 //!   `deliveries`: the watch side ([`WatchRepo`]). Labels are JSON text
 //!   matched after reading, so the SQL stays portable; an alert row is one
@@ -66,6 +67,14 @@ pub use watch::{AlertQuery, EventQuery, WatchRepo};
 /// Error text a job gets when the controller stopped while it was queued
 /// or running.
 pub const INTERRUPTED: &str = "interrupted: the controller stopped while the job ran";
+
+/// A fenced site: no VM runs there until the fence is lifted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FenceRecord {
+    pub site: String,
+    pub since: DateTime<Utc>,
+    pub reason: String,
+}
 
 /// The control-plane state, independent of the database behind it.
 #[async_trait::async_trait]
@@ -145,4 +154,18 @@ pub trait Repo: Send + Sync {
     /// At controller start: every queued or running job becomes failed with
     /// error [`INTERRUPTED`]. Returns how many.
     async fn fail_interrupted_jobs(&self) -> Result<u64, DbError>;
+
+    /// Fence `site` since `at`. Idempotent: a site fenced already keeps
+    /// its first time and reason. Returns the fence in force.
+    async fn fence(
+        &self,
+        site: &str,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<FenceRecord, DbError>;
+    /// Lift the fence of `site`; the lifted fence, or `None` when the site
+    /// was not fenced.
+    async fn unfence(&self, site: &str) -> Result<Option<FenceRecord>, DbError>;
+    /// Fenced sites by name.
+    async fn fences(&self) -> Result<Vec<FenceRecord>, DbError>;
 }

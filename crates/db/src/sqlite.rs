@@ -17,7 +17,7 @@ use standby_types::model::{
 };
 
 use crate::error::query;
-use crate::{DbError, INTERRUPTED, Repo};
+use crate::{DbError, FenceRecord, INTERRUPTED, Repo};
 
 mod services;
 mod watch;
@@ -725,6 +725,53 @@ impl Repo for SqliteRepo {
         .map_err(query("fail interrupted jobs"))?;
         Ok(done.rows_affected())
     }
+
+    async fn fence(
+        &self,
+        site: &str,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<FenceRecord, DbError> {
+        let what = format!("fence site '{site}'");
+        let mut tx = self.write_tx(&what).await?;
+        sqlx::query(
+            "INSERT INTO fences (site, since, reason) VALUES ($1, $2, $3) \
+             ON CONFLICT (site) DO NOTHING",
+        )
+        .bind(site)
+        .bind(ts(at))
+        .bind(reason)
+        .execute(&mut *tx)
+        .await
+        .map_err(query(what.clone()))?;
+        let row = sqlx::query("SELECT site, since, reason FROM fences WHERE site = $1")
+            .bind(site)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(query(what.clone()))?;
+        let fence = fence_row(&row)?;
+        tx.commit().await.map_err(query(what))?;
+        Ok(fence)
+    }
+
+    async fn unfence(&self, site: &str) -> Result<Option<FenceRecord>, DbError> {
+        let row = sqlx::query("DELETE FROM fences WHERE site = $1 RETURNING site, since, reason")
+            .bind(site)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query(format!("unfence site '{site}'")))?;
+        row.as_ref().map(fence_row).transpose()
+    }
+
+    async fn fences(&self) -> Result<Vec<FenceRecord>, DbError> {
+        sqlx::query("SELECT site, since, reason FROM fences ORDER BY site")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("list fences"))?
+            .iter()
+            .map(fence_row)
+            .collect()
+    }
 }
 
 /// `sql` with its one `?` bound to `key`, or without binds for `None`.
@@ -795,6 +842,14 @@ fn vm_row(r: &SqliteRow) -> Result<VmRecord, DbError> {
         dr_site: get(r, "dr_site")?,
         active_site: get(r, "active_site")?,
         active_host: get(r, "active_host")?,
+    })
+}
+
+fn fence_row(r: &SqliteRow) -> Result<FenceRecord, DbError> {
+    Ok(FenceRecord {
+        site: get(r, "site")?,
+        since: time(r, "since")?,
+        reason: get(r, "reason")?,
     })
 }
 
@@ -884,6 +939,8 @@ fn parse_ts(s: &str, col: &str) -> Result<DateTime<Utc>, DbError> {
         })
 }
 
+#[cfg(test)]
+mod fence_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 use standby_store::{GcOptions, PointId};
 use standby_types::api::{
-    DatastoreView, GcRequest, JobRef, PruneRequest, RestoreRequest, ShutdownRequest, SiteView,
-    SyncRequest, VmView,
+    DatastoreView, FenceRequest, GcRequest, JobRef, PruneRequest, RestoreRequest, ShutdownRequest,
+    SiteView, SyncRequest, VmView,
 };
 use standby_types::model::{GroupRecord, Job, PointRecord};
 
@@ -29,6 +29,8 @@ pub fn router(ctl: Arc<Controller>) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/sites", get(sites))
+        .route("/api/v1/sites/{name}/fence", post(site_fence))
+        .route("/api/v1/sites/{name}/unfence", post(site_unfence))
         .route("/api/v1/vms", get(vms))
         .route("/api/v1/vms/{name}", get(vm))
         .route("/api/v1/vms/{name}/start", post(vm_start))
@@ -82,11 +84,32 @@ async fn sites(State(ctl): Ctl) -> ApiResult<Vec<SiteView>> {
                 .filter(|v| v.active_site == s.name)
                 .map(|v| v.name.clone())
                 .collect(),
+            fenced: ctl.fence_of(&s.name).is_some(),
+            fenced_since: ctl.fence_of(&s.name).map(|f| f.since),
+            fence_reason: ctl.fence_of(&s.name).map(|f| f.reason),
             name: s.name,
             description: s.description,
         })
         .collect();
     Ok(Json(out))
+}
+
+async fn site_fence(
+    State(ctl): Ctl,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<serde_json::Value> {
+    let req: FenceRequest = if body.is_empty() {
+        FenceRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ServerError::BadRequest(format!("bad fence request: {e}")))?
+    };
+    Ok(Json(ctl.fence_site(&name, &req.reason).await?))
+}
+
+async fn site_unfence(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<serde_json::Value> {
+    Ok(Json(ctl.unfence_site(&name).await?))
 }
 
 async fn vms(State(ctl): Ctl) -> ApiResult<Vec<VmView>> {

@@ -1,11 +1,11 @@
 //! The controller's shared state: configuration, database, the agents of
-//! local hosts, open datastores and the locks that keep one operation per
-//! VM at a time.
+//! the hosts (in-process, or remote `standby agent`s), fenced sites, open
+//! datastores and the locks that keep one operation per VM at a time.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use standby_db::{Repo, SqliteRepo};
+use standby_db::{FenceRecord, Repo, SqliteRepo};
 use standby_hv::ProcessDriver;
 use standby_store::Datastore;
 use standby_types::config::{Config, DriverKind};
@@ -23,6 +23,8 @@ pub struct Controller {
     stores: Mutex<HashMap<String, Datastore>>,
     vm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     running_groups: Mutex<HashSet<String>>,
+    /// The fenced sites, as in the database (which is written first).
+    pub(crate) fences: Mutex<BTreeMap<String, FenceRecord>>,
     /// Probes, rules, alerts, incidents and notifications.
     pub watch: crate::watch::Watch,
     /// The front door: where each service's clients are sent.
@@ -79,16 +81,27 @@ impl Controller {
         }
         let mut agents = BTreeMap::new();
         for (name, host) in &cfg.hosts {
-            let driver = match host.driver {
-                DriverKind::Process => Arc::new(ProcessDriver::with_state_dir(
-                    cfg.controller.data_dir.join("hosts").join(name).join("run"),
-                )),
+            let agent = match cfg.remote_agent_of(name) {
+                Some((agent, url)) => {
+                    Agent::remote(name, host, &cfg.controller.data_dir, agent, url)
+                }
+                None => {
+                    let driver = match host.driver {
+                        DriverKind::Process => Arc::new(ProcessDriver::with_state_dir(
+                            cfg.controller.data_dir.join("hosts").join(name).join("run"),
+                        )),
+                    };
+                    Agent::new(name, host, &cfg.controller.data_dir, driver)
+                }
             };
-            agents.insert(
-                name.clone(),
-                Agent::new(name, host, &cfg.controller.data_dir, driver),
-            );
+            agents.insert(name.clone(), agent);
         }
+        let fences = repo
+            .fences()
+            .await?
+            .into_iter()
+            .map(|f| (f.site.clone(), f))
+            .collect();
         let repo = Arc::new(repo);
         let watch = crate::watch::Watch::open(&cfg, repo.clone()).await?;
         let frontdoor = crate::frontdoor::FrontDoor::open(&cfg, repo.clone()).await?;
@@ -101,6 +114,7 @@ impl Controller {
             stores: Mutex::default(),
             vm_locks: Mutex::default(),
             running_groups: Mutex::default(),
+            fences: Mutex::new(fences),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
             _data_lock: data_lock,
@@ -125,13 +139,17 @@ impl Controller {
         Ok(ctl)
     }
 
-    /// Ask every agent about every VM, so VMs left running by an earlier
-    /// controller are adopted (and thawed if a cut-off point left them
-    /// frozen) at once, not when someone first asks.
+    /// Ask every in-process agent about every VM, so VMs left running by
+    /// an earlier controller are adopted (and thawed if a cut-off point
+    /// left them frozen) at once, not when someone first asks. Remote
+    /// agents adopt their own VMs when they start.
     async fn adopt_vms(&self) {
         for agent in self.agents.values() {
+            if agent.remote_name().is_some() {
+                continue;
+            }
             for vm in self.cfg.vms.keys() {
-                if let Ok(st) = agent.driver.status(vm).await
+                if let Ok(st) = agent.status(vm).await
                     && st.is_alive()
                 {
                     tracing::info!(vm, host = %agent.host, pid = ?st.pid, "vm running since before this controller started");

@@ -23,6 +23,18 @@ pub enum ServerError {
     Hv(#[from] HvError),
     #[error("{0}")]
     Internal(String),
+    /// The agent that runs `host` cannot be reached (or did not answer in
+    /// time). Retryable: the link may come back.
+    #[error("agent of host {host} is unreachable: {reason}")]
+    Unreachable { host: String, reason: String },
+    /// The agent that runs `host` answered with an error.
+    #[error("host {host}: {message}")]
+    Agent {
+        host: String,
+        code: String,
+        message: String,
+        retryable: bool,
+    },
 }
 
 impl ServerError {
@@ -56,6 +68,29 @@ impl ServerError {
                 e.is_temporary(),
             ),
             ServerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", true),
+            ServerError::Unreachable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unreachable", true)
+            }
+            ServerError::Agent {
+                code, retryable, ..
+            } => match code.as_str() {
+                "not_found" => (StatusCode::NOT_FOUND, "not_found", *retryable),
+                "conflict" => (StatusCode::CONFLICT, "conflict", *retryable),
+                "bad_request" => (StatusCode::BAD_REQUEST, "bad_request", *retryable),
+                "datastore" => (StatusCode::INTERNAL_SERVER_ERROR, "datastore", *retryable),
+                "hypervisor" => (StatusCode::INTERNAL_SERVER_ERROR, "hypervisor", *retryable),
+                _ => (StatusCode::BAD_GATEWAY, "agent", *retryable),
+            },
+        }
+    }
+
+    /// A failure of the datastore read or written (here or at a remote
+    /// agent): another copy may do.
+    pub fn is_datastore(&self) -> bool {
+        match self {
+            ServerError::Store(_) => true,
+            ServerError::Agent { code, .. } => code == "datastore",
+            _ => false,
         }
     }
 

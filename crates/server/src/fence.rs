@@ -1,31 +1,410 @@
-//! Site fencing: a fenced site runs no VM. Seam only; the durable fence
-//! state and its enforcement by agents land with issue 4.
+//! Site fencing: a fenced site runs no VM.
+//!
+//! The fence is recorded in the database first (so it holds across
+//! controller restarts), then enforced: an in-process host's VMs are
+//! stopped at once; a remote agent is told to stop all its VMs and refuse
+//! starts. A remote agent that cannot be reached learns it from the
+//! `fenced` flag of its next heartbeat answer, stops every VM then and
+//! keeps refusing starts (persisted in its data dir) until a heartbeat
+//! says the site is unfenced. Until then its VMs are reported `pending`.
+//!
+//! The controller itself never starts a VM at a fenced site, and treats a
+//! fenced site as one where no copy runs (see [`crate::vms`]).
 
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use standby_db::FenceRecord;
+
+use crate::agent::{Exec, FenceCall, FencedVm};
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::{ServerError, error_chain};
+
+/// How long a reachable agent gets to stop its VMs (forced stops).
+const FENCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Telling an agent its site is unfenced is a courtesy: its next
+/// heartbeat says so anyway.
+const UNFENCE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Controller {
     /// Whether `site` is fenced (no VM may start there).
-    pub async fn is_fenced(&self, _site: &str) -> Result<bool, ServerError> {
-        Ok(false)
+    pub async fn is_fenced(&self, site: &str) -> Result<bool, ServerError> {
+        Ok(self.fence_of(site).is_some())
+    }
+
+    /// The fence of `site`, if it is fenced.
+    pub fn fence_of(&self, site: &str) -> Option<FenceRecord> {
+        self.fences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(site)
+            .cloned()
     }
 
     /// Fence `site`: record it durably and have its agents stop every VM
-    /// there and refuse to start any. Idempotent.
+    /// there and refuse to start any. Idempotent. The answer lists, per
+    /// VM, `stopped`, `already stopped`, `pending` (its agent is
+    /// unreachable and will stop it when it reconnects) or `failed: ...`.
     pub async fn fence_site(
         &self,
         site: &str,
-        _reason: &str,
+        reason: &str,
     ) -> Result<serde_json::Value, ServerError> {
-        Err(ServerError::Internal(format!(
-            "fencing site {site} is not implemented yet"
-        )))
+        if !self.cfg.sites.contains_key(site) {
+            return Err(ServerError::not_found("site", site));
+        }
+        let fence = self.repo.fence(site, Utc::now(), reason).await?;
+        self.fences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(site.to_string(), fence.clone());
+        tracing::warn!(site, reason = %fence.reason, "site fenced");
+        let records = self.repo.vms().await?;
+        let placed_at = |host: &str| -> Vec<String> {
+            records
+                .iter()
+                .filter(|v| v.active_host == host || v.home_host == host)
+                .map(|v| v.name.clone())
+                .collect()
+        };
+        let mut vms = Vec::new();
+        let mut hosts = Vec::new();
+        for (name, _) in self.cfg.hosts.iter().filter(|(_, h)| h.site == site) {
+            let agent = self.agent(name)?;
+            match &agent.exec {
+                Exec::Local(_) => {
+                    // Every configured VM: a stale copy of a VM active
+                    // elsewhere must stop too.
+                    for vm in self.cfg.vms.keys() {
+                        let result = match agent.status(vm).await {
+                            Ok(st) if st.is_alive() => match agent.stop(vm).await {
+                                Ok(_) => "stopped".to_string(),
+                                Err(e) => format!("failed: {}", error_chain(&e)),
+                            },
+                            Ok(_) if placed_at(name).contains(vm) => "already stopped".into(),
+                            Ok(_) => continue,
+                            Err(e) => format!("failed: {}", error_chain(&e)),
+                        };
+                        vms.push(json!({"vm": vm, "host": name, "result": result}));
+                    }
+                    hosts.push(json!({"host": name, "result": "done"}));
+                }
+                Exec::Remote(r) => {
+                    let call = FenceCall {
+                        reason: fence.reason.clone(),
+                    };
+                    match r
+                        .call::<_, Vec<FencedVm>>("fence", &call, FENCE_TIMEOUT)
+                        .await
+                    {
+                        Ok(done) => {
+                            for v in done {
+                                vms.push(json!({"vm": v.vm, "host": name, "result": v.result}));
+                            }
+                            hosts.push(json!({"host": name, "agent": r.agent, "result": "done"}));
+                        }
+                        Err(e) => {
+                            let why = match &e {
+                                ServerError::Unreachable { .. } => "unreachable".to_string(),
+                                other => format!("failed ({})", error_chain(other)),
+                            };
+                            let msg = format!(
+                                "pending: agent {} {why}, it will stop its VMs when it reconnects",
+                                r.agent
+                            );
+                            tracing::warn!(site, host = %name, "{msg}: {}", error_chain(&e));
+                            for vm in placed_at(name) {
+                                vms.push(json!({"vm": vm, "host": name, "result": "pending"}));
+                            }
+                            hosts.push(json!({
+                                "host": name,
+                                "agent": r.agent,
+                                "result": msg,
+                                "error": error_chain(&e),
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        let pending = vms.iter().any(|v| v["result"] == "pending");
+        Ok(json!({
+            "site": site,
+            "fenced": true,
+            "since": fence.since,
+            "reason": fence.reason,
+            "pending": pending,
+            "hosts": hosts,
+            "vms": vms,
+        }))
     }
 
-    /// Lift the fence of `site`. Idempotent.
+    /// Lift the fence of `site`. Idempotent. Remote agents at the site are
+    /// told at once when reachable, otherwise by their next heartbeat.
     pub async fn unfence_site(&self, site: &str) -> Result<serde_json::Value, ServerError> {
-        Err(ServerError::Internal(format!(
-            "unfencing site {site} is not implemented yet"
-        )))
+        if !self.cfg.sites.contains_key(site) {
+            return Err(ServerError::not_found("site", site));
+        }
+        let lifted = self.repo.unfence(site).await?;
+        self.fences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(site);
+        if lifted.is_some() {
+            tracing::warn!(site, "site unfenced");
+        }
+        let mut agents = Vec::new();
+        for (name, _) in self.cfg.hosts.iter().filter(|(_, h)| h.site == site) {
+            if let Ok(agent) = self.agent(name)
+                && let Exec::Remote(r) = &agent.exec
+            {
+                let res = r
+                    .call::<_, serde_json::Value>("unfence", &json!({}), UNFENCE_TIMEOUT)
+                    .await;
+                agents.push(json!({
+                    "agent": r.agent,
+                    "result": match res {
+                        Ok(_) => "unfenced".to_string(),
+                        Err(e) => format!("will learn at its next heartbeat ({})", error_chain(&e)),
+                    },
+                }));
+            }
+        }
+        Ok(json!({
+            "site": site,
+            "fenced": false,
+            "was_fenced": lifted.is_some(),
+            "lifted": lifted,
+            "agents": agents,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use standby_types::api::RestoreRequest;
+    use standby_types::config::Config;
+    use standby_types::model::PointRecord;
+
+    use crate::controller::Controller;
+    use crate::error::ServerError;
+
+    /// Site 1 has an in-process host (`local1`, VM `a`) and a host run by
+    /// an agent at `agent_url` (`remote1`, VM `b`); site 2 one in-process
+    /// host. VMs are real processes (`sleep`).
+    async fn controller(dir: &Path, agent_url: &str) -> Arc<Controller> {
+        let text = format!(
+            r#"
+[controller]
+listen = "127.0.0.1:0"
+data_dir = "data"
+builtin_rules = false
+[sites.site1]
+[sites.site2]
+[hosts.local1]
+site = "site1"
+driver = "process"
+disk_dir = "disks1"
+[hosts.remote1]
+site = "site1"
+driver = "process"
+disk_dir = "disksr"
+[hosts.local2]
+site = "site2"
+driver = "process"
+disk_dir = "disks2"
+[agents.remote1-agent]
+site = "site1"
+host = "remote1"
+url = "{agent_url}"
+[datastores.store2]
+site = "site2"
+path = "store2"
+[vms.a]
+host = "local1"
+command = "sleep"
+args = ["30"]
+[[vms.a.disks]]
+name = "data"
+size = "64KiB"
+[vms.b]
+host = "remote1"
+command = "sleep"
+args = ["30"]
+[[vms.b.disks]]
+name = "data"
+size = "64KiB"
+"#
+        );
+        std::fs::write(dir.join("standby.toml"), text).unwrap();
+        let cfg = Config::load(&dir.join("standby.toml")).unwrap();
+        Controller::open(cfg).await.unwrap()
+    }
+
+    async fn add_point(ctl: &Controller, vm: &str) -> String {
+        let id = format!("{vm}@20261126T101500.000Z");
+        ctl.repo
+            .insert_point(&PointRecord {
+                id: id.clone(),
+                vm: vm.into(),
+                group: None,
+                site: "site1".into(),
+                time: chrono::Utc::now(),
+                consistency: "crash".into(),
+                size: 65536,
+                bytes_read: 0,
+                bytes_new: 0,
+                copies: vec!["store2".into()],
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    fn at_site2(point: &str) -> RestoreRequest {
+        RestoreRequest {
+            point: point.into(),
+            site: "site2".into(),
+            host: None,
+            from: None,
+            start: true,
+        }
+    }
+
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn a_running_vm_blocks_failover_until_its_site_is_fenced_and_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = controller(dir.path(), &format!("http://127.0.0.1:{}", closed_port())).await;
+        let st = crate::vms::start(&ctl, "a").await.unwrap();
+        assert!(st.is_alive());
+        let pid = st.pid.unwrap();
+        let point = add_point(&ctl, "a").await;
+
+        let e = crate::restore::check(&ctl, &at_site2(&point))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ServerError::Conflict(_)), "{e}");
+        assert!(e.to_string().contains("running at local1"), "{e}");
+
+        let r = ctl.fence_site("site1", "drill").await.unwrap();
+        assert_eq!(r["pending"], true, "the remote host is pending: {r}");
+        let a = r["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["vm"] == "a")
+            .unwrap();
+        assert_eq!(a["result"], "stopped", "{r}");
+        assert!(
+            !ctl.agent("local1")
+                .unwrap()
+                .status("a")
+                .await
+                .unwrap()
+                .is_alive()
+        );
+        assert!(
+            !Path::new(&format!("/proc/{pid}/cmdline")).exists() || {
+                // Reaped by now, or a zombie on its way out.
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z"))
+            }
+        );
+        crate::restore::check(&ctl, &at_site2(&point))
+            .await
+            .unwrap();
+
+        // Fencing again is harmless and keeps the first reason.
+        let again = ctl.fence_site("site1", "other").await.unwrap();
+        assert_eq!(again["reason"], "drill");
+        // No VM starts at a fenced site.
+        let e = crate::vms::start(&ctl, "a").await.unwrap_err();
+        assert!(e.to_string().contains("site site1 is fenced"), "{e}");
+        ctl.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_agent_blocks_failover_until_its_site_is_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = controller(dir.path(), &format!("http://127.0.0.1:{}", closed_port())).await;
+        let point = add_point(&ctl, "b").await;
+        let t0 = std::time::Instant::now();
+        let e = crate::restore::check(&ctl, &at_site2(&point))
+            .await
+            .unwrap_err();
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("site site1") && msg.contains("standby site fence site1"),
+            "{msg}"
+        );
+        assert!(!ctl.is_fenced("site1").await.unwrap());
+
+        let r = ctl.fence_site("site1", "lost").await.unwrap();
+        assert_eq!(r["pending"], true);
+        let host = r["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == "remote1")
+            .unwrap();
+        assert!(
+            host["result"]
+                .as_str()
+                .unwrap()
+                .starts_with("pending: agent remote1-agent unreachable"),
+            "{r}"
+        );
+        let b = r["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["vm"] == "b")
+            .unwrap();
+        assert_eq!(b["result"], "pending");
+        crate::restore::check(&ctl, &at_site2(&point))
+            .await
+            .unwrap();
+
+        // The fence is durable: a new controller on the same data dir
+        // still treats site 1 as fenced.
+        ctl.shutdown().await;
+        drop(ctl);
+        let ctl = controller(dir.path(), &format!("http://127.0.0.1:{}", closed_port())).await;
+        assert!(ctl.is_fenced("site1").await.unwrap());
+        // (The rescan dropped the made-up point: the store never held it.)
+        let point = add_point(&ctl, "b").await;
+        crate::restore::check(&ctl, &at_site2(&point))
+            .await
+            .unwrap();
+
+        // Unfenced, the unreachable agent blocks the failover again.
+        let u = ctl.unfence_site("site1").await.unwrap();
+        assert_eq!(u["was_fenced"], true);
+        assert_eq!(
+            ctl.unfence_site("site1").await.unwrap()["was_fenced"],
+            false
+        );
+        assert!(
+            crate::restore::check(&ctl, &at_site2(&point))
+                .await
+                .is_err()
+        );
+        assert!(matches!(
+            ctl.fence_site("site9", "").await,
+            Err(ServerError::NotFound { .. })
+        ));
     }
 }

@@ -4,8 +4,9 @@
 //! - [`controller`]: shared state (config, database, agents, datastores,
 //!   per-VM locks).
 //! - [`agent`]: the agent of one host; runs driver actions and moves disk
-//!   data to and from datastores. Embedded mode runs every host's agent in
-//!   this process; remote agents will speak the same calls over HTTP.
+//!   data to and from datastores, in this process or through a remote
+//!   `standby agent` over HTTP (same operations).
+//! - [`fence`]: durable site fences and their enforcement.
 //! - [`protect`], [`restore`]: the two data-moving operations.
 //! - [`scheduler`]: runs protection groups on their schedule, which is
 //!   persisted so a restart keeps it.
@@ -16,12 +17,14 @@
 //! - [`frontdoor`]: per service, UDP and TCP forwarders that send clients
 //!   to the site where the service is active.
 //! - [`remote_agent`]: the `standby agent` process: heartbeats and probes
-//!   from another vantage point.
+//!   from another vantage point and, with a data dir, a host's VMs
+//!   (`/agent/v1`).
 //!
 //! # Invariants
 //! - One operation per VM at a time (a point never overlaps a restore).
 //! - A VM is never started at a second place while it may run at the first:
-//!   restore refuses while the VM runs where it is active.
+//!   start and restore refuse unless every other host it may run at answers
+//!   that it is stopped or sits at a fenced site ([`vms`], [`fence`]).
 //! - The datastores are the truth about points; the database is a catalog
 //!   rebuilt from them at start ([`Controller::open`] rescans).
 

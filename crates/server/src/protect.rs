@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde_json::json;
 use standby_types::model::PointRecord;
 
+use crate::agent::StoreRef;
 use crate::controller::{Controller, point_record};
 use crate::error::{ServerError, error_chain};
 use crate::jobs::JobProgress;
@@ -68,13 +69,18 @@ async fn protect_vm(
         .unwrap_or(&g.datastores[0])
         .clone();
     let store = ctl.store(&source)?;
+    let target = StoreRef {
+        name: &source,
+        config: &ctl.cfg.datastores[&source],
+        store: store.clone(),
+    };
     let started = Instant::now();
     let labels = BTreeMap::from([("group".to_string(), group.to_string())]);
     let vm_config = serde_json::to_value(&ctl.cfg.vms[vm]).unwrap_or_default();
     let (manifest, stats) = agent
         .take_point(
             &spec,
-            &store,
+            &target,
             g.chunk_size.0 as u32,
             labels,
             vm_config,

@@ -3,24 +3,53 @@
 //! as vantage point `agent:NAME`, and posts their results back. It also
 //! answers `GET /health`, so other vantage points can probe it.
 //!
+//! With `--data-dir`, it is also the agent of a hypervisor host (declared
+//! with `host` and `url` under `[agents.NAME]`): it runs that host's VMs
+//! with a process driver whose state lives in `DATA/run` (so a restarted
+//! agent adopts its running VMs) and answers the execution API under
+//! `/agent/v1` (see [`exec_routes`]): status, start, shutdown, stop,
+//! provisioning, points into and restores from a datastore it opens
+//! itself, fence and unfence. There is no authentication yet: the seam is
+//! [`exec_routes`] (a token check layer) and `RemoteHost::call` on the
+//! controller side; until then, listen only on a management network.
+//!
+//! Fencing: an agent told it is fenced (by `POST /agent/v1/fence` or a
+//! heartbeat answer with `fenced: true`) stops all its VMs at once and
+//! refuses starts (409) until a heartbeat answer says unfenced. The flag
+//! is kept in `DATA/fence.json`, so a restarted agent stays fenced. While
+//! the controller cannot be reached the agent leaves its VMs as they are:
+//! it cannot know whether its site was fenced.
+//!
 //! The controller is the source of truth: each heartbeat's answer carries
 //! the agent's probe list and heartbeat interval, so configuration lives in
 //! one place. While the controller is unreachable the agent keeps probing
 //! and keeps only results that are still fresh, so a reconnect delivers
 //! evidence, not history.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Json;
-use axum::routing::get;
-use chrono::Utc;
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use standby_hv::{DiskSpec, Driver, ProcessDriver, VmSpec, VmStatus};
+use standby_store::{Datastore, PointId};
+use standby_types::config::DatastoreConfig;
 use standby_types::watch::{ProbeResult, ProbeSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::{
+    FenceCall, FencedVm, PointCall, PointDone, RestoreCall, RestoreDone, ShutdownCall, SpecCall,
+    VmCall,
+};
 use crate::error::ServerError;
+use crate::jobs::JobProgress;
 use crate::watch::{Heartbeat, HeartbeatReply};
 
 /// Results kept while the controller cannot be reached.
@@ -31,8 +60,12 @@ pub struct AgentOptions {
     /// Base URL of the controller, e.g. `http://198.18.0.1:7780`.
     pub controller: String,
     pub name: String,
-    /// Where to answer `/health` (none: no listener).
+    /// Where to answer `/health` and, with a data dir, `/agent/v1`
+    /// (none: no listener).
     pub listen: Option<SocketAddr>,
+    /// Makes this the agent of a hypervisor host: VM state, work files
+    /// and the fence flag live here.
+    pub data_dir: Option<PathBuf>,
 }
 
 fn client() -> reqwest::Client {
@@ -50,18 +83,25 @@ fn client() -> reqwest::Client {
 /// Run until `cancel` fires.
 pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), ServerError> {
     let base = opts.controller.trim_end_matches('/').to_string();
+    let host = match &opts.data_dir {
+        Some(dir) => Some(HostAgent::open(&opts.name, dir).await?),
+        None => None,
+    };
     if let Some(addr) = opts.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| ServerError::Internal(format!("unable to listen on {addr}: {e}")))?;
         let name = opts.name.clone();
-        let app = axum::Router::new().route(
+        let mut app = axum::Router::new().route(
             "/health",
             get(move || {
                 let name = name.clone();
                 async move { Json(serde_json::json!({"status": "ok", "agent": name})) }
             }),
         );
+        if let Some(h) = &host {
+            app = app.merge(exec_routes(h.clone()));
+        }
         let c = cancel.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -95,6 +135,9 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Se
                     }
                     reachable = true;
                     interval = reply.heartbeat;
+                    if let Some(h) = &host {
+                        h.heartbeat_fenced(reply.fenced).await;
+                    }
                     if reply.probes != specs {
                         probes.cancel();
                         probes = cancel.child_token();
@@ -220,4 +263,320 @@ async fn send_results(
             }
         }
     }
+}
+
+/// The fence as the agent keeps it (`DATA/fence.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FenceState {
+    since: DateTime<Utc>,
+    reason: String,
+}
+
+/// The host side of an agent: its driver, its fence, its open datastores.
+pub struct HostAgent {
+    name: String,
+    dir: PathBuf,
+    driver: ProcessDriver,
+    /// Held across a start and across fencing, so a start never slips in
+    /// between the fence being set and the VMs being stopped.
+    fence: tokio::sync::Mutex<Option<FenceState>>,
+    stores: Mutex<HashMap<String, (String, Datastore)>>,
+}
+
+impl HostAgent {
+    /// Open the data dir: adopt the VMs still running from an earlier run
+    /// and take up a fence left in force (stopping what runs).
+    pub async fn open(name: &str, dir: &Path) -> Result<Arc<HostAgent>, ServerError> {
+        for sub in ["run", "vms"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| {
+                ServerError::Internal(format!(
+                    "unable to create the agent data directory {}: {e}",
+                    dir.join(sub).display()
+                ))
+            })?;
+        }
+        let fence = match std::fs::read(dir.join("fence.json")) {
+            Ok(b) => Some(serde_json::from_slice::<FenceState>(&b).map_err(|e| {
+                ServerError::Internal(format!(
+                    "unreadable fence flag {}: {e}; remove it only if the site is not fenced",
+                    dir.join("fence.json").display()
+                ))
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(ServerError::Internal(format!(
+                    "unable to read {}: {e}",
+                    dir.join("fence.json").display()
+                )));
+            }
+        };
+        let host = Arc::new(HostAgent {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            driver: ProcessDriver::with_state_dir(dir.join("run")),
+            fence: tokio::sync::Mutex::new(fence),
+            stores: Mutex::default(),
+        });
+        let names = host.adopt_all().await;
+        tracing::info!(vms = ?names, dir = %dir.display(), "host agent ready");
+        {
+            let fence = host.fence.lock().await;
+            if let Some(f) = &*fence {
+                tracing::warn!(since = %f.since, reason = %f.reason, "site fenced: stopping every vm");
+                host.stop_everything().await;
+            }
+        }
+        Ok(host)
+    }
+
+    /// Adopt every VM with a pid file (a restart of the agent); their
+    /// names.
+    async fn adopt_all(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("run")) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "pid")
+                    && let Some(stem) = p.file_stem().and_then(|s| s.to_str())
+                {
+                    let _ = self.driver.status(stem).await;
+                    names.push(stem.to_string());
+                }
+            }
+        }
+        names
+    }
+
+    /// Force-stop every VM; what happened to each. Caller holds the fence
+    /// lock.
+    async fn stop_everything(&self) -> Vec<FencedVm> {
+        self.adopt_all().await;
+        let mut out = Vec::new();
+        for (vm, st) in self.driver.list() {
+            let result = if st.is_alive() {
+                match self.driver.stop(&vm).await {
+                    Ok(_) => "stopped".to_string(),
+                    Err(e) => format!("failed: {}", crate::error::error_chain(&e)),
+                }
+            } else {
+                "already stopped".to_string()
+            };
+            if result != "already stopped" {
+                tracing::warn!(vm, "fenced: {result}");
+            }
+            out.push(FencedVm { vm, result });
+        }
+        out
+    }
+
+    fn persist(&self, fence: &Option<FenceState>) -> Result<(), ServerError> {
+        let path = self.dir.join("fence.json");
+        let io = |e: std::io::Error| {
+            ServerError::Internal(format!(
+                "unable to record the fence in {}: {e}",
+                path.display()
+            ))
+        };
+        match fence {
+            Some(f) => {
+                let tmp = self.dir.join("fence.json.tmp");
+                let mut file = std::fs::File::create(&tmp).map_err(io)?;
+                std::io::Write::write_all(&mut file, &serde_json::to_vec(f).unwrap_or_default())
+                    .map_err(io)?;
+                file.sync_all().map_err(io)?;
+                std::fs::rename(&tmp, &path).map_err(io)?;
+            }
+            None => match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            },
+        }
+        Ok(())
+    }
+
+    /// Fence this host: recorded first, then every VM stopped. Idempotent.
+    async fn fence(&self, reason: &str) -> Result<Vec<FencedVm>, ServerError> {
+        let mut fence = self.fence.lock().await;
+        if fence.is_none() {
+            let f = Some(FenceState {
+                since: Utc::now(),
+                reason: reason.to_string(),
+            });
+            self.persist(&f)?;
+            *fence = f;
+            tracing::warn!(reason, "site fenced: stopping every vm, refusing starts");
+        }
+        Ok(self.stop_everything().await)
+    }
+
+    async fn unfence(&self) -> Result<bool, ServerError> {
+        let mut fence = self.fence.lock().await;
+        if fence.is_none() {
+            return Ok(false);
+        }
+        self.persist(&None)?;
+        *fence = None;
+        tracing::warn!("site unfenced: starts allowed again");
+        Ok(true)
+    }
+
+    /// What a heartbeat answer says about the fence.
+    async fn heartbeat_fenced(&self, fenced: bool) {
+        let result = if fenced {
+            self.fence("fenced by the controller").await.map(|_| ())
+        } else {
+            self.unfence().await.map(|_| ())
+        };
+        if let Err(e) = result {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// The spec with this agent's own work directory.
+    fn local(&self, mut spec: VmSpec) -> VmSpec {
+        spec.workdir = self.dir.join("vms");
+        spec
+    }
+
+    fn store(&self, name: &str, cfg: &DatastoreConfig) -> Result<Datastore, ServerError> {
+        let key = serde_json::to_string(cfg).unwrap_or_default();
+        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, s)) = stores.get(name)
+            && *k == key
+        {
+            return Ok(s.clone());
+        }
+        let s = crate::stores::open(name, cfg)?;
+        stores.insert(name.to_string(), (key, s.clone()));
+        Ok(s)
+    }
+}
+
+type Host = State<Arc<HostAgent>>;
+type Answer<T> = Result<Json<T>, ServerError>;
+
+/// The execution API of a host agent, under `/agent/v1`. Every call is a
+/// POST with a JSON body (see the `*Call` types in [`crate::agent`]);
+/// errors are the API's `{code, message, retryable}`.
+pub fn exec_routes(host: Arc<HostAgent>) -> Router {
+    Router::new()
+        .route("/agent/v1/state", get(state))
+        .route("/agent/v1/status", post(status))
+        .route("/agent/v1/start", post(start))
+        .route("/agent/v1/shutdown", post(shutdown))
+        .route("/agent/v1/stop", post(stop))
+        .route("/agent/v1/provision", post(provision))
+        .route("/agent/v1/missing-disks", post(missing_disks))
+        .route("/agent/v1/point", post(point))
+        .route("/agent/v1/restore", post(restore))
+        .route("/agent/v1/fence", post(fence))
+        .route("/agent/v1/unfence", post(unfence))
+        .with_state(host)
+}
+
+async fn state(State(h): Host) -> Answer<serde_json::Value> {
+    h.adopt_all().await;
+    let fence = h.fence.lock().await.clone();
+    let vms: Vec<_> = h
+        .driver
+        .list()
+        .into_iter()
+        .map(|(vm, st)| serde_json::json!({"vm": vm, "status": st}))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "agent": h.name,
+        "fenced": fence.is_some(),
+        "fence": fence,
+        "vms": vms,
+    })))
+}
+
+async fn status(State(h): Host, Json(c): Json<VmCall>) -> Answer<VmStatus> {
+    Ok(Json(h.driver.status(&c.vm).await?))
+}
+
+async fn start(State(h): Host, Json(c): Json<SpecCall>) -> Answer<VmStatus> {
+    let fence = h.fence.lock().await;
+    if let Some(f) = &*fence {
+        return Err(ServerError::Conflict(format!(
+            "agent {} refuses to start vm {}: its site is fenced since {} ({}); the controller must unfence it",
+            h.name,
+            c.spec.name,
+            f.since.to_rfc3339(),
+            f.reason
+        )));
+    }
+    let spec = h.local(c.spec);
+    Ok(Json(h.driver.start(&spec).await?))
+}
+
+async fn shutdown(State(h): Host, Json(c): Json<ShutdownCall>) -> Answer<VmStatus> {
+    Ok(Json(
+        h.driver
+            .shutdown(&c.vm, Duration::from_millis(c.timeout_ms))
+            .await?,
+    ))
+}
+
+async fn stop(State(h): Host, Json(c): Json<VmCall>) -> Answer<VmStatus> {
+    Ok(Json(h.driver.stop(&c.vm).await?))
+}
+
+async fn provision(State(_h): Host, Json(c): Json<SpecCall>) -> Answer<serde_json::Value> {
+    tokio::task::spawn_blocking(move || crate::agent::provision_disks(&c.spec)).await??;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn missing_disks(Json(c): Json<SpecCall>) -> Answer<Vec<DiskSpec>> {
+    Ok(Json(crate::agent::missing_disks(&c.spec)))
+}
+
+async fn point(State(h): Host, Json(c): Json<PointCall>) -> Answer<PointDone> {
+    let store = {
+        let h = h.clone();
+        let (name, cfg) = (c.datastore.clone(), c.config.clone());
+        tokio::task::spawn_blocking(move || h.store(&name, &cfg)).await??
+    };
+    let spec = h.local(c.spec);
+    let (manifest, stats) = crate::agent::take_point(
+        &h.driver,
+        &c.site,
+        &spec,
+        &store,
+        c.chunk_size,
+        c.labels,
+        c.vm_config,
+        Arc::new(JobProgress::default()),
+    )
+    .await?;
+    tracing::info!(vm = %spec.name, point = %manifest.id, datastore = %c.datastore, "point taken");
+    Ok(Json(PointDone { manifest, stats }))
+}
+
+async fn restore(State(h): Host, Json(c): Json<RestoreCall>) -> Answer<RestoreDone> {
+    let point: PointId = c
+        .point
+        .parse()
+        .map_err(|e| ServerError::BadRequest(format!("bad point id '{}': {e}", c.point)))?;
+    let store = {
+        let h = h.clone();
+        let (name, cfg) = (c.datastore.clone(), c.config.clone());
+        tokio::task::spawn_blocking(move || h.store(&name, &cfg)).await??
+    };
+    let spec = h.local(c.spec);
+    let bytes =
+        crate::agent::restore_point(&spec, &store, &point, Arc::new(JobProgress::default()))
+            .await?;
+    tracing::info!(vm = %spec.name, %point, datastore = %c.datastore, bytes, "point restored");
+    Ok(Json(RestoreDone { bytes }))
+}
+
+async fn fence(State(h): Host, Json(c): Json<FenceCall>) -> Answer<Vec<FencedVm>> {
+    Ok(Json(h.fence(&c.reason).await?))
+}
+
+async fn unfence(State(h): Host) -> Answer<serde_json::Value> {
+    let was = h.unfence().await?;
+    Ok(Json(serde_json::json!({"unfenced": was})))
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
-use standby_hv::VmState;
 use standby_store::PointId;
 use standby_types::api::RestoreRequest;
 
+use crate::agent::StoreRef;
 use crate::controller::Controller;
 use crate::error::{ServerError, error_chain};
 use crate::jobs::JobProgress;
@@ -21,24 +21,27 @@ pub async fn check(ctl: &Controller, req: &RestoreRequest) -> Result<(), ServerE
     if !ctl.cfg.sites.contains_key(&req.site) {
         return Err(ServerError::not_found("site", &req.site));
     }
-    target_host(ctl, req)?;
     if !ctl.cfg.vms.contains_key(&point.vm) {
         return Err(ServerError::not_found("vm", &point.vm));
     }
-    refuse_if_running(ctl, &point.vm).await
+    let host = target_host(ctl, req)?;
+    refuse_if_running(ctl, req, &point.vm, &host).await
 }
 
-/// Never two active copies: the VM must not run where it is active now.
-async fn refuse_if_running(ctl: &Controller, vm: &str) -> Result<(), ServerError> {
-    let current = ctl.repo.vm(vm).await?;
-    let status = ctl.agent(&current.active_host)?.status(vm).await?;
-    if matches!(status.state, VmState::Running | VmState::Frozen) {
-        return Err(ServerError::Conflict(format!(
-            "vm {vm} is {} at {} (site {}); stop it before restoring (standby never runs two copies)",
-            status.state, current.active_host, current.active_site
-        )));
+/// Never two active copies: the VM must not run where it is active now,
+/// nor at its home, unless that site is fenced; a VM is not started at a
+/// fenced site (see [`crate::vms::ensure_single_copy`]).
+async fn refuse_if_running(
+    ctl: &Controller,
+    req: &RestoreRequest,
+    vm: &str,
+    host: &str,
+) -> Result<(), ServerError> {
+    if req.start {
+        crate::vms::refuse_fenced(ctl, &req.site).await?;
     }
-    Ok(())
+    let current = ctl.repo.vm(vm).await?;
+    crate::vms::ensure_single_copy(ctl, &current, host, true).await
 }
 
 fn target_host(ctl: &Controller, req: &RestoreRequest) -> Result<String, ServerError> {
@@ -77,7 +80,7 @@ pub async fn run(
     let _guard = ctl.lock_vm(&vm).await;
 
     // Checked again under the VM lock: the state may have changed.
-    refuse_if_running(&ctl, &vm).await?;
+    refuse_if_running(&ctl, &req, &vm, &host).await?;
 
     let candidates: Vec<String> = match &req.from {
         Some(ds) => vec![ds.clone()],
@@ -104,10 +107,14 @@ pub async fn run(
     let mut tried = Vec::new();
     let mut restored = None;
     for ds in candidates {
-        let store = match ctl.store(&ds) {
-            Ok(store) => store,
-            Err(e) => {
+        let (store, config) = match (ctl.store(&ds), ctl.cfg.datastores.get(&ds)) {
+            (Ok(store), Some(config)) => (store, config),
+            (Err(e), _) => {
                 tried.push(format!("{ds}: {}", error_chain(&e)));
+                continue;
+            }
+            (Ok(_), None) => {
+                tried.push(format!("{ds}: not configured"));
                 continue;
             }
         };
@@ -123,15 +130,20 @@ pub async fn run(
                 continue;
             }
         }
+        let target = StoreRef {
+            name: &ds,
+            config,
+            store,
+        };
         match agent
-            .restore_point(&spec, &store, &pid, progress.clone())
+            .restore_point(&spec, &target, &pid, progress.clone())
             .await
         {
             Ok(bytes) => {
                 restored = Some((ds, bytes));
                 break;
             }
-            Err(e @ ServerError::Store(_)) => {
+            Err(e) if e.is_datastore() => {
                 tracing::warn!(point = %pid, datastore = %ds, "restore from this copy failed: {}", error_chain(&e));
                 tried.push(format!("{ds}: {}", error_chain(&e)));
             }
@@ -150,7 +162,7 @@ pub async fn run(
     let mut started_vm = false;
     if req.start {
         progress.stage(format!("{vm}: starting at {host}"), 0);
-        agent.driver.start(&spec).await?;
+        agent.start(&spec).await?;
         started_vm = true;
     }
     Ok(json!({

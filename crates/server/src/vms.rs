@@ -1,11 +1,19 @@
 //! VM lifecycle as the API and runbooks use it: start, graceful shutdown
 //! and forced stop at the VM's active host, each under the VM's lock
 //! (except the forced stop), and the VM's view for clients.
+//!
+//! Never two copies ([`ensure_single_copy`]): a VM starts (or is restored)
+//! at one host only when every other place it may run, its active and its
+//! home host, is known not to run it: that host's agent answers that the VM
+//! is stopped, or the host's site is fenced (its agents stop everything and
+//! start nothing). An agent that cannot be reached at a site that is not
+//! fenced means "may be running": refused, naming the site to fence.
 
 use std::time::Duration;
 
 use standby_hv::VmStatus;
 use standby_types::api::VmView;
+use standby_types::model::VmRecord;
 
 use crate::controller::Controller;
 use crate::error::ServerError;
@@ -40,18 +48,14 @@ pub async fn view(ctl: &Controller, name: &str) -> Result<VmView, ServerError> {
 pub async fn start(ctl: &Controller, name: &str) -> Result<VmStatus, ServerError> {
     let _guard = ctl.lock_vm(name).await;
     let rec = ctl.repo.vm(name).await?;
-    if ctl.is_fenced(&rec.active_site).await? {
-        return Err(ServerError::Conflict(format!(
-            "site {} is fenced: no vm starts there until it is unfenced",
-            rec.active_site
-        )));
-    }
+    refuse_fenced(ctl, &rec.active_site).await?;
+    ensure_single_copy(ctl, &rec, &rec.active_host, false).await?;
     let agent = ctl.agent(&rec.active_host)?;
     let spec = agent.spec(&ctl.cfg, name)?;
     let never_protected = ctl.repo.points(Some(name)).await?.is_empty();
     if rec.active_site == rec.home_site && never_protected {
-        agent.provision_disks(&spec)?;
-    } else if let Some(d) = spec.disks.iter().find(|d| !d.path.exists()) {
+        agent.provision_disks(&spec).await?;
+    } else if let Some(d) = agent.missing_disks(&spec).await?.first() {
         return Err(ServerError::Conflict(format!(
             "disk '{}' of vm {name} is missing at {} ({}); restore a point there first",
             d.name,
@@ -59,7 +63,68 @@ pub async fn start(ctl: &Controller, name: &str) -> Result<VmStatus, ServerError
             d.path.display()
         )));
     }
-    Ok(agent.driver.start(&spec).await?)
+    agent.start(&spec).await
+}
+
+/// No VM starts at a fenced site.
+pub(crate) async fn refuse_fenced(ctl: &Controller, site: &str) -> Result<(), ServerError> {
+    if ctl.is_fenced(site).await? {
+        return Err(ServerError::Conflict(format!(
+            "site {site} is fenced: no vm starts there until it is unfenced (standby site unfence {site})"
+        )));
+    }
+    Ok(())
+}
+
+/// Never two copies: refuse unless `vm` is known not to run at any host
+/// other than `target` where it may run (its active and home hosts). With
+/// `include_target`, it must not run at `target` either (a restore writes
+/// its disks). A host at a fenced site counts as not running it.
+pub(crate) async fn ensure_single_copy(
+    ctl: &Controller,
+    rec: &VmRecord,
+    target: &str,
+    include_target: bool,
+) -> Result<(), ServerError> {
+    let vm = &rec.name;
+    let mut hosts = vec![rec.active_host.as_str()];
+    if rec.home_host != rec.active_host {
+        hosts.push(&rec.home_host);
+    }
+    for host in hosts {
+        if host == target && !include_target {
+            continue;
+        }
+        let Some(site) = ctl.cfg.site_of_host(host) else {
+            continue;
+        };
+        if ctl.is_fenced(site).await? {
+            continue;
+        }
+        let agent = ctl.agent(host)?;
+        match agent.status(vm).await {
+            Ok(st) if st.is_alive() => {
+                let what = if host == target {
+                    "stop it first".to_string()
+                } else {
+                    format!("stop it (or fence site {site}) before running it at {target}")
+                };
+                return Err(ServerError::Conflict(format!(
+                    "vm {vm} is {} at {host} (site {site}); {what} (standby never runs two copies)",
+                    st.state
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(ServerError::Conflict(format!(
+                    "vm {vm} may still be running at {host} (site {site}), whose agent cannot say ({}); \
+                     if site {site} is lost, fence it first: standby site fence {site} --reason TEXT",
+                    crate::error::error_chain(&e)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Graceful shutdown at the active host; `timeout` defaults to the VM's
@@ -74,11 +139,7 @@ pub async fn shutdown(
     let timeout = timeout
         .or_else(|| ctl.cfg.vms.get(name).map(|v| v.shutdown_timeout))
         .ok_or_else(|| ServerError::not_found("vm", name))?;
-    Ok(ctl
-        .agent(&rec.active_host)?
-        .driver
-        .shutdown(name, timeout)
-        .await?)
+    ctl.agent(&rec.active_host)?.shutdown(name, timeout).await
 }
 
 /// Forced stop at the active host. No VM lock: a forced stop must work
@@ -86,5 +147,5 @@ pub async fn shutdown(
 /// letting it run first).
 pub async fn stop(ctl: &Controller, name: &str) -> Result<VmStatus, ServerError> {
     let rec = ctl.repo.vm(name).await?;
-    Ok(ctl.agent(&rec.active_host)?.driver.stop(name).await?)
+    ctl.agent(&rec.active_host)?.stop(name).await
 }

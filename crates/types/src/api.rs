@@ -39,6 +39,20 @@ pub struct SiteView {
     pub datastores: Vec<String>,
     /// VMs active at this site.
     pub vms: Vec<String>,
+    /// A fenced site runs no VM (see `standby site fence`).
+    #[serde(default)]
+    pub fenced: bool,
+    #[serde(default)]
+    pub fenced_since: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub fence_reason: Option<String>,
+}
+
+/// `POST /api/v1/sites/{name}/fence`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FenceRequest {
+    #[serde(default)]
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

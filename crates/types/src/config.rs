@@ -114,6 +114,11 @@ pub struct AgentConfig {
     /// How often the agent reports; it is missed after three intervals.
     #[serde(default = "default_heartbeat", with = "duration_str")]
     pub heartbeat: Duration,
+    /// Where the agent listens (`http://ADDR:PORT`). With `host` set, the
+    /// host's VMs are run by this agent instead of in the controller: start,
+    /// stop, points and restores go to it over HTTP.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 fn default_heartbeat() -> Duration {
@@ -261,6 +266,10 @@ pub struct Host {
     pub driver: DriverKind,
     /// Where this host keeps VM disk images: `<disk_dir>/<vm>/<disk>.img`.
     pub disk_dir: PathBuf,
+    /// Network namespace the host's VMs run in (in-process hosts only):
+    /// each VM's command runs as `ip netns exec NAME <command> <args>`.
+    #[serde(default)]
+    pub netns: Option<String>,
 }
 
 /// Where a datastore keeps its objects.
@@ -977,6 +986,20 @@ impl Config {
                     format!("unknown site '{}'", h.site),
                 ));
             }
+            if let Some(ns) = &h.netns
+                && (ns.is_empty()
+                    || ns.len() > 64
+                    || !ns
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            {
+                return Err((
+                    p(&["hosts", name, "netns"]),
+                    format!(
+                        "'{ns}' is not a network namespace name (letters, digits, '-', '_', '.')"
+                    ),
+                ));
+            }
         }
         for (name, d) in &self.datastores {
             if !self.sites.contains_key(&d.site) {
@@ -1166,6 +1189,42 @@ impl Config {
                     Some(_) => {}
                 }
             }
+            if let Some(url) = &a.url {
+                let rest = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"))
+                    .unwrap_or_default();
+                if rest.trim_end_matches('/').is_empty() {
+                    return Err((
+                        p(&["agents", name, "url"]),
+                        format!("'{url}' is not an http:// URL like http://198.18.0.2:7781"),
+                    ));
+                }
+                let Some(h) = &a.host else {
+                    return Err((
+                        p(&["agents", name, "url"]),
+                        "an agent with a url runs a host's VMs: set 'host' too".into(),
+                    ));
+                };
+                if let Some((other, _)) = self
+                    .agents
+                    .iter()
+                    .find(|(o, oa)| *o != name && oa.url.is_some() && oa.host.as_ref() == Some(h))
+                {
+                    return Err((
+                        p(&["agents", name, "host"]),
+                        format!("host '{h}' is already run by agent '{other}'"),
+                    ));
+                }
+                if self.hosts.get(h).is_some_and(|host| host.netns.is_some()) {
+                    return Err((
+                        p(&["hosts", h, "netns"]),
+                        format!(
+                            "host '{h}' is run by agent '{name}'; 'netns' applies to in-process hosts only"
+                        ),
+                    ));
+                }
+            }
             if a.heartbeat < Duration::from_millis(100) {
                 return Err((
                     p(&["agents", name, "heartbeat"]),
@@ -1289,6 +1348,17 @@ impl Config {
     /// The home site of a VM.
     pub fn home_site(&self, vm: &str) -> Option<&str> {
         self.vms.get(vm).and_then(|v| self.site_of_host(&v.host))
+    }
+
+    /// The agent that runs `host`'s VMs (an `[agents]` entry with this
+    /// host and a `url`), if any: its name and URL.
+    pub fn remote_agent_of(&self, host: &str) -> Option<(&str, &str)> {
+        self.agents.iter().find_map(|(n, a)| {
+            (a.host.as_deref() == Some(host))
+                .then_some(())
+                .and(a.url.as_deref())
+                .map(|u| (n.as_str(), u))
+        })
     }
 
     /// The first host of a site, in name order.

@@ -321,6 +321,7 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
             controller: format!("http://{}", server.addr),
             name: name.to_string(),
             listen: Some((ip, port).into()),
+            data_dir: None,
         };
         tokio::spawn(async move {
             if let Err(e) = standby_server::remote_agent::run(opts, cancel).await {

@@ -68,11 +68,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                     name,
                     controller,
                     listen,
+                    data_dir,
                 } => {
                     let addr = controller
                         .clone()
                         .unwrap_or_else(|| ctx.client.base().to_string());
-                    watch::agent(name, &addr, *listen).await
+                    watch::agent(name, &addr, *listen, data_dir.clone()).await
                 }
                 Cmd::Init { .. } | Cmd::Server | Cmd::Demo(_) | Cmd::Bench(_) => unreachable!(),
             }

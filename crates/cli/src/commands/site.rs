@@ -1,14 +1,25 @@
 use anyhow::Result;
 use clap::Subcommand;
-use standby_types::api::SiteView;
+use standby_types::api::{FenceRequest, SiteView};
 
 use super::Ctx;
 use crate::output;
 
 #[derive(Subcommand)]
 pub enum SiteCmd {
-    /// Sites with their hosts, datastores and active VMs.
+    /// Sites with their hosts, datastores, active VMs and fence.
     List,
+    /// Fence a site: its agents stop every VM there and start none until
+    /// it is unfenced. Lets a VM be restored elsewhere while the site is
+    /// unreachable.
+    Fence {
+        name: String,
+        /// Why (kept with the fence).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift a site's fence: VMs may start there again.
+    Unfence { name: String },
 }
 
 pub async fn run(ctx: &Ctx, cmd: &SiteCmd) -> Result<()> {
@@ -20,20 +31,92 @@ pub async fn run(ctx: &Ctx, cmd: &SiteCmd) -> Result<()> {
                 return Ok(());
             }
             output::table(
-                &["SITE", "DESCRIPTION", "HOSTS", "DATASTORES", "ACTIVE VMS"],
+                &[
+                    "SITE",
+                    "DESCRIPTION",
+                    "HOSTS",
+                    "DATASTORES",
+                    "ACTIVE VMS",
+                    "FENCE",
+                ],
                 sites
                     .into_iter()
                     .map(|s| {
+                        let fence = match (s.fenced, s.fenced_since) {
+                            (false, _) => "-".to_string(),
+                            (true, since) => format!(
+                                "fenced since {}{}",
+                                since
+                                    .map(|t| t.format("%F %T UTC").to_string())
+                                    .unwrap_or_default(),
+                                s.fence_reason
+                                    .filter(|r| !r.is_empty())
+                                    .map(|r| format!(": {r}"))
+                                    .unwrap_or_default()
+                            ),
+                        };
                         vec![
                             s.name,
                             s.description,
                             s.hosts.join(", "),
                             s.datastores.join(", "),
                             s.vms.join(", "),
+                            fence,
                         ]
                     })
                     .collect(),
             );
+        }
+        SiteCmd::Fence { name, reason } => {
+            let r: serde_json::Value = ctx
+                .client
+                .post(
+                    &format!("/api/v1/sites/{name}/fence"),
+                    &FenceRequest {
+                        reason: reason.clone(),
+                    },
+                )
+                .await?;
+            if ctx.json {
+                output::json(&r);
+                return Ok(());
+            }
+            println!("site {name} fenced");
+            for h in r["hosts"].as_array().into_iter().flatten() {
+                if h["result"] != "done" {
+                    println!(
+                        "  {}: {}",
+                        h["host"].as_str().unwrap_or(""),
+                        h["result"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            for v in r["vms"].as_array().into_iter().flatten() {
+                println!(
+                    "  {} at {}: {}",
+                    v["vm"].as_str().unwrap_or(""),
+                    v["host"].as_str().unwrap_or(""),
+                    v["result"].as_str().unwrap_or("")
+                );
+            }
+        }
+        SiteCmd::Unfence { name } => {
+            let r: serde_json::Value = ctx
+                .client
+                .post(
+                    &format!("/api/v1/sites/{name}/unfence"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            if ctx.json {
+                output::json(&r);
+                return Ok(());
+            }
+            if r["was_fenced"] == true {
+                println!("site {name} unfenced");
+            } else {
+                println!("site {name} was not fenced");
+            }
         }
     }
     Ok(())

@@ -610,6 +610,7 @@ pub async fn agent(
     name: &str,
     controller: &str,
     listen: Option<std::net::SocketAddr>,
+    data_dir: Option<std::path::PathBuf>,
 ) -> Result<()> {
     let controller = if controller.starts_with("http://") || controller.starts_with("https://") {
         controller.to_string()
@@ -633,6 +634,7 @@ pub async fn agent(
             controller,
             name: name.to_string(),
             listen,
+            data_dir,
         },
         cancel,
     )

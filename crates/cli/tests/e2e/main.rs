@@ -10,6 +10,7 @@ mod cloud;
 mod config_errors;
 mod demo;
 mod failover;
+mod fencing;
 mod protect_restore;
 mod scheduler;
 mod sites;

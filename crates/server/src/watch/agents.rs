@@ -26,13 +26,16 @@ pub struct Heartbeat {
     pub version: String,
 }
 
-/// The controller's answer: the probes the agent runs and how often to
-/// report.
+/// The controller's answer: the probes the agent runs, how often to
+/// report, and whether the agent's site is fenced (then the agent stops
+/// all its VMs and refuses to start any until an answer says otherwise).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatReply {
     pub probes: Vec<ProbeSpec>,
     #[serde(with = "humantime_serde_ms")]
     pub heartbeat: Duration,
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 mod humantime_serde_ms {
@@ -101,6 +104,7 @@ pub fn heartbeat(
     Ok(HeartbeatReply {
         probes: probes_for(ctl, &format!("agent:{name}")),
         heartbeat: agent.heartbeat,
+        fenced: ctl.fence_of(&agent.site).is_some(),
     })
 }
 
