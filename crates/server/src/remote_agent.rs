@@ -433,9 +433,13 @@ impl HostAgent {
         }
     }
 
-    /// The spec with this agent's own work directory.
+    /// The spec with this agent's own work directory, a bare command name
+    /// looked up beside this binary first.
     fn local(&self, mut spec: VmSpec) -> VmSpec {
         spec.workdir = self.dir.join("vms");
+        if let Some(bare) = spec.command.to_str().map(String::from) {
+            spec.command = crate::agent::resolve_command(&bare);
+        }
         spec
     }
 
