@@ -36,8 +36,9 @@ use crate::jobs::JobProgress;
 /// Connecting to a remote agent: a live agent on a working link answers
 /// far sooner.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Status and forced stops: quick operations.
-const QUICK: Duration = Duration::from_secs(20);
+/// Status and forced stops: quick operations (a forced stop waits up to
+/// 10 s for the kernel to reap the process).
+const QUICK: Duration = Duration::from_secs(15);
 /// Starting a VM (its disks are checked, its process spawned).
 const START: Duration = Duration::from_secs(60);
 /// Points and restores move whole disks.
@@ -153,7 +154,12 @@ impl Agent {
             }
             s
         };
-        let command = resolve_command(&vm.command);
+        // A bare command name is looked up where the VM runs: here for an
+        // in-process host, by the remote agent for its own.
+        let command = match &self.exec {
+            Exec::Local(_) => resolve_command(&vm.command),
+            Exec::Remote(_) => PathBuf::from(&vm.command),
+        };
         let args: Vec<String> = vm.args.iter().map(|a| expand(a)).collect();
         // `ip netns exec` enters the namespace and execs the command, so
         // the pid the driver tracks (and signals) is the VM's own.
@@ -405,6 +411,10 @@ impl RemoteHost {
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
+            // A fresh connection per call: a pooled one on a link that
+            // died would only fail at the call's timeout, while a new one
+            // fails within the connect timeout.
+            .pool_max_idle_per_host(0)
             // A link that dies during a long point is noticed in seconds.
             .tcp_keepalive(Duration::from_secs(5))
             .tcp_keepalive_interval(Duration::from_secs(2))

@@ -433,9 +433,13 @@ impl HostAgent {
         }
     }
 
-    /// The spec with this agent's own work directory.
+    /// The spec with this agent's own work directory, a bare command name
+    /// looked up beside this binary first.
     fn local(&self, mut spec: VmSpec) -> VmSpec {
         spec.workdir = self.dir.join("vms");
+        if let Some(bare) = spec.command.to_str().map(String::from) {
+            spec.command = crate::agent::resolve_command(&bare);
+        }
         spec
     }
 
@@ -579,4 +583,74 @@ async fn fence(State(h): Host, Json(c): Json<FenceCall>) -> Answer<Vec<FencedVm>
 async fn unfence(State(h): Host) -> Answer<serde_json::Value> {
     let was = h.unfence().await?;
     Ok(Json(serde_json::json!({"unfenced": was})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleeper(dir: &Path) -> VmSpec {
+        VmSpec {
+            name: "v".into(),
+            command: "sleep".into(),
+            args: vec!["30".into()],
+            env: Default::default(),
+            disks: Vec::new(),
+            workdir: dir.join("elsewhere"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fenced_agent_stops_its_vms_and_stays_fenced_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HostAgent::open("a", dir.path()).await.unwrap();
+        let Json(st) = start(
+            State(h.clone()),
+            Json(SpecCall {
+                spec: sleeper(dir.path()),
+            }),
+        )
+        .await
+        .unwrap();
+        assert!(st.is_alive());
+        // The agent's own work directory, not the controller's.
+        assert!(dir.path().join("vms/v.log").exists());
+
+        let done = h.fence("drill").await.unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            (done[0].vm.as_str(), done[0].result.as_str()),
+            ("v", "stopped")
+        );
+        assert!(!h.driver.status("v").await.unwrap().is_alive());
+        drop(h);
+
+        // A restarted agent is still fenced and refuses starts.
+        let h = HostAgent::open("a", dir.path()).await.unwrap();
+        let e = start(
+            State(h.clone()),
+            Json(SpecCall {
+                spec: sleeper(dir.path()),
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, ServerError::Conflict(_)), "{e}");
+        assert!(e.to_string().contains("fenced"), "{e}");
+        assert!(!h.driver.status("v").await.unwrap().is_alive());
+
+        // A heartbeat answer without the fence lifts it.
+        h.heartbeat_fenced(false).await;
+        assert!(!dir.path().join("fence.json").exists());
+        let Json(st) = start(
+            State(h.clone()),
+            Json(SpecCall {
+                spec: sleeper(dir.path()),
+            }),
+        )
+        .await
+        .unwrap();
+        assert!(st.is_alive());
+        h.driver.stop("v").await.unwrap();
+    }
 }

@@ -1739,4 +1739,55 @@ backends = { site1 = "198.18.0.2:5060", site2 = "198.18.0.6:5060" }
             "2026-01-01T00:05:00+00:00"
         );
     }
+
+    #[test]
+    fn agent_url_and_host_netns_are_checked() {
+        let base = |extra: &str| {
+            format!(
+                r#"
+[sites.s1]
+[hosts.h1]
+site = "s1"
+driver = "process"
+disk_dir = "d"
+{extra}
+"#
+            )
+        };
+        let ok = parse(&base(
+            "netns = \"lab-s1\"\n[hosts.h2]\nsite = \"s1\"\ndriver = \"process\"\ndisk_dir = \"d2\"\n[agents.a]\nsite = \"s1\"\nhost = \"h2\"\nurl = \"http://198.18.0.2:7781\"",
+        ))
+        .unwrap();
+        assert_eq!(ok.hosts["h1"].netns.as_deref(), Some("lab-s1"));
+        assert_eq!(
+            ok.remote_agent_of("h2"),
+            Some(("a", "http://198.18.0.2:7781"))
+        );
+        assert_eq!(ok.remote_agent_of("h1"), None);
+        for (extra, field, msg) in [
+            (
+                "netns = \"a b\"",
+                "hosts.h1.netns",
+                "not a network namespace name",
+            ),
+            (
+                "[agents.a]\nsite = \"s1\"\nurl = \"http://x:1\"",
+                "agents.a.url",
+                "set 'host' too",
+            ),
+            (
+                "[agents.a]\nsite = \"s1\"\nhost = \"h1\"\nurl = \"ftp://x\"",
+                "agents.a.url",
+                "not an http:// URL",
+            ),
+            (
+                "netns = \"n\"\n[agents.a]\nsite = \"s1\"\nhost = \"h1\"\nurl = \"http://x:1\"",
+                "hosts.h1.netns",
+                "in-process hosts only",
+            ),
+        ] {
+            let e = parse(&base(extra)).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(msg), "{extra}: {e}");
+        }
+    }
 }

@@ -213,11 +213,22 @@ fn a_fenced_site_is_failed_over_and_its_stale_copy_stopped_on_reconnect() {
 
     // Started through the controller, the VNF runs under the agent, in
     // site 1's namespace.
-    let started = wait_until("the agent to run pbx1", Duration::from_secs(20), || {
+    let mut last = String::new();
+    let mut started = None;
+    for _ in 0..100 {
         let out = lab.run(&["--json", "vm", "start", "pbx1"]);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+        if out.status.success() {
+            started = Some(serde_json::from_slice::<Value>(&out.stdout).unwrap());
+            break;
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let started = started.unwrap_or_else(|| {
+        panic!(
+            "the agent never ran pbx1: {last}\nagent log:\n{}",
+            f.agent_log()
+        )
     });
     assert_eq!(started["state"], "running", "{started}");
     let pid1 = started["pid"].as_u64().expect("a pid");
