@@ -147,10 +147,14 @@ impl Agent {
                 size: d.size.0,
             })
             .collect();
+        let site_vars = cfg.sites.get(&self.site).map(|s| &s.vars);
         let expand = |arg: &str| {
             let mut s = arg.replace("{vm}", name).replace("{site}", &self.site);
             for d in &disks {
                 s = s.replace(&format!("{{disk.{}}}", d.name), &d.path.to_string_lossy());
+            }
+            for (k, v) in site_vars.into_iter().flatten() {
+                s = s.replace(&format!("{{site.{k}}}"), v);
             }
             s
         };
@@ -179,7 +183,7 @@ impl Agent {
             name: name.to_string(),
             command,
             args,
-            env: vm.env.clone(),
+            env: vm.env.iter().map(|(k, v)| (k.clone(), expand(v))).collect(),
             disks,
             workdir: self.workdir.clone(),
             qemu: None,
@@ -703,6 +707,7 @@ mod tests {
         Config::parse(
             r#"
 [sites.site2]
+vars = { ip = "198.18.0.6" }
 [hosts.h]
 site = "site2"
 driver = "process"
@@ -711,6 +716,7 @@ disk_dir = "/disks"
 host = "h"
 command = "/bin/vnf"
 args = ["--disk", "{disk.data}", "--site", "{site}"]
+env = { SIP = "{site.ip}:5060" }
 [[vms.v.disks]]
 name = "data"
 size = "1MiB"
@@ -729,6 +735,8 @@ size = "1MiB"
         let b = ns.spec(&cfg(), "v").unwrap();
         assert_eq!(a.command, PathBuf::from("/bin/vnf"));
         assert_eq!(a.args, ["--disk", "/disks/v/data.img", "--site", "site2"]);
+        // The site's variables: the VM's address where it runs.
+        assert_eq!(a.env["SIP"], "198.18.0.6:5060");
         assert_eq!(b.command, PathBuf::from("ip"));
         assert_eq!(
             b.args,

@@ -597,6 +597,7 @@ mod tests {
             env: Default::default(),
             disks: Vec::new(),
             workdir: dir.join("elsewhere"),
+            qemu: None,
         }
     }
 
