@@ -25,6 +25,8 @@ pub struct Controller {
     running_groups: Mutex<HashSet<String>>,
     /// Probes, rules, alerts, incidents and notifications.
     pub watch: crate::watch::Watch,
+    /// Loaded runbooks and the durable engine's state.
+    pub runbooks: crate::runbooks::Runbooks,
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
     /// Held for the controller's life (see [`Controller::open`]).
@@ -89,10 +91,14 @@ impl Controller {
         }
         let repo = Arc::new(repo);
         let watch = crate::watch::Watch::open(&cfg, repo.clone()).await?;
+        // Runbook jobs are not failed above: they resume once the
+        // controller runs (`crate::runbooks::resume_all`).
+        let runbooks = crate::runbooks::Runbooks::open(&cfg, repo.clone());
         let ctl = Arc::new(Controller {
             cfg,
             repo,
             watch,
+            runbooks,
             agents,
             stores: Mutex::default(),
             vm_locks: Mutex::default(),

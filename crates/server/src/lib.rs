@@ -7,8 +7,11 @@
 //!   data to and from datastores. Embedded mode runs every host's agent in
 //!   this process; remote agents will speak the same calls over HTTP.
 //! - [`protect`], [`restore`]: the two data-moving operations.
-//! - [`scheduler`]: runs protection groups on their schedule, which is
-//!   persisted so a restart keeps it.
+//! - [`scheduler`]: starts a protection run of a group (the API's
+//!   `groups/NAME/run`); the schedule itself is the built-in `protect`
+//!   runbook's trigger ([`runbooks`]).
+//! - [`runbooks`]: the durable runbook engine, its action catalog,
+//!   triggers and routes.
 //! - [`jobs`]: background work with persisted progress.
 //! - [`api`]: the HTTP/JSON API under `/api/v1`.
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications
@@ -34,6 +37,7 @@ pub mod jobs;
 pub mod protect;
 pub mod remote_agent;
 pub mod restore;
+pub mod runbooks;
 pub mod scheduler;
 pub mod stores;
 pub mod vms;
@@ -65,8 +69,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Internal(format!("unable to read listen address: {e}")))?;
-    ctl.tasks.spawn(scheduler::run(ctl.clone()));
     watch::spawn(&ctl);
+    ctl.tasks
+        .spawn(runbooks::triggers::run_schedules(ctl.clone()));
+    runbooks::resume_all(&ctl).await?;
     let app = api::router(ctl.clone());
     let cancel = ctl.cancel.clone();
     let serve = tokio::spawn(async move {
