@@ -306,3 +306,34 @@ fn the_schema_describes_the_format() {
     assert!(s["$defs"]["Step"]["properties"]["for_each"].is_object());
     assert!(s["$defs"]["OnFailure"].is_object());
 }
+
+#[test]
+fn failover_site_resolves_with_the_measured_rto_and_data_loss_window() {
+    let rb = parse("failover-site.yaml", SHIPPED[1].1).unwrap();
+    let resolve = rb.steps.iter().find(|s| s.id == "resolve").unwrap();
+    let ctx = template::context(&json!({
+        "params": {"site": "site1"},
+        "trigger": {"kind": "alert", "at": "2026-01-01T00:00:00Z", "at_epoch": 100.0},
+        "job": {"id": 3, "runbook": "failover-site"},
+        "incident": 9,
+        "steps": {
+            "restore": {"output": [
+                {"vm": "pbx1", "site": "site2", "point": "pbx1@t", "data_age_seconds": 4.26, "seconds": 2.0, "at_epoch": 106.0},
+                null
+            ]},
+            "probes": {"output": [{"seconds": 1.0, "at_epoch": 108.34}, null]}
+        }
+    }));
+    let with = Value::Object(resolve.with.clone().into_iter().collect());
+    let note = render(&with, &ctx, "with").unwrap()["note"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        note.starts_with("site site1 failed over. RTO 8.3 s"),
+        "{note}"
+    );
+    assert!(note.contains("to the probes passing"), "{note}");
+    assert!(note.contains("data-loss window 4.3 s"), "{note}");
+    assert!(note.contains("pbx1 at site2 from point pbx1@t"), "{note}");
+}

@@ -10,6 +10,7 @@ mod cloud;
 mod config_errors;
 mod demo;
 mod protect_restore;
+mod runbooks;
 mod scheduler;
 mod sites;
 mod watch;
