@@ -474,3 +474,95 @@ fn an_alert_starts_a_runbook_and_its_lock_skips_a_second_trigger() {
         "{list:#}"
     );
 }
+
+const HOOKED: &str = r#"
+name: hooked
+trigger:
+  manual: false
+  webhook: { secret_env: HOOKED_SECRET }
+params:
+  dir: { type: string, required: true }
+steps:
+  - id: mark
+    action: shell
+    with: { command: [sh, -c, "echo {{ trigger.body.note }} > {{ params.dir }}/mark"] }
+"#;
+
+/// A signed webhook starts the runbook; a bad signature starts nothing;
+/// the schema is served.
+#[test]
+fn a_signed_webhook_starts_a_runbook() {
+    let mut lab = Lab::new(LabOptions {
+        controller: r#"runbooks = ["hooked.yaml"]"#.into(),
+        files: vec![("hooked.yaml", HOOKED.into())],
+        ..LabOptions::default()
+    });
+    lab.stop_server();
+    lab.set_env("HOOKED_SECRET", Some("s3cret"));
+    lab.start_server();
+    let dir = lab.path("out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = serde_json::json!({ "note": "from-the-hook", "params": { "dir": dir } }).to_string();
+    let url = format!(
+        "http://127.0.0.1:{}/api/v1/runbooks/hooked/webhook",
+        lab.api
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (bad, good, schema) = rt.block_on(async {
+        let c = reqwest::Client::new();
+        let bad = c
+            .post(&url)
+            .header(
+                standby_notify::SIGNATURE_HEADER,
+                standby_notify::sign(b"wrong", body.as_bytes()),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        let good: Value = c
+            .post(&url)
+            .header(
+                standby_notify::SIGNATURE_HEADER,
+                standby_notify::sign(b"s3cret", body.as_bytes()),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let schema: Value = c
+            .get(format!(
+                "http://127.0.0.1:{}/api/v1/runbooks/schema",
+                lab.api
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (bad, good, schema)
+    });
+    assert_eq!(bad, 400, "a bad signature is refused");
+    let job = good["job"].as_i64().unwrap_or_else(|| panic!("{good}"));
+    let v = wait_job(&lab, job, Duration::from_secs(30));
+    assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("mark")).unwrap().trim(),
+        "from-the-hook"
+    );
+    assert_eq!(v["trigger"]["kind"], "webhook");
+    assert_eq!(schema["title"], "Runbook");
+    // manual: false refuses a run by hand.
+    let err = lab.fails(&["runbook", "run", "hooked", "-p", "dir=/tmp"]);
+    assert!(err.contains("cannot be run by hand"), "{err}");
+}
