@@ -247,7 +247,12 @@ fn a_job_survives_a_controller_crash_at_every_step() {
     lab.json(&["vm", "start", "pbx1"]);
     lab.wait_sip();
     let steps = ["open", "point", "down", "restore", "up", "line"];
-    for (n, crash_step) in steps.iter().enumerate() {
+    // Every step after its action returned, and one before its action ran.
+    let crashes = steps
+        .iter()
+        .map(|s| (*s, "after"))
+        .chain([("restore", "before")]);
+    for (n, (crash_step, when)) in crashes.enumerate() {
         let points_before = lab
             .json(&["points", "list", "pbx1"])
             .as_array()
@@ -256,7 +261,7 @@ fn a_job_survives_a_controller_crash_at_every_step() {
         lab.stop_server();
         lab.set_env(
             "STANDBY_CRASH_AT",
-            Some(&format!("crashy:{crash_step}:after")),
+            Some(&format!("crashy:{crash_step}:{when}")),
         );
         lab.start_server();
         let job = lab.json(&["runbook", "run", "crashy", "-p", &dir_param])["job"]
