@@ -67,6 +67,9 @@ pub enum Cmd {
     /// Background jobs.
     #[command(subcommand)]
     Jobs(commands::jobs::JobsCmd),
+    /// Runbooks: validate, run (or plan) and follow their jobs.
+    #[command(subcommand)]
+    Runbook(commands::runbook::RunbookCmd),
     /// Alerts, silences and the notification log.
     #[command(subcommand)]
     Alerts(commands::watch::AlertsCmd),

@@ -23,6 +23,9 @@
 //!   its payload until `delivered` or `failed`.
 //! - `services`: the site each front-door service sends its clients to
 //!   ([`ServiceRepo`]).
+//! - `runbook_runs`, `runbook_steps`, `runbook_locks`: runbook jobs
+//!   ([`RunbookRepo`]): what a restart needs to resume them, one row per
+//!   step execution, one lock per rendered key.
 //!
 //! # Invariants
 //!
@@ -36,7 +39,8 @@
 //!   [`Repo::insert_point`] with no copies and the first
 //!   [`Repo::add_point_copy`].
 //! - Every job that is not finished when the controller starts was
-//!   interrupted ([`Repo::fail_interrupted_jobs`]).
+//!   interrupted ([`Repo::fail_interrupted_jobs`]), except runbook jobs:
+//!   they resume.
 //! - Ordered lists (disks, members, datastores, copies) keep their order
 //!   through an explicit `position` column.
 //!
@@ -49,6 +53,7 @@
 //! IMMEDIATE`) stay inside [`SqliteRepo`].
 
 mod error;
+pub mod runbook;
 mod services;
 mod sqlite;
 mod watch;
@@ -60,6 +65,7 @@ use standby_types::model::{
 };
 
 pub use error::DbError;
+pub use runbook::{NewRun, RunRecord, RunStart, RunbookRepo, StepRecord, StepState};
 pub use services::{ServiceRecord, ServiceRepo};
 pub use sqlite::SqliteRepo;
 pub use watch::{AlertQuery, EventQuery, WatchRepo};
@@ -151,8 +157,9 @@ pub trait Repo: Send + Sync {
     async fn job(&self, id: i64) -> Result<Job, DbError>;
     /// The newest `limit` jobs, newest first.
     async fn jobs(&self, limit: u32) -> Result<Vec<Job>, DbError>;
-    /// At controller start: every queued or running job becomes failed with
-    /// error [`INTERRUPTED`]. Returns how many.
+    /// At controller start: every queued or running job except runbook
+    /// jobs (they resume) becomes failed with error [`INTERRUPTED`].
+    /// Returns how many.
     async fn fail_interrupted_jobs(&self) -> Result<u64, DbError>;
 
     /// Fence `site` since `at`. Idempotent: a site fenced already keeps

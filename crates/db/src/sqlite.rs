@@ -19,6 +19,7 @@ use standby_types::model::{
 use crate::error::query;
 use crate::{DbError, FenceRecord, INTERRUPTED, Repo};
 
+mod runbook;
 mod services;
 mod watch;
 
@@ -713,7 +714,8 @@ impl Repo for SqliteRepo {
 
     async fn fail_interrupted_jobs(&self) -> Result<u64, DbError> {
         let done = sqlx::query(
-            "UPDATE jobs SET status = $1, error = $2, finished_at = $3 WHERE status IN ($4, $5)",
+            "UPDATE jobs SET status = $1, error = $2, finished_at = $3 \
+             WHERE status IN ($4, $5) AND kind <> 'runbook'",
         )
         .bind(JobStatus::Failed.as_str())
         .bind(INTERRUPTED)
@@ -941,6 +943,8 @@ fn parse_ts(s: &str, col: &str) -> Result<DateTime<Utc>, DbError> {
 
 #[cfg(test)]
 mod fence_tests;
+#[cfg(test)]
+mod runbook_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

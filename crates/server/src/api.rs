@@ -50,6 +50,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/jobs/{id}", get(job))
         .merge(crate::api_watch::routes())
         .merge(crate::frontdoor::routes())
+        .merge(crate::runbooks::api::routes())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(ctl)
 }

@@ -29,6 +29,8 @@ pub struct Controller {
     pub watch: crate::watch::Watch,
     /// The front door: where each service's clients are sent.
     pub frontdoor: crate::frontdoor::FrontDoor,
+    /// Loaded runbooks and the durable engine's state.
+    pub runbooks: crate::runbooks::Runbooks,
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
     /// Held for the controller's life (see [`Controller::open`]).
@@ -105,11 +107,15 @@ impl Controller {
         let repo = Arc::new(repo);
         let watch = crate::watch::Watch::open(&cfg, repo.clone()).await?;
         let frontdoor = crate::frontdoor::FrontDoor::open(&cfg, repo.clone()).await?;
+        // Runbook jobs are not failed above: they resume once the
+        // controller runs (`crate::runbooks::resume_all`).
+        let runbooks = crate::runbooks::Runbooks::open(&cfg, repo.clone());
         let ctl = Arc::new(Controller {
             cfg,
             repo,
             watch,
             frontdoor,
+            runbooks,
             agents,
             stores: Mutex::default(),
             vm_locks: Mutex::default(),

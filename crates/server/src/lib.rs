@@ -8,8 +8,11 @@
 //!   `standby agent` over HTTP (same operations).
 //! - [`fence`]: durable site fences and their enforcement.
 //! - [`protect`], [`restore`]: the two data-moving operations.
-//! - [`scheduler`]: runs protection groups on their schedule, which is
-//!   persisted so a restart keeps it.
+//! - [`scheduler`]: starts a protection run of a group (the API's
+//!   `groups/NAME/run`); the schedule itself is the built-in `protect`
+//!   runbook's trigger ([`runbooks`]).
+//! - [`runbooks`]: the durable runbook engine, its action catalog,
+//!   triggers and routes.
 //! - [`jobs`]: background work with persisted progress.
 //! - [`api`]: the HTTP/JSON API under `/api/v1`.
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications
@@ -40,6 +43,7 @@ pub mod jobs;
 pub mod protect;
 pub mod remote_agent;
 pub mod restore;
+pub mod runbooks;
 pub mod scheduler;
 pub mod stores;
 pub mod vms;
@@ -74,8 +78,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
     ctl.frontdoor
         .start(&ctl.cfg, &ctl.tasks, &ctl.cancel)
         .await?;
-    ctl.tasks.spawn(scheduler::run(ctl.clone()));
     watch::spawn(&ctl);
+    ctl.tasks
+        .spawn(runbooks::triggers::run_schedules(ctl.clone()));
+    runbooks::resume_all(&ctl).await?;
     let app = api::router(ctl.clone());
     let cancel = ctl.cancel.clone();
     let serve = tokio::spawn(async move {

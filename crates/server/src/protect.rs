@@ -48,7 +48,7 @@ pub async fn run_group(
     Ok(json!({ "group": group, "vms": results }))
 }
 
-async fn protect_vm(
+pub async fn protect_vm(
     ctl: &Arc<Controller>,
     group: &str,
     vm: &str,

@@ -1,9 +1,10 @@
-//! The protection scheduler: runs each group when its persisted `next_run`
-//! is due, so a controller restart keeps the schedule (a run missed while
-//! the controller was down happens once at start, not once per miss).
+//! Protection runs of a group on demand (`POST /api/v1/groups/NAME/run`).
+//! The schedule is the built-in `protect` runbook's trigger
+//! (`schedule: {groups: true}`, see `runbooks::triggers`): each group's
+//! persisted `next_run` stays the source of truth, so a restart keeps it
+//! (a run missed while the controller was down happens once at start).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 
@@ -47,48 +48,4 @@ pub async fn start_group_run(ctl: &Arc<Controller>, group: &str) -> Result<i64, 
         ctl.end_group(group);
     }
     res
-}
-
-pub async fn run(ctl: Arc<Controller>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = ctl.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = tick_once(&ctl).await {
-            tracing::warn!("scheduler: {e}");
-        }
-    }
-}
-
-async fn tick_once(ctl: &Arc<Controller>) -> Result<(), ServerError> {
-    let now = Utc::now();
-    for rec in ctl.repo.groups().await? {
-        let Some(g) = ctl.cfg.groups.get(&rec.name) else {
-            continue;
-        };
-        match rec.next_run {
-            None => {
-                let next = g.schedule.next_after(now);
-                ctl.repo.set_group_schedule(&rec.name, next).await?;
-            }
-            Some(due) if due <= now => {
-                let next = g.schedule.next_after(now);
-                ctl.repo.set_group_schedule(&rec.name, next).await?;
-                match start_group_run(ctl, &rec.name).await {
-                    Ok(job) => {
-                        tracing::info!(group = %rec.name, job, "scheduled protection started")
-                    }
-                    Err(ServerError::Conflict(m)) => {
-                        tracing::info!(group = %rec.name, "skipped: {m}")
-                    }
-                    Err(e) => tracing::warn!(group = %rec.name, "unable to start protection: {e}"),
-                }
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }

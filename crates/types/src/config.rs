@@ -81,6 +81,11 @@ pub struct Controller {
     /// How long events are kept.
     #[serde(default = "default_events_retention", with = "duration_str")]
     pub events_retention: Duration,
+    /// Runbook files, or directories of `*.yaml` runbooks, read in
+    /// addition to the built-in runbooks; a runbook with a built-in's name
+    /// replaces it.
+    #[serde(default)]
+    pub runbooks: Vec<PathBuf>,
 }
 
 impl Default for Controller {
@@ -91,6 +96,7 @@ impl Default for Controller {
             rules: Vec::new(),
             builtin_rules: true,
             events_retention: default_events_retention(),
+            runbooks: Vec::new(),
         }
     }
 }
@@ -909,6 +915,7 @@ impl Config {
         };
         abs(&mut self.controller.data_dir);
         self.controller.rules.iter_mut().for_each(abs);
+        self.controller.runbooks.iter_mut().for_each(abs);
         for r in self.receivers.values_mut() {
             match r {
                 ReceiverConfig::Webhook { secret_file, .. } => {

@@ -4,6 +4,7 @@ pub mod jobs;
 pub mod points;
 pub mod protect;
 pub mod restore;
+pub mod runbook;
 pub mod server;
 pub mod service;
 pub mod site;
@@ -59,6 +60,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Cmd::Restore(a) => restore::run(&ctx, a).await,
                 Cmd::Store(c) => store::run(&ctx, c).await,
                 Cmd::Jobs(c) => jobs::run(&ctx, c).await,
+                Cmd::Runbook(c) => runbook::run(&ctx, c).await,
                 Cmd::Alerts(c) => watch::alerts(&ctx, c).await,
                 Cmd::Incidents(c) => watch::incidents(&ctx, c).await,
                 Cmd::Events(c) => watch::events(&ctx, c).await,

@@ -181,6 +181,32 @@ datastores = [{group_datastores}]
         }
     }
 
+    /// Set (or with None, remove) an environment variable of the
+    /// controller from its next start on.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
+    /// Wait up to `timeout` for the controller to exit by itself; true if
+    /// it did.
+    pub fn wait_server_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Some(c) = self.server.as_mut() {
+            if c.try_wait().unwrap().is_some() {
+                self.server = None;
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
     /// SIGKILL the controller (a crash, not a shutdown).
     pub fn kill_server(&mut self) {
         if let Some(mut c) = self.server.take() {

@@ -12,6 +12,7 @@ mod demo;
 mod failover;
 mod fencing;
 mod protect_restore;
+mod runbooks;
 mod scheduler;
 mod sites;
 mod watch;

@@ -1,0 +1,573 @@
+//! Runbooks end to end: the shipped move-vm, a user runbook's control
+//! flow, durable execution across controller crashes at every step,
+//! validation errors and the alert trigger with its lock.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Lab, LabOptions, STANDBY, free_port};
+
+fn wait_job(lab: &Lab, job: i64, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = lab.json(&["runbook", "steps", &job.to_string()]);
+        let st = v["job"]["status"].as_str().unwrap_or("").to_string();
+        if st == "succeeded" || st == "failed" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "job {job} did not end: {v:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn step<'a>(v: &'a Value, id: &str, item: i64) -> &'a Value {
+    v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == id && s["item"] == item)
+        .unwrap_or_else(|| panic!("no step {id}[{item}] in {v:#}"))
+}
+
+#[test]
+fn move_vm_moves_the_vnf_to_site2_and_keeps_its_registrations() {
+    let lab = Lab::new(LabOptions::default());
+    lab.json(&["vm", "start", "pbx1"]);
+    lab.wait_sip();
+    lab.register(0..10);
+
+    let plan = lab.run(&[
+        "runbook",
+        "run",
+        "move-vm",
+        "-p",
+        "vm=pbx1",
+        "-p",
+        "site=site2",
+        "--dry-run",
+    ]);
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.status.success() && text.contains("4. restore (point.restore)"),
+        "{text}"
+    );
+    assert_eq!(
+        lab.json(&["vm", "status", "pbx1"])["active_site"],
+        "site1",
+        "a dry run acts on nothing"
+    );
+
+    let v = lab.json(&[
+        "runbook",
+        "run",
+        "move-vm",
+        "-p",
+        "vm=pbx1",
+        "-p",
+        "site=site2",
+        "--wait",
+    ]);
+    assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
+    for id in ["incident", "shutdown", "final", "restore", "done"] {
+        assert_eq!(step(&v, id, -1)["state"], "succeeded", "{id}: {v:#}");
+    }
+    assert_eq!(step(&v, "traffic", -1)["state"], "skipped");
+    let vm = lab.json(&["vm", "status", "pbx1"]);
+    assert_eq!(vm["active_site"], "site2");
+    assert_eq!(vm["state"], "running");
+    lab.wait_sip();
+    let expect: Vec<String> = {
+        let mut e: Vec<String> = (0..10)
+            .map(|n| format!("sip:user{n}@e2e.invalid"))
+            .collect();
+        e.sort();
+        e
+    };
+    assert_eq!(lab.bindings(), expect, "registrations survive the move");
+
+    // Every step is on the incident's timeline, which says the source
+    // stays stopped.
+    let incident = v["incident"].as_i64().expect("the job has an incident");
+    let d = lab.json(&["incidents", "show", &incident.to_string()]);
+    assert_eq!(d["state"], "resolved");
+    let timeline: Vec<String> = d["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["kind"].as_str().unwrap(),
+                e["text"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for id in ["shutdown", "final", "restore"] {
+        assert!(
+            timeline
+                .iter()
+                .any(|t| t.starts_with("step") && t.contains(&format!("step {id} succeeded"))),
+            "{id} not on the timeline: {timeline:#?}"
+        );
+    }
+    assert!(
+        timeline.iter().any(|t| t.contains("stays stopped")),
+        "{timeline:#?}"
+    );
+}
+
+const FLOW: &str = r#"
+name: flow
+params:
+  dir: { type: string, required: true }
+steps:
+  - id: each
+    action: shell
+    for_each: [1, 2, 3, 4]
+    parallel: 2
+    when: "{{ item != 3 }}"
+    with: { command: [sh, -c, "echo {{ index }} > {{ params.dir }}/item-{{ item }}"] }
+  - id: flaky
+    action: shell
+    retry: { attempts: 3, backoff: 100ms }
+    with: { command: [sh, -c, "echo x >> {{ params.dir }}/tries; test $(wc -l < {{ params.dir }}/tries) -ge 2"] }
+  - id: broken
+    action: shell
+    on_failure: continue
+    with: { command: [sh, -c, "exit 3"] }
+  - id: after
+    action: shell
+    with: { command: [sh, -c, "echo {{ steps.each.output | length }} {{ steps.broken.state }} > {{ params.dir }}/after"] }
+  - id: never
+    action: shell
+    when: "{{ steps.broken.state == 'succeeded' }}"
+    with: { command: [sh, -c, "touch {{ params.dir }}/never"] }
+"#;
+
+#[test]
+fn a_user_runbook_runs_as_written() {
+    let lab = Lab::new(LabOptions {
+        controller: r#"runbooks = ["flow.yaml"]"#.into(),
+        files: vec![("flow.yaml", FLOW.into())],
+        ..LabOptions::default()
+    });
+    let dir = lab.path("out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_param = format!("dir={}", dir.display());
+    let v = lab.json(&["runbook", "run", "flow", "-p", &dir_param, "--wait"]);
+    assert_eq!(
+        v["job"]["status"], "succeeded",
+        "on_failure: continue: {v:#}"
+    );
+    for (item, n) in [(1, "0"), (2, "1"), (4, "3")] {
+        let got = std::fs::read_to_string(dir.join(format!("item-{item}"))).unwrap();
+        assert_eq!(got.trim(), n, "item {item} ran with its index");
+    }
+    assert!(!dir.join("item-3").exists(), "when: false skips item 3");
+    assert_eq!(step(&v, "each", 2)["state"], "skipped");
+    let tries = std::fs::read_to_string(dir.join("tries")).unwrap();
+    assert_eq!(tries.lines().count(), 2, "retried once, then passed");
+    assert_eq!(step(&v, "flaky", -1)["attempt"], 2);
+    assert_eq!(step(&v, "broken", -1)["state"], "failed");
+    assert!(
+        step(&v, "broken", -1)["error"]
+            .as_str()
+            .unwrap()
+            .contains("exit"),
+        "{v:#}"
+    );
+    let after = std::fs::read_to_string(dir.join("after")).unwrap();
+    assert_eq!(
+        after.trim(),
+        "4 failed",
+        "later steps see earlier outputs and states"
+    );
+    assert_eq!(step(&v, "never", -1)["state"], "skipped");
+    assert!(!dir.join("never").exists());
+}
+
+const CRASHY: &str = r#"
+name: crashy
+params:
+  dir: { type: string, required: true }
+steps:
+  - id: open
+    action: incident.open
+    with: { title: "crash test" }
+  - id: point
+    action: point.create
+    with: { vm: pbx1 }
+  - id: down
+    action: vm.shutdown
+    with: { vm: pbx1 }
+  - id: restore
+    action: point.restore
+    with:
+      vm: pbx1
+      site: site2
+      point: "{{ steps.point.output.points[0].point }}"
+      start: false
+  - id: up
+    action: vm.start
+    with: { vm: pbx1 }
+  - id: line
+    action: shell
+    with:
+      command:
+        - sh
+        - -c
+        - 'grep -qx "$STANDBY_IDEMPOTENCY_KEY" {{ params.dir }}/lines 2>/dev/null || echo "$STANDBY_IDEMPOTENCY_KEY" >> {{ params.dir }}/lines'
+"#;
+
+fn vnf_processes(lab: &Lab) -> usize {
+    let out = std::process::Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("standby-vnf --name pbx1 --disk {}", lab.path("").display()),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// The controller dies right after each step's action returned, before
+/// its success is recorded; the restarted controller finishes the job
+/// with no effect doubled.
+#[test]
+fn a_job_survives_a_controller_crash_at_every_step() {
+    let mut lab = Lab::new(LabOptions {
+        controller: r#"runbooks = ["crashy.yaml"]"#.into(),
+        files: vec![("crashy.yaml", CRASHY.into())],
+        ..LabOptions::default()
+    });
+    let dir = lab.path("out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_param = format!("dir={}", dir.display());
+    lab.json(&["vm", "start", "pbx1"]);
+    lab.wait_sip();
+    let steps = ["open", "point", "down", "restore", "up", "line"];
+    // Every step after its action returned, and one before its action ran.
+    let crashes = steps
+        .iter()
+        .map(|s| (*s, "after"))
+        .chain([("restore", "before")]);
+    for (n, (crash_step, when)) in crashes.enumerate() {
+        let points_before = lab
+            .json(&["points", "list", "pbx1"])
+            .as_array()
+            .unwrap()
+            .len();
+        lab.stop_server();
+        lab.set_env(
+            "STANDBY_CRASH_AT",
+            Some(&format!("crashy:{crash_step}:{when}")),
+        );
+        lab.start_server();
+        let job = lab.json(&["runbook", "run", "crashy", "-p", &dir_param])["job"]
+            .as_i64()
+            .unwrap();
+        assert!(
+            lab.wait_server_exit(Duration::from_secs(60)),
+            "the controller did not crash at {crash_step}"
+        );
+        lab.set_env("STANDBY_CRASH_AT", None);
+        lab.start_server();
+        let v = wait_job(&lab, job, Duration::from_secs(60));
+        assert_eq!(
+            v["job"]["status"], "succeeded",
+            "crash at {crash_step}: {v:#}"
+        );
+        for id in steps {
+            let s = step(&v, id, -1);
+            assert_eq!(s["state"], "succeeded", "crash at {crash_step}: {id}");
+            assert_eq!(
+                s["attempt"], 1,
+                "crash at {crash_step}: {id} ran as one attempt"
+            );
+        }
+        assert_eq!(v["steps"].as_array().unwrap().len(), steps.len());
+        // No effect doubled: one incident per job, one point per job, one
+        // line per job, the VM running once.
+        let incidents = lab.json(&["incidents", "list", "--all"]);
+        let crash_incidents = incidents
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["title"] == "crash test")
+            .count();
+        assert_eq!(
+            crash_incidents,
+            n + 1,
+            "crash at {crash_step}: one incident per job"
+        );
+        let points_after = lab
+            .json(&["points", "list", "pbx1"])
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(
+            points_after,
+            points_before + 1,
+            "crash at {crash_step}: one point per job"
+        );
+        let lines = std::fs::read_to_string(dir.join("lines")).unwrap();
+        assert_eq!(
+            lines.lines().count(),
+            n + 1,
+            "crash at {crash_step}: {lines}"
+        );
+        let vm = lab.json(&["vm", "status", "pbx1"]);
+        assert_eq!(
+            (vm["active_site"].as_str(), vm["state"].as_str()),
+            (Some("site2"), Some("running"))
+        );
+        assert_eq!(
+            vnf_processes(&lab),
+            1,
+            "crash at {crash_step}: the VM runs once"
+        );
+    }
+}
+
+#[test]
+fn validate_names_file_step_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "name: bad\nsteps:\n  - id: vms\n    action: vm.list\n  - id: start\n    action: vm.start\n    for_each: \"{{ steps.vms.output.vms }}\"\n    with: { vm: \"{{ itm.name }}\" }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(STANDBY)
+        .args(["runbook", "validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: steps[1].with.vm: undefined value 'itm'",
+            file.display()
+        )),
+        "{err}"
+    );
+    std::fs::write(&file, "name: bad\nsteps:\n  - id: a\n    action: sleep\n    with: { duration: 1s }\n    retries: 3\n").unwrap();
+    let out = std::process::Command::new(STANDBY)
+        .args(["runbook", "validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:6:5: steps[0]: unknown field `retries`"),
+        "{err}"
+    );
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../runbooks");
+    for f in ["protect.yaml", "failover-site.yaml", "move-vm.yaml"] {
+        let out = std::process::Command::new(STANDBY)
+            .args(["runbook", "validate", shipped.join(f).to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+const DEAD_RULES: &str = r#"
+rules:
+  - name: dead-down
+    condition:
+      probe: { probe: dead }
+      group_by: [vm]
+    for: 1s
+    severity: warning
+"#;
+
+const ON_DEAD: &str = r#"
+name: on-dead
+trigger:
+  alert: { alertname: dead-down }
+params:
+  vm: { type: string, required: true, default: "{{ trigger.alert.labels.vm }}" }
+lock: "dead:{{ params.vm }}"
+steps:
+  - id: open
+    action: incident.open
+    with: { title: "dead port of {{ params.vm }}", dedup: "dead:{{ params.vm }}" }
+  - id: note
+    action: incident.note
+    with: { text: "runbook saw alert {{ trigger.alert.id }} for {{ params.vm }}" }
+  - id: hold
+    action: sleep
+    with: { duration: 20s }
+"#;
+
+#[test]
+fn an_alert_starts_a_runbook_and_its_lock_skips_a_second_trigger() {
+    let closed = free_port();
+    let lab = Lab::new(LabOptions {
+        controller: "rules = [\"rules.yaml\"]\nrunbooks = [\"on-dead.yaml\"]".into(),
+        watch: format!(
+            "\n[probes.dead]\nkind = \"tcp\"\ntarget = \"127.0.0.1:{closed}\"\ninterval = \"250ms\"\ntimeout = \"200ms\"\nlabels = {{ vm = \"pbx1\", site = \"site1\" }}\n"
+        ),
+        files: vec![
+            ("rules.yaml", DEAD_RULES.into()),
+            ("on-dead.yaml", ON_DEAD.into()),
+        ],
+        ..LabOptions::default()
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let jobs = lab.json(&["jobs", "list"]);
+        if let Some(j) = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["kind"] == "runbook" && j["target"] == "on-dead")
+        {
+            break j["id"].as_i64().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no runbook job from the alert: {jobs:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The note lands on the incident the runbook opened.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (v, incident) = loop {
+        let v = lab.json(&["runbook", "steps", &job.to_string()]);
+        if v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["step"] == "note" && s["state"] == "succeeded")
+        {
+            let i = v["incident"].as_i64().unwrap();
+            break (v, i);
+        }
+        assert!(Instant::now() < deadline, "note step not done: {v:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(v["trigger"]["kind"], "alert");
+    assert_eq!(v["params"]["vm"], "pbx1");
+    let d = lab.json(&["incidents", "show", &incident.to_string()]);
+    let texts: Vec<&str> = d["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    let alert = v["trigger"]["alert"]["id"].as_i64().unwrap();
+    assert!(
+        texts.contains(&format!("runbook saw alert {alert} for pbx1").as_str()),
+        "{texts:#?}"
+    );
+    // While the job holds the lock, another trigger is skipped.
+    let err = lab.fails(&["runbook", "run", "on-dead", "-p", "vm=pbx1"]);
+    assert!(
+        err.contains(&format!("skipped: lock 'dead:pbx1' is held by job {job}")),
+        "{err}"
+    );
+    let list = lab.json(&["runbook", "list"]);
+    assert_eq!(
+        list["locks"][0],
+        serde_json::json!(["dead:pbx1", job]),
+        "{list:#}"
+    );
+}
+
+const HOOKED: &str = r#"
+name: hooked
+trigger:
+  manual: false
+  webhook: { secret_env: HOOKED_SECRET }
+params:
+  dir: { type: string, required: true }
+steps:
+  - id: mark
+    action: shell
+    with: { command: [sh, -c, "echo {{ trigger.body.note }} > {{ params.dir }}/mark"] }
+"#;
+
+/// A signed webhook starts the runbook; a bad signature starts nothing;
+/// the schema is served.
+#[test]
+fn a_signed_webhook_starts_a_runbook() {
+    let mut lab = Lab::new(LabOptions {
+        controller: r#"runbooks = ["hooked.yaml"]"#.into(),
+        files: vec![("hooked.yaml", HOOKED.into())],
+        ..LabOptions::default()
+    });
+    lab.stop_server();
+    lab.set_env("HOOKED_SECRET", Some("s3cret"));
+    lab.start_server();
+    let dir = lab.path("out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = serde_json::json!({ "note": "from-the-hook", "params": { "dir": dir } }).to_string();
+    let url = format!(
+        "http://127.0.0.1:{}/api/v1/runbooks/hooked/webhook",
+        lab.api
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (bad, good, schema) = rt.block_on(async {
+        let c = reqwest::Client::new();
+        let bad = c
+            .post(&url)
+            .header(
+                standby_notify::SIGNATURE_HEADER,
+                standby_notify::sign(b"wrong", body.as_bytes()),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        let good: Value = c
+            .post(&url)
+            .header(
+                standby_notify::SIGNATURE_HEADER,
+                standby_notify::sign(b"s3cret", body.as_bytes()),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let schema: Value = c
+            .get(format!(
+                "http://127.0.0.1:{}/api/v1/runbooks/schema",
+                lab.api
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (bad, good, schema)
+    });
+    assert_eq!(bad, 400, "a bad signature is refused");
+    let job = good["job"].as_i64().unwrap_or_else(|| panic!("{good}"));
+    let v = wait_job(&lab, job, Duration::from_secs(30));
+    assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("mark")).unwrap().trim(),
+        "from-the-hook"
+    );
+    assert_eq!(v["trigger"]["kind"], "webhook");
+    assert_eq!(schema["title"], "Runbook");
+    // manual: false refuses a run by hand.
+    let err = lab.fails(&["runbook", "run", "hooked", "-p", "dir=/tmp"]);
+    assert!(err.contains("cannot be run by hand"), "{err}");
+}

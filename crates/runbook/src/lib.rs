@@ -1,0 +1,34 @@
+//! Runbooks: the file format, its JSON Schema, validation, templates and
+//! the plan of a dry run. The durable executor lives in the server
+//! (`standby-server`'s `runbooks` module); this crate is pure.
+//!
+//! # Layout
+//! - [`format`]: the YAML shape (serde + schemars).
+//! - [`catalog`]: every action a step may name, with inputs and outputs.
+//! - [`validate`]: parse + every check serde cannot make; errors name the
+//!   file, the field path and (from serde_norway) line and column.
+//! - [`template`]: minijinja rendering; a string that is exactly one
+//!   `{{ expr }}` keeps the expression's type.
+//! - [`plan`]: parameters and the dry-run plan.
+//!
+//! # Template context
+//! `params`, `trigger` (`trigger.kind` = alert | schedule | manual |
+//! webhook, plus `trigger.alert`, `trigger.group`, `trigger.body`),
+//! `job` (`id`, `runbook`), `incident` (the job's incident id or none),
+//! `steps.ID.output` (a `for_each` step's output is the list of its items'
+//! outputs, `null` for skipped ones) and, in a `for_each` step, `item` and
+//! `index`.
+
+pub mod catalog;
+pub mod format;
+pub mod plan;
+pub mod template;
+pub mod validate;
+
+pub use catalog::{ACTIONS, ActionSpec, action};
+pub use format::{OnFailure, Runbook, Step, schema};
+pub use plan::{Plan, context, plan, resolve_params};
+pub use validate::{Invalid, RunbookError, duration, parse};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,339 @@
+use serde_json::{Map, Value, json};
+
+use crate::template::{self, render};
+use crate::{Runbook, parse, plan, resolve_params};
+
+const SHIPPED: &[(&str, &str)] = &[
+    (
+        "protect.yaml",
+        include_str!("../../../runbooks/protect.yaml"),
+    ),
+    (
+        "failover-site.yaml",
+        include_str!("../../../runbooks/failover-site.yaml"),
+    ),
+    (
+        "move-vm.yaml",
+        include_str!("../../../runbooks/move-vm.yaml"),
+    ),
+];
+
+fn errors(file: &str, text: &str) -> Vec<String> {
+    match parse(file, text) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+const GOOD: &str = r#"
+name: demo
+params:
+  site: { type: string, required: true }
+steps:
+  - id: vms
+    action: vm.list
+    with: { site: "{{ params.site }}" }
+  - id: restore
+    action: point.restore
+    for_each: "{{ steps.vms.output.vms }}"
+    parallel: 2
+    when: "{{ item.dr_site is not none }}"
+    with: { vm: "{{ item.name }}", site: "{{ item.dr_site }}", start: true }
+    retry: { attempts: 3, backoff: 2s }
+    timeout: 10m
+    on_failure: continue
+"#;
+
+#[test]
+fn a_good_runbook_parses() {
+    let rb = parse("demo.yaml", GOOD).unwrap();
+    assert_eq!(rb.steps.len(), 2);
+    assert_eq!(rb.steps[1].parallel, Some(2));
+    assert!(rb.trigger.manual, "manual defaults to true");
+}
+
+#[test]
+fn errors_name_file_step_and_field() {
+    let bad = GOOD.replace("item.name", "itm.name");
+    assert_eq!(
+        errors("demo.yaml", &bad),
+        vec!["demo.yaml: steps[1].with.vm: undefined value 'itm'"]
+    );
+}
+
+#[test]
+fn unknown_action_inputs_and_missing_inputs() {
+    let text = r#"
+name: x
+steps:
+  - id: a
+    action: vm.teleport
+  - id: b
+    action: vm.start
+    with: { machine: pbx }
+"#;
+    assert_eq!(
+        errors("x.yaml", text),
+        vec![
+            "x.yaml: steps[0].action: unknown action 'vm.teleport' (see `standby runbook actions`)",
+            "x.yaml: steps[1].with.machine: unknown input 'machine' of action vm.start (inputs: vm)",
+            "x.yaml: steps[1].with: missing input 'vm' of action vm.start",
+        ]
+    );
+}
+
+#[test]
+fn duplicate_ids_and_references_to_later_or_unknown_steps() {
+    let text = r#"
+name: x
+steps:
+  - id: a
+    action: sleep
+    with: { duration: "{{ steps.b.output.seconds }}s" }
+  - id: b
+    action: sleep
+    with: { duration: "{{ steps.zz.output }}" }
+  - id: b
+    action: sleep
+    with: { duration: 1s }
+"#;
+    assert_eq!(
+        errors("x.yaml", text),
+        vec![
+            "x.yaml: steps[0].with.duration: step 'b' has not run yet here (only earlier steps' outputs can be used)",
+            "x.yaml: steps[1].with.duration: unknown step 'zz'",
+            "x.yaml: steps[2].id: duplicate step id 'b'",
+        ]
+    );
+}
+
+#[test]
+fn bad_durations_cron_and_names() {
+    let text = r#"
+name: y
+trigger:
+  schedule: { cron: "not a cron" }
+steps:
+  - id: Bad
+    action: sleep
+    with: { duration: soon }
+    timeout: forever
+    retry: { attempts: 0 }
+"#;
+    let e = errors("x.yaml", text);
+    assert_eq!(e.len(), 6, "{e:#?}");
+    assert_eq!(
+        e[0],
+        "x.yaml: name: name 'y' does not match the file name 'x'"
+    );
+    assert!(e[1].starts_with("x.yaml: trigger.schedule.cron: bad cron expression 'not a cron'"));
+    assert_eq!(e[2], "x.yaml: steps[0].id: 'Bad' is not [a-z0-9_-]+");
+    assert!(e[3].starts_with("x.yaml: steps[0].with.duration: bad duration 'soon'"));
+    assert_eq!(
+        e[4],
+        "x.yaml: steps[0].retry.attempts: attempts must be at least 1"
+    );
+    assert!(e[5].starts_with("x.yaml: steps[0].timeout: bad duration 'forever'"));
+}
+
+#[test]
+fn serde_errors_carry_line_and_column() {
+    let text = "name: x\nsteps:\n  - id: a\n    action: sleep\n    wiht: {}\n";
+    let e = errors("x.yaml", text);
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("x.yaml:5:5: steps[0]: unknown field `wiht`"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn template_syntax_errors_are_reported() {
+    let text = r#"
+name: x
+steps:
+  - id: a
+    action: sleep
+    with: { duration: "{{ 1 + }}" }
+"#;
+    let e = errors("x.yaml", text);
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("x.yaml: steps[0].with.duration: syntax error"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn a_lone_expression_keeps_its_type_other_strings_render_as_text() {
+    let ctx = template::context(&json!({
+        "steps": {"vms": {"output": {"vms": [{"name": "a"}, {"name": "b"}]}}},
+        "params": {"n": 3}
+    }));
+    let v = json!({
+        "list": "{{ steps.vms.output.vms }}",
+        "n": "{{ params.n * 2 }}",
+        "text": "n={{ params.n }}",
+        "plain": "no template",
+        "nested": ["{{ params.n }}", 1]
+    });
+    assert_eq!(
+        render(&v, &ctx, "with").unwrap(),
+        json!({
+            "list": [{"name": "a"}, {"name": "b"}],
+            "n": 6,
+            "text": "n=3",
+            "plain": "no template",
+            "nested": [3, 1]
+        })
+    );
+    let err = render(&json!({"vm": "{{ itm.name }}"}), &ctx, "with").unwrap_err();
+    assert_eq!(err.path, "with.vm");
+    assert!(
+        err.message.starts_with("undefined value"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn when_conditions() {
+    let ctx = template::context(&json!({"item": {"dr_site": null, "name": "a"}}));
+    assert!(!template::eval_condition("{{ item.dr_site is not none }}", &ctx).unwrap());
+    assert!(template::eval_condition("{{ item.name == 'a' }}", &ctx).unwrap());
+}
+
+#[test]
+fn params_from_defaults_trigger_and_the_command_line() {
+    let rb: Runbook = parse(
+        "p.yaml",
+        r#"
+name: p
+params:
+  site: { type: string, required: true, default: "{{ trigger.alert.labels.site }}" }
+  n: { type: number, default: 2 }
+  dry: { type: bool }
+steps:
+  - id: a
+    action: sleep
+    with: { duration: 1s }
+"#,
+    )
+    .unwrap();
+    let job = json!({"id": 1});
+    let trig = json!({"kind": "alert", "alert": {"labels": {"site": "site1"}}});
+    let p = resolve_params(&rb, &Map::new(), &trig, &job).unwrap();
+    assert_eq!(
+        Value::Object(p),
+        json!({"site": "site1", "n": 2, "dry": null})
+    );
+    let mut given = Map::new();
+    given.insert("site".into(), json!("s2"));
+    given.insert("n".into(), json!("5"));
+    given.insert("dry".into(), json!("true"));
+    let p = resolve_params(&rb, &given, &json!({"kind": "manual"}), &job).unwrap();
+    assert_eq!(Value::Object(p), json!({"site": "s2", "n": 5, "dry": true}));
+    assert_eq!(
+        resolve_params(&rb, &Map::new(), &json!({"kind": "manual"}), &job).unwrap_err(),
+        "missing parameter 'site' of runbook p"
+    );
+    given.insert("nope".into(), json!(1));
+    assert_eq!(
+        resolve_params(&rb, &given, &json!({}), &job).unwrap_err(),
+        "unknown parameter 'nope' of runbook p (parameters: dry, n, site)"
+    );
+}
+
+#[test]
+fn the_plan_renders_what_it_can_and_defers_the_rest() {
+    let rb = parse("demo.yaml", GOOD).unwrap();
+    let mut given = Map::new();
+    given.insert("site".into(), json!("site1"));
+    let p = plan(&rb, &given, &json!({"kind": "manual"})).unwrap();
+    assert_eq!(p.steps[0].with, json!({"site": "site1"}));
+    assert!(p.steps[0].deferred.is_empty());
+    assert_eq!(p.steps[1].deferred, vec!["site", "vm"]);
+    let text = p.describe();
+    assert!(
+        text.contains("2. restore (point.restore) for each"),
+        "{text}"
+    );
+}
+
+#[test]
+fn shipped_runbooks_validate_and_match_the_schema() {
+    let schema = crate::schema();
+    let defs = &schema["$defs"];
+    let step_props = defs["Step"]["properties"].as_object().unwrap();
+    let top_props = schema["properties"].as_object().unwrap();
+    for (file, text) in SHIPPED {
+        let rb = parse(file, text).unwrap_or_else(|e| panic!("{e}"));
+        // Every key the file uses is one the schema declares, and the
+        // schema's required keys are there.
+        let raw: Value = serde_norway::from_str(text).unwrap();
+        for k in raw.as_object().unwrap().keys() {
+            assert!(top_props.contains_key(k), "{file}: {k} not in the schema");
+        }
+        for r in schema["required"].as_array().unwrap() {
+            assert!(
+                raw.get(r.as_str().unwrap()).is_some(),
+                "{file}: {r} missing"
+            );
+        }
+        for step in raw["steps"].as_array().unwrap() {
+            for k in step.as_object().unwrap().keys() {
+                assert!(
+                    step_props.contains_key(k),
+                    "{file}: step key {k} not in the schema"
+                );
+            }
+        }
+        assert!(!rb.steps.is_empty());
+    }
+}
+
+#[test]
+fn the_schema_describes_the_format() {
+    let s = crate::schema();
+    assert_eq!(s["title"], "Runbook");
+    assert_eq!(
+        s["required"],
+        json!(["name", "steps"]),
+        "name and steps are required"
+    );
+    assert!(s["$defs"]["Step"]["properties"]["for_each"].is_object());
+    assert!(s["$defs"]["OnFailure"].is_object());
+}
+
+#[test]
+fn failover_site_resolves_with_the_measured_rto_and_data_loss_window() {
+    let rb = parse("failover-site.yaml", SHIPPED[1].1).unwrap();
+    let resolve = rb.steps.iter().find(|s| s.id == "resolve").unwrap();
+    let ctx = template::context(&json!({
+        "params": {"site": "site1"},
+        "trigger": {"kind": "alert", "at": "2026-01-01T00:00:00Z", "at_epoch": 100.0},
+        "job": {"id": 3, "runbook": "failover-site"},
+        "incident": 9,
+        "steps": {
+            "restore": {"output": [
+                {"vm": "pbx1", "site": "site2", "point": "pbx1@t", "data_age_seconds": 4.26, "seconds": 2.0, "at_epoch": 106.0},
+                null
+            ]},
+            "probes": {"output": [{"seconds": 1.0, "at_epoch": 108.34}, null]}
+        }
+    }));
+    let with = Value::Object(resolve.with.clone().into_iter().collect());
+    let note = render(&with, &ctx, "with").unwrap()["note"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        note.starts_with("site site1 failed over. RTO 8.3 s"),
+        "{note}"
+    );
+    assert!(note.contains("to the probes passing"), "{note}");
+    assert!(note.contains("data-loss window 4.3 s"), "{note}");
+    assert!(note.contains("pbx1 at site2 from point pbx1@t"), "{note}");
+}

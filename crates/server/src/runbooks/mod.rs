@@ -1,0 +1,809 @@
+//! The durable runbook engine.
+//!
+//! # Flow
+//! A trigger ([`triggers`]: an alert settling, a schedule, the API, a
+//! webhook) calls [`start`]: parameters are resolved, the lock key and
+//! incident rendered, and the job, its run row (with the runbook text as
+//! it is now) and its lock are created in one transaction. The job then
+//! runs its steps in order ([`execute`]).
+//!
+//! # Durability
+//! Each step execution (a step, or one item of a `for_each` step) is a
+//! row. It is written `running` with its rendered input **before** the
+//! action runs and `succeeded` with its output **after**. At controller
+//! start every unfinished runbook job is resumed ([`resume_all`]) from its
+//! snapshot: succeeded rows are skipped (their outputs go back into the
+//! template context), running ones run again. So actions check the world
+//! first (see [`actions`]); each gets an idempotency key `JOB:STEP:ITEM`
+//! and what it recorded while running (`recorded`).
+//!
+//! # Test hook
+//! `STANDBY_CRASH_AT=RUNBOOK:STEP:before|after` aborts the controller
+//! right after the step is persisted running (`before`), or right after
+//! its action returned but before its success is persisted (`after`).
+
+pub mod actions;
+pub mod api;
+pub mod triggers;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use standby_db::{NewRun, RunRecord, RunStart, RunbookRepo, StepRecord, StepState};
+use standby_runbook::{OnFailure, Runbook, Step, template};
+use standby_types::config::Config;
+use standby_types::model::JobStatus;
+use standby_types::watch::{Event, Severity};
+
+use crate::controller::Controller;
+use crate::error::{ServerError, error_chain};
+
+const BUILTIN: &[(&str, &str)] = &[
+    (
+        "protect.yaml",
+        include_str!("../../../../runbooks/protect.yaml"),
+    ),
+    (
+        "failover-site.yaml",
+        include_str!("../../../../runbooks/failover-site.yaml"),
+    ),
+    (
+        "move-vm.yaml",
+        include_str!("../../../../runbooks/move-vm.yaml"),
+    ),
+];
+
+/// A runbook as loaded: where from, its text and its parsed form.
+#[derive(Debug, Clone, Serialize)]
+pub struct Loaded {
+    pub file: String,
+    #[serde(skip)]
+    pub source: String,
+    pub runbook: Runbook,
+}
+
+/// When the crash hook fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CrashAt {
+    runbook: String,
+    step: String,
+    after: bool,
+}
+
+/// The loaded runbooks and the engine's state.
+pub struct Runbooks {
+    repo: Arc<dyn RunbookRepo>,
+    loaded: BTreeMap<String, Loaded>,
+    /// Files that could not be used, one message each.
+    errors: Vec<String>,
+    crash_at: Option<CrashAt>,
+    /// Next due time of each cron-scheduled runbook.
+    pub(crate) cron_next: std::sync::Mutex<BTreeMap<String, DateTime<Utc>>>,
+}
+
+impl Runbooks {
+    /// Load the built-in runbooks and the configured files. A broken user
+    /// file is reported (log and API) and skipped.
+    pub fn open(cfg: &Config, repo: Arc<dyn RunbookRepo>) -> Runbooks {
+        let mut loaded = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (file, text) in BUILTIN {
+            match standby_runbook::parse(file, text) {
+                Ok(rb) => {
+                    loaded.insert(
+                        rb.name.clone(),
+                        Loaded {
+                            file: format!("builtin:{file}"),
+                            source: text.to_string(),
+                            runbook: rb,
+                        },
+                    );
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        for path in &cfg.controller.runbooks {
+            for file in runbook_files(path, &mut errors) {
+                match read_runbook(&file) {
+                    Ok(l) => {
+                        tracing::info!(runbook = %l.runbook.name, file = %file.display(), "runbook loaded");
+                        loaded.insert(l.runbook.name.clone(), l);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        for e in &errors {
+            tracing::error!("runbook not loaded: {e}");
+        }
+        let crash_at = std::env::var("STANDBY_CRASH_AT").ok().and_then(|v| {
+            let mut p = v.splitn(3, ':');
+            let (rb, step, when) = (p.next()?, p.next()?, p.next()?);
+            tracing::warn!("test hook STANDBY_CRASH_AT={v} is set");
+            Some(CrashAt {
+                runbook: rb.into(),
+                step: step.into(),
+                after: when == "after",
+            })
+        });
+        Runbooks {
+            repo,
+            loaded,
+            errors,
+            crash_at,
+            cron_next: Default::default(),
+        }
+    }
+
+    pub fn repo(&self) -> &Arc<dyn RunbookRepo> {
+        &self.repo
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Loaded, ServerError> {
+        self.loaded
+            .get(name)
+            .ok_or_else(|| ServerError::not_found("runbook", name))
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Loaded> {
+        self.loaded.values()
+    }
+
+    pub fn errors(&self) -> &[String] {
+        &self.errors
+    }
+
+    fn crash(&self, runbook: &str, step: &str, after: bool) {
+        if let Some(c) = &self.crash_at
+            && c.runbook == runbook
+            && c.step == step
+            && c.after == after
+        {
+            tracing::error!(
+                runbook,
+                step,
+                "STANDBY_CRASH_AT: aborting the controller (test hook)"
+            );
+            std::process::abort();
+        }
+    }
+}
+
+fn runbook_files(path: &Path, errors: &mut Vec<String>) -> Vec<PathBuf> {
+    if path.is_dir() {
+        match std::fs::read_dir(path) {
+            Ok(rd) => {
+                let mut v: Vec<PathBuf> = rd
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                    .collect();
+                v.sort();
+                v
+            }
+            Err(e) => {
+                errors.push(format!("{}: unable to read directory: {e}", path.display()));
+                Vec::new()
+            }
+        }
+    } else {
+        vec![path.to_path_buf()]
+    }
+}
+
+fn read_runbook(file: &Path) -> Result<Loaded, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("{}: unable to read: {e}", file.display()))?;
+    let name = file.display().to_string();
+    let rb = standby_runbook::parse(&name, &text).map_err(|e| e.to_string())?;
+    Ok(Loaded {
+        file: name,
+        source: text,
+        runbook: rb,
+    })
+}
+
+/// What a trigger asks for.
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    pub params: Map<String, Value>,
+    /// `kind` plus the trigger's data; `at` and `at_epoch` are added.
+    pub trigger: Value,
+}
+
+pub fn epoch(t: DateTime<Utc>) -> f64 {
+    t.timestamp_micros() as f64 / 1e6
+}
+
+/// Start a job of runbook `name`. A held lock is a conflict (logged as an
+/// event); nothing is created then.
+pub async fn start(
+    ctl: &Arc<Controller>,
+    name: &str,
+    req: StartRequest,
+) -> Result<i64, ServerError> {
+    let l = ctl.runbooks.get(name)?;
+    let rb = &l.runbook;
+    let mut trigger = match req.trigger {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let now = Utc::now();
+    trigger.entry("kind").or_insert_with(|| json!("manual"));
+    trigger.entry("at").or_insert_with(|| json!(now));
+    trigger
+        .entry("at_epoch")
+        .or_insert_with(|| json!(epoch(now)));
+    let trigger = Value::Object(trigger);
+    let job_stub = json!({ "id": null, "runbook": name });
+    let params = standby_runbook::resolve_params(rb, &req.params, &trigger, &job_stub)
+        .map_err(ServerError::BadRequest)?;
+    let ctx = template::context(&standby_runbook::context(
+        &params,
+        &trigger,
+        &job_stub,
+        None,
+        &Map::new(),
+    ));
+    let lock_key = match &rb.lock {
+        Some(l) => Some(match template::render_str(l, &ctx) {
+            Ok(Value::String(s)) => s,
+            Ok(v) => v.to_string(),
+            Err(e) => {
+                return Err(ServerError::BadRequest(format!(
+                    "runbook {name}: lock: {e}"
+                )));
+            }
+        }),
+        None => None,
+    };
+    let incident = rb
+        .incident
+        .as_ref()
+        .and_then(|i| template::render_str(i, &ctx).ok())
+        .and_then(|v| match v {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        });
+    let run = NewRun {
+        runbook: name.to_string(),
+        file: l.file.clone(),
+        source: l.source.clone(),
+        params: Value::Object(params),
+        trigger: trigger.clone(),
+        lock_key: lock_key.clone(),
+        incident,
+    };
+    match ctl.runbooks.repo.create_run(&run).await? {
+        RunStart::Started(job) => {
+            tracing::info!(job, runbook = name, trigger = %trigger["kind"], "runbook job started");
+            emit(
+                ctl,
+                "runbook.started",
+                Severity::Info,
+                name,
+                format!("runbook {name} started as job {job} ({})", trigger["kind"]),
+            );
+            spawn_execute(ctl, job);
+            Ok(job)
+        }
+        RunStart::Locked(held) => {
+            let key = lock_key.unwrap_or_default();
+            let msg = format!("runbook {name} skipped: lock '{key}' is held by job {held}");
+            tracing::info!("{msg}");
+            emit(ctl, "runbook.skipped", Severity::Warning, name, msg.clone());
+            Err(ServerError::Conflict(msg))
+        }
+    }
+}
+
+fn emit(ctl: &Controller, kind: &str, severity: Severity, runbook: &str, message: String) {
+    ctl.watch.emit(Event {
+        id: 0,
+        at: Utc::now(),
+        source: format!("runbook:{runbook}"),
+        kind: kind.into(),
+        severity,
+        labels: [("runbook".to_string(), runbook.to_string())].into(),
+        vantage: standby_types::watch::CONTROLLER_VANTAGE.into(),
+        message,
+    });
+}
+
+/// Resume every unfinished runbook job (at controller start).
+pub async fn resume_all(ctl: &Arc<Controller>) -> Result<(), ServerError> {
+    for run in ctl.runbooks.repo.unfinished_runs().await? {
+        tracing::warn!(job = run.job, runbook = %run.run.runbook, "resuming runbook job after a controller restart");
+        emit(
+            ctl,
+            "runbook.resumed",
+            Severity::Warning,
+            &run.run.runbook,
+            format!(
+                "runbook {} job {} resumed after a controller restart",
+                run.run.runbook, run.job
+            ),
+        );
+        spawn_execute(ctl, run.job);
+    }
+    Ok(())
+}
+
+fn spawn_execute(ctl: &Arc<Controller>, job: i64) {
+    let ctl2 = ctl.clone();
+    ctl.tasks.spawn(async move {
+        let outcome = match tokio::spawn(execute(ctl2.clone(), job)).await {
+            Ok(o) => o,
+            Err(e) => Err(ServerError::Internal(format!("the job's task failed: {e}"))),
+        };
+        // A controller stopping mid-job leaves it running: the next one
+        // resumes it.
+        if ctl2.cancel.is_cancelled() && outcome.is_err() {
+            return;
+        }
+        if let Err(e) = finish(&ctl2, job, outcome).await {
+            tracing::error!(job, "unable to record the end of the runbook job: {e}");
+        }
+    });
+}
+
+async fn finish(
+    ctl: &Arc<Controller>,
+    job: i64,
+    outcome: Result<Value, ServerError>,
+) -> Result<(), ServerError> {
+    let run = ctl.runbooks.repo.run(job).await?;
+    let name = &run.run.runbook;
+    match &outcome {
+        Ok(v) => {
+            tracing::info!(job, runbook = %name, "runbook job succeeded");
+            ctl.repo.update_job(job, 0, 0, "done").await?;
+            ctl.repo
+                .finish_job(job, JobStatus::Succeeded, None, v)
+                .await?;
+        }
+        Err(e) => {
+            let msg = error_chain(e);
+            tracing::error!(job, runbook = %name, "runbook job failed: {msg}");
+            ctl.repo
+                .finish_job(job, JobStatus::Failed, Some(&msg), &Value::Null)
+                .await?;
+        }
+    }
+    ctl.runbooks.repo.release_lock(job).await?;
+    emit(
+        ctl,
+        if outcome.is_ok() {
+            "runbook.succeeded"
+        } else {
+            "runbook.failed"
+        },
+        if outcome.is_ok() {
+            Severity::Info
+        } else {
+            Severity::Error
+        },
+        name,
+        format!(
+            "runbook {name} job {job} {}",
+            if outcome.is_ok() {
+                "succeeded"
+            } else {
+                "failed"
+            }
+        ),
+    );
+    // A per-group scheduled run is the group's run.
+    if run.run.trigger["kind"] == "schedule"
+        && let Some(g) = run.run.trigger["group"].as_str()
+    {
+        let at = run.run.trigger["at"]
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.to_utc())
+            .unwrap_or_else(Utc::now);
+        let status = if outcome.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        if let Err(e) = ctl.repo.record_group_run(g, at, status).await {
+            tracing::warn!(group = g, "unable to record run: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// The state of one job while it runs.
+struct JobRun {
+    job: i64,
+    run: RunRecord,
+    runbook: Runbook,
+    incident: std::sync::Mutex<Option<i64>>,
+    /// Rows already persisted, by (step, item).
+    rows: BTreeMap<(String, i64), StepRecord>,
+}
+
+impl JobRun {
+    fn incident(&self) -> Option<i64> {
+        *self.incident.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn job_value(&self) -> Value {
+        json!({ "id": self.job, "runbook": self.run.run.runbook })
+    }
+
+    fn context(&self, steps: &Map<String, Value>) -> Value {
+        let params = match &self.run.run.params {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        standby_runbook::context(
+            &params,
+            &self.run.run.trigger,
+            &self.job_value(),
+            self.incident(),
+            steps,
+        )
+    }
+}
+
+/// Run (or resume) job `job` to its end; the result lists the steps.
+async fn execute(ctl: Arc<Controller>, job: i64) -> Result<Value, ServerError> {
+    let run = ctl.runbooks.repo.run(job).await?;
+    let file_name = Path::new(run.run.file.trim_start_matches("builtin:"))
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or("runbook.yaml")
+        .to_string();
+    let runbook = standby_runbook::parse(&file_name, &run.run.source)
+        .map_err(|e| ServerError::BadRequest(format!("the job's runbook snapshot: {e}")))?;
+    let rows = ctl
+        .runbooks
+        .repo
+        .steps(job)
+        .await?
+        .into_iter()
+        .map(|r| ((r.step.clone(), r.item), r))
+        .collect();
+    let jr = Arc::new(JobRun {
+        job,
+        incident: std::sync::Mutex::new(run.run.incident),
+        run,
+        runbook,
+        rows,
+    });
+    let mut outputs = Map::new();
+    let mut summary = Vec::new();
+    let mut failure = None;
+    for (pos, step) in jr.runbook.steps.iter().enumerate() {
+        let done = jr
+            .rows
+            .get(&(step.id.clone(), -1))
+            .filter(|r| r.state.is_final())
+            .cloned();
+        let rec = match done {
+            Some(r) => r,
+            None => {
+                ctl.repo
+                    .update_job(
+                        job,
+                        pos as u64,
+                        jr.runbook.steps.len() as u64,
+                        &format!("step {}", step.id),
+                    )
+                    .await?;
+                run_step(&ctl, &jr, pos, step, &outputs).await?
+            }
+        };
+        outputs.insert(
+            step.id.clone(),
+            json!({ "output": rec.output, "state": rec.state, "error": rec.error }),
+        );
+        summary.push(json!({ "step": step.id, "state": rec.state, "error": rec.error }));
+        if rec.state == StepState::Failed && step.on_failure == OnFailure::Abort {
+            failure = Some(format!(
+                "step {} failed: {}",
+                step.id,
+                rec.error.clone().unwrap_or_default()
+            ));
+            break;
+        }
+    }
+    match failure {
+        Some(f) => Err(ServerError::Conflict(f)),
+        None => {
+            Ok(json!({ "runbook": jr.runbook.name, "incident": jr.incident(), "steps": summary }))
+        }
+    }
+}
+
+/// Run one step (all its items) and persist its aggregate row.
+async fn run_step(
+    ctl: &Arc<Controller>,
+    jr: &Arc<JobRun>,
+    pos: usize,
+    step: &Step,
+    outputs: &Map<String, Value>,
+) -> Result<StepRecord, ServerError> {
+    let ctx = jr.context(outputs);
+    let Some(for_each) = &step.for_each else {
+        return run_item(ctl, jr, pos, step, -1, ctx).await;
+    };
+    let started = Utc::now();
+    let mut agg = StepRecord {
+        job: jr.job,
+        step: step.id.clone(),
+        item: -1,
+        position: pos as i64,
+        state: StepState::Running,
+        attempt: 1,
+        input: Value::Null,
+        output: Value::Null,
+        error: None,
+        started_at: Some(started),
+        finished_at: None,
+    };
+    let items = match template::render(for_each, &template::context(&ctx), "for_each") {
+        Ok(Value::Array(items)) => items,
+        Ok(other) => {
+            return fail_row(ctl, jr, agg, format!("for_each: {other} is not a list")).await;
+        }
+        Err(e) => return fail_row(ctl, jr, agg, format!("{}: {}", e.path, e.message)).await,
+    };
+    agg.input = json!({ "items": items.len() });
+    ctl.runbooks.repo.put_step(&agg).await?;
+    let parallel = step.parallel.unwrap_or(1).max(1) as usize;
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let mut c = ctx.clone();
+        c["item"] = item;
+        c["index"] = json!(i);
+        let (ctl, jr, step, sem) = (ctl.clone(), jr.clone(), step.clone(), sem.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            (i, run_item(&ctl, &jr, pos, &step, i as i64, c).await)
+        });
+    }
+    let mut results: Vec<Option<StepRecord>> = Vec::new();
+    let mut first_err = None;
+    while let Some(r) = set.join_next().await {
+        let (i, rec) = r?;
+        if results.len() <= i {
+            results.resize(i + 1, None);
+        }
+        match rec {
+            Ok(rec) => results[i] = Some(rec),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let recs: Vec<StepRecord> = results.into_iter().flatten().collect();
+    let failed: Vec<String> = recs
+        .iter()
+        .filter(|r| r.state == StepState::Failed)
+        .map(|r| format!("item {}: {}", r.item, r.error.clone().unwrap_or_default()))
+        .collect();
+    agg.output = Value::Array(
+        recs.iter()
+            .map(|r| match r.state {
+                StepState::Succeeded => r.output.clone(),
+                _ => Value::Null,
+            })
+            .collect(),
+    );
+    agg.finished_at = Some(Utc::now());
+    if failed.is_empty() {
+        agg.state = StepState::Succeeded;
+    } else {
+        agg.state = StepState::Failed;
+        agg.error = Some(failed.join("; "));
+    }
+    ctl.runbooks.repo.put_step(&agg).await?;
+    Ok(agg)
+}
+
+async fn fail_row(
+    ctl: &Arc<Controller>,
+    jr: &JobRun,
+    mut rec: StepRecord,
+    error: String,
+) -> Result<StepRecord, ServerError> {
+    rec.state = StepState::Failed;
+    rec.error = Some(error.clone());
+    rec.finished_at = Some(Utc::now());
+    ctl.runbooks.repo.put_step(&rec).await?;
+    step_timeline(ctl, jr, &rec.step, rec.item, &format!("failed: {error}")).await;
+    Ok(rec)
+}
+
+/// Put a step's progress on the job's incident timeline (best effort:
+/// the job does not fail because a timeline entry could not be written).
+async fn step_timeline(ctl: &Arc<Controller>, jr: &JobRun, step: &str, item: i64, what: &str) {
+    let Some(incident) = jr.incident() else {
+        return;
+    };
+    let which = if item >= 0 {
+        format!("{step}[{item}]")
+    } else {
+        step.to_string()
+    };
+    let req = crate::watch::IncidentUpdate {
+        note: Some(format!(
+            "runbook {} job {}: step {which} {what}",
+            jr.runbook.name, jr.job
+        )),
+        kind: Some("step".into()),
+        author: Some(format!("runbook:{}", jr.runbook.name)),
+        ..Default::default()
+    };
+    if let Err(e) = crate::watch::update_incident(ctl, incident, req).await {
+        tracing::warn!(
+            job = jr.job,
+            incident,
+            "unable to add a step to the incident timeline: {e}"
+        );
+    }
+}
+
+/// One execution of a step (item -1) or of one item, with `when`,
+/// rendering, retries and the timeout; persisted before and after.
+async fn run_item(
+    ctl: &Arc<Controller>,
+    jr: &Arc<JobRun>,
+    pos: usize,
+    step: &Step,
+    item: i64,
+    ctx: Value,
+) -> Result<StepRecord, ServerError> {
+    let key = (step.id.clone(), item);
+    let previous = jr.rows.get(&key).cloned();
+    if let Some(p) = previous.as_ref().filter(|p| p.state.is_final()) {
+        return Ok(p.clone());
+    }
+    let mctx = template::context(&ctx);
+    let mut rec = StepRecord {
+        job: jr.job,
+        step: step.id.clone(),
+        item,
+        position: pos as i64,
+        state: StepState::Running,
+        attempt: 1,
+        input: Value::Null,
+        output: Value::Null,
+        error: None,
+        started_at: Some(Utc::now()),
+        finished_at: None,
+    };
+    if let Some(w) = &step.when {
+        match template::eval_condition(w, &mctx) {
+            Ok(true) => {}
+            Ok(false) => {
+                rec.state = StepState::Skipped;
+                rec.finished_at = rec.started_at;
+                ctl.runbooks.repo.put_step(&rec).await?;
+                step_timeline(ctl, jr, &step.id, item, "skipped (when is false)").await;
+                return Ok(rec);
+            }
+            Err(e) => return fail_row(ctl, jr, rec, format!("when: {e}")).await,
+        }
+    }
+    let with = Value::Object(step.with.clone().into_iter().collect());
+    rec.input = match template::render(&with, &mctx, "with") {
+        Ok(v) => v,
+        Err(e) => return fail_row(ctl, jr, rec, format!("{}: {}", e.path, e.message)).await,
+    };
+    // A resumed execution keeps its first start and what it recorded.
+    let mut recorded = Value::Null;
+    if let Some(p) = &previous {
+        rec.started_at = p.started_at.or(rec.started_at);
+        rec.attempt = p.attempt.max(1);
+        recorded = p.output.clone();
+    }
+    let attempts = step.retry.as_ref().map_or(1, |r| r.attempts.max(1));
+    let backoff = step
+        .retry
+        .as_ref()
+        .and_then(|r| standby_runbook::duration(&r.backoff).ok())
+        .unwrap_or(Duration::from_secs(1));
+    let timeout = step
+        .timeout
+        .as_deref()
+        .and_then(|t| standby_runbook::duration(t).ok());
+    loop {
+        rec.state = StepState::Running;
+        rec.output = recorded.clone();
+        ctl.runbooks.repo.put_step(&rec).await?;
+        step_timeline(
+            ctl,
+            jr,
+            &step.id,
+            item,
+            &format!("started ({}, attempt {})", step.action, rec.attempt),
+        )
+        .await;
+        ctl.runbooks.crash(&jr.runbook.name, &step.id, false);
+        let actx = actions::ActionCtx {
+            ctl: ctl.clone(),
+            job: jr.job,
+            runbook: jr.runbook.name.clone(),
+            step: step.id.clone(),
+            item,
+            position: pos as i64,
+            started_at: rec.started_at.unwrap_or_else(Utc::now),
+            attempt: rec.attempt,
+            recorded: recorded.clone(),
+            incident: jr.incident(),
+            input: rec.input.clone(),
+        };
+        let fut = actions::run(&actx, &step.action);
+        let res = match timeout {
+            Some(t) => match tokio::time::timeout(t, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(ServerError::Conflict(format!(
+                    "timed out after {}",
+                    humantime::format_duration(t)
+                ))),
+            },
+            None => fut.await,
+        };
+        ctl.runbooks.crash(&jr.runbook.name, &step.id, true);
+        match res {
+            Ok(out) => {
+                if step.action == "incident.open"
+                    && let Some(id) = out["incident"].as_i64()
+                {
+                    *jr.incident.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                    ctl.runbooks.repo.set_run_incident(jr.job, id).await?;
+                }
+                rec.state = StepState::Succeeded;
+                rec.output = out;
+                rec.error = None;
+                rec.finished_at = Some(Utc::now());
+                ctl.runbooks.repo.put_step(&rec).await?;
+                step_timeline(ctl, jr, &step.id, item, "succeeded").await;
+                return Ok(rec);
+            }
+            Err(e) => {
+                let msg = error_chain(&e);
+                if rec.attempt < attempts && !ctl.cancel.is_cancelled() {
+                    let wait = backoff * 2u32.saturating_pow(rec.attempt - 1);
+                    tracing::warn!(job = jr.job, step = %step.id, item, attempt = rec.attempt, "step failed, retrying in {}: {msg}", humantime::format_duration(wait));
+                    step_timeline(
+                        ctl,
+                        jr,
+                        &step.id,
+                        item,
+                        &format!("attempt {} failed, retrying: {msg}", rec.attempt),
+                    )
+                    .await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = ctl.cancel.cancelled() => return Err(ServerError::Internal("controller stopping".into())),
+                    }
+                    rec.attempt += 1;
+                    recorded = Value::Null;
+                    continue;
+                }
+                if ctl.cancel.is_cancelled() {
+                    // Left running: the next controller runs it again.
+                    return Err(ServerError::Internal("controller stopping".into()));
+                }
+                tracing::error!(job = jr.job, step = %step.id, item, "step failed: {msg}");
+                rec.output = Value::Null;
+                return fail_row(ctl, jr, rec, msg).await;
+            }
+        }
+    }
+}

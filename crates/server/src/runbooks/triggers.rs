@@ -1,0 +1,245 @@
+//! What starts runbooks besides the API: alerts that settle, cron
+//! schedules, per-group protection schedules (the persisted `next_run` of
+//! each group stays the source of truth) and signed webhooks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Map, Value, json};
+use standby_types::watch::Alert;
+
+use super::{StartRequest, epoch, start};
+use crate::controller::Controller;
+use crate::error::ServerError;
+
+/// An alert settled (not muted, incident opened if its rule has one):
+/// start every runbook whose alert trigger matches it.
+pub async fn on_alert(ctl: &Arc<Controller>, alert: &Alert) {
+    let alertname = alert
+        .labels
+        .get("alertname")
+        .cloned()
+        .unwrap_or_else(|| alert.rule.clone());
+    let matching: Vec<String> = ctl
+        .runbooks
+        .all()
+        .filter(|l| {
+            l.runbook.trigger.alert.as_ref().is_some_and(|t| {
+                t.alertname
+                    .as_ref()
+                    .is_none_or(|n| *n == alertname || *n == alert.rule)
+                    && t.labels.iter().all(|(k, v)| alert.labels.get(k) == Some(v))
+            })
+        })
+        .map(|l| l.runbook.name.clone())
+        .collect();
+    for name in matching {
+        let trigger = json!({
+            "kind": "alert",
+            "at": alert.fired_at,
+            "at_epoch": epoch(alert.fired_at),
+            "alert": {
+                "id": alert.id,
+                "rule": alert.rule,
+                "alertname": alertname,
+                "severity": alert.severity,
+                "labels": alert.labels,
+                "annotations": alert.annotations,
+                "active_since": alert.active_since,
+                "fired_at": alert.fired_at,
+                "fired_at_epoch": epoch(alert.fired_at),
+                "incident": alert.incident,
+            },
+        });
+        let req = StartRequest {
+            params: Map::new(),
+            trigger,
+        };
+        match start(ctl, &name, req).await {
+            Ok(job) => {
+                tracing::info!(alert = alert.id, runbook = %name, job, "alert started a runbook")
+            }
+            Err(ServerError::Conflict(m)) => tracing::info!(alert = alert.id, "{m}"),
+            Err(e) => {
+                tracing::error!(alert = alert.id, runbook = %name, "unable to start runbook: {e}")
+            }
+        }
+    }
+}
+
+/// Ticks every 500 ms: cron runbooks and per-group schedules.
+pub async fn run_schedules(ctl: Arc<Controller>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = ctl.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = cron_tick(&ctl).await {
+            tracing::warn!("runbook schedules: {e}");
+        }
+        if let Err(e) = groups_tick(&ctl).await {
+            tracing::warn!("group schedules: {e}");
+        }
+    }
+}
+
+async fn cron_tick(ctl: &Arc<Controller>) -> Result<(), ServerError> {
+    let now = Utc::now();
+    let crons: Vec<(String, String)> = ctl
+        .runbooks
+        .all()
+        .filter_map(|l| {
+            let c = l.runbook.trigger.schedule.as_ref()?.cron.clone()?;
+            Some((l.runbook.name.clone(), c))
+        })
+        .collect();
+    for (name, cron) in crons {
+        let Ok(sched) = cron.parse::<standby_types::config::Schedule>() else {
+            continue;
+        };
+        let due = {
+            let mut next = ctl
+                .runbooks
+                .cron_next
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match next.get(&name).copied() {
+                None => {
+                    if let Some(n) = sched.next_after(now) {
+                        next.insert(name.clone(), n);
+                    }
+                    false
+                }
+                Some(at) if at <= now => {
+                    match sched.next_after(now) {
+                        Some(n) => next.insert(name.clone(), n),
+                        None => next.remove(&name),
+                    };
+                    true
+                }
+                Some(_) => false,
+            }
+        };
+        if due {
+            let req = StartRequest {
+                params: Map::new(),
+                trigger: json!({ "kind": "schedule", "cron": cron }),
+            };
+            match start(ctl, &name, req).await {
+                Ok(job) => tracing::info!(runbook = %name, job, "scheduled runbook started"),
+                Err(e) => tracing::info!(runbook = %name, "scheduled runbook not started: {e}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per-group schedules: each group whose persisted `next_run` is due gets
+/// its next run computed and one job of every `schedule: {groups: true}`
+/// runbook with `params.group` set.
+async fn groups_tick(ctl: &Arc<Controller>) -> Result<(), ServerError> {
+    let runbooks: Vec<String> = ctl
+        .runbooks
+        .all()
+        .filter(|l| {
+            l.runbook
+                .trigger
+                .schedule
+                .as_ref()
+                .is_some_and(|s| s.groups)
+        })
+        .map(|l| l.runbook.name.clone())
+        .collect();
+    if runbooks.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    for rec in ctl.repo.groups().await? {
+        let Some(g) = ctl.cfg.groups.get(&rec.name) else {
+            continue;
+        };
+        match rec.next_run {
+            None => {
+                ctl.repo
+                    .set_group_schedule(&rec.name, g.schedule.next_after(now))
+                    .await?;
+            }
+            Some(due) if due <= now => {
+                ctl.repo
+                    .set_group_schedule(&rec.name, g.schedule.next_after(now))
+                    .await?;
+                for name in &runbooks {
+                    let mut params = Map::new();
+                    params.insert("group".into(), Value::String(rec.name.clone()));
+                    let req = StartRequest {
+                        params,
+                        trigger: json!({ "kind": "schedule", "group": rec.name, "due": due }),
+                    };
+                    match start(ctl, name, req).await {
+                        Ok(job) => {
+                            tracing::info!(group = %rec.name, runbook = %name, job, "scheduled protection started")
+                        }
+                        Err(ServerError::Conflict(m)) => {
+                            tracing::info!(group = %rec.name, "skipped: {m}")
+                        }
+                        Err(e) => {
+                            tracing::warn!(group = %rec.name, runbook = %name, "unable to start: {e}")
+                        }
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A webhook call: the body must be signed (`X-Standby-Signature:
+/// sha256=HEX`, HMAC-SHA256 with the secret in the runbook's
+/// `secret_env`). The JSON body may hold `params`; it is
+/// `trigger.body`.
+pub async fn on_webhook(
+    ctl: &Arc<Controller>,
+    name: &str,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Result<i64, ServerError> {
+    let l = ctl.runbooks.get(name)?;
+    let Some(hook) = &l.runbook.trigger.webhook else {
+        return Err(ServerError::BadRequest(format!(
+            "runbook {name} has no webhook trigger"
+        )));
+    };
+    let secret = std::env::var(&hook.secret_env).map_err(|_| {
+        ServerError::Internal(format!(
+            "the webhook secret of runbook {name} (${}) is not set",
+            hook.secret_env
+        ))
+    })?;
+    let ok = signature.is_some_and(|s| standby_notify::verify(secret.as_bytes(), body, s));
+    if !ok {
+        return Err(ServerError::BadRequest(format!(
+            "bad or missing {} header",
+            standby_notify::SIGNATURE_HEADER
+        )));
+    }
+    let value: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ServerError::BadRequest(format!("webhook body is not JSON: {e}")))?
+    };
+    let params = value["params"].as_object().cloned().unwrap_or_default();
+    start(
+        ctl,
+        name,
+        StartRequest {
+            params,
+            trigger: json!({ "kind": "webhook", "body": value }),
+        },
+    )
+    .await
+}
