@@ -62,11 +62,18 @@ pub const ACTIONS: &[ActionSpec] = &[
                 "only VMs in at least one protection group",
             ),
         ],
-        outputs: &[req(
-            "vms",
-            "list",
-            "[{name, site, host, home_site, dr_site, groups, state, probe}]; dr_site and probe may be null",
-        )],
+        outputs: &[
+            req(
+                "vms",
+                "list",
+                "[{name, site, host, home_site, dr_site, groups, state, probe}]; dr_site and probe may be null",
+            ),
+            req(
+                "services",
+                "list",
+                "front-door services of those VMs: [{service, vm, site, home_site, dr_site, probe}]",
+            ),
+        ],
         idempotency: "reads only",
     },
     ActionSpec {
@@ -177,6 +184,12 @@ pub const ACTIONS: &[ActionSpec] = &[
         summary: "Wait until a probe passes: a configured probe (a fresh passing result) or an ad-hoc check",
         inputs: &[
             opt("probe", "string", "configured probe name"),
+            opt(
+                "service",
+                "string",
+                "front-door service: its probe against its backend at 'site'",
+            ),
+            opt("site", "string", "with 'service': the site to check it at"),
             opt("kind", "string", "ad-hoc check: tcp, http, udp or sip"),
             opt("target", "string", "host:port (tcp, udp, sip)"),
             opt("url", "string", "URL (http)"),
@@ -189,6 +202,93 @@ pub const ACTIONS: &[ActionSpec] = &[
             req("at", "string", "when it passed (RFC 3339)"),
         ],
         idempotency: "reads only",
+    },
+    ActionSpec {
+        name: "drill.start",
+        summary: "Boot a copy of a VM from its newest intact point at a site (or 'point') in a network namespace of its own, loopback only; production is untouched",
+        inputs: &[
+            req("id", "string", "drill id: 1-40 letters, digits, '-', '_'"),
+            req("vm", "string", "the VM"),
+            req(
+                "site",
+                "string",
+                "where to boot the copy (the VM's DR site)",
+            ),
+            opt(
+                "point",
+                "string",
+                "point id (default: newest intact at the site)",
+            ),
+        ],
+        outputs: &[
+            req("id", "string", "the drill id"),
+            req("vm", "string", "the VM"),
+            req("point", "string", "the point booted"),
+            req("point_time", "string", "when it was taken"),
+            req(
+                "data_age_seconds",
+                "number",
+                "age of its data when the drill started",
+            ),
+            req("restore_seconds", "number", "time to restore its disks"),
+            req("netns", "string", "the copy's network namespace"),
+        ],
+        idempotency: "a drill id already running returns its recorded state",
+    },
+    ActionSpec {
+        name: "drill.probe",
+        summary: "Wait until a drill's copy answers inside its namespace: 'kind' and 'port', or the VM's front-door service check",
+        inputs: &[
+            req("id", "string", "drill id"),
+            opt("kind", "string", "sip, tcp or http"),
+            opt("port", "number", "port on the copy's loopback"),
+            opt("timeout", "duration", "give up after (default 60s)"),
+        ],
+        outputs: &[
+            req(
+                "rto_seconds",
+                "number",
+                "from the drill's start to the first passing probe",
+            ),
+            req("latency_seconds", "number", "latency of the passing probe"),
+            req("vm", "string", "the VM"),
+        ],
+        idempotency: "reads only",
+    },
+    ActionSpec {
+        name: "drill.stop",
+        summary: "Stop a drill's copy, delete its namespace and files, and verify each is gone",
+        inputs: &[req("id", "string", "drill id")],
+        outputs: &[
+            req(
+                "verified",
+                "bool",
+                "true: copy stopped, namespace and files gone",
+            ),
+            req("checks", "list", "what was verified"),
+            opt("vm", "string", "the VM (null when the drill never started)"),
+        ],
+        idempotency: "a drill already gone is verified again and succeeds",
+    },
+    ActionSpec {
+        name: "drill.report",
+        summary: "Compose a drill's report from its boot, probe and teardown outputs; records it as a drill.report event; fails when a copy did not answer or teardown was not verified",
+        inputs: &[
+            opt("site", "string", "the drilled site"),
+            opt("boot", "list", "outputs of drill.start"),
+            opt("probe", "list", "outputs of drill.probe"),
+            opt("teardown", "list", "outputs of drill.stop"),
+        ],
+        outputs: &[
+            req(
+                "vms",
+                "list",
+                "[{vm, point, data_age_seconds, restore_seconds, rto_seconds, verified}]",
+            ),
+            req("ok", "bool", "every copy answered and was torn down"),
+            req("summary", "string", "one line for people"),
+        ],
+        idempotency: "reads its inputs; the event may be recorded twice on a resume",
     },
     ActionSpec {
         name: "incident.open",

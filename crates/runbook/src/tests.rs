@@ -16,6 +16,11 @@ const SHIPPED: &[(&str, &str)] = &[
         "move-vm.yaml",
         include_str!("../../../runbooks/move-vm.yaml"),
     ),
+    (
+        "failback.yaml",
+        include_str!("../../../runbooks/failback.yaml"),
+    ),
+    ("drill.yaml", include_str!("../../../runbooks/drill.yaml")),
 ];
 
 fn errors(file: &str, text: &str) -> Vec<String> {

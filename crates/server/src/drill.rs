@@ -170,6 +170,12 @@ async fn newest_intact(
     )))
 }
 
+/// The recorded state of drill `id`, if it runs.
+pub fn state(ctl: &Controller, id: &str) -> Result<Option<DrillState>, ServerError> {
+    check_id(id)?;
+    read_state(&drill_dir(ctl, id))
+}
+
 /// Restore the newest intact point of `vm` at `site` (or `point`) into the
 /// drill's directory and boot it in the drill's namespace.
 pub async fn start(

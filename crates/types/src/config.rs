@@ -494,6 +494,16 @@ pub enum ServiceProbe {
     Http,
 }
 
+impl fmt::Display for ServiceProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceProbe::Sip => "sip",
+            ServiceProbe::Tcp => "tcp",
+            ServiceProbe::Http => "http",
+        })
+    }
+}
+
 fn default_protocols() -> Vec<Protocol> {
     vec![Protocol::Udp, Protocol::Tcp]
 }

@@ -172,6 +172,10 @@ pub async fn run(ctx: &ActionCtx, name: &str) -> Result<Value, ServerError> {
                 .await
         }
         "probe.wait" => probe_wait(ctx).await,
+        "drill.start" => drill_start(ctx).await,
+        "drill.probe" => drill_probe(ctx).await,
+        "drill.stop" => crate::drill::stop(&ctx.ctl, &ctx.str("id")?).await,
+        "drill.report" => drill_report(ctx).await,
         "incident.open" => incident_open(ctx).await,
         "incident.note" => incident_note(ctx).await,
         "incident.resolve" => incident_resolve(ctx).await,
@@ -198,10 +202,44 @@ fn probe_of(ctl: &Controller, vm: &str) -> Option<String> {
         .map(|(n, _)| n.clone())
 }
 
-/// Front-door services of a VM. None yet: services are not configured
-/// until the front door lands; `traffic.switch` takes a service name.
-fn services_of(_ctl: &Controller, _vm: &str) -> Vec<String> {
-    Vec::new()
+/// Front-door services of a VM, by name.
+fn services_of(ctl: &Controller, vm: &str) -> Vec<String> {
+    ctl.cfg
+        .services
+        .iter()
+        .filter(|(_, s)| s.vm == vm)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// How to check `service` where it runs at `site`: its probe kind against
+/// its backend address there.
+fn service_check(ctl: &Controller, service: &str, site: &str) -> Result<ProbeCheck, ServerError> {
+    let svc = ctl
+        .cfg
+        .services
+        .get(service)
+        .ok_or_else(|| ServerError::not_found("service", service))?;
+    let target = svc.backends.get(site).cloned().ok_or_else(|| {
+        ServerError::BadRequest(format!("service {service} has no backend at site {site}"))
+    })?;
+    let kind = svc
+        .probe
+        .as_ref()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "tcp".into());
+    Ok(match kind.as_str() {
+        "sip" => ProbeCheck::Sip { target },
+        "http" => ProbeCheck::Http {
+            url: svc
+                .probe_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{target}/")),
+            status: None,
+            body_contains: None,
+        },
+        _ => ProbeCheck::Tcp { target },
+    })
 }
 
 async fn vm_list(ctx: &ActionCtx) -> Result<Value, ServerError> {
@@ -235,7 +273,15 @@ async fn vm_list(ctx: &ActionCtx) -> Result<Value, ServerError> {
             Err(_) => "unknown".to_string(),
         };
         for s in services_of(ctl, &rec.name) {
-            services.push(json!({ "service": s, "vm": rec.name, "dr_site": cfg.dr_site }));
+            let probe = ctl.cfg.services[&s].probe.as_ref().map(|p| p.to_string());
+            services.push(json!({
+                "service": s,
+                "vm": rec.name,
+                "site": rec.active_site,
+                "home_site": rec.home_site,
+                "dr_site": cfg.dr_site,
+                "probe": probe,
+            }));
         }
         vms.push(json!({
             "name": rec.name,
@@ -471,31 +517,39 @@ async fn probe_wait(ctx: &ActionCtx) -> Result<Value, ServerError> {
             tokio::time::sleep(interval).await;
         }
     }
-    let kind = ctx.str("kind")?;
+    let check = match ctx.opt_str("service")? {
+        Some(service) => Some(service_check(ctl, &service, &ctx.str("site")?)?),
+        None => None,
+    };
+    let kind = match &check {
+        Some(c) => c.kind().to_string(),
+        None => ctx.str("kind")?,
+    };
     let target = ctx.opt_str("target")?;
     let need_target = || {
         target
             .clone()
             .ok_or_else(|| ServerError::BadRequest(format!("a {kind} check needs 'target'")))
     };
-    let check = match kind.as_str() {
-        "tcp" => ProbeCheck::Tcp {
+    let check = match (check, kind.as_str()) {
+        (Some(c), _) => c,
+        (None, "tcp") => ProbeCheck::Tcp {
             target: need_target()?,
         },
-        "udp" => ProbeCheck::Udp {
+        (None, "udp") => ProbeCheck::Udp {
             target: need_target()?,
             send: "ping".into(),
             expect: None,
         },
-        "sip" => ProbeCheck::Sip {
+        (None, "sip") => ProbeCheck::Sip {
             target: need_target()?,
         },
-        "http" => ProbeCheck::Http {
+        (None, "http") => ProbeCheck::Http {
             url: ctx.str("url")?,
             status: None,
             body_contains: None,
         },
-        other => {
+        (None, other) => {
             return Err(ServerError::BadRequest(format!(
                 "kind '{other}' is not tcp, http, udp or sip"
             )));
@@ -754,4 +808,195 @@ async fn shell(ctx: &ActionCtx) -> Result<Value, ServerError> {
         )));
     }
     Ok(json!({ "code": code, "stdout": stdout, "stderr": stderr }))
+}
+
+async fn drill_start(ctx: &ActionCtx) -> Result<Value, ServerError> {
+    let progress = std::sync::Arc::new(crate::jobs::JobProgress::default());
+    let st = crate::drill::start(
+        &ctx.ctl,
+        &ctx.str("id")?,
+        &ctx.str("vm")?,
+        &ctx.str("site")?,
+        ctx.opt_str("point")?.as_deref(),
+        progress,
+    )
+    .await?;
+    serde_json::to_value(&st).map_err(|e| ServerError::Internal(e.to_string()))
+}
+
+/// Probe a drill's copy inside its namespace: `kind` and `port` given, or
+/// taken from the VM's first front-door service (its probe kind and its
+/// backend's port at the drill's site).
+async fn drill_probe(ctx: &ActionCtx) -> Result<Value, ServerError> {
+    let id = ctx.str("id")?;
+    let timeout = ctx
+        .opt_duration("timeout")?
+        .unwrap_or(Duration::from_secs(60));
+    let (vm, site) = match (ctx.opt_str("vm")?, ctx.opt_str("site")?) {
+        (Some(vm), Some(site)) => (vm, site),
+        _ => {
+            let rec = crate::drill::state(&ctx.ctl, &id)?
+                .ok_or_else(|| ServerError::not_found("drill", &id))?;
+            (rec.vm, rec.site)
+        }
+    };
+    let check =
+        match (ctx.opt_str("kind")?, ctx.opt_i64("port")?) {
+            (Some(kind), Some(port)) => {
+                let target = format!("127.0.0.1:{port}");
+                match kind.as_str() {
+                    "sip" => ProbeCheck::Sip { target },
+                    "tcp" => ProbeCheck::Tcp { target },
+                    "http" => ProbeCheck::Http {
+                        url: format!("http://{target}/"),
+                        status: None,
+                        body_contains: None,
+                    },
+                    other => {
+                        return Err(ServerError::BadRequest(format!(
+                            "kind '{other}' is not sip, tcp or http"
+                        )));
+                    }
+                }
+            }
+            _ => {
+                let service = services_of(&ctx.ctl, &vm).into_iter().next().ok_or_else(|| {
+                ServerError::BadRequest(format!(
+                    "vm {vm} has no front-door service: give the drill probe 'kind' and 'port'"
+                ))
+            })?;
+                // The same check, against the copy's loopback.
+                match service_check(&ctx.ctl, &service, &site)? {
+                    ProbeCheck::Sip { target } => ProbeCheck::Sip {
+                        target: loopback(&target)?,
+                    },
+                    ProbeCheck::Tcp { target } => ProbeCheck::Tcp {
+                        target: loopback(&target)?,
+                    },
+                    other => other,
+                }
+            }
+        };
+    let mut out = crate::drill::probe(&ctx.ctl, &id, check, timeout).await?;
+    out["vm"] = json!(vm);
+    Ok(out)
+}
+
+/// `ADDR:PORT` → `127.0.0.1:PORT`.
+fn loopback(target: &str) -> Result<String, ServerError> {
+    let port = target
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .ok_or_else(|| ServerError::BadRequest(format!("'{target}' has no port")))?;
+    Ok(format!("127.0.0.1:{port}"))
+}
+
+/// The drill's report from its steps' outputs: per VM the point, its data
+/// age, the restore time, the RTO (restore + boot + first passing probe)
+/// and whether teardown was verified. Fails (after recording the report as
+/// this step's output) when a copy did not boot or answer, or teardown was
+/// not verified.
+async fn drill_report(ctx: &ActionCtx) -> Result<Value, ServerError> {
+    let list = |name: &str| -> Vec<Value> {
+        match &ctx.input[name] {
+            Value::Array(a) => a.clone(),
+            Value::Null => Vec::new(),
+            v => vec![v.clone()],
+        }
+    };
+    let (boots, probes, teardowns) = (list("boot"), list("probe"), list("teardown"));
+    let mut vms = Vec::new();
+    let mut failed = Vec::new();
+    for b in boots.iter().filter(|b| !b.is_null()) {
+        let vm = b["vm"].as_str().unwrap_or_default().to_string();
+        let probe = probes.iter().find(|p| p["vm"] == vm.as_str());
+        let teardown = teardowns.iter().find(|t| t["vm"] == vm.as_str());
+        let answered = probe.is_some_and(|p| p["rto_seconds"].is_number());
+        let verified = teardown.is_some_and(|t| t["verified"] == true);
+        if !answered {
+            failed.push(format!("{vm}: the copy did not answer its probe"));
+        }
+        if !verified {
+            failed.push(format!("{vm}: teardown not verified"));
+        }
+        vms.push(json!({
+            "vm": vm,
+            "site": b["site"],
+            "point": b["point"],
+            "point_time": b["point_time"],
+            "data_age_seconds": b["data_age_seconds"],
+            "restore_seconds": b["restore_seconds"],
+            "rto_seconds": probe.map(|p| p["rto_seconds"].clone()).unwrap_or(Value::Null),
+            "verified": verified,
+        }));
+    }
+    let site = ctx.opt_str("site")?.unwrap_or_default();
+    let booted = vms.len();
+    let wanted = teardowns.len().max(booted);
+    if booted < wanted {
+        failed.push(format!(
+            "{} of {wanted} copies did not boot",
+            wanted - booted
+        ));
+    }
+    let summary = if vms.is_empty() {
+        format!("drill of site {site}: nothing was drilled")
+    } else {
+        let parts: Vec<String> = vms
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} from point {} (data age {:.1} s): RTO {} , teardown {}",
+                    v["vm"].as_str().unwrap_or_default(),
+                    v["point"].as_str().unwrap_or_default(),
+                    v["data_age_seconds"].as_f64().unwrap_or_default(),
+                    v["rto_seconds"]
+                        .as_f64()
+                        .map(|r| format!("{r:.1} s"))
+                        .unwrap_or_else(|| "not reached".into()),
+                    if v["verified"] == true {
+                        "verified"
+                    } else {
+                        "NOT verified"
+                    }
+                )
+            })
+            .collect();
+        format!("drill of site {site}: {}", parts.join("; "))
+    };
+    let report = json!({
+        "site": site,
+        "vms": vms,
+        "ok": failed.is_empty(),
+        "failures": failed,
+        "summary": summary,
+    });
+    // Drill reports are events too, so they are found with the rest.
+    ctx.ctl.watch.emit(standby_types::watch::Event {
+        id: 0,
+        at: Utc::now(),
+        source: format!("runbook:{}", ctx.runbook),
+        kind: "drill.report".into(),
+        severity: if failed.is_empty() {
+            Severity::Info
+        } else {
+            Severity::Error
+        },
+        labels: [
+            ("site".to_string(), site.clone()),
+            ("job".to_string(), ctx.job.to_string()),
+            ("ok".to_string(), failed.is_empty().to_string()),
+        ]
+        .into_iter()
+        .collect(),
+        vantage: "controller".into(),
+        message: summary.clone(),
+    });
+    if !failed.is_empty() {
+        return Err(ServerError::Conflict(format!(
+            "drill failed: {} ({summary})",
+            failed.join("; ")
+        )));
+    }
+    Ok(report)
 }

@@ -56,6 +56,14 @@ const BUILTIN: &[(&str, &str)] = &[
         "move-vm.yaml",
         include_str!("../../../../runbooks/move-vm.yaml"),
     ),
+    (
+        "failback.yaml",
+        include_str!("../../../../runbooks/failback.yaml"),
+    ),
+    (
+        "drill.yaml",
+        include_str!("../../../../runbooks/drill.yaml"),
+    ),
 ];
 
 /// A runbook as loaded: where from, its text and its parsed form.
