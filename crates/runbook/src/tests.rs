@@ -318,12 +318,13 @@ fn failover_site_resolves_with_the_measured_rto_and_data_loss_window() {
     let resolve = rb.steps.iter().find(|s| s.id == "resolve").unwrap();
     let ctx = template::context(&json!({
         "params": {"site": "site1"},
-        "trigger": {"kind": "alert", "at": "2026-01-01T00:00:00Z", "at_epoch": 100.0},
+        "trigger": {"kind": "alert", "at": "2026-01-01T00:00:00Z", "at_epoch": 100.0,
+                    "alert": {"active_since_epoch": 98.0}},
         "job": {"id": 3, "runbook": "failover-site"},
         "incident": 9,
         "steps": {
             "restore": {"output": [
-                {"vm": "pbx1", "site": "site2", "point": "pbx1@t", "data_age_seconds": 4.26, "seconds": 2.0, "at_epoch": 106.0},
+                {"vm": "pbx1", "site": "site2", "point": "pbx1@t", "data_age_seconds": 4.26, "point_time_epoch": 95.74, "seconds": 2.0, "at_epoch": 106.0},
                 null
             ]},
             "probes": {"output": [{"seconds": 1.0, "at_epoch": 108.34}, null]}
@@ -339,6 +340,7 @@ fn failover_site_resolves_with_the_measured_rto_and_data_loss_window() {
         "{note}"
     );
     assert!(note.contains("to the probes passing"), "{note}");
-    assert!(note.contains("data-loss window 4.3 s"), "{note}");
+    // At most from the restored point to the site's first failing probe.
+    assert!(note.contains("data-loss window at most 2.3 s"), "{note}");
     assert!(note.contains("pbx1 at site2 from point pbx1@t"), "{note}");
 }

@@ -478,8 +478,8 @@ async fn story(
 
     let attempts = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let points: Vec<PointRecord> = api.get("/api/v1/points?vm=pbx1").await?;
-    let point_id =
-        find_point(&job.result).context("the runbook's result names no restored point")?;
+    let steps: serde_json::Value = api.get(&format!("/api/v1/jobs/{}/steps", job.id)).await?;
+    let point_id = restored_point(&steps).context("the runbook's steps name no restored point")?;
     let point: PointRecord = api.get(&format!("/api/v1/points/{point_id}")).await?;
     let state = client::state((SITE2_IP, ports.http).into())
         .await
@@ -536,11 +536,10 @@ async fn story(
     let unknown = survived.iter().filter(|s| !known(s)).count();
     let last_site1 = site1.last().map(|(_, t)| *t).unwrap_or(disaster);
     let first_site2 = site2.first().map(|(_, t)| *t).unwrap_or(disaster);
-    let incident = alert.incident.or_else(|| {
-        job.result
-            .get("incident")
-            .and_then(serde_json::Value::as_i64)
-    });
+    let incident = alert
+        .incident
+        .or_else(|| steps["incident"].as_i64())
+        .or_else(|| job.result["incident"].as_i64());
     let mut timeline = Vec::new();
     if let Some(id) = incident {
         let detail: IncidentDetail = api.get(&format!("/api/v1/incidents/{id}")).await?;
@@ -605,30 +604,13 @@ where
     }
 }
 
-/// The point a runbook job restored: the first `"point"` under a
-/// `restore` step's output in the job's result.
-fn find_point(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::Object(m) => {
-            if let Some(p) = m.get("restore").and_then(find_any_point) {
-                return Some(p);
-            }
-            m.values().find_map(find_point)
-        }
-        serde_json::Value::Array(a) => a.iter().find_map(find_point),
-        _ => None,
-    }
-}
-
-fn find_any_point(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::Object(m) => m
-            .get("point")
-            .and_then(|p| p.as_str().map(str::to_string))
-            .or_else(|| m.values().find_map(find_any_point)),
-        serde_json::Value::Array(a) => a.iter().find_map(find_any_point),
-        _ => None,
-    }
+/// The point a runbook job's `restore` step restored.
+fn restored_point(steps: &serde_json::Value) -> Option<String> {
+    steps["steps"].as_array()?.iter().find_map(|st| {
+        (st["step"] == "restore" && st["state"] == "succeeded")
+            .then(|| st["output"]["point"].as_str().map(str::to_string))
+            .flatten()
+    })
 }
 
 fn summarize(list: &[String]) -> String {

@@ -571,3 +571,92 @@ fn a_signed_webhook_starts_a_runbook() {
     let err = lab.fails(&["runbook", "run", "hooked", "-p", "dir=/tmp"]);
     assert!(err.contains("cannot be run by hand"), "{err}");
 }
+
+/// The shipped `failover-site`, killed at each of its steps in turn (right
+/// after the step's action returned, before its success is recorded): the
+/// restarted controller finishes the failover with every step done once,
+/// one incident, the VNF running once at site 2 with its registrations,
+/// site 1 fenced and the front door at site 2.
+#[test]
+fn failover_site_survives_a_crash_at_every_step() {
+    let steps = [
+        "incident", "fence", "vms", "restore", "probes", "traffic", "resolve",
+    ];
+    for crash_step in steps {
+        let front = free_port();
+        let mut lab = Lab::new(LabOptions {
+            // `{sip}` in `watch` is the VNF's address.
+            watch: format!(
+                r#"
+[services.pbx]
+vm = "pbx1"
+listen = "127.0.0.1:{front}"
+protocols = ["udp"]
+backends = {{ site1 = "{{sip}}", site2 = "{{sip}}" }}
+probe = "sip"
+"#
+            ),
+            ..LabOptions::default()
+        });
+        lab.json(&["vm", "start", "pbx1"]);
+        lab.wait_sip();
+        lab.register(0..5);
+        lab.json(&["protect", "run", "gold"]);
+        lab.stop_server();
+        lab.set_env(
+            "STANDBY_CRASH_AT",
+            Some(&format!("failover-site:{crash_step}:after")),
+        );
+        lab.start_server();
+        let job = lab.json(&["runbook", "run", "failover-site", "-p", "site=site1"])["job"]
+            .as_i64()
+            .unwrap();
+        assert!(
+            lab.wait_server_exit(Duration::from_secs(60)),
+            "the controller did not crash at {crash_step}"
+        );
+        lab.set_env("STANDBY_CRASH_AT", None);
+        lab.start_server();
+        let v = wait_job(&lab, job, Duration::from_secs(90));
+        assert_eq!(
+            v["job"]["status"], "succeeded",
+            "crash at {crash_step}: {v:#}"
+        );
+        for id in ["incident", "fence", "vms", "resolve"] {
+            let s = step(&v, id, -1);
+            assert_eq!(s["state"], "succeeded", "crash at {crash_step}: {id}");
+            assert_eq!(s["attempt"], 1, "crash at {crash_step}: {id} ran once");
+        }
+        for id in ["restore", "probes", "traffic"] {
+            let s = step(&v, id, 0);
+            assert_eq!(s["state"], "succeeded", "crash at {crash_step}: {id}");
+            assert_eq!(s["attempt"], 1, "crash at {crash_step}: {id} ran once");
+        }
+        let incidents = lab.json(&["incidents", "list", "--all"]);
+        let failovers = incidents
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["title"] == "failover of site site1")
+            .count();
+        assert_eq!(failovers, 1, "crash at {crash_step}: one incident");
+        let vm = lab.json(&["vm", "status", "pbx1"]);
+        assert_eq!(
+            (vm["active_site"].as_str(), vm["state"].as_str()),
+            (Some("site2"), Some("running")),
+            "crash at {crash_step}"
+        );
+        assert_eq!(vnf_processes(&lab), 1, "crash at {crash_step}: one copy");
+        assert_eq!(lab.bindings().len(), 5, "crash at {crash_step}");
+        let sites = lab.json(&["site", "list"]).to_string();
+        assert!(
+            sites.contains("\"fenced\":true"),
+            "crash at {crash_step}: {sites}"
+        );
+        let svc = lab.json(&["service", "list"]);
+        assert_eq!(
+            svc[0]["active_site"], "site2",
+            "crash at {crash_step}: {svc:#}"
+        );
+    }
+}

@@ -431,6 +431,7 @@ async fn point_restore(ctx: &ActionCtx) -> Result<Value, ServerError> {
                 "seconds": (Utc::now() - ctx.started_at).num_milliseconds() as f64 / 1000.0,
                 "bytes": Value::Null,
                 "data_age_seconds": (ctx.started_at - p.time).num_milliseconds() as f64 / 1000.0,
+                "point_time_epoch": super::epoch(p.time),
                 "at_epoch": super::epoch(Utc::now()),
                 "resumed": true,
             }));
@@ -472,6 +473,7 @@ async fn point_restore(ctx: &ActionCtx) -> Result<Value, ServerError> {
         "bytes": r["bytes"],
         "started": r["started"],
         "data_age_seconds": (now - p.time).num_milliseconds() as f64 / 1000.0,
+        "point_time_epoch": super::epoch(p.time),
         "at_epoch": super::epoch(now),
     });
     ctx.record(json!({ "point": point, "result": out })).await?;

@@ -47,6 +47,7 @@ pub async fn on_alert(ctl: &Arc<Controller>, alert: &Alert) {
                 "labels": alert.labels,
                 "annotations": alert.annotations,
                 "active_since": alert.active_since,
+                "active_since_epoch": epoch(alert.active_since),
                 "fired_at": alert.fired_at,
                 "fired_at_epoch": epoch(alert.fired_at),
                 "incident": alert.incident,
