@@ -393,6 +393,12 @@ fn drill_failover_fence_and_failback_through_the_front_door() {
         "the drill disturbed production"
     );
     let report = drill.to_string();
+    if let Some(r) = drill["steps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["step"] == "report"))
+    {
+        eprintln!("drill: {}", r["output"]["summary"]);
+    }
     assert!(report.contains("rto_seconds"), "{drill:#}");
     assert!(report.contains("data_age_seconds"), "{drill:#}");
     assert!(report.contains("\"verified\":true"), "{drill:#}");

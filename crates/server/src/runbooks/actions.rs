@@ -948,7 +948,7 @@ async fn drill_report(ctx: &ActionCtx) -> Result<Value, ServerError> {
             .iter()
             .map(|v| {
                 format!(
-                    "{} from point {} (data age {:.1} s): RTO {} , teardown {}",
+                    "{} from point {} (data age {:.1} s): RTO {}, teardown {}",
                     v["vm"].as_str().unwrap_or_default(),
                     v["point"].as_str().unwrap_or_default(),
                     v["data_age_seconds"].as_f64().unwrap_or_default(),
