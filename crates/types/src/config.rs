@@ -1306,6 +1306,18 @@ impl Config {
                 format!("{} CPUs: use 1 to 64", q.cpus),
             ));
         }
+        for (i, d) in vm.disks.iter().enumerate() {
+            // The disk names QEMU's block nodes.
+            if !d.name.starts_with(|c: char| c.is_ascii_alphabetic()) || d.name.len() > 26 {
+                return Err((
+                    p(&["vms", name, "disks", &i.to_string(), "name"]),
+                    format!(
+                        "disk '{}' of a qemu VM must start with a letter and hold at most 26 characters",
+                        d.name
+                    ),
+                ));
+            }
+        }
         if q.initrd.is_some() && q.kernel.is_none() {
             return Err((
                 p(&["vms", name, "qemu", "initrd"]),
@@ -2136,6 +2148,12 @@ size = "64MiB"
                 "[vms.pbx.qemu]\nmachine = \"virt\"",
                 "standby.toml:18",
                 "unknown variant `virt`",
+            ),
+            (
+                "qemu",
+                "[vms.pbx.qemu]\nkernel = \"/k\"\n[[vms.pbx.disks]]\nname = \"0d\"\nsize = \"1MiB\"",
+                "vms.pbx.disks.0.name",
+                "must start with a letter",
             ),
             (
                 "qemu",
