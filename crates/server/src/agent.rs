@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use standby_hv::{DiskSpec, Driver, VmSpec, VmStatus};
+use standby_hv::qemu::{Accel, DiskFormat, Machine, PortForward, Protocol};
+use standby_hv::{DiskSpec, Driver, QemuDriver, QemuSpec, VmSpec, VmStatus};
 use standby_store::{
     Consistency, Datastore, DiskWriteOptions, DiskWriteStats, Manifest, PointId, PointMeta,
 };
@@ -51,6 +52,9 @@ pub struct Agent {
     workdir: PathBuf,
     netns: Option<String>,
     pub exec: Exec,
+    /// The same driver as `exec` on a qemu host: restores install qcow2
+    /// disks through it.
+    qemu: Option<Arc<QemuDriver>>,
 }
 
 /// Who runs the host's VMs.
@@ -98,7 +102,15 @@ impl Agent {
             workdir: data_dir.join("hosts").join(host),
             netns: cfg.netns.clone(),
             exec: Exec::Local(driver),
+            qemu: None,
         }
+    }
+
+    /// An in-process qemu host.
+    pub fn qemu(host: &str, cfg: &config::Host, data_dir: &Path, driver: Arc<QemuDriver>) -> Agent {
+        let mut agent = Agent::new(host, cfg, data_dir, driver.clone());
+        agent.qemu = Some(driver);
+        agent
     }
 
     /// A host run by the remote agent `agent` listening at `url`.
@@ -117,6 +129,7 @@ impl Agent {
             workdir: data_dir.join("hosts").join(host),
             netns: None,
             exec: Exec::Remote(RemoteHost::new(host, agent, url)),
+            qemu: None,
         }
     }
 
@@ -153,16 +166,30 @@ impl Agent {
             for d in &disks {
                 s = s.replace(&format!("{{disk.{}}}", d.name), &d.path.to_string_lossy());
             }
-            for (k, v) in site_vars.into_iter().flatten() {
-                s = s.replace(&format!("{{site.{k}}}"), v);
-            }
-            s
+            config::expand_site_vars(&s, site_vars)
+        };
+        // The VM's kind must be the host's: a qemu VM needs an
+        // in-process qemu host (remote agents run process hosts only).
+        let kind = match &self.exec {
+            Exec::Local(d) => d.kind(),
+            Exec::Remote(_) => "process",
+        };
+        if vm.qemu.is_some() != (kind == "qemu") {
+            return Err(ServerError::Conflict(format!(
+                "vm {name} is a {} VM and host {} runs {kind} VMs",
+                if vm.qemu.is_some() { "qemu" } else { "process" },
+                self.host
+            )));
+        }
+        let qemu = match &vm.qemu {
+            Some(q) => Some(self.qemu_spec(name, vm, q, &expand)?),
+            None => None,
         };
         // A bare command name is looked up where the VM runs: here for an
         // in-process host, by the remote agent for its own.
         let command = match &self.exec {
-            Exec::Local(_) => resolve_command(&vm.command),
-            Exec::Remote(_) => PathBuf::from(&vm.command),
+            Exec::Local(_) => resolve_command(vm.program()),
+            Exec::Remote(_) => PathBuf::from(vm.program()),
         };
         let args: Vec<String> = vm.args.iter().map(|a| expand(a)).collect();
         // `ip netns exec` enters the namespace and execs the command, so
@@ -186,12 +213,83 @@ impl Agent {
             env: vm.env.iter().map(|(k, v)| (k.clone(), expand(v))).collect(),
             disks,
             workdir: self.workdir.clone(),
-            qemu: None,
+            qemu,
+        })
+    }
+
+    /// The [`QemuSpec`] of a configured qemu VM running here: `append`
+    /// and forward addresses expanded like `args`.
+    fn qemu_spec(
+        &self,
+        name: &str,
+        vm: &config::Vm,
+        q: &config::QemuVm,
+        expand: &dyn Fn(&str) -> String,
+    ) -> Result<QemuSpec, ServerError> {
+        let forwards = q
+            .forwards
+            .iter()
+            .map(|f| {
+                let addr = expand(&f.host_addr);
+                let host_addr = addr.parse().map_err(|_| {
+                    ServerError::Conflict(format!(
+                        "forward {}:{} of vm {name} at site {}: '{addr}' is not an IPv4 address (is the site variable set?)",
+                        f.host_addr, f.host_port, self.site
+                    ))
+                })?;
+                Ok(PortForward {
+                    protocol: match f.protocol {
+                        config::ForwardProtocol::Tcp => Protocol::Tcp,
+                        config::ForwardProtocol::Udp => Protocol::Udp,
+                    },
+                    host_addr,
+                    host_port: f.host_port,
+                    guest_port: f.guest_port,
+                })
+            })
+            .collect::<Result<Vec<_>, ServerError>>()?;
+        Ok(QemuSpec {
+            memory_mib: q.memory_mib,
+            cpus: q.cpus,
+            machine: match q.machine {
+                config::QemuMachine::Q35 => Machine::Q35,
+                config::QemuMachine::Pc => Machine::Pc,
+            },
+            accel: match q.accel {
+                config::QemuAccel::Auto => Accel::Auto,
+                config::QemuAccel::Kvm => Accel::Kvm,
+                config::QemuAccel::Tcg => Accel::Tcg,
+            },
+            kernel: q.kernel.clone(),
+            initrd: q.initrd.clone(),
+            append: q.append.as_deref().map(expand),
+            disk_formats: vm
+                .disks
+                .iter()
+                .map(|d| {
+                    let f = match d.format {
+                        config::DiskFormat::Raw => DiskFormat::Raw,
+                        config::DiskFormat::Qcow2 => DiskFormat::Qcow2,
+                    };
+                    (d.name.clone(), f)
+                })
+                .collect(),
+            forwards,
+            guest_agent: q.guest_agent,
         })
     }
 
     /// Create missing disk images as sparse files of their configured size.
     pub async fn provision_disks(&self, spec: &VmSpec) -> Result<(), ServerError> {
+        if let Some(q) = &self.qemu {
+            // In the disk's format (an empty qcow2 or a sparse raw file).
+            let mut missing = spec.clone();
+            missing.disks.retain(|d| !d.path.exists());
+            if !missing.disks.is_empty() {
+                q.create_from_template(&missing, &[]).await?;
+            }
+            return Ok(());
+        }
         match &self.exec {
             Exec::Local(_) => {
                 let spec = spec.clone();
@@ -317,7 +415,9 @@ impl Agent {
         progress: Arc<JobProgress>,
     ) -> Result<u64, ServerError> {
         match &self.exec {
-            Exec::Local(_) => restore_point(spec, &store.store, point, progress).await,
+            Exec::Local(_) => {
+                restore_point(spec, &store.store, point, progress, self.qemu.as_deref()).await
+            }
             Exec::Remote(r) => {
                 progress.stage(format!("{}: restore by agent {}", spec.name, r.agent), 0);
                 let call = RestoreCall {
@@ -553,7 +653,7 @@ pub async fn take_point(
         config: vm_config,
         labels,
     };
-    let (mut writer, base, newest) = {
+    let (writer, base, newest) = {
         let (store, vm) = (store.clone(), spec.name.clone());
         tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
             let writer = store.begin_point(meta)?;
@@ -566,16 +666,61 @@ pub async fn take_point(
     // Dirty ranges count from the newest point; if that one cannot
     // serve as the base (damaged), they do not apply to the base used.
     let dirty_applies = base.is_some() && base == newest;
-    let source = driver.snapshot_begin(spec).await?;
+    let tracked_from = base
+        .as_ref()
+        .filter(|_| dirty_applies)
+        .map(|b| b.to_string());
+    let source = driver
+        .snapshot_begin_from(spec, tracked_from.as_deref(), u64::from(chunk_size))
+        .await?;
+    let result = read_point(
+        driver,
+        spec,
+        source,
+        writer,
+        base,
+        dirty_applies,
+        chunk_size,
+        progress,
+    )
+    .await;
+    // The driver's dirty tracking moves on only for a committed point.
+    let settled = driver
+        .snapshot_committed(spec, result.as_ref().ok().map(|(m, _)| m.id.as_str()))
+        .await;
+    let (manifest, stats) = result?;
+    if let Err(e) = settled {
+        // The point is safe; the next one reads more than it needs to.
+        tracing::warn!(vm = %spec.name, "dirty tracking not advanced: {e}");
+    }
+    Ok((manifest, stats))
+}
+
+/// The read of [`take_point`] between `snapshot_begin` and the commit.
+#[allow(clippy::too_many_arguments)]
+async fn read_point(
+    driver: &dyn Driver,
+    spec: &VmSpec,
+    source: standby_hv::SnapshotSource,
+    mut writer: standby_store::PointWriter,
+    base: Option<PointId>,
+    dirty_applies: bool,
+    chunk_size: u32,
+    progress: Arc<JobProgress>,
+) -> Result<(Manifest, PointStats), ServerError> {
     let total: u64 = spec.disks.iter().map(|d| d.size).sum();
     progress.stage(format!("{}: reading disks", spec.name), total);
     let written = {
         let progress = progress.clone();
         let note = source.consistency_note.clone();
+        let app_consistent = source.app_consistent;
         tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
             // The point's time is the freeze instant.
             writer.restamp()?;
             writer.set_label("snapshot", &note);
+            if app_consistent {
+                writer.set_consistency(Consistency::Application);
+            }
             let mut stats = PointStats::default();
             for disk in &source.disks {
                 let opts = DiskWriteOptions {
@@ -600,73 +745,113 @@ pub async fn take_point(
 }
 
 /// Write every disk of `point` to the VM's disk paths in `spec`: all disks
-/// or none.
+/// or none. With a qemu driver, a qcow2 disk is restored to a raw file
+/// and converted by [`QemuDriver::install_restored_disk`].
 pub async fn restore_point(
     spec: &VmSpec,
     store: &Datastore,
     point: &PointId,
     progress: Arc<JobProgress>,
+    qemu: Option<&QemuDriver>,
 ) -> Result<u64, ServerError> {
-    let store = store.clone();
-    let point = point.clone();
-    let disks: Vec<(String, PathBuf)> = spec
+    let manifest = {
+        let (store, point) = (store.clone(), point.clone());
+        tokio::task::spawn_blocking(move || store.load_manifest(&point)).await??
+    };
+    let vm = &spec.name;
+    let total = manifest.disks.iter().map(|d| d.size).sum();
+    progress.stage(format!("{vm}: restoring disks"), total);
+    if let Some(d) = spec
         .disks
         .iter()
-        .map(|d| (d.name.clone(), d.path.clone()))
-        .collect();
-    let vm = spec.name.clone();
-    tokio::task::spawn_blocking(move || -> Result<u64, ServerError> {
-        let manifest = store.load_manifest(&point)?;
-        let total = manifest.disks.iter().map(|d| d.size).sum();
-        progress.stage(format!("{vm}: restoring disks"), total);
-        if let Some((name, _)) = disks
-            .iter()
-            .find(|(name, _)| !manifest.disks.iter().any(|d| &d.name == name))
-        {
-            return Err(ServerError::Conflict(format!(
-                "point {point} has no disk '{name}' of vm {vm}"
-            )));
-        }
-        // All disks or none: each is restored beside its final name and
-        // only renamed into place once every one of them is complete,
-        // so a failure never leaves a mix of old and restored disks.
-        let staged = |path: &PathBuf| {
-            let mut p = path.clone().into_os_string();
-            p.push(".restoring");
-            PathBuf::from(p)
+        .find(|d| !manifest.disks.iter().any(|m| m.name == d.name))
+    {
+        return Err(ServerError::Conflict(format!(
+            "point {point} has no disk '{}' of vm {vm}",
+            d.name
+        )));
+    }
+    // All disks or none: each is restored beside its final name and
+    // only renamed into place once every one of them is complete, so a
+    // failure never leaves a mix of old and restored disks.
+    let with_suffix = |path: &Path, suffix: &str| {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let staged = |path: &Path| with_suffix(path, ".restoring");
+    let qcow2 = |disk: &str| {
+        qemu.is_some()
+            && spec
+                .qemu
+                .as_ref()
+                .is_some_and(|q| q.disk_format(disk) == DiskFormat::Qcow2)
+    };
+    let mut bytes = 0;
+    let mut done: Vec<PathBuf> = Vec::new();
+    let mut result = Ok(());
+    for d in &spec.disks {
+        let target = staged(&d.path);
+        let raw = if qcow2(&d.name) {
+            with_suffix(&d.path, ".restoring.raw")
+        } else {
+            target.clone()
         };
-        let mut bytes = 0;
-        let mut done = Vec::new();
-        let result = (|| -> Result<(), ServerError> {
-            for (name, path) in &disks {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        ServerError::Internal(format!("unable to create {}: {e}", parent.display()))
-                    })?;
-                }
-                let s = store.restore_disk(&point, name, &staged(path), progress.as_ref())?;
-                done.push(path.clone());
-                bytes += s.size;
+        let step = async {
+            if let Some(parent) = d.path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    ServerError::Internal(format!("unable to create {}: {e}", parent.display()))
+                })?;
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            for path in &done {
-                let _ = std::fs::remove_file(staged(path));
+            let _ = std::fs::remove_file(&target);
+            let s = {
+                let (store, point, name, raw) =
+                    (store.clone(), point.clone(), d.name.clone(), raw.clone());
+                let progress = progress.clone();
+                tokio::task::spawn_blocking(move || {
+                    store.restore_disk(&point, &name, &raw, progress.as_ref())
+                })
+                .await??
+            };
+            if let (true, Some(q)) = (qcow2(&d.name), qemu) {
+                // Converted into the staged name, not over the disk.
+                let mut at_staged = spec.clone();
+                at_staged.disks.retain(|x| x.name == d.name);
+                at_staged.disks[0].path = target.clone();
+                let installed = q.install_restored_disk(&at_staged, &d.name, &raw).await;
+                let _ = std::fs::remove_file(&raw);
+                installed?;
             }
-            return Err(e);
+            Ok::<u64, ServerError>(s.size)
+        };
+        match step.await {
+            Ok(size) => {
+                bytes += size;
+                done.push(d.path.clone());
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&raw);
+                let _ = std::fs::remove_file(&target);
+                result = Err(e);
+                break;
+            }
         }
+    }
+    if let Err(e) = result {
         for path in &done {
-            std::fs::rename(staged(path), path).map_err(|e| {
-                ServerError::Internal(format!(
-                    "unable to move the restored disk into place at {}: {e}",
-                    path.display()
-                ))
-            })?;
+            let _ = std::fs::remove_file(staged(path));
         }
-        Ok(bytes)
-    })
-    .await?
+        return Err(e);
+    }
+    for path in &done {
+        std::fs::rename(staged(path), path).map_err(|e| {
+            ServerError::Internal(format!(
+                "unable to move the restored disk into place at {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(bytes)
 }
 
 /// A bare command name is looked up next to the running binary first (so
@@ -752,6 +937,77 @@ size = "1MiB"
             ]
         );
         assert_eq!(a.disks, b.disks);
+    }
+
+    #[test]
+    fn a_qemu_vm_gets_its_machine_with_the_site_addresses() {
+        let cfg = Config::parse(
+            r#"
+[sites.s1]
+vars = { sip = "127.0.1.1" }
+[sites.s2]
+vars = { sip = "127.0.2.1" }
+[hosts.q1]
+site = "s1"
+driver = "qemu"
+disk_dir = "/d1"
+[hosts.q2]
+site = "s2"
+driver = "qemu"
+disk_dir = "/d2"
+[hosts.zp2]
+site = "s2"
+driver = "process"
+disk_dir = "/d3"
+[vms.pbx]
+host = "q1"
+dr_site = "s2"
+[vms.pbx.qemu]
+kernel = "/g/vmlinuz"
+append = "vnf.name={vm} site={site}"
+guest_agent = true
+forwards = [{ protocol = "udp", host_addr = "{site.sip}", host_port = 5060, guest_port = 5060 }]
+[[vms.pbx.disks]]
+name = "system"
+size = "16MiB"
+format = "qcow2"
+[[vms.pbx.disks]]
+name = "data"
+size = "1MiB"
+"#,
+            Path::new("standby.toml"),
+        )
+        .unwrap();
+        let qemu = |h: &str| {
+            let q = Arc::new(QemuDriver::new("/run/x"));
+            Agent::qemu(h, &cfg.hosts[h], Path::new("/data"), q)
+        };
+        let at1 = qemu("q1").spec(&cfg, "pbx").unwrap();
+        let at2 = qemu("q2").spec(&cfg, "pbx").unwrap();
+        assert_eq!(
+            at1.command.file_name().unwrap().to_str(),
+            Some("qemu-system-x86_64")
+        );
+        let (q1, q2) = (at1.qemu.unwrap(), at2.qemu.unwrap());
+        assert_eq!(q1.append.as_deref(), Some("vnf.name=pbx site=s1"));
+        assert_eq!(q1.forwards[0].host_addr.to_string(), "127.0.1.1");
+        assert_eq!(q2.forwards[0].host_addr.to_string(), "127.0.2.1");
+        assert_eq!(q1.disk_format("system"), DiskFormat::Qcow2);
+        assert_eq!(q1.disk_format("data"), DiskFormat::Raw);
+        assert!(q1.guest_agent);
+        assert_eq!(at2.disks[1].path, PathBuf::from("/d2/pbx/data.img"));
+        // A process host refuses a qemu VM, naming both.
+        let p2 = Agent::new(
+            "zp2",
+            &cfg.hosts["zp2"],
+            Path::new("/data"),
+            Arc::new(standby_hv::ProcessDriver::new()),
+        );
+        let e = p2.spec(&cfg, "pbx").unwrap_err().to_string();
+        assert!(
+            e.contains("qemu VM") && e.contains("host zp2 runs process VMs"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

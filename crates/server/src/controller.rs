@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use standby_db::{FenceRecord, Repo, SqliteRepo};
-use standby_hv::ProcessDriver;
+use standby_hv::{ProcessDriver, QemuDriver};
 use standby_store::Datastore;
 use standby_types::config::{Config, DriverKind};
 use standby_types::model::PointRecord;
@@ -88,12 +88,21 @@ impl Controller {
                     Agent::remote(name, host, &cfg.controller.data_dir, agent, url)
                 }
                 None => {
-                    let driver = match host.driver {
-                        DriverKind::Process => Arc::new(ProcessDriver::with_state_dir(
-                            cfg.controller.data_dir.join("hosts").join(name).join("run"),
-                        )),
-                    };
-                    Agent::new(name, host, &cfg.controller.data_dir, driver)
+                    let run = cfg.controller.data_dir.join("hosts").join(name).join("run");
+                    match host.driver {
+                        DriverKind::Process => Agent::new(
+                            name,
+                            host,
+                            &cfg.controller.data_dir,
+                            Arc::new(ProcessDriver::with_state_dir(run)),
+                        ),
+                        DriverKind::Qemu => Agent::qemu(
+                            name,
+                            host,
+                            &cfg.controller.data_dir,
+                            Arc::new(QemuDriver::new(run)),
+                        ),
+                    }
                 }
             };
             agents.insert(name.clone(), agent);

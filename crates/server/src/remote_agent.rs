@@ -569,9 +569,14 @@ async fn restore(State(h): Host, Json(c): Json<RestoreCall>) -> Answer<RestoreDo
         tokio::task::spawn_blocking(move || h.store(&name, &cfg)).await??
     };
     let spec = h.local(c.spec);
-    let bytes =
-        crate::agent::restore_point(&spec, &store, &point, Arc::new(JobProgress::default()))
-            .await?;
+    let bytes = crate::agent::restore_point(
+        &spec,
+        &store,
+        &point,
+        Arc::new(JobProgress::default()),
+        None,
+    )
+    .await?;
     tracing::info!(vm = %spec.name, %point, datastore = %c.datastore, bytes, "point restored");
     Ok(Json(RestoreDone { bytes }))
 }

@@ -114,6 +114,11 @@ impl PointWriter {
         self.meta.labels.insert(key.to_string(), value.to_string());
     }
 
+    /// Set how consistent the point is (known once the VM was frozen).
+    pub fn set_consistency(&mut self, consistency: crate::Consistency) {
+        self.meta.consistency = consistency;
+    }
+
     /// Give the point the current time (and the id that goes with it).
     /// A caller that opens the writer before freezing the VM (so the
     /// freeze never waits for the store's lock) restamps once frozen, so

@@ -255,12 +255,16 @@ pub struct Site {
 pub enum DriverKind {
     /// A VM is a supervised local process (the embedded default).
     Process,
+    /// A VM is a `qemu-system-x86_64` machine described by its
+    /// `[vms.NAME.qemu]` table (in-process hosts only).
+    Qemu,
 }
 
 impl fmt::Display for DriverKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DriverKind::Process => f.write_str("process"),
+            DriverKind::Qemu => f.write_str("qemu"),
         }
     }
 }
@@ -607,8 +611,10 @@ pub struct Vm {
     /// Where the VM is restored when its home site is lost.
     #[serde(default)]
     pub dr_site: Option<String>,
-    /// Program to run (process driver). A bare name is looked up next to
-    /// the `standby` binary first, then on `PATH`.
+    /// Program to run (process driver; required there) or the QEMU binary
+    /// (qemu driver; default `qemu-system-x86_64`). A bare name is looked
+    /// up next to the `standby` binary first, then on `PATH`.
+    #[serde(default)]
     pub command: String,
     /// Arguments; `{disk.NAME}` becomes the path of disk NAME on the host
     /// where the VM runs, `{vm}` its name and `{site}` the site.
@@ -621,6 +627,120 @@ pub struct Vm {
     /// Grace period between SIGTERM and SIGKILL on shutdown.
     #[serde(default = "default_shutdown_timeout", with = "duration_str")]
     pub shutdown_timeout: Duration,
+    /// The machine of a VM on a qemu host (required there, refused on a
+    /// process host).
+    #[serde(default)]
+    pub qemu: Option<QemuVm>,
+}
+
+impl Vm {
+    /// The program the driver runs: `command`, or QEMU's default binary
+    /// for a qemu VM without one.
+    pub fn program(&self) -> &str {
+        if self.command.is_empty() && self.qemu.is_some() {
+            "qemu-system-x86_64"
+        } else {
+            &self.command
+        }
+    }
+}
+
+/// `{site.VAR}` replaced by the site's variables (unknown ones left).
+pub fn expand_site_vars(s: &str, vars: Option<&BTreeMap<String, String>>) -> String {
+    let mut s = s.to_string();
+    for (k, v) in vars.into_iter().flatten() {
+        s = s.replace(&format!("{{site.{k}}}"), v);
+    }
+    s
+}
+
+/// `[vms.NAME.qemu]`: how QEMU runs the VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuVm {
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    #[serde(default)]
+    pub machine: QemuMachine,
+    #[serde(default)]
+    pub accel: QemuAccel,
+    /// Direct kernel boot; without it QEMU boots from the first disk.
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; `{vm}`, `{site}` and `{site.VAR}` expand.
+    #[serde(default)]
+    pub append: Option<String>,
+    /// Host ports forwarded into the guest (user-mode networking).
+    #[serde(default)]
+    pub forwards: Vec<QemuForward>,
+    /// The guest runs `qemu-ga`: points freeze its filesystems
+    /// (application-consistent).
+    #[serde(default)]
+    pub guest_agent: bool,
+}
+
+fn default_memory_mib() -> u32 {
+    256
+}
+
+fn default_cpus() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QemuMachine {
+    #[default]
+    Q35,
+    Pc,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QemuAccel {
+    /// KVM when `/dev/kvm` is usable, else TCG.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardProtocol {
+    Tcp,
+    Udp,
+}
+
+/// One `[[vms.NAME.qemu.forwards]]` entry: `host_addr:host_port` on the
+/// host reaches `guest_port` in the guest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuForward {
+    pub protocol: ForwardProtocol,
+    /// An IPv4 address, or `{site.VAR}` (the VM's address at the site
+    /// where it runs). Default 127.0.0.1.
+    #[serde(default = "default_host_addr")]
+    pub host_addr: String,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+fn default_host_addr() -> String {
+    "127.0.0.1".into()
+}
+
+/// Image format of a disk (qemu VMs; process VMs use raw files).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    #[default]
+    Raw,
+    Qcow2,
 }
 
 fn default_shutdown_timeout() -> Duration {
@@ -632,6 +752,9 @@ fn default_shutdown_timeout() -> Duration {
 pub struct Disk {
     pub name: String,
     pub size: ByteSize,
+    /// `raw` (default) or `qcow2` (qemu VMs only).
+    #[serde(default)]
+    pub format: DiskFormat,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1003,6 +1126,12 @@ impl Config {
                     format!("unknown site '{}'", h.site),
                 ));
             }
+            if h.driver == DriverKind::Qemu && h.netns.is_some() {
+                return Err((
+                    p(&["hosts", name, "netns"]),
+                    "a qemu host's VMs reach the network through their port forwards; 'netns' applies to process hosts only".into(),
+                ));
+            }
             if let Some(ns) = &h.netns
                 && (ns.is_empty()
                     || ns.len() > 64
@@ -1062,7 +1191,15 @@ impl Config {
                         "a disk needs a size above zero".into(),
                     ));
                 }
+                if d.format == DiskFormat::Qcow2 && vm.qemu.is_none() {
+                    return Err((
+                        p(&["vms", name, "disks", &idx, "format"]),
+                        "qcow2 disks need a qemu VM (a [vms.NAME.qemu] table on a qemu host)"
+                            .into(),
+                    ));
+                }
             }
+            self.validate_vm_driver(name, vm, host)?;
         }
         for (name, g) in &self.groups {
             for (i, m) in g.members.iter().enumerate() {
@@ -1117,6 +1254,129 @@ impl Config {
         }
         self.validate_watch()?;
         self.validate_services()
+    }
+
+    /// A VM's kind matches its hosts': a `[vms.NAME.qemu]` table exactly
+    /// when its home host (and the first host of its DR site) runs qemu.
+    fn validate_vm_driver(
+        &self,
+        name: &str,
+        vm: &Vm,
+        host: &Host,
+    ) -> Result<(), (Vec<String>, String)> {
+        let p = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut hosts = vec![(vm.host.as_str(), host)];
+        if let Some(dr) = vm.dr_site.as_deref()
+            && let Some(h) = self.first_host_of_site(dr)
+        {
+            hosts.push((h, &self.hosts[h]));
+        }
+        for (hname, h) in hosts {
+            match (h.driver, &vm.qemu) {
+                (DriverKind::Process, Some(_)) => {
+                    return Err((
+                        p(&["vms", name, "qemu"]),
+                        format!(
+                            "host '{hname}' uses the process driver; a qemu VM needs hosts with driver = \"qemu\""
+                        ),
+                    ));
+                }
+                (DriverKind::Qemu, None) => {
+                    return Err((
+                        p(&["vms", name]),
+                        format!(
+                            "host '{hname}' uses the qemu driver: the VM needs a [vms.{name}.qemu] table"
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let Some(q) = &vm.qemu else {
+            if vm.command.trim().is_empty() {
+                return Err((
+                    p(&["vms", name, "command"]),
+                    "a process VM needs a command".into(),
+                ));
+            }
+            return Ok(());
+        };
+        if q.memory_mib < 16 {
+            return Err((
+                p(&["vms", name, "qemu", "memory_mib"]),
+                format!(
+                    "{} MiB is too little memory for a VM (16 at least)",
+                    q.memory_mib
+                ),
+            ));
+        }
+        if q.cpus == 0 || q.cpus > 64 {
+            return Err((
+                p(&["vms", name, "qemu", "cpus"]),
+                format!("{} CPUs: use 1 to 64", q.cpus),
+            ));
+        }
+        for (i, d) in vm.disks.iter().enumerate() {
+            // The disk names QEMU's block nodes.
+            if !d.name.starts_with(|c: char| c.is_ascii_alphabetic()) || d.name.len() > 26 {
+                return Err((
+                    p(&["vms", name, "disks", &i.to_string(), "name"]),
+                    format!(
+                        "disk '{}' of a qemu VM must start with a letter and hold at most 26 characters",
+                        d.name
+                    ),
+                ));
+            }
+        }
+        if q.initrd.is_some() && q.kernel.is_none() {
+            return Err((
+                p(&["vms", name, "qemu", "initrd"]),
+                "an initrd needs a kernel".into(),
+            ));
+        }
+        if q.kernel.is_none() && vm.disks.is_empty() {
+            return Err((
+                p(&["vms", name, "qemu", "kernel"]),
+                "a VM without a kernel boots from its first disk, and it has none".into(),
+            ));
+        }
+        // Every site the VM may run at must give each forward an address.
+        let mut sites = vec![host.site.as_str()];
+        sites.extend(vm.dr_site.as_deref());
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, f) in q.forwards.iter().enumerate() {
+            let at = p(&["vms", name, "qemu", "forwards", &i.to_string(), "host_addr"]);
+            if f.host_port == 0 || f.guest_port == 0 {
+                return Err((
+                    p(&["vms", name, "qemu", "forwards", &i.to_string()]),
+                    "forwarded ports must be above zero".into(),
+                ));
+            }
+            for site in &sites {
+                let vars = self.sites.get(*site).map(|s| &s.vars);
+                let addr = expand_site_vars(&f.host_addr, vars);
+                if let Some(var) = addr.split("{site.").nth(1) {
+                    let var = var.split('}').next().unwrap_or_default();
+                    return Err((
+                        at,
+                        format!("site '{site}' has no variable '{var}' (sites.{site}.vars)"),
+                    ));
+                }
+                if addr.parse::<std::net::Ipv4Addr>().is_err() {
+                    return Err((
+                        at,
+                        format!("'{addr}' (at site '{site}') is not an IPv4 address"),
+                    ));
+                }
+                if !seen.insert((*site, f.protocol, addr.clone(), f.host_port)) {
+                    return Err((
+                        p(&["vms", name, "qemu", "forwards", &i.to_string()]),
+                        format!("{addr}:{} is forwarded twice", f.host_port),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_services(&self) -> Result<(), (Vec<String>, String)> {
@@ -1205,6 +1465,18 @@ impl Config {
                     }
                     Some(_) => {}
                 }
+            }
+            if a.url.is_some()
+                && let Some(h) = a.host.as_ref().and_then(|h| self.hosts.get(h))
+                && h.driver == DriverKind::Qemu
+            {
+                return Err((
+                    p(&["agents", name, "url"]),
+                    format!(
+                        "host '{}' uses the qemu driver, which runs in the controller only; remote agents run process hosts",
+                        a.host.as_deref().unwrap_or_default()
+                    ),
+                ));
             }
             if let Some(url) = &a.url {
                 let rest = url
@@ -1806,5 +2078,125 @@ disk_dir = "d"
             let e = parse(&base(extra)).unwrap_err().to_string();
             assert!(e.contains(field) && e.contains(msg), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn qemu_vms_parse_and_are_checked() {
+        let base = |h2_driver: &str, vm: &str| {
+            format!(
+                r#"
+[sites.s1]
+vars = {{ sip = "127.0.1.1" }}
+[sites.s2]
+vars = {{ sip = "127.0.2.1" }}
+[hosts.h1]
+site = "s1"
+driver = "qemu"
+disk_dir = "d1"
+[hosts.h2]
+site = "s2"
+driver = "{h2_driver}"
+disk_dir = "d2"
+[vms.pbx]
+host = "h1"
+dr_site = "s2"
+{vm}
+"#
+            )
+        };
+        let good = r#"
+[vms.pbx.qemu]
+memory_mib = 128
+accel = "tcg"
+kernel = "/g/vmlinuz"
+initrd = "/g/initrd.img"
+append = "console=ttyS0 vnf.name={vm}"
+forwards = [{ protocol = "udp", host_addr = "{site.sip}", host_port = 5060, guest_port = 5060 }]
+[[vms.pbx.disks]]
+name = "system"
+size = "16MiB"
+format = "qcow2"
+[[vms.pbx.disks]]
+name = "data"
+size = "64MiB"
+"#;
+        let cfg = parse(&base("qemu", good)).unwrap();
+        let vm = &cfg.vms["pbx"];
+        assert_eq!(vm.program(), "qemu-system-x86_64");
+        let q = vm.qemu.as_ref().unwrap();
+        assert_eq!((q.memory_mib, q.cpus, q.accel), (128, 1, QemuAccel::Tcg));
+        assert_eq!(q.forwards[0].protocol, ForwardProtocol::Udp);
+        assert_eq!(vm.disks[0].format, DiskFormat::Qcow2);
+        assert_eq!(vm.disks[1].format, DiskFormat::Raw);
+        for (h2, vm, field, msg) in [
+            (
+                "process",
+                good,
+                "vms.pbx.qemu",
+                "host 'h2' uses the process driver",
+            ),
+            (
+                "qemu",
+                "command = \"/bin/true\"",
+                "vms.pbx",
+                "needs a [vms.pbx.qemu] table",
+            ),
+            (
+                "qemu",
+                "[vms.pbx.qemu]\nkernel = \"/k\"\nforwards = [{ protocol = \"udp\", host_addr = \"{site.nope}\", host_port = 1, guest_port = 1 }]",
+                "vms.pbx.qemu.forwards.0.host_addr",
+                "site 's1' has no variable 'nope'",
+            ),
+            (
+                "qemu",
+                "[vms.pbx.qemu]\nkernel = \"/k\"\nforwards = [{ protocol = \"udp\", host_addr = \"localhost\", host_port = 1, guest_port = 1 }]",
+                "vms.pbx.qemu.forwards.0.host_addr",
+                "not an IPv4 address",
+            ),
+            (
+                "qemu",
+                "[vms.pbx.qemu]\nmachine = \"virt\"",
+                "standby.toml:18",
+                "unknown variant `virt`",
+            ),
+            (
+                "qemu",
+                "[vms.pbx.qemu]\nkernel = \"/k\"\n[[vms.pbx.disks]]\nname = \"0d\"\nsize = \"1MiB\"",
+                "vms.pbx.disks.0.name",
+                "must start with a letter",
+            ),
+            (
+                "qemu",
+                "[vms.pbx.qemu]\ninitrd = \"/i\"",
+                "vms.pbx.qemu.initrd",
+                "needs a kernel",
+            ),
+            (
+                "qemu",
+                "[vms.pbx.qemu]\nkernel = \"/k\"\n[agents.a]\nsite = \"s1\"\nhost = \"h1\"\nurl = \"http://x:1\"",
+                "agents.a.url",
+                "runs in the controller only",
+            ),
+        ] {
+            let e = parse(&base(h2, vm)).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(msg), "{vm}: {e}");
+        }
+        // A process VM: qcow2 and a missing command are refused.
+        let proc_base = |vm: &str| {
+            format!(
+                "[sites.s1]\n[hosts.h1]\nsite = \"s1\"\ndriver = \"process\"\ndisk_dir = \"d\"\n[vms.v]\nhost = \"h1\"\n{vm}"
+            )
+        };
+        let e = parse(&proc_base("args = []")).unwrap_err().to_string();
+        assert!(
+            e.contains("vms.v.command") && e.contains("needs a command"),
+            "{e}"
+        );
+        let e = parse(&proc_base(
+            "command = \"x\"\n[[vms.v.disks]]\nname = \"d\"\nsize = \"1MiB\"\nformat = \"qcow2\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("vms.v.disks.0.format"), "{e}");
     }
 }

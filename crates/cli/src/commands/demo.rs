@@ -9,9 +9,14 @@
 //! VNF there, checks it and switches the front door. The demo prints the
 //! incident's timeline, what survived, the data-loss window and the RTO the
 //! client saw.
+//!
+//! `--driver qemu` makes pbx1 a real QEMU VM: the guest (kernel + initrd
+//! holding `standby-vnf`) is built by `scripts/build-guest` into the demo
+//! directory, and the VNF's SIP and HTTP ports are forwarded from each
+//! site's address into the guest.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +46,64 @@ pub struct DemoArgs {
     /// Keep the temporary directory (its path is printed).
     #[arg(long)]
     pub keep: bool,
+    /// How pbx1 runs: `process` (the VNF as a local process) or `qemu` (a
+    /// real VM; needs qemu-system-x86_64, qemu-utils, busybox-static and
+    /// cpio).
+    #[arg(long, default_value = "process", value_parser = ["process", "qemu"])]
+    pub driver: String,
+}
+
+const QEMU_INSTALL: &str = "apt-get install qemu-system-x86 qemu-utils busybox-static cpio";
+
+/// A guest for `--driver qemu`: `scripts/build-guest` (found beside the
+/// binary's checkout or the current directory, or `STANDBY_BUILD_GUEST`)
+/// builds it into `out` from the `standby-vnf` next to this binary; the
+/// downloaded packages are cached in `~/.cache/standby/guest`.
+fn build_guest(out: &Path) -> Result<(PathBuf, PathBuf)> {
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| d.join("qemu-system-x86_64").is_file())
+    });
+    if !on_path {
+        bail!(
+            "--driver qemu needs qemu-system-x86_64, which is not installed; install it with: {QEMU_INSTALL}"
+        );
+    }
+    let exe = std::env::current_exe().context("locating the standby binary")?;
+    let script = std::env::var_os("STANDBY_BUILD_GUEST")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cwd = std::env::current_dir().ok();
+            exe.ancestors()
+                .chain(cwd.iter().flat_map(|c| c.ancestors()))
+                .map(|d| d.join("scripts/build-guest"))
+                .find(|p| p.is_file())
+        })
+        .context("scripts/build-guest not found: run the demo from a standby checkout or set STANDBY_BUILD_GUEST")?;
+    let vnf = exe
+        .parent()
+        .map(|d| d.join("standby-vnf"))
+        .filter(|p| p.is_file())
+        .context("standby-vnf is not next to the standby binary (cargo build -p standby-vnf)")?;
+    let cache = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/standby/guest"))
+        .unwrap_or_else(|| out.join("cache"));
+    let st = std::process::Command::new(&script)
+        .arg("--vnf")
+        .arg(&vnf)
+        .arg("--out")
+        .arg(out)
+        .arg("--cache")
+        .arg(&cache)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !st.success() {
+        bail!(
+            "{} failed ({st}); it needs: {QEMU_INSTALL}",
+            script.display()
+        );
+    }
+    Ok((out.join("vmlinuz"), out.join("initrd.img")))
 }
 
 #[derive(Debug, Serialize)]
@@ -151,7 +214,51 @@ struct Ports {
     agent2: u16,
 }
 
-fn config_text(p: &Ports, interval: u64) -> String {
+/// The `[vms.pbx1]` entry: the VNF as a process, or in a QEMU guest
+/// whose SIP and HTTP ports are forwarded from the site's address.
+fn vm_text(p: &Ports, guest: Option<&(PathBuf, PathBuf)>) -> String {
+    match guest {
+        None => format!(
+            r#"command = "standby-vnf"
+args = ["--name", "pbx1@{{site}}", "--disk", "{{disk.data}}", "--sip", "{{site.ip}}:{sip}", "--http", "{{site.ip}}:{http}"]
+shutdown_timeout = "5s"
+[[vms.pbx1.disks]]
+name = "data"
+size = "64MiB""#,
+            sip = p.sip,
+            http = p.http
+        ),
+        Some((kernel, initrd)) => format!(
+            r#"shutdown_timeout = "15s"
+[vms.pbx1.qemu]
+memory_mib = 256
+# Software emulation: works everywhere, also where /dev/kvm opens but
+# nested KVM does not run guests.
+accel = "tcg"
+kernel = "{kernel}"
+initrd = "{initrd}"
+append = "console=ttyS0 quiet vnf.name=pbx1@{{site}}"
+forwards = [
+  {{ protocol = "udp", host_addr = "{{site.ip}}", host_port = {sip}, guest_port = 5060 }},
+  {{ protocol = "tcp", host_addr = "{{site.ip}}", host_port = {http}, guest_port = 8080 }},
+]
+[[vms.pbx1.disks]]
+name = "system"
+size = "16MiB"
+format = "qcow2"
+[[vms.pbx1.disks]]
+name = "data"
+size = "64MiB""#,
+            kernel = kernel.display(),
+            initrd = initrd.display(),
+            sip = p.sip,
+            http = p.http
+        ),
+    }
+}
+
+fn config_text(p: &Ports, interval: u64, guest: Option<&(PathBuf, PathBuf)>) -> String {
+    let driver = if guest.is_some() { "qemu" } else { "process" };
     let probe = |name: &str, from: &str| {
         format!(
             r#"
@@ -182,11 +289,11 @@ vars = {{ ip = "127.0.2.1" }}
 
 [hosts.site1-host1]
 site = "site1"
-driver = "process"
+driver = "{driver}"
 disk_dir = "site1/disks"
 [hosts.site2-host1]
 site = "site2"
-driver = "process"
+driver = "{driver}"
 disk_dir = "site2/disks"
 
 [datastores.site1-store]
@@ -199,12 +306,7 @@ path = "site2/store"
 [vms.pbx1]
 host = "site1-host1"
 dr_site = "site2"
-command = "standby-vnf"
-args = ["--name", "pbx1@{{site}}", "--disk", "{{disk.data}}", "--sip", "{{site.ip}}:{sip}", "--http", "{{site.ip}}:{http}"]
-shutdown_timeout = "5s"
-[[vms.pbx1.disks]]
-name = "data"
-size = "64MiB"
+{vm}
 
 [groups.gold]
 members = ["pbx1"]
@@ -232,8 +334,8 @@ heartbeat = "1s"
 site = "site2"
 heartbeat = "1s"
 {p1}{p2}"#,
+        vm = vm_text(p, guest),
         sip = p.sip,
-        http = p.http,
         front = p.front,
         p1 = probe("site1-from-controller", "controller"),
         p2 = probe("site1-from-site2", "agent:site2-agent"),
@@ -301,8 +403,17 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
         agent1: free_port()?,
         agent2: free_port()?,
     };
+    let guest = if args.driver == "qemu" {
+        say("building the QEMU guest (scripts/build-guest)".into());
+        Some(build_guest(&dir.join("guest"))?)
+    } else {
+        None
+    };
     let cfg_path = dir.join("standby.toml");
-    std::fs::write(&cfg_path, config_text(&ports, args.interval))?;
+    std::fs::write(
+        &cfg_path,
+        config_text(&ports, args.interval, guest.as_ref()),
+    )?;
     let cfg = Config::load(&cfg_path)?;
     let site1_disks = cfg.hosts["site1-host1"].disk_dir.clone();
     let site1_store = cfg.datastores["site1-store"]
@@ -370,7 +481,9 @@ async fn story(
     let front: SocketAddr = ([127, 0, 0, 1], ports.front).into();
     say("site1: starting the SIP registrar VNF pbx1".into());
     let _: VmView = api.post("/api/v1/vms/pbx1/start", &json!({})).await?;
-    wait_sip(site1_sip, Duration::from_secs(15)).await?;
+    // A QEMU guest boots first (software emulation without KVM).
+    let boot = if args.driver == "qemu" { 90 } else { 15 };
+    wait_sip(site1_sip, Duration::from_secs(boot)).await?;
     say(format!(
         "site1: pbx1 answers SIP at {site1_sip}; customers register through the front door at {front} for {}s while points are taken every {}s",
         args.seconds, args.interval
@@ -453,7 +566,7 @@ async fn story(
             runbook_ms as f64 / 1000.0
         ));
         // Let the client see site 2 for a moment.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(boot + 15);
         loop {
             let first_site2 = log
                 .lock()
@@ -465,7 +578,7 @@ async fn story(
                 break;
             }
             if Instant::now() > deadline {
-                bail!("the front door did not reach pbx1 at site2 within 30s of the failover");
+                bail!("the front door did not reach pbx1 at site2 within {}s of the failover", boot + 15);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

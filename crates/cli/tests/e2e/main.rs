@@ -12,6 +12,7 @@ mod demo;
 mod failover;
 mod fencing;
 mod protect_restore;
+mod qemu;
 mod runbooks;
 mod scheduler;
 mod sites;

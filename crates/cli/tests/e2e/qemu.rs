@@ -1,0 +1,334 @@
+//! A real QEMU VM protected and restored through the controller: two qemu
+//! hosts at two sites whose forwarded SIP/HTTP ports listen on each site's
+//! own loopback address (`{site.addr}`). Skipped, saying so, when
+//! `qemu-system-x86_64` is not installed (CI installs it).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{STANDBY, free_port};
+
+const INSTALL: &str = "apt-get install -y qemu-system-x86 qemu-utils busybox-static cpio";
+
+fn qemu_installed() -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| d.join("qemu-system-x86_64").is_file())
+    })
+}
+
+/// `target/` of this build (CARGO_TARGET_TMPDIR is `target/tmp`).
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Build `standby-vnf` and the guest (kernel + initrd) into
+/// `target/tmp/guest`, as the driver's own tests do (the .debs stay
+/// cached there).
+fn guest() -> (PathBuf, PathBuf) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .args(["build", "-p", "standby-vnf", "--bin", "standby-vnf"])
+        .env("CARGO_TARGET_DIR", target_dir())
+        .current_dir(repo_root())
+        .status()
+        .unwrap();
+    assert!(st.success(), "cargo build -p standby-vnf failed");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest");
+    let st = Command::new(repo_root().join("scripts/build-guest"))
+        .arg("--vnf")
+        .arg(target_dir().join("debug/standby-vnf"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("scripts/build-guest: {e}; install: {INSTALL}"));
+    assert!(st.success(), "scripts/build-guest failed; needs: {INSTALL}");
+    (out.join("vmlinuz"), out.join("initrd.img"))
+}
+
+struct QemuLab {
+    dir: tempfile::TempDir,
+    cfg: PathBuf,
+    server: Option<Child>,
+}
+
+impl QemuLab {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(STANDBY)
+            .args(["--config", self.cfg.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.run(&a);
+        assert!(
+            out.status.success(),
+            "standby {args:?} failed: {}\nserver log: {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn console(&self, host: &str) -> String {
+        let p = self
+            .dir
+            .path()
+            .join(format!("controller/hosts/{host}/pbx1.console.log"));
+        std::fs::read_to_string(p).unwrap_or_default()
+    }
+}
+
+impl Drop for QemuLab {
+    fn drop(&mut self) {
+        // VMs outlive the controller by design: stop the lab's own first.
+        let _ = self.run(&["vm", "stop", "pbx1"]);
+        if let Some(mut c) = self.server.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn sip_answers(addr: SocketAddr, within: Duration) -> bool {
+    rt().block_on(async {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if standby_vnf::client::options(addr, Duration::from_millis(500))
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    })
+}
+
+fn register(sip: SocketAddr, users: std::ops::Range<u32>) -> Vec<String> {
+    rt().block_on(async {
+        let mut aors = Vec::new();
+        for n in users {
+            let aor = format!("sip:u{n:03}@e2e.invalid");
+            standby_vnf::client::register(
+                sip,
+                &aor,
+                &format!("sip:u{n:03}@198.18.0.1:5070"),
+                3600,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("REGISTER {aor}: {e}"));
+            aors.push(aor);
+        }
+        aors
+    })
+}
+
+fn bindings(http: SocketAddr) -> Vec<String> {
+    let st = rt()
+        .block_on(standby_vnf::client::state(http))
+        .expect("VNF state");
+    let mut v: Vec<String> = st.bindings.into_iter().map(|b| b.aor).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_qemu_vm_is_protected_incrementally_and_restored_at_site2() {
+    if !qemu_installed() {
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed; run: {INSTALL}");
+        return;
+    }
+    let (kernel, initrd) = guest();
+    let dir = tempfile::Builder::new()
+        .prefix("standby-qemu-")
+        .tempdir()
+        .unwrap();
+    let (api, sip_port, http_port) = (free_port(), free_port(), free_port());
+    let text = format!(
+        r#"[controller]
+listen = "127.0.0.1:{api}"
+data_dir = "controller"
+[sites.site1]
+vars = {{ addr = "127.0.1.1" }}
+[sites.site2]
+vars = {{ addr = "127.0.2.1" }}
+[hosts.site1-host1]
+site = "site1"
+driver = "qemu"
+disk_dir = "site1/disks"
+[hosts.site2-host1]
+site = "site2"
+driver = "qemu"
+disk_dir = "site2/disks"
+[datastores.site1-store]
+site = "site1"
+path = "site1/store"
+[datastores.site2-store]
+site = "site2"
+path = "site2/store"
+[vms.pbx1]
+host = "site1-host1"
+dr_site = "site2"
+shutdown_timeout = "15s"
+[vms.pbx1.qemu]
+memory_mib = 256
+accel = "tcg"
+kernel = "{kernel}"
+initrd = "{initrd}"
+append = "console=ttyS0 quiet vnf.name={{vm}}"
+forwards = [
+  {{ protocol = "udp", host_addr = "{{site.addr}}", host_port = {sip_port}, guest_port = 5060 }},
+  {{ protocol = "tcp", host_addr = "{{site.addr}}", host_port = {http_port}, guest_port = 8080 }},
+]
+[[vms.pbx1.disks]]
+name = "system"
+size = "16MiB"
+format = "qcow2"
+[[vms.pbx1.disks]]
+name = "data"
+size = "64MiB"
+[groups.gold]
+members = ["pbx1"]
+schedule = "every 1h"
+datastores = ["site1-store", "site2-store"]
+"#,
+        kernel = kernel.display(),
+        initrd = initrd.display(),
+    );
+    let cfg = dir.path().join("standby.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let server = Command::new(STANDBY)
+        .args(["--config", cfg.to_str().unwrap(), "server"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("standby server starts");
+    let lab = QemuLab {
+        dir,
+        cfg,
+        server: Some(server),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
+        assert!(Instant::now() < deadline, "controller did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sip1: SocketAddr = format!("127.0.1.1:{sip_port}").parse().unwrap();
+    let sip2: SocketAddr = format!("127.0.2.1:{sip_port}").parse().unwrap();
+    let http2: SocketAddr = format!("127.0.2.1:{http_port}").parse().unwrap();
+
+    let t = Instant::now();
+    let st = lab.json(&["vm", "start", "pbx1"]);
+    assert!(
+        sip_answers(sip1, Duration::from_secs(90)),
+        "no SIP at {sip1}: {st}\n{}",
+        lab.console("site1-host1")
+    );
+    eprintln!("site 1: boot to SIP {:.1?}", t.elapsed());
+    // The system disk is qcow2 and the data disk raw, as configured.
+    let sys = lab.dir.path().join("site1/disks/pbx1/system.img");
+    let head = std::fs::read(&sys).unwrap();
+    assert_eq!(&head[..4], b"QFI\xfb", "system disk is not qcow2");
+    let mut acked = register(sip1, 0..20);
+
+    let full = lab.json(&["protect", "run", "gold"]);
+    let full = &full["vms"][0];
+    acked.extend(register(sip1, 20..40));
+    let incr = lab.json(&["protect", "run", "gold"]);
+    let incr = &incr["vms"][0];
+    let size = incr["size"].as_u64().unwrap();
+    assert_eq!(size, 80 << 20);
+    let (read1, read2) = (
+        full["bytes_read"].as_u64().unwrap(),
+        incr["bytes_read"].as_u64().unwrap(),
+    );
+    assert_eq!(read1, size, "the first point reads everything");
+    // 20 journal records: a few 64 KiB chunks, not 80 MiB.
+    assert!(
+        read2 > 0 && read2 <= 8 * 65536,
+        "incremental point read {read2} bytes"
+    );
+    eprintln!(
+        "points through the server: full {read1} bytes in {}s, incremental {read2} bytes in {}s",
+        full["seconds"], incr["seconds"]
+    );
+    let points = lab.json(&["points", "list", "pbx1"]);
+    let points = points.as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    let id = points[1]["id"].as_str().unwrap().to_string();
+    assert_eq!(incr["point"].as_str(), Some(id.as_str()));
+    // The point records what it read and how consistent it is (no
+    // guest agent: crash-consistent).
+    assert_eq!(points[1]["bytes_read"].as_u64(), Some(read2));
+    assert_eq!(points[0]["bytes_read"].as_u64(), Some(read1));
+    assert_eq!(points[1]["consistency"], "crash");
+    // Acknowledged after the point: must not come back.
+    register(sip1, 40..45);
+    lab.json(&["vm", "stop", "pbx1"]);
+
+    let t = Instant::now();
+    let r = lab.json(&["restore", &id, "--site", "site2"]);
+    assert_eq!(r["site"], "site2");
+    eprintln!(
+        "restore at site 2: {}s restoring, {:.1?} with start",
+        r["restore_seconds"],
+        t.elapsed()
+    );
+    let sys2 = lab.dir.path().join("site2/disks/pbx1/system.img");
+    assert_eq!(
+        &std::fs::read(&sys2).unwrap()[..4],
+        b"QFI\xfb",
+        "restored system disk is not qcow2"
+    );
+    assert!(
+        !lab.dir
+            .path()
+            .join("site2/disks/pbx1/system.img.restoring")
+            .exists()
+    );
+    assert!(
+        sip_answers(sip2, Duration::from_secs(90)),
+        "no SIP at {sip2}: {}",
+        lab.console("site2-host1")
+    );
+    eprintln!("site 2: restore + boot to SIP {:.1?}", t.elapsed());
+    // Only at site 2's address now.
+    assert!(!sip_answers(sip1, Duration::from_secs(1)));
+    acked.sort();
+    assert_eq!(bindings(http2), acked);
+    let vm = lab.json(&["vm", "status", "pbx1"]);
+    assert_eq!(vm["active_site"], "site2");
+}
