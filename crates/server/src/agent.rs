@@ -670,6 +670,22 @@ pub async fn take_point(
         .as_ref()
         .filter(|_| dirty_applies)
         .map(|b| b.to_string());
+    // The point's time must not be later than the instant its data is
+    // from, or a write acknowledged in between would be claimed and be
+    // missing. A paused VM's instant is the pause (stamped while paused,
+    // in `read_point`); a live snapshot's is somewhere inside
+    // `snapshot_begin_from`, so it is stamped just before.
+    let live = driver.vm_capabilities(spec).live_snapshot;
+    let writer = if live {
+        tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+            let mut writer = writer;
+            writer.restamp()?;
+            Ok(writer)
+        })
+        .await??
+    } else {
+        writer
+    };
     let source = driver
         .snapshot_begin_from(spec, tracked_from.as_deref(), u64::from(chunk_size))
         .await?;
@@ -681,6 +697,7 @@ pub async fn take_point(
         base,
         dirty_applies,
         chunk_size,
+        !live,
         progress,
     )
     .await;
@@ -706,6 +723,7 @@ async fn read_point(
     base: Option<PointId>,
     dirty_applies: bool,
     chunk_size: u32,
+    stamp: bool,
     progress: Arc<JobProgress>,
 ) -> Result<(Manifest, PointStats), ServerError> {
     let total: u64 = spec.disks.iter().map(|d| d.size).sum();
@@ -715,8 +733,10 @@ async fn read_point(
         let note = source.consistency_note.clone();
         let app_consistent = source.app_consistent;
         tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
-            // The point's time is the freeze instant.
-            writer.restamp()?;
+            // A paused VM's point is from the pause: stamped now.
+            if stamp {
+                writer.restamp()?;
+            }
             writer.set_label("snapshot", &note);
             if app_consistent {
                 writer.set_consistency(Consistency::Application);
