@@ -248,6 +248,32 @@ pub trait Driver: Send + Sync {
     }
 }
 
+/// Before [`Driver::create_from_template`] creates anything: every
+/// template names a disk of the VM, and no disk of the VM exists yet.
+pub fn check_template_disks(
+    spec: &VmSpec,
+    template_disks: &[(String, PathBuf)],
+) -> Result<(), HvError> {
+    for (disk_name, _) in template_disks {
+        if !spec.disks.iter().any(|d| &d.name == disk_name) {
+            return Err(HvError::UnknownDisk {
+                vm: spec.name.clone(),
+                disk: disk_name.clone(),
+            });
+        }
+    }
+    for disk in &spec.disks {
+        if disk.path.exists() {
+            return Err(HvError::DiskExists {
+                vm: spec.name.clone(),
+                disk: disk.name.clone(),
+                path: disk.path.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Errors of every driver.
 #[derive(Debug, thiserror::Error)]
 pub enum HvError {

@@ -1244,23 +1244,7 @@ impl Driver for QemuDriver {
         template_disks: &[(String, PathBuf)],
     ) -> Result<(), HvError> {
         let q = spec.qemu.clone().unwrap_or_default();
-        for (disk_name, _) in template_disks {
-            if !spec.disks.iter().any(|d| &d.name == disk_name) {
-                return Err(HvError::UnknownDisk {
-                    vm: spec.name.clone(),
-                    disk: disk_name.clone(),
-                });
-            }
-        }
-        for disk in &spec.disks {
-            if disk.path.exists() {
-                return Err(HvError::DiskExists {
-                    vm: spec.name.clone(),
-                    disk: disk.name.clone(),
-                    path: disk.path.clone(),
-                });
-            }
-        }
+        crate::check_template_disks(spec, template_disks)?;
         for disk in &spec.disks {
             let template = template_disks
                 .iter()

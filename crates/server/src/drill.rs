@@ -30,7 +30,7 @@ use standby_store::PointId;
 use standby_types::watch::{ProbeCheck, ProbeSpec};
 
 use crate::controller::Controller;
-use crate::error::{ServerError, error_chain};
+use crate::error::ServerError;
 use crate::jobs::JobProgress;
 
 /// What a running drill is, as recorded in its directory.
@@ -130,46 +130,6 @@ fn unwrap_netns(command: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
     (command.to_path_buf(), args.to_vec())
 }
 
-/// The newest point of `vm` with a copy in a datastore at `site` whose
-/// manifest can be read, and that datastore.
-async fn newest_intact(
-    ctl: &Controller,
-    vm: &str,
-    site: &str,
-) -> Result<(PointId, DateTime<Utc>, String), ServerError> {
-    let mut points = ctl.repo.points(Some(vm)).await?;
-    points.reverse();
-    let mut tried = Vec::new();
-    for p in points {
-        for ds in &p.copies {
-            if ctl.cfg.datastores.get(ds).is_none_or(|d| d.site != site) {
-                continue;
-            }
-            let store = ctl.store(ds)?;
-            let id: PointId =
-                p.id.parse()
-                    .map_err(|e| ServerError::Internal(format!("bad point id {}: {e}", p.id)))?;
-            let id2 = id.clone();
-            match tokio::task::spawn_blocking(move || store.load_manifest(&id2)).await? {
-                Ok(_) => return Ok((id, p.time, ds.clone())),
-                Err(e) => tried.push(format!(
-                    "{} in {ds}: {}",
-                    p.id,
-                    error_chain(&ServerError::from(e))
-                )),
-            }
-        }
-    }
-    Err(ServerError::Conflict(format!(
-        "vm {vm} has no intact point at site {site}{}",
-        if tried.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", tried.join("; "))
-        }
-    )))
-}
-
 /// The recorded state of drill `id`, if it runs.
 pub fn state(ctl: &Controller, id: &str) -> Result<Option<DrillState>, ServerError> {
     check_id(id)?;
@@ -223,7 +183,10 @@ pub async fn start(
                 .map_err(|e| ServerError::BadRequest(format!("bad point id '{p}': {e}")))?;
             (id, rec.time, ds)
         }
-        None => newest_intact(ctl, vm, site).await?,
+        None => {
+            let (m, ds) = crate::restore::newest_readable(ctl, vm, Some(site)).await?;
+            (m.id, m.time, ds)
+        }
     };
     let data_age_seconds = (started_at - point_time).num_milliseconds() as f64 / 1000.0;
     let disks_dir = dir.join("disks");

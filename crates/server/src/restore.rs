@@ -178,3 +178,42 @@ pub async fn run(
         "skipped": tried,
     }))
 }
+
+/// The newest point of `vm` whose manifest can be read, in a datastore at
+/// `site` (any site if none), and that datastore. Datastores that cannot
+/// be opened or read are skipped (and logged).
+pub async fn newest_readable(
+    ctl: &Controller,
+    vm: &str,
+    site: Option<&str>,
+) -> Result<(standby_store::Manifest, String), ServerError> {
+    let mut best: Option<(standby_store::Manifest, String)> = None;
+    for (name, d) in &ctl.cfg.datastores {
+        if site.is_some_and(|s| s != d.site) {
+            continue;
+        }
+        let store = match ctl.store(name) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(datastore = %name, "newest point: skipped: {e}");
+                continue;
+            }
+        };
+        let v = vm.to_string();
+        match tokio::task::spawn_blocking(move || store.latest_point(&v)).await? {
+            Ok(Some(m)) => {
+                if best.as_ref().is_none_or(|(b, _)| m.time > b.time) {
+                    best = Some((m, name.clone()));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(datastore = %name, "newest point: skipped: {e}"),
+        }
+    }
+    best.ok_or_else(|| {
+        ServerError::Conflict(format!(
+            "vm {vm} has no readable point{}",
+            site.map(|s| format!(" at site {s}")).unwrap_or_default()
+        ))
+    })
+}

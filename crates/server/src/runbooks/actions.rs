@@ -361,35 +361,7 @@ pub async fn point_latest(
     vm: &str,
     site: Option<&str>,
 ) -> Result<Value, ServerError> {
-    let mut best: Option<(standby_store::Manifest, String)> = None;
-    for (name, d) in &ctl.cfg.datastores {
-        if site.is_some_and(|s| s != d.site) {
-            continue;
-        }
-        let store = match ctl.store(name) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(datastore = %name, "point.latest skips it: {e}");
-                continue;
-            }
-        };
-        let v = vm.to_string();
-        match tokio::task::spawn_blocking(move || store.latest_point(&v)).await? {
-            Ok(Some(m)) => {
-                if best.as_ref().is_none_or(|(b, _)| m.time > b.time) {
-                    best = Some((m, name.clone()));
-                }
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(datastore = %name, "point.latest skips it: {e}"),
-        }
-    }
-    let (m, ds) = best.ok_or_else(|| {
-        ServerError::Conflict(format!(
-            "vm {vm} has no readable point{}",
-            site.map(|s| format!(" at site {s}")).unwrap_or_default()
-        ))
-    })?;
+    let (m, ds) = crate::restore::newest_readable(ctl, vm, site).await?;
     let age = (Utc::now() - m.time).num_milliseconds() as f64 / 1000.0;
     Ok(json!({
         "point": m.id.to_string(),
