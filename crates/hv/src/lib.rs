@@ -163,6 +163,12 @@ pub struct SnapshotSource {
     /// agent fsfreeze); false = crash-consistent at best.
     #[serde(default)]
     pub app_consistent: bool,
+    /// A time no later than the instant the data is from, taken as late
+    /// as the driver can tell (a live snapshot: after the guest froze,
+    /// just before the snapshot transaction). `None`: the caller stamps
+    /// the point itself.
+    #[serde(default)]
+    pub taken_after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -787,6 +787,7 @@ impl Driver for ProcessDriver {
                 .collect(),
             consistency_note,
             app_consistent: false,
+            taken_after: None,
         })
     }
 

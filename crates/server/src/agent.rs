@@ -674,7 +674,10 @@ pub async fn take_point(
     // from, or a write acknowledged in between would be claimed and be
     // missing. A paused VM's instant is the pause (stamped while paused,
     // in `read_point`); a live snapshot's is somewhere inside
-    // `snapshot_begin_from`, so it is stamped just before.
+    // `snapshot_begin_from`, so it is stamped just before, and again
+    // with the later floor the driver reports (`taken_after`: after the
+    // guest froze, before the transaction), which keeps the window of
+    // writes acknowledged after the point's time yet in it small.
     let live = driver.vm_capabilities(spec).live_snapshot;
     let writer = if live {
         tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
@@ -732,10 +735,14 @@ async fn read_point(
         let progress = progress.clone();
         let note = source.consistency_note.clone();
         let app_consistent = source.app_consistent;
+        let taken_after = source.taken_after;
         tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
-            // A paused VM's point is from the pause: stamped now.
+            // A paused VM's point is from the pause: stamped now. A live
+            // one from the floor its driver took before the snapshot.
             if stamp {
                 writer.restamp()?;
+            } else if let Some(at) = taken_after {
+                writer.restamp_at(at)?;
             }
             writer.set_label("snapshot", &note);
             if app_consistent {

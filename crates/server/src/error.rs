@@ -13,6 +13,12 @@ pub enum ServerError {
     NotFound { kind: &'static str, name: String },
     #[error("{0}")]
     Conflict(String),
+    /// No or bad credentials (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated, but the role is too low (403).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     BadRequest(String),
     #[error(transparent)]
@@ -51,6 +57,8 @@ impl ServerError {
                 (StatusCode::NOT_FOUND, "not_found", false)
             }
             ServerError::Conflict(_) => (StatusCode::CONFLICT, "conflict", true),
+            ServerError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", false),
+            ServerError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", false),
             ServerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", false),
             ServerError::Db(e) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -34,6 +34,7 @@
 pub mod agent;
 pub mod api;
 mod api_watch;
+pub mod auth;
 pub mod controller;
 pub mod drill;
 pub mod error;

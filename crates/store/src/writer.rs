@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -130,6 +130,18 @@ impl PointWriter {
             return Err(StoreError::PointStarted(self.id.to_string()));
         }
         self.id = next_id(&self.store, &self.meta.vm)?;
+        Ok(())
+    }
+
+    /// Give the point the time `at` (truncated to the millisecond, so
+    /// never later than `at`), or just after the VM's newest point if
+    /// that one is not older. For a caller that knows the instant its
+    /// data is from better than "now".
+    pub fn restamp_at(&mut self, at: DateTime<Utc>) -> Result<(), StoreError> {
+        if !self.disks.is_empty() {
+            return Err(StoreError::PointStarted(self.id.to_string()));
+        }
+        self.id = id_at(&self.store, &self.meta.vm, at)?;
         Ok(())
     }
 
@@ -431,7 +443,11 @@ fn read_blocks(
 /// collide). Only the names are read: a damaged manifest must not block
 /// new points.
 fn next_id(store: &Datastore, vm: &str) -> Result<PointId, StoreError> {
-    let now = Utc::now().trunc_subsecs(3);
+    id_at(store, vm, Utc::now())
+}
+
+fn id_at(store: &Datastore, vm: &str, at: DateTime<Utc>) -> Result<PointId, StoreError> {
+    let now = at.trunc_subsecs(3);
     let latest = store
         .backend()
         .list(&format!("manifests/{vm}"))?

@@ -59,6 +59,19 @@ pub struct Config {
     /// the site where the service is active.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Customers sharing the system: a tenant's users see and act on
+    /// their own VMs, groups, services, points, alerts and incidents only.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// `[tenants.NAME]`: a customer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Shown in the portal.
+    #[serde(default)]
+    pub display_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -470,6 +483,9 @@ pub struct ServiceConfig {
     /// without a datagram either way.
     #[serde(default = "default_idle_timeout", with = "duration_str")]
     pub idle_timeout: Duration,
+    /// The tenant that owns the service (default: its VM's).
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// A transport the front door forwards.
@@ -631,6 +647,27 @@ pub struct Vm {
     /// process host).
     #[serde(default)]
     pub qemu: Option<QemuVm>,
+    /// The tenant that owns the VM (none: operators' own).
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+impl Config {
+    /// The tenant owning VM `vm` (None: not a tenant's, or no such VM).
+    pub fn tenant_of_vm(&self, vm: &str) -> Option<&str> {
+        self.vms.get(vm).and_then(|v| v.tenant.as_deref())
+    }
+
+    /// The tenant owning service `name`: its own, else its VM's.
+    pub fn tenant_of_service(&self, name: &str) -> Option<&str> {
+        let s = self.services.get(name)?;
+        s.tenant.as_deref().or_else(|| self.tenant_of_vm(&s.vm))
+    }
+
+    /// The tenant owning protection group `name`.
+    pub fn tenant_of_group(&self, name: &str) -> Option<&str> {
+        self.groups.get(name).and_then(|g| g.tenant.as_deref())
+    }
 }
 
 impl Vm {
@@ -773,6 +810,9 @@ pub struct Group {
     /// Age of the newest point beyond which the group is out of target.
     #[serde(default, with = "opt_duration_str")]
     pub rpo_target: Option<Duration>,
+    /// The tenant that owns the group (none: operators' own).
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 fn default_chunk_size() -> ByteSize {
@@ -1098,11 +1138,32 @@ impl Config {
             ("vms", self.vms.keys().collect()),
             ("groups", self.groups.keys().collect()),
             ("services", self.services.keys().collect()),
+            ("tenants", self.tenants.keys().collect()),
         ] {
             if let Some(bad) = names.into_iter().find(|n| !name_ok(n)) {
                 return Err((
                     p(&[kind, bad]),
                     format!("name '{bad}' may only hold letters, digits, '-' and '_'"),
+                ));
+            }
+        }
+        let owners = self
+            .vms
+            .iter()
+            .map(|(n, v)| ("vms", n, &v.tenant))
+            .chain(self.groups.iter().map(|(n, g)| ("groups", n, &g.tenant)))
+            .chain(
+                self.services
+                    .iter()
+                    .map(|(n, s)| ("services", n, &s.tenant)),
+            );
+        for (kind, name, tenant) in owners {
+            if let Some(t) = tenant
+                && !self.tenants.contains_key(t)
+            {
+                return Err((
+                    p(&[kind, name, "tenant"]),
+                    format!("unknown tenant '{t}' (add a [tenants.{t}] table)"),
                 ));
             }
         }

@@ -260,6 +260,10 @@ impl QemuDriver {
 
         // The point's instant: everything below up to the transaction.
         let (consistency, app_consistent, agent) = self.guest_freeze(spec).await;
+        // The data is from an instant inside the transaction below; a
+        // write the guest finished before now is in it (a frozen guest
+        // finishes none until the thaw).
+        let taken_after = chrono::Utc::now();
         let mut actions = Vec::new();
         for (node, format, _, plan, _) in &plans {
             actions.push(action(
@@ -447,6 +451,7 @@ impl QemuDriver {
                 notes.join("; ")
             ),
             app_consistent,
+            taken_after: Some(taken_after),
         })
     }
 
@@ -635,6 +640,7 @@ impl QemuDriver {
             disks,
             consistency_note: "cold: vm not running, full read".into(),
             app_consistent: false,
+            taken_after: None,
         })
     }
 
