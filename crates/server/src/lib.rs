@@ -15,6 +15,7 @@
 //!   triggers and routes.
 //! - [`jobs`]: background work with persisted progress.
 //! - [`api`]: the HTTP/JSON API under `/api/v1`.
+//! - [`portal`]: the web portal (server-rendered pages, live over SSE).
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications
 //!   and `/metrics`.
 //! - [`frontdoor`]: per service, UDP and TCP forwarders that send clients
@@ -41,6 +42,7 @@ pub mod error;
 pub mod fence;
 pub mod frontdoor;
 pub mod jobs;
+pub mod portal;
 pub mod protect;
 pub mod remote_agent;
 pub mod restore;
