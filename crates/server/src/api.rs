@@ -51,6 +51,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .merge(crate::api_watch::routes())
         .merge(crate::frontdoor::routes())
         .merge(crate::runbooks::api::routes())
+        .merge(crate::portal::routes())
         .layer(axum::middleware::from_fn(crate::auth::layer))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(ctl)

@@ -17,6 +17,7 @@
 //! - [`api`]: the HTTP/JSON API under `/api/v1`.
 //! - [`auth`]: users, API tokens, portal sessions, agent secrets, the
 //!   layer that authenticates every request, and HTTPS.
+//! - [`portal`]: the web portal (server-rendered pages, live over SSE).
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications
 //!   and `/metrics`.
 //! - [`frontdoor`]: per service, UDP and TCP forwarders that send clients
@@ -43,6 +44,7 @@ pub mod error;
 pub mod fence;
 pub mod frontdoor;
 pub mod jobs;
+pub mod portal;
 pub mod protect;
 pub mod remote_agent;
 pub mod restore;

@@ -12,6 +12,7 @@ mod config_errors;
 mod demo;
 mod failover;
 mod fencing;
+mod portal;
 mod protect_restore;
 mod qemu;
 mod runbooks;

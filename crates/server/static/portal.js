@@ -1,0 +1,219 @@
+// standby portal: live fragments over server-sent events, and the action
+// buttons. Our own code, no dependencies.
+//
+// - Every element with data-fragment="URL" is re-fetched (HTML) when an
+//   event arrives on /api/v1/events/stream, at most once a second.
+// - While the page shows something running (an element with data-poll),
+//   or for two minutes after an action, fragments are also polled.
+// - <button data-post="URL" data-body="JSON"> calls the JSON API with the
+//   session's CSRF token. data-confirm="WORD": the user must type WORD
+//   first. data-site-from="SELECTOR": params.site from that <select>.
+//   data-then="job": go to the job it started; data-then="/path": go
+//   there; data-done="TEXT": say TEXT.
+"use strict";
+(function () {
+  const csrf = () => {
+    const m = document.querySelector('meta[name="csrf-token"]');
+    return m ? m.content : "";
+  };
+  const flash = (text, bad) => {
+    const f = document.getElementById("flash");
+    if (!f) return;
+    f.textContent = text;
+    f.className = bad ? "error" : "notice";
+    f.hidden = false;
+  };
+  const liveState = (text) => {
+    const s = document.getElementById("live-state");
+    if (s) s.textContent = text;
+  };
+
+  // ------------------------------------------------------------ fragments
+  let refreshing = false;
+  let again = false;
+  let lastRefresh = 0;
+  let timer = null;
+  let watchUntil = 0;
+
+  async function refresh() {
+    if (refreshing) {
+      again = true;
+      return;
+    }
+    refreshing = true;
+    lastRefresh = Date.now();
+    try {
+      for (const el of document.querySelectorAll("[data-fragment]")) {
+        const r = await fetch(el.dataset.fragment, {
+          headers: { Accept: "text/html" },
+          credentials: "same-origin",
+        });
+        if (r.status === 401) {
+          location.href = "/login?next=" + encodeURIComponent(location.pathname);
+          return;
+        }
+        if (!r.ok) continue;
+        const html = await r.text();
+        if (html !== el.innerHTML) el.innerHTML = html;
+      }
+    } catch (e) {
+      liveState("live updates: refresh failed (" + e.message + ")");
+    } finally {
+      refreshing = false;
+      if (again) {
+        again = false;
+        schedule();
+      }
+      poll();
+    }
+  }
+
+  // At most one refresh a second, however many events arrive.
+  function schedule() {
+    if (timer) return;
+    const wait = Math.max(0, 1000 - (Date.now() - lastRefresh));
+    timer = setTimeout(() => {
+      timer = null;
+      refresh();
+    }, wait);
+  }
+
+  let pollTimer = null;
+  function poll() {
+    if (pollTimer) return;
+    const p = document.querySelector("[data-poll]");
+    const active = p || Date.now() < watchUntil;
+    if (!active) return;
+    const every = p ? Math.max(500, Number(p.dataset.poll) || 1500) : 2000;
+    pollTimer = setTimeout(() => {
+      pollTimer = null;
+      schedule();
+    }, every);
+  }
+
+  // --------------------------------------------------------------- events
+  let source = null;
+  let lastId = null;
+  let backoff = 1000;
+  const MAX_BACKOFF = 30000;
+
+  function connect() {
+    if (!window.EventSource || !document.querySelector("[data-fragment]")) return;
+    const url = "/api/v1/events/stream" + (lastId ? "?after=" + encodeURIComponent(lastId) : "");
+    source = new EventSource(url, { withCredentials: true });
+    source.onopen = () => {
+      backoff = 1000;
+      liveState("live updates: on");
+    };
+    source.onmessage = (e) => {
+      if (e.lastEventId) lastId = e.lastEventId;
+      schedule();
+    };
+    source.onerror = () => {
+      // Reconnect ourselves, with a bounded backoff, from the last event.
+      source.close();
+      source = null;
+      liveState("live updates: reconnecting in " + Math.round(backoff / 1000) + " s");
+      setTimeout(() => {
+        connect();
+        schedule();
+      }, backoff);
+      backoff = Math.min(backoff * 2, MAX_BACKOFF);
+    };
+  }
+
+  // -------------------------------------------------------------- actions
+  function confirmTyped(word, text) {
+    const d = document.getElementById("confirm");
+    if (!d || !d.showModal) return Promise.resolve(window.prompt(text + "\nType " + word) === word);
+    const input = document.getElementById("confirm-input");
+    const ok = document.getElementById("confirm-ok");
+    document.getElementById("confirm-text").textContent = text;
+    document.getElementById("confirm-word").textContent = word;
+    input.value = "";
+    ok.disabled = true;
+    input.oninput = () => {
+      ok.disabled = input.value.trim() !== word;
+    };
+    return new Promise((resolve) => {
+      d.onclose = () => resolve(d.returnValue === "ok" && input.value.trim() === word);
+      d.returnValue = "";
+      d.showModal();
+      input.focus();
+    });
+  }
+
+  async function act(btn) {
+    const ds = btn.dataset;
+    let body = {};
+    if (ds.body) {
+      try {
+        body = JSON.parse(ds.body);
+      } catch (e) {
+        flash("bad button body: " + e.message, true);
+        return;
+      }
+    }
+    if (ds.siteFrom) {
+      const sel = document.querySelector(ds.siteFrom);
+      body.params = Object.assign({}, body.params, { site: sel ? sel.value : "" });
+    }
+    if (ds.confirm && !(await confirmTyped(ds.confirm, ds.confirmText || btn.textContent))) {
+      flash("cancelled");
+      return;
+    }
+    btn.disabled = true;
+    try {
+      const r = await fetch(ds.post, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": csrf() },
+        body: JSON.stringify(body),
+      });
+      const text = await r.text();
+      let v = null;
+      try {
+        v = text ? JSON.parse(text) : null;
+      } catch (_) {
+        v = null;
+      }
+      if (r.status === 401) {
+        location.href = "/login?next=" + encodeURIComponent(location.pathname);
+        return;
+      }
+      if (!r.ok) {
+        const msg = v && (v.message || (v.error && v.error.message)) || text || r.statusText;
+        flash(btn.textContent.trim() + ": " + msg, true);
+        return;
+      }
+      if (ds.then === "job" && v && v.job) {
+        location.href = "/jobs/" + v.job;
+        return;
+      }
+      if (ds.then && ds.then.startsWith("/")) {
+        location.href = ds.then;
+        return;
+      }
+      const job = v && v.job ? " (job " + v.job + ")" : "";
+      flash((ds.done || "done") + job);
+      watchUntil = Date.now() + 120000;
+      schedule();
+    } catch (e) {
+      flash(btn.textContent.trim() + ": " + e.message, true);
+    } finally {
+      btn.disabled = false;
+    }
+  }
+
+  document.addEventListener("click", (e) => {
+    const btn = e.target.closest("button[data-post]");
+    if (!btn) return;
+    e.preventDefault();
+    act(btn);
+  });
+
+  document.addEventListener("DOMContentLoaded", () => {
+    connect();
+    poll();
+  });
+})();
