@@ -14,7 +14,8 @@
 //! - [`runbooks`]: the durable runbook engine, its action catalog,
 //!   triggers and routes.
 //! - [`jobs`]: background work with persisted progress.
-//! - [`api`]: the HTTP/JSON API under `/api/v1`.
+//! - [`api`]: the HTTP/JSON API under `/api/v1`; [`openapi`]: its OpenAPI
+//!   document, built from the same routes, and the role each one needs.
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications
 //!   and `/metrics`.
 //! - [`frontdoor`]: per service, UDP and TCP forwarders that send clients
@@ -41,6 +42,7 @@ pub mod error;
 pub mod fence;
 pub mod frontdoor;
 pub mod jobs;
+pub mod openapi;
 pub mod protect;
 pub mod remote_agent;
 pub mod restore;

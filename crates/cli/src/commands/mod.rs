@@ -1,3 +1,4 @@
+pub mod api;
 pub mod bench;
 pub mod demo;
 pub mod jobs;
@@ -45,6 +46,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Server => server::run(&cli.config).await,
         Cmd::Demo(args) => demo::run(args, cli.json).await,
         Cmd::Bench(args) => bench::run(args, cli.json).await,
+        Cmd::Api(c) => api::run(c),
         Cmd::Rules(c @ watch::RulesCmd::Check { .. }) => {
             let ctx = Ctx::new(&cli);
             watch::rules(&ctx, c).await
@@ -77,7 +79,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                         .unwrap_or_else(|| ctx.client.base().to_string());
                     watch::agent(name, &addr, *listen, data_dir.clone()).await
                 }
-                Cmd::Init { .. } | Cmd::Server | Cmd::Demo(_) | Cmd::Bench(_) => unreachable!(),
+                Cmd::Init { .. } | Cmd::Server | Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Api(_) => {
+                    unreachable!()
+                }
             }
         }
     }
