@@ -119,6 +119,9 @@ pub enum Cmd {
     Demo(commands::demo::DemoArgs),
     /// Measure point, incremental point and restore against restic and borg.
     Bench(commands::bench::BenchArgs),
+    /// The controller's API: its OpenAPI document.
+    #[command(subcommand)]
+    Api(commands::api::ApiCmd),
 }
 
 fn main() -> std::process::ExitCode {

@@ -4,12 +4,12 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::Json;
+use axum::extract::{Path, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::json;
 use standby_db::{AlertQuery, EventQuery};
 use standby_types::watch::{
     Alert, AlertState, Delivery, Event, Incident, IncidentDetail, IncidentState, Labels,
@@ -17,39 +17,45 @@ use standby_types::watch::{
 };
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::api::{ApiQuery, ListParams, ListResult, Page, SCAN_CAP, operators_only, owner};
+use crate::auth::Principal;
 use crate::controller::Controller;
 use crate::error::ServerError;
 use crate::watch::{self, AckRequest, IncidentOpen, IncidentUpdate, RulesStatus};
+use standby_types::api::ApiError;
+
+/// How many of the newest events a list looks at.
+const EVENT_SCAN: u32 = 10_000;
 
 type Ctl = State<Arc<Controller>>;
 type ApiResult<T> = Result<Json<T>, ServerError>;
 
-pub fn routes() -> Router<Arc<Controller>> {
-    Router::new()
-        .route("/api/v1/events", get(events))
-        .route("/api/v1/events/stream", get(events_stream))
-        .route("/api/v1/probes", get(probes))
-        .route("/api/v1/rules", get(rules))
-        .route("/api/v1/rules/reload", post(rules_reload))
-        .route("/api/v1/alerts", get(alerts))
-        .route("/api/v1/alerts/{id}", get(alert))
-        .route("/api/v1/alerts/{id}/ack", post(alert_ack))
-        .route("/api/v1/silences", get(silences).post(silence_add))
-        .route("/api/v1/silences/{id}", delete(silence_expire))
-        .route("/api/v1/incidents", get(incidents).post(incident_open))
-        .route(
-            "/api/v1/incidents/{id}",
-            get(incident).patch(incident_update),
-        )
-        .route("/api/v1/incidents/{id}/notes", post(incident_note))
-        .route("/api/v1/incidents/{id}/resolve", post(incident_resolve))
-        .route("/api/v1/incidents/{id}/close", post(incident_close))
-        .route("/api/v1/deliveries", get(deliveries))
-        .route("/api/v1/agents", get(agents))
-        .route("/api/v1/agents/{name}/heartbeat", post(agent_heartbeat))
-        .route("/api/v1/agents/{name}/results", post(agent_results))
-        .route("/metrics", get(metrics))
+pub fn routes() -> OpenApiRouter<Arc<Controller>> {
+    OpenApiRouter::new()
+        .routes(routes!(events))
+        .routes(routes!(events_stream))
+        .routes(routes!(probes))
+        .routes(routes!(rules))
+        .routes(routes!(rules_reload))
+        .routes(routes!(alerts))
+        .routes(routes!(alert))
+        .routes(routes!(alert_ack))
+        .routes(routes!(silences, silence_add))
+        .routes(routes!(silence_expire))
+        .routes(routes!(incidents, incident_open))
+        .routes(routes!(incident, incident_update))
+        .routes(routes!(incident_note))
+        .routes(routes!(incident_resolve))
+        .routes(routes!(incident_close))
+        .routes(routes!(deliveries))
+        .routes(routes!(agents))
+        .routes(routes!(agent_heartbeat))
+        .routes(routes!(agent_results))
+        .routes(routes!(metrics))
 }
 
 /// `label=k=v` may repeat; parsed from the raw query.
@@ -70,38 +76,48 @@ fn url_pairs(q: &str) -> Vec<(String, String)> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventParams {
+    /// Only events with a larger id, oldest first (for tailing).
     after: Option<i64>,
+    /// Only events since: a duration ago (`5m`) or an RFC 3339 time.
     since: Option<String>,
+    /// Only events of this kind.
     kind: Option<String>,
+    /// Only events from this source.
     source: Option<String>,
+    /// Only events at least this severe: `info`, `warning`, `error`, `critical`.
     severity: Option<String>,
+    /// At most this many (default 100, at most 1000): the newest ones
+    /// (unless `after` is given), shown oldest first.
     limit: Option<u32>,
+    /// Skip this many newest (with `after`: oldest) first.
+    offset: Option<u32>,
 }
 
-fn event_query(p: EventParams, raw: Option<&str>) -> Result<EventQuery, ServerError> {
-    let since = match p.since {
+fn event_query(p: &EventParams, raw: Option<&str>) -> Result<EventQuery, ServerError> {
+    let since = match &p.since {
         None => None,
-        Some(s) => Some(parse_since(&s)?),
+        Some(s) => Some(parse_since(s)?),
     };
-    let min_severity = match p.severity {
+    let min_severity = match &p.severity {
         None => None,
         Some(s) => Some(s.parse::<Severity>().map_err(ServerError::BadRequest)?),
     };
     Ok(EventQuery {
         after_id: p.after,
         since,
-        kind: p.kind,
-        source: p.source,
+        kind: p.kind.clone(),
+        source: p.source.clone(),
         min_severity,
         labels: parse_labels(raw)?,
-        limit: p.limit.unwrap_or(100).min(10_000),
+        limit: EVENT_SCAN,
     })
 }
 
 /// `5m` (ago) or an RFC 3339 time.
-fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, ServerError> {
+pub(crate) fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, ServerError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
@@ -113,13 +129,35 @@ fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, ServerError> {
     Ok(chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero()))
 }
 
+/// Events, oldest first: probe results, agent reports, alert, incident
+/// and runbook changes.
+#[utoipa::path(get, path = "/api/v1/events", tag = "watch",
+    params(EventParams,
+        ("label" = Option<Vec<String>>, Query, description = "`k=v`: only events with this label (may repeat)")),
+    responses((status = 200, body = Vec<Event>,
+        headers(("x-total-count" = u64, description = "Number of matches among the newest 10 000"))),
+        (status = 400, body = ApiError)))]
 async fn events(
     State(ctl): Ctl,
-    Query(p): Query<EventParams>,
+    who: Principal,
+    ApiQuery(p): ApiQuery<EventParams>,
     raw: axum::extract::RawQuery,
-) -> ApiResult<Vec<Event>> {
-    let q = event_query(p, raw.0.as_deref())?;
-    Ok(Json(ctl.watch.repo().events(&q).await?))
+) -> ListResult<Event> {
+    let page = Page::new(p.limit, p.offset)?;
+    let q = event_query(&p, raw.0.as_deref())?;
+    let all: Vec<Event> = ctl
+        .watch
+        .repo()
+        .events(&q)
+        .await?
+        .into_iter()
+        .filter(|e| who.sees(owner::labels(&ctl.cfg, &e.labels)))
+        .collect();
+    Ok(if q.after_id.is_some() {
+        page.of(all)
+    } else {
+        page.of_newest(all)
+    })
 }
 
 fn matches(q: &EventQuery, e: &Event) -> bool {
@@ -131,16 +169,38 @@ fn matches(q: &EventQuery, e: &Event) -> bool {
 
 /// Server-sent events: stored events after `after` first (so a client that
 /// reconnects misses nothing), then new ones as they are stored.
+#[utoipa::path(get, path = "/api/v1/events/stream", tag = "watch",
+    params(EventParams,
+        ("label" = Option<Vec<String>>, Query, description = "`k=v`: only events with this label (may repeat)")),
+    responses((status = 200, description = "Server-sent events, one per stored event (its kind as the event name, its id as the SSE id); `lagged` when the client fell behind",
+        content_type = "text/event-stream", body = String),
+        (status = 400, body = ApiError)))]
 async fn events_stream(
     State(ctl): Ctl,
-    Query(p): Query<EventParams>,
+    who: Principal,
+    ApiQuery(p): ApiQuery<EventParams>,
     raw: axum::extract::RawQuery,
 ) -> Result<Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>>, ServerError> {
-    let q = event_query(p, raw.0.as_deref())?;
+    let page = Page::new(p.limit, p.offset)?;
+    let q = event_query(&p, raw.0.as_deref())?;
+    let cfg = ctl.cfg.clone();
+    let visible = move |e: &Event| who.sees(owner::labels(&cfg, &e.labels));
     // Subscribe before reading the backlog so nothing falls between.
     let rx = ctl.watch.subscribe();
     let backlog = if q.after_id.is_some() || q.since.is_some() {
-        ctl.watch.repo().events(&q).await?
+        let all: Vec<Event> = ctl
+            .watch
+            .repo()
+            .events(&q)
+            .await?
+            .into_iter()
+            .filter(|e| visible(e))
+            .collect();
+        if q.after_id.is_some() {
+            page.of(all).items
+        } else {
+            page.of_newest(all).items
+        }
     } else {
         Vec::new()
     };
@@ -155,7 +215,7 @@ async fn events_stream(
     let backlog: Vec<Result<SseEvent, Infallible>> =
         backlog.iter().map(|e| Ok(to_sse(e))).collect();
     let live = BroadcastStream::new(rx).filter_map(move |item| match item {
-        Ok(e) if e.id > last && matches(&q, &e) => {
+        Ok(e) if e.id > last && matches(&q, &e) && visible(&e) => {
             last = e.id;
             Some(Ok(to_sse(&e)))
         }
@@ -168,15 +228,41 @@ async fn events_stream(
     Ok(Sse::new(tokio_stream::iter(backlog).chain(live)).keep_alive(KeepAlive::default()))
 }
 
-async fn probes(State(ctl): Ctl) -> ApiResult<Vec<ProbeResult>> {
-    Ok(Json(ctl.watch.probe_states()))
+/// The latest result of every probe at every vantage point (operators'
+/// only).
+#[utoipa::path(get, path = "/api/v1/probes", tag = "watch", params(ListParams),
+    responses((status = 200, body = Vec<ProbeResult>,
+        headers(("x-total-count" = u64, description = "Number of matches")))))]
+async fn probes(
+    State(ctl): Ctl,
+    who: Principal,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ListResult<ProbeResult> {
+    let page = Page::new(q.limit, q.offset)?;
+    if who.tenant.is_some() {
+        return Ok(page.of(Vec::new()));
+    }
+    Ok(page.of(ctl.watch.probe_states()))
 }
 
-async fn rules(State(ctl): Ctl) -> ApiResult<RulesStatus> {
+/// The alert rules in force and the last reload's outcome.
+#[utoipa::path(get, path = "/api/v1/rules", tag = "watch",
+    responses((status = 200, body = RulesStatus), (status = 404, body = ApiError)))]
+async fn rules(State(ctl): Ctl, who: Principal) -> ApiResult<RulesStatus> {
+    operators_only(&who, "rules", "rules")?;
     Ok(Json(ctl.watch.rules_status()))
 }
 
-async fn rules_reload(State(ctl): Ctl) -> Response {
+/// Reload the rule files (admin); the previous rules stay in force when
+/// the new ones do not load (422).
+#[utoipa::path(post, path = "/api/v1/rules/reload", tag = "watch",
+    security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
+    responses((status = 200, body = RulesStatus),
+        (status = 422, description = "The files did not load; the previous rules stay", body = RulesStatus)))]
+async fn rules_reload(State(ctl): Ctl, who: Principal) -> Response {
+    if let Err(e) = operators_only(&who, "rules", "rules") {
+        return e.into_response();
+    }
     let st = watch::reload_rules(&ctl);
     let code = if st.error.is_some() {
         axum::http::StatusCode::UNPROCESSABLE_ENTITY
@@ -186,15 +272,30 @@ async fn rules_reload(State(ctl): Ctl) -> Response {
     (code, Json(st)).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AlertParams {
-    /// `active` (default), `all`, or one state.
+    /// `active` (default: firing and acknowledged), `all`, or one state.
     state: Option<String>,
+    /// Only alerts of this rule.
     rule: Option<String>,
+    /// At most this many (default 100, at most 1000).
     limit: Option<u32>,
+    /// Skip this many first.
+    offset: Option<u32>,
 }
 
-async fn alerts(State(ctl): Ctl, Query(p): Query<AlertParams>) -> ApiResult<Vec<Alert>> {
+/// Alerts, newest first.
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "watch", params(AlertParams),
+    responses((status = 200, body = Vec<Alert>,
+        headers(("x-total-count" = u64, description = "Number of matches"))),
+        (status = 400, body = ApiError)))]
+async fn alerts(
+    State(ctl): Ctl,
+    who: Principal,
+    ApiQuery(p): ApiQuery<AlertParams>,
+) -> ListResult<Alert> {
+    let page = Page::new(p.limit, p.offset)?;
     let states = match p.state.as_deref().unwrap_or("active") {
         "active" => vec![AlertState::Firing, AlertState::Acknowledged],
         "all" => vec![],
@@ -203,13 +304,32 @@ async fn alerts(State(ctl): Ctl, Query(p): Query<AlertParams>) -> ApiResult<Vec<
     let q = AlertQuery {
         states,
         rule: p.rule,
-        limit: p.limit.unwrap_or(100).min(10_000),
+        limit: SCAN_CAP,
     };
-    Ok(Json(ctl.watch.repo().alerts(&q).await?))
+    let all: Vec<Alert> = ctl
+        .watch
+        .repo()
+        .alerts(&q)
+        .await?
+        .into_iter()
+        .filter(|a| who.sees(owner::labels(&ctl.cfg, &a.labels)))
+        .collect();
+    Ok(page.of(all))
 }
 
-async fn alert(State(ctl): Ctl, Path(id): Path<i64>) -> ApiResult<Alert> {
-    Ok(Json(ctl.watch.repo().alert(id).await?))
+/// The alert, 404 unless the principal sees it.
+async fn visible_alert(ctl: &Controller, who: &Principal, id: i64) -> Result<Alert, ServerError> {
+    let a = ctl.watch.repo().alert(id).await?;
+    who.check(owner::labels(&ctl.cfg, &a.labels), "alert", &id.to_string())?;
+    Ok(a)
+}
+
+/// One alert.
+#[utoipa::path(get, path = "/api/v1/alerts/{id}", tag = "watch",
+    params(("id" = i64, Path, description = "Alert id")),
+    responses((status = 200, body = Alert), (status = 404, body = ApiError)))]
+async fn alert(State(ctl): Ctl, who: Principal, Path(id): Path<i64>) -> ApiResult<Alert> {
+    Ok(Json(visible_alert(&ctl, &who, id).await?))
 }
 
 /// A JSON body that may be absent.
@@ -222,92 +342,208 @@ pub(crate) fn optional_body<T: serde::de::DeserializeOwned + Default>(
     serde_json::from_slice(b).map_err(|e| ServerError::BadRequest(format!("bad request body: {e}")))
 }
 
+/// Acknowledge an alert: someone is on it (notifications stop repeating).
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "watch",
+    params(("id" = i64, Path, description = "Alert id")),
+    request_body(content = Option<AckRequest>),
+    responses((status = 200, body = Alert), (status = 404, body = ApiError)))]
 async fn alert_ack(
     State(ctl): Ctl,
+    who: Principal,
     Path(id): Path<i64>,
     body: axum::body::Bytes,
 ) -> ApiResult<Alert> {
+    visible_alert(&ctl, &who, id).await?;
     let req: AckRequest = optional_body(&body)?;
     let by = req.by.unwrap_or_else(|| "api".to_string());
     Ok(Json(watch::acknowledge(&ctl, id, &by).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SilenceParams {
+    /// Expired silences too.
     #[serde(default)]
     all: bool,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<u32>,
+    /// Skip this many first.
+    offset: Option<u32>,
 }
 
-async fn silences(State(ctl): Ctl, Query(p): Query<SilenceParams>) -> ApiResult<Vec<Silence>> {
+/// Silences in force (operators' only).
+#[utoipa::path(get, path = "/api/v1/silences", tag = "watch", params(SilenceParams),
+    responses((status = 200, body = Vec<Silence>,
+        headers(("x-total-count" = u64, description = "Number of matches")))))]
+async fn silences(
+    State(ctl): Ctl,
+    who: Principal,
+    ApiQuery(p): ApiQuery<SilenceParams>,
+) -> ListResult<Silence> {
+    let page = Page::new(p.limit, p.offset)?;
+    if who.tenant.is_some() {
+        return Ok(page.of(Vec::new()));
+    }
     let now = if p.all {
         None
     } else {
         Some(chrono::Utc::now())
     };
-    Ok(Json(ctl.watch.repo().silences(now).await?))
+    Ok(page.of(ctl.watch.repo().silences(now).await?))
 }
 
+/// Mute the alerts that carry the matchers' labels for a while (operators'
+/// only).
+#[utoipa::path(post, path = "/api/v1/silences", tag = "watch",
+    request_body = watch::SilenceRequest,
+    responses((status = 200, body = Silence), (status = 400, body = ApiError),
+        (status = 403, body = ApiError)))]
 async fn silence_add(
     State(ctl): Ctl,
+    who: Principal,
     Json(req): Json<watch::SilenceRequest>,
 ) -> ApiResult<Silence> {
+    if who.tenant.is_some() {
+        return Err(ServerError::Forbidden(
+            "silences are the operators' (a tenant's user cannot add one)".into(),
+        ));
+    }
     Ok(Json(watch::add_silence(&ctl, req).await?))
 }
 
-async fn silence_expire(State(ctl): Ctl, Path(id): Path<i64>) -> ApiResult<serde_json::Value> {
+/// End a silence now (operators' only).
+#[utoipa::path(delete, path = "/api/v1/silences/{id}", tag = "watch",
+    params(("id" = i64, Path, description = "Silence id")),
+    responses((status = 200, description = "`{\"expired\": id}`", body = Object),
+        (status = 404, body = ApiError)))]
+async fn silence_expire(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(id): Path<i64>,
+) -> ApiResult<serde_json::Value> {
+    operators_only(&who, "silence", &id.to_string())?;
     watch::expire_silence(&ctl, id).await?;
-    Ok(Json(serde_json::json!({"expired": id})))
+    Ok(Json(json!({"expired": id})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct IncidentParams {
     /// `open` (default: new and active), `all`, or one state.
     state: Option<String>,
+    /// At most this many (default 100, at most 1000).
     limit: Option<u32>,
+    /// Skip this many first.
+    offset: Option<u32>,
 }
 
-async fn incidents(State(ctl): Ctl, Query(p): Query<IncidentParams>) -> ApiResult<Vec<Incident>> {
+/// Incidents, newest first.
+#[utoipa::path(get, path = "/api/v1/incidents", tag = "incidents", params(IncidentParams),
+    responses((status = 200, body = Vec<Incident>,
+        headers(("x-total-count" = u64, description = "Number of matches"))),
+        (status = 400, body = ApiError)))]
+async fn incidents(
+    State(ctl): Ctl,
+    who: Principal,
+    ApiQuery(p): ApiQuery<IncidentParams>,
+) -> ListResult<Incident> {
+    let page = Page::new(p.limit, p.offset)?;
     let states = match p.state.as_deref().unwrap_or("open") {
         "open" => vec![IncidentState::New, IncidentState::Active],
         "all" => vec![],
         s => vec![s.parse().map_err(ServerError::BadRequest)?],
     };
-    Ok(Json(
-        ctl.watch
-            .repo()
-            .incidents(&states, p.limit.unwrap_or(100).min(10_000))
-            .await?,
-    ))
+    let all: Vec<Incident> = ctl
+        .watch
+        .repo()
+        .incidents(&states, SCAN_CAP)
+        .await?
+        .into_iter()
+        .filter(|i| who.sees(owner::labels(&ctl.cfg, &i.labels)))
+        .collect();
+    Ok(page.of(all))
 }
 
-async fn incident_open(State(ctl): Ctl, Json(req): Json<IncidentOpen>) -> ApiResult<Incident> {
+/// Open an incident, from a template or with a title. A tenant's user
+/// opens incidents about their own objects only (its labels).
+#[utoipa::path(post, path = "/api/v1/incidents", tag = "incidents",
+    request_body = IncidentOpen,
+    responses((status = 200, body = Incident), (status = 400, body = ApiError),
+        (status = 403, body = ApiError)))]
+async fn incident_open(
+    State(ctl): Ctl,
+    who: Principal,
+    Json(req): Json<IncidentOpen>,
+) -> ApiResult<Incident> {
+    if !who.sees(owner::labels(&ctl.cfg, &req.labels)) {
+        return Err(ServerError::Forbidden(
+            "a tenant's user opens incidents about their own vm, service or group only \
+             (give one in labels)"
+                .into(),
+        ));
+    }
     Ok(Json(watch::open_incident(&ctl, req).await?))
 }
 
-async fn incident(State(ctl): Ctl, Path(id): Path<i64>) -> ApiResult<IncidentDetail> {
+/// 404 unless the incident exists and the principal sees it.
+async fn check_incident(ctl: &Controller, who: &Principal, id: i64) -> Result<(), ServerError> {
+    let i = ctl.watch.repo().incident(id).await?;
+    who.check(
+        owner::labels(&ctl.cfg, &i.labels),
+        "incident",
+        &id.to_string(),
+    )
+}
+
+/// One incident with its alerts and timeline.
+#[utoipa::path(get, path = "/api/v1/incidents/{id}", tag = "incidents",
+    params(("id" = i64, Path, description = "Incident id")),
+    responses((status = 200, body = IncidentDetail), (status = 404, body = ApiError)))]
+async fn incident(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(id): Path<i64>,
+) -> ApiResult<IncidentDetail> {
+    check_incident(&ctl, &who, id).await?;
     Ok(Json(watch::incident_detail(&ctl, id).await?))
 }
 
+/// Change an incident: a note, a state, a severity.
+#[utoipa::path(patch, path = "/api/v1/incidents/{id}", tag = "incidents",
+    params(("id" = i64, Path, description = "Incident id")),
+    request_body = IncidentUpdate,
+    responses((status = 200, body = Incident), (status = 400, body = ApiError),
+        (status = 404, body = ApiError)))]
 async fn incident_update(
     State(ctl): Ctl,
+    who: Principal,
     Path(id): Path<i64>,
     Json(req): Json<IncidentUpdate>,
 ) -> ApiResult<Incident> {
+    check_incident(&ctl, &who, id).await?;
     Ok(Json(watch::update_incident(&ctl, id, req).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct NoteRequest {
     text: String,
     #[serde(default)]
     author: Option<String>,
 }
 
+/// Add a note to an incident's timeline.
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/notes", tag = "incidents",
+    params(("id" = i64, Path, description = "Incident id")),
+    request_body = NoteRequest,
+    responses((status = 200, body = Incident), (status = 400, body = ApiError),
+        (status = 404, body = ApiError)))]
 async fn incident_note(
     State(ctl): Ctl,
+    who: Principal,
     Path(id): Path<i64>,
     Json(req): Json<NoteRequest>,
 ) -> ApiResult<Incident> {
+    check_incident(&ctl, &who, id).await?;
     if req.text.trim().is_empty() {
         return Err(ServerError::BadRequest("a note needs text".into()));
     }
@@ -319,7 +555,7 @@ async fn incident_note(
     Ok(Json(watch::update_incident(&ctl, id, upd).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 struct StateRequest {
     #[serde(default)]
     note: Option<String>,
@@ -327,19 +563,33 @@ struct StateRequest {
     author: Option<String>,
 }
 
+/// Resolve an incident (optionally with a note).
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/resolve", tag = "incidents",
+    params(("id" = i64, Path, description = "Incident id")),
+    request_body(content = Option<StateRequest>),
+    responses((status = 200, body = Incident), (status = 404, body = ApiError)))]
 async fn incident_resolve(
     State(ctl): Ctl,
+    who: Principal,
     Path(id): Path<i64>,
     body: axum::body::Bytes,
 ) -> ApiResult<Incident> {
+    check_incident(&ctl, &who, id).await?;
     set_incident_state(&ctl, id, &body, IncidentState::Resolved).await
 }
 
+/// Close an incident (optionally with a note).
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/close", tag = "incidents",
+    params(("id" = i64, Path, description = "Incident id")),
+    request_body(content = Option<StateRequest>),
+    responses((status = 200, body = Incident), (status = 404, body = ApiError)))]
 async fn incident_close(
     State(ctl): Ctl,
+    who: Principal,
     Path(id): Path<i64>,
     body: axum::body::Bytes,
 ) -> ApiResult<Incident> {
+    check_incident(&ctl, &who, id).await?;
     set_incident_state(&ctl, id, &body, IncidentState::Closed).await
 }
 
@@ -359,21 +609,35 @@ async fn set_incident_state(
     Ok(Json(watch::update_incident(ctl, id, upd).await?))
 }
 
-#[derive(Debug, Deserialize)]
-struct LimitParams {
-    limit: Option<u32>,
+/// Notification deliveries, newest first (operators' only).
+#[utoipa::path(get, path = "/api/v1/deliveries", tag = "watch", params(ListParams),
+    responses((status = 200, body = Vec<Delivery>,
+        headers(("x-total-count" = u64, description = "Number of matches")))))]
+async fn deliveries(
+    State(ctl): Ctl,
+    who: Principal,
+    ApiQuery(p): ApiQuery<ListParams>,
+) -> ListResult<Delivery> {
+    let page = Page::new(p.limit, p.offset)?;
+    if who.tenant.is_some() {
+        return Ok(page.of(Vec::new()));
+    }
+    Ok(page.of(ctl.watch.repo().deliveries(SCAN_CAP).await?))
 }
 
-async fn deliveries(State(ctl): Ctl, Query(p): Query<LimitParams>) -> ApiResult<Vec<Delivery>> {
-    Ok(Json(
-        ctl.watch
-            .repo()
-            .deliveries(p.limit.unwrap_or(100).min(10_000))
-            .await?,
-    ))
-}
-
-async fn agents(State(ctl): Ctl) -> ApiResult<serde_json::Value> {
+/// Remote agents and when each was last heard of (operators' only).
+#[utoipa::path(get, path = "/api/v1/agents", tag = "watch", params(ListParams),
+    responses((status = 200, description = "`[{name, site, host, seen}]`", body = Vec<Object>,
+        headers(("x-total-count" = u64, description = "Number of matches")))))]
+async fn agents(
+    State(ctl): Ctl,
+    who: Principal,
+    ApiQuery(p): ApiQuery<ListParams>,
+) -> ListResult<serde_json::Value> {
+    let page = Page::new(p.limit, p.offset)?;
+    if who.tenant.is_some() {
+        return Ok(page.of(Vec::new()));
+    }
     let seen: std::collections::BTreeMap<_, _> = ctl.watch.agents_seen().into_iter().collect();
     let out: Vec<_> = ctl
         .cfg
@@ -388,9 +652,16 @@ async fn agents(State(ctl): Ctl) -> ApiResult<serde_json::Value> {
             })
         })
         .collect();
-    Ok(Json(serde_json::Value::Array(out)))
+    Ok(page.of(out))
 }
 
+/// An agent's heartbeat; the answer lists the probes it runs (agent
+/// authentication).
+#[utoipa::path(post, path = "/api/v1/agents/{name}/heartbeat", tag = "agents",
+    params(("name" = String, Path, description = "Agent")),
+    request_body(content = Option<watch::Heartbeat>),
+    extensions(("x-standby-auth" = json!("agent"))),
+    responses((status = 200, body = watch::HeartbeatReply), (status = 404, body = ApiError)))]
 async fn agent_heartbeat(
     State(ctl): Ctl,
     Path(name): Path<String>,
@@ -400,21 +671,34 @@ async fn agent_heartbeat(
     Ok(Json(watch::agent_heartbeat(&ctl, &name, hb)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct ResultsRequest {
     results: Vec<ProbeResult>,
 }
 
+/// An agent's probe results (agent authentication).
+#[utoipa::path(post, path = "/api/v1/agents/{name}/results", tag = "agents",
+    params(("name" = String, Path, description = "Agent")),
+    request_body = ResultsRequest,
+    extensions(("x-standby-auth" = json!("agent"))),
+    responses((status = 200, description = "`{\"accepted\": n}`", body = Object),
+        (status = 404, body = ApiError)))]
 async fn agent_results(
     State(ctl): Ctl,
     Path(name): Path<String>,
     Json(req): Json<ResultsRequest>,
 ) -> ApiResult<serde_json::Value> {
     let n = watch::agent_results(&ctl, &name, req.results)?;
-    Ok(Json(serde_json::json!({"accepted": n})))
+    Ok(Json(json!({"accepted": n})))
 }
 
-async fn metrics(State(ctl): Ctl) -> Result<Response, ServerError> {
+/// Prometheus metrics, OpenMetrics text (operators' only).
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "OpenMetrics text",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        (status = 404, body = ApiError)))]
+async fn metrics(State(ctl): Ctl, who: Principal) -> Result<Response, ServerError> {
+    operators_only(&who, "metrics", "/metrics")?;
     let body = watch::metrics::render(&ctl).await?;
     Ok((
         [(

@@ -31,10 +31,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::Utc;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -47,6 +46,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use standby_types::api::ApiError;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api::{ApiQuery, ListParams, ListResult, Page};
+use crate::auth::Principal;
 use crate::controller::Controller;
 use crate::error::ServerError;
 
@@ -501,26 +506,58 @@ pub fn register_metrics(reg: &mut Registry, fd: &FrontDoor) {
 type Ctl = State<Arc<Controller>>;
 
 /// `/api/v1/services`: list, show, switch.
-pub fn routes() -> Router<Arc<Controller>> {
-    Router::new()
-        .route("/api/v1/services", get(list))
-        .route("/api/v1/services/{name}", get(show))
-        .route("/api/v1/services/{name}/switch", post(switch))
+pub fn routes() -> OpenApiRouter<Arc<Controller>> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(switch))
 }
 
-async fn list(State(ctl): Ctl) -> Result<Json<Vec<ServiceView>>, ServerError> {
-    Ok(Json(ctl.frontdoor.views(&ctl.cfg)?))
+/// Services behind the front door and the site their clients go to.
+#[utoipa::path(get, path = "/api/v1/services", operation_id = "services", tag = "services", params(ListParams),
+    responses((status = 200, body = Vec<ServiceView>,
+        headers(("x-total-count" = u64, description = "Number of matches")))))]
+async fn list(
+    State(ctl): Ctl,
+    who: Principal,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ListResult<ServiceView> {
+    let page = Page::new(q.limit, q.offset)?;
+    let all: Vec<ServiceView> = ctl
+        .frontdoor
+        .views(&ctl.cfg)?
+        .into_iter()
+        .filter(|v| who.sees(ctl.cfg.tenant_of_service(&v.name)))
+        .collect();
+    Ok(page.of(all))
 }
 
-async fn show(State(ctl): Ctl, Path(name): Path<String>) -> Result<Json<ServiceView>, ServerError> {
+/// One service.
+#[utoipa::path(get, path = "/api/v1/services/{name}", operation_id = "service", tag = "services",
+    params(("name" = String, Path, description = "Service")),
+    responses((status = 200, body = ServiceView), (status = 404, body = ApiError)))]
+async fn show(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<ServiceView>, ServerError> {
+    who.check(ctl.cfg.tenant_of_service(&name), "service", &name)?;
     Ok(Json(ctl.frontdoor.view(&ctl.cfg, &name)?))
 }
 
+/// Send a service's clients to another site.
+#[utoipa::path(post, path = "/api/v1/services/{name}/switch", operation_id = "service_switch", tag = "services",
+    params(("name" = String, Path, description = "Service")),
+    request_body = SwitchRequest,
+    responses((status = 200, body = SwitchResult), (status = 400, body = ApiError),
+        (status = 404, body = ApiError)))]
 async fn switch(
     State(ctl): Ctl,
+    who: Principal,
     Path(name): Path<String>,
     body: Result<Json<SwitchRequest>, JsonRejection>,
 ) -> Result<Json<SwitchResult>, ServerError> {
+    who.check(ctl.cfg.tenant_of_service(&name), "service", &name)?;
     // 404 for an unknown service before looking at the body.
     ctl.frontdoor.record(&name)?;
     let Json(req) = body.map_err(|e| {

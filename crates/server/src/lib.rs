@@ -18,6 +18,8 @@
 //! - [`auth`]: users, API tokens, portal sessions, agent secrets, the
 //!   layer that authenticates every request, and HTTPS.
 //! - [`portal`]: the web portal (server-rendered pages, live over SSE).
+//! - [`api`]: the HTTP/JSON API under `/api/v1`; [`openapi`]: its OpenAPI
+//!   document, built from the same routes, and the role each one needs.
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications
 //!   and `/metrics`.
 //! - [`frontdoor`]: per service, UDP and TCP forwarders that send clients
@@ -45,6 +47,7 @@ pub mod fence;
 pub mod frontdoor;
 pub mod jobs;
 pub mod portal;
+pub mod openapi;
 pub mod protect;
 pub mod remote_agent;
 pub mod restore;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{PointRecord, VmRecord};
 
 /// Every API error has this JSON body.
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error, utoipa::ToSchema)]
 #[error("{message}")]
 pub struct ApiError {
     /// Stable machine-readable code, e.g. `not_found`, `conflict`.
@@ -18,7 +18,7 @@ pub struct ApiError {
 }
 
 /// A VM with its live state from the driver of the host it is active on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmView {
     #[serde(flatten)]
     pub record: VmRecord,
@@ -31,7 +31,7 @@ pub struct VmView {
     pub last_point: Option<PointRecord>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SiteView {
     pub name: String,
     pub description: String,
@@ -49,13 +49,13 @@ pub struct SiteView {
 }
 
 /// `POST /api/v1/sites/{name}/fence`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FenceRequest {
     #[serde(default)]
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatastoreView {
     pub name: String,
     pub site: String,
@@ -69,12 +69,12 @@ pub struct DatastoreView {
 }
 
 /// Answer to a request that started a job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobRef {
     pub job: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RestoreRequest {
     pub point: String,
     /// Site to restore at.
@@ -95,13 +95,13 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PruneRequest {
     #[serde(default)]
     pub dry_run: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GcRequest {
     /// Packs younger than this are never touched (seconds; default 3600).
     #[serde(default)]
@@ -110,7 +110,7 @@ pub struct GcRequest {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyncRequest {
     /// Point to copy; every point of the source when absent.
     #[serde(default)]
@@ -119,7 +119,7 @@ pub struct SyncRequest {
     pub to: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShutdownRequest {
     /// Seconds to wait after SIGTERM before SIGKILL; the VM's configured
     /// timeout when absent.
@@ -128,7 +128,7 @@ pub struct ShutdownRequest {
 }
 
 /// A service behind the front door (`GET /api/v1/services`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceView {
     pub name: String,
     pub vm: String,
@@ -149,7 +149,7 @@ pub struct ServiceView {
 }
 
 /// Front-door counters of one service since the controller started.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceCounters {
     /// UDP flows (client addresses) being forwarded now.
     pub flows_active: u64,
@@ -160,7 +160,7 @@ pub struct ServiceCounters {
 }
 
 /// Traffic of one service to one site.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SiteCounters {
     /// UDP datagrams client → site and site → client.
     pub packets_to_site: u64,
@@ -178,14 +178,14 @@ pub struct SiteCounters {
 }
 
 /// `POST /api/v1/services/{name}/switch`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SwitchRequest {
     pub site: String,
 }
 
 /// The answer of a switch: where the service's clients go now and where
 /// they went before (the same site when the switch changed nothing).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SwitchResult {
     pub service: String,
     pub site: String,

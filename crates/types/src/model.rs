@@ -4,13 +4,13 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SiteRecord {
     pub name: String,
     pub description: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostRecord {
     pub name: String,
     pub site: String,
@@ -18,7 +18,7 @@ pub struct HostRecord {
 }
 
 /// A VM's inventory entry and where it currently lives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmRecord {
     pub name: String,
     /// The site the configuration places the VM at.
@@ -31,14 +31,14 @@ pub struct VmRecord {
     pub active_host: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DiskRecord {
     pub vm: String,
     pub name: String,
     pub size: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GroupRecord {
     pub name: String,
     pub schedule: String,
@@ -52,7 +52,7 @@ pub struct GroupRecord {
 
 /// A recovery point known to the controller. The manifest in the datastore
 /// is the truth; this is the catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PointRecord {
     /// `<vm>@<UTC time>`, the same id as in the datastore.
     pub id: String,
@@ -73,7 +73,7 @@ pub struct PointRecord {
     pub copies: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Queued,
@@ -112,7 +112,7 @@ impl std::str::FromStr for JobStatus {
 
 /// Long work (a protection run, a restore, a sync, verify, gc) is a job
 /// whose progress the CLI polls.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: i64,
     /// `protect`, `restore`, `sync`, `verify`, `prune`, `gc`.

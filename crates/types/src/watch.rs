@@ -23,7 +23,19 @@ pub type Labels = BTreeMap<String, String>;
 /// The vantage point name of the controller itself.
 pub const CONTROLLER_VANTAGE: &str = "controller";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
@@ -67,7 +79,7 @@ impl FromStr for Severity {
 /// What a network probe checks. Heartbeat, VM state and point-age probes
 /// are made by the controller from the inventory and are not written in
 /// the configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ProbeCheck {
     /// TCP connect to `target` (`host:port`).
@@ -105,15 +117,18 @@ impl ProbeCheck {
 }
 
 /// One network probe as a vantage point runs it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProbeSpec {
     pub name: String,
     #[serde(flatten)]
     pub check: ProbeCheck,
+    /// e.g. `10s`.
     #[serde(with = "crate::config::duration_str")]
+    #[schema(value_type = String)]
     pub interval: Duration,
     /// Budget of one run, shared by all attempts.
     #[serde(with = "crate::config::duration_str")]
+    #[schema(value_type = String)]
     pub timeout: Duration,
     /// A run fails only when every attempt fails.
     pub attempts: u32,
@@ -122,7 +137,7 @@ pub struct ProbeSpec {
 }
 
 /// The outcome of one probe run at one vantage point.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProbeResult {
     pub probe: String,
     pub vantage: String,
@@ -136,12 +151,13 @@ pub struct ProbeResult {
     pub labels: Labels,
     /// How long after a result it counts as unknown (no evidence).
     #[serde(with = "crate::config::duration_str")]
+    #[schema(value_type = String)]
     pub stale_after: Duration,
 }
 
 /// Everything that happens is an event: probe results, agent reports,
 /// alert and incident changes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Assigned when stored; 0 before.
     #[serde(default)]
@@ -159,7 +175,7 @@ pub struct Event {
 }
 
 /// Lifecycle of an alert. Acknowledging does not stop it resolving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
     Firing,
@@ -191,7 +207,7 @@ impl FromStr for AlertState {
 
 /// One firing of a rule for one group of labels. A fingerprint that fires
 /// again after resolving gets a new alert, so the history is complete.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Alert {
     pub id: i64,
     pub fingerprint: String,
@@ -214,7 +230,7 @@ pub struct Alert {
 }
 
 /// Mutes notifications of alerts whose labels match every matcher.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Silence {
     pub id: i64,
     pub matchers: Labels,
@@ -224,7 +240,7 @@ pub struct Silence {
     pub ends_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum IncidentState {
     New,
@@ -257,7 +273,7 @@ impl FromStr for IncidentState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Incident {
     pub id: i64,
     pub title: String,
@@ -276,7 +292,7 @@ pub struct Incident {
     pub closed_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TimelineEntry {
     pub id: i64,
     pub incident: i64,
@@ -288,7 +304,7 @@ pub struct TimelineEntry {
     pub alert: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IncidentDetail {
     #[serde(flatten)]
     pub incident: Incident,
@@ -297,7 +313,7 @@ pub struct IncidentDetail {
 }
 
 /// One message to one receiver, kept as a delivery log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub id: i64,
     pub receiver: String,

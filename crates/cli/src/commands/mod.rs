@@ -1,4 +1,5 @@
 pub mod auth;
+pub mod api;
 pub mod bench;
 pub mod demo;
 pub mod jobs;
@@ -50,6 +51,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Server => server::run(&cli.config).await,
         Cmd::Demo(args) => demo::run(args, cli.json).await,
         Cmd::Bench(args) => bench::run(args, cli.json).await,
+        Cmd::Api(c) => api::run(c),
         Cmd::Rules(c @ watch::RulesCmd::Check { .. }) => {
             let ctx = Ctx::new(&cli);
             watch::rules(&ctx, c).await
@@ -86,7 +88,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                     let token = auth::agent_token(&cli.config, name)?;
                     watch::agent(name, &addr, *listen, data_dir.clone(), token).await
                 }
-                Cmd::Init { .. } | Cmd::Server | Cmd::Demo(_) | Cmd::Bench(_) => unreachable!(),
+                Cmd::Init { .. } | Cmd::Server | Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Api(_) => {
+                    unreachable!()
+                }
             }
         }
     }

@@ -1,37 +1,60 @@
 //! Runbook routes under `/api/v1`.
+//!
+//! Runbooks are the operators'; a tenant's user sees and runs only the
+//! [`TENANT_RUNBOOKS`], each for a VM of theirs (its `vm` parameter).
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use standby_types::api::ApiError;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{StartRequest, start, triggers};
+use crate::api::check_job;
+use crate::api::owner::TENANT_RUNBOOKS;
+use crate::auth::Principal;
 use crate::controller::Controller;
 use crate::error::ServerError;
 
 type Ctl = State<Arc<Controller>>;
 type ApiResult<T> = Result<Json<T>, ServerError>;
 
-pub fn routes() -> Router<Arc<Controller>> {
-    Router::new()
-        .route("/api/v1/runbooks", get(list))
-        .route("/api/v1/runbooks/schema", get(schema))
-        .route("/api/v1/runbooks/actions", get(actions))
-        .route("/api/v1/runbooks/{name}", get(show))
-        .route("/api/v1/runbooks/{name}/run", post(run))
-        .route("/api/v1/runbooks/{name}/webhook", post(webhook))
-        .route("/api/v1/jobs/{id}/steps", get(steps))
+pub fn routes() -> OpenApiRouter<Arc<Controller>> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(schema))
+        .routes(routes!(actions))
+        .routes(routes!(show))
+        .routes(routes!(run))
+        .routes(routes!(webhook))
+        .routes(routes!(steps))
 }
 
-async fn list(State(ctl): Ctl) -> ApiResult<Value> {
+/// 404 for a runbook the principal may not see.
+fn check_runbook(who: &Principal, name: &str) -> Result<(), ServerError> {
+    if who.tenant.is_some() && !TENANT_RUNBOOKS.contains(&name) {
+        return Err(ServerError::not_found("runbook", name));
+    }
+    Ok(())
+}
+
+/// Runbooks with their triggers, load errors and held locks (a tenant's
+/// user: the runbooks they may run, no errors, no locks).
+#[utoipa::path(get, path = "/api/v1/runbooks", operation_id = "runbooks", tag = "runbooks",
+    responses((status = 200, description = "`{runbooks: [{name, description, file, trigger, steps}], errors, locks}`",
+        body = Object)))]
+async fn list(State(ctl): Ctl, who: Principal) -> ApiResult<Value> {
     let runbooks: Vec<Value> = ctl
         .runbooks
         .all()
+        .filter(|l| check_runbook(&who, &l.runbook.name).is_ok())
         .map(|l| {
             json!({
                 "name": l.runbook.name,
@@ -42,6 +65,11 @@ async fn list(State(ctl): Ctl) -> ApiResult<Value> {
             })
         })
         .collect();
+    if who.tenant.is_some() {
+        return Ok(Json(
+            json!({ "runbooks": runbooks, "errors": [], "locks": [] }),
+        ));
+    }
     Ok(Json(json!({
         "runbooks": runbooks,
         "errors": ctl.runbooks.errors(),
@@ -49,15 +77,27 @@ async fn list(State(ctl): Ctl) -> ApiResult<Value> {
     })))
 }
 
-async fn schema() -> Json<Value> {
+/// The JSON Schema of the runbook format.
+#[utoipa::path(get, path = "/api/v1/runbooks/schema", operation_id = "runbook_schema", tag = "runbooks",
+    responses((status = 200, description = "A JSON Schema", body = Object)))]
+async fn schema(_who: Principal) -> Json<Value> {
     Json(standby_runbook::schema())
 }
 
-async fn actions() -> Json<Value> {
+/// The catalog of actions a runbook step may use.
+#[utoipa::path(get, path = "/api/v1/runbooks/actions", operation_id = "runbook_actions", tag = "runbooks",
+    responses((status = 200, description = "The action catalog", body = Vec<Object>)))]
+async fn actions(_who: Principal) -> Json<Value> {
     Json(serde_json::to_value(standby_runbook::ACTIONS).unwrap_or_default())
 }
 
-async fn show(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<Value> {
+/// One runbook: its file, parsed form and source.
+#[utoipa::path(get, path = "/api/v1/runbooks/{name}", operation_id = "runbook", tag = "runbooks",
+    params(("name" = String, Path, description = "Runbook")),
+    responses((status = 200, description = "`{file, runbook, source}`", body = Object),
+        (status = 404, body = ApiError)))]
+async fn show(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<Value> {
+    check_runbook(&who, &name)?;
     let l = ctl.runbooks.get(&name)?;
     Ok(Json(json!({
         "file": l.file,
@@ -66,20 +106,45 @@ async fn show(State(ctl): Ctl, Path(name): Path<String>) -> ApiResult<Value> {
     })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 struct RunRequest {
+    /// The runbook's parameters.
     #[serde(default)]
+    #[schema(value_type = Object)]
     params: Map<String, Value>,
+    /// Only plan: answer the steps it would run.
     #[serde(default)]
     dry_run: bool,
 }
 
+/// Run a runbook by hand (or plan it: `dry_run`). A tenant's user runs
+/// `drill` and `move-vm` only, with `vm` naming a VM of theirs.
+#[utoipa::path(post, path = "/api/v1/runbooks/{name}/run", operation_id = "runbook_run", tag = "runbooks",
+    params(("name" = String, Path, description = "Runbook")),
+    request_body(content = Option<RunRequest>),
+    responses((status = 200, description = "`{job}`, or with dry_run `{plan, text}`", body = Object),
+        (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, description = "Its lock is held", body = ApiError)))]
 async fn run(
     State(ctl): Ctl,
+    who: Principal,
     Path(name): Path<String>,
     body: Option<Json<RunRequest>>,
 ) -> ApiResult<Value> {
     let req = body.map(|Json(r)| r).unwrap_or_default();
+    check_runbook(&who, &name)?;
+    if who.tenant.is_some() {
+        let vm = req
+            .params
+            .get("vm")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ServerError::BadRequest(format!(
+                    "a tenant's user runs {name} for a VM of theirs: give params.vm"
+                ))
+            })?;
+        who.check(ctl.cfg.tenant_of_vm(vm), "vm", vm)?;
+    }
     let l = ctl.runbooks.get(&name)?;
     if req.dry_run {
         let plan = standby_runbook::plan(&l.runbook, &req.params, &json!({"kind": "manual"}))
@@ -103,6 +168,14 @@ async fn run(
     Ok(Json(json!({ "job": job })))
 }
 
+/// Start a runbook from a webhook: the body signed with the runbook's
+/// secret (HMAC-SHA256 in the signature header), no token.
+#[utoipa::path(post, path = "/api/v1/runbooks/{name}/webhook", operation_id = "runbook_webhook", tag = "runbooks",
+    params(("name" = String, Path, description = "Runbook")),
+    request_body(content = Object, description = "Any JSON; the trigger's payload"),
+    extensions(("x-standby-auth" = json!("signature"))),
+    responses((status = 200, description = "`{job}`", body = Object),
+        (status = 401, body = ApiError), (status = 404, body = ApiError)))]
 async fn webhook(
     State(ctl): Ctl,
     Path(name): Path<String>,
@@ -116,8 +189,14 @@ async fn webhook(
     Ok(Json(json!({ "job": job })))
 }
 
-async fn steps(State(ctl): Ctl, Path(id): Path<i64>) -> ApiResult<Value> {
+/// A runbook job with its run and the state of each step.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/steps", operation_id = "job_steps", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, description = "`{job, runbook, params, trigger, lock, incident, steps}`", body = Object),
+        (status = 404, body = ApiError)))]
+async fn steps(State(ctl): Ctl, who: Principal, Path(id): Path<i64>) -> ApiResult<Value> {
     let job = ctl.repo.job(id).await?;
+    check_job(&ctl, &who, &job).await?;
     let run = ctl.runbooks.repo().run(id).await?;
     let steps = ctl.runbooks.repo().steps(id).await?;
     Ok(Json(json!({

@@ -20,7 +20,7 @@ pub struct AgentSeen {
 }
 
 /// What an agent sends with each heartbeat.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Heartbeat {
     #[serde(default)]
     pub version: String,
@@ -29,10 +29,12 @@ pub struct Heartbeat {
 /// The controller's answer: the probes the agent runs, how often to
 /// report, and whether the agent's site is fenced (then the agent stops
 /// all its VMs and refuses to start any until an answer says otherwise).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatReply {
     pub probes: Vec<ProbeSpec>,
+    /// Milliseconds.
     #[serde(with = "humantime_serde_ms")]
+    #[schema(value_type = u64)]
     pub heartbeat: Duration,
     #[serde(default)]
     pub fenced: bool,

@@ -37,7 +37,7 @@ impl Track {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AckRequest {
     /// Who acknowledges.
     #[serde(default)]
@@ -391,7 +391,7 @@ pub async fn acknowledge(ctl: &Arc<Controller>, id: i64, by: &str) -> Result<Ale
     Ok(alert)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SilenceRequest {
     /// Labels an alert must carry to be muted (at least one).
     pub matchers: BTreeMap<String, String>,

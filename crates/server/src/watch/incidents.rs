@@ -16,7 +16,7 @@ use crate::error::ServerError;
 
 /// Open an incident by hand or from a runbook: either from a template
 /// (rendered with `labels`) or with an explicit title.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IncidentOpen {
     #[serde(default)]
     pub template: Option<String>,
@@ -38,7 +38,7 @@ pub struct IncidentOpen {
 }
 
 /// Change an incident: a note, a new state, or both.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IncidentUpdate {
     #[serde(default)]
     pub state: Option<IncidentState>,

@@ -15,8 +15,9 @@ use standby_types::config::Config;
 use crate::controller::Controller;
 use crate::error::ServerError;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RulesStatus {
+    #[schema(value_type = Vec<String>)]
     pub files: Vec<PathBuf>,
     /// Names of the rules in force.
     pub rules: Vec<String>,

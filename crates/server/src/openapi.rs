@@ -1,0 +1,502 @@
+//! The OpenAPI 3 document of the API, served at `GET /api/v1/openapi.json`
+//! and printed offline by `standby api spec`.
+//!
+//! It is built from the handlers' own `#[utoipa::path]` annotations by the
+//! router that serves them ([`crate::api::routes`]): a route is registered
+//! and documented in one `routes!` call, so the two cannot drift (the tests
+//! below send every documented operation to the router, and fail on a
+//! `.route(` that bypasses the documentation).
+//!
+//! # Roles
+//! Each operation carries the role it needs as a security requirement:
+//! `bearer` (an API token) or `cookie` (a portal session), with the role as
+//! the only scope. The policy: GET needs `viewer`, every other method
+//! `operator`; a handler that needs `admin` says so in its annotation
+//! (`sites/{name}/fence|unfence`, `rules/reload`, users and tokens). An
+//! operation authenticated otherwise carries `x-standby-auth` instead
+//! (`none` for health, `signature` for HMAC-signed runbook webhooks,
+//! `agent` for agents' heartbeats and results) and no requirement.
+//! [`required_role`] reads the role back from the document, so the
+//! authentication layer enforces exactly what the document says.
+
+use std::sync::{Arc, LazyLock};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::Method;
+use serde_json::{Value, json};
+use utoipa::OpenApi;
+
+use crate::auth::{Principal, Role};
+use crate::controller::Controller;
+
+/// Name of the portal's session cookie, as documented in the spec.
+pub const SESSION_COOKIE: &str = "standby_session";
+/// The extension that marks an operation authenticated otherwise.
+pub const AUTH_EXTENSION: &str = "x-standby-auth";
+
+const METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "standby",
+        description = "Disaster recovery for VMs and VNFs: the controller's API. \
+            Errors are JSON `ApiError`; lists take `limit` and `offset` and \
+            answer `X-Total-Count`; see docs/api.md."
+    ),
+    components(schemas(standby_types::api::ApiError))
+)]
+struct ApiDoc;
+
+/// The document's frame (info, shared schemas) before the routes add
+/// their operations.
+pub fn base() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The complete document: every route's operation with its role.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut api) = crate::api::routes().split_for_parts();
+    finish(&mut api);
+    api
+}
+
+/// The document as JSON, built once.
+pub fn document() -> &'static Value {
+    static DOC: LazyLock<Value> =
+        LazyLock::new(|| serde_json::to_value(openapi()).unwrap_or(Value::Null));
+    &DOC
+}
+
+/// The role `method path_template` needs (`path_template` as in the
+/// document, e.g. `/api/v1/vms/{name}`). `None` for an operation
+/// authenticated otherwise (see [`auth_kind`]) and for one not in the
+/// document.
+pub fn required_role(method: &Method, path_template: &str) -> Option<Role> {
+    let op = operation(document(), method, path_template)?;
+    role_of(op)
+}
+
+/// For an operation authenticated otherwise than by a role: `none`,
+/// `signature` or `agent` (its `x-standby-auth`).
+pub fn auth_kind(method: &Method, path_template: &str) -> Option<&'static str> {
+    let op = operation(document(), method, path_template)?;
+    op.get(AUTH_EXTENSION)?.as_str()
+}
+
+/// One operation of the document and how it is authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationAuth {
+    pub method: Method,
+    /// The path template, e.g. `/api/v1/vms/{name}`.
+    pub path: String,
+    /// The role it needs (None: authenticated otherwise).
+    pub role: Option<Role>,
+    /// `x-standby-auth`, when authenticated otherwise.
+    pub auth: Option<String>,
+}
+
+/// Every operation of the document, in path order: the route table that
+/// authentication tests are generated from.
+pub fn operations() -> Vec<OperationAuth> {
+    let mut out = Vec::new();
+    let Some(paths) = document().get("paths").and_then(Value::as_object) else {
+        return out;
+    };
+    for (path, item) in paths {
+        for m in METHODS {
+            let Some(op) = item.get(*m) else { continue };
+            let Ok(method) = Method::from_bytes(m.to_ascii_uppercase().as_bytes()) else {
+                continue;
+            };
+            out.push(OperationAuth {
+                method,
+                path: path.clone(),
+                role: role_of(op),
+                auth: op
+                    .get(AUTH_EXTENSION)
+                    .and_then(Value::as_str)
+                    .map(String::from),
+            });
+        }
+    }
+    out
+}
+
+fn operation<'a>(doc: &'a Value, method: &Method, path: &str) -> Option<&'a Value> {
+    doc.get("paths")?
+        .get(path)?
+        .get(method.as_str().to_ascii_lowercase())
+}
+
+/// The role of an operation's first security requirement.
+fn role_of(op: &Value) -> Option<Role> {
+    op.get("security")?
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_object)
+        .flat_map(|req| req.values())
+        .filter_map(|scopes| scopes.get(0)?.as_str()?.parse().ok())
+        .next()
+}
+
+/// The role an operation needs when its handler does not say: GET reads,
+/// anything else acts.
+pub fn default_role(method: &str) -> Role {
+    if method.eq_ignore_ascii_case("get") || method.eq_ignore_ascii_case("head") {
+        Role::Viewer
+    } else {
+        Role::Operator
+    }
+}
+
+/// Security schemes, default roles and the error response of every
+/// operation.
+fn finish(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{
+        ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+    };
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+
+    let components = api
+        .components
+        .get_or_insert_with(utoipa::openapi::Components::new);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    components.add_security_scheme(
+        "cookie",
+        SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(SESSION_COOKIE))),
+    );
+    for item in api.paths.paths.values_mut() {
+        let ops = [
+            ("get", &mut item.get),
+            ("put", &mut item.put),
+            ("post", &mut item.post),
+            ("delete", &mut item.delete),
+            ("patch", &mut item.patch),
+        ];
+        for (m, op) in ops {
+            let Some(op) = op.as_mut() else { continue };
+            let other = op
+                .extensions
+                .as_ref()
+                .is_some_and(|e| e.contains_key(AUTH_EXTENSION));
+            if !other && op.security.is_none() {
+                let role = default_role(m).as_str();
+                op.security = Some(vec![
+                    SecurityRequirement::new("bearer", [role]),
+                    SecurityRequirement::new("cookie", [role]),
+                ]);
+            }
+            op.responses
+                .responses
+                .entry("default".to_string())
+                .or_insert_with(|| {
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .description(
+                                "An error: a stable code, a message and whether retrying \
+                                 can help.",
+                            )
+                            .content(
+                                "application/json",
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name("ApiError")))
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                });
+        }
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3 document", body = Object)))]
+pub(crate) async fn openapi_json(State(_): State<Arc<Controller>>, _who: Principal) -> Json<Value> {
+    Json(document().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn doc() -> Value {
+        serde_json::to_value(openapi()).unwrap()
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_with_both_security_schemes() {
+        let v = doc();
+        assert!(
+            v["openapi"].as_str().unwrap().starts_with("3."),
+            "{}",
+            v["openapi"]
+        );
+        assert_eq!(v["info"]["title"], "standby");
+        let schemes = &v["components"]["securitySchemes"];
+        assert_eq!(schemes["bearer"]["type"], "http");
+        assert_eq!(schemes["bearer"]["scheme"], "bearer");
+        assert_eq!(schemes["cookie"]["in"], "cookie");
+        assert_eq!(schemes["cookie"]["name"], SESSION_COOKIE);
+        // What `standby api spec` prints is the same document.
+        let text = openapi().to_pretty_json().unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+    }
+
+    /// Every `$ref` names a schema of the document.
+    fn refs(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if k == "$ref" {
+                        out.insert(x.as_str().unwrap().to_string());
+                    } else {
+                        refs(x, out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_operation_is_complete_and_every_reference_resolves() {
+        let v = doc();
+        let paths = v["paths"].as_object().unwrap();
+        let mut ids = BTreeSet::new();
+        let mut n = 0;
+        for (path, item) in paths {
+            assert!(
+                path.starts_with("/api/v1/") || path == "/metrics",
+                "{path} is outside /api/v1"
+            );
+            let params: Vec<&str> = path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            for m in METHODS {
+                let Some(op) = item.get(*m) else { continue };
+                n += 1;
+                let what = format!("{} {path}", m.to_uppercase());
+                let id = op["operationId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{what}: no operationId"));
+                assert!(ids.insert(id.to_string()), "{what}: operationId {id} twice");
+                assert!(
+                    op["responses"]
+                        .as_object()
+                        .is_some_and(|r| r.contains_key("200")),
+                    "{what}: no 200 response"
+                );
+                assert!(
+                    op["responses"].get("default").is_some(),
+                    "{what}: no error response"
+                );
+                for p in &params {
+                    let declared = op["parameters"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|d| d["in"] == "path" && d["name"] == *p && d["required"] == true);
+                    assert!(declared, "{what}: path parameter {p} is not declared");
+                }
+            }
+        }
+        assert!(n >= 50, "only {n} operations");
+        let mut all = BTreeSet::new();
+        refs(&v, &mut all);
+        let schemas = v["components"]["schemas"].as_object().unwrap();
+        for r in all {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("odd $ref {r}"));
+            assert!(schemas.contains_key(name), "$ref {r} resolves to nothing");
+        }
+    }
+
+    #[test]
+    fn roles_follow_the_policy() {
+        let ops = operations();
+        let admin: BTreeSet<(String, String)> = ops
+            .iter()
+            .filter(|o| o.role == Some(Role::Admin))
+            .map(|o| (o.method.to_string(), o.path.clone()))
+            .collect();
+        let expect: BTreeSet<(String, String)> = [
+            ("POST", "/api/v1/sites/{name}/fence"),
+            ("POST", "/api/v1/sites/{name}/unfence"),
+            ("POST", "/api/v1/rules/reload"),
+        ]
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+        assert_eq!(admin, expect);
+        for o in &ops {
+            match (&o.role, o.auth.as_deref()) {
+                (Some(Role::Admin), None) => {}
+                (Some(r), None) => assert_eq!(
+                    *r,
+                    default_role(o.method.as_str()),
+                    "{} {}",
+                    o.method,
+                    o.path
+                ),
+                (None, Some(kind)) => {
+                    let expected = match o.path.as_str() {
+                        "/api/v1/health" => "none",
+                        "/api/v1/runbooks/{name}/webhook" => "signature",
+                        p if p.starts_with("/api/v1/agents/{name}/") => "agent",
+                        p => panic!("{} {p} skips role-based authentication", o.method),
+                    };
+                    assert_eq!(kind, expected, "{} {}", o.method, o.path);
+                }
+                (r, a) => panic!("{} {}: role {r:?} and auth {a:?}", o.method, o.path),
+            }
+        }
+        assert_eq!(
+            required_role(&Method::GET, "/api/v1/vms"),
+            Some(Role::Viewer)
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/api/v1/vms/{name}/start"),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/api/v1/sites/{name}/fence"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            required_role(&Method::GET, "/api/v1/openapi.json"),
+            Some(Role::Viewer)
+        );
+        assert_eq!(required_role(&Method::GET, "/api/v1/health"), None);
+        assert_eq!(auth_kind(&Method::GET, "/api/v1/health"), Some("none"));
+        assert_eq!(
+            required_role(&Method::POST, "/api/v1/runbooks/{name}/webhook"),
+            None
+        );
+        assert_eq!(required_role(&Method::GET, "/api/v1/nothing"), None);
+    }
+
+    /// The API's source files, scanned for routes that bypass `routes!`.
+    const SOURCES: &[(&str, &str)] = &[
+        ("api.rs", include_str!("api.rs")),
+        ("api_watch.rs", include_str!("api_watch.rs")),
+        ("frontdoor.rs", include_str!("frontdoor.rs")),
+        ("runbooks/api.rs", include_str!("runbooks/api.rs")),
+    ];
+
+    #[test]
+    fn no_route_bypasses_the_documentation() {
+        let needle = [".", "route("].concat();
+        let mut bare = Vec::new();
+        for (file, text) in SOURCES {
+            for (i, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                if code.contains(&needle) {
+                    bare.push(format!("{file}:{}: {}", i + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            bare.is_empty(),
+            "routes registered without routes!(…) are missing from the OpenAPI document:\n{}",
+            bare.join("\n")
+        );
+    }
+
+    async fn controller(dir: &std::path::Path) -> Arc<Controller> {
+        let text = r#"
+[controller]
+listen = "127.0.0.1:0"
+data_dir = "data"
+builtin_rules = false
+[sites.site1]
+[hosts.h1]
+site = "site1"
+driver = "process"
+disk_dir = "disks"
+"#;
+        std::fs::write(dir.join("standby.toml"), text).unwrap();
+        let cfg = standby_types::config::Config::load(&dir.join("standby.toml")).unwrap();
+        Controller::open(cfg).await.unwrap()
+    }
+
+    /// Every documented operation reaches a handler of the served router:
+    /// sent with dummy parameters, it is answered by the handler (a JSON
+    /// error such as not_found is fine), never by the router's fallback
+    /// (404 or 405 without a body).
+    #[tokio::test]
+    async fn every_documented_operation_is_served() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = controller(dir.path()).await;
+        let app = crate::api::router(ctl.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let ops = operations();
+        assert!(!ops.is_empty());
+        for o in &ops {
+            let path: String = o
+                .path
+                .split('/')
+                .map(|s| {
+                    if s.starts_with('{') {
+                        if s == "{id}" {
+                            "987654"
+                        } else {
+                            "no-such-thing"
+                        }
+                    } else {
+                        s
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let resp = http
+                .request(o.method.clone(), format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{} {path}: {e}", o.method));
+            let status = resp.status();
+            let is_stream = resp
+                .headers()
+                .get("content-type")
+                .is_some_and(|c| c.to_str().unwrap_or("").starts_with("text/event-stream"));
+            let body = if is_stream {
+                String::new()
+            } else {
+                resp.text().await.unwrap()
+            };
+            let what = format!("{} {} (sent as {path})", o.method, o.path);
+            assert_ne!(
+                status.as_u16(),
+                405,
+                "{what}: the router has no such method"
+            );
+            if status.as_u16() == 404 {
+                let v: Value = serde_json::from_str(&body).unwrap_or_else(|_| {
+                    panic!("{what}: the router's own 404 (no route): {body:?}")
+                });
+                assert_eq!(v["code"], "not_found", "{what}: {body}");
+            }
+        }
+        server.abort();
+        ctl.shutdown().await;
+    }
+}
