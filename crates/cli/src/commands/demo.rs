@@ -439,7 +439,9 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
     let server = standby_server::start(cfg)
         .await
         .context("starting the controller")?;
-    let admin_file = cfg
+    let admin_file = server
+        .ctl
+        .cfg
         .controller
         .data_dir
         .join(standby_server::auth::ADMIN_TOKEN_FILE);
