@@ -113,7 +113,7 @@ try {
   if (await ok.isDisabled()) throw new Error("typing the site name does not enable the failover");
   await shot("failover-confirm");
   await page.click('#confirm button[value="cancel"]');
-  await page.waitForSelector("#confirm:not([open])");
+  await page.waitForSelector("#confirm[open]", { state: "detached" });
   await page.waitForSelector("#flash:has-text('cancelled')");
 
   step("take a point and see it appear without reloading");
@@ -177,6 +177,17 @@ try {
   step("done");
 } catch (e) {
   console.error(`portal: FAILED at "${current}": ${e.message}`);
+  try {
+    const pages = browser.contexts().flatMap((c) => c.pages());
+    if (pages.length) {
+      const p = pages[0];
+      console.error(`page ${p.url()}:\n` + (await p.locator("main").innerText()));
+      console.error("alerts: " + (await p.evaluate(async () => (await fetch("/api/v1/alerts?state=all")).text())));
+      await p.screenshot({ path: join(artifacts, "failure.png"), fullPage: true });
+    }
+  } catch (_) {
+    // best effort
+  }
   if (errors.length) console.error(errors.join("\n"));
   await browser.close();
   process.exit(1);

@@ -2,7 +2,8 @@
 // buttons. Our own code, no dependencies.
 //
 // - Every element with data-fragment="URL" is re-fetched (HTML) when an
-//   event arrives on /api/v1/events/stream, at most once a second.
+//   event of a kind in KINDS arrives on /api/v1/events/stream, at most
+//   once a second.
 // - While the page shows something running (an element with data-poll),
 //   or for two minutes after an action, fragments are also polled.
 // - <button data-post="URL" data-body="JSON"> calls the JSON API with the
@@ -92,6 +93,16 @@
   }
 
   // --------------------------------------------------------------- events
+  // The stream names each event by its kind (`event: alert.firing`), so
+  // `onmessage` sees none: listen to the kinds that change what pages
+  // show. Probe results (every probe, every interval) are left out; the
+  // alerts they raise are not.
+  const KINDS = [
+    "alert.firing", "alert.acknowledged", "alert.resolved", "alert.silenced", "alert.inhibited",
+    "incident.opened", "incident.new", "incident.active", "incident.resolved", "incident.closed",
+    "runbook.started", "runbook.resumed", "runbook.succeeded", "runbook.failed", "runbook.skipped",
+    "drill.report", "lagged",
+  ];
   let source = null;
   let lastId = null;
   let backoff = 1000;
@@ -105,10 +116,12 @@
       backoff = 1000;
       liveState("live updates: on");
     };
-    source.onmessage = (e) => {
+    const onEvent = (e) => {
       if (e.lastEventId) lastId = e.lastEventId;
       schedule();
     };
+    source.onmessage = onEvent;
+    for (const k of KINDS) source.addEventListener(k, onEvent);
     source.onerror = () => {
       // Reconnect ourselves, with a bounded backoff, from the last event.
       source.close();

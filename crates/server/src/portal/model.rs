@@ -435,6 +435,9 @@ disk_dir = "/d"
 [datastores.s]
 site = "a"
 path = "s"
+[datastores.s2]
+site = "a"
+path = "s2"
 [tenants.acme]
 [vms.v1]
 host = "h"
@@ -452,7 +455,7 @@ tenant = "acme"
 [groups.g2]
 members = ["v1", "v2"]
 schedule = "every 1h"
-datastores = ["s"]
+datastores = ["s2"]
 rpo_target = "2h"
 "#;
 

@@ -151,7 +151,7 @@ struct AlertRow {
     name: String,
     severity: String,
     state: String,
-    labels: String,
+    labels: Vec<String>,
     summary: String,
     since: String,
     ago: String,
@@ -274,12 +274,12 @@ async fn dashboard_data(
             rpo: status.label(),
         });
     }
-    // Point age over the span of the points (at least the last 10 min,
+    // Point age over the span of the points (at least the last minute,
     // at most a day).
     let oldest = points.iter().map(|p| p.time).min().unwrap_or(now);
     let from = oldest
         .max(now - TimeDelta::days(1))
-        .min(now - TimeDelta::minutes(10));
+        .min(now - TimeDelta::minutes(1));
     let age_series: Vec<(String, Vec<(DateTime<Utc>, f64)>)> = vms
         .iter()
         .map(|v| {
@@ -483,10 +483,9 @@ fn alert_row(a: Alert, p: &Principal, now: DateTime<Utc>) -> AlertRow {
         labels: a
             .labels
             .iter()
-            .filter(|(k, _)| *k != "alertname")
+            .filter(|(k, _)| !matches!(k.as_str(), "alertname" | "severity"))
             .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" "),
+            .collect(),
         summary: a
             .annotations
             .get("summary")
@@ -713,7 +712,7 @@ fn job_row(j: Job, now: DateTime<Utc>) -> JobRow {
         class: status_class(j.status),
         status: j.status.as_str().to_string(),
         progress: if j.progress_total > 0 {
-            format!("{}/{}", j.progress_done, j.progress_total)
+            format!("{}%", (j.progress_done * 100 / j.progress_total).min(100))
         } else {
             String::new()
         },
