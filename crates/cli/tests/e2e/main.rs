@@ -8,6 +8,7 @@ mod netlab;
 
 mod cloud;
 mod config_errors;
+mod conformance;
 mod demo;
 mod failover;
 mod fencing;
