@@ -13,6 +13,28 @@ use standby_types::model::{Job, JobStatus};
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer` on every call.
+    token: Option<String>,
+}
+
+/// An HTTP client builder that also trusts the PEM certificates in
+/// `STANDBY_CA_CERT` (a controller with a self-signed certificate).
+fn builder() -> reqwest::ClientBuilder {
+    let mut b = reqwest::Client::builder();
+    if let Ok(path) = std::env::var("STANDBY_CA_CERT") {
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string()))
+        {
+            Ok(certs) => {
+                for c in certs {
+                    b = b.add_root_certificate(c);
+                }
+            }
+            Err(e) => tracing::warn!("STANDBY_CA_CERT {path}: {e}"),
+        }
+    }
+    b
 }
 
 impl Client {
@@ -27,10 +49,24 @@ impl Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Client {
             base,
-            http: reqwest::Client::builder()
+            http: builder()
                 .timeout(Duration::from_secs(120))
                 .build()
                 .expect("http client with the ring provider builds"),
+            token: None,
+        }
+    }
+
+    /// Send `token` as the bearer token of every call.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
+    }
+
+    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
         }
     }
 
@@ -66,8 +102,7 @@ impl Client {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
+            .auth(self.http.get(format!("{}{path}", self.base)))
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -76,8 +111,7 @@ impl Client {
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
+            .auth(self.http.post(format!("{}{path}", self.base)))
             .json(body)
             .send()
             .await
@@ -87,8 +121,7 @@ impl Client {
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self
-            .http
-            .delete(format!("{}{path}", self.base))
+            .auth(self.http.delete(format!("{}{path}", self.base)))
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -98,8 +131,11 @@ impl Client {
     /// Follow a server-sent-event stream, calling `f` with each event's
     /// data until the stream ends or `f` returns false.
     pub async fn stream(&self, path: &str, mut f: impl FnMut(&str, &str) -> bool) -> Result<()> {
-        let mut resp = reqwest::Client::new()
-            .get(format!("{}{path}", self.base))
+        let http = builder()
+            .build()
+            .context("building the HTTP client of the event stream")?;
+        let mut resp = self
+            .auth(http.get(format!("{}{path}", self.base)))
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;

@@ -28,6 +28,10 @@ pub struct Cli {
     /// Controller address (default: `controller.listen` of the config).
     #[arg(long, global = true, env = "STANDBY_URL")]
     pub url: Option<String>,
+    /// API token (default: `<data_dir>/admin.token` of the config, if
+    /// readable).
+    #[arg(long, global = true, env = "STANDBY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -84,6 +88,14 @@ pub enum Cmd {
     /// Alert rules.
     #[command(subcommand)]
     Rules(commands::watch::RulesCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(commands::auth::TokenCmd),
+    /// Users of the portal and the API.
+    #[command(subcommand)]
+    User(commands::auth::UserCmd),
+    /// Who the CLI acts as.
+    Whoami,
     /// Run a remote agent: heartbeats and probes from another vantage
     /// point and, with --data-dir, the VMs of a hypervisor host.
     Agent {

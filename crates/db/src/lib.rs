@@ -23,6 +23,8 @@
 //!   its payload until `delivered` or `failed`.
 //! - `services`: the site each front-door service sends its clients to
 //!   ([`ServiceRepo`]).
+//! - `users`, `api_tokens`, `sessions`: who may call ([`AuthRepo`]);
+//!   hashes only, never a secret.
 //! - `runbook_runs`, `runbook_steps`, `runbook_locks`: runbook jobs
 //!   ([`RunbookRepo`]): what a restart needs to resume them, one row per
 //!   step execution, one lock per rendered key.
@@ -52,6 +54,7 @@
 //! UPDATE`, `RETURNING`); SQLite-only statements (pragmas, `BEGIN
 //! IMMEDIATE`) stay inside [`SqliteRepo`].
 
+pub mod auth;
 mod error;
 pub mod runbook;
 mod services;
@@ -64,6 +67,7 @@ use standby_types::model::{
     DiskRecord, GroupRecord, HostRecord, Job, JobStatus, PointRecord, SiteRecord, VmRecord,
 };
 
+pub use auth::{AuthRepo, SessionRecord, TokenRecord, UserRecord};
 pub use error::DbError;
 pub use runbook::{NewRun, RunRecord, RunStart, RunbookRepo, StepRecord, StepState};
 pub use services::{ServiceRecord, ServiceRepo};

@@ -19,6 +19,7 @@ use standby_types::model::{
 use crate::error::query;
 use crate::{DbError, FenceRecord, INTERRUPTED, Repo};
 
+mod auth;
 mod runbook;
 mod services;
 mod watch;

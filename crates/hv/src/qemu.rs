@@ -21,6 +21,9 @@
 //! In `workdir`: `<name>.log` (QEMU's stdout/stderr) and
 //! `<name>.console.log` (the guest's serial console, appended).
 //!
+//! [`QemuDriver::in_netns`] runs QEMU inside a network namespace (a DR
+//! drill's, loopback only), so its port forwards listen there alone.
+//!
 //! # Machine
 //!
 //! Built from the [`QemuSpec`] in [`VmSpec::qemu`]: memory, CPUs, machine
@@ -281,6 +284,8 @@ pub struct QemuDriver {
     adopting: tokio::sync::Mutex<()>,
     /// Points begun and not yet committed or abandoned, per VM.
     points: Mutex<HashMap<String, points::PendingPoint>>,
+    /// Network namespace QEMU runs in (`ip netns exec NS qemu …`).
+    netns: Option<String>,
 }
 
 impl Drop for QemuDriver {
@@ -302,7 +307,19 @@ impl QemuDriver {
             qemu_img: PathBuf::from("qemu-img"),
             adopting: tokio::sync::Mutex::new(()),
             points: Mutex::default(),
+            netns: None,
         }
+    }
+
+    /// Run each VM's QEMU inside the network namespace `netns` (it must
+    /// exist): QEMU is started as `ip netns exec NETNS qemu-system-x86_64
+    /// …`, which execs QEMU, so the recorded pid is QEMU's own and adoption
+    /// works as usual. The forwards' `host_addr` is bound inside that
+    /// namespace; files and UNIX sockets (QMP, guest agent) are not
+    /// affected.
+    pub fn in_netns(mut self, netns: impl Into<String>) -> Self {
+        self.netns = Some(netns.into());
+        self
     }
 
     pub fn qmp_socket(&self, name: &str) -> PathBuf {
@@ -503,7 +520,14 @@ impl QemuDriver {
         } else {
             spec.command.clone()
         };
-        let mut cmd = tokio::process::Command::new(&command);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = tokio::process::Command::new("ip");
+                c.args(["netns", "exec", ns.as_str()]).arg(&command);
+                c
+            }
+            None => tokio::process::Command::new(&command),
+        };
         cmd.args(&args)
             .envs(&spec.env)
             .current_dir(&spec.workdir)

@@ -120,6 +120,7 @@ impl Agent {
         data_dir: &Path,
         agent: &str,
         url: &str,
+        token: Option<String>,
     ) -> Agent {
         Agent {
             host: host.to_string(),
@@ -128,7 +129,7 @@ impl Agent {
             // The agent replaces it with a directory of its own.
             workdir: data_dir.join("hosts").join(host),
             netns: None,
-            exec: Exec::Remote(RemoteHost::new(host, agent, url)),
+            exec: Exec::Remote(RemoteHost::new(host, agent, url, token)),
             qemu: None,
         }
     }
@@ -505,10 +506,12 @@ pub struct RemoteHost {
     pub agent: String,
     base: String,
     http: reqwest::Client,
+    /// The agent's secret, sent on every call.
+    token: Option<String>,
 }
 
 impl RemoteHost {
-    pub fn new(host: &str, agent: &str, url: &str) -> RemoteHost {
+    pub fn new(host: &str, agent: &str, url: &str, token: Option<String>) -> RemoteHost {
         // reqwest has no TLS provider of its own (see the workspace
         // Cargo.toml): ring, once per process.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -530,6 +533,7 @@ impl RemoteHost {
             agent: agent.to_string(),
             base: format!("{}/agent/v1", url.trim_end_matches('/')),
             http,
+            token,
         }
     }
 
@@ -540,8 +544,8 @@ impl RemoteHost {
         }
     }
 
-    /// POST `body` to `/agent/v1/<op>` and read the answer. Auth seam:
-    /// a token header goes here once agents authenticate (a later issue).
+    /// POST `body` to `/agent/v1/<op>` with the agent's token and read the
+    /// answer.
     pub async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         op: &str,
@@ -549,20 +553,17 @@ impl RemoteHost {
         timeout: Duration,
     ) -> Result<T, ServerError> {
         let url = format!("{}/{op}", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .timeout(timeout)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| {
-                self.unreachable(if e.is_timeout() {
-                    format!("no answer to {op} within {timeout:?}")
-                } else {
-                    crate::error::error_chain(&e)
-                })
-            })?;
+        let mut req = self.http.post(&url).timeout(timeout).json(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| {
+            self.unreachable(if e.is_timeout() {
+                format!("no answer to {op} within {timeout:?}")
+            } else {
+                crate::error::error_chain(&e)
+            })
+        })?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| {
             self.unreachable(format!(
@@ -1051,6 +1052,7 @@ size = "1MiB"
             Path::new("/data"),
             "h-agent",
             &format!("http://127.0.0.1:{port}"),
+            None,
         );
         let t0 = std::time::Instant::now();
         let e = a.status("v").await.unwrap_err();

@@ -31,6 +31,8 @@ pub struct Controller {
     pub frontdoor: crate::frontdoor::FrontDoor,
     /// Loaded runbooks and the durable engine's state.
     pub runbooks: crate::runbooks::Runbooks,
+    /// Users, tokens, sessions and agent secrets.
+    pub auth: crate::auth::Auth,
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
     /// Held for the controller's life (see [`Controller::open`]).
@@ -85,7 +87,12 @@ impl Controller {
         for (name, host) in &cfg.hosts {
             let agent = match cfg.remote_agent_of(name) {
                 Some((agent, url)) => {
-                    Agent::remote(name, host, &cfg.controller.data_dir, agent, url)
+                    let token = cfg.agents[agent].secret().map_err(|e| {
+                        ServerError::BadRequest(format!(
+                            "unable to read the token of agent {agent}: {e}"
+                        ))
+                    })?;
+                    Agent::remote(name, host, &cfg.controller.data_dir, agent, url, token)
                 }
                 None => {
                     let run = cfg.controller.data_dir.join("hosts").join(name).join("run");
@@ -119,12 +126,14 @@ impl Controller {
         // Runbook jobs are not failed above: they resume once the
         // controller runs (`crate::runbooks::resume_all`).
         let runbooks = crate::runbooks::Runbooks::open(&cfg, repo.clone());
+        let auth = crate::auth::Auth::open(&cfg, repo.clone()).await?;
         let ctl = Arc::new(Controller {
             cfg,
             repo,
             watch,
             frontdoor,
             runbooks,
+            auth,
             agents,
             stores: Mutex::default(),
             vm_locks: Mutex::default(),

@@ -7,16 +7,40 @@
 //! interface: it cannot reach production, production cannot reach it, and
 //! the front door never points at it. Its disks are restored into the
 //! drill's own directory (`<data_dir>/drills/<id>/`), it runs under its own
-//! process driver (own pid files) as `<vm>-drill`, and the VM's placement is
-//! never changed. A command that already enters a namespace
+//! driver (own pid files, in `<dir>/run/`) as `<vm>-drill`, and the VM's
+//! placement is never changed. A command that already enters a namespace
 //! (`ip netns exec NS …`, as a lab's per-site configuration may say) is
 //! unwrapped first, so the copy can never join a production namespace.
+//!
+//! # QEMU VMs
+//! When the DR host runs the VM with the qemu driver, the copy is a QEMU
+//! VM too ([`CopyKind::Qemu`]): the point is restored into
+//! `<dir>/disks/` exactly as a restore at that host would do it (qcow2
+//! disks staged raw and converted by
+//! [`standby_hv::QemuDriver::install_restored_disk`]), and a
+//! [`QemuDriver`] on `<dir>/run/` started [`QemuDriver::in_netns`] the
+//! drill's namespace boots it. Its user-mode forwards keep their ports but
+//! listen on the namespace's `127.0.0.1`, which is where the drill's probe
+//! looks (see `drill.probe`); nothing outside the namespace can reach them.
+//! A QEMU boot is slow under software emulation (7–18 s on 2 shared
+//! cores), so its probe waits at least [`QEMU_BOOT_TCG`] (or
+//! [`QEMU_BOOT_KVM`]) whatever timeout the caller gave.
+//!
+//! # Teardown
+//! `stop` stops the copy through its driver (a QEMU copy: QMP `quit`,
+//! then SIGKILL), checks that its process is gone, kills whatever else
+//! still runs in the namespace (`ip netns pids`) and checks that nothing
+//! does, deletes the namespace and the directory and checks each is gone.
+//! The report's `verified` is true only when every check passed.
 //!
 //! # Idempotence
 //! Every call can be repeated (a runbook step resumed after a controller
 //! restart): `start` returns the running drill as recorded in
-//! `drill.json`, `stop` of a drill already gone verifies that nothing is
-//! left and succeeds.
+//! `drill.json` (a new driver adopts the copy from its pid file when it is
+//! stopped), a start interrupted before its record was written is cleared
+//! (processes in its namespace killed, directory deleted) and made again,
+//! and `stop` of a drill already gone verifies that nothing is left and
+//! succeeds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,13 +49,33 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use standby_hv::{DiskSpec, Driver, ProcessDriver, VmSpec};
+use standby_hv::qemu::{Accel, kvm_usable};
+use standby_hv::{DiskSpec, Driver, ProcessDriver, QemuDriver, VmSpec};
 use standby_store::PointId;
 use standby_types::watch::{ProbeCheck, ProbeSpec};
 
 use crate::controller::Controller;
 use crate::error::ServerError;
 use crate::jobs::JobProgress;
+
+/// The shortest wait for a QEMU copy's first passing probe under
+/// software emulation (TCG): its boot alone takes 7–18 s on a loaded host.
+pub const QEMU_BOOT_TCG: Duration = Duration::from_secs(120);
+/// The same with KVM.
+pub const QEMU_BOOT_KVM: Duration = Duration::from_secs(60);
+/// How long processes left in a drill's namespace may take to die.
+const NETNS_EMPTY_WAIT: Duration = Duration::from_secs(10);
+
+/// How the drill's copy runs: as the VM's DR host runs the VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyKind {
+    /// A process (the process driver), the VM's command line.
+    #[default]
+    Process,
+    /// A QEMU VM (the qemu driver).
+    Qemu,
+}
 
 /// What a running drill is, as recorded in its directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +96,12 @@ pub struct DrillState {
     pub data_age_seconds: f64,
     pub restore_seconds: f64,
     pub bytes: u64,
+    /// How the copy runs (records without it are process copies).
+    #[serde(default)]
+    pub kind: CopyKind,
+    /// The least time its probe waits for a first answer: the copy's boot.
+    #[serde(default)]
+    pub boot_allowance_seconds: f64,
 }
 
 fn check_id(id: &str) -> Result<(), ServerError> {
@@ -76,8 +126,56 @@ fn netns_name(id: &str) -> String {
     format!("sbd-{id}")
 }
 
-fn driver(dir: &Path) -> ProcessDriver {
-    ProcessDriver::with_state_dir(dir.join("run"))
+/// The copy's driver: its state (pid files, QMP socket) in `<dir>/run`.
+fn driver(dir: &Path, kind: CopyKind, netns: &str) -> Box<dyn Driver> {
+    match kind {
+        CopyKind::Process => Box::new(ProcessDriver::with_state_dir(dir.join("run"))),
+        CopyKind::Qemu => Box::new(QemuDriver::new(dir.join("run")).in_netns(netns)),
+    }
+}
+
+/// Processes running in namespace `ns` (none when it does not exist).
+fn netns_pids(ns: &str) -> Result<Vec<u32>, ServerError> {
+    if !netns_exists(ns) {
+        return Ok(Vec::new());
+    }
+    Ok(ip(&["netns", "pids", ns])?
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
+/// Kill every process left in the drill's namespace and wait until none
+/// is. Returns how many there were.
+async fn empty_netns(id: &str, ns: &str) -> Result<usize, ServerError> {
+    let pids = netns_pids(ns)?;
+    if pids.is_empty() {
+        return Ok(0);
+    }
+    tracing::warn!(
+        drill = id,
+        netns = ns,
+        ?pids,
+        "killing processes left in the drill's namespace"
+    );
+    for pid in &pids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .output();
+    }
+    let deadline = Instant::now() + NETNS_EMPTY_WAIT;
+    loop {
+        let left = netns_pids(ns)?;
+        if left.is_empty() {
+            return Ok(pids.len());
+        }
+        if Instant::now() >= deadline {
+            return Err(ServerError::Conflict(format!(
+                "drill {id}: processes {left:?} still run in namespace {ns} after SIGKILL"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -166,6 +264,21 @@ pub async fn start(
         .ok_or_else(|| ServerError::BadRequest(format!("site {site} has no host")))?
         .to_string();
     let prod = ctl.agent(&host)?.spec(&ctl.cfg, vm)?;
+    let kind = if prod.qemu.is_some() {
+        CopyKind::Qemu
+    } else {
+        CopyKind::Process
+    };
+    let netns = netns_name(id);
+    let copy = format!("{vm}-drill");
+    if dir.exists() {
+        // A start interrupted before its record: its copy may run.
+        let killed = empty_netns(id, &netns).await?;
+        tracing::warn!(drill = id, killed, dir = %dir.display(), "clearing an interrupted drill start");
+        std::fs::remove_dir_all(&dir).map_err(|e| {
+            ServerError::Internal(format!("unable to delete {}: {e}", dir.display()))
+        })?;
+    }
     let started = Instant::now();
     let started_at = Utc::now();
     let (pid, point_time, datastore) = match point {
@@ -204,61 +317,103 @@ pub async fn start(
             size: d.size,
         })
         .collect();
-    let bytes = {
-        let (store, pid, disks, progress) =
-            (store.clone(), pid.clone(), disks.clone(), progress.clone());
-        let vm = vm.to_string();
-        tokio::task::spawn_blocking(move || -> Result<u64, ServerError> {
-            let manifest = store.load_manifest(&pid)?;
-            progress.stage(
-                format!("{vm}: restoring point {pid} for the drill"),
-                manifest.disks.iter().map(|d| d.size).sum(),
-            );
-            let mut bytes = 0;
-            for d in &disks {
-                bytes += store
-                    .restore_disk(&pid, &d.name, &d.path, progress.as_ref())?
-                    .size;
+    // Production's disk paths in the command line become the copy's.
+    let retarget = |args: &mut Vec<String>| {
+        for (p, d) in prod.disks.iter().zip(&disks) {
+            let (from, to) = (p.path.to_string_lossy(), d.path.to_string_lossy());
+            for a in args.iter_mut() {
+                *a = a.replace(from.as_ref(), to.as_ref());
             }
-            Ok(bytes)
-        })
-        .await??
+        }
+    };
+    let (spec, bytes, boot_allowance) = match kind {
+        CopyKind::Process => {
+            let bytes = {
+                let (store, pid, disks, progress) =
+                    (store.clone(), pid.clone(), disks.clone(), progress.clone());
+                let vm = vm.to_string();
+                tokio::task::spawn_blocking(move || -> Result<u64, ServerError> {
+                    let manifest = store.load_manifest(&pid)?;
+                    progress.stage(
+                        format!("{vm}: restoring point {pid} for the drill"),
+                        manifest.disks.iter().map(|d| d.size).sum(),
+                    );
+                    let mut bytes = 0;
+                    for d in &disks {
+                        bytes += store
+                            .restore_disk(&pid, &d.name, &d.path, progress.as_ref())?
+                            .size;
+                    }
+                    Ok(bytes)
+                })
+                .await??
+            };
+            // The copy's command line: production's, unwrapped from any
+            // namespace, entering the drill's.
+            let (command, mut args) = unwrap_netns(&prod.command, &prod.args);
+            retarget(&mut args);
+            let mut ns_args = vec![
+                "netns".to_string(),
+                "exec".into(),
+                netns.clone(),
+                command.to_string_lossy().into_owned(),
+            ];
+            ns_args.extend(args);
+            let spec = VmSpec {
+                name: copy.clone(),
+                command: PathBuf::from("ip"),
+                args: ns_args,
+                env: prod.env.clone(),
+                disks,
+                workdir: dir.clone(),
+                qemu: None,
+            };
+            (spec, bytes, Duration::ZERO)
+        }
+        CopyKind::Qemu => {
+            let mut q = prod.qemu.clone().unwrap_or_default();
+            // The same ports, on the drill namespace's loopback only.
+            for f in &mut q.forwards {
+                f.host_addr = std::net::Ipv4Addr::LOCALHOST;
+            }
+            let allowance = match q.accel {
+                Accel::Kvm => QEMU_BOOT_KVM,
+                Accel::Auto if kvm_usable() => QEMU_BOOT_KVM,
+                _ => QEMU_BOOT_TCG,
+            };
+            let mut args = prod.args.clone();
+            retarget(&mut args);
+            let spec = VmSpec {
+                name: copy.clone(),
+                command: prod.command.clone(),
+                args,
+                env: prod.env.clone(),
+                disks,
+                workdir: dir.clone(),
+                qemu: Some(q),
+            };
+            // As a restore at the DR host does it: qcow2 disks staged raw
+            // and converted, all disks or none.
+            progress.stage(format!("{vm}: restoring point {pid} for the drill"), 0);
+            let bytes = crate::agent::restore_point(
+                &spec,
+                &store,
+                &pid,
+                progress.clone(),
+                Some(&QemuDriver::new(dir.join("run"))),
+            )
+            .await?;
+            (spec, bytes, allowance)
+        }
     };
     let restore_seconds = started.elapsed().as_secs_f64();
     // The namespace: loopback only.
-    let netns = netns_name(id);
     if !netns_exists(&netns) {
         ip(&["netns", "add", &netns])?;
     }
     ip(&["-n", &netns, "link", "set", "lo", "up"])?;
-    // The copy's command line: production's, unwrapped from any namespace,
-    // with the drill's disk paths.
-    let (command, mut args) = unwrap_netns(&prod.command, &prod.args);
-    for (p, d) in prod.disks.iter().zip(&disks) {
-        let (from, to) = (p.path.to_string_lossy(), d.path.to_string_lossy());
-        for a in &mut args {
-            *a = a.replace(from.as_ref(), to.as_ref());
-        }
-    }
-    let mut ns_args = vec![
-        "netns".to_string(),
-        "exec".into(),
-        netns.clone(),
-        command.to_string_lossy().into_owned(),
-    ];
-    ns_args.extend(args);
-    let copy = format!("{vm}-drill");
-    let spec = VmSpec {
-        name: copy.clone(),
-        command: PathBuf::from("ip"),
-        args: ns_args,
-        env: prod.env.clone(),
-        disks,
-        workdir: dir.clone(),
-        qemu: None,
-    };
     progress.stage(format!("{vm}: booting the copy in namespace {netns}"), 0);
-    let status = driver(&dir).start(&spec).await?;
+    let status = driver(&dir, kind, &netns).start(&spec).await?;
     let st = DrillState {
         id: id.to_string(),
         vm: vm.to_string(),
@@ -274,18 +429,21 @@ pub async fn start(
         data_age_seconds,
         restore_seconds,
         bytes,
+        kind,
+        boot_allowance_seconds: boot_allowance.as_secs_f64(),
     };
     let tmp = dir.join("drill.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&st).unwrap_or_default())
         .and_then(|_| std::fs::rename(&tmp, state_path(&dir)))
         .map_err(|e| ServerError::Internal(format!("unable to record drill {id}: {e}")))?;
-    tracing::info!(drill = id, vm, site, point = %st.point, netns = %st.netns, "drill copy booted");
+    tracing::info!(drill = id, vm, site, point = %st.point, netns = %st.netns, kind = ?kind, "drill copy booted");
     Ok(st)
 }
 
 /// Probe the drill's copy from inside its namespace until `check` passes
-/// or `timeout` runs out. Returns the time from the drill's start to the
-/// first passing probe (the drill's RTO) and the probe's latency.
+/// or `timeout` runs out (at least the copy's boot allowance: a QEMU copy
+/// boots slowly). Returns the time from the drill's start to the first
+/// passing probe (the drill's RTO) and the probe's latency.
 pub async fn probe(
     ctl: &Controller,
     id: &str,
@@ -302,6 +460,7 @@ pub async fn probe(
         attempts: 2,
         labels: Default::default(),
     };
+    let timeout = timeout.max(Duration::from_secs_f64(st.boot_allowance_seconds));
     let deadline = Instant::now() + timeout;
     loop {
         let o = standby_monitor::probe::run_in_netns(&st.netns, &spec)
@@ -334,7 +493,8 @@ pub async fn stop(ctl: &Controller, id: &str) -> Result<serde_json::Value, Serve
     let st = read_state(&dir)?;
     let mut checks = Vec::new();
     if let Some(st) = &st {
-        let d = driver(&dir);
+        // A new driver adopts the copy from its pid file.
+        let d = driver(&dir, st.kind, &netns);
         d.stop(&st.copy).await?;
         let status = d.status(&st.copy).await?;
         if status.is_alive() {
@@ -346,7 +506,7 @@ pub async fn stop(ctl: &Controller, id: &str) -> Result<serde_json::Value, Serve
         if let Some(pid) = st.pid
             && Path::new(&format!("/proc/{pid}")).exists()
             && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.contains(&st.netns))
+                .is_ok_and(|c| c.contains(&st.netns) || c.contains(&*dir.to_string_lossy()))
         {
             return Err(ServerError::Conflict(format!(
                 "drill {id}: process {pid} of the copy is still alive"
@@ -354,6 +514,14 @@ pub async fn stop(ctl: &Controller, id: &str) -> Result<serde_json::Value, Serve
         }
         checks.push(format!("copy {} stopped", st.copy));
     }
+    // Nothing else may outlive the drill in its namespace (a copy whose
+    // start was interrupted before its record, a process it started).
+    let killed = empty_netns(id, &netns).await?;
+    checks.push(if killed == 0 {
+        format!("no process in namespace {netns}")
+    } else {
+        format!("{killed} process(es) left in namespace {netns} killed")
+    });
     if netns_exists(&netns) {
         ip(&["netns", "del", &netns])?;
     }
@@ -407,5 +575,24 @@ mod tests {
         let (c, a) = unwrap_netns(Path::new("/bin/vnf"), &args[4..]);
         assert_eq!(c, PathBuf::from("/bin/vnf"));
         assert_eq!(a, vec!["--disk", "d"]);
+    }
+
+    #[test]
+    fn a_record_without_kind_is_a_process_copy() {
+        let rec = serde_json::json!({
+            "id": "7-pbx1", "vm": "pbx1", "site": "site2", "point": "p",
+            "point_time": "2026-01-01T00:00:00Z", "datastore": "s2",
+            "netns": "sbd-7-pbx1", "dir": "/d", "copy": "pbx1-drill", "pid": 1,
+            "started_at": "2026-01-01T00:00:01Z", "data_age_seconds": 1.0,
+            "restore_seconds": 0.1, "bytes": 1
+        });
+        let st: DrillState = serde_json::from_value(rec).unwrap();
+        assert_eq!(st.kind, CopyKind::Process);
+        assert_eq!(st.boot_allowance_seconds, 0.0);
+        let mut v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["kind"], "process");
+        v["kind"] = "qemu".into();
+        let st: DrillState = serde_json::from_value(v).unwrap();
+        assert_eq!(st.kind, CopyKind::Qemu);
     }
 }

@@ -15,6 +15,8 @@
 //!   triggers and routes.
 //! - [`jobs`]: background work with persisted progress.
 //! - [`api`]: the HTTP/JSON API under `/api/v1`.
+//! - [`auth`]: users, API tokens, portal sessions, agent secrets, the
+//!   layer that authenticates every request, and HTTPS.
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications
 //!   and `/metrics`.
 //! - [`frontdoor`]: per service, UDP and TCP forwarders that send clients
@@ -62,17 +64,55 @@ use tokio::task::JoinHandle;
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub ctl: Arc<Controller>,
+    /// Whether the API is served over HTTPS.
+    pub tls: bool,
+    /// Where `/metrics` is served without authentication, if configured.
+    pub metrics_addr: Option<SocketAddr>,
     serve: JoinHandle<std::io::Result<()>>,
+}
+
+/// Every route of the controller, each behind [`auth::layer`].
+pub fn app(ctl: Arc<Controller>) -> axum::Router {
+    api::router(ctl.clone())
+        .merge(auth::api::routes(ctl.clone()))
+        .layer(axum::Extension(ctl))
+}
+
+async fn bind(addr: &str) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServerError::Internal(format!("unable to listen on {addr}: {e}")))
 }
 
 /// Open the controller, start the scheduler and serve the API on the
 /// configured address (port 0 picks a free one; see `addr`).
 pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
     let listen = cfg.controller.listen.clone();
+    // Bad TLS files fail the start before anything else happens.
+    let tls = match (&cfg.controller.tls_cert, &cfg.controller.tls_key) {
+        (Some(c), Some(k)) => Some(auth::tls::server_config(c, k)?),
+        _ => None,
+    };
     let ctl = Controller::open(cfg).await?;
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .map_err(|e| ServerError::Internal(format!("unable to listen on {listen}: {e}")))?;
+    let listener = bind(&listen).await?;
+    let metrics_addr = match ctl.cfg.controller.metrics_listen.clone() {
+        Some(m) => {
+            let l = bind(&m).await?;
+            let addr = l.local_addr().ok();
+            let app = axum::Router::new()
+                .route("/metrics", axum::routing::get(metrics_open))
+                .with_state(ctl.clone());
+            let cancel = ctl.cancel.clone();
+            ctl.tasks.spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move { cancel.cancelled().await })
+                    .await;
+            });
+            tracing::info!(addr = ?addr, "serving /metrics without authentication");
+            addr
+        }
+        None => None,
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Internal(format!("unable to read listen address: {e}")))?;
@@ -83,18 +123,61 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
     ctl.tasks
         .spawn(runbooks::triggers::run_schedules(ctl.clone()));
     runbooks::resume_all(&ctl).await?;
-    let app = api::router(ctl.clone());
+    let app = app(ctl.clone());
     let cancel = ctl.cancel.clone();
-    let serve = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await
-    });
-    tracing::info!(%addr, "standby controller listening");
-    Ok(RunningServer { addr, ctl, serve })
+    let is_tls = tls.is_some();
+    let serve = match tls {
+        Some(cfg) => {
+            let l = auth::tls::TlsListener::new(listener, cfg, cancel.clone()).map_err(|e| {
+                ServerError::Internal(format!("unable to read listen address: {e}"))
+            })?;
+            tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async move { cancel.cancelled().await })
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { cancel.cancelled().await })
+                .await
+        }),
+    };
+    tracing::info!(%addr, tls = is_tls, "standby controller listening");
+    Ok(RunningServer {
+        addr,
+        ctl,
+        tls: is_tls,
+        metrics_addr,
+        serve,
+    })
+}
+
+async fn metrics_open(
+    axum::extract::State(ctl): axum::extract::State<Arc<Controller>>,
+) -> Result<axum::response::Response, ServerError> {
+    use axum::response::IntoResponse;
+    let body = watch::metrics::render(&ctl).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
 }
 
 impl RunningServer {
+    /// The API's base URL.
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
+    }
+
     /// Stop serving, stop background work and shut down local VMs.
     pub async fn stop(self) {
         self.ctl.shutdown().await;

@@ -9,9 +9,14 @@
 //! agent adopts its running VMs) and answers the execution API under
 //! `/agent/v1` (see [`exec_routes`]): status, start, shutdown, stop,
 //! provisioning, points into and restores from a datastore it opens
-//! itself, fence and unfence. There is no authentication yet: the seam is
-//! [`exec_routes`] (a token check layer) and `RemoteHost::call` on the
-//! controller side; until then, listen only on a management network.
+//! itself, fence and unfence.
+//!
+//! Authentication: each agent has a shared secret (`[agents.NAME] token`
+//! or `token_file`). The agent sends it as `Authorization: Bearer` on its
+//! heartbeats and results; the controller sends it on every `/agent/v1`
+//! call, and [`exec_routes`] refuses calls without it (401), or all calls
+//! when the agent has no secret. The secret travels in clear over plain
+//! HTTP: use a management network or TLS in front.
 //!
 //! Fencing: an agent told it is fenced (by `POST /agent/v1/fence` or a
 //! heartbeat answer with `fenced: true`) stops all its VMs at once and
@@ -66,6 +71,8 @@ pub struct AgentOptions {
     /// Makes this the agent of a hypervisor host: VM state, work files
     /// and the fence flag live here.
     pub data_dir: Option<PathBuf>,
+    /// The agent's secret (`[agents.NAME] token`/`token_file`).
+    pub token: Option<String>,
 }
 
 fn client() -> reqwest::Client {
@@ -100,7 +107,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Se
             }),
         );
         if let Some(h) = &host {
-            app = app.merge(exec_routes(h.clone()));
+            app = app.merge(exec_routes(h.clone(), opts.token.as_deref()));
         }
         let c = cancel.clone();
         tokio::spawn(async move {
@@ -111,9 +118,14 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Se
         tracing::info!(%addr, "agent answering /health");
     }
     let (tx, rx) = mpsc::channel::<ProbeResult>(1024);
+    let token = opts.token.clone().unwrap_or_default();
+    if opts.token.is_none() {
+        tracing::warn!("no agent token: the controller will refuse heartbeats and results");
+    }
     let sender = tokio::spawn(send_results(
         client(),
         format!("{base}/api/v1/agents/{}/results", opts.name),
+        token.clone(),
         rx,
         cancel.clone(),
     ));
@@ -127,7 +139,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Se
         let hb = Heartbeat {
             version: env!("CARGO_PKG_VERSION").into(),
         };
-        match http.post(&url).json(&hb).send().await {
+        match http.post(&url).bearer_auth(&token).json(&hb).send().await {
             Ok(resp) if resp.status().is_success() => match resp.json::<HeartbeatReply>().await {
                 Ok(reply) => {
                     if !reachable {
@@ -214,6 +226,7 @@ async fn run_probe(
 async fn send_results(
     http: reqwest::Client,
     url: String,
+    token: String,
     mut rx: mpsc::Receiver<ProbeResult>,
     cancel: CancellationToken,
 ) {
@@ -242,6 +255,7 @@ async fn send_results(
         let batch: Vec<&ProbeResult> = buf.iter().collect();
         match http
             .post(&url)
+            .bearer_auth(&token)
             .json(&serde_json::json!({ "results": batch }))
             .send()
             .await
@@ -462,8 +476,11 @@ type Answer<T> = Result<Json<T>, ServerError>;
 
 /// The execution API of a host agent, under `/agent/v1`. Every call is a
 /// POST with a JSON body (see the `*Call` types in [`crate::agent`]);
-/// errors are the API's `{code, message, retryable}`.
-pub fn exec_routes(host: Arc<HostAgent>) -> Router {
+/// errors are the API's `{code, message, retryable}`. Every call must
+/// carry `token` as `Authorization: Bearer` (401 otherwise; with no token,
+/// every call is refused).
+pub fn exec_routes(host: Arc<HostAgent>, token: Option<&str>) -> Router {
+    let expected = Arc::new(token.map(|t| crate::auth::sha256(t.as_bytes())));
     Router::new()
         .route("/agent/v1/state", get(state))
         .route("/agent/v1/status", post(status))
@@ -476,7 +493,38 @@ pub fn exec_routes(host: Arc<HostAgent>) -> Router {
         .route("/agent/v1/restore", post(restore))
         .route("/agent/v1/fence", post(fence))
         .route("/agent/v1/unfence", post(unfence))
+        .layer(axum::middleware::from_fn_with_state(expected, check_token))
         .with_state(host)
+}
+
+async fn check_token(
+    State(expected): State<Arc<Option<[u8; 32]>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use subtle::ConstantTimeEq;
+    let sent = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let refuse = |m: &str| {
+        let mut r = ServerError::Unauthorized(m.to_string()).into_response();
+        r.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        r
+    };
+    match (expected.as_ref(), sent) {
+        (None, _) => refuse("this agent has no token configured: it takes no calls"),
+        (Some(_), None) => refuse("the agent API needs the agent's token"),
+        (Some(h), Some(s)) if bool::from(h.ct_eq(&crate::auth::sha256(s.trim().as_bytes()))) => {
+            next.run(req).await
+        }
+        (Some(_), Some(_)) => refuse("wrong agent token"),
+    }
 }
 
 async fn state(State(h): Host) -> Answer<serde_json::Value> {
@@ -604,6 +652,40 @@ mod tests {
             workdir: dir.join("elsewhere"),
             qemu: None,
         }
+    }
+
+    #[tokio::test]
+    async fn the_agent_api_answers_only_calls_with_the_agents_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HostAgent::open("a", dir.path()).await.unwrap();
+        let serve = |token: Option<&str>| {
+            let app = exec_routes(h.clone(), token);
+            async move {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = l.local_addr().unwrap();
+                tokio::spawn(async move { axum::serve(l, app).await });
+                format!("http://{addr}/agent/v1/state")
+            }
+        };
+        let http = client();
+        let status = |url: String, bearer: Option<&'static str>| {
+            let http = http.clone();
+            async move {
+                let mut r = http.get(url);
+                if let Some(b) = bearer {
+                    r = r.bearer_auth(b);
+                }
+                r.send().await.unwrap().status().as_u16()
+            }
+        };
+        let url = serve(Some("the-agents-secret-123")).await;
+        assert_eq!(status(url.clone(), None).await, 401);
+        assert_eq!(status(url.clone(), Some("not-the-secret-1234")).await, 401);
+        assert_eq!(status(url, Some("the-agents-secret-123")).await, 200);
+        // An agent without a secret takes no calls at all.
+        let url = serve(None).await;
+        assert_eq!(status(url.clone(), None).await, 401);
+        assert_eq!(status(url, Some("anything-at-all-123")).await, 401);
     }
 
     #[tokio::test]

@@ -99,6 +99,16 @@ pub struct Controller {
     /// replaces it.
     #[serde(default)]
     pub runbooks: Vec<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM); needs `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Also serve `/metrics` here, without authentication (plain HTTP,
+    /// e.g. on a monitoring network). On `listen` it needs a viewer token.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for Controller {
@@ -110,6 +120,9 @@ impl Default for Controller {
             builtin_rules: true,
             events_retention: default_events_retention(),
             runbooks: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            metrics_listen: None,
         }
     }
 }
@@ -138,6 +151,29 @@ pub struct AgentConfig {
     /// stop, points and restores go to it over HTTP.
     #[serde(default)]
     pub url: Option<String>,
+    /// The agent's shared secret, sent by the agent on heartbeats and
+    /// results and by the controller on calls to `url`. Prefer
+    /// `token_file`; an agent with neither is refused.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the agent's secret (surrounding whitespace ignored).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// The agent's secret, from `token` or `token_file` (None: neither).
+    pub fn secret(&self) -> std::io::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.trim().to_string()));
+        }
+        match &self.token_file {
+            Some(f) => std::fs::read_to_string(f)
+                .map(|s| Some(s.trim().to_string()))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", f.display()))),
+            None => Ok(None),
+        }
+    }
 }
 
 fn default_heartbeat() -> Duration {
@@ -1089,6 +1125,11 @@ impl Config {
         abs(&mut self.controller.data_dir);
         self.controller.rules.iter_mut().for_each(abs);
         self.controller.runbooks.iter_mut().for_each(abs);
+        self.controller.tls_cert.iter_mut().for_each(abs);
+        self.controller.tls_key.iter_mut().for_each(abs);
+        for a in self.agents.values_mut() {
+            a.token_file.iter_mut().for_each(abs);
+        }
         for r in self.receivers.values_mut() {
             match r {
                 ReceiverConfig::Webhook { secret_file, .. } => {
@@ -1129,6 +1170,20 @@ impl Config {
                     "'{}' is not an address like 127.0.0.1:7780",
                     self.controller.listen
                 ),
+            ));
+        }
+        if self.controller.tls_cert.is_some() != self.controller.tls_key.is_some() {
+            return Err((
+                p(&["controller", "tls_cert"]),
+                "tls_cert and tls_key go together".into(),
+            ));
+        }
+        if let Some(m) = &self.controller.metrics_listen
+            && m.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err((
+                p(&["controller", "metrics_listen"]),
+                format!("'{m}' is not an address like 127.0.0.1:9780"),
             ));
         }
         for (kind, names) in [
@@ -1507,6 +1562,18 @@ impl Config {
     fn validate_watch(&self) -> Result<(), (Vec<String>, String)> {
         let p = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         for (name, a) in &self.agents {
+            if a.token.is_some() && a.token_file.is_some() {
+                return Err((
+                    p(&["agents", name, "token"]),
+                    "set token or token_file, not both".into(),
+                ));
+            }
+            if a.token.as_deref().is_some_and(|t| t.trim().len() < 16) {
+                return Err((
+                    p(&["agents", name, "token"]),
+                    "an agent token needs at least 16 characters".into(),
+                ));
+            }
             if !self.sites.contains_key(&a.site) {
                 return Err((
                     p(&["agents", name, "site"]),

@@ -330,16 +330,30 @@ probe = "sip"
 [agents.site1-agent]
 site = "site1"
 heartbeat = "1s"
+token = "{t1}"
 [agents.site2-agent]
 site = "site2"
 heartbeat = "1s"
+token = "{t2}"
 {p1}{p2}"#,
+        t1 = demo_secret("site1-agent"),
+        t2 = demo_secret("site2-agent"),
         vm = vm_text(p, guest),
         sip = p.sip,
         front = p.front,
         p1 = probe("site1-from-controller", "controller"),
         p2 = probe("site1-from-site2", "agent:site2-agent"),
     )
+}
+
+/// An agent secret for this demo run only.
+fn demo_secret(name: &str) -> String {
+    let seed = format!(
+        "{name} {} {:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    blake3::hash(seed.as_bytes()).to_hex().to_string()
 }
 
 async fn wait_sip(addr: SocketAddr, within: Duration) -> Result<Instant> {
@@ -425,7 +439,19 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
     let server = standby_server::start(cfg)
         .await
         .context("starting the controller")?;
-    let api = Client::new(&server.addr.to_string());
+    let admin_file = cfg
+        .controller
+        .data_dir
+        .join(standby_server::auth::ADMIN_TOKEN_FILE);
+    let admin = std::fs::read_to_string(&admin_file)
+        .with_context(|| format!("reading the admin token {}", admin_file.display()))?
+        .trim()
+        .to_string();
+    say(format!(
+        "admin token (also in {}): {admin}",
+        admin_file.display()
+    ));
+    let api = Client::new(&server.addr.to_string()).with_token(Some(admin));
     // The sites' agents: heartbeats, and site 2's view of site 1.
     let agent = |name: &str, ip: [u8; 4], port: u16, cancel: CancellationToken| {
         let opts = standby_server::remote_agent::AgentOptions {
@@ -433,6 +459,7 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
             name: name.to_string(),
             listen: Some((ip, port).into()),
             data_dir: None,
+            token: server.ctl.cfg.agents[name].secret().ok().flatten(),
         };
         tokio::spawn(async move {
             if let Err(e) = standby_server::remote_agent::run(opts, cancel).await {

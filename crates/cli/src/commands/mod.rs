@@ -1,3 +1,4 @@
+pub mod auth;
 pub mod bench;
 pub mod demo;
 pub mod jobs;
@@ -29,11 +30,15 @@ impl Ctx {
         let addr = cli.url.clone().unwrap_or_else(|| {
             // A readable config names the controller; otherwise the default.
             Config::load(&cli.config)
-                .map(|c| c.controller.listen)
+                .map(|c| match c.controller.tls_cert {
+                    Some(_) => format!("https://{}", c.controller.listen),
+                    None => c.controller.listen,
+                })
                 .unwrap_or_else(|_| config::DEFAULT_LISTEN.to_string())
         });
         Ctx {
-            client: Client::new(&addr),
+            client: Client::new(&addr)
+                .with_token(auth::cli_token(cli.token.as_deref(), &cli.config)),
             json: cli.json,
         }
     }
@@ -66,6 +71,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Cmd::Events(c) => watch::events(&ctx, c).await,
                 Cmd::Probes => watch::probes(&ctx).await,
                 Cmd::Rules(c) => watch::rules(&ctx, c).await,
+                Cmd::Token(c) => auth::token(&ctx, c).await,
+                Cmd::User(c) => auth::user(&ctx, c).await,
+                Cmd::Whoami => auth::whoami(&ctx).await,
                 Cmd::Agent {
                     name,
                     controller,
@@ -75,7 +83,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                     let addr = controller
                         .clone()
                         .unwrap_or_else(|| ctx.client.base().to_string());
-                    watch::agent(name, &addr, *listen, data_dir.clone()).await
+                    let token = auth::agent_token(&cli.config, name)?;
+                    watch::agent(name, &addr, *listen, data_dir.clone(), token).await
                 }
                 Cmd::Init { .. } | Cmd::Server | Cmd::Demo(_) | Cmd::Bench(_) => unreachable!(),
             }

@@ -8,7 +8,7 @@ pub async fn run(config: &Path) -> Result<()> {
     let server = standby_server::start(cfg)
         .await
         .context("unable to start the controller")?;
-    eprintln!("standby controller listening on http://{}", server.addr);
+    eprintln!("standby controller listening on {}", server.url());
     shutdown_signal().await;
     eprintln!("stopping: shutting down local VMs");
     server.stop().await;

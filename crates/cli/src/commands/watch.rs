@@ -611,6 +611,7 @@ pub async fn agent(
     controller: &str,
     listen: Option<std::net::SocketAddr>,
     data_dir: Option<std::path::PathBuf>,
+    token: Option<String>,
 ) -> Result<()> {
     let controller = if controller.starts_with("http://") || controller.starts_with("https://") {
         controller.to_string()
@@ -635,6 +636,7 @@ pub async fn agent(
             name: name.to_string(),
             listen,
             data_dir,
+            token,
         },
         cancel,
     )

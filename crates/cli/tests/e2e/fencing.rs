@@ -121,6 +121,8 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
         .args(net.in_ns(&net.s1))
         .args([
             STANDBY,
+            "--config",
+            lab.cfg.to_str().unwrap(),
             "agent",
             "--name",
             "site1-agent",
@@ -168,6 +170,7 @@ impl Fencing {
                 .build()
                 .unwrap()
                 .post(url)
+                .bearer_auth(self.lab.agent_token("site1-agent"))
                 .json(&body)
                 .send()
                 .await
@@ -195,6 +198,7 @@ impl Fencing {
                 .build()
                 .ok()?
                 .get(url)
+                .bearer_auth(self.lab.agent_token("site1-agent"))
                 .send()
                 .await
                 .ok()?

@@ -138,6 +138,19 @@ datastores = [{group_datastores}]
             host1 = opts.hosts[0],
             host2 = opts.hosts[1],
         );
+        // Every declared agent gets its secret (see `Lab::agent_token`).
+        let text: String = text
+            .lines()
+            .flat_map(|l| {
+                let agent = l
+                    .trim()
+                    .strip_prefix("[agents.")
+                    .and_then(|r| r.strip_suffix(']'));
+                std::iter::once(l.to_string())
+                    .chain(agent.map(|a| format!("token = \"{}\"", agent_secret(a, api))))
+            })
+            .map(|l| l + "\n")
+            .collect();
         let cfg = dir.path().join("standby.toml");
         std::fs::write(&cfg, text).unwrap();
         for (name, content) in &opts.files {
@@ -158,6 +171,42 @@ datastores = [{group_datastores}]
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    /// The admin token the controller wrote at its first start (the CLI
+    /// run with `--config` reads it by itself).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.path("controller/admin.token"))
+            .expect("the controller wrote controller/admin.token")
+            .trim()
+            .to_string()
+    }
+
+    /// The secret of agent `name` written into the configuration.
+    pub fn agent_token(&self, name: &str) -> String {
+        agent_secret(name, self.api)
+    }
+
+    /// GET `path` of the API as the admin; (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let r = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap()
+                .get(format!("http://127.0.0.1:{}{path}", self.api))
+                .bearer_auth(self.token())
+                .send()
+                .await
+                .expect("controller answers");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        })
     }
 
     pub fn start_server(&mut self) {
@@ -233,6 +282,8 @@ datastores = [{group_datastores}]
         Command::new(STANDBY)
             .args(["--config", self.cfg.to_str().unwrap()])
             .args(args)
+            // The lab's environment (e.g. STANDBY_CA_CERT of a TLS lab).
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap()
     }
@@ -327,6 +378,11 @@ impl Drop for Lab {
         }
         self.stop_server();
     }
+}
+
+/// The secret of agent `name` in a lab whose API listens on `api`.
+pub fn agent_secret(name: &str, api: u16) -> String {
+    format!("e2e-agent-secret-{name}-{api}")
 }
 
 pub fn files_under(dir: &Path, ext: &str) -> Vec<PathBuf> {

@@ -96,6 +96,91 @@ impl QemuLab {
     }
 }
 
+impl QemuLab {
+    /// A controller with two qemu hosts (site 1 at 127.0.1.1, site 2 at
+    /// 127.0.2.1) and pbx1, a QEMU VM protected by group `gold` (both
+    /// sites' datastores) whose SIP (UDP) and HTTP (TCP) are forwarded
+    /// from `{site.addr}`; `extra` is appended to the configuration.
+    fn start(kernel: &Path, initrd: &Path, sip_port: u16, http_port: u16, extra: &str) -> QemuLab {
+        let dir = tempfile::Builder::new()
+            .prefix("standby-qemu-")
+            .tempdir()
+            .unwrap();
+        let api = free_port();
+        let text = format!(
+            r#"[controller]
+listen = "127.0.0.1:{api}"
+data_dir = "controller"
+[sites.site1]
+vars = {{ addr = "127.0.1.1" }}
+[sites.site2]
+vars = {{ addr = "127.0.2.1" }}
+[hosts.site1-host1]
+site = "site1"
+driver = "qemu"
+disk_dir = "site1/disks"
+[hosts.site2-host1]
+site = "site2"
+driver = "qemu"
+disk_dir = "site2/disks"
+[datastores.site1-store]
+site = "site1"
+path = "site1/store"
+[datastores.site2-store]
+site = "site2"
+path = "site2/store"
+[vms.pbx1]
+host = "site1-host1"
+dr_site = "site2"
+shutdown_timeout = "15s"
+[vms.pbx1.qemu]
+memory_mib = 256
+accel = "tcg"
+kernel = "{kernel}"
+initrd = "{initrd}"
+append = "console=ttyS0 quiet vnf.name={{vm}}"
+forwards = [
+  {{ protocol = "udp", host_addr = "{{site.addr}}", host_port = {sip_port}, guest_port = 5060 }},
+  {{ protocol = "tcp", host_addr = "{{site.addr}}", host_port = {http_port}, guest_port = 8080 }},
+]
+[[vms.pbx1.disks]]
+name = "system"
+size = "16MiB"
+format = "qcow2"
+[[vms.pbx1.disks]]
+name = "data"
+size = "64MiB"
+[groups.gold]
+members = ["pbx1"]
+schedule = "every 1h"
+datastores = ["site1-store", "site2-store"]
+{extra}"#,
+            kernel = kernel.display(),
+            initrd = initrd.display(),
+        );
+        let cfg = dir.path().join("standby.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let server = Command::new(STANDBY)
+            .args(["--config", cfg.to_str().unwrap(), "server"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("standby server starts");
+        let lab = QemuLab {
+            dir,
+            cfg,
+            server: Some(server),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
+            assert!(Instant::now() < deadline, "controller did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        lab
+    }
+}
+
 impl Drop for QemuLab {
     fn drop(&mut self) {
         // VMs outlive the controller by design: stop the lab's own first.
@@ -171,81 +256,8 @@ fn a_qemu_vm_is_protected_incrementally_and_restored_at_site2() {
         return;
     }
     let (kernel, initrd) = guest();
-    let dir = tempfile::Builder::new()
-        .prefix("standby-qemu-")
-        .tempdir()
-        .unwrap();
-    let (api, sip_port, http_port) = (free_port(), free_port(), free_port());
-    let text = format!(
-        r#"[controller]
-listen = "127.0.0.1:{api}"
-data_dir = "controller"
-[sites.site1]
-vars = {{ addr = "127.0.1.1" }}
-[sites.site2]
-vars = {{ addr = "127.0.2.1" }}
-[hosts.site1-host1]
-site = "site1"
-driver = "qemu"
-disk_dir = "site1/disks"
-[hosts.site2-host1]
-site = "site2"
-driver = "qemu"
-disk_dir = "site2/disks"
-[datastores.site1-store]
-site = "site1"
-path = "site1/store"
-[datastores.site2-store]
-site = "site2"
-path = "site2/store"
-[vms.pbx1]
-host = "site1-host1"
-dr_site = "site2"
-shutdown_timeout = "15s"
-[vms.pbx1.qemu]
-memory_mib = 256
-accel = "tcg"
-kernel = "{kernel}"
-initrd = "{initrd}"
-append = "console=ttyS0 quiet vnf.name={{vm}}"
-forwards = [
-  {{ protocol = "udp", host_addr = "{{site.addr}}", host_port = {sip_port}, guest_port = 5060 }},
-  {{ protocol = "tcp", host_addr = "{{site.addr}}", host_port = {http_port}, guest_port = 8080 }},
-]
-[[vms.pbx1.disks]]
-name = "system"
-size = "16MiB"
-format = "qcow2"
-[[vms.pbx1.disks]]
-name = "data"
-size = "64MiB"
-[groups.gold]
-members = ["pbx1"]
-schedule = "every 1h"
-datastores = ["site1-store", "site2-store"]
-"#,
-        kernel = kernel.display(),
-        initrd = initrd.display(),
-    );
-    let cfg = dir.path().join("standby.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-    let server = Command::new(STANDBY)
-        .args(["--config", cfg.to_str().unwrap(), "server"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("standby server starts");
-    let lab = QemuLab {
-        dir,
-        cfg,
-        server: Some(server),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
-        assert!(Instant::now() < deadline, "controller did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (sip_port, http_port) = (free_port(), free_port());
+    let lab = QemuLab::start(&kernel, &initrd, sip_port, http_port, "");
     let sip1: SocketAddr = format!("127.0.1.1:{sip_port}").parse().unwrap();
     let sip2: SocketAddr = format!("127.0.2.1:{sip_port}").parse().unwrap();
     let http2: SocketAddr = format!("127.0.2.1:{http_port}").parse().unwrap();
@@ -367,4 +379,230 @@ fn the_demo_fails_a_real_vm_over_automatically() {
         r["detection_ms"], r["rto_ms"], r["data_loss_window_ms"]
     );
     assert!(r["rto_ms"].as_i64().unwrap() < 120_000, "{r:#}");
+}
+
+/// What the test saw of the drill's copy from inside its namespace.
+struct CopySeen {
+    netns: String,
+    sip: bool,
+    bindings: Vec<String>,
+}
+
+/// Wait (bounded) for the drill's namespace `netns` to appear, join it on
+/// this thread, and poll the copy's HTTP state through its forward on the
+/// namespace's loopback until it answers (or the namespace is gone).
+fn watch_drill_copy(
+    netns: String,
+    sip_port: u16,
+    http_port: u16,
+    within: Duration,
+) -> Option<CopySeen> {
+    let deadline = Instant::now() + within;
+    let path = Path::new("/run/netns").join(&netns);
+    while !path.exists() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let f = std::fs::File::open(&path).ok()?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns into the drill");
+    let sip: SocketAddr = format!("127.0.0.1:{sip_port}").parse().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    rt().block_on(async {
+        while Instant::now() < deadline && path.exists() {
+            if let Ok(st) = standby_vnf::client::state(http).await {
+                let sip = standby_vnf::client::options(sip, Duration::from_secs(1))
+                    .await
+                    .is_ok();
+                let mut bindings: Vec<String> = st.bindings.into_iter().map(|b| b.aor).collect();
+                bindings.sort();
+                return Some(CopySeen {
+                    netns,
+                    sip,
+                    bindings,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    })
+}
+
+/// Processes whose command line holds `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                found.push(format!("{name}: {c}"));
+            }
+        }
+    }
+    found
+}
+
+/// The shipped `drill` runbook against a QEMU VM: the point is restored
+/// into the drill's directory and booted by QEMU inside the drill's own
+/// namespace, its SIP answers there (and only there) with exactly the
+/// registrations of the point, production answers throughout, and nothing
+/// of the drill is left.
+#[test]
+fn a_qemu_vm_is_drilled_in_its_own_namespace_while_production_answers() {
+    if !qemu_installed() {
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed; run: {INSTALL}");
+        return;
+    }
+    let (kernel, initrd) = guest();
+    let (sip_port, http_port, door) = (free_port(), free_port(), free_port());
+    // The service's probe is how the drill checks the copy.
+    let service = format!(
+        r#"[services.sip]
+vm = "pbx1"
+listen = "127.0.0.1:{door}"
+protocols = ["udp"]
+backends = {{ site1 = "127.0.1.1:{sip_port}", site2 = "127.0.2.1:{sip_port}" }}
+probe = "sip"
+"#
+    );
+    let lab = QemuLab::start(&kernel, &initrd, sip_port, http_port, &service);
+    let sip1: SocketAddr = format!("127.0.1.1:{sip_port}").parse().unwrap();
+    let http1: SocketAddr = format!("127.0.1.1:{http_port}").parse().unwrap();
+    let st = lab.json(&["vm", "start", "pbx1"]);
+    assert!(
+        sip_answers(sip1, Duration::from_secs(90)),
+        "no SIP at {sip1}: {st}\n{}",
+        lab.console("site1-host1")
+    );
+    let mut in_point = register(sip1, 0..12);
+    let point = lab.json(&["protect", "run", "gold"]);
+    let point = point["vms"][0]["point"].as_str().unwrap().to_string();
+    // Acknowledged after the point: production has them, the copy not.
+    let after = register(sip1, 12..16);
+    in_point.sort();
+
+    // Production is polled all through the drill; the copy's SIP port is
+    // tried from outside its namespace too, where nothing may answer.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        let outside: SocketAddr = format!("127.0.0.1:{sip_port}").parse().unwrap();
+        std::thread::spawn(move || {
+            rt().block_on(async {
+                let (mut ok, mut failed, mut leaked) = (0u32, 0u32, 0u32);
+                let deadline = Instant::now() + Duration::from_secs(600);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                    match standby_vnf::client::options(sip1, Duration::from_secs(2)).await {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                    if standby_vnf::client::options(outside, Duration::from_millis(200))
+                        .await
+                        .is_ok()
+                    {
+                        leaked += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                (ok, failed, leaked)
+            })
+        })
+    };
+    let t = Instant::now();
+    let job = lab.json(&["runbook", "run", "drill", "--param", "site=site1"]);
+    let job = job["job"].as_i64().expect("a job id");
+    // The drill's id is `<job>-<vm>`, its namespace `sbd-<id>`.
+    let netns = format!("sbd-{job}-pbx1");
+    let watcher = {
+        let netns = netns.clone();
+        std::thread::spawn(move || {
+            watch_drill_copy(netns, sip_port, http_port, Duration::from_secs(300))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let drill = loop {
+        let v = lab.json(&["runbook", "steps", &job.to_string()]);
+        if matches!(v["job"]["status"].as_str(), Some("succeeded" | "failed")) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the drill did not end: {v:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let wall = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, leaked) = poller.join().unwrap();
+    let seen = watcher.join().unwrap();
+
+    let steps = drill["steps"].as_array().unwrap();
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}: {drill:#}"))
+    };
+    assert_eq!(drill["job"]["status"], "succeeded", "{drill:#}");
+    let report = &step("report")["output"];
+    assert_eq!(report["ok"], true, "{drill:#}");
+    let vm = &report["vms"][0];
+    assert_eq!(vm["vm"], "pbx1");
+    assert_eq!(vm["site"], "site2");
+    assert_eq!(vm["point"].as_str(), Some(point.as_str()), "{report:#}");
+    assert_eq!(vm["verified"], true, "{report:#}");
+    let rto = vm["rto_seconds"].as_f64().expect("an RTO");
+    let restore = vm["restore_seconds"].as_f64().expect("a restore time");
+    let age = vm["data_age_seconds"].as_f64().expect("a data age");
+    assert!(rto > restore && age > 0.0, "{report:#}");
+    let boot = &step("boot")["output"];
+    let boot = if boot.is_array() { &boot[0] } else { boot };
+    assert_eq!(boot["kind"], "qemu", "{boot:#}");
+    eprintln!(
+        "qemu drill: restore {restore:.2} s, RTO (restore + boot + first SIP answer) {rto:.1} s, data age {age:.1} s, whole runbook {wall:.1?}; {}",
+        report["summary"]
+    );
+
+    // The copy answered inside its namespace with the point's bindings.
+    let seen = seen.expect("the drill's copy never answered inside its namespace");
+    assert!(
+        seen.sip,
+        "the copy's HTTP answered in {} but not its SIP",
+        seen.netns
+    );
+    assert_eq!(
+        seen.bindings, in_point,
+        "the copy holds other bindings than the point"
+    );
+    // Production answered all along and kept everything.
+    assert!(ok >= 5, "production polled only {ok} times");
+    assert_eq!(
+        failed,
+        0,
+        "production missed {failed} of {} OPTIONS during the drill",
+        ok + failed
+    );
+    assert_eq!(leaked, 0, "the copy's SIP answered outside its namespace");
+    let mut all = in_point.clone();
+    all.extend(after);
+    all.sort();
+    assert_eq!(bindings(http1), all, "production lost bindings");
+    let vmst = lab.json(&["vm", "status", "pbx1"]);
+    assert_eq!(vmst["active_site"], "site1", "{vmst:#}");
+
+    // Nothing of the drill is left: namespace, QEMU, files.
+    assert_eq!(seen.netns, netns);
+    assert!(
+        !Path::new("/run/netns").join(&netns).exists(),
+        "the drill's namespace {netns} is left"
+    );
+    let drills = lab.dir.path().join("controller/drills");
+    let left = processes_with(&drills.to_string_lossy());
+    assert!(left.is_empty(), "drill QEMU left running: {left:?}");
+    let files: Vec<_> = std::fs::read_dir(&drills)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "drill files left: {files:?}");
 }

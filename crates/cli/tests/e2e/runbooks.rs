@@ -549,6 +549,7 @@ fn a_signed_webhook_starts_a_runbook() {
                 "http://127.0.0.1:{}/api/v1/runbooks/schema",
                 lab.api
             ))
+            .bearer_auth(lab.token())
             .send()
             .await
             .unwrap()

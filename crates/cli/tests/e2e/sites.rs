@@ -45,6 +45,8 @@ fn start_agent(lab: &Lab, net: &NetLab, ns: &str, name: &str, controller: &str) 
         .args(net.in_ns(ns))
         .args([
             STANDBY,
+            "--config",
+            lab.cfg.to_str().unwrap(),
             "agent",
             "--name",
             name,

@@ -263,7 +263,7 @@ labels = { vm = "pbx1", site = "site1", scope = "service" }
     // Events were stored for all of it, and metrics show the probe.
     let events = lab.json(&["events", "list", "--kind", "alert.firing", "--limit", "100"]);
     assert!(!events.as_array().unwrap().is_empty());
-    let metrics = reqwest_get(&format!("http://127.0.0.1:{}/metrics", lab.api));
+    let (_, metrics) = lab.get("/metrics");
     assert!(metrics.contains("standby_probe_up{"), "{metrics}");
     assert!(metrics.contains("probe=\"pbx1-sip\""), "{metrics}");
     assert!(
@@ -278,16 +278,6 @@ pub fn nix_kill(pid: u64) {
         .status()
         .unwrap();
     assert!(st.success());
-}
-
-pub fn reqwest_get(url: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    // reqwest has no TLS provider of its own: ring, as the binaries do.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
 }
 
 const FLAP_RULES: &str = r#"

@@ -7,13 +7,54 @@
 //! tenant is answered as not found (404), never as forbidden, so its
 //! existence does not leak.
 //!
-//! The layer that authenticates requests (tokens, portal sessions, CSRF)
-//! is [`layer`].
+//! # Credentials
+//! - API tokens: `Authorization: Bearer sbt_<64 hex>`. The secret is 256
+//!   random bits, shown once when created; the database keeps its SHA-256
+//!   and finds the token by it (a guess cannot be timed against a stored
+//!   secret, as none is stored).
+//! - Portal sessions: `POST /login` checks the user's Argon2id password and
+//!   sets the `standby_session` cookie (`HttpOnly; SameSite=Strict;
+//!   Path=/`, `Secure` with TLS), again a random secret whose SHA-256 is
+//!   the session's key. A cookie-authenticated request that is not GET or
+//!   HEAD must carry the session's CSRF token in `X-CSRF-Token` (the
+//!   portal finds it as the [`Csrf`] extension of its page requests).
+//! - Agents: `[agents.NAME] token`/`token_file`, a shared secret the agent
+//!   sends on heartbeats and results and the controller sends on calls to
+//!   the agent's `/agent/v1` ([`crate::remote_agent::exec_routes`]).
+//! - Bootstrap: a controller whose database has no operators'-side admin
+//!   (user or valid token) mints an admin token at start and writes it to
+//!   `<data_dir>/admin.token` (mode 0600); the CLI reads that file when
+//!   given no token.
+//!
+//! # The layer
+//! [`layer`] runs inside the router (so `MatchedPath` names the route
+//! template) and decides by [`access`]: public routes pass, agent routes
+//! need their agent's secret, everything else a principal whose role is at
+//! least [`required_role`] — 401 (with `WWW-Authenticate: Bearer`) for no,
+//! bad, expired or revoked credentials, 403 for a role too low or a
+//! missing CSRF token. Secrets are compared in constant time and never
+//! logged.
 
-use axum::extract::FromRequestParts;
+pub mod api;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use standby_db::{AuthRepo, TokenRecord};
+use standby_types::config::Config;
+use subtle::ConstantTimeEq;
 
+use crate::controller::Controller;
 use crate::error::ServerError;
 
 /// What a principal may do, each role including the ones below it.
@@ -114,18 +155,587 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
-/// Authenticates every request and puts its [`Principal`] in the
-/// request's extensions.
-///
-/// PLACEHOLDER until authentication lands: every caller is an admin.
-pub async fn layer(
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    req.extensions_mut().insert(Principal {
-        name: "anonymous".into(),
-        role: Role::Admin,
-        tenant: None,
-    });
+/// The CSRF token of a cookie session, in the request's extensions of
+/// every request authenticated by the session cookie. The portal renders
+/// it (`<meta name="csrf-token">`) and sends it back as `X-CSRF-Token`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Csrf(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Csrf {
+    type Rejection = ServerError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Csrf>()
+            .cloned()
+            .ok_or_else(|| ServerError::Unauthorized("no portal session".into()))
+    }
+}
+
+/// Name of the portal's session cookie.
+pub const SESSION_COOKIE: &str = "standby_session";
+/// Header carrying a cookie session's CSRF token.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// File under the data directory holding the bootstrap admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// How long a portal login lasts.
+pub const SESSION_TTL: chrono::Duration = chrono::Duration::hours(12);
+/// `last_used` of a token is written at most this often.
+const TOUCH_EVERY: chrono::Duration = chrono::Duration::seconds(60);
+
+/// How a route is authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No credentials (health, login, static assets, the signed webhook,
+    /// whose HMAC is its authentication).
+    Public,
+    /// The agent named by the route's `{name}` with its own secret.
+    Agent,
+    /// A user or API token with at least this role.
+    Role(Role),
+}
+
+/// Routes that take no bearer credentials: (method, template).
+const PUBLIC: &[(&str, &str)] = &[
+    ("GET", "/api/v1/health"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/logout"),
+    ("POST", "/api/v1/runbooks/{name}/webhook"),
+];
+/// Routes an agent calls with its own secret.
+const AGENT: &[(&str, &str)] = &[
+    ("POST", "/api/v1/agents/{name}/heartbeat"),
+    ("POST", "/api/v1/agents/{name}/results"),
+];
+/// Writes that need an admin.
+const ADMIN: &[&str] = &[
+    "/api/v1/sites/{name}/fence",
+    "/api/v1/sites/{name}/unfence",
+    "/api/v1/rules/reload",
+    "/api/v1/tokens",
+    "/api/v1/tokens/{id}",
+    "/api/v1/users",
+    "/api/v1/users/{name}",
+];
+
+/// The role a route needs, by method and route template; None for routes
+/// without bearer authentication (see [`access`]). GET needs a viewer,
+/// writes an operator, fences, rule reloads, users and tokens an admin.
+// Stand-in until the OpenAPI spec carries the roles (`crate::openapi`).
+pub fn required_role(method: &Method, path: &str) -> Option<Role> {
+    let m = method.as_str();
+    if PUBLIC
+        .iter()
+        .chain(AGENT)
+        .any(|(pm, pp)| *pm == m && *pp == path)
+    {
+        return None;
+    }
+    if ADMIN.contains(&path) {
+        return Some(Role::Admin);
+    }
+    if *method == Method::GET || *method == Method::HEAD {
+        Some(Role::Viewer)
+    } else {
+        Some(Role::Operator)
+    }
+}
+
+/// Every operation of the controller: (method, route template).
+// Stand-in until the OpenAPI spec lists them (`crate::openapi`); the e2e
+// tests walk it, so a route missing here goes untested.
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("GET", "/api/v1/health"),
+        ("GET", "/api/v1/sites"),
+        ("POST", "/api/v1/sites/{name}/fence"),
+        ("POST", "/api/v1/sites/{name}/unfence"),
+        ("GET", "/api/v1/vms"),
+        ("GET", "/api/v1/vms/{name}"),
+        ("POST", "/api/v1/vms/{name}/start"),
+        ("POST", "/api/v1/vms/{name}/shutdown"),
+        ("POST", "/api/v1/vms/{name}/stop"),
+        ("GET", "/api/v1/groups"),
+        ("POST", "/api/v1/groups/{name}/run"),
+        ("GET", "/api/v1/points"),
+        ("GET", "/api/v1/points/{id}"),
+        ("POST", "/api/v1/restore"),
+        ("GET", "/api/v1/datastores"),
+        ("POST", "/api/v1/datastores/{name}/verify"),
+        ("POST", "/api/v1/datastores/{name}/prune"),
+        ("POST", "/api/v1/datastores/{name}/gc"),
+        ("POST", "/api/v1/datastores/{name}/sync"),
+        ("GET", "/api/v1/jobs"),
+        ("GET", "/api/v1/jobs/{id}"),
+        ("GET", "/api/v1/jobs/{id}/steps"),
+        ("GET", "/api/v1/events"),
+        ("GET", "/api/v1/events/stream"),
+        ("GET", "/api/v1/probes"),
+        ("GET", "/api/v1/rules"),
+        ("POST", "/api/v1/rules/reload"),
+        ("GET", "/api/v1/alerts"),
+        ("GET", "/api/v1/alerts/{id}"),
+        ("POST", "/api/v1/alerts/{id}/ack"),
+        ("GET", "/api/v1/silences"),
+        ("POST", "/api/v1/silences"),
+        ("DELETE", "/api/v1/silences/{id}"),
+        ("GET", "/api/v1/incidents"),
+        ("POST", "/api/v1/incidents"),
+        ("GET", "/api/v1/incidents/{id}"),
+        ("PATCH", "/api/v1/incidents/{id}"),
+        ("POST", "/api/v1/incidents/{id}/notes"),
+        ("POST", "/api/v1/incidents/{id}/resolve"),
+        ("POST", "/api/v1/incidents/{id}/close"),
+        ("GET", "/api/v1/deliveries"),
+        ("GET", "/api/v1/agents"),
+        ("POST", "/api/v1/agents/{name}/heartbeat"),
+        ("POST", "/api/v1/agents/{name}/results"),
+        ("GET", "/metrics"),
+        ("GET", "/api/v1/services"),
+        ("GET", "/api/v1/services/{name}"),
+        ("POST", "/api/v1/services/{name}/switch"),
+        ("GET", "/api/v1/runbooks"),
+        ("GET", "/api/v1/runbooks/schema"),
+        ("GET", "/api/v1/runbooks/actions"),
+        ("GET", "/api/v1/runbooks/{name}"),
+        ("POST", "/api/v1/runbooks/{name}/run"),
+        ("POST", "/api/v1/runbooks/{name}/webhook"),
+        ("GET", "/api/v1/whoami"),
+        ("GET", "/api/v1/tokens"),
+        ("POST", "/api/v1/tokens"),
+        ("DELETE", "/api/v1/tokens/{id}"),
+        ("GET", "/api/v1/users"),
+        ("POST", "/api/v1/users"),
+        ("DELETE", "/api/v1/users/{name}"),
+        ("POST", "/login"),
+        ("POST", "/logout"),
+    ]
+}
+
+/// How a request to `path` (its route template when it matched one,
+/// else the raw path) is authenticated.
+pub fn access(method: &Method, template: Option<&str>, raw_path: &str) -> Access {
+    let m = method.as_str();
+    if raw_path.starts_with("/static/") && (*method == Method::GET || *method == Method::HEAD) {
+        return Access::Public;
+    }
+    let Some(t) = template else {
+        // No route: authenticate anyway, so unknown paths leak nothing.
+        return Access::Role(Role::Viewer);
+    };
+    if AGENT.iter().any(|(am, ap)| *am == m && *ap == t) {
+        return Access::Agent;
+    }
+    match required_role(method, t) {
+        Some(r) => Access::Role(r),
+        None => Access::Public,
+    }
+}
+
+/// The controller's authentication state.
+pub struct Auth {
+    pub repo: Arc<dyn AuthRepo>,
+    /// SHA-256 of each agent's secret (None: no secret configured).
+    agents: BTreeMap<String, Option<[u8; 32]>>,
+    /// Cookies get `Secure` (the controller serves HTTPS).
+    secure: bool,
+    /// The configured tenants.
+    pub tenants: Vec<String>,
+}
+
+impl Auth {
+    /// Read the agents' secrets and, if no operators'-side admin exists,
+    /// mint the bootstrap admin token into `<data_dir>/admin.token`.
+    pub async fn open(cfg: &Config, repo: Arc<dyn AuthRepo>) -> Result<Auth, ServerError> {
+        let mut agents = BTreeMap::new();
+        for (name, a) in &cfg.agents {
+            let secret = a.secret().map_err(|e| {
+                ServerError::BadRequest(format!("unable to read the token of agent {name}: {e}"))
+            })?;
+            if secret.is_none() {
+                tracing::warn!(
+                    agent = %name,
+                    "agent has no token or token_file: its heartbeats and results are refused"
+                );
+            }
+            agents.insert(name.clone(), secret.map(|s| sha256(s.as_bytes())));
+        }
+        let auth = Auth {
+            repo,
+            agents,
+            secure: cfg.controller.tls_cert.is_some(),
+            tenants: cfg.tenants.keys().cloned().collect(),
+        };
+        auth.bootstrap(&cfg.controller.data_dir).await?;
+        Ok(auth)
+    }
+
+    async fn bootstrap(&self, data_dir: &Path) -> Result<(), ServerError> {
+        let now = Utc::now();
+        if self.repo.has_admin(now).await? {
+            return Ok(());
+        }
+        let (secret, rec) = new_token("bootstrap admin", Role::Admin, None, None);
+        let path = data_dir.join(ADMIN_TOKEN_FILE);
+        // The file first: a failed insert leaves a useless file that the
+        // next start replaces, never an admin token nobody can read.
+        write_private(&path, format!("{secret}\n").as_bytes())?;
+        self.repo.add_token(&rec).await?;
+        tracing::warn!(
+            path = %path.display(),
+            token = %rec.id,
+            "no admin yet: created an admin token, readable by root only, in this file"
+        );
+        Ok(())
+    }
+
+    /// The principal of a bearer token, or 401.
+    pub async fn token_principal(&self, secret: &str) -> Result<Principal, ServerError> {
+        let now = Utc::now();
+        let bad = || ServerError::Unauthorized("invalid, expired or revoked token".into());
+        let rec = self
+            .repo
+            .token_by_hash(&hex::encode(sha256(secret.as_bytes())))
+            .await?
+            .ok_or_else(bad)?;
+        if !rec.is_valid(now) {
+            return Err(bad());
+        }
+        if rec.last_used.is_none_or(|t| now - t > TOUCH_EVERY) {
+            self.repo.touch_token(&rec.id, now).await?;
+        }
+        Ok(Principal {
+            name: format!("token:{}", rec.id),
+            role: rec.role.parse().map_err(ServerError::Internal)?,
+            tenant: rec.tenant,
+        })
+    }
+
+    /// The principal and CSRF token of a session cookie, or 401.
+    pub async fn session_principal(&self, secret: &str) -> Result<(Principal, Csrf), ServerError> {
+        let bad = || ServerError::Unauthorized("no valid session: log in again".into());
+        let s = self
+            .repo
+            .session(&hex::encode(sha256(secret.as_bytes())), Utc::now())
+            .await?
+            .ok_or_else(bad)?;
+        let u = self.repo.user(&s.user).await.map_err(|_| bad())?;
+        Ok((
+            Principal {
+                name: u.name,
+                role: u.role.parse().map_err(ServerError::Internal)?,
+                tenant: u.tenant,
+            },
+            Csrf(s.csrf),
+        ))
+    }
+
+    /// Whether `secret` is agent `name`'s.
+    pub fn agent_ok(&self, name: &str, secret: &str) -> bool {
+        match self.agents.get(name) {
+            Some(Some(h)) => bool::from(h.ct_eq(&sha256(secret.as_bytes()))),
+            _ => false,
+        }
+    }
+
+    /// The `Set-Cookie` value of a session (empty secret: removal).
+    pub fn cookie(&self, secret: &str, max_age: i64) -> String {
+        format!(
+            "{SESSION_COOKIE}={secret}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{}",
+            if self.secure { "; Secure" } else { "" }
+        )
+    }
+}
+
+pub(crate) fn sha256(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+/// 32 random bytes, hex.
+pub(crate) fn random_secret() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// A new token: its secret (shown once) and its record (hash only).
+pub fn new_token(
+    name: &str,
+    role: Role,
+    tenant: Option<String>,
+    expires: Option<DateTime<Utc>>,
+) -> (String, TokenRecord) {
+    let secret = format!("sbt_{}", random_secret());
+    let rec = TokenRecord {
+        id: hex::encode(rand::random::<[u8; 6]>()),
+        secret_hash: hex::encode(sha256(secret.as_bytes())),
+        name: name.to_string(),
+        role: role.as_str().to_string(),
+        tenant,
+        created: Utc::now(),
+        expires,
+        revoked: None,
+        last_used: None,
+    };
+    (secret, rec)
+}
+
+/// Argon2id PHC string of `password` (slow on purpose: run it blocking).
+pub fn hash_password(password: &str) -> Result<String, ServerError> {
+    use argon2::PasswordHasher;
+    let salt = argon2::password_hash::SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .map_err(|e| ServerError::Internal(format!("password salt: {e}")))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ServerError::Internal(format!("password hash: {e}")))
+}
+
+/// Whether `password` matches the PHC string `hash` (constant time).
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    use argon2::PasswordVerifier;
+    argon2::password_hash::PasswordHash::new(hash).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// Write `bytes` to `path` readable by its owner only, whole or not at all.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp: PathBuf = path.with_extension("tmp");
+    let err = |e: std::io::Error| {
+        ServerError::Internal(format!("unable to write {}: {e}", path.display()))
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The value of cookie `name`.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+fn unauthorized(msg: impl Into<String>) -> Response {
+    let mut r = ServerError::Unauthorized(msg.into()).into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// Authenticates a request and puts its [`Principal`] (and, for a cookie
+/// session, its [`Csrf`]) in the request's extensions. Needs the
+/// controller as an `Arc<Controller>` extension (set by [`crate::app`]).
+pub async fn layer(mut req: Request, next: Next) -> Response {
+    let Some(ctl) = req.extensions().get::<Arc<Controller>>().cloned() else {
+        return ServerError::Internal("authentication is not set up".into()).into_response();
+    };
+    let template = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let method = req.method().clone();
+    let role = match access(&method, template.as_deref(), req.uri().path()) {
+        Access::Public => return next.run(req).await,
+        Access::Agent => {
+            let name = req.uri().path().split('/').nth(4).unwrap_or_default();
+            return match bearer(req.headers()) {
+                Some(s) if ctl.auth.agent_ok(name, s) => next.run(req).await,
+                Some(_) => unauthorized(format!("wrong token for agent '{name}'")),
+                None => unauthorized(format!(
+                    "agent '{name}' must send its token (Authorization: Bearer)"
+                )),
+            };
+        }
+        Access::Role(r) => r,
+    };
+    let auth = &ctl.auth;
+    let found = if let Some(secret) = bearer(req.headers()) {
+        auth.token_principal(secret).await.map(|p| (p, None))
+    } else if let Some(secret) = cookie_value(req.headers(), SESSION_COOKIE) {
+        auth.session_principal(secret)
+            .await
+            .map(|(p, c)| (p, Some(c)))
+    } else {
+        // A browser asking for a page goes to the login page instead.
+        let wants_html = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"));
+        let path = req.uri().path();
+        if method == Method::GET && wants_html && !path.starts_with("/api/") {
+            let next_path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let q = serde_urlencoded::to_string([("next", next_path)]).unwrap_or_default();
+            return Redirect::to(&format!("/login?{q}")).into_response();
+        }
+        return unauthorized("authentication required: send Authorization: Bearer <token>");
+    };
+    let (principal, csrf) = match found {
+        Ok(x) => x,
+        Err(ServerError::Unauthorized(m)) => return unauthorized(m),
+        Err(e) => return e.into_response(),
+    };
+    if let Some(Csrf(expected)) = &csrf
+        && !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
+    {
+        let sent = req
+            .headers()
+            .get(CSRF_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !bool::from(sent.ct_eq(expected.as_bytes())) {
+            return ServerError::Forbidden(
+                "missing or wrong X-CSRF-Token for a session request".into(),
+            )
+            .into_response();
+        }
+    }
+    if let Err(e) = principal.require(role) {
+        return e.into_response();
+    }
+    if let Some(c) = csrf {
+        req.extensions_mut().insert(c);
+    }
+    req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use standby_db::SqliteRepo;
+
+    use super::*;
+
+    #[test]
+    fn routes_need_viewer_to_read_operator_to_act_admin_to_administer() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(
+            access(&get, Some("/api/v1/health"), "/api/v1/health"),
+            Access::Public
+        );
+        assert_eq!(
+            access(&get, Some("/api/v1/vms"), "/"),
+            Access::Role(Role::Viewer)
+        );
+        assert_eq!(
+            access(&post, Some("/api/v1/vms/{name}/stop"), "/"),
+            Access::Role(Role::Operator)
+        );
+        assert_eq!(
+            access(&post, Some("/api/v1/sites/{name}/fence"), "/"),
+            Access::Role(Role::Admin)
+        );
+        assert_eq!(
+            access(&get, Some("/api/v1/tokens"), "/"),
+            Access::Role(Role::Admin)
+        );
+        assert_eq!(
+            access(&post, Some("/api/v1/agents/{name}/heartbeat"), "/"),
+            Access::Agent
+        );
+        assert_eq!(
+            access(&post, Some("/api/v1/runbooks/{name}/webhook"), "/"),
+            Access::Public
+        );
+        // The GET of the same template as the webhook is not public.
+        assert_eq!(access(&get, None, "/static/app.js"), Access::Public);
+        assert_eq!(
+            access(&post, None, "/static/app.js"),
+            Access::Role(Role::Viewer)
+        );
+        assert_eq!(access(&get, None, "/nothing"), Access::Role(Role::Viewer));
+    }
+
+    #[test]
+    fn cookies_and_bearer_headers_are_read_strictly() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            "a=1; standby_session=abc; b=2".parse().unwrap(),
+        );
+        assert_eq!(cookie_value(&h, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie_value(&h, "standby"), None);
+        h.insert(header::AUTHORIZATION, "bearer  sbt_x ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("sbt_x"));
+        h.insert(header::AUTHORIZATION, "Basic dXNlcg==".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn a_password_verifies_against_its_hash_only() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("correct horsf", &h));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[tokio::test]
+    async fn the_first_start_mints_one_admin_token_into_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Arc::new(
+            SqliteRepo::open(&dir.path().join("state.db"))
+                .await
+                .unwrap(),
+        );
+        let mut cfg = Config::parse("", Path::new("standby.toml")).unwrap();
+        cfg.controller.data_dir = dir.path().to_path_buf();
+        let auth = Auth::open(&cfg, repo.clone()).await.unwrap();
+        let file = dir.path().join(ADMIN_TOKEN_FILE);
+        let secret = std::fs::read_to_string(&file).unwrap().trim().to_string();
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let p = auth.token_principal(&secret).await.unwrap();
+        assert_eq!((p.role, p.tenant), (Role::Admin, None));
+        assert!(matches!(
+            auth.token_principal("sbt_wrong").await,
+            Err(ServerError::Unauthorized(_))
+        ));
+        // A second start keeps the admin it has.
+        Auth::open(&cfg, repo.clone()).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), secret);
+        assert_eq!(repo.tokens().await.unwrap().len(), 1);
+        // Once revoked, no admin is left: the next start mints a new one.
+        let id = p.name.strip_prefix("token:").unwrap();
+        repo.revoke_token(id, Utc::now()).await.unwrap();
+        assert!(matches!(
+            auth.token_principal(&secret).await,
+            Err(ServerError::Unauthorized(_))
+        ));
+        Auth::open(&cfg, repo.clone()).await.unwrap();
+        assert_ne!(std::fs::read_to_string(&file).unwrap().trim(), secret);
+    }
 }
