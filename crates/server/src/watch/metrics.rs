@@ -411,6 +411,7 @@ mod tests {
     struct Api {
         base: String,
         http: reqwest::Client,
+        token: String,
     }
 
     impl Api {
@@ -418,6 +419,7 @@ mod tests {
             let r = self
                 .http
                 .get(format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
                 .send()
                 .await
                 .unwrap();
@@ -429,6 +431,7 @@ mod tests {
             let r = self
                 .http
                 .post(format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
                 .json(&body)
                 .send()
                 .await
@@ -556,6 +559,11 @@ labels = {{ site = "site1" }}
         let api = Api {
             base: format!("http://{}", server.addr),
             http: reqwest::Client::new(),
+            // The admin token the controller wrote at its first start.
+            token: std::fs::read_to_string(dir.path().join("data/admin.token"))
+                .unwrap()
+                .trim()
+                .to_string(),
         };
 
         api.post("/api/v1/vms/a/start", json!({})).await;
