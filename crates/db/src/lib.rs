@@ -161,6 +161,8 @@ pub trait Repo: Send + Sync {
     async fn job(&self, id: i64) -> Result<Job, DbError>;
     /// The newest `limit` jobs, newest first.
     async fn jobs(&self, limit: u32) -> Result<Vec<Job>, DbError>;
+    /// How many jobs there are of each (kind, status), sorted.
+    async fn job_counts(&self) -> Result<Vec<(String, JobStatus, u64)>, DbError>;
     /// At controller start: every queued or running job except runbook
     /// jobs (they resume) becomes failed with error [`INTERRUPTED`].
     /// Returns how many.

@@ -713,6 +713,26 @@ impl Repo for SqliteRepo {
         .collect()
     }
 
+    async fn job_counts(&self) -> Result<Vec<(String, JobStatus, u64)>, DbError> {
+        sqlx::query(
+            "SELECT kind, status, COUNT(*) AS n FROM jobs GROUP BY kind, status \
+             ORDER BY kind, status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("count jobs"))?
+        .iter()
+        .map(|r| {
+            let status: String = get(r, "status")?;
+            let status = status.parse().map_err(|message| DbError::Value {
+                what: "jobs.status".into(),
+                message,
+            })?;
+            Ok((get(r, "kind")?, status, uint(r, "n")?))
+        })
+        .collect()
+    }
+
     async fn fail_interrupted_jobs(&self) -> Result<u64, DbError> {
         let done = sqlx::query(
             "UPDATE jobs SET status = $1, error = $2, finished_at = $3 \

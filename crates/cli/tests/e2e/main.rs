@@ -9,6 +9,7 @@ mod netlab;
 mod auth;
 mod cloud;
 mod config_errors;
+mod conformance;
 mod demo;
 mod failover;
 mod fencing;

@@ -1,7 +1,26 @@
 //! Prometheus metrics (OpenMetrics text), built from current state at each
-//! scrape: probe results, alerts by state, incidents, point age per VM,
-//! agent heartbeats, the notification outbox.
+//! scrape:
+//!
+//! - probes: latest result (`standby_probe_up`) and latency per probe and
+//!   vantage point;
+//! - alerts: active by state, firing by rule and severity, resolved since
+//!   start; open incidents by state;
+//! - jobs: count by kind and status;
+//! - points: count, newest point's age and size, new bytes, per VM;
+//! - sync: copies each datastore holds or still lacks (pending) of the
+//!   points of the groups that write to it;
+//! - RPO: newest point age against the group's target per VM
+//!   (`standby_rpo_met`);
+//! - RTO: the last measured drill RTO and data age per VM and site (from
+//!   the newest `drill.report`), the last failover's RTO and data-loss
+//!   window per VM and site (from the newest succeeded `failover-site`
+//!   run);
+//! - agent heartbeats and the front door.
+//!
+//! A scrape reads the point catalog once (one query) and the newest few
+//! runbook jobs; nothing here walks a datastore.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -11,6 +30,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use standby_db::EventQuery;
+use standby_types::model::{JobStatus, PointRecord};
 use standby_types::watch::{AlertState, IncidentState};
 
 use crate::controller::Controller;
@@ -79,6 +100,17 @@ pub async fn render(ctl: &Arc<Controller>) -> Result<String, ServerError> {
         .get_or_create(&l(&[("state", "muted")]))
         .set(muted as f64);
     reg.register("standby_alerts", "Active alerts by state", alerts);
+    let firing = fam();
+    for a in active.iter().filter(|a| a.state == AlertState::Firing) {
+        firing
+            .get_or_create(&l(&[("rule", &a.rule), ("severity", a.severity.as_str())]))
+            .inc();
+    }
+    reg.register(
+        "standby_alerts_firing",
+        "Firing alerts by rule and severity",
+        firing,
+    );
     let resolved: Counter = Counter::default();
     resolved.inc_by(w.resolved_total.load(std::sync::atomic::Ordering::Relaxed));
     reg.register(
@@ -100,33 +132,18 @@ pub async fn render(ctl: &Arc<Controller>) -> Result<String, ServerError> {
     }
     reg.register("standby_incidents", "Open incidents by state", incidents);
 
-    let age = fam();
-    let target = fam();
-    let points = ctl.repo.points(None).await?;
     let now = Utc::now();
-    for (gname, g) in &ctl.cfg.groups {
-        if let Some(t) = g.rpo_target {
-            target
-                .get_or_create(&l(&[("group", gname)]))
-                .set(t.as_secs_f64());
-        }
-        for vm in &g.members {
-            if let Some(newest) = points.iter().filter(|p| &p.vm == vm).map(|p| p.time).max() {
-                age.get_or_create(&l(&[("group", gname), ("vm", vm)]))
-                    .set((now - newest).num_milliseconds() as f64 / 1000.0);
-            }
-        }
+    let points = ctl.repo.points(None).await?;
+    register_points(&mut reg, ctl, &points, now);
+
+    let jobs = fam();
+    for (kind, status, n) in ctl.repo.job_counts().await? {
+        jobs.get_or_create(&l(&[("kind", &kind), ("status", status.as_str())]))
+            .set(n as f64);
     }
-    reg.register(
-        "standby_point_age_seconds",
-        "Age of the newest recovery point per VM",
-        age,
-    );
-    reg.register(
-        "standby_rpo_target_seconds",
-        "RPO target of each protection group",
-        target,
-    );
+    reg.register("standby_jobs", "Jobs by kind and status", jobs);
+
+    register_rto(&mut reg, ctl).await?;
 
     let hb = fam();
     for (name, seen) in w.agents_seen() {
@@ -145,4 +162,535 @@ pub async fn render(ctl: &Arc<Controller>) -> Result<String, ServerError> {
     encode(&mut out, &reg)
         .map_err(|e| ServerError::Internal(format!("unable to encode metrics: {e}")))?;
     Ok(out)
+}
+
+/// Points, sync and RPO, from one read of the point catalog.
+fn register_points(
+    reg: &mut Registry,
+    ctl: &Controller,
+    points: &[PointRecord],
+    now: chrono::DateTime<Utc>,
+) {
+    // Catalog order is by time: the last one seen per VM is its newest.
+    let mut by_vm: HashMap<&str, (u64, &PointRecord, u64)> = HashMap::new();
+    for p in points {
+        let e = by_vm.entry(p.vm.as_str()).or_insert((0, p, 0));
+        e.0 += 1;
+        e.1 = p;
+        e.2 += p.bytes_new;
+    }
+    let (count, newest_bytes, new_bytes) = (fam(), fam(), fam());
+    for (vm, (n, newest, added)) in &by_vm {
+        let labels = l(&[("vm", vm)]);
+        count.get_or_create(&labels).set(*n as f64);
+        newest_bytes.get_or_create(&labels).set(newest.size as f64);
+        new_bytes.get_or_create(&labels).set(*added as f64);
+    }
+    reg.register("standby_points", "Recovery points per VM", count);
+    reg.register(
+        "standby_point_newest_bytes",
+        "Size of the disks in the newest point per VM",
+        newest_bytes,
+    );
+    reg.register(
+        "standby_points_new_bytes",
+        "Bytes the VM's points added to their datastores (as recorded by the runs that took them)",
+        new_bytes,
+    );
+
+    let (age, target, vm_target, met) = (fam(), fam(), fam(), fam());
+    for (gname, g) in &ctl.cfg.groups {
+        if let Some(t) = g.rpo_target {
+            target
+                .get_or_create(&l(&[("group", gname)]))
+                .set(t.as_secs_f64());
+        }
+        for vm in &g.members {
+            let labels = l(&[("group", gname), ("vm", vm)]);
+            let age_s = by_vm
+                .get(vm.as_str())
+                .map(|(_, p, _)| (now - p.time).num_milliseconds() as f64 / 1000.0);
+            if let Some(a) = age_s {
+                age.get_or_create(&labels).set(a);
+            }
+            if let Some(t) = g.rpo_target {
+                vm_target.get_or_create(&labels).set(t.as_secs_f64());
+                let ok = age_s.is_some_and(|a| a <= t.as_secs_f64());
+                met.get_or_create(&labels).set(if ok { 1.0 } else { 0.0 });
+            }
+        }
+    }
+    reg.register(
+        "standby_point_age_seconds",
+        "Age of the newest recovery point per VM",
+        age,
+    );
+    reg.register(
+        "standby_rpo_target_seconds",
+        "RPO target of each protection group",
+        target,
+    );
+    reg.register(
+        "standby_vm_rpo_target_seconds",
+        "RPO target per VM (of each group it is in)",
+        vm_target,
+    );
+    reg.register(
+        "standby_rpo_met",
+        "1 when the VM's newest point is within its group's RPO target, 0 when not (or no point)",
+        met,
+    );
+
+    // Sync: a point is due at every datastore of its group (of every
+    // group of its VM when it names none).
+    let mut sync: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for ds in ctl.cfg.datastores.keys() {
+        sync.insert((ds.as_str(), "done"), 0);
+        sync.insert((ds.as_str(), "pending"), 0);
+    }
+    for p in points {
+        let groups: Vec<&str> = match &p.group {
+            Some(g) if ctl.cfg.groups.contains_key(g) => vec![g.as_str()],
+            _ => ctl.cfg.groups_of(&p.vm),
+        };
+        let mut due: Vec<&str> = groups
+            .iter()
+            .filter_map(|g| ctl.cfg.groups.get(*g))
+            .flat_map(|g| g.datastores.iter().map(String::as_str))
+            .collect();
+        due.sort_unstable();
+        due.dedup();
+        for ds in due {
+            let state = if p.copies.iter().any(|c| c == ds) {
+                "done"
+            } else {
+                "pending"
+            };
+            *sync.entry((ds, state)).or_default() += 1;
+        }
+    }
+    let copies = fam();
+    for ((ds, state), n) in sync {
+        copies
+            .get_or_create(&l(&[("datastore", ds), ("state", state)]))
+            .set(n as f64);
+    }
+    reg.register(
+        "standby_sync_copies",
+        "Copies of points due at each datastore: done (held) or pending (still to sync)",
+        copies,
+    );
+}
+
+/// How many of the newest drill reports and jobs a scrape looks at.
+const RECENT: u32 = 200;
+
+/// The last measured RTO and data loss per VM and site, of drills and of
+/// failovers.
+async fn register_rto(reg: &mut Registry, ctl: &Controller) -> Result<(), ServerError> {
+    let (rto, loss, when) = (fam(), fam(), fam());
+    let mut seen: std::collections::HashSet<(String, String, &str)> = Default::default();
+
+    // Drills: the newest report per VM and site.
+    let reports = ctl
+        .watch
+        .repo()
+        .events(&EventQuery {
+            kind: Some("drill.report".into()),
+            limit: RECENT,
+            ..EventQuery::default()
+        })
+        .await?;
+    for e in reports.iter().rev() {
+        let Some(job) = e.labels.get("job").and_then(|j| j.parse::<i64>().ok()) else {
+            continue;
+        };
+        let steps = ctl.runbooks.repo().steps(job).await?;
+        for s in &steps {
+            let Some(vms) = s.output["vms"].as_array() else {
+                continue;
+            };
+            let site = s.output["site"].as_str().unwrap_or_default();
+            for v in vms {
+                let (Some(vm), Some(r)) = (v["vm"].as_str(), v["rto_seconds"].as_f64()) else {
+                    continue;
+                };
+                if !seen.insert((vm.to_string(), site.to_string(), "drill")) {
+                    continue;
+                }
+                let labels = l(&[("vm", vm), ("site", site), ("kind", "drill")]);
+                rto.get_or_create(&labels).set(r);
+                if let Some(d) = v["data_age_seconds"].as_f64() {
+                    loss.get_or_create(&labels).set(d);
+                }
+                when.get_or_create(&labels)
+                    .set(e.at.timestamp_millis() as f64 / 1000.0);
+            }
+        }
+    }
+
+    // Failovers: the newest succeeded failover-site run per VM and site.
+    // RTO: from the trigger to the VM started at the DR site; data loss:
+    // from the restored point to the first failing probe of the site when
+    // an alert triggered it, else the point's age at restore (a bound).
+    for job in ctl.repo.jobs(RECENT).await? {
+        if job.kind != "runbook"
+            || job.target != "failover-site"
+            || job.status != JobStatus::Succeeded
+        {
+            continue;
+        }
+        let run = ctl.runbooks.repo().run(job.id).await?;
+        let trigger = &run.run.trigger;
+        let Some(t0) = trigger["at_epoch"].as_f64() else {
+            continue;
+        };
+        let lost_at = trigger["alert"]["active_since_epoch"].as_f64();
+        for s in ctl.runbooks.repo().steps(job.id).await? {
+            let o = &s.output;
+            let (Some(vm), Some(site), Some(at), Some(pt)) = (
+                o["vm"].as_str(),
+                o["site"].as_str(),
+                o["at_epoch"].as_f64(),
+                o["point_time_epoch"].as_f64(),
+            ) else {
+                continue;
+            };
+            if !seen.insert((vm.to_string(), site.to_string(), "failover")) {
+                continue;
+            }
+            let labels = l(&[("vm", vm), ("site", site), ("kind", "failover")]);
+            rto.get_or_create(&labels).set(at - t0);
+            let d = match lost_at {
+                Some(lost) => lost - pt,
+                None => o["data_age_seconds"].as_f64().unwrap_or(at - pt),
+            };
+            loss.get_or_create(&labels).set(d.max(0.0));
+            when.get_or_create(&labels).set(at);
+        }
+    }
+    reg.register(
+        "standby_rto_seconds",
+        "Last measured RTO per VM and site, of a drill (start to the copy answering) or a failover (trigger to the VM started)",
+        rto,
+    );
+    reg.register(
+        "standby_data_loss_seconds",
+        "Data loss of the last drill (data age) or failover (loss window) per VM and site",
+        loss,
+    );
+    reg.register(
+        "standby_rto_measured_timestamp_seconds",
+        "When the last RTO per VM and site was measured (Unix time)",
+        when,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use serde_json::{Value, json};
+    use standby_store::{Consistency, Datastore, PointMeta};
+    use standby_types::config::Config;
+
+    /// The value of the sample `name{labels…}` whose labels include every
+    /// pair of `want`.
+    fn sample(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+        text.lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .find(|line| {
+                want.iter()
+                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    }
+
+    struct Api {
+        base: String,
+        http: reqwest::Client,
+        token: String,
+    }
+
+    impl Api {
+        async fn get(&self, path: &str) -> String {
+            let r = self
+                .http
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "GET {path}: {}", r.status());
+            r.text().await.unwrap()
+        }
+
+        async fn post(&self, path: &str, body: Value) -> Value {
+            let r = self
+                .http
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let text = r.text().await.unwrap();
+            assert!(status.is_success(), "POST {path}: {status} {text}");
+            serde_json::from_str(&text).unwrap()
+        }
+
+        /// Wait (at most 60 s) for job `id` to finish; its record.
+        async fn finished(&self, id: i64) -> Value {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let job: Value =
+                    serde_json::from_str(&self.get(&format!("/api/v1/jobs/{id}")).await).unwrap();
+                if job["status"] == "succeeded" || job["status"] == "failed" {
+                    return job;
+                }
+                assert!(Instant::now() < deadline, "job {id} did not finish: {job}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    fn config(dir: &Path) -> Config {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        std::fs::write(
+            dir.join("rules.yaml"),
+            "rules:\n  - name: svc-down\n    condition:\n      probe: { probe: svc }\n    severity: critical\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("runbooks")).unwrap();
+        // The report step of a drill, fed the outputs of a drill's boot,
+        // probe and teardown steps (the drill itself is tested with it).
+        std::fs::write(
+            dir.join("runbooks/drill-report.yaml"),
+            r#"name: drill-report
+description: report of a drill of vm a at site2
+trigger: { manual: true }
+steps:
+  - id: report
+    action: drill.report
+    with:
+      site: site1
+      boot: [{ vm: a, site: site2, point: "a@x", data_age_seconds: 12.5, restore_seconds: 1.0 }]
+      probe: [{ vm: a, rto_seconds: 3.25 }]
+      teardown: [{ vm: a, verified: true }]
+"#,
+        )
+        .unwrap();
+        let text = format!(
+            r#"
+[controller]
+listen = "127.0.0.1:0"
+data_dir = "data"
+builtin_rules = false
+rules = ["rules.yaml"]
+runbooks = ["runbooks"]
+[sites.site1]
+[sites.site2]
+[hosts.h1]
+site = "site1"
+driver = "process"
+disk_dir = "disks1"
+[hosts.h2]
+site = "site2"
+driver = "process"
+disk_dir = "disks2"
+[datastores.store1]
+site = "site1"
+path = "store1"
+[datastores.store2]
+site = "site2"
+path = "store2"
+[vms.a]
+host = "h1"
+dr_site = "site2"
+command = "sleep"
+args = ["60"]
+[[vms.a.disks]]
+name = "data"
+size = "64KiB"
+[vms.b]
+host = "h1"
+command = "sleep"
+args = ["60"]
+[[vms.b.disks]]
+name = "data"
+size = "64KiB"
+[groups.gold]
+members = ["a"]
+schedule = "every 24h"
+datastores = ["store1", "store2"]
+rpo_target = "1h"
+[groups.silver]
+members = ["b"]
+schedule = "every 24h"
+datastores = ["store1"]
+rpo_target = "1h"
+[probes.svc]
+kind = "tcp"
+target = "127.0.0.1:{closed_port}"
+interval = "250ms"
+timeout = "200ms"
+labels = {{ site = "site1" }}
+"#
+        );
+        std::fs::write(dir.join("standby.toml"), text).unwrap();
+        Config::load(&dir.join("standby.toml")).unwrap()
+    }
+
+    /// A scrape covers jobs, points, sync, alerts, probes, RPO and the RTO
+    /// of a drill and of a failover, each from what really happened: a
+    /// protection run, a point not yet synced, a probe failing into a
+    /// firing alert, a drill report and a real failover of site1.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrape_covers_jobs_points_sync_alerts_probes_rpo_rto() {
+        // reqwest has no TLS provider of its own: ring, as the binaries do.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let server = crate::start(config(dir.path())).await.unwrap();
+        let api = Api {
+            base: format!("http://{}", server.addr),
+            http: reqwest::Client::new(),
+            // The admin token the controller wrote at its first start.
+            token: std::fs::read_to_string(dir.path().join("data/admin.token"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        };
+
+        api.post("/api/v1/vms/a/start", json!({})).await;
+        let run = api.post("/api/v1/groups/gold/run", json!({})).await;
+        let protect = api.finished(run["job"].as_i64().unwrap()).await;
+        assert_eq!(protect["status"], "succeeded", "{protect}");
+
+        let drill = api
+            .post("/api/v1/runbooks/drill-report/run", json!({}))
+            .await;
+        let drill = api.finished(drill["job"].as_i64().unwrap()).await;
+        assert_eq!(drill["status"], "succeeded", "{drill}");
+
+        let failover = api
+            .post(
+                "/api/v1/runbooks/failover-site/run",
+                json!({"params": {"site": "site1"}}),
+            )
+            .await;
+        let failover = api.finished(failover["job"].as_i64().unwrap()).await;
+        assert_eq!(failover["status"], "succeeded", "{failover}");
+
+        // A point of a in store1 that is not yet synced to store2.
+        let store = Datastore::open(&dir.path().join("store1")).unwrap();
+        tokio::task::spawn_blocking(move || {
+            let w = store
+                .begin_point(PointMeta {
+                    vm: "a".into(),
+                    site: "site2".into(),
+                    consistency: Consistency::Crash,
+                    config: json!({}),
+                    labels: [("group".to_string(), "gold".to_string())].into(),
+                })
+                .unwrap();
+            w.commit().unwrap();
+        })
+        .await
+        .unwrap();
+        server.ctl.rescan().await.unwrap();
+
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let text = loop {
+            let text = api.get("/metrics").await;
+            if sample(&text, "standby_alerts_firing", &[("rule", "svc-down")]).is_some() {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "svc-down never fired:\n{text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let v = |name: &str, labels: &[(&str, &str)]| {
+            sample(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+        };
+
+        assert_eq!(
+            v(
+                "standby_jobs",
+                &[("kind", "protect"), ("status", "succeeded")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            v(
+                "standby_jobs",
+                &[("kind", "runbook"), ("status", "succeeded")]
+            ),
+            2.0
+        );
+
+        assert_eq!(v("standby_points", &[("vm", "a")]), 2.0);
+        assert_eq!(v("standby_point_newest_bytes", &[("vm", "a")]), 0.0);
+        assert!(sample(&text, "standby_points", &[("vm", "b")]).is_none());
+        assert!(v("standby_point_age_seconds", &[("vm", "a")]) < 60.0);
+
+        assert_eq!(
+            v(
+                "standby_sync_copies",
+                &[("datastore", "store1"), ("state", "done")]
+            ),
+            2.0
+        );
+        assert_eq!(
+            v(
+                "standby_sync_copies",
+                &[("datastore", "store2"), ("state", "done")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            v(
+                "standby_sync_copies",
+                &[("datastore", "store2"), ("state", "pending")]
+            ),
+            1.0
+        );
+
+        assert_eq!(
+            v(
+                "standby_alerts_firing",
+                &[("rule", "svc-down"), ("severity", "critical")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            v(
+                "standby_probe_up",
+                &[("probe", "svc"), ("vantage", "controller")]
+            ),
+            0.0
+        );
+
+        assert_eq!(v("standby_rpo_met", &[("group", "gold"), ("vm", "a")]), 1.0);
+        assert_eq!(
+            v("standby_rpo_met", &[("group", "silver"), ("vm", "b")]),
+            0.0
+        );
+        assert_eq!(v("standby_vm_rpo_target_seconds", &[("vm", "b")]), 3600.0);
+
+        let drill = [("vm", "a"), ("site", "site1"), ("kind", "drill")];
+        assert_eq!(v("standby_rto_seconds", &drill), 3.25);
+        assert_eq!(v("standby_data_loss_seconds", &drill), 12.5);
+        let failover = [("vm", "a"), ("site", "site2"), ("kind", "failover")];
+        let rto = v("standby_rto_seconds", &failover);
+        assert!(rto > 0.0 && rto < 60.0, "failover rto {rto}");
+        let loss = v("standby_data_loss_seconds", &failover);
+        assert!((0.0..120.0).contains(&loss), "failover data loss {loss}");
+        assert!(v("standby_rto_measured_timestamp_seconds", &failover) > 1.7e9);
+
+        server.stop().await;
+    }
 }

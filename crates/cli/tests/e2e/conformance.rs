@@ -1,0 +1,453 @@
+//! The API against its own OpenAPI document (schemathesis finds no server
+//! error), and its load figures with 1,000 VMs and 100,000 points
+//! (`scripts/bench-api`).
+//!
+//! Both send `Authorization: Bearer <token>` when the controller wrote an
+//! admin token (`<data_dir>/admin.token`) or `STANDBY_TOKEN` is set.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use standby_store::{Consistency, Datastore, DiskWriteOptions, PointMeta};
+
+use crate::harness::{Lab, LabOptions, STANDBY, free_port};
+
+/// The schemathesis CLI: `STANDBY_SCHEMATHESIS`, else the venv
+/// `scripts/test` installs it in (`STANDBY_VENV`, default
+/// `~/.cache/standby/venv`), else `schemathesis` on the PATH.
+fn schemathesis() -> PathBuf {
+    if let Ok(p) = std::env::var("STANDBY_SCHEMATHESIS") {
+        return p.into();
+    }
+    let venv = std::env::var("STANDBY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/standby/venv")
+        });
+    let p = venv.join("bin/schemathesis");
+    if p.exists() {
+        return p;
+    }
+    PathBuf::from("schemathesis")
+}
+
+/// The token the controller wrote at its first start, or `STANDBY_TOKEN`.
+fn token(data_dir: &Path) -> Option<String> {
+    std::env::var("STANDBY_TOKEN").ok().or_else(|| {
+        std::fs::read_to_string(data_dir.join("admin.token"))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    })
+}
+
+/// Wait for `child` at most `limit`; kill it when it takes longer.
+fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// schemathesis generates requests for every operation of the served
+/// OpenAPI document (examples, boundary values, random data) and finds no
+/// server error (5xx). Excluded: the event and job streams (server-sent
+/// events never end, every request would time out) and starting runbooks
+/// (a generated run of `failover-site` fences a site and fails it over:
+/// minutes of real work per example; runbook runs have e2e tests of their
+/// own).
+#[test]
+fn schemathesis_finds_no_server_error() {
+    let lab = Lab::new(LabOptions::default());
+    let bin = schemathesis();
+    let base = format!("http://127.0.0.1:{}", lab.api);
+    let report = lab.path("schemathesis");
+    let mut cmd = Command::new(&bin);
+    cmd.args(["run", &format!("{base}/api/v1/openapi.json")])
+        .args(["--url", &base])
+        .args(["--checks", "not_a_server_error"])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--max-examples", "15", "--seed", "7"])
+        .args(["--workers", "2", "--request-timeout", "20"])
+        .args(["--exclude-path-regex", "/stream$"])
+        .args([
+            "--exclude-path-regex",
+            r"^/api/v1/runbooks/\{[a-z_]+\}/(run|webhook)$",
+        ])
+        .args(["--generation-database", "none", "--no-color"])
+        .args(["--report", "junit", "--report-dir"])
+        .arg(&report)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(t) = token(&lab.path("controller")) {
+        cmd.args(["--header", &format!("Authorization: Bearer {t}")]);
+    }
+    let out_path = lab.path("schemathesis.log");
+    let log = std::fs::File::create(&out_path).unwrap();
+    cmd.stdout(log.try_clone().unwrap()).stderr(log);
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {} ({e}): install it with scripts/test (schemathesis from PyPI)",
+            bin.display()
+        )
+    });
+    let status = wait_bounded(&mut child, Duration::from_secs(600), "schemathesis");
+    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+    eprintln!("{out}");
+    assert!(
+        status.success(),
+        "schemathesis found problems ({status}); server log:\n{}",
+        std::fs::read_to_string(lab.path("server.log")).unwrap_or_default()
+    );
+    // It really tested operations (a spec it could not load tests none).
+    assert!(
+        out.contains("passed") && !out.contains("No operations"),
+        "schemathesis tested nothing:\n{out}"
+    );
+}
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A controller process of the figures run.
+struct Controller {
+    child: Child,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The figures configuration: `vms` VMs (a process each, never started)
+/// in groups of 100 at site1 with site2 as DR site, one datastore per
+/// site, one front-door service per group.
+fn figures_config(dir: &Path, vms: usize, api: u16) -> String {
+    let mut t = format!(
+        r#"[controller]
+listen = "127.0.0.1:{api}"
+data_dir = "controller"
+[sites.site1]
+[sites.site2]
+[hosts.h1]
+site = "site1"
+driver = "process"
+disk_dir = "site1/disks"
+[hosts.h2]
+site = "site2"
+driver = "process"
+disk_dir = "site2/disks"
+[datastores.store1]
+site = "site1"
+path = "site1/store"
+[datastores.store2]
+site = "site2"
+path = "site2/store"
+"#
+    );
+    for i in 0..vms {
+        writeln!(
+            t,
+            "[vms.{}]\nhost = \"h1\"\ndr_site = \"site2\"\ncommand = \"sleep\"\nargs = [\"3600\"]\n[[vms.{}.disks]]\nname = \"data\"\nsize = \"64KiB\"",
+            vm_name(i),
+            vm_name(i)
+        )
+        .unwrap();
+    }
+    for g in 0..vms.div_ceil(100) {
+        let members: Vec<String> = (g * 100..((g + 1) * 100).min(vms))
+            .map(|i| format!("\"{}\"", vm_name(i)))
+            .collect();
+        writeln!(
+            t,
+            "[groups.g{g:02}]\nmembers = [{}]\nschedule = \"every 24h\"\ndatastores = [\"store1\", \"store2\"]\nrpo_target = \"1h\"\n[groups.g{g:02}.retention]\nkeep_last = 1000",
+            members.join(", ")
+        )
+        .unwrap();
+    }
+    std::fs::create_dir_all(dir.join("site1/disks")).unwrap();
+    t
+}
+
+fn vm_name(i: usize) -> String {
+    format!("vm{i:04}")
+}
+
+/// Write `per_vm` real points of each VM to `store` (one 64 KiB disk, the
+/// same non-zero content for all: one chunk stored once), one hour apart,
+/// the newest 10 minutes old. Several writers at once.
+fn write_points(store: &Path, disk: &Path, vms: usize, per_vm: usize) {
+    let ds = Datastore::open_or_create(store).unwrap();
+    let now = chrono::Utc::now();
+    let threads = 4;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let ds = ds.clone();
+            s.spawn(move || {
+                for i in (t..vms).step_by(threads) {
+                    let vm = vm_name(i);
+                    for k in (0..per_vm).rev() {
+                        let mut w = ds
+                            .begin_point(PointMeta {
+                                vm: vm.clone(),
+                                site: "site1".into(),
+                                consistency: Consistency::Crash,
+                                config: serde_json::json!({}),
+                                labels: [("group".to_string(), format!("g{:02}", i / 100))].into(),
+                            })
+                            .unwrap();
+                        let at =
+                            now - chrono::Duration::minutes(10) - chrono::Duration::hours(k as i64);
+                        w.restamp_at(at).unwrap();
+                        w.write_disk("data", disk, DiskWriteOptions::default(), &())
+                            .unwrap();
+                        w.commit().unwrap();
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// One wrk run's figures (from the pacing script's `done`).
+#[derive(Debug)]
+struct Figures {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    errors: u64,
+}
+
+const WRK_SCRIPT: &str = r#"
+-- Paced load: each connection waits `STANDBY_DELAY_MS` between requests
+-- (0: as fast as it can). Sends the bearer token when given.
+local delay_ms = tonumber(os.getenv("STANDBY_DELAY_MS") or "0")
+local token = os.getenv("STANDBY_TOKEN")
+if token and token ~= "" then
+  wrk.headers["Authorization"] = "Bearer " .. token
+end
+function delay()
+  return delay_ms
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "FIGURES {\"requests\":%d,\"duration_us\":%d,\"p50_us\":%d,\"p99_us\":%d,\"errors\":%d}\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"#;
+
+fn wrk(
+    url: &str,
+    conns: u32,
+    delay_ms: u32,
+    secs: u64,
+    script: &Path,
+    token: Option<&str>,
+) -> Figures {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t", &conns.min(2).to_string(), "-c", &conns.to_string()])
+        .args(["-d", &format!("{secs}s"), "--timeout", "5s", "-s"])
+        .arg(script)
+        .arg(url)
+        .env("STANDBY_DELAY_MS", delay_ms.to_string());
+    if let Some(t) = token {
+        cmd.env("STANDBY_TOKEN", t);
+    }
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run wrk ({e}): install Debian's wrk (scripts/test does)")
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "wrk {url} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("FIGURES "))
+        .unwrap_or_else(|| panic!("wrk printed no figures: {text}"));
+    let v: Value = serde_json::from_str(line).unwrap();
+    let n = v["requests"].as_u64().unwrap();
+    let secs = v["duration_us"].as_f64().unwrap() / 1e6;
+    Figures {
+        rps: n as f64 / secs,
+        p50_ms: v["p50_us"].as_f64().unwrap() / 1000.0,
+        p99_ms: v["p99_us"].as_f64().unwrap() / 1000.0,
+        requests: n,
+        errors: v["errors"].as_u64().unwrap(),
+    }
+}
+
+/// API latency and throughput of the dashboard's list endpoints with
+/// `STANDBY_BENCH_VMS` VMs (default 1000) and `STANDBY_BENCH_POINTS_PER_VM`
+/// points each (default 100: 100,000 in all), under wrk on loopback: a
+/// paced run at `STANDBY_BENCH_RATE` requests/s (default 500; wrk has no
+/// rate limit, so 10 connections each wait 10 × 1000 / rate ms between
+/// requests: the achieved rate is printed next to the latency) and a run
+/// as fast as 2 connections go, `STANDBY_BENCH_SECS` seconds each
+/// (default 10). Run by `scripts/bench-api`.
+#[test]
+#[ignore]
+fn api_figures() {
+    let vms: usize = env_or("STANDBY_BENCH_VMS", 1000);
+    let per_vm: usize = env_or("STANDBY_BENCH_POINTS_PER_VM", 100);
+    let rate: u32 = env_or("STANDBY_BENCH_RATE", 500);
+    let secs: u64 = env_or("STANDBY_BENCH_SECS", 10);
+    let dir = tempfile::Builder::new()
+        .prefix("standby-bench-api-")
+        .tempdir_in(std::env::var("STANDBY_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+        .unwrap();
+    let api = free_port();
+    let cfg = dir.path().join("standby.toml");
+    std::fs::write(&cfg, figures_config(dir.path(), vms, api)).unwrap();
+
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0x5a; 64 * 1024]).unwrap();
+    let t = Instant::now();
+    write_points(&dir.path().join("site1/store"), &disk, vms, per_vm);
+    let write_secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "wrote {} points of {vms} VMs to site1/store in {write_secs:.1} s",
+        vms * per_vm
+    );
+
+    // First start: the controller catalogs every point (rescan).
+    let t = Instant::now();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let child = Command::new(STANDBY)
+        .args(["--config", cfg.to_str().unwrap(), "server"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut ctl = Controller { child };
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
+        assert!(
+            ctl.child.try_wait().unwrap().is_none(),
+            "controller exited: {}",
+            std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "controller did not listen within 30 min"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let start_secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "controller listening after {start_secs:.1} s (first start: catalog rebuilt from the datastore)"
+    );
+    let token = token(&dir.path().join("controller"));
+
+    let script = dir.path().join("pace.lua");
+    std::fs::write(&script, WRK_SCRIPT).unwrap();
+    let base = format!("http://127.0.0.1:{api}");
+    let check = wrk(
+        &format!("{base}/api/v1/points?vm=vm0000"),
+        1,
+        0,
+        1,
+        &script,
+        token.as_deref(),
+    );
+    assert_eq!(check.errors, 0, "the API refuses the figures' requests");
+
+    let mut endpoints = vec![
+        "/api/v1/vms".to_string(),
+        format!("/api/v1/points?vm={}", vm_name(vms / 2)),
+        "/api/v1/points?limit=100".to_string(),
+        "/api/v1/alerts".to_string(),
+        "/api/v1/jobs".to_string(),
+        "/api/v1/services".to_string(),
+        "/metrics".to_string(),
+    ];
+    // The portal's dashboard, once the controller serves one.
+    if wrk(&format!("{base}/"), 1, 0, 1, &script, token.as_deref()).errors == 0 {
+        endpoints.push("/".to_string());
+    }
+    let conns = 10;
+    let delay = conns * 1000 / rate.max(1);
+    let mut rows = Vec::new();
+    let mut report = String::new();
+    for path in &endpoints {
+        let url = format!("{base}{path}");
+        let body = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{size_download}"])
+            .args(
+                token
+                    .iter()
+                    .flat_map(|t| ["-H".to_string(), format!("Authorization: Bearer {t}")]),
+            )
+            .arg(&url)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        let paced = wrk(&url, conns, delay, secs, &script, token.as_deref());
+        let max = wrk(&url, 2, 0, secs, &script, token.as_deref());
+        let line = format!(
+            "{path:<28} {:>9} B  paced: {:>6.0} req/s p50 {:>7.2} ms p99 {:>7.2} ms ({} errors)  max (2 conns): {:>6.0} req/s p50 {:>7.2} ms p99 {:>7.2} ms{}",
+            body,
+            paced.rps,
+            paced.p50_ms,
+            paced.p99_ms,
+            paced.errors,
+            max.rps,
+            max.p50_ms,
+            max.p99_ms,
+            if paced.p99_ms > 50.0 || paced.rps < 0.9 * f64::from(rate) {
+                "  MISSES p99 <= 50 ms at the rate"
+            } else {
+                ""
+            }
+        );
+        eprintln!("{line}");
+        writeln!(report, "{line}").unwrap();
+        rows.push((path.clone(), paced, max));
+    }
+    eprintln!(
+        "\n{vms} VMs, {} points; points written in {write_secs:.1} s; first start {start_secs:.1} s; paced target {rate} req/s ({conns} connections, {delay} ms apart each), {secs} s per run\n{report}",
+        vms * per_vm
+    );
+    if let Ok(p) = std::env::var("STANDBY_BENCH_REPORT") {
+        let mut f = std::fs::File::create(p).unwrap();
+        write!(f, "{report}").unwrap();
+    }
+    for (path, paced, max) in &rows {
+        assert_eq!(paced.errors + max.errors, 0, "{path}: errors under load");
+        assert!(
+            paced.requests > 0 && max.requests > 0,
+            "{path}: no requests"
+        );
+    }
+    drop(ctl);
+}
