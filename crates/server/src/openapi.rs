@@ -24,7 +24,7 @@ use std::sync::{Arc, LazyLock};
 use axum::Json;
 use axum::extract::State;
 use axum::http::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::OpenApi;
 
 use crate::auth::{Principal, Role};
