@@ -1,5 +1,5 @@
-pub mod auth;
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod demo;
 pub mod jobs;

@@ -47,9 +47,8 @@ fn check_tools(root: &Path) {
     );
 }
 
-/// An operator's login for the browser, when the controller has users.
-/// `None` while the portal asks for no login (authentication not enabled).
-// TODO(auth merge): create the user the way the auth branch's CLI does.
+/// An operator's login for the browser, made with `standby user add`
+/// (the CLI authenticates with the lab's admin token).
 fn operator_login(lab: &Lab) -> Option<(String, String)> {
     let help = lab.run(&["user", "--help"]);
     if !help.status.success() {

@@ -221,9 +221,11 @@ const ADMIN: &[&str] = &[
 ];
 
 /// The role a route needs, by method and route template; None for routes
-/// without bearer authentication (see [`access`]). GET needs a viewer,
-/// writes an operator, fences, rule reloads, users and tokens an admin.
-// Stand-in until the OpenAPI spec carries the roles (`crate::openapi`).
+/// without bearer authentication (see [`access`]). A route of the API
+/// takes the role its OpenAPI operation declares ([`crate::openapi`]: one
+/// source of truth); the routes of this module (tokens, users, login) and
+/// the portal's pages follow the same policy here: GET needs a viewer,
+/// writes an operator; users and tokens an admin.
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     let m = method.as_str();
     if PUBLIC
@@ -232,6 +234,9 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
         .any(|(pm, pp)| *pm == m && *pp == path)
     {
         return None;
+    }
+    if let Some(role) = crate::openapi::required_role(method, path) {
+        return Some(role);
     }
     if ADMIN.contains(&path) {
         return Some(Role::Admin);
@@ -243,75 +248,33 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     }
 }
 
-/// Every operation of the controller: (method, route template).
-// Stand-in until the OpenAPI spec lists them (`crate::openapi`); the e2e
-// tests walk it, so a route missing here goes untested.
-pub fn route_table() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("GET", "/api/v1/health"),
-        ("GET", "/api/v1/sites"),
-        ("POST", "/api/v1/sites/{name}/fence"),
-        ("POST", "/api/v1/sites/{name}/unfence"),
-        ("GET", "/api/v1/vms"),
-        ("GET", "/api/v1/vms/{name}"),
-        ("POST", "/api/v1/vms/{name}/start"),
-        ("POST", "/api/v1/vms/{name}/shutdown"),
-        ("POST", "/api/v1/vms/{name}/stop"),
-        ("GET", "/api/v1/groups"),
-        ("POST", "/api/v1/groups/{name}/run"),
-        ("GET", "/api/v1/points"),
-        ("GET", "/api/v1/points/{id}"),
-        ("POST", "/api/v1/restore"),
-        ("GET", "/api/v1/datastores"),
-        ("POST", "/api/v1/datastores/{name}/verify"),
-        ("POST", "/api/v1/datastores/{name}/prune"),
-        ("POST", "/api/v1/datastores/{name}/gc"),
-        ("POST", "/api/v1/datastores/{name}/sync"),
-        ("GET", "/api/v1/jobs"),
-        ("GET", "/api/v1/jobs/{id}"),
-        ("GET", "/api/v1/jobs/{id}/steps"),
-        ("GET", "/api/v1/events"),
-        ("GET", "/api/v1/events/stream"),
-        ("GET", "/api/v1/probes"),
-        ("GET", "/api/v1/rules"),
-        ("POST", "/api/v1/rules/reload"),
-        ("GET", "/api/v1/alerts"),
-        ("GET", "/api/v1/alerts/{id}"),
-        ("POST", "/api/v1/alerts/{id}/ack"),
-        ("GET", "/api/v1/silences"),
-        ("POST", "/api/v1/silences"),
-        ("DELETE", "/api/v1/silences/{id}"),
-        ("GET", "/api/v1/incidents"),
-        ("POST", "/api/v1/incidents"),
-        ("GET", "/api/v1/incidents/{id}"),
-        ("PATCH", "/api/v1/incidents/{id}"),
-        ("POST", "/api/v1/incidents/{id}/notes"),
-        ("POST", "/api/v1/incidents/{id}/resolve"),
-        ("POST", "/api/v1/incidents/{id}/close"),
-        ("GET", "/api/v1/deliveries"),
-        ("GET", "/api/v1/agents"),
-        ("POST", "/api/v1/agents/{name}/heartbeat"),
-        ("POST", "/api/v1/agents/{name}/results"),
-        ("GET", "/metrics"),
-        ("GET", "/api/v1/services"),
-        ("GET", "/api/v1/services/{name}"),
-        ("POST", "/api/v1/services/{name}/switch"),
-        ("GET", "/api/v1/runbooks"),
-        ("GET", "/api/v1/runbooks/schema"),
-        ("GET", "/api/v1/runbooks/actions"),
-        ("GET", "/api/v1/runbooks/{name}"),
-        ("POST", "/api/v1/runbooks/{name}/run"),
-        ("POST", "/api/v1/runbooks/{name}/webhook"),
-        ("GET", "/api/v1/whoami"),
-        ("GET", "/api/v1/tokens"),
-        ("POST", "/api/v1/tokens"),
-        ("DELETE", "/api/v1/tokens/{id}"),
-        ("GET", "/api/v1/users"),
-        ("POST", "/api/v1/users"),
-        ("DELETE", "/api/v1/users/{name}"),
-        ("POST", "/login"),
-        ("POST", "/logout"),
-    ]
+/// Routes of this module, which the OpenAPI document does not list.
+const OWN_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/whoami"),
+    ("GET", "/api/v1/tokens"),
+    ("POST", "/api/v1/tokens"),
+    ("DELETE", "/api/v1/tokens/{id}"),
+    ("GET", "/api/v1/users"),
+    ("POST", "/api/v1/users"),
+    ("DELETE", "/api/v1/users/{name}"),
+    ("POST", "/login"),
+    ("POST", "/logout"),
+];
+
+/// Every operation of the controller's API: (method, route template).
+/// The OpenAPI document's operations (so a route added to the API is in
+/// it by construction) and this module's own routes; the e2e tests
+/// generate the 401/403/404 matrix from it.
+pub fn route_table() -> Vec<(String, String)> {
+    crate::openapi::operations()
+        .into_iter()
+        .map(|o| (o.method.as_str().to_string(), o.path))
+        .chain(
+            OWN_ROUTES
+                .iter()
+                .map(|(m, p)| (m.to_string(), p.to_string())),
+        )
+        .collect()
 }
 
 /// How a request to `path` (its route template when it matched one,

@@ -124,10 +124,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Viewer {
 
 /// The session's CSRF token, put in the request's extensions by the
 /// authentication layer for cookie sessions.
-// TODO(auth merge): read `crate::auth::Csrf` from the extensions once the
-// auth branch lands it; until then there is no session and no token.
-fn csrf_token(_parts: &Parts) -> String {
-    String::new()
+/// Empty for a bearer-token caller (no cookie, no CSRF to guard against).
+fn csrf_token(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<crate::auth::Csrf>()
+        .map(|c| c.0.clone())
+        .unwrap_or_default()
 }
 
 impl Viewer {
