@@ -263,6 +263,9 @@ pub fn age_series(
     out
 }
 
+/// A named series of (time, value).
+pub type Series = (String, Vec<(DateTime<Utc>, f64)>);
+
 /// A chart scaled into an SVG viewBox of `WIDTH × HEIGHT`.
 pub const WIDTH: f64 = 600.0;
 pub const HEIGHT: f64 = 200.0;
@@ -331,7 +334,7 @@ pub fn nice_max(v: f64) -> f64 {
 /// over `[from, to]`, values from 0 at the bottom to a round maximum at
 /// the top. `dots`: draw a marker at each measurement.
 pub fn chart(
-    input: &[(String, Vec<(DateTime<Utc>, f64)>)],
+    input: &[Series],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     unit: &str,

@@ -280,7 +280,7 @@ async fn dashboard_data(
     let from = oldest
         .max(now - TimeDelta::days(1))
         .min(now - TimeDelta::minutes(1));
-    let age_series: Vec<(String, Vec<(DateTime<Utc>, f64)>)> = vms
+    let age_series: Vec<model::Series> = vms
         .iter()
         .map(|v| {
             let t = times.get(v.name.as_str()).cloned().unwrap_or_default();
@@ -711,11 +711,10 @@ fn job_row(j: Job, now: DateTime<Utc>) -> JobRow {
         id: j.id,
         class: status_class(j.status),
         status: j.status.as_str().to_string(),
-        progress: if j.progress_total > 0 {
-            format!("{}%", (j.progress_done * 100 / j.progress_total).min(100))
-        } else {
-            String::new()
-        },
+        progress: (j.progress_done * 100)
+            .checked_div(j.progress_total)
+            .map(|p| format!("{}%", p.min(100)))
+            .unwrap_or_default(),
         message: j.error.clone().unwrap_or_else(|| j.message.clone()),
         created: when(j.created_at),
         ago: ago(j.created_at, now),
@@ -858,11 +857,10 @@ async fn job_data(ctl: &Arc<Controller>, p: &Principal, id: i64) -> Result<JobPa
     let result = short_json(&j.result, 2000);
     let (mut runbook, mut params, mut incident, mut steps) =
         (String::new(), String::new(), None, Vec::new());
-    let mut percent = if j.progress_total > 0 {
-        (j.progress_done * 100 / j.progress_total).min(100)
-    } else {
-        0
-    };
+    let mut percent = (j.progress_done * 100)
+        .checked_div(j.progress_total)
+        .unwrap_or(0)
+        .min(100);
     if j.kind == "runbook"
         && let Ok(run) = ctl.runbooks.repo().run(id).await
     {
@@ -879,8 +877,8 @@ async fn job_data(ctl: &Arc<Controller>, p: &Principal, id: i64) -> Result<JobPa
             .iter()
             .filter(|s| s.item == -1 && s.state.is_final())
             .count();
-        if declared > 0 {
-            percent = (done * 100 / declared).min(100) as u64;
+        if let Some(p) = (done * 100).checked_div(declared) {
+            percent = p.min(100) as u64;
         }
         steps = rows
             .into_iter()
