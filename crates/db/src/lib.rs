@@ -138,6 +138,11 @@ pub trait Repo: Send + Sync {
     /// Points of one VM or of all, oldest first.
     async fn points(&self, vm: Option<&str>) -> Result<Vec<PointRecord>, DbError>;
     async fn point(&self, id: &str) -> Result<PointRecord, DbError>;
+    /// The VM's newest point (by time), if any: one row, whatever the
+    /// number of points.
+    async fn latest_point(&self, vm: &str) -> Result<Option<PointRecord>, DbError> {
+        Ok(self.points(Some(vm)).await?.pop())
+    }
 
     /// A new job: queued, no progress, result `null`.
     async fn create_job(&self, kind: &str, target: &str) -> Result<Job, DbError>;

@@ -163,6 +163,11 @@ impl SqliteRepo {
             PointFilter::All => ("", None),
             PointFilter::Vm(vm) => ("WHERE p.vm = $1", Some(vm)),
             PointFilter::Id(id) => ("WHERE p.id = $1", Some(id)),
+            PointFilter::LatestOf(vm) => (
+                "WHERE p.id = (SELECT id FROM points WHERE vm = $1 \
+                 ORDER BY time DESC, id DESC LIMIT 1)",
+                Some(vm),
+            ),
         };
         let sql = format!(
             "SELECT p.id, p.vm, p.group_name, p.site, p.time, p.consistency, \
@@ -208,6 +213,8 @@ enum PointFilter<'a> {
     All,
     Vm(&'a str),
     Id(&'a str),
+    /// The newest point of a VM (uses the `points_vm_time` index).
+    LatestOf(&'a str),
 }
 
 const JOB_COLUMNS: &str = "id, kind, target, status, progress_done, progress_total, message, \
@@ -606,6 +613,10 @@ impl Repo for SqliteRepo {
             .await?
             .pop()
             .ok_or_else(|| not_found("point", id))
+    }
+
+    async fn latest_point(&self, vm: &str) -> Result<Option<PointRecord>, DbError> {
+        Ok(self.load_points(PointFilter::LatestOf(vm)).await?.pop())
     }
 
     async fn create_job(&self, kind: &str, target: &str) -> Result<Job, DbError> {

@@ -25,7 +25,7 @@ pub async fn view(ctl: &Controller, name: &str) -> Result<VmView, ServerError> {
         Ok(st) => (st.state.to_string(), st.pid, st.since, st.exit),
         Err(e) => ("unknown".to_string(), None, None, Some(e.to_string())),
     };
-    let last_point = ctl.repo.points(Some(name)).await?.pop();
+    let last_point = ctl.repo.latest_point(name).await?;
     Ok(VmView {
         groups: ctl
             .cfg
