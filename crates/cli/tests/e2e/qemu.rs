@@ -514,7 +514,17 @@ probe = "sip"
         })
     };
     let t = Instant::now();
-    let job = lab.json(&["runbook", "run", "drill", "--param", "site=site1"]);
+    // `hold` keeps the copy up after its probe, so this test can look
+    // inside its namespace before the teardown (no race with it).
+    let job = lab.json(&[
+        "runbook",
+        "run",
+        "drill",
+        "--param",
+        "site=site1",
+        "--param",
+        "hold=20s",
+    ]);
     let job = job["job"].as_i64().expect("a job id");
     // The drill's id is `<job>-<vm>`, its namespace `sbd-<id>`.
     let netns = format!("sbd-{job}-pbx1");
