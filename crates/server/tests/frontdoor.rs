@@ -148,13 +148,30 @@ async fn tcp_site(to: SocketAddr) -> (String, BufReader<TcpStream>) {
     (line.trim().to_string(), r)
 }
 
-fn http() -> reqwest::Client {
+/// A client that authenticates with the admin token the controller wrote
+/// at its first start.
+fn http(srv: &RunningServer) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    let file = srv
+        .ctl
+        .cfg
+        .controller
+        .data_dir
+        .join(standby_server::auth::ADMIN_TOKEN_FILE);
+    let token = std::fs::read_to_string(&file).expect("the bootstrap admin token");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token.trim()).parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 async fn services(srv: &RunningServer) -> Vec<ServiceView> {
-    http()
+    http(srv)
         .get(format!("http://{}/api/v1/services", srv.addr))
         .send()
         .await
@@ -244,7 +261,7 @@ async fn udp_and_tcp_follow_a_switch() {
     assert_eq!(c1.connections_active, 0);
     assert!(c1.bytes_to_clients >= "site1\necho\n".len() as u64 + 7);
     assert_eq!(svc.counters.flows_active, 1);
-    let metrics = http()
+    let metrics = http(&srv)
         .get(format!("http://{}/metrics", srv.addr))
         .send()
         .await
@@ -319,7 +336,7 @@ async fn bad_switches_get_clear_errors() {
         ),
     ];
     for (path, body, status, msg) in cases {
-        let r = http()
+        let r = http(&srv)
             .post(format!("{base}/{path}"))
             .header("content-type", "application/json")
             .body(body)
@@ -333,14 +350,14 @@ async fn bad_switches_get_clear_errors() {
             "{path} {body}: {err}"
         );
     }
-    let r = http().get(format!("{base}/nope")).send().await.unwrap();
+    let r = http(&srv).get(format!("{base}/nope")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
     // Nothing moved.
-    let r = http().get(format!("{base}/svc")).send().await.unwrap();
+    let r = http(&srv).get(format!("{base}/svc")).send().await.unwrap();
     let svc: ServiceView = r.json().await.unwrap();
     assert_eq!(svc.active_site, "site1");
     // A good switch through the API.
-    let r: SwitchResult = http()
+    let r: SwitchResult = http(&srv)
         .post(format!("{base}/svc/switch"))
         .json(&serde_json::json!({"site": "site2"}))
         .send()
