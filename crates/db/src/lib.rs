@@ -86,6 +86,51 @@ pub struct FenceRecord {
     pub reason: String,
 }
 
+/// Which points a page of the catalog holds ([`Repo::point_page`]): every
+/// filter given must match.
+#[derive(Debug, Clone, Default)]
+pub struct PointQuery {
+    /// Only this VM's points.
+    pub vm: Option<String>,
+    /// Only points of these VMs (a tenant's); `None` for every VM.
+    pub vms: Option<Vec<String>>,
+    /// Only points taken at this site.
+    pub site: Option<String>,
+    /// Only points of this protection group.
+    pub group: Option<String>,
+    /// Only points taken at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
+    /// At most this many; 0 for a count alone.
+    pub limit: u32,
+    /// Skip this many first.
+    pub offset: u32,
+}
+
+/// One VM's points in short ([`Repo::point_summary`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPoints {
+    pub vm: String,
+    pub count: u64,
+    /// The newest point's time and disk size.
+    pub newest: DateTime<Utc>,
+    pub newest_size: u64,
+    /// Bytes the VM's points added to their datastores.
+    pub new_bytes: u64,
+}
+
+/// How many points of a VM and group (`group` as recorded on the point)
+/// exist, and how many of them a datastore holds ([`Repo::copy_counts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyCount {
+    pub vm: String,
+    pub group: Option<String>,
+    /// `None`: the number of points; `Some(ds)`: of copies in `ds`.
+    pub datastore: Option<String>,
+    pub count: u64,
+}
+
 /// The control-plane state, independent of the database behind it.
 #[async_trait::async_trait]
 pub trait Repo: Send + Sync {
@@ -138,6 +183,25 @@ pub trait Repo: Send + Sync {
     /// Points of one VM or of all, oldest first.
     async fn points(&self, vm: Option<&str>) -> Result<Vec<PointRecord>, DbError>;
     async fn point(&self, id: &str) -> Result<PointRecord, DbError>;
+    /// One page of the points matching `q` and the number of matches;
+    /// filtered, ordered and cut in the database, so a page costs the
+    /// same with a hundred points or a million.
+    async fn point_page(&self, q: &PointQuery) -> Result<(Vec<PointRecord>, u64), DbError>;
+    /// Per VM with points: how many, the newest one's time and size, and
+    /// the bytes they added; by VM name. One aggregate query.
+    async fn point_summary(&self) -> Result<Vec<VmPoints>, DbError>;
+    /// Points and copies per (VM, group, datastore): what sync progress is
+    /// computed from without reading each point.
+    async fn copy_counts(&self) -> Result<Vec<CopyCount>, DbError>;
+    /// The times of the points of `vms` taken at or after `since`, oldest
+    /// first, as (VM, time).
+    async fn point_times(
+        &self,
+        vms: &[String],
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, DbError>;
+    /// The VM of each of these points that exists.
+    async fn point_vms(&self, ids: &[String]) -> Result<Vec<(String, String)>, DbError>;
     /// The VM's newest point (by time), if any: one row, whatever the
     /// number of points.
     async fn latest_point(&self, vm: &str) -> Result<Option<PointRecord>, DbError> {

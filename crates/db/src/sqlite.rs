@@ -17,7 +17,7 @@ use standby_types::model::{
 };
 
 use crate::error::query;
-use crate::{DbError, FenceRecord, INTERRUPTED, Repo};
+use crate::{CopyCount, DbError, FenceRecord, INTERRUPTED, PointQuery, Repo, VmPoints};
 
 mod auth;
 mod runbook;
@@ -169,10 +169,7 @@ impl SqliteRepo {
                 Some(vm),
             ),
         };
-        let sql = format!(
-            "SELECT p.id, p.vm, p.group_name, p.site, p.time, p.consistency, \
-             p.size, p.bytes_read, p.bytes_new FROM points p {cond} ORDER BY p.time, p.id"
-        );
+        let sql = format!("SELECT {POINT_COLUMNS} FROM points p {cond} ORDER BY p.time, p.id");
         let rows = with_key(&sql, value)
             .fetch_all(&self.pool)
             .await
@@ -182,30 +179,97 @@ impl SqliteRepo {
              JOIN points p ON p.id = c.point_id {cond} \
              ORDER BY c.point_id, c.position"
         );
-        let mut copies = lists(
+        let copies = lists(
             with_key(&sql, value)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(query("list point copies"))?,
         )?;
-        rows.iter()
-            .map(|r| {
-                let id: String = get(r, "id")?;
-                Ok(PointRecord {
-                    vm: get(r, "vm")?,
-                    group: get(r, "group_name")?,
-                    site: get(r, "site")?,
-                    time: time(r, "time")?,
-                    consistency: get(r, "consistency")?,
-                    size: uint(r, "size")?,
-                    bytes_read: uint(r, "bytes_read")?,
-                    bytes_new: uint(r, "bytes_new")?,
-                    copies: copies.remove(&id).unwrap_or_default(),
-                    id,
-                })
-            })
-            .collect()
+        point_records(&rows, copies)
     }
+
+    /// The copies of these points, in their order, by point id.
+    async fn copies_of(&self, ids: &[String]) -> Result<HashMap<String, Vec<String>>, DbError> {
+        let ids = json_list(ids)?;
+        lists(
+            sqlx::query(
+                "SELECT point_id, datastore FROM point_copies \
+                 WHERE point_id IN (SELECT value FROM json_each($1)) \
+                 ORDER BY point_id, position",
+            )
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("list point copies"))?,
+        )
+    }
+}
+
+/// `WHERE ...` for the filters of a point query (none: nothing).
+fn push_point_filter(
+    qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>,
+    q: &PointQuery,
+) -> Result<(), DbError> {
+    let mut sep = " WHERE ";
+    if let Some(vm) = &q.vm {
+        qb.push(sep).push("p.vm = ").push_bind(vm.clone());
+        sep = " AND ";
+    }
+    if let Some(vms) = &q.vms {
+        qb.push(sep)
+            .push("p.vm IN (SELECT value FROM json_each(")
+            .push_bind(json_list(vms)?)
+            .push("))");
+        sep = " AND ";
+    }
+    if let Some(site) = &q.site {
+        qb.push(sep).push("p.site = ").push_bind(site.clone());
+        sep = " AND ";
+    }
+    if let Some(group) = &q.group {
+        qb.push(sep)
+            .push("p.group_name = ")
+            .push_bind(group.clone());
+        sep = " AND ";
+    }
+    if let Some(since) = q.since {
+        qb.push(sep).push("p.time >= ").push_bind(ts(since));
+    }
+    Ok(())
+}
+
+/// A list of names as a JSON array, for `IN (SELECT value FROM json_each($n))`.
+fn json_list(items: &[String]) -> Result<String, DbError> {
+    serde_json::to_string(items).map_err(|e| DbError::Value {
+        what: "name list".into(),
+        message: e.to_string(),
+    })
+}
+
+const POINT_COLUMNS: &str = "p.id, p.vm, p.group_name, p.site, p.time, p.consistency, \
+     p.size, p.bytes_read, p.bytes_new";
+
+fn point_records(
+    rows: &[SqliteRow],
+    mut copies: HashMap<String, Vec<String>>,
+) -> Result<Vec<PointRecord>, DbError> {
+    rows.iter()
+        .map(|r| {
+            let id: String = get(r, "id")?;
+            Ok(PointRecord {
+                vm: get(r, "vm")?,
+                group: get(r, "group_name")?,
+                site: get(r, "site")?,
+                time: time(r, "time")?,
+                consistency: get(r, "consistency")?,
+                size: uint(r, "size")?,
+                bytes_read: uint(r, "bytes_read")?,
+                bytes_new: uint(r, "bytes_new")?,
+                copies: copies.remove(&id).unwrap_or_default(),
+                id,
+            })
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy)]
@@ -617,6 +681,120 @@ impl Repo for SqliteRepo {
 
     async fn latest_point(&self, vm: &str) -> Result<Option<PointRecord>, DbError> {
         Ok(self.load_points(PointFilter::LatestOf(vm)).await?.pop())
+    }
+
+    async fn point_page(&self, q: &PointQuery) -> Result<(Vec<PointRecord>, u64), DbError> {
+        let mut qb = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM points p");
+        push_point_filter(&mut qb, q)?;
+        let total: i64 = qb
+            .build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query("count points"))?;
+        let total = u64::try_from(total).unwrap_or_default();
+        if q.limit == 0 || u64::from(q.offset) >= total {
+            return Ok((Vec::new(), total));
+        }
+        let mut qb = sqlx::QueryBuilder::new(format!("SELECT {POINT_COLUMNS} FROM points p"));
+        push_point_filter(&mut qb, q)?;
+        qb.push(if q.newest_first {
+            " ORDER BY p.time DESC, p.id DESC"
+        } else {
+            " ORDER BY p.time, p.id"
+        });
+        qb.push(" LIMIT ")
+            .push_bind(i64::from(q.limit))
+            .push(" OFFSET ")
+            .push_bind(i64::from(q.offset));
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("list points"))?;
+        let ids = rows
+            .iter()
+            .map(|r| get::<String>(r, "id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let copies = self.copies_of(&ids).await?;
+        Ok((point_records(&rows, copies)?, total))
+    }
+
+    async fn point_summary(&self) -> Result<Vec<VmPoints>, DbError> {
+        // SQLite: the bare column `size` comes from the row holding MAX(time).
+        let rows = sqlx::query(
+            "SELECT vm, COUNT(*) AS n, MAX(time) AS newest, size, \
+             SUM(bytes_new) AS added FROM points GROUP BY vm ORDER BY vm",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("summarize points"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(VmPoints {
+                    vm: get(r, "vm")?,
+                    count: uint(r, "n")?,
+                    newest: time(r, "newest")?,
+                    newest_size: uint(r, "size")?,
+                    new_bytes: uint(r, "added")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn copy_counts(&self) -> Result<Vec<CopyCount>, DbError> {
+        let rows = sqlx::query(
+            "SELECT vm, group_name, NULL AS datastore, COUNT(*) AS n FROM points \
+             GROUP BY vm, group_name \
+             UNION ALL \
+             SELECT p.vm, p.group_name, c.datastore, COUNT(*) AS n \
+             FROM point_copies c JOIN points p ON p.id = c.point_id \
+             GROUP BY p.vm, p.group_name, c.datastore",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("count point copies"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(CopyCount {
+                    vm: get(r, "vm")?,
+                    group: get(r, "group_name")?,
+                    datastore: get(r, "datastore")?,
+                    count: uint(r, "n")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn point_times(
+        &self,
+        vms: &[String],
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT vm, time FROM points \
+             WHERE vm IN (SELECT value FROM json_each($1)) AND time >= $2 ORDER BY time, id",
+        )
+        .bind(json_list(vms)?)
+        .bind(ts(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("list point times"))?;
+        rows.iter()
+            .map(|r| Ok((get(r, "vm")?, time(r, "time")?)))
+            .collect()
+    }
+
+    async fn point_vms(&self, ids: &[String]) -> Result<Vec<(String, String)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, vm FROM points WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id",
+        )
+        .bind(json_list(ids)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("look up points"))?;
+        rows.iter()
+            .map(|r| Ok((get(r, "id")?, get(r, "vm")?)))
+            .collect()
     }
 
     async fn create_job(&self, kind: &str, target: &str) -> Result<Job, DbError> {

@@ -6,7 +6,7 @@ use standby_types::config::{Config, EXAMPLE};
 use standby_types::model::{DiskRecord, HostRecord, JobStatus, PointRecord, SiteRecord};
 
 use super::SqliteRepo;
-use crate::{DbError, INTERRUPTED, Repo};
+use crate::{CopyCount, DbError, INTERRUPTED, PointQuery, Repo, VmPoints};
 
 fn config(src: &str) -> Config {
     Config::parse(src, Path::new("standby.toml")).expect("test config is valid")
@@ -363,6 +363,187 @@ async fn points_are_listed_oldest_first_and_by_vm() {
         vec![older, newer, no_group]
     );
     assert!(repo.points(Some("pbx9")).await.unwrap().is_empty());
+}
+
+/// 3 VMs × 20 points at two sites, in two groups and none, with one,
+/// two or no copies.
+async fn catalog() -> (SqliteRepo, Vec<PointRecord>) {
+    let repo = SqliteRepo::open_in_memory().await.unwrap();
+    repo.apply_config(&two_vm_config()).await.unwrap();
+    let mut all = Vec::new();
+    for (n, vm) in ["pbx1", "pbx2", "pbx3"].iter().enumerate() {
+        for i in 0..20i64 {
+            let copies: &[&str] = match i % 3 {
+                0 => &["site1-store"],
+                1 => &["site1-store", "site2-store"],
+                _ => &["site2-store"],
+            };
+            let mut p = point(vm, i * 10 + n as i64, copies);
+            p.site = if i % 2 == 0 { "site1" } else { "site2" }.into();
+            p.group = match i % 4 {
+                0 => None,
+                1 => Some("silver".into()),
+                _ => Some("gold".into()),
+            };
+            p.size = (i as u64 + 1) << 20;
+            p.bytes_new = i as u64;
+            repo.insert_point(&p).await.unwrap();
+            all.push(p);
+        }
+    }
+    all.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+    (repo, all)
+}
+
+#[tokio::test]
+async fn a_page_of_points_is_what_filtering_the_whole_catalog_gives() {
+    let (repo, all) = catalog().await;
+    let since = all[17].time;
+    let queries = [
+        PointQuery {
+            limit: 7,
+            ..PointQuery::default()
+        },
+        PointQuery {
+            limit: 7,
+            offset: 50,
+            ..PointQuery::default()
+        },
+        PointQuery {
+            limit: 100,
+            offset: 60,
+            ..PointQuery::default()
+        },
+        PointQuery {
+            vm: Some("pbx2".into()),
+            limit: 5,
+            offset: 3,
+            ..PointQuery::default()
+        },
+        PointQuery {
+            vms: Some(vec!["pbx1".into(), "pbx3".into()]),
+            limit: 1000,
+            ..PointQuery::default()
+        },
+        PointQuery {
+            vms: Some(vec![]),
+            limit: 10,
+            ..PointQuery::default()
+        },
+        PointQuery {
+            site: Some("site2".into()),
+            group: Some("gold".into()),
+            limit: 1000,
+            ..PointQuery::default()
+        },
+        PointQuery {
+            since: Some(since),
+            limit: 4,
+            offset: 2,
+            newest_first: true,
+            ..PointQuery::default()
+        },
+        PointQuery {
+            vm: Some("pbx1".into()),
+            vms: Some(vec!["pbx2".into()]),
+            limit: 10,
+            ..PointQuery::default()
+        },
+        PointQuery {
+            vm: Some("pbx3".into()),
+            limit: 0,
+            ..PointQuery::default()
+        },
+    ];
+    for q in &queries {
+        let mut want: Vec<&PointRecord> = all
+            .iter()
+            .filter(|p| q.vm.as_ref().is_none_or(|v| &p.vm == v))
+            .filter(|p| q.vms.as_ref().is_none_or(|v| v.contains(&p.vm)))
+            .filter(|p| q.site.as_ref().is_none_or(|s| &p.site == s))
+            .filter(|p| q.group.is_none() || p.group == q.group)
+            .filter(|p| q.since.is_none_or(|t| p.time >= t))
+            .collect();
+        let total = want.len() as u64;
+        if q.newest_first {
+            want.reverse();
+        }
+        let want: Vec<PointRecord> = want
+            .into_iter()
+            .skip(q.offset as usize)
+            .take(q.limit as usize)
+            .cloned()
+            .collect();
+        let (got, got_total) = repo.point_page(q).await.unwrap();
+        assert_eq!(got_total, total, "{q:?}");
+        assert_eq!(got, want, "{q:?}");
+    }
+}
+
+#[tokio::test]
+async fn point_summary_and_copy_counts_agree_with_the_catalog() {
+    let (repo, all) = catalog().await;
+    let summary = repo.point_summary().await.unwrap();
+    let mut want = Vec::new();
+    for vm in ["pbx1", "pbx2", "pbx3"] {
+        let mine: Vec<&PointRecord> = all.iter().filter(|p| p.vm == vm).collect();
+        let newest = mine.last().unwrap();
+        want.push(VmPoints {
+            vm: vm.into(),
+            count: mine.len() as u64,
+            newest: newest.time,
+            newest_size: newest.size,
+            new_bytes: mine.iter().map(|p| p.bytes_new).sum(),
+        });
+    }
+    assert_eq!(summary, want);
+
+    let mut counts = repo.copy_counts().await.unwrap();
+    counts.sort_by(|a, b| (&a.vm, &a.group, &a.datastore).cmp(&(&b.vm, &b.group, &b.datastore)));
+    let mut want: std::collections::BTreeMap<(String, Option<String>, Option<String>), u64> =
+        Default::default();
+    for p in &all {
+        *want
+            .entry((p.vm.clone(), p.group.clone(), None))
+            .or_default() += 1;
+        for c in &p.copies {
+            *want
+                .entry((p.vm.clone(), p.group.clone(), Some(c.clone())))
+                .or_default() += 1;
+        }
+    }
+    let want: Vec<CopyCount> = want
+        .into_iter()
+        .map(|((vm, group, datastore), count)| CopyCount {
+            vm,
+            group,
+            datastore,
+            count,
+        })
+        .collect();
+    assert_eq!(counts, want);
+
+    let since = all[30].time;
+    let vms = vec!["pbx1".to_string(), "pbx3".to_string()];
+    let times = repo.point_times(&vms, since).await.unwrap();
+    let want: Vec<(String, DateTime<Utc>)> = all
+        .iter()
+        .filter(|p| vms.contains(&p.vm) && p.time >= since)
+        .map(|p| (p.vm.clone(), p.time))
+        .collect();
+    assert_eq!(times, want);
+
+    let ids = vec![
+        all[3].id.clone(),
+        "pbx1@never".to_string(),
+        all[40].id.clone(),
+    ];
+    let mut want = vec![
+        (all[3].id.clone(), all[3].vm.clone()),
+        (all[40].id.clone(), all[40].vm.clone()),
+    ];
+    want.sort();
+    assert_eq!(repo.point_vms(&ids).await.unwrap(), want);
 }
 
 #[tokio::test]
