@@ -183,6 +183,15 @@ pub trait Repo: Send + Sync {
     /// Points of one VM or of all, oldest first.
     async fn points(&self, vm: Option<&str>) -> Result<Vec<PointRecord>, DbError>;
     async fn point(&self, id: &str) -> Result<PointRecord, DbError>;
+    /// The newest point of each of these VMs that has one, by VM name:
+    /// one indexed lookup per VM, in one query.
+    async fn latest_points(&self, vms: &[String]) -> Result<Vec<PointRecord>, DbError>;
+    /// The time of the newest point of each of these VMs that has one, by
+    /// VM name: an index seek per VM.
+    async fn newest_point_times(
+        &self,
+        vms: &[String],
+    ) -> Result<Vec<(String, DateTime<Utc>)>, DbError>;
     /// One page of the points matching `q` and the number of matches;
     /// filtered, ordered and cut in the database, so a page costs the
     /// same with a hundred points or a million.

@@ -683,6 +683,42 @@ impl Repo for SqliteRepo {
         Ok(self.load_points(PointFilter::LatestOf(vm)).await?.pop())
     }
 
+    async fn latest_points(&self, vms: &[String]) -> Result<Vec<PointRecord>, DbError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {POINT_COLUMNS} FROM points p WHERE p.id IN \
+             (SELECT (SELECT id FROM points WHERE vm = v.value ORDER BY time DESC, id DESC LIMIT 1) \
+              FROM json_each($1) v) ORDER BY p.vm"
+        ))
+        .bind(json_list(vms)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("list the newest points"))?;
+        let ids = rows
+            .iter()
+            .map(|r| get::<String>(r, "id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let copies = self.copies_of(&ids).await?;
+        point_records(&rows, copies)
+    }
+
+    async fn newest_point_times(
+        &self,
+        vms: &[String],
+    ) -> Result<Vec<(String, DateTime<Utc>)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT vm, newest FROM (SELECT v.value AS vm, \
+             (SELECT MAX(time) FROM points WHERE vm = v.value) AS newest \
+             FROM json_each($1) v) WHERE newest IS NOT NULL ORDER BY vm",
+        )
+        .bind(json_list(vms)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("read the newest point times"))?;
+        rows.iter()
+            .map(|r| Ok((get(r, "vm")?, time(r, "newest")?)))
+            .collect()
+    }
+
     async fn point_page(&self, q: &PointQuery) -> Result<(Vec<PointRecord>, u64), DbError> {
         let mut qb = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM points p");
         push_point_filter(&mut qb, q)?;

@@ -377,7 +377,7 @@ async fn vms(
     ApiQuery(q): ApiQuery<VmParams>,
 ) -> ListResult<VmView> {
     let page = Page::new(q.limit, q.offset)?;
-    let names: Vec<String> = ctl
+    let records: Vec<_> = ctl
         .repo
         .vms()
         .await?
@@ -389,15 +389,10 @@ async fn vms(
                 .as_ref()
                 .is_none_or(|g| ctl.cfg.groups_of(&v.name).contains(&g.as_str()))
         })
-        .map(|v| v.name)
         .collect();
-    let listed = page.of(names);
-    let mut items = Vec::with_capacity(listed.items.len());
-    for name in &listed.items {
-        items.push(vms::view(&ctl, name).await?);
-    }
+    let listed = page.of(records);
     Ok(Listed {
-        items,
+        items: vms::views(&ctl, listed.items).await?,
         total: listed.total,
     })
 }
@@ -525,17 +520,32 @@ async fn points(
         check_vm(&ctl, &who, vm)?;
         ctl.repo.vm(vm).await?;
     }
-    let all: Vec<PointRecord> = ctl
+    // A tenant's user: only the points of their VMs.
+    let vms = who.tenant.is_some().then(|| {
+        ctl.cfg
+            .vms
+            .keys()
+            .filter(|v| who.sees(ctl.cfg.tenant_of_vm(v)))
+            .cloned()
+            .collect()
+    });
+    let (items, total) = ctl
         .repo
-        .points(q.vm.as_deref())
-        .await?
-        .into_iter()
-        .filter(|p| who.sees(ctl.cfg.tenant_of_vm(&p.vm)))
-        .filter(|p| q.site.as_ref().is_none_or(|s| &p.site == s))
-        .filter(|p| q.group.is_none() || p.group == q.group)
-        .filter(|p| since.is_none_or(|t| p.time >= t))
-        .collect();
-    Ok(page.of(all))
+        .point_page(&standby_db::PointQuery {
+            vm: q.vm,
+            vms,
+            site: q.site,
+            group: q.group,
+            since,
+            newest_first: false,
+            limit: page.limit as u32,
+            offset: page.offset as u32,
+        })
+        .await?;
+    Ok(Listed {
+        items,
+        total: total as usize,
+    })
 }
 
 /// One recovery point.

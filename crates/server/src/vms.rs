@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use standby_hv::VmStatus;
 use standby_types::api::VmView;
-use standby_types::model::VmRecord;
+use standby_types::model::{PointRecord, VmRecord};
 
 use crate::controller::Controller;
 use crate::error::ServerError;
@@ -21,11 +21,39 @@ use crate::error::ServerError;
 /// The VM's record, live state, groups and newest point.
 pub async fn view(ctl: &Controller, name: &str) -> Result<VmView, ServerError> {
     let record = ctl.repo.vm(name).await?;
+    let last_point = ctl.repo.latest_point(name).await?;
+    view_of(ctl, record, last_point).await
+}
+
+/// The views of these VMs, in their order: their newest points come from
+/// one query.
+pub async fn views(ctl: &Controller, records: Vec<VmRecord>) -> Result<Vec<VmView>, ServerError> {
+    let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
+    let mut latest: std::collections::HashMap<String, PointRecord> = ctl
+        .repo
+        .latest_points(&names)
+        .await?
+        .into_iter()
+        .map(|p| (p.vm.clone(), p))
+        .collect();
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        let last_point = latest.remove(&record.name);
+        out.push(view_of(ctl, record, last_point).await?);
+    }
+    Ok(out)
+}
+
+async fn view_of(
+    ctl: &Controller,
+    record: VmRecord,
+    last_point: Option<PointRecord>,
+) -> Result<VmView, ServerError> {
+    let name = record.name.as_str();
     let (state, pid, since, exit) = match ctl.agent(&record.active_host)?.status(name).await {
         Ok(st) => (st.state.to_string(), st.pid, st.since, st.exit),
         Err(e) => ("unknown".to_string(), None, None, Some(e.to_string())),
     };
-    let last_point = ctl.repo.latest_point(name).await?;
     Ok(VmView {
         groups: ctl
             .cfg
@@ -52,7 +80,7 @@ pub async fn start(ctl: &Controller, name: &str) -> Result<VmStatus, ServerError
     ensure_single_copy(ctl, &rec, &rec.active_host, false).await?;
     let agent = ctl.agent(&rec.active_host)?;
     let spec = agent.spec(&ctl.cfg, name)?;
-    let never_protected = ctl.repo.points(Some(name)).await?.is_empty();
+    let never_protected = ctl.repo.latest_point(name).await?.is_none();
     if rec.active_site == rec.home_site && never_protected {
         agent.provision_disks(&spec).await?;
     } else if let Some(d) = agent.missing_disks(&spec).await?.first() {

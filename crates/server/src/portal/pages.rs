@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use standby_db::AlertQuery;
-use standby_types::model::{Job, JobStatus};
+use standby_types::model::{Job, JobStatus, VmRecord};
 use standby_types::watch::{Alert, AlertState, IncidentState};
 
 use super::model::{self, Chart, Measure};
@@ -135,6 +135,22 @@ struct ServiceRow {
     switched: String,
 }
 
+/// At most this many VMs in the dashboard's protection table, the worst
+/// first; the summary above it counts them all.
+const DASHBOARD_VMS: usize = 20;
+/// At most this many VMs (the first of the table) in the point-age chart.
+const CHART_VMS: usize = 6;
+
+/// How many of the visible VMs meet their RPO target.
+#[derive(Default)]
+struct ProtectionSummary {
+    total: usize,
+    met: usize,
+    missed: usize,
+    no_point: usize,
+    no_target: usize,
+}
+
 struct VmRow {
     name: String,
     site: String,
@@ -180,6 +196,7 @@ struct Dashboard {
     sites: Vec<SiteRow>,
     services: Vec<ServiceRow>,
     vms: Vec<VmRow>,
+    summary: ProtectionSummary,
     alerts: Vec<AlertRow>,
     jobs: Vec<JobRow>,
     age_chart: Chart,
@@ -248,21 +265,59 @@ async fn dashboard_data(
             site: view.active_site,
         });
     }
-    let points = ctl.repo.points(None).await?;
-    let mut times: BTreeMap<&str, Vec<DateTime<Utc>>> = BTreeMap::new();
-    for pt in &points {
-        times.entry(pt.vm.as_str()).or_default().push(pt.time);
+    // Protection: the newest point of each visible VM (an index seek
+    // each), the worst first; the table shows the first DASHBOARD_VMS.
+    let visible: Vec<&VmRecord> = records
+        .iter()
+        .filter(|r| p.sees(cfg.tenant_of_vm(&r.name)))
+        .collect();
+    let names: Vec<String> = visible.iter().map(|r| r.name.clone()).collect();
+    let newest: HashMap<String, DateTime<Utc>> = ctl
+        .repo
+        .newest_point_times(&names)
+        .await?
+        .into_iter()
+        .collect();
+    let mut rated: Vec<(
+        &VmRecord,
+        Option<DateTime<Utc>>,
+        Option<Duration>,
+        model::RpoStatus,
+    )> = visible
+        .into_iter()
+        .map(|r| {
+            let t = newest.get(&r.name).copied();
+            let target = model::rpo_target_of(cfg, &r.name);
+            (r, t, target, model::rpo_status(t, target, now))
+        })
+        .collect();
+    let mut summary = ProtectionSummary {
+        total: rated.len(),
+        ..ProtectionSummary::default()
+    };
+    for (_, _, _, status) in &rated {
+        match status {
+            model::RpoStatus::Met => summary.met += 1,
+            model::RpoStatus::Missed => summary.missed += 1,
+            model::RpoStatus::NoPoint => summary.no_point += 1,
+            model::RpoStatus::NoTarget => summary.no_target += 1,
+        }
     }
+    // Missed, then never protected, then the rest; older points first.
+    rated.sort_by_key(|(r, t, _, status)| {
+        let rank = match status {
+            model::RpoStatus::Missed => 0,
+            model::RpoStatus::NoPoint => 1,
+            model::RpoStatus::Met => 2,
+            model::RpoStatus::NoTarget => 3,
+        };
+        (rank, *t, r.name.clone())
+    });
+    rated.truncate(DASHBOARD_VMS);
     let mut vms = Vec::new();
-    for r in records.iter().filter(|r| p.sees(cfg.tenant_of_vm(&r.name))) {
-        let newest = times
-            .get(r.name.as_str())
-            .and_then(|t| t.iter().max())
-            .copied();
-        let target = model::rpo_target_of(cfg, &r.name);
-        let status = model::rpo_status(newest, target, now);
+    for (r, newest, target, status) in &rated {
         vms.push(VmRow {
-            state: vm_state(ctl, &r.name).await,
+            state: vm_state(ctl, r).await,
             name: r.name.clone(),
             site: r.active_site.clone(),
             newest: newest.map(when).unwrap_or_default(),
@@ -274,17 +329,35 @@ async fn dashboard_data(
             rpo: status.label(),
         });
     }
-    // Point age over the span of the points (at least the last minute,
-    // at most a day).
-    let oldest = points.iter().map(|p| p.time).min().unwrap_or(now);
+    // Point age over the last day (at least the last minute) of the
+    // first CHART_VMS VMs of the table.
+    let charted: Vec<String> = vms.iter().take(CHART_VMS).map(|v| v.name.clone()).collect();
+    let mut times: BTreeMap<String, Vec<DateTime<Utc>>> = BTreeMap::new();
+    for (vm, t) in ctl
+        .repo
+        .point_times(&charted, now - TimeDelta::days(1))
+        .await?
+    {
+        times.entry(vm).or_default().push(t);
+    }
+    // A VM with no point in the window carries its newest one in.
+    for vm in &charted {
+        if let Some(t) = newest.get(vm) {
+            let ts = times.entry(vm.clone()).or_default();
+            if !ts.contains(t) {
+                ts.push(*t);
+            }
+        }
+    }
+    let oldest = times.values().flatten().min().copied().unwrap_or(now);
     let from = oldest
         .max(now - TimeDelta::days(1))
         .min(now - TimeDelta::minutes(1));
-    let age_series: Vec<model::Series> = vms
+    let age_series: Vec<model::Series> = charted
         .iter()
-        .map(|v| {
-            let t = times.get(v.name.as_str()).cloned().unwrap_or_default();
-            (v.name.clone(), model::age_series(&t, from, now))
+        .map(|vm| {
+            let t = times.get(vm).cloned().unwrap_or_default();
+            (vm.clone(), model::age_series(&t, from, now))
         })
         .collect();
     let age_chart = model::chart(&age_series, from, now, "seconds", false);
@@ -298,6 +371,7 @@ async fn dashboard_data(
         sites,
         services,
         vms,
+        summary,
         alerts,
         jobs,
         age_chart,
@@ -307,10 +381,14 @@ async fn dashboard_data(
     })
 }
 
-/// The VM's state from its agent, `unknown` if it does not answer soon.
-async fn vm_state(ctl: &Arc<Controller>, vm: &str) -> String {
-    match tokio::time::timeout(Duration::from_secs(2), crate::vms::view(ctl, vm)).await {
-        Ok(Ok(v)) => v.state,
+/// The VM's state from the agent of its active host, `unknown` if it
+/// does not answer soon.
+async fn vm_state(ctl: &Arc<Controller>, r: &VmRecord) -> String {
+    let Ok(agent) = ctl.agent(&r.active_host) else {
+        return "unknown".into();
+    };
+    match tokio::time::timeout(Duration::from_secs(2), agent.status(&r.name)).await {
+        Ok(Ok(st)) => st.state.to_string(),
         _ => "unknown".into(),
     }
 }
@@ -771,15 +849,11 @@ async fn job_visible(
     } else {
         Value::Null
     };
-    if j.kind == "restore" && point_vms.is_none() {
-        *point_vms = Some(
-            ctl.repo
-                .points(None)
-                .await?
-                .into_iter()
-                .map(|p| (p.id, p.vm))
-                .collect(),
-        );
+    if j.kind == "restore" {
+        let known = point_vms.get_or_insert_default();
+        if !known.contains_key(&j.target) {
+            known.extend(ctl.repo.point_vms(std::slice::from_ref(&j.target)).await?);
+        }
     }
     let map = point_vms.as_ref();
     let owner = model::owner_of_job(&ctl.cfg, &j.kind, &j.target, &params, |id| {
@@ -1092,7 +1166,7 @@ async fn vm_data(
     Ok(VmPage {
         can_act: v.can_act(),
         operators: p.tenant.is_none(),
-        state: vm_state(ctl, name).await,
+        state: vm_state(ctl, &r).await,
         home: r.home_site.clone(),
         dr_site: r.dr_site.clone().unwrap_or_else(|| "–".into()),
         move_sites: cfg

@@ -30,8 +30,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use standby_db::EventQuery;
-use standby_types::model::{JobStatus, PointRecord};
+use standby_db::{CopyCount, EventQuery, VmPoints};
+use standby_types::model::JobStatus;
 use standby_types::watch::{AlertState, IncidentState};
 
 use crate::controller::Controller;
@@ -133,8 +133,9 @@ pub async fn render(ctl: &Arc<Controller>) -> Result<String, ServerError> {
     reg.register("standby_incidents", "Open incidents by state", incidents);
 
     let now = Utc::now();
-    let points = ctl.repo.points(None).await?;
-    register_points(&mut reg, ctl, &points, now);
+    let summary = ctl.repo.point_summary().await?;
+    let copies = ctl.repo.copy_counts().await?;
+    register_points(&mut reg, ctl, &summary, &copies, now);
 
     let jobs = fam();
     for (kind, status, n) in ctl.repo.job_counts().await? {
@@ -164,27 +165,24 @@ pub async fn render(ctl: &Arc<Controller>) -> Result<String, ServerError> {
     Ok(out)
 }
 
-/// Points, sync and RPO, from one read of the point catalog.
+/// Points, sync and RPO, from the catalog's aggregates (never a read of
+/// every point).
 fn register_points(
     reg: &mut Registry,
     ctl: &Controller,
-    points: &[PointRecord],
+    summary: &[VmPoints],
+    counts: &[CopyCount],
     now: chrono::DateTime<Utc>,
 ) {
-    // Catalog order is by time: the last one seen per VM is its newest.
-    let mut by_vm: HashMap<&str, (u64, &PointRecord, u64)> = HashMap::new();
-    for p in points {
-        let e = by_vm.entry(p.vm.as_str()).or_insert((0, p, 0));
-        e.0 += 1;
-        e.1 = p;
-        e.2 += p.bytes_new;
-    }
+    let by_vm: HashMap<&str, &VmPoints> = summary.iter().map(|s| (s.vm.as_str(), s)).collect();
     let (count, newest_bytes, new_bytes) = (fam(), fam(), fam());
-    for (vm, (n, newest, added)) in &by_vm {
-        let labels = l(&[("vm", vm)]);
-        count.get_or_create(&labels).set(*n as f64);
-        newest_bytes.get_or_create(&labels).set(newest.size as f64);
-        new_bytes.get_or_create(&labels).set(*added as f64);
+    for s in summary {
+        let labels = l(&[("vm", &s.vm)]);
+        count.get_or_create(&labels).set(s.count as f64);
+        newest_bytes
+            .get_or_create(&labels)
+            .set(s.newest_size as f64);
+        new_bytes.get_or_create(&labels).set(s.new_bytes as f64);
     }
     reg.register("standby_points", "Recovery points per VM", count);
     reg.register(
@@ -209,7 +207,7 @@ fn register_points(
             let labels = l(&[("group", gname), ("vm", vm)]);
             let age_s = by_vm
                 .get(vm.as_str())
-                .map(|(_, p, _)| (now - p.time).num_milliseconds() as f64 / 1000.0);
+                .map(|s| (now - s.newest).num_milliseconds() as f64 / 1000.0);
             if let Some(a) = age_s {
                 age.get_or_create(&labels).set(a);
             }
@@ -242,16 +240,16 @@ fn register_points(
     );
 
     // Sync: a point is due at every datastore of its group (of every
-    // group of its VM when it names none).
+    // group of its VM when it names none); it is done where a copy is.
     let mut sync: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for ds in ctl.cfg.datastores.keys() {
         sync.insert((ds.as_str(), "done"), 0);
         sync.insert((ds.as_str(), "pending"), 0);
     }
-    for p in points {
-        let groups: Vec<&str> = match &p.group {
+    let due_at = |vm: &str, group: &Option<String>| -> Vec<&str> {
+        let groups: Vec<&str> = match group {
             Some(g) if ctl.cfg.groups.contains_key(g) => vec![g.as_str()],
-            _ => ctl.cfg.groups_of(&p.vm),
+            _ => ctl.cfg.groups_of(vm),
         };
         let mut due: Vec<&str> = groups
             .iter()
@@ -260,13 +258,26 @@ fn register_points(
             .collect();
         due.sort_unstable();
         due.dedup();
-        for ds in due {
-            let state = if p.copies.iter().any(|c| c == ds) {
-                "done"
-            } else {
-                "pending"
-            };
-            *sync.entry((ds, state)).or_default() += 1;
+        due
+    };
+    // Every due copy starts pending; each copy held moves one to done.
+    let (totals, held): (Vec<&CopyCount>, Vec<&CopyCount>) =
+        counts.iter().partition(|c| c.datastore.is_none());
+    for c in totals.into_iter().chain(held) {
+        let due = due_at(&c.vm, &c.group);
+        match &c.datastore {
+            None => {
+                for ds in due {
+                    *sync.entry((ds, "pending")).or_default() += c.count;
+                }
+            }
+            Some(ds) => {
+                if let Some(ds) = due.into_iter().find(|d| d == ds) {
+                    *sync.entry((ds, "done")).or_default() += c.count;
+                    let pending = sync.entry((ds, "pending")).or_default();
+                    *pending = pending.saturating_sub(c.count);
+                }
+            }
         }
     }
     let copies = fam();

@@ -177,16 +177,21 @@ async fn point_ages(ctl: &Controller, stale: Duration) -> Vec<ProbeResult> {
     if groups.is_empty() {
         return Vec::new();
     }
-    let (Ok(points), Ok(vms)) = (ctl.repo.points(None).await, ctl.repo.vms().await) else {
+    let (Ok(summary), Ok(vms)) = (ctl.repo.point_summary().await, ctl.repo.vms().await) else {
         return Vec::new();
     };
+    let newest: std::collections::HashMap<&str, chrono::DateTime<Utc>> =
+        summary.iter().map(|s| (s.vm.as_str(), s.newest)).collect();
+    let active: std::collections::HashMap<&str, &str> = vms
+        .iter()
+        .map(|v| (v.name.as_str(), v.active_site.as_str()))
+        .collect();
     let now = Utc::now();
     let mut out = Vec::new();
     for (gname, g, target) in groups {
         let target_c = chrono::Duration::from_std(target).unwrap_or(chrono::Duration::MAX);
         for vm in &g.members {
-            let newest = points.iter().filter(|p| &p.vm == vm).map(|p| p.time).max();
-            let (ok, detail) = match newest {
+            let (ok, detail) = match newest.get(vm.as_str()).copied() {
                 Some(t) => {
                     let age = now - t;
                     (
@@ -205,8 +210,8 @@ async fn point_ages(ctl: &Controller, stale: Duration) -> Vec<ProbeResult> {
             labels.insert("vm".into(), vm.clone());
             labels.insert("group".into(), gname.clone());
             labels.insert("scope".into(), "vm".into());
-            if let Some(v) = vms.iter().find(|v| &v.name == vm) {
-                labels.insert("site".into(), v.active_site.clone());
+            if let Some(site) = active.get(vm.as_str()) {
+                labels.insert("site".into(), site.to_string());
             }
             out.push(generated(
                 format!("point_age:{gname}:{vm}"),
