@@ -322,19 +322,42 @@ fn api_figures() {
     let per_vm: usize = env_or("STANDBY_BENCH_POINTS_PER_VM", 100);
     let rate: u32 = env_or("STANDBY_BENCH_RATE", 500);
     let secs: u64 = env_or("STANDBY_BENCH_SECS", 10);
-    let dir = tempfile::Builder::new()
-        .prefix("standby-bench-api-")
-        .tempdir_in(std::env::var("STANDBY_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
-        .unwrap();
+    // STANDBY_BENCH_DATA=DIR keeps the data set (points and controller
+    // database) in DIR and reuses it on the next run.
+    let (_tmp, root) = match std::env::var("STANDBY_BENCH_DATA") {
+        Ok(d) => {
+            std::fs::create_dir_all(&d).unwrap();
+            (None, std::path::PathBuf::from(d))
+        }
+        Err(_) => {
+            let t = tempfile::Builder::new()
+                .prefix("standby-bench-api-")
+                .tempdir_in(
+                    std::env::var("STANDBY_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()),
+                )
+                .unwrap();
+            let root = t.path().to_path_buf();
+            (Some(t), root)
+        }
+    };
+    let dir = root.as_path();
     let api = free_port();
-    let cfg = dir.path().join("standby.toml");
-    std::fs::write(&cfg, figures_config(dir.path(), vms, api)).unwrap();
+    let cfg = dir.join("standby.toml");
+    std::fs::write(&cfg, figures_config(dir, vms, api)).unwrap();
 
-    let disk = dir.path().join("disk.img");
-    std::fs::write(&disk, vec![0x5a; 64 * 1024]).unwrap();
-    let t = Instant::now();
-    write_points(&dir.path().join("site1/store"), &disk, vms, per_vm);
-    let write_secs = t.elapsed().as_secs_f64();
+    let marker = dir.join("points.done");
+    let shape = format!("{vms} {per_vm}");
+    let write_secs = if std::fs::read_to_string(&marker).ok().as_deref() == Some(shape.as_str()) {
+        eprintln!("reusing the {} points in {}", vms * per_vm, dir.display());
+        0.0
+    } else {
+        let disk = dir.join("disk.img");
+        std::fs::write(&disk, vec![0x5a; 64 * 1024]).unwrap();
+        let t = Instant::now();
+        write_points(&dir.join("site1/store"), &disk, vms, per_vm);
+        std::fs::write(&marker, &shape).unwrap();
+        t.elapsed().as_secs_f64()
+    };
     eprintln!(
         "wrote {} points of {vms} VMs to site1/store in {write_secs:.1} s",
         vms * per_vm
@@ -342,7 +365,7 @@ fn api_figures() {
 
     // First start: the controller catalogs every point (rescan).
     let t = Instant::now();
-    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
     let child = Command::new(STANDBY)
         .args(["--config", cfg.to_str().unwrap(), "server"])
         .stdout(Stdio::null())
@@ -355,7 +378,7 @@ fn api_figures() {
         assert!(
             ctl.child.try_wait().unwrap().is_none(),
             "controller exited: {}",
-            std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
         );
         assert!(
             Instant::now() < deadline,
@@ -367,9 +390,9 @@ fn api_figures() {
     eprintln!(
         "controller listening after {start_secs:.1} s (first start: catalog rebuilt from the datastore)"
     );
-    let token = token(&dir.path().join("controller"));
+    let token = token(&dir.join("controller"));
 
-    let script = dir.path().join("pace.lua");
+    let script = dir.join("pace.lua");
     std::fs::write(&script, WRK_SCRIPT).unwrap();
     let base = format!("http://127.0.0.1:{api}");
     let check = wrk(
