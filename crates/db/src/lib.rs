@@ -131,6 +131,14 @@ pub struct CopyCount {
     pub count: u64,
 }
 
+/// What [`Repo::sync_catalog`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatalogSync {
+    pub points_added: u64,
+    pub copies_added: u64,
+    pub copies_removed: u64,
+}
+
 /// The control-plane state, independent of the database behind it.
 #[async_trait::async_trait]
 pub trait Repo: Send + Sync {
@@ -180,6 +188,16 @@ pub trait Repo: Send + Sync {
     /// Forget the copy in `datastore`; the point itself goes with its last
     /// copy.
     async fn remove_point_copy(&self, id: &str, datastore: &str) -> Result<(), DbError>;
+    /// Make the catalog's copies in `datastore` exactly `found` (what the
+    /// datastore holds): unknown points are inserted, missing copies
+    /// added, copies no longer found removed (a point goes with its last
+    /// copy). Known points keep their fields. The differences are written
+    /// in batches, so a catalog that already matches costs one read.
+    async fn sync_catalog(
+        &self,
+        datastore: &str,
+        found: &[PointRecord],
+    ) -> Result<CatalogSync, DbError>;
     /// Points of one VM or of all, oldest first.
     async fn points(&self, vm: Option<&str>) -> Result<Vec<PointRecord>, DbError>;
     async fn point(&self, id: &str) -> Result<PointRecord, DbError>;

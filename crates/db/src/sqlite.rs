@@ -17,7 +17,9 @@ use standby_types::model::{
 };
 
 use crate::error::query;
-use crate::{CopyCount, DbError, FenceRecord, INTERRUPTED, PointQuery, Repo, VmPoints};
+use crate::{
+    CatalogSync, CopyCount, DbError, FenceRecord, INTERRUPTED, PointQuery, Repo, VmPoints,
+};
 
 mod auth;
 mod runbook;
@@ -608,30 +610,75 @@ impl Repo for SqliteRepo {
     async fn insert_point(&self, p: &PointRecord) -> Result<(), DbError> {
         let what = format!("store point '{}'", p.id);
         let mut tx = self.write_tx(&what).await?;
-        sqlx::query(
-            "INSERT INTO points (id, vm, group_name, site, time, consistency, size, \
-             bytes_read, bytes_new) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (id) DO UPDATE SET vm = excluded.vm, group_name = excluded.group_name, \
-             site = excluded.site, time = excluded.time, consistency = excluded.consistency, \
-             size = excluded.size, bytes_read = excluded.bytes_read, \
-             bytes_new = excluded.bytes_new",
-        )
-        .bind(&p.id)
-        .bind(&p.vm)
-        .bind(&p.group)
-        .bind(&p.site)
-        .bind(ts(p.time))
-        .bind(&p.consistency)
-        .bind(int(p.size, "point size")?)
-        .bind(int(p.bytes_read, "bytes read")?)
-        .bind(int(p.bytes_new, "new bytes")?)
-        .execute(&mut *tx)
-        .await
-        .map_err(query(&what))?;
+        insert_point_row(&mut tx, p).await?;
         for ds in &p.copies {
             add_copy(&mut tx, &p.id, ds).await?;
         }
         tx.commit().await.map_err(query(what))
+    }
+
+    async fn sync_catalog(
+        &self,
+        datastore: &str,
+        found: &[PointRecord],
+    ) -> Result<CatalogSync, DbError> {
+        // Every known point, and whether `datastore` holds a copy.
+        let rows = sqlx::query(
+            "SELECT p.id, EXISTS (SELECT 1 FROM point_copies c \
+             WHERE c.point_id = p.id AND c.datastore = $1) AS held FROM points p",
+        )
+        .bind(datastore)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query(format!("read the catalog of '{datastore}'")))?;
+        let mut known: HashMap<String, bool> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            known.insert(get(r, "id")?, get::<bool>(r, "held")?);
+        }
+        enum Change<'a> {
+            Insert(&'a PointRecord),
+            Add(&'a str),
+            Remove(String),
+        }
+        let mut changes = Vec::new();
+        let mut seen = BTreeSet::new();
+        for p in found {
+            seen.insert(p.id.as_str());
+            match known.get(&p.id) {
+                None => changes.push(Change::Insert(p)),
+                Some(false) => changes.push(Change::Add(&p.id)),
+                Some(true) => {}
+            }
+        }
+        for (id, held) in known {
+            if held && !seen.contains(id.as_str()) {
+                changes.push(Change::Remove(id));
+            }
+        }
+        let mut out = CatalogSync::default();
+        let what = format!("update the catalog of '{datastore}'");
+        for batch in changes.chunks(SYNC_BATCH) {
+            let mut tx = self.write_tx(&what).await?;
+            for c in batch {
+                match c {
+                    Change::Insert(p) => {
+                        insert_point_row(&mut tx, p).await?;
+                        add_copy(&mut tx, &p.id, datastore).await?;
+                        out.points_added += 1;
+                    }
+                    Change::Add(id) => {
+                        add_copy(&mut tx, id, datastore).await?;
+                        out.copies_added += 1;
+                    }
+                    Change::Remove(id) => {
+                        remove_copy(&mut tx, id, datastore).await?;
+                        out.copies_removed += 1;
+                    }
+                }
+            }
+            tx.commit().await.map_err(query(&what))?;
+        }
+        Ok(out)
     }
 
     async fn add_point_copy(&self, id: &str, datastore: &str) -> Result<(), DbError> {
@@ -646,24 +693,7 @@ impl Repo for SqliteRepo {
         let what = format!("remove copy '{datastore}' of point '{id}'");
         let mut tx = self.write_tx(&what).await?;
         exists(&mut tx, "SELECT id FROM points WHERE id = $1", id, "point").await?;
-        sqlx::query("DELETE FROM point_copies WHERE point_id = $1 AND datastore = $2")
-            .bind(id)
-            .bind(datastore)
-            .execute(&mut *tx)
-            .await
-            .map_err(query(&what))?;
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM point_copies WHERE point_id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(query(&what))?;
-        if left == 0 {
-            sqlx::query("DELETE FROM points WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(query(format!("delete point '{id}'")))?;
-        }
+        remove_copy(&mut tx, id, datastore).await?;
         tx.commit().await.map_err(query(what))
     }
 
@@ -1035,6 +1065,62 @@ fn with_key<'q>(
 }
 
 /// Append a copy unless the point has it already.
+/// Forget the copy in `datastore`; the point goes with its last copy.
+async fn remove_copy(
+    conn: &mut SqliteConnection,
+    id: &str,
+    datastore: &str,
+) -> Result<(), DbError> {
+    let what = format!("remove copy '{datastore}' of point '{id}'");
+    sqlx::query("DELETE FROM point_copies WHERE point_id = $1 AND datastore = $2")
+        .bind(id)
+        .bind(datastore)
+        .execute(&mut *conn)
+        .await
+        .map_err(query(&what))?;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM point_copies WHERE point_id = $1")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(query(&what))?;
+    if left == 0 {
+        sqlx::query("DELETE FROM points WHERE id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(query(format!("delete point '{id}'")))?;
+    }
+    Ok(())
+}
+
+/// Changes of the catalog per write transaction in [`Repo::sync_catalog`].
+const SYNC_BATCH: usize = 5000;
+
+/// Insert or update a point's row (not its copies).
+async fn insert_point_row(conn: &mut SqliteConnection, p: &PointRecord) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO points (id, vm, group_name, site, time, consistency, size, \
+         bytes_read, bytes_new) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (id) DO UPDATE SET vm = excluded.vm, group_name = excluded.group_name, \
+         site = excluded.site, time = excluded.time, consistency = excluded.consistency, \
+         size = excluded.size, bytes_read = excluded.bytes_read, \
+         bytes_new = excluded.bytes_new",
+    )
+    .bind(&p.id)
+    .bind(&p.vm)
+    .bind(&p.group)
+    .bind(&p.site)
+    .bind(ts(p.time))
+    .bind(&p.consistency)
+    .bind(int(p.size, "point size")?)
+    .bind(int(p.bytes_read, "bytes read")?)
+    .bind(int(p.bytes_new, "new bytes")?)
+    .execute(conn)
+    .await
+    .map_err(query(format!("store point '{}'", p.id)))?;
+    Ok(())
+}
+
 async fn add_copy(conn: &mut SqliteConnection, id: &str, datastore: &str) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO point_copies (point_id, datastore, position) \

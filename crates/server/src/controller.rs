@@ -262,19 +262,17 @@ impl Controller {
                     continue;
                 }
             };
-            let present: HashSet<String> = manifests.iter().map(|m| m.id.to_string()).collect();
-            for m in &manifests {
-                let id = m.id.to_string();
-                if self.repo.point(&id).await.is_ok() {
-                    self.repo.add_point_copy(&id, name).await?;
-                } else {
-                    self.repo.insert_point(&point_record(m, name)).await?;
-                }
-            }
-            for p in self.repo.points(None).await? {
-                if p.copies.contains(name) && !present.contains(&p.id) {
-                    self.repo.remove_point_copy(&p.id, name).await?;
-                }
+            let found: Vec<PointRecord> = manifests.iter().map(|m| point_record(m, name)).collect();
+            let changed = self.repo.sync_catalog(name, &found).await?;
+            if changed != standby_db::CatalogSync::default() {
+                tracing::info!(
+                    datastore = %name,
+                    points = found.len(),
+                    added = changed.points_added,
+                    copies_added = changed.copies_added,
+                    copies_removed = changed.copies_removed,
+                    "catalog updated from the datastore"
+                );
             }
         }
         Ok(())

@@ -6,7 +6,7 @@ use standby_types::config::{Config, EXAMPLE};
 use standby_types::model::{DiskRecord, HostRecord, JobStatus, PointRecord, SiteRecord};
 
 use super::SqliteRepo;
-use crate::{CopyCount, DbError, INTERRUPTED, PointQuery, Repo, VmPoints};
+use crate::{CatalogSync, CopyCount, DbError, INTERRUPTED, PointQuery, Repo, VmPoints};
 
 fn config(src: &str) -> Config {
     Config::parse(src, Path::new("standby.toml")).expect("test config is valid")
@@ -544,6 +544,64 @@ async fn point_summary_and_copy_counts_agree_with_the_catalog() {
     ];
     want.sort();
     assert_eq!(repo.point_vms(&ids).await.unwrap(), want);
+}
+
+#[tokio::test]
+async fn the_catalog_of_a_datastore_becomes_what_it_holds() {
+    let repo = example_repo().await;
+    let a = point("pbx1", 1, &["site1-store"]);
+    let b = point("pbx1", 2, &["site1-store", "site2-store"]);
+    let c = point("pbx1", 3, &["site2-store"]);
+    for p in [&a, &b, &c] {
+        repo.insert_point(p).await.unwrap();
+    }
+    // site2-store now holds a (new copy) and d (new point); b's copy
+    // vanished, and c (only there) goes with it.
+    let d = point("pbx1", 4, &["site2-store"]);
+    let mut a2 = a.clone();
+    a2.copies = vec!["site2-store".into()];
+    a2.bytes_new = 999; // a known point keeps its fields
+    let changed = repo
+        .sync_catalog("site2-store", &[a2.clone(), d.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        changed,
+        CatalogSync {
+            points_added: 1,
+            copies_added: 1,
+            copies_removed: 2
+        }
+    );
+    let all = repo.points(None).await.unwrap();
+    let copies: Vec<(&str, Vec<&str>)> = all
+        .iter()
+        .map(|p| (p.id.as_str(), p.copies.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(
+        copies,
+        vec![
+            (a.id.as_str(), vec!["site1-store", "site2-store"]),
+            (b.id.as_str(), vec!["site1-store"]),
+            (d.id.as_str(), vec!["site2-store"]),
+        ]
+    );
+    assert_eq!(all[0].bytes_new, a.bytes_new);
+    // Again: nothing to do.
+    assert_eq!(
+        repo.sync_catalog("site2-store", &[a2, d]).await.unwrap(),
+        CatalogSync::default()
+    );
+    // An empty store forgets its copies only.
+    repo.sync_catalog("site2-store", &[]).await.unwrap();
+    let ids: Vec<String> = repo
+        .points(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids, vec![a.id, b.id]);
 }
 
 #[tokio::test]
