@@ -56,6 +56,7 @@ pub fn routes() -> Router<Arc<Controller>> {
         .route("/jobs", get(pages::jobs))
         .route("/jobs/{id}", get(pages::job))
         .route("/drills", get(pages::drills))
+        .route("/vms", get(pages::vms))
         .route("/vms/{name}", get(pages::vm))
         .route(
             "/portal/fragments/dashboard",
@@ -73,6 +74,7 @@ pub fn routes() -> Router<Arc<Controller>> {
         .route("/portal/fragments/jobs", get(pages::jobs_fragment))
         .route("/portal/fragments/jobs/{id}", get(pages::job_fragment))
         .route("/portal/fragments/drills", get(pages::drills_fragment))
+        .route("/portal/fragments/vms", get(pages::vms_fragment))
         .route("/portal/fragments/vms/{name}", get(pages::vm_fragment))
         .route("/static/portal.css", get(css))
         .route("/static/portal.js", get(js))

@@ -265,70 +265,12 @@ async fn dashboard_data(
             site: view.active_site,
         });
     }
-    // Protection: the newest point of each visible VM (an index seek
-    // each), the worst first; the table shows the first DASHBOARD_VMS.
-    let visible: Vec<&VmRecord> = records
+    let (rated, summary) = protection(ctl, p, &records, now).await?;
+    let newest: HashMap<String, DateTime<Utc>> = rated
         .iter()
-        .filter(|r| p.sees(cfg.tenant_of_vm(&r.name)))
+        .filter_map(|r| r.newest.map(|t| (r.record.name.clone(), t)))
         .collect();
-    let names: Vec<String> = visible.iter().map(|r| r.name.clone()).collect();
-    let newest: HashMap<String, DateTime<Utc>> = ctl
-        .repo
-        .newest_point_times(&names)
-        .await?
-        .into_iter()
-        .collect();
-    let mut rated: Vec<(
-        &VmRecord,
-        Option<DateTime<Utc>>,
-        Option<Duration>,
-        model::RpoStatus,
-    )> = visible
-        .into_iter()
-        .map(|r| {
-            let t = newest.get(&r.name).copied();
-            let target = model::rpo_target_of(cfg, &r.name);
-            (r, t, target, model::rpo_status(t, target, now))
-        })
-        .collect();
-    let mut summary = ProtectionSummary {
-        total: rated.len(),
-        ..ProtectionSummary::default()
-    };
-    for (_, _, _, status) in &rated {
-        match status {
-            model::RpoStatus::Met => summary.met += 1,
-            model::RpoStatus::Missed => summary.missed += 1,
-            model::RpoStatus::NoPoint => summary.no_point += 1,
-            model::RpoStatus::NoTarget => summary.no_target += 1,
-        }
-    }
-    // Missed, then never protected, then the rest; older points first.
-    rated.sort_by_key(|(r, t, _, status)| {
-        let rank = match status {
-            model::RpoStatus::Missed => 0,
-            model::RpoStatus::NoPoint => 1,
-            model::RpoStatus::Met => 2,
-            model::RpoStatus::NoTarget => 3,
-        };
-        (rank, *t, r.name.clone())
-    });
-    rated.truncate(DASHBOARD_VMS);
-    let mut vms = Vec::new();
-    for (r, newest, target, status) in &rated {
-        vms.push(VmRow {
-            state: vm_state(ctl, r).await,
-            name: r.name.clone(),
-            site: r.active_site.clone(),
-            newest: newest.map(when).unwrap_or_default(),
-            age: newest.map(|t| ago(t, now)).unwrap_or_else(|| "–".into()),
-            target: target
-                .map(|t| model::short_duration(t.as_secs_f64()))
-                .unwrap_or_else(|| "–".into()),
-            rpo_class: status.class(),
-            rpo: status.label(),
-        });
-    }
+    let vms = vm_rows(ctl, rated.iter().take(DASHBOARD_VMS), now).await;
     // Point age over the last day (at least the last minute) of the
     // first CHART_VMS VMs of the table.
     let charted: Vec<String> = vms.iter().take(CHART_VMS).map(|v| v.name.clone()).collect();
@@ -379,6 +321,181 @@ async fn dashboard_data(
         width: model::WIDTH,
         height: model::HEIGHT,
     })
+}
+
+/// A visible VM rated against its RPO target.
+struct Rated<'a> {
+    record: &'a VmRecord,
+    newest: Option<DateTime<Utc>>,
+    target: Option<Duration>,
+    status: model::RpoStatus,
+}
+
+/// The VMs `p` sees, the worst first (missed, then never protected, then
+/// the rest; older points first), and their counts. The newest point of
+/// each is an index seek.
+async fn protection<'a>(
+    ctl: &Arc<Controller>,
+    p: &Principal,
+    records: &'a [VmRecord],
+    now: DateTime<Utc>,
+) -> Result<(Vec<Rated<'a>>, ProtectionSummary), PageError> {
+    let cfg = &ctl.cfg;
+    let visible: Vec<&VmRecord> = records
+        .iter()
+        .filter(|r| p.sees(cfg.tenant_of_vm(&r.name)))
+        .collect();
+    let names: Vec<String> = visible.iter().map(|r| r.name.clone()).collect();
+    let newest: HashMap<String, DateTime<Utc>> = ctl
+        .repo
+        .newest_point_times(&names)
+        .await?
+        .into_iter()
+        .collect();
+    let mut rated: Vec<Rated> = visible
+        .into_iter()
+        .map(|record| {
+            let newest = newest.get(&record.name).copied();
+            let target = model::rpo_target_of(cfg, &record.name);
+            Rated {
+                record,
+                newest,
+                target,
+                status: model::rpo_status(newest, target, now),
+            }
+        })
+        .collect();
+    let mut summary = ProtectionSummary {
+        total: rated.len(),
+        ..ProtectionSummary::default()
+    };
+    for r in &rated {
+        match r.status {
+            model::RpoStatus::Met => summary.met += 1,
+            model::RpoStatus::Missed => summary.missed += 1,
+            model::RpoStatus::NoPoint => summary.no_point += 1,
+            model::RpoStatus::NoTarget => summary.no_target += 1,
+        }
+    }
+    rated.sort_by_key(|r| {
+        let rank = match r.status {
+            model::RpoStatus::Missed => 0,
+            model::RpoStatus::NoPoint => 1,
+            model::RpoStatus::Met => 2,
+            model::RpoStatus::NoTarget => 3,
+        };
+        (rank, r.newest, r.record.name.clone())
+    });
+    Ok((rated, summary))
+}
+
+/// Table rows of rated VMs, with each one's state from its agent.
+async fn vm_rows<'a>(
+    ctl: &Arc<Controller>,
+    rated: impl Iterator<Item = &'a Rated<'a>>,
+    now: DateTime<Utc>,
+) -> Vec<VmRow> {
+    let mut out = Vec::new();
+    for r in rated {
+        out.push(VmRow {
+            state: vm_state(ctl, r.record).await,
+            name: r.record.name.clone(),
+            site: r.record.active_site.clone(),
+            newest: r.newest.map(when).unwrap_or_default(),
+            age: r.newest.map(|t| ago(t, now)).unwrap_or_else(|| "–".into()),
+            target: r
+                .target
+                .map(|t| model::short_duration(t.as_secs_f64()))
+                .unwrap_or_else(|| "–".into()),
+            rpo_class: r.status.class(),
+            rpo: r.status.label(),
+        });
+    }
+    out
+}
+
+/// VMs per page of the VMs page.
+const VMS_PAGE: usize = 100;
+
+#[derive(Deserialize)]
+pub(super) struct VmsParams {
+    /// 1-based.
+    page: Option<usize>,
+    /// `missed`, `unprotected` (no point) or `ok`: only those.
+    status: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "fragments/vms.html")]
+struct VmsPage {
+    vms: Vec<VmRow>,
+    summary: ProtectionSummary,
+    status: String,
+    page: usize,
+    pages: usize,
+    matches: usize,
+}
+
+async fn vms_data(
+    ctl: &Arc<Controller>,
+    p: &Principal,
+    q: &VmsParams,
+) -> Result<VmsPage, PageError> {
+    let now = Utc::now();
+    let records = ctl.repo.vms().await?;
+    let (rated, summary) = protection(ctl, p, &records, now).await?;
+    let status = q.status.clone().unwrap_or_default();
+    let keep = |r: &Rated| match status.as_str() {
+        "missed" => r.status == model::RpoStatus::Missed,
+        "unprotected" => r.status == model::RpoStatus::NoPoint,
+        "ok" => r.status == model::RpoStatus::Met,
+        _ => true,
+    };
+    if !matches!(status.as_str(), "" | "missed" | "unprotected" | "ok") {
+        return Err(PageError::Server(ServerError::BadRequest(format!(
+            "status '{status}' is not one of missed, unprotected, ok"
+        ))));
+    }
+    let matching: Vec<&Rated> = rated.iter().filter(|r| keep(r)).collect();
+    let pages = matching.len().div_ceil(VMS_PAGE).max(1);
+    let page = q.page.unwrap_or(1).clamp(1, pages);
+    let vms = vm_rows(
+        ctl,
+        matching
+            .iter()
+            .copied()
+            .skip((page - 1) * VMS_PAGE)
+            .take(VMS_PAGE),
+        now,
+    )
+    .await;
+    Ok(VmsPage {
+        vms,
+        summary,
+        status,
+        page,
+        pages,
+        matches: matching.len(),
+    })
+}
+
+pub(super) async fn vms(State(ctl): Ctl, v: Viewer, Query(q): Query<VmsParams>) -> PageResult {
+    let p = principal(&v)?;
+    let data = vms_data(&ctl, p, &q).await?;
+    let fragment = format!(
+        "/portal/fragments/vms?page={}&status={}",
+        data.page, data.status
+    );
+    page(&v, "VMs", "vms", &fragment, &render(&data)?)
+}
+
+pub(super) async fn vms_fragment(
+    State(ctl): Ctl,
+    v: Viewer,
+    Query(q): Query<VmsParams>,
+) -> PageResult {
+    let p = fragment_principal(&v)?;
+    Ok(html(render(&vms_data(&ctl, p, &q).await?)?))
 }
 
 /// The VM's state from the agent of its active host, `unknown` if it
