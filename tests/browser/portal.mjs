@@ -93,6 +93,16 @@ try {
   await shot("dashboard-laptop");
   await fitsPhone("dashboard");
 
+  step("the VMs page lists every VM with its RPO status");
+  await page.goto(base + "/vms");
+  await page.waitForSelector(`tr[data-vm="${vm}"] .badge`);
+  const total = Number(await page.getAttribute("p[data-protection]", "data-protection"));
+  const rows = await page.locator("tr[data-vm]").count();
+  if (!(total >= 1 && rows === Math.min(total, 100))) throw new Error(`the VMs page shows ${rows} rows of ${total} VMs`);
+  await shot("vms-laptop");
+  await fitsPhone("vms");
+  await page.goto(base + "/");
+
   step("page weight of /");
   const weight = await page.evaluate(async () => {
     const size = async (u) => (await (await fetch(u, { credentials: "same-origin" })).arrayBuffer()).byteLength;
