@@ -12,7 +12,8 @@
 //! `bearer` (an API token) or `cookie` (a portal session), with the role as
 //! the only scope. The policy: GET needs `viewer`, every other method
 //! `operator`; a handler that needs `admin` says so in its annotation
-//! (`sites/{name}/fence|unfence`, `rules/reload`, users and tokens). An
+//! (`sites/{name}/fence|unfence`, `rules/reload`, `users` and `tokens`;
+//! `whoami` is for any authenticated caller). An
 //! operation authenticated otherwise carries `x-standby-auth` instead
 //! (`none` for health, `signature` for HMAC-signed runbook webhooks,
 //! `agent` for agents' heartbeats and results) and no requirement.
@@ -336,6 +337,12 @@ mod tests {
             ("POST", "/api/v1/sites/{name}/fence"),
             ("POST", "/api/v1/sites/{name}/unfence"),
             ("POST", "/api/v1/rules/reload"),
+            ("GET", "/api/v1/tokens"),
+            ("POST", "/api/v1/tokens"),
+            ("DELETE", "/api/v1/tokens/{id}"),
+            ("GET", "/api/v1/users"),
+            ("POST", "/api/v1/users"),
+            ("DELETE", "/api/v1/users/{name}"),
         ]
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -377,6 +384,11 @@ mod tests {
         );
         assert_eq!(
             required_role(&Method::GET, "/api/v1/openapi.json"),
+            Some(Role::Viewer)
+        );
+        // Any authenticated caller may ask who they are.
+        assert_eq!(
+            required_role(&Method::GET, "/api/v1/whoami"),
             Some(Role::Viewer)
         );
         assert_eq!(required_role(&Method::GET, "/api/v1/health"), None);
