@@ -406,7 +406,10 @@ mod tests {
         ("api_watch.rs", include_str!("api_watch.rs")),
         ("frontdoor.rs", include_str!("frontdoor.rs")),
         ("runbooks/api.rs", include_str!("runbooks/api.rs")),
+        ("auth/api.rs", include_str!("auth/api.rs")),
     ];
+    /// Routes outside `/api/v1`, rightly not in the document.
+    const OUTSIDE: &[&str] = &["\"/login\"", "\"/logout\""];
 
     #[test]
     fn no_route_bypasses_the_documentation() {
@@ -415,7 +418,7 @@ mod tests {
         for (file, text) in SOURCES {
             for (i, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or("");
-                if code.contains(&needle) {
+                if code.contains(&needle) && !OUTSIDE.iter().any(|o| code.contains(o)) {
                     bare.push(format!("{file}:{}: {}", i + 1, line.trim()));
                 }
             }
