@@ -18,6 +18,24 @@ const TENANTS: &str = r#"
 [tenants.globex]
 "#;
 
+/// The tenants and a second protected VM at site 1 with a DR site,
+/// globex's, which a drill of acme's pbx1 must leave alone.
+const TENANTS_AND_ANOTHER_VM: &str = r#"
+[tenants.acme]
+[tenants.globex]
+[vms.other]
+host = "site1-host1"
+dr_site = "site2"
+command = "sleep"
+args = ["600"]
+tenant = "globex"
+[groups.silver]
+members = ["other"]
+schedule = "0 0 1 1 *"
+datastores = ["site1-store"]
+tenant = "globex"
+"#;
+
 struct Http {
     rt: tokio::runtime::Runtime,
     c: reqwest::Client,
@@ -692,7 +710,7 @@ fn a_tenant_drills_a_vm_of_theirs_and_no_other() {
 args = ["--name", "pbx1", "--disk", "{{disk.data}}", "--sip", "127.0.0.1:{sip}", "--http", "127.0.0.1:{http_port}"]
 tenant = "acme""#
         )),
-        extra: TENANTS,
+        extra: TENANTS_AND_ANOTHER_VM,
         // The drill probes its copy with the VM's front-door service check.
         watch: format!(
             r#"
@@ -793,6 +811,17 @@ probe = "sip"
         .find(|s| s["step"] == "report" && s["item"] == -1)
         .map(|s| s["output"].clone())
         .expect("a report step");
+    // Only pbx1 was listed and drilled, not the other protected VM of
+    // its site.
+    let listed = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "vms" && s["item"] == -1)
+        .map(|s| s["output"]["vms"].clone())
+        .expect("a vms step");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
+    assert_eq!(listed[0]["name"], "pbx1", "{listed:#}");
     let vms = report["vms"].as_array().unwrap();
     assert_eq!(vms.len(), 1, "{report:#}");
     assert_eq!(vms[0]["vm"], "pbx1", "{report:#}");
