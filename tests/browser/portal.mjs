@@ -139,7 +139,7 @@ try {
   await fitsPhone("vm");
 
   step("run a drill and watch its job finish live");
-  await Promise.all([page.waitForURL(/\/jobs\/\d+$/), page.click(`button:has-text('Drill site ${site}')`)]);
+  await Promise.all([page.waitForURL(/\/jobs\/\d+$/), page.click(`button:has-text('Drill ${vm}')`)]);
   await page.evaluate(() => {
     window.__noReload = true;
   });

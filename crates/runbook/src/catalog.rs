@@ -52,8 +52,13 @@ const VM_STATE: &[Field] = &[
 pub const ACTIONS: &[ActionSpec] = &[
     ActionSpec {
         name: "vm.list",
-        summary: "List VMs, optionally at one site, in one group, or only protected ones",
+        summary: "List VMs, optionally one VM, at one site, in one group, or only protected ones",
         inputs: &[
+            opt(
+                "vm",
+                "string",
+                "only this VM (an error if no such VM is configured)",
+            ),
             opt("site", "string", "only VMs active at this site"),
             opt("group", "string", "only members of this group"),
             opt(

@@ -3,6 +3,11 @@
 //! (a list, a map, a number); any other string containing `{{` or `{%`
 //! renders as text; other strings and non-strings stay as they are
 //! (containers are walked).
+//!
+//! Besides minijinja's builtins, `fail(message)` stops the evaluation
+//! with `message` as the whole error: a runbook checks its parameters
+//! with it (e.g. in its `lock`, rendered when a job starts, so a bad
+//! combination is refused before anything runs).
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -19,13 +24,31 @@ const BUILTINS: &[&str] = &[
     "true",
     "false",
     "none",
+    "fail",
 ];
+
+/// The error `fail(message)` raises; [`describe`] shows its message alone.
+#[derive(Debug)]
+struct Failed;
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fail() was called")
+    }
+}
+
+impl std::error::Error for Failed {}
+
+fn fail(message: String) -> Result<minijinja::Value, minijinja::Error> {
+    Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message).with_source(Failed))
+}
 
 fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.add_function("fail", fail);
         env
     })
 }
@@ -53,6 +76,10 @@ pub struct TemplateError {
 }
 
 fn describe(e: &minijinja::Error, src: &str) -> String {
+    use std::error::Error as _;
+    if e.source().is_some_and(|s| s.is::<Failed>()) {
+        return e.detail().unwrap_or("fail() was called").to_string();
+    }
     let mut msg = e.detail().map(str::to_string).unwrap_or_default();
     let kind = match e.kind() {
         minijinja::ErrorKind::UndefinedError => "undefined value".to_string(),

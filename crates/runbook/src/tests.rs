@@ -344,3 +344,79 @@ fn failover_site_resolves_with_the_measured_rto_and_data_loss_window() {
     assert!(note.contains("data-loss window at most 2.3 s"), "{note}");
     assert!(note.contains("pbx1 at site2 from point pbx1@t"), "{note}");
 }
+
+#[test]
+fn fail_stops_a_template_with_its_own_message() {
+    let ctx = template::context(&json!({"params": {"vm": null}}));
+    assert_eq!(
+        template::render_str("{{ fail('give params.vm') if not params.vm else 1 }}", &ctx),
+        Err("give params.vm".to_string())
+    );
+    assert_eq!(
+        template::render_str("x{{ fail('no ' ~ 'luck') }}", &ctx),
+        Err("no luck".to_string())
+    );
+    // A runbook may use it: it is no undefined variable.
+    let vars = template::variables("{{ fail('x') if params.a else params.b }}").unwrap();
+    assert_eq!(
+        vars.into_iter().collect::<std::collections::BTreeSet<_>>(),
+        ["params.a", "params.b"].map(String::from).into()
+    );
+}
+
+#[test]
+fn drill_takes_a_site_or_one_vm_and_locks_each() {
+    let rb = parse("drill.yaml", SHIPPED[4].1).unwrap();
+    let lock = |given: Value| {
+        let given = given.as_object().unwrap().clone();
+        plan(&rb, &given, &json!({"kind": "manual"})).map(|p| p.lock.unwrap())
+    };
+    assert_eq!(lock(json!({"site": "site1"})), Ok("drill:site1".into()));
+    assert_eq!(lock(json!({"vm": "web1"})), Ok("drill:vm:web1".into()));
+    for (given, why) in [
+        (json!({}), "neither"),
+        (json!({"site": "site1", "vm": "web1"}), "both"),
+    ] {
+        let e = lock(given).unwrap_err();
+        assert!(
+            e.starts_with("lock: runbook drill needs exactly one of params.site"),
+            "{e}"
+        );
+        assert!(
+            e.contains("params.vm") && e.ends_with(&format!("not {why}")),
+            "{e}"
+        );
+    }
+    // A VM drill of a VM with nothing to boot fails with a reason; a site
+    // drill with nothing to boot goes on (and reports nothing drilled).
+    let copies = rb.steps.iter().find(|s| s.id == "copies").unwrap();
+    let text = |params: Value, vms: Value| {
+        let ctx = template::context(&json!({
+            "params": params,
+            "steps": {"vms": {"output": {"vms": vms}}},
+        }));
+        template::render_str(copies.with["text"].as_str().unwrap(), &ctx)
+    };
+    let web1 = json!([{"name": "web1", "site": "site1", "dr_site": "site2"}]);
+    let no_dr = json!([{"name": "web1", "site": "site1", "dr_site": null}]);
+    assert_eq!(
+        text(json!({"vm": "web1", "site": null}), web1),
+        Ok(json!("copies to boot: web1"))
+    );
+    assert_eq!(
+        text(json!({"vm": "web1", "site": null}), no_dr.clone()),
+        Err(
+            "VM web1 is in no protection group or has no DR site: there is nothing to drill".into()
+        )
+    );
+    assert_eq!(
+        text(json!({"vm": "web1", "site": null}), json!([])),
+        Err(
+            "VM web1 is in no protection group or has no DR site: there is nothing to drill".into()
+        )
+    );
+    assert_eq!(
+        text(json!({"vm": null, "site": "site1"}), no_dr),
+        Ok(json!("copies to boot: none"))
+    );
+}

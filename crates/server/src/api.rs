@@ -81,6 +81,7 @@ pub fn routes() -> OpenApiRouter<Arc<Controller>> {
         .merge(crate::api_watch::routes())
         .merge(crate::frontdoor::routes())
         .merge(crate::runbooks::api::routes())
+        .merge(crate::auth::api::routes())
 }
 
 /// Query parameters, with a JSON 400 naming the parameter when one is bad

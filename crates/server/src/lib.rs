@@ -79,7 +79,7 @@ pub struct RunningServer {
 /// Every route of the controller, each behind [`auth::layer`].
 pub fn app(ctl: Arc<Controller>) -> axum::Router {
     api::router(ctl.clone())
-        .merge(auth::api::routes(ctl.clone()))
+        .merge(auth::api::session_routes(ctl.clone()))
         .layer(axum::Extension(ctl))
 }
 

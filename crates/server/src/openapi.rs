@@ -12,7 +12,8 @@
 //! `bearer` (an API token) or `cookie` (a portal session), with the role as
 //! the only scope. The policy: GET needs `viewer`, every other method
 //! `operator`; a handler that needs `admin` says so in its annotation
-//! (`sites/{name}/fence|unfence`, `rules/reload`, users and tokens). An
+//! (`sites/{name}/fence|unfence`, `rules/reload`, `users` and `tokens`;
+//! `whoami` is for any authenticated caller). An
 //! operation authenticated otherwise carries `x-standby-auth` instead
 //! (`none` for health, `signature` for HMAC-signed runbook webhooks,
 //! `agent` for agents' heartbeats and results) and no requirement.
@@ -336,6 +337,12 @@ mod tests {
             ("POST", "/api/v1/sites/{name}/fence"),
             ("POST", "/api/v1/sites/{name}/unfence"),
             ("POST", "/api/v1/rules/reload"),
+            ("GET", "/api/v1/tokens"),
+            ("POST", "/api/v1/tokens"),
+            ("DELETE", "/api/v1/tokens/{id}"),
+            ("GET", "/api/v1/users"),
+            ("POST", "/api/v1/users"),
+            ("DELETE", "/api/v1/users/{name}"),
         ]
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -379,6 +386,11 @@ mod tests {
             required_role(&Method::GET, "/api/v1/openapi.json"),
             Some(Role::Viewer)
         );
+        // Any authenticated caller may ask who they are.
+        assert_eq!(
+            required_role(&Method::GET, "/api/v1/whoami"),
+            Some(Role::Viewer)
+        );
         assert_eq!(required_role(&Method::GET, "/api/v1/health"), None);
         assert_eq!(auth_kind(&Method::GET, "/api/v1/health"), Some("none"));
         assert_eq!(
@@ -394,7 +406,10 @@ mod tests {
         ("api_watch.rs", include_str!("api_watch.rs")),
         ("frontdoor.rs", include_str!("frontdoor.rs")),
         ("runbooks/api.rs", include_str!("runbooks/api.rs")),
+        ("auth/api.rs", include_str!("auth/api.rs")),
     ];
+    /// Routes outside `/api/v1`, rightly not in the document.
+    const OUTSIDE: &[&str] = &["\"/login\"", "\"/logout\""];
 
     #[test]
     fn no_route_bypasses_the_documentation() {
@@ -403,7 +418,7 @@ mod tests {
         for (file, text) in SOURCES {
             for (i, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or("");
-                if code.contains(&needle) {
+                if code.contains(&needle) && !OUTSIDE.iter().any(|o| code.contains(o)) {
                     bare.push(format!("{file}:{}: {}", i + 1, line.trim()));
                 }
             }

@@ -18,6 +18,24 @@ const TENANTS: &str = r#"
 [tenants.globex]
 "#;
 
+/// The tenants and a second protected VM at site 1 with a DR site,
+/// globex's, which a drill of acme's pbx1 must leave alone.
+const TENANTS_AND_ANOTHER_VM: &str = r#"
+[tenants.acme]
+[tenants.globex]
+[vms.other]
+host = "site1-host1"
+dr_site = "site2"
+command = "sleep"
+args = ["600"]
+tenant = "globex"
+[groups.silver]
+members = ["other"]
+schedule = "0 0 1 1 *"
+datastores = ["site1-store"]
+tenant = "globex"
+"#;
+
 struct Http {
     rt: tokio::runtime::Runtime,
     c: reqwest::Client,
@@ -677,4 +695,146 @@ fn another_tenants_object_is_not_found() {
     };
     assert_eq!(names(&acme), vec!["pbx1".to_string()]);
     assert!(names(&globex).is_empty(), "{:?}", names(&globex));
+}
+
+/// A tenant's operator drills a VM of theirs (the shipped `drill` with
+/// `params.vm`) and gets a report of exactly that VM; another tenant is
+/// told the VM does not exist; a drill of neither a site nor a VM, or of
+/// both, is refused before anything runs, naming the parameters.
+#[test]
+fn a_tenant_drills_a_vm_of_theirs_and_no_other() {
+    let (sip, http_port, front) = (free_port(), free_port(), free_port());
+    let lab = Lab::new(LabOptions {
+        vm: Some(format!(
+            r#"command = "standby-vnf"
+args = ["--name", "pbx1", "--disk", "{{disk.data}}", "--sip", "127.0.0.1:{sip}", "--http", "127.0.0.1:{http_port}"]
+tenant = "acme""#
+        )),
+        extra: TENANTS_AND_ANOTHER_VM,
+        // The drill probes its copy with the VM's front-door service check.
+        watch: format!(
+            r#"
+[services.pbx]
+vm = "pbx1"
+listen = "127.0.0.1:{front}"
+protocols = ["udp"]
+backends = {{ site1 = "127.0.0.1:{sip}", site2 = "127.0.0.1:{sip}" }}
+probe = "sip"
+"#
+        ),
+        ..LabOptions::default()
+    });
+    lab.json(&["vm", "start", "pbx1"]);
+    lab.json(&["protect", "run", "gold"]);
+    let http = Http::new(format!("http://127.0.0.1:{}", lab.api));
+    let acme = token(&lab, "operator", Some("acme"), &[]);
+    let globex = token(&lab, "operator", Some("globex"), &[]);
+    let admin = lab.token();
+    let run = |tok: &str, params: Value| {
+        let (s, _, body) = http.call(
+            Method::POST,
+            "/api/v1/runbooks/drill/run",
+            Some(tok),
+            &[],
+            Some(json!({ "params": params })),
+        );
+        (
+            s,
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+        )
+    };
+
+    // The VM page offers the drill of that VM to the tenant's operator.
+    let (s, _, page) = http.call(
+        Method::GET,
+        "/portal/fragments/vms/pbx1",
+        Some(&acme),
+        &[],
+        None,
+    );
+    assert_eq!(s, 200, "{page}");
+    assert!(
+        page.contains(
+            r#"data-post="/api/v1/runbooks/drill/run" data-body='{"params":{"vm":"pbx1"}}'"#
+        ),
+        "{page}"
+    );
+    assert!(!page.contains("Drill site"), "{page}");
+
+    // Refused before anything runs, naming what is missing.
+    let (s, v) = run(&acme, json!({}));
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("params.vm"), "{v}");
+    for (params, why) in [
+        (json!({}), "neither"),
+        (json!({"site": "site1", "vm": "pbx1"}), "both"),
+    ] {
+        let (s, v) = run(&admin, params);
+        assert_eq!(s, 400, "{v}");
+        let msg = v["message"].as_str().unwrap();
+        assert!(
+            msg.contains("exactly one of params.site")
+                && msg.contains("params.vm")
+                && msg.ends_with(&format!("not {why}")),
+            "{msg}"
+        );
+    }
+    // Another tenant's VM does not exist for them.
+    let (s, v) = run(&globex, json!({"vm": "pbx1"}));
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["code"], "not_found", "{v}");
+
+    let (s, v) = run(&acme, json!({"vm": "pbx1"}));
+    assert_eq!(s, 200, "{v}");
+    let job = v["job"].as_i64().expect("a job id");
+    let steps_path = format!("/api/v1/jobs/{job}/steps");
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let done = loop {
+        let (s, _, body) = http.call(Method::GET, &steps_path, Some(&acme), &[], None);
+        assert_eq!(s, 200, "the tenant sees the job of its drill: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if matches!(v["job"]["status"].as_str(), Some("succeeded" | "failed")) {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drill did not finish: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(done["job"]["status"], "succeeded", "{done:#}");
+    assert_eq!(done["lock"], "drill:vm:pbx1", "{done:#}");
+    let report = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "report" && s["item"] == -1)
+        .map(|s| s["output"].clone())
+        .expect("a report step");
+    // Only pbx1 was listed and drilled, not the other protected VM of
+    // its site.
+    let listed = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "vms" && s["item"] == -1)
+        .map(|s| s["output"]["vms"].clone())
+        .expect("a vms step");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
+    assert_eq!(listed[0]["name"], "pbx1", "{listed:#}");
+    let vms = report["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 1, "{report:#}");
+    assert_eq!(vms[0]["vm"], "pbx1", "{report:#}");
+    assert_eq!(vms[0]["site"], "site2", "{report:#}");
+    assert!(vms[0]["rto_seconds"].is_number(), "{report:#}");
+    assert_eq!(vms[0]["verified"], true, "{report:#}");
+    assert_eq!(report["ok"], true, "{report:#}");
+    // Another tenant cannot see the job either.
+    let (s, _, _) = http.call(Method::GET, &steps_path, Some(&globex), &[], None);
+    assert_eq!(s, 404);
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&format!("sbd-{job}-")),
+        "the drill's namespace is left behind"
+    );
 }

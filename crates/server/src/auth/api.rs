@@ -1,6 +1,13 @@
 //! Routes of authentication: API tokens, users, `whoami`, and the
 //! portal's `POST /login` / `POST /logout`.
 //!
+//! The `/api/v1` ones are registered through [`OpenApiRouter`] like every
+//! other API route ([`routes`], merged by [`crate::api::routes`]), so they
+//! are in the OpenAPI document with their roles: `whoami` for any
+//! authenticated caller, tokens and users for an admin. `/login` and
+//! `/logout` are the portal's form posts, outside the API
+//! ([`session_routes`]).
+//!
 //! A tenant's admin manages its own tenant's tokens and users only;
 //! another tenant's are answered as not found.
 
@@ -9,11 +16,15 @@ use std::sync::{Arc, OnceLock};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::post;
 use axum::{Form, Json, Router};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use standby_db::{DbError, SessionRecord, TokenRecord, UserRecord};
+use standby_types::api::ApiError;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{Principal, Role, SESSION_COOKIE, SESSION_TTL, cookie_value, random_secret, sha256};
 use crate::controller::Controller;
@@ -22,14 +33,21 @@ use crate::error::ServerError;
 type Ctl = State<Arc<Controller>>;
 type ApiResult<T> = Result<Json<T>, ServerError>;
 
-/// The routes, behind [`super::layer`].
-pub fn routes(ctl: Arc<Controller>) -> Router {
+/// The `/api/v1` routes of this module, each documented; behind
+/// [`super::layer`] with the rest of the API.
+pub fn routes() -> OpenApiRouter<Arc<Controller>> {
+    OpenApiRouter::new()
+        .routes(routes!(whoami))
+        .routes(routes!(tokens, token_create))
+        .routes(routes!(token_revoke))
+        .routes(routes!(users, user_add))
+        .routes(routes!(user_remove))
+}
+
+/// The portal's `POST /login` and `POST /logout` (public: see
+/// [`super::access`]), behind [`super::layer`].
+pub fn session_routes(ctl: Arc<Controller>) -> Router {
     Router::new()
-        .route("/api/v1/whoami", get(whoami))
-        .route("/api/v1/tokens", get(tokens).post(token_create))
-        .route("/api/v1/tokens/{id}", delete(token_revoke))
-        .route("/api/v1/users", get(users).post(user_add))
-        .route("/api/v1/users/{name}", delete(user_remove))
         .route("/login", post(login))
         .route("/logout", post(logout))
         .layer(axum::middleware::from_fn(super::layer))
@@ -37,8 +55,9 @@ pub fn routes(ctl: Arc<Controller>) -> Router {
 }
 
 /// `POST /api/v1/tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreate {
+    /// A label: 1 to 64 letters, digits, '-', '_', '.', '@' or spaces.
     pub name: String,
     pub role: Role,
     /// Defaults to the caller's tenant.
@@ -49,27 +68,84 @@ pub struct TokenCreate {
     pub expires_in: Option<String>,
 }
 
+/// An API token as listed: never its secret, nor its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub id: String,
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// The tenant whose objects it sees; none: the operators' side.
+    pub tenant: Option<String>,
+    pub created: DateTime<Utc>,
+    pub expires: Option<DateTime<Utc>>,
+    pub revoked: Option<DateTime<Utc>>,
+    /// Written at most once a minute.
+    pub last_used: Option<DateTime<Utc>>,
+}
+
+impl From<TokenRecord> for Token {
+    fn from(t: TokenRecord) -> Token {
+        Token {
+            id: t.id,
+            name: t.name,
+            role: t.role,
+            tenant: t.tenant,
+            created: t.created,
+            expires: t.expires,
+            revoked: t.revoked,
+            last_used: t.last_used,
+        }
+    }
+}
+
 /// The answer to a token creation: the only time the secret is shown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreated {
     #[serde(flatten)]
-    pub token: TokenRecord,
+    pub token: Token,
+    /// `sbt_<64 hex>`, for `Authorization: Bearer`; shown this once.
     pub secret: String,
 }
 
 /// `POST /api/v1/users`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UserAdd {
+    /// 1 to 64 letters, digits, '-', '_', '.', '@' or spaces.
     pub name: String,
+    /// At least 8 characters; stored as an Argon2id hash only.
     pub password: String,
     pub role: Role,
+    /// Defaults to the caller's tenant.
     #[serde(default)]
     pub tenant: Option<String>,
 }
 
+/// A user as listed: never the password's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// The tenant whose objects the user sees; none: the operators' side.
+    pub tenant: Option<String>,
+    pub created: DateTime<Utc>,
+}
+
+impl From<UserRecord> for User {
+    fn from(u: UserRecord) -> User {
+        User {
+            name: u.name,
+            role: u.role,
+            tenant: u.tenant,
+            created: u.created,
+        }
+    }
+}
+
 /// `GET /api/v1/whoami`: the caller, and for a portal session the CSRF
 /// token its writes must send as `X-CSRF-Token`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WhoAmI {
     #[serde(flatten)]
     pub principal: Principal,
@@ -77,6 +153,9 @@ pub struct WhoAmI {
     pub csrf: Option<String>,
 }
 
+/// The caller: name, role, tenant, and for a portal session its CSRF token.
+#[utoipa::path(get, path = "/api/v1/whoami", operation_id = "whoami", tag = "auth",
+    responses((status = 200, description = "The caller", body = WhoAmI)))]
 async fn whoami(p: Principal, csrf: Option<axum::Extension<super::Csrf>>) -> Json<WhoAmI> {
     Json(WhoAmI {
         principal: p,
@@ -118,15 +197,27 @@ fn check_name(kind: &str, n: &str) -> Result<(), ServerError> {
     }
 }
 
-async fn tokens(State(ctl): Ctl, p: Principal) -> ApiResult<Vec<TokenRecord>> {
+/// API tokens, revoked and expired ones included (a tenant's admin: its
+/// tenant's).
+#[utoipa::path(get, path = "/api/v1/tokens", operation_id = "tokens", tag = "auth",
+    security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
+    responses((status = 200, description = "The tokens", body = Vec<Token>)))]
+async fn tokens(State(ctl): Ctl, p: Principal) -> ApiResult<Vec<Token>> {
     let all = ctl.auth.repo.tokens().await?;
     Ok(Json(
         all.into_iter()
             .filter(|t| p.sees(t.tenant.as_deref()))
+            .map(Token::from)
             .collect(),
     ))
 }
 
+/// Create an API token; the answer is the only time its secret is shown.
+#[utoipa::path(post, path = "/api/v1/tokens", operation_id = "token_create", tag = "auth",
+    request_body = TokenCreate,
+    security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
+    responses((status = 200, description = "The token and its secret", body = TokenCreated),
+        (status = 400, body = ApiError), (status = 403, body = ApiError)))]
 async fn token_create(
     State(ctl): Ctl,
     p: Principal,
@@ -139,44 +230,57 @@ async fn token_create(
             let d = humantime::parse_duration(s).map_err(|e| {
                 ServerError::BadRequest(format!("bad expires_in '{s}': {e} (e.g. 30d, 12h)"))
             })?;
-            let d = chrono::Duration::from_std(d)
-                .map_err(|_| ServerError::BadRequest(format!("expires_in '{s}' is too long")))?;
-            Some(Utc::now() + d)
+            let too_long = || ServerError::BadRequest(format!("expires_in '{s}' is too long"));
+            let d = chrono::Duration::from_std(d).map_err(|_| too_long())?;
+            Some(Utc::now().checked_add_signed(d).ok_or_else(too_long)?)
         }
         None => None,
     };
     let (secret, rec) = super::new_token(&req.name, req.role, tenant, expires);
     ctl.auth.repo.add_token(&rec).await?;
     tracing::info!(by = %p.name, token = %rec.id, role = %rec.role, "token created");
-    Ok(Json(TokenCreated { token: rec, secret }))
+    Ok(Json(TokenCreated {
+        token: rec.into(),
+        secret,
+    }))
 }
 
-async fn token_revoke(
-    State(ctl): Ctl,
-    p: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<TokenRecord> {
+/// Revoke an API token (it stays listed, with `revoked` set).
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", operation_id = "token_revoke", tag = "auth",
+    params(("id" = String, Path, description = "Token id")),
+    security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
+    responses((status = 200, description = "The revoked token", body = Token),
+        (status = 404, body = ApiError)))]
+async fn token_revoke(State(ctl): Ctl, p: Principal, Path(id): Path<String>) -> ApiResult<Token> {
     let t = ctl.auth.repo.token(&id).await?;
     p.check(t.tenant.as_deref(), "token", &id)?;
     ctl.auth.repo.revoke_token(&id, Utc::now()).await?;
     tracing::info!(by = %p.name, token = %id, "token revoked");
-    Ok(Json(ctl.auth.repo.token(&id).await?))
+    Ok(Json(ctl.auth.repo.token(&id).await?.into()))
 }
 
-async fn users(State(ctl): Ctl, p: Principal) -> ApiResult<Vec<UserRecord>> {
+/// Users (a tenant's admin: its tenant's).
+#[utoipa::path(get, path = "/api/v1/users", operation_id = "users", tag = "auth",
+    security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
+    responses((status = 200, description = "The users", body = Vec<User>)))]
+async fn users(State(ctl): Ctl, p: Principal) -> ApiResult<Vec<User>> {
     let all = ctl.auth.repo.users().await?;
     Ok(Json(
         all.into_iter()
             .filter(|u| p.sees(u.tenant.as_deref()))
+            .map(User::from)
             .collect(),
     ))
 }
 
-async fn user_add(
-    State(ctl): Ctl,
-    p: Principal,
-    Json(req): Json<UserAdd>,
-) -> ApiResult<UserRecord> {
+/// Add a user who logs in to the portal with a password.
+#[utoipa::path(post, path = "/api/v1/users", operation_id = "user_add", tag = "auth",
+    request_body = UserAdd,
+    security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
+    responses((status = 200, description = "The user", body = User),
+        (status = 400, body = ApiError), (status = 403, body = ApiError),
+        (status = 409, description = "The user exists already", body = ApiError)))]
+async fn user_add(State(ctl): Ctl, p: Principal, Json(req): Json<UserAdd>) -> ApiResult<User> {
     check_name("user", &req.name)?;
     if req.password.chars().count() < 8 {
         return Err(ServerError::BadRequest(
@@ -200,14 +304,16 @@ async fn user_add(
         )));
     }
     tracing::info!(by = %p.name, user = %rec.name, role = %rec.role, "user added");
-    Ok(Json(rec))
+    Ok(Json(rec.into()))
 }
 
-async fn user_remove(
-    State(ctl): Ctl,
-    p: Principal,
-    Path(name): Path<String>,
-) -> ApiResult<UserRecord> {
+/// Remove a user (and so end their portal sessions).
+#[utoipa::path(delete, path = "/api/v1/users/{name}", operation_id = "user_remove", tag = "auth",
+    params(("name" = String, Path, description = "User name")),
+    security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
+    responses((status = 200, description = "The removed user", body = User),
+        (status = 404, body = ApiError)))]
+async fn user_remove(State(ctl): Ctl, p: Principal, Path(name): Path<String>) -> ApiResult<User> {
     let u = match ctl.auth.repo.user(&name).await {
         Ok(u) => u,
         Err(DbError::NotFound { .. }) => return Err(ServerError::not_found("user", name)),
@@ -216,7 +322,7 @@ async fn user_remove(
     p.check(u.tenant.as_deref(), "user", &name)?;
     ctl.auth.repo.remove_user(&name).await?;
     tracing::info!(by = %p.name, user = %name, "user removed");
-    Ok(Json(u))
+    Ok(Json(u.into()))
 }
 
 /// `POST /login`, form-urlencoded.
@@ -311,6 +417,34 @@ async fn logout(State(ctl): Ctl, headers: HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the API answers for a token or a user is what the database
+    /// record serializes to (no field lost or added), and never a secret.
+    #[test]
+    fn tokens_and_users_show_their_records_without_secrets() {
+        let (secret, rec) = crate::auth::new_token("ci", Role::Operator, Some("acme".into()), None);
+        let shown = serde_json::to_value(Token::from(rec.clone())).unwrap();
+        assert_eq!(shown, serde_json::to_value(&rec).unwrap());
+        let text = shown.to_string();
+        assert!(!text.contains(&rec.secret_hash) && !text.contains(&secret[4..]));
+        let created = serde_json::to_value(TokenCreated {
+            token: rec.clone().into(),
+            secret: secret.clone(),
+        })
+        .unwrap();
+        assert_eq!(created["id"], rec.id.as_str());
+        assert_eq!(created["secret"], secret.as_str());
+        let u = UserRecord {
+            name: "ann".into(),
+            password_hash: "$argon2id$x".into(),
+            role: "admin".into(),
+            tenant: None,
+            created: Utc::now(),
+        };
+        let shown = serde_json::to_value(User::from(u.clone())).unwrap();
+        assert_eq!(shown, serde_json::to_value(&u).unwrap());
+        assert!(!shown.to_string().contains("argon2"));
+    }
 
     #[test]
     fn only_local_paths_are_followed_after_login() {

@@ -58,7 +58,19 @@ use crate::controller::Controller;
 use crate::error::ServerError;
 
 /// What a principal may do, each role including the ones below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads everything in its scope.
@@ -94,7 +106,7 @@ impl std::str::FromStr for Role {
 }
 
 /// The authenticated caller of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Principal {
     /// User name, or `token:<id>` for an API token.
     pub name: String,
@@ -209,23 +221,12 @@ const AGENT: &[(&str, &str)] = &[
     ("POST", "/api/v1/agents/{name}/heartbeat"),
     ("POST", "/api/v1/agents/{name}/results"),
 ];
-/// Writes that need an admin.
-const ADMIN: &[&str] = &[
-    "/api/v1/sites/{name}/fence",
-    "/api/v1/sites/{name}/unfence",
-    "/api/v1/rules/reload",
-    "/api/v1/tokens",
-    "/api/v1/tokens/{id}",
-    "/api/v1/users",
-    "/api/v1/users/{name}",
-];
-
 /// The role a route needs, by method and route template; None for routes
 /// without bearer authentication (see [`access`]). A route of the API
-/// takes the role its OpenAPI operation declares ([`crate::openapi`]: one
-/// source of truth); the routes of this module (tokens, users, login) and
-/// the portal's pages follow the same policy here: GET needs a viewer,
-/// writes an operator; users and tokens an admin.
+/// (this module's tokens, users and `whoami` included) takes the role its
+/// OpenAPI operation declares ([`crate::openapi`]: one source of truth);
+/// the portal's pages, outside the document, follow its default policy:
+/// GET needs a viewer, writes an operator.
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     let m = method.as_str();
     if PUBLIC
@@ -235,35 +236,19 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     {
         return None;
     }
-    if let Some(role) = crate::openapi::required_role(method, path) {
-        return Some(role);
-    }
-    if ADMIN.contains(&path) {
-        return Some(Role::Admin);
-    }
-    if *method == Method::GET || *method == Method::HEAD {
-        Some(Role::Viewer)
-    } else {
-        Some(Role::Operator)
-    }
+    Some(
+        crate::openapi::required_role(method, path)
+            .unwrap_or_else(|| crate::openapi::default_role(method.as_str())),
+    )
 }
 
-/// Routes of this module, which the OpenAPI document does not list.
-const OWN_ROUTES: &[(&str, &str)] = &[
-    ("GET", "/api/v1/whoami"),
-    ("GET", "/api/v1/tokens"),
-    ("POST", "/api/v1/tokens"),
-    ("DELETE", "/api/v1/tokens/{id}"),
-    ("GET", "/api/v1/users"),
-    ("POST", "/api/v1/users"),
-    ("DELETE", "/api/v1/users/{name}"),
-    ("POST", "/login"),
-    ("POST", "/logout"),
-];
+/// Routes outside `/api/v1`, which the OpenAPI document does not list:
+/// the portal's form posts ([`api::session_routes`]).
+const OWN_ROUTES: &[(&str, &str)] = &[("POST", "/login"), ("POST", "/logout")];
 
 /// Every operation of the controller's API: (method, route template).
 /// The OpenAPI document's operations (so a route added to the API is in
-/// it by construction) and this module's own routes; the e2e tests
+/// it by construction) and the portal's login and logout; the e2e tests
 /// generate the 401/403/404 matrix from it.
 pub fn route_table() -> Vec<(String, String)> {
     crate::openapi::operations()

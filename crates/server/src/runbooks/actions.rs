@@ -244,6 +244,12 @@ fn service_check(ctl: &Controller, service: &str, site: &str) -> Result<ProbeChe
 
 async fn vm_list(ctx: &ActionCtx) -> Result<Value, ServerError> {
     let ctl = &ctx.ctl;
+    let only = ctx.opt_str("vm")?;
+    if let Some(vm) = &only
+        && !ctl.cfg.vms.contains_key(vm)
+    {
+        return Err(ServerError::not_found("vm", vm));
+    }
     let site = ctx.opt_str("site")?;
     let group = ctx.opt_str("group")?;
     let protected = ctx.opt_bool("protected")?.unwrap_or(false);
@@ -259,7 +265,8 @@ async fn vm_list(ctx: &ActionCtx) -> Result<Value, ServerError> {
             .into_iter()
             .map(String::from)
             .collect();
-        if site.as_ref().is_some_and(|s| *s != rec.active_site)
+        if only.as_ref().is_some_and(|v| *v != rec.name)
+            || site.as_ref().is_some_and(|s| *s != rec.active_site)
             || group.as_ref().is_some_and(|g| !groups.contains(g))
             || (protected && groups.is_empty())
         {
