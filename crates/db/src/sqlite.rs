@@ -33,6 +33,62 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SqliteRepo {
     pool: SqlitePool,
+    /// The VM inventory (changed by `apply_config` and placements only).
+    vms_memo: Memo<Vec<VmRecord>>,
+    /// Catalog aggregates (changed by point and copy writes only).
+    summary_memo: Memo<Vec<VmPoints>>,
+    copies_memo: Memo<Vec<CopyCount>>,
+}
+
+/// A whole-table read kept until the next write that can change it, so a
+/// list or a scrape does not re-read 1,000 VMs or aggregate 100,000
+/// points each time. Exact, not a time-based cache: this process is the
+/// database's only writer (the controller holds its data directory's
+/// lock), and every such write bumps the generation after it commits. A
+/// read takes the generation before it queries, so a result that raced a
+/// write is stored under the old generation and never served again.
+struct Memo<T> {
+    generation: std::sync::atomic::AtomicU64,
+    value: std::sync::Mutex<Option<(u64, std::sync::Arc<T>)>>,
+}
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Memo {
+            generation: Default::default(),
+            value: Default::default(),
+        }
+    }
+}
+
+impl<T: Clone> Memo<T> {
+    async fn get<F, Fut>(&self, load: F) -> Result<T, DbError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DbError>>,
+    {
+        use std::sync::atomic::Ordering;
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some((g, v)) = self
+            .value
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            && *g == generation
+        {
+            return Ok(T::clone(v));
+        }
+        let v = load().await?;
+        *self.value.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((generation, std::sync::Arc::new(v.clone())));
+        Ok(v)
+    }
+
+    /// After a committed write that may change the value.
+    fn invalidate(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl SqliteRepo {
@@ -92,12 +148,69 @@ impl SqliteRepo {
             .run(&pool)
             .await
             .map_err(DbError::Migrate)?;
-        Ok(SqliteRepo { pool })
+        Ok(SqliteRepo {
+            pool,
+            vms_memo: Memo::default(),
+            summary_memo: Memo::default(),
+            copies_memo: Memo::default(),
+        })
     }
 
     /// A write transaction that takes the write lock up front, so a
     /// read-then-write transaction waits for the busy timeout instead of
     /// failing when another writer got in between.
+    async fn load_point_summary(&self) -> Result<Vec<VmPoints>, DbError> {
+        // SQLite: the bare column `size` comes from the row holding MAX(time).
+        let rows = sqlx::query(
+            "SELECT vm, COUNT(*) AS n, MAX(time) AS newest, size, \
+             SUM(bytes_new) AS added FROM points GROUP BY vm ORDER BY vm",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("summarize points"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(VmPoints {
+                    vm: get(r, "vm")?,
+                    count: uint(r, "n")?,
+                    newest: time(r, "newest")?,
+                    newest_size: uint(r, "size")?,
+                    new_bytes: uint(r, "added")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn load_copy_counts(&self) -> Result<Vec<CopyCount>, DbError> {
+        let rows = sqlx::query(
+            "SELECT vm, group_name, NULL AS datastore, COUNT(*) AS n FROM points \
+             GROUP BY vm, group_name \
+             UNION ALL \
+             SELECT p.vm, p.group_name, c.datastore, COUNT(*) AS n \
+             FROM point_copies c JOIN points p ON p.id = c.point_id \
+             GROUP BY p.vm, p.group_name, c.datastore",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("count point copies"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(CopyCount {
+                    vm: get(r, "vm")?,
+                    group: get(r, "group_name")?,
+                    datastore: get(r, "datastore")?,
+                    count: uint(r, "n")?,
+                })
+            })
+            .collect()
+    }
+
+    /// After a committed write of points or copies.
+    fn points_changed(&self) {
+        self.summary_memo.invalidate();
+        self.copies_memo.invalidate();
+    }
+
     async fn write_tx(
         &self,
         what: &str,
@@ -451,7 +564,11 @@ impl Repo for SqliteRepo {
             }
         }
 
-        tx.commit().await.map_err(query("commit the configuration"))
+        tx.commit()
+            .await
+            .map_err(query("commit the configuration"))?;
+        self.vms_memo.invalidate();
+        Ok(())
     }
 
     async fn sites(&self) -> Result<Vec<SiteRecord>, DbError> {
@@ -486,16 +603,20 @@ impl Repo for SqliteRepo {
     }
 
     async fn vms(&self) -> Result<Vec<VmRecord>, DbError> {
-        sqlx::query(
-            "SELECT name, home_site, home_host, dr_site, active_site, active_host \
-             FROM vms ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query("list vms"))?
-        .iter()
-        .map(vm_row)
-        .collect()
+        self.vms_memo
+            .get(|| async {
+                sqlx::query(
+                    "SELECT name, home_site, home_host, dr_site, active_site, active_host \
+                     FROM vms ORDER BY name",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query("list vms"))?
+                .iter()
+                .map(vm_row)
+                .collect()
+            })
+            .await
     }
 
     async fn vm(&self, name: &str) -> Result<VmRecord, DbError> {
@@ -563,7 +684,9 @@ impl Repo for SqliteRepo {
             .execute(&mut *tx)
             .await
             .map_err(query(&what))?;
-        tx.commit().await.map_err(query(what))
+        tx.commit().await.map_err(query(what))?;
+        self.vms_memo.invalidate();
+        Ok(())
     }
 
     async fn groups(&self) -> Result<Vec<GroupRecord>, DbError> {
@@ -614,7 +737,9 @@ impl Repo for SqliteRepo {
         for ds in &p.copies {
             add_copy(&mut tx, &p.id, ds).await?;
         }
-        tx.commit().await.map_err(query(what))
+        tx.commit().await.map_err(query(what))?;
+        self.points_changed();
+        Ok(())
     }
 
     async fn sync_catalog(
@@ -677,6 +802,7 @@ impl Repo for SqliteRepo {
                 }
             }
             tx.commit().await.map_err(query(&what))?;
+            self.points_changed();
         }
         Ok(out)
     }
@@ -686,7 +812,9 @@ impl Repo for SqliteRepo {
         let mut tx = self.write_tx(&what).await?;
         exists(&mut tx, "SELECT id FROM points WHERE id = $1", id, "point").await?;
         add_copy(&mut tx, id, datastore).await?;
-        tx.commit().await.map_err(query(what))
+        tx.commit().await.map_err(query(what))?;
+        self.points_changed();
+        Ok(())
     }
 
     async fn remove_point_copy(&self, id: &str, datastore: &str) -> Result<(), DbError> {
@@ -694,7 +822,9 @@ impl Repo for SqliteRepo {
         let mut tx = self.write_tx(&what).await?;
         exists(&mut tx, "SELECT id FROM points WHERE id = $1", id, "point").await?;
         remove_copy(&mut tx, id, datastore).await?;
-        tx.commit().await.map_err(query(what))
+        tx.commit().await.map_err(query(what))?;
+        self.points_changed();
+        Ok(())
     }
 
     async fn points(&self, vm: Option<&str>) -> Result<Vec<PointRecord>, DbError> {
@@ -786,49 +916,11 @@ impl Repo for SqliteRepo {
     }
 
     async fn point_summary(&self) -> Result<Vec<VmPoints>, DbError> {
-        // SQLite: the bare column `size` comes from the row holding MAX(time).
-        let rows = sqlx::query(
-            "SELECT vm, COUNT(*) AS n, MAX(time) AS newest, size, \
-             SUM(bytes_new) AS added FROM points GROUP BY vm ORDER BY vm",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query("summarize points"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(VmPoints {
-                    vm: get(r, "vm")?,
-                    count: uint(r, "n")?,
-                    newest: time(r, "newest")?,
-                    newest_size: uint(r, "size")?,
-                    new_bytes: uint(r, "added")?,
-                })
-            })
-            .collect()
+        self.summary_memo.get(|| self.load_point_summary()).await
     }
 
     async fn copy_counts(&self) -> Result<Vec<CopyCount>, DbError> {
-        let rows = sqlx::query(
-            "SELECT vm, group_name, NULL AS datastore, COUNT(*) AS n FROM points \
-             GROUP BY vm, group_name \
-             UNION ALL \
-             SELECT p.vm, p.group_name, c.datastore, COUNT(*) AS n \
-             FROM point_copies c JOIN points p ON p.id = c.point_id \
-             GROUP BY p.vm, p.group_name, c.datastore",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query("count point copies"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(CopyCount {
-                    vm: get(r, "vm")?,
-                    group: get(r, "group_name")?,
-                    datastore: get(r, "datastore")?,
-                    count: uint(r, "n")?,
-                })
-            })
-            .collect()
+        self.copies_memo.get(|| self.load_copy_counts()).await
     }
 
     async fn point_times(

@@ -162,9 +162,12 @@ async fn disks_and_members_keep_configuration_order() {
 async fn reapplying_keeps_placement_and_schedule() {
     let repo = example_repo().await;
     let next = at(30, 5);
+    // The inventory is read before and after the move: never an old one.
+    assert_eq!(repo.vms().await.unwrap()[0].active_site, "site1");
     repo.set_vm_placement("pbx1", "site2", "site2-host1")
         .await
         .unwrap();
+    assert_eq!(repo.vms().await.unwrap()[0].active_site, "site2");
     repo.set_group_schedule("gold", Some(next)).await.unwrap();
     repo.record_group_run("gold", at(0, 7), "succeeded")
         .await
@@ -190,6 +193,10 @@ async fn reapplying_keeps_placement_and_schedule() {
     assert_eq!(gold.next_run, None);
     assert_eq!(gold.last_run, Some(at(0, 7)));
     assert_eq!(gold.last_status.as_deref(), Some("succeeded"));
+
+    assert_eq!(repo.vms().await.unwrap().len(), 1);
+    repo.apply_config(&two_vm_config()).await.unwrap();
+    assert_eq!(repo.vms().await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -522,6 +529,39 @@ async fn point_summary_and_copy_counts_agree_with_the_catalog() {
         })
         .collect();
     assert_eq!(counts, want);
+
+    // Read again after each kind of write: never an old answer.
+    let mut newer = point("pbx2", 10_000, &["site9-store"]);
+    newer.size = 7;
+    repo.insert_point(&newer).await.unwrap();
+    let pbx2 = |s: Vec<VmPoints>| s.into_iter().find(|s| s.vm == "pbx2").unwrap();
+    let after = pbx2(repo.point_summary().await.unwrap());
+    assert_eq!(
+        (after.count, after.newest, after.newest_size),
+        (21, newer.time, 7)
+    );
+    let held = |c: &[CopyCount]| {
+        c.iter()
+            .any(|c| c.datastore.as_deref() == Some("site9-store"))
+    };
+    assert!(held(&repo.copy_counts().await.unwrap()));
+    repo.remove_point_copy(&newer.id, "site9-store")
+        .await
+        .unwrap();
+    assert_eq!(pbx2(repo.point_summary().await.unwrap()).count, 20);
+    assert!(!held(&repo.copy_counts().await.unwrap()));
+    repo.sync_catalog("site9-store", &[newer.clone()])
+        .await
+        .unwrap();
+    assert_eq!(pbx2(repo.point_summary().await.unwrap()).count, 21);
+    repo.add_point_copy(&newer.id, "site8-store").await.unwrap();
+    assert!(
+        repo.copy_counts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.datastore.as_deref() == Some("site8-store"))
+    );
 
     let since = all[30].time;
     let vms = vec!["pbx1".to_string(), "pbx3".to_string()];
