@@ -38,6 +38,10 @@ pub struct SqliteRepo {
     /// Catalog aggregates (changed by point and copy writes only).
     summary_memo: Memo<Vec<VmPoints>>,
     copies_memo: Memo<Vec<CopyCount>>,
+    /// Match counts of point queries by filter (a count scans an index),
+    /// with the catalog generation they were counted at.
+    point_counts: std::sync::Mutex<(u64, HashMap<String, u64>)>,
+    points_generation: std::sync::atomic::AtomicU64,
 }
 
 /// A whole-table read kept until the next write that can change it, so a
@@ -153,6 +157,8 @@ impl SqliteRepo {
             vms_memo: Memo::default(),
             summary_memo: Memo::default(),
             copies_memo: Memo::default(),
+            point_counts: Default::default(),
+            points_generation: Default::default(),
         })
     }
 
@@ -209,6 +215,46 @@ impl SqliteRepo {
     fn points_changed(&self) {
         self.summary_memo.invalidate();
         self.copies_memo.invalidate();
+        self.points_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// How many points match `q`'s filters (its page aside); counted once
+    /// per filter and catalog generation.
+    async fn count_points(&self, q: &PointQuery) -> Result<u64, DbError> {
+        let key = format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}",
+            q.vm, q.vms, q.site, q.group, q.since
+        );
+        let generation = self
+            .points_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        {
+            let counts = self.point_counts.lock().unwrap_or_else(|p| p.into_inner());
+            if counts.0 == generation
+                && let Some(n) = counts.1.get(&key)
+            {
+                return Ok(*n);
+            }
+        }
+        let mut qb = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM points p");
+        push_point_filter(&mut qb, q)?;
+        let total: i64 = qb
+            .build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query("count points"))?;
+        let total = u64::try_from(total).unwrap_or_default();
+        let mut counts = self.point_counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.0 != generation {
+            *counts = (generation, HashMap::new());
+        }
+        // Bounded: `since` filters are many and short-lived.
+        if counts.1.len() >= 1024 {
+            counts.1.clear();
+        }
+        counts.1.insert(key, total);
+        Ok(total)
     }
 
     async fn write_tx(
@@ -880,14 +926,7 @@ impl Repo for SqliteRepo {
     }
 
     async fn point_page(&self, q: &PointQuery) -> Result<(Vec<PointRecord>, u64), DbError> {
-        let mut qb = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM points p");
-        push_point_filter(&mut qb, q)?;
-        let total: i64 = qb
-            .build_query_scalar()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(query("count points"))?;
-        let total = u64::try_from(total).unwrap_or_default();
+        let total = self.count_points(q).await?;
         if q.limit == 0 || u64::from(q.offset) >= total {
             return Ok((Vec::new(), total));
         }

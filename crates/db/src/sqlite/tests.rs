@@ -531,9 +531,15 @@ async fn point_summary_and_copy_counts_agree_with_the_catalog() {
     assert_eq!(counts, want);
 
     // Read again after each kind of write: never an old answer.
+    let of_pbx2 = PointQuery {
+        vm: Some("pbx2".into()),
+        ..PointQuery::default()
+    };
+    assert_eq!(repo.point_page(&of_pbx2).await.unwrap().1, 20);
     let mut newer = point("pbx2", 10_000, &["site9-store"]);
     newer.size = 7;
     repo.insert_point(&newer).await.unwrap();
+    assert_eq!(repo.point_page(&of_pbx2).await.unwrap().1, 21);
     let pbx2 = |s: Vec<VmPoints>| s.into_iter().find(|s| s.vm == "pbx2").unwrap();
     let after = pbx2(repo.point_summary().await.unwrap());
     assert_eq!(
@@ -549,6 +555,7 @@ async fn point_summary_and_copy_counts_agree_with_the_catalog() {
         .await
         .unwrap();
     assert_eq!(pbx2(repo.point_summary().await.unwrap()).count, 20);
+    assert_eq!(repo.point_page(&of_pbx2).await.unwrap().1, 20);
     assert!(!held(&repo.copy_counts().await.unwrap()));
     repo.sync_catalog("site9-store", &[newer.clone()])
         .await

@@ -63,6 +63,22 @@ pub fn rpo_status(
     }
 }
 
+/// [`rpo_target_of`] for every VM with a target at once (one pass over
+/// the groups, for lists of many VMs).
+pub fn rpo_targets(cfg: &Config) -> std::collections::HashMap<&str, Duration> {
+    let mut out = std::collections::HashMap::new();
+    for g in cfg.groups.values() {
+        if let Some(t) = g.rpo_target {
+            for m in &g.members {
+                out.entry(m.as_str())
+                    .and_modify(|o: &mut Duration| *o = (*o).min(t))
+                    .or_insert(t);
+            }
+        }
+    }
+    out
+}
+
 /// The tightest RPO target among the groups `vm` is a member of.
 pub fn rpo_target_of(cfg: &Config, vm: &str) -> Option<Duration> {
     cfg.groups
@@ -481,6 +497,10 @@ rpo_target = "2h"
         assert_eq!(rpo_target_of(&c, "v1"), Some(Duration::from_secs(300)));
         assert_eq!(rpo_target_of(&c, "v2"), Some(Duration::from_secs(7200)));
         assert_eq!(rpo_target_of(&c, "nope"), None);
+        let all = rpo_targets(&c);
+        for vm in c.vms.keys() {
+            assert_eq!(all.get(vm.as_str()).copied(), rpo_target_of(&c, vm), "{vm}");
+        }
     }
 
     #[test]

@@ -352,11 +352,12 @@ async fn protection<'a>(
         .await?
         .into_iter()
         .collect();
+    let targets = model::rpo_targets(cfg);
     let mut rated: Vec<Rated> = visible
         .into_iter()
         .map(|record| {
             let newest = newest.get(&record.name).copied();
-            let target = model::rpo_target_of(cfg, &record.name);
+            let target = targets.get(record.name.as_str()).copied();
             Rated {
                 record,
                 newest,
@@ -564,7 +565,7 @@ async fn measures(
         };
         let run = ctl.runbooks.repo().run(j.id).await?;
         let steps = ctl.runbooks.repo().steps(j.id).await?;
-        let site = run.run.params["site"]
+        let mut site = run.run.params["site"]
             .as_str()
             .unwrap_or_default()
             .to_string();
@@ -573,6 +574,13 @@ async fn measures(
             let Some(report) = steps.iter().find(|s| s.step == "report" && s.item == -1) else {
                 continue;
             };
+            // A drill of one VM: the VM and the site it serves from.
+            if let Some(vm) = run.run.params["vm"].as_str() {
+                site = match report.input["site"].as_str() {
+                    Some(at) if !at.is_empty() => format!("{vm} ({at})"),
+                    _ => vm.to_string(),
+                };
+            }
             let report = if report.output.is_null() {
                 &Value::Null
             } else {
