@@ -38,6 +38,8 @@ pub struct SqliteRepo {
     /// Catalog aggregates (changed by point and copy writes only).
     summary_memo: Memo<Vec<VmPoints>>,
     copies_memo: Memo<Vec<CopyCount>>,
+    /// The newest point of every VM with points, by VM.
+    latest_memo: Memo<HashMap<String, PointRecord>>,
     /// Match counts of point queries by filter (a count scans an index),
     /// with the catalog generation they were counted at.
     point_counts: std::sync::Mutex<(u64, HashMap<String, u64>)>,
@@ -65,8 +67,8 @@ impl<T> Default for Memo<T> {
     }
 }
 
-impl<T: Clone> Memo<T> {
-    async fn get<F, Fut>(&self, load: F) -> Result<T, DbError>
+impl<T> Memo<T> {
+    async fn get<F, Fut>(&self, load: F) -> Result<std::sync::Arc<T>, DbError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, DbError>>,
@@ -80,11 +82,10 @@ impl<T: Clone> Memo<T> {
             .as_ref()
             && *g == generation
         {
-            return Ok(T::clone(v));
+            return Ok(v.clone());
         }
-        let v = load().await?;
-        *self.value.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((generation, std::sync::Arc::new(v.clone())));
+        let v = std::sync::Arc::new(load().await?);
+        *self.value.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, v.clone()));
         Ok(v)
     }
 
@@ -157,6 +158,7 @@ impl SqliteRepo {
             vms_memo: Memo::default(),
             summary_memo: Memo::default(),
             copies_memo: Memo::default(),
+            latest_memo: Memo::default(),
             point_counts: Default::default(),
             points_generation: Default::default(),
         })
@@ -211,10 +213,32 @@ impl SqliteRepo {
             .collect()
     }
 
+    /// The newest point of every VM with points: an index seek per VM.
+    async fn load_latest(&self) -> Result<HashMap<String, PointRecord>, DbError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {POINT_COLUMNS} FROM points p WHERE p.id IN \
+             (SELECT (SELECT id FROM points WHERE vm = v.vm ORDER BY time DESC, id DESC LIMIT 1) \
+              FROM (SELECT DISTINCT vm FROM points) v)"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("list the newest points"))?;
+        let ids = rows
+            .iter()
+            .map(|r| get::<String>(r, "id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let copies = self.copies_of(&ids).await?;
+        Ok(point_records(&rows, copies)?
+            .into_iter()
+            .map(|p| (p.vm.clone(), p))
+            .collect())
+    }
+
     /// After a committed write of points or copies.
     fn points_changed(&self) {
         self.summary_memo.invalidate();
         self.copies_memo.invalidate();
+        self.latest_memo.invalidate();
         self.points_generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
@@ -663,6 +687,7 @@ impl Repo for SqliteRepo {
                 .collect()
             })
             .await
+            .map(|v| Vec::clone(&v))
     }
 
     async fn vm(&self, name: &str) -> Result<VmRecord, DbError> {
@@ -890,39 +915,25 @@ impl Repo for SqliteRepo {
     }
 
     async fn latest_points(&self, vms: &[String]) -> Result<Vec<PointRecord>, DbError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {POINT_COLUMNS} FROM points p WHERE p.id IN \
-             (SELECT (SELECT id FROM points WHERE vm = v.value ORDER BY time DESC, id DESC LIMIT 1) \
-              FROM json_each($1) v) ORDER BY p.vm"
-        ))
-        .bind(json_list(vms)?)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query("list the newest points"))?;
-        let ids = rows
-            .iter()
-            .map(|r| get::<String>(r, "id"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let copies = self.copies_of(&ids).await?;
-        point_records(&rows, copies)
+        let latest = self.latest_memo.get(|| self.load_latest()).await?;
+        let mut out: Vec<PointRecord> = vms.iter().filter_map(|v| latest.get(v).cloned()).collect();
+        out.sort_by(|a, b| a.vm.cmp(&b.vm));
+        out.dedup_by(|a, b| a.id == b.id);
+        Ok(out)
     }
 
     async fn newest_point_times(
         &self,
         vms: &[String],
     ) -> Result<Vec<(String, DateTime<Utc>)>, DbError> {
-        let rows = sqlx::query(
-            "SELECT vm, newest FROM (SELECT v.value AS vm, \
-             (SELECT MAX(time) FROM points WHERE vm = v.value) AS newest \
-             FROM json_each($1) v) WHERE newest IS NOT NULL ORDER BY vm",
-        )
-        .bind(json_list(vms)?)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query("read the newest point times"))?;
-        rows.iter()
-            .map(|r| Ok((get(r, "vm")?, time(r, "newest")?)))
-            .collect()
+        let latest = self.latest_memo.get(|| self.load_latest()).await?;
+        let mut out: Vec<(String, DateTime<Utc>)> = vms
+            .iter()
+            .filter_map(|v| latest.get(v).map(|p| (p.vm.clone(), p.time)))
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     async fn point_page(&self, q: &PointQuery) -> Result<(Vec<PointRecord>, u64), DbError> {
@@ -955,11 +966,13 @@ impl Repo for SqliteRepo {
     }
 
     async fn point_summary(&self) -> Result<Vec<VmPoints>, DbError> {
-        self.summary_memo.get(|| self.load_point_summary()).await
+        let summary = self.summary_memo.get(|| self.load_point_summary()).await?;
+        Ok(Vec::clone(&summary))
     }
 
     async fn copy_counts(&self) -> Result<Vec<CopyCount>, DbError> {
-        self.copies_memo.get(|| self.load_copy_counts()).await
+        let counts = self.copies_memo.get(|| self.load_copy_counts()).await?;
+        Ok(Vec::clone(&counts))
     }
 
     async fn point_times(
