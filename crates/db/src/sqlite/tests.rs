@@ -540,6 +540,10 @@ async fn point_summary_and_copy_counts_agree_with_the_catalog() {
     newer.size = 7;
     repo.insert_point(&newer).await.unwrap();
     assert_eq!(repo.point_page(&of_pbx2).await.unwrap().1, 21);
+    assert_eq!(
+        repo.latest_points(&["pbx2".into()]).await.unwrap(),
+        vec![newer.clone()]
+    );
     let pbx2 = |s: Vec<VmPoints>| s.into_iter().find(|s| s.vm == "pbx2").unwrap();
     let after = pbx2(repo.point_summary().await.unwrap());
     assert_eq!(
@@ -556,6 +560,10 @@ async fn point_summary_and_copy_counts_agree_with_the_catalog() {
         .unwrap();
     assert_eq!(pbx2(repo.point_summary().await.unwrap()).count, 20);
     assert_eq!(repo.point_page(&of_pbx2).await.unwrap().1, 20);
+    assert_ne!(
+        repo.newest_point_times(&["pbx2".into()]).await.unwrap()[0].1,
+        newer.time
+    );
     assert!(!held(&repo.copy_counts().await.unwrap()));
     repo.sync_catalog("site9-store", &[newer.clone()])
         .await
