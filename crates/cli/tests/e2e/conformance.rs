@@ -426,25 +426,33 @@ fn api_figures() {
     );
     assert_eq!(check.errors, 0, "the API refuses the figures' requests");
 
-    let mut endpoints = vec![
-        "/api/v1/vms".to_string(),
-        format!("/api/v1/points?vm={}", vm_name(vms / 2)),
-        "/api/v1/points?limit=100".to_string(),
-        "/api/v1/alerts".to_string(),
-        "/api/v1/jobs".to_string(),
-        "/api/v1/services".to_string(),
-        "/metrics".to_string(),
+    // The API's list endpoints at the target rate; the portal's dashboard
+    // and the Prometheus scrape at the rates they see in use (a dashboard
+    // fragment is fetched at most once a second per open browser: 20
+    // browsers; a scrape every few seconds: 2 a second).
+    let mut endpoints: Vec<(String, u32)> = vec![
+        ("/api/v1/vms".to_string(), rate),
+        (format!("/api/v1/points?vm={}", vm_name(vms / 2)), rate),
+        ("/api/v1/points?limit=100".to_string(), rate),
+        ("/api/v1/alerts".to_string(), rate),
+        ("/api/v1/jobs".to_string(), rate),
+        ("/api/v1/services".to_string(), rate),
+        ("/metrics".to_string(), 2),
     ];
     // The portal's dashboard, once the controller serves one.
     if wrk(&format!("{base}/"), 1, 0.0, 1, &script, token.as_deref()).errors == 0 {
-        endpoints.push("/".to_string());
+        endpoints.push(("/".to_string(), 20));
     }
     let conns = 50;
-    let interval = 2.0 * 1000.0 / f64::from(rate.max(1));
     let mut rows = Vec::new();
     let mut report = String::new();
-    for path in &endpoints {
+    for (path, path_rate) in &endpoints {
         let url = format!("{base}{path}");
+        // One request first: what the first read after a start (or after
+        // the catalog changed) costs is not what the paced run measures.
+        let first = Instant::now();
+        wrk(&url, 1, 0.0, 1, &script, token.as_deref());
+        let first_ms = first.elapsed().as_secs_f64() * 1000.0;
         let body = std::process::Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{size_download}"])
             .args(
@@ -456,10 +464,11 @@ fn api_figures() {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
             .unwrap_or_default();
+        let interval = 2.0 * 1000.0 / f64::from((*path_rate).max(1));
         let paced = wrk(&url, conns, interval, secs, &script, token.as_deref());
         let max = wrk(&url, 2, 0.0, secs, &script, token.as_deref());
         let line = format!(
-            "{path:<28} {:>9} B  paced: {:>6.0} req/s p50 {:>7.2} ms p99 {:>7.2} ms ({} errors)  max (2 conns): {:>6.0} req/s p50 {:>7.2} ms p99 {:>7.2} ms{}",
+            "{path:<28} {:>9} B  paced at {path_rate}/s: {:>6.0} req/s p50 {:>7.2} ms p99 {:>7.2} ms ({} errors)  max (2 conns): {:>6.0} req/s p50 {:>7.2} ms p99 {:>7.2} ms  (first, wrk's 1 s run: {first_ms:.0} ms){}",
             body,
             paced.rps,
             paced.p50_ms,
@@ -468,7 +477,7 @@ fn api_figures() {
             max.rps,
             max.p50_ms,
             max.p99_ms,
-            if paced.p99_ms > 50.0 || paced.rps < 0.9 * f64::from(rate) {
+            if paced.p99_ms > 50.0 || paced.rps < 0.9 * f64::from(*path_rate) {
                 "  MISSES p99 <= 50 ms at the rate"
             } else {
                 ""
@@ -479,7 +488,7 @@ fn api_figures() {
         rows.push((path.clone(), paced, max));
     }
     eprintln!(
-        "\n{vms} VMs, {} points; points written in {write_secs:.1} s; first start {start_secs:.1} s; paced target {rate} req/s ({conns} connections, 2 threads, one request every {interval} ms per thread), {secs} s per run\n{report}",
+        "\n{vms} VMs, {} points; points written in {write_secs:.1} s; first start {start_secs:.1} s; paced: {conns} connections, 2 threads, each thread sending one request every 2 × 1000 / rate ms, {secs} s per run\n{report}",
         vms * per_vm
     );
     if let Ok(p) = std::env::var("STANDBY_BENCH_REPORT") {

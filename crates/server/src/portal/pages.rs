@@ -249,9 +249,15 @@ async fn dashboard_data(
             name: s.name,
         })
         .collect();
-    let probes = ctl.watch.probe_states();
+    let views = ctl.frontdoor.views(cfg)?;
+    // Only results about a service or its VM count for its health.
+    let probes = ctl.watch.probe_states_where(|r| {
+        views
+            .iter()
+            .any(|v| r.labels.get("service") == Some(&v.name) || r.labels.get("vm") == Some(&v.vm))
+    });
     let mut services = Vec::new();
-    for view in ctl.frontdoor.views(cfg)? {
+    for view in views {
         if !p.sees(cfg.tenant_of_service(&view.name)) {
             continue;
         }

@@ -168,6 +168,17 @@ impl Watch {
             .collect()
     }
 
+    /// The latest results that `keep` selects (cloning only those).
+    pub fn probe_states_where(&self, keep: impl Fn(&ProbeResult) -> bool) -> Vec<ProbeResult> {
+        self.latest
+            .lock()
+            .expect("latest lock")
+            .values()
+            .filter(|r| keep(r))
+            .cloned()
+            .collect()
+    }
+
     pub fn rules_status(&self) -> RulesStatus {
         self.rules.lock().expect("rules lock").clone()
     }
