@@ -307,6 +307,11 @@ pub const ACTIONS: &[ActionSpec] = &[
             ),
             opt("description", "string", "description"),
             opt("dedup", "string", "dedup key (default: runbook:JOB)"),
+            opt(
+                "labels",
+                "map",
+                "labels of the incident besides `runbook` (string values; empty ones are left out); a `vm` label makes it the VM's tenant's too",
+            ),
         ],
         outputs: &[req("incident", "number", "incident id")],
         idempotency: "the dedup key (default per job) returns the same open incident",

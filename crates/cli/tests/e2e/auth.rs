@@ -832,6 +832,31 @@ probe = "sip"
     // Another tenant cannot see the job either.
     let (s, _, _) = http.call(Method::GET, &steps_path, Some(&globex), &[], None);
     assert_eq!(s, 404);
+    // The drill's incident is labelled with the VM: the tenant's, not
+    // globex's.
+    let incident = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "incident" && s["item"] == -1)
+        .and_then(|s| s["output"]["incident"].as_i64())
+        .expect("an incident step");
+    let incident_path = format!("/api/v1/incidents/{incident}");
+    let (s, _, body) = http.call(Method::GET, &incident_path, Some(&acme), &[], None);
+    assert_eq!(s, 200, "the tenant sees its drill's incident: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let labels = if v["incident"].is_object() {
+        &v["incident"]["labels"]
+    } else {
+        &v["labels"]
+    };
+    assert_eq!(labels["vm"], "pbx1", "{v:#}");
+    assert!(
+        labels.get("site").is_none(),
+        "an empty label is left out: {v:#}"
+    );
+    let (s, _, _) = http.call(Method::GET, &incident_path, Some(&globex), &[], None);
+    assert_eq!(s, 404);
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(
         !String::from_utf8_lossy(&netns.stdout).contains(&format!("sbd-{job}-")),

@@ -448,13 +448,17 @@ fn api_figures() {
     let mut report = String::new();
     for (path, path_rate) in &endpoints {
         let url = format!("{base}{path}");
-        // One request first: what the first read after a start (or after
-        // the catalog changed) costs is not what the paced run measures.
-        let first = Instant::now();
-        wrk(&url, 1, 0.0, 1, &script, token.as_deref());
-        let first_ms = first.elapsed().as_secs_f64() * 1000.0;
-        let body = std::process::Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{size_download}"])
+        // One request first, its size and time: what the first read after
+        // a start (or after the catalog changed) costs is not what the
+        // paced run measures.
+        let first = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download} %{time_total}",
+            ])
             .args(
                 token
                     .iter()
@@ -464,11 +468,18 @@ fn api_figures() {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
             .unwrap_or_default();
+        let mut first = first.split_whitespace();
+        let body = first.next().unwrap_or_default().to_string();
+        let first_ms = first
+            .next()
+            .and_then(|t| t.parse::<f64>().ok())
+            .unwrap_or_default()
+            * 1000.0;
         let interval = 2.0 * 1000.0 / f64::from((*path_rate).max(1));
         let paced = wrk(&url, conns, interval, secs, &script, token.as_deref());
         let max = wrk(&url, 2, 0.0, secs, &script, token.as_deref());
         let line = format!(
-            "{path:<28} {:>9} B  paced at {path_rate}/s: {:>6.0} req/s p50 {:>7.2} ms p99 {:>7.2} ms ({} errors)  max (2 conns): {:>6.0} req/s p50 {:>7.2} ms p99 {:>7.2} ms  (first, wrk's 1 s run: {first_ms:.0} ms){}",
+            "{path:<28} {:>9} B  paced at {path_rate}/s: {:>6.0} req/s p50 {:>7.2} ms p99 {:>7.2} ms ({} errors)  max (2 conns): {:>6.0} req/s p50 {:>7.2} ms p99 {:>7.2} ms  (first request: {first_ms:.1} ms){}",
             body,
             paced.rps,
             paced.p50_ms,
@@ -477,7 +488,10 @@ fn api_figures() {
             max.rps,
             max.p50_ms,
             max.p99_ms,
-            if paced.p99_ms > 50.0 || paced.rps < 0.9 * f64::from(*path_rate) {
+            // The target is the API lists' (at the target rate).
+            if *path_rate == rate
+                && (paced.p99_ms > 50.0 || paced.rps < 0.9 * f64::from(*path_rate))
+            {
                 "  MISSES p99 <= 50 ms at the rate"
             } else {
                 ""

@@ -574,6 +574,33 @@ async fn incident_open(ctx: &ActionCtx) -> Result<Value, ServerError> {
     let key = ctx
         .opt_str("dedup")?
         .unwrap_or_else(|| format!("runbook:{}", ctx.job));
+    let mut labels: standby_types::watch::Labels =
+        [("runbook".to_string(), ctx.runbook.clone())].into();
+    match &ctx.input["labels"] {
+        Value::Null => {}
+        Value::Object(m) => {
+            for (k, v) in m {
+                let v = match v {
+                    Value::Null => continue,
+                    Value::String(s) => s.clone(),
+                    Value::Number(_) | Value::Bool(_) => v.to_string(),
+                    other => {
+                        return Err(ServerError::BadRequest(format!(
+                            "input 'labels.{k}': {other} is not a string"
+                        )));
+                    }
+                };
+                if !v.is_empty() && k != "runbook" {
+                    labels.insert(k.clone(), v);
+                }
+            }
+        }
+        other => {
+            return Err(ServerError::BadRequest(format!(
+                "input 'labels': {other} is not a map of strings"
+            )));
+        }
+    }
     let i = crate::watch::open_incident(
         &ctx.ctl,
         crate::watch::IncidentOpen {
@@ -581,7 +608,7 @@ async fn incident_open(ctx: &ActionCtx) -> Result<Value, ServerError> {
             severity: Some(severity),
             description: ctx.opt_str("description")?,
             key: Some(key),
-            labels: [("runbook".to_string(), ctx.runbook.clone())].into(),
+            labels,
             author: Some(ctx.author()),
             ..Default::default()
         },
