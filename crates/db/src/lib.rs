@@ -229,10 +229,9 @@ pub trait Repo: Send + Sync {
     ) -> Result<Vec<(String, DateTime<Utc>)>, DbError>;
     /// The VM of each of these points that exists.
     async fn point_vms(&self, ids: &[String]) -> Result<Vec<(String, String)>, DbError>;
-    /// The VM's newest point (by time), if any: one row, whatever the
-    /// number of points.
+    /// The VM's newest point (by time), if any.
     async fn latest_point(&self, vm: &str) -> Result<Option<PointRecord>, DbError> {
-        Ok(self.points(Some(vm)).await?.pop())
+        Ok(self.latest_points(&[vm.to_string()]).await?.pop())
     }
 
     /// A new job: queued, no progress, result `null`.

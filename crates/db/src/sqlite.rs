@@ -40,10 +40,9 @@ pub struct SqliteRepo {
     copies_memo: Memo<Vec<CopyCount>>,
     /// The newest point of every VM with points, by VM.
     latest_memo: Memo<HashMap<String, PointRecord>>,
-    /// Match counts of point queries by filter (a count scans an index),
-    /// with the catalog generation they were counted at.
-    point_counts: std::sync::Mutex<(u64, HashMap<String, u64>)>,
-    points_generation: std::sync::atomic::AtomicU64,
+    /// Match counts of point queries by filter (a count scans an index):
+    /// a fresh map per catalog generation, filled as filters are asked.
+    counts_memo: Memo<std::sync::Mutex<HashMap<String, u64>>>,
 }
 
 /// A whole-table read kept until the next write that can change it, so a
@@ -159,8 +158,7 @@ impl SqliteRepo {
             summary_memo: Memo::default(),
             copies_memo: Memo::default(),
             latest_memo: Memo::default(),
-            point_counts: Default::default(),
-            points_generation: Default::default(),
+            counts_memo: Memo::default(),
         })
     }
 
@@ -239,8 +237,7 @@ impl SqliteRepo {
         self.summary_memo.invalidate();
         self.copies_memo.invalidate();
         self.latest_memo.invalidate();
-        self.points_generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.counts_memo.invalidate();
     }
 
     /// How many points match `q`'s filters (its page aside); counted once
@@ -250,16 +247,19 @@ impl SqliteRepo {
             "{:?}|{:?}|{:?}|{:?}|{:?}",
             q.vm, q.vms, q.site, q.group, q.since
         );
-        let generation = self
-            .points_generation
-            .load(std::sync::atomic::Ordering::Acquire);
-        {
-            let counts = self.point_counts.lock().unwrap_or_else(|p| p.into_inner());
-            if counts.0 == generation
-                && let Some(n) = counts.1.get(&key)
-            {
-                return Ok(*n);
-            }
+        // A count that raced a write lands in the old generation's map,
+        // which is never served again.
+        let counts = self
+            .counts_memo
+            .get(|| async { Ok(std::sync::Mutex::default()) })
+            .await?;
+        let known = counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied();
+        if let Some(n) = known {
+            return Ok(n);
         }
         let mut qb = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM points p");
         push_point_filter(&mut qb, q)?;
@@ -269,15 +269,12 @@ impl SqliteRepo {
             .await
             .map_err(query("count points"))?;
         let total = u64::try_from(total).unwrap_or_default();
-        let mut counts = self.point_counts.lock().unwrap_or_else(|p| p.into_inner());
-        if counts.0 != generation {
-            *counts = (generation, HashMap::new());
-        }
+        let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
         // Bounded: `since` filters are many and short-lived.
-        if counts.1.len() >= 1024 {
-            counts.1.clear();
+        if counts.len() >= 1024 {
+            counts.clear();
         }
-        counts.1.insert(key, total);
+        counts.insert(key, total);
         Ok(total)
     }
 
@@ -348,11 +345,6 @@ impl SqliteRepo {
             PointFilter::All => ("", None),
             PointFilter::Vm(vm) => ("WHERE p.vm = $1", Some(vm)),
             PointFilter::Id(id) => ("WHERE p.id = $1", Some(id)),
-            PointFilter::LatestOf(vm) => (
-                "WHERE p.id = (SELECT id FROM points WHERE vm = $1 \
-                 ORDER BY time DESC, id DESC LIMIT 1)",
-                Some(vm),
-            ),
         };
         let sql = format!("SELECT {POINT_COLUMNS} FROM points p {cond} ORDER BY p.time, p.id");
         let rows = with_key(&sql, value)
@@ -462,8 +454,6 @@ enum PointFilter<'a> {
     All,
     Vm(&'a str),
     Id(&'a str),
-    /// The newest point of a VM (uses the `points_vm_time` index).
-    LatestOf(&'a str),
 }
 
 const JOB_COLUMNS: &str = "id, kind, target, status, progress_done, progress_total, message, \
@@ -910,10 +900,6 @@ impl Repo for SqliteRepo {
             .ok_or_else(|| not_found("point", id))
     }
 
-    async fn latest_point(&self, vm: &str) -> Result<Option<PointRecord>, DbError> {
-        Ok(self.load_points(PointFilter::LatestOf(vm)).await?.pop())
-    }
-
     async fn latest_points(&self, vms: &[String]) -> Result<Vec<PointRecord>, DbError> {
         let latest = self.latest_memo.get(|| self.load_latest()).await?;
         let mut out: Vec<PointRecord> = vms.iter().filter_map(|v| latest.get(v).cloned()).collect();
@@ -926,14 +912,12 @@ impl Repo for SqliteRepo {
         &self,
         vms: &[String],
     ) -> Result<Vec<(String, DateTime<Utc>)>, DbError> {
-        let latest = self.latest_memo.get(|| self.load_latest()).await?;
-        let mut out: Vec<(String, DateTime<Utc>)> = vms
-            .iter()
-            .filter_map(|v| latest.get(v).map(|p| (p.vm.clone(), p.time)))
-            .collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
+        Ok(self
+            .latest_points(vms)
+            .await?
+            .into_iter()
+            .map(|p| (p.vm, p.time))
+            .collect())
     }
 
     async fn point_page(&self, q: &PointQuery) -> Result<(Vec<PointRecord>, u64), DbError> {

@@ -544,6 +544,11 @@ async fn point_summary_and_copy_counts_agree_with_the_catalog() {
         repo.latest_points(&["pbx2".into()]).await.unwrap(),
         vec![newer.clone()]
     );
+    assert_eq!(
+        repo.latest_point("pbx2").await.unwrap(),
+        Some(newer.clone())
+    );
+    assert_eq!(repo.latest_point("pbx9").await.unwrap(), None);
     let pbx2 = |s: Vec<VmPoints>| s.into_iter().find(|s| s.vm == "pbx2").unwrap();
     let after = pbx2(repo.point_summary().await.unwrap());
     assert_eq!(
