@@ -79,7 +79,7 @@ pub fn routes() -> OpenApiRouter<Arc<Controller>> {
         .routes(routes!(job))
         .routes(routes!(job_stream))
         .merge(crate::api_watch::routes())
-        .merge(crate::frontdoor::routes())
+        .merge(crate::services::routes())
         .merge(crate::runbooks::api::routes())
         .merge(crate::auth::api::routes())
 }

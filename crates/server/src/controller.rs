@@ -28,7 +28,7 @@ pub struct Controller {
     /// Probes, rules, alerts, incidents and notifications.
     pub watch: crate::watch::Watch,
     /// The front door: where each service's clients are sent.
-    pub frontdoor: crate::frontdoor::FrontDoor,
+    pub frontdoor: standby_frontdoor::FrontDoor,
     /// Loaded runbooks and the durable engine's state.
     pub runbooks: crate::runbooks::Runbooks,
     /// Users, tokens, sessions and agent secrets.
@@ -122,7 +122,7 @@ impl Controller {
             .collect();
         let repo = Arc::new(repo);
         let watch = crate::watch::Watch::open(&cfg, repo.clone()).await?;
-        let frontdoor = crate::frontdoor::FrontDoor::open(&cfg, repo.clone()).await?;
+        let frontdoor = standby_frontdoor::FrontDoor::open(&cfg, repo.clone()).await?;
         // Runbook jobs are not failed above: they resume once the
         // controller runs (`crate::runbooks::resume_all`).
         let runbooks = crate::runbooks::Runbooks::open(&cfg, repo.clone());
@@ -243,6 +243,17 @@ impl Controller {
 }
 
 impl Controller {
+    /// Send `service`'s traffic to `site` from now on. Idempotent. Returns
+    /// `{service, site, previous, switched_at}`.
+    pub async fn switch_traffic(
+        &self,
+        service: &str,
+        site: &str,
+    ) -> Result<serde_json::Value, ServerError> {
+        let r = self.frontdoor.switch(&self.cfg, service, site).await?;
+        serde_json::to_value(r).map_err(|e| ServerError::Internal(format!("switch result: {e}")))
+    }
+
     /// Make the point catalog match what the datastores hold: points found
     /// in a store are recorded, copies that vanished are dropped. Stores
     /// that cannot be opened are left as they are (and reported).

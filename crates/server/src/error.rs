@@ -1,6 +1,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use standby_db::DbError;
+use standby_frontdoor::FrontDoorError;
 use standby_hv::HvError;
 use standby_store::StoreError;
 use standby_types::api::ApiError;
@@ -27,6 +28,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Hv(#[from] HvError),
+    #[error(transparent)]
+    FrontDoor(#[from] FrontDoorError),
     #[error("{0}")]
     Internal(String),
     /// The agent that runs `host` cannot be reached (or did not answer in
@@ -75,6 +78,21 @@ impl ServerError {
                 "hypervisor",
                 e.is_temporary(),
             ),
+            ServerError::FrontDoor(e) => match e {
+                FrontDoorError::UnknownService(_) => (StatusCode::NOT_FOUND, "not_found", false),
+                FrontDoorError::UnknownSite(_)
+                | FrontDoorError::NoBackend { .. }
+                | FrontDoorError::BadListen(_) => (StatusCode::BAD_REQUEST, "bad_request", false),
+                FrontDoorError::Listen { .. } => (StatusCode::CONFLICT, "conflict", true),
+                FrontDoorError::Db(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "database",
+                    e.is_temporary(),
+                ),
+                FrontDoorError::BadBackend(_) | FrontDoorError::Target { .. } => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal", true)
+                }
+            },
             ServerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", true),
             ServerError::Unreachable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unreachable", true)

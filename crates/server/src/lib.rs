@@ -22,8 +22,9 @@
 //!   document, built from the same routes, and the role each one needs.
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications
 //!   and `/metrics`.
-//! - [`frontdoor`]: per service, UDP and TCP forwarders that send clients
-//!   to the site where the service is active.
+//! - [`services`]: the routes of the front door (`standby_frontdoor`:
+//!   per service, UDP and TCP forwarders that send clients to the site
+//!   where the service is active).
 //! - [`remote_agent`]: the `standby agent` process: heartbeats and probes
 //!   from another vantage point and, with a data dir, a host's VMs
 //!   (`/agent/v1`).
@@ -44,7 +45,6 @@ pub mod controller;
 pub mod drill;
 pub mod error;
 pub mod fence;
-pub mod frontdoor;
 pub mod jobs;
 pub mod openapi;
 pub mod portal;
@@ -53,6 +53,7 @@ pub mod remote_agent;
 pub mod restore;
 pub mod runbooks;
 pub mod scheduler;
+pub mod services;
 pub mod stores;
 pub mod vms;
 pub mod watch;

@@ -404,7 +404,7 @@ mod tests {
     const SOURCES: &[(&str, &str)] = &[
         ("api.rs", include_str!("api.rs")),
         ("api_watch.rs", include_str!("api_watch.rs")),
-        ("frontdoor.rs", include_str!("frontdoor.rs")),
+        ("services.rs", include_str!("services.rs")),
         ("runbooks/api.rs", include_str!("runbooks/api.rs")),
         ("auth/api.rs", include_str!("auth/api.rs")),
     ];

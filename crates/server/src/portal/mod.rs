@@ -161,6 +161,12 @@ impl From<standby_db::DbError> for PageError {
     }
 }
 
+impl From<standby_frontdoor::FrontDoorError> for PageError {
+    fn from(e: standby_frontdoor::FrontDoorError) -> Self {
+        PageError::Server(e.into())
+    }
+}
+
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         match self {

@@ -157,7 +157,7 @@ pub async fn render(ctl: &Arc<Controller>) -> Result<String, ServerError> {
         hb,
     );
 
-    crate::frontdoor::register_metrics(&mut reg, &ctl.frontdoor);
+    standby_frontdoor::register_metrics(&mut reg, &ctl.frontdoor);
 
     let mut out = String::new();
     encode(&mut out, &reg)

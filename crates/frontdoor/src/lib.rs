@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //! - [`FrontDoor`]: the persisted routing (which site each service's
-//!   clients go to, in the `services` table) and [`Controller::switch_traffic`],
+//!   clients go to, in the `services` table) and [`FrontDoor::switch`],
 //!   which changes it and tells every [`TrafficTarget`].
 //! - [`TrafficTarget`]: the seam between the decision and the mechanism.
 //!   The embedded L4 forwarder ([`Forwarder`]) is the one implementation
@@ -22,6 +22,7 @@
 //!   connections to the old site are closed (the old site is fenced or
 //!   stopped; a half-open stream to it would hang the client).
 
+mod error;
 mod tcp;
 mod udp;
 
@@ -31,29 +32,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use chrono::Utc;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use standby_db::{Repo, ServiceRecord, ServiceRepo, SqliteRepo};
-use standby_types::api::{ServiceCounters, ServiceView, SiteCounters, SwitchRequest, SwitchResult};
+use standby_types::api::{ServiceCounters, ServiceView, SiteCounters, SwitchResult};
 use standby_types::config::{Config, Protocol, ServiceConfig, ServiceProbe};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use standby_types::api::ApiError;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-use crate::api::{ApiQuery, ListParams, ListResult, Page};
-use crate::auth::Principal;
-use crate::controller::Controller;
-use crate::error::ServerError;
+pub use error::FrontDoorError;
 
 /// Where a service's traffic goes. The embedded forwarder is one target; a
 /// DNS updater (pointing a name at the active site) would be another.
@@ -68,7 +59,7 @@ pub trait TrafficTarget: Send + Sync {
         service: &str,
         site: &str,
         backend: SocketAddr,
-    ) -> Result<(), ServerError>;
+    ) -> Result<(), FrontDoorError>;
 }
 
 /// The routing of all services and the targets that carry it out.
@@ -87,7 +78,7 @@ impl FrontDoor {
     /// of every configured service. A new service starts at the site where
     /// its VM is active; a stored site the service no longer has a backend
     /// at is replaced the same way.
-    pub async fn open(cfg: &Config, repo: Arc<SqliteRepo>) -> Result<FrontDoor, ServerError> {
+    pub async fn open(cfg: &Config, repo: Arc<SqliteRepo>) -> Result<FrontDoor, FrontDoorError> {
         let mut records = BTreeMap::new();
         let mut lanes = BTreeMap::new();
         for (name, svc) in &cfg.services {
@@ -105,9 +96,9 @@ impl FrontDoor {
                 repo.switch_service(name, &initial, Utc::now()).await?;
                 rec = repo.service(name).await?;
             }
-            let backend = svc.backend(&rec.active_site).ok_or_else(|| {
-                ServerError::Internal(format!("service {name}: bad backend address"))
-            })?;
+            let backend = svc
+                .backend(&rec.active_site)
+                .ok_or_else(|| FrontDoorError::BadBackend(name.clone()))?;
             lanes.insert(
                 name.clone(),
                 Arc::new(Lane::new(name, svc, &rec.active_site, backend)),
@@ -131,18 +122,19 @@ impl FrontDoor {
         cfg: &Config,
         tasks: &TaskTracker,
         cancel: &CancellationToken,
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), FrontDoorError> {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for (name, svc) in &cfg.services {
             let lane = self.forwarder.lane(name)?;
-            let addr = svc.listen_addr().ok_or_else(|| {
-                ServerError::BadRequest(format!("service {name}: bad listen address"))
-            })?;
-            let in_use = |proto: &str, e: std::io::Error| {
-                ServerError::Conflict(format!(
-                    "service {name}: unable to listen on {proto} {addr}: {e}"
-                ))
+            let addr = svc
+                .listen_addr()
+                .ok_or_else(|| FrontDoorError::BadListen(name.clone()))?;
+            let in_use = |proto: &'static str, source: std::io::Error| FrontDoorError::Listen {
+                service: name.clone(),
+                proto,
+                addr,
+                source,
             };
             if svc.protocols.contains(&Protocol::Udp) {
                 let s = tokio::net::UdpSocket::bind(addr)
@@ -175,19 +167,18 @@ impl FrontDoor {
         cfg: &Config,
         service: &str,
         site: &str,
-    ) -> Result<SwitchResult, ServerError> {
+    ) -> Result<SwitchResult, FrontDoorError> {
         let svc = cfg
             .services
             .get(service)
-            .ok_or_else(|| ServerError::not_found("service", service))?;
+            .ok_or_else(|| FrontDoorError::UnknownService(service.to_string()))?;
         if !cfg.sites.contains_key(site) {
-            return Err(ServerError::BadRequest(format!("unknown site '{site}'")));
+            return Err(FrontDoorError::UnknownSite(site.to_string()));
         }
-        let backend = svc.backend(site).ok_or_else(|| {
-            ServerError::BadRequest(format!(
-                "service '{service}' has no backend at site '{site}' (it has {})",
-                svc.backends.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
+        let backend = svc.backend(site).ok_or_else(|| FrontDoorError::NoBackend {
+            service: service.to_string(),
+            site: site.to_string(),
+            backends: svc.backends.keys().cloned().collect::<Vec<_>>().join(", "),
         })?;
         let _one = self.switch_lock.lock().await;
         let current = self.record(service)?;
@@ -221,31 +212,34 @@ impl FrontDoor {
             }
         };
         for t in &self.targets {
-            t.point(service, site, backend).await.map_err(|e| {
-                ServerError::Internal(format!(
-                    "service {service}: the {} target did not follow the switch to {site}: {e}",
-                    t.kind()
-                ))
-            })?;
+            t.point(service, site, backend)
+                .await
+                .map_err(|e| FrontDoorError::Target {
+                    service: service.to_string(),
+                    kind: t.kind(),
+                    site: site.to_string(),
+                    source: Box::new(e),
+                })?;
         }
         Ok(result)
     }
 
-    fn record(&self, service: &str) -> Result<ServiceRecord, ServerError> {
+    /// The persisted routing of `service`.
+    pub fn record(&self, service: &str) -> Result<ServiceRecord, FrontDoorError> {
         self.records
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(service)
             .cloned()
-            .ok_or_else(|| ServerError::not_found("service", service))
+            .ok_or_else(|| FrontDoorError::UnknownService(service.to_string()))
     }
 
     /// The API view of one service.
-    pub fn view(&self, cfg: &Config, name: &str) -> Result<ServiceView, ServerError> {
+    pub fn view(&self, cfg: &Config, name: &str) -> Result<ServiceView, FrontDoorError> {
         let svc = cfg
             .services
             .get(name)
-            .ok_or_else(|| ServerError::not_found("service", name))?;
+            .ok_or_else(|| FrontDoorError::UnknownService(name.to_string()))?;
         let rec = self.record(name)?;
         let lane = self.forwarder.lane(name)?;
         Ok(ServiceView {
@@ -263,7 +257,7 @@ impl FrontDoor {
     }
 
     /// Views of every configured service, by name.
-    pub fn views(&self, cfg: &Config) -> Result<Vec<ServiceView>, ServerError> {
+    pub fn views(&self, cfg: &Config) -> Result<Vec<ServiceView>, FrontDoorError> {
         cfg.services.keys().map(|n| self.view(cfg, n)).collect()
     }
 }
@@ -273,19 +267,6 @@ fn probe_name(p: ServiceProbe) -> &'static str {
         ServiceProbe::Sip => "sip",
         ServiceProbe::Tcp => "tcp",
         ServiceProbe::Http => "http",
-    }
-}
-
-impl Controller {
-    /// Send `service`'s traffic to `site` from now on. Idempotent. Returns
-    /// `{service, site, previous, switched_at}`.
-    pub async fn switch_traffic(
-        &self,
-        service: &str,
-        site: &str,
-    ) -> Result<serde_json::Value, ServerError> {
-        let r = self.frontdoor.switch(&self.cfg, service, site).await?;
-        serde_json::to_value(r).map_err(|e| ServerError::Internal(format!("switch result: {e}")))
     }
 }
 
@@ -383,10 +364,10 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    fn lane(&self, service: &str) -> Result<&Arc<Lane>, ServerError> {
+    fn lane(&self, service: &str) -> Result<&Arc<Lane>, FrontDoorError> {
         self.lanes
             .get(service)
-            .ok_or_else(|| ServerError::not_found("service", service))
+            .ok_or_else(|| FrontDoorError::UnknownService(service.to_string()))
     }
 }
 
@@ -401,7 +382,7 @@ impl TrafficTarget for Forwarder {
         service: &str,
         site: &str,
         backend: SocketAddr,
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), FrontDoorError> {
         self.lane(service)?.route.send_if_modified(|r| {
             if r.site == site && r.backend == backend {
                 return false;
@@ -501,72 +482,4 @@ pub fn register_metrics(reg: &mut Registry, fd: &FrontDoor) {
         "Failed connects, sends and receives",
         errors,
     );
-}
-
-type Ctl = State<Arc<Controller>>;
-
-/// `/api/v1/services`: list, show, switch.
-pub fn routes() -> OpenApiRouter<Arc<Controller>> {
-    OpenApiRouter::new()
-        .routes(routes!(list))
-        .routes(routes!(show))
-        .routes(routes!(switch))
-}
-
-/// Services behind the front door and the site their clients go to.
-#[utoipa::path(get, path = "/api/v1/services", operation_id = "services", tag = "services", params(ListParams),
-    responses((status = 200, body = Vec<ServiceView>,
-        headers(("x-total-count" = u64, description = "Number of matches")))))]
-async fn list(
-    State(ctl): Ctl,
-    who: Principal,
-    ApiQuery(q): ApiQuery<ListParams>,
-) -> ListResult<ServiceView> {
-    let page = Page::new(q.limit, q.offset)?;
-    let all: Vec<ServiceView> = ctl
-        .frontdoor
-        .views(&ctl.cfg)?
-        .into_iter()
-        .filter(|v| who.sees(ctl.cfg.tenant_of_service(&v.name)))
-        .collect();
-    Ok(page.of(all))
-}
-
-/// One service.
-#[utoipa::path(get, path = "/api/v1/services/{name}", operation_id = "service", tag = "services",
-    params(("name" = String, Path, description = "Service")),
-    responses((status = 200, body = ServiceView), (status = 404, body = ApiError)))]
-async fn show(
-    State(ctl): Ctl,
-    who: Principal,
-    Path(name): Path<String>,
-) -> Result<Json<ServiceView>, ServerError> {
-    who.check(ctl.cfg.tenant_of_service(&name), "service", &name)?;
-    Ok(Json(ctl.frontdoor.view(&ctl.cfg, &name)?))
-}
-
-/// Send a service's clients to another site.
-#[utoipa::path(post, path = "/api/v1/services/{name}/switch", operation_id = "service_switch", tag = "services",
-    params(("name" = String, Path, description = "Service")),
-    request_body = SwitchRequest,
-    responses((status = 200, body = SwitchResult), (status = 400, body = ApiError),
-        (status = 404, body = ApiError)))]
-async fn switch(
-    State(ctl): Ctl,
-    who: Principal,
-    Path(name): Path<String>,
-    body: Result<Json<SwitchRequest>, JsonRejection>,
-) -> Result<Json<SwitchResult>, ServerError> {
-    who.check(ctl.cfg.tenant_of_service(&name), "service", &name)?;
-    // 404 for an unknown service before looking at the body.
-    ctl.frontdoor.record(&name)?;
-    let Json(req) = body.map_err(|e| {
-        ServerError::BadRequest(format!(
-            "bad switch request (expected {{\"site\": NAME}}): {}",
-            e.body_text()
-        ))
-    })?;
-    Ok(Json(
-        ctl.frontdoor.switch(&ctl.cfg, &name, &req.site).await?,
-    ))
 }
