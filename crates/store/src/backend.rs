@@ -16,8 +16,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use serde::Serialize;
+
 use crate::StoreError;
-use crate::object::ObjectStats;
+
+/// Requests made and bytes moved by a backend (an object store counts them),
+/// for the figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ObjectStats {
+    pub requests: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
 
 /// One object found by [`Backend::list`].
 #[derive(Debug, Clone)]

@@ -16,7 +16,8 @@
 //! The stored length makes a pack readable blob by blob without its index.
 //!
 //! In an encrypted datastore (encryption 1) the payload is compressed
-//! first, then sealed with the data key ([`crate::crypto`]):
+//! first, then sealed with the data key ([`crate::crypto`], the AEAD of
+//! `seal.rs`):
 //!
 //! ```text
 //! payload = nonce (24 random bytes) | ciphertext | Poly1305 tag (16)
@@ -31,7 +32,8 @@
 use std::cell::RefCell;
 
 use crate::chunk::ChunkId;
-use crate::crypto::{Crypto, SEAL_OVERHEAD};
+use crate::crypto::Crypto;
+use crate::seal::{self, SEAL_OVERHEAD};
 
 pub const BLOB_MAGIC: [u8; 4] = *b"SBCK";
 pub const BLOB_VERSION: u8 = 1;
@@ -398,7 +400,11 @@ pub fn encode_with(
         stored_len: ((payload.len() + SEAL_OVERHEAD) as u32).to_le_bytes(),
         crc: [0; 4],
     };
-    let sealed = crypto.seal(&sealed_ad(&header.to_bytes(), id), payload);
+    let sealed = seal::seal_with(
+        crypto.data_cipher(),
+        &sealed_ad(&header.to_bytes(), id),
+        payload,
+    );
     header.crc = crc32fast::hash(&sealed).to_le_bytes();
     let mut out = Vec::with_capacity(BLOB_HEADER_SIZE + sealed.len());
     out.extend_from_slice(&header.to_bytes());
@@ -418,12 +424,12 @@ fn open_sealed(
     if !header.is_sealed() {
         return Err(BlobError::NotSealed);
     }
-    let payload = crypto
-        .open(
-            &sealed_ad(&header.to_bytes(), id),
-            &blob[BLOB_HEADER_SIZE..],
-        )
-        .map_err(|_| BlobError::Authentication)?;
+    let payload = seal::open_with(
+        crypto.data_cipher(),
+        &sealed_ad(&header.to_bytes(), id),
+        &blob[BLOB_HEADER_SIZE..],
+    )
+    .map_err(|_| BlobError::Authentication)?;
     // Authenticated: the kind is what the writer said it was.
     if header.kind() != kind {
         return Err(BlobError::KindMismatch {

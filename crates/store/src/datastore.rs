@@ -3,21 +3,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::backend::{Backend, LocalBackend};
-use crate::blob::{self, BlobKind};
+use crate::blob::{self, BlobError, BlobKind};
 use crate::catalog::{Catalog, Location};
 use crate::chunk::ChunkId;
-use crate::keys::KeySource;
-use crate::manifest::{DiskEntry, Manifest, PointId, PointMeta};
-use crate::pack::{self, PackId};
-use crate::writer::PointWriter;
+use crate::crypto::Crypto;
+use crate::keys::{self, KdfParams, KeySource};
+use crate::layout::{
+    MARKER_FILE, Marker, already_exists, create_dirs, create_layout, create_layout_on, read_marker,
+};
+use crate::manifest::{DiskEntry, Manifest, PointId};
+use crate::pack::{self, PackId, PackIndex};
 use crate::{StoreError, index, lock};
-
-pub const MARKER_FILE: &str = "standby-store.json";
-pub const FORMAT: u64 = 1;
-const KIND: &str = "standby-datastore";
 
 /// Tunables of a datastore handle.
 #[derive(Debug, Clone, Copy)]
@@ -37,82 +36,11 @@ impl Default for StoreOptions {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Marker {
-    format: u64,
-    kind: String,
-    #[serde(default)]
-    created: Option<chrono::DateTime<chrono::Utc>>,
-    /// "blake3", or "blake3-keyed" in an encrypted datastore.
-    #[serde(default)]
-    pub(crate) chunk_hash: Option<String>,
-    /// "xchacha20poly1305" in an encrypted datastore.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) encryption: Option<String>,
-    /// One-way check of the master keys (see `crypto::Crypto::key_check`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) key_check: Option<String>,
-}
-
-impl Marker {
-    pub(crate) fn new(chunk_hash: &str) -> Marker {
-        Marker {
-            format: FORMAT,
-            kind: KIND.into(),
-            created: Some(chrono::Utc::now()),
-            chunk_hash: Some(chunk_hash.into()),
-            encryption: None,
-            key_check: None,
-        }
-    }
-}
-
 fn check_options(options: &StoreOptions) -> Result<(), StoreError> {
     if !(pack::MIN_PACK_SIZE..=pack::MAX_PACK_SIZE).contains(&options.pack_size) {
         return Err(StoreError::InvalidPackSize(options.pack_size));
     }
     Ok(())
-}
-
-fn create_dirs(root: &Path) -> Result<(), StoreError> {
-    for dir in ["packs", "manifests", "tmp", "locks"] {
-        let path = root.join(dir);
-        std::fs::create_dir_all(&path).map_err(|e| StoreError::io("create directory", &path, e))?;
-    }
-    Ok(())
-}
-
-/// Write `marker`; `AlreadyExists` when there is one.
-fn write_marker(backend: &dyn Backend, marker: &Marker) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec_pretty(marker).map_err(|source| StoreError::Json {
-        what: "datastore marker".into(),
-        source,
-    })?;
-    backend.put_new(MARKER_FILE, &bytes)
-}
-
-/// Read and check the format marker.
-fn read_marker(backend: &dyn Backend) -> Result<Marker, StoreError> {
-    let root = backend.location();
-    let not_a_store = || StoreError::NotADatastore {
-        path: root.to_path_buf(),
-    };
-    let bytes = match backend.get(MARKER_FILE) {
-        Ok(bytes) => bytes,
-        Err(e) if e.is_not_found() => return Err(not_a_store()),
-        Err(e) => return Err(e),
-    };
-    let marker: Marker = serde_json::from_slice(&bytes).map_err(|_| not_a_store())?;
-    if marker.kind != KIND {
-        return Err(not_a_store());
-    }
-    if marker.format != FORMAT {
-        return Err(StoreError::UnsupportedFormat {
-            path: root.to_path_buf(),
-            format: marker.format,
-        });
-    }
-    Ok(marker)
 }
 
 /// Ranges of one pack handed to the backend at once.
@@ -128,6 +56,18 @@ pub struct StoreStats {
     pub bytes_on_disk: u64,
 }
 
+/// What a sync of one point did (same scheme or re-encoded).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SyncStats {
+    pub chunks_copied: u64,
+    /// Stored bytes copied.
+    pub bytes_copied: u64,
+    /// Chunks the destination already had.
+    pub chunks_skipped: u64,
+    /// The destination already had the point; nothing was done.
+    pub already_present: bool,
+}
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub root: PathBuf,
@@ -135,7 +75,7 @@ pub(crate) struct Inner {
     pub catalog: Catalog,
     pub options: StoreOptions,
     /// The master keys of an encrypted datastore.
-    pub crypto: Option<crate::crypto::Crypto>,
+    pub crypto: Option<Crypto>,
 }
 
 /// A content-addressed store of recovery points. Cheap to clone; clones
@@ -213,7 +153,7 @@ impl Datastore {
     ) -> Result<Datastore, StoreError> {
         check_options(&options)?;
         let marker = read_marker(backend.as_ref())?;
-        let crypto = crate::keys::unlock_marker(backend.as_ref(), &marker, key)?;
+        let crypto = keys::unlock_marker(backend.as_ref(), &marker, key)?;
         let ds = Datastore {
             inner: Arc::new(Inner {
                 root: backend.location().to_path_buf(),
@@ -260,7 +200,7 @@ impl Datastore {
 
     /// Requests and bytes moved so far, when the backend counts them
     /// (object stores).
-    pub fn object_stats(&self) -> Option<crate::ObjectStats> {
+    pub fn object_stats(&self) -> Option<crate::backend::ObjectStats> {
         self.backend().object_stats()
     }
 
@@ -446,10 +386,6 @@ impl Datastore {
         Ok(ids)
     }
 
-    pub fn begin_point(&self, meta: PointMeta) -> Result<PointWriter, StoreError> {
-        PointWriter::begin(self.clone(), meta)
-    }
-
     /// Every point, oldest first. An unreadable manifest is an error naming
     /// it; [`Datastore::verify`] reports it instead.
     pub fn list_points(&self) -> Result<Vec<Manifest>, StoreError> {
@@ -475,6 +411,27 @@ impl Datastore {
             return Err(bad(format!("holds point {} at the wrong path", m.id)));
         }
         Ok(m)
+    }
+
+    /// Write a copied point's manifest (sync), last and create-only. True
+    /// when this datastore got the point meanwhile from someone else.
+    pub(crate) fn publish_manifest(
+        &self,
+        id: &PointId,
+        manifest: &Manifest,
+    ) -> Result<bool, StoreError> {
+        match self
+            .backend()
+            .put_new(&id.manifest_path(), &self.encode_manifest(manifest)?)
+        {
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(false),
+        }
     }
 
     pub fn load_manifest(&self, id: &PointId) -> Result<Manifest, StoreError> {
@@ -557,78 +514,172 @@ impl Datastore {
     }
 }
 
-/// Make the directories and marker of a new datastore at `root`, which
-/// must be missing or empty; `before_marker` writes what must exist
-/// before the marker makes the datastore visible (its key object). False
-/// when another process created it meanwhile.
-pub(crate) fn create_layout(
-    root: &Path,
-    marker: &Marker,
-    before_marker: impl FnOnce(&dyn Backend) -> Result<(), StoreError>,
-) -> Result<bool, StoreError> {
-    let empty = match std::fs::read_dir(root) {
-        Ok(mut entries) => entries.next().is_none(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-        Err(e) => return Err(StoreError::io("read directory", root, e)),
-    };
-    if !empty {
-        return Err(StoreError::NotADatastore {
-            path: root.to_path_buf(),
-        });
+/// Encrypted datastores: creating them with their first key object,
+/// opening them with a key, adding keys (the key objects are `keys.rs`).
+impl Datastore {
+    /// Create an encrypted datastore at `root` (missing or an empty
+    /// directory), its master keys wrapped for `key`. Argon2id costs
+    /// [`KdfParams::default`].
+    pub fn create_encrypted(
+        root: &Path,
+        key: &KeySource,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        Self::create_encrypted_with_kdf(root, key, KdfParams::default(), options)
     }
-    std::fs::create_dir_all(root).map_err(|e| StoreError::io("create datastore", root, e))?;
-    create_dirs(root)?;
-    put_marker(&LocalBackend::new(root), marker, before_marker)
+
+    /// [`Datastore::create_encrypted`] with the given Argon2id cost.
+    pub fn create_encrypted_with_kdf(
+        root: &Path,
+        key: &KeySource,
+        kdf: KdfParams,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        let backend = LocalBackend::new(root);
+        keys::create_encrypted_layout(&backend, key, kdf, |marker, before| {
+            create_layout(root, marker, before)
+        })?;
+        Self::open_keyed(root, options, Some(key))
+    }
+
+    /// Create an encrypted datastore on an empty location of any backend
+    /// (an Azure container or S3 bucket prefix), its master keys wrapped
+    /// for `key`; the key object lives next to the data. Fails with
+    /// `AlreadyExists` when a datastore is there already. Argon2id costs
+    /// [`KdfParams::default`].
+    pub fn create_encrypted_on(
+        backend: Arc<dyn Backend>,
+        key: &KeySource,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        Self::create_encrypted_on_with_kdf(backend, key, KdfParams::default(), options)
+    }
+
+    /// [`Datastore::create_encrypted_on`] with the given Argon2id cost.
+    pub fn create_encrypted_on_with_kdf(
+        backend: Arc<dyn Backend>,
+        key: &KeySource,
+        kdf: KdfParams,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        keys::create_encrypted_layout(backend.as_ref(), key, kdf, |marker, before| {
+            create_layout_on(backend.as_ref(), marker, before)
+        })?;
+        Self::open_on_keyed(backend, options, Some(key))
+    }
+
+    /// Open an encrypted datastore with `key`.
+    pub fn open_with_key(
+        root: &Path,
+        key: &KeySource,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        Self::open_keyed(root, options, Some(key))
+    }
+
+    /// Wrap this datastore's master keys for `new` too, after checking
+    /// that `existing` opens one of its key objects. Returns the new key
+    /// object's path. Argon2id costs [`KdfParams::default`].
+    pub fn add_key(&self, existing: &KeySource, new: &KeySource) -> Result<String, StoreError> {
+        self.add_key_with_kdf(existing, new, KdfParams::default())
+    }
+
+    /// [`Datastore::add_key`] with the given Argon2id cost.
+    pub fn add_key_with_kdf(
+        &self,
+        existing: &KeySource,
+        new: &KeySource,
+        kdf: KdfParams,
+    ) -> Result<String, StoreError> {
+        let Some(crypto) = self.crypto() else {
+            return Err(StoreError::NotEncrypted {
+                location: self.root().to_path_buf(),
+            });
+        };
+        let (master, _) = keys::unlock(self.backend(), existing, Some(&crypto.key_check()))?;
+        let (path, bytes) = keys::wrap(&master, new, kdf)?;
+        self.backend().put_new(&path, &bytes)?;
+        tracing::info!(object = %path, key = %new, "key object added");
+        Ok(path)
+    }
 }
 
-/// [`create_layout`] on any backend: the location must hold no objects
-/// (or a datastore already, which gives false). Local directories a
-/// backend locks in are made too.
-pub(crate) fn create_layout_on(
-    backend: &dyn Backend,
-    marker: &Marker,
-    before_marker: impl FnOnce(&dyn Backend) -> Result<(), StoreError>,
-) -> Result<bool, StoreError> {
-    if backend.exists(MARKER_FILE)? {
-        return Ok(false);
+/// What the datastore does differently when it is encrypted: its ids,
+/// blobs, pack index trailers and manifests follow its scheme (keyed and
+/// sealed with its master keys, or plain).
+impl Datastore {
+    /// True when the datastore encrypts its chunks and manifests.
+    pub fn is_encrypted(&self) -> bool {
+        self.inner.crypto.is_some()
     }
-    if !backend.list("")?.is_empty() {
-        return Err(StoreError::NotADatastore {
-            path: backend.location().to_path_buf(),
-        });
-    }
-    if let Some(root) = backend.lock_dir() {
-        create_dirs(root)?;
-    }
-    put_marker(backend, marker, before_marker)
-}
 
-/// Write what must precede the marker, then the marker, create-only: of
-/// concurrent creators the first marker written wins (false for the
-/// others).
-fn put_marker(
-    backend: &dyn Backend,
-    marker: &Marker,
-    before_marker: impl FnOnce(&dyn Backend) -> Result<(), StoreError>,
-) -> Result<bool, StoreError> {
-    before_marker(backend)?;
-    match write_marker(backend, marker) {
-        Ok(()) => Ok(true),
-        // Created by someone else meanwhile.
-        Err(StoreError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::AlreadyExists =>
-        {
-            Ok(false)
+    pub(crate) fn crypto(&self) -> Option<&Crypto> {
+        self.inner.crypto.as_ref()
+    }
+
+    /// True when a stored blob of this datastore is valid in `other` as it
+    /// is: both unencrypted, or both with the same master keys.
+    pub(crate) fn same_scheme(&self, other: &Datastore) -> bool {
+        match (self.crypto(), other.crypto()) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.same_keys(b),
+            _ => false,
         }
-        Err(e) => Err(e),
     }
-}
 
-/// The error of creating a datastore where one exists already.
-pub(crate) fn already_exists(backend: &dyn Backend) -> StoreError {
-    StoreError::io(
-        "create datastore",
-        backend.location().join(MARKER_FILE),
-        std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-    )
+    /// Id of a data chunk in this datastore's scheme.
+    pub(crate) fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        match self.crypto() {
+            Some(c) => c.chunk_id(data),
+            None => ChunkId::of(data),
+        }
+    }
+
+    /// Hash of an index chunk's payload in this datastore's scheme.
+    pub(crate) fn index_chunk_id(&self, payload: &[u8]) -> ChunkId {
+        match self.crypto() {
+            Some(c) => c.hash(payload),
+            None => ChunkId::hash(payload),
+        }
+    }
+
+    /// Encode chunk `id`'s plaintext as a blob of this datastore.
+    pub(crate) fn encode_blob(&self, kind: BlobKind, id: &ChunkId, data: &[u8]) -> Vec<u8> {
+        blob::encode_with(kind, data, self.options().zstd_level, id, self.crypto())
+    }
+
+    /// Check and decode a stored blob of chunk `id`.
+    pub(crate) fn decode_blob(
+        &self,
+        stored: &[u8],
+        kind: BlobKind,
+        id: &ChunkId,
+    ) -> Result<Vec<u8>, BlobError> {
+        blob::decode_with(stored, kind, id, self.crypto())
+    }
+
+    pub(crate) fn decode_blob_into(
+        &self,
+        stored: &[u8],
+        kind: BlobKind,
+        id: &ChunkId,
+        out: &mut [u8],
+    ) -> Result<(), BlobError> {
+        blob::decode_into_with(stored, kind, id, self.crypto(), out)
+    }
+
+    /// Parse a pack index file, its trailer checked in this scheme.
+    pub(crate) fn decode_index(&self, bytes: &[u8]) -> Result<PackIndex, String> {
+        pack::decode_index_keyed(bytes, self.crypto().map(Crypto::index_key))
+    }
+
+    /// The bytes of `m`'s manifest object: sealed in an encrypted store.
+    pub(crate) fn encode_manifest(&self, m: &Manifest) -> Result<Vec<u8>, StoreError> {
+        m.to_object(self.crypto())
+    }
+
+    /// Parse and check the manifest object at `path`.
+    pub(crate) fn decode_manifest(&self, path: &str, bytes: &[u8]) -> Result<Manifest, String> {
+        Manifest::from_object(path, bytes, self.crypto())
+    }
 }

@@ -27,7 +27,7 @@
 //! (the kdf as JSON), so the parameters cannot be swapped. The checksum
 //! is not a security measure: it tells an altered object ("corrupt key
 //! object") from a wrong key, which a seal alone cannot. Several objects
-//! may wrap the same master keys ([`Datastore::add_key`]); any one opens
+//! may wrap the same master keys (`Datastore::add_key`); any one opens
 //! the store.
 
 use std::fmt;
@@ -35,19 +35,16 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::backend::{Backend, LocalBackend};
-use crate::crypto::{
-    self, CIPHER_NAME, Crypto, KEY_LEN, KEYED_HASH_NAME, MASTER_KEYS_LEN, MasterKeys,
-};
-use crate::datastore::{
-    Datastore, MARKER_FILE, Marker, already_exists, create_layout, create_layout_on,
-};
-use crate::{StoreError, StoreOptions};
+use crate::StoreError;
+use crate::backend::Backend;
+use crate::crypto::{self, Crypto, KEYED_HASH_NAME, MASTER_KEYS_LEN, MasterKeys};
+pub use crate::layout::KEYS_DIR;
+use crate::layout::{MARKER_FILE, Marker, already_exists};
+use crate::seal::{self, CIPHER_NAME, KEY_LEN};
 
 /// Where the key of an encrypted datastore comes from. Secrets are
 /// zeroized when dropped and never shown by `Debug`.
@@ -110,7 +107,6 @@ const MAX_MEMORY_KIB: u32 = 4 << 20;
 const MAX_ITERATIONS: u32 = 64;
 const MAX_PARALLELISM: u32 = 64;
 
-pub const KEYS_DIR: &str = "keys";
 const KEY_OBJECT_FORMAT: u32 = 1;
 const SEAL_CONTEXT: &[u8] = b"standby key object v1\0";
 const KEY_FILE_CONTEXT: &str = "standby 2026-11-26 key file to key-encryption key";
@@ -277,7 +273,7 @@ pub(crate) fn wrap(
             });
         }
     };
-    let sealed = crypto::seal_with(&crypto::cipher(&kek), &object.ad(), &*keys.to_bytes());
+    let sealed = seal::seal_with(&seal::cipher(&kek), &object.ad(), &*keys.to_bytes());
     object.sealed = hex::encode(sealed);
     object.checksum = object.compute_checksum();
     let mut bytes = serde_json::to_vec_pretty(&object).map_err(|source| StoreError::Json {
@@ -324,7 +320,7 @@ fn try_open(bytes: &[u8], path: &str, source: &KeySource) -> Result<MasterKeys, 
     };
     let sealed =
         hex::decode(&object.sealed).map_err(|_| Miss::Corrupt("sealed keys are not hex".into()))?;
-    let plain = crypto::open_with(&crypto::cipher(&kek), &object.ad(), &sealed)
+    let plain = seal::open_with(&seal::cipher(&kek), &object.ad(), &sealed)
         .map_err(|_| Miss::NotThisKey)?;
     let plain = Zeroizing::new(plain);
     if plain.len() != MASTER_KEYS_LEN {
@@ -450,9 +446,9 @@ pub(crate) fn unlock_marker(
 
 /// Make the master keys of a new encrypted datastore on `backend`, wrap
 /// them for `key`, and have `layout` write the key object and then the
-/// marker (see `datastore::create_layout`). When another creator's marker
+/// marker (see `layout::create_layout`). When another creator's marker
 /// won, the key object is removed and the error is `AlreadyExists`.
-fn create_encrypted_layout(
+pub(crate) fn create_encrypted_layout(
     backend: &dyn Backend,
     key: &KeySource,
     kdf: KdfParams,
@@ -476,94 +472,6 @@ fn create_encrypted_layout(
     }
     tracing::info!(location = %location.display(), object = %path, key = %key, "encrypted datastore created");
     Ok(())
-}
-
-impl Datastore {
-    /// Create an encrypted datastore at `root` (missing or an empty
-    /// directory), its master keys wrapped for `key`. Argon2id costs
-    /// [`KdfParams::default`].
-    pub fn create_encrypted(
-        root: &Path,
-        key: &KeySource,
-        options: StoreOptions,
-    ) -> Result<Datastore, StoreError> {
-        Self::create_encrypted_with_kdf(root, key, KdfParams::default(), options)
-    }
-
-    /// [`Datastore::create_encrypted`] with the given Argon2id cost.
-    pub fn create_encrypted_with_kdf(
-        root: &Path,
-        key: &KeySource,
-        kdf: KdfParams,
-        options: StoreOptions,
-    ) -> Result<Datastore, StoreError> {
-        let backend = LocalBackend::new(root);
-        create_encrypted_layout(&backend, key, kdf, |marker, before| {
-            create_layout(root, marker, before)
-        })?;
-        Self::open_keyed(root, options, Some(key))
-    }
-
-    /// Create an encrypted datastore on an empty location of any backend
-    /// (an Azure container or S3 bucket prefix), its master keys wrapped
-    /// for `key`; the key object lives next to the data. Fails with
-    /// `AlreadyExists` when a datastore is there already. Argon2id costs
-    /// [`KdfParams::default`].
-    pub fn create_encrypted_on(
-        backend: Arc<dyn Backend>,
-        key: &KeySource,
-        options: StoreOptions,
-    ) -> Result<Datastore, StoreError> {
-        Self::create_encrypted_on_with_kdf(backend, key, KdfParams::default(), options)
-    }
-
-    /// [`Datastore::create_encrypted_on`] with the given Argon2id cost.
-    pub fn create_encrypted_on_with_kdf(
-        backend: Arc<dyn Backend>,
-        key: &KeySource,
-        kdf: KdfParams,
-        options: StoreOptions,
-    ) -> Result<Datastore, StoreError> {
-        create_encrypted_layout(backend.as_ref(), key, kdf, |marker, before| {
-            create_layout_on(backend.as_ref(), marker, before)
-        })?;
-        Self::open_on_keyed(backend, options, Some(key))
-    }
-
-    /// Open an encrypted datastore with `key`.
-    pub fn open_with_key(
-        root: &Path,
-        key: &KeySource,
-        options: StoreOptions,
-    ) -> Result<Datastore, StoreError> {
-        Self::open_keyed(root, options, Some(key))
-    }
-
-    /// Wrap this datastore's master keys for `new` too, after checking
-    /// that `existing` opens one of its key objects. Returns the new key
-    /// object's path. Argon2id costs [`KdfParams::default`].
-    pub fn add_key(&self, existing: &KeySource, new: &KeySource) -> Result<String, StoreError> {
-        self.add_key_with_kdf(existing, new, KdfParams::default())
-    }
-
-    /// [`Datastore::add_key`] with the given Argon2id cost.
-    pub fn add_key_with_kdf(
-        &self,
-        existing: &KeySource,
-        new: &KeySource,
-        kdf: KdfParams,
-    ) -> Result<String, StoreError> {
-        let Some(crypto) = self.crypto() else {
-            return Err(StoreError::NotEncrypted {
-                location: self.root().to_path_buf(),
-            });
-        };
-        let (keys, _) = unlock(self.backend(), existing, Some(&crypto.key_check()))?;
-        let (path, bytes) = wrap(&keys, new, kdf)?;
-        self.backend().put_new(&path, &bytes)?;
-        tracing::info!(object = %path, key = %new, "key object added");
-        Ok(path)
-    }
 }
 
 #[cfg(test)]

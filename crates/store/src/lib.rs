@@ -17,7 +17,9 @@
 //! and on an object store ([`object::ObjectBackend`]: Azure Blob, S3 or
 //! local files through `object_store`), where `<root>` is a prefix in a
 //! container or bucket, each file is one object written with one atomic
-//! put (no `tmp/`), and a pack is one object read by byte ranges.
+//! put (no `tmp/`), and a pack is one object read by byte ranges. The
+//! marker, the key objects' directory and how a new store is laid out
+//! are in `layout.rs`.
 //!
 //! # Formats
 //!
@@ -43,12 +45,14 @@
 //! # Encryption (optional, per datastore)
 //!
 //! An encrypted datastore ([`Datastore::create_encrypted`],
-//! [`Datastore::open_with_key`]) has random master keys ([`crypto`]),
-//! stored only wrapped in key objects under a key file or an Argon2id
-//! passphrase ([`keys`]). Blobs are compressed, then sealed with
-//! XChaCha20-Poly1305 (header and chunk id as associated data); chunk ids
-//! are BLAKE3 keyed with a secret id key; pack index trailers are keyed
-//! MACs; manifests are sealed whole (their path still shows vm and time).
+//! [`Datastore::open_with_key`]) has random master keys and keyed
+//! hashing ([`crypto`]), stored only wrapped in key objects under a key
+//! file or an Argon2id passphrase ([`keys`]). Blobs are compressed, then
+//! sealed with XChaCha20-Poly1305 (header and chunk id as associated data;
+//! the AEAD is `seal.rs`, the blob's seal [`blob`]); chunk ids are BLAKE3
+//! keyed with a secret id key; pack index trailers are keyed MACs;
+//! manifests are sealed whole (their path still shows vm and time; the
+//! seal is in `manifest.rs`).
 //! A wrong key is refused at open; a tampered object is an error naming
 //! it. Sync between stores of different schemes re-encodes
 //! (`reencode.rs`). See `docs/encryption.md`.
@@ -83,6 +87,22 @@
 //!   in the clear, and never mixes schemes: an unencrypted blob or manifest
 //!   in it (or a sealed one in a plain store) is an error.
 //!
+//! # Modules
+//!
+//! Lower modules never use higher ones (no import cycles), from the bottom:
+//!
+//! - leaves: `error`, `limits` (chunk sizes), [`chunk`], `seal` (the
+//!   AEAD), `progress`;
+//! - [`crypto`] (master keys, keyed hashing), [`backend`] (with
+//!   [`ObjectStats`]), [`object`], `layout`, `lock`;
+//! - [`blob`] (the blob codec, sealing included), [`index`], [`pack`],
+//!   `manifest` (its seal included), [`keys`], `catalog`;
+//! - `datastore`: the [`Datastore`] handle (open, create, encrypted
+//!   stores, reads, its scheme);
+//! - above it, each adding `impl Datastore` blocks or types of their own:
+//!   `packer`, `writer` ([`Datastore::begin_point`]), `gc`, `prune`,
+//!   `restore`, `verify`, `reencode`, `sync`.
+//!
 //! All I/O on the store goes through [`backend::Backend`]; a datastore
 //! opens on any backend with [`Datastore::open_on`] and friends. Restore,
 //! sync and sampled verify read the chunks of one pack in batches
@@ -98,6 +118,8 @@ mod error;
 mod gc;
 pub mod index;
 pub mod keys;
+mod layout;
+mod limits;
 mod lock;
 mod manifest;
 pub mod object;
@@ -107,34 +129,27 @@ mod progress;
 mod prune;
 mod reencode;
 mod restore;
+mod seal;
 mod sync;
 mod verify;
 mod writer;
 
+pub use backend::ObjectStats;
 pub use chunk::ChunkId;
-pub use datastore::{Datastore, MARKER_FILE, StoreOptions, StoreStats};
+pub use datastore::{Datastore, StoreOptions, StoreStats, SyncStats};
 pub use error::StoreError;
 pub use gc::{GcOptions, GcReport};
 pub use keys::{KdfParams, KeySource, generate_key_file};
+pub use layout::MARKER_FILE;
+pub use limits::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, valid_chunk_size};
 pub use manifest::{Consistency, DiskEntry, Manifest, PointId, PointMeta};
-pub use object::{ObjectBackend, ObjectService, ObjectStats, ObjectStoreConfig};
+pub use object::{ObjectBackend, ObjectService, ObjectStoreConfig};
 pub use pack::PackId;
 pub use progress::{CountingProgress, Progress};
 pub use prune::PruneReport;
 pub use restore::RestoreStats;
-pub use sync::SyncStats;
 pub use verify::{Problem, VerifyReport};
 pub use writer::{DiskWriteOptions, DiskWriteStats, PointWriter};
-
-/// Default chunk size: 64 KiB.
-pub const DEFAULT_CHUNK_SIZE: u32 = 64 << 10;
-pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
-pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
-
-/// A power of two from 64 KiB to 4 MiB.
-pub fn valid_chunk_size(size: u32) -> bool {
-    size.is_power_of_two() && (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size)
-}
 
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::StoreError;
 use crate::chunk::ChunkId;
+use crate::crypto::Crypto;
+use crate::seal::{self, CIPHER_NAME};
 
 pub const MANIFEST_VERSION: u32 = 1;
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
@@ -263,7 +265,7 @@ impl Manifest {
         }
         for d in &m.disks {
             let cs = u64::from(d.chunk_size);
-            if !crate::valid_chunk_size(d.chunk_size)
+            if !crate::limits::valid_chunk_size(d.chunk_size)
                 || d.ids_per_index_chunk == 0
                 || d.chunks != d.size.div_ceil(cs)
                 || d.index.len() as u64 != d.chunks.div_ceil(u64::from(d.ids_per_index_chunk))
@@ -272,6 +274,89 @@ impl Manifest {
             }
         }
         Ok(m)
+    }
+}
+
+/// A manifest in an encrypted datastore: its JSON (as in an unencrypted
+/// one) sealed with the data key, the object path as associated data.
+#[derive(Serialize, Deserialize)]
+struct SealedManifest {
+    format: u32,
+    encryption: String,
+    /// Hex of nonce | ciphertext | tag.
+    sealed: String,
+}
+
+const SEALED_MANIFEST_FORMAT: u32 = 1;
+/// Prefix of a manifest's associated data (its object path follows).
+const MANIFEST_AD: &[u8] = b"standby manifest v1\0";
+
+/// Associated data of the manifest at object path `path`.
+fn manifest_ad(path: &str) -> Vec<u8> {
+    let mut ad = MANIFEST_AD.to_vec();
+    ad.extend_from_slice(path.as_bytes());
+    ad
+}
+
+impl Manifest {
+    /// The bytes of the manifest object: its JSON, sealed when `crypto`
+    /// is given (an encrypted store).
+    pub(crate) fn to_object(&self, crypto: Option<&Crypto>) -> Result<Vec<u8>, StoreError> {
+        let json = self.to_bytes()?;
+        let Some(crypto) = crypto else {
+            return Ok(json);
+        };
+        let path = self.id.manifest_path();
+        let envelope = SealedManifest {
+            format: SEALED_MANIFEST_FORMAT,
+            encryption: CIPHER_NAME.into(),
+            sealed: hex::encode(seal::seal_with(
+                crypto.data_cipher(),
+                &manifest_ad(&path),
+                &json,
+            )),
+        };
+        let mut bytes =
+            serde_json::to_vec_pretty(&envelope).map_err(|source| StoreError::Json {
+                what: format!("manifest of point {}", self.id),
+                source,
+            })?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+
+    /// Parse and check the manifest object at `path`, opening its seal
+    /// when `crypto` is given; a sealed manifest without it (or a plain
+    /// one with it) is an error.
+    pub(crate) fn from_object(
+        path: &str,
+        bytes: &[u8],
+        crypto: Option<&Crypto>,
+    ) -> Result<Manifest, String> {
+        let envelope = || serde_json::from_slice::<SealedManifest>(bytes).ok();
+        let Some(crypto) = crypto else {
+            return Manifest::from_bytes(bytes).map_err(|e| match envelope() {
+                Some(_) => "manifest is encrypted, the datastore is not".into(),
+                None => e,
+            });
+        };
+        let Some(envelope) = envelope() else {
+            return Err("not a sealed manifest: unencrypted or damaged".into());
+        };
+        if envelope.format != SEALED_MANIFEST_FORMAT || envelope.encryption != CIPHER_NAME {
+            return Err(format!(
+                "unsupported sealed manifest format {} ({})",
+                envelope.format, envelope.encryption
+            ));
+        }
+        let sealed = hex::decode(&envelope.sealed).map_err(|_| "sealed part is not hex")?;
+        let json = seal::open_with(crypto.data_cipher(), &manifest_ad(path), &sealed).map_err(
+            |_| {
+                "authentication failed: altered, moved from another point or sealed with another key"
+                    .to_string()
+            },
+        )?;
+        Manifest::from_bytes(&json)
     }
 }
 

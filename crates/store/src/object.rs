@@ -31,6 +31,7 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
+pub use crate::backend::ObjectStats;
 use crate::backend::{Backend, ObjectMeta};
 
 /// Where an object datastore lives and how to reach it.
@@ -125,14 +126,6 @@ impl ObjectStoreConfig {
             format!("{scheme}://{base}/{prefix}")
         }
     }
-}
-
-/// Requests made and bytes moved by a backend, for the figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ObjectStats {
-    pub requests: u64,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
 }
 
 #[derive(Debug, Default)]

@@ -20,12 +20,11 @@ use rayon::prelude::*;
 use crate::StoreError;
 use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
-use crate::datastore::Datastore;
+use crate::datastore::{Datastore, SyncStats};
 use crate::index;
 use crate::manifest::{DiskEntry, PointId};
 use crate::packer::Packer;
 use crate::progress::Progress;
-use crate::sync::SyncStats;
 
 /// Chunks read, re-hashed and re-encoded in parallel at a time.
 const BATCH: usize = 256;
@@ -143,7 +142,7 @@ impl Datastore {
         // A lease lost to gc may have let it delete what the point uses.
         dst_lock.check()?;
         let reencoded = manifest.with_disks(disks);
-        stats.already_present = crate::sync::publish_manifest(dst, id, &reencoded)?;
+        stats.already_present = dst.publish_manifest(id, &reencoded)?;
         tracing::info!(point = %id, dst = %dst.root().display(), ?stats, "point synced, re-encoded");
         Ok(stats)
     }

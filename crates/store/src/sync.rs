@@ -9,29 +9,17 @@
 //! skipped, and only the pack being written is done again.
 //!
 //! Between stores of different encryption schemes, blobs cannot be copied
-//! as stored: `reencode.rs` does that sync.
-
-use rayon::prelude::*;
-use serde::Serialize;
+//! as stored: `reencode.rs` does that sync (it shares [`SyncStats`] and
+//! the publishing of the manifest, both in `datastore.rs`).
 
 use crate::StoreError;
 use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
-use crate::datastore::Datastore;
+use crate::datastore::{Datastore, SyncStats};
 use crate::manifest::PointId;
 use crate::packer::Packer;
 use crate::progress::Progress;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct SyncStats {
-    pub chunks_copied: u64,
-    /// Stored bytes copied.
-    pub bytes_copied: u64,
-    /// Chunks the destination already had.
-    pub chunks_skipped: u64,
-    /// The destination already had the point; nothing was done.
-    pub already_present: bool,
-}
+use rayon::prelude::*;
 
 impl Datastore {
     pub fn sync_point(
@@ -84,30 +72,9 @@ impl Datastore {
         }
         packer.finish()?;
         dst_lock.check()?;
-        stats.already_present = publish_manifest(dst, id, &manifest)?;
+        stats.already_present = dst.publish_manifest(id, &manifest)?;
         tracing::info!(point = %id, dst = %dst.root().display(), ?stats, "point synced");
         Ok(stats)
-    }
-}
-
-/// Write a synced point's manifest, last and create-only. True when the
-/// destination got the point meanwhile from someone else.
-pub(crate) fn publish_manifest(
-    dst: &Datastore,
-    id: &PointId,
-    manifest: &crate::manifest::Manifest,
-) -> Result<bool, StoreError> {
-    match dst
-        .backend()
-        .put_new(&id.manifest_path(), &dst.encode_manifest(manifest)?)
-    {
-        Err(StoreError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::AlreadyExists =>
-        {
-            Ok(true)
-        }
-        Err(e) => Err(e),
-        Ok(()) => Ok(false),
     }
 }
 

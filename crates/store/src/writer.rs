@@ -18,15 +18,16 @@ use chrono::{DateTime, SubsecRound, Utc};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::StoreError;
 use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
 use crate::datastore::Datastore;
 use crate::index::{self, IDS_PER_INDEX_CHUNK};
+use crate::limits::{DEFAULT_CHUNK_SIZE, valid_chunk_size};
 use crate::lock::StoreLock;
 use crate::manifest::{DiskEntry, Manifest, PointId, PointMeta, valid_disk_name};
 use crate::packer::Packer;
 use crate::progress::Progress;
-use crate::{StoreError, valid_chunk_size};
 
 /// Bytes read from the source per block.
 const READ_BLOCK: usize = 16 << 20;
@@ -47,7 +48,7 @@ pub struct DiskWriteOptions {
 impl Default for DiskWriteOptions {
     fn default() -> Self {
         DiskWriteOptions {
-            chunk_size: crate::DEFAULT_CHUNK_SIZE,
+            chunk_size: DEFAULT_CHUNK_SIZE,
             base: None,
             dirty: None,
         }
@@ -94,6 +95,13 @@ struct Block {
     data: Vec<u8>,
 }
 
+impl Datastore {
+    /// Start a new point; it becomes visible at [`PointWriter::commit`].
+    pub fn begin_point(&self, meta: PointMeta) -> Result<PointWriter, StoreError> {
+        PointWriter::begin(self.clone(), meta)
+    }
+}
+
 impl PointWriter {
     pub(crate) fn begin(store: Datastore, meta: PointMeta) -> Result<PointWriter, StoreError> {
         let lock = store.lock_shared()?;
@@ -115,7 +123,7 @@ impl PointWriter {
     }
 
     /// Set how consistent the point is (known once the VM was frozen).
-    pub fn set_consistency(&mut self, consistency: crate::Consistency) {
+    pub fn set_consistency(&mut self, consistency: crate::manifest::Consistency) {
         self.meta.consistency = consistency;
     }
 
