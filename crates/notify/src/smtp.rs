@@ -240,7 +240,7 @@ pub(crate) async fn send(
         let what = if e.is_timeout() {
             format!("timed out after {:?}", timeout)
         } else {
-            crate::error_chain(&e)
+            standby_types::error_chain(&e)
         };
         DeliveryError {
             message: format!("receiver '{name}': SMTP {server}: {what}"),

@@ -106,15 +106,15 @@ pub(crate) async fn send(
         if e.is_builder() {
             return DeliveryError::permanent(format!(
                 "receiver '{name}': invalid webhook request to {shown}: {}",
-                crate::error_chain(&e)
+                standby_types::error_chain(&e)
             ));
         }
         let what = if e.is_timeout() {
             format!("timed out after {timeout:?}")
         } else if e.is_connect() {
-            format!("unable to connect: {}", crate::error_chain(&e))
+            format!("unable to connect: {}", standby_types::error_chain(&e))
         } else {
-            crate::error_chain(&e)
+            standby_types::error_chain(&e)
         };
         DeliveryError::retryable(format!("receiver '{name}': POST {shown}: {what}"))
     })?;

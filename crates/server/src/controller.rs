@@ -13,8 +13,8 @@ use standby_types::model::PointRecord;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::Agent;
 use crate::error::ServerError;
+use standby_agent::Agent;
 
 pub struct Controller {
     pub cfg: Config,
@@ -148,12 +148,11 @@ impl Controller {
         // mistaken for a new, empty store).
         for (name, d) in &ctl.cfg.datastores {
             let (n, d2) = (name.clone(), d.clone());
-            let created =
-                tokio::task::spawn_blocking(move || crate::stores::create_if_absent(&n, &d2))
-                    .await
-                    .map_err(|e| {
-                        ServerError::Internal(format!("datastore creation panicked: {e}"))
-                    })??;
+            let created = tokio::task::spawn_blocking(move || {
+                standby_agent::stores::create_if_absent(&n, &d2)
+            })
+            .await
+            .map_err(|e| ServerError::Internal(format!("datastore creation panicked: {e}")))??;
             if created {
                 tracing::info!(datastore = %name, location = %d.location(), "created datastore");
             }
@@ -199,7 +198,7 @@ impl Controller {
         if let Some(s) = stores.get(name) {
             return Ok(s.clone());
         }
-        let s = crate::stores::open(name, cfg)?;
+        let s = standby_agent::stores::open(name, cfg)?;
         stores.insert(name.to_string(), s.clone());
         Ok(s)
     }

@@ -395,7 +395,7 @@ pub async fn start(
             // As a restore at the DR host does it: qcow2 disks staged raw
             // and converted, all disks or none.
             progress.stage(format!("{vm}: restoring point {pid} for the drill"), 0);
-            let bytes = crate::agent::restore_point(
+            let bytes = standby_agent::local::restore_point(
                 &spec,
                 &store,
                 &pid,

@@ -1,5 +1,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use standby_agent::AgentError;
 use standby_db::DbError;
 use standby_frontdoor::FrontDoorError;
 use standby_hv::HvError;
@@ -32,18 +33,9 @@ pub enum ServerError {
     FrontDoor(#[from] FrontDoorError),
     #[error("{0}")]
     Internal(String),
-    /// The agent that runs `host` cannot be reached (or did not answer in
-    /// time). Retryable: the link may come back.
-    #[error("agent of host {host} is unreachable: {reason}")]
-    Unreachable { host: String, reason: String },
-    /// The agent that runs `host` answered with an error.
-    #[error("host {host}: {message}")]
-    Agent {
-        host: String,
-        code: String,
-        message: String,
-        retryable: bool,
-    },
+    /// A host operation, here or at a remote agent.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
 }
 
 impl ServerError {
@@ -94,19 +86,25 @@ impl ServerError {
                 }
             },
             ServerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", true),
-            ServerError::Unreachable { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unreachable", true)
+            ServerError::Agent(e) => {
+                let (code, retryable) = e.code();
+                match (code, e) {
+                    (_, AgentError::Unreachable { .. }) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "unreachable", true)
+                    }
+                    ("not_found", _) => (StatusCode::NOT_FOUND, "not_found", retryable),
+                    ("conflict", _) => (StatusCode::CONFLICT, "conflict", retryable),
+                    ("bad_request", _) => (StatusCode::BAD_REQUEST, "bad_request", retryable),
+                    ("datastore", _) => (StatusCode::INTERNAL_SERVER_ERROR, "datastore", retryable),
+                    ("hypervisor", _) => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, "hypervisor", retryable)
+                    }
+                    ("internal", AgentError::Io { .. } | AgentError::Internal(_)) => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, "internal", retryable)
+                    }
+                    _ => (StatusCode::BAD_GATEWAY, "agent", retryable),
+                }
             }
-            ServerError::Agent {
-                code, retryable, ..
-            } => match code.as_str() {
-                "not_found" => (StatusCode::NOT_FOUND, "not_found", *retryable),
-                "conflict" => (StatusCode::CONFLICT, "conflict", *retryable),
-                "bad_request" => (StatusCode::BAD_REQUEST, "bad_request", *retryable),
-                "datastore" => (StatusCode::INTERNAL_SERVER_ERROR, "datastore", *retryable),
-                "hypervisor" => (StatusCode::INTERNAL_SERVER_ERROR, "hypervisor", *retryable),
-                _ => (StatusCode::BAD_GATEWAY, "agent", *retryable),
-            },
         }
     }
 
@@ -115,7 +113,7 @@ impl ServerError {
     pub fn is_datastore(&self) -> bool {
         match self {
             ServerError::Store(_) => true,
-            ServerError::Agent { code, .. } => code == "datastore",
+            ServerError::Agent(e) => e.is_datastore(),
             _ => false,
         }
     }
@@ -130,20 +128,7 @@ impl ServerError {
     }
 }
 
-/// The error and its sources, joined with ": ".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s
-}
+pub use standby_types::error_chain;
 
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {

@@ -11,21 +11,14 @@
 //! The controller itself never starts a VM at a fenced site, and treats a
 //! fenced site as one where no copy runs (see [`crate::vms`]).
 
-use std::time::Duration;
-
 use chrono::Utc;
 use serde_json::json;
 use standby_db::FenceRecord;
 
-use crate::agent::{Exec, FenceCall, FencedVm};
+use standby_agent::AgentError;
+
 use crate::controller::Controller;
 use crate::error::{ServerError, error_chain};
-
-/// How long a reachable agent gets to stop its VMs (forced stops).
-const FENCE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Telling an agent its site is unfenced is a courtesy: its next
-/// heartbeat says so anyway.
-const UNFENCE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Controller {
     /// Whether `site` is fenced (no VM may start there).
@@ -72,59 +65,37 @@ impl Controller {
         let mut hosts = Vec::new();
         for (name, _) in self.cfg.hosts.iter().filter(|(_, h)| h.site == site) {
             let agent = self.agent(name)?;
-            match &agent.exec {
-                Exec::Local(_) => {
-                    // Every configured VM: a stale copy of a VM active
-                    // elsewhere must stop too.
-                    for vm in self.cfg.vms.keys() {
-                        let result = match agent.status(vm).await {
-                            Ok(st) if st.is_alive() => match agent.stop(vm).await {
-                                Ok(_) => "stopped".to_string(),
-                                Err(e) => format!("failed: {}", error_chain(&e)),
-                            },
-                            Ok(_) if placed_at(name).contains(vm) => "already stopped".into(),
-                            Ok(_) => continue,
-                            Err(e) => format!("failed: {}", error_chain(&e)),
-                        };
-                        vms.push(json!({"vm": vm, "host": name, "result": result}));
+            let vm_names: Vec<String> = self.cfg.vms.keys().cloned().collect();
+            let placed = placed_at(name);
+            match agent.fence(&fence.reason, &vm_names, &placed).await {
+                Ok(done) => {
+                    for v in done {
+                        vms.push(json!({"vm": v.vm, "host": name, "result": v.result}));
                     }
-                    hosts.push(json!({"host": name, "result": "done"}));
+                    match agent.remote_name() {
+                        Some(a) => hosts.push(json!({"host": name, "agent": a, "result": "done"})),
+                        None => hosts.push(json!({"host": name, "result": "done"})),
+                    }
                 }
-                Exec::Remote(r) => {
-                    let call = FenceCall {
-                        reason: fence.reason.clone(),
+                Err(e) => {
+                    let who = agent.remote_name().unwrap_or("in-process");
+                    let why = match &e {
+                        AgentError::Unreachable { .. } => "unreachable".to_string(),
+                        other => format!("failed ({})", error_chain(other)),
                     };
-                    match r
-                        .call::<_, Vec<FencedVm>>("fence", &call, FENCE_TIMEOUT)
-                        .await
-                    {
-                        Ok(done) => {
-                            for v in done {
-                                vms.push(json!({"vm": v.vm, "host": name, "result": v.result}));
-                            }
-                            hosts.push(json!({"host": name, "agent": r.agent, "result": "done"}));
-                        }
-                        Err(e) => {
-                            let why = match &e {
-                                ServerError::Unreachable { .. } => "unreachable".to_string(),
-                                other => format!("failed ({})", error_chain(other)),
-                            };
-                            let msg = format!(
-                                "pending: agent {} {why}, it will stop its VMs when it reconnects",
-                                r.agent
-                            );
-                            tracing::warn!(site, host = %name, "{msg}: {}", error_chain(&e));
-                            for vm in placed_at(name) {
-                                vms.push(json!({"vm": vm, "host": name, "result": "pending"}));
-                            }
-                            hosts.push(json!({
-                                "host": name,
-                                "agent": r.agent,
-                                "result": msg,
-                                "error": error_chain(&e),
-                            }));
-                        }
+                    let msg = format!(
+                        "pending: agent {who} {why}, it will stop its VMs when it reconnects"
+                    );
+                    tracing::warn!(site, host = %name, "{msg}: {}", error_chain(&e));
+                    for vm in placed {
+                        vms.push(json!({"vm": vm, "host": name, "result": "pending"}));
                     }
+                    hosts.push(json!({
+                        "host": name,
+                        "agent": who,
+                        "result": msg,
+                        "error": error_chain(&e),
+                    }));
                 }
             }
         }
@@ -157,13 +128,10 @@ impl Controller {
         let mut agents = Vec::new();
         for (name, _) in self.cfg.hosts.iter().filter(|(_, h)| h.site == site) {
             if let Ok(agent) = self.agent(name)
-                && let Exec::Remote(r) = &agent.exec
+                && let Some(res) = agent.unfence().await
             {
-                let res = r
-                    .call::<_, serde_json::Value>("unfence", &json!({}), UNFENCE_TIMEOUT)
-                    .await;
                 agents.push(json!({
-                    "agent": r.agent,
+                    "agent": agent.remote_name().unwrap_or_default(),
                     "result": match res {
                         Ok(_) => "unfenced".to_string(),
                         Err(e) => format!("will learn at its next heartbeat ({})", error_chain(&e)),

@@ -50,6 +50,15 @@ impl JobProgress {
     }
 }
 
+impl standby_agent::Progress for JobProgress {
+    fn stage(&self, message: String, total: u64) {
+        JobProgress::stage(self, message, total);
+    }
+    fn set_message(&self, message: String) {
+        JobProgress::set_message(self, message);
+    }
+}
+
 impl standby_store::Progress for JobProgress {
     fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);

@@ -3,9 +3,9 @@
 //! # Layout
 //! - [`controller`]: shared state (config, database, agents, datastores,
 //!   per-VM locks).
-//! - [`agent`]: the agent of one host; runs driver actions and moves disk
-//!   data to and from datastores, in this process or through a remote
-//!   `standby agent` over HTTP (same operations).
+//! - hosts (`standby_agent`): the agent of each host runs driver actions
+//!   and moves disk data to and from datastores, in this process or as a
+//!   remote `standby agent` over HTTP (same operations).
 //! - [`fence`]: durable site fences and their enforcement.
 //! - [`protect`], [`restore`]: the two data-moving operations.
 //! - [`scheduler`]: starts a protection run of a group (the API's
@@ -25,9 +25,6 @@
 //! - [`services`]: the routes of the front door (`standby_frontdoor`:
 //!   per service, UDP and TCP forwarders that send clients to the site
 //!   where the service is active).
-//! - [`remote_agent`]: the `standby agent` process: heartbeats and probes
-//!   from another vantage point and, with a data dir, a host's VMs
-//!   (`/agent/v1`).
 //!
 //! # Invariants
 //! - One operation per VM at a time (a point never overlaps a restore).
@@ -37,7 +34,6 @@
 //! - The datastores are the truth about points; the database is a catalog
 //!   rebuilt from them at start ([`Controller::open`] rescans).
 
-pub mod agent;
 pub mod api;
 mod api_watch;
 pub mod auth;
@@ -49,12 +45,10 @@ pub mod jobs;
 pub mod openapi;
 pub mod portal;
 pub mod protect;
-pub mod remote_agent;
 pub mod restore;
 pub mod runbooks;
 pub mod scheduler;
 pub mod services;
-pub mod stores;
 pub mod vms;
 pub mod watch;
 

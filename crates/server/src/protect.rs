@@ -9,10 +9,10 @@ use std::time::Instant;
 use serde_json::json;
 use standby_types::model::PointRecord;
 
-use crate::agent::StoreRef;
 use crate::controller::{Controller, point_record};
 use crate::error::{ServerError, error_chain};
 use crate::jobs::JobProgress;
+use standby_agent::StoreRef;
 
 pub async fn run_group(
     ctl: Arc<Controller>,

@@ -9,10 +9,10 @@ use serde_json::json;
 use standby_store::PointId;
 use standby_types::api::RestoreRequest;
 
-use crate::agent::StoreRef;
 use crate::controller::Controller;
 use crate::error::{ServerError, error_chain};
 use crate::jobs::JobProgress;
+use standby_agent::StoreRef;
 
 /// Checks that can fail before a job is created, so the caller gets a
 /// clear error at once.
@@ -147,7 +147,7 @@ pub async fn run(
                 tracing::warn!(point = %pid, datastore = %ds, "restore from this copy failed: {}", error_chain(&e));
                 tried.push(format!("{ds}: {}", error_chain(&e)));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     let Some((ds, bytes)) = restored else {

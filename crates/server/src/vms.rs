@@ -91,7 +91,7 @@ pub async fn start(ctl: &Controller, name: &str) -> Result<VmStatus, ServerError
             d.path.display()
         )));
     }
-    agent.start(&spec).await
+    Ok(agent.start(&spec).await?)
 }
 
 /// No VM starts at a fenced site.
@@ -167,7 +167,7 @@ pub async fn shutdown(
     let timeout = timeout
         .or_else(|| ctl.cfg.vms.get(name).map(|v| v.shutdown_timeout))
         .ok_or_else(|| ServerError::not_found("vm", name))?;
-    ctl.agent(&rec.active_host)?.shutdown(name, timeout).await
+    Ok(ctl.agent(&rec.active_host)?.shutdown(name, timeout).await?)
 }
 
 /// Forced stop at the active host. No VM lock: a forced stop must work
@@ -175,5 +175,5 @@ pub async fn shutdown(
 /// letting it run first).
 pub async fn stop(ctl: &Controller, name: &str) -> Result<VmStatus, ServerError> {
     let rec = ctl.repo.vm(name).await?;
-    ctl.agent(&rec.active_host)?.stop(name).await
+    Ok(ctl.agent(&rec.active_host)?.stop(name).await?)
 }

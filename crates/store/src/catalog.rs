@@ -124,7 +124,7 @@ impl Catalog {
                     Err(e) if e.is_not_found() => return None,
                     // One unreadable index must not close the store: it is
                     // damaged like an unparsable one, for verify to report.
-                    Err(e) => Err(format!("unreadable: {}", error_chain(&e))),
+                    Err(e) => Err(format!("unreadable: {}", standby_types::error_chain(&e))),
                 };
                 Some((*id, result))
             })
@@ -194,16 +194,4 @@ fn insert_into(state: &mut State, idx: &PackIndex, suspect: bool) {
             }
         }
     }
-}
-
-/// An error and its sources, joined.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

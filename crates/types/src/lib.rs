@@ -6,9 +6,11 @@
 //! reading a configuration file.
 
 pub mod api;
+mod chain;
 pub mod config;
 pub mod model;
 mod retention;
 pub mod watch;
 
+pub use chain::error_chain;
 pub use retention::Retention;

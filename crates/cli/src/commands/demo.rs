@@ -456,7 +456,7 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
     let api = Client::new(&server.addr.to_string()).with_token(Some(admin));
     // The sites' agents: heartbeats, and site 2's view of site 1.
     let agent = |name: &str, ip: [u8; 4], port: u16, cancel: CancellationToken| {
-        let opts = standby_server::remote_agent::AgentOptions {
+        let opts = standby_agent::daemon::AgentOptions {
             controller: format!("http://{}", server.addr),
             name: name.to_string(),
             listen: Some((ip, port).into()),
@@ -464,7 +464,7 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
             token: server.ctl.cfg.agents[name].secret().ok().flatten(),
         };
         tokio::spawn(async move {
-            if let Err(e) = standby_server::remote_agent::run(opts, cancel).await {
+            if let Err(e) = standby_agent::daemon::run(opts, cancel).await {
                 tracing::warn!("demo agent: {e}");
             }
         })

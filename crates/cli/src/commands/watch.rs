@@ -630,8 +630,8 @@ pub async fn agent(
         c.cancel();
     });
     eprintln!("standby agent {name} reporting to {controller}");
-    standby_server::remote_agent::run(
-        standby_server::remote_agent::AgentOptions {
+    standby_agent::daemon::run(
+        standby_agent::daemon::AgentOptions {
             controller,
             name: name.to_string(),
             listen,

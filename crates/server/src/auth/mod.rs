@@ -20,7 +20,7 @@
 //!   portal finds it as the [`Csrf`] extension of its page requests).
 //! - Agents: `[agents.NAME] token`/`token_file`, a shared secret the agent
 //!   sends on heartbeats and results and the controller sends on calls to
-//!   the agent's `/agent/v1` ([`crate::remote_agent::exec_routes`]).
+//!   the agent's `/agent/v1` (`standby_agent::daemon::exec_routes`).
 //! - Bootstrap: a controller whose database has no operators'-side admin
 //!   (user or valid token) mints an admin token at start and writes it to
 //!   `<data_dir>/admin.token` (mode 0600); the CLI reads that file when

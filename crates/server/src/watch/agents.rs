@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use standby_types::watch::{Event, Labels, ProbeResult, ProbeSpec, Severity};
 
+pub use standby_agent::{Heartbeat, HeartbeatReply};
+
 use crate::controller::Controller;
 use crate::error::ServerError;
 
@@ -17,38 +19,6 @@ pub struct AgentSeen {
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub version: String,
-}
-
-/// What an agent sends with each heartbeat.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Heartbeat {
-    #[serde(default)]
-    pub version: String,
-}
-
-/// The controller's answer: the probes the agent runs, how often to
-/// report, and whether the agent's site is fenced (then the agent stops
-/// all its VMs and refuses to start any until an answer says otherwise).
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct HeartbeatReply {
-    pub probes: Vec<ProbeSpec>,
-    /// Milliseconds.
-    #[serde(with = "humantime_serde_ms")]
-    #[schema(value_type = u64)]
-    pub heartbeat: Duration,
-    #[serde(default)]
-    pub fenced: bool,
-}
-
-mod humantime_serde_ms {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
 }
 
 /// The probes a vantage point runs.

@@ -10,9 +10,9 @@ use standby_store::object::{ObjectBackend, ObjectService, ObjectStoreConfig};
 use standby_store::{Datastore, KeySource, StoreError, StoreOptions};
 use standby_types::config::{DatastoreConfig, DatastoreKind};
 
-use crate::error::ServerError;
+use crate::error::AgentError;
 
-fn key_source(name: &str, cfg: &DatastoreConfig) -> Result<Option<KeySource>, ServerError> {
+fn key_source(name: &str, cfg: &DatastoreConfig) -> Result<Option<KeySource>, AgentError> {
     let Some(enc) = &cfg.encryption else {
         return Ok(None);
     };
@@ -22,7 +22,7 @@ fn key_source(name: &str, cfg: &DatastoreConfig) -> Result<Option<KeySource>, Se
     let var = enc.passphrase_env.as_deref().unwrap_or_default();
     match std::env::var(var) {
         Ok(p) if !p.is_empty() => Ok(Some(KeySource::Passphrase(p))),
-        _ => Err(ServerError::BadRequest(format!(
+        _ => Err(AgentError::BadRequest(format!(
             "datastore {name} is encrypted with a passphrase, but the environment variable {var} is not set"
         ))),
     }
@@ -62,7 +62,7 @@ fn backend(cfg: &DatastoreConfig) -> Result<Arc<dyn Backend>, StoreError> {
 }
 
 /// Open an existing datastore.
-pub fn open(name: &str, cfg: &DatastoreConfig) -> Result<Datastore, ServerError> {
+pub fn open(name: &str, cfg: &DatastoreConfig) -> Result<Datastore, AgentError> {
     let key = key_source(name, cfg)?;
     let opts = StoreOptions::default();
     let ds = match (cfg.kind, &cfg.path, &key) {
@@ -77,7 +77,7 @@ pub fn open(name: &str, cfg: &DatastoreConfig) -> Result<Datastore, ServerError>
 /// Create the datastore when it does not exist yet: a missing directory,
 /// or an empty container prefix. An existing datastore is left alone, and
 /// something else at the place is an error. Returns whether it created.
-pub fn create_if_absent(name: &str, cfg: &DatastoreConfig) -> Result<bool, ServerError> {
+pub fn create_if_absent(name: &str, cfg: &DatastoreConfig) -> Result<bool, AgentError> {
     let key = key_source(name, cfg)?;
     let opts = StoreOptions::default();
     if cfg.kind == DatastoreKind::Local {

@@ -49,13 +49,13 @@ use standby_types::watch::{ProbeResult, ProbeSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{
-    FenceCall, FencedVm, PointCall, PointDone, RestoreCall, RestoreDone, ShutdownCall, SpecCall,
-    VmCall,
+use crate::error::AgentError;
+use crate::host::PointRequest;
+use crate::progress::Quiet;
+use crate::wire::{
+    FenceCall, FencedVm, Heartbeat, HeartbeatReply, PointCall, PointDone, RestoreCall, RestoreDone,
+    ShutdownCall, SpecCall, VmCall,
 };
-use crate::error::ServerError;
-use crate::jobs::JobProgress;
-use crate::watch::{Heartbeat, HeartbeatReply};
 
 /// Results kept while the controller cannot be reached.
 const MAX_BUFFERED: usize = 10_000;
@@ -88,7 +88,7 @@ fn client() -> reqwest::Client {
 }
 
 /// Run until `cancel` fires.
-pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), ServerError> {
+pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), AgentError> {
     let base = opts.controller.trim_end_matches('/').to_string();
     let host = match &opts.data_dir {
         Some(dir) => Some(HostAgent::open(&opts.name, dir).await?),
@@ -97,7 +97,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Se
     if let Some(addr) = opts.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| ServerError::Internal(format!("unable to listen on {addr}: {e}")))?;
+            .map_err(|e| AgentError::Internal(format!("unable to listen on {addr}: {e}")))?;
         let name = opts.name.clone();
         let mut app = axum::Router::new().route(
             "/health",
@@ -171,7 +171,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Se
                 let status = resp.status();
                 let body = resp.text().await.unwrap_or_default();
                 if status == reqwest::StatusCode::NOT_FOUND {
-                    return Err(ServerError::BadRequest(format!(
+                    return Err(AgentError::BadRequest(format!(
                         "the controller does not know agent '{}': declare it under [agents] in standby.toml ({body})",
                         opts.name
                     )));
@@ -300,10 +300,10 @@ pub struct HostAgent {
 impl HostAgent {
     /// Open the data dir: adopt the VMs still running from an earlier run
     /// and take up a fence left in force (stopping what runs).
-    pub async fn open(name: &str, dir: &Path) -> Result<Arc<HostAgent>, ServerError> {
+    pub async fn open(name: &str, dir: &Path) -> Result<Arc<HostAgent>, AgentError> {
         for sub in ["run", "vms"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| {
-                ServerError::Internal(format!(
+                AgentError::Internal(format!(
                     "unable to create the agent data directory {}: {e}",
                     dir.join(sub).display()
                 ))
@@ -311,14 +311,14 @@ impl HostAgent {
         }
         let fence = match std::fs::read(dir.join("fence.json")) {
             Ok(b) => Some(serde_json::from_slice::<FenceState>(&b).map_err(|e| {
-                ServerError::Internal(format!(
+                AgentError::Internal(format!(
                     "unreadable fence flag {}: {e}; remove it only if the site is not fenced",
                     dir.join("fence.json").display()
                 ))
             })?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
-                return Err(ServerError::Internal(format!(
+                return Err(AgentError::Internal(format!(
                     "unable to read {}: {e}",
                     dir.join("fence.json").display()
                 )));
@@ -370,7 +370,7 @@ impl HostAgent {
             let result = if st.is_alive() {
                 match self.driver.stop(&vm).await {
                     Ok(_) => "stopped".to_string(),
-                    Err(e) => format!("failed: {}", crate::error::error_chain(&e)),
+                    Err(e) => format!("failed: {}", standby_types::error_chain(&e)),
                 }
             } else {
                 "already stopped".to_string()
@@ -383,10 +383,10 @@ impl HostAgent {
         out
     }
 
-    fn persist(&self, fence: &Option<FenceState>) -> Result<(), ServerError> {
+    fn persist(&self, fence: &Option<FenceState>) -> Result<(), AgentError> {
         let path = self.dir.join("fence.json");
         let io = |e: std::io::Error| {
-            ServerError::Internal(format!(
+            AgentError::Internal(format!(
                 "unable to record the fence in {}: {e}",
                 path.display()
             ))
@@ -410,7 +410,7 @@ impl HostAgent {
     }
 
     /// Fence this host: recorded first, then every VM stopped. Idempotent.
-    async fn fence(&self, reason: &str) -> Result<Vec<FencedVm>, ServerError> {
+    async fn fence(&self, reason: &str) -> Result<Vec<FencedVm>, AgentError> {
         let mut fence = self.fence.lock().await;
         if fence.is_none() {
             let f = Some(FenceState {
@@ -424,7 +424,7 @@ impl HostAgent {
         Ok(self.stop_everything().await)
     }
 
-    async fn unfence(&self) -> Result<bool, ServerError> {
+    async fn unfence(&self) -> Result<bool, AgentError> {
         let mut fence = self.fence.lock().await;
         if fence.is_none() {
             return Ok(false);
@@ -452,12 +452,12 @@ impl HostAgent {
     fn local(&self, mut spec: VmSpec) -> VmSpec {
         spec.workdir = self.dir.join("vms");
         if let Some(bare) = spec.command.to_str().map(String::from) {
-            spec.command = crate::agent::resolve_command(&bare);
+            spec.command = crate::local::resolve_command(&bare);
         }
         spec
     }
 
-    fn store(&self, name: &str, cfg: &DatastoreConfig) -> Result<Datastore, ServerError> {
+    fn store(&self, name: &str, cfg: &DatastoreConfig) -> Result<Datastore, AgentError> {
         let key = serde_json::to_string(cfg).unwrap_or_default();
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((k, s)) = stores.get(name)
@@ -472,15 +472,38 @@ impl HostAgent {
 }
 
 type Host = State<Arc<HostAgent>>;
-type Answer<T> = Result<Json<T>, ServerError>;
+type Answer<T> = Result<Json<T>, AgentError>;
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+/// The agent API's errors: the controller API's `{code, message,
+/// retryable}` with the matching status.
+impl axum::response::IntoResponse for AgentError {
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::StatusCode;
+        let api = self.to_api();
+        let status = match api.code.as_str() {
+            "not_found" => StatusCode::NOT_FOUND,
+            "conflict" => StatusCode::CONFLICT,
+            "bad_request" => StatusCode::BAD_REQUEST,
+            "unauthorized" => StatusCode::UNAUTHORIZED,
+            "unreachable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(api)).into_response()
+    }
+}
 
 /// The execution API of a host agent, under `/agent/v1`. Every call is a
-/// POST with a JSON body (see the `*Call` types in [`crate::agent`]);
+/// POST with a JSON body (see the `*Call` types in [`crate::wire`]);
 /// errors are the API's `{code, message, retryable}`. Every call must
 /// carry `token` as `Authorization: Bearer` (401 otherwise; with no token,
 /// every call is refused).
 pub fn exec_routes(host: Arc<HostAgent>, token: Option<&str>) -> Router {
-    let expected = Arc::new(token.map(|t| crate::auth::sha256(t.as_bytes())));
+    let expected = Arc::new(token.map(|t| sha256(t.as_bytes())));
     Router::new()
         .route("/agent/v1/state", get(state))
         .route("/agent/v1/status", post(status))
@@ -510,7 +533,7 @@ async fn check_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let refuse = |m: &str| {
-        let mut r = ServerError::Unauthorized(m.to_string()).into_response();
+        let mut r = AgentError::Unauthorized(m.to_string()).into_response();
         r.headers_mut().insert(
             axum::http::header::WWW_AUTHENTICATE,
             axum::http::HeaderValue::from_static("Bearer"),
@@ -520,7 +543,7 @@ async fn check_token(
     match (expected.as_ref(), sent) {
         (None, _) => refuse("this agent has no token configured: it takes no calls"),
         (Some(_), None) => refuse("the agent API needs the agent's token"),
-        (Some(h), Some(s)) if bool::from(h.ct_eq(&crate::auth::sha256(s.trim().as_bytes()))) => {
+        (Some(h), Some(s)) if bool::from(h.ct_eq(&sha256(s.trim().as_bytes()))) => {
             next.run(req).await
         }
         (Some(_), Some(_)) => refuse("wrong agent token"),
@@ -551,7 +574,7 @@ async fn status(State(h): Host, Json(c): Json<VmCall>) -> Answer<VmStatus> {
 async fn start(State(h): Host, Json(c): Json<SpecCall>) -> Answer<VmStatus> {
     let fence = h.fence.lock().await;
     if let Some(f) = &*fence {
-        return Err(ServerError::Conflict(format!(
+        return Err(AgentError::Conflict(format!(
             "agent {} refuses to start vm {}: its site is fenced since {} ({}); the controller must unfence it",
             h.name,
             c.spec.name,
@@ -576,12 +599,12 @@ async fn stop(State(h): Host, Json(c): Json<VmCall>) -> Answer<VmStatus> {
 }
 
 async fn provision(State(_h): Host, Json(c): Json<SpecCall>) -> Answer<serde_json::Value> {
-    tokio::task::spawn_blocking(move || crate::agent::provision_disks(&c.spec)).await??;
+    tokio::task::spawn_blocking(move || crate::local::provision_disks(&c.spec)).await??;
     Ok(Json(serde_json::json!({})))
 }
 
 async fn missing_disks(Json(c): Json<SpecCall>) -> Answer<Vec<DiskSpec>> {
-    Ok(Json(crate::agent::missing_disks(&c.spec)))
+    Ok(Json(crate::local::missing_disks(&c.spec)))
 }
 
 async fn point(State(h): Host, Json(c): Json<PointCall>) -> Answer<PointDone> {
@@ -591,17 +614,14 @@ async fn point(State(h): Host, Json(c): Json<PointCall>) -> Answer<PointDone> {
         tokio::task::spawn_blocking(move || h.store(&name, &cfg)).await??
     };
     let spec = h.local(c.spec);
-    let (manifest, stats) = crate::agent::take_point(
-        &h.driver,
-        &c.site,
-        &spec,
-        &store,
-        c.chunk_size,
-        c.labels,
-        c.vm_config,
-        Arc::new(JobProgress::default()),
-    )
-    .await?;
+    let req = PointRequest {
+        site: c.site,
+        chunk_size: c.chunk_size,
+        labels: c.labels,
+        vm_config: c.vm_config,
+    };
+    let (manifest, stats) =
+        crate::local::take_point(&h.driver, &spec, &store, req, Arc::new(Quiet)).await?;
     tracing::info!(vm = %spec.name, point = %manifest.id, datastore = %c.datastore, "point taken");
     Ok(Json(PointDone { manifest, stats }))
 }
@@ -610,21 +630,14 @@ async fn restore(State(h): Host, Json(c): Json<RestoreCall>) -> Answer<RestoreDo
     let point: PointId = c
         .point
         .parse()
-        .map_err(|e| ServerError::BadRequest(format!("bad point id '{}': {e}", c.point)))?;
+        .map_err(|e| AgentError::BadRequest(format!("bad point id '{}': {e}", c.point)))?;
     let store = {
         let h = h.clone();
         let (name, cfg) = (c.datastore.clone(), c.config.clone());
         tokio::task::spawn_blocking(move || h.store(&name, &cfg)).await??
     };
     let spec = h.local(c.spec);
-    let bytes = crate::agent::restore_point(
-        &spec,
-        &store,
-        &point,
-        Arc::new(JobProgress::default()),
-        None,
-    )
-    .await?;
+    let bytes = crate::local::restore_point(&spec, &store, &point, Arc::new(Quiet), None).await?;
     tracing::info!(vm = %spec.name, %point, datastore = %c.datastore, bytes, "point restored");
     Ok(Json(RestoreDone { bytes }))
 }
@@ -723,7 +736,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(matches!(e, ServerError::Conflict(_)), "{e}");
+        assert!(matches!(e, AgentError::Conflict(_)), "{e}");
         assert!(e.to_string().contains("fenced"), "{e}");
         assert!(!h.driver.status("v").await.unwrap().is_alive());
 

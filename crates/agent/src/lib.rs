@@ -1,0 +1,47 @@
+//! standby's hosts: what runs VMs and moves their disk data.
+//!
+//! # Layout
+//! - [`host`]: [`Agent`], one hypervisor host as the controller sees it
+//!   (disk paths, VM specs computed from the configuration), and the
+//!   [`Host`] trait of its operations: status, start, shutdown, stop,
+//!   provisioning, points, restores, fence and unfence.
+//! - [`local`]: [`LocalHost`], a driver in this process (the embedded
+//!   default), and the one implementation of the data path
+//!   ([`local::take_point`], [`local::restore_point`]) that the agent
+//!   daemon runs as well.
+//! - [`remote`]: [`RemoteHost`], a `standby agent` reached over JSON/HTTP
+//!   under `/agent/v1`.
+//! - [`daemon`]: the `standby agent` process: heartbeats and probe
+//!   results to the controller, and with a data dir the host side of
+//!   `/agent/v1` (its driver, its fence flag, its open datastores).
+//! - [`wire`]: the messages of `/agent/v1` and of heartbeats.
+//! - [`stores`]: opening the configured datastores (directory, Azure Blob,
+//!   S3; encrypted or not) at whichever side writes them.
+//! - [`progress`]: the [`Progress`] a point or restore reports to.
+//!
+//! # Invariants
+//! - Nothing outside this crate asks whether a host is local or remote:
+//!   both implement [`Host`] with the same meaning.
+//! - The disk data of a point or restore moves between the host's disks
+//!   and the datastore at the host's side: a remote agent opens the
+//!   datastore itself from the configuration it is sent.
+//! - A restore writes all disks of the VM or none (each beside its final
+//!   name, renamed into place once every one is complete).
+//! - A fenced agent stops every VM it runs and refuses starts until told
+//!   otherwise; the flag survives a restart of the agent.
+
+pub mod daemon;
+mod error;
+pub mod host;
+pub mod local;
+mod progress;
+pub mod remote;
+pub mod stores;
+pub mod wire;
+
+pub use error::AgentError;
+pub use host::{Agent, Host, PointRequest, StoreRef};
+pub use local::LocalHost;
+pub use progress::{Progress, Quiet};
+pub use remote::RemoteHost;
+pub use wire::{FencedVm, Heartbeat, HeartbeatReply, PointStats};

@@ -1,0 +1,249 @@
+//! A host run by a remote `standby agent`, reached over JSON/HTTP under
+//! `/agent/v1` (served by [`crate::daemon`]).
+//!
+//! A remote agent that cannot be reached is [`AgentError::Unreachable`]
+//! within the connect timeout (1 s); each operation has a timeout sized to
+//! its work, and TCP keepalive notices a link that dies mid-operation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use standby_hv::{DiskSpec, VmSpec, VmStatus};
+use standby_store::{Manifest, PointId};
+use standby_types::api::ApiError;
+use standby_types::error_chain;
+
+use crate::error::AgentError;
+use crate::host::{Host, PointRequest, StoreRef};
+use crate::progress::Progress;
+use crate::wire::{
+    FenceCall, FencedVm, PointCall, PointDone, PointStats, RestoreCall, RestoreDone, ShutdownCall,
+    SpecCall, VmCall,
+};
+
+/// Connecting to a remote agent: a live agent on a working link answers
+/// far sooner.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Status and forced stops: quick operations (a forced stop waits up to
+/// 10 s for the kernel to reap the process).
+const QUICK: Duration = Duration::from_secs(15);
+/// Starting a VM (its disks are checked, its process spawned).
+const START: Duration = Duration::from_secs(60);
+/// Points and restores move whole disks.
+const DATA: Duration = Duration::from_secs(4 * 3600);
+/// A remote agent stops every VM it runs before answering a fence; an
+/// agent that does not answer in time is fenced by its next heartbeat.
+const FENCE: Duration = Duration::from_secs(15);
+const UNFENCE: Duration = Duration::from_secs(3);
+
+/// The HTTP client of one remote agent.
+pub struct RemoteHost {
+    pub host: String,
+    pub agent: String,
+    base: String,
+    http: reqwest::Client,
+    /// The agent's secret, sent on every call.
+    token: Option<String>,
+}
+
+impl RemoteHost {
+    pub fn new(host: &str, agent: &str, url: &str, token: Option<String>) -> RemoteHost {
+        // reqwest has no TLS provider of its own (see the workspace
+        // Cargo.toml): ring, once per process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            // A fresh connection per call: a pooled one on a link that
+            // died would only fail at the call's timeout, while a new one
+            // fails within the connect timeout.
+            .pool_max_idle_per_host(0)
+            // A link that dies during a long point is noticed in seconds.
+            .tcp_keepalive(Duration::from_secs(5))
+            .tcp_keepalive_interval(Duration::from_secs(2))
+            .tcp_keepalive_retries(3u32)
+            .build()
+            .unwrap_or_default();
+        RemoteHost {
+            host: host.to_string(),
+            agent: agent.to_string(),
+            base: format!("{}/agent/v1", url.trim_end_matches('/')),
+            http,
+            token,
+        }
+    }
+
+    fn unreachable(&self, reason: String) -> AgentError {
+        AgentError::Unreachable {
+            host: self.host.clone(),
+            reason: format!("agent {}: {reason}", self.agent),
+        }
+    }
+
+    /// POST `body` to `/agent/v1/<op>` with the agent's token and read the
+    /// answer.
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        op: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, AgentError> {
+        let url = format!("{}/{op}", self.base);
+        let mut req = self.http.post(&url).timeout(timeout).json(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| {
+            self.unreachable(if e.is_timeout() {
+                format!("no answer to {op} within {timeout:?}")
+            } else {
+                error_chain(&e)
+            })
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| {
+            self.unreachable(format!("answer to {op} cut off: {}", error_chain(&e)))
+        })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| AgentError::Remote {
+                host: self.host.clone(),
+                code: "agent".into(),
+                message: format!("unreadable answer of agent {} to {op}: {e}", self.agent),
+                retryable: false,
+            });
+        }
+        match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(api) => Err(AgentError::Remote {
+                host: self.host.clone(),
+                code: api.code,
+                message: api.message,
+                retryable: api.retryable,
+            }),
+            Err(_) => Err(AgentError::Remote {
+                host: self.host.clone(),
+                code: "agent".into(),
+                message: format!(
+                    "agent {} answered {op} with {status}: {}",
+                    self.agent,
+                    String::from_utf8_lossy(&bytes)
+                ),
+                retryable: status.is_server_error(),
+            }),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Host for RemoteHost {
+    fn remote_agent(&self) -> Option<&str> {
+        Some(&self.agent)
+    }
+
+    /// Remote agents run process hosts only.
+    fn driver_kind(&self) -> &'static str {
+        "process"
+    }
+
+    /// The remote agent looks a bare name up itself.
+    fn resolve_command(&self, program: &str) -> PathBuf {
+        PathBuf::from(program)
+    }
+
+    async fn status(&self, vm: &str) -> Result<VmStatus, AgentError> {
+        self.call("status", &VmCall { vm: vm.into() }, QUICK).await
+    }
+
+    async fn start(&self, spec: &VmSpec) -> Result<VmStatus, AgentError> {
+        self.call("start", &SpecCall { spec: spec.clone() }, START)
+            .await
+    }
+
+    async fn shutdown(&self, vm: &str, timeout: Duration) -> Result<VmStatus, AgentError> {
+        let call = ShutdownCall {
+            vm: vm.into(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        self.call("shutdown", &call, timeout + QUICK).await
+    }
+
+    async fn stop(&self, vm: &str) -> Result<VmStatus, AgentError> {
+        self.call("stop", &VmCall { vm: vm.into() }, QUICK).await
+    }
+
+    async fn provision_disks(&self, spec: &VmSpec) -> Result<(), AgentError> {
+        self.call::<_, serde_json::Value>("provision", &SpecCall { spec: spec.clone() }, START)
+            .await?;
+        Ok(())
+    }
+
+    async fn missing_disks(&self, spec: &VmSpec) -> Result<Vec<DiskSpec>, AgentError> {
+        self.call("missing-disks", &SpecCall { spec: spec.clone() }, QUICK)
+            .await
+    }
+
+    async fn take_point(
+        &self,
+        spec: &VmSpec,
+        store: &StoreRef<'_>,
+        req: PointRequest,
+        progress: Arc<dyn Progress>,
+    ) -> Result<(Manifest, PointStats), AgentError> {
+        let total = spec.disks.iter().map(|d| d.size).sum();
+        progress.stage(
+            format!("{}: point taken by agent {}", spec.name, self.agent),
+            total,
+        );
+        let call = PointCall {
+            spec: spec.clone(),
+            site: req.site,
+            datastore: store.name.to_string(),
+            config: store.config.clone(),
+            chunk_size: req.chunk_size,
+            labels: req.labels,
+            vm_config: req.vm_config,
+        };
+        let done: PointDone = self.call("point", &call, DATA).await?;
+        Ok((done.manifest, done.stats))
+    }
+
+    async fn restore_point(
+        &self,
+        spec: &VmSpec,
+        store: &StoreRef<'_>,
+        point: &PointId,
+        progress: Arc<dyn Progress>,
+    ) -> Result<u64, AgentError> {
+        progress.stage(format!("{}: restore by agent {}", spec.name, self.agent), 0);
+        let call = RestoreCall {
+            spec: spec.clone(),
+            datastore: store.name.to_string(),
+            config: store.config.clone(),
+            point: point.to_string(),
+        };
+        let done: RestoreDone = self.call("restore", &call, DATA).await?;
+        Ok(done.bytes)
+    }
+
+    async fn fence(
+        &self,
+        reason: &str,
+        _vms: &[String],
+        _placed: &[String],
+    ) -> Result<Vec<FencedVm>, AgentError> {
+        let call = FenceCall {
+            reason: reason.to_string(),
+        };
+        self.call("fence", &call, FENCE).await
+    }
+
+    async fn unfence(&self) -> Option<Result<(), AgentError>> {
+        Some(
+            self.call::<_, serde_json::Value>("unfence", &serde_json::json!({}), UNFENCE)
+                .await
+                .map(|_| ()),
+        )
+    }
+}

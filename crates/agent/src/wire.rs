@@ -1,0 +1,127 @@
+//! The wire format of `/agent/v1` and of heartbeats, shared by both
+//! sides: the controller's client ([`crate::RemoteHost`]) and the agent
+//! daemon ([`crate::daemon`]).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use standby_hv::VmSpec;
+use standby_store::{DiskWriteStats, Manifest};
+use standby_types::config::DatastoreConfig;
+use standby_types::watch::ProbeSpec;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PointStats {
+    pub bytes_read: u64,
+    pub bytes_new: u64,
+    pub chunks: u64,
+    pub chunks_new: u64,
+    pub size: u64,
+}
+
+impl PointStats {
+    pub(crate) fn add(&mut self, s: &DiskWriteStats) {
+        self.bytes_read += s.bytes_read;
+        self.bytes_new += s.bytes_new_stored;
+        self.chunks += s.chunks;
+        self.chunks_new += s.chunks_new;
+        self.size += s.size;
+    }
+}
+
+/// `status`, `stop`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VmCall {
+    pub vm: String,
+}
+
+/// `start`, `provision`, `missing-disks`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SpecCall {
+    pub spec: VmSpec,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShutdownCall {
+    pub vm: String,
+    pub timeout_ms: u64,
+}
+
+/// `point`: everything the agent needs to open the datastore and write.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PointCall {
+    pub spec: VmSpec,
+    pub site: String,
+    pub datastore: String,
+    pub config: DatastoreConfig,
+    pub chunk_size: u32,
+    pub labels: BTreeMap<String, String>,
+    pub vm_config: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PointDone {
+    pub manifest: Manifest,
+    pub stats: PointStats,
+}
+
+/// `restore`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RestoreCall {
+    pub spec: VmSpec,
+    pub datastore: String,
+    pub config: DatastoreConfig,
+    pub point: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RestoreDone {
+    pub bytes: u64,
+}
+
+/// `fence`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FenceCall {
+    pub reason: String,
+}
+
+/// What fencing did to one VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FencedVm {
+    pub vm: String,
+    /// `stopped`, `already stopped` or `failed: ...`.
+    pub result: String,
+}
+
+/// What an agent sends with each heartbeat.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub version: String,
+}
+
+/// The controller's answer: the probes the agent runs, how often to
+/// report, and whether the agent's site is fenced (then the agent stops
+/// all its VMs and refuses to start any until an answer says otherwise).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatReply {
+    pub probes: Vec<ProbeSpec>,
+    /// Milliseconds.
+    #[serde(with = "humantime_serde_ms")]
+    #[schema(value_type = u64)]
+    pub heartbeat: Duration,
+    #[serde(default)]
+    pub fenced: bool,
+}
+
+mod humantime_serde_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
