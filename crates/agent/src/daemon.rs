@@ -50,7 +50,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::AgentError;
-use crate::host::PointRequest;
+use crate::ops::PointRequest;
 use crate::progress::Quiet;
 use crate::wire::{
     FenceCall, FencedVm, Heartbeat, HeartbeatReply, PointCall, PointDone, RestoreCall, RestoreDone,

@@ -3,8 +3,8 @@
 //! # Layout
 //! - [`host`]: [`Agent`], one hypervisor host as the controller sees it
 //!   (disk paths, VM specs computed from the configuration), and the
-//!   [`Host`] trait of its operations: status, start, shutdown, stop,
-//!   provisioning, points, restores, fence and unfence.
+//!   [`Host`] trait (`ops`) of its operations: status, start, shutdown,
+//!   stop, provisioning, points, restores, fence and unfence.
 //! - [`local`]: [`LocalHost`], a driver in this process (the embedded
 //!   default), and the one implementation of the data path
 //!   ([`local::take_point`], [`local::restore_point`]) that the agent
@@ -34,14 +34,16 @@ pub mod daemon;
 mod error;
 pub mod host;
 pub mod local;
+mod ops;
 mod progress;
 pub mod remote;
 pub mod stores;
 pub mod wire;
 
 pub use error::AgentError;
-pub use host::{Agent, Host, PointRequest, StoreRef};
+pub use host::Agent;
 pub use local::LocalHost;
+pub use ops::{Host, PointRequest, StoreRef};
 pub use progress::{Progress, Quiet};
 pub use remote::RemoteHost;
 pub use wire::{FencedVm, Heartbeat, HeartbeatReply, PointStats};

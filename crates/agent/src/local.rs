@@ -11,7 +11,7 @@ use standby_hv::{DiskSpec, Driver, QemuDriver, VmSpec, VmStatus};
 use standby_store::{Consistency, Datastore, DiskWriteOptions, Manifest, PointId, PointMeta};
 
 use crate::error::AgentError;
-use crate::host::{Host, PointRequest, StoreRef};
+use crate::ops::{Host, PointRequest, StoreRef};
 use crate::progress::Progress;
 use crate::wire::{FencedVm, PointStats};
 

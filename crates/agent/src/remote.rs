@@ -17,7 +17,7 @@ use standby_types::api::ApiError;
 use standby_types::error_chain;
 
 use crate::error::AgentError;
-use crate::host::{Host, PointRequest, StoreRef};
+use crate::ops::{Host, PointRequest, StoreRef};
 use crate::progress::Progress;
 use crate::wire::{
     FenceCall, FencedVm, PointCall, PointDone, PointStats, RestoreCall, RestoreDone, ShutdownCall,

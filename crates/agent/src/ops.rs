@@ -1,0 +1,85 @@
+//! The operations of a host ([`Host`]), the same whoever carries them out.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use standby_hv::{DiskSpec, VmSpec, VmStatus};
+use standby_store::{Datastore, Manifest, PointId};
+use standby_types::config::DatastoreConfig;
+
+use crate::error::AgentError;
+use crate::progress::Progress;
+use crate::wire::{FencedVm, PointStats};
+
+/// A datastore as a point or restore needs it: opened here for a local
+/// host, named and described for a remote one (which opens it itself).
+pub struct StoreRef<'a> {
+    pub name: &'a str,
+    pub config: &'a DatastoreConfig,
+    pub store: Datastore,
+}
+
+/// What a point needs besides the VM and the store.
+pub struct PointRequest {
+    /// The site the point is taken at (recorded in its manifest).
+    pub site: String,
+    pub chunk_size: u32,
+    pub labels: BTreeMap<String, String>,
+    pub vm_config: serde_json::Value,
+}
+
+/// The operations of one host. Both implementations offer all of them
+/// with the same meaning; only [`Host::remote_agent`] tells them apart,
+/// for messages.
+#[async_trait::async_trait]
+pub trait Host: Send + Sync {
+    /// The remote agent running this host, if any.
+    fn remote_agent(&self) -> Option<&str>;
+    /// The kind of VMs this host runs (`process`, `qemu`).
+    fn driver_kind(&self) -> &'static str;
+    /// Where a VM's program is found: a bare name is looked up where the
+    /// VM runs.
+    fn resolve_command(&self, program: &str) -> PathBuf;
+    async fn status(&self, vm: &str) -> Result<VmStatus, AgentError>;
+    async fn start(&self, spec: &VmSpec) -> Result<VmStatus, AgentError>;
+    /// Graceful stop: ask, wait up to `timeout`, then force.
+    async fn shutdown(&self, vm: &str, timeout: Duration) -> Result<VmStatus, AgentError>;
+    /// Forced stop.
+    async fn stop(&self, vm: &str) -> Result<VmStatus, AgentError>;
+    /// Create missing disk images (sparse raw files, or empty qcow2).
+    async fn provision_disks(&self, spec: &VmSpec) -> Result<(), AgentError>;
+    /// Which disks of `spec` are missing on this host.
+    async fn missing_disks(&self, spec: &VmSpec) -> Result<Vec<DiskSpec>, AgentError>;
+    /// Take a point of the VM into `store`.
+    async fn take_point(
+        &self,
+        spec: &VmSpec,
+        store: &StoreRef<'_>,
+        req: PointRequest,
+        progress: Arc<dyn Progress>,
+    ) -> Result<(Manifest, PointStats), AgentError>;
+    /// Write every disk of `point` to this host's disk paths for the VM:
+    /// all disks or none.
+    async fn restore_point(
+        &self,
+        spec: &VmSpec,
+        store: &StoreRef<'_>,
+        point: &PointId,
+        progress: Arc<dyn Progress>,
+    ) -> Result<u64, AgentError>;
+    /// Stop what runs here for a fenced site. `vms` are the VMs to look
+    /// at (an in-process host stops every one of them that runs; a remote
+    /// agent fences itself and stops everything it runs), `placed` those
+    /// placed on this host (reported even when already stopped).
+    async fn fence(
+        &self,
+        reason: &str,
+        vms: &[String],
+        placed: &[String],
+    ) -> Result<Vec<FencedVm>, AgentError>;
+    /// Lift the fence where the host keeps one: `None` when there is
+    /// nothing to tell (an in-process host), else the outcome.
+    async fn unfence(&self) -> Option<Result<(), AgentError>>;
+}
