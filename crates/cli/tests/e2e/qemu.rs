@@ -35,28 +35,33 @@ fn repo_root() -> PathBuf {
         .unwrap()
 }
 
-/// Build `standby-vnf` and the guest (kernel + initrd) into
-/// `target/tmp/guest`, as the driver's own tests do (the .debs stay
-/// cached there).
+/// Build `standby-vnf` and the guest (kernel + initrd) once per test
+/// binary into `target/tmp/guest`, as the driver's own tests do (the
+/// .debs stay cached there); tests running at once wait for the one build.
 fn guest() -> (PathBuf, PathBuf) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .args(["build", "-p", "standby-vnf", "--bin", "standby-vnf"])
-        .env("CARGO_TARGET_DIR", target_dir())
-        .current_dir(repo_root())
-        .status()
-        .unwrap();
-    assert!(st.success(), "cargo build -p standby-vnf failed");
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest");
-    let st = Command::new(repo_root().join("scripts/build-guest"))
-        .arg("--vnf")
-        .arg(target_dir().join("debug/standby-vnf"))
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap_or_else(|e| panic!("scripts/build-guest: {e}; install: {INSTALL}"));
-    assert!(st.success(), "scripts/build-guest failed; needs: {INSTALL}");
-    (out.join("vmlinuz"), out.join("initrd.img"))
+    static GUEST: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    GUEST
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = Command::new(cargo)
+                .args(["build", "-p", "standby-vnf", "--bin", "standby-vnf"])
+                .env("CARGO_TARGET_DIR", target_dir())
+                .current_dir(repo_root())
+                .status()
+                .unwrap();
+            assert!(st.success(), "cargo build -p standby-vnf failed");
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest");
+            let st = Command::new(repo_root().join("scripts/build-guest"))
+                .arg("--vnf")
+                .arg(target_dir().join("debug/standby-vnf"))
+                .arg("--out")
+                .arg(&out)
+                .status()
+                .unwrap_or_else(|e| panic!("scripts/build-guest: {e}; install: {INSTALL}"));
+            assert!(st.success(), "scripts/build-guest failed; needs: {INSTALL}");
+            (out.join("vmlinuz"), out.join("initrd.img"))
+        })
+        .clone()
 }
 
 struct QemuLab {
