@@ -33,27 +33,28 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Principal;
-use crate::controller::Controller;
 use crate::error::ServerError;
-use crate::jobs::spawn_job;
-use crate::restore;
-use crate::scheduler::start_group_run;
-use crate::vms;
+use crate::state::AppState;
+use standby_engine::Controller;
+use standby_engine::jobs::spawn_job;
+use standby_engine::restore;
+use standby_engine::scheduler::start_group_run;
+use standby_engine::vms;
 
 type Ctl = State<Arc<Controller>>;
 type ApiResult<T> = Result<Json<T>, ServerError>;
 
 /// The API as served: every documented route, authentication, tracing.
-pub fn router(ctl: Arc<Controller>) -> Router {
+pub fn router(state: crate::AppState) -> Router {
     let (api, _) = routes().split_for_parts();
     api.merge(crate::portal::routes())
         .layer(axum::middleware::from_fn(crate::auth::layer))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(ctl)
+        .with_state(state)
 }
 
 /// Every route under `/api/v1` (and `/metrics`) with its documentation.
-pub fn routes() -> OpenApiRouter<Arc<Controller>> {
+pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(crate::openapi::base())
         .routes(routes!(health))
         .routes(routes!(crate::openapi::openapi_json))
@@ -80,7 +81,7 @@ pub fn routes() -> OpenApiRouter<Arc<Controller>> {
         .routes(routes!(job_stream))
         .merge(crate::api_watch::routes())
         .merge(crate::services::routes())
-        .merge(crate::runbooks::api::routes())
+        .merge(crate::runbooks::routes())
         .merge(crate::auth::api::routes())
 }
 
@@ -171,8 +172,8 @@ pub mod owner {
     use standby_types::model::Job;
     use standby_types::watch::Labels;
 
-    use crate::controller::Controller;
     use crate::error::ServerError;
+    use standby_engine::Controller;
 
     /// The runbooks a tenant's user may run, for a VM of theirs (`vm`
     /// parameter).
@@ -618,7 +619,7 @@ async fn datastores(
             .await
             .map_err(ServerError::from)
             .and_then(|r| r.map_err(ServerError::from)),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         match info {
             Ok((stats, points)) => {
@@ -720,11 +721,11 @@ async fn store_prune(
         let mut kept = Vec::new();
         let mut removed = Vec::new();
         for (vm, policy) in policies {
-            let report = crate::protect::prune_vm(&ctl, &ds, &vm, policy, dry_run).await?;
+            let report = standby_engine::protect::prune_vm(&ctl, &ds, &vm, policy, dry_run).await?;
             kept.extend(report.kept.iter().map(|p| p.to_string()));
             removed.extend(report.removed.iter().map(|p| p.to_string()));
         }
-        Ok(json!({"dry_run": dry_run, "kept": kept, "removed": removed}))
+        Ok::<_, ServerError>(json!({"dry_run": dry_run, "kept": kept, "removed": removed}))
     })
     .await?;
     Ok(Json(JobRef { job }))
@@ -752,7 +753,7 @@ async fn store_gc(
             ..GcOptions::default()
         };
         let r = tokio::task::spawn_blocking(move || store.gc(opts, p.as_ref())).await??;
-        Ok(json!({
+        Ok::<_, ServerError>(json!({
             "packs_deleted": r.packs_deleted,
             "packs_repacked": r.packs_repacked,
             "chunks_removed": r.chunks_removed,
@@ -807,7 +808,7 @@ async fn store_sync(
             }
             copied.push(json!({"point": id.to_string(), "chunks_copied": st.chunks_copied, "bytes_copied": st.bytes_copied, "already_present": st.already_present}));
         }
-        Ok(json!({"to": to, "chunks_copied": chunks, "bytes_copied": bytes, "points": copied}))
+        Ok::<_, ServerError>(json!({"to": to, "chunks_copied": chunks, "bytes_copied": bytes, "points": copied}))
     })
     .await?;
     Ok(Json(JobRef { job }))
@@ -886,7 +887,7 @@ async fn job_stream(
 ) -> Result<Response, ServerError> {
     let j = ctl.repo.job(id).await?;
     check_job(&ctl, &who, &j).await?;
-    Ok(crate::jobs::stream(ctl, id))
+    Ok(crate::stream::stream(ctl, id))
 }
 
 #[cfg(test)]

@@ -23,9 +23,10 @@ use utoipa_axum::routes;
 
 use crate::api::{ApiQuery, ListParams, ListResult, Page, SCAN_CAP, operators_only, owner};
 use crate::auth::Principal;
-use crate::controller::Controller;
 use crate::error::ServerError;
-use crate::watch::{self, AckRequest, IncidentOpen, IncidentUpdate, RulesStatus};
+use crate::state::AppState;
+use standby_engine::Controller;
+use standby_engine::watch::{self, AckRequest, IncidentOpen, IncidentUpdate, RulesStatus};
 use standby_types::api::ApiError;
 
 /// How many of the newest events a list looks at.
@@ -34,7 +35,7 @@ const EVENT_SCAN: u32 = 10_000;
 type Ctl = State<Arc<Controller>>;
 type ApiResult<T> = Result<Json<T>, ServerError>;
 
-pub fn routes() -> OpenApiRouter<Arc<Controller>> {
+pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(events))
         .routes(routes!(events_stream))
@@ -699,7 +700,7 @@ async fn agent_results(
         (status = 404, body = ApiError)))]
 async fn metrics(State(ctl): Ctl, who: Principal) -> Result<Response, ServerError> {
     operators_only(&who, "metrics", "/metrics")?;
-    let body = watch::metrics::render(&ctl).await?;
+    let body = crate::metrics::render(&ctl).await?;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -1,14 +1,14 @@
+//! Errors at the HTTP edge: the engine's errors and the API's own
+//! (credentials, roles, malformed requests), each mapped to an HTTP
+//! status, a stable code and whether retrying can help.
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use standby_agent::AgentError;
-use standby_db::DbError;
-use standby_frontdoor::FrontDoorError;
-use standby_hv::HvError;
-use standby_store::StoreError;
+use standby_engine::EngineError;
 use standby_types::api::ApiError;
 
-/// Errors of the controller. Each maps to an HTTP status, a stable code
-/// and whether retrying can help.
+pub use standby_types::error_chain;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("{kind} '{name}' not found")]
@@ -23,20 +23,30 @@ pub enum ServerError {
     Forbidden(String),
     #[error("{0}")]
     BadRequest(String),
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Hv(#[from] HvError),
-    #[error(transparent)]
-    FrontDoor(#[from] FrontDoorError),
     #[error("{0}")]
     Internal(String),
-    /// A host operation, here or at a remote agent.
     #[error(transparent)]
-    Agent(#[from] AgentError),
+    Engine(#[from] EngineError),
 }
+
+/// Everything the engine's error takes in reaches the API through it.
+macro_rules! through_engine {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ServerError {
+            fn from(e: $t) -> Self {
+                ServerError::Engine(e.into())
+            }
+        }
+    )*};
+}
+through_engine!(
+    standby_db::DbError,
+    standby_store::StoreError,
+    standby_hv::HvError,
+    standby_frontdoor::FrontDoorError,
+    standby_agent::AgentError,
+    tokio::task::JoinError
+);
 
 impl ServerError {
     pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
@@ -46,76 +56,27 @@ impl ServerError {
         }
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, bool) {
-        match self {
-            ServerError::NotFound { .. } | ServerError::Db(DbError::NotFound { .. }) => {
-                (StatusCode::NOT_FOUND, "not_found", false)
-            }
-            ServerError::Conflict(_) => (StatusCode::CONFLICT, "conflict", true),
-            ServerError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", false),
-            ServerError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", false),
-            ServerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", false),
-            ServerError::Db(e) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "database",
-                e.is_temporary(),
-            ),
-            ServerError::Store(e) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "datastore",
-                e.is_temporary(),
-            ),
-            ServerError::Hv(e) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "hypervisor",
-                e.is_temporary(),
-            ),
-            ServerError::FrontDoor(e) => match e {
-                FrontDoorError::UnknownService(_) => (StatusCode::NOT_FOUND, "not_found", false),
-                FrontDoorError::UnknownSite(_)
-                | FrontDoorError::NoBackend { .. }
-                | FrontDoorError::BadListen(_) => (StatusCode::BAD_REQUEST, "bad_request", false),
-                FrontDoorError::Listen { .. } => (StatusCode::CONFLICT, "conflict", true),
-                FrontDoorError::Db(e) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "database",
-                    e.is_temporary(),
-                ),
-                FrontDoorError::BadBackend(_) | FrontDoorError::Target { .. } => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "internal", true)
-                }
-            },
-            ServerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", true),
-            ServerError::Agent(e) => {
-                let (code, retryable) = e.code();
-                match (code, e) {
-                    (_, AgentError::Unreachable { .. }) => {
-                        (StatusCode::SERVICE_UNAVAILABLE, "unreachable", true)
-                    }
-                    ("not_found", _) => (StatusCode::NOT_FOUND, "not_found", retryable),
-                    ("conflict", _) => (StatusCode::CONFLICT, "conflict", retryable),
-                    ("bad_request", _) => (StatusCode::BAD_REQUEST, "bad_request", retryable),
-                    ("datastore", _) => (StatusCode::INTERNAL_SERVER_ERROR, "datastore", retryable),
-                    ("hypervisor", _) => {
-                        (StatusCode::INTERNAL_SERVER_ERROR, "hypervisor", retryable)
-                    }
-                    ("internal", AgentError::Io { .. } | AgentError::Internal(_)) => {
-                        (StatusCode::INTERNAL_SERVER_ERROR, "internal", retryable)
-                    }
-                    _ => (StatusCode::BAD_GATEWAY, "agent", retryable),
-                }
-            }
-        }
-    }
-
-    /// A failure of the datastore read or written (here or at a remote
-    /// agent): another copy may do.
-    pub fn is_datastore(&self) -> bool {
-        match self {
-            ServerError::Store(_) => true,
-            ServerError::Agent(e) => e.is_datastore(),
-            _ => false,
-        }
+    fn parts(&self) -> (StatusCode, &str, bool) {
+        let (code, retryable) = match self {
+            ServerError::NotFound { .. } => ("not_found", false),
+            ServerError::Conflict(_) => ("conflict", true),
+            ServerError::Unauthorized(_) => ("unauthorized", false),
+            ServerError::Forbidden(_) => ("forbidden", false),
+            ServerError::BadRequest(_) => ("bad_request", false),
+            ServerError::Internal(_) => ("internal", true),
+            ServerError::Engine(e) => e.code(),
+        };
+        let status = match code {
+            "not_found" => StatusCode::NOT_FOUND,
+            "conflict" => StatusCode::CONFLICT,
+            "unauthorized" => StatusCode::UNAUTHORIZED,
+            "forbidden" => StatusCode::FORBIDDEN,
+            "bad_request" => StatusCode::BAD_REQUEST,
+            "unreachable" => StatusCode::SERVICE_UNAVAILABLE,
+            "agent" => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, code, retryable)
     }
 
     pub fn to_api(&self) -> ApiError {
@@ -128,17 +89,9 @@ impl ServerError {
     }
 }
 
-pub use standby_types::error_chain;
-
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.parts();
         (status, axum::Json(self.to_api())).into_response()
-    }
-}
-
-impl From<tokio::task::JoinError> for ServerError {
-    fn from(e: tokio::task::JoinError) -> Self {
-        ServerError::Internal(format!("background task failed: {e}"))
     }
 }

@@ -1,64 +1,49 @@
-//! The standby controller.
+//! standby's HTTP layer: the API under `/api/v1`, authentication, the
+//! OpenAPI document, the web portal, metrics and event streams, in front
+//! of the engine (`standby_engine`).
 //!
 //! # Layout
-//! - [`controller`]: shared state (config, database, agents, datastores,
-//!   per-VM locks).
-//! - hosts (`standby_agent`): the agent of each host runs driver actions
-//!   and moves disk data to and from datastores, in this process or as a
-//!   remote `standby agent` over HTTP (same operations).
-//! - [`fence`]: durable site fences and their enforcement.
-//! - [`protect`], [`restore`]: the two data-moving operations.
-//! - [`scheduler`]: starts a protection run of a group (the API's
-//!   `groups/NAME/run`); the schedule itself is the built-in `protect`
-//!   runbook's trigger ([`runbooks`]).
-//! - [`runbooks`]: the durable runbook engine, its action catalog,
-//!   triggers and routes.
-//! - [`jobs`]: background work with persisted progress.
-//! - [`api`]: the HTTP/JSON API under `/api/v1`.
+//! - [`api`]: the HTTP/JSON API under `/api/v1`; [`api_watch`], [`services`]
+//!   and [`runbooks`]: its watch, front-door and runbook routes;
+//!   [`openapi`]: its OpenAPI document, built from the same routes, and the
+//!   role each one needs.
 //! - [`auth`]: users, API tokens, portal sessions, agent secrets, the
 //!   layer that authenticates every request, and HTTPS.
 //! - [`portal`]: the web portal (server-rendered pages, live over SSE).
-//! - [`api`]: the HTTP/JSON API under `/api/v1`; [`openapi`]: its OpenAPI
-//!   document, built from the same routes, and the role each one needs.
-//! - [`watch`]: probes, events, rules, alerts, incidents, notifications
-//!   and `/metrics`.
-//! - [`services`]: the routes of the front door (`standby_frontdoor`:
-//!   per service, UDP and TCP forwarders that send clients to the site
-//!   where the service is active).
+//! - [`metrics`]: `/metrics` in the OpenMetrics format.
+//! - [`stream`]: a job followed as server-sent events.
+//! - [`state`]: what handlers reach: the engine and the authentication
+//!   state.
+//! - [`error`]: [`ServerError`], the engine's errors and the API's own,
+//!   as HTTP statuses and stable codes.
 //!
 //! # Invariants
-//! - One operation per VM at a time (a point never overlaps a restore).
-//! - A VM is never started at a second place while it may run at the first:
-//!   start and restore refuse unless every other host it may run at answers
-//!   that it is stopped or sits at a fenced site ([`vms`], [`fence`]).
-//! - The datastores are the truth about points; the database is a catalog
-//!   rebuilt from them at start ([`Controller::open`] rescans).
+//! - Every route is behind [`auth::layer`] and documented in the OpenAPI
+//!   document, which also gives the role it needs.
+//! - Nothing here decides what happens to a VM: handlers check access,
+//!   parse, call the engine and render.
 
 pub mod api;
 mod api_watch;
 pub mod auth;
-pub mod controller;
-pub mod drill;
 pub mod error;
-pub mod fence;
-pub mod jobs;
+pub mod metrics;
 pub mod openapi;
 pub mod portal;
-pub mod protect;
-pub mod restore;
 pub mod runbooks;
-pub mod scheduler;
 pub mod services;
-pub mod vms;
-pub mod watch;
+pub mod state;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use controller::Controller;
 pub use error::ServerError;
+pub use standby_engine::Controller;
 use standby_types::config::Config;
 use tokio::task::JoinHandle;
+
+pub use state::AppState;
 
 /// A controller serving its API.
 pub struct RunningServer {
@@ -72,10 +57,11 @@ pub struct RunningServer {
 }
 
 /// Every route of the controller, each behind [`auth::layer`].
-pub fn app(ctl: Arc<Controller>) -> axum::Router {
-    api::router(ctl.clone())
-        .merge(auth::api::session_routes(ctl.clone()))
-        .layer(axum::Extension(ctl))
+pub fn app(state: AppState) -> axum::Router {
+    api::router(state.clone())
+        .merge(auth::api::session_routes(state.clone()))
+        .layer(axum::Extension(state.auth.clone()))
+        .layer(axum::Extension(state.engine))
 }
 
 async fn bind(addr: &str) -> Result<tokio::net::TcpListener, ServerError> {
@@ -116,14 +102,12 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Internal(format!("unable to read listen address: {e}")))?;
-    ctl.frontdoor
-        .start(&ctl.cfg, &ctl.tasks, &ctl.cancel)
-        .await?;
-    watch::spawn(&ctl);
-    ctl.tasks
-        .spawn(runbooks::triggers::run_schedules(ctl.clone()));
-    runbooks::resume_all(&ctl).await?;
-    let app = app(ctl.clone());
+    let auth = Arc::new(auth::Auth::open(&ctl.cfg, ctl.auth_repo.clone()).await?);
+    standby_engine::start(&ctl).await?;
+    let app = app(AppState {
+        engine: ctl.clone(),
+        auth,
+    });
     let cancel = ctl.cancel.clone();
     let is_tls = tls.is_some();
     let serve = match tls {
@@ -157,7 +141,7 @@ async fn metrics_open(
     axum::extract::State(ctl): axum::extract::State<Arc<Controller>>,
 ) -> Result<axum::response::Response, ServerError> {
     use axum::response::IntoResponse;
-    let body = watch::metrics::render(&ctl).await?;
+    let body = metrics::render(&ctl).await?;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

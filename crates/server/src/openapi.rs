@@ -29,7 +29,7 @@ use serde_json::Value;
 use utoipa::OpenApi;
 
 use crate::auth::{Principal, Role};
-use crate::controller::Controller;
+use standby_engine::Controller;
 
 /// Name of the portal's session cookie, as documented in the spec.
 pub const SESSION_COOKIE: &str = "standby_session";
@@ -405,7 +405,7 @@ mod tests {
         ("api.rs", include_str!("api.rs")),
         ("api_watch.rs", include_str!("api_watch.rs")),
         ("services.rs", include_str!("services.rs")),
-        ("runbooks/api.rs", include_str!("runbooks/api.rs")),
+        ("runbooks.rs", include_str!("runbooks.rs")),
         ("auth/api.rs", include_str!("auth/api.rs")),
     ];
     /// Routes outside `/api/v1`, rightly not in the document.
@@ -456,7 +456,13 @@ disk_dir = "disks"
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let ctl = controller(dir.path()).await;
-        let app = crate::api::router(ctl.clone());
+        let auth = crate::auth::Auth::open(&ctl.cfg, ctl.auth_repo.clone())
+            .await
+            .unwrap();
+        let app = crate::api::router(crate::AppState {
+            engine: ctl.clone(),
+            auth: std::sync::Arc::new(auth),
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, app).await });

@@ -11,13 +11,14 @@ use utoipa_axum::routes;
 
 use crate::api::{ApiQuery, ListParams, ListResult, Page};
 use crate::auth::Principal;
-use crate::controller::Controller;
 use crate::error::ServerError;
+use crate::state::AppState;
+use standby_engine::Controller;
 
 type Ctl = State<Arc<Controller>>;
 
 /// `/api/v1/services`: list, show, switch.
-pub fn routes() -> OpenApiRouter<Arc<Controller>> {
+pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(show))

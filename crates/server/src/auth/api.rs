@@ -26,16 +26,17 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::Auth;
 use super::{Principal, Role, SESSION_COOKIE, SESSION_TTL, cookie_value, random_secret, sha256};
-use crate::controller::Controller;
 use crate::error::ServerError;
+use crate::state::AppState;
 
-type Ctl = State<Arc<Controller>>;
+type Ctl = State<Arc<Auth>>;
 type ApiResult<T> = Result<Json<T>, ServerError>;
 
 /// The `/api/v1` routes of this module, each documented; behind
 /// [`super::layer`] with the rest of the API.
-pub fn routes() -> OpenApiRouter<Arc<Controller>> {
+pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(whoami))
         .routes(routes!(tokens, token_create))
@@ -46,12 +47,12 @@ pub fn routes() -> OpenApiRouter<Arc<Controller>> {
 
 /// The portal's `POST /login` and `POST /logout` (public: see
 /// [`super::access`]), behind [`super::layer`].
-pub fn session_routes(ctl: Arc<Controller>) -> Router {
+pub fn session_routes(state: AppState) -> Router {
     Router::new()
         .route("/login", post(login))
         .route("/logout", post(logout))
         .layer(axum::middleware::from_fn(super::layer))
-        .with_state(ctl)
+        .with_state(state)
 }
 
 /// `POST /api/v1/tokens`.
@@ -165,7 +166,7 @@ async fn whoami(p: Principal, csrf: Option<axum::Extension<super::Csrf>>) -> Jso
 
 /// The tenant a new token or user of `p` gets.
 fn tenant_for(
-    ctl: &Controller,
+    auth: &Auth,
     p: &Principal,
     asked: Option<String>,
 ) -> Result<Option<String>, ServerError> {
@@ -176,7 +177,7 @@ fn tenant_for(
             "{} is an admin of tenant {t}, not of tenant {a}",
             p.name
         ))),
-        (None, Some(a)) if !ctl.auth.tenants.contains(&a) => Err(ServerError::BadRequest(format!(
+        (None, Some(a)) if !auth.tenants.contains(&a) => Err(ServerError::BadRequest(format!(
             "unknown tenant '{a}' (declare it under [tenants] in standby.toml)"
         ))),
         (None, a) => Ok(a),
@@ -202,8 +203,8 @@ fn check_name(kind: &str, n: &str) -> Result<(), ServerError> {
 #[utoipa::path(get, path = "/api/v1/tokens", operation_id = "tokens", tag = "auth",
     security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
     responses((status = 200, description = "The tokens", body = Vec<Token>)))]
-async fn tokens(State(ctl): Ctl, p: Principal) -> ApiResult<Vec<Token>> {
-    let all = ctl.auth.repo.tokens().await?;
+async fn tokens(State(auth): Ctl, p: Principal) -> ApiResult<Vec<Token>> {
+    let all = auth.repo.tokens().await?;
     Ok(Json(
         all.into_iter()
             .filter(|t| p.sees(t.tenant.as_deref()))
@@ -219,12 +220,12 @@ async fn tokens(State(ctl): Ctl, p: Principal) -> ApiResult<Vec<Token>> {
     responses((status = 200, description = "The token and its secret", body = TokenCreated),
         (status = 400, body = ApiError), (status = 403, body = ApiError)))]
 async fn token_create(
-    State(ctl): Ctl,
+    State(auth): Ctl,
     p: Principal,
     Json(req): Json<TokenCreate>,
 ) -> ApiResult<TokenCreated> {
     check_name("token", &req.name)?;
-    let tenant = tenant_for(&ctl, &p, req.tenant)?;
+    let tenant = tenant_for(&auth, &p, req.tenant)?;
     let expires = match &req.expires_in {
         Some(s) => {
             let d = humantime::parse_duration(s).map_err(|e| {
@@ -237,7 +238,7 @@ async fn token_create(
         None => None,
     };
     let (secret, rec) = super::new_token(&req.name, req.role, tenant, expires);
-    ctl.auth.repo.add_token(&rec).await?;
+    auth.repo.add_token(&rec).await?;
     tracing::info!(by = %p.name, token = %rec.id, role = %rec.role, "token created");
     Ok(Json(TokenCreated {
         token: rec.into(),
@@ -251,20 +252,20 @@ async fn token_create(
     security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
     responses((status = 200, description = "The revoked token", body = Token),
         (status = 404, body = ApiError)))]
-async fn token_revoke(State(ctl): Ctl, p: Principal, Path(id): Path<String>) -> ApiResult<Token> {
-    let t = ctl.auth.repo.token(&id).await?;
+async fn token_revoke(State(auth): Ctl, p: Principal, Path(id): Path<String>) -> ApiResult<Token> {
+    let t = auth.repo.token(&id).await?;
     p.check(t.tenant.as_deref(), "token", &id)?;
-    ctl.auth.repo.revoke_token(&id, Utc::now()).await?;
+    auth.repo.revoke_token(&id, Utc::now()).await?;
     tracing::info!(by = %p.name, token = %id, "token revoked");
-    Ok(Json(ctl.auth.repo.token(&id).await?.into()))
+    Ok(Json(auth.repo.token(&id).await?.into()))
 }
 
 /// Users (a tenant's admin: its tenant's).
 #[utoipa::path(get, path = "/api/v1/users", operation_id = "users", tag = "auth",
     security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
     responses((status = 200, description = "The users", body = Vec<User>)))]
-async fn users(State(ctl): Ctl, p: Principal) -> ApiResult<Vec<User>> {
-    let all = ctl.auth.repo.users().await?;
+async fn users(State(auth): Ctl, p: Principal) -> ApiResult<Vec<User>> {
+    let all = auth.repo.users().await?;
     Ok(Json(
         all.into_iter()
             .filter(|u| p.sees(u.tenant.as_deref()))
@@ -280,14 +281,14 @@ async fn users(State(ctl): Ctl, p: Principal) -> ApiResult<Vec<User>> {
     responses((status = 200, description = "The user", body = User),
         (status = 400, body = ApiError), (status = 403, body = ApiError),
         (status = 409, description = "The user exists already", body = ApiError)))]
-async fn user_add(State(ctl): Ctl, p: Principal, Json(req): Json<UserAdd>) -> ApiResult<User> {
+async fn user_add(State(auth): Ctl, p: Principal, Json(req): Json<UserAdd>) -> ApiResult<User> {
     check_name("user", &req.name)?;
     if req.password.chars().count() < 8 {
         return Err(ServerError::BadRequest(
             "a password needs at least 8 characters".into(),
         ));
     }
-    let tenant = tenant_for(&ctl, &p, req.tenant)?;
+    let tenant = tenant_for(&auth, &p, req.tenant)?;
     let pw = req.password;
     let hash = tokio::task::spawn_blocking(move || super::hash_password(&pw)).await??;
     let rec = UserRecord {
@@ -297,7 +298,7 @@ async fn user_add(State(ctl): Ctl, p: Principal, Json(req): Json<UserAdd>) -> Ap
         tenant,
         created: Utc::now(),
     };
-    if !ctl.auth.repo.add_user(&rec).await? {
+    if !auth.repo.add_user(&rec).await? {
         return Err(ServerError::Conflict(format!(
             "user '{}' exists already",
             rec.name
@@ -313,14 +314,14 @@ async fn user_add(State(ctl): Ctl, p: Principal, Json(req): Json<UserAdd>) -> Ap
     security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
     responses((status = 200, description = "The removed user", body = User),
         (status = 404, body = ApiError)))]
-async fn user_remove(State(ctl): Ctl, p: Principal, Path(name): Path<String>) -> ApiResult<User> {
-    let u = match ctl.auth.repo.user(&name).await {
+async fn user_remove(State(auth): Ctl, p: Principal, Path(name): Path<String>) -> ApiResult<User> {
+    let u = match auth.repo.user(&name).await {
         Ok(u) => u,
         Err(DbError::NotFound { .. }) => return Err(ServerError::not_found("user", name)),
         Err(e) => return Err(e.into()),
     };
     p.check(u.tenant.as_deref(), "user", &name)?;
-    ctl.auth.repo.remove_user(&name).await?;
+    auth.repo.remove_user(&name).await?;
     tracing::info!(by = %p.name, user = %name, "user removed");
     Ok(Json(u.into()))
 }
@@ -358,9 +359,9 @@ fn dummy_hash() -> &'static str {
     H.get_or_init(|| super::hash_password("not a password").unwrap_or_default())
 }
 
-async fn login(State(ctl): Ctl, Form(f): Form<LoginForm>) -> Response {
+async fn login(State(auth): Ctl, Form(f): Form<LoginForm>) -> Response {
     let next = local_next(f.next.as_deref());
-    let user = ctl.auth.repo.user(&f.username).await.ok();
+    let user = auth.repo.user(&f.username).await.ok();
     let hash = user
         .as_ref()
         .map(|u| u.password_hash.clone())
@@ -384,31 +385,30 @@ async fn login(State(ctl): Ctl, Form(f): Form<LoginForm>) -> Response {
         created: now,
         expires: now + SESSION_TTL,
     };
-    if let Err(e) = ctl.auth.repo.add_session(&session).await {
+    if let Err(e) = auth.repo.add_session(&session).await {
         return ServerError::from(e).into_response();
     }
-    let _ = ctl.auth.repo.purge_sessions(now).await;
+    let _ = auth.repo.purge_sessions(now).await;
     tracing::info!(user = %user.name, "logged in");
     (
         [(
             header::SET_COOKIE,
-            ctl.auth.cookie(&secret, SESSION_TTL.num_seconds()),
+            auth.cookie(&secret, SESSION_TTL.num_seconds()),
         )],
         Redirect::to(&next),
     )
         .into_response()
 }
 
-async fn logout(State(ctl): Ctl, headers: HeaderMap) -> Response {
+async fn logout(State(auth): Ctl, headers: HeaderMap) -> Response {
     if let Some(secret) = cookie_value(&headers, SESSION_COOKIE) {
-        let _ = ctl
-            .auth
+        let _ = auth
             .repo
             .remove_session(&hex::encode(sha256(secret.as_bytes())))
             .await;
     }
     (
-        [(header::SET_COOKIE, ctl.auth.cookie("", 0))],
+        [(header::SET_COOKIE, auth.cookie("", 0))],
         Redirect::to("/login"),
     )
         .into_response()

@@ -54,7 +54,6 @@ use standby_db::{AuthRepo, TokenRecord};
 use standby_types::config::Config;
 use subtle::ConstantTimeEq;
 
-use crate::controller::Controller;
 use crate::error::ServerError;
 
 /// What a principal may do, each role including the ones below it.
@@ -497,9 +496,10 @@ fn unauthorized(msg: impl Into<String>) -> Response {
 
 /// Authenticates a request and puts its [`Principal`] (and, for a cookie
 /// session, its [`Csrf`]) in the request's extensions. Needs the
-/// controller as an `Arc<Controller>` extension (set by [`crate::app`]).
+/// authentication state as an `Arc<Auth>` extension (set by
+/// [`crate::app`]).
 pub async fn layer(mut req: Request, next: Next) -> Response {
-    let Some(ctl) = req.extensions().get::<Arc<Controller>>().cloned() else {
+    let Some(auth) = req.extensions().get::<Arc<Auth>>().cloned() else {
         return ServerError::Internal("authentication is not set up".into()).into_response();
     };
     let template = req
@@ -512,7 +512,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         Access::Agent => {
             let name = req.uri().path().split('/').nth(4).unwrap_or_default();
             return match bearer(req.headers()) {
-                Some(s) if ctl.auth.agent_ok(name, s) => next.run(req).await,
+                Some(s) if auth.agent_ok(name, s) => next.run(req).await,
                 Some(_) => unauthorized(format!("wrong token for agent '{name}'")),
                 None => unauthorized(format!(
                     "agent '{name}' must send its token (Authorization: Bearer)"
@@ -521,7 +521,6 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         }
         Access::Role(r) => r,
     };
-    let auth = &ctl.auth;
     let found = if let Some(secret) = bearer(req.headers()) {
         auth.token_principal(secret).await.map(|p| (p, None))
     } else if let Some(secret) = cookie_value(req.headers(), SESSION_COOKIE) {

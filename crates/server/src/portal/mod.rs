@@ -28,8 +28,6 @@
 mod model;
 mod pages;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -38,15 +36,15 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 
 use crate::auth::{Principal, Role};
-use crate::controller::Controller;
 use crate::error::ServerError;
+use crate::state::AppState;
 
 const CSS: &str = include_str!("../../static/portal.css");
 const JS: &str = include_str!("../../static/portal.js");
 
 /// The portal's routes, merged into the API router (so they run behind
 /// the same authentication layer).
-pub fn routes() -> Router<Arc<Controller>> {
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(pages::dashboard))
         .route("/login", get(pages::login))

@@ -19,8 +19,8 @@ use standby_types::watch::{Alert, AlertState, IncidentState};
 use super::model::{self, Chart, Measure};
 use super::{PageError, PageResult, Viewer, principal};
 use crate::auth::Principal;
-use crate::controller::Controller;
 use crate::error::ServerError;
+use standby_engine::Controller;
 
 type Ctl = State<Arc<Controller>>;
 

@@ -11,7 +11,7 @@ use standby_types::watch::Alert;
 
 use super::{StartRequest, epoch, start};
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::EngineError;
 
 /// An alert settled (not muted, incident opened if its rule has one):
 /// start every runbook whose alert trigger matches it.
@@ -61,7 +61,7 @@ pub async fn on_alert(ctl: &Arc<Controller>, alert: &Alert) {
             Ok(job) => {
                 tracing::info!(alert = alert.id, runbook = %name, job, "alert started a runbook")
             }
-            Err(ServerError::Conflict(m)) => tracing::info!(alert = alert.id, "{m}"),
+            Err(EngineError::Conflict(m)) => tracing::info!(alert = alert.id, "{m}"),
             Err(e) => {
                 tracing::error!(alert = alert.id, runbook = %name, "unable to start runbook: {e}")
             }
@@ -87,7 +87,7 @@ pub async fn run_schedules(ctl: Arc<Controller>) {
     }
 }
 
-async fn cron_tick(ctl: &Arc<Controller>) -> Result<(), ServerError> {
+async fn cron_tick(ctl: &Arc<Controller>) -> Result<(), EngineError> {
     let now = Utc::now();
     let crons: Vec<(String, String)> = ctl
         .runbooks
@@ -141,7 +141,7 @@ async fn cron_tick(ctl: &Arc<Controller>) -> Result<(), ServerError> {
 /// Per-group schedules: each group whose persisted `next_run` is due gets
 /// its next run computed and one job of every `schedule: {groups: true}`
 /// runbook with `params.group` set.
-async fn groups_tick(ctl: &Arc<Controller>) -> Result<(), ServerError> {
+async fn groups_tick(ctl: &Arc<Controller>) -> Result<(), EngineError> {
     let runbooks: Vec<String> = ctl
         .runbooks
         .all()
@@ -183,7 +183,7 @@ async fn groups_tick(ctl: &Arc<Controller>) -> Result<(), ServerError> {
                         Ok(job) => {
                             tracing::info!(group = %rec.name, runbook = %name, job, "scheduled protection started")
                         }
-                        Err(ServerError::Conflict(m)) => {
+                        Err(EngineError::Conflict(m)) => {
                             tracing::info!(group = %rec.name, "skipped: {m}")
                         }
                         Err(e) => {
@@ -207,22 +207,22 @@ pub async fn on_webhook(
     name: &str,
     signature: Option<&str>,
     body: &[u8],
-) -> Result<i64, ServerError> {
+) -> Result<i64, EngineError> {
     let l = ctl.runbooks.get(name)?;
     let Some(hook) = &l.runbook.trigger.webhook else {
-        return Err(ServerError::BadRequest(format!(
+        return Err(EngineError::BadRequest(format!(
             "runbook {name} has no webhook trigger"
         )));
     };
     let secret = std::env::var(&hook.secret_env).map_err(|_| {
-        ServerError::Internal(format!(
+        EngineError::Internal(format!(
             "the webhook secret of runbook {name} (${}) is not set",
             hook.secret_env
         ))
     })?;
     let ok = signature.is_some_and(|s| standby_notify::verify(secret.as_bytes(), body, s));
     if !ok {
-        return Err(ServerError::BadRequest(format!(
+        return Err(EngineError::BadRequest(format!(
             "bad or missing {} header",
             standby_notify::SIGNATURE_HEADER
         )));
@@ -231,7 +231,7 @@ pub async fn on_webhook(
         Value::Null
     } else {
         serde_json::from_slice(body)
-            .map_err(|e| ServerError::BadRequest(format!("webhook body is not JSON: {e}")))?
+            .map_err(|e| EngineError::BadRequest(format!("webhook body is not JSON: {e}")))?
     };
     let params = value["params"].as_object().cloned().unwrap_or_default();
     start(

@@ -10,19 +10,19 @@ use standby_store::PointId;
 use standby_types::api::RestoreRequest;
 
 use crate::controller::Controller;
-use crate::error::{ServerError, error_chain};
+use crate::error::{EngineError, error_chain};
 use crate::jobs::JobProgress;
 use standby_agent::StoreRef;
 
 /// Checks that can fail before a job is created, so the caller gets a
 /// clear error at once.
-pub async fn check(ctl: &Controller, req: &RestoreRequest) -> Result<(), ServerError> {
+pub async fn check(ctl: &Controller, req: &RestoreRequest) -> Result<(), EngineError> {
     let point = ctl.repo.point(&req.point).await?;
     if !ctl.cfg.sites.contains_key(&req.site) {
-        return Err(ServerError::not_found("site", &req.site));
+        return Err(EngineError::not_found("site", &req.site));
     }
     if !ctl.cfg.vms.contains_key(&point.vm) {
-        return Err(ServerError::not_found("vm", &point.vm));
+        return Err(EngineError::not_found("vm", &point.vm));
     }
     let host = target_host(ctl, req)?;
     refuse_if_running(ctl, req, &point.vm, &host).await
@@ -36,7 +36,7 @@ async fn refuse_if_running(
     req: &RestoreRequest,
     vm: &str,
     host: &str,
-) -> Result<(), ServerError> {
+) -> Result<(), EngineError> {
     if req.start {
         crate::vms::refuse_fenced(ctl, &req.site).await?;
     }
@@ -44,16 +44,16 @@ async fn refuse_if_running(
     crate::vms::ensure_single_copy(ctl, &current, host, true).await
 }
 
-fn target_host(ctl: &Controller, req: &RestoreRequest) -> Result<String, ServerError> {
+fn target_host(ctl: &Controller, req: &RestoreRequest) -> Result<String, EngineError> {
     match &req.host {
         Some(h) => {
             let host = ctl
                 .cfg
                 .hosts
                 .get(h)
-                .ok_or_else(|| ServerError::not_found("host", h))?;
+                .ok_or_else(|| EngineError::not_found("host", h))?;
             if host.site != req.site {
-                return Err(ServerError::BadRequest(format!(
+                return Err(EngineError::BadRequest(format!(
                     "host {h} is at site {}, not {}",
                     host.site, req.site
                 )));
@@ -64,7 +64,7 @@ fn target_host(ctl: &Controller, req: &RestoreRequest) -> Result<String, ServerE
             .cfg
             .first_host_of_site(&req.site)
             .map(str::to_string)
-            .ok_or_else(|| ServerError::BadRequest(format!("site {} has no host", req.site))),
+            .ok_or_else(|| EngineError::BadRequest(format!("site {} has no host", req.site))),
     }
 }
 
@@ -72,7 +72,7 @@ pub async fn run(
     ctl: Arc<Controller>,
     req: RestoreRequest,
     progress: Arc<JobProgress>,
-) -> Result<serde_json::Value, ServerError> {
+) -> Result<serde_json::Value, EngineError> {
     let started = Instant::now();
     let point = ctl.repo.point(&req.point).await?;
     let vm = point.vm.clone();
@@ -99,7 +99,7 @@ pub async fn run(
     let pid: PointId = req
         .point
         .parse()
-        .map_err(|e| ServerError::BadRequest(format!("bad point id '{}': {e}", req.point)))?;
+        .map_err(|e| EngineError::BadRequest(format!("bad point id '{}': {e}", req.point)))?;
     let agent = ctl.agent(&host)?;
     let spec = agent.spec(&ctl.cfg, &vm)?;
     // Nearest copy first; a copy that is missing the point or fails to
@@ -151,7 +151,7 @@ pub async fn run(
         }
     }
     let Some((ds, bytes)) = restored else {
-        return Err(ServerError::Conflict(format!(
+        return Err(EngineError::Conflict(format!(
             "no datastore could restore point {} ({})",
             req.point,
             tried.join("; ")
@@ -186,7 +186,7 @@ pub async fn newest_readable(
     ctl: &Controller,
     vm: &str,
     site: Option<&str>,
-) -> Result<(standby_store::Manifest, String), ServerError> {
+) -> Result<(standby_store::Manifest, String), EngineError> {
     let mut best: Option<(standby_store::Manifest, String)> = None;
     for (name, d) in &ctl.cfg.datastores {
         if site.is_some_and(|s| s != d.site) {
@@ -211,7 +211,7 @@ pub async fn newest_readable(
         }
     }
     best.ok_or_else(|| {
-        ServerError::Conflict(format!(
+        EngineError::Conflict(format!(
             "vm {vm} has no readable point{}",
             site.map(|s| format!(" at site {s}")).unwrap_or_default()
         ))

@@ -10,7 +10,7 @@ use chrono::Utc;
 use standby_types::watch::{Alert, Delivery, Event, Labels, Notification, Severity};
 
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::EngineError;
 
 /// Group alerts by route and group labels and queue one delivery per
 /// receiver of each group.
@@ -18,7 +18,7 @@ pub(super) async fn queue(
     ctl: &Arc<Controller>,
     status: &str,
     alerts: Vec<Alert>,
-) -> Result<(), ServerError> {
+) -> Result<(), EngineError> {
     let routes = &ctl.cfg.routes;
     // (route index, group labels) → alerts
     let mut groups: BTreeMap<(usize, Labels), Vec<Alert>> = BTreeMap::new();
@@ -45,7 +45,7 @@ pub(super) async fn queue(
             incident,
         };
         let payload = serde_json::to_value(&n)
-            .map_err(|e| ServerError::Internal(format!("unable to encode notification: {e}")))?;
+            .map_err(|e| EngineError::Internal(format!("unable to encode notification: {e}")))?;
         for receiver in &routes[idx].receivers {
             let d = ctl
                 .watch
@@ -91,7 +91,7 @@ async fn send(
     ctl: &Arc<Controller>,
     mut d: Delivery,
     payload: serde_json::Value,
-) -> Result<(), ServerError> {
+) -> Result<(), EngineError> {
     let now = Utc::now();
     d.attempts += 1;
     let result = match (

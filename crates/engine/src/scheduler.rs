@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::EngineError;
 use crate::jobs::spawn_job;
 use crate::protect;
 
@@ -22,12 +22,12 @@ impl Drop for GroupRun {
 }
 
 /// Start a protection run of `group` as a job, unless one is running.
-pub async fn start_group_run(ctl: &Arc<Controller>, group: &str) -> Result<i64, ServerError> {
+pub async fn start_group_run(ctl: &Arc<Controller>, group: &str) -> Result<i64, EngineError> {
     if !ctl.cfg.groups.contains_key(group) {
-        return Err(ServerError::not_found("group", group));
+        return Err(EngineError::not_found("group", group));
     }
     if !ctl.try_begin_group(group) {
-        return Err(ServerError::Conflict(format!(
+        return Err(EngineError::Conflict(format!(
             "group {group} is already being protected"
         )));
     }

@@ -16,17 +16,18 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{StartRequest, start, triggers};
 use crate::api::check_job;
 use crate::api::owner::TENANT_RUNBOOKS;
 use crate::auth::Principal;
-use crate::controller::Controller;
 use crate::error::ServerError;
+use crate::state::AppState;
+use standby_engine::Controller;
+use standby_engine::runbooks::{StartRequest, start, triggers};
 
 type Ctl = State<Arc<Controller>>;
 type ApiResult<T> = Result<Json<T>, ServerError>;
 
-pub fn routes() -> OpenApiRouter<Arc<Controller>> {
+pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(schema))

@@ -10,7 +10,7 @@ use serde_json::json;
 use standby_types::model::PointRecord;
 
 use crate::controller::{Controller, point_record};
-use crate::error::{ServerError, error_chain};
+use crate::error::{EngineError, error_chain};
 use crate::jobs::JobProgress;
 use standby_agent::StoreRef;
 
@@ -18,12 +18,12 @@ pub async fn run_group(
     ctl: Arc<Controller>,
     group: String,
     progress: Arc<JobProgress>,
-) -> Result<serde_json::Value, ServerError> {
+) -> Result<serde_json::Value, EngineError> {
     let g = ctl
         .cfg
         .groups
         .get(&group)
-        .ok_or_else(|| ServerError::not_found("group", &group))?
+        .ok_or_else(|| EngineError::not_found("group", &group))?
         .clone();
     let mut results = Vec::new();
     let mut failures = Vec::new();
@@ -38,7 +38,7 @@ pub async fn run_group(
         }
     }
     if !failures.is_empty() {
-        return Err(ServerError::Internal(format!(
+        return Err(EngineError::Internal(format!(
             "group {group}: {} of {} vm(s) failed: {}",
             failures.len(),
             g.members.len(),
@@ -53,7 +53,7 @@ pub async fn protect_vm(
     group: &str,
     vm: &str,
     progress: Arc<JobProgress>,
-) -> Result<serde_json::Value, ServerError> {
+) -> Result<serde_json::Value, EngineError> {
     let g = &ctl.cfg.groups[group];
     // The VM lock covers reading the VM; copies and pruning run after it
     // is released, so a failover restore never waits behind an upload.
@@ -110,7 +110,7 @@ pub async fn protect_vm(
             let s = tokio::task::spawn_blocking(move || src.sync_point(&pid, &dst, p.as_ref()))
                 .await??;
             ctl.repo.add_point_copy(&id, target).await?;
-            Ok::<_, ServerError>(s)
+            Ok::<_, EngineError>(s)
         }
         .await;
         match res {
@@ -129,7 +129,7 @@ pub async fn protect_vm(
         }
     }
     if !sync_errors.is_empty() {
-        return Err(ServerError::Internal(format!(
+        return Err(EngineError::Internal(format!(
             "point {id} taken in {source}, but: {}",
             sync_errors.join("; ")
         )));
@@ -157,7 +157,7 @@ pub async fn prune_vm(
     vm: &str,
     policy: standby_types::Retention,
     dry_run: bool,
-) -> Result<standby_store::PruneReport, ServerError> {
+) -> Result<standby_store::PruneReport, EngineError> {
     let store = ctl.store(ds)?;
     let v = vm.to_string();
     let report =

@@ -34,8 +34,8 @@ use standby_db::{CopyCount, EventQuery, VmPoints};
 use standby_types::model::JobStatus;
 use standby_types::watch::{AlertState, IncidentState};
 
-use crate::controller::Controller;
 use crate::error::ServerError;
+use standby_engine::Controller;
 
 type Labels = Vec<(String, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
@@ -112,7 +112,7 @@ pub async fn render(ctl: &Arc<Controller>) -> Result<String, ServerError> {
         firing,
     );
     let resolved: Counter = Counter::default();
-    resolved.inc_by(w.resolved_total.load(std::sync::atomic::Ordering::Relaxed));
+    resolved.inc_by(w.resolved_total());
     reg.register(
         "standby_alerts_resolved",
         "Alerts resolved since the controller started",
@@ -121,7 +121,7 @@ pub async fn render(ctl: &Arc<Controller>) -> Result<String, ServerError> {
 
     let incidents = fam();
     let open = w
-        .repo
+        .repo()
         .incidents(&[IncidentState::New, IncidentState::Active], 10_000)
         .await?;
     for state in [IncidentState::New, IncidentState::Active] {

@@ -16,10 +16,10 @@ use standby_types::api::VmView;
 use standby_types::model::{PointRecord, VmRecord};
 
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::EngineError;
 
 /// The VM's record, live state, groups and newest point.
-pub async fn view(ctl: &Controller, name: &str) -> Result<VmView, ServerError> {
+pub async fn view(ctl: &Controller, name: &str) -> Result<VmView, EngineError> {
     let record = ctl.repo.vm(name).await?;
     let last_point = ctl.repo.latest_point(name).await?;
     view_of(ctl, record, last_point).await
@@ -27,7 +27,7 @@ pub async fn view(ctl: &Controller, name: &str) -> Result<VmView, ServerError> {
 
 /// The views of these VMs, in their order: their newest points come from
 /// one query.
-pub async fn views(ctl: &Controller, records: Vec<VmRecord>) -> Result<Vec<VmView>, ServerError> {
+pub async fn views(ctl: &Controller, records: Vec<VmRecord>) -> Result<Vec<VmView>, EngineError> {
     let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
     let mut latest: std::collections::HashMap<String, PointRecord> = ctl
         .repo
@@ -48,7 +48,7 @@ async fn view_of(
     ctl: &Controller,
     record: VmRecord,
     last_point: Option<PointRecord>,
-) -> Result<VmView, ServerError> {
+) -> Result<VmView, EngineError> {
     let name = record.name.as_str();
     let (state, pid, since, exit) = match ctl.agent(&record.active_host)?.status(name).await {
         Ok(st) => (st.state.to_string(), st.pid, st.since, st.exit),
@@ -73,7 +73,7 @@ async fn view_of(
 /// Start the VM at its active host. Idempotent: a running VM stays as it
 /// is. Its first start at home creates blank disks; anywhere else a
 /// missing disk is an error (a VM with points never boots blank).
-pub async fn start(ctl: &Controller, name: &str) -> Result<VmStatus, ServerError> {
+pub async fn start(ctl: &Controller, name: &str) -> Result<VmStatus, EngineError> {
     let _guard = ctl.lock_vm(name).await;
     let rec = ctl.repo.vm(name).await?;
     refuse_fenced(ctl, &rec.active_site).await?;
@@ -84,7 +84,7 @@ pub async fn start(ctl: &Controller, name: &str) -> Result<VmStatus, ServerError
     if rec.active_site == rec.home_site && never_protected {
         agent.provision_disks(&spec).await?;
     } else if let Some(d) = agent.missing_disks(&spec).await?.first() {
-        return Err(ServerError::Conflict(format!(
+        return Err(EngineError::Conflict(format!(
             "disk '{}' of vm {name} is missing at {} ({}); restore a point there first",
             d.name,
             rec.active_host,
@@ -95,9 +95,9 @@ pub async fn start(ctl: &Controller, name: &str) -> Result<VmStatus, ServerError
 }
 
 /// No VM starts at a fenced site.
-pub(crate) async fn refuse_fenced(ctl: &Controller, site: &str) -> Result<(), ServerError> {
+pub(crate) async fn refuse_fenced(ctl: &Controller, site: &str) -> Result<(), EngineError> {
     if ctl.is_fenced(site).await? {
-        return Err(ServerError::Conflict(format!(
+        return Err(EngineError::Conflict(format!(
             "site {site} is fenced: no vm starts there until it is unfenced (standby site unfence {site})"
         )));
     }
@@ -113,7 +113,7 @@ pub(crate) async fn ensure_single_copy(
     rec: &VmRecord,
     target: &str,
     include_target: bool,
-) -> Result<(), ServerError> {
+) -> Result<(), EngineError> {
     let vm = &rec.name;
     let mut hosts = vec![rec.active_host.as_str()];
     if rec.home_host != rec.active_host {
@@ -137,14 +137,14 @@ pub(crate) async fn ensure_single_copy(
                 } else {
                     format!("stop it (or fence site {site}) before running it at {target}")
                 };
-                return Err(ServerError::Conflict(format!(
+                return Err(EngineError::Conflict(format!(
                     "vm {vm} is {} at {host} (site {site}); {what} (standby never runs two copies)",
                     st.state
                 )));
             }
             Ok(_) => {}
             Err(e) => {
-                return Err(ServerError::Conflict(format!(
+                return Err(EngineError::Conflict(format!(
                     "vm {vm} may still be running at {host} (site {site}), whose agent cannot say ({}); \
                      if site {site} is lost, fence it first: standby site fence {site} --reason TEXT",
                     crate::error::error_chain(&e)
@@ -161,19 +161,19 @@ pub async fn shutdown(
     ctl: &Controller,
     name: &str,
     timeout: Option<Duration>,
-) -> Result<VmStatus, ServerError> {
+) -> Result<VmStatus, EngineError> {
     let _guard = ctl.lock_vm(name).await;
     let rec = ctl.repo.vm(name).await?;
     let timeout = timeout
         .or_else(|| ctl.cfg.vms.get(name).map(|v| v.shutdown_timeout))
-        .ok_or_else(|| ServerError::not_found("vm", name))?;
+        .ok_or_else(|| EngineError::not_found("vm", name))?;
     Ok(ctl.agent(&rec.active_host)?.shutdown(name, timeout).await?)
 }
 
 /// Forced stop at the active host. No VM lock: a forced stop must work
 /// even while a point is read (the driver kills a frozen VM without
 /// letting it run first).
-pub async fn stop(ctl: &Controller, name: &str) -> Result<VmStatus, ServerError> {
+pub async fn stop(ctl: &Controller, name: &str) -> Result<VmStatus, EngineError> {
     let rec = ctl.repo.vm(name).await?;
     Ok(ctl.agent(&rec.active_host)?.stop(name).await?)
 }

@@ -22,7 +22,6 @@
 mod agents;
 mod alerts;
 mod incidents;
-pub mod metrics;
 mod notifier;
 mod probes;
 mod rules;
@@ -48,7 +47,7 @@ pub use incidents::{
 pub use rules::{RulesStatus, reload as reload_rules};
 
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::EngineError;
 
 /// How often rules are evaluated.
 const TICK: Duration = Duration::from_millis(250);
@@ -83,7 +82,7 @@ impl Watch {
     pub async fn open(
         cfg: &standby_types::config::Config,
         repo: Arc<dyn WatchRepo>,
-    ) -> Result<Watch, ServerError> {
+    ) -> Result<Watch, EngineError> {
         let (ruleset, status) = rules::load(cfg)?;
         let mut evaluator = Evaluator::new(ruleset);
         let active = alerts::load_active(&*repo).await?;
@@ -117,6 +116,12 @@ impl Watch {
 
     pub fn repo(&self) -> &Arc<dyn WatchRepo> {
         &self.repo
+    }
+
+    /// Alerts resolved since this controller started.
+    pub fn resolved_total(&self) -> u64 {
+        self.resolved_total
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A new subscriber to the event stream (events after they are stored).
@@ -205,7 +210,7 @@ impl Watch {
             .collect()
     }
 
-    async fn flush_events(&self) -> Result<(), ServerError> {
+    async fn flush_events(&self) -> Result<(), EngineError> {
         let batch = std::mem::take(&mut *self.pending_events.lock().expect("events lock"));
         if batch.is_empty() {
             return Ok(());

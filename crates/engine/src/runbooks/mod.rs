@@ -23,7 +23,6 @@
 //! its action returned but before its success is persisted (`after`).
 
 pub mod actions;
-pub mod api;
 pub mod triggers;
 
 use std::collections::BTreeMap;
@@ -41,7 +40,7 @@ use standby_types::model::JobStatus;
 use standby_types::watch::{Event, Severity};
 
 use crate::controller::Controller;
-use crate::error::{ServerError, error_chain};
+use crate::error::{EngineError, error_chain};
 
 const BUILTIN: &[(&str, &str)] = &[
     (
@@ -152,10 +151,10 @@ impl Runbooks {
         &self.repo
     }
 
-    pub fn get(&self, name: &str) -> Result<&Loaded, ServerError> {
+    pub fn get(&self, name: &str) -> Result<&Loaded, EngineError> {
         self.loaded
             .get(name)
-            .ok_or_else(|| ServerError::not_found("runbook", name))
+            .ok_or_else(|| EngineError::not_found("runbook", name))
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Loaded> {
@@ -234,7 +233,7 @@ pub async fn start(
     ctl: &Arc<Controller>,
     name: &str,
     req: StartRequest,
-) -> Result<i64, ServerError> {
+) -> Result<i64, EngineError> {
     let l = ctl.runbooks.get(name)?;
     let rb = &l.runbook;
     let mut trigger = match req.trigger {
@@ -250,7 +249,7 @@ pub async fn start(
     let trigger = Value::Object(trigger);
     let job_stub = json!({ "id": null, "runbook": name });
     let params = standby_runbook::resolve_params(rb, &req.params, &trigger, &job_stub)
-        .map_err(ServerError::BadRequest)?;
+        .map_err(EngineError::BadRequest)?;
     let ctx = template::context(&standby_runbook::context(
         &params,
         &trigger,
@@ -263,7 +262,7 @@ pub async fn start(
             Ok(Value::String(s)) => s,
             Ok(v) => v.to_string(),
             Err(e) => {
-                return Err(ServerError::BadRequest(format!(
+                return Err(EngineError::BadRequest(format!(
                     "runbook {name}: lock: {e}"
                 )));
             }
@@ -306,7 +305,7 @@ pub async fn start(
             let msg = format!("runbook {name} skipped: lock '{key}' is held by job {held}");
             tracing::info!("{msg}");
             emit(ctl, "runbook.skipped", Severity::Warning, name, msg.clone());
-            Err(ServerError::Conflict(msg))
+            Err(EngineError::Conflict(msg))
         }
     }
 }
@@ -325,7 +324,7 @@ fn emit(ctl: &Controller, kind: &str, severity: Severity, runbook: &str, message
 }
 
 /// Resume every unfinished runbook job (at controller start).
-pub async fn resume_all(ctl: &Arc<Controller>) -> Result<(), ServerError> {
+pub async fn resume_all(ctl: &Arc<Controller>) -> Result<(), EngineError> {
     for run in ctl.runbooks.repo.unfinished_runs().await? {
         tracing::warn!(job = run.job, runbook = %run.run.runbook, "resuming runbook job after a controller restart");
         emit(
@@ -348,7 +347,7 @@ fn spawn_execute(ctl: &Arc<Controller>, job: i64) {
     ctl.tasks.spawn(async move {
         let outcome = match tokio::spawn(execute(ctl2.clone(), job)).await {
             Ok(o) => o,
-            Err(e) => Err(ServerError::Internal(format!("the job's task failed: {e}"))),
+            Err(e) => Err(EngineError::Internal(format!("the job's task failed: {e}"))),
         };
         // A controller stopping mid-job leaves it running: the next one
         // resumes it.
@@ -364,8 +363,8 @@ fn spawn_execute(ctl: &Arc<Controller>, job: i64) {
 async fn finish(
     ctl: &Arc<Controller>,
     job: i64,
-    outcome: Result<Value, ServerError>,
-) -> Result<(), ServerError> {
+    outcome: Result<Value, EngineError>,
+) -> Result<(), EngineError> {
     let run = ctl.runbooks.repo.run(job).await?;
     let name = &run.run.runbook;
     match &outcome {
@@ -463,7 +462,7 @@ impl JobRun {
 }
 
 /// Run (or resume) job `job` to its end; the result lists the steps.
-async fn execute(ctl: Arc<Controller>, job: i64) -> Result<Value, ServerError> {
+async fn execute(ctl: Arc<Controller>, job: i64) -> Result<Value, EngineError> {
     let run = ctl.runbooks.repo.run(job).await?;
     let file_name = Path::new(run.run.file.trim_start_matches("builtin:"))
         .file_name()
@@ -471,7 +470,7 @@ async fn execute(ctl: Arc<Controller>, job: i64) -> Result<Value, ServerError> {
         .unwrap_or("runbook.yaml")
         .to_string();
     let runbook = standby_runbook::parse(&file_name, &run.run.source)
-        .map_err(|e| ServerError::BadRequest(format!("the job's runbook snapshot: {e}")))?;
+        .map_err(|e| EngineError::BadRequest(format!("the job's runbook snapshot: {e}")))?;
     let rows = ctl
         .runbooks
         .repo
@@ -525,7 +524,7 @@ async fn execute(ctl: Arc<Controller>, job: i64) -> Result<Value, ServerError> {
         }
     }
     match failure {
-        Some(f) => Err(ServerError::Conflict(f)),
+        Some(f) => Err(EngineError::Conflict(f)),
         None => {
             Ok(json!({ "runbook": jr.runbook.name, "incident": jr.incident(), "steps": summary }))
         }
@@ -539,7 +538,7 @@ async fn run_step(
     pos: usize,
     step: &Step,
     outputs: &Map<String, Value>,
-) -> Result<StepRecord, ServerError> {
+) -> Result<StepRecord, EngineError> {
     let ctx = jr.context(outputs);
     let Some(for_each) = &step.for_each else {
         return run_item(ctl, jr, pos, step, -1, ctx).await;
@@ -627,7 +626,7 @@ async fn fail_row(
     jr: &JobRun,
     mut rec: StepRecord,
     error: String,
-) -> Result<StepRecord, ServerError> {
+) -> Result<StepRecord, EngineError> {
     rec.state = StepState::Failed;
     rec.error = Some(error.clone());
     rec.finished_at = Some(Utc::now());
@@ -674,7 +673,7 @@ async fn run_item(
     step: &Step,
     item: i64,
     ctx: Value,
-) -> Result<StepRecord, ServerError> {
+) -> Result<StepRecord, EngineError> {
     let key = (step.id.clone(), item);
     let previous = jr.rows.get(&key).cloned();
     if let Some(p) = previous.as_ref().filter(|p| p.state.is_final()) {
@@ -759,7 +758,7 @@ async fn run_item(
         let res = match timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {
                 Ok(r) => r,
-                Err(_) => Err(ServerError::Conflict(format!(
+                Err(_) => Err(EngineError::Conflict(format!(
                     "timed out after {}",
                     humantime::format_duration(t)
                 ))),
@@ -798,7 +797,7 @@ async fn run_item(
                     .await;
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = ctl.cancel.cancelled() => return Err(ServerError::Internal("controller stopping".into())),
+                        _ = ctl.cancel.cancelled() => return Err(EngineError::Internal("controller stopping".into())),
                     }
                     rec.attempt += 1;
                     recorded = Value::Null;
@@ -806,7 +805,7 @@ async fn run_item(
                 }
                 if ctl.cancel.is_cancelled() {
                     // Left running: the next controller runs it again.
-                    return Err(ServerError::Internal("controller stopping".into()));
+                    return Err(EngineError::Internal("controller stopping".into()));
                 }
                 tracing::error!(job = jr.job, step = %step.id, item, "step failed: {msg}");
                 rec.output = Value::Null;

@@ -13,7 +13,7 @@ use standby_monitor::RuleSet;
 use standby_types::config::Config;
 
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::EngineError;
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RulesStatus {
@@ -42,8 +42,8 @@ fn read(cfg: &Config) -> Result<RuleSet, String> {
     Ok(set)
 }
 
-pub(super) fn load(cfg: &Config) -> Result<(RuleSet, RulesStatus), ServerError> {
-    let set = read(cfg).map_err(ServerError::BadRequest)?;
+pub(super) fn load(cfg: &Config) -> Result<(RuleSet, RulesStatus), EngineError> {
+    let set = read(cfg).map_err(EngineError::BadRequest)?;
     let status = RulesStatus {
         files: cfg.controller.rules.clone(),
         rules: set.names(),

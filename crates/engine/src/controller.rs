@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use standby_db::{FenceRecord, Repo, SqliteRepo};
+use standby_db::{AuthRepo, FenceRecord, Repo, SqliteRepo};
 use standby_hv::{ProcessDriver, QemuDriver};
 use standby_store::Datastore;
 use standby_types::config::{Config, DriverKind};
@@ -13,12 +13,14 @@ use standby_types::model::PointRecord;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::ServerError;
+use crate::error::EngineError;
 use standby_agent::Agent;
 
 pub struct Controller {
     pub cfg: Config,
     pub repo: Arc<dyn Repo>,
+    /// Users, tokens and sessions, for the HTTP layer's authentication.
+    pub auth_repo: Arc<dyn AuthRepo>,
     pub agents: BTreeMap<String, Agent>,
     stores: Mutex<HashMap<String, Datastore>>,
     vm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -31,8 +33,6 @@ pub struct Controller {
     pub frontdoor: standby_frontdoor::FrontDoor,
     /// Loaded runbooks and the durable engine's state.
     pub runbooks: crate::runbooks::Runbooks,
-    /// Users, tokens, sessions and agent secrets.
-    pub auth: crate::auth::Auth,
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
     /// Held for the controller's life (see [`Controller::open`]).
@@ -42,9 +42,9 @@ pub struct Controller {
 impl Controller {
     /// Open the database, apply the configuration to it and set up the
     /// agents of every configured host (all local in the embedded mode).
-    pub async fn open(cfg: Config) -> Result<Arc<Controller>, ServerError> {
+    pub async fn open(cfg: Config) -> Result<Arc<Controller>, EngineError> {
         std::fs::create_dir_all(&cfg.controller.data_dir).map_err(|e| {
-            ServerError::Internal(format!(
+            EngineError::Internal(format!(
                 "unable to create data directory {}: {e}",
                 cfg.controller.data_dir.display()
             ))
@@ -58,10 +58,10 @@ impl Controller {
             .write(true)
             .open(&lock_path)
             .map_err(|e| {
-                ServerError::Internal(format!("unable to open {}: {e}", lock_path.display()))
+                EngineError::Internal(format!("unable to open {}: {e}", lock_path.display()))
             })?;
         if data_lock.try_lock().is_err() {
-            return Err(ServerError::Conflict(format!(
+            return Err(EngineError::Conflict(format!(
                 "another standby controller is using {}",
                 cfg.controller.data_dir.display()
             )));
@@ -72,7 +72,7 @@ impl Controller {
         // risk a second copy.
         for vm in repo.vms().await? {
             if cfg.vms.contains_key(&vm.name) && !cfg.hosts.contains_key(&vm.active_host) {
-                return Err(ServerError::Conflict(format!(
+                return Err(EngineError::Conflict(format!(
                     "vm {} is active on host {}, which the configuration no longer has; keep the host until the vm is moved",
                     vm.name, vm.active_host
                 )));
@@ -88,7 +88,7 @@ impl Controller {
             let agent = match cfg.remote_agent_of(name) {
                 Some((agent, url)) => {
                     let token = cfg.agents[agent].secret().map_err(|e| {
-                        ServerError::BadRequest(format!(
+                        EngineError::BadRequest(format!(
                             "unable to read the token of agent {agent}: {e}"
                         ))
                     })?;
@@ -126,14 +126,13 @@ impl Controller {
         // Runbook jobs are not failed above: they resume once the
         // controller runs (`crate::runbooks::resume_all`).
         let runbooks = crate::runbooks::Runbooks::open(&cfg, repo.clone());
-        let auth = crate::auth::Auth::open(&cfg, repo.clone()).await?;
         let ctl = Arc::new(Controller {
             cfg,
+            auth_repo: repo.clone(),
             repo,
             watch,
             frontdoor,
             runbooks,
-            auth,
             agents,
             stores: Mutex::default(),
             vm_locks: Mutex::default(),
@@ -152,7 +151,7 @@ impl Controller {
                 standby_agent::stores::create_if_absent(&n, &d2)
             })
             .await
-            .map_err(|e| ServerError::Internal(format!("datastore creation panicked: {e}")))??;
+            .map_err(|e| EngineError::Internal(format!("datastore creation panicked: {e}")))??;
             if created {
                 tracing::info!(datastore = %name, location = %d.location(), "created datastore");
             }
@@ -181,19 +180,19 @@ impl Controller {
         }
     }
 
-    pub fn agent(&self, host: &str) -> Result<&Agent, ServerError> {
+    pub fn agent(&self, host: &str) -> Result<&Agent, EngineError> {
         self.agents
             .get(host)
-            .ok_or_else(|| ServerError::not_found("host", host))
+            .ok_or_else(|| EngineError::not_found("host", host))
     }
 
     /// The datastore by name, opened (and created on first use) once.
-    pub fn store(&self, name: &str) -> Result<Datastore, ServerError> {
+    pub fn store(&self, name: &str) -> Result<Datastore, EngineError> {
         let cfg = self
             .cfg
             .datastores
             .get(name)
-            .ok_or_else(|| ServerError::not_found("datastore", name))?;
+            .ok_or_else(|| EngineError::not_found("datastore", name))?;
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = stores.get(name) {
             return Ok(s.clone());
@@ -248,15 +247,15 @@ impl Controller {
         &self,
         service: &str,
         site: &str,
-    ) -> Result<serde_json::Value, ServerError> {
+    ) -> Result<serde_json::Value, EngineError> {
         let r = self.frontdoor.switch(&self.cfg, service, site).await?;
-        serde_json::to_value(r).map_err(|e| ServerError::Internal(format!("switch result: {e}")))
+        serde_json::to_value(r).map_err(|e| EngineError::Internal(format!("switch result: {e}")))
     }
 
     /// Make the point catalog match what the datastores hold: points found
     /// in a store are recorded, copies that vanished are dropped. Stores
     /// that cannot be opened are left as they are (and reported).
-    pub async fn rescan(&self) -> Result<(), ServerError> {
+    pub async fn rescan(&self) -> Result<(), EngineError> {
         for name in self.cfg.datastores.keys() {
             let store = match self.store(name) {
                 Ok(s) => s,

@@ -55,7 +55,7 @@ use standby_store::PointId;
 use standby_types::watch::{ProbeCheck, ProbeSpec};
 
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::EngineError;
 use crate::jobs::JobProgress;
 
 /// The shortest wait for a QEMU copy's first passing probe under
@@ -104,14 +104,14 @@ pub struct DrillState {
     pub boot_allowance_seconds: f64,
 }
 
-fn check_id(id: &str) -> Result<(), ServerError> {
+fn check_id(id: &str) -> Result<(), EngineError> {
     if id.is_empty()
         || id.len() > 40
         || !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(ServerError::BadRequest(format!(
+        return Err(EngineError::BadRequest(format!(
             "bad drill id '{id}': use 1 to 40 letters, digits, '-' or '_'"
         )));
     }
@@ -135,7 +135,7 @@ fn driver(dir: &Path, kind: CopyKind, netns: &str) -> Box<dyn Driver> {
 }
 
 /// Processes running in namespace `ns` (none when it does not exist).
-fn netns_pids(ns: &str) -> Result<Vec<u32>, ServerError> {
+fn netns_pids(ns: &str) -> Result<Vec<u32>, EngineError> {
     if !netns_exists(ns) {
         return Ok(Vec::new());
     }
@@ -147,7 +147,7 @@ fn netns_pids(ns: &str) -> Result<Vec<u32>, ServerError> {
 
 /// Kill every process left in the drill's namespace and wait until none
 /// is. Returns how many there were.
-async fn empty_netns(id: &str, ns: &str) -> Result<usize, ServerError> {
+async fn empty_netns(id: &str, ns: &str) -> Result<usize, EngineError> {
     let pids = netns_pids(ns)?;
     if pids.is_empty() {
         return Ok(0);
@@ -170,7 +170,7 @@ async fn empty_netns(id: &str, ns: &str) -> Result<usize, ServerError> {
             return Ok(pids.len());
         }
         if Instant::now() >= deadline {
-            return Err(ServerError::Conflict(format!(
+            return Err(EngineError::Conflict(format!(
                 "drill {id}: processes {left:?} still run in namespace {ns} after SIGKILL"
             )));
         }
@@ -182,31 +182,31 @@ fn state_path(dir: &Path) -> PathBuf {
     dir.join("drill.json")
 }
 
-fn read_state(dir: &Path) -> Result<Option<DrillState>, ServerError> {
+fn read_state(dir: &Path) -> Result<Option<DrillState>, EngineError> {
     match std::fs::read(state_path(dir)) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            ServerError::Internal(format!(
+            EngineError::Internal(format!(
                 "unreadable drill record {}: {e}",
                 state_path(dir).display()
             ))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ServerError::Internal(format!(
+        Err(e) => Err(EngineError::Internal(format!(
             "unable to read {}: {e}",
             state_path(dir).display()
         ))),
     }
 }
 
-fn ip(args: &[&str]) -> Result<String, ServerError> {
+fn ip(args: &[&str]) -> Result<String, EngineError> {
     let out = Command::new("ip").args(args).output().map_err(|e| {
-        ServerError::Internal(format!(
+        EngineError::Internal(format!(
             "unable to run ip {} (install iproute2): {e}",
             args.join(" ")
         ))
     })?;
     if !out.status.success() {
-        return Err(ServerError::Internal(format!(
+        return Err(EngineError::Internal(format!(
             "ip {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
@@ -229,7 +229,7 @@ fn unwrap_netns(command: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
 }
 
 /// The recorded state of drill `id`, if it runs.
-pub fn state(ctl: &Controller, id: &str) -> Result<Option<DrillState>, ServerError> {
+pub fn state(ctl: &Controller, id: &str) -> Result<Option<DrillState>, EngineError> {
     check_id(id)?;
     read_state(&drill_dir(ctl, id))
 }
@@ -243,12 +243,12 @@ pub async fn start(
     site: &str,
     point: Option<&str>,
     progress: Arc<JobProgress>,
-) -> Result<DrillState, ServerError> {
+) -> Result<DrillState, EngineError> {
     check_id(id)?;
     let dir = drill_dir(ctl, id);
     if let Some(st) = read_state(&dir)? {
         if st.vm != vm {
-            return Err(ServerError::Conflict(format!(
+            return Err(EngineError::Conflict(format!(
                 "drill {id} already runs vm {}, not {vm}",
                 st.vm
             )));
@@ -256,12 +256,12 @@ pub async fn start(
         return Ok(st);
     }
     if !ctl.cfg.sites.contains_key(site) {
-        return Err(ServerError::not_found("site", site));
+        return Err(EngineError::not_found("site", site));
     }
     let host = ctl
         .cfg
         .first_host_of_site(site)
-        .ok_or_else(|| ServerError::BadRequest(format!("site {site} has no host")))?
+        .ok_or_else(|| EngineError::BadRequest(format!("site {site} has no host")))?
         .to_string();
     let prod = ctl.agent(&host)?.spec(&ctl.cfg, vm)?;
     let kind = if prod.qemu.is_some() {
@@ -276,7 +276,7 @@ pub async fn start(
         let killed = empty_netns(id, &netns).await?;
         tracing::warn!(drill = id, killed, dir = %dir.display(), "clearing an interrupted drill start");
         std::fs::remove_dir_all(&dir).map_err(|e| {
-            ServerError::Internal(format!("unable to delete {}: {e}", dir.display()))
+            EngineError::Internal(format!("unable to delete {}: {e}", dir.display()))
         })?;
     }
     let started = Instant::now();
@@ -290,10 +290,10 @@ pub async fn start(
                 .find(|d| ctl.cfg.datastores.get(*d).is_some_and(|c| c.site == site))
                 .or(rec.copies.first())
                 .cloned()
-                .ok_or_else(|| ServerError::Conflict(format!("point {p} has no copy")))?;
+                .ok_or_else(|| EngineError::Conflict(format!("point {p} has no copy")))?;
             let id: PointId = p
                 .parse()
-                .map_err(|e| ServerError::BadRequest(format!("bad point id '{p}': {e}")))?;
+                .map_err(|e| EngineError::BadRequest(format!("bad point id '{p}': {e}")))?;
             (id, rec.time, ds)
         }
         None => {
@@ -304,7 +304,7 @@ pub async fn start(
     let data_age_seconds = (started_at - point_time).num_milliseconds() as f64 / 1000.0;
     let disks_dir = dir.join("disks");
     std::fs::create_dir_all(&disks_dir).map_err(|e| {
-        ServerError::Internal(format!("unable to create {}: {e}", disks_dir.display()))
+        EngineError::Internal(format!("unable to create {}: {e}", disks_dir.display()))
     })?;
     // Restore every disk into the drill's directory.
     let store = ctl.store(&datastore)?;
@@ -332,7 +332,7 @@ pub async fn start(
                 let (store, pid, disks, progress) =
                     (store.clone(), pid.clone(), disks.clone(), progress.clone());
                 let vm = vm.to_string();
-                tokio::task::spawn_blocking(move || -> Result<u64, ServerError> {
+                tokio::task::spawn_blocking(move || -> Result<u64, EngineError> {
                     let manifest = store.load_manifest(&pid)?;
                     progress.stage(
                         format!("{vm}: restoring point {pid} for the drill"),
@@ -435,7 +435,7 @@ pub async fn start(
     let tmp = dir.join("drill.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&st).unwrap_or_default())
         .and_then(|_| std::fs::rename(&tmp, state_path(&dir)))
-        .map_err(|e| ServerError::Internal(format!("unable to record drill {id}: {e}")))?;
+        .map_err(|e| EngineError::Internal(format!("unable to record drill {id}: {e}")))?;
     tracing::info!(drill = id, vm, site, point = %st.point, netns = %st.netns, kind = ?kind, "drill copy booted");
     Ok(st)
 }
@@ -449,9 +449,9 @@ pub async fn probe(
     id: &str,
     check: ProbeCheck,
     timeout: Duration,
-) -> Result<serde_json::Value, ServerError> {
+) -> Result<serde_json::Value, EngineError> {
     check_id(id)?;
-    let st = read_state(&drill_dir(ctl, id))?.ok_or_else(|| ServerError::not_found("drill", id))?;
+    let st = read_state(&drill_dir(ctl, id))?.ok_or_else(|| EngineError::not_found("drill", id))?;
     let spec = ProbeSpec {
         name: format!("drill-{id}"),
         check,
@@ -465,7 +465,7 @@ pub async fn probe(
     loop {
         let o = standby_monitor::probe::run_in_netns(&st.netns, &spec)
             .await
-            .map_err(|e| ServerError::Internal(e.to_string()))?;
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
         if o.ok {
             let rto = (Utc::now() - st.started_at).num_milliseconds() as f64 / 1000.0;
             return Ok(serde_json::json!({
@@ -476,7 +476,7 @@ pub async fn probe(
             }));
         }
         if Instant::now() >= deadline {
-            return Err(ServerError::Conflict(format!(
+            return Err(EngineError::Conflict(format!(
                 "the drill copy of {} did not pass its probe within {timeout:?} (last: {})",
                 st.vm, o.detail
             )));
@@ -486,7 +486,7 @@ pub async fn probe(
 }
 
 /// Stop the copy, delete its namespace and files, and verify each is gone.
-pub async fn stop(ctl: &Controller, id: &str) -> Result<serde_json::Value, ServerError> {
+pub async fn stop(ctl: &Controller, id: &str) -> Result<serde_json::Value, EngineError> {
     check_id(id)?;
     let dir = drill_dir(ctl, id);
     let netns = netns_name(id);
@@ -498,7 +498,7 @@ pub async fn stop(ctl: &Controller, id: &str) -> Result<serde_json::Value, Serve
         d.stop(&st.copy).await?;
         let status = d.status(&st.copy).await?;
         if status.is_alive() {
-            return Err(ServerError::Conflict(format!(
+            return Err(EngineError::Conflict(format!(
                 "drill {id}: the copy of {} is still {} after stop",
                 st.vm, status.state
             )));
@@ -508,7 +508,7 @@ pub async fn stop(ctl: &Controller, id: &str) -> Result<serde_json::Value, Serve
             && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| c.contains(&st.netns) || c.contains(&*dir.to_string_lossy()))
         {
-            return Err(ServerError::Conflict(format!(
+            return Err(EngineError::Conflict(format!(
                 "drill {id}: process {pid} of the copy is still alive"
             )));
         }
@@ -526,18 +526,18 @@ pub async fn stop(ctl: &Controller, id: &str) -> Result<serde_json::Value, Serve
         ip(&["netns", "del", &netns])?;
     }
     if netns_exists(&netns) {
-        return Err(ServerError::Conflict(format!(
+        return Err(EngineError::Conflict(format!(
             "drill {id}: namespace {netns} still exists after deletion"
         )));
     }
     checks.push(format!("namespace {netns} gone"));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| {
-            ServerError::Internal(format!("unable to delete {}: {e}", dir.display()))
+            EngineError::Internal(format!("unable to delete {}: {e}", dir.display()))
         })?;
     }
     if dir.exists() {
-        return Err(ServerError::Conflict(format!(
+        return Err(EngineError::Conflict(format!(
             "drill {id}: {} still exists after deletion",
             dir.display()
         )));

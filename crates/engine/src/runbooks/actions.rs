@@ -16,7 +16,7 @@ use standby_types::api::RestoreRequest;
 use standby_types::watch::{IncidentState, ProbeCheck, ProbeSpec, Severity};
 
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::EngineError;
 use crate::jobs::JobProgress;
 
 /// What an action knows about the step execution it serves.
@@ -45,7 +45,7 @@ impl ActionCtx {
 
     /// Persist `v` with the running step, so a re-run finds it in
     /// `recorded`.
-    pub async fn record(&self, v: Value) -> Result<(), ServerError> {
+    pub async fn record(&self, v: Value) -> Result<(), EngineError> {
         self.ctl
             .runbooks
             .repo()
@@ -66,65 +66,65 @@ impl ActionCtx {
         Ok(())
     }
 
-    fn str(&self, name: &str) -> Result<String, ServerError> {
+    fn str(&self, name: &str) -> Result<String, EngineError> {
         self.opt_str(name)?
-            .ok_or_else(|| ServerError::BadRequest(format!("input '{name}' is required")))
+            .ok_or_else(|| EngineError::BadRequest(format!("input '{name}' is required")))
     }
 
-    fn opt_str(&self, name: &str) -> Result<Option<String>, ServerError> {
+    fn opt_str(&self, name: &str) -> Result<Option<String>, EngineError> {
         match &self.input[name] {
             Value::Null => Ok(None),
             Value::String(s) => Ok(Some(s.clone())),
             Value::Number(n) => Ok(Some(n.to_string())),
-            other => Err(ServerError::BadRequest(format!(
+            other => Err(EngineError::BadRequest(format!(
                 "input '{name}': {other} is not a string"
             ))),
         }
     }
 
-    fn opt_bool(&self, name: &str) -> Result<Option<bool>, ServerError> {
+    fn opt_bool(&self, name: &str) -> Result<Option<bool>, EngineError> {
         match &self.input[name] {
             Value::Null => Ok(None),
             Value::Bool(b) => Ok(Some(*b)),
             Value::String(s) if s == "true" => Ok(Some(true)),
             Value::String(s) if s == "false" => Ok(Some(false)),
-            other => Err(ServerError::BadRequest(format!(
+            other => Err(EngineError::BadRequest(format!(
                 "input '{name}': {other} is not a bool"
             ))),
         }
     }
 
-    fn opt_i64(&self, name: &str) -> Result<Option<i64>, ServerError> {
+    fn opt_i64(&self, name: &str) -> Result<Option<i64>, EngineError> {
         match &self.input[name] {
             Value::Null => Ok(None),
             Value::Number(n) => n.as_i64().map(Some).ok_or_else(|| {
-                ServerError::BadRequest(format!("input '{name}': {n} is not an integer"))
+                EngineError::BadRequest(format!("input '{name}': {n} is not an integer"))
             }),
             Value::String(s) => s.trim().parse().map(Some).map_err(|_| {
-                ServerError::BadRequest(format!("input '{name}': '{s}' is not an integer"))
+                EngineError::BadRequest(format!("input '{name}': '{s}' is not an integer"))
             }),
-            other => Err(ServerError::BadRequest(format!(
+            other => Err(EngineError::BadRequest(format!(
                 "input '{name}': {other} is not a number"
             ))),
         }
     }
 
-    fn opt_duration(&self, name: &str) -> Result<Option<Duration>, ServerError> {
+    fn opt_duration(&self, name: &str) -> Result<Option<Duration>, EngineError> {
         match &self.input[name] {
             Value::Null => Ok(None),
             Value::Number(n) => Ok(n.as_f64().map(Duration::from_secs_f64)),
             Value::String(s) => standby_runbook::duration(s)
                 .map(Some)
-                .map_err(|e| ServerError::BadRequest(format!("input '{name}': {e}"))),
-            other => Err(ServerError::BadRequest(format!(
+                .map_err(|e| EngineError::BadRequest(format!("input '{name}': {e}"))),
+            other => Err(EngineError::BadRequest(format!(
                 "input '{name}': {other} is not a duration"
             ))),
         }
     }
 
-    fn incident_or_job(&self) -> Result<i64, ServerError> {
+    fn incident_or_job(&self) -> Result<i64, EngineError> {
         self.opt_i64("incident")?.or(self.incident).ok_or_else(|| {
-            ServerError::BadRequest(
+            EngineError::BadRequest(
                 "no incident: give 'incident' or open one earlier with incident.open".into(),
             )
         })
@@ -136,7 +136,7 @@ impl ActionCtx {
 }
 
 /// Run action `name` with the rendered input of `ctx`.
-pub async fn run(ctx: &ActionCtx, name: &str) -> Result<Value, ServerError> {
+pub async fn run(ctx: &ActionCtx, name: &str) -> Result<Value, EngineError> {
     match name {
         "vm.list" => vm_list(ctx).await,
         "vm.start" => {
@@ -185,11 +185,11 @@ pub async fn run(ctx: &ActionCtx, name: &str) -> Result<Value, ServerError> {
         "sleep" => {
             let d = ctx
                 .opt_duration("duration")?
-                .ok_or_else(|| ServerError::BadRequest("input 'duration' is required".into()))?;
+                .ok_or_else(|| EngineError::BadRequest("input 'duration' is required".into()))?;
             tokio::time::sleep(d).await;
             Ok(json!({ "seconds": d.as_secs_f64() }))
         }
-        other => Err(ServerError::BadRequest(format!("unknown action '{other}'"))),
+        other => Err(EngineError::BadRequest(format!("unknown action '{other}'"))),
     }
 }
 
@@ -214,14 +214,14 @@ fn services_of(ctl: &Controller, vm: &str) -> Vec<String> {
 
 /// How to check `service` where it runs at `site`: its probe kind against
 /// its backend address there.
-fn service_check(ctl: &Controller, service: &str, site: &str) -> Result<ProbeCheck, ServerError> {
+fn service_check(ctl: &Controller, service: &str, site: &str) -> Result<ProbeCheck, EngineError> {
     let svc = ctl
         .cfg
         .services
         .get(service)
-        .ok_or_else(|| ServerError::not_found("service", service))?;
+        .ok_or_else(|| EngineError::not_found("service", service))?;
     let target = svc.backends.get(site).cloned().ok_or_else(|| {
-        ServerError::BadRequest(format!("service {service} has no backend at site {site}"))
+        EngineError::BadRequest(format!("service {service} has no backend at site {site}"))
     })?;
     let kind = svc
         .probe
@@ -242,13 +242,13 @@ fn service_check(ctl: &Controller, service: &str, site: &str) -> Result<ProbeChe
     })
 }
 
-async fn vm_list(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn vm_list(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let ctl = &ctx.ctl;
     let only = ctx.opt_str("vm")?;
     if let Some(vm) = &only
         && !ctl.cfg.vms.contains_key(vm)
     {
-        return Err(ServerError::not_found("vm", vm));
+        return Err(EngineError::not_found("vm", vm));
     }
     let site = ctx.opt_str("site")?;
     let group = ctx.opt_str("group")?;
@@ -304,7 +304,7 @@ async fn vm_list(ctx: &ActionCtx) -> Result<Value, ServerError> {
     Ok(json!({ "vms": vms, "services": services }))
 }
 
-async fn point_create(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn point_create(ctx: &ActionCtx) -> Result<Value, EngineError> {
     if !ctx.recorded.is_null() {
         return Ok(ctx.recorded.clone());
     }
@@ -315,7 +315,7 @@ async fn point_create(ctx: &ActionCtx) -> Result<Value, ServerError> {
                 .cfg
                 .groups
                 .get(&g)
-                .ok_or_else(|| ServerError::not_found("group", &g))?;
+                .ok_or_else(|| EngineError::not_found("group", &g))?;
             (g, grp.members.clone())
         }
         (None, Some(vm)) => {
@@ -325,12 +325,12 @@ async fn point_create(ctx: &ActionCtx) -> Result<Value, ServerError> {
                 .first()
                 .map(|g| g.to_string())
                 .ok_or_else(|| {
-                    ServerError::BadRequest(format!("vm {vm} is in no protection group"))
+                    EngineError::BadRequest(format!("vm {vm} is in no protection group"))
                 })?;
             (g, vec![vm])
         }
         _ => {
-            return Err(ServerError::BadRequest(
+            return Err(EngineError::BadRequest(
                 "give exactly one of 'group' and 'vm'".into(),
             ));
         }
@@ -367,7 +367,7 @@ pub async fn point_latest(
     ctl: &Arc<Controller>,
     vm: &str,
     site: Option<&str>,
-) -> Result<Value, ServerError> {
+) -> Result<Value, EngineError> {
     let (m, ds) = crate::restore::newest_readable(ctl, vm, site).await?;
     let age = (Utc::now() - m.time).num_milliseconds() as f64 / 1000.0;
     Ok(json!({
@@ -378,7 +378,7 @@ pub async fn point_latest(
     }))
 }
 
-async fn point_restore(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn point_restore(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let ctl = &ctx.ctl;
     let vm = ctx.str("vm")?;
     let site = ctx.str("site")?;
@@ -425,7 +425,7 @@ async fn point_restore(ctx: &ActionCtx) -> Result<Value, ServerError> {
     };
     let p = ctl.repo.point(&point).await?;
     if p.vm != vm {
-        return Err(ServerError::BadRequest(format!(
+        return Err(EngineError::BadRequest(format!(
             "point {point} is of vm {}, not {vm}",
             p.vm
         )));
@@ -459,7 +459,7 @@ async fn point_restore(ctx: &ActionCtx) -> Result<Value, ServerError> {
     Ok(out)
 }
 
-async fn probe_wait(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn probe_wait(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let ctl = &ctx.ctl;
     let timeout = ctx
         .opt_duration("timeout")?
@@ -472,7 +472,7 @@ async fn probe_wait(ctx: &ActionCtx) -> Result<Value, ServerError> {
     let deadline = began + timeout;
     if let Some(name) = ctx.opt_str("probe")? {
         if !ctl.cfg.probes.contains_key(&name) {
-            return Err(ServerError::not_found("probe", name));
+            return Err(EngineError::not_found("probe", name));
         }
         loop {
             let fresh = ctl
@@ -490,7 +490,7 @@ async fn probe_wait(ctx: &ActionCtx) -> Result<Value, ServerError> {
                 }));
             }
             if Instant::now() >= deadline {
-                return Err(ServerError::Conflict(format!(
+                return Err(EngineError::Conflict(format!(
                     "probe {name} did not pass within {}",
                     humantime::format_duration(timeout)
                 )));
@@ -510,7 +510,7 @@ async fn probe_wait(ctx: &ActionCtx) -> Result<Value, ServerError> {
     let need_target = || {
         target
             .clone()
-            .ok_or_else(|| ServerError::BadRequest(format!("a {kind} check needs 'target'")))
+            .ok_or_else(|| EngineError::BadRequest(format!("a {kind} check needs 'target'")))
     };
     let check = match (check, kind.as_str()) {
         (Some(c), _) => c,
@@ -531,7 +531,7 @@ async fn probe_wait(ctx: &ActionCtx) -> Result<Value, ServerError> {
             body_contains: None,
         },
         (None, other) => {
-            return Err(ServerError::BadRequest(format!(
+            return Err(EngineError::BadRequest(format!(
                 "kind '{other}' is not tcp, http, udp or sip"
             )));
         }
@@ -556,7 +556,7 @@ async fn probe_wait(ctx: &ActionCtx) -> Result<Value, ServerError> {
             }));
         }
         if Instant::now() >= deadline {
-            return Err(ServerError::Conflict(format!(
+            return Err(EngineError::Conflict(format!(
                 "{kind} check did not pass within {}: {}",
                 humantime::format_duration(timeout),
                 o.detail
@@ -566,9 +566,9 @@ async fn probe_wait(ctx: &ActionCtx) -> Result<Value, ServerError> {
     }
 }
 
-async fn incident_open(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn incident_open(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let severity = match ctx.opt_str("severity")? {
-        Some(s) => s.parse::<Severity>().map_err(ServerError::BadRequest)?,
+        Some(s) => s.parse::<Severity>().map_err(EngineError::BadRequest)?,
         None => Severity::Error,
     };
     let key = ctx
@@ -585,7 +585,7 @@ async fn incident_open(ctx: &ActionCtx) -> Result<Value, ServerError> {
                     Value::String(s) => s.clone(),
                     Value::Number(_) | Value::Bool(_) => v.to_string(),
                     other => {
-                        return Err(ServerError::BadRequest(format!(
+                        return Err(EngineError::BadRequest(format!(
                             "input 'labels.{k}': {other} is not a string"
                         )));
                     }
@@ -596,7 +596,7 @@ async fn incident_open(ctx: &ActionCtx) -> Result<Value, ServerError> {
             }
         }
         other => {
-            return Err(ServerError::BadRequest(format!(
+            return Err(EngineError::BadRequest(format!(
                 "input 'labels': {other} is not a map of strings"
             )));
         }
@@ -617,7 +617,7 @@ async fn incident_open(ctx: &ActionCtx) -> Result<Value, ServerError> {
     Ok(json!({ "incident": i.id, "title": i.title }))
 }
 
-async fn incident_note(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn incident_note(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let id = ctx.incident_or_job()?;
     let text = ctx.str("text")?;
     let author = format!("{}#{}", ctx.author(), ctx.key());
@@ -644,7 +644,7 @@ async fn incident_note(ctx: &ActionCtx) -> Result<Value, ServerError> {
     Ok(json!({ "incident": id }))
 }
 
-async fn incident_resolve(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn incident_resolve(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let id = ctx.incident_or_job()?;
     let i = ctx.ctl.watch.repo().incident(id).await?;
     if matches!(i.state, IncidentState::Resolved | IncidentState::Closed) {
@@ -664,14 +664,14 @@ async fn incident_resolve(ctx: &ActionCtx) -> Result<Value, ServerError> {
     Ok(json!({ "incident": id, "state": i.state.as_str() }))
 }
 
-async fn notify(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn notify(ctx: &ActionCtx) -> Result<Value, EngineError> {
     if !ctx.recorded.is_null() {
         return Ok(ctx.recorded.clone());
     }
     let ctl = &ctx.ctl;
     let receivers: Vec<String> = match ctx.opt_str("receiver")? {
         Some(r) if ctl.cfg.receivers.contains_key(&r) => vec![r],
-        Some(r) => return Err(ServerError::not_found("receiver", r)),
+        Some(r) => return Err(EngineError::not_found("receiver", r)),
         None => ctl.cfg.receivers.keys().cloned().collect(),
     };
     let incident = match ctx.incident {
@@ -693,7 +693,7 @@ async fn notify(ctx: &ActionCtx) -> Result<Value, ServerError> {
         incident,
     };
     let payload = serde_json::to_value(&n)
-        .map_err(|e| ServerError::Internal(format!("unable to encode the message: {e}")))?;
+        .map_err(|e| EngineError::Internal(format!("unable to encode the message: {e}")))?;
     let mut ids = Vec::new();
     for r in &receivers {
         let d = ctl
@@ -708,16 +708,16 @@ async fn notify(ctx: &ActionCtx) -> Result<Value, ServerError> {
     Ok(out)
 }
 
-async fn http(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn http(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let method = ctx.opt_str("method")?.unwrap_or_else(|| "GET".into());
     let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
-        .map_err(|_| ServerError::BadRequest(format!("bad method '{method}'")))?;
+        .map_err(|_| EngineError::BadRequest(format!("bad method '{method}'")))?;
     let url = ctx.str("url")?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| ServerError::Internal(format!("http client: {e}")))?;
+        .map_err(|e| EngineError::Internal(format!("http client: {e}")))?;
     let mut req = client
         .request(method, &url)
         .header("Idempotency-Key", ctx.key());
@@ -738,26 +738,26 @@ async fn http(ctx: &ActionCtx) -> Result<Value, ServerError> {
     let resp = req
         .send()
         .await
-        .map_err(|e| ServerError::Conflict(format!("{url}: {e}")))?;
+        .map_err(|e| EngineError::Conflict(format!("{url}: {e}")))?;
     let status = resp.status().as_u16();
     let text = resp
         .text()
         .await
-        .map_err(|e| ServerError::Conflict(format!("{url}: reading the body: {e}")))?;
+        .map_err(|e| EngineError::Conflict(format!("{url}: reading the body: {e}")))?;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     let ok = match ctx.opt_i64("expect_status")? {
         Some(want) => i64::from(status) == want,
         None => (200..300).contains(&status),
     };
     if !ok {
-        return Err(ServerError::Conflict(format!(
+        return Err(EngineError::Conflict(format!(
             "{url} answered {status}: {body}"
         )));
     }
     Ok(json!({ "status": status, "body": body }))
 }
 
-async fn shell(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn shell(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let argv: Vec<String> = match &ctx.input["command"] {
         Value::Array(a) if !a.is_empty() => a
             .iter()
@@ -768,7 +768,7 @@ async fn shell(ctx: &ActionCtx) -> Result<Value, ServerError> {
             })
             .collect(),
         other => {
-            return Err(ServerError::BadRequest(format!(
+            return Err(EngineError::BadRequest(format!(
                 "input 'command': {other} is not a non-empty argv list"
             )));
         }
@@ -797,18 +797,18 @@ async fn shell(ctx: &ActionCtx) -> Result<Value, ServerError> {
     let out = tokio::time::timeout(timeout, cmd.output())
         .await
         .map_err(|_| {
-            ServerError::Conflict(format!(
+            EngineError::Conflict(format!(
                 "{} timed out after {}",
                 argv[0],
                 humantime::format_duration(timeout)
             ))
         })?
-        .map_err(|e| ServerError::BadRequest(format!("unable to run {}: {e}", argv[0])))?;
+        .map_err(|e| EngineError::BadRequest(format!("unable to run {}: {e}", argv[0])))?;
     let code = out.status.code().unwrap_or(-1);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
-        return Err(ServerError::Conflict(format!(
+        return Err(EngineError::Conflict(format!(
             "{} exited with {}: {}",
             argv[0],
             out.status,
@@ -818,7 +818,7 @@ async fn shell(ctx: &ActionCtx) -> Result<Value, ServerError> {
     Ok(json!({ "code": code, "stdout": stdout, "stderr": stderr }))
 }
 
-async fn drill_start(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn drill_start(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let progress = std::sync::Arc::new(crate::jobs::JobProgress::default());
     let st = crate::drill::start(
         &ctx.ctl,
@@ -829,13 +829,13 @@ async fn drill_start(ctx: &ActionCtx) -> Result<Value, ServerError> {
         progress,
     )
     .await?;
-    serde_json::to_value(&st).map_err(|e| ServerError::Internal(e.to_string()))
+    serde_json::to_value(&st).map_err(|e| EngineError::Internal(e.to_string()))
 }
 
 /// Probe a drill's copy inside its namespace: `kind` and `port` given, or
 /// taken from the VM's first front-door service (its probe kind and its
 /// backend's port at the drill's site).
-async fn drill_probe(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn drill_probe(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let id = ctx.str("id")?;
     let timeout = ctx
         .opt_duration("timeout")?
@@ -844,7 +844,7 @@ async fn drill_probe(ctx: &ActionCtx) -> Result<Value, ServerError> {
         (Some(vm), Some(site)) => (vm, site),
         _ => {
             let rec = crate::drill::state(&ctx.ctl, &id)?
-                .ok_or_else(|| ServerError::not_found("drill", &id))?;
+                .ok_or_else(|| EngineError::not_found("drill", &id))?;
             (rec.vm, rec.site)
         }
     };
@@ -861,7 +861,7 @@ async fn drill_probe(ctx: &ActionCtx) -> Result<Value, ServerError> {
                         body_contains: None,
                     },
                     other => {
-                        return Err(ServerError::BadRequest(format!(
+                        return Err(EngineError::BadRequest(format!(
                             "kind '{other}' is not sip, tcp or http"
                         )));
                     }
@@ -869,7 +869,7 @@ async fn drill_probe(ctx: &ActionCtx) -> Result<Value, ServerError> {
             }
             _ => {
                 let service = services_of(&ctx.ctl, &vm).into_iter().next().ok_or_else(|| {
-                ServerError::BadRequest(format!(
+                EngineError::BadRequest(format!(
                     "vm {vm} has no front-door service: give the drill probe 'kind' and 'port'"
                 ))
             })?;
@@ -891,11 +891,11 @@ async fn drill_probe(ctx: &ActionCtx) -> Result<Value, ServerError> {
 }
 
 /// `ADDR:PORT` → `127.0.0.1:PORT`.
-fn loopback(target: &str) -> Result<String, ServerError> {
+fn loopback(target: &str) -> Result<String, EngineError> {
     let port = target
         .rsplit_once(':')
         .map(|(_, p)| p)
-        .ok_or_else(|| ServerError::BadRequest(format!("'{target}' has no port")))?;
+        .ok_or_else(|| EngineError::BadRequest(format!("'{target}' has no port")))?;
     Ok(format!("127.0.0.1:{port}"))
 }
 
@@ -904,7 +904,7 @@ fn loopback(target: &str) -> Result<String, ServerError> {
 /// and whether teardown was verified. Fails (after recording the report as
 /// this step's output) when a copy did not boot or answer, or teardown was
 /// not verified.
-async fn drill_report(ctx: &ActionCtx) -> Result<Value, ServerError> {
+async fn drill_report(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let list = |name: &str| -> Vec<Value> {
         match &ctx.input[name] {
             Value::Array(a) => a.clone(),
@@ -1001,7 +1001,7 @@ async fn drill_report(ctx: &ActionCtx) -> Result<Value, ServerError> {
         message: summary.clone(),
     });
     if !failed.is_empty() {
-        return Err(ServerError::Conflict(format!(
+        return Err(EngineError::Conflict(format!(
             "drill failed: {} ({summary})",
             failed.join("; ")
         )));

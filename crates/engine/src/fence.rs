@@ -18,11 +18,11 @@ use standby_db::FenceRecord;
 use standby_agent::AgentError;
 
 use crate::controller::Controller;
-use crate::error::{ServerError, error_chain};
+use crate::error::{EngineError, error_chain};
 
 impl Controller {
     /// Whether `site` is fenced (no VM may start there).
-    pub async fn is_fenced(&self, site: &str) -> Result<bool, ServerError> {
+    pub async fn is_fenced(&self, site: &str) -> Result<bool, EngineError> {
         Ok(self.fence_of(site).is_some())
     }
 
@@ -43,9 +43,9 @@ impl Controller {
         &self,
         site: &str,
         reason: &str,
-    ) -> Result<serde_json::Value, ServerError> {
+    ) -> Result<serde_json::Value, EngineError> {
         if !self.cfg.sites.contains_key(site) {
-            return Err(ServerError::not_found("site", site));
+            return Err(EngineError::not_found("site", site));
         }
         let fence = self.repo.fence(site, Utc::now(), reason).await?;
         self.fences
@@ -113,9 +113,9 @@ impl Controller {
 
     /// Lift the fence of `site`. Idempotent. Remote agents at the site are
     /// told at once when reachable, otherwise by their next heartbeat.
-    pub async fn unfence_site(&self, site: &str) -> Result<serde_json::Value, ServerError> {
+    pub async fn unfence_site(&self, site: &str) -> Result<serde_json::Value, EngineError> {
         if !self.cfg.sites.contains_key(site) {
-            return Err(ServerError::not_found("site", site));
+            return Err(EngineError::not_found("site", site));
         }
         let lifted = self.repo.unfence(site).await?;
         self.fences
@@ -159,7 +159,7 @@ mod tests {
     use standby_types::model::PointRecord;
 
     use crate::controller::Controller;
-    use crate::error::ServerError;
+    use crate::error::EngineError;
 
     /// Site 1 has an in-process host (`local1`, VM `a`) and a host run by
     /// an agent at `agent_url` (`remote1`, VM `b`); site 2 one in-process
@@ -263,7 +263,7 @@ size = "64KiB"
         let e = crate::restore::check(&ctl, &at_site2(&point))
             .await
             .unwrap_err();
-        assert!(matches!(e, ServerError::Conflict(_)), "{e}");
+        assert!(matches!(e, EngineError::Conflict(_)), "{e}");
         assert!(e.to_string().contains("running at local1"), "{e}");
 
         let r = ctl.fence_site("site1", "drill").await.unwrap();
@@ -372,7 +372,7 @@ size = "64KiB"
         );
         assert!(matches!(
             ctl.fence_site("site9", "").await,
-            Err(ServerError::NotFound { .. })
+            Err(EngineError::NotFound { .. })
         ));
     }
 }

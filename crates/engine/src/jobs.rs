@@ -1,21 +1,17 @@
 //! Jobs: long work that runs in the background, persisted with its
-//! progress so the CLI can poll it (or follow it: [`stream`]) and a
-//! restart can see what was cut off.
+//! progress so the CLI can poll (or follow) it and a restart can see what
+//! was cut off.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use standby_types::model::{Job, JobStatus};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use standby_types::model::JobStatus;
 
 use crate::controller::Controller;
-use crate::error::{ServerError, error_chain};
+use crate::error::{EngineError, error_chain};
 
 /// Live progress of one job, updated from worker threads and flushed to
 /// the database a few times a second.
@@ -70,15 +66,16 @@ impl standby_store::Progress for JobProgress {
 
 /// Record a job, run `work` in the background and persist its outcome.
 /// Returns the job id at once.
-pub async fn spawn_job<F, Fut>(
+pub async fn spawn_job<F, Fut, E>(
     ctl: &Arc<Controller>,
     kind: &str,
     target: &str,
     work: F,
-) -> Result<i64, ServerError>
+) -> Result<i64, EngineError>
 where
     F: FnOnce(Arc<Controller>, Arc<JobProgress>) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<serde_json::Value, ServerError>> + Send + 'static,
+    Fut: Future<Output = Result<serde_json::Value, E>> + Send + 'static,
+    E: std::error::Error + Send + 'static,
 {
     let job = ctl.repo.create_job(kind, target).await?;
     let id = job.id;
@@ -112,8 +109,8 @@ where
         };
         // A panic in the work fails the job instead of leaving it running.
         let outcome = match tokio::spawn(work(ctl2.clone(), progress.clone())).await {
-            Ok(outcome) => outcome,
-            Err(e) => Err(ServerError::Internal(format!("the job's task failed: {e}"))),
+            Ok(outcome) => outcome.map_err(|e| error_chain(&e)),
+            Err(e) => Err(format!("the job's task failed: {e}")),
         };
         // Let an update in flight land before the final one.
         stop_flushing.cancel();
@@ -130,11 +127,10 @@ where
                     .finish_job(id, JobStatus::Succeeded, None, v)
                     .await
             }
-            Err(e) => {
-                let msg = error_chain(e);
+            Err(msg) => {
                 tracing::error!(job = id, %kind, %target, "job failed: {msg}");
                 ctl2.repo
-                    .finish_job(id, JobStatus::Failed, Some(&msg), &serde_json::Value::Null)
+                    .finish_job(id, JobStatus::Failed, Some(msg), &serde_json::Value::Null)
                     .await
             }
         };
@@ -143,73 +139,4 @@ where
         }
     });
     Ok(id)
-}
-
-/// How often a followed job is looked at (its progress is flushed to the
-/// database every 200 ms).
-const STREAM_POLL: Duration = Duration::from_millis(250);
-
-type SseItem = Result<SseEvent, Infallible>;
-
-/// Follow job `id` as server-sent events: `job` at once and whenever it
-/// changes, `steps` whenever a runbook job's steps change, and `end` with
-/// the finished job, after which the stream closes. It also ends when the
-/// client goes away or the controller stops.
-pub fn stream(ctl: Arc<Controller>, id: i64) -> axum::response::Response {
-    let (tx, rx) = mpsc::channel(16);
-    ctl.tasks.spawn(follow(ctl.clone(), id, tx));
-    use axum::response::IntoResponse;
-    Sse::new(ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-fn sse_json(kind: &str, v: &impl serde::Serialize) -> SseEvent {
-    SseEvent::default()
-        .event(kind)
-        .json_data(v)
-        .unwrap_or_else(|_| SseEvent::default().comment("unencodable"))
-}
-
-async fn follow(ctl: Arc<Controller>, id: i64, tx: mpsc::Sender<SseItem>) {
-    let mut last_job: Option<Job> = None;
-    let mut last_steps: Option<serde_json::Value> = None;
-    // Bounded by the job's end, the client's going away and the
-    // controller's stop.
-    loop {
-        let job = match ctl.repo.job(id).await {
-            Ok(j) => j,
-            Err(e) => {
-                let err = ServerError::from(e).to_api();
-                let _ = tx.send(Ok(sse_json("error", &err))).await;
-                return;
-            }
-        };
-        if job.kind == "runbook"
-            && let Ok(steps) = ctl.runbooks.repo().steps(id).await
-        {
-            let steps = serde_json::to_value(steps).unwrap_or_default();
-            if last_steps.as_ref() != Some(&steps) {
-                if tx.send(Ok(sse_json("steps", &steps))).await.is_err() {
-                    return;
-                }
-                last_steps = Some(steps);
-            }
-        }
-        if job.status.is_finished() {
-            let _ = tx.send(Ok(sse_json("end", &job))).await;
-            return;
-        }
-        if last_job.as_ref() != Some(&job) {
-            if tx.send(Ok(sse_json("job", &job))).await.is_err() {
-                return;
-            }
-            last_job = Some(job);
-        }
-        tokio::select! {
-            _ = tx.closed() => return,
-            _ = ctl.cancel.cancelled() => return,
-            _ = tokio::time::sleep(STREAM_POLL) => {}
-        }
-    }
 }

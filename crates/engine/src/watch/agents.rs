@@ -11,7 +11,7 @@ use standby_types::watch::{Event, Labels, ProbeResult, ProbeSpec, Severity};
 pub use standby_agent::{Heartbeat, HeartbeatReply};
 
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::EngineError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentSeen {
@@ -35,9 +35,9 @@ pub fn heartbeat(
     ctl: &Arc<Controller>,
     name: &str,
     hb: Heartbeat,
-) -> Result<HeartbeatReply, ServerError> {
+) -> Result<HeartbeatReply, EngineError> {
     let Some(agent) = ctl.cfg.agents.get(name) else {
-        return Err(ServerError::not_found("agent", name));
+        return Err(EngineError::not_found("agent", name));
     };
     let now = Utc::now();
     let first = {
@@ -85,16 +85,16 @@ pub fn results(
     ctl: &Arc<Controller>,
     name: &str,
     results: Vec<ProbeResult>,
-) -> Result<usize, ServerError> {
+) -> Result<usize, EngineError> {
     if !ctl.cfg.agents.contains_key(name) {
-        return Err(ServerError::not_found("agent", name));
+        return Err(EngineError::not_found("agent", name));
     }
     let vantage = format!("agent:{name}");
     let assigned = probes_for(ctl, &vantage);
     let mut n = 0;
     for mut r in results {
         let Some(spec) = assigned.iter().find(|s| s.name == r.probe) else {
-            return Err(ServerError::BadRequest(format!(
+            return Err(EngineError::BadRequest(format!(
                 "probe '{}' is not assigned to agent {name}",
                 r.probe
             )));

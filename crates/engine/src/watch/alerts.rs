@@ -12,7 +12,7 @@ use standby_monitor::{Transition, TransitionKind};
 use standby_types::watch::{Alert, AlertState, Event, Labels, Silence};
 
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::EngineError;
 
 /// What the controller remembers about an active alert besides its row.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub struct AckRequest {
 
 pub(super) async fn load_active(
     repo: &dyn WatchRepo,
-) -> Result<HashMap<String, Alert>, ServerError> {
+) -> Result<HashMap<String, Alert>, EngineError> {
     let list = repo
         .alerts(&AlertQuery {
             states: vec![AlertState::Firing, AlertState::Acknowledged],
@@ -85,7 +85,7 @@ fn silenced_by(silences: &[Silence], labels: &Labels, now: DateTime<Utc>) -> Opt
         .map(|s| s.id)
 }
 
-pub(super) async fn tick(ctl: &Arc<Controller>) -> Result<(), ServerError> {
+pub(super) async fn tick(ctl: &Arc<Controller>) -> Result<(), EngineError> {
     let now = Utc::now();
     let transitions = ctl
         .watch
@@ -126,7 +126,7 @@ fn describe(a: &Alert) -> String {
     format!("{} {}", a.rule, labels.join(" "))
 }
 
-async fn fire(ctl: &Arc<Controller>, t: Transition, now: DateTime<Utc>) -> Result<(), ServerError> {
+async fn fire(ctl: &Arc<Controller>, t: Transition, now: DateTime<Utc>) -> Result<(), EngineError> {
     let w = &ctl.watch;
     if w.active
         .lock()
@@ -181,7 +181,7 @@ async fn fire(ctl: &Arc<Controller>, t: Transition, now: DateTime<Utc>) -> Resul
     Ok(())
 }
 
-async fn resolve(ctl: &Arc<Controller>, t: Transition) -> Result<(), ServerError> {
+async fn resolve(ctl: &Arc<Controller>, t: Transition) -> Result<(), EngineError> {
     let w = &ctl.watch;
     let Some(mut alert) = w.active.lock().expect("active lock").remove(&t.fingerprint) else {
         return Ok(());
@@ -212,7 +212,7 @@ async fn resolve(ctl: &Arc<Controller>, t: Transition) -> Result<(), ServerError
 
 /// Keep `inhibited_by` and `silenced_by` of active alerts current, so the
 /// API shows why an alert is quiet.
-async fn refresh_mutes(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), ServerError> {
+async fn refresh_mutes(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), EngineError> {
     let w = &ctl.watch;
     w.silences
         .lock()
@@ -243,7 +243,7 @@ async fn refresh_mutes(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), 
     Ok(())
 }
 
-async fn settle_due(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), ServerError> {
+async fn settle_due(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), EngineError> {
     let w = &ctl.watch;
     let mut due: Vec<(String, Option<String>)> = {
         let mut track = w.track.lock().expect("track lock");
@@ -315,7 +315,7 @@ async fn settle_due(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), Ser
 
 /// An alert muted by another: no incident or message of its own, but a
 /// line on the timeline of the muting alert's incident.
-async fn muted(ctl: &Arc<Controller>, alert: &Alert, by: &str) -> Result<(), ServerError> {
+async fn muted(ctl: &Arc<Controller>, alert: &Alert, by: &str) -> Result<(), EngineError> {
     let w = &ctl.watch;
     let source = w.active.lock().expect("active lock").get(by).cloned();
     let what = source
@@ -343,7 +343,7 @@ async fn muted(ctl: &Arc<Controller>, alert: &Alert, by: &str) -> Result<(), Ser
 
 /// Acknowledge an active alert: someone is on it. It still resolves by
 /// itself when its condition clears.
-pub async fn acknowledge(ctl: &Arc<Controller>, id: i64, by: &str) -> Result<Alert, ServerError> {
+pub async fn acknowledge(ctl: &Arc<Controller>, id: i64, by: &str) -> Result<Alert, EngineError> {
     let w = &ctl.watch;
     let found = w
         .active
@@ -354,7 +354,7 @@ pub async fn acknowledge(ctl: &Arc<Controller>, id: i64, by: &str) -> Result<Ale
         .cloned();
     let Some(mut alert) = found else {
         let a = w.repo.alert(id).await?;
-        return Err(ServerError::Conflict(format!(
+        return Err(EngineError::Conflict(format!(
             "alert {id} is {} and cannot be acknowledged",
             a.state.as_str()
         )));
@@ -406,14 +406,14 @@ pub struct SilenceRequest {
 pub async fn add_silence(
     ctl: &Arc<Controller>,
     req: SilenceRequest,
-) -> Result<Silence, ServerError> {
+) -> Result<Silence, EngineError> {
     if req.matchers.is_empty() {
-        return Err(ServerError::BadRequest(
+        return Err(EngineError::BadRequest(
             "a silence needs at least one matcher; it would mute everything".into(),
         ));
     }
     let d = humantime::parse_duration(&req.duration)
-        .map_err(|e| ServerError::BadRequest(format!("bad duration '{}': {e}", req.duration)))?;
+        .map_err(|e| EngineError::BadRequest(format!("bad duration '{}': {e}", req.duration)))?;
     let now = Utc::now();
     let mut s = Silence {
         id: 0,
@@ -423,7 +423,7 @@ pub async fn add_silence(
         starts_at: now,
         ends_at: now
             + chrono::Duration::from_std(d)
-                .map_err(|_| ServerError::BadRequest("duration too long".into()))?,
+                .map_err(|_| EngineError::BadRequest("duration too long".into()))?,
     };
     s.id = ctl.watch.repo.insert_silence(&s).await?;
     ctl.watch
@@ -435,7 +435,7 @@ pub async fn add_silence(
     Ok(s)
 }
 
-pub async fn expire_silence(ctl: &Arc<Controller>, id: i64) -> Result<(), ServerError> {
+pub async fn expire_silence(ctl: &Arc<Controller>, id: i64) -> Result<(), EngineError> {
     let now = Utc::now();
     ctl.watch.repo.expire_silence(id, now).await?;
     ctl.watch

@@ -12,7 +12,7 @@ use standby_types::watch::{
 };
 
 use crate::controller::Controller;
-use crate::error::ServerError;
+use crate::error::EngineError;
 
 /// Open an incident by hand or from a runbook: either from a template
 /// (rendered with `labels`) or with an explicit title.
@@ -75,7 +75,7 @@ pub async fn timeline(
     author: &str,
     text: &str,
     alert: Option<i64>,
-) -> Result<(), ServerError> {
+) -> Result<(), EngineError> {
     ctl.watch
         .repo
         .add_timeline(&TimelineEntry {
@@ -91,7 +91,7 @@ pub async fn timeline(
     Ok(())
 }
 
-pub async fn open(ctl: &Arc<Controller>, req: IncidentOpen) -> Result<Incident, ServerError> {
+pub async fn open(ctl: &Arc<Controller>, req: IncidentOpen) -> Result<Incident, EngineError> {
     let author = req.author.clone().unwrap_or_else(|| "api".into());
     let (title, description, severity, group, key) = match &req.template {
         Some(t) => {
@@ -101,7 +101,7 @@ pub async fn open(ctl: &Arc<Controller>, req: IncidentOpen) -> Result<Incident, 
                 .lock()
                 .expect("evaluator lock")
                 .render_incident(t, &req.labels, &Labels::new())
-                .ok_or_else(|| ServerError::not_found("incident template", t.clone()))?;
+                .ok_or_else(|| EngineError::not_found("incident template", t.clone()))?;
             (
                 req.title.clone().unwrap_or(r.title),
                 req.description.clone().unwrap_or(r.description),
@@ -115,7 +115,7 @@ pub async fn open(ctl: &Arc<Controller>, req: IncidentOpen) -> Result<Incident, 
                 .clone()
                 .filter(|t| !t.trim().is_empty())
                 .ok_or_else(|| {
-                    ServerError::BadRequest("an incident needs a title or a template".into())
+                    EngineError::BadRequest("an incident needs a title or a template".into())
                 })?,
             req.description.clone().unwrap_or_default(),
             req.severity.unwrap_or(Severity::Error),
@@ -167,7 +167,7 @@ pub(super) async fn open_for_alert(
     ctl: &Arc<Controller>,
     alert: &Alert,
     template: &str,
-) -> Result<i64, ServerError> {
+) -> Result<i64, EngineError> {
     let i = open(
         ctl,
         IncidentOpen {
@@ -200,7 +200,7 @@ pub(super) async fn alert_resolved(
     ctl: &Arc<Controller>,
     id: i64,
     alert: &Alert,
-) -> Result<(), ServerError> {
+) -> Result<(), EngineError> {
     timeline(
         ctl,
         id,
@@ -238,7 +238,7 @@ pub(super) async fn activate(
     id: i64,
     author: &str,
     why: &str,
-) -> Result<(), ServerError> {
+) -> Result<(), EngineError> {
     let i = ctl.watch.repo.incident(id).await?;
     timeline(ctl, id, "note", author, why, None).await?;
     if i.state == IncidentState::New {
@@ -253,7 +253,7 @@ async fn set_state(
     state: IncidentState,
     author: &str,
     why: Option<&str>,
-) -> Result<Incident, ServerError> {
+) -> Result<Incident, EngineError> {
     if i.state == state {
         return Ok(i);
     }
@@ -270,7 +270,7 @@ async fn set_state(
             )
     );
     if !allowed {
-        return Err(ServerError::Conflict(format!(
+        return Err(EngineError::Conflict(format!(
             "incident {} is {} and cannot become {}",
             i.id,
             i.state.as_str(),
@@ -308,13 +308,13 @@ pub async fn update(
     ctl: &Arc<Controller>,
     id: i64,
     req: IncidentUpdate,
-) -> Result<Incident, ServerError> {
+) -> Result<Incident, EngineError> {
     let author = req.author.clone().unwrap_or_else(|| "api".into());
     let mut i = ctl.watch.repo.incident(id).await?;
     if let Some(note) = req.note.as_deref().filter(|n| !n.trim().is_empty()) {
         let kind = req.kind.as_deref().unwrap_or("note");
         if !matches!(kind, "note" | "step") {
-            return Err(ServerError::BadRequest(format!(
+            return Err(EngineError::BadRequest(format!(
                 "timeline kind '{kind}' is not 'note' or 'step'"
             )));
         }
@@ -345,7 +345,7 @@ pub async fn update(
     Ok(i)
 }
 
-pub async fn detail(ctl: &Arc<Controller>, id: i64) -> Result<IncidentDetail, ServerError> {
+pub async fn detail(ctl: &Arc<Controller>, id: i64) -> Result<IncidentDetail, EngineError> {
     let repo = &ctl.watch.repo;
     Ok(IncidentDetail {
         incident: repo.incident(id).await?,

@@ -1,0 +1,104 @@
+//! Errors of the engine. Each says what failed on what, and
+//! [`EngineError::code`] gives its stable code and whether retrying can
+//! help; the HTTP edge (`standby-server`) turns them into API errors.
+
+use standby_agent::AgentError;
+use standby_db::DbError;
+use standby_frontdoor::FrontDoorError;
+use standby_hv::HvError;
+use standby_store::StoreError;
+
+pub use standby_types::error_chain;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{kind} '{name}' not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hv(#[from] HvError),
+    #[error(transparent)]
+    FrontDoor(#[from] FrontDoorError),
+    /// A host operation, here or at a remote agent.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+        EngineError::NotFound {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    /// The stable code and whether retrying can help.
+    pub fn code(&self) -> (&str, bool) {
+        match self {
+            EngineError::NotFound { .. } | EngineError::Db(DbError::NotFound { .. }) => {
+                ("not_found", false)
+            }
+            EngineError::Conflict(_) => ("conflict", true),
+            EngineError::BadRequest(_) => ("bad_request", false),
+            EngineError::Db(e) => ("database", e.is_temporary()),
+            EngineError::Store(e) => ("datastore", e.is_temporary()),
+            EngineError::Hv(e) => ("hypervisor", e.is_temporary()),
+            EngineError::FrontDoor(e) => match e {
+                FrontDoorError::UnknownService(_) => ("not_found", false),
+                FrontDoorError::UnknownSite(_)
+                | FrontDoorError::NoBackend { .. }
+                | FrontDoorError::BadListen(_) => ("bad_request", false),
+                FrontDoorError::Listen { .. } => ("conflict", true),
+                FrontDoorError::Db(e) => ("database", e.is_temporary()),
+                FrontDoorError::BadBackend(_) | FrontDoorError::Target { .. } => ("internal", true),
+            },
+            EngineError::Agent(e) => match e {
+                AgentError::Unreachable { .. } => ("unreachable", true),
+                AgentError::Remote {
+                    code, retryable, ..
+                } => match code.as_str() {
+                    "not_found" | "conflict" | "bad_request" | "datastore" | "hypervisor" => {
+                        (code.as_str(), *retryable)
+                    }
+                    _ => ("agent", *retryable),
+                },
+                other => other.code(),
+            },
+            EngineError::Internal(_) => ("internal", true),
+        }
+    }
+
+    /// A failure of the datastore read or written (here or at a remote
+    /// agent): another copy may do.
+    pub fn is_datastore(&self) -> bool {
+        match self {
+            EngineError::Store(_) => true,
+            EngineError::Agent(e) => e.is_datastore(),
+            _ => false,
+        }
+    }
+
+    pub fn to_api(&self) -> standby_types::api::ApiError {
+        let (code, retryable) = self.code();
+        standby_types::api::ApiError {
+            code: code.to_string(),
+            message: error_chain(self),
+            retryable,
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for EngineError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        EngineError::Internal(format!("background task failed: {e}"))
+    }
+}

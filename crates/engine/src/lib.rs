@@ -1,0 +1,61 @@
+//! standby's engine: the orchestration behind the API, with no HTTP in it.
+//!
+//! # Layout
+//! - [`controller`]: the shared state ([`Controller`]): configuration,
+//!   database, the agent of every host (`standby_agent`), the front door
+//!   (`standby_frontdoor`), fenced sites, open datastores and the locks
+//!   that keep one operation per VM at a time.
+//! - [`vms`]: start, shutdown and stop at the host where a VM is active,
+//!   never at a second place while it may run at the first.
+//! - [`protect`], [`restore`]: the two data-moving operations; [`drill`]:
+//!   a point restored into an isolated network, probed and torn down.
+//! - [`fence`]: durable site fences and their enforcement by the hosts.
+//! - [`scheduler`]: a protection run of a group on request; the schedule
+//!   itself is the built-in `protect` runbook's trigger.
+//! - [`jobs`]: background work with persisted progress.
+//! - [`watch`]: probes, events, rules, alerts, incidents, notifications.
+//! - [`runbooks`]: the durable runbook executor, its actions and triggers.
+//! - [`error`]: [`EngineError`], which the HTTP edge maps to API errors.
+//!
+//! [`start`] sets the background work going: the front door's
+//! forwarders, the watch loops, the runbook schedules and the runbook jobs
+//! a stopped controller left running.
+//!
+//! # Invariants
+//! - One operation per VM at a time (a point never overlaps a restore).
+//! - A VM is never started at a second place while it may run at the first:
+//!   start and restore refuse unless every other host it may run at answers
+//!   that it is stopped or sits at a fenced site ([`vms`], [`fence`]).
+//! - The datastores are the truth about points; the database is a catalog
+//!   rebuilt from them at start ([`Controller::open`] rescans).
+
+pub mod controller;
+pub mod drill;
+pub mod error;
+pub mod fence;
+pub mod jobs;
+pub mod protect;
+pub mod restore;
+pub mod runbooks;
+pub mod scheduler;
+pub mod vms;
+pub mod watch;
+
+use std::sync::Arc;
+
+pub use controller::Controller;
+pub use error::EngineError;
+
+/// Start the engine's background work on an open controller: the front
+/// door forwards, the watch evaluates, scheduled runbooks run, and runbook
+/// jobs cut off by the last stop resume. Stops with [`Controller::shutdown`].
+pub async fn start(ctl: &Arc<Controller>) -> Result<(), EngineError> {
+    ctl.frontdoor
+        .start(&ctl.cfg, &ctl.tasks, &ctl.cancel)
+        .await?;
+    watch::spawn(ctl);
+    ctl.tasks
+        .spawn(runbooks::triggers::run_schedules(ctl.clone()));
+    runbooks::resume_all(ctl).await?;
+    Ok(())
+}
