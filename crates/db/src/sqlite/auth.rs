@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 
-use super::{SqliteRepo, found, get, not_found, opt_time, time, ts};
+use super::SqliteRepo;
+use super::rows::{found, get, not_found, opt_time, time, ts};
 use crate::DbError;
 use crate::auth::{AuthRepo, SessionRecord, TokenRecord, UserRecord};
 use crate::error::query;

@@ -4,7 +4,8 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use standby_types::model::JobStatus;
 
-use super::{SqliteRepo, found, get, not_found, now, opt_time, ts};
+use super::SqliteRepo;
+use super::rows::{found, get, not_found, now, opt_time, ts};
 use crate::DbError;
 use crate::error::query;
 use crate::runbook::{NewRun, RunRecord, RunStart, RunbookRepo, StepRecord, StepState};

@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 
-use super::{SqliteRepo, get, not_found, opt_time, ts};
+use super::SqliteRepo;
+use super::rows::{get, not_found, opt_time, ts};
 use crate::error::query;
 use crate::{DbError, ServiceRecord, ServiceRepo};
 

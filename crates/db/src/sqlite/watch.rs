@@ -9,7 +9,8 @@ use standby_types::watch::{
     Alert, AlertState, Delivery, Event, Incident, IncidentState, Severity, Silence, TimelineEntry,
 };
 
-use super::{SqliteRepo, found, get, not_found, now, opt_time, time, ts};
+use super::SqliteRepo;
+use super::rows::{found, get, not_found, now, opt_time, time, ts};
 use crate::error::query;
 use crate::{AlertQuery, DbError, EventQuery, WatchRepo};
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::{DiskFormat, QemuDriver};
+use super::driver::{PendingDisk, PendingPoint, QemuDriver};
+use super::spec::DiskFormat;
 use crate::qga::Qga;
 use crate::qmp::Qmp;
 use crate::{HvError, SnapshotDisk, SnapshotSource, VmSpec};
@@ -27,20 +28,6 @@ pub const PENDING: &str = "standby.pending";
 pub const COPY: &str = "standby.copy";
 /// How long the guest agent may take to freeze (and, separately, thaw).
 pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A point begun on a live VM and not yet committed or abandoned.
-#[derive(Debug, Clone)]
-pub(super) struct PendingPoint {
-    disks: Vec<PendingDisk>,
-}
-
-#[derive(Debug, Clone)]
-struct PendingDisk {
-    node: String,
-    /// `standby:<base>` when the point is incremental.
-    base_bitmap: Option<String>,
-    persistent: bool,
-}
 
 struct Bitmap {
     name: String,

@@ -1,0 +1,171 @@
+//! `[datastores.NAME]`: where protection points are kept.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::ByteSize;
+
+/// Where a datastore keeps its objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatastoreKind {
+    /// A directory (`path`).
+    #[default]
+    Local,
+    /// Azure Blob Storage: `account`, `container`, `access_key_env`.
+    Azure,
+    /// S3 or a compatible store: `bucket`, `region`, key variables.
+    S3,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatastoreConfig {
+    pub site: String,
+    #[serde(default)]
+    pub kind: DatastoreKind,
+    /// Directory of a local datastore.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Azure: the storage account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Azure: the container.
+    #[serde(default)]
+    pub container: Option<String>,
+    /// S3: the bucket.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// S3: the region (default `us-east-1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Service endpoint, for Azurite, MinIO, moto or a private cloud.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Where in the container or bucket the datastore lives.
+    #[serde(default)]
+    pub prefix: String,
+    /// Azure: environment variable holding the account key.
+    #[serde(default)]
+    pub access_key_env: Option<String>,
+    /// S3: environment variables holding the key id and secret.
+    #[serde(default)]
+    pub access_key_id_env: Option<String>,
+    #[serde(default)]
+    pub secret_access_key_env: Option<String>,
+    /// S3: allow plain HTTP to the endpoint (test servers).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Upload bandwidth limit per second, e.g. `"50MiB"`.
+    #[serde(default)]
+    pub upload_limit: Option<ByteSize>,
+    /// Encrypt the datastore (set when it is created; needed to open it).
+    #[serde(default)]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `[datastores.NAME.encryption]`: where the key comes from. The key
+/// itself is never written to the datastore in the clear.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// A key file (32 random bytes, hex): `standby store keygen FILE`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Environment variable holding a passphrase (Argon2id).
+    #[serde(default)]
+    pub passphrase_env: Option<String>,
+}
+
+impl DatastoreConfig {
+    /// Where it lives, for people: a path or `azure://account/container/prefix`.
+    pub fn location(&self) -> String {
+        let with_prefix = |base: String| {
+            if self.prefix.is_empty() {
+                base
+            } else {
+                format!("{base}/{}", self.prefix.trim_matches('/'))
+            }
+        };
+        match self.kind {
+            DatastoreKind::Local => self
+                .path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            DatastoreKind::Azure => with_prefix(format!(
+                "azure://{}/{}",
+                self.account.as_deref().unwrap_or(""),
+                self.container.as_deref().unwrap_or("")
+            )),
+            DatastoreKind::S3 => {
+                with_prefix(format!("s3://{}", self.bucket.as_deref().unwrap_or("")))
+            }
+        }
+    }
+
+    /// The problem with this datastore's settings, as (field, message).
+    pub(super) fn check(&self) -> Result<(), (&'static str, String)> {
+        let need = |v: bool, f: &'static str| {
+            if v {
+                Ok(())
+            } else {
+                Err((f, format!("a {} datastore needs '{f}'", self.kind_name())))
+            }
+        };
+        let refuse = |v: bool, f: &'static str| {
+            if v {
+                Err((
+                    f,
+                    format!("'{f}' does not apply to a {} datastore", self.kind_name()),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match self.kind {
+            DatastoreKind::Local => {
+                need(self.path.is_some(), "path")?;
+                refuse(self.account.is_some(), "account")?;
+                refuse(self.container.is_some(), "container")?;
+                refuse(self.bucket.is_some(), "bucket")?;
+                refuse(self.endpoint.is_some(), "endpoint")?;
+            }
+            DatastoreKind::Azure => {
+                refuse(self.path.is_some(), "path")?;
+                refuse(self.bucket.is_some(), "bucket")?;
+                need(self.account.is_some(), "account")?;
+                need(self.container.is_some(), "container")?;
+                need(self.access_key_env.is_some(), "access_key_env")?;
+            }
+            DatastoreKind::S3 => {
+                refuse(self.path.is_some(), "path")?;
+                refuse(self.container.is_some(), "container")?;
+                need(self.bucket.is_some(), "bucket")?;
+                need(self.access_key_id_env.is_some(), "access_key_id_env")?;
+                need(
+                    self.secret_access_key_env.is_some(),
+                    "secret_access_key_env",
+                )?;
+            }
+        }
+        if let Some(e) = &self.encryption
+            && e.key_file.is_some() == e.passphrase_env.is_some()
+        {
+            return Err((
+                "encryption",
+                "give exactly one of 'key_file' and 'passphrase_env'".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self.kind {
+            DatastoreKind::Local => "local",
+            DatastoreKind::Azure => "azure",
+            DatastoreKind::S3 => "s3",
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! `standby.toml`: the one file that describes a standby installation.
+//!
+//! Parsing happens in two passes. serde reads the file into [`Config`]
+//! (syntax and type errors carry toml's own span); `Config::validate` then
+//! checks cross references (a VM's host exists, a group's datastores exist,
+//! ...). Every error is a [`ConfigError`] naming the file, line, column and
+//! the dotted field path, e.g.
+//! `standby.toml:14:8: vms.pbx1.host: unknown host 'site9-host1'`.
+//!
+//! Relative paths in the file are relative to the file's directory;
+//! [`Config::load`] resolves them so the rest of standby sees absolute paths.
+//!
+//! The module splits by concern; every type is re-exported here:
+//! - `root`: [`Config`] itself and the lookups across its tables;
+//! - `controller`: `[controller]` and `[tenants]`;
+//! - `sites`: `[sites]`, `[hosts]` and `[agents]`;
+//! - `datastores`: `[datastores]`;
+//! - `vms`: `[vms]` (with their QEMU settings and disks) and `[groups]`;
+//! - `probes`: `[probes]`;
+//! - `services`: `[services]`;
+//! - `units`: schedules, byte sizes and durations written as strings;
+//! - `error`: [`ConfigError`] and where in the file a field is;
+//! - `load`: [`Config::load`] and [`Config::parse`];
+//! - `validate`, `validate_watch`: the cross-reference checks.
+
+mod controller;
+mod datastores;
+mod error;
+mod load;
+mod probes;
+mod root;
+mod services;
+mod sites;
+mod units;
+mod validate;
+mod validate_watch;
+mod vms;
+
+pub use controller::{Controller, DEFAULT_LISTEN, TenantConfig};
+pub use datastores::{DatastoreConfig, DatastoreKind, EncryptionConfig};
+pub use error::ConfigError;
+pub use probes::ProbeConfig;
+pub use root::Config;
+pub use services::{Protocol, ServiceConfig, ServiceProbe};
+pub use sites::{AgentConfig, DriverKind, Host, Site};
+pub(crate) use units::duration_str;
+pub use units::{ByteSize, Schedule};
+pub use vms::{
+    Disk, DiskFormat, ForwardProtocol, Group, QemuAccel, QemuForward, QemuMachine, QemuVm, Vm,
+    expand_site_vars,
+};
+
+/// The commented example `standby init` writes.
+pub const EXAMPLE: &str = include_str!("../../standby.example.toml");
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+//! `[sites]`, `[hosts]` and `[agents]`: where VMs run and who runs them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::duration_str;
+
+/// `[agents.NAME]`: a `standby agent` process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub site: String,
+    /// The host the agent runs on, if it is a hypervisor host's agent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// How often the agent reports; it is missed after three intervals.
+    #[serde(default = "default_heartbeat", with = "duration_str")]
+    pub heartbeat: Duration,
+    /// Where the agent listens (`http://ADDR:PORT`). With `host` set, the
+    /// host's VMs are run by this agent instead of in the controller: start,
+    /// stop, points and restores go to it over HTTP.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The agent's shared secret, sent by the agent on heartbeats and
+    /// results and by the controller on calls to `url`. Prefer
+    /// `token_file`; an agent with neither is refused.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the agent's secret (surrounding whitespace ignored).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// The agent's secret, from `token` or `token_file` (None: neither).
+    pub fn secret(&self) -> std::io::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.trim().to_string()));
+        }
+        match &self.token_file {
+            Some(f) => std::fs::read_to_string(f)
+                .map(|s| Some(s.trim().to_string()))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", f.display()))),
+            None => Ok(None),
+        }
+    }
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    #[serde(default)]
+    pub description: String,
+    /// Values a VM's `args` and `env` may use as `{site.NAME}` where the
+    /// VM runs at this site: its address there, say (a VM often has
+    /// another IP at its DR site).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// A VM is a supervised local process (the embedded default).
+    Process,
+    /// A VM is a `qemu-system-x86_64` machine described by its
+    /// `[vms.NAME.qemu]` table (in-process hosts only).
+    Qemu,
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DriverKind::Process => f.write_str("process"),
+            DriverKind::Qemu => f.write_str("qemu"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub site: String,
+    pub driver: DriverKind,
+    /// Where this host keeps VM disk images: `<disk_dir>/<vm>/<disk>.img`.
+    pub disk_dir: PathBuf,
+    /// Network namespace the host's VMs run in (in-process hosts only):
+    /// each VM's command runs as `ip netns exec NAME <command> <args>`.
+    #[serde(default)]
+    pub netns: Option<String>,
+}

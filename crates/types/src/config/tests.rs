@@ -1,0 +1,521 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::watch::ProbeCheck;
+
+fn parse(src: &str) -> Result<Config, ConfigError> {
+    Config::parse(src, Path::new("standby.toml"))
+}
+
+#[test]
+fn example_parses() {
+    let cfg = parse(EXAMPLE).expect("example config is valid");
+    assert_eq!(cfg.sites.len(), 2);
+    assert_eq!(cfg.home_site("pbx1"), Some("site1"));
+    assert_eq!(cfg.groups["gold"].chunk_size, ByteSize(64 << 10));
+    assert_eq!(
+        cfg.groups["gold"].schedule,
+        Schedule::Every(Duration::from_secs(30))
+    );
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let err = parse("[sites.site1]\ndescription = \n").unwrap_err();
+    assert_eq!(err.line, 2, "{err}");
+    assert!(err.to_string().starts_with("standby.toml:2:"), "{err}");
+}
+
+#[test]
+fn unknown_field_is_named_with_its_line() {
+    let src = EXAMPLE.replace("disk_dir = \"site2/disks\"", "disk_dir = \"x\"\ncolour = 3");
+    let err = parse(&src).unwrap_err();
+    assert!(err.message.contains("colour"), "{err}");
+    let line = src.lines().position(|l| l.starts_with("colour")).unwrap() + 1;
+    assert_eq!(err.line, line, "{err}");
+}
+
+#[test]
+fn bad_reference_names_field_and_line() {
+    let src = EXAMPLE.replace("host = \"site1-host1\"", "host = \"nowhere\"");
+    let err = parse(&src).unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("vms.pbx1.host"), "{err}");
+    let line = src.lines().position(|l| l.contains("\"nowhere\"")).unwrap() + 1;
+    assert_eq!(err.line, line, "{err}");
+    assert!(err.to_string().contains("unknown host 'nowhere'"), "{err}");
+}
+
+#[test]
+fn bad_chunk_size_and_schedule_are_rejected() {
+    let src = EXAMPLE.replace("chunk_size = \"64KiB\"", "chunk_size = \"96KiB\"");
+    let err = parse(&src).unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("groups.gold.chunk_size"));
+    let src = EXAMPLE.replace("schedule = \"every 30s\"", "schedule = \"whenever\"");
+    let err = parse(&src).unwrap_err();
+    assert!(err.message.contains("bad cron expression"), "{err}");
+    assert!(err.line > 0);
+}
+
+#[test]
+fn site_variables_are_read_and_checked() {
+    let src = EXAMPLE.replace(
+        "[sites.site2]",
+        "[sites.site2]\nvars = { ip = \"127.0.2.1\" }",
+    );
+    let cfg = parse(&src).unwrap();
+    assert_eq!(cfg.sites["site2"].vars["ip"], "127.0.2.1");
+    let src = EXAMPLE.replace(
+        "[sites.site2]",
+        "[sites.site2]\nvars = { \"my-ip\" = \"x\" }",
+    );
+    let err = parse(&src).unwrap_err();
+    assert_eq!(
+        err.field.as_deref(),
+        Some("sites.site2.vars.my-ip"),
+        "{err}"
+    );
+}
+
+#[test]
+fn groups_sharing_a_vm_and_a_datastore_are_refused() {
+    let src = format!(
+        "{EXAMPLE}\n[groups.silver]\nmembers = [\"pbx1\"]\nschedule = \"every 1h\"\ndatastores = [\"site2-store\"]\n"
+    );
+    let err = parse(&src).unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("groups.silver.members"), "{err}");
+    assert!(err.message.contains("site2-store"), "{err}");
+}
+
+const WATCH: &str = r#"
+[agents.site2-agent]
+site = "site2"
+
+[probes.pbx1-sip]
+kind = "sip"
+target = "127.0.0.1:5060"
+labels = { vm = "pbx1", site = "site1", scope = "service" }
+
+[probes.site1-from-site2]
+kind = "http"
+url = "http://198.18.0.2:7781/health"
+attempts = 3
+from = ["controller", "agent:site2-agent"]
+labels = { site = "site1", scope = "site" }
+
+[receivers.hook]
+kind = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret_env = "HOOK_SECRET"
+
+[[routes]]
+severity = "critical"
+receivers = ["hook"]
+group_by = ["site"]
+"#;
+
+/// The example without its watch part.
+fn no_probes() -> &'static str {
+    &EXAMPLE[..EXAMPLE.find("\n# A probe:").expect("example has a probe")]
+}
+
+#[test]
+fn watch_sections_parse() {
+    let cfg = parse(&format!("{}{WATCH}", no_probes())).expect("valid");
+    let spec = cfg.probes["pbx1-sip"].spec("pbx1-sip").unwrap();
+    assert_eq!(
+        spec.check,
+        ProbeCheck::Sip {
+            target: "127.0.0.1:5060".into()
+        }
+    );
+    assert_eq!(spec.interval, Duration::from_secs(1));
+    assert_eq!(spec.attempts, 1);
+    assert_eq!(cfg.probes["pbx1-sip"].from, vec!["controller"]);
+    assert_eq!(cfg.probes["site1-from-site2"].from.len(), 2);
+    assert_eq!(cfg.agents["site2-agent"].heartbeat, Duration::from_secs(1));
+    assert_eq!(cfg.routes[0].group_wait, Duration::from_secs(1));
+    assert_eq!(cfg.receivers["hook"].max_attempts(), 10);
+}
+
+#[test]
+fn watch_errors_name_the_field() {
+    let cases = [
+        (
+            "kind = \"sip\"",
+            "kind = \"icmp\"",
+            "probes.pbx1-sip.kind",
+            "unknown probe kind 'icmp'",
+        ),
+        (
+            "target = \"127.0.0.1:5060\"",
+            "",
+            "probes.pbx1-sip.target",
+            "a sip probe needs 'target'",
+        ),
+        (
+            "\"agent:site2-agent\"]",
+            "\"agent:nobody\"]",
+            "probes.site1-from-site2.from.1",
+            "unknown vantage point 'agent:nobody'",
+        ),
+        (
+            "vm = \"pbx1\"",
+            "vm = \"pbx9\"",
+            "probes.pbx1-sip.labels.vm",
+            "unknown vm 'pbx9'",
+        ),
+        (
+            "receivers = [\"hook\"]",
+            "receivers = [\"pager\"]",
+            "routes.0.receivers.0",
+            "unknown receiver 'pager'",
+        ),
+        (
+            "url = \"http://127.0.0.1:9/hook\"",
+            "url = \"ftp://x\"",
+            "receivers.hook.url",
+            "not an http",
+        ),
+        (
+            "site = \"site2\"\n\n[probes",
+            "site = \"site7\"\n\n[probes",
+            "agents.site2-agent.site",
+            "unknown site 'site7'",
+        ),
+    ];
+    for (from, to, field, msg) in cases {
+        let src = format!("{}{}", no_probes(), WATCH.replacen(from, to, 1));
+        let err = parse(&src).expect_err(field);
+        assert_eq!(err.field.as_deref(), Some(field), "{err}");
+        assert!(err.message.contains(msg), "{err}");
+        assert!(err.line > 0, "{err}");
+    }
+}
+
+const SERVICE: &str = r#"
+[services.sip]
+vm = "pbx1"
+listen = "0.0.0.0:5060"
+backends = { site1 = "198.18.0.2:5060", site2 = "198.18.0.6:5060" }
+"#;
+
+#[test]
+fn services_parse_with_defaults() {
+    let cfg = parse(&format!("{EXAMPLE}{SERVICE}")).expect("valid");
+    let s = &cfg.services["sip"];
+    assert_eq!(s.protocols, vec![Protocol::Udp, Protocol::Tcp]);
+    assert_eq!(s.idle_timeout, Duration::from_secs(60));
+    assert_eq!(s.backend("site2"), Some("198.18.0.6:5060".parse().unwrap()));
+    assert_eq!(s.listen_addr(), Some("0.0.0.0:5060".parse().unwrap()));
+    assert_eq!(s.probe, None);
+    let src = SERVICE.replace(
+        "listen =",
+        "protocols = [\"udp\"]\nprobe = \"http\"\nprobe_url = \"http://198.18.0.2/health\"\nidle_timeout = \"30s\"\nlisten =",
+    );
+    let cfg = parse(&format!("{EXAMPLE}{src}")).expect("valid");
+    let s = &cfg.services["sip"];
+    assert_eq!(s.protocols, vec![Protocol::Udp]);
+    assert_eq!(s.probe, Some(ServiceProbe::Http));
+    assert_eq!(s.idle_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn service_errors_name_the_field() {
+    let cases = [
+        (
+            "vm = \"pbx1\"",
+            "vm = \"pbx9\"",
+            "services.sip.vm",
+            "unknown vm 'pbx9'",
+        ),
+        (
+            "listen = \"0.0.0.0:5060\"",
+            "listen = \"sip.example.net\"",
+            "services.sip.listen",
+            "'sip.example.net' is not an address",
+        ),
+        (
+            "listen = \"0.0.0.0:5060\"",
+            "listen = \"127.0.0.1:7780\"",
+            "services.sip.listen",
+            "the controller's API address",
+        ),
+        (
+            "site2 = \"198.18.0.6:5060\"",
+            "site3 = \"198.18.0.6:5060\"",
+            "services.sip.backends.site3",
+            "unknown site 'site3'",
+        ),
+        (
+            "site2 = \"198.18.0.6:5060\"",
+            "site2 = \"198.18.0.6\"",
+            "services.sip.backends.site2",
+            "'198.18.0.6' is not a backend address",
+        ),
+        (
+            "backends = { site1 = \"198.18.0.2:5060\", ",
+            "backends = { ",
+            "services.sip.backends",
+            "no backend at site 'site1', the home site of vm 'pbx1'",
+        ),
+        (
+            "backends = {",
+            "protocols = []\nbackends = {",
+            "services.sip.protocols",
+            "at least one",
+        ),
+        (
+            "backends = {",
+            "protocols = [\"udp\", \"udp\"]\nbackends = {",
+            "services.sip.protocols.1",
+            "protocol 'udp' is listed twice",
+        ),
+        (
+            "backends = {",
+            "probe = \"http\"\nbackends = {",
+            "services.sip.probe",
+            "an http probe needs 'probe_url'",
+        ),
+        (
+            "backends = {",
+            "probe = \"sip\"\nprobe_url = \"http://x/\"\nbackends = {",
+            "services.sip.probe_url",
+            "applies only to probe = \"http\"",
+        ),
+        (
+            "backends = {",
+            "idle_timeout = \"10ms\"\nbackends = {",
+            "services.sip.idle_timeout",
+            "below 1s",
+        ),
+    ];
+    for (from, to, field, msg) in cases {
+        let src = format!("{EXAMPLE}{}", SERVICE.replacen(from, to, 1));
+        let err = parse(&src).expect_err(field);
+        assert_eq!(err.field.as_deref(), Some(field), "{err}");
+        assert!(err.message.contains(msg), "{field}: {err}");
+        assert!(err.line > 0, "{err}");
+    }
+}
+
+#[test]
+fn service_syntax_errors_are_refused() {
+    for (from, to, what) in [
+        ("vm =", "colour = 3\nvm =", "colour"),
+        (
+            "backends = {",
+            "protocols = [\"sctp\"]\nbackends = {",
+            "sctp",
+        ),
+        ("backends = {", "probe = \"icmp\"\nbackends = {", "icmp"),
+    ] {
+        let src = format!("{EXAMPLE}{}", SERVICE.replacen(from, to, 1));
+        let err = parse(&src).expect_err(what);
+        assert!(err.message.contains(what), "{err}");
+        assert!(err.line > 0, "{err}");
+    }
+}
+
+#[test]
+fn two_services_on_one_address_are_refused() {
+    let other = SERVICE.replace("[services.sip]", "[services.sip2]");
+    let err = parse(&format!("{EXAMPLE}{SERVICE}{other}")).unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("services.sip2.listen"), "{err}");
+    assert!(
+        err.message
+            .contains("service 'sip' already listens on udp 0.0.0.0:5060"),
+        "{err}"
+    );
+    // Different transports on one address are fine.
+    let udp = SERVICE.replace("backends = {", "protocols = [\"udp\"]\nbackends = {");
+    let tcp = other.replace("backends = {", "protocols = [\"tcp\"]\nbackends = {");
+    parse(&format!("{EXAMPLE}{udp}{tcp}")).expect("udp and tcp apart");
+}
+
+#[test]
+fn byte_sizes_and_schedules() {
+    assert_eq!("64KiB".parse::<ByteSize>().unwrap(), ByteSize(65536));
+    assert_eq!("2 GiB".parse::<ByteSize>().unwrap(), ByteSize(2 << 30));
+    assert!("12 parsecs".parse::<ByteSize>().is_err());
+    assert_eq!(ByteSize(4 << 20).to_string(), "4MiB");
+    let cron: Schedule = "*/5 * * * *".parse().unwrap();
+    let t = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:01:00Z")
+        .unwrap()
+        .to_utc();
+    assert_eq!(
+        cron.next_after(t).unwrap().to_rfc3339(),
+        "2026-01-01T00:05:00+00:00"
+    );
+}
+
+#[test]
+fn agent_url_and_host_netns_are_checked() {
+    let base = |extra: &str| {
+        format!(
+            r#"
+[sites.s1]
+[hosts.h1]
+site = "s1"
+driver = "process"
+disk_dir = "d"
+{extra}
+"#
+        )
+    };
+    let ok = parse(&base(
+        "netns = \"lab-s1\"\n[hosts.h2]\nsite = \"s1\"\ndriver = \"process\"\ndisk_dir = \"d2\"\n[agents.a]\nsite = \"s1\"\nhost = \"h2\"\nurl = \"http://198.18.0.2:7781\"",
+    ))
+    .unwrap();
+    assert_eq!(ok.hosts["h1"].netns.as_deref(), Some("lab-s1"));
+    assert_eq!(
+        ok.remote_agent_of("h2"),
+        Some(("a", "http://198.18.0.2:7781"))
+    );
+    assert_eq!(ok.remote_agent_of("h1"), None);
+    for (extra, field, msg) in [
+        (
+            "netns = \"a b\"",
+            "hosts.h1.netns",
+            "not a network namespace name",
+        ),
+        (
+            "[agents.a]\nsite = \"s1\"\nurl = \"http://x:1\"",
+            "agents.a.url",
+            "set 'host' too",
+        ),
+        (
+            "[agents.a]\nsite = \"s1\"\nhost = \"h1\"\nurl = \"ftp://x\"",
+            "agents.a.url",
+            "not an http:// URL",
+        ),
+        (
+            "netns = \"n\"\n[agents.a]\nsite = \"s1\"\nhost = \"h1\"\nurl = \"http://x:1\"",
+            "hosts.h1.netns",
+            "in-process hosts only",
+        ),
+    ] {
+        let e = parse(&base(extra)).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains(msg), "{extra}: {e}");
+    }
+}
+
+#[test]
+fn qemu_vms_parse_and_are_checked() {
+    let base = |h2_driver: &str, vm: &str| {
+        format!(
+            r#"
+[sites.s1]
+vars = {{ sip = "127.0.1.1" }}
+[sites.s2]
+vars = {{ sip = "127.0.2.1" }}
+[hosts.h1]
+site = "s1"
+driver = "qemu"
+disk_dir = "d1"
+[hosts.h2]
+site = "s2"
+driver = "{h2_driver}"
+disk_dir = "d2"
+[vms.pbx]
+host = "h1"
+dr_site = "s2"
+{vm}
+"#
+        )
+    };
+    let good = r#"
+[vms.pbx.qemu]
+memory_mib = 128
+accel = "tcg"
+kernel = "/g/vmlinuz"
+initrd = "/g/initrd.img"
+append = "console=ttyS0 vnf.name={vm}"
+forwards = [{ protocol = "udp", host_addr = "{site.sip}", host_port = 5060, guest_port = 5060 }]
+[[vms.pbx.disks]]
+name = "system"
+size = "16MiB"
+format = "qcow2"
+[[vms.pbx.disks]]
+name = "data"
+size = "64MiB"
+"#;
+    let cfg = parse(&base("qemu", good)).unwrap();
+    let vm = &cfg.vms["pbx"];
+    assert_eq!(vm.program(), "qemu-system-x86_64");
+    let q = vm.qemu.as_ref().unwrap();
+    assert_eq!((q.memory_mib, q.cpus, q.accel), (128, 1, QemuAccel::Tcg));
+    assert_eq!(q.forwards[0].protocol, ForwardProtocol::Udp);
+    assert_eq!(vm.disks[0].format, DiskFormat::Qcow2);
+    assert_eq!(vm.disks[1].format, DiskFormat::Raw);
+    for (h2, vm, field, msg) in [
+        (
+            "process",
+            good,
+            "vms.pbx.qemu",
+            "host 'h2' uses the process driver",
+        ),
+        (
+            "qemu",
+            "command = \"/bin/true\"",
+            "vms.pbx",
+            "needs a [vms.pbx.qemu] table",
+        ),
+        (
+            "qemu",
+            "[vms.pbx.qemu]\nkernel = \"/k\"\nforwards = [{ protocol = \"udp\", host_addr = \"{site.nope}\", host_port = 1, guest_port = 1 }]",
+            "vms.pbx.qemu.forwards.0.host_addr",
+            "site 's1' has no variable 'nope'",
+        ),
+        (
+            "qemu",
+            "[vms.pbx.qemu]\nkernel = \"/k\"\nforwards = [{ protocol = \"udp\", host_addr = \"localhost\", host_port = 1, guest_port = 1 }]",
+            "vms.pbx.qemu.forwards.0.host_addr",
+            "not an IPv4 address",
+        ),
+        (
+            "qemu",
+            "[vms.pbx.qemu]\nmachine = \"virt\"",
+            "standby.toml:18",
+            "unknown variant `virt`",
+        ),
+        (
+            "qemu",
+            "[vms.pbx.qemu]\nkernel = \"/k\"\n[[vms.pbx.disks]]\nname = \"0d\"\nsize = \"1MiB\"",
+            "vms.pbx.disks.0.name",
+            "must start with a letter",
+        ),
+        (
+            "qemu",
+            "[vms.pbx.qemu]\ninitrd = \"/i\"",
+            "vms.pbx.qemu.initrd",
+            "needs a kernel",
+        ),
+        (
+            "qemu",
+            "[vms.pbx.qemu]\nkernel = \"/k\"\n[agents.a]\nsite = \"s1\"\nhost = \"h1\"\nurl = \"http://x:1\"",
+            "agents.a.url",
+            "runs in the controller only",
+        ),
+    ] {
+        let e = parse(&base(h2, vm)).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains(msg), "{vm}: {e}");
+    }
+    // A process VM: qcow2 and a missing command are refused.
+    let proc_base = |vm: &str| {
+        format!(
+            "[sites.s1]\n[hosts.h1]\nsite = \"s1\"\ndriver = \"process\"\ndisk_dir = \"d\"\n[vms.v]\nhost = \"h1\"\n{vm}"
+        )
+    };
+    let e = parse(&proc_base("args = []")).unwrap_err().to_string();
+    assert!(
+        e.contains("vms.v.command") && e.contains("needs a command"),
+        "{e}"
+    );
+    let e = parse(&proc_base(
+        "command = \"x\"\n[[vms.v.disks]]\nname = \"d\"\nsize = \"1MiB\"\nformat = \"qcow2\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("vms.v.disks.0.format"), "{e}");
+}

@@ -1,0 +1,207 @@
+//! Cross-reference checks of the probes, receivers, routes and agents.
+
+use std::time::Duration;
+
+use super::root::Config;
+use super::sites::DriverKind;
+use crate::watch::{CONTROLLER_VANTAGE, ReceiverConfig};
+
+impl Config {
+    pub(super) fn validate_watch(&self) -> Result<(), (Vec<String>, String)> {
+        let p = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (name, a) in &self.agents {
+            if a.token.is_some() && a.token_file.is_some() {
+                return Err((
+                    p(&["agents", name, "token"]),
+                    "set token or token_file, not both".into(),
+                ));
+            }
+            if a.token.as_deref().is_some_and(|t| t.trim().len() < 16) {
+                return Err((
+                    p(&["agents", name, "token"]),
+                    "an agent token needs at least 16 characters".into(),
+                ));
+            }
+            if !self.sites.contains_key(&a.site) {
+                return Err((
+                    p(&["agents", name, "site"]),
+                    format!("unknown site '{}'", a.site),
+                ));
+            }
+            if let Some(h) = &a.host {
+                match self.hosts.get(h) {
+                    None => {
+                        return Err((p(&["agents", name, "host"]), format!("unknown host '{h}'")));
+                    }
+                    Some(host) if host.site != a.site => {
+                        return Err((
+                            p(&["agents", name, "host"]),
+                            format!("host '{h}' is at site '{}', not '{}'", host.site, a.site),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            if a.url.is_some()
+                && let Some(h) = a.host.as_ref().and_then(|h| self.hosts.get(h))
+                && h.driver == DriverKind::Qemu
+            {
+                return Err((
+                    p(&["agents", name, "url"]),
+                    format!(
+                        "host '{}' uses the qemu driver, which runs in the controller only; remote agents run process hosts",
+                        a.host.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+            if let Some(url) = &a.url {
+                let rest = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"))
+                    .unwrap_or_default();
+                if rest.trim_end_matches('/').is_empty() {
+                    return Err((
+                        p(&["agents", name, "url"]),
+                        format!("'{url}' is not an http:// URL like http://198.18.0.2:7781"),
+                    ));
+                }
+                let Some(h) = &a.host else {
+                    return Err((
+                        p(&["agents", name, "url"]),
+                        "an agent with a url runs a host's VMs: set 'host' too".into(),
+                    ));
+                };
+                if let Some((other, _)) = self
+                    .agents
+                    .iter()
+                    .find(|(o, oa)| *o != name && oa.url.is_some() && oa.host.as_ref() == Some(h))
+                {
+                    return Err((
+                        p(&["agents", name, "host"]),
+                        format!("host '{h}' is already run by agent '{other}'"),
+                    ));
+                }
+                if self.hosts.get(h).is_some_and(|host| host.netns.is_some()) {
+                    return Err((
+                        p(&["hosts", h, "netns"]),
+                        format!(
+                            "host '{h}' is run by agent '{name}'; 'netns' applies to in-process hosts only"
+                        ),
+                    ));
+                }
+            }
+            if a.heartbeat < Duration::from_millis(100) {
+                return Err((
+                    p(&["agents", name, "heartbeat"]),
+                    "a heartbeat interval below 100ms would flood the controller".into(),
+                ));
+            }
+        }
+        for (name, pr) in &self.probes {
+            if let Err((field, msg)) = pr.check() {
+                return Err((p(&["probes", name, field]), msg));
+            }
+            if pr.interval < Duration::from_millis(100) {
+                return Err((
+                    p(&["probes", name, "interval"]),
+                    "a probe interval must be at least 100ms".into(),
+                ));
+            }
+            if pr.timeout.is_zero() || pr.timeout > pr.interval.max(Duration::from_secs(1)) * 10 {
+                return Err((
+                    p(&["probes", name, "timeout"]),
+                    "a probe timeout must be above zero and at most ten intervals".into(),
+                ));
+            }
+            if pr.attempts == 0 || pr.attempts > 10 {
+                return Err((
+                    p(&["probes", name, "attempts"]),
+                    "attempts must be from 1 to 10".into(),
+                ));
+            }
+            if pr.from.is_empty() {
+                return Err((
+                    p(&["probes", name, "from"]),
+                    "a probe needs at least one vantage point".into(),
+                ));
+            }
+            for (i, v) in pr.from.iter().enumerate() {
+                let known = v == CONTROLLER_VANTAGE
+                    || v.strip_prefix("agent:")
+                        .is_some_and(|a| self.agents.contains_key(a));
+                if !known {
+                    return Err((
+                        p(&["probes", name, "from", &i.to_string()]),
+                        format!(
+                            "unknown vantage point '{v}' (expected 'controller' or 'agent:NAME' of a declared agent)"
+                        ),
+                    ));
+                }
+            }
+            for (key, table) in [
+                ("site", self.sites.keys().collect::<Vec<_>>()),
+                ("host", self.hosts.keys().collect()),
+                ("vm", self.vms.keys().collect()),
+            ] {
+                if let Some(v) = pr.labels.get(key)
+                    && !table.contains(&v)
+                {
+                    return Err((
+                        p(&["probes", name, "labels", key]),
+                        format!("unknown {key} '{v}'"),
+                    ));
+                }
+            }
+            for reserved in ["probe", "kind", "vantage"] {
+                if pr.labels.contains_key(reserved) {
+                    return Err((
+                        p(&["probes", name, "labels", reserved]),
+                        format!("label '{reserved}' is set by standby"),
+                    ));
+                }
+            }
+        }
+        for (name, r) in &self.receivers {
+            if let ReceiverConfig::Webhook { url, .. } = r
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err((
+                    p(&["receivers", name, "url"]),
+                    format!("'{url}' is not an http:// or https:// URL"),
+                ));
+            }
+            if let ReceiverConfig::Smtp { to, .. } = r
+                && to.is_empty()
+            {
+                return Err((
+                    p(&["receivers", name, "to"]),
+                    "a mail receiver needs at least one address".into(),
+                ));
+            }
+            if r.max_attempts() == 0 {
+                return Err((
+                    p(&["receivers", name, "max_attempts"]),
+                    "max_attempts must be at least 1".into(),
+                ));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let idx = i.to_string();
+            if r.receivers.is_empty() {
+                return Err((
+                    p(&["routes", &idx, "receivers"]),
+                    "a route needs at least one receiver".into(),
+                ));
+            }
+            for (j, rc) in r.receivers.iter().enumerate() {
+                if !self.receivers.contains_key(rc) {
+                    return Err((
+                        p(&["routes", &idx, "receivers", &j.to_string()]),
+                        format!("unknown receiver '{rc}'"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
