@@ -28,11 +28,11 @@ pub struct Controller {
     /// The fenced sites, as in the database (which is written first).
     pub(crate) fences: Mutex<BTreeMap<String, FenceRecord>>,
     /// Probes, rules, alerts, incidents and notifications.
-    pub watch: crate::watch::Watch,
+    pub watch: crate::watch::state::Watch,
     /// The front door: where each service's clients are sent.
     pub frontdoor: standby_frontdoor::FrontDoor,
     /// Loaded runbooks and the durable engine's state.
-    pub runbooks: crate::runbooks::Runbooks,
+    pub runbooks: crate::runbooks::catalog::Runbooks,
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
     /// Held for the controller's life (see [`Controller::open`]).
@@ -121,11 +121,11 @@ impl Controller {
             .map(|f| (f.site.clone(), f))
             .collect();
         let repo = Arc::new(repo);
-        let watch = crate::watch::Watch::open(&cfg, repo.clone()).await?;
+        let watch = crate::watch::state::Watch::open(&cfg, repo.clone()).await?;
         let frontdoor = standby_frontdoor::FrontDoor::open(&cfg, repo.clone()).await?;
         // Runbook jobs are not failed above: they resume once the
         // controller runs (`crate::runbooks::resume_all`).
-        let runbooks = crate::runbooks::Runbooks::open(&cfg, repo.clone());
+        let runbooks = crate::runbooks::catalog::Runbooks::open(&cfg, repo.clone());
         let ctl = Arc::new(Controller {
             cfg,
             auth_repo: repo.clone(),

@@ -21,199 +21,36 @@
 //! `STANDBY_CRASH_AT=RUNBOOK:STEP:before|after` aborts the controller
 //! right after the step is persisted running (`before`), or right after
 //! its action returned but before its success is persisted (`after`).
+//!
+//! # Layout
+//! - `catalog.rs`: [`Runbooks`], the loaded runbooks (built-in and
+//!   configured files) that the controller holds, the engine's repository
+//!   and the crash hook. A leaf: it does not know the controller, so the
+//!   controller imports nothing that imports it back.
+//! - `mod.rs`: starting, executing and resuming jobs.
+//! - [`actions`]: the actions' implementations (`actions/`, one file per
+//!   concern); [`triggers`]: alerts, schedules and webhooks that start jobs.
 
 pub mod actions;
+pub(crate) mod catalog;
 pub mod triggers;
 
+pub use catalog::{Loaded, Runbooks};
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::{Map, Value, json};
-use standby_db::{NewRun, RunRecord, RunStart, RunbookRepo, StepRecord, StepState};
+use standby_db::{NewRun, RunRecord, RunStart, StepRecord, StepState};
 use standby_runbook::{OnFailure, Runbook, Step, template};
-use standby_types::config::Config;
 use standby_types::model::JobStatus;
 use standby_types::watch::{Event, Severity};
 
 use crate::controller::Controller;
 use crate::error::{EngineError, error_chain};
-
-const BUILTIN: &[(&str, &str)] = &[
-    (
-        "protect.yaml",
-        include_str!("../../../../runbooks/protect.yaml"),
-    ),
-    (
-        "failover-site.yaml",
-        include_str!("../../../../runbooks/failover-site.yaml"),
-    ),
-    (
-        "move-vm.yaml",
-        include_str!("../../../../runbooks/move-vm.yaml"),
-    ),
-    (
-        "failback.yaml",
-        include_str!("../../../../runbooks/failback.yaml"),
-    ),
-    (
-        "drill.yaml",
-        include_str!("../../../../runbooks/drill.yaml"),
-    ),
-];
-
-/// A runbook as loaded: where from, its text and its parsed form.
-#[derive(Debug, Clone, Serialize)]
-pub struct Loaded {
-    pub file: String,
-    #[serde(skip)]
-    pub source: String,
-    pub runbook: Runbook,
-}
-
-/// When the crash hook fires.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct CrashAt {
-    runbook: String,
-    step: String,
-    after: bool,
-}
-
-/// The loaded runbooks and the engine's state.
-pub struct Runbooks {
-    repo: Arc<dyn RunbookRepo>,
-    loaded: BTreeMap<String, Loaded>,
-    /// Files that could not be used, one message each.
-    errors: Vec<String>,
-    crash_at: Option<CrashAt>,
-    /// Next due time of each cron-scheduled runbook.
-    pub(crate) cron_next: std::sync::Mutex<BTreeMap<String, DateTime<Utc>>>,
-}
-
-impl Runbooks {
-    /// Load the built-in runbooks and the configured files. A broken user
-    /// file is reported (log and API) and skipped.
-    pub fn open(cfg: &Config, repo: Arc<dyn RunbookRepo>) -> Runbooks {
-        let mut loaded = BTreeMap::new();
-        let mut errors = Vec::new();
-        for (file, text) in BUILTIN {
-            match standby_runbook::parse(file, text) {
-                Ok(rb) => {
-                    loaded.insert(
-                        rb.name.clone(),
-                        Loaded {
-                            file: format!("builtin:{file}"),
-                            source: text.to_string(),
-                            runbook: rb,
-                        },
-                    );
-                }
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        for path in &cfg.controller.runbooks {
-            for file in runbook_files(path, &mut errors) {
-                match read_runbook(&file) {
-                    Ok(l) => {
-                        tracing::info!(runbook = %l.runbook.name, file = %file.display(), "runbook loaded");
-                        loaded.insert(l.runbook.name.clone(), l);
-                    }
-                    Err(e) => errors.push(e),
-                }
-            }
-        }
-        for e in &errors {
-            tracing::error!("runbook not loaded: {e}");
-        }
-        let crash_at = std::env::var("STANDBY_CRASH_AT").ok().and_then(|v| {
-            let mut p = v.splitn(3, ':');
-            let (rb, step, when) = (p.next()?, p.next()?, p.next()?);
-            tracing::warn!("test hook STANDBY_CRASH_AT={v} is set");
-            Some(CrashAt {
-                runbook: rb.into(),
-                step: step.into(),
-                after: when == "after",
-            })
-        });
-        Runbooks {
-            repo,
-            loaded,
-            errors,
-            crash_at,
-            cron_next: Default::default(),
-        }
-    }
-
-    pub fn repo(&self) -> &Arc<dyn RunbookRepo> {
-        &self.repo
-    }
-
-    pub fn get(&self, name: &str) -> Result<&Loaded, EngineError> {
-        self.loaded
-            .get(name)
-            .ok_or_else(|| EngineError::not_found("runbook", name))
-    }
-
-    pub fn all(&self) -> impl Iterator<Item = &Loaded> {
-        self.loaded.values()
-    }
-
-    pub fn errors(&self) -> &[String] {
-        &self.errors
-    }
-
-    fn crash(&self, runbook: &str, step: &str, after: bool) {
-        if let Some(c) = &self.crash_at
-            && c.runbook == runbook
-            && c.step == step
-            && c.after == after
-        {
-            tracing::error!(
-                runbook,
-                step,
-                "STANDBY_CRASH_AT: aborting the controller (test hook)"
-            );
-            std::process::abort();
-        }
-    }
-}
-
-fn runbook_files(path: &Path, errors: &mut Vec<String>) -> Vec<PathBuf> {
-    if path.is_dir() {
-        match std::fs::read_dir(path) {
-            Ok(rd) => {
-                let mut v: Vec<PathBuf> = rd
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-                    .collect();
-                v.sort();
-                v
-            }
-            Err(e) => {
-                errors.push(format!("{}: unable to read directory: {e}", path.display()));
-                Vec::new()
-            }
-        }
-    } else {
-        vec![path.to_path_buf()]
-    }
-}
-
-fn read_runbook(file: &Path) -> Result<Loaded, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("{}: unable to read: {e}", file.display()))?;
-    let name = file.display().to_string();
-    let rb = standby_runbook::parse(&name, &text).map_err(|e| e.to_string())?;
-    Ok(Loaded {
-        file: name,
-        source: text,
-        runbook: rb,
-    })
-}
 
 /// What a trigger asks for.
 #[derive(Debug, Clone, Default)]

@@ -4,22 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 use standby_types::watch::{Event, Labels, ProbeResult, ProbeSpec, Severity};
 
 pub use standby_agent::{Heartbeat, HeartbeatReply};
 
+use super::state::AgentSeen;
 use crate::controller::Controller;
 use crate::error::EngineError;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentSeen {
-    pub site: String,
-    pub first_seen: DateTime<Utc>,
-    pub last_seen: DateTime<Utc>,
-    pub version: String,
-}
 
 /// The probes a vantage point runs.
 pub fn probes_for(ctl: &Controller, vantage: &str) -> Vec<ProbeSpec> {

@@ -2,64 +2,23 @@
 //! it fires: settling (inhibition, silences, incident, notification),
 //! acknowledgement, resolution.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use standby_db::{AlertQuery, WatchRepo};
 use standby_monitor::{Transition, TransitionKind};
 use standby_types::watch::{Alert, AlertState, Event, Labels, Silence};
 
+use super::state::Track;
 use crate::controller::Controller;
 use crate::error::EngineError;
-
-/// What the controller remembers about an active alert besides its row.
-#[derive(Debug, Clone)]
-pub struct Track {
-    /// When inhibition and silences are checked and the alert acted on;
-    /// None once done.
-    settle_at: Option<DateTime<Utc>>,
-    incident_template: Option<String>,
-    /// A firing notification went out, so a resolved one follows.
-    notified: bool,
-}
-
-impl Track {
-    /// An alert that was active before a restart: already settled; it was
-    /// notified unless it was muted (checked when it resolves).
-    pub fn restored() -> Self {
-        Track {
-            settle_at: None,
-            incident_template: None,
-            notified: true,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AckRequest {
     /// Who acknowledges.
     #[serde(default)]
     pub by: Option<String>,
-}
-
-pub(super) async fn load_active(
-    repo: &dyn WatchRepo,
-) -> Result<HashMap<String, Alert>, EngineError> {
-    let list = repo
-        .alerts(&AlertQuery {
-            states: vec![AlertState::Firing, AlertState::Acknowledged],
-            rule: None,
-            limit: 100_000,
-        })
-        .await?;
-    let mut out: HashMap<String, Alert> = HashMap::new();
-    // Newest first: the first row of a fingerprint is the live one.
-    for a in list {
-        out.entry(a.fingerprint.clone()).or_insert(a);
-    }
-    Ok(out)
 }
 
 /// How long a fired alert waits before it is acted on: long enough for a

@@ -7,52 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use standby_monitor::RuleSet;
-use standby_types::config::Config;
+use chrono::Utc;
 
+use super::state::{RulesStatus, read};
 use crate::controller::Controller;
-use crate::error::EngineError;
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RulesStatus {
-    #[schema(value_type = Vec<String>)]
-    pub files: Vec<PathBuf>,
-    /// Names of the rules in force.
-    pub rules: Vec<String>,
-    pub loaded_at: DateTime<Utc>,
-    /// The last reload's error; the previous rules stayed in force.
-    pub error: Option<String>,
-    pub error_at: Option<DateTime<Utc>>,
-}
-
-fn read(cfg: &Config) -> Result<RuleSet, String> {
-    let mut set = if cfg.controller.builtin_rules {
-        RuleSet::builtin()
-    } else {
-        RuleSet::default()
-    };
-    for path in &cfg.controller.rules {
-        let src = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: unable to read rule file: {e}", path.display()))?;
-        let more = RuleSet::parse(&src, path).map_err(|e| e.to_string())?;
-        set = RuleSet::merge(set, more).map_err(|e| e.to_string())?;
-    }
-    Ok(set)
-}
-
-pub(super) fn load(cfg: &Config) -> Result<(RuleSet, RulesStatus), EngineError> {
-    let set = read(cfg).map_err(EngineError::BadRequest)?;
-    let status = RulesStatus {
-        files: cfg.controller.rules.clone(),
-        rules: set.names(),
-        loaded_at: Utc::now(),
-        error: None,
-        error_at: None,
-    };
-    Ok((set, status))
-}
 
 /// Re-read the rule files now. On error the rules in force stay.
 pub fn reload(ctl: &Controller) -> RulesStatus {
