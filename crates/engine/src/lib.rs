@@ -53,6 +53,12 @@ pub async fn start(ctl: &Arc<Controller>) -> Result<(), EngineError> {
     ctl.frontdoor
         .start(&ctl.cfg, &ctl.tasks, &ctl.cancel)
         .await?;
+    // Alerts reach the runbooks through a channel: the watch never
+    // calls into them.
+    if let Some(settled) = ctl.watch.take_settled() {
+        ctl.tasks
+            .spawn(runbooks::triggers::run_alert_triggers(ctl.clone(), settled));
+    }
     watch::spawn(ctl);
     ctl.tasks
         .spawn(runbooks::triggers::run_schedules(ctl.clone()));

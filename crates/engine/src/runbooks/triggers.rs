@@ -13,6 +13,24 @@ use super::{StartRequest, epoch, start};
 use crate::controller::Controller;
 use crate::error::EngineError;
 
+/// Start the runbooks of every alert the watch hands over as settled, in
+/// order, until the controller stops.
+pub async fn run_alert_triggers(
+    ctl: Arc<Controller>,
+    mut settled: tokio::sync::mpsc::UnboundedReceiver<Alert>,
+) {
+    loop {
+        let alert = tokio::select! {
+            _ = ctl.cancel.cancelled() => return,
+            a = settled.recv() => match a {
+                Some(a) => a,
+                None => return,
+            },
+        };
+        on_alert(&ctl, &alert).await;
+    }
+}
+
 /// An alert settled (not muted, incident opened if its rule has one):
 /// start every runbook whose alert trigger matches it.
 pub async fn on_alert(ctl: &Arc<Controller>, alert: &Alert) {

@@ -263,7 +263,7 @@ async fn settle_due(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), Eng
         if let Some(t) = w.track.lock().expect("track lock").get_mut(&fp) {
             t.notified = true;
         }
-        crate::runbooks::triggers::on_alert(ctl, &alert).await;
+        w.settled(alert.clone());
         to_notify.push(alert);
     }
     if !to_notify.is_empty() {

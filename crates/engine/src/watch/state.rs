@@ -13,7 +13,7 @@ use standby_db::{AlertQuery, WatchRepo};
 use standby_monitor::{Evaluator, RuleSet};
 use standby_types::config::Config;
 use standby_types::watch::{Alert, AlertState, Event, ProbeResult, Severity};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::error::EngineError;
 
@@ -38,6 +38,10 @@ pub struct Watch {
     pub(super) resolved_total: std::sync::atomic::AtomicU64,
     /// Wakes the notifier when a delivery is queued.
     pub(super) notify_wake: tokio::sync::Notify,
+    /// Alerts that settled (not muted), for whoever starts runbooks: the
+    /// watch does not call into runbooks, it hands alerts over.
+    settled_tx: mpsc::UnboundedSender<Alert>,
+    settled_rx: Mutex<Option<mpsc::UnboundedReceiver<Alert>>>,
 }
 
 impl Watch {
@@ -60,6 +64,7 @@ impl Watch {
             .map(|fp| (fp.clone(), Track::restored()))
             .collect();
         let silences = repo.silences(Some(Utc::now())).await?;
+        let (settled_tx, settled_rx) = mpsc::unbounded_channel();
         Ok(Watch {
             repo,
             evaluator: Mutex::new(evaluator),
@@ -74,7 +79,22 @@ impl Watch {
             started: Utc::now(),
             resolved_total: Default::default(),
             notify_wake: tokio::sync::Notify::new(),
+            settled_tx,
+            settled_rx: Mutex::new(Some(settled_rx)),
         })
+    }
+
+    /// Hand over an alert that settled (its incident opened, if any).
+    pub(super) fn settled(&self, alert: Alert) {
+        // The receiver lives as long as the controller's tasks run; after
+        // a stop nobody starts runbooks any more.
+        let _ = self.settled_tx.send(alert);
+    }
+
+    /// The settled alerts, in order; taken once, by whoever starts the
+    /// runbooks they trigger.
+    pub fn take_settled(&self) -> Option<mpsc::UnboundedReceiver<Alert>> {
+        self.settled_rx.lock().expect("settled lock").take()
     }
 
     pub fn repo(&self) -> &Arc<dyn WatchRepo> {
