@@ -16,7 +16,10 @@
 //! - [`auth`]: users, API tokens, portal sessions, agent secrets, the
 //!   layer that authenticates every request by its [`auth::RoleTable`],
 //!   and HTTPS.
-//! - [`portal`]: the web portal (server-rendered pages, live over SSE).
+//! - [`portal`]: the web portal (server-rendered pages, live over SSE):
+//!   `portal/pages/` has a file per page (dashboard, vms, vm, alerts,
+//!   incidents, jobs, drills, login) over the shared leaf
+//!   `portal/pages/common.rs`; `portal/model.rs` computes what they show.
 //! - [`metrics`]: `/metrics` in the OpenMetrics format.
 //! - [`stream`]: a job followed as server-sent events.
 //! - [`state`]: what handlers reach: the engine and the authentication
