@@ -21,7 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::{ApiQuery, ListParams, ListResult, Page, SCAN_CAP, operators_only, owner};
+use crate::api::common::{ApiQuery, ListParams, ListResult, Page, SCAN_CAP, operators_only, owner};
 use crate::auth::Principal;
 use crate::error::ServerError;
 use crate::state::AppState;

@@ -3,23 +3,35 @@
 //! of the engine (`standby_engine`).
 //!
 //! # Layout
-//! - [`api`]: the HTTP/JSON API under `/api/v1`; [`api_watch`], [`services`]
-//!   and [`runbooks`]: its watch, front-door and runbook routes;
-//!   [`openapi`]: its OpenAPI document, built from the same routes, and the
-//!   role each one needs.
+//! - [`api`]: the HTTP/JSON API under `/api/v1`: `api/mod.rs` assembles
+//!   the routers; handlers by concern in [`api::meta`], [`api::inventory`]
+//!   (sites, VMs, groups), [`api::points`], [`api::stores`] and
+//!   [`api::jobs`]; what they share (query, paging, tenant scoping) in the
+//!   leaf [`api::common`]. [`api_watch`], [`services`] and [`runbooks`]:
+//!   its watch, front-door and runbook routes.
+//! - [`openapi`]: the OpenAPI document, built from the same routes
+//!   ([`openapi::routes`]), and the role table read from it
+//!   ([`openapi::role_table`]); [`router`] and [`app`] hand that table to
+//!   the authentication layer.
 //! - [`auth`]: users, API tokens, portal sessions, agent secrets, the
-//!   layer that authenticates every request, and HTTPS.
-//! - [`portal`]: the web portal (server-rendered pages, live over SSE).
+//!   layer that authenticates every request by its [`auth::RoleTable`],
+//!   and HTTPS.
+//! - [`portal`]: the web portal (server-rendered pages, live over SSE):
+//!   `portal/pages/` has a file per page (dashboard, vms, vm, alerts,
+//!   incidents, jobs, drills, login) over the shared leaf
+//!   `portal/pages/common.rs`; `portal/model.rs` computes what they show.
 //! - [`metrics`]: `/metrics` in the OpenMetrics format.
 //! - [`stream`]: a job followed as server-sent events.
 //! - [`state`]: what handlers reach: the engine and the authentication
-//!   state.
+//!   state (it imports `auth`; `auth` does not import it).
 //! - [`error`]: [`ServerError`], the engine's errors and the API's own,
 //!   as HTTP statuses and stable codes.
 //!
 //! # Invariants
 //! - Every route is behind [`auth::layer`] and documented in the OpenAPI
 //!   document, which also gives the role it needs.
+//! - Imports go one way: `openapi` → `api` → sub-routers → `api::common`,
+//!   `state` → `auth`; no import cycles (`scripts/check-layout`).
 //! - Nothing here decides what happens to a VM: handlers check access,
 //!   parse, call the engine and render.
 
@@ -56,10 +68,23 @@ pub struct RunningServer {
     serve: JoinHandle<std::io::Result<()>>,
 }
 
-/// Every route of the controller, each behind [`auth::layer`].
+/// The API as served: every documented route ([`openapi::routes`]) and
+/// the portal, authentication with `table` (the roles the document
+/// declares, [`openapi::role_table`]), tracing.
+pub fn router(state: AppState, table: Arc<auth::RoleTable>) -> axum::Router {
+    let (api, _) = openapi::routes().split_for_parts();
+    api.merge(portal::routes())
+        .layer(axum::middleware::from_fn_with_state(table, auth::layer))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Every route of the controller, each behind [`auth::layer`], which
+/// receives its role table, read from the OpenAPI document, here.
 pub fn app(state: AppState) -> axum::Router {
-    api::router(state.clone())
-        .merge(auth::api::session_routes(state.clone()))
+    let table = Arc::new(openapi::role_table());
+    router(state.clone(), table.clone())
+        .merge(auth::api::session_routes(state.auth.clone(), table))
         .layer(axum::Extension(state.auth.clone()))
         .layer(axum::Extension(state.engine))
 }

@@ -2,7 +2,7 @@
 //! and printed offline by `standby api spec`.
 //!
 //! It is built from the handlers' own `#[utoipa::path]` annotations by the
-//! router that serves them ([`crate::api::routes`]): a route is registered
+//! router that serves them ([`routes`]): a route is registered
 //! and documented in one `routes!` call, so the two cannot drift (the tests
 //! below send every documented operation to the router, and fail on a
 //! `.route(` that bypasses the documentation).
@@ -17,8 +17,9 @@
 //! operation authenticated otherwise carries `x-standby-auth` instead
 //! (`none` for health, `signature` for HMAC-signed runbook webhooks,
 //! `agent` for agents' heartbeats and results) and no requirement.
-//! [`required_role`] reads the role back from the document, so the
-//! authentication layer enforces exactly what the document says.
+//! [`role_table`] reads the roles back from the document; the router is
+//! built with that table as the authentication layer's state, so the layer
+//! enforces exactly what the document says.
 
 use std::sync::{Arc, LazyLock};
 
@@ -27,8 +28,11 @@ use axum::extract::State;
 use axum::http::Method;
 use serde_json::Value;
 use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::auth::{Principal, Role};
+use crate::auth::{Access, OWN_ROUTES, Principal, Role, RoleTable, default_role};
+use crate::state::AppState;
 use standby_engine::Controller;
 
 /// Name of the portal's session cookie, as documented in the spec.
@@ -58,9 +62,18 @@ pub fn base() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// Every route under `/api/v1` (and `/metrics`) with its documentation:
+/// the document's frame, this document's own route and the API's
+/// (`crate::api::routes`).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(base())
+        .routes(routes!(openapi_json))
+        .merge(crate::api::routes())
+}
+
 /// The complete document: every route's operation with its role.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, mut api) = crate::api::routes().split_for_parts();
+    let (_, mut api) = routes().split_for_parts();
     finish(&mut api);
     api
 }
@@ -127,6 +140,35 @@ pub fn operations() -> Vec<OperationAuth> {
     out
 }
 
+/// The role table the authentication layer enforces: each operation of
+/// the document with the role it declares.
+pub fn role_table() -> RoleTable {
+    RoleTable::new(operations().into_iter().map(|o| (o.method, o.path, o.role)))
+}
+
+/// How a request is authenticated by the served router's role table
+/// ([`RoleTable::access`] of [`role_table`]).
+pub fn access(method: &Method, template: Option<&str>, raw_path: &str) -> Access {
+    static TABLE: LazyLock<RoleTable> = LazyLock::new(role_table);
+    TABLE.access(method, template, raw_path)
+}
+
+/// Every operation of the controller's API: (method, route template).
+/// The document's operations (so a route added to the API is in it by
+/// construction) and the portal's login and logout; the e2e tests
+/// generate the 401/403/404 matrix from it.
+pub fn route_table() -> Vec<(String, String)> {
+    operations()
+        .into_iter()
+        .map(|o| (o.method.as_str().to_string(), o.path))
+        .chain(
+            OWN_ROUTES
+                .iter()
+                .map(|(m, p)| (m.to_string(), p.to_string())),
+        )
+        .collect()
+}
+
 fn operation<'a>(doc: &'a Value, method: &Method, path: &str) -> Option<&'a Value> {
     doc.get("paths")?
         .get(path)?
@@ -142,16 +184,6 @@ fn role_of(op: &Value) -> Option<Role> {
         .flat_map(|req| req.values())
         .filter_map(|scopes| scopes.get(0)?.as_str()?.parse().ok())
         .next()
-}
-
-/// The role an operation needs when its handler does not say: GET reads,
-/// anything else acts.
-pub fn default_role(method: &str) -> Role {
-    if method.eq_ignore_ascii_case("get") || method.eq_ignore_ascii_case("head") {
-        Role::Viewer
-    } else {
-        Role::Operator
-    }
 }
 
 /// Security schemes, default roles and the error response of every
@@ -232,6 +264,53 @@ mod tests {
 
     fn doc() -> Value {
         serde_json::to_value(openapi()).unwrap()
+    }
+
+    #[test]
+    fn routes_need_viewer_to_read_operator_to_act_admin_to_administer() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(
+            role_table().access(&get, Some("/api/v1/health"), "/api/v1/health"),
+            Access::Public
+        );
+        assert_eq!(
+            role_table().access(&get, Some("/api/v1/vms"), "/"),
+            Access::Role(Role::Viewer)
+        );
+        assert_eq!(
+            role_table().access(&post, Some("/api/v1/vms/{name}/stop"), "/"),
+            Access::Role(Role::Operator)
+        );
+        assert_eq!(
+            role_table().access(&post, Some("/api/v1/sites/{name}/fence"), "/"),
+            Access::Role(Role::Admin)
+        );
+        assert_eq!(
+            role_table().access(&get, Some("/api/v1/tokens"), "/"),
+            Access::Role(Role::Admin)
+        );
+        assert_eq!(
+            role_table().access(&post, Some("/api/v1/agents/{name}/heartbeat"), "/"),
+            Access::Agent
+        );
+        assert_eq!(
+            role_table().access(&post, Some("/api/v1/runbooks/{name}/webhook"), "/"),
+            Access::Public
+        );
+        // The GET of the same template as the webhook is not public.
+        assert_eq!(
+            role_table().access(&get, None, "/static/app.js"),
+            Access::Public
+        );
+        assert_eq!(
+            role_table().access(&post, None, "/static/app.js"),
+            Access::Role(Role::Viewer)
+        );
+        assert_eq!(
+            role_table().access(&get, None, "/nothing"),
+            Access::Role(Role::Viewer)
+        );
     }
 
     #[test]
@@ -402,7 +481,13 @@ mod tests {
 
     /// The API's source files, scanned for routes that bypass `routes!`.
     const SOURCES: &[(&str, &str)] = &[
-        ("api.rs", include_str!("api.rs")),
+        ("api/mod.rs", include_str!("api/mod.rs")),
+        ("api/common.rs", include_str!("api/common.rs")),
+        ("api/meta.rs", include_str!("api/meta.rs")),
+        ("api/inventory.rs", include_str!("api/inventory.rs")),
+        ("api/points.rs", include_str!("api/points.rs")),
+        ("api/stores.rs", include_str!("api/stores.rs")),
+        ("api/jobs.rs", include_str!("api/jobs.rs")),
         ("api_watch.rs", include_str!("api_watch.rs")),
         ("services.rs", include_str!("services.rs")),
         ("runbooks.rs", include_str!("runbooks.rs")),
@@ -459,10 +544,13 @@ disk_dir = "disks"
         let auth = crate::auth::Auth::open(&ctl.cfg, ctl.auth_repo.clone())
             .await
             .unwrap();
-        let app = crate::api::router(crate::AppState {
-            engine: ctl.clone(),
-            auth: std::sync::Arc::new(auth),
-        });
+        let app = crate::router(
+            crate::AppState {
+                engine: ctl.clone(),
+                auth: std::sync::Arc::new(auth),
+            },
+            Arc::new(role_table()),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, app).await });

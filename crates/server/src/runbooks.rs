@@ -16,8 +16,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::check_job;
-use crate::api::owner::TENANT_RUNBOOKS;
+use crate::api::common::check_job;
+use crate::api::common::owner::TENANT_RUNBOOKS;
 use crate::auth::Principal;
 use crate::error::ServerError;
 use crate::state::AppState;

@@ -9,7 +9,7 @@ use standby_types::api::{ApiError, ServiceView, SwitchRequest, SwitchResult};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::{ApiQuery, ListParams, ListResult, Page};
+use crate::api::common::{ApiQuery, ListParams, ListResult, Page};
 use crate::auth::Principal;
 use crate::error::ServerError;
 use crate::state::AppState;

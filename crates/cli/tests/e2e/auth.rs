@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use standby_server::auth::{Access, Role, access, route_table};
+use standby_server::auth::{Access, Role};
+use standby_server::openapi::{access, route_table};
 
 use crate::harness::{Lab, LabOptions, STANDBY, free_port};
 

@@ -2,7 +2,7 @@
 //! portal's `POST /login` / `POST /logout`.
 //!
 //! The `/api/v1` ones are registered through [`OpenApiRouter`] like every
-//! other API route ([`routes`], merged by [`crate::api::routes`]), so they
+//! other API route ([`routes`], merged by `crate::api::routes`), so they
 //! are in the OpenAPI document with their roles: `whoami` for any
 //! authenticated caller, tokens and users for an admin. `/login` and
 //! `/logout` are the portal's form posts, outside the API
@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::post;
@@ -26,17 +26,21 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::Auth;
+use super::{Auth, RoleTable};
 use super::{Principal, Role, SESSION_COOKIE, SESSION_TTL, cookie_value, random_secret, sha256};
 use crate::error::ServerError;
-use crate::state::AppState;
 
 type Ctl = State<Arc<Auth>>;
 type ApiResult<T> = Result<Json<T>, ServerError>;
 
 /// The `/api/v1` routes of this module, each documented; behind
-/// [`super::layer`] with the rest of the API.
-pub fn routes() -> OpenApiRouter<AppState> {
+/// [`super::layer`] with the rest of the API. Generic over the router's
+/// state, which only has to hold the [`Auth`].
+pub fn routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Auth>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(whoami))
         .routes(routes!(tokens, token_create))
@@ -46,13 +50,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The portal's `POST /login` and `POST /logout` (public: see
-/// [`super::access`]), behind [`super::layer`].
-pub fn session_routes(state: AppState) -> Router {
+/// [`RoleTable::access`]), behind [`super::layer`] with the role table.
+pub fn session_routes(auth: Arc<Auth>, table: Arc<RoleTable>) -> Router {
     Router::new()
         .route("/login", post(login))
         .route("/logout", post(logout))
-        .layer(axum::middleware::from_fn(super::layer))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(table, super::layer))
+        .with_state(auth)
 }
 
 /// `POST /api/v1/tokens`.

@@ -28,21 +28,22 @@
 //!
 //! # The layer
 //! [`layer`] runs inside the router (so `MatchedPath` names the route
-//! template) and decides by [`access`]: public routes pass, agent routes
-//! need their agent's secret, everything else a principal whose role is at
-//! least [`required_role`] — 401 (with `WWW-Authenticate: Bearer`) for no,
-//! bad, expired or revoked credentials, 403 for a role too low or a
+//! template) and decides by [`RoleTable::access`]: public routes pass,
+//! agent routes need their agent's secret, everything else a principal
+//! whose role is at least its route's in the [`RoleTable`] (read from the
+//! OpenAPI document and handed to the layer when the router is built) —
+//! 401 (with `WWW-Authenticate: Bearer`) for no, bad, expired or revoked credentials, 403 for a role too low or a
 //! missing CSRF token. Secrets are compared in constant time and never
 //! logged.
 
 pub mod api;
 pub mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, MatchedPath, Request};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
@@ -220,66 +221,82 @@ const AGENT: &[(&str, &str)] = &[
     ("POST", "/api/v1/agents/{name}/heartbeat"),
     ("POST", "/api/v1/agents/{name}/results"),
 ];
-/// The role a route needs, by method and route template; None for routes
-/// without bearer authentication (see [`access`]). A route of the API
-/// (this module's tokens, users and `whoami` included) takes the role its
-/// OpenAPI operation declares ([`crate::openapi`]: one source of truth);
-/// the portal's pages, outside the document, follow its default policy:
-/// GET needs a viewer, writes an operator.
-pub fn required_role(method: &Method, path: &str) -> Option<Role> {
-    let m = method.as_str();
-    if PUBLIC
-        .iter()
-        .chain(AGENT)
-        .any(|(pm, pp)| *pm == m && *pp == path)
-    {
-        return None;
+/// The role an operation needs when its handler does not say: GET reads,
+/// anything else acts (the portal's pages, and the OpenAPI document's
+/// default).
+pub fn default_role(method: &str) -> Role {
+    if method.eq_ignore_ascii_case("get") || method.eq_ignore_ascii_case("head") {
+        Role::Viewer
+    } else {
+        Role::Operator
     }
-    Some(
-        crate::openapi::required_role(method, path)
-            .unwrap_or_else(|| crate::openapi::default_role(method.as_str())),
-    )
+}
+
+/// The role each route needs, by method and route template. A route of
+/// the API (this module's tokens, users and `whoami` included) takes the
+/// role its OpenAPI operation declares (one source of truth: the table is
+/// read from the document when the router is built, and handed to
+/// [`layer`] as its state); the portal's pages, outside the document,
+/// follow the default policy ([`default_role`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoleTable {
+    roles: HashMap<(String, String), Role>,
+}
+
+impl RoleTable {
+    /// From each operation's method, route template and declared role
+    /// (None: authenticated otherwise).
+    pub fn new(ops: impl IntoIterator<Item = (Method, String, Option<Role>)>) -> RoleTable {
+        let roles = ops
+            .into_iter()
+            .filter_map(|(m, path, role)| Some(((m.as_str().to_string(), path), role?)))
+            .collect();
+        RoleTable { roles }
+    }
+
+    /// The role a route needs, by method and route template; None for
+    /// routes without bearer authentication (see [`RoleTable::access`]).
+    pub fn required_role(&self, method: &Method, path: &str) -> Option<Role> {
+        let m = method.as_str();
+        if PUBLIC
+            .iter()
+            .chain(AGENT)
+            .any(|(pm, pp)| *pm == m && *pp == path)
+        {
+            return None;
+        }
+        Some(
+            self.roles
+                .get(&(m.to_string(), path.to_string()))
+                .copied()
+                .unwrap_or_else(|| default_role(m)),
+        )
+    }
+
+    /// How a request to `path` (its route template when it matched one,
+    /// else the raw path) is authenticated.
+    pub fn access(&self, method: &Method, template: Option<&str>, raw_path: &str) -> Access {
+        let m = method.as_str();
+        if raw_path.starts_with("/static/") && (*method == Method::GET || *method == Method::HEAD) {
+            return Access::Public;
+        }
+        let Some(t) = template else {
+            // No route: authenticate anyway, so unknown paths leak nothing.
+            return Access::Role(Role::Viewer);
+        };
+        if AGENT.iter().any(|(am, ap)| *am == m && *ap == t) {
+            return Access::Agent;
+        }
+        match self.required_role(method, t) {
+            Some(r) => Access::Role(r),
+            None => Access::Public,
+        }
+    }
 }
 
 /// Routes outside `/api/v1`, which the OpenAPI document does not list:
 /// the portal's form posts ([`api::session_routes`]).
-const OWN_ROUTES: &[(&str, &str)] = &[("POST", "/login"), ("POST", "/logout")];
-
-/// Every operation of the controller's API: (method, route template).
-/// The OpenAPI document's operations (so a route added to the API is in
-/// it by construction) and the portal's login and logout; the e2e tests
-/// generate the 401/403/404 matrix from it.
-pub fn route_table() -> Vec<(String, String)> {
-    crate::openapi::operations()
-        .into_iter()
-        .map(|o| (o.method.as_str().to_string(), o.path))
-        .chain(
-            OWN_ROUTES
-                .iter()
-                .map(|(m, p)| (m.to_string(), p.to_string())),
-        )
-        .collect()
-}
-
-/// How a request to `path` (its route template when it matched one,
-/// else the raw path) is authenticated.
-pub fn access(method: &Method, template: Option<&str>, raw_path: &str) -> Access {
-    let m = method.as_str();
-    if raw_path.starts_with("/static/") && (*method == Method::GET || *method == Method::HEAD) {
-        return Access::Public;
-    }
-    let Some(t) = template else {
-        // No route: authenticate anyway, so unknown paths leak nothing.
-        return Access::Role(Role::Viewer);
-    };
-    if AGENT.iter().any(|(am, ap)| *am == m && *ap == t) {
-        return Access::Agent;
-    }
-    match required_role(method, t) {
-        Some(r) => Access::Role(r),
-        None => Access::Public,
-    }
-}
+pub const OWN_ROUTES: &[(&str, &str)] = &[("POST", "/login"), ("POST", "/logout")];
 
 /// The controller's authentication state.
 pub struct Auth {
@@ -498,7 +515,7 @@ fn unauthorized(msg: impl Into<String>) -> Response {
 /// session, its [`Csrf`]) in the request's extensions. Needs the
 /// authentication state as an `Arc<Auth>` extension (set by
 /// [`crate::app`]).
-pub async fn layer(mut req: Request, next: Next) -> Response {
+pub async fn layer(State(table): State<Arc<RoleTable>>, mut req: Request, next: Next) -> Response {
     let Some(auth) = req.extensions().get::<Arc<Auth>>().cloned() else {
         return ServerError::Internal("authentication is not set up".into()).into_response();
     };
@@ -507,7 +524,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string());
     let method = req.method().clone();
-    let role = match access(&method, template.as_deref(), req.uri().path()) {
+    let role = match table.access(&method, template.as_deref(), req.uri().path()) {
         Access::Public => return next.run(req).await,
         Access::Agent => {
             let name = req.uri().path().split('/').nth(4).unwrap_or_default();
@@ -581,47 +598,6 @@ mod tests {
     use standby_db::SqliteRepo;
 
     use super::*;
-
-    #[test]
-    fn routes_need_viewer_to_read_operator_to_act_admin_to_administer() {
-        let get = Method::GET;
-        let post = Method::POST;
-        assert_eq!(
-            access(&get, Some("/api/v1/health"), "/api/v1/health"),
-            Access::Public
-        );
-        assert_eq!(
-            access(&get, Some("/api/v1/vms"), "/"),
-            Access::Role(Role::Viewer)
-        );
-        assert_eq!(
-            access(&post, Some("/api/v1/vms/{name}/stop"), "/"),
-            Access::Role(Role::Operator)
-        );
-        assert_eq!(
-            access(&post, Some("/api/v1/sites/{name}/fence"), "/"),
-            Access::Role(Role::Admin)
-        );
-        assert_eq!(
-            access(&get, Some("/api/v1/tokens"), "/"),
-            Access::Role(Role::Admin)
-        );
-        assert_eq!(
-            access(&post, Some("/api/v1/agents/{name}/heartbeat"), "/"),
-            Access::Agent
-        );
-        assert_eq!(
-            access(&post, Some("/api/v1/runbooks/{name}/webhook"), "/"),
-            Access::Public
-        );
-        // The GET of the same template as the webhook is not public.
-        assert_eq!(access(&get, None, "/static/app.js"), Access::Public);
-        assert_eq!(
-            access(&post, None, "/static/app.js"),
-            Access::Role(Role::Viewer)
-        );
-        assert_eq!(access(&get, None, "/nothing"), Access::Role(Role::Viewer));
-    }
 
     #[test]
     fn cookies_and_bearer_headers_are_read_strictly() {

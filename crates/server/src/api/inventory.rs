@@ -1,0 +1,245 @@
+//! Sites, VMs and protection groups.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use standby_types::api::{ApiError, FenceRequest, JobRef, ShutdownRequest, SiteView, VmView};
+use standby_types::model::GroupRecord;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::common::{
+    ApiQuery, ApiResult, Ctl, ListParams, ListResult, Listed, Page, check_vm, operators_only,
+};
+use crate::auth::Principal;
+use crate::error::ServerError;
+use crate::state::AppState;
+use standby_engine::scheduler::start_group_run;
+use standby_engine::vms;
+
+/// The routes of this module, each documented.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sites))
+        .routes(routes!(site_fence))
+        .routes(routes!(site_unfence))
+        .routes(routes!(vms))
+        .routes(routes!(vm))
+        .routes(routes!(vm_start))
+        .routes(routes!(vm_shutdown))
+        .routes(routes!(vm_stop))
+        .routes(routes!(groups))
+        .routes(routes!(group_run))
+}
+
+/// Sites with their hosts, datastores, active VMs and fence (operators'
+/// only: a tenant's user gets an empty list).
+#[utoipa::path(get, path = "/api/v1/sites", tag = "sites", params(ListParams),
+    responses((status = 200, body = Vec<SiteView>,
+        headers(("x-total-count" = u64, description = "Number of matches")))))]
+async fn sites(
+    State(ctl): Ctl,
+    who: Principal,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ListResult<SiteView> {
+    let page = Page::new(q.limit, q.offset)?;
+    if who.tenant.is_some() {
+        return Ok(page.of(Vec::new()));
+    }
+    let vms = ctl.repo.vms().await?;
+    let out = ctl
+        .repo
+        .sites()
+        .await?
+        .into_iter()
+        .map(|s| SiteView {
+            hosts: ctl
+                .cfg
+                .hosts
+                .iter()
+                .filter(|(_, h)| h.site == s.name)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            datastores: ctl
+                .cfg
+                .datastores_at(&s.name)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            vms: vms
+                .iter()
+                .filter(|v| v.active_site == s.name)
+                .map(|v| v.name.clone())
+                .collect(),
+            fenced: ctl.fence_of(&s.name).is_some(),
+            fenced_since: ctl.fence_of(&s.name).map(|f| f.since),
+            fence_reason: ctl.fence_of(&s.name).map(|f| f.reason),
+            name: s.name,
+            description: s.description,
+        })
+        .collect();
+    Ok(page.of(out))
+}
+
+/// Fence a site: it runs no VM until unfenced (admin).
+#[utoipa::path(post, path = "/api/v1/sites/{name}/fence", tag = "sites",
+    params(("name" = String, Path, description = "Site")),
+    request_body(content = Option<FenceRequest>, description = "Optional reason"),
+    security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
+    responses((status = 200, description = "The fence", body = Object),
+        (status = 404, body = ApiError)))]
+async fn site_fence(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<serde_json::Value> {
+    operators_only(&who, "site", &name)?;
+    let req: FenceRequest = if body.is_empty() {
+        FenceRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ServerError::BadRequest(format!("bad fence request: {e}")))?
+    };
+    Ok(Json(ctl.fence_site(&name, &req.reason).await?))
+}
+
+/// Lift a site's fence (admin).
+#[utoipa::path(post, path = "/api/v1/sites/{name}/unfence", tag = "sites",
+    params(("name" = String, Path, description = "Site")),
+    security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
+    responses((status = 200, description = "The lifted fence", body = Object),
+        (status = 404, body = ApiError)))]
+async fn site_unfence(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    operators_only(&who, "site", &name)?;
+    Ok(Json(ctl.unfence_site(&name).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct VmParams {
+    /// Only VMs active at this site.
+    site: Option<String>,
+    /// Only members of this protection group.
+    group: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<u32>,
+    /// Skip this many first.
+    offset: Option<u32>,
+}
+
+/// VMs with their live state, groups and newest point.
+#[utoipa::path(get, path = "/api/v1/vms", tag = "vms", params(VmParams),
+    responses((status = 200, body = Vec<VmView>,
+        headers(("x-total-count" = u64, description = "Number of matches")))))]
+async fn vms(
+    State(ctl): Ctl,
+    who: Principal,
+    ApiQuery(q): ApiQuery<VmParams>,
+) -> ListResult<VmView> {
+    let page = Page::new(q.limit, q.offset)?;
+    let records: Vec<_> = ctl
+        .repo
+        .vms()
+        .await?
+        .into_iter()
+        .filter(|v| who.sees(ctl.cfg.tenant_of_vm(&v.name)))
+        .filter(|v| q.site.as_ref().is_none_or(|s| &v.active_site == s))
+        .filter(|v| {
+            q.group
+                .as_ref()
+                .is_none_or(|g| ctl.cfg.groups_of(&v.name).contains(&g.as_str()))
+        })
+        .collect();
+    let listed = page.of(records);
+    Ok(Listed {
+        items: vms::views(&ctl, listed.items).await?,
+        total: listed.total,
+    })
+}
+
+/// One VM.
+#[utoipa::path(get, path = "/api/v1/vms/{name}", tag = "vms",
+    params(("name" = String, Path, description = "VM")),
+    responses((status = 200, body = VmView), (status = 404, body = ApiError)))]
+async fn vm(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<VmView> {
+    check_vm(&ctl, &who, &name)?;
+    Ok(Json(vms::view(&ctl, &name).await?))
+}
+
+/// Start a VM at its active host.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/start", tag = "vms",
+    params(("name" = String, Path, description = "VM")),
+    responses((status = 200, body = VmView), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+async fn vm_start(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<VmView> {
+    check_vm(&ctl, &who, &name)?;
+    vms::start(&ctl, &name).await?;
+    Ok(Json(vms::view(&ctl, &name).await?))
+}
+
+/// Shut a VM down gracefully (SIGTERM, then SIGKILL after the timeout).
+#[utoipa::path(post, path = "/api/v1/vms/{name}/shutdown", tag = "vms",
+    params(("name" = String, Path, description = "VM")),
+    request_body(content = Option<ShutdownRequest>),
+    responses((status = 200, body = VmView), (status = 404, body = ApiError)))]
+async fn vm_shutdown(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(name): Path<String>,
+    body: Option<Json<ShutdownRequest>>,
+) -> ApiResult<VmView> {
+    check_vm(&ctl, &who, &name)?;
+    let timeout = body
+        .and_then(|b| b.timeout_secs)
+        .map(std::time::Duration::from_secs);
+    vms::shutdown(&ctl, &name, timeout).await?;
+    Ok(Json(vms::view(&ctl, &name).await?))
+}
+
+/// Stop a VM at once.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/stop", tag = "vms",
+    params(("name" = String, Path, description = "VM")),
+    responses((status = 200, body = VmView), (status = 404, body = ApiError)))]
+async fn vm_stop(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<VmView> {
+    check_vm(&ctl, &who, &name)?;
+    vms::stop(&ctl, &name).await?;
+    Ok(Json(vms::view(&ctl, &name).await?))
+}
+
+/// Protection groups with their schedule and last run.
+#[utoipa::path(get, path = "/api/v1/groups", tag = "groups", params(ListParams),
+    responses((status = 200, body = Vec<GroupRecord>,
+        headers(("x-total-count" = u64, description = "Number of matches")))))]
+async fn groups(
+    State(ctl): Ctl,
+    who: Principal,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ListResult<GroupRecord> {
+    let page = Page::new(q.limit, q.offset)?;
+    let all: Vec<GroupRecord> = ctl
+        .repo
+        .groups()
+        .await?
+        .into_iter()
+        .filter(|g| who.sees(ctl.cfg.tenant_of_group(&g.name)))
+        .collect();
+    Ok(page.of(all))
+}
+
+/// Take a point of every member of a group now.
+#[utoipa::path(post, path = "/api/v1/groups/{name}/run", tag = "groups",
+    params(("name" = String, Path, description = "Protection group")),
+    responses((status = 200, description = "The job", body = JobRef),
+        (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn group_run(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<JobRef> {
+    who.check(ctl.cfg.tenant_of_group(&name), "group", &name)?;
+    Ok(Json(JobRef {
+        job: start_group_run(&ctl, &name).await?,
+    }))
+}
