@@ -73,40 +73,54 @@ fn schemathesis_finds_no_server_error() {
     let lab = Lab::new(LabOptions::default());
     let bin = schemathesis();
     let base = format!("http://127.0.0.1:{}", lab.api);
-    let report = lab.path("schemathesis");
-    let mut cmd = Command::new(&bin);
-    cmd.args(["run", &format!("{base}/api/v1/openapi.json")])
-        .args(["--url", &base])
-        .args(["--checks", "not_a_server_error"])
-        .args(["--phases", "examples,coverage,fuzzing"])
-        .args(["--max-examples", "15", "--seed", "7"])
-        .args(["--workers", "2", "--request-timeout", "20"])
-        .args(["--exclude-path-regex", "/stream$"])
-        .args([
-            "--exclude-path-regex",
-            r"^/api/v1/runbooks/\{[a-z_]+\}/(run|webhook)$",
-        ])
-        .args(["--generation-database", "none", "--no-color"])
-        .args(["--report", "junit", "--report-dir"])
-        .arg(&report)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(t) = token(&lab.path("controller")) {
-        cmd.args(["--header", &format!("Authorization: Bearer {t}")]);
+    let run = |attempt: u32| -> (std::process::ExitStatus, String) {
+        let report = lab.path(&format!("schemathesis-{attempt}"));
+        let mut cmd = Command::new(&bin);
+        cmd.args(["run", &format!("{base}/api/v1/openapi.json")])
+            .args(["--url", &base])
+            .args(["--checks", "not_a_server_error"])
+            .args(["--phases", "examples,coverage,fuzzing"])
+            .args(["--max-examples", "15", "--seed", "7"])
+            .args(["--workers", "2", "--request-timeout", "20"])
+            .args(["--exclude-path-regex", "/stream$"])
+            .args([
+                "--exclude-path-regex",
+                r"^/api/v1/runbooks/\{[a-z_]+\}/(run|webhook)$",
+            ])
+            .args(["--generation-database", "none", "--no-color"])
+            .args(["--report", "junit", "--report-dir"])
+            .arg(&report)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(t) = token(&lab.path("controller")) {
+            cmd.args(["--header", &format!("Authorization: Bearer {t}")]);
+        }
+        let out_path = lab.path(&format!("schemathesis-{attempt}.log"));
+        let log = std::fs::File::create(&out_path).unwrap();
+        cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): install it with scripts/test (schemathesis from PyPI)",
+                bin.display()
+            )
+        });
+        let status = wait_bounded(&mut child, Duration::from_secs(600), "schemathesis");
+        let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+        eprintln!("{out}");
+        (status, out)
+    };
+    let (mut status, mut out) = run(1);
+    // schemathesis's own generator sometimes trips over CPython's `ast`
+    // from two worker threads (a "Runtime Error" of the tool, not a finding
+    // about the server): run again once then, and only then.
+    if !status.success()
+        && out.contains("AST constructor recursion depth mismatch")
+        && !out.contains("FAILURES")
+    {
+        eprintln!("schemathesis failed inside itself (not a server error): running it again");
+        (status, out) = run(2);
     }
-    let out_path = lab.path("schemathesis.log");
-    let log = std::fs::File::create(&out_path).unwrap();
-    cmd.stdout(log.try_clone().unwrap()).stderr(log);
-    let mut child = cmd.spawn().unwrap_or_else(|e| {
-        panic!(
-            "cannot run {} ({e}): install it with scripts/test (schemathesis from PyPI)",
-            bin.display()
-        )
-    });
-    let status = wait_bounded(&mut child, Duration::from_secs(600), "schemathesis");
-    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
-    eprintln!("{out}");
     assert!(
         status.success(),
         "schemathesis found problems ({status}); server log:\n{}",
