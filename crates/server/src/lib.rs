@@ -22,6 +22,8 @@
 //!   `portal/pages/common.rs`; `portal/model.rs` computes what they show.
 //! - [`metrics`]: `/metrics` in the OpenMetrics format.
 //! - [`stream`]: a job followed as server-sent events.
+//! - [`tenancy`]: who owns what, one set of rules for the API and the
+//!   portal.
 //! - [`state`]: what handlers reach: the engine and the authentication
 //!   state (it imports `auth`; `auth` does not import it).
 //! - [`error`]: [`ServerError`], the engine's errors and the API's own,
@@ -46,6 +48,7 @@ pub mod runbooks;
 pub mod services;
 pub mod state;
 pub mod stream;
+pub mod tenancy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

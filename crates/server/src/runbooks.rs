@@ -17,10 +17,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::common::check_job;
-use crate::api::common::owner::TENANT_RUNBOOKS;
 use crate::auth::Principal;
 use crate::error::ServerError;
 use crate::state::AppState;
+use crate::tenancy::TENANT_RUNBOOKS;
 use standby_engine::Controller;
 use standby_engine::runbooks::{StartRequest, start, triggers};
 

@@ -102,69 +102,6 @@ impl<T: Serialize> IntoResponse for Listed<T> {
 
 pub(crate) type ListResult<T> = Result<Listed<T>, ServerError>;
 
-/// Who owns what, for tenant scoping: `Some(tenant)` for a tenant's
-/// object, `None` for the operators' own (see `docs/api.md`).
-pub mod owner {
-    use standby_types::config::Config;
-    use standby_types::model::Job;
-    use standby_types::watch::Labels;
-
-    use crate::error::ServerError;
-    use standby_engine::Controller;
-
-    /// The runbooks a tenant's user may run, for a VM of theirs (`vm`
-    /// parameter).
-    pub const TENANT_RUNBOOKS: &[&str] = &["drill", "move-vm"];
-
-    /// A point belongs to its VM's tenant; so does a point id `vm@time`.
-    pub fn point<'a>(cfg: &'a Config, point_id: &str) -> Option<&'a str> {
-        let vm = point_id.split_once('@').map_or(point_id, |(vm, _)| vm);
-        cfg.tenant_of_vm(vm)
-    }
-
-    /// An alert, incident or event: its `tenant` label, else the tenant of
-    /// its `vm`, `service` or `group` label; none of them: the operators'.
-    pub fn labels<'a>(cfg: &'a Config, labels: &'a Labels) -> Option<&'a str> {
-        if let Some(t) = labels.get("tenant") {
-            return Some(t);
-        }
-        labels
-            .get("vm")
-            .and_then(|v| cfg.tenant_of_vm(v))
-            .or_else(|| labels.get("service").and_then(|s| cfg.tenant_of_service(s)))
-            .or_else(|| labels.get("group").and_then(|g| cfg.tenant_of_group(g)))
-    }
-
-    /// A job without a database look-up: a restore is its point's VM's, a
-    /// protection run its group's; maintenance of datastores the
-    /// operators'. `None` for a runbook job (see [`job`]).
-    pub fn job_by_kind<'a>(cfg: &'a Config, job: &Job) -> Option<Option<&'a str>> {
-        match job.kind.as_str() {
-            "restore" => Some(point(cfg, &job.target)),
-            "protect" => Some(cfg.tenant_of_group(&job.target)),
-            "runbook" => None,
-            _ => Some(None),
-        }
-    }
-
-    /// A runbook job belongs to the tenant of its `vm` parameter.
-    pub fn runbook_params<'a>(cfg: &'a Config, params: &serde_json::Value) -> Option<&'a str> {
-        params
-            .get("vm")
-            .and_then(|v| v.as_str())
-            .and_then(|vm| cfg.tenant_of_vm(vm))
-    }
-
-    /// The tenant of any job.
-    pub async fn job(ctl: &Controller, job: &Job) -> Result<Option<String>, ServerError> {
-        if let Some(o) = job_by_kind(&ctl.cfg, job) {
-            return Ok(o.map(String::from));
-        }
-        let run = ctl.runbooks.repo().run(job.id).await?;
-        Ok(runbook_params(&ctl.cfg, &run.run.params).map(String::from))
-    }
-}
-
 /// 404 unless the principal sees the job.
 pub(crate) async fn check_job(
     ctl: &Controller,
@@ -174,7 +111,7 @@ pub(crate) async fn check_job(
     if who.tenant.is_none() {
         return Ok(());
     }
-    let o = owner::job(ctl, job).await?;
+    let o = crate::tenancy::job(ctl, job).await?;
     who.check(o.as_deref(), "job", &job.id.to_string())
 }
 
@@ -285,54 +222,84 @@ backends = { site1 = "127.0.0.1:5060" }
     #[test]
     fn labels_belong_to_the_tenant_label_then_vm_service_group() {
         let c = cfg();
-        assert_eq!(owner::labels(&c, &labels(&[("vm", "pbx1")])), Some("acme"));
         assert_eq!(
-            owner::labels(&c, &labels(&[("vm", "pbx2")])),
+            crate::tenancy::labels(&c, &labels(&[("vm", "pbx1")])),
+            Some("acme")
+        );
+        assert_eq!(
+            crate::tenancy::labels(&c, &labels(&[("vm", "pbx2")])),
             Some("globex")
         );
         assert_eq!(
-            owner::labels(&c, &labels(&[("service", "sip")])),
+            crate::tenancy::labels(&c, &labels(&[("service", "sip")])),
             Some("acme")
         );
         assert_eq!(
-            owner::labels(&c, &labels(&[("group", "acme-gold")])),
+            crate::tenancy::labels(&c, &labels(&[("group", "acme-gold")])),
             Some("acme")
         );
         assert_eq!(
-            owner::labels(&c, &labels(&[("tenant", "globex"), ("vm", "pbx1")])),
+            crate::tenancy::labels(&c, &labels(&[("tenant", "globex"), ("vm", "pbx1")])),
             Some("globex")
         );
         // The operators' own: no label names a tenant's object.
-        assert_eq!(owner::labels(&c, &labels(&[("vm", "core")])), None);
-        assert_eq!(owner::labels(&c, &labels(&[("site", "site1")])), None);
-        assert_eq!(owner::labels(&c, &labels(&[("vm", "no-such-vm")])), None);
+        assert_eq!(crate::tenancy::labels(&c, &labels(&[("vm", "core")])), None);
+        assert_eq!(
+            crate::tenancy::labels(&c, &labels(&[("site", "site1")])),
+            None
+        );
+        assert_eq!(
+            crate::tenancy::labels(&c, &labels(&[("vm", "no-such-vm")])),
+            None
+        );
     }
 
     #[test]
     fn points_and_jobs_belong_to_their_vm_or_group() {
         let c = cfg();
-        assert_eq!(owner::point(&c, "pbx1@20261126T101500.000Z"), Some("acme"));
-        assert_eq!(owner::point(&c, "core@20261126T101500.000Z"), None);
         assert_eq!(
-            owner::job_by_kind(&c, &job("restore", "pbx2@20261126T101500.000Z")),
+            crate::tenancy::point(&c, "pbx1@20261126T101500.000Z"),
+            Some("acme")
+        );
+        assert_eq!(crate::tenancy::point(&c, "core@20261126T101500.000Z"), None);
+        assert_eq!(
+            crate::tenancy::job_by_kind(&c, &job("restore", "pbx2@20261126T101500.000Z")),
             Some(Some("globex"))
         );
         assert_eq!(
-            owner::job_by_kind(&c, &job("protect", "acme-gold")),
+            crate::tenancy::job_by_kind(&c, &job("protect", "acme-gold")),
             Some(Some("acme"))
         );
-        assert_eq!(owner::job_by_kind(&c, &job("gc", "store1")), Some(None));
         assert_eq!(
-            owner::job_by_kind(&c, &job("sync", "store1 -> store2")),
+            crate::tenancy::job_by_kind(&c, &job("gc", "store1")),
+            Some(None)
+        );
+        assert_eq!(
+            crate::tenancy::job_by_kind(&c, &job("sync", "store1 -> store2")),
             Some(None)
         );
         // A runbook job needs its run's parameters.
-        assert_eq!(owner::job_by_kind(&c, &job("runbook", "move-vm")), None);
         assert_eq!(
-            owner::runbook_params(&c, &json!({"vm": "pbx1", "site": "site2"})),
+            crate::tenancy::job_by_kind(&c, &job("runbook", "move-vm")),
+            None
+        );
+        assert_eq!(
+            crate::tenancy::runbook_params(&c, &json!({"vm": "pbx1", "site": "site2"})),
             Some("acme")
         );
-        assert_eq!(owner::runbook_params(&c, &json!({"site": "site1"})), None);
+        assert_eq!(
+            crate::tenancy::runbook_params(&c, &json!({"site": "site1"})),
+            None
+        );
+        // A scheduled protection run is its group's, as the portal shows it.
+        assert_eq!(
+            crate::tenancy::runbook_params(&c, &json!({"group": "acme-gold"})),
+            Some("acme")
+        );
+        assert_eq!(
+            crate::tenancy::runbook_params(&c, &json!({"service": "sip"})),
+            Some("acme")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::common::{ApiQuery, ApiResult, Ctl, ListResult, Page, SCAN_CAP, check_job, owner};
+use super::common::{ApiQuery, ApiResult, Ctl, ListResult, Page, SCAN_CAP, check_job};
 use crate::auth::Principal;
 use crate::error::ServerError;
 use crate::state::AppState;
@@ -58,7 +58,7 @@ async fn jobs(
         if q.kind.as_ref().is_some_and(|k| &j.kind != k) || status.is_some_and(|s| j.status != s) {
             continue;
         }
-        if who.tenant.is_some() && !who.sees(owner::job(&ctl, &j).await?.as_deref()) {
+        if who.tenant.is_some() && !who.sees(crate::tenancy::job(&ctl, &j).await?.as_deref()) {
             continue;
         }
         all.push(j);

@@ -28,7 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::state::AppState;
 
-pub use common::{DEFAULT_LIMIT, Listed, MAX_LIMIT, Page, SCAN_CAP, TOTAL_COUNT, owner};
+pub use common::{DEFAULT_LIMIT, Listed, MAX_LIMIT, Page, SCAN_CAP, TOTAL_COUNT};
 
 /// Every route of the API's handlers with its documentation (the
 /// document's frame and its own `openapi.json` route are added by

@@ -9,7 +9,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::common::{ApiQuery, ApiResult, Ctl, ListResult, Listed, Page, check_vm, owner};
+use super::common::{ApiQuery, ApiResult, Ctl, ListResult, Listed, Page, check_vm};
 use crate::auth::Principal;
 use crate::state::AppState;
 use standby_engine::jobs::spawn_job;
@@ -109,7 +109,11 @@ async fn restore_point(
     who: Principal,
     Json(req): Json<RestoreRequest>,
 ) -> ApiResult<JobRef> {
-    who.check(owner::point(&ctl.cfg, &req.point), "point", &req.point)?;
+    who.check(
+        crate::tenancy::point(&ctl.cfg, &req.point),
+        "point",
+        &req.point,
+    )?;
     restore::check(&ctl, &req).await?;
     let target = req.point.clone();
     let job = spawn_job(&ctl, "restore", &target, move |ctl, p| {

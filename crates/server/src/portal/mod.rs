@@ -10,8 +10,8 @@
 //! - Everything is read from the controller's state directly (config,
 //!   database, watch, front door), narrowed to what the caller's
 //!   [`Principal`] sees: a tenant's user sees their VMs, services, points,
-//!   alerts, incidents and jobs only ([`model::owner_of_labels`],
-//!   [`model::owner_of_job`]); an object of another tenant is "not found".
+//!   alerts, incidents and jobs only (the API's rules: [`crate::tenancy`]);
+//!   an object of another tenant is "not found".
 //! - Actions (take a point, drill, planned move, failover, ack, silence)
 //!   are buttons that call the JSON API with `fetch` (cookie session plus
 //!   the `X-CSRF-Token` header from `<meta name="csrf-token">`). The

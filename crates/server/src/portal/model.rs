@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use standby_types::config::Config;
-use standby_types::watch::{Labels, ProbeResult};
+use standby_types::watch::ProbeResult;
 
 /// A VM's protection against its groups' RPO target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,53 +102,6 @@ pub fn short_duration(secs: f64) -> String {
         60..3600 => format!("{}m {}s", s / 60, s % 60),
         3600..86400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d {}h", s / 86400, (s % 86400) / 3600),
-    }
-}
-
-/// The tenant owning an alert or incident, from its labels: a `tenant`
-/// label, else the owner of its `vm`, `service` or `group`. `None`: the
-/// operators' own (site-wide or unlabelled).
-pub fn owner_of_labels(cfg: &Config, labels: &Labels) -> Option<String> {
-    if let Some(t) = labels.get("tenant") {
-        return Some(t.clone());
-    }
-    if let Some(v) = labels.get("vm") {
-        return cfg.tenant_of_vm(v).map(String::from);
-    }
-    if let Some(s) = labels.get("service") {
-        return cfg.tenant_of_service(s).map(String::from);
-    }
-    if let Some(g) = labels.get("group") {
-        return cfg.tenant_of_group(g).map(String::from);
-    }
-    None
-}
-
-/// The tenant owning a job: a protection run by its group, a restore by
-/// its point's VM (`point_vm`), a runbook job by its `vm`, `service` or
-/// `group` parameter. Site-wide and datastore jobs are the operators'.
-pub fn owner_of_job(
-    cfg: &Config,
-    kind: &str,
-    target: &str,
-    params: &Value,
-    point_vm: impl Fn(&str) -> Option<String>,
-) -> Option<String> {
-    match kind {
-        "protect" => cfg.tenant_of_group(target).map(String::from),
-        "restore" => point_vm(target).and_then(|vm| cfg.tenant_of_vm(&vm).map(String::from)),
-        "runbook" => {
-            if let Some(v) = params["vm"].as_str() {
-                cfg.tenant_of_vm(v).map(String::from)
-            } else if let Some(s) = params["service"].as_str() {
-                cfg.tenant_of_service(s).map(String::from)
-            } else if let Some(g) = params["group"].as_str() {
-                cfg.tenant_of_group(g).map(String::from)
-            } else {
-                None
-            }
-        }
-        _ => None,
     }
 }
 
@@ -501,46 +454,6 @@ rpo_target = "2h"
         for vm in c.vms.keys() {
             assert_eq!(all.get(vm.as_str()).copied(), rpo_target_of(&c, vm), "{vm}");
         }
-    }
-
-    #[test]
-    fn tenants_own_their_vms_alerts_and_jobs_only() {
-        let c = cfg(TENANTS);
-        let labels = |pairs: &[(&str, &str)]| -> Labels {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        assert_eq!(
-            owner_of_labels(&c, &labels(&[("vm", "v1"), ("site", "a")])),
-            Some("acme".into())
-        );
-        assert_eq!(owner_of_labels(&c, &labels(&[("vm", "v2")])), None);
-        assert_eq!(owner_of_labels(&c, &labels(&[("site", "a")])), None);
-        assert_eq!(
-            owner_of_labels(&c, &labels(&[("tenant", "other"), ("vm", "v1")])),
-            Some("other".into())
-        );
-        let none = |_: &str| None;
-        assert_eq!(
-            owner_of_job(&c, "protect", "g1", &Value::Null, none),
-            Some("acme".into())
-        );
-        assert_eq!(owner_of_job(&c, "protect", "g2", &Value::Null, none), None);
-        let params = serde_json::json!({"vm": "v1", "site": "b"});
-        assert_eq!(
-            owner_of_job(&c, "runbook", "move-vm", &params, none),
-            Some("acme".into())
-        );
-        let site = serde_json::json!({"site": "a"});
-        assert_eq!(owner_of_job(&c, "runbook", "drill", &site, none), None);
-        let of_v1 = |p: &str| (p == "p1").then(|| "v1".to_string());
-        assert_eq!(
-            owner_of_job(&c, "restore", "p1", &Value::Null, of_v1),
-            Some("acme".into())
-        );
-        assert_eq!(owner_of_job(&c, "gc", "s", &Value::Null, of_v1), None);
     }
 
     #[test]

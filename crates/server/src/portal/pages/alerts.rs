@@ -11,7 +11,6 @@ use standby_db::AlertQuery;
 use standby_types::watch::{Alert, AlertState};
 
 use crate::auth::Principal;
-use crate::portal::model::{self};
 use crate::portal::{PageError, PageResult, Viewer, principal};
 use standby_engine::Controller;
 
@@ -54,7 +53,7 @@ pub(super) async fn alert_rows(
         .await?;
     Ok(alerts
         .into_iter()
-        .filter(|a| p.sees(model::owner_of_labels(&ctl.cfg, &a.labels).as_deref()))
+        .filter(|a| p.sees(crate::tenancy::labels(&ctl.cfg, &a.labels)))
         .take(limit as usize)
         .map(|a| alert_row(a, p, now))
         .collect())

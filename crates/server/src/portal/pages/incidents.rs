@@ -8,7 +8,6 @@ use chrono::Utc;
 use standby_types::watch::IncidentState;
 
 use crate::auth::Principal;
-use crate::portal::model::{self};
 use crate::portal::{PageError, PageResult, Viewer, principal};
 use standby_engine::Controller;
 
@@ -41,7 +40,7 @@ pub(super) async fn incidents_data(
     Ok(Incidents {
         incidents: list
             .into_iter()
-            .filter(|i| p.sees(model::owner_of_labels(&ctl.cfg, &i.labels).as_deref()))
+            .filter(|i| p.sees(crate::tenancy::labels(&ctl.cfg, &i.labels)))
             .map(|i| IncidentRow {
                 id: i.id,
                 open: matches!(i.state, IncidentState::New | IncidentState::Active),
@@ -101,7 +100,7 @@ pub(super) async fn incident_data(
     let repo = ctl.watch.repo();
     let i = repo.incident(id).await?;
     p.check(
-        model::owner_of_labels(&ctl.cfg, &i.labels).as_deref(),
+        crate::tenancy::labels(&ctl.cfg, &i.labels),
         "incident",
         &id.to_string(),
     )?;

@@ -1,6 +1,5 @@
 //! The jobs page and one job with its steps, and the job rows other pages share.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use askama::Template;
@@ -72,12 +71,11 @@ pub(super) async fn job_rows(
         })
         .await?;
     let mut out = Vec::new();
-    let mut point_vms: Option<HashMap<String, String>> = None;
     for j in jobs {
         if out.len() >= limit {
             break;
         }
-        if !job_visible(ctl, p, &j, &mut point_vms).await? {
+        if !job_visible(ctl, p, &j).await? {
             continue;
         }
         out.push(job_row(j, now));
@@ -89,32 +87,11 @@ pub(super) async fn job_visible(
     ctl: &Arc<Controller>,
     p: &Principal,
     j: &Job,
-    point_vms: &mut Option<HashMap<String, String>>,
 ) -> Result<bool, PageError> {
     if p.tenant.is_none() {
         return Ok(true);
     }
-    let params = if j.kind == "runbook" {
-        ctl.runbooks
-            .repo()
-            .run(j.id)
-            .await
-            .map(|r| r.run.params)
-            .unwrap_or(Value::Null)
-    } else {
-        Value::Null
-    };
-    if j.kind == "restore" {
-        let known = point_vms.get_or_insert_default();
-        if !known.contains_key(&j.target) {
-            known.extend(ctl.repo.point_vms(std::slice::from_ref(&j.target)).await?);
-        }
-    }
-    let map = point_vms.as_ref();
-    let owner = model::owner_of_job(&ctl.cfg, &j.kind, &j.target, &params, |id| {
-        map.and_then(|m| m.get(id).cloned())
-    });
-    Ok(p.sees(owner.as_deref()))
+    Ok(p.sees(crate::tenancy::job(ctl, j).await?.as_deref()))
 }
 
 #[derive(Template)]
@@ -181,7 +158,7 @@ pub(super) async fn job_data(
     id: i64,
 ) -> Result<JobPage, PageError> {
     let j = ctl.repo.job(id).await?;
-    if !job_visible(ctl, p, &j, &mut None).await? {
+    if !job_visible(ctl, p, &j).await? {
         return Err(ServerError::not_found("job", id.to_string()).into());
     }
     let now = Utc::now();
