@@ -145,15 +145,11 @@ async fn http(url: &str, want: Option<u16>, body_contains: Option<&str>) -> Resu
         .pool_max_idle_per_host(0)
         .build()
         .map_err(|e| e.to_string())?;
-    let resp = client.get(url).send().await.map_err(|e| {
-        let mut s = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(inner) = src {
-            s = format!("{s}: {inner}");
-            src = inner.source();
-        }
-        s
-    })?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| standby_types::error_chain(&e))?;
     let status = resp.status();
     let good = match want {
         Some(w) => status.as_u16() == w,

@@ -372,15 +372,6 @@ fn problem(owner: &Owner, object: String, message: impl ToString) -> Problem {
 fn describe(e: &StoreError) -> String {
     match e {
         StoreError::Corrupt { object, reason, .. } => format!("{object}: {reason}"),
-        other => {
-            let mut s = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(inner) = source {
-                s.push_str(": ");
-                s.push_str(&inner.to_string());
-                source = inner.source();
-            }
-            s
-        }
+        other => standby_types::error_chain(other),
     }
 }

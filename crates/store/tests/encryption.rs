@@ -11,6 +11,7 @@ use standby_store::{
     Consistency, Datastore, DiskWriteOptions, KdfParams, KeySource, PointMeta, StoreError,
     StoreOptions, generate_key_file,
 };
+use standby_types::error_chain as chain;
 
 /// Cheap Argon2id, so tests do not spend half a second per open.
 const KDF: KdfParams = KdfParams {
@@ -55,17 +56,6 @@ fn make_image(path: &Path, chunks: usize, seed: u64) {
         }
         f.write_all(&buf).unwrap();
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 fn files(dir: &Path) -> Vec<PathBuf> {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, RngCore, SeedableRng};
 
 use crate::*;
+use standby_types::error_chain as chain;
 
 mod damage;
 mod gc;
@@ -97,17 +98,6 @@ fn assert_same(a: &Path, b: &Path) {
     let (x, y) = (fs::read(a).unwrap(), fs::read(b).unwrap());
     assert_eq!(x.len(), y.len(), "sizes differ");
     assert!(x == y, "contents differ");
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 fn flip(path: &Path, offset: u64) {

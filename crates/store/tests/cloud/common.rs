@@ -10,6 +10,8 @@ use standby_store::{
     Consistency, Datastore, DiskWriteOptions, Manifest, ObjectBackend, ObjectService,
     ObjectStoreConfig, PointMeta, StoreOptions,
 };
+/// An error with all its sources.
+pub use standby_types::error_chain as chain;
 
 use standby_testkit::objects::{AZURITE_ACCOUNT, AZURITE_KEY, Kind, Server};
 
@@ -141,16 +143,4 @@ pub fn assert_same(a: &Path, b: &Path) {
         a.display(),
         b.display()
     );
-}
-
-/// An error with all its sources.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
