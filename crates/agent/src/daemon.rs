@@ -76,11 +76,7 @@ pub struct AgentOptions {
 }
 
 fn client() -> reqwest::Client {
-    // reqwest has no TLS provider of its own (see the workspace
-    // Cargo.toml): ring, once per process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
+    standby_http::builder(standby_http::Reach::Internal)
         .timeout(Duration::from_secs(2))
         .connect_timeout(Duration::from_secs(1))
         .build()

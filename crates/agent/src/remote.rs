@@ -51,11 +51,7 @@ pub struct RemoteHost {
 
 impl RemoteHost {
     pub fn new(host: &str, agent: &str, url: &str, token: Option<String>) -> RemoteHost {
-        // reqwest has no TLS provider of its own (see the workspace
-        // Cargo.toml): ring, once per process.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = standby_http::builder(standby_http::Reach::Internal)
             .connect_timeout(CONNECT_TIMEOUT)
             // A fresh connection per call: a pooled one on a link that
             // died would only fail at the call's timeout, while a new one

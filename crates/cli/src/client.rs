@@ -20,7 +20,7 @@ pub struct Client {
 /// An HTTP client builder that also trusts the PEM certificates in
 /// `STANDBY_CA_CERT` (a controller with a self-signed certificate).
 fn builder() -> reqwest::ClientBuilder {
-    let mut b = reqwest::Client::builder();
+    let mut b = standby_http::builder(standby_http::Reach::External);
     if let Ok(path) = std::env::var("STANDBY_CA_CERT") {
         match std::fs::read(&path)
             .map_err(|e| e.to_string())
@@ -44,9 +44,6 @@ impl Client {
         } else {
             format!("http://{addr}")
         };
-        // reqwest has no TLS provider of its own (see the workspace
-        // Cargo.toml): ring, once per process, before any client is built.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         Client {
             base,
             http: builder()

@@ -137,11 +137,7 @@ async fn udp_socket(target: &str) -> Result<UdpSocket, String> {
 async fn http(url: &str, want: Option<u16>, body_contains: Option<&str>) -> Result<String, String> {
     // One client per call: a cached client's pooled connections belong to
     // the runtime that opened them.
-    // reqwest has no TLS provider of its own (see the workspace
-    // Cargo.toml): ring, once per process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .no_proxy()
+    let client = standby_http::builder(standby_http::Reach::Internal)
         .pool_max_idle_per_host(0)
         .build()
         .map_err(|e| e.to_string())?;

@@ -83,7 +83,7 @@ pub(crate) async fn send(
         ))
     };
     let tls = tls_config().map_err(|e| setup_failed(&e))?;
-    let client = reqwest::Client::builder()
+    let client = standby_http::builder(standby_http::Reach::External)
         .tls_backend_preconfigured(tls)
         .timeout(*timeout)
         // A redirected POST turns into a GET; a moved receiver is a config fix.

@@ -170,8 +170,8 @@ impl ObjectBackend {
     /// Connect to the store `config` names. Nothing is requested yet:
     /// wrong credentials show at the first call.
     pub fn new(config: &ObjectStoreConfig) -> Result<ObjectBackend, StoreError> {
-        // reqwest is built without a default provider: TLS through ring.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // object_store's reqwest client: TLS through ring, as every client.
+        standby_http::install_tls_provider();
         let location = config.location();
         let bad = |e: object_store::Error| StoreError::Config {
             location: location.clone(),

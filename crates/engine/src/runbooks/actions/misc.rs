@@ -13,8 +13,7 @@ pub(super) async fn http(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
         .map_err(|_| EngineError::BadRequest(format!("bad method '{method}'")))?;
     let url = ctx.str("url")?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
+    let client = standby_http::builder(standby_http::Reach::External)
         .timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| EngineError::Internal(format!("http client: {e}")))?;
