@@ -53,15 +53,12 @@ impl Agent {
         url: &str,
         token: Option<String>,
     ) -> Agent {
-        let mut a = Agent::with(
-            host,
-            cfg,
-            data_dir,
-            Box::new(RemoteHost::new(host, agent, url, token)),
-        );
-        // The remote agent runs commands in its own namespace, if any.
-        a.netns = None;
-        a
+        let exec = Box::new(RemoteHost::new(host, agent, url, token));
+        Agent {
+            // The remote agent runs commands in its own namespace, if any.
+            netns: None,
+            ..Agent::with(host, cfg, data_dir, exec)
+        }
     }
 
     fn with(host: &str, cfg: &config::Host, data_dir: &Path, exec: Box<dyn Host>) -> Agent {

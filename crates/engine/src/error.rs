@@ -86,15 +86,6 @@ impl EngineError {
             _ => false,
         }
     }
-
-    pub fn to_api(&self) -> standby_types::api::ApiError {
-        let (code, retryable) = self.code();
-        standby_types::api::ApiError {
-            code: code.to_string(),
-            message: error_chain(self),
-            retryable,
-        }
-    }
 }
 
 impl From<tokio::task::JoinError> for EngineError {

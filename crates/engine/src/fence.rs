@@ -63,9 +63,11 @@ impl Controller {
         };
         let mut vms = Vec::new();
         let mut hosts = Vec::new();
+        // Every configured VM: a stale copy of a VM active elsewhere must
+        // stop too.
+        let vm_names: Vec<String> = self.cfg.vms.keys().cloned().collect();
         for (name, _) in self.cfg.hosts.iter().filter(|(_, h)| h.site == site) {
             let agent = self.agent(name)?;
-            let vm_names: Vec<String> = self.cfg.vms.keys().cloned().collect();
             let placed = placed_at(name);
             match agent.fence(&fence.reason, &vm_names, &placed).await {
                 Ok(done) => {
