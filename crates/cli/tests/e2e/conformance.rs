@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use standby_store::{Consistency, Datastore, DiskWriteOptions, PointMeta};
 
-use crate::harness::{Lab, LabOptions, STANDBY, free_port};
+use crate::harness::{Lab, LabOptions, STANDBY, free_port, wait_listening};
 
 /// The schemathesis CLI: `STANDBY_SCHEMATHESIS`, else the venv
 /// `scripts/test` installs it in (`STANDBY_VENV`, default
@@ -408,19 +408,12 @@ fn api_figures() {
         .spawn()
         .unwrap();
     let mut ctl = Controller { child };
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
-        assert!(
-            ctl.child.try_wait().unwrap().is_none(),
-            "controller exited: {}",
-            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "controller did not listen within 30 min"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_listening(
+        &mut ctl.child,
+        &dir.join("server.log"),
+        api,
+        Duration::from_secs(1800),
+    );
     let start_secs = t.elapsed().as_secs_f64();
     eprintln!(
         "controller listening after {start_secs:.1} s (first start: catalog rebuilt from the datastore)"

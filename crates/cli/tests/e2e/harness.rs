@@ -218,16 +218,11 @@ datastores = [{group_datastores}]
             .stderr(log)
             .spawn()
             .expect("standby server starts");
+        // Set first: a lab dropped by a failed wait still kills it.
         self.server = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.api)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "controller did not listen: {}",
-                std::fs::read_to_string(self.path("server.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (log, api) = (self.path("server.log"), self.api);
+        let child = self.server.as_mut().expect("just set");
+        wait_listening(child, &log, api, Duration::from_secs(20));
     }
 
     /// Set (or with None, remove) an environment variable of the
@@ -414,4 +409,29 @@ pub fn write_random(path: &Path, len: usize) {
         f.write_all(&x.to_le_bytes()).unwrap();
     }
     f.flush().unwrap();
+}
+
+/// Wait until the controller `child` (its stderr in `log`) says it listens
+/// and its port `api` answers; panic with its log when it exits or takes
+/// longer than `limit`. A bare connect is not enough: a connect to a port
+/// of the ephemeral range may reach another socket (or itself) before the
+/// controller has bound, and the caller then reads an admin token that is
+/// not written yet.
+pub fn wait_listening(child: &mut Child, log: &Path, api: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let said = || {
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("standby controller listening on"))
+    };
+    while !(said() && std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()) {
+        let text = || std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("controller exited ({st}): {}", text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "controller did not listen within {limit:?}: {}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

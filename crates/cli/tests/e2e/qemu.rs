@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{STANDBY, free_port};
+use crate::harness::{STANDBY, free_port, wait_listening};
 
 const INSTALL: &str = "apt-get install -y qemu-system-x86 qemu-utils busybox-static cpio";
 
@@ -172,16 +172,14 @@ datastores = ["site1-store", "site2-store"]
             .stderr(log)
             .spawn()
             .expect("standby server starts");
-        let lab = QemuLab {
+        let mut lab = QemuLab {
             dir,
             cfg,
             server: Some(server),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
-            assert!(Instant::now() < deadline, "controller did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let log = lab.dir.path().join("server.log");
+        let child = lab.server.as_mut().expect("just set");
+        wait_listening(child, &log, api, Duration::from_secs(20));
         lab
     }
 }
