@@ -241,15 +241,13 @@ impl Controller {
 }
 
 impl Controller {
-    /// Send `service`'s traffic to `site` from now on. Idempotent. Returns
-    /// `{service, site, previous, switched_at}`.
+    /// Send `service`'s traffic to `site` from now on. Idempotent.
     pub async fn switch_traffic(
         &self,
         service: &str,
         site: &str,
-    ) -> Result<serde_json::Value, EngineError> {
-        let r = self.frontdoor.switch(&self.cfg, service, site).await?;
-        serde_json::to_value(r).map_err(|e| EngineError::Internal(format!("switch result: {e}")))
+    ) -> Result<standby_types::api::SwitchResult, EngineError> {
+        Ok(self.frontdoor.switch(&self.cfg, service, site).await?)
     }
 
     /// Make the point catalog match what the datastores hold: points found

@@ -47,11 +47,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 use standby_hv::qemu::{Accel, kvm_usable};
 use standby_hv::{DiskSpec, Driver, ProcessDriver, QemuDriver, VmSpec};
 use standby_store::PointId;
+use standby_types::outcome::{DrillProbed, DrillStopped};
 use standby_types::watch::{ProbeCheck, ProbeSpec};
 
 use crate::controller::Controller;
@@ -66,43 +66,7 @@ pub const QEMU_BOOT_KVM: Duration = Duration::from_secs(60);
 /// How long processes left in a drill's namespace may take to die.
 const NETNS_EMPTY_WAIT: Duration = Duration::from_secs(10);
 
-/// How the drill's copy runs: as the VM's DR host runs the VM.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CopyKind {
-    /// A process (the process driver), the VM's command line.
-    #[default]
-    Process,
-    /// A QEMU VM (the qemu driver).
-    Qemu,
-}
-
-/// What a running drill is, as recorded in its directory.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DrillState {
-    pub id: String,
-    pub vm: String,
-    pub site: String,
-    pub point: String,
-    pub point_time: DateTime<Utc>,
-    pub datastore: String,
-    pub netns: String,
-    pub dir: PathBuf,
-    /// The copy's name under the drill's process driver.
-    pub copy: String,
-    pub pid: Option<u32>,
-    pub started_at: DateTime<Utc>,
-    /// Age of the point's data when the drill started.
-    pub data_age_seconds: f64,
-    pub restore_seconds: f64,
-    pub bytes: u64,
-    /// How the copy runs (records without it are process copies).
-    #[serde(default)]
-    pub kind: CopyKind,
-    /// The least time its probe waits for a first answer: the copy's boot.
-    #[serde(default)]
-    pub boot_allowance_seconds: f64,
-}
+pub use standby_types::outcome::{CopyKind, DrillState};
 
 fn check_id(id: &str) -> Result<(), EngineError> {
     if id.is_empty()
@@ -449,7 +413,7 @@ pub async fn probe(
     id: &str,
     check: ProbeCheck,
     timeout: Duration,
-) -> Result<serde_json::Value, EngineError> {
+) -> Result<DrillProbed, EngineError> {
     check_id(id)?;
     let st = read_state(&drill_dir(ctl, id))?.ok_or_else(|| EngineError::not_found("drill", id))?;
     let spec = ProbeSpec {
@@ -468,12 +432,13 @@ pub async fn probe(
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         if o.ok {
             let rto = (Utc::now() - st.started_at).num_milliseconds() as f64 / 1000.0;
-            return Ok(serde_json::json!({
-                "drill": id,
-                "rto_seconds": rto,
-                "latency_seconds": o.latency.as_secs_f64(),
-                "detail": o.detail,
-            }));
+            return Ok(DrillProbed {
+                drill: id.to_string(),
+                rto_seconds: rto,
+                latency_seconds: o.latency.as_secs_f64(),
+                detail: o.detail,
+                vm: st.vm,
+            });
         }
         if Instant::now() >= deadline {
             return Err(EngineError::Conflict(format!(
@@ -486,7 +451,7 @@ pub async fn probe(
 }
 
 /// Stop the copy, delete its namespace and files, and verify each is gone.
-pub async fn stop(ctl: &Controller, id: &str) -> Result<serde_json::Value, EngineError> {
+pub async fn stop(ctl: &Controller, id: &str) -> Result<DrillStopped, EngineError> {
     check_id(id)?;
     let dir = drill_dir(ctl, id);
     let netns = netns_name(id);
@@ -543,12 +508,12 @@ pub async fn stop(ctl: &Controller, id: &str) -> Result<serde_json::Value, Engin
         )));
     }
     checks.push(format!("{} deleted", dir.display()));
-    Ok(serde_json::json!({
-        "drill": id,
-        "vm": st.as_ref().map(|s| s.vm.clone()),
-        "verified": true,
-        "checks": checks,
-    }))
+    Ok(DrillStopped {
+        drill: id.to_string(),
+        vm: st.map(|s| s.vm),
+        verified: true,
+        checks,
+    })
 }
 
 #[cfg(test)]

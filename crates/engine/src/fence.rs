@@ -12,8 +12,10 @@
 //! fenced site as one where no copy runs (see [`crate::vms`]).
 
 use chrono::Utc;
-use serde_json::json;
 use standby_db::FenceRecord;
+use standby_types::outcome::{
+    AgentUnfenced, Fence, HostFenced, SiteFenced, SiteUnfenced, VmFenced,
+};
 
 use standby_agent::AgentError;
 
@@ -39,11 +41,7 @@ impl Controller {
     /// there and refuse to start any. Idempotent. The answer lists, per
     /// VM, `stopped`, `already stopped`, `pending` (its agent is
     /// unreachable and will stop it when it reconnects) or `failed: ...`.
-    pub async fn fence_site(
-        &self,
-        site: &str,
-        reason: &str,
-    ) -> Result<serde_json::Value, EngineError> {
+    pub async fn fence_site(&self, site: &str, reason: &str) -> Result<SiteFenced, EngineError> {
         if !self.cfg.sites.contains_key(site) {
             return Err(EngineError::not_found("site", site));
         }
@@ -72,12 +70,18 @@ impl Controller {
             match agent.fence(&fence.reason, &vm_names, &placed).await {
                 Ok(done) => {
                     for v in done {
-                        vms.push(json!({"vm": v.vm, "host": name, "result": v.result}));
+                        vms.push(VmFenced {
+                            vm: v.vm,
+                            host: name.clone(),
+                            result: v.result,
+                        });
                     }
-                    match agent.remote_name() {
-                        Some(a) => hosts.push(json!({"host": name, "agent": a, "result": "done"})),
-                        None => hosts.push(json!({"host": name, "result": "done"})),
-                    }
+                    hosts.push(HostFenced {
+                        host: name.clone(),
+                        agent: agent.remote_name().map(str::to_string),
+                        result: "done".into(),
+                        error: None,
+                    });
                 }
                 Err(e) => {
                     let who = agent.remote_name().unwrap_or("in-process");
@@ -90,32 +94,36 @@ impl Controller {
                     );
                     tracing::warn!(site, host = %name, "{msg}: {}", error_chain(&e));
                     for vm in placed {
-                        vms.push(json!({"vm": vm, "host": name, "result": "pending"}));
+                        vms.push(VmFenced {
+                            vm,
+                            host: name.clone(),
+                            result: "pending".into(),
+                        });
                     }
-                    hosts.push(json!({
-                        "host": name,
-                        "agent": who,
-                        "result": msg,
-                        "error": error_chain(&e),
-                    }));
+                    hosts.push(HostFenced {
+                        host: name.clone(),
+                        agent: Some(who.to_string()),
+                        result: msg,
+                        error: Some(error_chain(&e)),
+                    });
                 }
             }
         }
-        let pending = vms.iter().any(|v| v["result"] == "pending");
-        Ok(json!({
-            "site": site,
-            "fenced": true,
-            "since": fence.since,
-            "reason": fence.reason,
-            "pending": pending,
-            "hosts": hosts,
-            "vms": vms,
-        }))
+        let pending = vms.iter().any(|v| v.result == "pending");
+        Ok(SiteFenced {
+            site: site.to_string(),
+            fenced: true,
+            since: fence.since,
+            reason: fence.reason,
+            pending,
+            hosts,
+            vms,
+        })
     }
 
     /// Lift the fence of `site`. Idempotent. Remote agents at the site are
     /// told at once when reachable, otherwise by their next heartbeat.
-    pub async fn unfence_site(&self, site: &str) -> Result<serde_json::Value, EngineError> {
+    pub async fn unfence_site(&self, site: &str) -> Result<SiteUnfenced, EngineError> {
         if !self.cfg.sites.contains_key(site) {
             return Err(EngineError::not_found("site", site));
         }
@@ -132,22 +140,26 @@ impl Controller {
             if let Ok(agent) = self.agent(name)
                 && let Some(res) = agent.unfence().await
             {
-                agents.push(json!({
-                    "agent": agent.remote_name().unwrap_or_default(),
-                    "result": match res {
+                agents.push(AgentUnfenced {
+                    agent: agent.remote_name().unwrap_or_default().to_string(),
+                    result: match res {
                         Ok(_) => "unfenced".to_string(),
                         Err(e) => format!("will learn at its next heartbeat ({})", error_chain(&e)),
                     },
-                }));
+                });
             }
         }
-        Ok(json!({
-            "site": site,
-            "fenced": false,
-            "was_fenced": lifted.is_some(),
-            "lifted": lifted,
-            "agents": agents,
-        }))
+        Ok(SiteUnfenced {
+            site: site.to_string(),
+            fenced: false,
+            was_fenced: lifted.is_some(),
+            lifted: lifted.map(|f| Fence {
+                site: f.site,
+                since: f.since,
+                reason: f.reason,
+            }),
+            agents,
+        })
     }
 }
 
@@ -269,14 +281,9 @@ size = "64KiB"
         assert!(e.to_string().contains("running at local1"), "{e}");
 
         let r = ctl.fence_site("site1", "drill").await.unwrap();
-        assert_eq!(r["pending"], true, "the remote host is pending: {r}");
-        let a = r["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["vm"] == "a")
-            .unwrap();
-        assert_eq!(a["result"], "stopped", "{r}");
+        assert!(r.pending, "the remote host is pending: {r:?}");
+        let a = r.vms.iter().find(|v| v.vm == "a").unwrap();
+        assert_eq!(a.result, "stopped", "{r:?}");
         assert!(
             !ctl.agent("local1")
                 .unwrap()
@@ -298,7 +305,7 @@ size = "64KiB"
 
         // Fencing again is harmless and keeps the first reason.
         let again = ctl.fence_site("site1", "other").await.unwrap();
-        assert_eq!(again["reason"], "drill");
+        assert_eq!(again.reason, "drill");
         // No VM starts at a fenced site.
         let e = crate::vms::start(&ctl, "a").await.unwrap_err();
         assert!(e.to_string().contains("site site1 is fenced"), "{e}");
@@ -323,27 +330,15 @@ size = "64KiB"
         assert!(!ctl.is_fenced("site1").await.unwrap());
 
         let r = ctl.fence_site("site1", "lost").await.unwrap();
-        assert_eq!(r["pending"], true);
-        let host = r["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["host"] == "remote1")
-            .unwrap();
+        assert!(r.pending);
+        let host = r.hosts.iter().find(|h| h.host == "remote1").unwrap();
         assert!(
-            host["result"]
-                .as_str()
-                .unwrap()
+            host.result
                 .starts_with("pending: agent remote1-agent unreachable"),
-            "{r}"
+            "{r:?}"
         );
-        let b = r["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["vm"] == "b")
-            .unwrap();
-        assert_eq!(b["result"], "pending");
+        let b = r.vms.iter().find(|v| v.vm == "b").unwrap();
+        assert_eq!(b.result, "pending");
         crate::restore::check(&ctl, &at_site2(&point))
             .await
             .unwrap();
@@ -362,11 +357,8 @@ size = "64KiB"
 
         // Unfenced, the unreachable agent blocks the failover again.
         let u = ctl.unfence_site("site1").await.unwrap();
-        assert_eq!(u["was_fenced"], true);
-        assert_eq!(
-            ctl.unfence_site("site1").await.unwrap()["was_fenced"],
-            false
-        );
+        assert!(u.was_fenced);
+        assert!(!ctl.unfence_site("site1").await.unwrap().was_fenced);
         assert!(
             crate::restore::check(&ctl, &at_site2(&point))
                 .await

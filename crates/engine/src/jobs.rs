@@ -66,7 +66,7 @@ impl standby_store::Progress for JobProgress {
 
 /// Record a job, run `work` in the background and persist its outcome.
 /// Returns the job id at once.
-pub async fn spawn_job<F, Fut, E>(
+pub async fn spawn_job<F, Fut, T, E>(
     ctl: &Arc<Controller>,
     kind: &str,
     target: &str,
@@ -74,7 +74,8 @@ pub async fn spawn_job<F, Fut, E>(
 ) -> Result<i64, EngineError>
 where
     F: FnOnce(Arc<Controller>, Arc<JobProgress>) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<serde_json::Value, E>> + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    T: serde::Serialize + Send + 'static,
     E: std::error::Error + Send + 'static,
 {
     let job = ctl.repo.create_job(kind, target).await?;
@@ -109,7 +110,9 @@ where
         };
         // A panic in the work fails the job instead of leaving it running.
         let outcome = match tokio::spawn(work(ctl2.clone(), progress.clone())).await {
-            Ok(outcome) => outcome.map_err(|e| error_chain(&e)),
+            Ok(outcome) => outcome.map_err(|e| error_chain(&e)).and_then(|v| {
+                serde_json::to_value(v).map_err(|e| format!("unable to record the result: {e}"))
+            }),
             Err(e) => Err(format!("the job's task failed: {e}")),
         };
         // Let an update in flight land before the final one.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
 use standby_types::model::PointRecord;
+use standby_types::outcome::{GroupProtected, PointSynced, PointTaken};
 
 use crate::controller::{Controller, point_record};
 use crate::error::{EngineError, error_chain};
@@ -18,7 +18,7 @@ pub async fn run_group(
     ctl: Arc<Controller>,
     group: String,
     progress: Arc<JobProgress>,
-) -> Result<serde_json::Value, EngineError> {
+) -> Result<GroupProtected, EngineError> {
     let g = ctl
         .cfg
         .groups
@@ -45,7 +45,10 @@ pub async fn run_group(
             failures.join("; ")
         )));
     }
-    Ok(json!({ "group": group, "vms": results }))
+    Ok(GroupProtected {
+        group,
+        vms: results,
+    })
 }
 
 pub async fn protect_vm(
@@ -53,7 +56,7 @@ pub async fn protect_vm(
     group: &str,
     vm: &str,
     progress: Arc<JobProgress>,
-) -> Result<serde_json::Value, EngineError> {
+) -> Result<PointTaken, EngineError> {
     let g = &ctl.cfg.groups[group];
     // The VM lock covers reading the VM; copies and pruning run after it
     // is released, so a failover restore never waits behind an upload.
@@ -114,7 +117,11 @@ pub async fn protect_vm(
         }
         .await;
         match res {
-            Ok(s) => synced.push(json!({"datastore": target, "chunks_copied": s.chunks_copied, "bytes_copied": s.bytes_copied})),
+            Ok(s) => synced.push(PointSynced {
+                datastore: target.clone(),
+                chunks_copied: s.chunks_copied,
+                bytes_copied: s.bytes_copied,
+            }),
             Err(e) => sync_errors.push(format!("sync to {target}: {}", error_chain(&e))),
         }
     }
@@ -134,19 +141,20 @@ pub async fn protect_vm(
             sync_errors.join("; ")
         )));
     }
-    Ok(json!({
-        "vm": vm,
-        "point": id,
-        "datastore": source,
-        "seconds": point_secs,
-        "size": stats.size,
-        "bytes_read": stats.bytes_read,
-        "bytes_new": stats.bytes_new,
-        "chunks": stats.chunks,
-        "chunks_new": stats.chunks_new,
-        "synced": synced,
-        "pruned": pruned,
-    }))
+    Ok(PointTaken {
+        vm: vm.to_string(),
+        point: id,
+        datastore: source,
+        seconds: point_secs,
+        size: stats.size,
+        bytes_read: stats.bytes_read,
+        bytes_new: stats.bytes_new,
+        chunks: stats.chunks,
+        chunks_new: stats.chunks_new,
+        synced,
+        pruned,
+        reused: false,
+    })
 }
 
 /// Apply `policy` to `vm`'s points in datastore `ds` and drop the removed

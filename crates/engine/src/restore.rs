@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
 use standby_store::PointId;
 use standby_types::api::RestoreRequest;
+use standby_types::outcome::Restored;
 
 use crate::controller::Controller;
 use crate::error::{EngineError, error_chain};
@@ -72,7 +72,7 @@ pub async fn run(
     ctl: Arc<Controller>,
     req: RestoreRequest,
     progress: Arc<JobProgress>,
-) -> Result<serde_json::Value, EngineError> {
+) -> Result<Restored, EngineError> {
     let started = Instant::now();
     let point = ctl.repo.point(&req.point).await?;
     let vm = point.vm.clone();
@@ -165,18 +165,18 @@ pub async fn run(
         agent.start(&spec).await?;
         started_vm = true;
     }
-    Ok(json!({
-        "point": req.point,
-        "vm": vm,
-        "site": req.site,
-        "host": host,
-        "datastore": ds,
-        "bytes": bytes,
-        "restore_seconds": restored_secs,
-        "seconds": started.elapsed().as_secs_f64(),
-        "started": started_vm,
-        "skipped": tried,
-    }))
+    Ok(Restored {
+        point: req.point,
+        vm,
+        site: req.site,
+        host,
+        datastore: ds,
+        bytes,
+        restore_seconds: restored_secs,
+        seconds: started.elapsed().as_secs_f64(),
+        started: started_vm,
+        skipped: tried,
+    })
 }
 
 /// The newest point of `vm` whose manifest can be read, in a datastore at

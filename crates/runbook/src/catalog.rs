@@ -1,412 +1,342 @@
 //! The action catalog: every action a step may name, with its inputs,
-//! outputs and how it stays idempotent. The server implements them
-//! (`standby-server`'s `runbooks::actions`); validation and the CLI read
-//! this table.
+//! outputs and how it stays idempotent. It is generated from the typed
+//! inputs ([`crate::inputs`]) and outputs (`standby_types::outcome`) the
+//! engine runs, listed once in [`actions!`](self): the catalog the API and
+//! CLI show, the published schema of a step's `with`, validation and the
+//! engine's dispatch ([`Call`]) all come from that one list.
 
+use std::sync::LazyLock;
+
+use schemars::SchemaGenerator;
 use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+pub use crate::inputs::*;
 
 /// One input or output of an action.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Field {
-    pub name: &'static str,
+    pub name: String,
     pub required: bool,
     /// `string`, `bool`, `number`, `duration`, `list`, `map`, `any`.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub doc: &'static str,
+    pub doc: String,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ActionSpec {
     pub name: &'static str,
     pub summary: &'static str,
-    pub inputs: &'static [Field],
-    pub outputs: &'static [Field],
+    pub inputs: Vec<Field>,
+    pub outputs: Vec<Field>,
     /// Why running it twice (a retry, or a resumed job) does no harm.
     pub idempotency: &'static str,
 }
 
-const fn req(name: &'static str, kind: &'static str, doc: &'static str) -> Field {
-    Field {
-        name,
-        required: true,
-        kind,
-        doc,
-    }
+/// A step's input that does not fit its action.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InputError {
+    #[error("unknown action '{0}' (see `standby runbook actions`)")]
+    Unknown(String),
+    #[error("action {action}: {message}")]
+    Bad {
+        action: &'static str,
+        message: String,
+    },
 }
 
-const fn opt(name: &'static str, kind: &'static str, doc: &'static str) -> Field {
-    Field {
-        name,
-        required: false,
-        kind,
-        doc,
-    }
+fn parse_input<A: Action>(input: &Value) -> Result<A, InputError> {
+    serde_path_to_error::deserialize(input).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        InputError::Bad {
+            action: A::NAME,
+            message: if path == "." {
+                format!("input: {inner}")
+            } else {
+                format!("input '{path}': {inner}")
+            },
+        }
+    })
 }
 
-const VM_STATE: &[Field] = &[
-    req("vm", "string", "the VM"),
-    req("state", "string", "its state afterwards"),
-];
+macro_rules! actions {
+    ($($variant:ident),* $(,)?) => {
+        /// One call of an action with its typed input.
+        #[derive(Debug, Clone)]
+        pub enum Call {
+            $($variant($variant),)*
+        }
 
-pub const ACTIONS: &[ActionSpec] = &[
-    ActionSpec {
-        name: "vm.list",
-        summary: "List VMs, optionally one VM, at one site, in one group, or only protected ones",
-        inputs: &[
-            opt(
-                "vm",
-                "string",
-                "only this VM (an error if no such VM is configured)",
-            ),
-            opt("site", "string", "only VMs active at this site"),
-            opt("group", "string", "only members of this group"),
-            opt(
-                "protected",
-                "bool",
-                "only VMs in at least one protection group",
-            ),
-        ],
-        outputs: &[
-            req(
-                "vms",
-                "list",
-                "[{name, site, host, home_site, dr_site, groups, state, probe}]; dr_site and probe may be null",
-            ),
-            req(
-                "services",
-                "list",
-                "front-door services of those VMs: [{service, vm, site, home_site, dr_site, probe}]",
-            ),
-        ],
-        idempotency: "reads only",
-    },
-    ActionSpec {
-        name: "vm.start",
-        summary: "Start a VM at its active host",
-        inputs: &[req("vm", "string", "the VM")],
-        outputs: VM_STATE,
-        idempotency: "a running VM is left as it is",
-    },
-    ActionSpec {
-        name: "vm.shutdown",
-        summary: "Shut a VM down gracefully (forced after the timeout)",
-        inputs: &[
-            req("vm", "string", "the VM"),
-            opt("timeout", "duration", "default: the VM's shutdown_timeout"),
-        ],
-        outputs: VM_STATE,
-        idempotency: "a stopped VM stays stopped",
-    },
-    ActionSpec {
-        name: "vm.stop",
-        summary: "Stop a VM at once",
-        inputs: &[req("vm", "string", "the VM")],
-        outputs: VM_STATE,
-        idempotency: "a stopped VM stays stopped",
-    },
-    ActionSpec {
-        name: "point.create",
-        summary: "Take a recovery point of a group (every member) or of one VM",
-        inputs: &[
-            opt("group", "string", "the group (one of group or vm)"),
-            opt("vm", "string", "the VM, in its first group"),
-        ],
-        outputs: &[req(
-            "points",
-            "list",
-            "[{vm, point, datastore, seconds, ...}] one per VM",
-        )],
-        idempotency: "the points taken are recorded with the step; a re-run step whose points exist returns them",
-    },
-    ActionSpec {
-        name: "point.latest",
-        summary: "The newest point of a VM with a readable manifest",
-        inputs: &[
-            req("vm", "string", "the VM"),
-            opt("site", "string", "only copies in datastores at this site"),
-        ],
-        outputs: &[
-            req("point", "string", "point id"),
-            req("time", "string", "when it was taken (RFC 3339)"),
-            req("age_seconds", "number", "its age now"),
-            req("datastore", "string", "a datastore holding it"),
-        ],
-        idempotency: "reads only",
-    },
-    ActionSpec {
-        name: "point.restore",
-        summary: "Restore a point of a VM at a site, and start it",
-        inputs: &[
-            req("vm", "string", "the VM"),
-            req("site", "string", "where to restore"),
-            opt("point", "string", "point id (default: the newest readable)"),
-            opt("start", "bool", "start the VM afterwards (default false)"),
-        ],
-        outputs: &[
-            req("point", "string", "point restored"),
-            req("site", "string", "site"),
-            req("host", "string", "host"),
-            req("seconds", "number", "time taken"),
-            req("bytes", "number", "bytes written"),
-            req(
-                "data_age_seconds",
-                "number",
-                "age of the point when the VM started",
-            ),
-        ],
-        idempotency: "a VM already active at the site with that point restored (and running when start) returns the recorded result",
-    },
-    ActionSpec {
-        name: "site.fence",
-        summary: "Fence a site: its VMs stop and none starts there",
-        inputs: &[
-            req("site", "string", "the site"),
-            req("reason", "string", "why, recorded with the fence"),
-        ],
-        outputs: &[],
-        idempotency: "a fenced site stays fenced",
-    },
-    ActionSpec {
-        name: "site.unfence",
-        summary: "Lift the fence of a site",
-        inputs: &[req("site", "string", "the site")],
-        outputs: &[],
-        idempotency: "an unfenced site stays unfenced",
-    },
-    ActionSpec {
-        name: "traffic.switch",
-        summary: "Send a service's traffic to a site through the front door",
-        inputs: &[
-            req("service", "string", "the service"),
-            req("site", "string", "the site"),
-        ],
-        outputs: &[],
-        idempotency: "switching to the current site changes nothing",
-    },
-    ActionSpec {
-        name: "probe.wait",
-        summary: "Wait until a probe passes: a configured probe (a fresh passing result) or an ad-hoc check",
-        inputs: &[
-            opt("probe", "string", "configured probe name"),
-            opt(
-                "service",
-                "string",
-                "front-door service: its probe against its backend at 'site'",
-            ),
-            opt("site", "string", "with 'service': the site to check it at"),
-            opt("kind", "string", "ad-hoc check: tcp, http, udp or sip"),
-            opt("target", "string", "host:port (tcp, udp, sip)"),
-            opt("url", "string", "URL (http)"),
-            opt("timeout", "duration", "give up after (default 60s)"),
-            opt("interval", "duration", "between attempts (default 500ms)"),
-        ],
-        outputs: &[
-            req("seconds", "number", "time until it passed"),
-            req("latency_ms", "number", "latency of the passing check"),
-            req("at", "string", "when it passed (RFC 3339)"),
-        ],
-        idempotency: "reads only",
-    },
-    ActionSpec {
-        name: "drill.start",
-        summary: "Boot a copy of a VM from its newest intact point at a site (or 'point') in a network namespace of its own, loopback only; production is untouched",
-        inputs: &[
-            req("id", "string", "drill id: 1-40 letters, digits, '-', '_'"),
-            req("vm", "string", "the VM"),
-            req(
-                "site",
-                "string",
-                "where to boot the copy (the VM's DR site)",
-            ),
-            opt(
-                "point",
-                "string",
-                "point id (default: newest intact at the site)",
-            ),
-        ],
-        outputs: &[
-            req("id", "string", "the drill id"),
-            req("vm", "string", "the VM"),
-            req("point", "string", "the point booted"),
-            req("point_time", "string", "when it was taken"),
-            req(
-                "data_age_seconds",
-                "number",
-                "age of its data when the drill started",
-            ),
-            req("restore_seconds", "number", "time to restore its disks"),
-            req("netns", "string", "the copy's network namespace"),
-        ],
-        idempotency: "a drill id already running returns its recorded state",
-    },
-    ActionSpec {
-        name: "drill.probe",
-        summary: "Wait until a drill's copy answers inside its namespace: 'kind' and 'port', or the VM's front-door service check",
-        inputs: &[
-            req("id", "string", "drill id"),
-            opt("kind", "string", "sip, tcp or http"),
-            opt("port", "number", "port on the copy's loopback"),
-            opt("timeout", "duration", "give up after (default 60s)"),
-        ],
-        outputs: &[
-            req(
-                "rto_seconds",
-                "number",
-                "from the drill's start to the first passing probe",
-            ),
-            req("latency_seconds", "number", "latency of the passing probe"),
-            req("vm", "string", "the VM"),
-        ],
-        idempotency: "reads only",
-    },
-    ActionSpec {
-        name: "drill.stop",
-        summary: "Stop a drill's copy, delete its namespace and files, and verify each is gone",
-        inputs: &[req("id", "string", "drill id")],
-        outputs: &[
-            req(
-                "verified",
-                "bool",
-                "true: copy stopped, namespace and files gone",
-            ),
-            req("checks", "list", "what was verified"),
-            opt("vm", "string", "the VM (null when the drill never started)"),
-        ],
-        idempotency: "a drill already gone is verified again and succeeds",
-    },
-    ActionSpec {
-        name: "drill.report",
-        summary: "Compose a drill's report from its boot, probe and teardown outputs; records it as a drill.report event; fails when a copy did not answer or teardown was not verified",
-        inputs: &[
-            opt("site", "string", "the drilled site"),
-            opt("boot", "list", "outputs of drill.start"),
-            opt("probe", "list", "outputs of drill.probe"),
-            opt("teardown", "list", "outputs of drill.stop"),
-        ],
-        outputs: &[
-            req(
-                "vms",
-                "list",
-                "[{vm, point, data_age_seconds, restore_seconds, rto_seconds, verified}]",
-            ),
-            req("ok", "bool", "every copy answered and was torn down"),
-            req("summary", "string", "one line for people"),
-        ],
-        idempotency: "reads its inputs; the event may be recorded twice on a resume",
-    },
-    ActionSpec {
-        name: "incident.open",
-        summary: "Open an incident (or find the open one with the same dedup key); it becomes the job's incident",
-        inputs: &[
-            req("title", "string", "title"),
-            opt(
-                "severity",
-                "string",
-                "info, warning, error (default) or critical",
-            ),
-            opt("description", "string", "description"),
-            opt("dedup", "string", "dedup key (default: runbook:JOB)"),
-            opt(
-                "labels",
-                "map",
-                "labels of the incident besides `runbook` (string values; empty ones are left out); a `vm` label makes it the VM's tenant's too",
-            ),
-        ],
-        outputs: &[req("incident", "number", "incident id")],
-        idempotency: "the dedup key (default per job) returns the same open incident",
-    },
-    ActionSpec {
-        name: "incident.note",
-        summary: "Add a note to an incident's timeline",
-        inputs: &[
-            req("text", "string", "the note"),
-            opt("incident", "number", "default: the job's incident"),
-        ],
-        outputs: &[req("incident", "number", "incident id")],
-        idempotency: "a note with the same text by the same step is not added twice",
-    },
-    ActionSpec {
-        name: "incident.resolve",
-        summary: "Resolve an incident, with a note",
-        inputs: &[
-            opt("incident", "number", "default: the job's incident"),
-            opt("note", "string", "closing note"),
-        ],
-        outputs: &[req("incident", "number", "incident id")],
-        idempotency: "a resolved incident stays resolved",
-    },
-    ActionSpec {
-        name: "notify",
-        summary: "Send a message through the notification outbox",
-        inputs: &[
-            opt(
-                "receiver",
-                "string",
-                "receiver name (default: every receiver)",
-            ),
-            req("subject", "string", "subject"),
-            req("text", "string", "text"),
-        ],
-        outputs: &[req("deliveries", "list", "delivery ids queued")],
-        idempotency: "deliveries queued by the step are recorded; a re-run does not queue again",
-    },
-    ActionSpec {
-        name: "http",
-        summary: "Make an HTTP request",
-        inputs: &[
-            opt("method", "string", "default GET"),
-            req("url", "string", "URL"),
-            opt("body", "any", "JSON body (a string is sent as text)"),
-            opt("headers", "map", "extra headers"),
-            opt(
-                "expect_status",
-                "number",
-                "fail unless this status (default: any 2xx)",
-            ),
-        ],
-        outputs: &[
-            req("status", "number", "HTTP status"),
-            req("body", "any", "body, parsed when JSON"),
-        ],
-        idempotency: "the request carries an Idempotency-Key header (job:step:item)",
-    },
-    ActionSpec {
-        name: "shell",
-        summary: "Run a command (an argv list, no shell interpolation)",
-        inputs: &[
-            req("command", "list", "argv, e.g. [sh, -c, 'echo hi']"),
-            opt("env", "map", "extra environment"),
-            opt("timeout", "duration", "default 60s"),
-        ],
-        outputs: &[
-            req("code", "number", "exit code"),
-            req("stdout", "string", "standard output"),
-            req("stderr", "string", "standard error"),
-        ],
-        idempotency: "not by itself: STANDBY_IDEMPOTENCY_KEY (job:step:item) is in its environment",
-    },
-    ActionSpec {
-        name: "sleep",
-        summary: "Wait",
-        inputs: &[req("duration", "duration", "how long, e.g. 5s")],
-        outputs: &[req("seconds", "number", "seconds slept")],
-        idempotency: "harmless",
-    },
-];
+        impl Call {
+            /// The typed input of `action` from a step's rendered `with`.
+            pub fn parse(action: &str, input: &Value) -> Result<Call, InputError> {
+                $(if action == <$variant as Action>::NAME {
+                    return parse_input::<$variant>(input).map(Call::$variant);
+                })*
+                Err(InputError::Unknown(action.to_string()))
+            }
+
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Call::$variant(_) => <$variant as Action>::NAME,)*
+                }
+            }
+        }
+
+        fn generate() -> Vec<ActionSpec> {
+            vec![$(spec::<$variant>(),)*]
+        }
+
+        /// Each action's name and the schema of its input, with their
+        /// definitions in `g`.
+        fn input_schemas(g: &mut SchemaGenerator) -> Vec<(&'static str, Value)> {
+            vec![$((
+                <$variant as Action>::NAME,
+                g.subschema_for::<$variant>().to_value(),
+            ),)*]
+        }
+    };
+}
+
+actions!(
+    VmList,
+    VmStart,
+    VmShutdown,
+    VmStop,
+    PointCreate,
+    PointLatest,
+    PointRestore,
+    SiteFence,
+    SiteUnfence,
+    TrafficSwitch,
+    ProbeWait,
+    DrillStart,
+    DrillProbe,
+    DrillStop,
+    DrillReportOf,
+    IncidentOpen,
+    IncidentNote,
+    IncidentResolve,
+    Notify,
+    Http,
+    Shell,
+    Sleep,
+);
+
+static ACTIONS: LazyLock<Vec<ActionSpec>> = LazyLock::new(generate);
+
+/// Every action, in catalog order.
+pub fn actions() -> &'static [ActionSpec] {
+    &ACTIONS
+}
 
 pub fn action(name: &str) -> Option<&'static ActionSpec> {
     ACTIONS.iter().find(|a| a.name == name)
 }
 
+fn spec<A: Action>() -> ActionSpec {
+    ActionSpec {
+        name: A::NAME,
+        summary: A::SUMMARY,
+        inputs: fields(&schemars::schema_for!(A).to_value()),
+        outputs: fields(&schemars::schema_for!(A::Output).to_value()),
+        idempotency: A::IDEMPOTENCY,
+    }
+}
+
+/// The fields of an object schema, with `$ref`s resolved in its `$defs`.
+fn fields(root: &Value) -> Vec<Field> {
+    let required: Vec<&str> = root["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(props) = root["properties"].as_object() else {
+        return Vec::new();
+    };
+    let mut out: Vec<Field> = props
+        .iter()
+        .map(|(name, prop)| {
+            let doc = prop["description"]
+                .as_str()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .trim_end_matches('.')
+                .to_string();
+            let kind = kind_of(prop, root);
+            let shape = if kind == "list" {
+                item_fields(prop, root)
+            } else {
+                None
+            };
+            Field {
+                name: name.clone(),
+                required: required.contains(&name.as_str()),
+                kind,
+                doc: match shape {
+                    Some(s) if doc.is_empty() => s,
+                    Some(s) => format!("{doc}: {s}"),
+                    None => doc,
+                },
+            }
+        })
+        .collect();
+    // Required first, each part by name.
+    out.sort_by_key(|f| !f.required);
+    out
+}
+
+fn resolve<'a>(s: &'a Value, root: &'a Value) -> &'a Value {
+    match s["$ref"].as_str().and_then(|r| r.strip_prefix("#/$defs/")) {
+        Some(name) => &root["$defs"][name],
+        None => s,
+    }
+}
+
+/// The catalog's word for a schema's type.
+fn kind_of(prop: &Value, root: &Value) -> &'static str {
+    let s = resolve(prop, root);
+    if s["format"] == "duration" {
+        return "duration";
+    }
+    if s["const"].is_string()
+        || s["enum"]
+            .as_array()
+            .is_some_and(|e| e.iter().all(Value::is_string))
+    {
+        return "string";
+    }
+    // `Option<T>`: T's type, or the one branch of an `anyOf` not null; an
+    // enum: the one kind of its variants.
+    if let Some(any) = s["anyOf"].as_array().or(s["oneOf"].as_array()) {
+        let kinds: Vec<&str> = any
+            .iter()
+            .map(|b| kind_of(b, root))
+            .filter(|k| *k != "null")
+            .collect();
+        return match kinds.as_slice() {
+            [k] => k,
+            [k, ..] if kinds.iter().all(|x| x == k) => k,
+            ["list", ..] => "list",
+            _ => "any",
+        };
+    }
+    let types: Vec<&str> = match &s["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    match types.iter().find(|t| **t != "null").copied() {
+        Some("string") => "string",
+        Some("boolean") => "bool",
+        Some("integer" | "number") => "number",
+        Some("array") => "list",
+        Some("object") => "map",
+        None if types.contains(&"null") => "null",
+        _ => "any",
+    }
+}
+
+/// `[{a, b, c}]` for a list of objects.
+fn item_fields(prop: &Value, root: &Value) -> Option<String> {
+    let s = resolve(prop, root);
+    let arr = match s["anyOf"].as_array() {
+        Some(any) => any
+            .iter()
+            .map(|b| resolve(b, root))
+            .find(|b| b["type"] == "array")?,
+        None => s,
+    };
+    let item = resolve(&arr["items"], root);
+    let item = match item["anyOf"].as_array() {
+        Some(any) => any
+            .iter()
+            .map(|b| resolve(b, root))
+            .find(|b| b["properties"].is_object())?,
+        None => item,
+    };
+    let names: Vec<&str> = item["properties"]
+        .as_object()?
+        .keys()
+        .map(String::as_str)
+        .collect();
+    Some(format!("[{{{}}}]", names.join(", ")))
+}
+
+/// The JSON Schema of a step, one branch per action: `action` names one
+/// of the catalog, and `with` holds that action's inputs, each either of
+/// its type or a template (a string with `{{`) rendered at run time.
+/// Definitions the inputs use go into `defs`.
+pub(crate) fn step_schema(step: &mut Value, defs: &mut Map<String, Value>) {
+    let mut g = SchemaGenerator::default();
+    let inputs = input_schemas(&mut g);
+    for (name, def) in g.take_definitions(true) {
+        defs.insert(name, def);
+    }
+    defs.insert(
+        "Template".into(),
+        json!({
+            "description": "A template: rendered when the step runs",
+            "type": "string",
+            "pattern": "\\{\\{",
+        }),
+    );
+    let names: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
+    step["properties"]["action"] = json!({
+        "description": "Action name from the catalog (`standby runbook actions`).",
+        "enum": names,
+    });
+    let branches: Vec<Value> = inputs
+        .iter()
+        .map(|(name, reference)| {
+            let input = match reference["$ref"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("#/$defs/"))
+            {
+                Some(d) => defs.get(d).cloned().unwrap_or_default(),
+                None => reference.clone(),
+            };
+            let props: Map<String, Value> = input["properties"]
+                .as_object()
+                .map(|p| {
+                    p.iter()
+                        .map(|(k, v)| {
+                            let mut either = json!({
+                                "anyOf": [v, {"$ref": "#/$defs/Template"}],
+                            });
+                            if let Some(d) = v.get("description") {
+                                either["description"] = d.clone();
+                            }
+                            (k.clone(), either)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "if": { "properties": { "action": { "const": name } }, "required": ["action"] },
+                "then": { "properties": { "with": {
+                    "type": "object",
+                    "properties": props,
+                    "required": input.get("required").cloned().unwrap_or(json!([])),
+                    "additionalProperties": false,
+                } } },
+            })
+        })
+        .collect();
+    step["allOf"] = Value::Array(branches);
+}
+
 /// The catalog as text, as `standby runbook actions` prints it.
 pub fn describe() -> String {
     let mut s = String::new();
-    for a in ACTIONS {
+    for a in actions() {
         s.push_str(&format!("{}\n  {}\n", a.name, a.summary));
         if !a.inputs.is_empty() {
             s.push_str("  inputs:\n");
-            for f in a.inputs {
+            for f in &a.inputs {
                 s.push_str(&format!(
                     "    {}{} ({}): {}\n",
                     f.name,
@@ -418,8 +348,12 @@ pub fn describe() -> String {
         }
         if !a.outputs.is_empty() {
             s.push_str("  outputs:\n");
-            for f in a.outputs {
-                s.push_str(&format!("    {} ({}): {}\n", f.name, f.kind, f.doc));
+            for f in &a.outputs {
+                s.push_str(&format!("    {} ({})", f.name, f.kind));
+                if !f.doc.is_empty() {
+                    s.push_str(&format!(": {}", f.doc));
+                }
+                s.push('\n');
             }
         }
         s.push_str(&format!("  idempotency: {}\n\n", a.idempotency));

@@ -198,7 +198,14 @@ fn default_backoff() -> String {
     "1s".into()
 }
 
-/// The JSON Schema of the runbook format.
+/// The JSON Schema of the runbook format, with each step's `with` checked
+/// against its action's inputs (`catalog::step_schema`).
 pub fn schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(Runbook)).unwrap_or_default()
+    let mut s = schemars::schema_for!(Runbook).to_value();
+    let mut defs = s["$defs"].as_object().cloned().unwrap_or_default();
+    let mut step = defs.remove("Step").unwrap_or_default();
+    crate::catalog::step_schema(&mut step, &mut defs);
+    defs.insert("Step".into(), step);
+    s["$defs"] = serde_json::Value::Object(defs);
+    s
 }

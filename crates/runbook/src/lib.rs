@@ -1,10 +1,12 @@
 //! Runbooks: the file format, its JSON Schema, validation, templates and
-//! the plan of a dry run. The durable executor lives in the server
-//! (`standby-server`'s `runbooks` module); this crate is pure.
+//! the plan of a dry run. The durable executor lives in the engine
+//! (`standby-engine`'s `runbooks` module); this crate is pure.
 //!
 //! # Layout
 //! - [`format`]: the YAML shape (serde + schemars).
-//! - [`catalog`]: every action a step may name, with inputs and outputs.
+//! - [`catalog`]: every action a step may name, generated from the typed
+//!   inputs in [`inputs`] (their scalars in [`scalar`]) and the outputs in
+//!   `standby_types::outcome`; [`Call`] is one parsed call.
 //! - [`validate`]: parse + every check serde cannot make; errors name the
 //!   file, the field path and (from serde_norway) line and column.
 //! - [`template`]: minijinja rendering; a string that is exactly one
@@ -21,12 +23,15 @@
 
 pub mod catalog;
 pub mod format;
+pub mod inputs;
 pub mod plan;
+pub mod scalar;
 pub mod template;
 pub mod validate;
 
-pub use catalog::{ACTIONS, ActionSpec, action};
+pub use catalog::{ActionSpec, Call, InputError, action, actions};
 pub use format::{OnFailure, Runbook, Step, schema};
+pub use inputs::Action;
 pub use plan::{Plan, context, plan, resolve_params};
 pub use validate::{Invalid, RunbookError, duration, parse};
 

@@ -292,8 +292,8 @@ fn check_step(
         ),
         Some(spec) => {
             for key in step.with.keys() {
-                if !spec.inputs.iter().any(|f| f.name == key) {
-                    let known: Vec<&str> = spec.inputs.iter().map(|f| f.name).collect();
+                if !spec.inputs.iter().any(|f| f.name == *key) {
+                    let known: Vec<&str> = spec.inputs.iter().map(|f| f.name.as_str()).collect();
                     c.err(
                         format!("{at}.with.{key}"),
                         format!(
@@ -309,7 +309,7 @@ fn check_step(
                 }
             }
             for f in spec.inputs.iter().filter(|f| f.required) {
-                if !step.with.contains_key(f.name) {
+                if !step.with.contains_key(&f.name) {
                     c.err(
                         format!("{at}.with"),
                         format!("missing input '{}' of action {}", f.name, spec.name),
@@ -318,7 +318,7 @@ fn check_step(
             }
             // Literal durations can be checked now.
             for f in spec.inputs.iter().filter(|f| f.kind == "duration") {
-                if let Some(Value::String(s)) = step.with.get(f.name)
+                if let Some(Value::String(s)) = step.with.get(&f.name)
                     && !template::is_template(s)
                     && let Err(e) = duration(s)
                 {

@@ -20,6 +20,7 @@
 //! A scrape reads the point catalog once (one query) and the newest few
 //! runbook jobs; nothing here walks a datastore.
 
+use standby_types::outcome::DrillReport;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -317,13 +318,14 @@ async fn register_rto(reg: &mut Registry, ctl: &Controller) -> Result<(), Server
             continue;
         };
         let steps = ctl.runbooks.repo().steps(job).await?;
-        for s in &steps {
-            let Some(vms) = s.output["vms"].as_array() else {
-                continue;
-            };
-            let site = s.output["site"].as_str().unwrap_or_default();
-            for v in vms {
-                let (Some(vm), Some(r)) = (v["vm"].as_str(), v["rto_seconds"].as_f64()) else {
+        // The report is the output of the job's `drill.report` step.
+        let reports = steps
+            .iter()
+            .filter_map(|s| serde_json::from_value::<DrillReport>(s.output.clone()).ok());
+        for report in reports {
+            let site = report.site.as_str();
+            for v in &report.vms {
+                let (vm, Some(r)) = (v.vm.as_str(), v.rto_seconds) else {
                     continue;
                 };
                 if !seen.insert((vm.to_string(), site.to_string(), "drill")) {
@@ -331,9 +333,7 @@ async fn register_rto(reg: &mut Registry, ctl: &Controller) -> Result<(), Server
                 }
                 let labels = l(&[("vm", vm), ("site", site), ("kind", "drill")]);
                 rto.get_or_create(&labels).set(r);
-                if let Some(d) = v["data_age_seconds"].as_f64() {
-                    loss.get_or_create(&labels).set(d);
-                }
+                loss.get_or_create(&labels).set(v.data_age_seconds);
                 when.get_or_create(&labels)
                     .set(e.at.timestamp_millis() as f64 / 1000.0);
             }

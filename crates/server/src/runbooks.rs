@@ -89,7 +89,7 @@ async fn schema(_who: Principal) -> Json<Value> {
 #[utoipa::path(get, path = "/api/v1/runbooks/actions", operation_id = "runbook_actions", tag = "runbooks",
     responses((status = 200, description = "The action catalog", body = Vec<Object>)))]
 async fn actions(_who: Principal) -> Json<Value> {
-    Json(serde_json::to_value(standby_runbook::ACTIONS).unwrap_or_default())
+    Json(serde_json::to_value(standby_runbook::actions()).unwrap_or_default())
 }
 
 /// One runbook: its file, parsed form and source.

@@ -202,8 +202,7 @@ async fn udp_and_tcp_follow_a_switch() {
     client.send_to(b"slow", door).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let v = srv.ctl.switch_traffic("svc", "site2").await.unwrap();
-    let r: SwitchResult = serde_json::from_value(v).unwrap();
+    let r: SwitchResult = srv.ctl.switch_traffic("svc", "site2").await.unwrap();
     assert_eq!((r.service.as_str(), r.site.as_str()), ("svc", "site2"));
     assert_eq!(r.previous, "site1");
     assert!(r.switched_at.is_some());
@@ -227,8 +226,7 @@ async fn udp_and_tcp_follow_a_switch() {
     assert_eq!(site, "site2");
 
     // Idempotent: switching again changes nothing.
-    let again: SwitchResult =
-        serde_json::from_value(srv.ctl.switch_traffic("svc", "site2").await.unwrap()).unwrap();
+    let again: SwitchResult = srv.ctl.switch_traffic("svc", "site2").await.unwrap();
     assert_eq!(again.previous, "site2");
     assert_eq!(again.switched_at, r.switched_at);
     assert_eq!(ask(&client, door, "c").await, "site2:c");

@@ -185,7 +185,7 @@ pub struct SwitchRequest {
 
 /// The answer of a switch: where the service's clients go now and where
 /// they went before (the same site when the switch changed nothing).
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct SwitchResult {
     pub service: String,
     pub site: String,

@@ -9,6 +9,7 @@ pub mod api;
 mod chain;
 pub mod config;
 pub mod model;
+pub mod outcome;
 mod retention;
 pub mod watch;
 

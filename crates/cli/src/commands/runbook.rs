@@ -50,7 +50,7 @@ pub async fn run(ctx: &Ctx, cmd: &RunbookCmd) -> Result<()> {
         }
         RunbookCmd::Actions => {
             if ctx.json {
-                output::json(&standby_runbook::ACTIONS);
+                output::json(&standby_runbook::actions());
             } else {
                 print!("{}", standby_runbook::catalog::describe());
             }

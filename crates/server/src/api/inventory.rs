@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 use standby_types::api::{ApiError, FenceRequest, JobRef, ShutdownRequest, SiteView, VmView};
 use standby_types::model::GroupRecord;
+use standby_types::outcome::{SiteFenced, SiteUnfenced};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -87,14 +88,14 @@ async fn sites(
     params(("name" = String, Path, description = "Site")),
     request_body(content = Option<FenceRequest>, description = "Optional reason"),
     security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
-    responses((status = 200, description = "The fence", body = Object),
+    responses((status = 200, description = "The fence", body = SiteFenced),
         (status = 404, body = ApiError)))]
 async fn site_fence(
     State(ctl): Ctl,
     who: Principal,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<SiteFenced> {
     operators_only(&who, "site", &name)?;
     let req: FenceRequest = if body.is_empty() {
         FenceRequest::default()
@@ -109,13 +110,13 @@ async fn site_fence(
 #[utoipa::path(post, path = "/api/v1/sites/{name}/unfence", tag = "sites",
     params(("name" = String, Path, description = "Site")),
     security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
-    responses((status = 200, description = "The lifted fence", body = Object),
+    responses((status = 200, description = "The lifted fence", body = SiteUnfenced),
         (status = 404, body = ApiError)))]
 async fn site_unfence(
     State(ctl): Ctl,
     who: Principal,
     Path(name): Path<String>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<SiteUnfenced> {
     operators_only(&who, "site", &name)?;
     Ok(Json(ctl.unfence_site(&name).await?))
 }

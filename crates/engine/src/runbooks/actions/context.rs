@@ -3,11 +3,11 @@
 //! lookups in the configuration that several actions share.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use standby_db::{StepRecord, StepState};
+use standby_runbook::scalar::Int;
 use standby_types::watch::ProbeCheck;
 
 use crate::controller::Controller;
@@ -39,7 +39,9 @@ impl ActionCtx {
 
     /// Persist `v` with the running step, so a re-run finds it in
     /// `recorded`.
-    pub async fn record(&self, v: Value) -> Result<(), EngineError> {
+    pub async fn record(&self, v: impl serde::Serialize) -> Result<(), EngineError> {
+        let v = serde_json::to_value(v)
+            .map_err(|e| EngineError::Internal(format!("unable to record the step: {e}")))?;
         self.ctl
             .runbooks
             .repo()
@@ -60,64 +62,18 @@ impl ActionCtx {
         Ok(())
     }
 
-    pub(super) fn str(&self, name: &str) -> Result<String, EngineError> {
-        self.opt_str(name)?
-            .ok_or_else(|| EngineError::BadRequest(format!("input '{name}' is required")))
-    }
-
-    pub(super) fn opt_str(&self, name: &str) -> Result<Option<String>, EngineError> {
-        match &self.input[name] {
-            Value::Null => Ok(None),
-            Value::String(s) => Ok(Some(s.clone())),
-            Value::Number(n) => Ok(Some(n.to_string())),
-            other => Err(EngineError::BadRequest(format!(
-                "input '{name}': {other} is not a string"
-            ))),
+    /// What an earlier run of this execution recorded, as `T` (None when
+    /// nothing was, or something else was).
+    pub(super) fn recorded<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        if self.recorded.is_null() {
+            return None;
         }
+        serde_json::from_value(self.recorded.clone()).ok()
     }
 
-    pub(super) fn opt_bool(&self, name: &str) -> Result<Option<bool>, EngineError> {
-        match &self.input[name] {
-            Value::Null => Ok(None),
-            Value::Bool(b) => Ok(Some(*b)),
-            Value::String(s) if s == "true" => Ok(Some(true)),
-            Value::String(s) if s == "false" => Ok(Some(false)),
-            other => Err(EngineError::BadRequest(format!(
-                "input '{name}': {other} is not a bool"
-            ))),
-        }
-    }
-
-    pub(super) fn opt_i64(&self, name: &str) -> Result<Option<i64>, EngineError> {
-        match &self.input[name] {
-            Value::Null => Ok(None),
-            Value::Number(n) => n.as_i64().map(Some).ok_or_else(|| {
-                EngineError::BadRequest(format!("input '{name}': {n} is not an integer"))
-            }),
-            Value::String(s) => s.trim().parse().map(Some).map_err(|_| {
-                EngineError::BadRequest(format!("input '{name}': '{s}' is not an integer"))
-            }),
-            other => Err(EngineError::BadRequest(format!(
-                "input '{name}': {other} is not a number"
-            ))),
-        }
-    }
-
-    pub(super) fn opt_duration(&self, name: &str) -> Result<Option<Duration>, EngineError> {
-        match &self.input[name] {
-            Value::Null => Ok(None),
-            Value::Number(n) => Ok(n.as_f64().map(Duration::from_secs_f64)),
-            Value::String(s) => standby_runbook::duration(s)
-                .map(Some)
-                .map_err(|e| EngineError::BadRequest(format!("input '{name}': {e}"))),
-            other => Err(EngineError::BadRequest(format!(
-                "input '{name}': {other} is not a duration"
-            ))),
-        }
-    }
-
-    pub(super) fn incident_or_job(&self) -> Result<i64, EngineError> {
-        self.opt_i64("incident")?.or(self.incident).ok_or_else(|| {
+    /// The incident given, else the job's.
+    pub(super) fn incident_or_job(&self, given: Option<Int>) -> Result<i64, EngineError> {
+        given.map(|i| i.0).or(self.incident).ok_or_else(|| {
             EngineError::BadRequest(
                 "no incident: give 'incident' or open one earlier with incident.open".into(),
             )

@@ -3,44 +3,47 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::{Value, json};
+use standby_runbook::catalog::{DrillProbe, DrillReportOf, DrillStart, Probed, TornDown};
+use standby_runbook::scalar::Text;
+use standby_types::outcome::{DrillProbed, DrillReport, DrillState, DrilledVm};
 use standby_types::watch::{ProbeCheck, Severity};
 
+use super::Perform;
 use super::context::{ActionCtx, service_check, services_of};
 use crate::error::EngineError;
 
-pub(super) async fn drill_start(ctx: &ActionCtx) -> Result<Value, EngineError> {
-    let progress = std::sync::Arc::new(crate::jobs::JobProgress::default());
-    let st = crate::drill::start(
-        &ctx.ctl,
-        &ctx.str("id")?,
-        &ctx.str("vm")?,
-        &ctx.str("site")?,
-        ctx.opt_str("point")?.as_deref(),
-        progress,
-    )
-    .await?;
-    serde_json::to_value(&st).map_err(|e| EngineError::Internal(e.to_string()))
+impl Perform for DrillStart {
+    async fn perform(self, ctx: &ActionCtx) -> Result<DrillState, EngineError> {
+        let progress = std::sync::Arc::new(crate::jobs::JobProgress::default());
+        crate::drill::start(
+            &ctx.ctl,
+            self.id.as_str(),
+            self.vm.as_str(),
+            self.site.as_str(),
+            self.point.as_ref().map(Text::as_str),
+            progress,
+        )
+        .await
+    }
 }
 
 /// Probe a drill's copy inside its namespace: `kind` and `port` given, or
 /// taken from the VM's first front-door service (its probe kind and its
 /// backend's port at the drill's site).
-pub(super) async fn drill_probe(ctx: &ActionCtx) -> Result<Value, EngineError> {
-    let id = ctx.str("id")?;
-    let timeout = ctx
-        .opt_duration("timeout")?
-        .unwrap_or(Duration::from_secs(60));
-    let (vm, site) = match (ctx.opt_str("vm")?, ctx.opt_str("site")?) {
-        (Some(vm), Some(site)) => (vm, site),
-        _ => {
-            let rec = crate::drill::state(&ctx.ctl, &id)?
-                .ok_or_else(|| EngineError::not_found("drill", &id))?;
-            (rec.vm, rec.site)
-        }
-    };
+impl Perform for DrillProbe {
+    async fn perform(self, ctx: &ActionCtx) -> Result<DrillProbed, EngineError> {
+        drill_probe(self, ctx).await
+    }
+}
+
+async fn drill_probe(input: DrillProbe, ctx: &ActionCtx) -> Result<DrillProbed, EngineError> {
+    let id = String::from(input.id);
+    let timeout = input.timeout.map_or(Duration::from_secs(60), |t| t.0);
+    let rec =
+        crate::drill::state(&ctx.ctl, &id)?.ok_or_else(|| EngineError::not_found("drill", &id))?;
+    let (vm, site) = (rec.vm, rec.site);
     let check =
-        match (ctx.opt_str("kind")?, ctx.opt_i64("port")?) {
+        match (input.kind.map(String::from), input.port.map(|p| p.0)) {
             (Some(kind), Some(port)) => {
                 let target = format!("127.0.0.1:{port}");
                 match kind.as_str() {
@@ -76,9 +79,7 @@ pub(super) async fn drill_probe(ctx: &ActionCtx) -> Result<Value, EngineError> {
                 }
             }
         };
-    let mut out = crate::drill::probe(&ctx.ctl, &id, check, timeout).await?;
-    out["vm"] = json!(vm);
-    Ok(out)
+    crate::drill::probe(&ctx.ctl, &id, check, timeout).await
 }
 
 /// `ADDR:PORT` → `127.0.0.1:PORT`.
@@ -95,41 +96,41 @@ pub(super) fn loopback(target: &str) -> Result<String, EngineError> {
 /// and whether teardown was verified. Fails (after recording the report as
 /// this step's output) when a copy did not boot or answer, or teardown was
 /// not verified.
-pub(super) async fn drill_report(ctx: &ActionCtx) -> Result<Value, EngineError> {
-    let list = |name: &str| -> Vec<Value> {
-        match &ctx.input[name] {
-            Value::Array(a) => a.clone(),
-            Value::Null => Vec::new(),
-            v => vec![v.clone()],
-        }
-    };
-    let (boots, probes, teardowns) = (list("boot"), list("probe"), list("teardown"));
+impl Perform for DrillReportOf {
+    async fn perform(self, ctx: &ActionCtx) -> Result<DrillReport, EngineError> {
+        drill_report(self, ctx).await
+    }
+}
+
+async fn drill_report(input: DrillReportOf, ctx: &ActionCtx) -> Result<DrillReport, EngineError> {
+    let probes: Vec<Probed> = input.probe.0.into_iter().flatten().collect();
+    let teardowns: Vec<Option<TornDown>> = input.teardown.0;
     let mut vms = Vec::new();
     let mut failed = Vec::new();
-    for b in boots.iter().filter(|b| !b.is_null()) {
-        let vm = b["vm"].as_str().unwrap_or_default().to_string();
-        let probe = probes.iter().find(|p| p["vm"] == vm.as_str());
-        let teardown = teardowns.iter().find(|t| t["vm"] == vm.as_str());
-        let answered = probe.is_some_and(|p| p["rto_seconds"].is_number());
-        let verified = teardown.is_some_and(|t| t["verified"] == true);
-        if !answered {
-            failed.push(format!("{vm}: the copy did not answer its probe"));
+    for b in input.boot.0.into_iter().flatten() {
+        let probe = probes.iter().find(|p| p.vm == b.vm);
+        let verified = teardowns
+            .iter()
+            .flatten()
+            .any(|t| t.vm.as_deref() == Some(b.vm.as_str()) && t.verified);
+        if probe.is_none() {
+            failed.push(format!("{}: the copy did not answer its probe", b.vm));
         }
         if !verified {
-            failed.push(format!("{vm}: teardown not verified"));
+            failed.push(format!("{}: teardown not verified", b.vm));
         }
-        vms.push(json!({
-            "vm": vm,
-            "site": b["site"],
-            "point": b["point"],
-            "point_time": b["point_time"],
-            "data_age_seconds": b["data_age_seconds"],
-            "restore_seconds": b["restore_seconds"],
-            "rto_seconds": probe.map(|p| p["rto_seconds"].clone()).unwrap_or(Value::Null),
-            "verified": verified,
-        }));
+        vms.push(DrilledVm {
+            rto_seconds: probe.map(|p| p.rto_seconds),
+            vm: b.vm,
+            site: b.site,
+            point: b.point,
+            point_time: b.point_time,
+            data_age_seconds: b.data_age_seconds,
+            restore_seconds: b.restore_seconds,
+            verified,
+        });
     }
-    let site = ctx.opt_str("site")?.unwrap_or_default();
+    let site = input.site.map(String::from).unwrap_or_default();
     let booted = vms.len();
     let wanted = teardowns.len().max(booted);
     if booted < wanted {
@@ -146,14 +147,13 @@ pub(super) async fn drill_report(ctx: &ActionCtx) -> Result<Value, EngineError> 
             .map(|v| {
                 format!(
                     "{} from point {} (data age {:.1} s): RTO {}, teardown {}",
-                    v["vm"].as_str().unwrap_or_default(),
-                    v["point"].as_str().unwrap_or_default(),
-                    v["data_age_seconds"].as_f64().unwrap_or_default(),
-                    v["rto_seconds"]
-                        .as_f64()
+                    v.vm,
+                    v.point,
+                    v.data_age_seconds,
+                    v.rto_seconds
                         .map(|r| format!("{r:.1} s"))
                         .unwrap_or_else(|| "not reached".into()),
-                    if v["verified"] == true {
+                    if v.verified {
                         "verified"
                     } else {
                         "NOT verified"
@@ -163,39 +163,35 @@ pub(super) async fn drill_report(ctx: &ActionCtx) -> Result<Value, EngineError> 
             .collect();
         format!("drill of site {site}: {}", parts.join("; "))
     };
-    let report = json!({
-        "site": site,
-        "vms": vms,
-        "ok": failed.is_empty(),
-        "failures": failed,
-        "summary": summary,
-    });
+    let ok = failed.is_empty();
     // Drill reports are events too, so they are found with the rest.
     ctx.ctl.watch.emit(standby_types::watch::Event {
         id: 0,
         at: Utc::now(),
         source: format!("runbook:{}", ctx.runbook),
         kind: "drill.report".into(),
-        severity: if failed.is_empty() {
-            Severity::Info
-        } else {
-            Severity::Error
-        },
+        severity: if ok { Severity::Info } else { Severity::Error },
         labels: [
             ("site".to_string(), site.clone()),
             ("job".to_string(), ctx.job.to_string()),
-            ("ok".to_string(), failed.is_empty().to_string()),
+            ("ok".to_string(), ok.to_string()),
         ]
         .into_iter()
         .collect(),
         vantage: "controller".into(),
         message: summary.clone(),
     });
-    if !failed.is_empty() {
+    if !ok {
         return Err(EngineError::Conflict(format!(
             "drill failed: {} ({summary})",
             failed.join("; ")
         )));
     }
-    Ok(report)
+    Ok(DrillReport {
+        site,
+        vms,
+        ok,
+        failures: failed,
+        summary,
+    })
 }

@@ -3,24 +3,29 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use serde_json::{Value, json};
+use standby_runbook::catalog::ProbeWait;
+use standby_runbook::scalar::Text;
+use standby_types::outcome::ProbePassed;
 use standby_types::watch::{ProbeCheck, ProbeSpec};
 
+use super::Perform;
 use super::context::{ActionCtx, service_check};
 use crate::error::EngineError;
 
-pub(super) async fn probe_wait(ctx: &ActionCtx) -> Result<Value, EngineError> {
+impl Perform for ProbeWait {
+    async fn perform(self, ctx: &ActionCtx) -> Result<ProbePassed, EngineError> {
+        probe_wait(self, ctx).await
+    }
+}
+
+async fn probe_wait(input: ProbeWait, ctx: &ActionCtx) -> Result<ProbePassed, EngineError> {
     let ctl = &ctx.ctl;
-    let timeout = ctx
-        .opt_duration("timeout")?
-        .unwrap_or(Duration::from_secs(60));
-    let interval = ctx
-        .opt_duration("interval")?
-        .unwrap_or(Duration::from_millis(500));
+    let timeout = input.timeout.map_or(Duration::from_secs(60), |t| t.0);
+    let interval = input.interval.map_or(Duration::from_millis(500), |t| t.0);
     let began = Instant::now();
     let since = Utc::now();
     let deadline = began + timeout;
-    if let Some(name) = ctx.opt_str("probe")? {
+    if let Some(name) = input.probe.map(String::from) {
         if !ctl.cfg.probes.contains_key(&name) {
             return Err(EngineError::not_found("probe", name));
         }
@@ -31,13 +36,13 @@ pub(super) async fn probe_wait(ctx: &ActionCtx) -> Result<Value, EngineError> {
                 .into_iter()
                 .find(|r| r.probe == name && r.ok && r.at >= since);
             if let Some(r) = fresh {
-                return Ok(json!({
-                    "probe": name,
-                    "seconds": began.elapsed().as_secs_f64(),
-                    "latency_ms": r.latency_ms,
-                    "at": r.at,
-                    "at_epoch": crate::runbooks::epoch(r.at),
-                }));
+                return Ok(ProbePassed {
+                    probe: Some(name),
+                    seconds: began.elapsed().as_secs_f64(),
+                    latency_ms: r.latency_ms,
+                    at: r.at,
+                    at_epoch: crate::runbooks::epoch(r.at),
+                });
             }
             if Instant::now() >= deadline {
                 return Err(EngineError::Conflict(format!(
@@ -48,15 +53,23 @@ pub(super) async fn probe_wait(ctx: &ActionCtx) -> Result<Value, EngineError> {
             tokio::time::sleep(interval).await;
         }
     }
-    let check = match ctx.opt_str("service")? {
-        Some(service) => Some(service_check(ctl, &service, &ctx.str("site")?)?),
+    let required = |v: Option<Text>, name: &str| {
+        v.map(String::from)
+            .ok_or_else(|| EngineError::BadRequest(format!("input '{name}' is required")))
+    };
+    let check = match input.service {
+        Some(service) => Some(service_check(
+            ctl,
+            service.as_str(),
+            &required(input.site, "site")?,
+        )?),
         None => None,
     };
     let kind = match &check {
         Some(c) => c.kind().to_string(),
-        None => ctx.str("kind")?,
+        None => required(input.kind, "kind")?,
     };
-    let target = ctx.opt_str("target")?;
+    let target = input.target.map(String::from);
     let need_target = || {
         target
             .clone()
@@ -76,7 +89,7 @@ pub(super) async fn probe_wait(ctx: &ActionCtx) -> Result<Value, EngineError> {
             target: need_target()?,
         },
         (None, "http") => ProbeCheck::Http {
-            url: ctx.str("url")?,
+            url: required(input.url, "url")?,
             status: None,
             body_contains: None,
         },
@@ -98,12 +111,13 @@ pub(super) async fn probe_wait(ctx: &ActionCtx) -> Result<Value, EngineError> {
         let o = standby_monitor::probe::run(&spec).await;
         if o.ok {
             let now = Utc::now();
-            return Ok(json!({
-                "seconds": began.elapsed().as_secs_f64(),
-                "latency_ms": o.latency.as_millis() as u64,
-                "at": now,
-                "at_epoch": crate::runbooks::epoch(now),
-            }));
+            return Ok(ProbePassed {
+                probe: None,
+                seconds: began.elapsed().as_secs_f64(),
+                latency_ms: o.latency.as_millis() as u64,
+                at: now,
+                at_epoch: crate::runbooks::epoch(now),
+            });
         }
         if Instant::now() >= deadline {
             return Err(EngineError::Conflict(format!(

@@ -1,0 +1,400 @@
+//! What the engine's operations return: typed results, serialised the same
+//! way in API answers, job results and runbook step outputs. A runbook
+//! action's output is one of these (`standby_runbook::catalog`), so the
+//! catalog's outputs are generated from the same types the code returns.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A VM's state after `vm.start`, `vm.shutdown` or `vm.stop`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct VmChanged {
+    /// The VM.
+    pub vm: String,
+    /// Its state afterwards.
+    pub state: String,
+}
+
+/// The VMs (and their front-door services) `vm.list` selected.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct VmsListed {
+    /// One per VM.
+    pub vms: Vec<ListedVm>,
+    /// Front-door services of those VMs.
+    pub services: Vec<ListedService>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ListedVm {
+    pub name: String,
+    /// Where it is active.
+    pub site: String,
+    pub host: String,
+    pub home_site: String,
+    pub dr_site: Option<String>,
+    pub groups: Vec<String>,
+    /// Its state at its host, `unknown` when the host does not answer.
+    pub state: String,
+    /// The configured probe about it (label `vm`), if any.
+    pub probe: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ListedService {
+    pub service: String,
+    pub vm: String,
+    pub site: String,
+    pub home_site: String,
+    pub dr_site: Option<String>,
+    /// Its probe kind (`tcp`, `http`, `sip`...), if any.
+    pub probe: Option<String>,
+}
+
+/// A copy of a new point in another datastore of its group.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct PointSynced {
+    pub datastore: String,
+    pub chunks_copied: u64,
+    pub bytes_copied: u64,
+}
+
+/// A point of one VM: taken, copied to the group's other datastores and
+/// pruned by retention.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct PointTaken {
+    pub vm: String,
+    /// The point id.
+    pub point: String,
+    /// Where it was written.
+    pub datastore: String,
+    /// Time to take it.
+    pub seconds: f64,
+    /// Disk bytes it covers.
+    pub size: u64,
+    pub bytes_read: u64,
+    /// Bytes no earlier point had.
+    pub bytes_new: u64,
+    pub chunks: u64,
+    pub chunks_new: u64,
+    /// Its copies in the group's other datastores.
+    pub synced: Vec<PointSynced>,
+    /// Old points retention removed.
+    pub pruned: usize,
+    /// True: the step found this point taken by an earlier run of itself
+    /// (the controller stopped before recording it); the figures are the
+    /// catalog's.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub reused: bool,
+}
+
+/// A protection run of a group (a job): a point of every member.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct GroupProtected {
+    pub group: String,
+    /// One per member.
+    pub vms: Vec<PointTaken>,
+}
+
+/// The points `point.create` took: of every member of a group, or of one
+/// VM.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PointsCreated {
+    pub group: String,
+    /// One per VM.
+    pub points: Vec<PointTaken>,
+}
+
+/// The newest point of a VM with a readable manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PointFound {
+    /// The point id.
+    pub point: String,
+    /// When it was taken.
+    pub time: DateTime<Utc>,
+    /// Its age now.
+    pub age_seconds: f64,
+    /// A datastore holding it.
+    pub datastore: String,
+}
+
+/// A restore of a point at a site.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct Restored {
+    pub point: String,
+    pub vm: String,
+    pub site: String,
+    pub host: String,
+    /// The copy it was read from.
+    pub datastore: String,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Time to write the disks.
+    pub restore_seconds: f64,
+    /// Time in all, the start included.
+    pub seconds: f64,
+    /// Whether the VM was started.
+    pub started: bool,
+    /// Copies skipped, and why (missing the point, corrupt).
+    pub skipped: Vec<String>,
+}
+
+/// What `point.restore` did, with what a report of the failover needs.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PointRestored {
+    pub vm: String,
+    pub point: String,
+    pub site: String,
+    pub host: String,
+    /// The copy it was read from (unknown on a resumed step).
+    pub datastore: Option<String>,
+    /// Time taken.
+    pub seconds: f64,
+    /// Bytes written (unknown on a resumed step).
+    pub bytes: Option<u64>,
+    /// Whether the VM was started (unknown on a resumed step).
+    pub started: Option<bool>,
+    /// Age of the point's data when the VM came back.
+    pub data_age_seconds: f64,
+    /// When the point was taken, in seconds since the epoch.
+    pub point_time_epoch: f64,
+    /// When the restore ended, in seconds since the epoch.
+    pub at_epoch: f64,
+    /// True: an earlier run of the step had done the restore.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub resumed: bool,
+}
+
+/// A site's fence, as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct Fence {
+    pub site: String,
+    pub since: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// What fencing did at one host.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct HostFenced {
+    pub host: String,
+    /// The remote agent serving it (none: in-process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// `done`, or `pending: ...` when its agent did not answer.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What fencing did to one VM.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct VmFenced {
+    pub vm: String,
+    pub host: String,
+    /// `stopped`, `already stopped`, `pending` (its agent is unreachable
+    /// and stops it when it reconnects) or `failed: ...`.
+    pub result: String,
+}
+
+/// A fenced site.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct SiteFenced {
+    pub site: String,
+    /// Always true.
+    pub fenced: bool,
+    pub since: DateTime<Utc>,
+    pub reason: String,
+    /// Some VM's stop waits for its agent to reconnect.
+    pub pending: bool,
+    pub hosts: Vec<HostFenced>,
+    pub vms: Vec<VmFenced>,
+}
+
+/// What lifting a fence told one remote agent.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct AgentUnfenced {
+    pub agent: String,
+    /// `unfenced`, or when it learns (its next heartbeat).
+    pub result: String,
+}
+
+/// A site whose fence is lifted.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct SiteUnfenced {
+    pub site: String,
+    /// Always false.
+    pub fenced: bool,
+    /// Whether a fence was lifted (false: it was not fenced).
+    pub was_fenced: bool,
+    /// The fence lifted.
+    pub lifted: Option<Fence>,
+    pub agents: Vec<AgentUnfenced>,
+}
+
+/// A probe that passed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ProbePassed {
+    /// The configured probe (none for an ad-hoc check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+    /// Time until it passed.
+    pub seconds: f64,
+    /// Latency of the passing check.
+    pub latency_ms: u64,
+    /// When it passed.
+    pub at: DateTime<Utc>,
+    /// The same, in seconds since the epoch.
+    pub at_epoch: f64,
+}
+
+/// How a drill's copy runs.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyKind {
+    /// A process (the process driver).
+    #[default]
+    Process,
+    /// A QEMU VM (the qemu driver).
+    Qemu,
+}
+
+/// A running drill, as recorded in its directory (the output of
+/// `drill.start`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct DrillState {
+    pub id: String,
+    pub vm: String,
+    pub site: String,
+    /// The point booted.
+    pub point: String,
+    pub point_time: DateTime<Utc>,
+    pub datastore: String,
+    /// The copy's network namespace.
+    pub netns: String,
+    #[schema(value_type = String)]
+    pub dir: std::path::PathBuf,
+    /// The copy's name under the drill's process driver.
+    pub copy: String,
+    pub pid: Option<u32>,
+    pub started_at: DateTime<Utc>,
+    /// Age of the point's data when the drill started.
+    pub data_age_seconds: f64,
+    /// Time to restore its disks.
+    pub restore_seconds: f64,
+    pub bytes: u64,
+    /// How the copy runs (records without it are process copies).
+    #[serde(default)]
+    pub kind: CopyKind,
+    /// The least time its probe waits for a first answer: the copy's boot.
+    #[serde(default)]
+    pub boot_allowance_seconds: f64,
+}
+
+/// A drill's copy answered its probe.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DrillProbed {
+    pub drill: String,
+    /// From the drill's start to the first passing probe.
+    pub rto_seconds: f64,
+    /// Latency of the passing probe.
+    pub latency_seconds: f64,
+    pub detail: String,
+    /// The VM (set by `drill.probe`).
+    #[serde(default)]
+    pub vm: String,
+}
+
+/// A drill torn down and verified gone.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DrillStopped {
+    pub drill: String,
+    /// The VM (none when the drill never started).
+    pub vm: Option<String>,
+    /// True: copy stopped, namespace and files gone.
+    pub verified: bool,
+    /// What was verified.
+    pub checks: Vec<String>,
+}
+
+/// One VM of a drill report.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DrilledVm {
+    pub vm: String,
+    pub site: String,
+    pub point: String,
+    pub point_time: Option<DateTime<Utc>>,
+    pub data_age_seconds: f64,
+    pub restore_seconds: f64,
+    /// From the drill's start to the first passing probe (none: the copy
+    /// never answered).
+    pub rto_seconds: Option<f64>,
+    /// Teardown verified.
+    pub verified: bool,
+}
+
+/// A drill's report.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DrillReport {
+    pub site: String,
+    pub vms: Vec<DrilledVm>,
+    /// Every copy answered and was torn down.
+    pub ok: bool,
+    pub failures: Vec<String>,
+    /// One line for people.
+    pub summary: String,
+}
+
+/// An incident a runbook opened (or found open with the same dedup key).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct IncidentOpened {
+    /// The incident id.
+    pub incident: i64,
+    pub title: String,
+}
+
+/// An incident a runbook noted or resolved.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct IncidentTouched {
+    /// The incident id.
+    pub incident: i64,
+    /// Its state afterwards (`incident.resolve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// Messages queued in the notification outbox.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Queued {
+    /// Delivery ids queued.
+    pub deliveries: Vec<i64>,
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct HttpAnswered {
+    pub status: u16,
+    /// The body, parsed when JSON.
+    pub body: Value,
+}
+
+/// A command that ran and succeeded.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct CommandRan {
+    /// Exit code.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A wait.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Slept {
+    pub seconds: f64,
+}
