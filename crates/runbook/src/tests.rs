@@ -420,3 +420,95 @@ fn drill_takes_a_site_or_one_vm_and_locks_each() {
         Ok(json!("copies to boot: none"))
     );
 }
+
+#[test]
+fn a_bad_input_names_the_action_and_the_field() {
+    use crate::catalog::{Call, InputError};
+    let e = Call::parse("sleep", &json!({"duration": "soon"})).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("action sleep: input 'duration': "),
+        "{e}"
+    );
+    let e = Call::parse("vm.start", &json!({"vm": "a", "vms": "b"})).unwrap_err();
+    assert!(e.to_string().contains("unknown field `vms`"), "{e}");
+    let e = Call::parse("point.restore", &json!({"vm": "a"})).unwrap_err();
+    assert!(e.to_string().contains("missing field `site`"), "{e}");
+    let e = Call::parse("shell", &json!({"command": "ls"})).unwrap_err();
+    assert!(e.to_string().contains("input 'command'"), "{e}");
+    assert!(matches!(
+        Call::parse("vm.explode", &json!({})),
+        Err(InputError::Unknown(_))
+    ));
+    // Rendered templates may give text where a bool, a number or a
+    // duration is meant.
+    let Call::PointRestore(r) = Call::parse(
+        "point.restore",
+        &json!({"vm": "a", "site": "s", "start": "true"}),
+    )
+    .unwrap() else {
+        panic!("not a point.restore")
+    };
+    assert_eq!(r.start.map(|s| s.0), Some(true));
+    let Call::DrillProbe(p) = Call::parse(
+        "drill.probe",
+        &json!({"id": 7, "port": "5060", "timeout": 1.5}),
+    )
+    .unwrap() else {
+        panic!("not a drill.probe")
+    };
+    assert_eq!(p.id.as_str(), "7");
+    assert_eq!(p.port.map(|p| p.0), Some(5060));
+}
+
+#[test]
+fn the_catalog_is_the_types_each_action_once() {
+    let all = crate::catalog::actions();
+    let mut names: Vec<&str> = all.iter().map(|a| a.name).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), all.len(), "an action listed twice");
+    for a in all {
+        assert!(
+            !a.summary.is_empty() && !a.idempotency.is_empty(),
+            "{}",
+            a.name
+        );
+        // The fields the catalog says are required are what its type needs:
+        // a value of each one's kind parses.
+        let mut input = serde_json::Map::new();
+        for f in a.inputs.iter().filter(|f| f.required) {
+            let v = match f.kind {
+                "bool" => json!(true),
+                "number" => json!(1),
+                "duration" => json!("1s"),
+                "list" => json!(["x"]),
+                "map" => json!({}),
+                _ => json!("x"),
+            };
+            input.insert(f.name.clone(), v);
+        }
+        crate::catalog::Call::parse(a.name, &Value::Object(input))
+            .unwrap_or_else(|e| panic!("{}: {e}", a.name));
+        assert!(
+            a.inputs.iter().all(|f| !f.doc.is_empty()),
+            "{}: an input without a description",
+            a.name
+        );
+    }
+    let restore = crate::action("point.restore").unwrap();
+    let kind = |name: &str| {
+        restore
+            .inputs
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| (f.kind, f.required))
+    };
+    assert_eq!(kind("vm"), Some(("string", true)));
+    assert_eq!(kind("start"), Some(("bool", false)));
+    assert!(restore.outputs.iter().any(|f| f.name == "host"));
+    let sleep = crate::action("sleep").unwrap();
+    assert_eq!(sleep.inputs[0].kind, "duration");
+    let text = crate::catalog::describe();
+    assert!(text.contains("point.create\n"), "{text}");
+}

@@ -14,25 +14,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use standby_store::{Consistency, Datastore, DiskWriteOptions, PointMeta};
 
-use crate::harness::{Lab, LabOptions, STANDBY, free_port, wait_listening};
+use crate::harness::{Lab, LabOptions, STANDBY, free_port, venv_bin, wait_listening};
 
-/// The schemathesis CLI: `STANDBY_SCHEMATHESIS`, else the venv
-/// `scripts/test` installs it in (`STANDBY_VENV`, default
-/// `~/.cache/standby/venv`), else `schemathesis` on the PATH.
+/// The schemathesis CLI: `STANDBY_SCHEMATHESIS`, else the venv's.
 fn schemathesis() -> PathBuf {
     if let Ok(p) = std::env::var("STANDBY_SCHEMATHESIS") {
         return p.into();
     }
-    let venv = std::env::var("STANDBY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/standby/venv")
-        });
-    let p = venv.join("bin/schemathesis");
-    if p.exists() {
-        return p;
-    }
-    PathBuf::from("schemathesis")
+    venv_bin("schemathesis")
 }
 
 /// The token the controller wrote at its first start, or `STANDBY_TOKEN`.

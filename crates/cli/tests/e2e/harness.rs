@@ -435,3 +435,19 @@ pub fn wait_listening(child: &mut Child, log: &Path, api: u16, limit: Duration) 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A program of the Python venv `scripts/test` installs the PyPI tools in
+/// (`STANDBY_VENV`, default `~/.cache/standby/venv`), else `name` on the
+/// PATH.
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var("STANDBY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/standby/venv")
+        });
+    let p = venv.join("bin").join(name);
+    if p.exists() {
+        return p;
+    }
+    PathBuf::from(name)
+}

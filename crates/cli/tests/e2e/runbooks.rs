@@ -376,6 +376,115 @@ fn validate_names_file_step_and_field() {
     }
 }
 
+/// The published JSON Schema (`standby runbook schema`) checks each step's
+/// inputs against its action, as a real validator (jsonschema-rs, from
+/// the venv `scripts/test` fills) reads it: the shipped runbooks pass; an
+/// unknown input, a missing one, a value of the wrong type and an unknown
+/// action fail at their path; a template passes where a bool is meant.
+#[test]
+fn the_published_schema_checks_each_actions_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(STANDBY)
+        .args(["runbook", "schema"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let schema = dir.path().join("schema.json");
+    std::fs::write(&schema, &out.stdout).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../runbooks");
+    let bad = |name: &str, step: &str| {
+        let f = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&f, format!("name: {name}\nsteps:\n  - id: s\n{step}")).unwrap();
+        f
+    };
+    let cases = [
+        (
+            bad(
+                "unknown-input",
+                "    action: sleep\n    with: { duration: 1s, jitter: 2s }\n",
+            ),
+            false,
+        ),
+        (
+            bad(
+                "missing-input",
+                "    action: point.restore\n    with: { vm: pbx1 }\n",
+            ),
+            false,
+        ),
+        (
+            bad(
+                "wrong-type",
+                "    action: point.restore\n    with: { vm: pbx1, site: site2, start: [yes] }\n",
+            ),
+            false,
+        ),
+        (
+            bad(
+                "unknown-action",
+                "    action: vm.explode\n    with: { vm: pbx1 }\n",
+            ),
+            false,
+        ),
+        (
+            bad(
+                "template",
+                "    action: point.restore\n    with: { vm: pbx1, site: site2, start: \"{{ params.start }}\" }\n",
+            ),
+            true,
+        ),
+    ];
+    let mut files: Vec<(std::path::PathBuf, bool)> = std::fs::read_dir(&shipped)
+        .unwrap()
+        .map(|e| (e.unwrap().path(), true))
+        .filter(|(p, _)| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    assert!(files.len() >= 5, "{files:?}");
+    files.extend(cases);
+    let script = r#"
+import json, sys, yaml, jsonschema_rs
+v = jsonschema_rs.validator_for(json.load(open(sys.argv[1])))
+for f in sys.argv[2:]:
+    errs = [f"{'/'.join(map(str, e.instance_path))}: {e.message}" for e in v.iter_errors(yaml.safe_load(open(f)))]
+    print(json.dumps({"file": f, "errors": errs}))
+"#;
+    let mut cmd = std::process::Command::new(crate::harness::venv_bin("python3"));
+    cmd.args(["-c", script]).arg(&schema);
+    for (f, _) in &files {
+        cmd.arg(f);
+    }
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run the venv's python3 ({e}): install it with scripts/test")
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), files.len());
+    for ((f, ok), r) in files.iter().zip(&results) {
+        let errs = r["errors"].as_array().unwrap();
+        assert_eq!(errs.is_empty(), *ok, "{}: {errs:?}", f.display());
+        if !ok {
+            // Each failure is placed at the step.
+            assert!(
+                errs.iter()
+                    .any(|e| e.as_str().unwrap().starts_with("steps/0")),
+                "{}: {errs:?}",
+                f.display()
+            );
+        }
+    }
+}
+
 const DEAD_RULES: &str = r#"
 rules:
   - name: dead-down
