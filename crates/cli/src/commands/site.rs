@@ -1,6 +1,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 use standby_types::api::{FenceRequest, SiteView};
+use standby_types::outcome::{SiteFenced, SiteUnfenced};
 
 use super::Ctx;
 use crate::output;
@@ -68,7 +69,7 @@ pub async fn run(ctx: &Ctx, cmd: &SiteCmd) -> Result<()> {
             );
         }
         SiteCmd::Fence { name, reason } => {
-            let r: serde_json::Value = ctx
+            let r: SiteFenced = ctx
                 .client
                 .post(
                     &format!("/api/v1/sites/{name}/fence"),
@@ -82,26 +83,15 @@ pub async fn run(ctx: &Ctx, cmd: &SiteCmd) -> Result<()> {
                 return Ok(());
             }
             println!("site {name} fenced");
-            for h in r["hosts"].as_array().into_iter().flatten() {
-                if h["result"] != "done" {
-                    println!(
-                        "  {}: {}",
-                        h["host"].as_str().unwrap_or(""),
-                        h["result"].as_str().unwrap_or("")
-                    );
-                }
+            for h in r.hosts.iter().filter(|h| h.result != "done") {
+                println!("  {}: {}", h.host, h.result);
             }
-            for v in r["vms"].as_array().into_iter().flatten() {
-                println!(
-                    "  {} at {}: {}",
-                    v["vm"].as_str().unwrap_or(""),
-                    v["host"].as_str().unwrap_or(""),
-                    v["result"].as_str().unwrap_or("")
-                );
+            for v in &r.vms {
+                println!("  {} at {}: {}", v.vm, v.host, v.result);
             }
         }
         SiteCmd::Unfence { name } => {
-            let r: serde_json::Value = ctx
+            let r: SiteUnfenced = ctx
                 .client
                 .post(
                     &format!("/api/v1/sites/{name}/unfence"),
@@ -112,7 +102,7 @@ pub async fn run(ctx: &Ctx, cmd: &SiteCmd) -> Result<()> {
                 output::json(&r);
                 return Ok(());
             }
-            if r["was_fenced"] == true {
+            if r.was_fenced {
                 println!("site {name} unfenced");
             } else {
                 println!("site {name} was not fenced");
