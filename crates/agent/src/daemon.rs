@@ -73,6 +73,9 @@ pub struct AgentOptions {
     pub data_dir: Option<PathBuf>,
     /// The agent's secret (`[agents.NAME] token`/`token_file`).
     pub token: Option<String>,
+    /// Told once the agent serves (its listener bound, its host open),
+    /// before its first heartbeat: a service manager's readiness.
+    pub ready: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 fn client() -> reqwest::Client {
@@ -127,6 +130,9 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
     ));
     let http = client();
     let url = format!("{base}/api/v1/agents/{}/heartbeat", opts.name);
+    if let Some(ready) = &opts.ready {
+        ready.notify_one();
+    }
     let mut interval = Duration::from_secs(1);
     let mut specs: Vec<ProbeSpec> = Vec::new();
     let mut probes = CancellationToken::new();

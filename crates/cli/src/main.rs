@@ -3,6 +3,7 @@
 mod client;
 mod commands;
 mod output;
+mod systemd;
 
 use std::path::PathBuf;
 
@@ -122,6 +123,13 @@ pub enum Cmd {
     /// The controller's API: its OpenAPI document.
     #[command(subcommand)]
     Api(commands::api::ApiCmd),
+    /// Write the man pages (`man1/`) and shell completions (`completions/`)
+    /// of this command into a directory (for packages).
+    #[command(hide = true)]
+    Manual {
+        /// Where to write them.
+        out: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {

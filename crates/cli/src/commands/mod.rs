@@ -3,6 +3,7 @@ pub mod auth;
 pub mod bench;
 pub mod demo;
 pub mod jobs;
+pub mod manual;
 pub mod points;
 pub mod protect;
 pub mod restore;
@@ -52,6 +53,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Demo(args) => demo::run(args, cli.json).await,
         Cmd::Bench(args) => bench::run(args, cli.json).await,
         Cmd::Api(c) => api::run(c),
+        Cmd::Manual { out } => manual::write(out),
         Cmd::Rules(c @ watch::RulesCmd::Check { .. }) => {
             let ctx = Ctx::new(&cli);
             watch::rules(&ctx, c).await
@@ -88,7 +90,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                     let token = auth::agent_token(&cli.config, name)?;
                     watch::agent(name, &addr, *listen, data_dir.clone(), token).await
                 }
-                Cmd::Init { .. } | Cmd::Server | Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Api(_) => {
+                Cmd::Init { .. }
+                | Cmd::Server
+                | Cmd::Demo(_)
+                | Cmd::Bench(_)
+                | Cmd::Api(_)
+                | Cmd::Manual { .. } => {
                     unreachable!()
                 }
             }

@@ -9,7 +9,9 @@ pub async fn run(config: &Path) -> Result<()> {
         .await
         .context("unable to start the controller")?;
     eprintln!("standby controller listening on {}", server.url());
+    crate::systemd::ready(&format!("controller listening on {}", server.url()));
     shutdown_signal().await;
+    crate::systemd::stopping();
     eprintln!("stopping: shutting down local VMs");
     server.stop().await;
     Ok(())

@@ -630,16 +630,24 @@ pub async fn agent(
         c.cancel();
     });
     eprintln!("standby agent {name} reporting to {controller}");
-    standby_agent::daemon::run(
+    let ready = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (serving, name2) = (ready.clone(), name.to_string());
+    tokio::spawn(async move {
+        serving.notified().await;
+        crate::systemd::ready(&format!("agent {name2} serving"));
+    });
+    let out = standby_agent::daemon::run(
         standby_agent::daemon::AgentOptions {
             controller,
             name: name.to_string(),
             listen,
             data_dir,
             token,
+            ready: Some(ready),
         },
         cancel,
     )
-    .await
-    .context("agent stopped")
+    .await;
+    crate::systemd::stopping();
+    out.context("agent stopped")
 }

@@ -11,6 +11,7 @@ mod cloud;
 mod config_errors;
 mod conformance;
 mod demo;
+mod ecosystem;
 mod failover;
 mod fencing;
 mod portal;
