@@ -43,7 +43,7 @@ pub(super) async fn point_create(ctx: &ActionCtx) -> Result<Value, EngineError> 
             ));
         }
     };
-    let progress = Arc::new(JobProgress::default());
+    let progress = JobProgress::live(ctl, ctx.job);
     let mut points = Vec::new();
     for vm in &members {
         // A point of this VM taken since the step started is this step's
