@@ -1,6 +1,6 @@
 use anyhow::Result;
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{Value, json};
 use standby_types::api::JobRef;
 use standby_types::model::GroupRecord;
 
@@ -36,11 +36,12 @@ pub async fn run(ctx: &Ctx, cmd: &ProtectCmd) -> Result<()> {
                 return Ok(());
             }
             let done = ctx.client.wait_job(job, !ctx.json).await?;
+            let run = points_of(ctx, group, done.id).await?;
             if ctx.json {
-                output::json(&done.result);
+                output::json(&run);
                 return Ok(());
             }
-            let vms = done.result["vms"].as_array().cloned().unwrap_or_default();
+            let vms = run["vms"].as_array().cloned().unwrap_or_default();
             output::table(
                 &[
                     "VM",
@@ -116,4 +117,21 @@ pub async fn run(ctx: &Ctx, cmd: &ProtectCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What protection run `job` did, `{group, vms}`: a run is a job of the
+/// `protect` runbook, and its `point.create` steps say which point each
+/// member got (`vms`: their `points`).
+async fn points_of(ctx: &Ctx, group: &str, job: i64) -> Result<Value> {
+    let v: Value = ctx.client.get(&format!("/api/v1/jobs/{job}/steps")).await?;
+    let vms: Vec<Value> = v["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["state"] == "succeeded")
+        .filter_map(|s| s["output"]["points"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    Ok(json!({ "group": group, "vms": vms }))
 }
