@@ -594,7 +594,7 @@ async fn run_item(
         let res = match timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {
                 Ok(r) => r,
-                Err(_) => Err(EngineError::Conflict(format!(
+                Err(_) => Err(EngineError::Timeout(format!(
                     "timed out after {}",
                     humantime::format_duration(t)
                 ))),

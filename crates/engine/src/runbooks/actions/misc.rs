@@ -96,7 +96,7 @@ pub(super) async fn shell(ctx: &ActionCtx) -> Result<Value, EngineError> {
     let out = tokio::time::timeout(timeout, cmd.output())
         .await
         .map_err(|_| {
-            EngineError::Conflict(format!(
+            EngineError::Timeout(format!(
                 "{} timed out after {}",
                 argv[0],
                 humantime::format_duration(timeout)

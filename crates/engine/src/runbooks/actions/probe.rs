@@ -40,7 +40,7 @@ pub(super) async fn probe_wait(ctx: &ActionCtx) -> Result<Value, EngineError> {
                 }));
             }
             if Instant::now() >= deadline {
-                return Err(EngineError::Conflict(format!(
+                return Err(EngineError::Timeout(format!(
                     "probe {name} did not pass within {}",
                     humantime::format_duration(timeout)
                 )));
@@ -106,7 +106,7 @@ pub(super) async fn probe_wait(ctx: &ActionCtx) -> Result<Value, EngineError> {
             }));
         }
         if Instant::now() >= deadline {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::Timeout(format!(
                 "{kind} check did not pass within {}: {}",
                 humantime::format_duration(timeout),
                 o.detail
