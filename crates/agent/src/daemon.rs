@@ -493,6 +493,7 @@ impl axum::response::IntoResponse for AgentError {
             "bad_request" => StatusCode::BAD_REQUEST,
             "unauthorized" => StatusCode::UNAUTHORIZED,
             "unreachable" => StatusCode::SERVICE_UNAVAILABLE,
+            "timeout" => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(api)).into_response()
@@ -666,6 +667,38 @@ mod tests {
             disks: Vec::new(),
             workdir: dir.join("elsewhere"),
             qemu: None,
+        }
+    }
+
+    /// The agent API answers each code with the controller API's status;
+    /// an internal error is not retryable, a host's I/O is.
+    #[test]
+    fn errors_answer_the_controller_apis_codes_and_statuses() {
+        use axum::response::IntoResponse;
+        let remote = |code: &str, retryable| AgentError::Remote {
+            host: "h".into(),
+            code: code.into(),
+            message: "m".into(),
+            retryable,
+        };
+        for (e, status, code, retryable) in [
+            (AgentError::not_found("vm", "v"), 404, "not_found", false),
+            (AgentError::Conflict("fenced".into()), 409, "conflict", true),
+            (AgentError::Internal("a bug".into()), 500, "internal", false),
+            (
+                AgentError::Io {
+                    what: "unable to write fence.json".into(),
+                    source: std::io::Error::other("disk full"),
+                },
+                500,
+                "io",
+                true,
+            ),
+            (remote("timeout", true), 504, "timeout", true),
+        ] {
+            let api = e.to_api();
+            assert_eq!((api.code.as_str(), api.retryable), (code, retryable), "{e}");
+            assert_eq!(e.into_response().status().as_u16(), status, "{code}");
         }
     }
 

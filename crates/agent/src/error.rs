@@ -68,7 +68,9 @@ impl AgentError {
             AgentError::Unauthorized(_) => ("unauthorized", false),
             AgentError::Store(e) => ("datastore", e.is_temporary()),
             AgentError::Hv(e) => ("hypervisor", e.is_temporary()),
-            AgentError::Io { .. } | AgentError::Internal(_) => ("internal", true),
+            // The host's disk or files: may pass (space freed, a mount back).
+            AgentError::Io { .. } => ("io", true),
+            AgentError::Internal(_) => ("internal", false),
             AgentError::Unreachable { .. } => ("unreachable", true),
             AgentError::Remote {
                 code, retryable, ..

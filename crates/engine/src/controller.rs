@@ -2,7 +2,7 @@
 //! the hosts (in-process, or remote `standby agent`s), fenced sites, open
 //! datastores and the locks that keep one operation per VM at a time.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use standby_db::{AuthRepo, FenceRecord, Repo, SqliteRepo};
@@ -24,7 +24,6 @@ pub struct Controller {
     pub agents: BTreeMap<String, Agent>,
     stores: Mutex<HashMap<String, Datastore>>,
     vm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    running_groups: Mutex<HashSet<String>>,
     /// The fenced sites, as in the database (which is written first).
     pub(crate) fences: Mutex<BTreeMap<String, FenceRecord>>,
     /// Probes, rules, alerts, incidents and notifications.
@@ -60,11 +59,19 @@ impl Controller {
             .map_err(|e| {
                 EngineError::Internal(format!("unable to open {}: {e}", lock_path.display()))
             })?;
-        if data_lock.try_lock().is_err() {
-            return Err(EngineError::Conflict(format!(
-                "another standby controller is using {}",
-                cfg.controller.data_dir.display()
-            )));
+        // A controller that just stopped may hold it a moment longer (its
+        // last tasks ending; a child process between fork and exec keeps
+        // the lock's file open): wait up to 3 s before calling it another.
+        let mut waited = 0;
+        while data_lock.try_lock().is_err() {
+            if waited >= 30 {
+                return Err(EngineError::Conflict(format!(
+                    "another standby controller is using {}",
+                    cfg.controller.data_dir.display()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            waited += 1;
         }
         let repo = SqliteRepo::open(&cfg.controller.data_dir.join("state.db")).await?;
         // A VM active on a host the configuration dropped would lose its
@@ -136,7 +143,6 @@ impl Controller {
             agents,
             stores: Mutex::default(),
             vm_locks: Mutex::default(),
-            running_groups: Mutex::default(),
             fences: Mutex::new(fences),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
@@ -212,21 +218,6 @@ impl Controller {
             .or_default()
             .clone();
         m.lock_owned().await
-    }
-
-    /// Mark a group as running; false when it already is.
-    pub fn try_begin_group(&self, group: &str) -> bool {
-        self.running_groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(group.to_string())
-    }
-
-    pub fn end_group(&self, group: &str) {
-        self.running_groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(group);
     }
 
     /// Stop background work; running jobs get up to 30 s to finish (a

@@ -441,7 +441,7 @@ pub async fn probe(
             });
         }
         if Instant::now() >= deadline {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::Timeout(format!(
                 "the drill copy of {} did not pass its probe within {timeout:?} (last: {})",
                 st.vm, o.detail
             )));

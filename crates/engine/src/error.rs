@@ -18,6 +18,10 @@ pub enum EngineError {
     Conflict(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A wait that ran out of time (a step's or a command's timeout, a
+    /// check that never passed): the same request may succeed later.
+    #[error("{0}")]
+    Timeout(String),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -49,6 +53,7 @@ impl EngineError {
             }
             EngineError::Conflict(_) => ("conflict", true),
             EngineError::BadRequest(_) => ("bad_request", false),
+            EngineError::Timeout(_) => ("timeout", true),
             EngineError::Db(e) => ("database", e.is_temporary()),
             EngineError::Store(e) => ("datastore", e.is_temporary()),
             EngineError::Hv(e) => ("hypervisor", e.is_temporary()),
@@ -59,21 +64,24 @@ impl EngineError {
                 | FrontDoorError::BadListen(_) => ("bad_request", false),
                 FrontDoorError::Listen { .. } => ("conflict", true),
                 FrontDoorError::Db(e) => ("database", e.is_temporary()),
-                FrontDoorError::BadBackend(_) | FrontDoorError::Target { .. } => ("internal", true),
+                // A service the forwarder does not know: the same fails again.
+                FrontDoorError::BadBackend(_) | FrontDoorError::Target { .. } => {
+                    ("internal", false)
+                }
             },
             EngineError::Agent(e) => match e {
                 AgentError::Unreachable { .. } => ("unreachable", true),
                 AgentError::Remote {
                     code, retryable, ..
                 } => match code.as_str() {
-                    "not_found" | "conflict" | "bad_request" | "datastore" | "hypervisor" => {
-                        (code.as_str(), *retryable)
-                    }
+                    "not_found" | "conflict" | "bad_request" | "timeout" | "datastore"
+                    | "hypervisor" | "io" => (code.as_str(), *retryable),
                     _ => ("agent", *retryable),
                 },
                 other => other.code(),
             },
-            EngineError::Internal(_) => ("internal", true),
+            // A bug or a broken invariant: the same request fails again.
+            EngineError::Internal(_) => ("internal", false),
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use standby_types::model::JobStatus;
+use tokio_util::sync::CancellationToken;
 
 use crate::controller::Controller;
 use crate::error::{EngineError, error_chain};
@@ -64,6 +65,72 @@ impl standby_store::Progress for JobProgress {
     }
 }
 
+/// A job's live progress: written to the job's row every 200 ms while
+/// it changes, until [`LiveProgress::stop`] or the guard is dropped.
+/// Derefs to the [`JobProgress`] the work updates.
+pub struct LiveProgress {
+    progress: Arc<JobProgress>,
+    stop: CancellationToken,
+    flusher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl JobProgress {
+    /// Fresh progress of `job`, written to its row as it changes (the
+    /// CLI's progress bar and the job's stream read it there).
+    pub fn live(ctl: &Arc<Controller>, job: i64) -> LiveProgress {
+        let progress = Arc::new(JobProgress::default());
+        let stop = CancellationToken::new();
+        let flusher = {
+            let (ctl, progress, stop) = (ctl.clone(), progress.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut last = None;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                    let snap = progress.snapshot();
+                    if last.as_ref() != Some(&snap) {
+                        let (done, total, msg) = &snap;
+                        if let Err(e) = ctl.repo.update_job(job, *done, *total, msg).await {
+                            tracing::warn!(job, "unable to record job progress: {e}");
+                        }
+                        last = Some(snap);
+                    }
+                }
+            })
+        };
+        LiveProgress {
+            progress,
+            stop,
+            flusher: Some(flusher),
+        }
+    }
+}
+
+impl LiveProgress {
+    /// Stop writing; an update in flight lands before this returns.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(f) = self.flusher.take() {
+            let _ = f.await;
+        }
+    }
+}
+
+impl std::ops::Deref for LiveProgress {
+    type Target = Arc<JobProgress>;
+    fn deref(&self) -> &Arc<JobProgress> {
+        &self.progress
+    }
+}
+
+impl Drop for LiveProgress {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// Record a job, run `work` in the background and persist its outcome.
 /// Returns the job id at once.
 pub async fn spawn_job<F, Fut, T, E>(
@@ -81,33 +148,12 @@ where
     let job = ctl.repo.create_job(kind, target).await?;
     let id = job.id;
     ctl.repo.start_job(id).await?;
-    let progress = Arc::new(JobProgress::default());
     let ctl2 = ctl.clone();
     let kind = kind.to_string();
     let target = target.to_string();
+    let live = JobProgress::live(ctl, id);
     ctl.tasks.spawn(async move {
-        let stop_flushing = tokio_util::sync::CancellationToken::new();
-        let flusher = {
-            let (ctl, progress) = (ctl2.clone(), progress.clone());
-            let stop = stop_flushing.clone();
-            tokio::spawn(async move {
-                let mut last = None;
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    }
-                    let snap = progress.snapshot();
-                    if last.as_ref() != Some(&snap) {
-                        let (done, total, msg) = &snap;
-                        if let Err(e) = ctl.repo.update_job(id, *done, *total, msg).await {
-                            tracing::warn!(job = id, "unable to record job progress: {e}");
-                        }
-                        last = Some(snap);
-                    }
-                }
-            })
-        };
+        let progress = Arc::clone(&live);
         // A panic in the work fails the job instead of leaving it running.
         let outcome = match tokio::spawn(work(ctl2.clone(), progress.clone())).await {
             Ok(outcome) => outcome.map_err(|e| error_chain(&e)).and_then(|v| {
@@ -116,8 +162,7 @@ where
             Err(e) => Err(format!("the job's task failed: {e}")),
         };
         // Let an update in flight land before the final one.
-        stop_flushing.cancel();
-        let _ = flusher.await;
+        live.stop().await;
         if outcome.is_ok() {
             progress.set_message("done");
         }

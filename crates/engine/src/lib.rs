@@ -10,8 +10,6 @@
 //! - [`protect`], [`restore`]: the two data-moving operations; [`drill`]:
 //!   a point restored into an isolated network, probed and torn down.
 //! - [`fence`]: durable site fences and their enforcement by the hosts.
-//! - [`scheduler`]: a protection run of a group on request; the schedule
-//!   itself is the built-in `protect` runbook's trigger.
 //! - [`jobs`]: background work with persisted progress.
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications.
 //! - [`runbooks`]: the durable runbook executor, its actions and triggers.
@@ -37,7 +35,6 @@ pub mod jobs;
 pub mod protect;
 pub mod restore;
 pub mod runbooks;
-pub mod scheduler;
 pub mod vms;
 pub mod watch;
 

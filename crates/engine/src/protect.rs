@@ -1,56 +1,23 @@
-//! Protection runs: a point of every member of a group, written to the
-//! group's datastore at the VM's site, synced to the others, then pruned by
-//! the group's retention.
+//! Protection of a VM: a point written to its group's datastore at the
+//! VM's site, synced to the group's other datastores, then pruned by the
+//! group's retention. A run of a group is a job of the `protect` runbook
+//! (`point.create` of every member), on the group's schedule or on request
+//! (`runbooks::triggers::protect_group`), one at a time under the group's
+//! lock.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use standby_types::model::PointRecord;
-use standby_types::outcome::{GroupProtected, PointSynced, PointTaken};
+use standby_types::outcome::{PointSynced, PointTaken};
 
 use crate::controller::{Controller, point_record};
 use crate::error::{EngineError, error_chain};
 use crate::jobs::JobProgress;
 use standby_agent::StoreRef;
 
-pub async fn run_group(
-    ctl: Arc<Controller>,
-    group: String,
-    progress: Arc<JobProgress>,
-) -> Result<GroupProtected, EngineError> {
-    let g = ctl
-        .cfg
-        .groups
-        .get(&group)
-        .ok_or_else(|| EngineError::not_found("group", &group))?
-        .clone();
-    let mut results = Vec::new();
-    let mut failures = Vec::new();
-    for vm in &g.members {
-        match protect_vm(&ctl, &group, vm, progress.clone()).await {
-            Ok(v) => results.push(v),
-            Err(e) => {
-                let msg = format!("{vm}: {}", error_chain(&e));
-                tracing::error!(group, "protection failed: {msg}");
-                failures.push(msg);
-            }
-        }
-    }
-    if !failures.is_empty() {
-        return Err(EngineError::Internal(format!(
-            "group {group}: {} of {} vm(s) failed: {}",
-            failures.len(),
-            g.members.len(),
-            failures.join("; ")
-        )));
-    }
-    Ok(GroupProtected {
-        group,
-        vms: results,
-    })
-}
-
+/// Take a point of `vm` for `group`, sync and prune it; what it cost.
 pub async fn protect_vm(
     ctl: &Arc<Controller>,
     group: &str,

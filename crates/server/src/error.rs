@@ -63,20 +63,10 @@ impl ServerError {
             ServerError::Unauthorized(_) => ("unauthorized", false),
             ServerError::Forbidden(_) => ("forbidden", false),
             ServerError::BadRequest(_) => ("bad_request", false),
-            ServerError::Internal(_) => ("internal", true),
+            ServerError::Internal(_) => ("internal", false),
             ServerError::Engine(e) => e.code(),
         };
-        let status = match code {
-            "not_found" => StatusCode::NOT_FOUND,
-            "conflict" => StatusCode::CONFLICT,
-            "unauthorized" => StatusCode::UNAUTHORIZED,
-            "forbidden" => StatusCode::FORBIDDEN,
-            "bad_request" => StatusCode::BAD_REQUEST,
-            "unreachable" => StatusCode::SERVICE_UNAVAILABLE,
-            "agent" => StatusCode::BAD_GATEWAY,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (status, code, retryable)
+        (status_of(code), code, retryable)
     }
 
     pub fn to_api(&self) -> ApiError {
@@ -89,9 +79,98 @@ impl ServerError {
     }
 }
 
+/// The HTTP status of an error code (`docs/api.md`); the agent API
+/// answers its codes with the same statuses.
+fn status_of(code: &str) -> StatusCode {
+    match code {
+        "not_found" => StatusCode::NOT_FOUND,
+        "conflict" => StatusCode::CONFLICT,
+        "unauthorized" => StatusCode::UNAUTHORIZED,
+        "forbidden" => StatusCode::FORBIDDEN,
+        "bad_request" => StatusCode::BAD_REQUEST,
+        "unreachable" => StatusCode::SERVICE_UNAVAILABLE,
+        "timeout" => StatusCode::GATEWAY_TIMEOUT,
+        "agent" => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.parts();
         (status, axum::Json(self.to_api())).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use standby_agent::AgentError;
+
+    /// Status, code and retryable of each kind of error, as the API
+    /// answers it (`docs/api.md`).
+    #[test]
+    fn errors_map_to_status_code_and_retryable() {
+        let remote = |code: &str, retryable| AgentError::Remote {
+            host: "h1".into(),
+            code: code.into(),
+            message: "m".into(),
+            retryable,
+        };
+        let cases: Vec<(ServerError, u16, &str, bool)> = vec![
+            (
+                EngineError::Timeout("timed out after 1s".into()).into(),
+                504,
+                "timeout",
+                true,
+            ),
+            (
+                EngineError::Internal("a bug".into()).into(),
+                500,
+                "internal",
+                false,
+            ),
+            (
+                ServerError::Internal("a bug".into()),
+                500,
+                "internal",
+                false,
+            ),
+            (
+                EngineError::Conflict("lock held".into()).into(),
+                409,
+                "conflict",
+                true,
+            ),
+            (
+                EngineError::not_found("group", "g").into(),
+                404,
+                "not_found",
+                false,
+            ),
+            (remote("timeout", true).into(), 504, "timeout", true),
+            (remote("internal", false).into(), 502, "agent", false),
+            (
+                AgentError::Io {
+                    what: "unable to read a disk".into(),
+                    source: std::io::Error::other("EIO"),
+                }
+                .into(),
+                500,
+                "io",
+                true,
+            ),
+            (
+                AgentError::Internal("a bug".into()).into(),
+                500,
+                "internal",
+                false,
+            ),
+        ];
+        for (e, status, code, retryable) in cases {
+            let api = e.to_api();
+            assert_eq!((api.code.as_str(), api.retryable), (code, retryable), "{e}");
+            assert_eq!(e.into_response().status().as_u16(), status, "{code}");
+        }
     }
 }

@@ -34,8 +34,9 @@ pub fn labels<'a>(cfg: &'a Config, labels: &'a Labels) -> Option<&'a str> {
 }
 
 /// A job without a database look-up: a restore is its point's VM's, a
-/// protection run its group's; maintenance of datastores the
-/// operators'. `None` for a runbook job (see [`job`]).
+/// `protect` job (a protection run of an earlier version) its group's;
+/// maintenance of datastores the operators'. `None` for a runbook job
+/// (see [`job`]).
 pub fn job_by_kind<'a>(cfg: &'a Config, job: &Job) -> Option<Option<&'a str>> {
     match job.kind.as_str() {
         "restore" => Some(point(cfg, &job.target)),
@@ -46,8 +47,9 @@ pub fn job_by_kind<'a>(cfg: &'a Config, job: &Job) -> Option<Option<&'a str>> {
 }
 
 /// A runbook job belongs to the tenant of its `vm` parameter, else of
-/// its `group` (a scheduled protection run is a group's), else of its
-/// `service`; none of them: the operators'.
+/// its `group` (a protection run, scheduled or requested through
+/// `groups/NAME/run`, is its group's), else of its `service`; none of
+/// them: the operators'.
 pub fn runbook_params<'a>(cfg: &'a Config, params: &serde_json::Value) -> Option<&'a str> {
     let param = |k: &str| params.get(k).and_then(|v| v.as_str());
     if let Some(vm) = param("vm") {

@@ -1,8 +1,9 @@
 use anyhow::Result;
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{Value, json};
 use standby_types::api::JobRef;
 use standby_types::model::GroupRecord;
+use standby_types::outcome::{GroupProtected, PointsCreated};
 
 use super::Ctx;
 use crate::output;
@@ -36,11 +37,11 @@ pub async fn run(ctx: &Ctx, cmd: &ProtectCmd) -> Result<()> {
                 return Ok(());
             }
             let done = ctx.client.wait_job(job, !ctx.json).await?;
+            let run = points_of(ctx, group, done.id).await?;
             if ctx.json {
-                output::json(&done.result);
+                output::json(&run);
                 return Ok(());
             }
-            let vms = done.result["vms"].as_array().cloned().unwrap_or_default();
             output::table(
                 &[
                     "VM",
@@ -51,29 +52,25 @@ pub async fn run(ctx: &Ctx, cmd: &ProtectCmd) -> Result<()> {
                     "TIME",
                     "COPIED TO",
                 ],
-                vms.iter()
+                run.vms
+                    .iter()
                     .map(|v| {
-                        let secs = v["seconds"].as_f64().unwrap_or(0.0);
-                        let read = v["bytes_read"].as_u64().unwrap_or(0);
                         vec![
-                            v["vm"].as_str().unwrap_or("").to_string(),
-                            v["point"].as_str().unwrap_or("").to_string(),
-                            v["datastore"].as_str().unwrap_or("").to_string(),
-                            output::bytes(read),
-                            output::bytes(v["bytes_new"].as_u64().unwrap_or(0)),
+                            v.vm.clone(),
+                            v.point.clone(),
+                            v.datastore.clone(),
+                            output::bytes(v.bytes_read),
+                            output::bytes(v.bytes_new),
                             format!(
-                                "{secs:.2}s ({}/s)",
-                                output::bytes((read as f64 / secs.max(1e-3)) as u64)
+                                "{:.2}s ({}/s)",
+                                v.seconds,
+                                output::bytes((v.bytes_read as f64 / v.seconds.max(1e-3)) as u64)
                             ),
-                            v["synced"]
-                                .as_array()
-                                .map(|a| {
-                                    a.iter()
-                                        .map(|s| s["datastore"].as_str().unwrap_or("").to_string())
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                })
-                                .unwrap_or_default(),
+                            v.synced
+                                .iter()
+                                .map(|s| s.datastore.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
                         ]
                     })
                     .collect(),
@@ -116,4 +113,24 @@ pub async fn run(ctx: &Ctx, cmd: &ProtectCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What protection run `job` did: a run is a job of the `protect`
+/// runbook, and its `point.create` steps say which point each member got.
+async fn points_of(ctx: &Ctx, group: &str, job: i64) -> Result<GroupProtected> {
+    let v: Value = ctx.client.get(&format!("/api/v1/jobs/{job}/steps")).await?;
+    let mut vms = Vec::new();
+    for s in v["steps"].as_array().into_iter().flatten() {
+        if s["state"] != "succeeded" {
+            continue;
+        }
+        // The point steps' outputs; the others are not points.
+        if let Ok(created) = serde_json::from_value::<PointsCreated>(s["output"].clone()) {
+            vms.extend(created.points);
+        }
+    }
+    Ok(GroupProtected {
+        group: group.to_string(),
+        vms,
+    })
 }

@@ -698,6 +698,49 @@ fn another_tenants_object_is_not_found() {
     assert!(names(&globex).is_empty(), "{:?}", names(&globex));
 }
 
+/// A protection run requested through the API (a job of the `protect`
+/// runbook) is its group's tenant's: they start it and see the job and
+/// its steps; another tenant is told neither the group nor the job exists.
+#[test]
+fn a_tenants_protection_run_is_theirs_alone() {
+    let lab = Lab::new(LabOptions {
+        vm: Some("command = \"sleep\"\nargs = [\"600\"]\ntenant = \"acme\"".into()),
+        extra: TENANTS_AND_ANOTHER_VM,
+        ..LabOptions::default()
+    });
+    lab.json(&["vm", "start", "other"]);
+    let http = Http::new(format!("http://127.0.0.1:{}", lab.api));
+    let acme = token(&lab, "operator", Some("acme"), &[]);
+    let globex = token(&lab, "operator", Some("globex"), &[]);
+    let run = "/api/v1/groups/silver/run";
+    let (s, _, body) = http.call(Method::POST, run, Some(&acme), &[], Some(json!({})));
+    assert_eq!(s, 404, "{body}");
+    let (s, _, body) = http.call(Method::POST, run, Some(&globex), &[], Some(json!({})));
+    assert_eq!(s, 200, "{body}");
+    let job = serde_json::from_str::<Value>(&body).unwrap()["job"]
+        .as_i64()
+        .expect("a job id");
+    for path in [
+        format!("/api/v1/jobs/{job}"),
+        format!("/api/v1/jobs/{job}/steps"),
+    ] {
+        assert_eq!(
+            http.status(Method::GET, &path, Some(&globex)),
+            200,
+            "{path}"
+        );
+        assert_eq!(http.status(Method::GET, &path, Some(&acme)), 404, "{path}");
+    }
+    let listed = |tok: &str| -> bool {
+        let (s, _, body) = http.call(Method::GET, "/api/v1/jobs", Some(tok), &[], None);
+        assert_eq!(s, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v.as_array().unwrap().iter().any(|j| j["id"] == job)
+    };
+    assert!(listed(&globex), "globex does not see its run");
+    assert!(!listed(&acme), "acme sees globex's run");
+}
+
 /// A tenant's operator drills a VM of theirs (the shipped `drill` with
 /// `params.vm`) and gets a report of exactly that VM; another tenant is
 /// told the VM does not exist; a drill of neither a site nor a VM, or of

@@ -59,10 +59,12 @@ fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> std::process:
 /// own).
 #[test]
 fn schemathesis_finds_no_server_error() {
-    let lab = Lab::new(LabOptions::default());
     let bin = schemathesis();
-    let base = format!("http://127.0.0.1:{}", lab.api);
-    let run = |attempt: u32| -> (std::process::ExitStatus, String) {
+    // Each attempt gets a controller of its own: a first one may have
+    // revoked its own admin token (DELETE /tokens/{id} is fuzzed too).
+    let run = |attempt: u32| -> (std::process::ExitStatus, String, Lab) {
+        let lab = Lab::new(LabOptions::default());
+        let base = format!("http://127.0.0.1:{}", lab.api);
         let report = lab.path(&format!("schemathesis-{attempt}"));
         let mut cmd = Command::new(&bin);
         cmd.args(["run", &format!("{base}/api/v1/openapi.json")])
@@ -97,9 +99,9 @@ fn schemathesis_finds_no_server_error() {
         let status = wait_bounded(&mut child, Duration::from_secs(600), "schemathesis");
         let out = std::fs::read_to_string(&out_path).unwrap_or_default();
         eprintln!("{out}");
-        (status, out)
+        (status, out, lab)
     };
-    let (mut status, mut out) = run(1);
+    let (mut status, mut out, mut lab) = run(1);
     // schemathesis's own generator sometimes trips over CPython's `ast`
     // from two worker threads (a "Runtime Error" of the tool, not a finding
     // about the server): run again once then, and only then.
@@ -108,7 +110,7 @@ fn schemathesis_finds_no_server_error() {
         && !out.contains("FAILURES")
     {
         eprintln!("schemathesis failed inside itself (not a server error): running it again");
-        (status, out) = run(2);
+        (status, out, lab) = run(2);
     }
     assert!(
         status.success(),

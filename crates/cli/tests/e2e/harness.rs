@@ -189,22 +189,32 @@ datastores = [{group_datastores}]
 
     /// GET `path` of the API as the admin; (status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
+        self.call(reqwest::Method::GET, path, None)
+    }
+
+    /// POST `body` to `path` of the API as the admin; (status, body).
+    pub fn post(&self, path: &str, body: Value) -> (u16, String) {
+        self.call(reqwest::Method::POST, path, Some(body))
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, String) {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {
-            let r = reqwest::Client::builder()
+            let mut req = reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap()
-                .get(format!("http://127.0.0.1:{}{path}", self.api))
-                .bearer_auth(self.token())
-                .send()
-                .await
-                .expect("controller answers");
+                .request(method, format!("http://127.0.0.1:{}{path}", self.api))
+                .bearer_auth(self.token());
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let r = req.send().await.expect("controller answers");
             (r.status().as_u16(), r.text().await.unwrap_or_default())
         })
     }

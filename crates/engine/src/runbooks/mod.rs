@@ -243,10 +243,9 @@ async fn finish(
             }
         ),
     );
-    // A per-group scheduled run is the group's run.
-    if run.run.trigger["kind"] == "schedule"
-        && let Some(g) = run.run.trigger["group"].as_str()
-    {
+    // A job of a per-group scheduled runbook is its group's run, however
+    // it was started (the schedule, `groups/NAME/run`, by hand).
+    if let Some(g) = triggers::group_of(ctl, &run.run) {
         let at = run.run.trigger["at"]
             .as_str()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
@@ -595,7 +594,7 @@ async fn run_item(
         let res = match timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {
                 Ok(r) => r,
-                Err(_) => Err(EngineError::Conflict(format!(
+                Err(_) => Err(EngineError::Timeout(format!(
                     "timed out after {}",
                     humantime::format_duration(t)
                 ))),

@@ -1,12 +1,15 @@
-//! What starts runbooks besides the API: alerts that settle, cron
+//! What starts runbooks besides the runbook API: alerts that settle, cron
 //! schedules, per-group protection schedules (the persisted `next_run` of
-//! each group stays the source of truth) and signed webhooks.
+//! each group stays the source of truth), a group's protection requested
+//! through the API (`POST /api/v1/groups/NAME/run`: the same `protect`
+//! runbook under the same lock as its schedule) and signed webhooks.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Map, Value, json};
+use standby_db::NewRun;
 use standby_types::watch::Alert;
 
 use super::{StartRequest, epoch, start};
@@ -214,6 +217,44 @@ async fn groups_tick(ctl: &Arc<Controller>) -> Result<(), EngineError> {
         }
     }
     Ok(())
+}
+
+/// The runbook that protects a group, on its schedule and on request.
+pub const PROTECT: &str = "protect";
+
+/// Protect `group` now: a manual job of the `protect` runbook with
+/// `params.group`, started like its scheduled jobs, so it takes the same
+/// lock (`group:NAME`). A run of the group in progress, scheduled or
+/// requested, makes this a conflict; nothing is started then.
+pub async fn protect_group(ctl: &Arc<Controller>, group: &str) -> Result<i64, EngineError> {
+    if !ctl.cfg.groups.contains_key(group) {
+        return Err(EngineError::not_found("group", group));
+    }
+    let params = Map::from_iter([("group".to_string(), json!(group))]);
+    let req = StartRequest {
+        params,
+        trigger: json!({ "kind": "manual" }),
+    };
+    start(ctl, PROTECT, req).await.map_err(|e| match e {
+        EngineError::Conflict(m) => {
+            EngineError::Conflict(format!("group {group} is already being protected ({m})"))
+        }
+        e => e,
+    })
+}
+
+/// The group whose run a job of `run` is: its `group` parameter when its
+/// runbook runs per group on the groups' schedules (`schedule: {groups:
+/// true}`, as `protect` does), however the job was started.
+pub(super) fn group_of<'a>(ctl: &Controller, run: &'a NewRun) -> Option<&'a str> {
+    let group = run.params["group"].as_str()?;
+    let runbook = &ctl.runbooks.get(&run.runbook).ok()?.runbook;
+    runbook
+        .trigger
+        .schedule
+        .as_ref()
+        .is_some_and(|s| s.groups)
+        .then_some(group)
 }
 
 /// A webhook call: the body must be signed (`X-Standby-Signature:

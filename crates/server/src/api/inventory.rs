@@ -16,7 +16,7 @@ use super::common::{
 use crate::auth::Principal;
 use crate::error::ServerError;
 use crate::state::AppState;
-use standby_engine::scheduler::start_group_run;
+use standby_engine::runbooks::triggers::protect_group;
 use standby_engine::vms;
 
 /// The routes of this module, each documented.
@@ -233,14 +233,16 @@ async fn groups(
     Ok(page.of(all))
 }
 
-/// Take a point of every member of a group now.
+/// Take a point of every member of a group now: a job of the `protect`
+/// runbook, under the group's lock as on its schedule.
 #[utoipa::path(post, path = "/api/v1/groups/{name}/run", tag = "groups",
     params(("name" = String, Path, description = "Protection group")),
-    responses((status = 200, description = "The job", body = JobRef),
-        (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 200, description = "The job (a `protect` runbook job)", body = JobRef),
+        (status = 404, body = ApiError),
+        (status = 409, description = "A run of the group holds its lock", body = ApiError)))]
 async fn group_run(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<JobRef> {
     who.check(ctl.cfg.tenant_of_group(&name), "group", &name)?;
     Ok(Json(JobRef {
-        job: start_group_run(&ctl, &name).await?,
+        job: protect_group(&ctl, &name).await?,
     }))
 }

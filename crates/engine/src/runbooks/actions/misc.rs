@@ -82,7 +82,7 @@ impl Perform for Shell {
         let out = tokio::time::timeout(timeout, cmd.output())
             .await
             .map_err(|_| {
-                EngineError::Conflict(format!(
+                EngineError::Timeout(format!(
                     "{} timed out after {}",
                     argv[0],
                     humantime::format_duration(timeout)

@@ -53,7 +53,7 @@ async fn point_create(input: PointCreate, ctx: &ActionCtx) -> Result<PointsCreat
             ));
         }
     };
-    let progress = Arc::new(JobProgress::default());
+    let progress = JobProgress::live(ctl, ctx.job);
     let mut points = Vec::new();
     for vm in &members {
         // A point of this VM taken since the step started is this step's

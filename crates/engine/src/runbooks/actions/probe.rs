@@ -45,7 +45,7 @@ async fn probe_wait(input: ProbeWait, ctx: &ActionCtx) -> Result<ProbePassed, En
                 });
             }
             if Instant::now() >= deadline {
-                return Err(EngineError::Conflict(format!(
+                return Err(EngineError::Timeout(format!(
                     "probe {name} did not pass within {}",
                     humantime::format_duration(timeout)
                 )));
@@ -120,7 +120,7 @@ async fn probe_wait(input: ProbeWait, ctx: &ActionCtx) -> Result<ProbePassed, En
             });
         }
         if Instant::now() >= deadline {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::Timeout(format!(
                 "{kind} check did not pass within {}: {}",
                 humantime::format_duration(timeout),
                 o.detail
