@@ -49,6 +49,10 @@ pub enum Cmd {
     },
     /// Run the controller (with in-process agents for local hosts).
     Server,
+    /// The configuration file: check it (offline, and against the running
+    /// controller).
+    #[command(subcommand)]
+    Config(commands::configfile::ConfigCmd),
     /// Sites.
     #[command(subcommand)]
     Site(commands::site::SiteCmd),

@@ -43,6 +43,29 @@ use std::sync::Arc;
 pub use controller::Controller;
 pub use error::EngineError;
 
+/// What a controller would load besides the configuration itself, checked
+/// without starting anything: the rule files (with the built-in rules)
+/// and the runbook files it names.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    pub rules: usize,
+    pub runbooks: usize,
+    /// One message per problem, naming its file.
+    pub problems: Vec<String>,
+}
+
+pub fn check(cfg: &standby_types::config::Config) -> Checked {
+    let mut out = Checked::default();
+    match watch::state::read(cfg) {
+        Ok(set) => out.rules = set.names().len(),
+        Err(e) => out.problems.push(e),
+    }
+    let (runbooks, errors) = runbooks::catalog::check_files(cfg);
+    out.runbooks = runbooks;
+    out.problems.extend(errors);
+    out
+}
+
 /// Start the engine's background work on an open controller: the front
 /// door forwards, the watch evaluates, scheduled runbooks run, and runbook
 /// jobs cut off by the last stop resume. Stops with [`Controller::shutdown`].

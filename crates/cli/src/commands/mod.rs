@@ -1,6 +1,7 @@
 pub mod api;
 pub mod auth;
 pub mod bench;
+pub mod configfile;
 pub mod demo;
 pub mod jobs;
 pub mod manual;
@@ -62,6 +63,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let ctx = Ctx::new(&cli);
             match cmd {
                 Cmd::Site(c) => site::run(&ctx, c).await,
+                Cmd::Config(c) => configfile::run(&ctx, c, &cli.config).await,
                 Cmd::Vm(c) => vm::run(&ctx, c).await,
                 Cmd::Service(c) => service::run(&ctx, c).await,
                 Cmd::Protect(c) => protect::run(&ctx, c).await,

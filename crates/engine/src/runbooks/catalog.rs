@@ -154,6 +154,22 @@ impl Runbooks {
     }
 }
 
+/// What would keep the configured runbook files from loading: one
+/// message per problem (file, field, line), none when all load.
+pub fn check_files(cfg: &Config) -> (usize, Vec<String>) {
+    let mut errors = Vec::new();
+    let mut loaded = 0;
+    for path in &cfg.controller.runbooks {
+        for file in runbook_files(path, &mut errors) {
+            match read_runbook(&file) {
+                Ok(_) => loaded += 1,
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    (loaded, errors)
+}
+
 fn runbook_files(path: &Path, errors: &mut Vec<String>) -> Vec<PathBuf> {
     if path.is_dir() {
         match std::fs::read_dir(path) {

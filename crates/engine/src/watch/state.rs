@@ -273,7 +273,7 @@ pub struct RulesStatus {
     pub error_at: Option<DateTime<Utc>>,
 }
 
-pub(super) fn read(cfg: &Config) -> Result<RuleSet, String> {
+pub(crate) fn read(cfg: &Config) -> Result<RuleSet, String> {
     let mut set = if cfg.controller.builtin_rules {
         RuleSet::builtin()
     } else {

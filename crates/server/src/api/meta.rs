@@ -1,15 +1,21 @@
-//! The controller's own state: health.
+//! The controller's own state: health, and the configuration it runs.
 
 use axum::Json;
+use axum::extract::State;
 use serde_json::json;
+use standby_types::api::ApiError;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::common::{ApiResult, Ctl, operators_only};
+use crate::auth::Principal;
 use crate::state::AppState;
 
 /// The routes of this module, each documented.
 pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(health))
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(running_config))
 }
 
 /// The controller is up (no authentication).
@@ -18,4 +24,16 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     responses((status = 200, description = "Up; with the version", body = Object)))]
 async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// The configuration the controller runs, as it read it at start (paths
+/// resolved; inline secrets replaced by a fingerprint); `standby config
+/// check` compares a file with it (admin).
+#[utoipa::path(get, path = "/api/v1/config", tag = "meta",
+    security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
+    responses((status = 200, description = "The running configuration", body = Object),
+        (status = 403, body = ApiError)))]
+async fn running_config(State(ctl): Ctl, who: Principal) -> ApiResult<serde_json::Value> {
+    operators_only(&who, "config", "running")?;
+    Ok(Json(standby_types::config::redacted(&ctl.cfg)))
 }

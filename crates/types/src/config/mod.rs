@@ -21,13 +21,15 @@
 //! - `units`: schedules, byte sizes and durations written as strings;
 //! - `error`: [`ConfigError`] and where in the file a field is;
 //! - `load`: [`Config::load`] and [`Config::parse`];
-//! - `validate`, `validate_watch`: the cross-reference checks.
+//! - `validate`, `validate_watch`: the cross-reference checks;
+//! - `redact`: [`redacted`], the configuration as the API shows it.
 
 mod controller;
 mod datastores;
 mod error;
 mod load;
 mod probes;
+mod redact;
 mod root;
 mod services;
 mod sites;
@@ -40,6 +42,7 @@ pub use controller::{Controller, DEFAULT_LISTEN, TenantConfig};
 pub use datastores::{DatastoreConfig, DatastoreKind, EncryptionConfig};
 pub use error::ConfigError;
 pub use probes::ProbeConfig;
+pub use redact::redacted;
 pub use root::Config;
 pub use services::{Protocol, ServiceConfig, ServiceProbe};
 pub use sites::{AgentConfig, DriverKind, Host, Site};
