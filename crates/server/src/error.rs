@@ -23,6 +23,9 @@ pub enum ServerError {
     Forbidden(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A body larger than the route reads (413).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{0}")]
     Internal(String),
     #[error(transparent)]
@@ -63,6 +66,7 @@ impl ServerError {
             ServerError::Unauthorized(_) => ("unauthorized", false),
             ServerError::Forbidden(_) => ("forbidden", false),
             ServerError::BadRequest(_) => ("bad_request", false),
+            ServerError::TooLarge(_) => ("too_large", false),
             ServerError::Internal(_) => ("internal", false),
             ServerError::Engine(e) => e.code(),
         };
@@ -88,6 +92,7 @@ fn status_of(code: &str) -> StatusCode {
         "unauthorized" => StatusCode::UNAUTHORIZED,
         "forbidden" => StatusCode::FORBIDDEN,
         "bad_request" => StatusCode::BAD_REQUEST,
+        "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "unreachable" => StatusCode::SERVICE_UNAVAILABLE,
         "timeout" => StatusCode::GATEWAY_TIMEOUT,
         "agent" => StatusCode::BAD_GATEWAY,

@@ -8,7 +8,8 @@
 //!   (sites, VMs, groups), [`api::points`], [`api::stores`] and
 //!   [`api::jobs`]; what they share (query, paging, tenant scoping) in the
 //!   leaf [`api::common`]. [`api_watch`], [`services`] and [`runbooks`]:
-//!   its watch, front-door and runbook routes.
+//!   its watch, front-door and runbook routes; [`alertmanager`]:
+//!   Alertmanager's webhook receiver.
 //! - [`openapi`]: the OpenAPI document, built from the same routes
 //!   ([`openapi::routes`]), and the role table read from it
 //!   ([`openapi::role_table`]); [`router`] and [`app`] hand that table to
@@ -37,6 +38,7 @@
 //! - Nothing here decides what happens to a VM: handlers check access,
 //!   parse, call the engine and render.
 
+pub mod alertmanager;
 pub mod api;
 mod api_watch;
 pub mod auth;

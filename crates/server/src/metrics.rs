@@ -557,6 +557,89 @@ labels = {{ site = "site1" }}
         Config::load(&dir.join("standby.toml")).unwrap()
     }
 
+    /// The metric names an expression refers to (`standby_…`).
+    fn metric_names(expr: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut rest = expr;
+        while let Some(i) = rest.find("standby_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            out.push(&tail[..end]);
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    /// The metric families the code registers: the first argument of each
+    /// `reg.register(` here and in the front door.
+    fn registered_families() -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for src in [
+            include_str!("metrics.rs"),
+            include_str!("../../frontdoor/src/lib.rs"),
+        ] {
+            for part in src.split("reg.register(").skip(1) {
+                let name = part.split('"').nth(1).unwrap_or_default();
+                if name.starts_with("standby_") {
+                    out.insert(name.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// The shipped Grafana dashboard (`contrib/grafana/standby.json`)
+    /// shows every metric family the code registers and queries no other
+    /// (a counter's series end in `_total`); a scrape with samples of
+    /// every non-front-door family checks the series names themselves
+    /// (`scrape_covers_jobs_points_sync_alerts_probes_rpo_rto`).
+    fn dashboard_series() -> std::collections::BTreeSet<String> {
+        let dashboard: Value =
+            serde_json::from_str(include_str!("../../../contrib/grafana/standby.json")).unwrap();
+        let mut out = std::collections::BTreeSet::new();
+        for p in dashboard["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"].as_str().unwrap();
+                let names = metric_names(expr);
+                assert!(
+                    !names.is_empty(),
+                    "{}: {expr} queries no standby metric",
+                    p["title"]
+                );
+                out.extend(names.into_iter().map(String::from));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_grafana_dashboard_shows_every_registered_metric_and_no_other() {
+        let families = registered_families();
+        assert!(families.len() > 25, "{families:?}");
+        let series = dashboard_series();
+        for s in &series {
+            let family = s.strip_suffix("_total").unwrap_or(s);
+            assert!(
+                families.contains(family),
+                "the dashboard queries {s}, which nothing registers"
+            );
+        }
+        let shown: std::collections::BTreeSet<&str> = series
+            .iter()
+            .map(|s| s.strip_suffix("_total").unwrap_or(s))
+            .collect();
+        let missing: Vec<_> = families
+            .iter()
+            .filter(|f| !shown.contains(f.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "no panel of the dashboard shows {missing:?}"
+        );
+    }
+
     /// A scrape covers jobs, points, sync, alerts, probes, RPO and the RTO
     /// of a drill and of a failover, each from what really happened: a
     /// protection run, a point not yet synced, a probe failing into a
@@ -701,6 +784,18 @@ labels = {{ site = "site1" }}
         let loss = v("standby_data_loss_seconds", &failover);
         assert!((0.0..120.0).contains(&loss), "failover data loss {loss}");
         assert!(v("standby_rto_measured_timestamp_seconds", &failover) > 1.7e9);
+
+        // Every family with samples here is queried by the dashboard under
+        // the name of its series.
+        let series = dashboard_series();
+        for line in text.lines() {
+            let Some(name) = line.split(['{', ' ']).next() else {
+                continue;
+            };
+            if name.starts_with("standby_") && !name.starts_with("standby_frontdoor_") {
+                assert!(series.contains(name), "the dashboard does not query {name}");
+            }
+        }
 
         server.stop().await;
     }

@@ -489,6 +489,7 @@ mod tests {
         ("api/stores.rs", include_str!("api/stores.rs")),
         ("api/jobs.rs", include_str!("api/jobs.rs")),
         ("api_watch.rs", include_str!("api_watch.rs")),
+        ("alertmanager.rs", include_str!("alertmanager.rs")),
         ("services.rs", include_str!("services.rs")),
         ("runbooks.rs", include_str!("runbooks.rs")),
         ("auth/api.rs", include_str!("auth/api.rs")),

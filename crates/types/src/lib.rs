@@ -2,9 +2,11 @@
 //!
 //! Everything that crosses a crate or process boundary lives here: typed
 //! names, the `standby.toml` configuration ([`config`]), retention policies
-//! and the records the API returns ([`model`]). Nothing here does I/O beyond
+//! and the records the API returns ([`model`]), and the payloads of others'
+//! systems standby reads ([`alertmanager`]). Nothing here does I/O beyond
 //! reading a configuration file.
 
+pub mod alertmanager;
 pub mod api;
 mod chain;
 pub mod config;

@@ -6,6 +6,7 @@ mod harness;
 mod hooks;
 mod netlab;
 
+mod alertmanager;
 mod auth;
 mod cloud;
 mod config_errors;

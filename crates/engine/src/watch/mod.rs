@@ -4,7 +4,9 @@
 //! # Flow
 //! probe results (controller probes, generated heartbeat/VM/point-age
 //! probes, results posted by remote agents) → [`Watch::record`] → an event
-//! each, and the rule [`Evaluator`] → every tick, transitions → alert rows
+//! each, and the rule [`Evaluator`]; every event ([`Watch::emit`]: those,
+//! alert and incident changes, Alertmanager's alerts) → the evaluator's
+//! event conditions → every tick, transitions → alert rows
 //! → after a settle delay (the longest route `group_wait`, at least 2 s):
 //! inhibition and silences are checked again, incidents opened from the
 //! rule's template, deliveries queued in the outbox → the notifier sends
@@ -26,12 +28,14 @@
 //!   not know the controller, so the controller imports nothing that
 //!   imports it back.
 //! - `probes.rs`: controller and generated probes; `agents.rs`: remote
-//!   agents' heartbeats and results; `rules.rs`: rule reloading;
+//!   agents' heartbeats and results; `alertmanager.rs`: Alertmanager's
+//!   alerts as events; `rules.rs`: rule reloading;
 //!   `alerts.rs`: transitions to alerts, settling, acknowledgements and
 //!   silences; `incidents.rs`: incidents; `notifier.rs`: the outbox.
 //! - `mod.rs`: re-exports and the background loops ([`spawn`]).
 
 mod agents;
+pub mod alertmanager;
 mod alerts;
 mod incidents;
 mod notifier;

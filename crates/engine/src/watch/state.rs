@@ -113,7 +113,13 @@ impl Watch {
     }
 
     /// Queue an event for storage and streaming.
+    /// Rules with an event condition count it now, so the next tick sees
+    /// it (not when it is stored).
     pub fn emit(&self, e: Event) {
+        self.evaluator
+            .lock()
+            .expect("evaluator lock")
+            .observe_event(&e);
         self.pending_events.lock().expect("events lock").push(e);
     }
 

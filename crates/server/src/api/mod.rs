@@ -14,8 +14,8 @@
 //!
 //! This module only assembles the routers: the handlers are in files by
 //! concern ([`meta`], [`inventory`], [`points`], [`stores`], [`jobs`], and
-//! the sub-routers `api_watch`, `services`, `runbooks`, `auth::api`); what
-//! they share is in the leaf [`common`].
+//! the sub-routers `api_watch`, `alertmanager`, `services`, `runbooks`,
+//! `auth::api`); what they share is in the leaf [`common`].
 
 pub mod common;
 pub mod inventory;
@@ -41,6 +41,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(stores::routes())
         .merge(jobs::routes())
         .merge(crate::api_watch::routes())
+        .merge(crate::alertmanager::routes())
         .merge(crate::services::routes())
         .merge(crate::runbooks::routes())
         .merge(crate::auth::api::routes())
