@@ -422,6 +422,9 @@ mod tests {
             ("GET", "/api/v1/users"),
             ("POST", "/api/v1/users"),
             ("DELETE", "/api/v1/users/{name}"),
+            // The running configuration: file paths and the shape of
+            // the whole installation.
+            ("GET", "/api/v1/config"),
         ]
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
