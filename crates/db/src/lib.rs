@@ -78,13 +78,9 @@ pub use watch::{AlertQuery, EventQuery, WatchRepo};
 /// or running.
 pub const INTERRUPTED: &str = "interrupted: the controller stopped while the job ran";
 
-/// A fenced site: no VM runs there until the fence is lifted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FenceRecord {
-    pub site: String,
-    pub since: DateTime<Utc>,
-    pub reason: String,
-}
+/// A fenced site: no VM runs there until the fence is lifted (the same
+/// record the API shows).
+pub use standby_types::outcome::Fence as FenceRecord;
 
 /// Which points a page of the catalog holds ([`Repo::point_page`]): every
 /// filter given must match.

@@ -13,9 +13,7 @@
 
 use chrono::Utc;
 use standby_db::FenceRecord;
-use standby_types::outcome::{
-    AgentUnfenced, Fence, HostFenced, SiteFenced, SiteUnfenced, VmFenced,
-};
+use standby_types::outcome::{AgentUnfenced, HostFenced, SiteFenced, SiteUnfenced, VmFenced};
 
 use standby_agent::AgentError;
 
@@ -153,11 +151,7 @@ impl Controller {
             site: site.to_string(),
             fenced: false,
             was_fenced: lifted.is_some(),
-            lifted: lifted.map(|f| Fence {
-                site: f.site,
-                since: f.since,
-                reason: f.reason,
-            }),
+            lifted,
             agents,
         })
     }

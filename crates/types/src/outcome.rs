@@ -171,7 +171,7 @@ pub struct PointRestored {
 }
 
 /// A site's fence, as recorded.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct Fence {
     pub site: String,
     pub since: DateTime<Utc>,

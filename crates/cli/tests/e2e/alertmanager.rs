@@ -372,24 +372,14 @@ scrape_configs:
     assert_eq!(prom_alert["labels"]["vm"], "pbx1", "{prom_alert}");
 
     // The runbook job the standby alert started.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let job = loop {
-        let jobs = lab.json(&["jobs", "list"]);
-        if let Some(j) = jobs
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|j| j["kind"] == "runbook" && j["target"] == "on-prometheus")
-        {
-            break j["id"].as_i64().unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no runbook job from Prometheus's alert: {jobs:#}\nAlertmanager: {}",
-            std::fs::read_to_string(&am_log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let job = lab
+        .wait_runbook_job("on-prometheus", Duration::from_secs(60))
+        .unwrap_or_else(|jobs| {
+            panic!(
+                "no runbook job from Prometheus's alert: {jobs:#}\nAlertmanager: {}",
+                std::fs::read_to_string(&am_log).unwrap_or_default()
+            )
+        });
     let deadline = Instant::now() + Duration::from_secs(30);
     let steps = loop {
         let v = lab.json(&["runbook", "steps", &job.to_string()]);

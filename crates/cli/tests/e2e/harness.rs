@@ -187,6 +187,27 @@ datastores = [{group_datastores}]
         agent_secret(name, self.api)
     }
 
+    /// The id of the first job of runbook `name`, waiting up to `limit`
+    /// for one to start; the job list last seen when none did.
+    pub fn wait_runbook_job(&self, name: &str, limit: Duration) -> Result<i64, Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let jobs = self.json(&["jobs", "list"]);
+            if let Some(j) = jobs
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|j| j["kind"] == "runbook" && j["target"] == name)
+            {
+                return Ok(j["id"].as_i64().unwrap());
+            }
+            if Instant::now() >= deadline {
+                return Err(jobs);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// GET `path` of the API as the admin; (status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
         self.call(reqwest::Method::GET, path, None)

@@ -528,23 +528,9 @@ fn an_alert_starts_a_runbook_and_its_lock_skips_a_second_trigger() {
         ],
         ..LabOptions::default()
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let job = loop {
-        let jobs = lab.json(&["jobs", "list"]);
-        if let Some(j) = jobs
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|j| j["kind"] == "runbook" && j["target"] == "on-dead")
-        {
-            break j["id"].as_i64().unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no runbook job from the alert: {jobs:#}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let job = lab
+        .wait_runbook_job("on-dead", Duration::from_secs(30))
+        .unwrap_or_else(|jobs| panic!("no runbook job from the alert: {jobs:#}"));
     // The note lands on the incident the runbook opened.
     let deadline = Instant::now() + Duration::from_secs(20);
     let (v, incident) = loop {
