@@ -1,0 +1,207 @@
+//! The host side of an agent: its driver, its fence flag (kept across
+//! restarts in `DATA/fence.json`) and its open datastores.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use standby_hv::{Driver, ProcessDriver, VmSpec};
+use standby_store::Datastore;
+use standby_types::config::DatastoreConfig;
+
+use crate::error::AgentError;
+use crate::wire::FencedVm;
+
+/// The fence as the agent keeps it (`DATA/fence.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct FenceState {
+    pub(super) since: DateTime<Utc>,
+    pub(super) reason: String,
+}
+
+/// The host side of an agent: its driver, its fence, its open datastores.
+pub struct HostAgent {
+    pub(super) name: String,
+    pub(super) dir: PathBuf,
+    pub(super) driver: ProcessDriver,
+    /// Held across a start and across fencing, so a start never slips in
+    /// between the fence being set and the VMs being stopped.
+    pub(super) fence: tokio::sync::Mutex<Option<FenceState>>,
+    pub(super) stores: Mutex<HashMap<String, (String, Datastore)>>,
+}
+
+impl HostAgent {
+    /// Open the data dir: adopt the VMs still running from an earlier run
+    /// and take up a fence left in force (stopping what runs).
+    pub async fn open(name: &str, dir: &Path) -> Result<Arc<HostAgent>, AgentError> {
+        for sub in ["run", "vms"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| {
+                AgentError::Internal(format!(
+                    "unable to create the agent data directory {}: {e}",
+                    dir.join(sub).display()
+                ))
+            })?;
+        }
+        let fence = match std::fs::read(dir.join("fence.json")) {
+            Ok(b) => Some(serde_json::from_slice::<FenceState>(&b).map_err(|e| {
+                AgentError::Internal(format!(
+                    "unreadable fence flag {}: {e}; remove it only if the site is not fenced",
+                    dir.join("fence.json").display()
+                ))
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(AgentError::Internal(format!(
+                    "unable to read {}: {e}",
+                    dir.join("fence.json").display()
+                )));
+            }
+        };
+        let host = Arc::new(HostAgent {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            driver: ProcessDriver::with_state_dir(dir.join("run")),
+            fence: tokio::sync::Mutex::new(fence),
+            stores: Mutex::default(),
+        });
+        let names = host.adopt_all().await;
+        tracing::info!(vms = ?names, dir = %dir.display(), "host agent ready");
+        {
+            let fence = host.fence.lock().await;
+            if let Some(f) = &*fence {
+                tracing::warn!(since = %f.since, reason = %f.reason, "site fenced: stopping every vm");
+                host.stop_everything().await;
+            }
+        }
+        Ok(host)
+    }
+
+    /// Adopt every VM with a pid file (a restart of the agent); their
+    /// names.
+    pub(super) async fn adopt_all(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("run")) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "pid")
+                    && let Some(stem) = p.file_stem().and_then(|s| s.to_str())
+                {
+                    let _ = self.driver.status(stem).await;
+                    names.push(stem.to_string());
+                }
+            }
+        }
+        names
+    }
+
+    /// Force-stop every VM; what happened to each. Caller holds the fence
+    /// lock.
+    pub(super) async fn stop_everything(&self) -> Vec<FencedVm> {
+        self.adopt_all().await;
+        let mut out = Vec::new();
+        for (vm, st) in self.driver.list() {
+            let result = if st.is_alive() {
+                match self.driver.stop(&vm).await {
+                    Ok(_) => "stopped".to_string(),
+                    Err(e) => format!("failed: {}", standby_types::error_chain(&e)),
+                }
+            } else {
+                "already stopped".to_string()
+            };
+            if result != "already stopped" {
+                tracing::warn!(vm, "fenced: {result}");
+            }
+            out.push(FencedVm { vm, result });
+        }
+        out
+    }
+
+    pub(super) fn persist(&self, fence: &Option<FenceState>) -> Result<(), AgentError> {
+        let path = self.dir.join("fence.json");
+        let io = |e: std::io::Error| {
+            AgentError::Internal(format!(
+                "unable to record the fence in {}: {e}",
+                path.display()
+            ))
+        };
+        match fence {
+            Some(f) => {
+                let tmp = self.dir.join("fence.json.tmp");
+                let mut file = std::fs::File::create(&tmp).map_err(io)?;
+                std::io::Write::write_all(&mut file, &serde_json::to_vec(f).unwrap_or_default())
+                    .map_err(io)?;
+                file.sync_all().map_err(io)?;
+                std::fs::rename(&tmp, &path).map_err(io)?;
+            }
+            None => match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            },
+        }
+        Ok(())
+    }
+
+    /// Fence this host: recorded first, then every VM stopped. Idempotent.
+    pub(super) async fn fence(&self, reason: &str) -> Result<Vec<FencedVm>, AgentError> {
+        let mut fence = self.fence.lock().await;
+        if fence.is_none() {
+            let f = Some(FenceState {
+                since: Utc::now(),
+                reason: reason.to_string(),
+            });
+            self.persist(&f)?;
+            *fence = f;
+            tracing::warn!(reason, "site fenced: stopping every vm, refusing starts");
+        }
+        Ok(self.stop_everything().await)
+    }
+
+    pub(super) async fn unfence(&self) -> Result<bool, AgentError> {
+        let mut fence = self.fence.lock().await;
+        if fence.is_none() {
+            return Ok(false);
+        }
+        self.persist(&None)?;
+        *fence = None;
+        tracing::warn!("site unfenced: starts allowed again");
+        Ok(true)
+    }
+
+    /// What a heartbeat answer says about the fence.
+    pub(super) async fn heartbeat_fenced(&self, fenced: bool) {
+        let result = if fenced {
+            self.fence("fenced by the controller").await.map(|_| ())
+        } else {
+            self.unfence().await.map(|_| ())
+        };
+        if let Err(e) = result {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// The spec with this agent's own work directory, a bare command name
+    /// looked up beside this binary first.
+    pub(super) fn local(&self, mut spec: VmSpec) -> VmSpec {
+        spec.workdir = self.dir.join("vms");
+        if let Some(bare) = spec.command.to_str().map(String::from) {
+            spec.command = crate::local::resolve_command(&bare);
+        }
+        spec
+    }
+
+    pub(super) fn store(&self, name: &str, cfg: &DatastoreConfig) -> Result<Datastore, AgentError> {
+        let key = serde_json::to_string(cfg).unwrap_or_default();
+        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, s)) = stores.get(name)
+            && *k == key
+        {
+            return Ok(s.clone());
+        }
+        let s = crate::stores::open(name, cfg)?;
+        stores.insert(name.to_string(), (key, s.clone()));
+        Ok(s)
+    }
+}

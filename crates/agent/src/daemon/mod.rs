@@ -1,0 +1,277 @@
+//! `standby agent`: a process at a site (or in its own network namespace)
+//! that sends heartbeats to the controller, runs the probes assigned to it
+//! as vantage point `agent:NAME`, and posts their results back. It also
+//! answers `GET /health`, so other vantage points can probe it.
+//!
+//! With `--data-dir`, it is also the agent of a hypervisor host (declared
+//! with `host` and `url` under `[agents.NAME]`): it runs that host's VMs
+//! with a process driver whose state lives in `DATA/run` (so a restarted
+//! agent adopts its running VMs) and answers the execution API under
+//! `/agent/v1` (see [`exec_routes`]): status, start, shutdown, stop,
+//! provisioning, points into and restores from a datastore it opens
+//! itself, fence and unfence.
+//!
+//! Authentication: each agent has a shared secret (`[agents.NAME] token`
+//! or `token_file`). The agent sends it as `Authorization: Bearer` on its
+//! heartbeats and results; the controller sends it on every `/agent/v1`
+//! call, and [`exec_routes`] refuses calls without it (401), or all calls
+//! when the agent has no secret. The secret travels in clear over plain
+//! HTTP: use a management network or TLS in front.
+//!
+//! Fencing: an agent told it is fenced (by `POST /agent/v1/fence` or a
+//! heartbeat answer with `fenced: true`) stops all its VMs at once and
+//! refuses starts (409) until a heartbeat answer says unfenced. The flag
+//! is kept in `DATA/fence.json`, so a restarted agent stays fenced. While
+//! the controller cannot be reached the agent leaves its VMs as they are:
+//! it cannot know whether its site was fenced.
+//!
+//! The controller is the source of truth: each heartbeat's answer carries
+//! the agent's probe list and heartbeat interval, so configuration lives in
+//! one place. While the controller is unreachable the agent keeps probing
+//! and keeps only results that are still fresh, so a reconnect delivers
+//! evidence, not history.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Json;
+use axum::routing::get;
+use chrono::Utc;
+use standby_types::watch::{ProbeResult, ProbeSpec};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+mod host;
+mod routes;
+
+pub use host::HostAgent;
+pub use routes::exec_routes;
+
+use crate::error::AgentError;
+use crate::wire::{Heartbeat, HeartbeatReply};
+
+/// Results kept while the controller cannot be reached.
+const MAX_BUFFERED: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Base URL of the controller, e.g. `http://198.18.0.1:7780`.
+    pub controller: String,
+    pub name: String,
+    /// Where to answer `/health` and, with a data dir, `/agent/v1`
+    /// (none: no listener).
+    pub listen: Option<SocketAddr>,
+    /// Makes this the agent of a hypervisor host: VM state, work files
+    /// and the fence flag live here.
+    pub data_dir: Option<PathBuf>,
+    /// The agent's secret (`[agents.NAME] token`/`token_file`).
+    pub token: Option<String>,
+    /// Told once the agent serves (its listener bound, its host open),
+    /// before its first heartbeat: a service manager's readiness.
+    pub ready: Option<std::sync::Arc<tokio::sync::Notify>>,
+}
+
+fn client() -> reqwest::Client {
+    standby_http::builder(standby_http::Reach::Internal)
+        .timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Run until `cancel` fires.
+pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), AgentError> {
+    let base = opts.controller.trim_end_matches('/').to_string();
+    let host = match &opts.data_dir {
+        Some(dir) => Some(HostAgent::open(&opts.name, dir).await?),
+        None => None,
+    };
+    if let Some(addr) = opts.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| AgentError::Internal(format!("unable to listen on {addr}: {e}")))?;
+        let name = opts.name.clone();
+        let mut app = axum::Router::new().route(
+            "/health",
+            get(move || {
+                let name = name.clone();
+                async move { Json(serde_json::json!({"status": "ok", "agent": name})) }
+            }),
+        );
+        if let Some(h) = &host {
+            app = app.merge(exec_routes(h.clone(), opts.token.as_deref()));
+        }
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { c.cancelled().await })
+                .await;
+        });
+        tracing::info!(%addr, "agent answering /health");
+    }
+    let (tx, rx) = mpsc::channel::<ProbeResult>(1024);
+    let token = opts.token.clone().unwrap_or_default();
+    if opts.token.is_none() {
+        tracing::warn!("no agent token: the controller will refuse heartbeats and results");
+    }
+    let sender = tokio::spawn(send_results(
+        client(),
+        format!("{base}/api/v1/agents/{}/results", opts.name),
+        token.clone(),
+        rx,
+        cancel.clone(),
+    ));
+    let http = client();
+    let url = format!("{base}/api/v1/agents/{}/heartbeat", opts.name);
+    if let Some(ready) = &opts.ready {
+        ready.notify_one();
+    }
+    let mut interval = Duration::from_secs(1);
+    let mut specs: Vec<ProbeSpec> = Vec::new();
+    let mut probes = CancellationToken::new();
+    let mut reachable = true;
+    loop {
+        let hb = Heartbeat {
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        match http.post(&url).bearer_auth(&token).json(&hb).send().await {
+            Ok(resp) if resp.status().is_success() => match resp.json::<HeartbeatReply>().await {
+                Ok(reply) => {
+                    if !reachable {
+                        tracing::info!("controller reachable again");
+                    }
+                    reachable = true;
+                    interval = reply.heartbeat;
+                    if let Some(h) = &host {
+                        h.heartbeat_fenced(reply.fenced).await;
+                    }
+                    if reply.probes != specs {
+                        probes.cancel();
+                        probes = cancel.child_token();
+                        tracing::info!(probes = reply.probes.len(), "probe assignment");
+                        for spec in &reply.probes {
+                            tokio::spawn(run_probe(
+                                spec.clone(),
+                                opts.name.clone(),
+                                tx.clone(),
+                                probes.clone(),
+                            ));
+                        }
+                        specs = reply.probes;
+                    }
+                }
+                Err(e) => tracing::warn!("unreadable heartbeat answer: {e}"),
+            },
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                if status == reqwest::StatusCode::NOT_FOUND {
+                    return Err(AgentError::BadRequest(format!(
+                        "the controller does not know agent '{}': declare it under [agents] in standby.toml ({body})",
+                        opts.name
+                    )));
+                }
+                tracing::warn!(%status, "heartbeat refused: {body}");
+            }
+            Err(e) => {
+                if reachable {
+                    tracing::warn!("controller unreachable: {e}");
+                }
+                reachable = false;
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    probes.cancel();
+    drop(tx);
+    let _ = sender.await;
+    Ok(())
+}
+
+async fn run_probe(
+    spec: ProbeSpec,
+    agent: String,
+    tx: mpsc::Sender<ProbeResult>,
+    cancel: CancellationToken,
+) {
+    let vantage = format!("agent:{agent}");
+    let mut tick = tokio::time::interval(spec.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let at = Utc::now();
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => return,
+            o = standby_monitor::probe::run(&spec) => o,
+        };
+        let r = standby_monitor::probe::result(&spec, &vantage, at, &outcome);
+        if tx.send(r).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Post results as they come, in batches; keep unsent fresh ones.
+async fn send_results(
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    mut rx: mpsc::Receiver<ProbeResult>,
+    cancel: CancellationToken,
+) {
+    let mut buf: VecDeque<ProbeResult> = VecDeque::new();
+    loop {
+        if buf.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = rx.recv() => match r {
+                    Some(r) => buf.push_back(r),
+                    None => return,
+                },
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            buf.push_back(r);
+        }
+        let now = Utc::now();
+        buf.retain(|r| chrono::Duration::from_std(r.stale_after).is_ok_and(|s| now - r.at <= s));
+        while buf.len() > MAX_BUFFERED {
+            buf.pop_front();
+        }
+        if buf.is_empty() {
+            continue;
+        }
+        let batch: Vec<&ProbeResult> = buf.iter().collect();
+        match http
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "results": batch }))
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => buf.clear(),
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                tracing::warn!(%status, "results refused: {body}");
+                // A refusal will not change by resending the same batch.
+                buf.clear();
+            }
+            Err(e) => {
+                tracing::debug!("results not delivered, kept for later: {e}");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+        }
+    }
+}

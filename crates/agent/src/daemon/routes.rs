@@ -1,0 +1,340 @@
+//! The execution API of a host agent, under `/agent/v1`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use standby_hv::{DiskSpec, Driver, VmStatus};
+use standby_store::PointId;
+
+use super::host::HostAgent;
+use crate::error::AgentError;
+use crate::ops::PointRequest;
+use crate::progress::Quiet;
+use crate::wire::{
+    FenceCall, FencedVm, PointCall, PointDone, RestoreCall, RestoreDone, ShutdownCall, SpecCall,
+    VmCall,
+};
+
+type Host = State<Arc<HostAgent>>;
+type Answer<T> = Result<Json<T>, AgentError>;
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+/// The agent API's errors: the controller API's `{code, message,
+/// retryable}` with the matching status.
+impl axum::response::IntoResponse for AgentError {
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::StatusCode;
+        let api = self.to_api();
+        let status = match api.code.as_str() {
+            "not_found" => StatusCode::NOT_FOUND,
+            "conflict" => StatusCode::CONFLICT,
+            "bad_request" => StatusCode::BAD_REQUEST,
+            "unauthorized" => StatusCode::UNAUTHORIZED,
+            "unreachable" => StatusCode::SERVICE_UNAVAILABLE,
+            "timeout" => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(api)).into_response()
+    }
+}
+
+/// The execution API of a host agent, under `/agent/v1`. Every call is a
+/// POST with a JSON body (see the `*Call` types in [`crate::wire`]);
+/// errors are the API's `{code, message, retryable}`. Every call must
+/// carry `token` as `Authorization: Bearer` (401 otherwise; with no token,
+/// every call is refused).
+pub fn exec_routes(host: Arc<HostAgent>, token: Option<&str>) -> Router {
+    let expected = Arc::new(token.map(|t| sha256(t.as_bytes())));
+    Router::new()
+        .route("/agent/v1/state", get(state))
+        .route("/agent/v1/status", post(status))
+        .route("/agent/v1/start", post(start))
+        .route("/agent/v1/shutdown", post(shutdown))
+        .route("/agent/v1/stop", post(stop))
+        .route("/agent/v1/provision", post(provision))
+        .route("/agent/v1/missing-disks", post(missing_disks))
+        .route("/agent/v1/point", post(point))
+        .route("/agent/v1/restore", post(restore))
+        .route("/agent/v1/fence", post(fence))
+        .route("/agent/v1/unfence", post(unfence))
+        .layer(axum::middleware::from_fn_with_state(expected, check_token))
+        .with_state(host)
+}
+
+async fn check_token(
+    State(expected): State<Arc<Option<[u8; 32]>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use subtle::ConstantTimeEq;
+    let sent = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let refuse = |m: &str| {
+        let mut r = AgentError::Unauthorized(m.to_string()).into_response();
+        r.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        r
+    };
+    match (expected.as_ref(), sent) {
+        (None, _) => refuse("this agent has no token configured: it takes no calls"),
+        (Some(_), None) => refuse("the agent API needs the agent's token"),
+        (Some(h), Some(s)) if bool::from(h.ct_eq(&sha256(s.trim().as_bytes()))) => {
+            next.run(req).await
+        }
+        (Some(_), Some(_)) => refuse("wrong agent token"),
+    }
+}
+
+async fn state(State(h): Host) -> Answer<serde_json::Value> {
+    h.adopt_all().await;
+    let fence = h.fence.lock().await.clone();
+    let vms: Vec<_> = h
+        .driver
+        .list()
+        .into_iter()
+        .map(|(vm, st)| serde_json::json!({"vm": vm, "status": st}))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "agent": h.name,
+        "fenced": fence.is_some(),
+        "fence": fence,
+        "vms": vms,
+    })))
+}
+
+async fn status(State(h): Host, Json(c): Json<VmCall>) -> Answer<VmStatus> {
+    Ok(Json(h.driver.status(&c.vm).await?))
+}
+
+async fn start(State(h): Host, Json(c): Json<SpecCall>) -> Answer<VmStatus> {
+    let fence = h.fence.lock().await;
+    if let Some(f) = &*fence {
+        return Err(AgentError::Conflict(format!(
+            "agent {} refuses to start vm {}: its site is fenced since {} ({}); the controller must unfence it",
+            h.name,
+            c.spec.name,
+            f.since.to_rfc3339(),
+            f.reason
+        )));
+    }
+    let spec = h.local(c.spec);
+    Ok(Json(h.driver.start(&spec).await?))
+}
+
+async fn shutdown(State(h): Host, Json(c): Json<ShutdownCall>) -> Answer<VmStatus> {
+    Ok(Json(
+        h.driver
+            .shutdown(&c.vm, Duration::from_millis(c.timeout_ms))
+            .await?,
+    ))
+}
+
+async fn stop(State(h): Host, Json(c): Json<VmCall>) -> Answer<VmStatus> {
+    Ok(Json(h.driver.stop(&c.vm).await?))
+}
+
+async fn provision(State(_h): Host, Json(c): Json<SpecCall>) -> Answer<serde_json::Value> {
+    tokio::task::spawn_blocking(move || crate::local::provision_disks(&c.spec)).await??;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn missing_disks(Json(c): Json<SpecCall>) -> Answer<Vec<DiskSpec>> {
+    Ok(Json(crate::local::missing_disks(&c.spec)))
+}
+
+async fn point(State(h): Host, Json(c): Json<PointCall>) -> Answer<PointDone> {
+    let store = {
+        let h = h.clone();
+        let (name, cfg) = (c.datastore.clone(), c.config.clone());
+        tokio::task::spawn_blocking(move || h.store(&name, &cfg)).await??
+    };
+    let spec = h.local(c.spec);
+    let req = PointRequest {
+        site: c.site,
+        chunk_size: c.chunk_size,
+        labels: c.labels,
+        vm_config: c.vm_config,
+    };
+    let (manifest, stats) =
+        crate::local::take_point(&h.driver, &spec, &store, req, Arc::new(Quiet)).await?;
+    tracing::info!(vm = %spec.name, point = %manifest.id, datastore = %c.datastore, "point taken");
+    Ok(Json(PointDone { manifest, stats }))
+}
+
+async fn restore(State(h): Host, Json(c): Json<RestoreCall>) -> Answer<RestoreDone> {
+    let point: PointId = c
+        .point
+        .parse()
+        .map_err(|e| AgentError::BadRequest(format!("bad point id '{}': {e}", c.point)))?;
+    let store = {
+        let h = h.clone();
+        let (name, cfg) = (c.datastore.clone(), c.config.clone());
+        tokio::task::spawn_blocking(move || h.store(&name, &cfg)).await??
+    };
+    let spec = h.local(c.spec);
+    let bytes = crate::local::restore_point(&spec, &store, &point, Arc::new(Quiet), None).await?;
+    tracing::info!(vm = %spec.name, %point, datastore = %c.datastore, bytes, "point restored");
+    Ok(Json(RestoreDone { bytes }))
+}
+
+async fn fence(State(h): Host, Json(c): Json<FenceCall>) -> Answer<Vec<FencedVm>> {
+    Ok(Json(h.fence(&c.reason).await?))
+}
+
+async fn unfence(State(h): Host) -> Answer<serde_json::Value> {
+    let was = h.unfence().await?;
+    Ok(Json(serde_json::json!({"unfenced": was})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::client;
+    use super::*;
+    use standby_hv::VmSpec;
+    use std::path::Path;
+
+    fn sleeper(dir: &Path) -> VmSpec {
+        VmSpec {
+            name: "v".into(),
+            command: "sleep".into(),
+            args: vec!["30".into()],
+            env: Default::default(),
+            disks: Vec::new(),
+            workdir: dir.join("elsewhere"),
+            qemu: None,
+        }
+    }
+
+    /// The agent API answers each code with the controller API's status;
+    /// an internal error is not retryable, a host's I/O is.
+    #[test]
+    fn errors_answer_the_controller_apis_codes_and_statuses() {
+        use axum::response::IntoResponse;
+        let remote = |code: &str, retryable| AgentError::Remote {
+            host: "h".into(),
+            code: code.into(),
+            message: "m".into(),
+            retryable,
+        };
+        for (e, status, code, retryable) in [
+            (AgentError::not_found("vm", "v"), 404, "not_found", false),
+            (AgentError::Conflict("fenced".into()), 409, "conflict", true),
+            (AgentError::Internal("a bug".into()), 500, "internal", false),
+            (
+                AgentError::Io {
+                    what: "unable to write fence.json".into(),
+                    source: std::io::Error::other("disk full"),
+                },
+                500,
+                "io",
+                true,
+            ),
+            (remote("timeout", true), 504, "timeout", true),
+        ] {
+            let api = e.to_api();
+            assert_eq!((api.code.as_str(), api.retryable), (code, retryable), "{e}");
+            assert_eq!(e.into_response().status().as_u16(), status, "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_agent_api_answers_only_calls_with_the_agents_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HostAgent::open("a", dir.path()).await.unwrap();
+        let serve = |token: Option<&str>| {
+            let app = exec_routes(h.clone(), token);
+            async move {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = l.local_addr().unwrap();
+                tokio::spawn(async move { axum::serve(l, app).await });
+                format!("http://{addr}/agent/v1/state")
+            }
+        };
+        let http = client();
+        let status = |url: String, bearer: Option<&'static str>| {
+            let http = http.clone();
+            async move {
+                let mut r = http.get(url);
+                if let Some(b) = bearer {
+                    r = r.bearer_auth(b);
+                }
+                r.send().await.unwrap().status().as_u16()
+            }
+        };
+        let url = serve(Some("the-agents-secret-123")).await;
+        assert_eq!(status(url.clone(), None).await, 401);
+        assert_eq!(status(url.clone(), Some("not-the-secret-1234")).await, 401);
+        assert_eq!(status(url, Some("the-agents-secret-123")).await, 200);
+        // An agent without a secret takes no calls at all.
+        let url = serve(None).await;
+        assert_eq!(status(url.clone(), None).await, 401);
+        assert_eq!(status(url, Some("anything-at-all-123")).await, 401);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_agent_stops_its_vms_and_stays_fenced_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HostAgent::open("a", dir.path()).await.unwrap();
+        let Json(st) = start(
+            State(h.clone()),
+            Json(SpecCall {
+                spec: sleeper(dir.path()),
+            }),
+        )
+        .await
+        .unwrap();
+        assert!(st.is_alive());
+        // The agent's own work directory, not the controller's.
+        assert!(dir.path().join("vms/v.log").exists());
+
+        let done = h.fence("drill").await.unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            (done[0].vm.as_str(), done[0].result.as_str()),
+            ("v", "stopped")
+        );
+        assert!(!h.driver.status("v").await.unwrap().is_alive());
+        drop(h);
+
+        // A restarted agent is still fenced and refuses starts.
+        let h = HostAgent::open("a", dir.path()).await.unwrap();
+        let e = start(
+            State(h.clone()),
+            Json(SpecCall {
+                spec: sleeper(dir.path()),
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, AgentError::Conflict(_)), "{e}");
+        assert!(e.to_string().contains("fenced"), "{e}");
+        assert!(!h.driver.status("v").await.unwrap().is_alive());
+
+        // A heartbeat answer without the fence lifts it.
+        h.heartbeat_fenced(false).await;
+        assert!(!dir.path().join("fence.json").exists());
+        let Json(st) = start(
+            State(h.clone()),
+            Json(SpecCall {
+                spec: sleeper(dir.path()),
+            }),
+        )
+        .await
+        .unwrap();
+        assert!(st.is_alive());
+        h.driver.stop("v").await.unwrap();
+    }
+}
