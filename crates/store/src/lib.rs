@@ -101,7 +101,8 @@
 //!   stores, reads, its scheme);
 //! - above it, each adding `impl Datastore` blocks or types of their own:
 //!   `packer`, `writer` ([`Datastore::begin_point`]), `gc`, `prune`,
-//!   `restore`, `verify`, `reencode`, `sync`.
+//!   `restore`, `verify`, `reencode`, `sync`, [`transfer`] (a copy to a
+//!   store open elsewhere, through a [`transfer::PointReceiver`]).
 //!
 //! All I/O on the store goes through [`backend::Backend`]; a datastore
 //! opens on any backend with [`Datastore::open_on`] and friends. Restore,
@@ -131,6 +132,7 @@ mod reencode;
 mod restore;
 mod seal;
 mod sync;
+pub mod transfer;
 mod verify;
 mod writer;
 

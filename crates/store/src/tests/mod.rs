@@ -17,6 +17,7 @@ mod damage;
 mod gc;
 mod process;
 mod sync;
+mod transfer;
 mod write;
 
 const CS: u32 = 64 << 10;
