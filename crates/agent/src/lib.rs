@@ -30,16 +30,20 @@
 //! - A fenced agent stops every VM it runs and refuses starts until told
 //!   otherwise; the flag survives a restart of the agent.
 
+pub mod access;
 pub mod daemon;
 mod error;
 pub mod host;
+pub mod limit;
 pub mod local;
 mod ops;
 mod progress;
 pub mod remote;
 pub mod stores;
+pub mod transfer;
 pub mod wire;
 
+pub use access::{StoreHandle, copy_point};
 pub use error::AgentError;
 pub use host::Agent;
 pub use local::LocalHost;

@@ -84,7 +84,7 @@ impl Host for LocalHost {
         req: PointRequest,
         progress: Arc<dyn Progress>,
     ) -> Result<(Manifest, PointStats), AgentError> {
-        take_point(self.driver.as_ref(), spec, &store.store, req, progress).await
+        take_point(self.driver.as_ref(), spec, store.opened()?, req, progress).await
     }
 
     async fn restore_point(
@@ -94,7 +94,7 @@ impl Host for LocalHost {
         point: &PointId,
         progress: Arc<dyn Progress>,
     ) -> Result<u64, AgentError> {
-        restore_point(spec, &store.store, point, progress, self.qemu.as_deref()).await
+        restore_point(spec, store.opened()?, point, progress, self.qemu.as_deref()).await
     }
 
     async fn fence(

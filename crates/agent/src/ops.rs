@@ -15,10 +15,25 @@ use crate::wire::{FencedVm, PointStats};
 
 /// A datastore as a point or restore needs it: opened here for a local
 /// host, named and described for a remote one (which opens it itself).
+/// `store` is `None` when an agent serves the datastore: only that
+/// agent's host can write or read it.
 pub struct StoreRef<'a> {
     pub name: &'a str,
     pub config: &'a DatastoreConfig,
-    pub store: Datastore,
+    pub store: Option<Datastore>,
+}
+
+impl StoreRef<'_> {
+    /// The store opened here, for an in-process host.
+    pub fn opened(&self) -> Result<&Datastore, AgentError> {
+        self.store.as_ref().ok_or_else(|| {
+            AgentError::Conflict(format!(
+                "datastore {} is served by agent {}: only that agent's host reads and writes it",
+                self.name,
+                self.config.agent.as_deref().unwrap_or("?")
+            ))
+        })
+    }
 }
 
 /// What a point needs besides the VM and the store.

@@ -22,6 +22,8 @@ pub struct Controller {
     /// Users, tokens and sessions, for the HTTP layer's authentication.
     pub auth_repo: Arc<dyn AuthRepo>,
     pub agents: BTreeMap<String, Agent>,
+    /// The agents that serve datastores, by agent name.
+    servers: BTreeMap<String, standby_agent::access::Server>,
     stores: Mutex<HashMap<String, Datastore>>,
     vm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The fenced sites, as in the database (which is written first).
@@ -121,6 +123,36 @@ impl Controller {
             };
             agents.insert(name.clone(), agent);
         }
+        let mut servers = BTreeMap::new();
+        for d in cfg.datastores.values() {
+            let Some(name) = &d.agent else { continue };
+            if servers.contains_key(name) {
+                continue;
+            }
+            let a = &cfg.agents[name];
+            let url = a.url.clone().unwrap_or_default();
+            let peer_url = a.peer_url.clone().unwrap_or_else(|| url.clone());
+            let secret = a
+                .secret()
+                .map_err(|e| {
+                    EngineError::BadRequest(format!("unable to read the token of agent {name}: {e}"))
+                })?
+                .ok_or_else(|| {
+                    EngineError::BadRequest(format!(
+                        "agent {name} serves a datastore but has no token or token_file"
+                    ))
+                })?;
+            let host = a.host.clone().unwrap_or_default();
+            let client = standby_agent::RemoteHost::new(&host, name, &url, Some(secret.clone()));
+            servers.insert(
+                name.clone(),
+                standby_agent::access::Server {
+                    client: Arc::new(client),
+                    secret,
+                    url: peer_url,
+                },
+            );
+        }
         let fences = repo
             .fences()
             .await?
@@ -141,6 +173,7 @@ impl Controller {
             frontdoor,
             runbooks,
             agents,
+            servers,
             stores: Mutex::default(),
             vm_locks: Mutex::default(),
             fences: Mutex::new(fences),
@@ -150,8 +183,12 @@ impl Controller {
         });
         // Datastores that do not exist yet are created now; later a missing
         // or empty one is an error (an unmounted mount point must not be
-        // mistaken for a new, empty store).
+        // mistaken for a new, empty store). A store an agent serves is
+        // created by that agent, under the same rule.
         for (name, d) in &ctl.cfg.datastores {
+            if d.agent.is_some() {
+                continue;
+            }
             let (n, d2) = (name.clone(), d.clone());
             let created = tokio::task::spawn_blocking(move || {
                 standby_agent::stores::create_if_absent(&n, &d2)
@@ -192,13 +229,19 @@ impl Controller {
             .ok_or_else(|| EngineError::not_found("host", host))
     }
 
-    /// The datastore by name, opened (and created on first use) once.
+    /// The datastore by name, opened once. A datastore an agent serves is
+    /// never opened here (see [`Controller::store_handle`]).
     pub fn store(&self, name: &str) -> Result<Datastore, EngineError> {
         let cfg = self
             .cfg
             .datastores
             .get(name)
             .ok_or_else(|| EngineError::not_found("datastore", name))?;
+        if let Some(agent) = &cfg.agent {
+            return Err(EngineError::Conflict(format!(
+                "datastore {name} is served by agent {agent}: the controller does not open it"
+            )));
+        }
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = stores.get(name) {
             return Ok(s.clone());
@@ -206,6 +249,46 @@ impl Controller {
         let s = standby_agent::stores::open(name, cfg)?;
         stores.insert(name.to_string(), s.clone());
         Ok(s)
+    }
+
+    /// The datastore by name as the controller reaches it: open here, or
+    /// through the agent that serves it.
+    pub fn store_handle(&self, name: &str) -> Result<standby_agent::StoreHandle, EngineError> {
+        let config = self
+            .cfg
+            .datastores
+            .get(name)
+            .ok_or_else(|| EngineError::not_found("datastore", name))?
+            .clone();
+        Ok(match &config.agent {
+            Some(agent) => standby_agent::StoreHandle::Agent {
+                name: name.to_string(),
+                server: self.servers[agent].clone(),
+                config,
+            },
+            None => standby_agent::StoreHandle::Here {
+                name: name.to_string(),
+                store: self.store(name)?,
+                config,
+            },
+        })
+    }
+
+    /// Whether `host`'s agent reads and writes datastore `ds` itself: a
+    /// store an agent serves only that agent's host does; any other
+    /// store the controller's hosts and remote agents open themselves.
+    pub fn host_reaches(&self, host: &str, ds: &str) -> bool {
+        let Some(d) = self.cfg.datastores.get(ds) else {
+            return false;
+        };
+        match &d.agent {
+            None => true,
+            Some(a) => self
+                .agents
+                .get(host)
+                .and_then(|h| h.remote_name())
+                .is_some_and(|r| r == a),
+        }
     }
 
     /// Serialises operations on one VM (a point and a restore never overlap).
@@ -244,8 +327,15 @@ impl Controller {
     /// Make the point catalog match what the datastores hold: points found
     /// in a store are recorded, copies that vanished are dropped. Stores
     /// that cannot be opened are left as they are (and reported).
+    ///
+    /// Stores an agent serves are not read: their catalog is what their
+    /// agents reported (points taken, copies made), kept in the database,
+    /// so a controller start does not read every manifest of every site.
     pub async fn rescan(&self) -> Result<(), EngineError> {
-        for name in self.cfg.datastores.keys() {
+        for (name, d) in &self.cfg.datastores {
+            if d.agent.is_some() {
+                continue;
+            }
             let store = match self.store(name) {
                 Ok(s) => s,
                 Err(e) => {

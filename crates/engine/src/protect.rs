@@ -31,18 +31,30 @@ pub async fn protect_vm(
     let rec = ctl.repo.vm(vm).await?;
     let agent = ctl.agent(&rec.active_host)?;
     let spec = agent.spec(&ctl.cfg, vm)?;
-    // Write where the VM runs; copy elsewhere afterwards.
-    let source = g
+    // Write where the VM runs (a store its host reaches); copy elsewhere
+    // afterwards.
+    let reachable: Vec<&String> = g
         .datastores
         .iter()
-        .find(|d| ctl.cfg.datastores[*d].site == rec.active_site)
-        .unwrap_or(&g.datastores[0])
-        .clone();
-    let store = ctl.store(&source)?;
+        .filter(|d| ctl.host_reaches(&rec.active_host, d))
+        .collect();
+    let source = reachable
+        .iter()
+        .find(|d| ctl.cfg.datastores[d.as_str()].site == rec.active_site)
+        .or(reachable.first())
+        .map(|d| d.to_string())
+        .ok_or_else(|| {
+            EngineError::Conflict(format!(
+                "host {} of vm {vm} reaches none of group {group}'s datastores ({}): each is served by another site's agent",
+                rec.active_host,
+                g.datastores.join(", ")
+            ))
+        })?;
+    let source_handle = ctl.store_handle(&source)?;
     let target = StoreRef {
         name: &source,
         config: &ctl.cfg.datastores[&source],
-        store: store.clone(),
+        store: source_handle.here().cloned(),
     };
     let started = Instant::now();
     let labels = BTreeMap::from([("group".to_string(), group.to_string())]);
@@ -74,20 +86,29 @@ pub async fn protect_vm(
     for target in g.datastores.iter().filter(|d| **d != source) {
         progress.stage(format!("{vm}: syncing {id} to {target}"), 0);
         let res = async {
-            let dst = ctl.store(target)?;
-            let (src, pid) = (store.clone(), manifest.id.clone());
-            let p = progress.clone();
-            let s = tokio::task::spawn_blocking(move || src.sync_point(&pid, &dst, p.as_ref()))
-                .await??;
+            let dst = ctl.store_handle(target)?;
+            let done = standby_agent::copy_point(
+                &source_handle,
+                &dst,
+                &manifest.id,
+                None,
+                progress.clone(),
+            )
+            .await?;
             ctl.repo.add_point_copy(&id, target).await?;
-            Ok::<_, EngineError>(s)
+            // Made by the source's agent, else by the destination's.
+            let by = source_handle.agent().or(dst.agent()).map(str::to_string);
+            Ok::<_, EngineError>((done, by))
         }
         .await;
         match res {
-            Ok(s) => synced.push(PointSynced {
+            Ok((done, by_agent)) => synced.push(PointSynced {
                 datastore: target.clone(),
-                chunks_copied: s.chunks_copied,
-                bytes_copied: s.bytes_copied,
+                chunks_copied: done.stats.chunks_copied,
+                bytes_copied: done.stats.bytes_copied,
+                by_agent,
+                bytes_sent: done.sent.wire_bytes,
+                resent: done.sent.resent,
             }),
             Err(e) => sync_errors.push(format!("sync to {target}: {}", error_chain(&e))),
         }
@@ -133,10 +154,7 @@ pub async fn prune_vm(
     policy: standby_types::Retention,
     dry_run: bool,
 ) -> Result<standby_store::PruneReport, EngineError> {
-    let store = ctl.store(ds)?;
-    let v = vm.to_string();
-    let report =
-        tokio::task::spawn_blocking(move || store.prune(&policy, Some(&v), dry_run)).await??;
+    let report = ctl.store_handle(ds)?.prune(vm, policy, dry_run).await?;
     if !dry_run {
         for removed in &report.removed {
             match ctl.repo.remove_point_copy(&removed.to_string(), ds).await {

@@ -107,8 +107,21 @@ pub async fn run(
     let mut tried = Vec::new();
     let mut restored = None;
     for ds in candidates {
-        let (store, config) = match (ctl.store(&ds), ctl.cfg.datastores.get(&ds)) {
-            (Ok(store), Some(config)) => (store, config),
+        // Only a copy the target host's agent reads itself: its own
+        // site's store, an object store, a store the controller shares.
+        if !ctl.host_reaches(&host, &ds) {
+            tried.push(format!(
+                "{ds}: served by agent {}, which host {host} is not run by",
+                ctl.cfg
+                    .datastores
+                    .get(&ds)
+                    .and_then(|d| d.agent.as_deref())
+                    .unwrap_or("?")
+            ));
+            continue;
+        }
+        let (handle, config) = match (ctl.store_handle(&ds), ctl.cfg.datastores.get(&ds)) {
+            (Ok(h), Some(config)) => (h, config),
             (Err(e), _) => {
                 tried.push(format!("{ds}: {}", error_chain(&e)));
                 continue;
@@ -118,8 +131,7 @@ pub async fn run(
                 continue;
             }
         };
-        let (s, p) = (store.clone(), pid.clone());
-        match tokio::task::spawn_blocking(move || s.has_point(&p)).await? {
+        match handle.has_point(&pid).await {
             Ok(true) => {}
             Ok(false) => {
                 tried.push(format!("{ds}: point missing"));
@@ -133,7 +145,7 @@ pub async fn run(
         let target = StoreRef {
             name: &ds,
             config,
-            store,
+            store: handle.here().cloned(),
         };
         match agent
             .restore_point(&spec, &target, &pid, progress.clone())
@@ -192,15 +204,14 @@ pub async fn newest_readable(
         if site.is_some_and(|s| s != d.site) {
             continue;
         }
-        let store = match ctl.store(name) {
+        let handle = match ctl.store_handle(name) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(datastore = %name, "newest point: skipped: {e}");
                 continue;
             }
         };
-        let v = vm.to_string();
-        match tokio::task::spawn_blocking(move || store.latest_point(&v)).await? {
+        match handle.latest_point(vm).await {
             Ok(Some(m)) => {
                 if best.as_ref().is_none_or(|(b, _)| m.time > b.time) {
                     best = Some((m, name.clone()));

@@ -47,7 +47,7 @@ fn check_options(options: &StoreOptions) -> Result<(), StoreError> {
 const FETCH_GROUP: usize = 64;
 
 /// Counts of what a datastore holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StoreStats {
     pub points: usize,
     pub packs: usize,
@@ -57,7 +57,7 @@ pub struct StoreStats {
 }
 
 /// What a sync of one point did (same scheme or re-encoded).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SyncStats {
     pub chunks_copied: u64,
     /// Stored bytes copied.

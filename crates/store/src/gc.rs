@@ -44,7 +44,7 @@ impl Default for GcOptions {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct GcReport {
     pub packs_deleted: usize,
     pub packs_repacked: usize,

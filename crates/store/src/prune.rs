@@ -16,7 +16,7 @@ use crate::datastore::Datastore;
 use crate::manifest::PointId;
 
 /// What prune kept and removed (or would, in a dry run).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PruneReport {
     pub kept: Vec<PointId>,
     pub removed: Vec<PointId>,

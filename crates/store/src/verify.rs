@@ -16,7 +16,7 @@ use crate::pack::{self, PackId};
 use crate::progress::Progress;
 
 /// One thing wrong in a datastore, and whose data it affects.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 pub struct Problem {
     pub point: Option<PointId>,
     pub disk: Option<String>,
@@ -38,7 +38,7 @@ impl fmt::Display for Problem {
 }
 
 /// What verify checked and found.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     pub points_checked: usize,
     pub chunks_checked: u64,

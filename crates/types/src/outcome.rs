@@ -62,6 +62,16 @@ pub struct PointSynced {
     pub datastore: String,
     pub chunks_copied: u64,
     pub bytes_copied: u64,
+    /// The agent that made the copy (none: the controller).
+    #[serde(default)]
+    pub by_agent: Option<String>,
+    /// Bytes an agent put on the wire to another agent (batches, resends
+    /// included).
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Batches sent again after a cut on the way.
+    #[serde(default)]
+    pub resent: u64,
 }
 
 /// A point of one VM: taken, copied to the group's other datastores and

@@ -200,8 +200,28 @@ impl HostAgent {
         {
             return Ok(s.clone());
         }
+        // A store this agent serves is created here on first use, under
+        // the controller's rule: only where nothing is yet (an unmounted
+        // mount point is an error, not a new store).
+        if cfg.agent.as_deref() == Some(self.name.as_str())
+            && crate::stores::create_if_absent(name, cfg)?
+        {
+            tracing::info!(datastore = %name, location = %cfg.location(), "created datastore");
+        }
         let s = crate::stores::open(name, cfg)?;
         stores.insert(name.to_string(), (key, s.clone()));
         Ok(s)
+    }
+
+    /// A datastore opened earlier by a controller call (a copy's
+    /// receiving side names it only).
+    pub(super) fn opened(&self, name: &str) -> Result<Datastore, AgentError> {
+        let stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        stores.get(name).map(|(_, s)| s.clone()).ok_or_else(|| {
+            AgentError::Conflict(format!(
+                "datastore {name} is not open at agent {}: the controller prepares it before a copy (run the copy again)",
+                self.name
+            ))
+        })
     }
 }

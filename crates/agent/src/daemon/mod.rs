@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 mod host;
 mod routes;
+mod stores;
 
 pub use host::HostAgent;
 pub use routes::exec_routes;
@@ -101,7 +102,9 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
             }),
         );
         if let Some(h) = &host {
-            app = app.merge(exec_routes(h.clone(), opts.token.as_deref()));
+            app = app
+                .merge(exec_routes(h.clone(), opts.token.as_deref()))
+                .merge(stores::receive_routes(h.clone(), opts.token.as_deref()));
         }
         let c = cancel.clone();
         tokio::spawn(async move {

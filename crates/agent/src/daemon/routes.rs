@@ -18,8 +18,8 @@ use crate::wire::{
     VmCall,
 };
 
-type Host = State<Arc<HostAgent>>;
-type Answer<T> = Result<Json<T>, AgentError>;
+pub(super) type Host = State<Arc<HostAgent>>;
+pub(super) type Answer<T> = Result<Json<T>, AgentError>;
 
 fn sha256(b: &[u8]) -> [u8; 32] {
     use sha2::Digest;
@@ -64,11 +64,12 @@ pub fn exec_routes(host: Arc<HostAgent>, token: Option<&str>) -> Router {
         .route("/agent/v1/restore", post(restore))
         .route("/agent/v1/fence", post(fence))
         .route("/agent/v1/unfence", post(unfence))
+        .merge(super::stores::routes())
         .layer(axum::middleware::from_fn_with_state(expected, check_token))
         .with_state(host)
 }
 
-async fn check_token(
+pub(super) async fn check_token(
     State(expected): State<Arc<Option<[u8; 32]>>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,

@@ -56,17 +56,17 @@ async fn datastores(
             bytes: 0,
             error: None,
         };
-        let info = match ctl.store(name) {
-            Ok(s) => tokio::task::spawn_blocking(move || {
-                // Counted from the manifest names: no manifest is read.
-                let stats = s.stats()?;
-                let points = stats.points;
-                Ok::<_, standby_store::StoreError>((stats, points))
-            })
-            .await
-            .map_err(ServerError::from)
-            .and_then(|r| r.map_err(ServerError::from)),
-            Err(e) => Err(e.into()),
+        // Counted from the manifest names: no manifest is read.
+        let info = match ctl.store_handle(name) {
+            Ok(h) => h
+                .stats()
+                .await
+                .map(|stats| {
+                    let points = stats.points;
+                    (stats, points)
+                })
+                .map_err(|e| standby_engine::EngineError::from(e).into()),
+            Err(e) => Err(ServerError::from(e)),
         };
         match info {
             Ok((stats, points)) => {
@@ -113,13 +113,12 @@ async fn store_verify(
             "sample {f} is not a fraction in (0, 1]"
         )));
     }
-    let store = ctl.store(&name)?;
+    let store = ctl.store_handle(&name)?;
     let job = spawn_job(&ctl, "verify", &name, move |_, p| async move {
-        let report = tokio::task::spawn_blocking(move || match req.sample {
-            Some(f) => store.verify_sample(f, rand::random(), p.as_ref()),
-            None => store.verify(p.as_ref()),
-        })
-        .await??;
+        let report = store
+            .verify(req.sample, rand::random(), p)
+            .await
+            .map_err(standby_engine::EngineError::from)?;
         let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
         if !problems.is_empty() {
             return Err(ServerError::Conflict(format!(
@@ -153,7 +152,7 @@ async fn store_prune(
     body: Option<Json<PruneRequest>>,
 ) -> ApiResult<JobRef> {
     operators_only(&who, "datastore", &name)?;
-    ctl.store(&name)?;
+    ctl.store_handle(&name)?;
     let dry_run = body.map(|b| b.dry_run).unwrap_or(false);
     // Each VM is pruned by the retention of the groups that write here.
     let policies: Vec<(String, standby_types::Retention)> = ctl
@@ -191,7 +190,7 @@ async fn store_gc(
     body: Option<Json<GcRequest>>,
 ) -> ApiResult<JobRef> {
     operators_only(&who, "datastore", &name)?;
-    let store = ctl.store(&name)?;
+    let store = ctl.store_handle(&name)?;
     let req = body.map(|b| b.0).unwrap_or_default();
     let job = spawn_job(&ctl, "gc", &name, move |_, p| async move {
         let opts = GcOptions {
@@ -199,7 +198,10 @@ async fn store_gc(
             dry_run: req.dry_run,
             ..GcOptions::default()
         };
-        let r = tokio::task::spawn_blocking(move || store.gc(opts, p.as_ref())).await??;
+        let r = store
+            .gc(opts, p)
+            .await
+            .map_err(standby_engine::EngineError::from)?;
         Ok::<_, ServerError>(json!({
             "packs_deleted": r.packs_deleted,
             "packs_repacked": r.packs_repacked,
@@ -225,29 +227,30 @@ async fn store_sync(
     Json(req): Json<SyncRequest>,
 ) -> ApiResult<JobRef> {
     operators_only(&who, "datastore", &name)?;
-    let src = ctl.store(&name)?;
-    let dst = ctl.store(&req.to)?;
+    let src = ctl.store_handle(&name)?;
+    let dst = ctl.store_handle(&req.to)?;
     let to = req.to.clone();
     let points: Vec<PointId> = match &req.point {
         Some(p) => vec![
             p.parse()
                 .map_err(|e| ServerError::BadRequest(format!("bad point id '{p}': {e}")))?,
         ],
-        None => {
-            let s = src.clone();
-            tokio::task::spawn_blocking(move || s.list_points())
-                .await??
-                .into_iter()
-                .map(|m| m.id)
-                .collect()
-        }
+        None => src
+            .points()
+            .await
+            .map_err(standby_engine::EngineError::from)?
+            .into_iter()
+            .map(|m| m.id)
+            .collect(),
     };
     let job = spawn_job(&ctl, "sync", &format!("{name} -> {to}"), move |ctl, p| async move {
         let (mut chunks, mut bytes, mut copied) = (0u64, 0u64, Vec::new());
         for id in points {
             p.stage(format!("syncing {id} to {to}"), 0);
-            let (s, d, i, pr) = (src.clone(), dst.clone(), id.clone(), p.clone());
-            let st = tokio::task::spawn_blocking(move || s.sync_point(&i, &d, pr.as_ref())).await??;
+            let st = standby_agent::copy_point(&src, &dst, &id, None, p.clone())
+                .await
+                .map_err(standby_engine::EngineError::from)?
+                .stats;
             chunks += st.chunks_copied;
             bytes += st.bytes_copied;
             if ctl.repo.point(&id.to_string()).await.is_ok() {

@@ -23,6 +23,13 @@ pub enum DatastoreKind {
 #[serde(deny_unknown_fields)]
 pub struct DatastoreConfig {
     pub site: String,
+    /// The agent that serves this datastore (`[agents.NAME]` with a
+    /// `url`, at the same site): only it opens the store, which the
+    /// controller then never reads or writes itself. Points are written,
+    /// copied, pruned and verified by that agent. Without it, the
+    /// controller opens the store (the embedded default, object stores).
+    #[serde(default)]
+    pub agent: Option<String>,
     #[serde(default)]
     pub kind: DatastoreKind,
     /// Directory of a local datastore.

@@ -25,6 +25,11 @@ pub struct AgentConfig {
     /// stop, points and restores go to it over HTTP.
     #[serde(default)]
     pub url: Option<String>,
+    /// Where other sites' agents reach this agent to copy points into
+    /// the datastores it serves (a replication network, say); default
+    /// `url`.
+    #[serde(default)]
+    pub peer_url: Option<String>,
     /// The agent's shared secret, sent by the agent on heartbeats and
     /// results and by the controller on calls to `url`. Prefer
     /// `token_file`; an agent with neither is refused.

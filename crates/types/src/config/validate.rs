@@ -131,6 +131,24 @@ impl Config {
             if let Err((field, msg)) = d.check() {
                 return Err((p(&["datastores", name, field]), msg));
             }
+            if let Some(a) = &d.agent {
+                let refuse = |msg: String| Err((p(&["datastores", name, "agent"]), msg));
+                match self.agents.get(a) {
+                    None => return refuse(format!("unknown agent '{a}'")),
+                    Some(agent) if agent.url.is_none() => {
+                        return refuse(format!(
+                            "agent '{a}' has no url: a datastore's agent must be a host agent the controller calls"
+                        ));
+                    }
+                    Some(agent) if agent.site != d.site => {
+                        return refuse(format!(
+                            "agent '{a}' is at site '{}', not at the datastore's site '{}'",
+                            agent.site, d.site
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         for (name, vm) in &self.vms {
             let Some(host) = self.hosts.get(&vm.host) else {

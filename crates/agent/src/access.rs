@@ -1,0 +1,377 @@
+//! A datastore as the controller reaches it ([`StoreHandle`]): open in
+//! the controller (the embedded default, object stores), or served by the
+//! agent of its site (`[datastores.NAME] agent`), whose `/agent/v1/store/*`
+//! does the work where the data is. The controller never reads or writes
+//! a served store itself.
+//!
+//! Copies ([`copy_point`]) are made where the data is:
+//! - from a served store, by its agent: into a store it serves or can
+//!   open itself (an object store), or to another agent's store over
+//!   `/agent/v1/receive/*` with a capability the controller mints;
+//! - from a store the controller opens into a served store, by the
+//!   destination's agent, which opens the source itself (an object store);
+//! - between stores the controller opens, in the controller.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use standby_store::{
+    Datastore, GcOptions, GcReport, Manifest, PointId, PruneReport, StoreStats, SyncStats,
+    VerifyReport,
+};
+use standby_types::Retention;
+use standby_types::config::DatastoreConfig;
+
+use crate::error::AgentError;
+use crate::progress::Progress;
+use crate::remote::RemoteHost;
+use crate::transfer::{CAPABILITY_LIFETIME, Peer, Sent};
+
+/// Data calls may move whole stores.
+const DATA: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+const QUICK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The agent serving a datastore, as the controller calls it.
+#[derive(Clone)]
+pub struct Server {
+    pub client: Arc<RemoteHost>,
+    /// Its secret, to mint capabilities for copies into its stores.
+    pub secret: String,
+    pub url: String,
+}
+
+/// A configured datastore and how the controller reaches it.
+#[derive(Clone)]
+pub enum StoreHandle {
+    /// Open in the controller.
+    Here {
+        name: String,
+        config: DatastoreConfig,
+        store: Datastore,
+    },
+    /// Served by an agent.
+    Agent {
+        name: String,
+        config: DatastoreConfig,
+        server: Server,
+    },
+}
+
+/// `/agent/v1/store/*`: which datastore, as configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreCall {
+    pub datastore: String,
+    pub config: DatastoreConfig,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PointsDone {
+    pub points: Vec<Manifest>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HasPointCall {
+    #[serde(flatten)]
+    pub store: StoreCall,
+    pub point: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LatestCall {
+    #[serde(flatten)]
+    pub store: StoreCall,
+    pub vm: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PruneCall {
+    #[serde(flatten)]
+    pub store: StoreCall,
+    pub vm: String,
+    pub retention: Retention,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerifyCall {
+    #[serde(flatten)]
+    pub store: StoreCall,
+    pub sample: Option<f64>,
+    pub seed: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GcCall {
+    #[serde(flatten)]
+    pub store: StoreCall,
+    pub grace_secs: u64,
+    pub dry_run: bool,
+}
+
+/// `/agent/v1/store/copy`: copy `point` from `from` (served by the called
+/// agent, or one it can open) to `to`, through `peer` when another agent
+/// serves `to`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CopyCall {
+    pub from: StoreCall,
+    pub to: StoreCall,
+    pub point: String,
+    pub peer: Option<Peer>,
+    /// Bytes per second on the way, if limited.
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct CopyDone {
+    pub stats: SyncStats,
+    pub sent: Sent,
+}
+
+impl StoreHandle {
+    pub fn name(&self) -> &str {
+        match self {
+            StoreHandle::Here { name, .. } | StoreHandle::Agent { name, .. } => name,
+        }
+    }
+
+    pub fn config(&self) -> &DatastoreConfig {
+        match self {
+            StoreHandle::Here { config, .. } | StoreHandle::Agent { config, .. } => config,
+        }
+    }
+
+    /// The agent serving it, if any.
+    pub fn agent(&self) -> Option<&str> {
+        match self {
+            StoreHandle::Here { .. } => None,
+            StoreHandle::Agent { server, .. } => Some(&server.client.agent),
+        }
+    }
+
+    /// The store itself when it is open here.
+    pub fn here(&self) -> Option<&Datastore> {
+        match self {
+            StoreHandle::Here { store, .. } => Some(store),
+            StoreHandle::Agent { .. } => None,
+        }
+    }
+
+    fn call(&self) -> StoreCall {
+        StoreCall {
+            datastore: self.name().to_string(),
+            config: self.config().clone(),
+        }
+    }
+
+    /// Run `f` on the open store on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        store: &Datastore,
+        f: impl FnOnce(Datastore) -> Result<T, standby_store::StoreError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let s = store.clone();
+        Ok(tokio::task::spawn_blocking(move || f(s)).await??)
+    }
+
+    /// Every point, oldest first (every manifest is read: a rescan).
+    pub async fn points(&self) -> Result<Vec<Manifest>, AgentError> {
+        match self {
+            StoreHandle::Here { store, .. } => Self::blocking(store, |s| s.list_points()).await,
+            StoreHandle::Agent { server, .. } => {
+                let done: PointsDone = server.client.call("store/points", &self.call(), DATA).await?;
+                Ok(done.points)
+            }
+        }
+    }
+
+    pub async fn has_point(&self, point: &PointId) -> Result<bool, AgentError> {
+        match self {
+            StoreHandle::Here { store, .. } => {
+                let p = point.clone();
+                Self::blocking(store, move |s| s.has_point(&p)).await
+            }
+            StoreHandle::Agent { server, .. } => {
+                let call = HasPointCall {
+                    store: self.call(),
+                    point: point.to_string(),
+                };
+                server.client.call("store/has-point", &call, QUICK).await
+            }
+        }
+    }
+
+    /// The newest point of `vm` whose manifest reads.
+    pub async fn latest_point(&self, vm: &str) -> Result<Option<Manifest>, AgentError> {
+        match self {
+            StoreHandle::Here { store, .. } => {
+                let v = vm.to_string();
+                Self::blocking(store, move |s| s.latest_point(&v)).await
+            }
+            StoreHandle::Agent { server, .. } => {
+                let call = LatestCall {
+                    store: self.call(),
+                    vm: vm.to_string(),
+                };
+                server.client.call("store/latest", &call, QUICK).await
+            }
+        }
+    }
+
+    pub async fn stats(&self) -> Result<StoreStats, AgentError> {
+        match self {
+            StoreHandle::Here { store, .. } => Self::blocking(store, |s| s.stats()).await,
+            StoreHandle::Agent { server, .. } => {
+                server.client.call("store/stats", &self.call(), QUICK).await
+            }
+        }
+    }
+
+    pub async fn prune(
+        &self,
+        vm: &str,
+        retention: Retention,
+        dry_run: bool,
+    ) -> Result<PruneReport, AgentError> {
+        match self {
+            StoreHandle::Here { store, .. } => {
+                let v = vm.to_string();
+                Self::blocking(store, move |s| s.prune(&retention, Some(&v), dry_run)).await
+            }
+            StoreHandle::Agent { server, .. } => {
+                let call = PruneCall {
+                    store: self.call(),
+                    vm: vm.to_string(),
+                    retention,
+                    dry_run,
+                };
+                server.client.call("store/prune", &call, DATA).await
+            }
+        }
+    }
+
+    /// Verify all chunks, or a sample picked by `seed`.
+    pub async fn verify(
+        &self,
+        sample: Option<f64>,
+        seed: u64,
+        progress: Arc<dyn Progress>,
+    ) -> Result<VerifyReport, AgentError> {
+        match self {
+            StoreHandle::Here { store, .. } => {
+                Self::blocking(store, move |s| match sample {
+                    Some(f) => s.verify_sample(f, seed, progress.as_ref()),
+                    None => s.verify(progress.as_ref()),
+                })
+                .await
+            }
+            StoreHandle::Agent { server, .. } => {
+                progress.stage(format!("verify by agent {}", server.client.agent), 0);
+                let call = VerifyCall {
+                    store: self.call(),
+                    sample,
+                    seed,
+                };
+                server.client.call("store/verify", &call, DATA).await
+            }
+        }
+    }
+
+    pub async fn gc(
+        &self,
+        opts: GcOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<GcReport, AgentError> {
+        match self {
+            StoreHandle::Here { store, .. } => {
+                Self::blocking(store, move |s| s.gc(opts, progress.as_ref())).await
+            }
+            StoreHandle::Agent { server, .. } => {
+                progress.stage(format!("gc by agent {}", server.client.agent), 0);
+                let call = GcCall {
+                    store: self.call(),
+                    grace_secs: opts.grace.as_secs(),
+                    dry_run: opts.dry_run,
+                };
+                server.client.call("store/gc", &call, DATA).await
+            }
+        }
+    }
+}
+
+/// Copy `point` from `from` to `to` where the data is (see the module
+/// documentation); `limit` caps an agent's sending rate.
+pub async fn copy_point(
+    from: &StoreHandle,
+    to: &StoreHandle,
+    point: &PointId,
+    limit: Option<u64>,
+    progress: Arc<dyn Progress>,
+) -> Result<CopyDone, AgentError> {
+    match (from, to) {
+        (StoreHandle::Here { store: src, .. }, StoreHandle::Here { store: dst, .. }) => {
+            let (src, dst, p) = (src.clone(), dst.clone(), point.clone());
+            let stats =
+                tokio::task::spawn_blocking(move || src.sync_point(&p, &dst, progress.as_ref()))
+                    .await??;
+            Ok(CopyDone {
+                stats,
+                sent: Sent::default(),
+            })
+        }
+        (StoreHandle::Agent { server, .. }, _) => {
+            // A store at another agent gets the point over the agent API.
+            let peer = match to {
+                StoreHandle::Agent { server: dst, .. }
+                    if dst.client.agent != server.client.agent =>
+                {
+                    // The destination opens its store before it is sent to.
+                    dst.client
+                        .call::<_, serde_json::Value>("store/prepare", &to.call(), QUICK)
+                        .await?;
+                    let expires = chrono::Utc::now().timestamp()
+                        + CAPABILITY_LIFETIME.as_secs() as i64;
+                    Some(Peer {
+                        agent: dst.client.agent.clone(),
+                        url: dst.url.clone(),
+                        capability: crate::transfer::mint(&dst.secret, to.name(), expires),
+                    })
+                }
+                _ => None,
+            };
+            progress.stage(
+                format!(
+                    "{point}: copied to {} by agent {}",
+                    to.name(),
+                    server.client.agent
+                ),
+                0,
+            );
+            let call = CopyCall {
+                from: from.call(),
+                to: to.call(),
+                point: point.to_string(),
+                peer,
+                limit,
+            };
+            server.client.call("store/copy", &call, DATA).await
+        }
+        (StoreHandle::Here { .. }, StoreHandle::Agent { server, .. }) => {
+            // The destination's agent fetches from a store it can open.
+            progress.stage(
+                format!(
+                    "{point}: fetched into {} by agent {}",
+                    to.name(),
+                    server.client.agent
+                ),
+                0,
+            );
+            let call = CopyCall {
+                from: from.call(),
+                to: to.call(),
+                point: point.to_string(),
+                peer: None,
+                limit,
+            };
+            server.client.call("store/copy", &call, DATA).await
+        }
+    }
+}

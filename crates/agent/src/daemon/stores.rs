@@ -1,0 +1,250 @@
+//! The datastores an agent serves, under `/agent/v1/store/*` (called by
+//! the controller with the agent's token): prepare, list points, stats,
+//! prune, verify, gc, and copy a point to another store; and the
+//! receiving side of an agent-to-agent copy under `/agent/v1/receive/*`
+//! (called by the sending agent with a capability for one datastore,
+//! [`crate::transfer::check`]).
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use standby_store::transfer::{Batch, Begin, Received};
+use standby_store::{GcOptions, GcReport, PointId, PruneReport, StoreStats, VerifyReport};
+
+use super::host::HostAgent;
+use super::routes::{Answer, Host};
+use crate::access::{
+    CopyCall, CopyDone, GcCall, HasPointCall, LatestCall, PointsDone, PruneCall, StoreCall, VerifyCall,
+};
+use crate::error::AgentError;
+use crate::progress::Quiet;
+use crate::transfer::{ManifestDone, Missing, PeerReceiver, ReceiveBegin, ReceiveManifest, ReceiveMissing};
+
+/// The controller's store calls (behind the agent's token, see
+/// [`super::exec_routes`]).
+pub(super) fn routes() -> Router<Arc<HostAgent>> {
+    Router::new()
+        .route("/agent/v1/store/prepare", post(prepare))
+        .route("/agent/v1/store/points", post(points))
+        .route("/agent/v1/store/has-point", post(has_point))
+        .route("/agent/v1/store/latest", post(latest))
+        .route("/agent/v1/store/stats", post(stats))
+        .route("/agent/v1/store/prune", post(prune))
+        .route("/agent/v1/store/verify", post(verify))
+        .route("/agent/v1/store/gc", post(gc))
+        .route("/agent/v1/store/copy", post(copy))
+}
+
+/// Open (creating it if this agent serves it and nothing is there yet).
+async fn open(h: &Arc<HostAgent>, c: &StoreCall) -> Result<standby_store::Datastore, AgentError> {
+    let (h, name, cfg) = (h.clone(), c.datastore.clone(), c.config.clone());
+    tokio::task::spawn_blocking(move || h.store(&name, &cfg)).await?
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, standby_store::StoreError> + Send + 'static,
+) -> Result<T, AgentError> {
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+fn point_id(p: &str) -> Result<PointId, AgentError> {
+    p.parse()
+        .map_err(|e| AgentError::BadRequest(format!("bad point id '{p}': {e}")))
+}
+
+async fn prepare(State(h): Host, Json(c): Json<StoreCall>) -> Answer<serde_json::Value> {
+    open(&h, &c).await?;
+    Ok(Json(serde_json::json!({"datastore": c.datastore})))
+}
+
+async fn points(State(h): Host, Json(c): Json<StoreCall>) -> Answer<PointsDone> {
+    let s = open(&h, &c).await?;
+    let points = blocking(move || s.list_points()).await?;
+    Ok(Json(PointsDone { points }))
+}
+
+async fn has_point(State(h): Host, Json(c): Json<HasPointCall>) -> Answer<bool> {
+    let s = open(&h, &c.store).await?;
+    let p = point_id(&c.point)?;
+    Ok(Json(blocking(move || s.has_point(&p)).await?))
+}
+
+async fn latest(
+    State(h): Host,
+    Json(c): Json<LatestCall>,
+) -> Answer<Option<standby_store::Manifest>> {
+    let s = open(&h, &c.store).await?;
+    Ok(Json(blocking(move || s.latest_point(&c.vm)).await?))
+}
+
+async fn stats(State(h): Host, Json(c): Json<StoreCall>) -> Answer<StoreStats> {
+    let s = open(&h, &c).await?;
+    Ok(Json(blocking(move || s.stats()).await?))
+}
+
+async fn prune(State(h): Host, Json(c): Json<PruneCall>) -> Answer<PruneReport> {
+    let s = open(&h, &c.store).await?;
+    let r = blocking(move || s.prune(&c.retention, Some(&c.vm), c.dry_run)).await?;
+    Ok(Json(r))
+}
+
+async fn verify(State(h): Host, Json(c): Json<VerifyCall>) -> Answer<VerifyReport> {
+    let s = open(&h, &c.store).await?;
+    let r = blocking(move || match c.sample {
+        Some(f) => s.verify_sample(f, c.seed, &Quiet),
+        None => s.verify(&Quiet),
+    })
+    .await?;
+    Ok(Json(r))
+}
+
+async fn gc(State(h): Host, Json(c): Json<GcCall>) -> Answer<GcReport> {
+    let s = open(&h, &c.store).await?;
+    let opts = GcOptions {
+        grace: std::time::Duration::from_secs(c.grace_secs),
+        dry_run: c.dry_run,
+        ..GcOptions::default()
+    };
+    Ok(Json(blocking(move || s.gc(opts, &Quiet)).await?))
+}
+
+/// Copy a point from a store this agent opens: to another agent through
+/// `peer`, or into a store it opens as well.
+async fn copy(State(h): Host, Json(c): Json<CopyCall>) -> Answer<CopyDone> {
+    let src = open(&h, &c.from).await?;
+    let point = point_id(&c.point)?;
+    let done = match c.peer {
+        Some(peer) => {
+            let limit = c.limit.map(|r| Arc::new(crate::limit::RateLimit::new(r)));
+            let rx = PeerReceiver::new(
+                tokio::runtime::Handle::current(),
+                peer,
+                &c.to.datastore,
+                limit,
+            );
+            tokio::task::spawn_blocking(move || {
+                let stats = src.send_point(&point, &rx, &Quiet)?;
+                Ok::<_, standby_store::StoreError>(CopyDone {
+                    stats,
+                    sent: rx.sent(),
+                })
+            })
+            .await??
+        }
+        None => {
+            let dst = open(&h, &c.to).await?;
+            let stats = blocking(move || src.sync_point(&point, &dst, &Quiet)).await?;
+            CopyDone {
+                stats,
+                sent: Default::default(),
+            }
+        }
+    };
+    tracing::info!(point = %c.point, from = %c.from.datastore, to = %c.to.datastore, chunks = done.stats.chunks_copied, bytes = done.stats.bytes_copied, "point copied");
+    Ok(Json(done))
+}
+
+/// The receiving side, each call checked against a capability for the
+/// datastore it names.
+pub(super) fn receive_routes(host: Arc<HostAgent>, token: Option<&str>) -> Router {
+    let state = Receiving {
+        host,
+        secret: token.map(str::to_string),
+    };
+    Router::new()
+        .route("/agent/v1/receive/begin", post(receive_begin))
+        .route("/agent/v1/receive/missing", post(receive_missing))
+        .route("/agent/v1/receive/batch", post(receive_batch))
+        .route("/agent/v1/receive/manifest", post(receive_manifest))
+        // A batch is about one pack.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            standby_store::transfer::MAX_BATCH_BYTES + 4096,
+        ))
+        .with_state(state)
+}
+
+#[derive(Clone)]
+struct Receiving {
+    host: Arc<HostAgent>,
+    secret: Option<String>,
+}
+
+impl Receiving {
+    /// The datastore, once the caller's capability is checked for it.
+    fn store(
+        &self,
+        headers: &axum::http::HeaderMap,
+        datastore: &str,
+    ) -> Result<standby_store::Datastore, AgentError> {
+        let Some(secret) = &self.secret else {
+            return Err(AgentError::Unauthorized(
+                "this agent has no token configured: it takes no calls".into(),
+            ));
+        };
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| AgentError::Unauthorized("a copy needs a capability".into()))?;
+        crate::transfer::check(secret, presented, datastore, chrono::Utc::now().timestamp())
+            .map_err(|e| AgentError::Unauthorized(format!("copy into datastore {datastore}: {e}")))?;
+        self.host.opened(datastore)
+    }
+}
+
+type Recv = State<Receiving>;
+
+async fn receive_begin(
+    State(r): Recv,
+    headers: axum::http::HeaderMap,
+    Json(c): Json<ReceiveBegin>,
+) -> Answer<Begin> {
+    let s = r.store(&headers, &c.datastore)?;
+    let p = point_id(&c.point)?;
+    Ok(Json(blocking(move || s.receive_begin(&p)).await?))
+}
+
+async fn receive_missing(
+    State(r): Recv,
+    headers: axum::http::HeaderMap,
+    Json(c): Json<ReceiveMissing>,
+) -> Answer<Missing> {
+    let s = r.store(&headers, &c.datastore)?;
+    Ok(Json(Missing {
+        missing: s.receive_missing(&c.ids),
+    }))
+}
+
+#[derive(Deserialize)]
+struct BatchQuery {
+    datastore: String,
+}
+
+async fn receive_batch(
+    State(r): Recv,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<BatchQuery>,
+    body: axum::body::Bytes,
+) -> Answer<Received> {
+    let s = r.store(&headers, &q.datastore)?;
+    let batch = Batch::decode(&body)
+        .map_err(|e| AgentError::BadRequest(format!("batch for datastore {}: {e}", q.datastore)))?;
+    Ok(Json(blocking(move || s.receive_batch(&batch)).await?))
+}
+
+async fn receive_manifest(
+    State(r): Recv,
+    headers: axum::http::HeaderMap,
+    Json(c): Json<ReceiveManifest>,
+) -> Answer<ManifestDone> {
+    let s = r.store(&headers, &c.datastore)?;
+    let m = c.manifest;
+    let p = m.id.clone();
+    let id = p.to_string();
+    let already_present = blocking(move || s.receive_manifest(&p, &m)).await?;
+    tracing::info!(point = %id, datastore = %c.datastore, "copied point received");
+    Ok(Json(ManifestDone { already_present }))
+}
