@@ -177,7 +177,10 @@ impl StoreHandle {
         match self {
             StoreHandle::Here { store, .. } => Self::blocking(store, |s| s.list_points()).await,
             StoreHandle::Agent { server, .. } => {
-                let done: PointsDone = server.client.call("store/points", &self.call(), DATA).await?;
+                let done: PointsDone = server
+                    .client
+                    .call("store/points", &self.call(), DATA)
+                    .await?;
                 Ok(done.points)
             }
         }
@@ -327,8 +330,8 @@ pub async fn copy_point(
                     dst.client
                         .call::<_, serde_json::Value>("store/prepare", &to.call(), QUICK)
                         .await?;
-                    let expires = chrono::Utc::now().timestamp()
-                        + CAPABILITY_LIFETIME.as_secs() as i64;
+                    let expires =
+                        chrono::Utc::now().timestamp() + CAPABILITY_LIFETIME.as_secs() as i64;
                     Some(Peer {
                         agent: dst.client.agent.clone(),
                         url: dst.url.clone(),

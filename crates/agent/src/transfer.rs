@@ -261,7 +261,11 @@ async fn post(
                 let msg = serde_json::from_str::<standby_types::api::ApiError>(&text)
                     .map(|e| e.message)
                     .unwrap_or(text);
-                return Err(remote_err(what, format!("refused ({status}): {msg}"), false));
+                return Err(remote_err(
+                    what,
+                    format!("refused ({status}): {msg}"),
+                    false,
+                ));
             }
             Ok(resp) => format!("answered {}", resp.status()),
             Err(e) => standby_types::error_chain(&e),
@@ -270,10 +274,7 @@ async fn post(
         if since.elapsed() >= RESUME_WITHIN {
             return Err(remote_err(
                 what,
-                format!(
-                    "{reason} (retried for {:.0?})",
-                    first_failure.elapsed()
-                ),
+                format!("{reason} (retried for {:.0?})", first_failure.elapsed()),
                 true,
             ));
         }
@@ -388,7 +389,12 @@ impl PointReceiver for PeerReceiver {
 
 impl Drop for PeerReceiver {
     fn drop(&mut self) {
-        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
@@ -407,11 +413,17 @@ mod tests {
             assert!(e.contains(what), "{e}");
         };
         refused(check("agent-b-secret", &cap, "site2", 1_001), "expired");
-        refused(check("agent-b-secret", &cap, "site1", 999), "for datastore site2");
+        refused(
+            check("agent-b-secret", &cap, "site1", 999),
+            "for datastore site2",
+        );
         refused(check("agent-c-secret", &cap, "site2", 999), "not issued");
         // Moving the expiry breaks the MAC.
         let later = cap.replacen("1000", "9000", 1);
         refused(check("agent-b-secret", &later, "site2", 999), "not issued");
-        refused(check("agent-b-secret", "agent-b-secret", "site2", 0), "not a receive");
+        refused(
+            check("agent-b-secret", "agent-b-secret", "site2", 0),
+            "not a receive",
+        );
     }
 }

@@ -135,7 +135,9 @@ impl Controller {
             let secret = a
                 .secret()
                 .map_err(|e| {
-                    EngineError::BadRequest(format!("unable to read the token of agent {name}: {e}"))
+                    EngineError::BadRequest(format!(
+                        "unable to read the token of agent {name}: {e}"
+                    ))
                 })?
                 .ok_or_else(|| {
                     EngineError::BadRequest(format!(

@@ -17,11 +17,14 @@ use standby_store::{GcOptions, GcReport, PointId, PruneReport, StoreStats, Verif
 use super::host::HostAgent;
 use super::routes::{Answer, Host};
 use crate::access::{
-    CopyCall, CopyDone, GcCall, HasPointCall, LatestCall, PointsDone, PruneCall, StoreCall, VerifyCall,
+    CopyCall, CopyDone, GcCall, HasPointCall, LatestCall, PointsDone, PruneCall, StoreCall,
+    VerifyCall,
 };
 use crate::error::AgentError;
 use crate::progress::Quiet;
-use crate::transfer::{ManifestDone, Missing, PeerReceiver, ReceiveBegin, ReceiveManifest, ReceiveMissing};
+use crate::transfer::{
+    ManifestDone, Missing, PeerReceiver, ReceiveBegin, ReceiveManifest, ReceiveMissing,
+};
 
 /// The controller's store calls (behind the agent's token, see
 /// [`super::exec_routes`]).
@@ -190,7 +193,9 @@ impl Receiving {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| AgentError::Unauthorized("a copy needs a capability".into()))?;
         crate::transfer::check(secret, presented, datastore, chrono::Utc::now().timestamp())
-            .map_err(|e| AgentError::Unauthorized(format!("copy into datastore {datastore}: {e}")))?;
+            .map_err(|e| {
+                AgentError::Unauthorized(format!("copy into datastore {datastore}: {e}"))
+            })?;
         self.host.opened(datastore)
     }
 }

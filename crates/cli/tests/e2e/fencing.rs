@@ -71,7 +71,7 @@ fn alive(pid: u64) -> bool {
         .unwrap_or(false)
 }
 
-fn sip_answers(addr: SocketAddr) -> bool {
+pub(crate) fn sip_answers(addr: SocketAddr) -> bool {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -52,6 +52,9 @@ pub struct LabOptions {
     pub env: Vec<(String, String)>,
     /// Lines added under `[hosts.site1-host1]` and `[hosts.site2-host1]`.
     pub hosts: [String; 2],
+    /// Lines added under `[datastores.site1-store]` and
+    /// `[datastores.site2-store]` (their `path` included when given here).
+    pub stores: [String; 2],
 }
 
 impl Default for LabOptions {
@@ -69,6 +72,7 @@ impl Default for LabOptions {
             group_datastores: r#""site1-store", "site2-store""#,
             env: Vec::new(),
             hosts: Default::default(),
+            stores: Default::default(),
         }
     }
 }
@@ -105,10 +109,10 @@ disk_dir = "site2/disks"
 {host2}
 [datastores.site1-store]
 site = "site1"
-path = "site1/store"
+{store1}
 [datastores.site2-store]
 site = "site2"
-path = "site2/store"
+{store2}
 [vms.pbx1]
 host = "site1-host1"
 dr_site = "site2"
@@ -137,6 +141,8 @@ datastores = [{group_datastores}]
             extra = opts.extra,
             host1 = opts.hosts[0],
             host2 = opts.hosts[1],
+            store1 = store_lines(&opts.stores[0], "site1/store"),
+            store2 = store_lines(&opts.stores[1], "site2/store"),
         );
         // Every declared agent gets its secret (see `Lab::agent_token`).
         let text: String = text
@@ -363,6 +369,25 @@ datastores = [{group_datastores}]
     }
 
     pub fn register(&self, users: std::ops::Range<u32>) {
+        register_at(self.sip, users)
+    }
+
+    pub fn bindings(&self) -> Vec<String> {
+        bindings_at(self.http)
+    }
+}
+
+fn store_lines(lines: &str, path: &str) -> String {
+    if lines.contains("path =") {
+        lines.to_string()
+    } else {
+        format!("path = \"{path}\"\n{lines}")
+    }
+}
+
+/// REGISTER `user<n>` for each n at the VNF answering SIP at `sip`.
+pub fn register_at(sip: SocketAddr, users: std::ops::Range<u32>) {
+    {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -370,7 +395,7 @@ datastores = [{group_datastores}]
         rt.block_on(async {
             for n in users {
                 standby_vnf::client::register(
-                    self.sip,
+                    sip,
                     &format!("sip:user{n}@e2e.invalid"),
                     &format!("sip:user{n}@198.18.0.1:5060"),
                     3600,
@@ -381,19 +406,20 @@ datastores = [{group_datastores}]
             }
         });
     }
+}
 
-    pub fn bindings(&self) -> Vec<String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let st = rt
-            .block_on(standby_vnf::client::state(self.http))
-            .expect("VNF state");
-        let mut v: Vec<String> = st.bindings.into_iter().map(|b| b.aor).collect();
-        v.sort();
-        v
-    }
+/// The AORs registered at the VNF whose HTTP API answers at `http`.
+pub fn bindings_at(http: SocketAddr) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let st = rt
+        .block_on(standby_vnf::client::state(http))
+        .expect("VNF state");
+    let mut v: Vec<String> = st.bindings.into_iter().map(|b| b.aor).collect();
+    v.sort();
+    v
 }
 
 impl Drop for Lab {

@@ -20,5 +20,6 @@ mod protect_restore;
 mod qemu;
 mod runbooks;
 mod scheduler;
+mod site_data;
 mod sites;
 mod watch;

@@ -145,6 +145,21 @@ impl NetLab {
         sh(&["ip", "link", "set", &self.ctl_s1, "down"]);
     }
 
+    /// Only the link between the sites is cut.
+    pub fn cut_between_sites(&self) {
+        sh(&["ip", "-n", &self.s2, "link", "set", &self.s2_s1, "down"]);
+    }
+
+    /// Limit what site 1 sends to site 2 to `rate` (e.g. `40mbit`), with
+    /// `tc tbf` on site 1's end of their link.
+    pub fn shape_site1_to_site2(&self, rate: &str) {
+        let dev = format!("v{}12", &self.s2_s1[1..self.s2_s1.len() - 2]);
+        sh(&[
+            "ip", "netns", "exec", &self.s1, "tc", "qdisc", "replace", "dev", &dev, "root", "tbf",
+            "rate", rate, "burst", "64kb", "latency", "200ms",
+        ]);
+    }
+
     pub fn heal(&self) {
         sh(&["ip", "link", "set", &self.ctl_s1, "up"]);
         sh(&["ip", "-n", &self.s2, "link", "set", &self.s2_s1, "up"]);

@@ -1,0 +1,273 @@
+//! Sites run themselves: each site's host is run by its own `standby
+//! agent` in the site's network namespace, and each site's datastore is
+//! a tmpfs mounted in that agent's own mount namespace, so only it can
+//! open the store (the controller sees an empty directory). Points are
+//! written by site 1's agent, copied to site 2 by the agents over a link
+//! limited with `tc tbf` and cut in the middle of a copy, and after site
+//! 1 is lost site 2's agent restores from its own store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Lab, LabOptions, STANDBY, bindings_at, free_port, register_at, write_random};
+use crate::netlab::NetLab;
+use crate::watch::wait_until;
+
+/// An agent process in a site namespace; on drop it and the VMs it left
+/// running are killed.
+struct SiteAgent {
+    child: Child,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for SiteAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl SiteAgent {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for e in std::fs::read_dir(self.data.join("run"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Some(pid) = std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+            {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Start agent `name` in namespace `ns`, with `fs` a tmpfs only its own
+/// mount namespace sees (its datastore is created inside on first use).
+fn start_agent(lab: &Lab, net: &NetLab, ns: &str, name: &str, port: u16, fs: &Path) -> SiteAgent {
+    std::fs::create_dir_all(fs).unwrap();
+    let data = lab.path(name);
+    let log = lab.path(&format!("{name}.log"));
+    let script = format!(
+        "mount -t tmpfs -o size=1g standby-{name} '{fs}' && exec \"$0\" \"$@\"",
+        fs = fs.display()
+    );
+    let child = Command::new("ip")
+        .args(net.in_ns(ns))
+        .args([
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .args([
+            STANDBY,
+            "--config",
+            lab.cfg.to_str().unwrap(),
+            "agent",
+            "--name",
+            name,
+            "--controller",
+            &format!(
+                "http://{}:{}",
+                net.addr(if ns == net.s1 { 1 } else { 5 }),
+                lab.api
+            ),
+            "--listen",
+            &format!("0.0.0.0:{port}"),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .env("STANDBY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("agent starts");
+    SiteAgent { child, data, log }
+}
+
+fn run_json(lab: &Lab, args: &[&str]) -> Result<Value, String> {
+    let out = lab.run(&[&["--json"], args].concat());
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn agents_keep_points_at_their_site_copy_them_across_a_cut_link_and_restore_at_site2() {
+    let net = NetLab::new();
+    let (p1, p2) = (free_port(), free_port());
+    let watch = format!(
+        r#"
+[agents.site1-agent]
+site = "site1"
+host = "site1-host1"
+url = "http://{s1}:{p1}"
+heartbeat = "300ms"
+
+[agents.site2-agent]
+site = "site2"
+host = "site2-host1"
+url = "http://{s2}:{p2}"
+peer_url = "http://{s2_for_s1}:{p2}"
+heartbeat = "300ms"
+
+[[vms.pbx1.disks]]
+name = "bulk"
+size = "48MiB"
+"#,
+        s1 = net.addr(2),
+        s2 = net.addr(6),
+        s2_for_s1 = net.addr(9),
+    );
+    let lab = Lab::new(LabOptions {
+        vm: Some(
+            r#"command = "standby-vnf"
+args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--http", "0.0.0.0:8080"]"#
+                .into(),
+        ),
+        listen_host: "0.0.0.0",
+        watch,
+        stores: [
+            "path = \"site1/fs/store\"\nagent = \"site1-agent\"".into(),
+            "path = \"site2/fs/store\"\nagent = \"site2-agent\"".into(),
+        ],
+        ..LabOptions::default()
+    });
+    let (store1, store2) = (lab.path("site1/fs"), lab.path("site2/fs"));
+    let mut a1 = start_agent(&lab, &net, &net.s1, "site1-agent", p1, &store1);
+    let a2 = start_agent(&lab, &net, &net.s2, "site2-agent", p2, &store2);
+
+    // A disk of random data: a copy long enough to cut in the middle.
+    let bulk = lab.path("site1/disks/pbx1/bulk.img");
+    std::fs::create_dir_all(bulk.parent().unwrap()).unwrap();
+    write_random(&bulk, 48 << 20);
+
+    let started = wait_until(
+        "site 1's agent to run pbx1",
+        Duration::from_secs(20),
+        || run_json(&lab, &["vm", "start", "pbx1"]).ok(),
+    );
+    assert_eq!(started["state"], "running", "{started}");
+    let sip1: SocketAddr = format!("{}:5060", net.addr(2)).parse().unwrap();
+    wait_until("SIP at site 1", Duration::from_secs(15), || {
+        crate::fencing::sip_answers(sip1).then_some(())
+    });
+    register_at(sip1, 0..3);
+
+    // Site 1 to site 2 at 40 Mbit/s: the ~48 MiB copy takes about 10 s;
+    // the link between the sites goes down for 3 s in the middle.
+    net.shape_site1_to_site2("40mbit");
+    let t0 = Instant::now();
+    let run = std::thread::scope(|s| {
+        let job = s.spawn(|| run_json(&lab, &["protect", "run", "gold"]));
+        let t = Instant::now();
+        while !a1.log().contains("point taken") {
+            assert!(
+                t.elapsed() < Duration::from_secs(30) && !job.is_finished(),
+                "no point taken\nsite1 agent:\n{}\ncontroller:\n{}",
+                a1.log(),
+                std::fs::read_to_string(lab.path("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        net.cut_between_sites();
+        std::thread::sleep(Duration::from_secs(3));
+        net.heal();
+        job.join().unwrap()
+    })
+    .unwrap_or_else(|e| panic!("protect run failed: {e}\nsite1 agent:\n{}", a1.log()));
+    let copy_secs = t0.elapsed().as_secs_f64();
+    let vm = &run["vms"][0];
+    let point = vm["point"].as_str().unwrap().to_string();
+    assert_eq!(vm["datastore"], "site1-store", "{run}");
+    let synced = &vm["synced"][0];
+    assert_eq!(synced["datastore"], "site2-store", "{run}");
+    assert_eq!(synced["by_agent"], "site1-agent", "{run}");
+    let (stored, sent) = (
+        synced["bytes_copied"].as_u64().unwrap(),
+        synced["bytes_sent"].as_u64().unwrap(),
+    );
+    assert!(stored > 40 << 20, "{run}");
+    // Resumed, not restarted: at most one batch (16 MiB) sent twice.
+    assert!(
+        sent < stored + (17 << 20),
+        "{sent} bytes sent for {stored}: {run}"
+    );
+    eprintln!(
+        "first point: {stored} bytes copied agent to agent in {copy_secs:.1} s (cut 3 s), {sent} bytes on the wire, {} batches resent",
+        synced["resent"]
+    );
+
+    // The controller never opened either store: in its mount namespace
+    // both are empty directories; the points are in the agents' own.
+    assert_eq!(entries(&store1), 0, "the controller's view of site1/fs");
+    assert_eq!(entries(&store2), 0, "the controller's view of site2/fs");
+    assert!(a2.log().contains("copied point received"), "{}", a2.log());
+
+    // An incremental point sends only what changed.
+    register_at(sip1, 3..5);
+    let run2 = run_json(&lab, &["protect", "run", "gold"]).unwrap();
+    let s2 = &run2["vms"][0]["synced"][0];
+    assert!(
+        s2["bytes_sent"].as_u64().unwrap() < 4 << 20,
+        "an incremental copy sent {}: {run2}",
+        s2["bytes_sent"]
+    );
+    let point2 = run2["vms"][0]["point"].as_str().unwrap().to_string();
+    let points = run_json(&lab, &["points", "list", "pbx1"]).unwrap();
+    assert!(
+        points
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["copies"] == serde_json::json!(["site1-store", "site2-store"])),
+        "{points}"
+    );
+    assert_ne!(point, point2);
+
+    // Site 1 is lost: its links, its agent, its VM, its store.
+    net.cut_site1();
+    a1.kill();
+    let fence = run_json(&lab, &["site", "fence", "site1", "--reason", "site 1 lost"]).unwrap();
+    assert_eq!(fence["pending"], true, "{fence}");
+    let t1 = Instant::now();
+    let restored = run_json(&lab, &["restore", &point2, "--site", "site2"])
+        .unwrap_or_else(|e| panic!("restore at site 2: {e}\nsite2 agent:\n{}", a2.log()));
+    assert_eq!(restored["datastore"], "site2-store", "{restored}");
+    assert_eq!(restored["started"], true, "{restored}");
+    let sip2: SocketAddr = format!("{}:5060", net.addr(6)).parse().unwrap();
+    let http2: SocketAddr = format!("{}:8080", net.addr(6)).parse().unwrap();
+    wait_until("SIP at site 2", Duration::from_secs(15), || {
+        crate::fencing::sip_answers(sip2).then_some(())
+    });
+    eprintln!(
+        "restored and answering at site 2 {:.1} s after the restore began",
+        t1.elapsed().as_secs_f64()
+    );
+    let want: Vec<String> = (0..5).map(|n| format!("sip:user{n}@e2e.invalid")).collect();
+    assert_eq!(bindings_at(http2), want);
+    assert!(a2.log().contains("point restored"), "{}", a2.log());
+}
