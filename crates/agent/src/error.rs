@@ -16,6 +16,13 @@ pub enum AgentError {
     Conflict(String),
     #[error("{0}")]
     BadRequest(String),
+    /// The agent's own policy refuses the request (a command not allowed,
+    /// a disk outside its disk directory): the same request fails again.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A wait that ran out of time (a drill copy that never answered).
+    #[error("{0}")]
+    Timeout(String),
     /// No or bad credentials on the agent API.
     #[error("{0}")]
     Unauthorized(String),
@@ -65,6 +72,8 @@ impl AgentError {
             AgentError::NotFound { .. } => ("not_found", false),
             AgentError::Conflict(_) => ("conflict", true),
             AgentError::BadRequest(_) => ("bad_request", false),
+            AgentError::Forbidden(_) => ("forbidden", false),
+            AgentError::Timeout(_) => ("timeout", true),
             AgentError::Unauthorized(_) => ("unauthorized", false),
             AgentError::Store(e) => ("datastore", e.is_temporary()),
             AgentError::Hv(e) => ("hypervisor", e.is_temporary()),

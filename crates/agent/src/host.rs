@@ -13,12 +13,15 @@ use standby_hv::qemu::{Accel, DiskFormat, Machine, PortForward, Protocol};
 use standby_hv::{DiskSpec, Driver, QemuDriver, QemuSpec, VmSpec, VmStatus};
 use standby_store::{Manifest, PointId};
 use standby_types::config::{self, Config};
+use standby_types::outcome::{DrillProbed, DrillState, DrillStopped};
+use standby_types::watch::ProbeCheck;
 
 use crate::error::AgentError;
 use crate::local::LocalHost;
 use crate::ops::{Host, PointRequest, StoreRef};
 use crate::progress::Progress;
 use crate::remote::RemoteHost;
+use crate::wire::DrillRequest;
 use crate::wire::{FencedVm, PointStats};
 
 /// The agent of one hypervisor host.
@@ -34,13 +37,14 @@ pub struct Agent {
 impl Agent {
     /// An in-process host running `driver`.
     pub fn new(host: &str, cfg: &config::Host, data_dir: &Path, driver: Arc<dyn Driver>) -> Agent {
-        Agent::with(host, cfg, data_dir, Box::new(LocalHost::new(driver, None)))
+        let exec = LocalHost::new(driver, None, data_dir.join("drills"));
+        Agent::with(host, cfg, data_dir, Box::new(exec))
     }
 
     /// An in-process qemu host (restores install qcow2 disks through the
     /// driver).
     pub fn qemu(host: &str, cfg: &config::Host, data_dir: &Path, driver: Arc<QemuDriver>) -> Agent {
-        let exec = LocalHost::new(driver.clone(), Some(driver));
+        let exec = LocalHost::new(driver.clone(), Some(driver), data_dir.join("drills"));
         Agent::with(host, cfg, data_dir, Box::new(exec))
     }
 
@@ -53,7 +57,11 @@ impl Agent {
         url: &str,
         token: Option<String>,
     ) -> Agent {
-        let exec = Box::new(RemoteHost::new(host, agent, url, token));
+        let kind = match cfg.driver {
+            config::DriverKind::Process => "process",
+            config::DriverKind::Qemu => "qemu",
+        };
+        let exec = Box::new(RemoteHost::new(host, agent, url, token, kind));
         Agent {
             // The remote agent runs commands in its own namespace, if any.
             netns: None,
@@ -105,8 +113,7 @@ impl Agent {
             }
             config::expand_site_vars(&s, site_vars)
         };
-        // The VM's kind must be the host's: a qemu VM needs an
-        // in-process qemu host (remote agents run process hosts only).
+        // The VM's kind must be the host's (in-process or at its agent).
         let kind = self.exec.driver_kind();
         if vm.qemu.is_some() != (kind == "qemu") {
             return Err(AgentError::Conflict(format!(
@@ -283,6 +290,31 @@ impl Agent {
     /// See [`Host::unfence`].
     pub async fn unfence(&self) -> Option<Result<(), AgentError>> {
         self.exec.unfence().await
+    }
+
+    /// See [`Host::drill_start`].
+    pub async fn drill_start(
+        &self,
+        req: DrillRequest,
+        store: &StoreRef<'_>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<DrillState, AgentError> {
+        self.exec.drill_start(req, store, progress).await
+    }
+
+    /// See [`Host::drill_probe`].
+    pub async fn drill_probe(
+        &self,
+        id: &str,
+        check: ProbeCheck,
+        timeout: Duration,
+    ) -> Result<DrillProbed, AgentError> {
+        self.exec.drill_probe(id, check, timeout).await
+    }
+
+    /// See [`Host::drill_stop`].
+    pub async fn drill_stop(&self, id: &str) -> Result<DrillStopped, AgentError> {
+        self.exec.drill_stop(id).await
     }
 }
 

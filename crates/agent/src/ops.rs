@@ -8,9 +8,12 @@ use std::time::Duration;
 use standby_hv::{DiskSpec, VmSpec, VmStatus};
 use standby_store::{Datastore, Manifest, PointId};
 use standby_types::config::DatastoreConfig;
+use standby_types::outcome::{DrillProbed, DrillState, DrillStopped};
+use standby_types::watch::ProbeCheck;
 
 use crate::error::AgentError;
 use crate::progress::Progress;
+use crate::wire::DrillRequest;
 use crate::wire::{FencedVm, PointStats};
 
 /// A datastore as a point or restore needs it: opened here for a local
@@ -97,4 +100,23 @@ pub trait Host: Send + Sync {
     /// Lift the fence where the host keeps one: `None` when there is
     /// nothing to tell (an in-process host), else the outcome.
     async fn unfence(&self) -> Option<Result<(), AgentError>>;
+    /// Restore `req.point` from `store` into a drill directory of this
+    /// host and boot the copy in the drill's own namespace
+    /// ([`crate::drill`]). Repeatable: a running drill is returned as is.
+    async fn drill_start(
+        &self,
+        req: DrillRequest,
+        store: &StoreRef<'_>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<DrillState, AgentError>;
+    /// Probe drill `id`'s copy from inside its namespace until `check`
+    /// passes or `timeout` (at least the copy's boot allowance) runs out.
+    async fn drill_probe(
+        &self,
+        id: &str,
+        check: ProbeCheck,
+        timeout: Duration,
+    ) -> Result<DrillProbed, AgentError>;
+    /// Tear drill `id` down and verify nothing of it is left.
+    async fn drill_stop(&self, id: &str) -> Result<DrillStopped, AgentError>;
 }

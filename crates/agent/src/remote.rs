@@ -15,13 +15,16 @@ use standby_hv::{DiskSpec, VmSpec, VmStatus};
 use standby_store::{Manifest, PointId};
 use standby_types::api::ApiError;
 use standby_types::error_chain;
+use standby_types::outcome::{DrillProbed, DrillState, DrillStopped};
+use standby_types::watch::ProbeCheck;
 
 use crate::error::AgentError;
 use crate::ops::{Host, PointRequest, StoreRef};
 use crate::progress::Progress;
+use crate::wire::DrillRequest;
 use crate::wire::{
-    FenceCall, FencedVm, PointCall, PointDone, PointStats, RestoreCall, RestoreDone, ShutdownCall,
-    SpecCall, VmCall,
+    DrillCall, DrillProbeCall, DrillStartCall, FenceCall, FencedVm, PointCall, PointDone,
+    PointStats, RestoreCall, RestoreDone, ShutdownCall, SpecCall, VmCall,
 };
 
 /// Connecting to a remote agent: a live agent on a working link answers
@@ -47,10 +50,19 @@ pub struct RemoteHost {
     http: reqwest::Client,
     /// The agent's secret, sent on every call.
     token: Option<String>,
+    /// The host's driver (`process`, `qemu`), from the configuration.
+    kind: &'static str,
 }
 
 impl RemoteHost {
-    pub fn new(host: &str, agent: &str, url: &str, token: Option<String>) -> RemoteHost {
+    /// The agent `agent` at `url` running `host`, whose driver is `kind`.
+    pub fn new(
+        host: &str,
+        agent: &str,
+        url: &str,
+        token: Option<String>,
+        kind: &'static str,
+    ) -> RemoteHost {
         let http = standby_http::builder(standby_http::Reach::Internal)
             .connect_timeout(CONNECT_TIMEOUT)
             // A fresh connection per call: a pooled one on a link that
@@ -69,6 +81,7 @@ impl RemoteHost {
             base: format!("{}/agent/v1", url.trim_end_matches('/')),
             http,
             token,
+            kind,
         }
     }
 
@@ -138,9 +151,9 @@ impl Host for RemoteHost {
         Some(&self.agent)
     }
 
-    /// Remote agents run process hosts only.
+    /// The host's driver as configured; the agent runs the same one.
     fn driver_kind(&self) -> &'static str {
-        "process"
+        self.kind
     }
 
     /// The remote agent looks a bare name up itself.
@@ -241,5 +254,51 @@ impl Host for RemoteHost {
                 .await
                 .map(|_| ()),
         )
+    }
+
+    async fn drill_start(
+        &self,
+        req: DrillRequest,
+        store: &StoreRef<'_>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<DrillState, AgentError> {
+        progress.stage(
+            format!(
+                "{}: drill copy restored and booted by agent {}",
+                req.vm, self.agent
+            ),
+            0,
+        );
+        let call = DrillStartCall {
+            drill: req,
+            config: store.config.clone(),
+        };
+        self.call("drill/start", &call, DATA).await
+    }
+
+    async fn drill_probe(
+        &self,
+        id: &str,
+        check: ProbeCheck,
+        timeout: Duration,
+    ) -> Result<DrillProbed, AgentError> {
+        let call = DrillProbeCall {
+            id: id.to_string(),
+            check,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        self.call(
+            "drill/probe",
+            &call,
+            crate::drill::probe_bound(timeout) + QUICK,
+        )
+        .await
+    }
+
+    async fn drill_stop(&self, id: &str) -> Result<DrillStopped, AgentError> {
+        // A QEMU copy's stop may wait for `quit`, then SIGKILL, then the
+        // namespace to empty.
+        let call = DrillCall { id: id.to_string() };
+        self.call("drill/stop", &call, START).await
     }
 }

@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use standby_hv::VmSpec;
 use standby_store::{DiskWriteStats, Manifest};
 use standby_types::config::DatastoreConfig;
-use standby_types::watch::ProbeSpec;
+use standby_types::watch::{ProbeCheck, ProbeSpec};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PointStats {
@@ -84,6 +85,42 @@ pub struct RestoreDone {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct FenceCall {
     pub reason: String,
+}
+
+/// What the host needs to start a drill's copy. `spec` is the VM as it
+/// would run at this host (the controller's spec; a remote agent checks
+/// it against its policy first).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillRequest {
+    pub id: String,
+    pub vm: String,
+    pub site: String,
+    pub point: String,
+    pub point_time: DateTime<Utc>,
+    pub datastore: String,
+    pub spec: VmSpec,
+}
+
+/// `drill/start`: the drill and the datastore's settings (the agent opens
+/// it itself).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DrillStartCall {
+    pub drill: DrillRequest,
+    pub config: DatastoreConfig,
+}
+
+/// `drill/probe`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DrillProbeCall {
+    pub id: String,
+    pub check: ProbeCheck,
+    pub timeout_ms: u64,
+}
+
+/// `drill/stop`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DrillCall {
+    pub id: String,
 }
 
 /// What fencing did to one VM.

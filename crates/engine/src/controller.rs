@@ -145,7 +145,12 @@ impl Controller {
                     ))
                 })?;
             let host = a.host.clone().unwrap_or_default();
-            let client = standby_agent::RemoteHost::new(&host, name, &url, Some(secret.clone()));
+            let kind = match cfg.hosts.get(&host).map(|h| h.driver) {
+                Some(DriverKind::Qemu) => "qemu",
+                _ => "process",
+            };
+            let client =
+                standby_agent::RemoteHost::new(&host, name, &url, Some(secret.clone()), kind);
             servers.insert(
                 name.clone(),
                 standby_agent::access::Server {

@@ -2,204 +2,99 @@
 //! inside a network namespace of its own, probe it, tear it down and prove
 //! the teardown, without touching production.
 //!
-//! # Isolation
-//! The copy runs in a fresh namespace `sbd-<id>` that has only a loopback
-//! interface: it cannot reach production, production cannot reach it, and
-//! the front door never points at it. Its disks are restored into the
-//! drill's own directory (`<data_dir>/drills/<id>/`), it runs under its own
-//! driver (own pid files, in `<dir>/run/`) as `<vm>-drill`, and the VM's
-//! placement is never changed. A command that already enters a namespace
-//! (`ip netns exec NS …`, as a lab's per-site configuration may say) is
-//! unwrapped first, so the copy can never join a production namespace.
+//! This module is the orchestration: which host (the DR site's first),
+//! which point (the newest intact one there, or the one asked for), and
+//! the controller's record of each drill. The host that runs the copy,
+//! in-process or a remote `standby agent`, does the rest through the
+//! [`standby_agent::Agent`] drill operations ([`standby_agent::drill`]:
+//! the restore into the drill's directory, the copy's driver in namespace
+//! `sbd-<id>`, the probe from inside it, the verified teardown). Nothing
+//! here asks whether the host is local.
 //!
-//! # QEMU VMs
-//! When the DR host runs the VM with the qemu driver, the copy is a QEMU
-//! VM too ([`CopyKind::Qemu`]): the point is restored into
-//! `<dir>/disks/` exactly as a restore at that host would do it (qcow2
-//! disks staged raw and converted by
-//! [`standby_hv::QemuDriver::install_restored_disk`]), and a
-//! [`QemuDriver`] on `<dir>/run/` started [`QemuDriver::in_netns`] the
-//! drill's namespace boots it. Its user-mode forwards keep their ports but
-//! listen on the namespace's `127.0.0.1`, which is where the drill's probe
-//! looks (see `drill.probe`); nothing outside the namespace can reach them.
-//! A QEMU boot is slow under software emulation (7–18 s on 2 shared
-//! cores), so its probe waits at least [`QEMU_BOOT_TCG`] (or
-//! [`QEMU_BOOT_KVM`]) whatever timeout the caller gave.
-//!
-//! # Teardown
-//! `stop` stops the copy through its driver (a QEMU copy: QMP `quit`,
-//! then SIGKILL), checks that its process is gone, kills whatever else
-//! still runs in the namespace (`ip netns pids`) and checks that nothing
-//! does, deletes the namespace and the directory and checks each is gone.
-//! The report's `verified` is true only when every check passed.
+//! # Records
+//! `<data_dir>/drills/<id>.json` names the host of drill `<id>` (written
+//! before the host is asked to start it, so a start cut off midway is
+//! still torn down there) and, once started, its [`DrillState`]. It is
+//! removed after a verified teardown.
 //!
 //! # Idempotence
 //! Every call can be repeated (a runbook step resumed after a controller
-//! restart): `start` returns the running drill as recorded in
-//! `drill.json` (a new driver adopts the copy from its pid file when it is
-//! stopped), a start interrupted before its record was written is cleared
-//! (processes in its namespace killed, directory deleted) and made again,
-//! and `stop` of a drill already gone verifies that nothing is left and
-//! succeeds.
+//! restart): `start` returns the recorded drill, or asks its host again
+//! (which returns the running copy or clears an interrupted start), and
+//! `stop` of a drill already gone succeeds after the host verified that
+//! nothing is left.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::Utc;
-use standby_hv::qemu::{Accel, kvm_usable};
-use standby_hv::{DiskSpec, Driver, ProcessDriver, QemuDriver, VmSpec};
-use standby_store::PointId;
+use serde::{Deserialize, Serialize};
+use standby_agent::{DrillRequest, StoreRef};
 use standby_types::outcome::{DrillProbed, DrillStopped};
-use standby_types::watch::{ProbeCheck, ProbeSpec};
+use standby_types::watch::ProbeCheck;
 
 use crate::controller::Controller;
 use crate::error::EngineError;
 use crate::jobs::JobProgress;
 
-/// The shortest wait for a QEMU copy's first passing probe under
-/// software emulation (TCG): its boot alone takes 7–18 s on a loaded host.
-pub const QEMU_BOOT_TCG: Duration = Duration::from_secs(120);
-/// The same with KVM.
-pub const QEMU_BOOT_KVM: Duration = Duration::from_secs(60);
-/// How long processes left in a drill's namespace may take to die.
-const NETNS_EMPTY_WAIT: Duration = Duration::from_secs(10);
-
+pub use standby_agent::drill::{QEMU_BOOT_KVM, QEMU_BOOT_TCG};
 pub use standby_types::outcome::{CopyKind, DrillState};
 
+/// The controller's record of a drill.
+#[derive(Debug, Serialize, Deserialize)]
+struct DrillRecord {
+    host: String,
+    vm: String,
+    #[serde(default)]
+    state: Option<DrillState>,
+}
+
 fn check_id(id: &str) -> Result<(), EngineError> {
-    if id.is_empty()
-        || id.len() > 40
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(EngineError::BadRequest(format!(
-            "bad drill id '{id}': use 1 to 40 letters, digits, '-' or '_'"
-        )));
-    }
-    Ok(())
+    Ok(standby_agent::drill::check_id(id)?)
 }
 
-fn drill_dir(ctl: &Controller, id: &str) -> PathBuf {
-    ctl.cfg.controller.data_dir.join("drills").join(id)
+fn record_path(ctl: &Controller, id: &str) -> PathBuf {
+    ctl.cfg
+        .controller
+        .data_dir
+        .join("drills")
+        .join(format!("{id}.json"))
 }
 
-fn netns_name(id: &str) -> String {
-    format!("sbd-{id}")
-}
-
-/// The copy's driver: its state (pid files, QMP socket) in `<dir>/run`.
-fn driver(dir: &Path, kind: CopyKind, netns: &str) -> Box<dyn Driver> {
-    match kind {
-        CopyKind::Process => Box::new(ProcessDriver::with_state_dir(dir.join("run"))),
-        CopyKind::Qemu => Box::new(QemuDriver::new(dir.join("run")).in_netns(netns)),
-    }
-}
-
-/// Processes running in namespace `ns` (none when it does not exist).
-fn netns_pids(ns: &str) -> Result<Vec<u32>, EngineError> {
-    if !netns_exists(ns) {
-        return Ok(Vec::new());
-    }
-    Ok(ip(&["netns", "pids", ns])?
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect())
-}
-
-/// Kill every process left in the drill's namespace and wait until none
-/// is. Returns how many there were.
-async fn empty_netns(id: &str, ns: &str) -> Result<usize, EngineError> {
-    let pids = netns_pids(ns)?;
-    if pids.is_empty() {
-        return Ok(0);
-    }
-    tracing::warn!(
-        drill = id,
-        netns = ns,
-        ?pids,
-        "killing processes left in the drill's namespace"
-    );
-    for pid in &pids {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .output();
-    }
-    let deadline = Instant::now() + NETNS_EMPTY_WAIT;
-    loop {
-        let left = netns_pids(ns)?;
-        if left.is_empty() {
-            return Ok(pids.len());
-        }
-        if Instant::now() >= deadline {
-            return Err(EngineError::Conflict(format!(
-                "drill {id}: processes {left:?} still run in namespace {ns} after SIGKILL"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn state_path(dir: &Path) -> PathBuf {
-    dir.join("drill.json")
-}
-
-fn read_state(dir: &Path) -> Result<Option<DrillState>, EngineError> {
-    match std::fs::read(state_path(dir)) {
+fn read_record(path: &Path) -> Result<Option<DrillRecord>, EngineError> {
+    match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            EngineError::Internal(format!(
-                "unreadable drill record {}: {e}",
-                state_path(dir).display()
-            ))
+            EngineError::Internal(format!("unreadable drill record {}: {e}", path.display()))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(EngineError::Internal(format!(
             "unable to read {}: {e}",
-            state_path(dir).display()
+            path.display()
         ))),
     }
 }
 
-fn ip(args: &[&str]) -> Result<String, EngineError> {
-    let out = Command::new("ip").args(args).output().map_err(|e| {
-        EngineError::Internal(format!(
-            "unable to run ip {} (install iproute2): {e}",
-            args.join(" ")
-        ))
-    })?;
-    if !out.status.success() {
-        return Err(EngineError::Internal(format!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+fn write_record(path: &Path, rec: &DrillRecord) -> Result<(), EngineError> {
+    let io = |e: std::io::Error| {
+        EngineError::Internal(format!("unable to record drill in {}: {e}", path.display()))
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn netns_exists(ns: &str) -> bool {
-    Path::new("/run/netns").join(ns).exists()
-}
-
-/// Drop a leading `ip netns exec NS` from a command line.
-fn unwrap_netns(command: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
-    let is_ip = command.file_name().is_some_and(|n| n == "ip");
-    if is_ip && args.len() > 3 && args[0] == "netns" && args[1] == "exec" {
-        return (PathBuf::from(&args[3]), args[4..].to_vec());
-    }
-    (command.to_path_buf(), args.to_vec())
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(rec).unwrap_or_default()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// The recorded state of drill `id`, if it runs.
 pub fn state(ctl: &Controller, id: &str) -> Result<Option<DrillState>, EngineError> {
     check_id(id)?;
-    read_state(&drill_dir(ctl, id))
+    Ok(read_record(&record_path(ctl, id))?.and_then(|r| r.state))
 }
 
-/// Restore the newest intact point of `vm` at `site` (or `point`) into the
-/// drill's directory and boot it in the drill's namespace.
+/// Restore the newest intact point of `vm` at `site` (or `point`) into a
+/// drill directory at the site's host and boot it in the drill's
+/// namespace there.
 pub async fn start(
     ctl: &Arc<Controller>,
     id: &str,
@@ -209,205 +104,103 @@ pub async fn start(
     progress: Arc<JobProgress>,
 ) -> Result<DrillState, EngineError> {
     check_id(id)?;
-    let dir = drill_dir(ctl, id);
-    if let Some(st) = read_state(&dir)? {
-        if st.vm != vm {
+    let path = record_path(ctl, id);
+    let recorded = read_record(&path)?;
+    if let Some(rec) = &recorded {
+        if rec.vm != vm {
             return Err(EngineError::Conflict(format!(
                 "drill {id} already runs vm {}, not {vm}",
-                st.vm
+                rec.vm
             )));
         }
-        return Ok(st);
+        if let Some(st) = &rec.state {
+            return Ok(st.clone());
+        }
     }
     if !ctl.cfg.sites.contains_key(site) {
         return Err(EngineError::not_found("site", site));
     }
-    let host = ctl
-        .cfg
-        .first_host_of_site(site)
-        .ok_or_else(|| EngineError::BadRequest(format!("site {site} has no host")))?
-        .to_string();
-    let prod = ctl.agent(&host)?.spec(&ctl.cfg, vm)?;
-    let kind = if prod.qemu.is_some() {
-        CopyKind::Qemu
-    } else {
-        CopyKind::Process
+    let host = match recorded {
+        Some(rec) => rec.host,
+        None => ctl
+            .cfg
+            .first_host_of_site(site)
+            .ok_or_else(|| EngineError::BadRequest(format!("site {site} has no host")))?
+            .to_string(),
     };
-    let netns = netns_name(id);
-    let copy = format!("{vm}-drill");
-    if dir.exists() {
-        // A start interrupted before its record: its copy may run.
-        let killed = empty_netns(id, &netns).await?;
-        tracing::warn!(drill = id, killed, dir = %dir.display(), "clearing an interrupted drill start");
-        std::fs::remove_dir_all(&dir).map_err(|e| {
-            EngineError::Internal(format!("unable to delete {}: {e}", dir.display()))
-        })?;
-    }
-    let started = Instant::now();
-    let started_at = Utc::now();
+    let agent = ctl.agent(&host)?;
+    let prod = agent.spec(&ctl.cfg, vm)?;
     let (pid, point_time, datastore) = match point {
         Some(p) => {
             let rec = ctl.repo.point(p).await?;
-            let ds = rec
+            // A copy the drill host reads itself, at its site first.
+            let reached: Vec<&String> = rec
                 .copies
                 .iter()
-                .find(|d| ctl.cfg.datastores.get(*d).is_some_and(|c| c.site == site))
-                .or(rec.copies.first())
-                .cloned()
+                .filter(|d| ctl.host_reaches(&host, d))
+                .collect();
+            let ds = reached
+                .iter()
+                .find(|d| {
+                    ctl.cfg
+                        .datastores
+                        .get(d.as_str())
+                        .is_some_and(|c| c.site == site)
+                })
+                .or(reached.first())
+                .map(|d| (*d).clone())
                 .ok_or_else(|| EngineError::Conflict(format!("point {p} has no copy")))?;
-            let id: PointId = p
-                .parse()
-                .map_err(|e| EngineError::BadRequest(format!("bad point id '{p}': {e}")))?;
-            (id, rec.time, ds)
+            (p.to_string(), rec.time, ds)
         }
         None => {
             let (m, ds) = crate::restore::newest_readable(ctl, vm, Some(site)).await?;
-            (m.id, m.time, ds)
+            (m.id.to_string(), m.time, ds)
         }
     };
-    let data_age_seconds = (started_at - point_time).num_milliseconds() as f64 / 1000.0;
-    let disks_dir = dir.join("disks");
-    std::fs::create_dir_all(&disks_dir).map_err(|e| {
-        EngineError::Internal(format!("unable to create {}: {e}", disks_dir.display()))
-    })?;
-    // Restore every disk into the drill's directory.
-    let store = ctl.store(&datastore)?;
-    let disks: Vec<DiskSpec> = prod
-        .disks
-        .iter()
-        .map(|d| DiskSpec {
-            name: d.name.clone(),
-            path: disks_dir.join(format!("{}.img", d.name)),
-            size: d.size,
-        })
-        .collect();
-    // Production's disk paths in the command line become the copy's.
-    let retarget = |args: &mut Vec<String>| {
-        for (p, d) in prod.disks.iter().zip(&disks) {
-            let (from, to) = (p.path.to_string_lossy(), d.path.to_string_lossy());
-            for a in args.iter_mut() {
-                *a = a.replace(from.as_ref(), to.as_ref());
-            }
-        }
+    write_record(
+        &path,
+        &DrillRecord {
+            host: host.clone(),
+            vm: vm.to_string(),
+            state: None,
+        },
+    )?;
+    let config = ctl
+        .cfg
+        .datastores
+        .get(&datastore)
+        .ok_or_else(|| EngineError::not_found("datastore", &datastore))?;
+    let store = StoreRef {
+        name: &datastore,
+        config,
+        store: ctl.store_handle(&datastore)?.here().cloned(),
     };
-    let (spec, bytes, boot_allowance) = match kind {
-        CopyKind::Process => {
-            let bytes = {
-                let (store, pid, disks, progress) =
-                    (store.clone(), pid.clone(), disks.clone(), progress.clone());
-                let vm = vm.to_string();
-                tokio::task::spawn_blocking(move || -> Result<u64, EngineError> {
-                    let manifest = store.load_manifest(&pid)?;
-                    progress.stage(
-                        format!("{vm}: restoring point {pid} for the drill"),
-                        manifest.disks.iter().map(|d| d.size).sum(),
-                    );
-                    let mut bytes = 0;
-                    for d in &disks {
-                        bytes += store
-                            .restore_disk(&pid, &d.name, &d.path, progress.as_ref())?
-                            .size;
-                    }
-                    Ok(bytes)
-                })
-                .await??
-            };
-            // The copy's command line: production's, unwrapped from any
-            // namespace, entering the drill's.
-            let (command, mut args) = unwrap_netns(&prod.command, &prod.args);
-            retarget(&mut args);
-            let mut ns_args = vec![
-                "netns".to_string(),
-                "exec".into(),
-                netns.clone(),
-                command.to_string_lossy().into_owned(),
-            ];
-            ns_args.extend(args);
-            let spec = VmSpec {
-                name: copy.clone(),
-                command: PathBuf::from("ip"),
-                args: ns_args,
-                env: prod.env.clone(),
-                disks,
-                workdir: dir.clone(),
-                qemu: None,
-            };
-            (spec, bytes, Duration::ZERO)
-        }
-        CopyKind::Qemu => {
-            let mut q = prod.qemu.clone().unwrap_or_default();
-            // The same ports, on the drill namespace's loopback only.
-            for f in &mut q.forwards {
-                f.host_addr = std::net::Ipv4Addr::LOCALHOST;
-            }
-            let allowance = match q.accel {
-                Accel::Kvm => QEMU_BOOT_KVM,
-                Accel::Auto if kvm_usable() => QEMU_BOOT_KVM,
-                _ => QEMU_BOOT_TCG,
-            };
-            let mut args = prod.args.clone();
-            retarget(&mut args);
-            let spec = VmSpec {
-                name: copy.clone(),
-                command: prod.command.clone(),
-                args,
-                env: prod.env.clone(),
-                disks,
-                workdir: dir.clone(),
-                qemu: Some(q),
-            };
-            // As a restore at the DR host does it: qcow2 disks staged raw
-            // and converted, all disks or none.
-            progress.stage(format!("{vm}: restoring point {pid} for the drill"), 0);
-            let bytes = standby_agent::local::restore_point(
-                &spec,
-                &store,
-                &pid,
-                progress.clone(),
-                Some(&QemuDriver::new(dir.join("run"))),
-            )
-            .await?;
-            (spec, bytes, allowance)
-        }
-    };
-    let restore_seconds = started.elapsed().as_secs_f64();
-    // The namespace: loopback only.
-    if !netns_exists(&netns) {
-        ip(&["netns", "add", &netns])?;
-    }
-    ip(&["-n", &netns, "link", "set", "lo", "up"])?;
-    progress.stage(format!("{vm}: booting the copy in namespace {netns}"), 0);
-    let status = driver(&dir, kind, &netns).start(&spec).await?;
-    let st = DrillState {
+    let req = DrillRequest {
         id: id.to_string(),
         vm: vm.to_string(),
         site: site.to_string(),
-        point: pid.to_string(),
+        point: pid,
         point_time,
-        datastore,
-        netns,
-        dir: dir.clone(),
-        copy,
-        pid: status.pid,
-        started_at,
-        data_age_seconds,
-        restore_seconds,
-        bytes,
-        kind,
-        boot_allowance_seconds: boot_allowance.as_secs_f64(),
+        datastore: datastore.clone(),
+        spec: prod,
     };
-    let tmp = dir.join("drill.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&st).unwrap_or_default())
-        .and_then(|_| std::fs::rename(&tmp, state_path(&dir)))
-        .map_err(|e| EngineError::Internal(format!("unable to record drill {id}: {e}")))?;
-    tracing::info!(drill = id, vm, site, point = %st.point, netns = %st.netns, kind = ?kind, "drill copy booted");
+    let st = agent.drill_start(req, &store, progress).await?;
+    write_record(
+        &path,
+        &DrillRecord {
+            host,
+            vm: vm.to_string(),
+            state: Some(st.clone()),
+        },
+    )?;
     Ok(st)
 }
 
-/// Probe the drill's copy from inside its namespace until `check` passes
-/// or `timeout` runs out (at least the copy's boot allowance: a QEMU copy
-/// boots slowly). Returns the time from the drill's start to the first
-/// passing probe (the drill's RTO) and the probe's latency.
+/// Probe the drill's copy from inside its namespace, at its host, until
+/// `check` passes or `timeout` runs out (at least the copy's boot
+/// allowance: a QEMU copy boots slowly). Returns the time from the
+/// drill's start to the first passing probe (the drill's RTO) and the
+/// probe's latency.
 pub async fn probe(
     ctl: &Controller,
     id: &str,
@@ -415,105 +208,56 @@ pub async fn probe(
     timeout: Duration,
 ) -> Result<DrillProbed, EngineError> {
     check_id(id)?;
-    let st = read_state(&drill_dir(ctl, id))?.ok_or_else(|| EngineError::not_found("drill", id))?;
-    let spec = ProbeSpec {
-        name: format!("drill-{id}"),
-        check,
-        interval: Duration::from_millis(250),
-        timeout: Duration::from_secs(1),
-        attempts: 2,
-        labels: Default::default(),
-    };
-    let timeout = timeout.max(Duration::from_secs_f64(st.boot_allowance_seconds));
-    let deadline = Instant::now() + timeout;
-    loop {
-        let o = standby_monitor::probe::run_in_netns(&st.netns, &spec)
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
-        if o.ok {
-            let rto = (Utc::now() - st.started_at).num_milliseconds() as f64 / 1000.0;
-            return Ok(DrillProbed {
-                drill: id.to_string(),
-                rto_seconds: rto,
-                latency_seconds: o.latency.as_secs_f64(),
-                detail: o.detail,
-                vm: st.vm,
-            });
-        }
-        if Instant::now() >= deadline {
-            return Err(EngineError::Timeout(format!(
-                "the drill copy of {} did not pass its probe within {timeout:?} (last: {})",
-                st.vm, o.detail
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let rec = read_record(&record_path(ctl, id))?
+        .filter(|r| r.state.is_some())
+        .ok_or_else(|| EngineError::not_found("drill", id))?;
+    let probed = ctl
+        .agent(&rec.host)?
+        .drill_probe(id, check, timeout)
+        .await
+        .map_err(|e| match e {
+            // Said as the engine says a wait that ran out.
+            standby_agent::AgentError::Timeout(m) => EngineError::Timeout(m),
+            e => e.into(),
+        })?;
+    Ok(probed)
 }
 
-/// Stop the copy, delete its namespace and files, and verify each is gone.
+/// Stop the copy at its host, delete its namespace and files there, and
+/// verify each is gone; then forget the drill.
 pub async fn stop(ctl: &Controller, id: &str) -> Result<DrillStopped, EngineError> {
     check_id(id)?;
-    let dir = drill_dir(ctl, id);
-    let netns = netns_name(id);
-    let st = read_state(&dir)?;
-    let mut checks = Vec::new();
-    if let Some(st) = &st {
-        // A new driver adopts the copy from its pid file.
-        let d = driver(&dir, st.kind, &netns);
-        d.stop(&st.copy).await?;
-        let status = d.status(&st.copy).await?;
-        if status.is_alive() {
-            return Err(EngineError::Conflict(format!(
-                "drill {id}: the copy of {} is still {} after stop",
-                st.vm, status.state
-            )));
+    let path = record_path(ctl, id);
+    let host = match read_record(&path)? {
+        Some(rec) => rec.host,
+        // Never recorded (or already torn down): the in-process hosts
+        // share one drill directory; make sure nothing is left there.
+        None => match ctl.agents.iter().find(|(_, a)| a.remote_name().is_none()) {
+            Some((h, _)) => h.clone(),
+            None => {
+                return Ok(DrillStopped {
+                    drill: id.to_string(),
+                    vm: None,
+                    verified: true,
+                    checks: vec![format!("no drill {id} recorded at the controller")],
+                });
+            }
+        },
+    };
+    let done = ctl.agent(&host)?.drill_stop(id).await?;
+    if done.verified {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(EngineError::Internal(format!(
+                    "unable to delete {}: {e}",
+                    path.display()
+                )));
+            }
         }
-        if let Some(pid) = st.pid
-            && Path::new(&format!("/proc/{pid}")).exists()
-            && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.contains(&st.netns) || c.contains(&*dir.to_string_lossy()))
-        {
-            return Err(EngineError::Conflict(format!(
-                "drill {id}: process {pid} of the copy is still alive"
-            )));
-        }
-        checks.push(format!("copy {} stopped", st.copy));
     }
-    // Nothing else may outlive the drill in its namespace (a copy whose
-    // start was interrupted before its record, a process it started).
-    let killed = empty_netns(id, &netns).await?;
-    checks.push(if killed == 0 {
-        format!("no process in namespace {netns}")
-    } else {
-        format!("{killed} process(es) left in namespace {netns} killed")
-    });
-    if netns_exists(&netns) {
-        ip(&["netns", "del", &netns])?;
-    }
-    if netns_exists(&netns) {
-        return Err(EngineError::Conflict(format!(
-            "drill {id}: namespace {netns} still exists after deletion"
-        )));
-    }
-    checks.push(format!("namespace {netns} gone"));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| {
-            EngineError::Internal(format!("unable to delete {}: {e}", dir.display()))
-        })?;
-    }
-    if dir.exists() {
-        return Err(EngineError::Conflict(format!(
-            "drill {id}: {} still exists after deletion",
-            dir.display()
-        )));
-    }
-    checks.push(format!("{} deleted", dir.display()));
-    Ok(DrillStopped {
-        drill: id.to_string(),
-        vm: st.map(|s| s.vm),
-        verified: true,
-        checks,
-    })
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -524,22 +268,29 @@ mod tests {
     fn ids_are_checked() {
         assert!(check_id("12-pbx1").is_ok());
         for bad in ["", "a/b", "x y", &"a".repeat(41)] {
-            assert!(check_id(bad).is_err(), "{bad}");
+            let e = check_id(bad).unwrap_err();
+            assert_eq!(e.code().0, "bad_request", "{bad}");
         }
     }
 
     #[test]
-    fn a_namespace_prefix_is_dropped() {
-        let args: Vec<String> = ["netns", "exec", "site2", "/bin/vnf", "--disk", "d"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let (c, a) = unwrap_netns(Path::new("ip"), &args);
-        assert_eq!(c, PathBuf::from("/bin/vnf"));
-        assert_eq!(a, vec!["--disk", "d"]);
-        let (c, a) = unwrap_netns(Path::new("/bin/vnf"), &args[4..]);
-        assert_eq!(c, PathBuf::from("/bin/vnf"));
-        assert_eq!(a, vec!["--disk", "d"]);
+    fn a_record_is_written_whole_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drills/7-pbx1.json");
+        assert!(read_record(&path).unwrap().is_none());
+        let rec = DrillRecord {
+            host: "site2-host1".into(),
+            vm: "pbx1".into(),
+            state: None,
+        };
+        write_record(&path, &rec).unwrap();
+        let back = read_record(&path).unwrap().unwrap();
+        assert_eq!(
+            (back.host.as_str(), back.vm.as_str()),
+            ("site2-host1", "pbx1")
+        );
+        assert!(back.state.is_none());
+        assert!(!path.with_extension("json.tmp").exists());
     }
 
     #[test]

@@ -74,8 +74,8 @@ impl EngineError {
                 AgentError::Remote {
                     code, retryable, ..
                 } => match code.as_str() {
-                    "not_found" | "conflict" | "bad_request" | "timeout" | "datastore"
-                    | "hypervisor" | "io" => (code.as_str(), *retryable),
+                    "not_found" | "conflict" | "bad_request" | "forbidden" | "timeout"
+                    | "datastore" | "hypervisor" | "io" => (code.as_str(), *retryable),
                     _ => ("agent", *retryable),
                 },
                 other => other.code(),

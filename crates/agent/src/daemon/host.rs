@@ -1,5 +1,7 @@
-//! The host side of an agent: its driver, its fence flag (kept across
-//! restarts in `DATA/fence.json`) and its open datastores.
+//! The host side of an agent: its driver (the host's, process or qemu,
+//! with its state in `DATA/run`), its policy (from its own configuration
+//! file), its fence flag (kept across restarts in `DATA/fence.json`) and
+//! its open datastores.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,11 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use standby_hv::{Driver, ProcessDriver, VmSpec};
+use standby_hv::{Driver, ProcessDriver, QemuDriver, VmSpec, VmStatus};
 use standby_store::Datastore;
-use standby_types::config::DatastoreConfig;
+use standby_types::config::{DatastoreConfig, DriverKind};
 
 use crate::error::AgentError;
+use crate::local::LocalHost;
+use crate::policy::Policy;
 use crate::wire::FencedVm;
 
 /// The fence as the agent keeps it (`DATA/fence.json`).
@@ -21,11 +25,14 @@ pub(super) struct FenceState {
     pub(super) reason: String,
 }
 
-/// The host side of an agent: its driver, its fence, its open datastores.
+/// The host side of an agent: its host, its policy, its fence, its open
+/// datastores.
 pub struct HostAgent {
     pub(super) name: String,
     pub(super) dir: PathBuf,
-    pub(super) driver: ProcessDriver,
+    /// The host's operations, as in-process (drills in `DATA/drills`).
+    pub(super) exec: LocalHost,
+    pub(super) policy: Policy,
     /// Held across a start and across fencing, so a start never slips in
     /// between the fence being set and the VMs being stopped.
     pub(super) fence: tokio::sync::Mutex<Option<FenceState>>,
@@ -35,8 +42,19 @@ pub struct HostAgent {
 impl HostAgent {
     /// Open the data dir: adopt the VMs still running from an earlier run
     /// and take up a fence left in force (stopping what runs).
-    pub async fn open(name: &str, dir: &Path) -> Result<Arc<HostAgent>, AgentError> {
-        for sub in ["run", "vms"] {
+    pub async fn open(
+        name: &str,
+        dir: &Path,
+        policy: Policy,
+    ) -> Result<Arc<HostAgent>, AgentError> {
+        std::fs::create_dir_all(&policy.disk_dir).map_err(|e| {
+            AgentError::Internal(format!(
+                "unable to create the disk directory {} of host {}: {e}",
+                policy.disk_dir.display(),
+                policy.host
+            ))
+        })?;
+        for sub in ["run", "vms", "drills"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| {
                 AgentError::Internal(format!(
                     "unable to create the agent data directory {}: {e}",
@@ -59,15 +77,28 @@ impl HostAgent {
                 )));
             }
         };
+        let run = dir.join("run");
+        let exec = match policy.driver {
+            DriverKind::Process => LocalHost::new(
+                Arc::new(ProcessDriver::with_state_dir(run)),
+                None,
+                dir.join("drills"),
+            ),
+            DriverKind::Qemu => {
+                let q = Arc::new(QemuDriver::new(run));
+                LocalHost::new(q.clone(), Some(q), dir.join("drills"))
+            }
+        };
         let host = Arc::new(HostAgent {
             name: name.to_string(),
             dir: dir.to_path_buf(),
-            driver: ProcessDriver::with_state_dir(dir.join("run")),
+            exec,
+            policy,
             fence: tokio::sync::Mutex::new(fence),
             stores: Mutex::default(),
         });
         let names = host.adopt_all().await;
-        tracing::info!(vms = ?names, dir = %dir.display(), "host agent ready");
+        tracing::info!(vms = ?names, dir = %dir.display(), host = %host.policy.host, driver = host.policy.driver_kind(), "host agent ready");
         {
             let fence = host.fence.lock().await;
             if let Some(f) = &*fence {
@@ -85,10 +116,12 @@ impl HostAgent {
         if let Ok(rd) = std::fs::read_dir(self.dir.join("run")) {
             for e in rd.flatten() {
                 let p = e.path();
+                // `<vm>.pid` (QEMU's own `<vm>.qemu.pid` is not a VM).
                 if p.extension().is_some_and(|x| x == "pid")
                     && let Some(stem) = p.file_stem().and_then(|s| s.to_str())
+                    && !stem.ends_with(".qemu")
                 {
-                    let _ = self.driver.status(stem).await;
+                    let _ = self.driver().status(stem).await;
                     names.push(stem.to_string());
                 }
             }
@@ -99,11 +132,10 @@ impl HostAgent {
     /// Force-stop every VM; what happened to each. Caller holds the fence
     /// lock.
     pub(super) async fn stop_everything(&self) -> Vec<FencedVm> {
-        self.adopt_all().await;
         let mut out = Vec::new();
-        for (vm, st) in self.driver.list() {
+        for (vm, st) in self.vms().await {
             let result = if st.is_alive() {
-                match self.driver.stop(&vm).await {
+                match self.driver().stop(&vm).await {
                     Ok(_) => "stopped".to_string(),
                     Err(e) => format!("failed: {}", standby_types::error_chain(&e)),
                 }
@@ -114,6 +146,28 @@ impl HostAgent {
                 tracing::warn!(vm, "fenced: {result}");
             }
             out.push(FencedVm { vm, result });
+        }
+        out
+    }
+
+    /// The driver of the host.
+    pub(super) fn driver(&self) -> &dyn Driver {
+        self.exec.driver().as_ref()
+    }
+
+    /// Every VM this agent knows (adopted from its pid files) and its
+    /// state.
+    pub(super) async fn vms(&self) -> Vec<(String, VmStatus)> {
+        let mut out = Vec::new();
+        for vm in self.adopt_all().await {
+            let st = match self.driver().status(&vm).await {
+                Ok(st) => st,
+                Err(e) => {
+                    tracing::warn!(vm, "status: {e}");
+                    continue;
+                }
+            };
+            out.push((vm, st));
         }
         out
     }
@@ -182,14 +236,13 @@ impl HostAgent {
         }
     }
 
-    /// The spec with this agent's own work directory, a bare command name
-    /// looked up beside this binary first.
-    pub(super) fn local(&self, mut spec: VmSpec) -> VmSpec {
+    /// The spec as this agent runs it: checked against its policy (its
+    /// own command or QEMU, disks under its disk directory), with its own
+    /// work directory.
+    pub(super) fn local(&self, spec: VmSpec) -> Result<VmSpec, AgentError> {
+        let mut spec = self.policy.check(spec)?;
         spec.workdir = self.dir.join("vms");
-        if let Some(bare) = spec.command.to_str().map(String::from) {
-            spec.command = crate::local::resolve_command(&bare);
-        }
-        spec
+        Ok(spec)
     }
 
     pub(super) fn store(&self, name: &str, cfg: &DatastoreConfig) -> Result<Datastore, AgentError> {

@@ -5,11 +5,18 @@
 //!
 //! With `--data-dir`, it is also the agent of a hypervisor host (declared
 //! with `host` and `url` under `[agents.NAME]`): it runs that host's VMs
-//! with a process driver whose state lives in `DATA/run` (so a restarted
-//! agent adopts its running VMs) and answers the execution API under
-//! `/agent/v1` (see [`exec_routes`]): status, start, shutdown, stop,
+//! with the host's driver (`[hosts.HOST] driver`: process or qemu) whose
+//! state lives in `DATA/run` (so a restarted agent adopts its running VMs
+//! and, for QEMU, their dirty bitmaps) and answers the execution API
+//! under `/agent/v1` (see [`exec_routes`]): status, start, shutdown, stop,
 //! provisioning, points into and restores from a datastore it opens
-//! itself, fence and unfence.
+//! itself, fence and unfence, and drills (a copy booted in its own
+//! namespace at this host, probed from inside, torn down verified).
+//!
+//! Policy: every VM definition from the wire is checked against the
+//! agent's own configuration file ([`crate::policy`]): the commands it
+//! allows, its host's disk directory, no loader environment; QEMU is its
+//! own binary. A host agent without that file does not start.
 //!
 //! Authentication: each agent has a shared secret (`[agents.NAME] token`
 //! or `token_file`). The agent sends it as `Authorization: Bearer` on its
@@ -69,6 +76,9 @@ pub struct AgentOptions {
     pub data_dir: Option<PathBuf>,
     /// The agent's secret (`[agents.NAME] token`/`token_file`).
     pub token: Option<String>,
+    /// What the host agent agrees to run, from its own configuration
+    /// file: required with `data_dir`.
+    pub policy: Option<crate::policy::Policy>,
     /// Told once the agent serves (its listener bound, its host open),
     /// before its first heartbeat: a service manager's readiness.
     pub ready: Option<std::sync::Arc<tokio::sync::Notify>>,
@@ -85,9 +95,15 @@ fn client() -> reqwest::Client {
 /// Run until `cancel` fires.
 pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), AgentError> {
     let base = opts.controller.trim_end_matches('/').to_string();
-    let host = match &opts.data_dir {
-        Some(dir) => Some(HostAgent::open(&opts.name, dir).await?),
-        None => None,
+    let host = match (&opts.data_dir, &opts.policy) {
+        (Some(dir), Some(policy)) => Some(HostAgent::open(&opts.name, dir, policy.clone()).await?),
+        (Some(_), None) => {
+            return Err(AgentError::BadRequest(format!(
+                "agent {} runs a host (--data-dir) and needs its own configuration file declaring [agents.{}] with 'host' and 'allowed_commands'",
+                opts.name, opts.name
+            )));
+        }
+        (None, _) => None,
     };
     if let Some(addr) = opts.listen {
         let listener = tokio::net::TcpListener::bind(addr)

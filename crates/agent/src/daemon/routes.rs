@@ -6,16 +6,19 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use standby_hv::{DiskSpec, Driver, VmStatus};
-use standby_store::PointId;
+use standby_hv::{DiskSpec, VmStatus};
+use standby_store::{Datastore, PointId};
+use standby_types::config::DatastoreConfig;
+use standby_types::outcome::{DrillProbed, DrillState, DrillStopped};
 
 use super::host::HostAgent;
 use crate::error::AgentError;
-use crate::ops::PointRequest;
+use crate::ops::{Host as _, PointRequest, StoreRef};
+use crate::policy::check_vm_name;
 use crate::progress::Quiet;
 use crate::wire::{
-    FenceCall, FencedVm, PointCall, PointDone, RestoreCall, RestoreDone, ShutdownCall, SpecCall,
-    VmCall,
+    DrillCall, DrillProbeCall, DrillStartCall, FenceCall, FencedVm, PointCall, PointDone,
+    RestoreCall, RestoreDone, ShutdownCall, SpecCall, VmCall,
 };
 
 pub(super) type Host = State<Arc<HostAgent>>;
@@ -37,6 +40,7 @@ impl axum::response::IntoResponse for AgentError {
             "conflict" => StatusCode::CONFLICT,
             "bad_request" => StatusCode::BAD_REQUEST,
             "unauthorized" => StatusCode::UNAUTHORIZED,
+            "forbidden" => StatusCode::FORBIDDEN,
             "unreachable" => StatusCode::SERVICE_UNAVAILABLE,
             "timeout" => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -65,6 +69,9 @@ pub fn exec_routes(host: Arc<HostAgent>, token: Option<&str>) -> Router {
         .route("/agent/v1/fence", post(fence))
         .route("/agent/v1/unfence", post(unfence))
         .merge(super::stores::routes())
+        .route("/agent/v1/drill/start", post(drill_start))
+        .route("/agent/v1/drill/probe", post(drill_probe))
+        .route("/agent/v1/drill/stop", post(drill_stop))
         .layer(axum::middleware::from_fn_with_state(expected, check_token))
         .with_state(host)
 }
@@ -100,16 +107,17 @@ pub(super) async fn check_token(
 }
 
 async fn state(State(h): Host) -> Answer<serde_json::Value> {
-    h.adopt_all().await;
     let fence = h.fence.lock().await.clone();
     let vms: Vec<_> = h
-        .driver
-        .list()
+        .vms()
+        .await
         .into_iter()
         .map(|(vm, st)| serde_json::json!({"vm": vm, "status": st}))
         .collect();
     Ok(Json(serde_json::json!({
         "agent": h.name,
+        "host": h.policy.host,
+        "driver": h.policy.driver_kind(),
         "fenced": fence.is_some(),
         "fence": fence,
         "vms": vms,
@@ -117,7 +125,8 @@ async fn state(State(h): Host) -> Answer<serde_json::Value> {
 }
 
 async fn status(State(h): Host, Json(c): Json<VmCall>) -> Answer<VmStatus> {
-    Ok(Json(h.driver.status(&c.vm).await?))
+    check_vm_name(&c.vm)?;
+    Ok(Json(h.exec.status(&c.vm).await?))
 }
 
 async fn start(State(h): Host, Json(c): Json<SpecCall>) -> Answer<VmStatus> {
@@ -131,47 +140,64 @@ async fn start(State(h): Host, Json(c): Json<SpecCall>) -> Answer<VmStatus> {
             f.reason
         )));
     }
-    let spec = h.local(c.spec);
-    Ok(Json(h.driver.start(&spec).await?))
+    let spec = h.local(c.spec)?;
+    Ok(Json(h.exec.start(&spec).await?))
 }
 
 async fn shutdown(State(h): Host, Json(c): Json<ShutdownCall>) -> Answer<VmStatus> {
+    check_vm_name(&c.vm)?;
     Ok(Json(
-        h.driver
+        h.exec
             .shutdown(&c.vm, Duration::from_millis(c.timeout_ms))
             .await?,
     ))
 }
 
 async fn stop(State(h): Host, Json(c): Json<VmCall>) -> Answer<VmStatus> {
-    Ok(Json(h.driver.stop(&c.vm).await?))
+    check_vm_name(&c.vm)?;
+    Ok(Json(h.exec.stop(&c.vm).await?))
 }
 
-async fn provision(State(_h): Host, Json(c): Json<SpecCall>) -> Answer<serde_json::Value> {
-    tokio::task::spawn_blocking(move || crate::local::provision_disks(&c.spec)).await??;
+async fn provision(State(h): Host, Json(c): Json<SpecCall>) -> Answer<serde_json::Value> {
+    let spec = h.local(c.spec)?;
+    h.exec.provision_disks(&spec).await?;
     Ok(Json(serde_json::json!({})))
 }
 
-async fn missing_disks(Json(c): Json<SpecCall>) -> Answer<Vec<DiskSpec>> {
-    Ok(Json(crate::local::missing_disks(&c.spec)))
+async fn missing_disks(State(h): Host, Json(c): Json<SpecCall>) -> Answer<Vec<DiskSpec>> {
+    let spec = h.local(c.spec)?;
+    Ok(Json(h.exec.missing_disks(&spec).await?))
+}
+
+/// The datastore `name` as the controller describes it, opened here.
+async fn open_store(
+    h: &Arc<HostAgent>,
+    name: &str,
+    cfg: &DatastoreConfig,
+) -> Result<Datastore, AgentError> {
+    let h = h.clone();
+    let (name, cfg) = (name.to_string(), cfg.clone());
+    tokio::task::spawn_blocking(move || h.store(&name, &cfg)).await?
 }
 
 async fn point(State(h): Host, Json(c): Json<PointCall>) -> Answer<PointDone> {
-    let store = {
-        let h = h.clone();
-        let (name, cfg) = (c.datastore.clone(), c.config.clone());
-        tokio::task::spawn_blocking(move || h.store(&name, &cfg)).await??
+    let spec = h.local(c.spec)?;
+    let store = StoreRef {
+        name: &c.datastore,
+        config: &c.config,
+        store: Some(open_store(&h, &c.datastore, &c.config).await?),
     };
-    let spec = h.local(c.spec);
     let req = PointRequest {
         site: c.site,
         chunk_size: c.chunk_size,
         labels: c.labels,
         vm_config: c.vm_config,
     };
-    let (manifest, stats) =
-        crate::local::take_point(&h.driver, &spec, &store, req, Arc::new(Quiet)).await?;
-    tracing::info!(vm = %spec.name, point = %manifest.id, datastore = %c.datastore, "point taken");
+    let (manifest, stats) = h
+        .exec
+        .take_point(&spec, &store, req, Arc::new(Quiet))
+        .await?;
+    tracing::info!(vm = %spec.name, point = %manifest.id, datastore = %c.datastore, bytes_read = stats.bytes_read, "point taken");
     Ok(Json(PointDone { manifest, stats }))
 }
 
@@ -180,13 +206,16 @@ async fn restore(State(h): Host, Json(c): Json<RestoreCall>) -> Answer<RestoreDo
         .point
         .parse()
         .map_err(|e| AgentError::BadRequest(format!("bad point id '{}': {e}", c.point)))?;
-    let store = {
-        let h = h.clone();
-        let (name, cfg) = (c.datastore.clone(), c.config.clone());
-        tokio::task::spawn_blocking(move || h.store(&name, &cfg)).await??
+    let spec = h.local(c.spec)?;
+    let store = StoreRef {
+        name: &c.datastore,
+        config: &c.config,
+        store: Some(open_store(&h, &c.datastore, &c.config).await?),
     };
-    let spec = h.local(c.spec);
-    let bytes = crate::local::restore_point(&spec, &store, &point, Arc::new(Quiet), None).await?;
+    let bytes = h
+        .exec
+        .restore_point(&spec, &store, &point, Arc::new(Quiet))
+        .await?;
     tracing::info!(vm = %spec.name, %point, datastore = %c.datastore, bytes, "point restored");
     Ok(Json(RestoreDone { bytes }))
 }
@@ -200,12 +229,50 @@ async fn unfence(State(h): Host) -> Answer<serde_json::Value> {
     Ok(Json(serde_json::json!({"unfenced": was})))
 }
 
+async fn drill_start(State(h): Host, Json(c): Json<DrillStartCall>) -> Answer<DrillState> {
+    let mut req = c.drill;
+    // The copy runs what production would run here: the same policy.
+    req.spec = h.local(req.spec)?;
+    let name = req.datastore.clone();
+    let store = StoreRef {
+        name: &name,
+        config: &c.config,
+        store: Some(open_store(&h, &name, &c.config).await?),
+    };
+    Ok(Json(
+        h.exec.drill_start(req, &store, Arc::new(Quiet)).await?,
+    ))
+}
+
+async fn drill_probe(State(h): Host, Json(c): Json<DrillProbeCall>) -> Answer<DrillProbed> {
+    let timeout = Duration::from_millis(c.timeout_ms);
+    Ok(Json(h.exec.drill_probe(&c.id, c.check, timeout).await?))
+}
+
+async fn drill_stop(State(h): Host, Json(c): Json<DrillCall>) -> Answer<DrillStopped> {
+    Ok(Json(h.exec.drill_stop(&c.id).await?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::client;
     use super::*;
     use standby_hv::VmSpec;
     use std::path::Path;
+
+    fn policy(dir: &Path) -> crate::policy::Policy {
+        let cfg = standby_types::config::Config::parse(
+            &format!(
+                "[sites.s]\n[hosts.h]\nsite = \"s\"\ndriver = \"process\"\ndisk_dir = \"{}/disks\"\n\
+                 [agents.a]\nsite = \"s\"\nhost = \"h\"\nurl = \"http://127.0.0.1:1\"\n\
+                 allowed_commands = [\"sleep\"]\n",
+                dir.display()
+            ),
+            Path::new("standby.toml"),
+        )
+        .unwrap();
+        crate::policy::Policy::from_config(&cfg, "a").unwrap()
+    }
 
     fn sleeper(dir: &Path) -> VmSpec {
         VmSpec {
@@ -254,7 +321,9 @@ mod tests {
     #[tokio::test]
     async fn the_agent_api_answers_only_calls_with_the_agents_token() {
         let dir = tempfile::tempdir().unwrap();
-        let h = HostAgent::open("a", dir.path()).await.unwrap();
+        let h = HostAgent::open("a", dir.path(), policy(dir.path()))
+            .await
+            .unwrap();
         let serve = |token: Option<&str>| {
             let app = exec_routes(h.clone(), token);
             async move {
@@ -288,7 +357,9 @@ mod tests {
     #[tokio::test]
     async fn a_fenced_agent_stops_its_vms_and_stays_fenced_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let h = HostAgent::open("a", dir.path()).await.unwrap();
+        let h = HostAgent::open("a", dir.path(), policy(dir.path()))
+            .await
+            .unwrap();
         let Json(st) = start(
             State(h.clone()),
             Json(SpecCall {
@@ -307,11 +378,13 @@ mod tests {
             (done[0].vm.as_str(), done[0].result.as_str()),
             ("v", "stopped")
         );
-        assert!(!h.driver.status("v").await.unwrap().is_alive());
+        assert!(!h.driver().status("v").await.unwrap().is_alive());
         drop(h);
 
         // A restarted agent is still fenced and refuses starts.
-        let h = HostAgent::open("a", dir.path()).await.unwrap();
+        let h = HostAgent::open("a", dir.path(), policy(dir.path()))
+            .await
+            .unwrap();
         let e = start(
             State(h.clone()),
             Json(SpecCall {
@@ -322,7 +395,7 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, AgentError::Conflict(_)), "{e}");
         assert!(e.to_string().contains("fenced"), "{e}");
-        assert!(!h.driver.status("v").await.unwrap().is_alive());
+        assert!(!h.driver().status("v").await.unwrap().is_alive());
 
         // A heartbeat answer without the fence lifts it.
         h.heartbeat_fenced(false).await;
@@ -336,6 +409,6 @@ mod tests {
         .await
         .unwrap();
         assert!(st.is_alive());
-        h.driver.stop("v").await.unwrap();
+        h.driver().stop("v").await.unwrap();
     }
 }

@@ -98,6 +98,19 @@ pub fn agent_token(config: &Path, name: &str) -> Result<Option<String>> {
     }
 }
 
+/// The policy of host agent `name` from its own configuration file: the
+/// file must exist, be readable and declare `[agents.NAME]` with `host`.
+pub fn agent_policy(config: &Path, name: &str) -> Result<standby_agent::policy::Policy> {
+    let cfg = Config::load(config).with_context(|| {
+        format!(
+            "agent {name} runs a host (--data-dir): it checks every VM against its own configuration, and {} cannot be read",
+            config.display()
+        )
+    })?;
+    standby_agent::policy::Policy::from_config(&cfg, name)
+        .with_context(|| format!("agent {name}: its policy in {}", config.display()))
+}
+
 fn when(v: &Value) -> String {
     v.as_str()
         .and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok())

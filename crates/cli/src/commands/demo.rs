@@ -462,6 +462,7 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
             listen: Some((ip, port).into()),
             data_dir: None,
             token: server.ctl.cfg.agents[name].secret().ok().flatten(),
+            policy: None,
             ready: None,
         };
         tokio::spawn(async move {

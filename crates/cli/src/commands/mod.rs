@@ -90,7 +90,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                         .clone()
                         .unwrap_or_else(|| ctx.client.base().to_string());
                     let token = auth::agent_token(&cli.config, name)?;
-                    watch::agent(name, &addr, *listen, data_dir.clone(), token).await
+                    // A host agent's policy is its own configuration file.
+                    let policy = match data_dir {
+                        Some(_) => Some(auth::agent_policy(&cli.config, name)?),
+                        None => None,
+                    };
+                    watch::agent(name, &addr, *listen, data_dir.clone(), token, policy).await
                 }
                 Cmd::Init { .. }
                 | Cmd::Server

@@ -612,6 +612,7 @@ pub async fn agent(
     listen: Option<std::net::SocketAddr>,
     data_dir: Option<std::path::PathBuf>,
     token: Option<String>,
+    policy: Option<standby_agent::policy::Policy>,
 ) -> Result<()> {
     let controller = if controller.starts_with("http://") || controller.starts_with("https://") {
         controller.to_string()
@@ -643,6 +644,7 @@ pub async fn agent(
             listen,
             data_dir,
             token,
+            policy,
             ready: Some(ready),
         },
         cancel,

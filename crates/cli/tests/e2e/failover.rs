@@ -103,6 +103,7 @@ site = "site1"
 host = "site1-host1"
 url = "http://{s1}:7781"
 heartbeat = "1s"
+allowed_commands = ["{vnf}"]
 [agents.site2-agent]
 site = "site2"
 heartbeat = "1s"
@@ -128,6 +129,7 @@ probe = "sip"
         s1 = net.addr(2),
         s2 = net.addr(6),
         front = net.addr(13),
+        vnf = sibling("standby-vnf"),
     );
     let lab = Lab::new(LabOptions {
         vm: Some(vm),

@@ -93,6 +93,7 @@ site = "site1"
 host = "site1-host1"
 url = "http://{s1}:{agent_port}"
 heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
 
 [hosts.site2-ns]
 site = "site2"

@@ -6,6 +6,7 @@ mod harness;
 mod hooks;
 mod netlab;
 
+mod agents;
 mod alertmanager;
 mod auth;
 mod cloud;

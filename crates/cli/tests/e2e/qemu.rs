@@ -12,9 +12,10 @@ use serde_json::Value;
 
 use crate::harness::{STANDBY, free_port, wait_listening};
 
-const INSTALL: &str = "apt-get install -y qemu-system-x86 qemu-utils busybox-static cpio";
+pub(crate) const INSTALL: &str =
+    "apt-get install -y qemu-system-x86 qemu-utils busybox-static cpio";
 
-fn qemu_installed() -> bool {
+pub(crate) fn qemu_installed() -> bool {
     std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths).any(|d| d.join("qemu-system-x86_64").is_file())
     })
@@ -38,7 +39,7 @@ fn repo_root() -> PathBuf {
 /// Build `standby-vnf` and the guest (kernel + initrd) once per test
 /// binary into `target/tmp/guest`, as the driver's own tests do (the
 /// .debs stay cached there); tests running at once wait for the one build.
-fn guest() -> (PathBuf, PathBuf) {
+pub(crate) fn guest() -> (PathBuf, PathBuf) {
     static GUEST: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
     GUEST
         .get_or_init(|| {
@@ -201,14 +202,14 @@ impl Drop for QemuLab {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
 }
 
-fn sip_answers(addr: SocketAddr, within: Duration) -> bool {
+pub(crate) fn sip_answers(addr: SocketAddr, within: Duration) -> bool {
     rt().block_on(async {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
@@ -223,7 +224,7 @@ fn sip_answers(addr: SocketAddr, within: Duration) -> bool {
     })
 }
 
-fn register(sip: SocketAddr, users: std::ops::Range<u32>) -> Vec<String> {
+pub(crate) fn register(sip: SocketAddr, users: std::ops::Range<u32>) -> Vec<String> {
     rt().block_on(async {
         let mut aors = Vec::new();
         for n in users {
@@ -243,7 +244,7 @@ fn register(sip: SocketAddr, users: std::ops::Range<u32>) -> Vec<String> {
     })
 }
 
-fn bindings(http: SocketAddr) -> Vec<String> {
+pub(crate) fn bindings(http: SocketAddr) -> Vec<String> {
     let st = rt()
         .block_on(standby_vnf::client::state(http))
         .expect("VNF state");
@@ -433,7 +434,7 @@ fn watch_drill_copy(
 }
 
 /// Processes whose command line holds `needle`.
-fn processes_with(needle: &str) -> Vec<String> {
+pub(crate) fn processes_with(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();

@@ -125,6 +125,7 @@ site = "site1"
 host = "site1-host1"
 url = "http://{s1}:{p1}"
 heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
 
 [agents.site2-agent]
 site = "site2"
@@ -132,6 +133,7 @@ host = "site2-host1"
 url = "http://{s2}:{p2}"
 peer_url = "http://{s2_for_s1}:{p2}"
 heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
 
 [[vms.pbx1.disks]]
 name = "bulk"

@@ -38,6 +38,12 @@ pub struct AgentConfig {
     /// A file holding the agent's secret (surrounding whitespace ignored).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// The programs this agent runs as process VMs: the command it would
+    /// start (a bare name resolved as for `[vms.NAME] command`) must be
+    /// one of these, resolved the same way. Read by the agent from its own
+    /// copy of this file; none: the agent refuses every process VM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_commands: Vec<String>,
 }
 
 impl AgentConfig {
@@ -77,7 +83,7 @@ pub enum DriverKind {
     /// A VM is a supervised local process (the embedded default).
     Process,
     /// A VM is a `qemu-system-x86_64` machine described by its
-    /// `[vms.NAME.qemu]` table (in-process hosts only).
+    /// `[vms.NAME.qemu]` table (in-process, or at a remote agent).
     Qemu,
 }
 

@@ -491,16 +491,17 @@ size = "64MiB"
             "vms.pbx.qemu.initrd",
             "needs a kernel",
         ),
-        (
-            "qemu",
-            "[vms.pbx.qemu]\nkernel = \"/k\"\n[agents.a]\nsite = \"s1\"\nhost = \"h1\"\nurl = \"http://x:1\"",
-            "agents.a.url",
-            "runs in the controller only",
-        ),
     ] {
         let e = parse(&base(h2, vm)).unwrap_err().to_string();
         assert!(e.contains(field) && e.contains(msg), "{vm}: {e}");
     }
+    // A qemu host may be run by a remote agent, with its policy.
+    let remote = base(
+        "qemu",
+        "[vms.pbx.qemu]\nkernel = \"/k\"\n[agents.a]\nsite = \"s1\"\nhost = \"h1\"\nurl = \"http://x:1\"\nallowed_commands = [\"standby-vnf\"]",
+    );
+    let cfg = parse(&remote).unwrap();
+    assert_eq!(cfg.agents["a"].allowed_commands, ["standby-vnf"]);
     // A process VM: qcow2 and a missing command are refused.
     let proc_base = |vm: &str| {
         format!(

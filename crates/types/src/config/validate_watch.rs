@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use super::root::Config;
-use super::sites::DriverKind;
 use crate::watch::{CONTROLLER_VANTAGE, ReceiverConfig};
 
 impl Config {
@@ -41,18 +40,6 @@ impl Config {
                     }
                     Some(_) => {}
                 }
-            }
-            if a.url.is_some()
-                && let Some(h) = a.host.as_ref().and_then(|h| self.hosts.get(h))
-                && h.driver == DriverKind::Qemu
-            {
-                return Err((
-                    p(&["agents", name, "url"]),
-                    format!(
-                        "host '{}' uses the qemu driver, which runs in the controller only; remote agents run process hosts",
-                        a.host.as_deref().unwrap_or_default()
-                    ),
-                ));
             }
             if let Some(url) = &a.url {
                 let rest = url

@@ -1,0 +1,121 @@
+//! Restoring a point onto a host's disks: the one implementation, run by
+//! in-process hosts, remote agents and drill copies alike.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use standby_hv::qemu::DiskFormat;
+use standby_hv::{QemuDriver, VmSpec};
+use standby_store::{Datastore, PointId};
+
+use crate::error::AgentError;
+use crate::progress::Progress;
+
+/// Write every disk of `point` to the VM's disk paths in `spec`: all disks
+/// or none. With a qemu driver, a qcow2 disk is restored to a raw file
+/// and converted by [`QemuDriver::install_restored_disk`].
+pub async fn restore_point(
+    spec: &VmSpec,
+    store: &Datastore,
+    point: &PointId,
+    progress: Arc<dyn Progress>,
+    qemu: Option<&QemuDriver>,
+) -> Result<u64, AgentError> {
+    let manifest = {
+        let (store, point) = (store.clone(), point.clone());
+        tokio::task::spawn_blocking(move || store.load_manifest(&point)).await??
+    };
+    let vm = &spec.name;
+    let total = manifest.disks.iter().map(|d| d.size).sum();
+    progress.stage(format!("{vm}: restoring disks"), total);
+    if let Some(d) = spec
+        .disks
+        .iter()
+        .find(|d| !manifest.disks.iter().any(|m| m.name == d.name))
+    {
+        return Err(AgentError::Conflict(format!(
+            "point {point} has no disk '{}' of vm {vm}",
+            d.name
+        )));
+    }
+    // All disks or none: each is restored beside its final name and
+    // only renamed into place once every one of them is complete, so a
+    // failure never leaves a mix of old and restored disks.
+    let with_suffix = |path: &Path, suffix: &str| {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let staged = |path: &Path| with_suffix(path, ".restoring");
+    let qcow2 = |disk: &str| {
+        qemu.is_some()
+            && spec
+                .qemu
+                .as_ref()
+                .is_some_and(|q| q.disk_format(disk) == DiskFormat::Qcow2)
+    };
+    let mut bytes = 0;
+    let mut done: Vec<PathBuf> = Vec::new();
+    let mut result = Ok(());
+    for d in &spec.disks {
+        let target = staged(&d.path);
+        let raw = if qcow2(&d.name) {
+            with_suffix(&d.path, ".restoring.raw")
+        } else {
+            target.clone()
+        };
+        let step = async {
+            if let Some(parent) = d.path.parent() {
+                std::fs::create_dir_all(parent).map_err(AgentError::io(format!(
+                    "unable to create {}",
+                    parent.display()
+                )))?;
+            }
+            let _ = std::fs::remove_file(&target);
+            let s = {
+                let (store, point, name, raw) =
+                    (store.clone(), point.clone(), d.name.clone(), raw.clone());
+                let progress = progress.clone();
+                tokio::task::spawn_blocking(move || {
+                    store.restore_disk(&point, &name, &raw, progress.as_ref())
+                })
+                .await??
+            };
+            if let (true, Some(q)) = (qcow2(&d.name), qemu) {
+                // Converted into the staged name, not over the disk.
+                let mut at_staged = spec.clone();
+                at_staged.disks.retain(|x| x.name == d.name);
+                at_staged.disks[0].path = target.clone();
+                let installed = q.install_restored_disk(&at_staged, &d.name, &raw).await;
+                let _ = std::fs::remove_file(&raw);
+                installed?;
+            }
+            Ok::<u64, AgentError>(s.size)
+        };
+        match step.await {
+            Ok(size) => {
+                bytes += size;
+                done.push(d.path.clone());
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&raw);
+                let _ = std::fs::remove_file(&target);
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if let Err(e) = result {
+        for path in &done {
+            let _ = std::fs::remove_file(staged(path));
+        }
+        return Err(e);
+    }
+    for path in &done {
+        std::fs::rename(staged(path), path).map_err(AgentError::io(format!(
+            "unable to move the restored disk into place at {}",
+            path.display()
+        )))?;
+    }
+    Ok(bytes)
+}
