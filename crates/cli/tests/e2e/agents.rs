@@ -26,8 +26,35 @@ struct AgentProc {
 
 impl AgentProc {
     fn start(cfg: &Path, name: &str, controller: &str, port: u16, data: &Path) -> AgentProc {
+        AgentProc::start_in(cfg, name, controller, port, data, None)
+    }
+
+    /// With `fs`: in a mount namespace of its own where `fs` is a tmpfs
+    /// (its site's datastore lives there, out of everyone else's sight).
+    fn start_in(
+        cfg: &Path,
+        name: &str,
+        controller: &str,
+        port: u16,
+        data: &Path,
+        fs: Option<&Path>,
+    ) -> AgentProc {
         let log = data.with_extension("log");
-        let child = Command::new(STANDBY)
+        let mut cmd = match fs {
+            None => Command::new(STANDBY),
+            Some(fs) => {
+                std::fs::create_dir_all(fs).unwrap();
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"]);
+                c.arg(format!(
+                    "mount -t tmpfs -o size=1g standby-{name} '{}' && exec \"$0\" \"$@\"",
+                    fs.display()
+                ));
+                c.arg(STANDBY);
+                c
+            }
+        };
+        let child = cmd
             .args(["--config", cfg.to_str().unwrap(), "agent", "--name", name])
             .args(["--controller", controller])
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -313,10 +340,12 @@ url = "http://127.0.0.1:{a2}"
 token = "{TOKEN2}"
 [datastores.site1-store]
 site = "site1"
-path = "site1/store"
+path = "site1/fs/store"
+agent = "site1-agent"
 [datastores.site2-store]
 site = "site2"
-path = "site2/store"
+path = "site2/fs/store"
+agent = "site2-agent"
 [vms.pbx1]
 host = "site1-host1"
 dr_site = "site2"
@@ -363,20 +392,23 @@ probe = "sip"
             .expect("standby server starts");
         wait_listening(&mut server, &log, api, Duration::from_secs(20));
         let controller = format!("http://127.0.0.1:{api}");
+        // Each site's datastore only its own agent sees.
         let agents = vec![
-            AgentProc::start(
+            AgentProc::start_in(
                 &cfg,
                 "site1-agent",
                 &controller,
                 a1,
                 &dir.path().join("agent1"),
+                Some(&dir.path().join("site1/fs")),
             ),
-            AgentProc::start(
+            AgentProc::start_in(
                 &cfg,
                 "site2-agent",
                 &controller,
                 a2,
                 &dir.path().join("agent2"),
+                Some(&dir.path().join("site2/fs")),
             ),
         ];
         QemuSites {
@@ -399,11 +431,14 @@ probe = "sip"
             .unwrap();
         assert!(
             out.status.success(),
-            "standby {args:?} failed: {}\nserver log: {}\nagent 1: {}\nagent 2: {}",
+            "standby {args:?} failed: {}\nserver log: {}\nagents:\n{}",
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(self.path("server.log")).unwrap_or_default(),
-            self.agents[0].log_text(),
-            self.agents[1].log_text(),
+            self.agents
+                .iter()
+                .map(AgentProc::log_text)
+                .collect::<Vec<_>>()
+                .join("\n"),
         );
         serde_json::from_slice(&out.stdout).unwrap()
     }
@@ -495,6 +530,17 @@ fn agents_run_a_qemu_vm_protected_restored_and_drilled() {
         full["seconds"], incr["seconds"]
     );
     let id = incr["point"].as_str().unwrap().to_string();
+    // Written by site 1's agent, copied to site 2 by the agents.
+    assert_eq!(incr["datastore"], "site1-store", "{incr}");
+    assert_eq!(incr["synced"][0]["datastore"], "site2-store", "{incr}");
+    assert_eq!(incr["synced"][0]["by_agent"], "site1-agent", "{incr}");
+    for fs in ["site1/fs", "site2/fs"] {
+        let seen = std::fs::read_dir(lab.path(fs)).unwrap().count();
+        assert_eq!(
+            seen, 0,
+            "the controller sees {fs}: the agent's store leaked"
+        );
+    }
     let points = lab.json(&["points", "list", "pbx1"]);
     assert_eq!(points[1]["id"].as_str(), Some(id.as_str()));
     assert_eq!(points[1]["bytes_read"].as_u64(), Some(read2));
@@ -577,10 +623,22 @@ fn agents_run_a_qemu_vm_protected_restored_and_drilled() {
 
     // Acknowledged after the point: must not come back.
     register(sip1, 40..45);
-    lab.json(&["vm", "stop", "pbx1"]);
+    // Site 1 is lost: its agent, its QEMU and its store (in the agent's
+    // mount namespace) are gone; fenced, the copy starts at site 2.
+    let mut lab = lab;
+    let agent1 = lab.agents.remove(0);
+    drop(agent1);
+    for p in processes_with(&run1.to_string_lossy()) {
+        if let Some(pid) = p.split(':').next() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+    let fence = lab.json(&["site", "fence", "site1", "--reason", "site 1 lost"]);
+    assert_eq!(fence["pending"], true, "{fence}");
     let t = Instant::now();
     let r = lab.json(&["restore", &id, "--site", "site2"]);
     assert_eq!(r["site"], "site2");
+    assert_eq!(r["datastore"], "site2-store", "{r}");
     let restore_s = t.elapsed();
     assert_eq!(
         &std::fs::read(lab.path("site2/disks/pbx1/system.img")).unwrap()[..4],
@@ -591,7 +649,7 @@ fn agents_run_a_qemu_vm_protected_restored_and_drilled() {
         sip_answers(sip2, Duration::from_secs(90)),
         "no SIP at {sip2}: {}\n{}",
         lab.console("agent2"),
-        lab.agents[1].log_text()
+        lab.agents[0].log_text()
     );
     eprintln!(
         "site 2 agent: restore {}s ({restore_s:.1?} with start), restore + boot to SIP {:.1?}",
