@@ -273,3 +273,136 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
     assert_eq!(bindings_at(http2), want);
     assert!(a2.log().contains("point restored"), "{}", a2.log());
 }
+
+/// An image of `size` bytes mixing zero, text and random 64 KiB regions
+/// (a third each), as a VM disk holds.
+fn write_mixed(path: &Path, size: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut random = vec![0u8; 64 << 10];
+    let text: Vec<u8> = b"standby figures: a line of text a VM disk might hold\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(64 << 10)
+        .collect();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..size / (64 << 10) {
+        match i % 3 {
+            0 => f.write_all(&[0u8; 64 << 10]).unwrap(),
+            1 => f.write_all(&text).unwrap(),
+            _ => {
+                for b in random.chunks_mut(8) {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    b.copy_from_slice(&state.to_le_bytes());
+                }
+                f.write_all(&random).unwrap();
+            }
+        }
+    }
+}
+
+/// Point, copy and restore of one VM with a `STANDBY_BENCH_SIZE` (2 GiB)
+/// disk, in-process against through two remote agents on loopback whose
+/// datastores only they serve. Run by `scripts/bench-agents`.
+#[test]
+#[ignore = "figures: scripts/bench-agents"]
+fn agents_throughput_figures() {
+    let gib: u64 = std::env::var("STANDBY_BENCH_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let size = gib << 30;
+    let mut rows = Vec::new();
+    for remote in [false, true] {
+        let (p1, p2) = (free_port(), free_port());
+        let (stores, watch) = if remote {
+            (
+                [
+                    "agent = \"site1-agent\"".to_string(),
+                    "agent = \"site2-agent\"".to_string(),
+                ],
+                format!(
+                    "[agents.site1-agent]\nsite = \"site1\"\nhost = \"site1-host1\"\nurl = \"http://127.0.0.1:{p1}\"\nallowed_commands = [\"sleep\"]\n[agents.site2-agent]\nsite = \"site2\"\nhost = \"site2-host1\"\nurl = \"http://127.0.0.1:{p2}\"\nallowed_commands = [\"sleep\"]\n"
+                ),
+            )
+        } else {
+            Default::default()
+        };
+        let lab = Lab::new(LabOptions {
+            vm: Some("command = \"sleep\"\nargs = [\"3600\"]".into()),
+            disk_size: Box::leak(format!("{gib}GiB").into_boxed_str()),
+            watch,
+            stores,
+            ..LabOptions::default()
+        });
+        let disk = lab.path("site1/disks/pbx1/data.img");
+        std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+        write_mixed(&disk, size);
+        let agents: Vec<SiteAgent> = if remote {
+            [("site1-agent", p1), ("site2-agent", p2)]
+                .iter()
+                .map(|(name, port)| {
+                    let data = lab.path(name);
+                    let log = lab.path(&format!("{name}.log"));
+                    let child = Command::new(STANDBY)
+                        .args([
+                            "--config",
+                            lab.cfg.to_str().unwrap(),
+                            "agent",
+                            "--name",
+                            name,
+                        ])
+                        .args(["--controller", &format!("http://127.0.0.1:{}", lab.api)])
+                        .args(["--listen", &format!("127.0.0.1:{port}")])
+                        .args(["--data-dir", data.to_str().unwrap()])
+                        .stdout(Stdio::null())
+                        .stderr(std::fs::File::create(&log).unwrap())
+                        .spawn()
+                        .unwrap();
+                    SiteAgent { child, data, log }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        wait_until("pbx1 to start", Duration::from_secs(20), || {
+            run_json(&lab, &["vm", "start", "pbx1"]).ok()
+        });
+        let run = run_json(&lab, &["protect", "run", "gold"]).unwrap();
+        let vm = &run["vms"][0];
+        let point = vm["point"].as_str().unwrap().to_string();
+        let point_s = vm["seconds"].as_f64().unwrap();
+        let copy_s = vm["synced"][0]["seconds"].as_f64().unwrap();
+        run_json(&lab, &["vm", "stop", "pbx1"]).unwrap();
+        let r = run_json(&lab, &["restore", &point, "--site", "site2", "--no-start"]).unwrap();
+        assert_eq!(r["datastore"], "site2-store", "{r}");
+        let restore_s = r["restore_seconds"].as_f64().unwrap();
+        let mib = size as f64 / f64::from(1 << 20);
+        let row = (
+            if remote {
+                "remote agents"
+            } else {
+                "in-process"
+            },
+            mib / point_s,
+            mib / copy_s,
+            mib / restore_s,
+        );
+        eprintln!(
+            "{:<14} point {:>7.1} MiB/s  copy {:>7.1} MiB/s  restore {:>7.1} MiB/s",
+            row.0, row.1, row.2, row.3
+        );
+        rows.push(row);
+        drop(agents);
+    }
+    let (l, r) = (rows[0], rows[1]);
+    eprintln!(
+        "\n{gib} GiB disk (a third each zero, text, random): remote agents against in-process: point {:.0} %, copy {:.0} %, restore {:.0} % (target >= 80 %)",
+        100.0 * r.1 / l.1,
+        100.0 * r.2 / l.2,
+        100.0 * r.3 / l.3
+    );
+}
