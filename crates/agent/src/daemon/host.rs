@@ -278,3 +278,7 @@ impl HostAgent {
         })
     }
 }
+
+/// A handler's view of the host, and its answer.
+pub(super) type Host = axum::extract::State<Arc<HostAgent>>;
+pub(super) type Answer<T> = Result<axum::Json<T>, AgentError>;

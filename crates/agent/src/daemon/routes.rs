@@ -21,8 +21,7 @@ use crate::wire::{
     RestoreCall, RestoreDone, ShutdownCall, SpecCall, VmCall,
 };
 
-pub(super) type Host = State<Arc<HostAgent>>;
-pub(super) type Answer<T> = Result<Json<T>, AgentError>;
+use super::host::{Answer, Host};
 
 fn sha256(b: &[u8]) -> [u8; 32] {
     use sha2::Digest;
