@@ -99,15 +99,20 @@ pub fn agent_token(config: &Path, name: &str) -> Result<Option<String>> {
 }
 
 /// The policy of host agent `name` from its own configuration file: the
-/// file must exist, be readable and declare `[agents.NAME]` with `host`.
-pub fn agent_policy(config: &Path, name: &str) -> Result<standby_agent::policy::Policy> {
+/// file must exist, be readable and declare `[agents.NAME]`; `None` when
+/// it is declared without `host` (a vantage point, running no VMs).
+pub fn agent_policy(config: &Path, name: &str) -> Result<Option<standby_agent::policy::Policy>> {
     let cfg = Config::load(config).with_context(|| {
         format!(
             "agent {name} runs a host (--data-dir): it checks every VM against its own configuration, and {} cannot be read",
             config.display()
         )
     })?;
+    if cfg.agents.get(name).is_some_and(|a| a.host.is_none()) {
+        return Ok(None);
+    }
     standby_agent::policy::Policy::from_config(&cfg, name)
+        .map(Some)
         .with_context(|| format!("agent {name}: its policy in {}", config.display()))
 }
 

@@ -91,11 +91,22 @@ pub async fn run(cli: Cli) -> Result<()> {
                         .unwrap_or_else(|| ctx.client.base().to_string());
                     let token = auth::agent_token(&cli.config, name)?;
                     // A host agent's policy is its own configuration file.
-                    let policy = match data_dir {
-                        Some(_) => Some(auth::agent_policy(&cli.config, name)?),
-                        None => None,
+                    // An agent declared without `host` is a vantage point
+                    // only, whatever its unit passes as --data-dir.
+                    let (data_dir, policy) = match data_dir {
+                        Some(d) => match auth::agent_policy(&cli.config, name)? {
+                            Some(p) => (Some(d.clone()), Some(p)),
+                            None => {
+                                eprintln!(
+                                    "agent {name} has no 'host' in {}: it runs no VMs (--data-dir unused)",
+                                    cli.config.display()
+                                );
+                                (None, None)
+                            }
+                        },
+                        None => (None, None),
                     };
-                    watch::agent(name, &addr, *listen, data_dir.clone(), token, policy).await
+                    watch::agent(name, &addr, *listen, data_dir, token, policy).await
                 }
                 Cmd::Init { .. }
                 | Cmd::Server
