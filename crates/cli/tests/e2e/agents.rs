@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{STANDBY, free_port, wait_listening};
+use crate::netlab::NetLab;
 use crate::qemu::{
     INSTALL, bindings, guest, processes_with, qemu_installed, register, rt, sip_answers,
 };
@@ -26,11 +27,12 @@ struct AgentProc {
 
 impl AgentProc {
     fn start(cfg: &Path, name: &str, controller: &str, port: u16, data: &Path) -> AgentProc {
-        AgentProc::start_in(cfg, name, controller, port, data, None)
+        AgentProc::start_in(cfg, name, controller, port, data, None, None)
     }
 
     /// With `fs`: in a mount namespace of its own where `fs` is a tmpfs
-    /// (its site's datastore lives there, out of everyone else's sight).
+    /// (its site's datastore lives there, out of everyone else's sight);
+    /// with `site`: in that network namespace, listening on that address.
     fn start_in(
         cfg: &Path,
         name: &str,
@@ -38,13 +40,22 @@ impl AgentProc {
         port: u16,
         data: &Path,
         fs: Option<&Path>,
+        site: Option<(&str, &str)>,
     ) -> AgentProc {
         let log = data.with_extension("log");
+        let addr = site.map(|(_, a)| a).unwrap_or("127.0.0.1");
         let mut cmd = match fs {
             None => Command::new(STANDBY),
             Some(fs) => {
                 std::fs::create_dir_all(fs).unwrap();
-                let mut c = Command::new("unshare");
+                let mut c = match site {
+                    Some((ns, _)) => {
+                        let mut c = Command::new("ip");
+                        c.args(["netns", "exec", ns, "unshare"]);
+                        c
+                    }
+                    None => Command::new("unshare"),
+                };
                 c.args(["--mount", "--propagation", "private", "sh", "-c"]);
                 c.arg(format!(
                     "mount -t tmpfs -o size=1g standby-{name} '{}' && exec \"$0\" \"$@\"",
@@ -57,7 +68,12 @@ impl AgentProc {
         let child = cmd
             .args(["--config", cfg.to_str().unwrap(), "agent", "--name", name])
             .args(["--controller", controller])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            // In a site namespace: on every address there (the
+            // controller's link and the other site's).
+            .args([
+                "--listen",
+                &format!("{}:{port}", if site.is_some() { "0.0.0.0" } else { addr }),
+            ])
             .args(["--data-dir", data.to_str().unwrap()])
             .env("STANDBY_LOG", "info")
             .stdout(Stdio::null())
@@ -66,7 +82,7 @@ impl AgentProc {
             .expect("agent starts");
         let mut a = AgentProc { child, log, port };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((addr, port)).is_err() {
             if let Some(st) = a.child.try_wait().unwrap() {
                 panic!("agent {name} exited ({st}): {}", a.log_text());
             }
@@ -296,13 +312,17 @@ allowed_commands = ["/bin/sleep"]
     assert_ne!(v["state"], "running", "{v}");
 }
 
-/// Two sites whose qemu hosts are run by remote agents, a controller
-/// beside them; the datastores are directories all three can read.
+/// Two sites, each a network namespace whose qemu host is run by a
+/// remote agent, and the controller in the root namespace; each site's
+/// datastore is a tmpfs in its agent's own mount namespace, which no one
+/// else (the controller included) can open.
 struct QemuSites {
     dir: tempfile::TempDir,
     cfg: PathBuf,
     server: Option<Child>,
     agents: Vec<AgentProc>,
+    /// Dropped last: the sites' network namespaces.
+    net: NetLab,
 }
 
 impl QemuSites {
@@ -311,15 +331,17 @@ impl QemuSites {
             .prefix("standby-qagents-")
             .tempdir()
             .unwrap();
+        let net = NetLab::new();
+        let (s1, s2, s2_for_s1) = (net.addr(2), net.addr(6), net.addr(9));
         let (api, a1, a2, door) = (free_port(), free_port(), free_port(), free_port());
         let text = format!(
             r#"[controller]
-listen = "127.0.0.1:{api}"
+listen = "0.0.0.0:{api}"
 data_dir = "controller"
 [sites.site1]
-vars = {{ addr = "127.0.1.1" }}
+vars = {{ addr = "{s1}" }}
 [sites.site2]
-vars = {{ addr = "127.0.2.1" }}
+vars = {{ addr = "{s2}" }}
 [hosts.site1-host1]
 site = "site1"
 driver = "qemu"
@@ -331,12 +353,13 @@ disk_dir = "site2/disks"
 [agents.site1-agent]
 site = "site1"
 host = "site1-host1"
-url = "http://127.0.0.1:{a1}"
+url = "http://{s1}:{a1}"
 token = "{TOKEN1}"
 [agents.site2-agent]
 site = "site2"
 host = "site2-host1"
-url = "http://127.0.0.1:{a2}"
+url = "http://{s2}:{a2}"
+peer_url = "http://{s2_for_s1}:{a2}"
 token = "{TOKEN2}"
 [datastores.site1-store]
 site = "site1"
@@ -375,7 +398,7 @@ datastores = ["site1-store", "site2-store"]
 vm = "pbx1"
 listen = "127.0.0.1:{door}"
 protocols = ["udp"]
-backends = {{ site1 = "127.0.1.1:{sip}", site2 = "127.0.2.1:{sip}" }}
+backends = {{ site1 = "{s1}:{sip}", site2 = "{s2}:{sip}" }}
 probe = "sip"
 "#,
             kernel = kernel.display(),
@@ -391,24 +414,26 @@ probe = "sip"
             .spawn()
             .expect("standby server starts");
         wait_listening(&mut server, &log, api, Duration::from_secs(20));
-        let controller = format!("http://127.0.0.1:{api}");
-        // Each site's datastore only its own agent sees.
+        // Each site's agent in the site's network namespace, its
+        // datastore in a mount namespace of its own.
         let agents = vec![
             AgentProc::start_in(
                 &cfg,
                 "site1-agent",
-                &controller,
+                &format!("http://{}:{api}", net.addr(1)),
                 a1,
                 &dir.path().join("agent1"),
                 Some(&dir.path().join("site1/fs")),
+                Some((&net.s1, &s1)),
             ),
             AgentProc::start_in(
                 &cfg,
                 "site2-agent",
-                &controller,
+                &format!("http://{}:{api}", net.addr(5)),
                 a2,
                 &dir.path().join("agent2"),
                 Some(&dir.path().join("site2/fs")),
+                Some((&net.s2, &s2)),
             ),
         ];
         QemuSites {
@@ -416,6 +441,7 @@ probe = "sip"
             cfg,
             server: Some(server),
             agents,
+            net,
         }
     }
 
@@ -484,10 +510,11 @@ fn agents_run_a_qemu_vm_protected_restored_and_drilled() {
     let (kernel, initrd) = guest();
     let (sip_port, http_port) = (free_port(), free_port());
     let lab = QemuSites::start(&kernel, &initrd, sip_port, http_port);
-    let sip1: SocketAddr = format!("127.0.1.1:{sip_port}").parse().unwrap();
-    let http1: SocketAddr = format!("127.0.1.1:{http_port}").parse().unwrap();
-    let sip2: SocketAddr = format!("127.0.2.1:{sip_port}").parse().unwrap();
-    let http2: SocketAddr = format!("127.0.2.1:{http_port}").parse().unwrap();
+    let (s1, s2) = (lab.net.addr(2), lab.net.addr(6));
+    let sip1: SocketAddr = format!("{s1}:{sip_port}").parse().unwrap();
+    let http1: SocketAddr = format!("{s1}:{http_port}").parse().unwrap();
+    let sip2: SocketAddr = format!("{s2}:{sip_port}").parse().unwrap();
+    let http2: SocketAddr = format!("{s2}:{http_port}").parse().unwrap();
 
     let t = Instant::now();
     let st = lab.json(&["vm", "start", "pbx1"]);
@@ -626,6 +653,7 @@ fn agents_run_a_qemu_vm_protected_restored_and_drilled() {
     // Site 1 is lost: its agent, its QEMU and its store (in the agent's
     // mount namespace) are gone; fenced, the copy starts at site 2.
     let mut lab = lab;
+    lab.net.cut_site1();
     let agent1 = lab.agents.remove(0);
     drop(agent1);
     for p in processes_with(&run1.to_string_lossy()) {
