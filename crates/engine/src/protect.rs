@@ -85,13 +85,14 @@ pub async fn protect_vm(
     let mut sync_errors = Vec::new();
     for target in g.datastores.iter().filter(|d| **d != source) {
         progress.stage(format!("{vm}: syncing {id} to {target}"), 0);
+        let copy_started = Instant::now();
         let res = async {
             let dst = ctl.store_handle(target)?;
             let done = standby_agent::copy_point(
                 &source_handle,
                 &dst,
                 &manifest.id,
-                None,
+                ctl.cfg.bandwidth_of(&source_handle.config().site),
                 progress.clone(),
             )
             .await?;
@@ -109,6 +110,7 @@ pub async fn protect_vm(
                 by_agent,
                 bytes_sent: done.sent.wire_bytes,
                 resent: done.sent.resent,
+                seconds: copy_started.elapsed().as_secs_f64(),
             }),
             Err(e) => sync_errors.push(format!("sync to {target}: {}", error_chain(&e))),
         }

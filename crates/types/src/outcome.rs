@@ -72,6 +72,10 @@ pub struct PointSynced {
     /// Batches sent again after a cut on the way.
     #[serde(default)]
     pub resent: u64,
+    /// How long the copy took (bandwidth windows of the source's site
+    /// included).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// A point of one VM: taken, copied to the group's other datastores and
