@@ -14,8 +14,7 @@ use serde::Deserialize;
 use standby_store::transfer::{Batch, Begin, Received};
 use standby_store::{GcOptions, GcReport, PointId, PruneReport, StoreStats, VerifyReport};
 
-use super::host::HostAgent;
-use super::routes::{Answer, Host};
+use super::host::{Answer, Host, HostAgent};
 use crate::access::{
     CopyCall, CopyDone, GcCall, HasPointCall, LatestCall, PointsDone, PruneCall, StoreCall,
     VerifyCall, copy_open, limit_of,
