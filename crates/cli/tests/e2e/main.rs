@@ -22,5 +22,6 @@ mod qemu;
 mod runbooks;
 mod scheduler;
 mod site_data;
+mod site_wan;
 mod sites;
 mod watch;
