@@ -5,6 +5,7 @@
 mod harness;
 mod hooks;
 mod netlab;
+mod relay;
 
 mod agents;
 mod alertmanager;
