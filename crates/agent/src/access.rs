@@ -427,3 +427,82 @@ pub async fn copy_point(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use standby_types::config::{BandwidthWindow, ByteSize, Day, TimeOfDay};
+
+    fn config(site: &str, kind: DatastoreKind) -> DatastoreConfig {
+        let mut c: DatastoreConfig =
+            serde_json::from_value(serde_json::json!({"site": site, "path": "/x"})).unwrap();
+        c.kind = kind;
+        c
+    }
+
+    #[test]
+    fn copies_leave_a_site_for_another_site_or_an_object_store() {
+        let here = config("site1", DatastoreKind::Local);
+        assert!(!leaves_site(&here, &config("site1", DatastoreKind::Local)));
+        assert!(leaves_site(&here, &config("site2", DatastoreKind::Local)));
+        assert!(leaves_site(&here, &config("site1", DatastoreKind::S3)));
+        assert!(leaves_site(&here, &config("cloud", DatastoreKind::Azure)));
+    }
+
+    /// A store open here, paced by an all-day window: the copy through
+    /// [`copy_open`] is complete and takes the time its bytes are owed.
+    #[test]
+    fn a_paced_copy_between_open_stores_averages_the_limit_and_is_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Datastore::open_or_create(&dir.path().join("src")).unwrap();
+        let dst = Datastore::open_or_create(&dir.path().join("dst")).unwrap();
+        let image = dir.path().join("disk.img");
+        // 3 MiB that neither compresses nor deduplicates.
+        let mut bytes = vec![0u8; 3 << 20];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in bytes.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(&image, &bytes).unwrap();
+        let mut w = src
+            .begin_point(standby_store::PointMeta {
+                vm: "vm".into(),
+                site: "site1".into(),
+                consistency: standby_store::Consistency::Crash,
+                config: serde_json::json!({}),
+                labels: Default::default(),
+            })
+            .unwrap();
+        w.write_disk("a", &image, Default::default(), &()).unwrap();
+        let point = w.commit().unwrap();
+        let schedule = BandwidthSchedule {
+            timezone: "UTC".into(),
+            windows: vec![BandwidthWindow {
+                limit: ByteSize(2 << 20),
+                days: Day::ALL.to_vec(),
+                from: TimeOfDay(0),
+                to: TimeOfDay(24 * 60),
+            }],
+        };
+        let limit = limit_of(
+            &config("site1", DatastoreKind::Local),
+            &config("site2", DatastoreKind::Local),
+            Some(schedule),
+        );
+        assert!(limit.is_some());
+        let t0 = std::time::Instant::now();
+        let stats = copy_open(&src, &dst, &point.id, limit, &()).unwrap();
+        let took = t0.elapsed();
+        assert!(stats.bytes_copied >= 3 << 20, "{stats:?}");
+        // 3 MiB at 2 MiB/s: 1.5 s, whatever the disk's speed.
+        assert!(took >= std::time::Duration::from_millis(1400), "{took:?}");
+        assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+        assert_eq!(dst.load_manifest(&point.id).unwrap(), point);
+        let out = dir.path().join("out.img");
+        dst.restore_disk(&point.id, "a", &out, &()).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    }
+}
