@@ -234,7 +234,7 @@ fn scatter_writes(path: &std::path::Path, fraction: f64) -> (u64, usize) {
 /// [`Relay`]. Prints the throughput of a first copy of a 256 MiB random
 /// disk as a fraction of the link, the bytes sent per changed byte of an
 /// incremental copy after a 2 % change, and the rate a 5 MiB/s window
-/// holds a copy to.
+/// holds a copy to, and what a copy cut for 3 s sends twice.
 #[test]
 #[ignore = "figures: scripts/bench-wan"]
 fn wan_figures() {
@@ -274,6 +274,35 @@ fn wan_figures() {
     let (sent3, secs3, rate3) = rate(&third, limited_size);
     drop(sites);
 
+    // A cut of 3 s in the middle of a copy at WAN latency: the copy
+    // resumes at the batch it was in.
+    let cut_size = 128u64 << 20;
+    let sites = Sites::new("", cut_size, true);
+    sites.net.shape_site1_to_site2("100mbit");
+    let before = sites.net.site1_to_site2_tx_bytes();
+    let fourth = std::thread::scope(|s| {
+        let job = s.spawn(|| sites.protect());
+        let t = std::time::Instant::now();
+        while !sites.a1.log().contains("point taken") {
+            assert!(
+                t.elapsed() < Duration::from_secs(60) && !job.is_finished(),
+                "no point taken:\n{}",
+                sites.a1.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(4));
+        sites.net.cut_between_sites();
+        std::thread::sleep(Duration::from_secs(3));
+        sites.net.heal();
+        job.join().unwrap()
+    });
+    let (sent4, secs4, _) = rate(&fourth, cut_size);
+    let stored4 = fourth["bytes_copied"].as_u64().unwrap();
+    // What left site 1, the parts of batches cut on the way included.
+    let link4 = sites.net.site1_to_site2_tx_bytes() - before;
+    drop(sites);
+
     println!(
         "WAN figures: site 1 -> site 2, tc tbf 100 Mbit/s, 40 ms round trip (relay, 20 ms each way), {} batches in flight",
         standby_agent::transfer::IN_FLIGHT
@@ -301,4 +330,13 @@ fn wan_figures() {
         rate3 / limit as f64 * 100.0,
         LINK_BITS / 8.0 / mib
     );
+    println!(
+        "cut of 3 s after 4 s of a {} MiB copy: {stored4} bytes stored, {sent4} bytes of batches answered, {link4} bytes on the link ({:.1} MiB more than stored, headers included), {} batches resent, {secs4:.2} s",
+        cut_size >> 20,
+        link4.saturating_sub(stored4) as f64 / mib,
+        fourth["resent"]
+    );
+    // Resumed, not restarted: at most the batches in flight go twice.
+    let twice = (standby_agent::transfer::IN_FLIGHT as u64 + 1) * (17 << 20);
+    assert!(link4 < stored4 + stored4 / 20 + twice, "{link4}: {fourth}");
 }
