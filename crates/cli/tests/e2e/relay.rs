@@ -13,9 +13,9 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ const IDLE: Duration = Duration::from_secs(300);
 pub struct Relay {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Both sockets of every connection so far, for [`Relay::reset`].
+    conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Relay {
@@ -36,6 +38,8 @@ impl Relay {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = sync_channel(1);
         let (ns, flag) = (format!("/run/netns/{ns}"), stop.clone());
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let open = conns.clone();
         let thread = std::thread::spawn(move || {
             // This thread, and the threads it starts, live in `ns`.
             let f = std::fs::File::open(&ns).unwrap_or_else(|e| panic!("{ns}: {e}"));
@@ -49,6 +53,9 @@ impl Relay {
                         a.set_nonblocking(false).unwrap();
                         match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
                             Ok(b) => {
+                                let mut o = open.lock().unwrap();
+                                o.extend([a.try_clone().unwrap(), b.try_clone().unwrap()]);
+                                drop(o);
                                 pump(&a, &b, delay);
                                 pump(&b, &a, delay);
                             }
@@ -68,6 +75,15 @@ impl Relay {
         Relay {
             stop,
             thread: Some(thread),
+            conns,
+        }
+    }
+
+    /// Drop every connection at once, as a middlebox losing its state
+    /// does: requests on the way fail and are sent again.
+    pub fn reset(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
         }
     }
 }

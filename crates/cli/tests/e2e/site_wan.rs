@@ -35,7 +35,7 @@ fn kolkata(minutes: i64) -> String {
 struct Sites {
     a1: SiteAgent,
     a2: SiteAgent,
-    _relay: Option<Relay>,
+    relay: Option<Relay>,
     lab: Lab,
     net: NetLab,
 }
@@ -117,7 +117,7 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
         let sites = Sites {
             a1,
             a2,
-            _relay: relay,
+            relay,
             lab,
             net,
         };
@@ -274,8 +274,8 @@ fn wan_figures() {
     let (sent3, secs3, rate3) = rate(&third, limited_size);
     drop(sites);
 
-    // A cut of 3 s in the middle of a copy at WAN latency: the copy
-    // resumes at the batch it was in.
+    // A cut of 3 s in the middle of a copy at WAN latency, its
+    // connections reset: the copy resumes at the batches it was in.
     let cut_size = 128u64 << 20;
     let sites = Sites::new("", cut_size, true);
     sites.net.shape_site1_to_site2("100mbit");
@@ -293,6 +293,8 @@ fn wan_figures() {
         }
         std::thread::sleep(Duration::from_secs(4));
         sites.net.cut_between_sites();
+        // The connections on the way are lost with the link.
+        sites.relay.as_ref().unwrap().reset();
         std::thread::sleep(Duration::from_secs(3));
         sites.net.heal();
         job.join().unwrap()
@@ -331,7 +333,7 @@ fn wan_figures() {
         LINK_BITS / 8.0 / mib
     );
     println!(
-        "cut of 3 s after 4 s of a {} MiB copy: {stored4} bytes stored, {sent4} bytes of batches answered, {link4} bytes on the link ({:.1} MiB more than stored, headers included), {} batches resent, {secs4:.2} s",
+        "cut of 3 s (connections reset) after 4 s of a {} MiB copy: {stored4} bytes stored, {sent4} bytes of batches answered, {link4} bytes on the link ({:.1} MiB more than stored, headers included), {} batches resent, {secs4:.2} s",
         cut_size >> 20,
         link4.saturating_sub(stored4) as f64 / mib,
         fourth["resent"]
