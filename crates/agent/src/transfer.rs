@@ -375,6 +375,10 @@ impl PointReceiver for PeerReceiver {
         if let Some(e) = self.failure() {
             return Err(e);
         }
+        // The last batches had their time: the copy averaged the rate.
+        if let Some(l) = &self.limit {
+            self.rt.block_on(l.drained());
+        }
         let done: ManifestDone = self.json(
             "manifest",
             &ReceiveManifest {
@@ -384,6 +388,37 @@ impl PointReceiver for PeerReceiver {
         )?;
         tracing::debug!(%point, peer = %self.peer.agent, "manifest delivered");
         Ok(done.already_present)
+    }
+}
+
+/// A store open here as the destination of [`Datastore::send_point`],
+/// batches paced by a site's schedule: a copy leaving the site for a
+/// store its sender opens itself (an object store, say).
+///
+/// [`Datastore::send_point`]: standby_store::Datastore::send_point
+pub struct StoreReceiver {
+    pub dst: standby_store::Datastore,
+    pub limit: Arc<RateLimit>,
+}
+
+impl PointReceiver for StoreReceiver {
+    fn begin(&self, point: &PointId) -> Result<Begin, StoreError> {
+        self.dst.receive_begin(point)
+    }
+
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
+        Ok(self.dst.receive_missing(ids))
+    }
+
+    fn send(&self, batch: Batch) -> Result<(), StoreError> {
+        self.limit.take_blocking(batch.bytes() as u64);
+        self.dst.receive_batch(&batch).map(|_| ())
+    }
+
+    fn finish(&self, point: &PointId, manifest: &Manifest) -> Result<bool, StoreError> {
+        let free_at = self.limit.free_at();
+        std::thread::sleep(free_at.saturating_duration_since(tokio::time::Instant::now()));
+        self.dst.receive_manifest(point, manifest)
     }
 }
 

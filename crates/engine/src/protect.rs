@@ -92,7 +92,7 @@ pub async fn protect_vm(
                 &source_handle,
                 &dst,
                 &manifest.id,
-                None,
+                ctl.cfg.bandwidth_of(&source_handle.config().site),
                 progress.clone(),
             )
             .await?;

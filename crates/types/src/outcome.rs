@@ -72,7 +72,8 @@ pub struct PointSynced {
     /// Batches sent again after a cut on the way.
     #[serde(default)]
     pub resent: u64,
-    /// How long the copy took.
+    /// How long the copy took (bandwidth windows of the source's site
+    /// included).
     #[serde(default)]
     pub seconds: f64,
 }

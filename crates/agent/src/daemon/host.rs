@@ -18,6 +18,10 @@ use crate::local::LocalHost;
 use crate::policy::Policy;
 use crate::wire::FencedVm;
 
+/// What every handler of `/agent/v1` gets, and what it answers.
+pub(super) type Host = axum::extract::State<Arc<HostAgent>>;
+pub(super) type Answer<T> = Result<axum::Json<T>, AgentError>;
+
 /// The fence as the agent keeps it (`DATA/fence.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct FenceState {
@@ -278,7 +282,3 @@ impl HostAgent {
         })
     }
 }
-
-/// A handler's view of the host, and its answer.
-pub(super) type Host = axum::extract::State<Arc<HostAgent>>;
-pub(super) type Answer<T> = Result<axum::Json<T>, AgentError>;

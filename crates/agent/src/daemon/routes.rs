@@ -11,7 +11,7 @@ use standby_store::{Datastore, PointId};
 use standby_types::config::DatastoreConfig;
 use standby_types::outcome::{DrillProbed, DrillState, DrillStopped};
 
-use super::host::HostAgent;
+use super::host::{Answer, Host, HostAgent};
 use crate::error::AgentError;
 use crate::ops::{Host as _, PointRequest, StoreRef};
 use crate::policy::check_vm_name;
@@ -20,8 +20,6 @@ use crate::wire::{
     DrillCall, DrillProbeCall, DrillStartCall, FenceCall, FencedVm, PointCall, PointDone,
     RestoreCall, RestoreDone, ShutdownCall, SpecCall, VmCall,
 };
-
-use super::host::{Answer, Host};
 
 fn sha256(b: &[u8]) -> [u8; 32] {
     use sha2::Digest;

@@ -17,7 +17,7 @@ use standby_store::{GcOptions, GcReport, PointId, PruneReport, StoreStats, Verif
 use super::host::{Answer, Host, HostAgent};
 use crate::access::{
     CopyCall, CopyDone, GcCall, HasPointCall, LatestCall, PointsDone, PruneCall, StoreCall,
-    VerifyCall,
+    VerifyCall, copy_open, limit_of,
 };
 use crate::error::AgentError;
 use crate::progress::Quiet;
@@ -118,9 +118,9 @@ async fn gc(State(h): Host, Json(c): Json<GcCall>) -> Answer<GcReport> {
 async fn copy(State(h): Host, Json(c): Json<CopyCall>) -> Answer<CopyDone> {
     let src = open(&h, &c.from).await?;
     let point = point_id(&c.point)?;
+    let limit = limit_of(&c.from.config, &c.to.config, c.schedule.clone());
     let done = match c.peer {
         Some(peer) => {
-            let limit = c.limit.map(|r| Arc::new(crate::limit::RateLimit::new(r)));
             let rx = PeerReceiver::new(
                 tokio::runtime::Handle::current(),
                 peer,
@@ -138,7 +138,7 @@ async fn copy(State(h): Host, Json(c): Json<CopyCall>) -> Answer<CopyDone> {
         }
         None => {
             let dst = open(&h, &c.to).await?;
-            let stats = blocking(move || src.sync_point(&point, &dst, &Quiet)).await?;
+            let stats = blocking(move || copy_open(&src, &dst, &point, limit, &Quiet)).await?;
             CopyDone {
                 stats,
                 sent: Default::default(),

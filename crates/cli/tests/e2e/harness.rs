@@ -55,6 +55,8 @@ pub struct LabOptions {
     /// Lines added under `[datastores.site1-store]` and
     /// `[datastores.site2-store]` (their `path` included when given here).
     pub stores: [String; 2],
+    /// Lines added under `[sites.site1]` and `[sites.site2]`.
+    pub sites: [String; 2],
 }
 
 impl Default for LabOptions {
@@ -73,6 +75,7 @@ impl Default for LabOptions {
             env: Vec::new(),
             hosts: Default::default(),
             stores: Default::default(),
+            sites: Default::default(),
         }
     }
 }
@@ -96,7 +99,9 @@ listen = "{listen_host}:{api}"
 data_dir = "controller"
 {controller}
 [sites.site1]
+{site1}
 [sites.site2]
+{site2}
 [hosts.site1-host1]
 site = "site1"
 driver = "process"
@@ -139,6 +144,8 @@ datastores = [{group_datastores}]
             schedule = opts.schedule,
             retention = opts.retention,
             extra = opts.extra,
+            site1 = opts.sites[0],
+            site2 = opts.sites[1],
             host1 = opts.hosts[0],
             host2 = opts.hosts[1],
             store1 = store_lines(&opts.stores[0], "site1/store"),

@@ -5,6 +5,7 @@
 mod harness;
 mod hooks;
 mod netlab;
+mod relay;
 
 mod agents;
 mod alertmanager;
@@ -22,5 +23,6 @@ mod qemu;
 mod runbooks;
 mod scheduler;
 mod site_data;
+mod site_wan;
 mod sites;
 mod watch;

@@ -153,11 +153,33 @@ impl NetLab {
     /// Limit what site 1 sends to site 2 to `rate` (e.g. `40mbit`), with
     /// `tc tbf` on site 1's end of their link.
     pub fn shape_site1_to_site2(&self, rate: &str) {
-        let dev = format!("v{}12", &self.s2_s1[1..self.s2_s1.len() - 2]);
+        let dev = self.site1_to_site2();
         sh(&[
             "ip", "netns", "exec", &self.s1, "tc", "qdisc", "replace", "dev", &dev, "root", "tbf",
             "rate", rate, "burst", "64kb", "latency", "200ms",
         ]);
+    }
+
+    /// Site 1's end of its link to site 2 (in namespace `s1`).
+    pub fn site1_to_site2(&self) -> String {
+        format!("v{}12", &self.s2_s1[1..self.s2_s1.len() - 2])
+    }
+
+    /// Bytes site 1 has sent on its link to site 2 (Ethernet headers
+    /// included, as `tc tbf` counts them).
+    pub fn site1_to_site2_tx_bytes(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.s1, "cat"])
+            .arg(format!(
+                "/sys/class/net/{}/statistics/tx_bytes",
+                self.site1_to_site2()
+            ))
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
     }
 
     pub fn heal(&self) {

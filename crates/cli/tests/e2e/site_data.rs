@@ -19,7 +19,7 @@ use crate::watch::wait_until;
 
 /// An agent process in a site namespace; on drop it and the VMs it left
 /// running are killed.
-struct SiteAgent {
+pub(crate) struct SiteAgent {
     child: Child,
     data: PathBuf,
     log: PathBuf,
@@ -32,7 +32,7 @@ impl Drop for SiteAgent {
 }
 
 impl SiteAgent {
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         for e in std::fs::read_dir(self.data.join("run"))
@@ -49,14 +49,21 @@ impl SiteAgent {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
 /// Start agent `name` in namespace `ns`, with `fs` a tmpfs only its own
 /// mount namespace sees (its datastore is created inside on first use).
-fn start_agent(lab: &Lab, net: &NetLab, ns: &str, name: &str, port: u16, fs: &Path) -> SiteAgent {
+pub(crate) fn start_agent(
+    lab: &Lab,
+    net: &NetLab,
+    ns: &str,
+    name: &str,
+    port: u16,
+    fs: &Path,
+) -> SiteAgent {
     std::fs::create_dir_all(fs).unwrap();
     let data = lab.path(name);
     let log = lab.path(&format!("{name}.log"));
@@ -101,7 +108,7 @@ fn start_agent(lab: &Lab, net: &NetLab, ns: &str, name: &str, port: u16, fs: &Pa
     SiteAgent { child, data, log }
 }
 
-fn run_json(lab: &Lab, args: &[&str]) -> Result<Value, String> {
+pub(crate) fn run_json(lab: &Lab, args: &[&str]) -> Result<Value, String> {
     let out = lab.run(&[&["--json"], args].concat());
     if out.status.success() {
         Ok(serde_json::from_slice(&out.stdout).unwrap())

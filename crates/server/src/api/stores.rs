@@ -247,7 +247,8 @@ async fn store_sync(
         let (mut chunks, mut bytes, mut copied) = (0u64, 0u64, Vec::new());
         for id in points {
             p.stage(format!("syncing {id} to {to}"), 0);
-            let st = standby_agent::copy_point(&src, &dst, &id, None, p.clone())
+            let schedule = ctl.cfg.bandwidth_of(&src.config().site);
+            let st = standby_agent::copy_point(&src, &dst, &id, schedule, p.clone())
                 .await
                 .map_err(standby_engine::EngineError::from)?
                 .stats;

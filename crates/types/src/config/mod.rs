@@ -14,6 +14,7 @@
 //! - `root`: [`Config`] itself and the lookups across its tables;
 //! - `controller`: `[controller]` and `[tenants]`;
 //! - `sites`: `[sites]`, `[hosts]` and `[agents]`;
+//! - `bandwidth`: a site's bandwidth windows in its time zone;
 //! - `datastores`: `[datastores]`;
 //! - `vms`: `[vms]` (with their QEMU settings and disks) and `[groups]`;
 //! - `probes`: `[probes]`;
@@ -24,6 +25,7 @@
 //! - `validate`, `validate_watch`: the cross-reference checks;
 //! - `redact`: [`redacted`], the configuration as the API shows it.
 
+mod bandwidth;
 mod controller;
 mod datastores;
 mod error;
@@ -38,6 +40,7 @@ mod validate;
 mod validate_watch;
 mod vms;
 
+pub use bandwidth::{BandwidthSchedule, BandwidthWindow, Day, TimeOfDay, parse_timezone};
 pub use controller::{Controller, DEFAULT_LISTEN, TenantConfig};
 pub use datastores::{DatastoreConfig, DatastoreKind, EncryptionConfig};
 pub use error::ConfigError;

@@ -69,6 +69,12 @@ impl Config {
 }
 
 impl Config {
+    /// The bandwidth schedule of copies leaving `site`; none when the
+    /// site has no window or is unknown.
+    pub fn bandwidth_of(&self, site: &str) -> Option<super::BandwidthSchedule> {
+        self.sites.get(site).and_then(|s| s.bandwidth_schedule())
+    }
+
     /// The site a host belongs to.
     pub fn site_of_host(&self, host: &str) -> Option<&str> {
         self.hosts.get(host).map(|h| h.site.as_str())

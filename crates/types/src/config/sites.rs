@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::bandwidth::{BandwidthSchedule, BandwidthWindow};
 use super::units::duration_str;
 
 /// `[agents.NAME]`: a `standby agent` process.
@@ -75,6 +76,25 @@ pub struct Site {
     /// another IP at its DR site).
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// The site's IANA time zone (`Europe/Berlin`), in which its
+    /// `bandwidth` windows are written; default UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// `[[sites.NAME.bandwidth]]`: how fast copies may leave this site,
+    /// by time of day (see [`super::BandwidthSchedule`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bandwidth: Vec<BandwidthWindow>,
+}
+
+impl Site {
+    /// The site's bandwidth windows with its time zone; none when it has
+    /// no window (copies leave it unlimited).
+    pub fn bandwidth_schedule(&self) -> Option<BandwidthSchedule> {
+        (!self.bandwidth.is_empty()).then(|| BandwidthSchedule {
+            timezone: self.timezone.clone().unwrap_or_else(|| "UTC".into()),
+            windows: self.bandwidth.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

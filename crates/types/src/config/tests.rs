@@ -78,6 +78,47 @@ fn site_variables_are_read_and_checked() {
 }
 
 #[test]
+fn site_bandwidth_windows_are_read_and_checked() {
+    let windows = r#"[sites.site1]
+timezone = "Europe/Berlin"
+bandwidth = [
+  { limit = "10MiB", days = ["mon", "tue", "wed", "thu", "fri"], from = "08:00", to = "18:00" },
+  { limit = "50MiB", from = "22:00", to = "06:00" },
+]"#;
+    let cfg = parse(&EXAMPLE.replace("[sites.site1]", windows)).unwrap();
+    let s = cfg.bandwidth_of("site1").expect("site1 has windows");
+    assert_eq!(s.timezone, "Europe/Berlin");
+    assert_eq!(s.windows[0].limit, ByteSize(10 << 20));
+    assert_eq!(s.windows[0].days.len(), 5);
+    assert_eq!(s.windows[1].days, Day::ALL.to_vec(), "every day by default");
+    assert_eq!(cfg.bandwidth_of("site2"), None, "no windows: unlimited");
+
+    let err = parse(&EXAMPLE.replace("[sites.site1]", "[sites.site1]\ntimezone = \"Europe/Bonn\""))
+        .unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("sites.site1.timezone"), "{err}");
+    assert!(
+        err.message.contains("unknown time zone 'Europe/Bonn'"),
+        "{err}"
+    );
+    assert!(err.to_string().starts_with("standby.toml:"), "{err}");
+    assert!(err.line > 0, "{err}");
+
+    let bad = windows.replace("to = \"18:00\"", "to = \"18:00\", colour = 1");
+    let err = parse(&EXAMPLE.replace("[sites.site1]", &bad)).unwrap_err();
+    assert!(err.message.contains("colour"), "{err}");
+    let bad = windows.replace("\"22:00\", to = \"06:00\"", "\"06:00\", to = \"06:00\"");
+    let err = parse(&EXAMPLE.replace("[sites.site1]", &bad)).unwrap_err();
+    assert_eq!(
+        err.field.as_deref(),
+        Some("sites.site1.bandwidth.1.to"),
+        "{err}"
+    );
+    let bad = windows.replace("\"08:00\"", "\"8am\"");
+    let err = parse(&EXAMPLE.replace("[sites.site1]", &bad)).unwrap_err();
+    assert!(err.message.contains("bad time '8am'"), "{err}");
+}
+
+#[test]
 fn groups_sharing_a_vm_and_a_datastore_are_refused() {
     let src = format!(
         "{EXAMPLE}\n[groups.silver]\nmembers = [\"pbx1\"]\nschedule = \"every 1h\"\ndatastores = [\"site2-store\"]\n"

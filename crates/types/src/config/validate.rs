@@ -92,6 +92,15 @@ impl Config {
                     format!("variable name '{bad}' may only hold a-z, 0-9 and '_'"),
                 ));
             }
+            if let Some(tz) = &site.timezone {
+                super::bandwidth::parse_timezone(tz)
+                    .map_err(|e| (p(&["sites", name, "timezone"]), e))?;
+            }
+            for (i, w) in site.bandwidth.iter().enumerate() {
+                w.check().map_err(|(field, e)| {
+                    (p(&["sites", name, "bandwidth", &i.to_string(), field]), e)
+                })?;
+            }
         }
         for (name, h) in &self.hosts {
             if !self.sites.contains_key(&h.site) {
