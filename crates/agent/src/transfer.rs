@@ -125,7 +125,8 @@ pub struct ManifestDone {
 /// Counters of one copy, for its report.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Sent {
-    /// Batch bytes that reached the destination.
+    /// Batch bytes put on the wire: every attempt of every batch counted
+    /// whole, so a copy that started over would show it.
     pub wire_bytes: u64,
     /// Batches sent again after a failure on the way.
     pub resent: u64,
@@ -237,12 +238,15 @@ async fn post(
     content_type: &str,
     body: Vec<u8>,
     what: &str,
-    resent: Option<&Mutex<Sent>>,
+    counts: Option<&Mutex<Sent>>,
 ) -> Result<Vec<u8>, StoreError> {
     let first_failure = Instant::now();
     let mut failing_since: Option<Instant> = None;
     let mut pause = Duration::from_millis(250);
     loop {
+        if let Some(s) = counts {
+            s.lock().unwrap_or_else(|p| p.into_inner()).wire_bytes += body.len() as u64;
+        }
         let attempt = http
             .post(&url)
             .bearer_auth(capability)
@@ -279,7 +283,7 @@ async fn post(
             ));
         }
         tracing::warn!(%url, "copy interrupted, trying again in {pause:?}: {reason}");
-        if let Some(s) = resent {
+        if let Some(s) = counts {
             s.lock().unwrap_or_else(|p| p.into_inner()).resent += 1;
         }
         tokio::time::sleep(pause).await;
@@ -337,7 +341,6 @@ impl PointReceiver for PeerReceiver {
             if let Some(l) = &limit {
                 l.take(body.len() as u64).await;
             }
-            let len = body.len() as u64;
             let r = post(
                 &http,
                 url,
@@ -352,12 +355,9 @@ impl PointReceiver for PeerReceiver {
                 serde_json::from_slice::<Received>(&b)
                     .map_err(|e| remote_err(&what, format!("unreadable answer: {e}"), false))
             });
-            match r {
-                Ok(_) => sent.lock().unwrap_or_else(|p| p.into_inner()).wire_bytes += len,
-                Err(e) => {
-                    let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
-                    f.get_or_insert_with(|| standby_types::error_chain(&e));
-                }
+            if let Err(e) = r {
+                let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                f.get_or_insert_with(|| standby_types::error_chain(&e));
             }
         });
         self.tasks
