@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::harness::{Lab, LabOptions, STANDBY};
+use crate::harness::{Lab, LabOptions, STANDBY, kill_agent_vms};
 use crate::netlab::NetLab;
 use crate::watch::{probe_ok, wait_until};
 
@@ -28,6 +28,21 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A host agent; on drop it is killed, and so are the VMs it left
+/// running (VMs outlive their agent by design, a test's not its test).
+struct AgentProc {
+    child: Child,
+    data: PathBuf,
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kill_agent_vms(&self.data);
     }
 }
 
@@ -42,13 +57,13 @@ struct Dr {
     // Dropped in this order: client, agents, lab (stops the VM and the
     // controller), namespaces.
     client: Option<Proc>,
-    _agents: Vec<Proc>,
+    _agents: Vec<AgentProc>,
     lab: Lab,
     net: NetLab,
     client_out: PathBuf,
 }
 
-fn start_agent(lab: &Lab, net: &NetLab, ns: &str, name: &str, controller: &str) -> Proc {
+fn start_agent(lab: &Lab, net: &NetLab, ns: &str, name: &str, controller: &str) -> AgentProc {
     let log = std::fs::File::create(lab.path(&format!("{name}.log"))).unwrap();
     let data = lab.path(name);
     let child = Command::new("ip")
@@ -72,7 +87,7 @@ fn start_agent(lab: &Lab, net: &NetLab, ns: &str, name: &str, controller: &str) 
         .stderr(log)
         .spawn()
         .expect("agent starts");
-    Proc(child)
+    AgentProc { child, data }
 }
 
 fn dr_lab() -> Dr {

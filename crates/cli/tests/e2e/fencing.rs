@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Lab, LabOptions, STANDBY, free_port};
+use crate::harness::{Lab, LabOptions, STANDBY, free_port, kill_agent_vms};
 use crate::netlab::NetLab;
 use crate::watch::wait_until;
 
@@ -27,20 +27,8 @@ impl Drop for HostAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for pid in pids_in(&self.data.join("run")) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
+        kill_agent_vms(&self.data);
     }
-}
-
-fn pids_in(dir: &std::path::Path) -> Vec<u32> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
-        .collect()
 }
 
 struct Fencing {

@@ -515,3 +515,20 @@ pub fn venv_bin(name: &str) -> PathBuf {
     }
     PathBuf::from(name)
 }
+
+/// Kill (SIGKILL) the VMs a host agent with data dir `data` left running:
+/// VMs outlive their agent by design, a test's must not outlive the test.
+pub fn kill_agent_vms(data: &Path) {
+    let pids = std::fs::read_dir(data.join("run"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| t.split_whitespace().next()?.parse::<u32>().ok());
+    for pid in pids {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+}

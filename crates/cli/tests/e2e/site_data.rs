@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Lab, LabOptions, STANDBY, bindings_at, free_port, register_at, write_random};
+use crate::harness::{
+    Lab, LabOptions, STANDBY, bindings_at, free_port, kill_agent_vms, register_at, write_random,
+};
 use crate::netlab::NetLab;
 use crate::watch::wait_until;
 
@@ -35,18 +37,7 @@ impl SiteAgent {
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for e in std::fs::read_dir(self.data.join("run"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if let Some(pid) = std::fs::read_to_string(e.path())
-                .ok()
-                .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
-            {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
+        kill_agent_vms(&self.data);
     }
 
     pub(crate) fn log(&self) -> String {
