@@ -178,6 +178,55 @@ fn lower(role: Role) -> Option<Role> {
     }
 }
 
+/// `HEAD` of a route is authorised exactly as its `GET`: a role too low
+/// for the `GET` is refused the `HEAD` too (its headers, such as
+/// `x-total-count`, would tell what the body may not), and a public `GET`
+/// is a public `HEAD`.
+#[test]
+fn hardening_head_is_authorised_exactly_as_get() {
+    let lab = tenant_lab(String::new(), String::new());
+    let http = Http::new(format!("http://127.0.0.1:{}", lab.api));
+    let tokens = [
+        (Role::Viewer, token(&lab, "viewer", None, &[])),
+        (Role::Operator, token(&lab, "operator", None, &[])),
+        (Role::Admin, lab.token()),
+    ];
+    let of = |r: Role| tokens.iter().find(|(x, _)| *x == r).unwrap().1.as_str();
+    let mut above_viewer = 0;
+    for (m, template) in route_table().iter().filter(|(m, _)| m == "GET") {
+        let path = fill(template, "no-such-object");
+        let (get, head) = (Method::GET, Method::HEAD);
+        assert_eq!(
+            access(&head, Some(template), &path),
+            access(&get, Some(template), &path),
+            "{m} {template}"
+        );
+        match access(&get, Some(template), &path) {
+            Access::Public => assert_ne!(http.status(head, &path, None), 401, "HEAD {template}"),
+            Access::Agent => {}
+            Access::Role(role) => {
+                assert_eq!(
+                    http.status(head.clone(), &path, None),
+                    401,
+                    "HEAD {template}"
+                );
+                if let Some(low) = lower(role) {
+                    above_viewer += 1;
+                    let s = http.status(head.clone(), &path, Some(of(low)));
+                    assert_eq!(s, 403, "HEAD {template} as {low:?}");
+                }
+                let s = http.status(head, &path, Some(of(role)));
+                assert!(s != 401 && s != 403, "HEAD {template} as {role:?}: {s}");
+            }
+        }
+    }
+    // /config, /tokens and /users (admin) at least.
+    assert!(
+        above_viewer >= 3,
+        "{above_viewer} GET routes above viewer checked"
+    );
+}
+
 #[test]
 fn every_route_refuses_no_token_and_a_role_one_too_low() {
     let lab = tenant_lab(

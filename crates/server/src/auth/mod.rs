@@ -232,6 +232,15 @@ pub fn default_role(method: &str) -> Role {
     }
 }
 
+/// The method whose authorisation applies: `HEAD` is a `GET`.
+fn as_get(method: &Method) -> &str {
+    if *method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    }
+}
+
 /// The role each route needs, by method and route template. A route of
 /// the API (this module's tokens, users and `whoami` included) takes the
 /// role its OpenAPI operation declares (one source of truth: the table is
@@ -256,8 +265,10 @@ impl RoleTable {
 
     /// The role a route needs, by method and route template; None for
     /// routes without bearer authentication (see [`RoleTable::access`]).
+    /// `HEAD` is authorised exactly as `GET` (it runs the `GET` handler;
+    /// its headers tell what the body would).
     pub fn required_role(&self, method: &Method, path: &str) -> Option<Role> {
-        let m = method.as_str();
+        let m = as_get(method);
         if PUBLIC
             .iter()
             .chain(AGENT)
@@ -276,7 +287,7 @@ impl RoleTable {
     /// How a request to `path` (its route template when it matched one,
     /// else the raw path) is authenticated.
     pub fn access(&self, method: &Method, template: Option<&str>, raw_path: &str) -> Access {
-        let m = method.as_str();
+        let m = as_get(method);
         if raw_path.starts_with("/static/") && (*method == Method::GET || *method == Method::HEAD) {
             return Access::Public;
         }
