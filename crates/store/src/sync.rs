@@ -16,7 +16,7 @@ use crate::StoreError;
 use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
 use crate::datastore::{Datastore, SyncStats};
-use crate::manifest::PointId;
+use crate::manifest::{Manifest, PointId};
 use crate::packer::Packer;
 use crate::progress::Progress;
 use rayon::prelude::*;
@@ -46,30 +46,9 @@ impl Datastore {
         let total: u64 = manifest.disks.iter().map(|d| d.size).sum();
         progress.set_total(total);
         let mut packer = Packer::new(dst.clone());
-        for disk in &manifest.disks {
-            let wrap = |e: StoreError| StoreError::ReadPoint {
-                point: id.to_string(),
-                disk: disk.name.clone(),
-                source: Box::new(e),
-            };
-            let index_ids: Vec<ChunkId> = disk
-                .index
-                .iter()
-                .filter(|i| !i.is_zero())
-                .copied()
-                .collect();
-            copy_batch(self, &mut packer, &index_ids, BlobKind::Index, &mut stats).map_err(wrap)?;
-            let ids = self.read_disk_index(disk).map_err(wrap)?;
-            for (b, group) in ids.chunks(SYNC_BATCH).enumerate() {
-                let wanted: Vec<ChunkId> = group.iter().filter(|c| !c.is_zero()).copied().collect();
-                copy_batch(self, &mut packer, &wanted, BlobKind::Data, &mut stats).map_err(wrap)?;
-                let first = (b * SYNC_BATCH) as u64;
-                let bytes: u64 = (0..group.len() as u64)
-                    .map(|k| disk.chunk_len(first + k) as u64)
-                    .sum();
-                progress.inc(bytes);
-            }
-        }
+        self.walk_stored(&manifest, SYNC_BATCH, progress, |ids, kind| {
+            copy_batch(self, &mut packer, ids, kind, &mut stats)
+        })?;
         packer.finish()?;
         dst_lock.check()?;
         stats.already_present = dst.publish_manifest(id, &manifest)?;
@@ -80,6 +59,46 @@ impl Datastore {
 
 /// Chunks read from the source per batch.
 const SYNC_BATCH: usize = 256;
+
+impl Datastore {
+    /// Hand every stored chunk of `manifest` to `f`, disk by disk: first
+    /// a disk's index chunks, then its data chunks `batch` at a time (zero
+    /// chunks left out), the progress moving by the disk bytes each batch
+    /// covers. An error names the point and disk.
+    pub(crate) fn walk_stored(
+        &self,
+        manifest: &Manifest,
+        batch: usize,
+        progress: &dyn Progress,
+        mut f: impl FnMut(&[ChunkId], BlobKind) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for disk in &manifest.disks {
+            let wrap = |e: StoreError| StoreError::ReadPoint {
+                point: manifest.id.to_string(),
+                disk: disk.name.clone(),
+                source: Box::new(e),
+            };
+            let index_ids: Vec<ChunkId> = disk
+                .index
+                .iter()
+                .filter(|i| !i.is_zero())
+                .copied()
+                .collect();
+            f(&index_ids, BlobKind::Index).map_err(wrap)?;
+            let ids = self.read_disk_index(disk).map_err(wrap)?;
+            for (b, group) in ids.chunks(batch).enumerate() {
+                let wanted: Vec<ChunkId> = group.iter().filter(|c| !c.is_zero()).copied().collect();
+                f(&wanted, BlobKind::Data).map_err(wrap)?;
+                let first = (b * batch) as u64;
+                let bytes: u64 = (0..group.len() as u64)
+                    .map(|k| disk.chunk_len(first + k) as u64)
+                    .sum();
+                progress.inc(bytes);
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Copy the chunks of `ids` the destination lacks, as stored: fetched from
 /// the source in ranged batches per pack, each checked against its id (its

@@ -169,32 +169,9 @@ impl Datastore {
             batch: Batch::default(),
             batched: 0,
         };
-        for disk in &manifest.disks {
-            let wrap = |e: StoreError| StoreError::ReadPoint {
-                point: id.to_string(),
-                disk: disk.name.clone(),
-                source: Box::new(e),
-            };
-            let index_ids: Vec<ChunkId> = disk
-                .index
-                .iter()
-                .filter(|i| !i.is_zero())
-                .copied()
-                .collect();
-            out.offer(&index_ids, BlobKind::Index, &mut stats)
-                .map_err(wrap)?;
-            let ids = self.read_disk_index(disk).map_err(wrap)?;
-            for (b, group) in ids.chunks(ASK_BATCH).enumerate() {
-                let wanted: Vec<ChunkId> = group.iter().filter(|c| !c.is_zero()).copied().collect();
-                out.offer(&wanted, BlobKind::Data, &mut stats)
-                    .map_err(wrap)?;
-                let first = (b * ASK_BATCH) as u64;
-                let bytes: u64 = (0..group.len() as u64)
-                    .map(|k| disk.chunk_len(first + k) as u64)
-                    .sum();
-                progress.inc(bytes);
-            }
-        }
+        self.walk_stored(&manifest, ASK_BATCH, progress, |ids, kind| {
+            out.offer(ids, kind, &mut stats)
+        })?;
         out.flush()?;
         stats.already_present = to.finish(id, &manifest)?;
         tracing::info!(point = %id, src = %self.root().display(), ?stats, "point sent");
