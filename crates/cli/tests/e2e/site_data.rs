@@ -99,6 +99,69 @@ pub(crate) fn start_agent(
     SiteAgent { child, data, log }
 }
 
+/// A lab of two sites in `net`, each host run by its site's agent
+/// (listening on `ports.0` and `ports.1`; site 1's agent reaches site 2's
+/// at `ports.2` on their link), each datastore served by its site's agent
+/// in `siteN/fs`, the VNF with a second disk `bulk` of `bulk` bytes;
+/// `site1` holds lines for `[sites.site1]`.
+pub(crate) fn site_lab(net: &NetLab, ports: (u16, u16, u16), bulk: &str, site1: String) -> Lab {
+    let (p1, p2, peer_port) = ports;
+    let watch = format!(
+        r#"
+[agents.site1-agent]
+site = "site1"
+host = "site1-host1"
+url = "http://{s1}:{p1}"
+heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
+
+[agents.site2-agent]
+site = "site2"
+host = "site2-host1"
+url = "http://{s2}:{p2}"
+peer_url = "http://{s2_for_s1}:{peer_port}"
+heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
+
+[[vms.pbx1.disks]]
+name = "bulk"
+size = "{bulk}"
+"#,
+        s1 = net.addr(2),
+        s2 = net.addr(6),
+        s2_for_s1 = net.addr(9),
+    );
+    Lab::new(LabOptions {
+        vm: Some(
+            r#"command = "standby-vnf"
+args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--http", "0.0.0.0:8080"]"#
+                .into(),
+        ),
+        listen_host: "0.0.0.0",
+        watch,
+        sites: [site1, String::new()],
+        stores: [
+            "path = \"site1/fs/store\"\nagent = \"site1-agent\"".into(),
+            "path = \"site2/fs/store\"\nagent = \"site2-agent\"".into(),
+        ],
+        ..LabOptions::default()
+    })
+}
+
+/// The two agents of a [`site_lab`], each in its site's namespace with
+/// its datastore's tmpfs.
+pub(crate) fn start_site_agents(
+    lab: &Lab,
+    net: &NetLab,
+    p1: u16,
+    p2: u16,
+) -> (SiteAgent, SiteAgent) {
+    (
+        start_agent(lab, net, &net.s1, "site1-agent", p1, &lab.path("site1/fs")),
+        start_agent(lab, net, &net.s2, "site2-agent", p2, &lab.path("site2/fs")),
+    )
+}
+
 pub(crate) fn run_json(lab: &Lab, args: &[&str]) -> Result<Value, String> {
     let out = lab.run(&[&["--json"], args].concat());
     if out.status.success() {
@@ -116,48 +179,9 @@ fn entries(dir: &Path) -> usize {
 fn agents_keep_points_at_their_site_copy_them_across_a_cut_link_and_restore_at_site2() {
     let net = NetLab::new();
     let (p1, p2) = (free_port(), free_port());
-    let watch = format!(
-        r#"
-[agents.site1-agent]
-site = "site1"
-host = "site1-host1"
-url = "http://{s1}:{p1}"
-heartbeat = "300ms"
-allowed_commands = ["standby-vnf"]
-
-[agents.site2-agent]
-site = "site2"
-host = "site2-host1"
-url = "http://{s2}:{p2}"
-peer_url = "http://{s2_for_s1}:{p2}"
-heartbeat = "300ms"
-allowed_commands = ["standby-vnf"]
-
-[[vms.pbx1.disks]]
-name = "bulk"
-size = "48MiB"
-"#,
-        s1 = net.addr(2),
-        s2 = net.addr(6),
-        s2_for_s1 = net.addr(9),
-    );
-    let lab = Lab::new(LabOptions {
-        vm: Some(
-            r#"command = "standby-vnf"
-args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--http", "0.0.0.0:8080"]"#
-                .into(),
-        ),
-        listen_host: "0.0.0.0",
-        watch,
-        stores: [
-            "path = \"site1/fs/store\"\nagent = \"site1-agent\"".into(),
-            "path = \"site2/fs/store\"\nagent = \"site2-agent\"".into(),
-        ],
-        ..LabOptions::default()
-    });
+    let lab = site_lab(&net, (p1, p2, p2), "48MiB", String::new());
     let (store1, store2) = (lab.path("site1/fs"), lab.path("site2/fs"));
-    let mut a1 = start_agent(&lab, &net, &net.s1, "site1-agent", p1, &store1);
-    let a2 = start_agent(&lab, &net, &net.s2, "site2-agent", p2, &store2);
+    let (mut a1, a2) = start_site_agents(&lab, &net, p1, p2);
 
     // A disk of random data: a copy long enough to cut in the middle.
     let bulk = lab.path("site1/disks/pbx1/bulk.img");

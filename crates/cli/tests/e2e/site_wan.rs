@@ -14,10 +14,10 @@ use std::time::Duration;
 use chrono::Timelike;
 use serde_json::Value;
 
-use crate::harness::{Lab, LabOptions, free_port, write_random};
+use crate::harness::{Lab, free_port, write_random};
 use crate::netlab::NetLab;
 use crate::relay::Relay;
-use crate::site_data::{SiteAgent, run_json, start_agent};
+use crate::site_data::{SiteAgent, run_json, site_lab, start_site_agents};
 use crate::watch::wait_until;
 
 const LIMIT: u64 = 4 << 20;
@@ -52,68 +52,14 @@ impl Sites {
                 Duration::from_millis(20),
             )
         });
-        let watch = format!(
-            r#"
-[agents.site1-agent]
-site = "site1"
-host = "site1-host1"
-url = "http://{s1}:{p1}"
-heartbeat = "300ms"
-allowed_commands = ["standby-vnf"]
-
-[agents.site2-agent]
-site = "site2"
-host = "site2-host1"
-url = "http://{s2}:{p2}"
-peer_url = "http://{s2_for_s1}:{peer_port}"
-heartbeat = "300ms"
-allowed_commands = ["standby-vnf"]
-
-[[vms.pbx1.disks]]
-name = "bulk"
-size = "{bulk}"
-"#,
-            s1 = net.addr(2),
-            s2 = net.addr(6),
-            s2_for_s1 = net.addr(9),
-            peer_port = if wan { relay_port } else { p2 },
-        );
         let site1 = if windows.is_empty() {
             String::new()
         } else {
             format!("timezone = \"Asia/Kolkata\"\nbandwidth = [\n{windows}\n]")
         };
-        let lab = Lab::new(LabOptions {
-            vm: Some(
-                r#"command = "standby-vnf"
-args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--http", "0.0.0.0:8080"]"#
-                    .into(),
-            ),
-            listen_host: "0.0.0.0",
-            watch,
-            sites: [site1, String::new()],
-            stores: [
-                "path = \"site1/fs/store\"\nagent = \"site1-agent\"".into(),
-                "path = \"site2/fs/store\"\nagent = \"site2-agent\"".into(),
-            ],
-            ..LabOptions::default()
-        });
-        let a1 = start_agent(
-            &lab,
-            &net,
-            &net.s1,
-            "site1-agent",
-            p1,
-            &lab.path("site1/fs"),
-        );
-        let a2 = start_agent(
-            &lab,
-            &net,
-            &net.s2,
-            "site2-agent",
-            p2,
-            &lab.path("site2/fs"),
-        );
+        let peer_port = if wan { relay_port } else { p2 };
+        let lab = site_lab(&net, (p1, p2, peer_port), &bulk.to_string(), site1);
+        let (a1, a2) = start_site_agents(&lab, &net, p1, p2);
         let sites = Sites {
             a1,
             a2,
