@@ -136,6 +136,22 @@ struct Controller {
     child: Child,
 }
 
+impl Controller {
+    /// `standby server` on `cfg`, logging to `log`, once it listens on
+    /// `api` (a first start may rebuild a large catalog: up to 30 min).
+    fn start(cfg: &Path, log: &Path, api: u16) -> Controller {
+        let child = Command::new(STANDBY)
+            .args(["--config", cfg.to_str().unwrap(), "server"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut ctl = Controller { child };
+        wait_listening(&mut ctl.child, log, api, Duration::from_secs(1800));
+        ctl
+    }
+}
+
 impl Drop for Controller {
     fn drop(&mut self) {
         let _ = Command::new("kill")
@@ -401,20 +417,7 @@ fn api_figures() {
 
     // First start: the controller catalogs every point (rescan).
     let t = Instant::now();
-    let log = std::fs::File::create(dir.join("server.log")).unwrap();
-    let child = Command::new(STANDBY)
-        .args(["--config", cfg.to_str().unwrap(), "server"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut ctl = Controller { child };
-    wait_listening(
-        &mut ctl.child,
-        &dir.join("server.log"),
-        api,
-        Duration::from_secs(1800),
-    );
+    let ctl = Controller::start(&cfg, &dir.join("server.log"), api);
     let start_secs = t.elapsed().as_secs_f64();
     eprintln!(
         "controller listening after {start_secs:.1} s (first start: catalog rebuilt from the datastore)"
@@ -530,20 +533,7 @@ fn api_figures() {
     // running): a start reads none of its manifests.
     std::fs::write(&cfg, figures_config(dir, vms, api, true)).unwrap();
     let t = Instant::now();
-    let log = std::fs::File::create(dir.join("server2.log")).unwrap();
-    let child = Command::new(STANDBY)
-        .args(["--config", cfg.to_str().unwrap(), "server"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut ctl = Controller { child };
-    wait_listening(
-        &mut ctl.child,
-        &dir.join("server2.log"),
-        api,
-        Duration::from_secs(600),
-    );
+    let ctl = Controller::start(&cfg, &dir.join("server2.log"), api);
     let served_secs = t.elapsed().as_secs_f64();
     let points = wrk(
         &format!("{base}/api/v1/points?vm={}", vm_name(0)),
