@@ -7,7 +7,8 @@
 //! Copies ([`copy_point`]) are made where the data is:
 //! - from a served store, by its agent: into a store it serves or can
 //!   open itself (an object store), or to another agent's store over
-//!   `/agent/v1/receive/*` with a capability the controller mints;
+//!   `/agent/v1/receive/*` with a grant the destination issued at the
+//!   controller's call;
 //! - from a store the controller opens into a served store, by the
 //!   destination's agent, which opens the source itself (an object store);
 //! - between stores the controller opens, in the controller.
@@ -26,7 +27,7 @@ use crate::error::AgentError;
 use crate::limit::RateLimit;
 use crate::progress::Progress;
 use crate::remote::RemoteHost;
-use crate::transfer::{CAPABILITY_LIFETIME, Peer, Sent, StoreReceiver};
+use crate::transfer::{Peer, Sent, StoreReceiver};
 
 /// Data calls may move whole stores.
 const DATA: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
@@ -36,8 +37,7 @@ const QUICK: std::time::Duration = std::time::Duration::from_secs(60);
 #[derive(Clone)]
 pub struct Server {
     pub client: Arc<RemoteHost>,
-    /// Its secret, to mint capabilities for copies into its stores.
-    pub secret: String,
+    /// Where other agents reach it for copies (`peer_url`, else `url`).
     pub url: String,
 }
 
@@ -63,6 +63,20 @@ pub enum StoreHandle {
 pub struct StoreCall {
     pub datastore: String,
     pub config: DatastoreConfig,
+}
+
+/// `/agent/v1/store/grant`: let agent `from` copy into a datastore the
+/// called agent serves.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GrantCall {
+    #[serde(flatten)]
+    pub store: StoreCall,
+    pub from: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GrantDone {
+    pub grant: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -375,16 +389,23 @@ pub async fn copy_point(
                 StoreHandle::Agent { server: dst, .. }
                     if dst.client.agent != server.client.agent =>
                 {
-                    // The destination opens its store before it is sent to.
-                    dst.client
-                        .call::<_, serde_json::Value>("store/prepare", &to.call(), QUICK)
+                    // The destination opens its store and lets the source
+                    // agent, and only it, copy into it.
+                    let g: GrantDone = dst
+                        .client
+                        .call(
+                            "store/grant",
+                            &GrantCall {
+                                store: to.call(),
+                                from: server.client.agent.clone(),
+                            },
+                            QUICK,
+                        )
                         .await?;
-                    let expires =
-                        chrono::Utc::now().timestamp() + CAPABILITY_LIFETIME.as_secs() as i64;
                     Some(Peer {
                         agent: dst.client.agent.clone(),
                         url: dst.url.clone(),
-                        capability: crate::transfer::mint(&dst.secret, to.name(), expires),
+                        grant: g.grant,
                     })
                 }
                 _ => None,

@@ -39,6 +39,10 @@ pub enum AgentError {
     },
     #[error("{0}")]
     Internal(String),
+    /// A call that names a stale session (`stale_session`: ask for the
+    /// session again) or a counter used before (`replayed`).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     /// The agent that runs `host` cannot be reached (or did not answer in
     /// time). Retryable: the link may come back.
     #[error("agent of host {host} is unreachable: {reason}")]
@@ -80,6 +84,7 @@ impl AgentError {
             // The host's disk or files: may pass (space freed, a mount back).
             AgentError::Io { .. } => ("io", true),
             AgentError::Internal(_) => ("internal", false),
+            AgentError::Refused { code, .. } => (code, *code == "stale_session"),
             AgentError::Unreachable { .. } => ("unreachable", true),
             AgentError::Remote {
                 code, retryable, ..

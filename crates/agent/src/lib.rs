@@ -21,6 +21,8 @@
 //! - [`wire`]: the messages of `/agent/v1` and of heartbeats.
 //! - [`stores`]: opening the configured datastores (directory, Azure Blob,
 //!   S3; encrypted or not) at whichever side writes them.
+//! - [`fresh`]: no replay: each call between standby's processes names
+//!   the receiver's session and a counter taken once.
 //! - [`progress`]: the [`Progress`] a point or restore reports to.
 //!
 //! # Invariants
@@ -41,6 +43,7 @@ pub mod access;
 pub mod daemon;
 pub mod drill;
 mod error;
+pub mod fresh;
 pub mod host;
 pub mod limit;
 pub mod local;

@@ -52,6 +52,22 @@ pub struct RemoteHost {
     token: Option<String>,
     /// The host's driver (`process`, `qemu`), from the configuration.
     kind: &'static str,
+    /// The agent's session and this process's next counter there.
+    seq: Arc<crate::fresh::Sequencer>,
+}
+
+/// One sequencer per agent URL in this process: every client of one agent
+/// (its host's, its datastores') draws from the same counters, as the
+/// agent keeps one window per caller.
+fn sequencer_of(base: &str) -> Arc<crate::fresh::Sequencer> {
+    static ALL: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, Arc<crate::fresh::Sequencer>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    ALL.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(base.to_string())
+        .or_default()
+        .clone()
 }
 
 impl RemoteHost {
@@ -75,10 +91,12 @@ impl RemoteHost {
             .tcp_keepalive_retries(3u32)
             .build()
             .unwrap_or_default();
+        let base = format!("{}/agent/v1", url.trim_end_matches('/'));
         RemoteHost {
             host: host.to_string(),
             agent: agent.to_string(),
-            base: format!("{}/agent/v1", url.trim_end_matches('/')),
+            seq: sequencer_of(&base),
+            base,
             http,
             token,
             kind,
@@ -92,20 +110,82 @@ impl RemoteHost {
         }
     }
 
-    /// POST `body` to `/agent/v1/<op>` with the agent's token and read the
-    /// answer.
+    /// POST `body` to `/agent/v1/<op>` with the agent's credential, its
+    /// session and the next counter, and read the answer. A stale session
+    /// (the agent restarted) is asked for again and the call sent again
+    /// once: the agent refused it without acting on it.
     pub async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         op: &str,
         body: &B,
         timeout: Duration,
     ) -> Result<T, AgentError> {
-        let url = format!("{}/{op}", self.base);
-        let mut req = self.http.post(&url).timeout(timeout).json(body);
+        let body = serde_json::to_vec(body)
+            .map_err(|e| AgentError::Internal(format!("the {op} call: {e}")))?;
+        let mut asked = false;
+        loop {
+            let (session, headers) = match self.seq.headers() {
+                Some(h) => h,
+                None => {
+                    let s: crate::fresh::Session = self.get("session", QUICK).await?;
+                    self.seq.adopt(s);
+                    self.seq
+                        .headers()
+                        .ok_or_else(|| AgentError::Internal("no session adopted".into()))?
+                }
+            };
+            match self.send(op, &body, &headers, timeout).await {
+                Err(AgentError::Remote { code, .. }) if code == "stale_session" && !asked => {
+                    asked = true;
+                    self.seq.forget(&session);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// GET `/agent/v1/<op>`.
+    async fn get<T: DeserializeOwned>(&self, op: &str, timeout: Duration) -> Result<T, AgentError> {
+        let mut req = self
+            .http
+            .get(format!("{}/{op}", self.base))
+            .timeout(timeout);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.map_err(|e| {
+        self.answer(op, req.send().await, timeout).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        op: &str,
+        body: &[u8],
+        headers: &[(&'static str, String); 2],
+        timeout: Duration,
+    ) -> Result<T, AgentError> {
+        let url = format!("{}/{op}", self.base);
+        let mut req = self
+            .http
+            .post(&url)
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec());
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        self.answer(op, req.send().await, timeout).await
+    }
+
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        op: &str,
+        sent: Result<reqwest::Response, reqwest::Error>,
+        timeout: Duration,
+    ) -> Result<T, AgentError> {
+        let resp = sent.map_err(|e| {
             self.unreachable(if e.is_timeout() {
                 format!("no answer to {op} within {timeout:?}")
             } else {

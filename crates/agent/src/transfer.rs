@@ -1,15 +1,15 @@
 //! Agent-to-agent copies: the sending agent's [`PeerReceiver`] (the
 //! destination agent's `/agent/v1/receive/*` as a
-//! [`standby_store::transfer::PointReceiver`]) and the capability that
-//! lets it write there.
+//! [`standby_store::transfer::PointReceiver`]).
 //!
-//! # The capability
-//! The controller never hands one agent another's secret. To let agent A
-//! copy into datastore D served by agent B, it mints a capability for D
-//! with B's secret ([`mint`]): `cap1:EXPIRES:MAC:D`, an HMAC-SHA256 over
-//! the datastore and the expiry. B checks it ([`check`]) on every
-//! `receive` call and takes nothing else with it: it opens no other
-//! datastore, starts nothing, and expires (after [`CAPABILITY_LIFETIME`]).
+//! # The grant
+//! The controller never hands one agent another's credential. To let
+//! agent A copy into datastore D served by agent B, it asks B for a grant
+//! (`/agent/v1/store/grant`: D, from A) and hands A the grant's id. B
+//! takes it on `receive` calls for D only: it opens no other datastore,
+//! starts nothing, and forgets a grant left unused (on its own monotonic
+//! clock, no wall clocks compared). Each call also carries B's session
+//! and A's next counter ([`crate::fresh`]), so none is taken twice.
 //!
 //! # Flow control and cuts
 //! Up to [`IN_FLIGHT`] batches (about a pack each) are on their way at
@@ -22,76 +22,26 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use standby_store::transfer::{Batch, Begin, PointReceiver, Received};
 use standby_store::{ChunkId, Manifest, PointId, StoreError};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
+use crate::fresh::{Sequencer, Session};
 use crate::limit::RateLimit;
 
 /// Batches on their way at once.
 pub const IN_FLIGHT: usize = 4;
 /// How long a batch is retried across a cut before the copy fails.
 pub const RESUME_WITHIN: Duration = Duration::from_secs(60);
-/// How long a minted capability is good for: a copy that takes longer
-/// gets a fresh one when the controller runs it again.
-pub const CAPABILITY_LIFETIME: Duration = Duration::from_secs(6 * 3600);
-
-type HmacSha256 = Hmac<Sha256>;
-
-fn mac(secret: &str, datastore: &str, expires: i64) -> HmacSha256 {
-    let mut m = HmacSha256::new_from_slice(secret.trim().as_bytes())
-        .unwrap_or_else(|_| HmacSha256::new_from_slice(&[0]).expect("a one-byte key is valid"));
-    m.update(b"standby-receive\0");
-    m.update(datastore.as_bytes());
-    m.update(b"\0");
-    m.update(expires.to_string().as_bytes());
-    m
-}
-
-/// A capability to write copied points into `datastore` at the agent
-/// whose secret is `secret`, good until `expires` (Unix seconds).
-pub fn mint(secret: &str, datastore: &str, expires: i64) -> String {
-    let tag = hex::encode(mac(secret, datastore, expires).finalize().into_bytes());
-    format!("cap1:{expires}:{tag}:{datastore}")
-}
-
-/// Check a capability presented for `datastore` against this agent's
-/// `secret` at time `now` (Unix seconds); the reason when refused.
-pub fn check(secret: &str, presented: &str, datastore: &str, now: i64) -> Result<(), String> {
-    let mut parts = presented.splitn(4, ':');
-    let (Some("cap1"), Some(expires), Some(tag), Some(ds)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("not a receive capability".into());
-    };
-    if ds != datastore {
-        return Err(format!(
-            "the capability is for datastore {ds}, not {datastore}"
-        ));
-    }
-    let expires: i64 = expires
-        .parse()
-        .map_err(|_| "the capability's expiry is not a number".to_string())?;
-    let tag = hex::decode(tag).map_err(|_| "the capability's MAC is not hex".to_string())?;
-    mac(secret, datastore, expires)
-        .verify_slice(&tag)
-        .map_err(|_| "the capability was not issued for this agent".to_string())?;
-    if now > expires {
-        return Err("the capability has expired".into());
-    }
-    Ok(())
-}
-
 /// Where and how to reach the destination agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Peer {
     pub agent: String,
     pub url: String,
-    pub capability: String,
+    /// The grant B issued for this copy.
+    pub grant: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -145,6 +95,8 @@ pub struct PeerReceiver {
     failed: Arc<Mutex<Option<String>>>,
     sent: Arc<Mutex<Sent>>,
     limit: Option<Arc<RateLimit>>,
+    /// B's session and this copy's counters.
+    seq: Arc<Sequencer>,
 }
 
 fn remote_err(what: &str, reason: String, temporary: bool) -> StoreError {
@@ -180,6 +132,7 @@ impl PeerReceiver {
             failed: Arc::default(),
             sent: Arc::default(),
             limit,
+            seq: Arc::default(),
         }
     }
 
@@ -204,8 +157,8 @@ impl PeerReceiver {
         })?;
         let bytes = self.rt.block_on(post(
             &self.http,
-            format!("{}/{op}", self.base),
-            &self.peer.capability,
+            (&self.base, &self.peer.grant, &self.seq),
+            op,
             "application/json",
             body,
             &self.what(),
@@ -233,46 +186,48 @@ impl PeerReceiver {
 /// with growing pauses for up to [`RESUME_WITHIN`].
 async fn post(
     http: &reqwest::Client,
-    url: String,
-    capability: &str,
+    (base, grant, seq): (&str, &str, &Sequencer),
+    op: &str,
     content_type: &str,
     body: Vec<u8>,
     what: &str,
     counts: Option<&Mutex<Sent>>,
 ) -> Result<Vec<u8>, StoreError> {
+    let url = format!("{base}/{op}");
     let first_failure = Instant::now();
     let mut failing_since: Option<Instant> = None;
     let mut pause = Duration::from_millis(250);
+    let mut stale_sessions = 0;
     loop {
-        if let Some(s) = counts {
-            s.lock().unwrap_or_else(|p| p.into_inner()).wire_bytes += body.len() as u64;
-        }
-        let attempt = http
-            .post(&url)
-            .bearer_auth(capability)
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(body.clone())
-            .send()
-            .await;
-        let reason = match attempt {
-            Ok(resp) if resp.status().is_success() => match resp.bytes().await {
-                Ok(b) => return Ok(b.to_vec()),
-                Err(e) => format!("answer cut off: {}", standby_types::error_chain(&e)),
-            },
-            Ok(resp) if resp.status().is_client_error() => {
-                let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
-                let msg = serde_json::from_str::<standby_types::api::ApiError>(&text)
-                    .map(|e| e.message)
-                    .unwrap_or(text);
-                return Err(remote_err(
-                    what,
-                    format!("refused ({status}): {msg}"),
-                    false,
-                ));
+        let fresh = match session_of(http, base, grant, seq).await {
+            Ok(Some(h)) => Ok(h),
+            Ok(None) => Err("no session adopted".to_string()),
+            Err((reason, true)) => return Err(remote_err(what, reason, false)),
+            Err((reason, false)) => Err(reason),
+        };
+        let reason = match fresh {
+            Ok((session, headers)) => {
+                match attempt(http, &url, grant, content_type, headers, &body, counts).await {
+                    Attempt::Done(b) => return Ok(b),
+                    Attempt::Refused(api, _)
+                        if api.code == "stale_session" && stale_sessions < 3 =>
+                    {
+                        // B restarted during the copy: ask for its session again.
+                        stale_sessions += 1;
+                        seq.forget(&session);
+                        continue;
+                    }
+                    Attempt::Refused(api, status) => {
+                        return Err(remote_err(
+                            what,
+                            format!("refused ({status}): {}", api.message),
+                            false,
+                        ));
+                    }
+                    Attempt::Failed(reason) => reason,
+                }
             }
-            Ok(resp) => format!("answered {}", resp.status()),
-            Err(e) => standby_types::error_chain(&e),
+            Err(reason) => reason,
         };
         let since = *failing_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= RESUME_WITHIN {
@@ -289,6 +244,104 @@ async fn post(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
     }
+}
+
+/// How one attempt of a call ended.
+enum Attempt {
+    Done(Vec<u8>),
+    /// A refusal (4xx): sending it again changes nothing (but a stale
+    /// session, asked for again).
+    Refused(standby_types::api::ApiError, reqwest::StatusCode),
+    /// On the way: worth another attempt.
+    Failed(String),
+}
+
+async fn attempt(
+    http: &reqwest::Client,
+    url: &str,
+    grant: &str,
+    content_type: &str,
+    headers: [(&'static str, String); 2],
+    body: &[u8],
+    counts: Option<&Mutex<Sent>>,
+) -> Attempt {
+    if let Some(s) = counts {
+        s.lock().unwrap_or_else(|p| p.into_inner()).wire_bytes += body.len() as u64;
+    }
+    let mut req = http
+        .post(url)
+        .bearer_auth(grant)
+        .header(reqwest::header::CONTENT_TYPE, content_type);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    match req.body(body.to_vec()).send().await {
+        Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+            Ok(b) => Attempt::Done(b.to_vec()),
+            Err(e) => Attempt::Failed(format!(
+                "answer cut off: {}",
+                standby_types::error_chain(&e)
+            )),
+        },
+        Ok(resp) if resp.status().is_client_error() => {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            let api =
+                serde_json::from_str::<standby_types::api::ApiError>(&text).unwrap_or_else(|_| {
+                    standby_types::api::ApiError {
+                        code: "refused".into(),
+                        message: text,
+                        retryable: false,
+                    }
+                });
+            Attempt::Refused(api, status)
+        }
+        Ok(resp) => Attempt::Failed(format!("answered {}", resp.status())),
+        Err(e) => Attempt::Failed(standby_types::error_chain(&e)),
+    }
+}
+
+/// B's session and this copy's next counter, asking B first if need be
+/// (None only if B's answer could not be adopted).
+/// Err((reason, refused)): refused (4xx) fails the copy, anything else is
+/// tried again.
+async fn session_of(
+    http: &reqwest::Client,
+    base: &str,
+    grant: &str,
+    seq: &Sequencer,
+) -> Result<Option<(String, [(&'static str, String); 2])>, (String, bool)> {
+    if let Some(h) = seq.headers() {
+        return Ok(Some(h));
+    }
+    let resp = http
+        .get(format!("{base}/session"))
+        .bearer_auth(grant)
+        .send()
+        .await
+        .map_err(|e| {
+            (
+                format!("asking for the session: {}", standby_types::error_chain(&e)),
+                false,
+            )
+        })?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<standby_types::api::ApiError>(&text)
+            .map(|e| e.message)
+            .unwrap_or(text);
+        return Err((
+            format!("session refused ({status}): {msg}"),
+            status.is_client_error(),
+        ));
+    }
+    let s: Session = resp
+        .json()
+        .await
+        .map_err(|e| (format!("unreadable session: {e}"), false))?;
+    seq.adopt(s);
+    Ok(seq.headers())
 }
 
 impl PointReceiver for PeerReceiver {
@@ -329,12 +382,14 @@ impl PointReceiver for PeerReceiver {
             .block_on(self.slots.clone().acquire_owned())
             .map_err(|_| remote_err(&self.what(), "copy stopped".into(), false))?;
         let body = batch.encode();
-        let (http, url, cap, what) = (
+        let (http, base, grant, what, seq) = (
             self.http.clone(),
-            format!("{}/batch?datastore={}", self.base, self.datastore),
-            self.peer.capability.clone(),
+            self.base.clone(),
+            self.peer.grant.clone(),
             self.what(),
+            self.seq.clone(),
         );
+        let op = format!("batch?datastore={}", self.datastore);
         let (failed, sent, limit) = (self.failed.clone(), self.sent.clone(), self.limit.clone());
         let task = self.rt.spawn(async move {
             let _permit = permit;
@@ -343,8 +398,8 @@ impl PointReceiver for PeerReceiver {
             }
             let r = post(
                 &http,
-                url,
-                &cap,
+                (&base, &grant, &seq),
+                &op,
                 "application/octet-stream",
                 body,
                 &what,
@@ -432,33 +487,5 @@ impl Drop for PeerReceiver {
         {
             t.abort();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_capability_opens_one_datastore_at_one_agent_until_it_expires() {
-        let cap = mint("agent-b-secret", "site2", 1_000);
-        assert_eq!(check("agent-b-secret", &cap, "site2", 999), Ok(()));
-        let refused = |r: Result<(), String>, what: &str| {
-            let e = r.unwrap_err();
-            assert!(e.contains(what), "{e}");
-        };
-        refused(check("agent-b-secret", &cap, "site2", 1_001), "expired");
-        refused(
-            check("agent-b-secret", &cap, "site1", 999),
-            "for datastore site2",
-        );
-        refused(check("agent-c-secret", &cap, "site2", 999), "not issued");
-        // Moving the expiry breaks the MAC.
-        let later = cap.replacen("1000", "9000", 1);
-        refused(check("agent-b-secret", &later, "site2", 999), "not issued");
-        refused(
-            check("agent-b-secret", "agent-b-secret", "site2", 0),
-            "not a receive",
-        );
     }
 }

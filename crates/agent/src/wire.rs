@@ -136,6 +136,12 @@ pub struct FencedVm {
 pub struct Heartbeat {
     #[serde(default)]
     pub version: String,
+    /// The controller's session and the agent's counter (none on the
+    /// first heartbeat: the answer tells them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// The controller's answer: the probes the agent runs, how often to
@@ -150,6 +156,11 @@ pub struct HeartbeatReply {
     pub heartbeat: Duration,
     #[serde(default)]
     pub fenced: bool,
+    /// Set when the heartbeat named no session or a stale one: it was not
+    /// counted, and the agent sends the next one with this at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub session: Option<crate::fresh::Session>,
 }
 
 mod humantime_serde_ms {

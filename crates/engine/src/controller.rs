@@ -155,7 +155,6 @@ impl Controller {
                 name.clone(),
                 standby_agent::access::Server {
                     client: Arc::new(client),
-                    secret,
                     url: peer_url,
                 },
             );

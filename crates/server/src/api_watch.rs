@@ -679,6 +679,12 @@ async fn agent_heartbeat(
 #[derive(Debug, Deserialize, ToSchema)]
 struct ResultsRequest {
     results: Vec<ProbeResult>,
+    /// The controller's session and the agent's counter (from its
+    /// heartbeats' answers).
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 /// An agent's probe results (agent authentication).
@@ -693,7 +699,7 @@ async fn agent_results(
     Path(name): Path<String>,
     Json(req): Json<ResultsRequest>,
 ) -> ApiResult<serde_json::Value> {
-    let n = watch::agent_results(&ctl, &name, req.results)?;
+    let n = watch::agent_results(&ctl, &name, (req.session.as_deref(), req.seq), req.results)?;
     Ok(Json(json!({"accepted": n})))
 }
 

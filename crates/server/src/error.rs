@@ -88,7 +88,7 @@ impl ServerError {
 fn status_of(code: &str) -> StatusCode {
     match code {
         "not_found" => StatusCode::NOT_FOUND,
-        "conflict" => StatusCode::CONFLICT,
+        "conflict" | "stale_session" | "replayed" => StatusCode::CONFLICT,
         "unauthorized" => StatusCode::UNAUTHORIZED,
         "forbidden" => StatusCode::FORBIDDEN,
         "bad_request" => StatusCode::BAD_REQUEST,

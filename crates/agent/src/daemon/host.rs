@@ -41,6 +41,10 @@ pub struct HostAgent {
     /// between the fence being set and the VMs being stopped.
     pub(super) fence: tokio::sync::Mutex<Option<FenceState>>,
     pub(super) stores: Mutex<HashMap<String, (String, Datastore)>>,
+    /// Each caller's counters in this run of the agent (no replay).
+    pub(super) fresh: crate::fresh::Freshness,
+    /// What peers may copy into, as the controller granted.
+    pub(super) grants: super::guard::Grants,
 }
 
 impl HostAgent {
@@ -100,6 +104,8 @@ impl HostAgent {
             policy,
             fence: tokio::sync::Mutex::new(fence),
             stores: Mutex::default(),
+            fresh: crate::fresh::Freshness::new(),
+            grants: super::guard::Grants::default(),
         });
         let names = host.adopt_all().await;
         tracing::info!(vms = ?names, dir = %dir.display(), host = %host.policy.host, driver = host.policy.driver_kind(), "host agent ready");

@@ -50,6 +50,7 @@ use standby_types::watch::{ProbeResult, ProbeSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod guard;
 mod host;
 mod routes;
 mod stores;
@@ -120,7 +121,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
         if let Some(h) = &host {
             app = app
                 .merge(exec_routes(h.clone(), opts.token.as_deref()))
-                .merge(stores::receive_routes(h.clone(), opts.token.as_deref()));
+                .merge(stores::receive_routes(h.clone()));
         }
         let c = cancel.clone();
         tokio::spawn(async move {
@@ -135,10 +136,14 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
     if opts.token.is_none() {
         tracing::warn!("no agent token: the controller will refuse heartbeats and results");
     }
+    // The controller's session and this agent's counters, for heartbeats
+    // and results alike (each counted once).
+    let seq = std::sync::Arc::new(crate::fresh::Sequencer::default());
     let sender = tokio::spawn(send_results(
         client(),
         format!("{base}/api/v1/agents/{}/results", opts.name),
         token.clone(),
+        seq.clone(),
         rx,
         cancel.clone(),
     ));
@@ -151,10 +156,15 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
     let mut specs: Vec<ProbeSpec> = Vec::new();
     let mut probes = CancellationToken::new();
     let mut reachable = true;
+    let mut hellos = 0u32;
     loop {
+        let (session, n) = seq.next().unzip();
         let hb = Heartbeat {
             version: env!("CARGO_PKG_VERSION").into(),
+            session,
+            seq: n,
         };
+        let mut again = false;
         match http.post(&url).bearer_auth(&token).json(&hb).send().await {
             Ok(resp) if resp.status().is_success() => match resp.json::<HeartbeatReply>().await {
                 Ok(reply) => {
@@ -165,6 +175,17 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
                     interval = reply.heartbeat;
                     if let Some(h) = &host {
                         h.heartbeat_fenced(reply.fenced).await;
+                    }
+                    // Not counted (a first heartbeat, or the controller
+                    // restarted): the next one goes at once, with the
+                    // session it told (a few times in a row at most).
+                    if let Some(s) = reply.session {
+                        tracing::debug!("controller session adopted");
+                        seq.adopt(s);
+                        hellos += 1;
+                        again = hellos <= 3;
+                    } else {
+                        hellos = 0;
                     }
                     if reply.probes != specs {
                         probes.cancel();
@@ -200,6 +221,9 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
                 }
                 reachable = false;
             }
+        }
+        if again {
+            continue;
         }
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -243,6 +267,7 @@ async fn send_results(
     http: reqwest::Client,
     url: String,
     token: String,
+    seq: std::sync::Arc<crate::fresh::Sequencer>,
     mut rx: mpsc::Receiver<ProbeResult>,
     cancel: CancellationToken,
 ) {
@@ -269,14 +294,33 @@ async fn send_results(
             continue;
         }
         let batch: Vec<&ProbeResult> = buf.iter().collect();
+        let Some((session, n)) = seq.next() else {
+            // No session yet: the next heartbeat's answer brings it.
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            continue;
+        };
         match http
             .post(&url)
             .bearer_auth(&token)
-            .json(&serde_json::json!({ "results": batch }))
+            .json(&serde_json::json!({ "results": batch, "session": session, "seq": n }))
             .send()
             .await
         {
             Ok(resp) if resp.status().is_success() => buf.clear(),
+            Ok(resp) if resp.status() == reqwest::StatusCode::CONFLICT => {
+                // A stale session (the controller restarted): kept until
+                // the next heartbeat's answer brings the new one.
+                let body = resp.text().await.unwrap_or_default();
+                tracing::debug!("results not taken yet: {body}");
+                seq.forget(&session);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
             Ok(resp) => {
                 let status = resp.status();
                 let body = resp.text().await.unwrap_or_default();

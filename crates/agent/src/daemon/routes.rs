@@ -34,7 +34,7 @@ impl axum::response::IntoResponse for AgentError {
         let api = self.to_api();
         let status = match api.code.as_str() {
             "not_found" => StatusCode::NOT_FOUND,
-            "conflict" => StatusCode::CONFLICT,
+            "conflict" | "stale_session" | "replayed" => StatusCode::CONFLICT,
             "bad_request" => StatusCode::BAD_REQUEST,
             "unauthorized" => StatusCode::UNAUTHORIZED,
             "forbidden" => StatusCode::FORBIDDEN,
@@ -50,10 +50,12 @@ impl axum::response::IntoResponse for AgentError {
 /// POST with a JSON body (see the `*Call` types in [`crate::wire`]);
 /// errors are the API's `{code, message, retryable}`. Every call must
 /// carry `token` as `Authorization: Bearer` (401 otherwise; with no token,
-/// every call is refused).
+/// every call is refused), and each POST this agent's session and a fresh
+/// counter ([`super::guard`]).
 pub fn exec_routes(host: Arc<HostAgent>, token: Option<&str>) -> Router {
     let expected = Arc::new(token.map(|t| sha256(t.as_bytes())));
     Router::new()
+        .route("/agent/v1/session", get(super::guard::session))
         .route("/agent/v1/state", get(state))
         .route("/agent/v1/status", post(status))
         .route("/agent/v1/start", post(start))
@@ -69,13 +71,17 @@ pub fn exec_routes(host: Arc<HostAgent>, token: Option<&str>) -> Router {
         .route("/agent/v1/drill/start", post(drill_start))
         .route("/agent/v1/drill/probe", post(drill_probe))
         .route("/agent/v1/drill/stop", post(drill_stop))
+        .layer(axum::middleware::from_fn_with_state(
+            host.clone(),
+            super::guard::fresh_calls,
+        ))
         .layer(axum::middleware::from_fn_with_state(expected, check_token))
         .with_state(host)
 }
 
 pub(super) async fn check_token(
     State(expected): State<Arc<Option<[u8; 32]>>>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
@@ -97,6 +103,8 @@ pub(super) async fn check_token(
         (None, _) => refuse("this agent has no token configured: it takes no calls"),
         (Some(_), None) => refuse("the agent API needs the agent's token"),
         (Some(h), Some(s)) if bool::from(h.ct_eq(&sha256(s.trim().as_bytes()))) => {
+            req.extensions_mut()
+                .insert(super::guard::Caller("controller".into()));
             next.run(req).await
         }
         (Some(_), Some(_)) => refuse("wrong agent token"),

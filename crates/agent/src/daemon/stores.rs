@@ -2,22 +2,23 @@
 //! the controller with the agent's token): prepare, list points, stats,
 //! prune, verify, gc, and copy a point to another store; and the
 //! receiving side of an agent-to-agent copy under `/agent/v1/receive/*`
-//! (called by the sending agent with a capability for one datastore,
-//! [`crate::transfer::check`]).
+//! (called by the sending agent with a grant for one datastore, see
+//! [`super::guard`]).
 
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use standby_store::transfer::{Batch, Begin, Received};
 use standby_store::{GcOptions, GcReport, PointId, PruneReport, StoreStats, VerifyReport};
 
+use super::guard::Granted;
 use super::host::{Answer, Host, HostAgent};
 use crate::access::{
-    CopyCall, CopyDone, GcCall, HasPointCall, LatestCall, PointsDone, PruneCall, StoreCall,
-    VerifyCall, copy_open, limit_of,
+    CopyCall, CopyDone, GcCall, GrantCall, GrantDone, HasPointCall, LatestCall, PointsDone,
+    PruneCall, StoreCall, VerifyCall, copy_open, limit_of,
 };
 use crate::error::AgentError;
 use crate::progress::Quiet;
@@ -30,6 +31,7 @@ use crate::transfer::{
 pub(super) fn routes() -> Router<Arc<HostAgent>> {
     Router::new()
         .route("/agent/v1/store/prepare", post(prepare))
+        .route("/agent/v1/store/grant", post(grant))
         .route("/agent/v1/store/points", post(points))
         .route("/agent/v1/store/has-point", post(has_point))
         .route("/agent/v1/store/latest", post(latest))
@@ -60,6 +62,15 @@ fn point_id(p: &str) -> Result<PointId, AgentError> {
 async fn prepare(State(h): Host, Json(c): Json<StoreCall>) -> Answer<serde_json::Value> {
     open(&h, &c).await?;
     Ok(Json(serde_json::json!({"datastore": c.datastore})))
+}
+
+/// Let another agent copy into a datastore this agent serves (opened
+/// first, so the copy finds it ready).
+async fn grant(State(h): Host, Json(c): Json<GrantCall>) -> Answer<GrantDone> {
+    open(&h, &c.store).await?;
+    let grant = h.grants.issue(&c.store.datastore, &c.from);
+    tracing::info!(datastore = %c.store.datastore, peer = %c.from, "copy granted");
+    Ok(Json(GrantDone { grant }))
 }
 
 async fn points(State(h): Host, Json(c): Json<StoreCall>) -> Answer<PointsDone> {
@@ -149,14 +160,11 @@ async fn copy(State(h): Host, Json(c): Json<CopyCall>) -> Answer<CopyDone> {
     Ok(Json(done))
 }
 
-/// The receiving side, each call checked against a capability for the
-/// datastore it names.
-pub(super) fn receive_routes(host: Arc<HostAgent>, token: Option<&str>) -> Router {
-    let state = Receiving {
-        host,
-        secret: token.map(str::to_string),
-    };
+/// The receiving side: each call with a grant for the datastore it names
+/// ([`super::guard`]), each POST with a fresh counter.
+pub(super) fn receive_routes(host: Arc<HostAgent>) -> Router {
     Router::new()
+        .route("/agent/v1/receive/session", get(super::guard::session))
         .route("/agent/v1/receive/begin", post(receive_begin))
         .route("/agent/v1/receive/missing", post(receive_missing))
         .route("/agent/v1/receive/batch", post(receive_batch))
@@ -165,58 +173,52 @@ pub(super) fn receive_routes(host: Arc<HostAgent>, token: Option<&str>) -> Route
         .layer(axum::extract::DefaultBodyLimit::max(
             standby_store::transfer::MAX_BATCH_BYTES + 4096,
         ))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            host.clone(),
+            super::guard::fresh_calls,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            host.clone(),
+            super::guard::granted_peers,
+        ))
+        .with_state(host)
 }
 
-#[derive(Clone)]
-struct Receiving {
-    host: Arc<HostAgent>,
-    secret: Option<String>,
-}
-
-impl Receiving {
-    /// The datastore, once the caller's capability is checked for it.
-    fn store(
-        &self,
-        headers: &axum::http::HeaderMap,
-        datastore: &str,
-    ) -> Result<standby_store::Datastore, AgentError> {
-        let Some(secret) = &self.secret else {
-            return Err(AgentError::Unauthorized(
-                "this agent has no token configured: it takes no calls".into(),
-            ));
-        };
-        let presented = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| AgentError::Unauthorized("a copy needs a capability".into()))?;
-        crate::transfer::check(secret, presented, datastore, chrono::Utc::now().timestamp())
-            .map_err(|e| {
-                AgentError::Unauthorized(format!("copy into datastore {datastore}: {e}"))
-            })?;
-        self.host.opened(datastore)
+/// The datastore a grant lets the caller write to, if it is the one named.
+fn granted_store(
+    h: &HostAgent,
+    g: &Granted,
+    datastore: &str,
+) -> Result<standby_store::Datastore, AgentError> {
+    if g.datastore != datastore {
+        tracing::warn!(peer = %g.from, granted = %g.datastore, named = %datastore, "copy call refused: another datastore");
+        return Err(AgentError::Unauthorized(format!(
+            "the grant is for datastore {}, not {datastore}",
+            g.datastore
+        )));
     }
+    h.opened(datastore)
 }
 
-type Recv = State<Receiving>;
+type Recv = State<Arc<HostAgent>>;
+type Grant = axum::Extension<Granted>;
 
 async fn receive_begin(
-    State(r): Recv,
-    headers: axum::http::HeaderMap,
+    State(h): Recv,
+    axum::Extension(g): Grant,
     Json(c): Json<ReceiveBegin>,
 ) -> Answer<Begin> {
-    let s = r.store(&headers, &c.datastore)?;
+    let s = granted_store(&h, &g, &c.datastore)?;
     let p = point_id(&c.point)?;
     Ok(Json(blocking(move || s.receive_begin(&p)).await?))
 }
 
 async fn receive_missing(
-    State(r): Recv,
-    headers: axum::http::HeaderMap,
+    State(h): Recv,
+    axum::Extension(g): Grant,
     Json(c): Json<ReceiveMissing>,
 ) -> Answer<Missing> {
-    let s = r.store(&headers, &c.datastore)?;
+    let s = granted_store(&h, &g, &c.datastore)?;
     Ok(Json(Missing {
         missing: s.receive_missing(&c.ids),
     }))
@@ -228,23 +230,23 @@ struct BatchQuery {
 }
 
 async fn receive_batch(
-    State(r): Recv,
-    headers: axum::http::HeaderMap,
+    State(h): Recv,
+    axum::Extension(g): Grant,
     Query(q): Query<BatchQuery>,
     body: axum::body::Bytes,
 ) -> Answer<Received> {
-    let s = r.store(&headers, &q.datastore)?;
+    let s = granted_store(&h, &g, &q.datastore)?;
     let batch = Batch::decode(&body)
         .map_err(|e| AgentError::BadRequest(format!("batch for datastore {}: {e}", q.datastore)))?;
     Ok(Json(blocking(move || s.receive_batch(&batch)).await?))
 }
 
 async fn receive_manifest(
-    State(r): Recv,
-    headers: axum::http::HeaderMap,
+    State(h): Recv,
+    axum::Extension(g): Grant,
     Json(c): Json<ReceiveManifest>,
 ) -> Answer<ManifestDone> {
-    let s = r.store(&headers, &c.datastore)?;
+    let s = granted_store(&h, &g, &c.datastore)?;
     let m = c.manifest;
     let p = m.id.clone();
     let id = p.to_string();

@@ -98,23 +98,13 @@ impl AgentProc {
 
     /// POST `/agent/v1/<op>` with `token`: the status and the JSON answer.
     fn post(&self, op: &str, token: &str, body: Value) -> (u16, Value) {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let url = format!("http://127.0.0.1:{}/agent/v1/{op}", self.port);
-        rt().block_on(async {
-            let resp = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap()
-                .post(url)
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .expect("agent answers");
-            let status = resp.status().as_u16();
-            (status, resp.json().await.unwrap_or(Value::Null))
-        })
+        crate::harness::agent_call(
+            &crate::harness::plain_client(Duration::from_secs(30)),
+            &format!("http://127.0.0.1:{}", self.port),
+            Some(token),
+            op,
+            &body,
+        )
     }
 
     fn state(&self, token: &str) -> Value {

@@ -142,31 +142,13 @@ impl Fencing {
 
     /// POST to the agent's execution API from the root namespace.
     fn agent_post(&self, op: &str, body: Value) -> (u16, Value) {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let url = format!(
-            "http://{}:{}/agent/v1/{op}",
-            self.net.addr(2),
-            self.agent_port
-        );
-        rt.block_on(async {
-            let resp = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap()
-                .post(url)
-                .bearer_auth(self.lab.agent_token("site1-agent"))
-                .json(&body)
-                .send()
-                .await
-                .expect("agent answers");
-            let status = resp.status().as_u16();
-            (status, resp.json().await.unwrap_or(Value::Null))
-        })
+        crate::harness::agent_call(
+            &crate::harness::plain_client(Duration::from_secs(5)),
+            &format!("http://{}:{}", self.net.addr(2), self.agent_port),
+            Some(&self.lab.agent_token("site1-agent")),
+            op,
+            &body,
+        )
     }
 
     fn agent_fenced(&self) -> Option<bool> {

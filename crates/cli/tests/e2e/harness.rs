@@ -532,3 +532,55 @@ pub fn kill_agent_vms(data: &Path) {
             .status();
     }
 }
+
+/// POST to an agent's `/agent/v1/<op>` as the controller does: ask for the
+/// agent's session, then send the call with it and a fresh counter.
+/// `client` carries the caller's credential (a client certificate);
+/// `token` a bearer token if any. The status and the JSON answer.
+pub fn agent_call(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    op: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let auth = |r: reqwest::RequestBuilder| match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        };
+        let s: serde_json::Value = auth(client.get(format!("{base}/agent/v1/session")))
+            .send()
+            .await
+            .expect("agent answers")
+            .json()
+            .await
+            .expect("a session");
+        let resp = auth(client.post(format!("{base}/agent/v1/{op}")))
+            .header(
+                "x-standby-session",
+                s["session"].as_str().unwrap_or_default(),
+            )
+            .header("x-standby-seq", s["next"].as_u64().unwrap_or(1).to_string())
+            .json(body)
+            .send()
+            .await
+            .expect("agent answers");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    })
+}
+
+/// A plain HTTP client for the tests' own calls to agents.
+pub fn plain_client(timeout: Duration) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+        .unwrap()
+}

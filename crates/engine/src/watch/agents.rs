@@ -9,6 +9,9 @@ use standby_types::watch::{Event, Labels, ProbeResult, ProbeSpec, Severity};
 
 pub use standby_agent::{Heartbeat, HeartbeatReply};
 
+use standby_agent::AgentError;
+use standby_agent::fresh::Refusal;
+
 use super::state::AgentSeen;
 use crate::controller::Controller;
 use crate::error::EngineError;
@@ -31,6 +34,20 @@ pub fn heartbeat(
     let Some(agent) = ctl.cfg.agents.get(name) else {
         return Err(EngineError::not_found("agent", name));
     };
+    let reply = |session| HeartbeatReply {
+        probes: probes_for(ctl, &format!("agent:{name}")),
+        heartbeat: agent.heartbeat,
+        fenced: ctl.fence_of(&agent.site).is_some(),
+        session,
+    };
+    // A heartbeat counts once: a recorded one proves nothing of now.
+    match fresh(ctl, name, hb.session.as_deref(), hb.seq, "heartbeat") {
+        Ok(()) => {}
+        Err(Refusal::Missing | Refusal::StaleSession) => {
+            return Ok(reply(Some(ctl.watch.fresh.hello(name))));
+        }
+        Err(r) => return Err(refused(name, "heartbeat", r)),
+    }
     let now = Utc::now();
     let first = {
         let mut agents = ctl.watch.agents.lock().expect("agents lock");
@@ -65,10 +82,32 @@ pub fn heartbeat(
             "heartbeat".into()
         },
     });
-    Ok(HeartbeatReply {
-        probes: probes_for(ctl, &format!("agent:{name}")),
-        heartbeat: agent.heartbeat,
-        fenced: ctl.fence_of(&agent.site).is_some(),
+    Ok(reply(None))
+}
+
+fn fresh(
+    ctl: &Controller,
+    name: &str,
+    session: Option<&str>,
+    seq: Option<u64>,
+    what: &str,
+) -> Result<(), Refusal> {
+    let (Some(session), Some(seq)) = (session, seq) else {
+        return Err(Refusal::Missing);
+    };
+    let r = ctl.watch.fresh.check(name, session, seq);
+    if let Err(e) = &r
+        && !matches!(e, Refusal::StaleSession)
+    {
+        tracing::warn!(agent = %name, "{what} refused: {e}");
+    }
+    r
+}
+
+fn refused(name: &str, what: &str, r: Refusal) -> EngineError {
+    EngineError::Agent(AgentError::Refused {
+        code: r.code(),
+        message: format!("{what} of agent {name} refused: {r}"),
     })
 }
 
@@ -76,11 +115,13 @@ pub fn heartbeat(
 pub fn results(
     ctl: &Arc<Controller>,
     name: &str,
+    (session, seq): (Option<&str>, Option<u64>),
     results: Vec<ProbeResult>,
 ) -> Result<usize, EngineError> {
     if !ctl.cfg.agents.contains_key(name) {
         return Err(EngineError::not_found("agent", name));
     }
+    fresh(ctl, name, session, seq, "results").map_err(|r| refused(name, "results", r))?;
     let vantage = format!("agent:{name}");
     let assigned = probes_for(ctl, &vantage);
     let mut n = 0;

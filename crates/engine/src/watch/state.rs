@@ -34,6 +34,8 @@ pub struct Watch {
     /// Silences not yet expired.
     pub(super) silences: Mutex<Vec<standby_types::watch::Silence>>,
     pub(super) agents: Mutex<BTreeMap<String, AgentSeen>>,
+    /// Each agent's counters of heartbeats and results (no replay).
+    pub(super) fresh: standby_agent::fresh::Freshness,
     pub(super) started: DateTime<Utc>,
     pub(super) resolved_total: std::sync::atomic::AtomicU64,
     /// Wakes the notifier when a delivery is queued.
@@ -76,6 +78,7 @@ impl Watch {
             track: Mutex::new(track),
             silences: Mutex::new(silences),
             agents: Mutex::default(),
+            fresh: standby_agent::fresh::Freshness::new(),
             started: Utc::now(),
             resolved_total: Default::default(),
             notify_wake: tokio::sync::Notify::new(),

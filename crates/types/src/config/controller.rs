@@ -55,6 +55,51 @@ pub struct Controller {
     /// e.g. on a monitoring network). On `listen` it needs a viewer token.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// This controller's name: its certificate is `controller-NAME` in
+    /// `[pki] dir`, and agents accept it if `[pki] controllers` names it.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// With `[pki]`: where agents send heartbeats and results, mutual TLS
+    /// only (this controller's `controller` certificate; each agent's
+    /// `agent` certificate), apart from the operators' API on `listen`.
+    #[serde(default)]
+    pub agent_listen: Option<String>,
+}
+
+/// `[pki]`: mutual TLS between standby's own processes (see `docs/pki.md`):
+/// the controller's calls to agents, agents' heartbeats and results, and
+/// copies between agents. Without it, remote agents speak plain HTTP with
+/// a shared token: for a lab on one machine only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pki {
+    /// Holds `ca.pem` (the trusted CAs) and each process's
+    /// `ROLE-NAME.pem`/`ROLE-NAME.key` (`standby pki issue`).
+    pub dir: PathBuf,
+    /// The controllers whose certificates agents take calls from (default:
+    /// `[controller] name`).
+    #[serde(default)]
+    pub controllers: Vec<String>,
+}
+
+impl Pki {
+    /// The trust bundle.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// The certificate and key of `role` (`controller`, `agent`, `peer`)
+    /// `name`.
+    pub fn identity(&self, role: &str, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{role}-{name}.pem")),
+            self.dir.join(format!("{role}-{name}.key")),
+        )
+    }
+}
+
+fn default_name() -> String {
+    "controller".to_string()
 }
 
 impl Default for Controller {
@@ -69,6 +114,8 @@ impl Default for Controller {
             tls_cert: None,
             tls_key: None,
             metrics_listen: None,
+            name: default_name(),
+            agent_listen: None,
         }
     }
 }

@@ -41,7 +41,7 @@ mod validate_watch;
 mod vms;
 
 pub use bandwidth::{BandwidthSchedule, BandwidthWindow, Day, TimeOfDay, parse_timezone};
-pub use controller::{Controller, DEFAULT_LISTEN, TenantConfig};
+pub use controller::{Controller, DEFAULT_LISTEN, Pki, TenantConfig};
 pub use datastores::{DatastoreConfig, DatastoreKind, EncryptionConfig};
 pub use error::ConfigError;
 pub use probes::ProbeConfig;

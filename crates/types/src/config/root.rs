@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::controller::{Controller, TenantConfig};
+use super::controller::{Controller, Pki, TenantConfig};
 use super::datastores::DatastoreConfig;
 use super::probes::ProbeConfig;
 use super::services::ServiceConfig;
@@ -48,6 +48,9 @@ pub struct Config {
     /// their own VMs, groups, services, points, alerts and incidents only.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// Mutual TLS between the controller and agents, and between agents.
+    #[serde(default)]
+    pub pki: Option<Pki>,
 }
 
 impl Config {
