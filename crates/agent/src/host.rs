@@ -55,18 +55,18 @@ impl Agent {
         data_dir: &Path,
         agent: &str,
         url: &str,
-        token: Option<String>,
-    ) -> Agent {
+        creds: &crate::creds::Creds,
+    ) -> Result<Agent, AgentError> {
         let kind = match cfg.driver {
             config::DriverKind::Process => "process",
             config::DriverKind::Qemu => "qemu",
         };
-        let exec = Box::new(RemoteHost::new(host, agent, url, token, kind));
-        Agent {
+        let exec = Box::new(RemoteHost::new(host, agent, url, creds, kind)?);
+        Ok(Agent {
             // The remote agent runs commands in its own namespace, if any.
             netns: None,
             ..Agent::with(host, cfg, data_dir, exec)
-        }
+        })
     }
 
     fn with(host: &str, cfg: &config::Host, data_dir: &Path, exec: Box<dyn Host>) -> Agent {
@@ -467,8 +467,9 @@ size = "1MiB"
             Path::new("/data"),
             "h-agent",
             &format!("http://127.0.0.1:{port}"),
-            None,
-        );
+            &crate::creds::Creds::Token(None),
+        )
+        .unwrap();
         let t0 = std::time::Instant::now();
         let e = a.status("v").await.unwrap_err();
         assert!(t0.elapsed() < Duration::from_secs(3));

@@ -21,6 +21,8 @@
 //! - [`wire`]: the messages of `/agent/v1` and of heartbeats.
 //! - [`stores`]: opening the configured datastores (directory, Azure Blob,
 //!   S3; encrypted or not) at whichever side writes them.
+//! - [`creds`]: this process's credentials toward the others: mutual TLS
+//!   with one certificate per role (`[pki]`), or a lab's shared token.
 //! - [`fresh`]: no replay: each call between standby's processes names
 //!   the receiver's session and a counter taken once.
 //! - [`progress`]: the [`Progress`] a point or restore reports to.
@@ -40,6 +42,7 @@
 //!   otherwise; the flag survives a restart of the agent.
 
 pub mod access;
+pub mod creds;
 pub mod daemon;
 pub mod drill;
 mod error;

@@ -48,7 +48,7 @@ pub struct RemoteHost {
     pub agent: String,
     base: String,
     http: reqwest::Client,
-    /// The agent's secret, sent on every call.
+    /// The agent's shared token, sent on every call (without `[pki]`).
     token: Option<String>,
     /// The host's driver (`process`, `qemu`), from the configuration.
     kind: &'static str,
@@ -71,15 +71,17 @@ fn sequencer_of(base: &str) -> Arc<crate::fresh::Sequencer> {
 }
 
 impl RemoteHost {
-    /// The agent `agent` at `url` running `host`, whose driver is `kind`.
+    /// The agent `agent` at `url` running `host`, whose driver is `kind`,
+    /// called with `creds` (with TLS, its certificate must be agent
+    /// `agent`'s).
     pub fn new(
         host: &str,
         agent: &str,
         url: &str,
-        token: Option<String>,
+        creds: &crate::creds::Creds,
         kind: &'static str,
-    ) -> RemoteHost {
-        let http = standby_http::builder(standby_http::Reach::Internal)
+    ) -> Result<RemoteHost, AgentError> {
+        let builder = standby_http::builder(standby_http::Reach::Internal)
             .connect_timeout(CONNECT_TIMEOUT)
             // A fresh connection per call: a pooled one on a link that
             // died would only fail at the call's timeout, while a new one
@@ -88,19 +90,19 @@ impl RemoteHost {
             // A link that dies during a long point is noticed in seconds.
             .tcp_keepalive(Duration::from_secs(5))
             .tcp_keepalive_interval(Duration::from_secs(2))
-            .tcp_keepalive_retries(3u32)
-            .build()
-            .unwrap_or_default();
+            .tcp_keepalive_retries(3u32);
+        let expect = vec![crate::creds::identity(standby_tls::Role::Agent, agent)?];
+        let http = creds.client(expect, builder)?;
         let base = format!("{}/agent/v1", url.trim_end_matches('/'));
-        RemoteHost {
+        Ok(RemoteHost {
             host: host.to_string(),
             agent: agent.to_string(),
             seq: sequencer_of(&base),
             base,
             http,
-            token,
+            token: creds.token().map(str::to_string),
             kind,
-        }
+        })
     }
 
     fn unreachable(&self, reason: String) -> AgentError {

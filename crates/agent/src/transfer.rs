@@ -114,14 +114,20 @@ impl PeerReceiver {
         peer: Peer,
         datastore: &str,
         limit: Option<Arc<RateLimit>>,
-    ) -> PeerReceiver {
-        let http = standby_http::builder(standby_http::Reach::Internal)
+        creds: &crate::creds::Creds,
+    ) -> Result<PeerReceiver, crate::AgentError> {
+        let builder = standby_http::builder(standby_http::Reach::Internal)
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(600))
-            .tcp_keepalive(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
-        PeerReceiver {
+            .tcp_keepalive(Duration::from_secs(5));
+        // With TLS: the destination must present agent `peer.agent`'s
+        // certificate, and this agent presents its peer certificate.
+        let expect = vec![crate::creds::identity(
+            standby_tls::Role::Agent,
+            &peer.agent,
+        )?];
+        let http = creds.client(expect, builder)?;
+        Ok(PeerReceiver {
             rt,
             http,
             base: format!("{}/agent/v1/receive", peer.url.trim_end_matches('/')),
@@ -133,7 +139,7 @@ impl PeerReceiver {
             sent: Arc::default(),
             limit,
             seq: Arc::default(),
-        }
+        })
     }
 
     /// What was sent so far.

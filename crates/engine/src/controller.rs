@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use standby_agent::creds::{Creds, Role};
 use standby_db::{AuthRepo, FenceRecord, Repo, SqliteRepo};
 use standby_hv::{ProcessDriver, QemuDriver};
 use standby_store::Datastore;
@@ -92,17 +93,36 @@ impl Controller {
         if interrupted > 0 {
             tracing::warn!("{interrupted} job(s) were cut off by the last controller stop");
         }
+        // How this controller reaches agents: its certificate, or each
+        // agent's token in a lab without [pki].
+        let tls = match &cfg.pki {
+            Some(p) => {
+                let me = standby_agent::creds::identity(Role::Controller, &cfg.controller.name)?;
+                Some(standby_agent::creds::material(p, &me)?)
+            }
+            None => None,
+        };
+        let creds_of = |agent: &str| -> Result<Creds, EngineError> {
+            match &tls {
+                Some(m) => Ok(Creds::Tls(m.clone())),
+                None => Ok(Creds::Token(cfg.agents[agent].secret().map_err(|e| {
+                    EngineError::BadRequest(format!(
+                        "unable to read the token of agent {agent}: {e}"
+                    ))
+                })?)),
+            }
+        };
         let mut agents = BTreeMap::new();
         for (name, host) in &cfg.hosts {
             let agent = match cfg.remote_agent_of(name) {
-                Some((agent, url)) => {
-                    let token = cfg.agents[agent].secret().map_err(|e| {
-                        EngineError::BadRequest(format!(
-                            "unable to read the token of agent {agent}: {e}"
-                        ))
-                    })?;
-                    Agent::remote(name, host, &cfg.controller.data_dir, agent, url, token)
-                }
+                Some((agent, url)) => Agent::remote(
+                    name,
+                    host,
+                    &cfg.controller.data_dir,
+                    agent,
+                    url,
+                    &creds_of(agent)?,
+                )?,
                 None => {
                     let run = cfg.controller.data_dir.join("hosts").join(name).join("run");
                     match host.driver {
@@ -132,25 +152,18 @@ impl Controller {
             let a = &cfg.agents[name];
             let url = a.url.clone().unwrap_or_default();
             let peer_url = a.peer_url.clone().unwrap_or_else(|| url.clone());
-            let secret = a
-                .secret()
-                .map_err(|e| {
-                    EngineError::BadRequest(format!(
-                        "unable to read the token of agent {name}: {e}"
-                    ))
-                })?
-                .ok_or_else(|| {
-                    EngineError::BadRequest(format!(
-                        "agent {name} serves a datastore but has no token or token_file"
-                    ))
-                })?;
+            let creds = creds_of(name)?;
+            if matches!(creds, Creds::Token(None)) {
+                return Err(EngineError::BadRequest(format!(
+                    "agent {name} serves a datastore but has no token or token_file (or use [pki])"
+                )));
+            }
             let host = a.host.clone().unwrap_or_default();
             let kind = match cfg.hosts.get(&host).map(|h| h.driver) {
                 Some(DriverKind::Qemu) => "qemu",
                 _ => "process",
             };
-            let client =
-                standby_agent::RemoteHost::new(&host, name, &url, Some(secret.clone()), kind);
+            let client = standby_agent::RemoteHost::new(&host, name, &url, &creds, kind)?;
             servers.insert(
                 name.clone(),
                 standby_agent::access::Server {

@@ -667,7 +667,7 @@ async fn agents(
     request_body(content = Option<watch::Heartbeat>),
     extensions(("x-standby-auth" = json!("agent"))),
     responses((status = 200, body = watch::HeartbeatReply), (status = 404, body = ApiError)))]
-async fn agent_heartbeat(
+pub(crate) async fn agent_heartbeat(
     State(ctl): Ctl,
     Path(name): Path<String>,
     body: axum::body::Bytes,
@@ -677,7 +677,7 @@ async fn agent_heartbeat(
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-struct ResultsRequest {
+pub(crate) struct ResultsRequest {
     results: Vec<ProbeResult>,
     /// The controller's session and the agent's counter (from its
     /// heartbeats' answers).
@@ -694,7 +694,7 @@ struct ResultsRequest {
     extensions(("x-standby-auth" = json!("agent"))),
     responses((status = 200, description = "`{\"accepted\": n}`", body = Object),
         (status = 404, body = ApiError)))]
-async fn agent_results(
+pub(crate) async fn agent_results(
     State(ctl): Ctl,
     Path(name): Path<String>,
     Json(req): Json<ResultsRequest>,

@@ -38,6 +38,7 @@
 //! - Nothing here decides what happens to a VM: handlers check access,
 //!   parse, call the engine and render.
 
+pub mod agent_api;
 pub mod alertmanager;
 pub mod api;
 mod api_watch;
@@ -70,6 +71,9 @@ pub struct RunningServer {
     pub tls: bool,
     /// Where `/metrics` is served without authentication, if configured.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where agents send heartbeats and results over mutual TLS, if
+    /// configured.
+    pub agent_addr: Option<SocketAddr>,
     serve: JoinHandle<std::io::Result<()>>,
 }
 
@@ -132,6 +136,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Internal(format!("unable to read listen address: {e}")))?;
+    let agent_addr = match ctl.cfg.controller.agent_listen.clone() {
+        Some(a) => Some(agent_api::serve(ctl.clone(), &a).await?),
+        None => None,
+    };
     let auth = Arc::new(auth::Auth::open(&ctl.cfg, ctl.auth_repo.clone()).await?);
     standby_engine::start(&ctl).await?;
     let app = app(AppState {
@@ -163,6 +171,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
         ctl,
         tls: is_tls,
         metrics_addr,
+        agent_addr,
         serve,
     })
 }

@@ -127,7 +127,36 @@ pub(super) async fn session(
     Json(h.fresh.hello(&caller))
 }
 
-/// The receive API: a peer with a grant.
+/// The execution API over mutual TLS: a controller's certificate only.
+pub(super) async fn controllers_only(
+    State(allowed): State<Arc<Vec<standby_tls::Identity>>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(peer) = tls_peer(&req) else {
+        return AgentError::Unauthorized("no client certificate".into()).into_response();
+    };
+    match standby_tls::require(&peer, &allowed) {
+        Ok(who) => {
+            req.extensions_mut()
+                .insert(Caller(format!("controller {}", who.name)));
+            next.run(req).await
+        }
+        Err(e) => {
+            tracing::warn!(client = %peer.addr, path = %req.uri().path(), "call refused: {e}");
+            AgentError::Forbidden(format!("{} refused: {e}", req.uri().path())).into_response()
+        }
+    }
+}
+
+fn tls_peer(req: &Request) -> Option<standby_tls::TlsPeer> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<standby_tls::TlsPeer>>()
+        .map(|c| c.0.clone())
+}
+
+/// The receive API: a peer with a grant (and over mutual TLS, the
+/// certificate of the peer the grant names).
 pub(super) async fn granted_peers(
     State(h): State<Arc<HostAgent>>,
     mut req: Request,
@@ -150,6 +179,22 @@ pub(super) async fn granted_peers(
             Err(e) => return refuse(e),
         },
     };
+    if h.mtls {
+        let who = match crate::creds::identity(standby_tls::Role::Peer, &granted.from) {
+            Ok(w) => w,
+            Err(e) => return refuse(e.to_string()),
+        };
+        let checked = match tls_peer(&req) {
+            Some(peer) => {
+                standby_tls::require(&peer, std::slice::from_ref(&who)).map_err(|e| e.to_string())
+            }
+            None => Err("no client certificate".into()),
+        };
+        if let Err(e) = checked {
+            tracing::warn!(path = %req.uri().path(), "copy call refused: {e}");
+            return AgentError::Forbidden(format!("copy refused: {e}")).into_response();
+        }
+    }
     req.extensions_mut()
         .insert(Caller(format!("peer {}", granted.from)));
     req.extensions_mut().insert(granted);

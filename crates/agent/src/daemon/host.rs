@@ -45,6 +45,10 @@ pub struct HostAgent {
     pub(super) fresh: crate::fresh::Freshness,
     /// What peers may copy into, as the controller granted.
     pub(super) grants: super::guard::Grants,
+    /// What this agent presents when it copies into another agent.
+    pub(super) peer_creds: crate::creds::Creds,
+    /// Its API is mutual TLS: every caller's certificate is checked.
+    pub(super) mtls: bool,
 }
 
 impl HostAgent {
@@ -54,6 +58,8 @@ impl HostAgent {
         name: &str,
         dir: &Path,
         policy: Policy,
+        peer_creds: crate::creds::Creds,
+        mtls: bool,
     ) -> Result<Arc<HostAgent>, AgentError> {
         std::fs::create_dir_all(&policy.disk_dir).map_err(|e| {
             AgentError::Internal(format!(
@@ -106,6 +112,8 @@ impl HostAgent {
             stores: Mutex::default(),
             fresh: crate::fresh::Freshness::new(),
             grants: super::guard::Grants::default(),
+            peer_creds,
+            mtls,
         });
         let names = host.adopt_all().await;
         tracing::info!(vms = ?names, dir = %dir.display(), host = %host.policy.host, driver = host.policy.driver_kind(), "host agent ready");

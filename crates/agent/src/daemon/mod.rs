@@ -58,6 +58,11 @@ mod stores;
 pub use host::HostAgent;
 pub use routes::exec_routes;
 
+use std::sync::Arc;
+
+use standby_tls::{Identity, Material};
+
+use crate::creds::Creds;
 use crate::error::AgentError;
 use crate::wire::{Heartbeat, HeartbeatReply};
 
@@ -75,8 +80,8 @@ pub struct AgentOptions {
     /// Makes this the agent of a hypervisor host: VM state, work files
     /// and the fence flag live here.
     pub data_dir: Option<PathBuf>,
-    /// The agent's secret (`[agents.NAME] token`/`token_file`).
-    pub token: Option<String>,
+    /// How the agent proves itself and checks its callers.
+    pub auth: AgentAuth,
     /// What the host agent agrees to run, from its own configuration
     /// file: required with `data_dir`.
     pub policy: Option<crate::policy::Policy>,
@@ -85,19 +90,71 @@ pub struct AgentOptions {
     pub ready: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
-fn client() -> reqwest::Client {
-    standby_http::builder(standby_http::Reach::Internal)
-        .timeout(Duration::from_secs(2))
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap_or_default()
+/// An agent's credentials.
+#[derive(Debug, Clone)]
+pub enum AgentAuth {
+    /// A lab without `[pki]`: plain HTTP, the agent's shared token (sent
+    /// on heartbeats, expected on the controller's calls).
+    Token(Option<String>),
+    /// Mutual TLS (`[pki]`).
+    Tls {
+        /// `agent-NAME`: the server of this agent's API, the client of its
+        /// heartbeats and results.
+        agent: Arc<Material>,
+        /// `peer-NAME`: the client of copies into other agents (host
+        /// agents only).
+        peer: Option<Arc<Material>>,
+        /// The controllers whose calls it takes.
+        controllers: Vec<Identity>,
+    },
+}
+
+impl AgentAuth {
+    /// The client of heartbeats and results.
+    fn controller_client(&self) -> Result<reqwest::Client, AgentError> {
+        let b = standby_http::builder(standby_http::Reach::Internal)
+            .timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(1));
+        match self {
+            AgentAuth::Token(t) => Creds::Token(t.clone()).client(Vec::new(), b),
+            AgentAuth::Tls {
+                agent, controllers, ..
+            } => Creds::Tls(agent.clone()).client(controllers.clone(), b),
+        }
+    }
+
+    fn token(&self) -> String {
+        match self {
+            AgentAuth::Token(t) => t.clone().unwrap_or_default(),
+            AgentAuth::Tls { .. } => String::new(),
+        }
+    }
+
+    /// What the host side presents when it copies to a peer.
+    fn peer_creds(&self) -> Creds {
+        match self {
+            AgentAuth::Token(_) => Creds::Token(None),
+            AgentAuth::Tls { peer: Some(p), .. } => Creds::Tls(p.clone()),
+            // Refused by the peer, with a clear error there and here.
+            AgentAuth::Tls { peer: None, .. } => Creds::Token(None),
+        }
+    }
 }
 
 /// Run until `cancel` fires.
 pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), AgentError> {
     let base = opts.controller.trim_end_matches('/').to_string();
     let host = match (&opts.data_dir, &opts.policy) {
-        (Some(dir), Some(policy)) => Some(HostAgent::open(&opts.name, dir, policy.clone()).await?),
+        (Some(dir), Some(policy)) => Some(
+            HostAgent::open(
+                &opts.name,
+                dir,
+                policy.clone(),
+                opts.auth.peer_creds(),
+                matches!(opts.auth, AgentAuth::Tls { .. }),
+            )
+            .await?,
+        ),
         (Some(_), None) => {
             return Err(AgentError::BadRequest(format!(
                 "agent {} runs a host (--data-dir) and needs its own configuration file declaring [agents.{}] with 'host' and 'allowed_commands'",
@@ -118,36 +175,70 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
                 async move { Json(serde_json::json!({"status": "ok", "agent": name})) }
             }),
         );
-        if let Some(h) = &host {
-            app = app
-                .merge(exec_routes(h.clone(), opts.token.as_deref()))
-                .merge(stores::receive_routes(h.clone()));
-        }
         let c = cancel.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { c.cancelled().await })
-                .await;
-        });
-        tracing::info!(%addr, "agent answering /health");
+        match (&host, &opts.auth) {
+            (
+                Some(h),
+                AgentAuth::Tls {
+                    agent, controllers, ..
+                },
+            ) => {
+                // Everything over mutual TLS; each route checks the
+                // caller's role and name.
+                app = app
+                    .merge(routes::tls_exec_routes(h.clone(), controllers.clone()))
+                    .merge(stores::receive_routes(h.clone()));
+                let cfg = standby_tls::server_config(agent.clone())
+                    .map_err(|e| AgentError::BadRequest(standby_types::error_chain(&e)))?;
+                let tls = standby_tls::TlsListener::new(listener, cfg, cancel.clone())
+                    .map_err(|e| AgentError::Internal(format!("TLS listener on {addr}: {e}")))?;
+                tokio::spawn(async move {
+                    let _ = axum::serve(
+                        tls,
+                        app.into_make_service_with_connect_info::<standby_tls::TlsPeer>(),
+                    )
+                    .with_graceful_shutdown(async move { c.cancelled().await })
+                    .await;
+                });
+                tracing::info!(%addr, "agent API on mutual TLS");
+            }
+            (host, auth) => {
+                if let Some(h) = host {
+                    app = app
+                        .merge(exec_routes(
+                            h.clone(),
+                            Some(&auth.token())
+                                .filter(|t| !t.is_empty())
+                                .map(|s| s.as_str()),
+                        ))
+                        .merge(stores::receive_routes(h.clone()));
+                }
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { c.cancelled().await })
+                        .await;
+                });
+                tracing::info!(%addr, "agent answering /health");
+            }
+        }
     }
     let (tx, rx) = mpsc::channel::<ProbeResult>(1024);
-    let token = opts.token.clone().unwrap_or_default();
-    if opts.token.is_none() {
+    let token = opts.auth.token();
+    if matches!(opts.auth, AgentAuth::Token(None)) {
         tracing::warn!("no agent token: the controller will refuse heartbeats and results");
     }
     // The controller's session and this agent's counters, for heartbeats
     // and results alike (each counted once).
     let seq = std::sync::Arc::new(crate::fresh::Sequencer::default());
+    let http = opts.auth.controller_client()?;
     let sender = tokio::spawn(send_results(
-        client(),
+        http.clone(),
         format!("{base}/api/v1/agents/{}/results", opts.name),
         token.clone(),
         seq.clone(),
         rx,
         cancel.clone(),
     ));
-    let http = client();
     let url = format!("{base}/api/v1/agents/{}/heartbeat", opts.name);
     if let Some(ready) = &opts.ready {
         ready.notify_one();
@@ -165,7 +256,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
             seq: n,
         };
         let mut again = false;
-        match http.post(&url).bearer_auth(&token).json(&hb).send().await {
+        match with_token(http.post(&url), &token).json(&hb).send().await {
             Ok(resp) if resp.status().is_success() => match resp.json::<HeartbeatReply>().await {
                 Ok(reply) => {
                     if !reachable {
@@ -236,6 +327,15 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
     Ok(())
 }
 
+/// The agent's token on a call, if it has one (none with TLS).
+fn with_token(r: reqwest::RequestBuilder, token: &str) -> reqwest::RequestBuilder {
+    if token.is_empty() {
+        r
+    } else {
+        r.bearer_auth(token)
+    }
+}
+
 async fn run_probe(
     spec: ProbeSpec,
     agent: String,
@@ -302,9 +402,7 @@ async fn send_results(
             }
             continue;
         };
-        match http
-            .post(&url)
-            .bearer_auth(&token)
+        match with_token(http.post(&url), &token)
             .json(&serde_json::json!({ "results": batch, "session": session, "seq": n }))
             .send()
             .await

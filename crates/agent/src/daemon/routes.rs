@@ -54,6 +54,20 @@ impl axum::response::IntoResponse for AgentError {
 /// counter ([`super::guard`]).
 pub fn exec_routes(host: Arc<HostAgent>, token: Option<&str>) -> Router {
     let expected = Arc::new(token.map(|t| sha256(t.as_bytes())));
+    routes(host).layer(axum::middleware::from_fn_with_state(expected, check_token))
+}
+
+/// [`exec_routes`] over mutual TLS: the caller must present the
+/// certificate of one of `controllers` (an agent's or a peer's is refused,
+/// and logged).
+pub fn tls_exec_routes(host: Arc<HostAgent>, controllers: Vec<standby_tls::Identity>) -> Router {
+    routes(host).layer(axum::middleware::from_fn_with_state(
+        Arc::new(controllers),
+        super::guard::controllers_only,
+    ))
+}
+
+fn routes(host: Arc<HostAgent>) -> Router {
     Router::new()
         .route("/agent/v1/session", get(super::guard::session))
         .route("/agent/v1/state", get(state))
@@ -75,7 +89,6 @@ pub fn exec_routes(host: Arc<HostAgent>, token: Option<&str>) -> Router {
             host.clone(),
             super::guard::fresh_calls,
         ))
-        .layer(axum::middleware::from_fn_with_state(expected, check_token))
         .with_state(host)
 }
 
@@ -326,9 +339,15 @@ mod tests {
     #[tokio::test]
     async fn the_agent_api_answers_only_calls_with_the_agents_token() {
         let dir = tempfile::tempdir().unwrap();
-        let h = HostAgent::open("a", dir.path(), policy(dir.path()))
-            .await
-            .unwrap();
+        let h = HostAgent::open(
+            "a",
+            dir.path(),
+            policy(dir.path()),
+            crate::creds::Creds::Token(None),
+            false,
+        )
+        .await
+        .unwrap();
         let serve = |token: Option<&str>| {
             let app = exec_routes(h.clone(), token);
             async move {
@@ -362,9 +381,15 @@ mod tests {
     #[tokio::test]
     async fn a_fenced_agent_stops_its_vms_and_stays_fenced_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let h = HostAgent::open("a", dir.path(), policy(dir.path()))
-            .await
-            .unwrap();
+        let h = HostAgent::open(
+            "a",
+            dir.path(),
+            policy(dir.path()),
+            crate::creds::Creds::Token(None),
+            false,
+        )
+        .await
+        .unwrap();
         let Json(st) = start(
             State(h.clone()),
             Json(SpecCall {
@@ -387,9 +412,15 @@ mod tests {
         drop(h);
 
         // A restarted agent is still fenced and refuses starts.
-        let h = HostAgent::open("a", dir.path(), policy(dir.path()))
-            .await
-            .unwrap();
+        let h = HostAgent::open(
+            "a",
+            dir.path(),
+            policy(dir.path()),
+            crate::creds::Creds::Token(None),
+            false,
+        )
+        .await
+        .unwrap();
         let e = start(
             State(h.clone()),
             Json(SpecCall {

@@ -137,7 +137,8 @@ async fn copy(State(h): Host, Json(c): Json<CopyCall>) -> Answer<CopyDone> {
                 peer,
                 &c.to.datastore,
                 limit,
-            );
+                &h.peer_creds,
+            )?;
             tokio::task::spawn_blocking(move || {
                 let stats = src.send_point(&point, &rx, &Quiet)?;
                 Ok::<_, standby_store::StoreError>(CopyDone {

@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde_json::{Value, json};
+use standby_agent::daemon::AgentAuth;
 use standby_server::auth::{ADMIN_TOKEN_FILE, Role};
 use standby_types::config::Config;
 
@@ -96,6 +97,46 @@ pub fn agent_token(config: &Path, name: &str) -> Result<Option<String>> {
             .with_context(|| format!("reading the token of agent {name}")),
         None => Ok(None),
     }
+}
+
+/// How agent `name` proves itself and checks its callers: with `[pki]` in
+/// its configuration, its certificates (`agent-NAME`, and `peer-NAME` for
+/// a host agent) and the controllers it takes calls from; else its token.
+pub fn agent_auth(config: &Path, name: &str, host: bool) -> Result<AgentAuth> {
+    let cfg = if config.exists() {
+        Some(Config::load(config)?)
+    } else {
+        None
+    };
+    let Some((cfg, pki)) = cfg.as_ref().and_then(|c| c.pki.as_ref().map(|p| (c, p))) else {
+        return Ok(AgentAuth::Token(agent_token(config, name)?));
+    };
+    use standby_agent::creds::{Role, identity, material};
+    let agent = material(pki, &identity(Role::Agent, name)?).with_context(|| {
+        format!("agent {name}: its certificate (standby pki issue agent {name})")
+    })?;
+    let peer = if host {
+        Some(
+            material(pki, &identity(Role::Peer, name)?).with_context(|| {
+                format!("agent {name}: its peer certificate (standby pki issue agent {name})")
+            })?,
+        )
+    } else {
+        None
+    };
+    Ok(AgentAuth::Tls {
+        agent,
+        peer,
+        controllers: standby_agent::creds::controllers(cfg)?,
+    })
+}
+
+/// The controller's agent-facing address of a configuration with `[pki]`
+/// (`https://[controller] agent_listen`).
+pub fn agent_listen_url(config: &Path) -> Option<String> {
+    let cfg = Config::load(config).ok()?;
+    cfg.pki.as_ref()?;
+    cfg.controller.agent_listen.map(|a| format!("https://{a}"))
 }
 
 /// The policy of host agent `name` from its own configuration file: the

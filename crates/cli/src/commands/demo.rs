@@ -461,7 +461,9 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
             name: name.to_string(),
             listen: Some((ip, port).into()),
             data_dir: None,
-            token: server.ctl.cfg.agents[name].secret().ok().flatten(),
+            auth: standby_agent::daemon::AgentAuth::Token(
+                server.ctl.cfg.agents[name].secret().ok().flatten(),
+            ),
             policy: None,
             ready: None,
         };

@@ -88,8 +88,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 } => {
                     let addr = controller
                         .clone()
+                        .or_else(|| auth::agent_listen_url(&cli.config))
                         .unwrap_or_else(|| ctx.client.base().to_string());
-                    let token = auth::agent_token(&cli.config, name)?;
                     // A host agent's policy is its own configuration file.
                     // An agent declared without `host` is a vantage point
                     // only, whatever its unit passes as --data-dir.
@@ -106,7 +106,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                         },
                         None => (None, None),
                     };
-                    watch::agent(name, &addr, *listen, data_dir, token, policy).await
+                    let creds = auth::agent_auth(&cli.config, name, policy.is_some())?;
+                    watch::agent(name, &addr, *listen, data_dir, creds, policy).await
                 }
                 Cmd::Init { .. }
                 | Cmd::Server

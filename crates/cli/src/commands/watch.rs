@@ -611,11 +611,14 @@ pub async fn agent(
     controller: &str,
     listen: Option<std::net::SocketAddr>,
     data_dir: Option<std::path::PathBuf>,
-    token: Option<String>,
+    auth: standby_agent::daemon::AgentAuth,
     policy: Option<standby_agent::policy::Policy>,
 ) -> Result<()> {
+    let tls = matches!(auth, standby_agent::daemon::AgentAuth::Tls { .. });
     let controller = if controller.starts_with("http://") || controller.starts_with("https://") {
         controller.to_string()
+    } else if tls {
+        format!("https://{controller}")
     } else {
         format!("http://{controller}")
     };
@@ -643,7 +646,7 @@ pub async fn agent(
             name: name.to_string(),
             listen,
             data_dir,
-            token,
+            auth,
             policy,
             ready: Some(ready),
         },
