@@ -127,6 +127,10 @@ pub enum Cmd {
     /// The controller's API: its OpenAPI document.
     #[command(subcommand)]
     Api(commands::api::ApiCmd),
+    /// The CA and certificates of mutual TLS between the controller and
+    /// agents: files in a directory (offline).
+    #[command(subcommand)]
+    Pki(commands::pki::PkiCmd),
     /// Write the man pages (`man1/`) and shell completions (`completions/`)
     /// of this command into a directory (for packages).
     #[command(hide = true)]

@@ -24,9 +24,9 @@ use crate::pki;
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The trust bundle, own certificate chain and key of a process, from
-/// three files. Handshakes ask for the [`Loaded`] material; at most once
-/// per [`CHECK_INTERVAL`] that looks at the files' metadata and, if one
-/// changed, reads all three again. Material that fails to load (a file
+/// three files. Every handshake asks for the current material; at most
+/// once per [`CHECK_INTERVAL`] that looks at the files' metadata and, if
+/// one changed, reads all three again. Material that fails to load (a file
 /// unreadable, a certificate and key that do not match) is refused with a
 /// warning and the previous material stays in use: a bad file never
 /// leaves a process without TLS.

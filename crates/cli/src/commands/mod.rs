@@ -5,6 +5,7 @@ pub mod configfile;
 pub mod demo;
 pub mod jobs;
 pub mod manual;
+pub mod pki;
 pub mod points;
 pub mod protect;
 pub mod restore;
@@ -55,6 +56,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(args) => bench::run(args, cli.json).await,
         Cmd::Api(c) => api::run(c),
         Cmd::Manual { out } => manual::write(out),
+        Cmd::Pki(c) => pki::run(c, cli.json),
         Cmd::Rules(c @ watch::RulesCmd::Check { .. }) => {
             let ctx = Ctx::new(&cli);
             watch::rules(&ctx, c).await
@@ -114,6 +116,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 | Cmd::Demo(_)
                 | Cmd::Bench(_)
                 | Cmd::Api(_)
+                | Cmd::Pki(_)
                 | Cmd::Manual { .. } => {
                     unreachable!()
                 }
