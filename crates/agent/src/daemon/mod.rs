@@ -308,7 +308,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
             }
             Err(e) => {
                 if reachable {
-                    tracing::warn!("controller unreachable: {e}");
+                    tracing::warn!("controller unreachable: {}", standby_types::error_chain(&e));
                 }
                 reachable = false;
             }

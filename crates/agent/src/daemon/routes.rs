@@ -273,7 +273,6 @@ async fn drill_stop(State(h): Host, Json(c): Json<DrillCall>) -> Answer<DrillSto
 
 #[cfg(test)]
 mod tests {
-    use super::super::client;
     use super::*;
     use standby_hv::VmSpec;
     use std::path::Path;
@@ -357,7 +356,9 @@ mod tests {
                 format!("http://{addr}/agent/v1/state")
             }
         };
-        let http = client();
+        let http = standby_http::builder(standby_http::Reach::Internal)
+            .build()
+            .unwrap();
         let status = |url: String, bearer: Option<&'static str>| {
             let http = http.clone();
             async move {

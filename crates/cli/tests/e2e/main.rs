@@ -19,6 +19,7 @@ mod failover;
 mod fencing;
 mod portal;
 mod protect_restore;
+mod protocol;
 mod qemu;
 mod runbooks;
 mod scheduler;

@@ -1,0 +1,451 @@
+//! The agent protocol with `[pki]`: mutual TLS with one certificate per
+//! role (`standby pki`), each credential refused in another role, no
+//! replayed call taken, heartbeat answers only from a controller, and no
+//! command from the wire. Real `standby server` and `standby agent`
+//! processes on loopback; the test holds certificates of its own to play
+//! an intruder, a thief of one credential, and a forger of answers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use standby_tls::{Identity, Material, Role};
+
+use crate::harness::{Lab, LabOptions, STANDBY, free_port};
+
+/// `standby pki ARGS --dir DIR`, which must succeed.
+fn pki(dir: &Path, args: &[&str]) {
+    let out = Command::new(STANDBY)
+        .arg("pki")
+        .args(args)
+        .args(["--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "standby pki {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A host agent process, killed with its VMs when dropped.
+struct AgentProc {
+    child: Child,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    fn start(cfg: &Path, name: &str, controller: &str, port: u16, data: &Path) -> AgentProc {
+        let log = data.with_extension("log");
+        let child = Command::new(STANDBY)
+            .args(["--config", cfg.to_str().unwrap(), "agent", "--name", name])
+            .args(["--controller", controller])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--data-dir", data.to_str().unwrap()])
+            .env("STANDBY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("agent starts");
+        let mut a = AgentProc {
+            child,
+            data: data.to_path_buf(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(st) = a.child.try_wait().unwrap() {
+                panic!("agent {name} exited ({st}): {}", a.log_text());
+            }
+            assert!(Instant::now() < deadline, "agent {name} did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        a
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the agent's log has `text`.
+    fn logged(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "'{text}' not in the agent's log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        crate::harness::kill_agent_vms(&self.data);
+    }
+}
+
+/// A client presenting `who`'s certificate from `dir`, expecting the
+/// server to be `expect`.
+fn client(dir: &Path, who: &Identity, expect: Identity) -> reqwest::Client {
+    let m = Material::from_dir(dir, who).unwrap();
+    standby_tls::reqwest_client(m, vec![expect], plain_builder()).unwrap()
+}
+
+fn plain_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// GET `url`: the status and JSON answer, or the connection's error.
+fn get(c: &reqwest::Client, url: &str) -> Result<(u16, Value), String> {
+    rt().block_on(async {
+        let r = c
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| standby_types::error_chain(&e))?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    })
+}
+
+/// POST `body` to `url` with exactly these extra headers.
+fn post(c: &reqwest::Client, url: &str, headers: &[(&str, String)], body: &Value) -> (u16, Value) {
+    rt().block_on(async {
+        let mut r = c.post(url).json(body);
+        for (k, v) in headers {
+            r = r.header(*k, v);
+        }
+        let r = r.send().await.expect("the server answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    })
+}
+
+/// The agent's session and the caller's next counter, as headers.
+fn fresh(c: &reqwest::Client, base: &str) -> (String, u64) {
+    let (status, s) = get(c, &format!("{base}/agent/v1/session")).unwrap();
+    assert_eq!(status, 200, "{s}");
+    (
+        s["session"].as_str().unwrap().to_string(),
+        s["next"].as_u64().unwrap(),
+    )
+}
+
+fn headers(session: &str, seq: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-standby-session", session.to_string()),
+        ("x-standby-seq", seq.to_string()),
+    ]
+}
+
+fn vm_status(lab: &Lab) -> String {
+    let v = lab.json(&["vm", "status", "pbx1"]);
+    v["state"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn protocol_mutual_tls_refuses_strangers_other_roles_replays_forged_answers_and_commands() {
+    let pkidir = tempfile::tempdir().unwrap();
+    let d = pkidir.path();
+    pki(d, &["init"]);
+    pki(d, &["issue", "controller", "controller"]);
+    pki(d, &["issue", "agent", "site1-agent"]);
+    pki(d, &["issue", "agent", "site2-agent"]);
+    // Another CA's controller: a stranger with a well-formed certificate.
+    let rogue = tempfile::tempdir().unwrap();
+    pki(rogue.path(), &["init"]);
+    pki(rogue.path(), &["issue", "controller", "controller"]);
+
+    let (agent_port, agent2_port, ctl_port) = (free_port(), free_port(), free_port());
+    let lab = Lab::new(LabOptions {
+        controller: format!("agent_listen = \"127.0.0.1:{ctl_port}\"\n"),
+        watch: format!(
+            r#"
+[pki]
+dir = "{dir}"
+
+[agents.site1-agent]
+site = "site1"
+host = "site1-host1"
+url = "https://127.0.0.1:{agent_port}"
+heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
+
+[agents.site2-agent]
+site = "site2"
+host = "site2-host1"
+url = "https://127.0.0.1:{agent2_port}"
+heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
+"#,
+            dir = d.display()
+        ),
+        ..LabOptions::default()
+    });
+    let ctl_url = format!("https://127.0.0.1:{ctl_port}");
+    let agent = AgentProc::start(
+        &lab.cfg,
+        "site1-agent",
+        &ctl_url,
+        agent_port,
+        &lab.path("site1-agent"),
+    );
+    let base = format!("https://127.0.0.1:{agent_port}");
+
+    // The controller runs the VM at the agent over mutual TLS.
+    let mut started = false;
+    for _ in 0..100 {
+        if lab.run(&["vm", "start", "pbx1"]).status.success() {
+            started = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        started,
+        "pbx1 starts through the agent: {}",
+        agent.log_text()
+    );
+    assert_eq!(vm_status(&lab), "running");
+    agent.logged("agent API on mutual TLS");
+
+    // 1. No client certificate, or one from another CA: no handshake.
+    let bare = plain_builder()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let e = get(&bare, &format!("{base}/agent/v1/state")).unwrap_err();
+    assert!(!e.is_empty());
+    agent.logged("TLS handshake refused");
+    let stranger = client(
+        rogue.path(),
+        &Identity::controller("controller").unwrap(),
+        Identity::agent("site1-agent").unwrap(),
+    );
+    // The stranger does not even trust the agent (another CA); it would
+    // be refused either way.
+    assert!(get(&stranger, &format!("{base}/agent/v1/state")).is_err());
+
+    // 2. A stolen agent or peer certificate is not the controller's: the
+    // agent API refuses it (403), says why, and logs it.
+    for role in [Role::Agent, Role::Peer] {
+        let thief = client(
+            d,
+            &Identity::new(role, "site2-agent").unwrap(),
+            Identity::agent("site1-agent").unwrap(),
+        );
+        let (status, v) = post(
+            &thief,
+            &format!("{base}/agent/v1/stop"),
+            &[],
+            &json!({"vm": "pbx1"}),
+        );
+        assert_eq!(status, 403, "{role:?}: {v}");
+        let text = v.to_string();
+        assert!(text.contains("controller"), "{role:?}: {text}");
+    }
+    agent.logged("call refused");
+    assert_eq!(vm_status(&lab), "running", "refused calls change nothing");
+
+    // 3. The controller's own credential: each call counts once.
+    let ctl = client(
+        d,
+        &Identity::controller("controller").unwrap(),
+        Identity::agent("site1-agent").unwrap(),
+    );
+    let (session, n) = fresh(&ctl, &base);
+    let stop = json!({"vm": "pbx1"});
+    let (status, v) = post(
+        &ctl,
+        &format!("{base}/agent/v1/stop"),
+        &headers(&session, n),
+        &stop,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_ne!(vm_status(&lab), "running");
+    assert!(lab.run(&["vm", "start", "pbx1"]).status.success());
+    assert_eq!(vm_status(&lab), "running");
+    // The recorded stop, sent again: refused, pbx1 keeps running.
+    let (status, v) = post(
+        &ctl,
+        &format!("{base}/agent/v1/stop"),
+        &headers(&session, n),
+        &stop,
+    );
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["code"], "replayed", "{v}");
+    agent.logged(&format!("counter {n} was used already"));
+    assert_eq!(vm_status(&lab), "running");
+    // A call without the session and counter is not taken either.
+    let (status, v) = post(&ctl, &format!("{base}/agent/v1/stop"), &[], &stop);
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(vm_status(&lab), "running");
+
+    // A recorded fence, replayed after the site was unfenced: refused.
+    let (session, n) = fresh(&ctl, &base);
+    let fence = json!({"reason": "test"});
+    let (status, v) = post(
+        &ctl,
+        &format!("{base}/agent/v1/fence"),
+        &headers(&session, n),
+        &fence,
+    );
+    assert_eq!(status, 200, "{v}");
+    // The controller says the site is not fenced: the next heartbeat
+    // answer unfences the agent; then pbx1 starts again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lab.run(&["vm", "start", "pbx1"]).status.success() {
+        assert!(Instant::now() < deadline, "{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(vm_status(&lab), "running");
+    let (status, v) = post(
+        &ctl,
+        &format!("{base}/agent/v1/fence"),
+        &headers(&session, n),
+        &fence,
+    );
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["code"], "replayed", "{v}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(vm_status(&lab), "running", "a replayed fence stops nothing");
+
+    // 4. No command from the wire: with the controller's own credential,
+    // a program the agent's configuration does not allow is refused.
+    let (session, n) = fresh(&ctl, &base);
+    let canary = lab.path("pwned");
+    let (status, v) = post(
+        &ctl,
+        &format!("{base}/agent/v1/start"),
+        &headers(&session, n),
+        &json!({"spec": {
+            "name": "evil", "command": "/bin/sh",
+            "args": ["-c", format!("touch {}", canary.display())],
+            "workdir": "/tmp",
+        }}),
+    );
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["code"], "forbidden", "{v}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!canary.exists(), "the refused command ran");
+
+    // 5. Heartbeats: only from the agent the route names, by its agent
+    // certificate; a replayed heartbeat is refused.
+    let hb = |who: Identity| client(d, &who, Identity::controller("controller").unwrap());
+    let url = format!("{ctl_url}/api/v1/agents/site1-agent/heartbeat");
+    for (who, why) in [
+        (Identity::peer("site1-agent").unwrap(), "a peer certificate"),
+        (Identity::agent("site2-agent").unwrap(), "another agent"),
+    ] {
+        let (status, v) = post(&hb(who), &url, &[], &json!({}));
+        assert_eq!(status, 403, "{why}: {v}");
+    }
+    let me = hb(Identity::agent("site1-agent").unwrap());
+    let (status, hello) = post(&me, &url, &[], &json!({}));
+    assert_eq!(status, 200, "{hello}");
+    let s = hello["session"]["session"].as_str().unwrap().to_string();
+    let next = hello["session"]["next"].as_u64().unwrap();
+    let beat = json!({"session": s, "seq": next});
+    let (status, v) = post(&me, &url, &[], &beat);
+    assert_eq!(status, 200, "{v}");
+    assert!(v["session"].is_null(), "counted: {v}");
+    let (status, v) = post(&me, &url, &[], &beat);
+    assert_eq!(status, 409, "a replayed heartbeat: {v}");
+    assert_eq!(v["code"], "replayed", "{v}");
+
+    // 6. A forged heartbeat answer: site 2's agent reports to a server
+    // that answers "fenced" with a certificate that is not a
+    // controller's (site 1's agent certificate, from the right CA). The
+    // agent does not take the answer: it stays unfenced.
+    let forger_port = free_port();
+    let forger = rt_forger(d, forger_port);
+    let agent2 = AgentProc::start(
+        &lab.cfg,
+        "site2-agent",
+        &format!("https://127.0.0.1:{forger_port}"),
+        agent2_port,
+        &lab.path("site2-agent"),
+    );
+    let log = agent2.logged("controller unreachable");
+    assert!(log.contains("server certificate"), "{log}");
+    let ctl2 = client(
+        d,
+        &Identity::controller("controller").unwrap(),
+        Identity::agent("site2-agent").unwrap(),
+    );
+    let (status, st) = get(
+        &ctl2,
+        &format!("https://127.0.0.1:{agent2_port}/agent/v1/state"),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{st}");
+    assert_eq!(
+        st["fenced"], false,
+        "a forged answer fenced the agent: {st}"
+    );
+    assert_eq!(
+        forger.answered(),
+        0,
+        "the agent sent a heartbeat to the forger"
+    );
+    drop(agent2);
+    drop(agent);
+}
+
+/// A TLS server answering every heartbeat with `fenced: true`, presenting
+/// site 1's agent certificate (right CA, wrong role).
+struct Forger {
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Forger {
+    fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn rt_forger(dir: &Path, port: u16) -> Forger {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let m = Material::from_dir(dir, &Identity::agent("site1-agent").unwrap()).unwrap();
+    let cfg = standby_tls::server_config(m).unwrap();
+    let n = answered.clone();
+    rt.spawn(async move {
+        let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let l = standby_tls::TlsListener::new(tcp, cfg, Default::default()).unwrap();
+        let app = axum::Router::new().fallback(move || {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { axum::Json(json!({"probes": [], "heartbeat": 300, "fenced": true})) }
+        });
+        let _ = axum::serve(l, app).await;
+    });
+    Forger { answered, _rt: rt }
+}
