@@ -44,7 +44,7 @@ pub struct HostAgent {
     /// Each caller's counters in this run of the agent (no replay).
     pub(super) fresh: crate::fresh::Freshness,
     /// What peers may copy into, as the controller granted.
-    pub(super) grants: super::guard::Grants,
+    pub(super) grants: super::grants::Grants,
     /// What this agent presents when it copies into another agent.
     pub(super) peer_creds: crate::creds::Creds,
     /// Its API is mutual TLS: every caller's certificate is checked.
@@ -111,7 +111,7 @@ impl HostAgent {
             fence: tokio::sync::Mutex::new(fence),
             stores: Mutex::default(),
             fresh: crate::fresh::Freshness::new(),
-            grants: super::guard::Grants::default(),
+            grants: super::grants::Grants::default(),
             peer_creds,
             mtls,
         });

@@ -50,6 +50,7 @@ use standby_types::watch::{ProbeResult, ProbeSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod grants;
 mod guard;
 mod host;
 mod routes;
