@@ -48,25 +48,13 @@ impl Agent {
         Agent::with(host, cfg, data_dir, Box::new(exec))
     }
 
-    /// A host run by the remote agent `agent` listening at `url`.
-    pub fn remote(
-        host: &str,
-        cfg: &config::Host,
-        data_dir: &Path,
-        agent: &str,
-        url: &str,
-        creds: &crate::creds::Creds,
-    ) -> Result<Agent, AgentError> {
-        let kind = match cfg.driver {
-            config::DriverKind::Process => "process",
-            config::DriverKind::Qemu => "qemu",
-        };
-        let exec = Box::new(RemoteHost::new(host, agent, url, creds, kind)?);
-        Ok(Agent {
+    /// A host run by the remote agent `client` calls.
+    pub fn remote(host: &str, cfg: &config::Host, data_dir: &Path, client: RemoteHost) -> Agent {
+        Agent {
             // The remote agent runs commands in its own namespace, if any.
             netns: None,
-            ..Agent::with(host, cfg, data_dir, exec)
-        })
+            ..Agent::with(host, cfg, data_dir, Box::new(client))
+        }
     }
 
     fn with(host: &str, cfg: &config::Host, data_dir: &Path, exec: Box<dyn Host>) -> Agent {
@@ -461,15 +449,15 @@ size = "1MiB"
             .local_addr()
             .unwrap()
             .port();
-        let a = Agent::remote(
+        let client = RemoteHost::new(
             "h",
-            &host(None),
-            Path::new("/data"),
             "h-agent",
             &format!("http://127.0.0.1:{port}"),
             &crate::creds::Creds::Token(None),
+            "process",
         )
         .unwrap();
+        let a = Agent::remote("h", &host(None), Path::new("/data"), client);
         let t0 = std::time::Instant::now();
         let e = a.status("v").await.unwrap_err();
         assert!(t0.elapsed() < Duration::from_secs(3));

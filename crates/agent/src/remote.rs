@@ -42,7 +42,9 @@ const DATA: Duration = Duration::from_secs(4 * 3600);
 const FENCE: Duration = Duration::from_secs(15);
 const UNFENCE: Duration = Duration::from_secs(3);
 
-/// The HTTP client of one remote agent.
+/// The HTTP client of one remote agent; clones share its connections'
+/// settings and its counters.
+#[derive(Clone)]
 pub struct RemoteHost {
     pub host: String,
     pub agent: String,
@@ -52,22 +54,9 @@ pub struct RemoteHost {
     token: Option<String>,
     /// The host's driver (`process`, `qemu`), from the configuration.
     kind: &'static str,
-    /// The agent's session and this process's next counter there.
+    /// The agent's session and this process's next counter there, shared
+    /// by every clone (the agent keeps one window per caller).
     seq: Arc<crate::fresh::Sequencer>,
-}
-
-/// One sequencer per agent URL in this process: every client of one agent
-/// (its host's, its datastores') draws from the same counters, as the
-/// agent keeps one window per caller.
-fn sequencer_of(base: &str) -> Arc<crate::fresh::Sequencer> {
-    static ALL: std::sync::LazyLock<
-        std::sync::Mutex<std::collections::HashMap<String, Arc<crate::fresh::Sequencer>>>,
-    > = std::sync::LazyLock::new(Default::default);
-    ALL.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(base.to_string())
-        .or_default()
-        .clone()
 }
 
 impl RemoteHost {
@@ -97,7 +86,7 @@ impl RemoteHost {
         Ok(RemoteHost {
             host: host.to_string(),
             agent: agent.to_string(),
-            seq: sequencer_of(&base),
+            seq: Arc::default(),
             base,
             http,
             token: creds.token().map(str::to_string),

@@ -102,27 +102,38 @@ impl Controller {
             }
             None => None,
         };
-        let creds_of = |agent: &str| -> Result<Creds, EngineError> {
-            match &tls {
-                Some(m) => Ok(Creds::Tls(m.clone())),
-                None => Ok(Creds::Token(cfg.agents[agent].secret().map_err(|e| {
+        // One client per remote agent, shared by its host and the
+        // datastores it serves (one session and counter there).
+        let mut clients: BTreeMap<String, standby_agent::RemoteHost> = BTreeMap::new();
+        let mut client_of = |agent: &str| -> Result<standby_agent::RemoteHost, EngineError> {
+            if let Some(c) = clients.get(agent) {
+                return Ok(c.clone());
+            }
+            let a = &cfg.agents[agent];
+            let creds = match &tls {
+                Some(m) => Creds::Tls(m.clone()),
+                None => Creds::Token(a.secret().map_err(|e| {
                     EngineError::BadRequest(format!(
                         "unable to read the token of agent {agent}: {e}"
                     ))
-                })?)),
-            }
+                })?),
+            };
+            let host = a.host.clone().unwrap_or_default();
+            let kind = match cfg.hosts.get(&host).map(|h| h.driver) {
+                Some(DriverKind::Qemu) => "qemu",
+                _ => "process",
+            };
+            let url = a.url.clone().unwrap_or_default();
+            let c = standby_agent::RemoteHost::new(&host, agent, &url, &creds, kind)?;
+            clients.insert(agent.to_string(), c.clone());
+            Ok(c)
         };
         let mut agents = BTreeMap::new();
         for (name, host) in &cfg.hosts {
             let agent = match cfg.remote_agent_of(name) {
-                Some((agent, url)) => Agent::remote(
-                    name,
-                    host,
-                    &cfg.controller.data_dir,
-                    agent,
-                    url,
-                    &creds_of(agent)?,
-                )?,
+                Some((agent, _)) => {
+                    Agent::remote(name, host, &cfg.controller.data_dir, client_of(agent)?)
+                }
                 None => {
                     let run = cfg.controller.data_dir.join("hosts").join(name).join("run");
                     match host.driver {
@@ -150,24 +161,20 @@ impl Controller {
                 continue;
             }
             let a = &cfg.agents[name];
-            let url = a.url.clone().unwrap_or_default();
-            let peer_url = a.peer_url.clone().unwrap_or_else(|| url.clone());
-            let creds = creds_of(name)?;
-            if matches!(creds, Creds::Token(None)) {
+            if tls.is_none() && matches!(a.secret(), Ok(None)) {
                 return Err(EngineError::BadRequest(format!(
                     "agent {name} serves a datastore but has no token or token_file (or use [pki])"
                 )));
             }
-            let host = a.host.clone().unwrap_or_default();
-            let kind = match cfg.hosts.get(&host).map(|h| h.driver) {
-                Some(DriverKind::Qemu) => "qemu",
-                _ => "process",
-            };
-            let client = standby_agent::RemoteHost::new(&host, name, &url, &creds, kind)?;
+            let peer_url = a
+                .peer_url
+                .clone()
+                .or_else(|| a.url.clone())
+                .unwrap_or_default();
             servers.insert(
                 name.clone(),
                 standby_agent::access::Server {
-                    client: Arc::new(client),
+                    client: Arc::new(client_of(name)?),
                     url: peer_url,
                 },
             );

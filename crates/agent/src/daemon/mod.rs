@@ -124,10 +124,12 @@ impl AgentAuth {
         }
     }
 
-    fn token(&self) -> String {
+    /// The shared token sent on heartbeats and expected on calls (none
+    /// with TLS).
+    fn token(&self) -> Option<&str> {
         match self {
-            AgentAuth::Token(t) => t.clone().unwrap_or_default(),
-            AgentAuth::Tls { .. } => String::new(),
+            AgentAuth::Token(t) => t.as_deref(),
+            AgentAuth::Tls { .. } => None,
         }
     }
 
@@ -206,12 +208,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
             (host, auth) => {
                 if let Some(h) = host {
                     app = app
-                        .merge(exec_routes(
-                            h.clone(),
-                            Some(&auth.token())
-                                .filter(|t| !t.is_empty())
-                                .map(|s| s.as_str()),
-                        ))
+                        .merge(exec_routes(h.clone(), auth.token()))
                         .merge(stores::receive_routes(h.clone()));
                 }
                 tokio::spawn(async move {
@@ -224,7 +221,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
         }
     }
     let (tx, rx) = mpsc::channel::<ProbeResult>(1024);
-    let token = opts.auth.token();
+    let token = opts.auth.token().map(str::to_string);
     if matches!(opts.auth, AgentAuth::Token(None)) {
         tracing::warn!("no agent token: the controller will refuse heartbeats and results");
     }
@@ -317,9 +314,8 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
         if again {
             continue;
         }
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
+        if !pause(&cancel, interval).await {
+            break;
         }
     }
     probes.cancel();
@@ -329,11 +325,18 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
 }
 
 /// The agent's token on a call, if it has one (none with TLS).
-fn with_token(r: reqwest::RequestBuilder, token: &str) -> reqwest::RequestBuilder {
-    if token.is_empty() {
-        r
-    } else {
-        r.bearer_auth(token)
+fn with_token(r: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::RequestBuilder {
+    match token {
+        Some(t) => r.bearer_auth(t),
+        None => r,
+    }
+}
+
+/// Wait `d`, or less if cancelled: false then.
+async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
     }
 }
 
@@ -367,7 +370,7 @@ async fn run_probe(
 async fn send_results(
     http: reqwest::Client,
     url: String,
-    token: String,
+    token: Option<String>,
     seq: std::sync::Arc<crate::fresh::Sequencer>,
     mut rx: mpsc::Receiver<ProbeResult>,
     cancel: CancellationToken,
@@ -397,9 +400,8 @@ async fn send_results(
         let batch: Vec<&ProbeResult> = buf.iter().collect();
         let Some((session, n)) = seq.next() else {
             // No session yet: the next heartbeat's answer brings it.
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            if !pause(&cancel, Duration::from_millis(250)).await {
+                return;
             }
             continue;
         };
@@ -415,9 +417,8 @@ async fn send_results(
                 let body = resp.text().await.unwrap_or_default();
                 tracing::debug!("results not taken yet: {body}");
                 seq.forget(&session);
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                if !pause(&cancel, Duration::from_millis(250)).await {
+                    return;
                 }
             }
             Ok(resp) => {
@@ -429,9 +430,8 @@ async fn send_results(
             }
             Err(e) => {
                 tracing::debug!("results not delivered, kept for later: {e}");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                if !pause(&cancel, Duration::from_millis(250)).await {
+                    return;
                 }
             }
         }

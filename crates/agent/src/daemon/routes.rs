@@ -291,6 +291,19 @@ mod tests {
         crate::policy::Policy::from_config(&cfg, "a").unwrap()
     }
 
+    /// A host agent of a lab without TLS in `dir`.
+    async fn open(dir: &Path) -> Arc<HostAgent> {
+        HostAgent::open(
+            "a",
+            dir,
+            policy(dir),
+            crate::creds::Creds::Token(None),
+            false,
+        )
+        .await
+        .unwrap()
+    }
+
     fn sleeper(dir: &Path) -> VmSpec {
         VmSpec {
             name: "v".into(),
@@ -338,15 +351,7 @@ mod tests {
     #[tokio::test]
     async fn the_agent_api_answers_only_calls_with_the_agents_token() {
         let dir = tempfile::tempdir().unwrap();
-        let h = HostAgent::open(
-            "a",
-            dir.path(),
-            policy(dir.path()),
-            crate::creds::Creds::Token(None),
-            false,
-        )
-        .await
-        .unwrap();
+        let h = open(dir.path()).await;
         let serve = |token: Option<&str>| {
             let app = exec_routes(h.clone(), token);
             async move {
@@ -382,15 +387,7 @@ mod tests {
     #[tokio::test]
     async fn a_fenced_agent_stops_its_vms_and_stays_fenced_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let h = HostAgent::open(
-            "a",
-            dir.path(),
-            policy(dir.path()),
-            crate::creds::Creds::Token(None),
-            false,
-        )
-        .await
-        .unwrap();
+        let h = open(dir.path()).await;
         let Json(st) = start(
             State(h.clone()),
             Json(SpecCall {
@@ -413,15 +410,7 @@ mod tests {
         drop(h);
 
         // A restarted agent is still fenced and refuses starts.
-        let h = HostAgent::open(
-            "a",
-            dir.path(),
-            policy(dir.path()),
-            crate::creds::Creds::Token(None),
-            false,
-        )
-        .await
-        .unwrap();
+        let h = open(dir.path()).await;
         let e = start(
             State(h.clone()),
             Json(SpecCall {

@@ -19,14 +19,20 @@ const TOKEN1: &str = "site1-agent-secret-0123456789";
 const TOKEN2: &str = "site2-agent-secret-0123456789";
 
 /// A `standby agent --data-dir` process, killed when dropped.
-struct AgentProc {
+pub(crate) struct AgentProc {
     child: Child,
     log: PathBuf,
     port: u16,
 }
 
 impl AgentProc {
-    fn start(cfg: &Path, name: &str, controller: &str, port: u16, data: &Path) -> AgentProc {
+    pub(crate) fn start(
+        cfg: &Path,
+        name: &str,
+        controller: &str,
+        port: u16,
+        data: &Path,
+    ) -> AgentProc {
         AgentProc::start_in(cfg, name, controller, port, data, None, None)
     }
 
@@ -92,8 +98,24 @@ impl AgentProc {
         a
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the agent's log has `text`; the log.
+    pub(crate) fn logged(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "'{text}' not in the agent's log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// POST `/agent/v1/<op>` with `token`: the status and the JSON answer.

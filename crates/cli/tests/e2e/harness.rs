@@ -151,14 +151,17 @@ datastores = [{group_datastores}]
             store1 = store_lines(&opts.stores[0], "site1/store"),
             store2 = store_lines(&opts.stores[1], "site2/store"),
         );
-        // Every declared agent gets its secret (see `Lab::agent_token`).
+        // Every declared agent gets its secret (see `Lab::agent_token`),
+        // unless the lab has certificates ([pki]).
+        let with_pki = text.lines().any(|l| l.trim() == "[pki]");
         let text: String = text
             .lines()
             .flat_map(|l| {
                 let agent = l
                     .trim()
                     .strip_prefix("[agents.")
-                    .and_then(|r| r.strip_suffix(']'));
+                    .and_then(|r| r.strip_suffix(']'))
+                    .filter(|_| !with_pki);
                 std::iter::once(l.to_string())
                     .chain(agent.map(|a| format!("token = \"{}\"", agent_secret(a, api))))
             })

@@ -6,14 +6,16 @@
 //! an intruder, a thief of one credential, and a forger of answers.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use standby_tls::{Identity, Material, Role};
 
+use crate::agents::AgentProc;
 use crate::harness::{Lab, LabOptions, STANDBY, free_port};
+use crate::qemu::rt;
 
 /// `standby pki ARGS --dir DIR`, which must succeed.
 fn pki(dir: &Path, args: &[&str]) {
@@ -30,67 +32,30 @@ fn pki(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A host agent process, killed with its VMs when dropped.
-struct AgentProc {
-    child: Child,
+/// A host agent and the VMs it started, all stopped when dropped.
+struct HostAgent {
+    proc: AgentProc,
     data: PathBuf,
-    log: PathBuf,
 }
 
-impl AgentProc {
-    fn start(cfg: &Path, name: &str, controller: &str, port: u16, data: &Path) -> AgentProc {
-        let log = data.with_extension("log");
-        let child = Command::new(STANDBY)
-            .args(["--config", cfg.to_str().unwrap(), "agent", "--name", name])
-            .args(["--controller", controller])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--data-dir", data.to_str().unwrap()])
-            .env("STANDBY_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("agent starts");
-        let mut a = AgentProc {
-            child,
+impl HostAgent {
+    fn start(cfg: &Path, name: &str, controller: &str, port: u16, data: &Path) -> HostAgent {
+        HostAgent {
+            proc: AgentProc::start(cfg, name, controller, port, data),
             data: data.to_path_buf(),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(st) = a.child.try_wait().unwrap() {
-                panic!("agent {name} exited ({st}): {}", a.log_text());
-            }
-            assert!(Instant::now() < deadline, "agent {name} did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        a
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Wait until the agent's log has `text`.
-    fn logged(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log_text();
-            if log.contains(text) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "'{text}' not in the agent's log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
-impl Drop for AgentProc {
+impl std::ops::Deref for HostAgent {
+    type Target = AgentProc;
+    fn deref(&self) -> &AgentProc {
+        &self.proc
+    }
+}
+
+impl Drop for HostAgent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         crate::harness::kill_agent_vms(&self.data);
     }
 }
@@ -107,13 +72,6 @@ fn plain_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// GET `url`: the status and JSON answer, or the connection's error.
@@ -204,7 +162,7 @@ allowed_commands = ["standby-vnf"]
         ..LabOptions::default()
     });
     let ctl_url = format!("https://127.0.0.1:{ctl_port}");
-    let agent = AgentProc::start(
+    let agent = HostAgent::start(
         &lab.cfg,
         "site1-agent",
         &ctl_url,
@@ -380,7 +338,7 @@ allowed_commands = ["standby-vnf"]
     // agent does not take the answer: it stays unfenced.
     let forger_port = free_port();
     let forger = rt_forger(d, forger_port);
-    let agent2 = AgentProc::start(
+    let agent2 = HostAgent::start(
         &lab.cfg,
         "site2-agent",
         &format!("https://127.0.0.1:{forger_port}"),

@@ -561,3 +561,49 @@ size = "64MiB"
     .to_string();
     assert!(e.contains("vms.v.disks.0.format"), "{e}");
 }
+
+#[test]
+fn pki_needs_https_agents_an_agent_listener_and_no_tokens() {
+    let base = |pki: &str, url: &str, extra: &str| {
+        format!(
+            "[controller]\n{extra}\n[sites.s1]\n[hosts.h1]\nsite = \"s1\"\ndriver = \"process\"\ndisk_dir = \"/d\"\n\
+             [agents.a1]\nsite = \"s1\"\nhost = \"h1\"\nurl = \"{url}\"\n{pki}"
+        )
+    };
+    let pki = "[pki]\ndir = \"/etc/standby/pki\"\n";
+    let listen = "agent_listen = \"127.0.0.1:7443\"";
+    let ok = parse(&base(pki, "https://198.18.0.2:7781", listen)).unwrap();
+    assert_eq!(ok.pki.unwrap().dir, Path::new("/etc/standby/pki"));
+    let cases = [
+        (
+            base(pki, "http://198.18.0.2:7781", listen),
+            "agents.a1.url",
+            "use https://",
+        ),
+        (
+            base(pki, "https://198.18.0.2:7781", ""),
+            "controller.agent_listen",
+            "set agent_listen",
+        ),
+        (
+            base("", "https://198.18.0.2:7781", ""),
+            "agents.a1.url",
+            "needs the certificates of [pki]",
+        ),
+        (
+            base("", "http://198.18.0.2:7781", listen),
+            "controller.agent_listen",
+            "needs [pki]",
+        ),
+        (
+            base(pki, "https://198.18.0.2:7781", listen)
+                .replace("url =", "token = \"0123456789abcdef0\"\nurl ="),
+            "agents.a1.token",
+            "remove the token",
+        ),
+    ];
+    for (src, field, text) in cases {
+        let e = parse(&src).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains(text), "{field}: {e}");
+    }
+}

@@ -41,6 +41,34 @@ impl Config {
                     Some(_) => {}
                 }
             }
+            // With [pki] agents speak mutual TLS only; without it, plain
+            // HTTP (a lab), so an https:// URL would have no certificate.
+            for (field, url) in [("url", &a.url), ("peer_url", &a.peer_url)] {
+                let Some(url) = url else { continue };
+                match (&self.pki, url.starts_with("https://")) {
+                    (Some(_), false) => {
+                        return Err((
+                            p(&["agents", name, field]),
+                            format!(
+                                "with [pki] agents are reached over mutual TLS: use https://, not '{url}'"
+                            ),
+                        ));
+                    }
+                    (None, true) => {
+                        return Err((
+                            p(&["agents", name, field]),
+                            format!("'{url}' needs the certificates of [pki] (see docs/pki.md)"),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            if self.pki.is_some() && (a.token.is_some() || a.token_file.is_some()) {
+                return Err((
+                    p(&["agents", name, "token"]),
+                    "with [pki] agents authenticate by certificate: remove the token".into(),
+                ));
+            }
             if let Some(url) = &a.url {
                 let rest = url
                     .strip_prefix("http://")
@@ -83,6 +111,21 @@ impl Config {
                     "a heartbeat interval below 100ms would flood the controller".into(),
                 ));
             }
+        }
+        // Names that cannot be in a certificate are refused where the
+        // certificate is loaded (standby_tls::validate_name).
+        if self.pki.is_some() {
+            if !self.agents.is_empty() && self.controller.agent_listen.is_none() {
+                return Err((
+                    p(&["controller", "agent_listen"]),
+                    "with [pki] agents report to the controller's mutual-TLS listener: set agent_listen (e.g. \"0.0.0.0:7443\")".into(),
+                ));
+            }
+        } else if self.controller.agent_listen.is_some() {
+            return Err((
+                p(&["controller", "agent_listen"]),
+                "agent_listen is mutual TLS and needs [pki]".into(),
+            ));
         }
         for (name, pr) in &self.probes {
             if let Err((field, msg)) = pr.check() {
