@@ -28,6 +28,9 @@ pub struct Lab {
     pub http: SocketAddr,
     server: Option<Child>,
     env: Vec<(String, String)>,
+    /// With `LabOptions::pki`: the port of the controller's mutual-TLS
+    /// listener for agents (`[controller] agent_listen`).
+    pub agent_api: Option<u16>,
 }
 
 pub struct LabOptions {
@@ -57,6 +60,11 @@ pub struct LabOptions {
     pub stores: [String; 2],
     /// Lines added under `[sites.site1]` and `[sites.site2]`.
     pub sites: [String; 2],
+    /// Mutual TLS between the controller and agents: `standby pki` makes
+    /// a CA in `pki/` with the controller's and every declared agent's
+    /// certificates, `[pki]` and `agent_listen` are set, and agents get
+    /// no tokens (their URLs must be `https://`).
+    pub pki: bool,
 }
 
 impl Default for LabOptions {
@@ -76,6 +84,7 @@ impl Default for LabOptions {
             hosts: Default::default(),
             stores: Default::default(),
             sites: Default::default(),
+            pki: false,
         }
     }
 }
@@ -87,6 +96,14 @@ impl Lab {
             .tempdir()
             .unwrap();
         let (api, sip, http) = (free_port(), free_port(), free_port());
+        let agent_api = opts.pki.then(free_port);
+        let controller = match agent_api {
+            Some(port) => format!(
+                "{}\nagent_listen = \"{}:{port}\"\n",
+                opts.controller, opts.listen_host
+            ),
+            None => opts.controller.clone(),
+        };
         let vm = opts.vm.unwrap_or_else(|| {
             format!(
                 r#"command = "standby-vnf"
@@ -137,7 +154,6 @@ datastores = [{group_datastores}]
 "#,
             listen_host = opts.listen_host,
             group_datastores = opts.group_datastores,
-            controller = opts.controller,
             // `{sip}` in watch text is the VNF's SIP address.
             watch = opts.watch.replace("{sip}", &format!("127.0.0.1:{sip}")),
             disk = opts.disk_size,
@@ -153,7 +169,23 @@ datastores = [{group_datastores}]
         );
         // Every declared agent gets its secret (see `Lab::agent_token`),
         // unless the lab has certificates ([pki]).
-        let with_pki = text.lines().any(|l| l.trim() == "[pki]");
+        let with_pki = opts.pki || text.lines().any(|l| l.trim() == "[pki]");
+        if opts.pki {
+            let pki = dir.path().join("pki");
+            pki_run(&pki, &["init"]);
+            pki_run(&pki, &["issue", "controller", "controller"]);
+            for a in text.lines().filter_map(|l| {
+                l.trim()
+                    .strip_prefix("[agents.")
+                    .and_then(|r| r.strip_suffix(']'))
+            }) {
+                pki_run(&pki, &["issue", "agent", a]);
+            }
+        }
+        let text = match opts.pki {
+            true => format!("{text}\n[pki]\ndir = \"pki\"\n"),
+            false => text,
+        };
         let text: String = text
             .lines()
             .flat_map(|l| {
@@ -180,6 +212,7 @@ datastores = [{group_datastores}]
             http: ([127, 0, 0, 1], http).into(),
             server: None,
             env: opts.env.clone(),
+            agent_api,
         };
         lab.start_server();
         lab
@@ -187,6 +220,21 @@ datastores = [{group_datastores}]
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    /// Where an agent reaches the controller from `addr` (the controller's
+    /// address as the agent sees it): its mutual-TLS agent listener in a
+    /// lab with `pki`, else its API.
+    pub fn controller_for_agents(&self, addr: &str) -> String {
+        match self.agent_api {
+            Some(port) => format!("https://{addr}:{port}"),
+            None => format!("http://{addr}:{}", self.api),
+        }
+    }
+
+    /// `http` or, in a lab with `pki`, `https`: the scheme of agent URLs.
+    pub fn agent_scheme(pki: bool) -> &'static str {
+        if pki { "https" } else { "http" }
     }
 
     /// The admin token the controller wrote at its first start (the CLI
@@ -534,6 +582,21 @@ pub fn kill_agent_vms(data: &Path) {
             .args(["-9", &pid.to_string()])
             .status();
     }
+}
+
+/// `standby pki ARGS --dir DIR`, which must succeed.
+pub fn pki_run(dir: &Path, args: &[&str]) {
+    let out = Command::new(STANDBY)
+        .arg("pki")
+        .args(args)
+        .args(["--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "standby pki {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// POST to an agent's `/agent/v1/<op>` as the controller does: ask for the

@@ -6,7 +6,6 @@
 //! an intruder, a thief of one credential, and a forger of answers.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,23 +13,8 @@ use serde_json::{Value, json};
 use standby_tls::{Identity, Material, Role};
 
 use crate::agents::AgentProc;
-use crate::harness::{Lab, LabOptions, STANDBY, free_port};
+use crate::harness::{Lab, LabOptions, free_port, pki_run};
 use crate::qemu::rt;
-
-/// `standby pki ARGS --dir DIR`, which must succeed.
-fn pki(dir: &Path, args: &[&str]) {
-    let out = Command::new(STANDBY)
-        .arg("pki")
-        .args(args)
-        .args(["--dir", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "standby pki {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A host agent and the VMs it started, all stopped when dropped.
 struct HostAgent {
@@ -124,25 +108,17 @@ fn vm_status(lab: &Lab) -> String {
 
 #[test]
 fn protocol_mutual_tls_refuses_strangers_other_roles_replays_forged_answers_and_commands() {
-    let pkidir = tempfile::tempdir().unwrap();
-    let d = pkidir.path();
-    pki(d, &["init"]);
-    pki(d, &["issue", "controller", "controller"]);
-    pki(d, &["issue", "agent", "site1-agent"]);
-    pki(d, &["issue", "agent", "site2-agent"]);
     // Another CA's controller: a stranger with a well-formed certificate.
     let rogue = tempfile::tempdir().unwrap();
-    pki(rogue.path(), &["init"]);
-    pki(rogue.path(), &["issue", "controller", "controller"]);
+    pki_run(rogue.path(), &["init"]);
+    pki_run(rogue.path(), &["issue", "controller", "controller"]);
 
-    let (agent_port, agent2_port, ctl_port) = (free_port(), free_port(), free_port());
+    // The lab's CA issues the controller's and both agents' certificates.
+    let (agent_port, agent2_port) = (free_port(), free_port());
     let lab = Lab::new(LabOptions {
-        controller: format!("agent_listen = \"127.0.0.1:{ctl_port}\"\n"),
+        pki: true,
         watch: format!(
             r#"
-[pki]
-dir = "{dir}"
-
 [agents.site1-agent]
 site = "site1"
 host = "site1-host1"
@@ -156,12 +132,12 @@ host = "site2-host1"
 url = "https://127.0.0.1:{agent2_port}"
 heartbeat = "300ms"
 allowed_commands = ["standby-vnf"]
-"#,
-            dir = d.display()
+"#
         ),
         ..LabOptions::default()
     });
-    let ctl_url = format!("https://127.0.0.1:{ctl_port}");
+    let d = &lab.path("pki");
+    let ctl_url = lab.controller_for_agents("127.0.0.1");
     let agent = HostAgent::start(
         &lab.cfg,
         "site1-agent",

@@ -81,11 +81,7 @@ pub(crate) fn start_agent(
             "--name",
             name,
             "--controller",
-            &format!(
-                "http://{}:{}",
-                net.addr(if ns == net.s1 { 1 } else { 5 }),
-                lab.api
-            ),
+            &lab.controller_for_agents(&net.addr(if ns == net.s1 { 1 } else { 5 })),
             "--listen",
             &format!("0.0.0.0:{port}"),
             "--data-dir",
@@ -103,7 +99,8 @@ pub(crate) fn start_agent(
 /// (listening on `ports.0` and `ports.1`; site 1's agent reaches site 2's
 /// at `ports.2` on their link), each datastore served by its site's agent
 /// in `siteN/fs`, the VNF with a second disk `bulk` of `bulk` bytes;
-/// `site1` holds lines for `[sites.site1]`.
+/// `site1` holds lines for `[sites.site1]`. Agents and controller speak
+/// mutual TLS (`[pki]`), copies between agents included.
 pub(crate) fn site_lab(net: &NetLab, ports: (u16, u16, u16), bulk: &str, site1: String) -> Lab {
     let (p1, p2, peer_port) = ports;
     let watch = format!(
@@ -111,15 +108,15 @@ pub(crate) fn site_lab(net: &NetLab, ports: (u16, u16, u16), bulk: &str, site1: 
 [agents.site1-agent]
 site = "site1"
 host = "site1-host1"
-url = "http://{s1}:{p1}"
+url = "https://{s1}:{p1}"
 heartbeat = "300ms"
 allowed_commands = ["standby-vnf"]
 
 [agents.site2-agent]
 site = "site2"
 host = "site2-host1"
-url = "http://{s2}:{p2}"
-peer_url = "http://{s2_for_s1}:{peer_port}"
+url = "https://{s2}:{p2}"
+peer_url = "https://{s2_for_s1}:{peer_port}"
 heartbeat = "300ms"
 allowed_commands = ["standby-vnf"]
 
@@ -144,6 +141,7 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
             "path = \"site1/fs/store\"\nagent = \"site1-agent\"".into(),
             "path = \"site2/fs/store\"\nagent = \"site2-agent\"".into(),
         ],
+        pki: true,
         ..LabOptions::default()
     })
 }
@@ -326,9 +324,10 @@ fn write_mixed(path: &Path, size: u64) {
     }
 }
 
-/// Point, copy and restore of one VM with a `STANDBY_BENCH_SIZE` (2 GiB)
-/// disk, in-process against through two remote agents on loopback whose
-/// datastores only they serve. Run by `scripts/bench-agents`.
+/// Point, copy and restore of one VM with a `STANDBY_BENCH_GIB` (2 GiB)
+/// disk: in-process, and through two remote agents on loopback whose
+/// datastores only they serve, over plain HTTP with tokens and over
+/// mutual TLS (`[pki]`). Run by `scripts/bench-agents`.
 #[test]
 #[ignore = "figures: scripts/bench-agents"]
 fn agents_throughput_figures() {
@@ -338,8 +337,9 @@ fn agents_throughput_figures() {
         .unwrap_or(2);
     let size = gib << 30;
     let mut rows = Vec::new();
-    for remote in [false, true] {
+    for (remote, pki) in [(false, false), (true, false), (true, true)] {
         let (p1, p2) = (free_port(), free_port());
+        let scheme = Lab::agent_scheme(pki);
         let (stores, watch) = if remote {
             (
                 [
@@ -347,7 +347,7 @@ fn agents_throughput_figures() {
                     "agent = \"site2-agent\"".to_string(),
                 ],
                 format!(
-                    "[agents.site1-agent]\nsite = \"site1\"\nhost = \"site1-host1\"\nurl = \"http://127.0.0.1:{p1}\"\nallowed_commands = [\"sleep\"]\n[agents.site2-agent]\nsite = \"site2\"\nhost = \"site2-host1\"\nurl = \"http://127.0.0.1:{p2}\"\nallowed_commands = [\"sleep\"]\n"
+                    "[agents.site1-agent]\nsite = \"site1\"\nhost = \"site1-host1\"\nurl = \"{scheme}://127.0.0.1:{p1}\"\nallowed_commands = [\"sleep\"]\n[agents.site2-agent]\nsite = \"site2\"\nhost = \"site2-host1\"\nurl = \"{scheme}://127.0.0.1:{p2}\"\nallowed_commands = [\"sleep\"]\n"
                 ),
             )
         } else {
@@ -358,6 +358,7 @@ fn agents_throughput_figures() {
             disk_size: Box::leak(format!("{gib}GiB").into_boxed_str()),
             watch,
             stores,
+            pki,
             ..LabOptions::default()
         });
         let disk = lab.path("site1/disks/pbx1/data.img");
@@ -377,7 +378,7 @@ fn agents_throughput_figures() {
                             "--name",
                             name,
                         ])
-                        .args(["--controller", &format!("http://127.0.0.1:{}", lab.api)])
+                        .args(["--controller", &lab.controller_for_agents("127.0.0.1")])
                         .args(["--listen", &format!("127.0.0.1:{port}")])
                         .args(["--data-dir", data.to_str().unwrap()])
                         .stdout(Stdio::null())
@@ -404,10 +405,10 @@ fn agents_throughput_figures() {
         let restore_s = r["restore_seconds"].as_f64().unwrap();
         let mib = size as f64 / f64::from(1 << 20);
         let row = (
-            if remote {
-                "remote agents"
-            } else {
-                "in-process"
+            match (remote, pki) {
+                (false, _) => "in-process",
+                (true, false) => "agents, HTTP",
+                (true, true) => "agents, mTLS",
             },
             mib / point_s,
             mib / copy_s,
@@ -420,11 +421,17 @@ fn agents_throughput_figures() {
         rows.push(row);
         drop(agents);
     }
-    let (l, r) = (rows[0], rows[1]);
+    let (l, r, t) = (rows[0], rows[1], rows[2]);
     eprintln!(
         "\n{gib} GiB disk (a third each zero, text, random): remote agents against in-process: point {:.0} %, copy {:.0} %, restore {:.0} % (target >= 80 %)",
         100.0 * r.1 / l.1,
         100.0 * r.2 / l.2,
         100.0 * r.3 / l.3
+    );
+    eprintln!(
+        "mutual TLS against plain HTTP through the agents: point {:.0} %, copy {:.0} %, restore {:.0} % (target >= 95 %)",
+        100.0 * t.1 / r.1,
+        100.0 * t.2 / r.2,
+        100.0 * t.3 / r.3
     );
 }

@@ -63,6 +63,9 @@ impl Config {
         self.controller.runbooks.iter_mut().for_each(abs);
         self.controller.tls_cert.iter_mut().for_each(abs);
         self.controller.tls_key.iter_mut().for_each(abs);
+        if let Some(p) = &mut self.pki {
+            abs(&mut p.dir);
+        }
         for a in self.agents.values_mut() {
             a.token_file.iter_mut().for_each(abs);
         }
