@@ -383,3 +383,160 @@ fn rt_forger(dir: &Path, port: u16) -> Forger {
     });
     Forger { answered, _rt: rt }
 }
+
+/// Every certificate is reissued, then the CA itself is rotated (a second
+/// CA trusted beside the first, every certificate reissued from it, the
+/// first retired), while a SIP client calls through the front door and
+/// the controller keeps calling the agent: neither sees an error, both
+/// ends load the new certificates without a restart, and after the
+/// retirement a certificate of the old CA is refused.
+#[test]
+fn protocol_certificates_and_the_ca_rotate_under_load_without_an_error() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let (agent_port, front) = (free_port(), free_port());
+    let lab = Lab::new(LabOptions {
+        pki: true,
+        watch: format!(
+            r#"
+[agents.site1-agent]
+site = "site1"
+host = "site1-host1"
+url = "https://127.0.0.1:{agent_port}"
+heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
+
+[services.pbx]
+vm = "pbx1"
+listen = "127.0.0.1:{front}"
+protocols = ["udp"]
+backends = {{ site1 = "{{sip}}", site2 = "{{sip}}" }}
+"#
+        ),
+        ..LabOptions::default()
+    });
+    let d = lab.path("pki");
+    // The controller's first certificate, kept to try after the retirement.
+    let old = tempfile::tempdir().unwrap();
+    for f in [
+        "ca.pem",
+        "controller-controller.pem",
+        "controller-controller.key",
+    ] {
+        std::fs::copy(d.join(f), old.path().join(f)).unwrap();
+    }
+    let agent = HostAgent::start(
+        &lab.cfg,
+        "site1-agent",
+        &lab.controller_for_agents("127.0.0.1"),
+        agent_port,
+        &lab.path("site1-agent"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lab.run(&["vm", "start", "pbx1"]).status.success() {
+        assert!(Instant::now() < deadline, "{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let front: std::net::SocketAddr = ([127, 0, 0, 1], front).into();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !crate::fencing::sip_answers(front) {
+        assert!(Instant::now() < deadline, "SIP through the front door");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Load: SIP OPTIONS through the front door, and the controller's calls
+    // to the agent (vm status), each in a bounded loop until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sip_ok, sip_err) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let sip = {
+        let (stop, ok, err) = (stop.clone(), sip_ok.clone(), sip_err.clone());
+        std::thread::spawn(move || {
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if crate::fencing::sip_answers(front) {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    err.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let mut calls = 0;
+    let mut call_errors = Vec::new();
+    let mut control = |lab: &Lab| {
+        for _ in 0..5 {
+            let out = lab.run(&["--json", "vm", "status", "pbx1"]);
+            calls += 1;
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            if !out.status.success() || v["state"] != "running" {
+                call_errors.push(format!("{v} {}", String::from_utf8_lossy(&out.stderr)));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    control(&lab);
+
+    // 1. Reissue every certificate from the same CA.
+    pki_run(&d, &["issue", "agent", "site1-agent"]);
+    pki_run(&d, &["issue", "controller", "controller"]);
+    control(&lab);
+    // 2. A second CA beside the first; every certificate from it; the
+    // first retired.
+    pki_run(&d, &["init", "--rotate"]);
+    control(&lab);
+    pki_run(&d, &["issue", "agent", "site1-agent"]);
+    pki_run(&d, &["issue", "controller", "controller"]);
+    control(&lab);
+    pki_run(&d, &["retire"]);
+    control(&lab);
+
+    stop.store(true, Ordering::Relaxed);
+    sip.join().unwrap();
+    let (ok, err) = (
+        sip_ok.load(Ordering::Relaxed),
+        sip_err.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "rotation under load: {ok} SIP OPTIONS answered, {err} failed; {calls} controller calls to the agent, {} failed",
+        call_errors.len()
+    );
+    assert_eq!(err, 0, "SIP calls failed during the rotation");
+    assert!(ok > 50, "too little SIP load: {ok}");
+    assert!(
+        call_errors.is_empty(),
+        "controller calls failed: {call_errors:?}"
+    );
+
+    // Both ends took the new certificates without a restart: three
+    // certificates each (first, reissued, from the new CA).
+    let agent_log = agent.log_text();
+    assert!(
+        agent_log.matches("TLS material reloaded").count() >= 2,
+        "the agent did not reload: {agent_log}"
+    );
+    let server_log = std::fs::read_to_string(lab.path("server.log")).unwrap();
+    assert!(
+        server_log.matches("TLS material reloaded").count() >= 2,
+        "the controller did not reload: {server_log}"
+    );
+    // The old CA is retired: the controller's first certificate (trusting
+    // the new bundle, so only the agent can refuse) gets no handshake.
+    std::fs::copy(d.join("ca.pem"), old.path().join("ca.pem")).unwrap();
+    let retired = client(
+        old.path(),
+        &Identity::controller("controller").unwrap(),
+        Identity::agent("site1-agent").unwrap(),
+    );
+    let e = get(
+        &retired,
+        &format!("https://127.0.0.1:{agent_port}/agent/v1/state"),
+    );
+    assert!(
+        e.is_err(),
+        "a certificate of the retired CA was taken: {e:?}"
+    );
+    agent.logged("TLS handshake refused");
+}
