@@ -59,6 +59,10 @@ impl TlsListener {
                         }
                     },
                 };
+                // An answer is several TLS records: without this, Nagle's
+                // algorithm and the client's delayed ACK hold the last one
+                // back for 40 ms.
+                let _ = stream.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
