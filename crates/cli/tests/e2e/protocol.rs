@@ -236,6 +236,40 @@ allowed_commands = ["standby-vnf"]
     assert_eq!(status, 409, "{v}");
     assert_eq!(vm_status(&lab), "running");
 
+    // A recorded start, replayed after the VM was stopped: refused, the
+    // VM stays stopped.
+    let (session, n) = fresh(&ctl, &base);
+    let rec = json!({"spec": {
+        "name": "rec", "command": "standby-vnf", "workdir": "/tmp",
+        "args": [
+            "--name", "rec", "--disk", lab.path("rec.img"),
+            "--sip", format!("127.0.0.1:{}", free_port()),
+            "--http", format!("127.0.0.1:{}", free_port()),
+        ],
+    }});
+    let call = |op: &str, seq: u64, body: &Value| {
+        post(
+            &ctl,
+            &format!("{base}/agent/v1/{op}"),
+            &headers(&session, seq),
+            body,
+        )
+    };
+    let (status, v) = call("start", n, &rec);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "running", "{v}");
+    let (status, v) = call("stop", n + 1, &json!({"vm": "rec"}));
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = call("start", n, &rec);
+    assert_eq!(status, 409, "a replayed start: {v}");
+    assert_eq!(v["code"], "replayed", "{v}");
+    let (status, v) = call("status", n + 2, &json!({"vm": "rec"}));
+    assert_eq!(status, 200, "{v}");
+    assert_ne!(
+        v["state"], "running",
+        "a replayed start ran the VM again: {v}"
+    );
+
     // A recorded fence, replayed after the site was unfenced: refused.
     let (session, n) = fresh(&ctl, &base);
     let fence = json!({"reason": "test"});
