@@ -79,7 +79,7 @@ fn setup() -> Fencing {
 [agents.site1-agent]
 site = "site1"
 host = "site1-host1"
-url = "http://{s1}:{agent_port}"
+url = "https://{s1}:{agent_port}"
 heartbeat = "300ms"
 allowed_commands = ["standby-vnf"]
 
@@ -102,6 +102,7 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
         ),
         listen_host: "0.0.0.0",
         watch,
+        pki: true,
         ..LabOptions::default()
     });
     let data = lab.path("site1-agent");
@@ -116,7 +117,7 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
             "--name",
             "site1-agent",
             "--controller",
-            &format!("http://{}:{}", net.addr(1), lab.api),
+            &lab.controller_for_agents(&net.addr(1)),
             "--listen",
             &format!("0.0.0.0:{agent_port}"),
             "--data-dir",
@@ -140,42 +141,31 @@ impl Fencing {
         std::fs::read_to_string(self.lab.path("site1-agent.log")).unwrap_or_default()
     }
 
-    /// POST to the agent's execution API from the root namespace.
+    /// POST to the agent's execution API from the root namespace, with
+    /// the controller's certificate.
     fn agent_post(&self, op: &str, body: Value) -> (u16, Value) {
         crate::harness::agent_call(
-            &crate::harness::plain_client(Duration::from_secs(5)),
-            &format!("http://{}:{}", self.net.addr(2), self.agent_port),
-            Some(&self.lab.agent_token("site1-agent")),
+            &self
+                .lab
+                .client_of_agent("site1-agent", Duration::from_secs(5)),
+            &self.agent_base(),
+            None,
             op,
             &body,
         )
     }
 
+    fn agent_base(&self) -> String {
+        format!("https://{}:{}", self.net.addr(2), self.agent_port)
+    }
+
     fn agent_fenced(&self) -> Option<bool> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let url = format!(
-            "http://{}:{}/agent/v1/state",
-            self.net.addr(2),
-            self.agent_port
-        );
-        rt.block_on(async {
-            let v: Value = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .ok()?
-                .get(url)
-                .bearer_auth(self.lab.agent_token("site1-agent"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+        let client = self
+            .lab
+            .client_of_agent("site1-agent", Duration::from_secs(2));
+        let url = format!("{}/agent/v1/state", self.agent_base());
+        crate::qemu::rt().block_on(async {
+            let v: Value = client.get(url).send().await.ok()?.json().await.ok()?;
             v["fenced"].as_bool()
         })
     }

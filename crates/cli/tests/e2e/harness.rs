@@ -232,6 +232,23 @@ datastores = [{group_datastores}]
         }
     }
 
+    /// A client calling agent `agent` as the controller does: with the
+    /// controller's certificate in a lab with `pki` (then `agent_token`
+    /// is not needed), else plain HTTP.
+    pub fn client_of_agent(&self, agent: &str, timeout: Duration) -> reqwest::Client {
+        if self.agent_api.is_none() {
+            return plain_client(timeout);
+        }
+        let m = standby_tls::Material::from_dir(
+            &self.path("pki"),
+            &standby_tls::Identity::controller("controller").unwrap(),
+        )
+        .unwrap();
+        let b = plain_client_builder(timeout);
+        standby_tls::reqwest_client(m, vec![standby_tls::Identity::agent(agent).unwrap()], b)
+            .unwrap()
+    }
+
     /// `http` or, in a lab with `pki`, `https`: the scheme of agent URLs.
     pub fn agent_scheme(pki: bool) -> &'static str {
         if pki { "https" } else { "http" }
@@ -643,10 +660,10 @@ pub fn agent_call(
 
 /// A plain HTTP client for the tests' own calls to agents.
 pub fn plain_client(timeout: Duration) -> reqwest::Client {
+    plain_client_builder(timeout).build().unwrap()
+}
+
+fn plain_client_builder(timeout: Duration) -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(timeout)
-        .build()
-        .unwrap()
+    reqwest::Client::builder().no_proxy().timeout(timeout)
 }
