@@ -120,6 +120,12 @@ impl Condition {
 pub struct ProbeCondition {
     pub matchers: Matchers,
     pub min_vantage_points: u32,
+    /// A live vantage point that still reaches the target vetoes: the
+    /// condition then holds only when every live vantage point agrees
+    /// (hence a majority of them), and at least `min_vantage_points` do.
+    /// A vantage point is live for a group while its results for it are
+    /// fresh (they arrive with its heartbeats).
+    pub veto: bool,
     pub group_by: Vec<String>,
 }
 
@@ -220,6 +226,8 @@ struct RawCondition {
     probe: Option<Matchers>,
     #[serde(default)]
     min_vantage_points: Option<u32>,
+    #[serde(default)]
+    veto: Option<bool>,
     #[serde(default)]
     event: Option<Matchers>,
     #[serde(default)]
@@ -544,6 +552,7 @@ impl RuleSet {
                     Condition::Probe(ProbeCondition {
                         matchers,
                         min_vantage_points: min,
+                        veto: c.veto.unwrap_or(false),
                         group_by: c.group_by,
                     })
                 }
@@ -553,6 +562,11 @@ impl RuleSet {
                             &cond_at("min_vantage_points"),
                             "min_vantage_points applies to probe conditions only",
                         ));
+                    }
+                    if c.veto.is_some() {
+                        return Err(
+                            cx.err(&cond_at("veto"), "veto applies to probe conditions only")
+                        );
                     }
                     let count = c.count.unwrap_or(1);
                     if count < 1 {

@@ -21,9 +21,10 @@ pub struct AckRequest {
     pub by: Option<String>,
 }
 
-/// How long a fired alert waits before it is acted on: long enough for a
-/// site-down alert to arrive and mute the VM alerts under it, and for a
-/// route's group to fill.
+/// How long a fired alert that another alert could mute waits before it
+/// is acted on: long enough for a site-down alert to arrive and mute the
+/// VM alerts under it, and for a route's group to fill. An alert no
+/// inhibit rule targets does not wait.
 fn settle_delay(ctl: &Controller) -> chrono::Duration {
     let longest = ctl
         .cfg
@@ -94,11 +95,10 @@ async fn fire(ctl: &Arc<Controller>, t: Transition, now: DateTime<Utc>) -> Resul
     {
         return Ok(());
     }
-    let inhibited_by = w
-        .evaluator
-        .lock()
-        .expect("evaluator lock")
-        .inhibited_by(&t.labels);
+    let (inhibited_by, may_be_inhibited) = {
+        let ev = w.evaluator.lock().expect("evaluator lock");
+        (ev.inhibited_by(&t.labels), ev.may_be_inhibited(&t.labels))
+    };
     let silenced = silenced_by(&w.silences.lock().expect("silences lock"), &t.labels, now);
     let mut alert = Alert {
         id: 0,
@@ -128,7 +128,13 @@ async fn fire(ctl: &Arc<Controller>, t: Transition, now: DateTime<Utc>) -> Resul
     w.track.lock().expect("track lock").insert(
         t.fingerprint.clone(),
         Track {
-            settle_at: Some(now + settle_delay(ctl)),
+            // An alert no other alert can mute (site-down) is acted on at
+            // once: waiting would only add to the RTO.
+            settle_at: Some(if may_be_inhibited {
+                now + settle_delay(ctl)
+            } else {
+                now
+            }),
             incident_template: t.incident.clone(),
             notified: false,
         },

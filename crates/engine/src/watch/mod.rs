@@ -7,7 +7,9 @@
 //! each, and the rule [`Evaluator`]; every event ([`Watch::emit`]: those,
 //! alert and incident changes, Alertmanager's alerts) → the evaluator's
 //! event conditions → every tick, transitions → alert rows
-//! → after a settle delay (the longest route `group_wait`, at least 2 s):
+//! → after a settle delay (the longest route `group_wait`, at least 2 s;
+//! none for an alert no inhibit rule targets, such as site-down, so its
+//! runbook starts in the tick it fires):
 //! inhibition and silences are checked again, incidents opened from the
 //! rule's template, deliveries queued in the outbox → the notifier sends
 //! them with retries.

@@ -7,6 +7,13 @@ use super::{Evaluator, Phase, RenderedIncident};
 impl Evaluator {
     /// Fingerprint of a firing alert that inhibits an alert with these
     /// labels (never the alert itself).
+    /// Whether some inhibit rule could mute an alert with these labels
+    /// (its `target` matches). One that cannot (site-down) has nothing to
+    /// wait for before it is acted on.
+    pub fn may_be_inhibited(&self, labels: &Labels) -> bool {
+        self.rules.inhibit.iter().any(|i| i.target.matches(labels))
+    }
+
     pub fn inhibited_by(&self, labels: &Labels) -> Option<String> {
         for inhibit in &self.rules.inhibit {
             if !inhibit.target.matches(labels) {

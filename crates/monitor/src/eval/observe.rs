@@ -144,7 +144,8 @@ impl Evaluator {
             stale.into_keys().map(|k| (k, Truth::Unknown)).collect();
         for (key, vantages) in seen {
             let agreeing = vantages.values().filter(|(n, ok)| *n > 0 && !ok).count();
-            let t = if agreeing >= c.min_vantage_points as usize {
+            let vetoed = c.veto && vantages.values().any(|(_, ok)| *ok);
+            let t = if agreeing >= c.min_vantage_points as usize && !vetoed {
                 Truth::Holds
             } else {
                 Truth::False

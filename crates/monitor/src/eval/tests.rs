@@ -120,6 +120,52 @@ fn a_vantage_point_that_still_sees_the_site_prevents_site_down() {
 }
 
 #[test]
+fn one_live_vantage_point_that_reaches_the_site_vetoes_site_down_and_a_silent_one_does_not() {
+    let mut ev = Evaluator::new(RuleSet::builtin());
+    // Two of three vantage points cannot reach site a; the witness can.
+    for s in 0..10 {
+        let at = t(s as f64);
+        ev.observe(&site_probe("controller", at, false));
+        ev.observe(&site_probe("agent:b", at, false));
+        ev.observe(&site_probe("agent:witness", at, true));
+        assert!(ev.evaluate(at).is_empty(), "vetoed at {s}s");
+    }
+    // The witness goes silent (its heartbeats stop): its last result goes
+    // stale and it is no longer live, so the two that remain are all the
+    // live vantage points, and they agree.
+    for s in 10..25 {
+        let at = t(s as f64);
+        ev.observe(&site_probe("controller", at, false));
+        ev.observe(&site_probe("agent:b", at, false));
+        let fired = ev.evaluate(at);
+        if s < 20 {
+            assert!(fired.is_empty(), "the witness is still live at {s}s");
+        } else if !fired.is_empty() {
+            assert_eq!(
+                kinds(&fired),
+                [(TransitionKind::Firing, "site-down".into())]
+            );
+            assert_eq!(fired[0].active_since, t(20.0));
+            return;
+        }
+    }
+    panic!("site-down did not fire once the witness went silent");
+}
+
+#[test]
+fn without_veto_agreeing_vantage_points_outvote_one_that_reaches_the_target() {
+    let src = "rules:\n  - name: down\n    condition:\n      probe: { scope: site }\n      min_vantage_points: 2\n      group_by: [site]\n    for: 0s\n    severity: critical\n";
+    let mut ev = Evaluator::new(rules(src));
+    ev.observe(&site_probe("controller", t(0.0), false));
+    ev.observe(&site_probe("agent:b", t(0.0), false));
+    ev.observe(&site_probe("agent:witness", t(0.0), true));
+    assert_eq!(
+        kinds(&ev.evaluate(t(0.0))),
+        [(TransitionKind::Firing, "down".into())]
+    );
+}
+
+#[test]
 fn stale_results_are_no_evidence() {
     let mut ev = Evaluator::new(RuleSet::builtin());
     // Old failing results: stale at t=20, so no alert.
@@ -473,4 +519,13 @@ fn missing_group_labels_group_as_empty() {
     let f = ev.evaluate(t(2.0));
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].labels["vm"], "");
+}
+
+#[test]
+fn only_alerts_an_inhibit_rule_targets_may_be_muted() {
+    let ev = Evaluator::new(RuleSet::builtin());
+    let site_down = labels(&[("alertname", "site-down"), ("scope", "site"), ("site", "a")]);
+    let vm_down = labels(&[("alertname", "vnf-down"), ("scope", "vm"), ("site", "a")]);
+    assert!(!ev.may_be_inhibited(&site_down));
+    assert!(ev.may_be_inhibited(&vm_down));
 }

@@ -26,6 +26,10 @@ fn builtin_parses() {
         panic!()
     };
     assert_eq!(p.min_vantage_points, 2);
+    assert!(
+        p.veto,
+        "a vantage point that reaches the site vetoes site-down"
+    );
     assert_eq!(site.for_, Duration::from_secs(2));
     assert_eq!(site.clear_for, Duration::from_secs(5));
     assert_eq!(rs.inhibit.len(), 1);
@@ -182,4 +186,12 @@ fn matcher_values_are_one_or_many_and_empty_files_are_empty() {
         RuleSet::parse("# nothing\n", Path::new("x")).unwrap(),
         RuleSet::default()
     );
+}
+
+#[test]
+fn veto_belongs_to_probe_conditions() {
+    let e = err(
+        "rules:\n  - name: a\n    condition:\n      event: { kind: x }\n      veto: true\n    severity: warning\n",
+    );
+    assert!(e.contains("veto applies to probe conditions only"), "{e}");
 }
