@@ -55,6 +55,7 @@ pub mod policy;
 mod progress;
 pub mod remote;
 mod restore;
+pub mod selffence;
 pub mod stores;
 pub mod transfer;
 pub mod wire;

@@ -40,6 +40,8 @@ pub struct Policy {
     allowed: Vec<(String, PathBuf)>,
     /// Kernels and initrds named by the configuration's qemu VMs.
     boot_files: BTreeSet<PathBuf>,
+    /// `[ha]`: when this agent stops its VMs by itself.
+    pub self_fence: Option<crate::selffence::SelfFence>,
 }
 
 impl Policy {
@@ -77,6 +79,10 @@ impl Policy {
                 .map(|c| (c.clone(), resolve_command(c)))
                 .collect(),
             boot_files,
+            self_fence: cfg
+                .ha
+                .as_ref()
+                .map(|ha| crate::selffence::SelfFence::from_config(cfg, ha, name)),
         })
     }
 

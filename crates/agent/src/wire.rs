@@ -142,6 +142,10 @@ pub struct Heartbeat {
     pub session: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// A host agent whose fence flag is set and that runs no VM any more:
+    /// the controller's confirmation that the fence holds.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 /// The controller's answer: the probes the agent runs, how often to

@@ -29,6 +29,9 @@ pub struct Controller {
     vm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The fenced sites, as in the database (which is written first).
     pub(crate) fences: Mutex<BTreeMap<String, FenceRecord>>,
+    /// What is known of fenced hosts and the agents' heartbeats (see
+    /// [`crate::fence`]).
+    pub(crate) proofs: crate::fence::Proofs,
     /// Probes, rules, alerts, incidents and notifications.
     pub watch: crate::watch::state::Watch,
     /// The front door: where each service's clients are sent.
@@ -203,6 +206,7 @@ impl Controller {
             stores: Mutex::default(),
             vm_locks: Mutex::default(),
             fences: Mutex::new(fences),
+            proofs: crate::fence::Proofs::default(),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
             _data_lock: data_lock,

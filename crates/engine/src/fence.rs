@@ -8,8 +8,23 @@
 //! keeps refusing starts (persisted in its data dir) until a heartbeat
 //! says the site is unfenced. Until then its VMs are reported `pending`.
 //!
-//! The controller itself never starts a VM at a fenced site, and treats a
-//! fenced site as one where no copy runs (see [`crate::vms`]).
+//! The controller itself never starts a VM at a fenced site. A host of a
+//! fenced site counts as running nothing (see [`crate::vms`]) only once
+//! that is known ([`Controller::await_fenced`]):
+//! - its agent answered the fence call having stopped every VM, or a
+//!   heartbeat of its agent reports the fence flag set and no VM alive;
+//! - an operator confirmed the site's hosts are off (`fence --confirmed`);
+//! - or, with `[ha]`, the agent fenced itself: the controller has not
+//!   heard it for `self_fence_after + fence_margin` (on its monotonic
+//!   clock, counted from its own start at the latest) and the site-down
+//!   alert of the site is firing (a majority of the live vantage points
+//!   cannot reach it, none can), so the agent cannot reach a majority of
+//!   the quorum either (reachability is assumed symmetric).
+//! Otherwise a copy elsewhere is refused, naming what would confirm it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use standby_db::FenceRecord;
@@ -20,7 +35,170 @@ use standby_agent::AgentError;
 use crate::controller::Controller;
 use crate::error::{EngineError, error_chain};
 
+/// How often a start waiting for a fence to be confirmed looks again.
+const PROOF_POLL: Duration = Duration::from_millis(200);
+
+/// What the controller knows of fences beyond the database: kept in
+/// memory only, so a restarted controller learns it again (from the
+/// agents' heartbeats, or by waiting out the self-fencing time).
+#[derive(Debug)]
+pub(crate) struct Proofs {
+    started: Instant,
+    /// Per agent: when its last heartbeat arrived, and whether it
+    /// reported its fence flag set and no VM alive.
+    heard: Mutex<HashMap<String, (Instant, bool)>>,
+    /// Hosts known to run nothing, and how; cleared when their site is
+    /// unfenced.
+    confirmed: Mutex<HashMap<String, String>>,
+}
+
+impl Default for Proofs {
+    fn default() -> Self {
+        Proofs {
+            started: Instant::now(),
+            heard: Mutex::default(),
+            confirmed: Mutex::default(),
+        }
+    }
+}
+
+impl Proofs {
+    /// A heartbeat of `agent` arrived now.
+    pub(crate) fn heard(&self, agent: &str, fenced_and_quiet: bool) {
+        self.heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(agent.to_string(), (Instant::now(), fenced_and_quiet));
+    }
+
+    fn confirm(&self, host: &str, how: &str) {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(host.to_string())
+            .or_insert_with(|| how.to_string());
+    }
+
+    fn forget(&self, host: &str) {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(host);
+    }
+
+    fn confirmed(&self, host: &str) -> Option<String> {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .cloned()
+    }
+
+    /// When `agent` was last heard (this controller's start at the
+    /// latest: an agent heard by a previous controller may have been
+    /// alive until then), and whether it reported itself fenced.
+    fn last_heard(&self, agent: &str) -> (Instant, bool) {
+        self.heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)
+            .copied()
+            .unwrap_or((self.started, false))
+    }
+}
+
+/// Whether a host of a fenced site is known to run nothing.
+enum Proof {
+    Known(String),
+    /// Known once this instant passes (self-fencing), if nothing changes.
+    At(Instant),
+    /// Not known, and nothing will tell by itself: why.
+    Never(String),
+}
+
 impl Controller {
+    /// An operator confirms that `site`'s hosts run nothing any more.
+    pub fn confirm_fence(&self, site: &str, how: &str) -> Result<(), EngineError> {
+        if !self.cfg.sites.contains_key(site) {
+            return Err(EngineError::not_found("site", site));
+        }
+        for (host, _) in self.cfg.hosts.iter().filter(|(_, h)| h.site == site) {
+            self.proofs.confirm(host, how);
+        }
+        tracing::warn!(site, how, "fence confirmed by an operator");
+        Ok(())
+    }
+
+    /// Wait until `host` of fenced `site` is known to run nothing: at
+    /// once when its agent or an operator confirmed it; with `[ha]`,
+    /// until the agent has fenced itself for certain. Refused when
+    /// nothing can tell.
+    pub(crate) async fn await_fenced(&self, site: &str, host: &str) -> Result<(), EngineError> {
+        loop {
+            match self.proof(site, host) {
+                Proof::Known(how) => {
+                    tracing::debug!(site, host, how, "fence confirmed");
+                    return Ok(());
+                }
+                Proof::Never(why) => {
+                    return Err(EngineError::Conflict(format!(
+                        "site {site} is fenced, but it is not known that host {host} runs nothing: {why};                          once its VMs are off for certain, confirm it: standby site fence {site} --confirmed"
+                    )));
+                }
+                Proof::At(at) => {
+                    if self.cancel.is_cancelled() {
+                        return Err(EngineError::Internal("the controller is stopping".into()));
+                    }
+                    let wait = at.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(wait.clamp(Duration::from_millis(1), PROOF_POLL)).await;
+                }
+            }
+        }
+    }
+
+    fn proof(&self, site: &str, host: &str) -> Proof {
+        if let Some(how) = self.proofs.confirmed(host) {
+            return Proof::Known(how);
+        }
+        let Ok(agent) = self.agent(host) else {
+            return Proof::Known("the host is not configured".into());
+        };
+        let Some(name) = agent.remote_name().map(str::to_string) else {
+            // In-process: fencing stopped its VMs at once.
+            return Proof::Known("in-process host".into());
+        };
+        let (heard, reported) = self.proofs.last_heard(&name);
+        if reported {
+            return Proof::Known(format!("agent {name} reported every VM stopped"));
+        }
+        let Some(ha) = &self.cfg.ha else {
+            return Proof::Never(format!(
+                "agent {name} has not confirmed the fence, and self-fencing is off ([ha])"
+            ));
+        };
+        let at = heard + ha.fenced_after();
+        if !self.site_down_firing(site) {
+            return Proof::Never(format!(
+                "agent {name} has not confirmed the fence, and the site-down alert of site {site}                  is not firing (a vantage point may still reach it, so its agent may not have fenced itself)"
+            ));
+        }
+        if Instant::now() >= at {
+            Proof::Known(format!(
+                "agent {name} fenced itself: not heard for {:.1}s with site {site} down",
+                heard.elapsed().as_secs_f64()
+            ))
+        } else {
+            Proof::At(at)
+        }
+    }
+
+    /// Whether the built-in site-down alert fires for `site`.
+    fn site_down_firing(&self, site: &str) -> bool {
+        self.watch.active_alerts().iter().any(|a| {
+            a.rule == "site-down" && a.labels.get("site").map(String::as_str) == Some(site)
+        })
+    }
+
     /// Whether `site` is fenced (no VM may start there).
     pub async fn is_fenced(&self, site: &str) -> Result<bool, EngineError> {
         Ok(self.fence_of(site).is_some())
@@ -67,6 +245,10 @@ impl Controller {
             let placed = placed_at(name);
             match agent.fence(&fence.reason, &vm_names, &placed).await {
                 Ok(done) => {
+                    let stopped_all = done.iter().all(|v| !v.result.starts_with("failed"));
+                    if stopped_all {
+                        self.proofs.confirm(name, "its agent stopped every VM");
+                    }
                     for v in done {
                         vms.push(VmFenced {
                             vm: v.vm,
@@ -79,6 +261,7 @@ impl Controller {
                         agent: agent.remote_name().map(str::to_string),
                         result: "done".into(),
                         error: None,
+                        confirmed: self.proofs.confirmed(name),
                     });
                 }
                 Err(e) => {
@@ -103,6 +286,7 @@ impl Controller {
                         agent: Some(who.to_string()),
                         result: msg,
                         error: Some(error_chain(&e)),
+                        confirmed: self.proofs.confirmed(name),
                     });
                 }
             }
@@ -132,6 +316,9 @@ impl Controller {
             .remove(site);
         if lifted.is_some() {
             tracing::warn!(site, "site unfenced");
+        }
+        for (host, _) in self.cfg.hosts.iter().filter(|(_, h)| h.site == site) {
+            self.proofs.forget(host);
         }
         let mut agents = Vec::new();
         for (name, _) in self.cfg.hosts.iter().filter(|(_, h)| h.site == site) {

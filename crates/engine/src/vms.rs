@@ -6,8 +6,10 @@
 //! at one host only when every other place it may run, its active and its
 //! home host, is known not to run it: that host's agent answers that the VM
 //! is stopped, or the host's site is fenced (its agents stop everything and
-//! start nothing). An agent that cannot be reached at a site that is not
-//! fenced means "may be running": refused, naming the site to fence.
+//! start nothing) and the fence is confirmed (`Controller::await_fenced`:
+//! the agent's answer, an operator, or self-fencing under `[ha]`). An
+//! agent that cannot be reached at a site that is not fenced means "may be
+//! running": refused, naming the site to fence.
 
 use std::time::Duration;
 
@@ -127,6 +129,7 @@ pub(crate) async fn ensure_single_copy(
             continue;
         };
         if ctl.is_fenced(site).await? {
+            ctl.await_fenced(site, host).await?;
             continue;
         }
         let agent = ctl.agent(host)?;

@@ -53,6 +53,11 @@ pub struct SiteView {
 pub struct FenceRequest {
     #[serde(default)]
     pub reason: String,
+    /// The operator confirms that the site's hosts run nothing any more
+    /// (powered off, or cut off for good): a copy may start elsewhere
+    /// without the agents' answer.
+    #[serde(default)]
+    pub confirmed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -203,6 +203,10 @@ pub struct HostFenced {
     pub result: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How it is known that the host runs nothing (its agent stopped
+    /// every VM, or the operator confirmed it); none: not known yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed: Option<String>,
 }
 
 /// What fencing did to one VM.

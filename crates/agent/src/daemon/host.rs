@@ -216,8 +216,19 @@ impl HostAgent {
         Ok(())
     }
 
+    /// Whether the fence flag is set.
+    pub(crate) async fn is_fenced(&self) -> bool {
+        self.fence.lock().await.is_some()
+    }
+
+    /// What heartbeats report: fenced, and no VM alive here any more.
+    pub(super) async fn fenced_and_quiet(&self) -> bool {
+        let fence = self.fence.lock().await;
+        fence.is_some() && self.vms().await.iter().all(|(_, st)| !st.is_alive())
+    }
+
     /// Fence this host: recorded first, then every VM stopped. Idempotent.
-    pub(super) async fn fence(&self, reason: &str) -> Result<Vec<FencedVm>, AgentError> {
+    pub(crate) async fn fence(&self, reason: &str) -> Result<Vec<FencedVm>, AgentError> {
         let mut fence = self.fence.lock().await;
         if fence.is_none() {
             let f = Some(FenceState {

@@ -181,16 +181,19 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
         let c = cancel.clone();
         match (&host, &opts.auth) {
             (
-                Some(h),
+                host,
                 AgentAuth::Tls {
                     agent, controllers, ..
                 },
             ) => {
                 // Everything over mutual TLS; each route checks the
-                // caller's role and name.
-                app = app
-                    .merge(routes::tls_exec_routes(h.clone(), controllers.clone()))
-                    .merge(stores::receive_routes(h.clone()));
+                // caller's role and name (`/health` takes any certificate
+                // of the installation: quorum members ping it).
+                if let Some(h) = host {
+                    app = app
+                        .merge(routes::tls_exec_routes(h.clone(), controllers.clone()))
+                        .merge(stores::receive_routes(h.clone()));
+                }
                 let cfg = standby_tls::server_config(agent.clone())
                     .map_err(|e| AgentError::BadRequest(standby_types::error_chain(&e)))?;
                 let tls = standby_tls::TlsListener::new(listener, cfg, cancel.clone())
@@ -205,7 +208,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
                 });
                 tracing::info!(%addr, "agent API on mutual TLS");
             }
-            (host, auth) => {
+            (host, auth @ AgentAuth::Token(_)) => {
                 if let Some(h) = host {
                     app = app
                         .merge(exec_routes(h.clone(), auth.token()))
@@ -241,6 +244,26 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
     if let Some(ready) = &opts.ready {
         ready.notify_one();
     }
+    // Self-fencing: pings of the quorum, and the check.
+    let contact = Arc::new(crate::selffence::Contact::default());
+    if let (Some(h), Some(sf)) = (
+        &host,
+        opts.policy.as_ref().and_then(|p| p.self_fence.clone()),
+    ) {
+        let clients = quorum_clients(&opts.auth, &sf)?;
+        tracing::info!(
+            after = ?sf.after,
+            members = sf.members.len(),
+            "self-fencing armed"
+        );
+        tokio::spawn(crate::selffence::watch(
+            h.clone(),
+            sf,
+            contact.clone(),
+            clients,
+            cancel.clone(),
+        ));
+    }
     let mut interval = Duration::from_secs(1);
     let mut specs: Vec<ProbeSpec> = Vec::new();
     let mut probes = CancellationToken::new();
@@ -248,15 +271,22 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
     let mut hellos = 0u32;
     loop {
         let (session, n) = seq.next().unzip();
+        let fenced = match &host {
+            Some(h) => h.fenced_and_quiet().await,
+            None => false,
+        };
         let hb = Heartbeat {
             version: env!("CARGO_PKG_VERSION").into(),
             session,
             seq: n,
+            fenced,
         };
         let mut again = false;
+        let sent = std::time::Instant::now();
         match with_token(http.post(&url), &token).json(&hb).send().await {
             Ok(resp) if resp.status().is_success() => match resp.json::<HeartbeatReply>().await {
                 Ok(reply) => {
+                    contact.leader_answered(sent);
                     if !reachable {
                         tracing::info!("controller reachable again");
                     }
@@ -322,6 +352,28 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
     drop(tx);
     let _ = sender.await;
     Ok(())
+}
+
+/// One client per quorum member: with TLS, presenting this agent's peer
+/// certificate and expecting that member's agent certificate.
+fn quorum_clients(
+    auth: &AgentAuth,
+    sf: &crate::selffence::SelfFence,
+) -> Result<Vec<reqwest::Client>, AgentError> {
+    sf.members
+        .iter()
+        .map(|(name, _)| {
+            let b = standby_http::builder(standby_http::Reach::Internal)
+                .connect_timeout(Duration::from_secs(1));
+            match auth.peer_creds() {
+                Creds::Tls(m) => Creds::Tls(m).client(
+                    vec![crate::creds::identity(standby_tls::Role::Agent, name)?],
+                    b,
+                ),
+                c => c.client(Vec::new(), b),
+            }
+        })
+        .collect()
 }
 
 /// The agent's token on a call, if it has one (none with TLS).

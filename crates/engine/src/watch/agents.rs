@@ -48,6 +48,7 @@ pub fn heartbeat(
         }
         Err(r) => return Err(refused(name, "heartbeat", r)),
     }
+    ctl.proofs.heard(name, hb.fenced);
     let now = Utc::now();
     let first = {
         let mut agents = ctl.watch.agents.lock().expect("agents lock");

@@ -103,6 +103,9 @@ async fn site_fence(
         serde_json::from_slice(&body)
             .map_err(|e| ServerError::BadRequest(format!("bad fence request: {e}")))?
     };
+    if req.confirmed {
+        ctl.confirm_fence(&name, &format!("confirmed by {}", who.name))?;
+    }
     Ok(Json(ctl.fence_site(&name, &req.reason).await?))
 }
 

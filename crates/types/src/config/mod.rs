@@ -19,6 +19,7 @@
 //! - `vms`: `[vms]` (with their QEMU settings and disks) and `[groups]`;
 //! - `probes`: `[probes]`;
 //! - `services`: `[services]`;
+//! - `ha`: `[ha]` (self-fencing and its quorum);
 //! - `units`: schedules, byte sizes and durations written as strings;
 //! - `error`: [`ConfigError`] and where in the file a field is;
 //! - `load`: [`Config::load`] and [`Config::parse`];
@@ -29,6 +30,7 @@ mod bandwidth;
 mod controller;
 mod datastores;
 mod error;
+mod ha;
 mod load;
 mod probes;
 mod redact;
@@ -44,6 +46,7 @@ pub use bandwidth::{BandwidthSchedule, BandwidthWindow, Day, TimeOfDay, parse_ti
 pub use controller::{Controller, DEFAULT_LISTEN, Pki, TenantConfig};
 pub use datastores::{DatastoreConfig, DatastoreKind, EncryptionConfig};
 pub use error::ConfigError;
+pub use ha::Ha;
 pub use probes::ProbeConfig;
 pub use redact::redacted;
 pub use root::Config;

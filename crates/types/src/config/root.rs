@@ -51,6 +51,10 @@ pub struct Config {
     /// Mutual TLS between the controller and agents, and between agents.
     #[serde(default)]
     pub pki: Option<Pki>,
+    /// Self-fencing of cut-off sites (none: a failover needs a confirmed
+    /// fence: the agent's answer, a power fence or an operator).
+    #[serde(default)]
+    pub ha: Option<super::ha::Ha>,
 }
 
 impl Config {

@@ -254,6 +254,7 @@ impl Config {
             }
         }
         self.validate_watch()?;
+        self.validate_ha()?;
         self.validate_services()
     }
 
