@@ -19,6 +19,7 @@
 //! - `vms`: `[vms]` (with their QEMU settings and disks) and `[groups]`;
 //! - `probes`: `[probes]`;
 //! - `services`: `[services]`;
+//! - `dns`: `[dns]`, the DNS traffic target of services with a `dns_name`;
 //! - `units`: schedules, byte sizes and durations written as strings;
 //! - `error`: [`ConfigError`] and where in the file a field is;
 //! - `load`: [`Config::load`] and [`Config::parse`];
@@ -28,6 +29,7 @@
 mod bandwidth;
 mod controller;
 mod datastores;
+mod dns;
 mod error;
 mod load;
 mod probes;
@@ -43,6 +45,7 @@ mod vms;
 pub use bandwidth::{BandwidthSchedule, BandwidthWindow, Day, TimeOfDay, parse_timezone};
 pub use controller::{Controller, DEFAULT_LISTEN, Pki, TenantConfig};
 pub use datastores::{DatastoreConfig, DatastoreKind, EncryptionConfig};
+pub use dns::{DnsConfig, TsigAlgorithm};
 pub use error::ConfigError;
 pub use probes::ProbeConfig;
 pub use redact::redacted;
