@@ -42,13 +42,12 @@ const FUDGE: u16 = 300;
 #[derive(Debug, thiserror::Error)]
 pub enum DnsFailure {
     #[error(
-        "the server answered {rcode}{tsig}: it does not accept key '{key}' ({algorithm}); check key_name, algorithm and the secret against its key statement"
+        "the server answered {rcode}{tsig}: it does not accept key '{key}'; check key_name, algorithm and the secret against its key statement"
     )]
     NotAuth {
         rcode: String,
         tsig: String,
         key: String,
-        algorithm: String,
     },
     #[error(
         "the server answered REFUSED: its policy does not let key '{key}' update this name (allow-update or update-policy of the zone), or the zone does not take updates"
@@ -287,7 +286,6 @@ impl DnsTarget {
                     .map(|e| format!(" (TSIG error {})", tsig_error_name(e)))
                     .unwrap_or_default(),
                 key: self.key.clone(),
-                algorithm: self.signer.algorithm().to_name().to_ascii(),
             }),
             (ResponseCode::Refused, _) => Err(DnsFailure::Refused {
                 key: self.key.clone(),

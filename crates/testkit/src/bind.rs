@@ -4,8 +4,9 @@
 //!
 //! The zone (`svc.example.test.` unless told) holds an SOA, an NS and the
 //! NS's A record. Two keys are known to the server: [`Bind::KEY`], which
-//! `allow-update` lets change the zone, and [`Bind::OTHER_KEY`], valid but
-//! not allowed to (its updates are REFUSED).
+//! the zone's `update-policy` lets change A and AAAA records (only), and
+//! [`Bind::OTHER_KEY`], valid but not allowed to (its updates are
+//! REFUSED).
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -169,7 +170,7 @@ controls {{ }};
 zone "{zone}" {{
     type primary;
     file "{d}/zone.db";
-    allow-update {{ key {key}; }};
+    update-policy {{ grant {key} subdomain {zone} A AAAA; }};
 }};
 "#
     )
