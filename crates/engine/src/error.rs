@@ -64,10 +64,16 @@ impl EngineError {
                 | FrontDoorError::BadListen(_) => ("bad_request", false),
                 FrontDoorError::Listen { .. } => ("conflict", true),
                 FrontDoorError::Db(e) => ("database", e.is_temporary()),
-                // A service the forwarder does not know: the same fails again.
-                FrontDoorError::BadBackend(_) | FrontDoorError::Target { .. } => {
-                    ("internal", false)
+                // A DNS server that did not answer may answer a retry.
+                FrontDoorError::Target { .. } | FrontDoorError::Dns { .. } if e.is_temporary() => {
+                    ("unreachable", true)
                 }
+                // A service the forwarder does not know, or a DNS server
+                // refusing the key or the policy: the same fails again.
+                FrontDoorError::BadBackend(_)
+                | FrontDoorError::Target { .. }
+                | FrontDoorError::Dns { .. }
+                | FrontDoorError::DnsConfig { .. } => ("internal", false),
             },
             EngineError::Agent(e) => match e {
                 AgentError::Unreachable { .. } => ("unreachable", true),

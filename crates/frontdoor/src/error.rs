@@ -29,7 +29,12 @@ pub enum FrontDoorError {
         #[source]
         source: std::io::Error,
     },
-    #[error("service {service}: the {kind} target did not follow the switch to {site}")]
+    /// The switch is recorded and the other targets follow it; this one
+    /// may still send clients to the old site. Switching to the same site
+    /// again (or restarting the controller) tells it again.
+    #[error(
+        "service {service}: the switch to {site} is recorded, but the {kind} target did not follow it and may still send clients to the old site (switch to {site} again to retry)"
+    )]
     Target {
         service: String,
         kind: &'static str,
@@ -37,6 +42,29 @@ pub enum FrontDoorError {
         #[source]
         source: Box<FrontDoorError>,
     },
+    #[error("dns update of {name} in zone {zone} at {server} failed")]
+    Dns {
+        server: SocketAddr,
+        zone: String,
+        name: String,
+        #[source]
+        source: Box<crate::dns::DnsFailure>,
+    },
+    #[error("{what}: {reason}")]
+    DnsConfig { what: String, reason: String },
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl FrontDoorError {
+    /// Whether the same request may succeed later.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            FrontDoorError::Listen { .. } => true,
+            FrontDoorError::Db(e) => e.is_temporary(),
+            FrontDoorError::Dns { source, .. } => source.is_temporary(),
+            FrontDoorError::Target { source, .. } => source.is_temporary(),
+            _ => false,
+        }
+    }
 }

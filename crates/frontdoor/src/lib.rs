@@ -7,21 +7,28 @@
 //!   clients go to, in the `services` table) and [`FrontDoor::switch`],
 //!   which changes it and tells every [`TrafficTarget`].
 //! - [`TrafficTarget`]: the seam between the decision and the mechanism.
-//!   The embedded L4 forwarder ([`Forwarder`]) is the one implementation
-//!   today; a DNS updater for real networks can be added beside it.
+//!   The embedded L4 forwarder ([`Forwarder`]) carries every service; the
+//!   DNS target ([`DnsTarget`], module `dns`) also points the `dns_name` of
+//!   a service at its active site by TSIG-signed RFC 2136 updates, for
+//!   clients that reach the site directly (no single forwarder between).
 //! - `udp`: one socket on the listen address; per client address a flow
 //!   with its own upstream socket connected to the active backend.
 //! - `tcp`: accept, connect to the active backend, copy both ways.
 //!
 //! # Invariants
 //! - The database is written before any target is told, so a restarted
-//!   controller forwards where the last acknowledged switch said.
+//!   controller forwards where the last acknowledged switch said. Every
+//!   target is told even when one fails; the switch then reports the
+//!   failure. Telling a target is idempotent, so a repeated switch (or
+//!   [`FrontDoor::open`], which tells the DNS target the persisted site of
+//!   each service) repairs a target that missed one.
 //! - After a switch nothing of the old site reaches a client: UDP flows
 //!   (and their upstream sockets) are dropped and rebuilt on the client's
 //!   next datagram, replies of an older route are discarded, and TCP
 //!   connections to the old site are closed (the old site is fenced or
 //!   stopped; a half-open stream to it would hang the client).
 
+pub mod dns;
 mod error;
 mod tcp;
 mod udp;
@@ -44,13 +51,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use dns::DnsTarget;
 pub use error::FrontDoorError;
 
 /// Where a service's traffic goes. The embedded forwarder is one target; a
 /// DNS updater (pointing a name at the active site) would be another.
 #[async_trait::async_trait]
 pub trait TrafficTarget: Send + Sync {
-    /// For logs: `embedded`, later `dns`.
+    /// For logs: `embedded` or `dns`.
     fn kind(&self) -> &'static str;
     /// From now on, send `service`'s clients to `site`, where the service
     /// answers at `backend`. Idempotent.
@@ -106,9 +114,14 @@ impl FrontDoor {
             records.insert(name.clone(), rec);
         }
         let forwarder = Arc::new(Forwarder { lanes });
+        let mut targets: Vec<Arc<dyn TrafficTarget>> = vec![forwarder.clone()];
+        if let Some(dns) = DnsTarget::from_config(cfg)? {
+            repair_dns(cfg, &dns, &records).await;
+            targets.push(Arc::new(dns));
+        }
         Ok(FrontDoor {
             repo,
-            targets: vec![forwarder.clone()],
+            targets,
             forwarder,
             records: Mutex::new(records),
             switch_lock: tokio::sync::Mutex::new(()),
@@ -211,17 +224,23 @@ impl FrontDoor {
                 switched_at: Some(at),
             }
         };
+        // Every target is told, whatever another answered.
+        let mut failed = None;
         for t in &self.targets {
-            t.point(service, site, backend)
-                .await
-                .map_err(|e| FrontDoorError::Target {
+            if let Err(e) = t.point(service, site, backend).await {
+                tracing::warn!(service, site, target = t.kind(), error = %standby_types::error_chain(&e), "a traffic target did not follow the switch");
+                failed.get_or_insert(FrontDoorError::Target {
                     service: service.to_string(),
                     kind: t.kind(),
                     site: site.to_string(),
                     source: Box::new(e),
-                })?;
+                });
+            }
         }
-        Ok(result)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(result),
+        }
     }
 
     /// The persisted routing of `service`.
@@ -260,6 +279,24 @@ impl FrontDoor {
     pub fn views(&self, cfg: &Config) -> Result<Vec<ServiceView>, FrontDoorError> {
         cfg.services.keys().map(|n| self.view(cfg, n)).collect()
     }
+}
+
+/// Point every DNS service's name at its persisted site: an update lost
+/// before a restart (the server was down, the controller stopped between
+/// the database write and the update) is sent again. All at once, so an
+/// unreachable server delays the start by one timeout; failures are
+/// logged, not fatal: the forwarder works without DNS.
+async fn repair_dns(cfg: &Config, dns: &DnsTarget, records: &BTreeMap<String, ServiceRecord>) {
+    let updates = dns.names().filter_map(|(service, name)| {
+        let site = &records.get(service)?.active_site;
+        let backend = cfg.services.get(service)?.backend(site)?;
+        Some(async move {
+            if let Err(e) = dns.point(service, site, backend).await {
+                tracing::warn!(service, site, name, error = %standby_types::error_chain(&e), "unable to bring the service's dns record in line with its site; the next switch retries");
+            }
+        })
+    });
+    futures::future::join_all(updates).await;
 }
 
 fn probe_name(p: ServiceProbe) -> &'static str {

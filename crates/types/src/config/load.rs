@@ -24,6 +24,20 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("."));
         let base = std::path::absolute(&base).unwrap_or(base);
         cfg.resolve_paths(&base);
+        // The TSIG secret is checked now, not at the first switch.
+        if let Some(dns) = &cfg.dns
+            && let Err(message) = dns.read_secret()
+        {
+            let field = ["dns".to_string(), "secret_file".to_string()];
+            let (line, column) = span_of(&src, &field).map_or((0, 0), |s| line_col(&src, s.start));
+            return Err(ConfigError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                field: Some(field.join(".")),
+                message,
+            });
+        }
         Ok(cfg)
     }
 
@@ -63,6 +77,9 @@ impl Config {
         self.controller.runbooks.iter_mut().for_each(abs);
         self.controller.tls_cert.iter_mut().for_each(abs);
         self.controller.tls_key.iter_mut().for_each(abs);
+        if let Some(d) = &mut self.dns {
+            abs(&mut d.secret_file);
+        }
         if let Some(p) = &mut self.pki {
             abs(&mut p.dir);
         }

@@ -20,6 +20,7 @@
 //! - `probes`: `[probes]`;
 //! - `services`: `[services]`;
 //! - `ha`: `[ha]` (self-fencing and its quorum);
+//! - `dns`: `[dns]`, the DNS traffic target of services with a `dns_name`;
 //! - `units`: schedules, byte sizes and durations written as strings;
 //! - `error`: [`ConfigError`] and where in the file a field is;
 //! - `load`: [`Config::load`] and [`Config::parse`];
@@ -29,6 +30,7 @@
 mod bandwidth;
 mod controller;
 mod datastores;
+mod dns;
 mod error;
 mod ha;
 mod load;
@@ -45,6 +47,7 @@ mod vms;
 pub use bandwidth::{BandwidthSchedule, BandwidthWindow, Day, TimeOfDay, parse_timezone};
 pub use controller::{Controller, DEFAULT_LISTEN, Pki, TenantConfig};
 pub use datastores::{DatastoreConfig, DatastoreKind, EncryptionConfig};
+pub use dns::{DnsConfig, TsigAlgorithm};
 pub use error::ConfigError;
 pub use ha::Ha;
 pub use probes::ProbeConfig;

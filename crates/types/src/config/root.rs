@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::controller::{Controller, Pki, TenantConfig};
 use super::datastores::DatastoreConfig;
+use super::dns::DnsConfig;
 use super::probes::ProbeConfig;
 use super::services::ServiceConfig;
 use super::sites::{AgentConfig, Host, Site};
@@ -44,6 +45,10 @@ pub struct Config {
     /// the site where the service is active.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
+    /// The DNS traffic target: services with a `dns_name` have it pointed
+    /// at their active site by signed dynamic updates.
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
     /// Customers sharing the system: a tenant's users see and act on
     /// their own VMs, groups, services, points, alerts and incidents only.
     #[serde(default)]

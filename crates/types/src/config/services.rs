@@ -35,6 +35,10 @@ pub struct ServiceConfig {
     /// The tenant that owns the service (default: its VM's).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// A name in the `[dns]` zone (relative to it, or absolute) that is
+    /// pointed at the active site's backend IP by dynamic updates.
+    #[serde(default)]
+    pub dns_name: Option<String>,
 }
 
 /// A transport the front door forwards.

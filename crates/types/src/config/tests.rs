@@ -607,3 +607,147 @@ fn pki_needs_https_agents_an_agent_listener_and_no_tokens() {
         assert!(e.contains(field) && e.contains(text), "{field}: {e}");
     }
 }
+
+const DNS: &str = r#"
+[dns]
+server = "127.0.0.1:5353"
+zone = "svc.example.test."
+key_name = "standby"
+secret_file = "dns.key"
+"#;
+
+#[test]
+fn dns_names_parse_with_defaults() {
+    let svc = SERVICE.replace("vm =", "dns_name = \"sip\"\nvm =");
+    let cfg = parse(&format!("{EXAMPLE}{svc}{DNS}")).expect("valid");
+    let dns = cfg.dns.as_ref().unwrap();
+    assert_eq!(dns.algorithm, TsigAlgorithm::HmacSha256);
+    assert_eq!(dns.ttl, Duration::from_secs(5));
+    assert_eq!(dns.ttl_secs(), 5);
+    assert_eq!(dns.server_addr(), Some("127.0.0.1:5353".parse().unwrap()));
+    let name = cfg.services["sip"].dns_name.as_deref().unwrap();
+    assert_eq!(dns.fqdn(name).unwrap(), "sip.svc.example.test.");
+    let dns512 = DNS.replace(
+        "secret_file",
+        "algorithm = \"hmac-sha512\"\nttl = \"30s\"\nsecret_file",
+    );
+    let cfg = parse(&format!("{EXAMPLE}{svc}{dns512}")).expect("valid");
+    let dns = cfg.dns.as_ref().unwrap();
+    assert_eq!(dns.algorithm, TsigAlgorithm::HmacSha512);
+    assert_eq!(dns.ttl_secs(), 30);
+    // The API shows the path of the secret, never a secret.
+    let shown = redacted(&cfg).to_string();
+    assert!(shown.contains("dns.key"), "{shown}");
+}
+
+#[test]
+fn dns_errors_name_the_field() {
+    let svc = |name: &str| SERVICE.replace("vm =", &format!("dns_name = \"{name}\"\nvm ="));
+    let cases = [
+        (
+            svc("sip"),
+            String::new(),
+            "services.sip.dns_name",
+            "needs a [dns] table",
+        ),
+        (
+            svc("sip.example.test."),
+            DNS.to_string(),
+            "services.sip.dns_name",
+            "'sip.example.test.' is outside the zone 'svc.example.test.'",
+        ),
+        (
+            svc("sip phone"),
+            DNS.to_string(),
+            "services.sip.dns_name",
+            "is not a DNS name",
+        ),
+        (
+            svc("sip"),
+            DNS.replace("127.0.0.1:5353", "ns1.example.test"),
+            "dns.server",
+            "'ns1.example.test' is not the primary server's address",
+        ),
+        (
+            svc("sip"),
+            DNS.replace("secret_file", "ttl = \"500ms\"\nsecret_file"),
+            "dns.ttl",
+            "1s at least",
+        ),
+        (
+            svc("sip"),
+            DNS.replace("svc.example.test.", "svc..test"),
+            "dns.zone",
+            "is not a zone name",
+        ),
+        (
+            svc("sip"),
+            DNS.replace("secret_file", "algorithm = \"hmac-md5\"\nsecret_file"),
+            "",
+            "hmac-md5",
+        ),
+        (
+            svc("sip"),
+            DNS.replace("secret_file", "secret = \"abc\"\nsecret_file"),
+            "",
+            "unknown field `secret`",
+        ),
+    ];
+    for (svc, dns, field, msg) in cases {
+        let err = parse(&format!("{EXAMPLE}{svc}{dns}")).expect_err(msg);
+        if !field.is_empty() {
+            assert_eq!(err.field.as_deref(), Some(field), "{err}");
+        }
+        assert!(err.message.contains(msg), "{msg}: {err}");
+        assert!(err.line > 0, "{err}");
+    }
+    // One name, two services: they would overwrite each other's records.
+    let other = svc("sip")
+        .replace("[services.sip]", "[services.sip2]")
+        .replace("0.0.0.0:5060", "0.0.0.0:5070");
+    let err = parse(&format!("{EXAMPLE}{}{other}{DNS}", svc("sip"))).unwrap_err();
+    assert_eq!(
+        err.field.as_deref(),
+        Some("services.sip2.dns_name"),
+        "{err}"
+    );
+    assert!(
+        err.message
+            .contains("service 'sip' already has the name sip.svc.example.test."),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_dns_secret_file_is_checked_at_load() {
+    let dir = std::env::temp_dir().join(format!("standby-dns-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("standby.toml");
+    let svc = SERVICE.replace("vm =", "dns_name = \"sip\"\nvm =");
+    std::fs::write(&file, format!("{EXAMPLE}{svc}{DNS}")).unwrap();
+    let err = Config::load(&file).unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("dns.secret_file"), "{err}");
+    assert!(
+        err.message.contains("unable to read the TSIG secret"),
+        "{err}"
+    );
+    assert!(
+        err.message
+            .contains(&dir.join("dns.key").display().to_string()),
+        "{err}"
+    );
+    assert!(err.line > 0, "{err}");
+    std::fs::write(dir.join("dns.key"), "secret!").unwrap();
+    let err = Config::load(&file).unwrap_err();
+    assert!(err.message.contains("not base64"), "{err}");
+    std::fs::write(
+        dir.join("dns.key"),
+        "key \"standby\" {\n\talgorithm hmac-sha256;\n\tsecret \"deLeVm7eMY8Q9twch/2aQHV5pACLAp0VojmTB4NkCnc=\";\n};\n",
+    )
+    .unwrap();
+    let cfg = Config::load(&file).expect("a BIND key file is read");
+    let dns = cfg.dns.unwrap();
+    assert_eq!(dns.secret_file, dir.join("dns.key"));
+    assert_eq!(dns.read_secret().unwrap().len(), 32);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

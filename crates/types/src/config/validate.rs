@@ -384,6 +384,28 @@ impl Config {
     fn validate_services(&self) -> Result<(), (Vec<String>, String)> {
         let p = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let api: Option<std::net::SocketAddr> = self.controller.listen.parse().ok();
+        if let Some(dns) = &self.dns {
+            dns.check()
+                .map_err(|(field, msg)| (p(&["dns", field]), msg))?;
+        }
+        let mut dns_names = std::collections::BTreeMap::new();
+        for (name, s) in &self.services {
+            let Some(dns_name) = &s.dns_name else {
+                continue;
+            };
+            let at = p(&["services", name, "dns_name"]);
+            let Some(dns) = &self.dns else {
+                return Err((
+                    at,
+                    "a dns_name needs a [dns] table (the server, zone and key that update it)"
+                        .into(),
+                ));
+            };
+            let fqdn = dns.fqdn(dns_name).map_err(|e| (at.clone(), e))?;
+            if let Some(other) = dns_names.insert(fqdn.clone(), name) {
+                return Err((at, format!("service '{other}' already has the name {fqdn}")));
+            }
+        }
         for (name, s) in &self.services {
             let Some(home) = self.home_site(&s.vm) else {
                 return Err((
