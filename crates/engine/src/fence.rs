@@ -520,18 +520,40 @@ size = "64KiB"
         );
         let b = r.vms.iter().find(|v| v.vm == "b").unwrap();
         assert_eq!(b.result, "pending");
+        assert_eq!(host.confirmed, None);
+        // Fenced but unconfirmed (the agent never answered, no [ha]):
+        // b may still run at remote1, so the copy is still refused.
+        let e = crate::restore::check(&ctl, &at_site2(&point))
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("not known that host remote1 runs nothing")
+                && msg.contains("self-fencing is off")
+                && msg.contains("standby site fence site1 --confirmed"),
+            "{msg}"
+        );
+        // An operator confirms the site is off: the copy may start.
+        ctl.confirm_fence("site1", "confirmed by the test").unwrap();
         crate::restore::check(&ctl, &at_site2(&point))
             .await
             .unwrap();
 
         // The fence is durable: a new controller on the same data dir
-        // still treats site 1 as fenced.
+        // still treats site 1 as fenced; the confirmation is not (it is
+        // learnt again, from the agent or an operator).
         ctl.shutdown().await;
         drop(ctl);
         let ctl = controller(dir.path(), &format!("http://127.0.0.1:{}", closed_port())).await;
         assert!(ctl.is_fenced("site1").await.unwrap());
         // (The rescan dropped the made-up point: the store never held it.)
         let point = add_point(&ctl, "b").await;
+        assert!(
+            crate::restore::check(&ctl, &at_site2(&point))
+                .await
+                .is_err()
+        );
+        ctl.confirm_fence("site1", "confirmed by the test").unwrap();
         crate::restore::check(&ctl, &at_site2(&point))
             .await
             .unwrap();

@@ -18,6 +18,11 @@ pub enum SiteCmd {
         /// Why (kept with the fence).
         #[arg(long, default_value = "")]
         reason: String,
+        /// Confirm that the site's hosts run nothing any more (powered
+        /// off, or cut off for good): a copy may then start elsewhere
+        /// without their agents' answer. Say it only when it is certain.
+        #[arg(long)]
+        confirmed: bool,
     },
     /// Lift a site's fence: VMs may start there again.
     Unfence { name: String },
@@ -68,13 +73,18 @@ pub async fn run(ctx: &Ctx, cmd: &SiteCmd) -> Result<()> {
                     .collect(),
             );
         }
-        SiteCmd::Fence { name, reason } => {
+        SiteCmd::Fence {
+            name,
+            reason,
+            confirmed,
+        } => {
             let r: SiteFenced = ctx
                 .client
                 .post(
                     &format!("/api/v1/sites/{name}/fence"),
                     &FenceRequest {
                         reason: reason.clone(),
+                        confirmed: *confirmed,
                     },
                 )
                 .await?;
@@ -83,8 +93,15 @@ pub async fn run(ctx: &Ctx, cmd: &SiteCmd) -> Result<()> {
                 return Ok(());
             }
             println!("site {name} fenced");
-            for h in r.hosts.iter().filter(|h| h.result != "done") {
-                println!("  {}: {}", h.host, h.result);
+            for h in &r.hosts {
+                match (&h.confirmed, h.result.as_str()) {
+                    (Some(how), "done") => println!("  {}: runs nothing ({how})", h.host),
+                    (Some(how), res) => println!("  {}: {res}; runs nothing ({how})", h.host),
+                    (None, res) => println!(
+                        "  {}: {res}; not confirmed yet: no copy starts elsewhere until its agent answers{}",
+                        h.host, " or an operator confirms (--confirmed)"
+                    ),
+                }
             }
             for v in &r.vms {
                 println!("  {} at {}: {}", v.vm, v.host, v.result);

@@ -673,7 +673,14 @@ fn agents_run_a_qemu_vm_protected_restored_and_drilled() {
             let _ = Command::new("kill").args(["-KILL", pid]).status();
         }
     }
-    let fence = lab.json(&["site", "fence", "site1", "--reason", "site 1 lost"]);
+    let fence = lab.json(&[
+        "site",
+        "fence",
+        "site1",
+        "--reason",
+        "site 1 lost",
+        "--confirmed",
+    ]);
     assert_eq!(fence["pending"], true, "{fence}");
     let t = Instant::now();
     let r = lab.json(&["restore", &id, "--site", "site2"]);

@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::harness::{Lab, LabOptions, STANDBY, kill_agent_vms};
+use crate::harness::{Lab, LabOptions, STANDBY, free_port, kill_agent_vms};
 use crate::netlab::NetLab;
 use crate::watch::{probe_ok, wait_until};
 
@@ -90,8 +90,36 @@ fn start_agent(lab: &Lab, net: &NetLab, ns: &str, name: &str, controller: &str) 
     AgentProc { child, data }
 }
 
+/// The witness: an agent with no host beside the controller, a member
+/// of the quorum.
+fn witness(lab: &Lab, port: u16) -> AgentProc {
+    let log = std::fs::File::create(lab.path("witness.log")).unwrap();
+    let child = Command::new(STANDBY)
+        .args([
+            "--config",
+            lab.cfg.to_str().unwrap(),
+            "agent",
+            "--name",
+            "witness",
+        ])
+        .args(["--controller", &format!("http://127.0.0.1:{}", lab.api)])
+        .args(["--listen", &format!("0.0.0.0:{port}")])
+        .env("STANDBY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("witness starts");
+    AgentProc {
+        child,
+        data: lab.path("witness"),
+    }
+}
+
 fn dr_lab() -> Dr {
     let net = NetLab::new();
+    // Quorum pings cross only the direct links (see `NetLab::route_all`).
+    net.route_all();
+    let witness_port = free_port();
     let vm = format!(
         r#"command = "{vnf}"
 args = ["--name", "pbx1@{{site}}", "--disk", "{{disk.data}}", "--sip", "0.0.0.0:5060", "--http", "0.0.0.0:8080"]"#,
@@ -121,7 +149,16 @@ heartbeat = "1s"
 allowed_commands = ["{vnf}"]
 [agents.site2-agent]
 site = "site2"
+url = "http://{s2}:7781"
 heartbeat = "1s"
+[sites.witness]
+[agents.witness]
+site = "witness"
+url = "http://{w}:{witness_port}"
+heartbeat = "1s"
+[ha]
+self_fence_after = "3s"
+quorum = ["site1-agent", "site2-agent", "witness"]
 {p1}
 {p2}
 [services.pbx]
@@ -144,6 +181,7 @@ probe = "sip"
         s1 = net.addr(2),
         s2 = net.addr(6),
         front = net.addr(13),
+        w = net.addr(1),
         vnf = sibling("standby-vnf"),
     );
     let lab = Lab::new(LabOptions {
@@ -171,6 +209,7 @@ probe = "sip"
             "site2-agent",
             &format!("http://{}:{}", net.addr(5), lab.api),
         ),
+        witness(&lab, witness_port),
     ];
     wait_until("site1's agent to report", Duration::from_secs(20), || {
         probe_ok(&lab, "heartbeat:site1-agent", "controller")

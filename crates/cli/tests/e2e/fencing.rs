@@ -2,8 +2,9 @@
 //! site 1's host is run by `standby agent` inside the site-1 namespace,
 //! site 2's host is in-process with its VMs in the site-2 namespace. With
 //! the controller cut off from site 1, a restore at site 2 is refused
-//! until site 1 is fenced; once the link heals, site 1's agent stops its
-//! stale copy and refuses to start it.
+//! until site 1 is fenced and the fence confirmed: once the link heals,
+//! site 1's agent stops its stale copy, says so, and refuses to start it;
+//! only then does the copy at site 2 start.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -251,9 +252,39 @@ fn a_fenced_site_is_failed_over_and_its_stale_copy_stopped_on_reconnect() {
     );
     assert_eq!(s1["fence_reason"], "link to site 1 lost");
 
-    // Now the restore goes ahead, and the VNF answers at site 2, in site
-    // 2's namespace.
-    let restored = lab.json(&["restore", &id, "--site", "site2", "--host", "site2-ns"]);
+    // Fenced but unconfirmed: site 1's agent never answered, so pbx1 may
+    // still run there (it does: cut off, its agent cannot know). The
+    // restore at site 2 is still refused, naming how to confirm.
+    let err = lab.fails(&["restore", &id, "--site", "site2", "--host", "site2-ns"]);
+    assert!(
+        err.contains("not known that host site1-host1 runs nothing") && err.contains("--confirmed"),
+        "{err}"
+    );
+    assert!(alive(pid1), "site 1's VNF stopped while cut off");
+
+    // The link heals: within a few heartbeats the agent learns it is
+    // fenced, stops its copy and says so in its next heartbeat; only then
+    // does the restore at site 2 go ahead (refused until that report).
+    let healed = std::time::Instant::now();
+    f.net.heal();
+    wait_until(
+        "site 1's agent to stop pbx1",
+        Duration::from_secs(15),
+        || (!alive(pid1)).then_some(()),
+    );
+    let stopped = healed.elapsed();
+    let restored = wait_until("the fence confirmed", Duration::from_secs(15), || {
+        let out = lab.run(&[
+            "--json", "restore", &id, "--site", "site2", "--host", "site2-ns",
+        ]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+    });
+    eprintln!(
+        "stale copy stopped {stopped:?} after the link healed; the copy at site 2 allowed {:?} after",
+        healed.elapsed()
+    );
     assert_eq!(restored["started"], true, "{restored}");
     let site2_sip: SocketAddr = format!("{}:5060", f.net.addr(6)).parse().unwrap();
     wait_until("SIP at site 2", Duration::from_secs(15), || {
@@ -263,22 +294,11 @@ fn a_fenced_site_is_failed_over_and_its_stale_copy_stopped_on_reconnect() {
     assert_eq!(vm["active_host"], "site2-ns");
     let pid2 = vm["pid"].as_u64().unwrap();
     assert_eq!(ns_of(pid2), f.net.s2);
-
-    // Site 1's copy still runs: cut off, its agent cannot know.
-    assert!(alive(pid1), "site 1's VNF stopped while cut off");
-
-    // The link heals: within a few heartbeats the agent learns it is
-    // fenced and stops its copy.
-    let healed = std::time::Instant::now();
-    f.net.heal();
-    wait_until(
-        "site 1's agent to stop pbx1",
-        Duration::from_secs(15),
-        || (!alive(pid1)).then_some(()),
-    );
-    eprintln!(
-        "stale copy stopped {:?} after the link healed",
-        healed.elapsed()
+    assert!(!alive(pid1), "two copies of pbx1");
+    let fence = lab.json(&["site", "fence", "site1", "--reason", "again"]);
+    assert_eq!(
+        fence["hosts"][0]["confirmed"], "its agent stopped every VM",
+        "{fence}"
     );
     assert_eq!(f.agent_fenced(), Some(true));
     assert!(alive(pid2), "site 2's VNF must keep running");

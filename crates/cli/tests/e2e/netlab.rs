@@ -125,6 +125,25 @@ impl NetLab {
         }
     }
 
+    /// Routes so that every namespace reaches every other one's main
+    /// address (site 1 at .2, site 2 at .6, the root namespace at .1)
+    /// over the direct links only: site 2 reaches .1 over its controller
+    /// link and .2 over the site link; site 1 reaches .6 over the site
+    /// link. Cutting a link cuts exactly what crosses it.
+    pub fn route_all(&self) {
+        let (n1, n2, n5, n6, n9, n10) = (
+            self.addr(1),
+            self.addr(2),
+            self.addr(5),
+            self.addr(6),
+            self.addr(9),
+            self.addr(10),
+        );
+        sh(&["ip", "-n", &self.s2, "route", "add", &n1, "via", &n5]);
+        sh(&["ip", "-n", &self.s2, "route", "add", &n2, "via", &n10]);
+        sh(&["ip", "-n", &self.s1, "route", "add", &n6, "via", &n9]);
+    }
+
     pub fn addr(&self, host: u32) -> String {
         format!("198.18.{}.{host}", self.n)
     }

@@ -273,7 +273,18 @@ fn agents_keep_points_at_their_site_copy_them_across_a_cut_link_and_restore_at_s
     // Site 1 is lost: its links, its agent, its VM, its store.
     net.cut_site1();
     a1.kill();
-    let fence = run_json(&lab, &["site", "fence", "site1", "--reason", "site 1 lost"]).unwrap();
+    let fence = run_json(
+        &lab,
+        &[
+            "site",
+            "fence",
+            "site1",
+            "--reason",
+            "site 1 lost",
+            "--confirmed",
+        ],
+    )
+    .unwrap();
     assert_eq!(fence["pending"], true, "{fence}");
     let t1 = Instant::now();
     let restored = run_json(&lab, &["restore", &point2, "--site", "site2"])

@@ -751,3 +751,57 @@ fn a_dns_secret_file_is_checked_at_load() {
     assert_eq!(dns.read_secret().unwrap().len(), 32);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn ha_needs_an_odd_quorum_of_known_agents_with_urls() {
+    let base = |ha: &str| {
+        format!(
+            "[sites.s1]\n[sites.s2]\n[sites.w]\n\
+             [agents.a1]\nsite = \"s1\"\nurl = \"http://198.18.0.2:7781\"\n\
+             [agents.a2]\nsite = \"s2\"\nurl = \"http://198.18.0.6:7781\"\n\
+             [agents.w]\nsite = \"w\"\nurl = \"http://198.18.0.10:7781\"\n\
+             [agents.nourl]\nsite = \"w\"\n{ha}"
+        )
+    };
+    let ok = parse(&base(
+        "[ha]\nself_fence_after = \"4s\"\nquorum = [\"a1\", \"a2\", \"w\"]\n",
+    ))
+    .unwrap();
+    let ha = ok.ha.unwrap();
+    assert_eq!(ha.majority(), 2);
+    assert_eq!(
+        ha.fenced_after(),
+        Duration::from_secs(6),
+        "default margin 2s"
+    );
+    for (ha, path, msg) in [
+        (
+            "[ha]\nself_fence_after = \"4s\"\nquorum = [\"a1\", \"a2\"]\n",
+            "ha.quorum",
+            "odd number of agents, at least three",
+        ),
+        (
+            "[ha]\nself_fence_after = \"4s\"\nquorum = [\"a1\", \"a2\", \"x\"]\n",
+            "ha.quorum.2",
+            "unknown agent 'x'",
+        ),
+        (
+            "[ha]\nself_fence_after = \"4s\"\nquorum = [\"a1\", \"a2\", \"nourl\"]\n",
+            "ha.quorum.2",
+            "has no url",
+        ),
+        (
+            "[ha]\nself_fence_after = \"4s\"\nquorum = [\"a1\", \"a2\", \"a1\"]\n",
+            "ha.quorum.2",
+            "listed twice",
+        ),
+        (
+            "[ha]\nself_fence_after = \"500ms\"\nquorum = [\"a1\", \"a2\", \"w\"]\n",
+            "ha.self_fence_after",
+            "at least 1s",
+        ),
+    ] {
+        let e = parse(&base(ha)).unwrap_err().to_string();
+        assert!(e.contains(&format!("{path}: ")) && e.contains(msg), "{e}");
+    }
+}

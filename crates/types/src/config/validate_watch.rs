@@ -80,29 +80,37 @@ impl Config {
                         format!("'{url}' is not an http:// URL like http://198.18.0.2:7781"),
                     ));
                 }
-                let Some(h) = &a.host else {
-                    return Err((
-                        p(&["agents", name, "url"]),
-                        "an agent with a url runs a host's VMs: set 'host' too".into(),
-                    ));
-                };
-                if let Some((other, _)) = self
-                    .agents
-                    .iter()
-                    .find(|(o, oa)| *o != name && oa.url.is_some() && oa.host.as_ref() == Some(h))
-                {
-                    return Err((
-                        p(&["agents", name, "host"]),
-                        format!("host '{h}' is already run by agent '{other}'"),
-                    ));
-                }
-                if self.hosts.get(h).is_some_and(|host| host.netns.is_some()) {
-                    return Err((
-                        p(&["hosts", h, "netns"]),
-                        format!(
-                            "host '{h}' is run by agent '{name}'; 'netns' applies to in-process hosts only"
-                        ),
-                    ));
+                let in_quorum = self
+                    .ha
+                    .as_ref()
+                    .is_some_and(|ha| ha.quorum.iter().any(|m| m == name));
+                match &a.host {
+                    None if in_quorum => {} // a witness: the other members ping it
+                    None => {
+                        return Err((
+                            p(&["agents", name, "url"]),
+                            "an agent with a url runs a host's VMs (set 'host' too) or votes in [ha] quorum"
+                                .into(),
+                        ));
+                    }
+                    Some(h) => {
+                        if let Some((other, _)) = self.agents.iter().find(|(o, oa)| {
+                            *o != name && oa.url.is_some() && oa.host.as_ref() == Some(h)
+                        }) {
+                            return Err((
+                                p(&["agents", name, "host"]),
+                                format!("host '{h}' is already run by agent '{other}'"),
+                            ));
+                        }
+                        if self.hosts.get(h).is_some_and(|host| host.netns.is_some()) {
+                            return Err((
+                                p(&["hosts", h, "netns"]),
+                                format!(
+                                    "host '{h}' is run by agent '{name}'; 'netns' applies to in-process hosts only"
+                                ),
+                            ));
+                        }
+                    }
                 }
             }
             if a.heartbeat < Duration::from_millis(100) {

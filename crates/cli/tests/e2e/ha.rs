@@ -1,0 +1,362 @@
+//! Self-fencing (`[ha]`) on test hosts in network namespaces: site 1's
+//! host is run by `standby agent` in the site-1 namespace, site 2's host
+//! is in-process with its VMs in the site-2 namespace, a site-2 agent and
+//! a witness agent (in the root namespace, beside the controller) vote
+//! with site 1's agent. Cut off from everyone, site 1 stops its VM by
+//! itself before the copy at site 2 starts; cut off from site 2 or from
+//! the controller alone, it keeps running.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Lab, LabOptions, STANDBY, free_port, kill_agent_vms};
+use crate::netlab::NetLab;
+use crate::watch::{alerts, probe_ok, wait_until};
+
+const SELF_FENCE_AFTER: Duration = Duration::from_secs(3);
+
+struct Agent {
+    child: Child,
+    data: Option<std::path::PathBuf>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(d) = &self.data {
+            kill_agent_vms(d);
+        }
+    }
+}
+
+struct Ha {
+    // Dropped in this order: agents (and their VMs), the lab, the
+    // namespaces.
+    agents: Vec<Agent>,
+    lab: Lab,
+    net: NetLab,
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether a copy of pbx1 runs in namespace `ns`.
+fn runs_in(ns: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .expect("ip netns pids");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|p| alive(p.parse().unwrap_or(0)))
+        .any(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("standby-vnf") && c.contains("pbx1")
+            })
+        })
+}
+
+fn setup() -> Ha {
+    let net = NetLab::new();
+    net.route_all();
+    let (p1, p2, pw) = (free_port(), free_port(), free_port());
+    let probe = |name: &str, url: String, from: &str| {
+        format!(
+            r#"
+[probes.{name}]
+kind = "http"
+url = "{url}"
+interval = "500ms"
+timeout = "400ms"
+from = ["{from}"]
+labels = {{ site = "site1", scope = "site" }}
+"#
+        )
+    };
+    let watch = format!(
+        r#"
+[sites.witness]
+
+[agents.site1-agent]
+site = "site1"
+host = "site1-host1"
+url = "http://{s1}:{p1}"
+heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
+
+[agents.site2-agent]
+site = "site2"
+url = "http://{s2}:{p2}"
+heartbeat = "300ms"
+
+[agents.witness]
+site = "witness"
+url = "http://{w}:{pw}"
+heartbeat = "300ms"
+
+[hosts.site2-ns]
+site = "site2"
+driver = "process"
+disk_dir = "site2/ns-disks"
+netns = "{ns2}"
+
+[ha]
+self_fence_after = "{after}s"
+quorum = ["site1-agent", "site2-agent", "witness"]
+{probe_s2}
+{probe_w}
+"#,
+        s1 = net.addr(2),
+        s2 = net.addr(6),
+        w = net.addr(1),
+        ns2 = net.s2,
+        after = SELF_FENCE_AFTER.as_secs(),
+        probe_s2 = probe(
+            "site1-from-site2",
+            format!("http://{}:{p1}/health", net.addr(2)),
+            "agent:site2-agent"
+        ),
+        probe_w = probe(
+            "site1-from-witness",
+            format!("http://{}:{p1}/health", net.addr(2)),
+            "agent:witness"
+        ),
+    );
+    let lab = Lab::new(LabOptions {
+        vm: Some(
+            r#"command = "standby-vnf"
+args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--http", "0.0.0.0:8080"]"#
+                .into(),
+        ),
+        listen_host: "0.0.0.0",
+        watch,
+        ..LabOptions::default()
+    });
+    let agent = |ns: Option<&str>, name: &str, ctl: String, port: u16, host: bool| {
+        let data = host.then(|| lab.path(name));
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(net.in_ns(ns)).arg(STANDBY);
+                c
+            }
+            None => Command::new(STANDBY),
+        };
+        cmd.args([
+            "--config",
+            lab.cfg.to_str().unwrap(),
+            "agent",
+            "--name",
+            name,
+        ])
+        .args(["--controller", &ctl])
+        .args(["--listen", &format!("0.0.0.0:{port}")]);
+        if let Some(d) = &data {
+            cmd.arg("--data-dir").arg(d);
+        }
+        let log = std::fs::File::create(lab.path(&format!("{name}.log"))).unwrap();
+        let child = cmd
+            .env("STANDBY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent starts");
+        Agent { child, data }
+    };
+    let agents = vec![
+        agent(
+            Some(&net.s1),
+            "site1-agent",
+            format!("http://{}:{}", net.addr(1), lab.api),
+            p1,
+            true,
+        ),
+        agent(
+            Some(&net.s2),
+            "site2-agent",
+            format!("http://{}:{}", net.addr(5), lab.api),
+            p2,
+            false,
+        ),
+        agent(
+            None,
+            "witness",
+            format!("http://127.0.0.1:{}", lab.api),
+            pw,
+            false,
+        ),
+    ];
+    Ha { agents, lab, net }
+}
+
+impl Ha {
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.lab.path(&format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Start pbx1 at site 1 (through its agent, once it is up) and wait
+    /// until both vantage points see site 1; its pid.
+    fn start(&self) -> u64 {
+        let started = wait_until("the agent to run pbx1", Duration::from_secs(30), || {
+            let out = self.lab.run(&["--json", "vm", "start", "pbx1"]);
+            out.status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+        });
+        assert_eq!(started["state"], "running", "{started}");
+        wait_until(
+            "site 1 seen from site 2 and the witness",
+            Duration::from_secs(30),
+            || {
+                let all = [
+                    ("site1-from-site2", "agent:site2-agent"),
+                    ("site1-from-witness", "agent:witness"),
+                ]
+                .iter()
+                .all(|(p, v)| probe_ok(&self.lab, p, v) == Some(true));
+                all.then_some(())
+            },
+        );
+        assert!(
+            self.log("site1-agent").contains("self-fencing armed"),
+            "{}",
+            self.log("site1-agent")
+        );
+        started["pid"].as_u64().expect("a pid")
+    }
+}
+
+/// Sample both sites every 100 ms until `stop`: (since the start, site 1
+/// runs pbx1, site 2 runs pbx1).
+fn sampler(
+    net: &NetLab,
+    pid1: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Duration, bool, bool)>> {
+    let s2 = net.s2.clone();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        // Bounded: a minute at most.
+        for _ in 0..600 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            out.push((t0.elapsed(), alive(pid1), runs_in(&s2)));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        out
+    })
+}
+
+#[test]
+fn ha_a_site_cut_off_from_everyone_fences_itself_before_its_copy_starts_elsewhere() {
+    let h = setup();
+    let lab = &h.lab;
+    let pid1 = h.start();
+    let run = lab.json(&["protect", "run", "gold"]);
+    let id = run["vms"][0]["point"].as_str().unwrap().to_string();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let samples = sampler(&h.net, pid1, stop.clone());
+    let cut = Instant::now();
+    h.net.cut_site1();
+    let fence = lab.json(&["site", "fence", "site1", "--reason", "site 1 cut off"]);
+    assert_eq!(fence["pending"], true, "{fence}");
+    // The restore waits until site 1 has fenced itself for certain (not
+    // heard for self_fence_after + margin, site-down firing), then runs.
+    let restored = lab.json(&["restore", &id, "--site", "site2", "--host", "site2-ns"]);
+    let allowed = cut.elapsed();
+    assert_eq!(restored["started"], true, "{restored}");
+    let sip2: std::net::SocketAddr = format!("{}:5060", h.net.addr(6)).parse().unwrap();
+    wait_until("SIP at site 2", Duration::from_secs(15), || {
+        crate::fencing::sip_answers(sip2).then_some(())
+    });
+    let answering = cut.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = samples.join().unwrap();
+
+    let overlaps = samples.iter().filter(|(_, a, b)| *a && *b).count();
+    assert_eq!(overlaps, 0, "two copies ran at once: {samples:?}");
+    let s1_stopped = samples
+        .iter()
+        .find(|(_, a, _)| !a)
+        .map(|(t, ..)| *t)
+        .expect("site 1's copy never stopped");
+    let s2_started = samples
+        .iter()
+        .find(|(_, _, b)| *b)
+        .map(|(t, ..)| *t)
+        .expect("site 2's copy never seen");
+    assert!(
+        s1_stopped >= SELF_FENCE_AFTER - Duration::from_millis(200),
+        "{s1_stopped:?}"
+    );
+    assert!(s1_stopped < s2_started);
+    assert!(
+        h.log("site1-agent").contains("self-fenced"),
+        "{}",
+        h.log("site1-agent")
+    );
+    eprintln!(
+        "ha figures: site 1 fenced itself {:.1}s after the cut; the copy at site 2 allowed at \
+         {:.1}s, running at {:.1}s, answering SIP at {:.1}s; 0 overlaps in {} samples",
+        s1_stopped.as_secs_f64(),
+        allowed.as_secs_f64(),
+        s2_started.as_secs_f64(),
+        answering.as_secs_f64(),
+        samples.len()
+    );
+
+    // Healed, site 1 stays fenced: its copy does not come back.
+    h.net.heal();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!alive(pid1));
+    assert!(runs_in(&h.net.s2));
+    drop(h.agents);
+}
+
+#[test]
+fn ha_a_site_that_still_reaches_a_majority_keeps_its_vm() {
+    let h = setup();
+    let lab = &h.lab;
+    let pid1 = h.start();
+
+    // The site link is cut, the witness (and the controller) see both.
+    h.net.cut_between_sites();
+    std::thread::sleep(SELF_FENCE_AFTER * 2);
+    assert!(
+        alive(pid1),
+        "site 1 stopped its VM with a majority in reach"
+    );
+    let site_down = |lab: &Lab| alerts(lab, false).iter().any(|a| a["rule"] == "site-down");
+    assert!(!site_down(lab), "the witness vetoes site-down");
+    h.net.heal();
+
+    // Now the controller's link (and so the witness beside it) is cut:
+    // site 1 still reaches site 2's agent, itself and site 2 a majority.
+    h.net.cut_controller_site1();
+    std::thread::sleep(SELF_FENCE_AFTER * 2);
+    assert!(
+        alive(pid1),
+        "site 1 stopped its VM with a majority in reach:\n{}",
+        h.log("site1-agent")
+    );
+    assert!(!h.log("site1-agent").contains("self-fenced"));
+    // Site 2's agent still reaches site 1: no site-down, so a failover
+    // would wait; the fence would stay unconfirmed.
+    assert!(!site_down(lab), "site 2's agent vetoes site-down");
+    h.net.heal();
+    drop(h.agents);
+}
