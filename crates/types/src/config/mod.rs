@@ -41,11 +41,11 @@ mod validate_watch;
 mod vms;
 
 pub use bandwidth::{BandwidthSchedule, BandwidthWindow, Day, TimeOfDay, parse_timezone};
-pub use controller::{Controller, DEFAULT_LISTEN, Pki, TenantConfig};
+pub use controller::{Controller, DEFAULT_LISTEN, Database, Pki, TenantConfig, is_postgres_url};
 pub use datastores::{DatastoreConfig, DatastoreKind, EncryptionConfig};
 pub use error::ConfigError;
 pub use probes::ProbeConfig;
-pub use redact::redacted;
+pub use redact::{redacted, url_redacted};
 pub use root::Config;
 pub use services::{Protocol, ServiceConfig, ServiceProbe};
 pub use sites::{AgentConfig, DriverKind, Host, Site};
