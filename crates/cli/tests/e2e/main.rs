@@ -17,6 +17,7 @@ mod demo;
 mod ecosystem;
 mod failover;
 mod fencing;
+mod ha;
 mod portal;
 mod protect_restore;
 mod protocol;
