@@ -17,6 +17,14 @@ pub enum DbError {
         source: sqlx::Error,
     },
 
+    /// `url` is shown without its password.
+    #[error("unable to connect to database {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+
     #[error("unable to migrate database schema")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 
@@ -47,13 +55,31 @@ impl DbError {
     /// busy or unreachable, not wrong.
     pub fn is_temporary(&self) -> bool {
         let source = match self {
-            DbError::Open { source, .. } | DbError::Query { source, .. } => source,
+            DbError::Open { source, .. }
+            | DbError::Connect { source, .. }
+            | DbError::Query { source, .. } => source,
             _ => return false,
         };
         match source {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), including their
-            // extended codes.
+            // PostgreSQL: a lost connection (class 08), a serialization
+            // failure or deadlock (40001, 40P01), a lock wait that timed
+            // out (55P03), a server shutting down or starting (57P01-03),
+            // too many connections (53300).
+            sqlx::Error::Database(e)
+                if e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some() =>
+            {
+                e.code().is_some_and(|c| {
+                    c.starts_with("08")
+                        || matches!(
+                            c.as_ref(),
+                            "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300"
+                        )
+                })
+            }
+            // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), including
+            // their extended codes.
             sqlx::Error::Database(e) => e
                 .code()
                 .and_then(|c| c.parse::<i64>().ok())

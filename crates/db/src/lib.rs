@@ -1,9 +1,12 @@
 //! Control-plane state of standby: inventory, schedules, the recovery-point
 //! catalog and jobs.
 //!
-//! Callers use the [`Repo`] trait; [`SqliteRepo`] implements it for the
-//! embedded controller, a PostgreSQL implementation can follow for HA. The
-//! schema lives in `migrations/` and is applied on open.
+//! Callers use the [`Repo`] trait; [`SqlRepo`] implements it on SQLite (the
+//! embedded default: one file in the controller's data directory) and on
+//! PostgreSQL (shared by controller replicas), with one copy of the SQL
+//! through sqlx's `Any` driver. The schema lives in `migrations/sqlite/`
+//! and `migrations/postgres/` (the same versions, each in its dialect) and
+//! is applied on open.
 //!
 //! # Tables
 //!
@@ -49,16 +52,23 @@
 //! # Storage
 //!
 //! Timestamps are RFC 3339 UTC text with nine fractional digits, so text
-//! order is time order; `u64` values are stored as `BIGINT` (`i64`) and
-//! refused beyond `i64::MAX`. SQL is portable (`$1` parameters, `ON CONFLICT ... DO
-//! UPDATE`, `RETURNING`); SQLite-only statements (pragmas, `BEGIN
-//! IMMEDIATE`) stay inside [`SqliteRepo`].
+//! order is time order (PostgreSQL's text columns are `COLLATE "C"`, so
+//! names and times sort byte by byte there too); `u64` values are stored as
+//! `BIGINT` (`i64`) and refused beyond `i64::MAX`. SQL is portable (`$1`
+//! parameters, `ON CONFLICT ... DO UPDATE`, `RETURNING`, aggregates cast to
+//! `BIGINT`, no boolean columns in results); what differs per backend
+//! (pragmas, how a write transaction takes the write lock, a JSON list as
+//! a subquery) stays in a few branches inside [`SqlRepo`].
+//!
+//! Writers are serialised: SQLite has one writer; on PostgreSQL every write
+//! transaction holds one advisory lock ([`WRITE_LOCK`]). Whole-table reads
+//! are memoised on SQLite only, where this process is the only writer.
 
 pub mod auth;
 mod error;
 pub mod runbook;
 mod services;
-mod sqlite;
+mod sql;
 mod watch;
 
 use chrono::{DateTime, Utc};
@@ -71,7 +81,7 @@ pub use auth::{AuthRepo, SessionRecord, TokenRecord, UserRecord};
 pub use error::DbError;
 pub use runbook::{NewRun, RunRecord, RunStart, RunbookRepo, StepRecord, StepState};
 pub use services::{ServiceRecord, ServiceRepo};
-pub use sqlite::SqliteRepo;
+pub use sql::{Backend, SqlRepo, WRITE_LOCK};
 pub use watch::{AlertQuery, EventQuery, WatchRepo};
 
 /// Error text a job gets when the controller stopped while it was queued

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use standby_agent::creds::{Creds, Role};
-use standby_db::{AuthRepo, FenceRecord, Repo, SqliteRepo};
+use standby_db::{AuthRepo, FenceRecord, Repo, SqlRepo};
 use standby_hv::{ProcessDriver, QemuDriver};
 use standby_store::Datastore;
-use standby_types::config::{Config, DriverKind};
+use standby_types::config::{Config, Database, DriverKind};
 use standby_types::model::PointRecord;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -79,7 +79,10 @@ impl Controller {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             waited += 1;
         }
-        let repo = SqliteRepo::open(&cfg.controller.data_dir.join("state.db")).await?;
+        let repo = match cfg.controller.database() {
+            Database::Sqlite(path) => SqlRepo::open(&path).await?,
+            Database::Postgres(url) => SqlRepo::connect(&url).await?,
+        };
         // A VM active on a host the configuration dropped would lose its
         // agent (and its pid files): refuse rather than move it home and
         // risk a second copy.

@@ -44,7 +44,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use standby_db::{Repo, ServiceRecord, ServiceRepo, SqliteRepo};
+use standby_db::{Repo, ServiceRecord, ServiceRepo, SqlRepo};
 use standby_types::api::{ServiceCounters, ServiceView, SiteCounters, SwitchResult};
 use standby_types::config::{Config, Protocol, ServiceConfig, ServiceProbe};
 use tokio::sync::watch;
@@ -86,7 +86,7 @@ impl FrontDoor {
     /// of every configured service. A new service starts at the site where
     /// its VM is active; a stored site the service no longer has a backend
     /// at is replaced the same way.
-    pub async fn open(cfg: &Config, repo: Arc<SqliteRepo>) -> Result<FrontDoor, FrontDoorError> {
+    pub async fn open(cfg: &Config, repo: Arc<SqlRepo>) -> Result<FrontDoor, FrontDoorError> {
         let mut records = BTreeMap::new();
         let mut lanes = BTreeMap::new();
         for (name, svc) in &cfg.services {

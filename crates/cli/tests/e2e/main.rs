@@ -18,6 +18,7 @@ mod ecosystem;
 mod failover;
 mod fencing;
 mod ha;
+mod ha_db;
 mod portal;
 mod protect_restore;
 mod protocol;

@@ -606,7 +606,7 @@ pub async fn layer(State(table): State<Arc<RoleTable>>, mut req: Request, next: 
 
 #[cfg(test)]
 mod tests {
-    use standby_db::SqliteRepo;
+    use standby_db::SqlRepo;
 
     use super::*;
 
@@ -639,7 +639,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let repo = Arc::new(
-            SqliteRepo::open(&dir.path().join("state.db"))
+            SqlRepo::open(&dir.path().join("state.db"))
                 .await
                 .unwrap(),
         );

@@ -64,6 +64,37 @@ pub struct Controller {
     /// `agent` certificate), apart from the operators' API on `listen`.
     #[serde(default)]
     pub agent_listen: Option<String>,
+    /// Where the controller keeps its state: absent for the SQLite file
+    /// `state.db` in `data_dir`, or a `postgres://` (`postgresql://`) URL
+    /// of a PostgreSQL database that controller replicas share. The URL
+    /// may hold a password; the API shows it redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+/// Where the controller keeps its state (`[controller] database`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// The SQLite file in the data directory (the default).
+    Sqlite(PathBuf),
+    /// The URL of a PostgreSQL database.
+    Postgres(String),
+}
+
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+impl Controller {
+    /// The database this configuration selects (validation refuses a
+    /// `database` that is not a PostgreSQL URL).
+    pub fn database(&self) -> Database {
+        match &self.database {
+            Some(url) if is_postgres_url(url) => Database::Postgres(url.clone()),
+            _ => Database::Sqlite(self.data_dir.join("state.db")),
+        }
+    }
 }
 
 /// `[pki]`: mutual TLS between standby's own processes (see `docs/pki.md`):
@@ -116,6 +147,7 @@ impl Default for Controller {
             metrics_listen: None,
             name: default_name(),
             agent_listen: None,
+            database: None,
         }
     }
 }

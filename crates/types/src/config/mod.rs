@@ -45,13 +45,13 @@ mod validate_watch;
 mod vms;
 
 pub use bandwidth::{BandwidthSchedule, BandwidthWindow, Day, TimeOfDay, parse_timezone};
-pub use controller::{Controller, DEFAULT_LISTEN, Pki, TenantConfig};
+pub use controller::{Controller, DEFAULT_LISTEN, Database, Pki, TenantConfig, is_postgres_url};
 pub use datastores::{DatastoreConfig, DatastoreKind, EncryptionConfig};
 pub use dns::{DnsConfig, TsigAlgorithm};
 pub use error::ConfigError;
 pub use ha::Ha;
 pub use probes::ProbeConfig;
-pub use redact::redacted;
+pub use redact::{redacted, url_redacted};
 pub use root::Config;
 pub use services::{Protocol, ServiceConfig, ServiceProbe};
 pub use sites::{AgentConfig, DriverKind, Host, Site};

@@ -1,6 +1,7 @@
 //! The configuration as the API shows it: secrets written inline (an
-//! agent's `token`) are replaced by a fingerprint, so a change to one is
-//! visible in a comparison without the secret leaving the controller.
+//! agent's `token`, the password in `[controller] database`) are replaced
+//! by a fingerprint, so a change to one is visible in a comparison without
+//! the secret leaving the controller.
 
 use std::hash::{Hash, Hasher};
 
@@ -10,6 +11,9 @@ use super::Config;
 
 /// Fields whose value is a secret.
 const SECRETS: &[&str] = &["token"];
+
+/// Fields whose value is a URL that may hold a password.
+const URLS: &[&str] = &["database"];
 
 /// `cfg` as JSON with every secret replaced by `redacted:FINGERPRINT`.
 pub fn redacted(cfg: &Config) -> Value {
@@ -26,6 +30,10 @@ fn redact(v: &mut Value) {
                     && let Value::String(s) = x
                 {
                     *x = Value::String(fingerprint(s));
+                } else if URLS.contains(&k.as_str())
+                    && let Value::String(s) = x
+                {
+                    *x = Value::String(url_redacted(s));
                 } else {
                     redact(x);
                 }
@@ -34,6 +42,43 @@ fn redact(v: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(redact),
         _ => {}
     }
+}
+
+/// `url` with its password (after `user:` in the authority, or a
+/// `password=` query parameter) replaced by its fingerprint; the rest as
+/// written.
+pub fn url_redacted(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, password)) => {
+                        format!("{scheme}://{user}:{}@{host}{path}", fingerprint(password))
+                    }
+                    None => head.to_string(),
+                },
+                None => head.to_string(),
+            }
+        }
+        None => head.to_string(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some(("password", v)) => format!("password={}", fingerprint(v)),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 /// Not a hash to rely on against an attacker (the secret is random and
@@ -63,5 +108,36 @@ mod tests {
         )
         .unwrap();
         assert_ne!(redacted(&other)["agents"]["a1"]["token"], t);
+    }
+
+    #[test]
+    fn a_database_password_is_replaced_by_its_fingerprint() {
+        for (url, secret) in [
+            (
+                "postgres://standby:s3cret@db.example:5432/standby",
+                "s3cret",
+            ),
+            ("postgresql://u:p%40ss@db/x?sslmode=require", "p%40ss"),
+            ("postgres://db/x?user=u&password=hunter2", "hunter2"),
+        ] {
+            let shown = url_redacted(url);
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains("redacted:"), "{shown}");
+        }
+        assert_eq!(
+            url_redacted("postgres://standby@127.0.0.1:5432/standby"),
+            "postgres://standby@127.0.0.1:5432/standby"
+        );
+        let shown = url_redacted("postgres://a:b@h/d?sslmode=require");
+        assert!(
+            shown.starts_with("postgres://a:redacted:") && shown.ends_with("@h/d?sslmode=require")
+        );
+
+        let text =
+            "[controller]\ndatabase = \"postgres://standby:s3cret@db/standby\"\n[sites.s1]\n";
+        let cfg = Config::parse(text, std::path::Path::new("/x/standby.toml")).unwrap();
+        let shown = redacted(&cfg).to_string();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres://standby:redacted:"), "{shown}");
     }
 }

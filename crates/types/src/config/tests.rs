@@ -804,4 +804,32 @@ fn ha_needs_an_odd_quorum_of_known_agents_with_urls() {
         let e = parse(&base(ha)).unwrap_err().to_string();
         assert!(e.contains(&format!("{path}: ")) && e.contains(msg), "{e}");
     }
+#[test]
+fn database_is_the_sqlite_file_unless_a_postgres_url_is_given() {
+    let cfg = parse(EXAMPLE).unwrap();
+    assert_eq!(
+        cfg.controller.database(),
+        Database::Sqlite(cfg.controller.data_dir.join("state.db"))
+    );
+    for url in [
+        "postgres://standby@db.example/standby",
+        "postgresql://standby:pw@10.0.0.5:5432/standby?sslmode=disable",
+    ] {
+        let src = EXAMPLE.replacen(
+            "[controller]",
+            &format!("[controller]\ndatabase = \"{url}\""),
+            1,
+        );
+        let cfg = parse(&src).unwrap();
+        assert_eq!(cfg.controller.database(), Database::Postgres(url.into()));
+    }
+    let src = EXAMPLE.replacen(
+        "[controller]",
+        "[controller]\ndatabase = \"mysql://u:topsecret@db/standby\"",
+        1,
+    );
+    let err = parse(&src).unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("controller.database"));
+    assert!(err.message.contains("postgres://"), "{err}");
+    assert!(!err.to_string().contains("topsecret"), "{err}");
 }

@@ -44,6 +44,18 @@ impl Config {
                 format!("'{m}' is not an address like 127.0.0.1:9780"),
             ));
         }
+        if let Some(url) = &self.controller.database
+            && !super::controller::is_postgres_url(url)
+        {
+            return Err((
+                p(&["controller", "database"]),
+                format!(
+                    "'{}' is not a postgres:// or postgresql:// URL (leave database out for \
+                     the SQLite file in data_dir)",
+                    super::redact::url_redacted(url)
+                ),
+            ));
+        }
         for (kind, names) in [
             ("sites", self.sites.keys().collect::<Vec<_>>()),
             ("hosts", self.hosts.keys().collect()),

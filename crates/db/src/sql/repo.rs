@@ -1,4 +1,4 @@
-//! [`Repo`] for [`SqliteRepo`]: inventory, placements, groups, the point
+//! [`Repo`] for [`SqlRepo`]: inventory, placements, groups, the point
 //! catalog, jobs and fences.
 
 use std::collections::{BTreeSet, HashMap};
@@ -14,20 +14,20 @@ use crate::{
     CatalogSync, CopyCount, DbError, FenceRecord, INTERRUPTED, PointQuery, Repo, VmPoints,
 };
 
-use super::SqliteRepo;
+use super::SqlRepo;
 use super::catalog::{
-    POINT_COLUMNS, PointFilter, SYNC_BATCH, add_copy, insert_point_row, json_list, point_records,
-    push_point_filter, remove_copy,
+    POINT_COLUMNS, PointFilter, SYNC_BATCH, add_copy, insert_point_row, point_records, remove_copy,
 };
 use super::rows::{
-    exists, fence_row, found, get, int, job_row, not_found, now, time, ts, uint, vm_row,
+    Arg, exists, fence_row, found, get, int, job_row, json_list, not_found, now, time, ts, uint,
+    vm_row,
 };
 
 const JOB_COLUMNS: &str = "id, kind, target, status, progress_done, progress_total, message, \
      error, created_at, started_at, finished_at, result";
 
 #[async_trait::async_trait]
-impl Repo for SqliteRepo {
+impl Repo for SqlRepo {
     async fn apply_config(&self, cfg: &Config) -> Result<(), DbError> {
         self.write_config(cfg).await
     }
@@ -209,10 +209,12 @@ impl Repo for SqliteRepo {
         datastore: &str,
         found: &[PointRecord],
     ) -> Result<CatalogSync, DbError> {
-        // Every known point, and whether `datastore` holds a copy.
+        // Every known point, and whether `datastore` holds a copy (1 or 0:
+        // a comparison is an integer in SQLite, a boolean in PostgreSQL).
         let rows = sqlx::query(
-            "SELECT p.id, EXISTS (SELECT 1 FROM point_copies c \
-             WHERE c.point_id = p.id AND c.datastore = $1) AS held FROM points p",
+            "SELECT p.id, CASE WHEN EXISTS (SELECT 1 FROM point_copies c \
+             WHERE c.point_id = p.id AND c.datastore = $1) THEN 1 ELSE 0 END AS held \
+             FROM points p",
         )
         .bind(datastore)
         .fetch_all(&self.pool)
@@ -220,7 +222,7 @@ impl Repo for SqliteRepo {
         .map_err(query(format!("read the catalog of '{datastore}'")))?;
         let mut known: HashMap<String, bool> = HashMap::with_capacity(rows.len());
         for r in &rows {
-            known.insert(get(r, "id")?, get::<bool>(r, "held")?);
+            known.insert(get(r, "id")?, get::<i64>(r, "held")? != 0);
         }
         enum Change<'a> {
             Insert(&'a PointRecord),
@@ -326,19 +328,20 @@ impl Repo for SqliteRepo {
         if q.limit == 0 || u64::from(q.offset) >= total {
             return Ok((Vec::new(), total));
         }
-        let mut qb = sqlx::QueryBuilder::new(format!("SELECT {POINT_COLUMNS} FROM points p"));
-        push_point_filter(&mut qb, q)?;
-        qb.push(if q.newest_first {
-            " ORDER BY p.time DESC, p.id DESC"
+        let mut f = self.point_filter(q)?;
+        let order = if q.newest_first {
+            "p.time DESC, p.id DESC"
         } else {
-            " ORDER BY p.time, p.id"
-        });
-        qb.push(" LIMIT ")
-            .push_bind(i64::from(q.limit))
-            .push(" OFFSET ")
-            .push_bind(i64::from(q.offset));
-        let rows = qb
-            .build()
+            "p.time, p.id"
+        };
+        let sql = format!(
+            "SELECT {POINT_COLUMNS} FROM points p {} ORDER BY {order} LIMIT {} OFFSET {}",
+            f.where_clause(),
+            f.arg(Arg::Int(i64::from(q.limit))),
+            f.arg(Arg::Int(i64::from(q.offset))),
+        );
+        let rows = f
+            .query(&sql)
             .fetch_all(&self.pool)
             .await
             .map_err(query("list points"))?;
@@ -365,28 +368,31 @@ impl Repo for SqliteRepo {
         vms: &[String],
         since: DateTime<Utc>,
     ) -> Result<Vec<(String, DateTime<Utc>)>, DbError> {
-        let rows = sqlx::query(
-            "SELECT vm, time FROM points \
-             WHERE vm IN (SELECT value FROM json_each($1)) AND time >= $2 ORDER BY time, id",
-        )
-        .bind(json_list(vms)?)
-        .bind(ts(since))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query("list point times"))?;
+        let sql = format!(
+            "SELECT vm, time FROM points WHERE vm IN ({}) AND time >= $2 ORDER BY time, id",
+            self.json_values("$1")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(json_list(vms)?)
+            .bind(ts(since))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("list point times"))?;
         rows.iter()
             .map(|r| Ok((get(r, "vm")?, time(r, "time")?)))
             .collect()
     }
 
     async fn point_vms(&self, ids: &[String]) -> Result<Vec<(String, String)>, DbError> {
-        let rows = sqlx::query(
-            "SELECT id, vm FROM points WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id",
-        )
-        .bind(json_list(ids)?)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query("look up points"))?;
+        let sql = format!(
+            "SELECT id, vm FROM points WHERE id IN ({}) ORDER BY id",
+            self.json_values("$1")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(json_list(ids)?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("look up points"))?;
         rows.iter()
             .map(|r| Ok((get(r, "id")?, get(r, "vm")?)))
             .collect()

@@ -1,11 +1,10 @@
 use chrono::{TimeZone, Utc};
 
-use super::SqliteRepo;
+use super::SqlRepo;
+use super::testing::TestDb;
 use crate::{FenceRecord, Repo};
 
-#[tokio::test]
-async fn a_fence_is_recorded_once_and_lifted_once() {
-    let repo = SqliteRepo::open_in_memory().await.unwrap();
+async fn a_fence_is_recorded_once_and_lifted_once(repo: SqlRepo) {
     assert!(repo.fences().await.unwrap().is_empty());
     let t1 = Utc.timestamp_opt(1_800_000_000, 5).unwrap();
     let t2 = Utc.timestamp_opt(1_800_000_100, 0).unwrap();
@@ -29,17 +28,23 @@ async fn a_fence_is_recorded_once_and_lifted_once() {
     assert_eq!(repo.fences().await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn a_fence_survives_reopening_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.db");
+async fn a_fence_survives_reopening_the_database(db: TestDb) {
     let t = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
     {
-        let repo = SqliteRepo::open(&path).await.unwrap();
+        let repo = db.open().await;
         repo.fence("site1", t, "power cut").await.unwrap();
     }
-    let repo = SqliteRepo::open(&path).await.unwrap();
+    let repo = db.open().await;
     let f = repo.fences().await.unwrap();
     assert_eq!(f.len(), 1);
     assert_eq!((f[0].since, f[0].reason.as_str()), (t, "power cut"));
+}
+
+on_both! {
+    repo: [
+        a_fence_is_recorded_once_and_lifted_once,
+    ],
+    db: [
+        a_fence_survives_reopening_the_database,
+    ],
 }

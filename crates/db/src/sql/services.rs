@@ -1,16 +1,16 @@
-//! [`ServiceRepo`] on SQLite.
+//! [`ServiceRepo`] on SQL (SQLite or PostgreSQL).
 
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
-use super::SqliteRepo;
+use super::SqlRepo;
 use super::rows::{get, not_found, opt_time, ts};
 use crate::error::query;
 use crate::{DbError, ServiceRecord, ServiceRepo};
 
 const COLUMNS: &str = "name, active_site, switched_at";
 
-fn row(r: &SqliteRow) -> Result<ServiceRecord, DbError> {
+fn row(r: &AnyRow) -> Result<ServiceRecord, DbError> {
     Ok(ServiceRecord {
         name: get(r, "name")?,
         active_site: get(r, "active_site")?,
@@ -19,7 +19,7 @@ fn row(r: &SqliteRow) -> Result<ServiceRecord, DbError> {
 }
 
 #[async_trait::async_trait]
-impl ServiceRepo for SqliteRepo {
+impl ServiceRepo for SqlRepo {
     async fn init_service(&self, name: &str, site: &str) -> Result<ServiceRecord, DbError> {
         let what = format!("record service '{name}'");
         sqlx::query(
@@ -90,12 +90,10 @@ impl ServiceRepo for SqliteRepo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::testing::TestDb;
 
-    #[tokio::test]
-    async fn a_service_keeps_its_site_until_switched() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let repo = SqliteRepo::open(&path).await.unwrap();
+    async fn a_service_keeps_its_site_until_switched(db: TestDb) {
+        let repo = db.open().await;
         assert!(matches!(
             repo.service("sip").await,
             Err(DbError::NotFound {
@@ -113,7 +111,7 @@ mod tests {
         assert_eq!(before.unwrap().active_site, "site1");
         drop(repo);
         // Reopened: the switch is on disk.
-        let repo = SqliteRepo::open(&path).await.unwrap();
+        let repo = db.open().await;
         let r = repo.init_service("sip", "site1").await.unwrap();
         assert_eq!(r.active_site, "site2");
         assert_eq!(
@@ -121,5 +119,10 @@ mod tests {
             Some(at.timestamp_micros())
         );
         assert_eq!(repo.services().await.unwrap(), vec![r]);
+    }
+
+    on_both! {
+        repo: [],
+        db: [a_service_keeps_its_site_until_switched],
     }
 }

@@ -1,9 +1,9 @@
-//! [`AuthRepo`] on SQLite.
+//! [`AuthRepo`] on SQL (SQLite or PostgreSQL).
 
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
-use super::SqliteRepo;
+use super::SqlRepo;
 use super::rows::{found, get, not_found, opt_time, time, ts};
 use crate::DbError;
 use crate::auth::{AuthRepo, SessionRecord, TokenRecord, UserRecord};
@@ -13,7 +13,7 @@ const USER_COLUMNS: &str = "name, password_hash, role, tenant, created";
 const TOKEN_COLUMNS: &str =
     "id, secret_hash, name, role, tenant, created, expires, revoked, last_used";
 
-fn user_row(r: &SqliteRow) -> Result<UserRecord, DbError> {
+fn user_row(r: &AnyRow) -> Result<UserRecord, DbError> {
     Ok(UserRecord {
         name: get(r, "name")?,
         password_hash: get(r, "password_hash")?,
@@ -23,7 +23,7 @@ fn user_row(r: &SqliteRow) -> Result<UserRecord, DbError> {
     })
 }
 
-fn token_row(r: &SqliteRow) -> Result<TokenRecord, DbError> {
+fn token_row(r: &AnyRow) -> Result<TokenRecord, DbError> {
     Ok(TokenRecord {
         id: get(r, "id")?,
         secret_hash: get(r, "secret_hash")?,
@@ -38,7 +38,7 @@ fn token_row(r: &SqliteRow) -> Result<TokenRecord, DbError> {
 }
 
 #[async_trait::async_trait]
-impl AuthRepo for SqliteRepo {
+impl AuthRepo for SqlRepo {
     async fn add_user(&self, u: &UserRecord) -> Result<bool, DbError> {
         let r = sqlx::query(
             "INSERT INTO users (name, password_hash, role, tenant, created) \
@@ -238,6 +238,7 @@ mod tests {
     use chrono::Duration;
 
     use super::*;
+    use crate::sql::testing::TestDb;
 
     fn token(id: &str, role: &str, tenant: Option<&str>) -> TokenRecord {
         TokenRecord {
@@ -253,11 +254,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn tokens_users_and_sessions_round_trip_and_an_admin_is_counted_while_valid() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let repo = SqliteRepo::open(&path).await.unwrap();
+    async fn tokens_users_and_sessions_round_trip_and_an_admin_is_counted_while_valid(db: TestDb) {
+        let repo = db.open().await;
         let now = Utc::now();
         assert!(!repo.has_admin(now).await.unwrap());
         // A tenant's admin is not the operators' admin.
@@ -311,7 +309,7 @@ mod tests {
         );
         drop(repo);
         // Reopened: all of it is on disk; removing the user ends its session.
-        let repo = SqliteRepo::open(&path).await.unwrap();
+        let repo = db.open().await;
         assert_eq!(repo.users().await.unwrap(), vec![u]);
         assert_eq!(repo.tokens().await.unwrap().len(), 3);
         repo.remove_user("ann").await.unwrap();
@@ -320,5 +318,10 @@ mod tests {
             repo.user("ann").await,
             Err(DbError::NotFound { kind: "user", .. })
         ));
+    }
+
+    on_both! {
+        repo: [],
+        db: [tokens_users_and_sessions_round_trip_and_an_admin_is_counted_while_valid],
     }
 }

@@ -1,7 +1,7 @@
 use serde_json::json;
 use standby_types::model::JobStatus;
 
-use super::SqliteRepo;
+use super::SqlRepo;
 use crate::{NewRun, Repo, RunStart, RunbookRepo, StepRecord, StepState};
 
 fn new_run(lock: Option<&str>) -> NewRun {
@@ -32,9 +32,7 @@ fn step(job: i64, id: &str, item: i64, state: StepState) -> StepRecord {
     }
 }
 
-#[tokio::test]
-async fn a_run_creates_its_job_and_holds_its_lock_until_released() {
-    let repo = SqliteRepo::open_in_memory().await.unwrap();
+async fn a_run_creates_its_job_and_holds_its_lock_until_released(repo: SqlRepo) {
     let RunStart::Started(job) = repo.create_run(&new_run(Some("site:site1"))).await.unwrap()
     else {
         panic!("not started");
@@ -73,9 +71,7 @@ async fn a_run_creates_its_job_and_holds_its_lock_until_released() {
     ));
 }
 
-#[tokio::test]
-async fn runbook_jobs_survive_the_interrupted_sweep_and_are_listed_unfinished() {
-    let repo = SqliteRepo::open_in_memory().await.unwrap();
+async fn runbook_jobs_survive_the_interrupted_sweep_and_are_listed_unfinished(repo: SqlRepo) {
     let RunStart::Started(job) = repo.create_run(&new_run(None)).await.unwrap() else {
         panic!()
     };
@@ -95,9 +91,7 @@ async fn runbook_jobs_survive_the_interrupted_sweep_and_are_listed_unfinished() 
     assert!(repo.unfinished_runs().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn step_rows_are_overwritten_by_key_and_listed_in_order() {
-    let repo = SqliteRepo::open_in_memory().await.unwrap();
+async fn step_rows_are_overwritten_by_key_and_listed_in_order(repo: SqlRepo) {
     let RunStart::Started(job) = repo.create_run(&new_run(None)).await.unwrap() else {
         panic!()
     };
@@ -130,4 +124,12 @@ async fn step_rows_are_overwritten_by_key_and_listed_in_order() {
     assert_eq!(steps[2].output, json!({"point": "p1"}));
     assert_eq!(steps[2].attempt, 2);
     assert!(steps[2].finished_at.is_some());
+}
+
+on_both! {
+    repo: [
+        a_run_creates_its_job_and_holds_its_lock_until_released,
+        runbook_jobs_survive_the_interrupted_sweep_and_are_listed_unfinished,
+        step_rows_are_overwritten_by_key_and_listed_in_order,
+    ],
 }

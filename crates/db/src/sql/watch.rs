@@ -1,16 +1,16 @@
-//! [`WatchRepo`] on SQLite, in the same portable SQL as the rest: labels
-//! are JSON text and filtered here after reading, not with JSON operators.
+//! [`WatchRepo`] on SQL, in the same portable SQL as the rest: labels are
+//! JSON text and filtered here after reading, not with JSON operators.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::any::AnyRow;
 use standby_types::watch::{
     Alert, AlertState, Delivery, Event, Incident, IncidentState, Severity, Silence, TimelineEntry,
 };
 
-use super::SqliteRepo;
-use super::rows::{found, get, not_found, now, opt_time, time, ts};
+use super::SqlRepo;
+use super::rows::{Arg, Filter, found, get, not_found, now, opt_time, time, ts};
 use crate::error::query;
 use crate::{AlertQuery, DbError, EventQuery, WatchRepo};
 
@@ -36,70 +36,6 @@ const TIMELINE_COLUMNS: &str = "id, incident, at, kind, author, text, alert";
 const DELIVERY_COLUMNS: &str = "id, receiver, status, alerts, state, attempts, last_error, \
      created_at, next_attempt_at, delivered_at";
 
-/// A bind value of a statement built at run time.
-enum Arg {
-    Text(String),
-    Int(i64),
-}
-
-/// `WHERE` conditions with `$N` parameters numbered as they are added.
-#[derive(Default)]
-struct Filter {
-    conds: Vec<String>,
-    args: Vec<Arg>,
-}
-
-impl Filter {
-    /// Add `arg` and return its placeholder.
-    fn arg(&mut self, arg: Arg) -> String {
-        self.args.push(arg);
-        format!("${}", self.args.len())
-    }
-
-    /// Add `cond`, with each `{}` replaced by a placeholder of one of
-    /// `args` in turn.
-    fn cond(&mut self, cond: &str, args: impl IntoIterator<Item = Arg>) {
-        let mut out = String::new();
-        let mut parts = cond.split("{}");
-        let mut args = args.into_iter();
-        out.push_str(parts.next().unwrap_or_default());
-        for part in parts {
-            let arg = args.next().expect("one argument per placeholder");
-            out.push_str(&self.arg(arg));
-            out.push_str(part);
-        }
-        self.conds.push(out);
-    }
-
-    /// `col IN (...)` of `values`; nothing when `values` is empty.
-    fn any_of(&mut self, col: &str, values: impl IntoIterator<Item = &'static str>) {
-        let marks: Vec<String> = values
-            .into_iter()
-            .map(|v| self.arg(Arg::Text(v.into())))
-            .collect();
-        if !marks.is_empty() {
-            self.conds.push(format!("{col} IN ({})", marks.join(", ")));
-        }
-    }
-
-    fn where_clause(&self) -> String {
-        if self.conds.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", self.conds.join(" AND "))
-        }
-    }
-
-    fn query(self, sql: &str) -> sqlx::query::Query<'_, sqlx::Sqlite, SqliteArguments<'_>> {
-        self.args
-            .into_iter()
-            .fold(sqlx::query(sql), |q, a| match a {
-                Arg::Text(s) => q.bind(s),
-                Arg::Int(i) => q.bind(i),
-            })
-    }
-}
-
 fn limit_or_default(limit: u32) -> u32 {
     if limit == 0 { DEFAULT_LIMIT } else { limit }
 }
@@ -115,7 +51,7 @@ fn severity_rank(s: Severity) -> i64 {
 }
 
 #[async_trait::async_trait]
-impl WatchRepo for SqliteRepo {
+impl WatchRepo for SqlRepo {
     async fn insert_events(&self, events: &[Event]) -> Result<Vec<i64>, DbError> {
         let what = format!("store {} events", events.len());
         let mut tx = self.write_tx(&what).await?;
@@ -589,7 +525,7 @@ impl WatchRepo for SqliteRepo {
 
 const PENDING: &str = "pending";
 
-fn event_row(r: &SqliteRow) -> Result<Event, DbError> {
+fn event_row(r: &AnyRow) -> Result<Event, DbError> {
     Ok(Event {
         id: get(r, "id")?,
         at: time(r, "at")?,
@@ -602,7 +538,7 @@ fn event_row(r: &SqliteRow) -> Result<Event, DbError> {
     })
 }
 
-fn alert_row(r: &SqliteRow) -> Result<Alert, DbError> {
+fn alert_row(r: &AnyRow) -> Result<Alert, DbError> {
     Ok(Alert {
         id: get(r, "id")?,
         fingerprint: get(r, "fingerprint")?,
@@ -622,7 +558,7 @@ fn alert_row(r: &SqliteRow) -> Result<Alert, DbError> {
     })
 }
 
-fn silence_row(r: &SqliteRow) -> Result<Silence, DbError> {
+fn silence_row(r: &AnyRow) -> Result<Silence, DbError> {
     Ok(Silence {
         id: get(r, "id")?,
         matchers: from_json(r, "matchers")?,
@@ -633,7 +569,7 @@ fn silence_row(r: &SqliteRow) -> Result<Silence, DbError> {
     })
 }
 
-fn incident_row(r: &SqliteRow) -> Result<Incident, DbError> {
+fn incident_row(r: &AnyRow) -> Result<Incident, DbError> {
     Ok(Incident {
         id: get(r, "id")?,
         title: get(r, "title")?,
@@ -650,7 +586,7 @@ fn incident_row(r: &SqliteRow) -> Result<Incident, DbError> {
     })
 }
 
-fn delivery_row(r: &SqliteRow) -> Result<Delivery, DbError> {
+fn delivery_row(r: &AnyRow) -> Result<Delivery, DbError> {
     let attempts: i64 = get(r, "attempts")?;
     Ok(Delivery {
         id: get(r, "id")?,
@@ -670,7 +606,7 @@ fn delivery_row(r: &SqliteRow) -> Result<Delivery, DbError> {
 }
 
 /// A column holding a name parsed by `FromStr` (severity, state).
-fn parsed<T>(r: &SqliteRow, col: &str) -> Result<T, DbError>
+fn parsed<T>(r: &AnyRow, col: &str) -> Result<T, DbError>
 where
     T: std::str::FromStr<Err = String>,
 {
@@ -681,7 +617,7 @@ where
     })
 }
 
-fn from_json<T: DeserializeOwned>(r: &SqliteRow, col: &str) -> Result<T, DbError> {
+fn from_json<T: DeserializeOwned>(r: &AnyRow, col: &str) -> Result<T, DbError> {
     let s: String = get(r, col)?;
     serde_json::from_str(&s).map_err(|e| DbError::Value {
         what: col.into(),

@@ -1,10 +1,10 @@
-//! [`RunbookRepo`] on SQLite.
+//! [`RunbookRepo`] on SQL (SQLite or PostgreSQL).
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use standby_types::model::JobStatus;
 
-use super::SqliteRepo;
+use super::SqlRepo;
 use super::rows::{found, get, not_found, now, opt_time, ts};
 use crate::DbError;
 use crate::error::query;
@@ -14,7 +14,7 @@ const RUN_COLUMNS: &str = "job, runbook, file, source, params, trigger, lock_key
 const STEP_COLUMNS: &str = "job, step, item, position, state, attempt, input, output, error, \
      started_at, finished_at";
 
-fn json(r: &SqliteRow, col: &str) -> Result<serde_json::Value, DbError> {
+fn json(r: &AnyRow, col: &str) -> Result<serde_json::Value, DbError> {
     let s: String = get(r, col)?;
     serde_json::from_str(&s).map_err(|e| DbError::Value {
         what: col.into(),
@@ -22,7 +22,7 @@ fn json(r: &SqliteRow, col: &str) -> Result<serde_json::Value, DbError> {
     })
 }
 
-fn run_row(r: &SqliteRow) -> Result<RunRecord, DbError> {
+fn run_row(r: &AnyRow) -> Result<RunRecord, DbError> {
     Ok(RunRecord {
         job: get(r, "job")?,
         run: NewRun {
@@ -37,7 +37,7 @@ fn run_row(r: &SqliteRow) -> Result<RunRecord, DbError> {
     })
 }
 
-fn step_row(r: &SqliteRow) -> Result<StepRecord, DbError> {
+fn step_row(r: &AnyRow) -> Result<StepRecord, DbError> {
     let state: String = get(r, "state")?;
     let attempt: i64 = get(r, "attempt")?;
     Ok(StepRecord {
@@ -59,7 +59,7 @@ fn step_row(r: &SqliteRow) -> Result<StepRecord, DbError> {
 }
 
 #[async_trait::async_trait]
-impl RunbookRepo for SqliteRepo {
+impl RunbookRepo for SqlRepo {
     async fn create_run(&self, run: &NewRun) -> Result<RunStart, DbError> {
         let what = format!("start runbook {}", run.runbook);
         let mut tx = self.write_tx(&what).await?;

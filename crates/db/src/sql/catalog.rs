@@ -3,21 +3,27 @@
 
 use std::collections::HashMap;
 
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::AnyConnection;
+use sqlx::any::AnyRow;
 use standby_types::model::PointRecord;
 
 use crate::error::query;
 use crate::{CopyCount, DbError, PointQuery, VmPoints};
 
-use super::SqliteRepo;
-use super::rows::{get, int, lists, time, ts, uint, with_key};
+use super::SqlRepo;
+use super::rows::{Arg, Filter, get, int, json_list, lists, time, ts, uint, with_key};
 
-impl SqliteRepo {
+impl SqlRepo {
     pub(super) async fn load_point_summary(&self) -> Result<Vec<VmPoints>, DbError> {
-        // SQLite: the bare column `size` comes from the row holding MAX(time).
+        // The newest point's size by an index seek per VM; SUM of a
+        // BIGINT is NUMERIC in PostgreSQL, hence the cast.
         let rows = sqlx::query(
-            "SELECT vm, COUNT(*) AS n, MAX(time) AS newest, size, \
-             SUM(bytes_new) AS added FROM points GROUP BY vm ORDER BY vm",
+            "SELECT s.vm, s.n, s.newest, s.added, \
+             (SELECT l.size FROM points l WHERE l.vm = s.vm \
+              ORDER BY l.time DESC, l.id DESC LIMIT 1) AS size \
+             FROM (SELECT vm, COUNT(*) AS n, MAX(time) AS newest, \
+             CAST(SUM(bytes_new) AS BIGINT) AS added FROM points GROUP BY vm) s \
+             ORDER BY s.vm",
         )
         .fetch_all(&self.pool)
         .await
@@ -109,10 +115,10 @@ impl SqliteRepo {
         if let Some(n) = known {
             return Ok(n);
         }
-        let mut qb = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM points p");
-        push_point_filter(&mut qb, q)?;
-        let total: i64 = qb
-            .build_query_scalar()
+        let f = self.point_filter(q)?;
+        let sql = format!("SELECT COUNT(*) FROM points p {}", f.where_clause());
+        let total: i64 = f
+            .scalar(&sql)
             .fetch_one(&self.pool)
             .await
             .map_err(query("count points"))?;
@@ -160,66 +166,49 @@ impl SqliteRepo {
         ids: &[String],
     ) -> Result<HashMap<String, Vec<String>>, DbError> {
         let ids = json_list(ids)?;
+        let sql = format!(
+            "SELECT point_id, datastore FROM point_copies \
+             WHERE point_id IN ({}) ORDER BY point_id, position",
+            self.json_values("$1")
+        );
         lists(
-            sqlx::query(
-                "SELECT point_id, datastore FROM point_copies \
-                 WHERE point_id IN (SELECT value FROM json_each($1)) \
-                 ORDER BY point_id, position",
-            )
-            .bind(ids)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query("list point copies"))?,
+            sqlx::query(&sql)
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query("list point copies"))?,
         )
     }
-}
 
-/// `WHERE ...` for the filters of a point query (none: nothing).
-pub(super) fn push_point_filter(
-    qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>,
-    q: &PointQuery,
-) -> Result<(), DbError> {
-    let mut sep = " WHERE ";
-    if let Some(vm) = &q.vm {
-        qb.push(sep).push("p.vm = ").push_bind(vm.clone());
-        sep = " AND ";
+    /// The filters of a point query (its page aside) as `WHERE` conditions
+    /// on `points p`.
+    pub(super) fn point_filter(&self, q: &PointQuery) -> Result<Filter, DbError> {
+        let mut f = Filter::default();
+        if let Some(vm) = &q.vm {
+            f.cond("p.vm = {}", [Arg::Text(vm.clone())]);
+        }
+        if let Some(vms) = &q.vms {
+            let list = f.arg(Arg::Text(json_list(vms)?));
+            f.cond(&format!("p.vm IN ({})", self.json_values(&list)), []);
+        }
+        if let Some(site) = &q.site {
+            f.cond("p.site = {}", [Arg::Text(site.clone())]);
+        }
+        if let Some(group) = &q.group {
+            f.cond("p.group_name = {}", [Arg::Text(group.clone())]);
+        }
+        if let Some(since) = q.since {
+            f.cond("p.time >= {}", [Arg::Text(ts(since))]);
+        }
+        Ok(f)
     }
-    if let Some(vms) = &q.vms {
-        qb.push(sep)
-            .push("p.vm IN (SELECT value FROM json_each(")
-            .push_bind(json_list(vms)?)
-            .push("))");
-        sep = " AND ";
-    }
-    if let Some(site) = &q.site {
-        qb.push(sep).push("p.site = ").push_bind(site.clone());
-        sep = " AND ";
-    }
-    if let Some(group) = &q.group {
-        qb.push(sep)
-            .push("p.group_name = ")
-            .push_bind(group.clone());
-        sep = " AND ";
-    }
-    if let Some(since) = q.since {
-        qb.push(sep).push("p.time >= ").push_bind(ts(since));
-    }
-    Ok(())
-}
-
-/// A list of names as a JSON array, for `IN (SELECT value FROM json_each($n))`.
-pub(super) fn json_list(items: &[String]) -> Result<String, DbError> {
-    serde_json::to_string(items).map_err(|e| DbError::Value {
-        what: "name list".into(),
-        message: e.to_string(),
-    })
 }
 
 pub(super) const POINT_COLUMNS: &str = "p.id, p.vm, p.group_name, p.site, p.time, p.consistency, \
      p.size, p.bytes_read, p.bytes_new";
 
 pub(super) fn point_records(
-    rows: &[SqliteRow],
+    rows: &[AnyRow],
     mut copies: HashMap<String, Vec<String>>,
 ) -> Result<Vec<PointRecord>, DbError> {
     rows.iter()
@@ -251,7 +240,7 @@ pub(super) enum PointFilter<'a> {
 /// Append a copy unless the point has it already.
 /// Forget the copy in `datastore`; the point goes with its last copy.
 pub(super) async fn remove_copy(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     id: &str,
     datastore: &str,
 ) -> Result<(), DbError> {
@@ -282,7 +271,7 @@ pub(super) const SYNC_BATCH: usize = 5000;
 
 /// Insert or update a point's row (not its copies).
 pub(super) async fn insert_point_row(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     p: &PointRecord,
 ) -> Result<(), DbError> {
     sqlx::query(
@@ -309,7 +298,7 @@ pub(super) async fn insert_point_row(
 }
 
 pub(super) async fn add_copy(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     id: &str,
     datastore: &str,
 ) -> Result<(), DbError> {

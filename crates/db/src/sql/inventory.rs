@@ -9,10 +9,10 @@ use standby_types::model::GroupRecord;
 use crate::DbError;
 use crate::error::query;
 
-use super::SqliteRepo;
+use super::SqlRepo;
 use super::rows::{get, int, lists, opt_time, with_key};
 
-impl SqliteRepo {
+impl SqlRepo {
     /// [`Repo::apply_config`](crate::Repo::apply_config): write the configuration's inventory in one
     /// transaction.
     pub(super) async fn write_config(&self, cfg: &Config) -> Result<(), DbError> {

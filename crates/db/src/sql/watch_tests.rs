@@ -4,12 +4,9 @@ use standby_types::watch::{
     Alert, AlertState, Event, Incident, IncidentState, Labels, Severity, Silence, TimelineEntry,
 };
 
-use super::SqliteRepo;
+use super::SqlRepo;
+use super::testing::TestDb;
 use crate::{AlertQuery, DbError, EventQuery, WatchRepo};
-
-async fn repo() -> SqliteRepo {
-    SqliteRepo::open_in_memory().await.unwrap()
-}
 
 fn at(secs: i64, nanos: u32) -> DateTime<Utc> {
     Utc.timestamp_opt(1_767_225_600 + secs, nanos).unwrap()
@@ -95,9 +92,8 @@ fn ids(events: &[Event]) -> Vec<i64> {
 }
 
 /// Callers hold the repository as `Arc<dyn WatchRepo>`.
-#[tokio::test]
-async fn watch_repo_is_object_safe() {
-    let repo: std::sync::Arc<dyn WatchRepo> = std::sync::Arc::new(repo().await);
+async fn watch_repo_is_object_safe(repo: SqlRepo) {
+    let repo: std::sync::Arc<dyn WatchRepo> = std::sync::Arc::new(repo);
     assert!(
         repo.alerts(&AlertQuery::default())
             .await
@@ -106,9 +102,7 @@ async fn watch_repo_is_object_safe() {
     );
 }
 
-#[tokio::test]
-async fn events_round_trip_with_ids_in_order() {
-    let repo = repo().await;
+async fn events_round_trip_with_ids_in_order(repo: SqlRepo) {
     let mut a = event(1, "probe.result", "sip1", Severity::Warning, &[]);
     a.labels = labels(&[("probe", "sip1"), ("site", "site1"), ("vantage", "agent:a")]);
     a.vantage = "agent:a".into();
@@ -125,9 +119,7 @@ async fn events_round_trip_with_ids_in_order() {
     assert_eq!(listed, vec![a, b]);
 }
 
-#[tokio::test]
-async fn events_tail_after_id_and_newest_limit() {
-    let repo = repo().await;
+async fn events_tail_after_id_and_newest_limit(repo: SqlRepo) {
     let evs: Vec<Event> = (0..10)
         .map(|i| event(i, "probe.result", "sip1", Severity::Info, &[]))
         .collect();
@@ -169,9 +161,7 @@ async fn events_tail_after_id_and_newest_limit() {
     assert_eq!(got[..10], all[..]);
 }
 
-#[tokio::test]
-async fn events_filter_kind_source_severity_since() {
-    let repo = repo().await;
+async fn events_filter_kind_source_severity_since(repo: SqlRepo) {
     let got = repo
         .insert_events(&[
             event(1, "probe.result", "sip1", Severity::Info, &[]),
@@ -231,9 +221,7 @@ async fn events_filter_kind_source_severity_since() {
 
 /// Labels are matched after reading; `limit` still counts matching events
 /// even when they are far apart.
-#[tokio::test]
-async fn events_filter_labels_across_pages() {
-    let repo = repo().await;
+async fn events_filter_labels_across_pages(repo: SqlRepo) {
     let mut evs = Vec::new();
     for i in 0..1_200 {
         let site = if i % 300 == 7 { "site2" } else { "site1" };
@@ -285,9 +273,7 @@ async fn events_filter_labels_across_pages() {
     assert!(got.is_empty());
 }
 
-#[tokio::test]
-async fn prune_events_by_age() {
-    let repo = repo().await;
+async fn prune_events_by_age(repo: SqlRepo) {
     let got = repo
         .insert_events(&[
             event(1, "k", "s", Severity::Info, &[]),
@@ -317,9 +303,7 @@ async fn prune_events_by_age() {
     assert!(next[0] > got[2]);
 }
 
-#[tokio::test]
-async fn alerts_round_trip_and_keep_history() {
-    let repo = repo().await;
+async fn alerts_round_trip_and_keep_history(repo: SqlRepo) {
     let inc = repo
         .insert_incident(&incident(Some("site1"), IncidentState::New))
         .await
@@ -392,9 +376,7 @@ async fn alerts_round_trip_and_keep_history() {
     assert_eq!(list(q(&[], None, 1)).await, vec![again.id]);
 }
 
-#[tokio::test]
-async fn update_alert_overwrites_only_mutable_fields() {
-    let repo = repo().await;
+async fn update_alert_overwrites_only_mutable_fields(repo: SqlRepo) {
     let inc = repo
         .insert_incident(&incident(None, IncidentState::Active))
         .await
@@ -434,9 +416,7 @@ async fn update_alert_overwrites_only_mutable_fields() {
     assert_eq!(repo.alert(a.id).await.unwrap(), a);
 }
 
-#[tokio::test]
-async fn silences_active_expired_and_expire() {
-    let repo = repo().await;
+async fn silences_active_expired_and_expire(repo: SqlRepo) {
     let mut old = silence(0, 100);
     old.id = repo.insert_silence(&old).await.unwrap();
     let mut live = silence(50, 1_000);
@@ -477,9 +457,7 @@ async fn silences_active_expired_and_expire() {
     assert_not_found(repo.expire_silence(999, at(0, 0)).await, "silence", "999");
 }
 
-#[tokio::test]
-async fn incidents_round_trip_update_and_list() {
-    let repo = repo().await;
+async fn incidents_round_trip_update_and_list(repo: SqlRepo) {
     let mut bare = incident(None, IncidentState::New);
     bare.template = None;
     bare.labels = Labels::new();
@@ -534,9 +512,7 @@ async fn incidents_round_trip_update_and_list() {
     assert_not_found(repo.update_incident(&missing).await, "incident", "999");
 }
 
-#[tokio::test]
-async fn open_incident_by_key_sees_only_open_ones() {
-    let repo = repo().await;
+async fn open_incident_by_key_sees_only_open_ones(repo: SqlRepo) {
     assert_eq!(repo.open_incident_by_key("site1").await.unwrap(), None);
 
     let mut closed = incident(Some("site1"), IncidentState::Closed);
@@ -574,9 +550,7 @@ async fn open_incident_by_key_sees_only_open_ones() {
     assert_eq!(repo.open_incident_by_key("site1").await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn timeline_and_incident_alerts() {
-    let repo = repo().await;
+async fn timeline_and_incident_alerts(repo: SqlRepo) {
     let inc = repo
         .insert_incident(&incident(Some("site1"), IncidentState::New))
         .await
@@ -636,9 +610,7 @@ async fn timeline_and_incident_alerts() {
     assert_not_found(repo.add_timeline(&orphan).await, "incident", "999");
 }
 
-#[tokio::test]
-async fn deliveries_due_update_and_payload() {
-    let repo = repo().await;
+async fn deliveries_due_update_and_payload(repo: SqlRepo) {
     let payload = json!({
         "delivery": 0,
         "status": "firing",
@@ -730,9 +702,7 @@ async fn deliveries_due_update_and_payload() {
     assert_not_found(repo.update_delivery(&missing).await, "delivery", "999");
 }
 
-#[tokio::test]
-async fn missing_ids_are_not_found() {
-    let repo = repo().await;
+async fn missing_ids_are_not_found(repo: SqlRepo) {
     assert_not_found(repo.alert(7).await, "alert", "7");
     let mut a = alert("fp", "r", 0);
     a.id = 7;
@@ -747,10 +717,7 @@ async fn missing_ids_are_not_found() {
     assert!(!err.is_temporary());
 }
 
-#[tokio::test]
-async fn watch_state_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.db");
+async fn watch_state_survives_reopen(db: TestDb) {
     let ev = event(
         1,
         "probe.result",
@@ -759,7 +726,7 @@ async fn watch_state_survives_reopen() {
         &[("site", "site1")],
     );
     let (ev_id, alert_id, inc_id, sil_id, delivery) = {
-        let repo = SqliteRepo::open(&path).await.unwrap();
+        let repo = db.open().await;
         let ev_id = repo.insert_events(std::slice::from_ref(&ev)).await.unwrap()[0];
         let inc_id = repo
             .insert_incident(&incident(Some("site1"), IncidentState::Active))
@@ -787,7 +754,7 @@ async fn watch_state_survives_reopen() {
         (ev_id, alert_id, inc_id, sil_id, d)
     };
 
-    let repo = SqliteRepo::open(&path).await.unwrap();
+    let repo = db.open().await;
     let mut want_ev = ev;
     want_ev.id = ev_id;
     assert_eq!(
@@ -811,4 +778,26 @@ async fn watch_state_survives_reopen() {
         repo.due_deliveries(at(5, 0), 0).await.unwrap(),
         vec![(delivery, json!({"a": 1}))]
     );
+}
+
+on_both! {
+    repo: [
+        watch_repo_is_object_safe,
+        events_round_trip_with_ids_in_order,
+        events_tail_after_id_and_newest_limit,
+        events_filter_kind_source_severity_since,
+        events_filter_labels_across_pages,
+        prune_events_by_age,
+        alerts_round_trip_and_keep_history,
+        update_alert_overwrites_only_mutable_fields,
+        silences_active_expired_and_expire,
+        incidents_round_trip_update_and_list,
+        open_incident_by_key_sees_only_open_ones,
+        timeline_and_incident_alerts,
+        deliveries_due_update_and_payload,
+        missing_ids_are_not_found,
+    ],
+    db: [
+        watch_state_survives_reopen,
+    ],
 }

@@ -1,11 +1,14 @@
 use std::path::Path;
 
+use sqlx::Row;
+
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
 use standby_types::config::{Config, EXAMPLE};
 use standby_types::model::{DiskRecord, HostRecord, JobStatus, PointRecord, SiteRecord};
 
-use super::SqliteRepo;
+use super::SqlRepo;
+use super::testing::TestDb;
 use crate::{CatalogSync, CopyCount, DbError, INTERRUPTED, PointQuery, Repo, VmPoints};
 
 fn config(src: &str) -> Config {
@@ -31,8 +34,8 @@ size = "64KiB"
     config(&src)
 }
 
-async fn example_repo() -> SqliteRepo {
-    let repo = SqliteRepo::open_in_memory().await.unwrap();
+/// `repo` with the example configuration applied.
+async fn example(repo: SqlRepo) -> SqlRepo {
     repo.apply_config(&config(EXAMPLE)).await.unwrap();
     repo
 }
@@ -72,15 +75,13 @@ fn assert_not_found<T: std::fmt::Debug>(r: Result<T, DbError>, kind: &str, name:
 }
 
 /// Callers hold the repository as `Arc<dyn Repo>`.
-#[tokio::test]
-async fn repo_is_object_safe() {
-    let repo: std::sync::Arc<dyn Repo> = std::sync::Arc::new(example_repo().await);
+async fn repo_is_object_safe(repo: SqlRepo) {
+    let repo: std::sync::Arc<dyn Repo> = std::sync::Arc::new(example(repo).await);
     assert_eq!(repo.sites().await.unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn example_config_fills_the_inventory() {
-    let repo = example_repo().await;
+async fn example_config_fills_the_inventory(repo: SqlRepo) {
+    let repo = example(repo).await;
 
     assert_eq!(
         repo.sites().await.unwrap(),
@@ -147,9 +148,7 @@ async fn example_config_fills_the_inventory() {
     );
 }
 
-#[tokio::test]
-async fn disks_and_members_keep_configuration_order() {
-    let repo = SqliteRepo::open_in_memory().await.unwrap();
+async fn disks_and_members_keep_configuration_order(repo: SqlRepo) {
     repo.apply_config(&two_vm_config()).await.unwrap();
     let disks: Vec<_> = repo.disks("pbx2").await.unwrap();
     let names: Vec<_> = disks.iter().map(|d| (d.name.as_str(), d.size)).collect();
@@ -158,9 +157,8 @@ async fn disks_and_members_keep_configuration_order() {
     assert_eq!(repo.group("gold").await.unwrap().members, ["pbx1", "pbx2"]);
 }
 
-#[tokio::test]
-async fn reapplying_keeps_placement_and_schedule() {
-    let repo = example_repo().await;
+async fn reapplying_keeps_placement_and_schedule(repo: SqlRepo) {
+    let repo = example(repo).await;
     let next = at(30, 5);
     // The inventory is read before and after the move: never an old one.
     assert_eq!(repo.vms().await.unwrap()[0].active_site, "site1");
@@ -199,9 +197,8 @@ async fn reapplying_keeps_placement_and_schedule() {
     assert_eq!(repo.vms().await.unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn placement_must_name_a_host_at_the_site() {
-    let repo = example_repo().await;
+async fn placement_must_name_a_host_at_the_site(repo: SqlRepo) {
+    let repo = example(repo).await;
     let err = repo
         .set_vm_placement("pbx1", "site1", "site2-host1")
         .await
@@ -225,9 +222,7 @@ async fn placement_must_name_a_host_at_the_site() {
     assert_eq!(repo.vm("pbx1").await.unwrap().active_host, "site1-host1");
 }
 
-#[tokio::test]
-async fn removing_a_vm_keeps_its_points() {
-    let repo = SqliteRepo::open_in_memory().await.unwrap();
+async fn removing_a_vm_keeps_its_points(repo: SqlRepo) {
     repo.apply_config(&two_vm_config()).await.unwrap();
     let p = point("pbx2", 0, &["site1-store"]);
     repo.insert_point(&p).await.unwrap();
@@ -249,9 +244,8 @@ async fn removing_a_vm_keeps_its_points() {
     assert_eq!(repo.job(job.id).await.unwrap(), job);
 }
 
-#[tokio::test]
-async fn removing_hosts_sites_and_groups() {
-    let repo = example_repo().await;
+async fn removing_hosts_sites_and_groups(repo: SqlRepo) {
+    let repo = example(repo).await;
     repo.set_vm_placement("pbx1", "site2", "site2-host1")
         .await
         .unwrap();
@@ -290,9 +284,8 @@ async fn removing_hosts_sites_and_groups() {
     assert_eq!(repo.points(None).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn point_copies_are_ordered_and_the_last_one_takes_the_point() {
-    let repo = example_repo().await;
+async fn point_copies_are_ordered_and_the_last_one_takes_the_point(repo: SqlRepo) {
+    let repo = example(repo).await;
     let mut p = point("pbx1", 0, &["site1-store"]);
     repo.insert_point(&p).await.unwrap();
     assert_eq!(repo.point(&p.id).await.unwrap(), p);
@@ -343,9 +336,7 @@ async fn point_copies_are_ordered_and_the_last_one_takes_the_point() {
     );
 }
 
-#[tokio::test]
-async fn points_are_listed_oldest_first_and_by_vm() {
-    let repo = SqliteRepo::open_in_memory().await.unwrap();
+async fn points_are_listed_oldest_first_and_by_vm(repo: SqlRepo) {
     repo.apply_config(&two_vm_config()).await.unwrap();
     // 09Z sorts after 09.1Z as loosely formatted text; stored times are
     // fixed width so they sort as times.
@@ -374,8 +365,7 @@ async fn points_are_listed_oldest_first_and_by_vm() {
 
 /// 3 VMs × 20 points at two sites, in two groups and none, with one,
 /// two or no copies.
-async fn catalog() -> (SqliteRepo, Vec<PointRecord>) {
-    let repo = SqliteRepo::open_in_memory().await.unwrap();
+async fn catalog(repo: SqlRepo) -> (SqlRepo, Vec<PointRecord>) {
     repo.apply_config(&two_vm_config()).await.unwrap();
     let mut all = Vec::new();
     for (n, vm) in ["pbx1", "pbx2", "pbx3"].iter().enumerate() {
@@ -402,9 +392,8 @@ async fn catalog() -> (SqliteRepo, Vec<PointRecord>) {
     (repo, all)
 }
 
-#[tokio::test]
-async fn a_page_of_points_is_what_filtering_the_whole_catalog_gives() {
-    let (repo, all) = catalog().await;
+async fn a_page_of_points_is_what_filtering_the_whole_catalog_gives(repo: SqlRepo) {
+    let (repo, all) = catalog(repo).await;
     let since = all[17].time;
     let queries = [
         PointQuery {
@@ -487,9 +476,8 @@ async fn a_page_of_points_is_what_filtering_the_whole_catalog_gives() {
     }
 }
 
-#[tokio::test]
-async fn point_summary_and_copy_counts_agree_with_the_catalog() {
-    let (repo, all) = catalog().await;
+async fn point_summary_and_copy_counts_agree_with_the_catalog(repo: SqlRepo) {
+    let (repo, all) = catalog(repo).await;
     let summary = repo.point_summary().await.unwrap();
     let mut want = Vec::new();
     for vm in ["pbx1", "pbx2", "pbx3"] {
@@ -606,9 +594,8 @@ async fn point_summary_and_copy_counts_agree_with_the_catalog() {
     assert_eq!(repo.point_vms(&ids).await.unwrap(), want);
 }
 
-#[tokio::test]
-async fn the_catalog_of_a_datastore_becomes_what_it_holds() {
-    let repo = example_repo().await;
+async fn the_catalog_of_a_datastore_becomes_what_it_holds(repo: SqlRepo) {
+    let repo = example(repo).await;
     let a = point("pbx1", 1, &["site1-store"]);
     let b = point("pbx1", 2, &["site1-store", "site2-store"]);
     let c = point("pbx1", 3, &["site2-store"]);
@@ -664,9 +651,7 @@ async fn the_catalog_of_a_datastore_becomes_what_it_holds() {
     assert_eq!(ids, vec![a.id, b.id]);
 }
 
-#[tokio::test]
-async fn job_lifecycle_and_progress() {
-    let repo = SqliteRepo::open_in_memory().await.unwrap();
+async fn job_lifecycle_and_progress(repo: SqlRepo) {
     let before = Utc::now();
     let job = repo.create_job("protect", "gold").await.unwrap();
     assert_eq!(job.status, JobStatus::Queued);
@@ -736,9 +721,7 @@ async fn job_lifecycle_and_progress() {
     );
 }
 
-#[tokio::test]
-async fn interrupted_jobs_fail_at_start() {
-    let repo = SqliteRepo::open_in_memory().await.unwrap();
+async fn interrupted_jobs_fail_at_start(repo: SqlRepo) {
     let queued = repo.create_job("sync", "site2-store").await.unwrap();
     let running = repo.create_job("protect", "gold").await.unwrap();
     repo.start_job(running.id).await.unwrap();
@@ -759,9 +742,8 @@ async fn interrupted_jobs_fail_at_start() {
     assert_eq!(repo.fail_interrupted_jobs().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn not_found_names_kind_and_name() {
-    let repo = example_repo().await;
+async fn not_found_names_kind_and_name(repo: SqlRepo) {
+    let repo = example(repo).await;
     assert_not_found(repo.vm("pbx9").await, "vm", "pbx9");
     assert_not_found(repo.group("silver").await, "group", "silver");
     assert_not_found(
@@ -777,19 +759,11 @@ async fn not_found_names_kind_and_name() {
     assert_not_found(repo.point("pbx1@never").await, "point", "pbx1@never");
 }
 
-#[tokio::test]
-async fn state_survives_reopening_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("data/state.db");
+async fn state_survives_reopening_the_file(db: TestDb) {
     let next = at(30, 999_999_999);
     let p = point("pbx1", 0, &["site1-store", "site2-store"]);
 
-    let repo = SqliteRepo::open(&path).await.unwrap();
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&repo.pool)
-        .await
-        .unwrap();
-    assert_eq!(mode, "wal");
+    let repo = db.open().await;
     repo.apply_config(&config(EXAMPLE)).await.unwrap();
     repo.set_group_schedule("gold", Some(next)).await.unwrap();
     repo.set_vm_placement("pbx1", "site2", "site2-host1")
@@ -802,7 +776,7 @@ async fn state_survives_reopening_the_file() {
     drop(repo);
 
     // A restart: open, apply the same configuration, sweep jobs.
-    let repo = SqliteRepo::open(&path).await.unwrap();
+    let repo = db.open().await;
     repo.apply_config(&config(EXAMPLE)).await.unwrap();
     assert_eq!(repo.group("gold").await.unwrap().next_run, Some(next));
     assert_eq!(repo.vm("pbx1").await.unwrap().active_host, "site2-host1");
@@ -814,11 +788,72 @@ async fn state_survives_reopening_the_file() {
     assert!(repo.create_job("gc", "x").await.unwrap().id > job.id);
 }
 
+/// The pragmas `Any` cannot take from the URL are set on every
+/// connection of a file database.
+#[tokio::test]
+async fn a_sqlite_file_is_in_wal_mode_with_full_sync_and_foreign_keys() {
+    let db = TestDb::sqlite_file();
+    let repo = db.open().await;
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let mut c = repo.pool.acquire().await.unwrap();
+        for (pragma, want) in [
+            ("journal_mode", "wal"),
+            ("synchronous", "2"),
+            ("foreign_keys", "1"),
+            ("busy_timeout", "5000"),
+        ] {
+            let row = sqlx::query(&format!("PRAGMA {pragma}"))
+                .fetch_one(&mut *c)
+                .await
+                .unwrap();
+            let got = match row.try_get::<String, _>(0) {
+                Ok(s) => s,
+                Err(_) => row.try_get::<i64, _>(0).unwrap().to_string(),
+            };
+            assert_eq!(got, want, "PRAGMA {pragma}");
+        }
+        conns.push(c);
+    }
+}
+
+/// A database written before PostgreSQL existed (sqlx's SQLite driver,
+/// migrations in `migrations/`) opens: sqlx checks each migration's
+/// version and checksum, not its directory, and the files moved unchanged.
+#[tokio::test]
+async fn a_database_of_the_sqlite_only_layout_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    sqlx::migrate!("./migrations/sqlite")
+        .run(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO fences (site, since, reason) \
+         VALUES ('site1', '2026-01-01T00:00:00.000000000Z', 'old')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let repo = SqlRepo::open(&path).await.unwrap();
+    let fences = repo.fences().await.unwrap();
+    assert_eq!(
+        (fences[0].site.as_str(), fences[0].reason.as_str()),
+        ("site1", "old")
+    );
+    repo.apply_config(&config(EXAMPLE)).await.unwrap();
+}
+
 #[tokio::test]
 async fn open_errors_name_the_path() {
     let dir = tempfile::tempdir().unwrap();
     // A directory is not a database file.
-    let err = SqliteRepo::open(dir.path()).await.err().unwrap();
+    let err = SqlRepo::open(dir.path()).await.err().unwrap();
     assert_eq!(
         err.to_string(),
         format!("unable to open database {}", dir.path().display())
@@ -826,10 +861,7 @@ async fn open_errors_name_the_path() {
     // The parent is a file, so it can't become a directory.
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").unwrap();
-    let err = SqliteRepo::open(&file.join("state.db"))
-        .await
-        .err()
-        .unwrap();
+    let err = SqlRepo::open(&file.join("state.db")).await.err().unwrap();
     assert_eq!(
         err.to_string(),
         format!("unable to create database directory {}", file.display())
@@ -841,11 +873,7 @@ async fn open_errors_name_the_path() {
 #[tokio::test]
 async fn concurrent_writers_on_a_file() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = std::sync::Arc::new(
-        SqliteRepo::open(&dir.path().join("state.db"))
-            .await
-            .unwrap(),
-    );
+    let repo = std::sync::Arc::new(SqlRepo::open(&dir.path().join("state.db")).await.unwrap());
     repo.apply_config(&config(EXAMPLE)).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..16 {
@@ -866,4 +894,27 @@ async fn concurrent_writers_on_a_file() {
     }
     assert_eq!(repo.points(Some("pbx1")).await.unwrap().len(), 16);
     assert_eq!(repo.fail_interrupted_jobs().await.unwrap(), 0);
+}
+
+on_both! {
+    repo: [
+        repo_is_object_safe,
+        example_config_fills_the_inventory,
+        disks_and_members_keep_configuration_order,
+        reapplying_keeps_placement_and_schedule,
+        placement_must_name_a_host_at_the_site,
+        removing_a_vm_keeps_its_points,
+        removing_hosts_sites_and_groups,
+        point_copies_are_ordered_and_the_last_one_takes_the_point,
+        points_are_listed_oldest_first_and_by_vm,
+        a_page_of_points_is_what_filtering_the_whole_catalog_gives,
+        point_summary_and_copy_counts_agree_with_the_catalog,
+        the_catalog_of_a_datastore_becomes_what_it_holds,
+        job_lifecycle_and_progress,
+        interrupted_jobs_fail_at_start,
+        not_found_names_kind_and_name,
+    ],
+    db: [
+        state_survives_reopening_the_file,
+    ],
 }

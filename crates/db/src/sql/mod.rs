@@ -1,0 +1,249 @@
+//! [`Repo`] on SQL: SQLite (one file in WAL mode, or memory for tests) or
+//! PostgreSQL (shared by controller replicas), through sqlx's `Any` driver
+//! so both run the same statements.
+//!
+//! This file opens the pool, applies the migrations of the backend and
+//! begins write transactions; the rest splits by concern:
+//! - `repo`: the [`Repo`] trait (inventory reads, placements, groups, the
+//!   catalog, jobs, fences), with `inventory` (applying the configuration,
+//!   group reads) and `catalog` (point queries, aggregates, copy rows);
+//! - `memo`: whole-table reads kept until the next write (SQLite only);
+//! - `rows`: row and value helpers every repository shares, and the few
+//!   spellings that differ between the backends;
+//! - `watch`, `services`, `auth`, `runbook`: [`crate::WatchRepo`],
+//!   [`crate::ServiceRepo`], [`crate::auth::AuthRepo`] and
+//!   [`crate::runbook::RunbookRepo`].
+//!
+//! # Backends
+//!
+//! - SQLite: WAL (readers beside the one writer), `synchronous=FULL` (a
+//!   committed job result or placement survives power loss), a busy
+//!   timeout of 5 s and foreign keys, set on every connection (`Any` takes
+//!   a URL, which cannot carry pragmas). A write transaction is `BEGIN
+//!   IMMEDIATE`: it takes the write lock up front.
+//! - PostgreSQL: a write transaction is `BEGIN` and then a transaction
+//!   advisory lock ([`WRITE_LOCK`]), so writers are serialised as SQLite's
+//!   single writer serialises them, across processes too. Read committed
+//!   (the default): each statement after the lock sees what the previous
+//!   holder committed. A lock wait gives up after 5 s, as SQLite's busy
+//!   timeout does. Memos are off: other replicas write the same database.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+use standby_types::model::{PointRecord, VmRecord};
+
+use crate::error::query;
+use crate::{CopyCount, DbError, VmPoints};
+use memo::Memo;
+
+// First: its `on_both!` serves the test modules below.
+#[cfg(test)]
+#[macro_use]
+mod testing;
+
+mod auth;
+mod catalog;
+mod inventory;
+mod memo;
+mod repo;
+mod rows;
+mod runbook;
+mod services;
+mod watch;
+
+/// Connections of a file database (WAL lets readers run beside the one
+/// writer) and of a PostgreSQL pool.
+const MAX_CONNECTIONS: u32 = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Set on every SQLite connection; busy timeout first, so switching to WAL
+/// waits for another connection's lock.
+const SQLITE_PRAGMAS: [&str; 4] = [
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+    "PRAGMA foreign_keys = ON",
+];
+
+/// The key of the PostgreSQL advisory lock every write transaction holds
+/// ("standby\0" in ASCII): one writer at a time per database.
+pub const WRITE_LOCK: i64 = 0x7374_616e_6462_7900;
+
+/// The database behind a [`SqlRepo`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct SqlRepo {
+    pool: AnyPool,
+    backend: Backend,
+    /// The VM inventory (changed by `apply_config` and placements only).
+    vms_memo: Memo<Vec<VmRecord>>,
+    /// Catalog aggregates (changed by point and copy writes only).
+    summary_memo: Memo<Vec<VmPoints>>,
+    copies_memo: Memo<Vec<CopyCount>>,
+    /// The newest point of every VM with points, by VM.
+    latest_memo: Memo<HashMap<String, PointRecord>>,
+    /// Match counts of point queries by filter (a count scans an index):
+    /// a fresh map per catalog generation, filled as filters are asked.
+    counts_memo: Memo<std::sync::Mutex<HashMap<String, u64>>>,
+}
+
+impl SqlRepo {
+    /// Open (creating the file and its directory if missing) and migrate
+    /// the SQLite database at `path`.
+    pub async fn open(path: &Path) -> Result<SqlRepo, DbError> {
+        let open_err = |source| DbError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(d) => d,
+            None => Path::new("."),
+        };
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|source| DbError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        // Absolute and without `..`: a URL would resolve dot segments.
+        let dir = tokio::fs::canonicalize(dir)
+            .await
+            .map_err(|e| open_err(sqlx::Error::Io(e)))?;
+        let file = path
+            .file_name()
+            .ok_or_else(|| open_err(sqlx::Error::Configuration("the path names no file".into())))?;
+        let url = rows::sqlite_url(&dir.join(file)).map_err(open_err)?;
+        let pool = Self::pool_options(Backend::Sqlite)
+            .max_connections(MAX_CONNECTIONS)
+            .connect(&url)
+            .await
+            .map_err(open_err)?;
+        Self::migrated(pool, Backend::Sqlite).await
+    }
+
+    /// A private SQLite database in memory, for tests. One connection that
+    /// never expires, so every query sees the same database.
+    pub async fn open_in_memory() -> Result<SqlRepo, DbError> {
+        let pool = Self::pool_options(Backend::Sqlite)
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect("sqlite::memory:")
+            .await
+            .map_err(|source| DbError::Open {
+                path: PathBuf::from(":memory:"),
+                source,
+            })?;
+        Self::migrated(pool, Backend::Sqlite).await
+    }
+
+    /// Connect to and migrate the PostgreSQL database at `url`
+    /// (`postgres://` or `postgresql://`).
+    pub async fn connect(url: &str) -> Result<SqlRepo, DbError> {
+        let connect_err = |source| DbError::Connect {
+            url: standby_types::config::url_redacted(url),
+            source,
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(connect_err(sqlx::Error::Configuration(
+                "not a postgres:// URL".into(),
+            )));
+        }
+        let pool = Self::pool_options(Backend::Postgres)
+            .max_connections(MAX_CONNECTIONS)
+            .connect(url)
+            .await
+            .map_err(connect_err)?;
+        Self::migrated(pool, Backend::Postgres).await
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn pool_options(backend: Backend) -> AnyPoolOptions {
+        install_default_drivers();
+        AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    match backend {
+                        Backend::Sqlite => {
+                            for pragma in SQLITE_PRAGMAS {
+                                conn.execute(pragma).await?;
+                            }
+                        }
+                        Backend::Postgres => {
+                            conn.execute(
+                                format!("SET lock_timeout = {}", BUSY_TIMEOUT.as_millis()).as_str(),
+                            )
+                            .await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+    }
+
+    async fn migrated(pool: AnyPool, backend: Backend) -> Result<SqlRepo, DbError> {
+        let migrator = match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator.run(&pool).await.map_err(DbError::Migrate)?;
+        // Another replica may write a PostgreSQL database at any time.
+        let memo = backend == Backend::Sqlite;
+        Ok(SqlRepo {
+            pool,
+            backend,
+            vms_memo: Memo::new(memo),
+            summary_memo: Memo::new(memo),
+            copies_memo: Memo::new(memo),
+            latest_memo: Memo::new(memo),
+            counts_memo: Memo::new(memo),
+        })
+    }
+
+    /// A write transaction that holds the database's write lock from its
+    /// start, so a read-then-write transaction waits (up to the busy
+    /// timeout) for another writer instead of failing or interleaving.
+    async fn write_tx(&self, what: &str) -> Result<sqlx::Transaction<'static, sqlx::Any>, DbError> {
+        match self.backend {
+            Backend::Sqlite => self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(query(what)),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await.map_err(query(what))?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query(what))?;
+                Ok(tx)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod fence_tests;
+#[cfg(test)]
+mod postgres_tests;
+#[cfg(test)]
+mod runbook_tests;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod watch_tests;
