@@ -638,11 +638,7 @@ mod tests {
     async fn the_first_start_mints_one_admin_token_into_a_private_file() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let repo = Arc::new(
-            SqlRepo::open(&dir.path().join("state.db"))
-                .await
-                .unwrap(),
-        );
+        let repo = Arc::new(SqlRepo::open(&dir.path().join("state.db")).await.unwrap());
         let mut cfg = Config::parse("", Path::new("standby.toml")).unwrap();
         cfg.controller.data_dir = dir.path().to_path_buf();
         let auth = Auth::open(&cfg, repo.clone()).await.unwrap();

@@ -804,6 +804,8 @@ fn ha_needs_an_odd_quorum_of_known_agents_with_urls() {
         let e = parse(&base(ha)).unwrap_err().to_string();
         assert!(e.contains(&format!("{path}: ")) && e.contains(msg), "{e}");
     }
+}
+
 #[test]
 fn database_is_the_sqlite_file_unless_a_postgres_url_is_given() {
     let cfg = parse(EXAMPLE).unwrap();
