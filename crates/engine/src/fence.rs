@@ -20,6 +20,7 @@
 //!   alert of the site is firing (a majority of the live vantage points
 //!   cannot reach it, none can), so the agent cannot reach a majority of
 //!   the quorum either (reachability is assumed symmetric).
+//!
 //! Otherwise a copy elsewhere is refused, naming what would confirm it.
 
 use std::collections::HashMap;

@@ -15,7 +15,7 @@ use hickory_net::proto::rr::{Name, RData, RecordType};
 use hickory_net::runtime::TokioRuntimeProvider;
 use hickory_net::udp::UdpClientStream;
 use hickory_net::xfer::{DnsHandle, FirstAnswer};
-use standby_db::{Repo, ServiceRepo, SqliteRepo};
+use standby_db::{Repo, ServiceRepo, SqlRepo};
 use standby_frontdoor::{DnsTarget, FrontDoor, TrafficTarget};
 use standby_testkit::bind::Bind;
 use standby_types::config::Config;
@@ -81,8 +81,8 @@ ttl = "{TTL}s"
     Config::parse(&src, Path::new("standby.toml")).expect("test config is valid")
 }
 
-async fn repo(dir: &Path, cfg: &Config) -> Arc<SqliteRepo> {
-    let repo = SqliteRepo::open(&dir.join("state.db")).await.unwrap();
+async fn repo(dir: &Path, cfg: &Config) -> Arc<SqlRepo> {
+    let repo = SqlRepo::open(&dir.join("state.db")).await.unwrap();
     repo.apply_config(cfg).await.unwrap();
     Arc::new(repo)
 }

@@ -98,8 +98,9 @@ pub async fn run(ctx: &Ctx, cmd: &SiteCmd) -> Result<()> {
                     (Some(how), "done") => println!("  {}: runs nothing ({how})", h.host),
                     (Some(how), res) => println!("  {}: {res}; runs nothing ({how})", h.host),
                     (None, res) => println!(
-                        "  {}: {res}; not confirmed yet: no copy starts elsewhere until its agent answers{}",
-                        h.host, " or an operator confirms (--confirmed)"
+                        "  {}: {res}; not confirmed yet: no copy starts elsewhere until its agent \
+                         answers or an operator confirms (--confirmed)",
+                        h.host
                     ),
                 }
             }
