@@ -45,6 +45,7 @@ pub mod access;
 pub mod creds;
 pub mod daemon;
 pub mod drill;
+pub mod epoch;
 mod error;
 pub mod fresh;
 pub mod host;

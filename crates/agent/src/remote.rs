@@ -57,6 +57,8 @@ pub struct RemoteHost {
     /// The agent's session and this process's next counter there, shared
     /// by every clone (the agent keeps one window per caller).
     seq: Arc<crate::fresh::Sequencer>,
+    /// The leader epoch every command carries ([`crate::epoch`]).
+    epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RemoteHost {
@@ -87,11 +89,18 @@ impl RemoteHost {
             host: host.to_string(),
             agent: agent.to_string(),
             seq: Arc::default(),
+            epoch: Arc::default(),
             base,
             http,
             token: creds.token().map(str::to_string),
             kind,
         })
+    }
+
+    /// Commands carry `epoch` (the controller's, as it changes).
+    pub fn with_epoch(mut self, epoch: Arc<std::sync::atomic::AtomicU64>) -> RemoteHost {
+        self.epoch = epoch;
+        self
     }
 
     fn unreachable(&self, reason: String) -> AgentError {
@@ -164,6 +173,12 @@ impl RemoteHost {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
+        req = req.header(
+            crate::epoch::EPOCH_HEADER,
+            self.epoch
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .to_string(),
+        );
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

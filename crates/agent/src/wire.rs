@@ -146,6 +146,10 @@ pub struct Heartbeat {
     /// the controller's confirmation that the fence holds.
     #[serde(default)]
     pub fenced: bool,
+    /// The highest leader epoch the agent has seen (0: none), so a
+    /// controller with a fresh database raises its own above it.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The controller's answer: the probes the agent runs, how often to
@@ -160,6 +164,10 @@ pub struct HeartbeatReply {
     pub heartbeat: Duration,
     #[serde(default)]
     pub fenced: bool,
+    /// The answering controller's leader epoch: a host agent acts on
+    /// `fenced` only when it is not older than the highest it has seen.
+    #[serde(default)]
+    pub epoch: u64,
     /// Set when the heartbeat named no session or a stale one: it was not
     /// counted, and the agent sends the next one with this at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]

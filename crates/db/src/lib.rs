@@ -66,6 +66,7 @@
 
 pub mod auth;
 mod error;
+mod lease;
 pub mod runbook;
 mod services;
 mod sql;
@@ -79,6 +80,7 @@ use standby_types::model::{
 
 pub use auth::{AuthRepo, SessionRecord, TokenRecord, UserRecord};
 pub use error::DbError;
+pub use lease::{Lease, LeaseRepo};
 pub use runbook::{NewRun, RunRecord, RunStart, RunbookRepo, StepRecord, StepState};
 pub use services::{ServiceRecord, ServiceRepo};
 pub use sql::{Backend, SqlRepo, WRITE_LOCK};

@@ -32,6 +32,9 @@ pub struct Controller {
     /// What is known of fenced hosts and the agents' heartbeats (see
     /// [`crate::fence`]).
     pub(crate) proofs: crate::fence::Proofs,
+    /// The leader lease and its epoch (see [`crate::leader`]).
+    pub leader: Arc<crate::leader::Leadership>,
+    lease_repo: Arc<dyn standby_db::LeaseRepo>,
     /// Probes, rules, alerts, incidents and notifications.
     pub watch: crate::watch::state::Watch,
     /// The front door: where each service's clients are sent.
@@ -79,10 +82,18 @@ impl Controller {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             waited += 1;
         }
-        let repo = match cfg.controller.database() {
-            Database::Sqlite(path) => SqlRepo::open(&path).await?,
-            Database::Postgres(url) => SqlRepo::connect(&url).await?,
+        let (repo, single) = match cfg.controller.database() {
+            Database::Sqlite(path) => (SqlRepo::open(&path).await?, true),
+            Database::Postgres(url) => (SqlRepo::connect(&url).await?, false),
         };
+        // Nothing is written before this controller leads: a replica
+        // waits here while another holds the lease.
+        let leader = Arc::new(crate::leader::Leadership::new(
+            &cfg.controller.name,
+            &cfg.controller.listen,
+            single,
+        ));
+        let lease_deadline = crate::leader::take(&repo, &leader).await?;
         // A VM active on a host the configuration dropped would lose its
         // agent (and its pid files): refuse rather than move it home and
         // risk a second copy.
@@ -130,7 +141,8 @@ impl Controller {
                 _ => "process",
             };
             let url = a.url.clone().unwrap_or_default();
-            let c = standby_agent::RemoteHost::new(&host, agent, &url, &creds, kind)?;
+            let c = standby_agent::RemoteHost::new(&host, agent, &url, &creds, kind)?
+                .with_epoch(leader.epoch.clone());
             clients.insert(agent.to_string(), c.clone());
             Ok(c)
         };
@@ -200,6 +212,7 @@ impl Controller {
         let ctl = Arc::new(Controller {
             cfg,
             auth_repo: repo.clone(),
+            lease_repo: repo.clone(),
             repo,
             watch,
             frontdoor,
@@ -210,10 +223,17 @@ impl Controller {
             vm_locks: Mutex::default(),
             fences: Mutex::new(fences),
             proofs: crate::fence::Proofs::default(),
+            leader,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
             _data_lock: data_lock,
         });
+        ctl.tasks.spawn(crate::leader::renew(
+            ctl.lease_repo.clone(),
+            ctl.leader.clone(),
+            lease_deadline,
+            ctl.cancel.clone(),
+        ));
         // Datastores that do not exist yet are created now; later a missing
         // or empty one is an error (an unmounted mount point must not be
         // mistaken for a new, empty store). A store an agent serves is

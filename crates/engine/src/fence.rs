@@ -143,7 +143,8 @@ impl Controller {
                 }
                 Proof::Never(why) => {
                     return Err(EngineError::Conflict(format!(
-                        "site {site} is fenced, but it is not known that host {host} runs nothing: {why};                          once its VMs are off for certain, confirm it: standby site fence {site} --confirmed"
+                        "site {site} is fenced, but it is not known that host {host} runs nothing: {why}; \
+                         once its VMs are off for certain, confirm it: standby site fence {site} --confirmed"
                     )));
                 }
                 Proof::At(at) => {
@@ -177,20 +178,28 @@ impl Controller {
                 "agent {name} has not confirmed the fence, and self-fencing is off ([ha])"
             ));
         };
+        // The agent has fenced itself for certain once it was not heard
+        // for self_fence_after + margin, if it could not reach a majority
+        // either, which site-down tells. Detection may end after that
+        // moment: it is waited for as long again before giving up.
         let at = heard + ha.fenced_after();
-        if !self.site_down_firing(site) {
-            return Proof::Never(format!(
-                "agent {name} has not confirmed the fence, and the site-down alert of site {site}                  is not firing (a vantage point may still reach it, so its agent may not have fenced itself)"
-            ));
+        let now = Instant::now();
+        if now < at {
+            return Proof::At(at);
         }
-        if Instant::now() >= at {
-            Proof::Known(format!(
+        if self.site_down_firing(site) {
+            return Proof::Known(format!(
                 "agent {name} fenced itself: not heard for {:.1}s with site {site} down",
                 heard.elapsed().as_secs_f64()
-            ))
-        } else {
-            Proof::At(at)
+            ));
         }
+        if now < at + ha.self_fence_after {
+            return Proof::At(now + PROOF_POLL);
+        }
+        Proof::Never(format!(
+            "agent {name} has not confirmed the fence, and the site-down alert of site {site} \
+             is not firing (a vantage point still reaches it, so its agent may not have fenced itself)"
+        ))
     }
 
     /// Whether the built-in site-down alert fires for `site`.

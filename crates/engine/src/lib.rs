@@ -32,6 +32,7 @@ pub mod drill;
 pub mod error;
 pub mod fence;
 pub mod jobs;
+pub mod leader;
 pub mod protect;
 pub mod restore;
 pub mod runbooks;

@@ -57,6 +57,31 @@ pub(super) async fn fresh_calls(
     }
 }
 
+/// Refuse a command of a leader older than the newest seen (a deposed
+/// controller): the epoch header, absent meaning 0.
+pub(super) async fn current_epoch(
+    State(h): State<Arc<HostAgent>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.method() == axum::http::Method::GET {
+        return next.run(req).await;
+    }
+    let epoch = req
+        .headers()
+        .get(crate::epoch::EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    match h.epochs.admit(epoch) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            tracing::warn!(path = %req.uri().path(), "call refused: {e}");
+            e.into_response()
+        }
+    }
+}
+
 /// This agent's session and the caller's next counter.
 pub(super) async fn session(
     State(h): State<Arc<HostAgent>>,

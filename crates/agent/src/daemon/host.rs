@@ -49,6 +49,8 @@ pub struct HostAgent {
     pub(super) peer_creds: crate::creds::Creds,
     /// Its API is mutual TLS: every caller's certificate is checked.
     pub(super) mtls: bool,
+    /// The highest leader epoch seen: older commands are refused.
+    pub(super) epochs: crate::epoch::Epochs,
 }
 
 impl HostAgent {
@@ -114,6 +116,7 @@ impl HostAgent {
             grants: super::grants::Grants::default(),
             peer_creds,
             mtls,
+            epochs: crate::epoch::Epochs::open(dir)?,
         });
         let names = host.adopt_all().await;
         tracing::info!(vms = ?names, dir = %dir.display(), host = %host.policy.host, driver = host.policy.driver_kind(), "host agent ready");
@@ -251,6 +254,15 @@ impl HostAgent {
         *fence = None;
         tracing::warn!("site unfenced: starts allowed again");
         Ok(true)
+    }
+
+    /// What a heartbeat answer of leader `epoch` says about the fence:
+    /// ignored when a newer leader has spoken since.
+    pub(super) async fn heartbeat_answer(&self, epoch: u64, fenced: bool) {
+        match self.epochs.admit(epoch) {
+            Ok(()) => self.heartbeat_fenced(fenced).await,
+            Err(e) => tracing::warn!("heartbeat answer ignored: {e}"),
+        }
     }
 
     /// What a heartbeat answer says about the fence.

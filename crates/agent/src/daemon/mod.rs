@@ -271,15 +271,16 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
     let mut hellos = 0u32;
     loop {
         let (session, n) = seq.next().unzip();
-        let fenced = match &host {
-            Some(h) => h.fenced_and_quiet().await,
-            None => false,
+        let (fenced, epoch) = match &host {
+            Some(h) => (h.fenced_and_quiet().await, h.epochs.highest()),
+            None => (false, 0),
         };
         let hb = Heartbeat {
             version: env!("CARGO_PKG_VERSION").into(),
             session,
             seq: n,
             fenced,
+            epoch,
         };
         let mut again = false;
         let sent = std::time::Instant::now();
@@ -293,7 +294,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
                     reachable = true;
                     interval = reply.heartbeat;
                     if let Some(h) = &host {
-                        h.heartbeat_fenced(reply.fenced).await;
+                        h.heartbeat_answer(reply.epoch, reply.fenced).await;
                     }
                     // Not counted (a first heartbeat, or the controller
                     // restarted): the next one goes at once, with the

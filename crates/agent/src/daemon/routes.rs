@@ -85,6 +85,11 @@ fn routes(host: Arc<HostAgent>) -> Router {
         .route("/agent/v1/drill/start", post(drill_start))
         .route("/agent/v1/drill/probe", post(drill_probe))
         .route("/agent/v1/drill/stop", post(drill_stop))
+        // Counted once (fresh), then from the current leader (epoch).
+        .layer(axum::middleware::from_fn_with_state(
+            host.clone(),
+            super::guard::current_epoch,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             host.clone(),
             super::guard::fresh_calls,

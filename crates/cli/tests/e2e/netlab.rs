@@ -30,6 +30,8 @@ pub struct NetLab {
     s2_s1: String,
     /// nftables loss applied in site 1.
     lossy: bool,
+    /// `route_all` was asked for (and is redone on heal).
+    routed: std::sync::atomic::AtomicBool,
 }
 
 pub fn sh(args: &[&str]) {
@@ -47,7 +49,7 @@ pub fn sh(args: &[&str]) {
 impl NetLab {
     pub fn new() -> NetLab {
         let pid = std::process::id();
-        let n = (pid % 50) * 5 + NEXT.fetch_add(1, Ordering::Relaxed) % 5 + 1;
+        let n = (pid % 25) * 10 + NEXT.fetch_add(1, Ordering::Relaxed) % 10 + 1;
         let tag = format!("{}{}", pid % 100_000, n);
         let lab = NetLab {
             n,
@@ -57,6 +59,7 @@ impl NetLab {
             ctl_s1: format!("v{tag}c1"),
             s2_s1: format!("v{tag}21"),
             lossy: false,
+            routed: std::sync::atomic::AtomicBool::new(false),
         };
         for ns in [&lab.s1, &lab.s2, &lab.client] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
@@ -139,9 +142,10 @@ impl NetLab {
             self.addr(9),
             self.addr(10),
         );
-        sh(&["ip", "-n", &self.s2, "route", "add", &n1, "via", &n5]);
-        sh(&["ip", "-n", &self.s2, "route", "add", &n2, "via", &n10]);
-        sh(&["ip", "-n", &self.s1, "route", "add", &n6, "via", &n9]);
+        sh(&["ip", "-n", &self.s2, "route", "replace", &n1, "via", &n5]);
+        sh(&["ip", "-n", &self.s2, "route", "replace", &n2, "via", &n10]);
+        sh(&["ip", "-n", &self.s1, "route", "replace", &n6, "via", &n9]);
+        self.routed.store(true, Ordering::Relaxed);
     }
 
     pub fn addr(&self, host: u32) -> String {
@@ -204,6 +208,10 @@ impl NetLab {
     pub fn heal(&self) {
         sh(&["ip", "link", "set", &self.ctl_s1, "up"]);
         sh(&["ip", "-n", &self.s2, "link", "set", &self.s2_s1, "up"]);
+        // A link taken down took its routes with it.
+        if self.routed.load(Ordering::Relaxed) {
+            self.route_all();
+        }
     }
 
     /// Drop `percent` % of the packets entering and leaving site 1 (all

@@ -48,6 +48,7 @@ mod testing;
 mod auth;
 mod catalog;
 mod inventory;
+mod lease;
 mod memo;
 mod repo;
 mod rows;

@@ -38,6 +38,7 @@ pub fn heartbeat(
         probes: probes_for(ctl, &format!("agent:{name}")),
         heartbeat: agent.heartbeat,
         fenced: ctl.fence_of(&agent.site).is_some(),
+        epoch: ctl.leader.epoch(),
         session,
     };
     // A heartbeat counts once: a recorded one proves nothing of now.
@@ -48,6 +49,7 @@ pub fn heartbeat(
         }
         Err(r) => return Err(refused(name, "heartbeat", r)),
     }
+    ctl.leader.agent_saw(hb.epoch);
     ctl.proofs.heard(name, hb.fenced);
     let now = Utc::now();
     let first = {

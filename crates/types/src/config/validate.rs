@@ -265,8 +265,10 @@ impl Config {
                 ));
             }
         }
-        self.validate_watch()?;
+        // The quorum first: whether an agent may have a url without a
+        // host depends on it.
         self.validate_ha()?;
+        self.validate_watch()?;
         self.validate_services()
     }
 
