@@ -150,7 +150,8 @@ pub(crate) async fn renew(
     };
     loop {
         let wait = if lead.single {
-            RENEW_EVERY
+            // Nobody else can hold it: renewed when the epoch must rise.
+            Duration::from_secs(600)
         } else {
             RENEW_EVERY.min(deadline.saturating_duration_since(Instant::now()))
         };

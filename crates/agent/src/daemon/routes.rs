@@ -34,7 +34,7 @@ impl axum::response::IntoResponse for AgentError {
         let api = self.to_api();
         let status = match api.code.as_str() {
             "not_found" => StatusCode::NOT_FOUND,
-            "conflict" | "stale_session" | "replayed" => StatusCode::CONFLICT,
+            "conflict" | "stale_session" | "replayed" | "stale_epoch" => StatusCode::CONFLICT,
             "bad_request" => StatusCode::BAD_REQUEST,
             "unauthorized" => StatusCode::UNAUTHORIZED,
             "forbidden" => StatusCode::FORBIDDEN,
@@ -143,6 +143,7 @@ async fn state(State(h): Host) -> Answer<serde_json::Value> {
         "driver": h.policy.driver_kind(),
         "fenced": fence.is_some(),
         "fence": fence,
+        "epoch": h.epochs.highest(),
         "vms": vms,
     })))
 }
@@ -346,6 +347,15 @@ mod tests {
                 true,
             ),
             (remote("timeout", true), 504, "timeout", true),
+            (
+                AgentError::Refused {
+                    code: "stale_epoch",
+                    message: "a deposed controller".into(),
+                },
+                409,
+                "stale_epoch",
+                false,
+            ),
         ] {
             let api = e.to_api();
             assert_eq!((api.code.as_str(), api.retryable), (code, retryable), "{e}");

@@ -10,8 +10,20 @@ pub async fn run(config: &Path) -> Result<()> {
         .context("unable to start the controller")?;
     eprintln!("standby controller listening on {}", server.url());
     crate::systemd::ready(&format!("controller listening on {}", server.url()));
-    shutdown_signal().await;
+    let cancelled = server.ctl.cancel.clone();
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = cancelled.cancelled() => {}
+    }
     crate::systemd::stopping();
+    if server.ctl.leader.deposed() {
+        // Another replica leads: stop acting at once, come back as one.
+        let name = server.ctl.leader.name.clone();
+        server.stop().await;
+        anyhow::bail!(
+            "controller {name} stepped down: another replica holds the leader lease (see the log)"
+        );
+    }
     eprintln!("stopping: shutting down local VMs");
     server.stop().await;
     Ok(())

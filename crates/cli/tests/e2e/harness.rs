@@ -627,6 +627,19 @@ pub fn agent_call(
     op: &str,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
+    agent_call_at(client, base, token, op, body, u64::MAX)
+}
+
+/// [`agent_call`] carrying leader epoch `epoch` (`u64::MAX`: the epoch
+/// the agent has seen, as the current leader's commands do).
+pub fn agent_call_at(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    op: &str,
+    body: &serde_json::Value,
+    epoch: u64,
+) -> (u16, serde_json::Value) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -635,6 +648,18 @@ pub fn agent_call(
         let auth = |r: reqwest::RequestBuilder| match token {
             Some(t) => r.bearer_auth(t),
             None => r,
+        };
+        let epoch = if epoch == u64::MAX {
+            let st: serde_json::Value = auth(client.get(format!("{base}/agent/v1/state")))
+                .send()
+                .await
+                .expect("agent answers")
+                .json()
+                .await
+                .expect("a state");
+            st["epoch"].as_u64().unwrap_or(0)
+        } else {
+            epoch
         };
         let s: serde_json::Value = auth(client.get(format!("{base}/agent/v1/session")))
             .send()
@@ -648,7 +673,13 @@ pub fn agent_call(
                 "x-standby-session",
                 s["session"].as_str().unwrap_or_default(),
             )
-            .header("x-standby-seq", s["next"].as_u64().unwrap_or(1).to_string())
+            // Ahead of the counters the controller itself is about to use
+            // (it is the same caller): inside the window, never taken twice.
+            .header(
+                "x-standby-seq",
+                (s["next"].as_u64().unwrap_or(1) + 64).to_string(),
+            )
+            .header("x-standby-epoch", epoch.to_string())
             .json(body)
             .send()
             .await

@@ -84,10 +84,20 @@ fn post(c: &reqwest::Client, url: &str, headers: &[(&str, String)], body: &Value
     })
 }
 
-/// The agent's session and the caller's next counter, as headers.
+/// The leader epoch the agent has seen, which the test's commands carry
+/// as the controller's do (set by [`fresh`]).
+static EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The agent's session and the caller's next counter, as headers; the
+/// epoch the agent has seen, for [`headers`].
 fn fresh(c: &reqwest::Client, base: &str) -> (String, u64) {
     let (status, s) = get(c, &format!("{base}/agent/v1/session")).unwrap();
     assert_eq!(status, 200, "{s}");
+    let (_, st) = get(c, &format!("{base}/agent/v1/state")).unwrap();
+    EPOCH.store(
+        st["epoch"].as_u64().unwrap_or(0),
+        std::sync::atomic::Ordering::SeqCst,
+    );
     (
         s["session"].as_str().unwrap().to_string(),
         s["next"].as_u64().unwrap(),
@@ -98,6 +108,10 @@ fn headers(session: &str, seq: u64) -> Vec<(&'static str, String)> {
     vec![
         ("x-standby-session", session.to_string()),
         ("x-standby-seq", seq.to_string()),
+        (
+            "x-standby-epoch",
+            EPOCH.load(std::sync::atomic::Ordering::SeqCst).to_string(),
+        ),
     ]
 }
 
