@@ -107,7 +107,8 @@ pub enum Cmd {
         /// The agent's name, as declared under [agents] in standby.toml.
         #[arg(long)]
         name: String,
-        /// Controller address (default: --url, then the config's listen address).
+        /// Controller address (default: --url, then the config's listen address);
+        /// several replicas comma-separated: the agent follows the leader.
         #[arg(long)]
         controller: Option<String>,
         /// Answer GET /health here, so other vantage points can probe this

@@ -72,7 +72,8 @@ const MAX_BUFFERED: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    /// Base URL of the controller, e.g. `http://198.18.0.1:7780`.
+    /// Base URL of the controller, e.g. `http://198.18.0.1:7780`; several
+    /// replicas comma-separated (the agent follows the one that answers).
     pub controller: String,
     pub name: String,
     /// Where to answer `/health` and, with a data dir, `/agent/v1`
@@ -146,7 +147,9 @@ impl AgentAuth {
 
 /// Run until `cancel` fires.
 pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), AgentError> {
-    let base = opts.controller.trim_end_matches('/').to_string();
+    // Several controller replicas, comma-separated: the agent reports to
+    // the one that answers as leader, and moves on when it does not.
+    let controllers = Arc::new(Controllers::new(&opts.controller, &opts.name));
     let host = match (&opts.data_dir, &opts.policy) {
         (Some(dir), Some(policy)) => Some(
             HostAgent::open(
@@ -234,13 +237,12 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
     let http = opts.auth.controller_client()?;
     let sender = tokio::spawn(send_results(
         http.clone(),
-        format!("{base}/api/v1/agents/{}/results", opts.name),
+        controllers.clone(),
         token.clone(),
         seq.clone(),
         rx,
         cancel.clone(),
     ));
-    let url = format!("{base}/api/v1/agents/{}/heartbeat", opts.name);
     if let Some(ready) = &opts.ready {
         ready.notify_one();
     }
@@ -284,6 +286,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
         };
         let mut again = false;
         let sent = std::time::Instant::now();
+        let url = controllers.url("heartbeat");
         match with_token(http.post(&url), &token).json(&hb).send().await {
             Ok(resp) if resp.status().is_success() => match resp.json::<HeartbeatReply>().await {
                 Ok(reply) => {
@@ -340,6 +343,8 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
                     tracing::warn!("controller unreachable: {}", standby_types::error_chain(&e));
                 }
                 reachable = false;
+                // Another replica may lead now: try it at once.
+                again = controllers.next();
             }
         }
         if again {
@@ -420,9 +425,51 @@ async fn run_probe(
 }
 
 /// Post results as they come, in batches; keep unsent fresh ones.
+/// The controller replicas an agent reports to, and the one it uses now.
+struct Controllers {
+    bases: Vec<String>,
+    agent: String,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Controllers {
+    fn new(list: &str, agent: &str) -> Controllers {
+        Controllers {
+            bases: list
+                .split(',')
+                .map(|b| b.trim().trim_end_matches('/').to_string())
+                .filter(|b| !b.is_empty())
+                .collect(),
+            agent: agent.to_string(),
+            current: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// `/api/v1/agents/NAME/<op>` at the replica in use.
+    fn url(&self, op: &str) -> String {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let base = self.bases.get(i).map(String::as_str).unwrap_or_default();
+        format!("{base}/api/v1/agents/{}/{op}", self.agent)
+    }
+
+    /// Move to the next replica; false when there is only one (nothing to
+    /// try at once) or the round is complete.
+    fn next(&self) -> bool {
+        let n = self.bases.len();
+        if n < 2 {
+            return false;
+        }
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let to = (i + 1) % n;
+        self.current.store(to, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(controller = %self.bases[to], "trying the next controller replica");
+        to != 0
+    }
+}
+
 async fn send_results(
     http: reqwest::Client,
-    url: String,
+    controllers: Arc<Controllers>,
     token: Option<String>,
     seq: std::sync::Arc<crate::fresh::Sequencer>,
     mut rx: mpsc::Receiver<ProbeResult>,
@@ -458,7 +505,7 @@ async fn send_results(
             }
             continue;
         };
-        match with_token(http.post(&url), &token)
+        match with_token(http.post(controllers.url("results")), &token)
             .json(&serde_json::json!({ "results": batch, "session": session, "seq": n }))
             .send()
             .await

@@ -615,13 +615,21 @@ pub async fn agent(
     policy: Option<standby_agent::policy::Policy>,
 ) -> Result<()> {
     let tls = matches!(auth, standby_agent::daemon::AgentAuth::Tls { .. });
-    let controller = if controller.starts_with("http://") || controller.starts_with("https://") {
-        controller.to_string()
-    } else if tls {
-        format!("https://{controller}")
-    } else {
-        format!("http://{controller}")
-    };
+    // One address or several replicas, comma-separated.
+    let controller = controller
+        .split(',')
+        .map(|c| {
+            let c = c.trim();
+            if c.starts_with("http://") || c.starts_with("https://") {
+                c.to_string()
+            } else if tls {
+                format!("https://{c}")
+            } else {
+                format!("http://{c}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     let cancel = tokio_util::sync::CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {

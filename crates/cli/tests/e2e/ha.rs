@@ -282,6 +282,8 @@ fn ha_a_site_cut_off_from_everyone_fences_itself_before_its_copy_starts_elsewher
         crate::fencing::sip_answers(sip2).then_some(())
     });
     let answering = cut.elapsed();
+    // A second more of samples with both sites as they are now.
+    std::thread::sleep(Duration::from_secs(1));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let samples = samples.join().unwrap();
 

@@ -47,3 +47,209 @@ fn ha_controller_keeps_its_state_in_postgresql() {
     let vm = lab.json(&["vm", "status", "pbx1"]);
     assert_eq!(vm["active_site"], "site1", "{vm:#}");
 }
+
+/// A `standby server` of its own (a second replica), killed when dropped.
+struct Replica(std::process::Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn replica(lab: &Lab, cfg: &std::path::Path, log: &str) -> Replica {
+    let child = std::process::Command::new(crate::harness::STANDBY)
+        .args(["--config", cfg.to_str().unwrap(), "server"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(lab.path(log)).unwrap())
+        .spawn()
+        .expect("a replica starts");
+    Replica(child)
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+fn signal(p: &Replica, sig: &str) {
+    assert!(
+        std::process::Command::new("kill")
+            .args([sig, &p.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Two replicas share one PostgreSQL: the second waits while the first
+/// leads, takes over within the lease time when the first dies, and
+/// commands the agent at a new epoch. Paused past its lease (SIGSTOP),
+/// a leader is replaced; continued, it steps down and exits, and the
+/// agent refuses its epoch.
+#[test]
+fn ha_a_replica_takes_over_a_dead_leader_and_a_paused_one_steps_down() {
+    use std::time::{Duration, Instant};
+
+    use crate::watch::wait_until;
+
+    let url = standby_testkit::postgres::database();
+    let agent_port = crate::harness::free_port();
+    let b_port = crate::harness::free_port();
+    let mut lab = Lab::new(LabOptions {
+        controller: format!("database = \"{url}\"\n"),
+        watch: format!(
+            r#"
+[agents.site1-agent]
+site = "site1"
+host = "site1-host1"
+url = "http://127.0.0.1:{agent_port}"
+heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
+"#
+        ),
+        ..Default::default()
+    });
+    let text = std::fs::read_to_string(&lab.cfg).unwrap();
+    let cfg_b = lab.path("standby-b.toml");
+    std::fs::write(
+        &cfg_b,
+        text.replacen(&format!(":{}\"", lab.api), &format!(":{b_port}\""), 1)
+            .replacen(
+                "data_dir = \"controller\"",
+                "data_dir = \"controller-b\"\nname = \"replica-b\"",
+                1,
+            ),
+    )
+    .unwrap();
+    let agent = crate::agents::AgentProc::start(
+        &lab.cfg,
+        "site1-agent",
+        &format!("http://127.0.0.1:{},http://127.0.0.1:{b_port}", lab.api),
+        agent_port,
+        &lab.path("site1-agent"),
+    );
+    wait_until("the agent to run pbx1", Duration::from_secs(30), || {
+        let out = lab.run(&["--json", "vm", "start", "pbx1"]);
+        out.status.success().then_some(())
+    });
+    let token = lab.token();
+    let via_b = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec![
+            "--url".to_string(),
+            format!("http://127.0.0.1:{b_port}"),
+            "--token".to_string(),
+            token.clone(),
+            "--json".to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let out = std::process::Command::new(crate::harness::STANDBY)
+            .args(&all)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // The second replica waits: it does not serve while the first leads.
+    let b = replica(&lab, &cfg_b, "replica-b.log");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!listening(b_port), "a follower serves");
+    let b_log = lab.path("replica-b.log");
+    let log_b = || std::fs::read_to_string(&b_log).unwrap_or_default();
+    assert!(
+        log_b().contains("waiting for the leader's lease"),
+        "{}",
+        log_b()
+    );
+
+    // The leader dies: the replica takes over within the lease time.
+    let t0 = Instant::now();
+    lab.kill_server();
+    wait_until(
+        "replica b to lead and serve",
+        Duration::from_secs(20),
+        || listening(b_port).then_some(()),
+    );
+    let takeover = t0.elapsed();
+    assert!(log_b().contains("this controller leads"), "{}", log_b());
+    let vm = via_b(&["vm", "status", "pbx1"]);
+    assert_eq!(vm["state"], "running", "{vm}");
+    let base = format!("http://127.0.0.1:{agent_port}");
+    let agent_epoch = || -> u64 {
+        let c = crate::harness::plain_client(Duration::from_secs(5));
+        let t = lab.agent_token("site1-agent");
+        crate::qemu::rt().block_on(async {
+            let v: serde_json::Value = c
+                .get(format!("{base}/agent/v1/state"))
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["epoch"].as_u64().unwrap()
+        })
+    };
+    let epoch_b = wait_until("the agent to follow b", Duration::from_secs(10), || {
+        let e = agent_epoch();
+        (e >= 2).then_some(e)
+    });
+
+    // The first comes back as a replica and waits; b is paused past its
+    // lease: a takes over with a newer epoch, and the agent follows it.
+    let a = replica(&lab, &lab.cfg, "replica-a.log");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!listening(lab.api), "a follower serves");
+    signal(&b, "-STOP");
+    let t1 = Instant::now();
+    wait_until("replica a to take over", Duration::from_secs(20), || {
+        listening(lab.api).then_some(())
+    });
+    let takeover2 = t1.elapsed();
+    let epoch_a = wait_until("the agent to follow a", Duration::from_secs(10), || {
+        let e = agent_epoch();
+        (e > epoch_b).then_some(e)
+    });
+
+    // Continued, b finds its lease gone and steps down: it exits.
+    signal(&b, "-CONT");
+    let mut b = b;
+    wait_until("b to step down", Duration::from_secs(10), || {
+        b.0.try_wait().unwrap().map(|_| ())
+    });
+    assert!(log_b().contains("stepping down"), "{}", log_b());
+    // Whatever b still sent would be refused: its epoch is older.
+    let client = crate::harness::plain_client(Duration::from_secs(10));
+    let (status, body) = crate::harness::agent_call_at(
+        &client,
+        &base,
+        Some(&lab.agent_token("site1-agent")),
+        "stop",
+        &serde_json::json!({"vm": "pbx1"}),
+        epoch_b,
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("stale_epoch")),
+        "{body}"
+    );
+    let vm = lab.json(&["vm", "status", "pbx1"]);
+    assert_eq!(vm["state"], "running", "{vm}");
+    eprintln!(
+        "ha figures: takeover of a dead leader {:.2}s, of a paused one {:.2}s (lease 3s); epochs {} -> {epoch_b} -> {epoch_a}",
+        takeover.as_secs_f64(),
+        takeover2.as_secs_f64(),
+        1
+    );
+    drop(a);
+    drop(agent);
+}
