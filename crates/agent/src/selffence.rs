@@ -17,18 +17,10 @@
 //! VMs while the controller, PostgreSQL or the other site is away; a
 //! failover then waits for a controller that can confirm the fence.
 
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use standby_types::config::{Config, Ha};
-use tokio_util::sync::CancellationToken;
-
-/// How often the agent checks whether it must fence itself.
-const CHECK: Duration = Duration::from_millis(250);
-/// How often, and how patiently, it pings the quorum's members.
-const PING_EVERY: Duration = Duration::from_millis(500);
-const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What an agent needs of `[ha]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +86,8 @@ impl Contact {
         *l = (*l).max(sent);
     }
 
-    fn quorum_answered(&self, sent: Instant) {
+    /// A majority answered pings sent at `sent`.
+    pub fn quorum_answered(&self, sent: Instant) {
         let mut q = self.quorum.lock().unwrap_or_else(|p| p.into_inner());
         *q = (*q).max(sent);
     }
@@ -105,68 +98,6 @@ impl Contact {
         let q = *self.quorum.lock().unwrap_or_else(|p| p.into_inner());
         l.max(q).elapsed()
     }
-}
-
-/// Ping the members and fence `host` once the agent was cut off for
-/// `sf.after`; until `cancel`. `clients` holds one client per member (its
-/// expected identity differs with TLS).
-pub(crate) async fn watch(
-    host: Arc<crate::daemon::HostAgent>,
-    sf: SelfFence,
-    contact: Arc<Contact>,
-    clients: Vec<reqwest::Client>,
-    cancel: CancellationToken,
-) {
-    let pinger = {
-        let (sf, contact, cancel) = (sf.clone(), contact.clone(), cancel.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PING_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let sent = Instant::now();
-                let pings = sf.members.iter().zip(&clients).map(|((_, url), c)| {
-                    let url = format!("{}/health", url.trim_end_matches('/'));
-                    async move {
-                        matches!(
-                            c.get(&url).timeout(PING_TIMEOUT).send().await,
-                            Ok(r) if r.status().is_success()
-                        )
-                    }
-                });
-                let answered = futures::future::join_all(pings)
-                    .await
-                    .into_iter()
-                    .filter(|ok| *ok)
-                    .count();
-                if sf.is_majority(answered) {
-                    contact.quorum_answered(sent);
-                }
-            }
-        })
-    };
-    let mut tick = tokio::time::interval(CHECK);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let silence = contact.silence();
-        if silence >= sf.after && !host.is_fenced().await {
-            let reason = format!(
-                "self-fenced: heard neither the controller nor a majority of the quorum for {:.1}s",
-                silence.as_secs_f64()
-            );
-            tracing::error!("{reason}: stopping every vm");
-            if let Err(e) = host.fence(&reason).await {
-                tracing::error!("self-fencing: {e}");
-            }
-        }
-    }
-    pinger.abort();
 }
 
 #[cfg(test)]

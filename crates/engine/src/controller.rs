@@ -31,7 +31,7 @@ pub struct Controller {
     pub(crate) fences: Mutex<BTreeMap<String, FenceRecord>>,
     /// What is known of fenced hosts and the agents' heartbeats (see
     /// [`crate::fence`]).
-    pub(crate) proofs: crate::fence::Proofs,
+    pub(crate) proofs: crate::proofs::Proofs,
     /// The leader lease and its epoch (see [`crate::leader`]).
     pub leader: Arc<crate::leader::Leadership>,
     lease_repo: Arc<dyn standby_db::LeaseRepo>,
@@ -222,7 +222,7 @@ impl Controller {
             stores: Mutex::default(),
             vm_locks: Mutex::default(),
             fences: Mutex::new(fences),
-            proofs: crate::fence::Proofs::default(),
+            proofs: crate::proofs::Proofs::default(),
             leader,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),

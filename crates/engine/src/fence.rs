@@ -23,8 +23,6 @@
 //!
 //! Otherwise a copy elsewhere is refused, naming what would confirm it.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -38,75 +36,6 @@ use crate::error::{EngineError, error_chain};
 
 /// How often a start waiting for a fence to be confirmed looks again.
 const PROOF_POLL: Duration = Duration::from_millis(200);
-
-/// What the controller knows of fences beyond the database: kept in
-/// memory only, so a restarted controller learns it again (from the
-/// agents' heartbeats, or by waiting out the self-fencing time).
-#[derive(Debug)]
-pub(crate) struct Proofs {
-    started: Instant,
-    /// Per agent: when its last heartbeat arrived, and whether it
-    /// reported its fence flag set and no VM alive.
-    heard: Mutex<HashMap<String, (Instant, bool)>>,
-    /// Hosts known to run nothing, and how; cleared when their site is
-    /// unfenced.
-    confirmed: Mutex<HashMap<String, String>>,
-}
-
-impl Default for Proofs {
-    fn default() -> Self {
-        Proofs {
-            started: Instant::now(),
-            heard: Mutex::default(),
-            confirmed: Mutex::default(),
-        }
-    }
-}
-
-impl Proofs {
-    /// A heartbeat of `agent` arrived now.
-    pub(crate) fn heard(&self, agent: &str, fenced_and_quiet: bool) {
-        self.heard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(agent.to_string(), (Instant::now(), fenced_and_quiet));
-    }
-
-    fn confirm(&self, host: &str, how: &str) {
-        self.confirmed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(host.to_string())
-            .or_insert_with(|| how.to_string());
-    }
-
-    fn forget(&self, host: &str) {
-        self.confirmed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(host);
-    }
-
-    fn confirmed(&self, host: &str) -> Option<String> {
-        self.confirmed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(host)
-            .cloned()
-    }
-
-    /// When `agent` was last heard (this controller's start at the
-    /// latest: an agent heard by a previous controller may have been
-    /// alive until then), and whether it reported itself fenced.
-    fn last_heard(&self, agent: &str) -> (Instant, bool) {
-        self.heard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(agent)
-            .copied()
-            .unwrap_or((self.started, false))
-    }
-}
 
 /// Whether a host of a fenced site is known to run nothing.
 enum Proof {

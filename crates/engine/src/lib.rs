@@ -33,6 +33,7 @@ pub mod error;
 pub mod fence;
 pub mod jobs;
 pub mod leader;
+mod proofs;
 pub mod protect;
 pub mod restore;
 pub mod runbooks;

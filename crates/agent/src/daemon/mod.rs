@@ -53,6 +53,7 @@ use tokio_util::sync::CancellationToken;
 mod grants;
 mod guard;
 mod host;
+mod quorum;
 mod routes;
 mod stores;
 
@@ -258,7 +259,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
             members = sf.members.len(),
             "self-fencing armed"
         );
-        tokio::spawn(crate::selffence::watch(
+        tokio::spawn(quorum::watch(
             h.clone(),
             sf,
             contact.clone(),

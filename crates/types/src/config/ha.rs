@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::root::Config;
+use std::collections::BTreeMap;
+
+use super::sites::AgentConfig;
 use super::units::duration_str;
 
 /// `[ha]`: self-fencing. A host agent that hears neither the controller
@@ -48,11 +50,14 @@ impl Ha {
     }
 }
 
-impl Config {
-    pub(super) fn validate_ha(&self) -> Result<(), (Vec<String>, String)> {
-        let Some(ha) = &self.ha else {
-            return Ok(());
-        };
+impl Ha {
+    /// Checks against the configured agents: the field path and message
+    /// of the first problem.
+    pub(super) fn validate(
+        &self,
+        agents: &BTreeMap<String, AgentConfig>,
+    ) -> Result<(), (Vec<String>, String)> {
+        let ha = self;
         let at = |k: &str| vec!["ha".to_string(), k.to_string()];
         if ha.self_fence_after < Duration::from_secs(1) {
             return Err((
@@ -71,7 +76,7 @@ impl Config {
         }
         for (i, name) in ha.quorum.iter().enumerate() {
             let path = vec!["ha".into(), "quorum".into(), i.to_string()];
-            let Some(agent) = self.agents.get(name) else {
+            let Some(agent) = agents.get(name) else {
                 return Err((path, format!("unknown agent '{name}'")));
             };
             if agent.url.is_none() {

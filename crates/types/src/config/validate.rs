@@ -267,7 +267,9 @@ impl Config {
         }
         // The quorum first: whether an agent may have a url without a
         // host depends on it.
-        self.validate_ha()?;
+        if let Some(ha) = &self.ha {
+            ha.validate(&self.agents)?;
+        }
         self.validate_watch()?;
         self.validate_services()
     }
