@@ -65,7 +65,7 @@ impl Ha {
                 "must be at least 1s (agents check every 250ms)".into(),
             ));
         }
-        if ha.quorum.len() < 3 || ha.quorum.len() % 2 == 0 {
+        if ha.quorum.len() < 3 || ha.quorum.len().is_multiple_of(2) {
             return Err((
                 at("quorum"),
                 format!(
