@@ -146,6 +146,11 @@ pub struct Heartbeat {
     /// the controller's confirmation that the fence holds.
     #[serde(default)]
     pub fenced: bool,
+    /// The agent's fence flag is set (it may still be stopping VMs): a
+    /// controller that does not know the fence (a lost database) adopts
+    /// it instead of lifting it.
+    #[serde(default)]
+    pub flagged: bool,
     /// The highest leader epoch the agent has seen (0: none), so a
     /// controller with a fresh database raises its own above it.
     #[serde(default)]

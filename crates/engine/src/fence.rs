@@ -34,6 +34,31 @@ use standby_agent::AgentError;
 use crate::controller::Controller;
 use crate::error::{EngineError, error_chain};
 
+/// Adopt the fence of `site` that agent `agent` reports and this
+/// controller does not know: in memory at once (so no answer lifts it),
+/// then recorded and enforced like any fence.
+pub(crate) fn adopt(ctl: &std::sync::Arc<Controller>, site: &str, agent: &str) {
+    let reason = format!(
+        "adopted from agent {agent}: its fence flag was set (a lost database, or it fenced itself)"
+    );
+    tracing::warn!(site, agent, "site fenced: {reason}");
+    ctl.fences
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(site.to_string())
+        .or_insert_with(|| FenceRecord {
+            site: site.to_string(),
+            since: Utc::now(),
+            reason: reason.clone(),
+        });
+    let (c, site) = (ctl.clone(), site.to_string());
+    ctl.tasks.spawn(async move {
+        if let Err(e) = c.fence_site(&site, &reason).await {
+            tracing::error!(site, "recording an adopted fence: {e}");
+        }
+    });
+}
+
 /// How often a start waiting for a fence to be confirmed looks again.
 const PROOF_POLL: Duration = Duration::from_millis(200);
 

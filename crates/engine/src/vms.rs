@@ -106,10 +106,75 @@ pub(crate) async fn refuse_fenced(ctl: &Controller, site: &str) -> Result<(), En
     Ok(())
 }
 
+/// Every host where `rec` may run: its active and home hosts, and every
+/// host of its home site and DR site (a restore may have put it on any of
+/// them, and a controller whose database was lost knows only its home).
+fn may_run_at<'a>(ctl: &'a Controller, rec: &'a VmRecord) -> Vec<&'a str> {
+    let mut hosts = vec![rec.active_host.as_str()];
+    let dr = ctl
+        .cfg
+        .vms
+        .get(&rec.name)
+        .and_then(|v| v.dr_site.as_deref());
+    let sites = [Some(rec.home_site.as_str()), rec.dr_site.as_deref(), dr];
+    for (name, h) in &ctl.cfg.hosts {
+        if name == &rec.home_host || sites.contains(&Some(h.site.as_str())) {
+            hosts.push(name);
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    hosts.retain(|h| seen.insert(*h));
+    hosts
+}
+
+/// Learn from the hosts where each VM runs: one found alive at a single
+/// host other than its recorded one (the database was lost, or is older
+/// than the last failover) gets that placement. In the background at
+/// start, each VM under its lock; a VM alive at two hosts is reported,
+/// not touched.
+pub(crate) async fn reconcile_placements(ctl: std::sync::Arc<Controller>) {
+    for name in ctl.cfg.vms.keys() {
+        if ctl.cancel.is_cancelled() {
+            return;
+        }
+        let _guard = ctl.lock_vm(name).await;
+        let Ok(rec) = ctl.repo.vm(name).await else {
+            continue;
+        };
+        let mut alive = Vec::new();
+        for host in may_run_at(&ctl, &rec) {
+            let Ok(agent) = ctl.agent(host) else {
+                continue;
+            };
+            if agent.status(name).await.is_ok_and(|st| st.is_alive()) {
+                alive.push(host.to_string());
+            }
+        }
+        match alive.as_slice() {
+            [one] if *one != rec.active_host => {
+                let Some(site) = ctl.cfg.site_of_host(one) else {
+                    continue;
+                };
+                tracing::warn!(vm = %name, host = %one, recorded = %rec.active_host, "placement learned from the hosts: the vm runs elsewhere than recorded");
+                if let Err(e) = ctl.repo.set_vm_placement(name, site, one).await {
+                    tracing::error!(vm = %name, "recording the learned placement: {e}");
+                }
+            }
+            [_, _, ..] => {
+                tracing::error!(vm = %name, hosts = ?alive, "the vm runs at more than one host")
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Never two copies: refuse unless `vm` is known not to run at any host
-/// other than `target` where it may run (its active and home hosts). With
+/// other than `target` where it may run ([`may_run_at`]). With
 /// `include_target`, it must not run at `target` either (a restore writes
-/// its disks). A host at a fenced site counts as not running it.
+/// its disks). At its recorded (active and home) hosts, a host at a fenced
+/// site counts as not running it once the fence is confirmed, and a host
+/// whose agent cannot say refuses the start; any other host refuses it
+/// when it answers that the VM runs there.
 pub(crate) async fn ensure_single_copy(
     ctl: &Controller,
     rec: &VmRecord,
@@ -117,18 +182,21 @@ pub(crate) async fn ensure_single_copy(
     include_target: bool,
 ) -> Result<(), EngineError> {
     let vm = &rec.name;
-    let mut hosts = vec![rec.active_host.as_str()];
-    if rec.home_host != rec.active_host {
-        hosts.push(&rec.home_host);
-    }
-    for host in hosts {
+    for host in may_run_at(ctl, rec) {
         if host == target && !include_target {
             continue;
         }
         let Some(site) = ctl.cfg.site_of_host(host) else {
             continue;
         };
+        // The recorded hosts must say; any other host of the VM's sites
+        // refuses only when it answers that the VM runs there (one whose
+        // agent is down is not waited for: see docs/ha.md).
+        let recorded = host == rec.active_host || host == rec.home_host;
         if ctl.is_fenced(site).await? {
+            if !recorded {
+                continue;
+            }
             ctl.await_fenced(site, host).await?;
             continue;
         }
@@ -146,6 +214,9 @@ pub(crate) async fn ensure_single_copy(
                 )));
             }
             Ok(_) => {}
+            Err(e) if !recorded => {
+                tracing::debug!(vm, host, "not asked whether it runs the vm: {e}");
+            }
             Err(e) => {
                 return Err(EngineError::Conflict(format!(
                     "vm {vm} may still be running at {host} (site {site}), whose agent cannot say ({}); \

@@ -274,15 +274,20 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
     let mut hellos = 0u32;
     loop {
         let (session, n) = seq.next().unzip();
-        let (fenced, epoch) = match &host {
-            Some(h) => (h.fenced_and_quiet().await, h.epochs.highest()),
-            None => (false, 0),
+        let (fenced, flagged, epoch) = match &host {
+            Some(h) => (
+                h.fenced_and_quiet().await,
+                h.is_fenced().await,
+                h.epochs.highest(),
+            ),
+            None => (false, false, 0),
         };
         let hb = Heartbeat {
             version: env!("CARGO_PKG_VERSION").into(),
             session,
             seq: n,
             fenced,
+            flagged,
             epoch,
         };
         let mut again = false;

@@ -264,7 +264,7 @@ fn sampler(
 
 #[test]
 fn ha_a_site_cut_off_from_everyone_fences_itself_before_its_copy_starts_elsewhere() {
-    let h = setup();
+    let mut h = setup();
     let lab = &h.lab;
     let pid1 = h.start();
     lab.json(&["protect", "run", "gold"]);
@@ -324,6 +324,37 @@ fn ha_a_site_cut_off_from_everyone_fences_itself_before_its_copy_starts_elsewher
     h.net.heal();
     std::thread::sleep(Duration::from_secs(2));
     assert!(!alive(pid1));
+    assert!(runs_in(&h.net.s2));
+
+    // The controller's database is lost after the failover: the new one
+    // knows only the VMs' homes (site 1) and no fence. It adopts site 1's
+    // fence from its agent, learns from the hosts that pbx1 runs at site
+    // 2, and no second copy starts.
+    h.lab.stop_server();
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(h.lab.path(&format!("controller/{f}")));
+    }
+    h.lab.start_server();
+    wait_until("site 1's fence adopted", Duration::from_secs(15), || {
+        let sites = h.lab.json(&["site", "list"]);
+        let s1 = sites
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "site1")?
+            .clone();
+        (s1["fenced"] == true).then_some(s1)
+    });
+    wait_until("pbx1's placement learned", Duration::from_secs(15), || {
+        (h.lab.json(&["vm", "status", "pbx1"])["active_site"] == "site2").then_some(())
+    });
+    let out = h.lab.run(&["vm", "start", "pbx1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!runs_in(&h.net.s1), "a second copy started at site 1");
     assert!(runs_in(&h.net.s2));
     drop(h.agents);
 }

@@ -71,6 +71,20 @@ fn replica(lab: &Lab, cfg: &std::path::Path, log: &str) -> Replica {
     Replica(child)
 }
 
+/// The host agent; dropped, it is stopped and so are the VMs it runs
+/// (they outlive their agent by design).
+struct HostAgent {
+    agent: Option<crate::agents::AgentProc>,
+    data: std::path::PathBuf,
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        drop(self.agent.take());
+        crate::harness::kill_agent_vms(&self.data);
+    }
+}
+
 fn listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
@@ -125,13 +139,16 @@ allowed_commands = ["standby-vnf"]
             ),
     )
     .unwrap();
-    let agent = crate::agents::AgentProc::start(
-        &lab.cfg,
-        "site1-agent",
-        &format!("http://127.0.0.1:{},http://127.0.0.1:{b_port}", lab.api),
-        agent_port,
-        &lab.path("site1-agent"),
-    );
+    let agent = HostAgent {
+        agent: Some(crate::agents::AgentProc::start(
+            &lab.cfg,
+            "site1-agent",
+            &format!("http://127.0.0.1:{},http://127.0.0.1:{b_port}", lab.api),
+            agent_port,
+            &lab.path("site1-agent"),
+        )),
+        data: lab.path("site1-agent"),
+    };
     wait_until("the agent to run pbx1", Duration::from_secs(30), || {
         let out = lab.run(&["--json", "vm", "start", "pbx1"]);
         out.status.success().then_some(())

@@ -34,10 +34,20 @@ pub fn heartbeat(
     let Some(agent) = ctl.cfg.agents.get(name) else {
         return Err(EngineError::not_found("agent", name));
     };
+    // The first word of an agent since this controller started: a fence
+    // flag the controller does not know of (its database was lost, or the
+    // agent fenced itself) is adopted, never lifted unseen.
+    let first_contact = !ctl
+        .watch
+        .agents
+        .lock()
+        .expect("agents lock")
+        .contains_key(name);
+    let adopt = first_contact && hb.flagged && ctl.fence_of(&agent.site).is_none();
     let reply = |session| HeartbeatReply {
         probes: probes_for(ctl, &format!("agent:{name}")),
         heartbeat: agent.heartbeat,
-        fenced: ctl.fence_of(&agent.site).is_some(),
+        fenced: adopt || ctl.fence_of(&agent.site).is_some(),
         epoch: ctl.leader.epoch(),
         session,
     };
@@ -50,6 +60,9 @@ pub fn heartbeat(
         Err(r) => return Err(refused(name, "heartbeat", r)),
     }
     ctl.leader.agent_saw(hb.epoch);
+    if adopt {
+        crate::fence::adopt(ctl, &agent.site, name);
+    }
     ctl.proofs.heard(name, hb.fenced);
     let now = Utc::now();
     let first = {
