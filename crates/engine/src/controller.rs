@@ -254,10 +254,6 @@ impl Controller {
         }
         ctl.adopt_vms().await;
         ctl.rescan().await?;
-        // Where VMs run, from the hosts themselves: in the background, so
-        // the controller can act at once (a start checks the hosts anyway).
-        ctl.tasks
-            .spawn(crate::vms::reconcile_placements(ctl.clone()));
         Ok(ctl)
     }
 

@@ -82,6 +82,9 @@ pub async fn start(ctl: &Arc<Controller>) -> Result<(), EngineError> {
             .spawn(runbooks::triggers::run_alert_triggers(ctl.clone(), settled));
     }
     watch::spawn(ctl);
+    // Where VMs run, from the hosts themselves: in the background, so the
+    // controller can act at once (a start asks the hosts anyway).
+    ctl.tasks.spawn(vms::reconcile_placements(ctl.clone()));
     ctl.tasks
         .spawn(runbooks::triggers::run_schedules(ctl.clone()));
     runbooks::resume_all(ctl).await?;
