@@ -37,13 +37,49 @@ fn builder() -> reqwest::ClientBuilder {
     b
 }
 
-impl Client {
-    pub fn new(addr: &str) -> Client {
-        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
-            addr.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{addr}")
+/// `addr` as a base URL (`http://` when it names none).
+fn base_url(addr: &str) -> String {
+    let addr = addr.trim();
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Of several controller replicas (comma-separated), the first that
+/// accepts a connection: only the leader serves. None answering: the
+/// first, whose error the call then names.
+fn leader_of(addrs: &str) -> String {
+    let bases: Vec<String> = addrs
+        .split(',')
+        .filter(|a| !a.trim().is_empty())
+        .map(base_url)
+        .collect();
+    if bases.len() < 2 {
+        return bases.into_iter().next().unwrap_or_else(|| base_url(addrs));
+    }
+    let accepts = |base: &str| {
+        let Some(authority) = base.split("://").nth(1).and_then(|r| r.split('/').next()) else {
+            return false;
         };
+        let Ok(mut addrs) = std::net::ToSocketAddrs::to_socket_addrs(authority) else {
+            return false;
+        };
+        addrs.any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
+    };
+    bases
+        .iter()
+        .find(|b| accepts(b))
+        .unwrap_or(&bases[0])
+        .clone()
+}
+
+impl Client {
+    /// A client of the controller at `addr`; of several replicas
+    /// (comma-separated), the one that serves (the leader).
+    pub fn new(addr: &str) -> Client {
+        let base = leader_of(addr);
         Client {
             base,
             http: builder()
@@ -213,5 +249,29 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn of_several_replicas_the_one_that_listens_is_taken() {
+        let serving = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let port = serving.local_addr().unwrap().port();
+        let list = format!("127.0.0.1:{closed_port}, http://127.0.0.1:{port}/");
+        assert_eq!(leader_of(&list), format!("http://127.0.0.1:{port}"));
+        assert_eq!(
+            leader_of(&format!("127.0.0.1:{closed_port}")),
+            format!("http://127.0.0.1:{closed_port}")
+        );
+        assert_eq!(
+            leader_of("https://a.example:7780"),
+            "https://a.example:7780"
+        );
     }
 }

@@ -26,7 +26,8 @@ pub struct Cli {
         default_value = "standby.toml"
     )]
     pub config: PathBuf,
-    /// Controller address (default: `controller.listen` of the config).
+    /// Controller address (default: `controller.listen` of the config);
+    /// several replicas comma-separated: the CLI talks to the one that serves.
     #[arg(long, global = true, env = "STANDBY_URL")]
     pub url: Option<String>,
     /// API token (default: `<data_dir>/admin.token` of the config, if

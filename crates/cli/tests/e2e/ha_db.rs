@@ -154,10 +154,12 @@ allowed_commands = ["standby-vnf"]
         out.status.success().then_some(())
     });
     let token = lab.token();
+    let a_port = lab.api;
     let via_b = |args: &[&str]| -> serde_json::Value {
+        // Both replicas: the CLI takes the one that serves.
         let mut all = vec![
             "--url".to_string(),
-            format!("http://127.0.0.1:{b_port}"),
+            format!("http://127.0.0.1:{a_port},http://127.0.0.1:{b_port}"),
             "--token".to_string(),
             token.clone(),
             "--json".to_string(),
