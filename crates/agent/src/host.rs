@@ -316,6 +316,7 @@ mod tests {
             driver: config::DriverKind::Process,
             disk_dir: "/disks".into(),
             netns: netns.map(String::from),
+            power_fence: Vec::new(),
         }
     }
 

@@ -59,6 +59,9 @@ pub(crate) fn adopt(ctl: &std::sync::Arc<Controller>, site: &str, agent: &str) {
     });
 }
 
+/// How long a power-fence command may take.
+const POWER_FENCE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How often a start waiting for a fence to be confirmed looks again.
 const PROOF_POLL: Duration = Duration::from_millis(200);
 
@@ -156,6 +159,32 @@ impl Controller {
         ))
     }
 
+    /// Run `host`'s power-fence command, if it has one: the program's name
+    /// on success, why not otherwise.
+    async fn power_fence(&self, host: &str, site: &str) -> Option<Result<String, String>> {
+        let (prog, args) = self.cfg.hosts.get(host)?.power_fence.split_first()?;
+        tracing::warn!(site, host, prog, "running the host's power fence");
+        let run = tokio::process::Command::new(prog)
+            .args(args)
+            .env("STANDBY_HOST", host)
+            .env("STANDBY_SITE", site)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        Some(match tokio::time::timeout(POWER_FENCE_TIMEOUT, run).await {
+            Ok(Ok(out)) if out.status.success() => Ok(prog.clone()),
+            Ok(Ok(out)) => Err(format!(
+                "{prog} exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Ok(Err(e)) => Err(format!("{prog}: {e}")),
+            Err(_) => Err(format!(
+                "{prog} did not finish within {POWER_FENCE_TIMEOUT:?}"
+            )),
+        })
+    }
+
     /// Whether the built-in site-down alert fires for `site`.
     fn site_down_firing(&self, site: &str) -> bool {
         self.watch.active_alerts().iter().any(|a| {
@@ -234,9 +263,21 @@ impl Controller {
                         AgentError::Unreachable { .. } => "unreachable".to_string(),
                         other => format!("failed ({})", error_chain(other)),
                     };
-                    let msg = format!(
+                    let mut msg = format!(
                         "pending: agent {who} {why}, it will stop its VMs when it reconnects"
                     );
+                    match self.power_fence(name, site).await {
+                        Some(Ok(prog)) => {
+                            self.proofs
+                                .confirm(name, &format!("its power fence ({prog}) succeeded"));
+                            msg.push_str("; powered off by its power fence");
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(site, host = %name, "power fence failed: {e}");
+                            msg.push_str(&format!("; its power fence failed: {e}"));
+                        }
+                        None => {}
+                    }
                     tracing::warn!(site, host = %name, "{msg}: {}", error_chain(&e));
                     for vm in placed {
                         vms.push(VmFenced {
@@ -324,6 +365,11 @@ mod tests {
     /// an agent at `agent_url` (`remote1`, VM `b`); site 2 one in-process
     /// host. VMs are real processes (`sleep`).
     async fn controller(dir: &Path, agent_url: &str) -> Arc<Controller> {
+        controller_with(dir, agent_url, "").await
+    }
+
+    /// [`controller`] with `remote1_extra` added under `[hosts.remote1]`.
+    async fn controller_with(dir: &Path, agent_url: &str, remote1_extra: &str) -> Arc<Controller> {
         let text = format!(
             r#"
 [controller]
@@ -340,6 +386,7 @@ disk_dir = "disks1"
 site = "site1"
 driver = "process"
 disk_dir = "disksr"
+{remote1_extra}
 [hosts.local2]
 site = "site2"
 driver = "process"
@@ -535,5 +582,65 @@ size = "64KiB"
             ctl.fence_site("site9", "").await,
             Err(EngineError::NotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_power_fence_that_succeeds_confirms_the_fence_and_one_that_fails_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("power.log");
+        let ok = format!(
+            "power_fence = [\"sh\", \"-c\", \"echo $STANDBY_SITE $STANDBY_HOST >> {}\"]",
+            log.display()
+        );
+        let ctl = controller_with(
+            dir.path(),
+            &format!("http://127.0.0.1:{}", closed_port()),
+            &ok,
+        )
+        .await;
+        let point = add_point(&ctl, "b").await;
+        let r = ctl.fence_site("site1", "lost").await.unwrap();
+        let host = r.hosts.iter().find(|h| h.host == "remote1").unwrap();
+        assert!(
+            host.result.contains("powered off by its power fence"),
+            "{r:?}"
+        );
+        assert_eq!(
+            host.confirmed.as_deref(),
+            Some("its power fence (sh) succeeded")
+        );
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "site1 remote1\n");
+        crate::restore::check(&ctl, &at_site2(&point))
+            .await
+            .unwrap();
+        ctl.shutdown().await;
+        drop(ctl);
+
+        let dir = tempfile::tempdir().unwrap();
+        let failing = "power_fence = [\"sh\", \"-c\", \"echo no BMC >&2; exit 3\"]";
+        let ctl = controller_with(
+            dir.path(),
+            &format!("http://127.0.0.1:{}", closed_port()),
+            failing,
+        )
+        .await;
+        let point = add_point(&ctl, "b").await;
+        let r = ctl.fence_site("site1", "lost").await.unwrap();
+        let host = r.hosts.iter().find(|h| h.host == "remote1").unwrap();
+        assert!(
+            host.result
+                .contains("its power fence failed: sh exited with exit status: 3: no BMC"),
+            "{r:?}"
+        );
+        assert_eq!(host.confirmed, None);
+        let e = crate::restore::check(&ctl, &at_site2(&point))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not known that host remote1 runs nothing"),
+            "{e}"
+        );
+        ctl.shutdown().await;
     }
 }

@@ -127,4 +127,11 @@ pub struct Host {
     /// each VM's command runs as `ip netns exec NAME <command> <args>`.
     #[serde(default)]
     pub netns: Option<String>,
+    /// A command that powers the host off for certain (an IPMI or Redfish
+    /// call, say), as the program and its arguments: run when the host's
+    /// site is fenced and its agent cannot be reached; its success
+    /// confirms the fence (see docs/fencing.md). `STANDBY_HOST` and
+    /// `STANDBY_SITE` are set in its environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub power_fence: Vec<String>,
 }

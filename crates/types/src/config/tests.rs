@@ -835,3 +835,24 @@ fn database_is_the_sqlite_file_unless_a_postgres_url_is_given() {
     assert!(err.message.contains("postgres://"), "{err}");
     assert!(!err.to_string().contains("topsecret"), "{err}");
 }
+
+#[test]
+fn a_power_fence_names_its_program_first() {
+    let base = |pf: &str| {
+        format!(
+            "[sites.s1]\n[hosts.h1]\nsite = \"s1\"\ndriver = \"process\"\ndisk_dir = \"/d\"\n{pf}\n"
+        )
+    };
+    let cfg = parse(&base(
+        "power_fence = [\"ipmitool\", \"chassis\", \"power\", \"off\"]",
+    ))
+    .unwrap();
+    assert_eq!(cfg.hosts["h1"].power_fence[0], "ipmitool");
+    let e = parse(&base("power_fence = [\"\", \"off\"]"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hosts.h1.power_fence: the first item is the program"),
+        "{e}"
+    );
+}

@@ -121,6 +121,15 @@ impl Config {
                     format!("unknown site '{}'", h.site),
                 ));
             }
+            if h.power_fence
+                .first()
+                .is_some_and(|prog| prog.trim().is_empty())
+            {
+                return Err((
+                    p(&["hosts", name, "power_fence"]),
+                    "the first item is the program to run (e.g. [\"ipmitool\", \"-H\", \"bmc1\", \"chassis\", \"power\", \"off\"])".into(),
+                ));
+            }
             if h.driver == DriverKind::Qemu && h.netns.is_some() {
                 return Err((
                     p(&["hosts", name, "netns"]),
