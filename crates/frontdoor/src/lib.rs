@@ -54,8 +54,8 @@ use tokio_util::task::TaskTracker;
 pub use dns::DnsTarget;
 pub use error::FrontDoorError;
 
-/// Where a service's traffic goes. The embedded forwarder is one target; a
-/// DNS updater (pointing a name at the active site) would be another.
+/// Where a service's traffic goes: the embedded forwarder, and for a
+/// service with a `dns_name` the DNS updater ([`dns`]).
 #[async_trait::async_trait]
 pub trait TrafficTarget: Send + Sync {
     /// For logs: `embedded` or `dns`.

@@ -18,6 +18,14 @@ impl SqlRepo {
             Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
         }
     }
+
+    /// The lease row with the database's `now_ms`.
+    fn lease_sql(&self) -> String {
+        format!(
+            "SELECT holder, url, epoch, expires_ms, {} AS now_ms FROM leader WHERE id = 1",
+            self.now_ms_sql()
+        )
+    }
 }
 
 fn lease_row(r: &AnyRow, me: &str) -> Result<Lease, DbError> {
@@ -49,12 +57,10 @@ impl LeaseRepo for SqlRepo {
         let what = format!("take the leader lease for '{holder}'");
         let mut tx = self.write_tx(&what).await?;
         let now = self.now_ms_sql();
-        let current = sqlx::query(&format!(
-            "SELECT holder, url, epoch, expires_ms, {now} AS now_ms FROM leader WHERE id = 1"
-        ))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(query(&what))?;
+        let current = sqlx::query(&self.lease_sql())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query(&what))?;
         let min_epoch = i64::try_from(min_epoch).unwrap_or(i64::MAX);
         let epoch = match &current {
             None => Some(min_epoch.max(1)),
@@ -86,12 +92,10 @@ impl LeaseRepo for SqlRepo {
             .await
             .map_err(query(&what))?;
         }
-        let r = sqlx::query(&format!(
-            "SELECT holder, url, epoch, expires_ms, {now} AS now_ms FROM leader WHERE id = 1"
-        ))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(query(&what))?;
+        let r = sqlx::query(&self.lease_sql())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(query(&what))?;
         let lease = lease_row(&r, holder)?;
         tx.commit().await.map_err(query(&what))?;
         Ok(lease)
@@ -111,15 +115,12 @@ impl LeaseRepo for SqlRepo {
     }
 
     async fn lease(&self, holder: &str) -> Result<Option<Lease>, DbError> {
-        sqlx::query(&format!(
-            "SELECT holder, url, epoch, expires_ms, {} AS now_ms FROM leader WHERE id = 1",
-            self.now_ms_sql()
-        ))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query("read the leader lease"))?
-        .map(|r| lease_row(&r, holder))
-        .transpose()
+        sqlx::query(&self.lease_sql())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query("read the leader lease"))?
+            .map(|r| lease_row(&r, holder))
+            .transpose()
     }
 }
 
