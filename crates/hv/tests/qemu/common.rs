@@ -22,14 +22,20 @@ pub fn qemu_binary() -> PathBuf {
     found.unwrap_or_else(|| panic!("qemu-system-x86_64 is not installed; run: {INSTALL}"))
 }
 
-pub async fn wait_for_socket(path: &Path) {
+/// Connects to QEMU's QMP socket once it listens: QEMU creates the file
+/// when it binds and listens a moment later, so a refused connection is
+/// retried until a deadline.
+pub async fn connect_qmp(path: &Path) -> standby_hv::qmp::Qmp {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no qmp socket at {}",
-            path.display()
-        );
+    loop {
+        match standby_hv::qmp::Qmp::connect(path, Duration::from_secs(10)).await {
+            Ok(q) => return q,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no qmp at {}: {e}",
+                path.display()
+            ),
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -4,7 +4,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use standby_hv::HvError;
-use standby_hv::qmp::Qmp;
 
 use crate::common::*;
 
@@ -27,8 +26,7 @@ async fn qmp_against_real_qemu() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_for_socket(&sock).await;
-    let qmp = Qmp::connect(&sock, Duration::from_secs(10)).await.unwrap();
+    let qmp = connect_qmp(&sock).await;
     assert!(qmp.version()["qemu"]["major"].as_u64().unwrap() >= 7);
     let mut events = qmp.events();
     // Concurrent callers on one connection.
