@@ -11,6 +11,7 @@ use standby_hv::{ProcessDriver, QemuDriver};
 use standby_store::Datastore;
 use standby_types::config::{Config, Database, DriverKind};
 use standby_types::model::PointRecord;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -51,6 +52,18 @@ impl Controller {
     /// Open the database, apply the configuration to it and set up the
     /// agents of every configured host (all local in the embedded mode).
     pub async fn open(cfg: Config) -> Result<Arc<Controller>, EngineError> {
+        let url = cfg.controller.url();
+        Controller::open_replica(cfg, &url, watch::channel(None).0).await
+    }
+
+    /// [`Controller::open`] for a replica serving at `url` that may have to
+    /// wait for the leader's lease: meanwhile `seen` tells what it reads
+    /// of the lease (its API forwards to the leader).
+    pub async fn open_replica(
+        cfg: Config,
+        url: &str,
+        seen: crate::leader::LeaderSeen,
+    ) -> Result<Arc<Controller>, EngineError> {
         std::fs::create_dir_all(&cfg.controller.data_dir).map_err(|e| {
             EngineError::Internal(format!(
                 "unable to create data directory {}: {e}",
@@ -90,8 +103,9 @@ impl Controller {
         // waits here while another holds the lease.
         let leader = Arc::new(crate::leader::Leadership::new(
             &cfg.controller.name,
-            &cfg.controller.listen,
+            url,
             single,
+            seen,
         ));
         let lease_deadline = crate::leader::take(&repo, &leader).await?;
         // A VM active on a host the configuration dropped would lose its

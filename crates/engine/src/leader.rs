@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use standby_db::LeaseRepo;
-use tokio::sync::Notify;
+use standby_db::{Lease, LeaseRepo};
+use tokio::sync::{Notify, watch};
 
 use crate::error::EngineError;
 
@@ -35,6 +35,12 @@ pub const RENEW_EVERY: Duration = Duration::from_millis(750);
 const MARGIN: Duration = Duration::from_millis(500);
 /// How often a waiting replica looks at the lease.
 const WAIT_POLL: Duration = Duration::from_millis(250);
+
+/// What a waiting replica last read of the lease: who leads, where it
+/// serves and with which epoch (none before any controller led, or
+/// while the database does not answer). A replica's API forwards to
+/// `url`.
+pub type LeaderSeen = watch::Sender<Option<Lease>>;
 
 /// This controller's leadership.
 #[derive(Debug)]
@@ -50,10 +56,12 @@ pub struct Leadership {
     floor: AtomicU64,
     wake: Notify,
     deposed: AtomicBool,
+    /// The lease as the last look at it found it.
+    seen: LeaderSeen,
 }
 
 impl Leadership {
-    pub(crate) fn new(name: &str, url: &str, single: bool) -> Leadership {
+    pub(crate) fn new(name: &str, url: &str, single: bool, seen: LeaderSeen) -> Leadership {
         Leadership {
             name: name.to_string(),
             url: url.to_string(),
@@ -62,12 +70,18 @@ impl Leadership {
             floor: AtomicU64::new(0),
             wake: Notify::new(),
             deposed: AtomicBool::new(false),
+            seen,
         }
     }
 
     /// The epoch in force.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Where this controller serves its API (the lease names it).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Whether this controller stepped down (it must stop).
@@ -111,9 +125,11 @@ pub(crate) async fn take(repo: &dyn LeaseRepo, lead: &Leadership) -> Result<Inst
             Ok(l) if l.held => {
                 lead.epoch.store(l.epoch, Ordering::SeqCst);
                 tracing::warn!(name = %lead.name, epoch = l.epoch, "leader: this controller leads");
+                lead.seen.send_replace(Some(l));
                 return Ok(sent + lead.ttl().saturating_sub(MARGIN));
             }
             Ok(l) => {
+                lead.seen.send_replace((l.remaining > Duration::ZERO).then(|| l.clone()));
                 if told.as_ref() != Some(&(l.holder.clone(), l.epoch)) {
                     tracing::warn!(
                         name = %lead.name,
@@ -128,6 +144,7 @@ pub(crate) async fn take(repo: &dyn LeaseRepo, lead: &Leadership) -> Result<Inst
             }
             Err(e) if lead.single => return Err(e.into()),
             Err(e) => {
+                lead.seen.send_replace(None);
                 tracing::warn!("replica: the database does not answer ({e}); trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -47,6 +47,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod portal;
+pub mod replica;
 pub mod runbooks;
 pub mod services;
 pub mod state;
@@ -113,8 +114,59 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
         (Some(c), Some(k)) => Some(auth::tls::server_config(c, k)?),
         _ => None,
     };
-    let ctl = Controller::open(cfg).await?;
+    // The API listens from the start: while another replica leads, this
+    // one forwards to it (`replica`), and serves its own API once it leads.
     let listener = bind(&listen).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Internal(format!("unable to read listen address: {e}")))?;
+    let url = match &cfg.controller.url {
+        Some(_) => cfg.controller.url(),
+        None => format!(
+            "{}://{addr}",
+            if tls.is_some() { "https" } else { "http" }
+        ),
+    };
+    let (seen_tx, seen_rx) = tokio::sync::watch::channel(None);
+    let front = Arc::new(replica::Front::new(&cfg, seen_rx));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let is_tls = tls.is_some();
+    let serve = {
+        let app = front.router();
+        let stop = stop.clone();
+        match tls {
+            Some(cfg) => {
+                let l = auth::tls::TlsListener::new(listener, cfg, stop.clone()).map_err(|e| {
+                    ServerError::Internal(format!("unable to read listen address: {e}"))
+                })?;
+                tokio::spawn(async move {
+                    axum::serve(l, app)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                })
+            }
+            None => tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }),
+        }
+    };
+    let ctl = match Controller::open_replica(cfg, &url, seen_tx).await {
+        Ok(ctl) => ctl,
+        Err(e) => {
+            stop.cancel();
+            let _ = serve.await;
+            return Err(e.into());
+        }
+    };
+    {
+        let (cancel, stop) = (ctl.cancel.clone(), stop.clone());
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            stop.cancel();
+        });
+    }
     let metrics_addr = match ctl.cfg.controller.metrics_listen.clone() {
         Some(m) => {
             let l = bind(&m).await?;
@@ -133,38 +185,16 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
         }
         None => None,
     };
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ServerError::Internal(format!("unable to read listen address: {e}")))?;
     let agent_addr = match ctl.cfg.controller.agent_listen.clone() {
         Some(a) => Some(agent_api::serve(ctl.clone(), &a).await?),
         None => None,
     };
     let auth = Arc::new(auth::Auth::open(&ctl.cfg, ctl.auth_repo.clone()).await?);
     standby_engine::start(&ctl).await?;
-    let app = app(AppState {
+    front.lead(app(AppState {
         engine: ctl.clone(),
         auth,
-    });
-    let cancel = ctl.cancel.clone();
-    let is_tls = tls.is_some();
-    let serve = match tls {
-        Some(cfg) => {
-            let l = auth::tls::TlsListener::new(listener, cfg, cancel.clone()).map_err(|e| {
-                ServerError::Internal(format!("unable to read listen address: {e}"))
-            })?;
-            tokio::spawn(async move {
-                axum::serve(l, app)
-                    .with_graceful_shutdown(async move { cancel.cancelled().await })
-                    .await
-            })
-        }
-        None => tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { cancel.cancelled().await })
-                .await
-        }),
-    };
+    }));
     tracing::info!(%addr, tls = is_tls, "standby controller listening");
     Ok(RunningServer {
         addr,

@@ -85,8 +85,28 @@ impl Drop for HostAgent {
     }
 }
 
-fn listening(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+/// The role a controller reports (`leader`, `replica`), and for a
+/// replica the leader it forwards to; none while it does not answer.
+fn role(port: u16) -> Option<(String, String)> {
+    let c = crate::harness::plain_client(std::time::Duration::from_secs(2));
+    crate::qemu::rt().block_on(async {
+        let v: serde_json::Value = c
+            .get(format!("http://127.0.0.1:{port}/api/v1/health"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some((
+            v["role"].as_str()?.to_string(),
+            v["leader"]["name"].as_str().unwrap_or_default().to_string(),
+        ))
+    })
+}
+
+fn leads(port: u16) -> bool {
+    role(port).is_some_and(|(r, _)| r == "leader")
 }
 
 fn signal(p: &Replica, sig: &str) {
@@ -177,16 +197,61 @@ allowed_commands = ["standby-vnf"]
         serde_json::from_slice(&out.stdout).unwrap()
     };
 
-    // The second replica waits: it does not serve while the first leads.
+    let only_b = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec![
+            "--url".to_string(),
+            format!("http://127.0.0.1:{b_port}"),
+            "--token".to_string(),
+            token.clone(),
+            "--json".to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let out = std::process::Command::new(crate::harness::STANDBY)
+            .args(&all)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // The second replica waits for the lease; meanwhile its API forwards
+    // reads and writes to the leader and says whom it follows.
     let b = replica(&lab, &cfg_b, "replica-b.log");
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(!listening(b_port), "a follower serves");
     let b_log = lab.path("replica-b.log");
     let log_b = || std::fs::read_to_string(&b_log).unwrap_or_default();
+    let follows = wait_until("replica b to answer", Duration::from_secs(20), || {
+        role(b_port).filter(|(r, l)| r == "replica" && !l.is_empty())
+    });
+    assert_eq!(follows.1, "controller", "b follows the leader by name");
     assert!(
         log_b().contains("waiting for the leader's lease"),
         "{}",
         log_b()
+    );
+    let vm = only_b(&["vm", "status", "pbx1"]);
+    assert_eq!(vm["state"], "running", "a read through b: {vm}");
+    let sil = only_b(&[
+        "alerts",
+        "silence",
+        "--match",
+        "alertname=through-b",
+        "--for",
+        "1h",
+        "--comment",
+        "written through a replica",
+    ]);
+    let silences = lab.json(&["alerts", "silences"]);
+    assert!(
+        silences
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == sil["id"] && s["comment"] == "written through a replica"),
+        "the leader has the write b forwarded: {silences}"
     );
 
     // The leader dies: the replica takes over within the lease time.
@@ -195,7 +260,7 @@ allowed_commands = ["standby-vnf"]
     wait_until(
         "replica b to lead and serve",
         Duration::from_secs(20),
-        || listening(b_port).then_some(()),
+        || leads(b_port).then_some(()),
     );
     let takeover = t0.elapsed();
     assert!(log_b().contains("this controller leads"), "{}", log_b());
@@ -226,12 +291,14 @@ allowed_commands = ["standby-vnf"]
     // The first comes back as a replica and waits; b is paused past its
     // lease: a takes over with a newer epoch, and the agent follows it.
     let a = replica(&lab, &lab.cfg, "replica-a.log");
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(!listening(lab.api), "a follower serves");
+    let follows = wait_until("replica a to answer", Duration::from_secs(20), || {
+        role(lab.api).filter(|(r, l)| r == "replica" && !l.is_empty())
+    });
+    assert_eq!(follows.1, "replica-b", "a follows b");
     signal(&b, "-STOP");
     let t1 = Instant::now();
     wait_until("replica a to take over", Duration::from_secs(20), || {
-        listening(lab.api).then_some(())
+        leads(lab.api).then_some(())
     });
     let takeover2 = t1.elapsed();
     let epoch_a = wait_until("the agent to follow a", Duration::from_secs(10), || {

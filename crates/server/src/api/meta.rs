@@ -18,12 +18,20 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(running_config))
 }
 
-/// The controller is up (no authentication).
+/// The controller is up (no authentication), with its role: `leader`
+/// here; a replica waiting for the lease answers `replica` and the leader
+/// it forwards to (`standby_server::replica`).
 #[utoipa::path(get, path = "/api/v1/health", tag = "meta",
     extensions(("x-standby-auth" = json!("none"))),
-    responses((status = 200, description = "Up; with the version", body = Object)))]
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+    responses((status = 200, description = "Up; with the version and role", body = Object)))]
+async fn health(State(ctl): Ctl) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "role": "leader",
+        "name": ctl.leader.name,
+        "epoch": ctl.leader.epoch(),
+    }))
 }
 
 /// The configuration the controller runs, as it read it at start (paths

@@ -70,6 +70,12 @@ pub struct Controller {
     /// may hold a password; the API shows it redacted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// The URL other replicas and clients reach this controller's API at
+    /// (default: `http://LISTEN`, `https://` with `tls_cert`). With
+    /// replicas, the leader's lease names it and the others forward their
+    /// requests to it: set it when `listen` is a wildcard address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// Where the controller keeps its state (`[controller] database`).
@@ -87,6 +93,17 @@ pub fn is_postgres_url(url: &str) -> bool {
 }
 
 impl Controller {
+    /// Where this controller's API is reached (`url`, or from `listen`).
+    pub fn url(&self) -> String {
+        match &self.url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => {
+                let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}", self.listen)
+            }
+        }
+    }
+
     /// The database this configuration selects (validation refuses a
     /// `database` that is not a PostgreSQL URL).
     pub fn database(&self) -> Database {
@@ -148,6 +165,7 @@ impl Default for Controller {
             name: default_name(),
             agent_listen: None,
             database: None,
+            url: None,
         }
     }
 }

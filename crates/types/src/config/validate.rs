@@ -56,6 +56,14 @@ impl Config {
                 ),
             ));
         }
+        if let Some(url) = &self.controller.url
+            && reqwest_like_url(url).is_none()
+        {
+            return Err((
+                p(&["controller", "url"]),
+                format!("'{url}' is not a URL like https://ctl1.example.net:7780"),
+            ));
+        }
         for (kind, names) in [
             ("sites", self.sites.keys().collect::<Vec<_>>()),
             ("hosts", self.hosts.keys().collect()),
@@ -491,4 +499,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `http(s)://HOST[:PORT][/]`: the host part of a controller's URL.
+fn reqwest_like_url(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let host = rest.trim_end_matches('/');
+    (!host.is_empty() && !host.contains(['/', ' ', '?', '#'])).then_some(host)
 }
