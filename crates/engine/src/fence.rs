@@ -130,6 +130,20 @@ impl Controller {
         if reported {
             return Proof::Known(format!("agent {name} reported every VM stopped"));
         }
+        // A controller that just started (a new leader) has not heard
+        // the agent yet: its first heartbeats tell whether it is fenced.
+        let beat = self
+            .cfg
+            .agents
+            .get(&name)
+            .map(|a| a.heartbeat)
+            .unwrap_or(Duration::from_secs(1));
+        let grace = beat * 3 + Duration::from_secs(1);
+        if let Some(since) = self.proofs.unheard_for(&name)
+            && since < grace
+        {
+            return Proof::At(Instant::now() + (grace - since).min(PROOF_POLL));
+        }
         let Some(ha) = &self.cfg.ha else {
             return Proof::Never(format!(
                 "agent {name} has not confirmed the fence, and self-fencing is off ([ha])"

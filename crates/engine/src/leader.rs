@@ -129,7 +129,8 @@ pub(crate) async fn take(repo: &dyn LeaseRepo, lead: &Leadership) -> Result<Inst
                 return Ok(sent + lead.ttl().saturating_sub(MARGIN));
             }
             Ok(l) => {
-                lead.seen.send_replace((l.remaining > Duration::ZERO).then(|| l.clone()));
+                lead.seen
+                    .send_replace((l.remaining > Duration::ZERO).then(|| l.clone()));
                 if told.as_ref() != Some(&(l.holder.clone(), l.epoch)) {
                     tracing::warn!(
                         name = %lead.name,

@@ -62,6 +62,14 @@ impl Proofs {
             .cloned()
     }
 
+    /// If `agent` has not been heard since this controller started: how
+    /// long ago it started (a new leader waits a few heartbeats for what
+    /// the agent reports before it calls a fence unconfirmed).
+    pub(crate) fn unheard_for(&self, agent: &str) -> Option<std::time::Duration> {
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        (!heard.contains_key(agent)).then(|| self.started.elapsed())
+    }
+
     /// When `agent` was last heard (this controller's start at the
     /// latest: an agent heard by a previous controller may have been
     /// alive until then), and whether it reported itself fenced.

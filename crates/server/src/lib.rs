@@ -122,10 +122,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
         .map_err(|e| ServerError::Internal(format!("unable to read listen address: {e}")))?;
     let url = match &cfg.controller.url {
         Some(_) => cfg.controller.url(),
-        None => format!(
-            "{}://{addr}",
-            if tls.is_some() { "https" } else { "http" }
-        ),
+        None => format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
     };
     let (seen_tx, seen_rx) = tokio::sync::watch::channel(None);
     let front = Arc::new(replica::Front::new(&cfg, seen_rx));

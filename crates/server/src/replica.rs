@@ -64,7 +64,9 @@ impl Front {
         Front {
             name: cfg.controller.name.clone(),
             seen,
-            http: b.build().expect("http client with the ring provider builds"),
+            http: b
+                .build()
+                .expect("http client with the ring provider builds"),
             app: OnceLock::new(),
         }
     }
@@ -102,7 +104,9 @@ async fn serve(State(front): State<Arc<Front>>, req: Request) -> Response {
         .into_response();
     }
     let Some(leader) = leader else {
-        return unavailable("no controller leads now (none has the lease, or the database does not answer); try again");
+        return unavailable(
+            "no controller leads now (none has the lease, or the database does not answer); try again",
+        );
     };
     if req.headers().contains_key(FORWARDED_BY) {
         return unavailable(&format!(
@@ -168,7 +172,8 @@ async fn forward(front: &Front, leader: &Lease, req: Request) -> Response {
                 .unwrap_or_else(|e| unavailable(&format!("bad answer from the leader: {e}")))
         }
         Err(e) => {
-            tracing::warn!(leader = %leader.holder, %url, "forwarding to the leader failed: {e}");
+            // Every call fails alike while a leader is lost: not a warning each.
+            tracing::debug!(leader = %leader.holder, %url, "forwarding to the leader failed: {e}");
             unavailable(&format!(
                 "the leader {} at {} does not answer ({e}); try again",
                 leader.holder, leader.url

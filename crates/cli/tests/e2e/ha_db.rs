@@ -71,6 +71,12 @@ fn replica(lab: &Lab, cfg: &std::path::Path, log: &str) -> Replica {
     Replica(child)
 }
 
+impl Replica {
+    fn exited(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_some()
+    }
+}
+
 /// The host agent; dropped, it is stopped and so are the VMs it runs
 /// (they outlive their agent by design).
 struct HostAgent {
@@ -338,4 +344,194 @@ allowed_commands = ["standby-vnf"]
     );
     drop(a);
     drop(agent);
+}
+
+/// The steps of `failover-site` at which the leader is killed: every one
+/// in turn, or the comma-separated list in `STANDBY_HA_CRASH_STEPS`.
+fn crash_steps() -> Vec<String> {
+    const ALL: [&str; 7] = [
+        "incident", "fence", "vms", "restore", "probes", "traffic", "resolve",
+    ];
+    match std::env::var("STANDBY_HA_CRASH_STEPS") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').map(|s| s.trim().into()).collect(),
+        _ => ALL.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// The leader is killed while it runs `failover-site`, at each of its
+/// steps in turn, right after the step's action returned and before its success is recorded: the waiting
+/// replica takes the lease, resumes the job and finishes it with every
+/// step done once: one incident, site 1 fenced, the VNF running once at
+/// site 2 (both hosts are agents of their own, so the copy each replica
+/// would otherwise run in-process cannot hide a double start) and the
+/// front door at site 2.
+#[test]
+fn ha_a_failover_survives_its_leader_killed_at_a_step() {
+    use std::time::{Duration, Instant};
+
+    use crate::runbooks::{step, vnf_processes, wait_job};
+    use crate::watch::wait_until;
+
+    for crash_step in crash_steps() {
+        let url = standby_testkit::postgres::database();
+        let (p1, p2, front, b_port) = (
+            crate::harness::free_port(),
+            crate::harness::free_port(),
+            crate::harness::free_port(),
+            crate::harness::free_port(),
+        );
+        let mut lab = Lab::new(LabOptions {
+            controller: format!("database = \"{url}\"\n"),
+            watch: format!(
+                r#"
+[agents.site1-agent]
+site = "site1"
+host = "site1-host1"
+url = "http://127.0.0.1:{p1}"
+heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
+
+[agents.site2-agent]
+site = "site2"
+host = "site2-host1"
+url = "http://127.0.0.1:{p2}"
+heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
+
+[services.pbx]
+vm = "pbx1"
+listen = "127.0.0.1:{front}"
+protocols = ["udp"]
+backends = {{ site1 = "{{sip}}", site2 = "{{sip}}" }}
+probe = "sip"
+"#
+            ),
+            ..Default::default()
+        });
+        let cfg_b = lab.path("standby-b.toml");
+        let text = std::fs::read_to_string(&lab.cfg).unwrap();
+        std::fs::write(
+            &cfg_b,
+            text.replacen(&format!(":{}\"", lab.api), &format!(":{b_port}\""), 1)
+                .replacen(
+                    "data_dir = \"controller\"",
+                    "data_dir = \"controller-b\"\nname = \"replica-b\"",
+                    1,
+                ),
+        )
+        .unwrap();
+        let both = format!("http://127.0.0.1:{},http://127.0.0.1:{b_port}", lab.api);
+        let agents: Vec<HostAgent> = [("site1-agent", p1), ("site2-agent", p2)]
+            .into_iter()
+            .map(|(name, port)| HostAgent {
+                agent: Some(crate::agents::AgentProc::start(
+                    &lab.cfg,
+                    name,
+                    &both,
+                    port,
+                    &lab.path(name),
+                )),
+                data: lab.path(name),
+            })
+            .collect();
+        wait_until("the agent to run pbx1", Duration::from_secs(30), || {
+            let out = lab.run(&["--json", "vm", "start", "pbx1"]);
+            out.status.success().then_some(())
+        });
+        lab.wait_sip();
+        lab.json(&["protect", "run", "gold"]);
+
+        // The leader, armed to die at the step; then the replica.
+        lab.stop_server();
+        lab.set_env(
+            "STANDBY_CRASH_AT",
+            Some(&format!("failover-site:{crash_step}:after")),
+        );
+        lab.start_server();
+        let mut b = replica(&lab, &cfg_b, "replica-b.log");
+        wait_until("replica b to follow", Duration::from_secs(20), || {
+            role(b_port).filter(|(r, l)| r == "replica" && !l.is_empty())
+        });
+        let job = lab.json(&["runbook", "run", "failover-site", "-p", "site=site1"])["job"]
+            .as_i64()
+            .unwrap();
+        let t0 = Instant::now();
+        assert!(
+            lab.wait_server_exit(Duration::from_secs(60)),
+            "the leader did not die at {crash_step}"
+        );
+        // From now on the lab's CLI talks to b (with the lab's token: the
+        // tokens live in the shared database).
+        let token = lab.token();
+        lab.set_env("STANDBY_TOKEN", Some(&token));
+        lab.cfg = cfg_b.clone();
+        lab.api = b_port;
+        let log_b = || std::fs::read_to_string(lab.path("replica-b.log")).unwrap_or_default();
+        wait_until("replica b to lead", Duration::from_secs(20), || {
+            assert!(!b.exited(), "replica b exited: {}", log_b());
+            leads(b_port).then_some(())
+        });
+        let v = wait_job(&lab, job, Duration::from_secs(90));
+        let finished = t0.elapsed();
+        assert_eq!(
+            v["job"]["status"], "succeeded",
+            "killed at {crash_step}: {v:#}"
+        );
+        for id in ["incident", "fence", "vms", "resolve"] {
+            let s = step(&v, id, -1);
+            assert_eq!(s["state"], "succeeded", "killed at {crash_step}: {id}");
+            assert_eq!(
+                s["attempt"], 1,
+                "killed at {crash_step}: {id} ran once: {v:#}"
+            );
+        }
+        for id in ["restore", "probes", "traffic"] {
+            let s = step(&v, id, 0);
+            assert_eq!(s["state"], "succeeded", "killed at {crash_step}: {id}");
+            assert_eq!(
+                s["attempt"], 1,
+                "killed at {crash_step}: {id} ran once: {v:#}"
+            );
+        }
+        let log_b = log_b();
+        assert!(
+            log_b.contains("resuming runbook job"),
+            "killed at {crash_step}: b resumed the job: {log_b}"
+        );
+        let incidents = lab.json(&["incidents", "list", "--all"]);
+        let failovers = incidents
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["title"] == "failover of site site1")
+            .count();
+        assert_eq!(failovers, 1, "killed at {crash_step}: one incident");
+        let vm = lab.json(&["vm", "status", "pbx1"]);
+        assert_eq!(
+            (vm["active_site"].as_str(), vm["state"].as_str()),
+            (Some("site2"), Some("running")),
+            "killed at {crash_step}: {vm:#}"
+        );
+        assert_eq!(
+            vnf_processes(&lab),
+            1,
+            "killed at {crash_step}: one copy of the VNF"
+        );
+        let sites = lab.json(&["site", "list"]).to_string();
+        assert!(
+            sites.contains("\"fenced\":true"),
+            "killed at {crash_step}: {sites}"
+        );
+        let svc = lab.json(&["service", "list"]);
+        assert_eq!(
+            svc[0]["active_site"], "site2",
+            "killed at {crash_step}: {svc:#}"
+        );
+        eprintln!(
+            "ha figures: leader killed after {crash_step}: the replica finished the failover {:.1}s later",
+            finished.as_secs_f64()
+        );
+        drop(b);
+        drop(agents);
+    }
 }

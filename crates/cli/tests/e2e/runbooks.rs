@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::harness::{Lab, LabOptions, STANDBY, free_port};
 
-fn wait_job(lab: &Lab, job: i64, timeout: Duration) -> Value {
+pub(crate) fn wait_job(lab: &Lab, job: i64, timeout: Duration) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
         let v = lab.json(&["runbook", "steps", &job.to_string()]);
@@ -21,7 +21,7 @@ fn wait_job(lab: &Lab, job: i64, timeout: Duration) -> Value {
     }
 }
 
-fn step<'a>(v: &'a Value, id: &str, item: i64) -> &'a Value {
+pub(crate) fn step<'a>(v: &'a Value, id: &str, item: i64) -> &'a Value {
     v["steps"]
         .as_array()
         .unwrap()
@@ -220,7 +220,7 @@ steps:
         - 'grep -qx "$STANDBY_IDEMPOTENCY_KEY" {{ params.dir }}/lines 2>/dev/null || echo "$STANDBY_IDEMPOTENCY_KEY" >> {{ params.dir }}/lines'
 "#;
 
-fn vnf_processes(lab: &Lab) -> usize {
+pub(crate) fn vnf_processes(lab: &Lab) -> usize {
     let out = std::process::Command::new("pgrep")
         .args([
             "-f",

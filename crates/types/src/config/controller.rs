@@ -98,7 +98,11 @@ impl Controller {
         match &self.url {
             Some(u) => u.trim_end_matches('/').to_string(),
             None => {
-                let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
+                let scheme = if self.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
                 format!("{scheme}://{}", self.listen)
             }
         }
