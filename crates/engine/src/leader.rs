@@ -118,10 +118,19 @@ pub(crate) async fn take(repo: &dyn LeaseRepo, lead: &Leadership) -> Result<Inst
     let mut told = None;
     loop {
         let sent = Instant::now();
-        match repo
-            .acquire_lease(&lead.name, &lead.url, lead.ttl(), 0, lead.single)
-            .await
-        {
+        let answer = tokio::time::timeout(
+            LEASE_TTL,
+            repo.acquire_lease(&lead.name, &lead.url, lead.ttl(), 0, lead.single),
+        )
+        .await
+        .map_err(|_| "the database did not answer in time".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        match answer {
+            Ok(l) if l.held && Instant::now() >= sent + lead.ttl().saturating_sub(MARGIN) => {
+                // The answer came too late to count on the lease it
+                // granted (a slow connection): ask again at once.
+                tracing::warn!(name = %lead.name, "replica: the lease came too late to count on; taking it again");
+            }
             Ok(l) if l.held => {
                 lead.epoch.store(l.epoch, Ordering::SeqCst);
                 tracing::warn!(name = %lead.name, epoch = l.epoch, "leader: this controller leads");
@@ -143,7 +152,7 @@ pub(crate) async fn take(repo: &dyn LeaseRepo, lead: &Leadership) -> Result<Inst
                 }
                 tokio::time::sleep(l.remaining.clamp(Duration::from_millis(10), WAIT_POLL)).await;
             }
-            Err(e) if lead.single => return Err(e.into()),
+            Err(e) if lead.single => return Err(EngineError::Internal(e)),
             Err(e) => {
                 lead.seen.send_replace(None);
                 tracing::warn!("replica: the database does not answer ({e}); trying again");
@@ -183,10 +192,21 @@ pub(crate) async fn renew(
         }
         let floor = lead.floor.load(Ordering::SeqCst);
         let sent = Instant::now();
-        match repo
-            .acquire_lease(&lead.name, &lead.url, lead.ttl(), floor, false)
-            .await
-        {
+        // A database that does not answer must not hold the leader past
+        // its deadline (a pool waits long for a connection).
+        let left = if lead.single {
+            Duration::from_secs(30)
+        } else {
+            deadline.saturating_duration_since(sent)
+        };
+        let renewed = tokio::time::timeout(
+            left,
+            repo.acquire_lease(&lead.name, &lead.url, lead.ttl(), floor, false),
+        )
+        .await
+        .map_err(|_| "the database did not answer in time".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        match renewed {
             Ok(l) if l.held => {
                 deadline = sent + lead.ttl().saturating_sub(MARGIN);
                 let old = lead.epoch.swap(l.epoch, Ordering::SeqCst);

@@ -18,10 +18,12 @@ pub async fn run(config: &Path) -> Result<()> {
     crate::systemd::stopping();
     if server.ctl.leader.deposed() {
         // Another replica leads: stop acting at once, come back as one.
+        // Whatever still waits (on a database that does not answer, say)
+        // gets a moment, not the usual 30 s: the process exits anyway.
         let name = server.ctl.leader.name.clone();
-        server.stop().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server.stop()).await;
         anyhow::bail!(
-            "controller {name} stepped down: another replica holds the leader lease (see the log)"
+            "controller {name} stepped down: it no longer holds the leader lease (another replica took it, or the database did not answer in time; see the log)"
         );
     }
     eprintln!("stopping: shutting down local VMs");

@@ -535,3 +535,186 @@ probe = "sip"
         drop(agents);
     }
 }
+
+/// The database is lost alone (its connections cut and refused, as when
+/// PostgreSQL stops), then the witness alone: no VM stops and nothing
+/// fails over. Without the database the leader cannot renew its lease and
+/// steps down, and the waiting replica cannot take it, so nobody acts;
+/// the host agents still reach each other, a majority of the quorum, and
+/// keep their VMs. When the database is back, the replica leads and finds
+/// the VM where it was; the witness lost leaves site 1 with itself and
+/// site 2, a majority.
+#[test]
+fn ha_losing_postgresql_or_the_witness_alone_stops_no_vm() {
+    use std::time::Duration;
+
+    use crate::ha::alive;
+    use crate::relay::Relay;
+    use crate::watch::wait_until;
+
+    const SELF_FENCE_AFTER: Duration = Duration::from_secs(3);
+    let real = standby_testkit::postgres::database();
+    // postgres://postgres@127.0.0.1:PORT/t_N, reached through a relay.
+    let (head, rest) = real.rsplit_once(':').unwrap();
+    let (pg_port, db) = rest.split_once('/').unwrap();
+    let free = crate::harness::free_port;
+    let (relay_port, p1, p2, pw, b_port) = (free(), free(), free(), free(), free());
+    let to: std::net::SocketAddr = ([127, 0, 0, 1], pg_port.parse().unwrap()).into();
+    let open_db = || Relay::start("", ([127, 0, 0, 1], relay_port).into(), to, Duration::ZERO);
+    let mut database = Some(open_db());
+    let mut lab = Lab::new(LabOptions {
+        controller: format!("database = \"{head}:{relay_port}/{db}\"\n"),
+        watch: format!(
+            r#"
+[sites.witness]
+
+[agents.site1-agent]
+site = "site1"
+host = "site1-host1"
+url = "http://127.0.0.1:{p1}"
+heartbeat = "300ms"
+allowed_commands = ["standby-vnf"]
+
+[agents.site2-agent]
+site = "site2"
+url = "http://127.0.0.1:{p2}"
+heartbeat = "300ms"
+
+[agents.witness]
+site = "witness"
+url = "http://127.0.0.1:{pw}"
+heartbeat = "300ms"
+
+[ha]
+self_fence_after = "{after}s"
+quorum = ["site1-agent", "site2-agent", "witness"]
+"#,
+            after = SELF_FENCE_AFTER.as_secs()
+        ),
+        ..Default::default()
+    });
+    let cfg_b = lab.path("standby-b.toml");
+    let text = std::fs::read_to_string(&lab.cfg).unwrap();
+    std::fs::write(
+        &cfg_b,
+        text.replacen(&format!(":{}\"", lab.api), &format!(":{b_port}\""), 1)
+            .replacen(
+                "data_dir = \"controller\"",
+                "data_dir = \"controller-b\"\nname = \"replica-b\"",
+                1,
+            ),
+    )
+    .unwrap();
+    let both = format!("http://127.0.0.1:{},http://127.0.0.1:{b_port}", lab.api);
+    let site1 = HostAgent {
+        agent: Some(crate::agents::AgentProc::start(
+            &lab.cfg,
+            "site1-agent",
+            &both,
+            p1,
+            &lab.path("site1-agent"),
+        )),
+        data: lab.path("site1-agent"),
+    };
+    let site2 = crate::agents::AgentProc::start(
+        &lab.cfg,
+        "site2-agent",
+        &both,
+        p2,
+        &lab.path("site2-agent"),
+    );
+    let witness =
+        crate::agents::AgentProc::start(&lab.cfg, "witness", &both, pw, &lab.path("witness"));
+    let started = wait_until("the agent to run pbx1", Duration::from_secs(30), || {
+        let out = lab.run(&["--json", "vm", "start", "pbx1"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
+    });
+    let pid = started["pid"].as_u64().expect("a pid");
+    let agent1 = site1.agent.as_ref().unwrap();
+    agent1.logged("self-fencing armed");
+    let mut b = replica(&lab, &cfg_b, "replica-b.log");
+    wait_until("replica b to follow", Duration::from_secs(20), || {
+        role(b_port).filter(|(r, l)| r == "replica" && !l.is_empty())
+    });
+
+    // The database is lost: the leader steps down; nobody leads.
+    database.take().unwrap().close();
+    let a_log = lab.path("server.log");
+    let log_a = || std::fs::read_to_string(&a_log).unwrap_or_default();
+    let exited = lab.wait_server_exit(Duration::from_secs(15));
+    assert!(
+        exited,
+        "the leader kept leading without its database: {}",
+        log_a()
+    );
+    let log_a = log_a();
+    assert!(log_a.contains("stepping down"), "{log_a}");
+    std::thread::sleep(SELF_FENCE_AFTER * 2);
+    assert!(
+        alive(pid),
+        "pbx1 stopped without its database:\n{}",
+        agent1.log_text()
+    );
+    assert!(
+        !agent1.log_text().contains("self-fenced"),
+        "{}",
+        agent1.log_text()
+    );
+    assert!(!b.exited(), "the replica gave up waiting");
+    assert_eq!(
+        role(b_port),
+        Some(("replica".to_string(), String::new())),
+        "no leader while the database is lost"
+    );
+
+    // The database is back: the replica leads and finds pbx1 where it was.
+    database = Some(open_db());
+    let b_log = lab.path("replica-b.log");
+    let log_b = || std::fs::read_to_string(&b_log).unwrap_or_default();
+    let t = std::time::Instant::now();
+    while !leads(b_port) {
+        assert!(!b.exited(), "replica b exited: {}", log_b());
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "replica b does not lead: {}",
+            log_b()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let token = lab.token();
+    lab.set_env("STANDBY_TOKEN", Some(&token));
+    lab.cfg = cfg_b.clone();
+    lab.api = b_port;
+    let unmoved = |lab: &Lab, when: &str| {
+        let vm = lab.json(&["vm", "status", "pbx1"]);
+        assert_eq!(
+            (vm["active_site"].as_str(), vm["state"].as_str()),
+            (Some("site1"), Some("running")),
+            "{when}: {vm:#}"
+        );
+        let sites = lab.json(&["site", "list"]).to_string();
+        assert!(!sites.contains("\"fenced\":true"), "{when}: {sites}");
+        assert!(alive(pid), "{when}: pbx1 stopped");
+    };
+    wait_until("b to hear the agent", Duration::from_secs(10), || {
+        let vm = lab.json(&["vm", "status", "pbx1"]);
+        (vm["state"] == "running").then_some(())
+    });
+    unmoved(&lab, "after the database came back");
+
+    // The witness is lost alone: site 1 still has itself and site 2.
+    drop(witness);
+    std::thread::sleep(SELF_FENCE_AFTER * 2);
+    unmoved(&lab, "without the witness");
+    assert!(
+        !agent1.log_text().contains("self-fenced"),
+        "{}",
+        agent1.log_text()
+    );
+    drop(b);
+    drop(site2);
+    drop(site1);
+    drop(database);
+}

@@ -32,18 +32,24 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Listen on `listen` inside network namespace `ns` and forward to
-    /// `to`, delaying each direction by `delay`.
+    /// Listen on `listen` inside network namespace `ns` (empty: this
+    /// process's own) and forward to `to`, delaying each direction by
+    /// `delay`.
     pub fn start(ns: &str, listen: SocketAddr, to: SocketAddr, delay: Duration) -> Relay {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = sync_channel(1);
-        let (ns, flag) = (format!("/run/netns/{ns}"), stop.clone());
+        let (ns, flag) = (
+            (!ns.is_empty()).then(|| format!("/run/netns/{ns}")),
+            stop.clone(),
+        );
         let conns = Arc::new(Mutex::new(Vec::new()));
         let open = conns.clone();
         let thread = std::thread::spawn(move || {
             // This thread, and the threads it starts, live in `ns`.
-            let f = std::fs::File::open(&ns).unwrap_or_else(|e| panic!("{ns}: {e}"));
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            if let Some(ns) = ns {
+                let f = std::fs::File::open(&ns).unwrap_or_else(|e| panic!("{ns}: {e}"));
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            }
             let l = TcpListener::bind(listen).unwrap_or_else(|e| panic!("relay {listen}: {e}"));
             l.set_nonblocking(true).unwrap();
             ready_tx.send(()).unwrap();
@@ -85,6 +91,18 @@ impl Relay {
         for c in self.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
+    }
+}
+
+impl Relay {
+    /// Stop: refuse new connections and drop every open one, as a server
+    /// that stopped does.
+    pub fn close(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.reset();
     }
 }
 
