@@ -53,7 +53,7 @@ pub(crate) fn alive(pid: u64) -> bool {
 }
 
 /// Whether a copy of pbx1 runs in namespace `ns`.
-fn runs_in(ns: &str) -> bool {
+pub(crate) fn runs_in(ns: &str) -> bool {
     let out = Command::new("ip")
         .args(["netns", "pids", ns])
         .output()
@@ -241,7 +241,7 @@ impl Ha {
 
 /// Sample both sites every 100 ms until `stop`: (since the start, site 1
 /// runs pbx1, site 2 runs pbx1).
-fn sampler(
+pub(crate) fn sampler(
     net: &NetLab,
     pid1: u64,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
