@@ -121,6 +121,19 @@ pub enum Cmd {
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
     },
+    /// Run the front door at another place (a site, the witness): forward
+    /// every service to the site the leader decided, read from the
+    /// controller replicas (--url A,B), and keep the last decision while
+    /// none answers.
+    Frontdoor {
+        /// Listen on this address instead of each service's configured
+        /// one (same ports).
+        #[arg(long)]
+        listen_host: Option<std::net::IpAddr>,
+        /// How often to read the leader's decisions.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+    },
     /// Two sites, a SIP VNF, points, a disaster and a restore: all in a
     /// temporary directory.
     Demo(commands::demo::DemoArgs),
@@ -158,7 +171,10 @@ fn real_main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STANDBY_LOG").unwrap_or_else(|_| {
-                let default = if matches!(cli.cmd, Cmd::Server | Cmd::Agent { .. }) {
+                let default = if matches!(
+                    cli.cmd,
+                    Cmd::Server | Cmd::Agent { .. } | Cmd::Frontdoor { .. }
+                ) {
                     "info"
                 } else {
                     "warn"

@@ -136,41 +136,7 @@ impl FrontDoor {
         tasks: &TaskTracker,
         cancel: &CancellationToken,
     ) -> Result<(), FrontDoorError> {
-        let mut udp = Vec::new();
-        let mut tcp = Vec::new();
-        for (name, svc) in &cfg.services {
-            let lane = self.forwarder.lane(name)?;
-            let addr = svc
-                .listen_addr()
-                .ok_or_else(|| FrontDoorError::BadListen(name.clone()))?;
-            let in_use = |proto: &'static str, source: std::io::Error| FrontDoorError::Listen {
-                service: name.clone(),
-                proto,
-                addr,
-                source,
-            };
-            if svc.protocols.contains(&Protocol::Udp) {
-                let s = tokio::net::UdpSocket::bind(addr)
-                    .await
-                    .map_err(|e| in_use("udp", e))?;
-                udp.push((lane.clone(), s));
-            }
-            if svc.protocols.contains(&Protocol::Tcp) {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| in_use("tcp", e))?;
-                tcp.push((lane.clone(), l));
-            }
-        }
-        for (lane, sock) in udp {
-            tracing::info!(service = %lane.name, addr = ?sock.local_addr().ok(), "front door forwarding udp");
-            tasks.spawn(udp::run(lane, sock, cancel.clone()));
-        }
-        for (lane, listener) in tcp {
-            tracing::info!(service = %lane.name, addr = ?listener.local_addr().ok(), "front door forwarding tcp");
-            tasks.spawn(tcp::run(lane, listener, tasks.clone(), cancel.clone()));
-        }
-        Ok(())
+        self.forwarder.start(cfg, None, tasks, cancel).await
     }
 
     /// Send `service`'s clients to `site`. Idempotent: switching to the
@@ -401,6 +367,83 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// A forwarder of its own for every configured service, each sent to
+    /// the site `sites` names: a front door at another place that follows
+    /// the leader's decisions (`standby frontdoor`).
+    pub fn following(
+        cfg: &Config,
+        sites: &BTreeMap<String, String>,
+    ) -> Result<Forwarder, FrontDoorError> {
+        let mut lanes = BTreeMap::new();
+        for (name, svc) in &cfg.services {
+            let site = sites
+                .get(name)
+                .ok_or_else(|| FrontDoorError::UnknownService(name.clone()))?;
+            let backend = svc.backend(site).ok_or_else(|| FrontDoorError::NoBackend {
+                service: name.clone(),
+                site: site.clone(),
+                backends: svc.backends.keys().cloned().collect::<Vec<_>>().join(", "),
+            })?;
+            lanes.insert(name.clone(), Arc::new(Lane::new(name, svc, site, backend)));
+        }
+        Ok(Forwarder { lanes })
+    }
+
+    /// The site `service`'s clients go to now.
+    pub fn site_of(&self, service: &str) -> Option<String> {
+        Some(self.lanes.get(service)?.route.borrow().site.clone())
+    }
+
+    /// Bind every service's listen sockets (on `host` instead of the
+    /// configured address's, if given), then forward until `cancel`.
+    /// Nothing runs unless every address could be bound.
+    pub async fn start(
+        &self,
+        cfg: &Config,
+        host: Option<std::net::IpAddr>,
+        tasks: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<(), FrontDoorError> {
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        for (name, svc) in &cfg.services {
+            let lane = self.lane(name)?;
+            let mut addr = svc
+                .listen_addr()
+                .ok_or_else(|| FrontDoorError::BadListen(name.clone()))?;
+            if let Some(h) = host {
+                addr.set_ip(h);
+            }
+            let in_use = |proto: &'static str, source: std::io::Error| FrontDoorError::Listen {
+                service: name.clone(),
+                proto,
+                addr,
+                source,
+            };
+            if svc.protocols.contains(&Protocol::Udp) {
+                let s = tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .map_err(|e| in_use("udp", e))?;
+                udp.push((lane.clone(), s));
+            }
+            if svc.protocols.contains(&Protocol::Tcp) {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| in_use("tcp", e))?;
+                tcp.push((lane.clone(), l));
+            }
+        }
+        for (lane, sock) in udp {
+            tracing::info!(service = %lane.name, addr = ?sock.local_addr().ok(), "front door forwarding udp");
+            tasks.spawn(udp::run(lane, sock, cancel.clone()));
+        }
+        for (lane, listener) in tcp {
+            tracing::info!(service = %lane.name, addr = ?listener.local_addr().ok(), "front door forwarding tcp");
+            tasks.spawn(tcp::run(lane, listener, tasks.clone(), cancel.clone()));
+        }
+        Ok(())
+    }
+
     fn lane(&self, service: &str) -> Result<&Arc<Lane>, FrontDoorError> {
         self.lanes
             .get(service)

@@ -73,17 +73,26 @@ impl Cluster {
         );
     }
 
+    /// Run `sql` in database `db`; panics with psql's output when it fails.
+    pub fn sql_in(&self, db: &str, sql: &str) {
+        let out = self.psql_in(db, sql);
+        assert!(
+            out.status.success(),
+            "psql -d {db} on 127.0.0.1:{}: {}{}",
+            self.port,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn psql(&self, sql: &str) -> Output {
+        self.psql_in("postgres", sql)
+    }
+
+    fn psql_in(&self, db: &str, sql: &str) -> Output {
         Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                SUPERUSER,
-                "-d",
-                "postgres",
-            ])
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-d", db])
             .args(["-c", sql])
             .env("PGCONNECT_TIMEOUT", "5")
             .stdin(Stdio::null())

@@ -3,6 +3,7 @@ pub mod auth;
 pub mod bench;
 pub mod configfile;
 pub mod demo;
+pub mod frontdoor;
 pub mod jobs;
 pub mod manual;
 pub mod pki;
@@ -31,15 +32,7 @@ pub struct Ctx {
 
 impl Ctx {
     fn new(cli: &Cli) -> Ctx {
-        let addr = cli.url.clone().unwrap_or_else(|| {
-            // A readable config names the controller; otherwise the default.
-            Config::load(&cli.config)
-                .map(|c| match c.controller.tls_cert {
-                    Some(_) => format!("https://{}", c.controller.listen),
-                    None => c.controller.listen,
-                })
-                .unwrap_or_else(|_| config::DEFAULT_LISTEN.to_string())
-        });
+        let addr = controller_addr(cli);
         Ctx {
             client: Client::new(&addr)
                 .with_token(auth::cli_token(cli.token.as_deref(), &cli.config)),
@@ -48,10 +41,37 @@ impl Ctx {
     }
 }
 
+/// The controller (or replicas, comma-separated) the CLI talks to:
+/// `--url`, else the config's listen address, else the default.
+fn controller_addr(cli: &Cli) -> String {
+    cli.url.clone().unwrap_or_else(|| {
+        // A readable config names the controller; otherwise the default.
+        Config::load(&cli.config)
+            .map(|c| match c.controller.tls_cert {
+                Some(_) => format!("https://{}", c.controller.listen),
+                None => c.controller.listen,
+            })
+            .unwrap_or_else(|_| config::DEFAULT_LISTEN.to_string())
+    })
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Init { force } => init(&cli, *force),
         Cmd::Server => server::run(&cli.config).await,
+        Cmd::Frontdoor {
+            listen_host,
+            interval,
+        } => {
+            frontdoor::run(
+                &cli.config,
+                &controller_addr(&cli),
+                auth::cli_token(cli.token.as_deref(), &cli.config),
+                *listen_host,
+                *interval,
+            )
+            .await
+        }
         Cmd::Demo(args) => demo::run(args, cli.json).await,
         Cmd::Bench(args) => bench::run(args, cli.json).await,
         Cmd::Api(c) => api::run(c),
@@ -113,6 +133,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
                 Cmd::Init { .. }
                 | Cmd::Server
+                | Cmd::Frontdoor { .. }
                 | Cmd::Demo(_)
                 | Cmd::Bench(_)
                 | Cmd::Api(_)

@@ -718,3 +718,96 @@ quorum = ["site1-agent", "site2-agent", "witness"]
     drop(site1);
     drop(database);
 }
+
+/// A second front door (`standby frontdoor`, here on 127.0.0.2) forwards
+/// the service where the leader decided, follows each switch within a
+/// poll or two, and keeps the last decision while no controller answers:
+/// clients behind it keep the service through the controller's loss.
+#[test]
+fn ha_a_second_front_door_follows_the_leader_and_outlives_it() {
+    use std::time::{Duration, Instant};
+
+    use crate::fencing::sip_answers;
+    use crate::watch::wait_until;
+
+    let (front, dead) = (crate::harness::free_port(), crate::harness::free_port());
+    let mut lab = Lab::new(LabOptions {
+        watch: format!(
+            r#"
+[services.pbx]
+vm = "pbx1"
+listen = "127.0.0.1:{front}"
+protocols = ["udp"]
+backends = {{ site1 = "{{sip}}", site2 = "127.0.0.1:{dead}" }}
+"#
+        ),
+        ..Default::default()
+    });
+    lab.json(&["vm", "start", "pbx1"]);
+    lab.wait_sip();
+    let log_path = lab.path("frontdoor.log");
+    let mut door = Replica(
+        std::process::Command::new(crate::harness::STANDBY)
+            .args(["--config", lab.cfg.to_str().unwrap()])
+            .args(["--token", &lab.token()])
+            .args([
+                "frontdoor",
+                "--listen-host",
+                "127.0.0.2",
+                "--interval",
+                "200ms",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("the front door starts"),
+    );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let second: std::net::SocketAddr = ([127, 0, 0, 2], front).into();
+    wait_until(
+        "the second front door to forward",
+        Duration::from_secs(20),
+        || {
+            assert!(!door.exited(), "the front door exited: {}", log());
+            sip_answers(second).then_some(())
+        },
+    );
+
+    // The leader switches the service: the second door follows.
+    let t0 = Instant::now();
+    lab.json(&["service", "switch", "pbx", "site2"]);
+    wait_until(
+        "the door to follow to site 2",
+        Duration::from_secs(10),
+        || (!sip_answers(second)).then_some(()),
+    );
+    let followed = t0.elapsed();
+    assert!(log().contains("as the leader decided"), "{}", log());
+    lab.json(&["service", "switch", "pbx", "site1"]);
+    wait_until(
+        "the door to follow back to site 1",
+        Duration::from_secs(10),
+        || sip_answers(second).then_some(()),
+    );
+
+    // The controller is lost: the door keeps forwarding where it was told.
+    lab.kill_server();
+    wait_until("the door to notice", Duration::from_secs(10), || {
+        log().contains("keeping the last decision").then_some(())
+    });
+    for _ in 0..5 {
+        assert!(sip_answers(second), "the door stopped with the controller");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.start_server();
+    wait_until("the door to follow again", Duration::from_secs(10), || {
+        log()
+            .contains("following the controller again")
+            .then_some(())
+    });
+    assert!(sip_answers(second));
+    eprintln!(
+        "ha figures: a second front door followed a switch in {:.2}s (poll 200ms)",
+        followed.as_secs_f64()
+    );
+}

@@ -363,6 +363,11 @@ datastores = [{group_datastores}]
         true
     }
 
+    /// The controller's process id, while it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL the controller (a crash, not a shutdown).
     pub fn kill_server(&mut self) {
         if let Some(mut c) = self.server.take() {

@@ -19,6 +19,7 @@ mod failover;
 mod fencing;
 mod ha;
 mod ha_db;
+mod ha_scale;
 mod ha_sites;
 mod portal;
 mod protect_restore;

@@ -1,0 +1,241 @@
+//! The control plane at scale on PostgreSQL (a benchmark, ignored in the
+//! suite; `scripts/bench-ha-scale` runs it and prints the figures):
+//! `STANDBY_SCALE_HOSTS` hosts (default 100), each with its own `standby
+//! agent` process heartbeating every second, `STANDBY_SCALE_VMS` VMs on
+//! them (default 10,000), and `STANDBY_SCALE_POINTS` points in the
+//! catalog (default 1,000,000, written straight into the database: what
+//! months of points every 5 minutes leave). Measured: the leader's CPU
+//! while it serves the agents and the API load, the API's latency at a
+//! fixed request rate (`STANDBY_SCALE_RPS`, default 500) over 20 s, and
+//! how long a waiting replica takes, after the leader is killed, to lead
+//! and answer.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Lab, LabOptions, free_port};
+use crate::watch::wait_until;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 (11 and 12 after the state).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn pct(sorted: &[Duration], p: usize) -> Duration {
+    let k = (sorted.len() * p).div_ceil(100).max(1) - 1;
+    sorted[k.min(sorted.len() - 1)]
+}
+
+#[test]
+#[ignore = "a benchmark: scripts/bench-ha-scale prints its figures"]
+fn ha_scale_figures() {
+    let hosts = env_or("STANDBY_SCALE_HOSTS", 100);
+    let vms = env_or("STANDBY_SCALE_VMS", 10_000);
+    let points = env_or("STANDBY_SCALE_POINTS", 1_000_000);
+    let rps = env_or("STANDBY_SCALE_RPS", 500);
+    let url = standby_testkit::postgres::database();
+    let db = url.rsplit_once('/').unwrap().1.to_string();
+    let ports: Vec<u16> = (0..hosts).map(|_| free_port()).collect();
+    let mut extra = String::new();
+    for (h, port) in ports.iter().enumerate() {
+        let site = if h.is_multiple_of(2) { "site1" } else { "site2" };
+        extra.push_str(&format!(
+            "\n[hosts.host-{h}]\nsite = \"{site}\"\ndriver = \"process\"\ndisk_dir = \"disks/host-{h}\"\n\
+             \n[agents.agent-{h}]\nsite = \"{site}\"\nhost = \"host-{h}\"\nurl = \"http://127.0.0.1:{port}\"\n\
+             heartbeat = \"1s\"\nallowed_commands = [\"sleep\"]\n"
+        ));
+    }
+    for v in 0..vms {
+        let h = v % hosts;
+        let dr = if h.is_multiple_of(2) { "site2" } else { "site1" };
+        extra.push_str(&format!(
+            "\n[vms.vm-{v}]\nhost = \"host-{h}\"\ndr_site = \"{dr}\"\ncommand = \"sleep\"\nargs = [\"3600\"]\n"
+        ));
+    }
+    let b_port = free_port();
+    let t = Instant::now();
+    let mut lab = Lab::new(LabOptions {
+        controller: format!("database = \"{url}\"\n"),
+        watch: extra,
+        ..Default::default()
+    });
+    let first_start = t.elapsed();
+
+    // The catalog: `points` points over the VMs, one copy each.
+    let cluster = standby_testkit::postgres::cluster();
+    let t = Instant::now();
+    cluster.sql_in(
+        &db,
+        &format!(
+            "INSERT INTO points (id, vm, group_name, site, time, consistency, size, bytes_read, bytes_new) \
+             SELECT 'vm-' || (g % {vms}) || '@' || t, 'vm-' || (g % {vms}), NULL, \
+                    CASE WHEN (g % {vms}) % {hosts} % 2 = 0 THEN 'site1' ELSE 'site2' END, t, 'crash', \
+                    1048576, 1048576, 65536 \
+             FROM (SELECT g, to_char(timestamp '2026-01-01' + g * interval '300 milliseconds', \
+                   'YYYY-MM-DD\"T\"HH24:MI:SS.MS') || '000000Z' AS t \
+                   FROM generate_series(1, {points}) g) s; \
+             INSERT INTO point_copies (point_id, datastore, position) \
+             SELECT id, CASE WHEN site = 'site1' THEN 'site1-store' ELSE 'site2-store' END, 0 FROM points; \
+             ANALYZE;"
+        ),
+    );
+    let catalogued = t.elapsed();
+
+    // Every host's agent, heartbeating to both replicas' addresses.
+    let both = format!("http://127.0.0.1:{},http://127.0.0.1:{b_port}", lab.api);
+    let t = Instant::now();
+    let agents: Vec<crate::agents::AgentProc> = ports
+        .iter()
+        .enumerate()
+        .map(|(h, port)| {
+            crate::agents::AgentProc::start(
+                &lab.cfg,
+                &format!("agent-{h}"),
+                &both,
+                *port,
+                &lab.path(&format!("agent-{h}")),
+            )
+        })
+        .collect();
+    let agents_up = t.elapsed();
+    lab.stop_server();
+    lab.start_server();
+    let leader = lab.server_pid().expect("the leader runs");
+    std::thread::sleep(Duration::from_secs(5));
+
+    // The API at `rps` requests a second for 20 s: a VM's status, its
+    // points, the list of VMs' protection, in turn.
+    let token = lab.token();
+    let base = format!("http://127.0.0.1:{}", lab.api);
+    let cpu0 = cpu_seconds(leader);
+    let t0 = Instant::now();
+    let latencies = crate::qemu::rt().block_on(async {
+        let client = crate::harness::plain_client(Duration::from_secs(10));
+        let total = rps * 20;
+        let mut tasks = tokio::task::JoinSet::new();
+        let start = tokio::time::Instant::now();
+        for i in 0..total {
+            let at = start + Duration::from_secs_f64(i as f64 / rps as f64);
+            let (client, token, base) = (client.clone(), token.clone(), base.clone());
+            let vm = format!("vm-{}", (i * 7919) % vms);
+            tasks.spawn(async move {
+                tokio::time::sleep_until(at).await;
+                let path = match i % 3 {
+                    0 => format!("/api/v1/vms/{vm}"),
+                    1 => format!("/api/v1/points?vm={vm}&limit=20"),
+                    _ => "/api/v1/sites".to_string(),
+                };
+                let sent = tokio::time::Instant::now();
+                let ok = client
+                    .get(format!("{base}{path}"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                (sent.elapsed(), ok, path)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            out.push(r.unwrap());
+        }
+        out
+    });
+    let busy = t0.elapsed();
+    let cpu = (cpu_seconds(leader) - cpu0) / busy.as_secs_f64();
+    let failed: Vec<&String> = latencies
+        .iter()
+        .filter(|(_, ok, _)| !ok)
+        .map(|(_, _, p)| p)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failed.len(),
+        latencies.len(),
+        failed.first()
+    );
+    let mut lat: Vec<Duration> = latencies.iter().map(|(d, ..)| *d).collect();
+    lat.sort();
+
+    // A replica waits; the leader is killed; how long until the replica
+    // leads and answers a VM's status.
+    let text = std::fs::read_to_string(&lab.cfg).unwrap();
+    let cfg_b = lab.path("standby-b.toml");
+    std::fs::write(
+        &cfg_b,
+        text.replacen(&format!(":{}\"", lab.api), &format!(":{b_port}\""), 1)
+            .replacen(
+                "data_dir = \"controller\"",
+                "data_dir = \"controller-b\"\nname = \"replica-b\"",
+                1,
+            ),
+    )
+    .unwrap();
+    let b_log = std::fs::File::create(lab.path("replica-b.log")).unwrap();
+    let mut b = std::process::Command::new(crate::harness::STANDBY)
+        .args(["--config", cfg_b.to_str().unwrap(), "server"])
+        .stdout(std::process::Stdio::null())
+        .stderr(b_log)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let killed = Instant::now();
+    lab.kill_server();
+    let client = crate::harness::plain_client(Duration::from_secs(5));
+    wait_until(
+        "the replica to lead and answer",
+        Duration::from_secs(120),
+        || {
+            crate::qemu::rt().block_on(async {
+                let r = client
+                    .get(format!("http://127.0.0.1:{b_port}/api/v1/vms/vm-1"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .ok()?;
+                let v: serde_json::Value = r.json().await.ok()?;
+                (v["name"] == "vm-1").then_some(())
+            })
+        },
+    );
+    let takeover = killed.elapsed();
+    let _ = b.kill();
+    let _ = b.wait();
+    drop(agents);
+    eprintln!(
+        "ha scale figures: {hosts} agents, {vms} VMs, {points} points; first start {:.1}s, \
+         catalog written in {:.1}s, agents up in {:.1}s; API at {rps} req/s for {:.1}s: \
+         p50 {:.1}ms p95 {:.1}ms p99 {:.1}ms max {:.1}ms; leader CPU {:.0}% of a core; \
+         a new leader answered {:.2}s after the old one was killed",
+        first_start.as_secs_f64(),
+        catalogued.as_secs_f64(),
+        agents_up.as_secs_f64(),
+        busy.as_secs_f64(),
+        pct(&lat, 50).as_secs_f64() * 1e3,
+        pct(&lat, 95).as_secs_f64() * 1e3,
+        pct(&lat, 99).as_secs_f64() * 1e3,
+        lat.last().unwrap().as_secs_f64() * 1e3,
+        cpu * 100.0,
+        takeover.as_secs_f64()
+    );
+}
