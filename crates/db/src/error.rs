@@ -44,6 +44,12 @@ pub enum DbError {
     #[error("host '{host}' is not at site '{site}'")]
     HostNotAtSite { host: String, site: String },
 
+    /// A write of a controller that no longer holds the leader lease
+    /// (another replica took it, or it lapsed): refused, so a deposed
+    /// leader changes nothing.
+    #[error("unable to {what}: controller {holder} no longer holds the leader lease")]
+    NotLeader { holder: String, what: String },
+
     /// A value could not be stored or a stored value could not be read
     /// back (a size beyond i64, a malformed timestamp).
     #[error("bad value for {what}: {message}")]

@@ -56,7 +56,11 @@ fn ha_scale_figures() {
     let ports: Vec<u16> = (0..hosts).map(|_| free_port()).collect();
     let mut extra = String::new();
     for (h, port) in ports.iter().enumerate() {
-        let site = if h.is_multiple_of(2) { "site1" } else { "site2" };
+        let site = if h.is_multiple_of(2) {
+            "site1"
+        } else {
+            "site2"
+        };
         extra.push_str(&format!(
             "\n[hosts.host-{h}]\nsite = \"{site}\"\ndriver = \"process\"\ndisk_dir = \"disks/host-{h}\"\n\
              \n[agents.agent-{h}]\nsite = \"{site}\"\nhost = \"host-{h}\"\nurl = \"http://127.0.0.1:{port}\"\n\
@@ -65,7 +69,11 @@ fn ha_scale_figures() {
     }
     for v in 0..vms {
         let h = v % hosts;
-        let dr = if h.is_multiple_of(2) { "site2" } else { "site1" };
+        let dr = if h.is_multiple_of(2) {
+            "site2"
+        } else {
+            "site1"
+        };
         extra.push_str(&format!(
             "\n[vms.vm-{v}]\nhost = \"host-{h}\"\ndr_site = \"{dr}\"\ncommand = \"sleep\"\nargs = [\"3600\"]\n"
         ));
@@ -75,6 +83,12 @@ fn ha_scale_figures() {
     let mut lab = Lab::new(LabOptions {
         controller: format!("database = \"{url}\"\n"),
         watch: extra,
+        // Served by the sites' agents: a controller start reads no
+        // manifest, the catalog is the database's.
+        stores: [
+            "agent = \"agent-0\"".to_string(),
+            "agent = \"agent-1\"".to_string(),
+        ],
         ..Default::default()
     });
     let first_start = t.elapsed();
@@ -144,14 +158,21 @@ fn ha_scale_figures() {
                     _ => "/api/v1/sites".to_string(),
                 };
                 let sent = tokio::time::Instant::now();
-                let ok = client
+                let answer = client
                     .get(format!("{base}{path}"))
                     .bearer_auth(token)
                     .send()
-                    .await
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false);
-                (sent.elapsed(), ok, path)
+                    .await;
+                let took = sent.elapsed();
+                match answer {
+                    Ok(r) if r.status().is_success() => (took, true, path),
+                    Ok(r) => (took, false, format!("{path}: {}", r.status())),
+                    Err(e) => (
+                        took,
+                        false,
+                        format!("{path} after {took:?}: {:?}", std::error::Error::source(&e)),
+                    ),
+                }
             });
         }
         let mut out = Vec::new();
@@ -169,10 +190,17 @@ fn ha_scale_figures() {
         .collect();
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed, e.g. {:?}",
+        "{} of {} requests failed, e.g. {:?}; the leader's log ends: {}",
         failed.len(),
         latencies.len(),
-        failed.first()
+        failed.first(),
+        std::fs::read_to_string(lab.path("server.log"))
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let mut lat: Vec<Duration> = latencies.iter().map(|(d, ..)| *d).collect();
     lat.sort();

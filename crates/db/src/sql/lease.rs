@@ -12,7 +12,7 @@ use crate::{DbError, Lease, LeaseRepo};
 
 impl SqlRepo {
     /// The database's clock, in milliseconds since the Unix epoch.
-    fn now_ms_sql(&self) -> &'static str {
+    pub(super) fn now_ms_sql(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS BIGINT)",
             Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
@@ -55,7 +55,7 @@ impl LeaseRepo for SqlRepo {
         take_over: bool,
     ) -> Result<Lease, DbError> {
         let what = format!("take the leader lease for '{holder}'");
-        let mut tx = self.write_tx(&what).await?;
+        let mut tx = self.begin_write(&self.lease_pool, &what, false).await?;
         let now = self.now_ms_sql();
         let current = sqlx::query(&self.lease_sql())
             .fetch_optional(&mut *tx)
@@ -98,6 +98,9 @@ impl LeaseRepo for SqlRepo {
             .map_err(query(&what))?;
         let lease = lease_row(&r, holder)?;
         tx.commit().await.map_err(query(&what))?;
+        if lease.held {
+            self.lead_writes(holder);
+        }
         Ok(lease)
     }
 
@@ -108,7 +111,7 @@ impl LeaseRepo for SqlRepo {
             self.now_ms_sql()
         ))
         .bind(holder)
-        .execute(&self.pool)
+        .execute(&self.lease_pool)
         .await
         .map_err(query(&what))?;
         Ok(())
@@ -116,7 +119,7 @@ impl LeaseRepo for SqlRepo {
 
     async fn lease(&self, holder: &str) -> Result<Option<Lease>, DbError> {
         sqlx::query(&self.lease_sql())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.lease_pool)
             .await
             .map_err(query("read the leader lease"))?
             .map(|r| lease_row(&r, holder))

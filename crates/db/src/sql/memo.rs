@@ -1,5 +1,6 @@
 //! [`Memo`]: whole-table reads kept until the next write that can change
-//! them, on SQLite; on PostgreSQL every read goes to the database.
+//! them: on SQLite always, on PostgreSQL once this process leads (the
+//! lease makes it the database's only writer, see `SqlRepo`).
 
 use crate::DbError;
 
@@ -11,11 +12,12 @@ use crate::DbError;
 /// read takes the generation before it queries, so a result that raced a
 /// write is stored under the old generation and never served again.
 ///
-/// That holds for a SQLite file only. A PostgreSQL database is shared by
-/// controller replicas, whose writes this process never sees: there a
-/// memo is disabled and every read loads.
+/// On a PostgreSQL database shared by controller replicas, that holds
+/// once this process holds the leader lease: every write transaction then
+/// checks the lease first, so no other replica writes and a deposed one
+/// cannot. Until then a memo is disabled and every read loads.
 pub(super) struct Memo<T> {
-    enabled: bool,
+    enabled: std::sync::atomic::AtomicBool,
     generation: std::sync::atomic::AtomicU64,
     value: std::sync::Mutex<Option<(u64, std::sync::Arc<T>)>>,
 }
@@ -25,7 +27,7 @@ impl<T> Memo<T> {
     /// on every read.
     pub(super) fn new(enabled: bool) -> Self {
         Memo {
-            enabled,
+            enabled: std::sync::atomic::AtomicBool::new(enabled),
             generation: Default::default(),
             value: Default::default(),
         }
@@ -37,7 +39,7 @@ impl<T> Memo<T> {
         Fut: std::future::Future<Output = Result<T, DbError>>,
     {
         use std::sync::atomic::Ordering;
-        if !self.enabled {
+        if !self.enabled.load(Ordering::Acquire) {
             return Ok(std::sync::Arc::new(load().await?));
         }
         let generation = self.generation.load(Ordering::Acquire);
@@ -53,6 +55,12 @@ impl<T> Memo<T> {
         let v = std::sync::Arc::new(load().await?);
         *self.value.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, v.clone()));
         Ok(v)
+    }
+
+    /// Keep values from now on (this process became the only writer).
+    pub(super) fn enable(&self) {
+        self.enabled
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// After a committed write that may change the value.

@@ -7,7 +7,8 @@
 //! - `repo`: the [`Repo`] trait (inventory reads, placements, groups, the
 //!   catalog, jobs, fences), with `inventory` (applying the configuration,
 //!   group reads) and `catalog` (point queries, aggregates, copy rows);
-//! - `memo`: whole-table reads kept until the next write (SQLite only);
+//! - `memo`: whole-table reads kept until the next write (SQLite, and
+//!   PostgreSQL while this process leads);
 //! - `rows`: row and value helpers every repository shares, and the few
 //!   spellings that differ between the backends;
 //! - `watch`, `services`, `auth`, `runbook`: [`crate::WatchRepo`],
@@ -26,7 +27,13 @@
 //!   single writer serialises them, across processes too. Read committed
 //!   (the default): each statement after the lock sees what the previous
 //!   holder committed. A lock wait gives up after 5 s, as SQLite's busy
-//!   timeout does. Memos are off: other replicas write the same database.
+//!   timeout does. Replicas share the database, but only the holder of
+//!   the leader lease writes: once this process takes it
+//!   ([`crate::LeaseRepo::acquire_lease`]), every write transaction checks,
+//!   under the lock, that it still holds the lease (a deposed leader's
+//!   write fails with [`DbError::NotLeader`]), and the memos are on. The
+//!   lease is read and renewed on a connection pool of its own, so a busy
+//!   API cannot starve the renewal.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -94,6 +101,12 @@ pub struct SqlRepo {
     /// Match counts of point queries by filter (a count scans an index):
     /// a fresh map per catalog generation, filled as filters are asked.
     counts_memo: Memo<std::sync::Mutex<HashMap<String, u64>>>,
+    /// Where the lease is taken and renewed: on PostgreSQL a pool of its
+    /// own; on SQLite the one pool.
+    lease_pool: AnyPool,
+    /// PostgreSQL: the lease holder this process writes as, once it has
+    /// taken the lease; every write transaction checks it still holds it.
+    writer: std::sync::Mutex<Option<String>>,
 }
 
 impl SqlRepo {
@@ -164,7 +177,14 @@ impl SqlRepo {
             .connect(url)
             .await
             .map_err(connect_err)?;
-        Self::migrated(pool, Backend::Postgres).await
+        let lease_pool = Self::pool_options(Backend::Postgres)
+            .max_connections(2)
+            .connect(url)
+            .await
+            .map_err(connect_err)?;
+        let mut repo = Self::migrated(pool, Backend::Postgres).await?;
+        repo.lease_pool = lease_pool;
+        Ok(repo)
     }
 
     /// Which database this is.
@@ -202,9 +222,11 @@ impl SqlRepo {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
         };
         migrator.run(&pool).await.map_err(DbError::Migrate)?;
-        // Another replica may write a PostgreSQL database at any time.
+        // On PostgreSQL, memos wait until this process leads.
         let memo = backend == Backend::Sqlite;
         Ok(SqlRepo {
+            lease_pool: pool.clone(),
+            writer: std::sync::Mutex::new(None),
             pool,
             backend,
             vms_memo: Memo::new(memo),
@@ -219,21 +241,69 @@ impl SqlRepo {
     /// start, so a read-then-write transaction waits (up to the busy
     /// timeout) for another writer instead of failing or interleaving.
     async fn write_tx(&self, what: &str) -> Result<sqlx::Transaction<'static, sqlx::Any>, DbError> {
+        self.begin_write(&self.pool, what, true).await
+    }
+
+    /// A write transaction on `pool`; on PostgreSQL, with `fenced` and once
+    /// this process has taken the lease, refused unless it still holds it.
+    async fn begin_write(
+        &self,
+        pool: &AnyPool,
+        what: &str,
+        fenced: bool,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, DbError> {
         match self.backend {
-            Backend::Sqlite => self
-                .pool
+            Backend::Sqlite => pool
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(query(what)),
             Backend::Postgres => {
-                let mut tx = self.pool.begin().await.map_err(query(what))?;
+                let mut tx = pool.begin().await.map_err(query(what))?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(WRITE_LOCK)
                     .execute(&mut *tx)
                     .await
                     .map_err(query(what))?;
+                let writer = self
+                    .writer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(holder) = writer.filter(|_| fenced) {
+                    let holds = sqlx::query(&format!(
+                        "SELECT holder FROM leader WHERE id = 1 AND holder = $1 AND expires_ms > {}",
+                        self.now_ms_sql()
+                    ))
+                    .bind(&holder)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query(what))?;
+                    if holds.is_none() {
+                        return Err(DbError::NotLeader {
+                            holder,
+                            what: what.to_string(),
+                        });
+                    }
+                }
                 Ok(tx)
             }
+        }
+    }
+
+    /// This process took the lease as `holder`: on PostgreSQL its writes
+    /// are checked against the lease from now on, and its memos are on.
+    fn lead_writes(&self, holder: &str) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if w.as_deref() != Some(holder) {
+            *w = Some(holder.to_string());
+            self.vms_memo.enable();
+            self.summary_memo.enable();
+            self.copies_memo.enable();
+            self.latest_memo.enable();
+            self.counts_memo.enable();
         }
     }
 }

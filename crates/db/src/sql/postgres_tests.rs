@@ -123,3 +123,49 @@ async fn a_connection_error_hides_the_password() {
         .unwrap();
     assert!(!err.to_string().contains("s3cret"), "{err}");
 }
+
+/// Once a replica takes the lease, its writes are checked against it:
+/// after another replica takes it over, the deposed one's write is
+/// refused and changes nothing, and the new leader's memos (on now that it
+/// is the only writer) see what it writes.
+#[tokio::test]
+async fn a_deposed_leader_cannot_write() {
+    use crate::LeaseRepo;
+    use std::time::Duration;
+
+    let (a, b) = replicas().await;
+    let lease = a
+        .acquire_lease("a", "http://a", Duration::from_millis(300), 0, false)
+        .await
+        .unwrap();
+    assert!(lease.held);
+    a.set_vm_placement("pbx1", "site2", "site2-host1")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let lease = b
+        .acquire_lease("b", "http://b", Duration::from_secs(30), 0, false)
+        .await
+        .unwrap();
+    assert!(lease.held);
+    assert_eq!(b.vm("pbx1").await.unwrap().active_site, "site2");
+    let err = a
+        .set_vm_placement("pbx1", "site1", "site1-host1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DbError::NotLeader { .. }), "{err}");
+    assert!(
+        err.to_string().contains("no longer holds the leader lease"),
+        "{err}"
+    );
+    let err = a.insert_point(&point("pbx1", 7, &[])).await.unwrap_err();
+    assert!(matches!(err, DbError::NotLeader { .. }), "{err}");
+    assert_eq!(b.vm("pbx1").await.unwrap().active_site, "site2");
+    assert!(b.point_summary().await.unwrap().is_empty());
+    b.set_vm_placement("pbx1", "site1", "site1-host1")
+        .await
+        .unwrap();
+    b.insert_point(&point("pbx1", 8, &[])).await.unwrap();
+    assert_eq!(b.vm("pbx1").await.unwrap().active_site, "site1");
+    assert_eq!(b.point_summary().await.unwrap()[0].count, 1);
+}
