@@ -35,7 +35,6 @@ pub struct Controller {
     pub(crate) proofs: crate::proofs::Proofs,
     /// The leader lease and its epoch (see [`crate::leader`]).
     pub leader: Arc<crate::leader::Leadership>,
-    lease_repo: Arc<dyn standby_db::LeaseRepo>,
     /// Probes, rules, alerts, incidents and notifications.
     pub watch: crate::watch::state::Watch,
     /// The front door: where each service's clients are sent.
@@ -99,6 +98,7 @@ impl Controller {
             Database::Sqlite(path) => (SqlRepo::open(&path).await?, true),
             Database::Postgres(url) => (SqlRepo::connect(&url).await?, false),
         };
+        let repo = Arc::new(repo);
         // Nothing is written before this controller leads: a replica
         // waits here while another holds the lease.
         let leader = Arc::new(crate::leader::Leadership::new(
@@ -107,7 +107,17 @@ impl Controller {
             single,
             seen,
         ));
-        let lease_deadline = crate::leader::take(&repo, &leader).await?;
+        let lease_deadline = crate::leader::take(&*repo, &leader).await?;
+        // Renew from now on: opening a large inventory takes longer than
+        // the lease. Should the opening fail, the renewal stops with it.
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let renewing = cancel.clone().drop_guard();
+        tasks.spawn(crate::leader::renew(
+            repo.clone(),
+            leader.clone(),
+            lease_deadline,
+            cancel.clone(),
+        ));
         // A VM active on a host the configuration dropped would lose its
         // agent (and its pid files): refuse rather than move it home and
         // risk a second copy.
@@ -217,7 +227,6 @@ impl Controller {
             .into_iter()
             .map(|f| (f.site.clone(), f))
             .collect();
-        let repo = Arc::new(repo);
         let watch = crate::watch::state::Watch::open(&cfg, repo.clone()).await?;
         let frontdoor = standby_frontdoor::FrontDoor::open(&cfg, repo.clone()).await?;
         // Runbook jobs are not failed above: they resume once the
@@ -226,7 +235,6 @@ impl Controller {
         let ctl = Arc::new(Controller {
             cfg,
             auth_repo: repo.clone(),
-            lease_repo: repo.clone(),
             repo,
             watch,
             frontdoor,
@@ -238,16 +246,10 @@ impl Controller {
             fences: Mutex::new(fences),
             proofs: crate::proofs::Proofs::default(),
             leader,
-            tasks: TaskTracker::new(),
-            cancel: CancellationToken::new(),
+            tasks,
+            cancel,
             _data_lock: data_lock,
         });
-        ctl.tasks.spawn(crate::leader::renew(
-            ctl.lease_repo.clone(),
-            ctl.leader.clone(),
-            lease_deadline,
-            ctl.cancel.clone(),
-        ));
         // Datastores that do not exist yet are created now; later a missing
         // or empty one is an error (an unmounted mount point must not be
         // mistaken for a new, empty store). A store an agent serves is
@@ -268,6 +270,7 @@ impl Controller {
         }
         ctl.adopt_vms().await;
         ctl.rescan().await?;
+        renewing.disarm();
         Ok(ctl)
     }
 

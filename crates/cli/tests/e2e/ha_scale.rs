@@ -188,6 +188,11 @@ fn ha_scale_figures() {
         .filter(|(_, ok, _)| !ok)
         .map(|(_, _, p)| p)
         .collect();
+    // The leader's log, kept for a look after the run.
+    let _ = std::fs::copy(
+        lab.path("server.log"),
+        std::env::temp_dir().join("standby-scale-leader.log"),
+    );
     assert!(
         failed.is_empty(),
         "{} of {} requests failed, e.g. {:?}; the leader's log ends: {}",

@@ -55,9 +55,20 @@ impl LeaseRepo for SqlRepo {
         take_over: bool,
     ) -> Result<Lease, DbError> {
         let what = format!("take the leader lease for '{holder}'");
-        let mut tx = self.begin_write(&self.lease_pool, &what, false).await?;
+        // SQLite: the write lock. PostgreSQL: the lease row's own lock, not
+        // the writers' advisory lock, so a queue of writers cannot hold up
+        // the renewal; a fenced write holds the row FOR SHARE meanwhile, so
+        // a takeover waits for the writes the old holder has under way.
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.begin_write(&self.lease_pool, &what, false).await?,
+            Backend::Postgres => self.lease_pool.begin().await.map_err(query(&what))?,
+        };
         let now = self.now_ms_sql();
-        let current = sqlx::query(&self.lease_sql())
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        };
+        let current = sqlx::query(&format!("{}{lock}", self.lease_sql()))
             .fetch_optional(&mut *tx)
             .await
             .map_err(query(&what))?;

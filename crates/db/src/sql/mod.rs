@@ -31,9 +31,12 @@
 //!   the leader lease writes: once this process takes it
 //!   ([`crate::LeaseRepo::acquire_lease`]), every write transaction checks,
 //!   under the lock, that it still holds the lease (a deposed leader's
-//!   write fails with [`DbError::NotLeader`]), and the memos are on. The
-//!   lease is read and renewed on a connection pool of its own, so a busy
-//!   API cannot starve the renewal.
+//!   write fails with [`DbError::NotLeader`]) and holds the lease row
+//!   `FOR SHARE` until it commits, and the memos are on. The lease is
+//!   taken and renewed on a connection pool of its own, under the lease
+//!   row's lock (`FOR UPDATE`) rather than the writers' advisory lock, so
+//!   neither a busy API nor a queue of writers holds up the renewal, and
+//!   a takeover waits for the old holder's writes under way.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -271,7 +274,8 @@ impl SqlRepo {
                     .clone();
                 if let Some(holder) = writer.filter(|_| fenced) {
                     let holds = sqlx::query(&format!(
-                        "SELECT holder FROM leader WHERE id = 1 AND holder = $1 AND expires_ms > {}",
+                        "SELECT holder FROM leader WHERE id = 1 AND holder = $1 AND expires_ms > {} \
+                         FOR SHARE",
                         self.now_ms_sql()
                     ))
                     .bind(&holder)
