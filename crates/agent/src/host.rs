@@ -217,6 +217,11 @@ impl Agent {
         self.exec.status(vm).await
     }
 
+    /// Which of `vms` run on this host (one call to a remote agent).
+    pub async fn running(&self, vms: &[String]) -> Result<Vec<String>, AgentError> {
+        self.exec.running(vms).await
+    }
+
     pub async fn start(&self, spec: &VmSpec) -> Result<VmStatus, AgentError> {
         self.exec.start(spec).await
     }

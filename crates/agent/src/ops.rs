@@ -61,6 +61,17 @@ pub trait Host: Send + Sync {
     /// VM runs.
     fn resolve_command(&self, program: &str) -> PathBuf;
     async fn status(&self, vm: &str) -> Result<VmStatus, AgentError>;
+    /// Which of `vms` run on this host: one call to a remote agent (its
+    /// state lists every VM it runs), however many VMs are asked about.
+    async fn running(&self, vms: &[String]) -> Result<Vec<String>, AgentError> {
+        let mut out = Vec::new();
+        for vm in vms {
+            if self.status(vm).await?.is_alive() {
+                out.push(vm.clone());
+            }
+        }
+        Ok(out)
+    }
     async fn start(&self, spec: &VmSpec) -> Result<VmStatus, AgentError>;
     /// Graceful stop: ask, wait up to `timeout`, then force.
     async fn shutdown(&self, vm: &str, timeout: Duration) -> Result<VmStatus, AgentError>;

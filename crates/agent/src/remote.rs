@@ -251,6 +251,25 @@ impl Host for RemoteHost {
         self.call("status", &VmCall { vm: vm.into() }, QUICK).await
     }
 
+    async fn running(&self, vms: &[String]) -> Result<Vec<String>, AgentError> {
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            vm: String,
+            status: VmStatus,
+        }
+        #[derive(serde::Deserialize)]
+        struct State {
+            vms: Vec<Listed>,
+        }
+        let state: State = self.get("state", QUICK).await?;
+        Ok(state
+            .vms
+            .into_iter()
+            .filter(|l| l.status.is_alive() && vms.contains(&l.vm))
+            .map(|l| l.vm)
+            .collect())
+    }
+
     async fn start(&self, spec: &VmSpec) -> Result<VmStatus, AgentError> {
         self.call("start", &SpecCall { spec: spec.clone() }, START)
             .await

@@ -133,6 +133,24 @@ fn may_run_at<'a>(ctl: &'a Controller, rec: &'a VmRecord) -> Vec<&'a str> {
 /// start, each VM under its lock; a VM alive at two hosts is reported,
 /// not touched.
 pub(crate) async fn reconcile_placements(ctl: std::sync::Arc<Controller>) {
+    // What each host runs, asked once per host (an agent lists its VMs in
+    // one answer): thousands of VMs at a hundred hosts must not become
+    // hundreds of thousands of calls at every start. A host that does not
+    // answer counts as running none of them, as before.
+    let names: Vec<String> = ctl.cfg.vms.keys().cloned().collect();
+    let mut runs: std::collections::HashMap<&str, std::collections::HashSet<String>> =
+        std::collections::HashMap::new();
+    for host in ctl.cfg.hosts.keys() {
+        if ctl.cancel.is_cancelled() {
+            return;
+        }
+        let Ok(agent) = ctl.agent(host) else {
+            continue;
+        };
+        if let Ok(list) = agent.running(&names).await {
+            runs.insert(host.as_str(), list.into_iter().collect());
+        }
+    }
     for name in ctl.cfg.vms.keys() {
         if ctl.cancel.is_cancelled() {
             return;
@@ -141,15 +159,11 @@ pub(crate) async fn reconcile_placements(ctl: std::sync::Arc<Controller>) {
         let Ok(rec) = ctl.repo.vm(name).await else {
             continue;
         };
-        let mut alive = Vec::new();
-        for host in may_run_at(&ctl, &rec) {
-            let Ok(agent) = ctl.agent(host) else {
-                continue;
-            };
-            if agent.status(name).await.is_ok_and(|st| st.is_alive()) {
-                alive.push(host.to_string());
-            }
-        }
+        let alive: Vec<String> = may_run_at(&ctl, &rec)
+            .into_iter()
+            .filter(|host| runs.get(*host).is_some_and(|r| r.contains(name)))
+            .map(str::to_string)
+            .collect();
         match alive.as_slice() {
             [one] if *one != rec.active_host => {
                 let Some(site) = ctl.cfg.site_of_host(one) else {

@@ -209,6 +209,19 @@ fn ha_scale_figures() {
     );
     let mut lat: Vec<Duration> = latencies.iter().map(|(d, ..)| *d).collect();
     lat.sort();
+    // p99 of each kind of request, to see which is slow.
+    let by_kind: Vec<String> = ["/api/v1/vms/", "/api/v1/points?", "/api/v1/sites"]
+        .iter()
+        .map(|k| {
+            let mut l: Vec<Duration> = latencies
+                .iter()
+                .filter(|(_, _, p)| p.starts_with(k))
+                .map(|(d, ..)| *d)
+                .collect();
+            l.sort();
+            format!("{k} p99 {:.1}ms", pct(&l, 99).as_secs_f64() * 1e3)
+        })
+        .collect();
 
     // A replica waits; the leader is killed; how long until the replica
     // leads and answers a VM's status.
@@ -259,7 +272,7 @@ fn ha_scale_figures() {
         "ha scale figures: {hosts} agents, {vms} VMs, {points} points; first start {:.1}s, \
          catalog written in {:.1}s, agents up in {:.1}s; API at {rps} req/s for {:.1}s: \
          p50 {:.1}ms p95 {:.1}ms p99 {:.1}ms max {:.1}ms; leader CPU {:.0}% of a core; \
-         a new leader answered {:.2}s after the old one was killed",
+         a new leader answered {:.2}s after the old one was killed; by request: {}",
         first_start.as_secs_f64(),
         catalogued.as_secs_f64(),
         agents_up.as_secs_f64(),
@@ -269,6 +282,7 @@ fn ha_scale_figures() {
         pct(&lat, 99).as_secs_f64() * 1e3,
         lat.last().unwrap().as_secs_f64() * 1e3,
         cpu * 100.0,
-        takeover.as_secs_f64()
+        takeover.as_secs_f64(),
+        by_kind.join(", ")
     );
 }

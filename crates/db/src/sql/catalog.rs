@@ -13,6 +13,16 @@ use crate::{CopyCount, DbError, PointQuery, VmPoints};
 use super::SqlRepo;
 use super::rows::{Arg, Filter, get, int, json_list, lists, time, ts, uint, with_key};
 
+/// Every VM with points, by a loose index scan of `points (vm, time)`:
+/// one seek per VM rather than a scan of every point (a million points of
+/// ten thousand VMs: ten thousand seeks). Same text on SQLite and
+/// PostgreSQL.
+const DISTINCT_VMS: &str = "WITH RECURSIVE d(vm) AS ( \
+     SELECT MIN(vm) FROM points \
+     UNION ALL \
+     SELECT (SELECT MIN(p.vm) FROM points p WHERE p.vm > d.vm) FROM d WHERE d.vm IS NOT NULL) \
+     SELECT vm FROM d WHERE vm IS NOT NULL";
+
 impl SqlRepo {
     pub(super) async fn load_point_summary(&self) -> Result<Vec<VmPoints>, DbError> {
         // The newest point's size by an index seek per VM; SUM of a
@@ -65,12 +75,13 @@ impl SqlRepo {
             .collect()
     }
 
-    /// The newest point of every VM with points: an index seek per VM.
+    /// The newest point of every VM with points: an index seek per VM
+    /// (the VMs themselves found by seeks too, [`DISTINCT_VMS`]).
     pub(super) async fn load_latest(&self) -> Result<HashMap<String, PointRecord>, DbError> {
         let rows = sqlx::query(&format!(
             "SELECT {POINT_COLUMNS} FROM points p WHERE p.id IN \
              (SELECT (SELECT id FROM points WHERE vm = v.vm ORDER BY time DESC, id DESC LIMIT 1) \
-              FROM (SELECT DISTINCT vm FROM points) v)"
+              FROM ({DISTINCT_VMS}) v)"
         ))
         .fetch_all(&self.pool)
         .await

@@ -18,6 +18,9 @@ use crate::DbError;
 /// cannot. Until then a memo is disabled and every read loads.
 pub(super) struct Memo<T> {
     enabled: std::sync::atomic::AtomicBool,
+    /// Held while a value loads: callers that miss together wait for one
+    /// load instead of each running the same (possibly long) query.
+    loading: tokio::sync::Mutex<()>,
     generation: std::sync::atomic::AtomicU64,
     value: std::sync::Mutex<Option<(u64, std::sync::Arc<T>)>>,
 }
@@ -28,6 +31,7 @@ impl<T> Memo<T> {
     pub(super) fn new(enabled: bool) -> Self {
         Memo {
             enabled: std::sync::atomic::AtomicBool::new(enabled),
+            loading: tokio::sync::Mutex::new(()),
             generation: Default::default(),
             value: Default::default(),
         }
@@ -42,15 +46,22 @@ impl<T> Memo<T> {
         if !self.enabled.load(Ordering::Acquire) {
             return Ok(std::sync::Arc::new(load().await?));
         }
+        let fresh = |generation: u64| {
+            self.value
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .filter(|(g, _)| *g == generation)
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(v) = fresh(self.generation.load(Ordering::Acquire)) {
+            return Ok(v);
+        }
+        let _one = self.loading.lock().await;
+        // Another caller may have loaded it meanwhile.
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some((g, v)) = self
-            .value
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            && *g == generation
-        {
-            return Ok(v.clone());
+        if let Some(v) = fresh(generation) {
+            return Ok(v);
         }
         let v = std::sync::Arc::new(load().await?);
         *self.value.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, v.clone()));
