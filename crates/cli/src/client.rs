@@ -22,16 +22,13 @@ pub struct Client {
 fn builder() -> reqwest::ClientBuilder {
     let mut b = standby_http::builder(standby_http::Reach::External);
     if let Ok(path) = std::env::var("STANDBY_CA_CERT") {
-        match std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string()))
-        {
+        match standby_http::pem_certificates(std::path::Path::new(&path)) {
             Ok(certs) => {
                 for c in certs {
                     b = b.add_root_certificate(c);
                 }
             }
-            Err(e) => tracing::warn!("STANDBY_CA_CERT {path}: {e}"),
+            Err(e) => tracing::warn!("STANDBY_CA_CERT {e}"),
         }
     }
     b
@@ -48,8 +45,8 @@ fn base_url(addr: &str) -> String {
 }
 
 /// Of several controller replicas (comma-separated), the first that
-/// accepts a connection: only the leader serves. None answering: the
-/// first, whose error the call then names.
+/// accepts a connection: the leader serves, a waiting replica forwards to
+/// it. None answering: the first, whose error the call then names.
 fn leader_of(addrs: &str) -> String {
     let bases: Vec<String> = addrs
         .split(',')
@@ -77,7 +74,7 @@ fn leader_of(addrs: &str) -> String {
 
 impl Client {
     /// A client of the controller at `addr`; of several replicas
-    /// (comma-separated), the one that serves (the leader).
+    /// (comma-separated), the first that answers.
     pub fn new(addr: &str) -> Client {
         let base = leader_of(addr);
         Client {

@@ -137,18 +137,30 @@ pub(crate) async fn reconcile_placements(ctl: std::sync::Arc<Controller>) {
     // one answer): thousands of VMs at a hundred hosts must not become
     // hundreds of thousands of calls at every start. A host that does not
     // answer counts as running none of them, as before.
-    let names: Vec<String> = ctl.cfg.vms.keys().cloned().collect();
-    let mut runs: std::collections::HashMap<&str, std::collections::HashSet<String>> =
+    // Each host is asked of the VMs that may run there.
+    let Ok(records) = ctl.repo.vms().await else {
+        return;
+    };
+    let mut asked: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for rec in records.iter().filter(|r| ctl.cfg.vms.contains_key(&r.name)) {
+        for host in may_run_at(&ctl, rec) {
+            asked
+                .entry(host.to_string())
+                .or_default()
+                .push(rec.name.clone());
+        }
+    }
+    let mut runs: std::collections::HashMap<String, std::collections::HashSet<String>> =
         std::collections::HashMap::new();
-    for host in ctl.cfg.hosts.keys() {
+    for (host, vms) in asked {
         if ctl.cancel.is_cancelled() {
             return;
         }
-        let Ok(agent) = ctl.agent(host) else {
+        let Ok(agent) = ctl.agent(&host) else {
             continue;
         };
-        if let Ok(list) = agent.running(&names).await {
-            runs.insert(host.as_str(), list.into_iter().collect());
+        if let Ok(list) = agent.running(&vms).await {
+            runs.insert(host, list.into_iter().collect());
         }
     }
     for name in ctl.cfg.vms.keys() {

@@ -36,3 +36,11 @@ pub fn builder(reach: Reach) -> reqwest::ClientBuilder {
         Reach::External => b,
     }
 }
+
+/// The certificates of the PEM file at `path` (a CA, or a self-signed
+/// server certificate), to trust with `add_root_certificate`; why not,
+/// when the file cannot be read or holds no valid certificate.
+pub fn pem_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("{}: {e}", path.display()))
+}

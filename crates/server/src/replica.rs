@@ -48,17 +48,13 @@ impl Front {
             cfg.pki.as_ref().map(|p| p.ca()),
         ];
         for path in pems.into_iter().flatten() {
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|pem| {
-                    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string())
-                }) {
+            match standby_http::pem_certificates(&path) {
                 Ok(certs) => {
                     for c in certs {
                         b = b.add_root_certificate(c);
                     }
                 }
-                Err(e) => tracing::warn!(path = %path.display(), "not trusted for forwarding: {e}"),
+                Err(e) => tracing::warn!("not trusted for forwarding: {e}"),
             }
         }
         Front {

@@ -69,16 +69,23 @@ pub(crate) fn runs_in(ns: &str) -> bool {
         })
 }
 
-fn setup() -> Ha {
-    let net = NetLab::new();
-    net.route_all();
-    let (p1, p2, pw) = (free_port(), free_port(), free_port());
-    let probe = |name: &str, url: String, from: &str| {
+/// The agents of the namespace labs: site 1's host agent, site 2's agent
+/// (its host's too with `site2_host`) and a witness, at ports `p1`, `p2`
+/// and `pw`; the quorum of the three under `[ha]` (`self_fence_after` of
+/// [`SELF_FENCE_AFTER`]); and site 1's health probed from site 2 and from
+/// the witness every 500 ms, so site-down needs both.
+pub(crate) fn quorum_watch(
+    net: &NetLab,
+    (p1, p2, pw): (u16, u16, u16),
+    site2_host: bool,
+) -> String {
+    let (s1, s2, w) = (net.addr(2), net.addr(6), net.addr(1));
+    let probe = |name: &str, from: &str| {
         format!(
             r#"
 [probes.{name}]
 kind = "http"
-url = "{url}"
+url = "http://{s1}:{p1}/health"
 interval = "500ms"
 timeout = "400ms"
 from = ["{from}"]
@@ -86,7 +93,12 @@ labels = {{ site = "site1", scope = "site" }}
 "#
         )
     };
-    let watch = format!(
+    let host2 = if site2_host {
+        "host = \"site2-host1\"\nallowed_commands = [\"standby-vnf\"]\n"
+    } else {
+        ""
+    };
+    format!(
         r#"
 [sites.witness]
 
@@ -101,7 +113,7 @@ allowed_commands = ["standby-vnf"]
 site = "site2"
 url = "http://{s2}:{p2}"
 heartbeat = "300ms"
-
+{host2}
 [agents.witness]
 site = "witness"
 url = "http://{w}:{pw}"
@@ -113,21 +125,17 @@ quorum = ["site1-agent", "site2-agent", "witness"]
 {probe_s2}
 {probe_w}
 "#,
-        s1 = net.addr(2),
-        s2 = net.addr(6),
-        w = net.addr(1),
         after = SELF_FENCE_AFTER.as_secs(),
-        probe_s2 = probe(
-            "site1-from-site2",
-            format!("http://{}:{p1}/health", net.addr(2)),
-            "agent:site2-agent"
-        ),
-        probe_w = probe(
-            "site1-from-witness",
-            format!("http://{}:{p1}/health", net.addr(2)),
-            "agent:witness"
-        ),
-    );
+        probe_s2 = probe("site1-from-site2", "agent:site2-agent"),
+        probe_w = probe("site1-from-witness", "agent:witness"),
+    )
+}
+
+fn setup() -> Ha {
+    let net = NetLab::new();
+    net.route_all();
+    let (p1, p2, pw) = (free_port(), free_port(), free_port());
+    let watch = quorum_watch(&net, (p1, p2, pw), false);
     let lab = Lab::new(LabOptions {
         vm: Some(
             r#"command = "standby-vnf"

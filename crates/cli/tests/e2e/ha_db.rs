@@ -49,7 +49,7 @@ fn ha_controller_keeps_its_state_in_postgresql() {
 }
 
 /// A `standby server` of its own (a second replica), killed when dropped.
-struct Replica(std::process::Child);
+pub(crate) struct Replica(std::process::Child);
 
 impl Drop for Replica {
     fn drop(&mut self) {
@@ -61,7 +61,7 @@ impl Drop for Replica {
     }
 }
 
-fn replica(lab: &Lab, cfg: &std::path::Path, log: &str) -> Replica {
+pub(crate) fn replica(lab: &Lab, cfg: &std::path::Path, log: &str) -> Replica {
     let child = std::process::Command::new(crate::harness::STANDBY)
         .args(["--config", cfg.to_str().unwrap(), "server"])
         .stdout(std::process::Stdio::null())
@@ -91,13 +91,18 @@ impl Drop for HostAgent {
     }
 }
 
-/// The role a controller reports (`leader`, `replica`), and for a
-/// replica the leader it forwards to; none while it does not answer.
+/// The role the controller on loopback `port` reports (see [`role_at`]).
 fn role(port: u16) -> Option<(String, String)> {
+    role_at(&format!("http://127.0.0.1:{port}"))
+}
+
+/// The role the controller at `base` reports (`leader`, `replica`), and
+/// for a replica the leader it forwards to; none while it does not answer.
+pub(crate) fn role_at(base: &str) -> Option<(String, String)> {
     let c = crate::harness::plain_client(std::time::Duration::from_secs(2));
     crate::qemu::rt().block_on(async {
         let v: serde_json::Value = c
-            .get(format!("http://127.0.0.1:{port}/api/v1/health"))
+            .get(format!("{base}/api/v1/health"))
             .send()
             .await
             .ok()?
@@ -109,6 +114,21 @@ fn role(port: u16) -> Option<(String, String)> {
             v["leader"]["name"].as_str().unwrap_or_default().to_string(),
         ))
     })
+}
+
+/// `standby --url URLS --token TOKEN --json ARGS`, which must succeed.
+fn cli_at(urls: &str, token: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(crate::harness::STANDBY)
+        .args(["--url", urls, "--token", token, "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn leads(port: u16) -> bool {
@@ -153,18 +173,7 @@ allowed_commands = ["standby-vnf"]
         ),
         ..Default::default()
     });
-    let text = std::fs::read_to_string(&lab.cfg).unwrap();
-    let cfg_b = lab.path("standby-b.toml");
-    std::fs::write(
-        &cfg_b,
-        text.replacen(&format!(":{}\"", lab.api), &format!(":{b_port}\""), 1)
-            .replacen(
-                "data_dir = \"controller\"",
-                "data_dir = \"controller-b\"\nname = \"replica-b\"",
-                1,
-            ),
-    )
-    .unwrap();
+    let cfg_b = lab.replica_config("replica-b", b_port, "controller-b", None);
     let agent = HostAgent {
         agent: Some(crate::agents::AgentProc::start(
             &lab.cfg,
@@ -181,48 +190,10 @@ allowed_commands = ["standby-vnf"]
     });
     let token = lab.token();
     let a_port = lab.api;
-    let via_b = |args: &[&str]| -> serde_json::Value {
-        // Both replicas: the CLI takes the one that serves.
-        let mut all = vec![
-            "--url".to_string(),
-            format!("http://127.0.0.1:{a_port},http://127.0.0.1:{b_port}"),
-            "--token".to_string(),
-            token.clone(),
-            "--json".to_string(),
-        ];
-        all.extend(args.iter().map(|a| a.to_string()));
-        let out = std::process::Command::new(crate::harness::STANDBY)
-            .args(&all)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-
-    let only_b = |args: &[&str]| -> serde_json::Value {
-        let mut all = vec![
-            "--url".to_string(),
-            format!("http://127.0.0.1:{b_port}"),
-            "--token".to_string(),
-            token.clone(),
-            "--json".to_string(),
-        ];
-        all.extend(args.iter().map(|a| a.to_string()));
-        let out = std::process::Command::new(crate::harness::STANDBY)
-            .args(&all)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    // Both replicas (the CLI takes the one that serves), or b alone.
+    let both = format!("http://127.0.0.1:{a_port},http://127.0.0.1:{b_port}");
+    let via_b = |args: &[&str]| cli_at(&both, &token, args);
+    let only_b = |args: &[&str]| cli_at(&format!("http://127.0.0.1:{b_port}"), &token, args);
 
     // The second replica waits for the lease; meanwhile its API forwards
     // reads and writes to the leader and says whom it follows.
@@ -369,7 +340,7 @@ fn crash_steps() -> Vec<String> {
 fn ha_a_failover_survives_its_leader_killed_at_a_step() {
     use std::time::{Duration, Instant};
 
-    use crate::runbooks::{step, vnf_processes, wait_job};
+    use crate::runbooks::wait_job;
     use crate::watch::wait_until;
 
     for crash_step in crash_steps() {
@@ -408,18 +379,7 @@ probe = "sip"
             ),
             ..Default::default()
         });
-        let cfg_b = lab.path("standby-b.toml");
-        let text = std::fs::read_to_string(&lab.cfg).unwrap();
-        std::fs::write(
-            &cfg_b,
-            text.replacen(&format!(":{}\"", lab.api), &format!(":{b_port}\""), 1)
-                .replacen(
-                    "data_dir = \"controller\"",
-                    "data_dir = \"controller-b\"\nname = \"replica-b\"",
-                    1,
-                ),
-        )
-        .unwrap();
+        let cfg_b = lab.replica_config("replica-b", b_port, "controller-b", None);
         let both = format!("http://127.0.0.1:{},http://127.0.0.1:{b_port}", lab.api);
         let agents: Vec<HostAgent> = [("site1-agent", p1), ("site2-agent", p2)]
             .into_iter()
@@ -473,60 +433,12 @@ probe = "sip"
         });
         let v = wait_job(&lab, job, Duration::from_secs(90));
         let finished = t0.elapsed();
-        assert_eq!(
-            v["job"]["status"], "succeeded",
-            "killed at {crash_step}: {v:#}"
-        );
-        for id in ["incident", "fence", "vms", "resolve"] {
-            let s = step(&v, id, -1);
-            assert_eq!(s["state"], "succeeded", "killed at {crash_step}: {id}");
-            assert_eq!(
-                s["attempt"], 1,
-                "killed at {crash_step}: {id} ran once: {v:#}"
-            );
-        }
-        for id in ["restore", "probes", "traffic"] {
-            let s = step(&v, id, 0);
-            assert_eq!(s["state"], "succeeded", "killed at {crash_step}: {id}");
-            assert_eq!(
-                s["attempt"], 1,
-                "killed at {crash_step}: {id} ran once: {v:#}"
-            );
-        }
         let log_b = log_b();
         assert!(
             log_b.contains("resuming runbook job"),
             "killed at {crash_step}: b resumed the job: {log_b}"
         );
-        let incidents = lab.json(&["incidents", "list", "--all"]);
-        let failovers = incidents
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|i| i["title"] == "failover of site site1")
-            .count();
-        assert_eq!(failovers, 1, "killed at {crash_step}: one incident");
-        let vm = lab.json(&["vm", "status", "pbx1"]);
-        assert_eq!(
-            (vm["active_site"].as_str(), vm["state"].as_str()),
-            (Some("site2"), Some("running")),
-            "killed at {crash_step}: {vm:#}"
-        );
-        assert_eq!(
-            vnf_processes(&lab),
-            1,
-            "killed at {crash_step}: one copy of the VNF"
-        );
-        let sites = lab.json(&["site", "list"]).to_string();
-        assert!(
-            sites.contains("\"fenced\":true"),
-            "killed at {crash_step}: {sites}"
-        );
-        let svc = lab.json(&["service", "list"]);
-        assert_eq!(
-            svc[0]["active_site"], "site2",
-            "killed at {crash_step}: {svc:#}"
-        );
+        crate::runbooks::assert_failed_over_once(&lab, &v, &format!("killed at {crash_step}"));
         eprintln!(
             "ha figures: leader killed after {crash_step}: the replica finished the failover {:.1}s later",
             finished.as_secs_f64()
@@ -593,18 +505,7 @@ quorum = ["site1-agent", "site2-agent", "witness"]
         ),
         ..Default::default()
     });
-    let cfg_b = lab.path("standby-b.toml");
-    let text = std::fs::read_to_string(&lab.cfg).unwrap();
-    std::fs::write(
-        &cfg_b,
-        text.replacen(&format!(":{}\"", lab.api), &format!(":{b_port}\""), 1)
-            .replacen(
-                "data_dir = \"controller\"",
-                "data_dir = \"controller-b\"\nname = \"replica-b\"",
-                1,
-            ),
-    )
-    .unwrap();
+    let cfg_b = lab.replica_config("replica-b", b_port, "controller-b", None);
     let both = format!("http://127.0.0.1:{},http://127.0.0.1:{b_port}", lab.api);
     let site1 = HostAgent {
         agent: Some(crate::agents::AgentProc::start(

@@ -225,25 +225,8 @@ fn ha_scale_figures() {
 
     // A replica waits; the leader is killed; how long until the replica
     // leads and answers a VM's status.
-    let text = std::fs::read_to_string(&lab.cfg).unwrap();
-    let cfg_b = lab.path("standby-b.toml");
-    std::fs::write(
-        &cfg_b,
-        text.replacen(&format!(":{}\"", lab.api), &format!(":{b_port}\""), 1)
-            .replacen(
-                "data_dir = \"controller\"",
-                "data_dir = \"controller-b\"\nname = \"replica-b\"",
-                1,
-            ),
-    )
-    .unwrap();
-    let b_log = std::fs::File::create(lab.path("replica-b.log")).unwrap();
-    let mut b = std::process::Command::new(crate::harness::STANDBY)
-        .args(["--config", cfg_b.to_str().unwrap(), "server"])
-        .stdout(std::process::Stdio::null())
-        .stderr(b_log)
-        .spawn()
-        .unwrap();
+    let cfg_b = lab.replica_config("replica-b", b_port, "controller-b", None);
+    let b = crate::ha_db::replica(&lab, &cfg_b, "replica-b.log");
     std::thread::sleep(Duration::from_secs(3));
     let killed = Instant::now();
     lab.kill_server();
@@ -265,8 +248,7 @@ fn ha_scale_figures() {
         },
     );
     let takeover = killed.elapsed();
-    let _ = b.kill();
-    let _ = b.wait();
+    drop(b);
     drop(agents);
     eprintln!(
         "ha scale figures: {hosts} agents, {vms} VMs, {points} points; first start {:.1}s, \

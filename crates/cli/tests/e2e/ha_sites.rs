@@ -15,8 +15,6 @@ use crate::netlab::NetLab;
 use crate::relay::Relay;
 use crate::watch::{probe_ok, wait_until};
 
-const SELF_FENCE_AFTER: Duration = Duration::from_secs(3);
-
 /// A process in a namespace (`ip netns exec` execs it: the pid is its
 /// own), killed when dropped, with its VMs if it is a host agent.
 struct Proc {
@@ -64,20 +62,9 @@ fn spawn(
     Proc { child, vms }
 }
 
-/// The role a controller at `base` reports, if it answers.
+/// The role the controller at `base` reports, if it answers.
 fn role(base: &str) -> Option<String> {
-    let c = crate::harness::plain_client(Duration::from_secs(1));
-    crate::qemu::rt().block_on(async {
-        let v: Value = c
-            .get(format!("{base}/api/v1/health"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        v["role"].as_str().map(str::to_string)
-    })
+    crate::ha_db::role_at(base).map(|(role, _)| role)
 }
 
 /// Total loss of site 1 with the leader on it: its controller, its agent
@@ -106,52 +93,7 @@ fn ha_total_loss_of_the_leaders_site_fails_over_from_the_other_replica() {
     );
     let (p1, p2, pw, b_port) = (free_port(), free_port(), free_port(), free_port());
     let (s1, s2, w) = (net.addr(2), net.addr(6), net.addr(1));
-    let probe = |name: &str, from: &str| {
-        format!(
-            r#"
-[probes.{name}]
-kind = "http"
-url = "http://{s1}:{p1}/health"
-interval = "500ms"
-timeout = "400ms"
-from = ["{from}"]
-labels = {{ site = "site1", scope = "site" }}
-"#
-        )
-    };
-    let watch = format!(
-        r#"
-[sites.witness]
-
-[agents.site1-agent]
-site = "site1"
-host = "site1-host1"
-url = "http://{s1}:{p1}"
-heartbeat = "300ms"
-allowed_commands = ["standby-vnf"]
-
-[agents.site2-agent]
-site = "site2"
-host = "site2-host1"
-url = "http://{s2}:{p2}"
-heartbeat = "300ms"
-allowed_commands = ["standby-vnf"]
-
-[agents.witness]
-site = "witness"
-url = "http://{w}:{pw}"
-heartbeat = "300ms"
-
-[ha]
-self_fence_after = "{after}s"
-quorum = ["site1-agent", "site2-agent", "witness"]
-{probe_s2}
-{probe_w}
-"#,
-        after = SELF_FENCE_AFTER.as_secs(),
-        probe_s2 = probe("site1-from-site2", "agent:site2-agent"),
-        probe_w = probe("site1-from-witness", "agent:witness"),
-    );
+    let watch = crate::ha::quorum_watch(&net, (p1, p2, pw), true);
     let mut lab = Lab::new(LabOptions {
         vm: Some(
             r#"command = "standby-vnf"
@@ -167,29 +109,12 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
     // replicas run at the sites from now on.
     lab.stop_server();
     let a_port = lab.api;
-    let text = std::fs::read_to_string(&lab.cfg).unwrap();
-    let replica_cfg = |name: &str, port: u16, addr: &str, data: &str| {
-        let path = lab.path(&format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            text.replacen(&format!(":{a_port}\""), &format!(":{port}\""), 1)
-                .replacen(
-                    "data_dir = \"controller\"",
-                    &format!(
-                        "data_dir = \"{data}\"\nname = \"{name}\"\nurl = \"http://{addr}:{port}\""
-                    ),
-                    1,
-                ),
-        )
-        .unwrap();
-        path
-    };
-    let cfg_a = replica_cfg("ctl-site1", a_port, &s1, "controller");
-    let cfg_b = replica_cfg("ctl-site2", b_port, &s2, "controller-b");
     let (url_a, url_b) = (
         format!("http://{s1}:{a_port}"),
         format!("http://{s2}:{b_port}"),
     );
+    let cfg_a = lab.replica_config("ctl-site1", a_port, "controller", Some(&url_a));
+    let cfg_b = lab.replica_config("ctl-site2", b_port, "controller-b", Some(&url_b));
     let dir = lab.path("");
     let log = |name: &str| std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let read_log =

@@ -363,6 +363,32 @@ datastores = [{group_datastores}]
         true
     }
 
+    /// The configuration of another controller replica of this lab, in
+    /// `NAME.toml`: the lab's, listening on `port`, with its own
+    /// `data_dir`, `name` and, if given, the `url` it advertises.
+    pub fn replica_config(
+        &self,
+        name: &str,
+        port: u16,
+        data_dir: &str,
+        url: Option<&str>,
+    ) -> PathBuf {
+        let text = std::fs::read_to_string(&self.cfg).unwrap();
+        let url = url.map(|u| format!("\nurl = \"{u}\"")).unwrap_or_default();
+        let path = self.path(&format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            text.replacen(&format!(":{}\"", self.api), &format!(":{port}\""), 1)
+                .replacen(
+                    "data_dir = \"controller\"",
+                    &format!("data_dir = \"{data_dir}\"\nname = \"{name}\"{url}"),
+                    1,
+                ),
+        )
+        .unwrap();
+        path
+    }
+
     /// The controller's process id, while it runs.
     pub fn server_pid(&self) -> Option<u32> {
         self.server.as_ref().map(|c| c.id())

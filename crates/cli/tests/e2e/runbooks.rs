@@ -21,7 +21,7 @@ pub(crate) fn wait_job(lab: &Lab, job: i64, timeout: Duration) -> Value {
     }
 }
 
-pub(crate) fn step<'a>(v: &'a Value, id: &str, item: i64) -> &'a Value {
+fn step<'a>(v: &'a Value, id: &str, item: i64) -> &'a Value {
     v["steps"]
         .as_array()
         .unwrap()
@@ -220,7 +220,7 @@ steps:
         - 'grep -qx "$STANDBY_IDEMPOTENCY_KEY" {{ params.dir }}/lines 2>/dev/null || echo "$STANDBY_IDEMPOTENCY_KEY" >> {{ params.dir }}/lines'
 "#;
 
-pub(crate) fn vnf_processes(lab: &Lab) -> usize {
+fn vnf_processes(lab: &Lab) -> usize {
     let out = std::process::Command::new("pgrep")
         .args([
             "-f",
@@ -714,45 +714,47 @@ probe = "sip"
         lab.set_env("STANDBY_CRASH_AT", None);
         lab.start_server();
         let v = wait_job(&lab, job, Duration::from_secs(90));
-        assert_eq!(
-            v["job"]["status"], "succeeded",
-            "crash at {crash_step}: {v:#}"
-        );
-        for id in ["incident", "fence", "vms", "resolve"] {
-            let s = step(&v, id, -1);
-            assert_eq!(s["state"], "succeeded", "crash at {crash_step}: {id}");
-            assert_eq!(s["attempt"], 1, "crash at {crash_step}: {id} ran once");
-        }
-        for id in ["restore", "probes", "traffic"] {
-            let s = step(&v, id, 0);
-            assert_eq!(s["state"], "succeeded", "crash at {crash_step}: {id}");
-            assert_eq!(s["attempt"], 1, "crash at {crash_step}: {id} ran once");
-        }
-        let incidents = lab.json(&["incidents", "list", "--all"]);
-        let failovers = incidents
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|i| i["title"] == "failover of site site1")
-            .count();
-        assert_eq!(failovers, 1, "crash at {crash_step}: one incident");
-        let vm = lab.json(&["vm", "status", "pbx1"]);
-        assert_eq!(
-            (vm["active_site"].as_str(), vm["state"].as_str()),
-            (Some("site2"), Some("running")),
-            "crash at {crash_step}"
-        );
-        assert_eq!(vnf_processes(&lab), 1, "crash at {crash_step}: one copy");
-        assert_eq!(lab.bindings().len(), 5, "crash at {crash_step}");
-        let sites = lab.json(&["site", "list"]).to_string();
-        assert!(
-            sites.contains("\"fenced\":true"),
-            "crash at {crash_step}: {sites}"
-        );
-        let svc = lab.json(&["service", "list"]);
-        assert_eq!(
-            svc[0]["active_site"], "site2",
-            "crash at {crash_step}: {svc:#}"
-        );
+        let what = format!("crash at {crash_step}");
+        assert_failed_over_once(&lab, &v, &what);
+        assert_eq!(lab.bindings().len(), 5, "{what}");
     }
+}
+
+/// `failover-site` of site 1 finished with every step done once (one
+/// attempt each), one incident, pbx1 running once at site 2, site 1
+/// fenced and the front door at site 2; `what` names the trial.
+pub(crate) fn assert_failed_over_once(lab: &Lab, v: &Value, what: &str) {
+    assert_eq!(v["job"]["status"], "succeeded", "{what}: {v:#}");
+    let steps = [
+        ("incident", -1),
+        ("fence", -1),
+        ("vms", -1),
+        ("resolve", -1),
+    ]
+    .into_iter()
+    .chain([("restore", 0), ("probes", 0), ("traffic", 0)]);
+    for (id, item) in steps {
+        let s = step(v, id, item);
+        assert_eq!(s["state"], "succeeded", "{what}: {id}");
+        assert_eq!(s["attempt"], 1, "{what}: {id} ran once: {v:#}");
+    }
+    let incidents = lab.json(&["incidents", "list", "--all"]);
+    let failovers = incidents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["title"] == "failover of site site1")
+        .count();
+    assert_eq!(failovers, 1, "{what}: one incident");
+    let vm = lab.json(&["vm", "status", "pbx1"]);
+    assert_eq!(
+        (vm["active_site"].as_str(), vm["state"].as_str()),
+        (Some("site2"), Some("running")),
+        "{what}: {vm:#}"
+    );
+    assert_eq!(vnf_processes(lab), 1, "{what}: one copy of the VNF");
+    let sites = lab.json(&["site", "list"]).to_string();
+    assert!(sites.contains("\"fenced\":true"), "{what}: {sites}");
+    let svc = lab.json(&["service", "list"]);
+    assert_eq!(svc[0]["active_site"], "site2", "{what}: {svc:#}");
 }
