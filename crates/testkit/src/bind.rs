@@ -9,12 +9,16 @@
 //! REFUSED).
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `named` on 127.0.0.1; killed on drop.
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+
+/// A `named` on 127.0.0.1 (and one more address if asked); killed on
+/// drop.
 pub struct Bind {
     child: Child,
     /// The server, UDP and TCP.
@@ -37,6 +41,13 @@ impl Bind {
 
     /// `named` serving `zone`, its keys of `algorithm` (`hmac-sha512`...).
     pub fn start_with(zone: &str, algorithm: &str) -> Bind {
+        Bind::start_on(zone, algorithm, None)
+    }
+
+    /// Like [`Bind::start_with`], also listening on `also` (an address of
+    /// a test host, e.g. the root namespace's side of a lab's link), at
+    /// the same port.
+    pub fn start_on(zone: &str, algorithm: &str, also: Option<Ipv4Addr>) -> Bind {
         let named = sbin_program("named");
         let keygen = sbin_program("tsig-keygen");
         let dir = tempfile::tempdir().unwrap();
@@ -71,7 +82,7 @@ impl Bind {
         for _ in 0..5 {
             let port = free_udp_tcp_port();
             let conf = d.join("named.conf");
-            std::fs::write(&conf, named_conf(d, &zone, port)).unwrap();
+            std::fs::write(&conf, named_conf(d, &zone, port, also)).unwrap();
             let log = d.join("named.log");
             let mut child = Command::new(&named)
                 // Foreground, one worker, IPv4 only; as root it stays root
@@ -147,8 +158,12 @@ impl Drop for Bind {
     }
 }
 
-fn named_conf(d: &Path, zone: &str, port: u16) -> String {
+fn named_conf(d: &Path, zone: &str, port: u16, also: Option<Ipv4Addr>) -> String {
     let d = d.display();
+    let listen = match also {
+        Some(ip) => format!("127.0.0.1; {ip};"),
+        None => "127.0.0.1;".to_string(),
+    };
     let key = Bind::KEY;
     let other = Bind::OTHER_KEY;
     format!(
@@ -159,7 +174,7 @@ options {{
     pid-file "{d}/named.pid";
     session-keyfile "{d}/session.key";
     managed-keys-directory "{d}";
-    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on port {port} {{ {listen} }};
     listen-on-v6 {{ none; }};
     recursion no;
     dnssec-validation no;
@@ -174,6 +189,54 @@ zone "{zone}" {{
 }};
 "#
     )
+}
+
+/// The IPv4 addresses `server` answers for `name` (one A query over
+/// UDP, as a stub resolver asks), or `None` without an answer within
+/// `timeout`.
+pub fn lookup_a(server: SocketAddr, name: &str, timeout: Duration) -> Option<Vec<Ipv4Addr>> {
+    let mut query = Message::query();
+    // Any id: the answer is matched on it.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let id = (std::process::id() as u16) ^ (nanos as u16);
+    query.metadata.id = id;
+    query.add_query(Query::query(
+        Name::from_ascii(name).expect("a DNS name"),
+        RecordType::A,
+    ));
+    let sock = UdpSocket::bind(if server.ip().is_loopback() {
+        "127.0.0.1:0"
+    } else {
+        "0.0.0.0:0"
+    })
+    .ok()?;
+    sock.set_read_timeout(Some(timeout)).ok()?;
+    sock.send_to(&query.to_vec().ok()?, server).ok()?;
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let (n, from) = sock.recv_from(&mut buf).ok()?;
+        let Ok(answer) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        if from != server || answer.metadata.id != id {
+            continue;
+        }
+        return Some(
+            answer
+                .answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(a.0),
+                    _ => None,
+                })
+                .collect(),
+        );
+    }
+    None
 }
 
 fn read(p: &Path) -> String {

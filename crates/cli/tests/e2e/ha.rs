@@ -3,8 +3,9 @@
 //! is in-process with its VMs in the site-2 namespace, a site-2 agent and
 //! a witness agent (in the root namespace, beside the controller) vote
 //! with site 1's agent. Cut off from everyone, site 1 stops its VM by
-//! itself before the copy at site 2 starts; cut off from site 2 or from
-//! the controller alone, it keeps running.
+//! itself before the copy at site 2 starts, and what its LAN client wrote
+//! after the last copied point is reported as the data-loss window; cut
+//! off from site 2 or from the controller alone, it keeps running.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -270,12 +271,61 @@ pub(crate) fn sampler(
     })
 }
 
+/// A client on site 1's own network that REGISTERs a new user every 50 ms
+/// at site 1's VNF until stopped (a minute at most); the users site 1
+/// acknowledged, with when.
+fn lan_writer(
+    ns: &str,
+    sip: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(u32, Instant)>> {
+    let ns = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        // This thread lives in site 1's namespace.
+        let f = std::fs::File::open(&ns).unwrap_or_else(|e| panic!("{ns}: {e}"));
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut acked = Vec::new();
+        for n in 0..1200 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let t = Instant::now();
+            let ok = rt
+                .block_on(standby_vnf::client::register(
+                    sip,
+                    &format!("sip:lan{n}@site1.invalid"),
+                    &format!("sip:lan{n}@198.18.0.1:5060"),
+                    3600,
+                    Duration::from_millis(300),
+                ))
+                .is_ok();
+            if ok {
+                acked.push((n, Instant::now()));
+            }
+            std::thread::sleep(Duration::from_millis(50).saturating_sub(t.elapsed()));
+        }
+        acked
+    })
+}
+
 #[test]
 fn ha_a_site_cut_off_from_everyone_fences_itself_before_its_copy_starts_elsewhere() {
     let mut h = setup();
     let lab = &h.lab;
     let pid1 = h.start();
+    // A client on site 1's LAN writes to it for the whole trial; the last
+    // point copied out of site 1 is taken while it writes.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sip1: std::net::SocketAddr = format!("{}:5060", h.net.addr(2)).parse().unwrap();
+    let writer = lan_writer(&h.net.s1, sip1, writing.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let point_taken = Instant::now();
     lab.json(&["protect", "run", "gold"]);
+    let point_done = Instant::now();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let samples = sampler(&h.net, pid1, stop.clone());
@@ -295,8 +345,32 @@ fn ha_a_site_cut_off_from_everyone_fences_itself_before_its_copy_starts_elsewher
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let samples = samples.join().unwrap();
 
+    writing.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.join().unwrap();
     let overlaps = samples.iter().filter(|(_, a, b)| *a && *b).count();
     assert_eq!(overlaps, 0, "two copies ran at once: {samples:?}");
+    // What site 1 acknowledged and site 2's copy does not have: nothing
+    // from before the last copied point, only what came after it.
+    let http2: std::net::SocketAddr = format!("{}:8080", h.net.addr(6)).parse().unwrap();
+    let at_site2: std::collections::HashSet<String> =
+        crate::harness::bindings_at(http2).into_iter().collect();
+    let lost: Vec<&(u32, Instant)> = acked
+        .iter()
+        .filter(|(n, _)| !at_site2.contains(&format!("sip:lan{n}@site1.invalid")))
+        .collect();
+    assert!(
+        acked.iter().any(|(_, t)| *t < point_taken),
+        "the LAN client wrote nothing before the point"
+    );
+    assert!(
+        lost.iter().all(|(_, t)| *t > point_taken),
+        "writes acknowledged before the last copied point were lost: {lost:?}"
+    );
+    let last_ack = acked.last().map(|(_, t)| *t).expect("acknowledged writes");
+    assert!(
+        last_ack > cut,
+        "site 1 stopped answering its LAN before the cut"
+    );
     let s1_stopped = samples
         .iter()
         .find(|(_, a, _)| !a)
@@ -319,13 +393,20 @@ fn ha_a_site_cut_off_from_everyone_fences_itself_before_its_copy_starts_elsewher
     );
     let vm = lab.json(&["vm", "status", "pbx1"]);
     assert_eq!(vm["active_site"], "site2", "{vm}");
+    let window = last_ack.saturating_duration_since(point_done);
     eprintln!(
         "ha figures: site 1 fenced itself {:.1}s after the cut; the copy at site 2 running at \
-         {:.1}s, answering SIP at {:.1}s; 0 overlaps in {} samples",
+         {:.1}s, answering SIP at {:.1}s; 0 overlaps in {} samples; data-loss window: {} of {} \
+         writes site 1 acknowledged to its LAN client are not at site 2, acknowledged up to \
+         {:.1}s after the last copied point ({:.1}s after the cut), none from before the point",
         s1_stopped.as_secs_f64(),
         s2_started.as_secs_f64(),
         answering.as_secs_f64(),
-        samples.len()
+        samples.len(),
+        lost.len(),
+        acked.len(),
+        window.as_secs_f64(),
+        last_ack.saturating_duration_since(cut).as_secs_f64(),
     );
 
     // Healed, site 1 stays fenced: its copy does not come back.

@@ -1,8 +1,10 @@
 //! The control plane at the sites, on test hosts in network namespaces:
 //! a controller replica and a host agent at each site, PostgreSQL and a
 //! witness agent at a third place (the root namespace, which reaches both
-//! sites). Site 1, where the leader runs, is lost whole: the replica at
-//! site 2 takes over and fails the VNF over with no human in the loop.
+//! sites), with BIND9 serving the service's name there too. Site 1, where
+//! the leader runs, is lost whole: the replica at site 2 takes over, fails
+//! the VNF over with no human in the loop and points the name at site 2;
+//! a client outside both sites finds the service by DNS throughout.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use crate::harness::{Lab, LabOptions, STANDBY, free_port, kill_agent_vms};
 use crate::netlab::NetLab;
 use crate::relay::Relay;
 use crate::watch::{probe_ok, wait_until};
+use standby_testkit::bind::{Bind, lookup_a};
 
 /// A process in a namespace (`ip netns exec` execs it: the pid is its
 /// own), killed when dropped, with its VMs if it is a host agent.
@@ -62,6 +65,56 @@ fn spawn(
     Proc { child, vms }
 }
 
+/// The A records of the service's name at the zone's server.
+fn lookup(bind: &Bind) -> Vec<std::net::Ipv4Addr> {
+    lookup_a(
+        bind.addr,
+        "sip.svc.example.test.",
+        Duration::from_millis(500),
+    )
+    .unwrap_or_default()
+}
+
+/// A client outside both sites, polling until stopped (a minute at
+/// most): every 100 ms it resolves the service's name at `dns` and sends
+/// SIP OPTIONS to what it got. Each try: (when, the address, answered).
+#[allow(clippy::type_complexity)]
+fn outside_client(
+    dns: std::net::SocketAddr,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<Vec<(Instant, Option<std::net::Ipv4Addr>, bool)>>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut out = Vec::new();
+        for _ in 0..600 {
+            if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let t = Instant::now();
+            let ip = lookup_a(dns, "sip.svc.example.test.", Duration::from_millis(300))
+                .and_then(|ips| ips.first().copied());
+            let ok = ip.is_some_and(|ip| {
+                rt.block_on(standby_vnf::client::options(
+                    (ip, 5060).into(),
+                    Duration::from_millis(300),
+                ))
+                .is_ok()
+            });
+            out.push((t, ip, ok));
+            std::thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
+        }
+        out
+    });
+    (stop, handle)
+}
+
 /// The role the controller at `base` reports, if it answers.
 fn role(base: &str) -> Option<String> {
     crate::ha_db::role_at(base).map(|(role, _)| role)
@@ -74,7 +127,9 @@ fn role(base: &str) -> Option<String> {
 /// has fenced itself for certain, and the VNF answers SIP at site 2. The
 /// sites are sampled every 100 ms: no two copies at once. The RTO is
 /// measured from the loss to SIP answering at site 2, from the third
-/// place.
+/// place, and as a client outside both sites sees it: it resolves the
+/// service's name at the zone's server every 100 ms and sends SIP OPTIONS
+/// to the address it got.
 #[test]
 fn ha_total_loss_of_the_leaders_site_fails_over_from_the_other_replica() {
     let net = NetLab::new();
@@ -93,7 +148,32 @@ fn ha_total_loss_of_the_leaders_site_fails_over_from_the_other_replica() {
     );
     let (p1, p2, pw, b_port) = (free_port(), free_port(), free_port(), free_port());
     let (s1, s2, w) = (net.addr(2), net.addr(6), net.addr(1));
-    let watch = crate::ha::quorum_watch(&net, (p1, p2, pw), true);
+    // The zone's server at the third place, which both sites' replicas
+    // reach at its address on their links.
+    let bind = Bind::start_on("svc.example.test.", "hmac-sha256", Some(w.parse().unwrap()));
+    let watch = format!(
+        r#"{quorum}
+[dns]
+server = "{w}:{dns_port}"
+zone = "svc.example.test."
+key_name = "{key}"
+secret_file = "{secret}"
+ttl = "1s"
+
+[services.sip]
+vm = "pbx1"
+listen = "0.0.0.0:{door}"
+protocols = ["udp"]
+backends = {{ site1 = "{s1}:5060", site2 = "{s2}:5060" }}
+probe = "sip"
+dns_name = "sip"
+"#,
+        quorum = crate::ha::quorum_watch(&net, (p1, p2, pw), true),
+        dns_port = bind.addr.port(),
+        key = Bind::KEY,
+        secret = bind.key_file(Bind::KEY).display(),
+        door = free_port(),
+    );
     let mut lab = Lab::new(LabOptions {
         vm: Some(
             r#"command = "standby-vnf"
@@ -205,6 +285,13 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
     );
     assert!(read_log("site1-agent").contains("self-fencing armed"));
     lab.json(&["protect", "run", "gold"]);
+    // The outside client finds the service at site 1 by its name.
+    let (outside_stop, outside) = outside_client(bind.addr);
+    wait_until(
+        "the name to lead to site 1",
+        Duration::from_secs(30),
+        || lookup(&bind).contains(&s1.parse().unwrap()).then_some(()),
+    );
 
     // Site 1 is lost whole: the leader, the agent and the VNF die, the
     // links go down.
@@ -219,9 +306,32 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
         crate::fencing::sip_answers(sip2).then_some(())
     });
     let rto = lost.elapsed();
+    let s2_ip: std::net::Ipv4Addr = s2.parse().unwrap();
+    wait_until(
+        "the name to lead to site 2",
+        Duration::from_secs(30),
+        || (lookup(&bind) == vec![s2_ip]).then_some(()),
+    );
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    outside_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let samples = samples.join().unwrap();
+    let outside = outside.join().unwrap();
+    let since_loss = |t: Instant| t.saturating_duration_since(lost);
+    // Before the loss the client reached site 1 by the name; after it,
+    // the first answer comes from site 2, where the name leads.
+    assert!(
+        outside
+            .iter()
+            .any(|(t, ip, ok)| *t < lost && *ip == Some(s1.parse().unwrap()) && *ok),
+        "the outside client never reached site 1 by DNS: {outside:?}"
+    );
+    let back = outside
+        .iter()
+        .find(|(t, _, ok)| *t > lost && *ok)
+        .unwrap_or_else(|| panic!("the outside client never got an answer again: {outside:?}"));
+    assert_eq!(back.1, Some(s2_ip), "{outside:?}");
+    let dns_rto = since_loss(back.0);
     let overlaps = samples.iter().filter(|(_, a, b)| *a && *b).count();
     assert_eq!(overlaps, 0, "two copies ran at once: {samples:?}");
     assert!(!alive(pid1));
@@ -239,8 +349,10 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
     assert!(jobs.contains("failover-site"), "{jobs}");
     eprintln!(
         "ha figures: site 1 lost with its leader: the VNF answered SIP at site 2 {:.1}s later \
-         (the replica at site 2 leading, self-fencing wait included); 0 overlaps in {} samples",
+         (the replica at site 2 leading, self-fencing wait included), the outside client by DNS \
+         {:.1}s later (zone TTL 1s, asked every 100 ms); 0 overlaps in {} samples",
         rto.as_secs_f64(),
+        dns_rto.as_secs_f64(),
         samples.len()
     );
     net.heal();
