@@ -217,6 +217,12 @@ impl Agent {
         self.exec.status(vm).await
     }
 
+    /// The status of each of `vms` on this host (one call to a remote
+    /// agent); a VM whose status cannot be told is left out.
+    pub async fn statuses(&self, vms: &[String]) -> Result<Vec<(String, VmStatus)>, AgentError> {
+        self.exec.statuses(vms).await
+    }
+
     /// Which of `vms` run on this host (one call to a remote agent).
     pub async fn running(&self, vms: &[String]) -> Result<Vec<String>, AgentError> {
         self.exec.running(vms).await

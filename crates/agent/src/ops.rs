@@ -72,6 +72,18 @@ pub trait Host: Send + Sync {
         }
         Ok(out)
     }
+    /// The status of each of `vms`, as [`Host::status`] gives it: one call
+    /// to a remote agent, however many VMs are asked about. A VM whose
+    /// status the host cannot tell is left out.
+    async fn statuses(&self, vms: &[String]) -> Result<Vec<(String, VmStatus)>, AgentError> {
+        let mut out = Vec::new();
+        for vm in vms {
+            if let Ok(st) = self.status(vm).await {
+                out.push((vm.clone(), st));
+            }
+        }
+        Ok(out)
+    }
     async fn start(&self, spec: &VmSpec) -> Result<VmStatus, AgentError>;
     /// Graceful stop: ask, wait up to `timeout`, then force.
     async fn shutdown(&self, vm: &str, timeout: Duration) -> Result<VmStatus, AgentError>;

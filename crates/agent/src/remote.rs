@@ -251,6 +251,23 @@ impl Host for RemoteHost {
         self.call("status", &VmCall { vm: vm.into() }, QUICK).await
     }
 
+    async fn statuses(&self, vms: &[String]) -> Result<Vec<(String, VmStatus)>, AgentError> {
+        let mut out = Vec::with_capacity(vms.len());
+        for chunk in vms.chunks(crate::wire::MAX_STATUSES) {
+            let answer: crate::wire::VmStatuses = self
+                .call(
+                    "statuses",
+                    &crate::wire::VmsCall {
+                        vms: chunk.to_vec(),
+                    },
+                    QUICK,
+                )
+                .await?;
+            out.extend(answer.statuses.into_iter().map(|l| (l.vm, l.status)));
+        }
+        Ok(out)
+    }
+
     async fn running(&self, vms: &[String]) -> Result<Vec<String>, AgentError> {
         #[derive(serde::Deserialize)]
         struct Listed {

@@ -37,6 +37,28 @@ pub struct VmCall {
     pub vm: String,
 }
 
+/// `statuses`: the VMs asked about.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VmsCall {
+    pub vms: Vec<String>,
+}
+
+/// The answer of `statuses`: each VM asked about, in the order asked.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VmStatuses {
+    pub statuses: Vec<Listed>,
+}
+
+/// One VM and its status.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Listed {
+    pub vm: String,
+    pub status: standby_hv::VmStatus,
+}
+
+/// At most this many VMs in one `statuses` call.
+pub const MAX_STATUSES: usize = 10_000;
+
 /// `start`, `provision`, `missing-disks`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SpecCall {

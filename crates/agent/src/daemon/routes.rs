@@ -18,7 +18,8 @@ use crate::policy::check_vm_name;
 use crate::progress::Quiet;
 use crate::wire::{
     DrillCall, DrillProbeCall, DrillStartCall, FenceCall, FencedVm, PointCall, PointDone,
-    RestoreCall, RestoreDone, ShutdownCall, SpecCall, VmCall,
+    Listed, MAX_STATUSES, RestoreCall, RestoreDone, ShutdownCall, SpecCall, VmCall, VmStatuses,
+    VmsCall,
 };
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -72,6 +73,7 @@ fn routes(host: Arc<HostAgent>) -> Router {
         .route("/agent/v1/session", get(super::guard::session))
         .route("/agent/v1/state", get(state))
         .route("/agent/v1/status", post(status))
+        .route("/agent/v1/statuses", post(statuses))
         .route("/agent/v1/start", post(start))
         .route("/agent/v1/shutdown", post(shutdown))
         .route("/agent/v1/stop", post(stop))
@@ -151,6 +153,25 @@ async fn state(State(h): Host) -> Answer<serde_json::Value> {
 async fn status(State(h): Host, Json(c): Json<VmCall>) -> Answer<VmStatus> {
     check_vm_name(&c.vm)?;
     Ok(Json(h.exec.status(&c.vm).await?))
+}
+
+/// The status of each VM asked about, as `status` gives it (a VM whose
+/// status the driver cannot tell is left out).
+async fn statuses(State(h): Host, Json(c): Json<VmsCall>) -> Answer<VmStatuses> {
+    if c.vms.len() > MAX_STATUSES {
+        return Err(AgentError::BadRequest(format!(
+            "{} VMs asked about in one statuses call; at most {MAX_STATUSES}",
+            c.vms.len()
+        )));
+    }
+    let mut statuses = Vec::with_capacity(c.vms.len());
+    for vm in c.vms {
+        check_vm_name(&vm)?;
+        if let Ok(status) = h.exec.status(&vm).await {
+            statuses.push(Listed { vm, status });
+        }
+    }
+    Ok(Json(VmStatuses { statuses }))
 }
 
 async fn start(State(h): Host, Json(c): Json<SpecCall>) -> Answer<VmStatus> {

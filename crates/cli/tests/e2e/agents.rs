@@ -319,6 +319,49 @@ allowed_commands = ["/bin/sleep"]
     let pid = v["pid"].as_u64().unwrap();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(cmdline.starts_with(b"/bin/sleep\x0060"), "{cmdline:?}");
+    // The controller asks for every VM's status in one call: the same
+    // answer as one call each, a crash included.
+    let statuses = |vms: Value| agent.post("statuses", TOKEN1, json!({ "vms": vms }));
+    let (status, v) = statuses(json!(["pbx1", "ghost"]));
+    assert_eq!(status, 200, "{v}");
+    let of = |v: &Value, vm: &str| {
+        v["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["vm"] == vm)
+            .map(|l| l["status"].clone())
+            .unwrap_or_else(|| panic!("no {vm} in {v}"))
+    };
+    assert_eq!(of(&v, "pbx1")["state"], "running", "{v}");
+    assert_eq!(of(&v, "pbx1")["pid"], pid, "{v}");
+    let (_, one) = agent.post("status", TOKEN1, json!({"vm": "ghost"}));
+    assert_eq!(of(&v, "ghost")["state"], one["state"], "{v} vs {one}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let crashed = crate::watch::wait_until("the crash seen", Duration::from_secs(10), || {
+        let (_, v) = statuses(json!(["pbx1"]));
+        (of(&v, "pbx1")["state"] == "crashed").then_some(v)
+    });
+    assert!(
+        of(&crashed, "pbx1")["exit"]
+            .as_str()
+            .is_some_and(|e| e.contains("signal")),
+        "{crashed}"
+    );
+    // A name that is not a VM's, or too many at once, is refused.
+    let (status, v) = statuses(json!(["../etc"]));
+    assert_eq!((status, v["code"].as_str()), (400, Some("bad_request")), "{v}");
+    let many: Vec<String> = (0..=10_000).map(|i| format!("vm-{i}")).collect();
+    let (status, v) = statuses(json!(many));
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("at most 10000"),
+        "{v}"
+    );
     let (status, v) = agent.post("stop", TOKEN1, json!({"vm": "pbx1"}));
     assert_eq!(status, 200, "{v}");
     assert_ne!(v["state"], "running", "{v}");

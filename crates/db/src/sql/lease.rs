@@ -57,8 +57,10 @@ impl LeaseRepo for SqlRepo {
         let what = format!("take the leader lease for '{holder}'");
         // SQLite: the write lock. PostgreSQL: the lease row's own lock, not
         // the writers' advisory lock, so a queue of writers cannot hold up
-        // the renewal; a fenced write holds the row FOR SHARE meanwhile, so
-        // a takeover waits for the writes the old holder has under way.
+        // the renewal. Replicas take turns on the row FOR NO KEY UPDATE;
+        // a fenced write holds it FOR KEY SHARE, which only a change of
+        // the epoch (a key: a takeover) waits for, so a takeover waits for
+        // the writes the old holder has under way and a renewal does not.
         let mut tx = match self.backend {
             Backend::Sqlite => self.begin_write(&self.lease_pool, &what, false).await?,
             Backend::Postgres => self.lease_pool.begin().await.map_err(query(&what))?,
@@ -66,7 +68,7 @@ impl LeaseRepo for SqlRepo {
         let now = self.now_ms_sql();
         let lock = match self.backend {
             Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE",
+            Backend::Postgres => " FOR NO KEY UPDATE",
         };
         let current = sqlx::query(&format!("{}{lock}", self.lease_sql()))
             .fetch_optional(&mut *tx)
@@ -88,7 +90,25 @@ impl LeaseRepo for SqlRepo {
                 }
             }
         };
-        if let Some(epoch) = epoch {
+        let same = current.as_ref().and_then(|r| {
+            let (h, e): (String, i64) = (get(r, "holder").ok()?, get(r, "epoch").ok()?);
+            (h == holder).then_some(e)
+        });
+        if let Some(epoch) = epoch.filter(|e| Some(*e) == same) {
+            // A renewal: the epoch (a key) is not touched, so the update
+            // does not wait for the fenced writes under way.
+            sqlx::query(&format!(
+                "UPDATE leader SET url = $2, expires_ms = {now} + $3 WHERE id = 1 AND holder = $1 \
+                 AND epoch = $4"
+            ))
+            .bind(holder)
+            .bind(url)
+            .bind(ms(ttl))
+            .bind(epoch)
+            .execute(&mut *tx)
+            .await
+            .map_err(query(&what))?;
+        } else if let Some(epoch) = epoch {
             sqlx::query(&format!(
                 "INSERT INTO leader (id, holder, url, epoch, expires_ms) \
                  VALUES (1, $1, $2, $3, {now} + $4) \

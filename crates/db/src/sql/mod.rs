@@ -32,11 +32,14 @@
 //!   ([`crate::LeaseRepo::acquire_lease`]), every write transaction checks,
 //!   under the lock, that it still holds the lease (a deposed leader's
 //!   write fails with [`DbError::NotLeader`]) and holds the lease row
-//!   `FOR SHARE` until it commits, and the memos are on. The lease is
+//!   `FOR KEY SHARE` until it commits, and the memos are on. The lease is
 //!   taken and renewed on a connection pool of its own, under the lease
-//!   row's lock (`FOR UPDATE`) rather than the writers' advisory lock, so
-//!   neither a busy API nor a queue of writers holds up the renewal, and
-//!   a takeover waits for the old holder's writes under way.
+//!   row's lock rather than the writers' advisory lock. The epoch is a
+//!   key of the row (a unique index): a renewal keeps it and updates the
+//!   row `FOR NO KEY UPDATE`, which waits for no writer, while a takeover
+//!   changes it, which takes the row `FOR UPDATE` and so waits for the old
+//!   holder's writes under way. Neither a busy API nor a queue of
+//!   writers holds up the renewal.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -275,7 +278,7 @@ impl SqlRepo {
                 if let Some(holder) = writer.filter(|_| fenced) {
                     let holds = sqlx::query(&format!(
                         "SELECT holder FROM leader WHERE id = 1 AND holder = $1 AND expires_ms > {} \
-                         FOR SHARE",
+                         FOR KEY SHARE",
                         self.now_ms_sql()
                     ))
                     .bind(&holder)

@@ -169,3 +169,50 @@ async fn a_deposed_leader_cannot_write() {
     assert_eq!(b.vm("pbx1").await.unwrap().active_site, "site1");
     assert_eq!(b.point_summary().await.unwrap()[0].count, 1);
 }
+
+/// While the leader's write is under way (its transaction open), its
+/// lease renews without waiting for it, and another replica's takeover,
+/// once the lease lapsed, waits until the write is done: a write the
+/// old leader began under its lease never lands after the new leader
+/// took over.
+#[tokio::test]
+async fn a_renewal_does_not_wait_for_writes_and_a_takeover_does() {
+    use crate::LeaseRepo;
+    use std::time::{Duration, Instant};
+
+    let (a, b) = replicas().await;
+    let ttl = Duration::from_millis(600);
+    assert!(
+        a.acquire_lease("a", "http://a", ttl, 0, false)
+            .await
+            .unwrap()
+            .held
+    );
+    let tx = a.begin_write(&a.pool, "a long write", true).await.unwrap();
+    let t = Instant::now();
+    let renewed = tokio::time::timeout(
+        Duration::from_secs(2),
+        a.acquire_lease("a", "http://a", ttl, 0, false),
+    )
+    .await
+    .expect("the renewal waited for the write")
+    .unwrap();
+    assert!(renewed.held && renewed.epoch == 1, "{renewed:?}");
+    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    // a stops renewing; b tries to take over while a's write is open.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let takeover = tokio::spawn(async move {
+        let t = Instant::now();
+        let l = b
+            .acquire_lease("b", "http://b", Duration::from_secs(30), 0, false)
+            .await
+            .unwrap();
+        (l, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!takeover.is_finished(), "the takeover did not wait for the write");
+    tx.commit().await.unwrap();
+    let (lease, waited) = takeover.await.unwrap();
+    assert!(lease.held && lease.epoch == 2, "{lease:?}");
+    assert!(waited >= Duration::from_millis(600), "{waited:?}");
+}

@@ -47,15 +47,27 @@ fn silenced_by(silences: &[Silence], labels: &Labels, now: DateTime<Utc>) -> Opt
 
 pub(super) async fn tick(ctl: &Arc<Controller>) -> Result<(), EngineError> {
     let now = Utc::now();
-    let transitions = ctl
-        .watch
-        .evaluator
-        .lock()
-        .expect("evaluator lock")
-        .evaluate(now);
-    for t in transitions {
+    // What inhibits each new alert, asked once for all of them (a site
+    // of thousands of VMs down fires thousands at once).
+    let transitions: Vec<(Transition, Option<String>, bool)> = {
+        let mut ev = ctl.watch.evaluator.lock().expect("evaluator lock");
+        let transitions = ev.evaluate(now);
+        let inhibitions = ev.inhibitions();
+        transitions
+            .into_iter()
+            .map(|t| {
+                let muted = match t.kind {
+                    TransitionKind::Firing => inhibitions.by(&t.labels),
+                    TransitionKind::Resolved => None,
+                };
+                let may = ev.may_be_inhibited(&t.labels);
+                (t, muted, may)
+            })
+            .collect()
+    };
+    for (t, inhibited_by, may_be_inhibited) in transitions {
         match t.kind {
-            TransitionKind::Firing => fire(ctl, t, now).await?,
+            TransitionKind::Firing => fire(ctl, t, inhibited_by, may_be_inhibited, now).await?,
             TransitionKind::Resolved => resolve(ctl, t).await?,
         }
     }
@@ -86,7 +98,15 @@ fn describe(a: &Alert) -> String {
     format!("{} {}", a.rule, labels.join(" "))
 }
 
-async fn fire(ctl: &Arc<Controller>, t: Transition, now: DateTime<Utc>) -> Result<(), EngineError> {
+/// A new alert, `inhibited_by` that firing alert (or none), which some
+/// inhibit rule could mute (`may_be_inhibited`) or none could.
+async fn fire(
+    ctl: &Arc<Controller>,
+    t: Transition,
+    inhibited_by: Option<String>,
+    may_be_inhibited: bool,
+    now: DateTime<Utc>,
+) -> Result<(), EngineError> {
     let w = &ctl.watch;
     if w.active
         .lock()
@@ -95,10 +115,6 @@ async fn fire(ctl: &Arc<Controller>, t: Transition, now: DateTime<Utc>) -> Resul
     {
         return Ok(());
     }
-    let (inhibited_by, may_be_inhibited) = {
-        let ev = w.evaluator.lock().expect("evaluator lock");
-        (ev.inhibited_by(&t.labels), ev.may_be_inhibited(&t.labels))
-    };
     let silenced = silenced_by(&w.silences.lock().expect("silences lock"), &t.labels, now);
     let mut alert = Alert {
         id: 0,
@@ -185,12 +201,13 @@ async fn refresh_mutes(ctl: &Arc<Controller>, now: DateTime<Utc>) -> Result<(), 
         .retain(|s| s.ends_at > now);
     let changed: Vec<Alert> = {
         let ev = w.evaluator.lock().expect("evaluator lock");
+        let inhibitions = ev.inhibitions();
         let silences = w.silences.lock().expect("silences lock");
         let mut active = w.active.lock().expect("active lock");
         active
             .values_mut()
             .filter_map(|a| {
-                let inh = ev.inhibited_by(&a.labels);
+                let inh = inhibitions.by(&a.labels);
                 let sil = silenced_by(&silences, &a.labels, now);
                 if inh != a.inhibited_by || sil != a.silenced_by {
                     a.inhibited_by = inh;

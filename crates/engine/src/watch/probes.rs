@@ -75,13 +75,13 @@ pub(super) async fn run_generated(ctl: Arc<Controller>) {
             _ = tick.tick() => {}
         }
         for r in heartbeats(&ctl, stale) {
-            ctl.watch.record(r);
+            ctl.watch.record_changes(r);
         }
         for r in vm_states(&ctl, stale).await {
-            ctl.watch.record(r);
+            ctl.watch.record_changes(r);
         }
         for r in point_ages(&ctl, stale).await {
-            ctl.watch.record(r);
+            ctl.watch.record_changes(r);
         }
     }
 }
@@ -128,27 +128,67 @@ fn heartbeats(ctl: &Controller, stale: Duration) -> Vec<ProbeResult> {
     out
 }
 
-async fn vm_states(ctl: &Controller, stale: Duration) -> Vec<ProbeResult> {
+/// Hosts asked at once by the VM-state probe.
+const STATUS_CALLS_AT_ONCE: usize = 16;
+
+/// Each VM's state on its active host: one call per host (a remote agent
+/// answers for all its VMs at once), a few hosts at a time.
+async fn vm_states(ctl: &Arc<Controller>, stale: Duration) -> Vec<ProbeResult> {
+    use futures::StreamExt;
     let Ok(vms) = ctl.repo.vms().await else {
         return Vec::new();
     };
+    let mut by_host: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for vm in &vms {
+        by_host
+            .entry(vm.active_host.clone())
+            .or_default()
+            .push(vm.name.clone());
+    }
+    type Answer = Result<std::collections::HashMap<String, standby_hv::VmStatus>, String>;
+    let answers: std::collections::HashMap<String, Answer> = futures::stream::iter(by_host)
+        .map(|(host, names)| {
+            let ctl = ctl.clone();
+            async move {
+                // A host the configuration does not know is not probed.
+                let agent = ctl.agent(&host).ok()?;
+                let r = agent
+                    .statuses(&names)
+                    .await
+                    .map(|l| l.into_iter().collect())
+                    .map_err(|e| e.to_string());
+                Some((host, r))
+            }
+        })
+        .buffer_unordered(STATUS_CALLS_AT_ONCE)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
     let mut out = Vec::new();
-    for vm in vms {
-        let Ok(agent) = ctl.agent(&vm.active_host) else {
+    for vm in &vms {
+        let Some(answer) = answers.get(&vm.active_host) else {
             continue;
         };
-        let (ok, detail) = match agent.status(&vm.name).await {
-            Ok(st) => match st.state {
-                VmState::Crashed => (
-                    false,
-                    format!(
-                        "crashed ({})",
-                        st.exit.as_deref().unwrap_or("no exit status")
-                    ),
+        // A host that does not answer says nothing of its VMs: no result
+        // (the last one goes stale); the host's heartbeat probe is what
+        // tells that it is gone. Only a crash the host reports fails.
+        let st = match answer.as_ref().map(|m| m.get(&vm.name)) {
+            Ok(Some(st)) => st,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!(vm = %vm.name, host = %vm.active_host, "VM state unknown: {e}");
+                continue;
+            }
+        };
+        let (ok, detail) = match st.state {
+            VmState::Crashed => (
+                false,
+                format!(
+                    "crashed ({})",
+                    st.exit.as_deref().unwrap_or("no exit status")
                 ),
-                s => (true, s.to_string()),
-            },
-            Err(e) => (false, format!("status unknown: {e}")),
+            ),
+            s => (true, s.to_string()),
         };
         let mut labels = Labels::new();
         labels.insert("vm".into(), vm.name.clone());

@@ -128,13 +128,32 @@ impl Watch {
 
     /// Take in one probe result: evaluator state, latest table, an event.
     pub fn record(&self, r: ProbeResult) {
+        self.take_in(r, true);
+    }
+
+    /// Like [`Watch::record`] for the probes made from the inventory
+    /// (heartbeats, VM states, point ages), one per agent or VM every
+    /// second: the event goes to the log only when the outcome changed
+    /// (or is the probe's first), so the log does not grow with the
+    /// inventory; rules still see every result.
+    pub fn record_changes(&self, r: ProbeResult) {
+        let changed = self
+            .latest
+            .lock()
+            .expect("latest lock")
+            .get(&(r.probe.clone(), r.vantage.clone()))
+            .is_none_or(|prev| prev.ok != r.ok);
+        self.take_in(r, changed);
+    }
+
+    fn take_in(&self, r: ProbeResult, logged: bool) {
         self.evaluator.lock().expect("evaluator lock").observe(&r);
         let severity = if r.ok {
             Severity::Info
         } else {
             Severity::Warning
         };
-        self.emit(Event {
+        let event = Event {
             id: 0,
             at: r.at,
             source: r.probe.clone(),
@@ -148,7 +167,15 @@ impl Watch {
                 r.detail,
                 r.latency_ms
             ),
-        });
+        };
+        if logged {
+            self.emit(event);
+        } else {
+            self.evaluator
+                .lock()
+                .expect("evaluator lock")
+                .observe_event(&event);
+        }
         self.latest
             .lock()
             .expect("latest lock")

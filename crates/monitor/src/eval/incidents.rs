@@ -1,12 +1,48 @@
 //! Inhibition and incident templates of firing alerts.
 
+use std::collections::HashMap;
+
 use standby_types::watch::Labels;
 
 use super::{Evaluator, Phase, RenderedIncident};
+use crate::rules::InhibitRule;
 
-impl Evaluator {
+/// The firing alerts that may inhibit others, by inhibit rule and by the
+/// values of the rule's `equal` labels (see [`Evaluator::inhibitions`]).
+pub struct Inhibitions<'a> {
+    #[allow(clippy::type_complexity)]
+    rules: Vec<(&'a InhibitRule, HashMap<Vec<Option<&'a str>>, Vec<(&'a Labels, &'a str)>>)>,
+}
+
+impl Inhibitions<'_> {
     /// Fingerprint of a firing alert that inhibits an alert with these
     /// labels (never the alert itself).
+    pub fn by(&self, labels: &Labels) -> Option<String> {
+        for (inhibit, sources) in &self.rules {
+            if !inhibit.target.matches(labels) {
+                continue;
+            }
+            let found = sources
+                .get(&equal_values(&inhibit.equal, labels))
+                .into_iter()
+                .flatten()
+                .find(|(source, _)| *source != labels);
+            if let Some((_, fingerprint)) = found {
+                return Some(fingerprint.to_string());
+            }
+        }
+        None
+    }
+}
+
+fn equal_values<'a>(equal: &[String], labels: &'a Labels) -> Vec<Option<&'a str>> {
+    equal
+        .iter()
+        .map(|l| labels.get(l).map(String::as_str))
+        .collect()
+}
+
+impl Evaluator {
     /// Whether some inhibit rule could mute an alert with these labels
     /// (its `target` matches). One that cannot (site-down) has nothing to
     /// wait for before it is acted on.
@@ -14,13 +50,25 @@ impl Evaluator {
         self.rules.inhibit.iter().any(|i| i.target.matches(labels))
     }
 
+    /// Fingerprint of a firing alert that inhibits an alert with these
+    /// labels (never the alert itself). For many alerts, ask
+    /// [`Evaluator::inhibitions`] once.
     pub fn inhibited_by(&self, labels: &Labels) -> Option<String> {
-        for inhibit in &self.rules.inhibit {
-            if !inhibit.target.matches(labels) {
-                continue;
-            }
-            for groups in self.slots.values() {
-                for slot in groups.values() {
+        self.inhibitions().by(labels)
+    }
+
+    /// What inhibits what among the alerts firing now, indexed so that
+    /// asking for each of many alerts costs one lookup per inhibit rule
+    /// (a site of thousands of VMs down is thousands of alerts).
+    pub fn inhibitions(&self) -> Inhibitions<'_> {
+        let rules = self
+            .rules
+            .inhibit
+            .iter()
+            .map(|inhibit| {
+                let mut sources: HashMap<Vec<Option<&str>>, Vec<(&Labels, &str)>> =
+                    HashMap::new();
+                for slot in self.slots.values().flat_map(|g| g.values()) {
                     let Phase::Firing {
                         labels: source,
                         fingerprint,
@@ -29,16 +77,17 @@ impl Evaluator {
                     else {
                         continue;
                     };
-                    if source == labels || !inhibit.source.matches(source) {
-                        continue;
-                    }
-                    if inhibit.equal.iter().all(|l| source.get(l) == labels.get(l)) {
-                        return Some(fingerprint.clone());
+                    if inhibit.source.matches(source) {
+                        sources
+                            .entry(equal_values(&inhibit.equal, source))
+                            .or_default()
+                            .push((source, fingerprint));
                     }
                 }
-            }
-        }
-        None
+                (inhibit, sources)
+            })
+            .collect();
+        Inhibitions { rules }
     }
 
     /// Renders an incident template for an alert. The key defaults to the

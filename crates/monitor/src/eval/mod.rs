@@ -18,6 +18,8 @@ mod evaluate;
 mod incidents;
 mod observe;
 
+pub use incidents::Inhibitions;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransitionKind {
     Firing,
