@@ -162,8 +162,9 @@ pub trait Repo: Send + Sync {
     async fn sites(&self) -> Result<Vec<SiteRecord>, DbError>;
     /// Hosts by name.
     async fn hosts(&self) -> Result<Vec<HostRecord>, DbError>;
-    /// VMs by name.
-    async fn vms(&self) -> Result<Vec<VmRecord>, DbError>;
+    /// VMs by name (shared: kept in memory while this process is the
+    /// database's only writer).
+    async fn vms(&self) -> Result<std::sync::Arc<Vec<VmRecord>>, DbError>;
     async fn vm(&self, name: &str) -> Result<VmRecord, DbError>;
     /// A VM's disks in configuration order (empty for an unknown VM).
     async fn disks(&self, vm: &str) -> Result<Vec<DiskRecord>, DbError>;

@@ -10,7 +10,7 @@ use standby_db::{AuthRepo, FenceRecord, Repo, SqlRepo};
 use standby_hv::{ProcessDriver, QemuDriver};
 use standby_store::Datastore;
 use standby_types::config::{Config, Database, DriverKind};
-use standby_types::model::PointRecord;
+use standby_types::model::{PointRecord, VmRecord};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +28,10 @@ pub struct Controller {
     servers: BTreeMap<String, standby_agent::access::Server>,
     stores: Mutex<HashMap<String, Datastore>>,
     vm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The VMs active at each site, derived from the shared VM list it
+    /// names (see [`Controller::vms_by_site`]).
+    #[allow(clippy::type_complexity)]
+    site_vms: Mutex<Option<(Arc<Vec<VmRecord>>, Arc<BTreeMap<String, Vec<String>>>)>>,
     /// The fenced sites, as in the database (which is written first).
     pub(crate) fences: Mutex<BTreeMap<String, FenceRecord>>,
     /// What is known of fenced hosts and the agents' heartbeats (see
@@ -48,6 +52,29 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// The names of the VMs active at each site, by site. Derived once
+    /// from each version of the VM list (a list of every site's VMs is
+    /// asked often and costs a pass over every VM).
+    pub async fn vms_by_site(&self) -> Result<Arc<BTreeMap<String, Vec<String>>>, EngineError> {
+        let vms = self.repo.vms().await?;
+        let mut cached = self.site_vms.lock().expect("site vms lock");
+        if let Some((of, by_site)) = cached.as_ref()
+            && Arc::ptr_eq(of, &vms)
+        {
+            return Ok(by_site.clone());
+        }
+        let mut by_site: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for v in vms.iter() {
+            by_site
+                .entry(v.active_site.clone())
+                .or_default()
+                .push(v.name.clone());
+        }
+        let by_site = Arc::new(by_site);
+        *cached = Some((vms, by_site.clone()));
+        Ok(by_site)
+    }
+
     /// Open the database, apply the configuration to it and set up the
     /// agents of every configured host (all local in the embedded mode).
     pub async fn open(cfg: Config) -> Result<Arc<Controller>, EngineError> {
@@ -121,7 +148,7 @@ impl Controller {
         // A VM active on a host the configuration dropped would lose its
         // agent (and its pid files): refuse rather than move it home and
         // risk a second copy.
-        for vm in repo.vms().await? {
+        for vm in repo.vms().await?.iter() {
             if cfg.vms.contains_key(&vm.name) && !cfg.hosts.contains_key(&vm.active_host) {
                 return Err(EngineError::Conflict(format!(
                     "vm {} is active on host {}, which the configuration no longer has; keep the host until the vm is moved",
@@ -243,6 +270,7 @@ impl Controller {
             servers,
             stores: Mutex::default(),
             vm_locks: Mutex::default(),
+            site_vms: Mutex::default(),
             fences: Mutex::new(fences),
             proofs: crate::proofs::Proofs::default(),
             leader,

@@ -17,8 +17,8 @@ use crate::ops::{Host as _, PointRequest, StoreRef};
 use crate::policy::check_vm_name;
 use crate::progress::Quiet;
 use crate::wire::{
-    DrillCall, DrillProbeCall, DrillStartCall, FenceCall, FencedVm, PointCall, PointDone,
-    Listed, MAX_STATUSES, RestoreCall, RestoreDone, ShutdownCall, SpecCall, VmCall, VmStatuses,
+    DrillCall, DrillProbeCall, DrillStartCall, FenceCall, FencedVm, Listed, MAX_STATUSES,
+    PointCall, PointDone, RestoreCall, RestoreDone, ShutdownCall, SpecCall, VmCall, VmStatuses,
     VmsCall,
 };
 

@@ -354,7 +354,11 @@ allowed_commands = ["/bin/sleep"]
     );
     // A name that is not a VM's, or too many at once, is refused.
     let (status, v) = statuses(json!(["../etc"]));
-    assert_eq!((status, v["code"].as_str()), (400, Some("bad_request")), "{v}");
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
     let many: Vec<String> = (0..=10_000).map(|i| format!("vm-{i}")).collect();
     let (status, v) = statuses(json!(many));
     assert_eq!(status, 400, "{v}");

@@ -134,9 +134,6 @@ fn ha_scale_figures() {
     lab.start_server();
     let leader = lab.server_pid().expect("the leader runs");
     std::thread::sleep(Duration::from_secs(5));
-    let out = lab.run(&["--json", "alerts", "list"]);
-    eprintln!("DEBUG alerts: {} {}", String::from_utf8_lossy(&out.stdout).chars().take(1500).collect::<String>(), String::from_utf8_lossy(&out.stderr));
-    eprintln!("DEBUG log: {}", std::fs::read_to_string(lab.path("server.log")).unwrap_or_default().lines().filter(|l| !l.contains("heartbeat")).take(40).collect::<Vec<_>>().join("\n"));
 
     // The API at `rps` requests a second for 20 s: a VM's status, its
     // points, the list of VMs' protection, in turn.

@@ -100,6 +100,7 @@ impl AuthRepo for SqlRepo {
         .execute(&self.pool)
         .await
         .map_err(query(format!("add token '{}'", t.id)))?;
+        self.tokens_memo.invalidate();
         Ok(())
     }
 
@@ -116,6 +117,20 @@ impl AuthRepo for SqlRepo {
     }
 
     async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRecord>, DbError> {
+        if self.tokens_memo.is_enabled() {
+            let by_hash = self
+                .tokens_memo
+                .get(|| async {
+                    Ok(self
+                        .tokens()
+                        .await?
+                        .into_iter()
+                        .map(|t| (t.secret_hash.clone(), t))
+                        .collect())
+                })
+                .await?;
+            return Ok(by_hash.get(secret_hash).cloned());
+        }
         sqlx::query(&format!(
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE secret_hash = $1"
         ))
@@ -146,6 +161,7 @@ impl AuthRepo for SqlRepo {
             .execute(&self.pool)
             .await
             .map_err(query(format!("revoke token '{id}'")))?;
+        self.tokens_memo.invalidate();
         found(r.rows_affected(), "token", id)
     }
 
@@ -156,6 +172,7 @@ impl AuthRepo for SqlRepo {
             .execute(&self.pool)
             .await
             .map_err(query(format!("record use of token '{id}'")))?;
+        self.tokens_memo.invalidate();
         Ok(())
     }
 
@@ -268,9 +285,15 @@ mod tests {
         let t = repo.token_by_hash("hash-t2").await.unwrap().unwrap();
         assert_eq!((t.id.as_str(), t.tenant), ("t2", None));
         assert!(repo.token_by_hash("nope").await.unwrap().is_none());
+        repo.touch_token("t2", now).await.unwrap();
+        let t = repo.token_by_hash("hash-t2").await.unwrap().unwrap();
+        assert_eq!(t.last_used.map(|t| t.timestamp()), Some(now.timestamp()));
         repo.revoke_token("t2", now).await.unwrap();
         assert!(!repo.has_admin(now).await.unwrap());
         assert!(!repo.token("t2").await.unwrap().is_valid(now));
+        // Looked up by its secret (as every API call does), revoked at once.
+        let t = repo.token_by_hash("hash-t2").await.unwrap().unwrap();
+        assert!(!t.is_valid(now), "{t:?}");
         assert!(matches!(
             repo.revoke_token("zz", now).await,
             Err(DbError::NotFound { kind: "token", .. })

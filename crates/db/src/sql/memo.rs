@@ -68,6 +68,11 @@ impl<T> Memo<T> {
         Ok(v)
     }
 
+    /// Whether values are kept (a read may be served from memory).
+    pub(super) fn is_enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Keep values from now on (this process became the only writer).
     pub(super) fn enable(&self) {
         self.enabled

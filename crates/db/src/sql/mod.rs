@@ -107,6 +107,9 @@ pub struct SqlRepo {
     /// Match counts of point queries by filter (a count scans an index):
     /// a fresh map per catalog generation, filled as filters are asked.
     counts_memo: Memo<std::sync::Mutex<HashMap<String, u64>>>,
+    /// API tokens by the hash of their secret (every API request looks its
+    /// token up; changed by adding, revoking and using one).
+    tokens_memo: Memo<HashMap<String, crate::auth::TokenRecord>>,
     /// Where the lease is taken and renewed: on PostgreSQL a pool of its
     /// own; on SQLite the one pool.
     lease_pool: AnyPool,
@@ -178,8 +181,12 @@ impl SqlRepo {
                 "not a postgres:// URL".into(),
             )));
         }
+        // Not pinged before each use (a round trip per query): a broken
+        // connection fails its query with an error, and is replaced. The
+        // lease's pool keeps the ping.
         let pool = Self::pool_options(Backend::Postgres)
             .max_connections(MAX_CONNECTIONS)
+            .test_before_acquire(false)
             .connect(url)
             .await
             .map_err(connect_err)?;
@@ -240,6 +247,7 @@ impl SqlRepo {
             copies_memo: Memo::new(memo),
             latest_memo: Memo::new(memo),
             counts_memo: Memo::new(memo),
+            tokens_memo: Memo::new(memo),
         })
     }
 
@@ -311,6 +319,7 @@ impl SqlRepo {
             self.copies_memo.enable();
             self.latest_memo.enable();
             self.counts_memo.enable();
+            self.tokens_memo.enable();
         }
     }
 }

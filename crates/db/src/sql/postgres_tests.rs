@@ -198,7 +198,11 @@ async fn a_renewal_does_not_wait_for_writes_and_a_takeover_does() {
     .expect("the renewal waited for the write")
     .unwrap();
     assert!(renewed.held && renewed.epoch == 1, "{renewed:?}");
-    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
     // a stops renewing; b tries to take over while a's write is open.
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
     let takeover = tokio::spawn(async move {
@@ -210,7 +214,10 @@ async fn a_renewal_does_not_wait_for_writes_and_a_takeover_does() {
         (l, t.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!takeover.is_finished(), "the takeover did not wait for the write");
+    assert!(
+        !takeover.is_finished(),
+        "the takeover did not wait for the write"
+    );
     tx.commit().await.unwrap();
     let (lease, waited) = takeover.await.unwrap();
     assert!(lease.held && lease.epoch == 2, "{lease:?}");

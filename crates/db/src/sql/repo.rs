@@ -63,7 +63,7 @@ impl Repo for SqlRepo {
             .collect()
     }
 
-    async fn vms(&self) -> Result<Vec<VmRecord>, DbError> {
+    async fn vms(&self) -> Result<std::sync::Arc<Vec<VmRecord>>, DbError> {
         self.vms_memo
             .get(|| async {
                 sqlx::query(
@@ -78,10 +78,17 @@ impl Repo for SqlRepo {
                 .collect()
             })
             .await
-            .map(|v| Vec::clone(&v))
     }
 
     async fn vm(&self, name: &str) -> Result<VmRecord, DbError> {
+        // Kept in memory (the list is sorted by name): no query per VM.
+        if self.vms_memo.is_enabled() {
+            let vms = self.vms().await?;
+            return vms
+                .binary_search_by(|v| v.name.as_str().cmp(name))
+                .map(|i| vms[i].clone())
+                .map_err(|_| not_found("vm", name));
+        }
         sqlx::query(
             "SELECT name, home_site, home_host, dr_site, active_site, active_host \
              FROM vms WHERE name = $1",

@@ -233,8 +233,8 @@ async fn removing_a_vm_keeps_its_points(repo: SqlRepo) {
         .vms()
         .await
         .unwrap()
-        .into_iter()
-        .map(|v| v.name)
+        .iter()
+        .map(|v| v.name.clone())
         .collect();
     assert_eq!(names, ["pbx1"]);
     assert_not_found(repo.vm("pbx2").await, "vm", "pbx2");

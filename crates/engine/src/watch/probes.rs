@@ -139,7 +139,7 @@ async fn vm_states(ctl: &Arc<Controller>, stale: Duration) -> Vec<ProbeResult> {
         return Vec::new();
     };
     let mut by_host: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for vm in &vms {
+    for vm in vms.iter() {
         by_host
             .entry(vm.active_host.clone())
             .or_default()
@@ -165,7 +165,7 @@ async fn vm_states(ctl: &Arc<Controller>, stale: Duration) -> Vec<ProbeResult> {
         .collect()
         .await;
     let mut out = Vec::new();
-    for vm in &vms {
+    for vm in vms.iter() {
         let Some(answer) = answers.get(&vm.active_host) else {
             continue;
         };

@@ -147,34 +147,41 @@ impl Watch {
     }
 
     fn take_in(&self, r: ProbeResult, logged: bool) {
-        self.evaluator.lock().expect("evaluator lock").observe(&r);
-        let severity = if r.ok {
-            Severity::Info
-        } else {
-            Severity::Warning
+        let counted = {
+            let mut ev = self.evaluator.lock().expect("evaluator lock");
+            ev.observe(&r);
+            ev.counts_events()
         };
-        let event = Event {
-            id: 0,
-            at: r.at,
-            source: r.probe.clone(),
-            kind: "probe.result".into(),
-            severity,
-            labels: r.labels.clone(),
-            vantage: r.vantage.clone(),
-            message: format!(
-                "{} {} in {} ms",
-                if r.ok { "ok" } else { "failed:" },
-                r.detail,
-                r.latency_ms
-            ),
-        };
-        if logged {
-            self.emit(event);
-        } else {
-            self.evaluator
-                .lock()
-                .expect("evaluator lock")
-                .observe_event(&event);
+        // Not logged and no rule counting events: no event to make.
+        if logged || counted {
+            let severity = if r.ok {
+                Severity::Info
+            } else {
+                Severity::Warning
+            };
+            let event = Event {
+                id: 0,
+                at: r.at,
+                source: r.probe.clone(),
+                kind: "probe.result".into(),
+                severity,
+                labels: r.labels.clone(),
+                vantage: r.vantage.clone(),
+                message: format!(
+                    "{} {} in {} ms",
+                    if r.ok { "ok" } else { "failed:" },
+                    r.detail,
+                    r.latency_ms
+                ),
+            };
+            if logged {
+                self.emit(event);
+            } else {
+                self.evaluator
+                    .lock()
+                    .expect("evaluator lock")
+                    .observe_event(&event);
+            }
         }
         self.latest
             .lock()

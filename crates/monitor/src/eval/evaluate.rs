@@ -30,64 +30,87 @@ impl Evaluator {
                 Condition::Event(c) => self.event_truths(&rule.name, c, now),
             };
             let mut groups = self.slots.remove(&rule.name).unwrap_or_default();
-            // Groups with evidence and groups with state.
-            let mut keys: Vec<GroupKey> = truths.keys().cloned().collect();
-            keys.extend(groups.keys().filter(|k| !truths.contains_key(*k)).cloned());
-            for key in keys {
-                let mut truth = truths.get(&key).copied().unwrap_or(Truth::Unknown);
+            let mut kept = std::collections::BTreeMap::new();
+            // Groups with evidence, then groups with state only.
+            for (key, mut truth) in truths {
                 let slot = groups.remove(&key);
                 if truth == Truth::Unknown && slot.as_ref().is_some_and(|s| s.orphaned) {
                     truth = Truth::False;
                 }
-                let orphaned =
-                    slot.as_ref().is_some_and(|s| s.orphaned) && !truths.contains_key(&key);
-                let next = match (slot.map(|s| s.phase), truth) {
-                    (None, Truth::Holds) if rule.for_.is_zero() => {
-                        Some(self.fire(rule, &key, now, now, &mut out))
-                    }
-                    (None, Truth::Holds) => Some(Phase::Pending { since: now }),
-                    (None, _) => None,
-                    (Some(Phase::Pending { since }), Truth::Holds) => {
-                        if now.signed_duration_since(since) >= delta(rule.for_) {
-                            Some(self.fire(rule, &key, since, now, &mut out))
-                        } else {
-                            Some(Phase::Pending { since })
-                        }
-                    }
-                    // Pending that lapses (or loses its evidence) emits nothing.
-                    (Some(Phase::Pending { .. }), _) => None,
-                    (Some(mut p @ Phase::Firing { .. }), truth) => {
-                        let mut resolve = false;
-                        if let Phase::Firing { clear_since, .. } = &mut p {
-                            match truth {
-                                Truth::Holds => *clear_since = None,
-                                Truth::Unknown => {}
-                                Truth::False => {
-                                    let since = *clear_since.get_or_insert(now);
-                                    resolve =
-                                        now.signed_duration_since(since) >= delta(rule.clear_for);
-                                }
-                            }
-                        }
-                        if resolve {
-                            out.extend(transition_of(rule, &p, TransitionKind::Resolved, now));
-                            tracing::info!(rule = %rule.name, ?key, "alert resolved");
-                            None
-                        } else {
-                            Some(p)
-                        }
-                    }
-                };
-                if let Some(phase) = next {
-                    groups.insert(key, AlertSlot { phase, orphaned });
+                if let Some(s) = self.advance(rule, &key, slot, truth, false, now, &mut out) {
+                    kept.insert(key, s);
                 }
             }
+            for (key, slot) in groups {
+                let (truth, orphaned) = if slot.orphaned {
+                    (Truth::False, true)
+                } else {
+                    (Truth::Unknown, false)
+                };
+                if let Some(s) =
+                    self.advance(rule, &key, Some(slot), truth, orphaned, now, &mut out)
+                {
+                    kept.insert(key, s);
+                }
+            }
+            let groups = kept;
             if !groups.is_empty() {
                 self.slots.insert(rule.name.clone(), groups);
             }
         }
         self.rules.rules = rules;
         out
+    }
+
+    /// One group's state machine, one step: its slot after `truth`.
+    #[allow(clippy::too_many_arguments)]
+    fn advance(
+        &self,
+        rule: &Rule,
+        key: &GroupKey,
+        slot: Option<AlertSlot>,
+        truth: Truth,
+        orphaned: bool,
+        now: DateTime<Utc>,
+        out: &mut Vec<Transition>,
+    ) -> Option<AlertSlot> {
+        let next = match (slot.map(|s| s.phase), truth) {
+            (None, Truth::Holds) if rule.for_.is_zero() => {
+                Some(self.fire(rule, key, now, now, out))
+            }
+            (None, Truth::Holds) => Some(Phase::Pending { since: now }),
+            (None, _) => None,
+            (Some(Phase::Pending { since }), Truth::Holds) => {
+                if now.signed_duration_since(since) >= delta(rule.for_) {
+                    Some(self.fire(rule, key, since, now, out))
+                } else {
+                    Some(Phase::Pending { since })
+                }
+            }
+            // Pending that lapses (or loses its evidence) emits nothing.
+            (Some(Phase::Pending { .. }), _) => None,
+            (Some(mut p @ Phase::Firing { .. }), truth) => {
+                let mut resolve = false;
+                if let Phase::Firing { clear_since, .. } = &mut p {
+                    match truth {
+                        Truth::Holds => *clear_since = None,
+                        Truth::Unknown => {}
+                        Truth::False => {
+                            let since = *clear_since.get_or_insert(now);
+                            resolve = now.signed_duration_since(since) >= delta(rule.clear_for);
+                        }
+                    }
+                }
+                if resolve {
+                    out.extend(transition_of(rule, &p, TransitionKind::Resolved, now));
+                    tracing::info!(rule = %rule.name, ?key, "alert resolved");
+                    None
+                } else {
+                    Some(p)
+                }
+            }
+        };
+        next.map(|phase| AlertSlot { phase, orphaned })
     }
 
     fn alert_labels(rule: &Rule, key: &GroupKey) -> Labels {

@@ -11,7 +11,10 @@ use crate::rules::InhibitRule;
 /// values of the rule's `equal` labels (see [`Evaluator::inhibitions`]).
 pub struct Inhibitions<'a> {
     #[allow(clippy::type_complexity)]
-    rules: Vec<(&'a InhibitRule, HashMap<Vec<Option<&'a str>>, Vec<(&'a Labels, &'a str)>>)>,
+    rules: Vec<(
+        &'a InhibitRule,
+        HashMap<Vec<Option<&'a str>>, Vec<(&'a Labels, &'a str)>>,
+    )>,
 }
 
 impl Inhibitions<'_> {
@@ -66,8 +69,7 @@ impl Evaluator {
             .inhibit
             .iter()
             .map(|inhibit| {
-                let mut sources: HashMap<Vec<Option<&str>>, Vec<(&Labels, &str)>> =
-                    HashMap::new();
+                let mut sources: HashMap<Vec<Option<&str>>, Vec<(&Labels, &str)>> = HashMap::new();
                 for slot in self.slots.values().flat_map(|g| g.values()) {
                     let Phase::Firing {
                         labels: source,

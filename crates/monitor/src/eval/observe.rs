@@ -90,6 +90,15 @@ impl Evaluator {
         }
     }
 
+    /// Whether some rule counts events (else [`Evaluator::observe_event`]
+    /// does nothing).
+    pub fn counts_events(&self) -> bool {
+        self.rules
+            .rules
+            .iter()
+            .any(|r| matches!(r.condition, Condition::Event(_)))
+    }
+
     pub fn observe_event(&mut self, e: &Event) {
         let labels = event_labels(e);
         for rule in &self.rules.rules {

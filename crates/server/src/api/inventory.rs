@@ -48,7 +48,7 @@ async fn sites(
     if who.tenant.is_some() {
         return Ok(page.of(Vec::new()));
     }
-    let vms = ctl.repo.vms().await?;
+    let vms = ctl.vms_by_site().await?;
     let out = ctl
         .repo
         .sites()
@@ -68,11 +68,7 @@ async fn sites(
                 .into_iter()
                 .map(String::from)
                 .collect(),
-            vms: vms
-                .iter()
-                .filter(|v| v.active_site == s.name)
-                .map(|v| v.name.clone())
-                .collect(),
+            vms: vms.get(&s.name).cloned().unwrap_or_default(),
             fenced: ctl.fence_of(&s.name).is_some(),
             fenced_since: ctl.fence_of(&s.name).map(|f| f.since),
             fence_reason: ctl.fence_of(&s.name).map(|f| f.reason),
@@ -151,7 +147,7 @@ async fn vms(
         .repo
         .vms()
         .await?
-        .into_iter()
+        .iter()
         .filter(|v| who.sees(ctl.cfg.tenant_of_vm(&v.name)))
         .filter(|v| q.site.as_ref().is_none_or(|s| &v.active_site == s))
         .filter(|v| {
@@ -159,6 +155,7 @@ async fn vms(
                 .as_ref()
                 .is_none_or(|g| ctl.cfg.groups_of(&v.name).contains(&g.as_str()))
         })
+        .cloned()
         .collect();
     let listed = page.of(records);
     Ok(Listed {

@@ -21,7 +21,7 @@ impl Perform for VmList {
         let protected = self.protected.is_some_and(|p| p.0);
         let mut vms = Vec::new();
         let mut services = Vec::new();
-        for rec in ctl.repo.vms().await? {
+        for rec in ctl.repo.vms().await?.iter() {
             let Some(cfg) = ctl.cfg.vms.get(&rec.name) else {
                 continue;
             };
@@ -58,10 +58,10 @@ impl Perform for VmList {
             }
             vms.push(ListedVm {
                 probe: probe_of(ctl, &rec.name),
-                name: rec.name,
-                site: rec.active_site,
-                host: rec.active_host,
-                home_site: rec.home_site,
+                name: rec.name.clone(),
+                site: rec.active_site.clone(),
+                host: rec.active_host.clone(),
+                home_site: rec.home_site.clone(),
                 dr_site: cfg.dr_site.clone(),
                 groups,
                 state,
