@@ -32,6 +32,9 @@ pub struct Controller {
     /// names (see [`Controller::vms_by_site`]).
     #[allow(clippy::type_complexity)]
     site_vms: Mutex<Option<(Arc<Vec<VmRecord>>, Arc<BTreeMap<String, Vec<String>>>)>>,
+    /// The hosts that have said which VMs they run since this controller
+    /// started (see [`crate::vms::ensure_single_copy`]).
+    pub(crate) answered: Mutex<std::collections::HashSet<String>>,
     /// The fenced sites, as in the database (which is written first).
     pub(crate) fences: Mutex<BTreeMap<String, FenceRecord>>,
     /// What is known of fenced hosts and the agents' heartbeats (see
@@ -271,6 +274,7 @@ impl Controller {
             stores: Mutex::default(),
             vm_locks: Mutex::default(),
             site_vms: Mutex::default(),
+            answered: Mutex::default(),
             fences: Mutex::new(fences),
             proofs: crate::proofs::Proofs::default(),
             leader,

@@ -160,6 +160,10 @@ pub(crate) async fn reconcile_placements(ctl: std::sync::Arc<Controller>) {
             continue;
         };
         if let Ok(list) = agent.running(&vms).await {
+            ctl.answered
+                .lock()
+                .expect("answered lock")
+                .insert(host.clone());
             runs.insert(host, list.into_iter().collect());
         }
     }
@@ -200,7 +204,9 @@ pub(crate) async fn reconcile_placements(ctl: std::sync::Arc<Controller>) {
 /// its disks). At its recorded (active and home) hosts, a host at a fenced
 /// site counts as not running it once the fence is confirmed, and a host
 /// whose agent cannot say refuses the start; any other host refuses it
-/// when it answers that the VM runs there.
+/// when it answers that the VM runs there, or when it has not said what it
+/// runs since this controller started (a new leader, or a fresh database,
+/// cannot know the VM is not there) and cannot say now.
 pub(crate) async fn ensure_single_copy(
     ctl: &Controller,
     rec: &VmRecord,
@@ -216,8 +222,9 @@ pub(crate) async fn ensure_single_copy(
             continue;
         };
         // The recorded hosts must say; any other host of the VM's sites
-        // refuses only when it answers that the VM runs there (one whose
-        // agent is down is not waited for: see docs/ha.md).
+        // refuses when it answers that the VM runs there, or when it
+        // cannot say and has not said what it runs since this controller
+        // started (see docs/ha.md).
         let recorded = host == rec.active_host || host == rec.home_host;
         if ctl.is_fenced(site).await? {
             if !recorded {
@@ -240,8 +247,17 @@ pub(crate) async fn ensure_single_copy(
                 )));
             }
             Ok(_) => {}
-            Err(e) if !recorded => {
+            Err(e) if !recorded && ctl.answered.lock().expect("answered lock").contains(host) => {
                 tracing::debug!(vm, host, "not asked whether it runs the vm: {e}");
+            }
+            Err(e) if !recorded => {
+                return Err(EngineError::Conflict(format!(
+                    "vm {vm} may be running at {host} (site {site}): its agent has not answered since \
+                     this controller started, and cannot say now ({}); start the vm once it answers, or, \
+                     if site {site} is lost, fence it first: standby site fence {site} --reason TEXT \
+                     --confirmed",
+                    crate::error::error_chain(&e)
+                )));
             }
             Err(e) => {
                 return Err(EngineError::Conflict(format!(

@@ -305,6 +305,58 @@ fn agents_keep_points_at_their_site_copy_them_across_a_cut_link_and_restore_at_s
     assert!(a2.log().contains("point restored"), "{}", a2.log());
 }
 
+/// A new leader (here the controller restarted) starts no VM while a host
+/// that may run it has not said what it runs: site 2's agent is down, so
+/// the controller cannot know that pbx1 does not run there, and `vm start`
+/// is refused, naming the host and what to do; once the agent is back and
+/// answers, the start goes ahead.
+#[test]
+fn ha_a_new_leader_starts_nothing_while_a_host_that_may_run_the_vm_is_silent() {
+    let net = NetLab::new();
+    let (p1, p2) = (free_port(), free_port());
+    let mut lab = site_lab(&net, (p1, p2, p2), "1MiB", String::new());
+    let (_a1, mut a2) = start_site_agents(&lab, &net, p1, p2);
+    let started = wait_until(
+        "site 1's agent to run pbx1",
+        Duration::from_secs(20),
+        || run_json(&lab, &["vm", "start", "pbx1"]).ok(),
+    );
+    assert_eq!(started["state"], "running", "{started}");
+    lab.json(&["vm", "stop", "pbx1"]);
+
+    a2.kill();
+    lab.kill_server();
+    lab.start_server();
+    let refused = lab.fails(&["vm", "start", "pbx1"]);
+    assert!(
+        refused.contains("may be running at site2-host1")
+            && refused.contains("has not answered since this controller started")
+            && refused.contains("standby site fence site2"),
+        "{refused}"
+    );
+    let vm = lab.json(&["vm", "status", "pbx1"]);
+    assert_ne!(
+        vm["state"], "running",
+        "started while site 2 was silent: {vm}"
+    );
+
+    let _a2 = start_agent(
+        &lab,
+        &net,
+        &net.s2,
+        "site2-agent",
+        p2,
+        &lab.path("site2/fs"),
+    );
+    let started = wait_until(
+        "the start once site 2 answers",
+        Duration::from_secs(20),
+        || run_json(&lab, &["vm", "start", "pbx1"]).ok(),
+    );
+    assert_eq!(started["state"], "running", "{started}");
+    assert_eq!(started["active_site"], "site1", "{started}");
+}
+
 /// An image of `size` bytes mixing zero, text and random 64 KiB regions
 /// (a third each), as a VM disk holds.
 fn write_mixed(path: &Path, size: u64) {

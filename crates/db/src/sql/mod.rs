@@ -181,12 +181,8 @@ impl SqlRepo {
                 "not a postgres:// URL".into(),
             )));
         }
-        // Not pinged before each use (a round trip per query): a broken
-        // connection fails its query with an error, and is replaced. The
-        // lease's pool keeps the ping.
         let pool = Self::pool_options(Backend::Postgres)
             .max_connections(MAX_CONNECTIONS)
-            .test_before_acquire(false)
             .connect(url)
             .await
             .map_err(connect_err)?;
