@@ -160,6 +160,15 @@ allowed_commands = ["standby-vnf"]
         &lab.path("site1-agent"),
     );
     let base = format!("https://127.0.0.1:{agent_port}");
+    // Site 2's host, where pbx1 may run too: the controller starts pbx1
+    // only once it has said it does not run it there.
+    let site2 = HostAgent::start(
+        &lab.cfg,
+        "site2-agent",
+        &ctl_url,
+        agent2_port,
+        &lab.path("site2-agent"),
+    );
 
     // The controller runs the VM at the agent over mutual TLS.
     let mut started = false;
@@ -360,6 +369,7 @@ allowed_commands = ["standby-vnf"]
     // that answers "fenced" with a certificate that is not a
     // controller's (site 1's agent certificate, from the right CA). The
     // agent does not take the answer: it stays unfenced.
+    drop(site2);
     let forger_port = free_port();
     let forger = rt_forger(d, forger_port);
     let agent2 = HostAgent::start(
