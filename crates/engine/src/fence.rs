@@ -475,6 +475,18 @@ size = "64KiB"
     async fn a_running_vm_blocks_failover_until_its_site_is_fenced_and_stopped() {
         let dir = tempfile::tempdir().unwrap();
         let ctl = controller(dir.path(), &format!("http://127.0.0.1:{}", closed_port())).await;
+        // remote1, at a's site, has never said what it runs: a may be
+        // running there, so it does not start.
+        let e = crate::vms::start(&ctl, "a").await.unwrap_err();
+        assert!(
+            e.to_string().contains("may be running at remote1")
+                && e.to_string()
+                    .contains("has not answered since this controller started"),
+            "{e}"
+        );
+        // It did say, at the start-up reconciliation (nothing), and is
+        // unreachable since.
+        ctl.answered.lock().unwrap().insert("remote1".into());
         let st = crate::vms::start(&ctl, "a").await.unwrap();
         assert!(st.is_alive());
         let pid = st.pid.unwrap();
