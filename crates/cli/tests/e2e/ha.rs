@@ -248,26 +248,51 @@ impl Ha {
     }
 }
 
-/// Sample both sites every 100 ms until `stop`: (since the start, site 1
-/// runs pbx1, site 2 runs pbx1).
+/// Call `each` every `period` on a thread of its own (in network
+/// namespace `ns`, if given) until `stop`, at most `max` times: what it
+/// returned. `each` gets a runtime for async clients and the call's
+/// number.
+pub(crate) fn poll<T: Send + 'static>(
+    ns: Option<&str>,
+    period: Duration,
+    max: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mut each: impl FnMut(&tokio::runtime::Runtime, u32) -> Option<T> + Send + 'static,
+) -> std::thread::JoinHandle<Vec<T>> {
+    let ns = ns.map(|ns| format!("/run/netns/{ns}"));
+    std::thread::spawn(move || {
+        if let Some(ns) = ns {
+            let f = std::fs::File::open(&ns).unwrap_or_else(|e| panic!("{ns}: {e}"));
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut out = Vec::new();
+        for n in 0..max {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let t = Instant::now();
+            out.extend(each(&rt, n));
+            std::thread::sleep(period.saturating_sub(t.elapsed()));
+        }
+        out
+    })
+}
+
+/// Sample both sites every 100 ms until `stop` (a minute at most): (since
+/// the start, site 1 runs pbx1, site 2 runs pbx1).
 pub(crate) fn sampler(
     net: &NetLab,
     pid1: u64,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<(Duration, bool, bool)>> {
     let s2 = net.s2.clone();
-    std::thread::spawn(move || {
-        let t0 = Instant::now();
-        let mut out = Vec::new();
-        // Bounded: a minute at most.
-        for _ in 0..600 {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                break;
-            }
-            out.push((t0.elapsed(), alive(pid1), runs_in(&s2)));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        out
+    let t0 = Instant::now();
+    poll(None, Duration::from_millis(100), 600, stop, move |_, _| {
+        Some((t0.elapsed(), alive(pid1), runs_in(&s2)))
     })
 }
 
@@ -279,37 +304,23 @@ fn lan_writer(
     sip: std::net::SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<(u32, Instant)>> {
-    let ns = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        // This thread lives in site 1's namespace.
-        let f = std::fs::File::open(&ns).unwrap_or_else(|e| panic!("{ns}: {e}"));
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut acked = Vec::new();
-        for n in 0..1200 {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                break;
-            }
-            let t = Instant::now();
-            let ok = rt
-                .block_on(standby_vnf::client::register(
-                    sip,
-                    &format!("sip:lan{n}@site1.invalid"),
-                    &format!("sip:lan{n}@198.18.0.1:5060"),
-                    3600,
-                    Duration::from_millis(300),
-                ))
-                .is_ok();
-            if ok {
-                acked.push((n, Instant::now()));
-            }
-            std::thread::sleep(Duration::from_millis(50).saturating_sub(t.elapsed()));
-        }
-        acked
-    })
+    poll(
+        Some(ns),
+        Duration::from_millis(50),
+        1200,
+        stop,
+        move |rt, n| {
+            rt.block_on(standby_vnf::client::register(
+                sip,
+                &format!("sip:lan{n}@site1.invalid"),
+                &format!("sip:lan{n}@198.18.0.1:5060"),
+                3600,
+                Duration::from_millis(300),
+            ))
+            .ok()
+            .map(|_| (n, Instant::now()))
+        },
+    )
 }
 
 #[test]

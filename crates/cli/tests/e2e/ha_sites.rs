@@ -75,44 +75,27 @@ fn lookup(bind: &Bind) -> Vec<std::net::Ipv4Addr> {
     .unwrap_or_default()
 }
 
-/// A client outside both sites, polling until stopped (a minute at
-/// most): every 100 ms it resolves the service's name at `dns` and sends
-/// SIP OPTIONS to what it got. Each try: (when, the address, answered).
+/// A client outside both sites, polling until `stop` (a minute at most):
+/// every 100 ms it resolves the service's name at `dns` and sends SIP
+/// OPTIONS to what it got. Each try: (when, the address, answered).
 #[allow(clippy::type_complexity)]
 fn outside_client(
     dns: std::net::SocketAddr,
-) -> (
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    std::thread::JoinHandle<Vec<(Instant, Option<std::net::Ipv4Addr>, bool)>>,
-) {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut out = Vec::new();
-        for _ in 0..600 {
-            if flag.load(std::sync::atomic::Ordering::Relaxed) {
-                break;
-            }
-            let t = Instant::now();
-            let ip = lookup_a(dns, "sip.svc.example.test.", Duration::from_millis(300))
-                .and_then(|ips| ips.first().copied());
-            let ok = ip.is_some_and(|ip| {
-                rt.block_on(standby_vnf::client::options(
-                    (ip, 5060).into(),
-                    Duration::from_millis(300),
-                ))
-                .is_ok()
-            });
-            out.push((t, ip, ok));
-            std::thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
-        }
-        out
-    });
-    (stop, handle)
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Instant, Option<std::net::Ipv4Addr>, bool)>> {
+    crate::ha::poll(None, Duration::from_millis(100), 600, stop, move |rt, _| {
+        let t = Instant::now();
+        let ip = lookup_a(dns, "sip.svc.example.test.", Duration::from_millis(300))
+            .and_then(|ips| ips.first().copied());
+        let ok = ip.is_some_and(|ip| {
+            rt.block_on(standby_vnf::client::options(
+                (ip, 5060).into(),
+                Duration::from_millis(300),
+            ))
+            .is_ok()
+        });
+        Some((t, ip, ok))
+    })
 }
 
 /// The role the controller at `base` reports, if it answers.
@@ -286,7 +269,8 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
     assert!(read_log("site1-agent").contains("self-fencing armed"));
     lab.json(&["protect", "run", "gold"]);
     // The outside client finds the service at site 1 by its name.
-    let (outside_stop, outside) = outside_client(bind.addr);
+    let outside_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outside = outside_client(bind.addr, outside_stop.clone());
     wait_until(
         "the name to lead to site 1",
         Duration::from_secs(30),

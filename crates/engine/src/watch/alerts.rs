@@ -55,13 +55,13 @@ pub(super) async fn tick(ctl: &Arc<Controller>) -> Result<(), EngineError> {
         let inhibitions = ev.inhibitions();
         transitions
             .into_iter()
-            .map(|t| {
-                let muted = match t.kind {
-                    TransitionKind::Firing => inhibitions.by(&t.labels),
-                    TransitionKind::Resolved => None,
-                };
-                let may = ev.may_be_inhibited(&t.labels);
-                (t, muted, may)
+            .map(|t| match t.kind {
+                TransitionKind::Firing => {
+                    let muted = inhibitions.by(&t.labels);
+                    let may = ev.may_be_inhibited(&t.labels);
+                    (t, muted, may)
+                }
+                TransitionKind::Resolved => (t, None, false),
             })
             .collect()
     };
