@@ -82,6 +82,7 @@ fn lookup(bind: &Bind) -> Vec<std::net::Ipv4Addr> {
 fn outside_client(
     dns: std::net::SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<(Instant, Option<std::net::Ipv4Addr>, bool)>> {
     crate::ha::poll(None, Duration::from_millis(100), 600, stop, move |rt, _| {
         let t = Instant::now();
@@ -94,6 +95,9 @@ fn outside_client(
             ))
             .is_ok()
         });
+        if ok {
+            answered.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Some((t, ip, ok))
     })
 }
@@ -270,11 +274,24 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
     lab.json(&["protect", "run", "gold"]);
     // The outside client finds the service at site 1 by its name.
     let outside_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let outside = outside_client(bind.addr, outside_stop.clone());
+    let outside_answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outside = outside_client(bind.addr, outside_stop.clone(), outside_answered.clone());
     wait_until(
         "the name to lead to site 1",
         Duration::from_secs(30),
         || lookup(&bind).contains(&s1.parse().unwrap()).then_some(()),
+    );
+    // Not before the client has been answered by the name (a slow
+    // machine may take a few tries), so the loss is seen from a working
+    // service.
+    wait_until(
+        "the outside client to be answered",
+        Duration::from_secs(30),
+        || {
+            outside_answered
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then_some(())
+        },
     );
 
     // Site 1 is lost whole: the leader, the agent and the VNF die, the
