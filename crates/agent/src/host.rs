@@ -32,6 +32,8 @@ pub struct Agent {
     workdir: PathBuf,
     netns: Option<String>,
     exec: Box<dyn Host>,
+    /// What a remote host last said of its VMs (see [`Agent::recent_status`]).
+    seen: crate::seen::Seen,
 }
 
 impl Agent {
@@ -66,6 +68,7 @@ impl Agent {
             workdir: data_dir.join("hosts").join(host),
             netns: cfg.netns.clone(),
             exec,
+            seen: crate::seen::Seen::default(),
         }
     }
 
@@ -214,13 +217,33 @@ impl Agent {
     }
 
     pub async fn status(&self, vm: &str) -> Result<VmStatus, AgentError> {
-        self.exec.status(vm).await
+        let asked = self.seen.asking();
+        let st = self.exec.status(vm).await?;
+        self.seen.record(asked, [(vm, &st)]);
+        Ok(st)
+    }
+
+    /// `vm`'s status for a view that may be up to `max_age` old: what a
+    /// remote host said that recently (its VM-state probe asks every
+    /// second), else asked now. An in-process host is always asked. Never
+    /// for a decision: see [`crate::seen`].
+    pub async fn recent_status(&self, vm: &str, max_age: Duration) -> Result<VmStatus, AgentError> {
+        if self.remote_name().is_some()
+            && let Some(st) = self.seen.recent(vm, max_age)
+        {
+            return Ok(st);
+        }
+        self.status(vm).await
     }
 
     /// The status of each of `vms` on this host (one call to a remote
     /// agent); a VM whose status cannot be told is left out.
     pub async fn statuses(&self, vms: &[String]) -> Result<Vec<(String, VmStatus)>, AgentError> {
-        self.exec.statuses(vms).await
+        let asked = self.seen.asking();
+        let out = self.exec.statuses(vms).await?;
+        self.seen
+            .record(asked, out.iter().map(|(vm, st)| (vm.as_str(), st)));
+        Ok(out)
     }
 
     /// Which of `vms` run on this host (one call to a remote agent).
@@ -229,17 +252,26 @@ impl Agent {
     }
 
     pub async fn start(&self, spec: &VmSpec) -> Result<VmStatus, AgentError> {
-        self.exec.start(spec).await
+        self.seen.changing();
+        let out = self.exec.start(spec).await;
+        self.seen.changing();
+        out
     }
 
     /// Graceful stop: ask, wait up to `timeout`, then force.
     pub async fn shutdown(&self, vm: &str, timeout: Duration) -> Result<VmStatus, AgentError> {
-        self.exec.shutdown(vm, timeout).await
+        self.seen.changing();
+        let out = self.exec.shutdown(vm, timeout).await;
+        self.seen.changing();
+        out
     }
 
     /// Forced stop.
     pub async fn stop(&self, vm: &str) -> Result<VmStatus, AgentError> {
-        self.exec.stop(vm).await
+        self.seen.changing();
+        let out = self.exec.stop(vm).await;
+        self.seen.changing();
+        out
     }
 
     /// Take a crash-consistent (or, through a guest agent,
@@ -273,7 +305,10 @@ impl Agent {
         point: &PointId,
         progress: Arc<dyn Progress>,
     ) -> Result<u64, AgentError> {
-        self.exec.restore_point(spec, store, point, progress).await
+        self.seen.changing();
+        let out = self.exec.restore_point(spec, store, point, progress).await;
+        self.seen.changing();
+        out
     }
 
     /// See [`Host::fence`].
@@ -283,12 +318,18 @@ impl Agent {
         vms: &[String],
         placed: &[String],
     ) -> Result<Vec<FencedVm>, AgentError> {
-        self.exec.fence(reason, vms, placed).await
+        self.seen.changing();
+        let out = self.exec.fence(reason, vms, placed).await;
+        self.seen.changing();
+        out
     }
 
     /// See [`Host::unfence`].
     pub async fn unfence(&self) -> Option<Result<(), AgentError>> {
-        self.exec.unfence().await
+        self.seen.changing();
+        let out = self.exec.unfence().await;
+        self.seen.changing();
+        out
     }
 
     /// See [`Host::drill_start`].

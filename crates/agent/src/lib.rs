@@ -56,6 +56,7 @@ pub mod policy;
 mod progress;
 pub mod remote;
 mod restore;
+mod seen;
 pub mod selffence;
 pub mod stores;
 pub mod transfer;

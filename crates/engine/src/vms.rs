@@ -46,13 +46,21 @@ pub async fn views(ctl: &Controller, records: Vec<VmRecord>) -> Result<Vec<VmVie
     Ok(out)
 }
 
+/// How old a remote host's answer a VM's view may show: the VM-state
+/// probe asks every host each second, so a view seldom asks an agent.
+pub const VIEW_STATE_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn view_of(
     ctl: &Controller,
     record: VmRecord,
     last_point: Option<PointRecord>,
 ) -> Result<VmView, EngineError> {
     let name = record.name.as_str();
-    let (state, pid, since, exit) = match ctl.agent(&record.active_host)?.status(name).await {
+    let (state, pid, since, exit) = match ctl
+        .agent(&record.active_host)?
+        .recent_status(name, VIEW_STATE_AGE)
+        .await
+    {
         Ok(st) => (st.state.to_string(), st.pid, st.since, st.exit),
         Err(e) => ("unknown".to_string(), None, None, Some(e.to_string())),
     };

@@ -27,6 +27,8 @@
 //!   portal.
 //! - [`state`]: what handlers reach: the engine and the authentication
 //!   state (it imports `auth`; `auth` does not import it).
+//! - [`follower`]: the reads a replica answers from the database while
+//!   another controller leads; [`replica`]: forwarding the rest to it.
 //! - [`error`]: [`ServerError`], the engine's errors and the API's own,
 //!   as HTTP statuses and stable codes.
 //!
@@ -44,6 +46,7 @@ pub mod api;
 mod api_watch;
 pub mod auth;
 pub mod error;
+pub mod follower;
 pub mod metrics;
 pub mod openapi;
 pub mod portal;
@@ -126,6 +129,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
     };
     let (seen_tx, seen_rx) = tokio::sync::watch::channel(None);
     let front = Arc::new(replica::Front::new(&cfg, seen_rx));
+    // Until it leads, a replica answers the database's reads itself.
+    if let Some(reads) = follower::router(&cfg).await? {
+        front.follow(reads);
+    }
     let stop = tokio_util::sync::CancellationToken::new();
     let is_tls = tls.is_some();
     let serve = {
@@ -188,10 +195,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
     };
     let auth = Arc::new(auth::Auth::open(&ctl.cfg, ctl.auth_repo.clone()).await?);
     standby_engine::start(&ctl).await?;
-    front.lead(app(AppState {
-        engine: ctl.clone(),
-        auth,
-    }));
+    front.lead(app(AppState::new(ctl.clone(), auth)));
     tracing::info!(%addr, tls = is_tls, "standby controller listening");
     Ok(RunningServer {
         addr,

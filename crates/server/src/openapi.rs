@@ -549,10 +549,7 @@ disk_dir = "disks"
             .await
             .unwrap();
         let app = crate::router(
-            crate::AppState {
-                engine: ctl.clone(),
-                auth: std::sync::Arc::new(auth),
-            },
+            crate::AppState::new(ctl.clone(), std::sync::Arc::new(auth)),
             Arc::new(role_table()),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

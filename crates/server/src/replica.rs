@@ -1,22 +1,23 @@
-//! A replica's API while another controller leads: every request is
-//! forwarded to the leader the lease names (writes and reads alike, so a
-//! CLI, a browser or an agent that reached any replica is served by the
-//! leader's view), except `GET /api/v1/health`, which the replica answers
-//! itself with its role and the leader it follows. Once this controller
-//! leads, the same listener serves its own API ([`Front::lead`]).
+//! A replica's API while another controller leads: `GET /api/v1/health`
+//! it answers itself with its role and the leader it follows; the reads
+//! that come from the database alone it answers from the database
+//! ([`crate::follower`], on PostgreSQL); every other request is forwarded
+//! to the leader the lease names (writes, and reads of the leader's live
+//! state). Once this controller leads, the same listener serves its own
+//! API ([`Front::lead`]).
 //!
 //! A request already forwarded once is not forwarded again (two replicas
 //! that each believe the other leads answer 503 rather than loop), and
 //! with no leader known (none yet, the database unreachable) the answer is
 //! 503 `no_leader`, which clients treat as "try another replica".
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use standby_db::Lease;
 use standby_types::config::Config;
@@ -32,6 +33,8 @@ pub struct Front {
     seen: watch::Receiver<Option<Lease>>,
     http: reqwest::Client,
     app: OnceLock<Router>,
+    /// The reads answered here until this controller leads.
+    reads: RwLock<Option<Router>>,
 }
 
 impl Front {
@@ -64,12 +67,20 @@ impl Front {
                 .build()
                 .expect("http client with the ring provider builds"),
             app: OnceLock::new(),
+            reads: RwLock::new(None),
         }
     }
 
-    /// This controller leads: serve `app` from now on.
+    /// Answer the reads `reads` serves here until this controller leads.
+    pub fn follow(&self, reads: Router) {
+        *self.reads.write().unwrap_or_else(|p| p.into_inner()) = Some(reads);
+    }
+
+    /// This controller leads: serve `app` from now on (and close the
+    /// follower's database connections).
     pub fn lead(&self, app: Router) {
         let _ = self.app.set(app);
+        self.reads.write().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// The router a listener serves: the leader's app once set, the
@@ -99,6 +110,36 @@ async fn serve(State(front): State<Arc<Front>>, req: Request) -> Response {
         }))
         .into_response();
     }
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD)
+        .then(|| {
+            front
+                .reads
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        })
+        .flatten();
+    let req = match reads {
+        Some(reads) => {
+            // A GET has no body to keep: the router gets a copy, and the
+            // request goes on to the leader if it does not serve it.
+            let (parts, body) = req.into_parts();
+            let copy = Request::from_parts(parts.clone(), Body::empty());
+            let answer = match reads.oneshot(copy).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            if answer
+                .extensions()
+                .get::<crate::follower::NotServed>()
+                .is_none()
+            {
+                return answer;
+            }
+            Request::from_parts(parts, body)
+        }
+        None => req,
+    };
     let Some(leader) = leader else {
         return unavailable(
             "no controller leads now (none has the lease, or the database does not answer); try again",

@@ -16,10 +16,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::common::check_job;
+use crate::api::common::{Rd, check_job};
 use crate::auth::Principal;
 use crate::error::ServerError;
-use crate::state::AppState;
+use crate::state::{AppState, Reads};
 use crate::tenancy::TENANT_RUNBOOKS;
 use standby_engine::Controller;
 use standby_engine::runbooks::{StartRequest, start, triggers};
@@ -35,7 +35,17 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(show))
         .routes(routes!(run))
         .routes(routes!(webhook))
-        .routes(routes!(steps))
+        .merge(read_routes())
+}
+
+/// The routes a replica that does not lead answers from the database
+/// (see [`crate::follower`]).
+pub(crate) fn read_routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    std::sync::Arc<Reads>: axum::extract::FromRef<S>,
+{
+    OpenApiRouter::new().routes(routes!(steps))
 }
 
 /// 404 for a runbook the principal may not see.
@@ -195,11 +205,11 @@ async fn webhook(
     params(("id" = i64, Path, description = "Job id")),
     responses((status = 200, description = "`{job, runbook, params, trigger, lock, incident, steps}`", body = Object),
         (status = 404, body = ApiError)))]
-async fn steps(State(ctl): Ctl, who: Principal, Path(id): Path<i64>) -> ApiResult<Value> {
-    let job = ctl.repo.job(id).await?;
-    check_job(&ctl, &who, &job).await?;
-    let run = ctl.runbooks.repo().run(id).await?;
-    let steps = ctl.runbooks.repo().steps(id).await?;
+async fn steps(State(r): Rd, who: Principal, Path(id): Path<i64>) -> ApiResult<Value> {
+    let job = r.repo.job(id).await?;
+    check_job(&r, &who, &job).await?;
+    let run = r.runs.run(id).await?;
+    let steps = r.runs.steps(id).await?;
     Ok(Json(json!({
         "job": job,
         "runbook": run.run.runbook,

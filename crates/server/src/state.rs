@@ -3,9 +3,32 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
+use standby_db::{Repo, RunbookRepo};
 use standby_engine::Controller;
+use standby_types::config::Config;
 
 use crate::auth::Auth;
+
+/// What the read-only handlers (points, jobs, groups) need: the
+/// configuration and the database. A leader's come from its controller; a
+/// replica that does not lead reads the shared database with its own
+/// ([`crate::follower`]), so the same handlers answer there.
+pub struct Reads {
+    pub cfg: Arc<Config>,
+    pub repo: Arc<dyn Repo>,
+    pub runs: Arc<dyn RunbookRepo>,
+}
+
+impl Reads {
+    /// The reads of a leading controller.
+    pub fn of(ctl: &Controller) -> Reads {
+        Reads {
+            cfg: Arc::new(ctl.cfg.clone()),
+            repo: ctl.repo.clone(),
+            runs: ctl.runbooks.repo().clone(),
+        }
+    }
+}
 
 /// The server's state. Handlers take the part they need
 /// (`State<Arc<Controller>>` or `State<Arc<Auth>>`).
@@ -13,6 +36,24 @@ use crate::auth::Auth;
 pub struct AppState {
     pub engine: Arc<Controller>,
     pub auth: Arc<Auth>,
+    pub reads: Arc<Reads>,
+}
+
+impl AppState {
+    /// The state of a leading controller.
+    pub fn new(engine: Arc<Controller>, auth: Arc<Auth>) -> AppState {
+        AppState {
+            reads: Arc::new(Reads::of(&engine)),
+            engine,
+            auth,
+        }
+    }
+}
+
+impl FromRef<AppState> for Arc<Reads> {
+    fn from_ref(s: &AppState) -> Self {
+        s.reads.clone()
+    }
 }
 
 impl FromRef<AppState> for Arc<Controller> {

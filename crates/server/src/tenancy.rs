@@ -8,7 +8,6 @@ use standby_types::model::Job;
 use standby_types::watch::Labels;
 
 use crate::error::ServerError;
-use standby_engine::Controller;
 
 /// The runbooks a tenant's user may run, for a VM of theirs (`vm`
 /// parameter).
@@ -62,10 +61,14 @@ pub fn runbook_params<'a>(cfg: &'a Config, params: &serde_json::Value) -> Option
 }
 
 /// The tenant of any job.
-pub async fn job(ctl: &Controller, job: &Job) -> Result<Option<String>, ServerError> {
-    if let Some(o) = job_by_kind(&ctl.cfg, job) {
+pub async fn job(
+    cfg: &Config,
+    runs: &dyn standby_db::RunbookRepo,
+    job: &Job,
+) -> Result<Option<String>, ServerError> {
+    if let Some(o) = job_by_kind(cfg, job) {
         return Ok(o.map(String::from));
     }
-    let run = ctl.runbooks.repo().run(job.id).await?;
-    Ok(runbook_params(&ctl.cfg, &run.run.params).map(String::from))
+    let run = runs.run(job.id).await?;
+    Ok(runbook_params(cfg, &run.run.params).map(String::from))
 }

@@ -135,6 +135,26 @@ fn leads(port: u16) -> bool {
     role(port).is_some_and(|(r, _)| r == "leader")
 }
 
+/// GET `path` at the controller on `port`: the status, the replica that
+/// answered it from the database (`x-standby-answered-by`), the body.
+fn get_at(port: u16, token: &str, path: &str) -> (u16, Option<String>, serde_json::Value) {
+    let c = crate::harness::plain_client(std::time::Duration::from_secs(10));
+    crate::qemu::rt().block_on(async {
+        let r = c
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let by = r
+            .headers()
+            .get("x-standby-answered-by")
+            .map(|v| v.to_str().unwrap().to_string());
+        let status = r.status().as_u16();
+        (status, by, r.json().await.unwrap_or_default())
+    })
+}
+
 fn signal(p: &Replica, sig: &str) {
     assert!(
         std::process::Command::new("kill")
@@ -211,6 +231,38 @@ allowed_commands = ["standby-vnf"]
     );
     let vm = only_b(&["vm", "status", "pbx1"]);
     assert_eq!(vm["state"], "running", "a read through b: {vm}");
+    // What the database alone holds b reads there itself, the same as
+    // the leader answers; a VM's live state above came from the leader.
+    for path in ["/api/v1/groups", "/api/v1/jobs", "/api/v1/points?vm=pbx1"] {
+        // (A job may move on between the two reads: asked again.)
+        wait_until(
+            &format!("b and the leader to agree on {path}"),
+            Duration::from_secs(10),
+            || {
+                let (status, by, body) = get_at(b_port, &token, path);
+                assert_eq!(
+                    (status, by.as_deref()),
+                    (200, Some("replica-b")),
+                    "{path}: {body}"
+                );
+                let (_, by, leaders) = get_at(a_port, &token, path);
+                assert_eq!(by, None, "the leader answers itself");
+                (body == leaders).then_some(())
+            },
+        );
+    }
+    let (status, by, _) = get_at(b_port, &token, "/api/v1/vms/pbx1");
+    assert_eq!(
+        (status, by),
+        (200, None),
+        "a VM's live state is the leader's"
+    );
+    let (status, _, body) = get_at(b_port, &token, "/api/v1/points/nope@20260101T000000.000Z");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
     let sil = only_b(&[
         "alerts",
         "silence",
@@ -274,6 +326,14 @@ allowed_commands = ["standby-vnf"]
     assert_eq!(follows.1, "replica-b", "a follows b");
     signal(&b, "-STOP");
     let t1 = Instant::now();
+    // The leader paused, a still answers reads from the database (a
+    // replica that only forwarded would wait for the paused leader).
+    let (status, by, groups) = get_at(a_port, &token, "/api/v1/groups");
+    assert_eq!(status, 200, "{groups}");
+    assert!(
+        by.as_deref() == Some("controller") || leads(a_port),
+        "answered by a's follower, or by a once it led: {by:?}"
+    );
     wait_until("replica a to take over", Duration::from_secs(20), || {
         leads(lab.api).then_some(())
     });

@@ -17,9 +17,13 @@ use utoipa::IntoParams;
 
 use crate::auth::Principal;
 use crate::error::ServerError;
+use crate::state::Reads;
 use standby_engine::Controller;
+use standby_types::config::Config;
 
 pub(crate) type Ctl = State<Arc<Controller>>;
+/// The state of a read-only handler, which a replica serves too.
+pub(crate) type Rd = State<Arc<Reads>>;
 pub(crate) type ApiResult<T> = Result<Json<T>, ServerError>;
 
 /// Query parameters, with a JSON 400 naming the parameter when one is bad
@@ -104,14 +108,14 @@ pub(crate) type ListResult<T> = Result<Listed<T>, ServerError>;
 
 /// 404 unless the principal sees the job.
 pub(crate) async fn check_job(
-    ctl: &Controller,
+    reads: &Reads,
     who: &Principal,
     job: &Job,
 ) -> Result<(), ServerError> {
     if who.tenant.is_none() {
         return Ok(());
     }
-    let o = crate::tenancy::job(ctl, job).await?;
+    let o = crate::tenancy::job(&reads.cfg, &*reads.runs, job).await?;
     who.check(o.as_deref(), "job", &job.id.to_string())
 }
 
@@ -140,8 +144,8 @@ pub(crate) struct ListParams {
 pub const SCAN_CAP: u32 = 100_000;
 
 /// 404 unless the VM exists and the principal sees it.
-pub(crate) fn check_vm(ctl: &Controller, who: &Principal, name: &str) -> Result<(), ServerError> {
-    who.check(ctl.cfg.tenant_of_vm(name), "vm", name)
+pub(crate) fn check_vm(cfg: &Config, who: &Principal, name: &str) -> Result<(), ServerError> {
+    who.check(cfg.tenant_of_vm(name), "vm", name)
 }
 
 #[cfg(test)]

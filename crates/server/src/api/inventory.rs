@@ -11,11 +11,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::common::{
-    ApiQuery, ApiResult, Ctl, ListParams, ListResult, Listed, Page, check_vm, operators_only,
+    ApiQuery, ApiResult, Ctl, ListParams, ListResult, Listed, Page, Rd, check_vm, operators_only,
 };
 use crate::auth::Principal;
 use crate::error::ServerError;
-use crate::state::AppState;
+use crate::state::{AppState, Reads};
 use standby_engine::runbooks::triggers::protect_group;
 use standby_engine::vms;
 
@@ -30,8 +30,18 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(vm_start))
         .routes(routes!(vm_shutdown))
         .routes(routes!(vm_stop))
-        .routes(routes!(groups))
+        .merge(read_routes())
         .routes(routes!(group_run))
+}
+
+/// The routes a replica that does not lead answers from the database
+/// (see [`crate::follower`]).
+pub(crate) fn read_routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    std::sync::Arc<Reads>: axum::extract::FromRef<S>,
+{
+    OpenApiRouter::new().routes(routes!(groups))
 }
 
 /// Sites with their hosts, datastores, active VMs and fence (operators'
@@ -169,7 +179,7 @@ async fn vms(
     params(("name" = String, Path, description = "VM")),
     responses((status = 200, body = VmView), (status = 404, body = ApiError)))]
 async fn vm(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<VmView> {
-    check_vm(&ctl, &who, &name)?;
+    check_vm(&ctl.cfg, &who, &name)?;
     Ok(Json(vms::view(&ctl, &name).await?))
 }
 
@@ -179,7 +189,7 @@ async fn vm(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiRes
     responses((status = 200, body = VmView), (status = 404, body = ApiError),
         (status = 409, body = ApiError)))]
 async fn vm_start(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<VmView> {
-    check_vm(&ctl, &who, &name)?;
+    check_vm(&ctl.cfg, &who, &name)?;
     vms::start(&ctl, &name).await?;
     Ok(Json(vms::view(&ctl, &name).await?))
 }
@@ -195,7 +205,7 @@ async fn vm_shutdown(
     Path(name): Path<String>,
     body: Option<Json<ShutdownRequest>>,
 ) -> ApiResult<VmView> {
-    check_vm(&ctl, &who, &name)?;
+    check_vm(&ctl.cfg, &who, &name)?;
     let timeout = body
         .and_then(|b| b.timeout_secs)
         .map(std::time::Duration::from_secs);
@@ -208,7 +218,7 @@ async fn vm_shutdown(
     params(("name" = String, Path, description = "VM")),
     responses((status = 200, body = VmView), (status = 404, body = ApiError)))]
 async fn vm_stop(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<VmView> {
-    check_vm(&ctl, &who, &name)?;
+    check_vm(&ctl.cfg, &who, &name)?;
     vms::stop(&ctl, &name).await?;
     Ok(Json(vms::view(&ctl, &name).await?))
 }
@@ -218,7 +228,7 @@ async fn vm_stop(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> A
     responses((status = 200, body = Vec<GroupRecord>,
         headers(("x-total-count" = u64, description = "Number of matches")))))]
 async fn groups(
-    State(ctl): Ctl,
+    State(ctl): Rd,
     who: Principal,
     ApiQuery(q): ApiQuery<ListParams>,
 ) -> ListResult<GroupRecord> {

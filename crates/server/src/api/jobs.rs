@@ -10,17 +10,28 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::common::{ApiQuery, ApiResult, Ctl, ListResult, Page, SCAN_CAP, check_job};
+use super::common::{ApiQuery, ApiResult, Ctl, ListResult, Page, Rd, SCAN_CAP, check_job};
 use crate::auth::Principal;
 use crate::error::ServerError;
-use crate::state::AppState;
+use crate::state::{AppState, Reads};
 
 /// The routes of this module, each documented.
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .merge(read_routes())
+        .routes(routes!(job_stream))
+}
+
+/// The routes a replica that does not lead answers from the database
+/// (see [`crate::follower`]).
+pub(crate) fn read_routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    std::sync::Arc<Reads>: axum::extract::FromRef<S>,
+{
+    OpenApiRouter::new()
         .routes(routes!(jobs))
         .routes(routes!(job))
-        .routes(routes!(job_stream))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -41,11 +52,7 @@ struct JobParams {
     responses((status = 200, body = Vec<Job>,
         headers(("x-total-count" = u64, description = "Number of matches"))),
         (status = 400, body = ApiError)))]
-async fn jobs(
-    State(ctl): Ctl,
-    who: Principal,
-    ApiQuery(q): ApiQuery<JobParams>,
-) -> ListResult<Job> {
+async fn jobs(State(ctl): Rd, who: Principal, ApiQuery(q): ApiQuery<JobParams>) -> ListResult<Job> {
     let page = Page::new(q.limit, q.offset)?;
     let status = q
         .status
@@ -58,7 +65,13 @@ async fn jobs(
         if q.kind.as_ref().is_some_and(|k| &j.kind != k) || status.is_some_and(|s| j.status != s) {
             continue;
         }
-        if who.tenant.is_some() && !who.sees(crate::tenancy::job(&ctl, &j).await?.as_deref()) {
+        if who.tenant.is_some()
+            && !who.sees(
+                crate::tenancy::job(&ctl.cfg, &*ctl.runs, &j)
+                    .await?
+                    .as_deref(),
+            )
+        {
             continue;
         }
         all.push(j);
@@ -70,7 +83,7 @@ async fn jobs(
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
     params(("id" = i64, Path, description = "Job id")),
     responses((status = 200, body = Job), (status = 404, body = ApiError)))]
-async fn job(State(ctl): Ctl, who: Principal, Path(id): Path<i64>) -> ApiResult<Job> {
+async fn job(State(ctl): Rd, who: Principal, Path(id): Path<i64>) -> ApiResult<Job> {
     let j = ctl.repo.job(id).await?;
     check_job(&ctl, &who, &j).await?;
     Ok(Json(j))
@@ -87,10 +100,11 @@ async fn job(State(ctl): Ctl, who: Principal, Path(id): Path<i64>) -> ApiResult<
         (status = 404, body = ApiError)))]
 async fn job_stream(
     State(ctl): Ctl,
+    State(reads): Rd,
     who: Principal,
     Path(id): Path<i64>,
 ) -> Result<Response, ServerError> {
     let j = ctl.repo.job(id).await?;
-    check_job(&ctl, &who, &j).await?;
+    check_job(&reads, &who, &j).await?;
     Ok(crate::stream::stream(ctl, id))
 }

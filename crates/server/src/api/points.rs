@@ -9,18 +9,29 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::common::{ApiQuery, ApiResult, Ctl, ListResult, Listed, Page, check_vm};
+use super::common::{ApiQuery, ApiResult, Ctl, ListResult, Listed, Page, Rd, check_vm};
 use crate::auth::Principal;
-use crate::state::AppState;
+use crate::state::{AppState, Reads};
 use standby_engine::jobs::spawn_job;
 use standby_engine::restore;
 
 /// The routes of this module, each documented.
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .merge(read_routes())
+        .routes(routes!(restore_point))
+}
+
+/// The routes a replica that does not lead answers from the database
+/// (see [`crate::follower`]).
+pub(crate) fn read_routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    std::sync::Arc<Reads>: axum::extract::FromRef<S>,
+{
+    OpenApiRouter::new()
         .routes(routes!(points))
         .routes(routes!(point))
-        .routes(routes!(restore_point))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -46,7 +57,7 @@ struct PointParams {
         headers(("x-total-count" = u64, description = "Number of matches"))),
         (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn points(
-    State(ctl): Ctl,
+    State(ctl): Rd,
     who: Principal,
     ApiQuery(q): ApiQuery<PointParams>,
 ) -> ListResult<PointRecord> {
@@ -57,7 +68,7 @@ async fn points(
         .map(crate::api_watch::parse_since)
         .transpose()?;
     if let Some(vm) = &q.vm {
-        check_vm(&ctl, &who, vm)?;
+        check_vm(&ctl.cfg, &who, vm)?;
         ctl.repo.vm(vm).await?;
     }
     // A tenant's user: only the points of their VMs.
@@ -92,7 +103,7 @@ async fn points(
 #[utoipa::path(get, path = "/api/v1/points/{id}", tag = "points",
     params(("id" = String, Path, description = "Point id, `vm@time`")),
     responses((status = 200, body = PointRecord), (status = 404, body = ApiError)))]
-async fn point(State(ctl): Ctl, who: Principal, Path(id): Path<String>) -> ApiResult<PointRecord> {
+async fn point(State(ctl): Rd, who: Principal, Path(id): Path<String>) -> ApiResult<PointRecord> {
     let p = ctl.repo.point(&id).await?;
     who.check(ctl.cfg.tenant_of_vm(&p.vm), "point", &id)?;
     Ok(Json(p))

@@ -318,6 +318,9 @@ pub struct Auth {
     secure: bool,
     /// The configured tenants.
     pub tenants: Vec<String>,
+    /// Tokens' last use is recorded (not by a replica that does not lead:
+    /// it writes nothing).
+    touch: bool,
 }
 
 impl Auth {
@@ -342,9 +345,24 @@ impl Auth {
             agents,
             secure: cfg.controller.tls_cert.is_some(),
             tenants: cfg.tenants.keys().cloned().collect(),
+            touch: true,
         };
         auth.bootstrap(&cfg.controller.data_dir).await?;
         Ok(auth)
+    }
+
+    /// Authentication for a replica that does not lead
+    /// ([`crate::follower`]): tokens and sessions as the leader checks
+    /// them, read from the database; nothing written (no bootstrap token,
+    /// no last use). Agents are never served there.
+    pub fn follower(cfg: &Config, repo: Arc<dyn AuthRepo>) -> Auth {
+        Auth {
+            repo,
+            agents: BTreeMap::new(),
+            secure: cfg.controller.tls_cert.is_some(),
+            tenants: cfg.tenants.keys().cloned().collect(),
+            touch: false,
+        }
     }
 
     async fn bootstrap(&self, data_dir: &Path) -> Result<(), ServerError> {
@@ -378,7 +396,7 @@ impl Auth {
         if !rec.is_valid(now) {
             return Err(bad());
         }
-        if rec.last_used.is_none_or(|t| now - t > TOUCH_EVERY) {
+        if self.touch && rec.last_used.is_none_or(|t| now - t > TOUCH_EVERY) {
             self.repo.touch_token(&rec.id, now).await?;
         }
         Ok(Principal {

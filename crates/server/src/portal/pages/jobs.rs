@@ -91,7 +91,11 @@ pub(super) async fn job_visible(
     if p.tenant.is_none() {
         return Ok(true);
     }
-    Ok(p.sees(crate::tenancy::job(ctl, j).await?.as_deref()))
+    Ok(p.sees(
+        crate::tenancy::job(&ctl.cfg, &**ctl.runbooks.repo(), j)
+            .await?
+            .as_deref(),
+    ))
 }
 
 #[derive(Template)]
