@@ -233,6 +233,15 @@ impl Agent {
         {
             return Ok(st);
         }
+        if self.remote_name().is_some()
+            && let Some((ago, why)) = self.seen.recently_unreachable(max_age)
+        {
+            return Err(AgentError::Unreachable {
+                host: self.host.clone(),
+                reason: format!("{why} ({:.1}s ago)", ago.as_secs_f64()),
+            });
+        }
+        tracing::debug!(host = %self.host, vm, "no recent answer of the host: asking it");
         self.status(vm).await
     }
 
@@ -240,7 +249,15 @@ impl Agent {
     /// agent); a VM whose status cannot be told is left out.
     pub async fn statuses(&self, vms: &[String]) -> Result<Vec<(String, VmStatus)>, AgentError> {
         let asked = self.seen.asking();
-        let out = self.exec.statuses(vms).await?;
+        let out = match self.exec.statuses(vms).await {
+            Ok(out) => out,
+            Err(e) => {
+                if let AgentError::Unreachable { reason, .. } = &e {
+                    self.seen.unreachable(reason.clone());
+                }
+                return Err(e);
+            }
+        };
         self.seen
             .record(asked, out.iter().map(|(vm, st)| (vm.as_str(), st)));
         Ok(out)

@@ -6,7 +6,9 @@
 //! An answer is kept only if no command that may change a VM's state
 //! (start, stop, shutdown, restore, fence, unfence) began or ended while
 //! it was asked; each such command also forgets what was kept, so a view
-//! after a command asks the host again.
+//! after a command asks the host again. A host that could not be reached
+//! is remembered too, so views of its VMs say so at once instead of each
+//! waiting for it in turn.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,6 +22,8 @@ pub(crate) struct Seen {
     /// Bumped when a state-changing command begins and when it ends.
     generation: AtomicU64,
     states: Mutex<HashMap<String, (Instant, VmStatus)>>,
+    /// When the host last could not be reached, and why.
+    unreachable: Mutex<Option<(Instant, String)>>,
 }
 
 impl Seen {
@@ -40,6 +44,7 @@ impl Seen {
             return;
         }
         let now = Instant::now();
+        *self.unreachable.lock().unwrap_or_else(|p| p.into_inner()) = None;
         for (vm, st) in answers {
             states.insert(vm.to_string(), (now, st.clone()));
         }
@@ -51,6 +56,24 @@ impl Seen {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
         states.clear();
+        *self.unreachable.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The host could not be reached: `reason`.
+    pub(crate) fn unreachable(&self, reason: String) {
+        *self.unreachable.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), reason));
+    }
+
+    /// Why the host could not be reached, and how long ago, if within
+    /// `max_age`.
+    pub(crate) fn recently_unreachable(&self, max_age: Duration) -> Option<(Duration, String)> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(at, why)| (at.elapsed(), why.clone()))
+            .filter(|(age, _)| *age <= max_age)
     }
 
     /// `vm`'s state as last said, if said within `max_age`.
@@ -102,5 +125,18 @@ mod tests {
         let asked = seen.asking();
         seen.record(asked, [("pbx1", &running())]);
         assert!(seen.recent("pbx1", Duration::from_secs(5)).is_some());
+    }
+
+    #[test]
+    fn an_unreachable_host_is_remembered_until_it_answers() {
+        let seen = Seen::default();
+        seen.unreachable("connection refused".into());
+        let (_, why) = seen
+            .recently_unreachable(Duration::from_secs(5))
+            .expect("remembered");
+        assert_eq!(why, "connection refused");
+        let asked = seen.asking();
+        seen.record(asked, [("pbx1", &running())]);
+        assert!(seen.recently_unreachable(Duration::from_secs(5)).is_none());
     }
 }

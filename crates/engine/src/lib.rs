@@ -85,6 +85,17 @@ pub async fn start(ctl: &Arc<Controller>) -> Result<(), EngineError> {
     // Where VMs run, from the hosts themselves: in the background, so the
     // controller can act at once (a start asks the hosts anyway).
     ctl.tasks.spawn(vms::reconcile_placements(ctl.clone()));
+    // Each VM's newest point, which every VM view shows, is read from the
+    // catalog once (a million points take a few hundred milliseconds):
+    // now, rather than by the first views after a takeover.
+    {
+        let repo = ctl.repo.clone();
+        ctl.tasks.spawn(async move {
+            if let Err(e) = repo.latest_points(&[]).await {
+                tracing::debug!("newest points not read ahead: {e}");
+            }
+        });
+    }
     ctl.tasks
         .spawn(runbooks::triggers::run_schedules(ctl.clone()));
     runbooks::resume_all(ctl).await?;

@@ -47,8 +47,10 @@ pub async fn views(ctl: &Controller, records: Vec<VmRecord>) -> Result<Vec<VmVie
 }
 
 /// How old a remote host's answer a VM's view may show: the VM-state
-/// probe asks every host each second, so a view seldom asks an agent.
-pub const VIEW_STATE_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+/// probe asks every host each second (a round of a hundred hosts takes
+/// longer on a busy controller), so a view seldom asks an agent. A
+/// command on the VM forgets the answer: the view after it asks.
+pub const VIEW_STATE_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn view_of(
     ctl: &Controller,

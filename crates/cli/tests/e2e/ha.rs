@@ -16,7 +16,15 @@ use crate::harness::{Lab, LabOptions, STANDBY, free_port, kill_agent_vms};
 use crate::netlab::NetLab;
 use crate::watch::{alerts, probe_ok, wait_until};
 
-const SELF_FENCE_AFTER: Duration = Duration::from_secs(3);
+/// `[ha] self_fence_after` of the namespace labs: 3 s, or
+/// `STANDBY_HA_SELF_FENCE_AFTER` seconds (`scripts/bench-ha` measures the
+/// RTO at other settings with it).
+fn self_fence_after() -> Duration {
+    std::env::var("STANDBY_HA_SELF_FENCE_AFTER")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(3), Duration::from_secs)
+}
 
 struct Agent {
     child: Child,
@@ -73,7 +81,7 @@ pub(crate) fn runs_in(ns: &str) -> bool {
 /// The agents of the namespace labs: site 1's host agent, site 2's agent
 /// (its host's too with `site2_host`) and a witness, at ports `p1`, `p2`
 /// and `pw`; the quorum of the three under `[ha]` (`self_fence_after` of
-/// [`SELF_FENCE_AFTER`]); and site 1's health probed from site 2 and from
+/// [`self_fence_after`]); and site 1's health probed from site 2 and from
 /// the witness every 500 ms, so site-down needs both.
 pub(crate) fn quorum_watch(
     net: &NetLab,
@@ -126,7 +134,7 @@ quorum = ["site1-agent", "site2-agent", "witness"]
 {probe_s2}
 {probe_w}
 "#,
-        after = SELF_FENCE_AFTER.as_secs(),
+        after = self_fence_after().as_secs(),
         probe_s2 = probe("site1-from-site2", "agent:site2-agent"),
         probe_w = probe("site1-from-witness", "agent:witness"),
     )
@@ -393,7 +401,7 @@ fn ha_a_site_cut_off_from_everyone_fences_itself_before_its_copy_starts_elsewher
         .map(|(t, ..)| *t)
         .expect("site 2's copy never seen");
     assert!(
-        s1_stopped >= SELF_FENCE_AFTER - Duration::from_millis(200),
+        s1_stopped >= self_fence_after() - Duration::from_millis(200),
         "{s1_stopped:?}"
     );
     assert!(s1_stopped < s2_started);
@@ -406,10 +414,11 @@ fn ha_a_site_cut_off_from_everyone_fences_itself_before_its_copy_starts_elsewher
     assert_eq!(vm["active_site"], "site2", "{vm}");
     let window = last_ack.saturating_duration_since(point_done);
     eprintln!(
-        "ha figures: site 1 fenced itself {:.1}s after the cut; the copy at site 2 running at \
+        "ha figures (self_fence_after {}s): site 1 fenced itself {:.1}s after the cut; the copy at site 2 running at \
          {:.1}s, answering SIP at {:.1}s; 0 overlaps in {} samples; data-loss window: {} of {} \
          writes site 1 acknowledged to its LAN client are not at site 2, acknowledged up to \
          {:.1}s after the last copied point ({:.1}s after the cut), none from before the point",
+        self_fence_after().as_secs(),
         s1_stopped.as_secs_f64(),
         s2_started.as_secs_f64(),
         answering.as_secs_f64(),
@@ -467,7 +476,7 @@ fn ha_a_site_that_still_reaches_a_majority_keeps_its_vm() {
 
     // The site link is cut, the witness (and the controller) see both.
     h.net.cut_between_sites();
-    std::thread::sleep(SELF_FENCE_AFTER * 2);
+    std::thread::sleep(self_fence_after() * 2);
     assert!(
         alive(pid1),
         "site 1 stopped its VM with a majority in reach"
@@ -479,7 +488,7 @@ fn ha_a_site_that_still_reaches_a_majority_keeps_its_vm() {
     // Now the controller's link (and so the witness beside it) is cut:
     // site 1 still reaches site 2's agent, itself and site 2 a majority.
     h.net.cut_controller_site1();
-    std::thread::sleep(SELF_FENCE_AFTER * 2);
+    std::thread::sleep(self_fence_after() * 2);
     assert!(
         alive(pid1),
         "site 1 stopped its VM with a majority in reach:\n{}",

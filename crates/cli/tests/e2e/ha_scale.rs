@@ -165,7 +165,12 @@ fn ha_scale_figures() {
                     .await;
                 let took = sent.elapsed();
                 match answer {
-                    Ok(r) if r.status().is_success() => (took, true, path),
+                    // When it was sent, for the slowest ones.
+                    Ok(r) if r.status().is_success() => (
+                        took,
+                        true,
+                        format!("{path} at {:.2}s", (sent - start).as_secs_f64()),
+                    ),
                     Ok(r) => (took, false, format!("{path}: {}", r.status())),
                     Err(e) => (
                         took,
@@ -223,6 +228,14 @@ fn ha_scale_figures() {
         })
         .collect();
 
+    let mut slowest: Vec<&(Duration, bool, String)> = latencies.iter().collect();
+    slowest.sort_by(|a, b| b.0.cmp(&a.0));
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(5)
+        .map(|(d, _, p)| format!("{p} took {:.0}ms", d.as_secs_f64() * 1e3))
+        .collect();
+
     // A replica waits; the leader is killed; how long until the replica
     // leads and answers a VM's status.
     let cfg_b = lab.replica_config("replica-b", b_port, "controller-b", None);
@@ -254,7 +267,7 @@ fn ha_scale_figures() {
         "ha scale figures: {hosts} agents, {vms} VMs, {points} points; first start {:.1}s, \
          catalog written in {:.1}s, agents up in {:.1}s; API at {rps} req/s for {:.1}s: \
          p50 {:.1}ms p95 {:.1}ms p99 {:.1}ms max {:.1}ms; leader CPU {:.0}% of a core; \
-         a new leader answered {:.2}s after the old one was killed; by request: {}",
+         a new leader answered {:.2}s after the old one was killed; by request: {}; slowest: {}",
         first_start.as_secs_f64(),
         catalogued.as_secs_f64(),
         agents_up.as_secs_f64(),
@@ -265,6 +278,7 @@ fn ha_scale_figures() {
         lat.last().unwrap().as_secs_f64() * 1e3,
         cpu * 100.0,
         takeover.as_secs_f64(),
-        by_kind.join(", ")
+        by_kind.join(", "),
+        slowest.join(", ")
     );
 }
