@@ -229,7 +229,7 @@ fn ha_scale_figures() {
         .collect();
 
     let mut slowest: Vec<&(Duration, bool, String)> = latencies.iter().collect();
-    slowest.sort_by(|a, b| b.0.cmp(&a.0));
+    slowest.sort_by_key(|r| std::cmp::Reverse(r.0));
     let slowest: Vec<String> = slowest
         .iter()
         .take(5)
