@@ -85,14 +85,18 @@ pub async fn start(ctl: &Arc<Controller>) -> Result<(), EngineError> {
     // Where VMs run, from the hosts themselves: in the background, so the
     // controller can act at once (a start asks the hosts anyway).
     ctl.tasks.spawn(vms::reconcile_placements(ctl.clone()));
-    // Each VM's newest point, which every VM view shows, is read from the
+    // Each VM's newest point (every VM view shows it) and its number of
+    // points (a VM's list of points counts them) are read from the
     // catalog once (a million points take a few hundred milliseconds):
-    // now, rather than by the first views after a takeover.
+    // now, rather than by the first requests after a takeover.
     {
         let repo = ctl.repo.clone();
         ctl.tasks.spawn(async move {
             if let Err(e) = repo.latest_points(&[]).await {
                 tracing::debug!("newest points not read ahead: {e}");
+            }
+            if let Err(e) = repo.point_summary().await {
+                tracing::debug!("point counts not read ahead: {e}");
             }
         });
     }

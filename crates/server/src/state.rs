@@ -37,6 +37,28 @@ pub struct AppState {
     pub engine: Arc<Controller>,
     pub auth: Arc<Auth>,
     pub reads: Arc<Reads>,
+    pub sites: Arc<SitesCache>,
+}
+
+/// The operators' list of sites as last built and serialized, with what
+/// it was built from: the shared VM list (by identity), the sites and
+/// their fences. It names every VM of each site, so with 10,000 VMs it is
+/// built once per change rather than per request.
+#[derive(Default)]
+pub struct SitesCache(pub std::sync::Mutex<Option<SitesBuilt>>);
+
+pub struct SitesBuilt {
+    pub vms: Arc<std::collections::BTreeMap<String, Vec<String>>>,
+    pub sites: Vec<standby_types::model::SiteRecord>,
+    pub fences: Vec<Option<standby_db::FenceRecord>>,
+    pub views: Arc<Vec<standby_types::api::SiteView>>,
+    pub json: axum::body::Bytes,
+}
+
+impl FromRef<AppState> for Arc<SitesCache> {
+    fn from_ref(s: &AppState) -> Self {
+        s.sites.clone()
+    }
 }
 
 impl AppState {
@@ -44,6 +66,7 @@ impl AppState {
     pub fn new(engine: Arc<Controller>, auth: Arc<Auth>) -> AppState {
         AppState {
             reads: Arc::new(Reads::of(&engine)),
+            sites: Arc::default(),
             engine,
             auth,
         }

@@ -40,18 +40,20 @@ fn token_row(r: &AnyRow) -> Result<TokenRecord, DbError> {
 #[async_trait::async_trait]
 impl AuthRepo for SqlRepo {
     async fn add_user(&self, u: &UserRecord) -> Result<bool, DbError> {
-        let r = sqlx::query(
-            "INSERT INTO users (name, password_hash, role, tenant, created) \
+        let r = self
+            .write_one(
+                format!("add user '{}'", u.name),
+                sqlx::query(
+                    "INSERT INTO users (name, password_hash, role, tenant, created) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&u.name)
-        .bind(&u.password_hash)
-        .bind(&u.role)
-        .bind(&u.tenant)
-        .bind(ts(u.created))
-        .execute(&self.pool)
-        .await
-        .map_err(query(format!("add user '{}'", u.name)))?;
+                )
+                .bind(&u.name)
+                .bind(&u.password_hash)
+                .bind(&u.role)
+                .bind(&u.tenant)
+                .bind(ts(u.created)),
+            )
+            .await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -76,16 +78,17 @@ impl AuthRepo for SqlRepo {
     }
 
     async fn remove_user(&self, name: &str) -> Result<(), DbError> {
-        let r = sqlx::query("DELETE FROM users WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(query(format!("remove user '{name}'")))?;
+        let r = self
+            .write_one(
+                format!("remove user '{name}'"),
+                sqlx::query("DELETE FROM users WHERE name = $1").bind(name),
+            )
+            .await?;
         found(r.rows_affected(), "user", name)
     }
 
     async fn add_token(&self, t: &TokenRecord) -> Result<(), DbError> {
-        sqlx::query(&format!(
+        self.write_one(format!("add token '{}'", t.id), sqlx::query(&format!(
             "INSERT INTO api_tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         ))
         .bind(&t.id)
@@ -96,10 +99,8 @@ impl AuthRepo for SqlRepo {
         .bind(ts(t.created))
         .bind(t.expires.map(ts))
         .bind(t.revoked.map(ts))
-        .bind(t.last_used.map(ts))
-        .execute(&self.pool)
-        .await
-        .map_err(query(format!("add token '{}'", t.id)))?;
+        .bind(t.last_used.map(ts)))
+            .await?;
         self.tokens_memo.invalidate();
         Ok(())
     }
@@ -155,23 +156,26 @@ impl AuthRepo for SqlRepo {
     }
 
     async fn revoke_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), DbError> {
-        let r = sqlx::query("UPDATE api_tokens SET revoked = COALESCE(revoked, $2) WHERE id = $1")
-            .bind(id)
-            .bind(ts(at))
-            .execute(&self.pool)
-            .await
-            .map_err(query(format!("revoke token '{id}'")))?;
+        let r = self
+            .write_one(
+                format!("revoke token '{id}'"),
+                sqlx::query("UPDATE api_tokens SET revoked = COALESCE(revoked, $2) WHERE id = $1")
+                    .bind(id)
+                    .bind(ts(at)),
+            )
+            .await?;
         self.tokens_memo.invalidate();
         found(r.rows_affected(), "token", id)
     }
 
     async fn touch_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), DbError> {
-        sqlx::query("UPDATE api_tokens SET last_used = $2 WHERE id = $1")
-            .bind(id)
-            .bind(ts(at))
-            .execute(&self.pool)
-            .await
-            .map_err(query(format!("record use of token '{id}'")))?;
+        self.write_one(
+            format!("record use of token '{id}'"),
+            sqlx::query("UPDATE api_tokens SET last_used = $2 WHERE id = $1")
+                .bind(id)
+                .bind(ts(at)),
+        )
+        .await?;
         self.tokens_memo.invalidate();
         Ok(())
     }
@@ -190,18 +194,19 @@ impl AuthRepo for SqlRepo {
     }
 
     async fn add_session(&self, s: &SessionRecord) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO sessions (id_hash, user_name, csrf, created, expires) \
+        self.write_one(
+            format!("add a session of user '{}'", s.user),
+            sqlx::query(
+                "INSERT INTO sessions (id_hash, user_name, csrf, created, expires) \
              VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&s.id_hash)
+            .bind(&s.user)
+            .bind(&s.csrf)
+            .bind(ts(s.created))
+            .bind(ts(s.expires)),
         )
-        .bind(&s.id_hash)
-        .bind(&s.user)
-        .bind(&s.csrf)
-        .bind(ts(s.created))
-        .bind(ts(s.expires))
-        .execute(&self.pool)
-        .await
-        .map_err(query(format!("add a session of user '{}'", s.user)))?;
+        .await?;
         Ok(())
     }
 
@@ -232,20 +237,21 @@ impl AuthRepo for SqlRepo {
     }
 
     async fn remove_session(&self, id_hash: &str) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
-            .bind(id_hash)
-            .execute(&self.pool)
-            .await
-            .map_err(query("remove a session"))?;
+        self.write_one(
+            "remove a session",
+            sqlx::query("DELETE FROM sessions WHERE id_hash = $1").bind(id_hash),
+        )
+        .await?;
         Ok(())
     }
 
     async fn purge_sessions(&self, now: DateTime<Utc>) -> Result<u64, DbError> {
-        let r = sqlx::query("DELETE FROM sessions WHERE expires <= $1")
-            .bind(ts(now))
-            .execute(&self.pool)
-            .await
-            .map_err(query("purge expired sessions"))?;
+        let r = self
+            .write_one(
+                "purge expired sessions",
+                sqlx::query("DELETE FROM sessions WHERE expires <= $1").bind(ts(now)),
+            )
+            .await?;
         Ok(r.rows_affected())
     }
 }

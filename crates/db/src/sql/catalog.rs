@@ -126,6 +126,14 @@ impl SqlRepo {
         if let Some(n) = known {
             return Ok(n);
         }
+        // One VM's points, unfiltered: the per-VM summary has the count
+        // when it is current (it is not loaded for this: after a write a
+        // count of one VM is cheaper than a summary of all).
+        if let (Some(vm), None, None, None, None) = (&q.vm, &q.vms, &q.site, &q.group, &q.since)
+            && let Some(summary) = self.summary_memo.peek()
+        {
+            return Ok(summary.iter().find(|s| &s.vm == vm).map_or(0, |s| s.count));
+        }
         let f = self.point_filter(q)?;
         let sql = format!("SELECT COUNT(*) FROM points p {}", f.where_clause());
         let total: i64 = f

@@ -73,6 +73,21 @@ impl<T> Memo<T> {
         self.enabled.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// The value kept, if one is and it is current; nothing is loaded.
+    pub(super) fn peek(&self) -> Option<std::sync::Arc<T>> {
+        use std::sync::atomic::Ordering;
+        if !self.enabled.load(Ordering::Acquire) {
+            return None;
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        self.value
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, v)| v.clone())
+    }
+
     /// Keep values from now on (this process became the only writer).
     pub(super) fn enable(&self) {
         self.enabled

@@ -280,25 +280,68 @@ impl SqlRepo {
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
                 if let Some(holder) = writer.filter(|_| fenced) {
-                    let holds = sqlx::query(&format!(
-                        "SELECT holder FROM leader WHERE id = 1 AND holder = $1 AND expires_ms > {} \
-                         FOR KEY SHARE",
-                        self.now_ms_sql()
-                    ))
-                    .bind(&holder)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(query(what))?;
-                    if holds.is_none() {
-                        return Err(DbError::NotLeader {
-                            holder,
-                            what: what.to_string(),
-                        });
-                    }
+                    self.check_lease(&mut tx, holder, what).await?;
                 }
                 Ok(tx)
             }
         }
+    }
+
+    /// In `tx`: refuse unless `holder` still holds the lease, and keep
+    /// the lease row `FOR KEY SHARE` until `tx` ends (a takeover, which
+    /// writes a new epoch, waits for it; a renewal does not).
+    async fn check_lease(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        holder: String,
+        what: &str,
+    ) -> Result<(), DbError> {
+        let holds = sqlx::query(&format!(
+            "SELECT holder FROM leader WHERE id = 1 AND holder = $1 AND expires_ms > {} \
+             FOR KEY SHARE",
+            self.now_ms_sql()
+        ))
+        .bind(&holder)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(query(what))?;
+        if holds.is_none() {
+            return Err(DbError::NotLeader {
+                holder,
+                what: what.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One statement that changes the database, which reads nothing
+    /// first. On PostgreSQL, once this process leads, it runs in a
+    /// transaction that checks the lease first ([`SqlRepo::check_lease`];
+    /// without the writers' lock, which orders read-then-write
+    /// transactions): a deposed leader changes nothing, a job's step or a
+    /// service's site included.
+    pub(super) async fn write_one<'q>(
+        &self,
+        what: impl Into<String>,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<sqlx::any::AnyQueryResult, DbError> {
+        let writer = match self.backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => self
+                .writer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        };
+        let Some(holder) = writer else {
+            return q.execute(&self.pool).await.map_err(query(what));
+        };
+        let what = what.into();
+        let mut tx = self.pool.begin().await.map_err(query(what.as_str()))?;
+        self.check_lease(&mut tx, holder, &what).await?;
+        let done = q.execute(&mut *tx).await.map_err(query(what.as_str()))?;
+        tx.commit().await.map_err(query(what))?;
+        Ok(done)
     }
 
     /// This process took the lease as `holder`: on PostgreSQL its writes

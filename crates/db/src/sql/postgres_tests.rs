@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use standby_types::config::{Config, EXAMPLE};
-use standby_types::model::PointRecord;
+use standby_types::model::{JobStatus, PointRecord};
 
 use super::testing::TestDb;
 use super::{Backend, SqlRepo};
@@ -160,6 +160,18 @@ async fn a_deposed_leader_cannot_write() {
     );
     let err = a.insert_point(&point("pbx1", 7, &[])).await.unwrap_err();
     assert!(matches!(err, DbError::NotLeader { .. }), "{err}");
+    // Single statements too: a job's state, a service's site.
+    let job = b.create_job("runbook", "failover-site").await.unwrap();
+    let err = a.start_job(job.id).await.unwrap_err();
+    assert!(matches!(err, DbError::NotLeader { .. }), "{err}");
+    assert_eq!(b.job(job.id).await.unwrap().status, JobStatus::Queued);
+    let err = crate::ServiceRepo::init_service(&a, "sip", "site1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DbError::NotLeader { .. }), "{err}");
+    assert!(crate::ServiceRepo::service(&b, "sip").await.is_err());
+    b.start_job(job.id).await.unwrap();
+    assert_eq!(b.job(job.id).await.unwrap().status, JobStatus::Running);
     assert_eq!(b.vm("pbx1").await.unwrap().active_site, "site2");
     assert!(b.point_summary().await.unwrap().is_empty());
     b.set_vm_placement("pbx1", "site1", "site1-host1")

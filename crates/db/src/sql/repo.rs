@@ -174,12 +174,14 @@ impl Repo for SqlRepo {
         group: &str,
         next_run: Option<DateTime<Utc>>,
     ) -> Result<(), DbError> {
-        let done = sqlx::query("UPDATE groups SET next_run = $1 WHERE name = $2")
-            .bind(next_run.map(ts))
-            .bind(group)
-            .execute(&self.pool)
-            .await
-            .map_err(query(format!("schedule group '{group}'")))?;
+        let done = self
+            .write_one(
+                format!("schedule group '{group}'"),
+                sqlx::query("UPDATE groups SET next_run = $1 WHERE name = $2")
+                    .bind(next_run.map(ts))
+                    .bind(group),
+            )
+            .await?;
         found(done.rows_affected(), "group", group)
     }
 
@@ -189,13 +191,15 @@ impl Repo for SqlRepo {
         at: DateTime<Utc>,
         status: &str,
     ) -> Result<(), DbError> {
-        let done = sqlx::query("UPDATE groups SET last_run = $1, last_status = $2 WHERE name = $3")
-            .bind(ts(at))
-            .bind(status)
-            .bind(group)
-            .execute(&self.pool)
-            .await
-            .map_err(query(format!("record a run of group '{group}'")))?;
+        let done = self
+            .write_one(
+                format!("record a run of group '{group}'"),
+                sqlx::query("UPDATE groups SET last_run = $1, last_status = $2 WHERE name = $3")
+                    .bind(ts(at))
+                    .bind(status)
+                    .bind(group),
+            )
+            .await?;
         found(done.rows_affected(), "group", group)
     }
 
@@ -435,13 +439,15 @@ impl Repo for SqlRepo {
     }
 
     async fn start_job(&self, id: i64) -> Result<(), DbError> {
-        let done = sqlx::query("UPDATE jobs SET status = $1, started_at = $2 WHERE id = $3")
-            .bind(JobStatus::Running.as_str())
-            .bind(ts(now()))
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(query(format!("start job {id}")))?;
+        let done = self
+            .write_one(
+                format!("start job {id}"),
+                sqlx::query("UPDATE jobs SET status = $1, started_at = $2 WHERE id = $3")
+                    .bind(JobStatus::Running.as_str())
+                    .bind(ts(now()))
+                    .bind(id),
+            )
+            .await?;
         found(done.rows_affected(), "job", &id.to_string())
     }
 
@@ -452,16 +458,14 @@ impl Repo for SqlRepo {
         total: u64,
         message: &str,
     ) -> Result<(), DbError> {
-        let res = sqlx::query(
+        let res = self.write_one(format!("update job {id}"), sqlx::query(
             "UPDATE jobs SET progress_done = $1, progress_total = $2, message = $3 WHERE id = $4",
         )
         .bind(int(done, "job progress")?)
         .bind(int(total, "job progress total")?)
         .bind(message)
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(query(format!("update job {id}")))?;
+        .bind(id))
+            .await?;
         found(res.rows_affected(), "job", &id.to_string())
     }
 
@@ -472,17 +476,15 @@ impl Repo for SqlRepo {
         error: Option<&str>,
         result: &serde_json::Value,
     ) -> Result<(), DbError> {
-        let done = sqlx::query(
+        let done = self.write_one(format!("finish job {id}"), sqlx::query(
             "UPDATE jobs SET status = $1, error = $2, result = $3, finished_at = $4 WHERE id = $5",
         )
         .bind(status.as_str())
         .bind(error)
         .bind(result.to_string())
         .bind(status.is_finished().then(|| ts(now())))
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(query(format!("finish job {id}")))?;
+        .bind(id))
+            .await?;
         found(done.rows_affected(), "job", &id.to_string())
     }
 
@@ -531,18 +533,20 @@ impl Repo for SqlRepo {
     }
 
     async fn fail_interrupted_jobs(&self) -> Result<u64, DbError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = $1, error = $2, finished_at = $3 \
+        let done = self
+            .write_one(
+                "fail interrupted jobs",
+                sqlx::query(
+                    "UPDATE jobs SET status = $1, error = $2, finished_at = $3 \
              WHERE status IN ($4, $5) AND kind <> 'runbook'",
-        )
-        .bind(JobStatus::Failed.as_str())
-        .bind(INTERRUPTED)
-        .bind(ts(now()))
-        .bind(JobStatus::Queued.as_str())
-        .bind(JobStatus::Running.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(query("fail interrupted jobs"))?;
+                )
+                .bind(JobStatus::Failed.as_str())
+                .bind(INTERRUPTED)
+                .bind(ts(now()))
+                .bind(JobStatus::Queued.as_str())
+                .bind(JobStatus::Running.as_str()),
+            )
+            .await?;
         Ok(done.rows_affected())
     }
 

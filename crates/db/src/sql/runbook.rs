@@ -149,41 +149,41 @@ impl RunbookRepo for SqlRepo {
     }
 
     async fn set_run_incident(&self, job: i64, incident: i64) -> Result<(), DbError> {
-        let done = sqlx::query("UPDATE runbook_runs SET incident = $1 WHERE job = $2")
-            .bind(incident)
-            .bind(job)
-            .execute(&self.pool)
-            .await
-            .map_err(query(format!("set the incident of runbook job {job}")))?;
+        let done = self
+            .write_one(
+                format!("set the incident of runbook job {job}"),
+                sqlx::query("UPDATE runbook_runs SET incident = $1 WHERE job = $2")
+                    .bind(incident)
+                    .bind(job),
+            )
+            .await?;
         found(done.rows_affected(), "runbook job", &job.to_string())
     }
 
     async fn put_step(&self, s: &StepRecord) -> Result<(), DbError> {
-        sqlx::query(&format!(
-            "INSERT INTO runbook_steps ({STEP_COLUMNS}) \
+        self.write_one(
+            format!("record step {} of runbook job {}", s.step, s.job),
+            sqlx::query(&format!(
+                "INSERT INTO runbook_steps ({STEP_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (job, step, item) DO UPDATE SET position = excluded.position, \
              state = excluded.state, attempt = excluded.attempt, input = excluded.input, \
              output = excluded.output, error = excluded.error, \
              started_at = excluded.started_at, finished_at = excluded.finished_at"
-        ))
-        .bind(s.job)
-        .bind(&s.step)
-        .bind(s.item)
-        .bind(s.position)
-        .bind(s.state.as_str())
-        .bind(i64::from(s.attempt))
-        .bind(s.input.to_string())
-        .bind(s.output.to_string())
-        .bind(&s.error)
-        .bind(s.started_at.map(ts))
-        .bind(s.finished_at.map(ts))
-        .execute(&self.pool)
-        .await
-        .map_err(query(format!(
-            "record step {} of runbook job {}",
-            s.step, s.job
-        )))?;
+            ))
+            .bind(s.job)
+            .bind(&s.step)
+            .bind(s.item)
+            .bind(s.position)
+            .bind(s.state.as_str())
+            .bind(i64::from(s.attempt))
+            .bind(s.input.to_string())
+            .bind(s.output.to_string())
+            .bind(&s.error)
+            .bind(s.started_at.map(ts))
+            .bind(s.finished_at.map(ts)),
+        )
+        .await?;
         Ok(())
     }
 
@@ -201,11 +201,11 @@ impl RunbookRepo for SqlRepo {
     }
 
     async fn release_lock(&self, job: i64) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM runbook_locks WHERE job = $1")
-            .bind(job)
-            .execute(&self.pool)
-            .await
-            .map_err(query(format!("release the lock of job {job}")))?;
+        self.write_one(
+            format!("release the lock of job {job}"),
+            sqlx::query("DELETE FROM runbook_locks WHERE job = $1").bind(job),
+        )
+        .await?;
         Ok(())
     }
 

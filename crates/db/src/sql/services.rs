@@ -22,15 +22,16 @@ fn row(r: &AnyRow) -> Result<ServiceRecord, DbError> {
 impl ServiceRepo for SqlRepo {
     async fn init_service(&self, name: &str, site: &str) -> Result<ServiceRecord, DbError> {
         let what = format!("record service '{name}'");
-        sqlx::query(
-            "INSERT INTO services (name, active_site, switched_at) VALUES ($1, $2, NULL) \
+        self.write_one(
+            &what,
+            sqlx::query(
+                "INSERT INTO services (name, active_site, switched_at) VALUES ($1, $2, NULL) \
              ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(site),
         )
-        .bind(name)
-        .bind(site)
-        .execute(&self.pool)
-        .await
-        .map_err(query(&what))?;
+        .await?;
         self.service(name).await
     }
 

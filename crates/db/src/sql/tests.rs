@@ -552,7 +552,13 @@ async fn point_summary_and_copy_counts_agree_with_the_catalog(repo: SqlRepo) {
         .await
         .unwrap();
     assert_eq!(pbx2(repo.point_summary().await.unwrap()).count, 20);
+    // (Counted from the summary just read, as from the table before.)
     assert_eq!(repo.point_page(&of_pbx2).await.unwrap().1, 20);
+    let of_none = PointQuery {
+        vm: Some("pbx9".into()),
+        ..PointQuery::default()
+    };
+    assert_eq!(repo.point_page(&of_none).await.unwrap().1, 0);
     assert_ne!(
         repo.newest_point_times(&["pbx2".into()]).await.unwrap()[0].1,
         newer.time

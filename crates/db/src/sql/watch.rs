@@ -140,11 +140,12 @@ impl WatchRepo for SqlRepo {
     }
 
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, DbError> {
-        let done = sqlx::query("DELETE FROM events WHERE at < $1")
-            .bind(ts(before))
-            .execute(&self.pool)
-            .await
-            .map_err(query(format!("prune events before {}", ts(before))))?;
+        let done = self
+            .write_one(
+                format!("prune events before {}", ts(before)),
+                sqlx::query("DELETE FROM events WHERE at < $1").bind(ts(before)),
+            )
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -178,24 +179,26 @@ impl WatchRepo for SqlRepo {
     }
 
     async fn update_alert(&self, a: &Alert) -> Result<(), DbError> {
-        let done = sqlx::query(
-            "UPDATE alerts SET state = $1, severity = $2, annotations = $3, \
+        let done = self
+            .write_one(
+                format!("update alert {}", a.id),
+                sqlx::query(
+                    "UPDATE alerts SET state = $1, severity = $2, annotations = $3, \
              acknowledged_at = $4, acknowledged_by = $5, resolved_at = $6, inhibited_by = $7, \
              silenced_by = $8, incident = $9 WHERE id = $10",
-        )
-        .bind(a.state.as_str())
-        .bind(a.severity.as_str())
-        .bind(to_json(&a.annotations, "alerts.annotations")?)
-        .bind(a.acknowledged_at.map(ts))
-        .bind(&a.acknowledged_by)
-        .bind(a.resolved_at.map(ts))
-        .bind(&a.inhibited_by)
-        .bind(a.silenced_by)
-        .bind(a.incident)
-        .bind(a.id)
-        .execute(&self.pool)
-        .await
-        .map_err(query(format!("update alert {}", a.id)))?;
+                )
+                .bind(a.state.as_str())
+                .bind(a.severity.as_str())
+                .bind(to_json(&a.annotations, "alerts.annotations")?)
+                .bind(a.acknowledged_at.map(ts))
+                .bind(&a.acknowledged_by)
+                .bind(a.resolved_at.map(ts))
+                .bind(&a.inhibited_by)
+                .bind(a.silenced_by)
+                .bind(a.incident)
+                .bind(a.id),
+            )
+            .await?;
         found(done.rows_affected(), "alert", &a.id.to_string())
     }
 
@@ -266,15 +269,17 @@ impl WatchRepo for SqlRepo {
     async fn expire_silence(&self, id: i64, now: DateTime<Utc>) -> Result<(), DbError> {
         // A silence that already ended keeps its end: expiring it again
         // must not move the end later.
-        let done = sqlx::query(
-            "UPDATE silences SET ends_at = CASE WHEN ends_at > $1 THEN $1 ELSE ends_at END \
+        let done = self
+            .write_one(
+                format!("expire silence {id}"),
+                sqlx::query(
+                    "UPDATE silences SET ends_at = CASE WHEN ends_at > $1 THEN $1 ELSE ends_at END \
              WHERE id = $2",
-        )
-        .bind(ts(now))
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(query(format!("expire silence {id}")))?;
+                )
+                .bind(ts(now))
+                .bind(id),
+            )
+            .await?;
         found(done.rows_affected(), "silence", &id.to_string())
     }
 
@@ -301,22 +306,24 @@ impl WatchRepo for SqlRepo {
     }
 
     async fn update_incident(&self, i: &Incident) -> Result<(), DbError> {
-        let done = sqlx::query(
-            "UPDATE incidents SET title = $1, severity = $2, description = $3, grp = $4, \
+        let done = self
+            .write_one(
+                format!("update incident {}", i.id),
+                sqlx::query(
+                    "UPDATE incidents SET title = $1, severity = $2, description = $3, grp = $4, \
              state = $5, labels = $6, resolved_at = $7, closed_at = $8 WHERE id = $9",
-        )
-        .bind(&i.title)
-        .bind(i.severity.as_str())
-        .bind(&i.description)
-        .bind(&i.group)
-        .bind(i.state.as_str())
-        .bind(to_json(&i.labels, "incidents.labels")?)
-        .bind(i.resolved_at.map(ts))
-        .bind(i.closed_at.map(ts))
-        .bind(i.id)
-        .execute(&self.pool)
-        .await
-        .map_err(query(format!("update incident {}", i.id)))?;
+                )
+                .bind(&i.title)
+                .bind(i.severity.as_str())
+                .bind(&i.description)
+                .bind(&i.group)
+                .bind(i.state.as_str())
+                .bind(to_json(&i.labels, "incidents.labels")?)
+                .bind(i.resolved_at.map(ts))
+                .bind(i.closed_at.map(ts))
+                .bind(i.id),
+            )
+            .await?;
         found(done.rows_affected(), "incident", &i.id.to_string())
     }
 
@@ -493,19 +500,21 @@ impl WatchRepo for SqlRepo {
     }
 
     async fn update_delivery(&self, d: &Delivery) -> Result<(), DbError> {
-        let done = sqlx::query(
-            "UPDATE deliveries SET state = $1, attempts = $2, last_error = $3, \
+        let done = self
+            .write_one(
+                format!("update delivery {}", d.id),
+                sqlx::query(
+                    "UPDATE deliveries SET state = $1, attempts = $2, last_error = $3, \
              next_attempt_at = $4, delivered_at = $5 WHERE id = $6",
-        )
-        .bind(&d.state)
-        .bind(i64::from(d.attempts))
-        .bind(&d.last_error)
-        .bind(d.next_attempt_at.map(ts))
-        .bind(d.delivered_at.map(ts))
-        .bind(d.id)
-        .execute(&self.pool)
-        .await
-        .map_err(query(format!("update delivery {}", d.id)))?;
+                )
+                .bind(&d.state)
+                .bind(i64::from(d.attempts))
+                .bind(&d.last_error)
+                .bind(d.next_attempt_at.map(ts))
+                .bind(d.delivered_at.map(ts))
+                .bind(d.id),
+            )
+            .await?;
         found(done.rows_affected(), "delivery", &d.id.to_string())
     }
 

@@ -15,7 +15,7 @@ use super::common::{
 };
 use crate::auth::Principal;
 use crate::error::ServerError;
-use crate::state::{AppState, Reads};
+use crate::state::{AppState, Reads, SitesBuilt, SitesCache};
 use standby_engine::runbooks::triggers::protect_group;
 use standby_engine::vms;
 
@@ -51,18 +51,67 @@ where
         headers(("x-total-count" = u64, description = "Number of matches")))))]
 async fn sites(
     State(ctl): Ctl,
+    State(cache): State<std::sync::Arc<SitesCache>>,
     who: Principal,
     ApiQuery(q): ApiQuery<ListParams>,
-) -> ListResult<SiteView> {
+) -> Result<axum::response::Response, ServerError> {
+    use axum::response::IntoResponse;
     let page = Page::new(q.limit, q.offset)?;
     if who.tenant.is_some() {
-        return Ok(page.of(Vec::new()));
+        return Ok(page.of(Vec::<SiteView>::new()).into_response());
     }
     let vms = ctl.vms_by_site().await?;
-    let out = ctl
-        .repo
-        .sites()
-        .await?
+    let records = ctl.repo.sites().await?;
+    let fences: Vec<_> = records.iter().map(|s| ctl.fence_of(&s.name)).collect();
+    let built = {
+        let cached = cache.0.lock().unwrap_or_else(|p| p.into_inner());
+        cached
+            .as_ref()
+            .filter(|b| {
+                std::sync::Arc::ptr_eq(&b.vms, &vms) && b.sites == records && b.fences == fences
+            })
+            .map(|b| (b.views.clone(), b.json.clone()))
+    };
+    let (views, json) = match built {
+        Some(b) => b,
+        None => {
+            let views = std::sync::Arc::new(site_views(&ctl, &vms, records.clone()));
+            let json = axum::body::Bytes::from(
+                serde_json::to_vec(&*views)
+                    .map_err(|e| ServerError::Internal(format!("sites as JSON: {e}")))?,
+            );
+            *cache.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(SitesBuilt {
+                vms,
+                sites: records,
+                fences,
+                views: views.clone(),
+                json: json.clone(),
+            });
+            (views, json)
+        }
+    };
+    if page.offset == 0 && page.limit >= views.len() {
+        let mut r = (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response();
+        r.headers_mut().insert(
+            super::common::TOTAL_COUNT,
+            axum::http::HeaderValue::from(views.len() as u64),
+        );
+        return Ok(r);
+    }
+    Ok(page.of(views.to_vec()).into_response())
+}
+
+/// Each site's view: its hosts, datastores, active VMs and fence.
+fn site_views(
+    ctl: &standby_engine::Controller,
+    vms: &std::collections::BTreeMap<String, Vec<String>>,
+    records: Vec<standby_types::model::SiteRecord>,
+) -> Vec<SiteView> {
+    records
         .into_iter()
         .map(|s| SiteView {
             hosts: ctl
@@ -85,8 +134,7 @@ async fn sites(
             name: s.name,
             description: s.description,
         })
-        .collect();
-    Ok(page.of(out))
+        .collect()
 }
 
 /// Fence a site: it runs no VM until unfenced (admin).
