@@ -50,7 +50,7 @@ pub async fn views(ctl: &Controller, records: Vec<VmRecord>) -> Result<Vec<VmVie
 /// probe asks every host each second (a round of a hundred hosts takes
 /// longer on a busy controller), so a view seldom asks an agent. A
 /// command on the VM forgets the answer: the view after it asks.
-pub const VIEW_STATE_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+pub const VIEW_STATE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
 
 async fn view_of(
     ctl: &Controller,

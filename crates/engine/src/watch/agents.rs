@@ -65,7 +65,7 @@ pub fn heartbeat(
     }
     ctl.proofs.heard(name, hb.fenced);
     let now = Utc::now();
-    let first = {
+    let (first, upgraded) = {
         let mut agents = ctl.watch.agents.lock().expect("agents lock");
         let first = !agents.contains_key(name);
         let seen = agents.entry(name.to_string()).or_insert_with(|| AgentSeen {
@@ -75,9 +75,17 @@ pub fn heartbeat(
             version: hb.version.clone(),
         });
         seen.last_seen = now;
-        seen.version = hb.version;
-        first
+        let upgraded = seen.version != hb.version;
+        seen.version = hb.version.clone();
+        (first, upgraded)
     };
+    // The log gets the first heartbeat and a change of version, not
+    // every beat (a hundred agents beat a hundred times a second); that
+    // the beats go on or stop is the heartbeat probe's, logged when it
+    // changes.
+    if !first && !upgraded {
+        return Ok(reply(None));
+    }
     let mut labels = Labels::new();
     labels.insert("agent".into(), name.to_string());
     labels.insert("site".into(), agent.site.clone());
@@ -95,7 +103,7 @@ pub fn heartbeat(
         message: if first {
             "first heartbeat since the controller started".into()
         } else {
-            "heartbeat".into()
+            format!("now runs version {}", hb.version)
         },
     });
     Ok(reply(None))
