@@ -1,7 +1,9 @@
 //! What a replica answers itself while another controller leads: the
 //! reads that come from the shared database alone (recovery points, jobs
-//! and their steps, protection groups), with the leader's own handlers
-//! ([`crate::state::Reads`]) over a database connection of the replica's.
+//! and their steps, protection groups, sites with their VMs and fences),
+//! with the leader's own handlers ([`crate::state::Reads`]; the sites'
+//! builds the same view from the database) over a database connection of
+//! the replica's.
 //! Nothing is kept in memory between requests: each answer is read from
 //! PostgreSQL, so it is as current as the leader's last committed write,
 //! and it goes on while the leader is lost or paused and no replica has
@@ -55,6 +57,10 @@ pub async fn router(cfg: &Config) -> Result<Option<Router>, ServerError> {
         .map_err(|e| ServerError::BadRequest(format!("controller name as a header: {e}")))?;
     Ok(Some(
         routes
+            .route(
+                "/api/v1/sites",
+                axum::routing::get(crate::api::inventory::sites_from_db),
+            )
             .route_layer(axum::middleware::from_fn_with_state(
                 table,
                 crate::auth::layer,

@@ -233,7 +233,12 @@ allowed_commands = ["standby-vnf"]
     assert_eq!(vm["state"], "running", "a read through b: {vm}");
     // What the database alone holds b reads there itself, the same as
     // the leader answers; a VM's live state above came from the leader.
-    for path in ["/api/v1/groups", "/api/v1/jobs", "/api/v1/points?vm=pbx1"] {
+    for path in [
+        "/api/v1/groups",
+        "/api/v1/jobs",
+        "/api/v1/points?vm=pbx1",
+        "/api/v1/sites",
+    ] {
         // (A job may move on between the two reads: asked again.)
         wait_until(
             &format!("b and the leader to agree on {path}"),

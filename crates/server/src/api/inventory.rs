@@ -75,7 +75,9 @@ async fn sites(
     let (views, json) = match built {
         Some(b) => b,
         None => {
-            let views = std::sync::Arc::new(site_views(&ctl, &vms, records.clone()));
+            let views = std::sync::Arc::new(site_views(&ctl.cfg, &vms, records.clone(), |s| {
+                ctl.fence_of(s)
+            }));
             let json = axum::body::Bytes::from(
                 serde_json::to_vec(&*views)
                     .map_err(|e| ServerError::Internal(format!("sites as JSON: {e}")))?,
@@ -105,34 +107,66 @@ async fn sites(
     Ok(page.of(views.to_vec()).into_response())
 }
 
+/// The sites as a replica that does not lead answers them: placements
+/// and fences as the database has them (see `crate::follower`).
+pub(crate) async fn sites_from_db(
+    State(r): Rd,
+    who: Principal,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ListResult<SiteView> {
+    let page = Page::new(q.limit, q.offset)?;
+    if who.tenant.is_some() {
+        return Ok(page.of(Vec::new()));
+    }
+    let mut vms: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for v in r.repo.vms().await?.iter() {
+        vms.entry(v.active_site.clone())
+            .or_default()
+            .push(v.name.clone());
+    }
+    let fences: std::collections::BTreeMap<String, standby_db::FenceRecord> = r
+        .repo
+        .fences()
+        .await?
+        .into_iter()
+        .map(|f| (f.site.clone(), f))
+        .collect();
+    let records = r.repo.sites().await?;
+    Ok(page.of(site_views(&r.cfg, &vms, records, |s| {
+        fences.get(s).cloned()
+    })))
+}
+
 /// Each site's view: its hosts, datastores, active VMs and fence.
 fn site_views(
-    ctl: &standby_engine::Controller,
+    cfg: &standby_types::config::Config,
     vms: &std::collections::BTreeMap<String, Vec<String>>,
     records: Vec<standby_types::model::SiteRecord>,
+    fence_of: impl Fn(&str) -> Option<standby_db::FenceRecord>,
 ) -> Vec<SiteView> {
     records
         .into_iter()
-        .map(|s| SiteView {
-            hosts: ctl
-                .cfg
-                .hosts
-                .iter()
-                .filter(|(_, h)| h.site == s.name)
-                .map(|(n, _)| n.clone())
-                .collect(),
-            datastores: ctl
-                .cfg
-                .datastores_at(&s.name)
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            vms: vms.get(&s.name).cloned().unwrap_or_default(),
-            fenced: ctl.fence_of(&s.name).is_some(),
-            fenced_since: ctl.fence_of(&s.name).map(|f| f.since),
-            fence_reason: ctl.fence_of(&s.name).map(|f| f.reason),
-            name: s.name,
-            description: s.description,
+        .map(|s| {
+            let fence = fence_of(&s.name);
+            SiteView {
+                hosts: cfg
+                    .hosts
+                    .iter()
+                    .filter(|(_, h)| h.site == s.name)
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+                datastores: cfg
+                    .datastores_at(&s.name)
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                vms: vms.get(&s.name).cloned().unwrap_or_default(),
+                fenced: fence.is_some(),
+                fenced_since: fence.as_ref().map(|f| f.since),
+                fence_reason: fence.map(|f| f.reason),
+                name: s.name,
+                description: s.description,
+            }
         })
         .collect()
 }
