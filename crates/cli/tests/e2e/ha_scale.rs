@@ -39,6 +39,24 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// `n` free ports for the agents, below the kernel's ephemeral range: a
+/// port [`free_port`] hands out is free only until the agent binds it,
+/// and meanwhile the controller's own connections (to PostgreSQL, to
+/// the agents started before) may take it; they never take these.
+fn agent_ports(n: usize) -> Vec<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let start = low.saturating_sub(8000).max(1024);
+    let ports: Vec<u16> = (start..low)
+        .filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .take(n)
+        .collect();
+    assert_eq!(ports.len(), n, "{n} free ports below {low}");
+    ports
+}
+
 fn pct(sorted: &[Duration], p: usize) -> Duration {
     let k = (sorted.len() * p).div_ceil(100).max(1) - 1;
     sorted[k.min(sorted.len() - 1)]
@@ -53,7 +71,7 @@ fn ha_scale_figures() {
     let rps = env_or("STANDBY_SCALE_RPS", 500);
     let url = standby_testkit::postgres::database();
     let db = url.rsplit_once('/').unwrap().1.to_string();
-    let ports: Vec<u16> = (0..hosts).map(|_| free_port()).collect();
+    let ports = agent_ports(hosts);
     let mut extra = String::new();
     for (h, port) in ports.iter().enumerate() {
         let site = if h.is_multiple_of(2) {
