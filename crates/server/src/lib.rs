@@ -129,10 +129,6 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
     };
     let (seen_tx, seen_rx) = tokio::sync::watch::channel(None);
     let front = Arc::new(replica::Front::new(&cfg, seen_rx));
-    // Until it leads, a replica answers the database's reads itself.
-    if let Some(reads) = follower::router(&cfg).await? {
-        front.follow(reads);
-    }
     let stop = tokio_util::sync::CancellationToken::new();
     let is_tls = tls.is_some();
     let serve = {
@@ -156,6 +152,17 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
             }),
         }
     };
+    // Until it leads, a replica answers the database's reads itself (the
+    // listener serves meanwhile: health, and 503 until a leader is known).
+    match follower::router(&cfg).await {
+        Ok(Some(reads)) => front.follow(reads),
+        Ok(None) => {}
+        Err(e) => {
+            stop.cancel();
+            let _ = serve.await;
+            return Err(e);
+        }
+    }
     let ctl = match Controller::open_replica(cfg, &url, seen_tx).await {
         Ok(ctl) => ctl,
         Err(e) => {
