@@ -46,14 +46,7 @@ impl<T> Memo<T> {
         if !self.enabled.load(Ordering::Acquire) {
             return Ok(std::sync::Arc::new(load().await?));
         }
-        let fresh = |generation: u64| {
-            self.value
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .filter(|(g, _)| *g == generation)
-                .map(|(_, v)| v.clone())
-        };
+        let fresh = |generation: u64| self.kept(generation);
         if let Some(v) = fresh(self.generation.load(Ordering::Acquire)) {
             return Ok(v);
         }
@@ -79,7 +72,11 @@ impl<T> Memo<T> {
         if !self.enabled.load(Ordering::Acquire) {
             return None;
         }
-        let generation = self.generation.load(Ordering::Acquire);
+        self.kept(self.generation.load(Ordering::Acquire))
+    }
+
+    /// The value kept for `generation`, if any.
+    fn kept(&self, generation: u64) -> Option<std::sync::Arc<T>> {
         self.value
             .lock()
             .unwrap_or_else(|p| p.into_inner())

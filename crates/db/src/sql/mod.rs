@@ -344,6 +344,20 @@ impl SqlRepo {
         Ok(done)
     }
 
+    /// One `INSERT … RETURNING id`, in a write transaction (checked
+    /// against the lease like every write, [`SqlRepo::begin_write`]).
+    pub(super) async fn write_id<'q>(
+        &self,
+        what: impl Into<String>,
+        q: sqlx::query::QueryScalar<'q, sqlx::Any, i64, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<i64, DbError> {
+        let what = what.into();
+        let mut tx = self.write_tx(&what).await?;
+        let id = q.fetch_one(&mut *tx).await.map_err(query(what.as_str()))?;
+        tx.commit().await.map_err(query(what))?;
+        Ok(id)
+    }
+
     /// This process took the lease as `holder`: on PostgreSQL its writes
     /// are checked against the lease from now on, and its memos are on.
     fn lead_writes(&self, holder: &str) {

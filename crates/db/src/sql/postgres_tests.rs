@@ -170,6 +170,13 @@ async fn a_deposed_leader_cannot_write() {
         .unwrap_err();
     assert!(matches!(err, DbError::NotLeader { .. }), "{err}");
     assert!(crate::ServiceRepo::service(&b, "sip").await.is_err());
+    // And writes that return what they wrote: a new job, a lifted fence.
+    let err = a.create_job("restore", "pbx1").await.unwrap_err();
+    assert!(matches!(err, DbError::NotLeader { .. }), "{err}");
+    b.fence("site1", Utc::now(), "test").await.unwrap();
+    let err = a.unfence("site1").await.unwrap_err();
+    assert!(matches!(err, DbError::NotLeader { .. }), "{err}");
+    assert_eq!(b.fences().await.unwrap().len(), 1);
     b.start_job(job.id).await.unwrap();
     assert_eq!(b.job(job.id).await.unwrap().status, JobStatus::Running);
     assert_eq!(b.vm("pbx1").await.unwrap().active_site, "site2");

@@ -411,17 +411,15 @@ impl Repo for SqlRepo {
 
     async fn create_job(&self, kind: &str, target: &str) -> Result<Job, DbError> {
         let now = now();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = self.write_id(format!("create {kind} job for '{target}'"), sqlx::query_scalar(
             "INSERT INTO jobs (kind, target, status, progress_done, progress_total, message, \
              created_at, result) VALUES ($1, $2, $3, 0, 0, '', $4, 'null') RETURNING id",
         )
         .bind(kind)
         .bind(target)
         .bind(JobStatus::Queued.as_str())
-        .bind(ts(now))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(query(format!("create {kind} job for '{target}'")))?;
+        .bind(ts(now)))
+            .await?;
         Ok(Job {
             id,
             kind: kind.into(),
@@ -579,12 +577,16 @@ impl Repo for SqlRepo {
     }
 
     async fn unfence(&self, site: &str) -> Result<Option<FenceRecord>, DbError> {
+        let what = format!("unfence site '{site}'");
+        let mut tx = self.write_tx(&what).await?;
         let row = sqlx::query("DELETE FROM fences WHERE site = $1 RETURNING site, since, reason")
             .bind(site)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(query(format!("unfence site '{site}'")))?;
-        row.as_ref().map(fence_row).transpose()
+            .map_err(query(what.as_str()))?;
+        let fence = row.as_ref().map(fence_row).transpose()?;
+        tx.commit().await.map_err(query(what))?;
+        Ok(fence)
     }
 
     async fn fences(&self) -> Result<Vec<FenceRecord>, DbError> {

@@ -150,32 +150,30 @@ impl WatchRepo for SqlRepo {
     }
 
     async fn insert_alert(&self, a: &Alert) -> Result<i64, DbError> {
-        sqlx::query_scalar(
-            "INSERT INTO alerts (fingerprint, rule, severity, state, labels, annotations, \
+        self.write_id(
+            format!("store alert of rule '{}' ({})", a.rule, a.fingerprint),
+            sqlx::query_scalar(
+                "INSERT INTO alerts (fingerprint, rule, severity, state, labels, annotations, \
              active_since, fired_at, acknowledged_at, acknowledged_by, resolved_at, \
              inhibited_by, silenced_by, incident) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+            )
+            .bind(&a.fingerprint)
+            .bind(&a.rule)
+            .bind(a.severity.as_str())
+            .bind(a.state.as_str())
+            .bind(to_json(&a.labels, "alerts.labels")?)
+            .bind(to_json(&a.annotations, "alerts.annotations")?)
+            .bind(ts(a.active_since))
+            .bind(ts(a.fired_at))
+            .bind(a.acknowledged_at.map(ts))
+            .bind(&a.acknowledged_by)
+            .bind(a.resolved_at.map(ts))
+            .bind(&a.inhibited_by)
+            .bind(a.silenced_by)
+            .bind(a.incident),
         )
-        .bind(&a.fingerprint)
-        .bind(&a.rule)
-        .bind(a.severity.as_str())
-        .bind(a.state.as_str())
-        .bind(to_json(&a.labels, "alerts.labels")?)
-        .bind(to_json(&a.annotations, "alerts.annotations")?)
-        .bind(ts(a.active_since))
-        .bind(ts(a.fired_at))
-        .bind(a.acknowledged_at.map(ts))
-        .bind(&a.acknowledged_by)
-        .bind(a.resolved_at.map(ts))
-        .bind(&a.inhibited_by)
-        .bind(a.silenced_by)
-        .bind(a.incident)
-        .fetch_one(&self.pool)
         .await
-        .map_err(query(format!(
-            "store alert of rule '{}' ({})",
-            a.rule, a.fingerprint
-        )))
     }
 
     async fn update_alert(&self, a: &Alert) -> Result<(), DbError> {
@@ -234,18 +232,19 @@ impl WatchRepo for SqlRepo {
     }
 
     async fn insert_silence(&self, s: &Silence) -> Result<i64, DbError> {
-        sqlx::query_scalar(
-            "INSERT INTO silences (matchers, comment, created_by, starts_at, ends_at) \
+        self.write_id(
+            format!("store silence by '{}'", s.created_by),
+            sqlx::query_scalar(
+                "INSERT INTO silences (matchers, comment, created_by, starts_at, ends_at) \
              VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(to_json(&s.matchers, "silences.matchers")?)
+            .bind(&s.comment)
+            .bind(&s.created_by)
+            .bind(ts(s.starts_at))
+            .bind(ts(s.ends_at)),
         )
-        .bind(to_json(&s.matchers, "silences.matchers")?)
-        .bind(&s.comment)
-        .bind(&s.created_by)
-        .bind(ts(s.starts_at))
-        .bind(ts(s.ends_at))
-        .fetch_one(&self.pool)
         .await
-        .map_err(query(format!("store silence by '{}'", s.created_by)))
     }
 
     async fn silences(&self, now: Option<DateTime<Utc>>) -> Result<Vec<Silence>, DbError> {
@@ -284,25 +283,26 @@ impl WatchRepo for SqlRepo {
     }
 
     async fn insert_incident(&self, i: &Incident) -> Result<i64, DbError> {
-        sqlx::query_scalar(
-            "INSERT INTO incidents (title, severity, description, grp, state, template, key, \
+        self.write_id(
+            format!("store incident '{}'", i.title),
+            sqlx::query_scalar(
+                "INSERT INTO incidents (title, severity, description, grp, state, template, key, \
              labels, opened_at, resolved_at, closed_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            )
+            .bind(&i.title)
+            .bind(i.severity.as_str())
+            .bind(&i.description)
+            .bind(&i.group)
+            .bind(i.state.as_str())
+            .bind(&i.template)
+            .bind(&i.key)
+            .bind(to_json(&i.labels, "incidents.labels")?)
+            .bind(ts(i.opened_at))
+            .bind(i.resolved_at.map(ts))
+            .bind(i.closed_at.map(ts)),
         )
-        .bind(&i.title)
-        .bind(i.severity.as_str())
-        .bind(&i.description)
-        .bind(&i.group)
-        .bind(i.state.as_str())
-        .bind(&i.template)
-        .bind(&i.key)
-        .bind(to_json(&i.labels, "incidents.labels")?)
-        .bind(ts(i.opened_at))
-        .bind(i.resolved_at.map(ts))
-        .bind(i.closed_at.map(ts))
-        .fetch_one(&self.pool)
         .await
-        .map_err(query(format!("store incident '{}'", i.title)))
     }
 
     async fn update_incident(&self, i: &Incident) -> Result<(), DbError> {
@@ -451,20 +451,22 @@ impl WatchRepo for SqlRepo {
         next_attempt_at: DateTime<Utc>,
     ) -> Result<Delivery, DbError> {
         let created_at = now();
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO deliveries (receiver, status, alerts, payload, state, attempts, \
+        let id: i64 = self
+            .write_id(
+                format!("queue a {status} delivery to '{receiver}'"),
+                sqlx::query_scalar(
+                    "INSERT INTO deliveries (receiver, status, alerts, payload, state, attempts, \
              created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 0, $6, $7) RETURNING id",
-        )
-        .bind(receiver)
-        .bind(status)
-        .bind(to_json(alerts, "deliveries.alerts")?)
-        .bind(payload.to_string())
-        .bind(PENDING)
-        .bind(ts(created_at))
-        .bind(ts(next_attempt_at))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(query(format!("queue a {status} delivery to '{receiver}'")))?;
+                )
+                .bind(receiver)
+                .bind(status)
+                .bind(to_json(alerts, "deliveries.alerts")?)
+                .bind(payload.to_string())
+                .bind(PENDING)
+                .bind(ts(created_at))
+                .bind(ts(next_attempt_at)),
+            )
+            .await?;
         Ok(Delivery {
             id,
             receiver: receiver.into(),
