@@ -26,6 +26,8 @@
 //! - [`fresh`]: no replay: each call between standby's processes names
 //!   the receiver's session and a counter taken once.
 //! - [`progress`]: the [`Progress`] a point or restore reports to.
+//! - `seen`: what a remote host last said of its VMs, for views that may
+//!   be a moment old ([`Agent::recent_status`]); never for a decision.
 //!
 //! # Invariants
 //! - Nothing outside this crate asks whether a host is local or remote:

@@ -1,4 +1,6 @@
-//! What every handler can reach: the engine and the authentication state.
+//! What every handler can reach: the engine, the authentication state,
+//! the reads a replica serves too ([`Reads`]) and the built sites list
+//! ([`SitesCache`]).
 
 use std::sync::Arc;
 
