@@ -366,6 +366,7 @@ pub async fn start(
         bytes,
         kind,
         boot_allowance_seconds: boot_allowance.as_secs_f64(),
+        skipped: Vec::new(),
     };
     let tmp = dir.join("drill.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&st).unwrap_or_default())

@@ -28,13 +28,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use standby_agent::{DrillRequest, StoreRef};
-use standby_types::outcome::{DrillProbed, DrillStopped};
+use standby_types::outcome::{DrillProbed, DrillStopped, PointSkipped};
 use standby_types::watch::ProbeCheck;
 
 use crate::controller::Controller;
-use crate::error::EngineError;
+use crate::error::{EngineError, error_chain};
 use crate::jobs::JobProgress;
 
 pub use standby_agent::drill::{QEMU_BOOT_KVM, QEMU_BOOT_TCG};
@@ -130,33 +131,22 @@ pub async fn start(
     };
     let agent = ctl.agent(&host)?;
     let prod = agent.spec(&ctl.cfg, vm)?;
-    let (pid, point_time, datastore) = match point {
+    // The point asked for; else the newest, then older ones while no copy
+    // the host reads restores them (the drill says which it skipped).
+    let candidates: Vec<(String, DateTime<Utc>, Vec<String>)> = match point {
         Some(p) => {
             let rec = ctl.repo.point(p).await?;
-            // A copy the drill host reads itself, at its site first.
-            let reached: Vec<&String> = rec
-                .copies
-                .iter()
-                .filter(|d| ctl.host_reaches(&host, d))
-                .collect();
-            let ds = reached
-                .iter()
-                .find(|d| {
-                    ctl.cfg
-                        .datastores
-                        .get(d.as_str())
-                        .is_some_and(|c| c.site == site)
-                })
-                .or(reached.first())
-                .map(|d| (*d).clone())
-                .ok_or_else(|| EngineError::Conflict(format!("point {p} has no copy")))?;
-            (p.to_string(), rec.time, ds)
+            vec![(p.to_string(), rec.time, rec.copies)]
         }
         None => {
-            let (m, ds) = crate::restore::newest_readable(ctl, vm, Some(site)).await?;
-            (m.id.to_string(), m.time, ds)
+            let mut all = ctl.repo.points(Some(vm)).await?;
+            all.sort_by_key(|p| std::cmp::Reverse(p.time));
+            all.into_iter().map(|p| (p.id, p.time, p.copies)).collect()
         }
     };
+    if candidates.is_empty() {
+        return Err(EngineError::Conflict(format!("vm {vm} has no point")));
+    }
     write_record(
         &path,
         &DrillRecord {
@@ -165,26 +155,77 @@ pub async fn start(
             state: None,
         },
     )?;
-    let config = ctl
-        .cfg
-        .datastores
-        .get(&datastore)
-        .ok_or_else(|| EngineError::not_found("datastore", &datastore))?;
-    let store = StoreRef {
-        name: &datastore,
-        config,
-        store: ctl.store_handle(&datastore)?.here().cloned(),
+    let mut skipped: Vec<PointSkipped> = Vec::new();
+    let mut started = None;
+    'points: for (pid, point_time, copies) in candidates {
+        // Copies the drill host reads itself, at its site first.
+        let (mut reached, far): (Vec<String>, Vec<String>) = copies
+            .into_iter()
+            .filter(|d| ctl.host_reaches(&host, d))
+            .partition(|d| ctl.cfg.datastores.get(d).is_some_and(|c| c.site == site));
+        reached.extend(far);
+        let mut tried = Vec::new();
+        if reached.is_empty() {
+            tried.push(format!("no copy that host {host} reads"));
+        }
+        for datastore in reached {
+            let Some(config) = ctl.cfg.datastores.get(&datastore) else {
+                tried.push(format!("{datastore}: not configured"));
+                continue;
+            };
+            let handle = match ctl.store_handle(&datastore) {
+                Ok(h) => h,
+                Err(e) => {
+                    tried.push(format!("{datastore}: {}", error_chain(&e)));
+                    continue;
+                }
+            };
+            let store = StoreRef {
+                name: &datastore,
+                config,
+                store: handle.here().cloned(),
+            };
+            let req = DrillRequest {
+                id: id.to_string(),
+                vm: vm.to_string(),
+                site: site.to_string(),
+                point: pid.clone(),
+                point_time,
+                datastore: datastore.clone(),
+                spec: prod.clone(),
+            };
+            match agent.drill_start(req, &store, progress.clone()).await {
+                Ok(st) => {
+                    started = Some(st);
+                    break 'points;
+                }
+                Err(e) if e.is_datastore() => {
+                    tracing::warn!(drill = id, point = %pid, datastore = %datastore, "drill: this copy does not restore: {}", error_chain(&e));
+                    tried.push(format!("{datastore}: {}", error_chain(&e)));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if point.is_some() {
+            return Err(EngineError::PointUnreadable { point: pid, tried });
+        }
+        skipped.push(PointSkipped {
+            point: pid,
+            time: point_time,
+            reasons: tried,
+        });
+    }
+    let Some(mut st) = started else {
+        let each: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("{} ({})", s.point, s.reasons.join("; ")))
+            .collect();
+        return Err(EngineError::Conflict(format!(
+            "vm {vm}: no point restores for the drill at host {host}: {}",
+            each.join(", ")
+        )));
     };
-    let req = DrillRequest {
-        id: id.to_string(),
-        vm: vm.to_string(),
-        site: site.to_string(),
-        point: pid,
-        point_time,
-        datastore: datastore.clone(),
-        spec: prod,
-    };
-    let st = agent.drill_start(req, &store, progress).await?;
+    st.skipped = skipped;
     write_record(
         &path,
         &DrillRecord {

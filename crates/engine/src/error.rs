@@ -16,6 +16,10 @@ pub enum EngineError {
     NotFound { kind: &'static str, name: String },
     #[error("{0}")]
     Conflict(String),
+    /// No reachable copy of a point could be restored (each copy missing
+    /// it, unreachable or damaged): an older point may do.
+    #[error("no datastore could restore point {point} ({})", tried.join("; "))]
+    PointUnreadable { point: String, tried: Vec<String> },
     #[error("{0}")]
     BadRequest(String),
     /// A wait that ran out of time (a step's or a command's timeout, a
@@ -51,7 +55,7 @@ impl EngineError {
             EngineError::NotFound { .. } | EngineError::Db(DbError::NotFound { .. }) => {
                 ("not_found", false)
             }
-            EngineError::Conflict(_) => ("conflict", true),
+            EngineError::Conflict(_) | EngineError::PointUnreadable { .. } => ("conflict", true),
             EngineError::BadRequest(_) => ("bad_request", false),
             EngineError::Timeout(_) => ("timeout", true),
             EngineError::Db(e) => ("database", e.is_temporary()),

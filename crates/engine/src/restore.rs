@@ -163,11 +163,10 @@ pub async fn run(
         }
     }
     let Some((ds, bytes)) = restored else {
-        return Err(EngineError::Conflict(format!(
-            "no datastore could restore point {} ({})",
-            req.point,
-            tried.join("; ")
-        )));
+        return Err(EngineError::PointUnreadable {
+            point: req.point,
+            tried,
+        });
     };
     let restored_secs = started.elapsed().as_secs_f64();
     ctl.repo.set_vm_placement(&vm, &req.site, &host).await?;

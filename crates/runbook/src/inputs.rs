@@ -153,6 +153,26 @@ pub struct PointRestore {
     /// Start the VM afterwards (default false).
     #[serde(default)]
     pub start: Option<Flag>,
+    /// When no copy the target can reach restores the point (missing,
+    /// unreachable, damaged): `older` goes back to the next older point
+    /// of the VM, and on, until one restores; `none` (the default) fails.
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
+    /// With `fallback: older`: never restore a point older than this; the
+    /// step fails and says which points it skipped.
+    #[serde(default)]
+    pub max_data_age: Option<Span>,
+}
+
+/// What a restore does when its point cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Go back to the next older point until one restores.
+    Older,
+    /// Fail.
+    #[default]
+    None,
 }
 action!(
     PointRestore,
@@ -331,6 +351,9 @@ pub struct Booted {
     pub point_time: Option<chrono::DateTime<chrono::Utc>>,
     pub data_age_seconds: f64,
     pub restore_seconds: f64,
+    /// Newer points skipped because no reachable copy restored them.
+    #[serde(default)]
+    pub skipped: Vec<standby_types::outcome::PointSkipped>,
 }
 
 /// What `drill.report` reads of a `drill.probe` output ([`DrillProbed`]).

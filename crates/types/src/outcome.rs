@@ -182,6 +182,22 @@ pub struct PointRestored {
     /// True: an earlier run of the step had done the restore.
     #[serde(default, skip_serializing_if = "is_false")]
     pub resumed: bool,
+    /// Newer points that could not be restored from any reachable copy
+    /// and were skipped for this older one (`fallback: older`), newest
+    /// first.
+    #[serde(default)]
+    pub skipped: Vec<PointSkipped>,
+}
+
+/// A point a restore or a drill went past because no copy it could reach
+/// restored it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct PointSkipped {
+    pub point: String,
+    /// When the point was taken.
+    pub time: DateTime<Utc>,
+    /// Each copy tried, and why it failed (`DATASTORE: reason`).
+    pub reasons: Vec<String>,
 }
 
 /// A site's fence, as recorded.
@@ -313,6 +329,9 @@ pub struct DrillState {
     /// The least time its probe waits for a first answer: the copy's boot.
     #[serde(default)]
     pub boot_allowance_seconds: f64,
+    /// Newer points skipped because no reachable copy restored them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<PointSkipped>,
 }
 
 /// A drill's copy answered its probe.
@@ -355,6 +374,11 @@ pub struct DrilledVm {
     pub rto_seconds: Option<f64>,
     /// Teardown verified.
     pub verified: bool,
+    /// Newer points skipped because no reachable copy restored them (a
+    /// finding of the drill: those points would not have restored in a
+    /// failover either).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<PointSkipped>,
 }
 
 /// A drill's report.

@@ -156,7 +156,7 @@ fn init(cli: &Cli, force: bool) -> Result<()> {
     std::fs::write(&cli.config, config::EXAMPLE)
         .with_context(|| format!("unable to write {}", cli.config.display()))?;
     println!(
-        "wrote {}; start the controller with `standby server`",
+        "wrote {}; then:\n  standby server &                 # the controller, with in-process agents\n  standby vm start pbx1            # the sample VNF at site1\n  standby protect run gold         # a recovery point, copied to site2\n  standby runbook run drill -p vm=pbx1 --wait   # a DR drill at site2, isolated (root)",
         cli.config.display()
     );
     Ok(())

@@ -60,6 +60,10 @@ fn demo_survivors_are_exactly_the_registrations_before_the_point() {
     assert!(r["rto_ms"].as_i64().unwrap() < 30_000, "{r:#}");
     // No human in the loop: the runbook fenced, restored and switched, and
     // its steps are on the incident's timeline.
+    // Before the disaster, a drill proved the point restores and answers
+    // (the suite runs as root, so the drill's namespace can be made).
+    assert_eq!(r["drill"]["ok"], true, "{r:#}");
+    assert!(r["drill"]["rto_seconds"].as_f64().is_some(), "{r:#}");
     let timeline = r["timeline"].to_string();
     for step in ["fence", "restore", "traffic"] {
         assert!(

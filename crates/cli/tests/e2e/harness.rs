@@ -218,6 +218,30 @@ datastores = [{group_datastores}]
         lab
     }
 
+    /// A lab with configuration `text` written as is (its VM `pbx1`
+    /// answering SIP at `sip` and HTTP at `http`, its API at `api`), with
+    /// its controller started.
+    pub fn from_text(text: &str, api: u16, sip: u16, http: u16) -> Lab {
+        let dir = tempfile::Builder::new()
+            .prefix("standby-e2e-")
+            .tempdir()
+            .unwrap();
+        let cfg = dir.path().join("standby.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let mut lab = Lab {
+            dir,
+            cfg,
+            api,
+            sip: ([127, 0, 0, 1], sip).into(),
+            http: ([127, 0, 0, 1], http).into(),
+            server: None,
+            env: Vec::new(),
+            agent_api: None,
+        };
+        lab.start_server();
+        lab
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

@@ -25,6 +25,7 @@ mod portal;
 mod protect_restore;
 mod protocol;
 mod qemu;
+mod recovery;
 mod runbooks;
 mod scheduler;
 mod site_data;

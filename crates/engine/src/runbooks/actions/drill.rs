@@ -9,7 +9,7 @@ use standby_types::outcome::{DrillProbed, DrillReport, DrillState, DrilledVm};
 use standby_types::watch::{ProbeCheck, Severity};
 
 use super::Perform;
-use super::context::{ActionCtx, service_check, services_of};
+use super::context::{ActionCtx, probe_of, service_check, services_of};
 use crate::error::EngineError;
 
 impl Perform for DrillStart {
@@ -42,52 +42,102 @@ async fn drill_probe(input: DrillProbe, ctx: &ActionCtx) -> Result<DrillProbed, 
     let rec =
         crate::drill::state(&ctx.ctl, &id)?.ok_or_else(|| EngineError::not_found("drill", &id))?;
     let (vm, site) = (rec.vm, rec.site);
-    let check =
-        match (input.kind.map(String::from), input.port.map(|p| p.0)) {
-            (Some(kind), Some(port)) => {
-                let target = format!("127.0.0.1:{port}");
-                match kind.as_str() {
-                    "sip" => ProbeCheck::Sip { target },
-                    "tcp" => ProbeCheck::Tcp { target },
-                    "http" => ProbeCheck::Http {
-                        url: format!("http://{target}/"),
-                        status: None,
-                        body_contains: None,
-                    },
-                    other => {
-                        return Err(EngineError::BadRequest(format!(
-                            "kind '{other}' is not sip, tcp or http"
-                        )));
-                    }
+    let check = match (input.kind.map(String::from), input.port.map(|p| p.0)) {
+        (Some(kind), Some(port)) => {
+            let target = format!("127.0.0.1:{port}");
+            match kind.as_str() {
+                "sip" => ProbeCheck::Sip { target },
+                "tcp" => ProbeCheck::Tcp { target },
+                "http" => ProbeCheck::Http {
+                    url: format!("http://{target}/"),
+                    status: None,
+                    body_contains: None,
+                },
+                other => {
+                    return Err(EngineError::BadRequest(format!(
+                        "kind '{other}' is not sip, tcp or http"
+                    )));
                 }
             }
-            _ => {
-                let service = services_of(&ctx.ctl, &vm).into_iter().next().ok_or_else(|| {
-                EngineError::BadRequest(format!(
-                    "vm {vm} has no front-door service: give the drill probe 'kind' and 'port'"
-                ))
-            })?;
-                // The same check, against the copy's loopback.
-                match service_check(&ctx.ctl, &service, &site)? {
-                    ProbeCheck::Sip { target } => ProbeCheck::Sip {
-                        target: loopback(&target)?,
-                    },
-                    ProbeCheck::Tcp { target } => ProbeCheck::Tcp {
-                        target: loopback(&target)?,
-                    },
-                    other => other,
-                }
+        }
+        _ => match services_of(&ctx.ctl, &vm).into_iter().next() {
+            // The same check as the front door's service, against the
+            // copy's loopback.
+            Some(service) => on_loopback(service_check(&ctx.ctl, &service, &site)?)?,
+            // Else the VM's own probe (labels `vm = NAME`), against the
+            // copy's loopback.
+            None => {
+                let probe = probe_of(&ctx.ctl, &vm).ok_or_else(|| {
+                    EngineError::BadRequest(format!(
+                        "vm {vm} has no front-door service and no probe (a probe with \
+                             labels vm = \"{vm}\"): give the drill probe 'kind' and 'port'"
+                    ))
+                })?;
+                let check = ctx.ctl.cfg.probes[&probe].check().map_err(|(field, e)| {
+                    EngineError::BadRequest(format!("probe {probe}: {field}: {e}"))
+                })?;
+                on_loopback(check)?
             }
-        };
+        },
+    };
     crate::drill::probe(&ctx.ctl, &id, check, timeout).await
 }
 
+/// The same check against the copy's loopback (the port kept).
+fn on_loopback(check: ProbeCheck) -> Result<ProbeCheck, EngineError> {
+    Ok(match check {
+        ProbeCheck::Sip { target } => ProbeCheck::Sip {
+            target: loopback(&target)?,
+        },
+        ProbeCheck::Tcp { target } => ProbeCheck::Tcp {
+            target: loopback(&target)?,
+        },
+        ProbeCheck::Udp {
+            target,
+            send,
+            expect,
+        } => ProbeCheck::Udp {
+            target: loopback(&target)?,
+            send,
+            expect,
+        },
+        ProbeCheck::Http {
+            url,
+            status,
+            body_contains,
+        } => {
+            let mut u = reqwest::Url::parse(&url)
+                .map_err(|e| EngineError::BadRequest(format!("probe url '{url}': {e}")))?;
+            let on_lo = u
+                .host_str()
+                .and_then(|h| h.parse::<std::net::Ipv4Addr>().ok())
+                .is_some_and(|ip| ip.is_loopback());
+            if !on_lo {
+                u.set_host(Some("127.0.0.1"))
+                    .map_err(|e| EngineError::BadRequest(format!("probe url '{url}': {e}")))?;
+            }
+            ProbeCheck::Http {
+                url: u.to_string(),
+                status,
+                body_contains,
+            }
+        }
+    })
+}
+
 /// `ADDR:PORT` → `127.0.0.1:PORT`.
+/// A loopback address (`127.0.2.1:PORT`) is kept: the drill's namespace
+/// has all of 127.0.0.0/8 on its loopback, where the copy binds it.
 pub(super) fn loopback(target: &str) -> Result<String, EngineError> {
-    let port = target
+    let (host, port) = target
         .rsplit_once(':')
-        .map(|(_, p)| p)
         .ok_or_else(|| EngineError::BadRequest(format!("'{target}' has no port")))?;
+    if host
+        .parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|ip| ip.is_loopback())
+    {
+        return Ok(target.to_string());
+    }
     Ok(format!("127.0.0.1:{port}"))
 }
 
@@ -128,6 +178,7 @@ async fn drill_report(input: DrillReportOf, ctx: &ActionCtx) -> Result<DrillRepo
             data_age_seconds: b.data_age_seconds,
             restore_seconds: b.restore_seconds,
             verified,
+            skipped: b.skipped,
         });
     }
     let site = input.site.map(String::from).unwrap_or_default();
@@ -145,8 +196,22 @@ async fn drill_report(input: DrillReportOf, ctx: &ActionCtx) -> Result<DrillRepo
         let parts: Vec<String> = vms
             .iter()
             .map(|v| {
+                let skipped = if v.skipped.is_empty() {
+                    String::new()
+                } else {
+                    let each: Vec<String> = v
+                        .skipped
+                        .iter()
+                        .map(|s| format!("{} ({})", s.point, s.reasons.join("; ")))
+                        .collect();
+                    format!(
+                        " after skipping {} newer point(s) that did not restore: {}",
+                        each.len(),
+                        each.join(", ")
+                    )
+                };
                 format!(
-                    "{} from point {} (data age {:.1} s): RTO {}, teardown {}",
+                    "{} from point {}{skipped} (data age {:.1} s): RTO {}, teardown {}",
                     v.vm,
                     v.point,
                     v.data_age_seconds,

@@ -1,14 +1,16 @@
 //! `point.create`, `point.latest` and `point.restore`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use standby_hv::VmState;
 use standby_runbook::catalog::{PointCreate, PointLatest, PointRestore};
+use standby_runbook::inputs::Fallback;
 use standby_runbook::scalar::Text;
 use standby_types::api::RestoreRequest;
-use standby_types::outcome::{PointFound, PointRestored, PointTaken, PointsCreated};
+use standby_types::outcome::{PointFound, PointRestored, PointSkipped, PointTaken, PointsCreated};
 
 use super::Perform;
 use super::context::ActionCtx;
@@ -118,11 +120,13 @@ pub async fn point_latest(
     })
 }
 
-/// What `point.restore` records while it runs: the point it restores, then
-/// its result.
+/// What `point.restore` records while it runs: the point it restores (and
+/// the newer ones it skipped), then its result.
 #[derive(Debug, Serialize, Deserialize)]
 struct RestoreRecord {
     point: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<PointSkipped>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result: Option<PointRestored>,
 }
@@ -138,6 +142,8 @@ async fn point_restore(input: PointRestore, ctx: &ActionCtx) -> Result<PointRest
     let vm = String::from(input.vm);
     let site = String::from(input.site);
     let start = input.start.is_some_and(|s| s.0);
+    let fallback = input.fallback.unwrap_or_default();
+    let max_age = input.max_data_age.map(|s| s.0);
     let recorded = ctx.recorded::<RestoreRecord>();
     // Recorded result: the restore finished before a crash.
     if let Some(RestoreRecord {
@@ -148,7 +154,7 @@ async fn point_restore(input: PointRestore, ctx: &ActionCtx) -> Result<PointRest
     }
     // Recorded intent: which point; if the VM is already active at the
     // site (and running, when asked to start), the restore was done.
-    if let Some(RestoreRecord { point, .. }) = &recorded {
+    if let Some(RestoreRecord { point, skipped, .. }) = &recorded {
         let point = point.as_str();
         let rec = ctl.repo.vm(&vm).await?;
         let running = matches!(
@@ -175,54 +181,179 @@ async fn point_restore(input: PointRestore, ctx: &ActionCtx) -> Result<PointRest
                 point_time_epoch: crate::runbooks::epoch(p.time),
                 at_epoch: crate::runbooks::epoch(Utc::now()),
                 resumed: true,
+                skipped: skipped.clone(),
             });
         }
     }
-    let point = match input.point {
-        Some(p) => p.into(),
-        None => point_latest(ctl, &vm, None).await?.point,
+    // The first point to try: the recorded one (a resumed step goes on
+    // where it was), the one asked for, else the newest.
+    let (first, mut skipped) = match recorded {
+        Some(r) => (r.point, r.skipped),
+        None => match input.point {
+            Some(p) => (p.into(), Vec::new()),
+            None if fallback == Fallback::Older => match newest_in_catalog(ctl, &vm).await? {
+                Some(p) => (p, Vec::new()),
+                None => {
+                    return Err(EngineError::Conflict(format!("vm {vm} has no point")));
+                }
+            },
+            None => (point_latest(ctl, &vm, None).await?.point, Vec::new()),
+        },
     };
-    let p = ctl.repo.point(&point).await?;
+    let p = ctl.repo.point(&first).await?;
     if p.vm != vm {
         return Err(EngineError::BadRequest(format!(
-            "point {point} is of vm {}, not {vm}",
+            "point {first} is of vm {}, not {vm}",
             p.vm
         )));
     }
-    ctx.record(RestoreRecord {
-        point: point.clone(),
-        result: None,
-    })
-    .await?;
-    let req = RestoreRequest {
-        point: point.clone(),
-        site: site.clone(),
-        host: None,
-        from: None,
-        start,
+    // Then, with `fallback: older`, every older point of the VM, newest
+    // first.
+    let mut candidates = vec![p.clone()];
+    if fallback == Fallback::Older {
+        let mut older: Vec<_> = ctl
+            .repo
+            .points(Some(&vm))
+            .await?
+            .into_iter()
+            .filter(|o| o.time < p.time && o.id != p.id)
+            .collect();
+        older.sort_by_key(|p| std::cmp::Reverse(p.time));
+        candidates.extend(older);
+    }
+    for p in candidates {
+        let point = p.id.clone();
+        let now = Utc::now();
+        if let Some(max) = max_age {
+            let age = (now - p.time).to_std().unwrap_or_default();
+            if age > max {
+                return Err(EngineError::Conflict(format!(
+                    "vm {vm}: point {point} is {} old, older than max_data_age {}: not restored{}",
+                    humantime::format_duration(Duration::from_secs(age.as_secs())),
+                    humantime::format_duration(max),
+                    skipped_text(&skipped)
+                )));
+            }
+        }
+        ctx.record(RestoreRecord {
+            point: point.clone(),
+            skipped: skipped.clone(),
+            result: None,
+        })
+        .await?;
+        let req = RestoreRequest {
+            point: point.clone(),
+            site: site.clone(),
+            host: None,
+            from: None,
+            start,
+        };
+        crate::restore::check(ctl, &req).await?;
+        let progress = Arc::new(JobProgress::default());
+        let r = match crate::restore::run(ctl.clone(), req, progress).await {
+            Ok(r) => r,
+            Err(EngineError::PointUnreadable { point, tried }) if fallback == Fallback::Older => {
+                let skip = PointSkipped {
+                    point,
+                    time: p.time,
+                    reasons: tried,
+                };
+                tracing::warn!(vm, point = %skip.point, "point.restore: no copy restores this point, trying the next older one: {}", skip.reasons.join("; "));
+                note(
+                    ctx,
+                    format!(
+                        "point.restore {vm}: skipped point {} (taken {}): {}; trying the next older point",
+                        skip.point,
+                        skip.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        skip.reasons.join("; ")
+                    ),
+                )
+                .await;
+                skipped.push(skip);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let now = Utc::now();
+        let out = PointRestored {
+            vm: vm.clone(),
+            point: point.clone(),
+            site: site.clone(),
+            host: r.host,
+            datastore: Some(r.datastore.clone()),
+            seconds: r.seconds,
+            bytes: Some(r.bytes),
+            started: Some(r.started),
+            data_age_seconds: (now - p.time).num_milliseconds() as f64 / 1000.0,
+            point_time_epoch: crate::runbooks::epoch(p.time),
+            at_epoch: crate::runbooks::epoch(now),
+            resumed: false,
+            skipped: skipped.clone(),
+        };
+        if !skipped.is_empty() {
+            note(
+                ctx,
+                format!(
+                    "point.restore {vm}: restored the older point {point} from {} (data age {:.1} s) after skipping {} newer point(s)",
+                    r.datastore,
+                    out.data_age_seconds,
+                    skipped.len()
+                ),
+            )
+            .await;
+        }
+        ctx.record(RestoreRecord {
+            point,
+            skipped,
+            result: Some(out.clone()),
+        })
+        .await?;
+        return Ok(out);
+    }
+    Err(EngineError::Conflict(format!(
+        "vm {vm}: no point restores from any copy at reach{}",
+        skipped_text(&skipped)
+    )))
+}
+
+/// The newest point of `vm` in the catalog.
+async fn newest_in_catalog(ctl: &Controller, vm: &str) -> Result<Option<String>, EngineError> {
+    Ok(ctl
+        .repo
+        .points(Some(vm))
+        .await?
+        .into_iter()
+        .max_by_key(|p| p.time)
+        .map(|p| p.id))
+}
+
+fn skipped_text(skipped: &[PointSkipped]) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = skipped
+        .iter()
+        .map(|s| format!("{} ({})", s.point, s.reasons.join("; ")))
+        .collect();
+    format!("; skipped: {}", each.join(", "))
+}
+
+/// A line on the job's incident timeline (best effort).
+async fn note(ctx: &ActionCtx, text: String) {
+    let Some(incident) = ctx.incident else {
+        return;
     };
-    crate::restore::check(ctl, &req).await?;
-    let progress = Arc::new(JobProgress::default());
-    let r = crate::restore::run(ctl.clone(), req, progress).await?;
-    let now = Utc::now();
-    let out = PointRestored {
-        vm,
-        point: point.clone(),
-        site,
-        host: r.host,
-        datastore: Some(r.datastore),
-        seconds: r.seconds,
-        bytes: Some(r.bytes),
-        started: Some(r.started),
-        data_age_seconds: (now - p.time).num_milliseconds() as f64 / 1000.0,
-        point_time_epoch: crate::runbooks::epoch(p.time),
-        at_epoch: crate::runbooks::epoch(now),
-        resumed: false,
+    let req = crate::watch::IncidentUpdate {
+        note: Some(text),
+        kind: Some("step".into()),
+        author: Some(ctx.author()),
+        ..Default::default()
     };
-    ctx.record(RestoreRecord {
-        point,
-        result: Some(out.clone()),
-    })
-    .await?;
-    Ok(out)
+    if let Err(e) = crate::watch::update_incident(&ctx.ctl, incident, req).await {
+        tracing::warn!(
+            job = ctx.job,
+            incident,
+            "unable to add a note to the incident: {e}"
+        );
+    }
 }
