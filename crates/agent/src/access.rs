@@ -82,6 +82,10 @@ pub struct GrantDone {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PointsDone {
     pub points: Vec<Manifest>,
+    /// Manifests that do not read, each with why (their points are left
+    /// out; the rest are listed).
+    #[serde(default)]
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -190,18 +194,28 @@ impl StoreHandle {
         Ok(tokio::task::spawn_blocking(move || f(s)).await??)
     }
 
-    /// Every point, oldest first (every manifest is read: a rescan).
+    /// Every point whose manifest reads, oldest first (every manifest is
+    /// read: a rescan); an unreadable manifest is logged and left out.
     pub async fn points(&self) -> Result<Vec<Manifest>, AgentError> {
-        match self {
-            StoreHandle::Here { store, .. } => Self::blocking(store, |s| s.list_points()).await,
+        let done = match self {
+            StoreHandle::Here { store, .. } => {
+                let (points, bad) = Self::blocking(store, |s| s.scan_points()).await?;
+                PointsDone {
+                    points,
+                    unreadable: bad.iter().map(|e| e.to_string()).collect(),
+                }
+            }
             StoreHandle::Agent { server, .. } => {
-                let done: PointsDone = server
+                server
                     .client
                     .call("store/points", &self.call(), DATA)
-                    .await?;
-                Ok(done.points)
+                    .await?
             }
+        };
+        for e in &done.unreadable {
+            tracing::warn!(datastore = %self.name(), "point left out: {e}");
         }
+        Ok(done.points)
     }
 
     pub async fn has_point(&self, point: &PointId) -> Result<bool, AgentError> {

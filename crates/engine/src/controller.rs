@@ -445,13 +445,30 @@ impl Controller {
                     continue;
                 }
             };
-            let manifests = match tokio::task::spawn_blocking(move || store.list_points()).await? {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(datastore = %name, "rescan skipped: {e}");
-                    continue;
-                }
-            };
+            let (manifests, bad) =
+                match tokio::task::spawn_blocking(move || store.scan_points()).await? {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(datastore = %name, "rescan skipped: {e}");
+                        continue;
+                    }
+                };
+            // One unreadable manifest costs only its own point.
+            for e in &bad {
+                tracing::error!(datastore = %name, "rescan: point left out: {e}");
+                self.watch.emit(standby_types::watch::Event {
+                    id: 0,
+                    at: chrono::Utc::now(),
+                    source: "controller".into(),
+                    kind: "point.unreadable".into(),
+                    severity: standby_types::watch::Severity::Error,
+                    labels: [("datastore".to_string(), name.clone())]
+                        .into_iter()
+                        .collect(),
+                    vantage: "controller".into(),
+                    message: format!("datastore {name}: {e}"),
+                });
+            }
             let found: Vec<PointRecord> = manifests.iter().map(|m| point_record(m, name)).collect();
             let changed = self.repo.sync_catalog(name, &found).await?;
             if changed != standby_db::CatalogSync::default() {

@@ -18,10 +18,14 @@ use crate::jobs::JobProgress;
 use standby_agent::StoreRef;
 
 /// Take a point of `vm` for `group`, sync and prune it; what it cost.
+/// `request` (a step's idempotency key) is written into the point's
+/// labels, so the step that asked for it finds it again after a crash
+/// (see [`requested_point`]) by what it is, not by its clock.
 pub async fn protect_vm(
     ctl: &Arc<Controller>,
     group: &str,
     vm: &str,
+    request: Option<&str>,
     progress: Arc<JobProgress>,
 ) -> Result<PointTaken, EngineError> {
     let g = &ctl.cfg.groups[group];
@@ -57,7 +61,10 @@ pub async fn protect_vm(
         store: source_handle.here().cloned(),
     };
     let started = Instant::now();
-    let labels = BTreeMap::from([("group".to_string(), group.to_string())]);
+    let mut labels = BTreeMap::from([("group".to_string(), group.to_string())]);
+    if let Some(r) = request {
+        labels.insert(REQUEST_LABEL.to_string(), r.to_string());
+    }
     let vm_config = serde_json::to_value(&ctl.cfg.vms[vm]).unwrap_or_default();
     let (manifest, stats) = agent
         .take_point(
@@ -145,6 +152,48 @@ pub async fn protect_vm(
         pruned,
         reused: false,
     })
+}
+
+/// The label of a point that names the request (a runbook step's
+/// idempotency key) that took it.
+pub const REQUEST_LABEL: &str = "request";
+
+/// The point of `vm` that request `request` took, if it is the newest one
+/// in one of `group`'s datastores (where a step that crashed after taking
+/// it left it). Never a point by its time: an agent's clock may be ahead.
+pub async fn requested_point(
+    ctl: &Controller,
+    group: &str,
+    vm: &str,
+    request: &str,
+) -> Result<Option<PointRecord>, EngineError> {
+    for ds in &ctl.cfg.groups[group].datastores {
+        let Ok(handle) = ctl.store_handle(ds) else {
+            continue;
+        };
+        let newest = match handle.latest_point(vm).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(datastore = %ds, vm, "looking for the point of request {request}: {}", error_chain(&e));
+                continue;
+            }
+        };
+        if let Some(m) =
+            newest.filter(|m| m.labels.get(REQUEST_LABEL).map(String::as_str) == Some(request))
+        {
+            return match ctl.repo.point(&m.id.to_string()).await {
+                Ok(p) => Ok(Some(p)),
+                // Taken, then the controller stopped before recording it.
+                Err(standby_db::DbError::NotFound { .. }) => {
+                    let rec = point_record(&m, ds);
+                    ctl.repo.insert_point(&rec).await?;
+                    Ok(Some(rec))
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+    Ok(None)
 }
 
 /// Apply `policy` to `vm`'s points in datastore `ds` and drop the removed

@@ -121,14 +121,13 @@ pub(crate) async fn refuse_fenced(ctl: &Controller, site: &str) -> Result<(), En
 /// them, and a controller whose database was lost knows only its home).
 fn may_run_at<'a>(ctl: &'a Controller, rec: &'a VmRecord) -> Vec<&'a str> {
     let mut hosts = vec![rec.active_host.as_str()];
-    let dr = ctl
-        .cfg
-        .vms
-        .get(&rec.name)
-        .and_then(|v| v.dr_site.as_deref());
-    let sites = [Some(rec.home_site.as_str()), rec.dr_site.as_deref(), dr];
+    let mut sites: Vec<&str> = vec![rec.home_site.as_str()];
+    sites.extend(rec.dr_site.as_deref());
+    if let Some(v) = ctl.cfg.vms.get(&rec.name) {
+        sites.extend(v.dr_sites());
+    }
     for (name, h) in &ctl.cfg.hosts {
-        if name == &rec.home_host || sites.contains(&Some(h.site.as_str())) {
+        if name == &rec.home_host || sites.contains(&h.site.as_str()) {
             hosts.push(name);
         }
     }

@@ -130,7 +130,7 @@ impl ParamType {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Param {
     #[serde(default, rename = "type")]
@@ -142,6 +142,35 @@ pub struct Param {
     pub default: Option<serde_json::Value>,
     #[serde(default)]
     pub description: String,
+    /// The kind of object the value names (`vm`, `service`, `group`,
+    /// `site`), checked against a tenant's user before the job starts;
+    /// a parameter named `vm`, `service`, `group` or `site` names one of
+    /// those without saying so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Resource>,
+}
+
+impl Param {
+    /// The kind of object parameter `name` names, if any.
+    pub fn resource_of(&self, name: &str) -> Option<Resource> {
+        self.resource.or(match name {
+            "vm" => Some(Resource::Vm),
+            "service" => Some(Resource::Service),
+            "group" => Some(Resource::Group),
+            "site" => Some(Resource::Site),
+            _ => None,
+        })
+    }
+}
+
+/// An object a runbook parameter may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Resource {
+    Vm,
+    Service,
+    Group,
+    Site,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]

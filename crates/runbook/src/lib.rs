@@ -30,7 +30,7 @@ pub mod template;
 pub mod validate;
 
 pub use catalog::{ActionSpec, Call, InputError, action, actions};
-pub use format::{OnFailure, Runbook, Step, schema};
+pub use format::{OnFailure, Resource, Runbook, Step, schema};
 pub use inputs::Action;
 pub use plan::{Plan, context, plan, resolve_params};
 pub use validate::{Invalid, RunbookError, duration, parse};

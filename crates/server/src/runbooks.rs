@@ -157,6 +157,9 @@ async fn run(
         who.check(ctl.cfg.tenant_of_vm(vm), "vm", vm)?;
     }
     let l = ctl.runbooks.get(&name)?;
+    if who.tenant.is_some() {
+        check_params(&ctl.cfg, &who, &l.runbook, &req.params)?;
+    }
     if req.dry_run {
         let plan = standby_runbook::plan(&l.runbook, &req.params, &json!({"kind": "manual"}))
             .map_err(ServerError::BadRequest)?;
@@ -177,6 +180,37 @@ async fn run(
     )
     .await?;
     Ok(Json(json!({ "job": job })))
+}
+
+/// A tenant's user names only their own objects: every parameter that
+/// names a VM, a service or a group must name one of theirs, and a site
+/// one that exists (sites are shared), before the job starts.
+fn check_params(
+    cfg: &standby_types::config::Config,
+    who: &Principal,
+    rb: &standby_runbook::Runbook,
+    params: &Map<String, Value>,
+) -> Result<(), ServerError> {
+    use standby_runbook::Resource;
+    for (name, value) in params {
+        let kind = match rb.params.get(name) {
+            Some(p) => p.resource_of(name),
+            None => standby_runbook::format::Param::default().resource_of(name),
+        };
+        let (Some(kind), Some(v)) = (kind, value.as_str()) else {
+            continue;
+        };
+        match kind {
+            Resource::Vm => who.check(cfg.tenant_of_vm(v), "vm", v)?,
+            Resource::Service => who.check(cfg.tenant_of_service(v), "service", v)?,
+            Resource::Group => who.check(cfg.tenant_of_group(v), "group", v)?,
+            Resource::Site if !cfg.sites.contains_key(v) => {
+                return Err(ServerError::not_found("site", v));
+            }
+            Resource::Site => {}
+        }
+    }
+    Ok(())
 }
 
 /// Start a runbook from a webhook: the body signed with the runbook's

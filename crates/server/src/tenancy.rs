@@ -22,14 +22,7 @@ pub fn point<'a>(cfg: &'a Config, point_id: &str) -> Option<&'a str> {
 /// An alert, incident or event: its `tenant` label, else the tenant of
 /// its `vm`, `service` or `group` label; none of them: the operators'.
 pub fn labels<'a>(cfg: &'a Config, labels: &'a Labels) -> Option<&'a str> {
-    if let Some(t) = labels.get("tenant") {
-        return Some(t);
-    }
-    labels
-        .get("vm")
-        .and_then(|v| cfg.tenant_of_vm(v))
-        .or_else(|| labels.get("service").and_then(|s| cfg.tenant_of_service(s)))
-        .or_else(|| labels.get("group").and_then(|g| cfg.tenant_of_group(g)))
+    cfg.tenant_of_labels(labels)
 }
 
 /// A job without a database look-up: a restore is its point's VM's, a

@@ -400,6 +400,33 @@ impl Datastore {
         Ok(points)
     }
 
+    /// Every point whose manifest reads, oldest first, and the error of
+    /// each manifest that does not (damaged, planted, cut short): one bad
+    /// manifest costs only its own point. When no manifest reads at all
+    /// (a wrong key, a store that is not this one), that is the store's
+    /// error, not every point's.
+    pub fn scan_points(&self) -> Result<(Vec<Manifest>, Vec<StoreError>), StoreError> {
+        let mut points = Vec::new();
+        let mut bad = Vec::new();
+        for object in self.backend().list("manifests")? {
+            if !object.path.ends_with(".json") {
+                continue;
+            }
+            match self.read_manifest_at(&object.path) {
+                Ok(m) => points.push(m),
+                // Pruned since the listing.
+                Err(e) if e.is_not_found() => {}
+                Err(e @ StoreError::BadManifest { .. }) => bad.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        if points.is_empty() && !bad.is_empty() {
+            return Err(bad.swap_remove(0));
+        }
+        points.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+        Ok((points, bad))
+    }
+
     pub(crate) fn read_manifest_at(&self, path: &str) -> Result<Manifest, StoreError> {
         let bytes = self.backend().get(path)?;
         let bad = |reason: String| StoreError::BadManifest {

@@ -37,7 +37,13 @@ pub struct ListedVm {
     pub site: String,
     pub host: String,
     pub home_site: String,
+    /// Where a failover of the site it runs at sends it now: the first of
+    /// its DR sites that is not where it runs, not fenced and not down,
+    /// else home if home is fit again; none: nowhere.
     pub dr_site: Option<String>,
+    /// Its DR sites as configured, in order of preference.
+    #[serde(default)]
+    pub dr_sites: Vec<String>,
     pub groups: Vec<String>,
     /// Its state at its host, `unknown` when the host does not answer.
     pub state: String,

@@ -75,8 +75,14 @@ async fn grant(State(h): Host, Json(c): Json<GrantCall>) -> Answer<GrantDone> {
 
 async fn points(State(h): Host, Json(c): Json<StoreCall>) -> Answer<PointsDone> {
     let s = open(&h, &c).await?;
-    let points = blocking(move || s.list_points()).await?;
-    Ok(Json(PointsDone { points }))
+    let (points, bad) = blocking(move || s.scan_points()).await?;
+    for e in &bad {
+        tracing::warn!(datastore = %c.datastore, "point left out: {e}");
+    }
+    Ok(Json(PointsDone {
+        points,
+        unreadable: bad.iter().map(|e| e.to_string()).collect(),
+    }))
 }
 
 async fn has_point(State(h): Host, Json(c): Json<HasPointCall>) -> Answer<bool> {

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::{Lab, LabOptions, STANDBY, files_under, free_port};
 
@@ -214,4 +214,312 @@ fn recovery_a_drill_passes_on_the_init_configuration() {
     let vm = lab.json(&["vm", "status", "pbx1"]);
     assert_eq!(vm["active_site"], "site1");
     assert_eq!(vm["state"], "running", "{vm:#}");
+}
+
+/// Three sites with hosts, pbx1 at site 1 with DR sites site 2 then
+/// site 3, points copied to all three sites' datastores.
+fn three_sites() -> Lab {
+    let (api, sip, http) = (free_port(), free_port(), free_port());
+    let mut text = format!(
+        r#"[controller]
+listen = "127.0.0.1:{api}"
+data_dir = "controller"
+[vms.pbx1]
+host = "site1-host1"
+dr_sites = ["site2", "site3"]
+shutdown_timeout = "5s"
+command = "standby-vnf"
+args = ["--name", "pbx1", "--disk", "{{disk.data}}", "--sip", "127.0.0.1:{sip}", "--http", "127.0.0.1:{http}"]
+[[vms.pbx1.disks]]
+name = "data"
+size = "16MiB"
+[groups.gold]
+members = ["pbx1"]
+schedule = "every 1h"
+datastores = ["site1-store", "site2-store", "site3-store"]
+[groups.gold.retention]
+keep_last = 10
+"#
+    );
+    for n in 1..=3 {
+        text.push_str(&format!(
+            "[sites.site{n}]\n[hosts.site{n}-host1]\nsite = \"site{n}\"\ndriver = \"process\"\ndisk_dir = \"site{n}/disks\"\n[datastores.site{n}-store]\nsite = \"site{n}\"\npath = \"site{n}/store\"\n"
+        ));
+    }
+    Lab::from_text(&text, api, sip, http)
+}
+
+/// The site a `failover-site` run restored pbx1 at.
+fn fail_over(lab: &Lab, site: &str) -> String {
+    let v = lab.json(&[
+        "runbook",
+        "run",
+        "failover-site",
+        "-p",
+        &format!("site={site}"),
+        "--wait",
+    ]);
+    assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
+    let steps = lab.json(&["runbook", "steps", &v["job"]["id"].to_string()]);
+    let restore = steps["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "restore" && s["item"] == 0)
+        .unwrap_or_else(|| panic!("no restore: {steps:#}"))["output"]
+        .clone();
+    let vm = lab.json(&["vm", "status", "pbx1"]);
+    assert_eq!(vm["active_site"], restore["site"], "{vm:#}");
+    restore["site"].as_str().unwrap().to_string()
+}
+
+/// Failing over again: after site 1 failed over to site 2, the loss of
+/// site 2 moves pbx1 to the next site of its list (site 3, not the fenced
+/// site 2 or site 1); with site 1 repaired and unfenced, the loss of
+/// site 3 brings it home. Each time with its registrations.
+#[test]
+fn recovery_a_vm_fails_over_again_down_its_list_of_dr_sites_then_home() {
+    let lab = three_sites();
+    lab.json(&["vm", "start", "pbx1"]);
+    lab.wait_sip();
+    lab.register(0..3);
+    lab.json(&["protect", "run", "gold"]);
+    assert_eq!(fail_over(&lab, "site1"), "site2");
+    lab.wait_sip();
+    lab.register(3..6);
+    lab.json(&["protect", "run", "gold"]);
+    assert_eq!(fail_over(&lab, "site2"), "site3");
+    lab.wait_sip();
+    assert_eq!(lab.bindings(), users(0..6));
+    lab.register(6..9);
+    lab.json(&["protect", "run", "gold"]);
+    lab.json(&["site", "unfence", "site1"]);
+    assert_eq!(fail_over(&lab, "site3"), "site1");
+    lab.wait_sip();
+    assert_eq!(lab.bindings(), users(0..9));
+}
+
+const TENANTS: &str = r#"
+[tenants.acme]
+[tenants.globex]
+[vms.other]
+host = "site1-host1"
+dr_site = "site2"
+command = "sleep"
+args = ["600"]
+tenant = "globex"
+[groups.silver]
+members = ["other"]
+schedule = "0 0 1 1 *"
+datastores = ["site1-store"]
+tenant = "globex"
+"#;
+
+/// (status, body) of `method path` with `token`.
+fn call(lab: &Lab, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .request(
+                method.parse().unwrap(),
+                format!("http://127.0.0.1:{}{path}", lab.api),
+            )
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    })
+}
+
+/// Tenants stay in their lane: every runbook parameter that names a VM,
+/// service, group or site is checked before the job starts (acme cannot
+/// point its move at globex's service), and incident keys are per
+/// tenant (acme cannot reach globex's or the operators' incident by its
+/// key).
+#[test]
+fn recovery_a_tenant_names_only_its_own_objects() {
+    let front = free_port();
+    let gsip = free_port();
+    let lab = Lab::new(LabOptions {
+        vm: Some("command = \"sleep\"\nargs = [\"600\"]\ntenant = \"acme\"".into()),
+        extra: TENANTS,
+        // (Appended after `extra`.)
+        watch: format!(
+            "[services.gsvc]\nvm = \"other\"\nlisten = \"127.0.0.1:{front}\"\nprotocols = [\"udp\"]\nbackends = {{ site1 = \"127.0.0.1:{gsip}\", site2 = \"127.0.0.1:{gsip}\" }}\n"
+        ),
+        ..LabOptions::default()
+    });
+    let acme = lab.json(&[
+        "token", "create", "--name", "acme-op", "--role", "operator", "--tenant", "acme",
+    ])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let admin = lab.token();
+    let run = |params: Value| {
+        call(
+            &lab,
+            "POST",
+            "/api/v1/runbooks/move-vm/run",
+            &acme,
+            json!({ "params": params, "dry_run": true }),
+        )
+    };
+    // Its own VM to an existing site: planned.
+    let (s, body) = run(json!({ "vm": "pbx1", "site": "site2" }));
+    assert_eq!(s, 200, "{body}");
+    // Another tenant's service, group or VM, or a site that does not
+    // exist: not found, and no job.
+    for (params, names) in [
+        (
+            json!({ "vm": "pbx1", "site": "site2", "service": "gsvc" }),
+            "gsvc",
+        ),
+        (
+            json!({ "vm": "pbx1", "site": "site2", "group": "silver" }),
+            "silver",
+        ),
+        (json!({ "vm": "other", "site": "site2" }), "other"),
+        (json!({ "vm": "pbx1", "site": "site9" }), "site9"),
+    ] {
+        let (s, body) = run(params.clone());
+        assert_eq!(s, 404, "{params}: {body}");
+        assert!(body.to_string().contains(names), "{params}: {body}");
+    }
+    let jobs = lab.json(&["jobs", "list"]);
+    assert!(
+        !jobs.to_string().contains("move-vm"),
+        "a refused run started a job: {jobs:#}"
+    );
+
+    // Incident keys: globex's and the operators' incidents are not found
+    // by acme's key.
+    let open = |token: &str, labels: Value, key: &str| {
+        let (s, v) = call(
+            &lab,
+            "POST",
+            "/api/v1/incidents",
+            token,
+            json!({ "title": format!("about {labels}"), "key": key, "labels": labels }),
+        );
+        assert_eq!(s, 200, "{v}");
+        v["id"].as_i64().unwrap()
+    };
+    let globex = open(&admin, json!({ "vm": "other" }), "outage");
+    let ops = open(&admin, json!({}), "maintenance");
+    let mine = open(&acme, json!({ "vm": "pbx1" }), "outage");
+    assert_ne!(mine, globex, "acme reached globex's incident by its key");
+    let mine2 = open(&acme, json!({ "vm": "pbx1" }), "maintenance");
+    assert_ne!(
+        mine2, ops,
+        "acme reached the operators' incident by its key"
+    );
+    // Deduplication within a tenant still works.
+    assert_eq!(open(&acme, json!({ "vm": "pbx1" }), "outage"), mine);
+    assert_eq!(open(&admin, json!({ "vm": "other" }), "outage"), globex);
+}
+
+/// Points that do not depend on clocks: with site 1's agent a minute
+/// ahead (libfaketime), a scheduled point is stamped in the controller's
+/// future. `move-vm`'s final point is still the one its own step asked
+/// for, taken after the VM stopped: every registration moves with it.
+#[test]
+fn recovery_a_move_keeps_every_write_when_the_agents_clock_is_ahead() {
+    let port = free_port();
+    let lab = Lab::new(LabOptions {
+        watch: format!(
+            "[agents.site1-agent]\nsite = \"site1\"\nhost = \"site1-host1\"\nurl = \"http://127.0.0.1:{port}\"\nheartbeat = \"300ms\"\nallowed_commands = [\"standby-vnf\"]\n"
+        ),
+        ..LabOptions::default()
+    });
+    let data = lab.path("agent1");
+    let log = std::fs::File::create(lab.path("agent1.log")).unwrap();
+    let mut agent = std::process::Command::new("faketime")
+        .args(["-f", "+60s", STANDBY])
+        .args(["--config", lab.cfg.to_str().unwrap(), "agent"])
+        .args(["--name", "site1-agent"])
+        .args(["--controller", &format!("http://127.0.0.1:{}", lab.api)])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir", data.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("faketime runs (apt-get install faketime)");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let log = || std::fs::read_to_string(lab.path("agent1.log")).unwrap_or_default();
+            if let Some(st) = agent.try_wait().unwrap() {
+                panic!("the agent exited ({st}): {}", log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent did not listen: {}",
+                log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        lab.json(&["vm", "start", "pbx1"]);
+        lab.wait_sip();
+        lab.register(0..3);
+        lab.json(&["protect", "run", "gold"]);
+        let early = points(&lab)[0].clone();
+        let stamped = chrono::DateTime::parse_from_rfc3339(early["time"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert!(
+            stamped > chrono::Utc::now() + chrono::Duration::seconds(30),
+            "the agent's clock is not ahead: {early:#}"
+        );
+        // Written after that point, before the move.
+        lab.register(3..6);
+        let v = lab.json(&[
+            "runbook",
+            "run",
+            "move-vm",
+            "-p",
+            "vm=pbx1",
+            "-p",
+            "site=site2",
+            "--wait",
+        ]);
+        assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
+        let steps = lab.json(&["runbook", "steps", &v["job"]["id"].to_string()]);
+        let out = |id: &str| {
+            steps["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["step"] == id)
+                .unwrap_or_else(|| panic!("no step {id}: {steps:#}"))["output"]
+                .clone()
+        };
+        let final_point = out("final")["points"][0].clone();
+        assert_ne!(final_point["reused"], true, "{final_point:#}");
+        assert_ne!(final_point["point"], early["id"], "{final_point:#}");
+        assert_eq!(out("restore")["point"], final_point["point"]);
+        lab.wait_sip();
+        assert_eq!(
+            lab.bindings(),
+            users(0..6),
+            "writes after the early point were lost"
+        );
+    }));
+    let _ = lab.run(&["vm", "stop", "pbx1"]);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    crate::harness::kill_agent_vms(&data);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
 }

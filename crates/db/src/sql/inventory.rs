@@ -73,7 +73,7 @@ impl SqlRepo {
             .bind(name)
             .bind(home_site)
             .bind(&vm.host)
-            .bind(&vm.dr_site)
+            .bind(vm.dr_sites().first().copied())
             .bind(active_site)
             .bind(active_host)
             .execute(&mut *tx)

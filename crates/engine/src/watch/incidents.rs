@@ -91,6 +91,15 @@ pub async fn timeline(
     Ok(())
 }
 
+/// The deduplication key of an incident of `tenant`: `tenant/NAME:KEY`
+/// for a tenant's, the key itself for the operators'.
+pub(crate) fn scoped_key(tenant: Option<&str>, key: String) -> String {
+    match tenant {
+        Some(t) => format!("tenant/{t}:{key}"),
+        None => key,
+    }
+}
+
 pub async fn open(ctl: &Arc<Controller>, req: IncidentOpen) -> Result<Incident, EngineError> {
     let author = req.author.clone().unwrap_or_else(|| "api".into());
     let (title, description, severity, group, key) = match &req.template {
@@ -123,6 +132,9 @@ pub async fn open(ctl: &Arc<Controller>, req: IncidentOpen) -> Result<Incident, 
             req.key.clone(),
         ),
     };
+    // Keys are per tenant: a tenant's incident is never found by another
+    // tenant's (or the operators') key, nor theirs by its.
+    let key = key.map(|k| scoped_key(ctl.cfg.tenant_of_labels(&req.labels), k));
     if let Some(k) = &key
         && let Some(existing) = ctl.watch.repo.open_incident_by_key(k).await?
     {

@@ -37,6 +37,31 @@ fn prune_keeps_per_policy_and_deletes_manifests_only() {
 }
 
 #[test]
+fn a_damaged_manifest_costs_only_its_own_point_in_a_scan() {
+    let f = fixture();
+    let image = f.work.join("disk.img");
+    make_image(&image, 1 << 20, 33);
+    let ids: Vec<PointId> = (0..3)
+        .map(|_| backup(&f.ds, "a", &image, opts()).0.id)
+        .collect();
+    fs::write(f.root.join(ids[1].manifest_path()), b"{broken").unwrap();
+    let (points, bad) = f.ds.scan_points().unwrap();
+    let found: Vec<PointId> = points.into_iter().map(|m| m.id).collect();
+    assert_eq!(found, vec![ids[0].clone(), ids[2].clone()]);
+    assert_eq!(bad.len(), 1);
+    assert!(
+        bad[0].to_string().contains(&ids[1].manifest_path()),
+        "{}",
+        bad[0]
+    );
+    // No manifest reads at all: the store's error, not an empty store.
+    for id in &ids {
+        fs::write(f.root.join(id.manifest_path()), b"{broken").unwrap();
+    }
+    assert!(f.ds.scan_points().is_err());
+}
+
+#[test]
 fn a_damaged_manifest_blocks_neither_prune_nor_latest_point() {
     let f = fixture();
     let image = f.work.join("disk.img");

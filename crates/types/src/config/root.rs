@@ -78,6 +78,24 @@ impl Config {
     pub fn tenant_of_group(&self, name: &str) -> Option<&str> {
         self.groups.get(name).and_then(|g| g.tenant.as_deref())
     }
+
+    /// The tenant of an alert, incident or event: its `tenant` label, else
+    /// the tenant of its `vm`, `service` or `group` label; none of them:
+    /// the operators'.
+    pub fn tenant_of_labels<'a>(&'a self, labels: &'a crate::watch::Labels) -> Option<&'a str> {
+        if let Some(t) = labels.get("tenant") {
+            return Some(t);
+        }
+        labels
+            .get("vm")
+            .and_then(|v| self.tenant_of_vm(v))
+            .or_else(|| {
+                labels
+                    .get("service")
+                    .and_then(|s| self.tenant_of_service(s))
+            })
+            .or_else(|| labels.get("group").and_then(|g| self.tenant_of_group(g)))
+    }
 }
 
 impl Config {

@@ -856,3 +856,44 @@ fn a_power_fence_names_its_program_first() {
         "{e}"
     );
 }
+
+#[test]
+fn dr_sites_are_an_ordered_list_of_sites_with_hosts() {
+    let three = EXAMPLE.replace(
+        "[hosts.site1-host1]",
+        "[sites.site3]\n[sites.cloud]\n[hosts.site3-host1]\nsite = \"site3\"\ndriver = \"process\"\ndisk_dir = \"site3/disks\"\n[hosts.site1-host1]",
+    );
+    let ok = three.replace("dr_site = \"site2\"", "dr_sites = [\"site2\", \"site3\"]");
+    let cfg = parse(&ok).unwrap();
+    assert_eq!(cfg.vms["pbx1"].dr_sites(), ["site2", "site3"]);
+    // The shorthand.
+    let cfg = parse(&three).unwrap();
+    assert_eq!(cfg.vms["pbx1"].dr_sites(), ["site2"]);
+    for (to, field, says) in [
+        (
+            "dr_sites = [\"site2\", \"cloud\"]",
+            "vms.pbx1.dr_sites",
+            "site 'cloud' has no host",
+        ),
+        (
+            "dr_sites = [\"site2\", \"site2\"]",
+            "vms.pbx1.dr_sites",
+            "named twice",
+        ),
+        (
+            "dr_sites = [\"site1\"]",
+            "vms.pbx1.dr_sites",
+            "the VM's own site",
+        ),
+        (
+            "dr_site = \"site3\"\ndr_sites = [\"site2\", \"site3\"]",
+            "vms.pbx1.dr_site",
+            "not the first of dr_sites",
+        ),
+    ] {
+        let src = three.replace("dr_site = \"site2\"", to);
+        let err = parse(&src).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some(field), "{to}: {err}");
+        assert!(err.message.contains(says), "{to}: {err}");
+    }
+}

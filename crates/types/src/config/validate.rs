@@ -195,14 +195,43 @@ impl Config {
                     format!("unknown host '{}'", vm.host),
                 ));
             };
-            if let Some(dr) = &vm.dr_site {
+            let field = if vm.dr_sites.is_empty() {
+                "dr_site"
+            } else {
+                "dr_sites"
+            };
+            if let Some(dr) = &vm.dr_site
+                && !vm.dr_sites.is_empty()
+                && vm.dr_sites.first() != Some(dr)
+            {
+                return Err((
+                    p(&["vms", name, "dr_site"]),
+                    format!(
+                        "dr_site '{dr}' is not the first of dr_sites: give one of them (dr_site is a shorthand for dr_sites = [\"{dr}\"])"
+                    ),
+                ));
+            }
+            let mut dr_seen = std::collections::BTreeSet::new();
+            for dr in vm.dr_sites() {
                 if !self.sites.contains_key(dr) {
-                    return Err((p(&["vms", name, "dr_site"]), format!("unknown site '{dr}'")));
+                    return Err((p(&["vms", name, field]), format!("unknown site '{dr}'")));
                 }
-                if *dr == host.site {
+                if dr == host.site {
                     return Err((
-                        p(&["vms", name, "dr_site"]),
+                        p(&["vms", name, field]),
                         format!("the DR site '{dr}' is the VM's own site"),
+                    ));
+                }
+                if !dr_seen.insert(dr) {
+                    return Err((
+                        p(&["vms", name, field]),
+                        format!("site '{dr}' is named twice"),
+                    ));
+                }
+                if self.first_host_of_site(dr).is_none() {
+                    return Err((
+                        p(&["vms", name, field]),
+                        format!("site '{dr}' has no host: a VM cannot be restored there"),
                     ));
                 }
             }
@@ -301,10 +330,10 @@ impl Config {
     ) -> Result<(), (Vec<String>, String)> {
         let p = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let mut hosts = vec![(vm.host.as_str(), host)];
-        if let Some(dr) = vm.dr_site.as_deref()
-            && let Some(h) = self.first_host_of_site(dr)
-        {
-            hosts.push((h, &self.hosts[h]));
+        for dr in vm.dr_sites() {
+            if let Some(h) = self.first_host_of_site(dr) {
+                hosts.push((h, &self.hosts[h]));
+            }
         }
         for (hname, h) in hosts {
             match (h.driver, &vm.qemu) {
@@ -377,7 +406,7 @@ impl Config {
         }
         // Every site the VM may run at must give each forward an address.
         let mut sites = vec![host.site.as_str()];
-        sites.extend(vm.dr_site.as_deref());
+        sites.extend(vm.dr_sites());
         let mut seen = std::collections::BTreeSet::new();
         for (i, f) in q.forwards.iter().enumerate() {
             let at = p(&["vms", name, "qemu", "forwards", &i.to_string(), "host_addr"]);

@@ -15,9 +15,15 @@ use crate::Retention;
 pub struct Vm {
     /// The host the VM runs on at its home site.
     pub host: String,
-    /// Where the VM is restored when its home site is lost.
+    /// Where the VM is restored when its home site is lost (shorthand for
+    /// `dr_sites = [dr_site]`).
     #[serde(default)]
     pub dr_site: Option<String>,
+    /// The VM's DR sites, in order of preference: a failover of the site
+    /// where it runs moves it to the first of these that is not fenced
+    /// and not down, else back home if home is (sites with hosts only).
+    #[serde(default)]
+    pub dr_sites: Vec<String>,
     /// Program to run (process driver; required there) or the QEMU binary
     /// (qemu driver; default `qemu-system-x86_64`). A bare name is looked
     /// up next to the `standby` binary first, then on `PATH`.
@@ -44,6 +50,16 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// The VM's DR sites in order of preference: `dr_sites`, else
+    /// `dr_site`.
+    pub fn dr_sites(&self) -> Vec<&str> {
+        if self.dr_sites.is_empty() {
+            self.dr_site.iter().map(String::as_str).collect()
+        } else {
+            self.dr_sites.iter().map(String::as_str).collect()
+        }
+    }
+
     /// The program the driver runs: `command`, or QEMU's default binary
     /// for a qemu VM without one.
     pub fn program(&self) -> &str {

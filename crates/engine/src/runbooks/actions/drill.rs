@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use standby_runbook::catalog::{DrillProbe, DrillReportOf, DrillStart, Probed, TornDown};
 use standby_runbook::scalar::Text;
-use standby_types::outcome::{DrillProbed, DrillReport, DrillState, DrilledVm};
+use standby_types::outcome::{CopyKind, DrillProbed, DrillReport, DrillState, DrilledVm};
 use standby_types::watch::{ProbeCheck, Severity};
 
 use super::Perform;
@@ -42,6 +42,9 @@ async fn drill_probe(input: DrillProbe, ctx: &ActionCtx) -> Result<DrillProbed, 
     let rec =
         crate::drill::state(&ctx.ctl, &id)?.ok_or_else(|| EngineError::not_found("drill", &id))?;
     let (vm, site) = (rec.vm, rec.site);
+    // A process copy binds the addresses its command line names, in its
+    // namespace's loopback; a QEMU copy's forwards are moved to 127.0.0.1.
+    let keep = rec.kind == CopyKind::Process;
     let check = match (input.kind.map(String::from), input.port.map(|p| p.0)) {
         (Some(kind), Some(port)) => {
             let target = format!("127.0.0.1:{port}");
@@ -63,7 +66,7 @@ async fn drill_probe(input: DrillProbe, ctx: &ActionCtx) -> Result<DrillProbed, 
         _ => match services_of(&ctx.ctl, &vm).into_iter().next() {
             // The same check as the front door's service, against the
             // copy's loopback.
-            Some(service) => on_loopback(service_check(&ctx.ctl, &service, &site)?)?,
+            Some(service) => on_loopback(service_check(&ctx.ctl, &service, &site)?, keep)?,
             // Else the VM's own probe (labels `vm = NAME`), against the
             // copy's loopback.
             None => {
@@ -76,15 +79,17 @@ async fn drill_probe(input: DrillProbe, ctx: &ActionCtx) -> Result<DrillProbed, 
                 let check = ctx.ctl.cfg.probes[&probe].check().map_err(|(field, e)| {
                     EngineError::BadRequest(format!("probe {probe}: {field}: {e}"))
                 })?;
-                on_loopback(check)?
+                on_loopback(check, keep)?
             }
         },
     };
     crate::drill::probe(&ctx.ctl, &id, check, timeout).await
 }
 
-/// The same check against the copy's loopback (the port kept).
-fn on_loopback(check: ProbeCheck) -> Result<ProbeCheck, EngineError> {
+/// The same check against the copy's loopback (the port kept; with
+/// `keep`, an address already in 127.0.0.0/8 too).
+fn on_loopback(check: ProbeCheck, keep: bool) -> Result<ProbeCheck, EngineError> {
+    let loopback = |t: &str| loopback(t, keep);
     Ok(match check {
         ProbeCheck::Sip { target } => ProbeCheck::Sip {
             target: loopback(&target)?,
@@ -108,10 +113,10 @@ fn on_loopback(check: ProbeCheck) -> Result<ProbeCheck, EngineError> {
         } => {
             let mut u = reqwest::Url::parse(&url)
                 .map_err(|e| EngineError::BadRequest(format!("probe url '{url}': {e}")))?;
-            let on_lo = u
-                .host_str()
-                .and_then(|h| h.parse::<std::net::Ipv4Addr>().ok())
-                .is_some_and(|ip| ip.is_loopback());
+            let on_lo = keep
+                && u.host_str()
+                    .and_then(|h| h.parse::<std::net::Ipv4Addr>().ok())
+                    .is_some_and(|ip| ip.is_loopback());
             if !on_lo {
                 u.set_host(Some("127.0.0.1"))
                     .map_err(|e| EngineError::BadRequest(format!("probe url '{url}': {e}")))?;
@@ -126,15 +131,17 @@ fn on_loopback(check: ProbeCheck) -> Result<ProbeCheck, EngineError> {
 }
 
 /// `ADDR:PORT` → `127.0.0.1:PORT`.
-/// A loopback address (`127.0.2.1:PORT`) is kept: the drill's namespace
-/// has all of 127.0.0.0/8 on its loopback, where the copy binds it.
-pub(super) fn loopback(target: &str) -> Result<String, EngineError> {
+/// With `keep`, a loopback address (`127.0.2.1:PORT`) is kept: the drill's
+/// namespace has all of 127.0.0.0/8 on its loopback, where a process copy
+/// binds it.
+pub(super) fn loopback(target: &str, keep: bool) -> Result<String, EngineError> {
     let (host, port) = target
         .rsplit_once(':')
         .ok_or_else(|| EngineError::BadRequest(format!("'{target}' has no port")))?;
-    if host
-        .parse::<std::net::Ipv4Addr>()
-        .is_ok_and(|ip| ip.is_loopback())
+    if keep
+        && host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
     {
         return Ok(target.to_string());
     }

@@ -56,17 +56,25 @@ async fn point_create(input: PointCreate, ctx: &ActionCtx) -> Result<PointsCreat
         }
     };
     let progress = JobProgress::live(ctl, ctx.job);
+    let request = ctx.key();
+    // Whether an earlier run of this step may have taken points already:
+    // it recorded its request before taking any.
+    let resumed = ctx.recorded::<Requested>().is_some() || ctx.attempt > 1;
+    if !resumed {
+        ctx.record(Requested {
+            request: request.clone(),
+        })
+        .await?;
+    }
     let mut points = Vec::new();
     for vm in &members {
-        // A point of this VM taken since the step started is this step's
-        // (the controller stopped before recording it).
-        let taken = ctl
-            .repo
-            .points(Some(vm))
-            .await?
-            .into_iter()
-            .rev()
-            .find(|p| p.time >= ctx.started_at);
+        // A point this very request took before a crash or a failed copy
+        // is this step's; found by its request label, never by its time
+        // (a host's clock may run ahead).
+        let taken = match resumed {
+            true => crate::protect::requested_point(ctl, &group, vm, &request).await?,
+            false => None,
+        };
         if let Some(p) = taken {
             tracing::info!(vm, point = %p.id, "point.create: point already taken by this step");
             points.push(PointTaken {
@@ -85,11 +93,20 @@ async fn point_create(input: PointCreate, ctx: &ActionCtx) -> Result<PointsCreat
             });
             continue;
         }
-        points.push(crate::protect::protect_vm(ctl, &group, vm, progress.clone()).await?);
+        points.push(
+            crate::protect::protect_vm(ctl, &group, vm, Some(&request), progress.clone()).await?,
+        );
     }
     let out = PointsCreated { group, points };
     ctx.record(&out).await?;
     Ok(out)
+}
+
+/// What `point.create` records before it takes any point: the request
+/// its points carry.
+#[derive(Debug, Serialize, Deserialize)]
+struct Requested {
+    request: String,
 }
 
 impl Perform for PointLatest {

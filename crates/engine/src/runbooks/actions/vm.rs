@@ -1,7 +1,10 @@
 //! `vm.list`: the VMs (and their front-door services) a runbook acts on.
 
+use std::collections::BTreeSet;
+
 use standby_runbook::catalog::VmList;
 use standby_types::outcome::{ListedService, ListedVm, VmsListed};
+use standby_types::watch::AlertState;
 
 use super::Perform;
 use super::context::{ActionCtx, probe_of, services_of};
@@ -21,6 +24,21 @@ impl Perform for VmList {
         let protected = self.protected.is_some_and(|p| p.0);
         let mut vms = Vec::new();
         let mut services = Vec::new();
+        // Sites a VM may not be sent to now: fenced, or down.
+        let mut unfit: BTreeSet<String> = BTreeSet::new();
+        for site in ctl.cfg.sites.keys() {
+            if ctl.is_fenced(site).await? {
+                unfit.insert(site.clone());
+            }
+        }
+        for a in ctl.watch.active_alerts() {
+            if a.rule == "site-down"
+                && a.state != AlertState::Resolved
+                && let Some(site) = a.labels.get("site")
+            {
+                unfit.insert(site.clone());
+            }
+        }
         for rec in ctl.repo.vms().await?.iter() {
             let Some(cfg) = ctl.cfg.vms.get(&rec.name) else {
                 continue;
@@ -45,6 +63,8 @@ impl Perform for VmList {
                 },
                 Err(_) => "unknown".to_string(),
             };
+            let target = failover_target(cfg, &rec.home_site, &rec.active_site, &unfit);
+            let dr_sites: Vec<String> = cfg.dr_sites().into_iter().map(String::from).collect();
             for s in services_of(ctl, &rec.name) {
                 let probe = ctl.cfg.services[&s].probe.as_ref().map(|p| p.to_string());
                 services.push(ListedService {
@@ -52,7 +72,7 @@ impl Perform for VmList {
                     vm: rec.name.clone(),
                     site: rec.active_site.clone(),
                     home_site: rec.home_site.clone(),
-                    dr_site: cfg.dr_site.clone(),
+                    dr_site: target.clone(),
                     probe,
                 });
             }
@@ -62,11 +82,70 @@ impl Perform for VmList {
                 site: rec.active_site.clone(),
                 host: rec.active_host.clone(),
                 home_site: rec.home_site.clone(),
-                dr_site: cfg.dr_site.clone(),
+                dr_site: target,
+                dr_sites,
                 groups,
                 state,
             });
         }
         Ok(VmsListed { vms, services })
+    }
+}
+
+/// Where a failover of the site `active` sends a VM now: the first of its
+/// DR sites that is neither where it runs nor unfit (fenced, down), else
+/// its home if that is fit again; none when no site is.
+pub(crate) fn failover_target(
+    vm: &standby_types::config::Vm,
+    home: &str,
+    active: &str,
+    unfit: &BTreeSet<String>,
+) -> Option<String> {
+    vm.dr_sites()
+        .into_iter()
+        .chain(std::iter::once(home))
+        .find(|s| *s != active && !unfit.contains(*s))
+        .map(String::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(dr: &[&str]) -> standby_types::config::Vm {
+        serde_json::from_value(serde_json::json!({ "host": "h1", "command": "x", "dr_sites": dr }))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_failover_goes_down_the_list_then_home() {
+        let v = vm(&["site2", "site3"]);
+        let none = BTreeSet::new();
+        let fenced = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        // Home lost: the first DR site.
+        assert_eq!(
+            failover_target(&v, "site1", "site1", &fenced(&["site1"])).as_deref(),
+            Some("site2")
+        );
+        // Then site 2 lost while home stays fenced: the next one.
+        assert_eq!(
+            failover_target(&v, "site1", "site2", &fenced(&["site1", "site2"])).as_deref(),
+            Some("site3")
+        );
+        // Site 3 lost, site 2 still fenced, home repaired: home.
+        assert_eq!(
+            failover_target(&v, "site1", "site3", &fenced(&["site2", "site3"])).as_deref(),
+            Some("site1")
+        );
+        // Everything else unfit: nowhere.
+        assert_eq!(
+            failover_target(&v, "site1", "site3", &fenced(&["site1", "site2"])),
+            None
+        );
+        // Nothing fenced, running at home: the first DR site.
+        assert_eq!(
+            failover_target(&v, "site1", "site1", &none).as_deref(),
+            Some("site2")
+        );
     }
 }
