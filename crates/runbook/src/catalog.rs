@@ -105,6 +105,7 @@ actions!(
     VmStart,
     VmShutdown,
     VmStop,
+    VmRestart,
     PointCreate,
     PointLatest,
     PointRestore,

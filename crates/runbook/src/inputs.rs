@@ -11,7 +11,7 @@ use serde_json::Value;
 use standby_types::outcome::{
     CommandRan, DrillProbed, DrillReport, DrillState, DrillStopped, HttpAnswered, IncidentOpened,
     IncidentTouched, PointFound, PointRestored, PointsCreated, ProbePassed, Queued, SiteFenced,
-    SiteUnfenced, Slept, VmChanged, VmsListed,
+    SiteUnfenced, Slept, VmChanged, VmRestarted, VmsListed,
 };
 
 use crate::scalar::{Flag, Int, Items, Span, Text};
@@ -103,6 +103,30 @@ action!(
     VmChanged,
     "Stop a VM at once",
     "a stopped VM stays stopped"
+);
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmRestart {
+    /// The VM.
+    pub vm: Text,
+    /// Restarts tried at most (default 3).
+    #[serde(default)]
+    pub attempts: Option<Int>,
+    /// Wait before the second attempt, doubled before each next one
+    /// (default 2s).
+    #[serde(default)]
+    pub backoff: Option<Span>,
+    /// How long each attempt may take to answer its check (default 30s).
+    #[serde(default)]
+    pub timeout: Option<Span>,
+}
+action!(
+    VmRestart,
+    "vm.restart",
+    VmRestarted,
+    "Restart a VM where it runs (stopped first if hung) until it runs and answers its check (its front-door service there, else its probe), with bounded attempts and backoff; says whether it healed and whether its host answered",
+    "a VM that runs and answers is restarted again only if it fails its check"
 );
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -21,6 +21,33 @@ pub struct VmChanged {
     pub state: String,
 }
 
+/// What `vm.restart` did.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct VmRestarted {
+    pub vm: String,
+    pub host: String,
+    pub site: String,
+    /// It runs where it ran and answers its check.
+    pub healed: bool,
+    /// Its host answered (false: a host that may still run it, left to
+    /// fencing: never restored elsewhere from here).
+    pub host_answers: bool,
+    /// Restarts tried.
+    pub attempts: u32,
+    /// From the step's start to the check passing (or giving up).
+    pub seconds: f64,
+    /// What passed (`service NAME`, `probe NAME`, `running`).
+    pub checked: Option<String>,
+    /// Each failed attempt, and why.
+    pub failures: Vec<String>,
+    /// Why nothing was done, when nothing was: the VM moved since, or its
+    /// site is fenced, down or cut off (for fencing and `failover-site`).
+    #[serde(default)]
+    pub left_alone: Option<String>,
+    /// When it ended, in seconds since the epoch.
+    pub at_epoch: f64,
+}
+
 /// The VMs (and their front-door services) `vm.list` selected.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct VmsListed {

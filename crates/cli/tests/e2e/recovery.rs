@@ -125,6 +125,10 @@ fn recovery_failover_restores_the_newest_intact_point_and_names_what_it_skipped(
         "the reason names the lost copy too: {reasons}"
     );
     assert!(restore["data_age_seconds"].as_f64().unwrap() > 0.0);
+    eprintln!(
+        "fallback: restore with 1 skipped point {:.3} s (16 MiB disk, process driver)",
+        restore["seconds"].as_f64().unwrap()
+    );
 
     // The service is back with everything the intact point holds.
     lab.wait_sip();
@@ -522,4 +526,109 @@ fn recovery_a_move_keeps_every_write_when_the_agents_clock_is_ahead() {
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+/// The SIP probe of pbx1 (`{sip}` is its address).
+const SIP_PROBE: &str = r#"
+[probes.pbx1-sip]
+kind = "sip"
+target = "{sip}"
+interval = "500ms"
+timeout = "400ms"
+labels = { vm = "pbx1", site = "site1", scope = "service" }
+"#;
+
+/// The first `heal-vm` job once it has ended, with its steps.
+fn heal_job(lab: &Lab) -> Value {
+    let id = lab
+        .wait_runbook_job("heal-vm", std::time::Duration::from_secs(30))
+        .unwrap_or_else(|jobs| panic!("no heal-vm job: {jobs:#}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let v = lab.json(&["runbook", "steps", &id.to_string()]);
+        if matches!(v["job"]["status"].as_str(), Some("succeeded" | "failed")) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "heal-vm did not end: {v:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn step_output(steps: &Value, id: &str) -> Value {
+    steps["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == id)
+        .map(|s| s["output"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Healing one VNF in place: a killed VNF (the hypervisor reports it
+/// crashed) is restarted where it ran by the shipped `heal-vm` runbook,
+/// answers SIP again with its registrations, and the incident says so.
+#[test]
+fn recovery_a_killed_vnf_is_restarted_in_place() {
+    let lab = Lab::new(LabOptions {
+        watch: SIP_PROBE.into(),
+        ..LabOptions::default()
+    });
+    lab.json(&["vm", "start", "pbx1"]);
+    lab.wait_sip();
+    lab.register(0..3);
+    let pid = lab.json(&["vm", "status", "pbx1"])["pid"].as_u64().unwrap();
+    let killed = std::time::Instant::now();
+    crate::watch::nix_kill(pid);
+    let steps = heal_job(&lab);
+    assert_eq!(steps["job"]["status"], "succeeded", "{steps:#}");
+    let r = step_output(&steps, "restart");
+    assert_eq!(r["healed"], true, "{r:#}");
+    assert_eq!(r["host"], "site1-host1", "{r:#}");
+    assert!(r["attempts"].as_u64().unwrap() >= 1, "{r:#}");
+    assert_eq!(r["checked"], "probe pbx1-sip", "{r:#}");
+    assert!(step_output(&steps, "restore").is_null(), "{steps:#}");
+    lab.wait_sip();
+    eprintln!(
+        "heal in place: killed VNF answering again {:.2} s after the kill (restart step {:.2} s)",
+        killed.elapsed().as_secs_f64(),
+        r["seconds"].as_f64().unwrap()
+    );
+    let vm = lab.json(&["vm", "status", "pbx1"]);
+    assert_eq!(vm["active_site"], "site1", "{vm:#}");
+    assert_ne!(vm["pid"].as_u64(), Some(pid), "{vm:#}");
+    assert_eq!(lab.bindings(), users(0..3));
+}
+
+/// Healing one VNF at its DR site: its host lost its disk, so it does not
+/// start again there; `heal-vm` restores its newest intact point at its
+/// DR site and starts it, with the point's registrations.
+#[test]
+fn recovery_a_vnf_whose_host_lost_its_disk_comes_back_at_its_dr_site() {
+    let lab = Lab::new(LabOptions {
+        watch: SIP_PROBE.into(),
+        ..LabOptions::default()
+    });
+    lab.json(&["vm", "start", "pbx1"]);
+    lab.wait_sip();
+    lab.register(0..3);
+    lab.json(&["protect", "run", "gold"]);
+    let pid = lab.json(&["vm", "status", "pbx1"])["pid"].as_u64().unwrap();
+    std::fs::remove_file(lab.path("site1/disks/pbx1/data.img")).unwrap();
+    crate::watch::nix_kill(pid);
+    let steps = heal_job(&lab);
+    assert_eq!(steps["job"]["status"], "succeeded", "{steps:#}");
+    let r = step_output(&steps, "restart");
+    assert_eq!(r["healed"], false, "{r:#}");
+    assert_eq!(r["host_answers"], true, "{r:#}");
+    assert!(r["failures"].to_string().contains("missing"), "{r:#}");
+    let restored = step_output(&steps, "restore");
+    assert_eq!(restored["site"], "site2", "{restored:#}");
+    lab.wait_sip();
+    let vm = lab.json(&["vm", "status", "pbx1"]);
+    assert_eq!(vm["active_site"], "site2", "{vm:#}");
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    assert_eq!(lab.bindings(), users(0..3));
 }

@@ -89,9 +89,16 @@ timeout = "500ms"
 labels = { vm = "pbx1", site = "site1", scope = "service" }
 "#,
     );
+    // This test watches a crash stay unhealed until it starts the VM
+    // itself: the shipped heal-vm is replaced by a manual-only one (how an
+    // operator turns automatic healing off); recovery.rs tests healing.
     let opts = LabOptions {
         watch,
-        files: vec![("hook.secret", format!("{}\n", crate::hooks::SECRET))],
+        controller: "runbooks = [\"heal-vm.yaml\"]".into(),
+        files: vec![
+            ("hook.secret", format!("{}\n", crate::hooks::SECRET)),
+            ("heal-vm.yaml", HEAL_OFF.into()),
+        ],
         ..LabOptions::default()
     };
     let lab = Lab::new(opts);
@@ -271,6 +278,9 @@ labels = { vm = "pbx1", site = "site1", scope = "service" }
         "{metrics}"
     );
 }
+
+/// A `heal-vm` that only runs by hand, replacing the shipped one.
+pub const HEAL_OFF: &str = "name: heal-vm\ndescription: automatic healing off\ntrigger: { manual: true }\nsteps:\n  - id: nothing\n    action: sleep\n    with: { duration: 0s }\n";
 
 pub fn nix_kill(pid: u64) {
     let st = std::process::Command::new("kill")

@@ -36,6 +36,10 @@ const BUILTIN: &[(&str, &str)] = &[
         "drill.yaml",
         include_str!("../../../../runbooks/drill.yaml"),
     ),
+    (
+        "heal-vm.yaml",
+        include_str!("../../../../runbooks/heal-vm.yaml"),
+    ),
 ];
 
 /// A runbook as loaded: where from, its text and its parsed form.

@@ -10,7 +10,7 @@
 //!   share.
 //! - `mod.rs`: [`run`], the dispatch from an action's name to its code
 //!   (the small ones are here).
-//! - `vm.rs`: `vm.list`; `point.rs`: `point.*`; `probe.rs`: `probe.wait`;
+//! - `vm.rs`: `vm.list`; `restart.rs`: `vm.restart`; `point.rs`: `point.*`; `probe.rs`: `probe.wait`;
 //!   `incident.rs`: `incident.*` and `notify`; `drill.rs`: `drill.*`;
 //!   `misc.rs`: `http` and `shell`.
 
@@ -20,6 +20,7 @@ mod incident;
 mod misc;
 mod point;
 mod probe;
+mod restart;
 mod vm;
 
 pub use context::ActionCtx;
@@ -50,6 +51,7 @@ pub async fn run(ctx: &ActionCtx, name: &str) -> Result<Value, EngineError> {
         Call::VmStart(a) => output(a.perform(ctx).await?),
         Call::VmShutdown(a) => output(a.perform(ctx).await?),
         Call::VmStop(a) => output(a.perform(ctx).await?),
+        Call::VmRestart(a) => output(a.perform(ctx).await?),
         Call::PointCreate(a) => output(a.perform(ctx).await?),
         Call::PointLatest(a) => output(a.perform(ctx).await?),
         Call::PointRestore(a) => output(a.perform(ctx).await?),
