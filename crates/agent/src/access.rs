@@ -117,6 +117,9 @@ pub struct VerifyCall {
     pub store: StoreCall,
     pub sample: Option<f64>,
     pub seed: u64,
+    /// Slice `part` of `parts` instead ([`Datastore::verify_slice`]).
+    #[serde(default)]
+    pub slice: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -290,11 +293,34 @@ impl StoreHandle {
         seed: u64,
         progress: Arc<dyn Progress>,
     ) -> Result<VerifyReport, AgentError> {
+        self.verify_how(sample, seed, None, progress).await
+    }
+
+    /// Re-read slice `part` of `parts` of the chunks (a scheduled verify:
+    /// the slices in turn read every chunk once).
+    pub async fn verify_slice(
+        &self,
+        part: u32,
+        parts: u32,
+        progress: Arc<dyn Progress>,
+    ) -> Result<VerifyReport, AgentError> {
+        self.verify_how(None, 0, Some((part, parts)), progress)
+            .await
+    }
+
+    async fn verify_how(
+        &self,
+        sample: Option<f64>,
+        seed: u64,
+        slice: Option<(u32, u32)>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<VerifyReport, AgentError> {
         match self {
             StoreHandle::Here { store, .. } => {
-                Self::blocking(store, move |s| match sample {
-                    Some(f) => s.verify_sample(f, seed, progress.as_ref()),
-                    None => s.verify(progress.as_ref()),
+                Self::blocking(store, move |s| match (slice, sample) {
+                    (Some((part, parts)), _) => s.verify_slice(part, parts, progress.as_ref()),
+                    (None, Some(f)) => s.verify_sample(f, seed, progress.as_ref()),
+                    (None, None) => s.verify(progress.as_ref()),
                 })
                 .await
             }
@@ -304,6 +330,7 @@ impl StoreHandle {
                     store: self.call(),
                     sample,
                     seed,
+                    slice,
                 };
                 server.client.call("store/verify", &call, DATA).await
             }

@@ -75,7 +75,8 @@ mod watch;
 use chrono::{DateTime, Utc};
 use standby_types::config::Config;
 use standby_types::model::{
-    DiskRecord, GroupRecord, HostRecord, Job, JobStatus, PointRecord, SiteRecord, VmRecord,
+    DamagedCopy, DiskRecord, GroupRecord, HostRecord, Job, JobStatus, PointRecord, SiteRecord,
+    VmRecord,
 };
 
 pub use auth::{AuthRepo, SessionRecord, TokenRecord, UserRecord};
@@ -207,6 +208,30 @@ pub trait Repo: Send + Sync {
         datastore: &str,
         found: &[PointRecord],
     ) -> Result<CatalogSync, DbError>;
+    /// Record what a verify of `datastore` found: each (point, reason) is
+    /// a damaged copy there (kept with its first `since`); with `full` (the
+    /// whole datastore was checked) the datastore's other damaged copies
+    /// are cleared. Copies the catalog does not have are ignored.
+    async fn set_damaged(
+        &self,
+        datastore: &str,
+        found: &[(String, String)],
+        full: bool,
+    ) -> Result<(), DbError>;
+    /// Every damaged copy, by point then datastore.
+    async fn damaged_copies(&self) -> Result<Vec<DamagedCopy>, DbError>;
+    /// Record the scheduled verify of `datastore` at `at` (slice `slice`
+    /// of `slices`, `problems` found).
+    async fn verify_ran(
+        &self,
+        datastore: &str,
+        at: DateTime<Utc>,
+        slice: u32,
+        slices: u32,
+        problems: u64,
+    ) -> Result<(), DbError>;
+    /// When each datastore was last verified by schedule.
+    async fn verify_runs(&self) -> Result<Vec<(String, DateTime<Utc>)>, DbError>;
     /// Points of one VM or of all, oldest first.
     async fn points(&self, vm: Option<&str>) -> Result<Vec<PointRecord>, DbError>;
     async fn point(&self, id: &str) -> Result<PointRecord, DbError>;

@@ -504,5 +504,6 @@ pub fn point_record(m: &standby_store::Manifest, datastore: &str) -> PointRecord
         bytes_read: 0,
         bytes_new: 0,
         copies: vec![datastore.to_string()],
+        damaged: Vec::new(),
     }
 }

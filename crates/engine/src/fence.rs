@@ -447,6 +447,7 @@ size = "64KiB"
                 bytes_read: 0,
                 bytes_new: 0,
                 copies: vec!["store2".into()],
+                damaged: Vec::new(),
             })
             .await
             .unwrap();

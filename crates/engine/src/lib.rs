@@ -31,6 +31,7 @@ pub mod controller;
 pub mod drill;
 pub mod error;
 pub mod fence;
+pub mod integrity;
 pub mod jobs;
 pub mod leader;
 mod proofs;

@@ -93,7 +93,19 @@ pub async fn run(
                     .is_some_and(|c| c.site == req.site)
             });
             near.extend(far);
-            near
+            // Copies a verify found damaged last: an intact one first.
+            let damaged: Vec<String> = ctl
+                .repo
+                .damaged_copies()
+                .await?
+                .into_iter()
+                .filter(|d| d.point == req.point)
+                .map(|d| d.datastore)
+                .collect();
+            let (mut intact, bad): (Vec<_>, Vec<_>) =
+                near.into_iter().partition(|d| !damaged.contains(d));
+            intact.extend(bad);
+            intact
         }
     };
     let pid: PointId = req

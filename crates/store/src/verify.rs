@@ -58,6 +58,9 @@ impl VerifyReport {
     }
 }
 
+/// The fixed split of chunks into slices ([`Datastore::verify_slice`]).
+const SLICE_SEED: u64 = 0x5354_4e44_4259_5631;
+
 /// A (point, disk) that references chunks.
 type Owner = (PointId, String);
 
@@ -80,12 +83,29 @@ impl Datastore {
         seed: u64,
         progress: &dyn Progress,
     ) -> Result<VerifyReport, StoreError> {
-        self.verify_inner(Some((fraction.clamp(0.0, 1.0), seed)), progress)
+        let f = fraction.clamp(0.0, 1.0);
+        self.verify_inner(Some((0.0, f, seed)), progress)
+    }
+
+    /// Like [`Datastore::verify_sample`], but re-reads slice `part` of
+    /// `parts` (a fixed split of the chunks by their hash): checking slices
+    /// 0 to `parts - 1` in turn re-reads every chunk, new ones included,
+    /// once. The report's fraction is `1 / parts`.
+    pub fn verify_slice(
+        &self,
+        part: u32,
+        parts: u32,
+        progress: &dyn Progress,
+    ) -> Result<VerifyReport, StoreError> {
+        let parts = parts.max(1);
+        let part = part.min(parts - 1);
+        let (lo, hi) = (part as f64 / parts as f64, (part + 1) as f64 / parts as f64);
+        self.verify_inner(Some((lo, hi, SLICE_SEED)), progress)
     }
 
     fn verify_inner(
         &self,
-        sample: Option<(f64, u64)>,
+        sample: Option<(f64, f64, u64)>,
         progress: &dyn Progress,
     ) -> Result<VerifyReport, StoreError> {
         // Held like a writer: a pack gc removes while verify reads would
@@ -93,7 +113,7 @@ impl Datastore {
         let _lock = self.lock_shared()?;
         self.rescan(true)?;
         let mut report = VerifyReport {
-            sample_fraction: sample.map(|s| s.0),
+            sample_fraction: sample.map(|s| s.1 - s.0),
             ..VerifyReport::default()
         };
         let mut problems = BTreeSet::new();
@@ -200,13 +220,14 @@ impl Datastore {
         // Group referenced chunks by pack (those sampled, when sampling).
         let picked = |id: &ChunkId| match sample {
             None => true,
-            Some((fraction, seed)) => {
+            Some((lo, hi, seed)) => {
                 let mut h = blake3::Hasher::new();
                 h.update(&seed.to_le_bytes());
                 h.update(&id.0);
                 let x =
                     u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or_default());
-                (x as f64 / u64::MAX as f64) < fraction
+                let x = x as f64 / u64::MAX as f64;
+                lo <= x && (x < hi || (hi >= 1.0 && x <= 1.0))
             }
         };
         let mut by_pack: HashMap<PackId, Vec<(ChunkId, BlobKind, crate::catalog::Location)>> =

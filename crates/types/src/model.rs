@@ -71,6 +71,21 @@ pub struct PointRecord {
     pub bytes_new: u64,
     /// Datastores holding a complete copy, in the order they got it.
     pub copies: Vec<String>,
+    /// Copies a verify found damaged (the API fills this in; the catalog's
+    /// point rows do not carry it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<DamagedCopy>,
+}
+
+/// A copy of a point a verify of its datastore found damaged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DamagedCopy {
+    pub point: String,
+    pub datastore: String,
+    /// When a verify first found it.
+    pub since: DateTime<Utc>,
+    /// What is damaged (the chunk, index or manifest, and how).
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -112,9 +112,10 @@ async fn prune(State(h): Host, Json(c): Json<PruneCall>) -> Answer<PruneReport> 
 
 async fn verify(State(h): Host, Json(c): Json<VerifyCall>) -> Answer<VerifyReport> {
     let s = open(&h, &c.store).await?;
-    let r = blocking(move || match c.sample {
-        Some(f) => s.verify_sample(f, c.seed, &Quiet),
-        None => s.verify(&Quiet),
+    let r = blocking(move || match (c.slice, c.sample) {
+        (Some((part, parts)), _) => s.verify_slice(part, parts, &Quiet),
+        (None, Some(f)) => s.verify_sample(f, c.seed, &Quiet),
+        (None, None) => s.verify(&Quiet),
     })
     .await?;
     Ok(Json(r))

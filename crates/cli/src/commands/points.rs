@@ -49,7 +49,15 @@ pub async fn run(ctx: &Ctx, cmd: &PointsCmd) -> Result<()> {
                             p.consistency,
                             output::bytes(p.size),
                             output::bytes(p.bytes_new),
-                            p.copies.join(", "),
+                            // A copy a verify found damaged is marked.
+                            p.copies
+                                .iter()
+                                .map(|c| match p.damaged.iter().any(|d| d.datastore == *c) {
+                                    true => format!("{c} (DAMAGED)"),
+                                    false => c.clone(),
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", "),
                         ]
                     })
                     .collect(),

@@ -632,3 +632,75 @@ fn recovery_a_vnf_whose_host_lost_its_disk_comes_back_at_its_dr_site() {
     assert_eq!(vm["state"], "running", "{vm:#}");
     assert_eq!(lab.bindings(), users(0..3));
 }
+
+/// Corruption is found before it matters: site 2's datastore verifies a
+/// slice of its chunks on a schedule (here every 2 s, all chunks each
+/// time); a flipped byte in a pack marks the point damaged there (`points
+/// list` says so), raises `point-damaged`, and a restore reads the intact
+/// copy at site 1 first.
+#[test]
+fn recovery_scheduled_verify_marks_a_damaged_point_and_alerts() {
+    let lab = Lab::new(LabOptions {
+        stores: [
+            String::new(),
+            "verify_every = \"2s\"\nverify_cycle = \"2s\"".into(),
+        ],
+        ..LabOptions::default()
+    });
+    lab.json(&["vm", "start", "pbx1"]);
+    lab.wait_sip();
+    lab.register(0..3);
+    lab.json(&["vm", "shutdown", "pbx1"]);
+    lab.json(&["protect", "run", "gold"]);
+    let id = points(&lab)[0]["id"].as_str().unwrap().to_string();
+    let packs = files_under(&lab.path("site2/store"), "pack");
+    let pack = packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+        .clone();
+    damage(&[pack]);
+    let damaged_at = std::time::Instant::now();
+    let deadline = damaged_at + std::time::Duration::from_secs(60);
+    let alert = loop {
+        let a = lab.json(&["alerts", "list"]);
+        if let Some(a) = a
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["rule"] == "point-damaged")
+        {
+            break a.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no point-damaged alert: {a:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    eprintln!(
+        "point-damaged alert {:.1} s after the corruption (verify every 2 s)",
+        damaged_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(alert["labels"]["datastore"], "site2-store", "{alert:#}");
+    let p = points(&lab)
+        .into_iter()
+        .find(|p| p["id"] == id.as_str())
+        .unwrap();
+    let damaged = p["damaged"].as_array().unwrap_or_else(|| panic!("{p:#}"));
+    assert_eq!(damaged.len(), 1, "{p:#}");
+    assert_eq!(damaged[0]["datastore"], "site2-store");
+    assert!(
+        damaged[0]["reason"].as_str().unwrap().contains("chunk"),
+        "{p:#}"
+    );
+    let table = String::from_utf8(lab.run(&["points", "list", "pbx1"]).stdout).unwrap();
+    assert!(table.contains("site2-store (DAMAGED)"), "{table}");
+    // A restore at site 2 reads the intact copy first, skipping nothing.
+    let r = lab.json(&["restore", &id, "--site", "site2", "--no-start"]);
+    assert_eq!(r["datastore"], "site1-store", "{r:#}");
+    assert!(
+        r["skipped"].as_array().is_none_or(|s| s.is_empty()),
+        "{r:#}"
+    );
+}

@@ -243,6 +243,7 @@ pub(super) fn point_records(
                 bytes_read: uint(r, "bytes_read")?,
                 bytes_new: uint(r, "bytes_new")?,
                 copies: copies.remove(&id).unwrap_or_default(),
+                damaged: Vec::new(),
                 id,
             })
         })
@@ -265,6 +266,13 @@ pub(super) async fn remove_copy(
 ) -> Result<(), DbError> {
     let what = format!("remove copy '{datastore}' of point '{id}'");
     sqlx::query("DELETE FROM point_copies WHERE point_id = $1 AND datastore = $2")
+        .bind(id)
+        .bind(datastore)
+        .execute(&mut *conn)
+        .await
+        .map_err(query(&what))?;
+    // Its damage goes with it (a copy made again later is a new one).
+    sqlx::query("DELETE FROM damaged_copies WHERE point_id = $1 AND datastore = $2")
         .bind(id)
         .bind(datastore)
         .execute(&mut *conn)

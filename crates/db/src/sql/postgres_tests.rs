@@ -24,6 +24,7 @@ fn point(vm: &str, secs: i64, copies: &[&str]) -> PointRecord {
         bytes_read: 3 << 20,
         bytes_new: 1 << 20,
         copies: copies.iter().map(|c| c.to_string()).collect(),
+        damaged: Vec::new(),
     }
 }
 

@@ -6,7 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use standby_types::config::Config;
 use standby_types::model::{
-    DiskRecord, GroupRecord, HostRecord, Job, JobStatus, PointRecord, SiteRecord, VmRecord,
+    DamagedCopy, DiskRecord, GroupRecord, HostRecord, Job, JobStatus, PointRecord, SiteRecord,
+    VmRecord,
 };
 
 use crate::error::query;
@@ -300,6 +301,100 @@ impl Repo for SqlRepo {
         tx.commit().await.map_err(query(what))?;
         self.points_changed();
         Ok(())
+    }
+
+    async fn set_damaged(
+        &self,
+        datastore: &str,
+        found: &[(String, String)],
+        full: bool,
+    ) -> Result<(), DbError> {
+        let what = format!("record the damaged copies in datastore '{datastore}'");
+        let mut tx = self.write_tx(&what).await?;
+        if full {
+            sqlx::query("DELETE FROM damaged_copies WHERE datastore = $1")
+                .bind(datastore)
+                .execute(&mut *tx)
+                .await
+                .map_err(query(what.clone()))?;
+        }
+        let since = ts(now());
+        for (point, reason) in found {
+            // Only a copy the catalog has; the first finding's time kept.
+            sqlx::query(
+                "INSERT INTO damaged_copies (point_id, datastore, since, reason) \
+                 SELECT point_id, datastore, $3, $4 FROM point_copies \
+                 WHERE point_id = $1 AND datastore = $2 \
+                 ON CONFLICT (point_id, datastore) DO UPDATE SET reason = excluded.reason",
+            )
+            .bind(point)
+            .bind(datastore)
+            .bind(&since)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await
+            .map_err(query(what.clone()))?;
+        }
+        tx.commit().await.map_err(query(what))?;
+        Ok(())
+    }
+
+    async fn damaged_copies(&self) -> Result<Vec<DamagedCopy>, DbError> {
+        // Only copies the catalog still has (a pruned copy's row is stale).
+        sqlx::query(
+            "SELECT d.point_id, d.datastore, d.since, d.reason FROM damaged_copies d \
+             JOIN point_copies c ON c.point_id = d.point_id AND c.datastore = d.datastore \
+             ORDER BY d.point_id, d.datastore",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("list damaged copies"))?
+        .iter()
+        .map(|r| {
+            Ok(DamagedCopy {
+                point: get(r, "point_id")?,
+                datastore: get(r, "datastore")?,
+                since: time(r, "since")?,
+                reason: get(r, "reason")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn verify_ran(
+        &self,
+        datastore: &str,
+        at: DateTime<Utc>,
+        slice: u32,
+        slices: u32,
+        problems: u64,
+    ) -> Result<(), DbError> {
+        self.write_one(
+            &format!("record the scheduled verify of datastore '{datastore}'"),
+            sqlx::query(
+                "INSERT INTO verify_runs (datastore, at, slice, slices, problems) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (datastore) DO UPDATE SET \
+                 at = excluded.at, slice = excluded.slice, slices = excluded.slices, \
+                 problems = excluded.problems",
+            )
+            .bind(datastore)
+            .bind(ts(at))
+            .bind(slice as i64)
+            .bind(slices as i64)
+            .bind(int(problems, "problems")?),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn verify_runs(&self) -> Result<Vec<(String, DateTime<Utc>)>, DbError> {
+        sqlx::query("SELECT datastore, at FROM verify_runs ORDER BY datastore")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("list the scheduled verifies"))?
+            .iter()
+            .map(|r| Ok((get(r, "datastore")?, time(r, "at")?)))
+            .collect()
     }
 
     async fn points(&self, vm: Option<&str>) -> Result<Vec<PointRecord>, DbError> {

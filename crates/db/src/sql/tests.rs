@@ -57,6 +57,7 @@ fn point(vm: &str, secs: i64, copies: &[&str]) -> PointRecord {
         bytes_read: 3 << 20,
         bytes_new: 1 << 20,
         copies: copies.iter().map(|c| c.to_string()).collect(),
+        damaged: Vec::new(),
     }
 }
 
@@ -902,8 +903,55 @@ async fn concurrent_writers_on_a_file() {
     assert_eq!(repo.fail_interrupted_jobs().await.unwrap(), 0);
 }
 
+async fn damaged_copies_follow_the_verifies_and_the_copies(repo: SqlRepo) {
+    let repo = example(repo).await;
+    let a = point("pbx1", 1, &["site1-store", "site2-store"]);
+    let b = point("pbx1", 2, &["site1-store", "site2-store"]);
+    for p in [&a, &b] {
+        repo.insert_point(p).await.unwrap();
+    }
+    let found = |ids: &[&PointRecord]| -> Vec<(String, String)> {
+        ids.iter()
+            .map(|p| (p.id.clone(), "corrupt chunk".to_string()))
+            .collect()
+    };
+    // A sample adds; a copy the catalog does not have is ignored.
+    repo.set_damaged("site2-store", &found(&[&a]), false)
+        .await
+        .unwrap();
+    repo.set_damaged("site3-store", &found(&[&b]), false)
+        .await
+        .unwrap();
+    repo.set_damaged("site2-store", &found(&[&b]), false)
+        .await
+        .unwrap();
+    let d = repo.damaged_copies().await.unwrap();
+    let pairs: Vec<(&str, &str)> = d
+        .iter()
+        .map(|d| (d.point.as_str(), d.datastore.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            (a.id.as_str(), "site2-store"),
+            (b.id.as_str(), "site2-store")
+        ]
+    );
+    // A full verify makes the datastore's rows what it found.
+    repo.set_damaged("site2-store", &found(&[&b]), true)
+        .await
+        .unwrap();
+    let d = repo.damaged_copies().await.unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].point, b.id);
+    // A copy that goes takes its damage with it.
+    repo.remove_point_copy(&b.id, "site2-store").await.unwrap();
+    assert!(repo.damaged_copies().await.unwrap().is_empty());
+}
+
 on_both! {
     repo: [
+        damaged_copies_follow_the_verifies_and_the_copies,
         repo_is_object_safe,
         example_config_fills_the_inventory,
         disks_and_members_keep_configuration_order,

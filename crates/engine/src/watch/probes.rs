@@ -42,7 +42,7 @@ pub(super) async fn run_controller_probes(ctl: Arc<Controller>) {
     }
 }
 
-fn generated(
+pub(crate) fn generated(
     probe: String,
     kind: &str,
     ok: bool,
@@ -77,6 +77,7 @@ pub(super) async fn run_generated(ctl: Arc<Controller>) {
         record_all(&ctl, heartbeats(&ctl, stale)).await;
         record_all(&ctl, vm_states(&ctl, stale).await).await;
         record_all(&ctl, point_ages(&ctl, stale).await).await;
+        record_all(&ctl, crate::integrity::damage_probes(&ctl, stale).await).await;
     }
 }
 

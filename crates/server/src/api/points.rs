@@ -94,9 +94,29 @@ async fn points(
         })
         .await?;
     Ok(Listed {
-        items,
+        items: with_damage(&ctl, items).await?,
         total: total as usize,
     })
+}
+
+/// The points with the damaged copies a verify found (a small table, read
+/// whole).
+async fn with_damage(
+    ctl: &crate::state::Reads,
+    mut points: Vec<PointRecord>,
+) -> Result<Vec<PointRecord>, crate::ServerError> {
+    let damaged = ctl.repo.damaged_copies().await?;
+    if damaged.is_empty() {
+        return Ok(points);
+    }
+    for p in &mut points {
+        p.damaged = damaged
+            .iter()
+            .filter(|d| d.point == p.id)
+            .cloned()
+            .collect();
+    }
+    Ok(points)
 }
 
 /// One recovery point.
@@ -106,6 +126,7 @@ async fn points(
 async fn point(State(ctl): Rd, who: Principal, Path(id): Path<String>) -> ApiResult<PointRecord> {
     let p = ctl.repo.point(&id).await?;
     who.check(ctl.cfg.tenant_of_vm(&p.vm), "point", &id)?;
+    let p = with_damage(&ctl, vec![p]).await?.remove(0);
     Ok(Json(p))
 }
 

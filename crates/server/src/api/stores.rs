@@ -113,12 +113,12 @@ async fn store_verify(
             "sample {f} is not a fraction in (0, 1]"
         )));
     }
-    let store = ctl.store_handle(&name)?;
-    let job = spawn_job(&ctl, "verify", &name, move |_, p| async move {
-        let report = store
-            .verify(req.sample, rand::random(), p)
-            .await
-            .map_err(standby_engine::EngineError::from)?;
+    ctl.store_handle(&name)?;
+    let ds = name.clone();
+    let job = spawn_job(&ctl, "verify", &name, move |ctl, p| async move {
+        // What it finds is recorded: damaged copies in the catalog.
+        let report =
+            standby_engine::integrity::verify(&ctl, &ds, req.sample, rand::random(), p).await?;
         let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
         if !problems.is_empty() {
             return Err(ServerError::Conflict(format!(

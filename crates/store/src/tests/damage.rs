@@ -252,3 +252,30 @@ fn chunks_of_doubtful_indexes_are_stored_again() {
         assert_same(&image, &dest);
     }
 }
+
+#[test]
+fn verify_slices_read_every_chunk_once_and_find_damage_in_their_slice() {
+    let f = fixture();
+    let image = f.work.join("disk.img");
+    make_image(&image, 4 << 20, 9);
+    let (m, _) = backup(&f.ds, "pbx1", &image, opts());
+    let full = f.ds.verify(&()).unwrap();
+    assert!(full.ok());
+    let parts = 5;
+    let mut checked = 0;
+    for part in 0..parts {
+        let r = f.ds.verify_slice(part, parts, &()).unwrap();
+        assert!(r.ok());
+        let f = r.sample_fraction.unwrap();
+        assert!((f - 1.0 / parts as f64).abs() < 1e-9, "{f}");
+        checked += r.chunks_checked;
+    }
+    assert_eq!(checked, full.chunks_checked, "the slices split the chunks");
+    // A damaged chunk is found by exactly one slice.
+    let (_, loc) = some_chunk(&f.ds, &m);
+    flip(&pack_file(&f.root, &loc.pack), loc.offset + 25);
+    let found: Vec<u32> = (0..parts)
+        .filter(|part| !f.ds.verify_slice(*part, parts, &()).unwrap().ok())
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+}

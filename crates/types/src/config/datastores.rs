@@ -1,10 +1,26 @@
 //! `[datastores.NAME]`: where protection points are kept.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::ByteSize;
+use super::units::{ByteSize, duration_str};
+
+impl DatastoreConfig {
+    /// The slices of a verify cycle (at least 1), and the one due at
+    /// `unix_secs`: slice `(unix_secs / verify_every) % slices`, so
+    /// consecutive runs check consecutive slices and every chunk is read
+    /// within `verify_cycle`. None: no scheduled verify.
+    pub fn verify_slice(&self, unix_secs: u64) -> Option<(u32, u32)> {
+        let every = self.verify_every.as_secs();
+        if every == 0 {
+            return None;
+        }
+        let slices = (self.verify_cycle.as_secs() / every).clamp(1, 10_000) as u32;
+        Some((((unix_secs / every) % slices as u64) as u32, slices))
+    }
+}
 
 /// Where a datastore keeps its objects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +86,23 @@ pub struct DatastoreConfig {
     /// Encrypt the datastore (set when it is created; needed to open it).
     #[serde(default)]
     pub encryption: Option<EncryptionConfig>,
+    /// How often the controller verifies a slice of the datastore's chunks
+    /// (default `1d`; `0s`: never by schedule).
+    #[serde(default = "default_verify_every", with = "duration_str")]
+    pub verify_every: Duration,
+    /// Every chunk is re-read within this (default `30d`): each scheduled
+    /// verify checks `verify_every / verify_cycle` of them, a different
+    /// slice each time.
+    #[serde(default = "default_verify_cycle", with = "duration_str")]
+    pub verify_cycle: Duration,
+}
+
+fn default_verify_every() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+fn default_verify_cycle() -> Duration {
+    Duration::from_secs(30 * 86_400)
 }
 
 /// `[datastores.NAME.encryption]`: where the key comes from. The key

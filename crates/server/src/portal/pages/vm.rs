@@ -73,6 +73,7 @@ pub(super) async fn vm_data(
     let now = Utc::now();
     let mut points = ctl.repo.points(Some(name)).await?;
     points.sort_by_key(|pt| std::cmp::Reverse(pt.time));
+    let damaged = ctl.repo.damaged_copies().await?;
     let newest = points.first().map(|pt| pt.time);
     let target = model::rpo_target_of(cfg, name);
     let status = model::rpo_status(newest, target, now);
@@ -112,7 +113,21 @@ pub(super) async fn vm_data(
                 time: when(pt.time),
                 consistency: pt.consistency,
                 size: bytes(pt.size),
-                copies: pt.copies.join(", "),
+                // A copy a verify found damaged is marked.
+                copies: pt
+                    .copies
+                    .iter()
+                    .map(|c| {
+                        match damaged
+                            .iter()
+                            .any(|d| d.point == pt.id && d.datastore == *c)
+                        {
+                            true => format!("{c} (DAMAGED)"),
+                            false => c.clone(),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 id: pt.id,
             })
             .collect(),
