@@ -1,15 +1,15 @@
 //! What a verify finds stays known: the copies of points it found damaged
 //! are recorded in the catalog (`points list` and the portal show them,
-//! restores try them last), and the `damage` probe of each datastore fails
-//! while it holds any, which the built-in `point-damaged` rule turns into
-//! an alert. A full verify that finds a copy intact again (repaired)
+//! restores try them last), and the `damage` probe of each datastore
+//! (`watch::probes`) fails while it holds any, which the built-in
+//! `point-damaged` rule turns into an alert. A full verify that finds a copy intact again (repaired)
 //! clears it.
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use standby_store::VerifyReport;
-use standby_types::watch::{Event, Labels, ProbeResult, Severity};
+use standby_types::watch::{Event, Labels, Severity};
 
 use crate::controller::Controller;
 use crate::error::EngineError;
@@ -85,46 +85,6 @@ pub async fn record(
         });
     }
     Ok(())
-}
-
-/// One `damage` result per datastore: failing while it holds damaged
-/// copies of points (naming them), passing otherwise.
-pub(crate) async fn damage_probes(
-    ctl: &Controller,
-    stale: std::time::Duration,
-) -> Vec<ProbeResult> {
-    let Ok(damaged) = ctl.repo.damaged_copies().await else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (name, d) in &ctl.cfg.datastores {
-        let mine: Vec<&str> = damaged
-            .iter()
-            .filter(|c| c.datastore == *name)
-            .map(|c| c.point.as_str())
-            .collect();
-        let detail = match mine.len() {
-            0 => "no damaged copy known".to_string(),
-            n => format!(
-                "{n} damaged point copies: {}{}",
-                mine.iter().take(5).copied().collect::<Vec<_>>().join(", "),
-                if n > 5 { ", ..." } else { "" }
-            ),
-        };
-        let mut labels = Labels::new();
-        labels.insert("datastore".into(), name.clone());
-        labels.insert("site".into(), d.site.clone());
-        labels.insert("scope".into(), "datastore".into());
-        out.push(crate::watch::generated_result(
-            format!("damage:{name}"),
-            "damage",
-            mine.is_empty(),
-            detail,
-            labels,
-            stale,
-        ));
-    }
-    out
 }
 
 /// How often the schedule looks for a datastore whose verify is due, at

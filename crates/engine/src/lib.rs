@@ -83,6 +83,8 @@ pub async fn start(ctl: &Arc<Controller>) -> Result<(), EngineError> {
             .spawn(runbooks::triggers::run_alert_triggers(ctl.clone(), settled));
     }
     watch::spawn(ctl);
+    // Verify slices of each datastore's chunks on its schedule.
+    ctl.tasks.spawn(integrity::run_schedule(ctl.clone()));
     // Where VMs run, from the hosts themselves: in the background, so the
     // controller can act at once (a start asks the hosts anyway).
     ctl.tasks.spawn(vms::reconcile_placements(ctl.clone()));

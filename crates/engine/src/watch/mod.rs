@@ -42,7 +42,6 @@ mod alerts;
 mod incidents;
 mod notifier;
 mod probes;
-pub(crate) use probes::generated as generated_result;
 mod rules;
 pub(crate) mod state;
 
@@ -74,7 +73,6 @@ const FLUSH: Duration = Duration::from_millis(250);
 pub fn spawn(ctl: &Arc<Controller>) {
     ctl.tasks.spawn(probes::run_controller_probes(ctl.clone()));
     ctl.tasks.spawn(probes::run_generated(ctl.clone()));
-    ctl.tasks.spawn(crate::integrity::run_schedule(ctl.clone()));
     ctl.tasks.spawn(evaluate_loop(ctl.clone()));
     ctl.tasks.spawn(rules::reload_loop(ctl.clone()));
     ctl.tasks.spawn(flush_loop(ctl.clone()));

@@ -42,7 +42,7 @@ pub(super) async fn run_controller_probes(ctl: Arc<Controller>) {
     }
 }
 
-pub(crate) fn generated(
+fn generated(
     probe: String,
     kind: &str,
     ok: bool,
@@ -77,7 +77,7 @@ pub(super) async fn run_generated(ctl: Arc<Controller>) {
         record_all(&ctl, heartbeats(&ctl, stale)).await;
         record_all(&ctl, vm_states(&ctl, stale).await).await;
         record_all(&ctl, point_ages(&ctl, stale).await).await;
-        record_all(&ctl, crate::integrity::damage_probes(&ctl, stale).await).await;
+        record_all(&ctl, damage_probes(&ctl, stale).await).await;
     }
 }
 
@@ -205,6 +205,43 @@ async fn vm_states(ctl: &Arc<Controller>, stale: Duration) -> Vec<ProbeResult> {
             format!("vm:{}", vm.name),
             "vm",
             ok,
+            detail,
+            labels,
+            stale,
+        ));
+    }
+    out
+}
+
+/// One `damage` result per datastore: failing while it holds damaged
+/// copies of points (naming them), passing otherwise.
+async fn damage_probes(ctl: &Controller, stale: std::time::Duration) -> Vec<ProbeResult> {
+    let Ok(damaged) = ctl.repo.damaged_copies().await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, d) in &ctl.cfg.datastores {
+        let mine: Vec<&str> = damaged
+            .iter()
+            .filter(|c| c.datastore == *name)
+            .map(|c| c.point.as_str())
+            .collect();
+        let detail = match mine.len() {
+            0 => "no damaged copy known".to_string(),
+            n => format!(
+                "{n} damaged point copies: {}{}",
+                mine.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+                if n > 5 { ", ..." } else { "" }
+            ),
+        };
+        let mut labels = Labels::new();
+        labels.insert("datastore".into(), name.clone());
+        labels.insert("site".into(), d.site.clone());
+        labels.insert("scope".into(), "datastore".into());
+        out.push(generated(
+            format!("damage:{name}"),
+            "damage",
+            mine.is_empty(),
             detail,
             labels,
             stale,
