@@ -120,6 +120,10 @@ pub struct VmRestart {
     /// How long each attempt may take to answer its check (default 30s).
     #[serde(default)]
     pub timeout: Option<Span>,
+    /// The site the trouble was seen at (an alert's `site` label): a VM
+    /// that runs elsewhere now is left alone.
+    #[serde(default)]
+    pub site: Option<Text>,
 }
 action!(
     VmRestart,

@@ -31,8 +31,14 @@ fn check_of(ctx: &ActionCtx, vm: &str, site: &str) -> Option<(String, ProbeCheck
     {
         return Some((format!("service {s}"), c));
     }
+    // Its own probe, when that probe is about the site where it runs (a
+    // probe of its home address says nothing of it at its DR site).
     let p = probe_of(ctl, vm)?;
-    let c = ctl.cfg.probes[&p].check().ok()?;
+    let cfg = &ctl.cfg.probes[&p];
+    if cfg.labels.get("site").is_some_and(|s| s != site) {
+        return None;
+    }
+    let c = cfg.check().ok()?;
     Some((format!("probe {p}"), c))
 }
 
@@ -95,6 +101,7 @@ async fn restart(input: VmRestart, ctx: &ActionCtx) -> Result<VmRestarted, Engin
     let timeout = input.timeout.map_or(Duration::from_secs(30), |t| t.0);
     let began = Instant::now();
     let rec = ctl.repo.vm(&vm).await?;
+    let seen_at = input.site.map(String::from).filter(|s| !s.is_empty());
     let agent = ctl.agent(&rec.active_host)?;
     let check = check_of(ctx, &vm, &rec.active_site);
     let mut out = VmRestarted {
@@ -116,6 +123,15 @@ async fn restart(input: VmRestart, ctx: &ActionCtx) -> Result<VmRestarted, Engin
         Ok(out)
     };
     let probe_name = format!("runbook:{}", ctx.key());
+    // The trouble was seen where the VM no longer runs (a probe of its
+    // home after a failover): nothing to heal here.
+    if let Some(at) = seen_at.filter(|at| *at != rec.active_site) {
+        out.left_alone = Some(format!(
+            "the trouble was seen at site {at}, but vm {vm} runs at {} now",
+            rec.active_site
+        ));
+        return done(out);
+    }
     for n in 1..=attempts {
         // Only where it ran when the step began: moved since (a failover),
         // it is not this step's to touch.
