@@ -316,7 +316,7 @@ fn the_schema_describes_the_format() {
 fn failover_site_resolves_with_the_measured_rto_and_data_loss_window() {
     let rb = parse("failover-site.yaml", SHIPPED[1].1).unwrap();
     let resolve = rb.steps.iter().find(|s| s.id == "resolve").unwrap();
-    let ctx = template::context(&json!({
+    let raw = json!({
         "params": {"site": "site1"},
         "trigger": {"kind": "alert", "at": "2026-01-01T00:00:00Z", "at_epoch": 100.0,
                     "alert": {"active_since_epoch": 98.0}},
@@ -329,7 +329,8 @@ fn failover_site_resolves_with_the_measured_rto_and_data_loss_window() {
             ]},
             "probes": {"output": [{"seconds": 1.0, "at_epoch": 108.34}, null]}
         }
-    }));
+    });
+    let ctx = template::context(&raw);
     let with = Value::Object(resolve.with.clone().into_iter().collect());
     let note = render(&with, &ctx, "with").unwrap()["note"]
         .as_str()
@@ -343,6 +344,19 @@ fn failover_site_resolves_with_the_measured_rto_and_data_loss_window() {
     // At most from the restored point to the site's first failing probe.
     assert!(note.contains("data-loss window at most 2.3 s"), "{note}");
     assert!(note.contains("pbx1 at site2 from point pbx1@t"), "{note}");
+    // A restore that skipped newer points says which and why.
+    let mut skipping = raw.clone();
+    skipping["steps"]["restore"]["output"][0]["skipped"] = json!([
+        {"point": "pbx1@new", "time": "2026-01-01T00:00:00Z", "reasons": ["site2-store: corrupt chunk", "site1-store: point missing"]}
+    ]);
+    let note = render(&with, &template::context(&skipping), "with").unwrap()["note"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        note.contains("after skipping 1 newer point(s) that did not restore: pbx1@new (site2-store: corrupt chunk; site1-store: point missing)"),
+        "{note}"
+    );
 }
 
 #[test]

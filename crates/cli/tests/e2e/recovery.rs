@@ -704,3 +704,91 @@ fn recovery_scheduled_verify_marks_a_damaged_point_and_alerts() {
         "{r:#}"
     );
 }
+
+/// Figures for `scripts/bench-recovery`: the extra RTO per skipped point.
+/// A VM with a disk of incompressible data (`STANDBY_BENCH_DISK_MIB`,
+/// default 256) gets three points, each changing an eighth of the disk;
+/// then a runbook restores with `fallback: older` at site 2, first with
+/// every point intact, then with the newest, then the two newest points'
+/// new packs damaged at site 2 (site 1's copies gone). Prints each
+/// restore's time and the extra per skipped point.
+#[test]
+#[ignore]
+fn recovery_figures() {
+    let mib: usize = std::env::var("STANDBY_BENCH_DISK_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let restore = "name: restore-older\nparams:\n  vm: { type: string, required: true }\nsteps:\n  - id: restore\n    action: point.restore\n    with: { vm: \"{{ params.vm }}\", site: site2, fallback: older }\n";
+    let lab = Lab::new(LabOptions {
+        vm: Some("command = \"sleep\"\nargs = [\"600\"]".into()),
+        disk_size: Box::leak(format!("{mib}MiB").into_boxed_str()),
+        controller: "runbooks = [\"restore-older.yaml\"]".into(),
+        files: vec![("restore-older.yaml", restore.into())],
+        ..LabOptions::default()
+    });
+    lab.json(&["vm", "start", "pbx1"]);
+    lab.json(&["vm", "stop", "pbx1"]);
+    let disk = lab.path("site1/disks/pbx1/data.img");
+    crate::harness::write_random(&disk, mib << 20);
+    let site2_packs = || -> BTreeSet<PathBuf> {
+        files_under(&lab.path("site2/store"), "pack")
+            .into_iter()
+            .collect()
+    };
+    let mut new_packs = Vec::new();
+    for i in 0..3u64 {
+        // An eighth of the disk changes between points.
+        {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+            let len = (mib << 20) / 8;
+            f.seek(std::io::SeekFrom::Start(i * len as u64)).unwrap();
+            let mut x: u64 = 0xD1B5_4A32_D192_ED03 ^ i;
+            let mut buf = Vec::with_capacity(len);
+            for _ in 0..len / 8 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            f.write_all(&buf).unwrap();
+        }
+        let before = site2_packs();
+        lab.json(&["protect", "run", "gold"]);
+        new_packs.push(
+            site2_packs()
+                .difference(&before)
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+    }
+    std::fs::remove_dir_all(lab.path("site1/store")).unwrap();
+    let run = || -> (f64, usize) {
+        let v = lab.json(&["runbook", "run", "restore-older", "-p", "vm=pbx1", "--wait"]);
+        assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
+        let steps = lab.json(&["runbook", "steps", &v["job"]["id"].to_string()]);
+        let out = step_output(&steps, "restore");
+        (
+            out["seconds"].as_f64().unwrap(),
+            out["skipped"].as_array().map_or(0, |s| s.len()),
+        )
+    };
+    let (t0, s0) = run();
+    damage(&new_packs[2]);
+    let (t1, s1) = run();
+    damage(&new_packs[1]);
+    let (t2, s2) = run();
+    assert_eq!((s0, s1, s2), (0, 1, 2));
+    println!("fallback figures: {mib} MiB disk of random data, process driver, local datastore");
+    println!("  restore, newest point intact:          {t0:.2} s");
+    println!(
+        "  restore, 1 point skipped:              {t1:.2} s (+{:.2} s)",
+        t1 - t0
+    );
+    println!(
+        "  restore, 2 points skipped:             {t2:.2} s (+{:.2} s, {:.2} s per skipped point)",
+        t2 - t0,
+        (t2 - t0) / 2.0
+    );
+}

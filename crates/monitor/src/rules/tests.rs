@@ -18,7 +18,8 @@ fn builtin_parses() {
             "vm-crashed",
             "host-down",
             "site-down",
-            "rpo-missed"
+            "rpo-missed",
+            "point-damaged"
         ]
     );
     let site = rs.rule("site-down").unwrap();

@@ -228,12 +228,6 @@ impl Config {
                         format!("site '{dr}' is named twice"),
                     ));
                 }
-                if self.first_host_of_site(dr).is_none() {
-                    return Err((
-                        p(&["vms", name, field]),
-                        format!("site '{dr}' has no host: a VM cannot be restored there"),
-                    ));
-                }
             }
             let mut seen = std::collections::BTreeSet::new();
             for (i, d) in vm.disks.iter().enumerate() {

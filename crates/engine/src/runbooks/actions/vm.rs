@@ -24,10 +24,11 @@ impl Perform for VmList {
         let protected = self.protected.is_some_and(|p| p.0);
         let mut vms = Vec::new();
         let mut services = Vec::new();
-        // Sites a VM may not be sent to now: fenced, or down.
+        // Sites a VM may not be sent to now: without a host (a cloud
+        // store's), fenced, or down.
         let mut unfit: BTreeSet<String> = BTreeSet::new();
         for site in ctl.cfg.sites.keys() {
-            if ctl.is_fenced(site).await? {
+            if ctl.cfg.first_host_of_site(site).is_none() || ctl.is_fenced(site).await? {
                 unfit.insert(site.clone());
             }
         }
@@ -93,8 +94,8 @@ impl Perform for VmList {
 }
 
 /// Where a failover of the site `active` sends a VM now: the first of its
-/// DR sites that is neither where it runs nor unfit (fenced, down), else
-/// its home if that is fit again; none when no site is.
+/// DR sites that is neither where it runs nor unfit (no host, fenced,
+/// down), else its home if that is fit again; none when no site is.
 pub(crate) fn failover_target(
     vm: &standby_types::config::Vm,
     home: &str,
