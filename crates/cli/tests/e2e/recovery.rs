@@ -448,8 +448,16 @@ fn recovery_a_move_keeps_every_write_when_the_agents_clock_is_ahead() {
     });
     let data = lab.path("agent1");
     let log = std::fs::File::create(lab.path("agent1.log")).unwrap();
-    let mut agent = std::process::Command::new("faketime")
-        .args(["-f", "+60s", STANDBY])
+    // libfaketime preloaded into the agent itself (not the `faketime`
+    // wrapper, whose child would outlive a kill of the wrapper).
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    assert!(
+        std::path::Path::new(lib).exists(),
+        "{lib} is missing: apt-get install faketime"
+    );
+    let mut agent = std::process::Command::new(STANDBY)
+        .env("LD_PRELOAD", lib)
+        .env("FAKETIME", "+60s")
         .args(["--config", lab.cfg.to_str().unwrap(), "agent"])
         .args(["--name", "site1-agent"])
         .args(["--controller", &format!("http://127.0.0.1:{}", lab.api)])
@@ -458,7 +466,7 @@ fn recovery_a_move_keeps_every_write_when_the_agents_clock_is_ahead() {
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("faketime runs (apt-get install faketime)");
+        .unwrap();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -241,7 +241,7 @@ async fn restart(input: VmRestart, ctx: &ActionCtx) -> Result<VmRestarted, Engin
             out.failures.push(format!("attempt {n}: {last}"));
         }
         if n < attempts {
-            tokio::time::sleep(backoff * 2u32.saturating_pow(n - 1)).await;
+            tokio::time::sleep(backoff.saturating_mul(2u32.saturating_pow(n - 1))).await;
         }
     }
     // Not healed: leave it stopped, so that a copy may start elsewhere
