@@ -216,10 +216,7 @@ pub async fn start(
         });
     }
     let Some(mut st) = started else {
-        let each: Vec<String> = skipped
-            .iter()
-            .map(|s| format!("{} ({})", s.point, s.reasons.join("; ")))
-            .collect();
+        let each: Vec<String> = skipped.iter().map(ToString::to_string).collect();
         return Err(EngineError::Conflict(format!(
             "vm {vm}: no point restores for the drill at host {host}: {}",
             each.join(", ")

@@ -8,7 +8,9 @@
 //! - [`vms`]: start, shutdown and stop at the host where a VM is active,
 //!   never at a second place while it may run at the first.
 //! - [`protect`], [`restore`]: the two data-moving operations; [`drill`]:
-//!   a point restored into an isolated network, probed and torn down.
+//!   a point restored into an isolated network, probed and torn down;
+//!   [`integrity`]: what verifies find (damaged copies in the catalog) and
+//!   the verify schedule.
 //! - [`fence`]: durable site fences and their enforcement by the hosts.
 //! - [`jobs`]: background work with persisted progress.
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications.

@@ -223,7 +223,7 @@ pub struct PointRestored {
 }
 
 /// A point a restore or a drill went past because no copy it could reach
-/// restored it.
+/// restored it. Shown as `POINT (DATASTORE: reason; ...)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct PointSkipped {
     pub point: String,
@@ -231,6 +231,12 @@ pub struct PointSkipped {
     pub time: DateTime<Utc>,
     /// Each copy tried, and why it failed (`DATASTORE: reason`).
     pub reasons: Vec<String>,
+}
+
+impl std::fmt::Display for PointSkipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.point, self.reasons.join("; "))
+    }
 }
 
 /// A site's fence, as recorded.

@@ -21,7 +21,7 @@ const TENANTS: &str = r#"
 
 /// The tenants and a second protected VM at site 1 with a DR site,
 /// globex's, which a drill of acme's pbx1 must leave alone.
-const TENANTS_AND_ANOTHER_VM: &str = r#"
+pub(crate) const TENANTS_AND_ANOTHER_VM: &str = r#"
 [tenants.acme]
 [tenants.globex]
 [vms.other]

@@ -204,6 +204,17 @@ datastores = [{group_datastores}]
         for (name, content) in &opts.files {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
+        Lab::started(dir, cfg, (api, sip, http), opts.env.clone(), agent_api)
+    }
+
+    /// The lab in `dir` with configuration `cfg`, its controller started.
+    fn started(
+        dir: tempfile::TempDir,
+        cfg: PathBuf,
+        (api, sip, http): (u16, u16, u16),
+        env: Vec<(String, String)>,
+        agent_api: Option<u16>,
+    ) -> Lab {
         let mut lab = Lab {
             dir,
             cfg,
@@ -211,7 +222,7 @@ datastores = [{group_datastores}]
             sip: ([127, 0, 0, 1], sip).into(),
             http: ([127, 0, 0, 1], http).into(),
             server: None,
-            env: opts.env.clone(),
+            env,
             agent_api,
         };
         lab.start_server();
@@ -228,18 +239,7 @@ datastores = [{group_datastores}]
             .unwrap();
         let cfg = dir.path().join("standby.toml");
         std::fs::write(&cfg, text).unwrap();
-        let mut lab = Lab {
-            dir,
-            cfg,
-            api,
-            sip: ([127, 0, 0, 1], sip).into(),
-            http: ([127, 0, 0, 1], http).into(),
-            server: None,
-            env: Vec::new(),
-            agent_api: None,
-        };
-        lab.start_server();
-        lab
+        Lab::started(dir, cfg, (api, sip, http), Vec::new(), None)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -102,13 +102,7 @@ fn recovery_failover_restores_the_newest_intact_point_and_names_what_it_skipped(
     assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
     let job = v["job"]["id"].as_i64().unwrap();
     let steps = lab.json(&["runbook", "steps", &job.to_string()]);
-    let restore = steps["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "restore" && s["item"] == 0)
-        .unwrap_or_else(|| panic!("no restore step: {steps:#}"))["output"]
-        .clone();
+    let restore = step_output(&steps, "restore", 0);
     assert_eq!(restore["point"], intact.as_str(), "{restore:#}");
     assert_eq!(restore["site"], "site2", "{restore:#}");
     assert_eq!(restore["datastore"], "site2-store", "{restore:#}");
@@ -135,12 +129,8 @@ fn recovery_failover_restores_the_newest_intact_point_and_names_what_it_skipped(
     assert_eq!(lab.bindings(), users(0..6));
 
     // The incident says it, on its timeline and in its resolving note.
-    let incident = steps["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "incident")
-        .and_then(|s| s["output"]["incident"].as_i64())
+    let incident = step_output(&steps, "incident", -1)["incident"]
+        .as_i64()
         .unwrap_or_else(|| panic!("the job opened no incident: {steps:#}"));
     let inc = lab.json(&["incidents", "show", &incident.to_string()]);
     let timeline = inc["timeline"].to_string();
@@ -201,13 +191,7 @@ fn recovery_a_drill_passes_on_the_init_configuration() {
     let v = lab.json(&["runbook", "run", "drill", "-p", "vm=pbx1", "--wait"]);
     assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
     let steps = lab.json(&["runbook", "steps", &v["job"]["id"].to_string()]);
-    let report = steps["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "report")
-        .unwrap_or_else(|| panic!("no report: {steps:#}"))["output"]
-        .clone();
+    let report = step_output(&steps, "report", -1);
     assert_eq!(report["ok"], true, "{report:#}");
     assert_eq!(report["vms"][0]["vm"], "pbx1", "{report:#}");
     assert!(
@@ -265,13 +249,7 @@ fn fail_over(lab: &Lab, site: &str) -> String {
     ]);
     assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
     let steps = lab.json(&["runbook", "steps", &v["job"]["id"].to_string()]);
-    let restore = steps["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "restore" && s["item"] == 0)
-        .unwrap_or_else(|| panic!("no restore: {steps:#}"))["output"]
-        .clone();
+    let restore = step_output(&steps, "restore", 0);
     let vm = lab.json(&["vm", "status", "pbx1"]);
     assert_eq!(vm["active_site"], restore["site"], "{vm:#}");
     restore["site"].as_str().unwrap().to_string()
@@ -302,22 +280,6 @@ fn recovery_a_vm_fails_over_again_down_its_list_of_dr_sites_then_home() {
     lab.wait_sip();
     assert_eq!(lab.bindings(), users(0..9));
 }
-
-const TENANTS: &str = r#"
-[tenants.acme]
-[tenants.globex]
-[vms.other]
-host = "site1-host1"
-dr_site = "site2"
-command = "sleep"
-args = ["600"]
-tenant = "globex"
-[groups.silver]
-members = ["other"]
-schedule = "0 0 1 1 *"
-datastores = ["site1-store"]
-tenant = "globex"
-"#;
 
 /// (status, body) of `method path` with `token`.
 fn call(lab: &Lab, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
@@ -356,7 +318,7 @@ fn recovery_a_tenant_names_only_its_own_objects() {
     let gsip = free_port();
     let lab = Lab::new(LabOptions {
         vm: Some("command = \"sleep\"\nargs = [\"600\"]\ntenant = \"acme\"".into()),
-        extra: TENANTS,
+        extra: crate::auth::TENANTS_AND_ANOTHER_VM,
         // (Appended after `extra`.)
         watch: format!(
             "[services.gsvc]\nvm = \"other\"\nlisten = \"127.0.0.1:{front}\"\nprotocols = [\"udp\"]\nbackends = {{ site1 = \"127.0.0.1:{gsip}\", site2 = \"127.0.0.1:{gsip}\" }}\n"
@@ -507,15 +469,7 @@ fn recovery_a_move_keeps_every_write_when_the_agents_clock_is_ahead() {
         ]);
         assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
         let steps = lab.json(&["runbook", "steps", &v["job"]["id"].to_string()]);
-        let out = |id: &str| {
-            steps["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["step"] == id)
-                .unwrap_or_else(|| panic!("no step {id}: {steps:#}"))["output"]
-                .clone()
-        };
+        let out = |id: &str| step_output(&steps, id, -1);
         let final_point = out("final")["points"][0].clone();
         assert_ne!(final_point["reused"], true, "{final_point:#}");
         assert_ne!(final_point["point"], early["id"], "{final_point:#}");
@@ -565,14 +519,16 @@ fn heal_job(lab: &Lab) -> Value {
     }
 }
 
-fn step_output(steps: &Value, id: &str) -> Value {
+/// The output of step `id` (item `item`, -1 without `for_each`) of a
+/// runbook job's steps.
+fn step_output(steps: &Value, id: &str, item: i64) -> Value {
     steps["steps"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["step"] == id)
-        .map(|s| s["output"].clone())
-        .unwrap_or(Value::Null)
+        .find(|s| s["step"] == id && s["item"] == item)
+        .unwrap_or_else(|| panic!("no step {id}[{item}]: {steps:#}"))["output"]
+        .clone()
 }
 
 /// Healing one VNF in place: a killed VNF (the hypervisor reports it
@@ -592,12 +548,12 @@ fn recovery_a_killed_vnf_is_restarted_in_place() {
     crate::watch::nix_kill(pid);
     let steps = heal_job(&lab);
     assert_eq!(steps["job"]["status"], "succeeded", "{steps:#}");
-    let r = step_output(&steps, "restart");
+    let r = step_output(&steps, "restart", -1);
     assert_eq!(r["healed"], true, "{r:#}");
     assert_eq!(r["host"], "site1-host1", "{r:#}");
     assert!(r["attempts"].as_u64().unwrap() >= 1, "{r:#}");
     assert_eq!(r["checked"], "probe pbx1-sip", "{r:#}");
-    assert!(step_output(&steps, "restore").is_null(), "{steps:#}");
+    assert!(step_output(&steps, "restore", -1).is_null(), "{steps:#}");
     lab.wait_sip();
     eprintln!(
         "heal in place: killed VNF answering again {:.2} s after the kill (restart step {:.2} s)",
@@ -628,11 +584,11 @@ fn recovery_a_vnf_whose_host_lost_its_disk_comes_back_at_its_dr_site() {
     crate::watch::nix_kill(pid);
     let steps = heal_job(&lab);
     assert_eq!(steps["job"]["status"], "succeeded", "{steps:#}");
-    let r = step_output(&steps, "restart");
+    let r = step_output(&steps, "restart", -1);
     assert_eq!(r["healed"], false, "{r:#}");
     assert_eq!(r["host_answers"], true, "{r:#}");
     assert!(r["failures"].to_string().contains("missing"), "{r:#}");
-    let restored = step_output(&steps, "restore");
+    let restored = step_output(&steps, "restore", -1);
     assert_eq!(restored["site"], "site2", "{restored:#}");
     lab.wait_sip();
     let vm = lab.json(&["vm", "status", "pbx1"]);
@@ -780,7 +736,7 @@ fn recovery_figures() {
         let v = lab.json(&["runbook", "run", "restore-older", "-p", "vm=pbx1", "--wait"]);
         assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
         let steps = lab.json(&["runbook", "steps", &v["job"]["id"].to_string()]);
-        let out = step_output(&steps, "restore");
+        let out = step_output(&steps, "restore", -1);
         (
             out["seconds"].as_f64().unwrap(),
             out["skipped"].as_array().map_or(0, |s| s.len()),

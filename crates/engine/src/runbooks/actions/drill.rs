@@ -206,11 +206,7 @@ async fn drill_report(input: DrillReportOf, ctx: &ActionCtx) -> Result<DrillRepo
                 let skipped = if v.skipped.is_empty() {
                     String::new()
                 } else {
-                    let each: Vec<String> = v
-                        .skipped
-                        .iter()
-                        .map(|s| format!("{} ({})", s.point, s.reasons.join("; ")))
-                        .collect();
+                    let each: Vec<String> = v.skipped.iter().map(ToString::to_string).collect();
                     format!(
                         " after skipping {} newer point(s) that did not restore: {}",
                         each.len(),

@@ -348,10 +348,7 @@ fn skipped_text(skipped: &[PointSkipped]) -> String {
     if skipped.is_empty() {
         return String::new();
     }
-    let each: Vec<String> = skipped
-        .iter()
-        .map(|s| format!("{} ({})", s.point, s.reasons.join("; ")))
-        .collect();
+    let each: Vec<String> = skipped.iter().map(ToString::to_string).collect();
     format!("; skipped: {}", each.join(", "))
 }
 
