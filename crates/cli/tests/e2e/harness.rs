@@ -559,6 +559,14 @@ impl Drop for Lab {
             let _ = self.run(&["vm", "stop", "pbx1"]);
         }
         self.stop_server();
+        // And whatever still runs from the in-process agents' hosts (a VM
+        // a runbook restarted as the lab ended) is killed.
+        for dir in ["controller", "controller-b"] {
+            let hosts = self.path(&format!("{dir}/hosts"));
+            for e in std::fs::read_dir(hosts).into_iter().flatten().flatten() {
+                kill_agent_vms(&e.path());
+            }
+        }
     }
 }
 

@@ -500,11 +500,29 @@ timeout = "400ms"
 labels = { vm = "pbx1", site = "site1", scope = "service" }
 "#;
 
-/// The first `heal-vm` job once it has ended, with its steps.
-fn heal_job(lab: &Lab) -> Value {
-    let id = lab
-        .wait_runbook_job("heal-vm", std::time::Duration::from_secs(30))
-        .unwrap_or_else(|jobs| panic!("no heal-vm job: {jobs:#}"));
+/// The first `heal-vm` job after job `after` once it has ended, with its
+/// steps.
+fn heal_job(lab: &Lab, after: i64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let id = loop {
+        let jobs = lab.json(&["jobs", "list"]);
+        if let Some(id) = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["kind"] == "runbook" && j["target"] == "heal-vm")
+            .filter_map(|j| j["id"].as_i64())
+            .filter(|id| *id > after)
+            .min()
+        {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no heal-vm job after job {after}: {jobs:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         let v = lab.json(&["runbook", "steps", &id.to_string()]);
@@ -546,7 +564,7 @@ fn recovery_a_killed_vnf_is_restarted_in_place() {
     let pid = lab.json(&["vm", "status", "pbx1"])["pid"].as_u64().unwrap();
     let killed = std::time::Instant::now();
     crate::watch::nix_kill(pid);
-    let steps = heal_job(&lab);
+    let steps = heal_job(&lab, 0);
     assert_eq!(steps["job"]["status"], "succeeded", "{steps:#}");
     let r = step_output(&steps, "restart", -1);
     assert_eq!(r["healed"], true, "{r:#}");
@@ -564,6 +582,47 @@ fn recovery_a_killed_vnf_is_restarted_in_place() {
     assert_eq!(vm["active_site"], "site1", "{vm:#}");
     assert_ne!(vm["pid"].as_u64(), Some(pid), "{vm:#}");
     assert_eq!(lab.bindings(), users(0..3));
+    // Stopped on request, it stops answering too (vnf-down), but it did
+    // not crash: heal-vm leaves it stopped.
+    // Once the kill's alerts have cleared, and after every job so far.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while lab
+        .json(&["alerts", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| {
+            a["labels"]["vm"] == "pbx1"
+                && matches!(a["rule"].as_str(), Some("vnf-down" | "vm-crashed"))
+        })
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kill's alerts did not clear"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let last = lab
+        .json(&["jobs", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["id"].as_i64())
+        .max()
+        .unwrap();
+    lab.json(&["vm", "stop", "pbx1"]);
+    let steps = heal_job(&lab, last);
+    let r = step_output(&steps, "restart", -1);
+    assert_eq!(r["healed"], false, "{r:#}");
+    assert!(
+        r["left_alone"]
+            .as_str()
+            .is_some_and(|w| w.contains("stopped on request")),
+        "{r:#}"
+    );
+    assert_eq!(r["attempts"], 0, "{r:#}");
+    let vm = lab.json(&["vm", "status", "pbx1"]);
+    assert_eq!(vm["state"], "stopped", "{vm:#}");
 }
 
 /// Healing one VNF at its DR site: its host lost its disk, so it does not
@@ -582,7 +641,7 @@ fn recovery_a_vnf_whose_host_lost_its_disk_comes_back_at_its_dr_site() {
     let pid = lab.json(&["vm", "status", "pbx1"])["pid"].as_u64().unwrap();
     std::fs::remove_file(lab.path("site1/disks/pbx1/data.img")).unwrap();
     crate::watch::nix_kill(pid);
-    let steps = heal_job(&lab);
+    let steps = heal_job(&lab, 0);
     assert_eq!(steps["job"]["status"], "succeeded", "{steps:#}");
     let r = step_output(&steps, "restart", -1);
     assert_eq!(r["healed"], false, "{r:#}");

@@ -155,6 +155,16 @@ async fn restart(input: VmRestart, ctx: &ActionCtx) -> Result<VmRestarted, Engin
                 return done(out);
             }
         };
+        // Stopped on request (an operator's `vm stop`, a job's): not a
+        // crash, and not this runbook's to undo. Only before the first
+        // attempt: later, a stop is this step's own (a hung VM).
+        if n == 1 && state == VmState::Stopped {
+            out.left_alone = Some(format!(
+                "vm {vm} was stopped on request at {}, it did not crash: not restarted",
+                rec.active_host
+            ));
+            return done(out);
+        }
         // Never while its site is fenced, down or cut off.
         if let Some(why) = site_trouble(ctx, &rec.active_site, state == VmState::Running).await? {
             out.left_alone = Some(format!("{why}: left to fencing and failover-site"));
