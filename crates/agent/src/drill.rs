@@ -142,6 +142,13 @@ fn state_path(dir: &Path) -> PathBuf {
     dir.join("drill.json")
 }
 
+fn write_state(dir: &Path, st: &DrillState) -> Result<(), AgentError> {
+    let tmp = dir.join("drill.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(st).unwrap_or_default())
+        .and_then(|_| std::fs::rename(&tmp, state_path(dir)))
+        .map_err(AgentError::io(format!("unable to record drill {}", st.id)))
+}
+
 fn read_state(dir: &Path) -> Result<Option<DrillState>, AgentError> {
     match std::fs::read(state_path(dir)) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
@@ -367,11 +374,11 @@ pub async fn start(
         kind,
         boot_allowance_seconds: boot_allowance.as_secs_f64(),
         skipped: Vec::new(),
+        tier: None,
+        waited_seconds: 0.0,
+        answered_at: None,
     };
-    let tmp = dir.join("drill.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&st).unwrap_or_default())
-        .and_then(|_| std::fs::rename(&tmp, state_path(&dir)))
-        .map_err(AgentError::io(format!("unable to record drill {id}")))?;
+    write_state(&dir, &st)?;
     tracing::info!(drill = id, vm, site, point = %st.point, netns = %st.netns, kind = ?kind, "drill copy booted");
     Ok(st)
 }
@@ -408,7 +415,20 @@ pub async fn probe(
             .await
             .map_err(|e| AgentError::Internal(e.to_string()))?;
         if o.ok {
-            let rto = (Utc::now() - st.started_at).num_milliseconds() as f64 / 1000.0;
+            // The RTO counts to the first answer anyone saw (a later
+            // probe, after the copies of a plan's next tiers booted, says
+            // the same).
+            let first = match st.answered_at {
+                Some(t) => t,
+                None => {
+                    let now = Utc::now();
+                    let mut seen = st.clone();
+                    seen.answered_at = Some(now);
+                    write_state(&drills.join(id), &seen)?;
+                    now
+                }
+            };
+            let rto = (first - st.started_at).num_milliseconds() as f64 / 1000.0;
             return Ok(DrillProbed {
                 drill: id.to_string(),
                 rto_seconds: rto,

@@ -190,6 +190,11 @@ pub struct PointRestore {
     /// step fails and says which points it skipped.
     #[serde(default)]
     pub max_data_age: Option<Span>,
+    /// With `start`: restore at once, but start only once the tier before
+    /// the VM's in its recovery plan is up (`vm.list` gives each VM's
+    /// `after`); none: start as soon as restored.
+    #[serde(default)]
+    pub after: Option<standby_types::outcome::TierWait>,
 }
 
 /// What a restore does when its point cannot be read.
@@ -304,6 +309,11 @@ pub struct DrillStart {
     /// Point id (default: newest intact at the site).
     #[serde(default)]
     pub point: Option<Text>,
+    /// Boot only once the copies of the tier before the VM's in its
+    /// recovery plan answer (`vm.list` gives each VM's `after`); their
+    /// drill ids are this id with the VM's name replaced by theirs.
+    #[serde(default)]
+    pub after: Option<standby_types::outcome::TierWait>,
 }
 action!(
     DrillStart,
@@ -382,6 +392,9 @@ pub struct Booted {
     /// Newer points skipped because no reachable copy restored them.
     #[serde(default)]
     pub skipped: Vec<standby_types::outcome::PointSkipped>,
+    /// When its restore began.
+    #[serde(default)]
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What `drill.report` reads of a `drill.probe` output ([`DrillProbed`]).

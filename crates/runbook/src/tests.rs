@@ -357,6 +357,22 @@ fn failover_site_resolves_with_the_measured_rto_and_data_loss_window() {
         note.contains("after skipping 1 newer point(s) that did not restore: pbx1@new (site2-store: corrupt chunk; site1-store: point missing)"),
         "{note}"
     );
+    // A recovery plan: each tier's start from the trigger, and the target.
+    let mut planned = raw.clone();
+    planned["steps"]["restore"]["output"][1] = json!(
+        {"vm": "fe1", "site": "site2", "point": "fe1@t", "data_age_seconds": 5.0, "point_time_epoch": 96.0, "seconds": 3.0, "at_epoch": 109.5, "tier": 2}
+    );
+    planned["steps"]["vms"] = json!({"output": {"plans": [
+        {"name": "pbx", "rto_target_seconds": 9.0, "tiers": [["pbx1"], ["fe1"]]}
+    ]}});
+    let note = render(&with, &template::context(&planned), "with").unwrap()["note"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        note.contains("Plan pbx: tier 1 (pbx1) started at 6.0 s, tier 2 (fe1) started at 9.5 s; its last tier started AFTER the plan's RTO target of 9.0 s."),
+        "{note}"
+    );
 }
 
 #[test]

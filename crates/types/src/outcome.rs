@@ -55,6 +55,9 @@ pub struct VmsListed {
     pub vms: Vec<ListedVm>,
     /// Front-door services of those VMs.
     pub services: Vec<ListedService>,
+    /// The recovery plans those VMs are in.
+    #[serde(default)]
+    pub plans: Vec<ListedPlan>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -76,6 +79,46 @@ pub struct ListedVm {
     pub state: String,
     /// The configured probe about it (label `vm`), if any.
     pub probe: Option<String>,
+    /// Its recovery plan and tier (1-based), if it is in one.
+    #[serde(default)]
+    pub plan: Option<String>,
+    #[serde(default)]
+    pub tier: Option<u32>,
+    /// Higher comes back first within its tier.
+    #[serde(default)]
+    pub priority: i32,
+    /// What it waits for before it starts: the tier before it in its plan
+    /// (none: nothing, it starts as soon as it is restored).
+    #[serde(default)]
+    pub after: Option<TierWait>,
+}
+
+/// What a VM of a recovery plan waits for before it starts: the VMs of
+/// the tier before its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TierWait {
+    pub plan: String,
+    /// Its own tier, 1-based.
+    pub tier: u32,
+    /// The VMs of the tier before.
+    pub vms: Vec<String>,
+    /// None: until each answers its check where it runs (its front-door
+    /// service, else its own probe, else running); else this long after
+    /// they all run.
+    #[serde(default)]
+    pub delay_seconds: Option<f64>,
+    /// How long to wait at most.
+    pub timeout_seconds: f64,
+}
+
+/// A recovery plan of the VMs listed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ListedPlan {
+    pub name: String,
+    pub rto_target_seconds: Option<f64>,
+    /// The VMs of each tier, in order.
+    pub tiers: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -220,6 +263,15 @@ pub struct PointRestored {
     /// first.
     #[serde(default)]
     pub skipped: Vec<PointSkipped>,
+    /// Its recovery plan tier, if it waited for one before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<u32>,
+    /// Time spent restored but waiting for the tier before it.
+    #[serde(default)]
+    pub waited_seconds: f64,
+    /// What it waited for, and how each showed it was up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waited_for: Vec<String>,
 }
 
 /// A point a restore or a drill went past because no copy it could reach
@@ -371,6 +423,16 @@ pub struct DrillState {
     /// Newer points skipped because no reachable copy restored them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<PointSkipped>,
+    /// Its recovery plan tier, if it waited for the copies of the tier
+    /// before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<u32>,
+    /// Time spent waiting for them before its restore began.
+    #[serde(default)]
+    pub waited_seconds: f64,
+    /// When its copy first answered a probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<DateTime<Utc>>,
 }
 
 /// A drill's copy answered its probe.
@@ -418,6 +480,20 @@ pub struct DrilledVm {
     /// failover either).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<PointSkipped>,
+    /// When its copy first answered, in seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_epoch: Option<f64>,
+}
+
+/// A tier of a recovery plan in a drill: its VMs, and the time from the
+/// drill's first restore to the last of them answering.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TierTime {
+    pub plan: String,
+    pub tier: u32,
+    pub vms: Vec<String>,
+    /// None: one of them never answered.
+    pub seconds: Option<f64>,
 }
 
 /// A drill's report.
@@ -430,6 +506,9 @@ pub struct DrillReport {
     pub failures: Vec<String>,
     /// One line for people.
     pub summary: String,
+    /// Each tier of the recovery plans drilled, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<TierTime>,
 }
 
 /// An incident a runbook opened (or found open with the same dedup key).

@@ -459,10 +459,21 @@ probe = "sip"
                 data: lab.path(name),
             })
             .collect();
-        wait_until("the agent to run pbx1", Duration::from_secs(30), || {
+        // Under load the agents may take a while to answer; the last
+        // refusal is named if they never do.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
             let out = lab.run(&["--json", "vm", "start", "pbx1"]);
-            out.status.success().then_some(())
-        });
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agents did not run pbx1 within 60 s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         lab.wait_sip();
         lab.json(&["protect", "run", "gold"]);
 

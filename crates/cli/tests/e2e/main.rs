@@ -26,6 +26,7 @@ mod protect_restore;
 mod protocol;
 mod qemu;
 mod recovery;
+mod recovery_plans;
 mod runbooks;
 mod scheduler;
 mod site_data;

@@ -539,7 +539,7 @@ fn heal_job(lab: &Lab, after: i64) -> Value {
 
 /// The output of step `id` (item `item`, -1 without `for_each`) of a
 /// runbook job's steps.
-fn step_output(steps: &Value, id: &str, item: i64) -> Value {
+pub(crate) fn step_output(steps: &Value, id: &str, item: i64) -> Value {
     steps["steps"]
         .as_array()
         .unwrap()

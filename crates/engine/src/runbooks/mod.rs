@@ -409,9 +409,16 @@ async fn run_step(
         let mut c = ctx.clone();
         c["item"] = item;
         c["index"] = json!(i);
-        let (ctl, jr, step, sem) = (ctl.clone(), jr.clone(), step.clone(), sem.clone());
+        let (ctl, jr, step) = (ctl.clone(), jr.clone(), step.clone());
+        // Items take their slots in list order: an item may wait for one
+        // before it (a recovery plan's tiers), never the other way round.
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| EngineError::Internal(format!("for_each slots: {e}")))?;
         set.spawn(async move {
-            let _permit = sem.acquire_owned().await;
+            let _permit = permit;
             (i, run_item(&ctl, &jr, pos, &step, i as i64, c).await)
         });
     }

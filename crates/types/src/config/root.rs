@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::controller::{Controller, Pki, TenantConfig};
 use super::datastores::DatastoreConfig;
 use super::dns::DnsConfig;
+use super::plans::{Plan, PlanPlace};
 use super::probes::ProbeConfig;
 use super::services::ServiceConfig;
 use super::sites::{AgentConfig, Host, Site};
@@ -56,6 +57,9 @@ pub struct Config {
     /// Mutual TLS between the controller and agents, and between agents.
     #[serde(default)]
     pub pki: Option<Pki>,
+    /// Recovery plans: the order in which VMs come back.
+    #[serde(default)]
+    pub plans: BTreeMap<String, Plan>,
     /// Self-fencing of cut-off sites (none: a failover needs a confirmed
     /// fence: the agent's answer, a power fence or an operator).
     #[serde(default)]
@@ -150,5 +154,20 @@ impl Config {
             .filter(|(_, g)| g.members.iter().any(|m| m == vm))
             .map(|(n, _)| n.as_str())
             .collect()
+    }
+}
+
+impl Config {
+    /// The plan and tier VM `vm` is in, if any.
+    pub fn plan_of(&self, vm: &str) -> Option<PlanPlace<'_>> {
+        self.plans.iter().find_map(|(name, p)| {
+            p.tier_vms(&self.groups)
+                .iter()
+                .position(|t| t.iter().any(|v| v == vm))
+                .map(|i| PlanPlace {
+                    plan: name,
+                    tier: i + 1,
+                })
+        })
     }
 }

@@ -892,3 +892,80 @@ fn dr_sites_are_an_ordered_list_of_other_sites() {
         assert!(err.message.contains(says), "{to}: {err}");
     }
 }
+
+fn parse_with(extra: &str) -> Result<Config, ConfigError> {
+    parse(&format!("{EXAMPLE}\n{extra}"))
+}
+
+#[test]
+fn a_plan_reads_its_tiers_and_places_each_vm() {
+    let cfg = parse_with(
+        r#"
+[plans.pbx]
+rto_target = "5m"
+[[plans.pbx.tiers]]
+groups = ["gold"]
+[[plans.pbx.tiers]]
+vms = []
+groups = []
+"#,
+    );
+    let err = cfg.unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("plans.pbx.tiers.1"), "{err}");
+    assert!(err.message.contains("needs vms or groups"), "{err}");
+    let cfg = parse_with(
+        "[plans.pbx]\nrto_target = \"5m\"\n[[plans.pbx.tiers]]\ngroups = [\"gold\"]\nafter = \"30s\"\nwait = \"1m\"\n",
+    )
+    .unwrap();
+    let plan = &cfg.plans["pbx"];
+    assert_eq!(plan.rto_target, Some(Duration::from_secs(300)));
+    assert_eq!(
+        plan.tiers[0].after,
+        TierStart::Delay(Duration::from_secs(30))
+    );
+    assert_eq!(plan.tiers[0].wait, Duration::from_secs(60));
+    assert_eq!(plan.tier_vms(&cfg.groups), vec![vec!["pbx1".to_string()]]);
+    assert_eq!(
+        cfg.plan_of("pbx1"),
+        Some(PlanPlace {
+            plan: "pbx",
+            tier: 1
+        })
+    );
+}
+
+#[test]
+fn bad_plans_are_named() {
+    for (extra, field, says) in [
+        (
+            "[plans.p]\ntiers = []\n",
+            "plans.p.tiers",
+            "at least one tier",
+        ),
+        (
+            "[plans.p]\n[[plans.p.tiers]]\nvms = [\"nope\"]\n",
+            "plans.p.tiers.0.vms.0",
+            "unknown vm 'nope'",
+        ),
+        (
+            "[plans.p]\n[[plans.p.tiers]]\ngroups = [\"nope\"]\n",
+            "plans.p.tiers.0.groups.0",
+            "unknown group 'nope'",
+        ),
+        (
+            "[plans.p]\n[[plans.p.tiers]]\nvms = [\"pbx1\"]\n[[plans.p.tiers]]\ngroups = [\"gold\"]\n",
+            "plans.p.tiers.1",
+            "already in tier 1 of plan 'p'",
+        ),
+    ] {
+        let err = parse_with(extra).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some(field), "{extra}: {err}");
+        assert!(err.message.contains(says), "{extra}: {err}");
+    }
+    let err = parse_with("[plans.p]\n[[plans.p.tiers]]\nvms = [\"pbx1\"]\nafter = \"soon\"\n")
+        .unwrap_err();
+    assert!(
+        err.message.contains("neither 'probes' nor a delay"),
+        "{err}"
+    );
+}

@@ -71,6 +71,7 @@ impl Config {
             ("vms", self.vms.keys().collect()),
             ("groups", self.groups.keys().collect()),
             ("services", self.services.keys().collect()),
+            ("plans", self.plans.keys().collect()),
             ("tenants", self.tenants.keys().collect()),
         ] {
             if let Some(bad) = names.into_iter().find(|n| !name_ok(n)) {
@@ -311,6 +312,7 @@ impl Config {
             ha.validate(&self.agents)?;
         }
         self.validate_watch()?;
+        self.validate_plans()?;
         self.validate_services()
     }
 
@@ -431,6 +433,57 @@ impl Config {
                         p(&["vms", name, "qemu", "forwards", &i.to_string()]),
                         format!("{addr}:{} is forwarded twice", f.host_port),
                     ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate_plans(&self) -> Result<(), (Vec<String>, String)> {
+        let p = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Each VM in one tier of one plan.
+        let mut placed: std::collections::BTreeMap<String, (String, usize)> =
+            std::collections::BTreeMap::new();
+        for (name, plan) in &self.plans {
+            if plan.tiers.is_empty() {
+                return Err((
+                    p(&["plans", name, "tiers"]),
+                    "a plan needs at least one tier".into(),
+                ));
+            }
+            for (i, t) in plan.tiers.iter().enumerate() {
+                let at = |f: &str, j: usize| {
+                    p(&["plans", name, "tiers", &i.to_string(), f, &j.to_string()])
+                };
+                for (j, vm) in t.vms.iter().enumerate() {
+                    if !self.vms.contains_key(vm) {
+                        return Err((at("vms", j), format!("unknown vm '{vm}'")));
+                    }
+                }
+                for (j, g) in t.groups.iter().enumerate() {
+                    if !self.groups.contains_key(g) {
+                        return Err((at("groups", j), format!("unknown group '{g}'")));
+                    }
+                }
+                if t.vms.is_empty() && t.groups.is_empty() {
+                    return Err((
+                        p(&["plans", name, "tiers", &i.to_string()]),
+                        "a tier needs vms or groups".into(),
+                    ));
+                }
+            }
+            for (i, vms) in plan.tier_vms(&self.groups).into_iter().enumerate() {
+                for vm in vms {
+                    if let Some((other, tier)) = placed.get(&vm) {
+                        return Err((
+                            p(&["plans", name, "tiers", &i.to_string()]),
+                            format!(
+                                "vm '{vm}' is already in tier {} of plan '{other}': a VM comes back in one place of one plan",
+                                tier + 1
+                            ),
+                        ));
+                    }
+                    placed.insert(vm, (name.clone(), i));
                 }
             }
         }

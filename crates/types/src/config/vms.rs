@@ -47,6 +47,10 @@ pub struct Vm {
     /// The tenant that owns the VM (none: operators' own).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// Higher comes back first among the VMs of its plan tier (or of a
+    /// failover without a plan); default 0.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 impl Vm {

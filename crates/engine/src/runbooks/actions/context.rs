@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use standby_db::{StepRecord, StepState};
 use standby_runbook::scalar::Int;
-use standby_types::watch::ProbeCheck;
+use std::time::Duration;
+
+use standby_types::watch::{ProbeCheck, ProbeSpec};
 
 use crate::controller::Controller;
 use crate::error::EngineError;
@@ -136,4 +138,37 @@ pub(super) fn service_check(
         },
         _ => ProbeCheck::Tcp { target },
     })
+}
+
+/// How the VM shows it works: its first front-door service's check at the
+/// site where it runs, else its own probe, else (none) running is enough.
+pub(super) fn check_of(ctl: &Controller, vm: &str, site: &str) -> Option<(String, ProbeCheck)> {
+    if let Some(s) = services_of(ctl, vm).into_iter().next()
+        && let Ok(c) = service_check(ctl, &s, site)
+    {
+        return Some((format!("service {s}"), c));
+    }
+    // Its own probe, when that probe is about the site where it runs (a
+    // probe of its home address says nothing of it at its DR site).
+    let p = probe_of(ctl, vm)?;
+    let cfg = &ctl.cfg.probes[&p];
+    if cfg.labels.get("site").is_some_and(|s| s != site) {
+        return None;
+    }
+    let c = cfg.check().ok()?;
+    Some((format!("probe {p}"), c))
+}
+
+/// Whether `check` passes once now (its failure's detail if not).
+pub(super) async fn answers(check: &ProbeCheck, name: String) -> Result<(), String> {
+    let spec = ProbeSpec {
+        name,
+        check: check.clone(),
+        interval: Duration::from_millis(500),
+        timeout: Duration::from_millis(500),
+        attempts: 1,
+        labels: Default::default(),
+    };
+    let o = standby_monitor::probe::run(&spec).await;
+    if o.ok { Ok(()) } else { Err(o.detail) }
 }

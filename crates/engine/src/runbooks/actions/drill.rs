@@ -3,19 +3,27 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use standby_runbook::catalog::{DrillProbe, DrillReportOf, DrillStart, Probed, TornDown};
+use standby_runbook::catalog::{Booted, DrillProbe, DrillReportOf, DrillStart, Probed, TornDown};
 use standby_runbook::scalar::Text;
-use standby_types::outcome::{CopyKind, DrillProbed, DrillReport, DrillState, DrilledVm};
+use standby_types::outcome::{
+    CopyKind, DrillProbed, DrillReport, DrillState, DrilledVm, TierTime, TierWait,
+};
 use standby_types::watch::{ProbeCheck, Severity};
 
 use super::Perform;
 use super::context::{ActionCtx, probe_of, service_check, services_of};
-use crate::error::EngineError;
+use crate::error::{EngineError, error_chain};
 
 impl Perform for DrillStart {
     async fn perform(self, ctx: &ActionCtx) -> Result<DrillState, EngineError> {
         let progress = std::sync::Arc::new(crate::jobs::JobProgress::default());
-        crate::drill::start(
+        // A tier of a recovery plan boots once the copies of the tier
+        // before answer (or a delay after they booted).
+        let waited = match &self.after {
+            Some(w) => Some(wait_copies(ctx, w, self.id.as_str(), self.vm.as_str()).await?),
+            None => None,
+        };
+        let mut st = crate::drill::start(
             &ctx.ctl,
             self.id.as_str(),
             self.vm.as_str(),
@@ -23,8 +31,43 @@ impl Perform for DrillStart {
             self.point.as_ref().map(Text::as_str),
             progress,
         )
-        .await
+        .await?;
+        if let (Some(w), Some(after)) = (waited, &self.after) {
+            st.tier = Some(after.tier);
+            st.waited_seconds = w.seconds;
+        }
+        Ok(st)
     }
+}
+
+/// Wait until the drill copy of every VM of `wait` answers: the copies of
+/// drill `id` (of `vm`) share its id with the VM's name replaced.
+async fn wait_copies(
+    ctx: &ActionCtx,
+    wait: &TierWait,
+    id: &str,
+    vm: &str,
+) -> Result<super::tiers::Waited, EngineError> {
+    let prefix = id.strip_suffix(&format!("-{vm}")).ok_or_else(|| {
+        EngineError::BadRequest(format!(
+            "drill id {id} does not end with -{vm}: with 'after', each copy's id is PREFIX-VM"
+        ))
+    })?;
+    super::tiers::wait_each(wait, |dep, probe| async move {
+        let id = format!("{prefix}-{dep}");
+        let st = crate::drill::state(&ctx.ctl, &id)
+            .map_err(|e| error_chain(&e))?
+            .ok_or_else(|| format!("its copy (drill {id}) has not booted"))?;
+        if !probe {
+            return Ok(format!("{dep}: copy {id} booted"));
+        }
+        let check = copy_check(ctx, &st, None).map_err(|e| error_chain(&e))?;
+        crate::drill::probe(&ctx.ctl, &id, check, Duration::from_millis(500))
+            .await
+            .map(|p| format!("{dep}: copy {id} answered ({})", p.detail))
+            .map_err(|e| error_chain(&e))
+    })
+    .await
 }
 
 /// Probe a drill's copy inside its namespace: `kind` and `port` given, or
@@ -41,12 +84,25 @@ async fn drill_probe(input: DrillProbe, ctx: &ActionCtx) -> Result<DrillProbed, 
     let timeout = input.timeout.map_or(Duration::from_secs(60), |t| t.0);
     let rec =
         crate::drill::state(&ctx.ctl, &id)?.ok_or_else(|| EngineError::not_found("drill", &id))?;
-    let (vm, site) = (rec.vm, rec.site);
+    let given = input.kind.map(String::from).zip(input.port.map(|p| p.0));
+    let check = copy_check(ctx, &rec, given)?;
+    crate::drill::probe(&ctx.ctl, &id, check, timeout).await
+}
+
+/// How to probe a drill's copy: `kind` and `port` when given, else the
+/// VM's first front-door service's check, else its own probe's, moved to
+/// the copy's loopback.
+pub(super) fn copy_check(
+    ctx: &ActionCtx,
+    rec: &DrillState,
+    given: Option<(String, i64)>,
+) -> Result<ProbeCheck, EngineError> {
+    let (vm, site) = (&rec.vm, &rec.site);
     // A process copy binds the addresses its command line names, in its
     // namespace's loopback; a QEMU copy's forwards are moved to 127.0.0.1.
     let keep = rec.kind == CopyKind::Process;
-    let check = match (input.kind.map(String::from), input.port.map(|p| p.0)) {
-        (Some(kind), Some(port)) => {
+    Ok(match given {
+        Some((kind, port)) => {
             let target = format!("127.0.0.1:{port}");
             match kind.as_str() {
                 "sip" => ProbeCheck::Sip { target },
@@ -63,14 +119,14 @@ async fn drill_probe(input: DrillProbe, ctx: &ActionCtx) -> Result<DrillProbed, 
                 }
             }
         }
-        _ => match services_of(&ctx.ctl, &vm).into_iter().next() {
+        None => match services_of(&ctx.ctl, vm).into_iter().next() {
             // The same check as the front door's service, against the
             // copy's loopback.
-            Some(service) => on_loopback(service_check(&ctx.ctl, &service, &site)?, keep)?,
+            Some(service) => on_loopback(service_check(&ctx.ctl, &service, site)?, keep)?,
             // Else the VM's own probe (labels `vm = NAME`), against the
             // copy's loopback.
             None => {
-                let probe = probe_of(&ctx.ctl, &vm).ok_or_else(|| {
+                let probe = probe_of(&ctx.ctl, vm).ok_or_else(|| {
                     EngineError::BadRequest(format!(
                         "vm {vm} has no front-door service and no probe (a probe with \
                              labels vm = \"{vm}\"): give the drill probe 'kind' and 'port'"
@@ -82,8 +138,7 @@ async fn drill_probe(input: DrillProbe, ctx: &ActionCtx) -> Result<DrillProbed, 
                 on_loopback(check, keep)?
             }
         },
-    };
-    crate::drill::probe(&ctx.ctl, &id, check, timeout).await
+    })
 }
 
 /// The same check against the copy's loopback (the port kept; with
@@ -164,7 +219,13 @@ async fn drill_report(input: DrillReportOf, ctx: &ActionCtx) -> Result<DrillRepo
     let teardowns: Vec<Option<TornDown>> = input.teardown.0;
     let mut vms = Vec::new();
     let mut failed = Vec::new();
-    for b in input.boot.0.into_iter().flatten() {
+    let boots: Vec<Booted> = input.boot.0.into_iter().flatten().collect();
+    // The drill began with its first copy's restore.
+    let began = boots
+        .iter()
+        .filter_map(|b| b.started_at.map(crate::runbooks::epoch))
+        .reduce(f64::min);
+    for b in boots {
         let probe = probes.iter().find(|p| p.vm == b.vm);
         let verified = teardowns
             .iter()
@@ -177,6 +238,9 @@ async fn drill_report(input: DrillReportOf, ctx: &ActionCtx) -> Result<DrillRepo
             failed.push(format!("{}: teardown not verified", b.vm));
         }
         vms.push(DrilledVm {
+            ready_epoch: probe
+                .zip(b.started_at)
+                .map(|(p, at)| crate::runbooks::epoch(at) + p.rto_seconds),
             rto_seconds: probe.map(|p| p.rto_seconds),
             vm: b.vm,
             site: b.site,
@@ -196,6 +260,12 @@ async fn drill_report(input: DrillReportOf, ctx: &ActionCtx) -> Result<DrillRepo
             "{} of {wanted} copies did not boot",
             wanted - booted
         ));
+    }
+    let (tiers, plans) = tier_times(&ctx.ctl.cfg, &vms, began);
+    for (plan, _, missed) in &plans {
+        if *missed {
+            failed.push(format!("plan {plan} missed its RTO target"));
+        }
     }
     let summary = if vms.is_empty() {
         format!("drill of site {site}: nothing was drilled")
@@ -229,7 +299,16 @@ async fn drill_report(input: DrillReportOf, ctx: &ActionCtx) -> Result<DrillRepo
                 )
             })
             .collect();
-        format!("drill of site {site}: {}", parts.join("; "))
+        let plans: Vec<&str> = plans.iter().map(|(_, l, _)| l.as_str()).collect();
+        format!(
+            "drill of site {site}: {}{}",
+            parts.join("; "),
+            if plans.is_empty() {
+                String::new()
+            } else {
+                format!(". {}", plans.join(". "))
+            }
+        )
     };
     let ok = failed.is_empty();
     // Drill reports are events too, so they are found with the rest.
@@ -261,5 +340,76 @@ async fn drill_report(input: DrillReportOf, ctx: &ActionCtx) -> Result<DrillRepo
         ok,
         failures: failed,
         summary,
+        tiers,
     })
+}
+
+/// Each tier of the recovery plans of the drilled VMs: the time from the
+/// drill's start (`began`) to the last of its copies answering; and per
+/// plan one line for people, with its RTO against its target, and
+/// whether it missed it (over it, or a copy of its last tier never
+/// answered).
+fn tier_times(
+    cfg: &standby_types::config::Config,
+    vms: &[DrilledVm],
+    began: Option<f64>,
+) -> (Vec<TierTime>, Vec<(String, String, bool)>) {
+    let mut tiers: Vec<TierTime> = Vec::new();
+    let mut lines = Vec::new();
+    for (name, plan) in &cfg.plans {
+        let mut parts = Vec::new();
+        // The plan's RTO: its slowest tier, none while one is not up.
+        let mut last: Option<Option<f64>> = None;
+        for (i, members) in plan.tier_vms(&cfg.groups).into_iter().enumerate() {
+            let drilled: Vec<&DrilledVm> = vms.iter().filter(|v| members.contains(&v.vm)).collect();
+            if drilled.is_empty() {
+                continue;
+            }
+            let seconds = drilled
+                .iter()
+                .map(|v| v.ready_epoch)
+                .collect::<Option<Vec<f64>>>()
+                .and_then(|r| Some(r.into_iter().reduce(f64::max)? - began?));
+            let names: Vec<String> = drilled.iter().map(|v| v.vm.clone()).collect();
+            parts.push(format!(
+                "tier {} ({}) {}",
+                i + 1,
+                names.join(", "),
+                seconds.map_or_else(|| "not up".to_string(), |s| format!("up at {s:.1} s"))
+            ));
+            last = Some(match (last, seconds) {
+                (None, s) => s,
+                (Some(Some(a)), Some(b)) => Some(a.max(b)),
+                (Some(_), _) => None,
+            });
+            tiers.push(TierTime {
+                plan: name.clone(),
+                tier: i as u32 + 1,
+                vms: names,
+                seconds,
+            });
+        }
+        let Some(rto) = last else { continue };
+        let (target, missed) = match (plan.rto_target, rto) {
+            (None, _) => (String::new(), false),
+            (Some(t), Some(r)) if r <= t.as_secs_f64() => (
+                format!(" against target {}: met", humantime::format_duration(t)),
+                false,
+            ),
+            (Some(t), _) => (
+                format!(" against target {}: MISSED", humantime::format_duration(t)),
+                true,
+            ),
+        };
+        lines.push((
+            name.clone(),
+            format!(
+                "plan {name}: {}; RTO {}{target}",
+                parts.join(", "),
+                rto.map_or_else(|| "not reached".to_string(), |r| format!("{r:.1} s"))
+            ),
+            missed,
+        ));
+    }
+    (tiers, lines)
 }

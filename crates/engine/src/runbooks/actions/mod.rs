@@ -21,6 +21,7 @@ mod misc;
 mod point;
 mod probe;
 mod restart;
+mod tiers;
 mod vm;
 
 pub use context::ActionCtx;

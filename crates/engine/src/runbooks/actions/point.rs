@@ -10,12 +10,14 @@ use standby_runbook::catalog::{PointCreate, PointLatest, PointRestore};
 use standby_runbook::inputs::Fallback;
 use standby_runbook::scalar::Text;
 use standby_types::api::RestoreRequest;
-use standby_types::outcome::{PointFound, PointRestored, PointSkipped, PointTaken, PointsCreated};
+use standby_types::outcome::{
+    PointFound, PointRestored, PointSkipped, PointTaken, PointsCreated, TierWait,
+};
 
 use super::Perform;
 use super::context::ActionCtx;
 use crate::controller::Controller;
-use crate::error::EngineError;
+use crate::error::{EngineError, error_chain};
 use crate::jobs::JobProgress;
 
 impl Perform for PointCreate {
@@ -146,6 +148,10 @@ struct RestoreRecord {
     skipped: Vec<PointSkipped>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result: Option<PointRestored>,
+    /// The point is restored and the VM active at the site; its start
+    /// waits for the tier before it (`after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restored: Option<PointRestored>,
 }
 
 impl Perform for PointRestore {
@@ -161,6 +167,7 @@ async fn point_restore(input: PointRestore, ctx: &ActionCtx) -> Result<PointRest
     let start = input.start.is_some_and(|s| s.0);
     let fallback = input.fallback.unwrap_or_default();
     let max_age = input.max_data_age.map(|s| s.0);
+    let after = input.after;
     let recorded = ctx.recorded::<RestoreRecord>();
     // Recorded result: the restore finished before a crash.
     if let Some(RestoreRecord {
@@ -168,6 +175,20 @@ async fn point_restore(input: PointRestore, ctx: &ActionCtx) -> Result<PointRest
     }) = recorded
     {
         return Ok(done);
+    }
+    // Restored before a crash, its start waiting for its tier: on with
+    // the wait.
+    if let (
+        Some(RestoreRecord {
+            restored: Some(done),
+            point,
+            skipped,
+            ..
+        }),
+        Some(after),
+    ) = (&recorded, &after)
+    {
+        return start_after(ctx, after, done.clone(), point.clone(), skipped.clone()).await;
     }
     // Recorded intent: which point; if the VM is already active at the
     // site (and running, when asked to start), the restore was done.
@@ -199,6 +220,9 @@ async fn point_restore(input: PointRestore, ctx: &ActionCtx) -> Result<PointRest
                 at_epoch: crate::runbooks::epoch(Utc::now()),
                 resumed: true,
                 skipped: skipped.clone(),
+                tier: None,
+                waited_seconds: 0.0,
+                waited_for: Vec::new(),
             });
         }
     }
@@ -256,14 +280,17 @@ async fn point_restore(input: PointRestore, ctx: &ActionCtx) -> Result<PointRest
             point: point.clone(),
             skipped: skipped.clone(),
             result: None,
+            restored: None,
         })
         .await?;
+        // In a recovery plan's tier, it is restored at once (in parallel
+        // with the tier before) but started after it.
         let req = RestoreRequest {
             point: point.clone(),
             site: site.clone(),
             host: None,
             from: None,
-            start,
+            start: start && after.is_none(),
         };
         crate::restore::check(ctl, &req).await?;
         let progress = Arc::new(JobProgress::default());
@@ -306,6 +333,9 @@ async fn point_restore(input: PointRestore, ctx: &ActionCtx) -> Result<PointRest
             at_epoch: crate::runbooks::epoch(now),
             resumed: false,
             skipped: skipped.clone(),
+            tier: None,
+            waited_seconds: 0.0,
+            waited_for: Vec::new(),
         };
         if !skipped.is_empty() {
             note(
@@ -319,10 +349,21 @@ async fn point_restore(input: PointRestore, ctx: &ActionCtx) -> Result<PointRest
             )
             .await;
         }
+        if let (true, Some(after)) = (start, &after) {
+            ctx.record(RestoreRecord {
+                point: point.clone(),
+                skipped: skipped.clone(),
+                result: None,
+                restored: Some(out.clone()),
+            })
+            .await?;
+            return start_after(ctx, after, out, point, skipped).await;
+        }
         ctx.record(RestoreRecord {
             point,
             skipped,
             result: Some(out.clone()),
+            restored: None,
         })
         .await?;
         return Ok(out);
@@ -331,6 +372,52 @@ async fn point_restore(input: PointRestore, ctx: &ActionCtx) -> Result<PointRest
         "vm {vm}: no point restores from any copy at reach{}",
         skipped_text(&skipped)
     )))
+}
+
+/// Start a restored VM once the tier before it in its recovery plan is
+/// up; the result says how long it waited and for what.
+async fn start_after(
+    ctx: &ActionCtx,
+    after: &TierWait,
+    mut out: PointRestored,
+    point: String,
+    skipped: Vec<PointSkipped>,
+) -> Result<PointRestored, EngineError> {
+    let vm = out.vm.clone();
+    let waited = super::tiers::wait_vms(ctx, after).await.map_err(|e| {
+        EngineError::Conflict(format!(
+            "vm {vm} is restored at {} but not started: {}",
+            out.site,
+            error_chain(&e)
+        ))
+    })?;
+    note(
+        ctx,
+        format!(
+            "point.restore {vm}: plan {} tier {} starts after {:.1} s: {}",
+            after.plan,
+            after.tier,
+            waited.seconds,
+            waited.how.join(", ")
+        ),
+    )
+    .await;
+    crate::vms::start(&ctx.ctl, &vm).await?;
+    let now = Utc::now();
+    out.started = Some(true);
+    out.at_epoch = crate::runbooks::epoch(now);
+    out.data_age_seconds = now.timestamp_millis() as f64 / 1000.0 - out.point_time_epoch;
+    out.tier = Some(after.tier);
+    out.waited_seconds = waited.seconds;
+    out.waited_for = waited.how;
+    ctx.record(RestoreRecord {
+        point,
+        skipped,
+        result: Some(out.clone()),
+        restored: None,
+    })
+    .await?;
+    Ok(out)
 }
 
 /// The newest point of `vm` in the catalog.

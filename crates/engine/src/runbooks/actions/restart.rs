@@ -10,49 +10,15 @@ use chrono::Utc;
 use standby_hv::VmState;
 use standby_runbook::catalog::VmRestart;
 use standby_types::outcome::VmRestarted;
-use standby_types::watch::{ProbeCheck, ProbeSpec};
 
 use super::Perform;
-use super::context::{ActionCtx, probe_of, service_check, services_of};
+use super::context::{ActionCtx, answers, check_of};
 use crate::error::{EngineError, error_chain};
 
 impl Perform for VmRestart {
     async fn perform(self, ctx: &ActionCtx) -> Result<VmRestarted, EngineError> {
         restart(self, ctx).await
     }
-}
-
-/// How the VM shows it works: its first front-door service's check at the
-/// site where it runs, else its own probe, else (none) running is enough.
-fn check_of(ctx: &ActionCtx, vm: &str, site: &str) -> Option<(String, ProbeCheck)> {
-    let ctl = &ctx.ctl;
-    if let Some(s) = services_of(ctl, vm).into_iter().next()
-        && let Ok(c) = service_check(ctl, &s, site)
-    {
-        return Some((format!("service {s}"), c));
-    }
-    // Its own probe, when that probe is about the site where it runs (a
-    // probe of its home address says nothing of it at its DR site).
-    let p = probe_of(ctl, vm)?;
-    let cfg = &ctl.cfg.probes[&p];
-    if cfg.labels.get("site").is_some_and(|s| s != site) {
-        return None;
-    }
-    let c = cfg.check().ok()?;
-    Some((format!("probe {p}"), c))
-}
-
-async fn answers(check: &ProbeCheck, name: String) -> Result<(), String> {
-    let spec = ProbeSpec {
-        name,
-        check: check.clone(),
-        interval: Duration::from_millis(500),
-        timeout: Duration::from_millis(500),
-        attempts: 1,
-        labels: Default::default(),
-    };
-    let o = standby_monitor::probe::run(&spec).await;
-    if o.ok { Ok(()) } else { Err(o.detail) }
 }
 
 /// Why a VM at `site` is not to be touched from here, if it is not: the
@@ -103,7 +69,7 @@ async fn restart(input: VmRestart, ctx: &ActionCtx) -> Result<VmRestarted, Engin
     let rec = ctl.repo.vm(&vm).await?;
     let seen_at = input.site.map(String::from).filter(|s| !s.is_empty());
     let agent = ctl.agent(&rec.active_host)?;
-    let check = check_of(ctx, &vm, &rec.active_site);
+    let check = check_of(ctl, &vm, &rec.active_site);
     let mut out = VmRestarted {
         vm: vm.clone(),
         host: rec.active_host.clone(),

@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 
 use standby_runbook::catalog::VmList;
-use standby_types::outcome::{ListedService, ListedVm, VmsListed};
+use standby_types::config::{Config, TierStart};
+use standby_types::outcome::{ListedPlan, ListedService, ListedVm, TierWait, VmsListed};
 use standby_types::watch::AlertState;
 
 use super::Perform;
@@ -77,7 +78,15 @@ impl Perform for VmList {
                     probe,
                 });
             }
+            let place = ctl.cfg.plan_of(&rec.name);
+            let after = place
+                .as_ref()
+                .and_then(|at| tier_wait(&ctl.cfg, at.plan, at.tier));
             vms.push(ListedVm {
+                plan: place.as_ref().map(|at| at.plan.to_string()),
+                tier: place.as_ref().map(|at| at.tier as u32),
+                priority: cfg.priority,
+                after,
                 probe: probe_of(ctl, &rec.name),
                 name: rec.name.clone(),
                 site: rec.active_site.clone(),
@@ -89,8 +98,45 @@ impl Perform for VmList {
                 state,
             });
         }
-        Ok(VmsListed { vms, services })
+        // Tier by tier (a VM in no plan with the first tiers), the
+        // higher priority first: the order restores take their slots in.
+        vms.sort_by_key(|v| (v.tier.unwrap_or(1), std::cmp::Reverse(v.priority)));
+        let names: BTreeSet<&str> = vms.iter().filter_map(|v| v.plan.as_deref()).collect();
+        let plans = names
+            .into_iter()
+            .map(|name| {
+                let plan = &ctl.cfg.plans[name];
+                ListedPlan {
+                    name: name.to_string(),
+                    rto_target_seconds: plan.rto_target.map(|t| t.as_secs_f64()),
+                    tiers: plan.tier_vms(&ctl.cfg.groups),
+                }
+            })
+            .collect();
+        Ok(VmsListed {
+            vms,
+            services,
+            plans,
+        })
     }
+}
+
+/// What a VM of tier `tier` (1-based) of plan `plan` waits for: the VMs
+/// of the tier before (none for the first tier).
+fn tier_wait(cfg: &Config, plan: &str, tier: usize) -> Option<TierWait> {
+    let p = cfg.plans.get(plan)?;
+    let before = p.tier_vms(&cfg.groups).get(tier.checked_sub(2)?)?.clone();
+    let t = &p.tiers[tier - 1];
+    Some(TierWait {
+        plan: plan.to_string(),
+        tier: tier as u32,
+        vms: before,
+        delay_seconds: match t.after {
+            TierStart::Probes => None,
+            TierStart::Delay(d) => Some(d.as_secs_f64()),
+        },
+        timeout_seconds: t.wait.as_secs_f64(),
+    })
 }
 
 /// Where a failover of the site `active` sends a VM now: the first of its
