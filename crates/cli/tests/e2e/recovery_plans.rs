@@ -211,7 +211,9 @@ after = "1s"
     let order: Vec<&str> = r.iter().map(|o| o["vm"].as_str().unwrap()).collect();
     assert_eq!(order, ["db1", "pbx1", "fe1"], "tier by tier: {r:#?}");
     assert!(
-        r[1]["waited_for"].to_string().contains("db1: probe db1-sip answered at site1"),
+        r[1]["waited_for"]
+            .to_string()
+            .contains("db1: probe db1-sip answered at site1"),
         "{:#}",
         r[1]
     );
