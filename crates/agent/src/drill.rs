@@ -341,10 +341,12 @@ pub async fn start(
                 &spec,
                 store,
                 &pid,
+                crate::wire::Onto::Fresh,
                 progress.clone(),
                 Some(&QemuDriver::new(dir.join("run"))),
             )
-            .await?;
+            .await?
+            .bytes;
             (spec, bytes, allowance)
         }
     };

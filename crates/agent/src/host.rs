@@ -320,10 +320,14 @@ impl Agent {
         spec: &VmSpec,
         store: &StoreRef<'_>,
         point: &PointId,
+        onto: crate::wire::Onto,
         progress: Arc<dyn Progress>,
-    ) -> Result<u64, AgentError> {
+    ) -> Result<crate::wire::RestoreDone, AgentError> {
         self.seen.changing();
-        let out = self.exec.restore_point(spec, store, point, progress).await;
+        let out = self
+            .exec
+            .restore_point(spec, store, point, onto, progress)
+            .await;
         self.seen.changing();
         out
     }

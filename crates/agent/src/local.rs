@@ -69,6 +69,9 @@ impl Host for LocalHost {
     }
 
     async fn start(&self, spec: &VmSpec) -> Result<VmStatus, AgentError> {
+        // Never from half-restored disks; and the VM writes to them, so
+        // which point they held is forgotten.
+        crate::onto::before_start(spec)?;
         Ok(self.driver.start(spec).await?)
     }
 
@@ -113,9 +116,11 @@ impl Host for LocalHost {
         spec: &VmSpec,
         store: &StoreRef<'_>,
         point: &PointId,
+        onto: crate::wire::Onto,
         progress: Arc<dyn Progress>,
-    ) -> Result<u64, AgentError> {
-        restore_point(spec, store.opened()?, point, progress, self.qemu.as_deref()).await
+    ) -> Result<crate::wire::RestoreDone, AgentError> {
+        let store = store.opened()?;
+        restore_point(spec, store, point, onto, progress, self.qemu.as_deref()).await
     }
 
     async fn fence(

@@ -108,8 +108,9 @@ pub trait Host: Send + Sync {
         spec: &VmSpec,
         store: &StoreRef<'_>,
         point: &PointId,
+        onto: crate::wire::Onto,
         progress: Arc<dyn Progress>,
-    ) -> Result<u64, AgentError>;
+    ) -> Result<crate::wire::RestoreDone, AgentError>;
     /// Stop what runs here for a fenced site. `vms` are the VMs to look
     /// at (an in-process host stops every one of them that runs; a remote
     /// agent fences itself and stops everything it runs), `placed` those

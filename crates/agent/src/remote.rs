@@ -345,17 +345,18 @@ impl Host for RemoteHost {
         spec: &VmSpec,
         store: &StoreRef<'_>,
         point: &PointId,
+        onto: crate::wire::Onto,
         progress: Arc<dyn Progress>,
-    ) -> Result<u64, AgentError> {
+    ) -> Result<RestoreDone, AgentError> {
         progress.stage(format!("{}: restore by agent {}", spec.name, self.agent), 0);
         let call = RestoreCall {
             spec: spec.clone(),
             datastore: store.name.to_string(),
             config: store.config.clone(),
             point: point.to_string(),
+            onto,
         };
-        let done: RestoreDone = self.call("restore", &call, DATA).await?;
-        Ok(done.bytes)
+        self.call("restore", &call, DATA).await
     }
 
     async fn fence(

@@ -10,17 +10,21 @@ use standby_store::{Datastore, PointId};
 
 use crate::error::AgentError;
 use crate::progress::Progress;
+use crate::wire::{Onto, RestoreDone};
 
 /// Write every disk of `point` to the VM's disk paths in `spec`: all disks
 /// or none. With a qemu driver, a qcow2 disk is restored to a raw file
-/// and converted by [`QemuDriver::install_restored_disk`].
+/// and converted by [`QemuDriver::install_restored_disk`]. With
+/// [`Onto::Delta`] or [`Onto::Replica`], raw disks that are all there
+/// already get only the chunks that differ (see [`crate::onto`]).
 pub async fn restore_point(
     spec: &VmSpec,
     store: &Datastore,
     point: &PointId,
+    onto: Onto,
     progress: Arc<dyn Progress>,
     qemu: Option<&QemuDriver>,
-) -> Result<u64, AgentError> {
+) -> Result<RestoreDone, AgentError> {
     let manifest = {
         let (store, point) = (store.clone(), point.clone());
         tokio::task::spawn_blocking(move || store.load_manifest(&point)).await??
@@ -54,7 +58,11 @@ pub async fn restore_point(
                 .as_ref()
                 .is_some_and(|q| q.disk_format(disk) == DiskFormat::Qcow2)
     };
-    let mut bytes = 0;
+    let any_qcow2 = spec.disks.iter().any(|d| qcow2(&d.name));
+    if onto != Onto::Fresh && !any_qcow2 && crate::onto::can_write_onto(spec) {
+        return crate::onto::restore_onto(spec, store, point, onto, progress).await;
+    }
+    let (mut bytes, mut written) = (0, 0);
     let mut done: Vec<PathBuf> = Vec::new();
     let mut result = Ok(());
     for d in &spec.disks {
@@ -90,11 +98,12 @@ pub async fn restore_point(
                 let _ = std::fs::remove_file(&raw);
                 installed?;
             }
-            Ok::<u64, AgentError>(s.size)
+            Ok::<(u64, u64), AgentError>((s.size, s.bytes_written))
         };
         match step.await {
-            Ok(size) => {
+            Ok((size, w)) => {
                 bytes += size;
+                written += w;
                 done.push(d.path.clone());
             }
             Err(e) => {
@@ -117,5 +126,12 @@ pub async fn restore_point(
             path.display()
         )))?;
     }
-    Ok(bytes)
+    // Which point they hold, for a later restore onto them.
+    crate::onto::record_point(spec, point)?;
+    Ok(RestoreDone {
+        bytes,
+        written,
+        read: 0,
+        mode: "full".into(),
+    })
 }

@@ -96,11 +96,42 @@ pub struct RestoreCall {
     pub datastore: String,
     pub config: DatastoreConfig,
     pub point: String,
+    /// How to treat the VM's disks already at the host.
+    #[serde(default)]
+    pub onto: Onto,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// How a restore treats the VM's disks already at the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Onto {
+    /// Restored beside them and renamed over them once complete: they
+    /// may be the VM's live data, kept whole if the restore fails.
+    #[default]
+    Fresh,
+    /// Written over in place, only the chunks that differ: they are not
+    /// live (an old copy, an earlier restore, a replica).
+    Delta,
+    /// A warm replica's next point: as `Delta`, through journals, so the
+    /// disks hold the old point or the new one, never a mix.
+    Replica,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RestoreDone {
+    /// Bytes of the disks restored.
     pub bytes: u64,
+    /// Bytes written to the disks (all of them for a fresh restore).
+    #[serde(default)]
+    pub written: u64,
+    /// Bytes of the existing disks read to compare them.
+    #[serde(default)]
+    pub read: u64,
+    /// `full`, `delta from point P`, `delta (disks read)`; empty from an
+    /// agent that predates delta restores.
+    #[serde(default)]
+    pub mode: String,
 }
 
 /// `fence`.

@@ -11,6 +11,8 @@
 //!   a point restored into an isolated network, probed and torn down;
 //!   [`integrity`]: what verifies find (damaged copies in the catalog) and
 //!   the verify schedule.
+//!   [`replica`]: warm replicas, each new point applied to a standing copy
+//!   of the disks at the DR host.
 //! - [`fence`]: durable site fences and their enforcement by the hosts.
 //! - [`jobs`]: background work with persisted progress.
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications.
@@ -38,6 +40,7 @@ pub mod jobs;
 pub mod leader;
 mod proofs;
 pub mod protect;
+pub mod replica;
 pub mod restore;
 pub mod runbooks;
 pub mod vms;

@@ -123,6 +123,20 @@ pub async fn protect_vm(
         }
     }
 
+    // The warm replica, from a copy its host reads (the one just made at
+    // its site, usually).
+    let copies: Vec<String> = std::iter::once(source.clone())
+        .chain(synced.iter().map(|s| s.datastore.clone()))
+        .collect();
+    let replica = match crate::replica::apply(ctl, group, vm, &id, &copies, progress.clone()).await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            sync_errors.push(format!("warm replica: {}", error_chain(&e)));
+            None
+        }
+    };
+
     let mut pruned = 0;
     if !g.retention.keeps_all() {
         for ds in &g.datastores {
@@ -151,6 +165,7 @@ pub async fn protect_vm(
         synced,
         pruned,
         reused: false,
+        replica,
     })
 }
 

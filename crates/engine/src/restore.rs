@@ -114,6 +114,13 @@ pub async fn run(
         .map_err(|e| EngineError::BadRequest(format!("bad point id '{}': {e}", req.point)))?;
     let agent = ctl.agent(&host)?;
     let spec = agent.spec(&ctl.cfg, &vm)?;
+    // The disks at the target are not the VM's live ones unless it is
+    // active there: then a failed restore must leave them whole (beside,
+    // renamed over); else only what differs is written onto them.
+    let onto = match ctl.repo.vm(&vm).await?.active_host == host {
+        true => standby_agent::Onto::Fresh,
+        false => standby_agent::Onto::Delta,
+    };
     // Nearest copy first; a copy that is missing the point or fails to
     // restore (a corrupt chunk) is skipped for the next one.
     let mut tried = Vec::new();
@@ -160,11 +167,11 @@ pub async fn run(
             store: handle.here().cloned(),
         };
         match agent
-            .restore_point(&spec, &target, &pid, progress.clone())
+            .restore_point(&spec, &target, &pid, onto, progress.clone())
             .await
         {
-            Ok(bytes) => {
-                restored = Some((ds, bytes));
+            Ok(done) => {
+                restored = Some((ds, done));
                 break;
             }
             Err(e) if e.is_datastore() => {
@@ -174,7 +181,7 @@ pub async fn run(
             Err(e) => return Err(e.into()),
         }
     }
-    let Some((ds, bytes)) = restored else {
+    let Some((ds, done)) = restored else {
         return Err(EngineError::PointUnreadable {
             point: req.point,
             tried,
@@ -194,11 +201,18 @@ pub async fn run(
         site: req.site,
         host,
         datastore: ds,
-        bytes,
+        bytes: done.bytes,
         restore_seconds: restored_secs,
         seconds: started.elapsed().as_secs_f64(),
         started: started_vm,
         skipped: tried,
+        written: done.written,
+        read: done.read,
+        mode: if done.mode.is_empty() {
+            "full".into()
+        } else {
+            done.mode
+        },
     })
 }
 

@@ -181,6 +181,27 @@ pub struct PointTaken {
     /// catalog's.
     #[serde(default, skip_serializing_if = "is_false")]
     pub reused: bool,
+    /// The warm replica brought to this point (groups with `replica =
+    /// "warm"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaApplied>,
+}
+
+/// A warm replica brought to a new point at the VM's DR host.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct ReplicaApplied {
+    pub site: String,
+    pub host: String,
+    /// The copy it read.
+    pub datastore: String,
+    /// `delta from point P (journaled)` when it held the point before;
+    /// `delta (disks read)` or `full` when it had to be rebuilt.
+    pub mode: String,
+    /// Bytes written to the replica.
+    pub written: u64,
+    /// Bytes of the replica read to compare.
+    pub read: u64,
+    pub seconds: f64,
 }
 
 /// A protection run of a group (a job): a point of every member.
@@ -232,6 +253,17 @@ pub struct Restored {
     pub started: bool,
     /// Copies skipped, and why (missing the point, corrupt).
     pub skipped: Vec<String>,
+    /// Bytes actually written to the disks: with a delta restore, only
+    /// the chunks that differed.
+    #[serde(default)]
+    pub written: u64,
+    /// Bytes of the disks already at the host read to compare them.
+    #[serde(default)]
+    pub read: u64,
+    /// `full`, `delta from point P` (the disks held P: not read), `delta
+    /// (disks read)`.
+    #[serde(default)]
+    pub mode: String,
 }
 
 /// What `point.restore` did, with what a report of the failover needs.
@@ -263,6 +295,12 @@ pub struct PointRestored {
     /// first.
     #[serde(default)]
     pub skipped: Vec<PointSkipped>,
+    /// How the disks were written (see [`Restored::mode`]) and the bytes
+    /// written (unknown on a resumed step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<u64>,
     /// Its recovery plan tier, if it waited for one before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<u32>,

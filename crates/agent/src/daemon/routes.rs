@@ -257,12 +257,12 @@ async fn restore(State(h): Host, Json(c): Json<RestoreCall>) -> Answer<RestoreDo
         config: &c.config,
         store: Some(open_store(&h, &c.datastore, &c.config).await?),
     };
-    let bytes = h
+    let done = h
         .exec
-        .restore_point(&spec, &store, &point, Arc::new(Quiet))
+        .restore_point(&spec, &store, &point, c.onto, Arc::new(Quiet))
         .await?;
-    tracing::info!(vm = %spec.name, %point, datastore = %c.datastore, bytes, "point restored");
-    Ok(Json(RestoreDone { bytes }))
+    tracing::info!(vm = %spec.name, %point, datastore = %c.datastore, bytes = done.bytes, written = done.written, mode = %done.mode, "point restored");
+    Ok(Json(done))
 }
 
 async fn fence(State(h): Host, Json(c): Json<FenceCall>) -> Answer<Vec<FencedVm>> {

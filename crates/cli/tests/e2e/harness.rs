@@ -51,6 +51,8 @@ pub struct LabOptions {
     pub files: Vec<(&'static str, String)>,
     /// The protection group's datastores (TOML list items).
     pub group_datastores: &'static str,
+    /// Lines added under `[groups.gold]` (e.g. `replica = "warm"`).
+    pub group: &'static str,
     /// Environment of the controller (credentials of object stores).
     pub env: Vec<(String, String)>,
     /// Lines added under `[hosts.site1-host1]` and `[hosts.site2-host1]`.
@@ -80,6 +82,7 @@ impl Default for LabOptions {
             listen_host: "127.0.0.1",
             files: Vec::new(),
             group_datastores: r#""site1-store", "site2-store""#,
+            group: "",
             env: Vec::new(),
             hosts: Default::default(),
             stores: Default::default(),
@@ -147,6 +150,7 @@ size = "{disk}"
 members = ["pbx1"]
 schedule = "{schedule}"
 datastores = [{group_datastores}]
+{group}
 [groups.gold.retention]
 {retention}
 {extra}
@@ -154,6 +158,7 @@ datastores = [{group_datastores}]
 "#,
             listen_host = opts.listen_host,
             group_datastores = opts.group_datastores,
+            group = opts.group,
             // `{sip}` in watch text is the VNF's SIP address.
             watch = opts.watch.replace("{sip}", &format!("127.0.0.1:{sip}")),
             disk = opts.disk_size,

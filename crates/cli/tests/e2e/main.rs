@@ -26,6 +26,7 @@ mod protect_restore;
 mod protocol;
 mod qemu;
 mod recovery;
+mod recovery_delta;
 mod recovery_plans;
 mod runbooks;
 mod scheduler;

@@ -61,8 +61,8 @@ pub use sites::{AgentConfig, DriverKind, Host, Site};
 pub(crate) use units::duration_str;
 pub use units::{ByteSize, Schedule};
 pub use vms::{
-    Disk, DiskFormat, ForwardProtocol, Group, QemuAccel, QemuForward, QemuMachine, QemuVm, Vm,
-    expand_site_vars,
+    Disk, DiskFormat, ForwardProtocol, Group, QemuAccel, QemuForward, QemuMachine, QemuVm, Replica,
+    Vm, expand_site_vars,
 };
 
 /// The commented example `standby init` writes.

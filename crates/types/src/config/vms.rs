@@ -206,6 +206,21 @@ pub struct Group {
     /// The tenant that owns the group (none: operators' own).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// `warm`: each member's DR host keeps a standing copy of its disks
+    /// at the newest point (each new point applied as it arrives, only
+    /// what changed, journaled), so a failover writes almost nothing
+    /// before the VM starts. `none` (default): a failover restores.
+    #[serde(default)]
+    pub replica: Replica,
+}
+
+/// Whether a group's members keep warm replicas at their DR site.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replica {
+    #[default]
+    None,
+    Warm,
 }
 
 fn default_chunk_size() -> ByteSize {

@@ -92,6 +92,7 @@ async fn point_create(input: PointCreate, ctx: &ActionCtx) -> Result<PointsCreat
                 synced: Vec::new(),
                 pruned: 0,
                 reused: true,
+                replica: None,
             });
             continue;
         }
@@ -220,6 +221,8 @@ async fn point_restore(input: PointRestore, ctx: &ActionCtx) -> Result<PointRest
                 at_epoch: crate::runbooks::epoch(Utc::now()),
                 resumed: true,
                 skipped: skipped.clone(),
+                mode: None,
+                written: None,
                 tier: None,
                 waited_seconds: 0.0,
                 waited_for: Vec::new(),
@@ -333,6 +336,8 @@ async fn point_restore(input: PointRestore, ctx: &ActionCtx) -> Result<PointRest
             at_epoch: crate::runbooks::epoch(now),
             resumed: false,
             skipped: skipped.clone(),
+            mode: Some(r.mode.clone()),
+            written: Some(r.written),
             tier: None,
             waited_seconds: 0.0,
             waited_for: Vec::new(),
