@@ -218,6 +218,8 @@ pub trait Repo: Send + Sync {
         found: &[(String, String)],
         full: bool,
     ) -> Result<(), DbError>;
+    /// Points whose copy in `datastore` is whole again (repaired).
+    async fn clear_damaged(&self, datastore: &str, points: &[String]) -> Result<(), DbError>;
     /// Every damaged copy, by point then datastore.
     async fn damaged_copies(&self) -> Result<Vec<DamagedCopy>, DbError>;
     /// Record the scheduled verify of `datastore` at `at` (slice `slice`

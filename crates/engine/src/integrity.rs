@@ -174,3 +174,83 @@ async fn schedule_once(ctl: &Arc<Controller>) -> Result<(), EngineError> {
     }
     Ok(())
 }
+
+/// After a copy from `source` to `target`: the copies in `target` a verify
+/// found damaged, whose point `source` holds and is not known damaged
+/// there, are repaired from it (their damaged chunks re-sent, the same
+/// ids) and marked whole again; what could not be repaired stays marked,
+/// with the reason. Only between datastores the controller opens itself:
+/// a copy between two agents' stores leaves the damage recorded.
+pub async fn repair_after_copy(
+    ctl: &Arc<Controller>,
+    source: &str,
+    target: &str,
+) -> Result<Option<standby_store::RepairReport>, EngineError> {
+    let damaged = ctl.repo.damaged_copies().await?;
+    let bad_at_source: Vec<&str> = damaged
+        .iter()
+        .filter(|d| d.datastore == source)
+        .map(|d| d.point.as_str())
+        .collect();
+    let mut points = Vec::new();
+    for d in damaged.iter().filter(|d| d.datastore == target) {
+        if bad_at_source.contains(&d.point.as_str()) {
+            continue;
+        }
+        let Ok(rec) = ctl.repo.point(&d.point).await else {
+            continue;
+        };
+        if rec.copies.iter().any(|c| c == source)
+            && let Ok(p) = d.point.parse::<standby_store::PointId>()
+        {
+            points.push(p);
+        }
+    }
+    if points.is_empty() {
+        return Ok(None);
+    }
+    let (src, dst) = (ctl.store_handle(source)?, ctl.store_handle(target)?);
+    let (Some(src), Some(dst)) = (src.here().cloned(), dst.here().cloned()) else {
+        tracing::warn!(
+            source,
+            target,
+            "damaged copies in {target} are not repaired from {source}: one of them is served by an agent"
+        );
+        return Ok(None);
+    };
+    let report = tokio::task::spawn_blocking(move || dst.repair_from(&src, &points, &()))
+        .await
+        .map_err(|e| EngineError::Internal(format!("repair: {e}")))??;
+    ctl.repo.clear_damaged(target, &report.repaired).await?;
+    let still: Vec<(String, String)> = report
+        .unrepaired
+        .iter()
+        .map(|(p, why)| (p.clone(), format!("not repaired from {source}: {why}")))
+        .collect();
+    ctl.repo.set_damaged(target, &still, false).await?;
+    for point in &report.repaired {
+        tracing::info!(
+            datastore = target,
+            point,
+            from = source,
+            "damaged copy repaired"
+        );
+        let mut labels = Labels::new();
+        labels.insert("datastore".into(), target.to_string());
+        labels.insert("point".into(), point.clone());
+        ctl.watch.emit(Event {
+            id: 0,
+            at: Utc::now(),
+            source: "controller".into(),
+            kind: "point.repaired".into(),
+            severity: Severity::Info,
+            labels,
+            vantage: "controller".into(),
+            message: format!(
+                "point {point}: its copy in datastore {target} is whole again, repaired from {source} ({} chunks re-sent)",
+                report.chunks_repaired
+            ),
+        });
+    }
+    Ok(Some(report))
+}

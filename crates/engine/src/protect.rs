@@ -110,15 +110,28 @@ pub async fn protect_vm(
         }
         .await;
         match res {
-            Ok((done, by_agent)) => synced.push(PointSynced {
-                datastore: target.clone(),
-                chunks_copied: done.stats.chunks_copied,
-                bytes_copied: done.stats.bytes_copied,
-                by_agent,
-                bytes_sent: done.sent.wire_bytes,
-                resent: done.sent.resent,
-                seconds: copy_started.elapsed().as_secs_f64(),
-            }),
+            Ok((done, by_agent)) => {
+                // The copy's source is intact where the target is damaged:
+                // the damaged chunks are re-sent.
+                let repaired = match crate::integrity::repair_after_copy(ctl, &source, target).await
+                {
+                    Ok(r) => r.map(|r| r.repaired).unwrap_or_default(),
+                    Err(e) => {
+                        sync_errors.push(format!("repair of {target}: {}", error_chain(&e)));
+                        Vec::new()
+                    }
+                };
+                synced.push(PointSynced {
+                    datastore: target.clone(),
+                    chunks_copied: done.stats.chunks_copied,
+                    bytes_copied: done.stats.bytes_copied,
+                    by_agent,
+                    bytes_sent: done.sent.wire_bytes,
+                    resent: done.sent.resent,
+                    seconds: copy_started.elapsed().as_secs_f64(),
+                    repaired,
+                })
+            }
             Err(e) => sync_errors.push(format!("sync to {target}: {}", error_chain(&e))),
         }
     }

@@ -247,7 +247,7 @@ impl Datastore {
     }
 
     /// Write a new random `locks/gc.epoch`.
-    fn bump_gc_epoch(&self) -> Result<(), StoreError> {
+    pub(crate) fn bump_gc_epoch(&self) -> Result<(), StoreError> {
         let epoch = format!("{:032x}", rand::random::<u128>());
         self.backend().put(lock::EPOCH_FILE, epoch.as_bytes())
     }

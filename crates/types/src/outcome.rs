@@ -152,6 +152,10 @@ pub struct PointSynced {
     /// included).
     #[serde(default)]
     pub seconds: f64,
+    /// Points whose damaged copy in this datastore the copy repaired
+    /// (their damaged chunks re-sent from the source).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<String>,
 }
 
 /// A point of one VM: taken, copied to the group's other datastores and

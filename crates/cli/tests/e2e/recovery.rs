@@ -728,6 +728,89 @@ fn recovery_scheduled_verify_marks_a_damaged_point_and_alerts() {
     );
 }
 
+/// Repaired by the next copy: a flipped byte in site 2's pack marks the
+/// point damaged there (a scheduled verify); the next point's copy from
+/// site 1, whose copy is intact, re-sends the damaged chunks, the point
+/// is whole again at site 2 (`points list`, the alert clears) and
+/// restores there from site 2's own datastore.
+#[test]
+fn recovery_a_damaged_chunk_is_repaired_by_the_next_copy() {
+    let lab = Lab::new(LabOptions {
+        stores: [
+            String::new(),
+            "verify_every = \"1s\"\nverify_cycle = \"1s\"".into(),
+        ],
+        ..LabOptions::default()
+    });
+    lab.json(&["vm", "start", "pbx1"]);
+    lab.wait_sip();
+    lab.register(0..3);
+    lab.json(&["vm", "shutdown", "pbx1"]);
+    lab.json(&["protect", "run", "gold"]);
+    let id = points(&lab)[0]["id"].as_str().unwrap().to_string();
+    let pack = files_under(&lab.path("site2/store"), "pack")
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    damage(&[pack]);
+    let damaged_here = |lab: &Lab| {
+        points(lab)
+            .into_iter()
+            .find(|p| p["id"] == id.as_str())
+            .and_then(|p| p["damaged"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|d| d["datastore"] == "site2-store")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !damaged_here(&lab) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the damage was not found"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The next copy repairs it.
+    let v = lab.json(&["protect", "run", "gold"]);
+    let synced = &v["vms"][0]["synced"][0];
+    assert_eq!(synced["datastore"], "site2-store", "{v:#}");
+    assert!(
+        synced["repaired"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|p| p == id.as_str())),
+        "{v:#}"
+    );
+    assert!(!damaged_here(&lab), "{:#?}", points(&lab));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while lab
+        .json(&["alerts", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["rule"] == "point-damaged")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "point-damaged did not clear"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Whole again at site 2: restored from there, nothing skipped.
+    let r = lab.json(&[
+        "restore",
+        &id,
+        "--site",
+        "site2",
+        "--from",
+        "site2-store",
+        "--no-start",
+    ]);
+    assert_eq!(r["datastore"], "site2-store", "{r:#}");
+    lab.json(&["vm", "start", "pbx1"]);
+    lab.wait_sip();
+    assert_eq!(lab.bindings(), users(0..3));
+}
+
 /// Figures for `scripts/bench-recovery`: the extra RTO per skipped point.
 /// A VM with a disk of incompressible data (`STANDBY_BENCH_DISK_MIB`,
 /// default 256) gets three points, each changing an eighth of the disk;

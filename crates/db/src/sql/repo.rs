@@ -339,6 +339,21 @@ impl Repo for SqlRepo {
         Ok(())
     }
 
+    async fn clear_damaged(&self, datastore: &str, points: &[String]) -> Result<(), DbError> {
+        let what = format!("clear repaired copies in datastore '{datastore}'");
+        let mut tx = self.write_tx(&what).await?;
+        for point in points {
+            sqlx::query("DELETE FROM damaged_copies WHERE point_id = $1 AND datastore = $2")
+                .bind(point)
+                .bind(datastore)
+                .execute(&mut *tx)
+                .await
+                .map_err(query(what.clone()))?;
+        }
+        tx.commit().await.map_err(query(what))?;
+        Ok(())
+    }
+
     async fn damaged_copies(&self) -> Result<Vec<DamagedCopy>, DbError> {
         // Only copies the catalog still has (a pruned copy's row is stale).
         sqlx::query(

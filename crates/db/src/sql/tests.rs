@@ -944,6 +944,11 @@ async fn damaged_copies_follow_the_verifies_and_the_copies(repo: SqlRepo) {
     let d = repo.damaged_copies().await.unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].point, b.id);
+    // A repair clears the copies it made whole; others stay.
+    repo.clear_damaged("site2-store", std::slice::from_ref(&a.id))
+        .await
+        .unwrap();
+    assert_eq!(repo.damaged_copies().await.unwrap().len(), 1);
     // A copy that goes takes its damage with it.
     repo.remove_point_copy(&b.id, "site2-store").await.unwrap();
     assert!(repo.damaged_copies().await.unwrap().is_empty());

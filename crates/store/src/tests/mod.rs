@@ -17,6 +17,7 @@ mod damage;
 mod gc;
 mod onto;
 mod process;
+mod repair;
 mod sync;
 mod transfer;
 mod write;
