@@ -58,6 +58,13 @@ impl Catalog {
         self.read().suspect.contains(id)
     }
 
+    /// Chunks whose stored blob read back damaged: still listed (the
+    /// blob check decides on reads), never deduplicated against, so the
+    /// next writer stores them again.
+    pub fn mark_suspect(&self, ids: &[ChunkId]) {
+        self.write().suspect.extend(ids.iter().copied());
+    }
+
     pub fn len(&self) -> usize {
         self.read().map.len()
     }

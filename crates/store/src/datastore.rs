@@ -64,6 +64,10 @@ pub struct SyncStats {
     pub bytes_copied: u64,
     /// Chunks the destination already had.
     pub chunks_skipped: u64,
+    /// Chunks of this copy read back from the destination and checked
+    /// against their ids once written.
+    #[serde(default)]
+    pub chunks_verified: u64,
     /// The destination already had the point; nothing was done.
     pub already_present: bool,
 }

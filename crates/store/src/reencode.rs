@@ -138,7 +138,8 @@ impl Datastore {
                 ..disk.clone()
             });
         }
-        packer.finish()?;
+        let written = packer.finish()?;
+        stats.chunks_verified = dst.check_written(&written)?;
         // A lease lost to gc may have let it delete what the point uses.
         dst_lock.check()?;
         let reencoded = manifest.with_disks(disks);

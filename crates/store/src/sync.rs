@@ -17,6 +17,7 @@ use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
 use crate::datastore::{Datastore, SyncStats};
 use crate::manifest::{Manifest, PointId};
+use crate::pack::PackIndex;
 use crate::packer::Packer;
 use crate::progress::Progress;
 use rayon::prelude::*;
@@ -49,7 +50,8 @@ impl Datastore {
         self.walk_stored(&manifest, SYNC_BATCH, progress, |ids, kind| {
             copy_batch(self, &mut packer, ids, kind, &mut stats)
         })?;
-        packer.finish()?;
+        let written = packer.finish()?;
+        stats.chunks_verified = dst.check_written(&written)?;
         dst_lock.check()?;
         stats.already_present = dst.publish_manifest(id, &manifest)?;
         tracing::info!(point = %id, dst = %dst.root().display(), ?stats, "point synced");
@@ -59,6 +61,56 @@ impl Datastore {
 
 /// Chunks read from the source per batch.
 const SYNC_BATCH: usize = 256;
+
+impl Datastore {
+    /// Read back the packs a copy just wrote here and check each blob
+    /// against its id (the new chunks of a copy, verified after it and
+    /// not only at the next scheduled verify). A blob that reads back
+    /// damaged makes its chunk suspect, so the next copy stores it again,
+    /// and fails the copy naming it: no manifest is published over it.
+    /// Returns the chunks checked. On a local datastore the read may be
+    /// served by the page cache; on an object store it is a GET.
+    pub(crate) fn check_written(&self, written: &[PackIndex]) -> Result<u64, StoreError> {
+        let mut checked = 0;
+        for idx in written {
+            let bytes = self.backend().get(&idx.pack.pack_path())?;
+            // Tests: the read-back finds the first blob damaged.
+            #[cfg(test)]
+            let bytes = match (
+                crate::gc::fail::check("damage written"),
+                idx.entries.first(),
+            ) {
+                (Err(_), Some(e)) => {
+                    let mut b = bytes;
+                    b[e.offset as usize + e.len as usize / 2] ^= 0x40;
+                    b
+                }
+                _ => bytes,
+            };
+            let bad: Vec<ChunkId> = idx
+                .entries
+                .par_iter()
+                .filter(|e| {
+                    let range = e.offset as usize..e.offset as usize + e.len as usize;
+                    bytes
+                        .get(range)
+                        .is_none_or(|b| self.decode_blob(b, e.kind, &e.id).is_err())
+                })
+                .map(|e| e.id)
+                .collect();
+            checked += idx.entries.len() as u64;
+            if let Some(id) = bad.first() {
+                self.catalog().mark_suspect(&bad);
+                return Err(self.corrupt_chunk(
+                    id,
+                    &idx.pack,
+                    format!("{} chunk(s) of this copy read back damaged", bad.len()),
+                ));
+            }
+        }
+        Ok(checked)
+    }
+}
 
 impl Datastore {
     /// Hand every stored chunk of `manifest` to `f`, disk by disk: first

@@ -125,6 +125,9 @@ pub struct Received {
     pub bytes: u64,
     /// Chunks the destination had already (another copy got there first).
     pub skipped: u64,
+    /// Chunks read back once written and checked against their ids.
+    #[serde(default)]
+    pub verified: u64,
 }
 
 impl Datastore {
@@ -218,7 +221,8 @@ impl Datastore {
             got.chunks += 1;
             got.bytes += blob.len() as u64;
         }
-        packer.finish()?;
+        let written = packer.finish()?;
+        got.verified = self.check_written(&written)?;
         Ok(got)
     }
 

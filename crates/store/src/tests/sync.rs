@@ -74,3 +74,27 @@ fn sync_copies_missing_chunks_then_nothing() {
     assert!(chain(&e).contains("checksum mismatch"), "{}", chain(&e));
     assert!(!dst2.has_point(&m3.id).unwrap());
 }
+
+/// The new chunks of a copy are read back and checked once written: one
+/// that reads back damaged fails the copy, naming it, with no manifest
+/// published; the next copy stores it again, and the point restores.
+#[test]
+fn a_copy_that_reads_back_damaged_fails_and_the_next_one_stores_it_again() {
+    let f = fixture();
+    let image = f.work.join("disk.img");
+    make_image(&image, 4 << 20, 51);
+    let (m, _) = backup(&f.ds, "pbx1", &image, opts());
+    let dst = Datastore::open_or_create(&f.work.join("dst")).unwrap();
+    crate::gc::fail::set("damage written");
+    let e = f.ds.sync_point(&m.id, &dst, &()).unwrap_err();
+    assert!(chain(&e).contains("read back damaged"), "{}", chain(&e));
+    assert!(!dst.has_point(&m.id).unwrap());
+    let s = f.ds.sync_point(&m.id, &dst, &()).unwrap();
+    assert!(
+        s.chunks_verified > 0 && s.chunks_verified == s.chunks_copied,
+        "{s:?}"
+    );
+    let out = f.work.join("out.img");
+    dst.restore_disk(&m.id, "data", &out, &()).unwrap();
+    assert_same(&image, &out);
+}
