@@ -189,6 +189,15 @@ impl Datastore {
                 for b in 0..batches {
                     let start = b * per * cs;
                     let end = ((b + 1) * per * cs).min(entry.size);
+                    // Ask for the next two batches now: the disk keeps
+                    // working while this one is read and hashed.
+                    let ahead = (end as i64, (2 * per * cs) as i64);
+                    let _ = nix::fcntl::posix_fadvise(
+                        file,
+                        ahead.0,
+                        ahead.1,
+                        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+                    );
                     // A hole, or past the end of the file: zeros, unread.
                     let buf = match data_in(file, start, end.min(len)) {
                         false => None,

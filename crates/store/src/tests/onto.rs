@@ -83,7 +83,8 @@ fn a_base_of_another_shape_is_read_instead() {
     make_image(&image, 4 << 20, 13);
     let (m, _) = backup(&f.ds, "pbx1", &image, opts());
     let dest = f.work.join("other.img");
-    make_image(&dest, 2 << 20, 14);
+    // Of a length direct I/O cannot read whole: its tail is read buffered.
+    make_image(&dest, (2 << 20) + 123, 14);
     let plan =
         f.ds.plan_onto(&m.id, "data", &dest, &OntoBase::Point(m.id.clone()), &())
             .unwrap();
