@@ -628,7 +628,7 @@ async fn run_item(
             Err(e) => {
                 let msg = error_chain(&e);
                 if rec.attempt < attempts && !ctl.cancel.is_cancelled() {
-                    let wait = backoff * 2u32.saturating_pow(rec.attempt - 1);
+                    let wait = retry_wait(backoff, rec.attempt);
                     tracing::warn!(job = jr.job, step = %step.id, item, attempt = rec.attempt, "step failed, retrying in {}: {msg}", humantime::format_duration(wait));
                     step_timeline(
                         ctl,
@@ -655,5 +655,33 @@ async fn run_item(
                 return fail_row(ctl, jr, rec, msg).await;
             }
         }
+    }
+}
+
+/// The longest wait between two attempts of a step.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// The wait after attempt `attempt` (1-based) of a step retried with
+/// `backoff`: `backoff`, then doubled each attempt, at most a day. Never
+/// overflows, whatever a runbook asks for.
+fn retry_wait(backoff: Duration, attempt: u32) -> Duration {
+    backoff
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+        .min(MAX_RETRY_WAIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hardening_retry_waits_double_and_never_overflow() {
+        let s = Duration::from_secs;
+        assert_eq!(retry_wait(s(2), 1), s(2));
+        assert_eq!(retry_wait(s(2), 3), s(8));
+        // A huge backoff or many attempts: a day at most, no panic.
+        assert_eq!(retry_wait(Duration::MAX, 1), MAX_RETRY_WAIT);
+        assert_eq!(retry_wait(s(1), 200), MAX_RETRY_WAIT);
+        assert_eq!(retry_wait(s(1), 0), s(1));
     }
 }
