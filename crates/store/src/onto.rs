@@ -97,14 +97,7 @@ impl Datastore {
     ) -> Result<OntoPlan, StoreError> {
         let _lock = self.lock_shared()?;
         self.refresh_after_gc()?;
-        let manifest = self.load_manifest(id)?;
-        let entry = manifest
-            .disk(disk)
-            .ok_or_else(|| StoreError::DiskNotFound {
-                point: id.to_string(),
-                disk: disk.to_string(),
-            })?
-            .clone();
+        let entry = self.point_disk(id, disk)?;
         let ids = self.read_disk_index(&entry)?;
         let len = std::fs::metadata(dest).map_err(io("stat", dest))?.len();
         let mut stats = OntoStats {

@@ -12,7 +12,7 @@ use crate::StoreError;
 use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
 use crate::datastore::Datastore;
-use crate::manifest::PointId;
+use crate::manifest::{DiskEntry, PointId};
 use crate::progress::Progress;
 
 /// Bytes of chunks decoded per batch.
@@ -34,6 +34,17 @@ fn partial_path(dest: &Path) -> PathBuf {
 }
 
 impl Datastore {
+    /// The entry of disk `disk` of point `id`.
+    pub(crate) fn point_disk(&self, id: &PointId, disk: &str) -> Result<DiskEntry, StoreError> {
+        self.load_manifest(id)?
+            .disk(disk)
+            .cloned()
+            .ok_or_else(|| StoreError::DiskNotFound {
+                point: id.to_string(),
+                disk: disk.to_string(),
+            })
+    }
+
     /// Write disk `disk` of point `id` to `dest`. The data goes to
     /// `<dest>.partial`, renamed to `dest` once complete and synced; on any
     /// error neither file is left behind. Holds the store like a writer
@@ -53,14 +64,8 @@ impl Datastore {
         // Held like a writer: gc waits instead of deleting packs under us.
         let _lock = self.lock_shared()?;
         self.refresh_after_gc()?;
-        let manifest = self.load_manifest(id)?;
-        let entry = manifest
-            .disk(disk)
-            .ok_or_else(|| StoreError::DiskNotFound {
-                point: id.to_string(),
-                disk: disk.to_string(),
-            })?;
-        let ids = self.read_disk_index(entry).map_err(wrap)?;
+        let entry = self.point_disk(id, disk)?;
+        let ids = self.read_disk_index(&entry).map_err(wrap)?;
         let partial = partial_path(dest);
         let file = OpenOptions::new()
             .write(true)
@@ -69,7 +74,7 @@ impl Datastore {
             .open(&partial)
             .map_err(|e| wrap(StoreError::io("create", &partial, e)))?;
         let t0 = std::time::Instant::now();
-        let result = self.fill(&file, &partial, entry, &ids, progress);
+        let result = self.fill(&file, &partial, &entry, &ids, progress);
         let t1 = t0.elapsed();
         let result = result.and_then(|stats| {
             file.sync_data()

@@ -494,12 +494,8 @@ fn drill_failover_fence_and_failback_through_the_front_door() {
         .filter_map(|p| p["id"].as_str().map(String::from))
         .max_by(|a, b| a.split('@').nth(1).cmp(&b.split('@').nth(1)))
         .unwrap();
-    for pack in site2_packs().difference(&before) {
-        let mut bytes = std::fs::read(pack).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0x40;
-        std::fs::write(pack, &bytes).unwrap();
-    }
+    let new: Vec<PathBuf> = site2_packs().difference(&before).cloned().collect();
+    crate::recovery::damage(&new);
     let away = dr.lab.path("site1/store.away");
     std::fs::rename(dr.lab.path("site1/store"), &away).unwrap();
 

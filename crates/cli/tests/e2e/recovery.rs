@@ -16,14 +16,22 @@ fn points(lab: &Lab) -> Vec<Value> {
         .clone()
 }
 
-fn users(r: std::ops::Range<u32>) -> Vec<String> {
+pub(crate) fn users(r: std::ops::Range<u32>) -> Vec<String> {
     let mut v: Vec<String> = r.map(|n| format!("sip:user{n}@e2e.invalid")).collect();
     v.sort();
     v
 }
 
+/// Run runbook `name` with one parameter (`KEY=VALUE`) to its end, which
+/// must be success; its steps.
+pub(crate) fn run_job(lab: &Lab, name: &str, param: &str) -> Value {
+    let v = lab.json(&["runbook", "run", name, "-p", param, "--wait"]);
+    assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
+    lab.json(&["runbook", "steps", &v["job"]["id"].to_string()])
+}
+
 /// Flip a byte in the middle of each of `packs`.
-fn damage(packs: &[PathBuf]) {
+pub(crate) fn damage(packs: &[PathBuf]) {
     for pack in packs {
         let mut bytes = std::fs::read(pack).unwrap();
         let mid = bytes.len() / 2;
@@ -656,17 +664,14 @@ fn recovery_a_vnf_whose_host_lost_its_disk_comes_back_at_its_dr_site() {
     assert_eq!(lab.bindings(), users(0..3));
 }
 
-/// Corruption is found before it matters: site 2's datastore verifies a
-/// slice of its chunks on a schedule (here every 2 s, all chunks each
-/// time); a flipped byte in a pack marks the point damaged there (`points
-/// list` says so), raises `point-damaged`, and a restore reads the intact
-/// copy at site 1 first.
-#[test]
-fn recovery_scheduled_verify_marks_a_damaged_point_and_alerts() {
+/// A lab whose site 2 datastore verifies all its chunks every `every`,
+/// with a point of the VNF (3 registrations) whose largest pack at site 2
+/// has a flipped byte; the point's id.
+fn damaged_at_site2(every: &str) -> (Lab, String) {
     let lab = Lab::new(LabOptions {
         stores: [
             String::new(),
-            "verify_every = \"2s\"\nverify_cycle = \"2s\"".into(),
+            format!("verify_every = \"{every}\"\nverify_cycle = \"{every}\""),
         ],
         ..LabOptions::default()
     });
@@ -676,13 +681,22 @@ fn recovery_scheduled_verify_marks_a_damaged_point_and_alerts() {
     lab.json(&["vm", "shutdown", "pbx1"]);
     lab.json(&["protect", "run", "gold"]);
     let id = points(&lab)[0]["id"].as_str().unwrap().to_string();
-    let packs = files_under(&lab.path("site2/store"), "pack");
-    let pack = packs
-        .iter()
+    let pack = files_under(&lab.path("site2/store"), "pack")
+        .into_iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap()
-        .clone();
+        .unwrap();
     damage(&[pack]);
+    (lab, id)
+}
+
+/// Corruption is found before it matters: site 2's datastore verifies a
+/// slice of its chunks on a schedule (here every 2 s, all chunks each
+/// time); a flipped byte in a pack marks the point damaged there (`points
+/// list` says so), raises `point-damaged`, and a restore reads the intact
+/// copy at site 1 first.
+#[test]
+fn recovery_scheduled_verify_marks_a_damaged_point_and_alerts() {
+    let (lab, id) = damaged_at_site2("2s");
     let damaged_at = std::time::Instant::now();
     let deadline = damaged_at + std::time::Duration::from_secs(60);
     let alert = loop {
@@ -735,24 +749,7 @@ fn recovery_scheduled_verify_marks_a_damaged_point_and_alerts() {
 /// restores there from site 2's own datastore.
 #[test]
 fn recovery_a_damaged_chunk_is_repaired_by_the_next_copy() {
-    let lab = Lab::new(LabOptions {
-        stores: [
-            String::new(),
-            "verify_every = \"1s\"\nverify_cycle = \"1s\"".into(),
-        ],
-        ..LabOptions::default()
-    });
-    lab.json(&["vm", "start", "pbx1"]);
-    lab.wait_sip();
-    lab.register(0..3);
-    lab.json(&["vm", "shutdown", "pbx1"]);
-    lab.json(&["protect", "run", "gold"]);
-    let id = points(&lab)[0]["id"].as_str().unwrap().to_string();
-    let pack = files_under(&lab.path("site2/store"), "pack")
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    damage(&[pack]);
+    let (lab, id) = damaged_at_site2("1s");
     let damaged_here = |lab: &Lab| {
         points(lab)
             .into_iter()

@@ -4,13 +4,7 @@
 use serde_json::Value;
 
 use crate::harness::{Lab, LabOptions};
-use crate::recovery::step_output;
-
-fn users(r: std::ops::Range<u32>) -> Vec<String> {
-    let mut v: Vec<String> = r.map(|n| format!("sip:user{n}@e2e.invalid")).collect();
-    v.sort();
-    v
-}
+use crate::recovery::{run_job, step_output, users};
 
 /// The point a `protect run` took of pbx1.
 fn protect(lab: &Lab) -> Value {
@@ -58,16 +52,7 @@ fn recovery_a_warm_replica_fails_over_without_writing_and_failback_writes_the_de
     assert_eq!(r["read"], 0, "{second:#}");
 
     // The failover: the replica holds the newest point already.
-    let v = lab.json(&[
-        "runbook",
-        "run",
-        "failover-site",
-        "-p",
-        "site=site1",
-        "--wait",
-    ]);
-    assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
-    let steps = lab.json(&["runbook", "steps", &v["job"]["id"].to_string()]);
+    let steps = run_job(&lab, "failover-site", "site=site1");
     let restored = step_output(&steps, "restore", 0);
     assert_eq!(restored["point"], second["point"], "{restored:#}");
     assert_eq!(
@@ -82,9 +67,7 @@ fn recovery_a_warm_replica_fails_over_without_writing_and_failback_writes_the_de
     // Failback: the old disk at home ran after its last point; it is read
     // and only what differs from the final point is written.
     lab.register(6..9);
-    let v = lab.json(&["runbook", "run", "failback", "-p", "site=site1", "--wait"]);
-    assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
-    let steps = lab.json(&["runbook", "steps", &v["job"]["id"].to_string()]);
+    let steps = run_job(&lab, "failback", "site=site1");
     let home = step_output(&steps, "restore", 0);
     assert_eq!(home["mode"], "delta (disks read)", "{home:#}");
     let written = home["written"].as_u64().unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::harness::{Lab, LabOptions, STANDBY, free_port};
-use crate::recovery::step_output;
+use crate::recovery::{run_job, step_output};
 
 /// A VM of the plan: a sample VNF at `sip`/`http`, which first sleeps
 /// `sleep` seconds (a database replaying its log), in group `backend`.
@@ -97,9 +97,7 @@ after = "1s"
     lab.json(&["protect", "run", "backend"]);
 
     // The drill: copies boot tier by tier.
-    let v = lab.json(&["runbook", "run", "drill", "-p", "site=site1", "--wait"]);
-    assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
-    let steps = lab.json(&["runbook", "steps", &v["job"]["id"].to_string()]);
+    let steps = run_job(&lab, "drill", "site=site1");
     let report = step_output(&steps, "report", -1);
     assert_eq!(report["ok"], true, "{report:#}");
     let tiers = report["tiers"]
@@ -138,16 +136,7 @@ after = "1s"
     eprintln!("three-tier plan, drill: {summary}");
 
     // The failover: restored together, started tier by tier.
-    let v = lab.json(&[
-        "runbook",
-        "run",
-        "failover-site",
-        "-p",
-        "site=site1",
-        "--wait",
-    ]);
-    assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
-    let steps = lab.json(&["runbook", "steps", &v["job"]["id"].to_string()]);
+    let steps = run_job(&lab, "failover-site", "site=site1");
     let r = restored(&steps);
     let order: Vec<&str> = r.iter().map(|o| o["vm"].as_str().unwrap()).collect();
     assert_eq!(order, ["db1", "pbx1", "fe1"], "tier by tier: {r:#?}");
@@ -204,9 +193,7 @@ after = "1s"
     assert_eq!(lab.bindings().len(), 3);
 
     // The failback home follows the plan too.
-    let v = lab.json(&["runbook", "run", "failback", "-p", "site=site1", "--wait"]);
-    assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
-    let steps = lab.json(&["runbook", "steps", &v["job"]["id"].to_string()]);
+    let steps = run_job(&lab, "failback", "site=site1");
     let r = restored(&steps);
     let order: Vec<&str> = r.iter().map(|o| o["vm"].as_str().unwrap()).collect();
     assert_eq!(order, ["db1", "pbx1", "fe1"], "tier by tier: {r:#?}");
