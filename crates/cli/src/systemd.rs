@@ -23,6 +23,17 @@ pub fn ready(status: &str) {
     }
 }
 
+/// Reloading the configuration (`ExecReload=` sends SIGHUP); `ready`
+/// follows once it is applied or refused.
+pub fn reloading() {
+    notify(&[NotifyState::Reloading]);
+}
+
+/// Done reloading, with the outcome for `systemctl status`.
+pub fn reloaded(status: &str) {
+    notify(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
 /// Stopping: the manager waits for the exit instead of calling it a crash.
 pub fn stopping() {
     notify(&[NotifyState::Stopping]);

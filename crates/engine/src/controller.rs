@@ -18,8 +18,29 @@ use tokio_util::task::TaskTracker;
 use crate::error::EngineError;
 use standby_agent::Agent;
 
+/// The configuration in force, replaced whole by a reload
+/// ([`crate::reload`]): a reader takes the current version and keeps it
+/// for what it is doing.
+pub struct LiveConfig(std::sync::RwLock<Arc<Config>>);
+
+impl LiveConfig {
+    pub fn new(cfg: Config) -> LiveConfig {
+        LiveConfig(std::sync::RwLock::new(Arc::new(cfg)))
+    }
+
+    /// The configuration in force now.
+    pub fn get(&self) -> Arc<Config> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set(&self, cfg: Arc<Config>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = cfg;
+    }
+}
+
 pub struct Controller {
-    pub cfg: Config,
+    /// See [`Controller::cfg`].
+    live: Arc<LiveConfig>,
     pub repo: Arc<dyn Repo>,
     /// Users, tokens and sessions, for the HTTP layer's authentication.
     pub auth_repo: Arc<dyn AuthRepo>,
@@ -50,11 +71,40 @@ pub struct Controller {
     pub runbooks: crate::runbooks::catalog::Runbooks,
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
+    /// One configuration reload at a time ([`crate::reload`]).
+    pub(crate) reloading: tokio::sync::Mutex<()>,
+    /// The file the configuration was read from (none: built in code,
+    /// as by `standby demo`); a reload reads it again.
+    config_file: Mutex<Option<std::path::PathBuf>>,
     /// Held for the controller's life (see [`Controller::open`]).
     _data_lock: std::fs::File,
 }
 
 impl Controller {
+    /// The configuration in force now (a reload replaces it; take it
+    /// once for a consistent view).
+    pub fn cfg(&self) -> Arc<Config> {
+        self.live.get()
+    }
+
+    /// Note the file the configuration was read from.
+    pub fn set_config_file(&self, path: &std::path::Path) {
+        *self.config_file.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.to_path_buf());
+    }
+
+    /// The file the configuration was read from, if any.
+    pub fn config_file(&self) -> Option<std::path::PathBuf> {
+        self.config_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The configuration's holder, shared with the API's reads.
+    pub fn live_config(&self) -> &Arc<LiveConfig> {
+        &self.live
+    }
+
     /// The names of the VMs active at each site, by site. Derived once
     /// from each version of the VM list (a list of every site's VMs is
     /// asked often and costs a pass over every VM).
@@ -263,7 +313,7 @@ impl Controller {
         // controller runs (`crate::runbooks::resume_all`).
         let runbooks = crate::runbooks::catalog::Runbooks::open(&cfg, repo.clone());
         let ctl = Arc::new(Controller {
-            cfg,
+            live: Arc::new(LiveConfig::new(cfg)),
             auth_repo: repo.clone(),
             repo,
             watch,
@@ -280,13 +330,15 @@ impl Controller {
             leader,
             tasks,
             cancel,
+            reloading: tokio::sync::Mutex::new(()),
+            config_file: Mutex::default(),
             _data_lock: data_lock,
         });
         // Datastores that do not exist yet are created now; later a missing
         // or empty one is an error (an unmounted mount point must not be
         // mistaken for a new, empty store). A store an agent serves is
         // created by that agent, under the same rule.
-        for (name, d) in &ctl.cfg.datastores {
+        for (name, d) in &ctl.cfg().datastores {
             if d.agent.is_some() {
                 continue;
             }
@@ -315,7 +367,7 @@ impl Controller {
             if agent.remote_name().is_some() {
                 continue;
             }
-            for vm in self.cfg.vms.keys() {
+            for vm in self.cfg().vms.keys() {
                 if let Ok(st) = agent.status(vm).await
                     && st.is_alive()
                 {
@@ -334,8 +386,8 @@ impl Controller {
     /// The datastore by name, opened once. A datastore an agent serves is
     /// never opened here (see [`Controller::store_handle`]).
     pub fn store(&self, name: &str) -> Result<Datastore, EngineError> {
-        let cfg = self
-            .cfg
+        let live = self.cfg();
+        let cfg = live
             .datastores
             .get(name)
             .ok_or_else(|| EngineError::not_found("datastore", name))?;
@@ -357,7 +409,7 @@ impl Controller {
     /// through the agent that serves it.
     pub fn store_handle(&self, name: &str) -> Result<standby_agent::StoreHandle, EngineError> {
         let config = self
-            .cfg
+            .cfg()
             .datastores
             .get(name)
             .ok_or_else(|| EngineError::not_found("datastore", name))?
@@ -380,7 +432,8 @@ impl Controller {
     /// store an agent serves only that agent's host does; any other
     /// store the controller's hosts and remote agents open themselves.
     pub fn host_reaches(&self, host: &str, ds: &str) -> bool {
-        let Some(d) = self.cfg.datastores.get(ds) else {
+        let live = self.cfg();
+        let Some(d) = live.datastores.get(ds) else {
             return false;
         };
         match &d.agent {
@@ -423,7 +476,7 @@ impl Controller {
         service: &str,
         site: &str,
     ) -> Result<standby_types::api::SwitchResult, EngineError> {
-        Ok(self.frontdoor.switch(&self.cfg, service, site).await?)
+        Ok(self.frontdoor.switch(&self.cfg(), service, site).await?)
     }
 
     /// Make the point catalog match what the datastores hold: points found
@@ -434,7 +487,7 @@ impl Controller {
     /// agents reported (points taken, copies made), kept in the database,
     /// so a controller start does not read every manifest of every site.
     pub async fn rescan(&self) -> Result<(), EngineError> {
-        for (name, d) in &self.cfg.datastores {
+        for (name, d) in &self.cfg().datastores {
             if d.agent.is_some() {
                 continue;
             }

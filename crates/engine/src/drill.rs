@@ -55,7 +55,7 @@ fn check_id(id: &str) -> Result<(), EngineError> {
 }
 
 fn record_path(ctl: &Controller, id: &str) -> PathBuf {
-    ctl.cfg
+    ctl.cfg()
         .controller
         .data_dir
         .join("drills")
@@ -118,19 +118,19 @@ pub async fn start(
             return Ok(st.clone());
         }
     }
-    if !ctl.cfg.sites.contains_key(site) {
+    if !ctl.cfg().sites.contains_key(site) {
         return Err(EngineError::not_found("site", site));
     }
     let host = match recorded {
         Some(rec) => rec.host,
         None => ctl
-            .cfg
+            .cfg()
             .first_host_of_site(site)
             .ok_or_else(|| EngineError::BadRequest(format!("site {site} has no host")))?
             .to_string(),
     };
     let agent = ctl.agent(&host)?;
-    let prod = agent.spec(&ctl.cfg, vm)?;
+    let prod = agent.spec(&ctl.cfg(), vm)?;
     // The point asked for; else the newest, then older ones while no copy
     // the host reads restores them (the drill says which it skipped).
     let candidates: Vec<(String, DateTime<Utc>, Vec<String>)> = match point {
@@ -162,14 +162,15 @@ pub async fn start(
         let (mut reached, far): (Vec<String>, Vec<String>) = copies
             .into_iter()
             .filter(|d| ctl.host_reaches(&host, d))
-            .partition(|d| ctl.cfg.datastores.get(d).is_some_and(|c| c.site == site));
+            .partition(|d| ctl.cfg().datastores.get(d).is_some_and(|c| c.site == site));
         reached.extend(far);
         let mut tried = Vec::new();
         if reached.is_empty() {
             tried.push(format!("no copy that host {host} reads"));
         }
         for datastore in reached {
-            let Some(config) = ctl.cfg.datastores.get(&datastore) else {
+            let live = ctl.cfg();
+            let Some(config) = live.datastores.get(&datastore) else {
                 tried.push(format!("{datastore}: not configured"));
                 continue;
             };

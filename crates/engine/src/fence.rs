@@ -77,10 +77,10 @@ enum Proof {
 impl Controller {
     /// An operator confirms that `site`'s hosts run nothing any more.
     pub fn confirm_fence(&self, site: &str, how: &str) -> Result<(), EngineError> {
-        if !self.cfg.sites.contains_key(site) {
+        if !self.cfg().sites.contains_key(site) {
             return Err(EngineError::not_found("site", site));
         }
-        for (host, _) in self.cfg.hosts.iter().filter(|(_, h)| h.site == site) {
+        for (host, _) in self.cfg().hosts.iter().filter(|(_, h)| h.site == site) {
             self.proofs.confirm(host, how);
         }
         tracing::warn!(site, how, "fence confirmed by an operator");
@@ -133,7 +133,7 @@ impl Controller {
         // A controller that just started (a new leader) has not heard
         // the agent yet: its first heartbeats tell whether it is fenced.
         let beat = self
-            .cfg
+            .cfg()
             .agents
             .get(&name)
             .map(|a| a.heartbeat)
@@ -144,7 +144,7 @@ impl Controller {
         {
             return Proof::At(Instant::now() + (grace - since).min(PROOF_POLL));
         }
-        let Some(ha) = &self.cfg.ha else {
+        let Some(ha) = &self.cfg().ha else {
             return Proof::Never(format!(
                 "agent {name} has not confirmed the fence, and self-fencing is off ([ha])"
             ));
@@ -176,7 +176,8 @@ impl Controller {
     /// Run `host`'s power-fence command, if it has one: the program's name
     /// on success, why not otherwise.
     async fn power_fence(&self, host: &str, site: &str) -> Option<Result<String, String>> {
-        let (prog, args) = self.cfg.hosts.get(host)?.power_fence.split_first()?;
+        let live = self.cfg();
+        let (prog, args) = live.hosts.get(host)?.power_fence.split_first()?;
         tracing::warn!(site, host, prog, "running the host's power fence");
         let run = tokio::process::Command::new(prog)
             .args(args)
@@ -225,7 +226,7 @@ impl Controller {
     /// VM, `stopped`, `already stopped`, `pending` (its agent is
     /// unreachable and will stop it when it reconnects) or `failed: ...`.
     pub async fn fence_site(&self, site: &str, reason: &str) -> Result<SiteFenced, EngineError> {
-        if !self.cfg.sites.contains_key(site) {
+        if !self.cfg().sites.contains_key(site) {
             return Err(EngineError::not_found("site", site));
         }
         let fence = self.repo.fence(site, Utc::now(), reason).await?;
@@ -246,8 +247,8 @@ impl Controller {
         let mut hosts = Vec::new();
         // Every configured VM: a stale copy of a VM active elsewhere must
         // stop too.
-        let vm_names: Vec<String> = self.cfg.vms.keys().cloned().collect();
-        for (name, _) in self.cfg.hosts.iter().filter(|(_, h)| h.site == site) {
+        let vm_names: Vec<String> = self.cfg().vms.keys().cloned().collect();
+        for (name, _) in self.cfg().hosts.iter().filter(|(_, h)| h.site == site) {
             let agent = self.agent(name)?;
             let placed = placed_at(name);
             match agent.fence(&fence.reason, &vm_names, &placed).await {
@@ -325,7 +326,7 @@ impl Controller {
     /// Lift the fence of `site`. Idempotent. Remote agents at the site are
     /// told at once when reachable, otherwise by their next heartbeat.
     pub async fn unfence_site(&self, site: &str) -> Result<SiteUnfenced, EngineError> {
-        if !self.cfg.sites.contains_key(site) {
+        if !self.cfg().sites.contains_key(site) {
             return Err(EngineError::not_found("site", site));
         }
         let lifted = self.repo.unfence(site).await?;
@@ -336,11 +337,11 @@ impl Controller {
         if lifted.is_some() {
             tracing::warn!(site, "site unfenced");
         }
-        for (host, _) in self.cfg.hosts.iter().filter(|(_, h)| h.site == site) {
+        for (host, _) in self.cfg().hosts.iter().filter(|(_, h)| h.site == site) {
             self.proofs.forget(host);
         }
         let mut agents = Vec::new();
-        for (name, _) in self.cfg.hosts.iter().filter(|(_, h)| h.site == site) {
+        for (name, _) in self.cfg().hosts.iter().filter(|(_, h)| h.site == site) {
             if let Ok(agent) = self.agent(name)
                 && let Some(res) = agent.unfence().await
             {

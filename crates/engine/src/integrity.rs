@@ -97,7 +97,7 @@ const SCHEDULE_TICK: std::time::Duration = std::time::Duration::from_secs(30);
 /// chunk is re-read within `verify_cycle`; what it finds is recorded.
 pub async fn run_schedule(ctl: Arc<Controller>) {
     let shortest = ctl
-        .cfg
+        .cfg()
         .datastores
         .values()
         .map(|d| d.verify_every)
@@ -122,7 +122,7 @@ async fn schedule_once(ctl: &Arc<Controller>) -> Result<(), EngineError> {
     let now = Utc::now();
     let last: std::collections::HashMap<String, chrono::DateTime<Utc>> =
         ctl.repo.verify_runs().await?.into_iter().collect();
-    for (name, d) in &ctl.cfg.datastores {
+    for (name, d) in &ctl.cfg().datastores {
         let Some((slice, slices)) = d.verify_slice(now.timestamp().max(0) as u64) else {
             continue;
         };

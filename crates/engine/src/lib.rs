@@ -15,6 +15,7 @@
 //!   of the disks at the DR host.
 //! - [`fence`]: durable site fences and their enforcement by the hosts.
 //! - [`jobs`]: background work with persisted progress.
+//! - [`reload`]: a changed configuration applied without a restart.
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications.
 //! - [`runbooks`]: the durable runbook executor, its actions and triggers.
 //! - [`error`]: [`EngineError`], which the HTTP edge maps to API errors.
@@ -40,6 +41,7 @@ pub mod jobs;
 pub mod leader;
 mod proofs;
 pub mod protect;
+pub mod reload;
 pub mod replica;
 pub mod restore;
 pub mod runbooks;
@@ -79,7 +81,7 @@ pub fn check(cfg: &standby_types::config::Config) -> Checked {
 /// jobs cut off by the last stop resume. Stops with [`Controller::shutdown`].
 pub async fn start(ctl: &Arc<Controller>) -> Result<(), EngineError> {
     ctl.frontdoor
-        .start(&ctl.cfg, &ctl.tasks, &ctl.cancel)
+        .start(&ctl.cfg(), &ctl.tasks, &ctl.cancel)
         .await?;
     // Alerts reach the runbooks through a channel: the watch never
     // calls into them.

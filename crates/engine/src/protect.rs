@@ -28,13 +28,13 @@ pub async fn protect_vm(
     request: Option<&str>,
     progress: Arc<JobProgress>,
 ) -> Result<PointTaken, EngineError> {
-    let g = &ctl.cfg.groups[group];
+    let g = &ctl.cfg().groups[group];
     // The VM lock covers reading the VM; copies and pruning run after it
     // is released, so a failover restore never waits behind an upload.
     let guard = ctl.lock_vm(vm).await;
     let rec = ctl.repo.vm(vm).await?;
     let agent = ctl.agent(&rec.active_host)?;
-    let spec = agent.spec(&ctl.cfg, vm)?;
+    let spec = agent.spec(&ctl.cfg(), vm)?;
     // Write where the VM runs (a store its host reaches); copy elsewhere
     // afterwards.
     let reachable: Vec<&String> = g
@@ -44,7 +44,7 @@ pub async fn protect_vm(
         .collect();
     let source = reachable
         .iter()
-        .find(|d| ctl.cfg.datastores[d.as_str()].site == rec.active_site)
+        .find(|d| ctl.cfg().datastores[d.as_str()].site == rec.active_site)
         .or(reachable.first())
         .map(|d| d.to_string())
         .ok_or_else(|| {
@@ -57,7 +57,7 @@ pub async fn protect_vm(
     let source_handle = ctl.store_handle(&source)?;
     let target = StoreRef {
         name: &source,
-        config: &ctl.cfg.datastores[&source],
+        config: &ctl.cfg().datastores[&source],
         store: source_handle.here().cloned(),
     };
     let started = Instant::now();
@@ -65,7 +65,7 @@ pub async fn protect_vm(
     if let Some(r) = request {
         labels.insert(REQUEST_LABEL.to_string(), r.to_string());
     }
-    let vm_config = serde_json::to_value(&ctl.cfg.vms[vm]).unwrap_or_default();
+    let vm_config = serde_json::to_value(&ctl.cfg().vms[vm]).unwrap_or_default();
     let (manifest, stats) = agent
         .take_point(
             &spec,
@@ -99,7 +99,7 @@ pub async fn protect_vm(
                 &source_handle,
                 &dst,
                 &manifest.id,
-                ctl.cfg.bandwidth_of(&source_handle.config().site),
+                ctl.cfg().bandwidth_of(&source_handle.config().site),
                 progress.clone(),
             )
             .await?;
@@ -195,7 +195,7 @@ pub async fn requested_point(
     vm: &str,
     request: &str,
 ) -> Result<Option<PointRecord>, EngineError> {
-    for ds in &ctl.cfg.groups[group].datastores {
+    for ds in &ctl.cfg().groups[group].datastores {
         let Ok(handle) = ctl.store_handle(ds) else {
             continue;
         };

@@ -24,10 +24,11 @@ use crate::jobs::JobProgress;
 /// the first host of its first DR site that is not where it runs and has
 /// a host.
 fn replica_host(ctl: &Controller, vm: &str, active: &str) -> Option<(String, String)> {
-    let cfg = ctl.cfg.vms.get(vm)?;
+    let live = ctl.cfg();
+    let cfg = live.vms.get(vm)?;
     cfg.dr_sites().into_iter().find_map(|s| {
         (s != active)
-            .then(|| ctl.cfg.first_host_of_site(s))
+            .then(|| live.first_host_of_site(s))
             .flatten()
             .map(|h| (s.to_string(), h.to_string()))
     })
@@ -45,7 +46,7 @@ pub async fn apply(
     copies: &[String],
     progress: Arc<JobProgress>,
 ) -> Result<Option<ReplicaApplied>, EngineError> {
-    if ctl.cfg.groups.get(group).map(|g| g.replica) != Some(Replica::Warm) {
+    if ctl.cfg().groups.get(group).map(|g| g.replica) != Some(Replica::Warm) {
         return Ok(None);
     }
     let started = Instant::now();
@@ -71,7 +72,7 @@ pub async fn apply(
         .filter(|d| ctl.host_reaches(&host, d))
         .collect();
     near.sort_by_key(|d| {
-        ctl.cfg
+        ctl.cfg()
             .datastores
             .get(d.as_str())
             .is_none_or(|c| c.site != site)
@@ -88,10 +89,10 @@ pub async fn apply(
     let handle = ctl.store_handle(ds)?;
     let target = StoreRef {
         name: ds,
-        config: &ctl.cfg.datastores[ds.as_str()],
+        config: &ctl.cfg().datastores[ds.as_str()],
         store: handle.here().cloned(),
     };
-    let spec = agent.spec(&ctl.cfg, vm)?;
+    let spec = agent.spec(&ctl.cfg(), vm)?;
     progress.stage(format!("{vm}: warm replica at {host} to {point}"), 0);
     let done = agent
         .restore_point(&spec, &target, &pid, Onto::Replica, progress)

@@ -18,10 +18,10 @@ use standby_agent::StoreRef;
 /// clear error at once.
 pub async fn check(ctl: &Controller, req: &RestoreRequest) -> Result<(), EngineError> {
     let point = ctl.repo.point(&req.point).await?;
-    if !ctl.cfg.sites.contains_key(&req.site) {
+    if !ctl.cfg().sites.contains_key(&req.site) {
         return Err(EngineError::not_found("site", &req.site));
     }
-    if !ctl.cfg.vms.contains_key(&point.vm) {
+    if !ctl.cfg().vms.contains_key(&point.vm) {
         return Err(EngineError::not_found("vm", &point.vm));
     }
     let host = target_host(ctl, req)?;
@@ -47,8 +47,8 @@ async fn refuse_if_running(
 fn target_host(ctl: &Controller, req: &RestoreRequest) -> Result<String, EngineError> {
     match &req.host {
         Some(h) => {
-            let host = ctl
-                .cfg
+            let live = ctl.cfg();
+            let host = live
                 .hosts
                 .get(h)
                 .ok_or_else(|| EngineError::not_found("host", h))?;
@@ -61,7 +61,7 @@ fn target_host(ctl: &Controller, req: &RestoreRequest) -> Result<String, EngineE
             Ok(h.clone())
         }
         None => ctl
-            .cfg
+            .cfg()
             .first_host_of_site(&req.site)
             .map(str::to_string)
             .ok_or_else(|| EngineError::BadRequest(format!("site {} has no host", req.site))),
@@ -87,7 +87,7 @@ pub async fn run(
         None => {
             // Nearest first: copies at the target site, then the rest.
             let (mut near, far): (Vec<_>, Vec<_>) = point.copies.iter().cloned().partition(|d| {
-                ctl.cfg
+                ctl.cfg()
                     .datastores
                     .get(d)
                     .is_some_and(|c| c.site == req.site)
@@ -113,7 +113,7 @@ pub async fn run(
         .parse()
         .map_err(|e| EngineError::BadRequest(format!("bad point id '{}': {e}", req.point)))?;
     let agent = ctl.agent(&host)?;
-    let spec = agent.spec(&ctl.cfg, &vm)?;
+    let spec = agent.spec(&ctl.cfg(), &vm)?;
     // The disks at the target are not the VM's live ones unless it is
     // active there: then a failed restore must leave them whole (beside,
     // renamed over); else only what differs is written onto them.
@@ -131,7 +131,7 @@ pub async fn run(
         if !ctl.host_reaches(&host, &ds) {
             tried.push(format!(
                 "{ds}: served by agent {}, which host {host} is not run by",
-                ctl.cfg
+                ctl.cfg()
                     .datastores
                     .get(&ds)
                     .and_then(|d| d.agent.as_deref())
@@ -139,7 +139,8 @@ pub async fn run(
             ));
             continue;
         }
-        let (handle, config) = match (ctl.store_handle(&ds), ctl.cfg.datastores.get(&ds)) {
+        let live = ctl.cfg();
+        let (handle, config) = match (ctl.store_handle(&ds), live.datastores.get(&ds)) {
             (Ok(h), Some(config)) => (h, config),
             (Err(e), _) => {
                 tried.push(format!("{ds}: {}", error_chain(&e)));
@@ -225,7 +226,7 @@ pub async fn newest_readable(
     site: Option<&str>,
 ) -> Result<(standby_store::Manifest, String), EngineError> {
     let mut best: Option<(standby_store::Manifest, String)> = None;
-    for (name, d) in &ctl.cfg.datastores {
+    for (name, d) in &ctl.cfg().datastores {
         if site.is_some_and(|s| s != d.site) {
             continue;
         }

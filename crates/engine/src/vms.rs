@@ -68,7 +68,7 @@ async fn view_of(
     };
     Ok(VmView {
         groups: ctl
-            .cfg
+            .cfg()
             .groups_of(name)
             .into_iter()
             .map(String::from)
@@ -91,7 +91,7 @@ pub async fn start(ctl: &Controller, name: &str) -> Result<VmStatus, EngineError
     refuse_fenced(ctl, &rec.active_site).await?;
     ensure_single_copy(ctl, &rec, &rec.active_host, false).await?;
     let agent = ctl.agent(&rec.active_host)?;
-    let spec = agent.spec(&ctl.cfg, name)?;
+    let spec = agent.spec(&ctl.cfg(), name)?;
     let never_protected = ctl.repo.latest_point(name).await?.is_none();
     if rec.active_site == rec.home_site && never_protected {
         agent.provision_disks(&spec).await?;
@@ -119,21 +119,22 @@ pub(crate) async fn refuse_fenced(ctl: &Controller, site: &str) -> Result<(), En
 /// Every host where `rec` may run: its active and home hosts, and every
 /// host of its home site and DR site (a restore may have put it on any of
 /// them, and a controller whose database was lost knows only its home).
-fn may_run_at<'a>(ctl: &'a Controller, rec: &'a VmRecord) -> Vec<&'a str> {
+fn may_run_at(ctl: &Controller, rec: &VmRecord) -> Vec<String> {
+    let live = ctl.cfg();
     let mut hosts = vec![rec.active_host.as_str()];
     let mut sites: Vec<&str> = vec![rec.home_site.as_str()];
     sites.extend(rec.dr_site.as_deref());
-    if let Some(v) = ctl.cfg.vms.get(&rec.name) {
+    if let Some(v) = live.vms.get(&rec.name) {
         sites.extend(v.dr_sites());
     }
-    for (name, h) in &ctl.cfg.hosts {
+    for (name, h) in &live.hosts {
         if name == &rec.home_host || sites.contains(&h.site.as_str()) {
             hosts.push(name);
         }
     }
     let mut seen = std::collections::BTreeSet::new();
     hosts.retain(|h| seen.insert(*h));
-    hosts
+    hosts.into_iter().map(str::to_string).collect()
 }
 
 /// Learn from the hosts where each VM runs: one found alive at a single
@@ -151,7 +152,10 @@ pub(crate) async fn reconcile_placements(ctl: std::sync::Arc<Controller>) {
         return;
     };
     let mut asked: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for rec in records.iter().filter(|r| ctl.cfg.vms.contains_key(&r.name)) {
+    for rec in records
+        .iter()
+        .filter(|r| ctl.cfg().vms.contains_key(&r.name))
+    {
         for host in may_run_at(&ctl, rec) {
             asked
                 .entry(host.to_string())
@@ -176,7 +180,7 @@ pub(crate) async fn reconcile_placements(ctl: std::sync::Arc<Controller>) {
             runs.insert(host, list.into_iter().collect());
         }
     }
-    for name in ctl.cfg.vms.keys() {
+    for name in ctl.cfg().vms.keys() {
         if ctl.cancel.is_cancelled() {
             return;
         }
@@ -186,12 +190,12 @@ pub(crate) async fn reconcile_placements(ctl: std::sync::Arc<Controller>) {
         };
         let alive: Vec<String> = may_run_at(&ctl, &rec)
             .into_iter()
-            .filter(|host| runs.get(*host).is_some_and(|r| r.contains(name)))
-            .map(str::to_string)
+            .filter(|host| runs.get(host.as_str()).is_some_and(|r| r.contains(name)))
             .collect();
         match alive.as_slice() {
             [one] if *one != rec.active_host => {
-                let Some(site) = ctl.cfg.site_of_host(one) else {
+                let live = ctl.cfg();
+                let Some(site) = live.site_of_host(one) else {
                     continue;
                 };
                 tracing::warn!(vm = %name, host = %one, recorded = %rec.active_host, "placement learned from the hosts: the vm runs elsewhere than recorded");
@@ -224,10 +228,12 @@ pub(crate) async fn ensure_single_copy(
 ) -> Result<(), EngineError> {
     let vm = &rec.name;
     for host in may_run_at(ctl, rec) {
+        let host = host.as_str();
         if host == target && !include_target {
             continue;
         }
-        let Some(site) = ctl.cfg.site_of_host(host) else {
+        let live = ctl.cfg();
+        let Some(site) = live.site_of_host(host) else {
             continue;
         };
         // The recorded hosts must say; any other host of the VM's sites
@@ -290,7 +296,7 @@ pub async fn shutdown(
     let _guard = ctl.lock_vm(name).await;
     let rec = ctl.repo.vm(name).await?;
     let timeout = timeout
-        .or_else(|| ctl.cfg.vms.get(name).map(|v| v.shutdown_timeout))
+        .or_else(|| ctl.cfg().vms.get(name).map(|v| v.shutdown_timeout))
         .ok_or_else(|| EngineError::not_found("vm", name))?;
     Ok(ctl.agent(&rec.active_host)?.shutdown(name, timeout).await?)
 }

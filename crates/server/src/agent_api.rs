@@ -22,14 +22,14 @@ use crate::error::ServerError;
 /// Serve the agent-facing API on `addr` until the controller stops; the
 /// address it listens on.
 pub async fn serve(ctl: Arc<Controller>, addr: &str) -> Result<SocketAddr, ServerError> {
-    let Some(pki) = ctl.cfg.pki.clone() else {
+    let Some(pki) = ctl.cfg().pki.clone() else {
         return Err(ServerError::BadRequest(
             "[controller] agent_listen needs [pki]: the agent-facing listener is mutual TLS only"
                 .into(),
         ));
     };
     let bad = |e: standby_tls::Error| ServerError::BadRequest(standby_types::error_chain(&e));
-    let me = Identity::new(Role::Controller, ctl.cfg.controller.name.clone()).map_err(bad)?;
+    let me = Identity::new(Role::Controller, ctl.cfg().controller.name.clone()).map_err(bad)?;
     let material = standby_tls::Material::from_dir(&pki.dir, &me).map_err(bad)?;
     let cfg = standby_tls::server_config(material).map_err(bad)?;
     let tcp = tokio::net::TcpListener::bind(addr)

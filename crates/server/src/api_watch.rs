@@ -152,7 +152,7 @@ async fn events(
         .events(&q)
         .await?
         .into_iter()
-        .filter(|e| who.sees(crate::tenancy::labels(&ctl.cfg, &e.labels)))
+        .filter(|e| who.sees(crate::tenancy::labels(&ctl.cfg(), &e.labels)))
         .collect();
     Ok(if q.after_id.is_some() {
         page.of(all)
@@ -184,7 +184,7 @@ async fn events_stream(
 ) -> Result<Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>>, ServerError> {
     let page = Page::new(p.limit, p.offset)?;
     let q = event_query(&p, raw.0.as_deref())?;
-    let cfg = ctl.cfg.clone();
+    let cfg = ctl.cfg().clone();
     let visible = move |e: &Event| who.sees(crate::tenancy::labels(&cfg, &e.labels));
     // Subscribe before reading the backlog so nothing falls between.
     let rx = ctl.watch.subscribe();
@@ -313,7 +313,7 @@ async fn alerts(
         .alerts(&q)
         .await?
         .into_iter()
-        .filter(|a| who.sees(crate::tenancy::labels(&ctl.cfg, &a.labels)))
+        .filter(|a| who.sees(crate::tenancy::labels(&ctl.cfg(), &a.labels)))
         .collect();
     Ok(page.of(all))
 }
@@ -322,7 +322,7 @@ async fn alerts(
 async fn visible_alert(ctl: &Controller, who: &Principal, id: i64) -> Result<Alert, ServerError> {
     let a = ctl.watch.repo().alert(id).await?;
     who.check(
-        crate::tenancy::labels(&ctl.cfg, &a.labels),
+        crate::tenancy::labels(&ctl.cfg(), &a.labels),
         "alert",
         &id.to_string(),
     )?;
@@ -464,7 +464,7 @@ async fn incidents(
         .incidents(&states, SCAN_CAP)
         .await?
         .into_iter()
-        .filter(|i| who.sees(crate::tenancy::labels(&ctl.cfg, &i.labels)))
+        .filter(|i| who.sees(crate::tenancy::labels(&ctl.cfg(), &i.labels)))
         .collect();
     Ok(page.of(all))
 }
@@ -480,7 +480,7 @@ async fn incident_open(
     who: Principal,
     Json(req): Json<IncidentOpen>,
 ) -> ApiResult<Incident> {
-    if !who.sees(crate::tenancy::labels(&ctl.cfg, &req.labels)) {
+    if !who.sees(crate::tenancy::labels(&ctl.cfg(), &req.labels)) {
         return Err(ServerError::Forbidden(
             "a tenant's user opens incidents about their own vm, service or group only \
              (give one in labels)"
@@ -494,7 +494,7 @@ async fn incident_open(
 async fn check_incident(ctl: &Controller, who: &Principal, id: i64) -> Result<(), ServerError> {
     let i = ctl.watch.repo().incident(id).await?;
     who.check(
-        crate::tenancy::labels(&ctl.cfg, &i.labels),
+        crate::tenancy::labels(&ctl.cfg(), &i.labels),
         "incident",
         &id.to_string(),
     )
@@ -645,7 +645,7 @@ async fn agents(
     }
     let seen: std::collections::BTreeMap<_, _> = ctl.watch.agents_seen().into_iter().collect();
     let out: Vec<_> = ctl
-        .cfg
+        .cfg()
         .agents
         .iter()
         .map(|(name, a)| {

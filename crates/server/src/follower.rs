@@ -41,7 +41,7 @@ pub async fn router(cfg: &Config) -> Result<Option<Router>, ServerError> {
     };
     let repo = Arc::new(SqlRepo::connect(&url).await?);
     let reads = Arc::new(Reads {
-        cfg: Arc::new(cfg.clone()),
+        live: Arc::new(standby_engine::controller::LiveConfig::new(cfg.clone())),
         repo: repo.clone(),
         runs: repo.clone(),
     });

@@ -178,7 +178,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
             stop.cancel();
         });
     }
-    let metrics_addr = match ctl.cfg.controller.metrics_listen.clone() {
+    let metrics_addr = match ctl.cfg().controller.metrics_listen.clone() {
         Some(m) => {
             let l = bind(&m).await?;
             let addr = l.local_addr().ok();
@@ -196,11 +196,11 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
         }
         None => None,
     };
-    let agent_addr = match ctl.cfg.controller.agent_listen.clone() {
+    let agent_addr = match ctl.cfg().controller.agent_listen.clone() {
         Some(a) => Some(agent_api::serve(ctl.clone(), &a).await?),
         None => None,
     };
-    let auth = Arc::new(auth::Auth::open(&ctl.cfg, ctl.auth_repo.clone()).await?);
+    let auth = Arc::new(auth::Auth::open(&ctl.cfg(), ctl.auth_repo.clone()).await?);
     standby_engine::start(&ctl).await?;
     front.lead(app(AppState::new(ctl.clone(), auth)));
     tracing::info!(%addr, tls = is_tls, "standby controller listening");
@@ -212,6 +212,33 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
         agent_addr,
         serve,
     })
+}
+
+/// Read the controller's configuration file again and apply it
+/// ([`standby_engine::reload`]): `POST /api/v1/config/reload` and SIGHUP.
+pub async fn reload_from_file(
+    ctl: &Arc<Controller>,
+) -> Result<standby_types::api::ConfigReloaded, ServerError> {
+    let Some(path) = ctl.config_file() else {
+        return Err(ServerError::BadRequest(
+            "this controller was not started from a configuration file: there is nothing to reload"
+                .into(),
+        ));
+    };
+    let path2 = path.clone();
+    let cfg = tokio::task::spawn_blocking(move || Config::load(&path2))
+        .await
+        .map_err(|e| ServerError::Internal(format!("reading the configuration panicked: {e}")))?
+        .map_err(|e| ServerError::BadRequest(format!("configuration not reloaded: {e}")))?;
+    let checked = standby_engine::check(&cfg);
+    if !checked.problems.is_empty() {
+        return Err(ServerError::BadRequest(format!(
+            "configuration not reloaded: {}: {}",
+            path.display(),
+            checked.problems.join("; ")
+        )));
+    }
+    Ok(standby_engine::reload::reload(ctl, cfg).await?)
 }
 
 async fn metrics_open(

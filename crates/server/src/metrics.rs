@@ -198,7 +198,7 @@ fn register_points(
     );
 
     let (age, target, vm_target, met) = (fam(), fam(), fam(), fam());
-    for (gname, g) in &ctl.cfg.groups {
+    for (gname, g) in &ctl.cfg().groups {
         if let Some(t) = g.rpo_target {
             target
                 .get_or_create(&l(&[("group", gname)]))
@@ -243,18 +243,19 @@ fn register_points(
     // Sync: a point is due at every datastore of its group (of every
     // group of its VM when it names none); it is done where a copy is.
     let mut sync: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for ds in ctl.cfg.datastores.keys() {
+    let live = ctl.cfg();
+    for ds in live.datastores.keys() {
         sync.insert((ds.as_str(), "done"), 0);
         sync.insert((ds.as_str(), "pending"), 0);
     }
     let due_at = |vm: &str, group: &Option<String>| -> Vec<&str> {
         let groups: Vec<&str> = match group {
-            Some(g) if ctl.cfg.groups.contains_key(g) => vec![g.as_str()],
-            _ => ctl.cfg.groups_of(vm),
+            Some(g) if live.groups.contains_key(g) => vec![g.as_str()],
+            _ => live.groups_of(vm),
         };
         let mut due: Vec<&str> = groups
             .iter()
-            .filter_map(|g| ctl.cfg.groups.get(*g))
+            .filter_map(|g| live.groups.get(*g))
             .flat_map(|g| g.datastores.iter().map(String::as_str))
             .collect();
         due.sort_unstable();

@@ -425,6 +425,7 @@ mod tests {
             // The running configuration: file paths and the shape of
             // the whole installation.
             ("GET", "/api/v1/config"),
+            ("POST", "/api/v1/config/reload"),
         ]
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -545,7 +546,7 @@ disk_dir = "disks"
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let ctl = controller(dir.path()).await;
-        let auth = crate::auth::Auth::open(&ctl.cfg, ctl.auth_repo.clone())
+        let auth = crate::auth::Auth::open(&ctl.cfg(), ctl.auth_repo.clone())
             .await
             .unwrap();
         let app = crate::router(

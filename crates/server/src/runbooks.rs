@@ -154,11 +154,11 @@ async fn run(
                     "a tenant's user runs {name} for a VM of theirs: give params.vm"
                 ))
             })?;
-        who.check(ctl.cfg.tenant_of_vm(vm), "vm", vm)?;
+        who.check(ctl.cfg().tenant_of_vm(vm), "vm", vm)?;
     }
     let l = ctl.runbooks.get(&name)?;
     if who.tenant.is_some() {
-        check_params(&ctl.cfg, &who, &l.runbook, &req.params)?;
+        check_params(&ctl.cfg(), &who, &l.runbook, &req.params)?;
     }
     if req.dry_run {
         let plan = standby_runbook::plan(&l.runbook, &req.params, &json!({"kind": "manual"}))

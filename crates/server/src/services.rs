@@ -37,9 +37,9 @@ async fn list(
     let page = Page::new(q.limit, q.offset)?;
     let all: Vec<ServiceView> = ctl
         .frontdoor
-        .views(&ctl.cfg)?
+        .views(&ctl.cfg())?
         .into_iter()
-        .filter(|v| who.sees(ctl.cfg.tenant_of_service(&v.name)))
+        .filter(|v| who.sees(ctl.cfg().tenant_of_service(&v.name)))
         .collect();
     Ok(page.of(all))
 }
@@ -53,8 +53,8 @@ async fn show(
     who: Principal,
     Path(name): Path<String>,
 ) -> Result<Json<ServiceView>, ServerError> {
-    who.check(ctl.cfg.tenant_of_service(&name), "service", &name)?;
-    Ok(Json(ctl.frontdoor.view(&ctl.cfg, &name)?))
+    who.check(ctl.cfg().tenant_of_service(&name), "service", &name)?;
+    Ok(Json(ctl.frontdoor.view(&ctl.cfg(), &name)?))
 }
 
 /// Send a service's clients to another site.
@@ -69,7 +69,7 @@ async fn switch(
     Path(name): Path<String>,
     body: Result<Json<SwitchRequest>, JsonRejection>,
 ) -> Result<Json<SwitchResult>, ServerError> {
-    who.check(ctl.cfg.tenant_of_service(&name), "service", &name)?;
+    who.check(ctl.cfg().tenant_of_service(&name), "service", &name)?;
     // 404 for an unknown service before looking at the body.
     ctl.frontdoor.record(&name)?;
     let Json(req) = body.map_err(|e| {
@@ -79,6 +79,6 @@ async fn switch(
         ))
     })?;
     Ok(Json(
-        ctl.frontdoor.switch(&ctl.cfg, &name, &req.site).await?,
+        ctl.frontdoor.switch(&ctl.cfg(), &name, &req.site).await?,
     ))
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use standby_db::{Repo, RunbookRepo};
 use standby_engine::Controller;
-use standby_types::config::Config;
 
 use crate::auth::Auth;
 
@@ -16,16 +15,21 @@ use crate::auth::Auth;
 /// replica that does not lead reads the shared database with its own
 /// ([`crate::follower`]), so the same handlers answer there.
 pub struct Reads {
-    pub cfg: Arc<Config>,
+    pub live: Arc<standby_engine::controller::LiveConfig>,
     pub repo: Arc<dyn Repo>,
     pub runs: Arc<dyn RunbookRepo>,
 }
 
 impl Reads {
+    /// The configuration in force now.
+    pub fn cfg(&self) -> Arc<standby_types::config::Config> {
+        self.live.get()
+    }
+
     /// The reads of a leading controller.
     pub fn of(ctl: &Controller) -> Reads {
         Reads {
-            cfg: Arc::new(ctl.cfg.clone()),
+            live: ctl.live_config().clone(),
             repo: ctl.repo.clone(),
             runs: ctl.runbooks.repo().clone(),
         }

@@ -154,7 +154,7 @@ fn http(srv: &RunningServer) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let file = srv
         .ctl
-        .cfg
+        .cfg()
         .controller
         .data_dir
         .join(standby_server::auth::ADMIN_TOKEN_FILE);

@@ -197,3 +197,13 @@ pub struct SwitchResult {
     pub previous: String,
     pub switched_at: Option<DateTime<Utc>>,
 }
+
+/// What a configuration reload applied (`POST /api/v1/config/reload`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ConfigReloaded {
+    /// One line per change (`vm pbx2: added`, `group gold: changed
+    /// (schedule)`); empty when the file says what runs already.
+    pub changes: Vec<String>,
+    /// How long applying took, in milliseconds.
+    pub took_ms: u64,
+}

@@ -3,13 +3,13 @@
 //! error with its file, line and field; then what it changes against the
 //! running controller (`GET /api/v1/config`).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use serde_json::{Value, json};
-use standby_types::config::{self, Config};
+use standby_types::api::ConfigReloaded;
+use standby_types::config::{self, Config, diff};
 
 use super::Ctx;
 use crate::output;
@@ -22,11 +22,16 @@ pub enum ConfigCmd {
         /// The file to check.
         file: Option<PathBuf>,
     },
+    /// Have the controller read its configuration file again and apply
+    /// it without a restart (as SIGHUP does); refused whole, with the
+    /// reason, when a change needs a restart or would strand a VM.
+    Reload,
 }
 
 pub async fn run(ctx: &Ctx, cmd: &ConfigCmd, default: &Path) -> Result<()> {
     match cmd {
         ConfigCmd::Check { file } => check(ctx, file.as_deref().unwrap_or(default)).await,
+        ConfigCmd::Reload => reload(ctx).await,
     }
 }
 
@@ -55,10 +60,16 @@ async fn check(ctx: &Ctx, file: &Path) -> Result<()> {
     );
     // The running controller's, when it answers.
     let running: Result<Value> = ctx.client.get("/api/v1/config").await;
-    let changes = running
-        .as_ref()
-        .ok()
-        .map(|r| diff(r, &config::redacted(&cfg)));
+    let new = config::redacted(&cfg);
+    let changes: Option<Vec<String>> = running.as_ref().ok().map(|r| {
+        diff::changes(r, &new)
+            .iter()
+            .map(|c| match diff::restart_reason(c, r, &new) {
+                None => format!("{} (reload applies it)", c.text),
+                Some(why) => format!("{} (needs a restart: {why})", c.text),
+            })
+            .collect()
+    });
     if ctx.json {
         output::json(&json!({
             "file": file,
@@ -81,7 +92,13 @@ async fn check(ctx: &Ctx, file: &Path) -> Result<()> {
             for line in &c {
                 println!("  {line}");
             }
-            println!("the controller reads its configuration at start: restart it to apply");
+            if c.iter().any(|l| l.contains("needs a restart")) {
+                println!(
+                    "restart the controller to apply (VMs keep running across a restart); `standby config reload` refuses this file"
+                );
+            } else {
+                println!("apply with `standby config reload` (or SIGHUP), no restart needed");
+            }
         }
         (None, Err(e)) => println!("checked offline only: {e:#}"),
         (None, Ok(_)) => {}
@@ -89,97 +106,20 @@ async fn check(ctx: &Ctx, file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One line per change from `running` to `new`: sections of named entries
-/// (sites, hosts, VMs, ...) entry by entry, other sections field by field.
-fn diff(running: &Value, new: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    let empty = serde_json::Map::new();
-    let (r, n) = (
-        running.as_object().unwrap_or(&empty),
-        new.as_object().unwrap_or(&empty),
-    );
-    let keys: BTreeSet<&String> = r.keys().chain(n.keys()).collect();
-    for k in keys {
-        let (a, b) = (
-            r.get(k).unwrap_or(&Value::Null),
-            n.get(k).unwrap_or(&Value::Null),
-        );
-        if a == b {
-            continue;
-        }
-        if is_entries(a) && is_entries(b) {
-            let (ea, eb) = (
-                a.as_object().unwrap_or(&empty),
-                b.as_object().unwrap_or(&empty),
-            );
-            let names: BTreeSet<&String> = ea.keys().chain(eb.keys()).collect();
-            let kind = k.trim_end_matches('s');
-            for name in names {
-                match (ea.get(name), eb.get(name)) {
-                    (None, Some(_)) => out.push(format!("{kind} {name}: added")),
-                    (Some(_), None) => out.push(format!("{kind} {name}: removed")),
-                    (Some(x), Some(y)) if x != y => {
-                        out.push(format!("{kind} {name}: changed ({})", fields(x, y)))
-                    }
-                    _ => {}
-                }
-            }
-        } else {
-            out.push(format!("{k}: changed ({})", fields(a, b)));
+/// `standby config reload`.
+async fn reload(ctx: &Ctx) -> Result<()> {
+    let r: ConfigReloaded = ctx.client.post("/api/v1/config/reload", &json!({})).await?;
+    if ctx.json {
+        output::json(&r);
+        return Ok(());
+    }
+    if r.changes.is_empty() {
+        println!("reloaded: no change ({} ms)", r.took_ms);
+    } else {
+        println!("reloaded in {} ms:", r.took_ms);
+        for line in &r.changes {
+            println!("  {line}");
         }
     }
-    out
-}
-
-/// A table of named entries: an object whose values are all objects.
-fn is_entries(v: &Value) -> bool {
-    v.is_null()
-        || v.as_object()
-            .is_some_and(|m| m.values().all(Value::is_object))
-}
-
-/// The names of the fields that differ, or `value`.
-fn fields(a: &Value, b: &Value) -> String {
-    match (a.as_object(), b.as_object()) {
-        (Some(x), Some(y)) => {
-            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            keys.into_iter()
-                .filter(|k| x.get(*k) != y.get(*k))
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-        _ => "value".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn changes_are_named_by_entry_and_field() {
-        let running = json!({
-            "controller": {"listen": "a", "data_dir": "d"},
-            "vms": {"pbx1": {"host": "h1", "args": ["x"]}},
-            "groups": {"gold": {"schedule": "every 1h", "members": ["pbx1"]}},
-            "sites": {"s1": {}},
-        });
-        let new = json!({
-            "controller": {"listen": "b", "data_dir": "d"},
-            "vms": {"pbx1": {"host": "h1", "args": ["y"]}, "pbx2": {"host": "h1"}},
-            "groups": {},
-            "sites": {"s1": {}},
-        });
-        assert_eq!(
-            diff(&running, &new),
-            vec![
-                "controller: changed (listen)",
-                "group gold: removed",
-                "vm pbx1: changed (args)",
-                "vm pbx2: added",
-            ]
-        );
-        assert!(diff(&new, &new).is_empty());
-    }
+    Ok(())
 }

@@ -457,7 +457,7 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
         .context("starting the controller")?;
     let admin_file = server
         .ctl
-        .cfg
+        .cfg()
         .controller
         .data_dir
         .join(standby_server::auth::ADMIN_TOKEN_FILE);
@@ -478,7 +478,7 @@ async fn demo(args: &DemoArgs, dir: &Path, say: &dyn Fn(String)) -> Result<DemoR
             listen: Some((ip, port).into()),
             data_dir: None,
             auth: standby_agent::daemon::AgentAuth::Token(
-                server.ctl.cfg.agents[name].secret().ok().flatten(),
+                server.ctl.cfg().agents[name].secret().ok().flatten(),
             ),
             policy: None,
             ready: None,

@@ -5,15 +5,24 @@ use standby_types::config::Config;
 
 pub async fn run(config: &Path) -> Result<()> {
     let cfg = Config::load(config)?;
+    // SIGHUP reloads the configuration. Taken from now on: a replica
+    // waiting for the lease must not die of one (a SIGHUP's default), and
+    // one received meanwhile is applied once it leads.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("unable to take SIGHUP")?;
     let server = standby_server::start(cfg)
         .await
         .context("unable to start the controller")?;
+    server.ctl.set_config_file(config);
     eprintln!("standby controller listening on {}", server.url());
     crate::systemd::ready(&format!("controller listening on {}", server.url()));
     let cancelled = server.ctl.cancel.clone();
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = cancelled.cancelled() => {}
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            _ = cancelled.cancelled() => break,
+            _ = hup.recv() => reload(&server.ctl).await,
+        }
     }
     crate::systemd::stopping();
     if server.ctl.leader.deposed() {
@@ -29,6 +38,26 @@ pub async fn run(config: &Path) -> Result<()> {
     eprintln!("stopping: shutting down local VMs");
     server.stop().await;
     Ok(())
+}
+
+/// SIGHUP: read the file again and apply it, or say why not (the log,
+/// and the service manager's status line).
+async fn reload(ctl: &std::sync::Arc<standby_server::Controller>) {
+    crate::systemd::reloading();
+    let status = match standby_server::reload_from_file(ctl).await {
+        Ok(r) if r.changes.is_empty() => "configuration reloaded: no change".to_string(),
+        Ok(r) => format!(
+            "configuration reloaded in {} ms: {}",
+            r.took_ms,
+            r.changes.join("; ")
+        ),
+        Err(e) => {
+            tracing::error!("SIGHUP: {e}");
+            format!("configuration not reloaded: {e}")
+        }
+    };
+    eprintln!("{status}");
+    crate::systemd::reloaded(&status);
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -353,6 +353,26 @@ token = "packaged-agent-secret"
         "no point in site1-store: {points}"
     );
 
+    // `systemctl reload standby`: the unit's ExecReload, the changed file
+    // applied in place, said to the service manager.
+    let text = std::fs::read_to_string("/etc/standby/standby.toml").unwrap();
+    std::fs::write(
+        "/etc/standby/standby.toml",
+        text.replace("every 24h", "every 12h"),
+    )
+    .unwrap();
+    let (svc, _) =
+        service_section(&std::fs::read_to_string(units.join("standby.service")).unwrap());
+    let reload = svc["ExecReload"].replace("$MAINPID", &pid.to_string());
+    run(Command::new("sh").args(["-c", &reload]));
+    wait_notify(&sock, "RELOADING=1", Duration::from_secs(10), &log);
+    let seen = wait_notify(&sock, "READY=1", Duration::from_secs(10), &log);
+    assert!(
+        seen.last()
+            .is_some_and(|m| m.contains("group gold: changed (schedule)")),
+        "{seen:?}"
+    );
+
     // The agent, as standby-agent@site1-agent.service runs it.
     let agent_log = dir.path().join("agent.log");
     let (agent, _) = start_unit(

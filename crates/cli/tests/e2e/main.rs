@@ -28,6 +28,7 @@ mod qemu;
 mod recovery;
 mod recovery_delta;
 mod recovery_plans;
+mod reload;
 mod runbooks;
 mod scheduler;
 mod site_data;

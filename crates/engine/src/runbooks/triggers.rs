@@ -180,7 +180,8 @@ async fn groups_tick(ctl: &Arc<Controller>) -> Result<(), EngineError> {
     }
     let now = Utc::now();
     for rec in ctl.repo.groups().await? {
-        let Some(g) = ctl.cfg.groups.get(&rec.name) else {
+        let live = ctl.cfg();
+        let Some(g) = live.groups.get(&rec.name) else {
             continue;
         };
         match rec.next_run {
@@ -227,7 +228,7 @@ pub const PROTECT: &str = "protect";
 /// lock (`group:NAME`). A run of the group in progress, scheduled or
 /// requested, makes this a conflict; nothing is started then.
 pub async fn protect_group(ctl: &Arc<Controller>, group: &str) -> Result<i64, EngineError> {
-    if !ctl.cfg.groups.contains_key(group) {
+    if !ctl.cfg().groups.contains_key(group) {
         return Err(EngineError::not_found("group", group));
     }
     let params = Map::from_iter([("group".to_string(), json!(group))]);

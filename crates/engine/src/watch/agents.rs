@@ -18,7 +18,7 @@ use crate::error::EngineError;
 
 /// The probes a vantage point runs.
 pub fn probes_for(ctl: &Controller, vantage: &str) -> Vec<ProbeSpec> {
-    ctl.cfg
+    ctl.cfg()
         .probes
         .iter()
         .filter(|(_, p)| p.from.iter().any(|f| f == vantage))
@@ -31,7 +31,8 @@ pub fn heartbeat(
     name: &str,
     hb: Heartbeat,
 ) -> Result<HeartbeatReply, EngineError> {
-    let Some(agent) = ctl.cfg.agents.get(name) else {
+    let live = ctl.cfg();
+    let Some(agent) = live.agents.get(name) else {
         return Err(EngineError::not_found("agent", name));
     };
     // The first word of an agent since this controller started: a fence
@@ -142,7 +143,7 @@ pub fn results(
     (session, seq): (Option<&str>, Option<u64>),
     results: Vec<ProbeResult>,
 ) -> Result<usize, EngineError> {
-    if !ctl.cfg.agents.contains_key(name) {
+    if !ctl.cfg().agents.contains_key(name) {
         return Err(EngineError::not_found("agent", name));
     }
     fresh(ctl, name, session, seq, "results").map_err(|r| refused(name, "results", r))?;

@@ -27,7 +27,7 @@ pub struct AckRequest {
 /// inhibit rule targets does not wait.
 fn settle_delay(ctl: &Controller) -> chrono::Duration {
     let longest = ctl
-        .cfg
+        .cfg()
         .routes
         .iter()
         .map(|r| r.group_wait)

@@ -134,7 +134,7 @@ pub async fn open(ctl: &Arc<Controller>, req: IncidentOpen) -> Result<Incident, 
     };
     // Keys are per tenant: a tenant's incident is never found by another
     // tenant's (or the operators') key, nor theirs by its.
-    let key = key.map(|k| scoped_key(ctl.cfg.tenant_of_labels(&req.labels), k));
+    let key = key.map(|k| scoped_key(ctl.cfg().tenant_of_labels(&req.labels), k));
     if let Some(k) = &key
         && let Some(existing) = ctl.watch.repo.open_incident_by_key(k).await?
     {

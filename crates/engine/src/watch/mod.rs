@@ -71,12 +71,18 @@ const FLUSH: Duration = Duration::from_millis(250);
 /// Start the watch tasks: controller probes, generated probes, rule
 /// evaluation, rule reloading, event flushing and pruning, notifications.
 pub fn spawn(ctl: &Arc<Controller>) {
-    ctl.tasks.spawn(probes::run_controller_probes(ctl.clone()));
+    probes::run_controller_probes(ctl);
     ctl.tasks.spawn(probes::run_generated(ctl.clone()));
     ctl.tasks.spawn(evaluate_loop(ctl.clone()));
     ctl.tasks.spawn(rules::reload_loop(ctl.clone()));
     ctl.tasks.spawn(flush_loop(ctl.clone()));
     ctl.tasks.spawn(notifier::run(ctl.clone()));
+}
+
+/// Start the controller's own probes anew, from the configuration in
+/// force (after a reload).
+pub fn restart_controller_probes(ctl: &Arc<Controller>) {
+    probes::run_controller_probes(ctl);
 }
 
 async fn evaluate_loop(ctl: Arc<Controller>) {
@@ -110,7 +116,7 @@ async fn flush_loop(ctl: Arc<Controller>) {
         }
         if last_prune.elapsed() > Duration::from_secs(600) {
             last_prune = std::time::Instant::now();
-            let keep = chrono::Duration::from_std(ctl.cfg.controller.events_retention)
+            let keep = chrono::Duration::from_std(ctl.cfg().controller.events_retention)
                 .unwrap_or(chrono::Duration::days(1));
             match ctl.watch.repo.prune_events(Utc::now() - keep).await {
                 Ok(n) if n > 0 => tracing::info!("pruned {n} old event(s)"),

@@ -19,7 +19,7 @@ pub(super) async fn queue(
     status: &str,
     alerts: Vec<Alert>,
 ) -> Result<(), EngineError> {
-    let routes = &ctl.cfg.routes;
+    let routes = &ctl.cfg().routes;
     // (route index, group labels) → alerts
     let mut groups: BTreeMap<(usize, Labels), Vec<Alert>> = BTreeMap::new();
     for a in alerts {
@@ -95,7 +95,7 @@ async fn send(
     let now = Utc::now();
     d.attempts += 1;
     let result = match (
-        ctl.cfg.receivers.get(&d.receiver),
+        ctl.cfg().receivers.get(&d.receiver),
         serde_json::from_value::<Notification>(payload),
     ) {
         (None, _) => Err(standby_notify::DeliveryError {
@@ -112,7 +112,7 @@ async fn send(
         }
     };
     let max = ctl
-        .cfg
+        .cfg()
         .receivers
         .get(&d.receiver)
         .map_or(1, |r| r.max_attempts());

@@ -15,20 +15,32 @@ use crate::controller::Controller;
 /// How often generated probes are evaluated.
 const GENERATED_INTERVAL: Duration = Duration::from_secs(1);
 
-pub(super) async fn run_controller_probes(ctl: Arc<Controller>) {
-    for spec in super::agents::probes_for(&ctl, CONTROLLER_VANTAGE) {
-        let ctl2 = ctl.clone();
+/// Run the probes whose vantage is the controller, until the controller
+/// stops or a reload runs them anew (the ones running stop first).
+pub(super) fn run_controller_probes(ctl: &Arc<Controller>) {
+    let stop = ctl.cancel.child_token();
+    if let Some(old) = ctl
+        .watch
+        .controller_probes
+        .lock()
+        .expect("probes lock")
+        .replace(stop.clone())
+    {
+        old.cancel();
+    }
+    for spec in super::agents::probes_for(ctl, CONTROLLER_VANTAGE) {
+        let (ctl2, stop) = (ctl.clone(), stop.clone());
         ctl.tasks.spawn(async move {
             let mut tick = tokio::time::interval(spec.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = ctl2.cancel.cancelled() => return,
+                    _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
                 let at = Utc::now();
                 let outcome = tokio::select! {
-                    _ = ctl2.cancel.cancelled() => return,
+                    _ = stop.cancelled() => return,
                     o = standby_monitor::probe::run(&spec) => o,
                 };
                 ctl2.watch.record(standby_monitor::probe::result(
@@ -96,7 +108,7 @@ fn heartbeats(ctl: &Controller, stale: Duration) -> Vec<ProbeResult> {
     let now = Utc::now();
     let seen = ctl.watch.agents.lock().expect("agents lock").clone();
     let mut out = Vec::new();
-    for (name, a) in &ctl.cfg.agents {
+    for (name, a) in &ctl.cfg().agents {
         let limit =
             chrono::Duration::from_std(a.heartbeat * 3).unwrap_or(chrono::Duration::seconds(3));
         let (ok, detail) = match seen.get(name) {
@@ -220,7 +232,7 @@ async fn damage_probes(ctl: &Controller, stale: std::time::Duration) -> Vec<Prob
         return Vec::new();
     };
     let mut out = Vec::new();
-    for (name, d) in &ctl.cfg.datastores {
+    for (name, d) in &ctl.cfg().datastores {
         let mine: Vec<&str> = damaged
             .iter()
             .filter(|c| c.datastore == *name)
@@ -251,8 +263,8 @@ async fn damage_probes(ctl: &Controller, stale: std::time::Duration) -> Vec<Prob
 }
 
 async fn point_ages(ctl: &Controller, stale: Duration) -> Vec<ProbeResult> {
-    let groups: Vec<_> = ctl
-        .cfg
+    let live = ctl.cfg();
+    let groups: Vec<_> = live
         .groups
         .iter()
         .filter_map(|(n, g)| g.rpo_target.map(|t| (n, g, t)))

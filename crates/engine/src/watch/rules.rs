@@ -15,7 +15,7 @@ use crate::controller::Controller;
 /// Re-read the rule files now. On error the rules in force stay.
 pub fn reload(ctl: &Controller) -> RulesStatus {
     let w = &ctl.watch;
-    match read(&ctl.cfg) {
+    match read(&ctl.cfg()) {
         Ok(set) => {
             let names = set.names();
             w.evaluator.lock().expect("evaluator lock").set_rules(set);
@@ -45,16 +45,21 @@ fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
 }
 
 pub(super) async fn reload_loop(ctl: Arc<Controller>) {
-    let files = ctl.cfg.controller.rules.clone();
-    if files.is_empty() {
-        return;
-    }
+    // The files in force: a configuration reload may name others (and
+    // reads them itself).
+    let mut files = ctl.cfg().controller.rules.clone();
     let mut seen = mtimes(&files);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = ctl.cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        let named = ctl.cfg().controller.rules.clone();
+        if named != files {
+            files = named;
+            seen = mtimes(&files);
+            continue;
         }
         let now = mtimes(&files);
         if now != seen {

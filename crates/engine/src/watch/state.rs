@@ -44,6 +44,8 @@ pub struct Watch {
     /// watch does not call into runbooks, it hands alerts over.
     settled_tx: mpsc::UnboundedSender<Alert>,
     settled_rx: Mutex<Option<mpsc::UnboundedReceiver<Alert>>>,
+    /// Stops the controller's own probes (a reload starts them anew).
+    pub(super) controller_probes: Mutex<Option<tokio_util::sync::CancellationToken>>,
 }
 
 impl Watch {
@@ -84,6 +86,7 @@ impl Watch {
             notify_wake: tokio::sync::Notify::new(),
             settled_tx,
             settled_rx: Mutex::new(Some(settled_rx)),
+            controller_probes: Mutex::default(),
         })
     }
 

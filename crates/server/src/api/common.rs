@@ -115,7 +115,7 @@ pub(crate) async fn check_job(
     if who.tenant.is_none() {
         return Ok(());
     }
-    let o = crate::tenancy::job(&reads.cfg, &*reads.runs, job).await?;
+    let o = crate::tenancy::job(&reads.cfg(), &*reads.runs, job).await?;
     who.check(o.as_deref(), "job", &job.id.to_string())
 }
 

@@ -75,7 +75,7 @@ async fn sites(
     let (views, json) = match built {
         Some(b) => b,
         None => {
-            let views = std::sync::Arc::new(site_views(&ctl.cfg, &vms, records.clone(), |s| {
+            let views = std::sync::Arc::new(site_views(&ctl.cfg(), &vms, records.clone(), |s| {
                 ctl.fence_of(s)
             }));
             let json = axum::body::Bytes::from(
@@ -132,7 +132,7 @@ pub(crate) async fn sites_from_db(
         .map(|f| (f.site.clone(), f))
         .collect();
     let records = r.repo.sites().await?;
-    Ok(page.of(site_views(&r.cfg, &vms, records, |s| {
+    Ok(page.of(site_views(&r.cfg(), &vms, records, |s| {
         fences.get(s).cloned()
     })))
 }
@@ -240,12 +240,12 @@ async fn vms(
         .vms()
         .await?
         .iter()
-        .filter(|v| who.sees(ctl.cfg.tenant_of_vm(&v.name)))
+        .filter(|v| who.sees(ctl.cfg().tenant_of_vm(&v.name)))
         .filter(|v| q.site.as_ref().is_none_or(|s| &v.active_site == s))
         .filter(|v| {
             q.group
                 .as_ref()
-                .is_none_or(|g| ctl.cfg.groups_of(&v.name).contains(&g.as_str()))
+                .is_none_or(|g| ctl.cfg().groups_of(&v.name).contains(&g.as_str()))
         })
         .cloned()
         .collect();
@@ -261,7 +261,7 @@ async fn vms(
     params(("name" = String, Path, description = "VM")),
     responses((status = 200, body = VmView), (status = 404, body = ApiError)))]
 async fn vm(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<VmView> {
-    check_vm(&ctl.cfg, &who, &name)?;
+    check_vm(&ctl.cfg(), &who, &name)?;
     Ok(Json(vms::view(&ctl, &name).await?))
 }
 
@@ -271,7 +271,7 @@ async fn vm(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiRes
     responses((status = 200, body = VmView), (status = 404, body = ApiError),
         (status = 409, body = ApiError)))]
 async fn vm_start(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<VmView> {
-    check_vm(&ctl.cfg, &who, &name)?;
+    check_vm(&ctl.cfg(), &who, &name)?;
     vms::start(&ctl, &name).await?;
     Ok(Json(vms::view(&ctl, &name).await?))
 }
@@ -287,7 +287,7 @@ async fn vm_shutdown(
     Path(name): Path<String>,
     body: Option<Json<ShutdownRequest>>,
 ) -> ApiResult<VmView> {
-    check_vm(&ctl.cfg, &who, &name)?;
+    check_vm(&ctl.cfg(), &who, &name)?;
     let timeout = body
         .and_then(|b| b.timeout_secs)
         .map(std::time::Duration::from_secs);
@@ -300,7 +300,7 @@ async fn vm_shutdown(
     params(("name" = String, Path, description = "VM")),
     responses((status = 200, body = VmView), (status = 404, body = ApiError)))]
 async fn vm_stop(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<VmView> {
-    check_vm(&ctl.cfg, &who, &name)?;
+    check_vm(&ctl.cfg(), &who, &name)?;
     vms::stop(&ctl, &name).await?;
     Ok(Json(vms::view(&ctl, &name).await?))
 }
@@ -320,7 +320,7 @@ async fn groups(
         .groups()
         .await?
         .into_iter()
-        .filter(|g| who.sees(ctl.cfg.tenant_of_group(&g.name)))
+        .filter(|g| who.sees(ctl.cfg().tenant_of_group(&g.name)))
         .collect();
     Ok(page.of(all))
 }
@@ -333,7 +333,7 @@ async fn groups(
         (status = 404, body = ApiError),
         (status = 409, description = "A run of the group holds its lock", body = ApiError)))]
 async fn group_run(State(ctl): Ctl, who: Principal, Path(name): Path<String>) -> ApiResult<JobRef> {
-    who.check(ctl.cfg.tenant_of_group(&name), "group", &name)?;
+    who.check(ctl.cfg().tenant_of_group(&name), "group", &name)?;
     Ok(Json(JobRef {
         job: protect_group(&ctl, &name).await?,
     }))

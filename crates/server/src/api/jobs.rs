@@ -67,7 +67,7 @@ async fn jobs(State(ctl): Rd, who: Principal, ApiQuery(q): ApiQuery<JobParams>) 
         }
         if who.tenant.is_some()
             && !who.sees(
-                crate::tenancy::job(&ctl.cfg, &*ctl.runs, &j)
+                crate::tenancy::job(&ctl.cfg(), &*ctl.runs, &j)
                     .await?
                     .as_deref(),
             )

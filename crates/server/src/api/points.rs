@@ -68,15 +68,15 @@ async fn points(
         .map(crate::api_watch::parse_since)
         .transpose()?;
     if let Some(vm) = &q.vm {
-        check_vm(&ctl.cfg, &who, vm)?;
+        check_vm(&ctl.cfg(), &who, vm)?;
         ctl.repo.vm(vm).await?;
     }
     // A tenant's user: only the points of their VMs.
     let vms = who.tenant.is_some().then(|| {
-        ctl.cfg
+        ctl.cfg()
             .vms
             .keys()
-            .filter(|v| who.sees(ctl.cfg.tenant_of_vm(v)))
+            .filter(|v| who.sees(ctl.cfg().tenant_of_vm(v)))
             .cloned()
             .collect()
     });
@@ -125,7 +125,7 @@ async fn with_damage(
     responses((status = 200, body = PointRecord), (status = 404, body = ApiError)))]
 async fn point(State(ctl): Rd, who: Principal, Path(id): Path<String>) -> ApiResult<PointRecord> {
     let p = ctl.repo.point(&id).await?;
-    who.check(ctl.cfg.tenant_of_vm(&p.vm), "point", &id)?;
+    who.check(ctl.cfg().tenant_of_vm(&p.vm), "point", &id)?;
     let p = with_damage(&ctl, vec![p]).await?.remove(0);
     Ok(Json(p))
 }
@@ -142,7 +142,7 @@ async fn restore_point(
     Json(req): Json<RestoreRequest>,
 ) -> ApiResult<JobRef> {
     who.check(
-        crate::tenancy::point(&ctl.cfg, &req.point),
+        crate::tenancy::point(&ctl.cfg(), &req.point),
         "point",
         &req.point,
     )?;

@@ -41,11 +41,12 @@ async fn datastores(
     if who.tenant.is_some() {
         return Ok(page.of(Vec::new()));
     }
-    let names: Vec<&String> = ctl.cfg.datastores.keys().collect();
+    let live = ctl.cfg();
+    let names: Vec<&String> = live.datastores.keys().collect();
     let listed = page.of(names);
     let mut out = Vec::new();
     for name in listed.items {
-        let d = &ctl.cfg.datastores[name];
+        let d = &ctl.cfg().datastores[name];
         let mut view = DatastoreView {
             name: name.clone(),
             site: d.site.clone(),
@@ -156,7 +157,7 @@ async fn store_prune(
     let dry_run = body.map(|b| b.dry_run).unwrap_or(false);
     // Each VM is pruned by the retention of the groups that write here.
     let policies: Vec<(String, standby_types::Retention)> = ctl
-        .cfg
+        .cfg()
         .groups
         .values()
         .filter(|g| g.datastores.contains(&name) && !g.retention.keeps_all())
@@ -247,7 +248,7 @@ async fn store_sync(
         let (mut chunks, mut bytes, mut copied) = (0u64, 0u64, Vec::new());
         for id in points {
             p.stage(format!("syncing {id} to {to}"), 0);
-            let schedule = ctl.cfg.bandwidth_of(&src.config().site);
+            let schedule = ctl.cfg().bandwidth_of(&src.config().site);
             let st = standby_agent::copy_point(&src, &dst, &id, schedule, p.clone())
                 .await
                 .map_err(standby_engine::EngineError::from)?

@@ -26,11 +26,14 @@
 //! - `error`: [`ConfigError`] and where in the file a field is;
 //! - `load`: [`Config::load`] and [`Config::parse`];
 //! - `validate`, `validate_watch`: the cross-reference checks;
-//! - `redact`: [`redacted`], the configuration as the API shows it.
+//! - `redact`: [`redacted`], the configuration as the API shows it;
+//! - `diff`: what changes between two configurations, and what of it a
+//!   running controller applies without a restart.
 
 mod bandwidth;
 mod controller;
 mod datastores;
+pub mod diff;
 mod dns;
 mod error;
 mod ha;

@@ -89,7 +89,7 @@ impl ActionCtx {
 
 /// The configured probe about a VM (labels `vm = NAME`), if any.
 pub(super) fn probe_of(ctl: &Controller, vm: &str) -> Option<String> {
-    ctl.cfg
+    ctl.cfg()
         .probes
         .iter()
         .find(|(_, p)| p.labels.get("vm").map(String::as_str) == Some(vm))
@@ -98,7 +98,7 @@ pub(super) fn probe_of(ctl: &Controller, vm: &str) -> Option<String> {
 
 /// Front-door services of a VM, by name.
 pub(super) fn services_of(ctl: &Controller, vm: &str) -> Vec<String> {
-    ctl.cfg
+    ctl.cfg()
         .services
         .iter()
         .filter(|(_, s)| s.vm == vm)
@@ -113,8 +113,8 @@ pub(super) fn service_check(
     service: &str,
     site: &str,
 ) -> Result<ProbeCheck, EngineError> {
-    let svc = ctl
-        .cfg
+    let live = ctl.cfg();
+    let svc = live
         .services
         .get(service)
         .ok_or_else(|| EngineError::not_found("service", service))?;
@@ -151,7 +151,7 @@ pub(super) fn check_of(ctl: &Controller, vm: &str, site: &str) -> Option<(String
     // Its own probe, when that probe is about the site where it runs (a
     // probe of its home address says nothing of it at its DR site).
     let p = probe_of(ctl, vm)?;
-    let cfg = &ctl.cfg.probes[&p];
+    let cfg = &ctl.cfg().probes[&p];
     if cfg.labels.get("site").is_some_and(|s| s != site) {
         return None;
     }

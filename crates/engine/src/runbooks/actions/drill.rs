@@ -132,7 +132,7 @@ pub(super) fn copy_check(
                              labels vm = \"{vm}\"): give the drill probe 'kind' and 'port'"
                     ))
                 })?;
-                let check = ctx.ctl.cfg.probes[&probe].check().map_err(|(field, e)| {
+                let check = ctx.ctl.cfg().probes[&probe].check().map_err(|(field, e)| {
                     EngineError::BadRequest(format!("probe {probe}: {field}: {e}"))
                 })?;
                 on_loopback(check, keep)?
@@ -261,7 +261,7 @@ async fn drill_report(input: DrillReportOf, ctx: &ActionCtx) -> Result<DrillRepo
             wanted - booted
         ));
     }
-    let (tiers, plans) = tier_times(&ctx.ctl.cfg, &vms, began);
+    let (tiers, plans) = tier_times(&ctx.ctl.cfg(), &vms, began);
     for (plan, _, missed) in &plans {
         if *missed {
             failed.push(format!("plan {plan} missed its RTO target"));

@@ -119,9 +119,9 @@ impl Perform for Notify {
         }
         let ctl = &ctx.ctl;
         let receivers: Vec<String> = match self.receiver.map(String::from) {
-            Some(r) if ctl.cfg.receivers.contains_key(&r) => vec![r],
+            Some(r) if ctl.cfg().receivers.contains_key(&r) => vec![r],
             Some(r) => return Err(EngineError::not_found("receiver", r)),
-            None => ctl.cfg.receivers.keys().cloned().collect(),
+            None => ctl.cfg().receivers.keys().cloned().collect(),
         };
         let incident = match ctx.incident {
             Some(id) => ctl.watch.repo().incident(id).await.ok(),

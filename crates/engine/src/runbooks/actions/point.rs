@@ -33,8 +33,8 @@ async fn point_create(input: PointCreate, ctx: &ActionCtx) -> Result<PointsCreat
     let ctl = &ctx.ctl;
     let (group, members) = match (input.group.map(String::from), input.vm.map(String::from)) {
         (Some(g), None) => {
-            let grp = ctl
-                .cfg
+            let live = ctl.cfg();
+            let grp = live
                 .groups
                 .get(&g)
                 .ok_or_else(|| EngineError::not_found("group", &g))?;
@@ -42,7 +42,7 @@ async fn point_create(input: PointCreate, ctx: &ActionCtx) -> Result<PointsCreat
         }
         (None, Some(vm)) => {
             let g = ctl
-                .cfg
+                .cfg()
                 .groups_of(&vm)
                 .first()
                 .map(|g| g.to_string())

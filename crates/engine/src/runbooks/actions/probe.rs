@@ -26,7 +26,7 @@ async fn probe_wait(input: ProbeWait, ctx: &ActionCtx) -> Result<ProbePassed, En
     let since = Utc::now();
     let deadline = began + timeout;
     if let Some(name) = input.probe.map(String::from) {
-        if !ctl.cfg.probes.contains_key(&name) {
+        if !ctl.cfg().probes.contains_key(&name) {
             return Err(EngineError::not_found("probe", name));
         }
         loop {

@@ -16,7 +16,7 @@ impl Perform for VmList {
         let ctl = &ctx.ctl;
         let only = self.vm.map(String::from);
         if let Some(vm) = &only
-            && !ctl.cfg.vms.contains_key(vm)
+            && !ctl.cfg().vms.contains_key(vm)
         {
             return Err(EngineError::not_found("vm", vm));
         }
@@ -28,8 +28,8 @@ impl Perform for VmList {
         // Sites a VM may not be sent to now: without a host (a cloud
         // store's), fenced, or down.
         let mut unfit: BTreeSet<String> = BTreeSet::new();
-        for site in ctl.cfg.sites.keys() {
-            if ctl.cfg.first_host_of_site(site).is_none() || ctl.is_fenced(site).await? {
+        for site in ctl.cfg().sites.keys() {
+            if ctl.cfg().first_host_of_site(site).is_none() || ctl.is_fenced(site).await? {
                 unfit.insert(site.clone());
             }
         }
@@ -42,11 +42,12 @@ impl Perform for VmList {
             }
         }
         for rec in ctl.repo.vms().await?.iter() {
-            let Some(cfg) = ctl.cfg.vms.get(&rec.name) else {
+            let live = ctl.cfg();
+            let Some(cfg) = live.vms.get(&rec.name) else {
                 continue;
             };
             let groups: Vec<String> = ctl
-                .cfg
+                .cfg()
                 .groups_of(&rec.name)
                 .into_iter()
                 .map(String::from)
@@ -68,7 +69,7 @@ impl Perform for VmList {
             let target = failover_target(cfg, &rec.home_site, &rec.active_site, &unfit);
             let dr_sites: Vec<String> = cfg.dr_sites().into_iter().map(String::from).collect();
             for s in services_of(ctl, &rec.name) {
-                let probe = ctl.cfg.services[&s].probe.as_ref().map(|p| p.to_string());
+                let probe = ctl.cfg().services[&s].probe.as_ref().map(|p| p.to_string());
                 services.push(ListedService {
                     service: s,
                     vm: rec.name.clone(),
@@ -78,10 +79,11 @@ impl Perform for VmList {
                     probe,
                 });
             }
-            let place = ctl.cfg.plan_of(&rec.name);
+            let live = ctl.cfg();
+            let place = live.plan_of(&rec.name);
             let after = place
                 .as_ref()
-                .and_then(|at| tier_wait(&ctl.cfg, at.plan, at.tier));
+                .and_then(|at| tier_wait(&ctl.cfg(), at.plan, at.tier));
             vms.push(ListedVm {
                 plan: place.as_ref().map(|at| at.plan.to_string()),
                 tier: place.as_ref().map(|at| at.tier as u32),
@@ -105,11 +107,11 @@ impl Perform for VmList {
         let plans = names
             .into_iter()
             .map(|name| {
-                let plan = &ctl.cfg.plans[name];
+                let plan = &ctl.cfg().plans[name];
                 ListedPlan {
                     name: name.to_string(),
                     rto_target_seconds: plan.rto_target.map(|t| t.as_secs_f64()),
-                    tiers: plan.tier_vms(&ctl.cfg.groups),
+                    tiers: plan.tier_vms(&ctl.cfg().groups),
                 }
             })
             .collect();

@@ -53,7 +53,7 @@ pub(super) async fn alert_rows(
         .await?;
     Ok(alerts
         .into_iter()
-        .filter(|a| p.sees(crate::tenancy::labels(&ctl.cfg, &a.labels)))
+        .filter(|a| p.sees(crate::tenancy::labels(&ctl.cfg(), &a.labels)))
         .take(limit as usize)
         .map(|a| alert_row(a, p, now))
         .collect())

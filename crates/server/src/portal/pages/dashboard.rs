@@ -79,7 +79,7 @@ pub(super) async fn dashboard_data(
     can_act: bool,
 ) -> Result<Dashboard, PageError> {
     let now = Utc::now();
-    let cfg = &ctl.cfg;
+    let cfg = &ctl.cfg();
     let records = ctl.repo.vms().await?;
     let sites = ctl
         .repo

@@ -51,7 +51,7 @@ pub(super) async fn measures(
     p: &Principal,
     limit: usize,
 ) -> Result<Vec<Measure>, PageError> {
-    let cfg = &ctl.cfg;
+    let cfg = &ctl.cfg();
     let mut out = Vec::new();
     let jobs = ctl.repo.jobs(500).await?;
     for j in jobs
@@ -174,7 +174,7 @@ pub(super) async fn drills_data(
     Ok(Drills {
         can_act: v.can_act(),
         operators: p.tenant.is_none(),
-        sites: ctl.cfg.sites.keys().cloned().collect(),
+        sites: ctl.cfg().sites.keys().cloned().collect(),
         chart: measure_chart(&m, now),
         rows: m
             .into_iter()

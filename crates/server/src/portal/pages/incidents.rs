@@ -40,7 +40,7 @@ pub(super) async fn incidents_data(
     Ok(Incidents {
         incidents: list
             .into_iter()
-            .filter(|i| p.sees(crate::tenancy::labels(&ctl.cfg, &i.labels)))
+            .filter(|i| p.sees(crate::tenancy::labels(&ctl.cfg(), &i.labels)))
             .map(|i| IncidentRow {
                 id: i.id,
                 open: matches!(i.state, IncidentState::New | IncidentState::Active),
@@ -100,7 +100,7 @@ pub(super) async fn incident_data(
     let repo = ctl.watch.repo();
     let i = repo.incident(id).await?;
     p.check(
-        crate::tenancy::labels(&ctl.cfg, &i.labels),
+        crate::tenancy::labels(&ctl.cfg(), &i.labels),
         "incident",
         &id.to_string(),
     )?;

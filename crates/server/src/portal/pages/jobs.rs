@@ -92,7 +92,7 @@ pub(super) async fn job_visible(
         return Ok(true);
     }
     Ok(p.sees(
-        crate::tenancy::job(&ctl.cfg, &**ctl.runbooks.repo(), j)
+        crate::tenancy::job(&ctl.cfg(), &**ctl.runbooks.repo(), j)
             .await?
             .as_deref(),
     ))

@@ -67,7 +67,7 @@ pub(super) async fn vm_data(
     p: &Principal,
     name: &str,
 ) -> Result<VmPage, PageError> {
-    let cfg = &ctl.cfg;
+    let cfg = &ctl.cfg();
     let r = ctl.repo.vm(name).await?;
     p.check(cfg.tenant_of_vm(name), "vm", name)?;
     let now = Utc::now();

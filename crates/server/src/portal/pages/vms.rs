@@ -56,7 +56,7 @@ pub(super) async fn protection<'a>(
     records: &'a [VmRecord],
     now: DateTime<Utc>,
 ) -> Result<(Vec<Rated<'a>>, ProtectionSummary), PageError> {
-    let cfg = &ctl.cfg;
+    let cfg = &ctl.cfg();
     let visible: Vec<&VmRecord> = records
         .iter()
         .filter(|r| p.sees(cfg.tenant_of_vm(&r.name)))
