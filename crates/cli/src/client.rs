@@ -139,6 +139,24 @@ impl Client {
         self.handle(resp, &format!("GET {path}")).await
     }
 
+    /// A GET whose answer is text (TOML, CSV), not JSON.
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let resp = self
+            .auth(self.http.get(format!("{}{path}", self.base)))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if resp.status().is_success() {
+            return resp
+                .text()
+                .await
+                .with_context(|| format!("reading answer to GET {path}"));
+        }
+        self.handle::<serde_json::Value>(resp, &format!("GET {path}"))
+            .await
+            .map(|_| String::new())
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let resp = self
             .auth(self.http.post(format!("{}{path}", self.base)))

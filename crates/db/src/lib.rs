@@ -66,6 +66,7 @@
 
 pub mod auth;
 mod error;
+mod groups;
 mod lease;
 pub mod runbook;
 mod services;
@@ -81,6 +82,7 @@ use standby_types::model::{
 
 pub use auth::{AuthRepo, SessionRecord, TokenRecord, UserRecord};
 pub use error::DbError;
+pub use groups::{GroupRepo, ManagedGroup};
 pub use lease::{Lease, LeaseRepo};
 pub use runbook::{NewRun, RunRecord, RunStart, RunbookRepo, StepRecord, StepState};
 pub use services::{ServiceRecord, ServiceRepo};
@@ -150,7 +152,7 @@ pub struct CatalogSync {
 
 /// The control-plane state, independent of the database behind it.
 #[async_trait::async_trait]
-pub trait Repo: Send + Sync {
+pub trait Repo: GroupRepo + Send + Sync {
     /// Make the inventory match the configuration: upsert sites, hosts,
     /// VMs, disks, groups (+ members, datastores); delete ones no longer
     /// configured, but keep recovery points and jobs. Keeps runtime state:

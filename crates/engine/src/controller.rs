@@ -209,6 +209,11 @@ impl Controller {
                 )));
             }
         }
+        // The groups made through the API join the file's.
+        let (cfg, left_out) = crate::groups::join(cfg, &*repo).await?;
+        for p in &left_out {
+            tracing::error!("{p}");
+        }
         repo.apply_config(&cfg).await?;
         let interrupted = repo.fail_interrupted_jobs().await?;
         if interrupted > 0 {

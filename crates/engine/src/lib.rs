@@ -15,7 +15,8 @@
 //!   of the disks at the DR host.
 //! - [`fence`]: durable site fences and their enforcement by the hosts.
 //! - [`jobs`]: background work with persisted progress.
-//! - [`reload`]: a changed configuration applied without a restart.
+//! - [`reload`]: a changed configuration applied without a restart;
+//!   [`groups`]: protection groups made through the API (self-service).
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications.
 //! - [`runbooks`]: the durable runbook executor, its actions and triggers.
 //! - [`error`]: [`EngineError`], which the HTTP edge maps to API errors.
@@ -36,6 +37,7 @@ pub mod controller;
 pub mod drill;
 pub mod error;
 pub mod fence;
+pub mod groups;
 pub mod integrity;
 pub mod jobs;
 pub mod leader;

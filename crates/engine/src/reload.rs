@@ -29,6 +29,9 @@ use crate::error::EngineError;
 pub async fn reload(ctl: &Arc<Controller>, new: Config) -> Result<ConfigReloaded, EngineError> {
     let started = Instant::now();
     let _one = ctl.reloading.lock().await;
+    // The groups made through the API stay: joined to the new file's as
+    // at a start; one the new file would leave out refuses the reload.
+    let (new, left_out) = crate::groups::join(new, &*ctl.repo).await?;
     let old = ctl.cfg();
     let (a, b) = (redacted(&old), redacted(&new));
     let changes = diff::changes(&a, &b);
@@ -39,6 +42,7 @@ pub async fn reload(ctl: &Arc<Controller>, new: Config) -> Result<ConfigReloaded
                 .map(|why| format!("{}: needs a controller restart ({why})", c.text))
         })
         .collect();
+    refused.extend(left_out);
     refused.extend(stranded(ctl, &old, &new).await);
     if !refused.is_empty() {
         return Err(EngineError::Conflict(format!(

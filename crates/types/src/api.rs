@@ -207,3 +207,39 @@ pub struct ConfigReloaded {
     /// How long applying took, in milliseconds.
     pub took_ms: u64,
 }
+
+/// A protection group as the API makes it (`POST`/`PUT
+/// /api/v1/groups/{name}`): the fields of `[groups.NAME]` in
+/// `standby.toml`, with the same meaning and checks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    /// VM names.
+    pub members: Vec<String>,
+    /// `every 30s` or a cron expression with 5 or 6 fields.
+    pub schedule: String,
+    /// Datastores that receive every point.
+    pub datastores: Vec<String>,
+    /// `keep_last`, `keep_hourly`, `keep_daily`, `keep_weekly`,
+    /// `keep_monthly` (absent or all zero: keep everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub retention: Option<serde_json::Value>,
+    /// e.g. `15m`: the newest point older than this is out of target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_target: Option<String>,
+    /// `none` (default) or `warm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// A power of two, 64KiB to 4MiB (default 64KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub chunk_size: Option<serde_json::Value>,
+    /// The owning tenant (a tenant's user: always theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// In answers: true when made through the API, false when the
+    /// configuration file declares it. Ignored in requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<bool>,
+}

@@ -48,6 +48,10 @@ pub struct GroupRecord {
     pub next_run: Option<DateTime<Utc>>,
     pub last_run: Option<DateTime<Utc>>,
     pub last_status: Option<String>,
+    /// Made through the API or the portal (kept in the database), not
+    /// declared in the configuration file.
+    #[serde(default)]
+    pub managed: bool,
 }
 
 /// A recovery point known to the controller. The manifest in the datastore

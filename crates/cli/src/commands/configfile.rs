@@ -26,12 +26,20 @@ pub enum ConfigCmd {
     /// it without a restart (as SIGHUP does); refused whole, with the
     /// reason, when a change needs a restart or would strand a VM.
     Reload,
+    /// Print the protection groups made through the API and the portal
+    /// as standby.toml tables (to keep in version control, or move into
+    /// the file).
+    Export,
 }
 
 pub async fn run(ctx: &Ctx, cmd: &ConfigCmd, default: &Path) -> Result<()> {
     match cmd {
         ConfigCmd::Check { file } => check(ctx, file.as_deref().unwrap_or(default)).await,
         ConfigCmd::Reload => reload(ctx).await,
+        ConfigCmd::Export => {
+            print!("{}", ctx.client.get_text("/api/v1/config/export").await?);
+            Ok(())
+        }
     }
 }
 

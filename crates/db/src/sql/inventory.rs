@@ -234,6 +234,7 @@ impl SqlRepo {
                     next_run: opt_time(r, "next_run")?,
                     last_run: opt_time(r, "last_run")?,
                     last_status: get(r, "last_status")?,
+                    managed: false,
                     name,
                 })
             })

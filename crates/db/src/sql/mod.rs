@@ -60,6 +60,7 @@ mod testing;
 
 mod auth;
 mod catalog;
+mod groups;
 mod inventory;
 mod lease;
 mod memo;

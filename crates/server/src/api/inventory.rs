@@ -315,12 +315,17 @@ async fn groups(
     ApiQuery(q): ApiQuery<ListParams>,
 ) -> ListResult<GroupRecord> {
     let page = Page::new(q.limit, q.offset)?;
+    let cfg = ctl.cfg();
     let all: Vec<GroupRecord> = ctl
         .repo
         .groups()
         .await?
         .into_iter()
-        .filter(|g| who.sees(ctl.cfg().tenant_of_group(&g.name)))
+        .filter(|g| who.sees(cfg.tenant_of_group(&g.name)))
+        .map(|mut g| {
+            g.managed = cfg.groups.get(&g.name).is_some_and(|c| c.managed);
+            g
+        })
         .collect();
     Ok(page.of(all))
 }

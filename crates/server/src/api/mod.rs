@@ -18,6 +18,7 @@
 //! `auth::api`); what they share is in the leaf [`common`].
 
 pub mod common;
+pub mod groups;
 pub mod inventory;
 pub mod jobs;
 pub mod meta;
@@ -37,6 +38,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(meta::routes())
         .merge(inventory::routes())
+        .merge(groups::routes())
         .merge(points::routes())
         .merge(stores::routes())
         .merge(jobs::routes())

@@ -25,6 +25,7 @@
 //! - `units`: schedules, byte sizes and durations written as strings;
 //! - `error`: [`ConfigError`] and where in the file a field is;
 //! - `load`: [`Config::load`] and [`Config::parse`];
+//! - `managed`: groups made through the API beside the file's;
 //! - `validate`, `validate_watch`: the cross-reference checks;
 //! - `redact`: [`redacted`], the configuration as the API shows it;
 //! - `diff`: what changes between two configurations, and what of it a
@@ -38,6 +39,7 @@ mod dns;
 mod error;
 mod ha;
 mod load;
+mod managed;
 mod plans;
 mod probes;
 mod redact;

@@ -15,9 +15,16 @@ const SECRETS: &[&str] = &["token"];
 /// Fields whose value is a URL that may hold a password.
 const URLS: &[&str] = &["database"];
 
-/// `cfg` as JSON with every secret replaced by `redacted:FINGERPRINT`.
+/// `cfg` as JSON with every secret replaced by `redacted:FINGERPRINT`:
+/// what its file declares (groups made through the API left out; see
+/// `standby config export`).
 pub fn redacted(cfg: &Config) -> Value {
     let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    if let Some(groups) = v.get_mut("groups").and_then(Value::as_object_mut) {
+        for (name, _) in cfg.managed_groups() {
+            groups.remove(name);
+        }
+    }
     redact(&mut v);
     v
 }

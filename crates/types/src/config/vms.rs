@@ -212,6 +212,10 @@ pub struct Group {
     /// before the VM starts. `none` (default): a failover restores.
     #[serde(default)]
     pub replica: Replica,
+    /// Made through the API or the portal and kept in the database, not
+    /// declared in `standby.toml` (see [`Config::with_managed_groups`]).
+    #[serde(skip)]
+    pub managed: bool,
 }
 
 /// Whether a group's members keep warm replicas at their DR site.
