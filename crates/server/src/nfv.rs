@@ -33,7 +33,7 @@ use standby_types::nfv::{
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::SCAN_CAP;
+use crate::api::common::SCAN_CAP;
 use crate::auth::Principal;
 use crate::error::ServerError;
 use crate::state::AppState;
