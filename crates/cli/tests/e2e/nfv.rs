@@ -266,6 +266,20 @@ fn refusals(http: &Http, lab: &Lab, op: &str) {
         .expect("a job");
     http.get(&format!("/vnflcm/v1/vnf_lcm_op_occs/{job}"), op)
         .problem(404, "not found");
+    // Its point done before the heals (they would wait for it anyway).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = lab.get(&format!("/api/v1/jobs/{job}"));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        if v["status"] == "succeeded" {
+            break;
+        }
+        assert!(
+            v["status"] != "failed" && Instant::now() < deadline,
+            "the protection run: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Fault management: not a notification, a tenant; the endpoint test.
     http.post(
         "/vnffm/v1/notifications",

@@ -233,7 +233,7 @@ pub async fn op_occs(ctl: &Controller, scan: u32) -> Result<Vec<VnfLcmOpOcc>, En
 }
 
 /// Instance `id` as SOL 003's `VnfInstance`, with where and how each VM
-/// runs now.
+/// runs now (`STARTED` when each runs, or is frozen for a point).
 pub async fn vnf_instance(ctl: &Controller, id: &str) -> Result<VnfInstance, EngineError> {
     let inst = instance(ctl, id)?;
     let base = lcm(ctl);
@@ -241,7 +241,8 @@ pub async fn vnf_instance(ctl: &Controller, id: &str) -> Result<VnfInstance, Eng
     let mut all_run = true;
     for vm in &inst.vms {
         let v = crate::vms::view(ctl, vm).await?;
-        all_run &= v.state == "running";
+        // Frozen for a moment while a point is taken: still started.
+        all_run &= v.state == "running" || v.state == "frozen";
         let mut metadata = Map::new();
         metadata.insert("site".into(), json!(v.record.active_site));
         metadata.insert("host".into(), json!(v.record.active_host));
