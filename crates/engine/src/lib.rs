@@ -19,6 +19,8 @@
 //!   [`groups`]: protection groups made through the API (self-service).
 //! - [`watch`]: probes, events, rules, alerts, incidents, notifications.
 //! - [`runbooks`]: the durable runbook executor, its actions and triggers.
+//! - [`nfv`]: ETSI NFV: heals of VNF instances (jobs of the `heal-vnf`
+//!   runbook) and VNF managers' alarms as events.
 //! - [`error`]: [`EngineError`], which the HTTP edge maps to API errors.
 //!
 //! [`start`] sets the background work going: the front door's
@@ -41,6 +43,7 @@ pub mod groups;
 pub mod integrity;
 pub mod jobs;
 pub mod leader;
+pub mod nfv;
 mod proofs;
 pub mod protect;
 pub mod reload;

@@ -48,6 +48,7 @@ pub mod auth;
 pub mod error;
 pub mod follower;
 pub mod metrics;
+pub mod nfv;
 pub mod openapi;
 pub mod portal;
 pub mod replica;
@@ -88,6 +89,7 @@ pub fn router(state: AppState, table: Arc<auth::RoleTable>) -> axum::Router {
     let (api, _) = openapi::routes().split_for_parts();
     api.merge(portal::routes())
         .layer(axum::middleware::from_fn_with_state(table, auth::layer))
+        .layer(axum::middleware::from_fn(nfv::problem_details))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -3,7 +3,7 @@
 //! Everything that crosses a crate or process boundary lives here: typed
 //! names, the `standby.toml` configuration ([`config`]), retention policies
 //! and the records the API returns ([`model`]), and the payloads of others'
-//! systems standby reads ([`alertmanager`]). Nothing here does I/O beyond
+//! systems standby reads ([`alertmanager`], ETSI NFV's in [`nfv`]). Nothing here does I/O beyond
 //! reading a configuration file.
 
 pub mod alertmanager;
@@ -11,6 +11,7 @@ pub mod api;
 mod chain;
 pub mod config;
 pub mod model;
+pub mod nfv;
 pub mod outcome;
 mod retention;
 pub mod watch;

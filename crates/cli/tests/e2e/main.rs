@@ -21,6 +21,7 @@ mod ha;
 mod ha_db;
 mod ha_scale;
 mod ha_sites;
+mod nfv;
 mod portal;
 mod protect_restore;
 mod protocol;

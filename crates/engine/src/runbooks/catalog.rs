@@ -40,6 +40,10 @@ const BUILTIN: &[(&str, &str)] = &[
         "heal-vm.yaml",
         include_str!("../../../../runbooks/heal-vm.yaml"),
     ),
+    (
+        "heal-vnf.yaml",
+        include_str!("../../../../runbooks/heal-vnf.yaml"),
+    ),
 ];
 
 /// A runbook as loaded: where from, its text and its parsed form.

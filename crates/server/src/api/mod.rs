@@ -14,7 +14,7 @@
 //!
 //! This module only assembles the routers: the handlers are in files by
 //! concern ([`meta`], [`inventory`], [`points`], [`stores`], [`jobs`], and
-//! the sub-routers `api_watch`, `alertmanager`, `services`, `runbooks`,
+//! the sub-routers `api_watch`, `alertmanager`, `nfv`, `services`, `runbooks`,
 //! `auth::api`); what they share is in the leaf [`common`].
 
 pub mod common;
@@ -44,6 +44,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(jobs::routes())
         .merge(crate::api_watch::routes())
         .merge(crate::alertmanager::routes())
+        .merge(crate::nfv::routes())
         .merge(crate::services::routes())
         .merge(crate::runbooks::routes())
         .merge(crate::auth::api::routes())

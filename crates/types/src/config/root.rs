@@ -64,6 +64,9 @@ pub struct Config {
     /// fence: the agent's answer, a power fence or an operator).
     #[serde(default)]
     pub ha: Option<super::ha::Ha>,
+    /// ETSI NFV: VNF instances and the VMs that are their VNFCs.
+    #[serde(default)]
+    pub nfv: super::nfv::Nfv,
 }
 
 impl Config {

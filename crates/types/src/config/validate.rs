@@ -313,6 +313,7 @@ impl Config {
         }
         self.validate_watch()?;
         self.validate_plans()?;
+        self.validate_nfv()?;
         self.validate_services()
     }
 
