@@ -977,3 +977,50 @@ on_both! {
         state_survives_reopening_the_file,
     ],
 }
+
+/// A database a newer standby migrated (a migration this one does not
+/// know) is refused with the versions, untouched; closing a file database
+/// leaves no WAL beside it.
+#[tokio::test]
+async fn a_database_of_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let repo = SqlRepo::open(&path).await.unwrap();
+    let known: i64 = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(&repo.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from the future', TRUE, x'00', 0)",
+    )
+    .execute(&repo.pool)
+    .await
+    .unwrap();
+    repo.close().await;
+    assert!(
+        !dir.path().join("state.db-wal").exists(),
+        "close left a WAL"
+    );
+
+    let err = SqlRepo::open(&path).await.err().unwrap();
+    assert!(
+        matches!(err, DbError::SchemaTooNew { found: 999, known: k } if k == known),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "database schema version 999 is newer than this standby's ({known}): run the newer standby, or restore the database saved before the upgrade"
+        )
+    );
+    assert!(!err.is_temporary());
+    // Nothing was migrated or removed: the unknown migration is still there.
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    let newest: i64 = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(newest, 999);
+}
