@@ -1024,3 +1024,41 @@ async fn a_database_of_a_newer_schema_is_refused() {
         .unwrap();
     assert_eq!(newest, 999);
 }
+
+/// A database an older standby made (every migration but the newest
+/// applied, rows in it) is migrated in place at open and keeps its rows.
+#[tokio::test]
+async fn a_database_of_an_older_schema_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    let mut older = sqlx::migrate!("./migrations/sqlite");
+    let newest = older.iter().map(|m| m.version).max().unwrap();
+    older.migrations = older
+        .iter()
+        .filter(|m| m.version < newest)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    older.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO fences (site, since, reason) \
+         VALUES ('site1', '2026-01-01T00:00:00.000000000Z', 'old')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let repo = SqlRepo::open(&path).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(&repo.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, newest);
+    assert_eq!(repo.fences().await.unwrap()[0].reason, "old");
+    repo.apply_config(&config(EXAMPLE)).await.unwrap();
+}
