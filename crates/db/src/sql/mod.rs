@@ -281,11 +281,22 @@ impl SqlRepo {
         })
     }
 
-    /// Close every connection, waiting for those in use: on SQLite the
-    /// last close checkpoints the WAL into the database file and removes
-    /// it, so a stopped controller leaves one self-contained `state.db`
-    /// (what a backup before an upgrade copies).
+    /// Close every connection, waiting for those in use. On SQLite the
+    /// WAL is first checkpointed into the database file and truncated, so
+    /// a stopped controller leaves a self-contained `state.db` (what a
+    /// backup before an upgrade copies): the `-wal` file beside it, if
+    /// the last close did not remove it, is empty.
     pub async fn close(&self) {
+        if self.backend == Backend::Sqlite
+            && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await
+        {
+            tracing::warn!(
+                error = %standby_types::error_chain(&e),
+                "unable to checkpoint the database's WAL at close"
+            );
+        }
         self.pool.close().await;
         self.lease_pool.close().await;
     }
@@ -426,6 +437,8 @@ mod fence_tests;
 mod postgres_tests;
 #[cfg(test)]
 mod runbook_tests;
+#[cfg(test)]
+mod schema_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
