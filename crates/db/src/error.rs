@@ -28,6 +28,14 @@ pub enum DbError {
     #[error("unable to migrate database schema")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 
+    /// The database was migrated by a newer standby (`found`, the newest
+    /// migration applied; `known`, this standby's newest): refused, never
+    /// touched.
+    #[error(
+        "database schema version {found} is newer than this standby's ({known}): run the newer standby, or restore the database saved before the upgrade"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+
     /// A statement failed; `what` says what it was doing, e.g.
     /// `update job 7`.
     #[error("unable to {what}")]

@@ -314,4 +314,7 @@ pub trait Repo: GroupRepo + Send + Sync {
     async fn unfence(&self, site: &str) -> Result<Option<FenceRecord>, DbError>;
     /// Fenced sites by name.
     async fn fences(&self) -> Result<Vec<FenceRecord>, DbError>;
+
+    /// Close the database at shutdown; later calls fail.
+    async fn close(&self);
 }

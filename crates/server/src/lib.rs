@@ -272,5 +272,9 @@ impl RunningServer {
     pub async fn stop(self) {
         self.ctl.shutdown().await;
         let _ = self.serve.await;
+        // Last: nothing serves or works any more (a task that outlived
+        // the wait above does not hold the exit up).
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.ctl.repo.close()).await;
     }
 }

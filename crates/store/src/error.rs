@@ -30,8 +30,15 @@ pub enum StoreError {
     Config { location: String, reason: String },
     #[error("{path} is not a standby datastore")]
     NotADatastore { path: PathBuf },
-    #[error("unsupported datastore format {format} at {path}")]
-    UnsupportedFormat { path: PathBuf, format: u64 },
+    /// A marker of another format: `format` newer than `supported` was
+    /// written by a newer standby (this one must not touch it); an older
+    /// one predates every release that could read it.
+    #[error("unsupported datastore format {format} at {path}: this standby reads format {supported}{}", if format > supported { ", a newer standby wrote it" } else { "" })]
+    UnsupportedFormat {
+        path: PathBuf,
+        format: u64,
+        supported: u64,
+    },
     #[error("wrong key for datastore {location}: no key object opens with it")]
     WrongKey { location: PathBuf },
     #[error("datastore {location} is encrypted: open it with its key file or passphrase")]

@@ -90,6 +90,7 @@ pub(crate) fn read_marker(backend: &dyn Backend) -> Result<Marker, StoreError> {
         return Err(StoreError::UnsupportedFormat {
             path: root.to_path_buf(),
             format: marker.format,
+            supported: FORMAT,
         });
     }
     Ok(marker)

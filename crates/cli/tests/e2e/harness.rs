@@ -247,6 +247,14 @@ datastores = [{group_datastores}]
         Lab::started(dir, cfg, (api, sip, http), Vec::new(), None)
     }
 
+    /// A lab laid out in `dir` already (its configuration in
+    /// `standby.toml`, its API at `api`, no VNF addresses), with its
+    /// controller started.
+    pub fn from_dir(dir: tempfile::TempDir, api: u16) -> Lab {
+        let cfg = dir.path().join("standby.toml");
+        Lab::started(dir, cfg, (api, 0, 0), Vec::new(), None)
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

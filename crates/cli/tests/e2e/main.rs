@@ -35,4 +35,5 @@ mod scheduler;
 mod site_data;
 mod site_wan;
 mod sites;
+mod upgrade;
 mod watch;

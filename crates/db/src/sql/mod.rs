@@ -88,6 +88,31 @@ const SQLITE_PRAGMAS: [&str; 4] = [
 /// ("standby\0" in ASCII): one writer at a time per database.
 pub const WRITE_LOCK: i64 = 0x7374_616e_6462_7900;
 
+/// The newest schema migration applied to the database; `None` for a new
+/// database (no migration table yet).
+async fn schema_version(pool: &AnyPool, backend: Backend) -> Result<Option<i64>, DbError> {
+    let has_table = match backend {
+        Backend::Sqlite => {
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+        }
+        Backend::Postgres => {
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'"
+        }
+    };
+    let tables: i64 = sqlx::query_scalar(has_table)
+        .fetch_one(pool)
+        .await
+        .map_err(query("read the schema version"))?;
+    if tables == 0 {
+        return Ok(None);
+    }
+    sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(pool)
+        .await
+        .map_err(query("read the schema version"))
+}
+
 /// The database behind a [`SqlRepo`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -231,6 +256,15 @@ impl SqlRepo {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
         };
+        // A database a newer standby migrated is refused before anything
+        // runs: sqlx alone would say a migration is "missing", which reads
+        // as damage, not as a version to upgrade to.
+        let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        if let Some(found) = schema_version(&pool, backend).await?
+            && found > known
+        {
+            return Err(DbError::SchemaTooNew { found, known });
+        }
         migrator.run(&pool).await.map_err(DbError::Migrate)?;
         // On PostgreSQL, memos wait until this process leads.
         let memo = backend == Backend::Sqlite;
@@ -246,6 +280,26 @@ impl SqlRepo {
             counts_memo: Memo::new(memo),
             tokens_memo: Memo::new(memo),
         })
+    }
+
+    /// Close every connection, waiting for those in use. On SQLite the
+    /// WAL is first checkpointed into the database file and truncated, so
+    /// a stopped controller leaves a self-contained `state.db` (what a
+    /// backup before an upgrade copies): the `-wal` file beside it, if
+    /// the last close did not remove it, is empty.
+    pub async fn close(&self) {
+        if self.backend == Backend::Sqlite
+            && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await
+        {
+            tracing::warn!(
+                error = %standby_types::error_chain(&e),
+                "unable to checkpoint the database's WAL at close"
+            );
+        }
+        self.pool.close().await;
+        self.lease_pool.close().await;
     }
 
     /// A write transaction that holds the database's write lock from its
@@ -384,6 +438,8 @@ mod fence_tests;
 mod postgres_tests;
 #[cfg(test)]
 mod runbook_tests;
+#[cfg(test)]
+mod schema_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

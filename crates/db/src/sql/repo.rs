@@ -29,6 +29,10 @@ const JOB_COLUMNS: &str = "id, kind, target, status, progress_done, progress_tot
 
 #[async_trait::async_trait]
 impl Repo for SqlRepo {
+    async fn close(&self) {
+        SqlRepo::close(self).await
+    }
+
     async fn apply_config(&self, cfg: &Config) -> Result<(), DbError> {
         self.write_config(cfg).await
     }

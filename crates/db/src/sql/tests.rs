@@ -824,38 +824,6 @@ async fn a_sqlite_file_is_in_wal_mode_with_full_sync_and_foreign_keys() {
     }
 }
 
-/// A database written before PostgreSQL existed (sqlx's SQLite driver,
-/// migrations in `migrations/`) opens: sqlx checks each migration's
-/// version and checksum, not its directory, and the files moved unchanged.
-#[tokio::test]
-async fn a_database_of_the_sqlite_only_layout_opens() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.db");
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true);
-    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-    sqlx::migrate!("./migrations/sqlite")
-        .run(&pool)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO fences (site, since, reason) \
-         VALUES ('site1', '2026-01-01T00:00:00.000000000Z', 'old')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
-    let repo = SqlRepo::open(&path).await.unwrap();
-    let fences = repo.fences().await.unwrap();
-    assert_eq!(
-        (fences[0].site.as_str(), fences[0].reason.as_str()),
-        ("site1", "old")
-    );
-    repo.apply_config(&config(EXAMPLE)).await.unwrap();
-}
-
 #[tokio::test]
 async fn open_errors_name_the_path() {
     let dir = tempfile::tempdir().unwrap();

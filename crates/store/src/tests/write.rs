@@ -28,6 +28,44 @@ fn open_requires_a_datastore() {
     Datastore::open_or_create(&root).unwrap();
 }
 
+/// A datastore a newer standby made (a newer format in its marker) is
+/// refused with both formats named, and left as it is.
+#[test]
+fn open_refuses_a_newer_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    Datastore::open_or_create(&root).unwrap();
+    let path = root.join("standby-store.json");
+    let mut marker: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    marker["format"] = 2.into();
+    let text = serde_json::to_vec(&marker).unwrap();
+    fs::write(&path, &text).unwrap();
+    for e in [
+        Datastore::open(&root).unwrap_err(),
+        Datastore::open_or_create(&root).unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                e,
+                StoreError::UnsupportedFormat {
+                    format: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "unsupported datastore format 2 at {}: this standby reads format 1, a newer standby wrote it",
+                root.display()
+            )
+        );
+    }
+    assert_eq!(fs::read(&path).unwrap(), text);
+}
+
 #[test]
 fn write_and_restore_round_trip_sparse() {
     let f = fixture();
