@@ -74,6 +74,14 @@ pub async fn put(
     let _one = ctl.reloading.lock().await;
     let cfg = ctl.cfg();
     match cfg.groups.get(name) {
+        // Another's group is not there for a tenant's user.
+        Some(g) if who.tenant.is_some() && g.tenant.as_deref() != who.tenant => {
+            return Err(if create {
+                EngineError::Conflict(format!("group {name} exists already"))
+            } else {
+                EngineError::not_found("group", name)
+            });
+        }
         Some(g) if !g.managed => {
             return Err(EngineError::Conflict(format!(
                 "group {name} is declared in the configuration file: change it there"
@@ -83,9 +91,6 @@ pub async fn put(
             return Err(EngineError::Conflict(format!(
                 "group {name} exists already"
             )));
-        }
-        Some(g) if who.tenant.is_some() && g.tenant.as_deref() != who.tenant => {
-            return Err(EngineError::not_found("group", name));
         }
         None if !create => return Err(EngineError::not_found("group", name)),
         _ => {}
@@ -126,6 +131,9 @@ pub async fn delete(ctl: &Arc<Controller>, name: &str, who: &Asker<'_>) -> Resul
     let _one = ctl.reloading.lock().await;
     let cfg = ctl.cfg();
     let tenant = match cfg.groups.get(name) {
+        Some(g) if who.tenant.is_some() && g.tenant.as_deref() != who.tenant => {
+            return Err(EngineError::not_found("group", name));
+        }
         Some(g) if !g.managed => {
             return Err(EngineError::Conflict(format!(
                 "group {name} is declared in the configuration file: remove it there"

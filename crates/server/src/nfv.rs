@@ -70,10 +70,10 @@ async fn body_json<T: serde::de::DeserializeOwned>(
 
 /// 404 for an instance that is not configured or not the caller's.
 fn check_instance(ctl: &Controller, who: &Principal, id: &str) -> Result<(), ServerError> {
-    if !ctl.cfg.nfv.vnf_instances.contains_key(id) {
+    if !ctl.cfg().nfv.vnf_instances.contains_key(id) {
         return Err(ServerError::not_found("vnf instance", id));
     }
-    who.check(ctl.cfg.tenant_of_vnf_instance(id), "vnf instance", id)
+    who.check(ctl.cfg().tenant_of_vnf_instance(id), "vnf instance", id)
 }
 
 /// The VNF instances of `[nfv.vnf_instances]` (SOL 003 `VnfInstance`),
@@ -82,8 +82,8 @@ fn check_instance(ctl: &Controller, who: &Principal, id: &str) -> Result<(), Ser
     responses((status = 200, body = Vec<VnfInstance>)))]
 async fn instances(State(ctl): Ctl, who: Principal) -> Result<Json<Vec<VnfInstance>>, ServerError> {
     let mut out = Vec::new();
-    for id in ctl.cfg.nfv.vnf_instances.keys() {
-        if who.sees(ctl.cfg.tenant_of_vnf_instance(id)) {
+    for id in ctl.cfg().nfv.vnf_instances.keys() {
+        if who.sees(ctl.cfg().tenant_of_vnf_instance(id)) {
             out.push(nfv::vnf_instance(&ctl, id).await?);
         }
     }
@@ -126,7 +126,7 @@ async fn heal(
     let job = nfv::heal(&ctl, &id, &req).await?;
     let location = format!(
         "{}{}/vnf_lcm_op_occs/{job}",
-        ctl.cfg.controller.url(),
+        ctl.cfg().controller.url(),
         nfv::LCM_ROOT
     );
     Ok((
@@ -145,7 +145,7 @@ async fn op_occs(State(ctl): Ctl, who: Principal) -> Result<Json<Vec<VnfLcmOpOcc
     let all = nfv::op_occs(&ctl, SCAN_CAP).await?;
     Ok(Json(
         all.into_iter()
-            .filter(|o| who.sees(ctl.cfg.tenant_of_vnf_instance(&o.vnf_instance_id)))
+            .filter(|o| who.sees(ctl.cfg().tenant_of_vnf_instance(&o.vnf_instance_id)))
             .collect(),
     ))
 }
@@ -165,7 +165,7 @@ async fn op_occ(
         .map_err(|_| ServerError::not_found("vnf lcm op occ", &id))?;
     let o = nfv::op_occ(&ctl, job).await?;
     who.check(
-        ctl.cfg.tenant_of_vnf_instance(&o.vnf_instance_id),
+        ctl.cfg().tenant_of_vnf_instance(&o.vnf_instance_id),
         "vnf lcm op occ",
         &id,
     )?;

@@ -10,7 +10,11 @@
 //   session's CSRF token. data-confirm="WORD": the user must type WORD
 //   first. data-site-from="SELECTOR": params.site from that <select>.
 //   data-then="job": go to the job it started; data-then="/path": go
-//   there; data-done="TEXT": say TEXT.
+//   there; data-done="TEXT": say TEXT. data-method="PUT"|"DELETE": that
+//   method instead of POST. data-form="SELECTOR": the body is that
+//   form's fields (a name seen on several checked boxes: a list; a
+//   number input: a number; "a.b": nested; empty: left out), and
+//   data-append-name="SELECTOR" adds that input's value to the URL.
 "use strict";
 (function () {
   const csrf = () => {
@@ -45,6 +49,8 @@
     lastRefresh = Date.now();
     try {
       for (const el of document.querySelectorAll("[data-fragment]")) {
+        // A form being filled in is not replaced under the user.
+        if (el.querySelector("form[data-dirty]")) continue;
         const r = await fetch(el.dataset.fragment, {
           headers: { Accept: "text/html" },
           credentials: "same-origin",
@@ -156,6 +162,29 @@
     });
   }
 
+  function formBody(form) {
+    const out = {};
+    const lists = new Set();
+    for (const el of form.querySelectorAll("input[name], select[name]")) {
+      if (el.type === "checkbox") lists.add(el.name);
+    }
+    for (const n of lists) out[n] = [];
+    for (const el of form.querySelectorAll("input[name], select[name]")) {
+      if (el.type === "checkbox") {
+        if (el.checked) out[el.name].push(el.value);
+        continue;
+      }
+      const v = el.value.trim();
+      if (v === "" || el.dataset.skip !== undefined) continue;
+      const value = el.type === "number" ? Number(v) : v;
+      const path = el.name.split(".");
+      let at = out;
+      for (const p of path.slice(0, -1)) at = at[p] = at[p] || {};
+      at[path[path.length - 1]] = value;
+    }
+    return out;
+  }
+
   async function act(btn) {
     const ds = btn.dataset;
     let body = {};
@@ -167,6 +196,17 @@
         return;
       }
     }
+    let url = ds.post;
+    if (ds.form) {
+      const form = document.querySelector(ds.form);
+      if (!form) return;
+      if (!form.reportValidity()) return;
+      body = formBody(form);
+    }
+    if (ds.appendName) {
+      const input = document.querySelector(ds.appendName);
+      url += encodeURIComponent(input ? input.value.trim() : "");
+    }
     if (ds.siteFrom) {
       const sel = document.querySelector(ds.siteFrom);
       body.params = Object.assign({}, body.params, { site: sel ? sel.value : "" });
@@ -177,8 +217,8 @@
     }
     btn.disabled = true;
     try {
-      const r = await fetch(ds.post, {
-        method: "POST",
+      const r = await fetch(url, {
+        method: ds.method || "POST",
         credentials: "same-origin",
         headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": csrf() },
         body: JSON.stringify(body),
@@ -217,6 +257,11 @@
       btn.disabled = false;
     }
   }
+
+  document.addEventListener("input", (e) => {
+    const f = e.target.closest("form");
+    if (f) f.dataset.dirty = "1";
+  });
 
   document.addEventListener("click", (e) => {
     const btn = e.target.closest("button[data-post]");

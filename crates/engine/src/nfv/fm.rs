@@ -164,7 +164,7 @@ pub fn cleared_event(
 pub async fn receive(ctl: &Controller, n: &FmNotification) -> Result<usize, EngineError> {
     let now = Utc::now();
     let mut event = match n {
-        FmNotification::AlarmNotification(a) => alarm_event(&ctl.cfg, &a.alarm, now),
+        FmNotification::AlarmNotification(a) => alarm_event(&ctl.cfg(), &a.alarm, now),
         FmNotification::AlarmClearedNotification(c) => {
             let mut q = EventQuery {
                 kind: Some(KIND_ALARM.into()),
@@ -174,7 +174,7 @@ pub async fn receive(ctl: &Controller, n: &FmNotification) -> Result<usize, Engi
             };
             q.labels.insert("alarm_id".into(), c.alarm_id.clone());
             let known = ctl.watch.repo().events(&q).await?.pop().map(|e| e.labels);
-            cleared_event(&ctl.cfg, c, known, now)
+            cleared_event(&ctl.cfg(), c, known, now)
         }
         FmNotification::AlarmListRebuiltNotification(_) => return Ok(0),
     };

@@ -77,11 +77,12 @@ impl HealAction {
 }
 
 /// The configured instance `id`.
-pub fn instance<'a>(ctl: &'a Controller, id: &str) -> Result<&'a VnfInstanceConfig, EngineError> {
-    ctl.cfg
+pub fn instance(ctl: &Controller, id: &str) -> Result<VnfInstanceConfig, EngineError> {
+    ctl.cfg()
         .nfv
         .vnf_instances
         .get(id)
+        .cloned()
         .ok_or_else(|| EngineError::not_found("vnf instance", id))
 }
 
@@ -155,7 +156,7 @@ pub async fn heal(
 /// The link base: the controller's URL (`[controller] url`, else its
 /// listen address) and the LCM root.
 fn lcm(ctl: &Controller) -> String {
-    format!("{}{LCM_ROOT}", ctl.cfg.controller.url())
+    format!("{}{LCM_ROOT}", ctl.cfg().controller.url())
 }
 
 /// The operation occurrence of job `job` (a `heal-vnf` job; any other is

@@ -2,7 +2,7 @@
 //! controller next to the JSON API.
 //!
 //! # Layout
-//! - Pages (`/`, `/alerts`, `/incidents[/ID]`, `/jobs[/ID]`, `/drills`,
+//! - Pages (`/`, `/alerts`, `/incidents[/ID]`, `/jobs[/ID]`, `/drills`, `/groups`,
 //!   `/vms/NAME`, `/login`) are one layout (`templates/layout.html`) around
 //!   a *fragment*: the live part of the page, rendered by its own template
 //!   under `templates/fragments/`. The same fragment is served alone under
@@ -55,6 +55,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}", get(pages::job))
         .route("/drills", get(pages::drills))
         .route("/vms", get(pages::vms))
+        .route("/groups", get(pages::groups))
         .route("/vms/{name}", get(pages::vm))
         .route(
             "/portal/fragments/dashboard",
@@ -73,6 +74,7 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/fragments/jobs/{id}", get(pages::job_fragment))
         .route("/portal/fragments/drills", get(pages::drills_fragment))
         .route("/portal/fragments/vms", get(pages::vms_fragment))
+        .route("/portal/fragments/groups", get(pages::groups_fragment))
         .route("/portal/fragments/vms/{name}", get(pages::vm_fragment))
         .route("/static/portal.css", get(css))
         .route("/static/portal.js", get(js))
