@@ -22,6 +22,8 @@
 //!   incidents, jobs, drills, login) over the shared leaf
 //!   `portal/pages/common.rs`; `portal/model.rs` computes what they show.
 //! - [`metrics`]: `/metrics` in the OpenMetrics format.
+//! - [`report`]: the monthly DR report per tenant (RPO compliance, drills,
+//!   incidents) as JSON and CSV routes; the portal's `/reports` shows it.
 //! - [`stream`]: a job followed as server-sent events.
 //! - [`tenancy`]: who owns what, one set of rules for the API and the
 //!   portal.
@@ -51,6 +53,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod portal;
 pub mod replica;
+pub mod report;
 pub mod runbooks;
 pub mod services;
 pub mod state;

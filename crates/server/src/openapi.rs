@@ -496,6 +496,7 @@ mod tests {
         ("alertmanager.rs", include_str!("alertmanager.rs")),
         ("services.rs", include_str!("services.rs")),
         ("runbooks.rs", include_str!("runbooks.rs")),
+        ("report/mod.rs", include_str!("report/mod.rs")),
         ("auth/api.rs", include_str!("auth/api.rs")),
     ];
     /// Routes outside `/api/v1`, rightly not in the document.

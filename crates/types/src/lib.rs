@@ -12,6 +12,7 @@ mod chain;
 pub mod config;
 pub mod model;
 pub mod outcome;
+pub mod report;
 mod retention;
 pub mod watch;
 
