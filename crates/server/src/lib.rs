@@ -19,7 +19,7 @@
 //!   and HTTPS.
 //! - [`portal`]: the web portal (server-rendered pages, live over SSE):
 //!   `portal/pages/` has a file per page (dashboard, vms, vm, alerts,
-//!   incidents, jobs, drills, login) over the shared leaf
+//!   incidents, jobs, drills, report, login) over the shared leaf
 //!   `portal/pages/common.rs`; `portal/model.rs` computes what they show.
 //! - [`metrics`]: `/metrics` in the OpenMetrics format.
 //! - [`report`]: the monthly DR report per tenant (RPO compliance, drills,

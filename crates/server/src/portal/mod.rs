@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - Pages (`/`, `/alerts`, `/incidents[/ID]`, `/jobs[/ID]`, `/drills`,
-//!   `/vms/NAME`, `/login`) are one layout (`templates/layout.html`) around
+//!   `/vms/NAME`, `/reports`, `/login`) are one layout (`templates/layout.html`) around
 //!   a *fragment*: the live part of the page, rendered by its own template
 //!   under `templates/fragments/`. The same fragment is served alone under
 //!   `/portal/fragments/...`, which is what the page's script re-fetches.
@@ -56,6 +56,7 @@ pub fn routes() -> Router<AppState> {
         .route("/drills", get(pages::drills))
         .route("/vms", get(pages::vms))
         .route("/vms/{name}", get(pages::vm))
+        .route("/reports", get(pages::reports))
         .route(
             "/portal/fragments/dashboard",
             get(pages::dashboard_fragment),
@@ -74,6 +75,7 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/fragments/drills", get(pages::drills_fragment))
         .route("/portal/fragments/vms", get(pages::vms_fragment))
         .route("/portal/fragments/vms/{name}", get(pages::vm_fragment))
+        .route("/portal/fragments/reports", get(pages::reports_fragment))
         .route("/static/portal.css", get(css))
         .route("/static/portal.js", get(js))
 }
