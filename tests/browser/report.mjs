@@ -69,6 +69,9 @@ try {
     throw new Error(`another tenant's VM ${hidden} is shown`);
   if (!(await page.locator("tr[data-report-drill]").count())) throw new Error("no drill row");
   const month = await page.getAttribute("[data-report-month]", "data-report-month");
+  // Not live: no fragment to re-fetch, and the footer says so.
+  if (await page.locator("[data-fragment]").count()) throw new Error("the report page re-fetches itself on events");
+  if (!/not updated live/.test((await page.textContent("#live-state")) || "")) throw new Error("the footer does not say the page is not live");
   await page.screenshot({ path: join(artifacts, "report-laptop.png"), fullPage: true });
 
   step("the CSV link downloads the VMs' table");

@@ -7,6 +7,8 @@
 //!   a *fragment*: the live part of the page, rendered by its own template
 //!   under `templates/fragments/`. The same fragment is served alone under
 //!   `/portal/fragments/...`, which is what the page's script re-fetches.
+//!   `/reports` (the monthly DR report) is the exception: too costly to
+//!   redo on every event, it has no fragment and is not live.
 //! - Everything is read from the controller's state directly (config,
 //!   database, watch, front door), narrowed to what the caller's
 //!   [`Principal`] sees: a tenant's user sees their VMs, services, points,
@@ -75,7 +77,6 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/fragments/drills", get(pages::drills_fragment))
         .route("/portal/fragments/vms", get(pages::vms_fragment))
         .route("/portal/fragments/vms/{name}", get(pages::vm_fragment))
-        .route("/portal/fragments/reports", get(pages::reports_fragment))
         .route("/static/portal.css", get(css))
         .route("/static/portal.js", get(js))
 }

@@ -22,6 +22,6 @@ pub(crate) use drills::{drills, drills_fragment};
 pub(crate) use incidents::{incident, incident_fragment, incidents, incidents_fragment};
 pub(crate) use jobs::{job, job_fragment, jobs, jobs_fragment};
 pub(crate) use login::login;
-pub(crate) use report::{reports, reports_fragment};
+pub(crate) use report::reports;
 pub(crate) use vm::{vm, vm_fragment};
 pub(crate) use vms::{vms, vms_fragment};

@@ -14,7 +14,7 @@ use crate::report::csv::Part;
 use crate::report::{Month, ReportParams};
 use standby_engine::Controller;
 
-use super::common::{Ctl, fragment_principal, html, page, render, when};
+use super::common::{Ctl, page, render, when};
 
 pub(super) struct VmLine {
     pub(super) vm: String,
@@ -219,6 +219,9 @@ pub(super) async fn report_data(
     })
 }
 
+/// The page. Not live (no fragment): a month's report reads every VM's
+/// points of the month, too much to redo on every event; a reload
+/// brings the latest figures.
 pub(crate) async fn reports(
     State(ctl): Ctl,
     v: Viewer,
@@ -226,23 +229,6 @@ pub(crate) async fn reports(
 ) -> PageResult {
     let p = principal(&v)?;
     let data = report_data(&ctl, p, &q).await?;
-    let fragment = format!(
-        "/portal/fragments/reports?{}",
-        query(
-            &data.month,
-            q.tenant.as_deref().filter(|t| !t.is_empty()),
-            None
-        )
-    );
     let title = format!("DR report {}", data.month);
-    page(&v, &title, "reports", &fragment, &render(&data)?)
-}
-
-pub(crate) async fn reports_fragment(
-    State(ctl): Ctl,
-    v: Viewer,
-    Query(q): Query<ReportParams>,
-) -> PageResult {
-    let p = fragment_principal(&v)?;
-    Ok(html(render(&report_data(&ctl, p, &q).await?)?))
+    page(&v, &title, "reports", "", &render(&data)?)
 }
