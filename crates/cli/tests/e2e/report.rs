@@ -303,6 +303,26 @@ probe = "sip"
     assert!(body.contains("globex storage slow"), "{body}");
     let (s, _, body) = get(&lab, &acme, "/api/v1/reports/monthly.csv?part=points");
     assert_eq!(s, 400, "{body}");
+    // The page as the operators see it: every VM, or one tenant's.
+    let (s, _, html) = get(&lab, &admin, "/reports");
+    assert_eq!(s, 200, "{html}");
+    for row in [r#"data-report-vm="pbx1""#, r#"data-report-vm="other""#] {
+        assert!(html.contains(row), "{row}: {html}");
+    }
+    // A link to each tenant's report of the month (`&` escaped).
+    assert!(
+        html.contains(&format!(
+            r#"href="/reports?month={month}&#38;tenant=globex""#
+        )),
+        "{html}"
+    );
+    let (s, _, html) = get(&lab, &admin, "/reports?tenant=acme");
+    assert_eq!(s, 200, "{html}");
+    assert!(html.contains(r#"data-report-vm="pbx1""#), "{html}");
+    assert!(!html.contains(r#"data-report-vm="other""#), "{html}");
+    let (s, _, html) = get(&lab, &acme, "/reports?month=2026-13");
+    assert_eq!(s, 400, "{html}");
+    assert!(html.contains("expected YYYY-MM"), "{html}");
     eprintln!("report: API checks done after {:?}", started.elapsed());
 
     // The portal page in a real browser, as acme's viewer.
