@@ -265,6 +265,16 @@ pub trait Repo: GroupRepo + Send + Sync {
         vms: &[String],
         since: DateTime<Utc>,
     ) -> Result<Vec<(String, DateTime<Utc>)>, DbError>;
+    /// The times of the VM's points over a period: the newest one before
+    /// `from` (the point in force when the period begins) and every one
+    /// in `[from, to)`, oldest first. Two index seeks: what a month's RPO
+    /// compliance is computed from without reading the VM's other points.
+    async fn point_times_in(
+        &self,
+        vm: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(Option<DateTime<Utc>>, Vec<DateTime<Utc>>), DbError>;
     /// The VM of each of these points that exists.
     async fn point_vms(&self, ids: &[String]) -> Result<Vec<(String, String)>, DbError>;
     /// The VM's newest point (by time), if any.

@@ -19,9 +19,11 @@
 //!   and HTTPS.
 //! - [`portal`]: the web portal (server-rendered pages, live over SSE):
 //!   `portal/pages/` has a file per page (dashboard, vms, vm, alerts,
-//!   incidents, jobs, drills, login) over the shared leaf
+//!   incidents, jobs, drills, report, login) over the shared leaf
 //!   `portal/pages/common.rs`; `portal/model.rs` computes what they show.
 //! - [`metrics`]: `/metrics` in the OpenMetrics format.
+//! - [`report`]: the monthly DR report per tenant (RPO compliance, drills,
+//!   incidents) as JSON and CSV routes; the portal's `/reports` shows it.
 //! - [`stream`]: a job followed as server-sent events.
 //! - [`tenancy`]: who owns what, one set of rules for the API and the
 //!   portal.
@@ -52,6 +54,7 @@ pub mod nfv;
 pub mod openapi;
 pub mod portal;
 pub mod replica;
+pub mod report;
 pub mod runbooks;
 pub mod services;
 pub mod state;

@@ -502,6 +502,7 @@ mod tests {
         ("nfv.rs", include_str!("nfv.rs")),
         ("services.rs", include_str!("services.rs")),
         ("runbooks.rs", include_str!("runbooks.rs")),
+        ("report/mod.rs", include_str!("report/mod.rs")),
         ("auth/api.rs", include_str!("auth/api.rs")),
     ];
     /// Routes outside `/api/v1`, rightly not in the document.

@@ -2,7 +2,8 @@
 //!
 //! Everything that crosses a crate or process boundary lives here: typed
 //! names, the `standby.toml` configuration ([`config`]), retention policies
-//! and the records the API returns ([`model`]), and the payloads of others'
+//! and the records the API returns ([`model`], the monthly DR report in
+//! [`report`]), and the payloads of others'
 //! systems standby reads ([`alertmanager`], ETSI NFV's in [`nfv`]). Nothing here does I/O beyond
 //! reading a configuration file.
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod model;
 pub mod nfv;
 pub mod outcome;
+pub mod report;
 mod retention;
 pub mod watch;
 

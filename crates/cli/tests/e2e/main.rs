@@ -30,6 +30,7 @@ mod recovery;
 mod recovery_delta;
 mod recovery_plans;
 mod reload;
+mod report;
 mod runbooks;
 mod scheduler;
 mod site_data;

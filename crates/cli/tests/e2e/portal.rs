@@ -16,20 +16,20 @@ const INSTALL_HINT: &str = "install the browser test's tools: \
      `apt-get install chromium nodejs npm` and `npm install --prefix tests/browser` \
      (scripts/test does both)";
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
         .unwrap()
 }
 
-fn chromium() -> String {
+pub(crate) fn chromium() -> String {
     std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
 }
 
 /// node, chromium and playwright-core are there, or the test fails saying
 /// how to install them.
-fn check_tools(root: &Path) {
+pub(crate) fn check_tools(root: &Path) {
     let node = Command::new("node").arg("--version").output();
     assert!(
         node.is_ok_and(|o| o.status.success()),
@@ -171,13 +171,13 @@ labels = {{ vm = "pbx1", site = "site1", scope = "service" }}
     }
 }
 
-fn tail(text: &str, n: usize) -> String {
+pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The browser test's process, killed if the test panics first.
-struct Node(std::process::Child);
+pub(crate) struct Node(pub(crate) std::process::Child);
 
 impl Drop for Node {
     fn drop(&mut self) {

@@ -435,6 +435,8 @@ impl SqlRepo {
 #[cfg(test)]
 mod fence_tests;
 #[cfg(test)]
+mod period_tests;
+#[cfg(test)]
 mod postgres_tests;
 #[cfg(test)]
 mod runbook_tests;

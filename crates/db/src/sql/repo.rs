@@ -508,6 +508,38 @@ impl Repo for SqlRepo {
             .collect()
     }
 
+    async fn point_times_in(
+        &self,
+        vm: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(Option<DateTime<Utc>>, Vec<DateTime<Utc>>), DbError> {
+        let before = sqlx::query(
+            "SELECT time FROM points WHERE vm = $1 AND time < $2 ORDER BY time DESC LIMIT 1",
+        )
+        .bind(vm)
+        .bind(ts(from))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query("find the point before a period"))?
+        .map(|r| time(&r, "time"))
+        .transpose()?;
+        let rows = sqlx::query(
+            "SELECT time FROM points WHERE vm = $1 AND time >= $2 AND time < $3 ORDER BY time, id",
+        )
+        .bind(vm)
+        .bind(ts(from))
+        .bind(ts(to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("list the point times of a period"))?;
+        let times = rows
+            .iter()
+            .map(|r| time(r, "time"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((before, times))
+    }
+
     async fn point_vms(&self, ids: &[String]) -> Result<Vec<(String, String)>, DbError> {
         let sql = format!(
             "SELECT id, vm FROM points WHERE id IN ({}) ORDER BY id",

@@ -15,7 +15,7 @@
 //! This module only assembles the routers: the handlers are in files by
 //! concern ([`meta`], [`inventory`], [`points`], [`stores`], [`jobs`], and
 //! the sub-routers `api_watch`, `alertmanager`, `nfv`, `services`, `runbooks`,
-//! `auth::api`); what they share is in the leaf [`common`].
+//! `report`, `auth::api`); what they share is in the leaf [`common`].
 
 pub mod common;
 pub mod groups;
@@ -47,5 +47,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(crate::nfv::routes())
         .merge(crate::services::routes())
         .merge(crate::runbooks::routes())
+        .merge(crate::report::routes())
         .merge(crate::auth::api::routes())
 }

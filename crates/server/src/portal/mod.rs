@@ -3,10 +3,12 @@
 //!
 //! # Layout
 //! - Pages (`/`, `/alerts`, `/incidents[/ID]`, `/jobs[/ID]`, `/drills`, `/groups`,
-//!   `/vms/NAME`, `/login`) are one layout (`templates/layout.html`) around
+//!   `/vms/NAME`, `/reports`, `/login`) are one layout (`templates/layout.html`) around
 //!   a *fragment*: the live part of the page, rendered by its own template
 //!   under `templates/fragments/`. The same fragment is served alone under
 //!   `/portal/fragments/...`, which is what the page's script re-fetches.
+//!   `/reports` (the monthly DR report) is the exception: too costly to
+//!   redo on every event, it has no fragment and is not live.
 //! - Everything is read from the controller's state directly (config,
 //!   database, watch, front door), narrowed to what the caller's
 //!   [`Principal`] sees: a tenant's user sees their VMs, services, points,
@@ -57,6 +59,7 @@ pub fn routes() -> Router<AppState> {
         .route("/vms", get(pages::vms))
         .route("/groups", get(pages::groups))
         .route("/vms/{name}", get(pages::vm))
+        .route("/reports", get(pages::reports))
         .route(
             "/portal/fragments/dashboard",
             get(pages::dashboard_fragment),

@@ -49,7 +49,7 @@ pub(super) struct Layout<'a> {
 }
 
 /// A whole page: the layout around the fragment `body`, which the page's
-/// script re-fetches from `fragment`.
+/// script re-fetches from `fragment` (empty: a page that is not live).
 pub(super) fn page(v: &Viewer, title: &str, nav: &str, fragment: &str, body: &str) -> PageResult {
     let p = principal(v)?;
     let tenant = p.tenant.clone().unwrap_or_default();

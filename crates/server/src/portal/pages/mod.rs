@@ -12,6 +12,7 @@ mod groups;
 mod incidents;
 mod jobs;
 mod login;
+mod report;
 mod vm;
 mod vms;
 
@@ -23,5 +24,6 @@ pub(crate) use groups::{groups, groups_fragment};
 pub(crate) use incidents::{incident, incident_fragment, incidents, incidents_fragment};
 pub(crate) use jobs::{job, job_fragment, jobs, jobs_fragment};
 pub(crate) use login::login;
+pub(crate) use report::reports;
 pub(crate) use vm::{vm, vm_fragment};
 pub(crate) use vms::{vms, vms_fragment};
