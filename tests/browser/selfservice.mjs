@@ -85,7 +85,9 @@ try {
   await page.fill("#confirm-input", vm + "x");
   if (!(await page.locator("#confirm-ok").isDisabled())) throw new Error("a wrong name confirmed the restore");
   await page.fill("#confirm-input", vm);
-  await Promise.all([page.waitForURL(/\/jobs\/\d+/), page.click("#confirm-ok")]);
+  await page.click("#confirm-ok");
+  await page.waitForFunction(() => /\/jobs\/\d+/.test(location.pathname) || document.getElementById("flash")?.className === "error");
+  if (!/\/jobs\/\d+/.test(new URL(page.url()).pathname)) throw new Error(`the restore was refused: ${await page.textContent("#flash")}`);
   await page.waitForFunction(() => document.getElementById("job")?.dataset.status === "succeeded", null, { timeout: 60000 });
   await shot("restore-job");
   console.log(`selfservice: restore job ${page.url()}`);

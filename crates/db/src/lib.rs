@@ -82,7 +82,7 @@ use standby_types::model::{
 
 pub use auth::{AuthRepo, SessionRecord, TokenRecord, UserRecord};
 pub use error::DbError;
-pub use groups::{GroupRepo, ManagedGroup};
+pub use groups::{GroupRepo, ManagedGroup, join_managed_groups};
 pub use lease::{Lease, LeaseRepo};
 pub use runbook::{NewRun, RunRecord, RunStart, RunbookRepo, StepRecord, StepState};
 pub use services::{ServiceRecord, ServiceRepo};

@@ -210,7 +210,7 @@ impl Controller {
             }
         }
         // The groups made through the API join the file's.
-        let (cfg, left_out) = crate::groups::join(cfg, &*repo).await?;
+        let (cfg, left_out) = standby_db::join_managed_groups(cfg, &*repo).await?;
         for p in &left_out {
             tracing::error!("{p}");
         }

@@ -9,51 +9,12 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use standby_db::{GroupRepo, ManagedGroup};
+use standby_db::ManagedGroup;
 use standby_types::config::{Config, Group};
 use standby_types::watch::{Event, Labels, Severity};
 
 use crate::controller::Controller;
 use crate::error::EngineError;
-
-/// `config` with the groups made through the API added. A group that no
-/// longer fits (its VM dropped from the file, say) or that the file now
-/// declares too is left out, with the reason in the second list.
-pub async fn join(
-    config: Config,
-    repo: &dyn GroupRepo,
-) -> Result<(Config, Vec<String>), EngineError> {
-    let mut problems = Vec::new();
-    let mut cfg = config;
-    for m in repo.managed_groups().await? {
-        let g: Group = match serde_json::from_str(&m.spec) {
-            Ok(g) => g,
-            Err(e) => {
-                problems.push(format!(
-                    "group {} (made through the API) is unreadable: {e}",
-                    m.name
-                ));
-                continue;
-            }
-        };
-        let (with, shadowed) = cfg.clone().with_managed_groups(vec![(m.name.clone(), g)]);
-        if !shadowed.is_empty() {
-            problems.push(format!(
-                "group {} (made through the API) is declared in the configuration file too: the file's is in force",
-                m.name
-            ));
-            continue;
-        }
-        match with.check_whole() {
-            Ok(()) => cfg = with,
-            Err(e) => problems.push(format!(
-                "group {} (made through the API) no longer fits the configuration: {e}",
-                m.name
-            )),
-        }
-    }
-    Ok((cfg, problems))
-}
 
 /// Who asks, for the record and the tenant check.
 pub struct Asker<'a> {

@@ -31,7 +31,7 @@ pub async fn reload(ctl: &Arc<Controller>, new: Config) -> Result<ConfigReloaded
     let _one = ctl.reloading.lock().await;
     // The groups made through the API stay: joined to the new file's as
     // at a start; one the new file would leave out refuses the reload.
-    let (new, left_out) = crate::groups::join(new, &*ctl.repo).await?;
+    let (new, left_out) = standby_db::join_managed_groups(new, &*ctl.repo).await?;
     let old = ctl.cfg();
     let (a, b) = (redacted(&old), redacted(&new));
     let changes = diff::changes(&a, &b);

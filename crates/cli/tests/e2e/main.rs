@@ -33,6 +33,7 @@ mod reload;
 mod report;
 mod runbooks;
 mod scheduler;
+mod selfservice;
 mod site_data;
 mod site_wan;
 mod sites;

@@ -64,17 +64,19 @@ fn vm_names(r: &Value) -> Vec<&str> {
         .collect()
 }
 
-fn token(lab: &Lab, tenant: &str) -> String {
+/// A new operator token of `tenant`.
+pub(crate) fn token(lab: &Lab, tenant: &str) -> String {
     let t = lab.json(&[
         "token", "create", "--name", "e2e", "--role", "operator", "--tenant", tenant,
     ]);
     t["secret"].as_str().unwrap().to_string()
 }
 
-fn add_user(lab: &Lab, name: &str, tenant: &str, password: &str) {
+/// `standby user add` of a tenant's user, the password on standard input.
+pub(crate) fn add_user(lab: &Lab, name: &str, role: &str, tenant: &str, password: &str) {
     let mut add = Command::new(STANDBY)
         .args(["--config", lab.cfg.to_str().unwrap()])
-        .args(["user", "add", name, "--role", "viewer", "--tenant", tenant])
+        .args(["user", "add", name, "--role", role, "--tenant", tenant])
         .arg("--password-stdin")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -328,7 +330,7 @@ probe = "sip"
     // The portal page in a real browser, as acme's viewer.
     let root = root();
     check_tools(&root);
-    add_user(&lab, "acme-viewer", "acme", "report-e2e-secret");
+    add_user(&lab, "acme-viewer", "viewer", "acme", "report-e2e-secret");
     let artifacts = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"))
