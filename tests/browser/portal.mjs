@@ -138,8 +138,11 @@ try {
   await shot("vm-laptop");
   await fitsPhone("vm");
 
-  step("run a drill and watch its job finish live");
-  await Promise.all([page.waitForURL(/\/jobs\/\d+$/), page.click(`button:has-text('Drill ${vm}')`)]);
+  step("run a drill (its VM's name typed to confirm) and watch its job finish live");
+  await page.click(`button:has-text('Drill ${vm}')`);
+  await page.waitForSelector("#confirm[open]");
+  await page.fill("#confirm-input", vm);
+  await Promise.all([page.waitForURL(/\/jobs\/\d+$/), page.click("#confirm-ok")]);
   await page.evaluate(() => {
     window.__noReload = true;
   });
