@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
+use standby_types::config::within_limit;
+
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -161,7 +163,8 @@ impl JsonSchema for Int {
     }
 }
 
-/// A duration: text like `90s` or `1m 30s`, or a number of seconds.
+/// A duration: text like `90s` or `1m 30s`, or a number of seconds; at
+/// most ten years (a longer one is refused: its deadline would overflow).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span(pub Duration);
 
@@ -177,17 +180,19 @@ impl<'de> Deserialize<'de> for Span {
                 crate::duration(v).map(Span).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Span, E> {
-                Ok(Span(Duration::from_secs(v)))
+                within_limit(Duration::from_secs(v))
+                    .map(Span)
+                    .map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Span, E> {
-                u64::try_from(v)
-                    .map(|s| Span(Duration::from_secs(s)))
-                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+                let s = u64::try_from(v)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))?;
+                self.visit_u64(s)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Span, E> {
-                Duration::try_from_secs_f64(v)
-                    .map(Span)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Float(v), &self))
+                let d = Duration::try_from_secs_f64(v)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Float(v), &self))?;
+                within_limit(d).map(Span).map_err(E::custom)
             }
         }
         d.deserialize_any(V)
@@ -252,6 +257,22 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// A templated timeout of a billion years used to overflow the
+    /// deadline computed from it (a panic in the runbook's step).
+    #[test]
+    fn hardening_a_huge_duration_is_refused_not_a_panic() {
+        for v in [json!("1000000000y"), json!(u64::MAX), json!(1e300)] {
+            let e = serde_json::from_value::<Span>(v.clone()).unwrap_err();
+            assert!(
+                e.to_string().contains("at most") || e.to_string().contains("invalid value"),
+                "{v}: {e}"
+            );
+        }
+        let s: Span = serde_json::from_value(json!("3650d")).unwrap();
+        assert!(std::time::Instant::now().checked_add(s.0).is_some());
+        assert!(crate::duration("20000d").is_err());
+    }
 
     #[test]
     fn scalars_take_their_text_forms() {

@@ -56,7 +56,7 @@ impl fmt::Display for Invalid {
 
 /// Parse a duration such as `2s`, `10m`.
 pub fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration '{s}': {e}"))
+    standby_types::config::parse_duration(s)
 }
 
 /// Parse and validate the runbook text of `file` (a file name such as

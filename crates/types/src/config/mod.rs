@@ -67,7 +67,7 @@ pub use root::Config;
 pub use services::{Protocol, ServiceConfig, ServiceProbe};
 pub use sites::{AgentConfig, DriverKind, Host, Site};
 pub(crate) use units::duration_str;
-pub use units::{ByteSize, Schedule};
+pub use units::{ByteSize, MAX_DURATION, Schedule, parse_duration, within_limit};
 pub use vms::{
     Disk, DiskFormat, ForwardProtocol, Group, QemuAccel, QemuForward, QemuMachine, QemuVm, Replica,
     Vm, expand_site_vars,

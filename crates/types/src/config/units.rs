@@ -12,6 +12,29 @@ pub(super) fn yes() -> bool {
     true
 }
 
+/// The longest duration standby takes, anywhere (a timeout, a retention,
+/// an interval): ten years. Longer ones are refused with a clear error:
+/// a deadline past it would overflow a clock and panic.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
+/// A duration written as text (`90s`, `1h 30m`), at most
+/// [`MAX_DURATION`].
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration '{s}': {e}"))?;
+    within_limit(d).map_err(|e| format!("'{s}': {e}"))
+}
+
+/// `d` when it is at most [`MAX_DURATION`].
+pub fn within_limit(d: Duration) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!(
+            "a duration is at most {} (ten years)",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
 /// When a protection group runs: `every 30s` or a cron expression
 /// (`*/5 * * * *`, five or six fields).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +48,7 @@ impl FromStr for Schedule {
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
         if let Some(rest) = s.strip_prefix("every ") {
-            let d = humantime::parse_duration(rest.trim())
-                .map_err(|e| format!("bad interval '{rest}': {e}"))?;
+            let d = super::units::parse_duration(rest).map_err(|e| format!("bad interval: {e}"))?;
             if d < Duration::from_secs(1) {
                 return Err(format!("interval '{rest}' is shorter than 1s"));
             }
@@ -148,8 +170,7 @@ pub(crate) mod duration_str {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("bad duration '{s}': {e}")))
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -165,8 +186,34 @@ pub(crate) mod opt_duration_str {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
+        super::parse_duration(&s)
             .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("bad duration '{s}': {e}")))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A huge `shutdown_timeout` or interval in the file used to reach a
+    /// deadline computation and overflow it (a panic): now the file is
+    /// refused, naming the field.
+    #[test]
+    fn hardening_a_huge_duration_in_the_file_is_refused() {
+        assert!(
+            parse_duration("1000000000y")
+                .unwrap_err()
+                .contains("at most")
+        );
+        assert!("every 100000y".parse::<Schedule>().is_err());
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        let e = super::super::Config::parse(
+            "[sites.s]\n[hosts.h]\nsite = \"s\"\ndriver = \"process\"\ndisk_dir = \"/d\"\n[vms.v]\nhost = \"h\"\ncommand = \"true\"\nshutdown_timeout = \"900000000y\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+        assert!(e.to_string().contains("t.toml:"), "{e}");
     }
 }
