@@ -155,8 +155,8 @@ async fn http(url: &str, want: Option<u16>, body_contains: Option<&str>) -> Resu
         return Err(format!("status {}", status.as_u16()));
     }
     if let Some(needle) = body_contains {
-        let body = resp.text().await.map_err(|e| e.to_string())?;
-        if !body.contains(needle) {
+        let body = standby_http::body_limited(resp, standby_http::MAX_BODY).await?;
+        if !String::from_utf8_lossy(&body).contains(needle) {
             return Err(format!("body lacks \"{needle}\""));
         }
     }

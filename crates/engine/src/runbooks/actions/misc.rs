@@ -40,9 +40,9 @@ impl Perform for Http {
             .await
             .map_err(|e| EngineError::Conflict(format!("{url}: {e}")))?;
         let status = resp.status().as_u16();
-        let text = resp
-            .text()
+        let text = standby_http::body_limited(resp, standby_http::MAX_BODY)
             .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
             .map_err(|e| EngineError::Conflict(format!("{url}: reading the body: {e}")))?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         let ok = match self.expect_status {
