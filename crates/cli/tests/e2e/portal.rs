@@ -171,6 +171,55 @@ labels = {{ vm = "pbx1", site = "site1", scope = "service" }}
     }
 }
 
+/// Run `tests/browser/SCRIPT.mjs` in Chromium against `lab`, logged in
+/// as `user` with `password`, with `env` besides; it must end well and
+/// print `SCRIPT: done`. Its output, and where its screenshots went.
+pub(crate) fn run_browser(
+    lab: &Lab,
+    script: &str,
+    (user, password): (&str, &str),
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (String, PathBuf) {
+    let root = root();
+    check_tools(&root);
+    let artifacts = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"))
+        .join(format!("artifacts/{script}"));
+    let (log_out, log_err) = (lab.path("browser.out"), lab.path("browser.err"));
+    let mut child = Node(
+        Command::new("node")
+            .arg(root.join(format!("tests/browser/{script}.mjs")))
+            .current_dir(&root)
+            .env("PORTAL_URL", format!("http://127.0.0.1:{}", lab.api))
+            .env("PORTAL_USER", user)
+            .env("PORTAL_PASSWORD", password)
+            .envs(env.iter().copied())
+            .env("PORTAL_ARTIFACTS", &artifacts)
+            .env("CHROMIUM", chromium())
+            .stdout(std::fs::File::create(&log_out).unwrap())
+            .stderr(std::fs::File::create(&log_err).unwrap())
+            .spawn()
+            .expect("node runs"),
+    );
+    let status = wait_until("the browser test to end", limit, || {
+        child.0.try_wait().unwrap()
+    });
+    let stdout = std::fs::read_to_string(&log_out).unwrap_or_default();
+    eprintln!("{stdout}");
+    assert!(
+        status.success() && stdout.contains(&format!("{script}: done")),
+        "the browser test failed:\n{stdout}\n{}\nserver log (end):\n{}",
+        std::fs::read_to_string(&log_err).unwrap_or_default(),
+        tail(
+            &std::fs::read_to_string(lab.path("server.log")).unwrap_or_default(),
+            40
+        )
+    );
+    (stdout, artifacts)
+}
+
 pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")

@@ -7,14 +7,13 @@
 //! tables and downloads the CSV.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::harness::{Lab, LabOptions, STANDBY, free_port};
-use crate::portal::{Node, check_tools, chromium, root, tail};
+use crate::portal::run_browser;
 use crate::watch::wait_until;
 
 /// `GET path` with a bearer token: (status, content type, body).
@@ -328,45 +327,14 @@ probe = "sip"
     eprintln!("report: API checks done after {:?}", started.elapsed());
 
     // The portal page in a real browser, as acme's viewer.
-    let root = root();
-    check_tools(&root);
     add_user(&lab, "acme-viewer", "viewer", "acme", "report-e2e-secret");
-    let artifacts = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"))
-        .join("artifacts/report");
-    let (log_out, log_err) = (lab.path("browser.out"), lab.path("browser.err"));
-    let mut child = Node(
-        Command::new("node")
-            .arg(root.join("tests/browser/report.mjs"))
-            .current_dir(&root)
-            .env("PORTAL_URL", format!("http://127.0.0.1:{}", lab.api))
-            .env("PORTAL_USER", "acme-viewer")
-            .env("PORTAL_PASSWORD", "report-e2e-secret")
-            .env("REPORT_VM", "pbx1")
-            .env("REPORT_HIDDEN_VM", "other")
-            .env("PORTAL_ARTIFACTS", &artifacts)
-            .env("CHROMIUM", chromium())
-            .stdout(std::fs::File::create(&log_out).unwrap())
-            .stderr(std::fs::File::create(&log_err).unwrap())
-            .spawn()
-            .expect("node runs"),
+    let (_, artifacts) = run_browser(
+        &lab,
+        "report",
+        ("acme-viewer", "report-e2e-secret"),
+        &[("REPORT_VM", "pbx1"), ("REPORT_HIDDEN_VM", "other")],
+        Duration::from_secs(180),
     );
-    let status = wait_until("the browser test to end", Duration::from_secs(180), || {
-        child.0.try_wait().unwrap()
-    });
-    let stdout = std::fs::read_to_string(&log_out).unwrap_or_default();
-    eprintln!("{stdout}");
-    assert!(
-        status.success(),
-        "the browser test failed:\n{stdout}\n{}\nserver log (end):\n{}",
-        std::fs::read_to_string(&log_err).unwrap_or_default(),
-        tail(
-            &std::fs::read_to_string(lab.path("server.log")).unwrap_or_default(),
-            40
-        )
-    );
-    assert!(stdout.contains("report: done"), "{stdout}");
     assert!(artifacts.join("report-laptop.png").exists());
     eprintln!("report: done after {:?}", started.elapsed());
 }

@@ -3,13 +3,12 @@
 //! across a restart and a reload, exported as TOML), and in the portal
 //! through a real browser, with the tenant's restore button.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::harness::{Lab, LabOptions};
-use crate::portal::{Node, check_tools, chromium, root, tail};
+use crate::portal::{check_tools, root, run_browser};
 use crate::report::{add_user, token};
 use crate::watch::wait_until;
 
@@ -193,40 +192,12 @@ fn ecosystem_self_service_groups_and_a_tenants_restore_in_the_portal() {
         "acme",
         "selfservice-e2e-secret",
     );
-    let artifacts = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"))
-        .join("artifacts/selfservice");
-    let (log_out, log_err) = (lab.path("browser.out"), lab.path("browser.err"));
-    let mut child = Node(
-        Command::new("node")
-            .arg(root.join("tests/browser/selfservice.mjs"))
-            .current_dir(&root)
-            .env("PORTAL_URL", format!("http://127.0.0.1:{}", lab.api))
-            .env("PORTAL_USER", "acme-op")
-            .env("PORTAL_PASSWORD", "selfservice-e2e-secret")
-            .env("PORTAL_VM", "db1")
-            .env("PORTAL_STORE", "site2-store")
-            .env("PORTAL_ARTIFACTS", &artifacts)
-            .env("CHROMIUM", chromium())
-            .stdout(std::fs::File::create(&log_out).unwrap())
-            .stderr(std::fs::File::create(&log_err).unwrap())
-            .spawn()
-            .expect("node runs"),
-    );
-    let status = wait_until("the browser test to end", Duration::from_secs(300), || {
-        child.0.try_wait().unwrap()
-    });
-    let stdout = std::fs::read_to_string(&log_out).unwrap_or_default();
-    eprintln!("{stdout}");
-    assert!(
-        status.success() && stdout.contains("selfservice: done"),
-        "the browser test failed:\n{stdout}\n{}\nserver log (end):\n{}",
-        std::fs::read_to_string(&log_err).unwrap_or_default(),
-        tail(
-            &std::fs::read_to_string(lab.path("server.log")).unwrap_or_default(),
-            40
-        )
+    run_browser(
+        &lab,
+        "selfservice",
+        ("acme-op", "selfservice-e2e-secret"),
+        &[("PORTAL_VM", "db1"), ("PORTAL_STORE", "site2-store")],
+        Duration::from_secs(300),
     );
     // What the browser did, seen from the API: the group gone, the restore
     // a job of db1 that succeeded, db1 running.

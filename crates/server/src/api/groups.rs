@@ -39,7 +39,7 @@ fn asker(who: &Principal) -> Asker<'_> {
 }
 
 /// A specification as the configuration's `[groups.NAME]` reads it.
-async fn read_spec(body: axum::body::Body) -> Result<(GroupSpec, Group), ServerError> {
+async fn read_spec(body: axum::body::Body) -> Result<Group, ServerError> {
     let bytes = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| ServerError::TooLarge(format!("a group is at most {MAX_BODY} bytes")))?;
@@ -50,9 +50,22 @@ async fn read_spec(body: axum::body::Body) -> Result<(GroupSpec, Group), ServerE
     if let Some(m) = v.as_object_mut() {
         m.retain(|_, x| !x.is_null());
     }
-    let group: Group = serde_json::from_value(v)
-        .map_err(|e| ServerError::BadRequest(format!("group specification: {e}")))?;
-    Ok((spec, group))
+    serde_json::from_value(v)
+        .map_err(|e| ServerError::BadRequest(format!("group specification: {e}")))
+}
+
+/// Make (`create`) or replace the group `name` from the request's body;
+/// the group as it is in force.
+async fn put(
+    ctl: &std::sync::Arc<standby_engine::Controller>,
+    who: &Principal,
+    name: &str,
+    body: axum::body::Body,
+    create: bool,
+) -> ApiResult<GroupSpec> {
+    let group = read_spec(body).await?;
+    groups::put(ctl, name, group, &asker(who), create).await?;
+    Ok(Json(spec_of(&ctl.cfg().groups[name])?))
 }
 
 /// The specification of a group as the API takes it.
@@ -79,9 +92,7 @@ async fn group_create(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> ApiResult<GroupSpec> {
-    let (_, group) = read_spec(body).await?;
-    groups::put(&ctl, &name, group, &asker(&who), true).await?;
-    Ok(Json(spec_of(&ctl.cfg().groups[&name])?))
+    put(&ctl, &who, &name, body, true).await
 }
 
 /// A group's specification, and whether it was made through the API.
@@ -122,9 +133,7 @@ async fn group_replace(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> ApiResult<GroupSpec> {
-    let (_, group) = read_spec(body).await?;
-    groups::put(&ctl, &name, group, &asker(&who), false).await?;
-    Ok(Json(spec_of(&ctl.cfg().groups[&name])?))
+    put(&ctl, &who, &name, body, false).await
 }
 
 /// Delete a group made through the API. Its points stay.
