@@ -13,17 +13,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A port free for both UDP and TCP on 127.0.0.1.
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = t.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both udp and tcp");
-}
+use standby_testkit::free_port;
 
 /// A site's copy of the service: UDP answers `SITE:payload` (after 500 ms
 /// when the payload starts with `slow`), TCP greets with `SITE\n` and then

@@ -9,7 +9,7 @@
 //! REFUSED).
 
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -80,7 +80,7 @@ impl Bind {
         // A port free for UDP and TCP may be taken before named binds it:
         // a few tries.
         for _ in 0..5 {
-            let port = free_udp_tcp_port();
+            let port = crate::free_port();
             let conf = d.join("named.conf");
             std::fs::write(&conf, named_conf(d, &zone, port, also)).unwrap();
             let log = d.join("named.log");
@@ -245,18 +245,6 @@ fn read(p: &Path) -> String {
         let _ = f.read_to_string(&mut s);
     }
     s
-}
-
-/// A port free on 127.0.0.1 for UDP and TCP at the time of the call.
-fn free_udp_tcp_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP on 127.0.0.1");
 }
 
 /// A program of the bind9 package: on PATH or in the sbin directories

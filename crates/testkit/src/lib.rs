@@ -7,6 +7,7 @@
 pub mod bind;
 pub mod mail;
 pub mod objects;
+pub mod ports;
 pub mod postgres;
 
-pub use objects::free_port;
+pub use ports::free_port;

@@ -1,8 +1,9 @@
 //! Azurite and moto on free loopback ports; stopped on drop. A missing
 //! server program fails the test with the command that installs it.
 
+use crate::free_port;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,15 +29,6 @@ pub struct Server {
     child: Option<Child>,
     /// Azurite's data directory (kept across restarts); moto keeps memory.
     data: tempfile::TempDir,
-}
-
-/// A port free on 127.0.0.1 at the time of the call.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The program on PATH, or a failure saying how to install it.

@@ -1,4 +1,4 @@
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -7,16 +7,7 @@ use serde_json::Value;
 
 pub const STANDBY: &str = env!("CARGO_BIN_EXE_standby");
 
-pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on 127.0.0.1");
-}
+pub use standby_testkit::free_port;
 
 /// A two-site installation in a temporary directory with a running
 /// controller (`standby server`).

@@ -84,13 +84,7 @@ pub fn guest() -> &'static (PathBuf, PathBuf) {
     })
 }
 
-pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use standby_testkit::free_port as free_udp_port;
 
 pub fn vm_spec(dir: &Path, name: &str, sip_port: u16) -> VmSpec {
     let (kernel, initrd) = guest().clone();
@@ -286,10 +280,4 @@ pub enum Op {
 pub const K: usize = 1 << 10;
 pub const M: usize = 1 << 20;
 
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use standby_testkit::free_port as free_tcp_port;

@@ -58,8 +58,5 @@ pub fn notification(delivery: i64) -> Notification {
     }
 }
 
-/// A port on 127.0.0.1 that nothing listens on (bound, then released).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+/// A port on 127.0.0.1 that nothing listens on.
+pub use standby_testkit::free_port;
