@@ -126,6 +126,9 @@ pub async fn restore_point(
             path.display()
         )))?;
     }
+    // The renames are durable only once their directories are synced: a
+    // crash must not bring back the old disk beside a new one.
+    sync_parents(&done)?;
     // Which point they hold, for a later restore onto them.
     crate::onto::record_point(spec, point)?;
     Ok(RestoreDone {
@@ -134,4 +137,44 @@ pub async fn restore_point(
         read: 0,
         mode: "full".into(),
     })
+}
+
+/// fsync the directory of each of `paths` once; the directories synced,
+/// in order.
+fn sync_parents(paths: &[PathBuf]) -> Result<Vec<PathBuf>, AgentError> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dirs.contains(&dir) {
+            standby_store::backend::sync_dir(&dir)?;
+            dirs.push(dir);
+        }
+    }
+    Ok(dirs)
+}
+
+#[cfg(test)]
+mod sync_tests {
+    use super::*;
+
+    #[test]
+    fn hardening_a_multi_disk_restore_syncs_each_directory_of_its_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let done = vec![
+            dir.path().join("a.raw"),
+            other.join("b.raw"),
+            dir.path().join("c.raw"),
+        ];
+        assert_eq!(
+            sync_parents(&done).unwrap(),
+            vec![dir.path().to_path_buf(), other.clone()]
+        );
+        // A directory that cannot be synced is an error, not ignored.
+        assert!(sync_parents(&[dir.path().join("gone/d.raw")]).is_err());
+    }
 }

@@ -75,12 +75,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn object_stats(&self) -> Option<ObjectStats> {
         None
     }
+    /// Where the store key of an unencrypted datastore here is kept (see
+    /// `auth.rs`): outside the store, on the host that opens it. `None`
+    /// when nobody said (an object store without `store_key_file`).
+    fn store_key_file(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Files in a directory on a local filesystem.
 #[derive(Debug)]
 pub struct LocalBackend {
     root: PathBuf,
+    /// The store key file; by default `<root>.store-key` beside the store.
+    key_file: Option<PathBuf>,
     /// Open read handles, so ranged reads do not reopen a pack per chunk.
     handles: Mutex<HashMap<String, Arc<File>>>,
 }
@@ -91,8 +99,26 @@ impl LocalBackend {
     pub fn new(root: &Path) -> Self {
         LocalBackend {
             root: root.to_path_buf(),
+            key_file: None,
             handles: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keep the store key in `path` instead of beside the store.
+    pub fn with_store_key_file(mut self, path: Option<PathBuf>) -> Self {
+        self.key_file = path;
+        self
+    }
+
+    /// The default store key file of a local datastore at `root`:
+    /// `<root>.store-key`, beside it (so on the filesystem that holds
+    /// the mount point, not on the datastore's own disk).
+    pub fn default_store_key_file(root: &Path) -> PathBuf {
+        let name = root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "datastore".into());
+        root.with_file_name(format!("{name}.store-key"))
     }
 
     fn full(&self, path: &str) -> PathBuf {
@@ -118,15 +144,65 @@ impl LocalBackend {
         handles.remove(path);
     }
 
+    /// Check that the datastore is still there before writing into it: its
+    /// root with `tmp/`, and the top directory of `path` (`packs`,
+    /// `manifests`, ...). A datastore whose disk was unmounted leaves an
+    /// empty mount point: writing there would silently start a new,
+    /// empty store on the wrong disk. Only `keys/` (written at creation,
+    /// before the marker) is made when missing.
+    fn check_present(&self, path: &str) -> Result<(), StoreError> {
+        let vanished = |dir: &Path| {
+            StoreError::io(
+                "write into datastore",
+                &self.root,
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "{} is missing: the datastore vanished (an unmounted disk?); it is never recreated by a write",
+                        dir.display()
+                    ),
+                ),
+            )
+        };
+        let tmp = self.root.join("tmp");
+        if !tmp.is_dir() {
+            return Err(vanished(&tmp));
+        }
+        if let Some((top, _)) = path.split_once('/')
+            && top != crate::layout::KEYS_DIR
+        {
+            let top = self.root.join(top);
+            if !top.is_dir() {
+                return Err(vanished(&top));
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the directories between the top directory and `path`'s
+    /// parent, fsyncing each one's parent after creating it, so a new
+    /// pack or manifest directory survives a crash with its entry.
+    fn make_parents(&self, path: &str) -> Result<(), StoreError> {
+        let mut dir = self.root.clone();
+        let parts: Vec<&str> = path.split('/').collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            let parent = dir.clone();
+            dir.push(part);
+            match fs::create_dir(&dir) {
+                Ok(()) => sync_dir(&parent)?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::io("create directory", &dir, e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Write `data` to a fresh temporary file next to nothing visible,
     /// fsync it and return its path.
     fn write_tmp(&self, path: &str, data: &[u8]) -> Result<PathBuf, StoreError> {
-        let full = self.full(path);
-        let dir = full.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+        self.check_present(path)?;
+        self.make_parents(path)?;
         let tmp_dir = self.root.join("tmp");
-        fs::create_dir_all(&tmp_dir)
-            .map_err(|e| StoreError::io("create directory", &tmp_dir, e))?;
         let name = format!(
             "{}.{:016x}.tmp",
             path.replace('/', "_"),
@@ -180,10 +256,33 @@ fn write_direct(path: &Path, data: &[u8]) -> io::Result<usize> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+/// fsync a directory, so the entries made or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    #[cfg(test)]
+    synced::record(dir);
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io("sync directory", dir, e))
+}
+
+/// Test-only record of the directories this thread fsynced.
+#[cfg(test)]
+pub(crate) mod synced {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    thread_local! {
+        static DIRS: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn record(dir: &Path) {
+        DIRS.with(|d| d.borrow_mut().push(dir.to_path_buf()));
+    }
+
+    /// The directories synced since the last call.
+    pub fn take() -> Vec<PathBuf> {
+        DIRS.with(|d| std::mem::take(&mut *d.borrow_mut()))
+    }
 }
 
 impl Backend for LocalBackend {
@@ -293,15 +392,30 @@ impl Backend for LocalBackend {
     fn lock_dir(&self) -> Option<&Path> {
         Some(&self.root)
     }
+
+    fn store_key_file(&self) -> Option<PathBuf> {
+        Some(
+            self.key_file
+                .clone()
+                .unwrap_or_else(|| LocalBackend::default_store_key_file(&self.root)),
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A directory laid out like a datastore's (what `layout` makes).
+    fn store_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        crate::layout::create_dirs(dir.path()).unwrap();
+        dir
+    }
+
     #[test]
     fn put_get_range_list_delete() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = store_dir();
         let b = LocalBackend::new(dir.path());
         b.put("packs/ab/x.pack", b"hello world").unwrap();
         assert_eq!(b.get("packs/ab/x.pack").unwrap(), b"hello world");
@@ -320,5 +434,50 @@ mod tests {
         assert!(b.list("nothing").unwrap().is_empty());
         // No temporary files are left behind.
         assert!(b.list("tmp").unwrap().is_empty());
+    }
+
+    #[test]
+    fn hardening_a_vanished_datastore_is_not_recreated_by_a_write() {
+        let dir = store_dir();
+        let b = LocalBackend::new(dir.path());
+        b.put("packs/ab/x.pack", b"data").unwrap();
+        // The disk is unmounted: what remains is an empty mount point.
+        for sub in ["packs", "manifests", "tmp", "locks"] {
+            std::fs::remove_dir_all(dir.path().join(sub)).unwrap();
+        }
+        for path in ["packs/cd/y.pack", "manifests/vm/t.json"] {
+            let e = standby_types::error_chain(&b.put(path, b"data").unwrap_err());
+            assert!(e.contains("vanished") && e.contains("never recreated"), "{e}");
+            let e = standby_types::error_chain(&b.put_new(path, b"data").unwrap_err());
+            assert!(e.contains("vanished"), "{e}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // Even with tmp/ present, a missing packs/ is not made either.
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
+        let e = standby_types::error_chain(&b.put("packs/cd/y.pack", b"data").unwrap_err());
+        assert!(e.contains("packs") && e.contains("vanished"), "{e}");
+        assert!(!dir.path().join("packs").exists());
+    }
+
+    #[test]
+    fn hardening_new_pack_and_manifest_directories_are_fsynced() {
+        let dir = store_dir();
+        let b = LocalBackend::new(dir.path());
+        synced::take();
+        b.put_new("manifests/vm1/t1.json", b"{}").unwrap();
+        let synced = synced::take();
+        // The new directory's entry in manifests/, then the file's in it.
+        assert_eq!(
+            synced,
+            vec![dir.path().join("manifests"), dir.path().join("manifests/vm1")]
+        );
+        b.put("packs/ab/x.pack", b"p").unwrap();
+        assert_eq!(
+            synced::take(),
+            vec![dir.path().join("packs"), dir.path().join("packs/ab")]
+        );
+        // An existing directory is not synced again, only the new entry.
+        b.put("packs/ab/y.pack", b"p").unwrap();
+        assert_eq!(synced::take(), vec![dir.path().join("packs/ab")]);
     }
 }

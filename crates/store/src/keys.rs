@@ -509,6 +509,8 @@ mod tests {
     #[test]
     fn wrap_and_unlock_with_file_and_passphrase() {
         let dir = tempfile::tempdir().unwrap();
+        // Laid out like a datastore: a backend writes only into one.
+        crate::layout::create_dirs(dir.path()).unwrap();
         let backend = LocalBackend::new(dir.path());
         let keyfile = dir.path().join("k");
         generate_key_file(&keyfile).unwrap();

@@ -69,8 +69,22 @@ impl StoreLock {
 
 fn open(root: &Path) -> Result<File, StoreError> {
     let path = root.join(LOCK_FILE);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+    // `locks/` is made with the store and at every open: missing, the
+    // store vanished (an unmounted disk), and nothing is made in its place.
+    if let Some(dir) = path.parent()
+        && !dir.is_dir()
+    {
+        return Err(StoreError::io(
+            "lock",
+            root,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "{} is missing: the datastore vanished (an unmounted disk?)",
+                    dir.display()
+                ),
+            ),
+        ));
     }
     OpenOptions::new()
         .create(true)
