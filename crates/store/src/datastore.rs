@@ -372,7 +372,8 @@ impl Datastore {
 
     /// All chunk ids of a disk, in order.
     pub(crate) fn read_disk_index(&self, disk: &DiskEntry) -> Result<Vec<ChunkId>, StoreError> {
-        let mut ids = Vec::with_capacity(disk.chunks as usize);
+        // `chunks` is bounded by the manifest check (`limits.rs`).
+        let mut ids = Vec::with_capacity(disk.chunks.min(crate::limits::MAX_DISK_CHUNKS) as usize);
         for (i, index_id) in disk.index.iter().enumerate() {
             let count = disk.ids_in_index_chunk(i);
             if index_id.is_zero() {

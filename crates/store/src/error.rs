@@ -75,6 +75,13 @@ pub enum StoreError {
         base: String,
         reason: String,
     },
+    #[error("disk '{disk}' of {size} bytes in {chunks} chunks is past the limit of a point ({limit})")]
+    DiskTooLarge {
+        disk: String,
+        size: u64,
+        chunks: u64,
+        limit: &'static str,
+    },
     #[error("dirty range {start}..{end} is invalid for disk '{disk}'")]
     InvalidDirtyRange { disk: String, start: u64, end: u64 },
     #[error("unable to read manifest {path}: {reason}")]

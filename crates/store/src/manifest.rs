@@ -263,6 +263,7 @@ impl Manifest {
         if m.id.vm() != m.vm || m.id.time() != m.time {
             return Err(format!("id {} does not match vm and time", m.id));
         }
+        check_limits(&m)?;
         for d in &m.disks {
             let cs = u64::from(d.chunk_size);
             if !crate::limits::valid_chunk_size(d.chunk_size)
@@ -275,6 +276,41 @@ impl Manifest {
         }
         Ok(m)
     }
+}
+
+/// Refuse a manifest whose stated sizes are past the limits of
+/// `limits.rs`, before anything is allocated from them.
+fn check_limits(m: &Manifest) -> Result<(), String> {
+    use crate::limits::{MAX_DISK_CHUNKS, MAX_DISK_SIZE, MAX_DISKS};
+    if m.disks.len() > MAX_DISKS {
+        return Err(format!(
+            "{} disks: more than the limit of {MAX_DISKS}",
+            m.disks.len()
+        ));
+    }
+    for d in &m.disks {
+        if d.size > MAX_DISK_SIZE {
+            return Err(format!(
+                "disk '{}' claims {} bytes: more than the limit of {MAX_DISK_SIZE}",
+                d.name, d.size
+            ));
+        }
+        if d.chunks > MAX_DISK_CHUNKS {
+            return Err(format!(
+                "disk '{}' claims {} chunks: more than the limit of {MAX_DISK_CHUNKS}",
+                d.name, d.chunks
+            ));
+        }
+        if d.ids_per_index_chunk as usize != crate::index::IDS_PER_INDEX_CHUNK {
+            return Err(format!(
+                "disk '{}' has {} ids per index chunk: every index chunk holds {}",
+                d.name,
+                d.ids_per_index_chunk,
+                crate::index::IDS_PER_INDEX_CHUNK
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A manifest in an encrypted datastore: its JSON (as in an unencrypted

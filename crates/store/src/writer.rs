@@ -23,7 +23,9 @@ use crate::blob::BlobKind;
 use crate::chunk::ChunkId;
 use crate::datastore::Datastore;
 use crate::index::{self, IDS_PER_INDEX_CHUNK};
-use crate::limits::{DEFAULT_CHUNK_SIZE, valid_chunk_size};
+use crate::limits::{
+    DEFAULT_CHUNK_SIZE, MAX_DISK_CHUNKS, MAX_DISK_SIZE, MAX_DISKS, valid_chunk_size,
+};
 use crate::lock::StoreLock;
 use crate::manifest::{DiskEntry, Manifest, PointId, PointMeta, valid_disk_name};
 use crate::packer::Packer;
@@ -184,6 +186,23 @@ impl PointWriter {
             .seek(SeekFrom::End(0))
             .map_err(|e| StoreError::io("seek disk", source, e))?;
         let n = size.div_ceil(cs);
+        // Never write a point that readers refuse (see `limits.rs`).
+        if size > MAX_DISK_SIZE || n > MAX_DISK_CHUNKS {
+            return Err(StoreError::DiskTooLarge {
+                disk: name.to_string(),
+                size,
+                chunks: n,
+                limit: "64 TiB and 2^26 chunks: use larger chunks",
+            });
+        }
+        if self.disks.len() >= MAX_DISKS {
+            return Err(StoreError::DiskTooLarge {
+                disk: name.to_string(),
+                size,
+                chunks: n,
+                limit: "256 disks per point",
+            });
+        }
 
         let mut ids = vec![ChunkId::ZERO; n as usize];
         let mut read = vec![true; n as usize];

@@ -15,6 +15,7 @@ use standby_types::error_chain as chain;
 
 mod damage;
 mod gc;
+mod hardening;
 mod onto;
 mod process;
 mod repair;
