@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::auth::StoreAuth;
 use crate::backend::{Backend, LocalBackend};
 use crate::blob::{self, BlobError, BlobKind};
 use crate::catalog::{Catalog, Location};
@@ -12,7 +13,8 @@ use crate::chunk::ChunkId;
 use crate::crypto::Crypto;
 use crate::keys::{self, KdfParams, KeySource};
 use crate::layout::{
-    MARKER_FILE, Marker, already_exists, create_dirs, create_layout, create_layout_on, read_marker,
+    FORMAT_1, MARKER_FILE, Marker, already_exists, create_dirs, create_layout, create_layout_on,
+    read_marker,
 };
 use crate::manifest::{DiskEntry, Manifest, PointId};
 use crate::pack::{self, PackId, PackIndex};
@@ -80,6 +82,8 @@ pub(crate) struct Inner {
     pub options: StoreOptions,
     /// The master keys of an encrypted datastore.
     pub crypto: Option<Crypto>,
+    /// The store key of an unencrypted one (format 2).
+    pub auth: Option<StoreAuth>,
 }
 
 /// A content-addressed store of recovery points. Cheap to clone; clones
@@ -101,7 +105,8 @@ impl Datastore {
         options: StoreOptions,
     ) -> Result<Datastore, StoreError> {
         if !root.join(MARKER_FILE).exists() {
-            create_layout(root, &Marker::new("blake3"), |_| Ok(()))?;
+            let marker = plain_marker(&LocalBackend::new(root))?;
+            create_layout(root, &marker, |_| Ok(()))?;
         }
         Self::open_with(root, options)
     }
@@ -158,6 +163,27 @@ impl Datastore {
         check_options(&options)?;
         let marker = read_marker(backend.as_ref())?;
         let crypto = keys::unlock_marker(backend.as_ref(), &marker, key)?;
+        let auth = match &crypto {
+            // Sealed manifests, MAC'd indexes: authenticated in any format.
+            Some(_) => None,
+            None if marker.format() == FORMAT_1 => {
+                return Err(StoreError::NotUpgraded {
+                    location: backend.location().to_path_buf(),
+                });
+            }
+            None => Some(open_auth(backend.as_ref(), &marker)?),
+        };
+        Self::assemble(backend, options, crypto, auth)
+    }
+
+    /// A handle on the store behind `backend` with these keys, its
+    /// catalog loaded.
+    pub(crate) fn assemble(
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+        crypto: Option<Crypto>,
+        auth: Option<StoreAuth>,
+    ) -> Result<Datastore, StoreError> {
         let ds = Datastore {
             inner: Arc::new(Inner {
                 root: backend.location().to_path_buf(),
@@ -165,6 +191,7 @@ impl Datastore {
                 catalog: Catalog::default(),
                 options,
                 crypto,
+                auth,
             }),
         };
         ds.rescan(true)?;
@@ -179,7 +206,11 @@ impl Datastore {
         options: StoreOptions,
     ) -> Result<Datastore, StoreError> {
         check_options(&options)?;
-        if !create_layout_on(backend.as_ref(), &Marker::new("blake3"), |_| Ok(()))? {
+        if backend.exists(MARKER_FILE)? {
+            return Err(already_exists(backend.as_ref()));
+        }
+        let marker = plain_marker(backend.as_ref())?;
+        if !create_layout_on(backend.as_ref(), &marker, |_| Ok(()))? {
             return Err(already_exists(backend.as_ref()));
         }
         Self::open_on(backend, options)
@@ -249,7 +280,7 @@ impl Datastore {
             self.backend(),
             full,
             epoch,
-            self.crypto().map(|c| c.index_key()),
+            self.index_key(),
         )
     }
 
@@ -649,6 +680,21 @@ impl Datastore {
         self.inner.crypto.as_ref()
     }
 
+    pub(crate) fn auth(&self) -> Option<&StoreAuth> {
+        self.inner.auth.as_ref()
+    }
+
+    /// The MAC key of pack index trailers: the MAC key of an encrypted
+    /// store, the index key of an authenticated plain one; none only
+    /// while a format-1 store is being upgraded.
+    pub(crate) fn index_key(&self) -> Option<&[u8; 32]> {
+        match (self.crypto(), self.auth()) {
+            (Some(c), _) => Some(c.index_key()),
+            (None, Some(a)) => Some(a.index_key()),
+            (None, None) => None,
+        }
+    }
+
     /// True when a stored blob of this datastore is valid in `other` as it
     /// is: both unencrypted, or both with the same master keys.
     pub(crate) fn same_scheme(&self, other: &Datastore) -> bool {
@@ -702,16 +748,78 @@ impl Datastore {
 
     /// Parse a pack index file, its trailer checked in this scheme.
     pub(crate) fn decode_index(&self, bytes: &[u8]) -> Result<PackIndex, String> {
-        pack::decode_index_keyed(bytes, self.crypto().map(Crypto::index_key))
+        pack::decode_index_keyed(bytes, self.index_key())
     }
 
     /// The bytes of `m`'s manifest object: sealed in an encrypted store.
     pub(crate) fn encode_manifest(&self, m: &Manifest) -> Result<Vec<u8>, StoreError> {
-        m.to_object(self.crypto())
+        m.to_object(self.crypto(), self.auth())
     }
 
     /// Parse and check the manifest object at `path`.
     pub(crate) fn decode_manifest(&self, path: &str, bytes: &[u8]) -> Result<Manifest, String> {
-        Manifest::from_object(path, bytes, self.crypto())
+        Manifest::from_object(path, bytes, self.crypto(), self.auth())
     }
+}
+
+/// The marker of a new unencrypted store on `backend`, its store key
+/// read from the backend's key file or made there.
+fn plain_marker(backend: &dyn Backend) -> Result<Marker, StoreError> {
+    let path = store_key_path(backend)?;
+    let auth = StoreAuth::read_or_create(&path)?;
+    Ok(Marker::plain(&auth))
+}
+
+/// Where the backend keeps its store's key; an error when nowhere.
+pub(crate) fn store_key_path(backend: &dyn Backend) -> Result<PathBuf, StoreError> {
+    backend.store_key_file().ok_or_else(|| StoreError::StoreKey {
+        location: backend.location().to_path_buf(),
+        reason: "no store key file is configured (store_key_file)".into(),
+    })
+}
+
+/// The store key of the format-2 unencrypted store with `marker`: it
+/// must exist (it is never made again at open: a missing key file is
+/// restored from its copy) and match the marker's check.
+fn open_auth(backend: &dyn Backend, marker: &Marker) -> Result<StoreAuth, StoreError> {
+    let location = backend.location().to_path_buf();
+    let path = store_key_path(backend)?;
+    if marker.auth.as_deref() != Some(crate::auth::AUTH_NAME) || marker.auth_check.is_none() {
+        return Err(StoreError::Corrupt {
+            object: format!("marker {MARKER_FILE}"),
+            root: location,
+            reason: "format 2 without authentication".into(),
+        });
+    }
+    if !path.exists() {
+        return Err(StoreError::StoreKey {
+            location,
+            reason: format!(
+                "store key file {} is missing: put back its copy (it is never made again for an existing datastore)",
+                path.display()
+            ),
+        });
+    }
+    let auth = StoreAuth::read(&path)?;
+    if marker.auth_check.as_deref() != Some(auth.check()) {
+        return Err(StoreError::StoreKey {
+            location,
+            reason: format!("store key file {} is not this datastore's key", path.display()),
+        });
+    }
+    Ok(auth)
+}
+
+/// A new unencrypted store as standby 0.1 made and wrote it (format 1:
+/// manifests without MACs, plain index trailers), for the upgrade's tests.
+#[cfg(test)]
+pub(crate) fn create_format_1(root: &Path) -> Datastore {
+    create_layout(root, &Marker::format_1(), |_| Ok(())).unwrap();
+    Datastore::assemble(
+        Arc::new(LocalBackend::new(root)),
+        StoreOptions::default(),
+        None,
+        None,
+    )
+    .unwrap()
 }

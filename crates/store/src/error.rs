@@ -39,6 +39,20 @@ pub enum StoreError {
         format: u64,
         supported: u64,
     },
+    /// An unencrypted store of format 1: its points carry no MAC, so none
+    /// of them can be told from a planted one until it is upgraded.
+    #[error("datastore {location} predates authenticated points (format 1, standby 0.1): run `standby store upgrade DATASTORE` once, then use it")]
+    NotUpgraded { location: PathBuf },
+    #[error("unusable store key for datastore {location}: {reason}")]
+    StoreKey { location: PathBuf, reason: String },
+    /// A point writer's chunks are in a pack gc deleted while it wrote
+    /// (its lease was lost): the point is not committed.
+    #[error("point {point} not committed in datastore {root}: {reason}; write it again")]
+    PointRobbed {
+        point: String,
+        root: PathBuf,
+        reason: String,
+    },
     #[error("wrong key for datastore {location}: no key object opens with it")]
     WrongKey { location: PathBuf },
     #[error("datastore {location} is encrypted: open it with its key file or passphrase")]
@@ -133,7 +147,7 @@ impl StoreError {
     /// the datastore (a lock held by someone else, a transient I/O error).
     pub fn is_temporary(&self) -> bool {
         match self {
-            StoreError::Locked(..) => true,
+            StoreError::Locked(..) | StoreError::PointRobbed { .. } => true,
             StoreError::Remote { temporary, .. } => *temporary,
             StoreError::Io { source, .. } => matches!(
                 source.kind(),

@@ -175,7 +175,7 @@ pub fn generate_key_file(path: &Path) -> Result<(), StoreError> {
 }
 
 /// The key of a key file: 64 hex digits, surrounding whitespace allowed.
-fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, StoreError> {
+pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, StoreError> {
     let text =
         Zeroizing::new(std::fs::read(path).map_err(|e| StoreError::io("read key file", path, e))?);
     let bad = || StoreError::KeyFile {

@@ -19,7 +19,12 @@ use crate::StoreError;
 use crate::backend::{Backend, LocalBackend};
 
 pub const MARKER_FILE: &str = "standby-store.json";
-pub const FORMAT: u64 = 1;
+/// Format 2: authenticated manifests and pack indexes in every store
+/// (`auth.rs`). Format 1 (standby 0.1): the same objects, without MACs
+/// in an unencrypted store; read only after `standby store upgrade`
+/// (`upgrade.rs`), an encrypted one as it is.
+pub const FORMAT: u64 = 2;
+pub const FORMAT_1: u64 = 1;
 const KIND: &str = "standby-datastore";
 /// Where the key objects of an encrypted datastore live.
 pub const KEYS_DIR: &str = "keys";
@@ -39,6 +44,13 @@ pub(crate) struct Marker {
     /// One-way check of the master keys (see `crypto::Crypto::key_check`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) key_check: Option<String>,
+    /// "blake3-keyed" in an unencrypted store of format 2: its manifests
+    /// and pack indexes carry MACs under its store key (`auth.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) auth: Option<String>,
+    /// One-way check of the store key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) auth_check: Option<String>,
 }
 
 impl Marker {
@@ -50,7 +62,47 @@ impl Marker {
             chunk_hash: Some(chunk_hash.into()),
             encryption: None,
             key_check: None,
+            auth: None,
+            auth_check: None,
         }
+    }
+
+    /// The marker of a new unencrypted store authenticated with `auth`.
+    pub(crate) fn plain(auth: &crate::auth::StoreAuth) -> Marker {
+        let mut m = Marker::new("blake3");
+        m.auth = Some(crate::auth::AUTH_NAME.into());
+        m.auth_check = Some(auth.check().into());
+        m
+    }
+
+    /// The marker standby 0.1 wrote for a new unencrypted store.
+    #[cfg(test)]
+    pub(crate) fn format_1() -> Marker {
+        Marker {
+            format: FORMAT_1,
+            ..Marker::new("blake3")
+        }
+    }
+
+    pub(crate) fn format(&self) -> u64 {
+        self.format
+    }
+
+    /// This marker as format 2 (the upgrade's last step).
+    pub(crate) fn upgraded(mut self, auth: Option<&crate::auth::StoreAuth>) -> Marker {
+        self.format = FORMAT;
+        if let Some(auth) = auth {
+            self.auth = Some(crate::auth::AUTH_NAME.into());
+            self.auth_check = Some(auth.check().into());
+        }
+        self
+    }
+
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec_pretty(self).map_err(|source| StoreError::Json {
+            what: "datastore marker".into(),
+            source,
+        })
     }
 }
 
@@ -64,11 +116,7 @@ pub(crate) fn create_dirs(root: &Path) -> Result<(), StoreError> {
 
 /// Write `marker`; `AlreadyExists` when there is one.
 fn write_marker(backend: &dyn Backend, marker: &Marker) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec_pretty(marker).map_err(|source| StoreError::Json {
-        what: "datastore marker".into(),
-        source,
-    })?;
-    backend.put_new(MARKER_FILE, &bytes)
+    backend.put_new(MARKER_FILE, &marker.to_bytes()?)
 }
 
 /// Read and check the format marker.
@@ -86,7 +134,7 @@ pub(crate) fn read_marker(backend: &dyn Backend) -> Result<Marker, StoreError> {
     if marker.kind != KIND {
         return Err(not_a_store());
     }
-    if marker.format != FORMAT {
+    if marker.format != FORMAT && marker.format != FORMAT_1 {
         return Err(StoreError::UnsupportedFormat {
             path: root.to_path_buf(),
             format: marker.format,

@@ -109,6 +109,7 @@
 //! sync and sampled verify read the chunks of one pack in batches
 //! ([`backend::Backend::get_ranges`]) and several packs in parallel.
 
+mod auth;
 pub mod backend;
 pub mod blob;
 mod catalog;
@@ -135,6 +136,7 @@ mod restore;
 mod seal;
 mod sync;
 pub mod transfer;
+mod upgrade;
 mod verify;
 mod writer;
 
@@ -154,6 +156,7 @@ pub use progress::{CountingProgress, Progress};
 pub use prune::PruneReport;
 pub use repair::RepairReport;
 pub use restore::RestoreStats;
+pub use upgrade::UpgradeReport;
 pub use verify::{Problem, VerifyReport};
 pub use writer::{DiskWriteOptions, DiskWriteStats, PointWriter};
 

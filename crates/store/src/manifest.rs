@@ -8,6 +8,7 @@ use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::StoreError;
+use crate::auth::StoreAuth;
 use crate::chunk::ChunkId;
 use crate::crypto::Crypto;
 use crate::seal::{self, CIPHER_NAME};
@@ -254,6 +255,12 @@ impl Manifest {
     pub fn from_bytes(bytes: &[u8]) -> Result<Manifest, String> {
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| format!("invalid json: {e}"))?;
+        m.checked()
+    }
+
+    /// The checks of [`Manifest::from_bytes`] on a parsed manifest.
+    fn checked(self) -> Result<Manifest, String> {
+        let m = self;
         if m.version != MANIFEST_VERSION {
             return Err(format!("unsupported manifest version {}", m.version));
         }
@@ -337,11 +344,18 @@ fn manifest_ad(path: &str) -> Vec<u8> {
 impl Manifest {
     /// The bytes of the manifest object: its JSON, sealed when `crypto`
     /// is given (an encrypted store).
-    pub(crate) fn to_object(&self, crypto: Option<&Crypto>) -> Result<Vec<u8>, StoreError> {
-        let json = self.to_bytes()?;
+    pub(crate) fn to_object(
+        &self,
+        crypto: Option<&Crypto>,
+        auth: Option<&StoreAuth>,
+    ) -> Result<Vec<u8>, StoreError> {
         let Some(crypto) = crypto else {
-            return Ok(json);
+            return match auth {
+                Some(auth) => self.to_authenticated(auth),
+                None => self.to_bytes(),
+            };
         };
+        let json = self.to_bytes()?;
         let path = self.id.manifest_path();
         let envelope = SealedManifest {
             format: SEALED_MANIFEST_FORMAT,
@@ -368,10 +382,15 @@ impl Manifest {
         path: &str,
         bytes: &[u8],
         crypto: Option<&Crypto>,
+        auth: Option<&StoreAuth>,
     ) -> Result<Manifest, String> {
         let envelope = || serde_json::from_slice::<SealedManifest>(bytes).ok();
         let Some(crypto) = crypto else {
-            return Manifest::from_bytes(bytes).map_err(|e| match envelope() {
+            let parsed = match auth {
+                Some(auth) => Manifest::from_authenticated(path, bytes, auth),
+                None => Manifest::from_bytes(bytes),
+            };
+            return parsed.map_err(|e| match envelope() {
                 Some(_) => "manifest is encrypted, the datastore is not".into(),
                 None => e,
             });
@@ -395,6 +414,51 @@ impl Manifest {
         Manifest::from_bytes(&json)
     }
 }
+
+/// Manifests of an unencrypted, authenticated store: the JSON with a
+/// `"mac"` field (see `auth.rs`).
+impl Manifest {
+    fn to_authenticated(&self, auth: &StoreAuth) -> Result<Vec<u8>, StoreError> {
+        let json_error = |source| StoreError::Json {
+            what: format!("manifest of point {}", self.id),
+            source,
+        };
+        let mut value = serde_json::to_value(self).map_err(json_error)?;
+        let mac = auth.manifest_mac(&self.id.manifest_path(), canonical_json(&value).as_bytes());
+        if let Some(map) = value.as_object_mut() {
+            map.insert(MAC_FIELD.into(), mac.to_hex().to_string().into());
+        }
+        let mut bytes = serde_json::to_vec_pretty(&value).map_err(json_error)?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+
+    /// Parse the manifest at object `path`; its MAC must check under
+    /// `auth` before anything else in it is believed.
+    fn from_authenticated(path: &str, bytes: &[u8], auth: &StoreAuth) -> Result<Manifest, String> {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid json: {e}"))?;
+        let mac = value.as_object_mut().and_then(|m| m.remove(MAC_FIELD));
+        let Some(serde_json::Value::String(mac)) = mac else {
+            return Err("no MAC: planted, or written before the datastore was upgraded".into());
+        };
+        let mut given = [0u8; 32];
+        hex::decode_to_slice(&mac, &mut given).map_err(|_| "MAC is not 64 hex digits")?;
+        // blake3::Hash compares in constant time.
+        if auth.manifest_mac(path, canonical_json(&value).as_bytes()) != blake3::Hash::from(given) {
+            return Err(
+                "MAC mismatch: planted, altered, moved from another point or written with another store key"
+                    .into(),
+            );
+        }
+        serde_json::from_value::<Manifest>(value)
+            .map_err(|e| format!("invalid json: {e}"))?
+            .checked()
+    }
+}
+
+/// The field of a manifest's MAC in an authenticated unencrypted store.
+const MAC_FIELD: &str = "mac";
 
 /// JSON with object keys sorted, whatever map type serde_json was built with.
 fn canonical_json(value: &serde_json::Value) -> String {

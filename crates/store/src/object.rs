@@ -56,6 +56,10 @@ pub struct ObjectStoreConfig {
     /// Lifetime of a lease (see `lock`); holders renew at a third of it.
     #[serde(default = "default_lease")]
     pub lease_secs: u64,
+    /// The store key of an unencrypted datastore here (`auth.rs`): a key
+    /// file on this host, never in the bucket.
+    #[serde(default)]
+    pub store_key_file: Option<PathBuf>,
 }
 
 fn default_retries() -> usize {
@@ -107,6 +111,7 @@ impl ObjectStoreConfig {
             max_retries: default_retries(),
             retry_timeout_secs: default_retry_timeout(),
             lease_secs: default_lease(),
+            store_key_file: None,
         }
     }
 
@@ -144,6 +149,7 @@ pub struct ObjectBackend {
     counters: Counters,
     limiter: Option<TokenBucket>,
     lease: Duration,
+    key_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ObjectBackend {
@@ -254,6 +260,7 @@ impl ObjectBackend {
             counters: Counters::default(),
             limiter: config.upload_limit.filter(|&r| r > 0).map(TokenBucket::new),
             lease: Duration::from_secs(config.lease_secs.max(3)),
+            key_file: config.store_key_file.clone(),
         })
     }
 
@@ -537,6 +544,10 @@ impl Backend for ObjectBackend {
 
     fn lease_duration(&self) -> Duration {
         self.lease
+    }
+
+    fn store_key_file(&self) -> Option<PathBuf> {
+        self.key_file.clone()
     }
 
     fn object_stats(&self) -> Option<ObjectStats> {

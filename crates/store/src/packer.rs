@@ -38,7 +38,7 @@ impl Packer {
             .spawn(move || {
                 let mut written = Vec::new();
                 for builder in rx {
-                    let key = writer_store.crypto().map(|c| c.index_key());
+                    let key = writer_store.index_key();
                     let (idx, buf) = builder.write_keep_keyed(writer_store.backend(), key)?;
                     writer_store.catalog().insert(&idx);
                     written.push(idx);

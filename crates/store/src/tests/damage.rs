@@ -84,7 +84,7 @@ fn verify_finds_and_names_every_kind_of_damage() {
     assert!(
         names(&r)
             .iter()
-            .any(|p| p.contains(".idx") && p.contains("checksum mismatch")),
+            .any(|p| p.contains(".idx") && p.contains("MAC mismatch")),
         "{:?}",
         names(&r)
     );
@@ -101,7 +101,9 @@ fn verify_finds_and_names_every_kind_of_damage() {
     assert_eq!(r.problems[0].point.as_ref(), Some(&m.id));
     assert!(
         r.problems[0].to_string().contains("manifest")
-            && r.problems[0].message.contains("checksum")
+            && r.problems[0].message.contains("MAC mismatch"),
+        "{:?}",
+        names(&r)
     );
     let e = f.ds.list_points().unwrap_err();
     assert!(e.to_string().contains(&m.id.manifest_path()), "{e}");

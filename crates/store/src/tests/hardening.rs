@@ -2,6 +2,8 @@
 //! writers.
 
 use super::*;
+use crate::backend::LocalBackend;
+use crate::pack;
 
 /// Write `m` with other disks as a new point of its vm one second later,
 /// checksummed (and authenticated) like a genuine one: only its stated
@@ -75,4 +77,224 @@ fn hardening_a_manifest_claiming_2_40_chunks_is_refused_by_gc_verify_and_restore
     f.ds.restore_disk(&m.id, "data", &f.work.join("ok.img"), &())
         .unwrap();
     assert_same(&image, &f.work.join("ok.img"));
+}
+
+/// A manifest an attacker with write access plants: a copy of the
+/// newest genuine one, one minute later, its checksum recomputed (anyone
+/// can), and its MAC, if any, copied along.
+fn plant_newer(backend: &dyn crate::backend::Backend, m: &Manifest) -> PointId {
+    let time = m.time + chrono::Duration::minutes(1);
+    let id = PointId::new(&m.vm, time).unwrap();
+    let genuine: serde_json::Value =
+        serde_json::from_slice(&backend.get(&m.id.manifest_path()).unwrap()).unwrap();
+    let mut planted = Manifest {
+        id: id.clone(),
+        time,
+        labels: BTreeMap::from([("planted".into(), "yes".into())]),
+        ..m.clone()
+    }
+    .with_disks(m.disks.clone());
+    planted.site = "attacker".into();
+    let planted = planted.with_disks(m.disks.clone());
+    let mut value = serde_json::to_value(&planted).unwrap();
+    if let Some(mac) = genuine.get("mac") {
+        value["mac"] = mac.clone();
+    }
+    backend
+        .put_new(&id.manifest_path(), &serde_json::to_vec_pretty(&value).unwrap())
+        .unwrap();
+    id
+}
+
+/// The planted point is refused by name everywhere, and the newest
+/// point a failover would boot is still the genuine one.
+fn assert_planted_refused(ds: &Datastore, genuine: &Manifest, planted: &PointId) {
+    let e = ds.load_manifest(planted).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e, StoreError::BadManifest { .. })
+            && text.contains(&planted.manifest_path())
+            && text.contains("MAC mismatch"),
+        "{text}"
+    );
+    assert_eq!(ds.latest_point(&genuine.vm).unwrap().unwrap().id, genuine.id);
+    let (points, bad) = ds.scan_points().unwrap();
+    assert_eq!(points.len(), 1);
+    assert_eq!(bad.len(), 1);
+    let report = ds.verify(&()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.object.contains(&planted.manifest_path()) && p.message.contains("MAC")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn hardening_a_planted_manifest_in_a_plain_local_store_is_refused() {
+    let f = fixture();
+    let image = f.work.join("disk.img");
+    make_image(&image, 2 << 20, 3);
+    let (m, _) = backup(&f.ds, "vm1", &image, opts());
+    let planted = plant_newer(f.ds.backend(), &m);
+    assert_planted_refused(&f.ds, &m, &planted);
+    // Moving a genuine manifest to another point's path fails too.
+    let moved = PointId::new("vm1", m.time + chrono::Duration::minutes(2)).unwrap();
+    let bytes = f.ds.backend().get(&m.id.manifest_path()).unwrap();
+    f.ds.backend().put_new(&moved.manifest_path(), &bytes).unwrap();
+    assert!(f.ds.load_manifest(&moved).is_err());
+    // Reopened (another process), the same.
+    let again = Datastore::open(&f.root).unwrap();
+    assert_eq!(again.latest_point("vm1").unwrap().unwrap().id, m.id);
+}
+
+#[test]
+fn hardening_a_planted_manifest_in_a_plain_object_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    fs::create_dir(&bucket).unwrap();
+    let mut cfg = ObjectStoreConfig::new(ObjectService::Local { path: bucket });
+    cfg.prefix = "site/cloud".into();
+    // Without a key file configured, no plain store is made.
+    let b = std::sync::Arc::new(ObjectBackend::new(&cfg).unwrap());
+    let e = Datastore::open_or_create_on(b, StoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("store_key_file"), "{e}");
+    cfg.store_key_file = Some(dir.path().join("cloud.store-key"));
+    let b = std::sync::Arc::new(ObjectBackend::new(&cfg).unwrap());
+    let ds = Datastore::open_or_create_on(b.clone(), StoreOptions::default()).unwrap();
+    let image = dir.path().join("disk.img");
+    make_image(&image, 2 << 20, 4);
+    let (m, _) = backup(&ds, "vm1", &image, opts());
+    let planted = plant_newer(b.as_ref(), &m);
+    assert_planted_refused(&ds, &m, &planted);
+    // Another key file is refused at open, naming it.
+    let other = dir.path().join("other.store-key");
+    generate_key_file(&other).unwrap();
+    cfg.store_key_file = Some(other);
+    let e = Datastore::open_on(
+        std::sync::Arc::new(ObjectBackend::new(&cfg).unwrap()),
+        StoreOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not this datastore's key"), "{e}");
+}
+
+#[test]
+fn hardening_a_planted_pack_index_is_refused_and_never_deduplicated_against() {
+    let f = fixture();
+    let image = f.work.join("disk.img");
+    make_image(&image, 2 << 20, 5);
+    // The attacker knows (or guesses) chunks the next point will hold, and
+    // plants an index claiming them, in a pack of garbage, with a checksum
+    // trailer anyone can compute: writers that believed it would skip
+    // those chunks, and the point would never restore.
+    let data = fs::read(&image).unwrap();
+    let ids: Vec<ChunkId> = data
+        .chunks(CS as usize)
+        .map(ChunkId::of)
+        .filter(|id| !id.is_zero())
+        .collect();
+    let pack = PackId::random();
+    let entries: Vec<pack::IdxEntry> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| pack::IdxEntry {
+            id: *id,
+            offset: 8 + i as u64 * 100,
+            len: 100,
+            kind: blob::BlobKind::Data,
+        })
+        .collect();
+    let mut garbage = b"SBPK\x01\x00\x00\x00".to_vec();
+    garbage.resize(8 + ids.len() * 100, 0xee);
+    f.ds.backend().put(&pack.pack_path(), &garbage).unwrap();
+    f.ds.backend()
+        .put(&pack.idx_path(), &pack::encode_index(&pack, &entries))
+        .unwrap();
+    let ds = Datastore::open(&f.root).unwrap();
+    let (m, stats) = backup(&ds, "vm1", &image, opts());
+    assert_eq!(stats.chunks_new as usize, {
+        let mut u = ids.clone();
+        u.sort();
+        u.dedup();
+        u.len()
+    });
+    ds.restore_disk(&m.id, "data", &f.work.join("out.img"), &())
+        .unwrap();
+    assert_same(&image, &f.work.join("out.img"));
+    let report = ds.verify(&()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.object.contains(&pack.idx_path()) && p.message.contains("MAC mismatch")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn hardening_upgrade_makes_a_format_1_store_usable_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let old = crate::datastore::create_format_1(&root);
+    let image = dir.path().join("disk.img");
+    make_image(&image, 3 << 20, 6);
+    let (m1, _) = backup(&old, "vm1", &image, opts());
+    let (m2, _) = backup(&old, "vm2", &image, opts());
+    let unsigned = fs::read(root.join(m2.id.manifest_path())).unwrap();
+    drop(old);
+    let key = LocalBackend::default_store_key_file(&root);
+    assert!(!key.exists());
+
+    // Refused until upgraded, with the command to run.
+    let e = Datastore::open(&root).unwrap_err();
+    assert!(matches!(e, StoreError::NotUpgraded { .. }), "{e}");
+    assert!(e.to_string().contains("standby store upgrade"), "{e}");
+
+    let r = Datastore::upgrade(&root, None).unwrap();
+    assert_eq!((r.manifests_signed, r.indexes_signed), (2, 1), "{r:?}");
+    assert!(r.skipped.is_empty() && !r.already_upgraded, "{r:?}");
+    assert!(key.exists());
+    let ds = Datastore::open(&root).unwrap();
+    assert!(ds.verify(&()).unwrap().problems.is_empty());
+    ds.restore_disk(&m1.id, "data", &dir.path().join("out.img"), &())
+        .unwrap();
+    assert_same(&image, &dir.path().join("out.img"));
+    // New points go on the old chain.
+    let (m3, s3) = backup(&ds, "vm1", &image, opts());
+    assert_eq!(s3.chunks_new, 0);
+    drop(ds);
+
+    // Again: nothing to do.
+    assert!(Datastore::upgrade(&root, None).unwrap().already_upgraded);
+
+    // Killed midway (one manifest still unsigned, marker still format 1):
+    // running it again finishes the job.
+    let marker = root.join(MARKER_FILE);
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&marker).unwrap()).unwrap();
+    v["format"] = 1.into();
+    v.as_object_mut().unwrap().remove("auth");
+    v.as_object_mut().unwrap().remove("auth_check");
+    fs::write(&marker, serde_json::to_vec(&v).unwrap()).unwrap();
+    fs::write(root.join(m2.id.manifest_path()), &unsigned).unwrap();
+    let r = Datastore::upgrade(&root, None).unwrap();
+    assert_eq!(
+        (r.manifests_signed, r.manifests_kept, r.indexes_signed),
+        (1, 2, 0),
+        "{r:?}"
+    );
+    let ds = Datastore::open(&root).unwrap();
+    assert_eq!(ds.list_points().unwrap().len(), 3);
+    ds.restore_disk(&m3.id, "data", &dir.path().join("out3.img"), &())
+        .unwrap();
+    assert_same(&image, &dir.path().join("out3.img"));
+
+    // A missing key file is never made again for an upgraded store.
+    fs::rename(&key, dir.path().join("saved.key")).unwrap();
+    let e = Datastore::open(&root).unwrap_err();
+    assert!(e.to_string().contains("is missing"), "{e}");
+    assert!(!key.exists());
 }

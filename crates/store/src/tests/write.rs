@@ -22,7 +22,8 @@ fn open_requires_a_datastore() {
     assert_eq!(ds.root(), root);
     let marker: serde_json::Value =
         serde_json::from_slice(&fs::read(root.join("standby-store.json")).unwrap()).unwrap();
-    assert_eq!(marker["format"], 1);
+    assert_eq!(marker["format"], 2);
+    assert_eq!(marker["auth"], "blake3-keyed");
     assert_eq!(marker["kind"], "standby-datastore");
     Datastore::open(&root).unwrap();
     Datastore::open_or_create(&root).unwrap();
@@ -37,7 +38,7 @@ fn open_refuses_a_newer_format() {
     Datastore::open_or_create(&root).unwrap();
     let path = root.join("standby-store.json");
     let mut marker: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    marker["format"] = 2.into();
+    marker["format"] = 3.into();
     let text = serde_json::to_vec(&marker).unwrap();
     fs::write(&path, &text).unwrap();
     for e in [
@@ -48,8 +49,8 @@ fn open_refuses_a_newer_format() {
             matches!(
                 e,
                 StoreError::UnsupportedFormat {
-                    format: 2,
-                    supported: 1,
+                    format: 3,
+                    supported: 2,
                     ..
                 }
             ),
@@ -58,7 +59,7 @@ fn open_refuses_a_newer_format() {
         assert_eq!(
             e.to_string(),
             format!(
-                "unsupported datastore format 2 at {}: this standby reads format 1, a newer standby wrote it",
+                "unsupported datastore format 3 at {}: this standby reads format 2, a newer standby wrote it",
                 root.display()
             )
         );
