@@ -49,15 +49,18 @@ fn object_config(cfg: &DatastoreConfig) -> Option<ObjectStoreConfig> {
     let mut oc = ObjectStoreConfig::new(service);
     oc.prefix = cfg.prefix.clone();
     oc.upload_limit = cfg.upload_limit.map(|b| b.0);
+    oc.store_key_file = cfg.store_key_file.clone();
     Some(oc)
 }
 
-fn backend(cfg: &DatastoreConfig) -> Result<Arc<dyn Backend>, StoreError> {
+/// The backend of the datastore, with where its store key is kept.
+pub fn backend(cfg: &DatastoreConfig) -> Result<Arc<dyn Backend>, StoreError> {
     match object_config(cfg) {
         Some(oc) => Ok(Arc::new(ObjectBackend::new(&oc)?)),
-        None => Ok(Arc::new(LocalBackend::new(
-            cfg.path.as_deref().unwrap_or(std::path::Path::new(".")),
-        ))),
+        None => Ok(Arc::new(
+            LocalBackend::new(cfg.path.as_deref().unwrap_or(std::path::Path::new(".")))
+                .with_store_key_file(cfg.store_key_file.clone()),
+        )),
     }
 }
 
@@ -66,12 +69,33 @@ pub fn open(name: &str, cfg: &DatastoreConfig) -> Result<Datastore, AgentError> 
     let key = key_source(name, cfg)?;
     let opts = StoreOptions::default();
     let ds = match (cfg.kind, &cfg.path, &key) {
-        (DatastoreKind::Local, Some(path), None) => Datastore::open(path)?,
         (DatastoreKind::Local, Some(path), Some(k)) => Datastore::open_with_key(path, k, opts)?,
+        (DatastoreKind::Local, Some(path), None) => Datastore::open_local(
+            path,
+            backend(cfg)?.store_key_file(),
+            opts,
+        )?,
         (_, _, None) => Datastore::open_on(backend(cfg)?, opts)?,
         (_, _, Some(k)) => Datastore::open_on_with_key(backend(cfg)?, k, opts)?,
     };
     Ok(ds)
+}
+
+/// Upgrade the datastore to the current format in place (`standby store
+/// upgrade`): see `standby_store::Datastore::upgrade_on`.
+pub fn upgrade(
+    name: &str,
+    cfg: &DatastoreConfig,
+) -> Result<standby_store::UpgradeReport, AgentError> {
+    let key = key_source(name, cfg)?;
+    let backend = backend(cfg)?;
+    if cfg.kind == DatastoreKind::Local
+        && let Some(path) = &cfg.path
+        && !path.join(standby_store::MARKER_FILE).exists()
+    {
+        return Err(StoreError::NotADatastore { path: path.clone() }.into());
+    }
+    Ok(Datastore::upgrade_on(backend, key.as_ref())?)
 }
 
 /// Create the datastore when it does not exist yet: a missing directory,
@@ -87,7 +111,7 @@ pub fn create_if_absent(name: &str, cfg: &DatastoreConfig) -> Result<bool, Agent
         }
         match &key {
             None => {
-                Datastore::open_or_create(path)?;
+                Datastore::create_on(backend(cfg)?, opts)?;
             }
             Some(k) => {
                 Datastore::create_encrypted(path, k, opts)?;

@@ -70,6 +70,10 @@ impl StoreAuth {
     /// at the creation or upgrade of a store only.
     pub(crate) fn read_or_create(path: &Path) -> Result<StoreAuth, StoreError> {
         if !path.exists() {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::io("create the directory of store key", dir, e))?;
+            }
             match crate::keys::generate_key_file(path) {
                 Ok(()) => tracing::info!(path = %path.display(), "store key file created: keep a copy away from the datastore"),
                 // Made by a concurrent creator: read theirs.

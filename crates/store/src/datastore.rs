@@ -135,6 +135,20 @@ impl Datastore {
         Self::open_on_keyed(Arc::new(backend), options, key)
     }
 
+    /// Open an existing, unencrypted local datastore whose store key is
+    /// kept in `store_key_file` (`None`: beside it, `<root>.store-key`).
+    pub fn open_local(
+        root: &Path,
+        store_key_file: Option<PathBuf>,
+        options: StoreOptions,
+    ) -> Result<Datastore, StoreError> {
+        check_options(&options)?;
+        let backend = LocalBackend::new(root).with_store_key_file(store_key_file);
+        read_marker(&backend)?;
+        create_dirs(root)?;
+        Self::open_on_keyed(Arc::new(backend), options, None)
+    }
+
     /// Open an existing, unencrypted datastore on any backend (an object
     /// store).
     pub fn open_on(

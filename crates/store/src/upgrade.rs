@@ -55,10 +55,7 @@ pub struct UpgradeReport {
 impl Datastore {
     /// Upgrade the local datastore at `root` (see the module).
     pub fn upgrade(root: &std::path::Path, key: Option<&KeySource>) -> Result<UpgradeReport, StoreError> {
-        let backend = LocalBackend::new(root);
-        read_marker(&backend)?;
-        create_dirs(root)?;
-        Self::upgrade_on(Arc::new(backend), key)
+        Self::upgrade_on(Arc::new(LocalBackend::new(root)), key)
     }
 
     /// Upgrade the datastore behind `backend`, with its key when it is
@@ -68,6 +65,9 @@ impl Datastore {
         key: Option<&KeySource>,
     ) -> Result<UpgradeReport, StoreError> {
         let marker = read_marker(backend.as_ref())?;
+        if let Some(root) = backend.lock_dir() {
+            create_dirs(root)?;
+        }
         let mut report = UpgradeReport::default();
         if marker.format() == FORMAT {
             // Opening checks the key too.

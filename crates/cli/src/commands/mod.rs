@@ -91,7 +91,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Cmd::Protect(c) => protect::run(&ctx, c).await,
                 Cmd::Points(c) => points::run(&ctx, c).await,
                 Cmd::Restore(a) => restore::run(&ctx, a).await,
-                Cmd::Store(c) => store::run(&ctx, c).await,
+                Cmd::Store(c) => store::run(&ctx, c, &cli.config).await,
                 Cmd::Jobs(c) => jobs::run(&ctx, c).await,
                 Cmd::Runbook(c) => runbook::run(&ctx, c).await,
                 Cmd::Alerts(c) => watch::alerts(&ctx, c).await,

@@ -1,4 +1,4 @@
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 use standby_types::api::{DatastoreView, JobRef};
@@ -35,6 +35,13 @@ pub enum StoreCmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Bring a datastore made by an older standby to the current format,
+    /// in place, on this host (reads --config, opens the store itself):
+    /// an unencrypted store of format 1 gets its store key file and a MAC
+    /// on every manifest and pack index it holds, after each is checked.
+    /// Idempotent; run it again if it was interrupted. Run it once, right
+    /// after installing the new release (see docs/upgrade.md).
+    Upgrade { name: String },
     /// Copy points to another datastore; only missing chunks move.
     Sync {
         name: String,
@@ -46,9 +53,10 @@ pub enum StoreCmd {
     },
 }
 
-pub async fn run(ctx: &Ctx, cmd: &StoreCmd) -> Result<()> {
+pub async fn run(ctx: &Ctx, cmd: &StoreCmd, config_file: &std::path::Path) -> Result<()> {
     let c = &ctx.client;
     let (path, body) = match cmd {
+        StoreCmd::Upgrade { name } => return upgrade(ctx, name, config_file).await,
         StoreCmd::List => {
             let stores: Vec<DatastoreView> = c.get("/api/v1/datastores").await?;
             if ctx.json {
@@ -151,7 +159,46 @@ pub async fn run(ctx: &Ctx, cmd: &StoreCmd) -> Result<()> {
             n("chunks_copied"),
             output::bytes(n("bytes_copied"))
         ),
-        StoreCmd::List | StoreCmd::Keygen { .. } => {}
+        StoreCmd::List | StoreCmd::Keygen { .. } | StoreCmd::Upgrade { .. } => {}
+    }
+    Ok(())
+}
+
+/// `standby store upgrade NAME`: offline, on the host that reaches the
+/// store, with the keys its configuration names.
+async fn upgrade(ctx: &Ctx, name: &str, config_file: &std::path::Path) -> Result<()> {
+    let cfg = standby_types::config::Config::load(config_file)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = cfg
+        .datastores
+        .get(name)
+        .ok_or_else(|| anyhow::anyhow!("no datastore {name} in {}", config_file.display()))?
+        .clone();
+    let location = store.location();
+    let (n, s) = (name.to_string(), store);
+    let report = tokio::task::spawn_blocking(move || standby_agent::stores::upgrade(&n, &s))
+        .await?
+        .map_err(|e| anyhow::anyhow!(standby_types::error_chain(&e)))
+        .with_context(|| format!("unable to upgrade datastore {name} at {location}"))?;
+    if ctx.json {
+        output::json(&report);
+        return Ok(());
+    }
+    if report.already_upgraded {
+        println!("{name}: already of the current format; nothing to do");
+        return Ok(());
+    }
+    println!(
+        "{name}: upgraded: {} manifest(s) and {} pack index(es) signed ({} and {} were already)",
+        report.manifests_signed, report.indexes_signed, report.manifests_kept, report.indexes_kept
+    );
+    if let Some(key) = &report.store_key_file {
+        println!(
+            "store key: {key}; keep a copy away from the datastore: without it no point of {name} is trusted"
+        );
+    }
+    for (object, reason) in &report.skipped {
+        eprintln!("{name}: left unsigned (refused from now on): {object}: {reason}");
     }
     Ok(())
 }

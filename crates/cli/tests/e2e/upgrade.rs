@@ -236,7 +236,14 @@ fn fixture_dirs() -> Vec<PathBuf> {
 
 /// A copy of fixture `src` in a temporary directory with its controller
 /// started; and the fixture's description.
+/// A copy of the fixture `src` with its datastores upgraded
+/// (`standby store upgrade`, as docs/upgrade.md asks before the new
+/// controller starts), and the controller started on it.
 fn open_fixture(src: &Path) -> (Lab, Value) {
+    open_fixture_with(src, true)
+}
+
+fn open_fixture_with(src: &Path, upgrade: bool) -> (Lab, Value) {
     let fixture: Value =
         serde_json::from_slice(&std::fs::read(src.join("fixture.json")).unwrap()).unwrap();
     let dir = tempfile::Builder::new()
@@ -261,7 +268,25 @@ fn open_fixture(src: &Path) -> (Lab, Value) {
         text.replace(FIXTURE_LISTEN, &format!("127.0.0.1:{api}")),
     )
     .unwrap();
+    if upgrade {
+        for store in ["site1-store", "site2-store"] {
+            let out = upgrade_store(&cfg, store);
+            assert!(
+                out.status.success(),
+                "store upgrade {store}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     (Lab::from_dir(dir, api), fixture)
+}
+
+/// `standby store upgrade STORE` with the configuration `cfg`, offline.
+fn upgrade_store(cfg: &Path, store: &str) -> std::process::Output {
+    std::process::Command::new(crate::harness::STANDBY)
+        .args(["--config", cfg.to_str().unwrap(), "--json", "store", "upgrade", store])
+        .output()
+        .unwrap()
 }
 
 /// The point ids of pbx1 with their copies.
@@ -418,4 +443,48 @@ fn ecosystem_upgrade_a_datastore_of_a_newer_format_is_refused_clearly() {
     let seed = u64::from_str_radix(fixture["seed"].as_str().unwrap(), 16).unwrap();
     let want = fixture_disk(seed, fixture["points"][0]["generation"].as_u64().unwrap());
     assert!(restore(&lab, id, "site2", "site2-store") == want);
+}
+
+/// A datastore of the previous format is refused, naming the command
+/// that upgrades it, until that command ran: an unauthenticated point is
+/// never listed, restored or booted. The upgrade signs what the store
+/// holds, says where the store key went, and a second run does nothing.
+#[test]
+fn hardening_an_unupgraded_datastore_is_refused_until_store_upgrade_ran() {
+    let src = fixture_dirs().pop().unwrap();
+    let (lab, fixture) = open_fixture_with(&src, false);
+    let err = lab.fails(&["store", "verify", "site1-store"]);
+    assert!(err.contains("standby store upgrade"), "{err}");
+    let id = fixture["points"][0]["id"].as_str().unwrap();
+    let err = lab.fails(&[
+        "restore",
+        id,
+        "--site",
+        "site2",
+        "--from",
+        "site1-store",
+        "--no-start",
+    ]);
+    assert!(err.contains("standby store upgrade"), "{err}");
+
+    let cfg = lab.path("standby.toml");
+    let out = upgrade_store(&cfg, "site1-store");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let points = fixture["points"].as_array().unwrap().len();
+    assert_eq!(report["manifests_signed"], points as u64, "{report:#}");
+    assert!(report["skipped"].as_array().unwrap().is_empty(), "{report:#}");
+    let key = lab.path("site1/store.store-key");
+    assert_eq!(report["store_key_file"], key.to_str().unwrap(), "{report:#}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again: Value = serde_json::from_slice(&upgrade_store(&cfg, "site1-store").stdout).unwrap();
+    assert_eq!(again["already_upgraded"], true, "{again:#}");
+
+    let v = lab.json(&["store", "verify", "site1-store"]);
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v:#}");
+    let seed = u64::from_str_radix(fixture["seed"].as_str().unwrap(), 16).unwrap();
+    let want = fixture_disk(seed, fixture["points"][0]["generation"].as_u64().unwrap());
+    assert!(restore(&lab, id, "site2", "site1-store") == want);
 }

@@ -86,6 +86,14 @@ pub struct DatastoreConfig {
     /// Encrypt the datastore (set when it is created; needed to open it).
     #[serde(default)]
     pub encryption: Option<EncryptionConfig>,
+    /// The store key of an unencrypted datastore: a key file (like
+    /// `standby store keygen` writes) whose MACs authenticate its points,
+    /// kept on the host that opens the store and never in it. Made when
+    /// the store is created or upgraded, never again after; keep a copy.
+    /// Default: `<path>.store-key` beside a local store,
+    /// `<data_dir>/store-keys/<name>.store-key` for an object store.
+    #[serde(default)]
+    pub store_key_file: Option<PathBuf>,
     /// How often the controller verifies a slice of the datastore's chunks
     /// (default `1d`; `0s`: never by schedule).
     #[serde(default = "default_verify_every", with = "duration_str")]

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{ConfigError, line_col, span_of};
+use super::datastores::DatastoreKind;
 use super::root::Config;
 use crate::watch::ReceiverConfig;
 
@@ -97,10 +98,19 @@ impl Config {
             }
         }
         self.hosts.values_mut().for_each(|h| abs(&mut h.disk_dir));
-        for d in self.datastores.values_mut() {
+        let data_dir = self.controller.data_dir.clone();
+        for (name, d) in self.datastores.iter_mut() {
             d.path.iter_mut().for_each(abs);
             if let Some(e) = &mut d.encryption {
                 e.key_file.iter_mut().for_each(abs);
+            }
+            d.store_key_file.iter_mut().for_each(abs);
+            if d.store_key_file.is_none() && d.kind != DatastoreKind::Local {
+                d.store_key_file = Some(
+                    data_dir
+                        .join("store-keys")
+                        .join(format!("{name}.store-key")),
+                );
             }
         }
     }
