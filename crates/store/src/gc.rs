@@ -67,7 +67,7 @@ struct PackInfo {
 
 impl Datastore {
     pub fn gc(&self, opts: GcOptions, progress: &dyn Progress) -> Result<GcReport, StoreError> {
-        let _lock = self.lock_exclusive()?;
+        let lock = self.lock_exclusive()?;
         self.rescan(true)?;
         let mut report = GcReport::default();
 
@@ -225,6 +225,12 @@ impl Datastore {
             }
             for id in &to_delete {
                 #[cfg(test)]
+                fail::before_delete();
+                // On an object store the lease may have lapsed while gc
+                // worked (a stall, an unreachable store): then a writer
+                // may be using this very pack. Checked before each delete.
+                lock.check_exclusive()?;
+                #[cfg(test)]
                 fail::check("gc delete")?;
                 self.backend().delete(&id.idx_path())?;
                 self.backend().delete(&id.pack_path())?;
@@ -274,6 +280,19 @@ pub(crate) mod fail {
 
     thread_local! {
         static POINT: RefCell<Option<&'static str>> = const { RefCell::new(None) };
+        static BEFORE_DELETE: RefCell<Option<Box<dyn FnMut()>>> = RefCell::new(None);
+    }
+
+    /// Run `f` (once) when gc on this thread is about to delete its first
+    /// pack: what others do meanwhile.
+    pub fn set_before_delete(f: impl FnMut() + 'static) {
+        BEFORE_DELETE.with(|b| *b.borrow_mut() = Some(Box::new(f)));
+    }
+
+    pub fn before_delete() {
+        if let Some(mut f) = BEFORE_DELETE.with(|b| b.borrow_mut().take()) {
+            f();
+        }
     }
 
     pub fn set(point: &'static str) {

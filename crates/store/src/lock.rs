@@ -65,6 +65,45 @@ impl StoreLock {
             Held::Lease(_) => Ok(()),
         }
     }
+
+    /// For a point writer about to commit: the lease is still ours, and
+    /// is renewed now, so a gc checking before its next delete sees it.
+    pub fn reassert(&self) -> Result<(), StoreError> {
+        self.check()?;
+        match &self.held {
+            Held::File(_) => Ok(()),
+            Held::Lease(lease) => lease.renew(),
+        }
+    }
+
+    /// For gc, before each delete: its lease is still its own and fresh,
+    /// and no writer holds the store (one may have started if the lease
+    /// lapsed while gc stalled). An error stops gc before the delete.
+    pub fn check_exclusive(&self) -> Result<(), StoreError> {
+        let Held::Lease(lease) = &self.held else {
+            return Ok(());
+        };
+        let location = lease.backend.location().to_path_buf();
+        match read_lease(lease.backend.as_ref(), &lease.path)? {
+            Some(r) if r.holder == lease.holder && r.fresh() => {}
+            _ => {
+                lease.shared.lost.store(true, Ordering::Relaxed);
+                return Err(StoreError::Locked(
+                    location,
+                    "gc: its lease lapsed or was taken; it stopped before deleting",
+                ));
+            }
+        }
+        for o in lease.backend.list(SHARED_LEASES)? {
+            if read_lease(lease.backend.as_ref(), &o.path)?.is_some_and(|l| l.fresh()) {
+                return Err(StoreError::Locked(
+                    location,
+                    "running point writers or syncs (they started while gc's lease lapsed); gc stopped before deleting",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn open(root: &Path) -> Result<File, StoreError> {
@@ -252,6 +291,9 @@ struct LeaseShared {
 struct Lease {
     backend: Arc<dyn Backend>,
     path: String,
+    holder: String,
+    kind: String,
+    ttl: Duration,
     shared: Arc<LeaseShared>,
     renewer: Option<JoinHandle<()>>,
 }
@@ -271,6 +313,7 @@ impl Lease {
             rand::random::<u32>()
         );
         let kind = kind.to_string();
+        let (lease_holder, lease_kind) = (holder.clone(), kind.clone());
         let record = move || LeaseRecord {
             holder: holder.clone(),
             kind: kind.clone(),
@@ -317,9 +360,23 @@ impl Lease {
         Ok(Lease {
             backend,
             path,
+            holder: lease_holder,
+            kind: lease_kind,
+            ttl,
             shared,
             renewer,
         })
+    }
+
+    /// Write the lease again now, fresh for another lifetime.
+    fn renew(&self) -> Result<(), StoreError> {
+        let record = LeaseRecord {
+            holder: self.holder.clone(),
+            kind: self.kind.clone(),
+            expires: now_ms() + self.ttl.as_millis() as u64,
+        };
+        self.backend
+            .put(&self.path, &serde_json::to_vec(&record).unwrap_or_default())
     }
 }
 

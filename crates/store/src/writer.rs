@@ -7,6 +7,7 @@
 //! direct I/O where the filesystem has it). `commit` waits until every pack
 //! and pack index is durable, then writes the manifest.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::ops::Range;
@@ -28,6 +29,7 @@ use crate::limits::{
 };
 use crate::lock::StoreLock;
 use crate::manifest::{DiskEntry, Manifest, PointId, PointMeta, valid_disk_name};
+use crate::pack::PackId;
 use crate::packer::Packer;
 use crate::progress::Progress;
 
@@ -83,6 +85,10 @@ pub struct PointWriter {
     disks: Vec<DiskEntry>,
     packer: Packer,
     _lock: StoreLock,
+    /// The gc epoch the catalog was loaded under when the point began.
+    epoch: String,
+    /// Packs holding chunks the point reuses (and its new ones).
+    named_packs: HashSet<PackId>,
 }
 
 impl std::fmt::Debug for PointWriter {
@@ -108,8 +114,11 @@ impl PointWriter {
     pub(crate) fn begin(store: Datastore, meta: PointMeta) -> Result<PointWriter, StoreError> {
         let lock = store.lock_shared()?;
         store.refresh_after_gc()?;
+        let epoch = store.catalog().epoch();
         let id = next_id(&store, &meta.vm)?;
         Ok(PointWriter {
+            epoch,
+            named_packs: HashSet::new(),
             packer: Packer::new(store.clone()),
             store,
             id,
@@ -301,6 +310,12 @@ impl PointWriter {
             }
             index_ids.push(ic.id);
         }
+        // The packs this point relies on, checked again at commit.
+        for id in ids.iter().chain(&index_ids).filter(|id| !id.is_zero()) {
+            if let Some(loc) = store.catalog().get(id) {
+                self.named_packs.insert(loc.pack);
+            }
+        }
         let new_data_bytes = stats.bytes_new_stored;
         stats.bytes_new_stored += new_bytes_index;
         tracing::debug!(point = %self.id, disk = name, ?stats, "disk written");
@@ -409,10 +424,43 @@ impl PointWriter {
             disks,
             packer,
             _lock,
+            epoch,
+            named_packs,
         } = self;
         packer.finish()?;
-        // A lease lost to gc may have let it delete what the point uses.
-        _lock.check()?;
+        // A lease lost to gc may have let it delete what the point uses:
+        // renew it first (a gc still to delete sees it and stops), then
+        // check gc deleted nothing since the point began (gc changes the
+        // epoch before its first delete) and every pack named is there.
+        _lock.reassert()?;
+        let robbed = |reason: String| {
+            // So the point written again does not lean on the same packs.
+            if let Err(e) = store.rescan(true) {
+                tracing::warn!(error = %e, "catalog reload failed");
+            }
+            StoreError::PointRobbed {
+                point: id.to_string(),
+                root: store.root().to_path_buf(),
+                reason,
+            }
+        };
+        if store.gc_epoch()? != epoch {
+            return Err(robbed(
+                "gc deleted packs while it was being written (the writer's lease lapsed)".into(),
+            ));
+        }
+        let present: HashSet<PackId> = store
+            .backend()
+            .list("packs")?
+            .iter()
+            .filter_map(|o| match PackId::from_path(&o.path) {
+                Some((p, "pack")) => Some(p),
+                _ => None,
+            })
+            .collect();
+        if let Some(gone) = named_packs.iter().find(|p| !present.contains(p)) {
+            return Err(robbed(format!("pack {gone} that it uses is gone")));
+        }
         let manifest = Manifest::new(id.clone(), meta, id.time(), disks);
         let bytes = store.encode_manifest(&manifest)?;
         match store.backend().put_new(&id.manifest_path(), &bytes) {

@@ -2,7 +2,7 @@
 //! writers.
 
 use super::*;
-use crate::backend::LocalBackend;
+use crate::backend::{Backend, LocalBackend};
 use crate::pack;
 
 /// Write `m` with other disks as a new point of its vm one second later,
@@ -82,7 +82,7 @@ fn hardening_a_manifest_claiming_2_40_chunks_is_refused_by_gc_verify_and_restore
 /// A manifest an attacker with write access plants: a copy of the
 /// newest genuine one, one minute later, its checksum recomputed (anyone
 /// can), and its MAC, if any, copied along.
-fn plant_newer(backend: &dyn crate::backend::Backend, m: &Manifest) -> PointId {
+fn plant_newer(backend: &dyn Backend, m: &Manifest) -> PointId {
     let time = m.time + chrono::Duration::minutes(1);
     let id = PointId::new(&m.vm, time).unwrap();
     let genuine: serde_json::Value =
@@ -297,4 +297,138 @@ fn hardening_upgrade_makes_a_format_1_store_usable_and_resumes() {
     let e = Datastore::open(&root).unwrap_err();
     assert!(e.to_string().contains("is missing"), "{e}");
     assert!(!key.exists());
+}
+
+/// A plain datastore on `object_store`'s local files (the object-store
+/// code path, leases included, without a server).
+fn object_store(dir: &Path) -> (Datastore, std::sync::Arc<ObjectBackend>) {
+    let bucket = dir.join("bucket");
+    fs::create_dir_all(&bucket).unwrap();
+    let mut cfg = ObjectStoreConfig::new(ObjectService::Local { path: bucket });
+    cfg.store_key_file = Some(dir.join("store.key"));
+    // Renewals far apart: a lapse is not noticed by the renewer first.
+    cfg.lease_secs = 600;
+    let b = std::sync::Arc::new(ObjectBackend::new(&cfg).unwrap());
+    let ds = Datastore::open_or_create_on(b.clone(), StoreOptions::default()).unwrap();
+    (ds, b)
+}
+
+/// Points of `vm` whose manifests are deleted: their packs are garbage.
+fn garbage(ds: &Datastore, work: &Path, seed: u64) -> Manifest {
+    let image = work.join(format!("garbage-{seed}.img"));
+    make_image(&image, 2 << 20, seed);
+    let (m, _) = backup(ds, "old", &image, opts());
+    ds.backend().delete(&m.id.manifest_path()).unwrap();
+    m
+}
+
+fn pack_files(b: &dyn Backend) -> Vec<String> {
+    b.list("packs").unwrap().into_iter().map(|o| o.path).collect()
+}
+
+#[test]
+fn hardening_gc_on_an_object_store_checks_its_lease_before_each_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ds, b) = object_store(dir.path());
+    garbage(&ds, dir.path(), 7);
+    let before = pack_files(b.as_ref());
+    assert!(!before.is_empty());
+    // While gc marked, its lease lapsed (a stall): another process found
+    // it expired, removed it, and a writer started.
+    let b2 = b.clone();
+    crate::gc::fail::set_before_delete(move || {
+        b2.delete("locks/gc.lease").unwrap();
+        let writer = serde_json::json!({
+            "holder": "elsewhere:1:1", "kind": "shared",
+            "expires": chrono::Utc::now().timestamp_millis() + 600_000,
+        });
+        b2.put(
+            "locks/shared/0123456789abcdef0123456789abcdef.lease",
+            writer.to_string().as_bytes(),
+        )
+        .unwrap();
+    });
+    let gc = GcOptions {
+        grace: Duration::ZERO,
+        ..GcOptions::default()
+    };
+    let e = ds.gc(gc, &()).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Locked(..)) && e.to_string().contains("lease"),
+        "{e}"
+    );
+    assert_eq!(pack_files(b.as_ref()), before, "gc deleted after losing its lease");
+
+    // A lease taken by another gc meanwhile stops it just the same.
+    b.delete("locks/shared/0123456789abcdef0123456789abcdef.lease")
+        .unwrap();
+    let b2 = b.clone();
+    crate::gc::fail::set_before_delete(move || {
+        let other = serde_json::json!({
+            "holder": "elsewhere:2:2", "kind": "gc",
+            "expires": chrono::Utc::now().timestamp_millis() + 600_000,
+        });
+        b2.put("locks/gc.lease", other.to_string().as_bytes()).unwrap();
+    });
+    assert!(matches!(ds.gc(gc, &()), Err(StoreError::Locked(..))));
+    assert_eq!(pack_files(b.as_ref()), before);
+    // With its lease intact, gc deletes.
+    b.delete("locks/gc.lease").unwrap();
+    assert!(ds.gc(gc, &()).unwrap().packs_deleted > 0);
+    assert!(pack_files(b.as_ref()).is_empty());
+}
+
+#[test]
+fn hardening_a_writer_cannot_commit_a_point_naming_a_pack_gc_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ds, b) = object_store(dir.path());
+    let old = garbage(&ds, dir.path(), 8);
+    let image = dir.path().join("garbage-8.img");
+    // A writer begins and deduplicates against the garbage pack...
+    let mut w = ds.begin_point(meta("vm1")).unwrap();
+    let stats = w.write_disk("data", &image, opts(), &()).unwrap();
+    assert_eq!(stats.chunks_new, 0, "it reuses the old chunks");
+    // ...while its lease lapses: gc finds it expired, removes it, and
+    // deletes the pack (no manifest names it).
+    for lease in b.list("locks/shared").unwrap() {
+        b.delete(&lease.path).unwrap();
+    }
+    let gc = GcOptions {
+        grace: Duration::ZERO,
+        ..GcOptions::default()
+    };
+    assert!(ds.gc(gc, &()).unwrap().packs_deleted > 0);
+    let e = w.commit().unwrap_err();
+    assert!(
+        matches!(e, StoreError::PointRobbed { .. }) && e.is_temporary(),
+        "{e}"
+    );
+    assert!(e.to_string().contains("write it again"), "{e}");
+    assert!(ds.list_points().unwrap().is_empty(), "no point names the deleted pack");
+
+    // Without a new epoch (a pack removed by hand, or by a gc that
+    // died before announcing), the missing pack alone refuses the commit.
+    let _ = old;
+    let ds = Datastore::open_on(b.clone(), StoreOptions::default()).unwrap();
+    let m = garbage(&ds, dir.path(), 9);
+    let mut w = ds.begin_point(meta("vm1")).unwrap();
+    w.write_disk("data", &dir.path().join("garbage-9.img"), opts(), &())
+        .unwrap();
+    let first = ds.read_disk_index(&m.disks[0]).unwrap();
+    let first = first.iter().find(|id| !id.is_zero()).unwrap();
+    let pack = ds.catalog().get(first).unwrap().pack;
+    b.delete(&pack.idx_path()).unwrap();
+    b.delete(&pack.pack_path()).unwrap();
+    let e = w.commit().unwrap_err();
+    assert!(e.to_string().contains(&format!("pack {pack}")), "{e}");
+    assert!(ds.list_points().unwrap().is_empty());
+
+    // Untouched, the same write commits and restores.
+    let mut w = ds.begin_point(meta("vm1")).unwrap();
+    w.write_disk("data", &dir.path().join("garbage-9.img"), opts(), &())
+        .unwrap();
+    let m = w.commit().unwrap();
+    ds.restore_disk(&m.id, "data", &dir.path().join("out.img"), &())
+        .unwrap();
+    assert_same(&dir.path().join("garbage-9.img"), &dir.path().join("out.img"));
 }
