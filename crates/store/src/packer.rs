@@ -64,6 +64,11 @@ impl Packer {
         self.added.contains(id) || self.store.catalog().contains(id)
     }
 
+    /// True when this packer stored `id` itself.
+    pub fn added(&self, id: &ChunkId) -> bool {
+        self.added.contains(id)
+    }
+
     /// Append an encoded blob; returns false if the chunk was already added.
     pub fn add(&mut self, id: ChunkId, kind: BlobKind, blob: &[u8]) -> Result<bool, StoreError> {
         if !self.added.insert(id) {

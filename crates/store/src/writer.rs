@@ -310,9 +310,16 @@ impl PointWriter {
             }
             index_ids.push(ic.id);
         }
-        // The packs this point relies on, checked again at commit.
+        // The packs this point relies on without storing the chunk itself
+        // (deduplicated against a sound index), checked again at commit.
+        // A chunk known only from a doubtful index is damage verify
+        // reports, not gc's doing.
+        let catalog = store.catalog();
         for id in ids.iter().chain(&index_ids).filter(|id| !id.is_zero()) {
-            if let Some(loc) = store.catalog().get(id) {
+            if self.packer.added(id) || catalog.is_suspect(id) {
+                continue;
+            }
+            if let Some(loc) = catalog.get(id) {
                 self.named_packs.insert(loc.pack);
             }
         }
