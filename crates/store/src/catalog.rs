@@ -52,6 +52,16 @@ impl Catalog {
         state.map.contains_key(id) && !state.suspect.contains(id)
     }
 
+    /// Where the chunk is, when known from a sound index (what writers
+    /// deduplicate against).
+    pub fn get_sound(&self, id: &ChunkId) -> Option<Location> {
+        let state = self.read();
+        if state.suspect.contains(id) {
+            return None;
+        }
+        state.map.get(id).copied()
+    }
+
     /// True when the chunk is known only from a doubtful index.
     #[cfg(test)]
     pub fn is_suspect(&self, id: &ChunkId) -> bool {

@@ -316,10 +316,10 @@ impl PointWriter {
         // reports, not gc's doing.
         let catalog = store.catalog();
         for id in ids.iter().chain(&index_ids).filter(|id| !id.is_zero()) {
-            if self.packer.added(id) || catalog.is_suspect(id) {
+            if self.packer.added(id) {
                 continue;
             }
-            if let Some(loc) = catalog.get(id) {
+            if let Some(loc) = catalog.get_sound(id) {
                 self.named_packs.insert(loc.pack);
             }
         }

@@ -5,6 +5,7 @@
 mod common;
 mod encrypted;
 mod figures;
+mod hardening;
 mod maintenance;
 mod roundtrip;
 
