@@ -136,6 +136,9 @@ impl Backend for DiesAfter {
     fn lease_duration(&self) -> Duration {
         self.inner.lease_duration()
     }
+    fn store_key_file(&self) -> Option<std::path::PathBuf> {
+        self.inner.store_key_file()
+    }
     fn object_stats(&self) -> Option<ObjectStats> {
         Some(self.inner.stats())
     }
