@@ -70,11 +70,9 @@ pub fn open(name: &str, cfg: &DatastoreConfig) -> Result<Datastore, AgentError> 
     let opts = StoreOptions::default();
     let ds = match (cfg.kind, &cfg.path, &key) {
         (DatastoreKind::Local, Some(path), Some(k)) => Datastore::open_with_key(path, k, opts)?,
-        (DatastoreKind::Local, Some(path), None) => Datastore::open_local(
-            path,
-            backend(cfg)?.store_key_file(),
-            opts,
-        )?,
+        (DatastoreKind::Local, Some(path), None) => {
+            Datastore::open_local(path, backend(cfg)?.store_key_file(), opts)?
+        }
         (_, _, None) => Datastore::open_on(backend(cfg)?, opts)?,
         (_, _, Some(k)) => Datastore::open_on_with_key(backend(cfg)?, k, opts)?,
     };

@@ -32,8 +32,6 @@ use zeroize::Zeroizing;
 use crate::StoreError;
 use crate::seal::KEY_LEN;
 
-/// Value of the marker's `auth` field in an authenticated unencrypted store.
-pub(crate) const AUTH_NAME: &str = "blake3-keyed";
 const MANIFEST_CONTEXT: &str = "standby 2026-12-06 store key to manifest MAC key";
 const INDEX_CONTEXT: &str = "standby 2026-12-06 store key to pack index MAC key";
 const CHECK_CONTEXT: &[u8] = b"standby datastore store key check v1";
@@ -75,7 +73,9 @@ impl StoreAuth {
                     .map_err(|e| StoreError::io("create the directory of store key", dir, e))?;
             }
             match crate::keys::generate_key_file(path) {
-                Ok(()) => tracing::info!(path = %path.display(), "store key file created: keep a copy away from the datastore"),
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "store key file created: keep a copy away from the datastore")
+                }
                 // Made by a concurrent creator: read theirs.
                 Err(StoreError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::AlreadyExists => {}

@@ -169,7 +169,8 @@ impl LocalBackend {
             return Err(vanished(&tmp));
         }
         if let Some((top, _)) = path.split_once('/')
-            && top != crate::layout::KEYS_DIR
+            // The key objects' directory (`layout::KEYS_DIR`).
+            && top != "keys"
         {
             let top = self.root.join(top);
             if !top.is_dir() {
@@ -447,7 +448,10 @@ mod tests {
         }
         for path in ["packs/cd/y.pack", "manifests/vm/t.json"] {
             let e = standby_types::error_chain(&b.put(path, b"data").unwrap_err());
-            assert!(e.contains("vanished") && e.contains("never recreated"), "{e}");
+            assert!(
+                e.contains("vanished") && e.contains("never recreated"),
+                "{e}"
+            );
             let e = standby_types::error_chain(&b.put_new(path, b"data").unwrap_err());
             assert!(e.contains("vanished"), "{e}");
         }
@@ -469,7 +473,10 @@ mod tests {
         // The new directory's entry in manifests/, then the file's in it.
         assert_eq!(
             synced,
-            vec![dir.path().join("manifests"), dir.path().join("manifests/vm1")]
+            vec![
+                dir.path().join("manifests"),
+                dir.path().join("manifests/vm1")
+            ]
         );
         b.put("packs/ab/x.pack", b"p").unwrap();
         assert_eq!(

@@ -290,12 +290,8 @@ impl Datastore {
     /// Reload pack indexes: all of them when `full`, else the new ones.
     pub(crate) fn rescan(&self, full: bool) -> Result<(), StoreError> {
         let epoch = self.gc_epoch()?;
-        self.catalog().scan(
-            self.backend(),
-            full,
-            epoch,
-            self.index_key(),
-        )
+        self.catalog()
+            .scan(self.backend(), full, epoch, self.index_key())
     }
 
     /// Reload the catalog if gc ran (in any process) since it was built.
@@ -781,15 +777,17 @@ impl Datastore {
 fn plain_marker(backend: &dyn Backend) -> Result<Marker, StoreError> {
     let path = store_key_path(backend)?;
     let auth = StoreAuth::read_or_create(&path)?;
-    Ok(Marker::plain(&auth))
+    Ok(Marker::plain(auth.check()))
 }
 
 /// Where the backend keeps its store's key; an error when nowhere.
 pub(crate) fn store_key_path(backend: &dyn Backend) -> Result<PathBuf, StoreError> {
-    backend.store_key_file().ok_or_else(|| StoreError::StoreKey {
-        location: backend.location().to_path_buf(),
-        reason: "no store key file is configured (store_key_file)".into(),
-    })
+    backend
+        .store_key_file()
+        .ok_or_else(|| StoreError::StoreKey {
+            location: backend.location().to_path_buf(),
+            reason: "no store key file is configured (store_key_file)".into(),
+        })
 }
 
 /// The store key of the format-2 unencrypted store with `marker`: it
@@ -798,7 +796,7 @@ pub(crate) fn store_key_path(backend: &dyn Backend) -> Result<PathBuf, StoreErro
 fn open_auth(backend: &dyn Backend, marker: &Marker) -> Result<StoreAuth, StoreError> {
     let location = backend.location().to_path_buf();
     let path = store_key_path(backend)?;
-    if marker.auth.as_deref() != Some(crate::auth::AUTH_NAME) || marker.auth_check.is_none() {
+    if marker.auth.as_deref() != Some(crate::layout::AUTH_NAME) || marker.auth_check.is_none() {
         return Err(StoreError::Corrupt {
             object: format!("marker {MARKER_FILE}"),
             root: location,
@@ -818,7 +816,10 @@ fn open_auth(backend: &dyn Backend, marker: &Marker) -> Result<StoreAuth, StoreE
     if marker.auth_check.as_deref() != Some(auth.check()) {
         return Err(StoreError::StoreKey {
             location,
-            reason: format!("store key file {} is not this datastore's key", path.display()),
+            reason: format!(
+                "store key file {} is not this datastore's key",
+                path.display()
+            ),
         });
     }
     Ok(auth)

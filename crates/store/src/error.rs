@@ -41,7 +41,9 @@ pub enum StoreError {
     },
     /// An unencrypted store of format 1: its points carry no MAC, so none
     /// of them can be told from a planted one until it is upgraded.
-    #[error("datastore {location} predates authenticated points (format 1, standby 0.1): run `standby store upgrade DATASTORE` once, then use it")]
+    #[error(
+        "datastore {location} predates authenticated points (format 1, standby 0.1): run `standby store upgrade DATASTORE` once, then use it"
+    )]
     NotUpgraded { location: PathBuf },
     #[error("unusable store key for datastore {location}: {reason}")]
     StoreKey { location: PathBuf, reason: String },
@@ -89,7 +91,9 @@ pub enum StoreError {
         base: String,
         reason: String,
     },
-    #[error("disk '{disk}' of {size} bytes in {chunks} chunks is past the limit of a point ({limit})")]
+    #[error(
+        "disk '{disk}' of {size} bytes in {chunks} chunks is past the limit of a point ({limit})"
+    )]
     DiskTooLarge {
         disk: String,
         size: u64,

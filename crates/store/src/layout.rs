@@ -26,6 +26,8 @@ pub const MARKER_FILE: &str = "standby-store.json";
 pub const FORMAT: u64 = 2;
 pub const FORMAT_1: u64 = 1;
 const KIND: &str = "standby-datastore";
+/// The marker's `auth` in an authenticated unencrypted store (`auth.rs`).
+pub const AUTH_NAME: &str = "blake3-keyed";
 /// Where the key objects of an encrypted datastore live.
 pub const KEYS_DIR: &str = "keys";
 
@@ -68,10 +70,11 @@ impl Marker {
     }
 
     /// The marker of a new unencrypted store authenticated with `auth`.
-    pub(crate) fn plain(auth: &crate::auth::StoreAuth) -> Marker {
+    /// `auth_check`: the store key's one-way check (`auth.rs`).
+    pub(crate) fn plain(auth_check: &str) -> Marker {
         let mut m = Marker::new("blake3");
-        m.auth = Some(crate::auth::AUTH_NAME.into());
-        m.auth_check = Some(auth.check().into());
+        m.auth = Some(AUTH_NAME.into());
+        m.auth_check = Some(auth_check.into());
         m
     }
 
@@ -89,11 +92,11 @@ impl Marker {
     }
 
     /// This marker as format 2 (the upgrade's last step).
-    pub(crate) fn upgraded(mut self, auth: Option<&crate::auth::StoreAuth>) -> Marker {
+    pub(crate) fn upgraded(mut self, auth_check: Option<&str>) -> Marker {
         self.format = FORMAT;
-        if let Some(auth) = auth {
-            self.auth = Some(crate::auth::AUTH_NAME.into());
-            self.auth_check = Some(auth.check().into());
+        if let Some(check) = auth_check {
+            self.auth = Some(AUTH_NAME.into());
+            self.auth_check = Some(check.into());
         }
         self
     }

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! ```text
-//! <root>/standby-store.json           format marker {"format":1,"kind":"standby-datastore",...}
+//! <root>/standby-store.json           format marker {"format":2,"kind":"standby-datastore",...}
 //! <root>/packs/<2 hex>/<pack id>.pack  "SBPK" + version, then blobs back to back
 //! <root>/packs/<2 hex>/<pack id>.idx   (chunk id, offset, length, kind) per blob + BLAKE3
 //! <root>/manifests/<vm>/<time>.json    one recovery point, written last
@@ -11,6 +11,7 @@
 //! <root>/locks/gc.lock, gc.epoch       writer / gc exclusion
 //! <root>/locks/gc.lease, shared/*.lease   the same on object stores
 //! <root>/keys/<id>.json                encrypted store: the master keys, wrapped
+//! <root>.store-key (outside the store) unencrypted store: its store key
 //! ```
 //!
 //! The layout is the same on a local directory ([`backend::LocalBackend`])
@@ -41,6 +42,20 @@
 //!   consistency, VM config, labels and, per disk, size, chunk size and
 //!   index chunk ids; a BLAKE3 checksum over its canonical JSON detects
 //!   any changed byte.
+//!
+//! # Authentication (every datastore, format 2)
+//!
+//! Every manifest and pack index carries a keyed MAC under a key kept
+//! outside the store (`auth.rs`): an unencrypted store's **store key**
+//! (a key file on the host that opens it, [`backend::Backend::store_key_file`]),
+//! an encrypted store's master keys. A planted or altered manifest is
+//! refused with an error naming it (never listed, never the newest
+//! point); a planted or altered index is reported and never deduplicated
+//! against. Index and data chunks are authenticated through the hashes
+//! a MAC'd manifest names. An unencrypted store of format 1 is refused
+//! until [`Datastore::upgrade`] signed it in place (`upgrade.rs`,
+//! docs/upgrade.md). Every size a manifest states is bounded before use
+//! (`limits.rs`).
 //!
 //! # Encryption (optional, per datastore)
 //!
@@ -79,6 +94,14 @@
 //!   gc also never touches a pack younger than its grace period, and
 //!   after sweeping writes a new
 //!   gc epoch so other processes reload their catalog before writing.
+//! - On a local directory nothing is written unless the store's `tmp/`
+//!   and the object's top directory exist (an unmounted disk is not
+//!   silently replaced by an empty store), and a new directory is
+//!   followed by an fsync of its parent.
+//! - gc on an object store checks before each delete that its lease is
+//!   still its own and no writer holds the store; a point writer renews
+//!   its lease at commit and refuses to commit when gc deleted packs
+//!   since it began or a pack it deduplicated against is gone.
 //! - Every read of a blob checks its CRC, and every chunk read for a
 //!   restore or verify is re-hashed (keyed in an encrypted store, after its
 //!   seal opened): corrupt bytes give an error naming the chunk, never
@@ -91,16 +114,18 @@
 //!
 //! Lower modules never use higher ones (no import cycles), from the bottom:
 //!
-//! - leaves: `error`, `limits` (chunk sizes), [`chunk`], `seal` (the
-//!   AEAD), `progress`;
+//! - leaves: `error`, `limits` (chunk and manifest sizes), [`chunk`],
+//!   `seal` (the AEAD), `progress`;
 //! - [`crypto`] (master keys, keyed hashing), [`backend`] (with
 //!   [`ObjectStats`]), [`object`], `layout`, `lock`;
 //! - [`blob`] (the blob codec, sealing included), [`index`], [`pack`],
-//!   `manifest` (its seal included), [`keys`], `catalog`;
+//!   `manifest` (its seal and MAC included), [`keys`], `auth` (the store
+//!   key of an unencrypted store), `catalog`;
 //! - `datastore`: the [`Datastore`] handle (open, create, encrypted
 //!   stores, reads, its scheme);
 //! - above it, each adding `impl Datastore` blocks or types of their own:
 //!   `packer`, `writer` ([`Datastore::begin_point`]), `gc`, `prune`,
+//!   `upgrade` (format 1 to 2),
 //!   `restore`, `verify`, `reencode`, `sync`, [`transfer`] (a copy to a
 //!   store open elsewhere, through a [`transfer::PointReceiver`]).
 //!

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::StoreError;
 use crate::auth::StoreAuth;
 use crate::backend::{Backend, LocalBackend};
 use crate::datastore::{Datastore, StoreOptions, store_key_path};
@@ -33,7 +34,6 @@ use crate::keys::{self, KeySource};
 use crate::layout::{FORMAT, MARKER_FILE, create_dirs, read_marker};
 use crate::manifest::{Manifest, PointId};
 use crate::pack::{self, PackId};
-use crate::StoreError;
 
 /// What an upgrade did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -54,7 +54,10 @@ pub struct UpgradeReport {
 
 impl Datastore {
     /// Upgrade the local datastore at `root` (see the module).
-    pub fn upgrade(root: &std::path::Path, key: Option<&KeySource>) -> Result<UpgradeReport, StoreError> {
+    pub fn upgrade(
+        root: &std::path::Path,
+        key: Option<&KeySource>,
+    ) -> Result<UpgradeReport, StoreError> {
         Self::upgrade_on(Arc::new(LocalBackend::new(root)), key)
     }
 
@@ -96,7 +99,7 @@ impl Datastore {
             old.sign_manifests(auth, &mut report)?;
             old.sign_indexes(auth, &mut report)?;
         }
-        let upgraded = marker.upgraded(auth.as_ref());
+        let upgraded = marker.upgraded(auth.as_ref().map(StoreAuth::check));
         backend.put(MARKER_FILE, &upgraded.to_bytes()?)?;
         tracing::info!(
             location = %backend.location().display(),
@@ -109,7 +112,11 @@ impl Datastore {
         Ok(report)
     }
 
-    fn sign_manifests(&self, auth: &StoreAuth, report: &mut UpgradeReport) -> Result<(), StoreError> {
+    fn sign_manifests(
+        &self,
+        auth: &StoreAuth,
+        report: &mut UpgradeReport,
+    ) -> Result<(), StoreError> {
         for object in self.backend().list("manifests")? {
             if !object.path.ends_with(".json") {
                 continue;
@@ -141,13 +148,8 @@ impl Datastore {
             return Err(format!("holds point {} at the wrong path", m.id));
         }
         for disk in &m.disks {
-            self.read_disk_index(disk).map_err(|e| {
-                format!(
-                    "disk '{}': {}",
-                    disk.name,
-                    standby_types::error_chain(&e)
-                )
-            })?;
+            self.read_disk_index(disk)
+                .map_err(|e| format!("disk '{}': {}", disk.name, standby_types::error_chain(&e)))?;
         }
         Ok(m)
     }
@@ -158,22 +160,26 @@ impl Datastore {
                 continue;
             };
             let bytes = self.backend().get(&object.path)?;
-            if pack::decode_index_keyed(&bytes, Some(auth.index_key())).is_ok_and(|i| i.checksum_ok) {
+            if pack::decode_index_keyed(&bytes, Some(auth.index_key())).is_ok_and(|i| i.checksum_ok)
+            {
                 report.indexes_kept += 1;
                 continue;
             }
             match pack::decode_index(&bytes) {
                 Ok(idx) if idx.checksum_ok && idx.pack == id => {
-                    let signed = pack::encode_index_keyed(&id, &idx.entries, Some(auth.index_key()));
+                    let signed =
+                        pack::encode_index_keyed(&id, &idx.entries, Some(auth.index_key()));
                     self.backend().put(&object.path, &signed)?;
                     report.indexes_signed += 1;
                 }
-                Ok(idx) if idx.pack != id => report
-                    .skipped
-                    .push((format!("index file {}", object.path), format!("names another pack {}", idx.pack))),
-                Ok(_) => report
-                    .skipped
-                    .push((format!("index file {}", object.path), "checksum mismatch".into())),
+                Ok(idx) if idx.pack != id => report.skipped.push((
+                    format!("index file {}", object.path),
+                    format!("names another pack {}", idx.pack),
+                )),
+                Ok(_) => report.skipped.push((
+                    format!("index file {}", object.path),
+                    "checksum mismatch".into(),
+                )),
                 Err(reason) => report
                     .skipped
                     .push((format!("index file {}", object.path), reason)),

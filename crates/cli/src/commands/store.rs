@@ -167,8 +167,8 @@ pub async fn run(ctx: &Ctx, cmd: &StoreCmd, config_file: &std::path::Path) -> Re
 /// `standby store upgrade NAME`: offline, on the host that reaches the
 /// store, with the keys its configuration names.
 async fn upgrade(ctx: &Ctx, name: &str, config_file: &std::path::Path) -> Result<()> {
-    let cfg = standby_types::config::Config::load(config_file)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg =
+        standby_types::config::Config::load(config_file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = cfg
         .datastores
         .get(name)

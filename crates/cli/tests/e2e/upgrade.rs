@@ -284,7 +284,14 @@ fn open_fixture_with(src: &Path, upgrade: bool) -> (Lab, Value) {
 /// `standby store upgrade STORE` with the configuration `cfg`, offline.
 fn upgrade_store(cfg: &Path, store: &str) -> std::process::Output {
     std::process::Command::new(crate::harness::STANDBY)
-        .args(["--config", cfg.to_str().unwrap(), "--json", "store", "upgrade", store])
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--json",
+            "store",
+            "upgrade",
+            store,
+        ])
         .output()
         .unwrap()
 }
@@ -469,13 +476,24 @@ fn hardening_an_unupgraded_datastore_is_refused_until_store_upgrade_ran() {
 
     let cfg = lab.path("standby.toml");
     let out = upgrade_store(&cfg, "site1-store");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let points = fixture["points"].as_array().unwrap().len();
     assert_eq!(report["manifests_signed"], points as u64, "{report:#}");
-    assert!(report["skipped"].as_array().unwrap().is_empty(), "{report:#}");
+    assert!(
+        report["skipped"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
     let key = lab.path("site1/store.store-key");
-    assert_eq!(report["store_key_file"], key.to_str().unwrap(), "{report:#}");
+    assert_eq!(
+        report["store_key_file"],
+        key.to_str().unwrap(),
+        "{report:#}"
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&key).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);

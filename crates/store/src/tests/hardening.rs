@@ -39,7 +39,10 @@ fn hardening_a_manifest_claiming_2_40_chunks_is_refused_by_gc_verify_and_restore
     let forged = plant_forged(&f.ds, &m, vec![disk.clone()]);
 
     let e = chain(&f.ds.gc(GcOptions::default(), &()).unwrap_err());
-    assert!(e.contains(&forged.manifest_path()) && e.contains("limit"), "{e}");
+    assert!(
+        e.contains(&forged.manifest_path()) && e.contains("limit"),
+        "{e}"
+    );
     let report = f.ds.verify(&()).unwrap();
     assert!(
         report
@@ -101,7 +104,10 @@ fn plant_newer(backend: &dyn Backend, m: &Manifest) -> PointId {
         value["mac"] = mac.clone();
     }
     backend
-        .put_new(&id.manifest_path(), &serde_json::to_vec_pretty(&value).unwrap())
+        .put_new(
+            &id.manifest_path(),
+            &serde_json::to_vec_pretty(&value).unwrap(),
+        )
         .unwrap();
     id
 }
@@ -117,7 +123,10 @@ fn assert_planted_refused(ds: &Datastore, genuine: &Manifest, planted: &PointId)
             && text.contains("MAC mismatch"),
         "{text}"
     );
-    assert_eq!(ds.latest_point(&genuine.vm).unwrap().unwrap().id, genuine.id);
+    assert_eq!(
+        ds.latest_point(&genuine.vm).unwrap().unwrap().id,
+        genuine.id
+    );
     let (points, bad) = ds.scan_points().unwrap();
     assert_eq!(points.len(), 1);
     assert_eq!(bad.len(), 1);
@@ -143,7 +152,9 @@ fn hardening_a_planted_manifest_in_a_plain_local_store_is_refused() {
     // Moving a genuine manifest to another point's path fails too.
     let moved = PointId::new("vm1", m.time + chrono::Duration::minutes(2)).unwrap();
     let bytes = f.ds.backend().get(&m.id.manifest_path()).unwrap();
-    f.ds.backend().put_new(&moved.manifest_path(), &bytes).unwrap();
+    f.ds.backend()
+        .put_new(&moved.manifest_path(), &bytes)
+        .unwrap();
     assert!(f.ds.load_manifest(&moved).is_err());
     // Reopened (another process), the same.
     let again = Datastore::open(&f.root).unwrap();
@@ -323,7 +334,11 @@ fn garbage(ds: &Datastore, work: &Path, seed: u64) -> Manifest {
 }
 
 fn pack_files(b: &dyn Backend) -> Vec<String> {
-    b.list("packs").unwrap().into_iter().map(|o| o.path).collect()
+    b.list("packs")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.path)
+        .collect()
 }
 
 #[test]
@@ -357,7 +372,11 @@ fn hardening_gc_on_an_object_store_checks_its_lease_before_each_delete() {
         matches!(e, StoreError::Locked(..)) && e.to_string().contains("lease"),
         "{e}"
     );
-    assert_eq!(pack_files(b.as_ref()), before, "gc deleted after losing its lease");
+    assert_eq!(
+        pack_files(b.as_ref()),
+        before,
+        "gc deleted after losing its lease"
+    );
 
     // A lease taken by another gc meanwhile stops it just the same.
     b.delete("locks/shared/0123456789abcdef0123456789abcdef.lease")
@@ -368,7 +387,8 @@ fn hardening_gc_on_an_object_store_checks_its_lease_before_each_delete() {
             "holder": "elsewhere:2:2", "kind": "gc",
             "expires": chrono::Utc::now().timestamp_millis() + 600_000,
         });
-        b2.put("locks/gc.lease", other.to_string().as_bytes()).unwrap();
+        b2.put("locks/gc.lease", other.to_string().as_bytes())
+            .unwrap();
     });
     assert!(matches!(ds.gc(gc, &()), Err(StoreError::Locked(..))));
     assert_eq!(pack_files(b.as_ref()), before);
@@ -404,7 +424,10 @@ fn hardening_a_writer_cannot_commit_a_point_naming_a_pack_gc_deleted() {
         "{e}"
     );
     assert!(e.to_string().contains("write it again"), "{e}");
-    assert!(ds.list_points().unwrap().is_empty(), "no point names the deleted pack");
+    assert!(
+        ds.list_points().unwrap().is_empty(),
+        "no point names the deleted pack"
+    );
 
     // Without a new epoch (a pack removed by hand, or by a gc that
     // died before announcing), the missing pack alone refuses the commit.
@@ -430,5 +453,8 @@ fn hardening_a_writer_cannot_commit_a_point_naming_a_pack_gc_deleted() {
     let m = w.commit().unwrap();
     ds.restore_disk(&m.id, "data", &dir.path().join("out.img"), &())
         .unwrap();
-    assert_same(&dir.path().join("garbage-9.img"), &dir.path().join("out.img"));
+    assert_same(
+        &dir.path().join("garbage-9.img"),
+        &dir.path().join("out.img"),
+    );
 }

@@ -75,10 +75,7 @@ pub fn config_in(server: &Server, bucket: &str, prefix: &str) -> ObjectStoreConf
     // The store key stays on this host, one per store.
     let keys = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("store-keys");
     std::fs::create_dir_all(&keys).unwrap();
-    c.store_key_file = Some(keys.join(format!(
-        "{bucket}-{}.store-key",
-        prefix.replace('/', "_")
-    )));
+    c.store_key_file = Some(keys.join(format!("{bucket}-{}.store-key", prefix.replace('/', "_"))));
     c
 }
 

@@ -43,7 +43,10 @@ fn planted_manifest_is_refused(kind: Kind) {
         "the forgery passes every unkeyed check"
     );
     backend
-        .put_new(&id.manifest_path(), &serde_json::to_vec_pretty(&forged).unwrap())
+        .put_new(
+            &id.manifest_path(),
+            &serde_json::to_vec_pretty(&forged).unwrap(),
+        )
         .unwrap();
 
     // Another process opens the store: the planted point is refused by

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::error::{ConfigError, line_col, span_of};
 use super::datastores::DatastoreKind;
+use super::error::{ConfigError, line_col, span_of};
 use super::root::Config;
 use crate::watch::ReceiverConfig;
 
