@@ -92,7 +92,9 @@ pub struct DatastoreConfig {
     /// the store is created or upgraded, never again after; keep a copy.
     /// Default: `<path>.store-key` beside a local store,
     /// `<data_dir>/store-keys/<name>.store-key` for an object store.
-    #[serde(default)]
+    /// (Not serialized when unset, so a datastore without it reaches an
+    /// agent exactly as before.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_key_file: Option<PathBuf>,
     /// How often the controller verifies a slice of the datastore's chunks
     /// (default `1d`; `0s`: never by schedule).
