@@ -16,6 +16,7 @@ mod conformance;
 mod demo;
 mod ecosystem;
 mod failover;
+mod faults;
 mod fencing;
 mod ha;
 mod ha_db;
