@@ -332,7 +332,7 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "127.0.0.1:0", "--ht
             ],
             ..LabOptions::default()
         });
-        let tmpfs = Tmpfs::mount(&lab.path("fs"), "320m");
+        let tmpfs = Tmpfs::mount(&lab.path("fs"), "512m");
         let agents = vec![
             FaultAgent::start(&lab, "site1-agent", p1),
             FaultAgent::start(&lab, "site2-agent", p2),
@@ -508,6 +508,12 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "127.0.0.1:0", "--ht
         found
     }
 
+    /// The used fraction of the datastores' filesystem.
+    fn fs_used(&self) -> f64 {
+        let st = nix::sys::statvfs::statvfs(&self.lab.path("fs")).unwrap();
+        1.0 - st.blocks_available() as f64 / st.blocks().max(1) as f64
+    }
+
     /// Wait until no job is queued or running; the ones still running
     /// after `limit`.
     fn settle(&self, limit: Duration) -> Result<(), String> {
@@ -610,7 +616,7 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "127.0.0.1:0", "--ht
                 // Leave less room than the new data of the point needs.
                 let free = nix::sys::statvfs::statvfs(&self.lab.path("fs")).unwrap();
                 let avail = free.blocks_available() as u64 * free.fragment_size() as u64;
-                let keep = rng.random_range(0..4u64 << 20);
+                let keep = rng.random_range(64u64 << 10..4 << 20);
                 fill(&filler, avail.saturating_sub(keep));
             }
             Fault::ObjectStoreDown => {
@@ -657,6 +663,13 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "127.0.0.1:0", "--ht
         // The VM runs for the next trial.
         if self.vm_processes().is_empty() {
             let _ = self.retry(&["vm", "start", "pbx1"]);
+        }
+        // Housekeeping, as an operator's gc schedule would: the sites'
+        // stores share a small filesystem.
+        if self.fs_used() > 0.5 {
+            for s in ["site1-store", "site2-store"] {
+                let _ = self.retry(&["store", "gc", s, "--grace", "0s"]);
+            }
         }
         Trial {
             seed,
