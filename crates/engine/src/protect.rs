@@ -184,7 +184,7 @@ pub async fn copy_and_prune(
             Ok((done, by_agent)) => {
                 // The copy's source is intact where the target is damaged:
                 // the damaged chunks are re-sent.
-                let repaired = match crate::integrity::repair_after_copy(ctl, &source, target).await
+                let repaired = match crate::integrity::repair_after_copy(ctl, source, target).await
                 {
                     Ok(r) => r.map(|r| r.repaired).unwrap_or_default(),
                     Err(e) => {

@@ -208,9 +208,9 @@ impl Datastore {
             let mut packer = Packer::new(self.clone());
             for id in &to_repack {
                 for e in live_in.get(id).map(Vec::as_slice).unwrap_or_default() {
-                    let blob = self
-                        .backend()
-                        .get_range(&id.pack_path(), e.offset, e.len as usize)?;
+                    let blob =
+                        self.backend()
+                            .get_range(&id.pack_path(), e.offset, e.len as usize)?;
                     self.decode_blob(&blob, e.kind, &e.id)
                         .map_err(|err| self.corrupt_chunk(&e.id, id, err))?;
                     // The packer skips chunks the catalog knows; this

@@ -17,6 +17,7 @@ mod demo;
 mod ecosystem;
 mod failover;
 mod faults;
+mod faults_lab;
 mod fencing;
 mod ha;
 mod ha_db;

@@ -82,10 +82,9 @@ async fn point_create(input: PointCreate, ctx: &ActionCtx) -> Result<PointsCreat
             // The run may have stopped before or during the copies: the
             // datastores of the group that lack the point get it now.
             let source = p.copies.first().cloned().unwrap_or_default();
-            let id: standby_store::PointId = p
-                .id
-                .parse()
-                .map_err(|e: standby_store::StoreError| EngineError::Internal(e.to_string()))?;
+            let id: standby_store::PointId =
+                p.id.parse()
+                    .map_err(|e: standby_store::StoreError| EngineError::Internal(e.to_string()))?;
             let after = crate::protect::copy_and_prune(
                 ctl,
                 &group,
