@@ -129,6 +129,12 @@ impl FaultLab {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let jobs_before = self.last_job();
         let filler = self.lab.path("fs/filler");
+        let keep = rng.random_range(64u64 << 10..4 << 20);
+        if fault == Fault::DiskFull {
+            // Most of the disk now, the rest at the instant: 24 MiB more
+            // than the point's new data stay free until then.
+            fill(&filler, self.fs_free().saturating_sub(keep + (40 << 20)));
+        }
         let mut bg = Bg::start(&self.lab, &refs);
         std::thread::sleep(Duration::from_millis(at_ms));
         let hit = bg.running();
@@ -139,11 +145,11 @@ impl FaultLab {
                 self.restart(&victim);
             }
             Fault::DiskFull => {
-                // Leave less room than the new data of the point needs.
-                let free = nix::sys::statvfs::statvfs(&self.lab.path("fs")).unwrap();
-                let avail = free.blocks_available() as u64 * free.fragment_size() as u64;
-                let keep = rng.random_range(64u64 << 10..4 << 20);
-                fill(&filler, avail.saturating_sub(keep));
+                // Leave less room than the new data of the point needs
+                // (the bulk of it was taken before the run began).
+                fill(&filler, self.fs_free().saturating_sub(keep));
+                self.notes
+                    .push(format!("disk filled: {} KiB left", self.fs_free() >> 10));
             }
             Fault::ObjectStoreDown => {
                 // Down for a moment: the copy fails, or rides it out.

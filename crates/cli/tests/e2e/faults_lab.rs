@@ -457,6 +457,12 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "127.0.0.1:0", "--ht
         found
     }
 
+    /// Free bytes on the datastores' filesystem.
+    pub(crate) fn fs_free(&self) -> u64 {
+        let st = nix::sys::statvfs::statvfs(&self.lab.path("fs")).unwrap();
+        st.blocks_available() as u64 * st.fragment_size() as u64
+    }
+
     /// The used fraction of the datastores' filesystem.
     pub(crate) fn fs_used(&self) -> f64 {
         let st = nix::sys::statvfs::statvfs(&self.lab.path("fs")).unwrap();
@@ -549,13 +555,22 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "127.0.0.1:0", "--ht
     }
 }
 
-/// Take `len` bytes of the filesystem of `path` at once (fallocate), or
-/// as many as there are.
-pub(crate) fn fill(path: &Path, len: u64) {
-    let f = std::fs::File::create(path).unwrap();
-    let mut len = len as i64;
-    while len > 0 && nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, len).is_err()
-    {
-        len -= 1 << 20;
+/// Take `more` bytes of the filesystem of `path` (or as many as there
+/// are) by growing the file `path` with fallocate, a MiB at a time: fast,
+/// and a write racing it gets the space or a clean "no space".
+pub(crate) fn fill(path: &Path, more: u64) {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let start = f.metadata().unwrap().len() as i64;
+    let (mut off, end) = (start, start + more as i64);
+    while off < end {
+        let n = (end - off).min(1 << 20);
+        if nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), off, n).is_err() {
+            break;
+        }
+        off += n;
     }
 }
