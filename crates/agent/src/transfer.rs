@@ -255,8 +255,9 @@ async fn post(
 /// How one attempt of a call ended.
 enum Attempt {
     Done(Vec<u8>),
-    /// A refusal (4xx): sending it again changes nothing (but a stale
-    /// session, asked for again).
+    /// A refusal (4xx, or a 5xx the destination marks not retryable):
+    /// sending it again changes nothing (but a stale session, asked for
+    /// again).
     Refused(standby_types::api::ApiError, reqwest::StatusCode),
     /// On the way: worth another attempt.
     Failed(String),
@@ -302,7 +303,25 @@ async fn attempt(
                 });
             Attempt::Refused(api, status)
         }
-        Ok(resp) => Attempt::Failed(format!("answered {}", resp.status())),
+        Ok(resp) => {
+            // What went wrong there (a full disk, say), not only the
+            // status; an error the destination says retrying cannot help
+            // with ends the copy now instead of after a minute of retries.
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            let why = match serde_json::from_str::<standby_types::api::ApiError>(&text) {
+                Ok(api) if !api.retryable => return Attempt::Refused(api, status),
+                Ok(api) => api.message,
+                Err(_) => text,
+            };
+            match why.trim() {
+                "" => Attempt::Failed(format!("answered {status}")),
+                why => Attempt::Failed(format!(
+                    "answered {status}: {}",
+                    why.chars().take(500).collect::<String>()
+                )),
+            }
+        }
         Err(e) => Attempt::Failed(standby_types::error_chain(&e)),
     }
 }

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "standby",
     version,
+    long_version = build_info(),
     about = "Disaster recovery for VMs and VNFs"
 )]
 pub struct Cli {
@@ -153,6 +154,16 @@ pub enum Cmd {
         /// Where to write them.
         out: PathBuf,
     },
+}
+
+/// `standby --version`: the version and the build's optional features
+/// (a package never has `crash-hook`; see docs/faults.md).
+const fn build_info() -> &'static str {
+    if standby_engine::crash::ENABLED {
+        concat!(env!("CARGO_PKG_VERSION"), "\nfeatures: crash-hook")
+    } else {
+        concat!(env!("CARGO_PKG_VERSION"), "\nfeatures: none")
+    }
 }
 
 fn main() -> std::process::ExitCode {

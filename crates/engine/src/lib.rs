@@ -22,6 +22,8 @@
 //! - [`nfv`]: ETSI NFV: heals of VNF instances (jobs of the `heal-vnf`
 //!   runbook) and VNF managers' alarms as events.
 //! - [`error`]: [`EngineError`], which the HTTP edge maps to API errors.
+//! - [`crash`]: the crash-injection hook of tests (`STANDBY_CRASH_AT`),
+//!   compiled in only with the `crash-hook` feature.
 //!
 //! [`start`] sets the background work going: the front door's
 //! forwarders, the watch loops, the runbook schedules and the runbook jobs
@@ -36,6 +38,7 @@
 //!   rebuilt from them at start ([`Controller::open`] rescans).
 
 pub mod controller;
+pub mod crash;
 pub mod drill;
 pub mod error;
 pub mod fence;

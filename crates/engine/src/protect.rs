@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use standby_types::model::PointRecord;
-use standby_types::outcome::{PointSynced, PointTaken};
+use standby_types::outcome::{PointSynced, PointTaken, ReplicaApplied};
 
 use crate::controller::{Controller, point_record};
 use crate::error::{EngineError, error_chain};
@@ -87,10 +87,81 @@ pub async fn protect_vm(
         .await?;
     drop(guard);
     tracing::info!(vm, point = %id, datastore = %source, bytes_read = stats.bytes_read, bytes_new = stats.bytes_new, "point taken");
+    crate::crash::at(|| "protect:after-point".into());
 
+    let AfterPoint {
+        synced,
+        replica,
+        pruned,
+        errors: sync_errors,
+    } = copy_and_prune(ctl, group, vm, &manifest.id, &source, &[], progress).await;
+    if !sync_errors.is_empty() {
+        return Err(EngineError::Internal(format!(
+            "point {id} taken in {source}, but: {}",
+            sync_errors.join("; ")
+        )));
+    }
+    Ok(PointTaken {
+        vm: vm.to_string(),
+        point: id,
+        datastore: source,
+        seconds: point_secs,
+        size: stats.size,
+        bytes_read: stats.bytes_read,
+        bytes_new: stats.bytes_new,
+        chunks: stats.chunks,
+        chunks_new: stats.chunks_new,
+        synced,
+        pruned,
+        reused: false,
+        replica,
+    })
+}
+
+/// What [`copy_and_prune`] did.
+pub struct AfterPoint {
+    pub synced: Vec<PointSynced>,
+    pub replica: Option<ReplicaApplied>,
+    /// Points retention removed.
+    pub pruned: usize,
+    /// What failed, one message each.
+    pub errors: Vec<String>,
+}
+
+/// What follows a point of `vm` in `source`: its copies to the group's
+/// other datastores (those in `present` hold it already), the warm
+/// replica, retention in every datastore of the group. A protection run
+/// resumed after a crash that finds its point already taken runs this
+/// too, so the point still reaches every datastore.
+pub async fn copy_and_prune(
+    ctl: &Arc<Controller>,
+    group: &str,
+    vm: &str,
+    point: &standby_store::PointId,
+    source: &str,
+    present: &[String],
+    progress: Arc<JobProgress>,
+) -> AfterPoint {
+    let g = &ctl.cfg().groups[group];
+    let id = point.to_string();
+    let source_handle = match ctl.store_handle(source) {
+        Ok(h) => h,
+        Err(e) => {
+            return AfterPoint {
+                synced: Vec::new(),
+                replica: None,
+                pruned: 0,
+                errors: vec![error_chain(&e)],
+            };
+        }
+    };
     let mut synced = Vec::new();
     let mut sync_errors = Vec::new();
-    for target in g.datastores.iter().filter(|d| **d != source) {
+    for target in g
+        .datastores
+        .iter()
+        .filter(|d| *d != source && !present.contains(d))
+    {
         progress.stage(format!("{vm}: syncing {id} to {target}"), 0);
         let copy_started = Instant::now();
         let res = async {
@@ -98,7 +169,7 @@ pub async fn protect_vm(
             let done = standby_agent::copy_point(
                 &source_handle,
                 &dst,
-                &manifest.id,
+                point,
                 ctl.cfg().bandwidth_of(&source_handle.config().site),
                 progress.clone(),
             )
@@ -113,7 +184,7 @@ pub async fn protect_vm(
             Ok((done, by_agent)) => {
                 // The copy's source is intact where the target is damaged:
                 // the damaged chunks are re-sent.
-                let repaired = match crate::integrity::repair_after_copy(ctl, &source, target).await
+                let repaired = match crate::integrity::repair_after_copy(ctl, source, target).await
                 {
                     Ok(r) => r.map(|r| r.repaired).unwrap_or_default(),
                     Err(e) => {
@@ -136,9 +207,10 @@ pub async fn protect_vm(
         }
     }
 
+    crate::crash::at(|| "protect:after-copy".into());
     // The warm replica, from a copy its host reads (the one just made at
     // its site, usually).
-    let copies: Vec<String> = std::iter::once(source.clone())
+    let copies: Vec<String> = std::iter::once(source.to_string())
         .chain(synced.iter().map(|s| s.datastore.clone()))
         .collect();
     let replica = match crate::replica::apply(ctl, group, vm, &id, &copies, progress.clone()).await
@@ -159,27 +231,12 @@ pub async fn protect_vm(
             }
         }
     }
-    if !sync_errors.is_empty() {
-        return Err(EngineError::Internal(format!(
-            "point {id} taken in {source}, but: {}",
-            sync_errors.join("; ")
-        )));
-    }
-    Ok(PointTaken {
-        vm: vm.to_string(),
-        point: id,
-        datastore: source,
-        seconds: point_secs,
-        size: stats.size,
-        bytes_read: stats.bytes_read,
-        bytes_new: stats.bytes_new,
-        chunks: stats.chunks,
-        chunks_new: stats.chunks_new,
+    AfterPoint {
         synced,
-        pruned,
-        reused: false,
         replica,
-    })
+        pruned,
+        errors: sync_errors,
+    }
 }
 
 /// The label of a point that names the request (a runbook step's

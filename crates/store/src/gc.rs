@@ -157,8 +157,8 @@ impl Datastore {
             );
         }
 
-        let mut packer = (!opts.dry_run).then(|| Packer::new(self.clone()));
         let mut to_delete: Vec<PackId> = Vec::new();
+        let mut to_repack: Vec<PackId> = Vec::new();
         progress.set_total(packs.values().map(|p| p.pack_size).sum());
         for id in &ids {
             let info = &packs[id];
@@ -197,51 +197,36 @@ impl Datastore {
                 report.packs_repacked += 1;
                 report.chunks_removed += garbage_chunks;
                 report.bytes_freed += info.pack_size.saturating_sub(live_bytes);
-                if let Some(packer) = packer.as_mut() {
-                    for e in live_entries {
-                        let blob =
-                            self.backend()
-                                .get_range(&id.pack_path(), e.offset, e.len as usize)?;
-                        self.decode_blob(&blob, e.kind, &e.id)
-                            .map_err(|err| self.corrupt_chunk(&e.id, id, err))?;
-                        // The packer skips chunks the catalog knows; this
-                        // one must be copied, so it goes in directly.
-                        packer.add_copy(e.id, e.kind, &blob)?;
-                    }
-                }
-                to_delete.push(*id);
+                to_repack.push(*id);
             }
-        }
-        if let Some(packer) = packer {
-            packer.finish()?;
         }
         if !opts.dry_run {
-            if !to_delete.is_empty() {
-                // A new epoch before the first delete: should gc die
-                // midway, every other handle still reloads its catalog
-                // before writing, so none trusts a chunk that is gone. gc
-                // holds the lock exclusive, so no writer sees the gap.
-                self.bump_gc_epoch()?;
+            // Wholly garbage packs and temporary files go first: on a full
+            // disk the repack below needs the room they free.
+            self.clean_tmp(opts.grace)?;
+            self.delete_packs(&to_delete, &lock)?;
+            let mut packer = Packer::new(self.clone());
+            for id in &to_repack {
+                for e in live_in.get(id).map(Vec::as_slice).unwrap_or_default() {
+                    let blob =
+                        self.backend()
+                            .get_range(&id.pack_path(), e.offset, e.len as usize)?;
+                    self.decode_blob(&blob, e.kind, &e.id)
+                        .map_err(|err| self.corrupt_chunk(&e.id, id, err))?;
+                    // The packer skips chunks the catalog knows; this
+                    // one must be copied, so it goes in directly.
+                    packer.add_copy(e.id, e.kind, &blob)?;
+                }
             }
-            for id in &to_delete {
-                #[cfg(test)]
-                fail::before_delete();
-                // On an object store the lease may have lapsed while gc
-                // worked (a stall, an unreachable store): then a writer
-                // may be using this very pack. Checked before each delete.
-                lock.check_exclusive()?;
-                #[cfg(test)]
-                fail::check("gc delete")?;
-                self.backend().delete(&id.idx_path())?;
-                self.backend().delete(&id.pack_path())?;
-                tracing::info!(pack = %id, "pack removed");
-            }
+            packer.finish()?;
+            // The repacked packs once their live chunks are durable elsewhere.
+            self.delete_packs(&to_repack, &lock)?;
             for id in idx_only {
                 if !young(&packs[&id]) {
                     tracing::warn!(pack = %id, "index of a missing pack kept for verify");
                 }
             }
-            self.clean_tmp(opts.grace)?;
+            to_delete.extend(to_repack);
             if !to_delete.is_empty() {
                 // And again after: a lock-free reader may have reloaded
                 // between the first bump and the deletes.
@@ -250,6 +235,30 @@ impl Datastore {
             self.rescan(true)?;
         }
         Ok(report)
+    }
+
+    /// Delete `packs` (each index first), a new epoch written before the
+    /// first delete: should gc die midway, every other handle still
+    /// reloads its catalog before writing, so none trusts a chunk that is
+    /// gone. gc holds the lock exclusive, so no writer sees the gap.
+    fn delete_packs(&self, packs: &[PackId], lock: &lock::StoreLock) -> Result<(), StoreError> {
+        if !packs.is_empty() {
+            self.bump_gc_epoch()?;
+        }
+        for id in packs {
+            #[cfg(test)]
+            fail::before_delete();
+            // On an object store the lease may have lapsed while gc
+            // worked (a stall, an unreachable store): then a writer may
+            // be using this very pack. Checked before each delete.
+            lock.check_exclusive()?;
+            #[cfg(test)]
+            fail::check("gc delete")?;
+            self.backend().delete(&id.idx_path())?;
+            self.backend().delete(&id.pack_path())?;
+            tracing::info!(pack = %id, "pack removed");
+        }
+        Ok(())
     }
 
     /// Write a new random `locks/gc.epoch`.

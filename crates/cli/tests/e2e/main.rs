@@ -16,6 +16,8 @@ mod conformance;
 mod demo;
 mod ecosystem;
 mod failover;
+mod faults;
+mod faults_lab;
 mod fencing;
 mod ha;
 mod ha_db;

@@ -1,6 +1,6 @@
 //! The loaded runbooks ([`Runbooks`]): the built-in ones and the
 //! configured files, the repository of the durable engine's state and the
-//! crash test hook. A leaf: it knows nothing of the controller, which holds
+//! runbook steps' crash points (the hook itself is [`crate::crash`]). A leaf: it knows nothing of the controller, which holds
 //! a [`Runbooks`].
 
 use std::collections::BTreeMap;
@@ -55,21 +55,12 @@ pub struct Loaded {
     pub runbook: Runbook,
 }
 
-/// When the crash hook fires.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct CrashAt {
-    runbook: String,
-    step: String,
-    after: bool,
-}
-
 /// The loaded runbooks and the engine's state.
 pub struct Runbooks {
     pub(super) repo: Arc<dyn RunbookRepo>,
     loaded: BTreeMap<String, Loaded>,
     /// Files that could not be used, one message each.
     errors: Vec<String>,
-    crash_at: Option<CrashAt>,
     /// Next due time of each cron-scheduled runbook.
     pub(crate) cron_next: std::sync::Mutex<BTreeMap<String, DateTime<Utc>>>,
 }
@@ -109,21 +100,11 @@ impl Runbooks {
         for e in &errors {
             tracing::error!("runbook not loaded: {e}");
         }
-        let crash_at = std::env::var("STANDBY_CRASH_AT").ok().and_then(|v| {
-            let mut p = v.splitn(3, ':');
-            let (rb, step, when) = (p.next()?, p.next()?, p.next()?);
-            tracing::warn!("test hook STANDBY_CRASH_AT={v} is set");
-            Some(CrashAt {
-                runbook: rb.into(),
-                step: step.into(),
-                after: when == "after",
-            })
-        });
+        crate::crash::announce();
         Runbooks {
             repo,
             loaded,
             errors,
-            crash_at,
             cron_next: Default::default(),
         }
     }
@@ -146,19 +127,15 @@ impl Runbooks {
         &self.errors
     }
 
+    /// The crash hook at a step (`RUNBOOK:STEP:before|after`, see
+    /// [`crate::crash`]; nothing unless built with `crash-hook`).
     pub(super) fn crash(&self, runbook: &str, step: &str, after: bool) {
-        if let Some(c) = &self.crash_at
-            && c.runbook == runbook
-            && c.step == step
-            && c.after == after
-        {
-            tracing::error!(
-                runbook,
-                step,
-                "STANDBY_CRASH_AT: aborting the controller (test hook)"
-            );
-            std::process::abort();
-        }
+        crate::crash::at(|| {
+            format!(
+                "{runbook}:{step}:{}",
+                if after { "after" } else { "before" }
+            )
+        });
     }
 }
 

@@ -18,14 +18,16 @@
 //! and what it recorded while running (`recorded`).
 //!
 //! # Test hook
-//! `STANDBY_CRASH_AT=RUNBOOK:STEP:before|after` aborts the controller
-//! right after the step is persisted running (`before`), or right after
-//! its action returned but before its success is persisted (`after`).
+//! In a build with the `crash-hook` feature (tests only, see
+//! [`crate::crash`]), `STANDBY_CRASH_AT=RUNBOOK:STEP:before|after` aborts
+//! the controller right after the step is persisted running (`before`),
+//! or right after its action returned but before its success is
+//! persisted (`after`).
 //!
 //! # Layout
 //! - `catalog.rs`: [`Runbooks`], the loaded runbooks (built-in and
 //!   configured files) that the controller holds, the engine's repository
-//!   and the crash hook. A leaf: it does not know the controller, so the
+//!   and the steps' crash points. A leaf: it does not know the controller, so the
 //!   controller imports nothing that imports it back.
 //! - `mod.rs`: starting, executing and resuming jobs.
 //! - [`actions`]: the actions' implementations (`actions/`, one file per

@@ -79,9 +79,32 @@ async fn point_create(input: PointCreate, ctx: &ActionCtx) -> Result<PointsCreat
         };
         if let Some(p) = taken {
             tracing::info!(vm, point = %p.id, "point.create: point already taken by this step");
+            // The run may have stopped before or during the copies: the
+            // datastores of the group that lack the point get it now.
+            let source = p.copies.first().cloned().unwrap_or_default();
+            let id: standby_store::PointId =
+                p.id.parse()
+                    .map_err(|e: standby_store::StoreError| EngineError::Internal(e.to_string()))?;
+            let after = crate::protect::copy_and_prune(
+                ctl,
+                &group,
+                vm,
+                &id,
+                &source,
+                &p.copies,
+                progress.clone(),
+            )
+            .await;
+            if !after.errors.is_empty() {
+                return Err(EngineError::Internal(format!(
+                    "point {} taken in {source}, but: {}",
+                    p.id,
+                    after.errors.join("; ")
+                )));
+            }
             points.push(PointTaken {
                 vm: vm.clone(),
-                datastore: p.copies.first().cloned().unwrap_or_default(),
+                datastore: source,
                 point: p.id,
                 seconds: 0.0,
                 size: p.size,
@@ -89,10 +112,10 @@ async fn point_create(input: PointCreate, ctx: &ActionCtx) -> Result<PointsCreat
                 bytes_new: p.bytes_new,
                 chunks: 0,
                 chunks_new: 0,
-                synced: Vec::new(),
-                pruned: 0,
+                synced: after.synced,
+                pruned: after.pruned,
                 reused: true,
-                replica: None,
+                replica: after.replica,
             });
             continue;
         }
