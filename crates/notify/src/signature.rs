@@ -96,8 +96,7 @@ pub struct Signed<'a> {
 
 fn nonce_ok(n: &str) -> bool {
     (16..=64).contains(&n.len())
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -182,7 +181,13 @@ mod tests {
         assert!(!verify(b"s3cret", 101, &n, body, &sig));
         assert!(!verify(b"s3cret", 100, &new_nonce(), body, &sig));
         assert!(!verify(b"s3cret", 100, &n, br#"{"delivery":2}"#, &sig));
-        assert!(!verify(b"s3cret", 100, &n, body, sig.trim_start_matches("sha256=")));
+        assert!(!verify(
+            b"s3cret",
+            100,
+            &n,
+            body,
+            sig.trim_start_matches("sha256=")
+        ));
         assert!(!verify(b"s3cret", 100, &n, body, "sha256=zz"));
         assert!(!verify(b"s3cret", 100, &n, body, "sha256="));
         assert!(!verify(b"s3cret", 100, &n, body, &sig[..sig.len() - 2]));
@@ -232,7 +237,10 @@ mod tests {
             nonce: Some(&n2),
             ..h
         };
-        assert_eq!(g.check("rb", b"k", bad, body, now), Err(SignatureError::BadSignature));
+        assert_eq!(
+            g.check("rb", b"k", bad, body, now),
+            Err(SignatureError::BadSignature)
+        );
         let sig2 = sign(b"k", now, &n2, body);
         let good = Signed {
             signature: Some(&sig2),

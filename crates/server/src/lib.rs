@@ -150,7 +150,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
                         app.into_make_service_with_connect_info::<standby_tls::TlsPeer>(),
                     )
                     .with_graceful_shutdown(async move { stop.cancelled().await })
-                        .await
+                    .await
                 })
             }
             None => tokio::spawn(async move {
@@ -159,7 +159,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
                     app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
                 )
                 .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
+                .await
             }),
         }
     };

@@ -661,7 +661,7 @@ fn hardening_a_replayed_or_stale_webhook_is_refused() {
     assert!(text.contains("missing X-Standby-Nonce"), "{text}");
     let (status, text) = post(signed(b"s3cret", &body, now));
     assert_eq!(status, 200, "a fresh call: {text}");
-    let runs = lab.json(&["job", "list"]);
+    let runs = lab.json(&["jobs", "list"]);
     let hooked = runs
         .as_array()
         .unwrap()

@@ -290,7 +290,13 @@ pub async fn on_webhook(
             hook.secret_env
         ))
     })?;
-    if let Err(e) = replays().check(name, secret.as_bytes(), signed, body, Utc::now().timestamp()) {
+    if let Err(e) = replays().check(
+        name,
+        secret.as_bytes(),
+        signed,
+        body,
+        Utc::now().timestamp(),
+    ) {
         tracing::warn!(runbook = name, error = %e, "webhook call refused");
         return Err(EngineError::BadRequest(format!(
             "webhook of runbook {name} refused: {e}"

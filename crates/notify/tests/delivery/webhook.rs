@@ -164,8 +164,18 @@ async fn signed_delivery_arrives_once_with_json_and_headers() {
         &r.body,
         &header("x-standby-signature")
     ));
-    assert!(!signs(b"other", &r.headers, &r.body, &header("x-standby-signature")));
-    assert!(signs(b"topsecret", &r.headers, &r.body, &header("x-standby-signature")));
+    assert!(!signs(
+        b"other",
+        &r.headers,
+        &r.body,
+        &header("x-standby-signature")
+    ));
+    assert!(signs(
+        b"topsecret",
+        &r.headers,
+        &r.body,
+        &header("x-standby-signature")
+    ));
     assert_eq!(header("x-standby-nonce").len(), 32);
     let ts: i64 = header("x-standby-timestamp").parse().unwrap();
     assert!((chrono::Utc::now().timestamp() - ts).abs() < 60);

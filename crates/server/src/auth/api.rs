@@ -384,7 +384,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
         let ip = e
             .get::<ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip())
-            .or_else(|| e.get::<ConnectInfo<standby_tls::TlsPeer>>().map(|c| c.0.addr.ip()))
+            .or_else(|| {
+                e.get::<ConnectInfo<standby_tls::TlsPeer>>()
+                    .map(|c| c.0.addr.ip())
+            })
             .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
         Ok(PeerIp(ip))
     }

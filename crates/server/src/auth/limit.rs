@@ -135,9 +135,7 @@ fn source(ip: IpAddr) -> IpAddr {
             Some(v4) => IpAddr::V4(v4),
             None => {
                 let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(
-                    s[0], s[1], s[2], s[3], 0, 0, 0, 0,
-                ))
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
         },
         v4 => v4,
@@ -236,9 +234,7 @@ impl LoginGuard {
     pub fn succeeded(&self, account: &str, ip: IpAddr, now: Instant) {
         let ip = source(ip);
         let lock = |t: &Table<String>| {
-            t.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(account);
+            t.lock().unwrap_or_else(|e| e.into_inner()).remove(account);
         };
         lock(&self.accounts);
         self.addresses
@@ -316,7 +312,12 @@ mod tests {
             t += Duration::from_secs(61);
             g.failed("ann", a, t);
         }
-        assert!(g.check("ann", ip("198.51.100.9"), t).unwrap_err().retry_after() <= Duration::from_secs(60));
+        assert!(
+            g.check("ann", ip("198.51.100.9"), t)
+                .unwrap_err()
+                .retry_after()
+                <= Duration::from_secs(60)
+        );
         // Ten failures from one address on different names: the address waits.
         let b = ip("2001:db8:1:2::5");
         for i in 0..10 {
