@@ -204,7 +204,11 @@ impl ServiceConfig {
             ));
         }
         if self.max_flows == 0 || self.max_connections == 0 {
-            let field = if self.max_flows == 0 { "max_flows" } else { "max_connections" };
+            let field = if self.max_flows == 0 {
+                "max_flows"
+            } else {
+                "max_connections"
+            };
             return Err((
                 f(&[field]),
                 "at least 1 (0 would refuse every client)".into(),
