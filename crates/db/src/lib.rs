@@ -304,6 +304,10 @@ pub trait Repo: GroupRepo + Send + Sync {
     async fn job(&self, id: i64) -> Result<Job, DbError>;
     /// The newest `limit` jobs, newest first.
     async fn jobs(&self, limit: u32) -> Result<Vec<Job>, DbError>;
+    /// Delete finished jobs (succeeded or failed) that finished before
+    /// `before`, with their runbook runs and steps; returns how many.
+    /// Queued and running jobs are kept, however old.
+    async fn prune_jobs(&self, before: DateTime<Utc>) -> Result<u64, DbError>;
     /// How many jobs there are of each (kind, status), sorted.
     async fn job_counts(&self) -> Result<Vec<(String, JobStatus, u64)>, DbError>;
     /// At controller start: every queued or running job except runbook

@@ -108,4 +108,7 @@ pub trait WatchRepo: Send + Sync {
     async fn update_delivery(&self, d: &Delivery) -> Result<(), DbError>;
     /// Newest first.
     async fn deliveries(&self, limit: u32) -> Result<Vec<Delivery>, DbError>;
+    /// Delete deliveries done (delivered, or failed for good) created
+    /// before `before`; returns how many. Pending ones are kept.
+    async fn prune_deliveries(&self, before: DateTime<Utc>) -> Result<u64, DbError>;
 }

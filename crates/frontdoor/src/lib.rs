@@ -12,8 +12,12 @@
 //!   a service at its active site by TSIG-signed RFC 2136 updates, for
 //!   clients that reach the site directly (no single forwarder between).
 //! - `udp`: one socket on the listen address; per client address a flow
-//!   with its own upstream socket connected to the active backend.
-//! - `tcp`: accept, connect to the active backend, copy both ways.
+//!   with its own upstream socket connected to the active backend, in a
+//!   table of at most `max_flows` ordered by activity (a new client in a
+//!   full table evicts the least recently active flow in constant time).
+//! - `tcp`: accept, connect to the active backend, copy both ways; at
+//!   most `max_connections` at once (beyond: refused), each closed after
+//!   `tcp_idle_timeout` without a byte.
 //!
 //! # Invariants
 //! - The database is written before any target is told, so a restarted
@@ -304,9 +308,17 @@ struct Lane {
     name: String,
     route: watch::Sender<Route>,
     idle_timeout: Duration,
+    tcp_idle_timeout: Duration,
+    max_flows: usize,
+    max_connections: usize,
     sites: BTreeMap<String, Arc<SiteStats>>,
     flows_active: AtomicU64,
     flows_evicted: AtomicU64,
+    flows_expired: AtomicU64,
+    /// TCP connections open now, to any site (the cap counts these).
+    connections_open: AtomicU64,
+    connections_refused: AtomicU64,
+    connections_idle_closed: AtomicU64,
 }
 
 impl Lane {
@@ -319,6 +331,9 @@ impl Lane {
                 generation: 0,
             }),
             idle_timeout: svc.idle_timeout,
+            tcp_idle_timeout: svc.tcp_idle_timeout,
+            max_flows: svc.max_flows,
+            max_connections: svc.max_connections,
             sites: svc
                 .backends
                 .keys()
@@ -326,6 +341,10 @@ impl Lane {
                 .collect(),
             flows_active: AtomicU64::new(0),
             flows_evicted: AtomicU64::new(0),
+            flows_expired: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            connections_idle_closed: AtomicU64::new(0),
         }
     }
 
@@ -356,6 +375,9 @@ impl Lane {
                     (site.clone(), c)
                 })
                 .collect(),
+            flows_expired: get(&self.flows_expired),
+            connections_refused: get(&self.connections_refused),
+            connections_idle_closed: get(&self.connections_idle_closed),
         }
     }
 }
@@ -494,6 +516,9 @@ pub fn register_metrics(reg: &mut Registry, fd: &FrontDoor) {
     let errors = Family::<L, Counter>::default();
     let flows_active = Family::<L, Gauge>::default();
     let evicted = Family::<L, Counter>::default();
+    let expired = Family::<L, Counter>::default();
+    let refused = Family::<L, Counter>::default();
+    let idle_closed = Family::<L, Counter>::default();
     for (name, lane) in &fd.forwarder.lanes {
         let now = lane.route.borrow().site.clone();
         let c = lane.counters();
@@ -502,6 +527,13 @@ pub fn register_metrics(reg: &mut Registry, fd: &FrontDoor) {
             .get_or_create(&labels(&svc))
             .set(c.flows_active as i64);
         evicted.get_or_create(&labels(&svc)).inc_by(c.flows_evicted);
+        expired.get_or_create(&labels(&svc)).inc_by(c.flows_expired);
+        refused
+            .get_or_create(&labels(&svc))
+            .inc_by(c.connections_refused);
+        idle_closed
+            .get_or_create(&labels(&svc))
+            .inc_by(c.connections_idle_closed);
         for (site, s) in &c.sites {
             let l = labels(&[("service", name), ("site", site)]);
             active.get_or_create(&l).set(i64::from(*site == now));
@@ -546,6 +578,21 @@ pub fn register_metrics(reg: &mut Registry, fd: &FrontDoor) {
         "standby_frontdoor_flows_evicted",
         "UDP flows dropped because the flow table was full",
         evicted,
+    );
+    reg.register(
+        "standby_frontdoor_flows_expired",
+        "UDP flows dropped after the idle timeout",
+        expired,
+    );
+    reg.register(
+        "standby_frontdoor_connections_refused",
+        "TCP connections refused because max_connections were open",
+        refused,
+    );
+    reg.register(
+        "standby_frontdoor_connections_idle_closed",
+        "TCP connections closed after the TCP idle timeout",
+        idle_closed,
     );
     reg.register(
         "standby_frontdoor_connections",

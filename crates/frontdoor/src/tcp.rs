@@ -1,13 +1,15 @@
 //! TCP forwarding: accept, connect to the active backend, copy both ways
-//! until either side closes, the service is switched or the controller
-//! stops.
+//! until either side closes, the service is switched, the connection is
+//! idle for `tcp_idle_timeout` or the controller stops. At most
+//! `max_connections` per service are open; a client beyond is closed at
+//! accept and counted.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,7 +35,23 @@ pub(super) async fn run(
         };
         match accepted {
             Ok((client, peer)) => {
-                tasks.spawn(forward(lane.clone(), client, peer, cancel.clone()));
+                // The cap counts from accept, so a flood of connects to a
+                // slow site cannot exceed it either.
+                let open = lane.connections_open.fetch_add(1, Ordering::Relaxed);
+                if open >= lane.max_connections as u64 {
+                    lane.connections_open.fetch_sub(1, Ordering::Relaxed);
+                    bump(&lane.connections_refused, 1);
+                    tracing::debug!(service = %lane.name, %peer, max = lane.max_connections, "tcp connection refused: max_connections open");
+                    // Dropped: closed at once.
+                    drop(client);
+                    continue;
+                }
+                let held = Held(lane.clone());
+                let (lane, cancel) = (lane.clone(), cancel.clone());
+                tasks.spawn(async move {
+                    let _held = held;
+                    forward(lane, client, peer, cancel).await
+                });
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait, not spin.
@@ -43,6 +61,15 @@ pub(super) async fn run(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Gives back a place under `max_connections` when the connection ends.
+struct Held(Arc<Lane>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -84,17 +111,37 @@ async fn forward(
     let _open = Open(stats.clone());
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
     let mut client = Counted {
         inner: client,
         stats: stats.clone(),
         count: |s| &s.bytes_to_site,
+        last: last.clone(),
+        start,
     };
     let mut upstream = Counted {
         inner: upstream,
         stats: stats.clone(),
         count: |s| &s.bytes_to_clients,
+        last: last.clone(),
+        start,
     };
     let generation = route.generation;
+    let idle = lane.tcp_idle_timeout;
+    let idle_ms = idle.as_millis() as u64;
+    let silent = async {
+        let mut tick = tokio::time::interval(
+            (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+        );
+        loop {
+            tick.tick().await;
+            let now = start.elapsed().as_millis() as u64;
+            if now.saturating_sub(last.load(Ordering::Relaxed)) >= idle_ms {
+                return;
+            }
+        }
+    };
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = r {
@@ -105,6 +152,10 @@ async fn forward(
         _ = routes.wait_for(|r| r.generation != generation) => {
             tracing::debug!(service = %lane.name, %peer, site = %route.site, "service switched; tcp connection closed");
         }
+        _ = silent => {
+            bump(&lane.connections_idle_closed, 1);
+            tracing::debug!(service = %lane.name, %peer, "tcp connection closed: idle for {idle:?}");
+        }
         _ = cancel.cancelled() => {}
     }
 }
@@ -114,6 +165,9 @@ struct Counted<S> {
     inner: S,
     stats: Arc<SiteStats>,
     count: fn(&SiteStats) -> &AtomicU64,
+    /// Milliseconds after `start` of the last byte either way.
+    last: Arc<AtomicU64>,
+    start: Instant,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -127,6 +181,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         if let Poll::Ready(Ok(())) = &r {
             let n = (buf.filled().len() - before) as u64;
             bump((self.count)(&self.stats), n);
+            if n > 0 {
+                let now = self.start.elapsed().as_millis() as u64;
+                self.last.store(now, Ordering::Relaxed);
+            }
         }
         r
     }

@@ -17,9 +17,12 @@
 //! - Webhook ([`webhook`]): `POST` of the [`Notification`] as JSON with
 //!   `Content-Type: application/json`, `User-Agent: standby/<version>`,
 //!   `X-Standby-Delivery: <delivery id>` and, when a secret is configured,
-//!   `X-Standby-Signature: sha256=<hex HMAC-SHA256(secret, body)>`
-//!   ([`sign`], [`verify`]). 2xx is delivered; 5xx, 408, 429 and transport
-//!   errors are retryable; any other status is permanent.
+//!   `X-Standby-Timestamp: <Unix seconds>`, `X-Standby-Nonce: <32 hex>`
+//!   and `X-Standby-Signature: sha256=<hex HMAC-SHA256(secret,
+//!   "<timestamp>.<nonce>.<body>")>` ([`sign`], [`verify`];
+//!   [`ReplayGuard`] refuses a stale timestamp or a nonce seen already).
+//!   Each attempt is signed afresh. 2xx is delivered; 5xx, 408, 429 and
+//!   transport errors are retryable; any other status is permanent.
 //! - Mail ([`smtp`]): a plain-text message, subject and body from
 //!   [`render_mail`]. SMTP 4xx and connection errors are retryable, 5xx
 //!   are permanent.
@@ -43,7 +46,10 @@ use std::time::Duration;
 use standby_types::watch::{Notification, ReceiverConfig};
 
 pub use route::{group_labels, routes_for};
-pub use signature::{SIGNATURE_HEADER, sign, verify};
+pub use signature::{
+    MAX_SKEW, NONCE_HEADER, ReplayGuard, SIGNATURE_HEADER, SignatureError, Signed,
+    TIMESTAMP_HEADER, new_nonce, sign, verify,
+};
 pub use smtp::render_mail;
 
 /// `User-Agent` of webhook requests.

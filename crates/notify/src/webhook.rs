@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, USER_AGENT};
 use standby_types::watch::{Notification, ReceiverConfig};
 
-use crate::{DeliveryError, SIGNATURE_HEADER, secret, sign};
+use crate::{DeliveryError, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, secret, sign};
 
 /// Header that carries the delivery id, for receivers to drop duplicates.
 pub const DELIVERY_HEADER: &str = "X-Standby-Delivery";
@@ -96,7 +96,13 @@ pub(crate) async fn send(
         .header(USER_AGENT, crate::USER_AGENT)
         .header(DELIVERY_HEADER, n.delivery.to_string());
     if let Some(secret) = &secret {
-        request = request.header(SIGNATURE_HEADER, sign(secret.as_bytes(), &body));
+        // Signed afresh at each attempt: a receiver refuses a timestamp
+        // more than 5 minutes off and a nonce it has seen.
+        let (ts, nonce) = (chrono::Utc::now().timestamp(), crate::new_nonce());
+        request = request
+            .header(TIMESTAMP_HEADER, ts.to_string())
+            .header(NONCE_HEADER, &nonce)
+            .header(SIGNATURE_HEADER, sign(secret.as_bytes(), ts, &nonce, &body));
     }
 
     tracing::debug!(receiver = name, url = %shown, delivery = n.delivery, signed = secret.is_some(), "posting notification");

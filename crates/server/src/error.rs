@@ -28,6 +28,12 @@ pub enum ServerError {
     TooLarge(String),
     #[error("{0}")]
     Internal(String),
+    /// Too many attempts: wait this many seconds (429, `Retry-After`).
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
+    /// No capacity now (503, `Retry-After: 1`).
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -68,6 +74,8 @@ impl ServerError {
             ServerError::BadRequest(_) => ("bad_request", false),
             ServerError::TooLarge(_) => ("too_large", false),
             ServerError::Internal(_) => ("internal", false),
+            ServerError::TooManyRequests { .. } => ("too_many_requests", true),
+            ServerError::Busy(_) => ("busy", true),
             ServerError::Engine(e) => e.code(),
         };
         (status_of(code), code, retryable)
@@ -93,6 +101,8 @@ fn status_of(code: &str) -> StatusCode {
         "forbidden" => StatusCode::FORBIDDEN,
         "bad_request" => StatusCode::BAD_REQUEST,
         "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_requests" => StatusCode::TOO_MANY_REQUESTS,
+        "busy" => StatusCode::SERVICE_UNAVAILABLE,
         "unreachable" => StatusCode::SERVICE_UNAVAILABLE,
         "timeout" => StatusCode::GATEWAY_TIMEOUT,
         "agent" => StatusCode::BAD_GATEWAY,
@@ -103,7 +113,17 @@ fn status_of(code: &str) -> StatusCode {
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.parts();
-        (status, axum::Json(self.to_api())).into_response()
+        let retry_after = match &self {
+            ServerError::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            ServerError::Busy(_) => Some(1),
+            _ => None,
+        };
+        let mut r = (status, axum::Json(self.to_api())).into_response();
+        if let Some(s) = retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }
 

@@ -145,15 +145,21 @@ pub async fn start(cfg: Config) -> Result<RunningServer, ServerError> {
                     ServerError::Internal(format!("unable to read listen address: {e}"))
                 })?;
                 tokio::spawn(async move {
-                    axum::serve(l, app)
-                        .with_graceful_shutdown(async move { stop.cancelled().await })
-                        .await
+                    axum::serve(
+                        l,
+                        app.into_make_service_with_connect_info::<standby_tls::TlsPeer>(),
+                    )
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
                 })
             }
             None => tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
             }),
         }
     };

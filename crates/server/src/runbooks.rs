@@ -213,8 +213,9 @@ fn check_params(
     Ok(())
 }
 
-/// Start a runbook from a webhook: the body signed with the runbook's
-/// secret (HMAC-SHA256 in the signature header), no token.
+/// Start a runbook from a webhook: signed with the runbook's secret
+/// (HMAC-SHA256 of timestamp, nonce and body), no token; a stale
+/// timestamp or a nonce seen already is refused (400).
 #[utoipa::path(post, path = "/api/v1/runbooks/{name}/webhook", operation_id = "runbook_webhook", tag = "runbooks",
     params(("name" = String, Path, description = "Runbook")),
     request_body(content = Object, description = "Any JSON; the trigger's payload"),
@@ -227,10 +228,13 @@ async fn webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Value> {
-    let sig = headers
-        .get(standby_notify::SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok());
-    let job = triggers::on_webhook(&ctl, &name, sig, &body).await?;
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let signed = standby_notify::Signed {
+        timestamp: h(standby_notify::TIMESTAMP_HEADER),
+        nonce: h(standby_notify::NONCE_HEADER),
+        signature: h(standby_notify::SIGNATURE_HEADER),
+    };
+    let job = triggers::on_webhook(&ctl, &name, signed, &body).await?;
     Ok(Json(json!({ "job": job })))
 }
 

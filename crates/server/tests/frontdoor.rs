@@ -455,3 +455,126 @@ async fn bench_udp_round_trip_through_the_front_door() {
     println!("{}", report.join("\n"));
     srv.stop().await;
 }
+
+/// The service's counters as the API shows them.
+async fn counters(srv: &RunningServer) -> standby_types::api::ServiceCounters {
+    services(srv).await.remove(0).counters
+}
+
+/// A full flow table still serves a new client: the least recently active
+/// flow makes room (and is counted), the others keep theirs.
+#[tokio::test]
+async fn hardening_a_full_flow_table_serves_a_new_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = (backend("site1").await, backend("site2").await);
+    let door: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let srv = start(config(
+        dir.path(),
+        door,
+        &two_sites(s1, s2),
+        "max_flows = 2\nprotocols = [\"udp\"]",
+    ))
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(ask(&c, door, &format!("c{i}")).await, format!("site1:c{i}"));
+        clients.push(c);
+    }
+    let c = counters(&srv).await;
+    assert_eq!((c.flows_active, c.flows_evicted), (2, 1), "{c:?}");
+    // The evicted client (the first) gets a new flow when it comes back.
+    assert_eq!(ask(&clients[0], door, "again").await, "site1:again");
+    let c = counters(&srv).await;
+    assert_eq!((c.flows_active, c.flows_evicted), (2, 2), "{c:?}");
+    srv.stop().await;
+}
+
+/// A UDP flow silent for `idle_timeout` is dropped (and counted); the
+/// client's next datagram opens a new one.
+#[tokio::test]
+async fn hardening_an_idle_udp_flow_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = (backend("site1").await, backend("site2").await);
+    let door: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let srv = start(config(
+        dir.path(),
+        door,
+        &two_sites(s1, s2),
+        "idle_timeout = \"1s\"\nprotocols = [\"udp\"]",
+    ))
+    .await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(ask(&client, door, "a").await, "site1:a");
+    assert_eq!(counters(&srv).await.flows_active, 1);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let c = counters(&srv).await;
+        if c.flows_active == 0 {
+            assert_eq!(c.flows_expired, 1, "{c:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the idle flow stays: {c:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ask(&client, door, "b").await, "site1:b");
+    assert_eq!(counters(&srv).await.sites["site1"].flows, 2);
+    srv.stop().await;
+}
+
+/// TCP: beyond `max_connections` a client is closed at once (and counted
+/// in the API and `/metrics`); a connection without a byte for
+/// `tcp_idle_timeout` is closed.
+#[tokio::test]
+async fn hardening_tcp_connections_beyond_the_cap_are_refused_and_idle_ones_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = (backend("site1").await, backend("site2").await);
+    let door: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let srv = start(config(
+        dir.path(),
+        door,
+        &two_sites(s1, s2),
+        "max_connections = 2\ntcp_idle_timeout = \"2s\"\nprotocols = [\"tcp\"]",
+    ))
+    .await;
+    let (a, mut ra) = tcp_site(door).await;
+    let (b, mut rb) = tcp_site(door).await;
+    assert_eq!((a.as_str(), b.as_str()), ("site1", "site1"));
+    // The third is closed without a greeting.
+    let mut third = TcpStream::connect(door).await.unwrap();
+    let mut rest = Vec::new();
+    let got = tokio::time::timeout(WAIT, third.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(got, Ok(Ok(0)) | Ok(Err(_))),
+        "the third connection was served: {got:?} {rest:?}"
+    );
+    let c = counters(&srv).await;
+    assert_eq!(c.connections_refused, 1, "{c:?}");
+    let metrics = http(&srv)
+        .get(format!("http://{}/metrics", srv.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let want = "standby_frontdoor_connections_refused_total{service=\"svc\"} 1";
+    assert!(metrics.contains(want), "no {want} in\n{metrics}");
+    // A connection in use stays past the idle timeout; silent ones close.
+    for _ in 0..3 {
+        ra.get_mut().write_all(b"x\n").await.unwrap();
+        let mut line = String::new();
+        ra.read_line(&mut line).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_millis(100), rb.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the silent connection is still open");
+    let closed = tokio::time::timeout(WAIT, ra.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection is still open once silent");
+    let c = counters(&srv).await;
+    assert_eq!(c.connections_idle_closed, 2, "{c:?}");
+    // The places are given back: a new client is served.
+    assert_eq!(tcp_site(door).await.0, "site1");
+    srv.stop().await;
+}

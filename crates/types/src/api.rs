@@ -160,6 +160,15 @@ pub struct ServiceCounters {
     pub flows_active: u64,
     /// UDP flows dropped because the flow table was full.
     pub flows_evicted: u64,
+    /// UDP flows dropped after `idle_timeout` without a datagram.
+    #[serde(default)]
+    pub flows_expired: u64,
+    /// TCP connections refused because `max_connections` were open.
+    #[serde(default)]
+    pub connections_refused: u64,
+    /// TCP connections closed after `tcp_idle_timeout` without a byte.
+    #[serde(default)]
+    pub connections_idle_closed: u64,
     /// Per site the traffic went to.
     pub sites: std::collections::BTreeMap<String, SiteCounters>,
 }

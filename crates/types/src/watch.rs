@@ -347,8 +347,10 @@ pub struct Notification {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ReceiverConfig {
-    /// POST the [`Notification`] as JSON. With a secret, the body is signed:
-    /// `X-Standby-Signature: sha256=<hex HMAC-SHA256(secret, body)>`.
+    /// POST the [`Notification`] as JSON. With a secret, the request is
+    /// signed: `X-Standby-Timestamp: <Unix seconds>`, `X-Standby-Nonce:
+    /// <hex>`, `X-Standby-Signature: sha256=<hex HMAC-SHA256(secret,
+    /// "<timestamp>.<nonce>.<body>")>`.
     Webhook {
         url: String,
         /// Environment variable holding the HMAC secret.

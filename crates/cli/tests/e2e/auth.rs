@@ -37,14 +37,14 @@ datastores = ["site1-store"]
 tenant = "globex"
 "#;
 
-struct Http {
-    rt: tokio::runtime::Runtime,
-    c: reqwest::Client,
-    base: String,
+pub(crate) struct Http {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) c: reqwest::Client,
+    pub(crate) base: String,
 }
 
 impl Http {
-    fn new(base: String) -> Http {
+    pub(crate) fn new(base: String) -> Http {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Http {
             rt: tokio::runtime::Builder::new_current_thread()
@@ -104,7 +104,7 @@ impl Http {
     }
 }
 
-fn tenant_lab(watch: String, controller: String) -> Lab {
+pub(crate) fn tenant_lab(watch: String, controller: String) -> Lab {
     Lab::new(LabOptions {
         // pbx1 belongs to tenant acme.
         vm: Some("command = \"sleep\"\nargs = [\"600\"]\ntenant = \"acme\"".into()),
@@ -126,10 +126,10 @@ fn token(lab: &Lab, role: &str, tenant: Option<&str>, extra: &[&str]) -> String 
     t["secret"].as_str().unwrap().to_string()
 }
 
-const FORM: &str = "application/x-www-form-urlencoded";
+pub(crate) const FORM: &str = "application/x-www-form-urlencoded";
 
 /// An urlencoded form (letters, digits, spaces and '/' only).
-fn form_body(fields: &[(&str, &str)]) -> String {
+pub(crate) fn form_body(fields: &[(&str, &str)]) -> String {
     fields
         .iter()
         .map(|(k, v)| format!("{k}={}", v.replace(' ', "+").replace('/', "%2F")))
@@ -138,7 +138,7 @@ fn form_body(fields: &[(&str, &str)]) -> String {
 }
 
 /// `standby user add` with the password on standard input.
-fn add_user(lab: &Lab, name: &str, role: &str, password: &str, env: &[(&str, String)]) {
+pub(crate) fn add_user(lab: &Lab, name: &str, role: &str, password: &str, env: &[(&str, String)]) {
     let mut add = Command::new(STANDBY)
         .args(["--config", lab.cfg.to_str().unwrap()])
         .args(["user", "add", name, "--role", role, "--password-stdin"])

@@ -123,10 +123,25 @@ fn read_request(conn: &std::net::TcpStream) -> Option<Received> {
         .unwrap_or(0);
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;
-    let signed = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("x-standby-signature"))
-        .is_some_and(|(_, v)| standby_notify::verify(SECRET.as_bytes(), &body, v));
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let signed = standby_notify::ReplayGuard::new()
+        .check(
+            "hook",
+            SECRET.as_bytes(),
+            standby_notify::Signed {
+                timestamp: get("x-standby-timestamp"),
+                nonce: get("x-standby-nonce"),
+                signature: get("x-standby-signature"),
+            },
+            &body,
+            chrono::Utc::now().timestamp(),
+        )
+        .is_ok();
     Some(Received {
         headers,
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),

@@ -10,6 +10,7 @@ mod relay;
 mod agents;
 mod alertmanager;
 mod auth;
+mod auth_limits;
 mod cloud;
 mod config_errors;
 mod conformance;

@@ -588,6 +588,89 @@ steps:
     with: { command: [sh, -c, "echo {{ trigger.body.note }} > {{ params.dir }}/mark"] }
 "#;
 
+/// The headers of a webhook call signed with `secret` at `ts` (Unix
+/// seconds), with a fresh nonce.
+fn signed(secret: &[u8], body: &str, ts: i64) -> reqwest::header::HeaderMap {
+    let nonce = standby_notify::new_nonce();
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(standby_notify::TIMESTAMP_HEADER, ts.into());
+    h.insert(standby_notify::NONCE_HEADER, nonce.parse().unwrap());
+    h.insert(
+        standby_notify::SIGNATURE_HEADER,
+        standby_notify::sign(secret, ts, &nonce, body.as_bytes())
+            .parse()
+            .unwrap(),
+    );
+    h
+}
+
+/// A webhook call replayed (the same headers and body again) or signed
+/// with a timestamp more than five minutes off is refused with a clear
+/// error, and starts nothing; a fresh call still does.
+#[test]
+fn hardening_a_replayed_or_stale_webhook_is_refused() {
+    let mut lab = Lab::new(LabOptions {
+        controller: r#"runbooks = ["hooked.yaml"]"#.into(),
+        files: vec![("hooked.yaml", HOOKED.into())],
+        ..LabOptions::default()
+    });
+    lab.stop_server();
+    lab.set_env("HOOKED_SECRET", Some("s3cret"));
+    lab.start_server();
+    let dir = lab.path("out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = serde_json::json!({ "note": "once", "params": { "dir": dir } }).to_string();
+    let url = format!(
+        "http://127.0.0.1:{}/api/v1/runbooks/hooked/webhook",
+        lab.api
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let post = |h: reqwest::header::HeaderMap| {
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(&url)
+                .headers(h)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let now = chrono::Utc::now().timestamp();
+    let first = signed(b"s3cret", &body, now);
+    let (status, text) = post(first.clone());
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = post(first);
+    assert_eq!(status, 400, "a replay is refused: {text}");
+    assert!(text.contains("replayed request"), "{text}");
+    let (status, text) = post(signed(b"s3cret", &body, now - 600));
+    assert_eq!(status, 400, "a stale call is refused: {text}");
+    assert!(text.contains("stale request"), "{text}");
+    let (status, text) = post(signed(b"s3cret", &body, now + 600));
+    assert_eq!(status, 400, "a call from the future is refused: {text}");
+    // Without timestamp and nonce (the old format): refused, named.
+    let mut old = signed(b"s3cret", &body, now);
+    old.remove(standby_notify::NONCE_HEADER);
+    let (status, text) = post(old);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("missing X-Standby-Nonce"), "{text}");
+    let (status, text) = post(signed(b"s3cret", &body, now));
+    assert_eq!(status, 200, "a fresh call: {text}");
+    let runs = lab.json(&["jobs", "list"]);
+    let hooked = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["target"] == "hooked")
+        .count();
+    assert_eq!(hooked, 2, "two calls accepted, two runs: {runs:#}");
+}
+
 /// A signed webhook starts the runbook; a bad signature starts nothing;
 /// the schema is served.
 #[test]
@@ -616,10 +699,7 @@ fn a_signed_webhook_starts_a_runbook() {
         let c = reqwest::Client::new();
         let bad = c
             .post(&url)
-            .header(
-                standby_notify::SIGNATURE_HEADER,
-                standby_notify::sign(b"wrong", body.as_bytes()),
-            )
+            .headers(signed(b"wrong", &body, chrono::Utc::now().timestamp()))
             .body(body.clone())
             .send()
             .await
@@ -628,10 +708,7 @@ fn a_signed_webhook_starts_a_runbook() {
             .as_u16();
         let good: Value = c
             .post(&url)
-            .header(
-                standby_notify::SIGNATURE_HEADER,
-                standby_notify::sign(b"s3cret", body.as_bytes()),
-            )
+            .headers(signed(b"s3cret", &body, chrono::Utc::now().timestamp()))
             .body(body.clone())
             .send()
             .await

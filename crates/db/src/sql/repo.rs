@@ -643,6 +643,23 @@ impl Repo for SqlRepo {
             .unwrap_or_else(|| Err(not_found("job", &id.to_string())))
     }
 
+    async fn prune_jobs(&self, before: DateTime<Utc>) -> Result<u64, DbError> {
+        // Runs and steps go with their job (ON DELETE CASCADE).
+        let done = self
+            .write_one(
+                format!("prune jobs finished before {}", ts(before)),
+                sqlx::query(
+                    "DELETE FROM jobs WHERE status IN ($1, $2) \
+                     AND finished_at IS NOT NULL AND finished_at < $3",
+                )
+                .bind(JobStatus::Succeeded.as_str())
+                .bind(JobStatus::Failed.as_str())
+                .bind(ts(before)),
+            )
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn jobs(&self, limit: u32) -> Result<Vec<Job>, DbError> {
         sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT $1"

@@ -520,6 +520,18 @@ impl WatchRepo for SqlRepo {
         found(done.rows_affected(), "delivery", &d.id.to_string())
     }
 
+    async fn prune_deliveries(&self, before: DateTime<Utc>) -> Result<u64, DbError> {
+        let done = self
+            .write_one(
+                format!("prune deliveries before {}", ts(before)),
+                sqlx::query("DELETE FROM deliveries WHERE state <> $1 AND created_at < $2")
+                    .bind(PENDING)
+                    .bind(ts(before)),
+            )
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn deliveries(&self, limit: u32) -> Result<Vec<Delivery>, DbError> {
         sqlx::query(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries ORDER BY id DESC LIMIT $1"

@@ -6,7 +6,7 @@ use standby_types::watch::{
 
 use super::SqlRepo;
 use super::testing::TestDb;
-use crate::{AlertQuery, DbError, EventQuery, WatchRepo};
+use crate::{AlertQuery, DbError, EventQuery, Repo, WatchRepo};
 
 fn at(secs: i64, nanos: u32) -> DateTime<Utc> {
     Utc.timestamp_opt(1_767_225_600 + secs, nanos).unwrap()
@@ -780,6 +780,58 @@ async fn watch_state_survives_reopen(db: TestDb) {
     );
 }
 
+/// Retention: finished jobs (with their runs) and done deliveries older
+/// than the cut are deleted; running jobs and pending deliveries are kept
+/// however old.
+async fn hardening_old_jobs_and_notifications_are_purged(repo: SqlRepo) {
+    use standby_types::model::JobStatus;
+    let ok = repo.create_job("protect", "gold").await.unwrap();
+    let bad = repo.create_job("restore", "pbx1").await.unwrap();
+    let running = repo.create_job("sync", "site2").await.unwrap();
+    repo.finish_job(ok.id, JobStatus::Succeeded, None, &json!(null))
+        .await
+        .unwrap();
+    repo.finish_job(bad.id, JobStatus::Failed, Some("no"), &json!(null))
+        .await
+        .unwrap();
+    repo.start_job(running.id).await.unwrap();
+    let soon = Utc::now() + chrono::Duration::seconds(5);
+    // Nothing finished a day ago.
+    let day_ago = Utc::now() - chrono::Duration::days(1);
+    assert_eq!(repo.prune_jobs(day_ago).await.unwrap(), 0);
+    assert_eq!(repo.prune_jobs(soon).await.unwrap(), 2);
+    let left: Vec<i64> = repo.jobs(100).await.unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(left, vec![running.id]);
+
+    let pending = repo
+        .insert_delivery("hook", "firing", &[], &json!({}), at(1, 0))
+        .await
+        .unwrap();
+    let mut done = repo
+        .insert_delivery("hook", "firing", &[], &json!({}), at(1, 0))
+        .await
+        .unwrap();
+    done.state = "delivered".into();
+    done.delivered_at = Some(Utc::now());
+    repo.update_delivery(&done).await.unwrap();
+    let mut gave_up = repo
+        .insert_delivery("mail", "resolved", &[], &json!({}), at(1, 0))
+        .await
+        .unwrap();
+    gave_up.state = "failed".into();
+    repo.update_delivery(&gave_up).await.unwrap();
+    assert_eq!(repo.prune_deliveries(day_ago).await.unwrap(), 0);
+    assert_eq!(repo.prune_deliveries(soon).await.unwrap(), 2);
+    let left: Vec<i64> = repo
+        .deliveries(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(left, vec![pending.id]);
+}
+
 on_both! {
     repo: [
         watch_repo_is_object_safe,
@@ -795,6 +847,7 @@ on_both! {
         open_incident_by_key_sees_only_open_ones,
         timeline_and_incident_alerts,
         deliveries_due_update_and_payload,
+        hardening_old_jobs_and_notifications_are_purged,
         missing_ids_are_not_found,
     ],
     db: [

@@ -258,14 +258,24 @@ pub(super) fn group_of<'a>(ctl: &Controller, run: &'a NewRun) -> Option<&'a str>
         .then_some(group)
 }
 
-/// A webhook call: the body must be signed (`X-Standby-Signature:
-/// sha256=HEX`, HMAC-SHA256 with the secret in the runbook's
-/// `secret_env`). The JSON body may hold `params`; it is
+/// Nonces of webhook calls accepted in the last five minutes, per
+/// runbook (one table per process: the leader serves webhooks).
+fn replays() -> &'static standby_notify::ReplayGuard {
+    static G: std::sync::OnceLock<standby_notify::ReplayGuard> = std::sync::OnceLock::new();
+    G.get_or_init(standby_notify::ReplayGuard::new)
+}
+
+/// A webhook call: the body must be signed with the secret in the
+/// runbook's `secret_env` (`X-Standby-Timestamp`, `X-Standby-Nonce`,
+/// `X-Standby-Signature: sha256=HEX` of HMAC-SHA256 over
+/// `"<timestamp>.<nonce>.<body>"`), the timestamp within five minutes of
+/// this controller's clock and the nonce not used before: a recorded call
+/// cannot be replayed. The JSON body may hold `params`; it is
 /// `trigger.body`.
 pub async fn on_webhook(
     ctl: &Arc<Controller>,
     name: &str,
-    signature: Option<&str>,
+    signed: standby_notify::Signed<'_>,
     body: &[u8],
 ) -> Result<i64, EngineError> {
     let l = ctl.runbooks.get(name)?;
@@ -280,11 +290,16 @@ pub async fn on_webhook(
             hook.secret_env
         ))
     })?;
-    let ok = signature.is_some_and(|s| standby_notify::verify(secret.as_bytes(), body, s));
-    if !ok {
+    if let Err(e) = replays().check(
+        name,
+        secret.as_bytes(),
+        signed,
+        body,
+        Utc::now().timestamp(),
+    ) {
+        tracing::warn!(runbook = name, error = %e, "webhook call refused");
         return Err(EngineError::BadRequest(format!(
-            "bad or missing {} header",
-            standby_notify::SIGNATURE_HEADER
+            "webhook of runbook {name} refused: {e}"
         )));
     }
     let value: Value = if body.is_empty() {

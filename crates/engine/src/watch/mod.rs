@@ -99,6 +99,41 @@ async fn evaluate_loop(ctl: Arc<Controller>) {
     }
 }
 
+/// Apply `[controller]`'s retentions: events, finished jobs (with their
+/// runs) and the notification log older than their setting are deleted.
+/// Read at each pass, so a reload applies.
+pub async fn prune(ctl: &Arc<Controller>) {
+    let c = ctl.cfg().controller.clone();
+    let before = |d: Duration| {
+        Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(1))
+    };
+    match ctl
+        .watch
+        .repo
+        .prune_events(before(c.events_retention))
+        .await
+    {
+        Ok(n) if n > 0 => tracing::info!("pruned {n} old event(s)"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("unable to prune events: {e}"),
+    }
+    match ctl.repo.prune_jobs(before(c.jobs_retention)).await {
+        Ok(n) if n > 0 => tracing::info!("pruned {n} old finished job(s)"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("unable to prune jobs: {e}"),
+    }
+    match ctl
+        .watch
+        .repo
+        .prune_deliveries(before(c.notifications_retention))
+        .await
+    {
+        Ok(n) if n > 0 => tracing::info!("pruned {n} old notification(s)"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("unable to prune notifications: {e}"),
+    }
+}
+
 async fn flush_loop(ctl: Arc<Controller>) {
     let mut tick = tokio::time::interval(FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -116,13 +151,7 @@ async fn flush_loop(ctl: Arc<Controller>) {
         }
         if last_prune.elapsed() > Duration::from_secs(600) {
             last_prune = std::time::Instant::now();
-            let keep = chrono::Duration::from_std(ctl.cfg().controller.events_retention)
-                .unwrap_or(chrono::Duration::days(1));
-            match ctl.watch.repo.prune_events(Utc::now() - keep).await {
-                Ok(n) if n > 0 => tracing::info!("pruned {n} old event(s)"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("unable to prune events: {e}"),
-            }
+            prune(&ctl).await;
         }
     }
 }

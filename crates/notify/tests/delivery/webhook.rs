@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use standby_notify::{deliver, verify};
+use standby_notify::{ReplayGuard, Signed, deliver, verify};
 use standby_types::watch::{Notification, ReceiverConfig};
 
 use crate::{free_port, notification};
@@ -24,6 +24,31 @@ struct Shared {
     status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
     got: Arc<Mutex<Vec<Received>>>,
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Whether the request is signed with `secret`, with a timestamp within
+/// five minutes and a nonce a fresh receiver accepts.
+fn checked(secret: &[u8], h: &HeaderMap, body: &[u8]) -> bool {
+    let signed = Signed {
+        timestamp: header(h, "x-standby-timestamp"),
+        nonce: header(h, "x-standby-nonce"),
+        signature: header(h, "x-standby-signature"),
+    };
+    ReplayGuard::new()
+        .check("hook", secret, signed, body, chrono::Utc::now().timestamp())
+        .is_ok()
+}
+
+/// Whether `sig` signs `body` under `secret` with the request's
+/// timestamp and nonce.
+fn signs(secret: &[u8], h: &HeaderMap, body: &[u8], sig: &str) -> bool {
+    let ts = header(h, "x-standby-timestamp").and_then(|t| t.parse().ok());
+    let nonce = header(h, "x-standby-nonce").unwrap_or("");
+    ts.is_some_and(|ts| verify(secret, ts, nonce, body, sig))
 }
 
 /// A webhook receiver on 127.0.0.1 that records requests and answers
@@ -45,13 +70,10 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Sta
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let signature_ok = s.secret.as_ref().map(|secret| {
-        let header = headers
-            .get("x-standby-signature")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        verify(secret, &body, header)
-    });
+    let signature_ok = s
+        .secret
+        .as_ref()
+        .map(|secret| checked(secret, &headers, &body));
     s.got.lock().unwrap().push(Received {
         headers,
         body,
@@ -136,12 +158,27 @@ async fn signed_delivery_arrives_once_with_json_and_headers() {
         format!("standby/{}", env!("CARGO_PKG_VERSION"))
     );
     assert_eq!(header("x-standby-delivery"), "41");
-    assert!(!verify(
+    assert!(!signs(
         b"topsecret\n",
+        &r.headers,
         &r.body,
         &header("x-standby-signature")
     ));
-    assert!(!verify(b"other", &r.body, &header("x-standby-signature")));
+    assert!(!signs(
+        b"other",
+        &r.headers,
+        &r.body,
+        &header("x-standby-signature")
+    ));
+    assert!(signs(
+        b"topsecret",
+        &r.headers,
+        &r.body,
+        &header("x-standby-signature")
+    ));
+    assert_eq!(header("x-standby-nonce").len(), 32);
+    let ts: i64 = header("x-standby-timestamp").parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - ts).abs() < 60);
     let sent: Notification = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(sent, n);
     let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();

@@ -294,7 +294,11 @@ async fn user_add(State(auth): Ctl, p: Principal, Json(req): Json<UserAdd>) -> A
     }
     let tenant = tenant_for(&auth, &p, req.tenant)?;
     let pw = req.password;
+    let slot = auth.login.argon2.enter().await.ok_or_else(|| {
+        ServerError::Busy("too many password hashes at once: try again in a second".into())
+    })?;
     let hash = tokio::task::spawn_blocking(move || super::hash_password(&pw)).await??;
+    drop(slot);
     let rec = UserRecord {
         name: req.name,
         password_hash: hash,
@@ -363,19 +367,70 @@ fn dummy_hash() -> &'static str {
     H.get_or_init(|| super::hash_password("not a password").unwrap_or_default())
 }
 
-async fn login(State(auth): Ctl, Form(f): Form<LoginForm>) -> Response {
+/// The client's IP address (the TCP peer, over plain HTTP or TLS;
+/// unspecified when the server runs without connection info, as in tests
+/// through `oneshot`).
+struct PeerIp(std::net::IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::extract::ConnectInfo;
+        let e = &parts.extensions;
+        let ip = e
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+            .or_else(|| {
+                e.get::<ConnectInfo<standby_tls::TlsPeer>>()
+                    .map(|c| c.0.addr.ip())
+            })
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        Ok(PeerIp(ip))
+    }
+}
+
+async fn login(State(auth): Ctl, PeerIp(ip): PeerIp, Form(f): Form<LoginForm>) -> Response {
     let next = local_next(f.next.as_deref());
+    let now = std::time::Instant::now();
+    if let Err(r) = auth.login.check(&f.username, ip, now) {
+        let secs = r.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+        let why = match r {
+            super::limit::Refusal::Account(_) => "this account",
+            super::limit::Refusal::Address(_) => "this address",
+        };
+        tracing::info!(user = %f.username, %ip, retry_after = secs, "login refused: too many failures of {why}");
+        return ServerError::TooManyRequests {
+            message: format!("too many failed logins from {why}: try again in {secs} s"),
+            retry_after: secs,
+        }
+        .into_response();
+    }
     let user = auth.repo.user(&f.username).await.ok();
     let hash = user
         .as_ref()
         .map(|u| u.password_hash.clone())
         .unwrap_or_else(|| dummy_hash().to_string());
     let pw = f.password;
+    let Some(_slot) = auth.login.argon2.enter().await else {
+        tracing::warn!(user = %f.username, %ip, "login refused: every password check slot is busy");
+        return ServerError::Busy("too many logins at once: try again in a second".into())
+            .into_response();
+    };
     let ok = tokio::task::spawn_blocking(move || super::verify_password(&pw, &hash))
         .await
         .unwrap_or(false);
+    drop(_slot);
+    if user.is_some() && ok {
+        auth.login.succeeded(&f.username, ip, now);
+    } else {
+        auth.login.failed(&f.username, ip, now);
+    }
     let Some(user) = user.filter(|_| ok) else {
-        tracing::info!(user = %f.username, "login refused");
+        tracing::info!(user = %f.username, %ip, "login refused");
         let q = serde_urlencoded::to_string([("error", "1"), ("next", next.as_str())])
             .unwrap_or_default();
         return Redirect::to(&format!("/login?{q}")).into_response();

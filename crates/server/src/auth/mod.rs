@@ -37,6 +37,7 @@
 //! logged.
 
 pub mod api;
+pub mod limit;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
@@ -321,6 +322,8 @@ pub struct Auth {
     /// Tokens' last use is recorded (not by a replica that does not lead:
     /// it writes nothing).
     touch: bool,
+    /// Failed logins per account and address, and the Argon2 gate.
+    pub login: limit::LoginGuard,
 }
 
 impl Auth {
@@ -346,6 +349,7 @@ impl Auth {
             secure: cfg.controller.tls_cert.is_some(),
             tenants: cfg.tenants.keys().cloned().collect(),
             touch: true,
+            login: limit::LoginGuard::new(limit::Policy::default()),
         };
         auth.bootstrap(&cfg.controller.data_dir).await?;
         Ok(auth)
@@ -362,6 +366,7 @@ impl Auth {
             secure: cfg.controller.tls_cert.is_some(),
             tenants: cfg.tenants.keys().cloned().collect(),
             touch: false,
+            login: limit::LoginGuard::new(limit::Policy::default()),
         }
     }
 

@@ -40,6 +40,14 @@ pub struct Controller {
     /// How long events are kept.
     #[serde(default = "default_events_retention", with = "duration_str")]
     pub events_retention: Duration,
+    /// How long finished jobs (with their runbook runs and steps) are kept
+    /// after they finish; queued and running ones are always kept.
+    #[serde(default = "default_jobs_retention", with = "duration_str")]
+    pub jobs_retention: Duration,
+    /// How long the notification log (deliveries done or given up) is
+    /// kept; pending deliveries are always kept.
+    #[serde(default = "default_notifications_retention", with = "duration_str")]
+    pub notifications_retention: Duration,
     /// Runbook files, or directories of `*.yaml` runbooks, read in
     /// addition to the built-in runbooks; a runbook with a built-in's name
     /// replaces it.
@@ -162,6 +170,8 @@ impl Default for Controller {
             rules: Vec::new(),
             builtin_rules: true,
             events_retention: default_events_retention(),
+            jobs_retention: default_jobs_retention(),
+            notifications_retention: default_notifications_retention(),
             runbooks: Vec::new(),
             tls_cert: None,
             tls_key: None,
@@ -176,6 +186,14 @@ impl Default for Controller {
 
 fn default_events_retention() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+
+fn default_jobs_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+fn default_notifications_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 
 fn default_listen() -> String {

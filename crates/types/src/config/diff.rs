@@ -28,7 +28,13 @@ pub const RELOADABLE: &[&str] = &[
 ];
 
 /// The fields of `[controller]` a reload applies.
-pub const RELOADABLE_CONTROLLER: &[&str] = &["rules", "builtin_rules", "events_retention"];
+pub const RELOADABLE_CONTROLLER: &[&str] = &[
+    "rules",
+    "builtin_rules",
+    "events_retention",
+    "jobs_retention",
+    "notifications_retention",
+];
 
 /// Why a change to `section` needs a controller restart, or None when a
 /// reload applies it.

@@ -64,7 +64,9 @@ pub use plans::{Plan, PlanPlace, Tier, TierStart};
 pub use probes::ProbeConfig;
 pub use redact::{redacted, url_redacted};
 pub use root::Config;
-pub use services::{Protocol, ServiceConfig, ServiceProbe};
+pub use services::{
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FLOWS, Protocol, ServiceConfig, ServiceProbe,
+};
 pub use sites::{AgentConfig, DriverKind, Host, Site};
 pub(crate) use units::duration_str;
 pub use units::{ByteSize, MAX_DURATION, Schedule, parse_duration, within_limit};

@@ -32,6 +32,18 @@ pub struct ServiceConfig {
     /// without a datagram either way.
     #[serde(default = "default_idle_timeout", with = "duration_str")]
     pub idle_timeout: Duration,
+    /// At most this many UDP flows (client addresses) at once; a new
+    /// client beyond it takes the place of the least recently active one.
+    #[serde(default = "default_max_flows")]
+    pub max_flows: usize,
+    /// At most this many TCP connections open at once; a client beyond it
+    /// is refused (closed at once, counted in `connections_refused`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A TCP connection is closed after this long without a byte either
+    /// way.
+    #[serde(default = "default_tcp_idle_timeout", with = "duration_str")]
+    pub tcp_idle_timeout: Duration,
     /// The tenant that owns the service (default: its VM's).
     #[serde(default)]
     pub tenant: Option<String>,
@@ -83,6 +95,23 @@ fn default_protocols() -> Vec<Protocol> {
 
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
+}
+
+/// Default of `[services.NAME] max_flows`.
+pub const DEFAULT_MAX_FLOWS: usize = 65_536;
+/// Default of `[services.NAME] max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
+
+fn default_max_flows() -> usize {
+    DEFAULT_MAX_FLOWS
+}
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+
+fn default_tcp_idle_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 impl ServiceConfig {
@@ -166,6 +195,23 @@ impl ServiceConfig {
             return Err((
                 f(&["idle_timeout"]),
                 "an idle timeout below 1s would cut off flows between two datagrams".into(),
+            ));
+        }
+        if self.tcp_idle_timeout < Duration::from_secs(1) {
+            return Err((
+                f(&["tcp_idle_timeout"]),
+                "an idle timeout below 1s would cut off connections between two writes".into(),
+            ));
+        }
+        if self.max_flows == 0 || self.max_connections == 0 {
+            let field = if self.max_flows == 0 {
+                "max_flows"
+            } else {
+                "max_connections"
+            };
+            return Err((
+                f(&[field]),
+                "at least 1 (0 would refuse every client)".into(),
             ));
         }
         Ok(())
