@@ -650,7 +650,7 @@ async fn guest_thaw(mut qga: Qga) {
 }
 
 /// The `present` extents of `qemu-img map --output=json`, merged.
-fn parse_map(out: &[u8]) -> Result<Vec<Range<u64>>, String> {
+pub fn parse_map(out: &[u8]) -> Result<Vec<Range<u64>>, String> {
     let v: Value = serde_json::from_slice(out).map_err(|e| e.to_string())?;
     let extents = v.as_array().ok_or("not a JSON array")?;
     let mut ranges: Vec<Range<u64>> = Vec::new();
