@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn real_objects_pass_the_fuzz_entry_points() {
         let seeds = std::env::var_os("STANDBY_FUZZ_SEEDS").map(PathBuf::from);
-        let mut seed = |target: &str, name: &str, bytes: &[u8]| {
+        let seed = |target: &str, name: &str, bytes: &[u8]| {
             if let Some(dir) = &seeds {
                 fs::create_dir_all(dir.join(target)).unwrap();
                 fs::write(dir.join(target).join(name), bytes).unwrap();
