@@ -7,7 +7,9 @@
 
 use std::sync::OnceLock;
 
-use standby_types::api::{GcRequest, GroupSpec, PruneRequest, RestoreRequest, ShutdownRequest, SyncRequest};
+use standby_types::api::{
+    GcRequest, GroupSpec, PruneRequest, RestoreRequest, ShutdownRequest, SyncRequest,
+};
 use standby_types::config::Config;
 
 fn base() -> &'static Config {

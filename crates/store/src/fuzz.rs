@@ -233,7 +233,11 @@ mod tests {
         // Blobs sealed with the entry points' own keys, so the seal opens.
         let crypto = crypto();
         for (kind, name, data) in [
-            (BlobKind::Data, "sealed-data", &b"a small sealed data chunk"[..]),
+            (
+                BlobKind::Data,
+                "sealed-data",
+                &b"a small sealed data chunk"[..],
+            ),
             (BlobKind::Index, "sealed-index", &[0x11u8; 64][..]),
         ] {
             let id = crypto.hash(data);
