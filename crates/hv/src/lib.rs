@@ -13,6 +13,7 @@
 //!   forwards) and controlled over QMP. Live points: dirty bitmaps and
 //!   backup jobs into scratch images, guest-agent fsfreeze (see its docs).
 //! - [`qga`]: the minimal guest-agent client (sync, fsfreeze, deadlines).
+//! - [`line`]: reading one reply line of QMP or the guest agent, bounded.
 //! - [`qmp`]: the thin async QMP client the qemu driver uses (id-matched
 //!   commands, event stream, timeouts, raw escape hatch).
 //! - Planned: `libvirt` (behind a cargo feature).
@@ -53,6 +54,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod line;
 pub mod process;
 pub mod qemu;
 pub mod qga;
@@ -357,6 +359,8 @@ pub enum HvError {
     QmpClosed { socket: PathBuf },
     #[error("qmp protocol error on {}: {detail}", socket.display())]
     QmpProtocol { socket: PathBuf, detail: String },
+    #[error("qmp reply on {} is longer than {limit} bytes; connection closed", socket.display())]
+    QmpTooLong { socket: PathBuf, limit: usize },
     #[error("vm '{vm}' failed to start: {detail}")]
     StartFailed { vm: String, detail: String },
     #[error("{program} failed for vm '{vm}': {detail}")]
@@ -395,6 +399,7 @@ impl HvError {
             | HvError::Unsupported { .. }
             | HvError::QmpCommand { .. }
             | HvError::QmpProtocol { .. }
+            | HvError::QmpTooLong { .. }
             | HvError::StartFailed { .. }
             | HvError::Tool { .. }
             | HvError::InvalidSpec { .. } => false,

@@ -9,15 +9,20 @@
 //! silence: every exchange is bounded by a deadline, and a session first
 //! syncs (`guest-sync` with a fresh id) so a stale answer left in the
 //! channel by an earlier, timed-out session is never taken for ours.
+//! A reply line is read up to [`MAX_REPLY_LINE`] bytes: the guest writes
+//! it, and a longer one is refused ([`QgaError::TooLong`]), never buffered.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
+
+pub use crate::line::MAX_REPLY_LINE;
+use crate::line::{self, LineError};
 
 /// Why the agent could not do what was asked; the text ends up on the
 /// point's consistency label, so it says what happened in a few words.
@@ -31,10 +36,29 @@ pub enum QgaError {
     Refused { command: String, desc: String },
     #[error("guest agent channel broke during '{command}': {detail}")]
     Io { command: String, detail: String },
+    #[error("guest agent reply to '{command}' on {} is longer than {limit} bytes", socket.display())]
+    TooLong {
+        socket: PathBuf,
+        command: String,
+        limit: usize,
+    },
+}
+
+/// A reply line of the agent: the object when it is an answer (`return`
+/// or `error`), `None` for anything else (blank, noise, not JSON). The
+/// 0xff that precedes the answer to `guest-sync-delimited` is skipped.
+pub fn parse_reply(line: &[u8]) -> Option<Value> {
+    let text = line.trim_ascii();
+    let text = &text[text.iter().take_while(|&&b| b == 0xff).count()..];
+    match serde_json::from_slice::<Value>(text.trim_ascii()) {
+        Ok(v) if v.get("return").is_some() || v.get("error").is_some() => Some(v),
+        _ => None,
+    }
 }
 
 /// One session with the guest agent.
 pub struct Qga {
+    socket: PathBuf,
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
 }
@@ -54,6 +78,7 @@ impl Qga {
             })?;
         let (read, writer) = stream.into_split();
         let mut qga = Qga {
+            socket: socket.to_owned(),
             reader: BufReader::new(read),
             writer,
         };
@@ -84,7 +109,11 @@ impl Qga {
         if let Some(err) = v.get("error") {
             return Err(QgaError::Refused {
                 command: command.into(),
-                desc: err["desc"].as_str().unwrap_or("unknown error").to_owned(),
+                desc: err
+                    .get("desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error")
+                    .to_owned(),
             });
         }
         Ok(v.get("return").cloned().unwrap_or(Value::Null))
@@ -117,32 +146,41 @@ impl Qga {
 
     async fn receive(&mut self, command: &str, deadline: Instant) -> Result<Value, QgaError> {
         let started = Instant::now();
+        let mut buf = Vec::new();
         loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout_at(deadline, self.reader.read_line(&mut line))
-                .await
-                .map_err(|_| QgaError::Timeout {
-                    command: command.into(),
-                    waited: started.elapsed(),
-                })?
-                .map_err(|e| QgaError::Io {
-                    command: command.into(),
-                    detail: e.to_string(),
-                })?;
-            if n == 0 {
-                return Err(QgaError::Io {
-                    command: command.into(),
-                    detail: "channel closed".into(),
-                });
+            let got = tokio::time::timeout_at(
+                deadline,
+                line::read_line(&mut self.reader, &mut buf, MAX_REPLY_LINE),
+            )
+            .await
+            .map_err(|_| QgaError::Timeout {
+                command: command.into(),
+                waited: started.elapsed(),
+            })?;
+            match got {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(QgaError::Io {
+                        command: command.into(),
+                        detail: "channel closed".into(),
+                    });
+                }
+                Err(LineError::TooLong { limit }) => {
+                    return Err(QgaError::TooLong {
+                        socket: self.socket.clone(),
+                        command: command.into(),
+                        limit,
+                    });
+                }
+                Err(LineError::Io(e)) => {
+                    return Err(QgaError::Io {
+                        command: command.into(),
+                        detail: e.to_string(),
+                    });
+                }
             }
-            // The agent may prefix a sync answer with 0xff; skip blanks.
-            let text = line.trim_matches(|c: char| c.is_whitespace() || c == '\u{ff}');
-            if text.is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Value>(text) {
-                Ok(v) if v.get("return").is_some() || v.get("error").is_some() => return Ok(v),
-                _ => continue,
+            if let Some(v) = parse_reply(&buf) {
+                return Ok(v);
             }
         }
     }
@@ -151,6 +189,7 @@ impl Qga {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncBufReadExt;
     use tokio::net::UnixListener;
 
     /// A fake agent: answers guest-sync after a stale line, then freeze.
@@ -209,5 +248,57 @@ mod tests {
             .unwrap();
         assert!(matches!(err, QgaError::Timeout { .. }), "{err}");
         assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    /// A guest that sends a reply line without end: refused at the limit
+    /// with an error naming the socket and the limit (the line was read
+    /// whole, without a bound, before).
+    #[tokio::test]
+    async fn hardening_guest_agent_reply_line_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.qga");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            let line = lines.next_line().await.unwrap().unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let sync = format!("{{\"return\": {}}}\n", v["arguments"]["id"]);
+            w.write_all(sync.as_bytes()).await.unwrap();
+            lines.next_line().await.unwrap().unwrap();
+            // 2 MiB of one JSON string, no newline; the client may hang
+            // up before it is all sent.
+            let _ = w.write_all(b"{\"return\": \"").await;
+            let _ = w.write_all(&vec![b'a'; 2 << 20]).await;
+            // Hold the connection: the client must not wait for a newline.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let mut qga = Qga::connect(&path, deadline).await.unwrap();
+        let err = qga
+            .execute("guest-fsfreeze-freeze", Value::Null, deadline)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, QgaError::TooLong { limit, .. } if limit == MAX_REPLY_LINE),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("1048576 bytes"), "{text}");
+        server.abort();
+    }
+
+    #[test]
+    fn replies_are_answers_only() {
+        assert_eq!(
+            parse_reply(b"\xff{\"return\": 7}\r"),
+            Some(json!({"return": 7}))
+        );
+        assert_eq!(parse_reply(b"{\"error\": {}}"), Some(json!({"error": {}})));
+        assert_eq!(parse_reply(b"{\"event\": 1}"), None);
+        assert_eq!(parse_reply(b"\xff\xfe"), None);
+        assert_eq!(parse_reply(b""), None);
     }
 }

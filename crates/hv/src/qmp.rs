@@ -10,7 +10,9 @@
 //! One reader task owns the read half: answers go to the caller waiting on
 //! their id (so concurrent callers are fine), events to a broadcast channel.
 //! Every call has a timeout; when the socket closes (QEMU exited), pending
-//! and later calls fail with [`HvError::QmpClosed`].
+//! and later calls fail with [`HvError::QmpClosed`]. A line is read up to
+//! [`MAX_REPLY_LINE`] bytes: a longer one ends the connection, pending
+//! calls failing with [`HvError::QmpTooLong`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,12 +22,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::HvError;
+pub use crate::line::MAX_REPLY_LINE;
+use crate::line::{self, LineError};
 
 /// Default timeout of a QMP call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,7 +52,69 @@ pub struct QmpStatus {
     pub status: String,
 }
 
-type Answer = Result<Value, (String, String)>;
+/// One message from the server, as [`parse_message`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Event(QmpEvent),
+    /// The answer to call `id`: its `return` value, or the error's class
+    /// and description.
+    Answer {
+        id: u64,
+        answer: Result<Value, (String, String)>,
+    },
+    /// Not JSON, or neither an event nor an answer with an id.
+    Ignored,
+}
+
+/// Read one line from the server (no newline).
+pub fn parse_message(line: &[u8]) -> Message {
+    let Ok(msg) = serde_json::from_slice::<Value>(line) else {
+        return Message::Ignored;
+    };
+    if let Some(event) = msg.get("event").and_then(Value::as_str) {
+        let ts = msg.get("timestamp");
+        let field = |k: &str| ts.and_then(|t| t.get(k)).and_then(Value::as_i64);
+        return Message::Event(QmpEvent {
+            event: event.to_owned(),
+            data: msg.get("data").cloned().unwrap_or(Value::Null),
+            timestamp: (
+                field("seconds").unwrap_or(0),
+                field("microseconds").unwrap_or(0),
+            ),
+        });
+    }
+    let Some(id) = msg.get("id").and_then(Value::as_u64) else {
+        return Message::Ignored;
+    };
+    let answer = if let Some(r) = msg.get("return") {
+        Ok(r.clone())
+    } else {
+        let err = msg.get("error");
+        let s = |k: &str| {
+            err.and_then(|e| e.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned()
+        };
+        Err((s("class"), s("desc")))
+    };
+    Message::Answer { id, answer }
+}
+
+/// The `version` of a greeting line.
+pub fn parse_greeting(line: &[u8]) -> Result<Value, String> {
+    let greeting: Value = serde_json::from_slice(line).map_err(|e| format!("bad greeting: {e}"))?;
+    greeting
+        .get("QMP")
+        .and_then(|q| q.get("version"))
+        .cloned()
+        .ok_or_else(|| format!("not a QMP greeting: {greeting:.200}"))
+}
+
+/// What a waiting caller gets: the answer, or the reply line that ended
+/// the connection was too long.
+type Answer = Result<Result<Value, (String, String)>, TooLong>;
+struct TooLong;
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Answer>>>>;
 
 struct Inner {
@@ -105,38 +171,44 @@ impl Qmp {
             })?
             .map_err(io("connect to"))?;
         let (read, write) = stream.into_split();
-        let mut lines = BufReader::new(read).lines();
-        let greeting = tokio::time::timeout(timeout, lines.next_line())
-            .await
-            .map_err(|_| HvError::QmpTimeout {
-                socket: socket.to_owned(),
-                command: "greeting".into(),
-                waited: timeout,
-            })?
-            .map_err(io("read the greeting from"))?
-            .ok_or_else(|| HvError::QmpClosed {
-                socket: socket.to_owned(),
-            })?;
-        let greeting: Value =
-            serde_json::from_str(&greeting).map_err(|e| HvError::QmpProtocol {
-                socket: socket.to_owned(),
-                detail: format!("bad greeting: {e}"),
-            })?;
-        let version = greeting
-            .get("QMP")
-            .and_then(|q| q.get("version"))
-            .cloned()
-            .ok_or_else(|| HvError::QmpProtocol {
-                socket: socket.to_owned(),
-                detail: format!("not a QMP greeting: {greeting}"),
-            })?;
+        let mut reader = BufReader::new(read);
+        let mut buf = Vec::new();
+        let got = tokio::time::timeout(
+            timeout,
+            line::read_line(&mut reader, &mut buf, MAX_REPLY_LINE),
+        )
+        .await
+        .map_err(|_| HvError::QmpTimeout {
+            socket: socket.to_owned(),
+            command: "greeting".into(),
+            waited: timeout,
+        })?;
+        match got {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(HvError::QmpClosed {
+                    socket: socket.to_owned(),
+                });
+            }
+            Err(LineError::TooLong { limit }) => {
+                return Err(HvError::QmpTooLong {
+                    socket: socket.to_owned(),
+                    limit,
+                });
+            }
+            Err(LineError::Io(e)) => return Err(io("read the greeting from")(e)),
+        }
+        let version = parse_greeting(&buf).map_err(|detail| HvError::QmpProtocol {
+            socket: socket.to_owned(),
+            detail,
+        })?;
 
         let pending: Pending = Arc::default();
         let (events, _) = broadcast::channel(256);
         let (closed_tx, closed) = watch::channel(false);
         let reader = tokio::spawn(read_loop(
             socket.to_owned(),
-            lines,
+            reader,
             pending.clone(),
             events.clone(),
             closed_tx,
@@ -224,8 +296,12 @@ impl Qmp {
                     })?;
             }
             match rx.await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err((class, desc))) => Err(HvError::QmpCommand {
+                Ok(Ok(Ok(v))) => Ok(v),
+                Ok(Err(TooLong)) => Err(HvError::QmpTooLong {
+                    socket: inner.socket.clone(),
+                    limit: MAX_REPLY_LINE,
+                }),
+                Ok(Ok(Err((class, desc)))) => Err(HvError::QmpCommand {
                     socket: inner.socket.clone(),
                     command: command.to_owned(),
                     class,
@@ -288,72 +364,59 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 async fn read_loop(
     socket: PathBuf,
-    mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    mut reader: BufReader<OwnedReadHalf>,
     pending: Pending,
     events: broadcast::Sender<QmpEvent>,
     closed: watch::Sender<bool>,
 ) {
+    let mut buf = Vec::new();
+    let mut too_long = false;
     loop {
-        let line = match lines.next_line().await {
-            Ok(Some(l)) => l,
-            Ok(None) => break,
-            Err(e) => {
+        match line::read_line(&mut reader, &mut buf, MAX_REPLY_LINE).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(LineError::TooLong { limit }) => {
+                tracing::warn!(socket = %socket.display(), limit, "qmp reply line too long, closing");
+                too_long = true;
+                break;
+            }
+            Err(LineError::Io(e)) => {
                 tracing::debug!(socket = %socket.display(), error = %e, "qmp read failed");
                 break;
             }
-        };
-        if line.trim().is_empty() {
+        }
+        if buf.trim_ascii().is_empty() {
             continue;
         }
-        let msg: Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(socket = %socket.display(), error = %e, "ignoring a bad qmp message");
-                continue;
+        match parse_message(&buf) {
+            Message::Event(event) => {
+                let _ = events.send(event);
             }
-        };
-        if let Some(event) = msg.get("event").and_then(Value::as_str) {
-            let ts = msg.get("timestamp");
-            let field = |k: &str| ts.and_then(|t| t.get(k)).and_then(Value::as_i64);
-            let _ = events.send(QmpEvent {
-                event: event.to_owned(),
-                data: msg.get("data").cloned().unwrap_or(Value::Null),
-                timestamp: (
-                    field("seconds").unwrap_or(0),
-                    field("microseconds").unwrap_or(0),
-                ),
-            });
-            continue;
-        }
-        let Some(id) = msg.get("id").and_then(Value::as_u64) else {
-            tracing::debug!(socket = %socket.display(), %msg, "qmp answer without id");
-            continue;
-        };
-        let answer = if let Some(r) = msg.get("return") {
-            Ok(r.clone())
-        } else {
-            let err = msg.get("error");
-            let s = |k: &str| {
-                err.and_then(|e| e.get(k))
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_owned()
-            };
-            Err((s("class"), s("desc")))
-        };
-        if let Some(tx) = lock(&pending).remove(&id) {
-            let _ = tx.send(answer);
+            Message::Answer { id, answer } => {
+                if let Some(tx) = lock(&pending).remove(&id) {
+                    let _ = tx.send(Ok(answer));
+                }
+            }
+            Message::Ignored => {
+                tracing::debug!(socket = %socket.display(), line = %String::from_utf8_lossy(&buf[..buf.len().min(200)]), "ignoring a qmp message");
+            }
         }
     }
     // Mark closed first, then fail every waiting caller now rather than at
     // its timeout: a call registered after the clear sees the flag.
     let _ = closed.send(true);
-    lock(&pending).clear();
+    let waiting: Vec<_> = lock(&pending).drain().collect();
+    if too_long {
+        for (_, tx) in waiting {
+            let _ = tx.send(Err(TooLong));
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncBufReadExt;
     use tokio::net::UnixListener;
 
     /// A fake QMP server: greeting, then answers by script. `stop` answers
@@ -449,5 +512,63 @@ mod tests {
         server.await.unwrap();
         assert!(qmp.is_closed());
         assert!(matches!(qmp.cont().await, Err(HvError::QmpClosed { .. })));
+    }
+
+    /// QEMU (or a guest feeding it) sends an answer line without end: the
+    /// waiting call fails at the limit with an error naming the socket and
+    /// the limit, and the connection is closed (it waited for a newline
+    /// without a bound before, buffering all of it).
+    #[tokio::test]
+    async fn hardening_qmp_reply_line_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.qmp");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            write
+                .write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"major\": 7}}, \"capabilities\": []}}\r\n")
+                .await
+                .unwrap();
+            let mut lines = BufReader::new(read).lines();
+            let line = lines.next_line().await.unwrap().unwrap();
+            let id = serde_json::from_str::<Value>(&line).unwrap()["id"].clone();
+            let ok = json!({"return": {}, "id": id}).to_string() + "\r\n";
+            write.write_all(ok.as_bytes()).await.unwrap();
+            lines.next_line().await.unwrap().unwrap();
+            let _ = write.write_all(b"{\"return\": \"").await;
+            let _ = write.write_all(&vec![b'a'; 2 << 20]).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let qmp = Qmp::connect(&path, Duration::from_secs(4)).await.unwrap();
+        let err = qmp.query_status().await.unwrap_err();
+        assert!(
+            matches!(err, HvError::QmpTooLong { limit, .. } if limit == MAX_REPLY_LINE),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("1048576 bytes"), "{text}");
+        assert!(qmp.is_closed());
+        server.abort();
+    }
+
+    #[test]
+    fn messages_parse_or_are_ignored() {
+        assert_eq!(
+            parse_message(br#"{"return": {"a": 1}, "id": 4}"#),
+            Message::Answer {
+                id: 4,
+                answer: Ok(json!({"a": 1}))
+            }
+        );
+        assert!(matches!(
+            parse_message(br#"{"event": "STOP", "timestamp": {"seconds": 1}}"#),
+            Message::Event(QmpEvent { ref event, timestamp: (1, 0), .. }) if event == "STOP"
+        ));
+        assert_eq!(parse_message(br#"{"return": 1}"#), Message::Ignored);
+        assert_eq!(parse_message(b"\xff"), Message::Ignored);
+        assert!(parse_greeting(br#"{"QMP": {"version": {}}}"#).is_ok());
+        assert!(parse_greeting(b"[]").is_err());
     }
 }

@@ -211,27 +211,29 @@ async fn sip_options(target: &str) -> Result<String, String> {
     let mut buf = vec![0u8; 65536];
     loop {
         let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
-        let msg = String::from_utf8_lossy(&buf[..n]);
-        let status_line = msg.split("\r\n").next().unwrap_or("").to_owned();
-        let Some(code) = status_line
-            .strip_prefix("SIP/2.0 ")
-            .and_then(|r| r.get(..3))
-            .and_then(|c| c.parse::<u16>().ok())
-        else {
-            continue; // not a response
-        };
-        if sip_header(&msg, "Call-ID", "i") != Some(call_id.as_str()) {
-            continue;
+        match sip_reply(&buf[..n], &call_id) {
+            // Not a response, another call's, or provisional.
+            None => continue,
+            Some((200, status_line)) => return Ok(status_line),
+            Some((_, status_line)) => return Err(status_line),
         }
-        if code < 200 {
-            continue; // provisional
-        }
-        return if code == 200 {
-            Ok(status_line)
-        } else {
-            Err(status_line)
-        };
     }
+}
+
+/// A datagram read as the answer to the OPTIONS of `call_id`: its code
+/// and status line when it is a final response (200–699) to that call,
+/// `None` for anything else (not SIP, another call's, provisional).
+pub fn sip_reply(datagram: &[u8], call_id: &str) -> Option<(u16, String)> {
+    let msg = String::from_utf8_lossy(datagram);
+    let status_line = msg.split("\r\n").next().unwrap_or("");
+    let code = status_line
+        .strip_prefix("SIP/2.0 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse::<u16>().ok())?;
+    if sip_header(&msg, "Call-ID", "i") != Some(call_id) || code < 200 {
+        return None;
+    }
+    Some((code, status_line.to_owned()))
 }
 
 /// Runs a probe from inside network namespace `netns` (a name under
@@ -281,5 +283,23 @@ mod tests {
         let m = "SIP/2.0 200 OK\r\ncall-id:  def\r\n\r\n";
         assert_eq!(sip_header(m, "Call-ID", "i"), Some("def"));
         assert_eq!(sip_header(m, "CSeq", "cseq"), None);
+    }
+
+    #[test]
+    fn sip_replies_final_for_our_call_only() {
+        let ok = b"SIP/2.0 200 OK\r\nCall-ID: c1\r\n\r\n";
+        assert_eq!(sip_reply(ok, "c1"), Some((200, "SIP/2.0 200 OK".into())));
+        assert_eq!(sip_reply(ok, "c2"), None);
+        assert_eq!(
+            sip_reply(b"SIP/2.0 100 Trying\r\ni: c1\r\n\r\n", "c1"),
+            None
+        );
+        let busy = b"SIP/2.0 486 Busy Here\r\ni: c1\r\n\r\n";
+        assert_eq!(sip_reply(busy, "c1").map(|r| r.0), Some(486));
+        assert_eq!(
+            sip_reply(b"OPTIONS sip:x SIP/2.0\r\ni: c1\r\n\r\n", "c1"),
+            None
+        );
+        assert_eq!(sip_reply(b"SIP/2.0 2\xc3\xa9 \r\ni: c1\r\n", "c1"), None);
     }
 }

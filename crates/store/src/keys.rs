@@ -329,6 +329,32 @@ fn try_open(bytes: &[u8], path: &str, source: &KeySource) -> Result<MasterKeys, 
     MasterKeys::from_bytes(&plain).ok_or(Miss::NotThisKey)
 }
 
+/// For the fuzz target (see [`crate::fuzz`]): `bytes` read as the key
+/// object it names, then once more with its checksum made right, so the
+/// checks after it are reached too. A passphrase opens objects of a small
+/// Argon2id cost; a larger cost is checked but never run.
+pub(crate) fn fuzz_open(bytes: &[u8]) -> Option<bool> {
+    let source = |kdf: &Kdf| match kdf {
+        Kdf::Argon2id {
+            memory_kib,
+            iterations,
+            ..
+        } if u64::from(*memory_kib) * u64::from(*iterations) <= 256 => {
+            KeySource::Passphrase("fuzz".into())
+        }
+        _ => KeySource::File(PathBuf::from("/nonexistent/standby-fuzz.key")),
+    };
+    let Ok(mut object) = serde_json::from_slice::<KeyObject>(bytes) else {
+        let _ = try_open(bytes, "keys/0.json", &KeySource::Passphrase("fuzz".into()));
+        return None;
+    };
+    let source = source(&object.kdf);
+    let _ = try_open(bytes, &object.path(), &source);
+    object.checksum = object.compute_checksum();
+    let fixed = serde_json::to_vec(&object).ok()?;
+    Some(try_open(&fixed, &object.path(), &source).is_ok())
+}
+
 /// Open the master keys of the datastore behind `backend` with `source`:
 /// the first key object that opens with it and whose keys pass the
 /// marker's `key_check`.

@@ -127,7 +127,9 @@
 //!   `packer`, `writer` ([`Datastore::begin_point`]), `gc`, `prune`,
 //!   `upgrade` (format 1 to 2),
 //!   `restore`, `verify`, `reencode`, `sync`, [`transfer`] (a copy to a
-//!   store open elsewhere, through a [`transfer::PointReceiver`]).
+//!   store open elsewhere, through a [`transfer::PointReceiver`]);
+//! - `fuzz`: the entry points of the fuzz targets in `fuzz/` (hidden, not
+//!   an API).
 //!
 //! All I/O on the store goes through [`backend::Backend`]; a datastore
 //! opens on any backend with [`Datastore::open_on`] and friends. Restore,
@@ -142,6 +144,8 @@ pub mod chunk;
 pub mod crypto;
 mod datastore;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod gc;
 pub mod index;
 pub mod keys;

@@ -132,6 +132,23 @@ pub struct ShutdownRequest {
     pub timeout_secs: Option<u64>,
 }
 
+impl GroupSpec {
+    /// The group a request body makes (`POST`/`PUT /api/v1/groups/{name}`):
+    /// read as a specification (unknown fields refused), then as
+    /// `[groups.NAME]` reads it, so every field means and is checked the
+    /// same. The error says what is wrong, for a 400.
+    pub fn group_from_json(body: &[u8]) -> Result<crate::config::Group, String> {
+        let spec: GroupSpec =
+            serde_json::from_slice(body).map_err(|e| format!("not a group specification: {e}"))?;
+        let mut v =
+            serde_json::to_value(&spec).map_err(|e| format!("group specification as JSON: {e}"))?;
+        if let Some(m) = v.as_object_mut() {
+            m.retain(|_, x| !x.is_null());
+        }
+        serde_json::from_value(v).map_err(|e| format!("group specification: {e}"))
+    }
+}
+
 /// A service behind the front door (`GET /api/v1/services`).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceView {

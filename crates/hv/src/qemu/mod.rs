@@ -113,6 +113,9 @@ mod spec;
 pub use cmdline::{command_line, kvm_usable};
 pub use driver::QemuDriver;
 pub use points::FREEZE_TIMEOUT;
+/// For the fuzz target of QMP and tool replies (not an API).
+#[doc(hidden)]
+pub use points::parse_map;
 pub use spec::{Accel, DiskFormat, Machine, PortForward, Protocol, QemuSpec};
 
 #[async_trait]

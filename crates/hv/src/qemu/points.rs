@@ -650,7 +650,7 @@ async fn guest_thaw(mut qga: Qga) {
 }
 
 /// The `present` extents of `qemu-img map --output=json`, merged.
-fn parse_map(out: &[u8]) -> Result<Vec<Range<u64>>, String> {
+pub fn parse_map(out: &[u8]) -> Result<Vec<Range<u64>>, String> {
     let v: Value = serde_json::from_slice(out).map_err(|e| e.to_string())?;
     let extents = v.as_array().ok_or("not a JSON array")?;
     let mut ranges: Vec<Range<u64>> = Vec::new();
@@ -666,9 +666,14 @@ fn parse_map(out: &[u8]) -> Result<Vec<Range<u64>>, String> {
         if !present || len == 0 {
             continue;
         }
+        // qemu-img reads the image's own metadata: an extent past 2^64
+        // is damage, not a range to add up.
+        let end = start
+            .checked_add(len)
+            .ok_or_else(|| format!("extent at {start} of {len} bytes ends beyond 2^64"))?;
         match ranges.last_mut() {
-            Some(last) if last.end == start => last.end = start + len,
-            _ => ranges.push(start..start + len),
+            Some(last) if last.end == start => last.end = end,
+            _ => ranges.push(start..end),
         }
     }
     Ok(ranges)
@@ -791,5 +796,18 @@ mod tests {
         );
         assert!(parse_map(br#"[{"start": 0, "length": 5, "zero": true}]"#).is_err());
         assert!(parse_map(b"nope").is_err());
+    }
+
+    /// Found with the `qmp` fuzz target's `qemu-img map` path: an extent
+    /// whose end passes 2^64 overflowed (a panic in debug builds, a
+    /// wrapped, reversed range in release); now it is an error.
+    #[test]
+    fn hardening_qemu_img_map_extent_past_2_64_is_an_error() {
+        let out = br#"[{"start": 18446744073709551615, "length": 1, "present": true}]"#;
+        let err = parse_map(out).unwrap_err();
+        assert!(err.contains("beyond 2^64"), "{err}");
+        let out = br#"[{"start": 0, "length": 65536, "present": true},
+{"start": 65536, "length": 18446744073709551615, "present": true}]"#;
+        assert!(parse_map(out).is_err());
     }
 }

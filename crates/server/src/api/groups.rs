@@ -43,15 +43,7 @@ async fn read_spec(body: axum::body::Body) -> Result<Group, ServerError> {
     let bytes = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| ServerError::TooLarge(format!("a group is at most {MAX_BODY} bytes")))?;
-    let spec: GroupSpec = serde_json::from_slice(&bytes)
-        .map_err(|e| ServerError::BadRequest(format!("not a group specification: {e}")))?;
-    let mut v = serde_json::to_value(&spec)
-        .map_err(|e| ServerError::Internal(format!("group specification as JSON: {e}")))?;
-    if let Some(m) = v.as_object_mut() {
-        m.retain(|_, x| !x.is_null());
-    }
-    serde_json::from_value(v)
-        .map_err(|e| ServerError::BadRequest(format!("group specification: {e}")))
+    GroupSpec::group_from_json(&bytes).map_err(ServerError::BadRequest)
 }
 
 /// Make (`create`) or replace the group `name` from the request's body;
