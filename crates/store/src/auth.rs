@@ -51,7 +51,7 @@ impl fmt::Debug for StoreAuth {
 }
 
 impl StoreAuth {
-    fn from_key(key: &[u8; KEY_LEN]) -> StoreAuth {
+    pub(crate) fn from_key(key: &[u8; KEY_LEN]) -> StoreAuth {
         StoreAuth {
             manifest: Zeroizing::new(blake3::derive_key(MANIFEST_CONTEXT, key)),
             index: Zeroizing::new(blake3::derive_key(INDEX_CONTEXT, key)),

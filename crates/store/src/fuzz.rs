@@ -6,6 +6,7 @@
 //! is read once as it is and once with its checksum made right, so the
 //! checks behind it are reached too.
 
+use crate::auth::StoreAuth;
 use crate::blob::{self, BlobKind, MAX_RAW_LEN};
 use crate::chunk::ChunkId;
 use crate::crypto::{Crypto, MasterKeys};
@@ -15,6 +16,12 @@ use crate::pack;
 /// The fixed master keys the fuzz targets and their seeds use.
 pub fn crypto() -> Crypto {
     Crypto::new(MasterKeys::from_bytes(&[7u8; 96]).expect("96 bytes"))
+}
+
+/// The fixed store key of a plain (authenticated) datastore the fuzz
+/// targets use.
+fn store_auth() -> StoreAuth {
+    StoreAuth::from_key(&[9u8; 32])
 }
 
 /// A blob as a pack holds it: `input` is the chunk id (32 bytes) then the
@@ -61,7 +68,8 @@ fn read_blob(id: &ChunkId, bytes: &[u8]) {
 pub fn pack_index(bytes: &[u8]) {
     let _ = pack::check_pack_header(bytes);
     let crypto = crypto();
-    for key in [None, Some(crypto.index_key())] {
+    let auth = store_auth();
+    for key in [None, Some(crypto.index_key()), Some(auth.index_key())] {
         if let Ok(index) = pack::decode_index_keyed(bytes, key) {
             let again = pack::encode_index_keyed(&index.pack, &index.entries, key);
             let back = pack::decode_index_keyed(&again, key).expect("re-encoded index");
@@ -71,17 +79,17 @@ pub fn pack_index(bytes: &[u8]) {
     }
 }
 
-/// A manifest object, plain and sealed. A manifest that parses is read
-/// again with its checksum made right, then what readers compute from a
-/// valid one is computed, and it seals and opens back to itself.
+/// A manifest object, plain, authenticated (a plain store's MAC) and
+/// sealed. A manifest that parses is read again with its checksum made
+/// right, then what readers compute from a valid one is computed, and it
+/// seals, and is authenticated, and opens back to itself either way.
 pub fn manifest(bytes: &[u8]) {
     let crypto = crypto();
+    let auth = store_auth();
     let _ = Manifest::from_bytes(bytes);
-    let _ = Manifest::from_object(
-        "manifests/vm/20261126T101500.123Z.json",
-        bytes,
-        Some(&crypto),
-    );
+    let path = "manifests/vm/20261126T101500.123Z.json";
+    let _ = Manifest::from_object(path, bytes, Some(&crypto), None);
+    let _ = Manifest::from_object(path, bytes, None, Some(&auth));
     if let Ok(text) = std::str::from_utf8(bytes) {
         let _ = text.parse::<PointId>();
         let _ = PointId::from_manifest_path(text);
@@ -107,8 +115,20 @@ pub fn manifest(bytes: &[u8]) {
     }
     let path = m.id.manifest_path();
     assert_eq!(PointId::from_manifest_path(&path).as_ref(), Some(&m.id));
-    let sealed = m.to_object(Some(&crypto)).expect("a valid manifest seals");
-    assert_eq!(Manifest::from_object(&path, &sealed, Some(&crypto)), Ok(m));
+    let sealed = m
+        .to_object(Some(&crypto), None)
+        .expect("a valid manifest seals");
+    assert_eq!(
+        Manifest::from_object(&path, &sealed, Some(&crypto), None).as_ref(),
+        Ok(&m)
+    );
+    let signed = m
+        .to_object(None, Some(&auth))
+        .expect("a valid manifest is signed");
+    assert_eq!(
+        Manifest::from_object(&path, &signed, None, Some(&auth)),
+        Ok(m)
+    );
 }
 
 /// A key object as `keys/<id>.json` holds it (see `keys.rs`): whether
