@@ -233,7 +233,7 @@ impl Manifest {
     }
 
     /// Canonical bytes: the JSON value with sorted keys and no checksum.
-    pub(crate) fn compute_checksum(&self) -> String {
+    pub fn compute_checksum(&self) -> String {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         if let Some(map) = value.as_object_mut() {
             map.remove("checksum");

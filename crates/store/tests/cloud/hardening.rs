@@ -21,18 +21,15 @@ fn planted_manifest_is_refused(kind: Kind) {
         serde_json::from_slice(&backend.get(&m.id.manifest_path()).unwrap()).unwrap();
     let time = m.time + chrono::Duration::minutes(1);
     let id = PointId::new("vm1", time).unwrap();
-    let mut forged = genuine.clone();
-    forged["id"] = id.to_string().into();
-    forged["time"] = serde_json::to_value(time).unwrap();
-    forged["site"] = "attacker".into();
-    // The checksum anyone can compute: BLAKE3 of the canonical JSON.
-    let mut body = forged.clone();
-    body.as_object_mut().unwrap().remove("mac");
-    body.as_object_mut().unwrap().remove("checksum");
-    forged["checksum"] = blake3::hash(canonical(&body).as_bytes())
-        .to_hex()
-        .to_string()
-        .into();
+    let mut planted = m.clone();
+    planted.id = id.clone();
+    planted.time = time;
+    planted.site = "attacker".into();
+    // The checksum anyone can compute (BLAKE3 of the canonical JSON); the
+    // genuine manifest's MAC copied beside it.
+    planted.checksum = planted.compute_checksum();
+    let mut forged = serde_json::to_value(&planted).unwrap();
+    forged["mac"] = genuine["mac"].clone();
     let without_mac = {
         let mut f = forged.clone();
         f.as_object_mut().unwrap().remove("mac");
@@ -69,26 +66,6 @@ fn planted_manifest_is_refused(kind: Kind) {
         "{:?}",
         report.problems
     );
-}
-
-fn canonical(value: &serde_json::Value) -> String {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let parts: Vec<String> = keys
-                .into_iter()
-                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical(&map[k])))
-                .collect();
-            format!("{{{}}}", parts.join(","))
-        }
-        Value::Array(items) => {
-            let parts: Vec<String> = items.iter().map(canonical).collect();
-            format!("[{}]", parts.join(","))
-        }
-        other => other.to_string(),
-    }
 }
 
 #[test]
