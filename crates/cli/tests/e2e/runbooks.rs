@@ -604,11 +604,10 @@ fn signed(secret: &[u8], body: &str, ts: i64) -> reqwest::header::HeaderMap {
     h
 }
 
-/// A webhook call replayed (the same headers and body again) or signed
-/// with a timestamp more than five minutes off is refused with a clear
-/// error, and starts nothing; a fresh call still does.
-#[test]
-fn hardening_a_replayed_or_stale_webhook_is_refused() {
+/// A controller running the `hooked` runbook with the webhook secret
+/// `s3cret`: the lab, a call's body (its note, an output directory) and
+/// the webhook's URL.
+fn hooked_lab(note: &str) -> (Lab, String, String) {
     let mut lab = Lab::new(LabOptions {
         controller: r#"runbooks = ["hooked.yaml"]"#.into(),
         files: vec![("hooked.yaml", HOOKED.into())],
@@ -619,11 +618,20 @@ fn hardening_a_replayed_or_stale_webhook_is_refused() {
     lab.start_server();
     let dir = lab.path("out");
     std::fs::create_dir_all(&dir).unwrap();
-    let body = serde_json::json!({ "note": "once", "params": { "dir": dir } }).to_string();
+    let body = serde_json::json!({ "note": note, "params": { "dir": dir } }).to_string();
     let url = format!(
         "http://127.0.0.1:{}/api/v1/runbooks/hooked/webhook",
         lab.api
     );
+    (lab, body, url)
+}
+
+/// A webhook call replayed (the same headers and body again) or signed
+/// with a timestamp more than five minutes off is refused with a clear
+/// error, and starts nothing; a fresh call still does.
+#[test]
+fn hardening_a_replayed_or_stale_webhook_is_refused() {
+    let (lab, body, url) = hooked_lab("once");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -675,21 +683,7 @@ fn hardening_a_replayed_or_stale_webhook_is_refused() {
 /// the schema is served.
 #[test]
 fn a_signed_webhook_starts_a_runbook() {
-    let mut lab = Lab::new(LabOptions {
-        controller: r#"runbooks = ["hooked.yaml"]"#.into(),
-        files: vec![("hooked.yaml", HOOKED.into())],
-        ..LabOptions::default()
-    });
-    lab.stop_server();
-    lab.set_env("HOOKED_SECRET", Some("s3cret"));
-    lab.start_server();
-    let dir = lab.path("out");
-    std::fs::create_dir_all(&dir).unwrap();
-    let body = serde_json::json!({ "note": "from-the-hook", "params": { "dir": dir } }).to_string();
-    let url = format!(
-        "http://127.0.0.1:{}/api/v1/runbooks/hooked/webhook",
-        lab.api
-    );
+    let (lab, body, url) = hooked_lab("from-the-hook");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -735,7 +729,9 @@ fn a_signed_webhook_starts_a_runbook() {
     let v = wait_job(&lab, job, Duration::from_secs(30));
     assert_eq!(v["job"]["status"], "succeeded", "{v:#}");
     assert_eq!(
-        std::fs::read_to_string(dir.join("mark")).unwrap().trim(),
+        std::fs::read_to_string(lab.path("out/mark"))
+            .unwrap()
+            .trim(),
         "from-the-hook"
     );
     assert_eq!(v["trigger"]["kind"], "webhook");
