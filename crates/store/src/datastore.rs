@@ -488,6 +488,33 @@ impl Datastore {
 
     /// Write a copied point's manifest (sync), last and create-only. True
     /// when this datastore got the point meanwhile from someone else.
+    /// Before point `point` is published here: the lease is renewed (a
+    /// gc about to delete sees it and stops), then gc must have deleted
+    /// nothing since `epoch`, the gc epoch the catalog was loaded under
+    /// when the work began (gc writes a new epoch before its first
+    /// delete). Else the chunks the point shares with packs here may be
+    /// gone: the point is not published, and the catalog is reloaded so
+    /// the work done again stores them anew.
+    pub(crate) fn check_not_robbed(
+        &self,
+        lock: &lock::StoreLock,
+        epoch: &str,
+        point: &PointId,
+    ) -> Result<(), StoreError> {
+        lock.reassert()?;
+        if self.gc_epoch()? == epoch {
+            return Ok(());
+        }
+        if let Err(e) = self.rescan(true) {
+            tracing::warn!(error = %e, "catalog reload failed");
+        }
+        Err(StoreError::PointRobbed {
+            point: point.to_string(),
+            root: self.root().to_path_buf(),
+            reason: "gc deleted packs while it was being written (its lease lapsed)".into(),
+        })
+    }
+
     pub(crate) fn publish_manifest(
         &self,
         id: &PointId,

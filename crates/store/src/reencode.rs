@@ -53,6 +53,8 @@ impl Datastore {
             return Ok(stats);
         }
         dst.rescan(false)?;
+        // What the copy finds present in the destination must stay there.
+        let epoch = dst.catalog().epoch();
         progress.set_total(manifest.disks.iter().map(|d| d.size).sum());
         let mut packer = Packer::new(dst.clone());
         // Source id -> target id, for chunks met before in this sync.
@@ -141,7 +143,7 @@ impl Datastore {
         let written = packer.finish()?;
         stats.chunks_verified = dst.check_written(&written)?;
         // A lease lost to gc may have let it delete what the point uses.
-        dst_lock.check()?;
+        dst.check_not_robbed(&dst_lock, &epoch, id)?;
         let reencoded = manifest.with_disks(disks);
         stats.already_present = dst.publish_manifest(id, &reencoded)?;
         tracing::info!(point = %id, dst = %dst.root().display(), ?stats, "point synced, re-encoded");

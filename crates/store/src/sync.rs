@@ -44,6 +44,8 @@ impl Datastore {
             return Ok(stats);
         }
         dst.rescan(false)?;
+        // What the copy finds present in the destination must stay there.
+        let epoch = dst.catalog().epoch();
         let total: u64 = manifest.disks.iter().map(|d| d.size).sum();
         progress.set_total(total);
         let mut packer = Packer::new(dst.clone());
@@ -52,7 +54,7 @@ impl Datastore {
         })?;
         let written = packer.finish()?;
         stats.chunks_verified = dst.check_written(&written)?;
-        dst_lock.check()?;
+        dst.check_not_robbed(&dst_lock, &epoch, id)?;
         stats.already_present = dst.publish_manifest(id, &manifest)?;
         tracing::info!(point = %id, dst = %dst.root().display(), ?stats, "point synced");
         Ok(stats)

@@ -241,6 +241,9 @@ impl Datastore {
         }
         let lock = self.lock_shared()?;
         self.refresh_after_gc()?;
+        // Every chunk is checked present under this epoch; gc must not
+        // delete any of them before the manifest is published.
+        let epoch = self.catalog().epoch();
         for disk in &manifest.disks {
             let lacking = |c: &ChunkId| !c.is_zero() && !self.catalog().contains(c);
             let absent = match disk.index.iter().find(|c| lacking(c)) {
@@ -257,7 +260,7 @@ impl Datastore {
                 });
             }
         }
-        lock.check()?;
+        self.check_not_robbed(&lock, &epoch, point)?;
         self.publish_manifest(point, manifest)
     }
 }

@@ -436,10 +436,9 @@ impl PointWriter {
         } = self;
         packer.finish()?;
         // A lease lost to gc may have let it delete what the point uses:
-        // renew it first (a gc still to delete sees it and stops), then
-        // check gc deleted nothing since the point began (gc changes the
-        // epoch before its first delete) and every pack named is there.
-        _lock.reassert()?;
+        // gc deleted nothing since the point began, and (in case a pack
+        // went without a new epoch) every pack named is there.
+        store.check_not_robbed(&_lock, &epoch, &id)?;
         let robbed = |reason: String| {
             // So the point written again does not lean on the same packs.
             if let Err(e) = store.rescan(true) {
@@ -451,11 +450,6 @@ impl PointWriter {
                 reason,
             }
         };
-        if store.gc_epoch()? != epoch {
-            return Err(robbed(
-                "gc deleted packs while it was being written (the writer's lease lapsed)".into(),
-            ));
-        }
         let present: HashSet<PackId> = store
             .backend()
             .list("packs")?

@@ -496,3 +496,74 @@ fn hardening_figures_mac_cost_on_restore() {
         println!("{name}: open + restore of 256 MiB, best of 3: {best:?}");
     }
 }
+
+/// Runs its action once, when a copy announces its size: after the copy
+/// looked at what the destination holds, before it copies anything.
+struct OnStart<F: Fn() + Sync>(F, std::sync::atomic::AtomicBool);
+
+impl<F: Fn() + Sync> crate::progress::Progress for OnStart<F> {
+    fn set_total(&self, _total: u64) {
+        if !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            (self.0)()
+        }
+    }
+    fn inc(&self, _delta: u64) {}
+}
+
+#[test]
+fn hardening_a_copy_cannot_publish_a_point_naming_a_pack_gc_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    generate_key_file(&key).unwrap();
+    // The same copy from a plain source (blobs copied as stored) and from
+    // an encrypted one (re-encoded for the plain destination).
+    let sources = [
+        Datastore::open_or_create(&dir.path().join("plain")).unwrap(),
+        Datastore::create_encrypted(
+            &dir.path().join("sealed"),
+            &KeySource::File(key),
+            StoreOptions::default(),
+        )
+        .unwrap(),
+    ];
+    for (n, src) in sources.iter().enumerate() {
+        let work = dir.path().join(format!("copy-{n}"));
+        fs::create_dir_all(&work).unwrap();
+        let image = work.join("disk.img");
+        make_image(&image, 2 << 20, 8);
+        let (m, _) = backup(src, "vm1", &image, opts());
+        // The destination holds the same chunks in packs no point names.
+        let (dst, b) = object_store(&work);
+        garbage(&dst, &work, 8);
+        // The copy finds them there and skips them... while its lease
+        // lapses and gc (another process: its own handle) deletes those
+        // packs.
+        let other = Datastore::open_on(b.clone(), StoreOptions::default()).unwrap();
+        let gc_now = || {
+            for lease in b.list("locks/shared").unwrap() {
+                b.delete(&lease.path).unwrap();
+            }
+            let gc = GcOptions {
+                grace: Duration::ZERO,
+                ..GcOptions::default()
+            };
+            assert!(other.gc(gc, &()).unwrap().packs_deleted > 0);
+        };
+        let hook = OnStart(gc_now, Default::default());
+        let e = src.sync_point(&m.id, &dst, &hook).unwrap_err();
+        assert!(
+            matches!(e, StoreError::PointRobbed { .. }) && e.is_temporary(),
+            "source {n}: {e}"
+        );
+        assert!(
+            dst.list_points().unwrap().is_empty(),
+            "source {n}: a point naming deleted chunks was published"
+        );
+        // Copied again, it stores the chunks anew and restores.
+        let s = src.sync_point(&m.id, &dst, &()).unwrap();
+        assert!(s.chunks_copied > 0, "source {n}: {s:?}");
+        let out = work.join("out.img");
+        dst.restore_disk(&m.id, "data", &out, &()).unwrap();
+        assert_same(&image, &out);
+    }
+}
