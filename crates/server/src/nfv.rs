@@ -33,7 +33,7 @@ use standby_types::nfv::{
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::common::SCAN_CAP;
+use crate::api::common::{ApiQuery, ListParams, ListResult, Listed, Page, SCAN_CAP};
 use crate::auth::Principal;
 use crate::error::ServerError;
 use crate::state::AppState;
@@ -79,15 +79,29 @@ fn check_instance(ctl: &Controller, who: &Principal, id: &str) -> Result<(), Ser
 /// The VNF instances of `[nfv.vnf_instances]` (SOL 003 `VnfInstance`),
 /// each with where its VMs run now.
 #[utoipa::path(get, path = "/vnflcm/v1/vnf_instances", operation_id = "nfv_vnf_instances", tag = "nfv",
-    responses((status = 200, body = Vec<VnfInstance>)))]
-async fn instances(State(ctl): Ctl, who: Principal) -> Result<Json<Vec<VnfInstance>>, ServerError> {
-    let mut out = Vec::new();
-    for id in ctl.cfg().nfv.vnf_instances.keys() {
-        if who.sees(ctl.cfg().tenant_of_vnf_instance(id)) {
-            out.push(nfv::vnf_instance(&ctl, id).await?);
-        }
+    params(ListParams),
+    responses((status = 200, body = Vec<VnfInstance>,
+        headers(("x-total-count" = u64, description = "Number of matches")))))]
+async fn instances(
+    State(ctl): Ctl,
+    who: Principal,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ListResult<VnfInstance> {
+    let page = Page::new(q.limit, q.offset)?;
+    let cfg = ctl.cfg();
+    let ids: Vec<&String> = cfg
+        .nfv
+        .vnf_instances
+        .keys()
+        .filter(|id| who.sees(cfg.tenant_of_vnf_instance(id)))
+        .collect();
+    let total = ids.len();
+    // Only the page's instances are looked up.
+    let mut items = Vec::new();
+    for id in ids.into_iter().skip(page.offset).take(page.limit) {
+        items.push(nfv::vnf_instance(&ctl, id).await?);
     }
-    Ok(Json(out))
+    Ok(Listed { items, total })
 }
 
 /// One VNF instance.
@@ -140,14 +154,20 @@ async fn heal(
 /// The operation occurrences (SOL 003 `VnfLcmOpOcc`): every heal, newest
 /// first.
 #[utoipa::path(get, path = "/vnflcm/v1/vnf_lcm_op_occs", operation_id = "nfv_op_occs", tag = "nfv",
-    responses((status = 200, body = Vec<VnfLcmOpOcc>)))]
-async fn op_occs(State(ctl): Ctl, who: Principal) -> Result<Json<Vec<VnfLcmOpOcc>>, ServerError> {
+    params(ListParams),
+    responses((status = 200, body = Vec<VnfLcmOpOcc>,
+        headers(("x-total-count" = u64, description = "Number of matches")))))]
+async fn op_occs(
+    State(ctl): Ctl,
+    who: Principal,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ListResult<VnfLcmOpOcc> {
+    let page = Page::new(q.limit, q.offset)?;
     let all = nfv::op_occs(&ctl, SCAN_CAP).await?;
-    Ok(Json(
-        all.into_iter()
-            .filter(|o| who.sees(ctl.cfg().tenant_of_vnf_instance(&o.vnf_instance_id)))
-            .collect(),
-    ))
+    Ok(page.of(all
+        .into_iter()
+        .filter(|o| who.sees(ctl.cfg().tenant_of_vnf_instance(&o.vnf_instance_id)))
+        .collect()))
 }
 
 /// One operation occurrence: `STARTING`, `PROCESSING`, `COMPLETED` or

@@ -196,7 +196,7 @@ pub async fn token(ctx: &Ctx, cmd: &TokenCmd) -> Result<()> {
             }
         }
         TokenCmd::List => {
-            let list: Vec<Value> = ctx.client.get("/api/v1/tokens").await?;
+            let list: Vec<Value> = ctx.client.get("/api/v1/tokens?limit=1000").await?;
             if ctx.json {
                 output::json(&list);
                 return Ok(());
@@ -267,7 +267,7 @@ pub async fn user(ctx: &Ctx, cmd: &UserCmd) -> Result<()> {
             }
         }
         UserCmd::List => {
-            let list: Vec<Value> = ctx.client.get("/api/v1/users").await?;
+            let list: Vec<Value> = ctx.client.get("/api/v1/users?limit=1000").await?;
             if ctx.json {
                 output::json(&list);
                 return Ok(());

@@ -378,6 +378,42 @@ fn expired_and_revoked_tokens_are_refused_and_no_secret_is_stored() {
     let seen: Vec<Value> = serde_json::from_str(&body).unwrap();
     assert!(seen.iter().all(|t| t["tenant"] == "acme"), "{body}");
 
+    // The list comes a page at a time, with the number of matches.
+    let all = lab.json(&["token", "list"]).as_array().unwrap().len();
+    assert!(all >= 3, "{all}");
+    let page = |q: &str| {
+        let (s, h, body) = http.call(
+            Method::GET,
+            &format!("/api/v1/tokens?{q}"),
+            Some(&lab.token()),
+            &[],
+            None,
+        );
+        assert_eq!(s, 200, "{body}");
+        let items: Vec<Value> = serde_json::from_str(&body).unwrap();
+        (
+            items,
+            h["x-total-count"]
+                .to_str()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap(),
+        )
+    };
+    let (first, total) = page("limit=2");
+    assert_eq!((first.len(), total), (2, all));
+    let (rest, _) = page(&format!("limit=2&offset={}", all - 1));
+    assert_eq!(rest.len(), 1);
+    assert_ne!(first[0]["id"], rest[0]["id"]);
+    let (s, _, body) = http.call(
+        Method::GET,
+        "/api/v1/users?limit=100000",
+        Some(&lab.token()),
+        &[],
+        None,
+    );
+    assert!(s == 400 && body.contains("out of range"), "{s} {body}");
+
     // No secret reaches the database files.
     lab.stop_server();
     let mut db = Vec::new();

@@ -516,6 +516,16 @@ vms = ["other"]
         .map(|o| o["operationState"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["FAILED", "COMPLETED", "COMPLETED"], "{list:#}");
+    // A page at a time, newest first, with the number of matches.
+    let page = http.get("/vnflcm/v1/vnf_lcm_op_occs?limit=1&offset=1", &op);
+    assert_eq!(page.header("x-total-count"), "3");
+    assert_eq!(
+        page.json()[0]["operationState"],
+        "COMPLETED",
+        "{:#}",
+        page.json()
+    );
+    assert_eq!(page.json().as_array().unwrap().len(), 1);
     println!(
         "nfv: heal restart → COMPLETED {restart_s:.2} s; alarm → runbook job done {alarm_s:.2} s; \
          heal recover at site 2 → COMPLETED {recover_s:.2} s; whole test {:.1} s",

@@ -28,6 +28,7 @@ use utoipa_axum::routes;
 
 use super::{Auth, RoleTable};
 use super::{Principal, Role, SESSION_COOKIE, SESSION_TTL, cookie_value, random_secret, sha256};
+use crate::api::common::{ApiQuery, ListParams, ListResult, Page};
 use crate::error::ServerError;
 
 type Ctl = State<Arc<Auth>>;
@@ -203,18 +204,23 @@ fn check_name(kind: &str, n: &str) -> Result<(), ServerError> {
 }
 
 /// API tokens, revoked and expired ones included (a tenant's admin: its
-/// tenant's).
-#[utoipa::path(get, path = "/api/v1/tokens", operation_id = "tokens", tag = "auth",
+/// tenant's), a page at a time.
+#[utoipa::path(get, path = "/api/v1/tokens", operation_id = "tokens", tag = "auth", params(ListParams),
     security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
-    responses((status = 200, description = "The tokens", body = Vec<Token>)))]
-async fn tokens(State(auth): Ctl, p: Principal) -> ApiResult<Vec<Token>> {
+    responses((status = 200, description = "The tokens", body = Vec<Token>,
+        headers(("x-total-count" = u64, description = "Number of matches")))))]
+async fn tokens(
+    State(auth): Ctl,
+    p: Principal,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ListResult<Token> {
+    let page = Page::new(q.limit, q.offset)?;
     let all = auth.repo.tokens().await?;
-    Ok(Json(
-        all.into_iter()
-            .filter(|t| p.sees(t.tenant.as_deref()))
-            .map(Token::from)
-            .collect(),
-    ))
+    Ok(page.of(all
+        .into_iter()
+        .filter(|t| p.sees(t.tenant.as_deref()))
+        .map(Token::from)
+        .collect()))
 }
 
 /// Create an API token; the answer is the only time its secret is shown.
@@ -264,18 +270,23 @@ async fn token_revoke(State(auth): Ctl, p: Principal, Path(id): Path<String>) ->
     Ok(Json(auth.repo.token(&id).await?.into()))
 }
 
-/// Users (a tenant's admin: its tenant's).
-#[utoipa::path(get, path = "/api/v1/users", operation_id = "users", tag = "auth",
+/// Users (a tenant's admin: its tenant's), a page at a time.
+#[utoipa::path(get, path = "/api/v1/users", operation_id = "users", tag = "auth", params(ListParams),
     security(("bearer" = ["admin"]), ("cookie" = ["admin"])),
-    responses((status = 200, description = "The users", body = Vec<User>)))]
-async fn users(State(auth): Ctl, p: Principal) -> ApiResult<Vec<User>> {
+    responses((status = 200, description = "The users", body = Vec<User>,
+        headers(("x-total-count" = u64, description = "Number of matches")))))]
+async fn users(
+    State(auth): Ctl,
+    p: Principal,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ListResult<User> {
+    let page = Page::new(q.limit, q.offset)?;
     let all = auth.repo.users().await?;
-    Ok(Json(
-        all.into_iter()
-            .filter(|u| p.sees(u.tenant.as_deref()))
-            .map(User::from)
-            .collect(),
-    ))
+    Ok(page.of(all
+        .into_iter()
+        .filter(|u| p.sees(u.tenant.as_deref()))
+        .map(User::from)
+        .collect()))
 }
 
 /// Add a user who logs in to the portal with a password.
