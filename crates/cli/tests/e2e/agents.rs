@@ -375,24 +375,74 @@ allowed_commands = ["/bin/sleep"]
 /// remote agent, and the controller in the root namespace; each site's
 /// datastore is a tmpfs in its agent's own mount namespace, which no one
 /// else (the controller included) can open.
-struct QemuSites {
+pub(crate) struct QemuSites {
     dir: tempfile::TempDir,
     cfg: PathBuf,
     server: Option<Child>,
-    agents: Vec<AgentProc>,
+    pub(crate) agents: Vec<AgentProc>,
+    /// The lab's VM, stopped when the lab is dropped.
+    vm: String,
     /// Dropped last: the sites' network namespaces.
-    net: NetLab,
+    pub(crate) net: NetLab,
 }
 
 impl QemuSites {
+    /// The lab with pbx1, the SIP VNF guest, and its `sip` service.
     fn start(kernel: &Path, initrd: &Path, sip: u16, http: u16) -> QemuSites {
+        QemuSites::start_with("pbx1", |s1, s2| {
+            let door = free_port();
+            format!(
+                r#"[vms.pbx1]
+host = "site1-host1"
+dr_site = "site2"
+shutdown_timeout = "15s"
+[vms.pbx1.qemu]
+memory_mib = 256
+accel = "tcg"
+kernel = "{kernel}"
+initrd = "{initrd}"
+append = "console=ttyS0 quiet vnf.name={{vm}}"
+forwards = [
+  {{ protocol = "udp", host_addr = "{{site.addr}}", host_port = {sip}, guest_port = 5060 }},
+  {{ protocol = "tcp", host_addr = "{{site.addr}}", host_port = {http}, guest_port = 8080 }},
+]
+[[vms.pbx1.disks]]
+name = "system"
+size = "16MiB"
+format = "qcow2"
+[[vms.pbx1.disks]]
+name = "data"
+size = "64MiB"
+[groups.gold]
+members = ["pbx1"]
+schedule = "every 1h"
+datastores = ["site1-store", "site2-store"]
+[services.sip]
+vm = "pbx1"
+listen = "127.0.0.1:{door}"
+protocols = ["udp"]
+backends = {{ site1 = "{s1}:{sip}", site2 = "{s2}:{sip}" }}
+probe = "sip"
+"#,
+                kernel = kernel.display(),
+                initrd = initrd.display(),
+            )
+        })
+    }
+
+    /// Two qemu hosts (`site1-host1`, `site2-host1`), each run by its
+    /// site's agent, and their datastores (`site1-store`, `site2-store`);
+    /// `vms` (given site 1's and site 2's addresses) adds the VM `vm`,
+    /// its groups and services.
+    pub(crate) fn start_with(vm: &str, vms: impl FnOnce(&str, &str) -> String) -> QemuSites {
         let dir = tempfile::Builder::new()
             .prefix("standby-qagents-")
             .tempdir()
             .unwrap();
         let net = NetLab::new();
         let (s1, s2, s2_for_s1) = (net.addr(2), net.addr(6), net.addr(9));
-        let (api, a1, a2, door) = (free_port(), free_port(), free_port(), free_port());
+        let (api, a1, a2) = (free_port(), free_port(), free_port());
+        let vms = vms(&s1, &s2);
         let text = format!(
             r#"[controller]
 listen = "0.0.0.0:{api}"
@@ -428,40 +478,7 @@ agent = "site1-agent"
 site = "site2"
 path = "site2/fs/store"
 agent = "site2-agent"
-[vms.pbx1]
-host = "site1-host1"
-dr_site = "site2"
-shutdown_timeout = "15s"
-[vms.pbx1.qemu]
-memory_mib = 256
-accel = "tcg"
-kernel = "{kernel}"
-initrd = "{initrd}"
-append = "console=ttyS0 quiet vnf.name={{vm}}"
-forwards = [
-  {{ protocol = "udp", host_addr = "{{site.addr}}", host_port = {sip}, guest_port = 5060 }},
-  {{ protocol = "tcp", host_addr = "{{site.addr}}", host_port = {http}, guest_port = 8080 }},
-]
-[[vms.pbx1.disks]]
-name = "system"
-size = "16MiB"
-format = "qcow2"
-[[vms.pbx1.disks]]
-name = "data"
-size = "64MiB"
-[groups.gold]
-members = ["pbx1"]
-schedule = "every 1h"
-datastores = ["site1-store", "site2-store"]
-[services.sip]
-vm = "pbx1"
-listen = "127.0.0.1:{door}"
-protocols = ["udp"]
-backends = {{ site1 = "{s1}:{sip}", site2 = "{s2}:{sip}" }}
-probe = "sip"
-"#,
-            kernel = kernel.display(),
-            initrd = initrd.display(),
+{vms}"#
         );
         let cfg = dir.path().join("standby.toml");
         std::fs::write(&cfg, text).unwrap();
@@ -500,15 +517,16 @@ probe = "sip"
             cfg,
             server: Some(server),
             agents,
+            vm: vm.to_string(),
             net,
         }
     }
 
-    fn path(&self, p: &str) -> PathBuf {
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let out = Command::new(STANDBY)
             .args(["--config", self.cfg.to_str().unwrap(), "--json"])
             .args(args)
@@ -528,8 +546,9 @@ probe = "sip"
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    fn console(&self, agent: &str) -> String {
-        std::fs::read_to_string(self.path(&format!("{agent}/vms/pbx1.console.log")))
+    /// The serial console of the lab's VM as run by `agent`.
+    pub(crate) fn console(&self, agent: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{agent}/vms/{}.console.log", self.vm)))
             .unwrap_or_default()
     }
 }
@@ -538,7 +557,13 @@ impl Drop for QemuSites {
     fn drop(&mut self) {
         // VMs outlive their agents by design: stop the lab's own.
         let _ = Command::new(STANDBY)
-            .args(["--config", self.cfg.to_str().unwrap(), "vm", "stop", "pbx1"])
+            .args([
+                "--config",
+                self.cfg.to_str().unwrap(),
+                "vm",
+                "stop",
+                &self.vm,
+            ])
             .output();
         self.agents.clear();
         if let Some(mut c) = self.server.take() {

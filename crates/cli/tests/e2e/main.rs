@@ -14,6 +14,7 @@ mod auth_limits;
 mod cloud;
 mod config_errors;
 mod conformance;
+mod debian_guest;
 mod demo;
 mod ecosystem;
 mod failover;

@@ -29,7 +29,7 @@ fn target_dir() -> PathBuf {
         .to_owned()
 }
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
