@@ -52,7 +52,7 @@
 //!   QEMU's clean exit) on qcow2, in QEMU's memory only on raw disks.
 //! - [`Driver::snapshot_begin_from`] (with the caller's base point and
 //!   chunk size): the guest agent freezes the guest's filesystems when the
-//!   spec has one (3 s bound, see [`FREEZE_TIMEOUT`]), then one QMP
+//!   spec has one (bounded: [`AGENT_TIMEOUT`], [`FREEZE_TIMEOUT`]), then one QMP
 //!   `transaction` makes the point's instant: it adds `standby.pending`
 //!   (writes from now on), and starts a `blockdev-backup` per disk into a
 //!   scratch image in `<state dir>/<vm>.point/` — `sync=full` into a sparse
@@ -112,10 +112,10 @@ mod spec;
 
 pub use cmdline::{command_line, kvm_usable};
 pub use driver::QemuDriver;
-pub use points::FREEZE_TIMEOUT;
 /// For the fuzz target of QMP and tool replies (not an API).
 #[doc(hidden)]
 pub use points::parse_map;
+pub use points::{AGENT_TIMEOUT, FREEZE_TIMEOUT};
 pub use spec::{Accel, DiskFormat, Machine, PortForward, Protocol, QemuSpec};
 
 #[async_trait]

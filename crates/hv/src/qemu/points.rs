@@ -26,8 +26,13 @@ pub const PENDING: &str = "standby.pending";
 /// Disabled copy of the base bitmap at the chunk size the caller reads in,
 /// which drives the backup job.
 pub const COPY: &str = "standby.copy";
-/// How long the guest agent may take to freeze (and, separately, thaw).
-pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the guest agent may take to answer at all (`guest-sync`):
+/// a guest without a running agent costs a point no more.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an agent that answered may take to freeze (and, separately,
+/// thaw): a freeze flushes the guest's dirty data, which takes seconds
+/// on a busy guest or host (Windows' VSS allows 10 s too).
+pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Bitmap {
     name: String,
@@ -477,14 +482,14 @@ impl QemuDriver {
             );
         }
         let socket = self.qga_socket(&spec.name);
-        let deadline = Instant::now() + FREEZE_TIMEOUT;
-        let mut qga = match Qga::connect(&socket, deadline).await {
+        let mut qga = match Qga::connect(&socket, Instant::now() + AGENT_TIMEOUT).await {
             Ok(q) => q,
             Err(e) => {
                 tracing::warn!(vm = %spec.name, error = %e, "guest agent unavailable, point is crash-consistent");
                 return (format!("crash-consistent ({e})"), false, None);
             }
         };
+        let deadline = Instant::now() + FREEZE_TIMEOUT;
         match qga
             .execute("guest-fsfreeze-freeze", Value::Null, deadline)
             .await
@@ -761,7 +766,7 @@ mod tests {
         let mut seen = fake_agent(&d.qga_socket("ga"), None);
         let t = Instant::now();
         let (note, app, session) = d.guest_freeze(&spec).await;
-        assert!(t.elapsed() < FREEZE_TIMEOUT + Duration::from_millis(500));
+        assert!(t.elapsed() < AGENT_TIMEOUT + FREEZE_TIMEOUT + Duration::from_millis(500));
         assert!(!app && session.is_none());
         assert!(
             note.starts_with(

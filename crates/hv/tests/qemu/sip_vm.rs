@@ -75,7 +75,7 @@ async fn live_points_of_a_sip_vm_restore_and_boot() {
     );
     // Nothing answering costs the freeze timeout, not a hang.
     assert!(
-        p1.begin < standby_hv::qemu::FREEZE_TIMEOUT + Duration::from_secs(20),
+        p1.begin < standby_hv::qemu::AGENT_TIMEOUT + Duration::from_secs(20),
         "{:?}",
         p1.begin
     );
@@ -97,7 +97,7 @@ async fn live_points_of_a_sip_vm_restore_and_boot() {
         "read {read} bytes"
     );
     assert_eq!(p2.read("system"), 0);
-    assert!(p2.begin < standby_hv::qemu::FREEZE_TIMEOUT + Duration::from_secs(20));
+    assert!(p2.begin < standby_hv::qemu::AGENT_TIMEOUT + Duration::from_secs(20));
     eprintln!(
         "incremental point: {read} of {data_size} bytes read, {:.1?} (full: {:.1?})",
         p2.total, p1.total
