@@ -143,6 +143,7 @@ impl Agent {
             disks,
             workdir: self.workdir.clone(),
             qemu,
+            libvirt: None,
         })
     }
 

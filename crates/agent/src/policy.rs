@@ -335,6 +335,7 @@ initrd = "{d}/boot/initrd.img"
             }],
             workdir: dir.join("w"),
             qemu: None,
+            libvirt: None,
         }
     }
 

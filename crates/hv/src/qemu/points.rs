@@ -729,6 +729,7 @@ mod tests {
                 guest_agent: true,
                 ..Default::default()
             }),
+            libvirt: None,
         }
     }
 
