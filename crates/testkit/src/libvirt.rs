@@ -264,7 +264,7 @@ impl Libvirtd {
                 if p.extension().is_some_and(|x| x == "pid")
                     && let Ok(t) = std::fs::read_to_string(&p)
                     && let Ok(pid) = t.trim().parse::<u32>()
-                    && Path::new(&format!("/proc/{pid}")).exists()
+                    && alive(pid)
                 {
                     pids.push(pid);
                 }
@@ -272,6 +272,14 @@ impl Libvirtd {
         }
         pids
     }
+}
+
+/// The process exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 fn tail(s: &str, n: usize) -> &str {

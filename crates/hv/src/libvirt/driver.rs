@@ -29,7 +29,7 @@ pub struct LibvirtDriver {
     /// When each VM entered the state last seen.
     seen: Mutex<HashMap<String, (VmState, DateTime<Utc>)>>,
     /// Points begun and not yet settled, per VM.
-    pub(super) pending: Mutex<HashMap<String, super::points::Pending>>,
+    pub(super) pending: Mutex<HashMap<String, super::Pending>>,
     pub(super) virsh: PathBuf,
     pub(super) qemu_img: PathBuf,
 }
@@ -494,7 +494,7 @@ impl Driver for LibvirtDriver {
     }
 
     async fn snapshot_begin(&self, spec: &VmSpec) -> Result<SnapshotSource, HvError> {
-        self.snapshot_begin_from(spec, None, super::points::GRANULARITY)
+        self.snapshot_begin_from(spec, None, super::GRANULARITY)
             .await
     }
 

@@ -1,4 +1,4 @@
-//! [`list_domains`]: what `standby vm import` reads from a host.
+//! [`super::list_domains`]: what `standby vm import` reads from a host.
 
 use virt::connect::Connect;
 
@@ -8,7 +8,7 @@ use crate::HvError;
 
 /// Every domain defined (or running) at `uri`, with its disks and their
 /// capacities, sorted by name.
-pub async fn list_domains(uri: &str) -> Result<Vec<ImportedVm>, HvError> {
+pub async fn list(uri: &str) -> Result<Vec<ImportedVm>, HvError> {
     let u = uri.to_owned();
     virt::error::clear_error_callback();
     let joined = tokio::task::spawn_blocking(move || {

@@ -63,11 +63,22 @@ pub mod xml;
 
 #[cfg(feature = "libvirt")]
 pub use driver::LibvirtDriver;
-#[cfg(feature = "libvirt")]
-pub use import::list_domains;
 
 /// The URI of the host's own libvirtd.
 pub const DEFAULT_URI: &str = "qemu:///system";
+
+/// Granularity of the bitmaps libvirt makes for a checkpoint of a
+/// 64 KiB-cluster qcow2 image: an incremental point needs a chunk size
+/// that divides it.
+pub const GRANULARITY: u64 = 64 << 10;
+
+/// A point begun and not yet committed or abandoned: the checkpoint it
+/// made, if any.
+#[cfg(feature = "libvirt")]
+#[derive(Debug, Clone)]
+struct Pending {
+    new_checkpoint: Option<String>,
+}
 
 /// Whether this build has the libvirt driver (cargo feature `libvirt`).
 pub const ENABLED: bool = cfg!(feature = "libvirt");
@@ -125,6 +136,21 @@ pub fn open_driver(uri: &str, state_dir: PathBuf) -> Result<Arc<dyn Driver>, HvE
     #[cfg(not(feature = "libvirt"))]
     {
         let _ = (uri, state_dir);
+        Err(feature_missing())
+    }
+}
+
+/// Every domain defined (or running) at `uri`, with its disks and their
+/// capacities, sorted by name; in a build without the `libvirt`
+/// feature, [`HvError::FeatureMissing`].
+pub async fn list_domains(uri: &str) -> Result<Vec<ImportedVm>, HvError> {
+    #[cfg(feature = "libvirt")]
+    {
+        import::list(uri).await
+    }
+    #[cfg(not(feature = "libvirt"))]
+    {
+        let _ = uri;
         Err(feature_missing())
     }
 }

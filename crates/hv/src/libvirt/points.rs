@@ -45,12 +45,10 @@ use serde_json::Value;
 
 use super::driver::{Ctx, Failed, LibvirtDriver};
 use super::xml::{self, BackupTarget};
+use super::{GRANULARITY, Pending};
 use crate::qemu::DiskFormat;
 use crate::{HvError, SnapshotDisk, SnapshotSource, VmSpec};
 
-/// Granularity of the bitmaps libvirt makes for a checkpoint of a
-/// 64 KiB-cluster qcow2 image.
-pub const GRANULARITY: u64 = 64 << 10;
 /// Prefix of the checkpoints standby makes.
 pub const CHECKPOINT_PREFIX: &str = "standby.";
 /// Longest wait for the guest agent's fsfreeze (the qemu driver's).
@@ -58,11 +56,6 @@ const FREEZE_TIMEOUT: Duration = crate::qemu::FREEZE_TIMEOUT;
 /// Longest wait for a backup job.
 const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// A point begun and not yet committed or abandoned.
-#[derive(Debug, Clone)]
-pub(crate) struct Pending {
-    new_checkpoint: Option<String>,
-}
 
 /// One disk of a live point.
 struct LiveDisk {

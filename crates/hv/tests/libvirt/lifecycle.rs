@@ -83,7 +83,10 @@ async fn hypervisor_libvirt_lifecycle() {
             .virsh(&["dumpxml", "foreign"])
             .contains("standby:vm")
     );
-    assert!(lab.daemon.qemu_pids().is_empty());
+    assert!(
+        lab.daemon.qemu_pids().is_empty(),
+        "a qemu outlived its domain"
+    );
 }
 
 /// A minimal domain made by someone else.
