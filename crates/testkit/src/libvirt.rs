@@ -255,7 +255,7 @@ impl Libvirtd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Pids of the QEMUs the daemon runs (its `run/qemu/*.pid`).
+    /// Pids of the QEMUs the daemon runs (its `run/qemu/<domain>.pid`).
     pub fn qemu_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
         if let Ok(rd) = std::fs::read_dir(self.dir().join("run/qemu")) {
@@ -265,6 +265,9 @@ impl Libvirtd {
                     && let Ok(t) = std::fs::read_to_string(&p)
                     && let Ok(pid) = t.trim().parse::<u32>()
                     && alive(pid)
+                    // `driver.pid` is libvirtd's own.
+                    && std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
                 {
                     pids.push(pid);
                 }

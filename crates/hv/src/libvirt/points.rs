@@ -56,7 +56,6 @@ const FREEZE_TIMEOUT: Duration = crate::qemu::FREEZE_TIMEOUT;
 /// Longest wait for a backup job.
 const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
 
-
 /// One disk of a live point.
 struct LiveDisk {
     name: String,

@@ -83,10 +83,19 @@ async fn hypervisor_libvirt_lifecycle() {
             .virsh(&["dumpxml", "foreign"])
             .contains("standby:vm")
     );
-    assert!(
-        lab.daemon.qemu_pids().is_empty(),
-        "a qemu outlived its domain"
-    );
+    // No QEMU outlives its domain (libvirt reaps it; give the kernel a
+    // moment).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.daemon.qemu_pids().is_empty() {
+        let stats: Vec<String> = (lab.daemon.qemu_pids().iter())
+            .map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default())
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "a qemu outlived its domain: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A minimal domain made by someone else.
