@@ -153,10 +153,13 @@ impl Libvirtd {
         for (sub, target) in MOUNTS {
             script += &format!("mount --bind '{}' '{target}'\n", d.join(sub).display());
         }
+        // Its own pid file: the default /run/libvirtd.pid is outside the
+        // bind mounts, shared by every lab.
         script += &format!(
-            "exec '{}' -f '{}'\n",
+            "exec '{}' -f '{}' -p '{}'\n",
             libvirtd.display(),
-            d.join("etc/libvirtd.conf").display()
+            d.join("etc/libvirtd.conf").display(),
+            d.join("libvirtd.pid").display()
         );
         let mut cmd = match &opts.netns {
             Some(ns) => {
