@@ -484,4 +484,38 @@ initrd = "{d}/boot/initrd.img"
             .unwrap_err();
         assert!(matches!(e, AgentError::Conflict(_)), "{e}");
     }
+
+    #[test]
+    fn a_libvirt_agent_adopts_only_domains_its_configuration_adopts() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let cfg = Config::parse(
+            &format!(
+                "[sites.s1]\n[hosts.h]\nsite = \"s1\"\ndriver = \"libvirt\"\ndisk_dir = \"{d}/disks\"\n\
+                 [agents.a]\nsite = \"s1\"\nhost = \"h\"\nurl = \"http://127.0.0.1:1\"\n\
+                 [vms.web]\nhost = \"h\"\n[vms.web.libvirt]\nadopt = true\n",
+                d = d.display()
+            ),
+            Path::new("standby.toml"),
+        )
+        .unwrap();
+        let p = Policy::from_config(&cfg, "a").unwrap();
+        assert_eq!(p.driver_kind(), "libvirt");
+        let adopt = |name: &str| {
+            let mut s = spec(d, "/bin/evil", &d.join(format!("disks/{name}/vda.img")));
+            s.name = name.into();
+            s.libvirt = Some(standby_hv::LibvirtSpec { adopt: true });
+            s
+        };
+        let ok = p.check(adopt("web")).unwrap();
+        assert_eq!(ok.command, PathBuf::new());
+        assert!(ok.args.is_empty());
+        let e = forbidden(p.check(adopt("other")));
+        assert!(e.contains("[vms.other.libvirt] adopt = true"), "{e}");
+        // A process VM sent to a libvirt agent: a conflict, not run.
+        assert!(matches!(
+            p.check(spec(d, "/bin/sleep", &d.join("disks/v/data.img"))),
+            Err(AgentError::Conflict(_))
+        ));
+    }
 }
