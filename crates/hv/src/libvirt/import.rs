@@ -13,14 +13,14 @@ pub async fn list(uri: &str) -> Result<Vec<ImportedVm>, HvError> {
     virt::error::clear_error_callback();
     let joined = tokio::task::spawn_blocking(move || {
         let fail = |Failed { action, detail }: Failed| HvError::Libvirt {
-            vm: "*".into(),
+            vm: "(listing)".into(),
             action,
             uri: u.clone(),
             detail,
             temporary: false,
         };
         let conn = Connect::open(Some(&u)).map_err(|e| HvError::Libvirt {
-            vm: "*".into(),
+            vm: "(listing)".into(),
             action: "connect",
             uri: u.clone(),
             detail: e.message().to_owned(),
@@ -64,7 +64,7 @@ pub async fn list(uri: &str) -> Result<Vec<ImportedVm>, HvError> {
     .await;
     joined.unwrap_or_else(|e| {
         Err(HvError::Tool {
-            vm: "*".into(),
+            vm: "(listing)".into(),
             program: "libvirt",
             detail: format!("listing task failed: {e}"),
         })
