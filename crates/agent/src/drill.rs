@@ -309,6 +309,7 @@ pub async fn start(
                 disks,
                 workdir: dir.clone(),
                 qemu: None,
+                libvirt: None,
             };
             (spec, bytes, Duration::ZERO)
         }
@@ -333,6 +334,7 @@ pub async fn start(
                 disks,
                 workdir: dir.clone(),
                 qemu: Some(q),
+                libvirt: None,
             };
             // As a restore at this host does it: qcow2 disks staged raw
             // and converted, all disks or none.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use standby_hv::qemu::{Accel, DiskFormat, Machine, PortForward, Protocol};
-use standby_hv::{DiskSpec, Driver, QemuDriver, QemuSpec, VmSpec, VmStatus};
+use standby_hv::{DiskSpec, Driver, LibvirtSpec, QemuDriver, QemuSpec, VmSpec, VmStatus};
 use standby_store::{Manifest, PointId};
 use standby_types::config::{self, Config};
 use standby_types::outcome::{DrillProbed, DrillState, DrillStopped};
@@ -47,6 +47,21 @@ impl Agent {
     /// driver).
     pub fn qemu(host: &str, cfg: &config::Host, data_dir: &Path, driver: Arc<QemuDriver>) -> Agent {
         let exec = LocalHost::new(driver.clone(), Some(driver), data_dir.join("drills"));
+        Agent::with(host, cfg, data_dir, Box::new(exec))
+    }
+
+    /// An in-process libvirt host: `driver` from
+    /// [`standby_hv::libvirt::open_driver`]; disks are made and restored
+    /// by a qemu driver on `run` (qemu-img, the VM's disk formats).
+    pub fn libvirt(
+        host: &str,
+        cfg: &config::Host,
+        data_dir: &Path,
+        driver: Arc<dyn Driver>,
+        run: PathBuf,
+    ) -> Agent {
+        let disks = Arc::new(QemuDriver::new(run));
+        let exec = LocalHost::new(driver, Some(disks), data_dir.join("drills"));
         Agent::with(host, cfg, data_dir, Box::new(exec))
     }
 
@@ -106,13 +121,24 @@ impl Agent {
         };
         // The VM's kind must be the host's (in-process or at its agent).
         let kind = self.exec.driver_kind();
-        if vm.qemu.is_some() != (kind == "qemu") {
+        let vm_kind = if vm.libvirt.is_some() {
+            "libvirt"
+        } else if vm.qemu.is_some() {
+            "qemu"
+        } else {
+            "process"
+        };
+        // A VM with a qemu machine also runs on a libvirt host (standby
+        // defines its domain).
+        if vm_kind != kind && !(kind == "libvirt" && vm_kind == "qemu") {
             return Err(AgentError::Conflict(format!(
-                "vm {name} is a {} VM and host {} runs {kind} VMs",
-                if vm.qemu.is_some() { "qemu" } else { "process" },
+                "vm {name} is a {vm_kind} VM and host {} runs {kind} VMs",
                 self.host
             )));
         }
+        let libvirt = (kind == "libvirt").then(|| LibvirtSpec {
+            adopt: vm.adopted(),
+        });
         let qemu = match &vm.qemu {
             Some(q) => Some(self.qemu_spec(name, vm, q, &expand)?),
             None => None,
@@ -143,6 +169,7 @@ impl Agent {
             disks,
             workdir: self.workdir.clone(),
             qemu,
+            libvirt,
         })
     }
 
@@ -387,6 +414,7 @@ mod tests {
         config::Host {
             site: "site2".into(),
             driver: config::DriverKind::Process,
+            libvirt_uri: None,
             disk_dir: "/disks".into(),
             netns: netns.map(String::from),
             power_fence: Vec::new(),

@@ -19,11 +19,16 @@ pub use crate::restore::restore_point;
 use crate::wire::DrillRequest;
 use crate::wire::{FencedVm, PointStats};
 
+fn adopted(spec: &VmSpec) -> bool {
+    spec.libvirt.as_ref().is_some_and(|l| l.adopt)
+}
+
 /// A driver in this process.
 pub struct LocalHost {
     driver: Arc<dyn Driver>,
-    /// The same driver on a qemu host: restores install qcow2 disks
-    /// through it, and new disks are created in their format.
+    /// The same driver on a qemu host (a qemu driver for the disks on a
+    /// libvirt host): restores install qcow2 disks through it, and new
+    /// disks are created in their format.
     qemu: Option<Arc<QemuDriver>>,
     /// Where drill copies live (`<drills>/<id>/`).
     drills: PathBuf,
@@ -84,6 +89,10 @@ impl Host for LocalHost {
     }
 
     async fn provision_disks(&self, spec: &VmSpec) -> Result<(), AgentError> {
+        if adopted(spec) {
+            // An adopted domain's disks are where libvirt has them.
+            return Ok(());
+        }
         if let Some(q) = &self.qemu {
             // In the disk's format (an empty qcow2 or a sparse raw file).
             let mut missing = spec.clone();
@@ -98,6 +107,9 @@ impl Host for LocalHost {
     }
 
     async fn missing_disks(&self, spec: &VmSpec) -> Result<Vec<DiskSpec>, AgentError> {
+        if adopted(spec) {
+            return Ok(Vec::new());
+        }
         Ok(missing_disks(spec))
     }
 

@@ -345,6 +345,7 @@ mod tests {
             }],
             workdir: dir.path().to_path_buf(),
             qemu: None,
+            libvirt: None,
         };
         Lab {
             _dir: dir,

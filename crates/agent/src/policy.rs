@@ -34,12 +34,16 @@ pub struct Policy {
     pub agent: String,
     pub host: String,
     pub driver: DriverKind,
+    /// The host's `libvirt_uri` (libvirt hosts).
+    pub libvirt_uri: Option<String>,
     /// The host's `disk_dir`, as configured (absolute).
     pub disk_dir: PathBuf,
     /// `allowed_commands`, each resolved.
     allowed: Vec<(String, PathBuf)>,
     /// Kernels and initrds named by the configuration's qemu VMs.
     boot_files: BTreeSet<PathBuf>,
+    /// VMs whose existing libvirt domain the configuration adopts.
+    adopted: BTreeSet<String>,
     /// `[ha]`: when this agent stops its VMs by itself.
     pub self_fence: Option<crate::selffence::SelfFence>,
 }
@@ -68,10 +72,18 @@ impl Policy {
             .flat_map(|q| q.kernel.iter().chain(q.initrd.iter()))
             .map(|p| lexical(p))
             .collect();
+        let adopted = cfg
+            .vms
+            .iter()
+            .filter(|(_, v)| v.adopted())
+            .map(|(n, _)| n.clone())
+            .collect();
         Ok(Policy {
+            adopted,
             agent: name.to_string(),
             host,
             driver: h.driver,
+            libvirt_uri: h.libvirt_uri.clone(),
             disk_dir: lexical(&h.disk_dir),
             allowed: a
                 .allowed_commands
@@ -86,11 +98,12 @@ impl Policy {
         })
     }
 
-    /// The driver's name (`process`, `qemu`).
+    /// The driver's name (`process`, `qemu`, `libvirt`).
     pub fn driver_kind(&self) -> &'static str {
         match self.driver {
             DriverKind::Process => "process",
             DriverKind::Qemu => "qemu",
+            DriverKind::Libvirt => "libvirt",
         }
     }
 
@@ -106,7 +119,9 @@ impl Policy {
     pub fn check(&self, mut spec: VmSpec) -> Result<VmSpec, AgentError> {
         check_vm_name(&spec.name)?;
         let vm = spec.name.clone();
-        let kind = if spec.qemu.is_some() {
+        let kind = if spec.libvirt.is_some() {
+            "libvirt"
+        } else if spec.qemu.is_some() {
             "qemu"
         } else {
             "process"
@@ -130,6 +145,18 @@ impl Policy {
                     "agents never set it; remove it from the VM's env",
                 ));
             }
+        }
+        if spec.libvirt.as_ref().is_some_and(|l| l.adopt) {
+            if !self.adopted.contains(&vm) {
+                return Err(self.refuse(
+                    &vm,
+                    "adopting an existing libvirt domain".into(),
+                    &format!("set [vms.{vm}.libvirt] adopt = true in the agent's own standby.toml"),
+                ));
+            }
+            spec.command = PathBuf::new();
+            spec.args.clear();
+            return Ok(spec);
         }
         match &spec.qemu {
             Some(q) => {
@@ -335,6 +362,7 @@ initrd = "{d}/boot/initrd.img"
             }],
             workdir: dir.join("w"),
             qemu: None,
+            libvirt: None,
         }
     }
 
@@ -455,5 +483,39 @@ initrd = "{d}/boot/initrd.img"
             .check(spec(d, "/bin/sleep", &d.join("disks/v/d.img")))
             .unwrap_err();
         assert!(matches!(e, AgentError::Conflict(_)), "{e}");
+    }
+
+    #[test]
+    fn a_libvirt_agent_adopts_only_domains_its_configuration_adopts() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let cfg = Config::parse(
+            &format!(
+                "[sites.s1]\n[hosts.h]\nsite = \"s1\"\ndriver = \"libvirt\"\ndisk_dir = \"{d}/disks\"\n\
+                 [agents.a]\nsite = \"s1\"\nhost = \"h\"\nurl = \"http://127.0.0.1:1\"\n\
+                 [vms.web]\nhost = \"h\"\n[vms.web.libvirt]\nadopt = true\n",
+                d = d.display()
+            ),
+            Path::new("standby.toml"),
+        )
+        .unwrap();
+        let p = Policy::from_config(&cfg, "a").unwrap();
+        assert_eq!(p.driver_kind(), "libvirt");
+        let adopt = |name: &str| {
+            let mut s = spec(d, "/bin/evil", &d.join(format!("disks/{name}/vda.img")));
+            s.name = name.into();
+            s.libvirt = Some(standby_hv::LibvirtSpec { adopt: true });
+            s
+        };
+        let ok = p.check(adopt("web")).unwrap();
+        assert_eq!(ok.command, PathBuf::new());
+        assert!(ok.args.is_empty());
+        let e = forbidden(p.check(adopt("other")));
+        assert!(e.contains("[vms.other.libvirt] adopt = true"), "{e}");
+        // A process VM sent to a libvirt agent: a conflict, not run.
+        assert!(matches!(
+            p.check(spec(d, "/bin/sleep", &d.join("disks/v/data.img"))),
+            Err(AgentError::Conflict(_))
+        ));
     }
 }

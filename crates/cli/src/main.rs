@@ -159,10 +159,11 @@ pub enum Cmd {
 /// `standby --version`: the version and the build's optional features
 /// (a package never has `crash-hook`; see docs/faults.md).
 const fn build_info() -> &'static str {
-    if standby_engine::crash::ENABLED {
-        concat!(env!("CARGO_PKG_VERSION"), "\nfeatures: crash-hook")
-    } else {
-        concat!(env!("CARGO_PKG_VERSION"), "\nfeatures: none")
+    match (standby_engine::crash::ENABLED, standby_hv::libvirt::ENABLED) {
+        (true, true) => concat!(env!("CARGO_PKG_VERSION"), "\nfeatures: crash-hook libvirt"),
+        (true, false) => concat!(env!("CARGO_PKG_VERSION"), "\nfeatures: crash-hook"),
+        (false, true) => concat!(env!("CARGO_PKG_VERSION"), "\nfeatures: libvirt"),
+        (false, false) => concat!(env!("CARGO_PKG_VERSION"), "\nfeatures: none"),
     }
 }
 

@@ -247,6 +247,7 @@ impl Controller {
             let host = a.host.clone().unwrap_or_default();
             let kind = match cfg.hosts.get(&host).map(|h| h.driver) {
                 Some(DriverKind::Qemu) => "qemu",
+                Some(DriverKind::Libvirt) => "libvirt",
                 _ => "process",
             };
             let url = a.url.clone().unwrap_or_default();
@@ -276,6 +277,17 @@ impl Controller {
                             &cfg.controller.data_dir,
                             Arc::new(QemuDriver::new(run)),
                         ),
+                        DriverKind::Libvirt => {
+                            let uri = host
+                                .libvirt_uri
+                                .as_deref()
+                                .unwrap_or(standby_hv::libvirt::DEFAULT_URI);
+                            let driver = standby_hv::libvirt::open_driver(uri, run.clone())
+                                .map_err(|e| {
+                                    EngineError::BadRequest(format!("host {name}: {e}"))
+                                })?;
+                            Agent::libvirt(name, host, &cfg.controller.data_dir, driver, run)
+                        }
                     }
                 }
             };

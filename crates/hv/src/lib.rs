@@ -16,7 +16,10 @@
 //! - [`line`]: reading one reply line of QMP or the guest agent, bounded.
 //! - [`qmp`]: the thin async QMP client the qemu driver uses (id-matched
 //!   commands, event stream, timeouts, raw escape hatch).
-//! - Planned: `libvirt` (behind a cargo feature).
+//! - [`libvirt`]: VMs as libvirt domains (cargo feature `libvirt`; the
+//!   spec types and XML builder are always built, so a build without it
+//!   refuses `driver = "libvirt"` by name). A VM is a libvirt VM when its
+//!   spec has [`VmSpec::libvirt`].
 //!
 //! Both drivers keep `<state dir>/<vm>.pid` (`<pid> <kernel start time>`)
 //! so a restarted controller adopts the VMs still running instead of
@@ -54,12 +57,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod libvirt;
 pub mod line;
 pub mod process;
 pub mod qemu;
 pub mod qga;
 pub mod qmp;
 
+pub use libvirt::LibvirtSpec;
 pub use process::ProcessDriver;
 pub use qemu::{QemuDriver, QemuSpec};
 
@@ -79,6 +84,10 @@ pub struct VmSpec {
     /// Machine description for the qemu driver; other drivers ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu: Option<QemuSpec>,
+    /// Set for a VM of the libvirt driver (which takes the machine from
+    /// `qemu` when it defines the domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt: Option<LibvirtSpec>,
 }
 
 impl VmSpec {
@@ -371,6 +380,22 @@ pub enum HvError {
     },
     #[error("invalid spec for vm '{vm}': {detail}")]
     InvalidSpec { vm: String, detail: String },
+    #[error("unable to {action} for vm '{vm}' at {uri}: {detail}")]
+    Libvirt {
+        vm: String,
+        action: &'static str,
+        uri: String,
+        detail: String,
+        /// The daemon could not be reached (retrying may help).
+        temporary: bool,
+    },
+    #[error(
+        "the {driver} driver is not in this build of standby: build it with the cargo feature `{feature}` (cargo build -p standby-cli --features {feature})"
+    )]
+    FeatureMissing {
+        driver: &'static str,
+        feature: &'static str,
+    },
     #[error("{operation} is not supported by the {driver} driver")]
     Unsupported {
         driver: &'static str,
@@ -391,12 +416,14 @@ impl HvError {
             | HvError::QmpTimeout { .. }
             | HvError::QmpIo { .. }
             | HvError::QmpClosed { .. } => true,
+            HvError::Libvirt { temporary, .. } => *temporary,
             HvError::DiskMissing { .. }
             | HvError::DiskExists { .. }
             | HvError::UnknownDisk { .. }
             | HvError::TemplateTooLarge { .. }
             | HvError::Spawn { .. }
             | HvError::Unsupported { .. }
+            | HvError::FeatureMissing { .. }
             | HvError::QmpCommand { .. }
             | HvError::QmpProtocol { .. }
             | HvError::QmpTooLong { .. }

@@ -17,6 +17,7 @@ fn sh(name: &str, dir: &Path, script: &str) -> VmSpec {
         disks: vec![],
         workdir: dir.to_owned(),
         qemu: None,
+        libvirt: None,
     }
 }
 

@@ -5,6 +5,7 @@
 //! depend on this crate.
 
 pub mod bind;
+pub mod libvirt;
 pub mod mail;
 pub mod objects;
 pub mod ports;

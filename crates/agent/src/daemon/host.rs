@@ -104,6 +104,19 @@ impl HostAgent {
                 let q = Arc::new(QemuDriver::new(run));
                 LocalHost::new(q.clone(), Some(q), dir.join("drills"))
             }
+            DriverKind::Libvirt => {
+                let uri = policy
+                    .libvirt_uri
+                    .as_deref()
+                    .unwrap_or(standby_hv::libvirt::DEFAULT_URI);
+                let driver = standby_hv::libvirt::open_driver(uri, run.clone())
+                    .map_err(|e| AgentError::Internal(format!("host {}: {e}", policy.host)))?;
+                LocalHost::new(
+                    driver,
+                    Some(Arc::new(QemuDriver::new(run))),
+                    dir.join("drills"),
+                )
+            }
         };
         let host = Arc::new(HostAgent {
             name: name.to_string(),

@@ -340,6 +340,7 @@ mod tests {
             disks: Vec::new(),
             workdir: dir.join("elsewhere"),
             qemu: None,
+            libvirt: None,
         }
     }
 

@@ -86,7 +86,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             match cmd {
                 Cmd::Site(c) => site::run(&ctx, c).await,
                 Cmd::Config(c) => configfile::run(&ctx, c, &cli.config).await,
-                Cmd::Vm(c) => vm::run(&ctx, c).await,
+                Cmd::Vm(c) => vm::run(&ctx, c, &cli.config).await,
                 Cmd::Service(c) => service::run(&ctx, c).await,
                 Cmd::Protect(c) => protect::run(&ctx, c).await,
                 Cmd::Points(c) => points::run(&ctx, c).await,

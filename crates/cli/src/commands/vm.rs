@@ -1,7 +1,11 @@
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde_json::json;
+use standby_hv::libvirt;
 use standby_types::api::VmView;
+use standby_types::config::{Config, DriverKind};
 
 use super::Ctx;
 use crate::output;
@@ -23,11 +27,24 @@ pub enum VmCmd {
     },
     /// Forced stop.
     Stop { name: String },
+    /// List the libvirt domains of a host and print their `[vms]`
+    /// entries (adopted as they are, disks included) for standby.toml.
+    /// Talks to the host's libvirtd from here: its `libvirt_uri`, or
+    /// `--uri` (e.g. qemu+ssh://root@h1/system).
+    Import {
+        /// A host of the configuration with driver = "libvirt".
+        #[arg(long)]
+        host: String,
+        /// The libvirtd to ask instead of the host's `libvirt_uri`.
+        #[arg(long)]
+        uri: Option<String>,
+    },
 }
 
-pub async fn run(ctx: &Ctx, cmd: &VmCmd) -> Result<()> {
+pub async fn run(ctx: &Ctx, cmd: &VmCmd, config: &Path) -> Result<()> {
     let c = &ctx.client;
     let one = match cmd {
+        VmCmd::Import { host, uri } => return import(ctx, config, host, uri.as_deref()).await,
         VmCmd::List => {
             let vms: Vec<VmView> = c.get("/api/v1/vms").await?;
             if ctx.json {
@@ -58,6 +75,47 @@ pub async fn run(ctx: &Ctx, cmd: &VmCmd) -> Result<()> {
         output::json(&one);
     } else {
         print_table(vec![one]);
+    }
+    Ok(())
+}
+
+/// `standby vm import`: the host's domains as `[vms]` entries.
+async fn import(ctx: &Ctx, config: &Path, host: &str, uri: Option<&str>) -> Result<()> {
+    let cfg = Config::load(config)
+        .with_context(|| format!("unable to read the configuration {}", config.display()))?;
+    let h = cfg
+        .hosts
+        .get(host)
+        .with_context(|| format!("no host '{host}' in {}", config.display()))?;
+    if h.driver != DriverKind::Libvirt {
+        bail!(
+            "host '{host}' uses the {} driver; import lists libvirt hosts",
+            h.driver
+        );
+    }
+    let uri = match (uri, &h.libvirt_uri, cfg.remote_agent_of(host)) {
+        (Some(u), _, _) => u.to_owned(),
+        // A local URI names the libvirtd of the machine this runs on,
+        // which is not the remote agent's.
+        (None, u, Some((agent, _)))
+            if !u
+                .as_deref()
+                .is_some_and(|u| u.contains("://") && !u.contains(":///")) =>
+        {
+            bail!(
+                "host '{host}' is run by agent '{agent}': run `standby vm import --host {host}` on that machine, or pass --uri with a remote libvirt URI (e.g. qemu+ssh://root@{host}/system); the agent API has no listing route yet"
+            )
+        }
+        (None, Some(u), _) => u.clone(),
+        (None, None, _) => libvirt::DEFAULT_URI.to_owned(),
+    };
+    let vms = libvirt::list_domains(&uri)
+        .await
+        .with_context(|| format!("unable to list the domains of host '{host}' at {uri}"))?;
+    if ctx.json {
+        output::json(&vms);
+    } else {
+        print!("{}", libvirt::import_toml(host, &vms));
     }
     Ok(())
 }

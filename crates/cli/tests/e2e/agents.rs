@@ -39,7 +39,7 @@ impl AgentProc {
     /// With `fs`: in a mount namespace of its own where `fs` is a tmpfs
     /// (its site's datastore lives there, out of everyone else's sight);
     /// with `site`: in that network namespace, listening on that address.
-    fn start_in(
+    pub(crate) fn start_in(
         cfg: &Path,
         name: &str,
         controller: &str,

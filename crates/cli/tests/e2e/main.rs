@@ -25,6 +25,8 @@ mod ha;
 mod ha_db;
 mod ha_scale;
 mod ha_sites;
+#[cfg(feature = "libvirt")]
+mod libvirt;
 mod nfv;
 mod portal;
 mod protect_restore;

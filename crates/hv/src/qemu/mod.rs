@@ -286,6 +286,7 @@ mod tests {
             ],
             workdir: "/w".into(),
             qemu: None,
+            libvirt: None,
         }
     }
 

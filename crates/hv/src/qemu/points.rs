@@ -734,6 +734,7 @@ mod tests {
                 guest_agent: true,
                 ..Default::default()
             }),
+            libvirt: None,
         }
     }
 

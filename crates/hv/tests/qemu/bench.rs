@@ -56,6 +56,7 @@ async fn bench_live_points() {
             accel: Accel::Tcg,
             ..QemuSpec::default()
         }),
+        libvirt: None,
     };
     let d = QemuDriver::new(dir.path().join("state"));
     d.start(&spec).await.unwrap();

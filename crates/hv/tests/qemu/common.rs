@@ -118,6 +118,7 @@ pub fn vm_spec(dir: &Path, name: &str, sip_port: u16) -> VmSpec {
         ],
         workdir: dir.to_owned(),
         qemu: Some(q),
+        libvirt: None,
     }
 }
 

@@ -132,6 +132,7 @@ async fn start_failure_reports_qemu_error() {
         disks: vec![],
         workdir: dir.path().to_owned(),
         qemu: Some(QemuSpec::default()),
+        libvirt: None,
     };
     let driver = QemuDriver::new(dir.path().join("state"));
     match driver.start(&spec).await {
@@ -170,6 +171,7 @@ async fn create_from_template_overlays_and_never_overwrites() {
         ],
         workdir: dir.path().to_owned(),
         qemu: Some(q),
+        libvirt: None,
     };
     let driver = QemuDriver::new(dir.path().join("state"));
     driver

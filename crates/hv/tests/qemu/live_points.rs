@@ -43,6 +43,7 @@ async fn live_points_follow_writes_zeroes_and_restarts() {
         ],
         workdir: dir.path().to_owned(),
         qemu: Some(q),
+        libvirt: None,
     };
     // Both disks start full of a pattern (no zero chunks to hide behind).
     let mut sys: Vec<u8> = (0..8 * M).map(|i| (i % 251) as u8 + 1).collect();

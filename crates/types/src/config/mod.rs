@@ -71,8 +71,8 @@ pub use sites::{AgentConfig, DriverKind, Host, Site};
 pub(crate) use units::duration_str;
 pub use units::{ByteSize, MAX_DURATION, Schedule, parse_duration, within_limit};
 pub use vms::{
-    Disk, DiskFormat, ForwardProtocol, Group, QemuAccel, QemuForward, QemuMachine, QemuVm, Replica,
-    Vm, expand_site_vars,
+    Disk, DiskFormat, ForwardProtocol, Group, LibvirtVm, QemuAccel, QemuForward, QemuMachine,
+    QemuVm, Replica, Vm, expand_site_vars,
 };
 
 /// The commented example `standby init` writes.
@@ -80,3 +80,5 @@ pub const EXAMPLE: &str = include_str!("../../standby.example.toml");
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_libvirt;

@@ -105,6 +105,11 @@ pub enum DriverKind {
     /// A VM is a `qemu-system-x86_64` machine described by its
     /// `[vms.NAME.qemu]` table (in-process, or at a remote agent).
     Qemu,
+    /// A VM is a libvirt domain at the host's libvirtd (`libvirt_uri`):
+    /// defined from its `[vms.NAME.qemu]` table, or adopted as it is
+    /// (`[vms.NAME.libvirt] adopt = true`). Needs a standby built with
+    /// the cargo feature `libvirt`.
+    Libvirt,
 }
 
 impl fmt::Display for DriverKind {
@@ -112,6 +117,7 @@ impl fmt::Display for DriverKind {
         match self {
             DriverKind::Process => f.write_str("process"),
             DriverKind::Qemu => f.write_str("qemu"),
+            DriverKind::Libvirt => f.write_str("libvirt"),
         }
     }
 }
@@ -121,6 +127,9 @@ impl fmt::Display for DriverKind {
 pub struct Host {
     pub site: String,
     pub driver: DriverKind,
+    /// The libvirtd of a libvirt host (default `qemu:///system`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt_uri: Option<String>,
     /// Where this host keeps VM disk images: `<disk_dir>/<vm>/<disk>.img`.
     pub disk_dir: PathBuf,
     /// Network namespace the host's VMs run in (in-process hosts only):

@@ -139,10 +139,19 @@ impl Config {
                     "the first item is the program to run (e.g. [\"ipmitool\", \"-H\", \"bmc1\", \"chassis\", \"power\", \"off\"])".into(),
                 ));
             }
-            if h.driver == DriverKind::Qemu && h.netns.is_some() {
+            if h.driver != DriverKind::Process && h.netns.is_some() {
                 return Err((
                     p(&["hosts", name, "netns"]),
-                    "a qemu host's VMs reach the network through their port forwards; 'netns' applies to process hosts only".into(),
+                    format!(
+                        "a {} host's VMs reach the network through their hypervisor; 'netns' applies to process hosts only",
+                        h.driver
+                    ),
+                ));
+            }
+            if h.driver != DriverKind::Libvirt && h.libvirt_uri.is_some() {
+                return Err((
+                    p(&["hosts", name, "libvirt_uri"]),
+                    "'libvirt_uri' applies to hosts with driver = \"libvirt\" only".into(),
                 ));
             }
             if let Some(ns) = &h.netns
@@ -245,10 +254,10 @@ impl Config {
                         "a disk needs a size above zero".into(),
                     ));
                 }
-                if d.format == DiskFormat::Qcow2 && vm.qemu.is_none() {
+                if d.format == DiskFormat::Qcow2 && vm.qemu.is_none() && !vm.adopted() {
                     return Err((
                         p(&["vms", name, "disks", &idx, "format"]),
-                        "qcow2 disks need a qemu VM (a [vms.NAME.qemu] table on a qemu host)"
+                        "qcow2 disks need a qemu VM (a [vms.NAME.qemu] table on a qemu or libvirt host) or an adopted libvirt domain"
                             .into(),
                     ));
                 }
@@ -350,10 +359,38 @@ impl Config {
                         ),
                     ));
                 }
+                (DriverKind::Libvirt, None) if !vm.adopted() => {
+                    return Err((
+                        p(&["vms", name]),
+                        format!(
+                            "host '{hname}' uses the libvirt driver: the VM needs a [vms.{name}.qemu] table (standby defines the domain) or [vms.{name}.libvirt] adopt = true (an existing domain, see `standby vm import`)"
+                        ),
+                    ));
+                }
+                (DriverKind::Process | DriverKind::Qemu, _) if vm.libvirt.is_some() => {
+                    return Err((
+                        p(&["vms", name, "libvirt"]),
+                        format!(
+                            "host '{hname}' uses the {} driver; [vms.{name}.libvirt] needs hosts with driver = \"libvirt\"",
+                            h.driver
+                        ),
+                    ));
+                }
+                (DriverKind::Libvirt, Some(q)) if !q.forwards.is_empty() => {
+                    return Err((
+                        p(&["vms", name, "qemu", "forwards"]),
+                        format!(
+                            "host '{hname}' uses the libvirt driver, which has no port forwards yet"
+                        ),
+                    ));
+                }
                 _ => {}
             }
         }
         let Some(q) = &vm.qemu else {
+            if vm.adopted() {
+                return Ok(());
+            }
             if vm.command.trim().is_empty() {
                 return Err((
                     p(&["vms", name, "command"]),

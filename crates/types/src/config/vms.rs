@@ -44,6 +44,9 @@ pub struct Vm {
     /// process host).
     #[serde(default)]
     pub qemu: Option<QemuVm>,
+    /// How a libvirt host treats the VM's domain (libvirt hosts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt: Option<LibvirtVm>,
     /// The tenant that owns the VM (none: operators' own).
     #[serde(default)]
     pub tenant: Option<String>,
@@ -72,6 +75,25 @@ impl Vm {
         } else {
             &self.command
         }
+    }
+}
+
+/// `[vms.NAME.libvirt]`: how a libvirt host treats the VM's domain.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtVm {
+    /// Use the existing domain named like the VM as libvirt has it (its
+    /// disks are named by their target devices, `vda`, …); written by
+    /// `standby vm import`. Without it standby defines the domain from
+    /// `[vms.NAME.qemu]`.
+    #[serde(default)]
+    pub adopt: bool,
+}
+
+impl Vm {
+    /// An adopted libvirt domain (`[vms.NAME.libvirt] adopt = true`).
+    pub fn adopted(&self) -> bool {
+        self.libvirt.as_ref().is_some_and(|l| l.adopt)
     }
 }
 
