@@ -94,6 +94,8 @@
 //! - `process`: spawn, adoption, QMP events, termination, pid files;
 //! - `disks`: disk images from templates and restored images;
 //! - `points`: live recovery points;
+//! - `migrate`: live migration (disks by NBD block mirror, then the
+//!   running state), in the driver's migration halves;
 //! - this file: the [`Driver`] implementation, which ties them together.
 
 use std::path::PathBuf;
@@ -101,11 +103,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Capabilities, Driver, HvError, SnapshotSource, VmSpec, VmState, VmStatus};
+use crate::{
+    Capabilities, Driver, HvError, MigrationListen, MigrationOptions, MigrationReport,
+    MigrationTarget, SnapshotSource, VmSpec, VmState, VmStatus,
+};
 
 mod cmdline;
 mod disks;
 mod driver;
+mod migrate;
 mod points;
 mod process;
 mod spec;
@@ -130,6 +136,7 @@ impl Driver for QemuDriver {
             live_snapshot: true,
             dirty_tracking: true,
             app_consistent: true,
+            live_migration: true,
         }
     }
 
@@ -254,6 +261,35 @@ impl Driver for QemuDriver {
 
     async fn snapshot_committed(&self, spec: &VmSpec, point: Option<&str>) -> Result<(), HvError> {
         self.finish_point(spec, point).await
+    }
+
+    async fn migrate_in_prepare(
+        &self,
+        spec: &VmSpec,
+        listen: MigrationListen,
+    ) -> Result<MigrationTarget, HvError> {
+        self.prepare_incoming(spec, listen).await
+    }
+
+    async fn migrate_out(
+        &self,
+        spec: &VmSpec,
+        target: &MigrationTarget,
+        options: MigrationOptions,
+    ) -> Result<MigrationReport, HvError> {
+        self.migrate_outgoing(spec, target, options).await
+    }
+
+    async fn migrate_in_finish(&self, spec: &VmSpec) -> Result<VmStatus, HvError> {
+        self.finish_incoming(spec).await
+    }
+
+    async fn migrate_in_abort(&self, spec: &VmSpec) -> Result<(), HvError> {
+        self.abort_incoming(spec).await
+    }
+
+    async fn migrate_out_confirm(&self, spec: &VmSpec, moved: bool) -> Result<VmStatus, HvError> {
+        self.confirm_outgoing(spec, moved).await
     }
 }
 

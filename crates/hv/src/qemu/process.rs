@@ -53,7 +53,22 @@ impl QemuDriver {
             }
         };
         let mut state = VmState::Running;
+        // Only a plain pause is ours to undo: a migration's target (marked)
+        // or a source paused by a migration must never run by itself.
+        let incoming = self.incoming_marker(name).exists();
         if let Some(q) = &qmp
+            && let Ok(st) = q.query_status().await
+            && !st.running
+            && (incoming || st.status != "paused")
+        {
+            tracing::warn!(
+                vm = name,
+                pid,
+                status = st.status,
+                "adopting a vm paused by a migration; left paused"
+            );
+            state = VmState::Frozen;
+        } else if let Some(q) = &qmp
             && let Ok(st) = q.query_status().await
             && !st.running
         {
