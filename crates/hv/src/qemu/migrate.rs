@@ -171,13 +171,22 @@ impl QemuDriver {
             };
         }
         let (qmp, _) = self.live_qmp(name)?;
-        let st = qmp.execute_raw("query-migrate", Value::Null).await?;
-        let status = st["status"].as_str().unwrap_or("none");
-        if status != "completed" {
-            return Err(fail(
-                name,
-                format!("the vm's state has not arrived (incoming migration {status})"),
-            ));
+        // The source sees its copy completed a moment before this side
+        // has loaded the last of it.
+        let until = Instant::now() + QMP_CALL;
+        loop {
+            let st = qmp.execute_raw("query-migrate", Value::Null).await?;
+            let status = st["status"].as_str().unwrap_or("none");
+            if status == "completed" {
+                break;
+            }
+            if status != "active" || Instant::now() > until {
+                return Err(fail(
+                    name,
+                    format!("the vm's state has not arrived (incoming migration {status})"),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
         }
         qmp.execute_raw("nbd-server-stop", Value::Null).await?;
         qmp.cont().await?;

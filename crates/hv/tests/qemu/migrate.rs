@@ -141,6 +141,27 @@ fn same_prefix(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Random-looking bytes from 16 MiB to the end of a data disk, where the
+/// VNF's journal never reaches in a test: data the mirror must copy.
+fn fill_after_journal(path: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.seek(SeekFrom::Start(16 << 20)).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut buf = vec![0u8; M];
+    for _ in 0..(len - (16 << 20)) / M as u64 {
+        for word in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&buf).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
 fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> usize {
     let mut n = 0;
     while n < buf.len() {
@@ -170,7 +191,9 @@ fn spec_at(dir: &Path, sip: u16, http: u16, data_size: u64) -> VmSpec {
 /// will) and REGISTERs (journal writes on the data disk) go on all along.
 /// The destination answers with every acknowledged registration, its data
 /// disk equals the source's at the switchover, the source QEMU is gone.
-/// `STANDBY_MIG_DATA_MIB` sets the data disk's size (default 64).
+/// `STANDBY_MIG_DATA_MIB` sets the data disk's size (default 64), and
+/// `STANDBY_MIG_FILLED` fills it with data after the journal's first
+/// 16 MiB, so the copy carries that much.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hypervisor_qemu_live_migration_keeps_sip_answering() {
     qemu_binary();
@@ -191,6 +214,10 @@ async fn hypervisor_qemu_live_migration_keeps_sip_answering() {
     let host1 = QemuDriver::new(dir.path().join("host1/state"));
     let host2 = QemuDriver::new(dir.path().join("host2/state"));
     host1.create_from_template(&spec1, &[]).await.unwrap();
+    let filled = std::env::var_os("STANDBY_MIG_FILLED").is_some();
+    if filled {
+        fill_after_journal(&spec1.disks[1].path);
+    }
     let st = host1.start(&spec1).await.unwrap();
     reaper.add(st.pid);
     let src_pid = st.pid.unwrap();
@@ -246,6 +273,48 @@ async fn hypervisor_qemu_live_migration_keeps_sip_answering() {
         timeout: Duration::from_secs(300),
         ..MigrationOptions::default()
     };
+    // Nobody listens for the state: the disks get in sync, the state
+    // copy fails, everything is undone and the source runs on.
+    let mut dead_end = target.clone();
+    dead_end.listen.state_port = free_tcp_port();
+    let err = host1
+        .migrate_out(&spec1, &dead_end, options)
+        .await
+        .unwrap_err();
+    eprintln!("migration to a dead port: {err}");
+    assert!(
+        matches!(err, standby_hv::HvError::Migration { .. }),
+        "{err:?}"
+    );
+    let jobs = host1
+        .qmp("pbx")
+        .unwrap()
+        .execute_raw("query-block-jobs", serde_json::Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(jobs, serde_json::json!([]));
+    assert_eq!(host1.status("pbx").await.unwrap().state, VmState::Running);
+    assert!(sip_answers(sip_at(sip1), Duration::from_secs(2)).await);
+    // A destination given up: its QEMU and disks are gone.
+    let spec3 = spec_at(
+        &dir.path().join("host3"),
+        free_udp_port(),
+        free_tcp_port(),
+        1 << 20,
+    );
+    let host3 = QemuDriver::new(dir.path().join("host3/state"));
+    let listen3 = MigrationListen {
+        addr: Ipv4Addr::LOCALHOST.into(),
+        state_port: free_tcp_port(),
+        disk_port: free_tcp_port(),
+    };
+    host3.migrate_in_prepare(&spec3, listen3).await.unwrap();
+    reaper.add(host3.status("pbx").await.unwrap().pid);
+    assert!(spec3.disks.iter().all(|d| d.path.is_file()));
+    host3.migrate_in_abort(&spec3).await.unwrap();
+    assert_eq!(host3.status("pbx").await.unwrap().state, VmState::Stopped);
+    assert!(spec3.disks.iter().all(|d| !d.path.exists()));
+    let t_move = Instant::now();
     let report = host1.migrate_out(&spec1, &target, options).await.unwrap();
     let t_finish = Instant::now();
     let st = host2.migrate_in_finish(&spec2).await.unwrap();
@@ -253,10 +322,10 @@ async fn hypervisor_qemu_live_migration_keeps_sip_answering() {
     assert_eq!(st.state, VmState::Running);
     prober.port.store(sip2, Ordering::Relaxed);
     reg_port.store(sip2, Ordering::Relaxed);
-    let moved = t0.elapsed();
+    let moved = t_move.elapsed();
     let st = host1.migrate_out_confirm(&spec1, true).await.unwrap();
     assert_eq!(st.state, VmState::Stopped, "{st:?}");
-    let confirmed = t0.elapsed();
+    let confirmed = t_move.elapsed();
     assert!(
         !Path::new(&format!("/proc/{src_pid}")).exists(),
         "source qemu {src_pid} still runs"
@@ -280,15 +349,21 @@ async fn hypervisor_qemu_live_migration_keeps_sip_answering() {
     }
     assert!(have.iter().all(|a| tried.contains(a)), "{have:?}");
 
+    let attempt = t_move - t0 - prepared;
     let gap = longest_gap(&answers, t0, t_end);
     let before = longest_gap(&answers, t0 - Duration::from_secs(2), t0);
     let unanswered = sent as usize - answers.len();
     eprintln!(
-        "live migration ({data_mib} MiB data disk + 16 MiB system, 256 MiB RAM, TCG): \
-         prepare {prepared:.2?}, moved (destination resumed) {moved:.2?}, source stopped {confirmed:.2?}; \
+        "live migration ({data_mib} MiB data disk{} + 16 MiB system, 256 MiB RAM, TCG): \
+         prepare {prepared:.2?}, failed attempt + abort {attempt:.2?}, moved (destination resumed) {moved:.2?}, source stopped {confirmed:.2?}; \
          disks in sync after {:.2?} ({} bytes mirrored), state copy {:.2?} ({} bytes), \
          qemu downtime {:?} (switchover {:.2?}), finish {finish:.2?}; longest SIP gap {gap:.2?} (before the move {before:.2?}); \
          {sent} OPTIONS, {unanswered} unanswered; {} of {} REGISTERs acknowledged",
+        if filled {
+            " filled after 16 MiB"
+        } else {
+            " (sparse)"
+        },
         report.disk_sync,
         report.disk_bytes,
         report.state_copy,
