@@ -11,7 +11,8 @@
 //!   from the [`QemuSpec`] in [`VmSpec::qemu`] (memory, CPUs, virtio disks
 //!   in qcow2 or raw, kernel or disk boot, user-mode networking with port
 //!   forwards) and controlled over QMP. Live points: dirty bitmaps and
-//!   backup jobs into scratch images, guest-agent fsfreeze (see its docs).
+//!   backup jobs into scratch images, guest-agent fsfreeze; live
+//!   migration by NBD block mirror and QEMU migration (see its docs).
 //! - [`qga`]: the minimal guest-agent client (sync, fsfreeze, deadlines).
 //! - [`line`]: reading one reply line of QMP or the guest agent, bounded.
 //! - [`qmp`]: the thin async QMP client the qemu driver uses (id-matched

@@ -80,6 +80,15 @@
 //! - A VM that is not running: its image files (qcow2 converted to a raw
 //!   scratch copy), a full read labelled "cold".
 //!
+//! # Live migration
+//!
+//! The migration halves of [`Driver`] move a running VM to another host's
+//! QEMU: disks over NBD with write-blocking block mirrors, then memory and
+//! devices with QEMU's migration paused before the switchover so the
+//! mirrors complete while the guest is paused; the destination runs only
+//! once its `migrate_in_finish` resumes it (the `migrate` submodule). A
+//! VM paused by a migration is never resumed by adoption.
+//!
 //! Restore: the datastore writes raw images;
 //! [`QemuDriver::install_restored_disk`] puts one in place as the disk's
 //! format (qcow2: `qemu-img convert`, zeroes unallocated).

@@ -336,7 +336,20 @@ async fn hypervisor_qemu_live_migration_keeps_sip_answering() {
     let (mut acked, tried) = registrar.await.unwrap();
     let t_end = Instant::now();
     let (answers, sent) = prober.finish();
-    assert_eq!(host2.status("pbx").await.unwrap().state, VmState::Running);
+    let st = host2.status("pbx").await.unwrap();
+    if st.state != VmState::Running {
+        let why = match host2.qmp("pbx") {
+            Some(q) => format!(
+                "{:?}",
+                q.execute_raw("query-status", serde_json::Value::Null).await
+            ),
+            None => "no qmp".into(),
+        };
+        panic!(
+            "destination {st:?} after the move ({why}); qemu log: {}",
+            std::fs::read_to_string(dir.path().join("host2/pbx.log")).unwrap_or_default()
+        );
+    }
     assert!(sip_answers(sip_at(sip2), Duration::from_secs(5)).await);
     // Every acknowledged registration is there, nothing never sent.
     acked.sort();
