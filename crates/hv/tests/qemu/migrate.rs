@@ -295,12 +295,13 @@ async fn hypervisor_qemu_live_migration_keeps_sip_answering() {
     assert_eq!(jobs, serde_json::json!([]));
     assert_eq!(host1.status("pbx").await.unwrap().state, VmState::Running);
     assert!(sip_answers(sip_at(sip1), Duration::from_secs(2)).await);
-    // A destination given up: its QEMU and disks are gone.
+    // Copied but given up before the switchover: the destination's QEMU
+    // and disks are gone, the source resumes with its disks.
     let spec3 = spec_at(
         &dir.path().join("host3"),
         free_udp_port(),
         free_tcp_port(),
-        1 << 20,
+        data_mib << 20,
     );
     let host3 = QemuDriver::new(dir.path().join("host3/state"));
     let listen3 = MigrationListen {
@@ -308,12 +309,19 @@ async fn hypervisor_qemu_live_migration_keeps_sip_answering() {
         state_port: free_tcp_port(),
         disk_port: free_tcp_port(),
     };
-    host3.migrate_in_prepare(&spec3, listen3).await.unwrap();
+    let target3 = host3.migrate_in_prepare(&spec3, listen3).await.unwrap();
     reaper.add(host3.status("pbx").await.unwrap().pid);
     assert!(spec3.disks.iter().all(|d| d.path.is_file()));
+    let t_abort = Instant::now();
+    host1.migrate_out(&spec1, &target3, options).await.unwrap();
+    assert_eq!(host1.status("pbx").await.unwrap().state, VmState::Frozen);
     host3.migrate_in_abort(&spec3).await.unwrap();
+    let st = host1.migrate_out_confirm(&spec1, false).await.unwrap();
+    assert_eq!(st.state, VmState::Running);
+    assert!(sip_answers(sip_at(sip1), Duration::from_secs(5)).await);
     assert_eq!(host3.status("pbx").await.unwrap().state, VmState::Stopped);
     assert!(spec3.disks.iter().all(|d| !d.path.exists()));
+    assert!(host3.migrate_in_finish(&spec3).await.is_err());
     let t_move = Instant::now();
     let report = host1.migrate_out(&spec1, &target, options).await.unwrap();
     let t_finish = Instant::now();
@@ -363,12 +371,14 @@ async fn hypervisor_qemu_live_migration_keeps_sip_answering() {
     assert!(have.iter().all(|a| tried.contains(a)), "{have:?}");
 
     let attempt = t_move - t0 - prepared;
-    let gap = longest_gap(&answers, t0, t_end);
+    let gap = longest_gap(&answers, t_move, t_end);
+    let aborted_gap = longest_gap(&answers, t_abort, t_move);
     let before = longest_gap(&answers, t0 - Duration::from_secs(2), t0);
     let unanswered = sent as usize - answers.len();
     eprintln!(
         "live migration ({data_mib} MiB data disk{} + 16 MiB system, 256 MiB RAM, TCG): \
-         prepare {prepared:.2?}, failed attempt + abort {attempt:.2?}, moved (destination resumed) {moved:.2?}, source stopped {confirmed:.2?}; \
+         prepare {prepared:.2?}, failed attempt + copied-then-aborted attempt {attempt:.2?} \
+         (longest SIP gap in the aborted one {aborted_gap:.2?}), moved (destination resumed) {moved:.2?}, source stopped {confirmed:.2?}; \
          disks in sync after {:.2?} ({} bytes mirrored), state copy {:.2?} ({} bytes), \
          qemu downtime {:?} (switchover {:.2?}), finish {finish:.2?}; longest SIP gap {gap:.2?} (before the move {before:.2?}); \
          {sent} OPTIONS, {unanswered} unanswered; {} of {} REGISTERs acknowledged",
