@@ -388,6 +388,59 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn migration_types_cross_the_wire_and_only_qemu_migrates() {
+        let t = MigrationTarget {
+            listen: MigrationListen {
+                addr: "198.18.0.2".parse().unwrap(),
+                state_port: 4444,
+                disk_port: 10809,
+            },
+            exports: vec![crate::MigrationExport {
+                disk: "data".into(),
+                export: "data".into(),
+                size: 1 << 20,
+            }],
+        };
+        let j = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<MigrationTarget>(&j).unwrap(), t);
+        let p = crate::ProcessDriver::new();
+        assert!(!p.capabilities().live_migration);
+        assert!(
+            QemuDriver::new("/nonexistent")
+                .capabilities()
+                .live_migration
+        );
+        let err = p.migrate_in_prepare(&spec(), t.listen).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HvError::Unsupported {
+                    driver: "process",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    /// An abort removes disks only of a VM this driver prepared as a
+    /// migration target (marker present): never a VM's own disks.
+    #[tokio::test]
+    async fn abort_without_incoming_marker_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec();
+        for d in &mut s.disks {
+            d.path = dir.path().join(&d.name);
+            std::fs::write(&d.path, b"data").unwrap();
+        }
+        let driver = QemuDriver::new(dir.path().join("state"));
+        let err = driver.migrate_in_abort(&s).await.unwrap_err();
+        assert!(matches!(err, HvError::Migration { .. }), "{err:?}");
+        assert!(s.disks.iter().all(|d| d.path.is_file()));
+        assert!(driver.migrate_in_finish(&s).await.is_err());
+    }
+
     #[test]
     fn qemu_spec_defaults_from_json() {
         let q: QemuSpec = serde_json::from_str(
