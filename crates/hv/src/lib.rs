@@ -11,7 +11,8 @@
 //!   from the [`QemuSpec`] in [`VmSpec::qemu`] (memory, CPUs, virtio disks
 //!   in qcow2 or raw, kernel or disk boot, user-mode networking with port
 //!   forwards) and controlled over QMP. Live points: dirty bitmaps and
-//!   backup jobs into scratch images, guest-agent fsfreeze (see its docs).
+//!   backup jobs into scratch images, guest-agent fsfreeze; live
+//!   migration by NBD block mirror and QEMU migration (see its docs).
 //! - [`qga`]: the minimal guest-agent client (sync, fsfreeze, deadlines).
 //! - [`line`]: reading one reply line of QMP or the guest agent, bounded.
 //! - [`qmp`]: the thin async QMP client the qemu driver uses (id-matched
@@ -42,13 +43,28 @@
 //!   changes only then.
 //! - Disk images are never overwritten by [`Driver::create_from_template`].
 //!
-//! Moving a VM to another host or site is not a driver call: the controller
-//! composes it from the calls here (shutdown, a final point, restore at the
-//! target, start), which works across drivers and sites alike. A driver
-//! with live migration can offer it later behind a capability.
+//! Moving a VM to another host or site is composed by the controller from
+//! the calls here (shutdown, a final point, restore at the target, start),
+//! which works across drivers and sites alike. A driver with
+//! [`Capabilities::live_migration`] also moves a running VM between two of
+//! its hosts without stopping it, in three halves that the two hosts'
+//! agents run (the libvirt shape: prepare, perform, finish, confirm):
+//!
+//! 1. destination: [`Driver::migrate_in_prepare`] creates the disks empty,
+//!    starts the VM waiting for its state, and returns a [`MigrationTarget`];
+//! 2. source: [`Driver::migrate_out`] copies the disks and the running
+//!    state to it; the source ends paused, still whole;
+//! 3. destination: [`Driver::migrate_in_finish`] resumes the VM there (the
+//!    switchover), or [`Driver::migrate_in_abort`] removes it;
+//! 4. source: [`Driver::migrate_out_confirm`] quits the source (moved) or
+//!    resumes it (not moved: only after the destination was aborted).
+//!
+//! Until step 3 resumes the destination, the source's disks are the VM's
+//! and it can always be resumed; from then on the destination is the VM.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -162,6 +178,81 @@ pub struct Capabilities {
     pub dirty_tracking: bool,
     /// The guest can be asked to flush (fsfreeze) before a point.
     pub app_consistent: bool,
+    /// A running VM can move to another host of this driver without
+    /// stopping ([`Driver::migrate_out`] and its halves).
+    #[serde(default)]
+    pub live_migration: bool,
+}
+
+/// Where the destination half of a live migration listens: an address of
+/// the destination host that the source host reaches, and two free ports
+/// (the VM's running state, its disks over NBD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationListen {
+    pub addr: IpAddr,
+    pub state_port: u16,
+    pub disk_port: u16,
+}
+
+/// What [`Driver::migrate_in_prepare`] hands to the source half.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationTarget {
+    pub listen: MigrationListen,
+    /// Per disk of the VM (by name), the NBD export that receives it.
+    pub exports: Vec<MigrationExport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationExport {
+    pub disk: String,
+    pub export: String,
+    /// Bytes; must equal the source disk's size.
+    pub size: u64,
+}
+
+/// Limits of [`Driver::migrate_out`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationOptions {
+    /// Longest pause of the VM the state copy aims for (QEMU's
+    /// `downtime-limit`); the pause also holds the disks' last writes.
+    pub downtime_limit: Duration,
+    /// Bytes per second of the state copy; `None`: the driver's default.
+    pub max_bandwidth: Option<u64>,
+    /// The whole copy (disks, then state) gives up after this; the
+    /// source keeps running.
+    pub timeout: Duration,
+}
+
+impl Default for MigrationOptions {
+    fn default() -> Self {
+        MigrationOptions {
+            downtime_limit: Duration::from_millis(300),
+            max_bandwidth: None,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What one [`Driver::migrate_out`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// Bytes the disk copy processed (whole disks, zeroes included, plus
+    /// what the guest rewrote meanwhile).
+    pub disk_bytes: u64,
+    /// From the start to every disk in sync.
+    pub disk_sync: Duration,
+    /// Bytes of memory and device state sent.
+    pub state_bytes: u64,
+    /// From the start of the state copy to its end.
+    pub state_copy: Duration,
+    /// How long the VM was paused on the source, as the hypervisor
+    /// measured it (the last pages, the disks' completion, the device
+    /// state).
+    pub downtime: Option<Duration>,
+    /// Of that pause, from the driver seeing the source paused to it
+    /// seeing the copy completed (the disks' completion inside).
+    pub switchover: Duration,
+    pub total: Duration,
 }
 
 /// Files to read for a recovery point, valid until `snapshot_end`.
@@ -262,6 +353,63 @@ pub trait Driver: Send + Sync {
     async fn snapshot_committed(&self, spec: &VmSpec, point: Option<&str>) -> Result<(), HvError> {
         let _ = (spec, point);
         Ok(())
+    }
+
+    /// Live migration, destination half 1: create `spec`'s disks (empty,
+    /// at their sizes; none may exist) and start the VM waiting for its
+    /// state on `listen`. `spec` is the destination's: its own disk paths,
+    /// work directory and forwards, the same machine and disks otherwise.
+    async fn migrate_in_prepare(
+        &self,
+        spec: &VmSpec,
+        listen: MigrationListen,
+    ) -> Result<MigrationTarget, HvError> {
+        let _ = (spec, listen);
+        Err(self.unsupported("live migration"))
+    }
+
+    /// Live migration, source half: copy the running VM's disks and state
+    /// to `target`. On success the source is paused, whole, and must be
+    /// settled with [`Driver::migrate_out_confirm`]; on failure it runs on
+    /// untouched.
+    async fn migrate_out(
+        &self,
+        spec: &VmSpec,
+        target: &MigrationTarget,
+        options: MigrationOptions,
+    ) -> Result<MigrationReport, HvError> {
+        let _ = (spec, target, options);
+        Err(self.unsupported("live migration"))
+    }
+
+    /// Live migration, destination half 2 (the switchover): after a
+    /// successful [`Driver::migrate_out`], resume the VM here.
+    async fn migrate_in_finish(&self, spec: &VmSpec) -> Result<VmStatus, HvError> {
+        let _ = spec;
+        Err(self.unsupported("live migration"))
+    }
+
+    /// Live migration given up at the destination: stop the VM there and
+    /// remove the disks [`Driver::migrate_in_prepare`] created.
+    async fn migrate_in_abort(&self, spec: &VmSpec) -> Result<(), HvError> {
+        let _ = spec;
+        Err(self.unsupported("live migration"))
+    }
+
+    /// Live migration, source half 2: `moved` (the destination resumed) →
+    /// stop the source; not moved (the destination was aborted) → resume
+    /// it.
+    async fn migrate_out_confirm(&self, spec: &VmSpec, moved: bool) -> Result<VmStatus, HvError> {
+        let _ = (spec, moved);
+        Err(self.unsupported("live migration"))
+    }
+
+    /// [`HvError::Unsupported`] for this driver.
+    fn unsupported(&self, operation: &'static str) -> HvError {
+        HvError::Unsupported {
+            driver: self.kind(),
+            operation,
+        }
     }
 }
 
@@ -396,6 +544,8 @@ pub enum HvError {
         driver: &'static str,
         feature: &'static str,
     },
+    #[error("live migration of vm '{vm}' failed: {detail}")]
+    Migration { vm: String, detail: String },
     #[error("{operation} is not supported by the {driver} driver")]
     Unsupported {
         driver: &'static str,
@@ -415,7 +565,8 @@ impl HvError {
             | HvError::FreezeTimeout { .. }
             | HvError::QmpTimeout { .. }
             | HvError::QmpIo { .. }
-            | HvError::QmpClosed { .. } => true,
+            | HvError::QmpClosed { .. }
+            | HvError::Migration { .. } => true,
             HvError::Libvirt { temporary, .. } => *temporary,
             HvError::DiskMissing { .. }
             | HvError::DiskExists { .. }

@@ -578,6 +578,7 @@ impl Driver for ProcessDriver {
             live_snapshot: false,
             dirty_tracking: false,
             app_consistent: false,
+            live_migration: false,
         }
     }
 

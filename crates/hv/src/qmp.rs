@@ -264,6 +264,15 @@ impl Qmp {
         let _ = rx.wait_for(|c| *c).await;
     }
 
+    /// Resolves when the server closes the connection, without keeping
+    /// the connection open meanwhile (unlike holding a clone).
+    pub fn on_close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.closed.clone();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+
     /// Run any command; `arguments` may be `Null` for none. The `return`
     /// value on success.
     pub async fn execute_raw(&self, command: &str, arguments: Value) -> Result<Value, HvError> {

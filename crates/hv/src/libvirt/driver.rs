@@ -328,6 +328,8 @@ impl Driver for LibvirtDriver {
             live_snapshot: true,
             dirty_tracking: true,
             app_consistent: true,
+            // Not yet: libvirt's migration with storage copy (docs/libvirt.md).
+            live_migration: false,
         }
     }
 

@@ -80,6 +80,15 @@
 //! - A VM that is not running: its image files (qcow2 converted to a raw
 //!   scratch copy), a full read labelled "cold".
 //!
+//! # Live migration
+//!
+//! The migration halves of [`Driver`] move a running VM to another host's
+//! QEMU: disks over NBD with write-blocking block mirrors, then memory and
+//! devices with QEMU's migration paused before the switchover so the
+//! mirrors complete while the guest is paused; the destination runs only
+//! once its `migrate_in_finish` resumes it (the `migrate` submodule). A
+//! VM paused by a migration is never resumed by adoption.
+//!
 //! Restore: the datastore writes raw images;
 //! [`QemuDriver::install_restored_disk`] puts one in place as the disk's
 //! format (qcow2: `qemu-img convert`, zeroes unallocated).
@@ -94,6 +103,8 @@
 //! - `process`: spawn, adoption, QMP events, termination, pid files;
 //! - `disks`: disk images from templates and restored images;
 //! - `points`: live recovery points;
+//! - `migrate`: live migration (disks by NBD block mirror, then the
+//!   running state), in the driver's migration halves;
 //! - this file: the [`Driver`] implementation, which ties them together.
 
 use std::path::PathBuf;
@@ -101,11 +112,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Capabilities, Driver, HvError, SnapshotSource, VmSpec, VmState, VmStatus};
+use crate::{
+    Capabilities, Driver, HvError, MigrationListen, MigrationOptions, MigrationReport,
+    MigrationTarget, SnapshotSource, VmSpec, VmState, VmStatus,
+};
 
 mod cmdline;
 mod disks;
 mod driver;
+mod migrate;
 mod points;
 mod process;
 mod spec;
@@ -130,6 +145,7 @@ impl Driver for QemuDriver {
             live_snapshot: true,
             dirty_tracking: true,
             app_consistent: true,
+            live_migration: true,
         }
     }
 
@@ -255,6 +271,35 @@ impl Driver for QemuDriver {
     async fn snapshot_committed(&self, spec: &VmSpec, point: Option<&str>) -> Result<(), HvError> {
         self.finish_point(spec, point).await
     }
+
+    async fn migrate_in_prepare(
+        &self,
+        spec: &VmSpec,
+        listen: MigrationListen,
+    ) -> Result<MigrationTarget, HvError> {
+        self.prepare_incoming(spec, listen).await
+    }
+
+    async fn migrate_out(
+        &self,
+        spec: &VmSpec,
+        target: &MigrationTarget,
+        options: MigrationOptions,
+    ) -> Result<MigrationReport, HvError> {
+        self.migrate_outgoing(spec, target, options).await
+    }
+
+    async fn migrate_in_finish(&self, spec: &VmSpec) -> Result<VmStatus, HvError> {
+        self.finish_incoming(spec).await
+    }
+
+    async fn migrate_in_abort(&self, spec: &VmSpec) -> Result<(), HvError> {
+        self.abort_incoming(spec).await
+    }
+
+    async fn migrate_out_confirm(&self, spec: &VmSpec, moved: bool) -> Result<VmStatus, HvError> {
+        self.confirm_outgoing(spec, moved).await
+    }
 }
 
 #[cfg(test)]
@@ -342,6 +387,59 @@ mod tests {
             command_line(&bad, &QemuSpec::default(), Path::new("/s"), false),
             Err(HvError::InvalidSpec { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn migration_types_cross_the_wire_and_only_qemu_migrates() {
+        let t = MigrationTarget {
+            listen: MigrationListen {
+                addr: "198.18.0.2".parse().unwrap(),
+                state_port: 4444,
+                disk_port: 10809,
+            },
+            exports: vec![crate::MigrationExport {
+                disk: "data".into(),
+                export: "data".into(),
+                size: 1 << 20,
+            }],
+        };
+        let j = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<MigrationTarget>(&j).unwrap(), t);
+        let p = crate::ProcessDriver::new();
+        assert!(!p.capabilities().live_migration);
+        assert!(
+            QemuDriver::new("/nonexistent")
+                .capabilities()
+                .live_migration
+        );
+        let err = p.migrate_in_prepare(&spec(), t.listen).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HvError::Unsupported {
+                    driver: "process",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    /// An abort removes disks only of a VM this driver prepared as a
+    /// migration target (marker present): never a VM's own disks.
+    #[tokio::test]
+    async fn abort_without_incoming_marker_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec();
+        for d in &mut s.disks {
+            d.path = dir.path().join(&d.name);
+            std::fs::write(&d.path, b"data").unwrap();
+        }
+        let driver = QemuDriver::new(dir.path().join("state"));
+        let err = driver.migrate_in_abort(&s).await.unwrap_err();
+        assert!(matches!(err, HvError::Migration { .. }), "{err:?}");
+        assert!(s.disks.iter().all(|d| d.path.is_file()));
+        assert!(driver.migrate_in_finish(&s).await.is_err());
     }
 
     #[test]

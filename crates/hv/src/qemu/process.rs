@@ -53,7 +53,22 @@ impl QemuDriver {
             }
         };
         let mut state = VmState::Running;
+        // Only a plain pause is ours to undo: a migration's target (marked)
+        // or a source paused by a migration must never run by itself.
+        let incoming = self.incoming_marker(name).exists();
         if let Some(q) = &qmp
+            && let Ok(st) = q.query_status().await
+            && !st.running
+            && (incoming || st.status != "paused")
+        {
+            tracing::warn!(
+                vm = name,
+                pid,
+                status = st.status,
+                "adopting a vm paused by a migration; left paused"
+            );
+            state = VmState::Frozen;
+        } else if let Some(q) = &qmp
             && let Ok(st) = q.query_status().await
             && !st.running
         {
@@ -120,11 +135,29 @@ impl QemuDriver {
     /// Record SHUTDOWN reasons and STOP/RESUME of one run.
     fn watch_events(&self, name: &str, generation: u64, qmp: &Qmp) -> tokio::task::JoinHandle<()> {
         let mut events = qmp.events();
+        // Ends when QEMU closes the socket too: a caller still holding a
+        // clone of the connection (`terminate` does) keeps the event
+        // stream open, and the exit would wait for this task in vain.
+        let closed = qmp.on_close();
         let shared = self.table.clone();
         let name = name.to_owned();
         tokio::spawn(async move {
-            while let Ok(ev) = events.recv().await {
-                on_event(&shared, &name, generation, &ev);
+            tokio::pin!(closed);
+            loop {
+                tokio::select! {
+                    biased;
+                    ev = events.recv() => match ev {
+                        Ok(ev) => on_event(&shared, &name, generation, &ev),
+                        Err(_) => break,
+                    },
+                    () = &mut closed => {
+                        // The reader sent every event before it closed.
+                        while let Ok(ev) = events.try_recv() {
+                            on_event(&shared, &name, generation, &ev);
+                        }
+                        break;
+                    }
+                }
             }
         })
     }

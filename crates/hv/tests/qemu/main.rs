@@ -7,11 +7,13 @@
 //! - `lifecycle`: `vm_lifecycle`, start errors, disks from templates;
 //! - `live_points`: `live_points_follow_writes_zeroes_and_restarts`;
 //! - `sip_vm`: `live_points_of_a_sip_vm_restore_and_boot`;
+//! - `migrate`: `hypervisor_qemu_live_migration_keeps_sip_answering`;
 //! - `bench`: `bench_live_points` (ignored).
 
 mod bench;
 mod common;
 mod lifecycle;
 mod live_points;
+mod migrate;
 mod qmp;
 mod sip_vm;
