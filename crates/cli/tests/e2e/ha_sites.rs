@@ -303,9 +303,28 @@ args = ["--name", "pbx1", "--disk", "{disk.data}", "--sip", "0.0.0.0:5060", "--h
     agent1.kill();
     net.cut_site1();
     let sip2: std::net::SocketAddr = format!("{s2}:5060").parse().unwrap();
-    wait_until("SIP at site 2", Duration::from_secs(60), || {
-        crate::fencing::sip_answers(sip2).then_some(())
-    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !crate::fencing::sip_answers(sip2) {
+        if Instant::now() > deadline {
+            // What the survivors did, to tell which step stalled.
+            for name in [
+                "ctl-site1",
+                "site1-agent",
+                "ctl-site2",
+                "site2-agent",
+                "witness",
+            ] {
+                let text = read_log(name);
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                eprintln!("--- {name}.log (last 60 lines) ---");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+            panic!("timed out after 60s waiting for SIP at site 2 (logs above)");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let rto = lost.elapsed();
     let s2_ip: std::net::Ipv4Addr = s2.parse().unwrap();
     wait_until(

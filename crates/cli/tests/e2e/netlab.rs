@@ -103,7 +103,17 @@ impl NetLab {
             Some(&lab.client),
             &a(14),
         );
+        // A cut link takes its /30 route with it: without this, the root
+        // namespace would then send what was meant for that site to its
+        // default route (off the machine, where a gateway may even answer)
+        // instead of failing at once as a lost site does.
+        sh(&["ip", "route", "replace", "unreachable", &lab.lab_net()]);
         lab
+    }
+
+    /// The lab's /24 (see the module's comment).
+    fn lab_net(&self) -> String {
+        format!("198.18.{}.0/24", self.n)
     }
 
     fn veth(
@@ -264,6 +274,9 @@ impl Drop for NetLab {
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.ctl_s1])
+            .output();
+        let _ = Command::new("ip")
+            .args(["route", "del", "unreachable", &self.lab_net()])
             .output();
     }
 }
