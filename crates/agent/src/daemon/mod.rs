@@ -336,13 +336,22 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<(), Ag
             Ok(resp) => {
                 let status = resp.status();
                 let body = resp.text().await.unwrap_or_default();
-                if status == reqwest::StatusCode::NOT_FOUND {
+                if status == reqwest::StatusCode::NOT_FOUND && controller_not_found(&body) {
                     return Err(AgentError::BadRequest(format!(
                         "the controller does not know agent '{}': declare it under [agents] in standby.toml ({body})",
                         opts.name
                     )));
                 }
-                tracing::warn!(%status, "heartbeat refused: {body}");
+                if status == reqwest::StatusCode::NOT_FOUND {
+                    // Not a controller's answer (a proxy, or an address
+                    // now routed elsewhere): as if the replica were
+                    // unreachable, never a reason to stop.
+                    tracing::warn!(%url, "heartbeat answered 404 by something other than a standby controller: {body:.200}");
+                    reachable = false;
+                    again = controllers.next();
+                } else {
+                    tracing::warn!(%status, "heartbeat refused: {body}");
+                }
             }
             Err(e) => {
                 if reachable {
@@ -470,6 +479,35 @@ impl Controllers {
         self.current.store(to, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(controller = %self.bases[to], "trying the next controller replica");
         to != 0
+    }
+}
+
+/// Whether a 404 is a standby controller's own (its JSON error with code
+/// `not_found`: this agent is not declared), not a proxy's or another
+/// server's, which must not make the agent stop.
+fn controller_not_found(body: &str) -> bool {
+    serde_json::from_str::<standby_types::api::ApiError>(body).is_ok_and(|e| e.code == "not_found")
+}
+
+#[cfg(test)]
+mod not_found_tests {
+    use super::controller_not_found;
+
+    #[test]
+    fn only_the_controllers_own_404_stops_the_agent() {
+        let ours = serde_json::to_string(&standby_types::api::ApiError {
+            code: "not_found".into(),
+            message: "agent 'witness' not found".into(),
+            retryable: false,
+        })
+        .unwrap();
+        assert!(controller_not_found(&ours));
+        // A gateway's empty 404, a web server's page, another error.
+        assert!(!controller_not_found(""));
+        assert!(!controller_not_found("<html><body>Not Found</body></html>"));
+        assert!(!controller_not_found(
+            r#"{"code":"conflict","message":"x","retryable":false}"#
+        ));
     }
 }
 
