@@ -489,28 +489,6 @@ fn controller_not_found(body: &str) -> bool {
     serde_json::from_str::<standby_types::api::ApiError>(body).is_ok_and(|e| e.code == "not_found")
 }
 
-#[cfg(test)]
-mod not_found_tests {
-    use super::controller_not_found;
-
-    #[test]
-    fn only_the_controllers_own_404_stops_the_agent() {
-        let ours = serde_json::to_string(&standby_types::api::ApiError {
-            code: "not_found".into(),
-            message: "agent 'witness' not found".into(),
-            retryable: false,
-        })
-        .unwrap();
-        assert!(controller_not_found(&ours));
-        // A gateway's empty 404, a web server's page, another error.
-        assert!(!controller_not_found(""));
-        assert!(!controller_not_found("<html><body>Not Found</body></html>"));
-        assert!(!controller_not_found(
-            r#"{"code":"conflict","message":"x","retryable":false}"#
-        ));
-    }
-}
-
 async fn send_results(
     http: reqwest::Client,
     controllers: Arc<Controllers>,
@@ -579,5 +557,27 @@ async fn send_results(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod not_found_tests {
+    use super::controller_not_found;
+
+    #[test]
+    fn only_the_controllers_own_404_stops_the_agent() {
+        let ours = serde_json::to_string(&standby_types::api::ApiError {
+            code: "not_found".into(),
+            message: "agent 'witness' not found".into(),
+            retryable: false,
+        })
+        .unwrap();
+        assert!(controller_not_found(&ours));
+        // A gateway's empty 404, a web server's page, another error.
+        assert!(!controller_not_found(""));
+        assert!(!controller_not_found("<html><body>Not Found</body></html>"));
+        assert!(!controller_not_found(
+            r#"{"code":"conflict","message":"x","retryable":false}"#
+        ));
     }
 }
