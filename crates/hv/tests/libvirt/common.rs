@@ -11,6 +11,10 @@ use standby_hv::{DiskSpec, Driver, LibvirtSpec, QemuSpec, VmSpec};
 use standby_store::{Consistency, Datastore, DiskWriteOptions, DiskWriteStats, PointMeta};
 use standby_testkit::libvirt::Libvirtd;
 
+#[path = "../shared/guest.rs"]
+mod guest;
+pub use guest::guest;
+
 pub const CHUNK: u32 = 64 << 10;
 pub const K: usize = 1 << 10;
 pub const M: usize = 1 << 20;
@@ -38,46 +42,6 @@ pub fn lab() -> Lab {
         daemon,
         dir,
     }
-}
-
-pub fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// Build `standby-vnf` and the guest (kernel + initrd) once per test
-/// binary, into `target/tmp/guest` (shared with the qemu tests).
-pub fn guest() -> &'static (PathBuf, PathBuf) {
-    static GUEST: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
-    GUEST.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = std::process::Command::new(cargo)
-            .args(["build", "-p", "standby-vnf", "--bin", "standby-vnf"])
-            .env("CARGO_TARGET_DIR", target_dir())
-            .current_dir(repo_root())
-            .status()
-            .unwrap();
-        assert!(st.success(), "cargo build -p standby-vnf failed");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest");
-        let st = std::process::Command::new(repo_root().join("scripts/build-guest"))
-            .arg("--vnf")
-            .arg(target_dir().join("debug/standby-vnf"))
-            .arg("--out")
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(st.success(), "scripts/build-guest failed");
-        (out.join("vmlinuz"), out.join("initrd.img"))
-    })
 }
 
 /// A VM with two qcow2 disks, `system` (16 MiB, vda) and `data` (8 MiB,
