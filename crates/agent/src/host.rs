@@ -31,6 +31,8 @@ pub struct Agent {
     disk_dir: PathBuf,
     workdir: PathBuf,
     netns: Option<String>,
+    /// `[hosts.NAME.migration]`.
+    migration: Option<config::HostMigration>,
     exec: Box<dyn Host>,
     /// What a remote host last said of its VMs (see [`Agent::recent_status`]).
     seen: crate::seen::Seen,
@@ -82,6 +84,7 @@ impl Agent {
             // A remote agent replaces it with a directory of its own.
             workdir: data_dir.join("hosts").join(host),
             netns: cfg.netns.clone(),
+            migration: cfg.migration.clone(),
             exec,
             seen: crate::seen::Seen::default(),
         }
@@ -318,6 +321,107 @@ impl Agent {
         out
     }
 
+    /// The driver this host runs (`process`, `qemu`, `libvirt`).
+    pub fn driver_kind(&self) -> &'static str {
+        self.exec.driver_kind()
+    }
+
+    /// Where a live migration onto this host listens, attempt `attempt`
+    /// (0, 1, …: each a different pair of ports of the range): the
+    /// `[hosts.NAME.migration]` address, site variables expanded; loopback
+    /// for an in-process host without it. A host at a remote agent without
+    /// it takes no live migration: the error says what to configure.
+    pub fn migration_listen(
+        &self,
+        cfg: &Config,
+        attempt: u32,
+    ) -> Result<standby_hv::MigrationListen, AgentError> {
+        let (addr, [first, last]) = match &self.migration {
+            Some(m) => {
+                let vars = cfg.sites.get(&self.site).map(|s| &s.vars);
+                let text = config::expand_site_vars(&m.address, vars);
+                let addr = text.parse().map_err(|_| {
+                    AgentError::Conflict(format!(
+                        "hosts.{}.migration.address: '{text}' is not an IP address (is the site variable set?)",
+                        self.host
+                    ))
+                })?;
+                (addr, m.ports)
+            }
+            None if self.remote_name().is_none() => (
+                std::net::IpAddr::from([127, 0, 0, 1]),
+                config::default_migration_ports(),
+            ),
+            None => {
+                return Err(AgentError::Conflict(format!(
+                    "host {} (agent {}) has no [hosts.{}.migration] address: a live migration onto it \
+                     needs the address the other hosts reach it at",
+                    self.host,
+                    self.remote_name().unwrap_or("?"),
+                    self.host
+                )));
+            }
+        };
+        // Two distinct ports of the range, a different pair each attempt,
+        // from a random start (two migrations onto one host seldom pick
+        // the same).
+        let span = u32::from(last - first) + 1;
+        let base = rand::random::<u32>() % span;
+        let pick = |k: u32| first + ((base + 2 * attempt + k) % span) as u16;
+        Ok(standby_hv::MigrationListen {
+            addr,
+            state_port: pick(0),
+            disk_port: pick(1),
+        })
+    }
+
+    /// Live migration, destination half 1 (see [`Host::migrate_in_prepare`]).
+    pub async fn migrate_in_prepare(
+        &self,
+        spec: &VmSpec,
+        listen: standby_hv::MigrationListen,
+    ) -> Result<standby_hv::MigrationTarget, AgentError> {
+        self.seen.changing();
+        self.exec.migrate_in_prepare(spec, listen).await
+    }
+
+    /// Live migration, source half (see [`Host::migrate_out`]).
+    pub async fn migrate_out(
+        &self,
+        spec: &VmSpec,
+        target: &standby_hv::MigrationTarget,
+        options: standby_hv::MigrationOptions,
+    ) -> Result<standby_hv::MigrationReport, AgentError> {
+        let out = self.exec.migrate_out(spec, target, options).await;
+        self.seen.changing();
+        out
+    }
+
+    /// Live migration, destination half 2: the switchover.
+    pub async fn migrate_in_finish(&self, spec: &VmSpec) -> Result<VmStatus, AgentError> {
+        let out = self.exec.migrate_in_finish(spec).await;
+        self.seen.changing();
+        out
+    }
+
+    /// Live migration given up at the destination.
+    pub async fn migrate_in_abort(&self, spec: &VmSpec) -> Result<(), AgentError> {
+        let out = self.exec.migrate_in_abort(spec).await;
+        self.seen.changing();
+        out
+    }
+
+    /// Live migration, source half 2: stop (`moved`) or resume the source.
+    pub async fn migrate_out_confirm(
+        &self,
+        spec: &VmSpec,
+        moved: bool,
+    ) -> Result<VmStatus, AgentError> {
+        let out = self.exec.migrate_out_confirm(spec, moved).await;
+        self.seen.changing();
+        out
+    }
+
     /// Take a crash-consistent (or, through a guest agent,
     /// application-consistent) point of the VM into `store`. A remote
     /// agent writes the datastore directly; its progress shows as one
@@ -418,6 +522,7 @@ mod tests {
             disk_dir: "/disks".into(),
             netns: netns.map(String::from),
             power_fence: Vec::new(),
+            migration: None,
         }
     }
 

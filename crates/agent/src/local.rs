@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use standby_hv::{DiskSpec, Driver, QemuDriver, VmSpec, VmStatus};
+use standby_hv::{
+    DiskSpec, Driver, MigrationListen, MigrationOptions, MigrationReport, MigrationTarget,
+    QemuDriver, VmSpec, VmStatus,
+};
 use standby_store::{Consistency, Datastore, DiskWriteOptions, Manifest, PointId, PointMeta};
 
 use standby_types::outcome::{DrillProbed, DrillState, DrillStopped};
@@ -111,6 +114,59 @@ impl Host for LocalHost {
             return Ok(Vec::new());
         }
         Ok(missing_disks(spec))
+    }
+
+    async fn migrate_in_prepare(
+        &self,
+        spec: &VmSpec,
+        listen: MigrationListen,
+    ) -> Result<MigrationTarget, AgentError> {
+        if adopted(spec) {
+            return Err(AgentError::Conflict(format!(
+                "vm {} is an adopted libvirt domain: its disks are where libvirt has them, and standby does not move them live",
+                spec.name
+            )));
+        }
+        let st = self.driver.status(&spec.name).await?;
+        if st.is_alive() {
+            return Err(AgentError::Conflict(format!(
+                "vm {} is {} here already: no migration onto it",
+                spec.name, st.state
+            )));
+        }
+        // Disks left here by an earlier stay are a stale copy: the VM runs
+        // at the source with newer data, and the migration copies all of
+        // it.
+        let gone = crate::onto::discard(spec)?;
+        if !gone.is_empty() {
+            tracing::warn!(vm = %spec.name, disks = ?gone, "stale disks removed before a live migration onto this host");
+        }
+        Ok(self.driver.migrate_in_prepare(spec, listen).await?)
+    }
+
+    async fn migrate_out(
+        &self,
+        spec: &VmSpec,
+        target: &MigrationTarget,
+        options: MigrationOptions,
+    ) -> Result<MigrationReport, AgentError> {
+        Ok(self.driver.migrate_out(spec, target, options).await?)
+    }
+
+    async fn migrate_in_finish(&self, spec: &VmSpec) -> Result<VmStatus, AgentError> {
+        Ok(self.driver.migrate_in_finish(spec).await?)
+    }
+
+    async fn migrate_in_abort(&self, spec: &VmSpec) -> Result<(), AgentError> {
+        Ok(self.driver.migrate_in_abort(spec).await?)
+    }
+
+    async fn migrate_out_confirm(
+        &self,
+        spec: &VmSpec,
+        moved: bool,
+    ) -> Result<VmStatus, AgentError> {
+        Ok(self.driver.migrate_out_confirm(spec, moved).await?)
     }
 
     async fn take_point(

@@ -160,6 +160,31 @@ fn settle(spec: &VmSpec) -> Result<DiskState, AgentError> {
     }
 }
 
+/// Delete the VM's disks here, their journals and the record: a stale
+/// copy (the VM runs elsewhere, with newer data) about to be replaced
+/// whole, e.g. by a live migration onto this host. Returns the disks
+/// deleted.
+pub fn discard(spec: &VmSpec) -> Result<Vec<String>, AgentError> {
+    let mut gone = Vec::new();
+    for d in &spec.disks {
+        match std::fs::remove_file(&d.path) {
+            Ok(()) => gone.push(d.name.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(AgentError::io(format!(
+                    "unable to delete the stale disk {}",
+                    d.path.display()
+                ))(e));
+            }
+        }
+    }
+    drop_journals(spec);
+    if let Some(path) = state_path(spec) {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(gone)
+}
+
 fn drop_journals(spec: &VmSpec) {
     for d in &spec.disks {
         let _ = std::fs::remove_file(journal_path(&d.path));

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use standby_hv::{DiskSpec, VmSpec, VmStatus};
+use standby_hv::{
+    DiskSpec, MigrationListen, MigrationOptions, MigrationReport, MigrationTarget, VmSpec, VmStatus,
+};
 use standby_store::{Datastore, Manifest, PointId};
 use standby_types::config::DatastoreConfig;
 use standby_types::outcome::{DrillProbed, DrillState, DrillStopped};
@@ -93,6 +95,28 @@ pub trait Host: Send + Sync {
     async fn provision_disks(&self, spec: &VmSpec) -> Result<(), AgentError>;
     /// Which disks of `spec` are missing on this host.
     async fn missing_disks(&self, spec: &VmSpec) -> Result<Vec<DiskSpec>, AgentError>;
+    /// Live migration, destination half 1: make `spec`'s disks (none may
+    /// exist) and wait for the VM on `listen` ([`standby_hv::Driver::migrate_in_prepare`]).
+    async fn migrate_in_prepare(
+        &self,
+        spec: &VmSpec,
+        listen: MigrationListen,
+    ) -> Result<MigrationTarget, AgentError>;
+    /// Live migration, source half: copy the running VM to `target`; on
+    /// success it is paused here, whole ([`standby_hv::Driver::migrate_out`]).
+    async fn migrate_out(
+        &self,
+        spec: &VmSpec,
+        target: &MigrationTarget,
+        options: MigrationOptions,
+    ) -> Result<MigrationReport, AgentError>;
+    /// Live migration, destination half 2: resume the VM here.
+    async fn migrate_in_finish(&self, spec: &VmSpec) -> Result<VmStatus, AgentError>;
+    /// Live migration given up: remove the destination's VM and disks.
+    async fn migrate_in_abort(&self, spec: &VmSpec) -> Result<(), AgentError>;
+    /// Live migration, source half 2: stop the source (`moved`) or resume it.
+    async fn migrate_out_confirm(&self, spec: &VmSpec, moved: bool)
+    -> Result<VmStatus, AgentError>;
     /// Take a point of the VM into `store`.
     async fn take_point(
         &self,

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use standby_hv::{DiskSpec, VmSpec, VmStatus};
+use standby_hv::{
+    DiskSpec, MigrationListen, MigrationOptions, MigrationReport, MigrationTarget, VmSpec, VmStatus,
+};
 use standby_store::{Manifest, PointId};
 use standby_types::api::ApiError;
 use standby_types::error_chain;
@@ -23,8 +25,9 @@ use crate::ops::{Host, PointRequest, StoreRef};
 use crate::progress::Progress;
 use crate::wire::DrillRequest;
 use crate::wire::{
-    DrillCall, DrillProbeCall, DrillStartCall, FenceCall, FencedVm, PointCall, PointDone,
-    PointStats, RestoreCall, RestoreDone, ShutdownCall, SpecCall, VmCall,
+    DrillCall, DrillProbeCall, DrillStartCall, FenceCall, FencedVm, MigrateConfirmCall,
+    MigrateOutCall, MigratePrepareCall, PointCall, PointDone, PointStats, RestoreCall, RestoreDone,
+    ShutdownCall, SpecCall, VmCall,
 };
 
 /// Connecting to a remote agent: a live agent on a working link answers
@@ -313,6 +316,57 @@ impl Host for RemoteHost {
     async fn missing_disks(&self, spec: &VmSpec) -> Result<Vec<DiskSpec>, AgentError> {
         self.call("missing-disks", &SpecCall { spec: spec.clone() }, QUICK)
             .await
+    }
+
+    async fn migrate_in_prepare(
+        &self,
+        spec: &VmSpec,
+        listen: MigrationListen,
+    ) -> Result<MigrationTarget, AgentError> {
+        let call = MigratePrepareCall {
+            spec: spec.clone(),
+            listen,
+        };
+        self.call("migrate/prepare", &call, START).await
+    }
+
+    async fn migrate_out(
+        &self,
+        spec: &VmSpec,
+        target: &MigrationTarget,
+        options: MigrationOptions,
+    ) -> Result<MigrationReport, AgentError> {
+        let call = MigrateOutCall {
+            spec: spec.clone(),
+            target: target.clone(),
+            options,
+        };
+        // The agent gives up at the options' timeout and rolls back.
+        self.call("migrate/out", &call, options.timeout + START)
+            .await
+    }
+
+    async fn migrate_in_finish(&self, spec: &VmSpec) -> Result<VmStatus, AgentError> {
+        self.call("migrate/finish", &SpecCall { spec: spec.clone() }, QUICK)
+            .await
+    }
+
+    async fn migrate_in_abort(&self, spec: &VmSpec) -> Result<(), AgentError> {
+        self.call::<_, serde_json::Value>("migrate/abort", &SpecCall { spec: spec.clone() }, START)
+            .await?;
+        Ok(())
+    }
+
+    async fn migrate_out_confirm(
+        &self,
+        spec: &VmSpec,
+        moved: bool,
+    ) -> Result<VmStatus, AgentError> {
+        let call = MigrateConfirmCall {
+            spec: spec.clone(),
+            moved,
+        };
+        self.call("migrate/confirm", &call, START).await
     }
 
     async fn take_point(

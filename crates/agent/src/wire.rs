@@ -65,6 +65,30 @@ pub struct SpecCall {
     pub spec: VmSpec,
 }
 
+/// `migrate/prepare`: the destination half of a live migration listens
+/// on `listen` for `spec`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MigratePrepareCall {
+    pub spec: VmSpec,
+    pub listen: standby_hv::MigrationListen,
+}
+
+/// `migrate/out`: the source half copies `spec`'s VM to `target`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MigrateOutCall {
+    pub spec: VmSpec,
+    pub target: standby_hv::MigrationTarget,
+    pub options: standby_hv::MigrationOptions,
+}
+
+/// `migrate/confirm`: the source settles after the destination resumed
+/// (`moved`) or was aborted.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MigrateConfirmCall {
+    pub spec: VmSpec,
+    pub moved: bool,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ShutdownCall {
     pub vm: String,

@@ -106,6 +106,7 @@ actions!(
     VmShutdown,
     VmStop,
     VmRestart,
+    VmMigrate,
     PointCreate,
     PointLatest,
     PointRestore,

@@ -11,7 +11,7 @@ use serde_json::Value;
 use standby_types::outcome::{
     CommandRan, DrillProbed, DrillReport, DrillState, DrillStopped, HttpAnswered, IncidentOpened,
     IncidentTouched, PointFound, PointRestored, PointsCreated, ProbePassed, Queued, SiteFenced,
-    SiteUnfenced, Slept, VmChanged, VmRestarted, VmsListed,
+    SiteUnfenced, Slept, VmChanged, VmMigrated, VmRestarted, VmsListed,
 };
 
 use crate::scalar::{Flag, Int, Items, Span, Text};
@@ -131,6 +131,31 @@ action!(
     VmRestarted,
     "Restart a VM where it runs (stopped first if hung) until it runs and answers its check (its front-door service there, else its probe), with bounded attempts and backoff; says whether it healed and whether its host answered",
     "a VM that runs and answers is restarted again only if it fails its check"
+);
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmMigrate {
+    /// The VM: it must be running.
+    pub vm: Text,
+    /// The site to move it to.
+    pub site: Text,
+    /// The host there (default: the site's first host).
+    #[serde(default)]
+    pub host: Option<Text>,
+    /// Longest pause of the VM the state copy aims for (default 300ms).
+    #[serde(default)]
+    pub downtime_limit: Option<Span>,
+    /// Give up (the VM runs on at its source) after this (default 10m).
+    #[serde(default)]
+    pub timeout: Option<Span>,
+}
+action!(
+    VmMigrate,
+    "vm.migrate",
+    VmMigrated,
+    "Move a running VM live to a host at another site: its disks and memory are copied while it runs, it pauses for the last of them and resumes at the target; the source copy is stopped. Fails, saying why, where a live move is not possible (different drivers, no migration address, a stopped VM), and on any failure before the switchover the VM runs on at its source, untouched",
+    "the step records each phase: a re-run finishes a move that switched over, or removes the target's half and resumes the source (never both running), then moves again"
 );
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -48,6 +48,34 @@ pub struct VmRestarted {
     pub at_epoch: f64,
 }
 
+/// What `vm.migrate` did: the VM moved live, from host to host.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct VmMigrated {
+    pub vm: String,
+    /// Where it ran.
+    pub from_host: String,
+    pub from_site: String,
+    /// Where it runs now.
+    pub host: String,
+    pub site: String,
+    /// From the step's start to the VM running at `host`.
+    pub seconds: f64,
+    /// Bytes the disk copy processed, and the time until the disks were
+    /// in sync.
+    pub disk_bytes: u64,
+    pub disk_sync_seconds: f64,
+    /// Bytes of memory and device state sent.
+    pub state_bytes: u64,
+    /// How long the VM was paused, as the hypervisor measured it (none
+    /// when it does not say).
+    pub downtime_ms: Option<f64>,
+    /// The source copy is stopped (false: it is paused, never resumed, and
+    /// `note` says what failed).
+    pub source_stopped: bool,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
 /// The VMs (and their front-door services) `vm.list` selected.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct VmsListed {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use standby_hv::{DiskSpec, VmStatus};
+use standby_hv::{DiskSpec, MigrationReport, MigrationTarget, VmStatus};
 use standby_store::{Datastore, PointId};
 use standby_types::config::DatastoreConfig;
 use standby_types::outcome::{DrillProbed, DrillState, DrillStopped};
@@ -18,8 +18,8 @@ use crate::policy::check_vm_name;
 use crate::progress::Quiet;
 use crate::wire::{
     DrillCall, DrillProbeCall, DrillStartCall, FenceCall, FencedVm, Listed, MAX_STATUSES,
-    PointCall, PointDone, RestoreCall, RestoreDone, ShutdownCall, SpecCall, VmCall, VmStatuses,
-    VmsCall,
+    MigrateConfirmCall, MigrateOutCall, MigratePrepareCall, PointCall, PointDone, RestoreCall,
+    RestoreDone, ShutdownCall, SpecCall, VmCall, VmStatuses, VmsCall,
 };
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -79,6 +79,11 @@ fn routes(host: Arc<HostAgent>) -> Router {
         .route("/agent/v1/stop", post(stop))
         .route("/agent/v1/provision", post(provision))
         .route("/agent/v1/missing-disks", post(missing_disks))
+        .route("/agent/v1/migrate/prepare", post(migrate_prepare))
+        .route("/agent/v1/migrate/out", post(migrate_out))
+        .route("/agent/v1/migrate/finish", post(migrate_finish))
+        .route("/agent/v1/migrate/abort", post(migrate_abort))
+        .route("/agent/v1/migrate/confirm", post(migrate_confirm))
         .route("/agent/v1/point", post(point))
         .route("/agent/v1/restore", post(restore))
         .route("/agent/v1/fence", post(fence))
@@ -187,6 +192,56 @@ async fn start(State(h): Host, Json(c): Json<SpecCall>) -> Answer<VmStatus> {
     }
     let spec = h.local(c.spec)?;
     Ok(Json(h.exec.start(&spec).await?))
+}
+
+/// A fenced agent takes no VM in: neither a start nor a migration.
+async fn refuse_fenced(h: &HostAgent, what: &str, vm: &str) -> Result<(), AgentError> {
+    if let Some(f) = &*h.fence.lock().await {
+        return Err(AgentError::Conflict(format!(
+            "agent {} refuses to {what} vm {vm}: its site is fenced since {} ({}); the controller must unfence it",
+            h.name,
+            f.since.to_rfc3339(),
+            f.reason
+        )));
+    }
+    Ok(())
+}
+
+async fn migrate_prepare(
+    State(h): Host,
+    Json(c): Json<MigratePrepareCall>,
+) -> Answer<MigrationTarget> {
+    refuse_fenced(&h, "take a live migration of", &c.spec.name).await?;
+    let spec = h.local(c.spec)?;
+    Ok(Json(h.exec.migrate_in_prepare(&spec, c.listen).await?))
+}
+
+async fn migrate_out(State(h): Host, Json(c): Json<MigrateOutCall>) -> Answer<MigrationReport> {
+    // A fenced agent has stopped its VMs: there is nothing to send.
+    refuse_fenced(&h, "live-migrate", &c.spec.name).await?;
+    let spec = h.local(c.spec)?;
+    Ok(Json(h.exec.migrate_out(&spec, &c.target, c.options).await?))
+}
+
+async fn migrate_finish(State(h): Host, Json(c): Json<SpecCall>) -> Answer<VmStatus> {
+    refuse_fenced(&h, "resume the migrated", &c.spec.name).await?;
+    let spec = h.local(c.spec)?;
+    Ok(Json(h.exec.migrate_in_finish(&spec).await?))
+}
+
+async fn migrate_abort(State(h): Host, Json(c): Json<SpecCall>) -> Answer<serde_json::Value> {
+    let spec = h.local(c.spec)?;
+    h.exec.migrate_in_abort(&spec).await?;
+    Ok(Json(serde_json::json!({ "aborted": spec.name })))
+}
+
+async fn migrate_confirm(State(h): Host, Json(c): Json<MigrateConfirmCall>) -> Answer<VmStatus> {
+    if !c.moved {
+        // Resuming the source is a start of sorts.
+        refuse_fenced(&h, "resume", &c.spec.name).await?;
+    }
+    let spec = h.local(c.spec)?;
+    Ok(Json(h.exec.migrate_out_confirm(&spec, c.moved).await?))
 }
 
 async fn shutdown(State(h): Host, Json(c): Json<ShutdownCall>) -> Answer<VmStatus> {

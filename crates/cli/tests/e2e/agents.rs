@@ -382,15 +382,18 @@ pub(crate) struct QemuSites {
     pub(crate) agents: Vec<AgentProc>,
     /// The lab's VM, stopped when the lab is dropped.
     vm: String,
+    /// The port of the `sip` service's front door ([`QemuSites::start`]).
+    pub(crate) door: u16,
     /// Dropped last: the sites' network namespaces.
     pub(crate) net: NetLab,
 }
 
 impl QemuSites {
-    /// The lab with pbx1, the SIP VNF guest, and its `sip` service.
-    fn start(kernel: &Path, initrd: &Path, sip: u16, http: u16) -> QemuSites {
-        QemuSites::start_with("pbx1", |s1, s2| {
-            let door = free_port();
+    /// The lab with pbx1, the SIP VNF guest, and its `sip` service (its
+    /// front door at 127.0.0.1:[`QemuSites::door`]).
+    pub(crate) fn start(kernel: &Path, initrd: &Path, sip: u16, http: u16) -> QemuSites {
+        let door = free_port();
+        let mut lab = QemuSites::start_with("pbx1", |s1, s2| {
             format!(
                 r#"[vms.pbx1]
 host = "site1-host1"
@@ -427,7 +430,9 @@ probe = "sip"
                 kernel = kernel.display(),
                 initrd = initrd.display(),
             )
-        })
+        });
+        lab.door = door;
+        lab
     }
 
     /// Two qemu hosts (`site1-host1`, `site2-host1`), each run by its
@@ -440,7 +445,7 @@ probe = "sip"
             .tempdir()
             .unwrap();
         let net = NetLab::new();
-        let (s1, s2, s2_for_s1) = (net.addr(2), net.addr(6), net.addr(9));
+        let (s1, s2, s2_for_s1, s1_for_s2) = (net.addr(2), net.addr(6), net.addr(9), net.addr(10));
         let (api, a1, a2) = (free_port(), free_port(), free_port());
         let vms = vms(&s1, &s2);
         let text = format!(
@@ -459,10 +464,13 @@ disk_dir = "site1/disks"
 site = "site2"
 driver = "qemu"
 disk_dir = "site2/disks"
+# Live moves onto site 2: its address on the link from site 1.
+migration = {{ address = "{s2_for_s1}" }}
 [agents.site1-agent]
 site = "site1"
 host = "site1-host1"
 url = "http://{s1}:{a1}"
+peer_url = "http://{s1_for_s2}:{a1}"
 token = "{TOKEN1}"
 [agents.site2-agent]
 site = "site2"
@@ -518,6 +526,7 @@ agent = "site2-agent"
             server: Some(server),
             agents,
             vm: vm.to_string(),
+            door: 0,
             net,
         }
     }

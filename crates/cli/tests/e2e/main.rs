@@ -27,6 +27,7 @@ mod ha_scale;
 mod ha_sites;
 #[cfg(feature = "libvirt")]
 mod libvirt;
+mod live_move;
 mod nfv;
 mod portal;
 mod protect_restore;

@@ -30,15 +30,16 @@ datastores = ["site1-store"]
 keep_last = 3
 "#;
 
-/// SIP OPTIONS through the front door every 50 ms until stopped: how many
-/// went unanswered and the longest time between two answers.
-struct SipLoad {
+/// SIP OPTIONS to an address every `period` until stopped (at most
+/// 20 000): how many went unanswered and the longest time between two
+/// answers.
+pub(crate) struct SipLoad {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<(usize, usize, Duration)>,
 }
 
 impl SipLoad {
-    fn start(front: std::net::SocketAddr) -> SipLoad {
+    pub(crate) fn start(front: std::net::SocketAddr, period: Duration) -> SipLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -55,14 +56,14 @@ impl SipLoad {
                 } else {
                     failed += 1;
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(period);
             }
             (ok, failed, gap)
         });
         SipLoad { stop, thread }
     }
 
-    fn finish(self) -> (usize, usize, Duration) {
+    pub(crate) fn finish(self) -> (usize, usize, Duration) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap()
     }
@@ -98,7 +99,7 @@ backends = {{ site1 = "{{sip}}", site2 = "{{sip}}" }}
         Duration::from_secs(20),
         || crate::fencing::sip_answers(front).then_some(()),
     );
-    let load = SipLoad::start(front);
+    let load = SipLoad::start(front, Duration::from_millis(50));
 
     // 1. A VM and a group added: applied at once; the new VM starts at
     // its host and the new group's schedule takes points of it.

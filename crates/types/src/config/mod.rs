@@ -67,7 +67,7 @@ pub use root::Config;
 pub use services::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FLOWS, Protocol, ServiceConfig, ServiceProbe,
 };
-pub use sites::{AgentConfig, DriverKind, Host, Site};
+pub use sites::{AgentConfig, DriverKind, Host, HostMigration, Site, default_migration_ports};
 pub(crate) use units::duration_str;
 pub use units::{ByteSize, MAX_DURATION, Schedule, parse_duration, within_limit};
 pub use vms::{

@@ -143,4 +143,27 @@ pub struct Host {
     /// `STANDBY_SITE` are set in its environment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub power_fence: Vec<String>,
+    /// Where the other hosts reach this one to live-migrate a VM onto it
+    /// (`move-vm` with `live: true`). None: loopback for an in-process
+    /// host; a host at a remote agent then takes no live migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<HostMigration>,
+}
+
+/// `[hosts.NAME.migration]`: the address and ports a live migration onto
+/// the host listens on (its running state and its disks, over TCP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostMigration {
+    /// An IP address of the host that the other hosts reach; site
+    /// variables expand (`"{site.addr}"`).
+    pub address: String,
+    /// The first and last port a migration may listen on: each takes two
+    /// free ones of the range (default 31400–31499).
+    #[serde(default = "default_migration_ports")]
+    pub ports: [u16; 2],
+}
+
+pub fn default_migration_ports() -> [u16; 2] {
+    [31400, 31499]
 }

@@ -148,6 +148,29 @@ impl Config {
                     ),
                 ));
             }
+            if let Some(m) = &h.migration {
+                if m.address.trim().is_empty() {
+                    return Err((
+                        p(&["hosts", name, "migration", "address"]),
+                        "an IP address of the host that the other hosts reach (site variables expand, e.g. \"{site.addr}\")".into(),
+                    ));
+                }
+                let [first, last] = m.ports;
+                if first == 0 || last < first.saturating_add(1) {
+                    return Err((
+                        p(&["hosts", name, "migration", "ports"]),
+                        format!(
+                            "[{first}, {last}]: the first and last port of a range of at least two ports (a migration listens on two)"
+                        ),
+                    ));
+                }
+                if h.driver == DriverKind::Process {
+                    return Err((
+                        p(&["hosts", name, "migration"]),
+                        "process VMs do not live-migrate: 'migration' applies to qemu and libvirt hosts".into(),
+                    ));
+                }
+            }
             if h.driver != DriverKind::Libvirt && h.libvirt_uri.is_some() {
                 return Err((
                     p(&["hosts", name, "libvirt_uri"]),

@@ -10,13 +10,14 @@
 //!   share.
 //! - `mod.rs`: [`run`], the dispatch from an action's name to its code
 //!   (the small ones are here).
-//! - `vm.rs`: `vm.list`; `restart.rs`: `vm.restart`; `point.rs`: `point.*`; `probe.rs`: `probe.wait`;
+//! - `vm.rs`: `vm.list`; `restart.rs`: `vm.restart`; `migrate.rs`: `vm.migrate`; `point.rs`: `point.*`; `probe.rs`: `probe.wait`;
 //!   `incident.rs`: `incident.*` and `notify`; `drill.rs`: `drill.*`;
 //!   `misc.rs`: `http` and `shell`.
 
 mod context;
 mod drill;
 mod incident;
+mod migrate;
 mod misc;
 mod point;
 mod probe;
@@ -53,6 +54,7 @@ pub async fn run(ctx: &ActionCtx, name: &str) -> Result<Value, EngineError> {
         Call::VmShutdown(a) => output(a.perform(ctx).await?),
         Call::VmStop(a) => output(a.perform(ctx).await?),
         Call::VmRestart(a) => output(a.perform(ctx).await?),
+        Call::VmMigrate(a) => output(a.perform(ctx).await?),
         Call::PointCreate(a) => output(a.perform(ctx).await?),
         Call::PointLatest(a) => output(a.perform(ctx).await?),
         Call::PointRestore(a) => output(a.perform(ctx).await?),
