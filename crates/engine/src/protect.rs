@@ -115,6 +115,7 @@ pub async fn protect_vm(
         pruned,
         reused: false,
         replica,
+        snapshot: manifest.labels.get("snapshot").cloned(),
     })
 }
 

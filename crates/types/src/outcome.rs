@@ -213,6 +213,11 @@ pub struct PointTaken {
     /// catalog's.
     #[serde(default, skip_serializing_if = "is_false")]
     pub reused: bool,
+    /// How the disks were read, as the driver says (the point's
+    /// `snapshot` label: consistency, how long the guest was frozen, live
+    /// or paused, full or incremental read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     /// The warm replica brought to this point (groups with `replica =
     /// "warm"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -275,8 +275,14 @@ fn hypervisor_debian_guest_postgres_app_consistent_point_fails_over_with_acknowl
         lab.agents[0].log_text()
     );
     let at: DateTime<Utc> = serde_json::from_value(point["time"].clone()).unwrap();
+    let snapshot = run["snapshot"].as_str().unwrap_or_default();
+    assert!(
+        snapshot.starts_with("application-consistent (guest agent froze")
+            && snapshot.contains(" ms"),
+        "{run:#}"
+    );
     eprintln!(
-        "point {id}: {point_s:.1?} (protect run; {} bytes read, {}s at the agent), {}",
+        "point {id}: {point_s:.1?} (protect run; {} bytes read, {}s at the agent), {}: {snapshot}",
         run["bytes_read"], run["seconds"], point["consistency"]
     );
     // Rows acknowledged after the point (so the guest was thawed): these

@@ -251,7 +251,8 @@ impl QemuDriver {
         }
 
         // The point's instant: everything below up to the transaction.
-        let (consistency, app_consistent, agent) = self.guest_freeze(spec).await;
+        let freezing = Instant::now();
+        let (mut consistency, app_consistent, agent) = self.guest_freeze(spec).await;
         // The data is from an instant inside the transaction below; a
         // write the guest finished before now is in it (a frozen guest
         // finishes none until the thaw).
@@ -299,6 +300,14 @@ impl QemuDriver {
             .await;
         if let Some(agent) = agent {
             guest_thaw(agent).await;
+            if app_consistent {
+                // From asking the guest to freeze to its thaw answered:
+                // how long the guest's writes waited for the point.
+                consistency.push_str(&format!(
+                    ", frozen {} ms",
+                    freezing.elapsed().as_millis()
+                ));
+            }
         }
         if let Err(e) = started {
             for (node, ..) in &plans {

@@ -116,6 +116,7 @@ async fn point_create(input: PointCreate, ctx: &ActionCtx) -> Result<PointsCreat
                 pruned: after.pruned,
                 reused: true,
                 replica: after.replica,
+                snapshot: None,
             });
             continue;
         }
