@@ -12,7 +12,10 @@
 //! - `protect:after-point`: a member's point is written (its manifest
 //!   visible) and the copies to the group's other datastores have not
 //!   begun; `protect:after-copy`: the copies are done, retention not
-//!   applied yet ([`crate::protect`]).
+//!   applied yet ([`crate::protect`]);
+//! - `migrate:copied`: a live move's copy completed (the source paused,
+//!   the target waiting), the target not resumed; `migrate:switched`: the
+//!   target resumed, the new placement not recorded (`vm.migrate`).
 
 /// Whether this build honours `STANDBY_CRASH_AT` (`standby --version`
 /// says so).

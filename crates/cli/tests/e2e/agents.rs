@@ -384,8 +384,32 @@ pub(crate) struct QemuSites {
     vm: String,
     /// The port of the `sip` service's front door ([`QemuSites::start`]).
     pub(crate) door: u16,
+    /// The controller's API port.
+    api: u16,
     /// Dropped last: the sites' network namespaces.
     pub(crate) net: NetLab,
+}
+
+/// `standby server` on `cfg`, listening on `api`, its log appended to
+/// `server.log` beside `cfg`, with `STANDBY_CRASH_AT=crash_at` if given.
+fn start_server(cfg: &Path, api: u16, crash_at: Option<&str>) -> Child {
+    let log = cfg.with_file_name("server.log");
+    let mut cmd = Command::new(STANDBY);
+    cmd.args(["--config", cfg.to_str().unwrap(), "server"])
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap(),
+        );
+    if let Some(at) = crash_at {
+        cmd.env("STANDBY_CRASH_AT", at);
+    }
+    let mut server = cmd.spawn().expect("standby server starts");
+    wait_listening(&mut server, &log, api, Duration::from_secs(20));
+    server
 }
 
 impl QemuSites {
@@ -460,6 +484,8 @@ vars = {{ addr = "{s2}" }}
 site = "site1"
 driver = "qemu"
 disk_dir = "site1/disks"
+# Live moves onto site 1: its address on the link from site 2.
+migration = {{ address = "{s1_for_s2}" }}
 [hosts.site2-host1]
 site = "site2"
 driver = "qemu"
@@ -490,14 +516,7 @@ agent = "site2-agent"
         );
         let cfg = dir.path().join("standby.toml");
         std::fs::write(&cfg, text).unwrap();
-        let log = dir.path().join("server.log");
-        let mut server = Command::new(STANDBY)
-            .args(["--config", cfg.to_str().unwrap(), "server"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("standby server starts");
-        wait_listening(&mut server, &log, api, Duration::from_secs(20));
+        let server = start_server(&cfg, api, None);
         // Each site's agent in the site's network namespace, its
         // datastore in a mount namespace of its own.
         let agents = vec![
@@ -527,8 +546,35 @@ agent = "site2-agent"
             agents,
             vm: vm.to_string(),
             door: 0,
+            api,
             net,
         }
+    }
+
+    /// Kill the controller and start it again, with `STANDBY_CRASH_AT`
+    /// set to `crash_at` if given.
+    pub(crate) fn restart_server(&mut self, crash_at: Option<&str>) {
+        if let Some(mut c) = self.server.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+        self.server = Some(start_server(&self.cfg, self.api, crash_at));
+    }
+
+    /// Whether the controller exited (a crash hook fired) within `within`.
+    pub(crate) fn wait_server_exit(&mut self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        let Some(c) = self.server.as_mut() else {
+            return true;
+        };
+        while std::time::Instant::now() < deadline {
+            if c.try_wait().ok().flatten().is_some() {
+                self.server = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     pub(crate) fn path(&self, p: &str) -> PathBuf {
@@ -536,23 +582,30 @@ agent = "site2-agent"
     }
 
     pub(crate) fn json(&self, args: &[&str]) -> Value {
+        self.try_json(args).unwrap_or_else(|e| {
+            panic!(
+                "standby {args:?} failed: {e}\nserver log: {}\nagents:\n{}",
+                std::fs::read_to_string(self.path("server.log")).unwrap_or_default(),
+                self.agents
+                    .iter()
+                    .map(AgentProc::log_text)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })
+    }
+
+    /// `standby --json ARGS`: its output, or its error output.
+    pub(crate) fn try_json(&self, args: &[&str]) -> Result<Value, String> {
         let out = Command::new(STANDBY)
             .args(["--config", self.cfg.to_str().unwrap(), "--json"])
             .args(args)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "standby {args:?} failed: {}\nserver log: {}\nagents:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.path("server.log")).unwrap_or_default(),
-            self.agents
-                .iter()
-                .map(AgentProc::log_text)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
     }
 
     /// The serial console of the lab's VM as run by `agent`.

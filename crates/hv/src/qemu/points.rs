@@ -303,10 +303,7 @@ impl QemuDriver {
             if app_consistent {
                 // From asking the guest to freeze to its thaw answered:
                 // how long the guest's writes waited for the point.
-                consistency.push_str(&format!(
-                    ", frozen {} ms",
-                    freezing.elapsed().as_millis()
-                ));
+                consistency.push_str(&format!(", frozen {} ms", freezing.elapsed().as_millis()));
             }
         }
         if let Err(e) = started {

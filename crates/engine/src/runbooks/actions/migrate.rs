@@ -165,6 +165,7 @@ impl Perform for VmMigrate {
         r.phase = Phase::Copied;
         r.report = Some(report);
         ctx.record(&r).await?;
+        crate::crash::at(|| "migrate:copied".into());
         switch_over(ctl, from, to, &src, &dst, &r, started).await
     }
 }
@@ -246,6 +247,7 @@ async fn switch_over(
             }
         }
     }
+    crate::crash::at(|| "migrate:switched".into());
     ctl.repo.set_vm_placement(vm, &r.site, &r.host).await?;
     tracing::info!(vm, from = %r.from_host, to = %r.host, "live migration: switched over");
     let mut r = r.clone();
