@@ -200,6 +200,23 @@ pub struct MigrationTarget {
     pub listen: MigrationListen,
     /// Per disk of the VM (by name), the NBD export that receives it.
     pub exports: Vec<MigrationExport>,
+    /// The destination takes the streams over TLS only, proving itself
+    /// with a certificate for this DNS name ([`MigrationTls`]); `None`:
+    /// plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_name: Option<String>,
+}
+
+/// TLS for a host's live-migration streams (the running state and the
+/// disks): its certificate (PEM, with its chain) and key, the CA bundle
+/// the other hosts' certificates are checked against, and the DNS name
+/// its own certificate carries. Both ends verify each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -91,6 +91,13 @@ impl Material {
         }))
     }
 
+    /// The files it is read from: the CA bundle, the certificate (with
+    /// its chain) and the key (for a program that reads them itself, as
+    /// QEMU's TLS does).
+    pub fn paths(&self) -> (&Path, &Path, &Path) {
+        (&self.bundle, &self.cert, &self.key)
+    }
+
     /// The material of `who` in a PKI directory (see [`crate::pki`]).
     pub fn from_dir(dir: &Path, who: &Identity) -> Result<Arc<Material>> {
         Material::load(

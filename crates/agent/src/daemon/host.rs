@@ -101,7 +101,21 @@ impl HostAgent {
                 dir.join("drills"),
             ),
             DriverKind::Qemu => {
-                let q = Arc::new(QemuDriver::new(run));
+                let mut q = QemuDriver::new(run);
+                // With [pki], live migrations go over TLS with this
+                // agent's peer certificate (both ends verify each other).
+                if let crate::creds::Creds::Tls(m) = &peer_creds {
+                    let (ca, cert, key) = m.paths();
+                    q = q.with_migration_tls(standby_hv::MigrationTls {
+                        ca: ca.to_path_buf(),
+                        cert: cert.to_path_buf(),
+                        key: key.to_path_buf(),
+                        name: standby_tls::Identity::peer(name)
+                            .map_err(|e| AgentError::Internal(format!("agent {name}: {e}")))?
+                            .dns_name(),
+                    });
+                }
+                let q = Arc::new(q);
                 LocalHost::new(q.clone(), Some(q), dir.join("drills"))
             }
             DriverKind::Libvirt => {

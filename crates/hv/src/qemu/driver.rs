@@ -53,6 +53,8 @@ pub struct QemuDriver {
     pub(super) points: Mutex<HashMap<String, PendingPoint>>,
     /// Network namespace QEMU runs in (`ip netns exec NS qemu …`).
     pub(super) netns: Option<String>,
+    /// TLS for live migrations ([`QemuDriver::with_migration_tls`]).
+    pub(super) migration_tls: Option<crate::MigrationTls>,
 }
 
 impl Drop for QemuDriver {
@@ -75,6 +77,7 @@ impl QemuDriver {
             adopting: tokio::sync::Mutex::new(()),
             points: Mutex::default(),
             netns: None,
+            migration_tls: None,
         }
     }
 
@@ -84,6 +87,14 @@ impl QemuDriver {
     /// works as usual. The forwards' `host_addr` is bound inside that
     /// namespace; files and UNIX sockets (QMP, guest agent) are not
     /// affected.
+    /// Live migrations onto and from this host's VMs go over TLS with
+    /// `tls` (QEMU's `tls-creds-x509` for the NBD disk copy and the state
+    /// stream); a destination without it is refused.
+    pub fn with_migration_tls(mut self, tls: crate::MigrationTls) -> Self {
+        self.migration_tls = Some(tls);
+        self
+    }
+
     pub fn in_netns(mut self, netns: impl Into<String>) -> Self {
         self.netns = Some(netns.into());
         self

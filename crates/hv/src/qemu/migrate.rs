@@ -53,6 +53,9 @@ use crate::{
     VmSpec, VmState, VmStatus,
 };
 
+/// The id of the TLS credentials object in a migrating QEMU.
+const TLS_CREDS: &str = "mig-tls";
+
 /// How often block jobs and the migration are polled.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -75,6 +78,56 @@ impl QemuDriver {
     /// Marks a VM as the target of a migration not switched over yet.
     pub(super) fn incoming_marker(&self, name: &str) -> PathBuf {
         self.state_dir.join(format!("{name}.incoming"))
+    }
+
+    /// With migration TLS: the VM's credentials directory in QEMU's layout
+    /// (the CA bundle, this host's certificate and key as `ENDPOINT-cert.pem`
+    /// and `ENDPOINT-key.pem`), copied afresh (a reissued certificate is
+    /// taken), and the `tls-creds-x509` object made in its QEMU; the name
+    /// this host's certificate carries. Without: `None`.
+    async fn tls_creds(
+        &self,
+        qmp: &Qmp,
+        vm: &str,
+        endpoint: &str,
+    ) -> Result<Option<String>, HvError> {
+        let Some(tls) = &self.migration_tls else {
+            return Ok(None);
+        };
+        let dir = self.state_dir.join(format!("{vm}.tls"));
+        let copy = |from: &std::path::Path, to: &str, mode: u32| -> Result<(), HvError> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let to = dir.join(to);
+            let bytes = std::fs::read(from).map_err(Self::io_err(vm, "read", from))?;
+            let _ = std::fs::remove_file(&to);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&to)
+                .map_err(Self::io_err(vm, "write", &to))?;
+            std::io::Write::write_all(&mut f, &bytes).map_err(Self::io_err(vm, "write", &to))
+        };
+        std::fs::create_dir_all(&dir).map_err(Self::io_err(vm, "create", &dir))?;
+        copy(&tls.ca, "ca-cert.pem", 0o644)?;
+        copy(&tls.cert, &format!("{endpoint}-cert.pem"), 0o644)?;
+        copy(&tls.key, &format!("{endpoint}-key.pem"), 0o600)?;
+        // An earlier attempt's object, if any, goes first.
+        let _ = qmp
+            .execute_raw("object-del", json!({ "id": TLS_CREDS }))
+            .await;
+        qmp.execute_raw(
+            "object-add",
+            json!({
+                "qom-type": "tls-creds-x509",
+                "id": TLS_CREDS,
+                "dir": dir,
+                "endpoint": endpoint,
+                "verify-peer": true,
+            }),
+        )
+        .await?;
+        Ok(Some(tls.name.clone()))
     }
 
     /// Destination half 1: see the module docs.
@@ -124,14 +177,17 @@ impl QemuDriver {
             .extend(["-S", "-incoming", "defer"].map(String::from));
         self.spawn(&incoming).await?;
         let (qmp, _) = self.live_qmp(&spec.name)?;
-        qmp.execute_raw(
-            "nbd-server-start",
-            json!({ "addr": { "type": "inet", "data": {
-                "host": listen.addr.to_string(),
-                "port": listen.disk_port.to_string(),
-            } } }),
-        )
-        .await?;
+        let tls = self.tls_creds(&qmp, &spec.name, "server").await?;
+        let mut nbd = json!({ "addr": { "type": "inet", "data": {
+            "host": listen.addr.to_string(),
+            "port": listen.disk_port.to_string(),
+        } } });
+        if tls.is_some() {
+            nbd["tls-creds"] = TLS_CREDS.into();
+            qmp.execute_raw("migrate-set-parameters", json!({ "tls-creds": TLS_CREDS }))
+                .await?;
+        }
+        qmp.execute_raw("nbd-server-start", nbd).await?;
         let mut exports = Vec::new();
         for disk in &spec.disks {
             qmp.execute_raw(
@@ -154,8 +210,12 @@ impl QemuDriver {
         let uri = format!("tcp:{}", SocketAddr::new(listen.addr, listen.state_port));
         qmp.execute_raw("migrate-incoming", json!({ "uri": uri }))
             .await?;
-        tracing::info!(vm = %spec.name, %uri, disks = exports.len(), "waiting for the migrating vm");
-        Ok(MigrationTarget { listen, exports })
+        tracing::info!(vm = %spec.name, %uri, disks = exports.len(), tls = tls.is_some(), "waiting for the migrating vm");
+        Ok(MigrationTarget {
+            listen,
+            exports,
+            tls_name: tls,
+        })
     }
 
     /// Destination half 2: the switchover.
@@ -263,8 +323,30 @@ impl QemuDriver {
             }
             exports.push((disk.name.clone(), e.export.clone()));
         }
+        let tls = match (&target.tls_name, &self.migration_tls) {
+            (Some(peer), Some(_)) => {
+                self.tls_creds(&qmp, name, "client").await?;
+                Some(peer.clone())
+            }
+            (Some(peer), None) => {
+                return Err(fail(
+                    name,
+                    format!(
+                        "the destination ({peer}) takes migrations over TLS only, and this host has no migration TLS (its agent runs without [pki])"
+                    ),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(fail(
+                    name,
+                    "the destination offers no TLS, and this host migrates over TLS only: give the destination's agent [pki] too",
+                ));
+            }
+            (None, None) => None,
+        };
         let mut run = Outgoing {
             vm: name,
+            tls,
             qmp: qmp.with_timeout(QMP_CALL),
             nodes: Vec::new(),
             jobs: Vec::new(),
@@ -310,6 +392,8 @@ impl QemuDriver {
 /// One outgoing migration and what it has set up, for the rollback.
 struct Outgoing<'a> {
     vm: &'a str,
+    /// Over TLS, to a destination proving this name.
+    tls: Option<String>,
     qmp: Qmp,
     nodes: Vec<String>,
     jobs: Vec<String>,
@@ -329,17 +413,17 @@ impl Outgoing<'_> {
         let port = target.listen.disk_port.to_string();
         for (disk, export) in exports {
             let node = nbd_node(disk);
-            self.qmp
-                .execute_raw(
-                    "blockdev-add",
-                    json!({
-                        "driver": "nbd",
-                        "node-name": node,
-                        "server": { "type": "inet", "host": host, "port": port },
-                        "export": export,
-                    }),
-                )
-                .await?;
+            let mut add = json!({
+                "driver": "nbd",
+                "node-name": node,
+                "server": { "type": "inet", "host": host, "port": port },
+                "export": export,
+            });
+            if let Some(name) = &self.tls {
+                add["tls-creds"] = TLS_CREDS.into();
+                add["tls-hostname"] = name.as_str().into();
+            }
+            self.qmp.execute_raw("blockdev-add", add).await?;
             self.nodes.push(node.clone());
             let job = mirror_job(disk);
             self.qmp
@@ -378,6 +462,10 @@ impl Outgoing<'_> {
         });
         if let Some(bw) = options.max_bandwidth {
             params["max-bandwidth"] = json!(bw);
+        }
+        if let Some(name) = &self.tls {
+            params["tls-creds"] = TLS_CREDS.into();
+            params["tls-hostname"] = name.as_str().into();
         }
         self.qmp
             .execute_raw("migrate-set-parameters", params)

@@ -402,6 +402,7 @@ mod tests {
                 export: "data".into(),
                 size: 1 << 20,
             }],
+            tls_name: Some("host2.peer.standby".into()),
         };
         let j = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<MigrationTarget>(&j).unwrap(), t);

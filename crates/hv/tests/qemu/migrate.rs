@@ -422,6 +422,74 @@ async fn hypervisor_qemu_live_migration_keeps_sip_answering() {
         replayed, have,
         "registrations after a reboot from the moved disk"
     );
-    host2.stop("pbx").await.unwrap();
+
+    // Over TLS (each host with its own certificate from one CA): the VM
+    // moves from host 2 to host 4; a TLS host refuses a plain destination,
+    // and a destination whose certificate another CA signed fails the
+    // handshake, the source running on.
+    let pki = dir.path().join("pki");
+    standby_tls::pki::init(&pki).unwrap();
+    let other = dir.path().join("other-pki");
+    standby_tls::pki::init(&other).unwrap();
+    let tls_of = |pki: &Path, name: &str| {
+        let who = standby_tls::Identity::peer(name).unwrap();
+        standby_tls::pki::issue(pki, &who, 1).unwrap();
+        standby_hv::MigrationTls {
+            ca: standby_tls::pki::bundle_path(pki),
+            cert: standby_tls::pki::cert_path(pki, &who),
+            key: standby_tls::pki::key_path(pki, &who),
+            name: who.dns_name(),
+        }
+    };
+    // Host 2's driver again, now with TLS: it adopts the running VM.
+    drop(host2);
+    let host2 =
+        QemuDriver::new(dir.path().join("host2/state")).with_migration_tls(tls_of(&pki, "host2"));
+    assert_eq!(host2.status("pbx").await.unwrap().state, VmState::Running);
+    let mut plain = target.clone();
+    plain.tls_name = None;
+    let err = host2
+        .migrate_out(&spec2, &plain, options)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("TLS only"), "{err}");
+    let (sip4, http4) = (free_udp_port(), free_tcp_port());
+    let spec4 = spec_at(&dir.path().join("host4"), sip4, http4, data_mib << 20);
+    let listen = || MigrationListen {
+        addr: Ipv4Addr::LOCALHOST.into(),
+        state_port: free_tcp_port(),
+        disk_port: free_tcp_port(),
+    };
+    let stranger =
+        QemuDriver::new(dir.path().join("host4/state")).with_migration_tls(tls_of(&other, "host4"));
+    let bad = stranger.migrate_in_prepare(&spec4, listen()).await.unwrap();
+    reaper.add(stranger.status("pbx").await.unwrap().pid);
+    let err = host2.migrate_out(&spec2, &bad, options).await.unwrap_err();
+    eprintln!("migration to a destination of another CA: {err}");
+    stranger.migrate_in_abort(&spec4).await.unwrap();
+    drop(stranger);
+    assert_eq!(host2.status("pbx").await.unwrap().state, VmState::Running);
+    assert!(sip_answers(sip_at(sip2), Duration::from_secs(5)).await);
+    let host4 =
+        QemuDriver::new(dir.path().join("host4/state")).with_migration_tls(tls_of(&pki, "host4"));
+    let target4 = host4.migrate_in_prepare(&spec4, listen()).await.unwrap();
+    reaper.add(host4.status("pbx").await.unwrap().pid);
+    assert_eq!(target4.tls_name.as_deref(), Some("host4.peer.standby"));
+    let t_tls = Instant::now();
+    let report = host2.migrate_out(&spec2, &target4, options).await.unwrap();
+    host4.migrate_in_finish(&spec4).await.unwrap();
+    let tls_moved = t_tls.elapsed();
+    host2.migrate_out_confirm(&spec2, true).await.unwrap();
+    assert!(sip_answers(sip_at(sip4), Duration::from_secs(5)).await);
+    assert_eq!(
+        bindings(SocketAddr::from((Ipv4Addr::LOCALHOST, http4))).await,
+        have,
+        "registrations after the move over TLS"
+    );
+    eprintln!(
+        "live migration over TLS: moved in {tls_moved:.2?} (disks in sync after {:.2?}, qemu downtime {:?})",
+        report.disk_sync, report.downtime
+    );
+    host4.stop("pbx").await.unwrap();
     drop(reaper);
 }
