@@ -215,7 +215,7 @@ fn hypervisor_libvirt_vm_at_agents_is_protected_and_restored_at_site2() {
     let site = |ns: &str| {
         Libvirtd::start_with(LibvirtdOptions {
             netns: Some(ns.to_owned()),
-            host_uuid: None,
+            ..LibvirtdOptions::default()
         })
     };
     let (site1, site2) = (site(&net.s1), site(&net.s2));

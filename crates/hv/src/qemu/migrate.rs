@@ -155,7 +155,11 @@ impl QemuDriver {
         qmp.execute_raw("migrate-incoming", json!({ "uri": uri }))
             .await?;
         tracing::info!(vm = %spec.name, %uri, disks = exports.len(), "waiting for the migrating vm");
-        Ok(MigrationTarget { listen, exports })
+        Ok(MigrationTarget {
+            listen,
+            exports,
+            libvirt: None,
+        })
     }
 
     /// Destination half 2: the switchover.

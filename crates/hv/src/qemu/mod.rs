@@ -402,8 +402,10 @@ mod tests {
                 export: "data".into(),
                 size: 1 << 20,
             }],
+            libvirt: None,
         };
         let j = serde_json::to_string(&t).unwrap();
+        assert!(!j.contains("libvirt"), "{j}");
         assert_eq!(serde_json::from_str::<MigrationTarget>(&j).unwrap(), t);
         let p = crate::ProcessDriver::new();
         assert!(!p.capabilities().live_migration);
