@@ -42,7 +42,7 @@ use virt::domain::{DomainState, MigrateParameters};
 use virt::enumutil::Enum;
 
 use super::LibvirtMigrationTarget;
-use super::driver::{Ctx, LibvirtDriver};
+use super::driver::{Ctx, Failed, LibvirtDriver, is_no_domain};
 use crate::{
     Driver, HvError, MigrationExport, MigrationListen, MigrationOptions, MigrationReport,
     MigrationTarget, VmSpec, VmState, VmStatus,
@@ -429,10 +429,19 @@ impl LibvirtDriver {
                 match state {
                     // Still waiting for its state: destroying it fails the
                     // source's migration, which resumes the source.
-                    Enum::Known(DomainState::Paused) => {
-                        d.destroy().ctx("destroy the incoming domain")?;
-                        Ok(None)
-                    }
+                    Enum::Known(DomainState::Paused) => match d.destroy() {
+                        Ok(()) => Ok(None),
+                        // The failed migration removed the transient
+                        // domain under the call.
+                        Err(e) if is_no_domain(&e) || !d.is_active().unwrap_or(true) => {
+                            drop(e);
+                            Ok(None)
+                        }
+                        Err(e) => Err(Failed {
+                            action: "destroy the incoming domain",
+                            detail: e.message().to_owned(),
+                        }),
+                    },
                     Enum::Known(DomainState::Shutoff) => Ok(None),
                     _ => Ok(Some(())),
                 }

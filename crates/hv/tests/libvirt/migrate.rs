@@ -253,9 +253,10 @@ fn same_disk(a: &Path, b: &Path) -> bool {
 /// The SIP VNF moves from site 1's libvirtd to site 2's while it runs:
 /// libvirt's peer-to-peer migration with storage copy, through the
 /// driver's halves (prepare at the destination, migrate out at the
-/// source, finish, confirm). First a failed attempt (the destination's
-/// libvirtd unreachable): the source runs on, answering, and the
-/// aborted destination leaves nothing. Then the move: SIP OPTIONS every
+/// source, finish, confirm). First two failed attempts (the
+/// destination's libvirtd unreachable; the destination aborted while the
+/// disks copy): each time the source runs on, answering, and the aborted
+/// destination leaves nothing. Then the move: SIP OPTIONS every
 /// 100 ms throughout (to site 1 until the VM runs at site 2), the
 /// longest gap and the duration reported; at the end the destination
 /// answers, runs a persistent standby domain, the source's domain is
@@ -356,22 +357,79 @@ async fn hypervisor_libvirt_live_migration_keeps_sip_answering() {
     assert!(!virsh(site2.uri(), &["dominfo", "pbx"]).0);
     assert!(host2.migrate_in_finish(&spec2).await.is_err());
 
-    // 2. The move.
+    // 2. Given up while the disks copy: the destination's abort destroys
+    // the incoming domain, the source's migration fails, the source runs
+    // on and the destination is left with nothing.
+    let target = host2.migrate_in_prepare(&spec2, listen).await.unwrap();
+    let aborter = {
+        let uri = site2.uri().to_owned();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if virsh(&uri, &["domstate", "pbx"]).1.trim() == "paused" {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        })
+    };
+    let out = {
+        let (h, s, t) = (&host1, &spec1, &target);
+        async move { h.migrate_out(s, t, options).await }
+    };
+    let aborting = async {
+        while !aborter.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(aborter.join().unwrap(), "no incoming domain at site 2");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        host2.migrate_in_abort(&spec2).await
+    };
+    let t_abort = Instant::now();
+    let (out, aborted) = tokio::join!(out, aborting);
+    aborted.unwrap();
+    let err = out.unwrap_err();
+    eprintln!(
+        "migration aborted at the destination: failed after {:.1?}: {err}",
+        t_abort.elapsed()
+    );
+    assert!(matches!(err, HvError::Migration { .. }), "{err:?}");
+    let st = host1.migrate_out_confirm(&spec1, false).await.unwrap();
+    assert_eq!(st.state, VmState::Running);
+    assert!(spec2.disks.iter().all(|d| !d.path.exists()));
+    assert!(!virsh(site2.uri(), &["dominfo", "pbx"]).0);
+    assert_eq!(site2.qemu_pids().len(), 0);
+
+    // 3. The move.
     let t_prep = Instant::now();
+    // Fresh ports: libvirt 9.0 keeps the NBD port of a destroyed
+    // incoming domain reserved ("Failed to reserve port").
+    let listen = MigrationListen {
+        state_port: 49302,
+        disk_port: 49303,
+        ..listen
+    };
     let target = host2.migrate_in_prepare(&spec2, listen).await.unwrap();
     let prepared = t_prep.elapsed();
     // The destination's SIP forward, as soon as the domain runs there.
     let forwarder = {
-        let (uri, to) = (site2.uri().to_owned(), prober.to.clone());
+        let (uri, src, to) = (
+            site2.uri().to_owned(),
+            site1.uri().to_owned(),
+            prober.to.clone(),
+        );
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(200);
             while Instant::now() < deadline {
                 let (ok, state) = virsh(&uri, &["domstate", "pbx"]);
                 if ok && state.trim() == "running" {
+                    let running = Instant::now();
+                    let source = virsh(&src, &["domstate", "pbx"]).1;
                     let (ok, out) = forward_sip(&uri, "pbx");
                     assert!(ok, "hostfwd_add at the destination: {out}");
                     *to.lock().unwrap() = sip2;
-                    return Some(Instant::now());
+                    return Some((running, Instant::now(), source));
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -385,20 +443,47 @@ async fn hypervisor_libvirt_live_migration_keeps_sip_answering() {
     assert_eq!(st.state, VmState::Running);
     let st = host1.migrate_out_confirm(&spec1, true).await.unwrap();
     assert_eq!(st.state, VmState::Stopped);
-    let forwarded = forwarder.join().unwrap().expect("the domain ran at site 2");
+    let returned = t_move + moved;
+    let (running, forwarded, source) = forwarder.join().unwrap().expect("the domain ran at site 2");
+    // Never two running copies: when site 2 ran it, site 1's was paused
+    // or gone.
+    assert!(source.trim() != "running", "the source ran too: {source}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t_end = Instant::now();
     let (answers, sent) = prober.finish();
     let gap = longest_gap(&answers, t_move, t_end);
     let after = answered_since(&answers, forwarded + Duration::from_millis(200));
+    // The source's last answer before the destination ran: libvirt's
+    // switchover as the client saw it (the guest paused, the last pages,
+    // the device state, libvirt's Finish resuming the destination).
+    let last_source = answers
+        .iter()
+        .rev()
+        .find(|&&a| a <= running)
+        .copied()
+        .unwrap_or(t_move);
+    let signed = |a: Instant, b: Instant| {
+        if b >= a {
+            format!("{} ms", (b - a).as_millis())
+        } else {
+            format!("-{} ms", (a - b).as_millis())
+        }
+    };
+    eprintln!(
+        "source's last answer -> destination running {} ms; destination running -> forwarded (test's hostfwd_add) {} ms; destination running -> migrate_out returned {}",
+        running.saturating_duration_since(last_source).as_millis(),
+        (forwarded - running).as_millis(),
+        signed(running, returned),
+    );
     eprintln!(
         "libvirt live move ({data_mib} MiB data disk, {written} MiB written): prepare {prepared:.1?}, \
          migrate_out {moved:.2?} (disks {:.2?}, {} disk bytes, {} memory bytes), destination \
-         forward {:.2?} after the start; longest SIP gap {gap:.0?}; {} answers to {sent} probes",
+         forward {:.2?} after the start; longest SIP gap {} ms; {} answers to {sent} probes",
         report.disk_sync,
         report.disk_bytes,
         report.state_bytes,
         forwarded - t_move,
+        gap.as_millis(),
         answers.len(),
     );
     assert!(
