@@ -339,12 +339,12 @@ impl LibvirtDriver {
         match outcome? {
             Ok(()) => {}
             Err(detail) => {
-                tracing::warn!(vm, %detail, "live migration failed; the source runs on");
-                // libvirt resumes the source itself; make sure.
-                let st = self.observe_pub(vm).await;
-                if st.as_ref().is_ok_and(|s| s.state == VmState::Frozen) {
-                    let _ = self.resume_paused(vm).await;
-                }
+                // libvirt resumes the source itself when it fails before
+                // the switchover. A source left paused is resumed only by
+                // `migrate_out_confirm(false)`, after the destination was
+                // aborted (which refuses once the VM runs there): never
+                // two running copies.
+                tracing::warn!(vm, %detail, "live migration failed");
                 return Err(fail(vm, detail));
             }
         }
