@@ -28,6 +28,22 @@
 //! emulation (7–18 s on 2 shared cores), so its probe waits at least
 //! [`QEMU_BOOT_TCG`] (or [`QEMU_BOOT_KVM`]) whatever timeout was given.
 //!
+//! # libvirt VMs
+//! A libvirt VM standby defines (its domain XML is generated from its
+//! `[vms.NAME.qemu]` machine) gets the same QEMU copy, booted by the qemu
+//! driver in the drill's namespace, not a domain on the host's libvirtd:
+//! libvirtd starts its QEMUs in its own network namespace, the host's,
+//! where a domain's user-mode network reaches whatever the host reaches
+//! (production), and an isolated libvirt network is a bridge the host
+//! itself sits on. The copy's machine is the one the domain XML is built
+//! from (memory, CPUs, machine type, kernel, the disks in order and
+//! format), nothing is defined at libvirtd (no name to clash with the
+//! production domain, nothing to undefine), and the teardown's checks are
+//! the qemu copy's. A libvirt VM has no port forwards (its services
+//! answer on its own address), so the controller gives the copy one: its
+//! probed port, on the namespace's loopback, to the same port of the
+//! guest. Adopted domains (no machine to boot from) are refused.
+//!
 //! # Teardown
 //! [`stop`] stops the copy through its driver (a QEMU copy: QMP `quit`,
 //! then SIGKILL), checks that its process is gone, kills whatever else
@@ -225,6 +241,14 @@ pub async fn start(
             )));
         }
         return Ok(st);
+    }
+    if prod.libvirt.is_some()
+        && (prod.qemu.is_none() || prod.libvirt.as_ref().is_some_and(|l| l.adopt))
+    {
+        return Err(AgentError::BadRequest(format!(
+            "vm {vm} is an adopted libvirt domain: its drill copy has no machine to boot from \
+             (add a [vms.{vm}.qemu] table to make it a domain standby defines)"
+        )));
     }
     let kind = if prod.qemu.is_some() {
         CopyKind::Qemu

@@ -130,7 +130,10 @@ pub async fn start(
             .to_string(),
     };
     let agent = ctl.agent(&host)?;
-    let prod = agent.spec(&ctl.cfg(), vm)?;
+    let mut prod = agent.spec(&ctl.cfg(), vm)?;
+    if prod.libvirt.is_some() {
+        expose_probed_port(ctl, vm, site, &mut prod);
+    }
     // The point asked for; else the newest, then older ones while no copy
     // the host reads restores them (the drill says which it skipped).
     let candidates: Vec<(String, DateTime<Utc>, Vec<String>)> = match point {
@@ -233,6 +236,49 @@ pub async fn start(
         },
     )?;
     Ok(st)
+}
+
+/// A libvirt VM has no port forwards (its services answer on the VM's own
+/// address), so its drill copy, a QEMU copy in the drill's namespace,
+/// gets one: the port its default probe checks (its first service's
+/// backend port at the drill's site, else its probe's), on the copy's
+/// loopback, to the same port of the guest. Nothing to forward when the
+/// VM has no service and no probe (then the drill's probe needs `kind`
+/// and `port`, and fails the same way for any VM).
+fn expose_probed_port(ctl: &Controller, vm: &str, site: &str, prod: &mut standby_hv::VmSpec) {
+    use standby_hv::qemu::PortForward;
+    let Ok(check) = crate::runbooks::actions::default_copy_check(ctl, vm, site, false) else {
+        return;
+    };
+    let port_of = |target: &str| {
+        target
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.port())
+    };
+    let forward = match &check {
+        ProbeCheck::Sip { target } | ProbeCheck::Udp { target, .. } => {
+            port_of(target).map(|p| PortForward::udp(p, p))
+        }
+        ProbeCheck::Tcp { target } => port_of(target).map(|p| PortForward::tcp(p, p)),
+        ProbeCheck::Http { url, .. } => reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.port_or_known_default())
+            .map(|p| PortForward::tcp(p, p)),
+    };
+    if let (Some(f), Some(q)) = (forward, prod.qemu.as_mut())
+        && !q
+            .forwards
+            .iter()
+            .any(|x| x.protocol == f.protocol && x.host_port == f.host_port)
+    {
+        tracing::info!(
+            vm,
+            port = f.host_port,
+            "the libvirt vm's drill copy forwards its probed port"
+        );
+        q.forwards.push(f);
+    }
 }
 
 /// Probe the drill's copy from inside its namespace, at its host, until

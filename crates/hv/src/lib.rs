@@ -20,7 +20,8 @@
 //! - [`libvirt`]: VMs as libvirt domains (cargo feature `libvirt`; the
 //!   spec types and XML builder are always built, so a build without it
 //!   refuses `driver = "libvirt"` by name). A VM is a libvirt VM when its
-//!   spec has [`VmSpec::libvirt`].
+//!   spec has [`VmSpec::libvirt`]. Live migration is libvirt's own
+//!   peer-to-peer migration with storage copy.
 //!
 //! Both drivers keep `<state dir>/<vm>.pid` (`<pid> <kernel start time>`)
 //! so a restarted controller adopts the VMs still running instead of
@@ -205,6 +206,11 @@ pub struct MigrationTarget {
     /// plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_name: Option<String>,
+    /// The libvirt driver's destination: where the source's libvirtd
+    /// reaches the destination's, and the destination's own paths (the
+    /// qemu driver leaves it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt: Option<libvirt::LibvirtMigrationTarget>,
 }
 
 /// TLS for a host's live-migration streams (the running state and the

@@ -93,6 +93,13 @@ pub struct LibvirtdOptions {
     pub netns: Option<String>,
     /// The daemon's `host_uuid` (random when not given).
     pub host_uuid: Option<String>,
+    /// Also listen on TCP port 16509 of this address, without
+    /// authentication (`qemu+tcp://ADDR/system`), for peer-to-peer
+    /// migration between two labs: for a private test lab only (a real
+    /// deployment uses `qemu+tls` or `qemu+ssh`). The daemon then also
+    /// runs in a UTS namespace of its own with a hostname of its own
+    /// (libvirt refuses a migration between two daemons of one hostname).
+    pub tcp_listen: Option<String>,
 }
 
 /// A running private libvirtd; killed on drop with its QEMUs.
@@ -142,6 +149,13 @@ impl Libvirtd {
             ),
         )
         .unwrap();
+        if let Some(addr) = &opts.tcp_listen {
+            let mut conf = std::fs::read_to_string(d.join("etc/libvirtd.conf")).unwrap();
+            conf += &format!(
+                "listen_tls = 0\nlisten_tcp = 1\nauth_tcp = \"none\"\nlisten_addr = \"{addr}\"\n"
+            );
+            std::fs::write(d.join("etc/libvirtd.conf"), conf).unwrap();
+        }
         std::fs::write(
             d.join("etc/qemu.conf"),
             "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\n\
@@ -155,9 +169,17 @@ impl Libvirtd {
         }
         // Its own pid file: the default /run/libvirtd.pid is outside the
         // bind mounts, shared by every lab.
+        if opts.tcp_listen.is_some() {
+            script += &format!("hostname 'lab-{}'\n", &host_uuid[..8]);
+        }
         script += &format!(
-            "exec '{}' -f '{}' -p '{}'\n",
+            "exec '{}' {}-f '{}' -p '{}'\n",
             libvirtd.display(),
+            if opts.tcp_listen.is_some() {
+                "--listen "
+            } else {
+                ""
+            },
             d.join("etc/libvirtd.conf").display(),
             d.join("libvirtd.pid").display()
         );
@@ -169,6 +191,9 @@ impl Libvirtd {
             }
             None => Command::new("unshare"),
         };
+        if opts.tcp_listen.is_some() {
+            cmd.arg("--uts");
+        }
         cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(d.join("libvirtd.out")).unwrap())

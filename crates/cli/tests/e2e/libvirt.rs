@@ -76,18 +76,22 @@ impl Drop for Lab {
     }
 }
 
-#[test]
-fn hypervisor_libvirt_vm_is_protected_and_restored_at_site2() {
-    let (kernel, initrd) = guest();
-    let (site1, site2) = (Libvirtd::start(), Libvirtd::start());
-    assert_ne!(site1.host_uuid, site2.host_uuid);
-    let dir = tempfile::Builder::new()
-        .prefix("standby-libvirt-")
-        .tempdir()
-        .unwrap();
-    let api = free_port();
-    let text = format!(
-        r#"[controller]
+impl Lab {
+    /// A controller with two libvirt hosts (site 1, site 2), each a
+    /// private libvirtd, and pbx1, a VM standby defines, protected by
+    /// group `gold` (both sites' datastores); `extra` is appended to the
+    /// configuration.
+    fn start(extra: &str) -> Lab {
+        let (kernel, initrd) = guest();
+        let (site1, site2) = (Libvirtd::start(), Libvirtd::start());
+        assert_ne!(site1.host_uuid, site2.host_uuid);
+        let dir = tempfile::Builder::new()
+            .prefix("standby-libvirt-")
+            .tempdir()
+            .unwrap();
+        let api = free_port();
+        let text = format!(
+            r#"[controller]
 listen = "127.0.0.1:{api}"
 data_dir = "controller"
 [sites.site1]
@@ -130,36 +134,42 @@ format = "qcow2"
 members = ["pbx1"]
 schedule = "every 1h"
 datastores = ["site1-store", "site2-store"]
-"#,
-        uri1 = site1.uri(),
-        uri2 = site2.uri(),
-        kernel = kernel.display(),
-        initrd = initrd.display(),
-    );
-    let cfg = dir.path().join("standby.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-    let server = Command::new(STANDBY)
-        .args(["--config", cfg.to_str().unwrap(), "server"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("standby server starts");
-    let mut lab = Lab {
-        dir,
-        cfg,
-        server: Some(server),
-        site1,
-        site2,
-    };
-    let log = lab.dir.path().join("server.log");
-    wait_listening(
-        lab.server.as_mut().unwrap(),
-        &log,
-        api,
-        Duration::from_secs(20),
-    );
+{extra}"#,
+            uri1 = site1.uri(),
+            uri2 = site2.uri(),
+            kernel = kernel.display(),
+            initrd = initrd.display(),
+        );
+        let cfg = dir.path().join("standby.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let server = Command::new(STANDBY)
+            .args(["--config", cfg.to_str().unwrap(), "server"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("standby server starts");
+        let mut lab = Lab {
+            dir,
+            cfg,
+            server: Some(server),
+            site1,
+            site2,
+        };
+        let log = lab.dir.path().join("server.log");
+        wait_listening(
+            lab.server.as_mut().unwrap(),
+            &log,
+            api,
+            Duration::from_secs(20),
+        );
+        lab
+    }
+}
 
+#[test]
+fn hypervisor_libvirt_vm_is_protected_and_restored_at_site2() {
+    let lab = Lab::start("");
     let t = Instant::now();
     lab.json(&["vm", "start", "pbx1"]);
     lab.wait_console("site1-host1", "ready sip=", Duration::from_secs(120));
@@ -215,7 +225,7 @@ fn hypervisor_libvirt_vm_at_agents_is_protected_and_restored_at_site2() {
     let site = |ns: &str| {
         Libvirtd::start_with(LibvirtdOptions {
             netns: Some(ns.to_owned()),
-            host_uuid: None,
+            ..LibvirtdOptions::default()
         })
     };
     let (site1, site2) = (site(&net.s1), site(&net.s2));
@@ -371,5 +381,194 @@ datastores = ["site1-store", "site2-store"]
     eprintln!("agent 2: restore + define + boot {:.1?}", t.elapsed());
     assert!(lab.site2.virsh(&["domstate", "pbx1"]).contains("running"));
     assert!(lab.site2.virsh(&["dumpxml", "pbx1"]).contains("standby:vm"));
+    lab.json(&["vm", "stop", "pbx1"]);
+}
+
+/// Poll the SIP of a drill's copy from inside its namespace `netns`
+/// (joined on this thread once it appears) until it answers; `None` when
+/// the namespace never came or went away first.
+fn sip_in_drill(netns: &str, sip: std::net::SocketAddr, within: Duration) -> Option<Duration> {
+    let deadline = Instant::now() + within;
+    let path = std::path::Path::new("/run/netns").join(netns);
+    while !path.exists() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let f = std::fs::File::open(&path).ok()?;
+    let seen = Instant::now();
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns into the drill");
+    crate::qemu::rt().block_on(async {
+        while Instant::now() < deadline && path.exists() {
+            if standby_vnf::client::options(sip, Duration::from_millis(500))
+                .await
+                .is_ok()
+            {
+                return Some(seen.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    })
+}
+
+/// The shipped `drill` runbook against a libvirt VM: its copy is the
+/// QEMU copy of the domain's machine, booted by the qemu driver inside
+/// the drill's own namespace (loopback only), never a domain at a
+/// libvirtd; the controller forwards the VM's probed SIP port (5060) on
+/// that loopback. The copy answers SIP there and only there, the
+/// production domain runs on untouched (same QEMU, same UUID, its SIP
+/// answering all along), and the drill leaves nothing: no domain at
+/// either libvirtd, no namespace, no process, no file.
+#[test]
+fn hypervisor_libvirt_drill_boots_the_copy_isolated_while_production_runs() {
+    // Production's SIP, forwarded by the test (the driver has no
+    // forwards) on an address of its own in 127.0.0.0/8.
+    let lo = format!("127.0.{}.1", std::process::id() % 200 + 20);
+    let lab = Lab::start(&format!(
+        r#"[probes.pbx1-sip]
+kind = "sip"
+target = "{lo}:5060"
+interval = "1s"
+timeout = "500ms"
+labels = {{ vm = "pbx1", site = "site1", scope = "service" }}
+"#
+    ));
+    lab.json(&["vm", "start", "pbx1"]);
+    lab.wait_console("site1-host1", "ready sip=", Duration::from_secs(120));
+    lab.site1.virsh(&[
+        "qemu-monitor-command",
+        "pbx1",
+        "--hmp",
+        &format!("hostfwd_add hostnet0 udp:{lo}:5060-:5060"),
+    ]);
+    let prod: std::net::SocketAddr = format!("{lo}:5060").parse().unwrap();
+    assert!(
+        crate::qemu::sip_answers(prod, Duration::from_secs(30)),
+        "production's SIP does not answer at {prod}"
+    );
+    let uuid = lab.site1.virsh(&["domuuid", "pbx1"]);
+    let qemus = lab.site1.qemu_pids();
+    assert_eq!(qemus.len(), 1);
+    lab.json(&["protect", "run", "gold"]);
+
+    // Production polled all through the drill; the copy's port tried
+    // from outside its namespace, where nothing may answer.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        let outside: std::net::SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        std::thread::spawn(move || {
+            crate::qemu::rt().block_on(async {
+                let (mut ok, mut failed, mut leaked) = (0u32, 0u32, 0u32);
+                let deadline = Instant::now() + Duration::from_secs(600);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                    match standby_vnf::client::options(prod, Duration::from_secs(2)).await {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                    if standby_vnf::client::options(outside, Duration::from_millis(200))
+                        .await
+                        .is_ok()
+                    {
+                        leaked += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                (ok, failed, leaked)
+            })
+        })
+    };
+    let t = Instant::now();
+    let job = lab.json(&[
+        "runbook",
+        "run",
+        "drill",
+        "--param",
+        "site=site1",
+        "--param",
+        "hold=5s",
+    ]);
+    let job = job["job"].as_i64().expect("a job id");
+    let netns = format!("sbd-{job}-pbx1");
+    let watcher = {
+        let netns = netns.clone();
+        std::thread::spawn(move || {
+            sip_in_drill(
+                &netns,
+                "127.0.0.1:5060".parse().unwrap(),
+                Duration::from_secs(300),
+            )
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(400);
+    let drill = loop {
+        let v = lab.json(&["runbook", "steps", &job.to_string()]);
+        if matches!(v["job"]["status"].as_str(), Some("succeeded" | "failed")) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the drill did not end: {v:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let wall = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, leaked) = poller.join().unwrap();
+    let seen = watcher.join().unwrap();
+
+    let steps = drill["steps"].as_array().unwrap();
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}: {drill:#}"))
+    };
+    assert_eq!(drill["job"]["status"], "succeeded", "{drill:#}");
+    let report = &step("report")["output"];
+    assert_eq!(report["ok"], true, "{drill:#}");
+    let vm = &report["vms"][0];
+    assert_eq!(vm["vm"], "pbx1");
+    assert_eq!(vm["site"], "site2");
+    assert_eq!(vm["verified"], true, "{report:#}");
+    let boot = &step("boot")["output"];
+    let boot = if boot.is_array() { &boot[0] } else { boot };
+    assert_eq!(boot["kind"], "qemu", "{boot:#}");
+    let rto = vm["rto_seconds"].as_f64().expect("an RTO");
+    let restore = vm["restore_seconds"].as_f64().expect("a restore time");
+    eprintln!(
+        "libvirt drill: restore {restore:.2} s, RTO {rto:.1} s, whole runbook {wall:.1?}; production {ok} OPTIONS answered, {failed} missed"
+    );
+    // The copy answered SIP inside its namespace, not outside.
+    assert!(
+        seen.is_some(),
+        "the drill's copy never answered SIP inside {netns}"
+    );
+    assert_eq!(leaked, 0, "the copy's SIP answered outside its namespace");
+    // Production untouched: the same QEMU and domain, answering all along.
+    assert!(ok >= 5, "production polled only {ok} times");
+    assert_eq!(
+        failed, 0,
+        "production missed {failed} OPTIONS during the drill"
+    );
+    assert_eq!(lab.site1.qemu_pids(), qemus);
+    assert_eq!(lab.site1.virsh(&["domuuid", "pbx1"]), uuid);
+    assert!(lab.site1.virsh(&["domstate", "pbx1"]).contains("running"));
+    let vmst = lab.json(&["vm", "status", "pbx1"]);
+    assert_eq!(vmst["active_site"], "site1", "{vmst:#}");
+    // Nothing of the drill is left: no domain at either libvirtd, no
+    // namespace, no process, no file.
+    assert_eq!(lab.site1.virsh(&["list", "--all", "--name"]).trim(), "pbx1");
+    assert_eq!(lab.site2.virsh(&["list", "--all", "--name"]).trim(), "");
+    assert!(
+        !std::path::Path::new("/run/netns").join(&netns).exists(),
+        "the drill's namespace {netns} is left"
+    );
+    let drills = lab.dir.path().join("controller/drills");
+    let left = crate::qemu::processes_with(&drills.to_string_lossy());
+    assert!(left.is_empty(), "drill QEMU left running: {left:?}");
+    let files: Vec<_> = std::fs::read_dir(&drills)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "drill files left: {files:?}");
     lab.json(&["vm", "stop", "pbx1"]);
 }

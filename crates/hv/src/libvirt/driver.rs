@@ -14,7 +14,10 @@ use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 
 use super::xml::{self, DomainInfo};
-use crate::{Capabilities, Driver, HvError, QemuDriver, SnapshotSource, VmSpec, VmState, VmStatus};
+use crate::{
+    Capabilities, Driver, HvError, MigrationListen, MigrationOptions, MigrationReport,
+    MigrationTarget, QemuDriver, SnapshotSource, VmSpec, VmState, VmStatus,
+};
 
 /// How often a shutdown polls the domain.
 const POLL: Duration = Duration::from_millis(100);
@@ -25,7 +28,10 @@ pub struct LibvirtDriver {
     pub(super) state_dir: PathBuf,
     /// Disk images (templates, restored disks) are made by the qemu
     /// driver's qemu-img code: same formats, same rules.
-    disks: QemuDriver,
+    pub(super) disks: QemuDriver,
+    /// The destination libvirtd's URI handed to a migration's source
+    /// (`{addr}`: the destination's listen address).
+    pub(super) peer_uri: String,
     /// When each VM entered the state last seen.
     seen: Mutex<HashMap<String, (VmState, DateTime<Utc>)>>,
     /// Points begun and not yet settled, per VM.
@@ -72,6 +78,7 @@ impl LibvirtDriver {
             state_dir,
             seen: Mutex::default(),
             pending: Mutex::default(),
+            peer_uri: super::DEFAULT_PEER_URI.to_owned(),
             virsh: PathBuf::from("virsh"),
             qemu_img: PathBuf::from("qemu-img"),
         }
@@ -79,6 +86,15 @@ impl LibvirtDriver {
 
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// The URI by which a migration's source libvirtd reaches this
+    /// (destination) host's libvirtd; `{addr}` stands for the
+    /// destination's listen address. Default
+    /// [`DEFAULT_PEER_URI`](super::DEFAULT_PEER_URI) (`qemu+tls://{addr}/system`).
+    pub fn with_peer_uri(mut self, template: impl Into<String>) -> Self {
+        self.peer_uri = template.into();
+        self
     }
 
     /// Run `f` on a fresh connection in a blocking task.
@@ -191,6 +207,10 @@ impl LibvirtDriver {
     }
 
     /// `vm`'s status: (state, exit description, defined at all).
+    pub(super) async fn observe_pub(&self, vm: &str) -> Result<VmStatus, HvError> {
+        self.observe(vm).await
+    }
+
     async fn observe(&self, vm: &str) -> Result<VmStatus, HvError> {
         let name = vm.to_owned();
         let (state, exit, known) = self
@@ -328,14 +348,17 @@ impl Driver for LibvirtDriver {
             live_snapshot: true,
             dirty_tracking: true,
             app_consistent: true,
-            // Not yet: libvirt's migration with storage copy (docs/libvirt.md).
-            live_migration: false,
+            // libvirt's peer-to-peer migration with storage copy
+            // (docs/libvirt.md).
+            live_migration: true,
         }
     }
 
     fn vm_capabilities(&self, spec: &VmSpec) -> Capabilities {
         let adopt = spec.libvirt.as_ref().is_some_and(|l| l.adopt);
         Capabilities {
+            // An adopted domain's disks are only known from its XML.
+            live_migration: !adopt,
             // An adopted domain's channel is only known from its XML: the
             // point tells.
             app_consistent: adopt || spec.qemu.as_ref().is_some_and(|q| q.guest_agent),
@@ -517,5 +540,34 @@ impl Driver for LibvirtDriver {
 
     async fn snapshot_committed(&self, spec: &VmSpec, point: Option<&str>) -> Result<(), HvError> {
         self.settle(spec, point).await
+    }
+
+    async fn migrate_in_prepare(
+        &self,
+        spec: &VmSpec,
+        listen: MigrationListen,
+    ) -> Result<MigrationTarget, HvError> {
+        self.prepare_incoming(spec, listen).await
+    }
+
+    async fn migrate_out(
+        &self,
+        spec: &VmSpec,
+        target: &MigrationTarget,
+        options: MigrationOptions,
+    ) -> Result<MigrationReport, HvError> {
+        self.migrate_out_impl(spec, target, options).await
+    }
+
+    async fn migrate_in_finish(&self, spec: &VmSpec) -> Result<VmStatus, HvError> {
+        self.finish_incoming(spec).await
+    }
+
+    async fn migrate_in_abort(&self, spec: &VmSpec) -> Result<(), HvError> {
+        self.migrate_in_abort_impl(spec).await
+    }
+
+    async fn migrate_out_confirm(&self, spec: &VmSpec, moved: bool) -> Result<VmStatus, HvError> {
+        self.confirm_out(spec, moved).await
     }
 }

@@ -41,6 +41,11 @@
 //! and backups; it uses the safe `qemu_agent_command` for fsfreeze and
 //! `job_stats` to wait for the backup. See the `points` submodule.
 //!
+//! # Live migration
+//!
+//! libvirt's peer-to-peer migration with storage copy, split into the
+//! driver's halves: see the `migrate` submodule.
+//!
 //! [`VmState::Running`]: crate::VmState::Running
 //! [`VmState::Frozen`]: crate::VmState::Frozen
 //! [`VmState::Stopped`]: crate::VmState::Stopped
@@ -57,6 +62,8 @@ use crate::{Driver, HvError};
 mod driver;
 #[cfg(feature = "libvirt")]
 mod import;
+#[cfg(feature = "libvirt")]
+mod migrate;
 #[cfg(feature = "libvirt")]
 mod points;
 pub mod xml;
@@ -93,6 +100,26 @@ pub struct LibvirtSpec {
     #[serde(default)]
     pub adopt: bool,
 }
+
+/// The libvirt half of a [`MigrationTarget`](crate::MigrationTarget):
+/// libvirt's peer-to-peer migration has the source's libvirtd connect
+/// to the destination's, and the domain arrives with the destination's
+/// own file paths.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibvirtMigrationTarget {
+    /// The destination libvirtd as the source's libvirtd reaches it
+    /// (`qemu+tls://HOST/system` in production).
+    pub peer_uri: String,
+    /// The destination's file of each disk (by standby's disk name),
+    /// created empty by `migrate_in_prepare`.
+    pub disk_paths: std::collections::BTreeMap<String, PathBuf>,
+    /// The destination's serial console file.
+    pub console: PathBuf,
+}
+
+/// The default [`LibvirtMigrationTarget::peer_uri`]: `{addr}` is the
+/// destination's [`MigrationListen::addr`](crate::MigrationListen::addr).
+pub const DEFAULT_PEER_URI: &str = "qemu+tls://{addr}/system";
 
 /// A VM found by [`list_domains`]: its domain and its disks' sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -490,7 +490,7 @@ impl LibvirtDriver {
         Ok(())
     }
 
-    async fn virsh(&self, vm: &str, args: &[&str]) -> Result<String, HvError> {
+    pub(super) async fn virsh(&self, vm: &str, args: &[&str]) -> Result<String, HvError> {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
         self.virsh_os(vm, &args).await
     }

@@ -215,6 +215,7 @@ impl QemuDriver {
             listen,
             exports,
             tls_name: tls,
+            libvirt: None,
         })
     }
 

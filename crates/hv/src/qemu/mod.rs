@@ -403,8 +403,10 @@ mod tests {
                 size: 1 << 20,
             }],
             tls_name: Some("host2.peer.standby".into()),
+            libvirt: None,
         };
         let j = serde_json::to_string(&t).unwrap();
+        assert!(!j.contains("libvirt"), "{j}");
         assert_eq!(serde_json::from_str::<MigrationTarget>(&j).unwrap(), t);
         let p = crate::ProcessDriver::new();
         assert!(!p.capabilities().live_migration);

@@ -11,9 +11,15 @@
 //!   fallback);
 //! - `points`: `hypervisor_libvirt_incremental_points` (checkpoints and
 //!   backups, bytes read counted, abandoned points, raw disks);
-//! - `import`: `hypervisor_libvirt_import_and_adopt`.
+//! - `import`: `hypervisor_libvirt_import_and_adopt`;
+//! - `migrate`: `hypervisor_libvirt_live_migration_keeps_sip_answering`
+//!   (two libvirtds in two network namespaces, peer-to-peer migration
+//!   with storage copy, a failed attempt first);
+//! - `bench`: `bench_libvirt_against_qemu` (ignored; `scripts/bench-hypervisors`).
 
+mod bench;
 mod common;
 mod import;
 mod lifecycle;
+mod migrate;
 mod points;

@@ -119,26 +119,39 @@ pub(super) fn copy_check(
                 }
             }
         }
-        None => match services_of(&ctx.ctl, vm).into_iter().next() {
-            // The same check as the front door's service, against the
-            // copy's loopback.
-            Some(service) => on_loopback(service_check(&ctx.ctl, &service, site)?, keep)?,
-            // Else the VM's own probe (labels `vm = NAME`), against the
-            // copy's loopback.
-            None => {
-                let probe = probe_of(&ctx.ctl, vm).ok_or_else(|| {
-                    EngineError::BadRequest(format!(
-                        "vm {vm} has no front-door service and no probe (a probe with \
-                             labels vm = \"{vm}\"): give the drill probe 'kind' and 'port'"
-                    ))
-                })?;
-                let check = ctx.ctl.cfg().probes[&probe].check().map_err(|(field, e)| {
-                    EngineError::BadRequest(format!("probe {probe}: {field}: {e}"))
-                })?;
-                on_loopback(check, keep)?
-            }
-        },
+        None => default_copy_check(&ctx.ctl, vm, site, keep)?,
     })
+}
+
+/// How to probe the drill copy of `vm` at `site` when no check is given:
+/// the VM's first front-door service's check, else its own probe's, moved
+/// to the copy's loopback (with `keep`, an address already in
+/// 127.0.0.0/8 stays).
+pub(crate) fn default_copy_check(
+    ctl: &crate::controller::Controller,
+    vm: &str,
+    site: &str,
+    keep: bool,
+) -> Result<ProbeCheck, EngineError> {
+    match services_of(ctl, vm).into_iter().next() {
+        // The same check as the front door's service, against the
+        // copy's loopback.
+        Some(service) => on_loopback(service_check(ctl, &service, site)?, keep),
+        // Else the VM's own probe (labels `vm = NAME`), against the
+        // copy's loopback.
+        None => {
+            let probe = probe_of(ctl, vm).ok_or_else(|| {
+                EngineError::BadRequest(format!(
+                    "vm {vm} has no front-door service and no probe (a probe with \
+                         labels vm = \"{vm}\"): give the drill probe 'kind' and 'port'"
+                ))
+            })?;
+            let check = ctl.cfg().probes[&probe].check().map_err(|(field, e)| {
+                EngineError::BadRequest(format!("probe {probe}: {field}: {e}"))
+            })?;
+            on_loopback(check, keep)
+        }
+    }
 }
 
 /// The same check against the copy's loopback (the port kept; with

@@ -150,7 +150,19 @@ impl Perform for VmMigrate {
         })?;
         tracing::info!(vm = %vm, from = %rec.active_host, to = %host, ?target, "live migration: target ready");
         let report = match from.migrate_out(&src, &target, options).await {
-            Ok(report) => report,
+            Ok(report) => Some(report),
+            // A driver that switches over inside its copy (libvirt's
+            // migration) may have moved the VM all the same: the target
+            // says.
+            Err(e)
+                if to
+                    .status(&vm)
+                    .await
+                    .is_ok_and(|st| st.state == VmState::Running) =>
+            {
+                tracing::warn!(vm = %vm, "the copy reported a failure ({}), yet the vm runs at {host}: moved", error_chain(&e));
+                None
+            }
             Err(e) => {
                 let undone = abort_target(to, &dst).await;
                 return Err(EngineError::Conflict(format!(
@@ -163,7 +175,7 @@ impl Perform for VmMigrate {
             }
         };
         r.phase = Phase::Copied;
-        r.report = Some(report);
+        r.report = report;
         ctx.record(&r).await?;
         crate::crash::at(|| "migrate:copied".into());
         switch_over(ctl, from, to, &src, &dst, &r, started).await

@@ -16,6 +16,7 @@
 
 mod context;
 mod drill;
+pub(crate) use drill::default_copy_check;
 mod incident;
 mod migrate;
 mod misc;
