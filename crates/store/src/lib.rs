@@ -181,7 +181,7 @@ pub use gc::{GcOptions, GcReport};
 pub use keys::{KdfParams, KeySource, generate_key_file};
 pub use layout::MARKER_FILE;
 pub use limits::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, valid_chunk_size};
-pub use manifest::{Consistency, DiskEntry, Manifest, PointId, PointMeta};
+pub use manifest::{Consistency, DiskEntry, Manifest, PointId, PointMeta, valid_vm_name};
 pub use object::{ObjectBackend, ObjectService, ObjectStoreConfig};
 pub use onto::{OntoBase, OntoPlan, OntoStats, replay_journal};
 pub use pack::PackId;
