@@ -483,3 +483,92 @@ pub async fn deploy(
         seconds: started.elapsed().as_secs_f64(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use standby_store::{Consistency, Manifest};
+    use standby_types::api::ForwardSpec;
+
+    fn template() -> Template {
+        let config = serde_json::json!({
+            "host": "site1-host1",
+            "dr_site": "site2",
+            "priority": 5,
+            "qemu": {
+                "memory_mib": 512,
+                "cpus": 2,
+                "kernel": "/k",
+                "forwards": [{"protocol": "udp", "host_addr": "{site.addr}", "host_port": 5060, "guest_port": 5060}]
+            },
+            "disks": [{"name": "data", "size": "64MiB", "format": "qcow2"}],
+        });
+        let time = Utc::now();
+        let id = PointId::new("pbx1", time).unwrap();
+        let point = Manifest {
+            version: 1,
+            id: id.clone(),
+            vm: "pbx1".into(),
+            site: "site1".into(),
+            time,
+            consistency: Consistency::Crash,
+            config,
+            labels: Default::default(),
+            disks: Vec::new(),
+            checksum: String::new(),
+        };
+        Template {
+            version: 1,
+            name: "base".into(),
+            created: time,
+            source: id,
+            point,
+        }
+    }
+
+    fn request(forwards: Vec<ForwardSpec>) -> VmCreateRequest {
+        VmCreateRequest {
+            name: "pbx2".into(),
+            template: "base".into(),
+            host: "site2-host1".into(),
+            forwards,
+            start: true,
+        }
+    }
+
+    #[test]
+    fn a_vm_from_a_template_has_its_machine_its_own_host_and_forwards_and_no_dr() {
+        let f = ForwardSpec {
+            protocol: "udp".into(),
+            host_addr: Some("{site.addr}".into()),
+            host_port: 15060,
+            guest_port: 5060,
+        };
+        let vm = vm_from(&template(), &request(vec![f]), Some("acme")).unwrap();
+        assert_eq!(vm.host, "site2-host1");
+        assert!(vm.dr_site.is_none() && vm.dr_sites.is_empty());
+        assert_eq!((vm.priority, vm.tenant.as_deref()), (0, Some("acme")));
+        let q = vm.qemu.unwrap();
+        assert_eq!((q.memory_mib, q.cpus), (512, 2));
+        // The template's forward (the source VM's port) is not taken.
+        assert_eq!(q.forwards.len(), 1);
+        assert_eq!(q.forwards[0].host_port, 15060);
+        assert_eq!(q.forwards[0].host_addr, "{site.addr}");
+        assert_eq!(vm.disks[0].format, standby_types::config::DiskFormat::Qcow2);
+        // Without forwards it has none.
+        let vm = vm_from(&template(), &request(Vec::new()), None).unwrap();
+        assert!(vm.qemu.unwrap().forwards.is_empty());
+        // A bad forward is a bad request naming it.
+        let bad = ForwardSpec {
+            protocol: "sctp".into(),
+            host_addr: None,
+            host_port: 1,
+            guest_port: 2,
+        };
+        let e = vm_from(&template(), &request(vec![bad]), None).unwrap_err();
+        assert!(
+            matches!(&e, EngineError::BadRequest(m) if m.contains("sctp")),
+            "{e}"
+        );
+    }
+}
