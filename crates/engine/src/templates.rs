@@ -18,6 +18,11 @@
 //! clash with the source VM's), no DR site and no protection group.
 //! Its disks are written from the template like a restore writes a
 //! point's (sparse), from a datastore the host reads, nearest first.
+//!
+//! Where the data is decides who works (`standby_agent::templates`): a
+//! store an agent serves is read and written by that agent; the template
+//! is made in every store holding its point (no data moves) and copied
+//! with the missing chunks only between stores the controller opens.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,13 +42,12 @@ use crate::controller::Controller;
 use crate::error::{EngineError, error_chain};
 use crate::groups::Asker;
 
-/// Every datastore the controller keeps templates in, by name.
+/// Every datastore, as the controller reaches it.
 fn template_stores(ctl: &Controller) -> Vec<StoreHandle> {
     let mut out = Vec::new();
     for name in ctl.cfg().datastores.keys() {
         match ctl.store_handle(name) {
-            Ok(h) if h.holds_templates() => out.push(h),
-            Ok(_) => {}
+            Ok(h) => out.push(h),
             Err(e) => tracing::warn!(datastore = %name, "templates: skipped: {e}"),
         }
     }
@@ -158,11 +162,6 @@ pub async fn create(
         return Err(EngineError::not_found("vm", vm));
     }
     let stores = template_stores(ctl);
-    if stores.is_empty() {
-        return Err(EngineError::Conflict(
-            "no datastore keeps templates: templates are kept only in datastores the controller opens (not at agents yet)".into(),
-        ));
-    }
     let _one = ctl.reloading.lock().await;
     if let Some((_, held)) = collect(ctl).await.remove(name) {
         return Err(EngineError::Conflict(format!(
@@ -210,12 +209,19 @@ pub async fn create(
             chunks_skipped: 0,
             error: None,
         };
-        let to = ctl.store_handle(ds);
-        let done = match to {
-            Ok(to) => standby_agent::copy_template(&first, &to, name, Arc::new(Quiet))
+        // Where the point is, the template is made there (no data
+        // moves); elsewhere it is copied.
+        let holder = holders.iter().find(|h| h.name() == ds);
+        let done = match (holder, ctl.store_handle(ds)) {
+            (Some(h), _) => h
+                .create_template(name, &point)
+                .await
+                .map(|_| Default::default())
+                .map_err(|e| error_chain(&e)),
+            (None, Ok(to)) => standby_agent::copy_template(&first, &to, name, Arc::new(Quiet))
                 .await
                 .map_err(|e| error_chain(&e)),
-            Err(e) => Err(error_chain(&e)),
+            (None, Err(e)) => Err(error_chain(&e)),
         };
         match done {
             Ok(s) => {

@@ -377,7 +377,7 @@ allowed_commands = ["/bin/sleep"]
 /// else (the controller included) can open.
 pub(crate) struct QemuSites {
     dir: tempfile::TempDir,
-    cfg: PathBuf,
+    pub(crate) cfg: PathBuf,
     server: Option<Child>,
     pub(crate) agents: Vec<AgentProc>,
     /// The lab's VM, stopped when the lab is dropped.
@@ -388,7 +388,7 @@ pub(crate) struct QemuSites {
 
 impl QemuSites {
     /// The lab with pbx1, the SIP VNF guest, and its `sip` service.
-    fn start(kernel: &Path, initrd: &Path, sip: u16, http: u16) -> QemuSites {
+    pub(crate) fn start(kernel: &Path, initrd: &Path, sip: u16, http: u16) -> QemuSites {
         QemuSites::start_with("pbx1", |s1, s2| {
             let door = free_port();
             format!(

@@ -229,3 +229,82 @@ fn hypervisor_template_deploys_a_new_vm_at_site2_that_answers() {
     assert_eq!(vms.as_array().unwrap().len(), 2, "{vms}");
     eprintln!("template test: {:.1?}", test_started.elapsed());
 }
+
+/// The same with both hosts run by remote `standby agent`s and each
+/// site's datastore served by its agent (a tmpfs only that agent sees):
+/// the template is made by each agent in its own store from the point
+/// the group copied there, and the site-2 agent writes the new VM's disks
+/// from its store and boots it.
+#[test]
+fn hypervisor_template_at_remote_agents_is_made_and_deployed_where_the_data_is() {
+    if !qemu_installed() {
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed; run: {INSTALL}");
+        return;
+    }
+    let (kernel, initrd) = guest();
+    let test_started = Instant::now();
+    let (sip_port, http_port) = (free_port(), free_port());
+    let lab = crate::agents::QemuSites::start(&kernel, &initrd, sip_port, http_port);
+    let (s1, s2) = (lab.net.addr(2), lab.net.addr(6));
+    let sip1: SocketAddr = format!("{s1}:{sip_port}").parse().unwrap();
+    lab.json(&["vm", "start", "pbx1"]);
+    assert!(
+        sip_answers(sip1, Duration::from_secs(90)),
+        "no SIP at {sip1}:\n{}",
+        lab.console("site1-agent")
+    );
+    let mut acked = register(sip1, 0..5);
+    lab.json(&["protect", "run", "gold"]);
+
+    let made = lab.json(&["template", "create", "base", "--from", "pbx1"]);
+    let copies = made["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2, "{made}");
+    for c in copies {
+        assert!(c["error"].is_null(), "{made}");
+        assert_eq!(c["chunks_copied"], 0, "{made}");
+    }
+    let list = lab.json(&["template", "list"]);
+    assert_eq!(
+        list[0]["datastores"],
+        serde_json::json!(["site1-store", "site2-store"]),
+        "{list}"
+    );
+
+    let sip_port2 = free_port();
+    let http_port2 = free_port();
+    let sip2: SocketAddr = format!("{s2}:{sip_port2}").parse().unwrap();
+    let http2: SocketAddr = format!("{s2}:{http_port2}").parse().unwrap();
+    let t = Instant::now();
+    let made = lab.json(&[
+        "vm",
+        "create",
+        "pbx2",
+        "--template",
+        "base",
+        "--host",
+        "site2-host1",
+        "--forward",
+        &format!("udp:{{site.addr}}:{sip_port2}:5060"),
+        "--forward",
+        &format!("tcp:{{site.addr}}:{http_port2}:8080"),
+    ]);
+    let _stop = StopAtEnd(lab.cfg.clone(), "pbx2");
+    assert_eq!(made["datastore"], "site2-store", "{made}");
+    assert!(
+        sip_answers(sip2, Duration::from_secs(90)),
+        "no SIP from pbx2 at {sip2}: {made}"
+    );
+    eprintln!(
+        "at remote agents: deployed and answering at site 2 in {:.1?} ({} bytes written of {}); test {:.1?}",
+        t.elapsed(),
+        made["written"],
+        made["bytes"],
+        test_started.elapsed()
+    );
+    acked.sort();
+    assert_eq!(bindings(http2), acked);
+    // Deleted everywhere, by each agent.
+    let gone = lab.json(&["template", "delete", "base"]);
+    assert_eq!(gone, serde_json::json!(["site1-store", "site2-store"]));
+    assert_eq!(lab.json(&["template", "list"]), serde_json::json!([]));
+}
