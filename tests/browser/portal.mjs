@@ -186,6 +186,30 @@ try {
   await shot("dashboard-after-laptop");
   await fitsPhone("dashboard-after");
 
+  step("make a template from the VM's page, see it on the templates page");
+  await page.goto(`${base}/vms/${vm}`);
+  await page.fill("#template-name", `${vm}-base`);
+  await Promise.all([page.waitForURL(/\/templates$/), page.click("#make-template")]);
+  const row = page.locator(`tr[data-template="${vm}-base"]`);
+  await row.waitFor();
+  const rowText = await row.innerText();
+  if (!rowText.includes(`${vm}@`)) throw new Error(`the template row does not name its point: ${rowText}`);
+  await shot("templates-laptop");
+  await fitsPhone("templates");
+
+  step("deploy a VM from the template at another site's host (disks only)");
+  await page.fill("#deploy-name", `${vm}-copy`);
+  await page.selectOption("#deploy-template", `${vm}-base`);
+  const hosts = await page.locator("#deploy-host option").allTextContents();
+  const other = hosts.find((h) => !h.includes(`(${site})`));
+  if (!other) throw new Error("no host at another site: " + hosts.join(", "));
+  await page.selectOption("#deploy-host", other.split(" ")[0]);
+  await page.selectOption("#deploy-start", "false");
+  await Promise.all([page.waitForURL(/\/vms$/), page.click("#deploy")]);
+  await page.goto(`${base}/vms/${vm}-copy`);
+  await page.waitForSelector(`text=${other.split(" ")[0]}`);
+  await shot("vm-from-template-laptop");
+
   if (errors.length) throw new Error("errors in the page:\n" + errors.join("\n"));
   step("done");
 } catch (e) {

@@ -463,6 +463,23 @@ impl Agent {
         out
     }
 
+    /// Write template `template`'s disks for the new VM of `spec`.
+    pub async fn restore_template(
+        &self,
+        spec: &VmSpec,
+        store: &StoreRef<'_>,
+        template: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<crate::wire::RestoreDone, AgentError> {
+        self.seen.changing();
+        let out = self
+            .exec
+            .restore_template(spec, store, template, progress)
+            .await;
+        self.seen.changing();
+        out
+    }
+
     /// See [`Host::fence`].
     pub async fn fence(
         &self,

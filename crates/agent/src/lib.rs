@@ -62,6 +62,7 @@ mod restore;
 mod seen;
 pub mod selffence;
 pub mod stores;
+pub mod templates;
 pub mod transfer;
 pub mod wire;
 
@@ -73,4 +74,5 @@ pub use local::LocalHost;
 pub use ops::{Host, PointRequest, StoreRef};
 pub use progress::{Progress, Quiet};
 pub use remote::RemoteHost;
+pub use templates::copy_template;
 pub use wire::{FencedVm, Heartbeat, HeartbeatReply, Onto, PointStats, RestoreDone};

@@ -18,7 +18,7 @@ use standby_types::watch::ProbeCheck;
 use crate::error::AgentError;
 use crate::ops::{Host, PointRequest, StoreRef};
 use crate::progress::Progress;
-pub use crate::restore::restore_point;
+pub use crate::restore::{restore_point, restore_template};
 use crate::wire::DrillRequest;
 use crate::wire::{FencedVm, PointStats};
 
@@ -189,6 +189,17 @@ impl Host for LocalHost {
     ) -> Result<crate::wire::RestoreDone, AgentError> {
         let store = store.opened()?;
         restore_point(spec, store, point, onto, progress, self.qemu.as_deref()).await
+    }
+
+    async fn restore_template(
+        &self,
+        spec: &VmSpec,
+        store: &StoreRef<'_>,
+        template: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<crate::wire::RestoreDone, AgentError> {
+        let store = store.opened()?;
+        restore_template(spec, store, template, progress, self.qemu.as_deref()).await
     }
 
     async fn fence(

@@ -135,6 +135,15 @@ pub trait Host: Send + Sync {
         onto: crate::wire::Onto,
         progress: Arc<dyn Progress>,
     ) -> Result<crate::wire::RestoreDone, AgentError>;
+    /// Write every disk of template `template` to this host's disk paths
+    /// for the new VM of `spec` (sparse, all disks or none).
+    async fn restore_template(
+        &self,
+        spec: &VmSpec,
+        store: &StoreRef<'_>,
+        template: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<crate::wire::RestoreDone, AgentError>;
     /// Stop what runs here for a fenced site. `vms` are the VMs to look
     /// at (an in-process host stops every one of them that runs; a remote
     /// agent fences itself and stops everything it runs), `placed` those

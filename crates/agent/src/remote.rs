@@ -413,6 +413,29 @@ impl Host for RemoteHost {
         self.call("restore", &call, DATA).await
     }
 
+    async fn restore_template(
+        &self,
+        spec: &VmSpec,
+        store: &StoreRef<'_>,
+        template: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<RestoreDone, AgentError> {
+        progress.stage(
+            format!(
+                "{}: template {template} written by agent {}",
+                spec.name, self.agent
+            ),
+            0,
+        );
+        let call = crate::wire::RestoreTemplateCall {
+            spec: spec.clone(),
+            datastore: store.name.to_string(),
+            config: store.config.clone(),
+            template: template.to_string(),
+        };
+        self.call("restore-template", &call, DATA).await
+    }
+
     async fn fence(
         &self,
         reason: &str,

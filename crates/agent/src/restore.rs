@@ -1,5 +1,6 @@
-//! Restoring a point onto a host's disks: the one implementation, run by
-//! in-process hosts, remote agents and drill copies alike.
+//! Restoring a point (or a template, for a new VM) onto a host's disks:
+//! the one implementation, run by in-process hosts, remote agents and
+//! drill copies alike.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,9 +26,55 @@ pub async fn restore_point(
     progress: Arc<dyn Progress>,
     qemu: Option<&QemuDriver>,
 ) -> Result<RestoreDone, AgentError> {
+    let source = Source::Point(point.clone());
+    restore_from(spec, store, &source, onto, progress, qemu).await
+}
+
+/// Write every disk of template `name` to the VM's disk paths in `spec`,
+/// as [`restore_point`] writes a point's (sparse, all disks or none): a
+/// new VM made from the template.
+pub async fn restore_template(
+    spec: &VmSpec,
+    store: &Datastore,
+    name: &str,
+    progress: Arc<dyn Progress>,
+    qemu: Option<&QemuDriver>,
+) -> Result<RestoreDone, AgentError> {
+    let source = Source::Template(name.to_string());
+    restore_from(spec, store, &source, Onto::Fresh, progress, qemu).await
+}
+
+/// What a restore writes: a point's disks or a template's.
+#[derive(Debug, Clone)]
+enum Source {
+    Point(PointId),
+    Template(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Point(p) => write!(f, "point {p}"),
+            Source::Template(t) => write!(f, "template {t}"),
+        }
+    }
+}
+
+async fn restore_from(
+    spec: &VmSpec,
+    store: &Datastore,
+    source: &Source,
+    onto: Onto,
+    progress: Arc<dyn Progress>,
+    qemu: Option<&QemuDriver>,
+) -> Result<RestoreDone, AgentError> {
     let manifest = {
-        let (store, point) = (store.clone(), point.clone());
-        tokio::task::spawn_blocking(move || store.load_manifest(&point)).await??
+        let (store, source) = (store.clone(), source.clone());
+        tokio::task::spawn_blocking(move || match source {
+            Source::Point(p) => store.load_manifest(&p),
+            Source::Template(t) => store.load_template(&t).map(|t| t.point),
+        })
+        .await??
     };
     let vm = &spec.name;
     let total = manifest.disks.iter().map(|d| d.size).sum();
@@ -38,7 +85,7 @@ pub async fn restore_point(
         .find(|d| !manifest.disks.iter().any(|m| m.name == d.name))
     {
         return Err(AgentError::Conflict(format!(
-            "point {point} has no disk '{}' of vm {vm}",
+            "{source} has no disk '{}' of vm {vm}",
             d.name
         )));
     }
@@ -59,7 +106,11 @@ pub async fn restore_point(
                 .is_some_and(|q| q.disk_format(disk) == DiskFormat::Qcow2)
     };
     let any_qcow2 = spec.disks.iter().any(|d| qcow2(&d.name));
-    if onto != Onto::Fresh && !any_qcow2 && crate::onto::can_write_onto(spec) {
+    if let Source::Point(point) = source
+        && onto != Onto::Fresh
+        && !any_qcow2
+        && crate::onto::can_write_onto(spec)
+    {
         return crate::onto::restore_onto(spec, store, point, onto, progress).await;
     }
     let (mut bytes, mut written) = (0, 0);
@@ -81,11 +132,14 @@ pub async fn restore_point(
             }
             let _ = std::fs::remove_file(&target);
             let s = {
-                let (store, point, name, raw) =
-                    (store.clone(), point.clone(), d.name.clone(), raw.clone());
+                let (store, source, name, raw) =
+                    (store.clone(), source.clone(), d.name.clone(), raw.clone());
                 let progress = progress.clone();
-                tokio::task::spawn_blocking(move || {
-                    store.restore_disk(&point, &name, &raw, progress.as_ref())
+                tokio::task::spawn_blocking(move || match source {
+                    Source::Point(p) => store.restore_disk(&p, &name, &raw, progress.as_ref()),
+                    Source::Template(t) => {
+                        store.restore_template_disk(&t, &name, &raw, progress.as_ref())
+                    }
                 })
                 .await??
             };
@@ -129,8 +183,11 @@ pub async fn restore_point(
     // The renames are durable only once their directories are synced: a
     // crash must not bring back the old disk beside a new one.
     sync_parents(&done)?;
-    // Which point they hold, for a later restore onto them.
-    crate::onto::record_point(spec, point)?;
+    // Which point they hold, for a later restore onto them (a new VM
+    // made from a template holds none of its own).
+    if let Source::Point(point) = source {
+        crate::onto::record_point(spec, point)?;
+    }
     Ok(RestoreDone {
         bytes,
         written,

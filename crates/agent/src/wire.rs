@@ -125,6 +125,15 @@ pub struct RestoreCall {
     pub onto: Onto,
 }
 
+/// `/agent/v1/restore-template`: write a template's disks for a new VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreTemplateCall {
+    pub spec: VmSpec,
+    pub datastore: String,
+    pub config: DatastoreConfig,
+    pub template: String,
+}
+
 /// How a restore treats the VM's disks already at the host.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

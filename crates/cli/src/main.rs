@@ -61,6 +61,9 @@ pub enum Cmd {
     /// Virtual machines.
     #[command(subcommand)]
     Vm(commands::vm::VmCmd),
+    /// Templates: a VM's point kept under a name, to make new VMs from.
+    #[command(subcommand)]
+    Template(commands::template::TemplateCmd),
     /// Services behind the front door and the site their clients go to.
     #[command(subcommand)]
     Service(commands::service::ServiceCmd),

@@ -68,6 +68,7 @@ pub mod auth;
 mod error;
 mod groups;
 mod lease;
+mod managed_vms;
 pub mod runbook;
 mod services;
 mod sql;
@@ -84,6 +85,7 @@ pub use auth::{AuthRepo, SessionRecord, TokenRecord, UserRecord};
 pub use error::DbError;
 pub use groups::{GroupRepo, ManagedGroup, join_managed_groups};
 pub use lease::{Lease, LeaseRepo};
+pub use managed_vms::{ManagedVm, ManagedVmRepo, join_managed_vms};
 pub use runbook::{NewRun, RunRecord, RunStart, RunbookRepo, StepRecord, StepState};
 pub use services::{ServiceRecord, ServiceRepo};
 pub use sql::{Backend, SqlRepo, WRITE_LOCK};
@@ -152,7 +154,7 @@ pub struct CatalogSync {
 
 /// The control-plane state, independent of the database behind it.
 #[async_trait::async_trait]
-pub trait Repo: GroupRepo + Send + Sync {
+pub trait Repo: GroupRepo + ManagedVmRepo + Send + Sync {
     /// Make the inventory match the configuration: upsert sites, hosts,
     /// VMs, disks, groups (+ members, datastores); delete ones no longer
     /// configured, but keep recovery points and jobs. Keeps runtime state:

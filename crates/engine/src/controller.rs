@@ -209,9 +209,11 @@ impl Controller {
                 )));
             }
         }
-        // The groups made through the API join the file's.
+        // The VMs made from templates and the groups made through the
+        // API join the file's (VMs first: a group may name one).
+        let (cfg, vms_left_out) = standby_db::join_managed_vms(cfg, &*repo).await?;
         let (cfg, left_out) = standby_db::join_managed_groups(cfg, &*repo).await?;
-        for p in &left_out {
+        for p in vms_left_out.iter().chain(&left_out) {
             tracing::error!("{p}");
         }
         repo.apply_config(&cfg).await?;

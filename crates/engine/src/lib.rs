@@ -53,6 +53,7 @@ pub mod reload;
 pub mod replica;
 pub mod restore;
 pub mod runbooks;
+pub mod templates;
 pub mod vms;
 pub mod watch;
 

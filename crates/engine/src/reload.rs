@@ -31,7 +31,9 @@ pub async fn reload(ctl: &Arc<Controller>, new: Config) -> Result<ConfigReloaded
     let _one = ctl.reloading.lock().await;
     // The groups made through the API stay: joined to the new file's as
     // at a start; one the new file would leave out refuses the reload.
-    let (new, left_out) = standby_db::join_managed_groups(new, &*ctl.repo).await?;
+    let (new, vms_left_out) = standby_db::join_managed_vms(new, &*ctl.repo).await?;
+    let (new, mut left_out) = standby_db::join_managed_groups(new, &*ctl.repo).await?;
+    left_out.extend(vms_left_out);
     let old = ctl.cfg();
     let (a, b) = (redacted(&old), redacted(&new));
     let changes = diff::changes(&a, &b);

@@ -13,7 +13,9 @@
 //   there; data-done="TEXT": say TEXT. data-method="PUT"|"DELETE": that
 //   method instead of POST. data-form="SELECTOR": the body is that
 //   form's fields (a name seen on several checked boxes: a list; a
-//   number input: a number; "a.b": nested; empty: left out), and
+//   number input: a number; data-json: its value parsed as JSON; "a.b":
+//   nested, "a.0.b": a list of objects (empty rows dropped); empty: left
+//   out), and
 //   data-append-name="SELECTOR" adds that input's value to the URL.
 "use strict";
 (function () {
@@ -176,12 +178,22 @@
       }
       const v = el.value.trim();
       if (v === "" || el.dataset.skip !== undefined) continue;
-      const value = el.type === "number" ? Number(v) : v;
+      const value = el.type === "number" ? Number(v) : el.dataset.json !== undefined ? JSON.parse(v) : v;
       const path = el.name.split(".");
       let at = out;
-      for (const p of path.slice(0, -1)) at = at[p] = at[p] || {};
+      path.slice(0, -1).forEach((p, i) => {
+        at = at[p] = at[p] || (/^\d+$/.test(path[i + 1]) ? [] : {});
+      });
       at[path[path.length - 1]] = value;
     }
+    // Rows left empty leave holes in their list.
+    const compact = (o) => {
+      for (const k of Object.keys(o)) {
+        if (Array.isArray(o[k])) o[k] = o[k].filter((x) => x != null);
+        if (o[k] && typeof o[k] === "object") compact(o[k]);
+      }
+    };
+    compact(out);
     return out;
   }
 

@@ -443,7 +443,7 @@ mod tests {
         let b = LocalBackend::new(dir.path());
         b.put("packs/ab/x.pack", b"data").unwrap();
         // The disk is unmounted: what remains is an empty mount point.
-        for sub in ["packs", "manifests", "tmp", "locks"] {
+        for sub in ["packs", "manifests", "templates", "tmp", "locks"] {
             std::fs::remove_dir_all(dir.path().join(sub)).unwrap();
         }
         for path in ["packs/cd/y.pack", "manifests/vm/t.json"] {

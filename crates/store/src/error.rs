@@ -77,6 +77,16 @@ pub enum StoreError {
     InvalidDiskName(String),
     #[error("point {0} not found in datastore {1}")]
     PointNotFound(String, PathBuf),
+    #[error("invalid template name '{0}': use letters, digits, '_' and '-'")]
+    InvalidTemplateName(String),
+    #[error("template {0} not found in datastore {1}")]
+    TemplateNotFound(String, PathBuf),
+    #[error("template {0} already exists in datastore {1}")]
+    TemplateExists(String, PathBuf),
+    #[error("unable to read template {path}: {reason}")]
+    BadTemplate { path: PathBuf, reason: String },
+    #[error("unable to copy template {name}: {reason}")]
+    TemplateCopy { name: String, reason: String },
     #[error("point {0} has disks written already; it cannot be restamped")]
     PointStarted(String),
     #[error("point {0} already exists in datastore {1}")]

@@ -1,7 +1,9 @@
-//! Garbage collection: mark from live manifests, sweep or repack packs.
+//! Garbage collection: mark from live manifests and templates, sweep or
+//! repack packs.
 //!
 //! gc takes `locks/gc.lock` exclusive, so no point is being written; it
-//! marks every index chunk and data chunk referenced by a manifest, then
+//! marks every index chunk and data chunk referenced by a manifest or a
+//! template (`template.rs`), then
 //! for every pack older than the grace period: deletes it when it holds no
 //! live chunk (index file first, so a crash leaves an unindexed pack, never
 //! an index naming a missing pack), or, when its garbage fraction exceeds
@@ -73,7 +75,10 @@ impl Datastore {
 
         // Mark.
         let mut live: HashSet<ChunkId> = HashSet::new();
-        for m in self.list_points()? {
+        // Templates are roots like points: their chunks stay after the
+        // point they were made from is pruned.
+        let templates = self.list_templates()?.into_iter().map(|t| t.point);
+        for m in self.list_points()?.into_iter().chain(templates) {
             for disk in &m.disks {
                 live.extend(disk.index.iter().filter(|id| !id.is_zero()));
                 let ids = self

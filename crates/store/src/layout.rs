@@ -4,6 +4,7 @@
 //! ```text
 //! standby-store.json      the format marker, written last at creation
 //! packs/ manifests/       data (see `pack.rs`, `manifest.rs`)
+//! templates/              named points (`template.rs`)
 //! tmp/ locks/             local directories (see `lock.rs`)
 //! keys/<id>.json          key objects of an encrypted store (`keys.rs`)
 //! ```
@@ -110,7 +111,7 @@ impl Marker {
 }
 
 pub(crate) fn create_dirs(root: &Path) -> Result<(), StoreError> {
-    for dir in ["packs", "manifests", "tmp", "locks"] {
+    for dir in ["packs", "manifests", "templates", "tmp", "locks"] {
         let path = root.join(dir);
         std::fs::create_dir_all(&path).map_err(|e| StoreError::io("create directory", &path, e))?;
     }

@@ -7,6 +7,7 @@
 //! <root>/packs/<2 hex>/<pack id>.pack  "SBPK" + version, then blobs back to back
 //! <root>/packs/<2 hex>/<pack id>.idx   (chunk id, offset, length, kind) per blob + BLAKE3
 //! <root>/manifests/<vm>/<time>.json    one recovery point, written last
+//! <root>/templates/<name>.json         a template: a point's manifest kept under a name
 //! <root>/tmp/                          files being written (renamed into place)
 //! <root>/locks/gc.lock, gc.epoch       writer / gc exclusion
 //! <root>/locks/gc.lease, shared/*.lease   the same on object stores
@@ -126,7 +127,9 @@
 //! - above it, each adding `impl Datastore` blocks or types of their own:
 //!   `packer`, `writer` ([`Datastore::begin_point`]), `gc`, `prune`,
 //!   `upgrade` (format 1 to 2),
-//!   `restore`, `verify`, `reencode`, `sync`, [`transfer`] (a copy to a
+//!   `restore`, `verify`, `reencode`, `sync`, `template` (a point's
+//!   manifest kept under a name, a gc root; copied like a point),
+//!   [`transfer`] (a copy to a
 //!   store open elsewhere, through a [`transfer::PointReceiver`]);
 //! - `fuzz`: the entry points of the fuzz targets in `fuzz/` (hidden, not
 //!   an API).
@@ -164,6 +167,7 @@ mod repair;
 mod restore;
 mod seal;
 mod sync;
+mod template;
 pub mod transfer;
 mod upgrade;
 mod verify;
@@ -177,7 +181,7 @@ pub use gc::{GcOptions, GcReport};
 pub use keys::{KdfParams, KeySource, generate_key_file};
 pub use layout::MARKER_FILE;
 pub use limits::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, valid_chunk_size};
-pub use manifest::{Consistency, DiskEntry, Manifest, PointId, PointMeta};
+pub use manifest::{Consistency, DiskEntry, Manifest, PointId, PointMeta, valid_vm_name};
 pub use object::{ObjectBackend, ObjectService, ObjectStoreConfig};
 pub use onto::{OntoBase, OntoPlan, OntoStats, replay_journal};
 pub use pack::PackId;
@@ -185,6 +189,7 @@ pub use progress::{CountingProgress, Progress};
 pub use prune::PruneReport;
 pub use repair::RepairReport;
 pub use restore::RestoreStats;
+pub use template::{Template, template_path, valid_template_name};
 pub use upgrade::UpgradeReport;
 pub use verify::{Problem, VerifyReport};
 pub use writer::{DiskWriteOptions, DiskWriteStats, PointWriter};

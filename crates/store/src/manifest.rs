@@ -259,7 +259,7 @@ impl Manifest {
     }
 
     /// The checks of [`Manifest::from_bytes`] on a parsed manifest.
-    fn checked(self) -> Result<Manifest, String> {
+    pub(crate) fn checked(self) -> Result<Manifest, String> {
         let m = self;
         if m.version != MANIFEST_VERSION {
             return Err(format!("unsupported manifest version {}", m.version));
@@ -461,7 +461,7 @@ impl Manifest {
 const MAC_FIELD: &str = "mac";
 
 /// JSON with object keys sorted, whatever map type serde_json was built with.
-fn canonical_json(value: &serde_json::Value) -> String {
+pub(crate) fn canonical_json(value: &serde_json::Value) -> String {
     use serde_json::Value;
     match value {
         Value::Object(map) => {

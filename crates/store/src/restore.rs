@@ -65,16 +65,27 @@ impl Datastore {
         let _lock = self.lock_shared()?;
         self.refresh_after_gc()?;
         let entry = self.point_disk(id, disk)?;
-        let ids = self.read_disk_index(&entry).map_err(wrap)?;
+        self.restore_entry(&entry, dest, progress).map_err(wrap)
+    }
+
+    /// Write the disk `entry` (of a point or a template) to `dest`, as
+    /// [`Datastore::restore_disk`] does; the caller holds the store.
+    pub(crate) fn restore_entry(
+        &self,
+        entry: &DiskEntry,
+        dest: &Path,
+        progress: &dyn Progress,
+    ) -> Result<RestoreStats, StoreError> {
+        let ids = self.read_disk_index(entry)?;
         let partial = partial_path(dest);
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&partial)
-            .map_err(|e| wrap(StoreError::io("create", &partial, e)))?;
+            .map_err(|e| StoreError::io("create", &partial, e))?;
         let t0 = std::time::Instant::now();
-        let result = self.fill(&file, &partial, &entry, &ids, progress);
+        let result = self.fill(&file, &partial, entry, &ids, progress);
         let t1 = t0.elapsed();
         let result = result.and_then(|stats| {
             file.sync_data()
@@ -92,7 +103,7 @@ impl Datastore {
         if result.is_err() {
             let _ = std::fs::remove_file(&partial);
         }
-        result.map_err(wrap)
+        result
     }
 
     fn fill(

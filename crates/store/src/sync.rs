@@ -62,7 +62,7 @@ impl Datastore {
 }
 
 /// Chunks read from the source per batch.
-const SYNC_BATCH: usize = 256;
+pub(crate) const SYNC_BATCH: usize = 256;
 
 impl Datastore {
     /// Read back the packs a copy just wrote here and check each blob
@@ -158,7 +158,7 @@ impl Datastore {
 /// the source in ranged batches per pack, each checked against its id (its
 /// seal opened and keyed hash checked in an encrypted store; source and
 /// destination share the scheme here, so the stored bytes stay valid).
-fn copy_batch(
+pub(crate) fn copy_batch(
     src: &Datastore,
     packer: &mut Packer,
     ids: &[ChunkId],

@@ -1,4 +1,5 @@
-//! Verification: re-read and re-hash everything live points reference.
+//! Verification: re-read and re-hash everything live points and
+//! templates reference.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -41,6 +42,9 @@ impl fmt::Display for Problem {
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     pub points_checked: usize,
+    /// Templates whose chunks were checked (`template.rs`).
+    #[serde(default)]
+    pub templates_checked: usize,
     pub chunks_checked: u64,
     /// Plaintext bytes of the chunks checked.
     pub bytes_checked: u64,
@@ -142,6 +146,27 @@ impl Datastore {
             }
         }
         report.points_checked = manifests.len();
+        // Templates: their chunks are checked like a point's, each disk
+        // named with the template.
+        let (templates, bad) = self.scan_templates()?;
+        for e in bad {
+            let (object, message) = match e {
+                StoreError::BadTemplate { path, reason } => (path.display().to_string(), reason),
+                other => ("template".to_string(), other.to_string()),
+            };
+            problems.insert(Problem {
+                point: None,
+                disk: None,
+                object: format!("template {object}"),
+                message,
+            });
+        }
+        report.templates_checked = templates.len();
+        let labelled: Vec<(&Manifest, Option<&str>)> = manifests
+            .iter()
+            .map(|m| (m, None))
+            .chain(templates.iter().map(|t| (&t.point, Some(t.name.as_str()))))
+            .collect();
 
         // Pack indexes that did not read cleanly.
         let damaged = self.catalog().damaged();
@@ -167,10 +192,14 @@ impl Datastore {
         // Which (point, disk) references which chunk.
         let mut owners: Vec<Owner> = Vec::new();
         let mut refs: HashMap<ChunkId, (BlobKind, Vec<u32>)> = HashMap::new();
-        for m in &manifests {
+        for (m, template) in labelled {
             for disk in &m.disks {
                 let owner = owners.len() as u32;
-                owners.push((m.id.clone(), disk.name.clone()));
+                let label = match template {
+                    Some(t) => format!("{} (template {t})", disk.name),
+                    None => disk.name.clone(),
+                };
+                owners.push((m.id.clone(), label));
                 for (i, index_id) in disk.index.iter().enumerate() {
                     if index_id.is_zero() {
                         continue;
@@ -204,7 +233,7 @@ impl Datastore {
                         Err(e) => {
                             problems.insert(Problem {
                                 point: Some(m.id.clone()),
-                                disk: Some(disk.name.clone()),
+                                disk: Some(owners[owner as usize].1.clone()),
                                 object: format!("index chunk {index_id}"),
                                 message: format!(
                                     "{}; the data it lists is unchecked",

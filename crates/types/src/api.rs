@@ -269,3 +269,109 @@ pub struct GroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<bool>,
 }
+
+/// `POST /api/v1/templates`: make template `name` from a VM's point.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TemplateRequest {
+    pub name: String,
+    /// `VM` (its newest point) or `VM@POINT-TIME` (a point id).
+    pub from: String,
+}
+
+/// A disk of a template: what a VM made from it gets.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TemplateDisk {
+    pub name: String,
+    pub size: u64,
+    /// `raw` or `qcow2`, as the source VM had it.
+    pub format: String,
+}
+
+/// A template as the datastores hold it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TemplateInfo {
+    pub name: String,
+    /// The point it was made from.
+    pub source: String,
+    /// The VM that point is of.
+    pub vm: String,
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// The source VM's tenant (its users may deploy it).
+    pub tenant: Option<String>,
+    /// Sum of the disks' sizes.
+    pub size: u64,
+    pub disks: Vec<TemplateDisk>,
+    /// The machine (qemu VMs): memory and processors.
+    pub memory_mib: Option<u32>,
+    pub cpus: Option<u32>,
+    /// Datastores holding it, and their sites.
+    pub datastores: Vec<String>,
+    pub sites: Vec<String>,
+}
+
+/// How a template reached one datastore.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TemplateCopy {
+    pub datastore: String,
+    /// Chunks and stored bytes copied (none when the point was there).
+    pub chunks_copied: u64,
+    pub bytes_copied: u64,
+    pub chunks_skipped: u64,
+    /// Why it did not reach this datastore.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `POST /api/v1/templates` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TemplateCreated {
+    pub template: TemplateInfo,
+    /// Where it was made, then each copy.
+    pub copies: Vec<TemplateCopy>,
+    pub seconds: f64,
+}
+
+/// A port forward of a VM made from a template: the fields of
+/// `[vms.NAME.qemu] forwards` entries.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSpec {
+    /// `udp` or `tcp`.
+    pub protocol: String,
+    /// An IPv4 address or `{site.VAR}`; default 127.0.0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_addr: Option<String>,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+/// `POST /api/v1/vms`: a new VM from a template.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VmCreateRequest {
+    pub name: String,
+    pub template: String,
+    pub host: String,
+    /// Its port forwards (the template's are not taken: they would
+    /// clash with the source VM's).
+    #[serde(default)]
+    pub forwards: Vec<ForwardSpec>,
+    /// Start it once its disks are written.
+    #[serde(default = "yes")]
+    pub start: bool,
+}
+
+/// `POST /api/v1/vms` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VmCreated {
+    pub vm: String,
+    pub template: String,
+    pub host: String,
+    pub site: String,
+    /// The datastore its disks were written from.
+    pub datastore: String,
+    /// Bytes of its disks, and bytes written (zero chunks stay holes).
+    pub bytes: u64,
+    pub written: u64,
+    pub started: bool,
+    pub seconds: f64,
+}

@@ -86,6 +86,7 @@ fn routes(host: Arc<HostAgent>) -> Router {
         .route("/agent/v1/migrate/confirm", post(migrate_confirm))
         .route("/agent/v1/point", post(point))
         .route("/agent/v1/restore", post(restore))
+        .route("/agent/v1/restore-template", post(restore_template))
         .route("/agent/v1/fence", post(fence))
         .route("/agent/v1/unfence", post(unfence))
         .merge(super::stores::routes())
@@ -317,6 +318,24 @@ async fn restore(State(h): Host, Json(c): Json<RestoreCall>) -> Answer<RestoreDo
         .restore_point(&spec, &store, &point, c.onto, Arc::new(Quiet))
         .await?;
     tracing::info!(vm = %spec.name, %point, datastore = %c.datastore, bytes = done.bytes, written = done.written, mode = %done.mode, "point restored");
+    Ok(Json(done))
+}
+
+async fn restore_template(
+    State(h): Host,
+    Json(c): Json<crate::wire::RestoreTemplateCall>,
+) -> Answer<RestoreDone> {
+    let spec = h.local(c.spec)?;
+    let store = StoreRef {
+        name: &c.datastore,
+        config: &c.config,
+        store: Some(open_store(&h, &c.datastore, &c.config).await?),
+    };
+    let done = h
+        .exec
+        .restore_template(&spec, &store, &c.template, Arc::new(Quiet))
+        .await?;
+    tracing::info!(vm = %spec.name, template = %c.template, datastore = %c.datastore, bytes = done.bytes, written = done.written, "template written");
     Ok(Json(done))
 }
 

@@ -1,6 +1,7 @@
 //! The datastores an agent serves, under `/agent/v1/store/*` (called by
 //! the controller with the agent's token): prepare, list points, stats,
-//! prune, verify, gc, and copy a point to another store; and the
+//! prune, verify, gc, copy a point to another store, and templates
+//! (list, make from a point held here, delete); and the
 //! receiving side of an agent-to-agent copy under `/agent/v1/receive/*`
 //! (called by the sending agent with a grant for one datastore, see
 //! [`super::guard`]).
@@ -40,6 +41,36 @@ pub(super) fn routes() -> Router<Arc<HostAgent>> {
         .route("/agent/v1/store/verify", post(verify))
         .route("/agent/v1/store/gc", post(gc))
         .route("/agent/v1/store/copy", post(copy))
+        .route("/agent/v1/store/templates", post(templates))
+        .route("/agent/v1/store/template-create", post(template_create))
+        .route("/agent/v1/store/template-delete", post(template_delete))
+}
+
+async fn templates(
+    State(h): Host,
+    Json(c): Json<StoreCall>,
+) -> Answer<crate::templates::TemplatesDone> {
+    let s = open(&h, &c).await?;
+    Ok(Json(crate::templates::scan_open(&s).await?))
+}
+
+async fn template_create(
+    State(h): Host,
+    Json(c): Json<crate::templates::TemplateCall>,
+) -> Answer<standby_store::Template> {
+    let point = point_id(c.point.as_deref().unwrap_or_default())?;
+    let s = open(&h, &c.store).await?;
+    Ok(Json(
+        crate::templates::create_open(&s, &c.name, &point).await?,
+    ))
+}
+
+async fn template_delete(
+    State(h): Host,
+    Json(c): Json<crate::templates::TemplateCall>,
+) -> Answer<bool> {
+    let s = open(&h, &c.store).await?;
+    Ok(Json(crate::templates::delete_open(&s, &c.name).await?))
 }
 
 /// Open (creating it if this agent serves it and nothing is there yet).

@@ -15,6 +15,7 @@ pub mod server;
 pub mod service;
 pub mod site;
 pub mod store;
+pub mod template;
 pub mod vm;
 pub mod watch;
 
@@ -87,6 +88,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Cmd::Site(c) => site::run(&ctx, c).await,
                 Cmd::Config(c) => configfile::run(&ctx, c, &cli.config).await,
                 Cmd::Vm(c) => vm::run(&ctx, c, &cli.config).await,
+                Cmd::Template(c) => template::run(&ctx, c).await,
                 Cmd::Service(c) => service::run(&ctx, c).await,
                 Cmd::Protect(c) => protect::run(&ctx, c).await,
                 Cmd::Points(c) => points::run(&ctx, c).await,

@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde_json::json;
 use standby_hv::libvirt;
-use standby_types::api::VmView;
+use standby_types::api::{VmCreateRequest, VmCreated, VmView};
 use standby_types::config::{Config, DriverKind};
 
 use super::Ctx;
@@ -27,6 +27,25 @@ pub enum VmCmd {
     },
     /// Forced stop.
     Stop { name: String },
+    /// Make a VM from a template at a host of any site: its disks written
+    /// from the template (sparse), its machine the template's, kept by
+    /// the controller (its database) and started.
+    Create {
+        name: String,
+        #[arg(long)]
+        template: String,
+        #[arg(long)]
+        host: String,
+        /// A port forward, repeatable: `udp:{site.addr}:15060:5060`
+        /// (PROTOCOL:[HOST_ADDR:]HOST_PORT:GUEST_PORT) or a `forwards`
+        /// entry of standby.toml (`{ protocol = "udp", host_port = 15060,
+        /// guest_port = 5060 }`). The template's forwards are not taken.
+        #[arg(long = "forward")]
+        forwards: Vec<String>,
+        /// Write its disks but do not start it.
+        #[arg(long)]
+        no_start: bool,
+    },
     /// List the libvirt domains of a host and print their `[vms]`
     /// entries (adopted as they are, disks included) for standby.toml.
     /// Talks to the host's libvirtd from here: its `libvirt_uri`, or
@@ -45,6 +64,42 @@ pub async fn run(ctx: &Ctx, cmd: &VmCmd, config: &Path) -> Result<()> {
     let c = &ctx.client;
     let one = match cmd {
         VmCmd::Import { host, uri } => return import(ctx, config, host, uri.as_deref()).await,
+        VmCmd::Create {
+            name,
+            template,
+            host,
+            forwards,
+            no_start,
+        } => {
+            let req = VmCreateRequest {
+                name: name.clone(),
+                template: template.clone(),
+                host: host.clone(),
+                forwards: forwards
+                    .iter()
+                    .map(|f| super::template::parse_forward(f))
+                    .collect::<Result<_>>()?,
+                start: !no_start,
+            };
+            let done: VmCreated = c.post("/api/v1/vms", &req).await?;
+            if ctx.json {
+                output::json(&done);
+            } else {
+                println!(
+                    "vm {} made from template {} at {} (site {}) from datastore {}: {} of disks, {} written{} in {:.1}s",
+                    done.vm,
+                    done.template,
+                    done.host,
+                    done.site,
+                    done.datastore,
+                    output::bytes(done.bytes),
+                    output::bytes(done.written),
+                    if done.started { ", started" } else { "" },
+                    done.seconds
+                );
+            }
+            return Ok(());
+        }
         VmCmd::List => {
             let vms: Vec<VmView> = c.get("/api/v1/vms").await?;
             if ctx.json {

@@ -377,7 +377,7 @@ allowed_commands = ["/bin/sleep"]
 /// else (the controller included) can open.
 pub(crate) struct QemuSites {
     dir: tempfile::TempDir,
-    cfg: PathBuf,
+    pub(crate) cfg: PathBuf,
     server: Option<Child>,
     pub(crate) agents: Vec<AgentProc>,
     /// The lab's VM, stopped when the lab is dropped.

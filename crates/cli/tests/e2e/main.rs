@@ -44,5 +44,6 @@ mod selfservice;
 mod site_data;
 mod site_wan;
 mod sites;
+mod templates;
 mod upgrade;
 mod watch;

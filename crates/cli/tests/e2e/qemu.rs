@@ -65,14 +65,15 @@ pub(crate) fn guest() -> (PathBuf, PathBuf) {
         .clone()
 }
 
-struct QemuLab {
-    dir: tempfile::TempDir,
-    cfg: PathBuf,
+pub(crate) struct QemuLab {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) cfg: PathBuf,
+    api: u16,
     server: Option<Child>,
 }
 
 impl QemuLab {
-    fn run(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn run(&self, args: &[&str]) -> std::process::Output {
         Command::new(STANDBY)
             .args(["--config", self.cfg.to_str().unwrap()])
             .args(args)
@@ -80,7 +81,7 @@ impl QemuLab {
             .unwrap()
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
         let out = self.run(&a);
@@ -94,10 +95,14 @@ impl QemuLab {
     }
 
     fn console(&self, host: &str) -> String {
+        self.console_of(host, "pbx1")
+    }
+
+    pub(crate) fn console_of(&self, host: &str, vm: &str) -> String {
         let p = self
             .dir
             .path()
-            .join(format!("controller/hosts/{host}/pbx1.console.log"));
+            .join(format!("controller/hosts/{host}/{vm}.console.log"));
         std::fs::read_to_string(p).unwrap_or_default()
     }
 }
@@ -107,7 +112,13 @@ impl QemuLab {
     /// 127.0.2.1) and pbx1, a QEMU VM protected by group `gold` (both
     /// sites' datastores) whose SIP (UDP) and HTTP (TCP) are forwarded
     /// from `{site.addr}`; `extra` is appended to the configuration.
-    fn start(kernel: &Path, initrd: &Path, sip_port: u16, http_port: u16, extra: &str) -> QemuLab {
+    pub(crate) fn start(
+        kernel: &Path,
+        initrd: &Path,
+        sip_port: u16,
+        http_port: u16,
+        extra: &str,
+    ) -> QemuLab {
         let dir = tempfile::Builder::new()
             .prefix("standby-qemu-")
             .tempdir()
@@ -166,29 +177,42 @@ datastores = ["site1-store", "site2-store"]
         );
         let cfg = dir.path().join("standby.toml");
         std::fs::write(&cfg, text).unwrap();
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let mut lab = QemuLab {
+            dir,
+            cfg,
+            api,
+            server: None,
+        };
+        lab.spawn_server();
+        lab
+    }
+
+    /// Start the controller (its log appended to `server.log`) and wait
+    /// until it listens.
+    fn spawn_server(&mut self) {
+        let path = self.dir.path().join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
         let server = Command::new(STANDBY)
-            .args(["--config", cfg.to_str().unwrap(), "server"])
+            .args(["--config", self.cfg.to_str().unwrap(), "server"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("standby server starts");
-        let mut lab = QemuLab {
-            dir,
-            cfg,
-            server: Some(server),
-        };
-        let log = lab.dir.path().join("server.log");
-        let child = lab.server.as_mut().expect("just set");
-        wait_listening(child, &log, api, Duration::from_secs(20));
-        lab
+        let child = self.server.insert(server);
+        wait_listening(child, &path, self.api, Duration::from_secs(20));
     }
-}
 
-impl Drop for QemuLab {
-    fn drop(&mut self) {
-        // VMs outlive the controller by design: stop the lab's own first.
-        let _ = self.run(&["vm", "stop", "pbx1"]);
+    /// Stop the controller (SIGTERM; VMs keep running) and start it again.
+    pub(crate) fn restart_server(&mut self) {
+        self.stop_server();
+        self.spawn_server();
+    }
+
+    fn stop_server(&mut self) {
         if let Some(mut c) = self.server.take() {
             let _ = Command::new("kill").arg(c.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -199,6 +223,14 @@ impl Drop for QemuLab {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+}
+
+impl Drop for QemuLab {
+    fn drop(&mut self) {
+        // VMs outlive the controller by design: stop the lab's own first.
+        let _ = self.run(&["vm", "stop", "pbx1"]);
+        self.stop_server();
     }
 }
 

@@ -63,6 +63,7 @@ mod catalog;
 mod groups;
 mod inventory;
 mod lease;
+mod managed_vms;
 mod memo;
 mod repo;
 mod rows;

@@ -13,7 +13,8 @@
 //! ([`owner`]; the rule is in `docs/api.md`).
 //!
 //! This module only assembles the routers: the handlers are in files by
-//! concern ([`meta`], [`inventory`], [`points`], [`stores`], [`jobs`], and
+//! concern ([`meta`], [`inventory`], [`points`], [`stores`], [`templates`],
+//! [`jobs`], and
 //! the sub-routers `api_watch`, `alertmanager`, `nfv`, `services`, `runbooks`,
 //! `report`, `auth::api`); what they share is in the leaf [`common`].
 
@@ -24,6 +25,7 @@ pub mod jobs;
 pub mod meta;
 pub mod points;
 pub mod stores;
+pub mod templates;
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -41,6 +43,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(groups::routes())
         .merge(points::routes())
         .merge(stores::routes())
+        .merge(templates::routes())
         .merge(jobs::routes())
         .merge(crate::api_watch::routes())
         .merge(crate::alertmanager::routes())

@@ -58,6 +58,7 @@ pub fn routes() -> Router<AppState> {
         .route("/drills", get(pages::drills))
         .route("/vms", get(pages::vms))
         .route("/groups", get(pages::groups))
+        .route("/templates", get(pages::templates))
         .route("/vms/{name}", get(pages::vm))
         .route("/reports", get(pages::reports))
         .route(
@@ -78,6 +79,10 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/fragments/drills", get(pages::drills_fragment))
         .route("/portal/fragments/vms", get(pages::vms_fragment))
         .route("/portal/fragments/groups", get(pages::groups_fragment))
+        .route(
+            "/portal/fragments/templates",
+            get(pages::templates_fragment),
+        )
         .route("/portal/fragments/vms/{name}", get(pages::vm_fragment))
         .route("/static/portal.css", get(css))
         .route("/static/portal.js", get(js))

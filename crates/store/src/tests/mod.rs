@@ -20,6 +20,7 @@ mod onto;
 mod process;
 mod repair;
 mod sync;
+mod template;
 mod transfer;
 mod write;
 

@@ -1,9 +1,9 @@
-//! Protection groups made through the API and the portal, beside the
-//! ones `standby.toml` declares. The file stays the source of its own
-//! groups: a group of the same name in the file wins.
+//! Protection groups and VMs made through the API and the portal, beside
+//! the ones `standby.toml` declares. The file stays the source of its
+//! own: a group or VM of the same name in the file wins.
 
 use super::root::Config;
-use super::vms::Group;
+use super::vms::{Group, Vm};
 
 impl Config {
     /// This configuration with `groups` (made through the API) added,
@@ -18,6 +18,22 @@ impl Config {
             }
             g.managed = true;
             self.groups.insert(name, g);
+        }
+        (self, shadowed)
+    }
+
+    /// This configuration with `vms` (made from templates through the
+    /// API) added, each marked [`Vm::managed`]. Returns the names the
+    /// file declares too: those stay the file's.
+    pub fn with_managed_vms(mut self, vms: Vec<(String, Vm)>) -> (Config, Vec<String>) {
+        let mut shadowed = Vec::new();
+        for (name, mut v) in vms {
+            if self.vms.get(&name).is_some_and(|f| !f.managed) {
+                shadowed.push(name);
+                continue;
+            }
+            v.managed = true;
+            self.vms.insert(name, v);
         }
         (self, shadowed)
     }

@@ -54,6 +54,11 @@ pub struct Vm {
     /// failover without a plan); default 0.
     #[serde(default)]
     pub priority: i32,
+    /// Made from a template through the API, the CLI or the portal and
+    /// kept in the database, not declared in `standby.toml` (see
+    /// [`Config::with_managed_vms`](super::Config::with_managed_vms)).
+    #[serde(skip)]
+    pub managed: bool,
 }
 
 impl Vm {

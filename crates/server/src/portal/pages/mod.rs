@@ -13,6 +13,7 @@ mod incidents;
 mod jobs;
 mod login;
 mod report;
+mod templates;
 mod vm;
 mod vms;
 
@@ -25,5 +26,6 @@ pub(crate) use incidents::{incident, incident_fragment, incidents, incidents_fra
 pub(crate) use jobs::{job, job_fragment, jobs, jobs_fragment};
 pub(crate) use login::login;
 pub(crate) use report::reports;
+pub(crate) use templates::{templates, templates_fragment};
 pub(crate) use vm::{vm, vm_fragment};
 pub(crate) use vms::{vms, vms_fragment};
