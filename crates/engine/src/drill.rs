@@ -95,13 +95,16 @@ pub fn state(ctl: &Controller, id: &str) -> Result<Option<DrillState>, EngineErr
 
 /// Restore the newest intact point of `vm` at `site` (or `point`) into a
 /// drill directory at the site's host and boot it in the drill's
-/// namespace there.
+/// namespace there. `probed`: the check the drill's probe will run
+/// against the copy when none is given (a libvirt VM's copy gets its port
+/// forwarded, see [`expose_probed_port`]).
 pub async fn start(
     ctl: &Arc<Controller>,
     id: &str,
     vm: &str,
     site: &str,
     point: Option<&str>,
+    probed: Option<&ProbeCheck>,
     progress: Arc<JobProgress>,
 ) -> Result<DrillState, EngineError> {
     check_id(id)?;
@@ -131,8 +134,10 @@ pub async fn start(
     };
     let agent = ctl.agent(&host)?;
     let mut prod = agent.spec(&ctl.cfg(), vm)?;
-    if prod.libvirt.is_some() {
-        expose_probed_port(ctl, vm, site, &mut prod);
+    if prod.libvirt.is_some()
+        && let Some(check) = probed
+    {
+        expose_probed_port(check, &mut prod);
     }
     // The point asked for; else the newest, then older ones while no copy
     // the host reads restores them (the drill says which it skipped).
@@ -245,18 +250,15 @@ pub async fn start(
 /// loopback, to the same port of the guest. Nothing to forward when the
 /// VM has no service and no probe (then the drill's probe needs `kind`
 /// and `port`, and fails the same way for any VM).
-fn expose_probed_port(ctl: &Controller, vm: &str, site: &str, prod: &mut standby_hv::VmSpec) {
+fn expose_probed_port(check: &ProbeCheck, prod: &mut standby_hv::VmSpec) {
     use standby_hv::qemu::PortForward;
-    let Ok(check) = crate::runbooks::actions::default_copy_check(ctl, vm, site, false) else {
-        return;
-    };
     let port_of = |target: &str| {
         target
             .parse::<std::net::SocketAddr>()
             .ok()
             .map(|a| a.port())
     };
-    let forward = match &check {
+    let forward = match check {
         ProbeCheck::Sip { target } | ProbeCheck::Udp { target, .. } => {
             port_of(target).map(|p| PortForward::udp(p, p))
         }
@@ -273,7 +275,7 @@ fn expose_probed_port(ctl: &Controller, vm: &str, site: &str, prod: &mut standby
             .any(|x| x.protocol == f.protocol && x.host_port == f.host_port)
     {
         tracing::info!(
-            vm,
+            vm = %prod.name,
             port = f.host_port,
             "the libvirt vm's drill copy forwards its probed port"
         );

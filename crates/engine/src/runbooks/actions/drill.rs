@@ -23,12 +23,17 @@ impl Perform for DrillStart {
             Some(w) => Some(wait_copies(ctx, w, self.id.as_str(), self.vm.as_str()).await?),
             None => None,
         };
+        // The copy's default check, for a copy that must expose its port
+        // (none when the VM has no service and no probe: the drill's
+        // probe then names its own).
+        let probed = default_copy_check(&ctx.ctl, self.vm.as_str(), self.site.as_str(), false).ok();
         let mut st = crate::drill::start(
             &ctx.ctl,
             self.id.as_str(),
             self.vm.as_str(),
             self.site.as_str(),
             self.point.as_ref().map(Text::as_str),
+            probed.as_ref(),
             progress,
         )
         .await?;

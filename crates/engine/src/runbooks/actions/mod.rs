@@ -16,7 +16,6 @@
 
 mod context;
 mod drill;
-pub(crate) use drill::default_copy_check;
 mod incident;
 mod migrate;
 mod misc;
