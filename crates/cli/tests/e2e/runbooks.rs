@@ -49,7 +49,9 @@ fn move_vm_moves_the_vnf_to_site2_and_keeps_its_registrations() {
     ]);
     let text = String::from_utf8_lossy(&plan.stdout);
     assert!(
-        plan.status.success() && text.contains("4. restore (point.restore)"),
+        plan.status.success()
+            && text.contains("2. live (vm.migrate) when {{ params.live }}")
+            && text.contains("6. restore (point.restore)"),
         "{text}"
     );
     assert_eq!(
@@ -73,6 +75,10 @@ fn move_vm_moves_the_vnf_to_site2_and_keeps_its_registrations() {
         assert_eq!(step(&v, id, -1)["state"], "succeeded", "{id}: {v:#}");
     }
     assert_eq!(step(&v, "traffic", -1)["state"], "skipped");
+    // Not asked to move live: the cold move only.
+    for id in ["live", "why"] {
+        assert_eq!(step(&v, id, -1)["state"], "skipped", "{id}: {v:#}");
+    }
     let vm = lab.json(&["vm", "status", "pbx1"]);
     assert_eq!(vm["active_site"], "site2");
     assert_eq!(vm["state"], "running");
