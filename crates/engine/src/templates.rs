@@ -34,6 +34,7 @@ use standby_db::ManagedVm;
 use standby_store::{PointId, Template};
 use standby_types::api::{
     TemplateCopy, TemplateCreated, TemplateDisk, TemplateInfo, VmCreateRequest, VmCreated,
+    VmDeleted,
 };
 use standby_types::config::{Config, QemuForward, Vm};
 use standby_types::watch::{Event, Labels, Severity};
@@ -487,6 +488,98 @@ pub async fn deploy(
         written: done.written,
         started: started_vm,
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Delete VM `name`, made from a template (a VM made through the API):
+/// refused for a VM the configuration file declares, one that runs (or
+/// whose host cannot say), one in a protection group, or one something
+/// else of the configuration names (a service, a plan). It leaves the
+/// configuration in force and the database; its disks stay where they are
+/// (the answer names them).
+pub async fn delete_vm(
+    ctl: &Arc<Controller>,
+    name: &str,
+    who: &Asker<'_>,
+) -> Result<VmDeleted, EngineError> {
+    let _one = ctl.reloading.lock().await;
+    let _vm = ctl.lock_vm(name).await;
+    let cfg = ctl.cfg();
+    let vm = cfg
+        .vms
+        .get(name)
+        .filter(|v| who.tenant.is_none() || v.tenant.as_deref() == who.tenant)
+        .ok_or_else(|| EngineError::not_found("vm", name))?;
+    if !vm.managed {
+        return Err(EngineError::Conflict(format!(
+            "vm {name} is declared in the configuration file: remove it there"
+        )));
+    }
+    let groups = cfg.groups_of(name);
+    if !groups.is_empty() {
+        return Err(EngineError::Conflict(format!(
+            "vm {name} is a member of group(s) {}: take it out first",
+            groups.join(", ")
+        )));
+    }
+    let rec = ctl.repo.vm(name).await?;
+    let agent = ctl.agent(&rec.active_host)?;
+    match agent.status(name).await {
+        Ok(st) if st.is_alive() => {
+            return Err(EngineError::Conflict(format!(
+                "vm {name} is {} at {}: stop it first (standby vm stop {name})",
+                st.state, rec.active_host
+            )));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return Err(EngineError::Conflict(format!(
+                "vm {name}: host {} cannot say whether it runs there ({}); delete it once it answers",
+                rec.active_host,
+                error_chain(&e)
+            )));
+        }
+    }
+    let disks: Vec<String> = agent
+        .spec(&cfg, name)?
+        .disks
+        .iter()
+        .map(|d| d.path.display().to_string())
+        .collect();
+    let mut new = (*cfg).clone();
+    new.vms.remove(name);
+    new.check_whole()
+        .map_err(|e| EngineError::Conflict(format!("vm {name} is still needed: {e}")))?;
+    if ctl.leader.deposed() {
+        return Err(EngineError::Conflict(
+            "this controller no longer leads: ask the leader".into(),
+        ));
+    }
+    let template = ctl
+        .repo
+        .managed_vms()
+        .await?
+        .into_iter()
+        .find(|m| m.name == name)
+        .map(|m| m.template)
+        .unwrap_or_default();
+    ctl.repo.delete_managed_vm(name).await?;
+    ctl.repo.apply_config(&new).await?;
+    ctl.live_config().set(Arc::new(new));
+    emit(
+        ctl,
+        "vm.deleted",
+        &template,
+        Some(name),
+        &format!(
+            "vm {name} (made from template {template}) deleted by {}; its disks stay at {}",
+            who.name, rec.active_host
+        ),
+    );
+    Ok(VmDeleted {
+        vm: name.to_string(),
+        host: rec.active_host,
+        disks_left: disks,
     })
 }
 

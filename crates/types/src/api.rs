@@ -360,6 +360,16 @@ pub struct VmCreateRequest {
     pub start: bool,
 }
 
+/// What `DELETE /api/v1/vms/{name}` did.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VmDeleted {
+    pub vm: String,
+    /// The host it was at.
+    pub host: String,
+    /// Its disk files, left where they are.
+    pub disks_left: Vec<String>,
+}
+
 /// `POST /api/v1/vms` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmCreated {

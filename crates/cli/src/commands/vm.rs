@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde_json::json;
 use standby_hv::libvirt;
-use standby_types::api::{VmCreateRequest, VmCreated, VmView};
+use standby_types::api::{VmCreateRequest, VmCreated, VmDeleted, VmView};
 use standby_types::config::{Config, DriverKind};
 
 use super::Ctx;
@@ -46,6 +46,9 @@ pub enum VmCmd {
         #[arg(long)]
         no_start: bool,
     },
+    /// Delete a VM made from a template (stopped first, in no group); its
+    /// disks stay on its host. A VM of standby.toml is removed there.
+    Delete { name: String },
     /// List the libvirt domains of a host and print their `[vms]`
     /// entries (adopted as they are, disks included) for standby.toml.
     /// Talks to the host's libvirtd from here: its `libvirt_uri`, or
@@ -96,6 +99,20 @@ pub async fn run(ctx: &Ctx, cmd: &VmCmd, config: &Path) -> Result<()> {
                     output::bytes(done.written),
                     if done.started { ", started" } else { "" },
                     done.seconds
+                );
+            }
+            return Ok(());
+        }
+        VmCmd::Delete { name } => {
+            let done: VmDeleted = c.delete(&format!("/api/v1/vms/{name}")).await?;
+            if ctx.json {
+                output::json(&done);
+            } else {
+                println!(
+                    "vm {} deleted; its disks stay at {}: {}",
+                    done.vm,
+                    done.host,
+                    done.disks_left.join(", ")
                 );
             }
             return Ok(());

@@ -227,6 +227,32 @@ fn hypervisor_template_deploys_a_new_vm_at_site2_that_answers() {
     assert!(sip_answers(sip2, Duration::from_secs(5)));
     let vms = lab.json(&["vm", "list"]);
     assert_eq!(vms.as_array().unwrap().len(), 2, "{vms}");
+
+    // Deleting: refused while it runs and for a VM of the file; once
+    // stopped it goes (from the list, and for good: after a restart),
+    // its disks left at its host.
+    let refused = |lab: &QemuLab, args: &[&str], why: &str| {
+        let out = lab.run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{args:?}: {err}"
+        );
+    };
+    refused(&lab, &["vm", "delete", "pbx2"], "stop it first");
+    refused(
+        &lab,
+        &["vm", "delete", "pbx1"],
+        "declared in the configuration file",
+    );
+    lab.json(&["vm", "stop", "pbx2"]);
+    let gone = lab.json(&["vm", "delete", "pbx2"]);
+    assert_eq!(gone["host"], "site2-host1", "{gone}");
+    assert!(disks.join("data.img").exists(), "the disks stay");
+    lab.restart_server();
+    let vms = lab.json(&["vm", "list"]);
+    assert_eq!(vms.as_array().unwrap().len(), 1, "{vms}");
+    refused(&lab, &["vm", "status", "pbx2"], "not found");
     eprintln!("template test: {:.1?}", test_started.elapsed());
 }
 

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use standby_engine::groups::Asker;
 use standby_engine::templates;
 use standby_types::api::{
-    ApiError, TemplateCreated, TemplateInfo, TemplateRequest, VmCreateRequest, VmCreated,
+    ApiError, TemplateCreated, TemplateInfo, TemplateRequest, VmCreateRequest, VmCreated, VmDeleted,
 };
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -21,6 +21,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(template_list, template_create))
         .routes(routes!(template_get, template_delete))
         .routes(routes!(vm_create))
+        .routes(routes!(vm_delete))
 }
 
 fn asker(who: &Principal) -> Asker<'_> {
@@ -105,4 +106,19 @@ async fn vm_create(
     Json(req): Json<VmCreateRequest>,
 ) -> ApiResult<VmCreated> {
     Ok(Json(templates::deploy(&ctl, &req, &asker(&who)).await?))
+}
+
+/// Delete a VM made from a template (stopped, in no group); its disks
+/// stay on its host. A VM of the configuration file is refused (409).
+#[utoipa::path(delete, path = "/api/v1/vms/{name}", tag = "vms",
+    params(("name" = String, Path, description = "VM")),
+    responses((status = 200, body = VmDeleted),
+        (status = 404, description = "No such VM", body = ApiError),
+        (status = 409, description = "A VM of the file, a running one, or one still named by a group, service or plan", body = ApiError)))]
+async fn vm_delete(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<VmDeleted> {
+    Ok(Json(templates::delete_vm(&ctl, &name, &asker(&who)).await?))
 }
