@@ -559,6 +559,16 @@ agent = "site2-agent"
             let _ = c.wait();
         }
         self.server = Some(start_server(&self.cfg, self.api, crash_at));
+        // Listening is not leading yet (the old leader's lease runs out
+        // first): wait until it answers.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while let Err(e) = self.try_json(&["vm", "list"]) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the restarted controller does not answer: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Whether the controller exited (a crash hook fired) within `within`.
