@@ -49,6 +49,17 @@ fn move_vm(lab: &QemuSites, params: &[&str]) -> Value {
     wait_job(lab, &job)
 }
 
+/// The job succeeded (else: its steps and both agents' logs).
+fn assert_succeeded(lab: &QemuSites, job: &Value) {
+    assert_eq!(
+        job["job"]["status"],
+        "succeeded",
+        "{job:#}\nagent 1: {}\nagent 2: {}",
+        lab.agents[0].log_text(),
+        lab.agents[1].log_text()
+    );
+}
+
 fn step(job: &Value, name: &str) -> Value {
     job["steps"]
         .as_array()
@@ -95,13 +106,7 @@ fn hypervisor_live_move_keeps_sip_answering_survives_a_crash_and_falls_back_cold
     let wall = t.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     let (answered, unanswered, gap) = load.finish();
-    assert_eq!(
-        job["job"]["status"],
-        "succeeded",
-        "{job:#}\nagent 1: {}\nagent 2: {}",
-        lab.agents[0].log_text(),
-        lab.agents[1].log_text()
-    );
+    assert_succeeded(&lab, &job);
     let live = step(&job, "live");
     let out = &live["output"];
     assert_eq!(live["state"], "succeeded", "{live:#}");
@@ -167,13 +172,7 @@ fn hypervisor_live_move_keeps_sip_answering_survives_a_crash_and_falls_back_cold
     lab.restart_server(None);
     let t = Instant::now();
     let job = wait_job(&lab, &job);
-    assert_eq!(
-        job["job"]["status"],
-        "succeeded",
-        "{job:#}\nagent 1: {}\nagent 2: {}",
-        lab.agents[0].log_text(),
-        lab.agents[1].log_text()
-    );
+    assert_succeeded(&lab, &job);
     let live = step(&job, "live");
     assert_eq!(live["output"]["host"], "site1-host1", "{live:#}");
     assert_eq!(live["output"]["source_stopped"], true, "{live:#}");
@@ -200,13 +199,7 @@ fn hypervisor_live_move_keeps_sip_answering_survives_a_crash_and_falls_back_cold
     lab.json(&["vm", "stop", "pbx1"]);
     let t = Instant::now();
     let job = move_vm(&lab, &["vm=pbx1", "site=site2", "service=sip", "live=true"]);
-    assert_eq!(
-        job["job"]["status"],
-        "succeeded",
-        "{job:#}\nagent 1: {}\nagent 2: {}",
-        lab.agents[0].log_text(),
-        lab.agents[1].log_text()
-    );
+    assert_succeeded(&lab, &job);
     let live = step(&job, "live");
     assert_eq!(live["state"], "failed", "{live:#}");
     let why = live["error"].as_str().unwrap_or_default();
